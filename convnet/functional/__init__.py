@@ -1,0 +1,1 @@
+"""Pure array math: each op is a forward/backward pair, no state."""

@@ -1,0 +1,251 @@
+"""Convolution as im2col + one matrix multiply, and its backward pass.
+
+The notes' recipe (CS231n, "Implementation as Matrix Multiplication"):
+
+1. im2col stretches every receptive field of the input into a column: for AlexNet's
+   CONV1 (227x227x3 input, 96 filters of 11x11x3, S=4) that is a 363 x 3025 matrix.
+2. The filters are stretched into rows: W_row is 96 x 363.
+3. np.dot(W_row, X_col) is the convolution: 96 x 3025, reshaped to 55x55x96.
+
+The backward pass is again a matrix multiply (for the weights) and a matrix multiply
+followed by col2im, which adds every column back onto the receptive field it came from.
+
+Notation: x is (N, C, H, W); w is (K, C // groups, FH, FW); out is (N, K, OH, OW).
+Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+FITS = ("exact", "floor")
+
+
+def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", ceil=False,
+                     where="layer", axis="W"):
+    """Output size along one axis: (W - F + 2P) / S + 1, with F the dilated extent.
+
+    The notes call a setting invalid when this is not an integer. With ``fit="exact"``
+    (the default) such a setting raises ``ValueError`` naming ``where``, the formula with
+    the numbers and a fix. ``fit="floor"`` opts into PyTorch's flooring (the last rows or
+    columns that do not fill a window are dropped); ``ceil=True`` is pooling's ceil mode.
+
+    >>> conv_output_size(227, 11, 4, 0)
+    55
+    """
+    if fit not in FITS:
+        raise ValueError(f"{where}: fit must be one of {FITS}, got {fit!r}")
+    extent = dilation * (kernel - 1) + 1
+    span = size - extent + 2 * padding
+    ext = f"F={kernel}" if dilation == 1 else f"F={extent} (F={kernel} at dilation {dilation})"
+    if span < 0:
+        raise ValueError(
+            f"{where}: the filter extent along {axis} is larger than the padded input: "
+            f"{ext} but {axis}={size} with P={padding} gives {size + 2 * padding}")
+    if ceil:
+        out = -(-span // stride) + 1
+        # PyTorch's rule: the last window must start inside the input or the left padding.
+        if (out - 1) * stride >= size + padding:
+            out -= 1
+        return out
+    if span % stride and fit == "exact":
+        formula = (f"({axis} - F + 2P)/S + 1 = ({size} - {extent} + 2*{padding})/{stride} + 1 "
+                   f"= {span / stride + 1:g}")
+        raise ValueError(
+            f"{where}: hyperparameters do not fit along {axis}: {formula} is not an integer. "
+            f"{_fit_hint(size, extent, stride, padding)}, or pass fit='floor' to drop the "
+            f"last {span % stride} row(s)/column(s) as PyTorch does")
+    return span // stride + 1
+
+
+def _fit_hint(size, extent, stride, padding):
+    """Suggest the nearest padding or stride that makes (W - F + 2P) / S integral."""
+    hints = []
+    for p in range(padding + 1, padding + stride + 1):
+        if (size - extent + 2 * p) % stride == 0:
+            hints.append(f"use P={p}")
+            break
+    span = size - extent + 2 * padding
+    divisors = [s for s in range(stride - 1, 0, -1) if span % s == 0]
+    if divisors:
+        hints.append(f"S={divisors[0]}")
+    return "Fix: " + " or ".join(hints) if hints else "Fix: change F, S or P"
+
+
+def pair(value, name, where="layer", allow_zero=False):
+    """Turn an int or a pair of ints into a (height, width) pair of ints, checked."""
+    vals = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    low = 0 if allow_zero else 1
+    if len(vals) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v >= low for v in vals):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{where}: {name} must be a {kind} int or a pair of them, got {value!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def check_input(x, channels, where, rank=4):
+    """Check that x is a floating NCHW array with ``channels`` channels; say what is wrong."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{where}: expected a NumPy array, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{where}: expected a floating-point array (float32 or float64), "
+                         f"got dtype {x.dtype}; convert with x.astype(np.float32)")
+    if x.ndim != rank:
+        layout = "(N, C, H, W)" if rank == 4 else "(N, features)"
+        raise ValueError(f"{where}: expected a {rank}-D input {layout}, got shape {x.shape}")
+    if channels is not None and x.shape[1] != channels:
+        if rank == 4 and x.shape[3] == channels:
+            raise ValueError(
+                f"{where}: expected {channels} channels in axis 1 (NCHW), got shape {x.shape}; "
+                f"this looks like an NHWC array: use x.transpose(0, 3, 1, 2)")
+        raise ValueError(f"{where}: expected {channels} input channels (depth D), "
+                         f"got {x.shape[1]} in shape {x.shape}")
+
+
+def pad(x, padding):
+    """Zero-pad the two spatial axes of an NCHW array by (PH, PW)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def windows(x, kernel, stride, dilation, out_size):
+    """Strided view of every receptive field: (N, C, OH, OW, FH, FW), no copy."""
+    (fh, fw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+    view = sliding_window_view(x, (dh * (fh - 1) + 1, dw * (fw - 1) + 1), axis=(2, 3))
+    return view[:, :, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw, ::dh, ::dw]
+
+
+def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=None):
+    """Stretch every receptive field of x into a column.
+
+    x: (N, C, H, W). Returns X_col of shape (C*FH*FW, N*OH*OW): rows ordered (c, i, j),
+    columns ordered (n, oh, ow). For one 227x227x3 image, F=11, S=4: 363 x 3025.
+    """
+    xp = pad(x, padding)
+    if out_size is None:
+        out_size = tuple(conv_output_size(xp.shape[2 + a], kernel[a], stride[a], 0, dilation[a],
+                                          fit="floor") for a in (0, 1))
+    n, c = x.shape[:2]
+    win = windows(xp, kernel, stride, dilation, out_size)          # (N, C, OH, OW, FH, FW)
+    cols = win.transpose(1, 4, 5, 0, 2, 3)                          # (C, FH, FW, N, OH, OW)
+    return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
+
+
+def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+           out_size=None):
+    """Inverse bookkeeping of im2col: add every column back onto its receptive field.
+
+    cols: (C*FH*FW, N*OH*OW). Returns (N, C, H, W). Overlapping fields add up, which is
+    exactly the gradient of im2col. A loop over the FH x FW kernel offsets, each adding
+    one strided slice; never a loop over pixels or samples.
+    """
+    n, c, h, w = x_shape
+    (fh, fw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = out_size
+    cols = cols.reshape(c, fh, fw, n, oh, ow)
+    dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)  # channel-major
+    for i in range(fh):
+        for j in range(fw):
+            dxp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw] += cols[:, i, j]
+    return dxp[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+
+
+class ConvCache(NamedTuple):
+    x_shape: tuple
+    cols: np.ndarray      # (C*FH*FW, N*OH*OW), the im2col matrix of the input
+    w: np.ndarray         # (K, C // groups, FH, FW)
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    out_size: tuple
+
+
+def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                   fit="exact"):
+    """Convolve K filters over x: im2col, then one matrix multiply per group.
+
+    x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None.
+    Returns out (N, K, OH, OW) with OH = (H - FH' + 2P)/S + 1, FH' = dilation*(FH-1)+1,
+    and a cache for conv2d_backward.
+
+    >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
+    >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
+    (1, 96, 55, 55)
+    """
+    n, c, h, wd = x.shape
+    k, cg, fh, fw = w.shape
+    out_size = tuple(conv_output_size((h, wd)[a], (fh, fw)[a], stride[a], padding[a],
+                                      dilation[a], fit, where="conv2d", axis="HW"[a])
+                     for a in (0, 1))
+    cols = im2col(x, (fh, fw), stride, padding, dilation, out_size)     # (C*FH*FW, N*L)
+    w_rows = w.reshape(groups, k // groups, cg * fh * fw)               # W_row per group
+    out = np.matmul(w_rows, cols.reshape(groups, cg * fh * fw, -1))     # (G, K/G, N*L)
+    out = out.reshape(k, n, *out_size)
+    if b is not None:
+        out += b.reshape(k, 1, 1, 1)
+    out = np.ascontiguousarray(out.transpose(1, 0, 2, 3))               # (N, K, OH, OW)
+    return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size)
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of conv2d_forward: returns (dx, dw, db).
+
+    dw = dout_row @ X_col.T (summed over every position of each depth slice);
+    dx = col2im(W_row.T @ dout_row); db = dout summed over N, OH, OW.
+    """
+    x_shape, cols, w, stride, padding, dilation, groups, out_size = cache
+    k, cg, fh, fw = w.shape
+    dout_rows = dout.transpose(1, 0, 2, 3).reshape(groups, k // groups, -1)  # (G, K/G, N*L)
+    cols_g = cols.reshape(groups, cg * fh * fw, -1)                          # (G, Cg*FF, N*L)
+    dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
+    db = dout.sum(axis=(0, 2, 3))
+    dcols = np.matmul(w.reshape(groups, k // groups, -1).transpose(0, 2, 1), dout_rows)
+    dx = col2im(dcols, x_shape, (fh, fw), stride, padding, dilation, out_size)
+    return dx, dw, db
+
+
+class LocalCache(NamedTuple):
+    x_shape: tuple
+    cols: np.ndarray      # (OH*OW, C*FH*FW, N): one im2col matrix per output position
+    w: np.ndarray         # (OH, OW, K, C, FH, FW)
+    stride: tuple
+    padding: tuple
+    out_size: tuple
+
+
+def locally_connected_forward(x, w, b=None, stride=(1, 1), padding=(0, 0)):
+    """The notes' locally-connected layer: conv connectivity, no parameter sharing.
+
+    Every output position (oh, ow) has its own K filters. x: (N, C, H, W);
+    w: (OH, OW, K, C, FH, FW); b: (K, OH, OW) or None. Returns (N, K, OH, OW) and a cache.
+    One batched matrix multiply over positions: (L, K, C*FH*FW) @ (L, C*FH*FW, N).
+    """
+    n = x.shape[0]
+    oh, ow, k, c, fh, fw = w.shape
+    cols = im2col(x, (fh, fw), stride, padding, (1, 1), (oh, ow))          # (CFF, N*L)
+    cols = cols.reshape(c * fh * fw, n, oh * ow).transpose(2, 0, 1)         # (L, CFF, N)
+    out = np.matmul(w.reshape(oh * ow, k, -1), cols)                        # (L, K, N)
+    out = out.transpose(2, 1, 0).reshape(n, k, oh, ow)
+    if b is not None:
+        out = out + b
+    return out, LocalCache(x.shape, cols, w, stride, padding, (oh, ow))
+
+
+def locally_connected_backward(dout, cache):
+    """Gradients of locally_connected_forward: returns (dx, dw, db)."""
+    x_shape, cols, w, stride, padding, (oh, ow) = cache
+    n = x_shape[0]
+    _, _, k, c, fh, fw = w.shape
+    dout_l = dout.reshape(n, k, oh * ow).transpose(2, 1, 0)                 # (L, K, N)
+    dw = np.matmul(dout_l, cols.transpose(0, 2, 1)).reshape(w.shape)
+    db = dout.sum(axis=0)
+    dcols = np.matmul(w.reshape(oh * ow, k, -1).transpose(0, 2, 1), dout_l)  # (L, CFF, N)
+    dcols = dcols.transpose(1, 2, 0).reshape(c * fh * fw, n * oh * ow)
+    dx = col2im(dcols, x_shape, (fh, fw), stride, padding, (1, 1), (oh, ow))
+    return dx, dw, db

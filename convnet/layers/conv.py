@@ -1,0 +1,207 @@
+"""CONV layers: Conv2d (shared filters) and LocallyConnected2d (no parameter sharing)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet.functional import conv as F
+from convnet.layers.base import Layer, check_dtype, check_volume, uniform_init
+
+
+def _hw(v):
+    """(3, 3) -> '3', (3, 5) -> '3x5': the notes' compact form of a pair."""
+    return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+
+
+def _positive_int(value, name, where):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Conv2d(Layer):
+    """CONV layer: K filters of extent F, stride S, zero padding P, over NCHW volumes.
+
+    Args:
+        in_channels: depth D1 of the input volume.
+        out_channels: number of filters K (the output depth D2).
+        kernel_size: F, an int or a (FH, FW) pair.
+        stride: S, int or pair. padding: P, int, pair, or "same" (P = (F-1)/2, odd F).
+        dilation: spacing between filter taps, PyTorch's convention: 1 is a contiguous
+            filter (the notes' "dilation 0"), 2 skips one input between taps.
+        groups: split input and filters into this many independent groups (AlexNet's
+            two-GPU split); in_channels and out_channels must both divide by it.
+        bias: add a learned offset per filter.
+        fit: "exact" (default) raises ValueError when (W - F + 2P)/S + 1 is not an
+            integer; "floor" drops the leftover rows/columns as PyTorch does.
+        dtype: float32 (default) or float64. rng: np.random.Generator for the init.
+
+    Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
+    Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.
+
+    >>> conv = Conv2d(3, 96, 11, stride=4)        # AlexNet CONV1
+    >>> conv.output_shape((3, 227, 227)), conv.num_params()
+    ((96, 55, 55), 34944)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, fit="exact", dtype=np.float32, rng=None):
+        super().__init__()
+        where = type(self).__name__
+        self.in_channels = _positive_int(in_channels, "in_channels", where)
+        self.out_channels = _positive_int(out_channels, "out_channels", where)
+        self.kernel_size = F.pair(kernel_size, "kernel_size", where)
+        self.stride = F.pair(stride, "stride", where)
+        self.dilation = F.pair(dilation, "dilation", where)
+        self.groups = _positive_int(groups, "groups", where)
+        if padding == "same":
+            if any(k % 2 == 0 for k in self.kernel_size):
+                raise ValueError(f"{where}: padding='same' needs an odd kernel_size "
+                                 f"(P = (F-1)/2), got F={self.kernel_size}")
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+        self.padding = F.pair(padding, "padding", where, allow_zero=True)
+        if fit not in F.FITS:
+            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r}")
+        self.fit = fit
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
+                             f"({out_channels}) must both be divisible by groups ({groups})")
+        self.dtype = check_dtype(dtype, where)
+        rng = np.random.default_rng() if rng is None else rng
+        fh, fw = self.kernel_size
+        fan_in = self.in_channels // self.groups * fh * fw
+        shape = (self.out_channels, self.in_channels // self.groups, fh, fw)
+        self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
+        if bias:
+            self._init_param("bias", uniform_init(rng, (self.out_channels,), fan_in, self.dtype))
+
+    def output_shape(self, input_shape):
+        c, h, w = check_volume(input_shape, self.in_channels, self.where)
+        oh, ow = (F.conv_output_size(size, self.kernel_size[a], self.stride[a],
+                                     self.padding[a], self.dilation[a], self.fit,
+                                     where=self.where, axis="HW"[a])
+                  for a, size in enumerate((h, w)))
+        return (self.out_channels, oh, ow)
+
+    def forward(self, x):
+        F.check_input(x, self.in_channels, self.where)
+        self.output_shape(x.shape[1:])  # a clear error before any work
+        out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                           self.stride, self.padding, self.dilation,
+                                           self.groups, self.fit)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = F.conv2d_backward(dout, self._cached())
+        self.grads["weight"] = dw
+        if "bias" in self.params:
+            self.grads["bias"] = db
+        return dx
+
+    def macs(self, input_shape):
+        k, oh, ow = self.output_shape(input_shape)
+        fh, fw = self.kernel_size
+        return k * oh * ow * (self.in_channels // self.groups) * fh * fw
+
+    def get_config(self):
+        return {"type": "Conv2d", "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups,
+                "bias": "bias" in self.params, "fit": self.fit, "dtype": self.dtype.name}
+
+    def __repr__(self):
+        text = (f"Conv2d(K={self.out_channels}, F={_hw(self.kernel_size)}, "
+                f"S={_hw(self.stride)}, P={_hw(self.padding)}")
+        if self.dilation != (1, 1):
+            text += f", dilation={_hw(self.dilation)}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if "bias" not in self.params:
+            text += ", bias=False"
+        return text + ")"
+
+
+class LocallyConnected2d(Layer):
+    """Locally-connected layer: CONV connectivity without parameter sharing.
+
+    Each output position has its own set of K filters, as the notes describe for inputs
+    with a centered structure (faces). The input size must be known when the layer is
+    built, since it fixes the number of positions.
+
+    Args:
+        in_channels: input depth D1. out_channels: filters per position K.
+        input_size: (H, W) of the input, or an int for a square input.
+        kernel_size, stride, padding: F, S, P as in Conv2d (int or pair).
+        bias: a learned offset per filter per position.
+
+    Parameters: weight (OH, OW, K, D1, FH, FW) and bias (K, OH, OW).
+
+    >>> lc = LocallyConnected2d(3, 96, 227, 11, stride=4)    # AlexNet CONV1, unshared
+    >>> lc.num_params()                                      # 290,400 x 364
+    105705600
+    """
+
+    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1,
+                 padding=0, bias=True, fit="exact", dtype=np.float32, rng=None):
+        super().__init__()
+        where = type(self).__name__
+        self.in_channels = _positive_int(in_channels, "in_channels", where)
+        self.out_channels = _positive_int(out_channels, "out_channels", where)
+        self.input_size = F.pair(input_size, "input_size", where)
+        self.kernel_size = F.pair(kernel_size, "kernel_size", where)
+        self.stride = F.pair(stride, "stride", where)
+        self.padding = F.pair(padding, "padding", where, allow_zero=True)
+        if fit not in F.FITS:
+            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r}")
+        self.fit = fit
+        self.dtype = check_dtype(dtype, where)
+        self.out_size = tuple(
+            F.conv_output_size(self.input_size[a], self.kernel_size[a], self.stride[a],
+                               self.padding[a], 1, fit, where=repr(self), axis="HW"[a])
+            for a in (0, 1))
+        rng = np.random.default_rng() if rng is None else rng
+        fh, fw = self.kernel_size
+        oh, ow = self.out_size
+        fan_in = self.in_channels * fh * fw
+        shape = (oh, ow, self.out_channels, self.in_channels, fh, fw)
+        self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
+        if bias:
+            self._init_param("bias", uniform_init(rng, (self.out_channels, oh, ow), fan_in,
+                                                  self.dtype))
+
+    def output_shape(self, input_shape):
+        c, h, w = check_volume(input_shape, self.in_channels, self.where)
+        if (h, w) != self.input_size:
+            raise ValueError(f"{self.where}: built for input H x W = {self.input_size[0]} x "
+                             f"{self.input_size[1]} (weights per position), got {h} x {w}")
+        return (self.out_channels, *self.out_size)
+
+    def forward(self, x):
+        F.check_input(x, self.in_channels, self.where)
+        self.output_shape(x.shape[1:])
+        out, self.cache = F.locally_connected_forward(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        return out
+
+    def backward(self, dout):
+        dx, dw, db = F.locally_connected_backward(dout, self._cached())
+        self.grads["weight"] = dw
+        if "bias" in self.params:
+            self.grads["bias"] = db
+        return dx
+
+    def macs(self, input_shape):
+        k, oh, ow = self.output_shape(input_shape)
+        return k * oh * ow * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+    def get_config(self):
+        return {"type": "LocallyConnected2d", "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "input_size": list(self.input_size),
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "bias": "bias" in self.params,
+                "fit": self.fit, "dtype": self.dtype.name}
+
+    def __repr__(self):
+        return (f"LocallyConnected2d(K={self.out_channels}, F={_hw(self.kernel_size)}, "
+                f"S={_hw(self.stride)}, P={_hw(self.padding)})")

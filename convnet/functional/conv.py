@@ -66,13 +66,13 @@ def _fit_hint(size, extent, stride, padding):
     hints = []
     for p in range(padding + 1, padding + stride + 1):
         if (size - extent + 2 * p) % stride == 0:
-            hints.append(f"use P={p}")
+            hints.append(f"P={p}")
             break
     span = size - extent + 2 * padding
     divisors = [s for s in range(stride - 1, 0, -1) if span % s == 0]
     if divisors:
         hints.append(f"S={divisors[0]}")
-    return "Fix: " + " or ".join(hints) if hints else "Fix: change F, S or P"
+    return "Fix: use " + " or ".join(hints) if hints else "Fix: change F, S or P"
 
 
 def pair(value, name, where="layer", allow_zero=False):

@@ -91,7 +91,10 @@ class Layer:
 def uniform_init(rng, shape, fan_in, dtype):
     """PyTorch's default init for Conv and Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    u = rng.random(shape, dtype=dtype)  # [0, 1), drawn directly in the target dtype
+    u *= 2 * bound
+    u -= bound
+    return u
 
 
 def check_dtype(dtype, where):

@@ -1,0 +1,317 @@
+"""Conv2d and LocallyConnected2d: the notes' examples, naive oracles, gradients, PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+
+from convnet.functional.conv import (col2im, conv2d_backward, conv2d_forward,
+                                     conv_output_size, im2col)
+from convnet.layers.conv import Conv2d, LocallyConnected2d
+from tests.utils import check_layer_grads, rel_error
+
+torch.set_default_dtype(torch.float64)
+
+
+# -- oracles written straight from the notes ---------------------------------------------
+def naive_conv(x, w, b, stride, padding, dilation=(1, 1), groups=1):
+    """V[n, d, y, x] = sum(X[n, window] * W_d) + b_d, one output neuron at a time."""
+    n, c, h, wd = x.shape
+    k, cg, fh, fw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (h + 2 * ph - dh * (fh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (fw - 1) - 1) // sw + 1
+    out = np.zeros((n, k, oh, ow))
+    kg = k // groups
+    for i in range(n):
+        for d in range(k):
+            g = d // kg
+            for y in range(oh):
+                for xx in range(ow):
+                    field = xp[i, g * cg:(g + 1) * cg,
+                               y * sh: y * sh + dh * (fh - 1) + 1: dh,
+                               xx * sw: xx * sw + dw * (fw - 1) + 1: dw]
+                    out[i, d, y, xx] = np.sum(field * w[d]) + (b[d] if b is not None else 0)
+    return out
+
+
+def naive_local(x, w, b, stride, padding):
+    """Locally connected: the same loop, but W and b indexed by the output position too."""
+    n = x.shape[0]
+    oh, ow, k, c, fh, fw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.zeros((n, k, oh, ow))
+    for i in range(n):
+        for d in range(k):
+            for y in range(oh):
+                for xx in range(ow):
+                    field = xp[i, :, y * sh: y * sh + fh, xx * sw: xx * sw + fw]
+                    out[i, d, y, xx] = np.sum(field * w[y, xx, d]) + b[d, y, xx]
+    return out
+
+
+def random_case(rng):
+    """Random conv hyperparameters over the issue's ranges; shapes kept tiny."""
+    fh, fw = rng.integers(1, 8, size=2)
+    sh, sw = rng.integers(1, 5, size=2)
+    ph, pw = rng.integers(0, 4, size=2)
+    dh, dw = rng.integers(1, 4, size=2)
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cg, kg = rng.integers(1, 4, size=2)
+    n = int(rng.integers(1, 4))
+    h = int(dh * (fh - 1) + 1 - 2 * ph + rng.integers(max(0, 2 * ph - dh * (fh - 1)), 9))
+    w = int(dw * (fw - 1) + 1 - 2 * pw + rng.integers(max(0, 2 * pw - dw * (fw - 1)), 9))
+    h, w = max(h, 1), max(w, 1)
+    return dict(n=n, c=int(cg * groups), k=int(kg * groups), h=h, w=w, kernel=(int(fh), int(fw)),
+                stride=(int(sh), int(sw)), padding=(int(ph), int(pw)),
+                dilation=(int(dh), int(dw)), groups=groups)
+
+
+# -- the notes' worked examples ----------------------------------------------------------
+def test_notes_example_11x11x4_f5_s2_gives_4x4():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 11, 11))
+    w0 = rng.standard_normal((1, 4, 5, 5))
+    b0 = np.array([0.5])
+    out, _ = conv2d_forward(x, w0, b0, stride=(2, 2))
+    assert out.shape == (1, 1, 4, 4)
+    # The notes: V[0,0,0] = np.sum(X[:5,:5,:] * W0) + b0; V[1,0,0] = np.sum(X[2:7,:5,:] * W0) + b0
+    X, W0 = x[0].transpose(2, 1, 0), w0[0].transpose(2, 1, 0)  # to the notes' X[x, y, d]
+    assert out[0, 0, 0, 0] == pytest.approx(np.sum(X[:5, :5, :] * W0) + 0.5)
+    assert out[0, 0, 0, 1] == pytest.approx(np.sum(X[2:7, :5, :] * W0) + 0.5)
+    assert out[0, 0, 0, 3] == pytest.approx(np.sum(X[6:11, :5, :] * W0) + 0.5)
+    assert out[0, 0, 1, 0] == pytest.approx(np.sum(X[:5, 2:7, :] * W0) + 0.5)
+
+
+@pytest.mark.parametrize("stride, size", [(1, 7), (2, 4)])
+def test_notes_7x7_input_f3_p1(stride, size):
+    assert conv_output_size(7, 3, stride, 1) == size
+
+
+def test_notes_7x7_input_f3_p1_s3_is_an_integer_but_w10_f3_s2_is_not():
+    assert conv_output_size(7, 3, 3, 1) == 3
+    with pytest.raises(ValueError, match=r"4\.5.*fit='floor'"):
+        conv_output_size(10, 3, 2, 0)
+    assert conv_output_size(10, 3, 2, 0, fit="floor") == 4
+
+
+def test_notes_32x32x3_ten_5x5_filters_s1_p2():
+    conv = Conv2d(3, 10, 5, stride=1, padding=2)
+    assert conv.output_shape((3, 32, 32)) == (10, 32, 32)
+    assert conv.num_params() == 760
+
+
+def test_notes_alexnet_conv1():
+    conv = Conv2d(3, 96, 11, stride=4, padding=0)
+    assert conv.output_shape((3, 227, 227)) == (96, 55, 55)
+    assert conv.num_params() == 34_944
+    assert repr(conv) == "Conv2d(K=96, F=11, S=4, P=0)"
+    assert conv.macs((3, 227, 227)) == 55 * 55 * 96 * 363
+    x = np.zeros((1, 3, 227, 227), dtype=np.float32)
+    assert im2col(x, (11, 11), (4, 4)).shape == (363, 3025)
+
+
+def test_alexnet_conv1_unshared_has_105_705_600_parameters():
+    layer = LocallyConnected2d(3, 96, 227, 11, stride=4)
+    assert layer.num_params() == 290_400 * 364 == 105_705_600
+    assert layer.output_shape((3, 227, 227)) == (96, 55, 55)
+
+
+# -- im2col / col2im ---------------------------------------------------------------------
+def test_col2im_is_the_adjoint_of_im2col():
+    """<im2col(x), c> == <x, col2im(c)> for every x, c: col2im is im2col's gradient."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        case = random_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        out = [conv_output_size((case["h"], case["w"])[a], case["kernel"][a], case["stride"][a],
+                                case["padding"][a], case["dilation"][a], fit="floor")
+               for a in (0, 1)]
+        args = (case["kernel"], case["stride"], case["padding"], case["dilation"])
+        cols = im2col(x, *args, out_size=tuple(out))
+        c = rng.standard_normal(cols.shape)
+        back = col2im(c, x.shape, *args, out_size=tuple(out))
+        assert np.sum(cols * c) == pytest.approx(np.sum(x * back), rel=1e-12)
+
+
+# -- against the naive oracle and PyTorch ------------------------------------------------
+@pytest.mark.parametrize("seed", range(40))
+def test_conv_matches_naive_loops(seed):
+    rng = np.random.default_rng(seed)
+    case = random_case(rng)
+    x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+    w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+    b = rng.standard_normal(case["k"])
+    args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    out, _ = conv2d_forward(x, w, b, *args, fit="floor")
+    assert rel_error(out, naive_conv(x, w, b, *args)) < 1e-12
+
+
+@pytest.mark.parametrize("block", range(10))
+def test_conv_matches_pytorch_forward_and_backward(block):
+    """300 random cases (30 per block), float64, relative difference below 1e-10."""
+    rng = np.random.default_rng(100 + block)
+    for _ in range(30):
+        case = random_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+        b = rng.standard_normal(case["k"])
+        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+        out, cache = conv2d_forward(x, w, b, *args, fit="floor")
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        ot = torch.nn.functional.conv2d(xt, wt, bt, *args)
+        assert out.shape == tuple(ot.shape), case
+        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
+        dout = rng.standard_normal(out.shape)
+        ot.backward(torch.tensor(dout))
+        dx, dw, db = conv2d_backward(dout, cache)
+        assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
+        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
+        assert rel_error(db, bt.grad.numpy()) < 1e-10, case
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_conv_layer_exact_fit_raises_exactly_when_pytorch_would_floor(seed):
+    rng = np.random.default_rng(200 + seed)
+    case = random_case(rng)
+    conv = Conv2d(case["c"], case["k"], case["kernel"], case["stride"], case["padding"],
+                  case["dilation"], case["groups"])
+    fits = all(((case["h"], case["w"])[a] + 2 * case["padding"][a]
+                - case["dilation"][a] * (case["kernel"][a] - 1) - 1) % case["stride"][a] == 0
+               for a in (0, 1))
+    if fits:
+        assert conv.output_shape((case["c"], case["h"], case["w"]))[0] == case["k"]
+    else:
+        with pytest.raises(ValueError, match="not an integer"):
+            conv.output_shape((case["c"], case["h"], case["w"]))
+
+
+def test_conv_float32_forward_matches_float64():
+    rng = np.random.default_rng(3)
+    conv64 = Conv2d(5, 7, 3, stride=2, padding=1, dtype=np.float64, rng=rng)
+    conv32 = Conv2d(5, 7, 3, stride=2, padding=1, rng=rng)
+    conv32.params = {k: v.astype(np.float32) for k, v in conv64.params.items()}
+    x = rng.standard_normal((4, 5, 15, 15))
+    out32 = conv32.forward(x.astype(np.float32))
+    assert out32.dtype == np.float32
+    assert rel_error(out32, conv64.forward(x)) < 1e-6
+
+
+# -- gradient checks ---------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0)),
+    dict(kernel_size=3, stride=2, padding=2, dilation=2),
+    dict(kernel_size=1),
+    dict(kernel_size=3, groups=2, padding="same", bias=False),
+])
+def test_conv_gradient_check(kwargs):
+    rng = np.random.default_rng(4)
+    conv = Conv2d(4, 6, dtype=np.float64, rng=rng, fit="floor", **kwargs)
+    x = rng.standard_normal((2, 4, 7, 6))
+    errors = check_layer_grads(conv, x)
+    assert set(errors) == {"x", *conv.params}
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_locally_connected_gradient_check_and_oracle():
+    rng = np.random.default_rng(5)
+    layer = LocallyConnected2d(3, 4, (7, 6), (3, 2), stride=(2, 2), padding=(1, 0),
+                               dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, 3, 7, 6))
+    out = layer.forward(x)
+    p = layer.params
+    assert rel_error(out, naive_local(x, p["weight"], p["bias"], (2, 2), (1, 0))) < 1e-12
+    errors = check_layer_grads(layer, x)
+    assert max(errors.values()) < 1e-7, errors
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_locally_connected_matches_pytorch_unfold(seed):
+    """PyTorch has no such layer; unfold + a per-position einsum is the same computation."""
+    rng = np.random.default_rng(300 + seed)
+    fh, fw, sh, sw = (int(v) for v in rng.integers(1, 5, size=4))
+    ph, pw = int(rng.integers(0, fh // 2 + 1)), int(rng.integers(0, fw // 2 + 1))
+    oh, ow, c, k, n = (int(v) for v in rng.integers(1, 4, size=5))
+    h, w = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw
+    if h < 1 or w < 1:
+        return
+    layer = LocallyConnected2d(c, k, (h, w), (fh, fw), (sh, sw), (ph, pw), dtype=np.float64,
+                               rng=rng)
+    x = rng.standard_normal((n, c, h, w))
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params["weight"], requires_grad=True)
+    bt = torch.tensor(layer.params["bias"], requires_grad=True)
+    cols = torch.nn.functional.unfold(xt, (fh, fw), padding=(ph, pw), stride=(sh, sw))
+    cols = cols.reshape(n, c * fh * fw, oh, ow)
+    ot = torch.einsum("nfyx,yxkf->nkyx", cols, wt.reshape(oh, ow, k, -1)) + bt
+    ot.backward(torch.tensor(dout))
+    assert rel_error(out, ot.detach().numpy()) < 1e-10
+    assert rel_error(dx, xt.grad.numpy()) < 1e-10
+    assert rel_error(layer.grads["weight"], wt.grad.numpy()) < 1e-10
+    assert rel_error(layer.grads["bias"], bt.grad.numpy()) < 1e-10
+
+
+# -- the layer's contract and its errors -------------------------------------------------
+def test_conv_layer_contract():
+    conv = Conv2d(3, 8, (3, 5), stride=(1, 2), padding="same", dilation=2, groups=1)
+    assert conv.padding == (2, 4)
+    assert conv.training and conv.eval() is conv and not conv.training
+    assert set(conv.params) == set(conv.grads) == {"weight", "bias"}
+    assert conv.params["weight"].shape == (8, 3, 3, 5) and conv.params["weight"].dtype == np.float32
+    assert repr(conv) == "Conv2d(K=8, F=3x5, S=1x2, P=2x4, dilation=2)"
+    config = conv.get_config()
+    assert config["type"] == "Conv2d" and config["dilation"] == [2, 2]
+    rebuilt = Conv2d(**{k: v for k, v in config.items() if k != "type"})
+    assert rebuilt.get_config() == config
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        Conv2d(1, 1, 1).backward(np.zeros((1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Conv2d(3, 8, 0), "kernel_size must be a positive int"),
+    (lambda: Conv2d(3, 8, 3, stride=-1), "stride must be a positive int"),
+    (lambda: Conv2d(3, 8, 3, padding=-1), "padding must be a non-negative"),
+    (lambda: Conv2d(3, 8, 2.5), "kernel_size"),
+    (lambda: Conv2d(0, 8, 3), "in_channels must be a positive int"),
+    (lambda: Conv2d(3, 8, 3, groups=2), "divisible by groups"),
+    (lambda: Conv2d(3, 8, 4, padding="same"), "odd kernel_size"),
+    (lambda: Conv2d(3, 8, 3, fit="round"), "fit must be one of"),
+    (lambda: Conv2d(3, 8, 3, dtype=np.int32), "dtype must be float32 or float64"),
+])
+def test_conv_constructor_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_conv_forward_errors_name_the_layer_and_the_problem():
+    conv = Conv2d(3, 8, 3, stride=2)
+    conv.name = "features.0"
+    x = np.zeros((2, 10, 10, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"features\.0 Conv2d.*NHWC.*transpose\(0, 3, 1, 2\)"):
+        conv.forward(x)
+    with pytest.raises(ValueError, match=r"expected 3 input channels.*got 4"):
+        conv.forward(np.zeros((2, 4, 9, 9), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"4-D input \(N, C, H, W\), got shape \(3, 9, 9\)"):
+        conv.forward(np.zeros((3, 9, 9), dtype=np.float32))
+    with pytest.raises(ValueError, match="floating-point"):
+        conv.forward(np.zeros((1, 3, 9, 9), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"along H: \(H - F \+ 2P\)/S \+ 1 = "
+                                         r"\(10 - 3 \+ 2\*0\)/2 \+ 1 = 4\.5.*use S=1"):
+        conv.forward(np.zeros((1, 3, 10, 10), dtype=np.float32))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        conv.forward(np.zeros((1, 3, 2, 2), dtype=np.float32))
+    assert Conv2d(3, 8, 3, stride=2, fit="floor").forward(
+        np.zeros((1, 3, 10, 10), dtype=np.float32)).shape == (1, 8, 4, 4)
+
+
+def test_locally_connected_errors():
+    with pytest.raises(ValueError, match="not an integer"):
+        LocallyConnected2d(3, 4, 10, 3, stride=2)
+    layer = LocallyConnected2d(3, 4, 9, 3, stride=2)
+    with pytest.raises(ValueError, match="built for input H x W = 9 x 9"):
+        layer.forward(np.zeros((1, 3, 11, 11), dtype=np.float32))

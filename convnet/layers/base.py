@@ -113,3 +113,13 @@ def check_volume(input_shape, channels, where):
         raise ValueError(f"{where}: expected {channels} input channels (depth D), "
                          f"got volume {shape}")
     return shape
+
+
+class Identity(Layer):
+    """Passes its input through unchanged (PyTorch's nn.Identity); a placeholder layer."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout

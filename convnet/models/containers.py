@@ -1,0 +1,345 @@
+"""Models: Sequential and the graph blocks of the famous nets.
+
+A container holds named child layers; its parameters are the children's, under dotted
+PyTorch-style keys (``features.0.weight``), so state dicts line up with torchvision's.
+
+- ``Sequential``: layers one after another (the notes' arrow notation).
+- ``Residual``: out = post(body(x) + shortcut(x)), ResNet's skip connection; the shortcut
+  is the identity or a projection (1x1 CONV + BN) where the shape changes.
+- ``Concat``: parallel branches concatenated along depth (GoogLeNet's Inception module).
+- ``DenseBlock``: each layer receives the concatenation of all preceding feature maps
+  (DenseNet); its output depth is D0 + L*k for L layers of growth rate k.
+
+Every container: forward, backward, params()/grads()/buffers() as flat dicts,
+num_params(), train()/eval(), output_shape(), macs(), children().
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet.layers.base import Layer
+
+
+class Container(Layer):
+    """A layer made of named child layers. Subclasses define forward and backward."""
+
+    def __init__(self, children):
+        super().__init__()
+        del self.params, self.grads, self.buffers  # a container's come from its children
+        self._children = {}
+        for key, layer in children:
+            if not isinstance(layer, Layer):
+                raise ValueError(f"{type(self).__name__}: child {key!r} must be a Layer, "
+                                 f"got {type(layer).__name__}")
+            if "." in key or key in self._children:
+                raise ValueError(f"{type(self).__name__}: child names must be unique and "
+                                 f"free of dots, got {key!r}")
+            self._children[key] = layer
+        self._set_names()
+
+    # -- structure ---------------------------------------------------------------------
+    def children(self):
+        """(name, layer) pairs of the direct children, in order."""
+        return list(self._children.items())
+
+    def named_layers(self, prefix=""):
+        """(dotted name, layer) for every leaf layer, depth first."""
+        for key, layer in self._children.items():
+            name = f"{prefix}{key}"
+            if isinstance(layer, Container):
+                yield from layer.named_layers(name + ".")
+            else:
+                yield name, layer
+
+    def _set_names(self, prefix=None):
+        """Give every descendant its dotted name, used in error messages."""
+        if prefix is None:
+            prefix = self.name
+        for key, layer in self._children.items():
+            layer.name = f"{prefix}.{key}" if prefix else key
+            if isinstance(layer, Container):
+                layer._set_names(layer.name)
+
+    def __getitem__(self, key):
+        return self._children[str(key)]
+
+    def __iter__(self):
+        return iter(self._children.values())
+
+    def __len__(self):
+        return len(self._children)
+
+    # -- parameters ----------------------------------------------------------------------
+    def _flat(self, attribute):
+        out = {}
+        for name, layer in self.named_layers():
+            for key, value in getattr(layer, attribute).items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def params(self):
+        """Every parameter under its dotted key, e.g. {'features.0.weight': array}."""
+        return self._flat("params")
+
+    def grads(self):
+        """The gradients of the last backward, with the same keys as params()."""
+        return self._flat("grads")
+
+    def buffers(self):
+        """Non-trainable state (batch norm's running statistics), dotted keys."""
+        return self._flat("buffers")
+
+    def num_params(self):
+        return sum(layer.num_params() for layer in self)
+
+    def zero_grad(self):
+        for layer in self:
+            layer.zero_grad()
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self:
+            layer.train(mode)
+        return self
+
+    def clear_cache(self):
+        """Drop every cached forward (the activations kept for backward)."""
+        self.cache = None
+        for layer in self:
+            if isinstance(layer, Container):
+                layer.clear_cache()
+            else:
+                layer.cache = None
+
+    def get_config(self):
+        return {"type": type(self).__name__,
+                "children": [[key, layer.get_config()] for key, layer in self.children()]}
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for key, layer in self.children():
+            body = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({key}): {body}")
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Container):
+    """Layers applied one after another: INPUT -> CONV -> RELU -> POOL -> ... -> FC.
+
+    ``Sequential(*layers)`` names the children "0", "1", ...; ``Sequential(dict)`` (or a
+    list of (name, layer) pairs) names them, which makes named stages that can be looked up
+    (``model["features"]``), summarized, or cut at (``model.cut("features")``).
+
+    >>> from convnet.layers import Conv2d, ReLU
+    >>> net = Sequential(Conv2d(3, 8, 3, padding=1), ReLU())
+    >>> net.output_shape((3, 32, 32))
+    (8, 32, 32)
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], dict):
+            children = list(layers[0].items())
+        elif len(layers) == 1 and isinstance(layers[0], list):
+            children = [tuple(pair) for pair in layers[0]]
+        else:
+            children = [(str(i), layer) for i, layer in enumerate(layers)]
+        super().__init__(children)
+
+    def forward(self, x):
+        for layer in self:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(list(self)):
+            dout = layer.backward(dout)
+        return dout
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def macs(self, input_shape):
+        total, shape = 0, tuple(input_shape)
+        for layer in self:
+            total += layer.macs(shape)
+            shape = layer.output_shape(shape)
+        return total
+
+    def cut(self, name):
+        """A Sequential of the children up to and including ``name`` (layers shared)."""
+        keys = list(self._children)
+        if str(name) not in self._children:
+            raise ValueError(f"Sequential: no stage named {name!r}; stages are {keys}")
+        kept = keys[: keys.index(str(name)) + 1]
+        return Sequential({key: self._children[key] for key in kept})
+
+
+class Residual(Container):
+    """ResNet's block: out = post(body(x) + shortcut(x)).
+
+    Args:
+        body: the main path, a dict of named layers applied in order (torchvision's
+            BasicBlock: conv1, bn1, relu, conv2, bn2).
+        shortcut: None for the identity, or a layer (a 1x1 CONV + BN projection) where
+            the body changes the volume's size or depth.
+        post: a layer applied after the addition (ReLU), or None.
+        shortcut_name: the shortcut's key ("downsample", as in torchvision).
+    """
+
+    def __init__(self, body, shortcut=None, post=None, shortcut_name="downsample"):
+        children = list(body.items())
+        self._body_keys = [key for key, _ in children]
+        self._shortcut_key = shortcut_name if shortcut is not None else None
+        self._post_key = None
+        if shortcut is not None:
+            children.append((shortcut_name, shortcut))
+        if post is not None:
+            self._post_key = "post"
+            children.append(("post", post))
+        super().__init__(children)
+
+    def forward(self, x):
+        out = x
+        for key in self._body_keys:
+            out = self._children[key].forward(out)
+        skip = x if self._shortcut_key is None else self._children[self._shortcut_key].forward(x)
+        if out.shape != skip.shape:
+            raise ValueError(f"{self.where}: body gives {out.shape[1:]} but the shortcut gives "
+                             f"{skip.shape[1:]}; add a projection shortcut")
+        out = out + skip
+        if self._post_key:
+            out = self._children[self._post_key].forward(out)
+        return out
+
+    def backward(self, dout):
+        if self._post_key:
+            dout = self._children[self._post_key].backward(dout)
+        dx = dout
+        for key in reversed(self._body_keys):
+            dx = self._children[key].backward(dx)
+        if self._shortcut_key is None:
+            return dx + dout
+        return dx + self._children[self._shortcut_key].backward(dout)
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for key in self._body_keys:
+            shape = self._children[key].output_shape(shape)
+        skip = (tuple(input_shape) if self._shortcut_key is None
+                else self._children[self._shortcut_key].output_shape(input_shape))
+        if shape != skip:
+            raise ValueError(f"{self.where}: body gives volume {shape} but the shortcut gives "
+                             f"{skip}; add a projection shortcut (1x1 CONV, stride S)")
+        if self._post_key:
+            shape = self._children[self._post_key].output_shape(shape)
+        return shape
+
+    def macs(self, input_shape):
+        total, shape = 0, tuple(input_shape)
+        for key in self._body_keys:
+            total += self._children[key].macs(shape)
+            shape = self._children[key].output_shape(shape)
+        if self._shortcut_key:
+            total += self._children[self._shortcut_key].macs(input_shape)
+        return total
+
+    def get_config(self):
+        body = [[key, self._children[key].get_config()] for key in self._body_keys]
+        config = {"type": "Residual", "body": body}
+        if self._shortcut_key:
+            config["shortcut_name"] = self._shortcut_key
+            config["shortcut"] = self._children[self._shortcut_key].get_config()
+        if self._post_key:
+            config["post"] = self._children[self._post_key].get_config()
+        return config
+
+
+class Concat(Container):
+    """Parallel branches on the same input, concatenated along depth (Inception).
+
+    Args:
+        branches: a dict of named branches (torchvision: branch1 .. branch4). Every branch
+            must give the same H x W; the output depth is the sum of the branches' depths.
+    """
+
+    def __init__(self, branches):
+        super().__init__(list(branches.items()))
+
+    def forward(self, x):
+        outs = [branch.forward(x) for branch in self]
+        self.cache = [out.shape[1] for out in outs]  # the depth of each branch
+        return np.concatenate(outs, axis=1)
+
+    def backward(self, dout):
+        depths = self._cached()
+        splits = np.split(dout, np.cumsum(depths)[:-1], axis=1)
+        dx = None
+        for branch, d in zip(self, splits):
+            g = branch.backward(d)
+            dx = g if dx is None else dx + g
+        return dx
+
+    def output_shape(self, input_shape):
+        shapes = [(key, branch.output_shape(input_shape)) for key, branch in self.children()]
+        sizes = {shape[1:] for _, shape in shapes}
+        if len(sizes) != 1:
+            raise ValueError(f"{self.where}: branches give different H x W and cannot be "
+                             f"concatenated along depth: {dict(shapes)}")
+        return (sum(shape[0] for _, shape in shapes), *shapes[0][1][1:])
+
+    def macs(self, input_shape):
+        return sum(branch.macs(input_shape) for branch in self)
+
+
+class DenseBlock(Container):
+    """DenseNet's block: layer l sees the concatenation of the input and all earlier outputs.
+
+    x_l = H_l([x_0, x_1, ..., x_{l-1}]); the block returns [x_0, x_1, ..., x_L], so with
+    input depth k0 and growth rate k the output depth is k0 + L*k.
+
+    Args:
+        layers: a dict of named layers (torchvision: denselayer1 ..), each H_l mapping the
+            running concatenation to k new feature maps of the same H x W.
+    """
+
+    def __init__(self, layers):
+        super().__init__(list(layers.items()))
+
+    def forward(self, x):
+        features = x
+        depths = []
+        for layer in self:
+            new = layer.forward(features)
+            depths.append(features.shape[1])
+            features = np.concatenate([features, new], axis=1)
+        self.cache = depths  # the input depth of each layer
+        return features
+
+    def backward(self, dout):
+        depths = self._cached()
+        dfeatures = dout
+        for layer, depth in zip(reversed(list(self)), reversed(depths)):
+            dprev, dnew = dfeatures[:, :depth], dfeatures[:, depth:]
+            dfeatures = dprev + layer.backward(dnew)
+        return dfeatures
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for key, layer in self.children():
+            new = layer.output_shape(shape)
+            if new[1:] != shape[1:]:
+                raise ValueError(f"{layer.where}: a dense layer must keep H x W to be "
+                                 f"concatenated, got {shape} -> {new}")
+            shape = (shape[0] + new[0], *shape[1:])
+        return shape
+
+    def macs(self, input_shape):
+        total, shape = 0, tuple(input_shape)
+        for layer in self:
+            total += layer.macs(shape)
+            shape = (shape[0] + layer.output_shape(shape)[0], *shape[1:])
+        return total

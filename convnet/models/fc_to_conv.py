@@ -1,0 +1,134 @@
+"""FC -> CONV conversion: slide a trained net over a larger image in one pass.
+
+The notes: an FC layer that looks at a 7x7x512 volume is a CONV layer with F=7, P=0,
+S=1 and K = its number of neurons; the FC layers after it become 1x1 CONVs. The converted
+net computes the same class scores on the original input size, and on a larger image it
+returns a spatial map of scores: each entry is the original net evaluated on one crop,
+the crops spaced by the net's total stride (32 for a net with five 2x2 pools).
+
+Exactness: for a net whose CONV layers do not zero-pad, each map entry equals the
+original net on the corresponding crop exactly. A net with padded CONV layers differs
+near the crops' borders: the crop, run alone, sees zeros where the big image has pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet.layers.base import Identity, Layer
+from convnet.layers.conv import Conv2d
+from convnet.layers.linear import Flatten, Linear
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d
+from convnet.layers.pool import AdaptiveAvgPool2d
+from convnet.models.containers import Container, Sequential
+
+
+def fc_to_conv(model, input_shape=None):
+    """Return a copy of ``model`` whose FC layers are CONV layers, weights copied.
+
+    Args:
+        model: a Sequential (possibly of named Sequential stages such as "features" and
+            "classifier") ending in FC layers.
+        input_shape: the per-sample (C, H, W) the net was built for; defaults to
+            ``model.input_shape``.
+
+    The first FC after the conv stack becomes Conv2d(D, K, F=(H, W)) on the incoming
+    H x W x D volume; later FCs become 1x1 CONVs; the Flatten before them becomes an
+    Identity, and an AdaptiveAvgPool2d that is the identity at the original size is
+    dropped too (it would squash a larger map). Output: (N, K, OH, OW), with OH = OW = 1
+    at the original size.
+
+    >>> # a net reducing 224x224 to 7x7x512 gives a 6x6 map of scores on 384x384
+    """
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    if input_shape is None:
+        raise ValueError("fc_to_conv: give input_shape=(C, H, W), the size the net was "
+                         "built for (the model has no input_shape attribute)")
+    if not isinstance(model, Sequential):
+        raise ValueError(f"fc_to_conv: expected a Sequential model, got {type(model).__name__}")
+    state = {"volume": None}
+    converted, _ = _convert(model, tuple(input_shape), state)
+    converted.input_shape = tuple(input_shape)
+    converted.train(model.training)
+    return converted
+
+
+def _convert(seq, shape, state):
+    children = {}
+    for key, layer in seq.children():
+        if isinstance(layer, Sequential):
+            children[key], shape = _convert(layer, shape, state)
+            continue
+        out_shape = layer.output_shape(shape)
+        children[key] = _convert_layer(layer, shape, out_shape, state)
+        shape = out_shape
+    return Sequential(children), shape
+
+
+def _convert_layer(layer, shape, out_shape, state):
+    """The CONV-world replacement of one leaf layer (the layer itself if nothing to do)."""
+    if isinstance(layer, Flatten):
+        state["volume"] = shape  # the (D, H, W) that the next FC looks at
+        return Identity()
+    if isinstance(layer, AdaptiveAvgPool2d) and out_shape == shape:
+        return Identity()
+    if isinstance(layer, Linear):
+        w = layer.params["weight"]
+        if state["volume"] is not None:  # the first FC: F equals the incoming volume
+            d, h, wd = state["volume"]
+            state["volume"] = None
+        else:
+            d, h, wd = layer.in_features, 1, 1
+        conv = Conv2d(d, layer.out_features, (h, wd), bias="bias" in layer.params,
+                      dtype=w.dtype)
+        conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).copy()  # C-major
+        if "bias" in layer.params:
+            conv.params["bias"] = layer.params["bias"].copy()
+        conv.zero_grad()
+        return conv
+    if isinstance(layer, BatchNorm1d):
+        bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        bn.params = {k: v.copy() for k, v in layer.params.items()}
+        bn.buffers = {k: v.copy() for k, v in layer.buffers.items()}
+        bn.zero_grad()
+        return bn
+    if isinstance(layer, Container) or not isinstance(layer, Layer):
+        raise ValueError(f"fc_to_conv: cannot convert {layer.where} inside the FC head")
+    return layer
+
+
+def slide(model, x, net_stride, factor=2):
+    """Score crops at a stride of net_stride/factor by combining shifted passes.
+
+    The notes' trick: a converted net scores crops at its own total stride (32); to get
+    stride 16, run it on the image and on the image shifted by 16 pixels (along H, W and
+    both) and interleave the maps. Each shifted copy is cropped by net_stride on the far
+    side so that its size still fits the net.
+
+    Args:
+        model: a converted (fc_to_conv) model. x: (N, C, H, W).
+        net_stride: the converted net's total stride (product of its strides).
+        factor: how many times finer the output grid is (stride = net_stride / factor).
+
+    Returns (N, K, factor*(OH-1)+1, factor*(OW-1)+1): entry (i, j) is the net on the crop
+    whose top-left corner is (i, j) * net_stride / factor.
+    """
+    if net_stride % factor:
+        raise ValueError(f"slide: net_stride={net_stride} must be divisible by "
+                         f"factor={factor}")
+    step = net_stride // factor
+    n, _, h, w = x.shape
+    base = model.forward(x)                                   # (N, K, OH, OW)
+    k, oh, ow = base.shape[1:]
+    scores = np.empty((n, k, factor * (oh - 1) + 1, factor * (ow - 1) + 1), dtype=base.dtype)
+    for i in range(factor):
+        for j in range(factor):
+            if i == 0 and j == 0:
+                out = base
+            else:
+                hi = h - (net_stride if i else 0)
+                wi = w - (net_stride if j else 0)
+                out = model.forward(x[:, :, i * step: i * step + hi, j * step: j * step + wi])
+            scores[:, :, i::factor, j::factor] = out
+    return scores

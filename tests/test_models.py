@@ -1,0 +1,285 @@
+"""Containers and FC -> CONV: gradient checks, PyTorch comparisons, the notes' examples."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from convnet.layers.activation import ReLU
+from convnet.layers.base import Identity
+from convnet.layers.conv import Conv2d
+from convnet.layers.linear import Flatten, Linear
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from convnet.models import Concat, DenseBlock, Residual, Sequential, fc_to_conv, slide
+from tests.utils import numerical_grad, rel_error
+
+F64 = dict(dtype=np.float64)
+
+
+def conv_bn(c, k, f, stride=1, rng=None):
+    return Sequential({"conv": Conv2d(c, k, f, stride, padding=f // 2, bias=False, rng=rng,
+                                      **F64),
+                       "bn": BatchNorm2d(k, dtype=np.float64)})
+
+
+def basic_block(c, k, stride, rng):
+    shortcut = None
+    if stride != 1 or c != k:
+        shortcut = Sequential(Conv2d(c, k, 1, stride, bias=False, rng=rng, **F64),
+                              BatchNorm2d(k, dtype=np.float64))
+    body = {"conv1": Conv2d(c, k, 3, stride, 1, bias=False, rng=rng, **F64),
+            "bn1": BatchNorm2d(k, dtype=np.float64), "relu": ReLU(),
+            "conv2": Conv2d(k, k, 3, 1, 1, bias=False, rng=rng, **F64),
+            "bn2": BatchNorm2d(k, dtype=np.float64)}
+    return Residual(body, shortcut, post=ReLU())
+
+
+def inception(c, rng):
+    return Concat({
+        "branch1": Conv2d(c, 2, 1, rng=rng, **F64),
+        "branch2": Sequential(Conv2d(c, 2, 1, rng=rng, **F64), ReLU(),
+                              Conv2d(2, 3, 3, padding=1, rng=rng, **F64)),
+        "branch3": Sequential(MaxPool2d(3, 1, 1), Conv2d(c, 1, 1, rng=rng, **F64)),
+    })
+
+
+def dense_block(c, growth, layers, rng):
+    return DenseBlock({f"denselayer{i + 1}": Sequential({
+        "norm1": BatchNorm2d(c + i * growth, dtype=np.float64), "relu1": ReLU(),
+        "conv1": Conv2d(c + i * growth, growth, 3, padding=1, bias=False, rng=rng, **F64)})
+        for i in range(layers)})
+
+
+def to_torch(model):
+    """The same network in PyTorch, weights copied by key."""
+    if isinstance(model, Residual):
+        return TorchResidual(model)
+    if isinstance(model, Concat):
+        return TorchConcat(model)
+    if isinstance(model, DenseBlock):
+        return TorchDense(model)
+    if isinstance(model, Sequential):
+        return nn.Sequential(*[to_torch(layer) for layer in model])
+    if isinstance(model, Conv2d):
+        m = nn.Conv2d(model.in_channels, model.out_channels, model.kernel_size, model.stride,
+                      model.padding, model.dilation, model.groups, "bias" in model.params,
+                      dtype=torch.float64)
+    elif isinstance(model, BatchNorm2d):
+        m = nn.BatchNorm2d(model.num_features, dtype=torch.float64)
+    elif isinstance(model, ReLU):
+        return nn.ReLU()
+    elif isinstance(model, MaxPool2d):
+        return nn.MaxPool2d(model.kernel_size, model.stride, model.padding)
+    else:
+        raise TypeError(model)
+    with torch.no_grad():
+        for key, value in {**model.params, **model.buffers}.items():
+            getattr(m, key).copy_(torch.tensor(value))
+    return m
+
+
+class TorchResidual(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.body = nn.Sequential(*[to_torch(block[k]) for k in block._body_keys])
+        self.shortcut = to_torch(block["downsample"]) if block._shortcut_key else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class TorchConcat(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.branches = nn.ModuleList(to_torch(b) for b in block)
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches], 1)
+
+
+class TorchDense(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.layers = nn.ModuleList(to_torch(b) for b in block)
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+
+def make(kind, rng):
+    if kind == "residual":
+        return basic_block(3, 3, 1, rng), (3, 6, 6)
+    if kind == "projection":
+        return basic_block(2, 4, 2, rng), (2, 7, 7)
+    if kind == "concat":
+        return inception(3, rng), (3, 5, 5)
+    if kind == "dense":
+        return dense_block(2, 2, 3, rng), (2, 4, 4)
+    return Sequential(conv_bn(2, 3, 3, rng=rng), ReLU(), basic_block(3, 4, 2, rng),
+                      inception(4, rng), dense_block(6, 2, 2, rng)), (2, 9, 9)
+
+
+KINDS = ["residual", "projection", "concat", "dense", "stack"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("training", [True, False])
+def test_blocks_match_pytorch(kind, training):
+    rng = np.random.default_rng(0)
+    model, shape = make(kind, rng)
+    model.train(training)
+    tmodel = to_torch(model).train(training)
+    x = rng.standard_normal((3, *shape))
+    out = model.forward(x)
+    assert out.shape[1:] == model.output_shape(shape)
+    xt = torch.tensor(x, requires_grad=True)
+    ot = tmodel(xt)
+    assert rel_error(out, ot.detach().numpy()) < 1e-10
+    dout = rng.standard_normal(out.shape)
+    ot.backward(torch.tensor(dout))
+    assert rel_error(model.backward(dout), xt.grad.numpy()) < 1e-10
+    tparams = dict(tmodel.named_parameters())
+    assert len(tparams) == len(model.params())
+    # parameters line up in order of definition
+    for (key, g), tg in zip(model.grads().items(), [p.grad for p in tmodel.parameters()]):
+        assert rel_error(g, tg.numpy()) < 1e-10, key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_gradient_check(kind):
+    rng = np.random.default_rng(1)
+    model, shape = make(kind, rng)
+    model.eval()  # deterministic BN (train-mode BN is checked against PyTorch above)
+    for _, layer in model.named_layers():  # non-trivial statistics, away from ReLU's kink
+        if isinstance(layer, BatchNorm2d):
+            layer.buffers["running_mean"][:] = rng.standard_normal(layer.num_features)
+            layer.buffers["running_var"][:] = rng.uniform(0.5, 2, layer.num_features)
+            layer.params["bias"][:] = rng.standard_normal(layer.num_features)
+    x = rng.standard_normal((2, *shape))
+    out = model.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = model.backward(dout)
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    assert rel_error(dx, numerical_grad(lambda: model.forward(x), x, dout)) < 1e-7
+    for key, p in model.params().items():
+        assert rel_error(grads[key], numerical_grad(lambda: model.forward(x), p, dout)) < 1e-7
+
+
+def test_container_keys_stages_and_state():
+    rng = np.random.default_rng(2)
+    net = Sequential({"features": Sequential(Conv2d(1, 4, 3, padding=1, rng=rng), ReLU(),
+                                             MaxPool2d(2)),
+                      "classifier": Sequential(Flatten(), Linear(4 * 4 * 4, 10, rng=rng))})
+    assert list(net.params()) == ["features.0.weight", "features.0.bias",
+                                  "classifier.1.weight", "classifier.1.bias"]
+    assert list(net.grads()) == list(net.params())
+    assert net.num_params() == 40 + 650
+    assert net["features"][0].name == "features.0"
+    assert net.output_shape((1, 8, 8)) == (10,)
+    assert net.macs((1, 8, 8)) == 8 * 8 * 4 * 9 + 64 * 10
+    assert net.cut("features").output_shape((1, 8, 8)) == (4, 4, 4)
+    with pytest.raises(ValueError, match="no stage named 'head'.*features"):
+        net.cut("head")
+    net.eval()
+    assert not any(layer.training for _, layer in net.named_layers())
+    out = net.forward(np.ones((2, 1, 8, 8), np.float32))
+    assert out.shape == (2, 10)
+    net.clear_cache()
+    with pytest.raises(RuntimeError, match=r"classifier\.1 Linear.*before forward"):
+        net.backward(np.ones((2, 10), np.float32))
+
+
+def test_residual_without_projection_reports_the_mismatch():
+    block = basic_block(2, 2, 1, None)
+    block._children["conv2"] = Conv2d(2, 4, 3, padding=1)  # body now changes the depth
+    block._children["bn2"] = BatchNorm2d(4)
+    with pytest.raises(ValueError, match="projection shortcut"):
+        block.output_shape((2, 6, 6))
+
+
+# -- FC -> CONV --------------------------------------------------------------------------
+def unpadded_net(rng, pad=0):
+    """224x224x3 -> 7x7x4 with five 2x2 pools (total stride 32), then an FC head."""
+    layers = []
+    c = 3
+    for _ in range(5):
+        layers += [Conv2d(c, 4, 1 + 2 * pad, padding=pad, rng=rng, **F64), ReLU(),
+                   MaxPool2d(2)]
+        c = 4
+    net = Sequential({"features": Sequential(*layers),
+                      "classifier": Sequential(Flatten(), Linear(7 * 7 * 4, 6, rng=rng, **F64),
+                                               BatchNorm1d(6, dtype=np.float64), ReLU(),
+                                               Linear(6, 5, rng=rng, **F64))})
+    net.input_shape = (3, 224, 224)
+    return net.eval()
+
+
+def test_fc_to_conv_is_identical_on_the_original_size():
+    rng = np.random.default_rng(3)
+    net = unpadded_net(rng, pad=1)
+    net["classifier"][2].buffers["running_mean"][:] = rng.standard_normal(6)
+    conv_net = fc_to_conv(net)
+    assert isinstance(conv_net["classifier"][0], Identity)
+    assert isinstance(conv_net["classifier"][1], Conv2d)
+    assert conv_net["classifier"][1].kernel_size == (7, 7)
+    assert conv_net["classifier"][4].kernel_size == (1, 1)
+    x = rng.standard_normal((2, 3, 224, 224))
+    out = conv_net.forward(x)
+    assert out.shape == (2, 5, 1, 1)
+    assert rel_error(out[:, :, 0, 0], net.forward(x)) < 1e-10
+
+
+def test_fc_to_conv_slides_over_384_as_36_crops_at_stride_32():
+    rng = np.random.default_rng(4)
+    net = unpadded_net(rng)
+    conv_net = fc_to_conv(net)
+    x = rng.standard_normal((1, 3, 384, 384))
+    scores = conv_net.forward(x)
+    assert scores.shape == (1, 5, 6, 6)  # the notes' 6x6 map of class scores
+    crops = np.stack([x[0, :, 32 * i: 32 * i + 224, 32 * j: 32 * j + 224]
+                      for i in range(6) for j in range(6)])
+    expected = net.forward(crops).reshape(6, 6, 5).transpose(2, 0, 1)
+    assert rel_error(scores[0], expected) < 1e-10
+
+
+def test_padded_nets_slide_only_approximately():
+    rng = np.random.default_rng(5)
+    net = unpadded_net(rng, pad=1)
+    conv_net = fc_to_conv(net)
+    x = rng.standard_normal((1, 3, 288, 288))
+    scores = conv_net.forward(x)[0]                                  # (5, 3, 3)
+    crops = np.stack([x[0, :, 32 * i: 32 * i + 224, 32 * j: 32 * j + 224]
+                      for i in range(3) for j in range(3)])
+    expected = net.forward(crops).reshape(3, 3, 5).transpose(2, 0, 1)
+    assert rel_error(scores[:, 0, 0], expected[:, 0, 0]) > 1e-6     # borders differ
+    assert rel_error(scores, expected) < 0.5
+
+
+def test_slide_combines_shifted_passes_for_stride_16():
+    rng = np.random.default_rng(6)
+    net = unpadded_net(rng)
+    conv_net = fc_to_conv(net)
+    x = rng.standard_normal((1, 3, 288, 320))
+    scores = slide(conv_net, x, net_stride=32, factor=2)
+    assert scores.shape == (1, 5, 5, 7)  # (288-224)/16+1, (320-224)/16+1
+    crops = np.stack([x[0, :, 16 * i: 16 * i + 224, 16 * j: 16 * j + 224]
+                      for i in range(5) for j in range(7)])
+    expected = net.forward(crops).reshape(5, 7, 5).transpose(2, 0, 1)
+    assert rel_error(scores[0], expected) < 1e-10
+
+
+def test_fc_to_conv_drops_an_identity_adaptive_pool_and_needs_a_shape():
+    rng = np.random.default_rng(7)
+    net = Sequential(Conv2d(3, 2, 3, padding=1, rng=rng, **F64), AvgPool2d(2),
+                     AdaptiveAvgPool2d(4), Flatten(), Linear(32, 3, rng=rng, **F64))
+    with pytest.raises(ValueError, match="input_shape"):
+        fc_to_conv(net)
+    conv_net = fc_to_conv(net, (3, 8, 8))
+    assert isinstance(conv_net[2], Identity)
+    x = rng.standard_normal((2, 3, 8, 8))
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
+    assert conv_net.forward(rng.standard_normal((1, 3, 12, 12))).shape == (1, 3, 3, 3)

@@ -9,8 +9,6 @@ from convnet.functional.conv import (col2im, conv2d_backward, conv2d_forward,
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from tests.utils import check_layer_grads, rel_error
 
-torch.set_default_dtype(torch.float64)
-
 
 # -- oracles written straight from the notes ---------------------------------------------
 def naive_conv(x, w, b, stride, padding, dilation=(1, 1), groups=1):

@@ -1,0 +1,150 @@
+"""Activation layers: ReLU, LeakyReLU, Tanh, Sigmoid (the notes' RELU layer and kin).
+
+They apply a fixed elementwise function ("RELU/POOL layers use a fixed function"), so they
+have no parameters and no hyperparameters beyond a slope, accept an array of any shape,
+leave the volume's size unchanged, and count 0 multiply-adds: by the summary's rule only
+the products of CONV and FC layers count, not comparisons or exp().
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convnet.functional import activation as A
+from convnet.functional.conv import check_input
+from convnet.layers.base import Layer
+
+
+def check_array(x, where):
+    """Check that x is a floating NumPy array of any rank; say what is wrong."""
+    check_input(x, None, where, rank=np.ndim(x))
+
+
+def check_dout(dout, shape, where):
+    """Check that the upstream gradient has the shape of the last forward's output."""
+    got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
+    if got != tuple(shape):
+        raise ValueError(f"{where}: expected dout with the shape of the last output "
+                         f"{tuple(shape)}, got {got}")
+
+
+class ReLU(Layer):
+    """RELU layer: max(0, x) elementwise, thresholding at zero.
+
+    Args:
+        inplace: overwrite the input with the result instead of allocating a new array,
+            as PyTorch's ``ReLU(inplace=True)``: saves one activation-sized buffer per
+            layer. The caller's x then holds max(0, x), and the backward pass reads that
+            same buffer, so do not change x between forward and backward.
+
+    Shapes: any, output = input. The cache keeps only the output (out > 0 is where the
+    gradient flows); the gradient at exactly x = 0 is 0, as in PyTorch.
+
+    >>> ReLU()(np.array([[-1.0, 2.0]]))
+    array([[0., 2.]])
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        if not isinstance(inplace, bool):
+            raise ValueError(f"ReLU: inplace must be True or False, got {inplace!r}")
+        self.inplace = inplace
+
+    def forward(self, x):
+        check_array(x, self.where)
+        if self.inplace and not x.flags.writeable:
+            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
+                             f"read-only array of shape {x.shape}; pass x.copy()")
+        out, self.cache = A.relu_forward(x, self.inplace)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.out.shape, self.where)
+        return A.relu_backward(dout, cache)
+
+    def get_config(self):
+        return {"type": "ReLU", "inplace": self.inplace}
+
+    def __repr__(self):
+        return "ReLU(inplace=True)" if self.inplace else "ReLU()"
+
+
+class LeakyReLU(Layer):
+    """Leaky ReLU: x for x > 0, negative_slope * x otherwise, so units never go fully dead.
+
+    Args:
+        negative_slope: the slope for x <= 0 (PyTorch's default 0.01), a finite number.
+
+    Shapes: any, output = input. The cache keeps a boolean mask x > 0; at exactly x = 0
+    the gradient is negative_slope, as in PyTorch.
+
+    >>> LeakyReLU(0.1)(np.array([[-10.0, 2.0]]))
+    array([[-1.,  2.]])
+    """
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        if (not isinstance(negative_slope, (int, float, np.integer, np.floating))
+                or isinstance(negative_slope, bool) or not math.isfinite(negative_slope)):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, "
+                             f"got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        check_array(x, self.where)
+        out, self.cache = A.leaky_relu_forward(x, self.negative_slope)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.positive.shape, self.where)
+        return A.leaky_relu_backward(dout, cache)
+
+    def get_config(self):
+        return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+
+    def __repr__(self):
+        return f"LeakyReLU({self.negative_slope:g})"
+
+
+class Tanh(Layer):
+    """tanh(x) elementwise, squashing to (-1, 1); the cache keeps the output.
+
+    Backward: dx = dout * (1 - out**2).
+
+    >>> Tanh()(np.array([[0.0]]))
+    array([[0.]])
+    """
+
+    def forward(self, x):
+        check_array(x, self.where)
+        out, self.cache = A.tanh_forward(x)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.out.shape, self.where)
+        return A.tanh_backward(dout, cache)
+
+
+class Sigmoid(Layer):
+    """sigma(x) = 1 / (1 + exp(-x)) elementwise, squashing to (0, 1); no overflow warnings.
+
+    Backward: dx = dout * out * (1 - out), from the cached output.
+
+    >>> Sigmoid()(np.array([[0.0]]))
+    array([[0.5]])
+    """
+
+    def forward(self, x):
+        check_array(x, self.where)
+        out, self.cache = A.sigmoid_forward(x)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.out.shape, self.where)
+        return A.sigmoid_backward(dout, cache)

@@ -283,3 +283,24 @@ def test_fc_to_conv_drops_an_identity_adaptive_pool_and_needs_a_shape():
     x = rng.standard_normal((2, 3, 8, 8))
     assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
     assert conv_net.forward(rng.standard_normal((1, 3, 12, 12))).shape == (1, 3, 3, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_round_trip_rebuilds_the_same_architecture(kind):
+    import json
+
+    from convnet.models import from_config
+    model, shape = make(kind, np.random.default_rng(8))
+    config = json.loads(json.dumps(model.get_config()))
+    rebuilt = from_config(config, rng=np.random.default_rng(9))
+    assert rebuilt.get_config() == model.get_config()
+    assert list(rebuilt.params()) == list(model.params())
+    assert rebuilt.output_shape(shape) == model.output_shape(shape)
+
+
+def test_config_errors_name_the_place():
+    from convnet.models import from_config
+    with pytest.raises(ValueError, match="unknown layer type 'Conv3d'"):
+        from_config({"type": "Sequential", "children": [["0", {"type": "Conv3d"}]]})
+    with pytest.raises(ValueError, match=r"model config\.0: malformed Conv2d"):
+        from_config({"type": "Sequential", "children": [["0", {"type": "Conv2d"}]]})

@@ -1,0 +1,568 @@
+"""The notes' arrow notation: build a Sequential from text such as
+
+    INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL]*3 -> [FC 512 -> RELU]*2 -> FC 10
+
+Items are separated by ``->`` (or ``→``). Keywords are case-insensitive; numbers and
+options follow them, separated by spaces, in any order.
+
+=================================  ======================================================
+``INPUT WxHxD`` / ``INPUT WxH``    the input volume in the notes' order, width x height x
+                                   depth: 32x32x3 is (C, H, W) = (3, 32, 32); WxH has
+                                   D = 1; ``INPUT n`` is a vector of n features.
+                                   First item only; bare ``INPUT`` or no INPUT at all
+                                   needs ``input_shape=(C, H, W)``.
+``CONV K [F] [S] [P] [D] [G]``     Conv2d with K filters. ``F3`` or ``F3x5`` (FH x FW),
+``[floor]``                        ``S1``, ``P1`` or ``Psame``, ``D2`` (dilation), ``G2``
+                                   (groups), ``floor`` for fit="floor". Defaults are the
+                                   notes' sizing rules: F=3, S=1, P=D*(F-1)/2 (keeps the
+                                   size; an even F needs an explicit P).
+``POOL [F] [S] [P] [D]``           MaxPool2d, F=2, S=F by default (F=2, S=2); ``ceil``
+``[ceil|floor]``                   for ceil_mode, ``floor`` for fit="floor".
+``AVGPOOL [F] [S] [P] [...]``      AvgPool2d, same options as POOL except D.
+``L2POOL [F] [S] [ceil|floor]``    LPPool2d(2, ...): L2-norm pooling, no padding.
+``GAP``                            AdaptiveAvgPool2d(1), global average pooling.
+``RELU``, ``TANH``, ``SIGMOID``    the activations; ``LEAKYRELU [slope]`` (0.01).
+``BN``                             BatchNorm2d on a volume, BatchNorm1d on a vector.
+``LRN [size [alpha [beta [k]]]]``  LocalResponseNorm, AlexNet's 5, 1e-4, 0.75, 2.
+``DROPOUT [p]``                    Dropout, p = 0.5.
+``LC K [F] [S] [P] [floor]``       LocallyConnected2d (F=3, S=1, P=0), sized from the
+                                   volume it gets.
+``FLATTEN``                        Flatten().
+``FC n``                           Linear with n outputs, fan-in from the shape before;
+                                   a Flatten() is put in front of it (with its own
+                                   index) when that shape is a volume.
+=================================  ======================================================
+
+Pairs (``F3x5``, ``S2x1``, ``P1x2``, ``D2x1``) are height x width, PyTorch's order.
+Repetition: ``[ ... ]*N`` (nestable) or ``LAYER*N``, where N is an int or a name bound by
+a keyword argument of ``from_notation``; ``?`` after a layer or a group marks it optional
+(the notes' ``POOL?``). Shapes are checked while building: every error names the layer
+in the model (``model[i]``), its text and column, shows the text with a caret under the
+layer, and says which volume it got (W x H x D, as the notes write volumes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.base import check_dtype
+from convnet.layers.conv import Conv2d, LocallyConnected2d
+from convnet.layers.dropout import Dropout
+from convnet.layers.linear import Flatten, Linear
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.models.containers import Sequential
+
+# -- tokens ----------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
+                    r"|(?P<word>(?:(?!->)[^\s\[\]*?→])+))")
+_NAME = re.compile(r"[A-Za-z_]\w*$")
+_INT = re.compile(r"[0-9]+$")
+
+
+class _Token(NamedTuple):
+    kind: str          # "->", "[", "]", "*", "?", "word" or "end"
+    text: str
+    start: int         # offsets into the text: text[start:end] is the token
+    end: int
+
+
+def _tokenize(text):
+    tokens, pos = [], 0
+    while True:
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:   # only whitespace is left
+            break
+        kind = "->" if match["arrow"] else match["punct"] or "word"
+        start = match.start(match.lastgroup)
+        tokens.append(_Token(kind, text[start:match.end()], start, match.end()))
+        pos = match.end()
+    tokens.append(_Token("end", "", len(text.rstrip()), len(text.rstrip())))
+    return tokens
+
+
+# -- errors ----------------------------------------------------------------------------
+
+def _volume(shape):
+    """The notes' way to write a per-sample shape: (C, H, W) -> 'WxHxD'."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return f"{w}x{h}x{c}"
+    if len(shape) == 1:
+        return f"a vector of {shape[0]}"
+    return str(tuple(shape))
+
+
+def _error(text, start, end, what, problem, got=None):
+    """A ValueError: '<what> at <column> [got <volume>]: <problem>', then the text's line
+    with carets under text[start:end]."""
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", start)
+    line_end = len(text) if line_end < 0 else line_end
+    column = start - line_start + 1
+    where = f"column {column}"
+    if "\n" in text.strip():
+        where = f"line {text.count(chr(10), 0, start) + 1}, {where}"
+    head = f"{what} at {where}" + (f" got {_volume(got)}" if got is not None else "")
+    line = text[line_start:line_end].replace("\t", " ")
+    carets = " " * (column - 1) + "^" * max(1, min(end, line_end) - start)
+    return ValueError(f"from_notation: {head}: {problem}\n    {line}\n    {carets}")
+
+
+class _Parse(Exception):
+    """Raised inside the parser with a token; turned into the ValueError above."""
+
+    def __init__(self, token, problem):
+        super().__init__(problem)
+        self.token, self.problem = token, problem
+
+
+# -- the syntax tree -------------------------------------------------------------------
+
+class _Layer(NamedTuple):
+    keyword: str       # upper case, e.g. "CONV"
+    args: dict         # parsed hyperparameters, e.g. {"K": 32, "F": (3, 3)}
+    start: int
+    end: int
+    number: int        # 1, 2, ... in the order of the text (INPUT is 0)
+
+
+class _Group(NamedTuple):
+    items: list
+    start: int
+    end: int
+
+
+class _Item(NamedTuple):
+    node: object       # a _Layer or a _Group
+    count: object      # None, an int, or the _Token of a name
+    optional: bool
+
+
+# Arguments of each keyword: the bare numbers in order, the one-letter options, the flags.
+# Kinds: "int" (> 0), "float", "pair" (> 0), "pair0" (>= 0), "pad" (pair0 or "same").
+_BARE = {"CONV": [("K", "int")], "LC": [("K", "int")], "FC": [("n", "int")],
+         "LEAKYRELU": [("slope", "float")], "DROPOUT": [("p", "float")],
+         "LRN": [("size", "int"), ("alpha", "float"), ("beta", "float"), ("k", "float")],
+         "INPUT": [("size", "volume")]}
+_OPTIONS = {"CONV": {"F": "pair", "S": "pair", "P": "pad", "D": "pair", "G": "int"},
+            "LC": {"F": "pair", "S": "pair", "P": "pair0"},
+            "POOL": {"F": "pair", "S": "pair", "P": "pair0", "D": "pair"},
+            "AVGPOOL": {"F": "pair", "S": "pair", "P": "pair0"},
+            "L2POOL": {"F": "pair", "S": "pair"}}
+_FLAGS = {"CONV": {"floor"}, "LC": {"floor"}, "POOL": {"ceil", "floor"},
+          "AVGPOOL": {"ceil", "floor"}, "L2POOL": {"ceil", "floor"}}
+_REQUIRED = {"CONV": "the number of filters K, e.g. 'CONV 32'",
+             "LC": "the number of filters K, e.g. 'LC 32'",
+             "FC": "the number of neurons n, e.g. 'FC 10'"}
+KEYWORDS = ("INPUT", "CONV", "POOL", "AVGPOOL", "L2POOL", "GAP", "RELU", "LEAKYRELU", "TANH",
+            "SIGMOID", "BN", "LRN", "DROPOUT", "LC", "FLATTEN", "FC")
+_EXAMPLES = {"int": "a positive int such as 3", "float": "a number such as 0.5",
+             "pair": "a positive int or HxW such as 3 or 3x5",
+             "pair0": "a non-negative int or HxW such as 1 or 1x2",
+             "pad": "a non-negative int, HxW or 'same', such as 1",
+             "volume": "WxHxD such as 32x32x3, WxH such as 28x28, or n such as 784"}
+
+
+def _value(text, kind):
+    """Parse one number of the given kind; None when the text is not one."""
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+    if kind == "pad" and text.lower() == "same":
+        return "same"
+    parts = text.lower().split("x")
+    if not all(_INT.match(part) for part in parts):
+        return None
+    nums = tuple(int(part) for part in parts)
+    low = 0 if kind in ("pair0", "pad") else 1
+    if any(n < low for n in nums):
+        return None
+    if kind == "int":
+        return nums[0] if len(nums) == 1 else None
+    if kind == "volume":
+        if len(nums) == 1:
+            return nums                               # a vector of n features
+        if len(nums) == 2:
+            nums = (*nums, 1)                         # WxH: depth 1
+        if len(nums) != 3:
+            return None
+        w, h, d = nums
+        return (d, h, w)                              # (C, H, W)
+    if len(nums) == 1:
+        return (nums[0], nums[0])
+    return nums if len(nums) == 2 else None
+
+
+def _parse_args(keyword, tokens):
+    """The hyperparameters of one layer from its argument tokens: {"K": 32, "F": (3, 3)}."""
+    bare = _BARE.get(keyword, [])
+    options = _OPTIONS.get(keyword, {})
+    flags = _FLAGS.get(keyword, set())
+    args, n_bare = {}, 0
+    for tok in tokens:
+        word = tok.text
+        if word.upper() in KEYWORDS and word.upper() not in options:
+            raise _Parse(tok, f"{keyword} does not take {word!r}; a missing '->' before it?")
+        if word.lower() in flags:
+            if word.lower() in args:
+                raise _Parse(tok, f"{keyword}: {word!r} is given twice")
+            if {"ceil", "floor"} <= set(args) | {word.lower()}:
+                raise _Parse(tok, f"{keyword}: 'ceil' and 'floor' exclude each other")
+            args[word.lower()] = True
+            continue
+        if word[0].isdigit() or word[0] in "+-.":
+            if n_bare >= len(bare):
+                takes = (f"at most {len(bare)} number(s): "
+                         + ", ".join(name for name, _ in bare)) if bare else "no bare number"
+                hint = f"; options are {_describe(keyword)}" if options or flags else ""
+                raise _Parse(tok, f"{keyword} takes {takes}, got an extra {word!r}{hint}")
+            name, kind = bare[n_bare]
+            value = _value(word, kind)
+            if value is None:
+                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}")
+            args[name] = value
+            n_bare += 1
+            continue
+        letter = word[0].upper()
+        if letter not in options:
+            raise _Parse(tok, f"{keyword} does not take {word!r}; it takes "
+                              f"{_describe(keyword)}")
+        if letter in args:
+            raise _Parse(tok, f"{keyword}: option {letter} is given twice")
+        value = _value(word[1:], options[letter])
+        if value is None:
+            raise _Parse(tok, f"{keyword}: {letter} must be {_EXAMPLES[options[letter]]} "
+                              f"written right after it (e.g. {letter}2), got {word!r}")
+        args[letter] = value
+    return args
+
+
+def _describe(keyword):
+    """The arguments a keyword takes, for error messages."""
+    parts = [name for name, _ in _BARE.get(keyword, [])]
+    parts += [f"{letter}<{kind}>" for letter, kind in _OPTIONS.get(keyword, {}).items()]
+    parts += sorted(_FLAGS.get(keyword, ()))
+    return ", ".join(parts) if parts else "no arguments"
+
+
+class _Parser:
+    """Recursive descent over: seq := item ('->' item)*; item := (layer | '[' seq ']')
+    ('*' count | '?')*; layer := KEYWORD argument*."""
+
+    def __init__(self, text):
+        self.tokens = _tokenize(text)
+        self.pos = 0
+        self.layers = 0
+
+    def peek(self):
+        return self.tokens[self.pos]
+
+    def take(self):
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def parse(self):
+        if self.peek().kind == "end":
+            raise _Parse(self.peek(), "the text is empty; write layers such as "
+                                      "'INPUT 32x32x3 -> CONV 16 -> RELU -> POOL -> FC 10'")
+        items = self.seq()
+        tok = self.peek()
+        if tok.kind == "]":
+            raise _Parse(tok, "']' without a matching '['")
+        if tok.kind != "end":
+            raise _Parse(tok, f"expected '->' before {tok.text!r}")
+        return items
+
+    def seq(self):
+        items = [self.item()]
+        while self.peek().kind == "->":
+            self.take()
+            items.append(self.item())
+        return items
+
+    def item(self):
+        tok = self.peek()
+        if tok.kind == "[":
+            self.take()
+            items = self.seq()
+            close = self.peek()
+            if close.kind == "end":
+                raise _Parse(tok, "this '[' is never closed: add a ']'")
+            if close.kind != "]":
+                raise _Parse(close, f"expected '->' or ']' before {close.text!r}")
+            self.take()
+            node = _Group(items, tok.start, close.end)
+        elif tok.kind == "word":
+            node = self.layer()
+        else:
+            what = "the end of the text" if tok.kind == "end" else repr(tok.text)
+            raise _Parse(tok, f"expected a layer or '[' here, got {what}")
+        count, optional = None, False
+        while self.peek().kind in ("*", "?"):
+            mark = self.take()
+            if mark.kind == "?":
+                if optional:
+                    raise _Parse(mark, "'?' is given twice")
+                optional = True
+                continue
+            if count is not None:
+                raise _Parse(mark, "a second '*' count; write one product, or nest brackets")
+            tok = self.take()
+            if tok.kind == "word" and _INT.match(tok.text):
+                count = int(tok.text)
+            elif tok.kind == "word" and _NAME.match(tok.text):
+                count = tok
+            else:
+                raise _Parse(tok if tok.kind != "end" else mark,
+                             "'*' must be followed by a count: an int such as 2 or a name "
+                             "such as N bound by from_notation(..., N=2)")
+        return _Item(node, count, optional)
+
+    def layer(self):
+        tok = self.take()
+        keyword = tok.text.upper()
+        if keyword not in KEYWORDS:
+            close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise _Parse(tok, f"unknown layer {tok.text!r}; {hint}known layers are "
+                              + ", ".join(KEYWORDS))
+        args = []
+        while self.peek().kind == "word":
+            args.append(self.take())
+        number = 0 if keyword == "INPUT" else self.layers + 1
+        self.layers += keyword != "INPUT"
+        end = args[-1].end if args else tok.end
+        try:
+            parsed = _parse_args(keyword, args)
+        except _Parse as exc:
+            exc.problem = f"layer {number} in the text ({keyword}): {exc.problem}"
+            raise
+        if keyword in _REQUIRED and not any(name in parsed for name, _ in _BARE[keyword]):
+            raise _Parse(_Token("word", keyword, tok.start, end),
+                         f"layer {number} in the text: {keyword} needs {_REQUIRED[keyword]}")
+        return _Layer(keyword, parsed, tok.start, end, number)
+
+
+# -- building --------------------------------------------------------------------------
+
+def _conv_padding(args):
+    """CONV's padding: given, 'same', or the notes' P = D*(F-1)/2 that keeps the size."""
+    if "P" in args:
+        return args["P"]
+    (fh, fw), (dh, dw) = args.get("F", (3, 3)), args.get("D", (1, 1))
+    if dh * (fh - 1) % 2 or dw * (fw - 1) % 2:
+        raise ValueError(f"the default padding P = D*(F-1)/2 = {dh * (fh - 1) / 2:g} x "
+                         f"{dw * (fw - 1) / 2:g} is not an integer for an even F; give P "
+                         f"explicitly, e.g. P0 or P{dh * (fh - 1) // 2}")
+    return (dh * (fh - 1) // 2, dw * (fw - 1) // 2)
+
+
+def _fit(args):
+    return "floor" if args.get("floor") else "exact"
+
+
+def _need_volume(keyword, shape):
+    if len(shape) != 3:
+        raise ValueError(f"{keyword} needs a volume W x H x D, got {_volume(shape)} (put it "
+                         f"before FC/FLATTEN, or start from a volume)")
+
+
+def _build(layer, shape, dtype, rng):
+    """The layers for one item of the text, given the per-sample shape it receives."""
+    kw, a = layer.keyword, layer.args
+    if kw in ("CONV", "LC", "POOL", "AVGPOOL", "L2POOL", "GAP", "LRN"):
+        _need_volume(kw, shape)
+    if kw == "CONV":
+        return [Conv2d(shape[0], a["K"], a.get("F", 3), a.get("S", 1), _conv_padding(a),
+                       a.get("D", 1), a.get("G", 1), fit=_fit(a), dtype=dtype, rng=rng)]
+    if kw == "LC":
+        return [LocallyConnected2d(shape[0], a["K"], shape[1:], a.get("F", 3), a.get("S", 1),
+                                   a.get("P", 0), fit=_fit(a), dtype=dtype, rng=rng)]
+    if kw in ("POOL", "AVGPOOL", "L2POOL"):
+        kernel = a.get("F", (2, 2))
+        stride = a.get("S", kernel)
+        ceil = bool(a.get("ceil"))
+        if kw == "POOL":
+            return [MaxPool2d(kernel, stride, a.get("P", 0), a.get("D", 1), ceil, _fit(a))]
+        if kw == "AVGPOOL":
+            return [AvgPool2d(kernel, stride, a.get("P", 0), ceil, fit=_fit(a))]
+        return [LPPool2d(2, kernel, stride, ceil, _fit(a))]
+    if kw == "GAP":
+        return [AdaptiveAvgPool2d(1)]
+    if kw == "FC":
+        if len(shape) == 1:
+            return [Linear(shape[0], a["n"], dtype=dtype, rng=rng)]
+        return [Flatten(), Linear(math.prod(shape), a["n"], dtype=dtype, rng=rng)]
+    if kw == "BN":
+        if len(shape) == 3:
+            return [BatchNorm2d(shape[0], dtype=dtype)]
+        return [BatchNorm1d(shape[0], dtype=dtype)]
+    if kw == "LRN":
+        return [LocalResponseNorm(a.get("size", 5), a.get("alpha", 1e-4), a.get("beta", 0.75),
+                                  a.get("k", 2.0))]
+    if kw == "DROPOUT":
+        return [Dropout(a.get("p", 0.5), rng=rng)]
+    if kw == "LEAKYRELU":
+        return [LeakyReLU(a.get("slope", 0.01))]
+    simple = {"RELU": ReLU, "TANH": Tanh, "SIGMOID": Sigmoid, "FLATTEN": Flatten}
+    return [simple[kw]()]
+
+
+def _names(items):
+    """Every count name in the tree, as tokens, in text order."""
+    for item in items:
+        if isinstance(item.count, _Token):
+            yield item.count
+        if isinstance(item.node, _Group):
+            yield from _names(item.node.items)
+
+
+def _expand(items, counts, optional, out):
+    """Unroll repetitions and drop optional parts: the flat list of _Layer to build."""
+    for item in items:
+        if item.optional and not optional:
+            continue
+        n = item.count if isinstance(item.count, int) else 1
+        if isinstance(item.count, _Token):
+            n = counts[item.count.text]
+        for _ in range(n):
+            if isinstance(item.node, _Group):
+                _expand(item.node.items, counts, optional, out)
+            else:
+                out.append(item.node)
+    return out
+
+
+def _check_shape(input_shape):
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or len(shape) not in (1, 3) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+            for v in shape):
+        raise ValueError(f"from_notation: input_shape must be a per-sample (C, H, W) of "
+                         f"positive ints (or (features,)), got {input_shape!r}")
+    return tuple(int(v) for v in shape)
+
+
+def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=None,
+                  **counts):
+    """Build a Sequential from the notes' arrow notation, checking every shape on the way.
+
+    Args:
+        text: e.g. ``"INPUT 32x32x3 -> [CONV 16 -> RELU -> POOL]*2 -> FC 10"``; the
+            grammar is in this module's docstring. Keywords are case-insensitive.
+        input_shape: per-sample (C, H, W), needed when the text has no ``INPUT WxHxD``
+            (and, if both are given, equal to it).
+        optional: keep the parts marked ``?`` (True) or drop them (False).
+        dtype: float32 or float64, for every layer with parameters.
+        rng: np.random.Generator shared by the initializers and Dropout (a fresh one when
+            None); the same seed gives the same weights.
+        **counts: the names used as repetition counts, e.g. ``N=2, M=3`` (ints >= 0).
+
+    Returns a Sequential with children "0", "1", ... (an FC after a volume takes two:
+    Flatten, then Linear) and the attribute ``input_shape`` (per-sample (C, H, W)).
+    Any problem is a ValueError that names the layer (``model[i]``), its text and column,
+    the volume it got (W x H x D), the layer's own explanation, and the text with carets.
+
+    >>> net = from_notation("INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL]*3 -> FC 10", N=2)
+    >>> len(net), net.output_shape(net.input_shape), net[16].in_features
+    (17, (10,), 512)
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"from_notation: text must be a str, got {type(text).__name__}")
+    if not isinstance(optional, (bool, np.bool_)):
+        raise ValueError(f"from_notation: optional must be True or False, got {optional!r}")
+    dtype = check_dtype(dtype, "from_notation")
+    if rng is None:
+        rng = np.random.default_rng()
+    elif not isinstance(rng, np.random.Generator):
+        raise ValueError(f"from_notation: rng must be an np.random.Generator or None, got "
+                         f"{type(rng).__name__}; use np.random.default_rng(seed)")
+    for name, value in counts.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"from_notation: the count {name} must be an int >= 0, "
+                             f"got {value!r}")
+
+    try:
+        items = _Parser(text).parse()
+    except _Parse as exc:
+        tok = exc.token
+        raise _error(text, tok.start, tok.end, repr(tok.text), exc.problem) from None
+    for tok in _names(items):
+        if tok.text not in counts:
+            bound = ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+            raise _error(text, tok.start, tok.end, f"count {tok.text!r}",
+                         f"the name {tok.text} is not bound; pass it as "
+                         f"from_notation(..., {tok.text}=2); names given: {bound}")
+    items, shape = _take_input(text, items, input_shape)
+    model = Sequential(*_build_layers(text, _expand(items, counts, optional, []), shape,
+                                      dtype, rng))
+    model.input_shape = shape
+    return model
+
+
+def _take_input(text, items, input_shape):
+    """Split off the INPUT item; return the other items and the per-sample input shape."""
+    head = items[0].node
+    has_input = isinstance(head, _Layer) and head.keyword == "INPUT"
+    for item in items:
+        node = item.node
+        if isinstance(node, _Layer) and node.keyword == "INPUT" and (
+                node is not head or item.count is not None or item.optional):
+            raise _error(text, node.start, node.end, "INPUT",
+                         "INPUT must be the first item, once, without '*' or '?'")
+    given = head.args.get("size") if has_input else None
+    if has_input:
+        items = items[1:]
+        if not items:
+            raise _error(text, head.start, head.end, "INPUT",
+                         "no layers after INPUT; add some, e.g. 'INPUT 32x32x3 -> FC 10'")
+    if input_shape is not None:
+        input_shape = _check_shape(input_shape)
+        if given is not None and given != input_shape:
+            raise _error(text, head.start, head.end, "INPUT",
+                         f"the text says {_volume(given)} (C, H, W) = {given}, but "
+                         f"input_shape={input_shape} is {_volume(input_shape)}")
+    shape = input_shape if input_shape is not None else given
+    if shape is None:
+        start, end = (head.start, head.start + len("INPUT")) if has_input else (
+            head.start, head.end)
+        raise _error(text, start, end, "the input",
+                     "the input volume is unknown: start the text with INPUT WxHxD "
+                     "(e.g. INPUT 32x32x3) or pass input_shape=(C, H, W)")
+    return items, shape
+
+
+def _build_layers(text, specs, shape, dtype, rng):
+    """Build every layer in order, following the per-sample shape; errors point at the text."""
+    layers = []
+    for spec in specs:
+        try:
+            for layer in _build(spec, shape, dtype, rng):
+                layer.name = str(len(layers))        # as the Sequential will name it
+                new_shape = layer.output_shape(shape)
+                layers.append(layer)
+                shape = new_shape
+        except ValueError as exc:
+            problem = str(exc)
+            if "fit='floor'" in problem:
+                problem += " (in the notation: add the word 'floor' to the layer)"
+            segment = " ".join(text[spec.start:spec.end].split())
+            raise _error(text, spec.start, spec.end, f"model[{len(layers)}] = {segment!r}",
+                         problem, got=shape) from exc
+    if not layers:
+        raise _error(text, 0, len(text.rstrip()), "the text",
+                     "no layers left after the repetitions and optional parts "
+                     "(every count is 0 or optional=False)")
+    return layers

@@ -1,0 +1,265 @@
+"""POOL layers: MaxPool2d, AvgPool2d, LPPool2d and AdaptiveAvgPool2d.
+
+A pooling layer resizes every depth slice independently: it has no parameters and
+``macs`` is 0, since taking a max, a sum or a mean involves no multiply-adds (the same
+counting rule as torchinfo). Depth is unchanged; the spatial size follows the notes'
+formula W2 = (W1 - F + 2P)/S + 1, which must be an integer unless ``fit="floor"``
+(PyTorch's flooring) or ``ceil_mode=True`` (PyTorch's ceil mode) is asked for.
+
+Arguments and semantics follow PyTorch's torch.nn layers of the same names; the math
+lives in convnet/functional/pool.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convnet.functional import pool as F
+from convnet.functional.conv import FITS, check_input, conv_output_size, pair
+from convnet.layers.base import Layer, check_volume
+from convnet.layers.conv import _hw
+
+
+class _Pool2d(Layer):
+    """Shared hyperparameters of the sliding-window pools: F, S, P, dilation, ceil, fit."""
+
+    def __init__(self, kernel_size, stride, padding, dilation, ceil_mode, fit):
+        super().__init__()
+        where = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", where)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", where)
+        self.padding = pair(padding, "padding", where, allow_zero=True)
+        self.dilation = pair(dilation, "dilation", where)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(
+                f"{where}: padding must be at most half the kernel size (P <= F/2, as in "
+                f"PyTorch), got padding={padding!r} for kernel_size={kernel_size!r}")
+        if ceil_mode not in (True, False):
+            raise ValueError(f"{where}: ceil_mode must be True or False, got {ceil_mode!r}")
+        self.ceil_mode = bool(ceil_mode)
+        if fit not in FITS:
+            raise ValueError(f"{where}: fit must be one of {FITS}, got {fit!r}")
+        self.fit = fit
+
+    def output_shape(self, input_shape):
+        c, h, w = check_volume(input_shape, None, self.where)
+        oh, ow = (conv_output_size(size, self.kernel_size[a], self.stride[a], self.padding[a],
+                                   self.dilation[a], fit=self.fit, ceil=self.ceil_mode,
+                                   where=self.where, axis="HW"[a])
+                  for a, size in enumerate((h, w)))
+        return (c, oh, ow)
+
+    def _out_size(self, x):
+        """Check x and return (OH, OW); a hint when the sizes fail on an NHWC-looking x."""
+        check_input(x, None, self.where)
+        try:
+            return self.output_shape(x.shape[1:])[1:]
+        except ValueError as err:
+            if x.shape[3] in (1, 3) and x.shape[1] > x.shape[3]:
+                raise ValueError(f"{err}. Input shape {x.shape} looks NHWC (channels last); "
+                                 "pooling expects NCHW: use x.transpose(0, 3, 1, 2)") from None
+            raise
+
+    def macs(self, input_shape):
+        """0: pooling has no multiply-adds (the input shape is still checked)."""
+        self.output_shape(input_shape)
+        return 0
+
+    def _config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": list(self.padding), "ceil_mode": self.ceil_mode, "fit": self.fit}
+
+    def _repr_args(self):
+        text = f"F={_hw(self.kernel_size)}, S={_hw(self.stride)}"
+        if self.padding != (0, 0):
+            text += f", P={_hw(self.padding)}"
+        if self.dilation != (1, 1):
+            text += f", dilation={_hw(self.dilation)}"
+        if self.ceil_mode:
+            text += ", ceil_mode=True"
+        return text
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling: the max of every F x F window, with switches for the backward pass.
+
+    Args:
+        kernel_size: F, an int or a (FH, FW) pair.
+        stride: S, int or pair; defaults to kernel_size (non-overlapping windows).
+        padding: P, int or pair, at most F/2 (PyTorch's rule); padded entries are -inf.
+        dilation: spacing between window taps (PyTorch's convention, 1 = contiguous).
+        ceil_mode: PyTorch's ceil mode: round the output size up, so a last window may hang
+            over the bottom/right edge (it must start inside the input or left padding).
+        fit: "exact" (default) raises ValueError when (W - F + 2P)/S + 1 is not an
+            integer; "floor" drops the leftover rows/columns as PyTorch does.
+
+    Input (N, C, H, W) -> output (N, C, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.
+    The forward keeps the switches (the index of each window's max) so the backward
+    routes every gradient to its max. Ties go to the first maximum in row-major window
+    order, as PyTorch's CPU kernel does. Overlapping pooling (F=3, S=2) is supported:
+    an input that is the max of two windows gets both gradients.
+
+    >>> pool = MaxPool2d(2)                        # the notes' most common POOL, F=2, S=2
+    >>> pool.output_shape((64, 224, 224))
+    (64, 112, 112)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 fit="exact"):
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, fit)
+
+    def forward(self, x):
+        out_size = self._out_size(x)
+        out, self.cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                              self.dilation, out_size)
+        return out
+
+    def backward(self, dout):
+        return F.maxpool2d_backward(dout, self._cached())
+
+    def get_config(self):
+        return {"type": "MaxPool2d", **self._config(), "dilation": list(self.dilation)}
+
+    def __repr__(self):
+        return f"MaxPool2d({self._repr_args()})"
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling: the mean of every F x F window.
+
+    Args:
+        kernel_size: F, int or pair. stride: S, int or pair (default: kernel_size).
+        padding: P, int or pair, at most F/2; padded entries are zeros.
+        ceil_mode: PyTorch's ceil mode (see MaxPool2d).
+        count_include_pad: divide by the whole window including padding (default, as in
+            PyTorch) or only by the number of real inputs in it. A ceil-mode window that
+            hangs over the padded input is divided by its size inside it.
+        fit: "exact" (default) or "floor", as in MaxPool2d.
+
+    Input (N, C, H, W) -> output (N, C, OH, OW), OH = (H - FH + 2P)/S + 1.
+
+    >>> AvgPool2d(2).output_shape((3, 32, 32))
+    (3, 16, 16)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, fit="exact"):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode, fit)
+        if count_include_pad not in (True, False):
+            raise ValueError(f"{type(self).__name__}: count_include_pad must be True or False, "
+                             f"got {count_include_pad!r}")
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        out_size = self._out_size(x)
+        out, self.cache = F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                              out_size, self.count_include_pad)
+        return out
+
+    def backward(self, dout):
+        return F.avgpool2d_backward(dout, self._cached())
+
+    def get_config(self):
+        return {"type": "AvgPool2d", **self._config(),
+                "count_include_pad": self.count_include_pad}
+
+    def __repr__(self):
+        text = f"AvgPool2d({self._repr_args()}"
+        if not self.count_include_pad:
+            text += ", count_include_pad=False"
+        return text + ")"
+
+
+class LPPool2d(_Pool2d):
+    """Power-average pooling: out = (sum over the F x F window of x^p)^(1/p).
+
+    p = 2 is the notes' L2-norm pooling. As in PyTorch there is no padding, and the
+    gradient is zero for a window whose sum of x^p is zero.
+
+    Args:
+        norm_type: p, a positive finite number.
+        kernel_size: F, int or pair. stride: S, int or pair (default: kernel_size).
+        ceil_mode: PyTorch's ceil mode; as PyTorch computes (F*F * mean(x^p))^(1/p), a
+            window hanging over the edge has its sum scaled by F*F / (its size inside).
+        fit: "exact" (default) or "floor", as in MaxPool2d.
+
+    Input (N, C, H, W) -> output (N, C, OH, OW), OH = (H - FH)/S + 1.
+
+    >>> LPPool2d(2, 3, stride=2).output_shape((16, 13, 13))
+    (16, 6, 6)
+    """
+
+    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False, fit="exact"):
+        super().__init__(kernel_size, stride, 0, 1, ceil_mode, fit)
+        if (not isinstance(norm_type, (int, float, np.integer, np.floating))
+                or isinstance(norm_type, bool) or not math.isfinite(norm_type)
+                or norm_type <= 0):
+            raise ValueError(f"{type(self).__name__}: norm_type must be a positive finite "
+                             f"number p, got {norm_type!r}")
+        self.norm_type = float(norm_type)
+
+    def forward(self, x):
+        out_size = self._out_size(x)
+        out, self.cache = F.lppool2d_forward(x, self.norm_type, self.kernel_size, self.stride,
+                                             out_size)
+        return out
+
+    def backward(self, dout):
+        return F.lppool2d_backward(dout, self._cached())
+
+    def get_config(self):
+        config = self._config()
+        del config["padding"]
+        return {"type": "LPPool2d", "norm_type": self.norm_type, **config}
+
+    def __repr__(self):
+        return f"LPPool2d(p={self.norm_type:g}, {self._repr_args()})"
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed output size, whatever the input's H x W.
+
+    Window (i, j) averages rows [floor(i*H/OH), ceil((i+1)*H/OH)) and the like columns
+    (PyTorch's rule), so any input size works. output_size=1 is global average pooling,
+    the head of GoogLeNet and ResNet: one average per depth slice.
+
+    Args:
+        output_size: (OH, OW), an int or a pair of positive ints.
+
+    Input (N, C, H, W) -> output (N, C, OH, OW).
+
+    >>> gap = AdaptiveAvgPool2d(1)
+    >>> gap.output_shape((2048, 7, 7))
+    (2048, 1, 1)
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = pair(output_size, "output_size", type(self).__name__)
+
+    def output_shape(self, input_shape):
+        c, _, _ = check_volume(input_shape, None, self.where)
+        return (c, *self.output_size)
+
+    def forward(self, x):
+        check_input(x, None, self.where)
+        if 0 in x.shape[2:]:
+            raise ValueError(f"{self.where}: expected a non-empty H x W, got shape {x.shape}")
+        out, self.cache = F.adaptive_avgpool2d_forward(x, self.output_size)
+        return out
+
+    def backward(self, dout):
+        return F.adaptive_avgpool2d_backward(dout, self._cached())
+
+    def macs(self, input_shape):
+        """0: pooling has no multiply-adds (the input shape is still checked)."""
+        self.output_shape(input_shape)
+        return 0
+
+    def get_config(self):
+        return {"type": "AdaptiveAvgPool2d", "output_size": list(self.output_size)}
+
+    def __repr__(self):
+        return f"AdaptiveAvgPool2d(output={self.output_size[0]}x{self.output_size[1]})"

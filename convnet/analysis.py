@@ -1,0 +1,550 @@
+"""Model summary: the notes' layer-by-layer table, memory estimate and receptive field.
+
+``summary(model, (C, H, W))`` walks the model's leaf layers in execution order and asks
+each one for its ``output_shape``, ``num_params`` and ``macs`` (analysis by calculation,
+not hooks). The counting rules, stated once:
+
+- **mult-adds** are per sample (a layer's ``macs``); per batch is that times the batch.
+- **activations**: every layer's output volume, in values, times the batch. A layer that
+  writes into its input's buffer (``ReLU(inplace=True)``) or returns a view of it
+  (``Flatten``) adds no new values. The input batch is counted once, as miscellaneous.
+- **memory** follows the notes' three sources: activations and their gradients
+  ("x2 for gradients"); parameters times k, k = 2 (parameters and gradients) plus the
+  optimizer's step cache (the notes' "x3" for momentum, Adagrad, RMSProp; x4 for Adam's
+  two moments), frozen parameters (``layer.frozen``) counted once; miscellaneous = the
+  input batch. Values x 4 bytes (8 for float64), divided by 1024 for KB, MB and GB.
+- **inference** memory keeps only the current activations ("a clever implementation
+  that runs a ConvNet only at test time"): the largest input + output of one layer, times
+  the batch, plus the parameters once.
+- **receptive field** on the input and its **jump** (the input pixels between two adjacent
+  neurons), per axis: rf_out = rf_in + (F_eff - 1) * jump_in, jump_out = jump_in * S, with
+  F_eff = dilation * (F - 1) + 1. Elementwise layers keep both; FC and adaptive pooling
+  see their whole input grid (F = the grid's size); branches take the largest field.
+
+>>> from convnet.layers.conv import Conv2d
+>>> from convnet.models.containers import Sequential
+>>> net = Sequential(*[Conv2d(8, 8, 3, padding=1, bias=False) for _ in range(3)])
+>>> s = summary(net, (8, 32, 32))
+>>> s.receptive_field, s.total_params                       # 7x7 view, 27 * C^2
+((7, 7), 1728)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convnet.layers.base import Layer
+from convnet.layers.conv import Conv2d, LocallyConnected2d
+from convnet.layers.linear import Flatten, Linear
+from convnet.models.containers import Concat, Container, DenseBlock, Residual
+
+# k in "parameters x k": the parameters, their gradients, and the optimizer's step cache.
+OPTIMIZER_MULTIPLIERS = {
+    "sgd": 2,
+    "momentum": 3, "nesterov": 3, "adagrad": 3, "rmsprop": 3,
+    "adam": 4, "adamw": 4,
+}
+
+# The input-size rule of thumb: H and W should be divisible by 2 at least this many times.
+MIN_HALVINGS = 3
+
+_UNITS = ("B", "KB", "MB", "GB", "TB")
+_RULE_INPUT = ('notes, Layer Sizing Patterns: "The input layer should be divisible by 2 '
+               'many times" (32, 64, 96, 224, 384, 512)')
+_RULE_PAD = ('notes, Layer Sizing Patterns: CONV layers should use S=1 and zero padding '
+             'P=(F-1)/2 so that they "do not alter the spatial dimensions of the input"')
+_RULE_POOL = ('notes, Layer Sizing Patterns: pooling receptive fields larger than 3 are '
+              '"too lossy and aggressive"')
+_RULE_FILTER = ('notes, Layer Sizing Patterns: use small filters (3x3, at most 5x5); '
+                'bigger ones (7x7) are "only common ... on the very first conv layer"')
+
+
+# -- bytes -------------------------------------------------------------------------------
+def format_bytes(num_bytes):
+    """Bytes in the notes' units: divide by 1024 for KB, MB, GB (3 significant digits).
+
+    >>> format_bytes(512), format_bytes(2048), format_bytes(77_070_336)
+    ('512 B', '2.00 KB', '73.5 MB')
+    """
+    if isinstance(num_bytes, bool) or not isinstance(num_bytes, (int, np.integer, float)) \
+            or not num_bytes >= 0:
+        raise ValueError(f"format_bytes: expected a number of bytes >= 0, got {num_bytes!r}")
+    value, unit = float(num_bytes), 0
+    while value >= 1024 and unit < len(_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    if unit == 0:
+        return f"{int(value)} B"
+    digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{digits}f} {_UNITS[unit]}"
+
+
+def parse_bytes(budget):
+    """A memory budget in bytes: an int, or a string like "4GB", "512 MB", "1.5G" (1024s).
+
+    >>> parse_bytes("4GB"), parse_bytes("512MB"), parse_bytes(1000)
+    (4294967296, 536870912, 1000)
+    """
+    if isinstance(budget, (int, np.integer)) and not isinstance(budget, bool):
+        if budget < 0:
+            raise ValueError(f"budget: expected bytes >= 0, got {budget}")
+        return int(budget)
+    if isinstance(budget, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?b)?\s*", budget,
+                             re.IGNORECASE)
+        if match:
+            power = " kmgt".index(match.group(2).lower() or " ")
+            return int(float(match.group(1)) * 1024 ** power)
+    raise ValueError(f"budget: expected bytes (an int) or a size like '4GB', '512MB', "
+                     f"'1.5G' (units of 1024), got {budget!r}")
+
+
+# -- the table ---------------------------------------------------------------------------
+@dataclass
+class LayerRow:
+    """One row of the summary: a leaf layer with the volume it sees and makes.
+
+    Shapes are per sample, (C, H, W) or (features,). receptive_field and jump are
+    (height, width) pairs in input pixels. activation_values counts one sample's new
+    values (0 for an in-place layer or a view); activation_bytes is for the whole batch.
+    """
+
+    name: str
+    type: str
+    input_shape: tuple
+    output_shape: tuple
+    params: int
+    macs: int
+    receptive_field: tuple
+    jump: tuple
+    activation_values: int
+    activation_bytes: int
+    frozen: bool = False
+
+    def to_dict(self):
+        return {"name": self.name, "type": self.type,
+                "input_shape": list(self.input_shape),
+                "output_shape": list(self.output_shape),
+                "output_volume": volume(self.output_shape),
+                "params": self.params, "macs": self.macs,
+                "receptive_field": _compact(self.receptive_field),
+                "jump": _compact(self.jump),
+                "activation_values": self.activation_values,
+                "activation_bytes": self.activation_bytes, "frozen": self.frozen}
+
+
+@dataclass
+class Summary:
+    """What ``summary`` computed: rows, totals, memory, receptive field and advice.
+
+    ``memory`` holds bytes: activations, activation_gradients, parameters (x1),
+    parameter_gradients, optimizer_state, parameters_total (= parameters x k for the
+    trainable ones), misc (the input batch), training_total and inference_total, with
+    parameter_multiplier k and bytes_per_value.
+    """
+
+    input_shape: tuple
+    batch_size: int
+    optimizer: str
+    dtype: str
+    layers: list
+    total_params: int
+    trainable_params: int
+    total_macs: int
+    receptive_field: tuple
+    jump: tuple
+    memory: dict
+    budget: int | None = None
+    max_batch_size: int | None = None
+    advice: list = field(default_factory=list)
+
+    @property
+    def frozen_params(self):
+        return self.total_params - self.trainable_params
+
+    @property
+    def batch_macs(self):
+        return self.total_macs * self.batch_size
+
+    def to_dict(self):
+        """A JSON-ready dict (ints, strings, lists): json.dumps(s.to_dict()) works."""
+        return {"input_shape": list(self.input_shape), "batch_size": self.batch_size,
+                "optimizer": self.optimizer, "dtype": self.dtype,
+                "layers": [row.to_dict() for row in self.layers],
+                "total_params": self.total_params,
+                "trainable_params": self.trainable_params,
+                "frozen_params": self.frozen_params,
+                "total_macs": self.total_macs, "batch_macs": self.batch_macs,
+                "receptive_field": _compact(self.receptive_field),
+                "jump": _compact(self.jump),
+                "memory": dict(self.memory), "budget": self.budget,
+                "max_batch_size": self.max_batch_size, "advice": list(self.advice)}
+
+    def to_text(self):
+        """The table for a terminal (under ~110 columns), then totals, memory, advice."""
+        header = ("layer", "type", "output (WxHxD)", "params", "mult-adds", "RF (jump)",
+                  "activations")
+        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32), volume(r.output_shape),
+                 f"{r.params:,}" + (" *" if r.frozen else ""), f"{r.macs:,}",
+                 f"{_hw(r.receptive_field)} ({_hw(r.jump)})",
+                 format_bytes(r.activation_bytes)) for r in self.layers]
+        rows.insert(0, ("input", "", volume(self.input_shape), "", "", "1 (1)",
+                        format_bytes(self.memory["misc"])))
+        totals = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}",
+                  f"{_hw(self.receptive_field)} ({_hw(self.jump)})",
+                  format_bytes(self.memory["activations"]))
+        widths = [max(len(row[i]) for row in [header, *rows, totals]) for i in range(7)]
+        right = (False, False, True, True, True, True, True)
+
+        def line(row):
+            cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
+            return "  ".join(cells).rstrip()
+
+        rule = "-" * len(line(header))
+        out = [line(header), rule, *map(line, rows), rule, line(totals), ""]
+        out += self._totals_text() + [""] + self._memory_text()
+        if self.advice:
+            out += ["", "Advice (rules of thumb from the notes; nothing here is an error):"]
+            out += [f"  - {tip}" for tip in self.advice]
+        return "\n".join(out)
+
+    def _totals_text(self):
+        frozen = f", frozen {self.frozen_params:,} (marked *)" if self.frozen_params else ""
+        return [f"params: {self.total_params:,} (trainable {self.trainable_params:,}{frozen})",
+                (f"mult-adds: {self.total_macs:,} per sample, {self.batch_macs:,} per batch "
+                 f"of {self.batch_size}")]
+
+    def _memory_text(self):
+        m, b = self.memory, self.memory["bytes_per_value"]
+        k = m["parameter_multiplier"]
+        act = m["activations"] // b
+        rows = [
+            ("activations", f"{act:,} values x {b} B", m["activations"]),
+            ("their gradients", "x2 for gradients", m["activation_gradients"]),
+            ("parameters", f"{self.trainable_params:,} trainable x {k} ({self.optimizer})"
+             + (f" + {self.frozen_params:,} frozen x 1" if self.frozen_params else ""),
+             m["parameters_total"]),
+            ("miscellaneous", f"input batch {m['misc'] // b:,} values", m["misc"]),
+            ("training total", "", m["training_total"]),
+            ("inference", "current activations only, params once", m["inference_total"]),
+        ]
+        width = max(len(r[1]) for r in rows)
+        out = [(f"memory (batch {self.batch_size}, {self.dtype}: {b} bytes per value, "
+                f"/ 1024 for KB, MB, GB):")]
+        out += [f"  {name:<16}{how:<{width}}  {format_bytes(n):>9}" for name, how, n in rows]
+        if self.budget is not None:
+            out.append(f"  budget {format_bytes(self.budget)}: the largest batch that fits "
+                       f"for training is {self.max_batch_size:,}")
+        return out
+
+    def __str__(self):
+        return self.to_text()
+
+
+# -- the walk ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Field:
+    """Receptive field state of a volume: rf and jump in input pixels, and the grid
+    (H, W) its neurons sit on (kept through Flatten so an FC layer knows what it sees)."""
+
+    rf: tuple
+    jump: tuple
+    grid: tuple
+
+    def merge(self, other):
+        """Two paths into one volume (a sum or a concatenation): the larger view."""
+        rf = tuple(map(max, self.rf, other.rf))
+        jump = tuple(map(max, self.jump, other.jump))
+        return _Field(rf, jump, self.grid)
+
+
+def _pair(value, default=1):
+    if value is None:
+        value = default
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _grid(shape, fallback):
+    return tuple(shape[1:]) if len(shape) == 3 else fallback
+
+
+def _adaptive_window(size, out):
+    """The largest window of PyTorch's adaptive pooling from ``size`` to ``out``."""
+    return max(-(-(j + 1) * size // out) - (j * size // out) for j in range(out))
+
+
+def _next_field(layer, state, in_shape, out_shape):
+    """The receptive field of ``layer``'s output from that of its input."""
+    grid = _grid(out_shape, state.grid)
+    if hasattr(layer, "kernel_size"):               # CONV, locally connected, POOL
+        kernel = _pair(layer.kernel_size)
+        stride = _pair(getattr(layer, "stride", None), kernel)
+        dilation = _pair(getattr(layer, "dilation", 1))
+        extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]  # F_eff
+    elif isinstance(layer, Linear):                 # FC: sees the whole grid, gives 1x1
+        extent = stride = state.grid
+        grid = (1, 1)
+    elif len(in_shape) == 3 and len(out_shape) == 3 and in_shape[1:] != out_shape[1:]:
+        # adaptive pooling (or any resize without a kernel): windows over the whole grid
+        extent = [_adaptive_window(i, o) for i, o in zip(in_shape[1:], out_shape[1:])]
+        stride = [max(1, i // o) for i, o in zip(in_shape[1:], out_shape[1:])]
+    else:                                           # elementwise, Flatten: unchanged
+        return _Field(state.rf, state.jump, grid)
+    rf = tuple(r + (f - 1) * j for r, f, j in zip(state.rf, extent, state.jump))
+    jump = tuple(j * s for j, s in zip(state.jump, stride))
+    return _Field(rf, jump, grid)
+
+
+def _shares_input(layer):
+    """True when the output occupies the input's memory: in place, or a reshaped view."""
+    return getattr(layer, "inplace", False) is True or isinstance(layer, Flatten)
+
+
+class _Walker:
+    """Visits the leaves in execution order with the volume and field each one sees."""
+
+    def __init__(self):
+        self.rows = []   # (name, layer, in_shape, out_shape, field, frozen)
+
+    def visit(self, layer, name, shape, state, frozen=False):
+        """Walk ``layer`` on per-sample input ``shape``; return (out shape, field)."""
+        frozen = frozen or bool(getattr(layer, "frozen", False))
+        if not isinstance(layer, Container):
+            out = tuple(layer.output_shape(shape))
+            new = _next_field(layer, state, shape, out)
+            self.rows.append((name, layer, tuple(shape), out, new, frozen))
+            return out, new
+        children = [(f"{name}.{key}" if name else key, child)
+                    for key, child in layer.children()]
+        if isinstance(layer, Residual):
+            return self._residual(layer, name, shape, state, frozen)
+        if isinstance(layer, Concat):                # every branch sees the block input
+            outs = [self.visit(child, n, shape, state, frozen) for n, child in children]
+            merged = outs[0][1]
+            for _, other in outs[1:]:
+                merged = merged.merge(other)
+            out = tuple(layer.output_shape(shape))  # checks the branches' H x W agree
+            return out, _Field(merged.rf, merged.jump, _grid(out, merged.grid))
+        if isinstance(layer, DenseBlock):
+            for n, child in children:               # each sees the running concatenation
+                new_shape, new_state = self.visit(child, n, shape, state, frozen)
+                shape = (shape[0] + new_shape[0], *shape[1:])
+                state = state.merge(new_state)
+            return shape, state
+        for n, child in children:                   # Sequential, and any other chain
+            shape, state = self.visit(child, n, shape, state, frozen)
+        return shape, state
+
+    def _residual(self, block, name, shape, state, frozen):
+        """Body on x, the shortcut on x (or the identity), their sum, then post."""
+        def full(key):
+            return f"{name}.{key}" if name else key
+
+        out, body = shape, state
+        for key in block._body_keys:
+            out, body = self.visit(block[key], full(key), out, body, frozen)
+        skip = state
+        if block._shortcut_key:
+            _, skip = self.visit(block[block._shortcut_key], full(block._shortcut_key),
+                                 shape, state, frozen)
+        block.output_shape(shape)                   # checks that body and shortcut agree
+        merged = body.merge(skip)
+        if block._post_key:
+            out, merged = self.visit(block[block._post_key], full(block._post_key), out,
+                                     merged, frozen)
+        return out, merged
+
+
+# -- advice ------------------------------------------------------------------------------
+def _halvings(n):
+    count = 0
+    while n > 0 and n % 2 == 0:
+        n //= 2
+        count += 1
+    return count
+
+
+def _advice(input_shape, walked):
+    tips = []
+    if len(input_shape) == 3:
+        odd = [f"{n} = 2^{_halvings(n)} x {n >> _halvings(n)}"
+               for n in dict.fromkeys(input_shape[1:]) if _halvings(n) < MIN_HALVINGS]
+        if odd:
+            tips.append(f"input {volume(input_shape)}: {', '.join(odd)} divides by 2 fewer "
+                        f"than {MIN_HALVINGS} times, so halving it soon gives odd sizes; "
+                        f"{_RULE_INPUT}")
+    convs = 0
+    for name, layer, in_shape, out_shape, _, _ in walked:
+        label = f"{name} {layer!r}" if name else repr(layer)
+        is_conv = isinstance(layer, (Conv2d, LocallyConnected2d))
+        if is_conv:
+            kernel = _pair(layer.kernel_size)
+            if convs and max(kernel) > 5:
+                tips.append(f"{label}: a {kernel[0]}x{kernel[1]} filter after the first "
+                            f"CONV layer; three stacked 3x3 CONVs see 7x7 with 27C^2 "
+                            f"parameters instead of 49C^2; {_RULE_FILTER}")
+            convs += 1
+            dilation = _pair(getattr(layer, "dilation", 1))
+            extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]
+            shrinks = [in_shape[1 + a] > out_shape[1 + a] and extent[a] % 2 == 1
+                       for a in (0, 1)]
+            if _pair(layer.stride) == (1, 1) and any(shrinks):
+                keep = [(f - 1) // 2 for f in extent]
+                tips.append(f"{label}: S=1 shrinks {volume(in_shape)} to "
+                            f"{volume(out_shape)}; P=(F-1)/2={_hw(keep)} would keep the "
+                            f"size; {_RULE_PAD}")
+        elif hasattr(layer, "kernel_size") and len(out_shape) == 3 \
+                and out_shape[1:] != (1, 1):        # a POOL (global pooling is exempt)
+            kernel = _pair(layer.kernel_size)
+            if max(kernel) > 3:
+                tips.append(f"{label}: pooling with F={_hw(kernel)} > 3; {_RULE_POOL}")
+    return tips
+
+
+# -- summary -----------------------------------------------------------------------------
+def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budget=None):
+    """The notes' layer-by-layer table of a model, with its memory and receptive field.
+
+    Args:
+        model: a Layer or a container (Sequential, Residual, Concat, DenseBlock).
+        input_shape: one sample's shape without the batch axis, (C, H, W) (the notes'
+            W x H x D volume) or (features,).
+        batch_size: N, for the activation and input memory and the mult-adds per batch.
+        optimizer: the step cache that multiplies parameter memory: "sgd" (x2: params
+            and grads), "momentum", "nesterov", "adagrad", "rmsprop" (x3), "adam",
+            "adamw" (x4).
+        dtype: float32 (4 bytes per value) or float64 (8); None takes the model's.
+        budget: memory in bytes, or a string like "4GB" (units of 1024); the summary then
+            reports the largest batch whose training memory fits (0 if none).
+
+    Returns a Summary: ``.layers`` (one LayerRow per leaf), totals, ``.memory`` in bytes,
+    ``.advice``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
+
+    Memory for training, in values x bytes per value:
+        2 * batch * sum(outputs) + k * trainable + frozen + batch * prod(input_shape)
+
+    >>> from convnet.layers.conv import Conv2d
+    >>> s = summary(Conv2d(3, 64, 3, padding=1), (3, 224, 224))
+    >>> s.total_params, s.total_macs, format_bytes(s.memory["activations"])
+    (1792, 86704128, '12.2 MB')
+    """
+    where = "summary"
+    if not isinstance(model, Layer):
+        raise ValueError(f"{where}: model must be a Layer or a container, "
+                         f"got {type(model).__name__}")
+    input_shape = _check_shape(input_shape, where)
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) \
+            or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
+    batch_size = int(batch_size)
+    key = optimizer.lower() if isinstance(optimizer, str) else None
+    if key not in OPTIMIZER_MULTIPLIERS:
+        raise ValueError(f"{where}: optimizer must be one of "
+                         f"{sorted(OPTIMIZER_MULTIPLIERS)}, got {optimizer!r}")
+    walker = _Walker()
+    start = _Field((1, 1), (1, 1), _grid(input_shape, (1, 1)))
+    _, final = walker.visit(model, "", input_shape, start)  # names as in named_layers()
+    dtype = _bytes_dtype(dtype, [layer for _, layer, *_ in walker.rows], where)
+    b = dtype.itemsize
+    rows, trainable = [], 0
+    for name, layer, in_shape, out_shape, state, frozen in walker.rows:
+        values = 0 if _shares_input(layer) else math.prod(out_shape)
+        params = int(layer.num_params())
+        trainable += 0 if frozen else params
+        name = name or layer.name or type(layer).__name__        # a bare layer as the model
+        rows.append(LayerRow(name, repr(layer), in_shape, out_shape, params,
+                             int(layer.macs(in_shape)), state.rf, state.jump, values,
+                             values * batch_size * b, frozen))
+    total_params = sum(row.params for row in rows)
+    memory = _memory(rows, input_shape, batch_size, total_params, trainable,
+                     OPTIMIZER_MULTIPLIERS[key], b)
+    max_batch = None
+    if budget is not None:
+        budget = parse_bytes(budget)
+        max_batch = _max_batch(memory, budget)
+    return Summary(input_shape, batch_size, key, dtype.name, rows, total_params, trainable,
+                   sum(row.macs for row in rows), final.rf, final.jump, memory, budget,
+                   max_batch, _advice(input_shape, walker.rows))
+
+
+def _memory(rows, input_shape, batch, total_params, trainable, k, b):
+    """The notes' three sources in bytes, and the inference estimate."""
+    act = sum(row.activation_values for row in rows) * batch * b
+    params_total = (trainable * k + (total_params - trainable)) * b
+    misc = math.prod(input_shape) * batch * b
+    # only the current activations: the largest input + output of one layer (a layer that
+    # writes into its input needs only the input)
+    live = max((math.prod(r.input_shape) + r.activation_values for r in rows), default=0)
+    live = max(live, math.prod(input_shape))
+    return {"bytes_per_value": b, "batch_size": batch,
+            "activations": act, "activation_gradients": act,
+            "parameters": total_params * b, "parameter_gradients": trainable * b,
+            "optimizer_state": trainable * (k - 2) * b, "parameter_multiplier": k,
+            "parameters_total": params_total, "misc": misc,
+            "training_total": 2 * act + params_total + misc,
+            "inference_total": live * batch * b + total_params * b}
+
+
+def _max_batch(memory, budget):
+    """The largest N with training memory <= budget: it grows by the same bytes per sample."""
+    batch = memory["batch_size"]
+    per_sample = (2 * memory["activations"] + memory["misc"]) // batch
+    fixed = memory["parameters_total"]
+    if budget < fixed + per_sample:
+        return 0
+    return (budget - fixed) // per_sample
+
+
+def _check_shape(input_shape, where):
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if not shape or len(shape) > 3 or any(
+            not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 1
+            for s in shape):
+        raise ValueError(f"{where}: input_shape must be one sample's shape without the batch "
+                         f"axis, (C, H, W) or (features,) of positive ints, got {input_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+def _bytes_dtype(dtype, leaves, where):
+    if dtype is None:
+        kinds = [p.dtype for layer in leaves for p in layer.params.values()]
+        dtype = max(kinds, key=lambda d: d.itemsize) if kinds else np.float32
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"{where}: dtype must be float32 (4 bytes per value) or float64 "
+                         f"(8), got {dtype!r}")
+    return dtype
+
+
+# -- formatting --------------------------------------------------------------------------
+def volume(shape):
+    """A per-sample shape in the notes' W x H x D order: (64, 224, 112) -> '112x224x64'."""
+    shape = tuple(shape)
+    if len(shape) == 3:
+        return f"{shape[2]}x{shape[1]}x{shape[0]}"
+    if len(shape) == 1:
+        return f"1x1x{shape[0]}"
+    return "x".join(str(s) for s in reversed(shape))
+
+
+def _compact(pair):
+    """A square pair as one int, a rectangular one as [H, W] (JSON-ready)."""
+    return int(pair[0]) if pair[0] == pair[1] else [int(pair[0]), int(pair[1])]
+
+
+def _hw(pair):
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
+def _clip(text, width, left=False):
+    """Shorten to width with "...": at the left for dotted names (the leaf's end matters)."""
+    if len(text) <= width:
+        return text
+    return "..." + text[3 - width:] if left else text[: width - 3] + "..."

@@ -1,0 +1,157 @@
+"""Normalization: batch normalization and AlexNet's local response normalization.
+
+Batch normalization (Ioffe & Szegedy, used throughout ResNet and DenseNet) normalizes
+every channel (depth slice) with the mean and variance it has over the batch and every
+spatial position, then applies a learned scale gamma (``weight``) and shift beta (``bias``):
+
+    xhat = (x - mean) / sqrt(var + eps),    out = gamma * xhat + beta
+
+Local response normalization (AlexNet; the notes' "Normalization Layer") divides every
+activation by a power of the energy of its neighbours across channels at the same pixel.
+
+Notation: x is (N, C, ...) with channels on axis 1: (N, C) and (N, C, L) for 1d batch norm,
+(N, C, H, W) for images. M = N * (number of spatial positions) values per channel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+def _channel_axes(x):
+    """The axes reduced per channel (all but axis 1) and the shape that broadcasts a (C,)."""
+    axes = (0, *range(2, x.ndim))
+    return axes, (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+class BatchNormCache(NamedTuple):
+    xhat: np.ndarray             # (N, C, ...), the normalized input
+    inv_std: np.ndarray          # (C,), 1 / sqrt(var + eps)
+    weight: np.ndarray | None    # (C,) gamma, or None without affine
+    batch_stats: bool            # True: mean/var came from x itself (train mode)
+    mean: np.ndarray             # (C,), the mean used
+    var: np.ndarray              # (C,), the (biased) variance used
+    count: int                   # M, values per channel
+
+
+def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5):
+    """Batch normalization of x over every axis but the channel axis 1.
+
+    x: (N, C), (N, C, L) or (N, C, H, W). weight (gamma), bias (beta): (C,) or None.
+    mean, var: (C,) fixed statistics (eval mode: the running averages), or None to use the
+    batch's own mean and biased variance (train mode); the cache then carries them (with
+    M, the count per channel) for the running-average update, and backward differentiates
+    through them. out = gamma * (x - mean) / sqrt(var + eps) + beta, same shape as x.
+
+    >>> x = np.array([[1.0], [3.0]])                 # N=2, C=1: mean 2, var 1
+    >>> batch_norm_forward(x, eps=0.0)[0].ravel()
+    array([-1.,  1.])
+    """
+    axes, bshape = _channel_axes(x)
+    count = x.size // x.shape[1]
+    batch_stats = mean is None
+    if batch_stats:
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)   # two-pass, biased
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(bshape)) * inv_std.reshape(bshape)
+    out = xhat if weight is None else xhat * weight.reshape(bshape)
+    if bias is not None:
+        out = out + bias.reshape(bshape)
+    return out, BatchNormCache(xhat, inv_std, weight, batch_stats, mean, var, count)
+
+
+def batch_norm_backward(dout, cache):
+    """Gradients of batch_norm_forward: returns (dx, dweight, dbias).
+
+    dweight = sum(dout * xhat) and dbias = sum(dout) over every axis but 1 (what gamma and
+    beta would get; a layer without affine ignores them). With batch statistics, the
+    compact closed form (dxhat = gamma * dout, sums per channel over its M values):
+
+        dx = inv_std / M * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
+
+    With fixed statistics it is just the affine map's: dx = gamma * inv_std * dout.
+    """
+    xhat, inv_std, weight, batch_stats, _, _, count = cache
+    axes, bshape = _channel_axes(dout)
+    dxhat = dout if weight is None else dout * weight.reshape(bshape)
+    if batch_stats:
+        sum_dxhat = dxhat.sum(axis=axes).reshape(bshape)                       # (1, C, 1..)
+        sum_dxhat_xhat = (dxhat * xhat).sum(axis=axes).reshape(bshape)         # (1, C, 1..)
+        dx = (inv_std / count).reshape(bshape) * (
+            count * dxhat - sum_dxhat - xhat * sum_dxhat_xhat)
+    else:
+        dx = dxhat * inv_std.reshape(bshape)
+    return dx, (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, factor):
+    """Exponential running averages of a batch's statistics; returns the new (mean, var).
+
+    running = (1 - factor) * running + factor * batch, where the variance averaged is the
+    UNBIASED one, var * M / (M - 1), as in PyTorch (normalization itself uses the biased
+    one). factor is the momentum, or 1 / (batches seen) for a cumulative average.
+    """
+    unbiased = var * (count / (count - 1))
+    new_mean = (1 - factor) * running_mean + factor * mean
+    new_var = (1 - factor) * running_var + factor * unbiased
+    return new_mean, new_var
+
+
+class LRNCache(NamedTuple):
+    x: np.ndarray        # (N, C, H, W), the input
+    denom: np.ndarray    # (N, C, H, W), k + alpha/n * (sum of squares in the window)
+    size: int
+    alpha: float
+    beta: float
+
+
+def _window_sum(a, before, after):
+    """Sum of a over the channel window [c - before, c + after], zero beyond the edges.
+
+    A loop over the window's size offsets, each adding one shifted copy of all channels.
+    """
+    c = a.shape[1]
+    widths = [(0, 0)] * a.ndim
+    widths[1] = (before, after)
+    padded = np.pad(a, widths)                            # (N, C + before + after, ...)
+    total = np.zeros_like(a)
+    for j in range(before + after + 1):
+        total += padded[:, j : j + c]
+    return total
+
+
+def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """AlexNet's local response normalization across channels, PyTorch's exact formula.
+
+    x: (N, C, H, W) (any rank >= 2 with channels on axis 1). With n = size,
+
+        b_c = a_c * (k + alpha / n * sum_{c'=c-n//2}^{c+(n-1)//2} a_{c'}^2) ^ (-beta)
+
+    where channels outside 0..C-1 count as zero (so even n looks one more channel back
+    than forward). Returns out (same shape as x) and a cache.
+
+    >>> x = np.full((1, 3, 1, 1), 2.0)
+    >>> local_response_norm_forward(x, size=3, alpha=3.0, beta=1.0, k=0.0)[0].ravel()
+    array([0.25      , 0.16666667, 0.25      ])
+    """
+    sq_sum = _window_sum(x * x, size // 2, (size - 1) // 2)       # (N, C, H, W)
+    denom = k + (alpha / size) * sq_sum
+    out = x * denom ** -beta
+    return out, LRNCache(x, denom, size, alpha, beta)
+
+
+def local_response_norm_backward(dout, cache):
+    """Gradient of local_response_norm_forward: returns dx.
+
+    Each a_j scales its own output and enters the denominators d_c of every channel c whose
+    window holds j, i.e. c in [j - (n-1)//2, j + n//2] (the window reflected):
+
+        dx_j = dout_j * d_j^-beta - 2 beta alpha / n * a_j * sum_c dout_c a_c d_c^(-beta-1)
+    """
+    x, denom, size, alpha, beta = cache
+    g = dout * x * denom ** (-beta - 1)                           # (N, C, H, W)
+    g_sum = _window_sum(g, (size - 1) // 2, size // 2)
+    return dout * denom ** -beta - (2 * beta * alpha / size) * x * g_sum

@@ -1,0 +1,60 @@
+"""Dropout layer: inverted dropout at train time, the identity at test time."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from convnet.functional import dropout as F
+from convnet.layers.base import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: zero each unit with probability p, scale the rest by 1 / (1 - p).
+
+    Args:
+        p: probability of dropping a unit, in [0, 1] (p = 0: identity; p = 1: zeros).
+        rng: np.random.Generator the masks are drawn from, kept as ``self.rng``
+            (np.random.default_rng() when None). Reseed it for a repeatable mask.
+
+    Training mode draws a fresh mask per forward; eval mode returns x itself (the scale
+    at train time already keeps expectations equal). No parameters; any input shape,
+    (N, D) after an FC layer or (N, C, H, W) after a CONV layer; output the same shape.
+
+    >>> drop = Dropout(0.5, rng=np.random.default_rng(0))
+    >>> drop.eval()(np.ones((1, 3)))
+    array([[1., 1., 1.]])
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        where = type(self).__name__
+        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p <= 1:
+            raise ValueError(f"{where}: p (the drop probability) must be a number in [0, 1], "
+                             f"got {p!r}")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ValueError(f"{where}: rng must be an np.random.Generator or None, got "
+                             f"{type(rng).__name__}; use np.random.default_rng(seed)")
+        self.p = float(p)
+        self.rng = np.random.default_rng() if rng is None else rng
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+            got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise ValueError(f"{self.where}: expected a floating-point NumPy array "
+                             f"(float32 or float64), got {got}")
+        if not self.training:
+            self.cache = F.DropoutCache(None, 1.0)       # identity: backward passes dout
+            return x
+        out, self.cache = F.dropout_forward(x, self.p, self.rng)
+        return out
+
+    def backward(self, dout):
+        return F.dropout_backward(dout, self._cached())
+
+    def get_config(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p:g})"

@@ -1,0 +1,244 @@
+"""Normalization layers: BatchNorm1d, BatchNorm2d and AlexNet's LocalResponseNorm."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from convnet.functional import norm as F
+from convnet.functional.conv import check_input
+from convnet.layers.base import Layer, check_dtype, check_volume
+
+
+def _positive_int(value, name, where):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _real(value, name, where, low=None, high=None):
+    """A real number (not a bool), optionally within [low, high]; returned as a float."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or np.isnan(value):
+        raise ValueError(f"{where}: {name} must be a real number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{where}: {name} must be {bounds}, got {value!r}")
+    return float(value)
+
+
+def _flag(value, name, where):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+class _BatchNorm(Layer):
+    """Shared state and passes of BatchNorm1d and BatchNorm2d (they differ in input rank)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        where = type(self).__name__
+        self.num_features = _positive_int(num_features, "num_features", where)
+        self.eps = _real(eps, "eps", where, low=0)
+        self.momentum = None if momentum is None else _real(momentum, "momentum", where, 0, 1)
+        self.affine = _flag(affine, "affine", where)
+        self.track_running_stats = _flag(track_running_stats, "track_running_stats", where)
+        self.dtype = check_dtype(dtype, where)
+        d = self.num_features
+        if self.affine:
+            self._init_param("weight", np.ones(d, dtype=self.dtype))     # gamma
+            self._init_param("bias", np.zeros(d, dtype=self.dtype))      # beta
+        if self.track_running_stats:
+            self.buffers["running_mean"] = np.zeros(d, dtype=self.dtype)
+            self.buffers["running_var"] = np.ones(d, dtype=self.dtype)
+            self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
+
+    def _check_input(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        self._check_input(x)
+        count = x.size // x.shape[1]                       # M, values per channel
+        if self.training and count < 2:
+            raise ValueError(
+                f"{self.where}: expected more than 1 value per channel in training mode "
+                f"(batch statistics), got input shape {x.shape}, {count} per channel; use a "
+                f"batch of N >= 2 or call .eval() to use the running statistics")
+        weight, bias = self.params.get("weight"), self.params.get("bias")
+        if self.training or not self.track_running_stats:
+            if count == 0:
+                raise ValueError(f"{self.where}: got an empty batch, shape {x.shape}")
+            out, self.cache = F.batch_norm_forward(x, weight, bias, eps=self.eps)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(self.cache)
+        else:
+            out, self.cache = F.batch_norm_forward(x, weight, bias, self.buffers["running_mean"],
+                                                   self.buffers["running_var"], self.eps)
+        return out
+
+    def _update_running_stats(self, cache):
+        """PyTorch's rule: count the batch, then average with momentum (or cumulatively)."""
+        self.buffers["num_batches_tracked"] += 1
+        if self.momentum is None:
+            factor = 1.0 / float(self.buffers["num_batches_tracked"])
+        else:
+            factor = self.momentum
+        mean, var = F.update_running_stats(self.buffers["running_mean"],
+                                           self.buffers["running_var"], cache.mean, cache.var,
+                                           cache.count, factor)
+        self.buffers["running_mean"][...] = mean     # in place, kept in the layer's dtype
+        self.buffers["running_var"][...] = var
+
+    def backward(self, dout):
+        dx, dweight, dbias = F.batch_norm_backward(dout, self._cached())
+        if self.affine:
+            self.grads["weight"] = dweight
+            self.grads["bias"] = dbias
+        return dx
+
+    def macs(self, input_shape):
+        return 2 * int(np.prod(self.output_shape(input_shape)))
+
+    def get_config(self):
+        return {"type": type(self).__name__, "num_features": self.num_features,
+                "eps": self.eps, "momentum": self.momentum, "affine": self.affine,
+                "track_running_stats": self.track_running_stats, "dtype": self.dtype.name}
+
+    def __repr__(self):
+        text = f"{type(self).__name__}(D={self.num_features}"
+        if self.eps != 1e-5:
+            text += f", eps={self.eps:g}"
+        if self.momentum is None:
+            text += ", momentum=None"
+        elif self.momentum != 0.1:
+            text += f", momentum={self.momentum:g}"
+        if not self.affine:
+            text += ", affine=False"
+        if not self.track_running_stats:
+            text += ", track_running_stats=False"
+        return text + ")"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization of each depth slice of an NCHW volume, PyTorch's semantics.
+
+    Every channel c is normalized with the mean and variance of its N*H*W values, then
+    scaled and shifted: out = gamma_c * (x - mean_c) / sqrt(var_c + eps) + beta_c.
+
+    Args:
+        num_features: depth D of the input (channels C).
+        eps: added to the variance for stability.
+        momentum: weight of the new batch in the running averages,
+            running = (1 - momentum) * running + momentum * batch; None averages all
+            batches seen so far equally (a cumulative average).
+        affine: learn gamma (``weight``, ones) and beta (``bias``, zeros), each (D,).
+        track_running_stats: keep buffers ``running_mean`` (zeros), ``running_var`` (ones)
+            and ``num_batches_tracked`` (int64 0-d). Without them eval mode also uses
+            batch statistics.
+        dtype: float32 (default) or float64, for parameters and buffers.
+
+    Training mode normalizes with the batch's statistics (biased variance, differentiated
+    through in backward) and updates the running averages with the UNBIASED variance, as
+    PyTorch does; eval mode normalizes with the running averages (backward is then the
+    affine map's). Shapes: (N, D, H, W) -> (N, D, H, W).
+    macs counts 2 per element, the scale and the shift of the inference form
+    out = x * s + t (s, t folded from gamma, beta and the running statistics): 2*D*H*W.
+
+    >>> bn = BatchNorm2d(64)
+    >>> bn.output_shape((64, 56, 56)), bn.num_params(), bn.macs((64, 1, 1))
+    ((64, 56, 56), 128, 128)
+    """
+
+    def _check_input(self, x):
+        check_input(x, self.num_features, self.where)
+
+    def output_shape(self, input_shape):
+        return check_volume(input_shape, self.num_features, self.where)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of features (N, C) or of sequences (N, C, L), PyTorch's semantics.
+
+    Same arguments, parameters, buffers and rules as BatchNorm2d; each channel c is
+    normalized over its N values (input (N, C)) or its N*L values (input (N, C, L)).
+    macs counts 2 per element (scale and shift): 2*C or 2*C*L per sample.
+
+    >>> bn = BatchNorm1d(4096)
+    >>> bn.output_shape((4096,)), bn.num_params()
+    ((4096,), 8192)
+    """
+
+    def _check_input(self, x):
+        if isinstance(x, np.ndarray) and x.ndim not in (2, 3):
+            raise ValueError(f"{self.where}: expected a 2-D input (N, C) or a 3-D input "
+                             f"(N, C, L), got shape {x.shape}")
+        d = self.num_features
+        if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] != d and x.shape[2] == d:
+            raise ValueError(f"{self.where}: expected {d} channels in axis 1 (N, C, L), got "
+                             f"shape {x.shape}; this looks like (N, L, C): use "
+                             f"x.transpose(0, 2, 1)")
+        check_input(x, d, self.where, rank=getattr(x, "ndim", 2))
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) not in (1, 2) or shape[0] != self.num_features:
+            raise ValueError(f"{self.where}: expected a per-sample shape ({self.num_features},) "
+                             f"or ({self.num_features}, L), got {shape}")
+        return shape
+
+
+class LocalResponseNorm(Layer):
+    """AlexNet's local response normalization across channels (the notes' LRN layer).
+
+    Each activation is divided by the energy of n = size neighbouring channels at the
+    same pixel, PyTorch's exact formula (channels past the edges count as zero):
+
+        b_c = a_c * (k + alpha / n * sum_{c'=c-n//2}^{c+(n-1)//2} a_{c'}^2) ^ (-beta)
+
+    Args:
+        size: n, the number of channels in the window (an even n reaches one more
+            channel back than forward).
+        alpha: scale of the sum of squares (divided by n, as in PyTorch and Caffe).
+        beta: exponent. k: additive constant (AlexNet: n=5, alpha=1e-4, beta=0.75, k=2).
+
+    No parameters. Shapes: (N, C, H, W) -> (N, C, H, W).
+    macs counts (n + 1) per element: n multiply-adds for the windowed sum of squares and
+    one multiply for the scale (the power is not counted).
+
+    >>> lrn = LocalResponseNorm(5, k=2.0)          # AlexNet, after CONV1 and CONV2
+    >>> lrn, lrn.output_shape((96, 55, 55))
+    (LocalResponseNorm(n=5, alpha=0.0001, beta=0.75, k=2), (96, 55, 55))
+    """
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        where = type(self).__name__
+        self.size = _positive_int(size, "size", where)
+        self.alpha = _real(alpha, "alpha", where)
+        self.beta = _real(beta, "beta", where)
+        self.k = _real(k, "k", where)
+
+    def forward(self, x):
+        check_input(x, None, self.where)
+        out, self.cache = F.local_response_norm_forward(x, self.size, self.alpha, self.beta,
+                                                        self.k)
+        return out
+
+    def backward(self, dout):
+        return F.local_response_norm_backward(dout, self._cached())
+
+    def output_shape(self, input_shape):
+        return check_volume(input_shape, None, self.where)
+
+    def macs(self, input_shape):
+        return (self.size + 1) * int(np.prod(self.output_shape(input_shape)))
+
+    def get_config(self):
+        return {"type": "LocalResponseNorm", "size": self.size, "alpha": self.alpha,
+                "beta": self.beta, "k": self.k}
+
+    def __repr__(self):
+        return (f"LocalResponseNorm(n={self.size}, alpha={self.alpha:g}, beta={self.beta:g}, "
+                f"k={self.k:g})")

@@ -1,0 +1,56 @@
+"""The command line: help, version, zoo, summary (text and JSON), errors and exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import convnet
+from convnet.cli import main
+
+
+def test_version_and_help_run_as_a_console_script():
+    out = subprocess.run([sys.executable, "-m", "convnet.cli", "--version"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"convnet {convnet.__version__}"
+    out = subprocess.run([sys.executable, "-m", "convnet.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "summary" in out and "zoo" in out
+
+
+def test_zoo_lists_every_model(capsys):
+    from convnet.zoo import MODELS
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name in MODELS:
+        assert name in out
+    assert "138,357,544" in out
+
+
+def test_summary_json_of_arrow_notation(capsys):
+    text = "INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL]*3 -> [FC 512 -> RELU]*2 -> FC 10"
+    assert main(["summary", text, "--json", "--batch", "8"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["layers"][0]["type"] == "Conv2d(K=32, F=3, S=1, P=1)"
+    assert data["total_params"] == sum(row["params"] for row in data["layers"])
+    assert data["total_macs"] == sum(row["macs"] for row in data["layers"])
+    assert data["layers"][-1]["output_shape"] == [10]
+
+
+def test_summary_of_a_zoo_model_with_input_and_budget(capsys):
+    assert main(["summary", "lenet5", "--input", "1x32x32", "--budget", "1MB"]) == 0
+    out = capsys.readouterr().out
+    assert "61,706" in out and "largest batch" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "nonet"], "not a zoo name"),
+    (["summary", "missing.json"], "missing.json: no such model file"),
+    (["summary", "INPUT 10x10x3 -> CONV 8 F3 S2 P0"], "4.5 is not an integer"),
+    (["summary", "lenet5", "--input", "32x32"], "C x H x W"),
+])
+def test_bad_input_is_one_error_and_exit_code_1(capsys, argv, message):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"convnet {argv[0]}: error:") and message in err

@@ -1,0 +1,508 @@
+"""Optimizers: torch.optim's update rules on NumPy arrays, applied in place.
+
+An optimizer holds the model's parameter arrays by their dotted keys (``model.params()``)
+and changes them in place, so the model sees every update. ``step(grads)`` takes the
+gradients under the same keys; a key left out (or None) is frozen for that step.
+
+Memory (the notes' "parameter sizes"): besides the parameters and their gradients, an
+optimizer keeps a step cache per parameter. Momentum, Adagrad and RMSProp keep one (so
+the parameter vector's memory is multiplied by 3), Adam two (x4). ``state_multiplier``
+counts these extra arrays per parameter; the summary's memory estimate uses it.
+
+Every update follows PyTorch's single-tensor implementation, term by term, so that runs
+match torch.optim to rounding: ``SGD`` (plain, momentum, Nesterov), ``Adagrad``,
+``RMSprop``, ``Adam`` and ``AdamW``. State is created at a parameter's first update,
+as in PyTorch, and every parameter counts its own steps.
+
+>>> w = np.ones(3, dtype=np.float32)
+>>> opt = SGD({"fc.weight": w}, lr=0.1, momentum=0.9)
+>>> opt.step({"fc.weight": np.ones(3, dtype=np.float32)})
+>>> w
+array([0.9, 0.9, 0.9], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def _number(value, name, where, low=0.0, below=None):
+    """A finite real hyperparameter with low <= value (< below); a clear error otherwise."""
+    ok = (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, bool) and math.isfinite(value) and value >= low
+          and (below is None or value < below))
+    if not ok:
+        bound = f"in [{low:g}, {below:g})" if below is not None else f">= {low:g}"
+        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
+    return float(value)  # a Python float keeps float32 arithmetic in float32
+
+
+def _check_params(params, where):
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{where}: params must be a dict {{dotted name: array}} such as "
+                         f"model.params(), got {type(params).__name__}")
+    for key, p in params.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: parameter names must be strings, got {key!r}")
+        if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
+            got = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
+            raise ValueError(f"{where}: parameter {key!r} must be a floating-point NumPy "
+                             f"array (float32 or float64), got {got}")
+        if not p.flags.writeable:
+            raise ValueError(f"{where}: parameter {key!r} is read-only; updates are in place")
+    return params
+
+
+class Optimizer:
+    """Base of every optimizer: params by key, in-place ``step``, exact ``state_dict``.
+
+    Args:
+        params: {dotted name: np.ndarray}, e.g. ``model.params()``; updated in place.
+        lr: learning rate, a public attribute that schedules set between steps.
+        weight_decay: L2 penalty: weight_decay * param is added to each gradient.
+
+    Subclasses name their per-parameter buffers (``_buffer_names``) after PyTorch's
+    state ("momentum_buffer", "exp_avg", ...) and implement ``_update`` for one array.
+    """
+
+    state_multiplier = 0  # step-cache arrays kept per parameter (besides params and grads)
+
+    def __init__(self, params, lr, weight_decay=0.0):
+        self.params = _check_params(params, self.where)
+        self.lr = _number(lr, "lr", self.where)
+        self.weight_decay = _number(weight_decay, "weight_decay", self.where)
+        self.state: dict[str, dict[str, np.ndarray]] = {}  # param key -> {buffer: array}
+        self.steps: dict[str, int] = {}                     # param key -> updates so far
+
+    # -- the update ----------------------------------------------------------------------
+    def step(self, grads):
+        """Update every parameter that has a gradient in ``grads``, in place.
+
+        grads: {dotted name: array of the parameter's shape}. A parameter missing from
+        grads (or mapped to None) is frozen: neither it nor its state or step count moves.
+        """
+        if not isinstance(grads, Mapping):
+            raise ValueError(f"{self.where}: grads must be a dict {{dotted name: array}}, "
+                             f"got {type(grads).__name__}")
+        unknown = sorted(str(k) for k in grads if k not in self.params)
+        if unknown:
+            raise ValueError(f"{self.where}: grads has keys that are not parameters: "
+                             f"{unknown}; known parameters: {sorted(self.params)}")
+        checked = {}  # validate everything before touching any parameter
+        for key, g in grads.items():
+            if g is not None:
+                checked[key] = self._check_grad(key, g)
+        for key, p in self.params.items():
+            if key in checked:
+                if key not in self.state:
+                    self.state[key] = self._init_state(p)
+                self.steps[key] = self.steps.get(key, 0) + 1
+                self._update(p, checked[key], self.state[key], self.steps[key])
+
+    def _check_grad(self, key, g):
+        p = self.params[key]
+        if not isinstance(g, np.ndarray) or not np.issubdtype(g.dtype, np.floating):
+            got = g.dtype if isinstance(g, np.ndarray) else type(g).__name__
+            raise ValueError(f"{self.where}: gradient of {key!r} must be a floating-point "
+                             f"NumPy array, got {got}")
+        if g.shape != p.shape:
+            raise ValueError(f"{self.where}: gradient of {key!r} must have the parameter's "
+                             f"shape {p.shape}, got {g.shape}")
+        return np.asarray(g, dtype=p.dtype)  # no copy when the dtypes already agree
+
+    def _decayed(self, p, g):
+        """g + weight_decay * p (the L2 penalty's gradient) as a new array; g if no decay."""
+        if not self.weight_decay:
+            return g
+        out = np.multiply(p, self.weight_decay)
+        out += g
+        return out
+
+    def _buffer_names(self):
+        """Names of the per-parameter state arrays this configuration keeps."""
+        return ()
+
+    def _init_state(self, p):
+        return {name: np.zeros_like(p) for name in self._buffer_names()}
+
+    def _update(self, p, g, state, step):
+        raise NotImplementedError
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def hyperparameters(self):
+        """The constructor arguments (besides params) as a JSON-ready dict."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
+    def state_dict(self):
+        """Everything a resume needs: (arrays, meta).
+
+        arrays: copies of the step caches keyed "<buffer>.<param key>", e.g.
+        "momentum_buffer.features.0.weight". meta: JSON-ready {"type", "hyperparameters",
+        "steps"}, with the step count of every parameter updated so far.
+        """
+        arrays = {f"{name}.{key}": a.copy()
+                  for key, state in self.state.items() for name, a in state.items()}
+        meta = {"type": type(self).__name__, "hyperparameters": self.hyperparameters(),
+                "steps": dict(self.steps)}
+        return arrays, meta
+
+    def load_state_dict(self, arrays, meta):
+        """Restore a ``state_dict`` exactly (hyperparameters included); strict on keys."""
+        where = self.where
+        if not isinstance(meta, Mapping) or meta.get("type") != type(self).__name__:
+            got = meta.get("type") if isinstance(meta, Mapping) else type(meta).__name__
+            raise ValueError(f"{where}: state was saved by {got!r}, not {type(self).__name__}")
+        try:
+            fresh = type(self)(self.params, **meta["hyperparameters"])  # checked as in __init__
+        except TypeError as err:
+            raise ValueError(f"{where}: bad hyperparameters in state: {err}") from None
+        steps = {str(k): int(v) for k, v in meta["steps"].items()}
+        unknown = sorted(k for k in steps if k not in self.params)
+        if unknown:
+            raise ValueError(f"{where}: state has step counts for unknown parameters {unknown}")
+        expected = {f"{name}.{key}": key for key, n in steps.items() if n > 0
+                    for name in fresh._buffer_names()}
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{where}: state arrays do not match: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, key in expected.items():
+            if np.shape(arrays[name]) != self.params[key].shape:
+                raise ValueError(f"{where}: state array {name!r} must have shape "
+                                 f"{self.params[key].shape}, got {np.shape(arrays[name])}")
+        for attr, value in vars(fresh).items():
+            if attr not in ("params", "state", "steps"):
+                setattr(self, attr, value)
+        self.steps = {k: n for k, n in steps.items() if n > 0}
+        self.state = {key: {} for key in self.steps}
+        for name, key in expected.items():
+            buffer = name[: -len(key) - 1]
+            self.state[key][buffer] = np.array(arrays[name], dtype=self.params[key].dtype)
+
+    # -- naming --------------------------------------------------------------------------
+    @property
+    def where(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent: plain, with momentum, or Nesterov's, as torch.optim.SGD.
+
+    Args:
+        params: {dotted name: array}, updated in place. lr: learning rate.
+        momentum: mu; 0 is vanilla SGD. dampening: scales the new gradient in the buffer.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+        weight_decay: L2 penalty added to the gradient.
+
+    Update, with g = dx + weight_decay * x (v starts as the first g):
+        vanilla:  x -= lr * g
+        momentum: v = mu * v + (1 - dampening) * g;  x -= lr * v
+        nesterov: v as above;                         x -= lr * (g + mu * v)
+
+    Momentum keeps one step cache per parameter (memory x3 with params and grads).
+
+    >>> w = np.zeros(2)
+    >>> opt = SGD({"w": w}, lr=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.step({"w": np.ones(2)})        # v = 1, then 0.9 * 1 + 1 = 1.9
+    >>> w                                      # -0.1 - 0.19
+    array([-0.29, -0.29])
+    """
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                 weight_decay=0.0):
+        super().__init__(params, lr, weight_decay)
+        self.momentum = _number(momentum, "momentum", self.where)
+        self.dampening = _number(dampening, "dampening", self.where, low=-math.inf)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError(f"{self.where}: nesterov=True needs momentum > 0 and dampening "
+                             f"0, got momentum={momentum!r}, dampening={dampening!r}")
+        self.state_multiplier = len(self._buffer_names())
+
+    def _buffer_names(self):
+        return ("momentum_buffer",) if self.momentum else ()
+
+    def _init_state(self, p):
+        return {}  # PyTorch starts the momentum buffer as a copy of the first gradient
+
+    def _update(self, p, g, state, step):
+        g = self._decayed(p, g)
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += g if self.dampening == 0 else (1 - self.dampening) * g
+            if self.nesterov:
+                nxt = np.multiply(buf, self.momentum)
+                nxt += g
+                g = nxt
+            else:
+                g = buf
+        p -= self.lr * g
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+
+class Momentum(SGD):
+    """SGD with momentum 0.9 by default: the notes' momentum update (registry "momentum")."""
+
+    state_multiplier = 1
+
+    def __init__(self, params, lr, momentum=0.9, dampening=0.0, nesterov=False,
+                 weight_decay=0.0):
+        super().__init__(params, lr, momentum, dampening, nesterov, weight_decay)
+
+
+class Nesterov(SGD):
+    """SGD with Nesterov momentum 0.9 by default (registry "nesterov")."""
+
+    state_multiplier = 1
+
+    def __init__(self, params, lr, momentum=0.9, dampening=0.0, nesterov=True,
+                 weight_decay=0.0):
+        super().__init__(params, lr, momentum, dampening, nesterov, weight_decay)
+
+
+class Adagrad(Optimizer):
+    """Adagrad: per-parameter step sizes from the running sum of squared gradients.
+
+    Args:
+        params, lr (default 1e-2), weight_decay as in SGD.
+        lr_decay: the step size at step t is lr / (1 + (t - 1) * lr_decay).
+        eps: added to the root of the sum (avoids division by zero).
+        initial_accumulator_value: the sum's starting value.
+
+    Update (torch.optim.Adagrad): cache += g**2;  x -= clr * g / (sqrt(cache) + eps).
+    Keeps one step cache per parameter (memory x3 with params and grads).
+
+    >>> w = np.zeros(2)
+    >>> opt = Adagrad({"w": w}, lr=0.1)
+    >>> opt.step({"w": np.array([10.0, 0.1])})  # the same first step, whatever the scale
+    >>> w
+    array([-0.1, -0.1])
+    """
+
+    state_multiplier = 1
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+                 initial_accumulator_value=0.0):
+        super().__init__(params, lr, weight_decay)
+        self.lr_decay = _number(lr_decay, "lr_decay", self.where)
+        self.eps = _number(eps, "eps", self.where)
+        self.initial_accumulator_value = _number(
+            initial_accumulator_value, "initial_accumulator_value", self.where)
+
+    def _buffer_names(self):
+        return ("sum",)
+
+    def _init_state(self, p):
+        return {"sum": np.full_like(p, self.initial_accumulator_value)}
+
+    def _update(self, p, g, state, step):
+        g = self._decayed(p, g)
+        clr = self.lr / (1 + (step - 1) * self.lr_decay)
+        tmp = np.square(g)
+        state["sum"] += tmp
+        np.sqrt(state["sum"], out=tmp)
+        tmp += self.eps                     # std
+        np.divide(g, tmp, out=tmp)
+        tmp *= clr
+        p -= tmp
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
+                "eps": self.eps, "initial_accumulator_value": self.initial_accumulator_value}
+
+
+class RMSprop(Optimizer):
+    """RMSProp: divide by a leaky running average of squared gradients (torch.optim.RMSprop).
+
+    Args:
+        params, lr (default 1e-2), weight_decay as in SGD.
+        alpha: decay rate of the running average. eps: added to its root.
+        momentum: if > 0, a momentum buffer over the normalized steps.
+        centered: subtract the squared running mean of the gradient (a variance estimate).
+
+    Update: cache = alpha * cache + (1 - alpha) * g**2;  x -= lr * g / (sqrt(cache) + eps).
+    Keeps one step cache per parameter (memory x3 with params and grads), one more with
+    momentum and one more when centered.
+
+    >>> w = np.zeros(2)
+    >>> opt = RMSprop({"w": w}, lr=0.01, alpha=0.99)
+    >>> opt.step({"w": np.array([5.0, -5.0])})  # cache = 0.01 g**2: a first step of 10 lr
+    >>> w
+    array([-0.1,  0.1])
+    """
+
+    state_multiplier = 1
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False):
+        super().__init__(params, lr, weight_decay)
+        self.alpha = _number(alpha, "alpha", self.where)
+        self.eps = _number(eps, "eps", self.where)
+        self.momentum = _number(momentum, "momentum", self.where)
+        self.centered = bool(centered)
+        self.state_multiplier = len(self._buffer_names())
+
+    def _buffer_names(self):
+        return (("square_avg",) + ("momentum_buffer",) * (self.momentum > 0)
+                + ("grad_avg",) * self.centered)
+
+    def _update(self, p, g, state, step):
+        g = self._decayed(p, g)
+        square_avg = state["square_avg"]
+        square_avg *= self.alpha
+        tmp = np.multiply(g, 1 - self.alpha)
+        tmp *= g
+        square_avg += tmp                           # alpha * cache + (1 - alpha) * g**2
+        if self.centered:
+            grad_avg = state["grad_avg"]
+            np.subtract(g, grad_avg, out=tmp)
+            tmp *= 1 - self.alpha
+            grad_avg += tmp                         # alpha * mean + (1 - alpha) * g
+            np.square(grad_avg, out=tmp)
+            np.subtract(square_avg, tmp, out=tmp)
+            np.sqrt(tmp, out=tmp)
+        else:
+            np.sqrt(square_avg, out=tmp)
+        tmp += self.eps                             # avg: the per-element step divisor
+        np.divide(g, tmp, out=tmp)
+        if self.momentum > 0:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += tmp
+            np.multiply(buf, self.lr, out=tmp)
+        else:
+            tmp *= self.lr
+        p -= tmp
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps,
+                "weight_decay": self.weight_decay, "momentum": self.momentum,
+                "centered": self.centered}
+
+
+class Adam(Optimizer):
+    """Adam: momentum on the gradient plus RMSProp's per-parameter scaling, bias-corrected.
+
+    Args:
+        params, lr (default 1e-3) as in SGD. betas: (beta1, beta2), each in [0, 1).
+        eps: added to the root of the second moment.
+        weight_decay: L2 penalty added to the gradient (AdamW decouples it instead).
+        amsgrad: divide by the running maximum of the second moment.
+
+    Update at step t (torch.optim.Adam):
+        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g**2
+        x -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    Keeps two step caches per parameter, m and v (memory x4 with params and grads);
+    amsgrad adds a third.
+
+    >>> w = np.zeros(2)
+    >>> opt = Adam({"w": w}, lr=1e-3, betas=(0.9, 0.999))
+    >>> opt.step({"w": np.array([100.0, -0.01])})  # bias-corrected: a first step of lr
+    >>> w
+    array([-0.001,  0.001])
+    """
+
+    state_multiplier = 2
+    decoupled = False  # AdamW: decay the weights directly instead of the gradient
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False):
+        super().__init__(params, lr, weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{self.where}: betas must be a pair (beta1, beta2), "
+                             f"got {betas!r}")
+        self.betas = tuple(_number(b, f"betas[{i}]", self.where, below=1.0)
+                           for i, b in enumerate(betas))
+        self.eps = _number(eps, "eps", self.where)
+        self.amsgrad = bool(amsgrad)
+        self.state_multiplier = len(self._buffer_names())
+
+    def _buffer_names(self):
+        return ("exp_avg", "exp_avg_sq") + ("max_exp_avg_sq",) * self.amsgrad
+
+    def _update(self, p, g, state, step):
+        beta1, beta2 = self.betas
+        if self.weight_decay and self.decoupled:
+            p *= 1 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = self._decayed(p, g)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        tmp = np.subtract(g, exp_avg)
+        tmp *= 1 - beta1
+        exp_avg += tmp                              # m = beta1 * m + (1 - beta1) * g
+        exp_avg_sq *= beta2
+        np.multiply(g, 1 - beta2, out=tmp)
+        tmp *= g
+        exp_avg_sq += tmp                           # v = beta2 * v + (1 - beta2) * g**2
+        if self.amsgrad:
+            exp_avg_sq = np.maximum(state["max_exp_avg_sq"], exp_avg_sq,
+                                    out=state["max_exp_avg_sq"])
+        step_size = self.lr / (1 - beta1**step)
+        np.sqrt(exp_avg_sq, out=tmp)
+        tmp /= (1 - beta2**step) ** 0.5
+        tmp += self.eps                             # denom
+        np.divide(exp_avg, tmp, out=tmp)
+        tmp *= step_size
+        p -= tmp
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (torch.optim.AdamW): x *= 1 - lr * weight_decay
+    before the Adam step, instead of adding weight_decay * x to the gradient.
+
+    Args as Adam, with weight_decay defaulting to 1e-2. Memory x4, as Adam.
+
+    >>> w = np.ones(2)
+    >>> opt = AdamW({"w": w}, lr=0.1, weight_decay=0.5)
+    >>> opt.step({"w": np.zeros(2)})  # no gradient, still decayed: 1 - 0.1 * 0.5
+    >>> w
+    array([0.95, 0.95])
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": Adagrad,
+              "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+
+
+def make_optimizer(name, params, lr, **kwargs):
+    """Build a registered optimizer by name: make_optimizer("adam", model.params(), 1e-3).
+
+    Names: see ``OPTIMIZERS``; kwargs are the class's other hyperparameters.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    accepted = [k for k in inspect.signature(cls).parameters if k not in ("params", "lr")]
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown hyperparameters {unknown}; "
+                         f"accepted: {accepted}")
+    return cls(params, lr, **kwargs)

@@ -23,6 +23,60 @@ def cmd_summary(args):
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
 
 
+def cmd_train(args):
+    from convnet.train.loop import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, model=args.model, epochs=args.epochs,
+                      batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      weight_decay=args.weight_decay, augment=args.augment,
+                      schedule=args.schedule, val_fraction=args.val_fraction, limit=args.limit,
+                      seed=args.seed, out=args.out, checkpoint_every=args.checkpoint_every,
+                      data_root=args.data_root, download=args.download)
+    train(cfg, resume=args.resume, progress=not args.quiet)
+
+
+def cmd_eval(args):
+    from convnet.data import load_dataset
+    from convnet.io import load_model
+    from convnet.train.inference import evaluate, preprocess
+
+    model = load_model(args.model)
+    splits = load_dataset(args.data, root=args.data_root)
+    x, y = splits.test
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(f"{args.model} takes {model.input_shape} images but {args.data} has "
+                         f"{tuple(x.shape[1:])}")
+    result = evaluate(model, preprocess(x, splits.scale, model.info), y,
+                      num_classes=len(splits.classes))
+    if args.json:
+        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"],
+                          "images": len(x), "classes": list(splits.classes),
+                          "confusion": result["confusion"].tolist()}))
+        return
+    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {splits.name}, "
+          f"loss {result['loss']:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    names = [str(c)[:8] for c in splits.classes]
+    width = max(6, *(len(n) for n in names)) + 1
+    print(" " * width + "".join(f"{i:>{width}}" for i in range(len(names))))
+    for i, row in enumerate(result["confusion"]):
+        print(f"{i:>2} {names[i]:<{width - 3}}" + "".join(f"{v:>{width}}" for v in row))
+
+
+def cmd_predict(args):
+    from convnet.io import load_model
+    from convnet.train.inference import load_images, preprocess, top_k
+
+    model = load_model(args.model)
+    x = preprocess(load_images(args.images, model.input_shape), 255, model.info)
+    classes = model.info.get("classes") or [str(i) for i in range(model.output_shape(
+        model.input_shape)[0])]
+    indices, probs = top_k(model, x, min(args.top, len(classes)))
+    for path, idx, prob in zip(args.images, indices, probs):
+        ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
+        print(f"{path}: {ranked}")
+
+
 def cmd_zoo(args):
     from convnet.zoo import listing
 
@@ -60,6 +114,56 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 
+    p = commands.add_parser(
+        "train", help="train a ConvNet (default: the embedded digits, in under a minute)",
+        description="Train a ConvNet on real images with a progress bar, validation after "
+                    "each epoch, the best model kept, and a checkpoint after every epoch "
+                    "(and every --checkpoint-every batches) that --resume continues from, "
+                    "bit for bit. Unset options take the dataset's defaults.")
+    p.add_argument("--model", metavar="MODEL",
+                   help="a zoo name or arrow notation (default: a small net of the notes' "
+                        "pattern sized for the data)")
+    p.add_argument("--data", default="digits", metavar="DATA",
+                   help="digits (embedded, the default), fashion-mnist, mnist, cifar10, "
+                        "cifar100, or a directory of images (one sub-folder per class)")
+    p.add_argument("--data-root", metavar="DIR", help="where to look for the dataset's files")
+    p.add_argument("--download", action="store_true",
+                   help="download Fashion-MNIST if it is not found (checksums verified)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", help="sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", default="cosine", help="none, step, cosine or warmup+cosine")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops (4-pixel padding) and horizontal flips")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training images held out for validation (0.1)")
+    p.add_argument("--limit", type=int, metavar="N", help="train on the first N images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/DATA)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="also write a checkpoint every N batches")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help="accuracy and confusion matrix on a test set",
+                            description="Evaluate a saved model on a dataset's test split.")
+    p.add_argument("model", metavar="MODEL", help="a saved model (model.json)")
+    p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
+    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("predict", help="top-k classes of image files",
+                            description="Classify image files with a saved model.")
+    p.add_argument("model", metavar="MODEL", help="a saved model (model.json)")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show (3)")
+    p.set_defaults(func=cmd_predict)
+
     p = commands.add_parser("zoo", help="list the famous nets", description="List the zoo: "
                             "name, default input, parameters, and a one-line description.")
     p.set_defaults(func=cmd_zoo)
@@ -74,9 +178,12 @@ def main(argv=None):
         return 0
     try:
         args.func(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"convnet {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"convnet {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from convnet.models import from_config, from_notation
+from convnet.io import load_model
+from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
 
 
@@ -31,8 +31,7 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None):
 
     Args:
         spec: a zoo name (see ``convnet zoo``), an arrow-notation string (it contains
-            "->"), or the path of a model file (its .json architecture; weights, if a
-            .safetensors file sits beside it, are loaded by convnet.io).
+            "->"), or a saved model (model.json with model.safetensors beside it).
         input_shape: per-sample (C, H, W) overriding the model's default.
         num_classes: for zoo models, the size of the last FC layer.
     """
@@ -43,27 +42,12 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None):
         model = get_model(spec, **kwargs)
     elif "->" in spec or "→" in spec:
         model = from_notation(spec, input_shape=input_shape, **kwargs)
-    elif Path(spec).suffix == ".json" or Path(spec).exists():
-        model = _load_json(Path(spec), rng)
+    elif Path(spec).suffix in (".json", ".safetensors") or Path(spec).exists():
+        model = load_model(spec)
     else:
         raise ValueError(f"model {spec!r} is not a zoo name ({', '.join(MODELS)}), not a file, "
                          f"and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> RELU -> "
                          f"POOL -> FC 10')")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
-    return model
-
-
-def _load_json(path, rng):
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON model file ({err})") from None
-    if not isinstance(data, dict) or "architecture" not in data:
-        raise ValueError(f"{path}: expected a convnet model file with an 'architecture' key")
-    model = from_config(data["architecture"], rng=rng, where=str(path))
-    if "input_shape" in data:
-        model.input_shape = tuple(data["input_shape"])
     return model

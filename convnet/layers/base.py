@@ -37,6 +37,12 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
+    def infer(self, x):
+        """Forward without keeping a cache: at test time only the current activations live."""
+        out = self.forward(x)
+        self.cache = None
+        return out
+
     def _cached(self):
         """The cache of the last forward; a clear error if there is none."""
         if self.cache is None:

@@ -93,6 +93,40 @@ class Container(Layer):
     def num_params(self):
         return sum(layer.num_params() for layer in self)
 
+    def state_dict(self):
+        """Parameters and buffers under dotted keys, as PyTorch's state_dict orders them."""
+        out = {}
+        for name, layer in self.named_layers():
+            for key, value in {**layer.params, **layer.buffers}.items():
+                out[f"{name}.{key}"] = value
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the model, in place and in each array's dtype.
+
+        With strict=True (the default), missing, unexpected and mis-shaped keys are all
+        listed by name (with both shapes) in one ValueError, and nothing is copied.
+        Returns (missing, unexpected) key lists, as PyTorch does.
+        """
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [key for key in state if key not in own]
+        shapes = [f"{key}: model {own[key].shape}, file {tuple(np.shape(state[key]))}"
+                  for key in own if key in state and own[key].shape != np.shape(state[key])]
+        if shapes or (strict and (missing or unexpected)):
+            problems = []
+            if missing:
+                problems.append(f"missing keys: {', '.join(missing)}")
+            if unexpected:
+                problems.append(f"unexpected keys: {', '.join(unexpected)}")
+            if shapes:
+                problems.append(f"mis-shaped keys: {'; '.join(shapes)}")
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
+        for key, value in own.items():
+            if key in state:
+                value[...] = state[key]
+        return missing, unexpected
+
     def zero_grad(self):
         for layer in self:
             layer.zero_grad()
@@ -102,6 +136,12 @@ class Container(Layer):
         for layer in self:
             layer.train(mode)
         return self
+
+    def infer(self, x):
+        """Forward without keeping caches (blocks free theirs once their output exists)."""
+        out = self.forward(x)
+        self.clear_cache()
+        return out
 
     def clear_cache(self):
         """Drop every cached forward (the activations kept for backward)."""
@@ -155,6 +195,12 @@ class Sequential(Container):
         for layer in reversed(list(self)):
             dout = layer.backward(dout)
         return dout
+
+    def infer(self, x):
+        """Forward layer by layer, each dropping its cache: only current activations live."""
+        for layer in self:
+            x = layer.infer(x)
+        return x
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)

@@ -1,0 +1,153 @@
+"""Preprocessing and augmentation on whole NCHW batches, with explicit random generators.
+
+The notes' preprocessing (CS231n, "Data Preprocessing"): scale the pixels, then subtract
+the mean and divide by the standard deviation, with the statistics computed on the
+training set only and applied unchanged to validation and test data. Augmentation
+(random crops of a zero-padded image, horizontal flips) is batch-vectorized: one
+np.random.Generator draws the offsets or flips for all samples at once, no per-sample loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from convnet.functional.conv import pad, pair
+
+
+def _check_nchw(x, where):
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        got = f"shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{where}: expected a 4-D (N, C, H, W) array, got {got}")
+
+
+def _check_rng(rng, where):
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{where}: rng must be an np.random.Generator "
+                         f"(e.g. np.random.default_rng(0)), got {type(rng).__name__}")
+
+
+def to_float(x, scale=255, dtype=np.float32):
+    """Integer pixels -> floats in [0, 1]: x / scale (255 for uint8 images, 16 for digits).
+
+    >>> to_float(np.array([0, 8, 16], dtype=np.uint8), scale=16)
+    array([0. , 0.5, 1. ], dtype=float32)
+    """
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.integer):
+        got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"to_float: x must be an integer array (uint8 pixels), got {got}")
+    if not (isinstance(scale, (int, float, np.number)) and scale > 0):
+        raise ValueError(f"to_float: scale must be a positive number, got {scale!r}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"to_float: dtype must be float32 or float64, got {np.dtype(dtype)}")
+    return (x / np.asarray(scale, dtype=dtype)).astype(dtype, copy=False)
+
+
+class Normalize:
+    """Per-channel standardization: (x - mean[c]) / std[c], the statistics from training data.
+
+    Args:
+        mean, std: per-channel sequences of length C, or None to ``fit`` them.
+
+    ``fit(x)`` computes mean and std over (N, H, W) of a float training set x (N, C, H, W)
+    in float64 and returns them; a channel with std 0 (constant) gets std 1. Calling the
+    transform returns an array of x's float dtype.
+
+    >>> norm = Normalize()
+    >>> mean, std = norm.fit(to_float(x_train))                   # doctest: +SKIP
+    >>> x_test = norm(to_float(x_test))                           # doctest: +SKIP
+    """
+
+    def __init__(self, mean=None, std=None):
+        if (mean is None) != (std is None):
+            raise ValueError("Normalize: give both mean and std, or neither (then call fit)")
+        self.mean = self.std = None
+        if mean is not None:
+            self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)   # (C,)
+            self.std = np.asarray(std, dtype=np.float64).reshape(-1)     # (C,)
+            if self.mean.shape != self.std.shape or np.any(self.std <= 0):
+                raise ValueError(f"Normalize: mean and std must be per-channel sequences of "
+                                 f"one length with std > 0, got mean {mean!r}, std {std!r}")
+
+    def fit(self, x):
+        """Set and return (mean, std), each (C,) float64, from a float NCHW batch x."""
+        self._check(x, None)
+        x64 = x.astype(np.float64, copy=False)
+        self.mean = x64.mean(axis=(0, 2, 3))                                # (C,)
+        std = x64.std(axis=(0, 2, 3))                                       # (C,)
+        self.std = np.where(std > 0, std, 1.0)
+        return self.mean, self.std
+
+    def __call__(self, x):
+        if self.mean is None:
+            raise ValueError("Normalize: no statistics yet: call fit(x_train) first or pass "
+                             "mean and std")
+        self._check(x, self.mean.size)
+        shape = (1, -1, 1, 1)
+        return ((x - self.mean.astype(x.dtype).reshape(shape))
+                / self.std.astype(x.dtype).reshape(shape))
+
+    def _check(self, x, channels):
+        _check_nchw(x, "Normalize")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"Normalize: expected a float array, got dtype {x.dtype}; "
+                             "convert first with to_float(x, scale)")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"Normalize: statistics are for {channels} channels, got "
+                             f"{x.shape[1]} in shape {x.shape}")
+
+    def get_config(self):
+        """JSON-ready statistics, to store next to a model's weights."""
+        return {"type": "Normalize",
+                "mean": None if self.mean is None else self.mean.tolist(),
+                "std": None if self.std is None else self.std.tolist()}
+
+    def __repr__(self):
+        if self.mean is None:
+            return "Normalize(unfitted)"
+        return (f"Normalize(mean={np.round(self.mean, 4).tolist()}, "
+                f"std={np.round(self.std, 4).tolist()})")
+
+
+def random_crop(x, padding, rng, size=None):
+    """Zero-pad by P on each side, then cut one random (OH, OW) window out of each sample.
+
+    Args:
+        x: (N, C, H, W) array of any dtype.
+        padding: P, an int or a (PH, PW) pair (CIFAR's usual choice: 4).
+        rng: np.random.Generator; draws N offsets per axis, uniform in [0, H + 2P - OH].
+        size: (OH, OW) of the crops, default (H, W), the input size.
+
+    Returns (N, C, OH, OW), a new array. All samples at once: a strided view of every
+    window, indexed with the per-sample offsets.
+
+    >>> out = random_crop(x, 4, np.random.default_rng(0))         # doctest: +SKIP
+    """
+    _check_nchw(x, "random_crop")
+    _check_rng(rng, "random_crop")
+    ph, pw = pair(padding, "padding", "random_crop", allow_zero=True)
+    n, _, h, w = x.shape
+    oh, ow = (h, w) if size is None else pair(size, "size", "random_crop")
+    if oh > h + 2 * ph or ow > w + 2 * pw:
+        raise ValueError(f"random_crop: size ({oh}, {ow}) is larger than the padded input "
+                         f"({h + 2 * ph}, {w + 2 * pw})")
+    xp = pad(x, (ph, pw))                                            # (N, C, H+2P, W+2P)
+    win = sliding_window_view(xp, (oh, ow), axis=(2, 3))             # (N, C, DY, DX, OH, OW)
+    dy = rng.integers(0, h + 2 * ph - oh + 1, size=n)                # (N,)
+    dx = rng.integers(0, w + 2 * pw - ow + 1, size=n)                # (N,)
+    return win[np.arange(n), :, dy, dx]                              # (N, C, OH, OW)
+
+
+def random_flip(x, rng, p=0.5):
+    """Mirror each sample left-right with probability p (flip along W).
+
+    x: (N, C, H, W). rng: np.random.Generator, draws N uniforms. Returns a new array.
+
+    >>> out = random_flip(x, np.random.default_rng(0))            # doctest: +SKIP
+    """
+    _check_nchw(x, "random_flip")
+    _check_rng(rng, "random_flip")
+    if not 0 <= p <= 1:
+        raise ValueError(f"random_flip: p must be a probability in [0, 1], got {p!r}")
+    flip = rng.random(x.shape[0]) < p                                # (N,)
+    return np.where(flip[:, None, None, None], x[..., ::-1], x)

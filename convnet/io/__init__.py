@@ -1,0 +1,6 @@
+"""Files in and out: safetensors weights with dotted keys, model JSON, atomic writes."""
+
+from convnet.io.weights import (atomic_write, load_model, load_tensors, save_model,
+                                save_tensors)
+
+__all__ = ["atomic_write", "save_tensors", "load_tensors", "save_model", "load_model"]

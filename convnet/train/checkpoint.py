@@ -1,0 +1,37 @@
+"""Checkpoints: everything a resume needs, in one safetensors file, written atomically.
+
+Arrays (model parameters and buffers under "model.", optimizer state under "optim.") are
+the file's tensors; everything else (architecture, training configuration, optimizer and
+schedule settings, epoch and batch position, RNG states, best metric, history) is JSON in
+the file's metadata. One file means one atomic rename: a kill at any moment leaves either
+the previous checkpoint or the new one, both loadable. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+from convnet.io.weights import load_tensors, save_tensors
+
+KEY = "convnet-checkpoint"
+
+
+def save_checkpoint(path, model_state, optim_arrays, state):
+    """Write model_state (dotted keys), optimizer arrays and a JSON-ready state dict."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    tensors.update({f"optim.{k}": v for k, v in optim_arrays.items()})
+    save_tensors(tensors, path, metadata={KEY: json.dumps(state)})
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: (model_state, optim_arrays, state). Errors name the file."""
+    tensors, metadata = load_tensors(path)
+    if KEY not in metadata:
+        raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
+    try:
+        state = json.loads(metadata[KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: damaged checkpoint metadata ({err})") from None
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    optim_arrays = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+    return model_state, optim_arrays, state

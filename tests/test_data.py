@@ -1,0 +1,919 @@
+"""Data package: IDX, Fashion-MNIST (real Debian files and a local download), CIFAR in both
+forms with a restricted unpickler, image folders, the embedded digits, transforms, batching.
+
+Every reader is checked on small files generated here, and every malformed file (bad magic
+number, truncated or padded data, counts that disagree, labels out of range, wrong record
+size, a pickle that would run code) must raise a ValueError that names the file.
+"""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import re
+import struct
+import sys
+import threading
+import tracemalloc
+import urllib.error
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convnet.data import DATASETS, DataSplits, load_dataset
+from convnet.data.cifar import (
+    CIFAR10_CLASSES,
+    CifarUnpickler,
+    load_cifar10,
+    load_cifar100,
+    read_cifar_pickle,
+)
+from convnet.data.digits import (
+    DIGITS_CLASSES,
+    digits_test_mask,
+    load_digits,
+    read_digits,
+)
+from convnet.data.files import download, search_dirs
+from convnet.data.folder import load_image_folder
+from convnet.data.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MD5,
+    load_fashion_mnist,
+    load_idx_dataset,
+    load_mnist,
+    read_idx,
+    read_idx_header,
+)
+from convnet.data.loader import batches, train_val_split
+from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def raises_naming(path, match):
+    """pytest.raises(ValueError) whose message names ``path`` and matches ``match``."""
+    return pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + match)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """No test sees the real ~/.cache/convnet or a $CONVNET_DATA from the environment."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.delenv("CONVNET_DATA", raising=False)
+
+
+# -- IDX -----------------------------------------------------------------------------------
+def idx_bytes(arr, magic=None, extra=b"", cut=0):
+    """IDX encoding of a uint8 array: magic, big-endian sizes, data (+ extra, - cut bytes)."""
+    magic = magic if magic is not None else 0x800 | arr.ndim
+    head = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = head + arr.astype(np.uint8).tobytes() + extra
+    return data[: len(data) - cut]
+
+
+def write_idx(path, arr, gz=False, **kw):
+    raw = idx_bytes(arr, **kw)
+    Path(path).write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
+    return Path(path)
+
+
+def make_idx_dir(directory, rng, n=(7, 3), hw=(5, 4), gz=False, num_classes=10):
+    """The four standard IDX files with random images and labels; returns the arrays."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for (split, (img_name, lab_name)), count in zip(IDX_NAMES.items(), n, strict=True):
+        x = rng.integers(0, 256, size=(count, *hw), dtype=np.uint8)
+        y = rng.integers(0, num_classes, size=count, dtype=np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(directory / (img_name + suffix), x, gz=gz)
+        write_idx(directory / (lab_name + suffix), y, gz=gz)
+        out[split] = (x, y)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_round_trip(tmp_path, seed, gz):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=tuple(rng.integers(1, 9, size=3)), dtype=np.uint8)
+    labels = rng.integers(0, 256, size=int(rng.integers(1, 50)), dtype=np.uint8)
+    for name, arr in (("img", images), ("lab", labels)):
+        path = write_idx(tmp_path / name, arr, gz=gz)
+        out = read_idx(path)
+        assert out.dtype == np.uint8 and out.shape == arr.shape
+        np.testing.assert_array_equal(out, arr)
+        assert out.flags.writeable
+        header = read_idx_header(path)
+        assert header.dims == arr.shape and header.gzipped == gz
+        assert header.kind == ("images" if arr.ndim == 3 else "labels")
+
+
+def test_gzip_detected_by_magic_bytes_not_by_name(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    plain_named_gz = write_idx(tmp_path / "a-idx3-ubyte.gz", arr, gz=False)
+    gz_named_plain = write_idx(tmp_path / "b-idx3-ubyte", arr, gz=True)
+    assert gz_named_plain.read_bytes()[:2] == b"\x1f\x8b"
+    np.testing.assert_array_equal(read_idx(plain_named_gz), arr)
+    np.testing.assert_array_equal(read_idx(gz_named_plain), arr)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("magic, match", [
+    (0x00000804, r"bad IDX magic number 0x00000804 \(uint8 data with 4 dimensions"),
+    (0x00000D03, r"0x00000d03 \(data type 0x0d = float: only 0x08"),
+    (0x08030000, r"bad IDX magic number 0x08030000: expected 0x00000803"),
+    (0x00000802, r"uint8 data with 2 dimensions: expected 3 for images, 1 for labels"),
+])
+def test_idx_bad_magic(tmp_path, gz, magic, match):
+    path = write_idx(tmp_path / "bad", np.zeros((2, 2, 2), np.uint8), gz=gz, magic=magic)
+    with raises_naming(path, match):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_truncated_and_too_long(tmp_path, gz):
+    arr = np.ones((3, 4, 5), np.uint8)          # header 16 bytes + 60 data bytes = 76
+    what = "decompressed file" if gz else "file"
+    short = write_idx(tmp_path / "short", arr, gz=gz, cut=7)
+    with raises_naming(short, f"truncated: .*3 x 4 x 5 = 60 bytes .* 76 bytes in all, "
+                              f"but the {what} has 69 bytes"):
+        read_idx(short)
+    long = write_idx(tmp_path / "long", arr, gz=gz, extra=b"xyz")
+    with raises_naming(long, f"too long: .*76 bytes in all, but the {what} has 79 bytes"):
+        read_idx(long)
+    labels = write_idx(tmp_path / "labels", np.ones(9, np.uint8), gz=gz, cut=1)
+    with raises_naming(labels, "truncated: .*labels of 9 = 9 bytes"):
+        read_idx(labels)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("raw, match", [
+    (b"\x00\x00", "too short for an IDX file"),
+    (b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00", r"truncated IDX header: images need 3"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x00", r"zero size: \(0,\)"),
+])
+def test_idx_bad_header(tmp_path, gz, raw, match):
+    path = tmp_path / "h"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with raises_naming(path, match):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_huge_header_fails_before_allocating(tmp_path, gz):
+    """A 100-byte file whose header promises 2^32 * 2^16 bytes fails at once, small."""
+    raw = struct.pack(">IIII", 0x803, 2**32 - 1, 2**16, 2**16) + bytes(100)
+    path = tmp_path / "huge"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    tracemalloc.start()
+    try:
+        with raises_naming(path, "truncated"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+def test_idx_corrupt_gzip(tmp_path):
+    good = gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8)), mtime=0)
+    path = tmp_path / "corrupt.gz"
+    path.write_bytes(good[:12] + bytes(b ^ 0x55 for b in good[12:]))
+    with raises_naming(path, "corrupt gzip data"):
+        read_idx(path)
+
+
+def test_read_idx_kind(tmp_path):
+    path = write_idx(tmp_path / "labels", np.arange(4, dtype=np.uint8))
+    assert read_idx(path, kind="labels").shape == (4,)
+    with raises_naming(path, r"expected an IDX images file \(magic 0x00000803\), got labels"):
+        read_idx(path, kind="images")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_idx_dataset(tmp_path, gz):
+    rng = np.random.default_rng(1)
+    data = make_idx_dir(tmp_path, rng, gz=gz)
+    sfx = ".gz" if gz else ""
+    x, y = load_idx_dataset(tmp_path / (IDX_NAMES["train"][0] + sfx),
+                            tmp_path / (IDX_NAMES["train"][1] + sfx))
+    assert x.shape == (7, 1, 5, 4) and x.dtype == np.uint8 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:, 0], data["train"][0])
+    np.testing.assert_array_equal(y, data["train"][1])
+
+
+def test_load_idx_dataset_errors(tmp_path):
+    images = write_idx(tmp_path / "images", np.zeros((4, 3, 3), np.uint8))
+    labels3 = write_idx(tmp_path / "labels3", np.zeros(3, np.uint8))
+    with raises_naming(labels3, f"has 3 labels but {re.escape(str(images))} has 4 images"):
+        load_idx_dataset(images, labels3)
+    bad = write_idx(tmp_path / "bad_labels", np.array([1, 9, 10, 12], np.uint8))
+    with raises_naming(bad, r"label 10 at index 2 is out of range \[0, 10\) \(2 labels"):
+        load_idx_dataset(images, bad)
+    with raises_naming(images, "expected an IDX labels file"):
+        load_idx_dataset(images, images)
+    good = write_idx(tmp_path / "labels4", np.array([0, 1, 2, 3], np.uint8))
+    with raises_naming(good, r"label 3 at index 3 is out of range \[0, 3\)"):
+        load_idx_dataset(images, good, num_classes=3)
+
+
+# -- Fashion-MNIST -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fashion():
+    """The real files from the Debian package dataset-fashion-mnist (CI installs it)."""
+    assert FASHION_DIR.is_dir(), "apt-get install dataset-fashion-mnist"
+    return load_fashion_mnist(root=FASHION_DIR)
+
+
+def test_fashion_mnist_real_files(fashion):
+    (xtr, ytr), (xte, yte) = fashion["train"], fashion["test"]
+    assert xtr.shape == (60000, 1, 28, 28) and xte.shape == (10000, 1, 28, 28)
+    assert xtr.dtype == xte.dtype == np.uint8 and ytr.dtype == yte.dtype == np.int64
+    # Fashion-MNIST is balanced: 6,000 training and 1,000 test images of each class.
+    np.testing.assert_array_equal(np.bincount(ytr, minlength=10), np.full(10, 6000))
+    np.testing.assert_array_equal(np.bincount(yte, minlength=10), np.full(10, 1000))
+    assert xtr.min() == 0 and xtr.max() == 255
+    assert fashion["classes"] == list(FASHION_MNIST_CLASSES) and len(fashion["classes"]) == 10
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        header = read_idx_header(FASHION_DIR / name)
+        assert header.gzipped and header.dims[0] in (60000, 10000)
+
+
+def test_fashion_mnist_search_order(tmp_path, monkeypatch, fashion):
+    env = tmp_path / "env"
+    make_idx_dir(env / "fashion-mnist", np.random.default_rng(2), n=(5, 2), hw=(3, 3))
+    monkeypatch.setenv("CONVNET_DATA", str(env))
+    dirs = search_dirs("fashion-mnist")
+    assert dirs[0] == env / "fashion-mnist"
+    assert dirs[1:] == [Path("/usr/share/datasets/fashion-mnist"),
+                        Path(os.environ["HOME"]) / ".cache/convnet/fashion-mnist"]
+    assert load_fashion_mnist()["train"][0].shape == (5, 1, 3, 3)     # $CONVNET_DATA first
+    (env / "fashion-mnist" / IDX_NAMES["test"][1]).unlink()            # incomplete: skipped
+    assert load_fashion_mnist()["train"][0].shape == (60000, 1, 28, 28)
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_fashion_mnist(root=env / "fashion-mnist")                  # root: only root
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A directory served on 127.0.0.1 by http.server in a thread; yields (dir, base_url)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                              daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{server.server_address[1]}/data"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_fashion_mnist_download(tmp_path, http_dir):
+    served, base = http_dir
+    data = make_idx_dir(served / "data", np.random.default_rng(3), n=(6, 4), hw=(4, 4), gz=True)
+    checksums = {p.name: hashlib.md5(p.read_bytes()).hexdigest()
+                 for p in (served / "data").iterdir()}
+    assert set(checksums) == set(FASHION_MNIST_MD5)
+    root = tmp_path / "fm"
+    out = load_fashion_mnist(root=root, download=True, base_url=base, checksums=checksums)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(out[split][0][:, 0], data[split][0])
+        np.testing.assert_array_equal(out[split][1], data[split][1])
+    assert sorted(p.name for p in root.iterdir()) == sorted(checksums)
+    # A second call finds the files and downloads nothing (the server is not needed).
+    out2 = load_fashion_mnist(root=root, download=True, base_url="http://127.0.0.1:9/",
+                              checksums={})
+    np.testing.assert_array_equal(out2["train"][0], out["train"][0])
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, http_dir):
+    served, base = http_dir
+    make_idx_dir(served / "data", np.random.default_rng(4), gz=True)
+    checksums = {name: hashlib.md5(b"something else").hexdigest() for name in FASHION_MNIST_MD5}
+    root = tmp_path / "fm"
+    with pytest.raises(ValueError, match=r"checksum mismatch: expected MD5 "
+                                         + checksums["train-images-idx3-ubyte.gz"]):
+        load_fashion_mnist(root=root, download=True, base_url=base, checksums=checksums)
+    assert list(root.iterdir()) == []
+    with pytest.raises(urllib.error.HTTPError):                       # 404: nothing saved
+        download(base + "/missing.gz", root / "missing.gz", "0" * 32)
+    assert list(root.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="pass download=True"):
+        load_fashion_mnist(root=root)
+
+
+def test_mnist_from_root(tmp_path):
+    data = make_idx_dir(tmp_path / "mnist", np.random.default_rng(5), gz=True)
+    out = load_mnist(root=tmp_path / "mnist")
+    np.testing.assert_array_equal(out["test"][1], data["test"][1])
+    assert out["classes"] == [str(d) for d in range(10)]
+    with pytest.raises(FileNotFoundError, match="MNIST not found"):
+        load_mnist(root=tmp_path)
+
+
+# -- CIFAR ---------------------------------------------------------------------------------
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 did (BINSTRING), like the 2009 CIFAR files."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        obj = obj.encode("latin1") if isinstance(obj, str) else obj
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256
+                    else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+
+def dump_pickle(path, obj, py2):
+    if not py2:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+        return
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    # The real files name NumPy's reconstruct function by its 2009 module.
+    Path(path).write_bytes(buf.getvalue().replace(b"cnumpy._core.multiarray\n",
+                                                  b"cnumpy.core.multiarray\n"))
+
+
+def cifar_batch(rng, n, version):
+    x = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    if version == 10:
+        return x, {"labels": rng.integers(0, 10, size=n)}
+    return x, {"coarse_labels": rng.integers(0, 20, size=n),
+               "fine_labels": rng.integers(0, 100, size=n)}
+
+
+def write_cifar(directory, version, form, rng, n=3, py2=True):
+    """Small CIFAR files in the published layout; returns {split: (x, labels dict)}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if version == 10:
+        names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    else:
+        names = {"train": ["train"], "test": ["test"]}
+    out = {}
+    for split, files in names.items():
+        parts = []
+        for name in files:
+            x, labels = cifar_batch(rng, n, version)
+            parts.append((x, labels))
+            if form == "binary":
+                keys = ["labels"] if version == 10 else ["coarse_labels", "fine_labels"]
+                cols = [labels[k][:, None].astype(np.uint8) for k in keys]
+                rec = np.concatenate([*cols, x.reshape(n, -1)], axis=1)
+                (directory / (name + ".bin")).write_bytes(rec.tobytes())
+            else:
+                batch = {b"data": x.reshape(n, -1), b"batch_label": b"batch " + name.encode(),
+                         b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+                batch.update({k.encode(): [int(v) for v in labels[k]] for k in labels})
+                dump_pickle(directory / name, batch, py2)
+        out[split] = (np.concatenate([p[0] for p in parts]),
+                      {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]})
+    classes = {10: {"label_names": [f"c{i}" for i in range(10)]},
+               100: {"fine_label_names": [f"f{i}" for i in range(100)],
+                     "coarse_label_names": [f"k{i}" for i in range(20)]}}[version]
+    if form == "binary":
+        for key, names_ in classes.items():
+            txt = "batches.meta.txt" if version == 10 else key.replace("_label_names",
+                                                                        "_label_names.txt")
+            (directory / txt).write_text("\n".join(names_) + "\n\n")
+    else:
+        meta = {k.encode(): [s.encode() for s in v] for k, v in classes.items()}
+        dump_pickle(directory / ("batches.meta" if version == 10 else "meta"), meta, py2)
+    return out
+
+
+CIFAR_DIRS = {(10, "binary"): "cifar-10-batches-bin", (10, "python"): "cifar-10-batches-py",
+              (100, "binary"): "cifar-100-binary", (100, "python"): "cifar-100-python"}
+
+
+@pytest.mark.parametrize("py2", [True, False])
+@pytest.mark.parametrize("form", ["binary", "python"])
+@pytest.mark.parametrize("parent", [True, False])
+def test_cifar10_both_forms(tmp_path, form, parent, py2):
+    if form == "binary" and not py2:
+        return  # binary files have no pickle flavour: one case is enough
+    extracted = tmp_path / CIFAR_DIRS[(10, form)]
+    data = write_cifar(extracted, 10, form, np.random.default_rng(6), py2=py2)
+    out = load_cifar10(tmp_path if parent else extracted)
+    for split, n in (("train", 15), ("test", 3)):
+        x, y = out[split]
+        assert x.shape == (n, 3, 32, 32) and x.dtype == np.uint8 and y.dtype == np.int64
+        np.testing.assert_array_equal(x, data[split][0])
+        np.testing.assert_array_equal(y, data[split][1]["labels"])
+    assert out["classes"] == [f"c{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("py2", [True, False])
+@pytest.mark.parametrize("form", ["binary", "python"])
+@pytest.mark.parametrize("label, count", [("fine", 100), ("coarse", 20)])
+def test_cifar100_both_forms(tmp_path, form, label, count, py2):
+    extracted = tmp_path / CIFAR_DIRS[(100, form)]
+    data = write_cifar(extracted, 100, form, np.random.default_rng(7), n=5, py2=py2)
+    out = load_cifar100(tmp_path, label=label)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(out[split][0], data[split][0])
+        np.testing.assert_array_equal(out[split][1], data[split][1][f"{label}_labels"])
+    prefix = "f" if label == "fine" else "k"
+    assert out["classes"] == [f"{prefix}{i}" for i in range(count)]
+    with pytest.raises(ValueError, match="label must be 'fine' or 'coarse'"):
+        load_cifar100(tmp_path, label="superclass")
+
+
+def test_cifar_binary_preferred_and_default_names(tmp_path):
+    binary = write_cifar(tmp_path, 10, "binary", np.random.default_rng(8))
+    write_cifar(tmp_path, 10, "python", np.random.default_rng(9))
+    (tmp_path / "batches.meta.txt").unlink()
+    out = load_cifar10(tmp_path)
+    np.testing.assert_array_equal(out["test"][0], binary["test"][0])
+    assert out["classes"] == list(CIFAR10_CLASSES)
+
+
+class Gadget:
+    """Unpickling this runs a shell command (the classic pickle attack)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class EvalGadget:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return eval, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("where", ["top", "labels", "data"])
+@pytest.mark.parametrize("gadget, name", [(Gadget, "posix.system"),
+                                          (EvalGadget, "__builtin__.eval")])
+def test_cifar_pickle_refuses_code(tmp_path, where, gadget, name):
+    directory = tmp_path / "cifar-10-batches-py"
+    write_cifar(directory, 10, "python", np.random.default_rng(10))
+    marker = tmp_path / "pwned"
+    evil = gadget(marker)
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}
+    if where == "top":
+        batch = evil
+    elif where == "labels":
+        batch[b"labels"] = [0, evil, 2]
+    else:
+        batch[b"data"] = [evil]
+    with open(directory / "data_batch_3", "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    message = (f"{directory / 'data_batch_3'}: refusing to load '{name}' from a pickle: CIFAR "
+               "files hold only arrays, dicts, lists, bytes, str and int")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar_unpickler_allows_only_array_names(tmp_path):
+    loader = CifarUnpickler(io.BytesIO(b""), "f")
+    assert repr(loader.find_class("numpy", "ndarray")) == "numpy.ndarray"
+    assert loader.find_class("numpy", "dtype") is np.dtype
+    for module, name in [("numpy", "load"), ("builtins", "getattr"), ("os", "system"),
+                         ("subprocess", "Popen"), ("numpy.core.multiarray", "scalar"),
+                         ("copyreg", "_reconstructor"), ("__builtin__", "eval")]:
+        with pytest.raises(ValueError, match=re.escape(f"f: refusing to load '{module}.{name}'")):
+            loader.find_class(module, name)
+    # _codecs.encode is admitted for str -> latin-1 bytes only.
+    sneaky = (b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00base64\x86R.")
+    path = tmp_path / "codec"
+    path.write_bytes(sneaky)
+    with raises_naming(path, "only str to latin-1 bytes is allowed"):
+        read_cifar_pickle(path)
+
+
+def test_cifar_unpickler_array_reconstruction_is_bounded(tmp_path):
+    """_reconstruct builds plain ndarrays only, and never at the shape a pickle asks for."""
+    recon = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n"
+    not_array = tmp_path / "dtype"
+    not_array.write_bytes(recon + b"cnumpy\ndtype\nK\x00\x85U\x01b\x87R.")
+    with raises_naming(not_array, "refusing to reconstruct .*only numpy.ndarray"):
+        read_cifar_pickle(not_array)
+    called = tmp_path / "called"   # numpy.ndarray((2^31 - 1,)): only _reconstruct may use it
+    called.write_bytes(b"\x80\x02cnumpy\nndarray\nJ\xff\xff\xff\x7f\x85R.")
+    with raises_naming(called, "not a readable CIFAR pickle: TypeError"):
+        read_cifar_pickle(called)
+    huge = tmp_path / "huge"       # asks for a (2^31 - 1, 2^16) array: 128 TiB
+    huge.write_bytes(recon + b"cnumpy\nndarray\nJ\xff\xff\xff\x7fJ\x00\x00\x01\x00\x86"
+                     b"U\x01b\x87R.")
+    tracemalloc.start()
+    try:
+        with raises_naming(huge, "expected a dict in a CIFAR pickle, got ndarray"):
+            read_cifar_pickle(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("form", ["binary", "python"])
+def test_cifar_malformed_files(tmp_path, form):
+    rng = np.random.default_rng(11)
+
+    def fresh(name):
+        directory = tmp_path / name / CIFAR_DIRS[(10, form)]
+        write_cifar(directory, 10, form, rng)
+        return directory
+
+    d = fresh("incomplete")
+    (d / ("data_batch_4" + (".bin" if form == "binary" else ""))).unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete: missing data_batch_4"):
+        load_cifar10(d)
+    if form == "binary":
+        d = fresh("size")
+        path = d / "data_batch_2.bin"
+        path.write_bytes(path.read_bytes()[:-5])
+        with raises_naming(path, r"9214 bytes is not a whole number of 3073-byte records "
+                                 r"\(1 label byte\(s\) \+ 3072 pixels\): 2 records and 3068"):
+            load_cifar10(d)
+        d = fresh("label")
+        path = d / "test_batch.bin"
+        raw = bytearray(path.read_bytes())
+        raw[3073] = 10
+        path.write_bytes(bytes(raw))
+        with raises_naming(path, r"label 10 at record 1 is out of range \[0, 10\)"):
+            load_cifar10(d)
+        d = tmp_path / "c100" / "cifar-100-binary"
+        write_cifar(d, 100, "binary", rng)
+        path = d / "train.bin"
+        raw = bytearray(path.read_bytes())
+        raw[3074 * 2 + 1] = 100                                        # fine label of record 2
+        path.write_bytes(bytes(raw))
+        with raises_naming(path, r"fine label 100 at record 2 is out of range \[0, 100\)"):
+            load_cifar100(d)
+        return
+    cases = {
+        "labels_short": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]},
+                         r"'labels' must be 3 integers \(one per image\), got list of shape"),
+        "label_range": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 12, 1]},
+                        r"labels 12 at record 1 is out of range \[0, 10\)"),
+        "negative": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, -1, 1]},
+                     r"labels -1 at record 1 is out of range"),
+        "no_labels": ({b"data": np.zeros((3, 3072), np.uint8)}, r"no 'labels' entry"),
+        "data_dtype": ({b"data": np.zeros((3, 3072), np.float32), b"labels": [0, 1, 2]},
+                       r"'data' must be a uint8 array \(n, 3072\), got float32"),
+        "data_shape": ({b"data": np.zeros((3, 3071), np.uint8), b"labels": [0, 1, 2]},
+                       r"got uint8 array of shape \(3, 3071\)"),
+        "not_dict": ([1, 2, 3], "expected a dict in a CIFAR pickle, got list"),
+    }
+    for key, (obj, match) in cases.items():
+        d = fresh(key)
+        dump_pickle(d / "data_batch_5", obj, py2=True)
+        with raises_naming(d / "data_batch_5", match):
+            load_cifar10(d)
+    d = fresh("truncated")
+    path = d / "test_batch"
+    path.write_bytes(path.read_bytes()[:500])
+    with raises_naming(path, "not a readable CIFAR pickle"):
+        load_cifar10(d)
+    d = fresh("meta")
+    dump_pickle(d / "batches.meta", {b"label_names": [b"a", b"b"]}, py2=True)
+    with raises_naming(d / "batches.meta", "'label_names' must be a list of 10 class names"):
+        load_cifar10(d)
+
+
+def test_cifar_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-bin or cifar-10-batches-py"):
+        load_cifar10(tmp_path)
+
+
+# -- image folders -------------------------------------------------------------------------
+def save_image(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_image_folder_rgb_and_gray(tmp_path):
+    rng = np.random.default_rng(12)
+    expected = []
+    for k, cls in enumerate(["zebra", "ant", "cat"]):
+        for i in range(k + 1):
+            arr = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)      # (H, W, C)
+            save_image(tmp_path / cls / f"{i}.png", arr)
+            expected.append((cls, i, arr))
+    (tmp_path / "cat" / ".hidden").write_text("ignored")
+    x, y, classes = load_image_folder(tmp_path)
+    assert classes == ["ant", "cat", "zebra"]
+    assert x.shape == (6, 3, 5, 7) and x.dtype == np.uint8 and y.dtype == np.int64
+    order = sorted(expected, key=lambda e: (classes.index(e[0]), e[1]))
+    np.testing.assert_array_equal(y, [classes.index(e[0]) for e in order])
+    np.testing.assert_array_equal(x, np.stack([e[2].transpose(2, 0, 1) for e in order]))
+    xg, _, _ = load_image_folder(tmp_path, grayscale=True)
+    assert xg.shape == (6, 1, 5, 7)
+    rgb = x.astype(np.float64)
+    luma = (299 * rgb[:, 0] + 587 * rgb[:, 1] + 114 * rgb[:, 2]) / 1000      # ITU-R 601-2
+    assert np.abs(xg[:, 0] - luma).max() <= 1
+
+
+def test_image_folder_sizes(tmp_path):
+    rng = np.random.default_rng(13)
+    save_image(tmp_path / "a" / "1.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    save_image(tmp_path / "a" / "2.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    save_image(tmp_path / "b" / "1.png", rng.integers(0, 256, (9, 4, 3), dtype=np.uint8))
+    with raises_naming(tmp_path / "b" / "1.png", r"image is 9x4 \(HxW\) but .*1.png is 6x6"):
+        load_image_folder(tmp_path)
+    x, y, _ = load_image_folder(tmp_path, size=(3, 5))
+    assert x.shape == (3, 3, 3, 5)
+    np.testing.assert_array_equal(y, [0, 0, 1])
+    assert load_image_folder(tmp_path, size=4)[0].shape == (3, 3, 4, 4)
+    with pytest.raises(ValueError, match="size must be a positive int or an"):
+        load_image_folder(tmp_path, size=(0, 3))
+
+
+def test_image_folder_unreadable(tmp_path):
+    rng = np.random.default_rng(14)
+    save_image(tmp_path / "a" / "1.png", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    notes = tmp_path / "a" / "notes.txt"
+    notes.write_text("not an image")
+    with raises_naming(notes, "unreadable image"):
+        load_image_folder(tmp_path)
+    notes.unlink()
+    big = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    save_image(tmp_path / "b" / "2.png", big)
+    trunc = tmp_path / "b" / "2.png"
+    trunc.write_bytes(trunc.read_bytes()[:200])
+    with raises_naming(trunc, "unreadable image"):
+        load_image_folder(tmp_path)
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        load_image_folder(tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    trunc.unlink()
+    with raises_naming(tmp_path / "b", "holds no image files"):
+        load_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize("side", [9, 12])   # 81 px: warning (> 64); 144 px: error (> 128)
+def test_image_folder_decompression_bomb_guard(tmp_path, monkeypatch, side):
+    save_image(tmp_path / "a" / "bomb.png", np.zeros((side, side, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # the guard must not depend on the caller's filters
+        with raises_naming(tmp_path / "a" / "bomb.png", "possible decompression bomb"):
+            load_image_folder(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert load_image_folder(tmp_path)[0].shape == (1, 3, side, side)
+
+
+def test_image_folder_without_pillow(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match="needs Pillow .*pip install Pillow"):
+        load_image_folder(tmp_path)
+
+
+# -- digits --------------------------------------------------------------------------------
+def test_digits_file():
+    x, y = read_digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == np.uint8 and y.dtype == np.int64
+    assert x.min() == 0 and x.max() == 16
+    # scikit-learn's documented class counts for load_digits().
+    np.testing.assert_array_equal(np.bincount(y), [178, 182, 177, 183, 181, 182, 181, 179,
+                                                   174, 180])
+    with np.load(Path(__file__).parents[1] / "convnet/data/digits.npz",
+                 allow_pickle=False) as f:
+        assert sorted(f.files) == ["images", "labels"]
+    assert (Path(__file__).parents[1] / "convnet/data/DIGITS_LICENSE.txt").is_file()
+
+
+def test_digits_split_is_fixed_and_stratified():
+    data = load_digits()
+    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    x, y = read_digits()
+    assert len(ytr) + len(yte) == 1797 and data["classes"] == list(DIGITS_CLASSES)
+    counts = np.bincount(y)
+    np.testing.assert_array_equal(np.bincount(yte), np.rint(counts * 0.2))
+    mask = digits_test_mask(y)
+    np.testing.assert_array_equal(xte, x[mask])
+    np.testing.assert_array_equal(xtr, x[~mask])
+    for k in range(10):   # the test images are the last ones of each class, in file order
+        idx = np.flatnonzero(y == k)
+        assert mask[idx].tolist() == sorted(mask[idx].tolist())
+    np.testing.assert_array_equal(load_digits()["test"][0], xte)
+
+
+# -- transforms ----------------------------------------------------------------------------
+def test_to_float():
+    x = np.array([[0, 8, 16]], dtype=np.uint8)
+    out = to_float(x, 16)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0, 0.5, 1]])
+    assert to_float(x, 16, dtype=np.float64).dtype == np.float64
+    assert to_float(np.array([255], np.uint8))[0] == 1
+    with pytest.raises(ValueError, match="integer array"):
+        to_float(out, 16)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        to_float(x, 0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_normalize(seed):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 4))
+    x = rng.normal(3, 2, size=(8, c, 5, 4)).astype(np.float32)
+    x[:, 0] = 7                                                       # constant channel
+    norm = Normalize()
+    mean, std = norm.fit(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2, 3)))
+    expected_std = x64.std(axis=(0, 2, 3))
+    expected_std[0] = 1
+    np.testing.assert_allclose(std, expected_std)
+    out = norm(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    if c > 1:
+        np.testing.assert_allclose(out[:, 1:].std(axis=(0, 2, 3)), 1, rtol=1e-5)
+    given = Normalize(mean.tolist(), std.tolist())
+    np.testing.assert_allclose(given(x.astype(np.float64)), norm(x), rtol=1e-5, atol=1e-6)
+    assert norm.get_config()["mean"] == mean.tolist()
+    with pytest.raises(ValueError, match=f"statistics are for {c} channels, got {c + 1}"):
+        norm(np.zeros((1, c + 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="convert first with to_float"):
+        norm(np.zeros((1, c, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="call fit"):
+        Normalize()(x)
+
+
+def crop_reference(x, padding, dy, dx, oh, ow):
+    """One sample at a time: the loop the vectorized crop must agree with."""
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    return np.stack([xp[i, :, dy[i]:dy[i] + oh, dx[i]:dx[i] + ow] for i in range(len(x))])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_crop_matches_loop(seed):
+    rng = np.random.default_rng(seed)
+    n, c, h, w = (int(v) for v in rng.integers(1, 7, size=4))
+    padding = (int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+    size = None if seed % 2 else (int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1)))
+    x = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
+    oh, ow = (h, w) if size is None else size
+    out = random_crop(x, padding, np.random.default_rng(seed + 100), size=size)
+    draw = np.random.default_rng(seed + 100)
+    dy = draw.integers(0, h + 2 * padding[0] - oh + 1, size=n)
+    dx = draw.integers(0, w + 2 * padding[1] - ow + 1, size=n)
+    assert out.shape == (n, c, oh, ow) and out.dtype == x.dtype
+    np.testing.assert_array_equal(out, crop_reference(x, padding, dy, dx, oh, ow))
+
+
+def test_random_crop_covers_all_offsets_and_checks_args():
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3).repeat(400, axis=0)
+    out = random_crop(x, 1, np.random.default_rng(0))
+    corners = {tuple(o[0].ravel()) for o in out}
+    assert len(corners) == 9                   # every one of the (2P+1)^2 offsets is used
+    with pytest.raises(ValueError, match="rng must be an np.random.Generator"):
+        random_crop(x, 1, rng=None)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        random_crop(x, 1, np.random.default_rng(0), size=(6, 3))
+    with pytest.raises(ValueError, match=r"4-D \(N, C, H, W\)"):
+        random_crop(x[0], 1, np.random.default_rng(0))
+
+
+def test_random_flip():
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 256, size=(300, 2, 3, 4), dtype=np.uint8)
+    out = random_flip(x, np.random.default_rng(1))
+    flipped = np.random.default_rng(1).random(300) < 0.5
+    np.testing.assert_array_equal(out[flipped], x[flipped][..., ::-1])
+    np.testing.assert_array_equal(out[~flipped], x[~flipped])
+    assert 100 < flipped.sum() < 200
+    np.testing.assert_array_equal(random_flip(x, rng, p=0), x)
+    np.testing.assert_array_equal(random_flip(x, rng, p=1), x[..., ::-1])
+    with pytest.raises(ValueError, match="p must be a probability"):
+        random_flip(x, rng, p=1.5)
+
+
+# -- splitting and batching ----------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("stratify", [True, False])
+def test_train_val_split(seed, stratify):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, size=int(rng.integers(20, 200)))
+    x = np.arange(y.size)[:, None] * np.ones((1, 3))                   # row i holds i
+    (xt, yt), (xv, yv) = train_val_split(x, y, 0.25, np.random.default_rng(seed), stratify)
+    ids = np.concatenate([xt[:, 0], xv[:, 0]]).astype(int)
+    np.testing.assert_array_equal(np.sort(ids), np.arange(y.size))     # a partition
+    np.testing.assert_array_equal(y[xt[:, 0].astype(int)], yt)
+    assert np.all(np.diff(xt[:, 0]) > 0) and np.all(np.diff(xv[:, 0]) > 0)  # order kept
+    if stratify:
+        np.testing.assert_array_equal(np.bincount(yv, minlength=5),
+                                      np.rint(np.bincount(y, minlength=5) * 0.25))
+    else:
+        assert len(yv) == round(0.25 * y.size)
+    again = train_val_split(x, y, 0.25, np.random.default_rng(seed), stratify)
+    np.testing.assert_array_equal(again[1][0], xv)                     # seeded: reproducible
+
+
+def test_train_val_split_is_random_within_class():
+    y = np.zeros(100, dtype=np.int64)
+    x = np.arange(100)[:, None]
+    picks = [train_val_split(x, y, 0.1, np.random.default_rng(s))[1][0] for s in range(2)]
+    assert picks[0].shape == picks[1].shape == (10, 1)
+    assert not np.array_equal(picks[0], picks[1])          # other seed, other samples
+    assert picks[0].max() > 10                             # not simply the first ones
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        train_val_split(y[:, None], y, 1.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="same N"):
+        train_val_split(y[:5, None], y, 0.1, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("n, bs, drop_last", [(10, 3, False), (10, 3, True), (9, 3, True),
+                                               (1, 4, False), (7, 7, False)])
+def test_batches(n, bs, drop_last):
+    x = np.arange(n)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
+    y = np.arange(n)
+    got = list(batches(x, y, bs, np.random.default_rng(0), drop_last=drop_last))
+    expected = n // bs if drop_last else -(-n // bs)
+    assert len(got) == expected
+    assert all(len(yb) == bs for yb in (b[1] for b in got[:-1]))
+    seen = np.concatenate([yb for _, yb in got]) if got else np.array([], int)
+    for xb, yb in got:
+        np.testing.assert_array_equal(xb[:, 0, 0, 0], yb)             # pairs stay together
+    assert len(set(seen.tolist())) == len(seen)
+    if not drop_last:
+        np.testing.assert_array_equal(np.sort(seen), y)
+    plain = np.concatenate([yb for _, yb in batches(x, y, bs, shuffle=False)])
+    np.testing.assert_array_equal(plain, y)
+
+
+def test_batches_shuffle_needs_generator():
+    x, y = np.zeros((50, 1)), np.arange(50)
+    with pytest.raises(ValueError, match=r"shuffle=True needs rng=np.random.default_rng"):
+        batches(x, y, 2)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        batches(x, y, 0, shuffle=False)
+    rng = np.random.default_rng(0)
+    first = np.concatenate([b[1] for b in batches(x, y, 2, rng)])
+    second = np.concatenate([b[1] for b in batches(x, y, 2, rng)])
+    np.testing.assert_array_equal(np.sort(first), y)
+    assert not np.array_equal(first, y)                    # shuffled
+    assert not np.array_equal(first, second)               # a new order every epoch
+
+
+# -- load_dataset --------------------------------------------------------------------------
+def test_load_dataset_names(tmp_path, fashion):
+    digits = load_dataset("digits")
+    assert isinstance(digits, DataSplits) and digits.scale == 16
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert "train=1438, test=359" in repr(digits)
+    fm = load_dataset("fashion-mnist", root=FASHION_DIR)
+    assert fm.train[0].shape == fashion["train"][0].shape and fm.scale == 255
+    assert fm.classes[0] == "T-shirt/top"
+    write_cifar(tmp_path / "cifar-100-python", 100, "python", np.random.default_rng(16))
+    c100 = load_dataset("CIFAR100", root=tmp_path)
+    assert c100.num_classes == 100 and c100.input_shape == (3, 32, 32)
+    write_cifar(tmp_path / "cifar-10-batches-bin", 10, "binary", np.random.default_rng(17))
+    assert load_dataset("cifar10", root=tmp_path).train[0].shape == (15, 3, 32, 32)
+    with pytest.raises(ValueError, match="unknown data set 'imagenet': expected one of "
+                                         + ", ".join(DATASETS)):
+        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="download=True is supported for 'fashion-mnist'"):
+        load_dataset("cifar10", download=True)
+
+
+def test_load_dataset_directories(tmp_path):
+    rng = np.random.default_rng(18)
+    idx = make_idx_dir(tmp_path / "my-fashion", rng, gz=True)
+    data = load_dataset(tmp_path / "my-fashion")
+    np.testing.assert_array_equal(data.test[1], idx["test"][1])
+    assert data.classes == list(FASHION_MNIST_CLASSES) and data.name == "my-fashion"
+    write_cifar(tmp_path / "c10" / "cifar-10-batches-py", 10, "python", rng)
+    assert load_dataset(str(tmp_path / "c10")).num_classes == 10
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            save_image(tmp_path / "pets" / split / cls / "0.png",
+                       rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))
+    pets = load_dataset(tmp_path / "pets")
+    assert pets.classes == ["a", "b"] and pets.test[0].shape == (2, 3, 4, 6)
+    flat = load_dataset(tmp_path / "pets" / "train", image_size=(2, 3))
+    assert flat.test is None and flat.train[0].shape == (2, 3, 2, 3)
+    (tmp_path / "nothing").mkdir()
+    with raises_naming(tmp_path / "nothing", "no data set recognized"):
+        load_dataset(tmp_path / "nothing")

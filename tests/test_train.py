@@ -1,0 +1,149 @@
+"""Training: kill-and-resume to the bit, divergence errors, checkpoints, eval and predict."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convnet.cli import main
+from convnet.io import load_model, load_tensors, save_tensors
+from convnet.train.checkpoint import load_checkpoint
+from convnet.train.loop import TrainConfig, TrainingDiverged, train
+
+SMALL = ("INPUT 8x8x1 -> CONV 8 -> BN -> RELU -> POOL -> FC 32 -> RELU -> DROPOUT 0.3 "
+         "-> FC 10")
+
+
+def run_cli(*args):
+    return subprocess.Popen([sys.executable, "-m", "convnet.cli", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_and_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path):
+    args = ["--data", "digits", "--model", SMALL, "--epochs", "3", "--batch-size", "16",
+            "--checkpoint-every", "7", "--augment", "--quiet"]
+    straight = run_cli(*args, "--out", str(tmp_path / "straight"))
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    proc = run_cli(*args, "--out", str(killed_dir))
+    ckpt = killed_dir / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.3)  # let it run on past the first checkpoint, into another epoch or batch
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (killed_dir / "model.json").exists(), "the run finished before the kill"
+    _, _, state = load_checkpoint(ckpt)  # the last checkpoint is whole and loadable
+    assert (state["epoch"], state["batch"]) > (0, 0)
+
+    resumed = run_cli("--out", str(killed_dir), "--resume", "--quiet")
+    output = resumed.stdout.read()
+    assert resumed.wait(timeout=300) == 0, output
+    assert "resuming" in output
+    a, _ = load_tensors(tmp_path / "straight" / "model.safetensors")
+    b, _ = load_tensors(killed_dir / "model.safetensors")
+    assert list(a) == list(b)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    history_a = json.loads((tmp_path / "straight" / "history.json").read_text())
+    history_b = json.loads((killed_dir / "history.json").read_text())
+    assert history_a == history_b
+
+
+def test_divergence_names_epoch_batch_and_layer_and_keeps_the_checkpoint(tmp_path):
+    cfg = TrainConfig(data="digits", model=SMALL, epochs=3, batch_size=32, optimizer="sgd",
+                      lr=1e12, schedule="none", out=str(tmp_path), augment=False)
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+, batch \d+: the loss is nan.*"
+                                               r"first non-finite output is at \S+ "):
+        train(cfg, log=lambda *a: None, progress=False)
+    cfg.epochs, cfg.lr = 2, 1e3
+    try:
+        train(cfg, log=lambda *a: None, progress=False)
+    except TrainingDiverged as err:
+        assert "epoch 2" in str(err) or "epoch 1" in str(err)
+    # whatever happened, any checkpoint on disk is loadable
+    if (tmp_path / "checkpoint.safetensors").exists():
+        load_checkpoint(tmp_path / "checkpoint.safetensors")
+
+
+def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    save_tensors({"a": np.arange(3.0)}, path)
+
+    def fail(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        save_tensors({"a": np.zeros(5)}, path)
+    monkeypatch.undo()
+    tensors, _ = load_tensors(path)
+    assert np.array_equal(tensors["a"], np.arange(3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary left
+
+
+def test_train_eval_predict_on_digits(tmp_path, capsys):
+    result = train(TrainConfig(data="digits", model=SMALL, epochs=10, out=str(tmp_path),
+                               seed=1), log=lambda *a: None, progress=False)
+    assert result.test_acc > 0.85
+    assert main(["eval", str(result.model_path), "--data", "digits", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["accuracy"] == pytest.approx(result.test_acc)
+    confusion = np.array(data["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == data["images"] == 359
+    assert main(["eval", str(result.model_path), "--data", "digits"]) == 0
+    assert "confusion matrix" in capsys.readouterr().out
+
+    from PIL import Image
+
+    from convnet.data import load_dataset
+    x, y = load_dataset("digits").test
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray((x[i, 0].astype(np.float32) * 255 / 16).astype(np.uint8)).save(paths[-1])
+    assert main(["predict", str(result.model_path), *map(str, paths), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(line.count(",") == 1 for line in lines)
+    hits = sum(line.split(": ")[1].startswith(str(y[i])) for i, line in enumerate(lines))
+    assert hits >= 2
+    model = load_model(result.model_path)
+    assert model.info["classes"] == [str(i) for i in range(10)]
+
+
+def test_fashion_mnist_short_run_reaches_a_sane_accuracy(tmp_path):
+    """CI's short version of the main job: ~200 steps on a 12,800-image subset."""
+    cfg = TrainConfig(data="fashion-mnist", epochs=2, limit=14_222, batch_size=128, lr=2e-3,
+                      out=str(tmp_path))
+    result = train(cfg, log=lambda *a: None, progress=False)
+    assert sum(1 for _ in range(len(result.history))) == 2
+    assert result.test_acc > 0.80, result.test_acc
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "nosuchdata"], "nosuchdata"),
+    (["train", "--out", "/nonexistent/run", "--resume"], "no checkpoint to resume from"),
+    (["train", "--model", "INPUT 8x8x1 -> CONV 8 F3 S2 P0 -> FC 10"], "not an integer"),
+    (["train", "--model", "INPUT 8x8x1 -> FC 5"], "10 classes"),
+    (["eval", "missing/model.json", "--data", "digits"], "no such model file"),
+])
+def test_train_errors_are_one_line_and_nonzero(capsys, argv, message, tmp_path):
+    if argv[0] == "train" and "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path)]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_nothing_in_a_run_directory_is_a_pickle(tmp_path):
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path)),
+          log=lambda *a: None, progress=False)
+    for path in Path(tmp_path).iterdir():
+        head = path.read_bytes()[:2]
+        assert head != b"\x80\x04" and head != b"\x80\x02", path

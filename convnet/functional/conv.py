@@ -16,10 +16,29 @@ Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+# NumPy's copies run on one core while BLAS uses all of them; im2col and col2im split their
+# copies by channel over this many threads (NumPy releases the GIL while copying).
+THREADS = min(2, os.cpu_count() or 1)
+_POOL = ThreadPoolExecutor(THREADS) if THREADS > 1 else None
+_PARALLEL_BYTES = 1 << 20  # below this a copy is not worth a thread hand-off
+
+
+def _in_parallel(fn, size, nbytes):
+    """Call fn(slice) over halves of range(size), in threads when the work is large."""
+    if _POOL is None or nbytes < _PARALLEL_BYTES or size < 2:
+        fn(slice(0, size))
+        return
+    step = -(-size // THREADS)
+    parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
+    for future in [_POOL.submit(fn, part) for part in parts]:
+        future.result()
 
 FITS = ("exact", "floor")
 
@@ -120,11 +139,14 @@ def windows(x, kernel, stride, dilation, out_size):
     return view[:, :, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw, ::dh, ::dw]
 
 
-def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=None):
+def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=None,
+           out=None):
     """Stretch every receptive field of x into a column.
 
     x: (N, C, H, W). Returns X_col of shape (C*FH*FW, N*OH*OW): rows ordered (c, i, j),
     columns ordered (n, oh, ow). For one 227x227x3 image, F=11, S=4: 363 x 3025.
+    ``out``: an optional buffer of that size and x's dtype to write into (reused memory
+    saves the page faults of a fresh allocation on every call).
     """
     xp = pad(x, padding)
     if out_size is None:
@@ -132,7 +154,14 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=N
                                           fit="floor") for a in (0, 1))
     n, c = x.shape[:2]
     win = windows(xp, kernel, stride, dilation, out_size)          # (N, C, OH, OW, FH, FW)
-    cols = win.transpose(1, 4, 5, 0, 2, 3)                          # (C, FH, FW, N, OH, OW)
+    src = win.transpose(1, 4, 5, 0, 2, 3)                           # (C, FH, FW, N, OH, OW)
+    if out is None or out.size != src.size or out.dtype != x.dtype:
+        out = np.empty(src.shape, dtype=x.dtype)
+    cols = out.reshape(src.shape)
+
+    def copy(part):
+        np.copyto(cols[part], src[part])
+    _in_parallel(copy, c, cols.nbytes)
     return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
 
 
@@ -149,10 +178,14 @@ def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
     oh, ow = out_size
     cols = cols.reshape(c, fh, fw, n, oh, ow)
     dxp = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)  # channel-major
-    for i in range(fh):
-        for j in range(fw):
-            dxp[:, :, i * dh : i * dh + sh * oh : sh, j * dw : j * dw + sw * ow : sw] += cols[:, i, j]
-    return dxp[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+
+    def add(part):  # channels in `part`, every kernel offset
+        for i in range(fh):
+            for j in range(fw):
+                dxp[part, :, i * dh: i * dh + sh * oh: sh, j * dw: j * dw + sw * ow: sw] += (
+                    cols[part, i, j])
+    _in_parallel(add, c, cols.nbytes)
+    return dxp[:, :, ph: ph + h, pw: pw + w].transpose(1, 0, 2, 3)
 
 
 class ConvCache(NamedTuple):
@@ -167,12 +200,13 @@ class ConvCache(NamedTuple):
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                   fit="exact"):
+                   fit="exact", cols_out=None):
     """Convolve K filters over x: im2col, then one matrix multiply per group.
 
     x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None.
     Returns out (N, K, OH, OW) with OH = (H - FH' + 2P)/S + 1, FH' = dilation*(FH-1)+1,
-    and a cache for conv2d_backward.
+    and a cache for conv2d_backward. ``cols_out``: an optional buffer for the im2col
+    matrix (see im2col).
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
@@ -183,7 +217,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     out_size = tuple(conv_output_size((h, wd)[a], (fh, fw)[a], stride[a], padding[a],
                                       dilation[a], fit, where="conv2d", axis="HW"[a])
                      for a in (0, 1))
-    cols = im2col(x, (fh, fw), stride, padding, dilation, out_size)     # (C*FH*FW, N*L)
+    cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, cols_out)  # (CFF, N*L)
     w_rows = w.reshape(groups, k // groups, cg * fh * fw)               # W_row per group
     out = np.matmul(w_rows, cols.reshape(groups, cg * fh * fw, -1))     # (G, K/G, N*L)
     out = out.reshape(k, n, *out_size)
@@ -193,11 +227,15 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size)
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, overwrite_cols=False):
     """Gradients of conv2d_forward: returns (dx, dw, db).
 
     dw = dout_row @ X_col.T (summed over every position of each depth slice);
-    dx = col2im(W_row.T @ dout_row); db = dout summed over N, OH, OW.
+    dx = col2im(W_row.T @ dout_row); db = dout summed over N, OH, OW. For stride 1 with
+    K <= C, dx is instead the notes' "convolution with spatially-flipped filters", which
+    moves less memory than col2im.
+    With overwrite_cols=True, W_row.T @ dout_row is written over the cache's im2col
+    matrix (same size, no longer needed once dw is known): the cache is then spent.
     """
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache
     k, cg, fh, fw = w.shape
@@ -205,9 +243,34 @@ def conv2d_backward(dout, cache):
     cols_g = cols.reshape(groups, cg * fh * fw, -1)                          # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
     db = dout.sum(axis=(0, 2, 3))
-    dcols = np.matmul(w.reshape(groups, k // groups, -1).transpose(0, 2, 1), dout_rows)
-    dx = col2im(dcols, x_shape, (fh, fw), stride, padding, dilation, out_size)
+    reuse = cols if overwrite_cols else None
+    # Stride 1: the flipped-filter convolution copies K channels where col2im adds C.
+    if stride == (1, 1) and k <= groups * cg and all(
+            d * (f - 1) >= p for d, f, p in zip(dilation, (fh, fw), padding)):
+        dx = _flipped_conv(dout, w, padding, dilation, groups, reuse)
+    else:
+        w_cols = w.reshape(groups, k // groups, -1).transpose(0, 2, 1)      # (G, Cg*FF, K/G)
+        if reuse is not None and cols.dtype == np.result_type(w, dout):
+            dcols = np.matmul(w_cols, dout_rows, out=cols_g)
+        else:
+            dcols = np.matmul(w_cols, dout_rows)
+        dx = col2im(dcols, x_shape, (fh, fw), stride, padding, dilation, out_size)
     return dx, dw, db
+
+
+def _flipped_conv(dout, w, padding, dilation, groups, cols_out=None):
+    """dx of a stride-1 conv as the notes put it: a convolution of dout with the filters
+    spatially flipped and their in/out roles swapped, zero-padded by dilation*(F-1) - P.
+
+    One im2col and one GEMM, instead of a GEMM and a col2im scatter.
+    """
+    k, cg, fh, fw = w.shape
+    w_t = w.reshape(groups, k // groups, cg, fh, fw).transpose(0, 2, 1, 3, 4)
+    w_t = w_t[..., ::-1, ::-1].reshape(groups * cg, k // groups, fh, fw)  # (C, K/G, FH, FW)
+    pad_t = tuple(d * (f - 1) - p for d, f, p in zip(dilation, (fh, fw), padding))
+    dx, _ = conv2d_forward(dout, np.ascontiguousarray(w_t), None, (1, 1), pad_t, dilation,
+                           groups, "floor", cols_out)
+    return dx
 
 
 class LocalCache(NamedTuple):

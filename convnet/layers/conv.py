@@ -67,6 +67,7 @@ class Conv2d(Layer):
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
         self.dtype = check_dtype(dtype, where)
+        self._workspace = None  # the im2col buffer reused between training steps
         rng = np.random.default_rng() if rng is None else rng
         fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw
@@ -86,13 +87,18 @@ class Conv2d(Layer):
     def forward(self, x):
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])  # a clear error before any work
+        # In training, the im2col matrix of the last step is reused as this step's buffer.
+        reuse = self._workspace if self.training else None
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                            self.stride, self.padding, self.dilation,
-                                           self.groups, self.fit)
+                                           self.groups, self.fit, cols_out=reuse)
+        self._workspace = self.cache.cols if self.training else None
         return out
 
     def backward(self, dout):
-        dx, dw, db = F.conv2d_backward(dout, self._cached())
+        """Input gradient; fills grads. Spends the cache (its im2col memory is reused)."""
+        dx, dw, db = F.conv2d_backward(dout, self._cached(), overwrite_cols=True)
+        self.cache = None
         self.grads["weight"] = dw
         if "bias" in self.params:
             self.grads["bias"] = db

@@ -281,13 +281,26 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
 
     model_path = save_model(model, out / "model", **info)
     (out / "history.json").write_text(json.dumps(history, indent=1))
+    pictures = _pictures(model, history, out)
     test_acc = evaluate(model, x_test, y_test, num_classes=num_classes)["accuracy"]
     seconds = time.perf_counter() - started
     log(f"test accuracy {test_acc:.4f} ({len(x_test)} images); best val acc "
         f"{best['val_acc']:.4f} at epoch {best['epoch']}; {seconds:.1f} s")
     log(f"saved the model to {model_path} (best by validation: {out / 'best.json'})")
+    if pictures:
+        log(f"pictures: {', '.join(str(p) for p in pictures)}")
     return TrainResult(model, history, best["val_acc"], test_acc, model_path,
                        out / "best.json", seconds)
+
+
+def _pictures(model, history, out):
+    """The training curve and the first layer's filters, when matplotlib is installed."""
+    try:
+        from convnet.plot import plot_filters, plot_history
+        return [plot_history(history, out / "curve.png"),
+                plot_filters(model, out / "filters.png")]
+    except ImportError:
+        return []
 
 
 def _with_dtype(config, dtype):

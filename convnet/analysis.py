@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convnet.layers.base import Layer
+from convnet.layers.base import Layer, hw_text
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.models.containers import Concat, Container, DenseBlock, Residual
@@ -190,12 +190,12 @@ class Summary:
                   "activations")
         rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32), volume(r.output_shape),
                  f"{r.params:,}" + (" *" if r.frozen else ""), f"{r.macs:,}",
-                 f"{_hw(r.receptive_field)} ({_hw(r.jump)})",
+                 f"{hw_text(r.receptive_field)} ({hw_text(r.jump)})",
                  format_bytes(r.activation_bytes)) for r in self.layers]
         rows.insert(0, ("input", "", volume(self.input_shape), "", "", "1 (1)",
                         format_bytes(self.memory["misc"])))
         totals = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}",
-                  f"{_hw(self.receptive_field)} ({_hw(self.jump)})",
+                  f"{hw_text(self.receptive_field)} ({hw_text(self.jump)})",
                   format_bytes(self.memory["activations"]))
         widths = [max(len(row[i]) for row in [header, *rows, totals]) for i in range(7)]
         right = (False, False, True, True, True, True, True)
@@ -395,13 +395,13 @@ def _advice(input_shape, walked):
             if _pair(layer.stride) == (1, 1) and any(shrinks):
                 keep = [(f - 1) // 2 for f in extent]
                 tips.append(f"{label}: S=1 shrinks {volume(in_shape)} to "
-                            f"{volume(out_shape)}; P=(F-1)/2={_hw(keep)} would keep the "
+                            f"{volume(out_shape)}; P=(F-1)/2={hw_text(keep)} would keep the "
                             f"size; {_RULE_PAD}")
         elif hasattr(layer, "kernel_size") and len(out_shape) == 3 \
                 and out_shape[1:] != (1, 1):        # a POOL (global pooling is exempt)
             kernel = _pair(layer.kernel_size)
             if max(kernel) > 3:
-                tips.append(f"{label}: pooling with F={_hw(kernel)} > 3; {_RULE_POOL}")
+                tips.append(f"{label}: pooling with F={hw_text(kernel)} > 3; {_RULE_POOL}")
     return tips
 
 
@@ -538,9 +538,6 @@ def _compact(pair):
     """A square pair as one int, a rectangular one as [H, W] (JSON-ready)."""
     return int(pair[0]) if pair[0] == pair[1] else [int(pair[0]), int(pair[1])]
 
-
-def _hw(pair):
-    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
 
 
 def _clip(text, width, left=False):

@@ -103,6 +103,18 @@ def uniform_init(rng, shape, fan_in, dtype):
     return u
 
 
+def positive_int(value, name, where):
+    """A positive int (not a bool), or a ValueError naming the layer and the argument."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def hw_text(pair):
+    """(3, 3) -> '3', (3, 5) -> '3x5': the notes' compact form of an (H, W) pair."""
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
 def check_dtype(dtype, where):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):

@@ -5,18 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional import conv as F
-from convnet.layers.base import Layer, check_dtype, check_volume, uniform_init
-
-
-def _hw(v):
-    """(3, 3) -> '3', (3, 5) -> '3x5': the notes' compact form of a pair."""
-    return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
+from convnet.layers.base import (Layer, check_dtype, check_volume, hw_text, positive_int,
+                                 uniform_init)
 
 
 class Conv2d(Layer):
@@ -48,12 +38,12 @@ class Conv2d(Layer):
                  dilation=1, groups=1, bias=True, fit="exact", dtype=np.float32, rng=None):
         super().__init__()
         where = type(self).__name__
-        self.in_channels = _positive_int(in_channels, "in_channels", where)
-        self.out_channels = _positive_int(out_channels, "out_channels", where)
+        self.in_channels = positive_int(in_channels, "in_channels", where)
+        self.out_channels = positive_int(out_channels, "out_channels", where)
         self.kernel_size = F.pair(kernel_size, "kernel_size", where)
         self.stride = F.pair(stride, "stride", where)
         self.dilation = F.pair(dilation, "dilation", where)
-        self.groups = _positive_int(groups, "groups", where)
+        self.groups = positive_int(groups, "groups", where)
         if padding == "same":
             if any(k % 2 == 0 for k in self.kernel_size):
                 raise ValueError(f"{where}: padding='same' needs an odd kernel_size "
@@ -117,10 +107,10 @@ class Conv2d(Layer):
                 "bias": "bias" in self.params, "fit": self.fit, "dtype": self.dtype.name}
 
     def __repr__(self):
-        text = (f"Conv2d(K={self.out_channels}, F={_hw(self.kernel_size)}, "
-                f"S={_hw(self.stride)}, P={_hw(self.padding)}")
+        text = (f"Conv2d(K={self.out_channels}, F={hw_text(self.kernel_size)}, "
+                f"S={hw_text(self.stride)}, P={hw_text(self.padding)}")
         if self.dilation != (1, 1):
-            text += f", dilation={_hw(self.dilation)}"
+            text += f", dilation={hw_text(self.dilation)}"
         if self.groups != 1:
             text += f", groups={self.groups}"
         if "bias" not in self.params:
@@ -152,8 +142,8 @@ class LocallyConnected2d(Layer):
                  padding=0, bias=True, fit="exact", dtype=np.float32, rng=None):
         super().__init__()
         where = type(self).__name__
-        self.in_channels = _positive_int(in_channels, "in_channels", where)
-        self.out_channels = _positive_int(out_channels, "out_channels", where)
+        self.in_channels = positive_int(in_channels, "in_channels", where)
+        self.out_channels = positive_int(out_channels, "out_channels", where)
         self.input_size = F.pair(input_size, "input_size", where)
         self.kernel_size = F.pair(kernel_size, "kernel_size", where)
         self.stride = F.pair(stride, "stride", where)
@@ -209,5 +199,5 @@ class LocallyConnected2d(Layer):
                 "fit": self.fit, "dtype": self.dtype.name}
 
     def __repr__(self):
-        return (f"LocallyConnected2d(K={self.out_channels}, F={_hw(self.kernel_size)}, "
-                f"S={_hw(self.stride)}, P={_hw(self.padding)})")
+        return (f"LocallyConnected2d(K={self.out_channels}, F={hw_text(self.kernel_size)}, "
+                f"S={hw_text(self.stride)}, P={hw_text(self.padding)})")

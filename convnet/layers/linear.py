@@ -8,13 +8,7 @@ import numpy as np
 
 from convnet.functional import linear as F
 from convnet.layers.activation import check_array, check_dout
-from convnet.layers.base import Layer, check_dtype, uniform_init
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
+from convnet.layers.base import Layer, check_dtype, positive_int, uniform_init
 
 
 class Linear(Layer):
@@ -39,8 +33,8 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         where = type(self).__name__
-        self.in_features = _positive_int(in_features, "in_features", where)
-        self.out_features = _positive_int(out_features, "out_features", where)
+        self.in_features = positive_int(in_features, "in_features", where)
+        self.out_features = positive_int(out_features, "out_features", where)
         if not isinstance(bias, bool):
             raise ValueError(f"{where}: bias must be True or False, got {bias!r}")
         self.dtype = check_dtype(dtype, where)

@@ -8,13 +8,7 @@ import numpy as np
 
 from convnet.functional import norm as F
 from convnet.functional.conv import check_input
-from convnet.layers.base import Layer, check_dtype, check_volume
-
-
-def _positive_int(value, name, where):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    return int(value)
+from convnet.layers.base import Layer, check_dtype, check_volume, positive_int
 
 
 def _real(value, name, where, low=None, high=None):
@@ -40,7 +34,7 @@ class _BatchNorm(Layer):
                  track_running_stats=True, dtype=np.float32):
         super().__init__()
         where = type(self).__name__
-        self.num_features = _positive_int(num_features, "num_features", where)
+        self.num_features = positive_int(num_features, "num_features", where)
         self.eps = _real(eps, "eps", where, low=0)
         self.momentum = None if momentum is None else _real(momentum, "momentum", where, 0, 1)
         self.affine = _flag(affine, "affine", where)
@@ -215,7 +209,7 @@ class LocalResponseNorm(Layer):
     def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
         super().__init__()
         where = type(self).__name__
-        self.size = _positive_int(size, "size", where)
+        self.size = positive_int(size, "size", where)
         self.alpha = _real(alpha, "alpha", where)
         self.beta = _real(beta, "beta", where)
         self.k = _real(k, "k", where)

@@ -18,8 +18,7 @@ import numpy as np
 
 from convnet.functional import pool as F
 from convnet.functional.conv import FITS, check_input, conv_output_size, pair
-from convnet.layers.base import Layer, check_volume
-from convnet.layers.conv import _hw
+from convnet.layers.base import Layer, check_volume, hw_text
 
 
 class _Pool2d(Layer):
@@ -72,11 +71,11 @@ class _Pool2d(Layer):
                 "padding": list(self.padding), "ceil_mode": self.ceil_mode, "fit": self.fit}
 
     def _repr_args(self):
-        text = f"F={_hw(self.kernel_size)}, S={_hw(self.stride)}"
+        text = f"F={hw_text(self.kernel_size)}, S={hw_text(self.stride)}"
         if self.padding != (0, 0):
-            text += f", P={_hw(self.padding)}"
+            text += f", P={hw_text(self.padding)}"
         if self.dilation != (1, 1):
-            text += f", dilation={_hw(self.dilation)}"
+            text += f", dilation={hw_text(self.dilation)}"
         if self.ceil_mode:
             text += ", ceil_mode=True"
         return text

@@ -40,8 +40,8 @@ from convnet.train.schedules import make_schedule
 DEFAULTS = {
     "digits": dict(
         model="INPUT 8x8x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL -> [CONV 64 -> BN -> RELU]*2 "
-              "-> POOL -> FC 128 -> RELU -> DROPOUT 0.3 -> FC 10",
-        epochs=20, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0, augment=True,
+              "-> GAP -> FC 10",
+        epochs=25, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0, augment=True,
         flip=False),
     "fashion-mnist": dict(
         model="INPUT 28x28x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL -> [CONV 64 -> BN -> RELU]*2 "

@@ -1,0 +1,347 @@
+"""load_torch against real torch.save files: values, dtypes, views, wrappers, hostile files."""
+
+import ast
+import io
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convnet.io.torch_file as torch_file
+from convnet.io.torch_file import load_torch
+from convnet.layers.activation import ReLU
+from convnet.layers.conv import Conv2d
+from convnet.layers.norm import BatchNorm2d
+from convnet.models.containers import Sequential
+
+
+def save(obj, path, **kwargs):
+    torch.save(obj, path, **kwargs)
+    return path
+
+
+def rewrite(src, dst, replace=(), add=()):
+    """Copy a torch.save zip to dst; replace maps names under the archive folder to new
+    bytes (None drops the member); add maps full member names to bytes."""
+    replace, add = dict(replace), dict(add)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            prefix, name = info.filename.split("/", 1)
+            data = replace.get(name, zin.read(info))
+            if data is not None:
+                zout.writestr(info.filename, data)
+        for name, data in add.items():
+            zout.writestr(name.format(prefix=prefix), data)
+    return dst
+
+
+def small_net(seed=0):
+    """Conv2d -> BatchNorm2d -> ReLU -> Linear, after one training-mode forward (so the
+    running statistics and num_batches_tracked are not their initial values)."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    net(torch.randn(2, 2, 4, 4))
+    return net
+
+
+def assert_same(loaded, expected):
+    """Same keys in the same order; each array equal to the tensor in dtype, shape, value."""
+    assert list(loaded) == list(expected)
+    for key, tensor in expected.items():
+        want = tensor.detach().numpy()
+        got = loaded[key]
+        assert isinstance(got, np.ndarray), key
+        assert got.dtype == want.dtype and got.shape == want.shape, key
+        assert np.array_equal(got, want, equal_nan=got.dtype.kind in "fc"), key
+        assert got.flags.c_contiguous and got.flags.writeable, key
+
+
+def test_state_dict_of_small_modules(tmp_path):
+    sd = small_net().state_dict()
+    loaded = load_torch(save(sd, tmp_path / "net.pt"))
+    assert_same(loaded, sd)
+    count = loaded["1.num_batches_tracked"]
+    assert count.shape == () and count.dtype == np.int64 and count == 1
+
+
+def test_weights_run_in_a_convnet_model(tmp_path):
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3),
+                              torch.nn.ReLU())
+    net(torch.randn(4, 2, 5, 5))
+    net.eval()
+    model = Sequential(Conv2d(2, 3, 3, padding=1), BatchNorm2d(3), ReLU())
+    model.load_state_dict(load_torch(save(net.state_dict(), tmp_path / "net.pt")))
+    model.eval()
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.allclose(model.forward(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model", "model_state_dict"])
+def test_wrapper_dict_gives_the_state_dict(tmp_path, key):
+    net = small_net()
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(1, 2, 4, 4)).sum().backward()
+    optimizer.step()            # the optimizer state now holds tensors too
+    sd = net.state_dict()
+    checkpoint = {"epoch": 3, key: sd, "optimizer": optimizer.state_dict(),
+                  "best_acc": 0.5, "arch": "tiny"}
+    assert_same(load_torch(save(checkpoint, tmp_path / "ckpt.pt")), sd)
+
+
+def test_nested_dicts_are_flattened_with_dotted_keys(tmp_path):
+    a, b, c = torch.randn(2, 3), torch.randn(3), torch.randn(4, 2)
+    checkpoint = {"epoch": 3, "encoder": {"0.weight": a, "0.bias": b},
+                  "head": {"weight": c}, "tag": "x", "sizes": [1, 2], "lr": 0.1}
+    loaded = load_torch(save(checkpoint, tmp_path / "nested.pt"))
+    assert_same(loaded, {"encoder.0.weight": a, "encoder.0.bias": b, "head.weight": c})
+    # two state_dicts under known keys: ambiguous, so everything comes back flattened
+    sd = small_net().state_dict()
+    loaded = load_torch(save({"model": sd, "state_dict": sd, "epoch": 1}, tmp_path / "two.pt"))
+    assert list(loaded) == [f"{k}.{name}" for k in ("model", "state_dict") for name in sd]
+
+
+def test_views_and_shared_storage(tmp_path):
+    big = torch.arange(60, dtype=torch.float64).reshape(3, 4, 5)
+    tensors = {"whole": big, "slice": big[1:, ::2, 1:4], "transposed": big.transpose(0, 2),
+               "row": big[2, 1], "scalar": big[1, 2, 3], "expanded": big[0, 0, :1].expand(3, 4),
+               "empty": big[:, :0]}
+    path = save(tensors, tmp_path / "views.pt")
+    with zipfile.ZipFile(path) as zf:
+        records = [name for name in zf.namelist() if "/data/" in name]
+    assert len(records) == 1            # all seven tensors share big's storage
+    assert_same(load_torch(path), tensors)
+
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
+          torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.bool,
+          torch.complex64, torch.complex128]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dtypes(tmp_path, dtype):
+    rng = np.random.default_rng(DTYPES.index(dtype))
+    values = rng.standard_normal((3, 5)) * 50      # (3, 5)
+    if dtype.is_floating_point:
+        values[0, :4] = [np.inf, -np.inf, np.nan, -0.0]
+        t = torch.from_numpy(values).to(dtype)
+    elif dtype.is_complex:
+        t = torch.from_numpy(values + 1j * rng.standard_normal((3, 5))).to(dtype)
+    elif dtype == torch.bool:
+        t = torch.from_numpy(values > 0)
+    else:
+        low = 0 if dtype in (torch.uint8, torch.uint16) else -100
+        t = torch.from_numpy(rng.integers(low, 100, size=(3, 5))).to(dtype)
+    tensors = {"t": t, "transposed": t.t(), "scalar": t[1, 2]}
+    loaded = load_torch(save(tensors, tmp_path / "dtype.pt"))
+    if dtype == torch.bfloat16:     # no NumPy bfloat16: widened exactly to float32
+        tensors = {key: value.float() for key, value in tensors.items()}
+    assert_same(loaded, tensors)
+
+
+def test_conj_and_neg_views_are_resolved(tmp_path):
+    z, y = torch.randn(2, 3, dtype=torch.complex128), torch.randn(3, 2, dtype=torch.complex64)
+    tensors = {"conj": z.conj(), "neg": y.conj().imag}    # flags set, storages untouched
+    assert tensors["conj"].is_conj() and tensors["neg"].is_neg()
+    loaded = load_torch(save(tensors, tmp_path / "lazy.pt"))
+    assert_same(loaded, {"conj": z.conj().resolve_conj(), "neg": y.conj().imag.resolve_neg()})
+
+
+def test_parameters(tmp_path):
+    w = torch.nn.Parameter(torch.randn(3, 2))
+    b = torch.nn.Parameter(torch.randn(3), requires_grad=False)
+    b.note = "python state"     # pickled through _rebuild_parameter_with_state
+    loaded = load_torch(save({"weight": w, "bias": b}, tmp_path / "params.pt"))
+    assert_same(loaded, {"weight": w, "bias": b})
+
+
+# ---- hostile files -------------------------------------------------------------------
+
+
+class Call:
+    """Pickles as a call func(*args), then BUILD with state if given: a hand-made pickle."""
+
+    def __init__(self, func, *args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args,
+                                                                   self.state)
+
+
+class Record:
+    """A persistent storage record in a hand-made pickle: ('storage', type, key, loc, n)."""
+
+    def __init__(self, *pid):
+        self.pid = pid
+
+
+class RecordPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, Record) else None
+
+
+def torch_pickle(obj):
+    buffer = io.BytesIO()
+    RecordPickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def with_pickle(tmp_path, obj, name="evil.pt"):
+    """A real torch.save file ({"w": [0, 1, 2, 3]} as float32, storage key '0') whose
+    data.pkl is replaced by the pickle of obj."""
+    real = save({"w": torch.arange(4, dtype=torch.float32)}, tmp_path / "real.pt")
+    data = obj if isinstance(obj, bytes) else torch_pickle(obj)
+    return rewrite(real, tmp_path / name, replace={"data.pkl": data})
+
+
+PAYLOADS = [
+    (os.system, lambda marker: (f"touch {marker}",)),
+    (eval, lambda marker: (f"open({str(marker)!r}, 'w').close()",)),
+    (subprocess.Popen, lambda marker: (["touch", str(marker)],)),
+]
+
+
+def test_the_payload_is_live_under_plain_pickle(tmp_path):
+    marker = tmp_path / "control"
+    pickle.loads(pickle.dumps(Call(os.system, f"touch {marker}"), protocol=2))
+    assert marker.exists()      # so a missing marker below means load_torch stopped it
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("func, args", PAYLOADS, ids=["os.system", "eval", "Popen"])
+def test_malicious_pickle_is_refused_by_name(tmp_path, func, args, protocol):
+    marker = tmp_path / "pwned"
+    payload = Call(func, *args(marker))
+    for obj in (payload, OrderedDict(weight=payload)):      # bare, or inside a state_dict
+        path = with_pickle(tmp_path, pickle.dumps(obj, protocol=protocol))
+        with pytest.raises(ValueError, match=rf"evil\.pt: refusing to load '[\w.]+\."
+                                             rf"{func.__name__}' from a PyTorch file"):
+            load_torch(path)
+    assert not marker.exists()
+
+
+def storage(key="0", numel=4, kind=torch.FloatStorage):
+    return Record("storage", kind, key, "cpu", numel)
+
+
+def tensor(*args, state=None):
+    return Call(torch._utils._rebuild_tensor_v2, *args, state=state)
+
+
+def case(tensor_or_record, error, name):
+    """A hand-made data.pkl {"w": ...} with the expected error (None: loads as [1, 2, 3])."""
+    return pytest.param(OrderedDict(w=tensor_or_record), error, id=name)
+
+
+HOOKS = OrderedDict()
+HAND_MADE = [
+    case(tensor(storage(), 1, (3,), (1,), False, HOOKS), None, "valid"),
+    case(tensor("not a storage", 0, (1,), (1,), False, HOOKS),
+         "a tensor's storage is a str", "storage-not-storage"),
+    case(tensor(storage(), 0, (3,), (2,), False, HOOKS),
+         r"tensor 'w' reaches element 4 of storage '\w+/data/0', which holds 4 elements",
+         "view-past-storage"),
+    case(tensor(storage(), 3, (2,), (-1,), False, HOOKS), "bad tensor layout",
+         "negative-stride"),
+    case(tensor(storage("../../etc/passwd"), 0, (1,), (1,), False, HOOKS),
+         "bad storage key '../../etc/passwd'", "key-traversal"),
+    case(tensor(storage("7"), 0, (1,), (1,), False, HOOKS),
+         r"storage record '\w+/data/7' is missing", "missing-record"),
+    case(tensor(storage(numel=5), 0, (1,), (1,), False, HOOKS),
+         r"storage record '\w+/data/0' holds 16 bytes, but its 5 float32 elements need 20",
+         "numel-vs-bytes"),
+    case(Record("module", "Conv2d", "file.py", "source"),
+         "unsupported persistent record 'module'", "module-record"),
+    case(tensor(storage(), 0, (1,), (1,), False, HOOKS, state={"x": 1}),
+         "the pickle sets attributes on a tensor", "build-on-tensor"),
+    case(tensor(storage(), 0, (1,), (1,), False, HOOKS, {"grad_fn": True}),
+         "unsupported tensor metadata", "metadata"),
+]
+
+
+@pytest.mark.parametrize("obj, error", HAND_MADE)
+def test_admitted_names_with_bad_arguments(tmp_path, obj, error):
+    path = with_pickle(tmp_path, obj)
+    if error is None:
+        assert np.array_equal(load_torch(path)["w"], np.array([1, 2, 3], np.float32))
+    else:
+        with pytest.raises(ValueError, match=rf"evil\.pt: {error}"):
+            load_torch(path)
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "other/data.pkl",
+                                  "{prefix}/../evil.txt", "{prefix}/data/../../evil",
+                                  "{prefix}/"])
+def test_zip_member_outside_the_archive_folder(tmp_path, name):
+    real = save(small_net().state_dict(), tmp_path / "net.pt")
+    fine = rewrite(real, tmp_path / "fine.pt", add={"{prefix}/extra/notes.txt": b"hi"})
+    assert list(load_torch(fine)) == list(load_torch(real))     # a member inside is fine
+    path = rewrite(real, tmp_path / "unsafe.pt", add={name: b"x"})
+    with pytest.raises(ValueError, match="unsafe.pt: zip member .* lies outside the archive"):
+        load_torch(path)
+
+
+@pytest.mark.parametrize("cut", [4, 1, -4])
+def test_storage_of_the_wrong_length(tmp_path, cut):
+    real = save({"w": torch.arange(4, dtype=torch.float32)}, tmp_path / "real.pt")
+    path = rewrite(real, tmp_path / "short.pt", replace={"data/0": bytes(16 - cut)})
+    with pytest.raises(ValueError, match=rf"short.pt: storage record '\w+/data/0' holds "
+                                         rf"{16 - cut} bytes, but its 4 float32 elements"):
+        load_torch(path)
+
+
+def test_big_endian_is_refused(tmp_path):
+    real = save({"w": torch.ones(2)}, tmp_path / "real.pt")
+    path = rewrite(real, tmp_path / "big.pt", replace={"byteorder": b"big"})
+    with pytest.raises(ValueError, match="big.pt: byte order 'big' is not supported"):
+        load_torch(path)
+
+
+def test_legacy_format_gives_a_clear_error(tmp_path):
+    path = save(small_net().state_dict(), tmp_path / "old.pt",
+                _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match=r"old.pt: legacy PyTorch format \(before 1.6\) is "
+                                         "not supported; re-save with torch.save"):
+        load_torch(path)
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    npz = tmp_path / "arrays.npz"
+    np.savez(npz, a=np.ones(2), b=np.zeros(3))
+    real = save(small_net().state_dict(), tmp_path / "net.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(real.read_bytes()[:-200])       # the central directory is gone
+    cases = [(text, r"not a PyTorch checkpoint \(torch.save writes a zip archive\)"),
+             (npz, r"not a PyTorch checkpoint: the zip holds no <name>/data\.pkl"),
+             (cut, "not a PyTorch checkpoint"), (tmp_path / "nowhere.pt", "no such"),
+             (save(torch.ones(3), tmp_path / "bare.pt"), "holds a Tensor, not a dict"),
+             (save({"epoch": 3, "name": "x"}, tmp_path / "none.pt"), "holds no tensors"),
+             (with_pickle(tmp_path, b"\x80\x02}q\x00(X"), r"data\.pkl is not a valid")]
+    for path, error in cases:
+        with pytest.raises(ValueError, match=rf"{path.name}: {error}"):
+            load_torch(path)
+
+
+def test_package_code_never_imports_torch(tmp_path):
+    tree = ast.parse(Path(torch_file.__file__).read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names]
+    imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.split(".")[0] == "torch"]
+    path = save(small_net().state_dict(), tmp_path / "net.pt")
+    code = ("import sys; from convnet.io.torch_file import load_torch; "
+            f"assert len(load_torch({str(path)!r})) == 9; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -241,15 +241,19 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
                 xb = random_crop(xb, max(1, xb.shape[2] // 8), epoch_rng)
                 if cfg.flip:
                     xb = random_flip(xb, epoch_rng)
-            scores = model.forward(xb)
-            loss, dscores = softmax_cross_entropy(scores, yb)
+            with np.errstate(all="ignore"):  # a non-finite loss is reported just below
+                scores = model.forward(xb)
+                loss, dscores = softmax_cross_entropy(scores, yb)
             if not math.isfinite(loss):
                 model.eval()
-                where = first_nonfinite(model, xb) or "the loss itself"
+                with np.errstate(all="ignore"):
+                    where = first_nonfinite(model, xb) or "the loss itself"
+                kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+                        else "no checkpoint was written yet")
                 raise TrainingDiverged(
                     f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first "
                     f"non-finite output is at {where}. Lower the learning rate (now "
-                    f"{optimizer.lr:g}); the last good checkpoint is {ckpt_path}")
+                    f"{optimizer.lr:g}); {kept}")
             model.backward(dscores)
             optimizer.step(model.grads())
             schedule.step()

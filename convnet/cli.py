@@ -31,7 +31,8 @@ def cmd_train(args):
                       weight_decay=args.weight_decay, augment=args.augment,
                       schedule=args.schedule, val_fraction=args.val_fraction, limit=args.limit,
                       seed=args.seed, out=args.out, checkpoint_every=args.checkpoint_every,
-                      data_root=args.data_root, download=args.download)
+                      data_root=args.data_root, download=args.download,
+                      init_from=args.init_from, freeze=tuple(args.freeze or ()))
     train(cfg, resume=args.resume, progress=not args.quiet)
 
 
@@ -146,6 +147,11 @@ def build_parser():
                    help="also write a checkpoint every N batches")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out from its last checkpoint")
+    p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
+                   help="fine-tune: start from a saved model's weights (a new head is made "
+                        "when the number of classes differs)")
+    p.add_argument("--freeze", nargs="+", metavar="STAGE",
+                   help="with --from: stages whose parameters stay fixed (e.g. features)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

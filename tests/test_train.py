@@ -147,3 +147,30 @@ def test_nothing_in_a_run_directory_is_a_pickle(tmp_path):
     for path in Path(tmp_path).iterdir():
         head = path.read_bytes()[:2]
         assert head != b"\x80\x04" and head != b"\x80\x02", path
+
+
+def test_fine_tuning_freezes_stages_and_replaces_the_head(tmp_path, capsys):
+    quiet = dict(log=lambda *a: None, progress=False)
+    staged = ("INPUT 8x8x1 -> CONV 8 -> RELU -> POOL -> FC 10")
+    base = train(TrainConfig(data="digits", model=staged, epochs=1, out=str(tmp_path / "a")),
+                 **quiet)
+    before = {k: v.copy() for k, v in base.model.params().items()}
+    tuned = train(TrainConfig(data="digits", epochs=1, out=str(tmp_path / "b"),
+                              init_from=str(base.model_path), freeze=("0",)), **quiet)
+    after = tuned.model.params()
+    assert np.array_equal(after["0.weight"], before["0.weight"])   # frozen CONV
+    assert not np.array_equal(after["4.weight"], before["4.weight"])  # trained FC
+    model = load_model(base.model_path)
+    model.freeze("0")
+    assert list(model.trainable_params()) == ["4.weight", "4.bias"]
+    with pytest.raises(ValueError, match="no stage named 'head'"):
+        model.freeze("head")
+
+    from convnet.analysis import summary
+    text = summary(model, model.input_shape).to_text()
+    assert "frozen 80" in text  # 8 filters of 3x3x1 + 8 biases
+
+    from convnet.models.finetune import replace_head
+    name = replace_head(model, 3, np.random.default_rng(0))
+    assert name == "4" and model.output_shape(model.input_shape) == (3,)
+    assert model["4"].name == "4" and not model["4"].frozen

@@ -86,6 +86,44 @@ class Container(Layer):
         """The gradients of the last backward, with the same keys as params()."""
         return self._flat("grads")
 
+    def trainable_params(self):
+        """params() without the frozen layers': what an optimizer should update."""
+        return {f"{name}.{key}": value for name, layer in self.named_layers()
+                if not layer.frozen for key, value in layer.params.items()}
+
+    def freeze(self, *stages, frozen=True):
+        """Freeze the layers under the named stages (dotted names, e.g. "features" or
+        "layer1.0"); with no names, the whole model. Returns the model."""
+        prefixes = [str(s) for s in stages]
+        names = {name for name, _ in self.named_layers()}
+        for stage in prefixes:
+            if not any(n == stage or n.startswith(stage + ".") for n in names):
+                tops = ", ".join(self._children)
+                raise ValueError(f"{type(self).__name__}.freeze: no stage named {stage!r}; "
+                                 f"top-level stages are {tops}")
+        for name, layer in self.named_layers():
+            if not prefixes or any(name == p or name.startswith(p + ".") for p in prefixes):
+                layer.frozen = frozen
+        return self
+
+    def replace(self, name, layer):
+        """Put ``layer`` where the dotted ``name`` is (e.g. "classifier.6"); returns the old."""
+        *path, last = str(name).split(".")
+        parent = self
+        for key in path:
+            parent = parent[key] if isinstance(parent, Container) else None
+            if parent is None:
+                break
+        if not isinstance(parent, Container) or last not in parent._children:
+            raise ValueError(f"{type(self).__name__}.replace: no layer named {name!r}")
+        old, parent._children[last] = parent._children[last], layer
+        self._set_names()
+        return old
+
+    def unfreeze(self, *stages):
+        """Undo freeze() for the named stages (all if none are named)."""
+        return self.freeze(*stages, frozen=False)
+
     def buffers(self):
         """Non-trainable state (batch norm's running statistics), dotted keys."""
         return self._flat("buffers")

@@ -26,9 +26,10 @@ import numpy as np
 from convnet.data import load_dataset
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.loss import softmax_cross_entropy
-from convnet.io.weights import save_model
+from convnet.io.weights import load_model, save_model
 from convnet.layers.dropout import Dropout
 from convnet.models import Sequential, from_config
+from convnet.models.finetune import replace_head
 from convnet.spec import resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.inference import evaluate
@@ -82,6 +83,8 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False
     dtype: str = "float32"
+    init_from: str | None = None     # fine-tune: start from this saved model's weights
+    freeze: tuple = ()               # stages to keep fixed (with init_from), e.g. features
 
     def resolved(self, data_name):
         """A copy with every None filled from the dataset's defaults."""
@@ -170,6 +173,15 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
         model_state, optim_arrays, state = ckpt
         model = from_config(state["architecture"])
         model.load_state_dict(model_state)
+    elif cfg.init_from:
+        state = None
+        model = load_model(cfg.init_from)
+        if getattr(model, "input_shape", input_shape) != input_shape:
+            raise ValueError(f"{cfg.init_from} takes {model.input_shape} images but "
+                             f"{cfg.data} has {input_shape}")
+        if model.output_shape(input_shape) != (num_classes,):
+            head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
+            log(f"new head {head} for {num_classes} classes")
     else:
         state = None
         model = resolve_model(cfg.model, input_shape=input_shape, num_classes=num_classes,
@@ -178,6 +190,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
             model = from_config(_with_dtype(model.get_config(), dtype.name),
                                 rng=np.random.default_rng(cfg.seed))
     model.input_shape = input_shape
+    if cfg.freeze:
+        model.freeze(*cfg.freeze)
     out_shape = model.output_shape(input_shape)
     if out_shape != (num_classes,):
         raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
@@ -187,7 +201,7 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
     if batches_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} "
                          f"training images")
-    params = model.params()
+    params = model.trainable_params()
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg.schedule, optimizer, total_steps=cfg.epochs * batches_per_epoch)
     info = {"classes": list(splits.classes), "data": splits.name, "scale": splits.scale,
@@ -222,7 +236,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
 
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "
         f"{len(x_val)} for validation, {len(x_test)} for test; {model.num_params():,} "
-        f"parameters; {cfg.optimizer} lr={cfg.lr}, batch {cfg.batch_size}, "
+        f"parameters ({sum(p.size for p in params.values()):,} trainable); "
+        f"{cfg.optimizer} lr={cfg.lr}, batch {cfg.batch_size}, "
         f"{cfg.epochs} epochs")
     bar = _progress(progress)
     while epoch < cfg.epochs:
@@ -255,7 +270,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
                     f"non-finite output is at {where}. Lower the learning rate (now "
                     f"{optimizer.lr:g}); {kept}")
             model.backward(dscores)
-            optimizer.step(model.grads())
+            grads = model.grads()
+            optimizer.step({key: grads[key] for key in params})
             schedule.step()
             batch += 1
             sums["loss"] += loss * len(yb)

@@ -78,6 +78,26 @@ def cmd_predict(args):
         print(f"{path}: {ranked}")
 
 
+def cmd_show(args):
+    from convnet import plot
+    from convnet.spec import resolve_model
+
+    model = resolve_model(args.model)
+    out = args.out or f"{args.what}.png"
+    if args.what == "filters":
+        path = plot.plot_filters(model, out)
+    elif args.what == "reuse":
+        path = plot.plot_reuse(model, out)
+    else:
+        from convnet.train.inference import load_images, preprocess
+        if not args.image:
+            raise ValueError("show activations needs an IMAGE")
+        info = getattr(model, "info", None) or {"mean": [0.0], "std": [1.0]}
+        x = preprocess(load_images([args.image], model.input_shape), 255, info)
+        path = plot.plot_activations(model, x, out)
+    print(f"wrote {path}")
+
+
 def cmd_zoo(args):
     from convnet.zoo import listing
 
@@ -169,6 +189,18 @@ def build_parser():
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--top", type=int, default=3, help="how many classes to show (3)")
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser(
+        "show", help="pictures: first-layer filters, activation maps, DenseNet reuse",
+        description="Draw what a net has learned (needs matplotlib): 'filters' = the first "
+                    "CONV layer's filters as a grid; 'activations MODEL IMAGE' = each "
+                    "stage's activation maps for an image; 'reuse' = the DenseNet paper's "
+                    "feature-reuse heat map, one per dense block.")
+    p.add_argument("what", choices=["filters", "activations", "reuse"])
+    p.add_argument("model", metavar="MODEL", help="a saved model, zoo name or arrow notation")
+    p.add_argument("image", metavar="IMAGE", nargs="?", help="for activations: an image file")
+    p.add_argument("--out", metavar="PNG", help="output file (default WHAT.png)")
+    p.set_defaults(func=cmd_show)
 
     p = commands.add_parser("zoo", help="list the famous nets", description="List the zoo: "
                             "name, default input, parameters, and a one-line description.")

@@ -84,3 +84,97 @@ def plot_filters(model, path, scale=16):
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def stage_activations(model, x):
+    """[(stage name, activation (C, H, W))] for one image x (1, C, H, W), per top-level
+    stage of a Sequential model (each child; volumes only), in eval mode."""
+    model.eval()
+    out = []
+    for name, stage in model.children():
+        x = stage.infer(x)
+        if x.ndim == 4:
+            out.append((name, x[0]))
+    return out
+
+
+def plot_activations(model, x, path, max_maps=32, scale=2):
+    """Write each stage's activation maps for one image: one row of up to max_maps
+    channels per stage, each map min-max scaled; returns path."""
+    plt = _pyplot()
+    stages = stage_activations(model, x)
+    if not stages:
+        raise ValueError("the model has no stage with a volume output to show")
+    cols = min(max_maps, max(a.shape[0] for _, a in stages))
+    fig, axes = plt.subplots(len(stages), cols, squeeze=False,
+                             figsize=(cols * 0.4 * scale, len(stages) * 0.45 * scale))
+    for row, (name, act) in enumerate(stages):
+        for col in range(cols):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < act.shape[0]:
+                ax.imshow(act[col], cmap="viridis", interpolation="nearest")
+        axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}",
+                               fontsize=7, loc="left")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def feature_reuse(model):
+    """The DenseNet paper's feature-reuse map, per dense block.
+
+    For dense layer l (its first CONV), the average absolute weight it gives to the feature
+    maps of each earlier source: the block's input (source 0) and the outputs of layers
+    1 .. l-1. Returns [(block name, matrix (L, L))] with NaN where a source comes later.
+    """
+    from convnet.layers.conv import Conv2d
+    from convnet.models.containers import Container, DenseBlock
+
+    maps = []
+    blocks = [(name, b) for name, b in _named_containers(model) if isinstance(b, DenseBlock)]
+    for name, block in blocks:
+        layers = list(block)
+        convs = []
+        for layer in layers:
+            leaves = layer.named_layers() if isinstance(layer, Container) else [("", layer)]
+            convs.append(next(leaf for _, leaf in leaves if isinstance(leaf, Conv2d)))
+        k0 = convs[0].in_channels
+        growth = (convs[1].in_channels - k0) if len(convs) > 1 else 0
+        matrix = np.full((len(layers), len(layers)), np.nan)
+        for l, conv in enumerate(convs):
+            w = np.abs(conv.params["weight"])                 # (K, C_in, FH, FW)
+            bounds = [0, k0] + [k0 + growth * s for s in range(1, l + 1)]
+            for s in range(l + 1):
+                matrix[l, s] = w[:, bounds[s]:bounds[s + 1]].mean()
+        maps.append((name, matrix))
+    if not maps:
+        raise ValueError("the model has no DenseBlock: feature reuse is a DenseNet picture")
+    return maps
+
+
+def _named_containers(model, prefix=""):
+    from convnet.models.containers import Container
+
+    for key, child in model.children():
+        if isinstance(child, Container):
+            yield f"{prefix}{key}", child
+            yield from _named_containers(child, f"{prefix}{key}.")
+
+
+def plot_reuse(model, path):
+    """Write the feature-reuse heat maps (one per dense block) as a PNG; returns path."""
+    plt = _pyplot()
+    maps = feature_reuse(model)
+    fig, axes = plt.subplots(1, len(maps), squeeze=False, figsize=(4 * len(maps) + 1, 3.6),
+                             layout="constrained")
+    for ax, (name, matrix) in zip(axes[0], maps):
+        size = len(matrix)
+        scaled = matrix / np.nanmax(matrix)  # as in the paper: relative to the block's max
+        image = ax.imshow(scaled, cmap="jet", vmin=0, vmax=1,
+                          extent=(-0.5, size - 0.5, size + 0.5, 0.5))
+        ax.set(title=name, xlabel="source layer (0 = block input)", ylabel="target layer")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -32,3 +32,48 @@ def test_pictures_are_pngs_of_the_expected_size(tmp_path):
         assert img.format == "PNG" and img.size == (121 * 4, 121 * 4)
     with pytest.raises(ValueError, match="no CONV layer"):
         plot_filters(Sequential(Linear(4, 2)), tmp_path / "none.png")
+
+
+def test_feature_reuse_averages_absolute_weights_per_source():
+    from convnet.layers import BatchNorm2d, ReLU
+    from convnet.models import DenseBlock
+    from convnet.plot import feature_reuse
+
+    k0, growth = 3, 2
+    block = DenseBlock({f"denselayer{i + 1}": Sequential({
+        "norm1": BatchNorm2d(k0 + i * growth), "relu1": ReLU(),
+        "conv1": Conv2d(k0 + i * growth, growth, 3, padding=1)}) for i in range(3)})
+    for i, layer in enumerate(block):
+        w = layer["conv1"].params["weight"]
+        for s in range(i + 1):  # give source s of layer i the weight -(10 i + s)
+            lo = 0 if s == 0 else k0 + growth * (s - 1)
+            hi = k0 if s == 0 else k0 + growth * s
+            w[:, lo:hi] = -(10 * i + s)
+    [(name, matrix)] = feature_reuse(Sequential({"block": block}))
+    assert name == "block"
+    expected = np.array([[0, np.nan, np.nan], [10, 11, np.nan], [20, 21, 22]])
+    assert np.array_equal(np.isnan(matrix), np.isnan(expected))
+    assert np.allclose(matrix[~np.isnan(matrix)], expected[~np.isnan(expected)])
+
+
+def test_show_commands_write_pictures(tmp_path):
+    from convnet.cli import main
+    from convnet.data import load_dataset
+    from convnet.io import save_model
+    from convnet.models import from_notation
+
+    model = from_notation("INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> CONV 6 -> RELU -> FC 10",
+                          rng=np.random.default_rng(0))
+    path = save_model(model, tmp_path / "m", mean=[0.5], std=[0.25])
+    x, _ = load_dataset("digits").test
+    Image.fromarray((x[0, 0] * 15).astype(np.uint8)).save(tmp_path / "d.png")
+    assert main(["show", "filters", str(path), "--out", str(tmp_path / "f.png")]) == 0
+    assert main(["show", "activations", str(path), str(tmp_path / "d.png"),
+                 "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["show", "reuse", "densenet_bc_100", "--out", str(tmp_path / "r.png")]) == 0
+    for name in ("f.png", "a.png", "r.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.format == "PNG" and min(img.size) > 50
+    with Image.open(tmp_path / "a.png") as img:  # 5 volume stages, up to 6 maps each
+        assert img.size == (int(6 * 0.4 * 2 * 100), int(5 * 0.45 * 2 * 100))
+    assert main(["show", "reuse", str(path)]) == 1  # not a DenseNet: a clear error

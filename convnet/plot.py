@@ -142,11 +142,11 @@ def feature_reuse(model):
         k0 = convs[0].in_channels
         growth = (convs[1].in_channels - k0) if len(convs) > 1 else 0
         matrix = np.full((len(layers), len(layers)), np.nan)
-        for l, conv in enumerate(convs):
+        for target, conv in enumerate(convs):
             w = np.abs(conv.params["weight"])                 # (K, C_in, FH, FW)
-            bounds = [0, k0] + [k0 + growth * s for s in range(1, l + 1)]
-            for s in range(l + 1):
-                matrix[l, s] = w[:, bounds[s]:bounds[s + 1]].mean()
+            bounds = [0, k0] + [k0 + growth * s for s in range(1, target + 1)]
+            for s in range(target + 1):
+                matrix[target, s] = w[:, bounds[s]:bounds[s + 1]].mean()
         maps.append((name, matrix))
     if not maps:
         raise ValueError("the model has no DenseBlock: feature reuse is a DenseNet picture")

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from convnet.functional.conv import (col2im, conv2d_backward, conv2d_forward,
-                                     conv_output_size, im2col)
+from convnet.functional.conv import (
+    col2im,
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    im2col,
+)
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from tests.utils import check_layer_grads, rel_error
 
@@ -260,7 +265,8 @@ def test_conv_layer_contract():
     assert conv.padding == (2, 4)
     assert conv.training and conv.eval() is conv and not conv.training
     assert set(conv.params) == set(conv.grads) == {"weight", "bias"}
-    assert conv.params["weight"].shape == (8, 3, 3, 5) and conv.params["weight"].dtype == np.float32
+    weight = conv.params["weight"]
+    assert weight.shape == (8, 3, 3, 5) and weight.dtype == np.float32
     assert repr(conv) == "Conv2d(K=8, F=3x5, S=1x2, P=2x4, dilation=2)"
     config = conv.get_config()
     assert config["type"] == "Conv2d" and config["dilation"] == [2, 2]

@@ -508,7 +508,7 @@ def test_bad_hyperparameters(make, match):
         make()
 
 
-# -- analysis, config, repr -------------------------------------------------------------------------
+# -- analysis, config, repr --------------------------------------------------------------
 
 @pytest.mark.parametrize("layer,text", [
     (MaxPool2d(3, 2), "MaxPool2d(F=3, S=2)"),

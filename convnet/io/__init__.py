@@ -2,8 +2,7 @@
 PyTorch checkpoints read without torch and without running pickle."""
 
 from convnet.io.torch_file import load_torch
-from convnet.io.weights import (atomic_write, load_model, load_tensors, save_model,
-                                save_tensors)
+from convnet.io.weights import atomic_write, load_model, load_tensors, save_model, save_tensors
 
 __all__ = ["atomic_write", "save_tensors", "load_tensors", "save_model", "load_model",
            "load_torch"]

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional import conv as F
-from convnet.layers.base import (Layer, check_dtype, check_volume, hw_text, positive_int,
-                                 uniform_init)
+from convnet.layers.base import (
+    Layer,
+    check_dtype,
+    check_volume,
+    hw_text,
+    positive_int,
+    uniform_init,
+)
 
 
 class Conv2d(Layer):

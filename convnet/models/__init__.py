@@ -1,7 +1,7 @@
 """Models: Sequential, graph blocks, the notes' arrow notation, FC -> CONV conversion."""
 
-from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 from convnet.models.config import from_config
+from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 from convnet.models.fc_to_conv import fc_to_conv, slide
 from convnet.models.notation import from_notation
 

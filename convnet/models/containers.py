@@ -413,7 +413,7 @@ class DenseBlock(Container):
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
-        for key, layer in self.children():
+        for layer in self:
             new = layer.output_shape(shape)
             if new[1:] != shape[1:]:
                 raise ValueError(f"{layer.where}: a dense layer must keep H x W to be "

@@ -20,3 +20,7 @@ from convnet.train.schedules import (
     StepLR,
     make_schedule,
 )
+
+__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "Adagrad", "RMSprop", "Adam", "AdamW",
+           "OPTIMIZERS", "make_optimizer", "LRSchedule", "StepLR", "CosineAnnealingLR",
+           "LinearWarmup", "SCHEDULES", "make_schedule"]

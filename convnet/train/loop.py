@@ -213,7 +213,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
     if state is not None:
         optimizer.load_state_dict(optim_arrays, state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        epoch, batch, history, best = state["epoch"], state["batch"], state["history"], state["best"]
+        epoch, batch = state["epoch"], state["batch"]
+        history, best = state["history"], state["best"]
         sums = state["sums"]
         epoch_rng_state = state["epoch_rng"]
         for (name, layer) in dropout_layers(model):

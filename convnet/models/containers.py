@@ -132,7 +132,9 @@ class Container(Layer):
         return sum(layer.num_params() for layer in self)
 
     def state_dict(self):
-        """Parameters and buffers under dotted keys, as PyTorch's state_dict orders them."""
+        """Parameters and buffers under dotted keys, layer by layer in the model's order
+        (the order of PyTorch's state_dict, except where a module is declared out of
+        execution order, such as torchvision GoogLeNet's aux heads); load by key."""
         out = {}
         for name, layer in self.named_layers():
             for key, value in {**layer.params, **layer.buffers}.items():

@@ -8,8 +8,8 @@ folder, named after the file:
     <name>/version, <name>/.data/serialization_id, ...   bookkeeping we do not need
 
 A pickle is a small program: its GLOBAL opcodes name any importable function and its
-REDUCE opcodes call them, so ``pickle.load`` (and ``torch.load(weights_only=False)``) on a
-stranger's file can run ``os.system``. Here the unpickler's ``find_class`` admits only the
+REDUCE opcodes call them, so the standard unpickler (and torch's loader without
+weights_only) can run ``os.system`` from a stranger's file. Here the unpickler's ``find_class`` admits only the
 names a checkpoint of tensors uses, each mapped to a small function of ours, and refuses
 every other name before anything is called:
     collections.OrderedDict                 -> a dict (a state_dict's own type)

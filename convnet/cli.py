@@ -157,7 +157,8 @@ def build_parser():
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", default="cosine", help="none, step, cosine or warmup+cosine")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops (4-pixel padding) and horizontal flips")
+                   help="random crops (zero padding of 1/8 of the image size), plus "
+                        "horizontal flips except for digits (default: the dataset's)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the training images held out for validation (0.1)")
     p.add_argument("--limit", type=int, metavar="N", help="train on the first N images only")

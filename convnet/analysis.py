@@ -345,16 +345,16 @@ class _Walker:
             return f"{name}.{key}" if name else key
 
         out, body = shape, state
-        for key in block._body_keys:
+        for key in block.body_keys:
             out, body = self.visit(block[key], full(key), out, body, frozen)
         skip = state
-        if block._shortcut_key:
-            _, skip = self.visit(block[block._shortcut_key], full(block._shortcut_key),
+        if block.shortcut_key:
+            _, skip = self.visit(block[block.shortcut_key], full(block.shortcut_key),
                                  shape, state, frozen)
         block.output_shape(shape)                   # checks that body and shortcut agree
         merged = body.merge(skip)
-        if block._post_key:
-            out, merged = self.visit(block[block._post_key], full(block._post_key), out,
+        if block.post_key:
+            out, merged = self.visit(block[block.post_key], full(block.post_key), out,
                                      merged, frozen)
         return out, merged
 

@@ -82,8 +82,8 @@ def to_torch(model):
 class TorchResidual(nn.Module):
     def __init__(self, block):
         super().__init__()
-        self.body = nn.Sequential(*[to_torch(block[k]) for k in block._body_keys])
-        self.shortcut = to_torch(block["downsample"]) if block._shortcut_key else nn.Identity()
+        self.body = nn.Sequential(*[to_torch(block[k]) for k in block.body_keys])
+        self.shortcut = to_torch(block["downsample"]) if block.shortcut_key else nn.Identity()
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.shortcut(x))

@@ -9,9 +9,9 @@ folder, named after the file:
 
 A pickle is a small program: its GLOBAL opcodes name any importable function and its
 REDUCE opcodes call them, so the standard unpickler (and torch's loader without
-weights_only) can run ``os.system`` from a stranger's file. Here the unpickler's ``find_class`` admits only the
-names a checkpoint of tensors uses, each mapped to a small function of ours, and refuses
-every other name before anything is called:
+weights_only) can run ``os.system`` from a stranger's file. Here the unpickler's
+``find_class`` admits only the names a checkpoint of tensors uses, each mapped to a small
+function of ours, and refuses every other name before anything is called:
     collections.OrderedDict                 -> a dict (a state_dict's own type)
     torch._utils._rebuild_tensor_v2 (_v3)   -> a tensor record: storage, offset, size, stride
     torch._utils._rebuild_parameter(_with_state) -> the tensor inside an nn.Parameter

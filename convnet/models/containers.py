@@ -288,6 +288,21 @@ class Residual(Container):
             children.append(("post", post))
         super().__init__(children)
 
+    @property
+    def body_keys(self):
+        """The main path's child names, in order."""
+        return list(self._body_keys)
+
+    @property
+    def shortcut_key(self):
+        """The projection shortcut's child name, or None for the identity."""
+        return self._shortcut_key
+
+    @property
+    def post_key(self):
+        """The name of the layer applied after the addition, or None."""
+        return self._post_key
+
     def forward(self, x):
         out = x
         for key in self._body_keys:

@@ -1,0 +1,319 @@
+"""Export a convnet model to ONNX, for inference in onnxruntime and other runtimes.
+
+The model is walked layer by layer from its per-sample input shape (C, H, W); each layer
+becomes one ONNX node (or a few), each container its children's nodes plus the joins:
+
+    Conv2d -> Conv              MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
+    LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool
+    ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid
+    Linear -> Gemm (transB=1)   Flatten -> Flatten(axis=1)
+    BatchNorm2d/1d -> BatchNormalization (running statistics)
+    LocalResponseNorm -> LRN    Dropout, Identity, GoogLeNet's AuxClassifier -> Identity
+    Residual -> body + shortcut + Add (+ post)   Concat -> branches + Concat(axis=1)
+    DenseBlock -> a running Concat(axis=1) after each layer
+
+The graph is what ``model.infer(x)`` computes in eval mode, in float32, with a dynamic
+batch axis "N". Initializers carry the model's dotted state-dict keys (``features.0.weight``)
+so the weights can be matched by name. A few settings have no single ONNX op with the same
+numbers and are written as small subgraphs: LRN with an even size (PyTorch's window reaches
+one channel further back, ONNX's one further forward), LPPool2d with a non-even p or a
+ceil-mode window hanging over the edge (PyTorch scales its sum by FH*FW / size inside),
+AdaptiveAvgPool2d to an output size that divides the input (AveragePool, kernel = stride).
+
+>>> from convnet.zoo import lenet5
+>>> export_onnx(lenet5(), "lenet5.onnx")                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet.io.weights import atomic_write
+from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.base import Identity
+from convnet.layers.conv import Conv2d
+from convnet.layers.dropout import Dropout
+from convnet.layers.linear import Flatten, Linear
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
+
+__all__ = ["export_onnx"]
+
+MIN_OPSET = 13      # Squeeze/Unsqueeze take their axes as inputs from opset 13 on
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("export_onnx needs the onnx package: pip install onnx") from None
+    return onnx
+
+
+def export_onnx(model, path, input_shape=None, opset=17):
+    """Write ``model`` as an ONNX file that computes its eval-mode ``infer`` in float32.
+
+    Args:
+        model: a Sequential or graph model (Residual, Concat, DenseBlock blocks), or a
+            single layer. It is exported as in eval mode (running statistics, no dropout)
+            whatever its ``training`` flag; the model itself is not changed.
+        path: the .onnx file to write (atomically).
+        input_shape: per-sample input shape (C, H, W) (or (features,)); default
+            ``model.input_shape``. The batch axis is dynamic ("N").
+        opset: the ONNX opset to target, >= 13 (default 17).
+
+    Returns the onnx.ModelProto, already checked by onnx.checker.
+
+    Input "input" (N, C, H, W) float32 -> output "output" (N, *model.output_shape(...)).
+
+    >>> from convnet.zoo import resnet18
+    >>> net = resnet18(num_classes=10, input_size=32)
+    >>> export_onnx(net, "resnet18.onnx").graph.output[0].name      # doctest: +SKIP
+    'output'
+    """
+    onnx = _onnx()
+    where = f"export_onnx({type(model).__name__})"
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise ValueError(f"{where}: input_shape is required (per-sample (C, H, W)) for a "
+                             "model without an input_shape attribute, got None")
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"{where}: input_shape must be positive sizes such as (C, H, W), got "
+                         f"{tuple(input_shape)}")
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
+        raise ValueError(f"{where}: opset must be an int >= {MIN_OPSET}, got {opset!r}")
+
+    graph = _Graph(onnx)
+    out, out_shape = graph.layer(model, "input", shape)
+    graph.nodes.append(onnx.helper.make_node("Identity", [out], ["output"], name="output"))
+    helper, f32 = onnx.helper, onnx.TensorProto.FLOAT
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(
+        helper.make_graph(graph.nodes, type(model).__name__,
+                          [helper.make_tensor_value_info("input", f32, ["N", *shape])],
+                          [helper.make_tensor_value_info("output", f32, ["N", *out_shape])],
+                          graph.initializers),
+        opset_imports=opsets, producer_name="convnet",
+        # the oldest IR version for the opset, which runtimes older than onnx read too
+        ir_version=helper.find_min_ir_version_for(opsets))
+    onnx.checker.check_model(proto, full_check=True)
+    atomic_write(path, proto.SerializeToString())
+    return proto
+
+
+class _Graph:
+    """Nodes and initializers collected while walking a model; unique tensor names."""
+
+    def __init__(self, onnx):
+        self.helper = onnx.helper
+        self.numpy_helper = onnx.numpy_helper
+        self.nodes, self.initializers = [], []
+        self.names = {"input", "output"}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def fresh(self, base):
+        """A tensor name not used yet: base, or base_1, base_2, ..."""
+        name, i = base, 0
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def const(self, name, value, dtype=np.float32):
+        """Add an initializer (the model's arrays keep their dotted state-dict keys)."""
+        name = self.fresh(name)
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op, inputs, base, **attrs):
+        """Append one node named after base; returns its output tensor's name."""
+        out = self.fresh(base)
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    # -- the walk ------------------------------------------------------------------------
+    def layer(self, layer, x, shape):
+        """Emit ``layer`` applied to tensor x of per-sample shape; returns (name, shape)."""
+        from convnet.zoo.googlenet import AuxClassifier  # zoo sits above models and layers
+
+        base = layer.name or type(layer).__name__.lower()
+        if isinstance(layer, AuxClassifier):              # eval/infer: passes x through
+            layer.output_shape(shape)
+            return self.node("Identity", [x], base), shape
+        if isinstance(layer, Sequential):
+            for child in layer:
+                x, shape = self.layer(child, x, shape)
+            return x, shape
+        if isinstance(layer, Residual):
+            return self._residual(layer, x, shape, base)
+        if isinstance(layer, Concat):
+            outs = [self.layer(branch, x, shape) for branch in layer]
+            out_shape = layer.output_shape(shape)
+            return self.node("Concat", [o for o, _ in outs], f"{base}.concat", axis=1), out_shape
+        if isinstance(layer, DenseBlock):
+            for child in layer:
+                new, new_shape = self.layer(child, x, shape)
+                x = self.node("Concat", [x, new], f"{child.name or base}.concat", axis=1)
+                shape = (shape[0] + new_shape[0], *shape[1:])
+            return x, shape
+        out_shape = layer.output_shape(shape)             # checks that the layer fits
+        emit = _LEAVES.get(type(layer))
+        if emit is None:
+            raise ValueError(f"export_onnx: layer {layer.where} of type "
+                             f"{type(layer).__name__} has no ONNX export; supported: "
+                             f"{', '.join(sorted(t.__name__ for t in _LEAVES))} and the "
+                             "containers Sequential, Residual, Concat, DenseBlock")
+        return emit(self, layer, x, shape, out_shape, base), out_shape
+
+    def _residual(self, block, x, shape, base):
+        out, out_shape = x, shape
+        for key in block.body_keys:
+            out, out_shape = self.layer(block[key], out, out_shape)
+        skip = x
+        if block.shortcut_key is not None:
+            skip, _ = self.layer(block[block.shortcut_key], x, shape)
+        block.output_shape(shape)                          # body and shortcut must agree
+        out = self.node("Add", [out, skip], f"{base}.add")
+        if block.post_key is not None:
+            out, out_shape = self.layer(block[block.post_key], out, out_shape)
+        return out, out_shape
+
+    # -- leaves --------------------------------------------------------------------------
+    def conv(self, layer, x, shape, out_shape, base):
+        (ph, pw), w = layer.padding, layer.params["weight"]
+        inputs = [x, self.const(f"{base}.weight", w)]
+        if "bias" in layer.params:
+            inputs.append(self.const(f"{base}.bias", layer.params["bias"]))
+        return self.node("Conv", inputs, base, kernel_shape=list(layer.kernel_size),
+                         strides=list(layer.stride), pads=[ph, pw, ph, pw],
+                         dilations=list(layer.dilation), group=layer.groups)
+
+    def maxpool(self, layer, x, shape, out_shape, base):
+        pads = _pool_pads(layer, shape, out_shape)
+        return self.node("MaxPool", [x], base, kernel_shape=list(layer.kernel_size),
+                         strides=list(layer.stride), pads=pads,
+                         dilations=list(layer.dilation))
+
+    def avgpool(self, layer, x, shape, out_shape, base):
+        pads, (ph, pw) = _pool_pads(layer, shape, out_shape), layer.padding
+        include = layer.count_include_pad
+        if include and pads[2:] != [ph, pw]:
+            # a ceil-mode window past the padded input: PyTorch divides by its size inside
+            # the padded input, so pad with zeros first and count only what is inside
+            x = self.node("Pad", [x, self.const(f"{base}.pads", [0, 0, ph, pw, 0, 0, ph, pw],
+                                                np.int64)], f"{base}.pad")
+            pads, include = [0, 0, pads[2] - ph, pads[3] - pw], False
+        return self.node("AveragePool", [x], base, kernel_shape=list(layer.kernel_size),
+                         strides=list(layer.stride), pads=pads,
+                         count_include_pad=int(include))
+
+    def lppool(self, layer, x, shape, out_shape, base):
+        p, (fh, fw) = layer.norm_type, layer.kernel_size
+        pads = _pool_pads(layer, shape, out_shape)
+        if p == int(p) and int(p) % 2 == 0 and not any(pads):
+            return self.node("LpPool", [x], base, kernel_shape=[fh, fw],
+                             strides=list(layer.stride), p=int(p))
+        # PyTorch's formula: (FH*FW * avgpool(x^p))^(1/p), the mean over the inside part
+        xp = self.node("Pow", [x, self.const(f"{base}.p", p)], f"{base}.pow")
+        mean = self.node("AveragePool", [xp], f"{base}.mean", kernel_shape=[fh, fw],
+                         strides=list(layer.stride), pads=pads, count_include_pad=0)
+        total = self.node("Mul", [mean, self.const(f"{base}.area", fh * fw)], f"{base}.sum")
+        return self.node("Pow", [total, self.const(f"{base}.inv_p", 1 / p)], base)
+
+    def adaptive_avgpool(self, layer, x, shape, out_shape, base):
+        (oh, ow), (h, w) = layer.output_size, shape[1:]
+        if (oh, ow) == (1, 1):
+            return self.node("GlobalAveragePool", [x], base)
+        if h % oh or w % ow:
+            raise ValueError(f"export_onnx: layer {layer.where}: ONNX has no adaptive pooling; "
+                             f"output size {oh}x{ow} must be 1x1 or divide the input "
+                             f"{h}x{w} evenly (then it is AveragePool), got input {shape}")
+        kernel = [h // oh, w // ow]
+        return self.node("AveragePool", [x], base, kernel_shape=kernel, strides=kernel)
+
+    def activation(self, layer, x, shape, out_shape, base):
+        if isinstance(layer, LeakyReLU):
+            return self.node("LeakyRelu", [x], base, alpha=layer.negative_slope)
+        op = {ReLU: "Relu", Tanh: "Tanh", Sigmoid: "Sigmoid"}[type(layer)]
+        return self.node(op, [x], base)
+
+    def linear(self, layer, x, shape, out_shape, base):
+        inputs = [x, self.const(f"{base}.weight", layer.params["weight"])]
+        if "bias" in layer.params:
+            inputs.append(self.const(f"{base}.bias", layer.params["bias"]))
+        return self.node("Gemm", inputs, base, transB=1)
+
+    def flatten(self, layer, x, shape, out_shape, base):
+        if layer.start_dim == 1:
+            return self.node("Flatten", [x], base, axis=1)
+        # keep N and the axes before start_dim (0 copies a size), merge the rest (-1)
+        target = self.const(f"{base}.shape", [0] * layer.start_dim + [-1], np.int64)
+        return self.node("Reshape", [x, target], base)
+
+    def batchnorm(self, layer, x, shape, out_shape, base):
+        if not layer.track_running_stats:
+            raise ValueError(f"export_onnx: layer {layer.where} has no running statistics "
+                             "(track_running_stats=False), so inference uses batch "
+                             "statistics, which ONNX's BatchNormalization cannot compute")
+        d, name = layer.num_features, base
+        scale = (self.const(f"{name}.weight", layer.params["weight"]) if layer.affine
+                 else self.const(f"{name}.ones", np.ones(d)))
+        bias = (self.const(f"{name}.bias", layer.params["bias"]) if layer.affine
+                else self.const(f"{name}.zeros", np.zeros(d)))
+        mean = self.const(f"{name}.running_mean", layer.buffers["running_mean"])
+        var = self.const(f"{name}.running_var", layer.buffers["running_var"])
+        return self.node("BatchNormalization", [x, scale, bias, mean, var], base,
+                         epsilon=layer.eps)
+
+    def lrn(self, layer, x, shape, out_shape, base):
+        n = layer.size
+        if n % 2:   # odd n: ONNX's window [c - (n-1)/2, c + (n-1)/2] is PyTorch's
+            return self.node("LRN", [x], base, size=n, alpha=layer.alpha, beta=layer.beta,
+                             bias=layer.k)
+        # even n: mean of squares over channels [c - n//2, c + (n-1)//2], zeros outside,
+        # as a 3-D average pool over (C, H, W) of x^2 with one axis added
+        axis = self.const(f"{base}.axis", [1], np.int64)
+        sq = self.node("Mul", [x, x], f"{base}.square")
+        sq = self.node("Unsqueeze", [sq, axis], f"{base}.unsqueeze")         # (N, 1, C, H, W)
+        mean = self.node("AveragePool", [sq], f"{base}.mean", kernel_shape=[n, 1, 1],
+                         pads=[n // 2, 0, 0, (n - 1) // 2, 0, 0], count_include_pad=1)
+        mean = self.node("Squeeze", [mean, axis], f"{base}.squeeze")        # (N, C, H, W)
+        denom = self.node("Mul", [mean, self.const(f"{base}.alpha", layer.alpha)],
+                          f"{base}.scaled")
+        denom = self.node("Add", [denom, self.const(f"{base}.k", layer.k)], f"{base}.denom")
+        denom = self.node("Pow", [denom, self.const(f"{base}.beta", layer.beta)],
+                          f"{base}.power")
+        return self.node("Div", [x, denom], base)
+
+    def identity(self, layer, x, shape, out_shape, base):
+        return self.node("Identity", [x], base)
+
+
+def _pool_pads(layer, shape, out_shape):
+    """ONNX pads [top, left, bottom, right] that give the layer's (OH, OW) by flooring.
+
+    Ceil mode and fit="floor" are folded into the bottom/right pads, so the ONNX op runs
+    with ceil_mode=0 and gives exactly PyTorch's sizes (its rule that the last window must
+    start inside the input or the left padding is not in every runtime's ceil mode).
+    """
+    begin, end = list(layer.padding), []
+    for size, out, f, s, d, p in zip(shape[1:], out_shape[1:], layer.kernel_size,
+                                     layer.stride, layer.dilation, layer.padding):
+        extent = d * (f - 1) + 1
+        end.append(max(p, (out - 1) * s + extent - size - p))   # floor(...) + 1 == out
+    return begin + end
+
+
+_LEAVES = {
+    Conv2d: _Graph.conv, MaxPool2d: _Graph.maxpool, AvgPool2d: _Graph.avgpool,
+    LPPool2d: _Graph.lppool, AdaptiveAvgPool2d: _Graph.adaptive_avgpool,
+    ReLU: _Graph.activation, LeakyReLU: _Graph.activation, Tanh: _Graph.activation,
+    Sigmoid: _Graph.activation, Linear: _Graph.linear, Flatten: _Graph.flatten,
+    BatchNorm2d: _Graph.batchnorm, BatchNorm1d: _Graph.batchnorm,
+    LocalResponseNorm: _Graph.lrn, Dropout: _Graph.identity, Identity: _Graph.identity,
+}

@@ -98,6 +98,13 @@ def cmd_show(args):
     print(f"wrote {path}")
 
 
+def cmd_convert(args):
+    from convnet.io.convert import convert
+
+    path = convert(args.src, args.dst, model=args.model, num_classes=args.classes)
+    print(f"wrote {path}")
+
+
 def cmd_zoo(args):
     from convnet.zoo import listing
 
@@ -202,6 +209,19 @@ def build_parser():
     p.add_argument("image", metavar="IMAGE", nargs="?", help="for activations: an image file")
     p.add_argument("--out", metavar="PNG", help="output file (default WHAT.png)")
     p.set_defaults(func=cmd_show)
+
+    p = commands.add_parser(
+        "convert", help="convert between PyTorch, safetensors, convnet and ONNX files",
+        description="Convert a model between formats, chosen by suffix. In: a convnet model "
+                    "(.json), or weights (.pt/.pth from torch.save, .safetensors) with "
+                    "--model naming the architecture. Out: .json (convnet model), "
+                    ".safetensors (weights, loadable in PyTorch), .onnx.")
+    p.add_argument("src", metavar="IN")
+    p.add_argument("dst", metavar="OUT")
+    p.add_argument("--model", metavar="MODEL",
+                   help="the architecture for a weights-only input: a zoo name or notation")
+    p.add_argument("--classes", type=int, metavar="K", help="number of classes (zoo models)")
+    p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("zoo", help="list the famous nets", description="List the zoo: "
                             "name, default input, parameters, and a one-line description.")

@@ -1,0 +1,49 @@
+"""convnet convert: PyTorch -> convnet -> safetensors/ONNX, and summary of any of them."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from convnet.cli import main
+from convnet.io import load_model
+from convnet.zoo import lenet5
+
+
+def test_torch_checkpoint_to_convnet_to_onnx_and_summary(tmp_path, capsys):
+    reference = lenet5(rng=np.random.default_rng(0))
+    state = {k: torch.tensor(v) for k, v in reference.state_dict().items()}
+    torch.save(state, tmp_path / "lenet.pt")
+    assert main(["convert", str(tmp_path / "lenet.pt"), str(tmp_path / "m.json")]) == 1
+    assert "--model" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "lenet.pt"), str(tmp_path / "m.json"),
+                 "--model", "lenet5"]) == 0
+    model = load_model(tmp_path / "m.json")
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    expected = reference.eval().infer(x)
+    assert np.allclose(model.eval().infer(x), expected, rtol=1e-6, atol=1e-6)
+
+    assert main(["convert", str(tmp_path / "m.json"), str(tmp_path / "m.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+    assert main(["convert", str(tmp_path / "m.json"), str(tmp_path / "w.safetensors")]) == 0
+    from safetensors.torch import load_file
+    assert set(load_file(tmp_path / "w.safetensors")) == set(state)
+    assert main(["convert", str(tmp_path / "w.safetensors"), str(tmp_path / "again.json"),
+                 "--model", "lenet5"]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "again.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == 61_706
+
+
+@pytest.mark.parametrize("dst, message", [("x.h5", "unknown output format"),
+                                          ("x.json", "unknown input format")])
+def test_convert_errors(tmp_path, capsys, dst, message):
+    (tmp_path / "in.bin").write_bytes(b"\0" * 8)
+    assert main(["convert", str(tmp_path / "in.bin"), str(tmp_path / dst)]) == 1
+    assert message in capsys.readouterr().err

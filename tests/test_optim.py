@@ -37,14 +37,6 @@ TORCH = {SGD: torch.optim.SGD, Momentum: torch.optim.SGD, Nesterov: torch.optim.
          Adam: torch.optim.Adam, AdamW: torch.optim.AdamW}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny PyTorch calls are ~30x slower with threads fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_params(seed, dtype=np.float64):
     rng = np.random.default_rng(seed)

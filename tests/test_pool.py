@@ -11,15 +11,6 @@ from convnet.functional import pool as P
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 from tests.utils import check_layer_grads, rel_error
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny PyTorch calls are ~30x slower with threads fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # -- naive references, straight from the notes: loop over n, c, oh, ow ---------------------
 
 

@@ -13,21 +13,7 @@ import math
 import numpy as np
 
 from convnet.functional import activation as A
-from convnet.functional.conv import check_input
-from convnet.layers.base import Layer
-
-
-def check_array(x, where):
-    """Check that x is a floating NumPy array of any rank; say what is wrong."""
-    check_input(x, None, where, rank=np.ndim(x))
-
-
-def check_dout(dout, shape, where):
-    """Check that the upstream gradient has the shape of the last forward's output."""
-    got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
-    if got != tuple(shape):
-        raise ValueError(f"{where}: expected dout with the shape of the last output "
-                         f"{tuple(shape)}, got {got}")
+from convnet.layers.base import Layer, check_array, check_dout
 
 
 class ReLU(Layer):

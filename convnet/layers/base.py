@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from convnet.functional.conv import check_input
+
 
 class Layer:
     """Base class of every layer: forward, backward, params/grads, train/eval, analysis."""
@@ -121,6 +123,19 @@ def check_dtype(dtype, where):
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"{where}: dtype must be float32 or float64, got {dtype}")
     return dtype
+
+
+def check_array(x, where):
+    """Check that x is a floating NumPy array of any rank; say what is wrong."""
+    check_input(x, None, where, rank=np.ndim(x))
+
+
+def check_dout(dout, shape, where):
+    """Check that the upstream gradient has the shape of the last forward's output."""
+    got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
+    if got != tuple(shape):
+        raise ValueError(f"{where}: expected dout with the shape of the last output "
+                         f"{tuple(shape)}, got {got}")
 
 
 def check_volume(input_shape, channels, where):

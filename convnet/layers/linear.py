@@ -7,8 +7,14 @@ import math
 import numpy as np
 
 from convnet.functional import linear as F
-from convnet.layers.activation import check_array, check_dout
-from convnet.layers.base import Layer, check_dtype, positive_int, uniform_init
+from convnet.layers.base import (
+    Layer,
+    check_array,
+    check_dout,
+    check_dtype,
+    positive_int,
+    uniform_init,
+)
 
 
 class Linear(Layer):

@@ -8,6 +8,7 @@ from convnet.functional.conv import (
     col2im,
     conv2d_backward,
     conv2d_forward,
+    conv2d_infer,
     conv_output_size,
     im2col,
 )
@@ -172,6 +173,55 @@ def test_conv_matches_pytorch_forward_and_backward(block):
         assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
         assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
         assert rel_error(db, bt.grad.numpy()) < 1e-10, case
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_conv_infer_in_pieces_matches_pytorch(block):
+    """conv2d_infer over random cases, with im2col limits that force every way of cutting
+    the work: all images at once, a few images at a time, bands of rows, one row."""
+    rng = np.random.default_rng(300 + block)
+    for _ in range(30):
+        case = random_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
+        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+        expected = torch.nn.functional.conv2d(
+            torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+            *args).numpy()
+        image_bytes = x[:1].nbytes * w.shape[2] * w.shape[3] * 8   # above one image's matrix
+        for limit in (1 << 30, image_bytes, image_bytes // 30, 1):
+            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit)
+            assert out.shape == expected.shape, case
+            assert rel_error(out, expected) < 1e-10, (case, limit)
+
+
+def test_conv_infer_builds_im2col_in_bounded_pieces():
+    """The largest temporary of conv2d_infer stays near max_bytes, not the full matrix."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    full = 16 * 9 * 4 * 64 * 64 * 4                                  # 9.4 MB of im2col
+    expected = conv2d_forward(x, w, padding=(1, 1))[0]
+    out_bytes = expected.nbytes
+    for limit in (1 << 20, 1 << 18):                                  # 4 images, then rows
+        tracemalloc.start()
+        out = conv2d_infer(x, w, padding=(1, 1), max_bytes=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert rel_error(out, expected) < 1e-5
+        assert peak < out_bytes + 3 * limit + x[:1].nbytes * 2, (limit, peak)
+        assert peak < full / 2
+
+
+def test_conv_layer_infer_equals_forward_and_keeps_no_cache():
+    rng = np.random.default_rng(1)
+    layer = Conv2d(3, 5, 3, stride=2, padding=1, fit="floor", dtype=np.float64, rng=rng)
+    x = rng.standard_normal((3, 3, 9, 9))
+    out = layer.infer(x)
+    assert layer.cache is None
+    assert rel_error(out, layer.forward(x)) < 1e-12
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -150,6 +150,20 @@ def test_blocks_match_pytorch(kind, training):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_blocks_infer_matches_pytorch_eval_and_keeps_no_cache(kind):
+    """infer goes through every child's infer (bounded im2col) and leaves no cache."""
+    rng = np.random.default_rng(3)
+    model, shape = make(kind, rng)
+    model.eval()
+    x = rng.standard_normal((2, *shape))
+    with torch.no_grad():
+        expected = to_torch(model).eval()(torch.tensor(x)).numpy()
+    assert rel_error(model.infer(x), expected) < 1e-10
+    caches = [layer.cache for _, layer in model.named_layers()] + [model.cache]
+    assert all(cache is None for cache in caches)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_blocks_gradient_check(kind):
     rng = np.random.default_rng(1)
     model, shape = make(kind, rng)
@@ -304,3 +318,23 @@ def test_config_errors_name_the_place():
         from_config({"type": "Sequential", "children": [["0", {"type": "Conv3d"}]]})
     with pytest.raises(ValueError, match=r"model config\.0: malformed Conv2d"):
         from_config({"type": "Sequential", "children": [["0", {"type": "Conv2d"}]]})
+
+
+def test_backward_without_input_grad_gives_the_same_parameter_gradients():
+    """The training loop's backward(dout, input_grad=False): the first CONV skips dx."""
+    rng = np.random.default_rng(4)
+    model = Sequential(Sequential(conv_bn(2, 3, 3, rng=rng), ReLU()), basic_block(3, 4, 2, rng))
+    x = rng.standard_normal((2, 2, 7, 7))
+    dout = rng.standard_normal((2, *model.output_shape((2, 7, 7))))
+    model.forward(x)
+    dx = model.backward(dout)
+    full = {key: g.copy() for key, g in model.grads().items()}
+    model.forward(x)
+    assert dx is not None and model.backward(dout, input_grad=False) is None
+    for key, g in model.grads().items():
+        assert rel_error(g, full[key]) < 1e-12, key
+    # a first layer that cannot skip it (ReLU) still returns dx
+    relu_first = Sequential(ReLU(), Conv2d(2, 2, 1, dtype=np.float64, rng=rng))
+    relu_first.forward(x)
+    dx = relu_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False)
+    assert dx.shape == x.shape

@@ -514,3 +514,23 @@ def test_float32_forward_matches_float64():
     out32 = a.forward(x.astype(np.float32))
     assert out32.dtype == np.float32
     assert rel_error(out32, b.forward(x)) < 1e-5
+
+
+def test_relu_after_conv_fc_or_bn_works_in_place_and_gradients_still_match():
+    """RELU overwrites the output of CONV, FC and BN (they do not keep it for backward),
+    not that of a layer that does (TANH keeps its output; here it feeds a RELU)."""
+    net = from_notation("INPUT 6x6x2 -> CONV 3 -> RELU -> BN -> RELU -> TANH -> RELU -> POOL "
+                        "-> FC 5 -> RELU -> FC 2", dtype=np.float64,
+                        rng=np.random.default_rng(0))
+    relus = {i: layer.inplace for i, layer in enumerate(net) if isinstance(layer, ReLU)}
+    assert relus == {1: True, 3: True, 5: False, 9: True}
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 6, 6))
+    dout = rng.standard_normal((3, 2))
+    net.forward(x)
+    dx = net.backward(dout)
+    for layer in net:
+        if isinstance(layer, ReLU):
+            layer.inplace = False
+    net.forward(x)
+    assert np.allclose(net.backward(dout), dx, rtol=1e-12, atol=0)

@@ -145,8 +145,8 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=N
 
     x: (N, C, H, W). Returns X_col of shape (C*FH*FW, N*OH*OW): rows ordered (c, i, j),
     columns ordered (n, oh, ow). For one 227x227x3 image, F=11, S=4: 363 x 3025.
-    ``out``: an optional buffer of that size and x's dtype to write into (reused memory
-    saves the page faults of a fresh allocation on every call).
+    ``out``: an optional buffer of x's dtype, at least that size, to write into (its first
+    C*FH*FW*N*OH*OW values; reused memory saves the page faults of a fresh allocation).
     """
     xp = pad(x, padding)
     if out_size is None:
@@ -155,9 +155,9 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=N
     n, c = x.shape[:2]
     win = windows(xp, kernel, stride, dilation, out_size)          # (N, C, OH, OW, FH, FW)
     src = win.transpose(1, 4, 5, 0, 2, 3)                           # (C, FH, FW, N, OH, OW)
-    if out is None or out.size != src.size or out.dtype != x.dtype:
+    if out is None or out.size < src.size or out.dtype != x.dtype:
         out = np.empty(src.shape, dtype=x.dtype)
-    cols = out.reshape(src.shape)
+    cols = out.reshape(-1)[: src.size].reshape(src.shape)
 
     def copy(part):
         np.copyto(cols[part], src[part])
@@ -218,16 +218,83 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                                       dilation[a], fit, where="conv2d", axis="HW"[a])
                      for a in (0, 1))
     cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, cols_out)  # (CFF, N*L)
-    w_rows = w.reshape(groups, k // groups, cg * fh * fw)               # W_row per group
-    out = np.matmul(w_rows, cols.reshape(groups, cg * fh * fw, -1))     # (G, K/G, N*L)
-    out = out.reshape(k, n, *out_size)
-    if b is not None:
-        out += b.reshape(k, 1, 1, 1)
-    out = np.ascontiguousarray(out.transpose(1, 0, 2, 3))               # (N, K, OH, OW)
+    out = np.empty((n, k, *out_size), dtype=np.result_type(x, w))
+    _gemm_nchw(w, b, cols, groups, out)
     return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size)
 
 
-def conv2d_backward(dout, cache, overwrite_cols=False):
+def _gemm_nchw(w, b, cols, groups, out):
+    """out (N, K, OH, OW) = W_row @ X_col + b, one GEMM per group, written in NCHW order.
+
+    The GEMM gives (K, N*OH*OW); for one image that is already NCHW, for several the
+    bias is added while transposing to (N, K, OH*OW), so the result is written once.
+    """
+    assert out.flags.c_contiguous  # written through reshaped views
+    n, k = out.shape[:2]
+    w_rows = w.reshape(groups, k // groups, -1)                        # W_row per group
+    cols = cols.reshape(groups, w_rows.shape[2], -1)                   # (G, Cg*FF, N*L)
+    if n == 1:
+        np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, -1))
+        if b is not None:
+            out += b.reshape(k, 1, 1)
+        return out
+    prod = np.matmul(w_rows, cols).reshape(k, n, -1).transpose(1, 0, 2)  # (N, K, L) view
+    if b is None:
+        np.copyto(out.reshape(n, k, -1), prod)
+    else:
+        np.add(prod, b.reshape(k, 1), out=out.reshape(n, k, -1))
+    return out
+
+
+# Inference builds the im2col matrix in pieces of at most this many bytes (a few images
+# at a time, or bands of output rows of one image), so its memory stays bounded.
+IM2COL_MAX_BYTES = 16 << 20
+
+
+def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                 fit="exact", max_bytes=IM2COL_MAX_BYTES):
+    """conv2d_forward for inference: the output only, im2col memory bounded by max_bytes.
+
+    Same arguments and output as conv2d_forward, but no cache: the im2col matrix is built
+    for as many images as fit in ``max_bytes`` at a time, or, when one image's matrix is
+    larger, for bands of output rows (the input rows each band's windows read). At least
+    one output row is done at a time, so a single row larger than max_bytes still runs.
+
+    >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 1.8 GB of im2col, in 16 MB pieces
+    (8, 64, 224, 224)
+    """
+    n, c, h, wd = x.shape
+    k, cg, fh, fw = w.shape
+    oh, ow = (conv_output_size((h, wd)[a], (fh, fw)[a], stride[a], padding[a], dilation[a],
+                               fit, where="conv2d", axis="HW"[a]) for a in (0, 1))
+    out = np.empty((n, k, oh, ow), dtype=np.result_type(x, w))
+    row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
+    per_image = max(1, max_bytes // (row_bytes * oh))
+    if per_image > 1 or row_bytes * oh <= max_bytes:
+        buf = np.empty(min(n, per_image) * oh * row_bytes // x.itemsize, dtype=x.dtype)
+        for s in range(0, n, per_image):
+            cols = im2col(x[s: s + per_image], (fh, fw), stride, padding, dilation, (oh, ow),
+                          buf)
+            _gemm_nchw(w, b, cols, groups, out[s: s + per_image])
+        return out
+    # One image is too large: bands of output rows over the padded image.
+    rows = max(1, max_bytes // row_bytes)
+    ext = dilation[0] * (fh - 1) + 1
+    buf = np.empty(rows * row_bytes // x.itemsize, dtype=x.dtype)
+    band_buf = np.empty(k * rows * ow, dtype=out.dtype)
+    for i in range(n):
+        xp = pad(x[i: i + 1], padding)
+        for r in range(0, oh, rows):
+            r1 = min(oh, r + rows)
+            part = xp[:, :, r * stride[0]: (r1 - 1) * stride[0] + ext]
+            cols = im2col(part, (fh, fw), stride, (0, 0), dilation, (r1 - r, ow), buf)
+            band = band_buf[: k * (r1 - r) * ow].reshape(1, k, r1 - r, ow)
+            out[i, :, r:r1] = _gemm_nchw(w, b, cols, groups, band)[0]
+    return out
+
+
+def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     """Gradients of conv2d_forward: returns (dx, dw, db).
 
     dw = dout_row @ X_col.T (summed over every position of each depth slice);
@@ -236,6 +303,8 @@ def conv2d_backward(dout, cache, overwrite_cols=False):
     moves less memory than col2im.
     With overwrite_cols=True, W_row.T @ dout_row is written over the cache's im2col
     matrix (same size, no longer needed once dw is known): the cache is then spent.
+    With input_grad=False dx is not computed and None is returned in its place (a net's
+    first layer: nothing needs the gradient of the data).
     """
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache
     k, cg, fh, fw = w.shape
@@ -243,6 +312,8 @@ def conv2d_backward(dout, cache, overwrite_cols=False):
     cols_g = cols.reshape(groups, cg * fh * fw, -1)                          # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
     db = dout.sum(axis=(0, 2, 3))
+    if not input_grad:
+        return None, dw, db
     reuse = cols if overwrite_cols else None
     # Stride 1: the flipped-filter convolution copies K channels where col2im adds C.
     if stride == (1, 1) and k <= groups * cg and all(

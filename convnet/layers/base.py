@@ -21,6 +21,10 @@ from convnet.functional.conv import check_input
 class Layer:
     """Base class of every layer: forward, backward, params/grads, train/eval, analysis."""
 
+    # True where backward(dout, input_grad=False) can skip the input gradient: a net's
+    # first layer, whose input is the data, needs only its parameters' gradients.
+    skips_input_grad = False
+
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}

@@ -91,9 +91,22 @@ class Conv2d(Layer):
         self._workspace = self.cache.cols if self.training else None
         return out
 
-    def backward(self, dout):
-        """Input gradient; fills grads. Spends the cache (its im2col memory is reused)."""
-        dx, dw, db = F.conv2d_backward(dout, self._cached(), overwrite_cols=True)
+    def infer(self, x):
+        """Forward without a cache, building im2col in pieces of at most
+        ``functional.conv.IM2COL_MAX_BYTES`` (inference memory stays bounded)."""
+        F.check_input(x, self.in_channels, self.where)
+        self.output_shape(x.shape[1:])
+        self.cache = self._workspace = None
+        return F.conv2d_infer(x, self.params["weight"], self.params.get("bias"), self.stride,
+                              self.padding, self.dilation, self.groups, self.fit)
+
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """Input gradient (None with input_grad=False); fills grads. Spends the cache (its
+        im2col memory is reused)."""
+        dx, dw, db = F.conv2d_backward(dout, self._cached(), overwrite_cols=True,
+                                       input_grad=input_grad)
         self.cache = None
         self.grads["weight"] = dw
         if "bias" in self.params:

@@ -231,10 +231,21 @@ class Sequential(Container):
             x = layer.forward(x)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(list(self)):
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """Gradients back through the layers; returns dx (N, *input), or None when
+        ``input_grad=False`` and the first layer can skip it (the training loop's call:
+        the data needs no gradient)."""
+        layers = list(self)
+        if not layers:
+            return dout
+        for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
-        return dout
+        first = layers[0]
+        if not input_grad and first.skips_input_grad:
+            return first.backward(dout, input_grad=False)
+        return first.backward(dout)
 
     def infer(self, x):
         """Forward layer by layer, each dropping its cache: only current activations live."""
@@ -304,16 +315,26 @@ class Residual(Container):
         return self._post_key
 
     def forward(self, x):
+        return self._run(x, "forward")
+
+    def infer(self, x):
+        """Forward with every child's infer: no caches, bounded im2col memory."""
+        return self._run(x, "infer")
+
+    def _run(self, x, how):
+        """Body, shortcut, add, post: each child called through ``how`` (forward or infer)."""
         out = x
         for key in self._body_keys:
-            out = self._children[key].forward(out)
-        skip = x if self._shortcut_key is None else self._children[self._shortcut_key].forward(x)
+            out = getattr(self._children[key], how)(out)
+        skip = x
+        if self._shortcut_key is not None:
+            skip = getattr(self._children[self._shortcut_key], how)(x)
         if out.shape != skip.shape:
             raise ValueError(f"{self.where}: body gives {out.shape[1:]} but the shortcut gives "
                              f"{skip.shape[1:]}; add a projection shortcut")
         out = out + skip
         if self._post_key:
-            out = self._children[self._post_key].forward(out)
+            out = getattr(self._children[self._post_key], how)(out)
         return out
 
     def backward(self, dout):
@@ -375,6 +396,10 @@ class Concat(Container):
         self.cache = [out.shape[1] for out in outs]  # the depth of each branch
         return np.concatenate(outs, axis=1)
 
+    def infer(self, x):
+        """The branches' infer outputs, concatenated; no caches kept."""
+        return np.concatenate([branch.infer(x) for branch in self], axis=1)
+
     def backward(self, dout):
         depths = self._cached()
         splits = np.split(dout, np.cumsum(depths)[:-1], axis=1)
@@ -418,6 +443,13 @@ class DenseBlock(Container):
             depths.append(features.shape[1])
             features = np.concatenate([features, new], axis=1)
         self.cache = depths  # the input depth of each layer
+        return features
+
+    def infer(self, x):
+        """The running concatenation through each layer's infer; no caches kept."""
+        features = x
+        for layer in self:
+            features = np.concatenate([features, layer.infer(features)], axis=1)
         return features
 
     def backward(self, dout):

@@ -506,10 +506,22 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
                          f"the name {tok.text} is not bound; pass it as "
                          f"from_notation(..., {tok.text}=2); names given: {bound}")
     items, shape = _take_input(text, items, input_shape)
-    model = Sequential(*_build_layers(text, _expand(items, counts, optional, []), shape,
-                                      dtype, rng))
+    layers = _build_layers(text, _expand(items, counts, optional, []), shape, dtype, rng)
+    for before, layer in zip(layers, layers[1:]):
+        if isinstance(layer, ReLU) and _output_not_kept(before):
+            layer.inplace = True
+    model = Sequential(*layers)
     model.input_shape = shape
     return model
+
+
+def _output_not_kept(layer):
+    """True when backward does not read the layer's output, so a RELU after it may
+    overwrite it (``ReLU(inplace=True)``, one activation buffer less): CONV and FC keep
+    their input, batch norm with gamma its normalized input, not the output."""
+    if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+        return "weight" in layer.params
+    return isinstance(layer, (Conv2d, Linear))
 
 
 def _take_input(text, items, input_shape):

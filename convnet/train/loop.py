@@ -82,6 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 0        # also checkpoint every N batches (0: each epoch only)
     data_root: str | None = None
     download: bool = False
+    image_size: tuple | None = None  # resize the data set's images to (H, W) (load_dataset)
     dtype: str = "float32"
     init_from: str | None = None     # fine-tune: start from this saved model's weights
     freeze: tuple = ()               # stages to keep fixed (with init_from), e.g. features
@@ -93,6 +94,8 @@ class TrainConfig:
                       else getattr(self, k)) for k in self.__dataclass_fields__}
         if values["out"] is None:
             values["out"] = str(Path("runs") / Path(self.data).name)
+        if self.model is None and self.image_size is not None:  # the data's size, not INPUT's
+            values["model"] = values["model"].split("->", 1)[1].strip()
         return TrainConfig(**values)
 
 
@@ -160,7 +163,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
             raise ValueError(f"{ckpt_path}: no checkpoint to resume from")
         ckpt = load_checkpoint(ckpt_path)
         cfg = TrainConfig(**ckpt[2]["config"])
-    splits = load_dataset(cfg.data, root=cfg.data_root, download=cfg.download)
+    splits = load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
+                          image_size=cfg.image_size)
     cfg = cfg.resolved(splits.name)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
@@ -178,7 +182,7 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
         model = load_model(cfg.init_from)
         if getattr(model, "input_shape", input_shape) != input_shape:
             raise ValueError(f"{cfg.init_from} takes {model.input_shape} images but "
-                             f"{cfg.data} has {input_shape}")
+                             f"{cfg.data} has {input_shape}; resize with --image-size")
         if model.output_shape(input_shape) != (num_classes,):
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             log(f"new head {head} for {num_classes} classes")
@@ -270,7 +274,10 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
                     f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first "
                     f"non-finite output is at {where}. Lower the learning rate (now "
                     f"{optimizer.lr:g}); {kept}")
-            model.backward(dscores)
+            if model.skips_input_grad:    # the data needs no gradient
+                model.backward(dscores, input_grad=False)
+            else:
+                model.backward(dscores)
             grads = model.grads()
             optimizer.step({key: grads[key] for key in params})
             schedule.step()

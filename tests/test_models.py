@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from convnet.layers.activation import ReLU
 from convnet.layers.base import Identity
@@ -12,6 +11,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from convnet.models import Concat, DenseBlock, Residual, Sequential, fc_to_conv, slide
+from tests.torch_models import to_torch
 from tests.utils import numerical_grad, rel_error
 
 F64 = dict(dtype=np.float64)
@@ -49,65 +49,6 @@ def dense_block(c, growth, layers, rng):
         "norm1": BatchNorm2d(c + i * growth, dtype=np.float64), "relu1": ReLU(),
         "conv1": Conv2d(c + i * growth, growth, 3, padding=1, bias=False, rng=rng, **F64)})
         for i in range(layers)})
-
-
-def to_torch(model):
-    """The same network in PyTorch, weights copied by key."""
-    if isinstance(model, Residual):
-        return TorchResidual(model)
-    if isinstance(model, Concat):
-        return TorchConcat(model)
-    if isinstance(model, DenseBlock):
-        return TorchDense(model)
-    if isinstance(model, Sequential):
-        return nn.Sequential(*[to_torch(layer) for layer in model])
-    if isinstance(model, Conv2d):
-        m = nn.Conv2d(model.in_channels, model.out_channels, model.kernel_size, model.stride,
-                      model.padding, model.dilation, model.groups, "bias" in model.params,
-                      dtype=torch.float64)
-    elif isinstance(model, BatchNorm2d):
-        m = nn.BatchNorm2d(model.num_features, dtype=torch.float64)
-    elif isinstance(model, ReLU):
-        return nn.ReLU()
-    elif isinstance(model, MaxPool2d):
-        return nn.MaxPool2d(model.kernel_size, model.stride, model.padding)
-    else:
-        raise TypeError(model)
-    with torch.no_grad():
-        for key, value in {**model.params, **model.buffers}.items():
-            getattr(m, key).copy_(torch.tensor(value))
-    return m
-
-
-class TorchResidual(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.body = nn.Sequential(*[to_torch(block[k]) for k in block.body_keys])
-        self.shortcut = to_torch(block["downsample"]) if block.shortcut_key else nn.Identity()
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
-
-
-class TorchConcat(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.branches = nn.ModuleList(to_torch(b) for b in block)
-
-    def forward(self, x):
-        return torch.cat([b(x) for b in self.branches], 1)
-
-
-class TorchDense(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.layers = nn.ModuleList(to_torch(b) for b in block)
-
-    def forward(self, x):
-        features = [x]
-        for layer in self.layers:
-            features.append(layer(torch.cat(features, 1)))
-        return torch.cat(features, 1)
 
 
 def make(kind, rng):

@@ -3,6 +3,7 @@
     resolve_model("vgg16")                                         # the zoo
     resolve_model("INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10")
     resolve_model("runs/digits/model.json")                        # a saved model
+    resolve_model("resnet18.onnx")                                 # an ONNX file
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None):
 
     Args:
         spec: a zoo name (see ``convnet zoo``), an arrow-notation string (it contains
-            "->"), or a saved model (model.json with model.safetensors beside it).
-        input_shape: per-sample (C, H, W) overriding the model's default.
+            "->"), a saved model (model.json with model.safetensors beside it), or an
+            ONNX file (.onnx, read by ``convnet.io.load_onnx``).
+        input_shape: per-sample (C, H, W) overriding the model's default (for an ONNX
+            file: its input's size where the graph leaves it open; it must agree with a
+            static one).
         num_classes: for zoo models, the size of the last FC layer.
     """
     kwargs = {} if rng is None else {"rng": rng}
@@ -42,6 +46,9 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None):
         model = get_model(spec, **kwargs)
     elif "->" in spec or "→" in spec:
         model = from_notation(spec, input_shape=input_shape, **kwargs)
+    elif Path(spec).suffix == ".onnx":
+        from convnet.io.onnx_import import load_onnx
+        model = load_onnx(spec, input_shape=input_shape)
     elif Path(spec).suffix in (".json", ".safetensors") or Path(spec).exists():
         model = load_model(spec)
     else:

@@ -47,3 +47,39 @@ def test_convert_errors(tmp_path, capsys, dst, message):
     (tmp_path / "in.bin").write_bytes(b"\0" * 8)
     assert main(["convert", str(tmp_path / "in.bin"), str(tmp_path / dst)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_onnx_in_convert_and_summary(tmp_path, capsys):
+    """An ONNX file converts to a convnet model (same outputs, same keys) and summarizes."""
+    from convnet.io import export_onnx
+    from convnet.zoo import resnet18
+
+    reference = resnet18(num_classes=10, input_size=32, rng=np.random.default_rng(0)).eval()
+    export_onnx(reference, tmp_path / "r.onnx")
+    assert main(["convert", str(tmp_path / "r.onnx"), str(tmp_path / "r.json")]) == 0
+    model = load_model(tmp_path / "r.json")
+    assert model.input_shape == (3, 32, 32)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert np.allclose(model.eval().infer(x), reference.infer(x), rtol=1e-6, atol=1e-6)
+
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "r.onnx"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_params"] == sum(v.size for v in reference.params().values())
+    assert data["layers"][-1]["output_shape"] == [10]
+
+    assert main(["convert", str(tmp_path / "r.onnx"), str(tmp_path / "w.safetensors")]) == 0
+    from safetensors.numpy import load_file
+    weights = load_file(tmp_path / "w.safetensors")
+    assert np.array_equal(weights["fc.weight"], reference.params()["fc.weight"])
+
+
+def test_onnx_convert_errors(tmp_path, capsys):
+    from convnet.io import export_onnx
+    export_onnx(lenet5(rng=np.random.default_rng(0)), tmp_path / "l.onnx")
+    assert main(["convert", str(tmp_path / "l.onnx"), str(tmp_path / "m.json"),
+                 "--model", "lenet5"]) == 1
+    assert "carries its own architecture" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "missing.onnx")]) == 1
+    assert "missing.onnx: no such ONNX file" in capsys.readouterr().err

@@ -301,6 +301,42 @@ def test_storage_of_the_wrong_length(tmp_path, cut):
         load_torch(path)
 
 
+def test_zero_stride_view_is_capped_before_any_copy(tmp_path):
+    """torch.zeros(1).expand(10**6) keeps stride 0: 4 bytes of storage, a million elements."""
+    path = save({"ok": torch.ones(3), "w": torch.zeros(1).expand(10**6)}, tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"wide\.pt: tensor 'w' declares shape \(1000000,\) "
+                                         r"\(1000000 elements, 4000000 bytes\) with strides "
+                                         r"\(0,\) over storage '\w+/data/\d+' of 1 elements"):
+        load_torch(path)
+    # a small repeat (up to 16x the storage) still loads, as a copy
+    loaded = load_torch(save({"w": torch.arange(2.0).expand(8, 2)}, tmp_path / "fine.pt"))
+    assert np.array_equal(loaded["w"], np.tile([0.0, 1.0], (8, 1)).astype(np.float32))
+
+
+def test_a_huge_declared_view_is_refused_without_allocating(tmp_path):
+    """Overlapping strides declare 10**12 elements over a 4-element storage: refused from
+    the declared sizes (materialising it would need 4 TB)."""
+    path = with_pickle(tmp_path, OrderedDict(w=tensor(storage(), 0, (10**6, 10**6), (0, 1),
+                                                     False, HOOKS)))
+    with pytest.raises(ValueError, match=r"evil\.pt: tensor 'w' declares shape \(1000000, "
+                                         r"1000000\) \(1000000000000 elements, "
+                                         r"4000000000000 bytes\)"):
+        load_torch(path)
+
+
+def test_max_bytes_caps_the_total(tmp_path):
+    path = save({"a": torch.ones(10), "b": torch.ones(20, dtype=torch.float64)},
+                tmp_path / "two.pt")
+    assert set(load_torch(path, max_bytes=200)) == {"a", "b"}       # 40 + 160 bytes
+    with pytest.raises(ValueError, match=r"two\.pt: tensor 'b' declares shape \(20,\) \(20 "
+                                         r"elements, 160 bytes\), which brings the arrays to "
+                                         r"200 bytes, over max_bytes=199"):
+        load_torch(path, max_bytes=199)
+    assert set(load_torch(path, max_bytes=None)) == {"a", "b"}
+    with pytest.raises(ValueError, match="max_bytes must be a non-negative int or None"):
+        load_torch(path, max_bytes=-1)
+
+
 def test_big_endian_is_refused(tmp_path):
     real = save({"w": torch.ones(2)}, tmp_path / "real.pt")
     path = rewrite(real, tmp_path / "big.pt", replace={"byteorder": b"big"})

@@ -1,8 +1,9 @@
 """Conversion between weight and model formats, as `convnet convert IN OUT` does it.
 
-In:  a convnet model (model.json + model.safetensors); or weights alone — a PyTorch
-     checkpoint (.pt, .pth) or a safetensors file — with the architecture named by
-     ``model`` (a zoo name or arrow notation), since weights files carry no architecture.
+In:  a convnet model (model.json + model.safetensors); an ONNX file (.onnx: architecture
+     and weights, read by load_onnx); or weights alone — a PyTorch checkpoint (.pt, .pth)
+     or a safetensors file — with the architecture named by ``model`` (a zoo name or
+     arrow notation), since weights files carry no architecture.
 Out: a convnet model (.json), plain weights (.safetensors, loadable in PyTorch with
      safetensors.torch.load_file), or ONNX (.onnx).
 """
@@ -28,16 +29,23 @@ def _is_model_file(path):
 
 
 def read_any(path, model=None, num_classes=None):
-    """A model from a convnet model file, or from weights plus the ``model`` architecture."""
+    """A model from a convnet model file, an ONNX file, or weights plus ``model``."""
     from convnet.spec import resolve_model
 
     path = Path(path)
+    if path.suffix == ".onnx":
+        if model is not None or num_classes is not None:
+            raise ValueError(f"{path}: an ONNX file carries its own architecture and "
+                             "classifier; --model and --classes do not apply to it")
+        from convnet.io.onnx_import import load_onnx
+        return load_onnx(path)
     if _is_model_file(path) or (path.suffix == ".safetensors" and model is None
                                 and path.with_suffix(".json").is_file()):
         return load_model(path)
     if path.suffix not in WEIGHTS_IN:
         raise ValueError(f"{path}: unknown input format; expected a convnet model (.json), "
-                         f"a PyTorch checkpoint (.pt, .pth) or safetensors weights")
+                         f"an ONNX file (.onnx), a PyTorch checkpoint (.pt, .pth) or "
+                         f"safetensors weights")
     if model is None:
         raise ValueError(f"{path}: a weights file holds no architecture: name it with "
                          f"--model (a zoo name such as resnet18, or arrow notation)")

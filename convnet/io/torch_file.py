@@ -19,8 +19,12 @@ function of ours, and refuses every other name before anything is called:
     torch.uint16 and the other dtypes       -> markers naming an element type
 A tensor is the strided view  element[i, j, ...] = storage[offset + i*stride0 + j*stride1 ...]
 of its storage, as in NumPy; we check that the view fits in the storage, then copy it into
-a contiguous array. bfloat16 (no NumPy dtype) becomes float32: its 16 bits are the top half
-of a float32, so widening is a shift by 16 and exact.
+a contiguous array. A view can declare far more elements than its storage holds (a zero
+stride repeats an element: ``torch.zeros(1).expand(10**12)`` is a 4-byte storage), so
+before any copy the sizes are capped: a view may repeat its storage at most REPEAT_LIMIT
+times over, and all the arrays together may hold at most ``max_bytes`` (4 GiB).
+bfloat16 (no NumPy dtype) becomes float32: its 16 bits are the top half of a float32, so
+widening is a shift by 16 and exact.
 
 >>> tensors = load_torch("resnet18.pth")          # doctest: +SKIP
 >>> tensors["conv1.weight"].shape, tensors["conv1.weight"].dtype       # doctest: +SKIP
@@ -30,6 +34,7 @@ of a float32, so widening is a shift by 16 and exact.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import re
 import tarfile
@@ -64,6 +69,8 @@ STORAGE_TYPES = {
 # The first pickle in a legacy (pre-1.6, non-zip) torch.save file is this magic number.
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
 MAX_DEPTH = 64          # nesting of dicts/lists we follow when flattening a checkpoint
+MAX_BYTES = 4 * 1024**3  # default cap on the bytes of all the arrays load_torch returns
+REPEAT_LIMIT = 16       # a view may hold at most this many times its storage's elements
 
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_]+")
 
@@ -333,13 +340,44 @@ def _state_dict(obj):
     return tensors
 
 
-def load_torch(path) -> dict[str, np.ndarray]:
+def _out_itemsize(dtype):
+    """Bytes per element of the array we return (bfloat16 becomes float32)."""
+    return 4 if dtype == "bfloat16" else np.dtype(RAW_DTYPES[dtype]).itemsize
+
+
+def _check_sizes(tensors, max_bytes):
+    """Refuse views that would materialise far more than the file holds, before any copy.
+
+    Rule 1: a tensor may declare at most REPEAT_LIMIT times as many elements as its
+    storage holds (more is only possible with zero or overlapping strides).
+    Rule 2: the returned arrays together may hold at most max_bytes (None: no cap).
+    """
+    total = 0
+    for key, tensor in tensors.items():
+        numel = math.prod(tensor.size)
+        nbytes = numel * _out_itemsize(tensor.storage.dtype)
+        shape = f"shape {tensor.size} ({numel} elements, {nbytes} bytes)"
+        if numel > REPEAT_LIMIT * tensor.storage.numel:
+            raise _Refused(f"tensor {key!r} declares {shape} with strides {tensor.stride} over "
+                           f"storage '{tensor.storage.record}' of {tensor.storage.numel} "
+                           f"elements: more than {REPEAT_LIMIT} times its storage; refusing "
+                           "to materialise it (save tensor.contiguous() instead)")
+        total += nbytes
+        if max_bytes is not None and total > max_bytes:
+            raise _Refused(f"tensor {key!r} declares {shape}, which brings the arrays to "
+                           f"{total} bytes, over max_bytes={max_bytes}; pass a larger "
+                           "max_bytes to load_torch if the file is trusted")
+
+
+def load_torch(path, max_bytes=MAX_BYTES) -> dict[str, np.ndarray]:
     """Read a ``torch.save`` checkpoint's tensors as NumPy arrays, never running its pickle.
 
     Args:
         path: a file written by ``torch.save`` (zip format, PyTorch >= 1.6) holding a
             state_dict, or a dict that wraps one ({"epoch": 3, "state_dict": sd}, also under
             "model", "model_state_dict", ...), or nested dicts/lists of tensors and scalars.
+        max_bytes: the most bytes the returned arrays may hold together (default 4 GiB);
+            None for no cap. Checked from the declared shapes before anything is copied.
 
     Returns:
         {dotted key: array}, keys as stored ("features.0.weight"). A wrapper dict with
@@ -352,13 +390,19 @@ def load_torch(path) -> dict[str, np.ndarray]:
     Raises:
         ValueError naming the file: a global other than tensors and their containers
         (e.g. 'posix.system'), a zip member outside the archive's folder, a storage of the
-        wrong length or a view that does not fit in it, big-endian data, the legacy
-        (pre-1.6) format, or a file that is not a PyTorch checkpoint.
+        wrong length or a view that does not fit in it, a view that repeats its storage
+        more than REPEAT_LIMIT (16) times over (a zero stride), arrays that would hold
+        more than max_bytes together (the key, its declared shape and bytes are named),
+        big-endian data, the legacy (pre-1.6) format, or a file that is not a PyTorch
+        checkpoint.
 
     >>> sd = load_torch("lenet.pt")                 # doctest: +SKIP
     >>> model.load_state_dict(sd)                   # doctest: +SKIP
     """
     path = Path(path)
+    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
+        raise ValueError(f"load_torch: max_bytes must be a non-negative int or None, got "
+                         f"{max_bytes!r}")
     if not path.is_file():
         raise ValueError(f"{path}: no such PyTorch file")
     if not zipfile.is_zipfile(path):
@@ -380,6 +424,7 @@ def load_torch(path) -> dict[str, np.ndarray]:
                 raise _Refused(f"data.pkl is not a valid PyTorch pickle "
                                f"({type(err).__name__}: {err})") from None
             tensors = _state_dict(obj)
+            _check_sizes(tensors, max_bytes)
             return {key: archive.array(tensor, key) for key, tensor in tensors.items()}
     except _Refused as err:
         raise ValueError(f"{path}: {err}") from None

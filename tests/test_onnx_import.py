@@ -1,0 +1,539 @@
+"""ONNX import: export_onnx round trips, torch.onnx.export files, hand-made graphs, errors
+and external data, each compared with the model it came from or with onnxruntime."""
+
+import os
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import convnet.io.onnx_import as onnx_import
+from convnet.io import export_onnx, load_onnx
+from convnet.layers.activation import ReLU
+from convnet.layers.conv import Conv2d
+from convnet.layers.linear import Linear
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from convnet.layers.pool import AvgPool2d, LPPool2d, MaxPool2d
+from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
+from convnet.models.notation import from_notation
+from convnet.zoo.densenet import densenet_bc_100
+from convnet.zoo.googlenet import googlenet_torchvision
+from convnet.zoo.lenet import lenet5
+from convnet.zoo.resnet import resnet18
+from tests.test_onnx import EVERY_OP, randomize_bn
+from tests.utils import rel_error
+
+
+def round_trip(model, tmp_path, input_shape, batches=(2,), seed=0):
+    """export_onnx then load_onnx; the import computes what the model computes."""
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, input_shape)
+    imported = load_onnx(path)
+    assert imported.input_shape == tuple(input_shape)
+    assert not imported.training
+    rng = np.random.default_rng(seed)
+    for n in batches:
+        x = rng.standard_normal((n, *input_shape)).astype(np.float32)
+        expected, got = model.infer(x), imported.infer(x)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert rel_error(got, expected) < 1e-5, (n, rel_error(got, expected))
+    return imported
+
+
+def same_keys(imported, model, skip=()):
+    """The state-dict keys come back (export_onnx names initializers by them), and the
+    original weights load into the import strictly."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    assert list(imported.state_dict()) == list(state)
+    imported.load_state_dict(state, strict=True)
+
+
+def test_every_op(tmp_path):
+    model = randomize_bn(from_notation(EVERY_OP, rng=np.random.default_rng(1)),
+                         np.random.default_rng(2))
+    imported = round_trip(model, tmp_path, (3, 19, 19), batches=(1, 3))
+    same_keys(imported, model)
+    types = [type(layer) for _, layer in imported.named_layers()]
+    # even-size LRN, ceil-mode L2 pooling and the padded ceil AVGPOOL come back as layers
+    assert types.count(LocalResponseNorm) == 2 and LPPool2d in types and AvgPool2d in types
+    assert BatchNorm1d in types and BatchNorm2d in types
+    lrn4 = [layer for _, layer in imported.named_layers()
+            if isinstance(layer, LocalResponseNorm) and layer.size == 4][0]
+    assert (lrn4.alpha, lrn4.beta, lrn4.k) == (2e-2, 0.6, 1.5)      # float32 read back exactly
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pool_and_lrn_settings(tmp_path, seed):
+    """Random ceil modes, paddings, strides, p and LRN sizes: the exporter's asymmetric
+    pads and subgraphs are read back into the same layers' numbers."""
+    rng = np.random.default_rng(200 + seed)
+    for case in range(6):
+        f = int(rng.integers(1, 5))
+        s = int(rng.integers(1, 4))
+        p = int(rng.integers(0, f // 2 + 1))
+        ceil = bool(rng.integers(2))
+        h, w = (int(v) for v in rng.integers(f + 1, 12, size=2))
+        layers = [MaxPool2d(f, s, p, ceil_mode=ceil, fit="floor"),
+                  AvgPool2d(f, s, p, ceil_mode=ceil, fit="floor",
+                            count_include_pad=bool(rng.integers(2))),
+                  LPPool2d(float(rng.choice([1.5, 2.0, 3.0])), f, s, ceil_mode=ceil,
+                           fit="floor"),
+                  LocalResponseNorm(int(rng.integers(1, 7)), float(rng.uniform(1e-3, 0.5)),
+                                    float(rng.uniform(0.3, 1.0)), float(rng.uniform(1, 2)))]
+        for layer in layers:
+            model = Sequential(ReLU(), layer)
+            imported = round_trip(model, tmp_path, (int(rng.integers(1, 6)), h, w), seed=case)
+            assert type(imported["1"]) is type(layer)
+
+
+def test_lenet5(tmp_path):
+    model = lenet5(rng=np.random.default_rng(0)).eval()
+    imported = round_trip(model, tmp_path, model.input_shape, batches=(1, 3))
+    same_keys(imported, model)
+    assert list(dict(imported.children())) == ["features", "flatten", "classifier"]
+    with pytest.raises(ValueError, match=r"input_shape \(1, 28, 28\) contradicts the graph's "
+                                         r"input 'input' of per-sample shape \(1, 32, 32\)"):
+        load_onnx(tmp_path / "model.onnx", input_shape=(1, 28, 28))
+
+
+def test_resnet18_blocks_come_back_as_residuals(tmp_path):
+    model = randomize_bn(resnet18(num_classes=10, input_size=32,
+                                  rng=np.random.default_rng(0)), np.random.default_rng(1))
+    imported = round_trip(model, tmp_path, (3, 32, 32), batches=(1, 3))
+    same_keys(imported, model)
+    block = imported["layer2"]["0"]
+    assert isinstance(block, Residual)
+    assert block.body_keys == ["conv1", "bn1", "relu", "conv2", "bn2"]
+    assert block.shortcut_key == "downsample" and block.post_key == "post"
+    assert imported["layer1"]["0"].shortcut_key is None          # the identity shortcut
+
+
+def test_densenet_bc_100_dense_blocks(tmp_path):
+    model = randomize_bn(densenet_bc_100(input_size=32, rng=np.random.default_rng(0)),
+                         np.random.default_rng(1))
+    imported = round_trip(model, tmp_path, (3, 32, 32))
+    same_keys(imported, model)
+    block = imported["features"]["denseblock1"]
+    assert isinstance(block, DenseBlock) and len(block) == 16
+
+
+def test_googlenet_torchvision(tmp_path):
+    """Inception modules come back as Concat; the aux heads (identity in eval) do not."""
+    model = randomize_bn(googlenet_torchvision(num_classes=10, input_size=64, aux_logits=True,
+                                               rng=np.random.default_rng(0)),
+                         np.random.default_rng(1))
+    imported = round_trip(model, tmp_path, (3, 64, 64), batches=(1,))
+    same_keys(imported, model, skip=("aux1.", "aux2."))
+    assert isinstance(imported["inception3a"], Concat)
+    assert list(dict(imported["inception3a"].children())) == [f"branch{i}" for i in range(1, 5)]
+
+
+def test_small_dense_block_model(tmp_path):
+    """A DenseBlock whose layers are single CONVs, flat names and all."""
+    rng = np.random.default_rng(3)
+    block = DenseBlock({f"l{i}": Conv2d(4 + 3 * i, 3, 3, padding=1, rng=rng) for i in range(3)})
+    model = Sequential({"stem": Conv2d(2, 4, 1, rng=rng), "dense": block, "relu": ReLU()})
+    imported = round_trip(model, tmp_path, (2, 6, 5), batches=(1, 2))
+    same_keys(imported, model)
+    assert isinstance(imported["dense"], DenseBlock)
+
+
+# -- files written by torch.onnx.export -----------------------------------------------------
+class SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 6, 3, stride=2, padding=1, bias=False),
+            torch.nn.BatchNorm2d(6), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.classifier = torch.nn.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class BasicBlock(torch.nn.Module):
+    """torchvision's BasicBlock, with a projection shortcut when the shape changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = torch.nn.Sequential(
+                torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class TinyResNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(8)
+        self.relu = torch.nn.ReLU()
+        self.layer1 = torch.nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def torch_model(cls, seed=0):
+    """A module with random weights and non-trivial running statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = cls()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+    return net.eval()
+
+
+def torch_export(net, path, shape, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, *shape),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, **kwargs)
+    return path
+
+
+def compare_with_torch(net, model, shape, batches=(1, 3)):
+    for n in batches:
+        x = torch.randn(n, *shape)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        got = model.infer(x.numpy())
+        assert got.shape == expected.shape
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-5), np.abs(got - expected).max()
+
+
+@pytest.mark.parametrize("preserve", [False, True], ids=["bn-folded", "bn-kept"])
+def test_torch_small_cnn(tmp_path, preserve):
+    """torch folds eval-mode BN into the CONV by default; TrainingMode.PRESERVE keeps the
+    BatchNormalization nodes, whose initializers carry the module's state-dict keys."""
+    net = torch_model(SmallCNN)
+    kwargs = {"training": torch.onnx.TrainingMode.PRESERVE} if preserve else {}
+    path = torch_export(net, tmp_path / "cnn.onnx", (3, 16, 16), **kwargs)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("BatchNormalization" in ops) == preserve
+    model = load_onnx(path)
+    assert model.input_shape == (3, 16, 16)
+    compare_with_torch(net, model, (3, 16, 16))
+    if preserve:
+        state = {k: v.numpy() for k, v in net.state_dict().items()}
+        assert list(model.state_dict()) == list(state)         # features.1.running_mean ...
+        model.load_state_dict(state, strict=True)
+
+
+def test_torch_resnet_blocks(tmp_path):
+    net = torch_model(TinyResNet, seed=1)
+    path = torch_export(net, tmp_path / "resnet.onnx", (3, 10, 10),
+                        training=torch.onnx.TrainingMode.PRESERVE)
+    model = load_onnx(path)
+    compare_with_torch(net, model, (3, 10, 10))
+    blocks = model["layer1"]
+    assert isinstance(blocks["0"], Residual) and isinstance(blocks["1"], Residual)
+    assert blocks["0"].shortcut_key is None and blocks["1"].shortcut_key == "downsample"
+    assert blocks["1"].post_key == "post"
+    torch_keys = [k for k in net.state_dict()]
+    assert list(model.state_dict()) == torch_keys
+
+
+def test_torch_concat_branches_and_final_softmax(tmp_path):
+    class Inception(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch1 = torch.nn.Conv2d(4, 3, 1)
+            self.branch2 = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 1), torch.nn.ReLU(),
+                                               torch.nn.Conv2d(2, 5, 3, padding=1))
+            self.branch3 = torch.nn.Sequential(torch.nn.MaxPool2d(3, 1, 1),
+                                               torch.nn.Conv2d(4, 2, 1))
+            self.fc = torch.nn.Linear(10 * 6 * 6, 7)
+            self.softmax = torch.nn.Softmax(dim=1)
+
+        def forward(self, x):
+            x = torch.cat([self.branch1(x), self.branch2(x), self.branch3(x)], 1)
+            return self.softmax(self.fc(torch.flatten(x, 1)))
+
+    torch.manual_seed(2)
+    net = Inception().eval()
+    path = torch_export(net, tmp_path / "inception.onnx", (4, 6, 6))
+    with pytest.warns(UserWarning, match="final Softmax .* not imported"):
+        model = load_onnx(path)
+    assert isinstance(model[next(iter(dict(model.children())))], Concat)
+    x = torch.randn(2, 4, 6, 6)
+    scores = model.infer(x.numpy())
+    probs = np.exp(scores - scores.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    with torch.no_grad():
+        assert np.allclose(probs, net(x).numpy(), atol=1e-6)
+
+
+# -- hand-made graphs, checked against onnxruntime ------------------------------------------
+def make_model(nodes, inits, in_shape, out_shape, path, opset=17, in_name="x"):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def compare_with_ort(path, model, shape, n=2):
+    x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    got = model.infer(x)
+    assert got.shape == expected.shape
+    assert rel_error(got, expected) < 1e-5
+
+
+def weights(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_matmul_add_is_linear(tmp_path):
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "W"], ["m"], name="fc.mm"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="fc")]
+    path = make_model(nodes, {"W": weights(12, 5), "b": weights(5, seed=1)}, ["N", 3, 2, 2],
+                      ["N", 5], tmp_path / "mm.onnx")
+    model = load_onnx(path)
+    assert isinstance(model["fc"], Linear) and "bias" in model["fc"].params
+    compare_with_ort(path, model, (3, 2, 2))
+
+
+def test_dropout_identity_and_global_pool(tmp_path):
+    """Dropout (its ratio an input, opset >= 12) becomes an eval-mode Dropout, Identity
+    nodes only rename tensors, LeakyRelu keeps its slope."""
+    nodes = [helper.make_node("Identity", ["x"], ["i"], name="alias"),
+             helper.make_node("LeakyRelu", ["i"], ["a"], name="act", alpha=0.3),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Dropout", ["f", "ratio"], ["d"], name="drop"),
+             helper.make_node("Identity", ["d"], ["y"], name="out")]
+    path = make_model(nodes, {"ratio": np.array(0.3)}, ["N", 3, 5, 4], ["N", 3],
+                      tmp_path / "misc.onnx")
+    model = load_onnx(path)
+    assert list(dict(model.children())) == ["act", "gap", "flat", "drop"]
+    assert model["drop"].p == 0.3 and model["act"].negative_slope == 0.3
+    compare_with_ort(path, model, (3, 5, 4), n=3)
+
+
+@pytest.mark.parametrize("attrs, size", [
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, 7),      # pads 1, 1: symmetric
+    ({"pads": [1, 1, 0, 0], "strides": [2, 2]}, 8),          # the end pad is never reached
+    ({"auto_pad": "VALID"}, 6),
+])
+def test_conv_pads_that_convnet_can_represent(tmp_path, attrs, size):
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **attrs)]
+    path = make_model(nodes, {"W": weights(4, 3, 3, 3), "B": weights(4, seed=1)},
+                      ["N", 3, size, size], None, tmp_path / "conv.onnx")
+    compare_with_ort(path, load_onnx(path), (3, size, size))
+
+
+@pytest.mark.parametrize("op", ["Conv", "MaxPool", "AveragePool", "LpPool"])
+def test_random_windows_agree_with_onnxruntime_or_are_refused(tmp_path, op):
+    """Random kernels, strides, pads (asymmetric too), auto_pad, ceil_mode and
+    count_include_pad: what load_onnx accepts computes what onnxruntime computes; what
+    it cannot represent is refused naming the pads."""
+    accepted = refused = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        k, s = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        size = int(rng.integers(k + 1, 12))
+        attrs = {"strides": [s, s]}
+        if op != "Conv":
+            attrs["kernel_shape"] = [k, k]
+        if seed % 3 == 0:
+            attrs["auto_pad"] = ["SAME_UPPER", "SAME_LOWER", "VALID"][seed // 3 % 3]
+        else:
+            high = k if op == "Conv" else k // 2 + 1
+            attrs["pads"] = [int(v) for v in rng.integers(0, high, size=4)]
+        if op in ("MaxPool", "AveragePool"):
+            attrs["ceil_mode"] = int(rng.integers(2))
+        if op == "AveragePool":
+            attrs["count_include_pad"] = int(rng.integers(2))
+        inits = {"W": weights(2, 3, k, k, seed=seed)} if op == "Conv" else {}
+        nodes = [helper.make_node(op, ["x", *inits], ["y"], name="window", **attrs)]
+        path = make_model(nodes, inits, [2, 3, size, size], None, tmp_path / f"{seed}.onnx",
+                          opset=19)
+        try:
+            model = load_onnx(path)
+        except ValueError as err:
+            assert "attribute pads=" in str(err) or "attribute auto_pad=" in str(err), err
+            refused += 1
+            continue
+        compare_with_ort(path, model, (3, size, size))
+        accepted += 1
+    assert accepted >= 10 and refused >= 1, (accepted, refused)
+
+
+def test_reshape_as_flatten_and_dynamic_input(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="act"),
+             helper.make_node("Reshape", ["r", "shape"], ["y"], name="flat")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([0, -1], np.int64), "shape")])
+    path = tmp_path / "dyn.onnx"
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match=r"dyn\.onnx: input 'x' has shape \['\?', 2, '\?', "
+                                         r"'\?'\], not a static per-sample shape; pass "
+                                         r"input_shape"):
+        load_onnx(path)
+    model = load_onnx(path, input_shape=(2, 3, 4))
+    assert model.output_shape((2, 3, 4)) == (24,)
+    compare_with_ort(path, model, (2, 3, 4))
+
+
+def conv_graph(tmp_path, **attrs):
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="features.conv", **attrs)]
+    return make_model(nodes, {"W": weights(2, 1, 3, 3)}, [1, 1, 8, 8], None,
+                      tmp_path / "bad.onnx")
+
+
+def gemm_graph(tmp_path, **attrs):
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head", **attrs)]
+    return make_model(nodes, {"W": weights(4, 3), "b": weights(3)}, [1, 4, 1, 1], None,
+                      tmp_path / "bad.onnx")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda p: conv_graph(p, pads=[0, 0, 1, 1]),
+     r"node 'features.conv' \(Conv\): attribute pads=\[0, 0, 1, 1\] cannot be represented"),
+    (lambda p: conv_graph(p, auto_pad="SAME_UPPER", strides=[2, 2]),
+     r"node 'features.conv' \(Conv\): attribute auto_pad='SAME_UPPER' \(pads \[0, 0, 1, 1\]\)"),
+    (lambda p: gemm_graph(p, transA=1), r"node 'head' \(Gemm\): attribute transA=1 is not"),
+    (lambda p: gemm_graph(p, alpha=2.0), r"node 'head' \(Gemm\): attribute alpha=2.0 is not"),
+    (lambda p: make_model([helper.make_node("Elu", ["x"], ["y"], name="act")], {},
+                          [1, 2, 3, 3], None, p / "bad.onnx"),
+     r"node 'act' \(Elu\): unsupported operator 'Elu'; convnet reads Add, AveragePool, "
+     r"BatchNormalization, Concat, Constant, Conv"),
+    (lambda p: make_model([helper.make_node("LRN", ["x"], ["y"], name="norm", size=4)], {},
+                          [1, 6, 3, 3], None, p / "bad.onnx"),
+     r"node 'norm' \(LRN\): attribute size=4 is not supported: for an even size"),
+    (lambda p: make_model([helper.make_node("Softmax", ["x"], ["s"], name="sm", axis=1),
+                           helper.make_node("Relu", ["s"], ["y"], name="act")], {},
+                          [1, 5], None, p / "bad.onnx"),
+     r"node 'sm' \(Softmax\): Softmax is read only as the last node"),
+    (lambda p: make_model([helper.make_node("Relu", ["x"], ["a"], name="a"),
+                           helper.make_node("Concat", ["x", "a"], ["y"], name="cat", axis=2)],
+                          {}, [1, 2, 3, 3], None, p / "bad.onnx"),
+     r"node 'cat' \(Concat\): attribute axis=2 is not supported"),
+])
+def test_unrepresentable_graphs_are_named(tmp_path, build, message):
+    with pytest.raises(ValueError, match=r"bad\.onnx: " + message):
+        load_onnx(build(tmp_path))
+
+
+def test_a_dag_that_is_not_nested_blocks_is_refused(tmp_path):
+    """a = relu(x), b = sigmoid(x), c = a + b, y = a + c: 'a' feeds both inputs of the
+    last Add, which no Residual or Concat nesting expresses."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"),
+             helper.make_node("Sigmoid", ["x"], ["b"], name="b"),
+             helper.make_node("Add", ["a", "b"], ["c"], name="c"),
+             helper.make_node("Add", ["a", "c"], ["y"], name="out")]
+    path = make_model(nodes, {}, [1, 2, 3, 3], None, tmp_path / "dag.onnx")
+    with pytest.raises(ValueError, match=r"dag\.onnx: node 'a' \(Relu\) feeds more than one "
+                                         r"input of node 'out' \(Add\); convnet models are "
+                                         "chains"):
+        load_onnx(path)
+
+
+def test_not_an_onnx_file(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\x00junk" * 10)
+    with pytest.raises(ValueError, match=r"junk\.onnx: not an ONNX model|junk\.onnx: a "
+                                         "convnet model has one input"):
+        load_onnx(tmp_path / "junk.onnx")
+    with pytest.raises(ValueError, match=r"missing\.onnx: no such ONNX file"):
+        load_onnx(tmp_path / "missing.onnx")
+
+
+# -- external data -------------------------------------------------------------------------
+def external_model(tmp_path, location, folder="model"):
+    """lenet5 exported, its weights moved to an external file; then one tensor's
+    location rewritten to ``location``. Returns (path, model, the tensor's name)."""
+    model = lenet5(rng=np.random.default_rng(0)).eval()
+    directory = tmp_path / folder
+    directory.mkdir()
+    proto = export_onnx(model, tmp_path / "plain.onnx")
+    path = directory / "lenet.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    if location is not None:
+        proto = onnx.load(str(path), load_external_data=False)
+        tensor = proto.graph.initializer[-1]
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+        onnx.save(proto, str(path))
+        return path, model, tensor.name
+    return path, model, None
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every external-data read load_onnx makes, as (file, offset, length)."""
+    calls = []
+    real = onnx_import._read_bytes
+
+    def record(file, offset, length):
+        calls.append((file, offset, length))
+        return real(file, offset, length)
+
+    monkeypatch.setattr(onnx_import, "_read_bytes", record)
+    return calls
+
+
+def test_external_data_inside_the_folder_loads(tmp_path, reads):
+    path, model, _ = external_model(tmp_path, None)
+    assert (path.parent / "weights.bin").stat().st_size > 240_000
+    imported = load_onnx(path)
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    assert np.array_equal(imported.infer(x), model.infer(x))
+    assert len(reads) == 10 and {os.path.basename(f) for f, _, _ in reads} == {"weights.bin"}
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_external_data_outside_the_folder_is_refused_unread(tmp_path, reads, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(400_000))         # big enough for any lenet tensor
+    if where == "parent":
+        location = "../secret.bin"
+    elif where == "absolute":
+        location = str(secret)
+    else:
+        location = "link.bin"
+    path, _, name = external_model(tmp_path, location)
+    if where == "symlink":
+        (path.parent / "link.bin").symlink_to(secret)
+    reason = "is an absolute path" if where == "absolute" else "resolves to .*secret.bin, outside"
+    with pytest.raises(ValueError, match=rf"lenet\.onnx: tensor '{name}': external data "
+                                         rf"location '{location}' {reason}"):
+        load_onnx(path)
+    assert reads == []                              # nothing was read, not even the others

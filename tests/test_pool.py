@@ -284,6 +284,8 @@ def test_maxpool_matches_torch(case):
     assert out.dtype == dx.dtype == np.float64
     np.testing.assert_array_equal(out, ref_out)
     assert rel_error(dx, ref_dx) < 1e-10
+    np.testing.assert_array_equal(pool.infer(x), ref_out)    # no switches, no cache
+    assert pool.cache is None
 
 
 @pytest.mark.parametrize("case", AVG_CASES, ids=[_id(c) for c in AVG_CASES])

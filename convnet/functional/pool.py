@@ -116,12 +116,15 @@ class MaxPoolCache(NamedTuple):
     out_size: tuple
 
 
-def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_size=None):
+def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_size=None,
+                      switches=True):
     """Max over every window, keeping the switches (the argmax of each window).
 
     x: (N, C, H, W). Returns out (N, C, OH, OW), OH = (H - (DH*(FH-1)+1) + 2PH)/SH + 1
     (floored; pass ``out_size`` for ceil mode), and a cache whose ``switches`` hold, for
     every window, the row-major index i*FW + j of its max inside the FH x FW window.
+
+    With ``switches=False`` (inference) only the max is computed and the cache is None.
 
     Ties go to the FIRST maximum in row-major window order, as PyTorch's CPU kernel does.
     Padding is -inf, so it never wins against a real value. A NaN in a window makes the
@@ -138,15 +141,17 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_si
     out = taps[0].copy()                                     # (N, C, OH, OW)
     for tap in taps[1:]:
         np.maximum(out, tap, out=out)
+    if not switches:
+        return out, None
     # The switch is the number of taps before the first one equal to the max.
-    switches = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps) - 1))
+    switch = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps) - 1))
     if len(taps) > 1:
         missed = taps[0] != out                              # no max among taps 0..k yet
-        switches += missed
+        switch += missed
         for tap in taps[1:-1]:
             missed &= tap != out
-            switches += missed
-    return out, MaxPoolCache(x.shape, switches, tuple(kernel), tuple(stride),
+            switch += missed
+    return out, MaxPoolCache(x.shape, switch, tuple(kernel), tuple(stride),
                              tuple(padding), tuple(dilation), tuple(out_size))
 
 

@@ -115,6 +115,12 @@ class MaxPool2d(_Pool2d):
                                               self.dilation, out_size)
         return out
 
+    def infer(self, x):
+        """The max of every window without its switches (nothing goes backward)."""
+        self.cache = None
+        return F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                   self.dilation, self._out_size(x), switches=False)[0]
+
     def backward(self, dout):
         return F.maxpool2d_backward(dout, self._cached())
 

@@ -32,8 +32,18 @@ def cmd_train(args):
                       schedule=args.schedule, val_fraction=args.val_fraction, limit=args.limit,
                       seed=args.seed, out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
-                      init_from=args.init_from, freeze=tuple(args.freeze or ()))
+                      image_size=args.image_size, init_from=args.init_from,
+                      freeze=tuple(args.freeze or ()))
     train(cfg, resume=args.resume, progress=not args.quiet)
+
+
+def image_size(text):
+    """--image-size: "28" (28x28) or "HxW" such as "32x28" -> (H, W)."""
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[-1])
+    raise argparse.ArgumentTypeError(f"expected a size such as 28 or 32x28 (H x W, positive "
+                                     f"integers), got {text!r}")
 
 
 def cmd_eval(args):
@@ -128,7 +138,7 @@ def build_parser():
     p.add_argument("model", metavar="MODEL",
                    help="a zoo name (see 'convnet zoo'), arrow notation in quotes "
                         "(e.g. 'INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10'), "
-                        "or a model .json file")
+                        "a model .json file, or an ONNX .onnx file")
     p.add_argument("--input", metavar="CxHxW",
                    help="per-sample input size, channels first (e.g. 3x224x224); "
                         "default: the model's own")
@@ -157,6 +167,9 @@ def build_parser():
     p.add_argument("--data-root", metavar="DIR", help="where to look for the dataset's files")
     p.add_argument("--download", action="store_true",
                    help="download Fashion-MNIST if it is not found (checksums verified)")
+    p.add_argument("--image-size", type=image_size, metavar="H[xW]",
+                   help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
+                        "net on the 8x8 digits")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate")
@@ -213,9 +226,10 @@ def build_parser():
     p = commands.add_parser(
         "convert", help="convert between PyTorch, safetensors, convnet and ONNX files",
         description="Convert a model between formats, chosen by suffix. In: a convnet model "
-                    "(.json), or weights (.pt/.pth from torch.save, .safetensors) with "
-                    "--model naming the architecture. Out: .json (convnet model), "
-                    ".safetensors (weights, loadable in PyTorch), .onnx.")
+                    "(.json), an ONNX file (.onnx: architecture and weights), or weights "
+                    "(.pt/.pth from torch.save, .safetensors) with --model naming the "
+                    "architecture. Out: .json (convnet model), .safetensors (weights, "
+                    "loadable in PyTorch), .onnx.")
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
     p.add_argument("--model", metavar="MODEL",

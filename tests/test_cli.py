@@ -54,3 +54,31 @@ def test_bad_input_is_one_error_and_exit_code_1(capsys, argv, message):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"convnet {argv[0]}: error:") and message in err
+
+
+@pytest.mark.parametrize("text, size", [("28", (28, 28)), ("32x28", (32, 28)), ("7X9", (7, 9))])
+def test_train_image_size_parses(text, size):
+    from convnet.cli import build_parser
+    args = build_parser().parse_args(["train", "--image-size", text])
+    assert args.image_size == size
+    assert build_parser().parse_args(["train"]).image_size is None
+
+
+@pytest.mark.parametrize("text", ["0", "28x0", "28x", "x28", "-3", "2.5", "ax3", "2x3x4", ""])
+def test_train_bad_image_size_is_a_usage_error(capsys, text):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--image-size", text])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--image-size: expected a size such as 28 or 32x28" in err and repr(text) in err
+
+
+def test_train_image_size_reaches_the_data_and_the_default_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--image-size", "12x10", "--epochs", "1",
+                 "--limit", "80", "--batch-size", "24", "--quiet", "--out", str(out)]) == 0
+    out_text = capsys.readouterr().out
+    assert "70 images 10x12x1, 10 for validation" in out_text     # W x H x D, as the notes
+    assert "66,026 parameters" in out_text                         # the digits default net
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["input_shape"] == [1, 12, 10] and saved["info"]["scale"] == 16

@@ -52,7 +52,7 @@ from convnet.data.idx import (
     read_idx_header,
 )
 from convnet.data.loader import batches, train_val_split
-from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
+from convnet.data.transforms import Normalize, random_crop, random_flip, resize, to_float
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -808,6 +808,118 @@ def test_random_flip():
     np.testing.assert_array_equal(random_flip(x, rng, p=1), x[..., ::-1])
     with pytest.raises(ValueError, match="p must be a probability"):
         random_flip(x, rng, p=1.5)
+
+
+# -- resize --------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("size, out_hw", [(28, (28, 28)), ((5, 12), (5, 12)), ([3, 2], (3, 2)),
+                                          ((7, 6), (7, 6)), (np.int64(4), (4, 4))])
+def test_resize_shapes_and_dtypes(dtype, size, out_hw):
+    rng = np.random.default_rng(30)
+    x = (rng.integers(0, 256, (3, 2, 7, 6)) if dtype == np.uint8
+         else rng.random((3, 2, 7, 6))).astype(dtype)
+    out = resize(x, size)
+    assert out.shape == (3, 2, *out_hw) and out.dtype == dtype
+    assert out is not x and not np.shares_memory(out, x)
+    if out_hw == (7, 6):
+        np.testing.assert_array_equal(out, x)                 # same size: an exact copy
+    assert resize(x[:0], size).shape == (0, 2, *out_hw)
+
+
+@pytest.mark.parametrize("dtype, value", [(np.uint8, 0), (np.uint8, 16), (np.uint8, 255),
+                                          (np.float32, -1.5), (np.float64, 0.3)])
+@pytest.mark.parametrize("size", [(28, 28), (3, 2), (9, 13)])
+def test_resize_keeps_a_constant_image_constant(dtype, value, size):
+    x = np.full((2, 3, 8, 8), value, dtype=dtype)
+    np.testing.assert_allclose(resize(x, size), np.full((2, 3, *size), value, dtype=dtype),
+                               rtol=1e-6)
+
+
+def test_resize_upscaled_values_lie_between_the_corners():
+    x = np.array([[10, 200], [60, 120]], dtype=np.uint8).reshape(1, 1, 2, 2)
+    out = resize(x, (8, 8))[0, 0]                              # (8, 8)
+    assert out.min() >= 10 and out.max() <= 200
+    # Half-pixel centres: the outer 2x2 blocks of the 8x8 grid sit on or beyond the input
+    # pixel centres, so they repeat the corner values; the middle is a blend.
+    np.testing.assert_array_equal(out[:2, :2], 10)
+    np.testing.assert_array_equal(out[-2:, -2:], 120)
+    np.testing.assert_array_equal(out[:2, -2:], 200)
+    np.testing.assert_array_equal(out[-2:, :2], 60)
+    assert 10 < out[3, 3] < 200 and len(np.unique(out)) > 10
+    # One row by hand: centres at -0.25, 0.25, 0.75, 1.25 of [0, 4] -> 0, 1, 3, 4.
+    row = np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2)
+    np.testing.assert_array_equal(resize(row, (1, 4))[0, 0, 0], [0, 1, 3, 4])
+    np.testing.assert_allclose(resize(row.astype(np.float64), (1, 4))[0, 0, 0], [0, 1, 3, 4])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("size", [(28, 28), (17, 9), (3, 4), (5, 20)])
+def test_resize_matches_torch_bilinear(seed, size):
+    """Pillow's bilinear = torch's interpolate(align_corners=False), antialiased to shrink."""
+    import torch
+    import torch.nn.functional as F
+
+    x = np.random.default_rng(seed).random((2, 3, 8, 11)).astype(np.float32)
+    shrink = size[0] < 8 or size[1] < 11
+    ref = F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False,
+                        antialias=shrink).numpy()
+    np.testing.assert_allclose(resize(x, size), ref, atol=2e-6)
+
+
+def test_resize_digits_keeps_the_pixel_scale():
+    data = load_dataset("digits", image_size=28)
+    (xtr, ytr), (xte, yte) = data.train, data.test
+    assert xtr.shape == (1438, 1, 28, 28) and xte.shape == (359, 1, 28, 28)
+    assert xtr.dtype == np.uint8 and data.scale == 16 and data.input_shape == (1, 28, 28)
+    assert xtr.min() == 0 and xtr.max() == 16 and xte.max() <= 16
+    assert len(np.unique(xtr)) == 17                         # every level 0..16 is used
+    small = load_dataset("digits")
+    np.testing.assert_array_equal(ytr, small.train[1])
+    np.testing.assert_array_equal(yte, small.test[1])
+    np.testing.assert_array_equal(xtr, resize(small.train[0], 28))
+    # The mean brightness survives the 8x8 -> 28x28 upscaling within a rounding step.
+    assert abs(to_float(xtr, 16).mean() - to_float(small.train[0], 16).mean()) < 0.5 / 16
+    assert load_dataset("digits", image_size=(8, 8)).train[0].shape == (1438, 1, 8, 8)
+    assert load_dataset("digits", image_size=[4, 6]).input_shape == (1, 4, 6)
+
+
+def test_load_dataset_resizes_idx_and_cifar_directories(tmp_path):
+    rng = np.random.default_rng(31)
+    idx = make_idx_dir(tmp_path / "idx", rng, hw=(5, 4))
+    data = load_dataset(tmp_path / "idx", image_size=(10, 8))
+    assert data.train[0].shape == (7, 1, 10, 8) and data.test[0].shape == (3, 1, 10, 8)
+    np.testing.assert_array_equal(data.train[0], resize(idx["train"][0][:, None], (10, 8)))
+    np.testing.assert_array_equal(data.test[1], idx["test"][1])
+    write_cifar(tmp_path / "c10" / "cifar-10-batches-bin", 10, "binary", rng)
+    c10 = load_dataset(tmp_path / "c10", image_size=16)
+    assert c10.train[0].shape == (15, 3, 16, 16) and c10.test[0].shape[1:] == (3, 16, 16)
+    assert c10.scale == 255
+
+
+@pytest.mark.parametrize("size", [0, -3, (28,), (2, 3, 4), (28, 0), 2.5, "28", True, None])
+def test_resize_bad_sizes(size):
+    x = np.zeros((1, 1, 4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"resize: size must be a positive int or a pair"):
+        resize(x, size)
+
+
+@pytest.mark.parametrize("size", [0, (28, -1), "28x28", (1, 2, 3)])
+def test_load_dataset_bad_image_size(size):
+    with pytest.raises(ValueError, match=r"load_dataset: image_size must be a positive int"):
+        load_dataset("digits", image_size=size)
+
+
+def test_resize_bad_arrays(monkeypatch):
+    with pytest.raises(ValueError, match=r"resize: expected a 4-D \(N, C, H, W\) array, got "
+                                         r"shape \(4, 4\)"):
+        resize(np.zeros((4, 4), dtype=np.uint8), 8)
+    with pytest.raises(ValueError, match="resize: x must be uint8, float32 or float64, got "
+                                         "dtype int64"):
+        resize(np.zeros((1, 1, 4, 4), dtype=np.int64), 8)
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"resize needs Pillow, the 'images' extra: "
+                                          r"pip install 'convnet\[images\]'"):
+        resize(np.zeros((1, 1, 4, 4), dtype=np.uint8), 8)
 
 
 # -- splitting and batching ----------------------------------------------------------------

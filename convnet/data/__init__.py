@@ -2,7 +2,7 @@
 
 Every loader returns uint8 images (N, C, H, W) and int64 labels (N,); ``to_float(x,
 scale)`` turns them into float32 in [0, 1]. ``load_dataset`` picks a loader by name or
-recognizes a directory, and returns a ``DataSplits``.
+recognizes a directory, and returns a ``DataSplits``, resized to ``image_size`` if given.
 
 >>> data = load_dataset("digits")
 >>> data.train[0].shape, data.scale, data.classes[:3]
@@ -28,7 +28,8 @@ from convnet.data.idx import (
     read_idx,
 )
 from convnet.data.loader import batches, train_val_split
-from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
+from convnet.data.transforms import Normalize, random_crop, random_flip, resize, to_float
+from convnet.functional.conv import pair
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
 
@@ -76,30 +77,49 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None):
             write "./digits" for a folder called digits.
         root: where the named data set's files are (see each loader for the search).
         download: fetch missing files (Fashion-MNIST only).
-        image_size: (H, W) to resize image-folder images to (see load_image_folder).
+        image_size: resize every image (train and test) to (H, W), or to H x H for an
+            int; bilinear, through Pillow (the ``images`` extra). Image folders are resized
+            as they are decoded, every other data set afterwards with ``resize``; the pixel
+            scale is unchanged (digits stay within 0..16).
 
     >>> load_dataset("cifar10", root="~/data")                        # doctest: +SKIP
     DataSplits('cifar10': train=50000, test=10000, input (3, 32, 32), 10 classes, scale 255)
+    >>> load_dataset("digits", image_size=28).input_shape
+    (1, 28, 28)
     """
     key = str(name_or_path).lower()
+    if image_size is not None:
+        image_size = pair(image_size, "image_size", "load_dataset")
     if download and key not in ("fashion-mnist", "digits"):
         raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' only, "
                          f"got {name_or_path!r}; put the files in place and pass root")
     if key == "digits":
-        return _splits(load_digits(), "digits", DIGITS_SCALE)
-    if key == "fashion-mnist":
-        return _splits(load_fashion_mnist(root, download=download), key)
-    if key == "mnist":
-        return _splits(load_mnist(root), key)
-    if key == "cifar10":
-        return _splits(load_cifar10(root), key)
-    if key == "cifar100":
-        return _splits(load_cifar100(root), key)
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected one "
-                         f"of {', '.join(DATASETS)}, or a directory path")
-    return _load_directory(path, image_size)
+        splits = _splits(load_digits(), "digits", DIGITS_SCALE)
+    elif key == "fashion-mnist":
+        splits = _splits(load_fashion_mnist(root, download=download), key)
+    elif key == "mnist":
+        splits = _splits(load_mnist(root), key)
+    elif key == "cifar10":
+        splits = _splits(load_cifar10(root), key)
+    elif key == "cifar100":
+        splits = _splits(load_cifar100(root), key)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
+                             f"one of {', '.join(DATASETS)}, or a directory path")
+        splits = _load_directory(path, image_size)
+    return _resized(splits, image_size)
+
+
+def _resized(splits, image_size):
+    """splits with every image resized to image_size=(H, W); as is where they already are."""
+    if image_size is None or splits.input_shape[1:] == image_size:
+        return splits
+    test = None if splits.test is None else (resize(splits.test[0], image_size),
+                                             splits.test[1])
+    return DataSplits((resize(splits.train[0], image_size), splits.train[1]), test,
+                      splits.classes, splits.name, splits.scale)
 
 
 def _splits(data, name, scale=255):
@@ -137,6 +157,6 @@ def _load_directory(path, image_size):
 __all__ = [
     "DATASETS", "DataSplits", "load_dataset", "load_digits", "load_fashion_mnist",
     "load_mnist", "load_cifar10", "load_cifar100", "load_image_folder", "load_idx_dataset",
-    "read_idx", "to_float", "Normalize", "random_crop", "random_flip", "train_val_split",
-    "batches",
+    "read_idx", "to_float", "Normalize", "random_crop", "random_flip", "resize",
+    "train_val_split", "batches",
 ]

@@ -5,6 +5,8 @@ the mean and divide by the standard deviation, with the statistics computed on t
 training set only and applied unchanged to validation and test data. Augmentation
 (random crops of a zero-padded image, horizontal flips) is batch-vectorized: one
 np.random.Generator draws the offsets or flips for all samples at once, no per-sample loop.
+``resize`` changes the image size of a whole data set once, before training (bilinear,
+through Pillow, the ``images`` extra).
 """
 
 from __future__ import annotations
@@ -151,3 +153,55 @@ def random_flip(x, rng, p=0.5):
         raise ValueError(f"random_flip: p must be a probability in [0, 1], got {p!r}")
     flip = rng.random(x.shape[0]) < p                                # (N,)
     return np.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+RESIZE_DTYPES = (np.uint8, np.float32, np.float64)
+
+
+def _pillow_image():
+    """Import Pillow lazily: only resize needs it here."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("resize needs Pillow, the 'images' extra: "
+                          "pip install 'convnet[images]'") from None
+    return Image
+
+
+def resize(x, size):
+    """Resize every image of an NCHW batch to size = (OH, OW), bilinear, through Pillow.
+
+    Meant for a whole data set once (e.g. the 8x8 digits to 28x28 for a net pretrained on
+    Fashion-MNIST), not per batch: it loops over the N*C planes in Python.
+
+    Args:
+        x: (N, C, H, W) array, uint8 or float32/float64. float64 is resampled in float32
+            (Pillow's mode "F") and returned as float64.
+        size: OH = OW as an int, or an (OH, OW) pair of positive ints.
+
+    Returns a new (N, C, OH, OW) array of x's dtype. Each plane goes through
+    ``Image.fromarray(plane).resize((OW, OH), Resampling.BILINEAR)``: pixel centres at
+    half-pixel offsets (PyTorch's ``interpolate(..., "bilinear", align_corners=False)``),
+    and when shrinking a triangle filter widened by the scale, i.e. antialiased (PyTorch's
+    ``antialias=True``). Every output is a weighted mean of inputs with weights >= 0, so
+    the value range is kept: digits with pixels 0..16 stay within 0..16 (uint8 rounds).
+
+    >>> x = np.array([0, 4], dtype=np.uint8).reshape(1, 1, 1, 2)
+    >>> resize(x, (1, 4))[0, 0]
+    array([[0, 1, 3, 4]], dtype=uint8)
+    """
+    _check_nchw(x, "resize")
+    oh, ow = pair(size, "size", "resize")
+    if x.dtype not in RESIZE_DTYPES:
+        raise ValueError(f"resize: x must be uint8, float32 or float64, got dtype {x.dtype}")
+    n, c, h, w = x.shape
+    if (oh, ow) == (h, w):
+        return x.copy()
+    Image = _pillow_image()
+    work = np.float32 if x.dtype == np.float64 else x.dtype
+    planes = np.ascontiguousarray(x.reshape(n * c, h, w), dtype=work)   # (N*C, H, W)
+    out = np.empty((n * c, oh, ow), dtype=work)                        # (N*C, OH, OW)
+    bilinear = Image.Resampling.BILINEAR
+    for i, plane in enumerate(planes):
+        out[i] = np.asarray(Image.fromarray(plane).resize((ow, oh), bilinear))
+    return out.reshape(n, c, oh, ow).astype(x.dtype, copy=False)

@@ -1,0 +1,111 @@
+"""Fine-tuning end to end on tiny data: frozen stages stay put, the head moves.
+
+Two paths: the command line (``convnet train --from --freeze --image-size``) and the
+proof script examples/finetune.py (fresh classifier, frozen features, then unfrozen; the
+same net from scratch). Only what must hold is asserted, not accuracies.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convnet.cli import main
+from convnet.io.weights import load_model, save_model
+from convnet.spec import resolve_model
+
+ROOT = Path(__file__).parents[1]
+TINY = "INPUT 12x12x1 -> CONV 4 -> BN -> RELU -> POOL -> FC 10"
+FROZEN = ("0.weight", "0.bias", "1.weight", "1.bias")            # CONV 4 and its BN
+
+
+def params(path):
+    """A saved model's parameters (no batch-norm buffers), by dotted key."""
+    return {k: v.copy() for k, v in load_model(path).params().items()}
+
+
+def test_cli_fine_tune_keeps_frozen_stages_and_trains_the_rest(tmp_path):
+    pre, tuned = tmp_path / "pre", tmp_path / "tuned"
+    assert main(["train", "--data", "digits", "--image-size", "12", "--model", TINY,
+                 "--epochs", "1", "--limit", "120", "--batch-size", "32", "--quiet",
+                 "--out", str(pre)]) == 0
+    rng = np.random.default_rng(40)
+    other = tmp_path / "other"                                   # a second data set: IDX, 5x4
+    other.mkdir()
+    for split, n in (("train", 60), ("t10k", 20)):
+        x = rng.integers(0, 256, (n, 5, 4), dtype=np.uint8)
+        y = rng.integers(0, 10, n, dtype=np.uint8)
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            head = np.array([0x800 | arr.ndim, *arr.shape], dtype=">u4").tobytes()
+            (other / f"{split}-{kind}-ubyte").write_bytes(head + arr.tobytes())
+    assert main(["train", "--from", str(pre / "model.json"), "--freeze", "0", "1",
+                 "--data", str(other), "--image-size", "12", "--epochs", "1",
+                 "--batch-size", "16", "--optimizer", "adam", "--lr", "0.01", "--quiet",
+                 "--out", str(tuned)]) == 0
+    before, after = params(pre / "model.json"), params(tuned / "model.json")
+    assert before.keys() == after.keys()
+    for key in before:
+        if key in FROZEN:
+            np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+        else:
+            assert not np.allclose(after[key], before[key]), f"{key} did not train"
+    assert load_model(tuned / "model.json").input_shape == (1, 12, 12)
+
+
+def test_cli_fine_tune_on_the_wrong_image_size_says_how_to_resize(tmp_path, capsys):
+    pre = tmp_path / "pre"
+    save_model(resolve_model(TINY, rng=np.random.default_rng(0)), pre / "model")
+    assert main(["train", "--from", str(pre / "model.json"), "--data", "digits",
+                 "--quiet", "--out", str(tmp_path / "x")]) == 1
+    assert "takes (1, 12, 12) images but digits has (1, 8, 8); resize with --image-size" \
+        in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finetune_script():
+    spec = importlib.util.spec_from_file_location("finetune_example",
+                                                  ROOT / "examples" / "finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_script_whole_path(tmp_path, finetune_script, capsys):
+    fs = finetune_script
+    rng = np.random.default_rng(41)
+    model = resolve_model(fs.NET, rng=rng)
+    for value in model.params().values():    # stand-in for training: no BN at its 1 / 0 init
+        value += rng.normal(0, 0.1, value.shape).astype(value.dtype)
+    pretrained = save_model(model, tmp_path / "pretrained")
+    out = tmp_path / "runs"
+    record = fs.main(["--pretrained", str(pretrained), "--out", str(out), "--limit", "100",
+                      "--batch-size", "32", "--head-epochs", "1", "--unfreeze-epochs", "1",
+                      "--seeds", "1", "--json"])
+    assert json.loads(capsys.readouterr().out) == record
+    # 100 digits, 10 held out for validation: 90 // 32 = 2 steps a phase, 2 phases.
+    assert record["finetune"]["steps"] == record["scratch"]["steps"] == 4
+    assert record["frozen"] == ["0", "1", "4", "5"] and "pretrain" not in record
+    assert all(0 <= a <= 1 for a in record["finetune"]["test_acc"] + record["scratch"]["test_acc"])
+
+    run = out / "seed0"
+    pre = params(pretrained)
+    start, head = params(run / "start-finetune.json"), params(run / "finetune/head/model.json")
+    tuned = params(run / "finetune/all/model.json")
+    scratch_start = params(run / "start-scratch.json")
+    scratch_end = params(run / "scratch/all/model.json")
+    features = [k for k in pre if k.split(".")[0] in record["frozen"]]
+    classifier = [k for k in pre if k.split(".")[0] in ("9", "11")]      # FC 128, FC 10
+    assert len(features) == 8 and len(classifier) == 4
+    for key in features:
+        np.testing.assert_array_equal(start[key], pre[key], err_msg=key)   # transferred
+        np.testing.assert_array_equal(head[key], pre[key], err_msg=key)    # frozen
+        assert not np.allclose(tuned[key], pre[key]), f"{key}: unfrozen but unchanged"
+        assert not np.allclose(scratch_start[key], pre[key]), key          # random features
+    for key in classifier:
+        assert not np.allclose(start[key], pre[key]), f"{key} was not re-initialised"
+        np.testing.assert_array_equal(scratch_start[key], start[key], err_msg=key)  # same init
+        assert not np.allclose(head[key], start[key]), f"{key} did not train"
+    for key in pre:
+        assert not np.allclose(scratch_end[key], scratch_start[key]), f"scratch: {key} fixed"

@@ -12,6 +12,9 @@ FLOPs), the fraction of a large float32 GEMM's GFLOP/s, and convnet_time / torch
 
 from __future__ import annotations
 
+# isort: off
+import convnet  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
+# isort: on
 import argparse
 import json
 import sys

@@ -29,6 +29,9 @@ data's gradient as the training loop does (PyTorch does not compute it either).
 
 from __future__ import annotations
 
+# isort: off
+import convnet  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
+# isort: on
 import argparse
 import json
 import sys

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet.functional.threads import split_parallel
+
 
 class ReluCache(NamedTuple):
     out: np.ndarray       # the output max(0, x); out > 0 is where gradient flows
@@ -29,13 +31,16 @@ def relu_forward(x, inplace=False):
     >>> relu_forward(np.array([-1.0, 0.0, 2.0]))[0]
     array([0., 0., 2.])
     """
-    out = np.maximum(x, 0, out=x) if inplace else np.maximum(x, 0)
+    out = x if inplace else np.empty(x.shape, dtype=x.dtype)
+    split_parallel(lambda a, b: np.maximum(a, 0, out=b), x, out)   # large x: both cores
     return out, ReluCache(out)
 
 
 def relu_backward(dout, cache):
     """dx = dout where out > 0, else 0 (also 0 at x = 0, as in PyTorch)."""
-    return dout * (cache.out > 0)  # bool mask; 7x faster than np.where here
+    dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
+    split_parallel(lambda d, o, g: np.multiply(d, o > 0, out=g), dout, cache.out, dx)
+    return dx   # a bool mask times dout: 7x faster than np.where
 
 
 class LeakyReluCache(NamedTuple):

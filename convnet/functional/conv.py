@@ -16,29 +16,12 @@ Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# NumPy's copies run on one core while BLAS uses all of them; im2col and col2im split their
-# copies by channel over this many threads (NumPy releases the GIL while copying).
-THREADS = min(2, os.cpu_count() or 1)
-_POOL = ThreadPoolExecutor(THREADS) if THREADS > 1 else None
-_PARALLEL_BYTES = 1 << 20  # below this a copy is not worth a thread hand-off
-
-
-def _in_parallel(fn, size, nbytes):
-    """Call fn(slice) over halves of range(size), in threads when the work is large."""
-    if _POOL is None or nbytes < _PARALLEL_BYTES or size < 2:
-        fn(slice(0, size))
-        return
-    step = -(-size // THREADS)
-    parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
-    for future in [_POOL.submit(fn, part) for part in parts]:
-        future.result()
+from convnet.functional.threads import in_parallel, split_parallel
 
 FITS = ("exact", "floor")
 
@@ -161,7 +144,7 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=N
 
     def copy(part):
         np.copyto(cols[part], src[part])
-    _in_parallel(copy, c, cols.nbytes)
+    in_parallel(copy, c, cols.nbytes)
     return cols.reshape(c * kernel[0] * kernel[1], n * out_size[0] * out_size[1])
 
 
@@ -184,7 +167,7 @@ def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
             for j in range(fw):
                 dxp[part, :, i * dh: i * dh + sh * oh: sh, j * dw: j * dw + sw * ow: sw] += (
                     cols[part, i, j])
-    _in_parallel(add, c, cols.nbytes)
+    in_parallel(add, c, cols.nbytes)
     return dxp[:, :, ph: ph + h, pw: pw + w].transpose(1, 0, 2, 3)
 
 
@@ -240,15 +223,16 @@ def _gemm_nchw(w, b, cols, groups, out):
         return out
     prod = np.matmul(w_rows, cols).reshape(k, n, -1).transpose(1, 0, 2)  # (N, K, L) view
     if b is None:
-        np.copyto(out.reshape(n, k, -1), prod)
+        split_parallel(np.copyto, out.reshape(n, k, -1), prod)
     else:
-        np.add(prod, b.reshape(k, 1), out=out.reshape(n, k, -1))
+        bias = b.reshape(k, 1)
+        split_parallel(lambda o, p: np.add(p, bias, out=o), out.reshape(n, k, -1), prod)
     return out
 
 
 # Inference builds the im2col matrix in pieces of at most this many bytes (a few images
 # at a time, or bands of output rows of one image), so its memory stays bounded.
-IM2COL_MAX_BYTES = 16 << 20
+IM2COL_MAX_BYTES = 64 << 20
 
 
 def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
@@ -261,7 +245,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     one output row is done at a time, so a single row larger than max_bytes still runs.
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
-    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 1.8 GB of im2col, in 16 MB pieces
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 1.8 GB of im2col, in 64 MB pieces
     (8, 64, 224, 224)
     """
     n, c, h, wd = x.shape
@@ -308,10 +292,12 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     """
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache
     k, cg, fh, fw = w.shape
-    dout_rows = dout.transpose(1, 0, 2, 3).reshape(groups, k // groups, -1)  # (G, K/G, N*L)
+    dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
+    split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
+    dout_rows = dout_t.reshape(groups, k // groups, -1)                      # (G, K/G, N*L)
     cols_g = cols.reshape(groups, cg * fh * fw, -1)                          # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
-    db = dout.sum(axis=(0, 2, 3))
+    db = dout_t.reshape(k, -1).sum(axis=1)
     if not input_grad:
         return None, dw, db
     reuse = cols if overwrite_cols else None

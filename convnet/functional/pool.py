@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convnet.functional.conv import conv_output_size, windows
+from convnet.functional.threads import split_parallel
 
 
 def _floor_size(x_shape, kernel, stride, padding, dilation):
@@ -138,19 +139,27 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_si
     if out_size is None:
         out_size = _floor_size(x.shape, kernel, stride, padding, dilation)
     taps = _taps(x, kernel, stride, padding, dilation, out_size, -np.inf)
-    out = taps[0].copy()                                     # (N, C, OH, OW)
-    for tap in taps[1:]:
-        np.maximum(out, tap, out=out)
-    if not switches:
-        return out, None
-    # The switch is the number of taps before the first one equal to the max.
-    switch = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps) - 1))
-    if len(taps) > 1:
+    out = np.empty(taps[0].shape, dtype=x.dtype)             # (N, C, OH, OW)
+
+    def window_max(out, *taps):
+        np.copyto(out, taps[0])
+        for tap in taps[1:]:
+            np.maximum(out, tap, out=out)
+
+    def first_max(switch, out, *taps):
+        # The switch is the number of taps before the first one equal to the max.
         missed = taps[0] != out                              # no max among taps 0..k yet
         switch += missed
         for tap in taps[1:-1]:
             missed &= tap != out
             switch += missed
+
+    split_parallel(window_max, out, *taps)                   # over N, on both cores
+    if not switches:
+        return out, None
+    switch = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps) - 1))
+    if len(taps) > 1:
+        split_parallel(first_max, switch, out, *taps)
     return out, MaxPoolCache(x.shape, switch, tuple(kernel), tuple(stride),
                              tuple(padding), tuple(dilation), tuple(out_size))
 
@@ -162,6 +171,19 @@ def maxpool2d_backward(dout, cache):
     overlapping windows (F > S) receives the sum of their gradients.
     """
     x_shape, switches, kernel, stride, padding, dilation, out_size = cache
+    if _tiles(x_shape, kernel, stride, padding, dilation, out_size):
+        # each input is in one window: write every tap's view of dx once, on both cores
+        (n, c, _, _), (fh, fw), (oh, ow) = x_shape, kernel, out_size
+        dx = np.empty(x_shape, dtype=dout.dtype)
+        dx6 = dx.reshape(n, c, oh, fh, ow, fw)       # dx6[:, :, :, i, :, j] is tap (i, j)
+        views = [dx6[:, :, :, k // fw, :, k % fw] for k in range(fh * fw)]
+
+        def route(dout, switches, *views):
+            for k, view in enumerate(views):
+                np.multiply(dout, switches == k, out=view)
+
+        split_parallel(route, dout, switches, *views)
+        return dx
 
     def tap_grad(k, buf):
         return np.multiply(dout, switches == k, out=buf)

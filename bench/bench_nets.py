@@ -13,7 +13,7 @@ when it is installed) in one process, interleaved in blocks (see bench/common.py
   memory    peak memory of a training step and of inference (tracemalloc, which sees every
             NumPy allocation) beside `convnet summary`'s estimate, and for VGG-16 at batch
             8 the issue's bound: 1.5 x (weights + the two largest activations)
-  epoch     (only with --epoch) one epoch of the default Fashion-MNIST training
+  epoch     (only with --only epoch) one epoch of the default Fashion-MNIST training
             (`convnet train --data fashion-mnist`'s net, Adam, batch 128): convnet's
             forward, loss, backward and optimizer against the same net in PyTorch
 
@@ -22,9 +22,9 @@ the outputs (and, for training, the gradients) agree. A training step is forward
 cross-entropy loss, backward and the optimizer's update; convnet's backward skips the
 data's gradient as the training loop does (PyTorch does not compute it either).
 
-    python bench/bench_nets.py                          # all but the epoch (~10 min)
+    python bench/bench_nets.py                          # all but the epoch (~4 min)
     python bench/bench_nets.py --only lenet,cifar --json
-    python bench/bench_nets.py --only epoch             # ~10 min more
+    python bench/bench_nets.py --only epoch             # ~8 min more
 """
 
 from __future__ import annotations
@@ -295,10 +295,10 @@ def epoch_rows(limit=None):
 
     cfg = DEFAULTS["fashion-mnist"]
     data = load_dataset("fashion-mnist")
-    x = to_float(data.train.x)
+    images, y = data.train
+    x = to_float(images)
     mean, std = x.mean(), x.std()
     x = (x - mean) / std
-    y = data.train.y
     if limit:
         x, y = x[:limit], y[:limit]
     order = np.random.default_rng(0).permutation(len(x))

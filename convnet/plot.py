@@ -94,7 +94,7 @@ def stage_activations(model, x):
     for name, stage in model.children():
         x = stage.infer(x)
         if x.ndim == 4:
-            out.append((name, x[0]))
+            out.append((name, x[0].copy()))   # the next stage may ReLU in place
     return out
 
 

@@ -195,15 +195,18 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
     (1, 96, 55, 55)
     """
-    n, c, h, wd = x.shape
-    k, cg, fh, fw = w.shape
-    out_size = tuple(conv_output_size((h, wd)[a], (fh, fw)[a], stride[a], padding[a],
-                                      dilation[a], fit, where="conv2d", axis="HW"[a])
-                     for a in (0, 1))
-    cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, cols_out)  # (CFF, N*L)
-    out = np.empty((n, k, *out_size), dtype=np.result_type(x, w))
+    out_size = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
+    cols = im2col(x, w.shape[2:], stride, padding, dilation, out_size, cols_out)  # (CFF, N*L)
+    out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
     _gemm_nchw(w, b, cols, groups, out)
     return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size)
+
+
+def _out_size(x_shape, w_shape, stride, padding, dilation, fit):
+    """(OH, OW) of a conv of x (N, C, H, W) with filters w (K, C/G, FH, FW), checked."""
+    return tuple(conv_output_size(x_shape[2 + a], w_shape[2 + a], stride[a], padding[a],
+                                  dilation[a], fit, where="conv2d", axis="HW"[a])
+                 for a in (0, 1))
 
 
 def _gemm_nchw(w, b, cols, groups, out):
@@ -213,20 +216,20 @@ def _gemm_nchw(w, b, cols, groups, out):
     bias is added while transposing to (N, K, OH*OW), so the result is written once.
     """
     assert out.flags.c_contiguous  # written through reshaped views
-    n, k = out.shape[:2]
+    n, k, oh, ow = out.shape
     w_rows = w.reshape(groups, k // groups, -1)                        # W_row per group
-    cols = cols.reshape(groups, w_rows.shape[2], -1)                   # (G, Cg*FF, N*L)
+    cols = cols.reshape(groups, w_rows.shape[2], n * oh * ow)          # (G, Cg*FF, N*L)
     if n == 1:
-        np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, -1))
+        np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, oh * ow))
         if b is not None:
             out += b.reshape(k, 1, 1)
         return out
-    prod = np.matmul(w_rows, cols).reshape(k, n, -1).transpose(1, 0, 2)  # (N, K, L) view
+    prod = np.matmul(w_rows, cols).reshape(k, n, oh * ow).transpose(1, 0, 2)  # (N, K, L)
     if b is None:
-        split_parallel(np.copyto, out.reshape(n, k, -1), prod)
+        split_parallel(np.copyto, out.reshape(n, k, oh * ow), prod)
     else:
         bias = b.reshape(k, 1)
-        split_parallel(lambda o, p: np.add(p, bias, out=o), out.reshape(n, k, -1), prod)
+        split_parallel(lambda o, p: np.add(p, bias, out=o), out.reshape(n, k, oh * ow), prod)
     return out
 
 
@@ -245,13 +248,12 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     one output row is done at a time, so a single row larger than max_bytes still runs.
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
-    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 1.8 GB of im2col, in 64 MB pieces
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.9 GB of im2col, in 64 MB pieces
     (8, 64, 224, 224)
     """
-    n, c, h, wd = x.shape
-    k, cg, fh, fw = w.shape
-    oh, ow = (conv_output_size((h, wd)[a], (fh, fw)[a], stride[a], padding[a], dilation[a],
-                               fit, where="conv2d", axis="HW"[a]) for a in (0, 1))
+    n, c = x.shape[:2]
+    k, _, fh, fw = w.shape
+    oh, ow = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((n, k, oh, ow), dtype=np.result_type(x, w))
     row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))
@@ -294,10 +296,10 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     k, cg, fh, fw = w.shape
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
     split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
-    dout_rows = dout_t.reshape(groups, k // groups, -1)                      # (G, K/G, N*L)
-    cols_g = cols.reshape(groups, cg * fh * fw, -1)                          # (G, Cg*FF, N*L)
+    dout_rows = dout_t.reshape(groups, k // groups, dout_t[0].size)          # (G, K/G, N*L)
+    cols_g = cols.reshape(groups, cg * fh * fw, dout_t[0].size)              # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
-    db = dout_t.reshape(k, -1).sum(axis=1)
+    db = dout_t.reshape(k, dout_t[0].size).sum(axis=1)
     if not input_grad:
         return None, dw, db
     reuse = cols if overwrite_cols else None

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convnet.functional.conv import conv_output_size, windows
-from convnet.functional.threads import split_parallel
+from convnet.functional.threads import in_parallel, split_parallel
 
 
 def _floor_size(x_shape, kernel, stride, padding, dilation):
@@ -79,9 +79,11 @@ def _taps(x, kernel, stride, padding, dilation, out_size, value):
 def _scatter_taps(tap_grad, x_shape, kernel, stride, padding, dilation, out_size, dtype):
     """Adjoint of _taps: add the gradient of every tap back onto dx (N, C, H, W).
 
-    ``tap_grad(k, buf)`` gives the (N, C, OH, OW) gradient of tap k = i*FW + j; it may
-    write it into ``buf`` (and return buf) to save a temporary. When the windows tile the
-    input, buf is the tap's own strided view of dx, so each element is written once.
+    ``tap_grad(k, buf, part)`` gives the gradient of tap k = i*FW + j for the samples in
+    ``part`` (a slice of N), shape (len(part), C, OH, OW); it may write it into ``buf``
+    (and return buf) to save a temporary. When the windows tile the input, buf is the
+    tap's own strided view of dx, so each element is written once, and the samples are
+    split over both cores.
     """
     n, c, h, w = x_shape
     (fh, fw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (kernel, stride, padding, dilation,
@@ -89,11 +91,15 @@ def _scatter_taps(tap_grad, x_shape, kernel, stride, padding, dilation, out_size
     if _tiles(x_shape, kernel, stride, padding, dilation, out_size):
         dx = np.empty(x_shape, dtype=dtype)
         dx6 = dx.reshape(n, c, oh, fh, ow, fw)        # dx6[:, :, :, i, :, j] is tap (i, j)
-        for k in range(fh * fw):
-            view = dx6[:, :, :, k // fw, :, k % fw]
-            grad = tap_grad(k, view)
-            if grad is not view:
-                view[...] = grad
+
+        def fill(part):
+            for k in range(fh * fw):
+                view = dx6[part, :, :, k // fw, :, k % fw]
+                grad = tap_grad(k, view, part)
+                if grad is not view:
+                    view[...] = grad
+
+        in_parallel(fill, n, dx.nbytes)
         return dx
     hp, wp = _padded_shape(x_shape, kernel, stride, padding, dilation, out_size)
     dxp = np.zeros((n, c, hp, wp), dtype=dtype)
@@ -101,7 +107,7 @@ def _scatter_taps(tap_grad, x_shape, kernel, stride, padding, dilation, out_size
     for k in range(fh * fw):
         i, j = k // fw * dh, k % fw * dw
         dxp[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] += (
-            tap_grad(k, buf))
+            tap_grad(k, buf, slice(None)))
     return dxp[:, :, ph : ph + h, pw : pw + w]
 
 
@@ -171,22 +177,9 @@ def maxpool2d_backward(dout, cache):
     overlapping windows (F > S) receives the sum of their gradients.
     """
     x_shape, switches, kernel, stride, padding, dilation, out_size = cache
-    if _tiles(x_shape, kernel, stride, padding, dilation, out_size):
-        # each input is in one window: write every tap's view of dx once, on both cores
-        (n, c, _, _), (fh, fw), (oh, ow) = x_shape, kernel, out_size
-        dx = np.empty(x_shape, dtype=dout.dtype)
-        dx6 = dx.reshape(n, c, oh, fh, ow, fw)       # dx6[:, :, :, i, :, j] is tap (i, j)
-        views = [dx6[:, :, :, k // fw, :, k % fw] for k in range(fh * fw)]
 
-        def route(dout, switches, *views):
-            for k, view in enumerate(views):
-                np.multiply(dout, switches == k, out=view)
-
-        split_parallel(route, dout, switches, *views)
-        return dx
-
-    def tap_grad(k, buf):
-        return np.multiply(dout, switches == k, out=buf)
+    def tap_grad(k, buf, part):
+        return np.multiply(dout[part], switches[part] == k, out=buf)
 
     return _scatter_taps(tap_grad, x_shape, kernel, stride, padding, dilation, out_size,
                          dout.dtype)
@@ -246,8 +239,8 @@ def avgpool2d_backward(dout, cache):
     """Spread each window's gradient evenly over its taps: dx += dout / divisor per tap."""
     x_shape, divisor, kernel, stride, padding, out_size = cache
     g = dout / divisor                                       # (N, C, OH, OW)
-    return _scatter_taps(lambda k, buf: g, x_shape, kernel, stride, padding, (1, 1), out_size,
-                         g.dtype)
+    return _scatter_taps(lambda k, buf, part: g[part], x_shape, kernel, stride, padding,
+                         (1, 1), out_size, g.dtype)
 
 
 # -- power-average (LP) pooling --------------------------------------------------------

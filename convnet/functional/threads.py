@@ -36,9 +36,11 @@ def in_parallel(fn, size, nbytes):
     step = -(-size // THREADS)
     parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
     futures = [_POOL.submit(fn, part) for part in parts[:-1]]
-    fn(parts[-1])
-    for future in futures:
-        future.result()
+    try:
+        fn(parts[-1])
+    finally:   # even if this part fails, no worker may still be writing when we return
+        for future in futures:
+            future.result()
 
 
 def split_parallel(fn, *arrays):

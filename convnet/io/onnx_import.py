@@ -174,6 +174,8 @@ def _load_external_data(onnx, proto, path):
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{where}: external data of element type {tensor.data_type} "
                              "is not supported") from None
+        if any(d < 0 for d in tensor.dims):
+            raise ValueError(f"{where}: tensor shape {tuple(tensor.dims)} has a negative size")
         need = math.prod(tensor.dims) * itemsize
         try:
             offset = int(info.get("offset", 0))

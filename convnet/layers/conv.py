@@ -96,7 +96,7 @@ class Conv2d(Layer):
         ``functional.conv.IM2COL_MAX_BYTES`` (inference memory stays bounded)."""
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])
-        self.cache = self._workspace = None
+        self.cache = None
         return F.conv2d_infer(x, self.params["weight"], self.params.get("bias"), self.stride,
                               self.padding, self.dilation, self.groups, self.fit)
 

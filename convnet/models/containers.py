@@ -436,21 +436,21 @@ class DenseBlock(Container):
         super().__init__(list(layers.items()))
 
     def forward(self, x):
-        features = x
-        depths = []
-        for layer in self:
-            new = layer.forward(features)
-            depths.append(features.shape[1])
-            features = np.concatenate([features, new], axis=1)
-        self.cache = depths  # the input depth of each layer
+        features, self.cache = self._run(x, "forward")  # cache: each layer's input depth
         return features
 
     def infer(self, x):
         """The running concatenation through each layer's infer; no caches kept."""
-        features = x
+        return self._run(x, "infer")[0]
+
+    def _run(self, x, how):
+        """Each layer (through ``how``: forward or infer) on the running concatenation."""
+        features, depths = x, []
         for layer in self:
-            features = np.concatenate([features, layer.infer(features)], axis=1)
-        return features
+            new = getattr(layer, how)(features)
+            depths.append(features.shape[1])
+            features = np.concatenate([features, new], axis=1)
+        return features, depths
 
     def backward(self, dout):
         depths = self._cached()

@@ -74,6 +74,8 @@ class AuxClassifier(Sequential):
     Its multiply-adds (``macs``) are the head's, spent only in training mode.
     """
 
+    skips_input_grad = False   # its backward takes only dout
+
     def __init__(self, layers):
         super().__init__(layers)
         self.logits = None   # (N, num_classes), from the last training-mode forward

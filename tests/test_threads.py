@@ -1,0 +1,97 @@
+"""The threaded paths (functional/threads.py) against PyTorch, with every size split.
+
+Real inputs below PARALLEL_BYTES run on one thread, so the tests set it to 0: every copy,
+ReLU, pooling step and transpose is then split over the threads, along N or, for a
+batch of one, along C.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from convnet.functional import threads
+from convnet.functional.activation import relu_backward, relu_forward
+from convnet.functional.conv import conv2d_backward, conv2d_forward, conv2d_infer
+from convnet.functional.pool import maxpool2d_backward, maxpool2d_forward
+from tests.utils import rel_error
+
+
+@pytest.fixture(autouse=True)
+def split_everything(monkeypatch):
+    monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
+    assert threads.THREADS >= 1
+
+
+def torch_grads(fn, x, *params, dout):
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, *params)]
+    out = fn(*ts)
+    out.backward(torch.tensor(dout))
+    return out.detach().numpy(), [t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("n, c, k, groups, stride, contiguous", [
+    (1, 3, 1, 1, 1, True), (1, 4, 6, 2, 1, False), (3, 2, 5, 1, 2, True),
+    (4, 6, 6, 3, 1, False), (2, 1, 1, 1, 1, True)])
+def test_conv_forward_backward_and_infer_split(n, c, k, groups, stride, contiguous):
+    rng = np.random.default_rng(n * 10 + k)
+    x = rng.standard_normal((n, c, 9, 11))
+    if not contiguous:
+        x = np.asfortranarray(x)
+    w = rng.standard_normal((k, c // groups, 3, 3))
+    b = rng.standard_normal(k)
+    args = ((stride, stride), (1, 1), (1, 1), groups)
+    out, cache = conv2d_forward(x, w, b, *args, fit="floor")
+    dout = rng.standard_normal(out.shape)
+    ref, (dx_t, dw_t, db_t) = torch_grads(
+        lambda a, v, c_: TF.conv2d(a, v, c_, *args), x, w, b, dout=dout)
+    assert rel_error(out, ref) < 1e-10
+    dx, dw, db = conv2d_backward(dout, cache)
+    for got, expected in ((dx, dx_t), (dw, dw_t), (db, db_t)):
+        assert rel_error(got, expected) < 1e-10
+    for limit in (1 << 30, 1):
+        assert rel_error(conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit), ref) < 1e-10
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((1, 5, 8, 8), 2, 2), ((3, 2, 8, 6), 2, 2), ((2, 3, 9, 9), 3, 2), ((1, 1, 7, 7), 3, 1)])
+def test_maxpool_split(shape, kernel, stride):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 3, shape).astype(np.float64)     # ties: the first max must win
+    out, cache = maxpool2d_forward(x, (kernel,) * 2, (stride,) * 2)
+    dout = rng.standard_normal(out.shape)
+    ref, (dx_t,) = torch_grads(lambda a: TF.max_pool2d(a, kernel, stride), x, dout=dout)
+    np.testing.assert_array_equal(out, ref)
+    assert rel_error(maxpool2d_backward(dout, cache), dx_t) < 1e-12
+    np.testing.assert_array_equal(maxpool2d_forward(x, (kernel,) * 2, (stride,) * 2,
+                                                    switches=False)[0], ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (5, 2, 3, 3), (7,), (1, 1)])
+def test_relu_split(shape):
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape)
+    out, cache = relu_forward(x)
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    dout = rng.standard_normal(shape)
+    np.testing.assert_array_equal(relu_backward(dout, cache), dout * (x > 0))
+    y = x.copy()
+    assert relu_forward(y, inplace=True)[0] is y
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+def test_a_failing_part_waits_for_the_others():
+    """An error on the calling thread's part is raised only after the workers finish."""
+    import time
+    done = []
+
+    def work(part):
+        if part.start == 0 and threads.THREADS > 1:
+            time.sleep(0.05)
+            done.append(part)
+        else:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        threads.in_parallel(work, 4, 1 << 30)
+    assert len(done) == (1 if threads.THREADS > 1 else 0)

@@ -75,23 +75,29 @@ def test_every_op(tmp_path):
     assert np.array_equal(onnx.numpy_helper.to_array(weight), model["0"].params["weight"])
 
 
+def random_pool_layers(rng, p_choices):
+    """Max, average, LP pooling and LRN with one random setting (F, S, P, ceil mode,
+    count_include_pad, p, LRN size and constants), and an input H, W they fit."""
+    f = int(rng.integers(1, 5))
+    s = int(rng.integers(1, 4))
+    p = int(rng.integers(0, f // 2 + 1))
+    ceil = bool(rng.integers(2))
+    h, w = (int(v) for v in rng.integers(f + 1, 12, size=2))
+    layers = [MaxPool2d(f, s, p, ceil_mode=ceil, fit="floor"),
+              AvgPool2d(f, s, p, ceil_mode=ceil, fit="floor",
+                        count_include_pad=bool(rng.integers(2))),
+              LPPool2d(float(rng.choice(p_choices)), f, s, ceil_mode=ceil, fit="floor"),
+              LocalResponseNorm(int(rng.integers(1, 7)), float(rng.uniform(1e-3, 0.5)),
+                                float(rng.uniform(0.3, 1.0)), float(rng.uniform(1, 2)))]
+    return layers, (h, w)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_pool_and_lrn_settings(tmp_path, seed):
     """Random pooling/LRN settings (ceil mode, padding, odd and even LRN sizes, p)."""
     rng = np.random.default_rng(100 + seed)
     for case in range(8):
-        f = int(rng.integers(1, 5))
-        s = int(rng.integers(1, 4))
-        p = int(rng.integers(0, f // 2 + 1))
-        ceil = bool(rng.integers(2))
-        h, w = (int(v) for v in rng.integers(f + 1, 12, size=2))
-        layers = [MaxPool2d(f, s, p, ceil_mode=ceil, fit="floor"),
-                  AvgPool2d(f, s, p, ceil_mode=ceil, fit="floor",
-                            count_include_pad=bool(rng.integers(2))),
-                  LPPool2d(float(rng.choice([1.5, 2.0, 3.0, 4.0])), f, s, ceil_mode=ceil,
-                           fit="floor"),
-                  LocalResponseNorm(int(rng.integers(1, 7)), float(rng.uniform(1e-3, 0.5)),
-                                    float(rng.uniform(0.3, 1.0)), float(rng.uniform(1, 2)))]
+        layers, (h, w) = random_pool_layers(rng, p_choices=(1.5, 2.0, 3.0, 4.0))
         for layer in layers:
             model = Sequential(ReLU(), layer)     # x >= 0 keeps x^p real for every p
             check_export(model, tmp_path, (int(rng.integers(1, 6)), h, w), seed=case)

@@ -17,14 +17,14 @@ from convnet.layers.activation import ReLU
 from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import AvgPool2d, LPPool2d
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 from convnet.models.notation import from_notation
 from convnet.zoo.densenet import densenet_bc_100
 from convnet.zoo.googlenet import googlenet_torchvision
 from convnet.zoo.lenet import lenet5
 from convnet.zoo.resnet import resnet18
-from tests.test_onnx import EVERY_OP, randomize_bn
+from tests.test_onnx import EVERY_OP, random_pool_layers, randomize_bn
 from tests.utils import rel_error
 
 
@@ -72,18 +72,7 @@ def test_pool_and_lrn_settings(tmp_path, seed):
     pads and subgraphs are read back into the same layers' numbers."""
     rng = np.random.default_rng(200 + seed)
     for case in range(6):
-        f = int(rng.integers(1, 5))
-        s = int(rng.integers(1, 4))
-        p = int(rng.integers(0, f // 2 + 1))
-        ceil = bool(rng.integers(2))
-        h, w = (int(v) for v in rng.integers(f + 1, 12, size=2))
-        layers = [MaxPool2d(f, s, p, ceil_mode=ceil, fit="floor"),
-                  AvgPool2d(f, s, p, ceil_mode=ceil, fit="floor",
-                            count_include_pad=bool(rng.integers(2))),
-                  LPPool2d(float(rng.choice([1.5, 2.0, 3.0])), f, s, ceil_mode=ceil,
-                           fit="floor"),
-                  LocalResponseNorm(int(rng.integers(1, 7)), float(rng.uniform(1e-3, 0.5)),
-                                    float(rng.uniform(0.3, 1.0)), float(rng.uniform(1, 2)))]
+        layers, (h, w) = random_pool_layers(rng, p_choices=(1.5, 2.0, 3.0))
         for layer in layers:
             model = Sequential(ReLU(), layer)
             imported = round_trip(model, tmp_path, (int(rng.integers(1, 6)), h, w), seed=case)

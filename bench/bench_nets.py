@@ -24,7 +24,7 @@ data's gradient as the training loop does (PyTorch does not compute it either).
 
     python bench/bench_nets.py                          # all but the epoch (~4 min)
     python bench/bench_nets.py --only lenet,cifar --json
-    python bench/bench_nets.py --only epoch             # ~8 min more
+    python bench/bench_nets.py --only epoch             # ~5 min more
 """
 
 from __future__ import annotations
@@ -395,13 +395,13 @@ def render(report):
            f"ratio = convnet / torch (below 1: convnet faster); %pk = GFLOP/s / GEMM peak",
            ""]
     if report["results"]:
-        headers = ["net", "work", "convnet ms", "%pk", "torch ms", "%pk", "ratio", "ort ms",
-                   "others"]
+        headers = ["net", "work", "convnet ms", "GFLOP/s", "%pk", "torch ms", "GFLOP/s", "%pk",
+                   "ratio", "ort ms", "others"]
         rows = []
         for r in report["results"]:
             cn, th, ort = r["convnet"], r["torch"], r.get("onnxruntime")
-            rows.append([r["name"], r["what"], _ms(cn), _pk(cn), _ms(th), _pk(th),
-                         f"{r['ratio']:.2f}x", _ms(ort) if ort else "-",
+            rows.append([r["name"], r["what"], _ms(cn), _gf(cn), _pk(cn), _ms(th), _gf(th),
+                         _pk(th), f"{r['ratio']:.2f}x", _ms(ort) if ort else "-",
                          _busy(r["others_busy_cpus"])])
         out.append(format_table(headers, rows, right=set(range(2, len(headers)))))
         busy = [r["others_busy_cpus"] for r in report["results"]
@@ -430,6 +430,10 @@ def _ms(t):
 
 def _pk(t):
     return f"{t['frac_peak']:.0%}" if "frac_peak" in t else "-"
+
+
+def _gf(t):
+    return f"{t['gflops']:.1f}" if "gflops" in t else "-"
 
 
 def _mb(nbytes):

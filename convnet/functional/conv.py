@@ -296,10 +296,11 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     k, cg, fh, fw = w.shape
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
     split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
-    dout_rows = dout_t.reshape(groups, k // groups, dout_t[0].size)          # (G, K/G, N*L)
-    cols_g = cols.reshape(groups, cg * fh * fw, dout_t[0].size)              # (G, Cg*FF, N*L)
+    positions = dout_t[0].size                                               # N*OH*OW
+    dout_rows = dout_t.reshape(groups, k // groups, positions)               # (G, K/G, N*L)
+    cols_g = cols.reshape(groups, cg * fh * fw, positions)                   # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
-    db = dout_t.reshape(k, dout_t[0].size).sum(axis=1)
+    db = dout_t.reshape(k, positions).sum(axis=1)
     if not input_grad:
         return None, dw, db
     reuse = cols if overwrite_cols else None

@@ -1,7 +1,9 @@
 """Conv forward and forward+backward: convnet's im2col conv next to torch's conv2d.
 
-Times convnet.functional.conv.conv2d_forward / conv2d_backward and
-torch.nn.functional.conv2d (backward through autograd) in float32, in the same process,
+Times convnet's Conv2d layer in training mode (forward, and forward + backward, the path a
+training step takes: the layer reuses its im2col buffer between steps, and its backward
+writes the input gradient's columns over it) and torch.nn.functional.conv2d (backward
+through autograd) in float32, in the same process,
 interleaved in blocks (see bench/common.py), on five workloads from the notes' nets.
 Prints median times, GFLOP/s (2 * MACs / time; forward+backward counts 3x the forward
 FLOPs), the fraction of a large float32 GEMM's GFLOP/s, and convnet_time / torch_time.
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from common import environment, format_table, gemm_peak, gflops, time_blocks, timed_quietly
 
-from convnet.functional.conv import conv2d_backward, conv2d_forward
+from convnet.layers import Conv2d
 
 torch_conv2d = torch.nn.functional.conv2d
 BUSY_WARN = 0.3  # CPUs kept busy by others above which the table carries a warning
@@ -78,12 +80,16 @@ def make_calls(wl, seed=0):
     # Leaves for autograd; separate from xt/wt/bt so the forward-only calls build no graph.
     xg, wg, bg = (t.clone().requires_grad_(True) for t in (xt, wt, bt))
 
+    layer = Conv2d(wl.c, wl.k, wl.f, stride, padding)
+    layer.params["weight"], layer.params["bias"] = w, b
+
     def convnet_fwd():
-        return conv2d_forward(x, w, b, stride, padding)[0]
+        return layer.forward(x)
 
     def convnet_fwd_bwd():
-        _, cache = conv2d_forward(x, w, b, stride, padding)
-        return conv2d_backward(dout, cache)
+        layer.forward(x)
+        dx = layer.backward(dout)
+        return dx, layer.grads["weight"], layer.grads["bias"]
 
     def torch_fwd():
         return torch_conv2d(xt, wt, bt, stride, padding)

@@ -224,6 +224,52 @@ def test_conv_layer_infer_equals_forward_and_keeps_no_cache():
     assert rel_error(out, layer.forward(x)) < 1e-12
 
 
+@pytest.mark.parametrize("block", range(2))
+def test_conv_infer_relu_matches_pytorch(block):
+    """relu=True: max(0, conv) written in the conv's own pass, for every way of cutting
+    the im2col work, with and without bias."""
+    rng = np.random.default_rng(400 + block)
+    for _ in range(20):
+        case = random_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
+        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+        expected = torch.relu(torch.nn.functional.conv2d(
+            torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+            *args)).numpy()
+        for limit in (1 << 30, x[:1].nbytes, 1):
+            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, relu=True)
+            assert rel_error(out, expected) < 1e-10, (case, limit)
+            assert out.min() >= 0
+
+
+@pytest.mark.parametrize("affine, bias, relu", [
+    (True, True, True), (True, False, True), (False, True, False), (False, False, True)])
+def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu):
+    """Conv2d.infer(x, bn, relu) = relu(bn(conv(x))) with BN's running statistics folded
+    into the filters and bias; the BN layer itself is left unchanged."""
+    from convnet.layers.norm import BatchNorm2d
+    rng = np.random.default_rng(7)
+    conv = Conv2d(4, 6, 3, stride=2, padding=1, bias=bias, fit="floor", dtype=np.float64,
+                  rng=rng)
+    bn = BatchNorm2d(6, eps=1e-3, affine=affine, dtype=np.float64).eval()
+    bn.buffers["running_mean"][:] = rng.standard_normal(6)
+    bn.buffers["running_var"][:] = rng.uniform(0.1, 3, 6)
+    if affine:
+        bn.params["weight"][:] = rng.standard_normal(6)
+        bn.params["bias"][:] = rng.standard_normal(6)
+    state = {k: v.copy() for k, v in {**bn.params, **bn.buffers, **conv.params}.items()}
+    x = rng.standard_normal((3, 4, 9, 9))
+    expected = bn.forward(conv.forward(x))
+    if relu:
+        expected = np.maximum(expected, 0)
+    assert rel_error(conv.infer(x, bn=bn, relu=relu), expected) < 1e-12
+    assert conv.cache is None
+    for key, value in {**bn.params, **bn.buffers, **conv.params}.items():
+        assert np.array_equal(value, state[key]), key
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_conv_layer_exact_fit_raises_exactly_when_pytorch_would_floor(seed):
     rng = np.random.default_rng(200 + seed)

@@ -104,16 +104,69 @@ def test_blocks_infer_matches_pytorch_eval_and_keeps_no_cache(kind):
     assert all(cache is None for cache in caches)
 
 
+def randomize_batch_norm(model, rng):
+    """Non-trivial running statistics, gamma and beta (away from ReLU's kink)."""
+    for _, layer in model.named_layers():
+        if isinstance(layer, BatchNorm2d):
+            d = layer.num_features
+            layer.buffers["running_mean"][:] = rng.standard_normal(d)
+            layer.buffers["running_var"][:] = rng.uniform(0.5, 2, d)
+            layer.params["weight"][:] = rng.uniform(0.5, 2, d) * rng.choice([-1, 1], d)
+            layer.params["bias"][:] = rng.standard_normal(d)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_infer_fuses_conv_bn_relu_and_matches_pytorch(kind, monkeypatch):
+    """At inference every CONV -> BN -> RELU run is one pass (BN folded into the filters,
+    RELU applied as the output is written); the result is PyTorch's eval output, the
+    input is left untouched (the residual sum is done in place on the block's own array)."""
+    rng = np.random.default_rng(4)
+    model, shape = make(kind, rng)
+    model.eval()
+    randomize_batch_norm(model, rng)
+    x = rng.standard_normal((2, *shape))
+    x_before = x.copy()
+    with torch.no_grad():
+        expected = to_torch(model).eval()(torch.tensor(x)).numpy()
+    called = []
+    def spying(original):
+        def spy(self, a):
+            called.append(self.name)
+            return original(self, a)
+        return spy
+    for cls in (BatchNorm2d, ReLU):
+        for method in ("forward", "infer"):
+            monkeypatch.setattr(cls, method, spying(getattr(cls, method)))
+    assert rel_error(model.infer(x), expected) < 1e-10
+    assert np.array_equal(x, x_before)
+    if kind in ("residual", "projection"):   # every BN and RELU follows a CONV
+        assert called == []
+    assert all(layer.cache is None for _, layer in model.named_layers())
+
+
+def test_infer_keeps_batch_statistics_in_training_mode_and_spares_a_viewed_input():
+    """A training-mode BN normalizes with the batch's statistics, so infer does not fold
+    it; a block whose body returns its input itself does not add into the caller's x."""
+    rng = np.random.default_rng(5)
+    net = Sequential(Conv2d(2, 3, 3, padding=1, rng=rng, **F64), BatchNorm2d(3, **F64),
+                     ReLU())
+    twin = Sequential(Conv2d(2, 3, 3, padding=1, **F64), BatchNorm2d(3, **F64), ReLU())
+    twin.load_state_dict(net.state_dict())
+    x = rng.standard_normal((4, 2, 5, 5))
+    assert rel_error(net.infer(x), twin.forward(x)) < 1e-12
+    assert rel_error(net[1].buffers["running_mean"], twin[1].buffers["running_mean"]) < 1e-12
+    block = Residual({"same": Identity()}, post=ReLU()).eval()
+    x_before = x.copy()
+    assert rel_error(block.infer(x), np.maximum(2 * x, 0)) < 1e-12
+    assert np.array_equal(x, x_before)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_blocks_gradient_check(kind):
     rng = np.random.default_rng(1)
     model, shape = make(kind, rng)
     model.eval()  # deterministic BN (train-mode BN is checked against PyTorch above)
-    for _, layer in model.named_layers():  # non-trivial statistics, away from ReLU's kink
-        if isinstance(layer, BatchNorm2d):
-            layer.buffers["running_mean"][:] = rng.standard_normal(layer.num_features)
-            layer.buffers["running_var"][:] = rng.uniform(0.5, 2, layer.num_features)
-            layer.params["bias"][:] = rng.standard_normal(layer.num_features)
+    randomize_batch_norm(model, rng)
     x = rng.standard_normal((2, *shape))
     out = model.forward(x)
     dout = rng.standard_normal(out.shape)

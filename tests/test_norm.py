@@ -288,6 +288,34 @@ def test_local_response_norm_analysis_and_config():
     assert LocalResponseNorm(**args).get_config() == config
 
 
+@pytest.mark.parametrize("cls, shape", [
+    (BatchNorm2d, (3, 4, 5, 6)), (BatchNorm2d, (1, 4, 5, 6)), (BatchNorm1d, (5, 4)),
+    (BatchNorm1d, (3, 4, 7)), (BatchNorm1d, (1, 4))])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_infer_is_one_scale_and_shift(cls, shape, affine):
+    """In eval mode infer applies x * s + t per channel (batch_norm_affine): the same as
+    forward, no cache; in training mode it is forward (batch statistics)."""
+    rng = np.random.default_rng(sum(shape))
+    bn = cls(4, affine=affine, dtype=np.float64)
+    bn.buffers["running_mean"][:] = rng.standard_normal(4)
+    bn.buffers["running_var"][:] = rng.uniform(0.1, 3, 4)
+    if affine:
+        bn.params["weight"][:] = rng.standard_normal(4)
+        bn.params["bias"][:] = rng.standard_normal(4)
+    x = rng.standard_normal(shape)
+    bn.eval()
+    assert rel_error(bn.infer(x), bn.forward(x)) < 1e-12
+    assert bn.infer(x).shape == shape and bn.cache is None
+    bn.train()
+    assert bn.inference_affine() is None
+    if shape[0] > 1:
+        twin = cls(4, affine=affine, dtype=np.float64)
+        for mine, theirs in ((twin.params, bn.params), (twin.buffers, bn.buffers)):
+            for key, value in theirs.items():
+                mine[key][...] = value
+        assert rel_error(bn.infer(x), twin.forward(x)) < 1e-12
+
+
 def test_eval_mode_uses_running_statistics():
     rng = np.random.default_rng(11)
     bn = randomize(BatchNorm2d(3, dtype=np.float64), rng).eval()

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet.functional.threads import split_parallel
+
 
 def _channel_axes(x):
     """The axes reduced per channel (all but axis 1) and the shape that broadcasts a (C,)."""
@@ -85,6 +87,40 @@ def batch_norm_backward(dout, cache):
     else:
         dx = dxhat * inv_std.reshape(bshape)
     return dx, (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
+
+
+def batch_norm_affine(weight, bias, mean, var, eps=1e-5):
+    """Eval-mode batch norm as one affine map per channel: returns (scale, shift), each
+    (C,), with out = x * scale + shift. scale = gamma / sqrt(var + eps), shift = beta -
+    mean * scale (gamma 1 and beta 0 when None). A CONV before it folds them into its
+    filters (w * scale) and bias (b * scale + shift) at inference.
+
+    >>> batch_norm_affine(None, None, np.array([2.0]), np.array([4.0]), eps=0.0)
+    (array([0.5]), array([-1.]))
+    """
+    scale = 1.0 / np.sqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def affine_channels(x, scale, shift):
+    """x * scale + shift per channel (axis 1), in two passes over both cores."""
+    _, bshape = _channel_axes(x)
+    out = np.empty(x.shape, dtype=np.result_type(x, scale, shift))
+    scale, shift = scale.reshape(bshape[1:]), shift.reshape(bshape[1:])
+
+    def apply(o, a):       # parts along axis 0 (or 1 for a batch of one: then whole x)
+        np.multiply(a, scale, out=o)
+        o += shift
+    if x.shape[0] >= 2:
+        split_parallel(apply, out, x)
+    else:
+        apply(out[0], x[0])
+    return out
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, factor):

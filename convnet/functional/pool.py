@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from convnet.functional.conv import conv_output_size, windows
+from convnet.functional.conv import conv_output_size, pad, windows
 from convnet.functional.threads import in_parallel, split_parallel
 
 
@@ -47,21 +47,6 @@ def _padded_shape(x_shape, kernel, stride, padding, dilation, out_size):
                  for a in (0, 1))
 
 
-def _pad(x, padding, padded_shape, value):
-    """Pad H and W by P before and up to ``padded_shape`` after, filling with ``value``."""
-    n, c, h, w = x.shape
-    (ph, pw), (hp, wp) = padding, padded_shape
-    if (h, w) == (hp, wp):
-        return x
-    xp = np.empty((n, c, hp, wp), dtype=x.dtype)    # writing only the border beats np.pad
-    xp[:, :, ph : ph + h, pw : pw + w] = x
-    xp[:, :, :ph] = value
-    xp[:, :, ph + h :] = value
-    xp[:, :, ph : ph + h, :pw] = value
-    xp[:, :, ph : ph + h, pw + w :] = value
-    return xp
-
-
 def _tiles(x_shape, kernel, stride, padding, dilation, out_size):
     """True when the windows tile the input exactly: S == F, P == 0, D == 1, F divides."""
     return (tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0)
@@ -72,7 +57,7 @@ def _tiles(x_shape, kernel, stride, padding, dilation, out_size):
 def _taps(x, kernel, stride, padding, dilation, out_size, value):
     """The FH*FW strided views (N, C, OH, OW) of x, tap (i, j) at list index i*FW + j."""
     shape = _padded_shape(x.shape, kernel, stride, padding, dilation, out_size)
-    win = windows(_pad(x, padding, shape, value), kernel, stride, dilation, out_size)
+    win = windows(pad(x, padding, value, shape), kernel, stride, dilation, out_size)
     return [win[..., i, j] for i in range(kernel[0]) for j in range(kernel[1])]
 
 

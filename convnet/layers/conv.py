@@ -91,14 +91,26 @@ class Conv2d(Layer):
         self._workspace = self.cache.cols if self.training else None
         return out
 
-    def infer(self, x):
+    def infer(self, x, bn=None, relu=False):
         """Forward without a cache, building im2col in pieces of at most
-        ``functional.conv.IM2COL_MAX_BYTES`` (inference memory stays bounded)."""
+        ``functional.conv.IM2COL_MAX_BYTES`` (inference memory stays bounded).
+
+        Containers fuse a CONV -> BN -> RELU run into this one call at inference:
+        ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded into the filters
+        and bias (bn(y) = y * s + t per channel, so conv(x; w * s, b * s + t) = bn(conv(x)));
+        ``relu=True`` applies max(0, .) as the output is written. Neither costs a pass over
+        the output of its own.
+        """
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])
         self.cache = None
-        return F.conv2d_infer(x, self.params["weight"], self.params.get("bias"), self.stride,
-                              self.padding, self.dilation, self.groups, self.fit)
+        w, b = self.params["weight"], self.params.get("bias")
+        if bn is not None:
+            scale, shift = bn.inference_affine()
+            w = w * scale.reshape(-1, 1, 1, 1)
+            b = shift if b is None else b * scale + shift
+        return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
+                              self.fit, relu=relu)
 
     skips_input_grad = True
 

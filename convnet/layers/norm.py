@@ -72,6 +72,25 @@ class _BatchNorm(Layer):
                                                    self.buffers["running_var"], self.eps)
         return out
 
+    def inference_affine(self):
+        """(scale, shift), each (C,), with this layer's output = x * scale + shift per
+        channel: what eval mode computes from the running statistics. None when the layer
+        normalizes with batch statistics (training mode, or no running statistics)."""
+        if self.training or not self.track_running_stats:
+            return None
+        return F.batch_norm_affine(self.params.get("weight"), self.params.get("bias"),
+                                   self.buffers["running_mean"], self.buffers["running_var"],
+                                   self.eps)
+
+    def infer(self, x):
+        """Forward without a cache; in eval mode one scale and shift per channel."""
+        affine = self.inference_affine()
+        if affine is None:
+            return super().infer(x)
+        self._check_input(x)
+        self.cache = None
+        return F.affine_channels(x, *affine)
+
     def _update_running_stats(self, cache):
         """PyTorch's rule: count the batch, then average with momentum (or cumulatively)."""
         self.buffers["num_batches_tracked"] += 1

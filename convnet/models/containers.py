@@ -18,7 +18,42 @@ from __future__ import annotations
 
 import numpy as np
 
+from convnet.functional.activation import relu_forward
+from convnet.layers.activation import ReLU
 from convnet.layers.base import Layer
+from convnet.layers.conv import Conv2d
+from convnet.layers.norm import BatchNorm2d
+
+
+def infer_layers(layers, x):
+    """Each layer's ``infer`` in turn, with every CONV -> BN -> RELU run (BN and RELU each
+    optional) fused into one pass: the CONV folds an eval-mode BatchNorm2d into its filters
+    and applies the RELU as its output is written (``Conv2d.infer``). The fused BN and
+    RELU layers are not called; their caches are dropped, as ``infer`` does."""
+    i = 0
+    while i < len(layers):
+        layer, i = layers[i], i + 1
+        if not isinstance(layer, Conv2d):
+            x = layer.infer(x)
+            continue
+        bn = None
+        if (i < len(layers) and isinstance(layers[i], BatchNorm2d)
+                and layers[i].inference_affine() is not None):
+            bn, i = layers[i], i + 1
+            bn.cache = None
+        relu = i < len(layers) and type(layers[i]) is ReLU
+        if relu:
+            layers[i].cache = None
+            i += 1
+        x = layer.infer(x, bn=bn, relu=relu)
+    return x
+
+
+def _owned(out, x, skip):
+    """True when out is a new array that can take skip in place: not a view of the input
+    and already of the sum's dtype."""
+    return (out.flags.writeable and out.dtype == np.result_type(out, skip)
+            and not np.may_share_memory(out, x))
 
 
 class Container(Layer):
@@ -248,10 +283,9 @@ class Sequential(Container):
         return first.backward(dout)
 
     def infer(self, x):
-        """Forward layer by layer, each dropping its cache: only current activations live."""
-        for layer in self:
-            x = layer.infer(x)
-        return x
+        """Forward layer by layer, each dropping its cache: only current activations live.
+        CONV -> BN -> RELU runs are fused into one pass (see ``infer_layers``)."""
+        return infer_layers(list(self), x)
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -323,18 +357,29 @@ class Residual(Container):
 
     def _run(self, x, how):
         """Body, shortcut, add, post: each child called through ``how`` (forward or infer)."""
-        out = x
-        for key in self._body_keys:
-            out = getattr(self._children[key], how)(out)
+        body = [self._children[key] for key in self._body_keys]
+        if how == "infer":
+            out = infer_layers(body, x)
+        else:
+            out = x
+            for layer in body:
+                out = layer.forward(out)
         skip = x
         if self._shortcut_key is not None:
             skip = getattr(self._children[self._shortcut_key], how)(x)
         if out.shape != skip.shape:
             raise ValueError(f"{self.where}: body gives {out.shape[1:]} but the shortcut gives "
                              f"{skip.shape[1:]}; add a projection shortcut")
-        out = out + skip
+        if how == "infer" and _owned(out, x, skip):
+            out += skip              # at inference no cache holds the body's output
+        else:
+            out = out + skip
         if self._post_key:
-            out = getattr(self._children[self._post_key], how)(out)
+            post = self._children[self._post_key]
+            if how == "infer" and type(post) is ReLU:   # out is this block's own array
+                post.cache = None
+                return relu_forward(out, inplace=True)[0]
+            out = getattr(post, how)(out)
         return out
 
     def backward(self, dout):

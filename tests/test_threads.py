@@ -13,6 +13,7 @@ import torch.nn.functional as TF
 from convnet.functional import threads
 from convnet.functional.activation import relu_backward, relu_forward
 from convnet.functional.conv import conv2d_backward, conv2d_forward, conv2d_infer
+from convnet.functional.norm import batch_norm_backward, batch_norm_forward
 from convnet.functional.pool import maxpool2d_backward, maxpool2d_forward
 from tests.utils import rel_error
 
@@ -99,3 +100,27 @@ def test_a_failing_part_waits_for_the_others():
     with pytest.raises(RuntimeError, match="boom"):
         threads.in_parallel(work, 4, 1 << 30)
     assert len(done) == (1 if threads.THREADS > 1 else 0)
+
+
+@pytest.mark.parametrize("shape, contiguous", [
+    ((1, 5, 4, 3), True), ((3, 4, 5, 5), False), ((4, 3), True), ((2, 3, 7), False)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_split(shape, contiguous, training):
+    """Batch norm's per-row sums and elementwise passes, split along N (or C for a batch of
+    one), against PyTorch; non-contiguous x and dout too."""
+    rng = np.random.default_rng(sum(shape))
+    c = shape[1]
+    x = rng.standard_normal(shape) * 3 + 2
+    dout = rng.standard_normal(shape)
+    if not contiguous:
+        x, dout = np.asfortranarray(x), np.asfortranarray(dout)
+    w, b = rng.standard_normal(c), rng.standard_normal(c)
+    mean, var = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    stats = () if training else (mean, var)
+    out, cache = batch_norm_forward(x, w, b, *stats, eps=1e-3)
+    ref, (dx_t, dw_t, db_t) = torch_grads(
+        lambda a, g, h: TF.batch_norm(a, torch.tensor(mean), torch.tensor(var), g, h,
+                                      training=training, eps=1e-3), x, w, b, dout=dout)
+    assert rel_error(out, ref) < 1e-10
+    for got, expected in zip(batch_norm_backward(dout, cache), (dx_t, dw_t, db_t)):
+        assert rel_error(got, expected) < 1e-10

@@ -29,13 +29,25 @@ def _channel_axes(x):
 
 
 class BatchNormCache(NamedTuple):
-    xhat: np.ndarray             # (N, C, ...), the normalized input
+    x: np.ndarray                # (N, C, L), the input (L = 1 or the positions per channel)
+    mean: np.ndarray             # (C,), the mean used
     inv_std: np.ndarray          # (C,), 1 / sqrt(var + eps)
     weight: np.ndarray | None    # (C,) gamma, or None without affine
     batch_stats: bool            # True: mean/var came from x itself (train mode)
-    mean: np.ndarray             # (C,), the mean used
     var: np.ndarray              # (C,), the (biased) variance used
     count: int                   # M, values per channel
+
+
+def _per_channel(a):
+    """(N, C, L) view (or copy) of a (N, C, ...) array: sums per channel run along L."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _channel_constant(value, dtype, n):
+    """A (C,) array as an (N, C, 1) broadcast view: split_parallel slices it along with
+    the data, whether it splits N or (for a batch of one) C."""
+    value = np.asarray(value, dtype=dtype)
+    return np.broadcast_to(value.reshape(1, -1, 1), (n, value.size, 1))
 
 
 def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5):
@@ -47,22 +59,48 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     M, the count per channel) for the running-average update, and backward differentiates
     through them. out = gamma * (x - mean) / sqrt(var + eps) + beta, same shape as x.
 
+    The variance is two-pass, the mean of (x - mean)^2, for accuracy. Per-channel sums
+    are taken per sample and channel (contiguous rows, x.dtype) and then added over N in
+    float64; the elementwise work is split over both cores. The cache keeps x itself (the
+    centred values are recomputed in backward), so it holds no array of its own.
+
     >>> x = np.array([[1.0], [3.0]])                 # N=2, C=1: mean 2, var 1
     >>> batch_norm_forward(x, eps=0.0)[0].ravel()
     array([-1.,  1.])
     """
-    axes, bshape = _channel_axes(x)
-    count = x.size // x.shape[1]
+    xr = _per_channel(x)
+    n, c = xr.shape[:2]
+    count = x.size // c
+    given = [a for a in (weight, bias, mean, var) if a is not None]
+    dtype = np.result_type(x, *given)
+    out = np.empty(xr.shape, dtype=dtype)
+    rows = np.empty((n, c), dtype=dtype)                   # one sum per sample and channel
     batch_stats = mean is None
     if batch_stats:
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape(bshape)) ** 2).mean(axis=axes)   # two-pass, biased
+        split_parallel(lambda a, s: np.sum(a, axis=2, out=s), xr, rows)
+        mean = rows.sum(axis=0, dtype=np.float64) / count
+    centre = _channel_constant(mean, dtype, n)
+
+    def centred(a, m, o, s):          # o = x - mean, and each row's sum of squares
+        np.subtract(a, m, out=o)
+        if batch_stats:
+            np.vecdot(o, o, out=s)
+    split_parallel(centred, xr, centre, out, rows)
+    if batch_stats:
+        var = rows.sum(axis=0, dtype=np.float64) / count                 # biased
     inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = (x - mean.reshape(bshape)) * inv_std.reshape(bshape)
-    out = xhat if weight is None else xhat * weight.reshape(bshape)
-    if bias is not None:
-        out = out + bias.reshape(bshape)
-    return out, BatchNormCache(xhat, inv_std, weight, batch_stats, mean, var, count)
+    scale = _channel_constant(inv_std if weight is None else inv_std * weight, dtype, n)
+    shift = _channel_constant(np.zeros(c) if bias is None else bias, dtype, n)
+
+    def affine(o, s, t):
+        np.multiply(o, s, out=o)
+        if bias is not None:
+            o += t
+    split_parallel(affine, out, scale, shift)
+    if batch_stats:
+        mean, var = mean.astype(dtype), var.astype(dtype)
+    cache = BatchNormCache(xr, mean, inv_std.astype(dtype), weight, batch_stats, var, count)
+    return out.reshape(x.shape), cache
 
 
 def batch_norm_backward(dout, cache):
@@ -74,19 +112,42 @@ def batch_norm_backward(dout, cache):
 
         dx = inv_std / M * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
 
+    computed as one affine map per channel of dout and the centred input xc = x - mean
+    (xhat = inv_std * xc):
+
+        dx = a * dout + b * xc + k,   a = gamma * inv_std,
+        b = -gamma * inv_std^3 * sum(dout * xc) / M,   k = -gamma * inv_std * sum(dout) / M
+
     With fixed statistics it is just the affine map's: dx = gamma * inv_std * dout.
     """
-    xhat, inv_std, weight, batch_stats, _, _, count = cache
-    axes, bshape = _channel_axes(dout)
-    dxhat = dout if weight is None else dout * weight.reshape(bshape)
+    xr, mean, inv_std, weight, batch_stats, _, count = cache
+    n, c = xr.shape[:2]
+    dr = _per_channel(dout)
+    dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
+    dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
+    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
+
+    def row_sums(d, a, m, xc, s, sx):
+        np.subtract(a, m, out=xc)
+        np.sum(d, axis=2, out=s)
+        np.vecdot(d, xc, out=sx)
+    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, n), dx, sums[0], sums[1])
+    dsum, dxc = sums.sum(axis=1, dtype=np.float64)
+    gamma = 1.0 if weight is None else weight.astype(np.float64)
+    inv = inv_std.astype(np.float64)
+    a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, n)
     if batch_stats:
-        sum_dxhat = dxhat.sum(axis=axes).reshape(bshape)                       # (1, C, 1..)
-        sum_dxhat_xhat = (dxhat * xhat).sum(axis=axes).reshape(bshape)         # (1, C, 1..)
-        dx = (inv_std / count).reshape(bshape) * (
-            count * dxhat - sum_dxhat - xhat * sum_dxhat_xhat)
+        b = _channel_constant(-gamma * inv**3 * dxc / count, dtype, n)
+        k = _channel_constant(-gamma * inv * dsum / count, dtype, n)
+
+        def grad(d, o, a, b, k):       # o holds xc: o = b * xc + k + a * dout
+            np.multiply(o, b, out=o)
+            o += k
+            o += d * a
+        split_parallel(grad, dr, dx, a, b, k)
     else:
-        dx = dxhat * inv_std.reshape(bshape)
-    return dx, (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
+        split_parallel(lambda d, o, a: np.multiply(d, a, out=o), dr, dx, a)
+    return dx.reshape(dout.shape), (inv * dxc).astype(dtype), dsum.astype(dtype)
 
 
 def batch_norm_affine(weight, bias, mean, var, eps=1e-5):

@@ -147,7 +147,8 @@ def render(report):
     head = (f"conv2d float32, convnet (NumPy {env['numpy']}, {env['numpy_blas']}) vs torch "
             f"{env['torch']} ({env['torch_threads']} threads), {env['cpu_count']} CPUs "
             f"({env['processor']})\n"
-            f"GEMM peak (2048^3 float32 np.matmul): {report['gemm_peak_gflops']:.1f} GFLOP/s "
+            f"GEMM peak (2048^3 float32 np.matmul, best of 3 blocks): "
+            f"{report['gemm_peak_gflops']:.1f} GFLOP/s "
             f"(others busy: {_busy(report['gemm_others_busy_cpus'])})\n"
             f"times: median ±half the interquartile range; %pk = GFLOP/s / GEMM peak; "
             f"ratio = convnet / torch; others = CPUs kept busy by other processes meanwhile\n")

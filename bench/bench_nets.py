@@ -391,7 +391,8 @@ def render(report):
     out = [f"whole nets, float32: convnet (NumPy {env['numpy']}, {env['numpy_blas']}) vs "
            f"torch {env['torch']} ({env['torch_threads']} threads), {env['cpu_count']} CPUs "
            f"({env['processor']})",
-           f"GEMM peak (2048^3 float32 np.matmul): {report['gemm_peak_gflops']:.1f} GFLOP/s; "
+           f"GEMM peak (2048^3 float32 np.matmul, best of 3 blocks): "
+           f"{report['gemm_peak_gflops']:.1f} GFLOP/s; "
            f"ratio = convnet / torch (below 1: convnet faster); %pk = GFLOP/s / GEMM peak",
            ""]
     if report["results"]:

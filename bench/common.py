@@ -115,8 +115,10 @@ def _minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def gemm_peak(n=2048, repeat=8, warmup=2, dtype=np.float32, seed=0):
-    """A practical BLAS peak: median GFLOP/s of an (n x n) @ (n x n) np.matmul.
+def gemm_peak(n=2048, repeat=8, warmup=2, blocks=3, dtype=np.float32, seed=0):
+    """A practical BLAS peak: GFLOP/s of an (n x n) @ (n x n) np.matmul, the best of
+    ``blocks`` blocks' medians (this VM's clock and neighbours move a block's rate by
+    10-20%; a peak is what the machine sustains at its best).
 
     2*n^3 FLOPs per call. Use it to read a conv's GFLOP/s as a fraction of what a
     large, square, well-shaped matrix multiply gets on the same machine and threads.
@@ -125,9 +127,12 @@ def gemm_peak(n=2048, repeat=8, warmup=2, dtype=np.float32, seed=0):
     a = rng.standard_normal((n, n), dtype=dtype)
     b = rng.standard_normal((n, n), dtype=dtype)
     out = np.empty((n, n), dtype=dtype)
-    timing = time_blocks({"gemm": lambda: np.matmul(a, b, out=out)}, repeat=repeat, rounds=1,
-                         warmup=warmup)["gemm"]
-    return gflops(2 * n**3, timing.median)
+    rates = []
+    for _ in range(blocks):
+        timing = time_blocks({"gemm": lambda: np.matmul(a, b, out=out)}, repeat=repeat,
+                             rounds=1, warmup=warmup)["gemm"]
+        rates.append(gflops(2 * n**3, timing.median))
+    return max(rates)
 
 
 def gflops(flops, seconds):

@@ -177,6 +177,43 @@ def test_blocks_gradient_check(kind):
         assert rel_error(grads[key], numerical_grad(lambda: model.forward(x), p, dout)) < 1e-7
 
 
+@pytest.mark.parametrize("inplace", [True, False])
+def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace):
+    """Sequential.forward runs RELU -> max POOL as POOL -> RELU (the RELU on the pooled,
+    smaller volume): outputs and gradients equal the layers run one by one in the written
+    order, with ties, zeros and windows that are all negative; average pooling is not
+    swapped."""
+    rng = np.random.default_rng(9)
+    layers = [ReLU(inplace), MaxPool2d(2), Conv2d(2, 3, 3, padding=1, rng=rng, **F64),
+              ReLU(inplace), MaxPool2d(3, 2, 1, fit="floor"), ReLU(), AvgPool2d(2, 1, fit="floor")]
+    net = Sequential(*layers)
+    x = rng.integers(-2, 3, (3, 2, 8, 8)).astype(np.float64)   # ties, zeros, negatives
+    ran = []
+    for layer in layers:
+        def spy(a, layer=layer, original=layer.forward):
+            ran.append(layer)
+            return original(a)
+        layer.forward = spy
+    out = net.forward(x.copy())
+    assert ran == [layers[i] for i in (1, 0, 2, 4, 3, 5, 6)]
+    dout = rng.standard_normal(out.shape)
+    dx = net.backward(dout)
+    expected, caches = x.copy(), []
+    for layer in layers:                         # written order, each layer's own passes
+        expected = type(layer).forward(layer, expected)
+        caches.append(layer.cache)
+    assert np.array_equal(out, expected)
+    grad = dout
+    for layer, cache in zip(reversed(layers), reversed(caches)):
+        layer.cache = cache
+        grad = layer.backward(grad)
+    assert np.array_equal(dx, grad)
+    x = rng.standard_normal(x.shape)                         # no ties: a numerical check
+    net.forward(x.copy())
+    dx = net.backward(dout)
+    assert rel_error(dx, numerical_grad(lambda: net.forward(x.copy()), x, dout)) < 1e-7
+
+
 def test_container_keys_stages_and_state():
     rng = np.random.default_rng(2)
     net = Sequential({"features": Sequential(Conv2d(1, 4, 3, padding=1, rng=rng), ReLU(),

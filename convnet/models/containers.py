@@ -23,6 +23,7 @@ from convnet.layers.activation import ReLU
 from convnet.layers.base import Layer
 from convnet.layers.conv import Conv2d
 from convnet.layers.norm import BatchNorm2d
+from convnet.layers.pool import MaxPool2d
 
 
 def infer_layers(layers, x):
@@ -54,6 +55,20 @@ def _owned(out, x, skip):
     and already of the sum's dtype."""
     return (out.flags.writeable and out.dtype == np.result_type(out, skip)
             and not np.may_share_memory(out, x))
+
+
+def _relu_after_max_pool(layers):
+    """The layers with every RELU -> MaxPool2d pair swapped (see Sequential.forward)."""
+    order, i = [], 0
+    while i < len(layers):
+        if (i + 1 < len(layers) and type(layers[i]) is ReLU
+                and type(layers[i + 1]) is MaxPool2d):
+            order += [layers[i + 1], layers[i]]
+            i += 2
+        else:
+            order.append(layers[i])
+            i += 1
+    return order
 
 
 class Container(Layer):
@@ -262,7 +277,12 @@ class Sequential(Container):
         super().__init__(children)
 
     def forward(self, x):
-        for layer in self:
+        """The layers in order, except that RELU -> max POOL runs as POOL -> RELU: the
+        same values and gradients (max commutes with the monotone RELU, and a window whose
+        max is <= 0 passes no gradient either way), with the RELU on a volume F*F times
+        smaller. backward follows the order this forward ran in."""
+        self._order = _relu_after_max_pool(list(self))
+        for layer in self._order:
             x = layer.forward(x)
         return x
 
@@ -272,7 +292,7 @@ class Sequential(Container):
         """Gradients back through the layers; returns dx (N, *input), or None when
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
         the data needs no gradient)."""
-        layers = list(self)
+        layers = getattr(self, "_order", None) or list(self)
         if not layers:
             return dout
         for layer in reversed(layers[1:]):

@@ -246,21 +246,23 @@ def test_conv_infer_relu_matches_pytorch(block):
 
 @pytest.mark.parametrize("affine, bias, relu", [
     (True, True, True), (True, False, True), (False, True, False), (False, False, True)])
-def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu):
+@pytest.mark.parametrize("n, c, k", [(3, 4, 6), (1, 16, 24)])   # filters smaller/larger
+def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k):
     """Conv2d.infer(x, bn, relu) = relu(bn(conv(x))) with BN's running statistics folded
-    into the filters and bias; the BN layer itself is left unchanged."""
+    into the filters (when they are smaller than the output) or into the output; the BN
+    layer itself is left unchanged."""
     from convnet.layers.norm import BatchNorm2d
     rng = np.random.default_rng(7)
-    conv = Conv2d(4, 6, 3, stride=2, padding=1, bias=bias, fit="floor", dtype=np.float64,
+    conv = Conv2d(c, k, 3, stride=2, padding=1, bias=bias, fit="floor", dtype=np.float64,
                   rng=rng)
-    bn = BatchNorm2d(6, eps=1e-3, affine=affine, dtype=np.float64).eval()
-    bn.buffers["running_mean"][:] = rng.standard_normal(6)
-    bn.buffers["running_var"][:] = rng.uniform(0.1, 3, 6)
+    bn = BatchNorm2d(k, eps=1e-3, affine=affine, dtype=np.float64).eval()
+    bn.buffers["running_mean"][:] = rng.standard_normal(k)
+    bn.buffers["running_var"][:] = rng.uniform(0.1, 3, k)
     if affine:
-        bn.params["weight"][:] = rng.standard_normal(6)
-        bn.params["bias"][:] = rng.standard_normal(6)
+        bn.params["weight"][:] = rng.standard_normal(k)
+        bn.params["bias"][:] = rng.standard_normal(k)
     state = {k: v.copy() for k, v in {**bn.params, **bn.buffers, **conv.params}.items()}
-    x = rng.standard_normal((3, 4, 9, 9))
+    x = rng.standard_normal((n, c, 9, 9))
     expected = bn.forward(conv.forward(x))
     if relu:
         expected = np.maximum(expected, 0)

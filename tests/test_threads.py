@@ -56,6 +56,10 @@ def test_conv_forward_backward_and_infer_split(n, c, k, groups, stride, contiguo
         assert rel_error(relu, np.maximum(ref, 0)) < 1e-10
         assert rel_error(conv2d_infer(x, w, None, *args, fit="floor", max_bytes=limit,
                                       relu=True), np.maximum(ref - b.reshape(-1, 1, 1), 0)) < 1e-10
+        scale = rng.standard_normal(k)
+        scaled = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, scale=scale)
+        expected = (ref - b.reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1) + b.reshape(-1, 1, 1)
+        assert rel_error(scaled, expected) < 1e-10
 
 
 @pytest.mark.parametrize("shape, kernel, stride", [

@@ -224,22 +224,27 @@ def _out_size(x_shape, w_shape, stride, padding, dilation, fit):
                  for a in (0, 1))
 
 
-def _gemm_nchw(w, b, cols, groups, out, relu=False):
+def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
     """out (N, K, OH, OW) = W_row @ X_col + b, one GEMM per group, written in NCHW order.
 
     The GEMM gives (K, N*OH*OW); for one image that is already NCHW, for several the
     bias is added while transposing to (N, K, OH*OW), so the result is written once.
-    relu=True applies max(0, .) in the same pass (a CONV -> RELU at inference).
+    scale (K,) multiplies each output channel before the bias (a batch norm folded into
+    the output); relu=True then applies max(0, .) (a CONV -> RELU at inference).
     """
     assert out.flags.c_contiguous  # written through reshaped views
     n, k, oh, ow = out.shape
     w_rows = w.reshape(groups, k // groups, -1)                        # W_row per group
     cols = cols.reshape(groups, w_rows.shape[2], n * oh * ow)          # (G, Cg*FF, N*L)
 
-    def finish(o, p=None):   # o = p + bias (p: o itself by default), then max(0, o)
+    def finish(o, p=None):   # o = p * factor + bias (p: o itself by default), max(0, o)
+        p = o if p is None else p
+        if scale is not None:
+            np.multiply(p, factor, out=o)
+            p = o
         if b is not None:
-            np.add(o if p is None else p, bias, out=o)
-        elif p is not None:
+            np.add(p, bias, out=o)
+        elif p is not o:
             np.copyto(o, p)
         if relu:
             np.maximum(o, 0, out=o)
@@ -247,11 +252,12 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False):
     if n == 1:
         out_rows = out.reshape(groups, k // groups, oh * ow)
         np.matmul(w_rows, cols, out=out_rows)
-        if b is not None or relu:   # in place, split over positions: each part has every K
-            bias = b
+        if b is not None or relu or scale is not None:
+            bias, factor = b, scale  # in place, split over positions: each part has every K
             split_parallel(finish, out.reshape(k, oh * ow).T)
         return out
     bias = None if b is None else b.reshape(k, 1)
+    factor = None if scale is None else scale.reshape(k, 1)
     prod = np.matmul(w_rows, cols).reshape(k, n, oh * ow).transpose(1, 0, 2)  # (N, K, L)
     split_parallel(finish, out.reshape(n, k, oh * ow), prod)
     return out
@@ -263,7 +269,7 @@ IM2COL_MAX_BYTES = 64 << 20
 
 
 def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                 fit="exact", max_bytes=IM2COL_MAX_BYTES, relu=False):
+                 fit="exact", max_bytes=IM2COL_MAX_BYTES, relu=False, scale=None):
     """conv2d_forward for inference: the output only, im2col memory bounded by max_bytes.
 
     Same arguments and output as conv2d_forward, but no cache: the im2col matrix is built
@@ -271,7 +277,8 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     larger, for bands of output rows (the input rows each band's windows read). At least
     one output row is done at a time, so a single row larger than max_bytes still runs.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied as the output is
-    written instead of in a pass of its own.
+    written instead of in a pass of its own. scale (K,) multiplies each output channel
+    before the bias is added (a batch norm folded into the output rather than the filters).
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
     >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.9 GB of im2col, in 64 MB pieces
@@ -288,7 +295,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
         for s in range(0, n, per_image):
             cols = im2col(x[s: s + per_image], (fh, fw), stride, padding, dilation, (oh, ow),
                           buf)
-            _gemm_nchw(w, b, cols, groups, out[s: s + per_image], relu)
+            _gemm_nchw(w, b, cols, groups, out[s: s + per_image], relu, scale)
         return out
     # One image is too large: bands of output rows over the padded image.
     rows = max(1, max_bytes // row_bytes)
@@ -302,7 +309,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
             part = xp[:, :, r * stride[0]: (r1 - 1) * stride[0] + ext]
             cols = im2col(part, (fh, fw), stride, (0, 0), dilation, (r1 - r, ow), buf)
             band = band_buf[: k * (r1 - r) * ow].reshape(1, k, r1 - r, ow)
-            out[i, :, r:r1] = _gemm_nchw(w, b, cols, groups, band, relu)[0]
+            out[i, :, r:r1] = _gemm_nchw(w, b, cols, groups, band, relu, scale)[0]
     return out
 
 

@@ -96,21 +96,23 @@ class Conv2d(Layer):
         ``functional.conv.IM2COL_MAX_BYTES`` (inference memory stays bounded).
 
         Containers fuse a CONV -> BN -> RELU run into this one call at inference:
-        ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded into the filters
-        and bias (bn(y) = y * s + t per channel, so conv(x; w * s, b * s + t) = bn(conv(x)));
-        ``relu=True`` applies max(0, .) as the output is written. Neither costs a pass over
-        the output of its own.
+        ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded in (bn(y) =
+        y * s + t per channel, so bn(conv(x)) = conv(x; w * s, b * s + t)): into the
+        filters when they are smaller than the output (deep layers, small batches), else
+        into the output as it is written; ``relu=True`` applies max(0, .) as the output is
+        written. Neither costs a pass over the output of its own.
         """
         F.check_input(x, self.in_channels, self.where)
-        self.output_shape(x.shape[1:])
+        k, oh, ow = self.output_shape(x.shape[1:])
         self.cache = None
-        w, b = self.params["weight"], self.params.get("bias")
+        w, b, scale = self.params["weight"], self.params.get("bias"), None
         if bn is not None:
             scale, shift = bn.inference_affine()
-            w = w * scale.reshape(-1, 1, 1, 1)
             b = shift if b is None else b * scale + shift
+            if w.size <= x.shape[0] * k * oh * ow:
+                w, scale = w * scale.reshape(-1, 1, 1, 1), None
         return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
-                              self.fit, relu=relu)
+                              self.fit, relu=relu, scale=scale)
 
     skips_input_grad = True
 

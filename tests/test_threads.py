@@ -128,3 +128,17 @@ def test_batch_norm_split(shape, contiguous, training):
     assert rel_error(out, ref) < 1e-10
     for got, expected in zip(batch_norm_backward(dout, cache), (dx_t, dw_t, db_t)):
         assert rel_error(got, expected) < 1e-10
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", [
+    ((1, 4, 9, 9), 3, 2, 1), ((3, 2, 10, 8), (3, 4), (2, 1), (1, 2)), ((2, 3, 7, 7), 5, 1, 2)])
+def test_maxpool_without_switches_is_separable_and_split(shape, kernel, stride, padding):
+    """Inference's max pooling (columns, then rows) equals PyTorch's, NaN included."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-3, 3, shape).astype(np.float64)
+    x[0, 0, 1, 1] = np.nan
+    k, s, p = (v if isinstance(v, tuple) else (v, v) for v in (kernel, stride, padding))
+    out, cache = maxpool2d_forward(x, k, s, p, switches=False)
+    assert cache is None
+    expected = TF.max_pool2d(torch.tensor(x), k, s, p).numpy()
+    np.testing.assert_array_equal(out, expected)

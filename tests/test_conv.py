@@ -246,15 +246,17 @@ def test_conv_infer_relu_matches_pytorch(block):
 
 @pytest.mark.parametrize("affine, bias, relu", [
     (True, True, True), (True, False, True), (False, True, False), (False, False, True)])
-@pytest.mark.parametrize("n, c, k", [(3, 4, 6), (1, 16, 24)])   # filters smaller/larger
-def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k):
+@pytest.mark.parametrize("n, c, k, groups, dilation", [
+    (3, 4, 6, 1, 1), (1, 16, 24, 1, 1), (2, 4, 6, 2, 2), (1, 16, 24, 4, 2)])
+def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k, groups,
+                                                    dilation):
     """Conv2d.infer(x, bn, relu) = relu(bn(conv(x))) with BN's running statistics folded
     into the filters (when they are smaller than the output) or into the output; the BN
     layer itself is left unchanged."""
     from convnet.layers.norm import BatchNorm2d
     rng = np.random.default_rng(7)
-    conv = Conv2d(c, k, 3, stride=2, padding=1, bias=bias, fit="floor", dtype=np.float64,
-                  rng=rng)
+    conv = Conv2d(c, k, 3, stride=2, padding=1, dilation=dilation, groups=groups, bias=bias,
+                  fit="floor", dtype=np.float64, rng=rng)
     bn = BatchNorm2d(k, eps=1e-3, affine=affine, dtype=np.float64).eval()
     bn.buffers["running_mean"][:] = rng.standard_normal(k)
     bn.buffers["running_var"][:] = rng.uniform(0.1, 3, k)

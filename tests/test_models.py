@@ -214,6 +214,27 @@ def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace
     assert rel_error(dx, numerical_grad(lambda: net.forward(x.copy()), x, dout)) < 1e-7
 
 
+def test_relu_before_dilated_max_pool_keeps_its_order_and_backward_follows_the_children():
+    """A dilated window may lie wholly in the -inf padding, so RELU -> dilated POOL runs as
+    written (PyTorch: -inf there). A layer put in with replace() after forward has no
+    cache: backward says so instead of running the old order."""
+    x = np.ones((1, 1, 2, 2))
+    net = Sequential(ReLU(), MaxPool2d(2, 1, 1, dilation=3, fit="floor"))
+    expected = torch_max_pool(np.maximum(x, 0), 2, 1, 1, 3)
+    np.testing.assert_array_equal(net.forward(x), expected)
+    assert np.isneginf(expected).any()
+    net = Sequential(Conv2d(1, 2, 1, **F64), ReLU(), MaxPool2d(2))
+    net.forward(x)
+    net.replace("2", MaxPool2d(2))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        net.backward(np.ones((1, 2, 1, 1)))
+
+
+def torch_max_pool(x, kernel, stride, padding, dilation):
+    return torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride, padding,
+                                          dilation).numpy()
+
+
 def test_container_keys_stages_and_state():
     rng = np.random.default_rng(2)
     net = Sequential({"features": Sequential(Conv2d(1, 4, 3, padding=1, rng=rng), ReLU(),

@@ -142,3 +142,16 @@ def test_maxpool_without_switches_is_separable_and_split(shape, kernel, stride, 
     assert cache is None
     expected = TF.max_pool2d(torch.tensor(x), k, s, p).numpy()
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("n, size", [(1, 3), (1, 1), (2, 1)])
+def test_conv_infer_finishes_any_output_split(n, size):
+    """Bias, scale and RELU on the output are sliced with it, however it is split: a
+    batch of one with a 1x1 output is split along K."""
+    rng = np.random.default_rng(n + size)
+    x = rng.standard_normal((n, 2, size + 2, size + 2))
+    w, b, scale = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6), rng.standard_normal(6)
+    ref = TF.conv2d(torch.tensor(x), torch.tensor(w)).numpy()
+    expected = np.maximum(ref * scale.reshape(-1, 1, 1) + b.reshape(-1, 1, 1), 0)
+    out = conv2d_infer(x, w, b, relu=True, scale=scale)
+    assert rel_error(out, expected) < 1e-10

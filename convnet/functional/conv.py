@@ -230,36 +230,38 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
     The GEMM gives (K, N*OH*OW); for one image that is already NCHW, for several the
     bias is added while transposing to (N, K, OH*OW), so the result is written once.
     scale (K,) multiplies each output channel before the bias (a batch norm folded into
-    the output); relu=True then applies max(0, .) (a CONV -> RELU at inference).
+    the output); relu=True then applies max(0, .) (a CONV -> RELU at inference). Both
+    work on each part of the output right after it is written, on the same array: no
+    array and no layer call of their own, though each is still a pass over the part.
     """
     assert out.flags.c_contiguous  # written through reshaped views
     n, k, oh, ow = out.shape
     w_rows = w.reshape(groups, k // groups, -1)                        # W_row per group
     cols = cols.reshape(groups, w_rows.shape[2], n * oh * ow)          # (G, Cg*FF, N*L)
+    if n == 1:
+        np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, oh * ow))
+        if b is None and scale is None and not relu:
+            return out
+        dst = src = out.reshape(k, oh * ow)                            # in place
+    else:
+        src = np.matmul(w_rows, cols).reshape(k, n, oh * ow).transpose(1, 0, 2)  # (N, K, L)
+        dst = out.reshape(n, k, oh * ow)
 
-    def finish(o, p=None):   # o = p * factor + bias (p: o itself by default), max(0, o)
-        p = o if p is None else p
+    def per_channel(v):   # (K,) as a view of dst's shape, sliced along with it
+        v = np.zeros(1, dst.dtype) if v is None else v.reshape(k, 1)
+        return np.broadcast_to(v, dst.shape)
+
+    def finish(o, p, factor, bias):   # o = p * factor + bias, then max(0, o)
         if scale is not None:
             np.multiply(p, factor, out=o)
             p = o
         if b is not None:
             np.add(p, bias, out=o)
-        elif p is not o:
+        elif not np.may_share_memory(o, p):
             np.copyto(o, p)
         if relu:
             np.maximum(o, 0, out=o)
-
-    if n == 1:
-        out_rows = out.reshape(groups, k // groups, oh * ow)
-        np.matmul(w_rows, cols, out=out_rows)
-        if b is not None or relu or scale is not None:
-            bias, factor = b, scale  # in place, split over positions: each part has every K
-            split_parallel(finish, out.reshape(k, oh * ow).T)
-        return out
-    bias = None if b is None else b.reshape(k, 1)
-    factor = None if scale is None else scale.reshape(k, 1)
-    prod = np.matmul(w_rows, cols).reshape(k, n, oh * ow).transpose(1, 0, 2)  # (N, K, L)
-    split_parallel(finish, out.reshape(n, k, oh * ow), prod)
+    split_parallel(finish, dst, src, per_channel(scale), per_channel(b))
     return out
 
 
@@ -276,9 +278,10 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     for as many images as fit in ``max_bytes`` at a time, or, when one image's matrix is
     larger, for bands of output rows (the input rows each band's windows read). At least
     one output row is done at a time, so a single row larger than max_bytes still runs.
-    relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied as the output is
-    written instead of in a pass of its own. scale (K,) multiplies each output channel
-    before the bias is added (a batch norm folded into the output rather than the filters).
+    relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
+    the output as it is finished (no array or layer call of its own). scale (K,)
+    multiplies each output channel before the bias is added (a batch norm folded into the
+    output rather than the filters).
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
     >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.9 GB of im2col, in 64 MB pieces

@@ -22,12 +22,6 @@ import numpy as np
 from convnet.functional.threads import split_parallel
 
 
-def _channel_axes(x):
-    """The axes reduced per channel (all but axis 1) and the shape that broadcasts a (C,)."""
-    axes = (0, *range(2, x.ndim))
-    return axes, (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-
 class BatchNormCache(NamedTuple):
     x: np.ndarray                # (N, C, L), the input (L = 1 or the positions per channel)
     mean: np.ndarray             # (C,), the mean used
@@ -61,8 +55,9 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
 
     The variance is two-pass, the mean of (x - mean)^2, for accuracy. Per-channel sums
     are taken per sample and channel (contiguous rows, x.dtype) and then added over N in
-    float64; the elementwise work is split over both cores. The cache keeps x itself (the
-    centred values are recomputed in backward), so it holds no array of its own.
+    float64; the elementwise work is split over both cores. The cache keeps x itself (a
+    view of it, or a copy if x is not contiguous; the centred values are recomputed in
+    backward): do not change x between forward and backward.
 
     >>> x = np.array([[1.0], [3.0]])                 # N=2, C=1: mean 2, var 1
     >>> batch_norm_forward(x, eps=0.0)[0].ravel()
@@ -97,8 +92,8 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
         if bias is not None:
             o += t
     split_parallel(affine, out, scale, shift)
-    if batch_stats:
-        mean, var = mean.astype(dtype), var.astype(dtype)
+    # Copies of the C statistics used: the running buffers may change before backward.
+    mean, var = np.array(mean, dtype=dtype), np.array(var, dtype=dtype)
     cache = BatchNormCache(xr, mean, inv_std.astype(dtype), weight, batch_stats, var, count)
     return out.reshape(x.shape), cache
 
@@ -169,19 +164,18 @@ def batch_norm_affine(weight, bias, mean, var, eps=1e-5):
 
 
 def affine_channels(x, scale, shift):
-    """x * scale + shift per channel (axis 1), in two passes over both cores."""
-    _, bshape = _channel_axes(x)
-    out = np.empty(x.shape, dtype=np.result_type(x, scale, shift))
-    scale, shift = scale.reshape(bshape[1:]), shift.reshape(bshape[1:])
+    """x * scale + shift per channel (axis 1), in two passes split over both cores."""
+    xr = _per_channel(x)
+    dtype = np.result_type(x, scale, shift)
+    out = np.empty(xr.shape, dtype=dtype)
 
-    def apply(o, a):       # parts along axis 0 (or 1 for a batch of one: then whole x)
-        np.multiply(a, scale, out=o)
-        o += shift
-    if x.shape[0] >= 2:
-        split_parallel(apply, out, x)
-    else:
-        apply(out[0], x[0])
-    return out
+    def apply(o, a, s, t):
+        np.multiply(a, s, out=o)
+        o += t
+    n = xr.shape[0]
+    split_parallel(apply, out, xr, _channel_constant(scale, dtype, n),
+                   _channel_constant(shift, dtype, n))
+    return out.reshape(x.shape)
 
 
 def update_running_stats(running_mean, running_var, mean, var, count, factor):

@@ -98,9 +98,10 @@ class Conv2d(Layer):
         Containers fuse a CONV -> BN -> RELU run into this one call at inference:
         ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded in (bn(y) =
         y * s + t per channel, so bn(conv(x)) = conv(x; w * s, b * s + t)): into the
-        filters when they are smaller than the output (deep layers, small batches), else
-        into the output as it is written; ``relu=True`` applies max(0, .) as the output is
-        written. Neither costs a pass over the output of its own.
+        filters when they are smaller than the output, else into the output (deep layers,
+        small batches: no pass over a large filter bank); ``relu=True`` applies max(0, .)
+        to the output as it is finished. Neither allocates an output or runs a layer of
+        its own.
         """
         F.check_input(x, self.in_channels, self.where)
         k, oh, ow = self.output_shape(x.shape[1:])
@@ -111,6 +112,8 @@ class Conv2d(Layer):
             b = shift if b is None else b * scale + shift
             if w.size <= x.shape[0] * k * oh * ow:
                 w, scale = w * scale.reshape(-1, 1, 1, 1), None
+            else:   # the same result dtype as folding into the filters
+                w = w.astype(np.result_type(w, scale), copy=False)
         return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
                               self.fit, relu=relu, scale=scale)
 

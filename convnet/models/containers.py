@@ -58,11 +58,13 @@ def _owned(out, x, skip):
 
 
 def _relu_after_max_pool(layers):
-    """The layers with every RELU -> MaxPool2d pair swapped (see Sequential.forward)."""
+    """The layers with every RELU -> MaxPool2d pair swapped (see Sequential.forward).
+    Only undilated pools: a dilated window can fall wholly in the -inf padding, where
+    max then RELU gives 0 but RELU then max gives -inf."""
     order, i = [], 0
     while i < len(layers):
         if (i + 1 < len(layers) and type(layers[i]) is ReLU
-                and type(layers[i + 1]) is MaxPool2d):
+                and type(layers[i + 1]) is MaxPool2d and layers[i + 1].dilation == (1, 1)):
             order += [layers[i + 1], layers[i]]
             i += 2
         else:
@@ -292,7 +294,10 @@ class Sequential(Container):
         """Gradients back through the layers; returns dx (N, *input), or None when
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
         the data needs no gradient)."""
-        layers = getattr(self, "_order", None) or list(self)
+        layers = list(self)
+        order = getattr(self, "_order", None)
+        if order and len(order) == len(layers) and {id(a) for a in order} == set(map(id, layers)):
+            layers = order                       # the order the last forward ran in
         if not layers:
             return dout
         for layer in reversed(layers[1:]):

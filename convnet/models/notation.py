@@ -517,11 +517,9 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
 
 def _output_not_kept(layer):
     """True when backward does not read the layer's output, so a RELU after it may
-    overwrite it (``ReLU(inplace=True)``, one activation buffer less): CONV and FC keep
-    their input, batch norm with gamma its normalized input, not the output."""
-    if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
-        return "weight" in layer.params
-    return isinstance(layer, (Conv2d, Linear))
+    overwrite it (``ReLU(inplace=True)``, one activation buffer less): CONV, FC and
+    batch norm keep their input, not their output."""
+    return isinstance(layer, (Conv2d, Linear, BatchNorm1d, BatchNorm2d))
 
 
 def _take_input(text, items, input_shape):

@@ -28,9 +28,10 @@ from convnet.layers.pool import MaxPool2d
 
 def infer_layers(layers, x):
     """Each layer's ``infer`` in turn, with every CONV -> BN -> RELU run (BN and RELU each
-    optional) fused into one pass: the CONV folds an eval-mode BatchNorm2d into its filters
-    and applies the RELU as its output is written (``Conv2d.infer``). The fused BN and
-    RELU layers are not called; their caches are dropped, as ``infer`` does."""
+    optional) fused into the CONV's call: it folds an eval-mode BatchNorm2d into its
+    filters or its output and applies the RELU to its output as it is finished
+    (``Conv2d.infer``). The fused BN and RELU layers are not called; their caches are
+    dropped, as ``infer`` does."""
     i = 0
     while i < len(layers):
         layer, i = layers[i], i + 1

@@ -178,7 +178,8 @@ def test_conv_matches_pytorch_forward_and_backward(block):
 @pytest.mark.parametrize("block", range(4))
 def test_conv_infer_in_pieces_matches_pytorch(block):
     """conv2d_infer over random cases, with im2col limits that force every way of cutting
-    the work: all images at once, a few images at a time, bands of rows, one row."""
+    the work: all images at once, a few images at a time, bands of rows, one row; and with
+    relu=True, max(0, conv) applied as each piece is finished."""
     rng = np.random.default_rng(300 + block)
     for _ in range(30):
         case = random_case(rng)
@@ -194,6 +195,9 @@ def test_conv_infer_in_pieces_matches_pytorch(block):
             out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit)
             assert out.shape == expected.shape, case
             assert rel_error(out, expected) < 1e-10, (case, limit)
+            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, relu=True)
+            assert rel_error(out, np.maximum(expected, 0)) < 1e-10, (case, limit)
+            assert out.min() >= 0
 
 
 def test_conv_infer_builds_im2col_in_bounded_pieces():
@@ -222,26 +226,6 @@ def test_conv_layer_infer_equals_forward_and_keeps_no_cache():
     out = layer.infer(x)
     assert layer.cache is None
     assert rel_error(out, layer.forward(x)) < 1e-12
-
-
-@pytest.mark.parametrize("block", range(2))
-def test_conv_infer_relu_matches_pytorch(block):
-    """relu=True: max(0, conv) written in the conv's own pass, for every way of cutting
-    the im2col work, with and without bias."""
-    rng = np.random.default_rng(400 + block)
-    for _ in range(20):
-        case = random_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
-        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
-        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
-        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
-        expected = torch.relu(torch.nn.functional.conv2d(
-            torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
-            *args)).numpy()
-        for limit in (1 << 30, x[:1].nbytes, 1):
-            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, relu=True)
-            assert rel_error(out, expected) < 1e-10, (case, limit)
-            assert out.min() >= 0
 
 
 @pytest.mark.parametrize("affine, bias, relu", [

@@ -37,7 +37,14 @@ def test_a_killed_and_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path)
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline:
         time.sleep(0.005)
-    time.sleep(0.3)  # let it run on past the first checkpoint, into another epoch or batch
+    def version():   # checkpoints are written to a new file and renamed over the old
+        stat = ckpt.stat()
+        return stat.st_ino, stat.st_mtime_ns
+    first = version()
+    # Kill once a later checkpoint has replaced the first: the run is then past it, and
+    # (with dozens of checkpoints to go) not finished, however fast a step is.
+    while version() == first and time.time() < deadline:
+        time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (killed_dir / "model.json").exists(), "the run finished before the kill"

@@ -28,8 +28,8 @@ def run_cli(*args):
 def test_a_killed_and_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path):
     args = ["--data", "digits", "--model", SMALL, "--epochs", "3", "--batch-size", "16",
             "--checkpoint-every", "7", "--augment", "--quiet"]
-    straight = run_cli(*args, "--out", str(tmp_path / "straight"))
-    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+    with run_cli(*args, "--out", str(tmp_path / "straight")) as straight:
+        assert straight.wait(timeout=300) == 0, straight.stdout.read()
 
     killed_dir = tmp_path / "killed"
     proc = run_cli(*args, "--out", str(killed_dir))
@@ -47,13 +47,14 @@ def test_a_killed_and_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path)
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
+    proc.stdout.close()
     assert not (killed_dir / "model.json").exists(), "the run finished before the kill"
     _, _, state = load_checkpoint(ckpt)  # the last checkpoint is whole and loadable
     assert (state["epoch"], state["batch"]) > (0, 0)
 
-    resumed = run_cli("--out", str(killed_dir), "--resume", "--quiet")
-    output = resumed.stdout.read()
-    assert resumed.wait(timeout=300) == 0, output
+    with run_cli("--out", str(killed_dir), "--resume", "--quiet") as resumed:
+        output = resumed.stdout.read()
+        assert resumed.wait(timeout=300) == 0, output
     assert "resuming" in output
     a, _ = load_tensors(tmp_path / "straight" / "model.safetensors")
     b, _ = load_tensors(killed_dir / "model.safetensors")

@@ -84,14 +84,8 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     if batch_stats:
         var = rows.sum(axis=0, dtype=np.float64) / count                 # biased
     inv_std = 1.0 / np.sqrt(var + eps)
-    scale = _channel_constant(inv_std if weight is None else inv_std * weight, dtype, n)
-    shift = _channel_constant(np.zeros(c) if bias is None else bias, dtype, n)
-
-    def affine(o, s, t):
-        np.multiply(o, s, out=o)
-        if bias is not None:
-            o += t
-    split_parallel(affine, out, scale, shift)
+    scale = (inv_std if weight is None else inv_std * weight).astype(dtype)
+    affine_channels(out, scale, bias, out=out)
     # Copies of the C statistics used: the running buffers may change before backward.
     mean, var = np.array(mean, dtype=dtype), np.array(var, dtype=dtype)
     cache = BatchNormCache(xr, mean, inv_std.astype(dtype), weight, batch_stats, var, count)
@@ -163,18 +157,21 @@ def batch_norm_affine(weight, bias, mean, var, eps=1e-5):
     return scale, shift
 
 
-def affine_channels(x, scale, shift):
-    """x * scale + shift per channel (axis 1), in two passes split over both cores."""
+def affine_channels(x, scale, shift=None, out=None):
+    """x * scale + shift per channel (axis 1; shift None adds nothing), in one or two
+    passes split over both cores; ``out`` may be x itself."""
     xr = _per_channel(x)
-    dtype = np.result_type(x, scale, shift)
-    out = np.empty(xr.shape, dtype=dtype)
+    dtype = np.result_type(x, scale, *([] if shift is None else [shift]))
+    out = np.empty(xr.shape, dtype=dtype) if out is None else _per_channel(out)
+    n = xr.shape[0]
 
     def apply(o, a, s, t):
         np.multiply(a, s, out=o)
-        o += t
-    n = xr.shape[0]
+        if shift is not None:
+            o += t
     split_parallel(apply, out, xr, _channel_constant(scale, dtype, n),
-                   _channel_constant(shift, dtype, n))
+                   _channel_constant(np.zeros(np.shape(scale)) if shift is None else shift,
+                                     dtype, n))
     return out.reshape(x.shape)
 
 

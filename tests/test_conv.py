@@ -4,13 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+import convnet.functional.conv as conv_module
 from convnet.functional.conv import (
     col2im,
+    col2im_rows,
     conv2d_backward,
     conv2d_forward,
     conv2d_infer,
     conv_output_size,
     im2col,
+    im2col_rows,
+    shifted_suits,
 )
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from tests.utils import check_layer_grads, rel_error
@@ -283,6 +287,144 @@ def test_conv_float32_forward_matches_float64():
     out32 = conv32.forward(x.astype(np.float32))
     assert out32.dtype == np.float32
     assert rel_error(out32, conv64.forward(x)) < 1e-6
+
+
+# -- the shifted path (stride 1, im2col along H only) -------------------------------------
+@pytest.fixture
+def everywhere(monkeypatch):
+    """Every stride-1 conv with FW > 1 and no groups takes the shifted path, however few
+    its channels and however narrow its output (tiny cases reach it)."""
+    monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_module, "SHIFTED_MAX_WASTE", np.inf)
+
+
+def shifted_case(rng):
+    """random_case restricted to what the shifted path takes: stride 1, no groups, FW > 1."""
+    case = random_case(rng)
+    fw = max(2, case["kernel"][1])
+    w = max(case["w"], case["dilation"][1] * (fw - 1) + 1 - 2 * case["padding"][1])
+    return {**case, "kernel": (case["kernel"][0], fw), "w": w, "stride": (1, 1),
+            "groups": 1, "c": case["c"] // case["groups"], "k": case["k"] // case["groups"]}
+
+
+def test_shifted_path_is_taken_by_3x3_layers_with_depth_and_width():
+    suits = shifted_suits
+    assert suits((128, 32, 32, 32), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert suits((8, 64, 224, 224), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert not suits((128, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # C=3
+    assert not suits((8, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1)  # S=2
+    assert not suits((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 9/7
+    assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
+    assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    assert conv2d_forward(x, w, padding=(1, 1))[1].shifted
+    assert not conv2d_forward(x, w, stride=(2, 2), padding=(1, 1), fit="floor")[1].shifted
+
+
+def test_im2col_rows_holds_the_vertical_taps_and_col2im_rows_is_its_adjoint():
+    """Y[(c, i), (n, h, w)] = xp[n, c, h + i*dh, w], and <Y(x), D> = <x, col2im_rows(D)>."""
+    rng = np.random.default_rng(1)
+    xp = rng.standard_normal((2, 3, 9, 5))
+    y = im2col_rows(xp, 3, 2, 5).reshape(3, 3, 2, 5, 5)
+    for i in range(3):
+        assert np.array_equal(y[:, i], xp[:, :, 2 * i: 2 * i + 5].transpose(1, 0, 2, 3))
+    d = rng.standard_normal(y.shape)
+    back = np.zeros_like(xp)
+    col2im_rows(d, back, 2)
+    assert abs(np.sum(y * d) - np.sum(xp * back)) < 1e-10 * np.abs(y * d).sum()
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_shifted_conv_matches_pytorch_forward_and_backward(block, everywhere):
+    """120 random stride-1 cases on the shifted path, float64, against torch."""
+    rng = np.random.default_rng(500 + block)
+    for _ in range(30):
+        case = shifted_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
+        b = rng.standard_normal(case["k"])
+        args = ((1, 1), case["padding"], case["dilation"])
+        out, cache = conv2d_forward(x, w, b, *args, fit="floor")
+        assert cache.shifted, case
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        ot = torch.nn.functional.conv2d(xt, wt, bt, *args)
+        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
+        dout = rng.standard_normal(out.shape)
+        ot.backward(torch.tensor(dout))
+        overwrite = bool(rng.integers(2))
+        dx, dw, db = conv2d_backward(dout, cache, overwrite_cols=overwrite)
+        assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
+        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
+        assert rel_error(db, bt.grad.numpy()) < 1e-10, case
+        if not overwrite:   # the cache is intact: a second backward gives the same
+            assert np.array_equal(conv2d_backward(dout, cache)[1], dw)
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_shifted_conv_blocks_and_infer_pieces_match_pytorch(block, everywhere, monkeypatch):
+    """Blocks of the GEMM product small enough to cut it into images, bands of rows and
+    single rows, in training and at inference, with relu and a per-channel scale."""
+    rng = np.random.default_rng(600 + block)
+    for _ in range(10):
+        case = shifted_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
+        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
+        scale = rng.standard_normal(case["k"]) if rng.random() < 0.5 else None
+        args = ((1, 1), case["padding"], case["dilation"])
+        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+        ot = torch.nn.functional.conv2d(xt, wt, None if b is None else torch.tensor(b), *args)
+        dout = rng.standard_normal(tuple(ot.shape))
+        ot.backward(torch.tensor(dout))
+        expected = ot.detach().numpy()
+        image_bytes = 8 * x[0, 0].size * w.shape[3] * max(case["c"], case["k"]) * 4
+        for limit in (1 << 30, image_bytes, image_bytes // 5, 1):
+            monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", limit)
+            out, cache = conv2d_forward(x, w, b, *args, fit="floor")
+            assert rel_error(out, expected) < 1e-10, (case, limit)
+            dx, dw, _ = conv2d_backward(dout, cache, overwrite_cols=True)
+            assert rel_error(dx, xt.grad.numpy()) < 1e-10, (case, limit)
+            assert rel_error(dw, wt.grad.numpy()) < 1e-10, (case, limit)
+            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, relu=True,
+                               scale=scale)
+            bias = np.zeros((case["k"], 1, 1)) if b is None else b[:, None, None]
+            factor = 1 if scale is None else scale[:, None, None]
+            want = np.maximum((expected - bias) * factor + bias, 0)   # relu(conv * s + b)
+            assert rel_error(out, want) < 1e-10, (case, limit)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), padding=(2, 0), dilation=(1, 2)),
+    dict(kernel_size=3, padding=3, dilation=2, bias=False),
+])
+def test_shifted_conv_gradient_check(kwargs, everywhere):
+    rng = np.random.default_rng(5)
+    conv = Conv2d(3, 4, dtype=np.float64, rng=rng, **kwargs)
+    x = rng.standard_normal((2, 3, 6, 7))
+    conv.forward(x)
+    assert conv.cache.shifted
+    errors = check_layer_grads(conv, x)
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_shifted_conv_layer_reuses_its_workspace_and_steps_agree():
+    """Two training steps of a Conv2d on the shifted path give the same gradients, and the
+    second writes into the first's workspace (no fresh buffer)."""
+    rng = np.random.default_rng(6)
+    conv = Conv2d(16, 16, 3, padding=1, rng=rng)
+    x = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
+    dout = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
+    first = conv.forward(x)
+    workspace = conv.cache.workspace
+    dx1 = conv.backward(dout)
+    dw1 = conv.grads["weight"].copy()
+    assert np.array_equal(conv.forward(x), first)
+    assert np.shares_memory(conv.cache.workspace, workspace)
+    assert np.array_equal(conv.backward(dout), dx1)
+    assert np.array_equal(conv.grads["weight"], dw1)
 
 
 # -- gradient checks ---------------------------------------------------------------------

@@ -107,18 +107,19 @@ def check_input(x, channels, where, rank=4):
                          f"got {x.shape[1]} in shape {x.shape}")
 
 
-def pad(x, padding, value=0, padded_shape=None):
+def pad(x, padding, value=0, padded_shape=None, out=None):
     """Pad the two spatial axes of an NCHW array: (PH, PW) rows/columns of ``value`` before,
     and after up to ``padded_shape`` (HP, WP) (default: PH and PW after too).
 
     Writes the interior and the border once, over both cores: 2x faster than np.pad.
+    ``out``: an optional buffer to write into, as for im2col.
     """
     n, c, h, w = x.shape
     ph, pw = padding
     hp, wp = padded_shape if padded_shape is not None else (h + 2 * ph, w + 2 * pw)
     if (hp, wp) == (h, w):
         return x
-    xp = np.empty((n, c, hp, wp), dtype=x.dtype)
+    xp = buffer(out, n * c * hp * wp, x.dtype).reshape(n, c, hp, wp)
 
     def fill(dst, src):
         dst[:, :, ph: ph + h, pw: pw + w] = src
@@ -128,6 +129,14 @@ def pad(x, padding, value=0, padded_shape=None):
         dst[:, :, ph: ph + h, pw + w:] = value
     split_parallel(fill, xp, x)
     return xp
+
+
+def buffer(out, size, dtype):
+    """The first ``size`` values of the flat buffer ``out`` when it has that many of
+    ``dtype``, else a new array: reusing memory saves the page faults of a fresh one."""
+    if out is None or out.size < size or out.dtype != dtype:
+        return np.empty(size, dtype=dtype)
+    return out.reshape(-1)[:size]
 
 
 def windows(x, kernel, stride, dilation, out_size):
@@ -153,9 +162,7 @@ def im2col(x, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), out_size=N
     n, c = x.shape[:2]
     win = windows(xp, kernel, stride, dilation, out_size)          # (N, C, OH, OW, FH, FW)
     src = win.transpose(1, 4, 5, 0, 2, 3)                           # (C, FH, FW, N, OH, OW)
-    if out is None or out.size < src.size or out.dtype != x.dtype:
-        out = np.empty(src.shape, dtype=x.dtype)
-    cols = out.reshape(-1)[: src.size].reshape(src.shape)
+    cols = buffer(out, src.size, x.dtype).reshape(src.shape)
 
     def copy(part):
         np.copyto(cols[part], src[part])
@@ -195,6 +202,8 @@ class ConvCache(NamedTuple):
     dilation: tuple
     groups: int
     out_size: tuple
+    shifted: bool = False  # cols holds im2col_rows's Y (the shifted path)
+    workspace: np.ndarray = None  # the flat buffer cols is in (reusable once spent)
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
@@ -203,18 +212,35 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
 
     x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None.
     Returns out (N, K, OH, OW) with OH = (H - FH' + 2P)/S + 1, FH' = dilation*(FH-1)+1,
-    and a cache for conv2d_backward. ``cols_out``: an optional buffer for the im2col
-    matrix (see im2col).
+    and a cache for conv2d_backward. Stride-1 convs that suit it (shifted_suits: most
+    3x3 layers) take the shifted path instead (conv_shifted): the same product with a
+    third of im2col's copying. ``cols_out``: an optional flat buffer for the im2col
+    matrix, or for the shifted path's Y and padded input; the one used is the cache's
+    ``workspace``, to pass back as cols_out next time (see im2col).
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
     (1, 96, 55, 55)
     """
     out_size = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
-    cols = im2col(x, w.shape[2:], stride, padding, dilation, out_size, cols_out)  # (CFF, N*L)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w.shape
+    if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
+        # One buffer holds Y and, after it, the padded input Y is copied from.
+        y_size = c * fh * n * out_size[0] * (wd + 2 * padding[1])
+        xp_size = n * c * (h + 2 * padding[0]) * (wd + 2 * padding[1])
+        workspace = buffer(cols_out, y_size + xp_size, x.dtype)
+        xp = pad(x, padding, out=workspace[y_size:])
+        y = im2col_rows(xp, fh, dilation[0], out_size[0], workspace)
+        conv_shifted(xp, w, b, dilation, out, y)
+        return out, ConvCache(x.shape, y, w, stride, padding, dilation, groups, out_size,
+                              True, workspace)
+    workspace = buffer(cols_out, c * fh * fw * n * out_size[0] * out_size[1], x.dtype)
+    cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, workspace)  # (CFF, N*L)
     _gemm_nchw(w, b, cols, groups, out)
-    return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size)
+    return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size,
+                          False, workspace)
 
 
 def _out_size(x_shape, w_shape, stride, padding, dilation, fit):
@@ -265,6 +291,207 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
     return out
 
 
+# -- the shifted path: stride-1 convolutions, im2col along H only -----------------------
+# A stride-1 conv with at least this many input channels, whose horizontal taps widen the
+# output rows by at most this fraction, runs as conv_shifted instead of im2col + GEMM.
+SHIFTED_MIN_CHANNELS = 16
+SHIFTED_MAX_WASTE = 0.125
+# The shifted path's GEMM product (FW times an output block) is made in blocks of at most
+# this many bytes: below glibc's 32 MiB mmap threshold, so its memory is reused from call
+# to call instead of being mapped in (and page-faulted) afresh each time.
+SHIFTED_BLOCK_BYTES = 16 << 20
+
+
+def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
+    """Whether a conv takes the shifted path (see conv_shifted): stride 1, no groups, a
+    filter wider than 1, enough input channels, and output rows wide enough that the
+    FW-1 extra columns per row cost little (a fraction SHIFTED_MAX_WASTE at most)."""
+    k, cg, fh, fw = w_shape
+    ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
+    return (stride == (1, 1) and groups == 1 and fw > 1 and cg >= SHIFTED_MIN_CHANNELS
+            and ow > 0 and dilation[1] * (fw - 1) <= SHIFTED_MAX_WASTE * ow)
+
+
+def im2col_rows(xp, fh, dh, oh, out=None):
+    """im2col along H only: the (C*FH, N*OH*WP) matrix Y[(c, i), (n, h, w)] =
+    xp[n, c, h + i*dh, w] of a padded input xp (N, C, HP, WP).
+
+    The FH vertical taps are copied (FH times the input, where im2col copies FH*FW times);
+    the FW horizontal ones are not: tap j is Y's columns shifted by j*dw (conv_shifted).
+
+    ``out``: an optional buffer to write into, as for im2col.
+
+    >>> im2col_rows(np.zeros((2, 3, 6, 7)), 3, 1, 4).shape   # (3*3, 2*4*7)
+    (9, 56)
+    """
+    n, c, _, wp = xp.shape
+    y = buffer(out, c * fh * n * oh * wp, xp.dtype).reshape(c, fh, n, oh, wp)
+
+    def copy(part):
+        for i in range(fh):
+            np.copyto(y[part, i], xp[:, part, i * dh: i * dh + oh].transpose(1, 0, 2, 3))
+    in_parallel(copy, c, y.nbytes)
+    return y.reshape(c * fh, n * oh * wp)
+
+
+def _shifted_filters(w):
+    """W_s (FW*K, C*FH): row (j, k) holds filter k's column j of taps, ordered (c, i)."""
+    k, c, fh, fw = w.shape
+    return np.ascontiguousarray(w.transpose(3, 0, 1, 2)).reshape(fw * k, c * fh)
+
+
+def _row_blocks(n, oh, row_bytes, max_bytes):
+    """(n0, n1, h0, h1) blocks covering N images of OH output rows: whole images while
+    several fit in max_bytes (row_bytes per output row), else bands of rows of one."""
+    per_image = max_bytes // (row_bytes * oh)
+    if per_image >= 1:
+        return [(s, min(n, s + per_image), 0, oh) for s in range(0, n, per_image)]
+    rows = max(1, max_bytes // row_bytes)
+    return [(i, i + 1, r, min(oh, r + rows)) for i in range(n) for r in range(0, oh, rows)]
+
+
+def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
+                 max_bytes=SHIFTED_BLOCK_BYTES, y_out=None):
+    """out (N, K, OH, OW) = the stride-1 convolution of the padded input xp (N, C, HP, WP)
+    with filters w (K, C, FH, FW), as one GEMM per block of output rows. Returns out.
+
+    With Y = im2col_rows(xp) and W_s = the filters' columns stacked (FW*K, C*FH), the
+    product Z = W_s @ Y holds, for each horizontal tap j, every filter's partial sums at
+    every padded column; the output is the FW products added with shifts:
+    out[n, k, h, w] = sum_j Z[(j, k), (n, h, w + j*dw)]. The GEMM does im2col's FLOPs
+    (on WP/OW times as many columns) from a third of the copying, with FW*K rows where
+    im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
+    y: Y of all of xp, already built (training keeps it for the backward pass); without
+    it Y is built block by block, and max_bytes bounds both Y's and Z's blocks (else it
+    bounds Z's). b, relu and scale as in _finish. y_out: a buffer for Y's blocks.
+    """
+    n, c, _, wp = xp.shape
+    k, _, fh, fw = w.shape
+    oh, ow = out.shape[2:]
+    (dh, dw), ext = dilation, dilation[0] * (fh - 1)
+    w_s = _shifted_filters(w)
+    row_bytes = fw * k * wp * out.itemsize
+    if y is None:
+        row_bytes = max(row_bytes, c * fh * wp * xp.itemsize)
+    blocks = _row_blocks(n, oh, row_bytes, max_bytes)
+    n0, n1, h0, h1 = blocks[0]
+    z_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=np.result_type(xp, w))
+    for n0, n1, h0, h1 in blocks:
+        if y is None:
+            y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_out)
+            y_out = y_blk
+        else:
+            y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
+        z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])
+        np.matmul(w_s, y_blk, out=z)
+        _shifted_sum(z.reshape(fw, k, -1), dw, b, relu, scale)
+        z = z[:k].reshape(k, n1 - n0, h1 - h0, wp)[..., :ow].transpose(1, 0, 2, 3)
+        split_parallel(np.copyto, out[n0:n1, :, h0:h1], z)
+    return out
+
+
+def _shifted_sum(z, dw, b, relu, scale):
+    """z[0] (K, M) += z[j] shifted left by j*dw for every tap j, then * scale + b and
+    max(0, .) per channel, all in place on z[0]: flat passes over rows of the product
+    (long contiguous loops), in pieces of rows small enough to stay in the CPU's cache."""
+    fw, k, m = z.shape
+    step = max(1, (512 << 10) // (m * z.itemsize))
+
+    def work(part):
+        for r in range(part.start, part.stop, step):
+            rows = slice(r, min(part.stop, r + step))
+            z0 = z[0, rows]
+            for j in range(1, fw):
+                np.add(z0[:, : m - j * dw], z[j, rows, j * dw:], out=z0[:, : m - j * dw])
+            if scale is not None:
+                np.multiply(z0, scale[rows, None], out=z0)
+            if b is not None:
+                np.add(z0, b[rows, None], out=z0)
+            if relu:
+                np.maximum(z0, 0, out=z0)
+    in_parallel(work, k, z.nbytes)
+
+
+def _shifted_grad(dz, src, dw):
+    """Z's gradient dZ (FW, K, n*h*WP) of an output block's gradient src (K, n, h, OW):
+    dZ[j, k, (n, h, w)] = src[k, n, h, w - j*dw], 0 outside [0, OW)."""
+    fw, k, cols = dz.shape
+    _, n, h, ow = src.shape
+    wp = cols // (n * h)
+
+    def tap0(part):   # src, with WP - OW zero columns after each row
+        dz0 = dz[0, part].reshape(-1, n, h, wp)
+        np.copyto(dz0[..., :ow], src[part])
+        for col in range(ow, wp):
+            dz0[..., col] = 0
+    in_parallel(tap0, k, dz[0].nbytes)
+    # Tap j is tap 0 shifted right by j*dw as one flat array: each row's first columns
+    # then read the zeros that end the row before (one 1-D copy per tap: a shifted copy
+    # row by row runs several times slower in NumPy).
+    flat = dz.reshape(fw, -1)
+    for j in range(1, fw):
+        flat[j, : j * dw] = 0
+        split_parallel(np.copyto, flat[j, j * dw:], flat[0, : flat.shape[1] - j * dw])
+
+
+def col2im_rows(dy, dxp, dh, h0=0):
+    """The gradient of im2col_rows: add dY (C, FH, n, h, WP) back onto the rows of the
+    padded input gradient dxp (n, C, HP, WP) it was copied from, for the block of output
+    rows starting at h0 (FH adds of contiguous rows, over both cores)."""
+    c, fh, _, h, _ = dy.shape
+
+    def add(part):
+        for i in range(fh):
+            rows = dxp[:, part, h0 + i * dh: h0 + i * dh + h]
+            np.add(rows, dy[part, i].transpose(1, 0, 2, 3), out=rows)
+    in_parallel(add, c, dy.nbytes)
+
+
+def _shifted_backward(dout, cache, input_grad, workspace):
+    """(dx, dw, db) of a conv that ran conv_shifted, from dout and the kept Y.
+
+    Z's gradient is dZ[(j, k), (n, h, w)] = dout[n, k, h, w - j*dw] (0 outside the
+    output), so dW_s = dZ @ Y^T and dY = W_s^T @ dZ, and dY's rows add back onto the
+    padded input's rows they were copied from (col2im along H only). Made in blocks of
+    rows, like the forward's Z. With a workspace (the cache's, spent by this call) dY is
+    written over Y, and the padded input gradient where the padded input was.
+    """
+    x_shape, y, w, _, padding, dilation, _, (oh, ow) = cache[:8]
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w.shape
+    dil_h, dil_w = dilation
+    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+    w_s = _shifted_filters(w)
+    dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, y))
+    db = np.zeros(k, dtype=dw_s.dtype)
+    if input_grad:
+        spare = None if workspace is None else workspace[y.size:]
+        dxp = buffer(spare, n * c * hp * wp, np.result_type(w, dout)).reshape(n, c, hp, wp)
+        split_parallel(lambda part: part.fill(0), dxp)
+    blocks = _row_blocks(n, oh, fw * k * wp * dout.itemsize, SHIFTED_BLOCK_BYTES)
+    n0, n1, h0, h1 = blocks[0]
+    dz_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=dout.dtype)
+    for n0, n1, h0, h1 in blocks:
+        cols = (n1 - n0) * (h1 - h0) * wp
+        dz = dz_buf[: fw * k * cols].reshape(fw, k, cols)
+        _shifted_grad(dz, dout[n0:n1, :, h0:h1].transpose(1, 0, 2, 3), dil_w)
+        dz = dz.reshape(fw * k, cols)
+        y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
+        dw_s += np.matmul(dz, y_blk.T)
+        db += dz[:k].sum(axis=1)
+        if input_grad:
+            spent = workspace is not None and y.dtype == dxp.dtype
+            dy = np.matmul(w_s.T, dz, out=y_blk if spent else None)
+            col2im_rows(dy.reshape(c, fh, n1 - n0, h1 - h0, wp), dxp[n0:n1], dil_h, h0)
+    dw = np.ascontiguousarray(dw_s.reshape(fw, k, c, fh).transpose(1, 2, 3, 0))
+    if not input_grad:
+        return None, dw, db
+    dx = np.empty(x_shape, dtype=dxp.dtype)
+    split_parallel(np.copyto, dx, dxp[:, :, padding[0]: padding[0] + h,
+                                      padding[1]: padding[1] + wd])
+    return dx, dw, db
+
+
 # Inference builds the im2col matrix in pieces of at most this many bytes (a few images
 # at a time, or bands of output rows of one image), so its memory stays bounded.
 IM2COL_MAX_BYTES = 64 << 20
@@ -278,19 +505,29 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     for as many images as fit in ``max_bytes`` at a time, or, when one image's matrix is
     larger, for bands of output rows (the input rows each band's windows read). At least
     one output row is done at a time, so a single row larger than max_bytes still runs.
+    On the shifted path (see conv2d_forward) the same holds for its Y and its product,
+    each at most min(max_bytes, SHIFTED_BLOCK_BYTES) a block, and the padded input is
+    made for as many images at a time as fit in max_bytes (at least one).
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished (no array or layer call of its own). scale (K,)
     multiplies each output channel before the bias is added (a batch norm folded into the
     output rather than the filters).
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
-    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.9 GB of im2col, in 64 MB pieces
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.3 GB of Y, in 16 MB pieces
     (8, 64, 224, 224)
     """
-    n, c = x.shape[:2]
+    n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((n, k, oh, ow), dtype=np.result_type(x, w))
+    if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
+        image_bytes = (h + 2 * padding[0]) * (wd + 2 * padding[1]) * c * x.itemsize
+        per_pad = max(1, max_bytes // image_bytes)  # images padded at a time
+        for s in range(0, n, per_pad):
+            conv_shifted(pad(x[s: s + per_pad], padding), w, b, dilation, out[s: s + per_pad],
+                         relu=relu, scale=scale, max_bytes=min(max_bytes, SHIFTED_BLOCK_BYTES))
+        return out
     row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))
     if per_image > 1 or row_bytes * oh <= max_bytes:
@@ -328,7 +565,10 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     With input_grad=False dx is not computed and None is returned in its place (a net's
     first layer: nothing needs the gradient of the data).
     """
-    x_shape, cols, w, stride, padding, dilation, groups, out_size = cache
+    reuse = cache.workspace if overwrite_cols else None
+    if cache.shifted:
+        return _shifted_backward(dout, cache, input_grad, reuse)
+    x_shape, cols, w, stride, padding, dilation, groups, out_size = cache[:8]
     k, cg, fh, fw = w.shape
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
     split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
@@ -339,7 +579,6 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     db = dout_t.reshape(k, positions).sum(axis=1)
     if not input_grad:
         return None, dw, db
-    reuse = cols if overwrite_cols else None
     # Stride 1: the flipped-filter convolution copies K channels where col2im adds C.
     if stride == (1, 1) and k <= groups * cg and all(
             d * (f - 1) >= p for d, f, p in zip(dilation, (fh, fw), padding)):

@@ -88,7 +88,7 @@ class Conv2d(Layer):
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                            self.stride, self.padding, self.dilation,
                                            self.groups, self.fit, cols_out=reuse)
-        self._workspace = self.cache.cols if self.training else None
+        self._workspace = self.cache.workspace if self.training else None
         return out
 
     def infer(self, x, bn=None, relu=False):

@@ -365,7 +365,10 @@ def test_shifted_conv_matches_pytorch_forward_and_backward(block, everywhere):
 @pytest.mark.parametrize("block", range(2))
 def test_shifted_conv_blocks_and_infer_pieces_match_pytorch(block, everywhere, monkeypatch):
     """Blocks of the GEMM product small enough to cut it into images, bands of rows and
-    single rows, in training and at inference, with relu and a per-channel scale."""
+    single rows, in training and at inference, with relu and a per-channel scale; every
+    copy and sum split over threads, however small."""
+    from convnet.functional import threads
+    monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
     rng = np.random.default_rng(600 + block)
     for _ in range(10):
         case = shifted_case(rng)
@@ -408,6 +411,18 @@ def test_shifted_conv_gradient_check(kwargs, everywhere):
     assert conv.cache.shifted
     errors = check_layer_grads(conv, x)
     assert max(errors.values()) < 1e-7, errors
+
+
+@pytest.mark.parametrize("c", [3, 16])          # the im2col path, the shifted path
+def test_conv_of_an_empty_batch(c):
+    rng = np.random.default_rng(8)
+    x = np.zeros((0, c, 20, 20), np.float32)
+    w = rng.standard_normal((8, c, 3, 3)).astype(np.float32)
+    out, cache = conv2d_forward(x, w, padding=(1, 1))
+    assert out.shape == (0, 8, 20, 20) and cache.shifted == (c == 16)
+    dx, dw, db = conv2d_backward(np.zeros(out.shape, np.float32), cache, overwrite_cols=True)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
+    assert conv2d_infer(x, w, padding=(1, 1)).shape == (0, 8, 20, 20)
 
 
 def test_shifted_conv_layer_reuses_its_workspace_and_steps_agree():

@@ -195,7 +195,8 @@ def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
 
 class ConvCache(NamedTuple):
     x_shape: tuple
-    cols: np.ndarray      # (C*FH*FW, N*OH*OW), the im2col matrix of the input
+    cols: np.ndarray      # (C*FH*FW, N*OH*OW), the im2col matrix of the input, or on the
+                          # shifted path im2col_rows's Y, (C*FH, N*OH*WP)
     w: np.ndarray         # (K, C // groups, FH, FW)
     stride: tuple
     padding: tuple
@@ -363,7 +364,7 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
     im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
     y: Y of all of xp, already built (training keeps it for the backward pass); without
     it Y is built block by block, and max_bytes bounds both Y's and Z's blocks (else it
-    bounds Z's). b, relu and scale as in _finish. y_out: a buffer for Y's blocks.
+    bounds Z's). b, relu and scale as in conv2d_infer. y_out: a buffer for Y's blocks.
     """
     n, c, _, wp = xp.shape
     k, _, fh, fw = w.shape
@@ -374,6 +375,8 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
     if y is None:
         row_bytes = max(row_bytes, c * fh * wp * xp.itemsize)
     blocks = _row_blocks(n, oh, row_bytes, max_bytes)
+    if not blocks:   # an empty batch
+        return out
     n0, n1, h0, h1 = blocks[0]
     z_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=np.result_type(xp, w))
     for n0, n1, h0, h1 in blocks:
@@ -463,13 +466,13 @@ def _shifted_backward(dout, cache, input_grad, workspace):
     hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
     w_s = _shifted_filters(w)
     dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, y))
-    db = np.zeros(k, dtype=dw_s.dtype)
+    db = np.zeros(k, dtype=dout.dtype)
     if input_grad:
         spare = None if workspace is None else workspace[y.size:]
         dxp = buffer(spare, n * c * hp * wp, np.result_type(w, dout)).reshape(n, c, hp, wp)
         split_parallel(lambda part: part.fill(0), dxp)
     blocks = _row_blocks(n, oh, fw * k * wp * dout.itemsize, SHIFTED_BLOCK_BYTES)
-    n0, n1, h0, h1 = blocks[0]
+    n0, n1, h0, h1 = blocks[0] if blocks else (0, 0, 0, 0)   # none for an empty batch
     dz_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=dout.dtype)
     for n0, n1, h0, h1 in blocks:
         cols = (n1 - n0) * (h1 - h0) * wp
@@ -499,7 +502,7 @@ IM2COL_MAX_BYTES = 64 << 20
 
 def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                  fit="exact", max_bytes=IM2COL_MAX_BYTES, relu=False, scale=None):
-    """conv2d_forward for inference: the output only, im2col memory bounded by max_bytes.
+    """conv2d_forward for inference: the output only, its temporaries bounded by max_bytes.
 
     Same arguments and output as conv2d_forward, but no cache: the im2col matrix is built
     for as many images as fit in ``max_bytes`` at a time, or, when one image's matrix is
@@ -562,6 +565,10 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     moves less memory than col2im.
     With overwrite_cols=True, W_row.T @ dout_row is written over the cache's im2col
     matrix (same size, no longer needed once dw is known): the cache is then spent.
+    A cache of the shifted path (see conv2d_forward) goes to _shifted_backward: dw from
+    dZ @ Y^T, dx by adding W_s^T @ dZ's rows back onto the padded input's (col2im along
+    H only); there overwrite_cols=True writes W_s^T @ dZ over Y and the padded input's
+    gradient over the padded input, in the cache's workspace.
     With input_grad=False dx is not computed and None is returned in its place (a net's
     first layer: nothing needs the gradient of the data).
     """

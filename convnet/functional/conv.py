@@ -229,10 +229,10 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     k, _, fh, fw = w.shape
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
         # One buffer holds Y and, after it, the padded input Y is copied from.
-        y_size = c * fh * n * out_size[0] * (wd + 2 * padding[1])
-        xp_size = n * c * (h + 2 * padding[0]) * (wd + 2 * padding[1])
+        hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
+        y_size, xp_size = c * fh * n * out_size[0] * wp, n * c * hp * wp
         workspace = buffer(cols_out, y_size + xp_size, x.dtype)
-        xp = pad(x, padding, out=workspace[y_size:])
+        xp = pad(x, padding, padded_shape=(hp, wp), out=workspace[y_size:])
         y = im2col_rows(xp, fh, dilation[0], out_size[0], workspace)
         conv_shifted(xp, w, b, dilation, out, y)
         return out, ConvCache(x.shape, y, w, stride, padding, dilation, groups, out_size,
@@ -307,11 +307,22 @@ SHIFTED_BLOCK_BYTES = 16 << 20
 def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
     """Whether a conv takes the shifted path (see conv_shifted): stride 1, no groups, a
     filter wider than 1, enough input channels, and output rows wide enough that the
-    FW-1 extra columns per row cost little (a fraction SHIFTED_MAX_WASTE at most)."""
+    extra columns of the padded rows cost little (a fraction SHIFTED_MAX_WASTE at most)."""
     k, cg, fh, fw = w_shape
     ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
+    pitch = _shifted_padding(x_shape, w_shape, padding, dilation)[1]
     return (stride == (1, 1) and groups == 1 and fw > 1 and cg >= SHIFTED_MIN_CHANNELS
-            and ow > 0 and dilation[1] * (fw - 1) <= SHIFTED_MAX_WASTE * ow)
+            and ow > 0 and pitch - ow <= SHIFTED_MAX_WASTE * ow)
+
+
+def _shifted_padding(x_shape, w_shape, padding, dilation):
+    """(HP, WP) of the shifted path's padded input: PH zero rows above and below, PW zero
+    columns before each row and none after it (each row's right padding is the next row's
+    left padding: a tap reaching past a row's end reads the next row's first PW columns,
+    all zeros), plus any columns an output row needs beyond that (when PW > dw*(FW-1))."""
+    h, w = x_shape[2:]
+    (ph, pw), dw, fw = padding, dilation[1], w_shape[3]
+    return h + 2 * ph, w + pw + max(0, pw - dw * (fw - 1))
 
 
 def im2col_rows(xp, fh, dh, oh, out=None):
@@ -355,7 +366,8 @@ def _row_blocks(n, oh, row_bytes, max_bytes):
 def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
                  max_bytes=SHIFTED_BLOCK_BYTES, y_out=None):
     """out (N, K, OH, OW) = the stride-1 convolution of the padded input xp (N, C, HP, WP)
-    with filters w (K, C, FH, FW), as one GEMM per block of output rows. Returns out.
+    (padded as _shifted_padding says) with filters w (K, C, FH, FW), as one GEMM per
+    block of output rows. Returns out.
 
     With Y = im2col_rows(xp) and W_s = the filters' columns stacked (FW*K, C*FH), the
     product Z = W_s @ Y holds, for each horizontal tap j, every filter's partial sums at
@@ -406,7 +418,8 @@ def _shifted_sum(z, dw, b, relu, scale):
             rows = slice(r, min(part.stop, r + step))
             z0 = z[0, rows]
             for j in range(1, fw):
-                np.add(z0[:, : m - j * dw], z[j, rows, j * dw:], out=z0[:, : m - j * dw])
+                s = min(j * dw, m)         # a block of one short row can be narrower
+                np.add(z0[:, : m - s], z[j, rows, s:], out=z0[:, : m - s])
             if scale is not None:
                 np.multiply(z0, scale[rows, None], out=z0)
             if b is not None:
@@ -434,8 +447,9 @@ def _shifted_grad(dz, src, dw):
     # row by row runs several times slower in NumPy).
     flat = dz.reshape(fw, -1)
     for j in range(1, fw):
-        flat[j, : j * dw] = 0
-        split_parallel(np.copyto, flat[j, j * dw:], flat[0, : flat.shape[1] - j * dw])
+        s = min(j * dw, flat.shape[1])
+        flat[j, :s] = 0
+        split_parallel(np.copyto, flat[j, s:], flat[0, : flat.shape[1] - s])
 
 
 def col2im_rows(dy, dxp, dh, h0=0):
@@ -464,7 +478,7 @@ def _shifted_backward(dout, cache, input_grad, workspace):
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     dil_h, dil_w = dilation
-    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+    hp, wp = _shifted_padding(x_shape, w.shape, padding, dilation)
     w_s = _shifted_filters(w)
     dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, y))
     db = np.zeros(k, dtype=dout.dtype)
@@ -526,11 +540,12 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     oh, ow = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((n, k, oh, ow), dtype=np.result_type(x, w))
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
-        image_bytes = (h + 2 * padding[0]) * (wd + 2 * padding[1]) * c * x.itemsize
-        per_pad = max(1, max_bytes // image_bytes)  # images padded at a time
+        hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
+        per_pad = max(1, max_bytes // (c * hp * wp * x.itemsize))  # images padded at a time
         for s in range(0, n, per_pad):
-            conv_shifted(pad(x[s: s + per_pad], padding), w, b, dilation, out[s: s + per_pad],
-                         relu=relu, scale=scale, max_bytes=min(max_bytes, SHIFTED_BLOCK_BYTES))
+            xp = pad(x[s: s + per_pad], padding, padded_shape=(hp, wp))
+            conv_shifted(xp, w, b, dilation, out[s: s + per_pad], relu=relu, scale=scale,
+                         max_bytes=min(max_bytes, SHIFTED_BLOCK_BYTES))
         return out
     row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))

@@ -307,7 +307,7 @@ def shifted_case(rng):
             "groups": 1, "c": case["c"] // case["groups"], "k": case["k"] // case["groups"]}
 
 
-def test_shifted_path_is_taken_by_3x3_layers_with_depth_and_width():
+def test_shifted_path_is_taken_by_layers_with_depth_and_width():
     suits = shifted_suits
     assert suits((128, 32, 32, 32), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert suits((8, 64, 224, 224), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)
@@ -315,7 +315,8 @@ def test_shifted_path_is_taken_by_3x3_layers_with_depth_and_width():
     assert not suits((8, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1)  # S=2
     assert suits((64, 64, 8, 8), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 9 for 8
     assert not suits((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 8/7
-    assert not suits((8, 64, 14, 14), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 16/14
+    assert suits((8, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 16/14, F=5
+    assert not suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
     assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
     rng = np.random.default_rng(0)

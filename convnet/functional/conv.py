@@ -293,8 +293,11 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
 
 
 # -- the shifted path: stride-1 convolutions, im2col along H only -----------------------
-# A stride-1 conv with at least this many input channels, whose horizontal taps widen the
-# output rows by at most this fraction, runs as conv_shifted instead of im2col + GEMM.
+# A stride-1 conv with at least this many input channels, whose padded rows are longer
+# than its output rows by at most this fraction times (FW - 1)/2, runs as conv_shifted
+# instead of im2col + GEMM. The extra columns cost GEMM time in proportion; the copying
+# saved grows with FW (im2col copies the input FH*FW times, the shifted path FH times), so
+# wider filters may waste more: 3x3 layers from 8x8 up qualify, 5x5 ones from 14x14 up.
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MAX_WASTE = 0.125
 # The shifted path's GEMM product (FW times an output block) is made in blocks of at most
@@ -307,12 +310,13 @@ SHIFTED_BLOCK_BYTES = 16 << 20
 def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
     """Whether a conv takes the shifted path (see conv_shifted): stride 1, no groups, a
     filter wider than 1, enough input channels, and output rows wide enough that the
-    extra columns of the padded rows cost little (a fraction SHIFTED_MAX_WASTE at most)."""
+    extra columns of the padded rows cost little (a fraction SHIFTED_MAX_WASTE * (FW-1)/2
+    of the output's at most)."""
     k, cg, fh, fw = w_shape
     ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
     pitch = _shifted_padding(x_shape, w_shape, padding, dilation)[1]
     return (stride == (1, 1) and groups == 1 and fw > 1 and cg >= SHIFTED_MIN_CHANNELS
-            and ow > 0 and pitch - ow <= SHIFTED_MAX_WASTE * ow)
+            and ow > 0 and pitch - ow <= SHIFTED_MAX_WASTE * ow * (fw - 1) / 2)
 
 
 def _shifted_padding(x_shape, w_shape, padding, dilation):

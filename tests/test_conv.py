@@ -14,6 +14,7 @@ from convnet.functional.conv import (
     conv_output_size,
     im2col,
     im2col_rows,
+    pad,
     shifted_suits,
 )
 from convnet.layers.conv import Conv2d, LocallyConnected2d
@@ -326,17 +327,31 @@ def test_shifted_path_is_taken_by_layers_with_depth_and_width():
     assert not conv2d_forward(x, w, stride=(2, 2), padding=(1, 1), fit="floor")[1].shifted
 
 
-def test_im2col_rows_holds_the_vertical_taps_and_col2im_rows_is_its_adjoint():
-    """Y[(c, i), (n, h, w)] = xp[n, c, h + i*dh, w], and <Y(x), D> = <x, col2im_rows(D)>."""
+@pytest.mark.parametrize("padding, dh, h0, oh", [
+    ((1, 1), 2, 0, 5), ((2, 1), 1, 0, 9), ((0, 2), 3, 0, 1), ((1, 0), 2, 2, 2),
+    ((3, 1), 1, 4, 3)])
+def test_im2col_rows_holds_the_vertical_taps_and_col2im_rows_is_its_adjoint(padding, dh, h0,
+                                                                           oh):
+    """Y[(c, i), (n, h, w)] = xp[n, c, h + i*dh, w], and with xp = pad(x), <Y(x), D> =
+    <x, col2im_rows(D)> (added onto dx, or fresh: written, for a block of whole images),
+    for blocks of output rows h0 .. h0+oh-1 that reach past either edge or skip rows."""
     rng = np.random.default_rng(1)
-    xp = rng.standard_normal((2, 3, 9, 5))
-    y = im2col_rows(xp, 3, 2, 5).reshape(3, 3, 2, 5, 5)
+    x = rng.standard_normal((2, 3, 7, 5))
+    xp = pad(x, padding)
+    y = im2col_rows(xp[:, :, h0:], 3, dh, oh).reshape(3, 3, 2, oh, xp.shape[3])
     for i in range(3):
-        assert np.array_equal(y[:, i], xp[:, :, 2 * i: 2 * i + 5].transpose(1, 0, 2, 3))
+        rows = xp[:, :, h0 + dh * i: h0 + dh * i + oh]
+        assert np.array_equal(y[:, i], rows.transpose(1, 0, 2, 3))
     d = rng.standard_normal(y.shape)
-    back = np.zeros_like(xp)
-    col2im_rows(d, back, 2)
-    assert abs(np.sum(y * d) - np.sum(xp * back)) < 1e-10 * np.abs(y * d).sum()
+    start = rng.standard_normal(x.shape)
+    back = start.copy()
+    col2im_rows(d, back, dh, padding, h0)
+    assert abs(np.sum(y * d) - np.sum(x * (back - start))) < 1e-10 * np.abs(y * d).sum()
+    whole_image = h0 == 0 and oh == xp.shape[2] - 2 * dh
+    if whole_image:
+        fresh = np.full_like(x, np.nan)
+        col2im_rows(d, fresh, dh, padding, h0, fresh=True)
+        assert np.allclose(fresh, back - start, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("block", range(4))

@@ -456,16 +456,31 @@ def _shifted_grad(dz, src, dw):
         split_parallel(np.copyto, flat[j, s:], flat[0, : flat.shape[1] - s])
 
 
-def col2im_rows(dy, dxp, dh, h0=0):
-    """The gradient of im2col_rows: add dY (C, FH, n, h, WP) back onto the rows of the
-    padded input gradient dxp (n, C, HP, WP) it was copied from, for the block of output
-    rows starting at h0 (FH adds of contiguous rows, over both cores)."""
+def col2im_rows(dy, dx, dh, padding, h0=0, fresh=False):
+    """The gradient of pad + im2col_rows: add dY (C, FH, n, h, WP), the gradient of Y's
+    block of n images' output rows h0 .. h0+h-1, onto dx (n, C, H, W), the input's gradient.
+    Tap i of output row r was copied from input row r + i*dh - PH, columns PW .. PW+W-1 of
+    the padded row; what came from the padding is dropped. FH adds of contiguous rows,
+    over both cores, straight into dx (no padded gradient to fill and copy out).
+    fresh=True: dx holds nothing yet and the block has all its images' output rows: tap 0
+    is copied rather than added, and the input rows it misses are zeroed.
+    """
     c, fh, _, h, _ = dy.shape
+    (ph, pw), (rows, cols) = padding, dx.shape[2:]
 
     def add(part):
         for i in range(fh):
-            rows = dxp[:, part, h0 + i * dh: h0 + i * dh + h]
-            np.add(rows, dy[part, i].transpose(1, 0, 2, 3), out=rows)
+            s = h0 + i * dh - ph                     # input row of the block's first row
+            lo = max(0, -s)
+            hi = max(lo, min(h, rows - s))           # block rows whose tap i is an input row
+            src = dy[part, i, :, lo:hi, pw: pw + cols].transpose(1, 0, 2, 3)
+            dst = dx[:, part, s + lo: s + hi]
+            if fresh and i == 0:
+                np.copyto(dst, src)
+                dx[:, part, : s + lo] = 0
+                dx[:, part, s + hi:] = 0
+            else:
+                np.add(dst, src, out=dst)
     in_parallel(add, c, dy.nbytes)
 
 
@@ -474,23 +489,24 @@ def _shifted_backward(dout, cache, input_grad, workspace):
 
     Z's gradient is dZ[(j, k), (n, h, w)] = dout[n, k, h, w - j*dw] (0 outside the
     output), so dW_s = dZ @ Y^T and dY = W_s^T @ dZ, and dY's rows add back onto the
-    padded input's rows they were copied from (col2im along H only). Made in blocks of
-    rows, like the forward's Z. With a workspace (the cache's, spent by this call) dY is
-    written over Y, and the padded input gradient where the padded input was.
+    input's rows they were copied from (col2im_rows: col2im along H only). Made in blocks
+    of rows, like the forward's Z. With a workspace (the cache's, spent by this call) dY
+    is written over Y.
     """
     x_shape, y, w, _, padding, dilation, _, (oh, ow) = cache[:8]
-    n, c, h, wd = x_shape
+    n, c = x_shape[:2]
     k, _, fh, fw = w.shape
     dil_h, dil_w = dilation
-    hp, wp = _shifted_padding(x_shape, w.shape, padding, dilation)
+    wp = _shifted_padding(x_shape, w.shape, padding, dilation)[1]
     w_s = _shifted_filters(w)
     dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, y))
     db = np.zeros(k, dtype=dout.dtype)
-    if input_grad:
-        spare = None if workspace is None else workspace[y.size:]
-        dxp = buffer(spare, n * c * hp * wp, np.result_type(w, dout)).reshape(n, c, hp, wp)
-        split_parallel(lambda part: part.fill(0), dxp)
     blocks = _row_blocks(n, oh, fw * k * wp * dout.itemsize, SHIFTED_BLOCK_BYTES)
+    whole = all(h0 == 0 and h1 == oh for _, _, h0, h1 in blocks)   # images, not bands
+    if input_grad:
+        dx = np.empty(x_shape, dtype=np.result_type(w, dout))
+        if not whole:
+            split_parallel(lambda part: part.fill(0), dx)
     n0, n1, h0, h1 = blocks[0] if blocks else (0, 0, 0, 0)   # none for an empty batch
     dz_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=dout.dtype)
     for n0, n1, h0, h1 in blocks:
@@ -502,16 +518,12 @@ def _shifted_backward(dout, cache, input_grad, workspace):
         dw_s += np.matmul(dz, y_blk.T)
         db += dz[:k].sum(axis=1)
         if input_grad:
-            spent = workspace is not None and y.dtype == dxp.dtype
+            spent = workspace is not None and y.dtype == dx.dtype
             dy = np.matmul(w_s.T, dz, out=y_blk if spent else None)
-            col2im_rows(dy.reshape(c, fh, n1 - n0, h1 - h0, wp), dxp[n0:n1], dil_h, h0)
+            col2im_rows(dy.reshape(c, fh, n1 - n0, h1 - h0, wp), dx[n0:n1], dil_h, padding,
+                        h0, fresh=whole)
     dw = np.ascontiguousarray(dw_s.reshape(fw, k, c, fh).transpose(1, 2, 3, 0))
-    if not input_grad:
-        return None, dw, db
-    dx = np.empty(x_shape, dtype=dxp.dtype)
-    split_parallel(np.copyto, dx, dxp[:, :, padding[0]: padding[0] + h,
-                                      padding[1]: padding[1] + wd])
-    return dx, dw, db
+    return (dx if input_grad else None), dw, db
 
 
 # Inference builds the im2col matrix in pieces of at most this many bytes (a few images

@@ -46,6 +46,7 @@ from common import environment, format_table, gemm_peak, gflops, time_blocks, ti
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/ holds the torch nets
 
 from convnet.analysis import summary  # noqa: E402
+from convnet.functional.conv import release_scratch  # noqa: E402
 from convnet.functional.loss import softmax_cross_entropy  # noqa: E402
 from convnet.functional.pool import maxpool2d_backward, maxpool2d_forward  # noqa: E402
 from convnet.models import from_notation  # noqa: E402
@@ -246,6 +247,7 @@ def memory_rows(rng):
     optimizer state, activations kept for backward and every temporary."""
     rows = []
     for name, spec in (("lenet", LENET), ("cifar", CIFAR)):
+        release_scratch()   # the kept temporaries count in the peak, made afresh
         tracemalloc.start()
         net = from_notation(spec, rng=np.random.default_rng(0))
         x = rng.standard_normal((TRAIN_BATCH, *net.input_shape), dtype=np.float32)
@@ -275,6 +277,7 @@ def _inference_memory(name, net, n, rng, shape=None):
     shape = shape or net.input_shape
     x = rng.standard_normal((n, *shape), dtype=np.float32)
     net.eval()
+    release_scratch()
     tracemalloc.start()
     net.infer(x)
     extra = tracemalloc.get_traced_memory()[1]

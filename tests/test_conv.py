@@ -15,6 +15,8 @@ from convnet.functional.conv import (
     im2col,
     im2col_rows,
     pad,
+    release_scratch,
+    scratch,
     shifted_suits,
 )
 from convnet.layers.conv import Conv2d, LocallyConnected2d
@@ -222,6 +224,36 @@ def test_conv_infer_builds_im2col_in_bounded_pieces():
         assert rel_error(out, expected) < 1e-5
         assert peak < out_bytes + 3 * limit + x[:1].nbytes * 2, (limit, peak)
         assert peak < full / 2
+
+
+def test_scratch_buffers_are_kept_per_thread_and_role_and_bounded(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    release_scratch()
+    a = scratch("cols", 100, np.float32)
+    assert a.shape == (100,) and a.dtype == np.float32
+    assert np.shares_memory(scratch("cols", 50, np.float64), a)        # kept, reused
+    assert not np.shares_memory(scratch("product", 10, np.float32), a)  # one per role
+    assert not np.shares_memory(scratch("cols", 1000, np.float32), a)   # grown
+    with ThreadPoolExecutor(1) as pool:                                 # one per thread
+        other = pool.submit(scratch, "cols", 100, np.float32).result()
+    assert not np.shares_memory(other, scratch("cols", 100, np.float32))
+    monkeypatch.setattr(conv_module, "SCRATCH_MAX_BYTES", 64)
+    big = scratch("cols", 17, np.float32)                               # 68 bytes: fresh
+    assert not np.shares_memory(big, scratch("cols", 17, np.float32))
+    release_scratch()
+
+
+@pytest.mark.parametrize("c", [3, 16])          # the im2col path, the shifted path
+def test_conv_infer_output_is_not_scratch(c):
+    """Two inferences in a row: the first's output is its own array, not a scratch buffer
+    the second overwrites."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, c, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, c, 3, 3)).astype(np.float32)
+    first = conv2d_infer(x, w, padding=(1, 1), relu=True)
+    kept = first.copy()
+    conv2d_infer(-x, w, padding=(1, 1), relu=True)
+    assert np.array_equal(first, kept)
 
 
 def test_conv_layer_infer_equals_forward_and_keeps_no_cache():

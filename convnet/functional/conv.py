@@ -16,6 +16,7 @@ Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -137,6 +138,37 @@ def buffer(out, size, dtype):
     if out is None or out.size < size or out.dtype != dtype:
         return np.empty(size, dtype=dtype)
     return out.reshape(-1)[:size]
+
+
+# Temporaries that never leave the function making them (a padded input, an im2col
+# matrix or Y, a GEMM product) come from buffers kept per thread between calls: a fresh
+# large array is mapped in anew and each of its 4 KiB pages faults on first touch (a few
+# microseconds each in a VM: about a tenth of VGG-16's inference at batch 1). One buffer
+# per role, each at most SCRATCH_MAX_BYTES (a larger temporary is made afresh), so what
+# is kept stays bounded; release_scratch() frees it.
+SCRATCH_MAX_BYTES = 64 << 20
+_scratch = threading.local()
+
+
+def scratch(role, size, dtype):
+    """A flat array of ``size`` values of ``dtype`` from this thread's kept buffer for
+    ``role`` ("padded", "cols" or "product"), grown when too small; a new array when it
+    would exceed SCRATCH_MAX_BYTES. The next call for the same role overwrites it: use
+    it only for a temporary that no caller sees."""
+    dtype = np.dtype(dtype)
+    nbytes = size * dtype.itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        return np.empty(size, dtype=dtype)
+    kept = vars(_scratch)
+    if role not in kept or kept[role].nbytes < nbytes:
+        kept.pop(role, None)                            # freed before its successor
+        kept[role] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return kept[role][:nbytes].view(dtype)
+
+
+def release_scratch():
+    """Free this thread's scratch buffers (see scratch)."""
+    vars(_scratch).clear()
 
 
 def windows(x, kernel, stride, dilation, out_size):
@@ -271,7 +303,9 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
             return out
         dst = src = out.reshape(k, oh * ow)                            # in place
     else:
-        src = np.matmul(w_rows, cols).reshape(k, n, oh * ow).transpose(1, 0, 2)  # (N, K, L)
+        product = scratch("product", k * n * oh * ow, np.result_type(w_rows, cols))
+        src = np.matmul(w_rows, cols, out=product.reshape(groups, k // groups, n * oh * ow))
+        src = src.reshape(k, n, oh * ow).transpose(1, 0, 2)                  # (N, K, L)
         dst = out.reshape(n, k, oh * ow)
 
     def per_channel(v):   # (K,) as a view of dst's shape, sliced along with it
@@ -395,11 +429,12 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
     if not blocks:   # an empty batch
         return out
     n0, n1, h0, h1 = blocks[0]
-    z_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=np.result_type(xp, w))
+    z_buf = scratch("product", fw * k * (n1 - n0) * (h1 - h0) * wp, np.result_type(xp, w))
+    if y is None and y_out is None:
+        y_out = scratch("cols", c * fh * (n1 - n0) * (h1 - h0) * wp, xp.dtype)
     for n0, n1, h0, h1 in blocks:
         if y is None:
             y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_out)
-            y_out = y_blk
         else:
             y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
         z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])
@@ -508,7 +543,7 @@ def _shifted_backward(dout, cache, input_grad, workspace):
         if not whole:
             split_parallel(lambda part: part.fill(0), dx)
     n0, n1, h0, h1 = blocks[0] if blocks else (0, 0, 0, 0)   # none for an empty batch
-    dz_buf = np.empty(fw * k * (n1 - n0) * (h1 - h0) * wp, dtype=dout.dtype)
+    dz_buf = scratch("product", fw * k * (n1 - n0) * (h1 - h0) * wp, dout.dtype)
     for n0, n1, h0, h1 in blocks:
         cols = (n1 - n0) * (h1 - h0) * wp
         dz = dz_buf[: fw * k * cols].reshape(fw, k, cols)
@@ -559,14 +594,16 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
         hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
         per_pad = max(1, max_bytes // (c * hp * wp * x.itemsize))  # images padded at a time
         for s in range(0, n, per_pad):
-            xp = pad(x[s: s + per_pad], padding, padded_shape=(hp, wp))
+            part = x[s: s + per_pad]
+            xp = pad(part, padding, padded_shape=(hp, wp),
+                     out=scratch("padded", part.shape[0] * c * hp * wp, x.dtype))
             conv_shifted(xp, w, b, dilation, out[s: s + per_pad], relu=relu, scale=scale,
                          max_bytes=min(max_bytes, SHIFTED_BLOCK_BYTES))
         return out
     row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))
     if per_image > 1 or row_bytes * oh <= max_bytes:
-        buf = np.empty(min(n, per_image) * oh * row_bytes // x.itemsize, dtype=x.dtype)
+        buf = scratch("cols", min(n, per_image) * oh * row_bytes // x.itemsize, x.dtype)
         for s in range(0, n, per_image):
             cols = im2col(x[s: s + per_image], (fh, fw), stride, padding, dilation, (oh, ow),
                           buf)
@@ -575,10 +612,12 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     # One image is too large: bands of output rows over the padded image.
     rows = max(1, max_bytes // row_bytes)
     ext = dilation[0] * (fh - 1) + 1
-    buf = np.empty(rows * row_bytes // x.itemsize, dtype=x.dtype)
-    band_buf = np.empty(k * rows * ow, dtype=out.dtype)
+    buf = scratch("cols", rows * row_bytes // x.itemsize, x.dtype)
+    band_buf = scratch("product", k * rows * ow, out.dtype)
     for i in range(n):
-        xp = pad(x[i: i + 1], padding)
+        xp = pad(x[i: i + 1], padding,
+                 out=scratch("padded", c * (h + 2 * padding[0]) * (wd + 2 * padding[1]),
+                             x.dtype))
         for r in range(0, oh, rows):
             r1 = min(oh, r + rows)
             part = xp[:, :, r * stride[0]: (r1 - 1) * stride[0] + ext]

@@ -439,17 +439,19 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
             y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
         z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])
         np.matmul(w_s, y_blk, out=z)
-        _shifted_sum(z.reshape(fw, k, -1), dw, b, relu, scale)
-        z = z[:k].reshape(k, n1 - n0, h1 - h0, wp)[..., :ow].transpose(1, 0, 2, 3)
-        split_parallel(np.copyto, out[n0:n1, :, h0:h1], z)
+        _shifted_sum(z.reshape(fw, k, -1), dw, b, relu, scale,
+                     out[n0:n1, :, h0:h1].transpose(1, 0, 2, 3))
     return out
 
 
-def _shifted_sum(z, dw, b, relu, scale):
-    """z[0] (K, M) += z[j] shifted left by j*dw for every tap j, then * scale + b and
-    max(0, .) per channel, all in place on z[0]: flat passes over rows of the product
-    (long contiguous loops), in pieces of rows small enough to stay in the CPU's cache."""
+def _shifted_sum(z, dw, b, relu, scale, out):
+    """out (K, n, h, OW) = z[0] (K, n*h*WP) + z[j] shifted left by j*dw for every tap j,
+    then * scale + b and max(0, .) per channel: flat passes in place on z[0] (long
+    contiguous loops), the last one written into out (dropping each row's WP - OW extra
+    columns), in pieces of rows small enough to stay in the CPU's cache."""
     fw, k, m = z.shape
+    wp = m // (out.shape[1] * out.shape[2])
+    ow = out.shape[3]
     step = max(1, (512 << 10) // (m * z.itemsize))
 
     def work(part):
@@ -461,10 +463,15 @@ def _shifted_sum(z, dw, b, relu, scale):
                 np.add(z0[:, : m - s], z[j, rows, s:], out=z0[:, : m - s])
             if scale is not None:
                 np.multiply(z0, scale[rows, None], out=z0)
-            if b is not None:
+            if b is not None and relu:
                 np.add(z0, b[rows, None], out=z0)
+            result = z0.reshape(-1, *out.shape[1:3], wp)[..., :ow]
             if relu:
-                np.maximum(z0, 0, out=z0)
+                np.maximum(result, 0, out=out[rows])
+            elif b is not None:
+                np.add(result, b[rows, None, None, None], out=out[rows])
+            else:
+                np.copyto(out[rows], result)
     in_parallel(work, k, z.nbytes)
 
 

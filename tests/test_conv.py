@@ -267,17 +267,18 @@ def test_conv_layer_infer_equals_forward_and_keeps_no_cache():
 
 @pytest.mark.parametrize("affine, bias, relu", [
     (True, True, True), (True, False, True), (False, True, False), (False, False, True)])
-@pytest.mark.parametrize("n, c, k, groups, dilation", [
-    (3, 4, 6, 1, 1), (1, 16, 24, 1, 1), (2, 4, 6, 2, 2), (1, 16, 24, 4, 2)])
+@pytest.mark.parametrize("n, c, k, groups, dilation, stride", [
+    (3, 4, 6, 1, 1, 2), (1, 16, 24, 1, 1, 2), (2, 4, 6, 2, 2, 2), (1, 16, 24, 4, 2, 2),
+    (2, 16, 8, 1, 1, 1)])
 def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k, groups,
-                                                    dilation):
+                                                    dilation, stride):
     """Conv2d.infer(x, bn, relu) = relu(bn(conv(x))) with BN's running statistics folded
-    into the filters (when they are smaller than the output) or into the output; the BN
-    layer itself is left unchanged."""
+    into the filters (when they are smaller than the output, or restacked on the shifted
+    path: the last case) or into the output; the BN layer itself is left unchanged."""
     from convnet.layers.norm import BatchNorm2d
     rng = np.random.default_rng(7)
-    conv = Conv2d(c, k, 3, stride=2, padding=1, dilation=dilation, groups=groups, bias=bias,
-                  fit="floor", dtype=np.float64, rng=rng)
+    conv = Conv2d(c, k, 3, stride=stride, padding=1, dilation=dilation, groups=groups,
+                  bias=bias, fit="floor", dtype=np.float64, rng=rng)
     bn = BatchNorm2d(k, eps=1e-3, affine=affine, dtype=np.float64).eval()
     bn.buffers["running_mean"][:] = rng.standard_normal(k)
     bn.buffers["running_var"][:] = rng.uniform(0.1, 3, k)
@@ -287,6 +288,7 @@ def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k,
     state = {k: v.copy() for k, v in {**bn.params, **bn.buffers, **conv.params}.items()}
     x = rng.standard_normal((n, c, 9, 9))
     expected = bn.forward(conv.forward(x))
+    assert conv.cache.shifted == (stride == 1)
     if relu:
         expected = np.maximum(expected, 0)
     assert rel_error(conv.infer(x, bn=bn, relu=relu), expected) < 1e-12

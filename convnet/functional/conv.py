@@ -403,7 +403,7 @@ def _row_blocks(n, oh, row_bytes, max_bytes):
 
 
 def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
-                 max_bytes=SHIFTED_BLOCK_BYTES, y_out=None):
+                 max_bytes=SHIFTED_BLOCK_BYTES):
     """out (N, K, OH, OW) = the stride-1 convolution of the padded input xp (N, C, HP, WP)
     (padded as _shifted_padding says) with filters w (K, C, FH, FW), as one GEMM per
     block of output rows. Returns out.
@@ -416,7 +416,7 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
     im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
     y: Y of all of xp, already built (training keeps it for the backward pass); without
     it Y is built block by block, and max_bytes bounds both Y's and Z's blocks (else it
-    bounds Z's). b, relu and scale as in conv2d_infer. y_out: a buffer for Y's blocks.
+    bounds Z's). b, relu and scale as in conv2d_infer.
     """
     n, c, _, wp = xp.shape
     k, _, fh, fw = w.shape
@@ -431,11 +431,11 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
         return out
     n0, n1, h0, h1 = blocks[0]
     z_buf = scratch("product", fw * k * (n1 - n0) * (h1 - h0) * wp, np.result_type(xp, w))
-    if y is None and y_out is None:
-        y_out = scratch("cols", c * fh * (n1 - n0) * (h1 - h0) * wp, xp.dtype)
+    y_buf = None if y is not None else scratch("cols", c * fh * (n1 - n0) * (h1 - h0) * wp,
+                                               xp.dtype)
     for n0, n1, h0, h1 in blocks:
         if y is None:
-            y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_out)
+            y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_buf)
         else:
             y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
         z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])

@@ -273,8 +273,9 @@ def test_conv_layer_infer_equals_forward_and_keeps_no_cache():
 def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k, groups,
                                                     dilation, stride):
     """Conv2d.infer(x, bn, relu) = relu(bn(conv(x))) with BN's running statistics folded
-    into the filters (when they are smaller than the output, or restacked on the shifted
-    path: the last case) or into the output; the BN layer itself is left unchanged."""
+    into the filters (when they are smaller than the output) or into the output, on the
+    im2col path and (the last case) the shifted path; the BN layer itself is left
+    unchanged."""
     from convnet.layers.norm import BatchNorm2d
     rng = np.random.default_rng(7)
     conv = Conv2d(c, k, 3, stride=stride, padding=1, dilation=dilation, groups=groups,

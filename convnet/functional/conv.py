@@ -505,8 +505,9 @@ def col2im_rows(dy, dx, dh, padding, h0=0, fresh=False):
     Tap i of output row r was copied from input row r + i*dh - PH, columns PW .. PW+W-1 of
     the padded row; what came from the padding is dropped. FH adds of contiguous rows,
     over both cores, straight into dx (no padded gradient to fill and copy out).
-    fresh=True: dx holds nothing yet and the block has all its images' output rows: tap 0
-    is copied rather than added, and the input rows it misses are zeroed.
+    fresh=True: dx holds nothing yet and the block has all its images' output rows (h0 = 0,
+    so tap 0 starts at input row 0): tap 0 is copied rather than added, and the input
+    rows below its last one are zeroed.
     """
     c, fh, _, h, _ = dy.shape
     (ph, pw), (rows, cols) = padding, dx.shape[2:]
@@ -520,7 +521,6 @@ def col2im_rows(dy, dx, dh, padding, h0=0, fresh=False):
             dst = dx[:, part, s + lo: s + hi]
             if fresh and i == 0:
                 np.copyto(dst, src)
-                dx[:, part, : s + lo] = 0
                 dx[:, part, s + hi:] = 0
             else:
                 np.add(dst, src, out=dst)

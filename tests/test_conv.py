@@ -478,21 +478,50 @@ def test_conv_of_an_empty_batch(c):
     assert conv2d_infer(x, w, padding=(1, 1)).shape == (0, 8, 20, 20)
 
 
-def test_shifted_conv_layer_reuses_its_workspace_and_steps_agree():
-    """Two training steps of a Conv2d on the shifted path give the same gradients, and the
-    second writes into the first's workspace (no fresh buffer)."""
+def test_shifted_conv_layer_keeps_only_its_input_and_steps_agree():
+    """On the shifted path a training forward keeps x itself (its Y is made again, block
+    by block, in the backward pass: no matrix several times x's size stays in memory),
+    and two training steps give the same output and gradients."""
     rng = np.random.default_rng(6)
     conv = Conv2d(16, 16, 3, padding=1, rng=rng)
     x = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
     dout = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
     first = conv.forward(x)
-    workspace = conv.cache.workspace
+    assert conv.cache.shifted and conv.cache.cols is x and conv.cache.workspace is None
     dx1 = conv.backward(dout)
     dw1 = conv.grads["weight"].copy()
     assert np.array_equal(conv.forward(x), first)
-    assert np.shares_memory(conv.cache.workspace, workspace)
     assert np.array_equal(conv.backward(dout), dx1)
     assert np.array_equal(conv.grads["weight"], dw1)
+
+
+@pytest.mark.parametrize("blas_limit", [True, False])
+def test_shifted_conv_per_thread_blocks_match_one_thread(blas_limit, everywhere, monkeypatch):
+    """The images split between the threads (each its own blocks, BLAS on one thread, its
+    own dW and db summed at the end), or, when BLAS's threads cannot be set, every block on
+    the calling thread: the same result as one block of everything, for batches that do
+    not split evenly and blocks that cut images into bands."""
+    from convnet.functional import threads
+    if not blas_limit:
+        monkeypatch.setattr(threads, "_blas", False)
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 5):
+        x = rng.standard_normal((n, 3, 9, 8))
+        w = rng.standard_normal((4, 3, 3, 3))
+        b = rng.standard_normal(4)
+        dout = rng.standard_normal((n, 4, 9, 8))
+        monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", 1 << 30)
+        out, cache = conv2d_forward(x, w, b, padding=(1, 1))
+        want = (out, *conv2d_backward(dout, cache))
+        row = 3 * 4 * 9 * 8     # bytes of Z's (FW*K, WP) per output row, in float64
+        for limit in (2 * 9 * row, 3 * row, 1):   # two images, bands of 3 rows, single rows
+            monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", limit)
+            out, cache = conv2d_forward(x, w, b, padding=(1, 1))
+            got = (out, *conv2d_backward(dout, cache))
+            for a, e in zip(got, want):
+                assert rel_error(a, e) < 1e-12, (n, limit)
+            infer = conv2d_infer(x, w, b, padding=(1, 1), max_bytes=limit)
+            assert rel_error(infer, want[0]) < 1e-12, (n, limit)
 
 
 # -- gradient checks ---------------------------------------------------------------------

@@ -155,3 +155,42 @@ def test_conv_infer_finishes_any_output_split(n, size):
     expected = np.maximum(ref * scale.reshape(-1, 1, 1) + b.reshape(-1, 1, 1), 0)
     out = conv2d_infer(x, w, b, relu=True, scale=scale)
     assert rel_error(out, expected) < 1e-10
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_per_thread_runs_a_part_on_each_thread_with_blas_on_one():
+    """Each thread gets its own part and BLAS runs on one thread meanwhile (restored
+    after); an in_parallel call inside a part runs on that part's thread, whole."""
+    import threading
+    before = blas_threads()
+    seen = []
+
+    def work(part):
+        inner = []
+        threads.in_parallel(inner.append, 10, 1 << 30)
+        seen.append((part, threading.get_ident(), blas_threads(), inner))
+
+    threads.per_thread(work, 5)
+    assert blas_threads() == before
+    if threads.THREADS == 1 or not before:
+        assert [s[0] for s in seen] == [slice(0, 5)]
+        return
+    assert sorted((s[0].start, s[0].stop) for s in seen) == [(0, 3), (3, 5)]
+    assert len({s[1] for s in seen}) == 2
+    assert all(s[2] == [1] * len(before) and s[3] == [slice(0, 10)] for s in seen)
+
+
+@pytest.mark.parametrize("size", [1, 0])
+def test_per_thread_runs_once_for_one_part_or_without_threadpoolctl(size, monkeypatch):
+    """A single image, or no way to set BLAS's threads: one call over everything, BLAS
+    left as it is."""
+    before = blas_threads()
+    seen = []
+    threads.per_thread(lambda part: seen.append((part, blas_threads())), size)
+    monkeypatch.setattr(threads, "_blas", False)
+    threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
+    assert seen == [(slice(0, size), before), (slice(0, 4), before)]

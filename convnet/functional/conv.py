@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from convnet.functional.threads import in_parallel, split_parallel
+from convnet.functional.threads import in_parallel, per_thread, split_parallel
 
 FITS = ("exact", "floor")
 
@@ -228,14 +228,14 @@ def col2im(cols, x_shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
 class ConvCache(NamedTuple):
     x_shape: tuple
     cols: np.ndarray      # (C*FH*FW, N*OH*OW), the im2col matrix of the input, or on the
-                          # shifted path im2col_rows's Y, (C*FH, N*OH*WP)
+                          # shifted path the input x itself (its Y is made again, in blocks)
     w: np.ndarray         # (K, C // groups, FH, FW)
     stride: tuple
     padding: tuple
     dilation: tuple
     groups: int
     out_size: tuple
-    shifted: bool = False  # cols holds im2col_rows's Y (the shifted path)
+    shifted: bool = False  # the shifted path: cols is x
     workspace: np.ndarray = None  # the flat buffer cols is in (reusable once spent)
 
 
@@ -246,10 +246,11 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None.
     Returns out (N, K, OH, OW) with OH = (H - FH' + 2P)/S + 1, FH' = dilation*(FH-1)+1,
     and a cache for conv2d_backward. Stride-1 convs that suit it (shifted_suits: most
-    3x3 layers) take the shifted path instead (conv_shifted): the same product with a
-    third of im2col's copying. ``cols_out``: an optional flat buffer for the im2col
-    matrix, or for the shifted path's Y and padded input; the one used is the cache's
-    ``workspace``, to pass back as cols_out next time (see im2col).
+    3x3 layers) take the shifted path instead (conv_shifted_images): the same product
+    with a third of im2col's copying, made in blocks that stay in the CPU's cache; its
+    cache keeps x itself rather than a matrix. ``cols_out``: an optional flat buffer for
+    the im2col matrix; the one used is the cache's ``workspace``, to pass back as
+    cols_out next time (see im2col).
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
@@ -260,15 +261,9 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
-        # One buffer holds Y and, after it, the padded input Y is copied from.
-        hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
-        y_size, xp_size = c * fh * n * out_size[0] * wp, n * c * hp * wp
-        workspace = buffer(cols_out, y_size + xp_size, x.dtype)
-        xp = pad(x, padding, padded_shape=(hp, wp), out=workspace[y_size:])
-        y = im2col_rows(xp, fh, dilation[0], out_size[0], workspace)
-        conv_shifted(xp, w, b, dilation, out, y)
-        return out, ConvCache(x.shape, y, w, stride, padding, dilation, groups, out_size,
-                              True, workspace)
+        conv_shifted_images(x, w, b, padding, dilation, out)
+        return out, ConvCache(x.shape, x, w, stride, padding, dilation, groups, out_size,
+                              True)
     workspace = buffer(cols_out, c * fh * fw * n * out_size[0] * out_size[1], x.dtype)
     cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, workspace)  # (CFF, N*L)
     _gemm_nchw(w, b, cols, groups, out)
@@ -335,11 +330,10 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
 # 0.84x the im2col path's time in training, the same at inference).
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MAX_WASTE = 0.125
-# The shifted path's GEMM product (FW times an output block) is made in blocks of at most
-# this many bytes: kept below glibc's largest mmap threshold (32 MiB), so a freed block can
-# be reused rather than mapped in and page-faulted afresh; 32 and 64 MiB blocks measured
-# no faster.
-SHIFTED_BLOCK_BYTES = 16 << 20
+# The shifted path works in blocks of images (or of rows of one image) whose Y and GEMM
+# product each take at most this many bytes: each thread runs its own blocks, one after
+# another, in its core's share of the cache (see per_thread).
+SHIFTED_BLOCK_BYTES = 4 << 20
 
 
 def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
@@ -402,8 +396,8 @@ def _row_blocks(n, oh, row_bytes, max_bytes):
     return [(i, i + 1, r, min(oh, r + rows)) for i in range(n) for r in range(0, oh, rows)]
 
 
-def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
-                 max_bytes=SHIFTED_BLOCK_BYTES):
+def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None,
+                 max_bytes=SHIFTED_BLOCK_BYTES, w_s=None):
     """out (N, K, OH, OW) = the stride-1 convolution of the padded input xp (N, C, HP, WP)
     (padded as _shifted_padding says) with filters w (K, C, FH, FW), as one GEMM per
     block of output rows. Returns out.
@@ -414,35 +408,61 @@ def conv_shifted(xp, w, b, dilation, out, y=None, relu=False, scale=None,
     out[n, k, h, w] = sum_j Z[(j, k), (n, h, w + j*dw)]. The GEMM does im2col's FLOPs
     (on WP/OW times as many columns) from a third of the copying, with FW*K rows where
     im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
-    y: Y of all of xp, already built (training keeps it for the backward pass); without
-    it Y is built block by block, and max_bytes bounds both Y's and Z's blocks (else it
-    bounds Z's). b, relu and scale as in conv2d_infer.
+    Y and Z are made block by block, each block at most max_bytes. b, relu and scale as
+    in conv2d_infer; w_s: _shifted_filters(w), when the caller has it already.
     """
     n, c, _, wp = xp.shape
     k, _, fh, fw = w.shape
     oh, ow = out.shape[2:]
     (dh, dw), ext = dilation, dilation[0] * (fh - 1)
-    w_s = _shifted_filters(w)
-    row_bytes = fw * k * wp * out.itemsize
-    if y is None:
-        row_bytes = max(row_bytes, c * fh * wp * xp.itemsize)
-    blocks = _row_blocks(n, oh, row_bytes, max_bytes)
+    w_s = _shifted_filters(w) if w_s is None else w_s
+    blocks = _row_blocks(n, oh, _shifted_row_bytes(w.shape, wp, out.itemsize), max_bytes)
     if not blocks:   # an empty batch
         return out
     n0, n1, h0, h1 = blocks[0]
     z_buf = scratch("product", fw * k * (n1 - n0) * (h1 - h0) * wp, np.result_type(xp, w))
-    y_buf = None if y is not None else scratch("cols", c * fh * (n1 - n0) * (h1 - h0) * wp,
-                                               xp.dtype)
+    y_buf = scratch("cols", c * fh * (n1 - n0) * (h1 - h0) * wp, xp.dtype)
     for n0, n1, h0, h1 in blocks:
-        if y is None:
-            y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_buf)
-        else:
-            y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
+        y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_buf)
         z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])
         np.matmul(w_s, y_blk, out=z)
         _shifted_sum(z.reshape(fw, k, -1), dw, b, relu, scale,
                      out[n0:n1, :, h0:h1].transpose(1, 0, 2, 3))
     return out
+
+
+def _shifted_row_bytes(w_shape, wp, itemsize):
+    """Bytes per output row of the larger of Y (C*FH rows) and Z (FW*K rows)."""
+    k, c, fh, fw = w_shape
+    return max(fw * k, c * fh) * wp * itemsize
+
+
+def conv_shifted_images(x, w, b, padding, dilation, out, relu=False, scale=None,
+                        max_bytes=SHIFTED_BLOCK_BYTES):
+    """out = the stride-1 convolution of x (N, C, H, W) on the shifted path (conv_shifted),
+    a few images at a time: each block of images is padded, stretched into its Y and
+    multiplied while it is still in the cache, its Y and Z at most max_bytes each (bands
+    of rows when one image is larger). The images are split between the threads, each
+    running its own blocks with BLAS on one thread (per_thread). Returns out."""
+    n, c = x.shape[:2]
+    hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
+    w_s = _shifted_filters(w)
+    per = _images_per_block(w.shape, wp, out.shape[2], out.itemsize, max_bytes)
+
+    def run(part):
+        for s in range(part.start, part.stop, per):
+            sub = x[s: min(part.stop, s + per)]
+            xp = pad(sub, padding, padded_shape=(hp, wp),
+                     out=scratch("padded", sub.shape[0] * c * hp * wp, x.dtype))
+            conv_shifted(xp, w, b, dilation, out[s: s + sub.shape[0]], relu, scale,
+                         max_bytes, w_s)
+    per_thread(run, n)
+    return out
+
+
+def _images_per_block(w_shape, wp, oh, itemsize, max_bytes):
+    """How many images' Y and Z fit in max_bytes each (at least one)."""
+    return max(1, max_bytes // (_shifted_row_bytes(w_shape, wp, itemsize) * oh))
 
 
 def _shifted_sum(z, dw, b, relu, scale, out):
@@ -527,46 +547,56 @@ def col2im_rows(dy, dx, dh, padding, h0=0, fresh=False):
     in_parallel(add, c, dy.nbytes)
 
 
-def _shifted_backward(dout, cache, input_grad, workspace):
-    """(dx, dw, db) of a conv that ran conv_shifted, from dout and the kept Y.
+def _shifted_backward(dout, cache, input_grad):
+    """(dx, dw, db) of a conv that ran conv_shifted_images, from dout and the kept x.
 
     Z's gradient is dZ[(j, k), (n, h, w)] = dout[n, k, h, w - j*dw] (0 outside the
     output), so dW_s = dZ @ Y^T and dY = W_s^T @ dZ, and dY's rows add back onto the
-    input's rows they were copied from (col2im_rows: col2im along H only). Made in blocks
-    of rows, like the forward's Z. With a workspace (the cache's, spent by this call) dY
-    is written over Y.
+    input's rows they were copied from (col2im_rows: col2im along H only). Made in the
+    forward's blocks: each block's Y is made again from x (a copy of a few images that
+    stays in the cache, cheaper than keeping the whole Y in memory), and each thread
+    runs its own blocks (per_thread), summing its own dW and db.
     """
-    x_shape, y, w, _, padding, dilation, _, (oh, ow) = cache[:8]
+    x_shape, x, w, _, padding, dilation, _, (oh, ow) = cache[:8]
     n, c = x_shape[:2]
     k, _, fh, fw = w.shape
-    dil_h, dil_w = dilation
-    wp = _shifted_padding(x_shape, w.shape, padding, dilation)[1]
+    (dil_h, dil_w), ext = dilation, dilation[0] * (fh - 1)
+    hp, wp = _shifted_padding(x_shape, w.shape, padding, dilation)
     w_s = _shifted_filters(w)
-    dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, y))
-    db = np.zeros(k, dtype=dout.dtype)
-    blocks = _row_blocks(n, oh, fw * k * wp * dout.itemsize, SHIFTED_BLOCK_BYTES)
-    whole = all(h0 == 0 and h1 == oh for _, _, h0, h1 in blocks)   # images, not bands
-    if input_grad:
-        dx = np.empty(x_shape, dtype=np.result_type(w, dout))
-        if not whole:
-            split_parallel(lambda part: part.fill(0), dx)
-    n0, n1, h0, h1 = blocks[0] if blocks else (0, 0, 0, 0)   # none for an empty batch
-    dz_buf = scratch("product", fw * k * (n1 - n0) * (h1 - h0) * wp, dout.dtype)
-    for n0, n1, h0, h1 in blocks:
-        cols = (n1 - n0) * (h1 - h0) * wp
-        dz = dz_buf[: fw * k * cols].reshape(fw, k, cols)
-        _shifted_grad(dz, dout[n0:n1, :, h0:h1].transpose(1, 0, 2, 3), dil_w)
-        dz = dz.reshape(fw * k, cols)
-        y_blk = y[:, (n0 * oh + h0) * wp: ((n1 - 1) * oh + h1) * wp]
-        dw_s += np.matmul(dz, y_blk.T)
-        db += dz[:k].sum(axis=1)
-        if input_grad:
-            spent = workspace is not None and y.dtype == dx.dtype
-            dy = np.matmul(w_s.T, dz, out=y_blk if spent else None)
-            col2im_rows(dy.reshape(c, fh, n1 - n0, h1 - h0, wp), dx[n0:n1], dil_h, padding,
-                        h0, fresh=whole)
+    row_bytes = _shifted_row_bytes(w.shape, wp, dout.itemsize)
+    per = _images_per_block(w.shape, wp, oh, dout.itemsize, SHIFTED_BLOCK_BYTES)
+    dx = np.empty(x_shape, dtype=np.result_type(w, dout)) if input_grad else None
+    sums = {}
+
+    def run(part):
+        dw_s = np.zeros((fw * k, c * fh), dtype=np.result_type(dout, x))
+        db = np.zeros(k, dtype=dout.dtype)
+        for s in range(part.start, part.stop, per):
+            s1 = min(part.stop, s + per)
+            xp = pad(x[s:s1], padding, padded_shape=(hp, wp),
+                     out=scratch("padded", (s1 - s) * c * hp * wp, x.dtype))
+            blocks = _row_blocks(s1 - s, oh, row_bytes, SHIFTED_BLOCK_BYTES)
+            whole = len(blocks) == 1 and blocks[0][2:] == (0, oh)   # images, not bands
+            if input_grad and not whole:
+                dx[s:s1].fill(0)
+            for n0, n1, h0, h1 in blocks:
+                m = (n1 - n0) * (h1 - h0) * wp
+                y = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dil_h, h1 - h0,
+                                scratch("cols", c * fh * m, x.dtype))
+                dz = scratch("product", fw * k * m, dout.dtype).reshape(fw, k, m)
+                _shifted_grad(dz, dout[s + n0: s + n1, :, h0:h1].transpose(1, 0, 2, 3), dil_w)
+                dz = dz.reshape(fw * k, m)
+                dw_s += np.matmul(dz, y.T)
+                db += dz[:k].sum(axis=1)
+                if input_grad:   # dY over Y, which is spent
+                    dy = np.matmul(w_s.T, dz, out=y if y.dtype == dx.dtype else None)
+                    col2im_rows(dy.reshape(c, fh, n1 - n0, h1 - h0, wp),
+                                dx[s + n0: s + n1], dil_h, padding, h0, fresh=whole)
+        sums[part.start] = dw_s, db
+    per_thread(run, n)
+    dw_s, db = (sum(parts) for parts in zip(*sums.values()))
     dw = np.ascontiguousarray(dw_s.reshape(fw, k, c, fh).transpose(1, 2, 3, 0))
-    return (dx if input_grad else None), dw, db
+    return dx, dw, db
 
 
 # Inference builds the im2col matrix in pieces of at most this many bytes (a few images
@@ -583,15 +613,15 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     larger, for bands of output rows (the input rows each band's windows read). At least
     one output row is done at a time, so a single row larger than max_bytes still runs.
     On the shifted path (see conv2d_forward) the same holds for its Y and its product,
-    each at most min(max_bytes, SHIFTED_BLOCK_BYTES) a block, and the padded input is
-    made for as many images at a time as fit in max_bytes (at least one).
+    each at most min(max_bytes, SHIFTED_BLOCK_BYTES) a block, and for the padded input of
+    the images of a block.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished (no array or layer call of its own). scale (K,)
     multiplies each output channel before the bias is added (a batch norm folded into the
     output rather than the filters).
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
-    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.3 GB of Y, in 16 MB pieces
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.3 GB of Y, in 4 MB pieces
     (8, 64, 224, 224)
     """
     n, c, h, wd = x.shape
@@ -599,15 +629,8 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     oh, ow = _out_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((n, k, oh, ow), dtype=np.result_type(x, w))
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
-        hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
-        per_pad = max(1, max_bytes // (c * hp * wp * x.itemsize))  # images padded at a time
-        for s in range(0, n, per_pad):
-            part = x[s: s + per_pad]
-            xp = pad(part, padding, padded_shape=(hp, wp),
-                     out=scratch("padded", part.shape[0] * c * hp * wp, x.dtype))
-            conv_shifted(xp, w, b, dilation, out[s: s + per_pad], relu=relu, scale=scale,
-                         max_bytes=min(max_bytes, SHIFTED_BLOCK_BYTES))
-        return out
+        return conv_shifted_images(x, w, b, padding, dilation, out, relu, scale,
+                                   min(max_bytes, SHIFTED_BLOCK_BYTES))
     row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))
     if per_image > 1 or row_bytes * oh <= max_bytes:
@@ -646,14 +669,13 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     matrix (same size, no longer needed once dw is known): the cache is then spent.
     A cache of the shifted path (see conv2d_forward) goes to _shifted_backward: dw from
     dZ @ Y^T, dx by adding W_s^T @ dZ's rows back onto the input's rows they came from
-    (col2im along H only); there overwrite_cols=True writes W_s^T @ dZ over Y, in the
-    cache's workspace.
+    (col2im along H only), block by block; overwrite_cols does not apply there.
     With input_grad=False dx is not computed and None is returned in its place (a net's
     first layer: nothing needs the gradient of the data).
     """
-    reuse = cache.workspace if overwrite_cols else None
     if cache.shifted:
-        return _shifted_backward(dout, cache, input_grad, reuse)
+        return _shifted_backward(dout, cache, input_grad)
+    reuse = cache.workspace if overwrite_cols else None
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache[:8]
     k, cg, fh, fw = w.shape
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)

@@ -18,6 +18,7 @@ array([5., 5., 5.])
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np  # noqa: F401  (the doctest)
@@ -25,22 +26,70 @@ import numpy as np  # noqa: F401  (the doctest)
 THREADS = min(2, os.cpu_count() or 1)
 _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="convnet") if THREADS > 1 else None
 PARALLEL_BYTES = 1 << 20  # below this an operation is not worth a thread hand-off
+_local = threading.local()  # .busy: this thread is running one part of a split call
 
 
 def in_parallel(fn, size, nbytes):
     """Call fn(slice) over THREADS contiguous parts of range(size), the last part on the
-    calling thread; or once over everything when nbytes < PARALLEL_BYTES or size < 2."""
-    if _POOL is None or nbytes < PARALLEL_BYTES or size < 2:
+    calling thread; or once over everything when nbytes < PARALLEL_BYTES or size < 2, or
+    when called from inside a part (every thread already has its own part)."""
+    if _POOL is None or nbytes < PARALLEL_BYTES or size < 2 or getattr(_local, "busy", False):
         fn(slice(0, size))
         return
+    _split(fn, size)
+
+
+def per_thread(fn, size):
+    """Call fn(slice) over THREADS parts of range(size), each part on its own thread with
+    BLAS on one thread: every thread then runs a whole pipeline of its own (a block's
+    copies, its GEMM, the passes after it) on blocks small enough to stay in its core's
+    cache, where splitting each step over both cores would stream every step's arrays
+    through memory. Once over everything, BLAS as it is, for one part (size < 2), inside
+    a part, or when BLAS's threads cannot be set (threadpoolctl is not installed, or
+    knows no BLAS here)."""
+    limit = None if _POOL is None or size < 2 or getattr(_local, "busy", False) else (
+        _one_blas_thread())
+    if limit is None:
+        fn(slice(0, size))
+        return
+    with limit:
+        _split(fn, size)
+
+
+def _split(fn, size):
     step = -(-size // THREADS)
     parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
-    futures = [_POOL.submit(fn, part) for part in parts[:-1]]
+    futures = [_POOL.submit(_part, fn, part) for part in parts[:-1]]
     try:
-        fn(parts[-1])
+        _part(fn, parts[-1])
     finally:   # even if this part fails, no worker may still be writing when we return
         for future in futures:
             future.result()
+
+
+def _part(fn, part):
+    _local.busy = True
+    try:
+        fn(part)
+    finally:
+        _local.busy = False
+
+
+_blas = None   # threadpoolctl's controller of the loaded BLAS libraries, or False for none
+
+
+def _one_blas_thread():
+    """A context manager holding BLAS to one thread (threadpoolctl), or None."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas = False
+        else:
+            found = ThreadpoolController().select(user_api="blas")
+            _blas = found if found.lib_controllers else False
+    return _blas.limit(limits=1) if _blas else None
 
 
 def split_parallel(fn, *arrays):

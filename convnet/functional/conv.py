@@ -443,10 +443,20 @@ def conv_shifted_images(x, w, b, padding, dilation, out, relu=False, scale=None,
     a few images at a time: each block of images is padded, stretched into its Y and
     multiplied while it is still in the cache, its Y and Z at most max_bytes each (bands
     of rows when one image is larger). The images are split between the threads, each
-    running its own blocks with BLAS on one thread (per_thread). Returns out."""
+    running its own blocks with BLAS on one thread (per_thread); a single image's output
+    rows are. Returns out."""
     n, c = x.shape[:2]
     hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
     w_s = _shifted_filters(w)
+    if n == 1:
+        xp = pad(x, padding, padded_shape=(hp, wp), out=scratch("padded", c * hp * wp, x.dtype))
+        ext = dilation[0] * (w.shape[2] - 1)
+
+        def rows(part):
+            conv_shifted(xp[:, :, part.start: part.stop + ext], w, b, dilation,
+                         out[:, :, part], relu, scale, max_bytes, w_s)
+        per_thread(rows, out.shape[2])
+        return out
     per = _images_per_block(w.shape, wp, out.shape[2], out.itemsize, max_bytes)
 
     def run(part):

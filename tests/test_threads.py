@@ -185,12 +185,14 @@ def test_per_thread_runs_a_part_on_each_thread_with_blas_on_one():
 
 
 @pytest.mark.parametrize("size", [1, 0])
-def test_per_thread_runs_once_for_one_part_or_without_threadpoolctl(size, monkeypatch):
-    """A single image, or no way to set BLAS's threads: one call over everything, BLAS
-    left as it is."""
+def test_per_thread_runs_once_for_one_part_or_when_blas_is_taken(size, monkeypatch):
+    """A single image, BLAS's threads held by another per_thread call, or no way to set
+    them: one call over everything, BLAS left as it is."""
     before = blas_threads()
     seen = []
     threads.per_thread(lambda part: seen.append((part, blas_threads())), size)
+    with threads._blas_held:
+        threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
     monkeypatch.setattr(threads, "_blas", False)
     threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
-    assert seen == [(slice(0, size), before), (slice(0, 4), before)]
+    assert seen == [(slice(0, size), before), (slice(0, 4), before), (slice(0, 4), before)]

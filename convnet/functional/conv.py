@@ -17,6 +17,7 @@ Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -147,7 +148,7 @@ def buffer(out, size, dtype):
 # per role, each at most SCRATCH_MAX_BYTES (a larger temporary is made afresh), so what
 # is kept stays bounded; release_scratch() frees it.
 SCRATCH_MAX_BYTES = 64 << 20
-_scratch = threading.local()
+_scratch = weakref.WeakKeyDictionary()   # thread -> {role: buffer}, gone with the thread
 
 
 def scratch(role, size, dtype):
@@ -159,7 +160,7 @@ def scratch(role, size, dtype):
     nbytes = size * dtype.itemsize
     if nbytes > SCRATCH_MAX_BYTES:
         return np.empty(size, dtype=dtype)
-    kept = vars(_scratch)
+    kept = _scratch.setdefault(threading.current_thread(), {})
     if role not in kept or kept[role].nbytes < nbytes:
         kept.pop(role, None)                            # freed before its successor
         kept[role] = np.empty(max(nbytes, 1), dtype=np.uint8)
@@ -167,8 +168,10 @@ def scratch(role, size, dtype):
 
 
 def release_scratch():
-    """Free this thread's scratch buffers (see scratch)."""
-    vars(_scratch).clear()
+    """Free every thread's scratch buffers (see scratch); call it when no convnet work
+    is running."""
+    for kept in list(_scratch.values()):
+        kept.clear()
 
 
 def windows(x, kernel, stride, dilation, out_size):
@@ -248,9 +251,10 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     and a cache for conv2d_backward. Stride-1 convs that suit it (shifted_suits: most
     3x3 layers) take the shifted path instead (conv_shifted_images): the same product
     with a third of im2col's copying, made in blocks that stay in the CPU's cache; its
-    cache keeps x itself rather than a matrix. ``cols_out``: an optional flat buffer for
-    the im2col matrix; the one used is the cache's ``workspace``, to pass back as
-    cols_out next time (see im2col).
+    cache keeps x itself rather than a matrix (so x must not change before the backward
+    pass) and has no workspace. ``cols_out``: an optional flat buffer for the im2col
+    matrix; the one used is the cache's ``workspace``, to pass back as cols_out next time
+    (see im2col).
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
@@ -396,8 +400,8 @@ def _row_blocks(n, oh, row_bytes, max_bytes):
     return [(i, i + 1, r, min(oh, r + rows)) for i in range(n) for r in range(0, oh, rows)]
 
 
-def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None,
-                 max_bytes=SHIFTED_BLOCK_BYTES, w_s=None):
+def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None, max_bytes=None,
+                 w_s=None):
     """out (N, K, OH, OW) = the stride-1 convolution of the padded input xp (N, C, HP, WP)
     (padded as _shifted_padding says) with filters w (K, C, FH, FW), as one GEMM per
     block of output rows. Returns out.
@@ -408,15 +412,17 @@ def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None,
     out[n, k, h, w] = sum_j Z[(j, k), (n, h, w + j*dw)]. The GEMM does im2col's FLOPs
     (on WP/OW times as many columns) from a third of the copying, with FW*K rows where
     im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
-    Y and Z are made block by block, each block at most max_bytes. b, relu and scale as
-    in conv2d_infer; w_s: _shifted_filters(w), when the caller has it already.
+    Y and Z are made block by block, each block at most max_bytes (default
+    SHIFTED_BLOCK_BYTES). b, relu and scale as in conv2d_infer; w_s: _shifted_filters(w),
+    when the caller has it already.
     """
+    max_bytes = SHIFTED_BLOCK_BYTES if max_bytes is None else max_bytes
     n, c, _, wp = xp.shape
     k, _, fh, fw = w.shape
     oh, ow = out.shape[2:]
     (dh, dw), ext = dilation, dilation[0] * (fh - 1)
     w_s = _shifted_filters(w) if w_s is None else w_s
-    blocks = _row_blocks(n, oh, _shifted_row_bytes(w.shape, wp, out.itemsize), max_bytes)
+    blocks = _row_blocks(n, oh, _shifted_row_bytes(w.shape, wp, _itemsize(xp, w)), max_bytes)
     if not blocks:   # an empty batch
         return out
     n0, n1, h0, h1 = blocks[0]
@@ -431,20 +437,29 @@ def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None,
     return out
 
 
+def _itemsize(*arrays):
+    """The largest item size among the arrays: what a block's Y or Z may take per value."""
+    return max(a.itemsize for a in arrays)
+
+
 def _shifted_row_bytes(w_shape, wp, itemsize):
-    """Bytes per output row of the larger of Y (C*FH rows) and Z (FW*K rows)."""
+    """Bytes per output row of the larger of Y (C*FH rows) and Z (FW*K rows), at
+    itemsize bytes a value."""
     k, c, fh, fw = w_shape
     return max(fw * k, c * fh) * wp * itemsize
 
 
 def conv_shifted_images(x, w, b, padding, dilation, out, relu=False, scale=None,
-                        max_bytes=SHIFTED_BLOCK_BYTES):
+                        max_bytes=None):
     """out = the stride-1 convolution of x (N, C, H, W) on the shifted path (conv_shifted),
     a few images at a time: each block of images is padded, stretched into its Y and
     multiplied while it is still in the cache, its Y and Z at most max_bytes each (bands
-    of rows when one image is larger). The images are split between the threads, each
-    running its own blocks with BLAS on one thread (per_thread); a single image's output
-    rows are. Returns out."""
+    of rows when one image is larger; max_bytes defaults to SHIFTED_BLOCK_BYTES). The
+    images are split between the threads, each running its own blocks with BLAS on one
+    thread (per_thread); a single image's output rows are. Each thread's temporaries (its
+    padded images, Y and Z) are its own, so together they take up to THREADS times a
+    block's. Returns out."""
+    max_bytes = SHIFTED_BLOCK_BYTES if max_bytes is None else max_bytes
     n, c = x.shape[:2]
     hp, wp = _shifted_padding(x.shape, w.shape, padding, dilation)
     w_s = _shifted_filters(w)
@@ -457,7 +472,7 @@ def conv_shifted_images(x, w, b, padding, dilation, out, relu=False, scale=None,
                          out[:, :, part], relu, scale, max_bytes, w_s)
         per_thread(rows, out.shape[2])
         return out
-    per = _images_per_block(w.shape, wp, out.shape[2], out.itemsize, max_bytes)
+    per = _images_per_block(w.shape, wp, out.shape[2], _itemsize(x, w), max_bytes)
 
     def run(part):
         for s in range(part.start, part.stop, per):
@@ -560,10 +575,11 @@ def _shifted_backward(dout, cache, input_grad):
 
     Z's gradient is dZ[(j, k), (n, h, w)] = dout[n, k, h, w - j*dw] (0 outside the
     output), so dW_s = dZ @ Y^T and dY = W_s^T @ dZ, and dY's rows add back onto the
-    input's rows they were copied from (col2im_rows: col2im along H only). Made in the
-    forward's blocks: each block's Y is made again from x (a copy of a few images that
-    stays in the cache, cheaper than keeping the whole Y in memory), and each thread
-    runs its own blocks (per_thread), summing its own dW and db.
+    input's rows they were copied from (col2im_rows: col2im along H only). Made in blocks
+    of images (bands of rows when one image is larger) of at most SHIFTED_BLOCK_BYTES:
+    each block's Y is made again from x (a copy of a few images that stays in the cache,
+    cheaper than keeping the whole Y in memory), and each thread runs its own images'
+    blocks (per_thread), summing its own dW and db.
     """
     x_shape, x, w, _, padding, dilation, _, (oh, ow) = cache[:8]
     n, c = x_shape[:2]
@@ -571,8 +587,9 @@ def _shifted_backward(dout, cache, input_grad):
     (dil_h, dil_w), ext = dilation, dilation[0] * (fh - 1)
     hp, wp = _shifted_padding(x_shape, w.shape, padding, dilation)
     w_s = _shifted_filters(w)
-    row_bytes = _shifted_row_bytes(w.shape, wp, dout.itemsize)
-    per = _images_per_block(w.shape, wp, oh, dout.itemsize, SHIFTED_BLOCK_BYTES)
+    size = _itemsize(x, w, dout)
+    row_bytes = _shifted_row_bytes(w.shape, wp, size)
+    per = _images_per_block(w.shape, wp, oh, size, SHIFTED_BLOCK_BYTES)
     dx = np.empty(x_shape, dtype=np.result_type(w, dout)) if input_grad else None
     sums = {}
 
@@ -602,7 +619,7 @@ def _shifted_backward(dout, cache, input_grad):
                                 dx[s + n0: s + n1], dil_h, padding, h0, fresh=whole)
         sums[part.start] = dw_s, db
     per_thread(run, n)
-    dw_s, db = (sum(parts) for parts in zip(*sums.values()))
+    dw_s, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
     dw = np.ascontiguousarray(dw_s.reshape(fw, k, c, fh).transpose(1, 2, 3, 0))
     return dx, dw, db
 
@@ -622,7 +639,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     one output row is done at a time, so a single row larger than max_bytes still runs.
     On the shifted path (see conv2d_forward) the same holds for its Y and its product,
     each at most min(max_bytes, SHIFTED_BLOCK_BYTES) a block, and for the padded input of
-    the images of a block.
+    the images of a block; each thread has its own blocks (see conv_shifted_images).
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished (no array or layer call of its own). scale (K,)
     multiplies each output channel before the bias is added (a batch norm folded into the

@@ -45,15 +45,21 @@ def per_thread(fn, size):
     copies, its GEMM, the passes after it) on blocks small enough to stay in its core's
     cache, where splitting each step over both cores would stream every step's arrays
     through memory. Once over everything, BLAS as it is, for one part (size < 2), inside
-    a part, or when BLAS's threads cannot be set (threadpoolctl is not installed, or
-    knows no BLAS here)."""
-    limit = None if _POOL is None or size < 2 or getattr(_local, "busy", False) else (
-        _one_blas_thread())
-    if limit is None:
+    a part, while another thread's per_thread call holds BLAS's threads, or when they
+    cannot be set (threadpoolctl is not installed, or knows no BLAS here)."""
+    if (_POOL is None or size < 2 or getattr(_local, "busy", False)
+            or not _blas_held.acquire(blocking=False)):
         fn(slice(0, size))
         return
-    with limit:
-        _split(fn, size)
+    try:
+        limit = _one_blas_thread()       # threadpoolctl sets the limit as it makes it
+        if limit is None:
+            fn(slice(0, size))
+            return
+        with limit:
+            _split(fn, size)
+    finally:
+        _blas_held.release()
 
 
 def _split(fn, size):
@@ -76,6 +82,7 @@ def _part(fn, part):
 
 
 _blas = None   # threadpoolctl's controller of the loaded BLAS libraries, or False for none
+_blas_held = threading.Lock()   # one per_thread call at a time sets BLAS's threads
 
 
 def _one_blas_thread():

@@ -63,7 +63,7 @@ class Conv2d(Layer):
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
         self.dtype = check_dtype(dtype, where)
-        self._workspace = None  # im2col's (or the shifted path's) buffer, reused each step
+        self._workspace = None  # im2col's buffer, reused each step (None on the shifted path)
         rng = np.random.default_rng() if rng is None else rng
         fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw

@@ -485,6 +485,40 @@ def test_conv_of_an_empty_batch(c):
     assert conv2d_infer(x, w, padding=(1, 1)).shape == (0, 8, 20, 20)
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_conv_with_a_fused_relu_matches_pytorch(shifted, monkeypatch):
+    """conv2d_forward(relu=True) is relu(conv), and conv2d_backward then takes the
+    gradient of the RELU's output: 40 random cases on each path (the im2col path with
+    strides, groups and the flipped-filter dx; the shifted path forced), float64, with and
+    without the input's gradient, against PyTorch."""
+    if shifted:
+        monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1)
+        monkeypatch.setattr(conv_module, "SHIFTED_MAX_WASTE", np.inf)
+    rng = np.random.default_rng(700 + shifted)
+    for _ in range(40):
+        case = shifted_case(rng) if shifted else random_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
+        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
+        out, cache = conv2d_forward(x, w, b, *args, fit="floor", relu=True)
+        assert cache.shifted or not shifted, case
+        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+        bt = None if b is None else torch.tensor(b, requires_grad=True)
+        ot = torch.relu(torch.nn.functional.conv2d(xt, wt, bt, *args))
+        dout = rng.standard_normal(out.shape)
+        ot.backward(torch.tensor(dout))
+        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
+        dx, dw, db = conv2d_backward(dout, cache)
+        assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
+        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
+        if b is not None:
+            assert rel_error(db, bt.grad.numpy()) < 1e-10, case
+        none, dw2, _ = conv2d_backward(dout, conv2d_forward(x, w, b, *args, fit="floor",
+                                                            relu=True)[1], input_grad=False)
+        assert none is None and rel_error(dw2, wt.grad.numpy()) < 1e-10, case
+
+
 def test_shifted_conv_layer_keeps_only_its_input_and_steps_agree():
     """On the shifted path a training forward keeps x itself (its Y is made again, block
     by block, in the backward pass: no matrix several times x's size stays in memory),

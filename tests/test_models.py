@@ -180,9 +180,9 @@ def test_blocks_gradient_check(kind):
 @pytest.mark.parametrize("inplace", [True, False])
 def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace):
     """Sequential.forward runs RELU -> max POOL as POOL -> RELU (the RELU on the pooled,
-    smaller volume): outputs and gradients equal the layers run one by one in the written
-    order, with ties, zeros and windows that are all negative; average pooling is not
-    swapped."""
+    smaller volume), also after a CONV (no RELU fused into it then): outputs and
+    gradients equal the layers run one by one in the written order, with ties, zeros and
+    windows that are all negative; average pooling is not swapped."""
     rng = np.random.default_rng(9)
     layers = [ReLU(inplace), MaxPool2d(2), Conv2d(2, 3, 3, padding=1, rng=rng, **F64),
               ReLU(inplace), MaxPool2d(3, 2, 1, fit="floor"), ReLU(), AvgPool2d(2, 1, fit="floor")]
@@ -190,12 +190,12 @@ def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace
     x = rng.integers(-2, 3, (3, 2, 8, 8)).astype(np.float64)   # ties, zeros, negatives
     ran = []
     for layer in layers:
-        def spy(a, layer=layer, original=layer.forward):
-            ran.append(layer)
-            return original(a)
+        def spy(a, layer=layer, original=layer.forward, **fused):
+            ran.append((layer, fused))
+            return original(a, **fused)
         layer.forward = spy
     out = net.forward(x.copy())
-    assert ran == [layers[i] for i in (1, 0, 2, 4, 3, 5, 6)]
+    assert ran == [(layers[i], {}) for i in (1, 0, 2, 4, 3, 5, 6)]
     dout = rng.standard_normal(out.shape)
     dx = net.backward(dout)
     expected, caches = x.copy(), []
@@ -209,6 +209,51 @@ def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace
         grad = layer.backward(grad)
     assert np.array_equal(dx, grad)
     x = rng.standard_normal(x.shape)                         # no ties: a numerical check
+    net.forward(x.copy())
+    dx = net.backward(dout)
+    assert rel_error(dx, numerical_grad(lambda: net.forward(x.copy()), x, dout)) < 1e-7
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_relu_after_conv_is_fused_with_the_same_results(inplace):
+    """A RELU right after a CONV (not before a max POOL) runs inside the CONV's call, on
+    both of its paths, and is not called itself: outputs and gradients equal the layers
+    run one by one in the written order (with the data's gradient skipped, too), and a
+    numerical check passes."""
+    rng = np.random.default_rng(10)
+    layers = [Conv2d(3, 16, 3, padding=1, rng=rng, **F64), ReLU(inplace),      # im2col
+              Conv2d(16, 16, 3, padding=1, rng=rng, **F64), ReLU(),           # shifted
+              AvgPool2d(2), Conv2d(16, 4, 1, rng=rng, **F64), ReLU(inplace)]
+    net = Sequential(*layers)
+    x = rng.integers(-2, 3, (2, 3, 8, 8)).astype(np.float64)
+    ran = []
+    for layer in layers:
+        def spy(a, layer=layer, original=layer.forward, **fused):
+            ran.append((layer, fused))
+            return original(a, **fused)
+        layer.forward = spy
+    out = net.forward(x.copy())
+    fused = {"relu": True}
+    assert ran == [(layers[0], fused), (layers[2], fused), (layers[4], {}), (layers[5], fused)]
+    assert all(layers[i].cache is None for i in (1, 3, 6))
+    assert layers[0].cache.relu_out is not None and layers[2].cache.shifted
+    dout = rng.standard_normal(out.shape)
+    dx = net.backward(dout)
+    dw0 = net.grads()["0.weight"].copy()
+    expected, caches = x.copy(), []
+    for layer in layers:                         # written order, each layer's own passes
+        expected = type(layer).forward(layer, expected)
+        caches.append(layer.cache)
+    assert np.array_equal(out, expected)
+    grad = dout
+    for layer, cache in zip(reversed(layers), reversed(caches)):
+        layer.cache = cache
+        grad = layer.backward(grad)
+    assert np.array_equal(dx, grad) and np.array_equal(net.grads()["0.weight"], dw0)
+    net.forward(x.copy())
+    assert net.backward(dout, input_grad=False) is None
+    assert np.array_equal(net.grads()["0.weight"], dw0)
+    x = rng.standard_normal(x.shape)
     net.forward(x.copy())
     dx = net.backward(dout)
     assert rel_error(dx, numerical_grad(lambda: net.forward(x.copy()), x, dout)) < 1e-7

@@ -240,10 +240,12 @@ class ConvCache(NamedTuple):
     out_size: tuple
     shifted: bool = False  # the shifted path: cols is x
     workspace: np.ndarray = None  # the flat buffer cols is in (reusable once spent)
+    relu_out: np.ndarray = None   # with relu=True, the output max(0, conv): its > 0 entries
+                                  # pass the gradient
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                   fit="exact", cols_out=None):
+                   fit="exact", cols_out=None, relu=False):
     """Convolve K filters over x: im2col, then one matrix multiply per group.
 
     x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None.
@@ -254,7 +256,9 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     cache keeps x itself rather than a matrix (so x must not change before the backward
     pass) and has no workspace. ``cols_out``: an optional flat buffer for the im2col
     matrix; the one used is the cache's ``workspace``, to pass back as cols_out next time
-    (see im2col).
+    (see im2col). relu=True returns max(0, conv), the RELU of a CONV -> RELU applied as
+    the output is finished (no pass of its own); conv2d_backward then takes the gradient
+    of that output and lets it through only where the output is > 0.
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
@@ -265,14 +269,14 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
-        conv_shifted_images(x, w, b, padding, dilation, out)
+        conv_shifted_images(x, w, b, padding, dilation, out, relu)
         return out, ConvCache(x.shape, x, w, stride, padding, dilation, groups, out_size,
-                              True)
+                              True, None, out if relu else None)
     workspace = buffer(cols_out, c * fh * fw * n * out_size[0] * out_size[1], x.dtype)
     cols = im2col(x, (fh, fw), stride, padding, dilation, out_size, workspace)  # (CFF, N*L)
-    _gemm_nchw(w, b, cols, groups, out)
+    _gemm_nchw(w, b, cols, groups, out, relu)
     return out, ConvCache(x.shape, cols, w, stride, padding, dilation, groups, out_size,
-                          False, workspace)
+                          False, workspace, out if relu else None)
 
 
 def _out_size(x_shape, w_shape, stride, padding, dilation, fit):
@@ -519,16 +523,20 @@ def _shifted_sum(z, dw, b, relu, scale, out):
     in_parallel(work, k, z.nbytes)
 
 
-def _shifted_grad(dz, src, dw):
+def _shifted_grad(dz, src, dw, gate=None):
     """Z's gradient dZ (FW, K, n*h*WP) of an output block's gradient src (K, n, h, OW):
-    dZ[j, k, (n, h, w)] = src[k, n, h, w - j*dw], 0 outside [0, OW)."""
+    dZ[j, k, (n, h, w)] = src[k, n, h, w - j*dw], 0 outside [0, OW). gate: the block's
+    RELU output (K, n, h, OW), when a RELU was fused in: src passes only where it is > 0."""
     fw, k, cols = dz.shape
     _, n, h, ow = src.shape
     wp = cols // (n * h)
 
     def tap0(part):   # src, with WP - OW zero columns after each row
         dz0 = dz[0, part].reshape(-1, n, h, wp)
-        np.copyto(dz0[..., :ow], src[part])
+        if gate is None:
+            np.copyto(dz0[..., :ow], src[part])
+        else:
+            np.multiply(src[part], gate[part] > 0, out=dz0[..., :ow])
         for col in range(ow, wp):
             dz0[..., col] = 0
     in_parallel(tap0, k, dz[0].nbytes)
@@ -582,6 +590,7 @@ def _shifted_backward(dout, cache, input_grad):
     blocks (per_thread), summing its own dW and db.
     """
     x_shape, x, w, _, padding, dilation, _, (oh, ow) = cache[:8]
+    gate = cache.relu_out
     n, c = x_shape[:2]
     k, _, fh, fw = w.shape
     (dil_h, dil_w), ext = dilation, dilation[0] * (fh - 1)
@@ -609,7 +618,9 @@ def _shifted_backward(dout, cache, input_grad):
                 y = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dil_h, h1 - h0,
                                 scratch("cols", c * fh * m, x.dtype))
                 dz = scratch("product", fw * k * m, dout.dtype).reshape(fw, k, m)
-                _shifted_grad(dz, dout[s + n0: s + n1, :, h0:h1].transpose(1, 0, 2, 3), dil_w)
+                _shifted_grad(dz, dout[s + n0: s + n1, :, h0:h1].transpose(1, 0, 2, 3), dil_w,
+                              None if gate is None else
+                              gate[s + n0: s + n1, :, h0:h1].transpose(1, 0, 2, 3))
                 dz = dz.reshape(fw * k, m)
                 dw_s += np.matmul(dz, y.T)
                 db += dz[:k].sum(axis=1)
@@ -696,7 +707,9 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     dZ @ Y^T, dx by adding W_s^T @ dZ's rows back onto the input's rows they came from
     (col2im along H only), block by block; overwrite_cols does not apply there.
     With input_grad=False dx is not computed and None is returned in its place (a net's
-    first layer: nothing needs the gradient of the data).
+    first layer: nothing needs the gradient of the data). A cache of conv2d_forward's
+    relu=True takes dout as the gradient of the RELU's output and masks it in its first
+    pass over dout (the transpose, or on the shifted path dZ's first tap).
     """
     if cache.shifted:
         return _shifted_backward(dout, cache, input_grad)
@@ -704,7 +717,12 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache[:8]
     k, cg, fh, fw = w.shape
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
-    split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
+    if cache.relu_out is None:
+        split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
+    else:   # a fused RELU: the gradient passes where its output is > 0
+        split_parallel(lambda d, g, o: np.multiply(g, o > 0, out=d), dout_t,
+                       dout.transpose(1, 0, 2, 3), cache.relu_out.transpose(1, 0, 2, 3))
+        dout = dout_t.transpose(1, 0, 2, 3)
     positions = dout_t[0].size                                               # N*OH*OW
     dout_rows = dout_t.reshape(groups, k // groups, positions)               # (G, K/G, N*L)
     cols_g = cols.reshape(groups, cg * fh * fw, positions)                   # (G, Cg*FF, N*L)

@@ -80,14 +80,17 @@ class Conv2d(Layer):
                   for a, size in enumerate((h, w)))
         return (self.out_channels, oh, ow)
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """The convolution of x. relu=True returns max(0, conv) instead: a RELU that
+        follows this layer fused in (Sequential's training forward does this), applied as
+        the output is finished; backward then takes the gradient of the RELU's output."""
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])  # a clear error before any work
         # In training, the im2col matrix of the last step is reused as this step's buffer.
         reuse = self._workspace if self.training else None
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                            self.stride, self.padding, self.dilation,
-                                           self.groups, self.fit, cols_out=reuse)
+                                           self.groups, self.fit, cols_out=reuse, relu=relu)
         self._workspace = self.cache.workspace if self.training else None
         return out
 

@@ -58,20 +58,29 @@ def _owned(out, x, skip):
             and not np.may_share_memory(out, x))
 
 
-def _relu_after_max_pool(layers):
-    """The layers with every RELU -> MaxPool2d pair swapped (see Sequential.forward).
-    Only undilated pools: a dilated window can fall wholly in the -inf padding, where
-    max then RELU gives 0 but RELU then max gives -inf."""
-    order, i = [], 0
+def _training_plan(layers):
+    """The calls Sequential.forward makes, as (layer, fused RELU or None) pairs (see
+    Sequential.forward): each RELU -> MaxPool2d pair runs swapped, and each other CONV ->
+    RELU pair is one call, the RELU fused into the CONV (Conv2d.forward with relu=True).
+    Only undilated pools swap: a dilated window can fall wholly in the -inf padding,
+    where max then RELU gives 0 but RELU then max gives -inf."""
+    def swaps(i):   # layers[i] is a RELU that a max POOL follows
+        return (i + 1 < len(layers) and type(layers[i]) is ReLU
+                and type(layers[i + 1]) is MaxPool2d and layers[i + 1].dilation == (1, 1))
+
+    plan, i = [], 0
     while i < len(layers):
-        if (i + 1 < len(layers) and type(layers[i]) is ReLU
-                and type(layers[i + 1]) is MaxPool2d and layers[i + 1].dilation == (1, 1)):
-            order += [layers[i + 1], layers[i]]
+        if swaps(i):
+            plan += [(layers[i + 1], None), (layers[i], None)]
+            i += 2
+        elif (type(layers[i]) is Conv2d and i + 1 < len(layers)
+              and type(layers[i + 1]) is ReLU and not swaps(i + 1)):
+            plan.append((layers[i], layers[i + 1]))
             i += 2
         else:
-            order.append(layers[i])
+            plan.append((layers[i], None))
             i += 1
-    return order
+    return plan
 
 
 class Container(Layer):
@@ -280,13 +289,20 @@ class Sequential(Container):
         super().__init__(children)
 
     def forward(self, x):
-        """The layers in order, except that RELU -> max POOL runs as POOL -> RELU: the
-        same values and gradients (max commutes with the monotone RELU, and a window whose
-        max is <= 0 passes no gradient either way), with the RELU on a volume F*F times
-        smaller. backward follows the order this forward ran in."""
-        self._order = _relu_after_max_pool(list(self))
-        for layer in self._order:
-            x = layer.forward(x)
+        """The layers in order, with two shortcuts that give the same values and
+        gradients: RELU -> max POOL runs as POOL -> RELU (max commutes with the monotone
+        RELU, and a window whose max is <= 0 passes no gradient either way), the RELU then
+        on a volume F*F times smaller; and a RELU right after a CONV and not before such
+        a POOL is fused into the CONV (applied as its output is finished, and its
+        backward masks the gradient in its first pass: no pass of the RELU's own either
+        way; the RELU keeps no cache). backward follows the plan this forward ran."""
+        self._plan = _training_plan(list(self))
+        for layer, relu in self._plan:
+            if relu is None:
+                x = layer.forward(x)
+            else:
+                x = layer.forward(x, relu=True)
+                relu.cache = None
         return x
 
     skips_input_grad = True
@@ -296,9 +312,10 @@ class Sequential(Container):
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
         the data needs no gradient)."""
         layers = list(self)
-        order = getattr(self, "_order", None)
-        if order and len(order) == len(layers) and {id(a) for a in order} == set(map(id, layers)):
-            layers = order                       # the order the last forward ran in
+        plan = getattr(self, "_plan", None)
+        ran = [a for step in plan or () for a in step if a is not None]
+        if plan and len(ran) == len(layers) and {id(a) for a in ran} == set(map(id, layers)):
+            layers = [layer for layer, _ in plan]    # the calls the last forward made
         if not layers:
             return dout
         for layer in reversed(layers[1:]):

@@ -177,6 +177,31 @@ def test_blocks_gradient_check(kind):
         assert rel_error(grads[key], numerical_grad(lambda: model.forward(x), p, dout)) < 1e-7
 
 
+def spy_on_forward(layers):
+    """Record each layer's forward calls (the layer and its keyword arguments)."""
+    ran = []
+    for layer in layers:
+        def spy(a, layer=layer, original=layer.forward, **fused):
+            ran.append((layer, fused))
+            return original(a, **fused)
+        layer.forward = spy
+    return ran
+
+
+def one_by_one(layers, x, dout):
+    """Output and input gradient of the layers run one by one in the written order, each
+    with its own forward and backward passes."""
+    out, caches = x.copy(), []
+    for layer in layers:
+        out = type(layer).forward(layer, out)
+        caches.append(layer.cache)
+    grad = dout
+    for layer, cache in zip(reversed(layers), reversed(caches)):
+        layer.cache = cache
+        grad = layer.backward(grad)
+    return out, grad
+
+
 @pytest.mark.parametrize("inplace", [True, False])
 def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace):
     """Sequential.forward runs RELU -> max POOL as POOL -> RELU (the RELU on the pooled,
@@ -188,26 +213,13 @@ def test_relu_then_max_pool_runs_as_pool_then_relu_with_the_same_results(inplace
               ReLU(inplace), MaxPool2d(3, 2, 1, fit="floor"), ReLU(), AvgPool2d(2, 1, fit="floor")]
     net = Sequential(*layers)
     x = rng.integers(-2, 3, (3, 2, 8, 8)).astype(np.float64)   # ties, zeros, negatives
-    ran = []
-    for layer in layers:
-        def spy(a, layer=layer, original=layer.forward, **fused):
-            ran.append((layer, fused))
-            return original(a, **fused)
-        layer.forward = spy
+    ran = spy_on_forward(layers)
     out = net.forward(x.copy())
     assert ran == [(layers[i], {}) for i in (1, 0, 2, 4, 3, 5, 6)]
     dout = rng.standard_normal(out.shape)
     dx = net.backward(dout)
-    expected, caches = x.copy(), []
-    for layer in layers:                         # written order, each layer's own passes
-        expected = type(layer).forward(layer, expected)
-        caches.append(layer.cache)
-    assert np.array_equal(out, expected)
-    grad = dout
-    for layer, cache in zip(reversed(layers), reversed(caches)):
-        layer.cache = cache
-        grad = layer.backward(grad)
-    assert np.array_equal(dx, grad)
+    expected, grad = one_by_one(layers, x, dout)
+    assert np.array_equal(out, expected) and np.array_equal(dx, grad)
     x = rng.standard_normal(x.shape)                         # no ties: a numerical check
     net.forward(x.copy())
     dx = net.backward(dout)
@@ -226,12 +238,7 @@ def test_relu_after_conv_is_fused_with_the_same_results(inplace):
               AvgPool2d(2), Conv2d(16, 4, 1, rng=rng, **F64), ReLU(inplace)]
     net = Sequential(*layers)
     x = rng.integers(-2, 3, (2, 3, 8, 8)).astype(np.float64)
-    ran = []
-    for layer in layers:
-        def spy(a, layer=layer, original=layer.forward, **fused):
-            ran.append((layer, fused))
-            return original(a, **fused)
-        layer.forward = spy
+    ran = spy_on_forward(layers)
     out = net.forward(x.copy())
     fused = {"relu": True}
     assert ran == [(layers[0], fused), (layers[2], fused), (layers[4], {}), (layers[5], fused)]
@@ -240,16 +247,9 @@ def test_relu_after_conv_is_fused_with_the_same_results(inplace):
     dout = rng.standard_normal(out.shape)
     dx = net.backward(dout)
     dw0 = net.grads()["0.weight"].copy()
-    expected, caches = x.copy(), []
-    for layer in layers:                         # written order, each layer's own passes
-        expected = type(layer).forward(layer, expected)
-        caches.append(layer.cache)
-    assert np.array_equal(out, expected)
-    grad = dout
-    for layer, cache in zip(reversed(layers), reversed(caches)):
-        layer.cache = cache
-        grad = layer.backward(grad)
-    assert np.array_equal(dx, grad) and np.array_equal(net.grads()["0.weight"], dw0)
+    expected, grad = one_by_one(layers, x, dout)
+    assert np.array_equal(out, expected) and np.array_equal(dx, grad)
+    assert np.array_equal(net.grads()["0.weight"], dw0)
     net.forward(x.copy())
     assert net.backward(dout, input_grad=False) is None
     assert np.array_equal(net.grads()["0.weight"], dw0)

@@ -564,6 +564,59 @@ def test_shifted_conv_per_thread_blocks_match_one_thread(blas_limit, everywhere,
             assert rel_error(infer, want[0]) < 1e-12, (n, limit)
 
 
+@pytest.mark.parametrize("block", range(2))
+def test_one_image_conv_matches_pytorch(block, monkeypatch):
+    """conv_one_image (im2col over whole padded rows, one image) over random stride-1
+    cases: any padding (none too), dilation and filter shape, in float64 and float32, with
+    bias, scale and relu; the rows split between the threads, or, when BLAS's threads
+    cannot be set, both blocks on the calling thread."""
+    if block:
+        monkeypatch.setattr(threads, "_blas", False)
+    rng = np.random.default_rng(800 + block)
+    for _ in range(40):
+        case = shifted_case(rng)
+        dtype = np.float32 if rng.random() < 0.3 else np.float64
+        x = rng.standard_normal((1, case["c"], case["h"], case["w"])).astype(dtype)
+        w = rng.standard_normal((case["k"], case["c"], *case["kernel"])).astype(dtype)
+        b = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.7 else None
+        scale = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.5 else None
+        relu = bool(rng.random() < 0.5)
+        factor = np.ones(case["k"]) if scale is None else scale
+        expected = torch.nn.functional.conv2d(
+            torch.tensor(x, dtype=torch.float64),
+            torch.tensor(w * factor[:, None, None, None], dtype=torch.float64),
+            None if b is None else torch.tensor(b, dtype=torch.float64), 1,
+            case["padding"], case["dilation"]).numpy()
+        expected = np.maximum(expected, 0) if relu else expected
+        out = np.full(expected.shape, np.nan, dtype)
+        got = conv_module.conv_one_image(x, w, b, case["padding"], case["dilation"], out,
+                                         relu, scale)
+        assert got is out
+        assert rel_error(out, expected) < (1e-4 if dtype == np.float32 else 1e-10), case
+
+
+def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit(everywhere, monkeypatch):
+    """A batch of one takes conv_one_image when each thread's rows fit in one block, else
+    the shifted path's bands of rows; both give the convolution."""
+    calls = []
+    one_image = conv_module.conv_one_image
+    monkeypatch.setattr(conv_module, "conv_one_image",
+                        lambda *a, **k: calls.append(1) or one_image(*a, **k))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 16, 14, 14))
+    w = rng.standard_normal((32, 16, 3, 3))
+    want = naive_conv(x, w, None, (1, 1), (1, 1))
+    row = 16 * 9 * 15 * 8       # bytes of the (C*FH*FW, WP) matrix per output row
+    rows = -(-14 // threads.THREADS)
+    for limit, taken in ((rows * row, True), (rows * row - 1, False)):
+        calls.clear()
+        out = conv2d_infer(x, w, padding=(1, 1), max_bytes=limit)
+        assert bool(calls) == taken, limit
+        assert rel_error(out, want) < 1e-10, limit
+    out, cache = conv2d_forward(x, w, padding=(1, 1))   # training: the same forward
+    assert calls and cache.shifted and rel_error(out, want) < 1e-10
+
+
 # -- gradient checks ---------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs", [
     dict(kernel_size=3, padding=1),

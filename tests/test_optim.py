@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from convnet.functional import threads
 from convnet.layers.linear import Linear
 from convnet.models.containers import Sequential
+from convnet.train import optim
 from convnet.train.optim import (
     OPTIMIZERS,
     SGD,
@@ -133,6 +135,52 @@ def test_float32_stays_float32_and_close_to_torch(cls, hyper):
     for key, p in params.items():
         assert tensors[key].dtype == torch.float32
         assert rel_error(p, tensors[key].detach().numpy()) < 1e-5, key
+
+
+@pytest.mark.parametrize("index", range(0, len(CASES), 3))
+def test_updates_in_pieces_equal_whole_updates(index, monkeypatch):
+    """Large parameters are updated in pieces split between the threads: bit for bit the
+    whole-array update, for every optimizer; the first step (which makes the state) and a
+    non-contiguous parameter run whole."""
+    monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)   # split however small
+    cls, hyper = CASES[index]
+    rng = np.random.default_rng(index)
+    shapes = {"big": (7, 45), "strided": (9, 20), "small": (3,)}
+    start = {k: rng.standard_normal(s) for k, s in shapes.items()}
+    steps = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(4)]
+    results = []
+    for piece in (1 << 30, 16):    # whole, then pieces of 16 values (and uneven ends)
+        monkeypatch.setattr(optim, "UPDATE_PIECE", piece)
+        params = {k: v.copy() for k, v in start.items()}
+        params["strided"] = np.zeros((9, 40))[:, ::2]
+        params["strided"][...] = start["strided"]
+        opt = cls(params, **hyper)
+        for grads in steps:
+            opt.step(grads)
+        results.append((params, opt.state_dict()[0]))
+    (whole, whole_state), (pieces, pieces_state) = results
+    for key in shapes:
+        assert np.array_equal(whole[key], pieces[key]), key
+    assert whole_state.keys() == pieces_state.keys()
+    for key in whole_state:
+        assert np.array_equal(whole_state[key], pieces_state[key]), key
+
+
+def test_large_updates_are_split_between_the_threads(monkeypatch):
+    """A parameter above PARALLEL_BYTES goes through in_parallel in pieces."""
+    calls = []
+    real = optim.in_parallel
+    monkeypatch.setattr(optim, "in_parallel",
+                        lambda fn, size, nbytes: calls.append((size, nbytes)) or
+                        real(fn, size, nbytes))
+    monkeypatch.setattr(optim, "UPDATE_PIECE", 1000)
+    p = np.zeros(5000, np.float32)
+    opt = Momentum({"w": p}, lr=0.1)
+    opt.step({"w": np.ones(5000, np.float32)})      # the first step makes the buffer: whole
+    assert calls == []
+    opt.step({"w": np.ones(5000, np.float32)})
+    assert calls == [(5000, 3 * p.nbytes)]
+    assert np.allclose(p, -0.1 - 0.19)
 
 
 def test_float64_grads_on_float32_params_keep_float32():

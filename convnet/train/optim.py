@@ -12,7 +12,8 @@ counts these extra arrays per parameter; the summary's memory estimate uses it.
 Every update follows PyTorch's single-tensor implementation, term by term, so that runs
 match torch.optim to rounding: ``SGD`` (plain, momentum, Nesterov), ``Adagrad``,
 ``RMSprop``, ``Adam`` and ``AdamW``. State is created at a parameter's first update,
-as in PyTorch, and every parameter counts its own steps.
+as in PyTorch, and every parameter counts its own steps. A large parameter is updated in
+pieces that stay in the cache, split between the threads (the same result, bit for bit).
 
 >>> w = np.ones(3, dtype=np.float32)
 >>> opt = SGD({"fc.weight": w}, lr=0.1, momentum=0.9)
@@ -28,6 +29,15 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+
+from convnet.functional.threads import in_parallel
+
+# An update runs over pieces of this many values of a parameter at a time (see
+# Optimizer._update_in_pieces): 1 MB a float32 array, so a piece of the parameter, its
+# gradient and its state stay in the cache between the update's passes. Measured on
+# LeNet-like's 3.3M parameters (SGD with momentum, Adam): 0.5-0.65x the time of whole
+# arrays; pieces of 16K to 128K values were slower (each piece is a few NumPy calls).
+UPDATE_PIECE = 1 << 18
 
 
 def _number(value, name, where, low=0.0, below=None):
@@ -101,7 +111,29 @@ class Optimizer:
                 if key not in self.state:
                     self.state[key] = self._init_state(p)
                 self.steps[key] = self.steps.get(key, 0) + 1
-                self._update(p, checked[key], self.state[key], self.steps[key])
+                self._update_in_pieces(p, checked[key], self.state[key], self.steps[key])
+
+    def _update_in_pieces(self, p, g, state, step):
+        """_update over pieces of UPDATE_PIECE values of p, g and the state at a time,
+        split between the threads: every pass of the update reads a piece the pass before
+        left in the cache, so the arrays go through memory once rather than once a pass.
+        Every update is elementwise, so the pieces give exactly the whole update. Small
+        or non-contiguous arrays, and a first step that still makes its state, run whole.
+        """
+        arrays = (p, *state.values())
+        if (p.size <= UPDATE_PIECE or set(state) != set(self._buffer_names())
+                or not all(a.flags.c_contiguous for a in arrays)):
+            self._update(p, g, state, step)
+            return
+        flat_p, flat_g = p.reshape(-1), g.reshape(-1)
+        flat_state = {name: a.reshape(-1) for name, a in state.items()}
+
+        def run(part):
+            for s in range(part.start, part.stop, UPDATE_PIECE):
+                piece = slice(s, min(part.stop, s + UPDATE_PIECE))
+                self._update(flat_p[piece], flat_g[piece],
+                             {name: a[piece] for name, a in flat_state.items()}, step)
+        in_parallel(run, p.size, (2 + len(state)) * p.nbytes)
 
     def _check_grad(self, key, g):
         p = self.params[key]

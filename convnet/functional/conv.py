@@ -541,12 +541,7 @@ def conv_one_image(x, w, b, padding, dilation, out, relu=False, scale=None):
         cols = scratch("cols", taps.size, x.dtype).reshape(c * fh * fw, m)
         np.copyto(cols.reshape(taps.shape), taps)
         z = np.matmul(w_rows, cols, out=scratch("product", k * m, dtype).reshape(k, m))
-        if scale is not None:
-            np.multiply(z, scale[:, None], out=z)
-        if b is not None:
-            np.add(z, b[:, None], out=z)
-        if relu:
-            np.maximum(z, 0, out=z)
+        _scale_bias_relu(z, scale, b, relu)
         np.copyto(out[0, :, h0:h1], z.reshape(k, h1 - h0, wp)[:, :, :ow])
     per_thread(rows, oh)
     return out
@@ -584,16 +579,22 @@ def _shifted_sum(z, dw, b, relu, scale, out):
             for j in range(1, fw):
                 s = min(j * dw, m)         # a block of one short row can be narrower
                 np.add(z0[:, : m - s], z[j, rows, s:], out=z0[:, : m - s])
-            if scale is not None:
-                np.multiply(z0, scale[rows, None], out=z0)
-            if b is not None:
-                np.add(z0, b[rows, None], out=z0)
-            if relu:
-                np.maximum(z0, 0, out=z0)
+            _scale_bias_relu(z0, scale, b, relu, rows)
             # A plain copy for the rows of OW out of WP: a ufunc writing them into out
             # would loop over rows of OW (16 at 16x16), about twice as slow.
             np.copyto(out[rows], z0.reshape(-1, *out.shape[1:3], wp)[..., :ow])
     in_parallel(work, k, z.nbytes)
+
+
+def _scale_bias_relu(z, scale, b, relu, rows=slice(None)):
+    """z = max(0, z * scale + b) in place, z's rows being the output channels ``rows``:
+    each step only when given (scale and b (K,) or None, relu a bool)."""
+    if scale is not None:
+        np.multiply(z, scale[rows, None], out=z)
+    if b is not None:
+        np.add(z, b[rows, None], out=z)
+    if relu:
+        np.maximum(z, 0, out=z)
 
 
 def _shifted_grad(dz, src, dw, gate=None):

@@ -137,7 +137,7 @@ def test_float32_stays_float32_and_close_to_torch(cls, hyper):
         assert rel_error(p, tensors[key].detach().numpy()) < 1e-5, key
 
 
-@pytest.mark.parametrize("index", range(0, len(CASES), 3))
+@pytest.mark.parametrize("index", range(len(CASES)))
 def test_updates_in_pieces_equal_whole_updates(index, monkeypatch):
     """Large parameters are updated in pieces split between the threads: bit for bit the
     whole-array update, for every optimizer; the first step (which makes the state) and a

@@ -166,6 +166,17 @@ def test_updates_in_pieces_equal_whole_updates(index, monkeypatch):
         assert np.array_equal(whole_state[key], pieces_state[key]), key
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
+def test_updates_in_pieces_of_a_matrix_subclass(monkeypatch):
+    """An np.matrix parameter (2-D even when reshaped) is cut into pieces through a plain
+    view of it: updated in place as a whole update would."""
+    monkeypatch.setattr(optim, "UPDATE_PIECE", 4)
+    p = np.asmatrix(np.ones((3, 5)))
+    SGD({"w": p}, lr=0.1, momentum=0.9).step({"w": np.ones((3, 5))})  # makes the buffer
+    SGD({"w": p}, lr=0.1).step({"w": np.ones((3, 5))})
+    assert np.allclose(p, 0.8)
+
+
 def test_large_updates_are_split_between_the_threads(monkeypatch):
     """A parameter above PARALLEL_BYTES goes through in_parallel in pieces."""
     calls = []

@@ -196,3 +196,20 @@ def test_per_thread_runs_once_for_one_part_or_when_blas_is_taken(size, monkeypat
     monkeypatch.setattr(threads, "_blas", False)
     threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
     assert seen == [(slice(0, size), before), (slice(0, 4), before), (slice(0, 4), before)]
+
+
+@pytest.mark.skipif(threads.THREADS < 2, reason="needs a second thread to run a part")
+def test_parts_run_with_the_callers_numpy_error_settings():
+    """np.errstate holds in every part, the workers' too: a part that divides by zero
+    raises as the same operation on the calling thread would."""
+    x = np.ones(8)
+    x[0] = 0.0                                  # in the first part: a worker's
+
+    def divide(part):
+        np.divide(1.0, x[part])
+
+    with np.errstate(divide="raise"):
+        with pytest.raises(FloatingPointError):
+            threads.in_parallel(divide, x.size, x.nbytes)
+    with np.errstate(divide="ignore"):
+        threads.in_parallel(divide, x.size, x.nbytes)       # no warning, no error

@@ -724,7 +724,8 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     one output row is done at a time, so a single row larger than max_bytes still runs.
     On the shifted path (see conv2d_forward) the same holds for its Y and its product,
     each at most min(max_bytes, SHIFTED_BLOCK_BYTES) a block, and for the padded input of
-    the images of a block; each thread has its own blocks (see conv_shifted_images).
+    the images of a block (a whole padded image when one image is cut into bands of rows);
+    each thread has its own blocks (see conv_shifted_images).
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished (no array or layer call of its own). scale (K,)
     multiplies each output channel before the bias is added (a batch norm folded into the

@@ -17,6 +17,7 @@ array([5., 5., 5.])
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,10 @@ def per_thread(fn, size):
 def _split(fn, size):
     step = -(-size // THREADS)
     parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
-    futures = [_POOL.submit(_part, fn, part) for part in parts[:-1]]
+    # Each worker runs in a copy of the caller's context: NumPy's error settings
+    # (np.errstate) are context variables, so a part raises or warns as the caller would.
+    futures = [_POOL.submit(contextvars.copy_context().run, _part, fn, part)
+               for part in parts[:-1]]
     try:
         _part(fn, parts[-1])
     finally:   # even if this part fails, no worker may still be writing when we return

@@ -125,8 +125,8 @@ class Optimizer:
                 or not all(a.flags.c_contiguous for a in arrays)):
             self._update(p, g, state, step)
             return
-        flat_p, flat_g = p.reshape(-1), g.reshape(-1)
-        flat_state = {name: a.reshape(-1) for name, a in state.items()}
+        flat_p, flat_g = np.asarray(p).reshape(-1), np.asarray(g).reshape(-1)  # views of p
+        flat_state = {name: np.asarray(a).reshape(-1) for name, a in state.items()}
 
         def run(part):
             for s in range(part.start, part.stop, UPDATE_PIECE):

@@ -198,10 +198,10 @@ def test_per_thread_runs_once_for_one_part_or_when_blas_is_taken(size, monkeypat
     assert seen == [(slice(0, size), before), (slice(0, 4), before), (slice(0, 4), before)]
 
 
-@pytest.mark.skipif(threads.THREADS < 2, reason="needs a second thread to run a part")
 def test_parts_run_with_the_callers_numpy_error_settings():
     """np.errstate holds in every part, the workers' too: a part that divides by zero
-    raises as the same operation on the calling thread would."""
+    raises as the same operation on the calling thread would (on one core there is no
+    worker and the one part runs on the calling thread: the same holds)."""
     x = np.ones(8)
     x[0] = 0.0                                  # in the first part: a worker's
 

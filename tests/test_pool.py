@@ -136,6 +136,30 @@ def test_fast_path_is_taken_when_windows_tile():
     assert not P._tiles((2, 3, 8, 6), (2, 2), (2, 2), (1, 1), (1, 1), (5, 4))
 
 
+@pytest.mark.parametrize("switches", [False, True])
+def test_padded_input_comes_from_the_scratch_buffer(switches):
+    """A padded pool (ResNet's 3x3 stride-2 max) pads into the thread's kept buffer:
+    after the first call, a call allocates its output (and switches) but no padded copy
+    of the input, and its result is unchanged by a later call reusing the buffer."""
+    import tracemalloc
+
+    from convnet.functional.conv import release_scratch
+    rng = np.random.default_rng(0)
+    x, other = rng.standard_normal((2, 2, 8, 64, 64)).astype(np.float32)
+    args = ((3, 3), (2, 2), (1, 1))
+    release_scratch()
+    first = P.maxpool2d_forward(x, *args, switches=switches)[0]
+    tracemalloc.start()
+    out = P.maxpool2d_forward(x, *args, switches=switches)[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * out.nbytes < x.nbytes         # the padded input alone is > x
+    P.maxpool2d_forward(other, *args, switches=switches)
+    np.testing.assert_array_equal(out, first)
+    expected = TF.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy()
+    np.testing.assert_array_equal(out, expected)
+
+
 AVG_CONFIGS = [  # kernel, stride, padding, (H, W), count_include_pad, ceil_mode
     ((2, 2), (2, 2), (0, 0), (8, 6), True, False),  # tiles
     ((3, 2), (3, 2), (0, 0), (9, 4), True, False),  # tiles, rectangular

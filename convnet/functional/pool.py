@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from convnet.functional.conv import conv_output_size, pad, windows
+from convnet.functional.conv import conv_output_size, pad, scratch, windows
 from convnet.functional.threads import in_parallel, split_parallel
 
 
@@ -47,6 +47,14 @@ def _padded_shape(x_shape, kernel, stride, padding, dilation, out_size):
                  for a in (0, 1))
 
 
+def _padded(x, kernel, stride, padding, dilation, out_size, value):
+    """x padded with ``value`` to _padded_shape, in this thread's "padded" scratch buffer
+    (no page faults of a fresh array), or x itself when it needs no padding."""
+    hp, wp = _padded_shape(x.shape, kernel, stride, padding, dilation, out_size)
+    n, c = x.shape[:2]
+    return pad(x, padding, value, (hp, wp), out=scratch("padded", n * c * hp * wp, x.dtype))
+
+
 def _tiles(x_shape, kernel, stride, padding, dilation, out_size):
     """True when the windows tile the input exactly: S == F, P == 0, D == 1, F divides."""
     return (tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0)
@@ -55,9 +63,11 @@ def _tiles(x_shape, kernel, stride, padding, dilation, out_size):
 
 
 def _taps(x, kernel, stride, padding, dilation, out_size, value):
-    """The FH*FW strided views (N, C, OH, OW) of x, tap (i, j) at list index i*FW + j."""
-    shape = _padded_shape(x.shape, kernel, stride, padding, dilation, out_size)
-    win = windows(pad(x, padding, value, shape), kernel, stride, dilation, out_size)
+    """The FH*FW strided views (N, C, OH, OW) of x, tap (i, j) at list index i*FW + j.
+    With padding they are views of this thread's "padded" scratch buffer: use them before
+    the next call that pads."""
+    win = windows(_padded(x, kernel, stride, padding, dilation, out_size, value), kernel,
+                  stride, dilation, out_size)
     return [win[..., i, j] for i in range(kernel[0]) for j in range(kernel[1])]
 
 
@@ -164,10 +174,10 @@ def _separable_max(x, kernel, stride, padding, dilation, out_size):
     FH + FW passes instead of FH * FW (3x3: 6 instead of 9), for when no switches are
     needed. Same values, NaN included (np.maximum propagates it)."""
     (fh, fw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
-    shape = _padded_shape(x.shape, kernel, stride, padding, dilation, out_size)
-    xp = pad(x, padding, -np.inf, shape)
+    xp = _padded(x, kernel, stride, padding, dilation, out_size, -np.inf)
     columns = [xp[..., j * dw: j * dw + sw * (ow - 1) + 1: sw] for j in range(fw)]
-    across = np.empty(columns[0].shape, dtype=x.dtype)      # (N, C, HP, OW)
+    across = scratch("cols", np.prod(columns[0].shape), x.dtype).reshape(
+        columns[0].shape)                                     # (N, C, HP, OW)
     split_parallel(_window_max, across, *columns)
     rows = [across[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh] for i in range(fh)]
     out = np.empty(rows[0].shape, dtype=x.dtype)              # (N, C, OH, OW)

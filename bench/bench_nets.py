@@ -15,7 +15,8 @@ when it is installed) in one process, interleaved in blocks (see bench/common.py
             8 the issue's bound: 1.5 x (weights + the two largest activations)
   epoch     (only with --only epoch) one epoch of the default Fashion-MNIST training
             (`convnet train --data fashion-mnist`'s net, Adam, batch 128): convnet's
-            forward, loss, backward and optimizer against the same net in PyTorch
+            forward, loss, backward and optimizer against the same net in PyTorch, the
+            two taking turns in runs of a tenth of the epoch each
 
 Both sides compute the same thing from the same weights: every workload first checks that
 the outputs (and, for training, the gradients) agree. A training step is forward, softmax
@@ -290,9 +291,16 @@ def _inference_memory(name, net, n, rng, shape=None):
 
 
 # -- one epoch ---------------------------------------------------------------------------
+EPOCH_CHUNKS = 10   # the epoch's batches in this many runs a side, taken in turns
+
+
 def epoch_rows(limit=None):
     """One pass over Fashion-MNIST's 60,000 training images, batch 128, Adam, in the same
-    shuffled order on both sides, with the default net (BN, dropout) in training mode."""
+    shuffled order on both sides, with the default net (BN, dropout) in training mode.
+
+    Each side runs its epoch in EPOCH_CHUNKS runs of consecutive batches, the two taking
+    turns (convnet first, then PyTorch first, ...) after a short pause, so that a minute
+    of a busier machine weighs on both alike. A side's time is the sum of its runs."""
     from convnet.data import load_dataset
     from convnet.data.transforms import to_float
 
@@ -312,24 +320,28 @@ def epoch_rows(limit=None):
     topt = torch.optim.Adam(tnet.parameters(), lr=cfg["lr"])
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-    def cn_epoch():
-        for idx in batches:
+    def cn_run(part):
+        for idx in part:
             _, dscores = softmax_cross_entropy(net.forward(x[idx]), y[idx])
             net.backward(dscores, input_grad=False)
             opt.step(net.grads())
 
-    def t_epoch():
-        for idx in batches:
+    def t_run(part):
+        for idx in part:
             i = torch.from_numpy(idx)
             topt.zero_grad()
             torch.nn.functional.cross_entropy(tnet(xt[i]), yt[i]).backward()
             topt.step()
 
-    times = {}
-    for impl, fn in (("convnet", cn_epoch), ("torch", t_epoch)):
-        start = time.perf_counter()
-        fn()
-        times[impl] = time.perf_counter() - start
+    times = {"convnet": 0.0, "torch": 0.0}
+    step = -(-len(batches) // EPOCH_CHUNKS)
+    for turn, s in enumerate(range(0, len(batches), step)):
+        sides = (("convnet", cn_run), ("torch", t_run))
+        for impl, fn in sides if turn % 2 == 0 else sides[::-1]:
+            time.sleep(0.2)           # the other library's worker threads park
+            start = time.perf_counter()
+            fn(batches[s: s + step])
+            times[impl] += time.perf_counter() - start
     macs = net.macs(net.input_shape)
     return [{"name": "epoch", "what": f"Fashion-MNIST epoch, {len(x):,} images, batch "
              f"{cfg['batch_size']}, Adam", "gflop": 3 * 2 * macs * len(x) / 1e9,

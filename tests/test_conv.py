@@ -208,6 +208,28 @@ def test_conv_infer_in_pieces_matches_pytorch(block):
             assert out.min() >= 0
 
 
+@pytest.mark.parametrize("n", [0, 1, 3])
+@pytest.mark.parametrize("c,hw,stride", [(3, 8, 1), (3, 8, 2), (32, 16, 1), (32, 64, 1)])
+def test_empty_filter_banks_and_batches(n, c, hw, stride):
+    """No filters (K = 0) or no images (N = 0), on the im2col path, the shifted path (one
+    image or several) and conv_one_image: empty outputs, and zero gradients of the right
+    shapes (PyTorch's conv2d refuses K = 0; Conv2d does too, but the functions do not)."""
+    x = np.random.default_rng(0).standard_normal((n, c, hw, hw)).astype(np.float32)
+    for k in (0, 4):
+        if n and k:
+            continue                 # the non-empty case is everywhere else
+        w = np.ones((k, c, 3, 3), np.float32)
+        args = ((stride, stride), (1, 1))
+        shape = (n, k, (hw - 1) // stride + 1, (hw - 1) // stride + 1)
+        out, cache = conv2d_forward(x, w, None, *args, fit="floor")
+        assert out.shape == shape
+        assert conv2d_infer(x, w, None, *args, fit="floor").shape == shape
+        dx, dw, db = conv2d_backward(out, cache)
+        assert dx.shape == x.shape and not dx.any()
+        assert dw.shape == w.shape and not dw.any()
+        assert db.shape == (k,) and not db.any()
+
+
 def test_conv_infer_builds_im2col_in_bounded_pieces():
     """The largest temporary of conv2d_infer stays near max_bytes, not the full matrix."""
     import tracemalloc

@@ -298,7 +298,7 @@ def _gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
     """
     assert out.flags.c_contiguous  # written through reshaped views
     n, k, oh, ow = out.shape
-    w_rows = w.reshape(groups, k // groups, -1)                        # W_row per group
+    w_rows = w.reshape(groups, k // groups, cols.shape[0] // groups)   # W_row per group
     cols = cols.reshape(groups, w_rows.shape[2], n * oh * ow)          # (G, Cg*FF, N*L)
     if n == 1:
         np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, oh * ow))
@@ -436,7 +436,7 @@ def conv_shifted(xp, w, b, dilation, out, relu=False, scale=None, max_bytes=None
         y_blk = im2col_rows(xp[n0:n1, :, h0: h1 + ext], fh, dh, h1 - h0, y_buf)
         z = z_buf[: fw * k * y_blk.shape[1]].reshape(fw * k, y_blk.shape[1])
         np.matmul(w_s, y_blk, out=z)
-        _shifted_sum(z.reshape(fw, k, -1), dw, b, relu, scale,
+        _shifted_sum(z.reshape(fw, k, y_blk.shape[1]), dw, b, relu, scale,
                      out[n0:n1, :, h0:h1].transpose(1, 0, 2, 3))
     return out
 
@@ -742,7 +742,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     if shifted_suits(x.shape, w.shape, stride, padding, dilation, groups):
         return conv_shifted_images(x, w, b, padding, dilation, out, relu, scale,
                                    min(max_bytes, SHIFTED_BLOCK_BYTES))
-    row_bytes = c * fh * fw * ow * x.itemsize          # the im2col matrix of one output row
+    row_bytes = max(1, c * fh * fw * ow * x.itemsize)  # the im2col matrix of one output row
     per_image = max(1, max_bytes // (row_bytes * oh))
     if per_image > 1 or row_bytes * oh <= max_bytes:
         buf = scratch("cols", min(n, per_image) * oh * row_bytes // x.itemsize, x.dtype)
@@ -798,7 +798,7 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
         split_parallel(lambda d, g, o: np.multiply(g, o > 0, out=d), dout_t,
                        dout.transpose(1, 0, 2, 3), cache.relu_out.transpose(1, 0, 2, 3))
         dout = dout_t.transpose(1, 0, 2, 3)
-    positions = dout_t[0].size                                               # N*OH*OW
+    positions = int(np.prod(dout_t.shape[1:]))                               # N*OH*OW
     dout_rows = dout_t.reshape(groups, k // groups, positions)               # (G, K/G, N*L)
     cols_g = cols.reshape(groups, cg * fh * fw, positions)                   # (G, Cg*FF, N*L)
     dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
@@ -810,7 +810,7 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
             d * (f - 1) >= p for d, f, p in zip(dilation, (fh, fw), padding)):
         dx = _flipped_conv(dout, w, padding, dilation, groups, reuse)
     else:
-        w_cols = w.reshape(groups, k // groups, -1).transpose(0, 2, 1)      # (G, Cg*FF, K/G)
+        w_cols = w.reshape(groups, k // groups, cg * fh * fw).transpose(0, 2, 1)  # (G, Cg*FF, K/G)
         if reuse is not None and cols.dtype == np.result_type(w, dout):
             dcols = np.matmul(w_cols, dout_rows, out=cols_g)
         else:

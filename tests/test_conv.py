@@ -7,6 +7,7 @@ import torch
 import convnet.functional.conv as conv_module
 from convnet.functional import threads
 from convnet.functional.conv import (
+    blocks_suit,
     col2im,
     col2im_rows,
     conv2d_backward,
@@ -539,6 +540,136 @@ def test_conv_with_a_fused_relu_matches_pytorch(shifted, monkeypatch):
         none, dw2, _ = conv2d_backward(dout, conv2d_forward(x, w, b, *args, fit="floor",
                                                             relu=True)[1], input_grad=False)
         assert none is None and rel_error(dw2, wt.grad.numpy()) < 1e-10, case
+
+
+# -- image blocks (conv_blocks) ---------------------------------------------------------
+@pytest.fixture
+def blocks(monkeypatch):
+    """Every conv of one group and a batch of two or more takes conv_blocks, however small
+    its output planes (tiny cases reach it), and none the shifted path."""
+    monkeypatch.setattr(conv_module, "BLOCKS_MIN_POSITIONS", 0)
+    monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1 << 30)
+
+
+def blocks_case(rng):
+    """random_case with one group and two to four images."""
+    case = random_case(rng)
+    return {**case, "groups": 1, "c": case["c"] // case["groups"],
+            "k": case["k"] // case["groups"], "n": int(rng.integers(2, 5))}
+
+
+def test_blocks_are_taken_by_batches_with_wide_output_planes():
+    assert blocks_suit((128, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1)       # a first layer
+    assert blocks_suit((8, 64, 56, 56), (128, 64, 3, 3), (28, 28), 1)     # stride 2
+    assert blocks_suit((8, 128, 20, 20), (256, 128, 1, 1), (10, 10), 1)   # 1x1, 100 positions
+    assert not blocks_suit((1, 3, 224, 224), (64, 3, 7, 7), (112, 112), 1)  # one image
+    assert not blocks_suit((8, 256, 14, 14), (512, 256, 3, 3), (7, 7), 1)   # 49 positions
+    assert not blocks_suit((8, 64, 56, 56), (64, 16, 3, 3), (56, 56), 4)    # groups
+    rng = np.random.default_rng(0)
+    conv = Conv2d(3, 8, 3, padding=1, rng=rng)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    conv.forward(x)
+    assert conv.cache.blocked and conv.cache.cols is x and conv.cache.workspace is None
+    conv.forward(x[:1])
+    assert not conv.cache.blocked and conv.cache.cols.shape == (27, 256)   # im2col's
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_conv_blocks_match_pytorch_forward_and_backward(block, blocks, monkeypatch):
+    """120 random cases on conv_blocks (strides, padding, dilation, rectangular filters),
+    float64, against PyTorch: the output, with a fused RELU or not; dx, dw and db, with
+    and without the input's gradient; blocks of any number of images a thread (one value,
+    one image, all), every copy split over threads however small."""
+    monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
+    rng = np.random.default_rng(800 + block)
+    for _ in range(30):
+        case = blocks_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
+        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
+        relu = bool(rng.integers(2))
+        args = (case["stride"], case["padding"], case["dilation"])
+        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+        bt = None if b is None else torch.tensor(b, requires_grad=True)
+        ot = torch.nn.functional.conv2d(xt, wt, bt, *args)
+        if relu:
+            ot = torch.relu(ot)
+        dout = rng.standard_normal(tuple(ot.shape))
+        ot.backward(torch.tensor(dout))
+        expected = ot.detach().numpy()
+        image_bytes = 8 * case["c"] * w[0, 0].size * expected[0, 0].size
+        limit = int(rng.choice([1, image_bytes, 1 << 30]))
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", limit)
+        out, cache = conv2d_forward(x, w, b, *args, fit="floor", relu=relu)
+        assert cache.blocked, case
+        assert rel_error(out, expected) < 1e-10, (case, limit)
+        if rng.random() < 0.3:
+            none, dw, db = conv2d_backward(dout, cache, input_grad=False)
+            assert none is None
+        else:
+            dx, dw, db = conv2d_backward(dout, cache)
+            assert rel_error(dx, xt.grad.numpy()) < 1e-10, (case, limit)
+        assert rel_error(dw, wt.grad.numpy()) < 1e-10, (case, limit)
+        if b is not None:
+            assert rel_error(db, bt.grad.numpy()) < 1e-10, (case, limit)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_blocks_at_inference_match_pytorch(dtype, blocks, monkeypatch):
+    """conv2d_infer on conv_blocks, with a bias, a per-channel scale (a folded batch norm)
+    and a fused RELU, each or not, for 40 random cases and block sizes."""
+    rng = np.random.default_rng(900)
+    for _ in range(40):
+        case = blocks_case(rng)
+        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(dtype)
+        w = rng.standard_normal((case["k"], case["c"], *case["kernel"])).astype(dtype)
+        b = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.7 else None
+        scale = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.5 else None
+        relu = bool(rng.integers(2))
+        args = (case["stride"], case["padding"], case["dilation"])
+        conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), None,
+                                          *args).numpy()
+        want = conv * (1 if scale is None else scale[:, None, None])
+        want = want + (0 if b is None else b[:, None, None])
+        want = np.maximum(want, 0) if relu else want
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", int(rng.choice([1, 1 << 30])))
+        out = conv2d_infer(x, w, b, *args, fit="floor", relu=relu, scale=scale)
+        assert out.dtype == dtype
+        assert rel_error(out, want) < (1e-5 if dtype == np.float32 else 1e-10), case
+
+
+def test_conv_blocks_at_inference_stay_within_max_bytes():
+    """conv2d_infer's max_bytes also bounds conv_blocks' blocks (two images' matrices here,
+    where BLOCK_BYTES alone would take every image a thread has)."""
+    import tracemalloc
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 3, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
+    image = 27 * 32 * 32 * 4                              # one image's im2col matrix
+    expected = conv2d_forward(x, w, stride=(2, 2), padding=(1, 1), fit="floor")[0]
+    release_scratch()
+    tracemalloc.start()
+    out = conv2d_infer(x, w, stride=(2, 2), padding=(1, 1), fit="floor", max_bytes=2 * image)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rel_error(out, expected) < 1e-5
+    padded = 2 * x[0].nbytes * 66 * 66 // (64 * 64)       # two padded images
+    assert peak < out.nbytes + threads.THREADS * (2 * image + padded) + (64 << 10), peak
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2)),
+    dict(kernel_size=1, stride=2, bias=False),
+])
+def test_conv_blocks_gradient_check(kwargs, blocks):
+    rng = np.random.default_rng(5)
+    conv = Conv2d(3, 4, dtype=np.float64, rng=rng, **kwargs)
+    x = rng.standard_normal((3, 3, 7, 7))
+    conv.forward(x)
+    assert conv.cache.blocked
+    errors = check_layer_grads(conv, x)
+    assert max(errors.values()) < 1e-7, errors
 
 
 def test_shifted_conv_layer_keeps_only_its_input_and_steps_agree():

@@ -63,7 +63,7 @@ class Conv2d(Layer):
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
         self.dtype = check_dtype(dtype, where)
-        self._workspace = None  # im2col's buffer, reused each step (None on the shifted path)
+        self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
         rng = np.random.default_rng() if rng is None else rng
         fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw
@@ -96,8 +96,9 @@ class Conv2d(Layer):
 
     def infer(self, x, bn=None, relu=False):
         """Forward without a cache, building im2col in pieces of at most
-        ``functional.conv.IM2COL_MAX_BYTES`` (on the shifted path, its matrices in pieces
-        of at most ``SHIFTED_BLOCK_BYTES``): inference memory stays bounded.
+        ``functional.conv.IM2COL_MAX_BYTES`` (on the shifted path and in conv_blocks,
+        its matrices in pieces of at most ``SHIFTED_BLOCK_BYTES`` and ``BLOCK_BYTES``, or
+        one image's): inference memory stays bounded.
 
         Containers fuse a CONV -> BN -> RELU run into this one call at inference:
         ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded in (bn(y) =

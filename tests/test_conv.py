@@ -481,17 +481,22 @@ def test_shifted_conv_blocks_and_infer_pieces_match_pytorch(block, everywhere, m
             assert rel_error(out, want) < 1e-10, (case, limit)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(kernel_size=3, padding=1),
-    dict(kernel_size=(3, 2), padding=(2, 0), dilation=(1, 2)),
-    dict(kernel_size=3, padding=3, dilation=2, bias=False),
+@pytest.mark.parametrize("path,kwargs", [
+    ("shifted", dict(kernel_size=3, padding=1)),
+    ("shifted", dict(kernel_size=(3, 2), padding=(2, 0), dilation=(1, 2))),
+    ("shifted", dict(kernel_size=3, padding=3, dilation=2, bias=False)),
+    ("blocked", dict(kernel_size=3, padding=1)),
+    ("blocked", dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2))),
+    ("blocked", dict(kernel_size=1, stride=2, bias=False)),
 ])
-def test_shifted_conv_gradient_check(kwargs, everywhere):
+def test_shifted_and_blocks_gradient_check(path, kwargs, request):
+    """The shifted path's and conv_blocks' gradients against numerical ones (float64)."""
+    request.getfixturevalue("everywhere" if path == "shifted" else "blocks")
     rng = np.random.default_rng(5)
     conv = Conv2d(3, 4, dtype=np.float64, rng=rng, **kwargs)
-    x = rng.standard_normal((2, 3, 6, 7))
+    x = rng.standard_normal((3, 3, 7, 7))
     conv.forward(x)
-    assert conv.cache.shifted
+    assert getattr(conv.cache, path)
     errors = check_layer_grads(conv, x)
     assert max(errors.values()) < 1e-7, errors
 
@@ -655,21 +660,6 @@ def test_conv_blocks_at_inference_stay_within_max_bytes():
     assert rel_error(out, expected) < 1e-5
     padded = 2 * x[0].nbytes * 66 * 66 // (64 * 64)       # two padded images
     assert peak < out.nbytes + threads.THREADS * (2 * image + padded) + (64 << 10), peak
-
-
-@pytest.mark.parametrize("kwargs", [
-    dict(kernel_size=3, padding=1),
-    dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2)),
-    dict(kernel_size=1, stride=2, bias=False),
-])
-def test_conv_blocks_gradient_check(kwargs, blocks):
-    rng = np.random.default_rng(5)
-    conv = Conv2d(3, 4, dtype=np.float64, rng=rng, **kwargs)
-    x = rng.standard_normal((3, 3, 7, 7))
-    conv.forward(x)
-    assert conv.cache.blocked
-    errors = check_layer_grads(conv, x)
-    assert max(errors.values()) < 1e-7, errors
 
 
 def test_shifted_conv_layer_keeps_only_its_input_and_steps_agree():

@@ -210,14 +210,16 @@ def test_conv_infer_in_pieces_matches_pytorch(block):
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])
-@pytest.mark.parametrize("c,hw,stride", [(3, 8, 1), (3, 8, 2), (32, 16, 1), (32, 64, 1)])
+@pytest.mark.parametrize("c,hw,stride", [(3, 8, 1), (3, 8, 2), (3, 16, 1), (0, 16, 1),
+                                         (32, 16, 1), (32, 64, 1)])
 def test_empty_filter_banks_and_batches(n, c, hw, stride):
-    """No filters (K = 0) or no images (N = 0), on the im2col path, the shifted path (one
-    image or several) and conv_one_image: empty outputs, and zero gradients of the right
-    shapes (PyTorch's conv2d refuses K = 0; Conv2d does too, but the functions do not)."""
+    """No filters (K = 0), no images (N = 0) or no input channels (C = 0), on the im2col
+    path, conv_blocks, the shifted path (one image or several) and conv_one_image: empty
+    (or zero) outputs, and zero gradients of the right shapes (PyTorch's conv2d refuses
+    K = 0; Conv2d refuses K = 0 and C = 0, but the functions do not)."""
     x = np.random.default_rng(0).standard_normal((n, c, hw, hw)).astype(np.float32)
     for k in (0, 4):
-        if n and k:
+        if n and k and c:
             continue                 # the non-empty case is everywhere else
         w = np.ones((k, c, 3, 3), np.float32)
         args = ((stride, stride), (1, 1))

@@ -374,7 +374,7 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
     oh, ow = out.shape[2:]
     positions, depth = oh * ow, c * fh * fw
     hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
-    per = max(1, max_bytes // (depth * positions * x.itemsize))
+    per = max(1, max_bytes // max(1, depth * positions * x.itemsize))
     w_rows = w.reshape(k, depth)
 
     def run(part):
@@ -398,14 +398,15 @@ def _blocks_backward(dout, cache, input_grad):
     block's im2col matrix again from x, this time in im2col's order (C*FH*FW, n*OH*OW),
     with dout's block beside it as (K, n*OH*OW) (masked where a fused RELU's output was
     0). Then dw += dout_rows @ X_col^T and db += the rows' sums, summed per thread, and
-    dx's images are col2im(W_row^T @ dout_rows), written over the spent matrix."""
+    dx's images are col2im(W_row^T @ dout_rows), that product written over the spent
+    matrix when their dtypes agree."""
     x_shape, x, w, stride, padding, dilation, _, (oh, ow) = cache[:8]
     gate = cache.relu_out
     n, c, h, wd = x_shape
     k, _, fh, fw = w.shape
     positions, depth = oh * ow, c * fh * fw
     hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
-    per = max(1, BLOCK_BYTES // (depth * positions * x.itemsize))
+    per = max(1, BLOCK_BYTES // max(1, depth * positions * x.itemsize))
     w_cols = w.reshape(k, depth).T
     dx = np.empty(x_shape, dtype=np.result_type(w, dout)) if input_grad else None
     sums = {}

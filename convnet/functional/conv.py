@@ -369,11 +369,10 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
     b, relu and scale as in conv2d_infer, applied to the block's output in place.
     """
     max_bytes = BLOCK_BYTES if max_bytes is None else max_bytes
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     k, _, fh, fw = w.shape
     oh, ow = out.shape[2:]
     positions, depth = oh * ow, c * fh * fw
-    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
     per = max(1, max_bytes // max(1, depth * positions * x.itemsize))
     w_rows = w.reshape(k, depth)
 
@@ -381,8 +380,7 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
         for s in range(part.start, part.stop, per):
             sub = x[s: min(part.stop, s + per)]
             m = sub.shape[0]
-            xp = pad(sub, padding, out=scratch("padded", m * c * hp * wp, x.dtype))
-            win = windows(xp, (fh, fw), stride, dilation, (oh, ow))   # (m, C, OH, OW, FH, FW)
+            win = _block_windows(sub, (fh, fw), stride, padding, dilation, (oh, ow))
             cols = scratch("cols", m * depth * positions, x.dtype).reshape(m, c, fh, fw, oh, ow)
             np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
             o = out[s: s + m].reshape(m, k, positions)
@@ -390,6 +388,15 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
             _scale_bias_relu(o, scale, b, relu)
     per_thread(run, n)
     return out
+
+
+def _block_windows(sub, kernel, stride, padding, dilation, out_size):
+    """The receptive fields (m, C, OH, OW, FH, FW) of a block of images sub (m, C, H, W),
+    as a view of sub padded into this thread's "padded" scratch buffer."""
+    m, c, h, w = sub.shape
+    size = m * c * (h + 2 * padding[0]) * (w + 2 * padding[1])
+    xp = pad(sub, padding, out=scratch("padded", size, sub.dtype))
+    return windows(xp, kernel, stride, dilation, out_size)
 
 
 def _blocks_backward(dout, cache, input_grad):
@@ -402,10 +409,9 @@ def _blocks_backward(dout, cache, input_grad):
     matrix when their dtypes agree."""
     x_shape, x, w, stride, padding, dilation, _, (oh, ow) = cache[:8]
     gate = cache.relu_out
-    n, c, h, wd = x_shape
+    n, c = x_shape[:2]
     k, _, fh, fw = w.shape
     positions, depth = oh * ow, c * fh * fw
-    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
     per = max(1, BLOCK_BYTES // max(1, depth * positions * x.itemsize))
     w_cols = w.reshape(k, depth).T
     dx = np.empty(x_shape, dtype=np.result_type(w, dout)) if input_grad else None
@@ -417,10 +423,9 @@ def _blocks_backward(dout, cache, input_grad):
         for s in range(part.start, part.stop, per):
             sub = x[s: min(part.stop, s + per)]
             m = sub.shape[0]
-            xp = pad(sub, padding, out=scratch("padded", m * c * hp * wp, x.dtype))
+            win = _block_windows(sub, (fh, fw), stride, padding, dilation, (oh, ow))
             cols = scratch("cols", depth * m * positions, x.dtype).reshape(c, fh, fw, m, oh, ow)
-            np.copyto(cols, windows(xp, (fh, fw), stride, dilation, (oh, ow)).transpose(
-                1, 4, 5, 0, 2, 3))
+            np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
             d = scratch("product", k * m * positions, dout.dtype).reshape(k, m, oh, ow)
             src = dout[s: s + m].transpose(1, 0, 2, 3)
             if gate is None:

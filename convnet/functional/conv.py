@@ -380,9 +380,8 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
         for s in range(part.start, part.stop, per):
             sub = x[s: min(part.stop, s + per)]
             m = sub.shape[0]
-            win = _block_windows(sub, (fh, fw), stride, padding, dilation, (oh, ow))
-            cols = scratch("cols", m * depth * positions, x.dtype).reshape(m, c, fh, fw, oh, ow)
-            np.copyto(cols, win.transpose(0, 1, 4, 5, 2, 3))
+            cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
+                               (0, 1, 4, 5, 2, 3))                 # (m, C, FH, FW, OH, OW)
             o = out[s: s + m].reshape(m, k, positions)
             np.matmul(w_rows, cols.reshape(m, depth, positions), out=o)
             _scale_bias_relu(o, scale, b, relu)
@@ -390,13 +389,17 @@ def conv_blocks(x, w, b, stride, padding, dilation, out, relu=False, scale=None,
     return out
 
 
-def _block_windows(sub, kernel, stride, padding, dilation, out_size):
-    """The receptive fields (m, C, OH, OW, FH, FW) of a block of images sub (m, C, H, W),
-    as a view of sub padded into this thread's "padded" scratch buffer."""
+def _block_cols(sub, kernel, stride, padding, dilation, out_size, axes):
+    """The receptive fields of a block of images sub (m, C, H, W), padded into this
+    thread's "padded" scratch buffer: their windows (m, C, OH, OW, FH, FW) transposed by
+    ``axes``, copied into this thread's "cols" scratch buffer."""
     m, c, h, w = sub.shape
     size = m * c * (h + 2 * padding[0]) * (w + 2 * padding[1])
     xp = pad(sub, padding, out=scratch("padded", size, sub.dtype))
-    return windows(xp, kernel, stride, dilation, out_size)
+    win = windows(xp, kernel, stride, dilation, out_size).transpose(axes)
+    cols = scratch("cols", win.size, sub.dtype).reshape(win.shape)
+    np.copyto(cols, win)
+    return cols
 
 
 def _blocks_backward(dout, cache, input_grad):
@@ -423,9 +426,8 @@ def _blocks_backward(dout, cache, input_grad):
         for s in range(part.start, part.stop, per):
             sub = x[s: min(part.stop, s + per)]
             m = sub.shape[0]
-            win = _block_windows(sub, (fh, fw), stride, padding, dilation, (oh, ow))
-            cols = scratch("cols", depth * m * positions, x.dtype).reshape(c, fh, fw, m, oh, ow)
-            np.copyto(cols, win.transpose(1, 4, 5, 0, 2, 3))
+            cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
+                               (1, 4, 5, 0, 2, 3))                 # (C, FH, FW, m, OH, OW)
             d = scratch("product", k * m * positions, dout.dtype).reshape(k, m, oh, ow)
             src = dout[s: s + m].transpose(1, 0, 2, 3)
             if gate is None:

@@ -413,7 +413,8 @@ def test_config_errors_name_the_place():
     from convnet.models import from_config
     with pytest.raises(ValueError, match="unknown layer type 'Conv3d'"):
         from_config({"type": "Sequential", "children": [["0", {"type": "Conv3d"}]]})
-    with pytest.raises(ValueError, match=r"model config\.0: malformed Conv2d"):
+    with pytest.raises(ValueError, match=r"model config, layer 0: malformed Conv2d config: "
+                                         r"missing field\(s\) in_channels"):
         from_config({"type": "Sequential", "children": [["0", {"type": "Conv2d"}]]})
 
 
@@ -435,3 +436,76 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients():
     relu_first.forward(x)
     dx = relu_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False)
     assert dx.shape == x.shape
+
+
+def test_load_state_dict_refuses_a_dtype_that_does_not_fit_and_copies_nothing():
+    """A float32 weight whose file says int32 (the same bytes) would load as integer bits;
+    an int64 counter is not a float. Both are listed, with the model's and file's dtypes."""
+    model = Sequential(Linear(2, 3, rng=np.random.default_rng(0)), BatchNorm1d(3))
+    state = {key: value.copy() for key, value in model.state_dict().items()}
+    state["0.weight"] = state["0.weight"].view(np.int32)
+    state["1.num_batches_tracked"] = np.array(1.0)
+    state["1.running_mean"] = [0.0, 0.0, 0.0]
+    before = {key: value.copy() for key, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match="mistyped keys") as info:
+        model.load_state_dict(state)
+    for text in ("0.weight: model float32, file int32",
+                 "1.num_batches_tracked: model int64, file float64",
+                 "1.running_mean: model float32, file a list (not a NumPy array)"):
+        assert text in str(info.value)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    state = {key: value.astype(np.float16) if value.dtype.kind == "f" else value
+             for key, value in before.items()}
+    assert model.load_state_dict(state) == ([], [])       # float16 is cast, as before
+
+
+def test_output_shape_holds_every_volume_to_the_cap(monkeypatch):
+    from convnet import limits
+    net = Sequential(Conv2d(1, 8, 3, padding=1), Concat({"a": Identity(), "b": Identity()}))
+    assert net.output_shape((1, 16, 16)) == (16, 16, 16)
+    monkeypatch.setattr(limits, "MAX_VOLUME", 4000)
+    with pytest.raises(ValueError, match=r"^1 Concat: its output \(16, 16, 16\): values "
+                                         r"per sample 4,096 is over the cap of 4,000"):
+        net.output_shape((1, 16, 16))
+    with pytest.raises(ValueError, match=r"^0 Conv2d\(.*\(8, 32, 32\).*MAX_VOLUME"):
+        net.output_shape((1, 32, 32))
+
+
+def test_config_caps_depth_layers_and_parameters():
+    from convnet.models import from_config
+    config = {"type": "ReLU"}
+    for _ in range(33):
+        config = {"type": "Sequential", "children": [["0", config]]}
+    with pytest.raises(ValueError, match=r"m\.json, layer 0(\.0)+: containers nested 33 is "
+                                         r"over the cap of 32 \(convnet.limits.MAX_DEPTH\)"):
+        from_config(config, where="m.json")
+    wide = {"type": "Sequential", "children": [[str(i), {"type": "ReLU"}]
+                                               for i in range(10_001)]}
+    with pytest.raises(ValueError, match="m.json: layers 10,002 is over the cap of 10,000"):
+        from_config(wide, where="m.json")
+    huge = {"type": "Sequential", "children": [["fc", {
+        "type": "Linear", "in_features": 10**6, "out_features": 10**6}]]}
+    with pytest.raises(ValueError, match=r"m\.json, layer fc: Linear with weight "
+                                         r"\(1000000, 1000000\): parameters"):
+        from_config(huge, where="m.json")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("in_channels", "3", "in_channels must be a positive int, got '3'"),
+    ("kernel_size", [3, None], "kernel_size must be a positive int or a pair"),
+    ("bias", 1, "bias must be True or False, got 1"),
+    ("dtype", None, "dtype must be float32 or float64, got None"),
+    ("stride", {"a": 1}, "stride must be a positive int or a pair"),
+    ("groups", True, "groups must be a positive int, got True"),
+    ("weights", 1, "malformed Conv2d config: unknown field(s) 'weights'"),
+])
+def test_config_field_errors_name_the_file_the_layer_and_the_field(field, value, words):
+    from convnet.models import from_config
+    conv = {"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3}
+    config = {"type": "Sequential", "children": [
+        ["features", {"type": "Sequential", "children": [["0", conv | {field: value}]]}]]}
+    with pytest.raises(ValueError) as info:
+        from_config(config, where="model.json")
+    assert str(info.value).startswith("model.json, layer features.0: ")
+    assert words in str(info.value), str(info.value)

@@ -534,3 +534,40 @@ def test_relu_after_conv_fc_or_bn_works_in_place_and_gradients_still_match():
             layer.inplace = False
     net.forward(x)
     assert np.allclose(net.backward(dout), dx, rtol=1e-12, atol=0)
+
+
+# -- caps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, cap", [
+    ("INPUT 8x8x1 -> [[RELU]*200]*51", "the repetitions unroll to 10,200 layers"),
+    ("INPUT 8x8x1 -> RELU*10001", "the count 10001 is over the cap"),
+    ("INPUT 8x8x1 -> " + "[" * 33 + "RELU" + "]" * 33, "brackets nested deeper than 32"),
+    ("INPUT 100000x100000x3 -> RELU", "over the cap of 268,435,456"),
+    ("INPUT 32x32x3 -> CONV 999999999", "parameters 27,999,999,972 is over the cap"),
+    ("INPUT 32x32x3 -> FC 999999999999", "Linear with weight (999999999999, 3072)"),
+    ("INPUT 16384x16384x1 -> CONV 2", "its output 16384x16384x2"),
+    ("INPUT 8x8x1 -> POOL F2 S9999", "stride must be at most 8,192"),
+])
+def test_caps_are_named_errors_before_anything_is_allocated(text, cap):
+    msg = error(text)
+    assert cap in msg and "convnet.limits." in msg, msg
+
+
+def test_caps_are_read_when_the_text_is_built(monkeypatch):
+    from convnet import limits
+    text = "INPUT 8x8x1 -> [[RELU]*200]*51"
+    monkeypatch.setattr(limits, "MAX_LAYERS", 10_200)
+    assert len(build(text)) == 10_200
+    monkeypatch.setattr(limits, "MAX_PARAMS", 150)       # FC 10: 50, then 110 parameters
+    msg = error("INPUT 4 -> FC 10 -> FC 10")
+    assert "model[1]" in msg and "the model's total of parameters 160 is over the cap" in msg
+
+
+def test_an_error_in_a_long_line_shows_a_window_around_the_caret():
+    text = "INPUT 8x8x1 -> " + "RELU -> " * 500 + "CONVV -> " + "RELU -> " * 500 + "RELU"
+    msg = error(text)
+    line, carets = msg.split("\n")[1:3]
+    assert len(line) < 1100 and carets.strip() == "^" * len("CONVV")
+    start = carets.index("^")
+    assert line[start:start + len("CONVV")] == "CONVV"

@@ -68,12 +68,13 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
 def _fit_hint(size, extent, stride, padding):
     """Suggest the nearest padding or stride that makes (W - F + 2P) / S integral."""
     hints = []
-    for p in range(padding + 1, padding + stride + 1):
+    tries = min(stride, 4096)  # a hint, not a search: huge strides get the generic advice
+    for p in range(padding + 1, padding + tries + 1):
         if (size - extent + 2 * p) % stride == 0:
             hints.append(f"P={p}")
             break
     span = size - extent + 2 * padding
-    divisors = [s for s in range(stride - 1, 0, -1) if span % s == 0]
+    divisors = [s for s in range(min(stride - 1, tries), 0, -1) if span % s == 0]
     if divisors:
         hints.append(f"S={divisors[0]}")
     return "Fix: use " + " or ".join(hints) if hints else "Fix: change F, S or P"

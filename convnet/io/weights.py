@@ -9,18 +9,31 @@ weights load into the same torchvision-layout module there.
 Every file is written atomically: to a temporary file in the same directory, flushed and
 fsynced, then renamed over the target, so a kill at any moment leaves the old file or the
 new one, never half of one.
+
+Reading trusts nothing in a file: the JSON's size (``convnet.limits.MAX_JSON_BYTES``), its
+nesting and every field are checked, the weights must sit in the JSON's folder, the bytes
+a safetensors header declares are held to MAX_ARRAY_BYTES before a tensor is read, and
+each array's dtype must fit the parameter it fills. Errors are ValueErrors that name the
+file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from convnet import limits
+
 FORMAT = "convnet-model"
+VERSION = 1
+# Bytes per element of the safetensors dtypes, as headers name them.
+ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+            "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
 def _safetensors():
@@ -32,12 +45,22 @@ def _safetensors():
     return safetensors.numpy
 
 
+def _umask():
+    """The process's umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data: bytes):
-    """Write bytes to path atomically: temporary file, fsync, rename, fsync the directory."""
+    """Write bytes to path atomically: temporary file, fsync, rename, fsync the directory.
+
+    The file gets the permissions open() would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())    # mkstemp makes 0600; open() would honour umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -61,18 +84,42 @@ def save_tensors(tensors, path, metadata=None):
 
 
 def load_tensors(path):
-    """Read a safetensors file: (dict of arrays, metadata dict). Errors name the file."""
+    """Read a safetensors file: (dict of arrays, metadata dict). Errors name the file.
+
+    The header is read first: the bytes its tensors declare together are held to
+    ``convnet.limits.MAX_ARRAY_BYTES`` before any tensor is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such weight file")
+    declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
+                                            f.get_slice(key).get_shape()) for key in f.keys()})
+    _check_declared_bytes(declared, path)
+    return _read(path, lambda f: ({key: f.get_tensor(key) for key in f.keys()},
+                                  f.metadata() or {}))
+
+
+def _read(path, what):
+    """what(f) for the open safetensors file f; the library's errors become a ValueError
+    that names the file."""
+    _safetensors()
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            return what(f)
     except Exception as err:  # the library raises its own error types for bad headers
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    return tensors, metadata
+
+
+def _check_declared_bytes(declared, path):
+    """The bytes of the tensors a header declares ({key: (dtype, shape)}), against the cap."""
+    total = 0
+    for key, (dtype, shape) in declared.items():
+        if dtype not in ITEMSIZE:
+            raise ValueError(f"{path}: tensor {key!r:.80} has dtype {dtype!r:.20}; expected "
+                             f"one of {', '.join(ITEMSIZE)}")
+        total += math.prod(shape) * ITEMSIZE[dtype]
+    limits.check_count(total, "MAX_ARRAY_BYTES", "bytes of tensors in the header", path)
 
 
 def model_paths(path):
@@ -98,25 +145,106 @@ def save_model(model, path, **info):
 
 
 def load_model(path):
-    """Load a model saved by save_model: architecture, weights (strictly), input_shape, info."""
-    from convnet.models.config import from_config
+    """Load a model saved by save_model: architecture, weights (strictly), input_shape, info.
 
-    json_path, weights_path = model_paths(path)
-    if not json_path.is_file():
-        raise ValueError(f"{json_path}: no such model file")
-    try:
-        document = json.loads(json_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{json_path}: not a convnet model file ({err})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{json_path}: not a convnet model file (no format {FORMAT!r})")
-    model = from_config(document["architecture"], where=str(json_path))
-    tensors, _ = load_tensors(json_path.parent / document.get("weights", weights_path.name))
+    Every field of the JSON is checked before the model is built: "format" and "version",
+    "input_shape" (1 or 3 positive ints, at most ``convnet.limits.MAX_VOLUME`` values,
+    and the architecture must take it), "weights" (a file name in the JSON's folder) and
+    "info" (``convnet.data.preprocess.check_info``). Returns the model with ``info`` set,
+    and ``input_shape`` when the file has one. Any problem is a ValueError naming the file.
+    """
+    from convnet.data.preprocess import check_info
+    from convnet.models.config import from_config
+    from convnet.models.containers import Container
+
+    json_path, default_weights = model_paths(path)
+    where = str(json_path)
+    document = _read_json(json_path)
+    if document.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a convnet model file (no format {FORMAT!r})")
+    version = document.get("version", VERSION)
+    if type(version) is not int or version != VERSION:
+        raise ValueError(f"{where}: version must be {VERSION}, got {version!r:.80}")
+    if "architecture" not in document:
+        raise ValueError(f"{where}: no 'architecture' (the model's layers, as get_config() "
+                         "gives them) in the file")
+    input_shape = _input_shape(document.get("input_shape"), where)
+    weights_path = _weights_path(document.get("weights", default_weights.name), json_path)
+    channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
+    info = check_info(document.get("info", {}), where, channels=channels)
+    model = from_config(document["architecture"], where=where)
+    if not isinstance(model, Container):
+        raise ValueError(f"{where}: architecture must be a container of layers (such as "
+                         f"Sequential), got a single {type(model).__name__}")
+    if input_shape is not None:
+        try:
+            model.output_shape(input_shape)
+        except ValueError as err:
+            raise ValueError(f"{where}: input_shape {list(input_shape)} does not fit the "
+                             f"architecture: {err}") from None
+    tensors, _ = load_tensors(weights_path)
     try:
         model.load_state_dict(tensors, strict=True)
     except ValueError as err:
         raise ValueError(f"{weights_path}: {err}") from None
-    if document.get("input_shape"):
-        model.input_shape = tuple(document["input_shape"])
-    model.info = document.get("info", {})
+    if input_shape is not None:
+        model.input_shape = input_shape
+    model.info = info
     return model
+
+
+def _read_json(json_path):
+    """A model file's top-level object: at most ``convnet.limits.MAX_JSON_BYTES`` bytes of
+    UTF-8 JSON, nested no deeper than Python's recursion allows; else a ValueError."""
+    if not json_path.is_file():
+        raise ValueError(f"{json_path}: no such model file")
+    cap = limits.MAX_JSON_BYTES
+    with open(json_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(min(size, cap) + 1)     # one byte more shows a file that grew
+    if len(data) > cap:
+        raise ValueError(f"{json_path}: the file is over the cap of {cap:,} bytes "
+                         "(convnet.limits.MAX_JSON_BYTES); refusing to read it")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:   # ValueError: JSON syntax, huge ints
+        raise ValueError(f"{json_path}: not a convnet model file ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{json_path}: not a convnet model file (JSON nested too deeply "
+                         "to read)") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{json_path}: not a convnet model file (expected a JSON object, "
+                         f"got {type(document).__name__})")
+    return document
+
+
+def _input_shape(value, where):
+    """None, or a per-sample shape: (C, H, W) or (features,), of positive ints."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) not in (1, 3) or not all(
+            type(v) is int and v > 0 for v in value)):
+        raise ValueError(f"{where}: input_shape must be null or a list of 1 or 3 positive "
+                         f"ints ([C, H, W] or [features]), got {value!r:.80}")
+    limits.check_count(math.prod(value), "MAX_VOLUME", f"input_shape {value}: values per "
+                       "sample", where)
+    return tuple(value)
+
+
+def _weights_path(name, json_path):
+    """The weights file a model JSON names: a file name in the JSON's own folder (as
+    load_onnx reads external data only there); absolute paths, other folders and links
+    out of the folder are refused before anything is read."""
+    folder = os.path.realpath(json_path.parent)
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "\0" not in name
+             and Path(name).name == name and PureWindowsPath(name).name == name)
+    if not plain:           # an absolute path, a folder, a separator of either system
+        raise ValueError(f"{json_path}: weights must be the name of a file in the model's "
+                         f"folder {folder}, such as 'model.safetensors', got {name!r:.80}")
+    target = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(target) != folder:
+        raise ValueError(f"{json_path}: weights {name!r} resolves to {target}, outside the "
+                         f"model's folder {folder}; refusing to read it")
+    if not os.path.isfile(target):
+        raise ValueError(f"{json_path}: weights {name!r}: no such file in {folder}")
+    return Path(json_path.parent, name)

@@ -8,12 +8,10 @@ the products of CONV and FC layers count, not comparisons or exp().
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests)
 
 from convnet.functional import activation as A
-from convnet.layers.base import Layer, check_array, check_dout
+from convnet.layers.base import Layer, check_array, check_dout, flag, real
 
 
 class ReLU(Layer):
@@ -34,9 +32,7 @@ class ReLU(Layer):
 
     def __init__(self, inplace=False):
         super().__init__()
-        if not isinstance(inplace, bool):
-            raise ValueError(f"ReLU: inplace must be True or False, got {inplace!r}")
-        self.inplace = inplace
+        self.inplace = flag(inplace, "inplace", "ReLU")
 
     def forward(self, x):
         check_array(x, self.where)
@@ -73,11 +69,8 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        if (not isinstance(negative_slope, (int, float, np.integer, np.floating))
-                or isinstance(negative_slope, bool) or not math.isfinite(negative_slope)):
-            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, "
-                             f"got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = real(negative_slope, "negative_slope", "LeakyReLU",
+                                   expected="a finite number")
 
     def forward(self, x):
         check_array(x, self.where)

@@ -11,11 +11,15 @@ Shapes given to ``output_shape`` and ``macs`` are per sample, without the batch 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import numbers
 
 import numpy as np
 
-from convnet.functional.conv import check_input
+from convnet import limits
+from convnet.functional.conv import check_input, pair
 
 
 class Layer:
@@ -113,8 +117,102 @@ def uniform_init(rng, shape, fan_in, dtype):
 def positive_int(value, name, where):
     """A positive int (not a bool), or a ValueError naming the layer and the argument."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{where}: {name} must be a positive int, got {value!r:.80}")
     return int(value)
+
+
+def flag(value, name, where):
+    """True or False (NumPy's bool too); 0, 1 and other values are a ValueError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r:.80}")
+    return bool(value)
+
+
+def real(value, name, where, low=None, high=None, expected=None):
+    """A finite real number (not a bool), optionally within [low, high]; as a float.
+
+    The error says ``name`` must be ``expected`` (say, "a number in [0, 1]"); without it,
+    "a real number" or the bounds, whichever failed.
+    """
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:              # an int beyond the largest float
+            number = math.inf
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{where}: {name} must be {expected or 'a real number'}, got "
+                         f"{value!r:.80}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{where}: {name} must be {expected or bounds}, got {value!r:.80}")
+    return number
+
+
+def window_pair(value, name, where, allow_zero=False):
+    """A window's (height, width) (kernel size, stride, padding, dilation) or a pooled
+    output size, as ``functional.conv.pair`` checks it, each at most
+    limits.MAX_IMAGE_SIDE: no window is wider than the largest image side, so a larger
+    value is a typo or a hostile file (and error hints stay quick to compute)."""
+    hw = pair(value, name, where, allow_zero)
+    if max(hw) > limits.MAX_IMAGE_SIDE:
+        raise ValueError(f"{where}: {name} must be at most {limits.MAX_IMAGE_SIDE:,} "
+                         f"(convnet.limits.MAX_IMAGE_SIDE, the largest image side), got "
+                         f"{value!r:.80}")
+    return hw
+
+
+# -- the parameter budget ------------------------------------------------------------------
+
+class ParamCount:
+    """A model's running total of parameters while a builder makes its layers."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, count, layer):
+        self.total += count
+        limits.check_count(self.total, "MAX_PARAMS", "the model's total of parameters", layer)
+
+
+_MODEL_COUNT = contextvars.ContextVar("convnet_param_count", default=None)
+
+
+@contextlib.contextmanager
+def counting_params():
+    """Inside this block every layer's ``check_param_count`` also adds to one model's
+    total (a ParamCount, yielded), so a builder refuses the layer that would take the
+    model over limits.MAX_PARAMS before that layer allocates.
+
+    >>> with counting_params() as count:
+    ...     check_param_count(34944, "Conv2d")
+    ...     check_param_count(130, "Linear")
+    34944
+    130
+    >>> count.total
+    35074
+    """
+    count = ParamCount()
+    token = _MODEL_COUNT.set(count)
+    try:
+        yield count
+    finally:
+        _MODEL_COUNT.reset(token)
+
+
+def check_param_count(count, where):
+    """Called by every layer with parameters before it allocates them: ``count`` values
+    (parameters and buffers) against limits.MAX_PARAMS, and against the model's running
+    total inside ``counting_params``. Returns count.
+
+    >>> check_param_count(34944, "Conv2d")
+    34944
+    """
+    limits.check_count(count, "MAX_PARAMS", "parameters", where)
+    model = _MODEL_COUNT.get()
+    if model is not None:
+        model.add(count, where)
+    return count
 
 
 def hw_text(pair):
@@ -123,10 +221,15 @@ def hw_text(pair):
 
 
 def check_dtype(dtype, where):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"{where}: dtype must be float32 or float64, got {dtype}")
-    return dtype
+    """np.float32 or np.float64 (as a type, a dtype or a name such as "float32")."""
+    try:
+        parsed = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed not in (np.float32, np.float64):
+        got = parsed if parsed is not None else repr(dtype)
+        raise ValueError(f"{where}: dtype must be float32 or float64, got {got!s:.80}")
+    return parsed
 
 
 def check_array(x, where):

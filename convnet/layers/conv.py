@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from convnet.functional import conv as F
 from convnet.layers.base import (
     Layer,
     check_dtype,
+    check_param_count,
     check_volume,
+    flag,
     hw_text,
     positive_int,
     uniform_init,
+    window_pair,
 )
 
 
@@ -46,19 +51,20 @@ class Conv2d(Layer):
         where = type(self).__name__
         self.in_channels = positive_int(in_channels, "in_channels", where)
         self.out_channels = positive_int(out_channels, "out_channels", where)
-        self.kernel_size = F.pair(kernel_size, "kernel_size", where)
-        self.stride = F.pair(stride, "stride", where)
-        self.dilation = F.pair(dilation, "dilation", where)
+        self.kernel_size = window_pair(kernel_size, "kernel_size", where)
+        self.stride = window_pair(stride, "stride", where)
+        self.dilation = window_pair(dilation, "dilation", where)
         self.groups = positive_int(groups, "groups", where)
         if padding == "same":
             if any(k % 2 == 0 for k in self.kernel_size):
                 raise ValueError(f"{where}: padding='same' needs an odd kernel_size "
                                  f"(P = (F-1)/2), got F={self.kernel_size}")
             padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
-        self.padding = F.pair(padding, "padding", where, allow_zero=True)
+        self.padding = window_pair(padding, "padding", where, allow_zero=True)
         if fit not in F.FITS:
-            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r}")
+            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r:.80}")
         self.fit = fit
+        bias = flag(bias, "bias", where)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
@@ -68,6 +74,8 @@ class Conv2d(Layer):
         fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw
         shape = (self.out_channels, self.in_channels // self.groups, fh, fw)
+        check_param_count(math.prod(shape) + bias * self.out_channels,
+                          f"{where} with weight {shape}")
         self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
         if bias:
             self._init_param("bias", uniform_init(rng, (self.out_channels,), fan_in, self.dtype))
@@ -186,12 +194,13 @@ class LocallyConnected2d(Layer):
         self.in_channels = positive_int(in_channels, "in_channels", where)
         self.out_channels = positive_int(out_channels, "out_channels", where)
         self.input_size = F.pair(input_size, "input_size", where)
-        self.kernel_size = F.pair(kernel_size, "kernel_size", where)
-        self.stride = F.pair(stride, "stride", where)
-        self.padding = F.pair(padding, "padding", where, allow_zero=True)
+        self.kernel_size = window_pair(kernel_size, "kernel_size", where)
+        self.stride = window_pair(stride, "stride", where)
+        self.padding = window_pair(padding, "padding", where, allow_zero=True)
         if fit not in F.FITS:
-            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r}")
+            raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r:.80}")
         self.fit = fit
+        bias = flag(bias, "bias", where)
         self.dtype = check_dtype(dtype, where)
         self.out_size = tuple(
             F.conv_output_size(self.input_size[a], self.kernel_size[a], self.stride[a],
@@ -202,6 +211,8 @@ class LocallyConnected2d(Layer):
         oh, ow = self.out_size
         fan_in = self.in_channels * fh * fw
         shape = (oh, ow, self.out_channels, self.in_channels, fh, fw)
+        check_param_count(math.prod(shape) + bias * self.out_channels * oh * ow,
+                          f"{where} with weight {shape}")
         self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
         if bias:
             self._init_param("bias", uniform_init(rng, (self.out_channels, oh, ow), fan_in,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from convnet.functional import dropout as F
-from convnet.layers.base import Layer
+from convnet.layers.base import Layer, real
 
 
 class Dropout(Layer):
@@ -30,9 +28,7 @@ class Dropout(Layer):
     def __init__(self, p=0.5, rng=None):
         super().__init__()
         where = type(self).__name__
-        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p <= 1:
-            raise ValueError(f"{where}: p (the drop probability) must be a number in [0, 1], "
-                             f"got {p!r}")
+        p = real(p, "p (the drop probability)", where, 0, 1, expected="a number in [0, 1]")
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise ValueError(f"{where}: rng must be an np.random.Generator or None, got "
                              f"{type(rng).__name__}; use np.random.default_rng(seed)")

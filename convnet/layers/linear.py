@@ -12,6 +12,8 @@ from convnet.layers.base import (
     check_array,
     check_dout,
     check_dtype,
+    check_param_count,
+    flag,
     positive_int,
     uniform_init,
 )
@@ -41,11 +43,12 @@ class Linear(Layer):
         where = type(self).__name__
         self.in_features = positive_int(in_features, "in_features", where)
         self.out_features = positive_int(out_features, "out_features", where)
-        if not isinstance(bias, bool):
-            raise ValueError(f"{where}: bias must be True or False, got {bias!r}")
+        bias = flag(bias, "bias", where)
         self.dtype = check_dtype(dtype, where)
         rng = np.random.default_rng() if rng is None else rng
         shape = (self.out_features, self.in_features)
+        check_param_count(math.prod(shape) + bias * self.out_features,
+                          f"{where} with weight {shape}")
         self._init_param("weight", uniform_init(rng, shape, self.in_features, self.dtype))
         if bias:
             self._init_param("bias", uniform_init(rng, (self.out_features,),

@@ -12,12 +12,10 @@ pass. They have no parameters and count no multiply-adds.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests)
 
 from convnet.functional import loss as F
-from convnet.layers.base import Layer
+from convnet.layers.base import Layer, real
 
 
 class Loss(Layer):
@@ -81,10 +79,7 @@ class MultiMarginLoss(Loss):
 
     def __init__(self, margin=1.0):
         super().__init__()
-        if (not isinstance(margin, (int, float, np.integer, np.floating))
-                or isinstance(margin, bool) or not math.isfinite(margin)):
-            raise ValueError(f"MultiMarginLoss: margin must be a finite number, got {margin!r}")
-        self.margin = float(margin)
+        self.margin = real(margin, "margin", "MultiMarginLoss", expected="a finite number")
 
     def _loss(self, scores, target):
         loss, dscores = F.svm_loss(scores, target, self.margin)

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from convnet import limits
 from convnet.functional import norm as F
 from convnet.functional.conv import check_input
-from convnet.layers.base import Layer, check_dtype, check_volume, positive_int
-
-
-def _real(value, name, where, low=None, high=None):
-    """A real number (not a bool), optionally within [low, high]; returned as a float."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or np.isnan(value):
-        raise ValueError(f"{where}: {name} must be a real number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{where}: {name} must be {bounds}, got {value!r}")
-    return float(value)
-
-
-def _flag(value, name, where):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
-    return bool(value)
+from convnet.layers.base import (
+    Layer,
+    check_dtype,
+    check_param_count,
+    check_volume,
+    flag,
+    positive_int,
+    real,
+)
 
 
 class _BatchNorm(Layer):
@@ -35,12 +26,14 @@ class _BatchNorm(Layer):
         super().__init__()
         where = type(self).__name__
         self.num_features = positive_int(num_features, "num_features", where)
-        self.eps = _real(eps, "eps", where, low=0)
-        self.momentum = None if momentum is None else _real(momentum, "momentum", where, 0, 1)
-        self.affine = _flag(affine, "affine", where)
-        self.track_running_stats = _flag(track_running_stats, "track_running_stats", where)
+        self.eps = real(eps, "eps", where, low=0)
+        self.momentum = None if momentum is None else real(momentum, "momentum", where, 0, 1)
+        self.affine = flag(affine, "affine", where)
+        self.track_running_stats = flag(track_running_stats, "track_running_stats", where)
         self.dtype = check_dtype(dtype, where)
         d = self.num_features
+        check_param_count(2 * d * (self.affine + self.track_running_stats),
+                          f"{where} with {d} features")
         if self.affine:
             self._init_param("weight", np.ones(d, dtype=self.dtype))     # gamma
             self._init_param("bias", np.zeros(d, dtype=self.dtype))      # beta
@@ -229,9 +222,12 @@ class LocalResponseNorm(Layer):
         super().__init__()
         where = type(self).__name__
         self.size = positive_int(size, "size", where)
-        self.alpha = _real(alpha, "alpha", where)
-        self.beta = _real(beta, "beta", where)
-        self.k = _real(k, "k", where)
+        if self.size > limits.MAX_IMAGE_SIDE:    # the forward pads the depth by n
+            raise ValueError(f"{where}: size must be at most {limits.MAX_IMAGE_SIDE:,} "
+                             f"(convnet.limits.MAX_IMAGE_SIDE, the widest window), got {size}")
+        self.alpha = real(alpha, "alpha", where)
+        self.beta = real(beta, "beta", where)
+        self.k = real(k, "k", where)
 
     def forward(self, x):
         check_input(x, None, self.where)

@@ -12,13 +12,9 @@ lives in convnet/functional/pool.py.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from convnet.functional import pool as F
-from convnet.functional.conv import FITS, check_input, conv_output_size, pair
-from convnet.layers.base import Layer, check_volume, hw_text
+from convnet.functional.conv import FITS, check_input, conv_output_size
+from convnet.layers.base import Layer, check_volume, flag, hw_text, real, window_pair
 
 
 class _Pool2d(Layer):
@@ -27,19 +23,18 @@ class _Pool2d(Layer):
     def __init__(self, kernel_size, stride, padding, dilation, ceil_mode, fit):
         super().__init__()
         where = type(self).__name__
-        self.kernel_size = pair(kernel_size, "kernel_size", where)
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride", where)
-        self.padding = pair(padding, "padding", where, allow_zero=True)
-        self.dilation = pair(dilation, "dilation", where)
+        self.kernel_size = window_pair(kernel_size, "kernel_size", where)
+        self.stride = (self.kernel_size if stride is None
+                       else window_pair(stride, "stride", where))
+        self.padding = window_pair(padding, "padding", where, allow_zero=True)
+        self.dilation = window_pair(dilation, "dilation", where)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(
                 f"{where}: padding must be at most half the kernel size (P <= F/2, as in "
                 f"PyTorch), got padding={padding!r} for kernel_size={kernel_size!r}")
-        if ceil_mode not in (True, False):
-            raise ValueError(f"{where}: ceil_mode must be True or False, got {ceil_mode!r}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode", where)
         if fit not in FITS:
-            raise ValueError(f"{where}: fit must be one of {FITS}, got {fit!r}")
+            raise ValueError(f"{where}: fit must be one of {FITS}, got {fit!r:.80}")
         self.fit = fit
 
     def output_shape(self, input_shape):
@@ -152,10 +147,8 @@ class AvgPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, fit="exact"):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode, fit)
-        if count_include_pad not in (True, False):
-            raise ValueError(f"{type(self).__name__}: count_include_pad must be True or False, "
-                             f"got {count_include_pad!r}")
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = flag(count_include_pad, "count_include_pad",
+                                      type(self).__name__)
 
     def forward(self, x):
         out_size = self._out_size(x)
@@ -198,12 +191,10 @@ class LPPool2d(_Pool2d):
 
     def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False, fit="exact"):
         super().__init__(kernel_size, stride, 0, 1, ceil_mode, fit)
-        if (not isinstance(norm_type, (int, float, np.integer, np.floating))
-                or isinstance(norm_type, bool) or not math.isfinite(norm_type)
-                or norm_type <= 0):
-            raise ValueError(f"{type(self).__name__}: norm_type must be a positive finite "
-                             f"number p, got {norm_type!r}")
-        self.norm_type = float(norm_type)
+        where, expected = type(self).__name__, "a positive finite number p"
+        self.norm_type = real(norm_type, "norm_type", where, low=0, expected=expected)
+        if self.norm_type == 0:
+            raise ValueError(f"{where}: norm_type must be {expected}, got {norm_type!r}")
 
     def forward(self, x):
         out_size = self._out_size(x)
@@ -242,7 +233,7 @@ class AdaptiveAvgPool2d(Layer):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = pair(output_size, "output_size", type(self).__name__)
+        self.output_size = window_pair(output_size, "output_size", type(self).__name__)
 
     def output_shape(self, input_shape):
         c, _, _ = check_volume(input_shape, None, self.where)

@@ -11,13 +11,18 @@ PyTorch-style keys (``features.0.weight``), so state dicts line up with torchvis
   (DenseNet); its output depth is D0 + L*k for L layers of growth rate k.
 
 Every container: forward, backward, params()/grads()/buffers() as flat dicts,
-num_params(), train()/eval(), output_shape(), macs(), children().
+num_params(), train()/eval(), output_shape(), macs(), children(). A container's
+output_shape checks every layer's output volume against ``convnet.limits.MAX_VOLUME``
+(values per sample), so a model file cannot ask for activations beyond the cap.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from convnet import limits
 from convnet.functional.activation import relu_forward
 from convnet.layers.activation import ReLU
 from convnet.layers.base import Layer
@@ -49,6 +54,37 @@ def infer_layers(layers, x):
             i += 1
         x = layer.infer(x, bn=bn, relu=relu)
     return x
+
+
+def layer_output_shape(layer, shape):
+    """``layer.output_shape(shape)``, its volume (values per sample) held to
+    limits.MAX_VOLUME: how containers follow shapes through their children."""
+    return _check_volume(layer.output_shape(shape), layer, "its output")
+
+
+def _check_volume(shape, layer, what):
+    """shape, if its volume is at most limits.MAX_VOLUME; the error names the layer (a
+    container by its name and type: its repr would be the whole subtree)."""
+    where = layer.where
+    if isinstance(layer, Container):
+        where = f"{layer.name} {type(layer).__name__}" if layer.name else type(layer).__name__
+    limits.check_count(math.prod(shape), "MAX_VOLUME", f"{what} {shape}: values per sample",
+                       where)
+    return shape
+
+
+def _dtype_problem(own, value):
+    """Why ``value`` cannot be copied into the model's array ``own``, or None: a float
+    parameter or buffer takes only floating arrays (cast to its dtype), an integer buffer
+    (num_batches_tracked) only integer arrays. An int32 label on float32 bytes would
+    otherwise load as integers."""
+    if not isinstance(value, np.ndarray):
+        return f"model {own.dtype}, file a {type(value).__name__} (not a NumPy array)"
+    kinds = "f" if own.dtype.kind == "f" else "iu"
+    if value.dtype.kind not in kinds:
+        takes = "floating" if kinds == "f" else "integer"
+        return f"model {own.dtype}, file {value.dtype} (it takes {takes} arrays)"
+    return None
 
 
 def _owned(out, x, skip):
@@ -155,18 +191,28 @@ class Container(Layer):
 
     def freeze(self, *stages, frozen=True):
         """Freeze the layers under the named stages (dotted names, e.g. "features" or
-        "layer1.0"); with no names, the whole model. Returns the model."""
-        prefixes = [str(s) for s in stages]
-        names = {name for name, _ in self.named_layers()}
-        for stage in prefixes:
-            if not any(n == stage or n.startswith(stage + ".") for n in names):
-                tops = ", ".join(self._children)
-                raise ValueError(f"{type(self).__name__}.freeze: no stage named {stage!r}; "
-                                 f"top-level stages are {tops}")
+        "layer1.0", or a range of top-level stages "FIRST-LAST" with both ends included,
+        e.g. "conv1-layer3" or "0-7"); with no names, the whole model. Returns the model."""
+        prefixes = [prefix for stage in stages for prefix in self._stages(str(stage))]
         for name, layer in self.named_layers():
-            if not prefixes or any(name == p or name.startswith(p + ".") for p in prefixes):
+            if not stages or any(name == p or name.startswith(p + ".") for p in prefixes):
                 layer.frozen = frozen
         return self
+
+    def _stages(self, stage):
+        """The dotted prefixes a freeze argument names: itself, or a range's stages."""
+        names = [name for name, _ in self.named_layers()]
+        if any(n == stage or n.startswith(stage + ".") for n in names):
+            return [stage]
+        keys = list(self._children)
+        for i, char in enumerate(stage):   # FIRST-LAST, where either may hold a "-"
+            first, last = stage[:i], stage[i + 1:]
+            if char == "-" and first in keys and last in keys \
+                    and keys.index(first) <= keys.index(last):
+                return keys[keys.index(first): keys.index(last) + 1]
+        raise ValueError(f"{type(self).__name__}.freeze: no stage named {stage!r}; top-level "
+                         f"stages are {', '.join(keys)} (a range is FIRST-LAST, e.g. "
+                         f"{keys[0]}-{keys[min(1, len(keys) - 1)]})")
 
     def replace(self, name, layer):
         """Put ``layer`` where the dotted ``name`` is (e.g. "classifier.6"); returns the old."""
@@ -206,21 +252,34 @@ class Container(Layer):
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` into the model, in place and in each array's dtype.
 
-        With strict=True (the default), missing, unexpected and mis-shaped keys are all
-        listed by name (with both shapes) in one ValueError, and nothing is copied.
-        Returns (missing, unexpected) key lists, as PyTorch does.
+        Float parameters and buffers take floating arrays (float16, float32, float64: cast
+        to the model's dtype), integer buffers integer arrays; anything else, or a value
+        that is not a NumPy array, is a mistyped key. With strict=True (the default),
+        missing, unexpected, mistyped and mis-shaped keys are all listed by name (with
+        both dtypes or shapes) in one ValueError, and nothing is copied; with strict=False
+        only missing and unexpected keys are allowed. Returns (missing, unexpected) key
+        lists, as PyTorch does.
         """
+        if not isinstance(state, dict):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict of "
+                             f"arrays, got {type(state).__name__}")
         own = self.state_dict()
         missing = [key for key in own if key not in state]
-        unexpected = [key for key in state if key not in own]
-        shapes = [f"{key}: model {own[key].shape}, file {tuple(np.shape(state[key]))}"
-                  for key in own if key in state and own[key].shape != np.shape(state[key])]
-        if shapes or (strict and (missing or unexpected)):
+        unexpected = [str(key) for key in state if key not in own]
+        dtype_problems = {key: _dtype_problem(own[key], state[key])
+                          for key in own if key in state}
+        types = [f"{key}: {problem}" for key, problem in dtype_problems.items() if problem]
+        shapes = [f"{key}: model {own[key].shape}, file {state[key].shape}"
+                  for key, problem in dtype_problems.items()
+                  if not problem and own[key].shape != state[key].shape]
+        if types or shapes or (strict and (missing or unexpected)):
             problems = []
             if missing:
                 problems.append(f"missing keys: {', '.join(missing)}")
             if unexpected:
                 problems.append(f"unexpected keys: {', '.join(unexpected)}")
+            if types:
+                problems.append(f"mistyped keys: {'; '.join(types)}")
             if shapes:
                 problems.append(f"mis-shaped keys: {'; '.join(shapes)}")
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
@@ -333,7 +392,7 @@ class Sequential(Container):
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for layer in self:
-            shape = layer.output_shape(shape)
+            shape = layer_output_shape(layer, shape)
         return shape
 
     def macs(self, input_shape):
@@ -438,14 +497,14 @@ class Residual(Container):
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for key in self._body_keys:
-            shape = self._children[key].output_shape(shape)
+            shape = layer_output_shape(self._children[key], shape)
         skip = (tuple(input_shape) if self._shortcut_key is None
-                else self._children[self._shortcut_key].output_shape(input_shape))
+                else layer_output_shape(self._children[self._shortcut_key], input_shape))
         if shape != skip:
             raise ValueError(f"{self.where}: body gives volume {shape} but the shortcut gives "
                              f"{skip}; add a projection shortcut (1x1 CONV, stride S)")
         if self._post_key:
-            shape = self._children[self._post_key].output_shape(shape)
+            shape = layer_output_shape(self._children[self._post_key], shape)
         return shape
 
     def macs(self, input_shape):
@@ -498,12 +557,14 @@ class Concat(Container):
         return dx
 
     def output_shape(self, input_shape):
-        shapes = [(key, branch.output_shape(input_shape)) for key, branch in self.children()]
+        shapes = [(key, layer_output_shape(branch, input_shape))
+                  for key, branch in self.children()]
         sizes = {shape[1:] for _, shape in shapes}
         if len(sizes) != 1:
             raise ValueError(f"{self.where}: branches give different H x W and cannot be "
                              f"concatenated along depth: {dict(shapes)}")
-        return (sum(shape[0] for _, shape in shapes), *shapes[0][1][1:])
+        out = (sum(shape[0] for _, shape in shapes), *shapes[0][1][1:])
+        return _check_volume(out, self, "its output")
 
     def macs(self, input_shape):
         return sum(branch.macs(input_shape) for branch in self)
@@ -551,11 +612,11 @@ class DenseBlock(Container):
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
         for layer in self:
-            new = layer.output_shape(shape)
+            new = layer_output_shape(layer, shape)
             if new[1:] != shape[1:]:
                 raise ValueError(f"{layer.where}: a dense layer must keep H x W to be "
                                  f"concatenated, got {shape} -> {new}")
-            shape = (shape[0] + new[0], *shape[1:])
+            shape = _check_volume((shape[0] + new[0], *shape[1:]), self, "the concatenation")
         return shape
 
     def macs(self, input_shape):

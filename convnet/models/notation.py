@@ -39,6 +39,11 @@ a keyword argument of ``from_notation``; ``?`` after a layer or a group marks it
 (the notes' ``POOL?``). Shapes are checked while building: every error names the layer
 in the model (``model[i]``), its text and column, shows the text with a caret under the
 layer, and says which volume it got (W x H x D, as the notes write volumes).
+
+The text is checked against the caps of ``convnet.limits`` before anything is built: its
+length (MAX_JSON_BYTES, as a model file), bracket nesting (MAX_DEPTH), the layer count
+after unrolling, computed by arithmetic (MAX_LAYERS), every volume (MAX_VOLUME) and the
+parameters, each layer's and the model's (MAX_PARAMS), counted before they are allocated.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet import limits
 from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
-from convnet.layers.base import check_dtype
+from convnet.layers.base import check_dtype, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -61,10 +67,14 @@ from convnet.models.containers import Sequential
 
 # -- tokens ----------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"\s*(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
-                    r"|(?P<word>(?:(?!->)[^\s\[\]*?→])+))")
+# A word runs to whitespace, a bracket, '*', '?' or an arrow. The possessive ++ keeps
+# the match linear in time and constant in memory however long a hostile word is.
+_TOKEN = re.compile(r"\s*+(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
+                    r"|(?P<word>(?:[^\s\[\]*?→-]++|-(?!>))++))")
 _NAME = re.compile(r"[A-Za-z_]\w*$")
 _INT = re.compile(r"[0-9]+$")
+MAX_WORD = 64      # characters in one keyword, argument or count (far more than any needs)
+MAX_ARGS = 16      # arguments after one keyword (CONV, the most, takes 7; more are refused)
 
 
 class _Token(NamedTuple):
@@ -75,17 +85,23 @@ class _Token(NamedTuple):
 
 
 def _tokenize(text):
-    tokens, pos = [], 0
+    """The tokens of the text, one at a time (the parser stops at the first problem, so a
+    long hostile text is never split in full), then an "end" token."""
+    pos = 0
     while True:
         match = _TOKEN.match(text, pos)
         if match is None or match.end() == pos:   # only whitespace is left
             break
         kind = "->" if match["arrow"] else match["punct"] or "word"
         start = match.start(match.lastgroup)
-        tokens.append(_Token(kind, text[start:match.end()], start, match.end()))
+        yield _Token(kind, text[start:match.end()], start, match.end())
         pos = match.end()
-    tokens.append(_Token("end", "", len(text.rstrip()), len(text.rstrip())))
-    return tokens
+    yield _Token("end", "", len(text.rstrip()), len(text.rstrip()))
+
+
+def _shown(word):
+    """A word for an error message: cut short when it is longer than MAX_WORD."""
+    return word if len(word) <= MAX_WORD else f"{word[:MAX_WORD]}... ({len(word):,} characters)"
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -100,6 +116,9 @@ def _volume(shape):
     return str(tuple(shape))
 
 
+_LINE = 1000   # the longest line an error shows whole
+
+
 def _error(text, start, end, what, problem, got=None):
     """A ValueError: '<what> at <column> [got <volume>]: <problem>', then the text's line
     with carets under text[start:end]."""
@@ -112,7 +131,11 @@ def _error(text, start, end, what, problem, got=None):
         where = f"line {text.count(chr(10), 0, start) + 1}, {where}"
     head = f"{what} at {where}" + (f" got {_volume(got)}" if got is not None else "")
     line = text[line_start:line_end].replace("\t", " ")
-    carets = " " * (column - 1) + "^" * max(1, min(end, line_end) - start)
+    width = max(1, min(end, line_end, start + _LINE // 2) - start)
+    if len(line) > _LINE:         # a window of the line around the carets
+        left = max(0, column - 1 - _LINE // 2)
+        line, column = line[left:left + _LINE], column - left
+    carets = " " * (column - 1) + "^" * width
     return ValueError(f"from_notation: {head}: {problem}\n    {line}\n    {carets}")
 
 
@@ -212,6 +235,9 @@ def _parse_args(keyword, tokens):
     args, n_bare = {}, 0
     for tok in tokens:
         word = tok.text
+        if len(word) > MAX_WORD:
+            raise _Parse(tok, f"{keyword}: an argument of {len(word):,} characters; it "
+                              f"takes {_describe(keyword)}")
         if word.upper() in KEYWORDS and word.upper() not in options:
             raise _Parse(tok, f"{keyword} does not take {word!r}; a missing '->' before it?")
         if word.lower() in flags:
@@ -262,15 +288,17 @@ class _Parser:
 
     def __init__(self, text):
         self.tokens = _tokenize(text)
-        self.pos = 0
-        self.layers = 0
+        self.next = next(self.tokens)
+        self.layers = 0     # layers in the text so far, before unrolling
+        self.depth = 0      # brackets open
 
     def peek(self):
-        return self.tokens[self.pos]
+        return self.next
 
     def take(self):
-        tok = self.tokens[self.pos]
-        self.pos += 1
+        tok = self.next
+        if tok.kind != "end":
+            self.next = next(self.tokens)
         return tok
 
     def parse(self):
@@ -296,7 +324,12 @@ class _Parser:
         tok = self.peek()
         if tok.kind == "[":
             self.take()
+            self.depth += 1
+            if self.depth > limits.MAX_DEPTH:
+                raise _Parse(tok, f"brackets nested deeper than {limits.MAX_DEPTH} "
+                                  f"(convnet.limits.MAX_DEPTH)")
             items = self.seq()
+            self.depth -= 1
             close = self.peek()
             if close.kind == "end":
                 raise _Parse(tok, "this '[' is never closed: add a ']'")
@@ -321,8 +354,8 @@ class _Parser:
                 raise _Parse(mark, "a second '*' count; write one product, or nest brackets")
             tok = self.take()
             if tok.kind == "word" and _INT.match(tok.text):
-                count = int(tok.text)
-            elif tok.kind == "word" and _NAME.match(tok.text):
+                count = _count(tok)
+            elif tok.kind == "word" and len(tok.text) <= MAX_WORD and _NAME.match(tok.text):
                 count = tok
             else:
                 raise _Parse(tok if tok.kind != "end" else mark,
@@ -334,15 +367,21 @@ class _Parser:
         tok = self.take()
         keyword = tok.text.upper()
         if keyword not in KEYWORDS:
+            if len(tok.text) > MAX_WORD:
+                raise _Parse(tok, f"unknown layer {_shown(tok.text)!r}; known layers are "
+                                  + ", ".join(KEYWORDS))
             close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise _Parse(tok, f"unknown layer {tok.text!r}; {hint}known layers are "
                               + ", ".join(KEYWORDS))
         args = []
-        while self.peek().kind == "word":
-            args.append(self.take())
+        while self.peek().kind == "word" and len(args) <= MAX_ARGS:  # _parse_args refuses
+            args.append(self.take())                                  # MAX_ARGS + 1
         number = 0 if keyword == "INPUT" else self.layers + 1
         self.layers += keyword != "INPUT"
+        if self.layers > limits.MAX_LAYERS:
+            raise _Parse(tok, f"more than {limits.MAX_LAYERS:,} layers in the text "
+                              f"(convnet.limits.MAX_LAYERS)")
         end = args[-1].end if args else tok.end
         try:
             parsed = _parse_args(keyword, args)
@@ -353,6 +392,14 @@ class _Parser:
             raise _Parse(_Token("word", keyword, tok.start, end),
                          f"layer {number} in the text: {keyword} needs {_REQUIRED[keyword]}")
         return _Layer(keyword, parsed, tok.start, end, number)
+
+
+def _count(tok):
+    """The int of a count token (digits), at most limits.MAX_LAYERS."""
+    if len(tok.text) > MAX_WORD or int(tok.text) > limits.MAX_LAYERS:
+        raise _Parse(tok, f"the count {_shown(tok.text)} is over the cap of "
+                          f"{limits.MAX_LAYERS:,} layers (convnet.limits.MAX_LAYERS)")
+    return int(tok.text)
 
 
 # -- building --------------------------------------------------------------------------
@@ -429,15 +476,26 @@ def _names(items):
             yield from _names(item.node.items)
 
 
+def _times(item, counts, optional):
+    """How many times an item is repeated: its count, 1, or 0 when optional parts go."""
+    if item.optional and not optional:
+        return 0
+    if isinstance(item.count, _Token):
+        return counts[item.count.text]
+    return 1 if item.count is None else item.count
+
+
+def _unrolled(items, counts, optional):
+    """How many layers _expand would give, by arithmetic: nothing is unrolled."""
+    return sum(_times(item, counts, optional) * (
+        _unrolled(item.node.items, counts, optional) if isinstance(item.node, _Group) else 1)
+        for item in items)
+
+
 def _expand(items, counts, optional, out):
     """Unroll repetitions and drop optional parts: the flat list of _Layer to build."""
     for item in items:
-        if item.optional and not optional:
-            continue
-        n = item.count if isinstance(item.count, int) else 1
-        if isinstance(item.count, _Token):
-            n = counts[item.count.text]
-        for _ in range(n):
+        for _ in range(_times(item, counts, optional)):
             if isinstance(item.node, _Group):
                 _expand(item.node.items, counts, optional, out)
             else:
@@ -451,8 +509,11 @@ def _check_shape(input_shape):
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
             for v in shape):
         raise ValueError(f"from_notation: input_shape must be a per-sample (C, H, W) of "
-                         f"positive ints (or (features,)), got {input_shape!r}")
-    return tuple(int(v) for v in shape)
+                         f"positive ints (or (features,)), got {input_shape!r:.80}")
+    shape = tuple(int(v) for v in shape)
+    limits.check_count(math.prod(shape), "MAX_VOLUME", f"input_shape {shape}: values per "
+                       "sample", "from_notation")
+    return shape
 
 
 def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=None,
@@ -474,6 +535,8 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
     Flatten, then Linear) and the attribute ``input_shape`` (per-sample (C, H, W)).
     Any problem is a ValueError that names the layer (``model[i]``), its text and column,
     the volume it got (W x H x D), the layer's own explanation, and the text with carets.
+    The caps of ``convnet.limits`` (layers, nesting, volumes, parameters) are checked
+    before anything over them is allocated; raise one there to build a larger model.
 
     >>> net = from_notation("INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL]*3 -> FC 10", N=2)
     >>> len(net), net.output_shape(net.input_shape), net[16].in_features
@@ -492,13 +555,15 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
     for name, value in counts.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"from_notation: the count {name} must be an int >= 0, "
-                             f"got {value!r}")
+                             f"got {value!r:.80}")
+        limits.check_count(value, "MAX_LAYERS", f"the count {name}", "from_notation")
+    limits.check_count(len(text), "MAX_JSON_BYTES", "characters in the text", "from_notation")
 
     try:
         items = _Parser(text).parse()
     except _Parse as exc:
         tok = exc.token
-        raise _error(text, tok.start, tok.end, repr(tok.text), exc.problem) from None
+        raise _error(text, tok.start, tok.end, repr(_shown(tok.text)), exc.problem) from None
     for tok in _names(items):
         if tok.text not in counts:
             bound = ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
@@ -506,7 +571,13 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
                          f"the name {tok.text} is not bound; pass it as "
                          f"from_notation(..., {tok.text}=2); names given: {bound}")
     items, shape = _take_input(text, items, input_shape)
-    layers = _build_layers(text, _expand(items, counts, optional, []), shape, dtype, rng)
+    total = _unrolled(items, counts, optional)
+    if total > limits.MAX_LAYERS:
+        raise _error(text, 0, len(text.rstrip()), "the text",
+                     f"the repetitions unroll to {total:,} layers, over the cap of "
+                     f"{limits.MAX_LAYERS:,} (convnet.limits.MAX_LAYERS)")
+    with counting_params():
+        layers = _build_layers(text, _expand(items, counts, optional, []), shape, dtype, rng)
     for before, layer in zip(layers, layers[1:]):
         if isinstance(layer, ReLU) and _output_not_kept(before):
             layer.inplace = True
@@ -545,6 +616,11 @@ def _take_input(text, items, input_shape):
                          f"the text says {_volume(given)} (C, H, W) = {given}, but "
                          f"input_shape={input_shape} is {_volume(input_shape)}")
     shape = input_shape if input_shape is not None else given
+    if given is not None and math.prod(given) > limits.MAX_VOLUME:
+        raise _error(text, head.start, head.end, "INPUT",
+                     f"the volume {_volume(given)} holds {math.prod(given):,} values per "
+                     f"sample, over the cap of {limits.MAX_VOLUME:,} "
+                     f"(convnet.limits.MAX_VOLUME)")
     if shape is None:
         start, end = (head.start, head.start + len("INPUT")) if has_input else (
             head.start, head.end)
@@ -562,6 +638,10 @@ def _build_layers(text, specs, shape, dtype, rng):
             for layer in _build(spec, shape, dtype, rng):
                 layer.name = str(len(layers))        # as the Sequential will name it
                 new_shape = layer.output_shape(shape)
+                limits.check_count(math.prod(new_shape), "MAX_VOLUME",
+                                   f"its output {_volume(new_shape)}: values per sample",
+                                   layer.where)
+                limits.check_count(len(layers) + 1, "MAX_LAYERS", "layers", "the model")
                 layers.append(layer)
                 shape = new_shape
         except ValueError as exc:

@@ -1,0 +1,150 @@
+"""What a trained model expects of an image: the preprocessing it was trained with.
+
+A model file keeps it under "info", so that ``convnet eval`` and ``convnet predict``
+apply exactly what training applied:
+
+    classes     class names in label order, e.g. ["cat", "dog"] (the folder names)
+    channels    "L" (grayscale, one channel) or "RGB": the mode images are converted to
+    scale       the largest pixel value of the training data (255; 16 for the digits)
+    mean, std   per-channel normalization of pixels scaled to [0, 1]: (x/scale - mean)/std
+    brightness  [low, high]: the 0.5th and 99.5th percentiles of the training images'
+                mean intensity (in [0, 1]); an image far outside is worth a warning
+    data        the data set's name
+    resize      "bilinear" when training resized the images
+    split_seed, test_fraction
+                how an image folder without test/ was split: ``convnet eval`` holds out
+                the same test images
+
+Every field is optional (files from older versions lack some), and every field present
+is checked by ``check_info``: types, lengths and ranges, with the file named.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convnet import limits
+
+CHANNEL_MODES = {"L": 1, "RGB": 3}
+MAX_NAME = 1000  # characters in a class or data set name
+
+
+def _finite(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _numbers(info, key, where, positive=False):
+    values = info[key]
+    if (not isinstance(values, list) or not 1 <= len(values) <= 3
+            or not all(_finite(v) and (v > 0 or not positive) for v in values)):
+        kind = "positive " if positive else ""
+        raise ValueError(f"{where}: info.{key} must be a list of 1 or 3 finite {kind}numbers "
+                         f"(one per channel), got {values!r:.80}")
+    return [float(v) for v in values]
+
+
+def check_info(info, where, channels=None):
+    """Check a model file's "info" dict field by field; returns it with floats as floats.
+
+    Args:
+        info: the dict (unknown keys are kept as they are: a user's own notes).
+        where: the file, for error messages.
+        channels: the model's input depth C, when known: mean, std and the channel mode
+            must agree with it.
+
+    >>> check_info({"classes": ["cat", "dog"], "mean": [0.5], "std": [0.25]}, "m.json")
+    {'classes': ['cat', 'dog'], 'mean': [0.5], 'std': [0.25]}
+    """
+    if not isinstance(info, dict):
+        raise ValueError(f"{where}: info must be a JSON object, got {type(info).__name__}")
+    out = dict(info)
+    if "classes" in info:
+        classes = info["classes"]
+        if (not isinstance(classes, list) or not 1 <= len(classes) <= limits.MAX_CLASSES
+                or not all(isinstance(c, str) and len(c) <= MAX_NAME for c in classes)):
+            raise ValueError(f"{where}: info.classes must be a list of 1 to "
+                             f"{limits.MAX_CLASSES:,} class names (strings), got "
+                             f"{classes!r:.80}")
+    if "data" in info and not (isinstance(info["data"], str) and len(info["data"]) <= MAX_NAME):
+        raise ValueError(f"{where}: info.data must be a data set name (a string), got "
+                         f"{info['data']!r:.80}")
+    if "scale" in info:
+        if not (_finite(info["scale"]) and info["scale"] > 0):
+            raise ValueError(f"{where}: info.scale must be a positive number (the largest "
+                             f"pixel value, e.g. 255), got {info['scale']!r:.80}")
+    for key, positive in (("mean", False), ("std", True)):
+        if key in info:
+            out[key] = _numbers(info, key, where, positive)
+    if "channels" in info and not (isinstance(info["channels"], str)
+                                   and info["channels"] in CHANNEL_MODES):
+        raise ValueError(f"{where}: info.channels must be 'L' (grayscale) or 'RGB', got "
+                         f"{info['channels']!r:.80}")
+    if "brightness" in info:
+        low_high = info["brightness"]
+        if (not isinstance(low_high, list) or len(low_high) != 2
+                or not all(_finite(v) and 0 <= v <= 1 for v in low_high)
+                or low_high[0] > low_high[1]):
+            raise ValueError(f"{where}: info.brightness must be [low, high] with "
+                             f"0 <= low <= high <= 1, got {low_high!r:.80}")
+        out["brightness"] = [float(v) for v in low_high]
+    if "split_seed" in info and not (type(info["split_seed"]) is int
+                                     and 0 <= info["split_seed"] < 2**63):
+        raise ValueError(f"{where}: info.split_seed must be an int >= 0, got "
+                         f"{info['split_seed']!r:.80}")
+    if "test_fraction" in info and not (_finite(info["test_fraction"])
+                                        and 0 < info["test_fraction"] < 1):
+        raise ValueError(f"{where}: info.test_fraction must be a fraction in (0, 1), got "
+                         f"{info['test_fraction']!r:.80}")
+    if "resize" in info and not (info["resize"] is None or info["resize"] == "bilinear"):
+        raise ValueError(f"{where}: info.resize must be 'bilinear' or null, got "
+                         f"{info['resize']!r:.80}")
+    if channels is not None:
+        for key in ("mean", "std"):
+            if key in out and len(out[key]) not in (1, channels):
+                raise ValueError(f"{where}: info.{key} has {len(out[key])} values but the "
+                                 f"model takes {channels} channel(s)")
+        if "channels" in info and CHANNEL_MODES[info["channels"]] != channels:
+            raise ValueError(f"{where}: info.channels is {info['channels']!r} but the model "
+                             f"takes {channels} channel(s)")
+    return out
+
+
+def brightness_range(x, scale):
+    """[low, high]: the 0.5th and 99.5th percentiles of the images' mean intensity in [0, 1].
+
+    x: uint8 images (N, C, H, W) with pixels in [0, scale]. The mean intensity of an image
+    is the mean of all its pixels over scale; light-on-dark digits have low means, the
+    same digits drawn dark on light high ones.
+    """
+    means = x.reshape(len(x), -1).mean(axis=1) / scale              # (N,)
+    low, high = np.percentile(means, [0.5, 99.5])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+def brightness_warning(x, scale, info):
+    """A warning for each image whose mean intensity lies far outside the training data's.
+
+    x: uint8 images (N, C, H, W) in [0, scale], already converted to the model's channels.
+    "Far outside" is beyond the training range [low, high] by more than its width (or
+    0.1, if that is more). Returns [(index, message)]; empty when info has no range.
+    """
+    if "brightness" not in info:
+        return []
+    low, high = info["brightness"]
+    margin = max(high - low, 0.1)
+    means = x.reshape(len(x), -1).mean(axis=1) / scale              # (N,)
+    warnings = []
+    for i, mean in enumerate(means):
+        if low - margin <= mean <= high + margin:
+            continue
+        hint = ""
+        if low - margin <= 1 - mean <= high + margin:
+            light = "light on dark" if high < 0.5 else "dark on light"
+            hint = (f"; the training images are {light}, this one is the reverse: "
+                    f"invert it (255 - pixel)?")
+        warnings.append((i, f"its mean intensity {mean:.2f} lies far outside the training "
+                            f"images' {low:.2f}..{high:.2f}{hint}"))
+    return warnings

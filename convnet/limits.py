@@ -1,0 +1,37 @@
+"""Caps on what a file or a string handed to convnet may ask for.
+
+Every loader (model JSON, notation, checkpoints, PyTorch and ONNX files, IDX, CIFAR,
+image folders) checks the sizes a file declares against these caps before it allocates
+anything, and refuses with a ValueError that names the file, the field, the value and
+the cap. They are far above what real ConvNets need (VGG-16 has 138 million parameters,
+DenseNet-201 about 700 layers), and far below what would exhaust a machine.
+
+The caps are read when a check runs, so a user with a trusted, larger file can raise
+one for the process: ``convnet.limits.MAX_PARAMS = 1 << 32``.
+"""
+
+from __future__ import annotations
+
+MAX_PARAMS = 1 << 30          # parameters in one model: 4 GiB in float32
+MAX_LAYERS = 10_000           # layers in one model, after repetitions are unrolled
+MAX_DEPTH = 32                # nesting of containers, brackets and ONNX blocks
+MAX_VOLUME = 1 << 28          # values in one sample's input (C * H * W)
+MAX_IMAGE_SIDE = 8192         # pixels on a side of a training image (--image-size too)
+MAX_CLASSES = 100_000         # classes of one data set or model
+MAX_ARRAY_BYTES = 4 << 30     # bytes of all the arrays read from one weight file
+MAX_DATA_BYTES = 2 << 30      # bytes of one decoded data set (uint8 images)
+MAX_JSON_BYTES = 64 << 20     # a model .json file, or a checkpoint's metadata
+MAX_COMPRESSION = 100         # decompressed / compressed bytes of a gzip or zip member
+
+
+def check_count(value, cap_name, what, where):
+    """value <= the cap called ``cap_name`` in this module, or a ValueError naming both.
+
+    >>> check_count(10, "MAX_LAYERS", "layers", "model.json")
+    10
+    """
+    cap = globals()[cap_name]
+    if value > cap:
+        raise ValueError(f"{where}: {what} {value:,} is over the cap of {cap:,} "
+                         f"(convnet.limits.{cap_name}); refusing to allocate it")
+    return value

@@ -39,6 +39,19 @@ External data (tensors stored beside the .onnx file) is read only from files ins
 model file's folder: an absolute location, or one that resolves (symlinks followed)
 outside that folder, is refused before any external file is read.
 
+A file is checked before anything is allocated for it, and anything wrong is a one-line
+ValueError that starts with the file's path and names the node, attribute or tensor, what
+was expected and what was found. In order: the number of nodes (convnet.limits.MAX_LAYERS);
+every name is text; each tensor's element type (float32, float64, int64, bool), dims, and
+data length or external extent, and their sums (MAX_PARAMS values, MAX_ARRAY_BYTES bytes);
+the wiring (initializers and outputs named and written once, inputs that exist, each
+operator's number of inputs, no cycles); the input's per-sample shape (MAX_VOLUME); the
+values the layers would copy out of the initializers, each use counting, so tied weights
+too (MAX_PARAMS). Then, as each node is read: each attribute it uses, by type and range
+(given once); the shapes of its weights; the per-sample volume of its output and of its
+padded input (MAX_VOLUME). Blocks and dotted names nest at most MAX_DEPTH deep, and no
+step recurses per node. The caps are read at each call, so a user can raise them.
+
 >>> model = load_onnx("resnet18.onnx")                        # doctest: +SKIP
 >>> model.input_shape, model.infer(x).shape                   # doctest: +SKIP
 ((3, 224, 224), (8, 1000))
@@ -53,6 +66,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from convnet.layers.base import Identity
@@ -73,6 +87,52 @@ _NOTES = ("(Add joins two paths or adds MatMul's bias; Reshape must flatten; Sof
           "at the end; Pad, Pow, Mul, Unsqueeze, Squeeze and Div only in export_onnx's "
           "subgraphs for AvgPool2d, LPPool2d and LRN)")
 _FLOATS = (np.float32, np.float64)
+
+# Element types read from tensors (TensorProto.DataType): the typed field that holds the
+# values when raw_data is absent, and bytes per element in raw_data.
+_ELEMENT_TYPES = {1: ("float32", "float_data", 4),      # weights and scalars
+                  11: ("float64", "double_data", 8),
+                  7: ("int64", "int64_data", 8),        # shapes, axes, pads
+                  9: ("bool", "int32_data", 1)}         # Dropout's training_mode
+_MAX_RANK = 8                   # dims of one tensor
+_MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
+# (fewest, most) inputs of each operator read, None for no most; Pad, Pow, Mul, Div,
+# Unsqueeze and Squeeze occur in export_onnx's subgraphs
+_ARITY = {"Add": (2, 2), "AveragePool": (1, 1), "BatchNormalization": (5, 5),
+          "Concat": (1, None), "Constant": (0, 0), "Conv": (2, 3), "Dropout": (1, 3),
+          "Flatten": (1, 1), "Gemm": (2, 3), "GlobalAveragePool": (1, 1), "Identity": (1, 1),
+          "LRN": (1, 1), "LeakyRelu": (1, 1), "LpPool": (1, 1), "MatMul": (2, 2),
+          "MaxPool": (1, 1), "Relu": (1, 1), "Reshape": (1, 2), "Sigmoid": (1, 1),
+          "Softmax": (1, 1), "Tanh": (1, 1), "Pad": (1, 4), "Pow": (2, 2), "Mul": (2, 2),
+          "Div": (2, 2), "Unsqueeze": (1, 2), "Squeeze": (1, 2)}
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+# AttributeProto.AttributeType: the kinds of attribute the operators read
+_A_FLOAT, _A_INT, _A_STRING, _A_TENSOR, _A_FLOATS, _A_INTS = 1, 2, 3, 4, 6, 7
+
+
+def _show(text, limit=60):
+    """A name or value for an error message: quoted, escaped, cut to about limit chars."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}...' ({len(text):,} chars)"
+
+
+def _node(node):
+    """How errors name a node: its name and operator, both shown safely."""
+    op = node.op_type if node.op_type.isidentifier() else _show(node.op_type, 40)
+    return f"node {_show(node.name)} ({op})"
+
+
+def _names(names, limit=4):
+    """': 'a', 'b'" for an error message, the first ``limit`` names; "" for none."""
+    shown = ", ".join(_show(name) for name in names[:limit])
+    return f": {shown}{', ...' if len(names) > limit else ''}" if names else ""
+
+
+def _show_list(values, limit=8):
+    """A list or tuple for an error message, its first ``limit`` items if longer."""
+    if len(values) <= limit:
+        return str(values)
+    return f"[{', '.join(map(str, values[:limit]))}, ...] ({len(values):,} values)"
 
 
 def _onnx():
@@ -101,7 +161,9 @@ def load_onnx(path, input_shape=None):
         ValueError naming the file and the node: an operator convnet does not have (with
         the list of those it reads), an attribute it cannot represent (the attribute and
         its value, e.g. asymmetric pads, Gemm's transA or alpha), a graph that is not
-        chains with forks rejoined by Add or Concat, or external data outside the folder.
+        chains with forks rejoined by Add or Concat, or external data outside the folder;
+        and for a malformed or hostile file (see the module notes): a wrong type, range,
+        size, dtype or wiring, or a size over a cap of convnet.limits, before allocating.
 
     >>> net = load_onnx("lenet5.onnx")                           # doctest: +SKIP
     >>> net.output_shape(net.input_shape)                        # doctest: +SKIP
@@ -111,26 +173,118 @@ def load_onnx(path, input_shape=None):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such ONNX file")
+    size = path.stat().st_size
+    if size > _MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes is over protobuf's limit of "
+                         f"{_MAX_FILE_BYTES:,} for one model; keep the weights in external data")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), format="protobuf", load_external_data=False)
     except Exception as err:        # protobuf's DecodeError and friends
-        raise ValueError(f"{path}: not an ONNX model ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not an ONNX model ({type(err).__name__}: "
+                         f"{_show(str(err), 200)})") from None
+    file = str(path)
+    limits.check_count(len(proto.graph.node), "MAX_LAYERS", "nodes", f"{file}: the graph")
+    _check_text(proto.graph, file)
+    _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
-    return _Importer(onnx, proto, str(path), input_shape).build()
+    return _Importer(onnx, proto, file, input_shape).build()
 
 
-# -- external data ------------------------------------------------------------------------
+# -- tensors: declared sizes, then external data ----------------------------------------
 def _graph_tensors(graph):
-    """The main graph's TensorProtos that can hold data: initializers, Constant values."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
+    """(label, TensorProto) of the main graph's tensors that can hold data: initializers
+    and node attributes (Constant's value)."""
+    for tensor in graph.initializer:
+        yield f"tensor {_show(tensor.name)}", tensor
     for node in graph.node:
         for attr in node.attribute:
+            label = f"{_node(node)}: attribute {_show(attr.name)}"
             if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
+                yield label, attr.t
+            for tensor in attr.tensors:
+                yield label, tensor
+
+
+def _check_text(graph, file):
+    """Every name the import reads is text: protobuf hands out invalid UTF-8 as bytes."""
+    named = [("the graph's input", value.name) for value in graph.input]
+    named += [("the graph's output", value.name) for value in graph.output]
+    for i, node in enumerate(graph.node):
+        where = f"node #{i}"
+        named += [(f"{where}'s name", node.name), (f"{where}'s operator", node.op_type),
+                  (f"{where}'s domain", node.domain)]
+        named += [(f"{where}'s input", name) for name in node.input]
+        named += [(f"{where}'s output", name) for name in node.output]
+        named += [(f"{where}'s attribute name", attr.name) for attr in node.attribute]
+    _refuse_bytes(named, file)
+    named = []
+    for label, tensor in _graph_tensors(graph):
+        named.append((f"{label}: a tensor name", tensor.name))
+        for entry in tensor.external_data:
+            named += [(f"{label}: an external data key", entry.key),
+                      (f"{label}: an external data value", entry.value)]
+    _refuse_bytes(named, file)
+
+
+def _refuse_bytes(named, file):
+    for what, text in named:
+        if not isinstance(text, str):
+            raise ValueError(f"{file}: {what} {_show(text)} is not UTF-8 text")
+
+
+def _type_name(onnx, data_type):
+    try:
+        return onnx.TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return "unknown"
+
+
+def _declared_size(onnx, tensor, where):
+    """(elements, bytes) of a tensor from its element type and dims, both checked."""
+    kind = _ELEMENT_TYPES.get(tensor.data_type)
+    if kind is None:
+        raise ValueError(f"{where}: element type {tensor.data_type} "
+                         f"({_type_name(onnx, tensor.data_type)}) is not read by convnet; "
+                         "expected FLOAT, DOUBLE, INT64 or BOOL")
+    dims = list(tensor.dims)
+    if len(dims) > _MAX_RANK or any(d < 0 or d > limits.MAX_PARAMS for d in dims):
+        raise ValueError(f"{where}: dims {_show_list(dims)} must be at most {_MAX_RANK} sizes "
+                         f"in [0, {limits.MAX_PARAMS:,}] (convnet.limits.MAX_PARAMS)")
+    count = math.prod(dims)
+    limits.check_count(count, "MAX_PARAMS", f"values of shape {tuple(dims)}", where)
+    return count, count * kind[2]
+
+
+def _check_data(tensor, count, where):
+    """The tensor's stored data holds exactly its declared ``count`` values."""
+    name, field, itemsize = _ELEMENT_TYPES[tensor.data_type]
+    if tensor.HasField("segment"):
+        raise ValueError(f"{where}: tensor segments are not supported")
+    if tensor.HasField("raw_data"):
+        got, need, unit = len(tensor.raw_data), count * itemsize, "bytes of raw_data"
+    else:
+        got, need, unit = len(getattr(tensor, field)), count, f"values in {field}"
+    if got != need:
+        raise ValueError(f"{where}: holds {got:,} {unit}; its dims {tuple(tensor.dims)} of "
+                         f"{name} need {need:,}")
+
+
+def _check_tensors(onnx, graph, file):
+    """Before any tensor is read: each tensor's element type, dims and data length
+    (external extents are checked against their files when read), and the file's totals
+    against the caps."""
+    if graph.sparse_initializer:
+        raise ValueError(f"{file}: sparse initializers are not supported (got "
+                         f"{len(graph.sparse_initializer)}); store the weights dense")
+    values = size = 0
+    for label, tensor in _graph_tensors(graph):
+        where = f"{file}: {label}"
+        count, nbytes = _declared_size(onnx, tensor, where)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            _check_data(tensor, count, where)
+        values, size = values + count, size + nbytes
+    limits.check_count(values, "MAX_PARAMS", "values in all the tensors", file)
+    limits.check_count(size, "MAX_ARRAY_BYTES", "bytes in all the tensors", file)
 
 
 def _read_bytes(file, offset, length):
@@ -149,15 +303,15 @@ def _load_external_data(onnx, proto, path):
     """
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
     plan = []
-    for tensor in _graph_tensors(proto.graph):
+    for label, tensor in _graph_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        where = f"{path}: tensor {tensor.name!r}"
+        where = f"{path}: {label}"
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         if not location or "\0" in location:
             raise ValueError(f"{where}: external data with no usable location "
-                             f"(got {location!r})")
+                             f"(got {_show(location)})")
         if os.path.isabs(location) or PureWindowsPath(location).anchor:
             raise ValueError(f"{where}: external data location {location!r} is an absolute "
                              f"path; only files inside the model's folder {folder} are read")
@@ -167,22 +321,16 @@ def _load_external_data(onnx, proto, path):
                              f"{target}, outside the model's folder {folder}; refusing to "
                              "read it")
         if not os.path.isfile(target):
-            raise ValueError(f"{where}: external data file {location!r} is not a file in "
-                             f"{folder}")
-        try:
-            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{where}: external data of element type {tensor.data_type} "
-                             "is not supported") from None
-        if any(d < 0 for d in tensor.dims):
-            raise ValueError(f"{where}: tensor shape {tuple(tensor.dims)} has a negative size")
-        need = math.prod(tensor.dims) * itemsize
+            raise ValueError(f"{where}: external data file {_show(location)} is not a file "
+                             f"in {folder}")
+        # element type and dims were checked by _check_tensors
+        need = math.prod(tensor.dims) * _ELEMENT_TYPES[tensor.data_type][2]
         try:
             offset = int(info.get("offset", 0))
             length = int(info.get("length", need))
         except ValueError:
             raise ValueError(f"{where}: external data offset/length must be integers, got "
-                             f"{info.get('offset')!r}/{info.get('length')!r}") from None
+                             f"{_show(info.get('offset'))}/{_show(info.get('length'))}") from None
         size = os.path.getsize(target)
         if offset < 0 or length != need or offset + length > size:
             raise ValueError(f"{where}: external data bytes [{offset}, {offset + length}) "
@@ -247,19 +395,27 @@ def _path(name, op, index):
     "layer1.0.conv1" -> ["layer1", "0", "conv1"]; PyTorch's "/layer1/layer1.0/conv1/Conv"
     -> the module scope ["layer1", "0", "conv1"] (a scope that repeats the end of its
     parent's, "layer1.0" after "layer1", continues it), with "Conv" as the fallback key.
+    A name that nests deeper than limits.MAX_DEPTH gives (None, None).
     """
+    depth = limits.MAX_DEPTH
     if name.startswith("/"):
         parts = [part for part in name.split("/") if part]
         path = []
         for scope in parts[:-1]:
             comps = [c for c in scope.split(".") if c]
+            if len(comps) > depth:
+                return None, None
             # a scope may repeat the end of its parent's ("layer1" then "layer1.0")
             overlap = next((k for k in range(min(len(path), len(comps)), 0, -1)
                             if path[-k:] == comps[:k]), 0)
             path = path[:len(path) - overlap] + comps
+            if len(path) > depth:       # the path never gets shorter: stop here
+                return None, None
         last = parts[-1].replace(".", "_") if parts else op
         return path or [last], last
     comps = [c for c in name.split(".") if c]
+    if len(comps) > depth:
+        return None, None
     return comps or [f"{op.lower()}{index}"], "_".join(comps) or op.lower()
 
 
@@ -281,11 +437,112 @@ def _f32(value):
 
 
 def _scalar(value):
-    """The one number in a constant, or None; float32 ones as _f32 gives them."""
-    value = np.asarray(value)
-    if value.size != 1:
+    """The one finite number in a constant, or None; float32 ones as _f32 gives them."""
+    if value is None or value.size != 1 or value.dtype.kind not in "biuf":
         return None
-    return _f32(value.reshape(-1)[0]) if value.dtype == np.float32 else float(value.reshape(-1)[0])
+    number = value.reshape(-1)[0]
+    if not np.isfinite(number):
+        return None
+    return _f32(number) if value.dtype == np.float32 else float(number)
+
+
+def _ints(value):
+    """The numbers of an integer constant as a list of ints, or None."""
+    if value is None or value.dtype.kind not in "iu":
+        return None
+    return [int(v) for v in value.reshape(-1)]
+
+
+class _Attributes:
+    """One node's attributes, read through typed getters: an attribute given twice, of
+    another type than ONNX defines, or out of range is a ValueError naming the node, the
+    attribute, what was expected and what was given. Absent ones give the default."""
+
+    _KINDS = {_A_FLOAT: "a float (FLOAT)", _A_INT: "an int (INT)", _A_STRING: "a string (STRING)",
+              _A_TENSOR: "a tensor (TENSOR)", _A_FLOATS: "a list of floats (FLOATS)",
+              _A_INTS: "a list of ints (INTS)"}
+
+    def __init__(self, error, node):
+        self.error, self.by_name = error, {}
+        for attr in node.attribute:
+            if attr.name in self.by_name:
+                raise error(f"attribute {_show(attr.name)} is given twice")
+            self.by_name[attr.name] = attr
+
+    def __contains__(self, name):
+        return name in self.by_name
+
+    def _get(self, name, kind):
+        attr = self.by_name.get(name)
+        if attr is not None and attr.type != kind:
+            raise self.error(f"attribute {name} must be {self._KINDS[kind]}, got "
+                             f"{self._describe(attr)}")
+        return attr
+
+    def _describe(self, attr):
+        shown = {_A_FLOAT: lambda: repr(attr.f), _A_INT: lambda: repr(attr.i),
+                 _A_STRING: lambda: _show(attr.s), _A_FLOATS: lambda: _show_list(attr.floats),
+                 _A_INTS: lambda: _show_list(attr.ints)}
+        kind = self._KINDS.get(attr.type, f"an attribute of type {attr.type}")
+        return f"{kind.split(' (')[0]} {shown[attr.type]()}" if attr.type in shown else kind
+
+    def _range(self, name, value, low, high):
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f"in [{low}, {high}]" if low is not None and high is not None
+                      else f">= {low}" if low is not None else f"<= {high}")
+            raise self.error(f"attribute {name}={value} must be {bounds}")
+
+    def int(self, name, default=None, low=None, high=None):
+        attr = self._get(name, _A_INT)
+        if attr is None:
+            return default
+        self._range(name, attr.i, low, high)
+        return attr.i
+
+    def flag(self, name, default=0):
+        """A 0/1 attribute as a bool."""
+        return bool(self.int(name, default, 0, 1))
+
+    def ints(self, name, default=None, length=None, low=None):
+        attr = self._get(name, _A_INTS)
+        if attr is None:
+            return default
+        values = list(attr.ints)
+        if length is not None and len(values) != length:
+            raise self.error(f"attribute {name}={_show_list(values)} must have {length} "
+                             f"values, got {len(values):,}")
+        if low is not None and any(v < low for v in values):
+            raise self.error(f"attribute {name}={_show_list(values)} must be >= {low} each")
+        return values
+
+    def float(self, name, default=None, low=None, high=None):
+        """A finite float attribute, as the float32 ONNX stores (see _f32)."""
+        attr = self._get(name, _A_FLOAT)
+        if attr is None:
+            return default
+        if not math.isfinite(attr.f):
+            raise self.error(f"attribute {name}={attr.f} must be a finite number")
+        value = _f32(attr.f)
+        self._range(name, value, low, high)
+        return value
+
+    def floats(self, name):
+        attr = self._get(name, _A_FLOATS)
+        return None if attr is None else np.array(attr.floats, np.float32)
+
+    def string(self, name, default, choices):
+        """A string attribute, one of choices (any, if choices is None)."""
+        attr = self._get(name, _A_STRING)
+        if attr is None:
+            return default
+        value = attr.s.decode("utf-8", "replace")
+        if choices is not None and value not in choices:
+            raise self.error(f"attribute {name}={_show(value)} must be one of {choices}")
+        return value
+
+    def tensor(self, name):
+        attr = self._get(name, _A_TENSOR)
+        return None if attr is None else attr.t
 
 
 class _Importer:
@@ -293,16 +550,18 @@ class _Importer:
 
     def __init__(self, onnx, proto, file, input_shape):
         self.onnx, self.graph, self.file = onnx, proto.graph, file
-        self.consts = {t.name: self._array(t) for t in self.graph.initializer}
         self.alias, self.shapes, self.units, self.done = {}, {}, [], set()
+        self.inits = self._check_wiring()
         self.input, self.input_shape, self.batch = self._input(input_shape)
         outputs = [o.name for o in self.graph.output]
         if len(outputs) != 1:
             raise ValueError(f"{file}: a convnet model has one output; the graph has "
-                             f"{len(outputs)}: {outputs}")
+                             f"{len(outputs)}{_names(outputs)}")
         self.output = outputs[0]
         self.shapes[self.input] = self.input_shape
         self.nodes = self._live_nodes()
+        self._check_copies()
+        self.consts = {t.name: self._array(t) for t in self.graph.initializer}
         self.consumers = {}
         for node in self.nodes:
             for name in node.input:
@@ -315,11 +574,19 @@ class _Importer:
         try:
             return self.onnx.numpy_helper.to_array(tensor)
         except Exception as err:
-            raise ValueError(f"{self.file}: tensor {tensor.name!r} cannot be read "
-                             f"({type(err).__name__}: {err})") from None
+            raise ValueError(f"{self.file}: tensor {_show(tensor.name)} cannot be read "
+                             f"({type(err).__name__}: {_show(str(err), 200)})") from None
 
     def error(self, node, message):
-        return ValueError(f"{self.file}: node {node.name!r} ({node.op_type}): {message}")
+        return ValueError(f"{self.file}: {_node(node)}: {message}")
+
+    def cap(self, node, value, cap_name, what):
+        """limits.check_count, naming the node."""
+        return limits.check_count(value, cap_name, what, f"{self.file}: {_node(node)}")
+
+    def attrs(self, node):
+        """The node's attributes, read through typed getters (see _Attributes)."""
+        return _Attributes(lambda message: self.error(node, message), node)
 
     def resolve(self, name):
         while name in self.alias:
@@ -336,10 +603,10 @@ class _Importer:
         if name in self.shapes:
             return name
         if name in self.consts:
-            raise self.error(node, f"input {i} ({node.input[i]!r}) is a constant; expected "
-                                   "the data flowing through the net")
-        raise self.error(node, f"input {i} ({name!r}) is not computed from the graph's input "
-                               f"{self.input!r}")
+            raise self.error(node, f"input {i} ({_show(node.input[i])}) is a constant; "
+                                   "expected the data flowing through the net")
+        raise self.error(node, f"input {i} ({_show(name)}) is not computed from the graph's "
+                               f"input {_show(self.input)}")
 
     def param(self, node, i, what, ndim=None, optional=False):
         """A float32/float64 constant input (a weight), checked."""
@@ -350,22 +617,17 @@ class _Importer:
             raise self.error(node, f"{what} (input {i}) is missing")
         value = self.const(name)
         if value is None:
-            raise self.error(node, f"{what} (input {i}, {name!r}) must be a constant "
+            raise self.error(node, f"{what} (input {i}, {_show(name)}) must be a constant "
                                    "(an initializer), not computed in the graph")
         if value.dtype not in _FLOATS:
-            raise self.error(node, f"{what} {name!r} has dtype {value.dtype}; convnet layers "
-                                   "hold float32 or float64")
+            raise self.error(node, f"{what} {_show(name)} has dtype {value.dtype}; convnet "
+                                   "layers hold float32 or float64")
         if ndim is not None and value.ndim != ndim:
-            raise self.error(node, f"{what} {name!r} must be {ndim}-D, got shape {value.shape}")
+            raise self.error(node, f"{what} {_show(name)} must be {ndim}-D, got shape "
+                                   f"{value.shape}")
+        if value.size == 0:
+            raise self.error(node, f"{what} {_show(name)} is empty, shape {value.shape}")
         return value
-
-    def attrs(self, node):
-        helper = self.onnx.helper
-        out = {}
-        for attr in node.attribute:
-            value = helper.get_attribute_value(attr)
-            out[attr.name] = value.decode() if isinstance(value, bytes) else value
-        return out
 
     def only_consumer(self, node, op):
         """The single live consumer of node's first output, if its type is op."""
@@ -381,20 +643,80 @@ class _Importer:
                 raise self.error(node, f"its output {extra!r} ({what}) is used; convnet "
                                        "computes only the first output")
 
-    # -- the input, the live nodes ---------------------------------------------------------
+    # -- the wiring, the input, the live nodes -------------------------------------------------
+    def _check_wiring(self):
+        """Initializers and node outputs named and written once, node inputs that exist,
+        each operator's number of inputs. Returns the initializers' names."""
+        inits = set()
+        for tensor in self.graph.initializer:
+            if not tensor.name or tensor.name in inits:
+                problem = "has no name" if not tensor.name else "is given twice"
+                raise ValueError(f"{self.file}: initializer {_show(tensor.name)} {problem}")
+            inits.add(tensor.name)
+        written = inits | {value.name for value in self.graph.input}
+        for node in self.graph.node:
+            if not node.output or not node.output[0]:
+                raise self.error(node, "it has no output (an empty first output name)")
+            for name in node.output:
+                if name in written:
+                    raise self.error(node, f"its output {_show(name)} is already the graph's "
+                                           "input, an initializer or another node's output")
+                written.add(name)
+            fewest, most = _ARITY.get(node.op_type, (0, None))
+            if len(node.input) < fewest or most is not None and len(node.input) > most:
+                expected = fewest if fewest == most else f"{fewest} to {most or 'any'}"
+                raise self.error(node, f"{node.op_type} takes {expected} input(s), got "
+                                       f"{len(node.input)}")
+        for node in self.graph.node:
+            for name in node.input:
+                if name and name not in written:
+                    raise self.error(node, f"input {_show(name)} is not the graph's input, an "
+                                           "initializer or any node's output")
+        return inits
+
+    def _check_copies(self):
+        """The values the layers would copy out of constants, before any is read: every
+        use of an initializer (or a Constant) by a live node counts, tied weights too."""
+        sizes = {t.name: (math.prod(t.dims), math.prod(t.dims) * _ELEMENT_TYPES[t.data_type][2])
+                 for t in self.graph.initializer}
+        values = nbytes = 0
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                tensors = [attr.t for attr in node.attribute if attr.HasField("t")]
+                count = sum(math.prod(t.dims) for t in tensors) + sum(
+                    len(attr.floats) + len(attr.ints) for attr in node.attribute)
+                sizes[node.output[0]] = (count, 8 * count)
+            elif node.op_type == "Identity" and node.input[0] in sizes:
+                sizes[node.output[0]] = sizes[node.input[0]]
+            else:
+                for name in node.input:
+                    count, size = sizes.get(name, (0, 0))
+                    values, nbytes = values + count, nbytes + size
+        what = "values copied into layers from constants (each use counts)"
+        limits.check_count(values, "MAX_PARAMS", what, self.file)
+        limits.check_count(nbytes, "MAX_ARRAY_BYTES", f"bytes of {what}", self.file)
+
     def _input(self, input_shape):
-        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        inputs = [i for i in self.graph.input if i.name not in self.inits]
         if len(inputs) != 1:
             raise ValueError(f"{self.file}: a convnet model has one input; the graph has "
-                             f"{len(inputs)}: {[i.name for i in inputs]}")
+                             f"{len(inputs)}{_names([i.name for i in inputs])}")
         value = inputs[0]
+        if not value.name:
+            raise ValueError(f"{self.file}: the graph's input has no name")
         tensor = value.type.tensor_type
         if tensor.elem_type not in (self.onnx.TensorProto.FLOAT, self.onnx.TensorProto.DOUBLE):
-            raise ValueError(f"{self.file}: input {value.name!r} has element type "
+            raise ValueError(f"{self.file}: input {_show(value.name)} has element type "
                              f"{tensor.elem_type}; expected float32 or float64")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        bad = [(a, d) for a, d in enumerate(dims) if d is not None and (d < 0 or d == 0 and a)]
+        if bad:
+            raise ValueError(f"{self.file}: input {_show(value.name)} has size {bad[0][1]} on "
+                             f"axis {bad[0][0]} (shape {_show_list(dims)}); sizes must be "
+                             "positive")
         static = tuple(dims[1:]) if dims and all(d for d in dims[1:]) else None
         batch = dims[0] if dims and dims[0] else None
+        name = _show(value.name)
         if input_shape is not None:
             shape = tuple(int(s) for s in input_shape)
             if not shape or min(shape) < 1:
@@ -402,16 +724,19 @@ class _Importer:
                                  f"(C, H, W), got {tuple(input_shape)}")
             if static is not None and static != shape:
                 raise ValueError(f"{self.file}: input_shape {shape} contradicts the graph's "
-                                 f"input {value.name!r} of per-sample shape {static}")
+                                 f"input {name} of per-sample shape {_show_list(static)}")
         elif static is None or not static:
-            shown = ["?" if d is None else d for d in dims] if dims else "unknown"
-            raise ValueError(f"{self.file}: input {value.name!r} has shape {shown}, not a "
+            shown = _show_list(["?" if d is None else d for d in dims]) if dims else "unknown"
+            raise ValueError(f"{self.file}: input {name} has shape {shown}, not a "
                              "static per-sample shape; pass input_shape=(C, H, W)")
         else:
             shape = static
         if len(shape) not in (1, 3):
-            raise ValueError(f"{self.file}: input {value.name!r} has per-sample shape "
-                             f"{shape}; convnet models take (C, H, W) or (features,)")
+            raise ValueError(f"{self.file}: input {name} has per-sample shape "
+                             f"{_show_list(shape)}; convnet models take (C, H, W) or "
+                             "(features,)")
+        limits.check_count(math.prod(shape), "MAX_VOLUME", f"values per sample {shape}",
+                           f"{self.file}: input {name}")
         return value.name, shape, batch
 
     def _live_nodes(self):
@@ -447,27 +772,31 @@ class _Importer:
             if id(node) in self.done:
                 continue
             if node.domain not in ("", "ai.onnx"):
-                raise self.error(node, f"operator of domain {node.domain!r} is not supported; "
-                                       f"convnet reads the standard operators "
+                raise self.error(node, f"operator of domain {_show(node.domain)} is not "
+                                       f"supported; convnet reads the standard operators "
                                        f"{', '.join(SUPPORTED)}")
             if node.op_type in SUPPORTED:
                 getattr(self, f"op_{node.op_type}")(node)
             elif not self._fused(node):
-                raise self.error(node, f"unsupported operator {node.op_type!r}; convnet "
+                raise self.error(node, f"unsupported operator {_show(node.op_type)}; convnet "
                                        f"reads {', '.join(SUPPORTED)} {_NOTES}")
         end = self.resolve(self.output)
         if end not in self.shapes:
-            raise ValueError(f"{self.file}: the output {self.output!r} does not depend on "
-                             f"the input {self.input!r}")
+            raise ValueError(f"{self.file}: the output {_show(self.output)} does not depend "
+                             f"on the input {_show(self.input)}")
         items = _Structure(self).series(self.input, end, self.units)
-        model = Sequential(_Names().assemble(items, [], top=True))
-        model.input_shape = self.input_shape
-        got = model.output_shape(self.input_shape)
+        try:        # the nesting cap, and the containers' own checks of what was checked
+            model = Sequential(_Names().assemble(items, [], top=True))
+            got = model.output_shape(self.input_shape)
+        except ValueError as err:
+            raise ValueError(f"{self.file}: {err}") from None
         assert got == self.shapes[end], (got, self.shapes[end])
+        model.input_shape = self.input_shape
         if self.dropped_softmax is not None:
-            warnings.warn(f"{self.file}: the final Softmax (node {self.dropped_softmax!r}) is "
-                          "not imported: convnet models output class scores; apply a "
-                          "softmax to model.infer(x) for the probabilities the graph gives",
+            warnings.warn(f"{self.file}: the final Softmax (node "
+                          f"{_show(self.dropped_softmax)}) is not imported: convnet models "
+                          "output class scores; apply a softmax to model.infer(x) for the "
+                          "probabilities the graph gives",
                           stacklevel=3)
         return model.eval()
 
@@ -488,12 +817,20 @@ class _Importer:
             shape = layer.output_shape(self.shapes[x])
         except ValueError as err:
             raise self.error(last, str(err)) from None
+        self.cap(last, math.prod(shape), "MAX_VOLUME", f"values per sample in its output {shape}")
         out = last.output[0]
         self.shapes[out] = shape
-        path, fallback = _path(last.name, last.op_type, len(self.units))
-        self.units.append(_Unit("layer", [x], out, layer, path, fallback, last))
+        self.units.append(_Unit("layer", [x], out, layer, *self.path(last), last))
         for node in nodes:
             self.done.add(id(node))
+
+    def path(self, node):
+        """_path of the node's name, refused when it nests deeper than MAX_DEPTH."""
+        path, fallback = _path(node.name, node.op_type, len(self.units))
+        if path is None:
+            raise self.error(node, f"its name nests more than {limits.MAX_DEPTH} levels deep "
+                                   "(convnet.limits.MAX_DEPTH)")
+        return path, fallback
 
     def make(self, node, cls, *args, **kwargs):
         """cls(*args, **kwargs); a ValueError from the constructor names the node."""
@@ -502,19 +839,18 @@ class _Importer:
         except ValueError as err:
             raise self.error(node, str(err)) from None
 
-    def window(self, node, op, attrs, hw, kernel, ceil, dilations=(1, 1)):
-        """convnet's (padding, ceil_mode, begin pads, end pads, strides) for an ONNX window.
+    def window(self, node, op, attrs, shape, kernel, ceil, dilations=(1, 1)):
+        """convnet's (padding, ceil_mode, begin pads, end pads, strides) for an ONNX window
+        over a per-sample (C, H, W) shape; kernel and dilations are checked by the caller.
 
         convnet pads both sides by P and floors (or, for pools, ceils) the output size;
         ONNX pads may differ at the end. They agree when the output sizes agree, since
         the windows then start at the same places.
         """
-        strides = list(attrs.get("strides", [1, 1]))
-        auto_pad = attrs.get("auto_pad", "NOTSET")
-        pads = list(attrs.get("pads", [0, 0, 0, 0]))
-        if len(kernel) != 2 or len(strides) != 2 or len(pads) != 4:
-            raise self.error(node, f"only 2-D windows are supported, got kernel_shape "
-                                   f"{list(kernel)}, strides {strides}, pads {pads}")
+        hw = shape[1:]
+        strides = attrs.ints("strides", [1, 1], length=2, low=1)
+        auto_pad = attrs.string("auto_pad", "NOTSET", _AUTO_PADS)
+        pads = attrs.ints("pads", [0, 0, 0, 0], length=4, low=0)
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             pads = [0] * 4
             for a, (size, k, s, d) in enumerate(zip(hw, kernel, strides, dilations)):
@@ -528,8 +864,8 @@ class _Importer:
                                         else (large, small))
         elif auto_pad == "VALID":
             pads = [0] * 4
-        elif auto_pad != "NOTSET":
-            raise self.error(node, f"attribute auto_pad={auto_pad!r} is not supported")
+        self.cap(node, shape[0] * (hw[0] + pads[0] + pads[2]) * (hw[1] + pads[1] + pads[3]),
+                 "MAX_VOLUME", f"values per sample in the padded input (pads {pads})")
         begin, end = pads[:2], pads[2:]
         counts = [_onnx_count(size, k, s, b, e, d, ceil)
                   for size, k, s, b, e, d in zip(hw, kernel, strides, begin, end, dilations)]
@@ -554,14 +890,22 @@ class _Importer:
     # -- operators ---------------------------------------------------------------------------
     def op_Constant(self, node):
         attrs = self.attrs(node)
-        if "value" in attrs:
-            value = self.onnx.numpy_helper.to_array(attrs["value"])
-        elif "value_float" in attrs or "value_int" in attrs:
-            value = np.array(attrs.get("value_float", attrs.get("value_int")))
-        elif "value_floats" in attrs or "value_ints" in attrs:
-            value = np.array(attrs.get("value_floats", attrs.get("value_ints")))
+        kinds = sorted(attrs.by_name)
+        if len(kinds) != 1:
+            raise self.error(node, f"a Constant has one attribute (its value), got "
+                                   f"{_show_list([_show(kind) for kind in kinds])}")
+        if "value" in attrs:        # its element type, dims and data are checked
+            value = self._array(attrs.tensor("value"))
+        elif "value_float" in attrs:
+            value = np.array(attrs.float("value_float"), np.float32)
+        elif "value_int" in attrs:
+            value = np.array(attrs.int("value_int"), np.int64)
+        elif "value_floats" in attrs:
+            value = attrs.floats("value_floats")
+        elif "value_ints" in attrs:
+            value = np.array(attrs.ints("value_ints"), np.int64)
         else:
-            raise self.error(node, f"constant of kind {sorted(attrs)} is not supported")
+            raise self.error(node, f"a constant of kind {_show(kinds[0])} is not supported")
         self.consts[node.output[0]] = value
 
     def op_Identity(self, node):
@@ -575,16 +919,22 @@ class _Importer:
             raise self.error(node, f"only 2-D convolution (a 4-D weight) is supported, got "
                                    f"weight shape {w.shape}")
         attrs = self.attrs(node)
-        kernel = list(attrs.get("kernel_shape", w.shape[2:]))
+        kernel = attrs.ints("kernel_shape", list(w.shape[2:]), length=2, low=1)
         if kernel != list(w.shape[2:]):
             raise self.error(node, f"attribute kernel_shape={kernel} does not match the "
                                    f"weight's {list(w.shape[2:])}")
-        dilations = list(attrs.get("dilations", [1, 1]))
-        group = int(attrs.get("group", 1))
+        dilations = attrs.ints("dilations", [1, 1], length=2, low=1)
+        group = attrs.int("group", 1, low=1)
         shape = self.shapes[x]
         if len(shape) != 3:
             raise self.error(node, f"expected an (N, C, H, W) input, got per-sample {shape}")
-        padding, _, _, _, strides = self.window(node, "Conv", attrs, shape[1:], kernel, False,
+        if w.shape[0] % group or shape[0] != w.shape[1] * group:
+            raise self.error(node, f"attribute group={group} with weight W of shape {w.shape} "
+                                   f"needs {w.shape[1] * group} input channels and a multiple "
+                                   f"of {group} filters; the input has {shape[0]} channels")
+        if b is not None and b.shape != (w.shape[0],):
+            raise self.error(node, f"bias B has shape {b.shape}, expected ({w.shape[0]},)")
+        padding, _, _, _, strides = self.window(node, "Conv", attrs, shape, kernel, False,
                                                 dilations)
         layer = self.make(node, Conv2d, w.shape[1] * group, w.shape[0], tuple(kernel),
                           tuple(strides), padding, tuple(dilations), group, bias=b is not None,
@@ -600,15 +950,16 @@ class _Importer:
         if len(shape) != 3:
             raise self.error(node, f"expected an (N, C, H, W) input, got per-sample {shape}")
         attrs = self.attrs(node)
-        kernel = list(attrs.get("kernel_shape", []))
-        dilations = list(attrs.get("dilations", [1] * max(len(kernel), 2)))
-        ceil = bool(attrs.get("ceil_mode", 0))
-        return x, shape, attrs, kernel, dilations, ceil
+        kernel = attrs.ints("kernel_shape", None, length=2, low=1)
+        if kernel is None:
+            raise self.error(node, "attribute kernel_shape is missing (the window's size)")
+        dilations = attrs.ints("dilations", [1, 1], length=2, low=1)
+        return x, shape, attrs, kernel, dilations, attrs.flag("ceil_mode")
 
     def op_MaxPool(self, node):
         x, shape, attrs, kernel, dilations, ceil = self._pool(node)
         self.unused_outputs(node, "Indices")
-        padding, mode, _, _, strides = self.window(node, "MaxPool", attrs, shape[1:], kernel,
+        padding, mode, _, _, strides = self.window(node, "MaxPool", attrs, shape, kernel,
                                                    ceil, dilations)
         self.add([node], x, self.make(node, MaxPool2d, tuple(kernel), tuple(strides), padding,
                                       tuple(dilations), ceil_mode=mode, fit="floor"))
@@ -619,8 +970,8 @@ class _Importer:
             raise self.error(node, f"attribute dilations={dilations} is not supported "
                                    "(convnet's AvgPool2d has no dilation)")
         padding, mode, begin, end, strides = self.window(node, "AveragePool", attrs,
-                                                         shape[1:], kernel, ceil)
-        include = bool(attrs.get("count_include_pad", 0))
+                                                         shape, kernel, ceil)
+        include = attrs.flag("count_include_pad")
         if include and begin != end:
             # ONNX counts a window's pads up to the end pad, convnet up to P: they agree
             # only if no window reaches past the smaller of the two
@@ -636,14 +987,14 @@ class _Importer:
 
     def op_LpPool(self, node):
         x, shape, attrs, kernel, dilations, ceil = self._pool(node)
-        p = attrs.get("p", 2)
+        p = attrs.int("p", 2)
         if p < 1 or p % 2:
             raise self.error(node, f"attribute p={p} is not supported: ONNX takes |x|^p, "
                                    "convnet's LPPool2d (as PyTorch's) x^p; they agree for an "
                                    "even p only")
         if any(d != 1 for d in dilations):
             raise self.error(node, f"attribute dilations={dilations} is not supported")
-        padding, mode, begin, end, strides = self.window(node, "LpPool", attrs, shape[1:],
+        padding, mode, begin, end, strides = self.window(node, "LpPool", attrs, shape,
                                                          kernel, ceil)
         if any(begin + end) or mode:
             raise self.error(node, f"attribute pads={begin + end} (ceil_mode={int(ceil)}) is "
@@ -665,7 +1016,7 @@ class _Importer:
         self.add([node], self.data(node), Sigmoid())
 
     def op_LeakyRelu(self, node):
-        alpha = _f32(self.attrs(node).get("alpha", 0.01))
+        alpha = self.attrs(node).float("alpha", 0.01)
         self.add([node], self.data(node), self.make(node, LeakyReLU, alpha))
 
     def _linear(self, node, nodes, x, weight, bias):
@@ -691,12 +1042,13 @@ class _Importer:
         b = self.param(node, 1, "weight B", ndim=2)
         c = self.param(node, 2, "bias C", optional=True)
         attrs = self.attrs(node)
-        for name, ok in (("transA", 0), ("alpha", 1.0), ("beta", 1.0)):
-            value = attrs.get(name, ok)
+        for name, value, ok in (("transA", attrs.int("transA", 0), 0),
+                                ("alpha", attrs.float("alpha", 1.0), 1.0),
+                                ("beta", attrs.float("beta", 1.0), 1.0)):
             if value != ok and not (name == "beta" and c is None):
                 raise self.error(node, f"attribute {name}={value} is not supported "
                                        f"(convnet's Linear computes x @ W.T + b: {name}={ok})")
-        weight = b if attrs.get("transB", 0) else b.T
+        weight = b if attrs.flag("transB") else b.T
         bias = None if c is None else self._bias(node, c, weight.shape[0])
         self._linear(node, [node], x, weight, bias)
 
@@ -716,7 +1068,7 @@ class _Importer:
     def op_Flatten(self, node):
         x = self.data(node)
         rank = len(self.shapes[x]) + 1
-        axis = self.attrs(node).get("axis", 1)
+        axis = self.attrs(node).int("axis", 1)
         if (axis + rank if axis < 0 else axis) != 1:
             raise self.error(node, f"attribute axis={axis} is not supported: convnet's "
                                    "Flatten keeps the batch axis (axis=1)")
@@ -728,51 +1080,61 @@ class _Importer:
         if target is None:
             raise self.error(node, "the target shape must be a constant (export with "
                                    "constant folding, or flatten with torch.flatten)")
-        target = [int(v) for v in np.asarray(target).reshape(-1)]
+        if _ints(target) is None:
+            raise self.error(node, f"the target shape {_show(node.input[1])} must be integers "
+                                   f"(int64), got dtype {target.dtype}")
+        target = _ints(target)
         shape = self.shapes[x]
-        if self.attrs(node).get("allowzero", 0) and 0 in target:
-            raise self.error(node, f"attribute allowzero=1 with a 0 in shape {target}")
+        if self.attrs(node).flag("allowzero") and 0 in target:
+            raise self.error(node, f"attribute allowzero=1 with a 0 in shape "
+                                   f"{_show_list(target)}")
         per_sample = self._reshape_per_sample(node, target, shape)
         for start in range(1, len(shape) + 1):
             layer = Flatten(start)
             if layer.output_shape(shape) == per_sample:
                 self.add([node], x, layer)
                 return
-        raise self.error(node, f"Reshape to {target} (per sample {shape} -> {per_sample}) "
-                               "is not a flatten; convnet reads Reshape only as Flatten")
+        raise self.error(node, f"Reshape to {_show_list(target)} (per sample {shape} -> "
+                               f"{per_sample}) is not a flatten; convnet reads Reshape only "
+                               "as Flatten")
 
     def _reshape_per_sample(self, node, target, shape):
         full = [None, *shape]
         numel = math.prod(shape)
+        shown = _show_list(target)
         if not target or target[0] not in (0, -1) and target[0] != self.batch:
-            raise self.error(node, f"Reshape to {target} must keep the batch axis first "
+            raise self.error(node, f"Reshape to {shown} must keep the batch axis first "
                                    "(0, -1 or the batch size)")
+        if len(target) > len(full) and 0 in target[len(full):]:
+            raise self.error(node, f"Reshape to {shown} copies (0) an axis the input "
+                                   f"(N, *{shape}) does not have")
         rest = [full[i] if v == 0 else v for i, v in enumerate(target) if i > 0]
         if None in rest or rest.count(-1) + (target[0] == -1) > 1 or min(rest + [1]) < -1:
-            raise self.error(node, f"Reshape to {target} is not a per-sample reshape")
+            raise self.error(node, f"Reshape to {shown} is not a per-sample reshape")
         if -1 in rest:
             known = math.prod(v for v in rest if v != -1)
             if known == 0 or numel % known:
-                raise self.error(node, f"Reshape to {target} does not fit {shape}")
+                raise self.error(node, f"Reshape to {shown} does not fit {shape}")
             rest[rest.index(-1)] = numel // known
         if math.prod(rest) != numel:
-            raise self.error(node, f"Reshape to {target} does not fit per-sample {shape}")
+            raise self.error(node, f"Reshape to {shown} does not fit per-sample {shape}")
         return tuple(rest)
 
     def op_BatchNormalization(self, node):
         x = self.data(node)
         attrs = self.attrs(node)
-        if attrs.get("training_mode", 0) or not attrs.get("spatial", 1):
-            bad = "training_mode=1" if attrs.get("training_mode", 0) else "spatial=0"
+        training, spatial = attrs.flag("training_mode"), attrs.flag("spatial", 1)
+        if training or not spatial:
+            bad = "training_mode=1" if training else "spatial=0"
             raise self.error(node, f"attribute {bad} is not supported (inference with running "
                                    "statistics per channel only)")
+        eps = attrs.float("epsilon", 1e-5, low=0.0)
         self.unused_outputs(node, "running statistics")
         scale, bias, mean, var = (self.param(node, i, what, ndim=1) for i, what in
                                   enumerate(("scale", "B", "input_mean", "input_var"), 1))
         shape = self.shapes[x]
         cls = BatchNorm2d if len(shape) == 3 else BatchNorm1d
-        layer = self.make(node, cls, scale.size, eps=_f32(attrs.get("epsilon", 1e-5)),
-                          dtype=scale.dtype)
+        layer = self.make(node, cls, scale.size, eps=eps, dtype=scale.dtype)
         for store, key, value in ((layer.params, "weight", scale), (layer.params, "bias", bias),
                                   (layer.buffers, "running_mean", mean),
                                   (layer.buffers, "running_var", var)):
@@ -784,26 +1146,36 @@ class _Importer:
 
     def op_LRN(self, node):
         attrs = self.attrs(node)
-        size = attrs.get("size")
-        if not isinstance(size, int) or size < 1 or size % 2 == 0:
+        size = attrs.int("size")
+        if size is None or size < 1 or size % 2 == 0:
             raise self.error(node, f"attribute size={size} is not supported: for an even "
                                    "size ONNX's window reaches one channel further forward, "
                                    "convnet's (PyTorch's) one further back; export_onnx "
                                    "writes those as a subgraph, which is read")
-        layer = self.make(node, LocalResponseNorm, size, _f32(attrs.get("alpha", 1e-4)),
-                          _f32(attrs.get("beta", 0.75)), _f32(attrs.get("bias", 1.0)))
-        self.add([node], self.data(node), layer)
+        x = self.data(node)
+        self.lrn_window(node, self.shapes[x], size)
+        layer = self.make(node, LocalResponseNorm, size, attrs.float("alpha", 1e-4),
+                          attrs.float("beta", 0.75), attrs.float("bias", 1.0))
+        self.add([node], x, layer)
+
+    def lrn_window(self, node, shape, size):
+        """LRN pads the channels by size - 1 in all: that volume against MAX_VOLUME."""
+        self.cap(node, (shape[0] + size - 1) * math.prod(shape[1:]), "MAX_VOLUME",
+                 f"values per sample in the input padded for an LRN window of {size}")
 
     def op_Dropout(self, node):
         x = self.data(node)
         self.unused_outputs(node, "mask")
-        ratio = _f32(self.attrs(node).get("ratio", 0.5))
-        if len(node.input) > 1 and node.input[1]:
+        ratio = self.attrs(node).float("ratio", 0.5, low=0.0, high=1.0)
+        if len(node.input) > 1 and node.input[1]:       # no effect at inference if computed
             value = self.const(node.input[1])
             ratio = 0.5 if value is None else _scalar(value)
+            if ratio is None or not 0 <= ratio <= 1:
+                raise self.error(node, f"input ratio {_show(node.input[1])} must be one number "
+                                       f"in [0, 1], got shape {value.shape} of {value.dtype}")
         if len(node.input) > 2 and node.input[2]:
-            training = self.const(node.input[2])
-            if training is None or bool(np.asarray(training).reshape(-1)[0]):
+            training = _scalar(self.const(node.input[2]))
+            if training is None or training:
                 raise self.error(node, "input training_mode must be a constant false")
         self.add([node], x, self.make(node, Dropout, ratio))
 
@@ -816,15 +1188,20 @@ class _Importer:
         self.dropped_softmax = node.name
 
     def _is_final(self, name):
-        if name == self.output:
-            return True
-        users = self.consumers.get(name, [])
-        return bool(users) and all(u.op_type == "Identity" and self._is_final(u.output[0])
-                                   for u in users)
+        """Whether the tensor reaches the output through Identity nodes only."""
+        stack = [name]
+        while stack:
+            name = stack.pop()
+            if name == self.output:
+                continue
+            users = self.consumers.get(name, [])
+            if not users or any(u.op_type != "Identity" for u in users):
+                return False
+            stack.extend(u.output[0] for u in users)
+        return True
 
     def _join(self, node, kind, inputs):
-        path, fallback = _path(node.name, node.op_type, len(self.units))
-        self.units.append(_Unit(kind, inputs, node.output[0], None, path, fallback, node))
+        self.units.append(_Unit(kind, inputs, node.output[0], None, *self.path(node), node))
 
     def op_Add(self, node):
         names = [self.resolve(n) for n in node.input]
@@ -841,15 +1218,17 @@ class _Importer:
     def op_Concat(self, node):
         names = [self.data(node, i) for i in range(len(node.input))]
         shapes = [self.shapes[n] for n in names]
-        axis = self.attrs(node).get("axis")
+        axis = self.attrs(node).int("axis")
         rank = len(shapes[0]) + 1
         if axis is None or (axis + rank if axis < 0 else axis) != 1:
             raise self.error(node, f"attribute axis={axis} is not supported: convnet "
                                    "concatenates along channels (axis=1)")
         if any(len(s) != len(shapes[0]) or s[1:] != shapes[0][1:] for s in shapes):
-            raise self.error(node, f"inputs of shapes {shapes} do not concatenate along "
-                                   "channels")
-        self.shapes[node.output[0]] = (sum(s[0] for s in shapes), *shapes[0][1:])
+            raise self.error(node, f"inputs of shapes {_show_list(shapes, 4)} do not "
+                                   "concatenate along channels")
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+        self.cap(node, math.prod(shape), "MAX_VOLUME", f"values per sample in its output {shape}")
+        self.shapes[node.output[0]] = shape
         self._join(node, "concat", names)
 
     # -- export_onnx's subgraphs -------------------------------------------------------------
@@ -868,31 +1247,32 @@ class _Importer:
         if pool is None or x not in self.shapes or len(self.shapes[x]) != 3:
             return False
         attrs = self.attrs(pad)
-        pads = attrs.get("pads")
+        pads = attrs.ints("pads")
         if pads is None and len(pad.input) > 1 and pad.input[1]:
-            pads = self.const(pad.input[1])
-        value = self.const(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else 0.0
-        if (pads is None or attrs.get("mode", "constant") != "constant"
-                or (len(pad.input) > 3 and pad.input[3]) or value is None
-                or _scalar(value) != 0.0):
+            pads = _ints(self.const(pad.input[1]))
+        value = pad.input[2] if len(pad.input) > 2 else ""      # the fill, zero if absent
+        if (pads is None or attrs.string("mode", "constant", None) != "constant"
+                or (len(pad.input) > 3 and pad.input[3])
+                or value and _scalar(self.const(value)) != 0.0):
             return False
-        pads = [int(v) for v in np.asarray(pads).reshape(-1)]
         ph, pw = (pads[2], pads[3]) if len(pads) == 8 else (-1, -1)
-        if pads != [0, 0, ph, pw, 0, 0, ph, pw]:
+        if pads != [0, 0, ph, pw, 0, 0, ph, pw] or min(ph, pw) < 0:
             return False
         pool_attrs = self.attrs(pool)
-        kernel = list(pool_attrs.get("kernel_shape", []))
-        strides = list(pool_attrs.get("strides", [1, 1]))
-        pool_pads = list(pool_attrs.get("pads", [0] * 4))
-        ceil = bool(pool_attrs.get("ceil_mode", 0))
-        if (pool_attrs.get("count_include_pad", 0) or len(kernel) != 2 or len(strides) != 2
-                or any(d != 1 for d in pool_attrs.get("dilations", [1, 1]))
-                or pool_attrs.get("auto_pad", "NOTSET") != "NOTSET"
+        kernel = pool_attrs.ints("kernel_shape", [], low=1)
+        strides = pool_attrs.ints("strides", [1, 1], low=1)
+        pool_pads = pool_attrs.ints("pads", [0] * 4, low=0)
+        ceil = pool_attrs.flag("ceil_mode")
+        if (pool_attrs.flag("count_include_pad") or len(kernel) != 2 or len(strides) != 2
+                or pool_attrs.ints("dilations", [1, 1]) != [1, 1]
+                or pool_attrs.string("auto_pad", "NOTSET", _AUTO_PADS) != "NOTSET"
                 or len(pool_pads) != 4 or pool_pads[:2] != [0, 0]):
             return False
         # ONNX: windows over the zero-padded input, counting only what lies inside it,
         # which is convnet's count_include_pad=True; find the ceil mode with its sizes
-        (_, h, w), mode = self.shapes[x], None
+        (c, h, w), mode = self.shapes[x], None
+        self.cap(pad, c * (h + 2 * ph + pool_pads[2]) * (w + 2 * pw + pool_pads[3]),
+                 "MAX_VOLUME", f"values per sample in the padded input (pads {pads})")
         onnx_sizes = [_onnx_count(size + 2 * p, k, s, 0, e, 1, ceil) for size, k, s, p, e in
                       zip((h, w), kernel, strides, (ph, pw), pool_pads[2:])]
         for ceil_mode in (False, True):
@@ -922,17 +1302,17 @@ class _Importer:
             return False
         p = _scalar(p)
         attrs = self.attrs(pool)
-        kernel = list(attrs.get("kernel_shape", []))
+        kernel = attrs.ints("kernel_shape", [], low=1)
         area = _scalar(self._consts_of(mul, pool.output[0]))
-        inv = self.const(root.input[1]) if root.input[0] == mul.output[0] else None
+        inv = _scalar(self.const(root.input[1])) if root.input[0] == mul.output[0] else None
         if (p is None or p <= 0 or inv is None or len(kernel) != 2
                 or area != kernel[0] * kernel[1]
-                or abs(_scalar(inv) * p - 1) > 1e-6 or attrs.get("count_include_pad", 0)
-                or any(d != 1 for d in attrs.get("dilations", [1, 1]))
-                or list(attrs.get("pads", [0] * 4))[:2] != [0, 0]):
+                or abs(inv * p - 1) > 1e-6 or attrs.flag("count_include_pad")
+                or attrs.ints("dilations", [1, 1]) != [1, 1]
+                or attrs.ints("pads", [0] * 4)[:2] != [0, 0]):
             return False
-        _, mode, _, _, strides = self.window(pool, "AveragePool", attrs, self.shapes[x][1:],
-                                             kernel, bool(attrs.get("ceil_mode", 0)))
+        _, mode, _, _, strides = self.window(pool, "AveragePool", attrs, self.shapes[x],
+                                             kernel, attrs.flag("ceil_mode"))
         layer = self.make(root, LPPool2d, p, tuple(kernel), tuple(strides), ceil_mode=mode,
                           fit="floor")
         self.add([power, pool, mul, root], x, layer)
@@ -952,23 +1332,24 @@ class _Importer:
         if x not in self.shapes or self.resolve(div.input[0]) != x:
             return False
         for node in (unsq, sq):
-            axes = self.attrs(node).get("axes")
+            axes = self.attrs(node).ints("axes")
             if axes is None and len(node.input) > 1:
-                axes = self.const(node.input[1])
-            if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] != [1]:
+                axes = _ints(self.const(node.input[1]))
+            if axes != [1]:
                 return False
         attrs = self.attrs(pool)
-        kernel = list(attrs.get("kernel_shape", []))
+        kernel = attrs.ints("kernel_shape", [], low=1)
         n = kernel[0] if len(kernel) == 3 else 0
         alpha = _scalar(self._consts_of(mul, sq.output[0]))
         k = _scalar(self._consts_of(add, mul.output[0]))
         beta = (_scalar(self.const(power.input[1])) if power.input[0] == add.output[0]
                 else None)
-        if (n < 1 or kernel[1:] != [1, 1] or not attrs.get("count_include_pad", 0)
-                or list(attrs.get("pads", [])) != [n // 2, 0, 0, (n - 1) // 2, 0, 0]
-                or list(attrs.get("strides", [1, 1, 1])) != [1, 1, 1]
-                or attrs.get("ceil_mode", 0) or None in (alpha, k, beta)):
+        if (n < 1 or kernel[1:] != [1, 1] or not attrs.flag("count_include_pad")
+                or attrs.ints("pads", []) != [n // 2, 0, 0, (n - 1) // 2, 0, 0]
+                or attrs.ints("strides", [1, 1, 1]) != [1, 1, 1]
+                or attrs.flag("ceil_mode") or None in (alpha, k, beta)):
             return False
+        self.lrn_window(div, self.shapes[x], n)
         layer = self.make(div, LocalResponseNorm, n, alpha, beta, k)
         self.add(chain, x, layer)
         return True
@@ -982,8 +1363,9 @@ class _Structure:
         self.file = importer.file
         self.producer = {u.output: u for u in importer.units}
 
-    def series(self, start, end, units):
-        """The items from tensor start to tensor end; units: those on the paths between."""
+    def series(self, start, end, units, depth=0):
+        """The items from tensor start to tensor end; units: those on the paths between;
+        depth: the number of blocks this series lies in (at most limits.MAX_DEPTH)."""
         units = self._between(start, end, units)
         count = {}
         for u in units:
@@ -998,7 +1380,7 @@ class _Structure:
                     live.discard(name)
             live.add(u.output)
             if live == {u.output}:        # every path passes here: a step of the chain
-                items.append(self._step(current, segment))
+                items.append(self._step(current, segment, depth))
                 segment, current = [], u.output
         assert current == end and not segment, (current, end)
         return _fold_post(items)
@@ -1014,25 +1396,37 @@ class _Structure:
                 stack.extend(name for name in u.inputs if name != start)
         return [u for u in units if id(u) in keep]
 
-    def _step(self, start, segment):
+    def _step(self, start, segment, depth):
         join = segment[-1]
         if len(segment) == 1 and join.kind == "layer":
             return join
         assert join.kind != "layer", join.node.name
+        limits.check_count(depth + 1, "MAX_DEPTH", "nesting of blocks", f"{self.file}: "
+                           f"{_node(join.node)}")
         inside = segment[:-1]
-        branches, owner = [], {}
-        for name in join.inputs:
-            part = self._between(start, name, inside) if name != start else []
-            for u in part:
+        # each unit inside leads to exactly one input of the join: find which, in one walk
+        # back from each input (linear in the segment, however many inputs the join has)
+        allowed, owner = {id(u) for u in inside}, {}
+        for b, name in enumerate(join.inputs):
+            stack = [name] if name != start else []
+            while stack:
+                u = self.producer.get(stack.pop())
+                if u is None or id(u) not in allowed or owner.get(id(u)) == b:
+                    continue
                 if id(u) in owner:
                     raise ValueError(
-                        f"{self.file}: node {u.node.name!r} ({u.node.op_type}) feeds more "
-                        f"than one input of node {join.node.name!r} ({join.node.op_type}); "
-                        "convnet models are chains whose forks rejoin at one Add (a "
-                        "Residual) or Concat with separate paths, and this graph is not")
-                owner[id(u)] = True
-            branches.append(self.series(start, name, part) if part else [])
+                        f"{self.file}: {_node(u.node)} feeds more than one input of "
+                        f"{_node(join.node)}; convnet models are chains whose forks rejoin "
+                        "at one Add (a Residual) or Concat with separate paths, and this "
+                        "graph is not")
+                owner[id(u)] = b
+                stack.extend(source for source in u.inputs if source != start)
         assert len(owner) == len(inside)        # each unit leads to the join's inputs
+        parts = [[] for _ in join.inputs]
+        for u in inside:
+            parts[owner[id(u)]].append(u)
+        branches = [self.series(start, name, part, depth + 1) if part else []
+                    for name, part in zip(join.inputs, parts)]
         return _Block(join.kind, branches, join)
 
 
@@ -1049,17 +1443,28 @@ def _fold_post(items):
     return out
 
 
-class _Names:
-    """Items -> (key, layer) pairs, nesting containers by the dotted node names."""
+class _Keys:
+    """Unique child names: a name taken, or empty, gets the first free _1, _2, ... (counted
+    on from the last one given for that name, so n equal names cost n steps, not n^2)."""
 
-    @staticmethod
-    def _unique(key, used):
-        base, i = key or "layer", 0
-        while key in used or not key:
-            i += 1
-            key = f"{base}_{i}"
-        used.add(key)
+    def __init__(self, taken=()):
+        self.taken, self.last = set(taken), {}
+
+    def __call__(self, key):
+        base = key or "layer"
+        while key in self.taken or not key:
+            self.last[base] = self.last.get(base, 0) + 1
+            key = f"{base}_{self.last[base]}"
+        self.taken.add(key)
         return key
+
+
+class _Names:
+    """Items -> (key, layer) pairs, nesting containers by the dotted node names, at most
+    limits.MAX_DEPTH containers deep."""
+
+    def __init__(self):
+        self.depth = 0
 
     @staticmethod
     def _relative(item, prefix):
@@ -1068,11 +1473,21 @@ class _Names:
 
     def assemble(self, items, prefix, top=False):
         """(key, layer) pairs for a chain of items under the dotted prefix."""
-        pairs, used, i = [], set(), 0
+        self.depth += 1
+        if self.depth > limits.MAX_DEPTH:
+            where = ".".join(prefix) or _show(items[0].fallback)
+            raise ValueError(f"the layers at {where} would nest more than "
+                             f"{limits.MAX_DEPTH} containers deep (convnet.limits.MAX_DEPTH)")
+        pairs = self._pairs(items, prefix, top)
+        self.depth -= 1
+        return pairs
+
+    def _pairs(self, items, prefix, top):
+        pairs, unique, i = [], _Keys(), 0
         while i < len(items):
             item, rel = items[i], self._relative(items[i], prefix)
             if rel is None:
-                pairs.append((self._unique(item.fallback, used), self.layer(item)))
+                pairs.append((unique(item.fallback), self.layer(item)))
                 i += 1
                 continue
             j = i + 1
@@ -1083,7 +1498,7 @@ class _Names:
                 layer = self.layer(item)
             else:
                 layer = self.container(group, prefix + [rel[0]])
-            pairs.append((self._unique(rel[0], used), layer))
+            pairs.append((unique(rel[0]), layer))
             i = j
         if top and len(pairs) > 1 and all(isinstance(it, _Block) and it.dense for it in items):
             return [("dense", self.container(items, prefix))]
@@ -1110,25 +1525,25 @@ class _Names:
         if isinstance(item, _Unit):
             return item.layer
         if item.kind == "concat":
-            used, branches = set(), {}
+            unique, branches = _Keys(), {}
             for i, items in enumerate(item.branches):
                 if not items:
                     key, layer = "identity", Identity()
                 else:
                     pairs = self.assemble(items, item.path)
                     key, layer = pairs[0] if len(pairs) == 1 else (str(i), Sequential(pairs))
-                branches[self._unique(key, used)] = layer
+                branches[unique(key)] = layer
             return Concat(branches)
         # the longer path is the body, the shorter the shortcut (a + b == b + a exactly)
         body_items, short_items = item.branches
         if len(list(_leaves([short_items]))) > len(list(_leaves([body_items]))):
             body_items, short_items = short_items, body_items
-        body, used = {}, {"post"} if item.post is not None else set()
+        body, unique = {}, _Keys(["post"] if item.post is not None else [])
         for key, layer in self.assemble(body_items, item.path):
-            body[self._unique(key, used)] = layer
+            body[unique(key)] = layer
         shortcut, name = None, "downsample"
         if short_items:
             pairs = self.assemble(short_items, item.path)
             name, shortcut = pairs[0] if len(pairs) == 1 else ("downsample", Sequential(pairs))
         post = None if item.post is None else item.post.layer
-        return Residual(body, shortcut, post, shortcut_name=self._unique(name, used))
+        return Residual(body, shortcut, post, shortcut_name=unique(name))

@@ -4,8 +4,11 @@ import ast
 import io
 import os
 import pickle
+import pickletools
+import re
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -381,3 +384,209 @@ def test_package_code_never_imports_torch(tmp_path):
     code = ("import sys; from convnet.io.torch_file import load_torch; "
             f"assert len(load_torch({str(path)!r})) == 9; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- nothing handed out can be changed; sizes are checked before anything is read -------
+
+
+def poisoning_pickle(module, name, state):
+    """data.pkl that BUILDs state onto the global module.name, drops it, then holds the
+    plain state_dict {"w": [0, 1, 2, 3]} of with_pickle's file (memo-free prefix)."""
+    body = torch_pickle(OrderedDict(w=tensor(storage(), 0, (4,), (1,), False, HOOKS)))
+    state = pickletools.optimize(pickle.dumps(state, protocol=2))[2:-1]     # no memo
+    return body[:2] + f"c{module}\n{name}\n".encode() + state + b"b0" + body[2:]
+
+
+DEFAULTS_STATE = (None, {"__defaults__": (False, None, {"neg": True})})    # negate every tensor
+
+
+def test_the_poisoning_pickle_is_live_on_a_plain_function(tmp_path):
+    """The same bytes, given a plain copy of the function, do change its defaults: so the
+    refusal below is what stops them."""
+    func = type(torch_file._rebuild_tensor_v2)
+    copy = func(torch_file._rebuild_tensor_v2.__code__, vars(torch_file), "copy",
+                torch_file._rebuild_tensor_v2.__defaults__)
+
+    class Plain(pickle.Unpickler):
+        def find_class(self, module, name):
+            return OrderedDict if name == "OrderedDict" else copy
+
+        def persistent_load(self, pid):
+            return torch_file._Storage("archive/data/0", "float32", 4)
+
+    data = poisoning_pickle("torch._utils", "_rebuild_tensor_v2", DEFAULTS_STATE)
+    assert Plain(io.BytesIO(data)).load()["w"].metadata == {"neg": True}
+    assert copy.__defaults__ == (False, None, {"neg": True})
+
+
+@pytest.mark.parametrize("module, name", [
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("collections", "OrderedDict"), ("torch", "FloatStorage"), ("torch", "float32"),
+    ("torch.storage", "UntypedStorage")])
+@pytest.mark.parametrize("state", [DEFAULTS_STATE, {"dtype": "float64"},
+                                   (None, {"dtype": "float64", "name": "x"})],
+                         ids=["slots-defaults", "dict", "slots"])
+def test_build_on_an_allowed_name_is_refused_and_later_loads_are_clean(
+        tmp_path, module, name, state):
+    path = with_pickle(tmp_path, poisoning_pickle(module, name, state))
+    with pytest.raises(ValueError, match=re.escape(f"evil.pt: the pickle sets state on "
+                                                   f"{module}.{name}, which the format")):
+        load_torch(path)
+    plain = save({"w": torch.arange(4, dtype=torch.float32)}, tmp_path / "plain.pt")
+    assert np.array_equal(load_torch(plain)["w"], [0, 1, 2, 3])
+    assert torch_file._rebuild_tensor_v2.__defaults__ == (False, None, None)
+    for admitted in torch_file.ALLOWED.values():
+        with pytest.raises(ValueError, match="the pickle sets an attribute on"):
+            admitted.dtype = "float64"
+
+
+def central_entries(data):
+    """{member name: offset of its central directory record} of a zip's bytes."""
+    out, at = {}, data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_len = int.from_bytes(data[at + 28:at + 30], "little")
+        out[data[at + 46:at + 46 + name_len].decode()] = at
+        at = data.find(b"PK\x01\x02", at + 46)
+    return out
+
+
+def patch_central(src, dst, suffix, **fields):
+    """Copy a zip, setting fields of the central record of the member ending in suffix:
+    flags, method, crc, compressed, size (zipfile reads sizes from there)."""
+    offsets = {"flags": (8, 2), "method": (10, 2), "crc": (16, 4), "compressed": (20, 4),
+               "size": (24, 4)}
+    data = bytearray(Path(src).read_bytes())
+    at = next(off for name, off in central_entries(bytes(data)).items() if name.endswith(suffix))
+    for field, value in fields.items():
+        start, width = offsets[field]
+        data[at + start:at + start + width] = value.to_bytes(width, "little")
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def peak_of(func):
+    """Peak traced allocation (bytes) while func() runs, and the ValueError it raised."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            func()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("fields, error", [
+    (dict(size=0xFFFFFFF0, compressed=0xFFFFFFF0),
+     r"zip member '\w+/data/0' declares 4,294,967,280 bytes \(4,294,967,280 compressed\) "
+     r"in an archive of \d+(,\d+)? bytes \(expected compressed bytes that fit"),
+    (dict(size=0xFFFFFFF0), r"zip member '\w+/data/0' declares 4,294,967,280 bytes \(16 "
+                            r"compressed\) .* and equal sizes for a stored member"),
+    (dict(method=12), r"zip member '\w+/data/0' uses compression method 12 \(expected 0"),
+    (dict(method=14), r"zip member '\w+/data/0' uses compression method 14"),
+    (dict(flags=1), r"zip member '\w+/data/0' is encrypted"),
+])
+def test_zip_sizes_the_archive_cannot_hold(tmp_path, fields, error):
+    """The issue's 261 KB file declaring 4 GiB: refused from the central directory."""
+    real = save({"w": torch.arange(4, dtype=torch.float32)}, tmp_path / "real.pt")
+    path = patch_central(real, tmp_path / "declared.pt", "/data/0", **fields)
+    peak, message = peak_of(lambda: load_torch(path))
+    assert re.search(rf"declared\.pt: {error}", message), message
+    assert peak < 1 << 20, f"peak {peak} bytes"
+
+
+def deflated_checkpoint(tmp_path, name, numel, declared=None):
+    """{"w": zeros(numel) float32} with its storage deflated (zeros: about 1000:1), written
+    in chunks; declared: the element count the pickle and the central directory claim."""
+    declared = numel if declared is None else declared
+    pkl = torch_pickle(OrderedDict(w=tensor(storage(numel=declared), 0, (declared,), (1,),
+                                            False, HOOKS)))
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/byteorder", b"little")
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with zf.open(info, "w") as f:
+            zeros = bytes(1 << 20)
+            for start in range(0, 4 * numel, len(zeros)):
+                f.write(zeros[:4 * numel - start])
+    if declared != numel:
+        patch_central(path, path, "/data/0", size=4 * declared)
+    return path
+
+
+def test_deflated_bomb_is_refused_by_the_compression_ratio(tmp_path, monkeypatch):
+    """The issue's 2 MB file with a 2 GiB storage, scaled down: 40 MB of zeros deflate to
+    about 40 KB, 1000:1, over limits.MAX_COMPRESSION (100); a raised cap reads it."""
+    path = deflated_checkpoint(tmp_path, "bomb.pt", 10**7)
+    assert path.stat().st_size < 100_000
+    peak, message = peak_of(lambda: load_torch(path))
+    assert re.search(r"bomb\.pt: the zip members declare 40,000,\d+ bytes in all, over "
+                     r"convnet\.limits\.MAX_COMPRESSION = 100 times the archive's "
+                     r"\d+(,\d+)? bytes; refusing a zip bomb", message), message
+    assert peak < 1 << 20, f"peak {peak} bytes"
+    monkeypatch.setattr("convnet.limits.MAX_COMPRESSION", 10_000)
+    w = load_torch(path)["w"]
+    assert w.shape == (10**7,) and not w.any()
+
+
+def test_a_deflated_member_never_inflates_past_its_declared_size(tmp_path):
+    """A member that declares 16 bytes but whose stream inflates to 40 MB: read in chunks,
+    stopped at 16 bytes, refused by its CRC, with little memory."""
+    path = deflated_checkpoint(tmp_path, "liar.pt", 10**7, declared=4)
+    peak, message = peak_of(lambda: load_torch(path))
+    assert re.search(r"liar\.pt: cannot read zip member 'archive/data/0' \(BadZipFile: Bad "
+                     r"CRC-32", message), message
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+def test_caps_are_read_when_load_torch_runs(tmp_path, monkeypatch):
+    path = save({"a": torch.ones(10), "b": torch.arange(1000.0)[:2]}, tmp_path / "caps.pt")
+    assert set(load_torch(path)) == {"a", "b"}
+    monkeypatch.setattr("convnet.limits.MAX_ARRAY_BYTES", 40)
+    with pytest.raises(ValueError, match=r"caps\.pt: tensor 'b' declares shape \(2,\) .* "
+                                         r"brings the arrays to 48 bytes, over max_bytes=40"):
+        load_torch(path)
+    # b is a 2-element view of a 4,000-byte storage: the storages read count too
+    with pytest.raises(ValueError, match=r"caps\.pt: the tensors' storages hold 4040 bytes, "
+                                         r"over max_bytes=1000"):
+        load_torch(path, max_bytes=1000)
+    monkeypatch.setattr("convnet.limits.MAX_JSON_BYTES", 50)
+    with pytest.raises(ValueError, match=r"caps\.pt: zip member 'caps/data\.pkl' declares "
+                                         r"\d+ bytes, over the 50 it may hold"):
+        load_torch(path)
+
+
+def test_member_name_that_is_not_utf8(tmp_path):
+    real = save({"w": torch.ones(2)}, tmp_path / "real.pt")
+    fine = rewrite(real, tmp_path / "fine.pt", add={"{prefix}/extra/caf\u00e9": b"x"})
+    assert list(load_torch(fine)) == ["w"]      # a UTF-8 name (flag 0x800) is fine
+    data = fine.read_bytes().replace("caf\u00e9".encode(), b"caf\xff\xfe")   # same length
+    (tmp_path / "latin.pt").write_bytes(data)
+    with pytest.raises(ValueError, match=r"latin\.pt: not a readable zip archive "
+                                         r"\(UnicodeDecodeError"):
+        load_torch(tmp_path / "latin.pt")
+
+
+@pytest.mark.parametrize("body, error", [
+    (b"\x8e" + (1 << 30).to_bytes(8, "little") + b"abc", "bytes8, but only 4 remain"),
+    (b"\x8d" + (1 << 30).to_bytes(8, "little") + b"abc", "unicodestring8, but only 4 remain"),
+    (b"B" + (1 << 30).to_bytes(4, "little") + b"abc", "bytes4, but only 4 remain"),
+    (b"N" + b"r" + (0xFFFFFFF0).to_bytes(4, "little") + b"0}", "memo entry 4294967280 at "
+                                                              "byte 3 skips past the 0 entries"),
+    (b"\x95" + (1 << 30).to_bytes(8, "little") + b"}", "frame at byte 2 declares 1073741824"),
+    (b"}N" + b"\x85" * 40 + b"Ns", "tuples nested deeper than 32 levels at byte 36"),
+    (b"}X\x01\x00\x00\x00k" + b"]" * 100_000 + b"a" * 99_999 + b"s",
+     r"containers nested deeper than 32 levels"),
+    (b"}X\x01\x00\x00\x00k" + b"(" * 50_000 + b"l" * 50_000 + b"s",
+     r"containers nested deeper than 32 levels"),
+    (pickle.dumps({"k": [[[[]] * 1000] * 1000] * 1000}, protocol=4)[2:-1],   # 10**9 items
+     r"the containers hold more than \d+(,\d+)? items"),
+])
+def test_pickle_bombs_in_data_pkl_are_refused_small(tmp_path, body, error):
+    """Lengths past the end (CPython allocates them first), a runaway memo index, deep
+    tuples (a C stack overflow when hashed), deep lists, shared containers."""
+    path = with_pickle(tmp_path, b"\x80\x04" + body + b".")
+    peak, message = peak_of(lambda: load_torch(path))
+    assert re.search(rf"evil\.pt: .*{error}", message), message
+    assert peak < 16 << 20, f"peak {peak} bytes"

@@ -15,29 +15,38 @@ Python form (cifar-10-batches-py, cifar-100-python): Python-2 pickles (protocol 
 ...}, with meta files batches.meta / meta. A pickle can run any code while it loads, so
 these are read by ``CifarUnpickler``, which builds dicts, lists, bytes, str and ints (those
 need no import) and admits by name only what NumPy arrays need; anything else, such as
-``posix.system``, is refused before it is called.
+``posix.system``, is refused before it is called. Nothing NumPy-internal reaches the
+pickle either: the admitted names give records of ours (``convnet.safe_pickle``), and an
+array is made only after its record is checked (a plain numeric dtype, a shape within
+limits.MAX_DATA_BYTES, exactly the bytes it needs). An array pickles as
 
-When both forms are present the binary one is used (no pickle at all).
+    _reconstruct(numpy.ndarray, (0,), b'b')                     -> an empty array record
+    BUILD (1, shape, dtype, is_fortran, raw bytes)              -> its shape and data
+    dtype = numpy.dtype('u1', False, True)                      -> a dtype record
+            BUILD (3, '|', None, None, None, -1, -1, 0)          -> its byte order
+
+When both forms are present the binary one is used (no pickle at all). Every file's size
+is checked against the caps (limits.MAX_DATA_BYTES for the images, MAX_PICKLE_BYTES for a
+pickle, MAX_NAMES_BYTES for a class-name file) before it is read.
 """
 
 from __future__ import annotations
 
-import codecs
+import io
+import math
 import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from convnet.data.files import DATA_ENV, cache_dir
-
-try:  # NumPy >= 2 writes numpy._core; the CIFAR files (2009) name numpy.core
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct
+from convnet import limits
+from convnet.data.files import CHUNK, DATA_ENV, cache_dir
+from convnet.safe_pickle import Global, Inert, Refused, check_pickle, show
 
 IMAGE_BYTES = 3 * 32 * 32
 MAX_PICKLE_BYTES = 512 << 20  # the largest real file (cifar-100 train) is ~160 MB
+MAX_NAMES_BYTES = 1 << 20     # a class-name file (batches.meta.txt, meta): real ones ~2 KB
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
 CIFAR10_DIRS = ("cifar-10-batches-bin", "cifar-10-batches-py")
@@ -52,37 +61,170 @@ CIFAR100_FILES = {
     "python": {"train": ["train"], "test": ["test"]},
 }
 CIFAR100_LABELS = {"coarse": 20, "fine": 100}
+# The dtypes an array in a CIFAR pickle may have: bool, integers, floats (NumPy's codes).
+PLAIN_DTYPES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
+LATIN1 = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1")
+MAX_NDIM = 32
 
 
-def _latin1_encode(text, encoding="latin1"):
+def _latin1_encode(text, encoding):
     """_codecs.encode as Python 3 protocol-2 pickles use it for bytes, latin-1 only."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, "
-                                     f"{encoding!r}): only str to latin-1 bytes is allowed")
+    if type(text) is not str or type(encoding) is not str or encoding.lower() not in LATIN1:
+        raise Refused(f"refusing _codecs.encode({type(text).__name__}, "
+                      f"{show(encoding)}): only str to latin-1 bytes is allowed")
     return text.encode("latin1")
 
 
-class _NdarrayName:
-    """What 'numpy.ndarray' means inside a CIFAR pickle: the argument of _reconstruct and
-    nothing else (not callable, so a pickle cannot call np.ndarray(huge_shape))."""
+def _empty_bytes(*args):
+    """bytes() as Python 3 writes b'' at protocol 2; only with no arguments (bytes(n) would
+    allocate n bytes)."""
+    if args:
+        raise Refused(f"refusing bytes{show(args)}: only bytes() is allowed")
+    return b""
+
+
+class _Marker(Inert):
+    """A name a pickle may pass but not call or change (numpy.ndarray)."""
+
+    __slots__ = ("name",)
+
+    def __repr__(self):
+        return self.name
+
+
+NDARRAY = _Marker("numpy.ndarray")
+_UNSET = _Marker("<never set>")   # the state of a record before its BUILD
+
+
+class _DTypeRecord:
+    """numpy.dtype(code, align, copy) as a pickle calls it, then its BUILD state; checked
+    and made a NumPy dtype only by ``dtype()``, so no NumPy object meets the pickle."""
+
+    __slots__ = ("args", "state")
+    __hash__ = None
+
+    def __init__(self, *args):
+        self.args, self.state = args, _UNSET
+
+    def __setstate__(self, state):      # BUILD: dtype.__setstate__ would change the dtype
+        if self.state is not _UNSET:
+            raise Refused("the pickle sets a numpy.dtype's state twice")
+        self.state = state
+
+    def __repr__(self):
+        return "numpy.dtype"
+
+    def dtype(self, where):
+        """The plain numeric dtype (PLAIN_DTYPES) that the record describes, or ValueError."""
+        args, state = self.args, self.state
+        code = _text(args[0]) if args and type(args[0]) in (bytes, str) else None
+        order = _text(state[1]) if type(state) is tuple and len(state) == 8 else None
+        if not (len(args) == 3 and code in PLAIN_DTYPES
+                and all(type(flag) in (bool, int) for flag in args[1:])
+                and order in ("<", ">", "|", "=")
+                and state[0] == 3 and state[2:] == (None, None, None, -1, -1, 0)):
+            raise ValueError(f"{where}: refusing numpy.dtype{show(args)} with state "
+                             f"{show(state)}: expected a plain numeric dtype "
+                             f"({', '.join(PLAIN_DTYPES)}) with state (3, byte order, None, "
+                             "None, None, -1, -1, 0)")
+        dtype = np.dtype(code)
+        return dtype.newbyteorder(order) if order in "<>" else dtype
+
+
+class _ArrayRecord:
+    """An array as a pickle builds it, _reconstruct(...) then BUILD (version, shape, dtype,
+    is_fortran, raw bytes); checked and made an ndarray only by ``array()``."""
+
+    __slots__ = ("state",)
+    __hash__ = None
+
+    def __init__(self):
+        self.state = _UNSET
+
+    def __setstate__(self, state):      # BUILD: ndarray.__setstate__ trusts what it is given
+        if self.state is not _UNSET:
+            raise Refused("the pickle sets a numpy array's state twice")
+        self.state = state
 
     def __repr__(self):
         return "numpy.ndarray"
 
+    def array(self, where):
+        """A new writable ndarray from the checked state, or ValueError naming ``where``."""
+        state = self.state
+        if not (type(state) is tuple and len(state) == 5 and state[0] == 1
+                and isinstance(state[2], _DTypeRecord)):
+            raise ValueError(f"{where}: bad numpy array state {show(state)}: expected "
+                             "(1, shape, dtype, is_fortran, data)")
+        _, shape, dtype, fortran, raw = state
+        dtype = dtype.dtype(where)
+        if type(raw) is str and (not raw or max(raw) <= "\xff"):     # text of latin-1 bytes
+            raw = raw.encode("latin1")
+        if not (type(shape) is tuple and len(shape) <= MAX_NDIM
+                and all(type(n) is int and 0 <= n < 1 << 63 for n in shape)
+                and type(fortran) in (bool, int) and type(raw) is bytes):
+            raise ValueError(f"{where}: bad numpy array state: shape {show(shape)}, "
+                             f"is_fortran {show(fortran)}, data a {type(raw).__name__} "
+                             f"(expected at most {MAX_NDIM} non-negative int64s, a bool, "
+                             "bytes)")
+        # sizes of 0 count as 1 here, so that every shape that passes is one NumPy can index
+        limits.check_count(math.prod(max(n, 1) for n in shape) * dtype.itemsize,
+                           "MAX_DATA_BYTES", "bytes in an array", where)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if len(raw) != nbytes:
+            raise ValueError(f"{where}: a numpy array of shape {shape} and dtype {dtype} "
+                             f"needs {nbytes} bytes, but its data holds {len(raw)}")
+        flat = np.frombuffer(raw, dtype)
+        if dtype.kind == "b":       # any nonzero byte is True, as NumPy's own casts make it
+            flat = flat.view(np.uint8).astype(bool)
+        return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
-NDARRAY = _NdarrayName()
 
-
-def _array_reconstruct(subtype, shape, dtype):
-    """NumPy's _reconstruct for plain ndarrays only, always with the (0,) shape that array
-    pickles use (BUILD then sets the real shape from data that is really in the file)."""
+def _reconstruct(subtype, shape, dtype):
+    """NumPy's _reconstruct for plain ndarrays only: an empty array record, whatever shape
+    the pickle asks for (BUILD then gives the real shape with data that is in the file)."""
     if subtype is not NDARRAY:
-        raise pickle.UnpicklingError(f"refusing to reconstruct {subtype!r}: only numpy.ndarray")
-    return _reconstruct(np.ndarray, (0,), dtype)
+        raise Refused(f"refusing to reconstruct {show(subtype)}: only numpy.ndarray")
+    return _ArrayRecord()
 
 
 class UnsafePickleError(ValueError):
     """A pickle asked for an import that CIFAR files never need; nothing was called."""
+
+
+_SCALARS = (bytes, str, int, float, bool, type(None))
+
+
+def _resolve(obj, where, memo, depth=0):
+    """The unpickled tree with every array record checked and made an ndarray.
+
+    Only dicts (bytes or str keys), lists, tuples, bytes, str, numbers and None may hold
+    them, nested at most limits.MAX_DEPTH deep; memo (id -> result) keeps shared objects
+    shared and a cycle runs into the depth cap.
+    """
+    if type(obj) in _SCALARS:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if depth > limits.MAX_DEPTH:
+        raise ValueError(f"{where}: containers nested deeper than {limits.MAX_DEPTH} levels "
+                         "(convnet.limits.MAX_DEPTH)")
+    if type(obj) is _ArrayRecord:
+        out = obj.array(where)
+    elif type(obj) is dict:
+        bad = [k for k in obj if type(k) not in (bytes, str)]
+        if bad:
+            raise ValueError(f"{where}: a dict key of type {type(bad[0]).__name__}; CIFAR "
+                             "pickles have bytes or str keys")
+        out = {k: _resolve(v, where, memo, depth + 1) for k, v in obj.items()}
+    elif type(obj) in (list, tuple):
+        out = type(obj)(_resolve(v, where, memo, depth + 1) for v in obj)
+    else:
+        what = repr(obj) if isinstance(obj, (Inert, _DTypeRecord)) else type(obj).__name__
+        raise ValueError(f"{where}: a {what} where CIFAR pickles hold only arrays, dicts, "
+                         "lists, bytes, str and numbers")
+    memo[id(obj)] = out
+    return out
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -91,54 +233,82 @@ class CifarUnpickler(pickle.Unpickler):
     Built-in containers and scalars come from opcodes and need no import. Every import
     a pickle asks for goes through ``find_class``, which admits NumPy's array
     reconstruction (``numpy.core.multiarray._reconstruct`` as the 2009 files name it,
-    ``numpy._core.multiarray._reconstruct`` as NumPy 2 writes it, for plain ndarrays
-    only; ``numpy.ndarray``; ``numpy.dtype``) and ``_codecs.encode`` restricted to
-    latin-1 (how Python 3 writes bytes at protocol 2), and refuses everything else by
-    name with a ValueError.
+    ``numpy._core.multiarray._reconstruct`` as NumPy 2 writes it), ``numpy.ndarray``,
+    ``numpy.dtype``, ``_codecs.encode`` restricted to latin-1 and ``bytes()`` (how Python 3
+    writes bytes and b'' at protocol 2), each as an inert object of ours, and refuses
+    everything else by name with a ValueError. ``load`` checks the opcodes first
+    (``check_pickle``), and returns the object with each array record checked and made an
+    ndarray: plain numeric dtypes only (no object, structured or string dtypes), exactly
+    the bytes its shape needs. The whole file is read when the unpickler is made (at
+    most max_bytes, default MAX_PICKLE_BYTES).
 
     >>> with open("cifar-10-batches-py/test_batch", "rb") as f:      # doctest: +SKIP
     ...     batch = CifarUnpickler(f, "test_batch").load()
     """
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _array_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _array_reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"):
+            Global("numpy.core.multiarray._reconstruct", _reconstruct),
+        ("numpy._core.multiarray", "_reconstruct"):
+            Global("numpy._core.multiarray._reconstruct", _reconstruct),
         ("numpy", "ndarray"): NDARRAY,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
+        ("numpy", "dtype"): Global("numpy.dtype", _DTypeRecord),
+        ("_codecs", "encode"): Global("_codecs.encode", _latin1_encode),
+        ("__builtin__", "bytes"): Global("__builtin__.bytes", _empty_bytes),
+        ("builtins", "bytes"): Global("builtins.bytes", _empty_bytes),
     }
 
-    def __init__(self, file, name):
-        super().__init__(file, encoding="bytes")
+    def __init__(self, file, name, max_bytes=None):
         self.name = name
+        most = MAX_PICKLE_BYTES if max_bytes is None else max_bytes
+        chunks, size = [], 0
+        while size <= most and (chunk := file.read(CHUNK)):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > most:
+            raise ValueError(f"{name}: more than {most:,} bytes is too large for a CIFAR "
+                             "pickle (convnet.data.cifar.MAX_PICKLE_BYTES)")
+        self.data = b"".join(chunks)
+        super().__init__(io.BytesIO(self.data), encoding="bytes")
 
     def find_class(self, module, name):
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self.name}: refusing to load '{module}.{name}' from a pickle: "
+                f"{self.name}: refusing to load '{module:.80}.{name:.80}' from a pickle: "
                 "CIFAR files hold only arrays, dicts, lists, bytes, str and int") from None
 
+    def load(self):
+        """The pickle's object, its arrays checked and made (ValueError naming the file)."""
+        try:
+            check_pickle(self.data)
+            obj = super().load()
+        except UnsafePickleError:
+            raise
+        except Refused as err:
+            raise ValueError(f"{self.name}: not a readable CIFAR pickle: {err}") from None
+        except Exception as err:    # UnpicklingError, EOFError, TypeError from a bad stream
+            raise ValueError(f"{self.name}: not a readable CIFAR pickle: "
+                             f"{type(err).__name__}: {str(err)[:200]}") from None
+        return _resolve(obj, self.name, {})
 
-def read_cifar_pickle(path):
+
+def read_cifar_pickle(path, max_bytes=None):
     """Load one CIFAR Python-form file through CifarUnpickler; keys come back as str.
+
+    max_bytes: the largest file accepted (default MAX_PICKLE_BYTES), checked first.
 
     >>> read_cifar_pickle("cifar-10-batches-py/test_batch")["data"].shape  # doctest: +SKIP
     (10000, 3072)
     """
+    most = MAX_PICKLE_BYTES if max_bytes is None else max_bytes
     size = os.path.getsize(path)
-    if size > MAX_PICKLE_BYTES:
+    if size > most:
         raise ValueError(f"{path}: {size} bytes is too large for a CIFAR pickle "
-                         f"(at most {MAX_PICKLE_BYTES})")
+                         f"(at most {most})")
     with open(path, "rb") as f:
-        try:
-            obj = CifarUnpickler(f, str(path)).load()
-        except UnsafePickleError:
-            raise
-        except Exception as err:  # UnpicklingError, EOFError, TypeError from a bad stream
-            raise ValueError(f"{path}: not a readable CIFAR pickle: "
-                             f"{type(err).__name__}: {err}") from None
+        obj = CifarUnpickler(f, str(path), most).load()
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict in a CIFAR pickle, got {type(obj).__name__}")
     return {_text(k): v for k, v in obj.items()}
@@ -148,18 +318,30 @@ def _text(value):
     return value.decode("latin1") if isinstance(value, bytes) else value
 
 
+def _describe(value):
+    """A file value in a message: its type, and its dtype and shape or its length."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    if type(value) in (list, tuple, bytes, str):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
 def _labels(batch, key, path, count, num_classes):
-    """batch[key] as int64 (count,), checked against [0, num_classes)."""
+    """batch[key] (a list of ints or an integer array) as int64 (count,), in [0, num_classes)."""
     if key not in batch:
-        raise ValueError(f"{path}: no '{key}' entry (found {sorted(map(str, batch))})")
-    raw = batch[key]
-    try:
-        y = np.asarray(raw)
-    except (TypeError, ValueError, OverflowError):
-        y = np.empty(0)
-    if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: no '{key}' entry (found {show(sorted(batch))})")
+    raw, y = batch[key], None
+    if isinstance(raw, np.ndarray) and raw.dtype.kind in "iu":
+        y = raw
+    elif type(raw) is list and all(type(v) is int for v in raw):
+        try:
+            y = np.array(raw, dtype=np.int64)
+        except OverflowError:       # a label past int64: out of range in any case
+            y = None
+    if y is None or y.shape != (count,):
         raise ValueError(f"{path}: '{key}' must be {count} integers (one per image), got "
-                         f"{type(raw).__name__} of shape {y.shape} and dtype {y.dtype}")
+                         f"{_describe(raw)}")
     return _check_range(y.astype(np.int64), path, key, num_classes)
 
 
@@ -180,9 +362,8 @@ def read_cifar_python(path, label_keys):
     data = batch.get("data")
     if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
             or data.shape[1] != IMAGE_BYTES):
-        got = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-               else type(data).__name__)
-        raise ValueError(f"{path}: 'data' must be a uint8 array (n, {IMAGE_BYTES}), got {got}")
+        raise ValueError(f"{path}: 'data' must be a uint8 array (n, {IMAGE_BYTES}), got "
+                         f"{_describe(data)}")
     count = data.shape[0]
     labels = {key: _labels(batch, key, path, count, k) for key, k in label_keys.items()}
     return data.reshape(count, 3, 32, 32), labels
@@ -196,7 +377,7 @@ def read_cifar_binary(path, label_bytes, num_classes):
     (20, 100) for CIFAR-100's coarse and fine labels.
     """
     record = label_bytes + IMAGE_BYTES
-    size = os.path.getsize(path)
+    size = limits.check_count(os.path.getsize(path), "MAX_DATA_BYTES", "bytes", path)
     if size == 0 or size % record:
         raise ValueError(f"{path}: {size} bytes is not a whole number of {record}-byte "
                          f"records ({label_bytes} label byte(s) + {IMAGE_BYTES} pixels): "
@@ -248,19 +429,38 @@ def find_cifar(root, version, required=True):
 
 
 def _names_txt(path, count):
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-    names = [ln for ln in lines if ln]
+    """count class names from a UTF-8 text file, one a line (blank lines skipped)."""
+    size = os.path.getsize(path)
+    if size > MAX_NAMES_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes is too large for a file of {count} class "
+                         f"names (at most {MAX_NAMES_BYTES:,})")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: class names must be UTF-8 text: byte "
+                         f"0x{raw[err.start]:02x} at offset {err.start} is not") from None
+    names = [ln for ln in (ln.strip() for ln in text.splitlines()) if ln]
     if len(names) != count:
         raise ValueError(f"{path}: expected {count} class names, one a line, got {len(names)}")
     return names
 
 
 def _names_meta(path, key, count):
-    names = read_cifar_pickle(path).get(key)
-    if not isinstance(names, list) or len(names) != count:
-        raise ValueError(f"{path}: '{key}' must be a list of {count} class names, got "
-                         f"{type(names).__name__} of length {len(names or [])}")
+    """count class names from a meta pickle's list under key (bytes or str)."""
+    names = read_cifar_pickle(path, MAX_NAMES_BYTES).get(key)
+    if not (type(names) is list and len(names) == count
+            and all(type(n) in (bytes, str) for n in names)):
+        raise ValueError(f"{path}: '{key}' must be a list of {count} class names (bytes or "
+                         f"str), got {_describe(names)}")
     return [_text(n) for n in names]
+
+
+def _check_total(directory, names, version):
+    """The files of a split set, together, within limits.MAX_DATA_BYTES, before any is read."""
+    total = sum(os.path.getsize(directory / name) for name in names)
+    limits.check_count(total, "MAX_DATA_BYTES", f"bytes in the CIFAR-{version} files",
+                       directory)
 
 
 def load_cifar10(root=None):
@@ -278,6 +478,7 @@ def load_cifar10(root=None):
     ((50000, 3, 32, 32), ['airplane', 'automobile'])
     """
     directory, form = find_cifar(_expand(root), 10)
+    _check_total(directory, sum(CIFAR10_FILES[form].values(), []), 10)
     out = {}
     for split, names in CIFAR10_FILES[form].items():
         parts = []
@@ -315,6 +516,7 @@ def load_cifar100(root=None, label="fine"):
         raise ValueError(f"load_cifar100: label must be 'fine' or 'coarse', got {label!r}")
     count = CIFAR100_LABELS[label]
     directory, form = find_cifar(_expand(root), 100)
+    _check_total(directory, sum(CIFAR100_FILES[form].values(), []), 100)
     out = {}
     for split, (name,) in CIFAR100_FILES[form].items():
         if form == "binary":

@@ -9,7 +9,11 @@ NDIM big-endian uint32 sizes, then the data, row-major. MNIST-style sets use two
 A file is gzipped when it starts with the gzip magic bytes 1f 8b, whatever its name.
 The header is read and checked before the data: a file must hold exactly
 header + N*H*W bytes (after decompression), so a truncated or padded file is an error
-naming the file, and no buffer is sized from a header the data does not back up.
+naming the file, and no buffer is sized from a header the data does not back up. The
+bytes a header promises may be at most ``limits.MAX_DATA_BYTES`` (2 GiB), and for a
+gzipped file at most ``limits.MAX_COMPRESSION`` (100) times the file's size, checked
+before anything is decompressed: real IDX files compress 2 to 5 times, and deflate can
+reach 1000 to 1, so a 3.5 MB file could otherwise inflate to 3.5 GB before it fails.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet import limits
 from convnet.data.files import CHUNK, download, find_file, search_dirs
 
 IDX_KINDS = {0x00000803: "images", 0x00000801: "labels"}
@@ -64,10 +69,14 @@ class IdxHeader(NamedTuple):
 
 
 def _open(path):
-    """Open plain or gzip by the first two bytes; returns (binary stream, gzipped)."""
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == GZIP_MAGIC
-    return (gzip.open(path, "rb") if gzipped else open(path, "rb")), gzipped
+    """Open plain or gzip by the first two bytes; returns (binary stream, gzipped, file size)."""
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == GZIP_MAGIC
+            size = os.fstat(f.fileno()).st_size
+        return (gzip.open(path, "rb") if gzipped else open(path, "rb")), gzipped, size
+    except OSError as err:      # FileNotFoundError, IsADirectoryError, PermissionError
+        raise type(err)(f"{path}: cannot open the IDX file: {err.strerror or err}") from None
 
 
 def _read(f, n, path):
@@ -78,7 +87,9 @@ def _read(f, n, path):
         raise ValueError(f"{path}: corrupt gzip data: {err}") from None
 
 
-def _parse_header(f, path, gzipped):
+def _parse_header(f, path, gzipped, size):
+    """The checked header of an open IDX file of ``size`` bytes on disk (see the module
+    docstring); only the header has been read, or decompressed, when it returns."""
     what = "decompressed file" if gzipped else "file"
     magic_bytes = _read(f, 4, path)
     if len(magic_bytes) < 4:
@@ -104,7 +115,17 @@ def _parse_header(f, path, gzipped):
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4"))
     if 0 in dims:
         raise ValueError(f"{path}: IDX {kind} header has a zero size: {dims}")
-    return IdxHeader(kind, dims, 4 + 4 * ndim, gzipped)
+    header = IdxHeader(kind, dims, 4 + 4 * ndim, gzipped)
+    sizes = " x ".join(map(str, dims))
+    limits.check_count(header.count, "MAX_DATA_BYTES",
+                       f"the IDX header's {kind} of {sizes} bytes =", path)
+    promised = header.offset + header.count
+    if gzipped and promised > limits.MAX_COMPRESSION * size:
+        raise ValueError(f"{path}: the IDX header promises {kind} of {sizes}, {promised:,} "
+                         f"bytes decompressed, over convnet.limits.MAX_COMPRESSION = "
+                         f"{limits.MAX_COMPRESSION} times the gzip file's {size:,} bytes; "
+                         "refusing to inflate it")
+    return header
 
 
 def read_idx_header(path):
@@ -113,9 +134,9 @@ def read_idx_header(path):
     >>> read_idx_header("t10k-images-idx3-ubyte.gz")          # doctest: +SKIP
     IdxHeader(kind='images', dims=(10000, 28, 28), offset=16, gzipped=True)
     """
-    stream, gzipped = _open(path)
+    stream, gzipped, size = _open(path)
     with stream as f:
-        return _parse_header(f, path, gzipped)
+        return _parse_header(f, path, gzipped, size)
 
 
 def read_idx(path, kind=None):
@@ -126,16 +147,19 @@ def read_idx(path, kind=None):
         kind: "images" or "labels" to insist on that magic number (None accepts both).
 
     Returns a writable uint8 array: (N, H, W) for images, (N,) for labels. Raises
-    ValueError naming the file for a bad magic number, an unsupported data type, or a
-    size that disagrees with the header: size must be 4 + 4*ndim + N*H*W bytes.
+    ValueError naming the file for a bad magic number, an unsupported data type, a size
+    that disagrees with the header (size must be 4 + 4*ndim + N*H*W bytes), a header that
+    promises more than limits.MAX_DATA_BYTES, or more than limits.MAX_COMPRESSION times a
+    gzipped file's size, or corrupt gzip data; OSError naming the file when it cannot be
+    opened.
 
     >>> read_idx("train-labels-idx1-ubyte.gz").shape            # doctest: +SKIP
     (60000,)
     """
     path = Path(path)
-    stream, gzipped = _open(path)
+    stream, gzipped, size = _open(path)
     with stream as f:
-        header = _parse_header(f, path, gzipped)
+        header = _parse_header(f, path, gzipped, size)
         if kind is not None and header.kind != kind:
             raise ValueError(f"{path}: expected an IDX {kind} file (magic 0x{_magic(kind):08x}),"
                              f" got {header.kind} (magic 0x{_magic(header.kind):08x})")
@@ -143,9 +167,8 @@ def read_idx(path, kind=None):
         if gzipped:
             data = _read_gzip_data(f, path, header)
         else:
-            actual = os.fstat(f.fileno()).st_size
-            if actual != expected:
-                raise ValueError(_size_message(path, header, expected, actual, "file"))
+            if size != expected:
+                raise ValueError(_size_message(path, header, expected, size, "file"))
             data = np.fromfile(f, dtype=np.uint8, count=header.count)
     return data.reshape(header.dims)
 

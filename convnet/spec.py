@@ -4,6 +4,10 @@
     resolve_model("INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10")
     resolve_model("runs/digits/model.json")                        # a saved model
     resolve_model("resnet18.onnx")                                 # an ONNX file
+    resolve_model("resnet18.pth", architecture="resnet18")         # weights alone
+
+Every model it returns has ``input_shape`` (per-sample (C, H, W)) and ``trained``: False
+for a zoo name or notation (fresh random weights), True for a file's weights.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from pathlib import Path
 from convnet.io import load_model
 from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
+
+WEIGHTS = (".pt", ".pth", ".safetensors")   # weight files: no architecture inside
+FILES = (".json", ".onnx", *WEIGHTS)
 
 
 def parse_shape(text):
@@ -27,34 +34,80 @@ def parse_shape(text):
     return shape
 
 
-def resolve_model(spec, input_shape=None, num_classes=None, rng=None):
-    """Build the model that ``spec`` names; returns it with ``model.input_shape`` set.
+def is_notation(spec):
+    return "->" in spec or "→" in spec
+
+
+def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architecture=None):
+    """Build or load the model that ``spec`` names.
 
     Args:
-        spec: a zoo name (see ``convnet zoo``), an arrow-notation string (it contains
-            "->"), a saved model (model.json with model.safetensors beside it), or an
-            ONNX file (.onnx, read by ``convnet.io.load_onnx``).
+        spec: a zoo name (see ``convnet zoo``), arrow notation (it contains "->"), a saved
+            model (model.json, with model.safetensors beside it), an ONNX file (.onnx), or
+            a weights file (.pt/.pth from torch.save, .safetensors) with ``architecture``.
         input_shape: per-sample (C, H, W) overriding the model's default (for an ONNX
-            file: its input's size where the graph leaves it open; it must agree with a
-            static one).
+            file: its input's size where the graph leaves it open).
         num_classes: for zoo models, the size of the last FC layer.
+        rng: np.random.Generator for fresh weights (zoo and notation).
+        architecture: for a weights file, the zoo name or notation its weights fit (a
+            .safetensors file with a convnet model .json beside it needs none).
+
+    Errors name the file the user gave and the fix (``--model`` for a weights file).
     """
     kwargs = {} if rng is None else {"rng": rng}
+    suffix = Path(spec).suffix.lower() if not is_notation(spec) else ""
+    if architecture is not None and suffix not in WEIGHTS:
+        raise ValueError(f"{spec}: --model names the architecture of a weights file "
+                         f"(.pt, .pth, .safetensors); {spec!r} is not one")
     if spec in MODELS:
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
-        model = get_model(spec, **kwargs)
-    elif "->" in spec or "→" in spec:
-        model = from_notation(spec, input_shape=input_shape, **kwargs)
-    elif Path(spec).suffix == ".onnx":
+        model, trained = get_model(spec, **kwargs), False
+    elif is_notation(spec):
+        model, trained = from_notation(spec, input_shape=input_shape, **kwargs), False
+    elif suffix == ".onnx":
+        if num_classes is not None:
+            raise ValueError(f"{spec}: an ONNX file carries its own classifier; --classes "
+                             "does not apply to it")
         from convnet.io.onnx_import import load_onnx
-        model = load_onnx(spec, input_shape=input_shape)
-    elif Path(spec).suffix in (".json", ".safetensors") or Path(spec).exists():
-        model = load_model(spec)
+        model, trained = load_onnx(spec, input_shape=input_shape), True
+    elif suffix in WEIGHTS and architecture is None and not (
+            suffix == ".safetensors" and Path(spec).with_suffix(".json").is_file()):
+        raise ValueError(f"{spec}: a weights file holds no architecture: name it with "
+                         f"--model (a zoo name such as resnet18, or arrow notation in quotes)")
+    elif suffix in WEIGHTS and architecture is not None:
+        model = resolve_model(architecture, input_shape, num_classes, rng)
+        _load_weights(model, spec)
+        trained = True
+    elif suffix in (".json", ".safetensors"):
+        model, trained = load_model(spec), True
+    elif Path(spec).exists():
+        raise ValueError(f"{spec}: unknown model format; expected a convnet model (.json), "
+                         f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "
+                         f"--model naming the architecture")
     else:
         raise ValueError(f"model {spec!r} is not a zoo name ({', '.join(MODELS)}), not a file, "
                          f"and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> RELU -> "
                          f"POOL -> FC 10')")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
+    model.trained = trained
     return model
+
+
+def _load_weights(model, path):
+    """Load a .pt/.pth/.safetensors file's tensors into ``model`` strictly."""
+    from convnet.io import load_tensors, load_torch
+
+    if Path(path).suffix.lower() == ".safetensors":
+        state, _ = load_tensors(path)
+    else:
+        state = load_torch(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except ValueError as err:
+        hint = ""
+        if "mis-shaped" in str(err):
+            hint = " (a different number of classes? give it with --classes)"
+        raise ValueError(f"{path}: does not fit the architecture given by --model: "
+                         f"{err}{hint}") from None

@@ -168,20 +168,62 @@ def test_idx_bad_header(tmp_path, gz, raw, match):
         read_idx(path)
 
 
-@pytest.mark.parametrize("gz", [False, True])
-def test_idx_huge_header_fails_before_allocating(tmp_path, gz):
-    """A 100-byte file whose header promises 2^32 * 2^16 bytes fails at once, small."""
-    raw = struct.pack(">IIII", 0x803, 2**32 - 1, 2**16, 2**16) + bytes(100)
-    path = tmp_path / "huge"
-    path.write_bytes(gzip.compress(raw) if gz else raw)
+def peak_bytes(func, *args):
+    """The peak of Python's traced allocations while func(*args) runs."""
     tracemalloc.start()
     try:
-        with raises_naming(path, "truncated"):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
+        func(*args)
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dims, match", [
+    ((2**32 - 1, 2**16, 2**16), r"the IDX header's images of 4294967295 x 65536 x 65536 bytes "
+                                r"= 18,446,744,069,414,584,320 is over the cap of "
+                                r"2,147,483,648 \(convnet.limits.MAX_DATA_BYTES\)"),
+    ((2**20, 28, 28), None),    # 822 MB: under the cap, but not in a 100-byte file
+])
+def test_idx_huge_header_fails_before_allocating(tmp_path, gz, dims, match):
+    """A 100-byte file whose header promises gigabytes fails at once, small."""
+    raw = struct.pack(">IIII", 0x803, *dims) + bytes(100)
+    path = tmp_path / "huge"
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    if match is None:
+        match = "over convnet.limits.MAX_COMPRESSION = 100 times" if gz else "truncated"
+    with raises_naming(path, match):
+        read_idx(path)
+    peak = peak_bytes(lambda: pytest.raises(ValueError, read_idx, path))
     assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+def test_idx_gzip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
+    """A header that honestly promises what a small gzip file inflates to (zeros compress
+    about 1000:1) is refused by the compression ratio, before any data is decompressed;
+    a raised cap lets the same file load."""
+    raw = struct.pack(">IIII", 0x803, 3000, 100, 100) + bytes(3000 * 100 * 100)   # 30 MB
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(raw, compresslevel=9))
+    assert path.stat().st_size < 100_000
+    peak = peak_bytes(lambda: pytest.raises(ValueError, read_idx, path))
+    with raises_naming(path, r"images of 3000 x 100 x 100, 30,000,016 bytes decompressed, "
+                             r"over convnet.limits.MAX_COMPRESSION = 100 times the gzip "
+                             r"file's \d+(,\d+)? bytes; refusing to inflate it"):
+        read_idx(path)
+    assert peak < 8 << 20, f"peak {peak} bytes"
+    monkeypatch.setattr("convnet.limits.MAX_COMPRESSION", 2000)    # read when read_idx runs
+    assert read_idx(path).shape == (3000, 100, 100)
+    monkeypatch.setattr("convnet.limits.MAX_DATA_BYTES", 29_999_999)
+    with raises_naming(path, "over the cap of 29,999,999"):
+        read_idx_header(path)
+
+
+def test_idx_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'none'}: cannot open")):
+        read_idx(tmp_path / "none")
+    with pytest.raises(IsADirectoryError, match=re.escape(f"{tmp_path}: cannot open")):
+        read_idx_header(tmp_path)
 
 
 def test_idx_corrupt_gzip(tmp_path):
@@ -336,10 +378,10 @@ class Py2Pickler(pickle._Pickler):
     dispatch = pickle._Pickler.dispatch.copy()
 
     def save_py2_str(self, obj):
-        obj = obj.encode("latin1") if isinstance(obj, str) else obj
-        n = len(obj)
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        n = len(raw)
         self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256
-                    else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+                    else pickle.BINSTRING + struct.pack("<i", n)) + raw)
         self.memoize(obj)
 
     dispatch[bytes] = save_py2_str
@@ -496,7 +538,16 @@ def test_cifar_pickle_refuses_code(tmp_path, where, gadget, name):
 def test_cifar_unpickler_allows_only_array_names(tmp_path):
     loader = CifarUnpickler(io.BytesIO(b""), "f")
     assert repr(loader.find_class("numpy", "ndarray")) == "numpy.ndarray"
-    assert loader.find_class("numpy", "dtype") is np.dtype
+    # the admitted names are stand-ins of ours: nothing NumPy-internal reaches the pickle
+    for module, name in CifarUnpickler.ALLOWED:
+        admitted = loader.find_class(module, name)
+        assert repr(admitted) == f"{module}.{name}"
+        assert type(admitted).__module__ != "numpy" and admitted is not np.dtype
+        with pytest.raises(ValueError, match="the pickle sets state on"):
+            admitted.__setstate__({"__defaults__": ("base64",)})    # what BUILD calls
+        with pytest.raises(ValueError, match="the pickle sets an attribute on"):
+            admitted.func = print
+    assert not isinstance(loader.find_class("numpy", "dtype")("u1", False, True), np.dtype)
     for module, name in [("numpy", "load"), ("builtins", "getattr"), ("os", "system"),
                          ("subprocess", "Popen"), ("numpy.core.multiarray", "scalar"),
                          ("copyreg", "_reconstructor"), ("__builtin__", "eval")]:
@@ -526,12 +577,168 @@ def test_cifar_unpickler_array_reconstruction_is_bounded(tmp_path):
                      b"U\x01b\x87R.")
     tracemalloc.start()
     try:
-        with raises_naming(huge, "expected a dict in a CIFAR pickle, got ndarray"):
+        with raises_naming(huge, r"bad numpy array state <never set>: expected \(1, shape"):
             read_cifar_pickle(huge)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20, f"peak {peak} bytes"
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+PLAIN_CODES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
+
+
+@pytest.mark.parametrize("py2", [True, False])
+def test_cifar_pickle_arrays_of_every_plain_dtype(tmp_path, py2):
+    """Real NumPy arrays pickled at protocol 2, as Python 2 wrote the CIFAR files and as
+    Python 3 writes them, come back equal: every plain dtype in both byte orders, Fortran
+    order, 0-d and empty arrays."""
+    rng = np.random.default_rng(3)
+    arrays = {}
+    for code in PLAIN_CODES:
+        a = (rng.standard_normal((3, 4)) * 50).astype(code)
+        arrays[code] = a
+        if a.itemsize > 1:
+            arrays[">" + code] = a.astype(a.dtype.newbyteorder(">"))
+    arrays["fortran"] = np.asfortranarray(rng.integers(0, 256, (3, 5), dtype=np.uint8))
+    arrays["scalar"] = np.array(3.5, np.float32)
+    arrays["empty"] = np.zeros((0, 3072), np.uint8)
+    arrays["shared"] = [arrays["u1"], arrays["u1"]]   # memoized: one record, one array
+    path = tmp_path / "arrays"
+    dump_pickle(path, {key.encode(): value for key, value in arrays.items()}, py2)
+    loaded = read_cifar_pickle(path)
+    assert list(loaded) == list(arrays)
+    for key, want in arrays.items():
+        pairs = zip(loaded[key], want) if key == "shared" else [(loaded[key], want)]
+        for got, a in pairs:
+            assert got.dtype == a.dtype and got.shape == a.shape, key
+            np.testing.assert_array_equal(got, a)
+            assert got.flags.writeable
+    assert loaded["shared"][0] is loaded["shared"][1]
+
+
+class Reduce:
+    """Pickles as func(*args), then BUILD with state when given: a hand-made pickle."""
+
+    def __init__(self, func, *args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) + (() if self.state is None else (self.state,))
+
+
+def array_pickle(shape, dtype, raw, version=1, fortran=False):
+    """An ndarray pickled by hand, as NumPy does it: _reconstruct(...), then BUILD."""
+    from numpy._core.multiarray import _reconstruct
+    return Reduce(_reconstruct, np.ndarray, (0,), b"b",
+                  state=(version, shape, dtype, fortran, raw))
+
+
+def dtype_pickle(*args, state=(3, "|", None, None, None, -1, -1, 0)):
+    return Reduce(np.dtype, *args, state=state)
+
+
+U1 = dtype_pickle("u1", False, True)
+NOT_PLAIN = [np.array([1, "a", None], dtype=object), np.zeros(2, [("x", "<f4"), ("y", "u1")]),
+             np.zeros(2, [("x", "<f4", (3,))]), np.array(["ab", "c"]), np.array([b"ab"]),
+             np.array(["2020-01-01"], dtype="M8[D]"), np.zeros(2, np.complex64),
+             np.zeros(2, np.longdouble), np.zeros(2, "V4")]
+
+
+@pytest.mark.parametrize("array", NOT_PLAIN, ids=lambda a: a.dtype.str)
+def test_cifar_pickle_refuses_other_dtypes(tmp_path, array):
+    """Object, structured, subarray, string, datetime, complex dtypes: refused before NumPy
+    sees the array (an object array given a short list crashes NumPy)."""
+    path = tmp_path / "batch"
+    dump_pickle(path, {b"data": array, b"labels": [0]}, py2=False)
+    with raises_naming(path, r"refusing numpy.dtype\('.*expected a plain numeric dtype"):
+        read_cifar_pickle(path)
+
+
+@pytest.mark.parametrize("obj, match", [
+    # the issue's crash: an object array of 10 given a list of 1 (a segfault in NumPy)
+    (array_pickle((10,), dtype_pickle("O8", False, True, state=(3, "|", None, None, None,
+                                                                  -1, -1, 63)), [1]),
+     r"refusing numpy.dtype\('O8'"),
+    # BUILD that would turn a uint8 dtype into an object or structured one
+    (array_pickle((1,), dtype_pickle("u1", False, True, state=(3, "|", None, None, None,
+                                                                  -1, -1, 63)), [1]),
+     r"with state \(3, '\|', None, None, None, -1, -1, 63\)"),
+    (array_pickle((1,), dtype_pickle("u1", False, True, state=(
+        3, "|", None, ("x",), {"x": (np.dtype("u1"), 0)}, 1, 1, 0)), b"\0"),
+     "expected a plain numeric dtype"),
+    (array_pickle((1,), dtype_pickle("u1", False, True, state=(
+        3, "|", (np.dtype("u1"), (4,)), None, None, 4, 1, 0)), b"\0"),
+     "expected a plain numeric dtype"),
+    (array_pickle((2,), U1, [1, 2]), r"data a list \(expected"),
+    (array_pickle((2, -1), U1, b"\0\0"), r"shape \(2, -1\)"),
+    (array_pickle((2, 2.0), U1, b"\0\0"), r"shape \(2, 2.0\)"),
+    (array_pickle((5,), U1, b"\0\0"), r"shape \(5,\) and dtype uint8 needs 5 bytes, but "
+                                      r"its data holds 2"),
+    (array_pickle((2**40, 2**40), U1, b""), r"bytes in an array 1,208,925,819,614,629,174,706,"
+                                           r"176 is over the cap"),
+    (array_pickle((0, 2**62), U1, b""), "is over the cap"),
+    (array_pickle((2,), U1, b"\0\0", version=2), r"bad numpy array state \(2,"),
+    (array_pickle((2,), "u1", b"\0\0"), r"bad numpy array state"),
+    (array_pickle((1,) * 40, U1, b"\0"), "expected at most 32 non-negative int64s"),
+    (array_pickle((10**5000,), U1, b"\0"), r"shape \(<a 16610-bit int>,\)"),
+    ({b"x": U1}, "a numpy.dtype where CIFAR pickles hold only"),
+    ({b"x": {1, 2}}, "refusing to load '__builtin__.set'"),      # protocol 2: set([1, 2])
+    ({(1, 2): 3}, "a dict key of type tuple"),
+])
+def test_cifar_pickle_array_records_are_checked(tmp_path, obj, match):
+    path = tmp_path / "crafted"
+    dump_pickle(path, obj, py2=False)
+    with raises_naming(path, match):
+        read_cifar_pickle(path)
+
+
+def test_cifar_pickle_build_twice_and_deep_nesting(tmp_path):
+    path = tmp_path / "twice"      # BUILD on the same array record twice
+    data = pickle.dumps(array_pickle((1,), U1, b"\0"), protocol=2)
+    path.write_bytes(data[:-1] + b"(K\x01K\x01\x85h\x0e\x89C\x01\x01tb.")
+    with raises_naming(path, "sets a numpy array's state twice"):
+        read_cifar_pickle(path)
+    for name, body in [("lists", b"]" * 100_000 + b"a" * 99_999),
+                       ("tuples", b"N" + b"\x85" * 100_000)]:
+        path = tmp_path / name
+        path.write_bytes(b"\x80\x02" + body + b".")
+        with raises_naming(path, "nested deeper than 32 levels"):
+            read_cifar_pickle(path)
+
+
+def test_cifar_labels_as_arrays_and_huge_ints(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    write_cifar(d, 10, "python", np.random.default_rng(12))
+    dump_pickle(d / "data_batch_1", {b"data": np.zeros((3, 3072), np.uint8),
+                                     b"labels": np.array([1, 2, 3], np.uint8)}, py2=True)
+    assert load_cifar10(d)["train"][1][:3].tolist() == [1, 2, 3]
+    dump_pickle(d / "data_batch_1", {b"data": np.zeros((3, 3072), np.uint8),
+                                     b"labels": [0, 10**5000, 1]}, py2=False)
+    with raises_naming(d / "data_batch_1", "'labels' must be 3 integers .*got list of length 3"):
+        load_cifar10(d)
+
+
+@pytest.mark.parametrize("version", [10, 100])
+def test_cifar_class_name_files(tmp_path, version):
+    d = tmp_path / CIFAR_DIRS[(version, "binary")]
+    write_cifar(d, version, "binary", np.random.default_rng(13))
+    names = d / ("batches.meta.txt" if version == 10 else "fine_label_names.txt")
+    names.write_bytes(b"plane\ncar\xff\n" + b"x\n" * 98)
+    load = functools.partial(load_cifar10 if version == 10 else load_cifar100, d)
+    with raises_naming(names, "class names must be UTF-8 text: byte 0xff at offset 9 is not"):
+        load()
+    names.write_bytes(b"x" * (1 << 20) + b"\n")
+    with raises_naming(names, "1,048,577 bytes is too large for a file of"):
+        load()
+    d = tmp_path / "py" / CIFAR_DIRS[(version, "python")]
+    write_cifar(d, version, "python", np.random.default_rng(14))
+    load = functools.partial(load_cifar10 if version == 10 else load_cifar100, d)
+    meta = d / ("batches.meta" if version == 10 else "meta")
+    key = b"label_names" if version == 10 else b"fine_label_names"
+    dump_pickle(meta, {key: [b"a"] * (version - 1) + [7]}, py2=True)
+    with raises_naming(meta, "must be a list of .* class names \\(bytes or str\\)"):
+        load()
 
 
 @pytest.mark.parametrize("form", ["binary", "python"])
@@ -572,7 +779,7 @@ def test_cifar_malformed_files(tmp_path, form):
         return
     cases = {
         "labels_short": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]},
-                         r"'labels' must be 3 integers \(one per image\), got list of shape"),
+                         r"'labels' must be 3 integers \(one per image\), got list of length 2"),
         "label_range": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 12, 1]},
                         r"labels 12 at record 1 is out of range \[0, 10\)"),
         "negative": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, -1, 1]},
@@ -1024,8 +1231,14 @@ def test_load_dataset_directories(tmp_path):
                        rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))
     pets = load_dataset(tmp_path / "pets")
     assert pets.classes == ["a", "b"] and pets.test[0].shape == (2, 3, 4, 6)
+    with raises_naming(tmp_path / "pets" / "train", "too few to hold out 10% of each class"):
+        load_dataset(tmp_path / "pets" / "train", image_size=(2, 3))
+    for i in range(1, 10):      # one folder of 10 images a class: 10% held out for testing
+        for cls in ("a", "b"):
+            save_image(tmp_path / "pets" / "train" / cls / f"{i}.png",
+                       rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))
     flat = load_dataset(tmp_path / "pets" / "train", image_size=(2, 3))
-    assert flat.test is None and flat.train[0].shape == (2, 3, 2, 3)
+    assert flat.test[0].shape == (2, 3, 2, 3) and flat.train[0].shape == (18, 3, 2, 3)
     (tmp_path / "nothing").mkdir()
     with raises_naming(tmp_path / "nothing", "no data set recognized"):
         load_dataset(tmp_path / "nothing")

@@ -11,12 +11,15 @@ recognizes a directory, and returns a ``DataSplits``, resized to ``image_size`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
+from convnet import limits
 from convnet.data.cifar import find_cifar, load_cifar10, load_cifar100
 from convnet.data.digits import DIGITS_SCALE, load_digits
-from convnet.data.folder import load_image_folder
+from convnet.data.folder import GRAY_MODES, load_image_folder, read_headers, scan_image_folder
 from convnet.data.idx import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
@@ -28,7 +31,14 @@ from convnet.data.idx import (
     read_idx,
 )
 from convnet.data.loader import batches, train_val_split
-from convnet.data.transforms import Normalize, random_crop, random_flip, resize, to_float
+from convnet.data.transforms import (
+    Normalize,
+    random_crop,
+    random_flip,
+    resize,
+    to_channels,
+    to_float,
+)
 from convnet.functional.conv import pair
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
@@ -38,15 +48,20 @@ DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
 class DataSplits:
     """A data set's splits: (x uint8 (N, C, H, W), y int64 (N,)) pairs and class names.
 
-    test is None for a single image folder. scale is the largest pixel value (255, or 16
-    for the digits): ``to_float(x, data.scale)`` maps pixels to [0, 1].
+    scale is the largest pixel value (255, or 16 for the digits): ``to_float(x,
+    data.scale)`` maps pixels to [0, 1]. val holds a val/ folder's images when the data
+    set has one (otherwise training holds out part of train). notes says what loading
+    decided for the user (a resize, a channel mode, a split), one sentence each.
     """
 
     train: tuple
-    test: tuple | None
+    test: tuple
     classes: list
     name: str
     scale: int = 255
+    val: tuple | None = None
+    notes: list = field(default_factory=list)
+    resized: bool = False
 
     @property
     def num_classes(self):
@@ -57,14 +72,21 @@ class DataSplits:
         """Per-sample (C, H, W), the shape a model's first layer sees."""
         return tuple(self.train[0].shape[1:])
 
+    @property
+    def channels(self):
+        """The images' Pillow mode: "L" for one channel, "RGB" for three."""
+        return "L" if self.input_shape[0] == 1 else "RGB"
+
     def __repr__(self):
         sizes = ", ".join(f"{k}={v[0].shape[0]}" for k, v in
-                          (("train", self.train), ("test", self.test)) if v is not None)
+                          (("train", self.train), ("val", self.val), ("test", self.test))
+                          if v is not None)
         return (f"DataSplits({self.name!r}: {sizes}, input {self.input_shape}, "
                 f"{self.num_classes} classes, scale {self.scale})")
 
 
-def load_dataset(name_or_path, root=None, download=False, image_size=None):
+def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
+                 seed=0, test_fraction=0.1):
     """Load a data set by name, or recognize what a directory holds.
 
     Args:
@@ -72,15 +94,24 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None):
             "cifar10", "cifar100", or a directory. A directory is recognized as, in
             order: the four standard IDX files (plain or .gz); CIFAR-10 or CIFAR-100
             files in either published form, there or in the extracted sub-folder; an
-            image folder (root/<class>/<image>, or root/train/<class> and
-            root/test/<class> for two splits). Names win over same-named directories:
-            write "./digits" for a folder called digits.
+            image folder: root/<class>/<image>, or root/train/<class> and
+            root/test/<class> (and root/val/<class>) for given splits. Names win over
+            same-named directories: write "./digits" for a folder called digits.
         root: where the named data set's files are (see each loader for the search).
         download: fetch missing files (Fashion-MNIST only).
         image_size: resize every image (train and test) to (H, W), or to H x H for an
             int; bilinear, through Pillow (the ``images`` extra). Image folders are resized
             as they are decoded, every other data set afterwards with ``resize``; the pixel
             scale is unchanged (digits stay within 0..16).
+        channels: 1 or 3 to convert every image to grayscale or RGB; None keeps a data
+            set's own (an image folder is grayscale when every image is, RGB otherwise).
+        seed, test_fraction: an image folder without train/ and test/ sub-folders is
+            split here: test_fraction of each class's images (stratified), drawn with
+            ``seed``, become the test set.
+
+    Unless ``image_size`` is given, an image folder of mixed sizes is resized to the
+    median height and width of its images, and images larger than AUTO_MAX_SIDE (128)
+    pixels a side are scaled down to that (aspect ratio kept); ``notes`` says so.
 
     >>> load_dataset("cifar10", root="~/data")                        # doctest: +SKIP
     DataSplits('cifar10': train=50000, test=10000, input (3, 32, 32), 10 classes, scale 255)
@@ -90,6 +121,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None):
     key = str(name_or_path).lower()
     if image_size is not None:
         image_size = pair(image_size, "image_size", "load_dataset")
+        for side in image_size:
+            limits.check_count(side, "MAX_IMAGE_SIDE", "image side", "load_dataset")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"load_dataset: channels must be 1, 3 or None, got {channels!r}")
     if download and key not in ("fashion-mnist", "digits"):
         raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' only, "
                          f"got {name_or_path!r}; put the files in place and pass root")
@@ -108,18 +143,31 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None):
         if not path.is_dir():
             raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
                              f"one of {', '.join(DATASETS)}, or a directory path")
-        splits = _load_directory(path, image_size)
-    return _resized(splits, image_size)
+        splits = _load_directory(path, image_size, channels, seed, test_fraction)
+    return _converted(splits, image_size, channels)
 
 
-def _resized(splits, image_size):
-    """splits with every image resized to image_size=(H, W); as is where they already are."""
-    if image_size is None or splits.input_shape[1:] == image_size:
-        return splits
-    test = None if splits.test is None else (resize(splits.test[0], image_size),
-                                             splits.test[1])
-    return DataSplits((resize(splits.train[0], image_size), splits.train[1]), test,
-                      splits.classes, splits.name, splits.scale)
+def _map_splits(splits, fn):
+    """splits with fn applied to the images of every split."""
+    def one(part):
+        return None if part is None else (fn(part[0]), part[1])
+    return replace(splits, train=one(splits.train), val=one(splits.val),
+                   test=one(splits.test))
+
+
+def _converted(splits, image_size, channels):
+    """splits resized to image_size=(H, W) and converted to ``channels``, where needed."""
+    c, h, w = splits.input_shape
+    if image_size is not None and (h, w) != image_size:
+        splits = _map_splits(splits, lambda x: resize(x, image_size))
+        splits.resized = True
+        splits.notes.append(f"resized the images from {w}x{h} to {image_size[1]}x"
+                            f"{image_size[0]} (W x H, bilinear)")
+    if channels is not None and c != channels:
+        splits = _map_splits(splits, lambda x: to_channels(x, channels))
+        splits.notes.append(f"converted the images from {c} to {channels} channel(s) "
+                            f"({'RGB' if channels == 3 else 'grayscale'})")
+    return splits
 
 
 def _splits(data, name, scale=255):
@@ -127,7 +175,12 @@ def _splits(data, name, scale=255):
                       name=name, scale=scale)
 
 
-def _load_directory(path, image_size):
+AUTO_MAX_SIDE = 128   # image folders: larger images are scaled down unless image_size says
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"),
+                 "test": ("test",)}
+
+
+def _load_directory(path, image_size, channels, seed, test_fraction):
     if find_idx_dir([path]) is not None:
         classes = FASHION_MNIST_CLASSES if "fashion" in path.name.lower() else MNIST_CLASSES
         return _splits({**load_idx_splits(path), "classes": list(classes)}, path.name)
@@ -135,28 +188,79 @@ def _load_directory(path, image_size):
         return _splits(load_cifar10(path), path.name)
     if find_cifar(path, 100, required=False):
         return _splits(load_cifar100(path), path.name)
-    subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    subdirs = {p.name: p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if not subdirs:
         raise ValueError(f"{path}: no data set recognized: expected the four IDX files "
                          "(train-images-idx3-ubyte ...), CIFAR batch files, or one "
                          "sub-folder of images per class")
-    if {p.name for p in subdirs} == {"train", "test"}:
-        xtr, ytr, classes = load_image_folder(path / "train", size=image_size)
-        xte, yte, test_classes = load_image_folder(path / "test", size=image_size)
-        if test_classes != classes:
-            raise ValueError(f"{path}: train and test class folders differ: {classes} vs "
-                             f"{test_classes}")
-        if xte.shape[1:] != xtr.shape[1:]:
-            raise ValueError(f"{path}: train images are {xtr.shape[1:]} (C, H, W) but test "
-                             f"images are {xte.shape[1:]}; pass image_size=(H, W)")
-        return DataSplits((xtr, ytr), (xte, yte), classes, path.name)
-    x, y, classes = load_image_folder(path, size=image_size)
-    return DataSplits((x, y), None, classes, path.name)
+    split_names = {name for names in SPLIT_FOLDERS.values() for name in names}
+    if {"train", "test"} <= set(subdirs) and set(subdirs) <= split_names:
+        parts = {split: subdirs[name] for split, names in SPLIT_FOLDERS.items()
+                 for name in names if name in subdirs}
+        return _load_folders(path, parts, image_size, channels)
+    splits = _load_folders(path, {"train": path}, image_size, channels)
+    return _split_test(splits, path, test_fraction, seed)
+
+
+def _load_folders(path, parts, image_size, channels):
+    """Image folders {split: folder} -> DataSplits, one size and one channel mode for all."""
+    scans = {split: scan_image_folder(folder) for split, folder in parts.items()}
+    classes = scans["train"][1]
+    if len(classes) < 2:
+        raise ValueError(f"{parts['train']}: only one class folder ({classes[0]!r}); a "
+                         f"classifier needs at least 2, one sub-folder per class")
+    headers = read_headers([f for files, _ in scans.values() for f, _ in files])
+    notes = []
+    size = image_size
+    sizes = sorted({(h, w) for _, h, w in headers})
+    if size is None and len(sizes) > 1:
+        size = (int(np.median([h for _, h, _ in headers])),
+                int(np.median([w for _, _, w in headers])))
+        (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+        notes.append(f"the images come in {len(sizes)} sizes (W x H from {w0}x{h0} to "
+                     f"{w1}x{h1}): resized to {size[1]}x{size[0]}, the median (bilinear); "
+                     f"choose another with --image-size")
+    elif size is not None and any((h, w) != tuple(size) for _, h, w in headers):
+        notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
+    side = max(size or sizes[0])
+    if image_size is None and side > AUTO_MAX_SIDE:
+        h, w = size or sizes[0]
+        size = (max(1, round(h * AUTO_MAX_SIDE / side)), max(1, round(w * AUTO_MAX_SIDE / side)))
+        notes.append(f"the images are {w}x{h} (W x H): resized to {size[1]}x{size[0]}, at "
+                     f"most {AUTO_MAX_SIDE} pixels a side, which trains in reasonable time "
+                     f"on a CPU; choose another size with --image-size")
+    gray = sum(mode in GRAY_MODES for mode, _, _ in headers)
+    if channels is None:
+        channels = 1 if gray == len(headers) else 3
+    if 0 < gray < len(headers) or gray == len(headers) and channels == 3:
+        notes.append(f"{gray} of the {len(headers)} images are grayscale: all are read "
+                     f"as {'RGB' if channels == 3 else 'grayscale'}")
+    elif gray == 0 and channels == 1:
+        notes.append("the images are in colour: all are read as grayscale")
+    loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
+                                       classes=classes)[:2] for split in parts}
+    resized = size is not None and any((h, w) != tuple(size) for _, h, w in headers)
+    return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
+                      val=loaded.get("val"), notes=notes, resized=resized)
+
+
+def _split_test(splits, path, test_fraction, seed):
+    """Hold out a stratified test set from a single image folder."""
+    x, y = splits.train
+    (x_train, y_train), (x_test, y_test) = train_val_split(
+        x, y, test_fraction, np.random.default_rng([seed, 1 << 22]))
+    if len(y_test) == 0 or np.bincount(y_train, minlength=len(splits.classes)).min() == 0:
+        raise ValueError(f"{path}: {len(y)} images in {len(splits.classes)} classes are too "
+                         f"few to hold out {test_fraction:.0%} of each class for testing; "
+                         f"add images, or give train/ and test/ sub-folders")
+    splits.notes.append(f"split {path} ({len(y):,} images): {len(y_test):,} held out for "
+                        f"testing ({test_fraction:.0%} of each class, seed {seed})")
+    return replace(splits, train=(x_train, y_train), test=(x_test, y_test))
 
 
 __all__ = [
     "DATASETS", "DataSplits", "load_dataset", "load_digits", "load_fashion_mnist",
     "load_mnist", "load_cifar10", "load_cifar100", "load_image_folder", "load_idx_dataset",
-    "read_idx", "to_float", "Normalize", "random_crop", "random_flip", "resize",
-    "train_val_split", "batches",
+    "read_idx", "to_float", "to_channels", "Normalize", "random_crop", "random_flip",
+    "resize", "train_val_split", "batches",
 ]

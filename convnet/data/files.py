@@ -61,6 +61,13 @@ def md5sum(path):
     return digest.hexdigest()
 
 
+def umask():
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def download(url, dest, md5, timeout=60.0):
     """Fetch ``url`` to ``dest`` if its MD5 is ``md5``; nothing is left behind otherwise.
 
@@ -76,6 +83,7 @@ def download(url, dest, md5, timeout=60.0):
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())     # mkstemp makes 0600; open() would honour umask
         digest = hashlib.md5(usedforsecurity=False)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as src:
             for chunk in iter(lambda: src.read(CHUNK), b""):

@@ -7,7 +7,12 @@
 Classes are the sub-folder names sorted; every non-hidden file in a class folder is an
 image (a stray file is an error naming it, not silently skipped). Pillow's
 decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (about 89
-megapixels by default) is refused with the file named.
+megapixels by default) is refused with the file named. 16-bit grayscale images (PNG,
+TIFF) are scaled to 8 bits (v * 255 / 65535), not clipped.
+
+``scan_image_folder`` lists the files and ``read_headers`` reads each file's mode and
+size without decoding it, so that a caller (``load_dataset``) can choose one size and one
+channel mode for a whole data set before ``load_image_folder`` decodes it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from convnet import limits
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}
+SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def _pillow():
@@ -35,6 +45,7 @@ def _class_folders(root):
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ValueError(f"{root}: no class sub-folders: expected root/<class>/<image files>")
+    limits.check_count(len(folders), "MAX_CLASSES", "class folders", root)
     return folders
 
 
@@ -45,25 +56,93 @@ def _image_files(folder):
     return files
 
 
-def _decode(Image, path, mode, size):
-    """One file -> uint8 (H, W, C) array in ``mode``, resized to size=(H, W) if given."""
+def scan_image_folder(root):
+    """root/<class>/<file> -> ([(path, class index)], class names), in class then name order.
+
+    An empty class folder is an error naming it.
+    """
+    folders = _class_folders(root)
+    files = [(f, k) for k, folder in enumerate(folders) for f in _image_files(folder)]
+    return files, [f.name for f in folders]
+
+
+def _opened(Image, path):
+    """Image.open with the decompression-bomb guard as an error and bad files named."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+            return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb "
                          f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err}") from None
     except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
+
+
+def read_headers(paths):
+    """[(mode, H, W)] of image files, from their headers only (nothing is decoded)."""
+    Image = _pillow()
+    headers = []
+    for path in paths:
+        with _opened(Image, path) as im:
+            headers.append((im.mode, im.size[1], im.size[0]))
+    return headers
+
+
+def _eight_bit(Image, im, path):
+    """A 16-bit grayscale image as 8-bit "L", scaled v * 255 / 65535 (Pillow would clip)."""
+    arr = np.asarray(im)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise ValueError(f"{path}: {im.mode} image with values outside 0..65535 "
+                         f"({arr.min()}..{arr.max()}); save it as 8 or 16 bits")
+    scaled = (arr.astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(scaled.astype(np.uint8))
+
+
+def decode_image(path, mode, size=None):
+    """One image file -> (uint8 (H, W, C) array in ``mode``, (its own mode, H, W)).
+
+    mode: "L" or "RGB"; size: (H, W) to resize to (bilinear), or None.
+    """
+    Image = _pillow()
+    im = _opened(Image, path)
+    header = (im.mode, im.size[1], im.size[0])
+    return _decode(Image, path, mode, size, im), header
+
+
+def _decode(Image, path, mode, size, im=None):
+    """One file -> uint8 (H, W, C) array in ``mode``, resized to size=(H, W) if given."""
+    if im is None:
+        im = _opened(Image, path)
+    try:
+        with im:
+            im.load()                   # truncated or corrupt data shows up here
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
+    if im.mode == "F":
+        raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
+                         "16 bits per channel")
+    if im.mode in SIXTEEN_BIT:
+        im = _eight_bit(Image, im, path)
+    im = im.convert(mode)
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr if arr.ndim == 3 else arr[:, :, None]             # (H, W, C)
 
 
-def load_image_folder(root, size=None, grayscale=False):
+def _check_size(size):
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and 0 < v <= limits.MAX_IMAGE_SIDE
+                                 for v in pair):
+        raise ValueError(f"load_image_folder: size must be a positive int or an (H, W) "
+                         f"pair of at most {limits.MAX_IMAGE_SIDE}, got {size!r}")
+    return pair
+
+
+def load_image_folder(root, size=None, grayscale=False, classes=None):
     """Decode root/<class>/<image> files into one uint8 NCHW array.
 
     Args:
@@ -71,26 +150,32 @@ def load_image_folder(root, size=None, grayscale=False):
         size: (H, W) to resize every image to (bilinear), or an int for square images;
             None keeps the original size, which then must be the same for all images.
         grayscale: decode to one channel (Pillow mode "L") instead of RGB.
+        classes: the class names expected (e.g. the training folder's, for a test
+            folder): the folders must be exactly these.
 
     Returns (x uint8 (N, C, H, W) with C = 3 or 1, y int64 (N,), class_names). Images come
-    in class order, then file-name order.
+    in class order, then file-name order. The decoded array is capped at
+    ``limits.MAX_DATA_BYTES`` (checked before it is allocated).
 
     >>> x, y, classes = load_image_folder("pets", size=(64, 64))     # doctest: +SKIP
     >>> x.shape, classes                                              # doctest: +SKIP
     ((120, 3, 64, 64), ['cat', 'dog'])
     """
-    if size is not None:
-        pair = (size, size) if isinstance(size, int) else tuple(size)
-        if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-            raise ValueError(f"load_image_folder: size must be a positive int or an (H, W) "
-                             f"pair, got {size!r}")
-        size = pair
+    size = _check_size(size)
     Image = _pillow()
-    folders = _class_folders(root)
-    files = [(f, k) for k, folder in enumerate(folders) for f in _image_files(folder)]
+    files, names = scan_image_folder(root)
+    if classes is not None and names != list(classes):
+        raise ValueError(f"{root}: class folders {names} differ from the training classes "
+                         f"{list(classes)}")
     mode, channels = ("L", 1) if grayscale else ("RGB", 3)
     first = _decode(Image, files[0][0], mode, size)                # (H, W, C)
     h, w = first.shape[:2]
+    nbytes = len(files) * channels * h * w
+    if nbytes > limits.MAX_DATA_BYTES:
+        raise ValueError(f"{root}: {len(files):,} images of {w}x{h}x{channels} take "
+                         f"{nbytes:,} bytes, over the cap of {limits.MAX_DATA_BYTES:,} "
+                         f"(convnet.limits.MAX_DATA_BYTES); resize them smaller "
+                         f"(--image-size, or size=(H, W))")
     x = np.empty((len(files), channels, h, w), dtype=np.uint8)     # (N, C, H, W)
     y = np.array([k for _, k in files], dtype=np.int64)
     x[0] = first.transpose(2, 0, 1)
@@ -101,4 +186,4 @@ def load_image_folder(root, size=None, grayscale=False):
                              f"{files[0][0]} is {h}x{w}: all images must share one size; "
                              f"pass size=(H, W) to resize them")
         x[i] = img.transpose(2, 0, 1)
-    return x, y, [f.name for f in folders]
+    return x, y, names

@@ -205,3 +205,27 @@ def resize(x, size):
     for i, plane in enumerate(planes):
         out[i] = np.asarray(Image.fromarray(plane).resize((ow, oh), bilinear))
     return out.reshape(n, c, oh, ow).astype(x.dtype, copy=False)
+
+
+def to_channels(x, channels):
+    """An NCHW batch with ``channels`` (1 or 3) channels, converted as Pillow converts modes.
+
+    Grayscale to RGB repeats the one channel; RGB to grayscale is the ITU-R 601-2 luma
+    L = (299 R + 587 G + 114 B) / 1000, Pillow's "L" conversion. x of the right depth is
+    returned as it is.
+
+    >>> to_channels(np.full((1, 1, 2, 2), 7, np.uint8), 3).shape
+    (1, 3, 2, 2)
+    """
+    _check_nchw(x, "to_channels")
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if channels == 3 and have == 1:
+        return np.repeat(x, 3, axis=1)
+    if channels == 1 and have == 3:
+        luma = (299 * x[:, 0:1].astype(np.float64) + 587 * x[:, 1:2] + 114 * x[:, 2:3]) / 1000
+        return np.rint(luma).astype(x.dtype) if np.issubdtype(x.dtype, np.integer) else \
+            luma.astype(x.dtype)
+    raise ValueError(f"to_channels: can convert between 1 and 3 channels only, got "
+                     f"{have} -> {channels}")

@@ -96,7 +96,7 @@ def fit(start, out, freeze, seed, args, log):
                           optimizer=args.optimizer, lr=args.lr, weight_decay=0.0,
                           augment=False, limit=args.limit, seed=seed,
                           out=str(out / name))
-        result = train(cfg, log=log, progress=False)
+        result = train(cfg, log=log, progress=False, overwrite=True)  # its own work files
         steps += steps_taken(out / name)
         start = result.model_path
     if result is None:
@@ -149,7 +149,7 @@ def main(argv=None):
                           limit=args.pretrain_limit, batch_size=64, optimizer="adam",
                           lr=2e-3, weight_decay=0.0, augment=False, seed=0,
                           data_root=args.data_root, out=str(out / "pretrain"))
-        result = train(cfg, log=log, progress=False)
+        result = train(cfg, log=log, progress=False, overwrite=True)  # its own work files
         pretrained = result.model_path
         record["pretrain"] = {"data": "fashion-mnist", "epochs": args.pretrain_epochs,
                               "limit": args.pretrain_limit,

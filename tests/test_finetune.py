@@ -54,13 +54,14 @@ def test_cli_fine_tune_keeps_frozen_stages_and_trains_the_rest(tmp_path):
     assert load_model(tuned / "model.json").input_shape == (1, 12, 12)
 
 
-def test_cli_fine_tune_on_the_wrong_image_size_says_how_to_resize(tmp_path, capsys):
+def test_cli_fine_tune_resizes_the_data_to_the_models_input_and_says_so(tmp_path, capsys):
     pre = tmp_path / "pre"
     save_model(resolve_model(TINY, rng=np.random.default_rng(0)), pre / "model")
     assert main(["train", "--from", str(pre / "model.json"), "--data", "digits",
-                 "--quiet", "--out", str(tmp_path / "x")]) == 1
-    assert "takes (1, 12, 12) images but digits has (1, 8, 8); resize with --image-size" \
-        in capsys.readouterr().err
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert "resized the images from 8x8 to 12x12 (W x H, bilinear)" in out
+    assert load_model(tmp_path / "x" / "model.json").input_shape == (1, 12, 12)
 
 
 @pytest.fixture(scope="module")

@@ -382,7 +382,7 @@ def test_load_state_dict_errors():
     with pytest.raises(ValueError, match="classifier.weight"):
         Adam(other).load_state_dict(arrays, meta)
     bad = {**arrays, "exp_avg.features.0.bias": np.ones(5)}
-    with pytest.raises(ValueError, match=r"shape \(4,\), got \(5,\)"):
+    with pytest.raises(ValueError, match=r"shape \(4,\), got float64 \(5,\)"):
         Adam(params).load_state_dict(bad, meta)
     with pytest.raises(ValueError, match="betas"):
         Adam(params).load_state_dict(arrays, {**meta, "hyperparameters": {"betas": [2, 0]}})

@@ -28,6 +28,7 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from convnet import limits
+from convnet.data.files import umask
 
 FORMAT = "convnet-model"
 VERSION = 1
@@ -45,13 +46,6 @@ def _safetensors():
     return safetensors.numpy
 
 
-def _umask():
-    """The process's umask (reading it means setting it; set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path, data: bytes):
     """Write bytes to path atomically: temporary file, fsync, rename, fsync the directory.
 
@@ -60,7 +54,7 @@ def atomic_write(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())    # mkstemp makes 0600; open() would honour umask
+        os.fchmod(fd, 0o666 & ~umask())     # mkstemp makes 0600; open() would honour umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from convnet import limits
 from convnet.io.weights import load_tensors, save_tensors
 
 KEY = "convnet-checkpoint"
@@ -28,10 +29,16 @@ def load_checkpoint(path):
     tensors, metadata = load_tensors(path)
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
+    text = metadata[KEY]
+    limits.check_count(len(text), "MAX_JSON_BYTES", "checkpoint metadata bytes", path)
     try:
-        state = json.loads(metadata[KEY])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: damaged checkpoint metadata ({err})") from None
+        state = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: damaged checkpoint metadata "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
+                         f"{type(state).__name__}")
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_arrays = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
     return model_state, optim_arrays, state

@@ -12,10 +12,62 @@ from convnet.functional.loss import softmax, softmax_cross_entropy
 
 
 def preprocess(x, scale, info, dtype=np.float32):
-    """uint8 images (N, C, H, W) in [0, scale] -> the normalized floats the model trained on."""
-    mean = np.asarray(info["mean"], dtype=dtype).reshape(1, -1, 1, 1)
-    std = np.asarray(info["std"], dtype=dtype).reshape(1, -1, 1, 1)
+    """uint8 images (N, C, H, W) in [0, scale] -> the normalized floats the model trained on.
+
+    info: the model's preprocessing record (``convnet.data.preprocess``); without "mean"
+    and "std" the pixels are only scaled to [0, 1].
+    """
+    mean = np.asarray(info.get("mean", [0.0]), dtype=dtype).reshape(1, -1, 1, 1)
+    std = np.asarray(info.get("std", [1.0]), dtype=dtype).reshape(1, -1, 1, 1)
     return (x.astype(dtype) / dtype(scale) - mean) / std
+
+
+def class_names(model):
+    """The model's class names (its file's), or "0", "1", ... by output index."""
+    classes = (getattr(model, "info", None) or {}).get("classes")
+    count = model.output_shape(model.input_shape)[0]
+    if classes and len(classes) == count:
+        return list(classes)
+    return [str(i) for i in range(count)]
+
+
+def evaluation_data(model, data, root=None, where="the model"):
+    """A data set's test images prepared as ``model`` was trained: (x, y, classes, notes).
+
+    The images are resized to the model's input (bilinear) and converted to its channels
+    where they differ, and normalized with the model's recorded statistics; an image
+    folder without test/ is split as training split it (its recorded seed and fraction).
+    A model without a record (weights alone) is normalized with the data's own training
+    statistics. notes says what was done; a class list that differs from the model's is
+    an error.
+    """
+    from convnet.data import load_dataset
+    from convnet.data.transforms import Normalize, to_float
+
+    info = getattr(model, "info", None) or {}
+    c, h, w = model.input_shape
+    splits = load_dataset(data, root=root, image_size=(h, w), channels=c,
+                          seed=info.get("split_seed", 0),
+                          test_fraction=info.get("test_fraction", 0.1))
+    notes = list(splits.notes)
+    outputs = model.output_shape(model.input_shape)[0]
+    classes = list(splits.classes)
+    if len(classes) != outputs:
+        raise ValueError(f"{where} has {outputs} outputs but {data} has {len(classes)} "
+                         f"classes")
+    if info.get("classes") and info["classes"] != classes:
+        raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} but "
+                         f"{data} has {classes!r:.200}")
+    x, y = splits.test
+    if "mean" in info and "std" in info:
+        x = preprocess(x, splits.scale, info)
+    else:
+        norm = Normalize()
+        norm.fit(to_float(splits.train[0], splits.scale))
+        x = norm(to_float(x, splits.scale))
+        notes.append(f"{where} records no preprocessing: normalized with the statistics of "
+                     f"{data}'s training images")
+    return x, y, classes, notes
 
 
 def evaluate(model, x, y, batch_size=256, num_classes=None):
@@ -43,19 +95,23 @@ def top_k(model, x, k=3):
 
 
 def load_images(paths, input_shape):
-    """Image files -> uint8 (N, C, H, W) at the model's input size, through Pillow."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'convnet[images]'") from None
+    """Image files -> (uint8 (N, C, H, W) at the model's input volume, notes).
+
+    Each image is converted to the model's channel mode ("L" for one channel, "RGB" for
+    three) and resized to its H x W (bilinear), as training converts an image folder;
+    16-bit images are scaled to 8 bits. notes says, per image that needed it, what was
+    done ("a.png: 640x480 RGBA, converted to 28x28 L").
+    """
+    from convnet.data.folder import decode_image
+
     c, h, w = input_shape
-    out = np.empty((len(paths), c, h, w), dtype=np.uint8)
+    mode = "L" if c == 1 else "RGB"
+    out = np.empty((len(paths), c, h, w), dtype=np.uint8)            # (N, C, H, W)
+    notes = []
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (OSError, Image.DecompressionBombError) as err:
-            raise ValueError(f"{path}: not a readable image ({err})") from None
-        out[i] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
-    return out
+        arr, (own_mode, own_h, own_w) = decode_image(path, mode, (h, w))
+        out[i] = arr.transpose(2, 0, 1)
+        if (own_mode, own_h, own_w) != (mode, h, w):
+            notes.append(f"{path}: {own_w}x{own_h} {own_mode}, converted to {w}x{h} {mode} "
+                         f"(bilinear), the model's input")
+    return out, notes

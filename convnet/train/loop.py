@@ -9,6 +9,10 @@ come from ``default_rng(seed)``; epoch e shuffles and augments with its own gene
 all of their states with the weights, the optimizer, the schedule and the position in
 the epoch, so a run killed and resumed ends with the same weights, bit for bit, as one
 that ran straight through.
+
+A run directory holds one run: a new run refuses a directory that already holds files
+unless told to resume it or to overwrite it; without ``out`` a run takes the first free
+name of runs/<data>, runs/<data>-2, runs/<data>-3, ...
 """
 
 from __future__ import annotations
@@ -23,80 +27,153 @@ from pathlib import Path
 
 import numpy as np
 
+from convnet import limits
 from convnet.data import load_dataset
+from convnet.data.loader import train_val_split
+from convnet.data.preprocess import brightness_range
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.loss import softmax_cross_entropy
-from convnet.io.weights import load_model, save_model
+from convnet.io.weights import save_model
 from convnet.layers.dropout import Dropout
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
-from convnet.spec import resolve_model
+from convnet.spec import WEIGHTS, resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
+from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
 from convnet.train.inference import evaluate
-from convnet.train.optim import make_optimizer
-from convnet.train.schedules import make_schedule
+from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
+from convnet.train.schedules import SCHEDULES, make_schedule
 
-# Per dataset: model, epochs, batch size, optimizer, lr, weight decay, augmentation.
-# The models follow the notes' pattern INPUT -> [[CONV -> RELU]*N -> POOL]*M -> FC.
-DEFAULTS = {
-    "digits": dict(
-        model="INPUT 8x8x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL -> [CONV 64 -> BN -> RELU]*2 "
-              "-> GAP -> FC 10",
-        epochs=25, batch_size=32, optimizer="adam", lr=2e-3, weight_decay=0.0, augment=True,
-        flip=False),
-    "fashion-mnist": dict(
-        model="INPUT 28x28x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL -> [CONV 64 -> BN -> RELU]*2 "
-              "-> POOL -> FC 256 -> RELU -> DROPOUT 0.5 -> FC 10",
-        epochs=12, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=0.0, augment=False,
-        flip=True),
-    "mnist": dict(
-        model="INPUT 28x28x1 -> [CONV 32 -> BN -> RELU -> POOL]*2 -> FC 128 -> RELU -> FC 10",
-        epochs=5, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=0.0, augment=False,
-        flip=False),
-    "cifar10": dict(
-        model="INPUT 32x32x3 -> [[CONV 64 -> BN -> RELU]*2 -> POOL]*3 -> FC 256 -> RELU "
-              "-> DROPOUT 0.5 -> FC 10",
-        epochs=30, batch_size=128, optimizer="momentum", lr=0.05, weight_decay=5e-4,
-        augment=True, flip=True),
-}
-FALLBACK = "cifar10"  # defaults for other datasets (image folders, cifar100)
+__all__ = ["DEFAULTS", "RUN_FILES", "TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+
+# Every file a run writes into its directory (--overwrite removes these, nothing else).
+RUN_FILES = ("checkpoint.safetensors", "model.json", "model.safetensors", "best.json",
+             "best.safetensors", "history.json", "curve.png", "filters.png")
+MAX_EPOCHS = 1_000_000
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. None means: the dataset's default (DEFAULTS)."""
+    """Everything that defines a run. None means: the default for the data or optimizer."""
     data: str = "digits"
-    model: str | None = None
+    model: str | None = None         # zoo name or notation; with a weights file in
+    #                                  init_from: the architecture of those weights
     epochs: int | None = None
     batch_size: int | None = None
     optimizer: str | None = None
-    lr: float | None = None
+    lr: float | None = None          # default: DEFAULT_LR[optimizer]
     weight_decay: float | None = None
     augment: bool | None = None      # random crops (zero padding of H/8), plus flips if flip
     flip: bool | None = None         # horizontal flips when augmenting (not for digits)
     schedule: str = "cosine"         # none | step | cosine | warmup+cosine
     val_fraction: float = 0.1
+    test_fraction: float = 0.1       # held out of an image folder without test/
     limit: int | None = None         # use only the first N training images (short runs)
     seed: int = 0
-    out: str | None = None           # default: runs/<data>
+    out: str | None = None           # default: the first free runs/<data>[-N]
     checkpoint_every: int = 0        # also checkpoint every N batches (0: each epoch only)
     data_root: str | None = None
     download: bool = False
     image_size: tuple | None = None  # resize the data set's images to (H, W) (load_dataset)
+    channels: int | None = None      # convert the images to 1 (grayscale) or 3 (RGB) channels
     dtype: str = "float32"
     init_from: str | None = None     # fine-tune: start from this saved model's weights
     freeze: tuple = ()               # stages to keep fixed (with init_from), e.g. features
 
-    def resolved(self, data_name):
-        """A copy with every None filled from the dataset's defaults."""
-        defaults = DEFAULTS.get(data_name, DEFAULTS[FALLBACK])
+    @classmethod
+    def from_dict(cls, values, where):
+        """A TrainConfig from a checkpoint's JSON, every field checked (ValueError)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: config must be a JSON object, got "
+                             f"{type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        missing = sorted(set(cls.__dataclass_fields__) - set(values))
+        if unknown or missing:
+            raise ValueError(f"{where}: config has unknown fields {unknown} and lacks "
+                             f"{missing}")
+        values = dict(values)
+        if isinstance(values.get("image_size"), list):
+            values["image_size"] = tuple(values["image_size"])
+        if isinstance(values.get("freeze"), list):
+            values["freeze"] = tuple(values["freeze"])
+        return cls(**values).check(where)
+
+    def check(self, where="TrainConfig"):
+        """Check the type and range of every field; returns self. None means default."""
+        def fail(name, expected):
+            raise ValueError(f"{where}: {name} must be {expected}, got "
+                             f"{getattr(self, name)!r:.80}")
+
+        def is_int(v, low, high=None):
+            return type(v) is int and v >= low and (high is None or v <= high)
+
+        def is_float(v, low, high=None, open_low=False):
+            return (isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and (v > low if open_low else v >= low)
+                    and (high is None or v < high))
+
+        for name in ("data", "schedule", "dtype"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        for name in ("model", "out", "data_root", "init_from"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                fail(name, "a string or null")
+        for name, high in (("epochs", MAX_EPOCHS), ("batch_size", None), ("limit", None)):
+            if getattr(self, name) is not None and not is_int(getattr(self, name), 1, high):
+                fail(name, "a positive int" + (f" up to {high:,}" if high else ""))
+        if not is_int(self.seed, 0, 2**63 - 1):
+            fail("seed", "an int >= 0")
+        if not is_int(self.checkpoint_every, 0):
+            fail("checkpoint_every", "an int >= 0")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"one of {', '.join(SCHEDULES)}")
+        if self.lr is not None and not is_float(self.lr, 0, open_low=True):
+            fail("lr", "a finite number > 0")
+        if self.weight_decay is not None and not is_float(self.weight_decay, 0):
+            fail("weight_decay", "a finite number >= 0")
+        for name in ("val_fraction", "test_fraction"):
+            if not is_float(getattr(self, name), 0, 1, open_low=True):
+                fail(name, "a fraction in (0, 1)")
+        for name in ("augment", "flip"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                fail(name, "true, false or null")
+        if not isinstance(self.download, bool):
+            fail("download", "true or false")
+        if self.dtype not in ("float32", "float64"):
+            fail("dtype", "'float32' or 'float64'")
+        if self.image_size is not None and not (
+                isinstance(self.image_size, tuple) and len(self.image_size) == 2
+                and all(is_int(v, 1, limits.MAX_IMAGE_SIDE) for v in self.image_size)):
+            fail("image_size", f"(H, W) with sides from 1 to {limits.MAX_IMAGE_SIDE}")
+        if self.channels not in (None, 1, 3):
+            fail("channels", "1, 3 or null")
+        if not (isinstance(self.freeze, tuple) and all(isinstance(s, str) for s in self.freeze)):
+            fail("freeze", "a list of stage names")
+        return self
+
+    def resolved(self, data_name, input_shape, num_classes):
+        """A copy with every None filled: the data set's defaults, the optimizer's lr."""
+        defaults = defaults_for(data_name)
         values = {k: (defaults[k] if getattr(self, k) is None and k in defaults
                       else getattr(self, k)) for k in self.__dataclass_fields__}
-        if values["out"] is None:
-            values["out"] = str(Path("runs") / Path(self.data).name)
-        if self.model is None and self.image_size is not None:  # the data's size, not INPUT's
-            values["model"] = values["model"].split("->", 1)[1].strip()
+        if values["lr"] is None:
+            values["lr"] = DEFAULT_LR[values["optimizer"]]
+        if self.model is None and not self.init_from:
+            values["model"] = _default_model(defaults["model"], input_shape, num_classes)
         return TrainConfig(**values)
+
+
+def _default_model(notation, input_shape, num_classes):
+    """The data set's tuned net where it fits the data (its INPUT and FC), else one sized
+    for the data by default_notation."""
+    if notation is not None:
+        head, _, _ = notation.partition(" -> ")
+        c, h, w = input_shape
+        if head == f"INPUT {w}x{h}x{c}" and notation.endswith(f" -> FC {num_classes}"):
+            return notation
+    return default_notation(input_shape, num_classes)
 
 
 @dataclass
@@ -115,14 +192,19 @@ class TrainingDiverged(ValueError):
 
 
 def prepare(splits, val_fraction, limit, seed, dtype):
-    """Scale to [0, 1], split off validation, normalize per channel with training stats."""
-    from convnet.data.loader import train_val_split
-
+    """Scale to [0, 1], hold out validation (unless the data has its own), normalize per
+    channel with training statistics. Returns the three (x, y) pairs and the Normalize."""
     x, y = splits.train
     if limit:
         x, y = x[:limit], y[:limit]
-    (x_train, y_train), (x_val, y_val) = train_val_split(
-        x, y, val_fraction, np.random.default_rng([seed, 1 << 20]))
+    if splits.val is not None:
+        (x_train, y_train), (x_val, y_val) = (x, y), splits.val
+    else:
+        (x_train, y_train), (x_val, y_val) = train_val_split(
+            x, y, val_fraction, np.random.default_rng([seed, 1 << 20]))
+    if len(y_val) == 0:
+        raise ValueError(f"{splits.name}: {len(y)} training images leave no validation "
+                         f"images at val_fraction {val_fraction}; raise it or add images")
     x_train = to_float(x_train, splits.scale, dtype)
     norm = Normalize()
     norm.fit(x_train)
@@ -148,41 +230,91 @@ def dropout_layers(model):
     return [(name, layer) for name, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
-def train(cfg: TrainConfig, resume=False, log=print, progress=True):
-    """Train a model as ``cfg`` says; checkpoint into cfg.out; return a TrainResult.
+def run_directory(cfg, resume, overwrite):
+    """The directory a run writes to, checked: see the module docstring."""
+    if cfg.out is not None:
+        out = Path(cfg.out)
+    else:
+        base = Path("runs") / Path(cfg.data).name
+        taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
+        if resume:   # the latest run of this data set
+            existing = [p for p in taken if p.is_dir()]
+            out = existing[-1] if existing else base
+        else:
+            out = next(p for p in taken if not p.exists() or not any(p.iterdir()))
+    if resume:
+        if not (out / "checkpoint.safetensors").is_file():
+            raise ValueError(f"{out / 'checkpoint.safetensors'}: no checkpoint to resume from")
+        return out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out must be a directory, and this is a file")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ValueError(f"{out} already holds files ({shown}): pass --resume to continue "
+                         f"that run, --overwrite to replace it, or another --out")
+    if held:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return out
 
-    With resume=True, continue from cfg.out/checkpoint.safetensors: the run picks up at
-    the saved epoch and batch with the saved weights, optimizer, schedule and RNG states.
+
+def _initial_model(cfg, log):
+    """The model to fine-tune from cfg.init_from (a model file, or weights with cfg.model)."""
+    is_weights = Path(cfg.init_from).suffix.lower() in WEIGHTS
+    if cfg.model is not None and not is_weights:
+        raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
+                         f"--model (it names the architecture of a weights file)")
+    model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
+    if getattr(model, "input_shape", None) is None:
+        raise ValueError(f"{cfg.init_from}: the model has no input size")
+    log(f"fine-tuning {cfg.init_from} ({model.num_params():,} parameters)")
+    return model
+
+
+def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=False):
+    """Train a model as ``cfg`` says; checkpoint into its run directory; return a TrainResult.
+
+    With resume=True, continue from the run directory's checkpoint.safetensors: the run
+    picks up at the saved epoch and batch with the saved weights, optimizer, schedule and
+    RNG states. A new run refuses a directory holding files unless overwrite=True, which
+    removes the files of an earlier run (RUN_FILES) first.
     """
     started = time.perf_counter()
-    out = Path(cfg.out or Path("runs") / Path(cfg.data).name)
+    cfg.check()
+    out = run_directory(cfg, resume, overwrite)
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None
     if resume:
-        if not ckpt_path.is_file():
-            raise ValueError(f"{ckpt_path}: no checkpoint to resume from")
         ckpt = load_checkpoint(ckpt_path)
-        cfg = TrainConfig(**ckpt[2]["config"])
+        cfg = TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
+    start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
+    if start_model is not None:   # the data goes to the model's input volume
+        channels, *size = start_model.input_shape
+        cfg.channels = cfg.channels or channels
+        cfg.image_size = cfg.image_size or tuple(size)
     splits = load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
-                          image_size=cfg.image_size)
-    cfg = cfg.resolved(splits.name)
+                          image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
+                          test_fraction=cfg.test_fraction)
+    input_shape, num_classes = splits.input_shape, len(splits.classes)
+    batch_given = cfg.batch_size is not None
+    cfg = cfg.resolved(splits.name, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
-    input_shape = tuple(x_train.shape[1:])
-    num_classes = len(splits.classes)
+    if not batch_given:   # the default batch, on a data set smaller than it
+        cfg.batch_size = min(cfg.batch_size, len(x_train))
 
     if ckpt is not None:
         model_state, optim_arrays, state = ckpt
-        model = from_config(state["architecture"])
-        model.load_state_dict(model_state)
-    elif cfg.init_from:
-        state = None
-        model = load_model(cfg.init_from)
-        if getattr(model, "input_shape", input_shape) != input_shape:
-            raise ValueError(f"{cfg.init_from} takes {model.input_shape} images but "
-                             f"{cfg.data} has {input_shape}; resize with --image-size")
+        model = from_config(state.get("architecture"), where=f"{ckpt_path}: architecture")
+        try:
+            model.load_state_dict(model_state)
+        except ValueError as err:
+            raise ValueError(f"{ckpt_path}: {err}") from None
+    elif start_model is not None:
+        state, model = None, start_model
         if model.output_shape(input_shape) != (num_classes,):
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             log(f"new head {head} for {num_classes} classes")
@@ -209,20 +341,18 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg.schedule, optimizer, total_steps=cfg.epochs * batches_per_epoch)
     info = {"classes": list(splits.classes), "data": splits.name, "scale": splits.scale,
-            "mean": np.ravel(norm.mean).tolist(), "std": np.ravel(norm.std).tolist()}
+            "channels": splits.channels, "mean": np.ravel(norm.mean).tolist(),
+            "std": np.ravel(norm.std).tolist(),
+            "brightness": brightness_range(splits.train[0], splits.scale),
+            "resize": "bilinear" if splits.resized else None,
+            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction}
 
     epoch, batch, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1}
     sums = {"loss": 0.0, "correct": 0, "seen": 0}
     epoch_rng_state = None
     if state is not None:
-        optimizer.load_state_dict(optim_arrays, state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        epoch, batch = state["epoch"], state["batch"]
-        history, best = state["history"], state["best"]
-        sums = state["sums"]
-        epoch_rng_state = state["epoch_rng"]
-        for (name, layer) in dropout_layers(model):
-            layer.rng.bit_generator.state = state["dropout_rng"][name]
+        epoch, batch, history, best, sums, epoch_rng_state = _restore(
+            state, ckpt_path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch)
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}")
     else:
         for i, (_, layer) in enumerate(dropout_layers(model)):
@@ -239,11 +369,15 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
         arrays, state["optimizer"] = optimizer.state_dict()
         save_checkpoint(ckpt_path, model.state_dict(), arrays, state)
 
+    for note in splits.notes:
+        log(note)
+    if cfg.model and not cfg.init_from:
+        log(f"model: {cfg.model}")
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "
         f"{len(x_val)} for validation, {len(x_test)} for test; {model.num_params():,} "
         f"parameters ({sum(p.size for p in params.values()):,} trainable); "
-        f"{cfg.optimizer} lr={cfg.lr}, batch {cfg.batch_size}, "
-        f"{cfg.epochs} epochs")
+        f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs; "
+        f"writing to {out}")
     bar = _progress(progress)
     while epoch < cfg.epochs:
         model.train()
@@ -319,6 +453,64 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True):
         log(f"pictures: {', '.join(str(p) for p in pictures)}")
     return TrainResult(model, history, best["val_acc"], test_acc, model_path,
                        out / "best.json", seconds)
+
+
+def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch):
+    """Put a checkpoint's state back, every field checked; returns the loop's variables."""
+    def need(name, kind, check=lambda v: True, expected=None):
+        value = state.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            raise ValueError(f"{path}: checkpoint field {name!r} must be "
+                             f"{expected or kind.__name__}, got {value!r:.80}")
+        return value
+
+    epoch = need("epoch", int, lambda v: 0 <= v <= cfg.epochs,
+                 f"an int from 0 to the {cfg.epochs} epochs")
+    batch = need("batch", int, lambda v: 0 <= v < batches_per_epoch and (
+        epoch < cfg.epochs or v == 0), f"an int from 0 to {batches_per_epoch - 1} (0 once "
+        f"the last epoch is done)")
+    history = need("history", list, lambda v: len(v) == epoch and all(
+        isinstance(h, dict) for h in v), f"a list of {epoch} dicts (one per epoch done)")
+    best = need("best", dict, lambda v: set(v) == {"val_acc", "epoch"} and all(
+        _is_number(x) for x in v.values()), "{'val_acc': number, 'epoch': int}")
+    sums = need("sums", dict, lambda v: set(v) == {"loss", "correct", "seen"} and all(
+        _is_number(x) for x in v.values()), "{'loss', 'correct', 'seen'} numbers")
+    dropout = need("dropout_rng", dict, lambda v: set(v) == {
+        name for name, _ in dropout_layers(model)}, "one RNG state per dropout layer")
+    epoch_rng = state.get("epoch_rng")
+    for name, value in (("optimizer", state.get("optimizer")),
+                        ("schedule", state.get("schedule"))):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: checkpoint field {name!r} must be a JSON object, "
+                             f"got {value!r:.80}")
+    try:
+        optimizer.load_state_dict(optim_arrays, state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    for name, layer in dropout_layers(model):
+        _set_rng(layer.rng, dropout[name], path, f"dropout_rng.{name}")
+    if epoch_rng is not None:
+        _set_rng(np.random.default_rng(0), epoch_rng, path, "epoch_rng")  # checks it
+    return epoch, batch, history, best, sums, epoch_rng
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _set_rng(rng, value, path, name):
+    """rng.bit_generator.state = value, with a bad state named instead of raised raw."""
+    kind = type(rng.bit_generator).__name__
+    if not (isinstance(value, dict) and value.get("bit_generator") == kind):
+        raise ValueError(f"{path}: checkpoint field {name!r} must be a {kind} state, got "
+                         f"{value!r:.80}")
+    try:
+        rng.bit_generator.state = value
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
+        raise ValueError(f"{path}: checkpoint field {name!r} is not a valid {kind} state "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _pictures(model, history, out):

@@ -1,24 +1,122 @@
-"""The convnet command line: thin argument parsing over the library."""
+"""The convnet command line: thin argument parsing over the library.
+
+Every numeric option is checked as it is parsed (a usage error, exit 2). Any other
+failure is one line on stderr and exit 1 (``--debug`` shows the traceback); a closed
+pipe (``convnet summary vgg16 | head``) ends quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 import convnet
+from convnet import limits
+
+# -- argument types: each checks its range as argparse parses it ----------------------
+
+def int_type(low, high=None):
+    """An argparse type: an int in [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"an int >= {low}" if high is None else f"an int from {low} to {high:,}"
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r}")
+        return value
+    return parse
+
+
+def float_type(low, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite float in the interval from low to high."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = (math.isfinite(value) and (value > low if low_open else value >= low)
+              and (high is None or (value < high if high_open else value <= high)))
+        if not ok:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            span = f"> {low:g}" if high is None and low_open else (
+                f">= {low:g}" if high is None else f"in {left}{low:g}, {high:g}{right}")
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r}")
+        return value
+    return parse
+
+
+def image_size(text):
+    """--image-size: "28" (28x28) or "HxW" such as "32x28" -> (H, W)."""
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        size = int(parts[0]), int(parts[-1])
+        if max(size) <= limits.MAX_IMAGE_SIDE:
+            return size
+    raise argparse.ArgumentTypeError(f"expected a size such as 28 or 32x28 (H x W, positive "
+                                     f"integers up to {limits.MAX_IMAGE_SIDE}), got {text!r}")
+
+
+def input_shape(text):
+    """--input: "3x224x224" -> (3, 224, 224)."""
+    from convnet.spec import parse_shape
+    try:
+        shape = parse_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if math.prod(shape) > limits.MAX_VOLUME:
+        raise argparse.ArgumentTypeError(f"{text!r} has {math.prod(shape):,} values, over "
+                                         f"the cap of {limits.MAX_VOLUME:,}")
+    return shape
+
+
+def memory_size(text):
+    """--budget: "4GB", "512MB" -> bytes."""
+    from convnet.analysis import parse_bytes
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (the usage itself is in --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+POSITIVE = int_type(1)
+CLASSES = int_type(1, limits.MAX_CLASSES)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def _model(args, **kwargs):
+    """The model the command's MODEL (and --model for a weights file) name."""
+    from convnet.spec import resolve_model
+    return resolve_model(args.model, architecture=getattr(args, "arch", None), **kwargs)
+
+
+def _trained(args, model):
+    if not model.trained:
+        raise ValueError(f"{args.model}: {args.command} needs trained weights: a saved model "
+                         f"(.json), an ONNX file, or weights (.pt, .safetensors) with --model; "
+                         f"a zoo name or notation has random initial weights")
 
 
 def cmd_summary(args):
     from convnet.analysis import summary
-    from convnet.spec import parse_shape, resolve_model
 
-    shape = parse_shape(args.input) if args.input else None
-    model = resolve_model(args.model, input_shape=shape, num_classes=args.classes)
-    input_shape = shape or getattr(model, "input_shape", None)
-    if input_shape is None:
+    model = _model(args, input_shape=args.input, num_classes=args.classes)
+    shape = args.input or getattr(model, "input_shape", None)
+    if shape is None:
         raise ValueError("the model has no default input size: give --input CxHxW")
-    result = summary(model, input_shape, batch_size=args.batch, optimizer=args.optimizer,
+    result = summary(model, shape, batch_size=args.batch, optimizer=args.optimizer,
                      budget=args.budget)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
 
@@ -26,48 +124,41 @@ def cmd_summary(args):
 def cmd_train(args):
     from convnet.train.loop import TrainConfig, train
 
-    cfg = TrainConfig(data=args.data, model=args.model, epochs=args.epochs,
+    cfg = TrainConfig(data=args.data, model=args.arch, epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, augment=args.augment,
-                      schedule=args.schedule, val_fraction=args.val_fraction, limit=args.limit,
-                      seed=args.seed, out=args.out, checkpoint_every=args.checkpoint_every,
+                      schedule=args.schedule, val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, limit=args.limit, seed=args.seed,
+                      out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
                       image_size=args.image_size, init_from=args.init_from,
                       freeze=tuple(args.freeze or ()))
-    train(cfg, resume=args.resume, progress=not args.quiet)
+    train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
 
 
-def image_size(text):
-    """--image-size: "28" (28x28) or "HxW" such as "32x28" -> (H, W)."""
-    parts = text.lower().split("x")
-    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        return int(parts[0]), int(parts[-1])
-    raise argparse.ArgumentTypeError(f"expected a size such as 28 or 32x28 (H x W, positive "
-                                     f"integers), got {text!r}")
+def _note(args, text):
+    print(f"convnet {args.command}: {text}", file=sys.stderr)
 
 
 def cmd_eval(args):
-    from convnet.data import load_dataset
-    from convnet.io import load_model
-    from convnet.train.inference import evaluate, preprocess
+    from convnet.train.inference import evaluate, evaluation_data
 
-    model = load_model(args.model)
-    splits = load_dataset(args.data, root=args.data_root)
-    x, y = splits.test
-    if tuple(x.shape[1:]) != tuple(model.input_shape):
-        raise ValueError(f"{args.model} takes {model.input_shape} images but {args.data} has "
-                         f"{tuple(x.shape[1:])}")
-    result = evaluate(model, preprocess(x, splits.scale, model.info), y,
-                      num_classes=len(splits.classes))
+    model = _model(args, num_classes=args.classes)
+    _trained(args, model)
+    x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
+                                           where=args.model)
+    for note in notes:
+        _note(args, note)
+    result = evaluate(model, x, y, num_classes=len(classes))
     if args.json:
         print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"],
-                          "images": len(x), "classes": list(splits.classes),
+                          "images": len(x), "classes": list(classes),
                           "confusion": result["confusion"].tolist()}))
         return
-    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {splits.name}, "
+    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {args.data}, "
           f"loss {result['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    names = [str(c)[:8] for c in splits.classes]
+    names = [str(c)[:8] for c in classes]
     width = max(6, *(len(n) for n in names)) + 1
     print(" " * width + "".join(f"{i:>{width}}" for i in range(len(names))))
     for i, row in enumerate(result["confusion"]):
@@ -75,14 +166,22 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
-    from convnet.io import load_model
-    from convnet.train.inference import load_images, preprocess, top_k
+    from convnet.data.preprocess import brightness_warning
+    from convnet.train.inference import class_names, load_images, preprocess, top_k
 
-    model = load_model(args.model)
-    x = preprocess(load_images(args.images, model.input_shape), 255, model.info)
-    classes = model.info.get("classes") or [str(i) for i in range(model.output_shape(
-        model.input_shape)[0])]
-    indices, probs = top_k(model, x, min(args.top, len(classes)))
+    model = _model(args)
+    _trained(args, model)
+    info = getattr(model, "info", None) or {}
+    if "mean" not in info:
+        _note(args, f"{args.model} records no preprocessing: pixels are scaled to [0, 1] "
+                    f"and not normalized")
+    images, notes = load_images(args.images, model.input_shape)
+    for note in notes:
+        _note(args, note)
+    for i, warning in brightness_warning(images, 255, info):
+        _note(args, f"warning: {args.images[i]}: {warning}")
+    classes = class_names(model)
+    indices, probs = top_k(model, preprocess(images, 255, info), min(args.top, len(classes)))
     for path, idx, prob in zip(args.images, indices, probs):
         ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
         print(f"{path}: {ranked}")
@@ -90,28 +189,34 @@ def cmd_predict(args):
 
 def cmd_show(args):
     from convnet import plot
-    from convnet.spec import resolve_model
 
-    model = resolve_model(args.model)
+    model = _model(args)
+    title = None
+    if not model.trained:
+        title = f"{args.model}: untrained (random initial weights, nothing learned)"
     out = args.out or f"{args.what}.png"
     if args.what == "filters":
-        path = plot.plot_filters(model, out)
+        path = plot.plot_filters(model, out, title=title)
     elif args.what == "reuse":
-        path = plot.plot_reuse(model, out)
+        path = plot.plot_reuse(model, out, title=title)
     else:
         from convnet.train.inference import load_images, preprocess
         if not args.image:
             raise ValueError("show activations needs an IMAGE")
-        info = getattr(model, "info", None) or {"mean": [0.0], "std": [1.0]}
-        x = preprocess(load_images([args.image], model.input_shape), 255, info)
-        path = plot.plot_activations(model, x, out)
+        images, notes = load_images([args.image], model.input_shape)
+        for note in notes:
+            _note(args, note)
+        info = getattr(model, "info", None) or {}
+        path = plot.plot_activations(model, preprocess(images, 255, info), out, title=title)
+    if title:
+        _note(args, f"{args.model} has random initial weights: the picture says so")
     print(f"wrote {path}")
 
 
 def cmd_convert(args):
     from convnet.io.convert import convert
 
-    path = convert(args.src, args.dst, model=args.model, num_classes=args.classes)
+    path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes)
     print(f"wrote {path}")
 
 
@@ -121,14 +226,38 @@ def cmd_zoo(args):
     print(listing())
 
 
+# -- the parser -------------------------------------------------------------------------
+
+ARCH_HELP = ("the architecture of a weights file (.pt, .pth, .safetensors): a zoo name or "
+             "arrow notation in quotes")
+
+
+def _optimizer_help():
+    from convnet.train.optim import DEFAULT_LR
+    extra = {"momentum": ", momentum 0.9", "nesterov": ", momentum 0.9"}
+    return ("optimizer, with the learning rate it gets when --lr is not given: " +
+            "; ".join(f"{name} (lr {lr:g}{extra.get(name, '')})"
+                      for name, lr in DEFAULT_LR.items()) +
+            " (default: the data set's, adam for image folders)")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    from convnet.train.optim import OPTIMIZERS
+    from convnet.train.schedules import SCHEDULES
+
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    parser = Parser(
         prog="convnet",
         description="convnet: ConvNets on NumPy, written next to the CS231n notes.")
     parser.add_argument("--version", action="version", version=f"convnet {convnet.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = commands.add_parser(
+    def command(name, **kwargs):
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    p = command(
         "summary", help="volumes, parameters, mult-adds, receptive field and memory",
         description="Summarize a ConvNet layer by layer the way the notes compute it: output "
                     "volume W x H x D, parameters, multiply-adds, receptive field (and jump), "
@@ -138,92 +267,125 @@ def build_parser():
     p.add_argument("model", metavar="MODEL",
                    help="a zoo name (see 'convnet zoo'), arrow notation in quotes "
                         "(e.g. 'INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10'), "
-                        "a model .json file, or an ONNX .onnx file")
-    p.add_argument("--input", metavar="CxHxW",
+                        "a model .json file, an ONNX .onnx file, or a weights file "
+                        "(.pt, .pth, .safetensors) with --model")
+    p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--input", type=input_shape, metavar="CxHxW",
                    help="per-sample input size, channels first (e.g. 3x224x224); "
                         "default: the model's own")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size (default 1)")
-    p.add_argument("--classes", type=int, metavar="K", help="number of classes (zoo models)")
-    p.add_argument("--optimizer", default="sgd",
+    p.add_argument("--batch", type=POSITIVE, default=1, metavar="N", help="batch size (1)")
+    p.add_argument("--classes", type=CLASSES, metavar="K", help="number of classes (zoo models)")
+    p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
                    help="sets the parameter memory multiplier: sgd x2; momentum, nesterov, "
                         "adagrad, rmsprop x3; adam, adamw x4 (default sgd)")
-    p.add_argument("--budget", metavar="SIZE",
+    p.add_argument("--budget", type=memory_size, metavar="SIZE",
                    help="memory budget such as 4GB or 512MB: report the largest batch that fits")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 
-    p = commands.add_parser(
+    p = command(
         "train", help="train a ConvNet (default: the embedded digits, in under a minute)",
         description="Train a ConvNet on real images with a progress bar, validation after "
                     "each epoch, the best model kept, and a checkpoint after every epoch "
                     "(and every --checkpoint-every batches) that --resume continues from, "
-                    "bit for bit. Unset options take the dataset's defaults.")
-    p.add_argument("--model", metavar="MODEL",
-                   help="a zoo name or arrow notation (default: a small net of the notes' "
-                        "pattern sized for the data)")
+                    "bit for bit. Unset options take the data set's defaults. A run writes "
+                    "into its own directory and never over an earlier run's files unless "
+                    "--overwrite is given.")
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits (embedded, the default), fashion-mnist, mnist, cifar10, "
-                        "cifar100, or a directory of images (one sub-folder per class)")
-    p.add_argument("--data-root", metavar="DIR", help="where to look for the dataset's files")
+                        "cifar100, or a directory: IDX or CIFAR files, or images in one "
+                        "sub-folder per class (split into train, validation and test here), "
+                        "or in train/ and test/ (and val/) sub-folders of class folders")
+    p.add_argument("--model", dest="arch", metavar="MODEL",
+                   help="a zoo name or arrow notation (default: the data set's own net, or "
+                        "for other data a net of the notes' pattern sized for its volume "
+                        "and classes); with --from a weights file, its architecture")
+    p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
     p.add_argument("--download", action="store_true",
                    help="download Fashion-MNIST if it is not found (checksums verified)")
     p.add_argument("--image-size", type=image_size, metavar="H[xW]",
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
-                        "net on the 8x8 digits")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", help="sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", default="cosine", help="none, step, cosine or warmup+cosine")
+                        "net on the 8x8 digits (default: their own size; images of mixed "
+                        "sizes: the median)")
+    p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N")
+    p.add_argument("--batch-size", type=int_type(1, 1_000_000), metavar="N")
+    p.add_argument("--lr", type=float_type(0, low_open=True),
+                   help="learning rate (default: the optimizer's, see --optimizer)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), metavar="NAME",
+                   help=_optimizer_help())
+    p.add_argument("--weight-decay", type=float_type(0), metavar="L2")
+    p.add_argument("--schedule", default="cosine", choices=list(SCHEDULES),
+                   help="learning-rate schedule (default cosine)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (zero padding of 1/8 of the image size), plus "
-                        "horizontal flips except for digits (default: the dataset's)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the training images held out for validation (0.1)")
-    p.add_argument("--limit", type=int, metavar="N", help="train on the first N images only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="DIR", help="output directory (default runs/DATA)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        "horizontal flips except for digits (default: the data set's)")
+    p.add_argument("--val-fraction", type=float_type(0, 1, True, True), default=0.1,
+                   metavar="F", help="share of the training images held out for validation "
+                                     "(0.1), unless the data has a val/ folder")
+    p.add_argument("--test-fraction", type=float_type(0, 1, True, True), default=0.1,
+                   metavar="F", help="share of each class held out for testing from an image "
+                                     "folder without test/ (0.1)")
+    p.add_argument("--limit", type=POSITIVE, metavar="N", help="train on the first N images")
+    p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0)
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default: the first free runs/DATA, runs/DATA-2, ...)")
+    p.add_argument("--checkpoint-every", type=int_type(0), default=0, metavar="N",
                    help="also write a checkpoint every N batches")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out from its last checkpoint")
+                   help="continue the run in --out (default: the latest runs/DATA[-N]) from "
+                        "its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run's files in --out")
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
-                   help="fine-tune: start from a saved model's weights (a new head is made "
-                        "when the number of classes differs)")
+                   help="fine-tune: start from a saved model (.json, .onnx) or weights (.pt, "
+                        ".pth, .safetensors, with --model); the data is resized to its input, "
+                        "and a new head is made when the number of classes differs")
     p.add_argument("--freeze", nargs="+", metavar="STAGE",
-                   help="with --from: stages whose parameters stay fixed (e.g. features)")
+                   help="with --from: stages whose parameters stay fixed, by name (e.g. "
+                        "features, layer1) or as a range of top-level stages (e.g. 0-7); "
+                        "'convnet summary MODEL' lists them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("eval", help="accuracy and confusion matrix on a test set",
-                            description="Evaluate a saved model on a dataset's test split.")
-    p.add_argument("model", metavar="MODEL", help="a saved model (model.json)")
+    p = command("eval", help="accuracy and confusion matrix on a test set",
+                description="Evaluate a saved model on a data set's test split, preprocessed "
+                            "as the model was trained (size, channels, normalization).")
+    p.add_argument("model", metavar="MODEL",
+                   help="a saved model (.json), an ONNX file, or weights with --model")
+    p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--classes", type=CLASSES, metavar="K",
+                   help="number of classes of a zoo architecture given with --model")
     p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
     p.add_argument("--data-root", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = commands.add_parser("predict", help="top-k classes of image files",
-                            description="Classify image files with a saved model.")
-    p.add_argument("model", metavar="MODEL", help="a saved model (model.json)")
+    p = command("predict", help="top-k classes of image files",
+                description="Classify image files with a saved model; each image is "
+                            "converted as the model's training data was (size, channels, "
+                            "normalization), and the conversion is reported.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a saved model (.json), an ONNX file, or weights with --model")
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("--top", type=int, default=3, help="how many classes to show (3)")
+    p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--top", type=POSITIVE, default=3, help="how many classes to show (3)")
     p.set_defaults(func=cmd_predict)
 
-    p = commands.add_parser(
+    p = command(
         "show", help="pictures: first-layer filters, activation maps, DenseNet reuse",
         description="Draw what a net has learned (needs matplotlib): 'filters' = the first "
                     "CONV layer's filters as a grid; 'activations MODEL IMAGE' = each "
                     "stage's activation maps for an image; 'reuse' = the DenseNet paper's "
-                    "feature-reuse heat map, one per dense block.")
+                    "feature-reuse heat map, one per dense block. A zoo name or notation "
+                    "has random initial weights, and its picture says so.")
     p.add_argument("what", choices=["filters", "activations", "reuse"])
     p.add_argument("model", metavar="MODEL", help="a saved model, zoo name or arrow notation")
     p.add_argument("image", metavar="IMAGE", nargs="?", help="for activations: an image file")
+    p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--out", metavar="PNG", help="output file (default WHAT.png)")
     p.set_defaults(func=cmd_show)
 
-    p = commands.add_parser(
+    p = command(
         "convert", help="convert between PyTorch, safetensors, convnet and ONNX files",
         description="Convert a model between formats, chosen by suffix. In: a convnet model "
                     "(.json), an ONNX file (.onnx: architecture and weights), or weights "
@@ -232,13 +394,12 @@ def build_parser():
                     "loadable in PyTorch), .onnx.")
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
-    p.add_argument("--model", metavar="MODEL",
-                   help="the architecture for a weights-only input: a zoo name or notation")
-    p.add_argument("--classes", type=int, metavar="K", help="number of classes (zoo models)")
+    p.add_argument("--model", dest="arch", metavar="MODEL", help=ARCH_HELP)
+    p.add_argument("--classes", type=CLASSES, metavar="K", help="number of classes (zoo models)")
     p.set_defaults(func=cmd_convert)
 
-    p = commands.add_parser("zoo", help="list the famous nets", description="List the zoo: "
-                            "name, default input, parameters, and a one-line description.")
+    p = command("zoo", help="list the famous nets", description="List the zoo: name, default "
+                "input, parameters, and a one-line description.")
     p.set_defaults(func=cmd_zoo)
     return parser
 
@@ -251,13 +412,33 @@ def main(argv=None):
         return 0
     try:
         args.func(args)
-    except (ValueError, OSError, ImportError) as err:
-        print(f"convnet {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader closed the pipe (| head): end quietly, and keep Python's shutdown
+        # from failing again on flushing stdout (the Python docs' recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141   # as if killed by SIGPIPE (128 + 13), like other tools in a pipe
     except KeyboardInterrupt:
         print(f"convnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the CLI's promise: one line, never a traceback
+        if args.debug:
+            raise
+        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(err):
+    """An exception as the one line the user sees: ours say what and where; others
+    (a bug, or a library's error we did not expect) also say what kind they are."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, MemoryError):
+        text = "out of memory (MemoryError); try a smaller --batch-size or --image-size"
+    elif not isinstance(err, (ValueError, OSError, ImportError)):
+        text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
+    return text
 
 
 if __name__ == "__main__":

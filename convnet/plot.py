@@ -72,15 +72,24 @@ def first_conv_weight(model):
     raise ValueError("the model has no CONV layer whose filters could be shown")
 
 
-def plot_filters(model, path, scale=16):
-    """Write the first CONV layer's filters as an image grid (PNG); returns path."""
+def plot_filters(model, path, scale=16, title=None):
+    """Write the first CONV layer's filters as an image grid (PNG); returns path.
+
+    title: a line above the grid (the CLI says there when the weights are untrained).
+    """
     plt = _pyplot()
     grid = filter_grid(first_conv_weight(model))
     height, width = grid.shape[:2]
-    fig = plt.figure(figsize=(width * scale / 100, height * scale / 100), dpi=100)
-    ax = fig.add_axes([0, 0, 1, 1])
+    fig_w, fig_h = width * scale / 100, height * scale / 100
+    top = 0.0
+    if title:
+        fig_w, top = max(fig_w, 4.0), 0.4                  # inches for the title line
+    fig = plt.figure(figsize=(fig_w, fig_h + top), dpi=100)
+    ax = fig.add_axes([0, 0, 1, fig_h / (fig_h + top)])
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
     ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.05 / (fig_h + top), va="top", wrap=True)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -98,9 +107,9 @@ def stage_activations(model, x):
     return out
 
 
-def plot_activations(model, x, path, max_maps=32, scale=2):
+def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     """Write each stage's activation maps for one image: one row of up to max_maps
-    channels per stage, each map min-max scaled; returns path."""
+    channels per stage, each map min-max scaled; returns path. title: a line on top."""
     plt = _pyplot()
     stages = stage_activations(model, x)
     if not stages:
@@ -116,6 +125,8 @@ def plot_activations(model, x, path, max_maps=32, scale=2):
                 ax.imshow(act[col], cmap="viridis", interpolation="nearest")
         axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}",
                                fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
@@ -162,8 +173,9 @@ def _named_containers(model, prefix=""):
             yield from _named_containers(child, f"{prefix}{key}.")
 
 
-def plot_reuse(model, path):
-    """Write the feature-reuse heat maps (one per dense block) as a PNG; returns path."""
+def plot_reuse(model, path, title=None):
+    """Write the feature-reuse heat maps (one per dense block) as a PNG; returns path.
+    title: a line above the maps."""
     plt = _pyplot()
     maps = feature_reuse(model)
     fig, axes = plt.subplots(1, len(maps), squeeze=False, figsize=(4 * len(maps) + 1, 3.6),
@@ -175,6 +187,8 @@ def plot_reuse(model, path):
                           extent=(-0.5, size - 0.5, size + 0.5, 0.5))
         ax.set(title=name, xlabel="source layer (0 = block input)", ylabel="target layer")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

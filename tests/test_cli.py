@@ -48,7 +48,6 @@ def test_summary_of_a_zoo_model_with_input_and_budget(capsys):
     (["summary", "nonet"], "not a zoo name"),
     (["summary", "missing.json"], "missing.json: no such model file"),
     (["summary", "INPUT 10x10x3 -> CONV 8 F3 S2 P0"], "4.5 is not an integer"),
-    (["summary", "lenet5", "--input", "32x32"], "C x H x W"),
 ])
 def test_bad_input_is_one_error_and_exit_code_1(capsys, argv, message):
     assert main(argv) == 1

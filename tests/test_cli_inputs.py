@@ -1,0 +1,290 @@
+"""The command line with bad input: range checks at parse time, one line for any failure,
+a quiet end in a closed pipe, run directories that are never overwritten silently, files
+written with the user's umask, pictures of untrained weights that say so, and resumed
+checkpoints whose every field is checked."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convnet.cli import build_parser, main
+from convnet.io import load_tensors, save_tensors
+from convnet.train.checkpoint import KEY
+from convnet.train.loop import RUN_FILES, TrainConfig, train
+
+SMALL = "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 10"
+QUIET = dict(log=lambda *a: None, progress=False)
+BAD_INTS = ["0", "-3", "2.5", "abc", "", "1e3", "99999999999"]
+
+# (command line before the option, option, values it refuses, a value it takes)
+OPTIONS = [
+    (["train"], "--epochs", BAD_INTS, "3"),
+    (["train"], "--batch-size", BAD_INTS, "16"),
+    (["train"], "--limit", BAD_INTS[:-1], "100"),
+    (["train"], "--lr", ["0", "-1", "nan", "inf", "abc", ""], "0.01"),
+    (["train"], "--weight-decay", ["-1", "nan", "inf", "x"], "0"),
+    (["train"], "--val-fraction", ["0", "1", "-0.1", "1.5", "nan", "x"], "0.2"),
+    (["train"], "--test-fraction", ["0", "1", "2", "nan"], "0.2"),
+    (["train"], "--seed", ["-1", "x", "1.5", str(2**63)], "7"),
+    (["train"], "--checkpoint-every", ["-1", "x", "0.5"], "0"),
+    (["train"], "--image-size", ["0", "28x0", "x", "99999", "2x3x4"], "28x32"),
+    (["train"], "--optimizer", ["adamax", "SGD", ""], "nesterov"),
+    (["train"], "--schedule", ["linear", ""], "step"),
+    (["summary", "lenet5"], "--batch", BAD_INTS[:-1], "8"),
+    (["summary", "lenet5"], "--classes", BAD_INTS[:-1], "5"),
+    (["summary", "lenet5"], "--input", ["32x32", "0x3x3", "3x-1x2", "abc",
+                                        "3x100000x100000"], "1x32x32"),
+    (["summary", "lenet5"], "--budget", ["lots", "-1GB", "4XB"], "4GB"),
+    (["summary", "lenet5"], "--optimizer", ["adamax"], "adam"),
+    (["predict", "m.json", "x.png"], "--top", ["0", "-2", "x"], "5"),
+    (["eval", "m.json", "--data", "digits"], "--classes", ["0", "x"], "10"),
+    (["convert", "a.pt", "b.json"], "--classes", ["0", "-5"], "10"),
+]
+CASES = [(head, option, bad) for head, option, bads, _ in OPTIONS for bad in bads]
+
+
+@pytest.mark.parametrize("head, option, bad", CASES)
+def test_a_bad_number_is_a_usage_error_at_parse_time(capsys, head, option, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*head, f"{option}={bad}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {option}" in err, err
+
+
+@pytest.mark.parametrize("head, option, good", [(h, o, g) for h, o, _, g in OPTIONS])
+def test_a_good_number_parses(head, option, good):
+    args = build_parser().parse_args([*head, option, good])
+    assert args.command == head[0]
+
+
+# -- any failure: one line, exit 1; --debug shows the traceback --------------------------
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import convnet.cli as cli
+
+    def broken(args):
+        raise KeyError("surprise")
+    monkeypatch.setattr(cli, "cmd_zoo", broken)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_zoo(parser(), broken))
+    assert main(["zoo"]) == 1
+    err = capsys.readouterr().err
+    assert err == "convnet zoo: error: KeyError: 'surprise' (run with --debug for the " \
+                  "traceback)\n"
+    with pytest.raises(KeyError):
+        main(["zoo", "--debug"])
+
+
+def _with_zoo(parser, func):
+    parser._subparsers._group_actions[0].choices["zoo"].set_defaults(func=func)
+    return parser
+
+
+def test_memory_error_is_one_line(monkeypatch, capsys):
+    import convnet.zoo as zoo
+
+    def huge():
+        raise MemoryError()
+    monkeypatch.setattr(zoo, "listing", huge)
+    assert main(["zoo"]) == 1
+    assert "out of memory" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(f"{sys.executable} -m convnet.cli summary vgg16 | head -n 2",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 2
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "{d}/x.pt", "--model", "lenet5"], "not a PyTorch checkpoint"),
+    (["summary", "{d}/x.json"], "x.json"),
+    (["summary", "{d}/x.onnx"], "x.onnx"),
+    (["summary", "{d}/x.safetensors", "--model", "lenet5"], "x.safetensors"),
+    (["eval", "{d}/x.json", "--data", "digits"], "x.json"),
+    (["predict", "{d}/x.json", "{d}/x.png"], "x.json"),
+    (["train", "--data", "{d}", "--out", "{d}/run"], "only one class folder"),
+    (["train", "--out", "{d}/ckpt", "--resume"], "checkpoint.safetensors"),
+    (["convert", "{d}/x.pt", "{d}/y.json", "--model", "lenet5"], "x.pt"),
+    (["show", "filters", "{d}/x.json"], "x.json"),
+])
+def test_bad_files_on_the_command_line_are_one_line_without_traceback(tmp_path, argv, message):
+    """Run as a user would, in a subprocess: stderr is one line, exit status 1."""
+    for name in ("x.pt", "x.json", "x.onnx", "x.safetensors", "x.png"):
+        (tmp_path / name).write_bytes(b"\x00garbage{[" * 7)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "checkpoint.safetensors").write_bytes(b"\xff" * 40)
+    argv = [a.format(d=tmp_path) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "convnet.cli", *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr
+
+
+# -- run directories ----------------------------------------------------------------------
+
+def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(data="digits", model=SMALL, epochs=1)
+    first = train(TrainConfig(**cfg), **QUIET)
+    second = train(TrainConfig(**cfg), **QUIET)
+    assert first.model_path.parent == tmp_path / "runs" / "digits" or \
+        str(first.model_path.parent) == "runs/digits"
+    assert str(second.model_path.parent) == "runs/digits-2"
+    lines = []
+    train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
+    assert "runs/digits-2/checkpoint.safetensors" in "\n".join(lines)
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", SMALL, "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    before = (out / "model.safetensors").read_bytes()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(args + ["--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds files" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(args + ["--seed", "3", "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert (out / "notes.txt").read_text() == "mine"        # not ours: left alone
+    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}
+
+
+def test_files_are_written_with_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path / "r")),
+              **QUIET)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "r").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+# -- pictures -----------------------------------------------------------------------------
+
+def test_pictures_of_untrained_weights_say_so(tmp_path, capsys, monkeypatch):
+    import convnet.plot as plot
+    titles = []
+    original = plot.plot_filters
+
+    def spy(model, path, **kwargs):
+        titles.append(kwargs.get("title"))
+        return original(model, path, **kwargs)
+    monkeypatch.setattr(plot, "plot_filters", spy)
+    assert main(["show", "filters", "alexnet", "--out", str(tmp_path / "a.png")]) == 0
+    assert "untrained (random initial weights" in titles[-1]
+    assert "random initial weights" in capsys.readouterr().err
+    run = train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path / "r")),
+                **QUIET)
+    assert main(["show", "filters", str(run.model_path), "--out", str(tmp_path / "b.png")]) == 0
+    assert titles[-1] is None
+    from PIL import Image
+    untitled = Image.open(tmp_path / "b.png").size
+    plot.plot_filters(run.model, tmp_path / "c.png", title="untrained")
+    assert Image.open(tmp_path / "c.png").size[1] > untitled[1]
+
+
+# -- resumed checkpoints: every field checked ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch run (with dropout), whose checkpoint a resume only finishes."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    model = "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 16 -> DROPOUT 0.2 -> FC 10"
+    train(TrainConfig(data="digits", model=model, epochs=1, out=str(out)), **QUIET)
+    tensors, metadata = load_tensors(out / "checkpoint.safetensors")
+    return tensors, json.loads(metadata[KEY])
+
+
+JUNK = [None, 5, -1, "x", [], {}, True, 1e308, [1, 2]]
+STATE_FIELDS = ["config", "architecture", "optimizer", "schedule", "epoch", "batch",
+                "history", "best", "sums", "dropout_rng"]
+CONFIG_BAD = {"epochs": [0, -1, "3", 2.5, 10**9], "batch_size": [0, "8", 1e9],
+              "image_size": [[2**20, 2**20], [0, 8], "8x8", [8]], "seed": [-1, "0"],
+              "optimizer": ["adamax", 3], "lr": [-1, "fast", 0], "val_fraction": [0, 1, 7],
+              "data": [5, None], "freeze": ["features", [3]], "dtype": ["float16", 1],
+              "schedule": ["none+"], "unknown_field": [1], "augment": ["yes"],
+              "channels": [2, "RGB"]}
+
+
+def mutations(state):
+    """(name, mutated state) for every field of a checkpoint's JSON: dropped or mistyped."""
+    for field in STATE_FIELDS:
+        dropped = dict(state)
+        del dropped[field]
+        yield f"no {field}", dropped
+        for value in JUNK:
+            if field == "config" and value is None:
+                continue
+            yield f"{field}={value!r:.20}", {**state, field: value}
+    for key, values in CONFIG_BAD.items():
+        for value in values:
+            yield f"config.{key}={value!r:.20}", {**state, "config": {**state["config"],
+                                                                      key: value}}
+    yield "epoch past the end", {**state, "epoch": 5}
+    yield "history too short", {**state, "history": []}
+    yield "optimizer steps", {**state, "optimizer": {**state["optimizer"], "steps": 5}}
+    yield "optimizer type", {**state, "optimizer": {**state["optimizer"], "type": "Adam2"}}
+    yield "schedule lr", {**state, "schedule": {**state["schedule"], "base_lr": "x"}}
+    rng = state["dropout_rng"]
+    name = next(iter(rng))
+    yield "rng kind", {**state, "dropout_rng": {name: {**rng[name], "bit_generator": "MT"}}}
+    yield "rng state", {**state, "dropout_rng": {name: {**rng[name], "state": "x"}}}
+    yield "rng name", {**state, "dropout_rng": {"other": rng[name]}}
+    yield "architecture type", {**state, "architecture": {"type": "Nothing"}}
+
+
+def test_every_damaged_checkpoint_field_is_a_named_error(finished_run, tmp_path):
+    tensors, state = finished_run
+    count = 0
+    for i, (what, damaged) in enumerate(mutations(state)):
+        out = tmp_path / str(i)
+        save_tensors(tensors, out / "checkpoint.safetensors",
+                     metadata={KEY: json.dumps(damaged)})
+        with pytest.raises(ValueError, match=str(out)) as info:
+            train(TrainConfig(out=str(out)), resume=True, **QUIET)
+        assert not isinstance(info.value, (KeyError, TypeError)), what
+        count += 1
+    assert count > 120
+
+
+@pytest.mark.parametrize("what", ["drop a weight", "relabel a weight", "drop optimizer state",
+                                  "metadata not JSON", "metadata a list", "deep metadata"])
+def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, tmp_path, what):
+    tensors, state = dict(finished_run[0]), finished_run[1]
+    text = json.dumps(state)
+    key = next(k for k in tensors if k.startswith("model.") and k.endswith("weight"))
+    if what == "drop a weight":
+        del tensors[key]
+    elif what == "relabel a weight":
+        tensors[key] = tensors[key].view(np.int32)
+    elif what == "drop optimizer state":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+    elif what == "metadata not JSON":
+        text = text[:-10]
+    elif what == "metadata a list":
+        text = "[1, 2]"
+    else:
+        text = "[" * 100_000 + "]" * 100_000
+    save_tensors(tensors, tmp_path / "checkpoint.safetensors", metadata={KEY: text})
+    with pytest.raises(ValueError, match=str(tmp_path / "checkpoint.safetensors")):
+        train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+
+
+def test_the_undamaged_checkpoint_resumes(finished_run, tmp_path):
+    tensors, state = finished_run
+    save_tensors(tensors, tmp_path / "checkpoint.safetensors", metadata={KEY: json.dumps(state)})
+    result = train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+    assert result.test_acc > 0.1 and len(result.history) == 1

@@ -1,0 +1,312 @@
+"""The practitioner's path: an image folder trained with no other option, preprocessing
+that travels with the model into eval and predict, defaults per optimizer, every format
+on every command, and fine-tuning stages."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnet.cli import main
+from convnet.data import load_dataset
+from convnet.data.folder import load_image_folder
+from convnet.io import load_model, save_tensors
+from convnet.models import from_notation
+from convnet.train.defaults import default_notation
+from convnet.train.loop import TrainConfig, train
+from convnet.train.optim import DEFAULT_LR, OPTIMIZERS
+
+SMALL = "INPUT 8x8x1 -> CONV 8 -> BN -> RELU -> POOL -> FC 32 -> RELU -> FC 10"
+QUIET = dict(log=lambda *a: None, progress=False)
+
+
+def stripes(rng, h, w, horizontal):
+    """A grayscale image of stripes along one axis, with noise: a learnable class."""
+    period = rng.integers(3, 6)
+    line = (np.arange(h if horizontal else w) % period < period // 2) * 180 + 40
+    img = np.repeat(line[:, None], w, 1) if horizontal else np.repeat(line[None], h, 0)
+    return np.clip(img + rng.normal(0, 20, (h, w)), 0, 255).astype(np.uint8)
+
+
+def make_folder(root, per_class=20, sizes=((16, 16), (20, 12), (24, 20)), colour=(),
+                classes=("horizontal", "vertical")):
+    """root/<class>/<i>.png, stripes of mixed sizes (H, W); the classes in ``colour`` RGB."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = sizes[i % len(sizes)]
+            img = stripes(rng, h, w, horizontal=k % 2 == 0)
+            pic = Image.fromarray(img)
+            if name in colour:
+                pic = pic.convert("RGB")
+            pic.save(root / name / f"{i:03d}.png")
+    return root
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+# -- an image folder, end to end ----------------------------------------------------------
+
+def test_a_folder_of_class_folders_trains_evaluates_and_predicts(tmp_path, capsys):
+    data = make_folder(tmp_path / "stripes")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"split {data} (40 images): 4 held out for testing (10% of each class, seed 0)" \
+        in text
+    assert "come in 3 sizes (W x H from 16x16 to 20x24): resized to 16x20, the median" in text
+    assert "model: INPUT 16x20x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL floor" in text
+    assert text.count("FC 2") == 1
+    test_acc = float(re.search(r"test accuracy ([0-9.]+) \(4 images\)", text)[1])
+
+    info = json.loads((out / "model.json").read_text())["info"]
+    assert info["classes"] == ["horizontal", "vertical"] and info["channels"] == "L"
+    assert len(info["mean"]) == len(info["std"]) == 1 and info["resize"] == "bilinear"
+    assert 0 <= info["brightness"][0] <= info["brightness"][1] <= 1
+
+    # eval holds out the same test images, prepared the same way
+    assert main(["eval", str(out / "model.json"), "--data", str(data), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and result["classes"] == ["horizontal", "vertical"]
+    assert round(result["accuracy"], 4) == test_acc
+
+    # predict converts an RGB image of another size the way training did, and says so
+    rgb = Image.fromarray(stripes(np.random.default_rng(5), 30, 40, True)).convert("RGB")
+    rgb.save(tmp_path / "big.png")
+    assert main(["predict", str(out / "model.json"), str(tmp_path / "big.png")]) == 0
+    captured = capsys.readouterr()
+    assert "big.png: 40x30 RGB, converted to 16x20 L (bilinear)" in captured.err
+    assert re.fullmatch(r".*big\.png: (horizontal|vertical) [0-9.]+, (horizontal|vertical) "
+                        r"[0-9.]+\n", captured.out)
+
+
+def test_train_val_and_test_sub_folders_are_used_as_given(tmp_path, capsys):
+    for split, count in (("train", 12), ("val", 3), ("test", 4)):
+        make_folder(tmp_path / "d" / split, per_class=count, sizes=((12, 12),),
+                    colour=("b",), classes=("a", "b", "c"))
+    cfg = TrainConfig(data=str(tmp_path / "d"), epochs=1, batch_size=8, out=str(tmp_path / "r"))
+    lines = []
+    result = train(cfg, log=lines.append, progress=False)
+    text = "\n".join(lines)
+    assert "36 images 12x12x3, 9 for validation, 12 for test" in text
+    assert "38 of the 57 images are grayscale: all are read as RGB" in text
+    assert result.model.output_shape(result.model.input_shape) == (3,)
+    assert result.model.input_shape == (3, 12, 12)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "empty: class folder holds no image files"),
+    ("unreadable", "notes.txt: unreadable image"),
+    ("one class", "only one class folder ('horizontal'); a classifier needs at least 2"),
+    ("classes differ", "class folders ['horizontal', 'x'] differ from the training classes"),
+    ("too few", "too few to hold out 10% of each class"),
+    ("float image", "32-bit float images are not supported"),
+])
+def test_a_bad_image_folder_is_one_line_naming_the_path(tmp_path, capsys, case, message):
+    data = tmp_path / "d"
+    if case == "empty":
+        make_folder(data, per_class=4)
+        (data / "empty").mkdir()
+    elif case == "unreadable":
+        make_folder(data, per_class=4)
+        (data / "vertical" / "notes.txt").write_text("not an image")
+    elif case == "one class":
+        make_folder(data, per_class=4, classes=("horizontal",))
+    elif case == "classes differ":
+        make_folder(data / "train", per_class=4)
+        make_folder(data / "test", per_class=2, classes=("horizontal", "x"))
+    elif case == "too few":
+        make_folder(data, per_class=2)
+    else:
+        make_folder(data, per_class=4)
+        Image.fromarray(np.ones((8, 8), np.float32)).save(data / "vertical" / "f.tiff")
+    assert main(["train", "--data", str(data), "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 1
+    err = error_line(capsys)
+    assert message in err and str(data) in err
+    assert not (tmp_path / "r" / "model.json").exists()
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(values).save(tmp_path / name / "x.png")
+    assert Image.open(tmp_path / "a" / "x.png").mode.startswith("I")
+    x, _, _ = load_image_folder(tmp_path, grayscale=True)
+    assert x[0, 0, 0].tolist() == [0, 1, 128, 255]
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3), (1, 3, 3), (1, 8, 8), (3, 16, 12), (1, 28, 28),
+                                   (3, 33, 47), (3, 65, 64), (3, 100, 75), (3, 224, 224),
+                                   (1, 300, 17)])
+@pytest.mark.parametrize("classes", [2, 7, 100])
+def test_the_default_net_fits_any_image_size_and_class_count(shape, classes):
+    model = from_notation(default_notation(shape, classes), rng=np.random.default_rng(0))
+    assert model.output_shape(shape) == (classes,)
+    assert model.input_shape == shape
+
+
+def test_folders_of_any_size_train_with_the_default_net(tmp_path):
+    """A 2-class colour folder of 40x52 images: the net built for it trains a step."""
+    make_folder(tmp_path / "d", per_class=10, sizes=((40, 52),), colour=("horizontal",
+                                                                          "vertical"))
+    result = train(TrainConfig(data=str(tmp_path / "d"), epochs=1, batch_size=6,
+                               out=str(tmp_path / "r")), **QUIET)
+    assert result.model.input_shape == (3, 40, 52)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["loss"])
+
+
+def test_large_images_are_scaled_down_unless_a_size_is_given(tmp_path):
+    make_folder(tmp_path / "d", per_class=10, sizes=((200, 300),))
+    data = load_dataset(tmp_path / "d")
+    assert data.input_shape == (1, 85, 128)
+    assert any("are 300x200 (W x H): resized to 128x85, at most 128 pixels a side" in note
+               for note in data.notes)
+    assert load_dataset(tmp_path / "d", image_size=(200, 300)).input_shape == (1, 200, 300)
+
+
+# -- optimizers and their defaults --------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_learns_the_digits_with_its_defaults(tmp_path, name):
+    result = train(TrainConfig(data="digits", optimizer=name, out=str(tmp_path)), **QUIET)
+    assert result.test_acc >= 0.90, (name, result.test_acc)
+
+
+def test_train_help_shows_each_optimizers_default_learning_rate(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, lr in DEFAULT_LR.items():
+        assert f"{name} (lr {lr:g}" in text
+    assert set(DEFAULT_LR) == set(OPTIMIZERS)
+
+
+def test_the_learning_rate_follows_the_optimizer_unless_given(tmp_path):
+    lines = []
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, optimizer="sgd",
+                      out=str(tmp_path / "a")), log=lines.append, progress=False)
+    assert "sgd lr=0.1," in "\n".join(lines)
+    lines.clear()
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, optimizer="sgd", lr=0.03,
+                      out=str(tmp_path / "b")), log=lines.append, progress=False)
+    assert "sgd lr=0.03," in "\n".join(lines)
+
+
+# -- every format on every command --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small digits model, and its weights alone as .pt and as .safetensors."""
+    root = tmp_path_factory.mktemp("formats")
+    result = train(TrainConfig(data="digits", model=SMALL, epochs=3, out=str(root / "run")),
+                   **QUIET)
+    state = result.model.state_dict()
+    torch.save({k: torch.tensor(v) for k, v in state.items()}, root / "w.pt")
+    save_tensors(state, root / "w.safetensors")
+    return root, result
+
+
+@pytest.mark.parametrize("suffix", ["pt", "safetensors"])
+def test_weights_files_work_on_every_command_with_model(trained, tmp_path, capsys, suffix):
+    root, result = trained
+    weights = str(root / f"w.{suffix}")
+    assert main(["summary", weights, "--model", SMALL, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == result.model.num_params()
+
+    assert main(["eval", weights, "--model", SMALL, "--data", "digits", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accuracy"] > 0.6
+    assert "records no preprocessing" in captured.err
+
+    assert main(["convert", weights, str(tmp_path / "m.json"), "--model", SMALL]) == 0
+    converted = load_model(tmp_path / "m.json")
+    assert all(np.array_equal(v, result.model.state_dict()[k])
+               for k, v in converted.state_dict().items())
+
+    assert main(["train", "--from", weights, "--model", SMALL, "--data", "digits",
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "ft")]) == 0
+    assert "fine-tuning" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["summary", "{w}"], ["eval", "{w}", "--data", "digits"], ["convert", "{w}", "{o}"],
+    ["train", "--from", "{w}", "--data", "digits"], ["predict", "{w}", "{w}"],
+])
+@pytest.mark.parametrize("suffix", ["pt", "safetensors"])
+def test_a_bare_weights_file_without_model_names_the_file_and_the_fix(
+        trained, tmp_path, capsys, argv, suffix):
+    root, _ = trained
+    weights = str(root / f"w.{suffix}")
+    argv = [a.format(w=weights, o=tmp_path / "o.json") for a in argv]
+    if argv[0] == "train":
+        argv += ["--out", str(tmp_path / "r")]
+    assert main(argv) == 1
+    err = error_line(capsys)
+    assert f"{weights}: a weights file holds no architecture: name it with --model" in err
+
+
+def test_weights_of_another_architecture_name_the_file(trained, capsys):
+    root, _ = trained
+    assert main(["summary", str(root / "w.pt"), "--model", "lenet5"]) == 1
+    err = error_line(capsys)
+    assert f"{root / 'w.pt'}: does not fit the architecture given by --model" in err
+
+
+def test_eval_and_predict_refuse_untrained_weights(capsys):
+    assert main(["eval", "lenet5", "--data", "digits"]) == 1
+    assert "needs trained weights" in error_line(capsys)
+
+
+# -- fine-tuning stages -------------------------------------------------------------------
+
+def test_freeze_by_name_range_and_a_wrong_name_lists_the_stages(trained, tmp_path, capsys):
+    root, result = trained
+    model_file = str(root / "run" / "model.json")
+    before = load_model(model_file).state_dict()
+    assert main(["train", "--from", model_file, "--freeze", "0-3", "--data", "digits",
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    after = load_model(tmp_path / "a" / "model.json").state_dict()
+    assert np.array_equal(after["0.weight"], before["0.weight"])        # frozen CONV
+    assert not np.array_equal(after["7.weight"], before["7.weight"])    # trained FC
+    capsys.readouterr()
+    assert main(["train", "--from", model_file, "--freeze", "features", "--data", "digits",
+                 "--quiet", "--out", str(tmp_path / "b")]) == 1
+    err = error_line(capsys)
+    assert "no stage named 'features'" in err and "0, 1, 2, 3, 4, 5, 6, 7" in err
+
+
+# -- preprocessing travels with the model -------------------------------------------------
+
+def test_predict_warns_about_images_far_from_the_training_data(trained, tmp_path, capsys):
+    root, _ = trained
+    x, y = load_dataset("digits").test
+    digit = (x[0, 0].astype(np.float64) * 255 / 16).astype(np.uint8)       # light on dark
+    Image.fromarray(digit).save(tmp_path / "as_trained.png")
+    Image.fromarray(255 - digit).save(tmp_path / "inverted.png")
+    model_file = str(root / "run" / "model.json")
+    assert main(["predict", model_file, str(tmp_path / "as_trained.png"),
+                 str(tmp_path / "inverted.png")]) == 0
+    err = capsys.readouterr().err
+    assert "as_trained.png" not in err
+    assert "inverted.png: its mean intensity" in err
+    assert "light on dark, this one is the reverse: invert it" in err
+
+
+def test_the_model_file_records_the_preprocessing(trained):
+    root, result = trained
+    info = load_model(root / "run" / "model.json").info
+    assert info["classes"] == [str(d) for d in range(10)]
+    assert info["channels"] == "L" and info["scale"] == 16 and info["resize"] is None
+    assert info["split_seed"] == 0 and info["test_fraction"] == 0.1
+    assert len(info["mean"]) == 1 and info["std"][0] > 0

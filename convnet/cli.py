@@ -305,8 +305,8 @@ def build_parser():
                    help="download Fashion-MNIST if it is not found (checksums verified)")
     p.add_argument("--image-size", type=image_size, metavar="H[xW]",
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
-                        "net on the 8x8 digits (default: their own size; images of mixed "
-                        "sizes: the median)")
+                        "net on the 8x8 digits (default: their own size; an image folder "
+                        "of mixed sizes: the median; at most 128 pixels a side)")
     p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N")
     p.add_argument("--batch-size", type=int_type(1, 1_000_000), metavar="N")
     p.add_argument("--lr", type=float_type(0, low_open=True),

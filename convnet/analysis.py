@@ -124,6 +124,7 @@ class LayerRow:
     activation_values: int
     activation_bytes: int
     frozen: bool = False
+    algorithm: str | None = None   # a CONV's convolution algorithm, in training, this batch
 
     def to_dict(self):
         return {"name": self.name, "type": self.type,
@@ -134,7 +135,8 @@ class LayerRow:
                 "receptive_field": _compact(self.receptive_field),
                 "jump": _compact(self.jump),
                 "activation_values": self.activation_values,
-                "activation_bytes": self.activation_bytes, "frozen": self.frozen}
+                "activation_bytes": self.activation_bytes, "frozen": self.frozen,
+                "algorithm": self.algorithm}
 
 
 @dataclass
@@ -185,20 +187,20 @@ class Summary:
                 "max_batch_size": self.max_batch_size, "advice": list(self.advice)}
 
     def to_text(self):
-        """The table for a terminal (under ~110 columns), then totals, memory, advice."""
-        header = ("layer", "type", "output (WxHxD)", "params", "mult-adds", "RF (jump)",
-                  "activations")
-        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32), volume(r.output_shape),
-                 f"{r.params:,}" + (" *" if r.frozen else ""), f"{r.macs:,}",
-                 f"{hw_text(r.receptive_field)} ({hw_text(r.jump)})",
+        """The table for a terminal (under ~125 columns), then totals, memory, advice."""
+        header = ("layer", "type", "algorithm", "output (WxHxD)", "params", "mult-adds",
+                  "RF (jump)", "activations")
+        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32), r.algorithm or "",
+                 volume(r.output_shape), f"{r.params:,}" + (" *" if r.frozen else ""),
+                 f"{r.macs:,}", f"{hw_text(r.receptive_field)} ({hw_text(r.jump)})",
                  format_bytes(r.activation_bytes)) for r in self.layers]
-        rows.insert(0, ("input", "", volume(self.input_shape), "", "", "1 (1)",
+        rows.insert(0, ("input", "", "", volume(self.input_shape), "", "", "1 (1)",
                         format_bytes(self.memory["misc"])))
-        totals = ("total", "", "", f"{self.total_params:,}", f"{self.total_macs:,}",
+        totals = ("total", "", "", "", f"{self.total_params:,}", f"{self.total_macs:,}",
                   f"{hw_text(self.receptive_field)} ({hw_text(self.jump)})",
                   format_bytes(self.memory["activations"]))
-        widths = [max(len(row[i]) for row in [header, *rows, totals]) for i in range(7)]
-        right = (False, False, True, True, True, True, True)
+        widths = [max(len(row[i]) for row in [header, *rows, totals]) for i in range(8)]
+        right = (False, False, False, True, True, True, True, True)
 
         def line(row):
             cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)]
@@ -421,7 +423,8 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         budget: memory in bytes, or a string like "4GB" (units of 1024); the summary then
             reports the largest batch whose training memory fits (0 if none).
 
-    Returns a Summary: ``.layers`` (one LayerRow per leaf), totals, ``.memory`` in bytes,
+    Returns a Summary: ``.layers`` (one LayerRow per leaf, a CONV's with the convolution
+    algorithm it runs in training at this batch size), totals, ``.memory`` in bytes,
     ``.advice``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
 
     Memory for training, in values x bytes per value:
@@ -456,9 +459,11 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         params = int(layer.num_params())
         trainable += 0 if frozen else params
         name = name or layer.name or type(layer).__name__        # a bare layer as the model
+        algorithm = (layer.algorithm_for(in_shape, batch_size) if hasattr(layer, "algorithm_for")
+                     else None)
         rows.append(LayerRow(name, repr(layer), in_shape, out_shape, params,
                              int(layer.macs(in_shape)), state.rf, state.jump, values,
-                             values * batch_size * b, frozen))
+                             values * batch_size * b, frozen, algorithm))
     total_params = sum(row.params for row in rows)
     memory = _memory(rows, input_shape, batch_size, total_params, trainable,
                      OPTIMIZER_MULTIPLIERS[key], b)

@@ -129,7 +129,7 @@ def test_vgg16_text_and_dict(vgg_summary):
     s = vgg_summary
     text = s.to_text()
     lines = text.splitlines()
-    assert max(map(len, lines)) <= 112
+    assert max(map(len, lines)) <= 124      # with the algorithm column
     for row in s.layers:
         assert any(line.startswith(row.name + " ") for line in lines), row.name
     assert "138,357,544" in text and "15,470,264,320" in text and "102,764,544" in text
@@ -139,8 +139,10 @@ def test_vgg16_text_and_dict(vgg_summary):
     assert len(d["layers"]) == len(s.layers) == 39
     first = d["layers"][0]
     for key in ("name", "type", "output_shape", "params", "macs", "receptive_field", "jump",
-                "activation_bytes"):
+                "activation_bytes", "algorithm"):
         assert key in first
+    assert first["algorithm"] == "im2col" and d["layers"][1]["algorithm"] is None  # C=3, N=1
+    assert d["layers"][2]["algorithm"] == "shifted"
     assert first["output_shape"] == [64, 224, 224] and first["receptive_field"] == 3
     assert d["memory"]["training_total"] == s.memory["training_total"]
     assert d["advice"] == []

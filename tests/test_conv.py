@@ -4,23 +4,28 @@ import numpy as np
 import pytest
 import torch
 
-import convnet.functional.conv as conv_module
 from convnet.functional import threads
 from convnet.functional.conv import (
-    blocks_suit,
+    Algorithm,
+    algorithm_for,
+    blocks,
     col2im,
-    col2im_rows,
     conv2d_backward,
     conv2d_forward,
     conv2d_infer,
     conv_output_size,
+    gemm,
     im2col,
-    im2col_rows,
+    machinery,
     pad,
+    reference,
     release_scratch,
     scratch,
-    shifted_suits,
+    shifted,
+    use_algorithm,
+    winograd,
 )
+from convnet.functional.conv.select import blocks_suit, shifted_suits
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from tests.utils import check_layer_grads, rel_error
 
@@ -213,8 +218,8 @@ def test_conv_infer_in_pieces_matches_pytorch(block):
 @pytest.mark.parametrize("c,hw,stride", [(3, 8, 1), (3, 8, 2), (3, 16, 1), (0, 16, 1),
                                          (32, 16, 1), (32, 64, 1)])
 def test_empty_filter_banks_and_batches(n, c, hw, stride):
-    """No filters (K = 0), no images (N = 0) or no input channels (C = 0), on the im2col
-    path, conv_blocks, the shifted path (one image or several) and conv_one_image: empty
+    """No filters (K = 0), no images (N = 0) or no input channels (C = 0), on the auto
+    choice (im2col, blocks, shifted, one_image), im2col and Winograd: empty
     (or zero) outputs, and zero gradients of the right shapes (PyTorch's conv2d refuses
     K = 0; Conv2d refuses K = 0 and C = 0, but the functions do not)."""
     x = np.random.default_rng(0).standard_normal((n, c, hw, hw)).astype(np.float32)
@@ -224,13 +229,16 @@ def test_empty_filter_banks_and_batches(n, c, hw, stride):
         w = np.ones((k, c, 3, 3), np.float32)
         args = ((stride, stride), (1, 1))
         shape = (n, k, (hw - 1) // stride + 1, (hw - 1) // stride + 1)
-        out, cache = conv2d_forward(x, w, None, *args, fit="floor")
-        assert out.shape == shape
-        assert conv2d_infer(x, w, None, *args, fit="floor").shape == shape
-        dx, dw, db = conv2d_backward(out, cache)
-        assert dx.shape == x.shape and not dx.any()
-        assert dw.shape == w.shape and not dw.any()
-        assert db.shape == (k,) and not db.any()
+        winograd = ("winograd2x2", "winograd4x4") if stride == 1 else ()
+        for algorithm in ("auto", "im2col", *winograd):
+            out, cache = conv2d_forward(x, w, None, *args, fit="floor", algorithm=algorithm)
+            assert out.shape == shape
+            assert conv2d_infer(x, w, None, *args, fit="floor",
+                                algorithm=algorithm).shape == shape
+            dx, dw, db = conv2d_backward(out, cache)
+            assert dx.shape == x.shape and not dx.any()
+            assert dw.shape == w.shape and not dw.any()
+            assert db.shape == (k,) and not db.any()
 
 
 def test_conv_infer_builds_im2col_in_bounded_pieces():
@@ -270,7 +278,7 @@ def test_scratch_buffers_are_kept_per_thread_and_role_and_bounded(monkeypatch):
         release_scratch()                                               # every thread's
         assert not np.shares_memory(pool.submit(scratch, "cols", 10, np.float32).result(),
                                     other)
-    monkeypatch.setattr(conv_module, "SCRATCH_MAX_BYTES", 64)
+    monkeypatch.setattr(machinery, "SCRATCH_MAX_BYTES", 64)
     big = scratch("cols", 17, np.float32)                               # 68 bytes: fresh
     assert not np.shares_memory(big, scratch("cols", 17, np.float32))
     release_scratch()
@@ -322,7 +330,7 @@ def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k,
     state = {k: v.copy() for k, v in {**bn.params, **bn.buffers, **conv.params}.items()}
     x = rng.standard_normal((n, c, 9, 9))
     expected = bn.forward(conv.forward(x))
-    assert conv.cache.shifted == (stride == 1)
+    assert isinstance(conv.cache, shifted.Cache) == (stride == 1)
     if relu:
         expected = np.maximum(expected, 0)
     assert rel_error(conv.infer(x, bn=bn, relu=relu), expected) < 1e-12
@@ -358,25 +366,225 @@ def test_conv_float32_forward_matches_float64():
     assert rel_error(out32, conv64.forward(x)) < 1e-6
 
 
-# -- the shifted path (stride 1, im2col along H only) -------------------------------------
-@pytest.fixture
-def everywhere(monkeypatch):
-    """Every stride-1 conv with FW > 1 and no groups takes the shifted path, however few
-    its channels and however narrow its output (tiny cases reach it)."""
-    monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv_module, "SHIFTED_MAX_WASTE", np.inf)
+# -- every algorithm against PyTorch ------------------------------------------------------
+ALGORITHMS = [a.value for a in Algorithm if a is not Algorithm.AUTO]
 
 
-def shifted_case(rng):
-    """random_case restricted to what the shifted path takes: stride 1, no groups, FW > 1."""
+def case_for(algorithm, rng):
+    """random_case restricted to what ``algorithm`` runs: one group for all but im2col;
+    stride 1 for shifted and one_image; a batch of one for one_image; 3x3 filters,
+    stride 1 and dilation 1 for Winograd."""
     case = random_case(rng)
-    fw = max(2, case["kernel"][1])
-    w = max(case["w"], case["dilation"][1] * (fw - 1) + 1 - 2 * case["padding"][1])
-    return {**case, "kernel": (case["kernel"][0], fw), "w": w, "stride": (1, 1),
-            "groups": 1, "c": case["c"] // case["groups"], "k": case["k"] // case["groups"]}
+    if algorithm == "im2col":
+        return case
+    case = {**case, "groups": 1, "c": case["c"] // case["groups"],
+            "k": case["k"] // case["groups"]}
+    if algorithm in ("shifted", "one_image"):
+        fw = case["kernel"][1]
+        w = max(case["w"], case["dilation"][1] * (fw - 1) + 1 - 2 * case["padding"][1])
+        case = {**case, "stride": (1, 1), "w": w}
+    if algorithm == "one_image":
+        case["n"] = 1
+    if algorithm.startswith("winograd"):
+        h, w = (max(size, 3 - 2 * p) for size, p in zip((case["h"], case["w"]),
+                                                          case["padding"]))
+        case = {**case, "kernel": (3, 3), "stride": (1, 1), "dilation": (1, 1),
+                "h": h + int(rng.integers(0, 9)), "w": w + int(rng.integers(0, 9))}
+    return case
 
 
-def test_shifted_path_is_taken_by_layers_with_depth_and_width():
+def arrays(case, rng, dtype=np.float64):
+    x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(dtype)
+    w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
+    return x, w.astype(dtype), rng.standard_normal(case["k"]).astype(dtype)
+
+
+def conv_args(case):
+    return case["stride"], case["padding"], case["dilation"], case["groups"]
+
+
+@pytest.mark.parametrize("block", range(3))
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_matches_pytorch_forward_and_backward(algorithm, block):
+    """90 random cases per algorithm (in its domain), float64, against torch: the output,
+    with a fused RELU or not, dx, dw and db, with and without the input's gradient, and
+    a second backward from an intact cache."""
+    rng = np.random.default_rng(1000 + 10 * ALGORITHMS.index(algorithm) + block)
+    for _ in range(30):
+        case = case_for(algorithm, rng)
+        x, w, b = arrays(case, rng)
+        b = b if rng.random() < 0.7 else None
+        relu = bool(rng.integers(2))
+        out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor", relu=relu,
+                                    algorithm=algorithm)
+        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+        bt = None if b is None else torch.tensor(b, requires_grad=True)
+        ot = torch.nn.functional.conv2d(xt, wt, bt, *conv_args(case))
+        ot = torch.relu(ot) if relu else ot
+        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
+        dout = rng.standard_normal(out.shape)
+        ot.backward(torch.tensor(dout))
+        if rng.random() < 0.3:
+            none, dw, db = conv2d_backward(dout, cache, input_grad=False)
+            assert none is None
+        else:
+            dx, dw, db = conv2d_backward(dout, cache)
+            assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
+        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
+        if b is not None:
+            assert rel_error(db, bt.grad.numpy()) < 1e-10, case
+        if not isinstance(cache, gemm.Cache):    # the cache is intact: the same again
+            assert np.array_equal(conv2d_backward(dout, cache)[1], dw)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_at_inference_in_pieces(algorithm):
+    """conv2d_infer with a bias, a per-channel scale (a folded batch norm) and a fused
+    RELU, each or not, with max_bytes that cut the work into images, bands of rows and
+    single rows (each algorithm's blocks too), float64 and float32."""
+    rng = np.random.default_rng(2000 + ALGORITHMS.index(algorithm))
+    for _ in range(25):
+        case = case_for(algorithm, rng)
+        dtype = np.float32 if rng.random() < 0.3 else np.float64
+        x, w, b = arrays(case, rng, dtype)
+        b = b if rng.random() < 0.7 else None
+        scale = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.5 else None
+        relu = bool(rng.integers(2))
+        want = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64),
+                                          torch.tensor(w, dtype=torch.float64), None,
+                                          *conv_args(case)).numpy()
+        want = want * (1 if scale is None else scale[:, None, None])
+        want = want + (0 if b is None else b[:, None, None])
+        want = np.maximum(want, 0) if relu else want
+        image_bytes = x[:1].nbytes * w.shape[2] * w.shape[3] * 8
+        for limit in (1 << 30, image_bytes, image_bytes // 30, 1):
+            out = conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
+                               relu=relu, scale=scale, algorithm=algorithm)
+            assert out.dtype == dtype and out.shape == want.shape
+            tolerance = 1e-4 if dtype == np.float32 else 1e-10
+            assert rel_error(out, want) < tolerance, (case, limit)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_gradient_check(algorithm):
+    """Each algorithm's gradients (through the Conv2d layer) against central differences,
+    float64."""
+    rng = np.random.default_rng(3000 + ALGORITHMS.index(algorithm))
+    kwargs = dict(kernel_size=3, padding=1)
+    if algorithm in ("im2col", "blocks"):
+        kwargs = dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2))
+    conv = Conv2d(3, 4, dtype=np.float64, rng=rng, algorithm=algorithm, fit="floor", **kwargs)
+    x = rng.standard_normal((1 if algorithm == "one_image" else 2, 3, 7, 6))
+    errors = check_layer_grads(conv, x)
+    assert max(errors.values()) < 1e-7, errors
+
+
+@pytest.mark.parametrize("algorithm, bound", [("im2col", 1e-6), ("shifted", 1e-6),
+                                              ("blocks", 1e-6), ("one_image", 1e-6),
+                                              ("winograd2x2", 3e-6), ("winograd4x4", 3e-5)])
+def test_float32_error_of_each_algorithm_is_bounded(algorithm, bound):
+    """float32 against a float64 reference, as the largest error over the output's largest
+    value, on layers of the nets' sizes (Winograd's transforms amplify rounding: F(4x4)'s
+    most)."""
+    rng = np.random.default_rng(4)
+    worst = 0.0
+    for n, c, k, hw in ((1, 64, 64, 28), (2, 128, 128, 14), (1, 256, 256, 7), (4, 32, 32, 16)):
+        x = rng.standard_normal((n, c, hw, hw))
+        w = rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)
+        want = reference.conv2d_forward(x, w, padding=(1, 1))[0]
+        if algorithm == "one_image":
+            x = x[:1]
+            want = want[:1]
+        got = conv2d_infer(x.astype(np.float32), w.astype(np.float32), padding=(1, 1),
+                           algorithm=algorithm)
+        worst = max(worst, np.abs(got - want).max() / np.abs(want).max())
+    assert worst < bound, worst
+
+
+def test_the_reference_is_the_notes_computation():
+    """reference.py: im2col + one GEMM against the naive loops, col2im as im2col's adjoint,
+    and the notes' flipped-filter convolution as the stride-1 input gradient."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        case = random_case(rng)
+        x, w, b = arrays(case, rng)
+        out, cache = reference.conv2d_forward(x, w, b, *conv_args(case), fit="floor")
+        assert rel_error(out, naive_conv(x, w, b, *conv_args(case))) < 1e-12
+        dout = rng.standard_normal(out.shape)
+        dx, dw, db = reference.conv2d_backward(dout, cache)
+        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+        torch.nn.functional.conv2d(xt, wt, None, *conv_args(case)).backward(torch.tensor(dout))
+        assert rel_error(dx, xt.grad.numpy()) < 1e-10 and rel_error(dw, wt.grad.numpy()) < 1e-10
+        stride, padding, dilation, groups = conv_args(case)
+        if stride == (1, 1) and all(d * (f - 1) >= p for d, f, p in
+                                    zip(dilation, case["kernel"], padding)):
+            flipped = reference.flipped_input_grad(dout, w, padding, dilation, groups)
+            assert rel_error(flipped, dx) < 1e-10
+
+
+# -- choosing an algorithm ----------------------------------------------------------------
+def test_an_algorithm_that_cannot_run_the_convolution_says_why():
+    x = np.zeros((2, 4, 8, 8))
+    w = np.zeros((4, 2, 5, 5))
+    for algorithm, stride, groups, reason in (
+            ("shifted", (2, 2), 1, "it needs stride 1"), ("one_image", (1, 1), 1,
+                                                          "a batch of one image"),
+            ("blocks", (1, 1), 2, "groups=1"), ("winograd4x4", (1, 1), 1, "3x3 filters")):
+        weights = w[:, :2] if groups == 2 else np.zeros((4, 4, 5, 5))
+        with pytest.raises(ValueError, match=f"algorithm '{algorithm}' cannot run.*{reason}"):
+            conv2d_forward(x, weights, stride=stride, groups=groups, fit="floor",
+                           algorithm=algorithm)
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col"):
+        conv2d_infer(x, w[:, :1].repeat(4, 1), algorithm="fft")
+    with pytest.raises(ValueError, match="Conv2d: algorithm must be one of"):
+        Conv2d(3, 4, 3, algorithm="direct")
+
+
+def test_use_algorithm_forces_auto_layers_where_it_can_run():
+    """Inside use_algorithm, an "auto" conv runs the forced algorithm where it applies and
+    the auto choice elsewhere; a layer's own algorithm stands; the block's end restores."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 16, 12, 12))
+    w3, w5 = rng.standard_normal((8, 16, 3, 3)), rng.standard_normal((8, 16, 5, 5))
+    assert isinstance(conv2d_forward(x, w3, padding=(1, 1))[1], shifted.Cache)
+    with use_algorithm("winograd4x4"):
+        assert isinstance(conv2d_forward(x, w3, padding=(1, 1))[1], winograd.Cache)
+        assert isinstance(conv2d_forward(x, w5, padding=(2, 2))[1], shifted.Cache)
+        assert isinstance(conv2d_forward(x, w3, padding=(1, 1), algorithm="im2col")[1],
+                          gemm.Cache)
+        with use_algorithm("im2col"):
+            assert isinstance(conv2d_forward(x, w3, padding=(1, 1))[1], gemm.Cache)
+        assert isinstance(conv2d_forward(x, w3, padding=(1, 1))[1], winograd.Cache)
+    assert isinstance(conv2d_forward(x, w3, padding=(1, 1))[1], shifted.Cache)
+    with pytest.raises(ValueError, match="use_algorithm: algorithm must be one of"):
+        with use_algorithm("fastest"):
+            pass
+
+
+def test_the_auto_choice_per_layer():
+    """The rules of select.py on the nets' layers, in training and at inference."""
+    def chosen(x_shape, w_shape, stride=(1, 1), padding=(1, 1), training=True):
+        return algorithm_for(x_shape, w_shape, stride, padding, training=training)[0].value
+    assert chosen((128, 32, 32, 32), (32, 32, 3, 3)) == "shifted"          # CIFAR's middle
+    assert chosen((128, 3, 32, 32), (32, 3, 3, 3)) == "blocks"             # a first layer
+    assert chosen((8, 64, 56, 56), (128, 64, 3, 3), (2, 2)) == "blocks"    # strided
+    assert chosen((8, 256, 14, 14), (512, 256, 3, 3), (2, 2)) == "im2col"  # 7x7 planes
+    assert chosen((1, 64, 56, 56), (64, 64, 3, 3), training=False) == "one_image"
+    assert chosen((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3)) == "im2col"  # one image
+    assert algorithm_for((8, 64, 56, 56), (64, 16, 3, 3), groups=4)[0].value == "im2col"
+
+
+def test_conv_layer_algorithm_travels_in_its_config_and_summary_names_it():
+    conv = Conv2d(16, 16, 3, padding=1, algorithm="winograd2x2")
+    assert conv.get_config()["algorithm"] == "winograd2x2"
+    assert "algorithm" not in Conv2d(16, 16, 3).get_config()
+    rebuilt = Conv2d(**{k: v for k, v in conv.get_config().items() if k != "type"})
+    assert rebuilt.algorithm == "winograd2x2"
+    assert conv.algorithm_for((16, 8, 8), batch_size=4) == "winograd2x2"
+    assert Conv2d(16, 16, 3, padding=1).algorithm_for((16, 8, 8), batch_size=4) == "shifted"
+
+
+def test_shifted_suits_layers_with_depth_and_width():
     suits = shifted_suits
     assert suits((128, 32, 32, 32), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert suits((8, 64, 224, 224), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)
@@ -388,13 +596,18 @@ def test_shifted_path_is_taken_by_layers_with_depth_and_width():
     assert not suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
     assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 16, 16, 16)).astype(np.float32)
-    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
-    assert conv2d_forward(x, w, padding=(1, 1))[1].shifted
-    assert not conv2d_forward(x, w, stride=(2, 2), padding=(1, 1), fit="floor")[1].shifted
 
 
+def test_blocks_suit_batches_with_wide_output_planes():
+    assert blocks_suit((128, 3, 32, 32), (32, 32), 1)       # a first layer
+    assert blocks_suit((8, 64, 56, 56), (28, 28), 1)        # stride 2
+    assert blocks_suit((8, 128, 20, 20), (10, 10), 1)       # 1x1, 100 positions
+    assert not blocks_suit((1, 3, 224, 224), (112, 112), 1)  # one image
+    assert not blocks_suit((8, 256, 14, 14), (7, 7), 1)      # 49 positions
+    assert not blocks_suit((8, 64, 56, 56), (56, 56), 4)     # groups
+
+
+# -- the algorithms' own machinery: blocks, bands, threads --------------------------------
 @pytest.mark.parametrize("padding, dh, h0, oh", [
     ((1, 1), 2, 0, 5), ((2, 1), 1, 0, 9), ((0, 2), 3, 0, 1), ((1, 0), 2, 2, 2),
     ((3, 1), 1, 4, 3)])
@@ -406,247 +619,115 @@ def test_im2col_rows_holds_the_vertical_taps_and_col2im_rows_is_its_adjoint(padd
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 7, 5))
     xp = pad(x, padding)
-    y = im2col_rows(xp[:, :, h0:], 3, dh, oh).reshape(3, 3, 2, oh, xp.shape[3])
+    y = shifted.im2col_rows(xp[:, :, h0:], 3, dh, oh).reshape(3, 3, 2, oh, xp.shape[3])
     for i in range(3):
         rows = xp[:, :, h0 + dh * i: h0 + dh * i + oh]
         assert np.array_equal(y[:, i], rows.transpose(1, 0, 2, 3))
     d = rng.standard_normal(y.shape)
     start = rng.standard_normal(x.shape)
     back = start.copy()
-    col2im_rows(d, back, dh, padding, h0)
+    shifted.col2im_rows(d, back, dh, padding, h0)
     assert abs(np.sum(y * d) - np.sum(x * (back - start))) < 1e-10 * np.abs(y * d).sum()
     whole_image = h0 == 0 and oh == xp.shape[2] - 2 * dh
     if whole_image:
         fresh = np.full_like(x, np.nan)
-        col2im_rows(d, fresh, dh, padding, h0, fresh=True)
+        shifted.col2im_rows(d, fresh, dh, padding, h0, fresh=True)
         assert np.allclose(fresh, back - start, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("block", range(4))
-def test_shifted_conv_matches_pytorch_forward_and_backward(block, everywhere):
-    """120 random stride-1 cases on the shifted path, float64, against torch."""
-    rng = np.random.default_rng(500 + block)
-    for _ in range(30):
-        case = shifted_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
-        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
-        b = rng.standard_normal(case["k"])
-        args = ((1, 1), case["padding"], case["dilation"])
-        out, cache = conv2d_forward(x, w, b, *args, fit="floor")
-        assert cache.shifted, case
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        ot = torch.nn.functional.conv2d(xt, wt, bt, *args)
-        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
-        dout = rng.standard_normal(out.shape)
-        ot.backward(torch.tensor(dout))
-        overwrite = bool(rng.integers(2))
-        dx, dw, db = conv2d_backward(dout, cache, overwrite_cols=overwrite)
-        assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
-        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
-        assert rel_error(db, bt.grad.numpy()) < 1e-10, case
-        if not overwrite:   # the cache is intact: a second backward gives the same
-            assert np.array_equal(conv2d_backward(dout, cache)[1], dw)
-
-
-@pytest.mark.parametrize("block", range(2))
-def test_shifted_conv_blocks_and_infer_pieces_match_pytorch(block, everywhere, monkeypatch):
-    """Blocks of the GEMM product small enough to cut it into images, bands of rows and
-    single rows, in training and at inference, with relu and a per-channel scale; every
-    copy and sum split over threads, however small."""
+@pytest.mark.parametrize("algorithm, module", [("shifted", shifted), ("blocks", blocks),
+                                               ("winograd2x2", winograd),
+                                               ("winograd4x4", winograd)])
+def test_blocks_of_any_size_give_the_same_result(algorithm, module, monkeypatch):
+    """Each blocked algorithm's BLOCK_BYTES small enough to cut the work into images,
+    bands of rows and single rows, in training and at inference; every copy and sum
+    split over threads however small: the same as one block of everything."""
     monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
-    rng = np.random.default_rng(600 + block)
-    for _ in range(10):
-        case = shifted_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
-        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
-        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
-        scale = rng.standard_normal(case["k"]) if rng.random() < 0.5 else None
-        args = ((1, 1), case["padding"], case["dilation"])
-        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
-        ot = torch.nn.functional.conv2d(xt, wt, None if b is None else torch.tensor(b), *args)
-        dout = rng.standard_normal(tuple(ot.shape))
-        ot.backward(torch.tensor(dout))
-        expected = ot.detach().numpy()
-        image_bytes = 8 * x[0, 0].size * w.shape[3] * max(case["c"], case["k"]) * 4
-        for limit in (1 << 30, image_bytes, image_bytes // 5, 1):
-            monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", limit)
-            out, cache = conv2d_forward(x, w, b, *args, fit="floor")
-            assert rel_error(out, expected) < 1e-10, (case, limit)
-            dx, dw, _ = conv2d_backward(dout, cache, overwrite_cols=True)
-            assert rel_error(dx, xt.grad.numpy()) < 1e-10, (case, limit)
-            assert rel_error(dw, wt.grad.numpy()) < 1e-10, (case, limit)
-            out = conv2d_infer(x, w, b, *args, fit="floor", max_bytes=limit, relu=True,
-                               scale=scale)
-            bias = np.zeros((case["k"], 1, 1)) if b is None else b[:, None, None]
-            factor = 1 if scale is None else scale[:, None, None]
-            want = np.maximum((expected - bias) * factor + bias, 0)   # relu(conv * s + b)
-            assert rel_error(out, want) < 1e-10, (case, limit)
+    rng = np.random.default_rng(600)
+    for _ in range(8):
+        case = case_for(algorithm, rng)
+        x, w, b = arrays(case, rng)
+        dout = None
+        results = []
+        for limit in (1 << 30, 8 * x[0].size * 9, 8 * x.shape[3] * 9 * 4, 1):
+            monkeypatch.setattr(module, "BLOCK_BYTES", limit)
+            out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor",
+                                        algorithm=algorithm)
+            dout = rng.standard_normal(out.shape) if dout is None else dout
+            infer = conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
+                                 algorithm=algorithm)
+            results.append((out, infer, *conv2d_backward(dout, cache)))
+        for got in results[1:]:
+            for a, e in zip(got, results[0]):
+                assert rel_error(a, e) < 1e-12, case
 
 
-@pytest.mark.parametrize("path,kwargs", [
-    ("shifted", dict(kernel_size=3, padding=1)),
-    ("shifted", dict(kernel_size=(3, 2), padding=(2, 0), dilation=(1, 2))),
-    ("shifted", dict(kernel_size=3, padding=3, dilation=2, bias=False)),
-    ("blocked", dict(kernel_size=3, padding=1)),
-    ("blocked", dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 0), dilation=(1, 2))),
-    ("blocked", dict(kernel_size=1, stride=2, bias=False)),
-])
-def test_shifted_and_blocks_gradient_check(path, kwargs, request):
-    """The shifted path's and conv_blocks' gradients against numerical ones (float64)."""
-    request.getfixturevalue("everywhere" if path == "shifted" else "blocks")
-    rng = np.random.default_rng(5)
-    conv = Conv2d(3, 4, dtype=np.float64, rng=rng, **kwargs)
-    x = rng.standard_normal((3, 3, 7, 7))
-    conv.forward(x)
-    assert getattr(conv.cache, path)
-    errors = check_layer_grads(conv, x)
-    assert max(errors.values()) < 1e-7, errors
+@pytest.mark.parametrize("blas_limit", [True, False])
+def test_per_thread_blocks_match_one_thread(blas_limit, monkeypatch):
+    """The images split between the threads (each its own blocks, BLAS on one thread, its
+    own dW and db summed at the end), or, when BLAS's threads cannot be set, every block on
+    the calling thread: the same result, for batches that do not split evenly."""
+    if not blas_limit:
+        monkeypatch.setattr(threads, "_blas", False)
+    rng = np.random.default_rng(7)
+    for algorithm in ("shifted", "blocks", "winograd4x4"):
+        for n in (1, 2, 5):
+            x = rng.standard_normal((n, 3, 9, 8))
+            w = rng.standard_normal((4, 3, 3, 3))
+            b = rng.standard_normal(4)
+            dout = rng.standard_normal((n, 4, 9, 8))
+            ref, cache = reference.conv2d_forward(x, w, b, padding=(1, 1))
+            want = (ref, *reference.conv2d_backward(dout, cache))
+            out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=algorithm)
+            for a, e in zip((out, *conv2d_backward(dout, cache)), want):
+                assert rel_error(a, e) < 1e-12, (algorithm, n)
 
 
-@pytest.mark.parametrize("c", [3, 16])          # the im2col path, the shifted path
-def test_conv_of_an_empty_batch(c):
-    rng = np.random.default_rng(8)
-    x = np.zeros((0, c, 20, 20), np.float32)
-    w = rng.standard_normal((8, c, 3, 3)).astype(np.float32)
-    out, cache = conv2d_forward(x, w, padding=(1, 1))
-    assert out.shape == (0, 8, 20, 20) and cache.shifted == (c == 16)
-    dx, dw, db = conv2d_backward(np.zeros(out.shape, np.float32), cache, overwrite_cols=True)
-    assert dx.shape == x.shape and not dw.any() and not db.any()
-    assert conv2d_infer(x, w, padding=(1, 1)).shape == (0, 8, 20, 20)
+def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit():
+    """At inference a batch of one on the shifted path runs one_image when each thread's
+    rows fit in one block of max_bytes, else the shifted path's bands of rows; both give
+    the convolution."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 16, 14, 14))
+    w = rng.standard_normal((32, 16, 3, 3))
+    want = naive_conv(x, w, None, (1, 1), (1, 1))
+    row = 16 * 9 * 15 * 8       # bytes of the (C*FH*FW, WP) matrix per output row
+    rows = -(-14 // threads.THREADS)
+    for limit, taken in ((rows * row, "one_image"), (rows * row - 1, "shifted")):
+        chosen = algorithm_for(x.shape, w.shape, padding=(1, 1), itemsize=8, training=False)
+        from convnet.functional.conv.select import Problem, auto
+        p = Problem(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (14, 14), 8, limit)
+        assert auto(p)[0].value == taken, limit
+        out = conv2d_infer(x, w, padding=(1, 1), max_bytes=limit)
+        assert rel_error(out, want) < 1e-10, limit
+    assert chosen[0].value == "one_image"
+    out, cache = conv2d_forward(x, w, padding=(1, 1))   # training: the same forward
+    assert isinstance(cache, shifted.Cache) and rel_error(out, want) < 1e-10
 
 
-@pytest.mark.parametrize("shifted", [False, True])
-def test_conv_with_a_fused_relu_matches_pytorch(shifted, monkeypatch):
-    """conv2d_forward(relu=True) is relu(conv), and conv2d_backward then takes the
-    gradient of the RELU's output: 40 random cases on each path (the im2col path with
-    strides, groups and the flipped-filter dx; the shifted path forced), float64, with and
-    without the input's gradient, against PyTorch."""
-    if shifted:
-        monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1)
-        monkeypatch.setattr(conv_module, "SHIFTED_MAX_WASTE", np.inf)
-    rng = np.random.default_rng(700 + shifted)
-    for _ in range(40):
-        case = shifted_case(rng) if shifted else random_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
-        w = rng.standard_normal((case["k"], case["c"] // case["groups"], *case["kernel"]))
-        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
-        args = (case["stride"], case["padding"], case["dilation"], case["groups"])
-        out, cache = conv2d_forward(x, w, b, *args, fit="floor", relu=True)
-        assert cache.shifted or not shifted, case
-        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
-        bt = None if b is None else torch.tensor(b, requires_grad=True)
-        ot = torch.relu(torch.nn.functional.conv2d(xt, wt, bt, *args))
-        dout = rng.standard_normal(out.shape)
-        ot.backward(torch.tensor(dout))
-        assert rel_error(out, ot.detach().numpy()) < 1e-10, case
-        dx, dw, db = conv2d_backward(dout, cache)
-        assert rel_error(dx, xt.grad.numpy()) < 1e-10, case
-        assert rel_error(dw, wt.grad.numpy()) < 1e-10, case
-        if b is not None:
-            assert rel_error(db, bt.grad.numpy()) < 1e-10, case
-        none, dw2, _ = conv2d_backward(dout, conv2d_forward(x, w, b, *args, fit="floor",
-                                                            relu=True)[1], input_grad=False)
-        assert none is None and rel_error(dw2, wt.grad.numpy()) < 1e-10, case
-
-
-# -- image blocks (conv_blocks) ---------------------------------------------------------
-@pytest.fixture
-def blocks(monkeypatch):
-    """Every conv of one group and a batch of two or more takes conv_blocks, however small
-    its output planes (tiny cases reach it), and none the shifted path."""
-    monkeypatch.setattr(conv_module, "BLOCKS_MIN_POSITIONS", 0)
-    monkeypatch.setattr(conv_module, "SHIFTED_MIN_CHANNELS", 1 << 30)
-
-
-def blocks_case(rng):
-    """random_case with one group and two to four images."""
-    case = random_case(rng)
-    return {**case, "groups": 1, "c": case["c"] // case["groups"],
-            "k": case["k"] // case["groups"], "n": int(rng.integers(2, 5))}
-
-
-def test_blocks_are_taken_by_batches_with_wide_output_planes():
-    assert blocks_suit((128, 3, 32, 32), (32, 3, 3, 3), (32, 32), 1)       # a first layer
-    assert blocks_suit((8, 64, 56, 56), (128, 64, 3, 3), (28, 28), 1)     # stride 2
-    assert blocks_suit((8, 128, 20, 20), (256, 128, 1, 1), (10, 10), 1)   # 1x1, 100 positions
-    assert not blocks_suit((1, 3, 224, 224), (64, 3, 7, 7), (112, 112), 1)  # one image
-    assert not blocks_suit((8, 256, 14, 14), (512, 256, 3, 3), (7, 7), 1)   # 49 positions
-    assert not blocks_suit((8, 64, 56, 56), (64, 16, 3, 3), (56, 56), 4)    # groups
-    rng = np.random.default_rng(0)
-    conv = Conv2d(3, 8, 3, padding=1, rng=rng)
-    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
-    conv.forward(x)
-    assert conv.cache.blocked and conv.cache.cols is x and conv.cache.workspace is None
-    conv.forward(x[:1])
-    assert not conv.cache.blocked and conv.cache.cols.shape == (27, 256)   # im2col's
-
-
-@pytest.mark.parametrize("block", range(4))
-def test_conv_blocks_match_pytorch_forward_and_backward(block, blocks, monkeypatch):
-    """120 random cases on conv_blocks (strides, padding, dilation, rectangular filters),
-    float64, against PyTorch: the output, with a fused RELU or not; dx, dw and db, with
-    and without the input's gradient; blocks of any number of images a thread (one value,
-    one image, all), every copy split over threads however small."""
-    monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
-    rng = np.random.default_rng(800 + block)
-    for _ in range(30):
-        case = blocks_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
-        w = rng.standard_normal((case["k"], case["c"], *case["kernel"]))
-        b = rng.standard_normal(case["k"]) if rng.random() < 0.7 else None
-        relu = bool(rng.integers(2))
-        args = (case["stride"], case["padding"], case["dilation"])
-        xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
-        bt = None if b is None else torch.tensor(b, requires_grad=True)
-        ot = torch.nn.functional.conv2d(xt, wt, bt, *args)
-        if relu:
-            ot = torch.relu(ot)
-        dout = rng.standard_normal(tuple(ot.shape))
-        ot.backward(torch.tensor(dout))
-        expected = ot.detach().numpy()
-        image_bytes = 8 * case["c"] * w[0, 0].size * expected[0, 0].size
-        limit = int(rng.choice([1, image_bytes, 1 << 30]))
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", limit)
-        out, cache = conv2d_forward(x, w, b, *args, fit="floor", relu=relu)
-        assert cache.blocked, case
-        assert rel_error(out, expected) < 1e-10, (case, limit)
-        if rng.random() < 0.3:
-            none, dw, db = conv2d_backward(dout, cache, input_grad=False)
-            assert none is None
+def test_layers_keep_only_their_input_where_the_algorithm_remakes_its_matrix():
+    """shifted, blocks and Winograd keep x itself in training (their matrices are made
+    again, block by block, in the backward pass), im2col its matrix in a reused buffer;
+    two training steps give the same output and gradients."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
+    dout = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
+    for algorithm in ("shifted", "blocks", "winograd2x2", "im2col"):
+        conv = Conv2d(16, 16, 3, padding=1, rng=rng, algorithm=algorithm)
+        first = conv.forward(x)
+        if algorithm == "im2col":
+            assert conv.cache.cols.shape == (144, 1600) and conv.cache.workspace is not None
         else:
-            dx, dw, db = conv2d_backward(dout, cache)
-            assert rel_error(dx, xt.grad.numpy()) < 1e-10, (case, limit)
-        assert rel_error(dw, wt.grad.numpy()) < 1e-10, (case, limit)
-        if b is not None:
-            assert rel_error(db, bt.grad.numpy()) < 1e-10, (case, limit)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_blocks_at_inference_match_pytorch(dtype, blocks, monkeypatch):
-    """conv2d_infer on conv_blocks, with a bias, a per-channel scale (a folded batch norm)
-    and a fused RELU, each or not, for 40 random cases and block sizes."""
-    rng = np.random.default_rng(900)
-    for _ in range(40):
-        case = blocks_case(rng)
-        x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(dtype)
-        w = rng.standard_normal((case["k"], case["c"], *case["kernel"])).astype(dtype)
-        b = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.7 else None
-        scale = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.5 else None
-        relu = bool(rng.integers(2))
-        args = (case["stride"], case["padding"], case["dilation"])
-        conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), None,
-                                          *args).numpy()
-        want = conv * (1 if scale is None else scale[:, None, None])
-        want = want + (0 if b is None else b[:, None, None])
-        want = np.maximum(want, 0) if relu else want
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", int(rng.choice([1, 1 << 30])))
-        out = conv2d_infer(x, w, b, *args, fit="floor", relu=relu, scale=scale)
-        assert out.dtype == dtype
-        assert rel_error(out, want) < (1e-5 if dtype == np.float32 else 1e-10), case
+            assert conv.cache.x is x and getattr(conv.cache, "workspace", None) is None
+        dx1 = conv.backward(dout)
+        dw1 = conv.grads["weight"].copy()
+        assert np.array_equal(conv.forward(x), first)
+        assert np.array_equal(conv.backward(dout), dx1)
+        assert np.array_equal(conv.grads["weight"], dw1)
 
 
 def test_conv_blocks_at_inference_stay_within_max_bytes():
-    """conv2d_infer's max_bytes also bounds conv_blocks' blocks (two images' matrices here,
+    """conv2d_infer's max_bytes also bounds blocks' blocks (two images' matrices here,
     where BLOCK_BYTES alone would take every image a thread has)."""
     import tracemalloc
     rng = np.random.default_rng(3)
@@ -664,102 +745,16 @@ def test_conv_blocks_at_inference_stay_within_max_bytes():
     assert peak < out.nbytes + threads.THREADS * (2 * image + padded) + (64 << 10), peak
 
 
-def test_shifted_conv_layer_keeps_only_its_input_and_steps_agree():
-    """On the shifted path a training forward keeps x itself (its Y is made again, block
-    by block, in the backward pass: no matrix several times x's size stays in memory),
-    and two training steps give the same output and gradients."""
-    rng = np.random.default_rng(6)
-    conv = Conv2d(16, 16, 3, padding=1, rng=rng)
-    x = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
-    dout = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
-    first = conv.forward(x)
-    assert conv.cache.shifted and conv.cache.cols is x and conv.cache.workspace is None
-    dx1 = conv.backward(dout)
-    dw1 = conv.grads["weight"].copy()
-    assert np.array_equal(conv.forward(x), first)
-    assert np.array_equal(conv.backward(dout), dx1)
-    assert np.array_equal(conv.grads["weight"], dw1)
-
-
-@pytest.mark.parametrize("blas_limit", [True, False])
-def test_shifted_conv_per_thread_blocks_match_one_thread(blas_limit, everywhere, monkeypatch):
-    """The images split between the threads (each its own blocks, BLAS on one thread, its
-    own dW and db summed at the end), or, when BLAS's threads cannot be set, every block on
-    the calling thread: the same result as one block of everything, for batches that do
-    not split evenly and blocks that cut images into bands."""
-    if not blas_limit:
-        monkeypatch.setattr(threads, "_blas", False)
-    rng = np.random.default_rng(7)
-    for n in (1, 2, 5):
-        x = rng.standard_normal((n, 3, 9, 8))
-        w = rng.standard_normal((4, 3, 3, 3))
-        b = rng.standard_normal(4)
-        dout = rng.standard_normal((n, 4, 9, 8))
-        monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", 1 << 30)
-        out, cache = conv2d_forward(x, w, b, padding=(1, 1))
-        want = (out, *conv2d_backward(dout, cache))
-        row = 3 * 4 * 9 * 8     # bytes of Z's (FW*K, WP) per output row, in float64
-        for limit in (2 * 9 * row, 3 * row, 1):   # two images, bands of 3 rows, single rows
-            monkeypatch.setattr(conv_module, "SHIFTED_BLOCK_BYTES", limit)
-            out, cache = conv2d_forward(x, w, b, padding=(1, 1))
-            got = (out, *conv2d_backward(dout, cache))
-            for a, e in zip(got, want):
-                assert rel_error(a, e) < 1e-12, (n, limit)
-            infer = conv2d_infer(x, w, b, padding=(1, 1), max_bytes=limit)
-            assert rel_error(infer, want[0]) < 1e-12, (n, limit)
-
-
-@pytest.mark.parametrize("block", range(2))
-def test_one_image_conv_matches_pytorch(block, monkeypatch):
-    """conv_one_image (im2col over whole padded rows, one image) over random stride-1
-    cases: any padding (none too), dilation and filter shape, in float64 and float32, with
-    bias, scale and relu; the rows split between the threads, or, when BLAS's threads
-    cannot be set, both blocks on the calling thread."""
-    if block:
-        monkeypatch.setattr(threads, "_blas", False)
-    rng = np.random.default_rng(800 + block)
-    for _ in range(40):
-        case = shifted_case(rng)
-        dtype = np.float32 if rng.random() < 0.3 else np.float64
-        x = rng.standard_normal((1, case["c"], case["h"], case["w"])).astype(dtype)
-        w = rng.standard_normal((case["k"], case["c"], *case["kernel"])).astype(dtype)
-        b = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.7 else None
-        scale = rng.standard_normal(case["k"]).astype(dtype) if rng.random() < 0.5 else None
-        relu = bool(rng.random() < 0.5)
-        factor = np.ones(case["k"]) if scale is None else scale
-        expected = torch.nn.functional.conv2d(
-            torch.tensor(x, dtype=torch.float64),
-            torch.tensor(w * factor[:, None, None, None], dtype=torch.float64),
-            None if b is None else torch.tensor(b, dtype=torch.float64), 1,
-            case["padding"], case["dilation"]).numpy()
-        expected = np.maximum(expected, 0) if relu else expected
-        out = np.full(expected.shape, np.nan, dtype)
-        got = conv_module.conv_one_image(x, w, b, case["padding"], case["dilation"], out,
-                                         relu, scale)
-        assert got is out
-        assert rel_error(out, expected) < (1e-4 if dtype == np.float32 else 1e-10), case
-
-
-def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit(everywhere, monkeypatch):
-    """A batch of one takes conv_one_image when each thread's rows fit in one block, else
-    the shifted path's bands of rows; both give the convolution."""
-    calls = []
-    one_image = conv_module.conv_one_image
-    monkeypatch.setattr(conv_module, "conv_one_image",
-                        lambda *a, **k: calls.append(1) or one_image(*a, **k))
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((1, 16, 14, 14))
-    w = rng.standard_normal((32, 16, 3, 3))
-    want = naive_conv(x, w, None, (1, 1), (1, 1))
-    row = 16 * 9 * 15 * 8       # bytes of the (C*FH*FW, WP) matrix per output row
-    rows = -(-14 // threads.THREADS)
-    for limit, taken in ((rows * row, True), (rows * row - 1, False)):
-        calls.clear()
-        out = conv2d_infer(x, w, padding=(1, 1), max_bytes=limit)
-        assert bool(calls) == taken, limit
-        assert rel_error(out, want) < 1e-10, limit
-    out, cache = conv2d_forward(x, w, padding=(1, 1))   # training: the same forward
-    assert calls and cache.shifted and rel_error(out, want) < 1e-10
+@pytest.mark.parametrize("c", [3, 16])          # im2col, the shifted path
+def test_conv_of_an_empty_batch(c):
+    rng = np.random.default_rng(8)
+    x = np.zeros((0, c, 20, 20), np.float32)
+    w = rng.standard_normal((8, c, 3, 3)).astype(np.float32)
+    out, cache = conv2d_forward(x, w, padding=(1, 1))
+    assert out.shape == (0, 8, 20, 20) and isinstance(cache, shifted.Cache) == (c == 16)
+    dx, dw, db = conv2d_backward(np.zeros(out.shape, np.float32), cache, overwrite_cols=True)
+    assert dx.shape == x.shape and not dw.any() and not db.any()
+    assert conv2d_infer(x, w, padding=(1, 1)).shape == (0, 8, 20, 20)
 
 
 # -- gradient checks ---------------------------------------------------------------------

@@ -36,6 +36,9 @@ class Conv2d(Layer):
         fit: "exact" (default) raises ValueError when (W - F + 2P)/S + 1 is not an
             integer; "floor" drops the leftover rows/columns as PyTorch does.
         dtype: float32 (default) or float64. rng: np.random.Generator for the init.
+        algorithm: how the convolution is computed: "auto" (default: chosen per input,
+            see functional.conv.select) or a name of functional.conv.Algorithm ("im2col"
+            is the notes' im2col + one matrix multiply); the result is the same.
 
     Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
     Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.
@@ -46,9 +49,11 @@ class Conv2d(Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, fit="exact", dtype=np.float32, rng=None):
+                 dilation=1, groups=1, bias=True, fit="exact", dtype=np.float32, rng=None,
+                 algorithm="auto"):
         super().__init__()
         where = type(self).__name__
+        self.algorithm = F.Algorithm(F.select.check(algorithm, where)).value
         self.in_channels = positive_int(in_channels, "in_channels", where)
         self.out_channels = positive_int(out_channels, "out_channels", where)
         self.kernel_size = window_pair(kernel_size, "kernel_size", where)
@@ -98,15 +103,15 @@ class Conv2d(Layer):
         reuse = self._workspace if self.training else None
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                            self.stride, self.padding, self.dilation,
-                                           self.groups, self.fit, cols_out=reuse, relu=relu)
-        self._workspace = self.cache.workspace if self.training else None
+                                           self.groups, self.fit, cols_out=reuse, relu=relu,
+                                           algorithm=self.algorithm)
+        self._workspace = getattr(self.cache, "workspace", None) if self.training else None
         return out
 
     def infer(self, x, bn=None, relu=False):
         """Forward without a cache, building im2col in pieces of at most
-        ``functional.conv.IM2COL_MAX_BYTES`` (on the shifted path and in conv_blocks,
-        its matrices in pieces of at most ``SHIFTED_BLOCK_BYTES`` and ``BLOCK_BYTES``, or
-        one image's): inference memory stays bounded.
+        ``functional.conv.IM2COL_MAX_BYTES`` (the other algorithms' blocks in pieces of at
+        most their own BLOCK_BYTES, or one image's): inference memory stays bounded.
 
         Containers fuse a CONV -> BN -> RELU run into this one call at inference:
         ``bn``, an eval-mode BatchNorm2d that follows this layer, is folded in (bn(y) =
@@ -128,7 +133,15 @@ class Conv2d(Layer):
             else:   # the same result dtype as folding into the filters
                 w = w.astype(np.result_type(w, scale), copy=False)
         return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
-                              self.fit, relu=relu, scale=scale)
+                              self.fit, relu=relu, scale=scale, algorithm=self.algorithm)
+
+    def algorithm_for(self, input_shape, batch_size=1, training=True):
+        """The algorithm (a name) that runs this layer on a batch of per-sample
+        ``input_shape`` (C, H, W), in training or at inference."""
+        chosen, _ = F.algorithm_for((batch_size, *input_shape), self.params["weight"].shape,
+                                    self.stride, self.padding, self.dilation, self.groups,
+                                    self.dtype.itemsize, training, self.algorithm)
+        return chosen.value
 
     skips_input_grad = True
 
@@ -153,7 +166,8 @@ class Conv2d(Layer):
                 "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups,
-                "bias": "bias" in self.params, "fit": self.fit, "dtype": self.dtype.name}
+                "bias": "bias" in self.params, "fit": self.fit, "dtype": self.dtype.name,
+                **({} if self.algorithm == "auto" else {"algorithm": self.algorithm})}
 
     def __repr__(self):
         text = (f"Conv2d(K={self.out_channels}, F={hw_text(self.kernel_size)}, "

@@ -1,0 +1,139 @@
+"""Convolution: the notes' algorithm, and faster ones beside it, chosen per layer.
+
+    reference.py   the notes' im2col + one matrix multiply and col2im: read this first
+    gemm.py        "im2col": the same, with threads, reused buffers and fused finishes
+    shifted.py     "shifted": stride 1, im2col along H only (FH copies, not FH*FW)
+    blocks.py      "blocks": im2col + GEMM a few images at a time, each thread its own
+    one_image.py   "one_image": a batch of one, im2col over whole padded rows
+    winograd.py    "winograd2x2", "winograd4x4": Winograd's minimal filtering, 3x3 filters
+    select.py      the Algorithm names, the auto choice's rules and thresholds
+    machinery.py   padding over both cores, per-thread scratch buffers
+    sizes.py       the output-size formula and the checks
+    local.py       the locally-connected layer
+
+``conv2d_forward``, ``conv2d_backward`` and ``conv2d_infer`` take ``algorithm`` ("auto"
+by default, see select.py). Each algorithm's forward returns its own cache type, and
+``conv2d_backward`` runs the backward pass of the algorithm that made the cache.
+
+Notation: x is (N, C, H, W); w is (K, C // groups, FH, FW); out is (N, K, OH, OW).
+Dilation follows PyTorch: 1 means contiguous filters (the notes' "dilation 0").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convnet.functional.conv import blocks, gemm, reference, shifted, winograd
+from convnet.functional.conv.local import (
+    LocalCache,
+    locally_connected_backward,
+    locally_connected_forward,
+)
+from convnet.functional.conv.machinery import buffer, pad, release_scratch, scratch
+from convnet.functional.conv.reference import col2im, im2col, output_size, windows
+from convnet.functional.conv.select import (
+    MODULES,
+    THRESHOLDS,
+    Algorithm,
+    Problem,
+    choose,
+    use_algorithm,
+)
+from convnet.functional.conv.sizes import FITS, check_input, conv_output_size, pair
+
+IM2COL_MAX_BYTES = THRESHOLDS["inference_max_bytes"].value
+
+# The backward pass of each cache type.
+BACKWARD = {reference.Cache: lambda dout, cache, input_grad, overwrite:
+            reference.conv2d_backward(dout, cache),
+            gemm.Cache: gemm.backward, shifted.Cache: shifted.backward,
+            blocks.Cache: blocks.backward,
+            winograd.Cache: lambda dout, cache, input_grad, overwrite:
+            (winograd.F2X2 if cache.m == 2 else winograd.F4X4).backward(
+                dout, cache, input_grad, overwrite)}
+
+
+def problem(x, w, stride, padding, dilation, groups, out_size, max_bytes=None):
+    return Problem(x.shape, w.shape, stride, padding, dilation, groups, out_size,
+                   max(x.itemsize, w.itemsize), max_bytes)
+
+
+def algorithm_for(x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                  groups=1, itemsize=4, training=True, algorithm="auto"):
+    """(Algorithm, reason): what conv2d_forward (training) or conv2d_infer would run for
+    an input of x_shape (N, C, H, W) and filters of w_shape."""
+    out_size = output_size(x_shape, w_shape, stride, padding, dilation, "floor")
+    p = Problem(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups, out_size,
+                itemsize, None if training else IM2COL_MAX_BYTES)
+    return choose(algorithm, p)
+
+
+def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                   fit="exact", cols_out=None, relu=False, algorithm="auto"):
+    """Convolve K filters over x, keeping what the backward pass needs.
+
+    x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None. Returns out
+    (N, K, OH, OW), OH = (H - FH' + 2P)/S + 1 with FH' = dilation*(FH-1)+1, and a cache
+    for conv2d_backward, of the type of the algorithm that ran (``algorithm``: a name of
+    select.Algorithm, "auto" by default). ``cols_out``: a flat buffer the im2col algorithm
+    may write its matrix into (the cache's ``workspace``, to pass back next time). The
+    shifted, blocks, one_image and Winograd algorithms keep x itself, which must not
+    change before the backward pass. relu=True returns max(0, conv), the RELU of a
+    CONV -> RELU applied as the output is finished; conv2d_backward then takes the
+    gradient of that output and lets it through only where it is > 0.
+
+    >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
+    >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
+    (1, 96, 55, 55)
+    """
+    out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
+    out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
+    chosen, _ = choose(algorithm, problem(x, w, stride, padding, dilation, groups, out_size))
+    cache = MODULES[chosen].forward(x, w, b, stride, padding, dilation, groups, out, relu,
+                                    cols_out)
+    return out, cache
+
+
+def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
+    """Gradients of conv2d_forward: (dx, dw, db), by the algorithm that made ``cache``.
+
+    dw = dout_row @ X_col^T (summed over every position of each depth slice),
+    dx = col2im(W_row^T @ dout_row), db = dout summed over N, OH, OW, however each
+    algorithm arranges it. With input_grad=False dx is not computed and None is returned
+    in its place (a net's first layer: nothing needs the gradient of the data). With
+    overwrite_cols=True the im2col algorithm writes W_row^T @ dout_row over its cache's
+    matrix: the cache is then spent.
+    """
+    return BACKWARD[type(cache)](dout, cache, input_grad, overwrite_cols)
+
+
+def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                 fit="exact", max_bytes=IM2COL_MAX_BYTES, relu=False, scale=None,
+                 algorithm="auto"):
+    """conv2d_forward for inference: the output only, its temporaries bounded.
+
+    Same arguments and output as conv2d_forward, but no cache; every algorithm makes its
+    temporaries in pieces of at most ``max_bytes`` (im2col: a few images, or bands of
+    output rows of one image; the others: blocks of at most their own BLOCK_BYTES too).
+    relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
+    the output as it is finished. scale (K,) multiplies each output channel before the
+    bias is added (a batch norm folded into the output rather than the filters).
+
+    >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.3 GB of Y, in 4 MB pieces
+    (8, 64, 224, 224)
+    """
+    out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
+    out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
+    p = problem(x, w, stride, padding, dilation, groups, out_size, max_bytes)
+    chosen, _ = choose(algorithm, p)
+    return MODULES[chosen].infer(x, w, b, stride, padding, dilation, groups, out, relu,
+                                 scale, max_bytes)
+
+
+__all__ = [
+    "Algorithm", "use_algorithm", "algorithm_for", "conv2d_forward", "conv2d_backward",
+    "conv2d_infer", "conv_output_size", "im2col", "col2im", "windows", "pad", "pair",
+    "check_input", "scratch", "release_scratch", "buffer", "FITS", "IM2COL_MAX_BYTES",
+    "LocalCache", "locally_connected_forward", "locally_connected_backward",
+]

@@ -1,0 +1,162 @@
+"""Which algorithm runs a convolution: the named algorithms, the auto choice's rules and
+thresholds (one table, a reason each), and a way to force one.
+
+    conv2d_forward(x, w, algorithm="shifted")      # this call
+    Conv2d(64, 64, 3, padding=1, algorithm="im2col")
+    with use_algorithm("im2col"):                  # every "auto" conv in the block
+        model.infer(x)
+
+An algorithm named explicitly must be able to run the convolution (a ValueError says
+why not); one forced by ``use_algorithm`` runs where it can and leaves the rest to the
+auto choice. ``algorithm="im2col"`` always runs the notes' computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+from typing import NamedTuple
+
+from convnet.functional.conv import blocks, gemm, one_image, shifted, winograd
+
+
+class Algorithm(str, enum.Enum):
+    """The convolution algorithms: each a file of this package, checked against
+    reference.py."""
+    AUTO = "auto"                  # the rules below choose
+    IM2COL = "im2col"              # gemm.py: the notes' im2col + one GEMM, any convolution
+    SHIFTED = "shifted"            # shifted.py: im2col along H only, stride 1
+    BLOCKS = "blocks"              # blocks.py: im2col + GEMM a few images at a time
+    ONE_IMAGE = "one_image"        # one_image.py: whole padded rows, a batch of one
+    WINOGRAD_2X2 = "winograd2x2"   # winograd.py: F(2x2, 3x3), 2.25x fewer multiplications
+    WINOGRAD_4X4 = "winograd4x4"   # winograd.py: F(4x4, 3x3), 4x fewer multiplications
+
+
+MODULES = {Algorithm.IM2COL: gemm, Algorithm.SHIFTED: shifted, Algorithm.BLOCKS: blocks,
+           Algorithm.ONE_IMAGE: one_image, Algorithm.WINOGRAD_2X2: winograd.F2X2,
+           Algorithm.WINOGRAD_4X4: winograd.F4X4}
+
+
+class Threshold(NamedTuple):
+    value: float
+    reason: str
+
+
+# Every threshold of the auto choice, with why it is where it is.
+THRESHOLDS = {
+    "shifted_min_channels": Threshold(
+        16, "with fewer input channels Y's C*FH rows make a GEMM too thin to run near peak"),
+    "shifted_max_waste": Threshold(
+        0.125, "a padded row may be longer than the output row by this times (FW-1)/2 of it: "
+               "the GEMM's extra columns cost less than im2col's extra copies"),
+    "blocks_min_positions": Threshold(
+        100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
+    "inference_max_bytes": Threshold(
+        64 << 20, "inference builds an im2col matrix in pieces of at most this many bytes, "
+                  "so its memory stays bounded"),
+}
+
+
+def _value(name):
+    return THRESHOLDS[name].value
+
+
+def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
+    """Whether the auto choice takes the shifted path: stride 1, no groups, a filter wider
+    than 1, enough input channels, and output rows wide enough that the extra columns of
+    the padded rows cost little."""
+    k, cg, fh, fw = w_shape
+    ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
+    pitch = shifted.padded_shape(x_shape, w_shape, padding, dilation)[1]
+    return (stride == (1, 1) and groups == 1 and fw > 1
+            and cg >= _value("shifted_min_channels") and ow > 0
+            and pitch - ow <= _value("shifted_max_waste") * ow * (fw - 1) / 2)
+
+
+def blocks_suit(x_shape, out_size, groups):
+    """Whether the auto choice takes blocks (off the shifted path): one group, a batch of
+    two or more, output planes of at least blocks_min_positions positions."""
+    return (groups == 1 and x_shape[0] >= 2
+            and out_size[0] * out_size[1] >= _value("blocks_min_positions"))
+
+
+class Problem(NamedTuple):
+    """One convolution, as the choice sees it."""
+    x_shape: tuple
+    w_shape: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    out_size: tuple
+    itemsize: int         # bytes per value (the larger of x's and w's)
+    max_bytes: int | None  # inference's bound on temporaries; None in training
+
+
+def auto(p):
+    """The auto choice for a Problem: (Algorithm, the rule's reason)."""
+    c, fh, fw = p.x_shape[1], p.w_shape[2], p.w_shape[3]
+    if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups):
+        limit = shifted.BLOCK_BYTES if p.max_bytes is None else min(p.max_bytes,
+                                                                    shifted.BLOCK_BYTES)
+        if p.x_shape[0] == 1 and one_image.block_bytes(
+                p.x_shape, p.w_shape, p.padding, p.dilation, p.itemsize) <= limit:
+            return Algorithm.ONE_IMAGE, "one image whose rows fit one block a thread"
+        return Algorithm.SHIFTED, "stride 1, enough channels, wide rows: FH copies, not FH*FW"
+    one_image_matrix = c * fh * fw * p.out_size[0] * p.out_size[1] * p.itemsize
+    if blocks_suit(p.x_shape, p.out_size, p.groups) and (
+            p.max_bytes is None or one_image_matrix <= p.max_bytes):
+        return Algorithm.BLOCKS, "a batch with wide output planes: blocks stay in cache"
+    return Algorithm.IM2COL, "the notes' algorithm: every other convolution"
+
+
+_forced = contextvars.ContextVar("convnet_conv_algorithm", default=None)
+
+
+@contextlib.contextmanager
+def use_algorithm(algorithm):
+    """Run every convolution whose algorithm is "auto" with ``algorithm`` inside the
+    block, where it can run (elsewhere the auto choice stands).
+
+    >>> with use_algorithm("im2col"):                               # doctest: +SKIP
+    ...     out = model.infer(x)
+    """
+    token = _forced.set(check(algorithm, "use_algorithm"))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def check(algorithm, where="conv2d"):
+    """An Algorithm from its name (or itself); a ValueError listing the names otherwise."""
+    try:
+        return Algorithm(algorithm)
+    except ValueError:
+        names = ", ".join(a.value for a in Algorithm)
+        raise ValueError(f"{where}: algorithm must be one of {names}, got "
+                         f"{algorithm!r:.40}") from None
+
+
+def why_not(algorithm, p):
+    """None when ``algorithm`` can run the Problem, else the reason it cannot."""
+    return MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
+                                      p.dilation, p.groups)
+
+
+def choose(algorithm, p):
+    """(Algorithm, reason) for a Problem: the one asked for, the one forced by
+    use_algorithm where it applies, or the auto choice."""
+    algorithm = check(algorithm)
+    if algorithm is not Algorithm.AUTO:
+        reason = why_not(algorithm, p)
+        if reason is not None:
+            raise ValueError(f"conv2d: algorithm {algorithm.value!r} cannot run this "
+                             f"convolution (input {p.x_shape}, filters {p.w_shape}, stride "
+                             f"{p.stride}, dilation {p.dilation}, groups {p.groups}): {reason}")
+        return algorithm, "asked for"
+    forced = _forced.get()
+    if forced is not None and forced is not Algorithm.AUTO and why_not(forced, p) is None:
+        return forced, "forced by use_algorithm"
+    return auto(p)

@@ -1,0 +1,281 @@
+"""Algorithms "winograd2x2" and "winograd4x4": Winograd's minimal filtering for 3x3 filters.
+
+Lavin & Gray 2016 ("Fast Algorithms for Convolutional Neural Networks"): an m x m tile of
+a stride-1 3x3 convolution's output is computed from an a x a tile of the input, a = m + 2,
+with a*a multiplications per (filter, channel) where direct convolution needs 9*m*m:
+
+    Y = A^T [ (G w G^T) * (B^T d B) ] A          (* elementwise, per tile)
+
+F(2x2, 3x3) (a = 4) does 2.25x fewer multiplications, F(4x4, 3x3) (a = 6) 4x fewer. Over
+C channels and K filters the elementwise products become a*a GEMMs, one per position
+(p, q) of the transformed tile: M[p, q] = U[p, q] (K x C) @ V[p, q] (C x tiles), with
+U = G w G^T the transformed filters and V = B^T d B the transformed input tiles. The
+transforms are tiny matrix products along each tile axis.
+
+The input's tiles overlap by 2 (they are a wide, m apart); the output's tiles do not.
+Tiles are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES,
+each thread its own, so a block's transforms and GEMMs stay in the core's cache.
+
+The backward pass is the exact adjoint of the forward: the output gradient's tiles go
+through A (dM = A dY A^T); dU = dM @ V^T gives the filters' gradient through G
+(dw = G^T dU G), and dV = U^T @ dM the input's through B (dd = B dV B^T), the tiles'
+overlaps added back. Training keeps x, and the backward pass makes each block's V again.
+
+Rounding: the transforms' coefficients (up to 5 and 1/24 for F(4x4)) amplify float32
+rounding: the error against a float64 reference is about 1e-6 of the output's scale for
+F(2x2) and 1e-5 for F(4x4) (tests bound it). Float64 agrees with PyTorch to 1e-10.
+Stride 1, 3x3 filters, dilation 1, one group; any padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from convnet.functional.conv.machinery import pad, scratch
+from convnet.functional.threads import per_thread
+
+# Each block's transformed input V (and product M) takes at most this many bytes.
+BLOCK_BYTES = 2 << 20
+
+# (B^T, G, A^T) of F(m x m, 3 x 3), from Lavin & Gray 2016 (points 0, 1, -1 for m = 2;
+# 0, 1, -1, 2, -2 for m = 4).
+MATRICES = {
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float),
+        np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], float),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                  [0, 1, -1, 8, -8, 1]], float)),
+}
+
+
+class Cache(NamedTuple):
+    x: np.ndarray         # the input, kept: each block's V is made again from it
+    w: np.ndarray         # (K, C, 3, 3)
+    padding: tuple
+    m: int                # output tile size
+    out_size: tuple
+    relu_out: np.ndarray = None   # with relu=True, the output: its > 0 entries pass dout
+
+
+def filter_transform(w, m):
+    """U = G w G^T for every filter and channel: (a*a, K, C), computed in float64."""
+    _, g, _ = MATRICES[m]
+    k, c = w.shape[:2]
+    u = np.einsum("pi,kcij,qj->pqkc", g, w.astype(np.float64), g)
+    return np.ascontiguousarray(u.reshape((m + 2) ** 2, k, c), dtype=w.dtype)
+
+
+def _two_sided(mat, t):
+    """mat @ T @ mat^T on the first two axes of t (a1, a2, ...): mat (b, a) applied along
+    axis 0, then along axis 1, as two matrix products (the transforms' tiny GEMMs)."""
+    a1, a2 = t.shape[:2]
+    rest = t.shape[2:]
+    size = math.prod(rest)
+    first = (mat @ t.reshape(a1, a2 * size)).reshape(mat.shape[0], a2, size)  # along axis 0
+    return np.matmul(mat, first).reshape(mat.shape[0], mat.shape[0], *rest)  # along axis 1
+
+
+class Tiling(NamedTuple):
+    """How a convolution is cut into tiles: their counts and the padded input's size."""
+    th: int               # tile rows
+    tw: int               # tile columns
+    hp: int               # padded input height: th*m + 2
+    wp: int               # padded input width: tw*m + 2
+
+
+def tiling(x_shape, padding, m):
+    oh, ow = x_shape[2] + 2 * padding[0] - 2, x_shape[3] + 2 * padding[1] - 2
+    th, tw = -(-oh // m), -(-ow // m)
+    return Tiling(th, tw, th * m + 2, tw * m + 2)
+
+
+def _pad_input(x, padding, t):
+    """x (n, C, H, W) zero-padded to (n, C, HP, WP): PH rows above, PW columns before,
+    and after them as many as the last tiles need."""
+    n, c = x.shape[:2]
+    return pad(x, padding, padded_shape=(t.hp, t.wp),
+               out=scratch("padded", n * c * t.hp * t.wp, x.dtype))
+
+
+def _input_tiles(xp, r0, r1, m):
+    """The a x a input tiles of tile rows r0..r1 of every image of xp (n, C, HP, WP):
+    a view (a, a, C, n, R, TW)."""
+    n, c, _, wp = xp.shape
+    a, tw = m + 2, (wp - 2) // m
+    s = xp.strides
+    return as_strided(xp[:, :, r0 * m:], (a, a, c, n, r1 - r0, tw),
+                      (s[2], s[3], s[1], s[0], s[2] * m, s[3] * m), writeable=False)
+
+
+def _transform_input(xp, r0, r1, m, bt):
+    """V = B^T d B of the tiles of tile rows r0..r1: (a*a, C, n*R*TW)."""
+    tiles = _input_tiles(xp, r0, r1, m)
+    a, c = m + 2, tiles.shape[2]
+    d = scratch("cols", tiles.size, xp.dtype).reshape(tiles.shape)
+    np.copyto(d, tiles)
+    return _two_sided(bt, d).reshape(a * a, c, math.prod(tiles.shape[3:]))
+
+
+def _finish(dst, scale, b, relu):
+    """dst (n, K, h, w) = max(0, dst * scale + b) in place, each step only when given."""
+    if scale is not None:
+        np.multiply(dst, scale.reshape(1, -1, 1, 1), out=dst)
+    if b is not None:
+        np.add(dst, b.reshape(1, -1, 1, 1), out=dst)
+    if relu:
+        np.maximum(dst, 0, out=dst)
+
+
+class Winograd:
+    """F(m x m, 3 x 3) as a convolution algorithm: applies, forward, infer, backward."""
+
+    def __init__(self, m):
+        self.m = m
+        self.bt, self.g, self.at = MATRICES[m]
+
+    def applies(self, x_shape, w_shape, stride, padding, dilation, groups):
+        """None when this Winograd algorithm can run the convolution, else why not."""
+        if tuple(w_shape[2:]) != (3, 3):
+            return "it needs 3x3 filters"
+        if stride != (1, 1) or dilation != (1, 1):
+            return "it needs stride 1 and dilation 1"
+        return None if groups == 1 else "it needs groups=1"
+
+    def _rows_per_block(self, n, c, k, t, itemsize, max_bytes):
+        """(images, tile rows) a block takes: whole images while they fit in max_bytes
+        (V and M each), else bands of tile rows of one image; at least one tile row."""
+        row_bytes = (self.m + 2) ** 2 * max(c, k) * t.tw * itemsize
+        per_image = max_bytes // max(1, row_bytes * t.th)
+        if per_image >= 1:
+            return max(1, min(n, per_image)), t.th
+        return 1, max(1, max_bytes // max(1, row_bytes))
+
+    def _each_block(self, x, padding, t, images, rows, work, split_rows=True):
+        """work(xp, n0, n1, r0, r1) for every block, xp holding the padded images
+        x[n0:n1]. The threads split the images; an image alone, its tile rows (unless
+        split_rows is False)."""
+        n = x.shape[0]
+        if n == 1:
+            xp = _pad_input(x, padding, t)
+
+            def bands(part):
+                for r0 in range(part.start, part.stop, rows):
+                    work(xp, 0, 1, r0, min(part.stop, r0 + rows))
+            if split_rows:
+                per_thread(bands, t.th)
+            else:
+                bands(range(t.th))
+            return
+
+        def batch(part):
+            for s in range(part.start, part.stop, images):
+                s1 = min(part.stop, s + images)
+                xp = _pad_input(x[s:s1], padding, t)
+                for r0 in range(0, t.th, rows):
+                    work(xp, s, s1, r0, min(t.th, r0 + rows))
+        per_thread(batch, n)
+
+    def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None):
+        """out (N, K, OH, OW) = the convolution of x (N, C, H, W) with w (K, C, 3, 3), the
+        tiles in blocks of at most max_bytes (default BLOCK_BYTES), each thread its own.
+        b, relu and scale as in gemm.gemm_nchw. Returns out."""
+        max_bytes = BLOCK_BYTES if max_bytes is None else max_bytes
+        m, a = self.m, self.m + 2
+        n, c = x.shape[:2]
+        k = w.shape[0]
+        oh, ow = out.shape[2:]
+        t = tiling(x.shape, padding, m)
+        dtype = np.result_type(x, w)
+        bt, at = self.bt.astype(dtype), self.at.astype(dtype)
+        u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
+        images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, max_bytes)
+
+        def block(xp, n0, n1, r0, r1):
+            nb = n1 - n0
+            v = _transform_input(xp, r0, r1, m, bt)
+            prod = scratch("product", a * a * k * v.shape[2], dtype).reshape(a * a, k, v.shape[2])
+            mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
+            y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw))       # (m, m, K, ..)
+            lo, hi = r0 * m, min(oh, r1 * m)
+            dst = out[n0:n1, :, lo:hi]
+            # y[i, j, k, n, r, c] is out[n, k, (r0 + r)*m + i, c*m + j]: the last tiles cropped
+            tiles = y.transpose(3, 2, 4, 0, 5, 1).reshape(nb, k, (r1 - r0) * m, t.tw * m)
+            np.copyto(dst, tiles[:, :, : hi - lo, :ow])
+            _finish(dst, scale, b, relu)
+        self._each_block(x, padding, t, images, rows, block)
+        return out
+
+    def forward(self, x, w, b, stride, padding, dilation, groups, out, relu=False,
+                workspace=None):
+        """Training forward: run, keeping x (so x must not change before the backward)."""
+        self.run(x, w, b, padding, out, relu)
+        return Cache(x, w, padding, self.m, out.shape[2:], out if relu else None)
+
+    def infer(self, x, w, b, stride, padding, dilation, groups, out, relu=False, scale=None,
+              max_bytes=None):
+        return self.run(x, w, b, padding, out, relu, scale, min(max_bytes, BLOCK_BYTES))
+
+    def backward(self, dout, cache, input_grad=True, overwrite=False):
+        """(dx, dw, db): the exact adjoint of run, block by block (see the module notes).
+        Each thread takes its own images and sums its own dU; one image runs on one
+        thread (its tiles' overlaps would add across threads)."""
+        x, w, padding, m, (oh, ow), gate = cache
+        a = m + 2
+        n, c, h, wd = x.shape
+        k = w.shape[0]
+        t = tiling(x.shape, padding, m)
+        dtype = np.result_type(x, w, dout)
+        bt, g, at = (mat.astype(dtype) for mat in (self.bt, self.g, self.at))
+        u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
+        if gate is not None:   # a fused RELU: the gradient passes where its output is > 0
+            dout = dout * (gate > 0)
+        images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, BLOCK_BYTES)
+        dx = np.empty(x.shape, dtype=dtype) if input_grad else None
+        sums = {}
+        grads = {}
+
+        def block(xp, n0, n1, r0, r1):
+            nb, nr = n1 - n0, r1 - r0
+            v = _transform_input(xp, r0, r1, m, bt)                          # (a*a, C, T)
+            tiles = np.zeros((nb, k, nr * m, t.tw * m), dtype)    # dout's tiles, 0-padded
+            lo, hi = r0 * m, min(oh, r1 * m)
+            tiles[:, :, : hi - lo, :ow] = dout[n0:n1, :, lo:hi]
+            dy = tiles.reshape(nb, k, nr, m, t.tw, m).transpose(3, 5, 1, 0, 2, 4)
+            dm = _two_sided(at.T, dy).reshape(a * a, k, v.shape[2])          # (a*a, K, T)
+            du = sums.setdefault(n0 if n > 1 else 0, np.zeros((a * a, k, c), dtype))
+            du += np.matmul(dm, v.transpose(0, 2, 1))
+            if not input_grad:
+                return
+            dv = np.matmul(u.transpose(0, 2, 1), dm).reshape(a, a, c, nb, nr, t.tw)
+            dd = _two_sided(bt.T, dv)                                        # (a, a, C, ...)
+            dxp = grads[n0]                                                  # (nb, C, HP, WP)
+            for i in range(a):   # add every tile back where it came from (overlaps add)
+                for j in range(a):
+                    dxp[:, :, lo + i: lo + i + nr * m: m, j: j + t.tw * m: m] += (
+                        dd[i, j].transpose(1, 0, 2, 3))
+
+        def images_block(xp, n0, n1, r0, r1):
+            if input_grad and r0 == 0:
+                grads[n0] = np.zeros((n1 - n0, c, t.hp, t.wp), dtype)
+            block(xp, n0, n1, r0, r1)
+            if input_grad and r1 == t.th:
+                ph, pw = padding
+                dx[n0:n1] = grads.pop(n0)[:, :, ph: ph + h, pw: pw + wd]
+        self._each_block(x, padding, t, images, rows, images_block, split_rows=False)
+        du = sum((sums[key] for key in sorted(sums)), np.zeros((a * a, k, c), dtype))
+        du = du.reshape(a, a, k, c)
+        dw = _two_sided(g.T, du).transpose(2, 3, 0, 1)                       # (K, C, 3, 3)
+        db = dout.sum(axis=(0, 2, 3))
+        return dx, np.ascontiguousarray(dw, dtype=dtype), db
+
+
+F2X2 = Winograd(2)
+F4X4 = Winograd(4)

@@ -66,21 +66,31 @@ class Cache(NamedTuple):
 
 
 def filter_transform(w, m):
-    """U = G w G^T for every filter and channel: (a*a, K, C), computed in float64."""
-    _, g, _ = MATRICES[m]
+    """U = G w G^T for every filter and channel: (a*a, K, C), in w's dtype."""
+    g = MATRICES[m][1].astype(w.dtype)
     k, c = w.shape[:2]
-    u = np.einsum("pi,kcij,qj->pqkc", g, w.astype(np.float64), g)
-    return np.ascontiguousarray(u.reshape((m + 2) ** 2, k, c), dtype=w.dtype)
+    u = _two_sided(g, w.transpose(2, 3, 0, 1))                       # (a, a, K, C)
+    return u.reshape((m + 2) ** 2, k, c)
 
 
-def _two_sided(mat, t):
+def _two_sided(mat, t, roles=None):
     """mat @ T @ mat^T on the first two axes of t (a1, a2, ...): mat (b, a) applied along
-    axis 0, then along axis 1, as two matrix products (the transforms' tiny GEMMs)."""
+    axis 0, then along axis 1, as two matrix products (the transforms' tiny GEMMs).
+    roles: two scratch roles for the two products (temporaries the caller does not keep);
+    None makes new arrays."""
     a1, a2 = t.shape[:2]
-    rest = t.shape[2:]
+    b, rest = mat.shape[0], t.shape[2:]
     size = math.prod(rest)
-    first = (mat @ t.reshape(a1, a2 * size)).reshape(mat.shape[0], a2, size)  # along axis 0
-    return np.matmul(mat, first).reshape(mat.shape[0], mat.shape[0], *rest)  # along axis 1
+    dtype = np.result_type(mat, t)
+
+    def place(i, shape):
+        if roles is None:
+            return None
+        return scratch(roles[i], math.prod(shape), dtype).reshape(shape)
+    first = np.matmul(mat, t.reshape(a1, a2 * size), out=place(0, (b, a2 * size)))
+    first = first.reshape(b, a2, size)                                        # along axis 0
+    second = np.matmul(mat, first, out=place(1, (b, b, size)))                # along axis 1
+    return second.reshape(b, b, *rest)
 
 
 class Tiling(NamedTuple):
@@ -121,7 +131,8 @@ def _transform_input(xp, r0, r1, m, bt):
     a, c = m + 2, tiles.shape[2]
     d = scratch("cols", tiles.size, xp.dtype).reshape(tiles.shape)
     np.copyto(d, tiles)
-    return _two_sided(bt, d).reshape(a * a, c, math.prod(tiles.shape[3:]))
+    v = _two_sided(bt, d, ("winograd_a", "winograd_v"))
+    return v.reshape(a * a, c, math.prod(tiles.shape[3:]))
 
 
 def _finish(dst, scale, b, relu):
@@ -203,7 +214,8 @@ class Winograd:
             v = _transform_input(xp, r0, r1, m, bt)
             prod = scratch("product", a * a * k * v.shape[2], dtype).reshape(a * a, k, v.shape[2])
             mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
-            y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw))       # (m, m, K, ..)
+            y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw),
+                           ("winograd_a", "cols"))                           # (m, m, K, ..)
             lo, hi = r0 * m, min(oh, r1 * m)
             dst = out[n0:n1, :, lo:hi]
             # y[i, j, k, n, r, c] is out[n, k, (r0 + r)*m + i, c*m + j]: the last tiles cropped

@@ -8,5 +8,12 @@ import os
 # sleep at once. OpenBLAS reads this when it loads, so it only takes effect when convnet
 # is imported before NumPy (as the `convnet` command does); set it yourself otherwise.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Under an MPI launcher, the processes on one machine share its cores: BLAS takes its share
+# (read when OpenBLAS loads, as above; convnet's own threads: functional/threads.py).
+_local_ranks = (os.environ.get("MPI_LOCALNRANKS")
+                or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
+if _local_ranks.isdigit() and int(_local_ranks) > 1:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(_local_ranks))))
 
 __version__ = "0.1.0"

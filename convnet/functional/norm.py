@@ -6,6 +6,10 @@ spatial position, then applies a learned scale gamma (``weight``) and shift beta
 
     xhat = (x - mean) / sqrt(var + eps),    out = gamma * xhat + beta
 
+Synchronized batch normalization (``sync_batch_norm_forward``) is the same over a batch
+spread across processes, each holding a share: the per-channel sums it needs are added up
+over the processes by one Allreduce forward and one backward.
+
 Local response normalization (AlexNet; the notes' "Normalization Layer") divides every
 activation by a power of the energy of its neighbours across channels at the same pixel.
 
@@ -137,6 +141,116 @@ def batch_norm_backward(dout, cache):
     else:
         split_parallel(lambda d, o, a: np.multiply(d, a, out=o), dr, dx, a)
     return dx.reshape(dout.shape), (inv * dxc).astype(dtype), dsum.astype(dtype)
+
+
+class SyncBatchNormCache(NamedTuple):
+    x: np.ndarray                # (N, C, L), this process's share of the input
+    mean: np.ndarray             # (C,), the mean over the whole batch
+    inv_std: np.ndarray          # (C,), 1 / sqrt(var + eps), var over the whole batch
+    weight: np.ndarray | None    # (C,) gamma, or None without affine
+    var: np.ndarray              # (C,), the (biased) variance over the whole batch
+    count: int                   # M, values per channel over the whole batch
+    allreduce: object            # sums a float64 array over the processes, in place
+
+
+def sync_batch_norm_forward(x, weight, bias, eps, allreduce):
+    """Batch normalization with the statistics of a batch spread over processes.
+
+    Each process holds its share x of the batch (N_r, C, ...); the mean and the biased
+    variance are those of the whole batch (ChainerMN's multi-node batch normalization):
+    one call ``allreduce(buf)``, which must sum the float64 array buf over the processes
+    in place, adds up [M_r, sum(x), sum(x^2)] per channel (2C + 1 values). Then
+
+        mean = S1 / M,   var = S2 / M - mean^2,   out = gamma * (x - mean) / sqrt(var + eps) + beta
+
+    and out is what batch_norm_forward gives the whole batch, rows of this share. Each
+    share's own sums are exact two-pass ones (S2_r = M2_r + M_r * mean_r^2) added in
+    float64. With allreduce the identity (one process) it is batch_norm_forward to
+    rounding. Returns (out, SyncBatchNormCache); the cache's mean, var and count are the
+    whole batch's (what the running averages take).
+
+    >>> x = np.array([[1.0], [3.0]])
+    >>> sync_batch_norm_forward(x, None, None, 0.0, lambda buf: buf)[0].ravel()
+    array([-1.,  1.])
+    """
+    xr = _per_channel(x)
+    n, c = xr.shape[:2]
+    local = x.size // c if c else 0
+    given = [a for a in (weight, bias) if a is not None]
+    dtype = np.result_type(x, *given)
+    out = np.empty(xr.shape, dtype=dtype)                  # first holds x - mean_r
+    rows = np.empty((n, c), dtype=dtype)
+    split_parallel(lambda a, s: np.sum(a, axis=2, out=s), xr, rows)
+    own_mean = rows.sum(axis=0, dtype=np.float64) / max(local, 1)
+
+    def centred(a, m, o, s):
+        np.subtract(a, m, out=o)
+        np.vecdot(o, o, out=s)
+    split_parallel(centred, xr, _channel_constant(own_mean, dtype, n), out, rows)
+    buf = np.empty(2 * c + 1, dtype=np.float64)            # [M_r, sum(x), sum(x^2)]
+    buf[0] = local
+    buf[1:c + 1] = own_mean * local
+    buf[c + 1:] = rows.sum(axis=0, dtype=np.float64) + local * own_mean**2
+    allreduce(buf)
+    count = int(round(buf[0]))
+    if count < 2:
+        raise ValueError(f"synchronized batch norm: expected more than 1 value per channel "
+                         f"over all processes, got {count}")
+    mean = buf[1:c + 1] / count
+    var = np.maximum(buf[c + 1:] / count - mean**2, 0.0)                 # biased
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale = inv_std if weight is None else inv_std * weight
+    shift = (own_mean - mean) * scale                      # out holds x - mean_r
+    if bias is not None:
+        shift = shift + bias
+    affine_channels(out, scale.astype(dtype), shift.astype(dtype), out=out)
+    cache = SyncBatchNormCache(xr, mean.astype(dtype), inv_std.astype(dtype), weight,
+                               var.astype(dtype), count, allreduce)
+    return out.reshape(x.shape), cache
+
+
+def sync_batch_norm_backward(dout, cache):
+    """Gradients of sync_batch_norm_forward: returns (dx, dweight, dbias) of this share.
+
+    dout must be the gradient of the loss over the whole batch (the training loop scales
+    each share's by its size). The closed form of batch_norm_backward needs sum(dout) and
+    sum(dout * xc) over the whole batch: one ``allreduce`` of these 2C values, then
+
+        dx = a * dout + b * xc + k,   b = -gamma * inv_std^3 * sum(dout * xc) / M,
+        k = -gamma * inv_std * sum(dout) / M,   a = gamma * inv_std
+
+    with M the whole batch's count. dweight and dbias are this share's parts, sum(dout *
+    xhat) and sum(dout) over its own rows: adding them over the processes (the gradient
+    Allreduce) gives the whole batch's.
+    """
+    xr, mean, inv_std, weight, _, count, allreduce = cache
+    n, c = xr.shape[:2]
+    dr = _per_channel(dout)
+    dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
+    dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
+    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
+
+    def row_sums(d, a, m, xc, s, sx):
+        np.subtract(a, m, out=xc)
+        np.sum(d, axis=2, out=s)
+        np.vecdot(d, xc, out=sx)
+    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, n), dx, sums[0], sums[1])
+    own = sums.sum(axis=1, dtype=np.float64).ravel()       # [sum(dout), sum(dout*xc)]
+    total = own.copy()
+    allreduce(total)
+    dsum, dxc = total[:c], total[c:]
+    gamma = 1.0 if weight is None else weight.astype(np.float64)
+    inv = inv_std.astype(np.float64)
+    a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, n)
+    b = _channel_constant(-gamma * inv**3 * dxc / count, dtype, n)
+    k = _channel_constant(-gamma * inv * dsum / count, dtype, n)
+
+    def grad(d, o, a, b, k):           # o holds xc: o = b * xc + k + a * dout
+        np.multiply(o, b, out=o)
+        o += k
+        o += d * a
+    split_parallel(grad, dr, dx, a, b, k)
+    return dx.reshape(dout.shape), (inv * own[c:]).astype(dtype), own[:c].astype(dtype)
 
 
 def batch_norm_affine(weight, bias, mean, var, eps=1e-5):

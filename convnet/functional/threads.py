@@ -24,7 +24,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np  # noqa: F401  (the doctest)
 
-THREADS = min(2, os.cpu_count() or 1)
+
+def _thread_count():
+    """$CONVNET_THREADS when set; else the cores (at most 2) divided among the processes
+    an MPI launcher started on this machine (MPICH's MPI_LOCALNRANKS, Open MPI's
+    OMPI_COMM_WORLD_LOCAL_SIZE), at least 1."""
+    text = os.environ.get("CONVNET_THREADS", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"CONVNET_THREADS must be a positive int, got {text!r}")
+        return int(text)
+    local = (os.environ.get("MPI_LOCALNRANKS")
+             or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
+    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, min(2, os.cpu_count() or 1) // ranks)
+
+
+THREADS = _thread_count()
 _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="convnet") if THREADS > 1 else None
 PARALLEL_BYTES = 1 << 20  # below this an operation is not worth a thread hand-off
 _local = threading.local()  # .busy: this thread is running one part of a split call

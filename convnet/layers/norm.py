@@ -45,9 +45,22 @@ class _BatchNorm(Layer):
     def _check_input(self, x):
         raise NotImplementedError
 
+    # Synchronized batch norm: a communicator (convnet.train.distributed) whose ranks each
+    # hold a share of the batch; training mode then normalizes with the whole batch's
+    # statistics (F.sync_batch_norm_forward). None: this process's batch alone. The
+    # training loop sets it on every batch norm layer of a run over several processes.
+    comm = None
+
     def forward(self, x):
         self._check_input(x)
         count = x.size // x.shape[1]                       # M, values per channel
+        if self.training and self.comm is not None and self.comm.size > 1:
+            out, self.cache = F.sync_batch_norm_forward(x, self.params.get("weight"),
+                                                        self.params.get("bias"), self.eps,
+                                                        self.comm.allreduce)
+            if self.track_running_stats:
+                self._update_running_stats(self.cache)
+            return out
         if self.training and count < 2:
             raise ValueError(
                 f"{self.where}: expected more than 1 value per channel in training mode "
@@ -98,7 +111,11 @@ class _BatchNorm(Layer):
         self.buffers["running_var"][...] = var
 
     def backward(self, dout):
-        dx, dweight, dbias = F.batch_norm_backward(dout, self._cached())
+        cache = self._cached()
+        if isinstance(cache, F.SyncBatchNormCache):
+            dx, dweight, dbias = F.sync_batch_norm_backward(dout, cache)
+        else:
+            dx, dweight, dbias = F.batch_norm_backward(dout, cache)
         if self.affine:
             self.grads["weight"] = dweight
             self.grads["bias"] = dbias
@@ -148,7 +165,9 @@ class BatchNorm2d(_BatchNorm):
     Training mode normalizes with the batch's statistics (biased variance, differentiated
     through in backward) and updates the running averages with the UNBIASED variance, as
     PyTorch does; eval mode normalizes with the running averages (backward is then the
-    affine map's). Shapes: (N, D, H, W) -> (N, D, H, W).
+    affine map's). Shapes: (N, D, H, W) -> (N, D, H, W). With ``comm`` set (training over
+    several processes, each with a share of the batch) training mode uses the whole
+    batch's statistics: synchronized batch norm, as if one process held the batch.
     macs counts 2 per element, the scale and the shift of the inference form
     out = x * s + t (s, t folded from gamma, beta and the running statistics): 2*D*H*W.
 

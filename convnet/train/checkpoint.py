@@ -5,6 +5,11 @@ the file's tensors; everything else (architecture, training configuration, optim
 schedule settings, epoch and batch position, RNG states, best metric, history) is JSON in
 the file's metadata. One file means one atomic rename: a kill at any moment leaves either
 the previous checkpoint or the new one, both loadable. No pickle anywhere.
+
+A data-parallel run (several MPI ranks, convnet.train.distributed) writes one checkpoint,
+from rank 0, after checking that every rank holds the same weights; its JSON also holds
+every rank's dropout generator states ("dropout_rng_ranks", one dict per rank) and the
+number of processes, so that each rank resumes with its own masks.
 """
 
 from __future__ import annotations

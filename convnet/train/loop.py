@@ -10,6 +10,14 @@ all of their states with the weights, the optimizer, the schedule and the positi
 the epoch, so a run killed and resumed ends with the same weights, bit for bit, as one
 that ran straight through.
 
+Under ``mpiexec -n R`` (a communicator of R ranks, see convnet.train.distributed) the same
+run is data-parallel: ``batch_size`` stays the whole batch, each rank computes the same
+order and takes its contiguous share of every batch, and one Allreduce a step sums the
+ranks' gradients (each scaled by its share of the batch), so the update is the one a
+single process makes on the whole batch. Batch norm layers use the whole batch's
+statistics (``sync_bn``). Rank 0 alone prints and writes files; every rank resumes from
+the same checkpoint, which holds every rank's dropout generator.
+
 A run directory holds one run: a new run refuses a directory that already holds files
 unless told to resume it or to overwrite it; without ``out`` a run takes the first free
 name of runs/<data>, runs/<data>-2, runs/<data>-3, ...
@@ -17,7 +25,9 @@ name of runs/<data>, runs/<data>-2, runs/<data>-3, ...
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -35,11 +45,13 @@ from convnet.data.transforms import Normalize, random_crop, random_flip, to_floa
 from convnet.functional.loss import softmax_cross_entropy
 from convnet.io.weights import save_model
 from convnet.layers.dropout import Dropout
+from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
 from convnet.spec import WEIGHTS, resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
+from convnet.train.distributed import describe, from_environment
 from convnet.train.inference import evaluate
 from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 from convnet.train.schedules import SCHEDULES, make_schedule
@@ -48,8 +60,11 @@ __all__ = ["DEFAULTS", "RUN_FILES", "TrainConfig", "TrainResult", "TrainingDiver
 
 # Every file a run writes into its directory (--overwrite removes these, nothing else).
 RUN_FILES = ("checkpoint.safetensors", "model.json", "model.safetensors", "best.json",
-             "best.safetensors", "history.json", "curve.png", "filters.png")
+             "best.safetensors", "history.json", "curve.png", "filters.png", "report.html")
 MAX_EPOCHS = 1_000_000
+# Fields added after checkpoints were written without them: a checkpoint that lacks one
+# resumes with this value.
+ADDED_FIELDS = {"sync_bn": True}
 
 
 @dataclass
@@ -79,6 +94,8 @@ class TrainConfig:
     dtype: str = "float32"
     init_from: str | None = None     # fine-tune: start from this saved model's weights
     freeze: tuple = ()               # stages to keep fixed (with init_from), e.g. features
+    sync_bn: bool = True             # over several processes: batch norm with the whole
+    #                                  batch's statistics (False: each rank's own share)
 
     @classmethod
     def from_dict(cls, values, where):
@@ -87,11 +104,11 @@ class TrainConfig:
             raise ValueError(f"{where}: config must be a JSON object, got "
                              f"{type(values).__name__}")
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        missing = sorted(set(cls.__dataclass_fields__) - set(values))
+        missing = sorted(set(cls.__dataclass_fields__) - set(values) - set(ADDED_FIELDS))
         if unknown or missing:
             raise ValueError(f"{where}: config has unknown fields {unknown} and lacks "
                              f"{missing}")
-        values = dict(values)
+        values = {**ADDED_FIELDS, **values}
         if isinstance(values.get("image_size"), list):
             values["image_size"] = tuple(values["image_size"])
         if isinstance(values.get("freeze"), list):
@@ -139,8 +156,9 @@ class TrainConfig:
         for name in ("augment", "flip"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 fail(name, "true, false or null")
-        if not isinstance(self.download, bool):
-            fail("download", "true or false")
+        for name in ("download", "sync_bn"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
         if self.dtype not in ("float32", "float64"):
             fail("dtype", "'float32' or 'float64'")
         if self.image_size is not None and not (
@@ -272,17 +290,29 @@ def _initial_model(cfg, log):
     return model
 
 
-def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=False):
+def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=False,
+          comm=None):
     """Train a model as ``cfg`` says; checkpoint into its run directory; return a TrainResult.
 
     With resume=True, continue from the run directory's checkpoint.safetensors: the run
     picks up at the saved epoch and batch with the saved weights, optimizer, schedule and
     RNG states. A new run refuses a directory holding files unless overwrite=True, which
     removes the files of an earlier run (RUN_FILES) first.
+
+    comm: the communicator (convnet.train.distributed); default: the one this process was
+    started with, a plain one unless launched by mpiexec with several processes. Every
+    rank calls train with the same arguments and returns the same weights; only rank 0
+    logs, shows progress and writes files.
     """
     started = time.perf_counter()
+    comm = from_environment() if comm is None else comm
+    if not comm.is_root:
+        log, progress = (lambda *args: None), False
+    elif comm.size > 1 and log is print:   # into the launcher's pipe: each line as it comes
+        log = functools.partial(print, flush=True)
+    log(describe(comm))
     cfg.check()
-    out = run_directory(cfg, resume, overwrite)
+    out = Path(_on_root(comm, lambda: str(run_directory(cfg, resume, overwrite))))
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None
     if resume:
@@ -293,9 +323,15 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         channels, *size = start_model.input_shape
         cfg.channels = cfg.channels or channels
         cfg.image_size = cfg.image_size or tuple(size)
-    splits = load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
-                          image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
-                          test_fraction=cfg.test_fraction)
+
+    def load():
+        return load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
+                            image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
+                            test_fraction=cfg.test_fraction)
+    if cfg.download and comm.size > 1:   # rank 0 downloads; the others then read its files
+        splits = _on_root(comm, load, then_all=True)
+    else:
+        splits = load()
     input_shape, num_classes = splits.input_shape, len(splits.classes)
     batch_given = cfg.batch_size is not None
     cfg = cfg.resolved(splits.name, input_shape, num_classes)
@@ -337,6 +373,10 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     if batches_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} "
                          f"training images")
+    if cfg.batch_size < comm.size:
+        raise ValueError(f"batch size {cfg.batch_size} is smaller than the {comm.size} "
+                         f"processes: each takes its share of every batch (at least one "
+                         f"image); raise --batch-size or start fewer processes")
     params = model.trainable_params()
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg.schedule, optimizer, total_steps=cfg.epochs * batches_per_epoch)
@@ -346,26 +386,44 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
             "brightness": brightness_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction}
+    norms = [layer for _, layer in model.named_layers()
+             if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
+    for layer in norms:   # synchronized batch norm: the whole batch's statistics
+        layer.comm = comm if comm.size > 1 and cfg.sync_bn else None
 
     epoch, batch, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1}
     sums = {"loss": 0.0, "correct": 0, "seen": 0}
     epoch_rng_state = None
+    for i, (_, layer) in enumerate(dropout_layers(model)):   # each rank its own masks
+        layer.rng = np.random.default_rng([cfg.seed, 1 << 21, i]
+                                          + ([comm.rank] if comm.size > 1 else []))
     if state is not None:
         epoch, batch, history, best, sums, epoch_rng_state = _restore(
-            state, ckpt_path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch)
+            state, ckpt_path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch,
+            comm, log)
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}")
-    else:
-        for i, (_, layer) in enumerate(dropout_layers(model)):
-            layer.rng = np.random.default_rng([cfg.seed, 1 << 21, i])
+
+    def agree():
+        """Make the ranks' running statistics agree (averaged, where each rank normalizes
+        its own share) and check that every rank holds the same weights."""
+        if comm.size == 1:
+            return
+        if not cfg.sync_bn:
+            _average_running_stats(norms, comm)
+        comm.check_identical(model.state_dict())
 
     def checkpoint(epoch, batch, epoch_rng):
+        dropout = {name: layer.rng.bit_generator.state for name, layer in dropout_layers(model)}
+        every_rank = comm.gather(dropout) if comm.size > 1 else None
+        if not comm.is_root:
+            return
         state = {"config": dataclasses.asdict(cfg), "architecture": model.get_config(),
                  "optimizer": None, "schedule": schedule.state_dict(), "epoch": epoch,
                  "batch": batch, "history": history, "best": best, "sums": sums,
                  "epoch_rng": epoch_rng.bit_generator.state if epoch_rng else None,
-                 "dropout_rng": {name: layer.rng.bit_generator.state
-                                 for name, layer in dropout_layers(model)},
-                 "info": info}
+                 "dropout_rng": dropout, "info": info}
+        if every_rank is not None:
+            state.update(processes=comm.size, dropout_rng_ranks=every_rank)
         arrays, state["optimizer"] = optimizer.state_dict()
         save_checkpoint(ckpt_path, model.state_dict(), arrays, state)
 
@@ -390,45 +448,55 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         shown = bar(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}")
         while batch < batches_per_epoch:
             idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
+            part = comm.share(len(idx))                    # this rank's share of the batch
             if cfg.augment:  # shifts of up to 1/8 of the image; flips only where they make sense
+                xb = x_train[idx]   # the whole batch: every rank draws the same numbers
                 xb = random_crop(xb, max(1, xb.shape[2] // 8), epoch_rng)
                 if cfg.flip:
                     xb = random_flip(xb, epoch_rng)
+                xb = xb[part]
+            else:
+                xb = x_train[idx[part]]
+            yb = y_train[idx[part]]
             with np.errstate(all="ignore"):  # a non-finite loss is reported just below
                 scores = model.forward(xb)
                 loss, dscores = softmax_cross_entropy(scores, yb)
-            if not math.isfinite(loss):
-                model.eval()
-                with np.errstate(all="ignore"):
-                    where = first_nonfinite(model, xb) or "the loss itself"
-                kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-                        else "no checkpoint was written yet")
-                raise TrainingDiverged(
-                    f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first "
-                    f"non-finite output is at {where}. Lower the learning rate (now "
-                    f"{optimizer.lr:g}); {kept}")
-            if model.skips_input_grad:    # the data needs no gradient
-                model.backward(dscores, input_grad=False)
-            else:
-                model.backward(dscores)
+            correct, seen = int(np.sum(np.argmax(scores, axis=1) == yb)), len(yb)
+            if comm.size == 1 and not math.isfinite(loss):
+                raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
+            if comm.size > 1:   # each share's part of the whole batch's mean loss
+                dscores *= dscores.dtype.type(len(yb) / len(idx))
+            with np.errstate(all="ignore") if comm.size > 1 else contextlib.nullcontext():
+                if model.skips_input_grad:    # the data needs no gradient
+                    model.backward(dscores, input_grad=False)
+                else:
+                    model.backward(dscores)
             grads = model.grads()
-            optimizer.step({key: grads[key] for key in params})
+            grads = {key: grads[key] for key in params}
+            if comm.size > 1:   # one Allreduce: the gradients, the loss and accuracy sums
+                total, correct, seen = comm.average_gradients(
+                    grads, weight=1, extra=[loss * len(yb), correct, len(yb)])
+                correct, seen = round(correct), round(seen)
+                loss = total / seen
+                if not math.isfinite(loss):   # every rank sees it: all stop together
+                    raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
+            optimizer.step(grads)
             schedule.step()
             batch += 1
-            sums["loss"] += loss * len(yb)
-            sums["correct"] += int(np.sum(np.argmax(scores, axis=1) == yb))
-            sums["seen"] += len(yb)
+            sums["loss"] += loss * seen
+            sums["correct"] += correct
+            sums["seen"] += seen
             shown.update(1, loss=sums["loss"] / sums["seen"],
                          acc=sums["correct"] / sums["seen"],
-                         ips=len(yb) / max(time.perf_counter() - tick, 1e-9))
+                         ips=seen / max(time.perf_counter() - tick, 1e-9))
             tick = time.perf_counter()
             if cfg.checkpoint_every and batch % cfg.checkpoint_every == 0 \
                     and batch < batches_per_epoch:
+                agree()
                 checkpoint(epoch, batch, epoch_rng)
         shown.close()
-        val = evaluate(model, x_val, y_val, num_classes=num_classes)
-        val_acc, val_loss = val["accuracy"], val["loss"]
+        agree()
+        val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm)
         history.append({"epoch": epoch + 1, "loss": sums["loss"] / sums["seen"],
                         "acc": sums["correct"] / sums["seen"], "val_loss": val_loss,
                         "val_acc": val_acc, "lr": optimizer.lr})
@@ -436,15 +504,20 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
             f"acc {history[-1]['acc']:.4f}, val loss {val_loss:.4f}, val acc {val_acc:.4f}")
         if val_acc > best["val_acc"]:
             best = {"val_acc": val_acc, "epoch": epoch + 1}
-            save_model(model, out / "best", **info)
+            if comm.is_root:
+                save_model(model, out / "best", **info)
         epoch, batch = epoch + 1, 0
         sums = {"loss": 0.0, "correct": 0, "seen": 0}
         checkpoint(epoch, 0, None)
 
-    model_path = save_model(model, out / "model", **info)
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    pictures = _pictures(model, history, out)
-    test_acc = evaluate(model, x_test, y_test, num_classes=num_classes)["accuracy"]
+    model_path, pictures = out / "model.json", []
+    if comm.is_root:
+        model_path = save_model(model, out / "model", **info)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        pictures = _pictures(model, history, out)
+    test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm)
+    for layer in norms:
+        layer.comm = None
     seconds = time.perf_counter() - started
     log(f"test accuracy {test_acc:.4f} ({len(x_test)} images); best val acc "
         f"{best['val_acc']:.4f} at epoch {best['epoch']}; {seconds:.1f} s")
@@ -455,8 +528,81 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
                        out / "best.json", seconds)
 
 
-def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch):
-    """Put a checkpoint's state back, every field checked; returns the loop's variables."""
+def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
+    """The TrainingDiverged error of a step whose loss is not finite: names the epoch, the
+    batch, the first layer with a non-finite output on xb, and the last checkpoint."""
+    model.eval()
+    with np.errstate(all="ignore"):
+        where = first_nonfinite(model, xb) or "the loss itself"
+    kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+            else "no checkpoint was written yet")
+    return TrainingDiverged(
+        f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
+        f"output is at {where}. Lower the learning rate (now {lr:g}); {kept}")
+
+
+def _on_root(comm, compute, then_all=False):
+    """compute() on rank 0, its result (JSON) sent to every rank; an error there is
+    raised on every rank (a ValueError with its message elsewhere), so none waits for
+    the others. then_all=True: the other ranks call compute() themselves once rank 0's
+    has succeeded (e.g. to read the files it downloaded) and return their own result."""
+    if comm.size == 1:
+        return compute()
+    result = error = None
+    if comm.is_root:
+        try:
+            result = compute()
+        except Exception as err:
+            error = err
+    sent = comm.broadcast({"error": f"{error}"} if error is not None else
+                          {"value": None if then_all else result})
+    if error is not None:
+        raise error
+    if "error" in sent:
+        raise ValueError(f"rank 0: {sent['error']}")
+    if then_all and not comm.is_root:
+        return compute()
+    return result if comm.is_root else sent["value"]
+
+
+def _evaluate(model, x, y, num_classes, comm):
+    """(accuracy, mean loss) of evaluate(); over several processes each evaluates its
+    share of the images and one Allreduce adds up [loss sum, correct, images]."""
+    if comm.size == 1:
+        result = evaluate(model, x, y, num_classes=num_classes)
+        return result["accuracy"], result["loss"]
+    part = comm.share(len(x))
+    result = evaluate(model, x[part], y[part], num_classes=num_classes)
+    n = len(y[part])
+    totals = np.array([result["loss"] * n, np.trace(result["confusion"]), n], np.float64)
+    loss, correct, n = comm.allreduce(totals)
+    n = max(n, 1)
+    return float(correct / n), float(loss / n)
+
+
+def _average_running_stats(norms, comm):
+    """Replace each batch norm layer's running mean and variance by their mean over the
+    ranks (each normalized its own share, sync_bn=False), in one Allreduce."""
+    arrays = [layer.buffers[key] for layer in norms if layer.track_running_stats
+              for key in ("running_mean", "running_var")]
+    if not arrays:
+        return
+    flat = np.concatenate([a.astype(np.float64).ravel() for a in arrays])
+    comm.allreduce(flat, op="mean")
+    offset = 0
+    for a in arrays:
+        a[...] = flat[offset:offset + a.size].reshape(a.shape)
+        offset += a.size
+
+
+def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch,
+             comm, log):
+    """Put a checkpoint's state back, every field checked; returns the loop's variables.
+
+    Each rank takes its own dropout generators: rank r those of rank r of the run that
+    wrote the checkpoint (``dropout_rng_ranks``; one process: ``dropout_rng``). A rank
+    the checkpoint has none for keeps the generators it was given, and the log says so.
+    """
     def need(name, kind, check=lambda v: True, expected=None):
         value = state.get(name)
         if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
@@ -475,8 +621,19 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         _is_number(x) for x in v.values()), "{'val_acc': number, 'epoch': int}")
     sums = need("sums", dict, lambda v: set(v) == {"loss", "correct", "seen"} and all(
         _is_number(x) for x in v.values()), "{'loss', 'correct', 'seen'} numbers")
-    dropout = need("dropout_rng", dict, lambda v: set(v) == {
-        name for name, _ in dropout_layers(model)}, "one RNG state per dropout layer")
+    names = {name for name, _ in dropout_layers(model)}
+    dropout = need("dropout_rng", dict, lambda v: set(v) == names,
+                   "one RNG state per dropout layer")
+    ranks = state.get("dropout_rng_ranks", [dropout])
+    if not (isinstance(ranks, list) and ranks
+            and all(isinstance(r, dict) and set(r) == names for r in ranks)):
+        raise ValueError(f"{path}: checkpoint field 'dropout_rng_ranks' must be a list of "
+                         f"dicts, one RNG state per dropout layer, got {ranks!r:.80}")
+    if len(ranks) != comm.size:
+        log(f"the checkpoint was written by {len(ranks)} process(es), resumed on "
+            f"{comm.size}: the batches split differently"
+            + (", and ranks without saved dropout generators start new ones"
+               if names and comm.size > len(ranks) else ""))
     epoch_rng = state.get("epoch_rng")
     for name, value in (("optimizer", state.get("optimizer")),
                         ("schedule", state.get("schedule"))):
@@ -488,8 +645,11 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         schedule.load_state_dict(state["schedule"])
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    for name, layer in dropout_layers(model):
-        _set_rng(layer.rng, dropout[name], path, f"dropout_rng.{name}")
+    if comm.rank < len(ranks):
+        for name, layer in dropout_layers(model):
+            field = "dropout_rng" if "dropout_rng_ranks" not in state else \
+                f"dropout_rng_ranks[{comm.rank}]"
+            _set_rng(layer.rng, ranks[comm.rank][name], path, f"{field}.{name}")
     if epoch_rng is not None:
         _set_rng(np.random.default_rng(0), epoch_rng, path, "epoch_rng")  # checks it
     return epoch, batch, history, best, sums, epoch_rng

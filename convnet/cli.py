@@ -132,8 +132,37 @@ def cmd_train(args):
                       out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
                       image_size=args.image_size, init_from=args.init_from,
-                      freeze=tuple(args.freeze or ()))
-    train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
+                      freeze=tuple(args.freeze or ()), sync_bn=args.sync_bn)
+    result = train(cfg, resume=args.resume, progress=not args.quiet,
+                   overwrite=args.overwrite)
+    if not args.no_report:
+        _train_report(args, result)
+
+
+def _train_report(args, result):
+    """report.html in the run directory, on the data the run trained on (rank 0 alone
+    under mpiexec); a missing extra or a report that fails is a note, not a failed run."""
+    from convnet.train.distributed import from_environment
+
+    if not from_environment().is_root:
+        return
+    run = result.model_path.parent
+    try:
+        from convnet.report import run_config, write_report
+        from convnet.spec import resolve_model
+
+        config = run_config(run) or {}
+        model = resolve_model(str(result.model_path))
+        path = write_report(model, run / "report.html", source=str(result.model_path),
+                            data=config.get("data", args.data),
+                            data_root=config.get("data_root", args.data_root))
+    except ImportError as err:
+        _note(args, f"no report.html: {err}")
+        return
+    except (ValueError, OSError) as err:
+        _note(args, f"no report.html: {_one_line(err)}")
+        return
+    print(f"report: {path}")
 
 
 def _note(args, text):
@@ -210,6 +239,16 @@ def cmd_show(args):
         path = plot.plot_activations(model, preprocess(images, 255, info), out, title=title)
     if title:
         _note(args, f"{args.model} has random initial weights: the picture says so")
+    print(f"wrote {path}")
+
+
+def cmd_report(args):
+    from convnet.report import write_report
+
+    model = _model(args, input_shape=args.input)
+    path = write_report(model, args.out, source=args.model, data=args.data,
+                        data_root=args.data_root, images=args.images,
+                        log=lambda text: _note(args, text))
     print(f"wrote {path}")
 
 
@@ -345,6 +384,12 @@ def build_parser():
                         "features, layer1) or as a range of top-level stages (e.g. 0-7); "
                         "'convnet summary MODEL' lists them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html (the 'convnet report' page) into the run "
+                        "directory at the end")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under mpiexec: batch norm normalizes each process's share of the "
+                        "batch on its own (default: the whole batch's statistics)")
     p.set_defaults(func=cmd_train)
 
     p = command("eval", help="accuracy and confusion matrix on a test set",
@@ -384,6 +429,30 @@ def build_parser():
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--out", metavar="PNG", help="output file (default WHAT.png)")
     p.set_defaults(func=cmd_show)
+
+    p = command(
+        "report", help="one HTML page: architecture, summary, training, filters, activations",
+        description="Write one self-contained HTML page about a model (it needs no network "
+                    "to open; needs matplotlib): whether its weights are trained, its "
+                    "architecture drawn as volumes, the summary table, the training curves "
+                    "and settings of its run directory, the first layer's filters, every "
+                    "stage's activation maps for a few sample images, and with --data the "
+                    "accuracy, confusion matrix and most confidently wrong test images. "
+                    "'convnet train' writes one into its run directory.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a saved model (.json; its run directory brings the training "
+                        "record), an ONNX file, weights with --model, a zoo name or notation")
+    p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--input", type=input_shape, metavar="CxHxW",
+                   help="per-sample input size (e.g. 3x64x64); default: the model's own")
+    p.add_argument("--data", help="a data set (digits, fashion-mnist, cifar10, ... or a "
+                                  "path): accuracy and sample images from its test split")
+    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--images", nargs="+", metavar="IMAGE",
+                   help="image files whose activations to draw (instead of --data's)")
+    p.add_argument("--out", metavar="HTML", default="report.html",
+                   help="output file (default report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = command(
         "convert", help="convert between PyTorch, safetensors, convnet and ONNX files",
@@ -426,6 +495,8 @@ def main(argv=None):
         if args.debug:
             raise
         print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        from convnet.train.distributed import abort_if_parallel
+        abort_if_parallel(err, _one_line(err))   # under mpiexec: end every rank, no hang
         return 1
     return 0
 

@@ -1,0 +1,615 @@
+"""Gather what the report shows and write the page.
+
+The sections, each with a stable id: ``status`` (trained or not, at the top),
+``architecture``, ``summary``, ``training``, ``filters``, ``activations`` and
+``evaluation``. Every section is always there; one with nothing to show says why.
+
+Page size. Activation maps are the bulk of a page: every stage's maps for one image go
+into one palette PNG (one byte per pixel), each map shrunk by area averaging so that a
+stage takes at most about IMAGE_PIXELS / (number of stages) pixels, and the number of
+sample images is cut so the page holds at most PAGE_PIXELS pixels of maps. VGG-16 or
+DenseNet-121 at 224 x 224 thus gives a page of a few MB that a browser opens in well
+under a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import convnet
+from convnet import limits
+from convnet.analysis import format_bytes, summary, volume
+from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
+from convnet.report.diagram import architecture_svg, legend_html
+from convnet.report.page import (
+    data_value,
+    document,
+    esc,
+    key_value_list,
+    notes_list,
+    section,
+)
+from convnet.report.pictures import (
+    activation_grid,
+    display_images,
+    file_uri,
+    grid_shape,
+    image_uri,
+    png_uri,
+    require,
+    tile_size,
+)
+
+MAX_SAMPLES = 4                 # sample images whose activations are drawn, at most
+IMAGE_PIXELS = 2_000_000        # pixels of activation maps for one image, all stages
+PAGE_PIXELS = 5_000_000         # ... and for all sample images together
+STAGE_PIXELS = (16_384, 262_144)  # bounds on one stage's share for one image
+MIN_STAGES = 6                  # fewer top-level stages: open the Sequential ones
+MAX_WRONG = 8                   # most confidently wrong test images shown
+BATCH = 256                     # images per forward pass in the evaluation
+MAX_SHOWN_WIDTH = 1100          # CSS pixels: wider pictures are shown scaled down
+HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")
+SECTIONS = ("status", "architecture", "summary", "training", "filters", "activations",
+            "evaluation")
+
+
+# -- the run directory ------------------------------------------------------------------
+def run_directory(source):
+    """The run directory of the model file ``source``: its folder, when that holds a
+    training run's history.json or checkpoint.safetensors; else None."""
+    from convnet.spec import is_notation
+
+    if not source or is_notation(str(source)):
+        return None
+    path = Path(source)
+    if path.suffix.lower() not in (".json", ".safetensors") or not path.is_file():
+        return None
+    folder = path.parent
+    if (folder / "history.json").is_file() or (folder / "checkpoint.safetensors").is_file():
+        return folder
+    return None
+
+
+def checkpoint_state(path):
+    """The JSON state a checkpoint keeps in its metadata, read from the file's header
+    alone (no tensors); None when there is no file. A damaged one is a ValueError."""
+    from convnet.train.checkpoint import KEY
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ImportError("checkpoints need the safetensors package: "
+                          "pip install 'convnet[train]'") from None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # the library raises its own error types for bad headers
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    text = metadata.get(KEY)
+    if text is None:
+        raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
+    limits.check_count(len(text), "MAX_JSON_BYTES", "checkpoint metadata bytes", path)
+    try:
+        state = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: damaged checkpoint metadata ({err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: checkpoint metadata must be a JSON object")
+    return state
+
+
+def run_config(run_dir):
+    """The training configuration (TrainConfig as a dict) in a run directory's
+    checkpoint, or None when there is none."""
+    state = checkpoint_state(Path(run_dir) / "checkpoint.safetensors")
+    config = (state or {}).get("config")
+    return config if isinstance(config, dict) else None
+
+
+def _history(value, where):
+    """value, if it is a training history: a non-empty list of epochs with numbers."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (isinstance(value, list) and value and all(
+            isinstance(h, dict) and all(number(h.get(k)) for k in HISTORY_KEYS)
+            for h in value)):
+        raise ValueError(f"{where}: expected a list of epochs, each with "
+                         f"{', '.join(HISTORY_KEYS)} as numbers")
+    return value
+
+
+def _read_run(run_dir, note):
+    """{"history", "state", "dir"} of a run directory; a file that cannot be read is a
+    note, and the other is still used."""
+    run = {"dir": run_dir, "history": None, "state": None}
+    if run_dir is None:
+        return run
+    try:
+        run["state"] = checkpoint_state(Path(run_dir) / "checkpoint.safetensors")
+    except (ValueError, OSError) as err:
+        note(f"training settings skipped: {err}")
+    path = Path(run_dir) / "history.json"
+    try:
+        if path.is_file():
+            limits.check_count(path.stat().st_size, "MAX_JSON_BYTES", "bytes", path)
+            try:
+                history = json.loads(path.read_text())
+            except (ValueError, RecursionError) as err:
+                raise ValueError(f"{path}: not JSON ({err})") from None
+            run["history"] = _history(history, path)
+        elif (run["state"] or {}).get("history"):
+            run["history"] = _history(run["state"]["history"], f"{run_dir}: checkpoint")
+    except (ValueError, OSError) as err:
+        note(f"training curves skipped: {err}")
+    return run
+
+
+# -- images, stages and activations -----------------------------------------------------
+def _stages(model):
+    """The stages drawn: the model's top-level children; where there are fewer than
+    MIN_STAGES, each plain Sequential among them is opened one level (VGG's features)."""
+    if not isinstance(model, Container):
+        return [(type(model).__name__, model)]
+    top = model.children()
+    if len(top) >= MIN_STAGES:
+        return top
+    out = []
+    for key, child in top:
+        if type(child) is Sequential:
+            out += [(f"{key}.{k}", c) for k, c in child.children()]
+        else:
+            out.append((key, child))
+    return out
+
+
+def _stage_label(layer):
+    """What a stage is: a layer's repr, or a block's kind and size."""
+    if not isinstance(layer, Container):
+        return repr(layer).replace(", bias=False", "")
+    if isinstance(layer, Residual):
+        return "Residual block"
+    if isinstance(layer, Concat):
+        return f"Concat of {len(layer)} branches"
+    if isinstance(layer, DenseBlock):
+        return f"DenseBlock of {len(layer)} dense layers"
+    kinds = [type(child).__name__ for child in layer]
+    runs = [(kind, len(list(group))) for kind, group in itertools.groupby(kinds)]
+    return " -> ".join(kind if n == 1 else f"{kind} x{n}" for kind, n in runs)
+
+
+def _plan(stages, input_shape, count):
+    """(how many of ``count`` sample images to draw, one stage's pixel share): the shares
+    split IMAGE_PIXELS among the stages with a volume output; the images then fill
+    PAGE_PIXELS with the grids those shares give (at least one image)."""
+    volumes, shape = [], tuple(input_shape)
+    for _, layer in stages:
+        shape = tuple(layer.output_shape(shape))
+        if len(shape) == 3:
+            volumes.append(shape)
+    share = int(np.clip(IMAGE_PIXELS // max(len(volumes), 1), *STAGE_PIXELS))
+    per_image = sum(math.prod(grid_shape(s[0], tile_size(s, share))) for s in volumes)
+    fits = max(1, PAGE_PIXELS // max(per_image, 1))
+    return min(count, MAX_SAMPLES, fits), share
+
+
+def _softmax(scores):
+    z = np.asarray(scores, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _activations(model, stages, share, x):
+    """Each sample's grids, stage by stage: ([[(stage, label, shape, uri, geometry)]],
+    the final outputs). A stage's maps are drawn as soon as it has run (the next stage
+    may overwrite them in place, as RELU does)."""
+    model.eval()
+    grids = [[] for _ in range(len(x))]
+    for name, layer in stages:
+        x = layer.infer(x)
+        if x.ndim == 4:
+            for n in range(len(x)):
+                uri, geometry = activation_grid(x[n], share)
+                grids[n].append((name, _stage_label(layer), x.shape[1:], uri, geometry))
+    return grids, x
+
+
+def _grid_width(geometry, tile=40):
+    """The CSS width of an activation grid: its maps about ``tile`` pixels a side (a whole
+    multiple of their own size, pixelated), and at most MAX_SHOWN_WIDTH in all."""
+    scale = int(np.clip(round(tile / max(geometry["th"], geometry["tw"])), 1, 8))
+    return min(geometry["width"] * scale, MAX_SHOWN_WIDTH)
+
+
+def _scaled(width, target=MAX_SHOWN_WIDTH, most=8, least=1):
+    """The CSS width of a picture ``width`` pixels wide: a whole multiple up to ``target``
+    (pixelated), or ``target`` itself for a wider one."""
+    if width >= target:
+        return target
+    return width * int(np.clip(target // width, least, most))
+
+
+# -- sections ---------------------------------------------------------------------------
+def _status(name, model, result, info, notes):
+    trained = getattr(model, "trained", None)
+    if trained is True:
+        css, badge = "trained", "Trained weights"
+        detail = f"loaded from {name}"
+    elif trained is False:
+        css, badge = "untrained", "Untrained: random initial weights"
+        detail = (f"{name} is a zoo name or arrow notation, built fresh: nothing in the "
+                  f"filters, activations or accuracy below was learned")
+    else:
+        css, badge = "unknown", "Weights of unknown origin"
+        detail = "the model was handed over in Python; whether it was trained is not known"
+    classes = info.get("classes")
+    facts = [f"input {volume(result.input_shape)} (W x H x D)",
+             f"{result.total_params:,} parameters",
+             f"{result.total_macs:,} mult-adds per image"]
+    if classes:
+        shown = ", ".join(map(str, classes[:12])) + (", ..." if len(classes) > 12 else "")
+        facts.append(f"{len(classes)} classes: {shown}")
+    if info.get("data"):
+        facts.append(f"trained on {info['data']}")
+    links = " ".join(f'<a href="#{key}">{key}</a>' for key in SECTIONS[1:])
+    return (f'<header id="status" class="{css}"><h1>convnet report: {esc(name)}</h1>'
+            f'<div class="badge" id="trained" data-trained="{esc(json.dumps(trained))}">'
+            f'{esc(badge)}</div><div>{esc(detail)}</div>'
+            f'<div class="facts">{esc(" · ".join(facts))}</div>{notes_list(notes)}'
+            f'<nav>{links}</nav></header>\n')
+
+
+def _architecture(model, result):
+    return section("architecture", "Architecture", (
+        f'<p>{legend_html()}</p><p class="note">Data flows down. Each box is a layer\'s '
+        f'output volume: its front face is D wide and H tall and it recedes W deep (log '
+        f'scales). Layers that keep the volume (BN, RELU, dropout) are folded into the box '
+        f'before them. Hover a box for its exact numbers and receptive field.</p>'
+        f'<div class="scroll">{architecture_svg(model, result)}</div>'))
+
+
+def _summary(result):
+    head = ("layer", "type", "output (WxHxD)", "params", "mult-adds", "receptive field",
+            "jump", "activations")
+    numeric = {3, 4, 5, 6, 7}
+    ths = "".join(f'<th class="{"num" if i in numeric else ""}">{h}</th>'
+                  for i, h in enumerate(head))
+
+    def cells(values):
+        """<td>s from (key, value, text): key and value become data-key, data-value."""
+        out = []
+        for i, (key, value, text) in enumerate(values):
+            css = "num" if i in numeric else ("type" if key == "type" else "")
+            attrs = f' data-key="{key}"{data_value(value)}' if key else ""
+            out.append(f'<td class="{css}"{attrs}>{esc(text)}</td>')
+        return "".join(out)
+
+    def rf(value):
+        return "x".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    def blank(text=""):
+        return (None, None, text)
+
+    misc = result.memory["misc"]
+    rows = ['<tr class="input">' + cells([
+        blank("input"), blank(), blank(volume(result.input_shape)), blank(), blank(),
+        blank("1"), blank("1"), ("misc", misc, format_bytes(misc))]) + "</tr>"]
+    for row in result.layers:
+        d = row.to_dict()
+        star = " *" if row.frozen else ""
+        rows.append(f'<tr data-name="{esc(row.name)}">' + cells([
+            ("name", d["name"], d["name"]), ("type", d["type"], d["type"]),
+            ("output_volume", d["output_volume"], d["output_volume"]),
+            ("params", d["params"], f"{d['params']:,}{star}"),
+            ("macs", d["macs"], f"{d['macs']:,}"),
+            ("receptive_field", d["receptive_field"], rf(d["receptive_field"])),
+            ("jump", d["jump"], rf(d["jump"])),
+            ("activation_bytes", d["activation_bytes"], format_bytes(d["activation_bytes"])),
+        ]) + "</tr>")
+    total = result.to_dict()
+    rows.append('<tr class="total">' + cells([
+        blank("total"), blank(), blank(),
+        ("total_params", total["total_params"], f"{total['total_params']:,}"),
+        ("total_macs", total["total_macs"], f"{total['total_macs']:,}"),
+        ("receptive_field", total["receptive_field"], rf(total["receptive_field"])),
+        ("jump", total["jump"], rf(total["jump"])),
+        ("activations", result.memory["activations"],
+         format_bytes(result.memory["activations"]))]) + "</tr>")
+    table = (f'<div class="scroll"><table id="summary-table"><thead><tr>{ths}</tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table></div>')
+    m, b = result.memory, result.memory["bytes_per_value"]
+    frozen_note = (f" + {result.frozen_params:,} frozen x 1" if result.frozen_params
+                   else "")
+    memory_rows = [
+        ("activations", "activations", f"{m['activations'] // b:,} values x {b} B"),
+        ("activation_gradients", "their gradients", "x2 for gradients"),
+        ("parameters_total", "parameters", f"{result.trainable_params:,} trainable x "
+         f"{m['parameter_multiplier']} ({result.optimizer}){frozen_note}"),
+        ("misc", "miscellaneous", f"the input batch, {m['misc'] // b:,} values"),
+        ("training_total", "training total", ""),
+        ("inference_total", "inference", "current activations only, parameters once")]
+    memory = "".join(f'<tr><td>{esc(label)}</td><td>{esc(how)}</td><td class="num" '
+                     f'data-key="{key}"{data_value(m[key])}>{esc(format_bytes(m[key]))}</td>'
+                     f'</tr>' for key, label, how in memory_rows)
+    frozen = f", frozen {result.frozen_params:,}" if result.frozen_params else ""
+    advice = notes_list(result.advice)
+    body = (f'<p>The numbers of <code>convnet summary</code> (batch {result.batch_size}, '
+            f'{result.dtype}): params {result.total_params:,} (trainable '
+            f'{result.trainable_params:,}{frozen}); mult-adds {result.total_macs:,} per '
+            f'image; receptive field of the output {rf(total["receptive_field"])} pixels.'
+            f'</p>{table}<h3>Memory</h3><table id="memory-table"><tbody>{memory}</tbody>'
+            f'</table>' + (f"<h3>Advice</h3>{advice}" if advice else ""))
+    return section("summary", "Summary", body)
+
+
+def _training(run, info, name):
+    parts = []
+    history, state = run["history"], run["state"]
+    if history:
+        from convnet.plot import plot_history
+
+        with tempfile.TemporaryDirectory() as tmp:     # plot_history writes a file
+            curve = file_uri(plot_history(history, Path(tmp) / "curve.png"))
+        best = max(history, key=lambda h: h["val_acc"])
+        last = history[-1]
+        parts.append(
+            f'<p>{len(history)} epochs; last: loss {last["loss"]:.4f}, accuracy '
+            f'{last["acc"]:.4f}, validation accuracy {last["val_acc"]:.4f}; best '
+            f'validation accuracy {best["val_acc"]:.4f} at epoch {best["epoch"]}.</p>'
+            f'<img id="curves" src="{curve}" alt="loss and accuracy per epoch" '
+            f'style="max-width:100%">')
+    config = (state or {}).get("config")
+    if isinstance(config, dict):
+        epoch = state.get("epoch")
+        done = f" ({epoch} epochs done)" if isinstance(epoch, int) else ""
+        parts.append(f"<h3>Run settings{esc(done)}</h3>"
+                     + key_value_list(sorted(config.items()), key="settings"))
+    if info:
+        shown = {k: v for k, v in info.items() if k != "classes"}
+        parts.append("<h3>Preprocessing recorded in the model file</h3>"
+                     + key_value_list(sorted(shown.items()), key="preprocessing"))
+    if not parts:
+        parts.append(f'<p class="note">No training record: {esc(name)} is not a model file '
+                     f'in a run directory of <code>convnet train</code> (history.json, '
+                     f'checkpoint.safetensors).</p>')
+    elif run["dir"] is not None and not history:
+        parts.insert(0, f'<p class="note">{esc(run["dir"])} holds no training history.</p>')
+    where = f" ({run['dir']})" if run["dir"] is not None else ""
+    return section("training", f"Training{where}", "".join(parts))
+
+
+def _filters(model, trained):
+    from convnet.plot import filter_grid, first_conv_weight
+
+    try:
+        weight = first_conv_weight(model)
+    except ValueError as err:
+        return section("filters", "First-layer filters", f'<p class="note">{esc(err)}</p>')
+    k, c, fh, fw = weight.shape
+    grid = (filter_grid(np.asarray(weight, dtype=np.float64)) * 255).round().astype(np.uint8)
+    width = _scaled(grid.shape[1], target=480, most=16)
+    colour = "in colour (their 3 input channels as RGB)" if c == 3 else \
+        "their first input channel, in gray"
+    caption = (f"{k} filters of {fw}x{fh}x{c} (F x F x D), {colour}, each scaled to its own "
+               f"min..max.")
+    if trained is False:
+        caption += " Random initial weights: noise, nothing learned."
+    return section("filters", "First-layer filters", (
+        f'<p>{esc(caption)}</p><img class="px" id="filter-grid" src="{png_uri(grid)}" '
+        f'width="{width}" alt="first-layer filters">'))
+
+
+def _activations_section(samples, grids, outputs, classes, notes):
+    if not samples:
+        return section("activations", "Activations", (
+            '<p class="note">No sample images: give --data (its test split) or --images '
+            'to see every stage\'s activation maps.</p>'))
+    probs = _softmax(outputs) if outputs is not None and outputs.ndim == 2 \
+        and outputs.shape[1] == len(classes) else None
+    parts = [f'<p>For each sample image: the input, then every stage\'s output volume, '
+             f'all of its maps (channels in order, row by row), each map scaled to its own '
+             f'min..max (viridis: dark is low). Hover a map for its channel.</p>'
+             f'{notes_list(notes)}']
+    for n, ((label, pixels), stage_grids) in enumerate(zip(samples, grids)):
+        c, h, w = pixels.shape
+        guess = ""
+        if probs is not None:
+            top = np.argsort(-probs[n])[:3]
+            guess = "predicted: " + ", ".join(f"{classes[i]} {probs[n, i]:.3f}" for i in top)
+        figures = []
+        for s, (stage, kind, shape, uri, g) in enumerate(stage_grids):
+            cid = f"ch-{n}-{s}"
+            shrunk = "" if (g["th"], g["tw"]) == tuple(shape[1:]) else \
+                f", shrunk from {shape[2]}x{shape[1]}"
+            figures.append(
+                f'<figure class="stage" data-stage="{esc(stage)}"><figcaption><b>{esc(stage)}'
+                f'</b> {esc(kind)} &rarr; {esc(volume(shape))}: all {shape[0]} maps '
+                f'({g["tw"]}x{g["th"]} px each{shrunk})<span class="channel" id="{cid}">'
+                f'</span></figcaption><img class="px grid" src="{uri}" '
+                f'width="{_grid_width(g)}" alt="{esc(stage)} activation maps" '
+                f'data-caption="{cid}" data-th="{g["th"]}" data-tw="{g["tw"]}" '
+                f'data-cols="{g["cols"]}" data-count="{g["count"]}" data-pad="{g["pad"]}">'
+                f'</figure>')
+        opened = " open" if n == 0 else ""
+        parts.append(
+            f'<details class="sample"{opened}><summary>{esc(label)}</summary>'
+            f'<div class="sample-head"><figure><figcaption>input {esc(volume((c, h, w)))}'
+            f'</figcaption><img class="px sample-input" src="{image_uri(pixels)}" '
+            f'width="{_scaled(w, target=160, most=16)}" alt="input image"></figure>'
+            f'<p>{esc(guess)}</p></div><div class="stages">{"".join(figures)}</div>'
+            f'</details>')
+    return section("activations", "Activations", "".join(parts))
+
+
+def _evaluation_section(found, data, trained):
+    if found is None:
+        return section("evaluation", "Evaluation", (
+            '<p class="note">Give --data to see the accuracy on its test split, the '
+            'confusion matrix and the most confidently wrong test images.</p>'))
+    result, classes, wrong = found
+    confusion = result["confusion"]
+    k = len(classes)
+    head = "".join(f'<th title="{esc(name)}">{i}</th>' for i, name in enumerate(classes))
+    rows = []
+    for i, row in enumerate(confusion):
+        total = max(int(row.sum()), 1)
+        cells = []
+        for j, count in enumerate(row):
+            share = count / total
+            rgb = "89,161,79" if i == j else "225,87,89"
+            alpha = 0 if count == 0 else max(0.08 if i == j else 0.3, share)
+            ink = "#fff" if alpha > 0.6 else "#222"
+            cells.append(f'<td style="background:rgba({rgb},{alpha:.2f});color:{ink}" '
+                         f'title="true {esc(classes[i])}, predicted {esc(classes[j])}">'
+                         f'{count}</td>')
+        label = classes[i] if classes[i] == str(i) else f"{i} {classes[i]}"
+        rows.append(f'<tr><th>{esc(label)}</th>{"".join(cells)}</tr>')
+    table = (f'<div class="scroll"><table class="confusion" id="confusion"><thead><tr>'
+             f'<th>true \\ predicted</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+             f'</table></div>')
+    shown = []
+    for pixels, true, guess, prob, index in wrong:
+        w = pixels.shape[2]
+        shown.append(f'<figure><img class="px" src="{image_uri(pixels)}" '
+                     f'width="{_scaled(w, target=96, most=16)}" alt="test image {index}">'
+                     f'<figcaption>#{index}: true {esc(classes[true])}<br>predicted '
+                     f'{esc(classes[guess])} ({prob:.3f})</figcaption></figure>')
+    wrong_html = (f'<div class="tiles" id="wrong">{"".join(shown)}</div>' if shown else
+                  '<p class="note" id="wrong">No test image is wrong.</p>')
+    chance = "" if trained else (' <span class="note">(random weights: expect about '
+                                 f'1/{k} = {1 / k:.3f})</span>')
+    n = int(confusion.sum())
+    return section("evaluation", "Evaluation", (
+        f'<p>Accuracy <b id="accuracy"{data_value(result["accuracy"])}>'
+        f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} test images of {esc(data)}; '
+        f'mean loss <span id="loss"{data_value(result["loss"])}>{result["loss"]:.4f}</span>'
+        f'.</p><h3>Confusion matrix</h3><p class="note">Rows: the true '
+        f'class; columns: the predicted one (hover for names); shaded by the share of the '
+        f'row.</p>{table}<h3>Most confidently wrong</h3>{wrong_html}'))
+
+
+# -- the report -------------------------------------------------------------------------
+def _evaluate(model, x, y, classes, info):
+    """(evaluate's result, classes, most confidently wrong [(pixels, true, predicted,
+    probability, index)]) on a data set's prepared test images."""
+    from convnet.train.inference import evaluate, top_k
+
+    result = evaluate(model, x, y, num_classes=len(classes))
+    guess = np.empty(len(x), dtype=np.int64)
+    prob = np.empty(len(x))
+    for start in range(0, len(x), BATCH):          # top_k on all at once would hold every
+        idx, p = top_k(model, x[start:start + BATCH], 1)   # image's activations
+        guess[start:start + BATCH], prob[start:start + BATCH] = idx[:, 0], p[:, 0]
+    wrong = np.flatnonzero(guess != y)
+    wrong = wrong[np.argsort(-prob[wrong], kind="stable")][:MAX_WRONG]
+    pixels = display_images(x[wrong], info)
+    return result, [(pixels[i], int(y[j]), int(guess[j]), float(prob[j]), int(j))
+                    for i, j in enumerate(wrong)]
+
+
+def build_report(model, source=None, data=None, data_root=None, images=None, run_dir=None,
+                 log=None):
+    """The report page for ``model`` as one HTML string (see ``write_report``)."""
+    from convnet.train.inference import class_names, evaluation_data, load_images, preprocess
+
+    require()
+    notes = []
+
+    def note(text):
+        notes.append(text)
+        if log is not None:
+            log(text)
+
+    name = str(source) if source else "model"
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError(f"{name}: the model has no input size (input_shape)")
+    shape = tuple(shape)
+    if (data or images) and len(shape) != 3:
+        raise ValueError(f"{name}: --data and --images need a model that takes images "
+                         f"(C x H x W); its input is {shape}")
+    info = getattr(model, "info", None) or {}
+    trained = getattr(model, "trained", None)
+    result = summary(model, shape)
+    if run_dir is None:
+        run_dir = run_directory(source)
+    run = _read_run(run_dir, note)
+    classes = class_names(model) if len(shape) == 3 else []
+
+    found, samples, sample_x, sample_notes = None, [], None, []
+    if data:
+        x, y, data_classes, data_notes = evaluation_data(model, data, root=data_root,
+                                                         where=name)
+        for text in data_notes:
+            note(text)
+        classes = data_classes
+        result_eval, wrong = _evaluate(model, x, y, classes, info)
+        found = (result_eval, classes, wrong)
+        if not images:                   # the first test image of each class, in order
+            _, first = np.unique(y, return_index=True)
+            picks = np.sort(first)[:MAX_SAMPLES]
+            sample_x = x[picks]
+            pixels = display_images(sample_x, info)
+            samples = [(f"test image #{i} of {data}: {classes[y[i]]}", pixels[k])
+                       for k, i in enumerate(picks)]
+    if images:
+        pixels, image_notes = load_images(list(images), shape)
+        for text in image_notes:
+            note(text)
+        sample_x = preprocess(pixels, 255, info)
+        samples = [(str(path), pixels[k]) for k, path in enumerate(images)]
+
+    grids, outputs = [], None
+    if samples:
+        stages = _stages(model)
+        count, share = _plan(stages, shape, len(samples))
+        if count < len(samples):
+            sample_notes.append(f"activations of the first {count} of {len(samples)} "
+                                f"images (the page's size cap)")
+            samples, sample_x = samples[:count], sample_x[:count]
+        grids, outputs = _activations(model, stages, share, sample_x)
+
+    body = (_status(name, model, result, info, notes) + _architecture(model, result)
+            + _summary(result) + _training(run, info, name) + _filters(model, trained)
+            + _activations_section(samples, grids, outputs, classes, sample_notes)
+            + _evaluation_section(found, data, trained)
+            + f'<footer>Written by convnet {esc(convnet.__version__)}: <code>convnet '
+              f'report</code>.</footer>')
+    return document(f"convnet report: {name}", body)
+
+
+def write_report(model, path, source=None, data=None, data_root=None, images=None,
+                 run_dir=None, log=None):
+    """Write one self-contained HTML page about ``model`` to ``path``; returns the path.
+
+    Args:
+        model: a model as ``convnet.spec.resolve_model`` returns it (``input_shape``,
+            ``trained``, and ``info`` for a saved model).
+        source: how the model was named (a zoo name, notation or a file): the page's
+            title; a model file in a run directory of ``convnet train`` brings that run's
+            training curves and settings.
+        data: a data set (as ``convnet eval --data`` takes it): accuracy, confusion
+            matrix, the most confidently wrong test images, and sample images from its
+            test split. data_root: where its files are.
+        images: image files to draw the activations for (instead of the data's).
+        run_dir: the run directory, if not the model file's.
+        log: called with each note (image conversions, what was left out).
+
+    Needs matplotlib and Pillow (``pip install 'convnet[plot]'``): an ImportError says so.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():              # said before the work, not after it
+        raise ValueError(f"{path}: the directory {path.parent} does not exist")
+    page = build_report(model, source=source, data=data, data_root=data_root,
+                        images=images, run_dir=run_dir, log=log)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,301 @@
+"""convnet report: pages opened in a real headless Chromium, checked as a reader sees them.
+
+One browser serves the whole module. Each page must load with no console error, show
+every section with pixels that are not all one colour, ask the network for nothing, and
+hold exactly the numbers of ``convnet summary --json`` and ``convnet eval --json``.
+VGG-16 and DenseNet-121 pages must stay under 10 MB and load in under 2 seconds.
+"""
+
+import io
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convnet.cli import main
+from convnet.report import SECTIONS, write_report
+from convnet.spec import resolve_model
+from convnet.train.loop import TrainConfig, train
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+NET = "INPUT 8x8x1 -> CONV 8 -> RELU -> POOL -> CONV 16 -> BN -> RELU -> FC 10"
+MAX_BYTES = 10 * 1024 * 1024
+MAX_LOAD_MS = 2000
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module, logging the console."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """The test's files: a digits run and sample images, made once."""
+    root = tmp_path_factory.mktemp("report")
+    run = root / "run"
+    train(TrainConfig(data="digits", model=NET, epochs=3, out=str(run)), progress=False,
+          log=lambda *args: None)
+    yy, xx = np.mgrid[:96, :96]
+    disc = ((xx - 48) ** 2 + (yy - 40) ** 2 < 600)[..., None]
+    picture = np.where(disc, 250, np.stack([xx * 2, yy * 2, 255 - xx * 2], -1))
+    for i in range(3):
+        Image.fromarray(np.roll(picture, 20 * i, axis=1).astype(np.uint8)).save(
+            root / f"picture{i}.png")
+    return root
+
+
+def open_page(browser, path):
+    """Load a page; returns the navigation timing (ms). The page must log no error."""
+    browser.get(Path(path).resolve().as_uri())
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    return browser.execute_script(
+        "return performance.getEntriesByType('navigation')[0].toJSON()")
+
+
+def check_page(browser, path):
+    """Every section there, drawn (not one colour), and nothing asked of the network."""
+    timing = open_page(browser, path)
+    for key in SECTIONS:
+        element = browser.find_element("id", key)
+        with Image.open(io.BytesIO(element.screenshot_as_png)) as shot:
+            assert shot.convert("RGB").getcolors(1) is None, f"{key} is blank"
+    links = browser.execute_script(
+        "return Array.from(document.querySelectorAll('[src], [href]'))"
+        ".map(e => e.getAttribute('src') || e.getAttribute('href'))")
+    assert links and all(v.startswith(("data:", "#")) for v in links), \
+        [v[:60] for v in links if not v.startswith(("data:", "#"))]
+    assert browser.execute_script(
+        "return performance.getEntriesByType('resource').length") == 0
+    for image in browser.find_elements("css selector", "img"):   # every picture decoded
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 0
+    return timing
+
+
+def summary_json(capsys, *argv):
+    capsys.readouterr()
+    assert main(["summary", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def check_summary_table(browser, expected):
+    """The table in the page, read from the DOM, equals ``convnet summary --json``."""
+    rows = browser.execute_script("""
+        const read = tr => Object.fromEntries(Array.from(tr.querySelectorAll('td[data-key]'))
+            .flatMap(td => [[td.dataset.key, JSON.parse(td.dataset.value)],
+                            [td.dataset.key + ' text', td.textContent]]));
+        return {layers: Array.from(document.querySelectorAll(
+                    '#summary-table tbody tr[data-name]')).map(read),
+                total: read(document.querySelector('#summary-table tr.total')),
+                memory: read(document.querySelector('#memory-table'))};""")
+    keys = ("name", "type", "output_volume", "params", "macs", "receptive_field", "jump",
+            "activation_bytes")
+    assert [{k: row[k] for k in keys} for row in rows["layers"]] == \
+        [{k: row[k] for k in keys} for row in expected["layers"]]
+    for row, want in zip(rows["layers"], expected["layers"]):
+        assert row["params text"] == f"{want['params']:,}"
+        assert row["macs text"] == f"{want['macs']:,}"
+    total = rows["total"]
+    assert (total["total_params"], total["total_macs"]) == \
+        (expected["total_params"], expected["total_macs"])
+    assert (total["receptive_field"], total["jump"]) == \
+        (expected["receptive_field"], expected["jump"])
+    for key in ("activations", "activation_gradients", "parameters_total", "misc",
+                "training_total", "inference_total"):
+        assert rows["memory"][key] == expected["memory"][key], key
+
+
+def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
+    model = pages / "run" / "model.json"
+    page = pages / "digits.html"
+    assert main(["report", str(model), "--data", "digits", "--out", str(page)]) == 0
+    check_page(browser, page)
+    trained = browser.find_element("id", "trained")
+    assert trained.get_attribute("data-trained") == "true"
+    assert "Trained weights" in trained.text
+    check_summary_table(browser, summary_json(capsys, str(model)))
+
+    # accuracy, the confusion matrix with class names, the most confidently wrong images
+    capsys.readouterr()
+    assert main(["eval", str(model), "--data", "digits", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    accuracy = browser.find_element("id", "accuracy")
+    assert json.loads(accuracy.get_attribute("data-value")) == evaluated["accuracy"]
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#confusion tbody tr'))"
+        ".map(tr => Array.from(tr.querySelectorAll('td')).map(td => +td.textContent))")
+    assert cells == evaluated["confusion"]
+    heads = [e.text for e in browser.find_elements("css selector", "#confusion tbody th")]
+    assert heads == evaluated["classes"]                   # digits: named by their index
+    wrong = browser.find_elements("css selector", "#wrong figure")
+    errors = evaluated["images"] - sum(evaluated["confusion"][i][i] for i in range(10))
+    assert len(wrong) == min(8, errors)
+    probs = [float(f.text.rsplit("(", 1)[1].rstrip(")")) for f in wrong]
+    assert probs == sorted(probs, reverse=True)
+
+    # the run: curves and settings from the checkpoint
+    assert browser.find_element("id", "curves").get_attribute("naturalWidth") == "900"
+    def setting(key):
+        return browser.find_element("css selector", f'#settings dd[data-key="{key}"]').text
+
+    assert (setting("epochs"), setting("data"), setting("model")) == ("3", "digits", NET)
+
+    # activations: the input and every stage with a volume, all channels, in one grid each
+    stages = browser.find_elements("css selector", "details.sample[open] figure.stage")
+    net = resolve_model(str(model))
+    shape, expected = net.input_shape, []
+    for name, layer in net.children():
+        shape = layer.output_shape(shape)
+        if len(shape) == 3:
+            expected.append((name, shape[0]))
+    assert [s.get_attribute("data-stage") for s in stages] == [n for n, _ in expected]
+    for (_, channels), stage in zip(expected, stages):
+        assert f"all {channels} maps" in stage.text
+        grid = stage.find_element("css selector", "img.grid")
+        assert int(grid.get_attribute("data-count")) == channels
+        natural = browser.execute_script("return arguments[0].naturalWidth", grid)
+        cols, tw = int(grid.get_attribute("data-cols")), int(grid.get_attribute("data-tw"))
+        assert natural == cols * (tw + 1) + 1
+    samples = browser.find_elements("css selector", "details.sample")
+    assert len(samples) == 4                       # one test image of each of 4 classes
+    # hovering a map names its channel
+    from selenium.webdriver import ActionChains
+    grid = stages[0].find_element("css selector", "img.grid")
+    ActionChains(browser).move_to_element_with_offset(grid, 1, 1).perform()
+    caption = browser.find_element("id", grid.get_attribute("data-caption")).text
+    assert caption.startswith("channel ")
+
+
+def test_an_untrained_zoo_model_says_so_at_the_top(browser, pages, capsys):
+    page = pages / "lenet5.html"
+    images = [str(pages / f"picture{i}.png") for i in range(2)]
+    assert main(["report", "lenet5", "--images", *images, "--out", str(page)]) == 0
+    err = capsys.readouterr().err
+    assert "converted to 32x32 L" in err          # what was done to the images is said
+    check_page(browser, page)
+    status = browser.find_element("id", "status")
+    assert "Untrained: random initial weights" in status.text
+    assert browser.find_element("id", "trained").get_attribute("data-trained") == "false"
+    assert "Random initial weights" in browser.find_element("id", "filters").text
+    assert "Give --data" in browser.find_element("id", "evaluation").text
+    assert "No training record" in browser.find_element("id", "training").text
+    assert len(browser.find_elements("css selector", "details.sample")) == 2
+    check_summary_table(browser, summary_json(capsys, "lenet5"))
+
+
+@pytest.mark.parametrize("name, adds, joins, lanes", [
+    ("resnet18", 8, 0, 2),                   # eight residual blocks: body and shortcut
+    ("googlenet_torchvision", 0, 9, 4),      # nine inception modules of four branches
+])
+def test_branches_are_drawn_as_branches(browser, pages, capsys, name, adds, joins, lanes):
+    page = pages / f"{name}.html"
+    assert main(["report", name, "--input", "3x64x64", "--images",
+                 str(pages / "picture0.png"), "--out", str(page)]) == 0
+    check_page(browser, page)
+    svg = browser.find_element("css selector", "#architecture svg")
+    assert len(svg.find_elements("css selector", "g.fork.add")) == adds
+    assert len(svg.find_elements("css selector", "g.fork.concat")) == joins
+    model = resolve_model(name, input_shape=(3, 64, 64))
+    convs = sum(type(layer).__name__ == "Conv2d" for _, layer in model.named_layers())
+    assert len(svg.find_elements("css selector", "g.volume.conv")) == convs
+    assert {int(fork.get_attribute("data-lanes"))
+            for fork in svg.find_elements("css selector", "g.fork")} == {lanes}
+    check_summary_table(browser, summary_json(capsys, name, "--input", "3x64x64"))
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet121"])
+def test_large_models_stay_small_and_fast(browser, pages, name):
+    page = pages / f"{name}.html"
+    started = time.perf_counter()
+    write_report(resolve_model(name), page, source=name,
+                 images=[str(pages / f"picture{i}.png") for i in range(3)])
+    seconds = time.perf_counter() - started
+    size = page.stat().st_size
+    timing = check_page(browser, page)
+    print(f"{name}: {size / 1e6:.2f} MB, written in {seconds:.1f} s, loaded in "
+          f"{timing['loadEventEnd']:.0f} ms", file=sys.stderr)
+    assert size < MAX_BYTES
+    assert timing["loadEventEnd"] < MAX_LOAD_MS
+    assert seconds < 30
+    assert browser.find_elements("css selector", "details.sample figure.stage")
+
+
+def test_train_writes_the_report_unless_told_not_to(tmp_path, capsys):
+    args = ["train", "--model", NET, "--epochs", "1", "--limit", "200", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert f"report: {tmp_path / 'a' / 'report.html'}" in capsys.readouterr().out
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert 'id="accuracy"' in page and 'id="curves"' in page
+    (tmp_path / "a" / "report.html").unlink()   # a resumed run writes it too
+    assert main(["train", "--resume", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert 'id="accuracy"' in (tmp_path / "a" / "report.html").read_text()
+    assert main([*args, "--out", str(tmp_path / "b"), "--no-report"]) == 0
+    assert not (tmp_path / "b" / "report.html").exists()
+    # --overwrite removes the earlier run's report with its other files
+    assert main([*args, "--out", str(tmp_path / "a"), "--overwrite", "--no-report"]) == 0
+    assert not (tmp_path / "a" / "report.html").exists()
+
+
+def test_without_matplotlib_train_notes_it_and_report_says_what_to_install(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib fails
+    assert main(["train", "--model", NET, "--epochs", "1", "--limit", "100", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "no report.html" in err and "convnet[plot]" in err
+    assert (tmp_path / "run" / "model.json").is_file()
+    assert main(["report", "lenet5", "--out", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'convnet[plot]'" in err
+
+
+def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
+        pages, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    (run / "history.json").write_text("[1, 2")
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    err = capsys.readouterr().err
+    assert "training curves skipped" in err and "history.json: not JSON" in err
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="settings"' in page and 'id="curves"' not in page   # the settings remain
+    (run / "history.json").unlink()               # the checkpoint's history stands in
+    (run / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    assert "training settings skipped" in capsys.readouterr().err
+    assert "No training record" not in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nonet"], "not a zoo name"),
+    (["lenet5", "--images", "missing.png"], "missing.png"),
+    (["INPUT 8x8x1 -> FC 3", "--data", "digits"], "has 3 outputs but digits has 10"),
+    (["INPUT 64 -> FC 3", "--images", "a.png"], "need a model that takes images"),
+    (["lenet5", "--out", "no/such/dir/r.html"], "no/such/dir does not exist"),
+])
+def test_bad_input_is_one_named_line(tmp_path, capsys, argv, message):
+    assert main(["report", "--out", str(tmp_path / "r.html"), *argv]) == 1   # last --out wins
+    err = capsys.readouterr().err
+    assert err.startswith("convnet report: error:") and err.count("\n") == 1
+    assert message in err

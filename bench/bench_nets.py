@@ -31,18 +31,27 @@ data's gradient as the training loop does (PyTorch does not compute it either).
 from __future__ import annotations
 
 # isort: off
-import convnet  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
-# isort: on
-import argparse
-import json
 import sys
-import time
-import tracemalloc
-from pathlib import Path
+if "--numpy-first" in sys.argv:   # as most scripts do: OpenBLAS loads before convnet
+    import numpy  # noqa: F401
+import convnet  # noqa: F401, E402
+# isort: on
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import torch
-from common import environment, format_table, gemm_peak, gflops, time_blocks, timed_quietly
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    environment,
+    format_table,
+    gemm_peak,
+    gflops,
+    time_blocks,
+    timed_quietly,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/ holds the torch nets
 
@@ -409,6 +418,7 @@ def render(report):
            f"GEMM peak (2048^3 float32 np.matmul, best of 3 blocks): "
            f"{report['gemm_peak_gflops']:.1f} GFLOP/s; "
            f"ratio = convnet / torch (below 1: convnet faster); %pk = GFLOP/s / GEMM peak",
+           f"NumPy imported {'before' if report.get('numpy_first') else 'after'} convnet",
            ""]
     if report["results"]:
         headers = ["net", "work", "convnet ms", "GFLOP/s", "%pk", "torch ms", "GFLOP/s", "%pk",
@@ -482,6 +492,9 @@ def main(argv=None):
     parser.add_argument("--epoch-limit", type=int, metavar="N",
                         help="epoch workload: only the first N training images")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--numpy-first", action="store_true",
+                        help="import NumPy before convnet, as most scripts do (the default "
+                             "imports convnet first, as the convnet command does)")
     args = parser.parse_args(argv)
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in only if w not in WORKLOADS]
@@ -490,6 +503,7 @@ def main(argv=None):
     torch.set_num_threads(min(2, torch.get_num_threads()))
     report = run(only, args.repeat, args.rounds, args.min_block, args.retries,
                  args.epoch_limit)
+    report["numpy_first"] = args.numpy_first
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

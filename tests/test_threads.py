@@ -185,17 +185,77 @@ def test_per_thread_runs_a_part_on_each_thread_with_blas_on_one():
 
 
 @pytest.mark.parametrize("size", [1, 0])
-def test_per_thread_runs_once_for_one_part_or_when_blas_is_taken(size, monkeypatch):
-    """A single image, BLAS's threads held by another per_thread call, or no way to set
-    them: one call over everything, BLAS left as it is."""
+def test_per_thread_runs_once_for_one_part_or_without_threadpoolctl(size, monkeypatch):
+    """A single image, or no way to set BLAS's threads: one call over everything, BLAS
+    left as it is."""
     before = blas_threads()
     seen = []
     threads.per_thread(lambda part: seen.append((part, blas_threads())), size)
-    with threads._blas_held:
-        threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
     monkeypatch.setattr(threads, "_blas", False)
     threads.per_thread(lambda part: seen.append((part, blas_threads())), 4)
-    assert seen == [(slice(0, size), before), (slice(0, 4), before), (slice(0, 4), before)]
+    assert seen == [(slice(0, size), before), (slice(0, 4), before)]
+
+
+def test_one_blas_thread_is_shared_by_nested_and_concurrent_holders():
+    """The first hold sets BLAS to one thread, the last lifts it; holds on other threads
+    (per_thread's parts, a user's threads) share the same limit."""
+    from concurrent.futures import ThreadPoolExecutor
+    before = blas_threads()
+    assert before and max(before) >= 1
+    with threads.one_blas_thread():
+        assert blas_threads() == [1] * len(before)
+        with threads.one_blas_thread():
+            assert blas_threads() == [1] * len(before)
+        assert blas_threads() == [1] * len(before)           # the outer hold stands
+        with ThreadPoolExecutor(1) as pool:                  # another thread's hold
+            def hold():
+                with threads.one_blas_thread():
+                    return blas_threads()
+            assert pool.submit(hold).result() == [1] * len(before)
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
+
+
+def test_a_model_call_holds_blas_once_for_all_its_layers(monkeypatch):
+    """Containers' forward, backward and infer hold BLAS to one thread (holding_blas):
+    every layer inside sees one BLAS thread, and after the call BLAS is as it was."""
+    from convnet.layers.activation import ReLU
+    from convnet.layers.base import Layer
+    from convnet.models.containers import Sequential
+    seen = []
+
+    class Spy(Layer):
+        def forward(self, x):
+            seen.append(blas_threads())
+            return x
+
+        def backward(self, dout):
+            seen.append(blas_threads())
+            return dout
+    before = blas_threads()
+    net = Sequential(Spy(), ReLU(), Sequential(Spy()))
+    x = np.ones((2, 3))
+    net.forward(x)
+    net.backward(x)
+    net.infer(x)
+    assert seen == [[1] * len(before)] * 6
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("shapes", [((300, 500), (500, 700)), ((700, 500), (500, 3)),
+                                    ((2, 64, 300), (2, 300, 900)), ((5, 7), (7, 3)),
+                                    ((900, 300), (300,  900))])
+def test_matmul_split_between_threads_equals_numpy(shapes, monkeypatch):
+    """threads.matmul splits a large product's columns (or rows) between the threads:
+    the same numbers as np.matmul, into a given out too; small products are np.matmul."""
+    monkeypatch.setattr(threads, "MATMUL_SPLIT_FLOPS", 0)
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal(shape) for shape in shapes)
+    want = np.matmul(a, b)
+    assert np.allclose(threads.matmul(a, b), want, rtol=1e-12, atol=1e-12)
+    out = np.full(want.shape, np.nan)
+    assert threads.matmul(a, b, out=out) is out
+    assert np.allclose(out, want, rtol=1e-12, atol=1e-12)
 
 
 def test_parts_run_with_the_callers_numpy_error_settings():

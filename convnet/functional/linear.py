@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet.functional.threads import matmul
+
 
 class LinearCache(NamedTuple):
     x: np.ndarray         # (N, in_features), needed for dw
@@ -35,7 +37,7 @@ def linear_forward(x, w, b=None):
     array([[3., 4., 5., 6.],
            [3., 4., 5., 6.]])
     """
-    out = x @ w.T                                   # (N, out_features)
+    out = matmul(x, w.T)                            # (N, out_features)
     if b is not None:
         out += b
     return out, LinearCache(x, w)
@@ -47,8 +49,8 @@ def linear_backward(dout, cache):
     dx = dout @ W (N, in); dw = dout.T @ x (out, in); db = dout summed over N (out,).
     """
     x, w = cache
-    dx = dout @ w
-    dw = dout.T @ x
+    dx = matmul(dout, w)
+    dw = matmul(dout.T, x)
     db = dout.sum(axis=0)
     return dx, dw, db
 

@@ -17,12 +17,15 @@ array([5., 5., 5.])
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np  # noqa: F401  (the doctest)
+import numpy as np
 
 
 def _thread_count():
@@ -62,21 +65,13 @@ def per_thread(fn, size):
     copies, its GEMM, the passes after it) on blocks small enough to stay in its core's
     cache, where splitting each step over both cores would stream every step's arrays
     through memory. Once over everything, BLAS as it is, for one part (size < 2), inside
-    a part, while another thread's per_thread call holds BLAS's threads, or when they
-    cannot be set (threadpoolctl is not installed, or knows no BLAS here)."""
-    if (_POOL is None or size < 2 or getattr(_local, "busy", False)
-            or not _blas_held.acquire(blocking=False)):
+    a part, or when BLAS's threads cannot be set (threadpoolctl is not installed, or
+    knows no BLAS here)."""
+    if _POOL is None or size < 2 or getattr(_local, "busy", False) or not _controller():
         fn(slice(0, size))
         return
-    try:
-        limit = _one_blas_thread()       # threadpoolctl sets the limit as it makes it
-        if limit is None:
-            fn(slice(0, size))
-            return
-        with limit:
-            _split(fn, size)
-    finally:
-        _blas_held.release()
+    with one_blas_thread():
+        _split(fn, size)
 
 
 def _split(fn, size):
@@ -102,11 +97,13 @@ def _part(fn, part):
 
 
 _blas = None   # threadpoolctl's controller of the loaded BLAS libraries, or False for none
-_blas_held = threading.Lock()   # one per_thread call at a time sets BLAS's threads
+_held = threading.Lock()   # guards the two below
+_holders = 0               # how many calls, on any thread, hold BLAS to one thread now
+_limiter = None            # threadpoolctl's limiter while they do
 
 
-def _one_blas_thread():
-    """A context manager holding BLAS to one thread (threadpoolctl), or None."""
+def _controller():
+    """threadpoolctl's controller of the loaded BLAS libraries, or False for none."""
     global _blas
     if _blas is None:
         try:
@@ -116,7 +113,73 @@ def _one_blas_thread():
         else:
             found = ThreadpoolController().select(user_api="blas")
             _blas = found if found.lib_controllers else False
-    return _blas.limit(limits=1) if _blas else None
+    return _blas
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Hold BLAS to one thread for the block: convnet's own threads do the parallel work
+    (per_thread, matmul), and BLAS's worker threads stay asleep. That also makes speed
+    independent of whether NumPy was imported before convnet: OpenBLAS's workers,
+    started without convnet's OPENBLAS_THREAD_TIMEOUT, spin for about 0.1 s after every
+    multi-threaded GEMM on the cores convnet's threads need. Nested and concurrent holds
+    share one limit, set by the first and lifted by the last. Without threadpoolctl (the
+    ``fast`` extra) it does nothing."""
+    global _holders, _limiter
+    controller = _controller()
+    if not controller:
+        yield
+        return
+    with _held:
+        if _holders == 0:
+            _limiter = controller.limit(limits=1)      # sets the limit as it is made
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _held:
+            _holders -= 1
+            if _holders == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+def holding_blas(method):
+    """Decorator: run ``method`` inside one_blas_thread (the containers' forward, backward
+    and infer: a model call holds BLAS once, for all its layers)."""
+    @functools.wraps(method)
+    def held(*args, **kwargs):
+        if getattr(_local, "holding", False):       # an outer call holds it already
+            return method(*args, **kwargs)
+        _local.holding = True
+        try:
+            with one_blas_thread():
+                return method(*args, **kwargs)
+        finally:
+            _local.holding = False
+    return held
+
+
+MATMUL_SPLIT_FLOPS = 1 << 22   # below this, a matrix product is not worth a hand-off
+
+
+def matmul(a, b, out=None):
+    """np.matmul(a, b, out), split between convnet's threads when it is large: each
+    thread computes its share of the output's columns (or rows, when there are more of
+    them) with BLAS on one thread (per_thread). a (..., M, K), b (..., K, N)."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    if (_POOL is None or getattr(_local, "busy", False) or not _controller()
+            or 2 * batch * m * k * n < MATMUL_SPLIT_FLOPS):
+        return np.matmul(a, b, out=out)
+    if out is None:
+        shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), m, n)
+        out = np.empty(shape, dtype=np.result_type(a, b))
+    if n >= m:
+        per_thread(lambda part: np.matmul(a, b[..., part], out=out[..., part]), n)
+    else:
+        per_thread(lambda part: np.matmul(a[..., part, :], b, out=out[..., part, :]), m)
+    return out
 
 
 def split_parallel(fn, *arrays):

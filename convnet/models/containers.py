@@ -24,6 +24,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.functional.activation import relu_forward
+from convnet.functional.threads import holding_blas
 from convnet.layers.activation import ReLU
 from convnet.layers.base import Layer
 from convnet.layers.conv import Conv2d
@@ -298,6 +299,7 @@ class Container(Layer):
             layer.train(mode)
         return self
 
+    @holding_blas
     def infer(self, x):
         """Forward without keeping caches (blocks free theirs once their output exists)."""
         out = self.forward(x)
@@ -347,6 +349,7 @@ class Sequential(Container):
             children = [(str(i), layer) for i, layer in enumerate(layers)]
         super().__init__(children)
 
+    @holding_blas
     def forward(self, x):
         """The layers in order, with two shortcuts that give the same values and
         gradients: RELU -> max POOL runs as POOL -> RELU (max commutes with the monotone
@@ -366,6 +369,7 @@ class Sequential(Container):
 
     skips_input_grad = True
 
+    @holding_blas
     def backward(self, dout, input_grad=True):
         """Gradients back through the layers; returns dx (N, *input), or None when
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
@@ -384,6 +388,7 @@ class Sequential(Container):
             return first.backward(dout, input_grad=False)
         return first.backward(dout)
 
+    @holding_blas
     def infer(self, x):
         """Forward layer by layer, each dropping its cache: only current activations live.
         CONV -> BN -> RELU runs are fused into one pass (see ``infer_layers``)."""
@@ -450,9 +455,11 @@ class Residual(Container):
         """The name of the layer applied after the addition, or None."""
         return self._post_key
 
+    @holding_blas
     def forward(self, x):
         return self._run(x, "forward")
 
+    @holding_blas
     def infer(self, x):
         """Forward with every child's infer: no caches, bounded im2col memory."""
         return self._run(x, "infer")
@@ -484,6 +491,7 @@ class Residual(Container):
             out = getattr(post, how)(out)
         return out
 
+    @holding_blas
     def backward(self, dout):
         if self._post_key:
             dout = self._children[self._post_key].backward(dout)
@@ -538,15 +546,18 @@ class Concat(Container):
     def __init__(self, branches):
         super().__init__(list(branches.items()))
 
+    @holding_blas
     def forward(self, x):
         outs = [branch.forward(x) for branch in self]
         self.cache = [out.shape[1] for out in outs]  # the depth of each branch
         return np.concatenate(outs, axis=1)
 
+    @holding_blas
     def infer(self, x):
         """The branches' infer outputs, concatenated; no caches kept."""
         return np.concatenate([branch.infer(x) for branch in self], axis=1)
 
+    @holding_blas
     def backward(self, dout):
         depths = self._cached()
         splits = np.split(dout, np.cumsum(depths)[:-1], axis=1)
@@ -584,10 +595,12 @@ class DenseBlock(Container):
     def __init__(self, layers):
         super().__init__(list(layers.items()))
 
+    @holding_blas
     def forward(self, x):
         features, self.cache = self._run(x, "forward")  # cache: each layer's input depth
         return features
 
+    @holding_blas
     def infer(self, x):
         """The running concatenation through each layer's infer; no caches kept."""
         return self._run(x, "infer")[0]
@@ -601,6 +614,7 @@ class DenseBlock(Container):
             features = np.concatenate([features, new], axis=1)
         return features, depths
 
+    @holding_blas
     def backward(self, dout):
         depths = self._cached()
         dfeatures = dout

@@ -19,7 +19,7 @@ import numpy as np
 
 from convnet.functional.conv.machinery import buffer, pad, scratch
 from convnet.functional.conv.reference import flipped_filters, windows
-from convnet.functional.threads import in_parallel, split_parallel
+from convnet.functional.threads import in_parallel, matmul, split_parallel
 
 
 class Cache(NamedTuple):
@@ -90,13 +90,13 @@ def gemm_nchw(w, b, cols, groups, out, relu=False, scale=None):
     w_rows = w.reshape(groups, k // groups, cols.shape[0] // groups)   # W_row per group
     cols = cols.reshape(groups, w_rows.shape[2], n * oh * ow)          # (G, Cg*FF, N*L)
     if n == 1:
-        np.matmul(w_rows, cols, out=out.reshape(groups, k // groups, oh * ow))
+        matmul(w_rows, cols, out=out.reshape(groups, k // groups, oh * ow))
         if b is None and scale is None and not relu:
             return out
         dst = src = out.reshape(k, oh * ow)                            # in place
     else:
         product = scratch("product", k * n * oh * ow, np.result_type(w_rows, cols))
-        src = np.matmul(w_rows, cols, out=product.reshape(groups, k // groups, n * oh * ow))
+        src = matmul(w_rows, cols, out=product.reshape(groups, k // groups, n * oh * ow))
         src = src.reshape(k, n, oh * ow).transpose(1, 0, 2)                  # (N, K, L)
         dst = out.reshape(n, k, oh * ow)
 
@@ -149,7 +149,7 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     positions = int(np.prod(dout_t.shape[1:]))                               # N*OH*OW
     dout_rows = dout_t.reshape(groups, k // groups, positions)               # (G, K/G, N*L)
     cols_g = cols.reshape(groups, cg * fh * fw, positions)                   # (G, Cg*FF, N*L)
-    dw = np.matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
+    dw = matmul(dout_rows, cols_g.transpose(0, 2, 1)).reshape(w.shape)
     db = dout_t.reshape(k, positions).sum(axis=1)
     if not input_grad:
         return None, dw, db
@@ -160,9 +160,9 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     else:
         w_cols = w.reshape(groups, k // groups, cg * fh * fw).transpose(0, 2, 1)  # (G, Cg*FF, K/G)
         if reuse is not None and cols.dtype == np.result_type(w, dout):
-            dcols = np.matmul(w_cols, dout_rows, out=cols_g)
+            dcols = matmul(w_cols, dout_rows, out=cols_g)
         else:
-            dcols = np.matmul(w_cols, dout_rows)
+            dcols = matmul(w_cols, dout_rows)
         dx = col2im(dcols, x_shape, (fh, fw), stride, padding, dilation, out_size)
     return dx, dw, db
 

@@ -52,6 +52,11 @@ THRESHOLDS = {
                "the GEMM's extra columns cost less than im2col's extra copies"),
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
+    "winograd_min_positions": Threshold(
+        3000, "at inference, fewer output positions (N*OH*OW) make too few tiles for F(4x4)'s "
+              "4x fewer multiplications to pay for its transforms' passes"),
+    "winograd_min_channels": Threshold(
+        64, "with fewer input channels the per-tile GEMMs are too thin to gain from Winograd"),
     "inference_max_bytes": Threshold(
         64 << 20, "inference builds an im2col matrix in pieces of at most this many bytes, "
                   "so its memory stays bounded"),
@@ -94,9 +99,21 @@ class Problem(NamedTuple):
     max_bytes: int | None  # inference's bound on temporaries; None in training
 
 
+def winograd_suits(p):
+    """Whether the auto choice takes F(4x4, 3x3): at inference (its backward pass is slower
+    than the shifted path's), a 3x3 stride-1 conv with enough channels and positions. Its
+    float32 error is about 1e-5 of the output's scale (a test bounds it at 3e-5)."""
+    return (p.max_bytes is not None and winograd.F4X4.applies(
+                p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups) is None
+            and p.x_shape[1] >= _value("winograd_min_channels")
+            and p.x_shape[0] * p.out_size[0] * p.out_size[1] >= _value("winograd_min_positions"))
+
+
 def auto(p):
     """The auto choice for a Problem: (Algorithm, the rule's reason)."""
     c, fh, fw = p.x_shape[1], p.w_shape[2], p.w_shape[3]
+    if winograd_suits(p):
+        return Algorithm.WINOGRAD_4X4, "inference, 3x3, many tiles: 4x fewer multiplications"
     if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups):
         limit = shifted.BLOCK_BYTES if p.max_bytes is None else min(p.max_bytes,
                                                                     shifted.BLOCK_BYTES)

@@ -61,7 +61,7 @@ from convnet.functional.loss import softmax_cross_entropy  # noqa: E402
 from convnet.functional.pool import maxpool2d_backward, maxpool2d_forward  # noqa: E402
 from convnet.models import from_notation  # noqa: E402
 from convnet.train.loop import DEFAULTS  # noqa: E402
-from convnet.train.optim import SGD, Adam  # noqa: E402
+from convnet.train.optim import DEFAULT_LR, SGD, Adam  # noqa: E402
 from convnet.zoo import resnet18, vgg16  # noqa: E402
 from tests.torch_models import VGG, VGG16, BasicBlock, ResNet, to_torch  # noqa: E402
 
@@ -325,8 +325,8 @@ def epoch_rows(limit=None):
     batches = [order[i: i + cfg["batch_size"]] for i in range(0, len(x), cfg["batch_size"])]
     net = from_notation(cfg["model"], rng=np.random.default_rng(0))
     tnet = to_torch(net)
-    opt = Adam(net.params(), lr=cfg["lr"])
-    topt = torch.optim.Adam(tnet.parameters(), lr=cfg["lr"])
+    opt = Adam(net.params(), lr=DEFAULT_LR[cfg["optimizer"]])
+    topt = torch.optim.Adam(tnet.parameters(), lr=DEFAULT_LR[cfg["optimizer"]])
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def cn_run(part):

@@ -325,8 +325,8 @@ def epoch_rows(limit=None):
     batches = [order[i: i + cfg["batch_size"]] for i in range(0, len(x), cfg["batch_size"])]
     net = from_notation(cfg["model"], rng=np.random.default_rng(0))
     tnet = to_torch(net)
-    opt = Adam(net.params(), lr=DEFAULT_LR[cfg["optimizer"]])
-    topt = torch.optim.Adam(tnet.parameters(), lr=DEFAULT_LR[cfg["optimizer"]])
+    opt = Adam(net.params(), lr=cfg.get("lr", DEFAULT_LR[cfg["optimizer"]]))
+    topt = torch.optim.Adam(tnet.parameters(), lr=cfg.get("lr", DEFAULT_LR[cfg["optimizer"]]))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def cn_run(part):

@@ -90,6 +90,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def duration(text):
+    """--time-limit: "10m", "90s", "1h" or seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= 366 * 86400):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 10m, 90s or 1h, got "
+                                         f"{text!r}")
+    return seconds
+
+
 POSITIVE = int_type(1)
 CLASSES = int_type(1, limits.MAX_CLASSES)
 
@@ -127,7 +142,9 @@ def cmd_train(args):
     cfg = TrainConfig(data=args.data, model=args.arch, epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, augment=args.augment,
-                      schedule=args.schedule, val_fraction=args.val_fraction,
+                      schedule=args.schedule, label_smoothing=args.label_smoothing,
+                      ema=args.ema, tta=args.tta, translate=args.translate,
+                      time_limit=args.time_limit, val_fraction=args.val_fraction,
                       test_fraction=args.test_fraction, limit=args.limit, seed=args.seed,
                       out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
@@ -353,8 +370,25 @@ def build_parser():
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), metavar="NAME",
                    help=_optimizer_help())
     p.add_argument("--weight-decay", type=float_type(0), metavar="L2")
-    p.add_argument("--schedule", default="cosine", choices=list(SCHEDULES),
-                   help="learning-rate schedule (default cosine)")
+    p.add_argument("--schedule", choices=list(SCHEDULES),
+                   help="learning-rate schedule, stepped every batch (default: the data "
+                        "set's; cosine for image folders)")
+    p.add_argument("--label-smoothing", type=float_type(0, 1, high_open=True), metavar="E",
+                   help="train on targets (1 - E) one_hot + E / classes (default: the data "
+                        "set's)")
+    p.add_argument("--ema", type=float_type(0, 1, high_open=True), metavar="DECAY",
+                   help="keep a moving average of the weights (e.g. 0.999; warmed up as "
+                        "min(DECAY, (1+t)/(10+t)) at step t), evaluated and saved in their "
+                        "place; 0 for none (default: the data set's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate on each image and its mirror image (default: the data "
+                        "set's)")
+    p.add_argument("--translate", type=int_type(0, 1024), metavar="PIXELS",
+                   help="with --augment: the largest random shift (default: the data set's, "
+                        "or 1/8 of the image size)")
+    p.add_argument("--time-limit", type=duration, metavar="TIME",
+                   help="plan the run to end within TIME (e.g. 10m, 90s, 1h): time a few "
+                        "steps, then set --epochs so that the schedule ends in time")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (zero padding of 1/8 of the image size), plus "
                         "horizontal flips except for digits (default: the data set's)")

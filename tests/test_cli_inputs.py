@@ -34,7 +34,11 @@ OPTIONS = [
     (["train"], "--checkpoint-every", ["-1", "x", "0.5"], "0"),
     (["train"], "--image-size", ["0", "28x0", "x", "99999", "2x3x4"], "28x32"),
     (["train"], "--optimizer", ["adamax", "SGD", ""], "nesterov"),
-    (["train"], "--schedule", ["linear", ""], "step"),
+    (["train"], "--schedule", ["linear", ""], "onecycle"),
+    (["train"], "--label-smoothing", ["-0.1", "1", "2", "nan", "x"], "0.1"),
+    (["train"], "--ema", ["-0.5", "1", "1.5", "inf"], "0.999"),
+    (["train"], "--translate", ["-1", "2.5", "9999", "x"], "2"),
+    (["train"], "--time-limit", ["0", "-5m", "10x", "m", "1e9h", "nan"], "10m"),
     (["summary", "lenet5"], "--batch", BAD_INTS[:-1], "8"),
     (["summary", "lenet5"], "--classes", BAD_INTS[:-1], "5"),
     (["summary", "lenet5"], "--input", ["32x32", "0x3x3", "3x-1x2", "abc",
@@ -288,3 +292,9 @@ def test_the_undamaged_checkpoint_resumes(finished_run, tmp_path):
     save_tensors(tensors, tmp_path / "checkpoint.safetensors", metadata={KEY: json.dumps(state)})
     result = train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
     assert result.test_acc > 0.1 and len(result.history) == 1
+
+
+@pytest.mark.parametrize("text, seconds", [("10m", 600), ("90s", 90), ("1h", 3600),
+                                           ("600", 600), ("2.5m", 150), (" 10M ", 600)])
+def test_time_limit_reads_minutes_seconds_and_hours(text, seconds):
+    assert build_parser().parse_args(["train", "--time-limit", text]).time_limit == seconds

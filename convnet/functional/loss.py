@@ -70,24 +70,34 @@ def softmax(scores, axis=1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def softmax_cross_entropy(scores, y):
+def softmax_cross_entropy(scores, y, label_smoothing=0.0):
     """Mean softmax cross-entropy loss and its gradient: returns (loss, dscores).
 
     scores: (N, C) float; y: (N,) integer class indices in [0, C).
-    loss = mean_i(-log p_{i, y_i}) with p = softmax(scores);
-    dscores = (p - one_hot(y)) / N, shape (N, C).
+    loss = mean_i(-sum_j q_ij log p_ij) with p = softmax(scores) and the target q = one_hot
+    (y), or with label smoothing e the mix (1 - e) one_hot(y) + e / C (PyTorch's
+    cross_entropy(label_smoothing=e)); dscores = (p - q) / N, shape (N, C).
 
     >>> loss, dscores = softmax_cross_entropy(np.zeros((2, 10)), np.array([3, 7]))
     >>> round(loss, 4)                                   # log(10)
     2.3026
     """
     y = check_scores_targets(scores, y, "softmax_cross_entropy")
-    n = scores.shape[0]
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
+        raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1], got "
+                         f"{label_smoothing!r}")
+    n, c = scores.shape
     rows = np.arange(n)
     logp = log_softmax(scores)                          # (N, C)
     loss = -logp[rows, y].sum() / n
     dscores = np.exp(logp)                              # softmax probabilities p
-    dscores[rows, y] -= 1
+    if label_smoothing:
+        e = label_smoothing
+        loss = (1 - e) * loss - e * logp.sum() / (n * c)
+        dscores -= e / c
+        dscores[rows, y] -= 1 - e
+    else:
+        dscores[rows, y] -= 1
     dscores /= n
     return float(loss), dscores
 

@@ -51,17 +51,29 @@ class CrossEntropyLoss(Loss):
 
     Computed with the log-sum-exp shift, so it stays finite for scores like 1e4.
     forward(scores (N, C) float, target (N,) int in [0, C)) -> float;
-    backward() -> dscores = (softmax(scores) - one_hot(target)) / N, shape (N, C).
+    backward() -> dscores = (softmax(scores) - q) / N, shape (N, C), q the target.
+
+    Args:
+        label_smoothing: e in [0, 1]: the target is (1 - e) one_hot(y) + e / C, as
+            PyTorch's CrossEntropyLoss(label_smoothing=e); 0 (default) is one_hot(y).
 
     >>> round(CrossEntropyLoss()(np.zeros((2, 10)), np.array([3, 7])), 4)
     2.3026
     """
 
+    def __init__(self, label_smoothing=0.0):
+        super().__init__()
+        self.label_smoothing = real(label_smoothing, "label_smoothing", "CrossEntropyLoss",
+                                    low=0, high=1, expected="a number in [0, 1]")
+
     def _loss(self, scores, target):
-        return F.softmax_cross_entropy(scores, target)
+        return F.softmax_cross_entropy(scores, target, self.label_smoothing)
 
     def get_config(self):
-        return {"type": "CrossEntropyLoss"}
+        config = {"type": "CrossEntropyLoss"}
+        if self.label_smoothing:
+            config["label_smoothing"] = self.label_smoothing
+        return config
 
 
 class MultiMarginLoss(Loss):

@@ -1,10 +1,11 @@
 """Checkpoints: everything a resume needs, in one safetensors file, written atomically.
 
-Arrays (model parameters and buffers under "model.", optimizer state under "optim.") are
-the file's tensors; everything else (architecture, training configuration, optimizer and
-schedule settings, epoch and batch position, RNG states, best metric, history) is JSON in
-the file's metadata. One file means one atomic rename: a kill at any moment leaves either
-the previous checkpoint or the new one, both loadable. No pickle anywhere.
+Arrays (model parameters and buffers under "model.", optimizer state under "optim.", the
+weights' moving averages under "ema.") are the file's tensors; everything else
+(architecture, training configuration, optimizer and schedule settings, epoch and batch
+position, RNG states, best metric, history) is JSON in the file's metadata. One file means
+one atomic rename: a kill at any moment leaves either the previous checkpoint or the new
+one, both loadable. No pickle anywhere.
 
 A data-parallel run (several MPI ranks, convnet.train.distributed) writes one checkpoint,
 from rank 0, after checking that every rank holds the same weights; its JSON also holds
@@ -22,15 +23,18 @@ from convnet.io.weights import load_tensors, save_tensors
 KEY = "convnet-checkpoint"
 
 
-def save_checkpoint(path, model_state, optim_arrays, state):
-    """Write model_state (dotted keys), optimizer arrays and a JSON-ready state dict."""
+def save_checkpoint(path, model_state, optim_arrays, state, ema_arrays=None):
+    """Write model_state (dotted keys), optimizer arrays, the weights' moving averages
+    (WeightEMA's, or None) and a JSON-ready state dict."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     tensors.update({f"optim.{k}": v for k, v in optim_arrays.items()})
+    tensors.update({f"ema.{k}": v for k, v in (ema_arrays or {}).items()})
     save_tensors(tensors, path, metadata={KEY: json.dumps(state)})
 
 
-def load_checkpoint(path):
-    """Read a checkpoint: (model_state, optim_arrays, state). Errors name the file."""
+def load_checkpoint(path, ema=False):
+    """Read a checkpoint: (model_state, optim_arrays, state), and with ema=True the
+    moving averages' arrays as a fourth item. Errors name the file."""
     tensors, metadata = load_tensors(path)
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
@@ -44,6 +48,7 @@ def load_checkpoint(path):
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
                          f"{type(state).__name__}")
-    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    optim_arrays = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
-    return model_state, optim_arrays, state
+    groups = {prefix: {k[len(prefix) + 1:]: v for k, v in tensors.items()
+                       if k.startswith(prefix + ".")} for prefix in ("model", "optim", "ema")}
+    found = (groups["model"], groups["optim"], state)
+    return (*found, groups["ema"]) if ema else found

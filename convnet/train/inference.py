@@ -70,14 +70,20 @@ def evaluation_data(model, data, root=None, where="the model"):
     return x, y, classes, notes
 
 
-def evaluate(model, x, y, batch_size=256, num_classes=None):
-    """Eval-mode accuracy, mean loss and confusion matrix (rows: true class, cols: predicted)."""
+def evaluate(model, x, y, batch_size=256, num_classes=None, tta=False):
+    """Eval-mode accuracy, mean loss and confusion matrix (rows: true class, cols: predicted).
+
+    tta=True: flip test-time augmentation, the scores the mean of the image's and of its
+    mirror image's (left-right)."""
     model.eval()
     k = num_classes or int(y.max()) + 1
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
     for start in range(0, len(x), batch_size):
         scores = model.infer(x[start:start + batch_size])
+        if tta:
+            scores += model.infer(np.ascontiguousarray(x[start:start + batch_size, ..., ::-1]))
+            scores /= 2
         yb = y[start:start + batch_size]
         loss += softmax_cross_entropy(scores, yb)[0] * len(yb)
         np.add.at(confusion, (yb, np.argmax(scores, axis=1)), 1)

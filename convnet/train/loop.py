@@ -52,6 +52,7 @@ from convnet.spec import WEIGHTS, resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
 from convnet.train.distributed import describe, from_environment
+from convnet.train.ema import WeightEMA
 from convnet.train.inference import evaluate
 from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 from convnet.train.schedules import SCHEDULES, make_schedule
@@ -64,7 +65,8 @@ RUN_FILES = ("checkpoint.safetensors", "model.json", "model.safetensors", "best.
 MAX_EPOCHS = 1_000_000
 # Fields added after checkpoints were written without them: a checkpoint that lacks one
 # resumes with this value.
-ADDED_FIELDS = {"sync_bn": True}
+ADDED_FIELDS = {"sync_bn": True, "label_smoothing": 0.0, "ema": 0.0, "tta": False,
+                "translate": None, "time_limit": None}
 
 
 @dataclass
@@ -80,7 +82,7 @@ class TrainConfig:
     weight_decay: float | None = None
     augment: bool | None = None      # random crops (zero padding of H/8), plus flips if flip
     flip: bool | None = None         # horizontal flips when augmenting (not for digits)
-    schedule: str = "cosine"         # none | step | cosine | warmup+cosine
+    schedule: str | None = None      # none, step, cosine, warmup+cosine, onecycle, triangular
     val_fraction: float = 0.1
     test_fraction: float = 0.1       # held out of an image folder without test/
     limit: int | None = None         # use only the first N training images (short runs)
@@ -96,6 +98,12 @@ class TrainConfig:
     freeze: tuple = ()               # stages to keep fixed (with init_from), e.g. features
     sync_bn: bool = True             # over several processes: batch norm with the whole
     #                                  batch's statistics (False: each rank's own share)
+    label_smoothing: float | None = None   # target (1 - e) one_hot + e / classes
+    ema: float | None = None         # decay of the weights' moving average, evaluated and
+    #                                  saved in the weights' place (0: none)
+    tta: bool | None = None          # evaluate on each image and its mirror image
+    translate: int | None = None     # augmentation's largest shift in pixels (None: H/8)
+    time_limit: float | None = None  # seconds: plan the epochs so the run ends in time
 
     @classmethod
     def from_dict(cls, values, where):
@@ -129,7 +137,7 @@ class TrainConfig:
                     and math.isfinite(v) and (v > low if open_low else v >= low)
                     and (high is None or v < high))
 
-        for name in ("data", "schedule", "dtype"):
+        for name in ("data", "dtype"):
             if not isinstance(getattr(self, name), str):
                 fail(name, "a string")
         for name in ("model", "out", "data_root", "init_from"):
@@ -144,7 +152,7 @@ class TrainConfig:
             fail("checkpoint_every", "an int >= 0")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             fail("schedule", f"one of {', '.join(SCHEDULES)}")
         if self.lr is not None and not is_float(self.lr, 0, open_low=True):
             fail("lr", "a finite number > 0")
@@ -159,6 +167,15 @@ class TrainConfig:
         for name in ("download", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
+        for name in ("label_smoothing", "ema"):
+            if getattr(self, name) is not None and not is_float(getattr(self, name), 0, 1):
+                fail(name, "a number in [0, 1)")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            fail("tta", "true, false or null")
+        if self.translate is not None and not is_int(self.translate, 0, 1024):
+            fail("translate", "an int from 0 to 1,024 (pixels)")
+        if self.time_limit is not None and not is_float(self.time_limit, 0, open_low=True):
+            fail("time_limit", "a finite number of seconds > 0")
         if self.dtype not in ("float32", "float64"):
             fail("dtype", "'float32' or 'float64'")
         if self.image_size is not None and not (
@@ -172,12 +189,18 @@ class TrainConfig:
         return self
 
     def resolved(self, data_name, input_shape, num_classes):
-        """A copy with every None filled: the data set's defaults, the optimizer's lr."""
+        """A copy with every None filled: the data set's defaults; the lr its own where the
+        optimizer is its own, else the optimizer's (DEFAULT_LR); flip TTA where the images
+        are flipped in training (a model that never saw mirror images gains nothing from
+        them)."""
         defaults = defaults_for(data_name)
         values = {k: (defaults[k] if getattr(self, k) is None and k in defaults
                       else getattr(self, k)) for k in self.__dataclass_fields__}
         if values["lr"] is None:
-            values["lr"] = DEFAULT_LR[values["optimizer"]]
+            own = values["optimizer"] == defaults["optimizer"] and "lr" in defaults
+            values["lr"] = defaults["lr"] if own else DEFAULT_LR[values["optimizer"]]
+        if values["tta"] is None:
+            values["tta"] = bool(values["augment"] and values["flip"])
         if self.model is None and not self.init_from:
             values["model"] = _default_model(defaults["model"], input_shape, num_classes)
         return TrainConfig(**values)
@@ -315,8 +338,9 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     out = Path(_on_root(comm, lambda: str(run_directory(cfg, resume, overwrite))))
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None
+    ema_arrays = {}
     if resume:
-        ckpt = load_checkpoint(ckpt_path)
+        *ckpt, ema_arrays = load_checkpoint(ckpt_path, ema=True)
         cfg = TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
     if start_model is not None:   # the data goes to the model's input volume
@@ -378,8 +402,12 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
                          f"processes: each takes its share of every batch (at least one "
                          f"image); raise --batch-size or start fewer processes")
     params = model.trainable_params()
+    if cfg.time_limit and ckpt is None:
+        cfg.epochs = plan_epochs(cfg, model, x_train, y_train, len(x_val), len(x_test),
+                                 batches_per_epoch, started, comm, log)
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg.schedule, optimizer, total_steps=cfg.epochs * batches_per_epoch)
+    ema = WeightEMA(model, cfg.ema, warmup=True) if cfg.ema else None
     info = {"classes": list(splits.classes), "data": splits.name, "scale": splits.scale,
             "channels": splits.channels, "mean": np.ravel(norm.mean).tolist(),
             "std": np.ravel(norm.std).tolist(),
@@ -391,7 +419,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     for layer in norms:   # synchronized batch norm: the whole batch's statistics
         layer.comm = comm if comm.size > 1 and cfg.sync_bn else None
 
-    epoch, batch, history, best = 0, 0, [], {"val_acc": -1.0, "epoch": -1}
+    epoch, batch, history = 0, 0, []
+    best = {"val_acc": -1.0, "val_loss": math.inf, "epoch": -1}
     sums = {"loss": 0.0, "correct": 0, "seen": 0}
     epoch_rng_state = None
     for i, (_, layer) in enumerate(dropout_layers(model)):   # each rank its own masks
@@ -401,6 +430,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         epoch, batch, history, best, sums, epoch_rng_state = _restore(
             state, ckpt_path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch,
             comm, log)
+        if ema is not None:
+            ema.load_state_dict(ema_arrays, state.get("ema"), f"{ckpt_path}: ema")
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}")
 
     def agree():
@@ -425,7 +456,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         if every_rank is not None:
             state.update(processes=comm.size, dropout_rng_ranks=every_rank)
         arrays, state["optimizer"] = optimizer.state_dict()
-        save_checkpoint(ckpt_path, model.state_dict(), arrays, state)
+        averages, state["ema"] = ema.state_dict() if ema is not None else (None, None)
+        save_checkpoint(ckpt_path, model.state_dict(), arrays, state, averages)
 
     for note in splits.notes:
         log(note)
@@ -436,6 +468,7 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         f"parameters ({sum(p.size for p in params.values()):,} trainable); "
         f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs; "
         f"writing to {out}")
+    log(f"recipe: {recipe(cfg)}")
     bar = _progress(progress)
     while epoch < cfg.epochs:
         model.train()
@@ -444,23 +477,16 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         if epoch_rng_state is not None:  # resuming inside this epoch
             epoch_rng.bit_generator.state = epoch_rng_state
             epoch_rng_state = None
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
+        data_seconds = 0.0
         shown = bar(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}")
         while batch < batches_per_epoch:
             idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-            part = comm.share(len(idx))                    # this rank's share of the batch
-            if cfg.augment:  # shifts of up to 1/8 of the image; flips only where they make sense
-                xb = x_train[idx]   # the whole batch: every rank draws the same numbers
-                xb = random_crop(xb, max(1, xb.shape[2] // 8), epoch_rng)
-                if cfg.flip:
-                    xb = random_flip(xb, epoch_rng)
-                xb = xb[part]
-            else:
-                xb = x_train[idx[part]]
-            yb = y_train[idx[part]]
+            xb, yb = _batch(x_train, y_train, idx, comm.share(len(idx)), cfg, epoch_rng)
+            data_seconds += time.perf_counter() - tick
             with np.errstate(all="ignore"):  # a non-finite loss is reported just below
                 scores = model.forward(xb)
-                loss, dscores = softmax_cross_entropy(scores, yb)
+                loss, dscores = softmax_cross_entropy(scores, yb, cfg.label_smoothing)
             correct, seen = int(np.sum(np.argmax(scores, axis=1) == yb)), len(yb)
             if comm.size == 1 and not math.isfinite(loss):
                 raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
@@ -482,6 +508,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
                     raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
             optimizer.step(grads)
             schedule.step()
+            if ema is not None:
+                ema.update()
             batch += 1
             sums["loss"] += loss * seen
             sums["correct"] += correct
@@ -495,27 +523,33 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
                 agree()
                 checkpoint(epoch, batch, epoch_rng)
         shown.close()
+        seconds = time.perf_counter() - epoch_start
         agree()
-        val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm)
+        with ema.applied() if ema is not None else contextlib.nullcontext():
+            val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm, cfg.tta)
+            if val_loss < best["val_loss"]:       # the best model: the lowest validation loss
+                best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
+                if comm.is_root:
+                    save_model(model, out / "best", **info)
         history.append({"epoch": epoch + 1, "loss": sums["loss"] / sums["seen"],
                         "acc": sums["correct"] / sums["seen"], "val_loss": val_loss,
-                        "val_acc": val_acc, "lr": optimizer.lr})
+                        "val_acc": val_acc, "lr": optimizer.lr, "seconds": round(seconds, 3),
+                        "data_seconds": round(data_seconds, 3)})
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, "
-            f"acc {history[-1]['acc']:.4f}, val loss {val_loss:.4f}, val acc {val_acc:.4f}")
-        if val_acc > best["val_acc"]:
-            best = {"val_acc": val_acc, "epoch": epoch + 1}
-            if comm.is_root:
-                save_model(model, out / "best", **info)
+            f"acc {history[-1]['acc']:.4f}, val loss {val_loss:.4f}, val acc {val_acc:.4f}; "
+            f"{seconds:.1f} s, {data_seconds / max(seconds, 1e-9):.0%} of it on the data")
         epoch, batch = epoch + 1, 0
         sums = {"loss": 0.0, "correct": 0, "seen": 0}
         checkpoint(epoch, 0, None)
 
+    if ema is not None and ema.averages is not None:   # the model is the averaged weights
+        model.load_state_dict(ema.averages)
     model_path, pictures = out / "model.json", []
     if comm.is_root:
         model_path = save_model(model, out / "model", **info)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         pictures = _pictures(model, history, out)
-    test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm)
+    test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm, cfg.tta)
     for layer in norms:
         layer.comm = None
     seconds = time.perf_counter() - started
@@ -526,6 +560,89 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         log(f"pictures: {', '.join(str(p) for p in pictures)}")
     return TrainResult(model, history, best["val_acc"], test_acc, model_path,
                        out / "best.json", seconds)
+
+
+def _batch(x, y, idx, part, cfg, rng):
+    """This rank's share (``part``) of the batch of images ``idx``, augmented as cfg says:
+    random shifts of up to cfg.translate pixels (zero padding; H/8 when None) and, with
+    cfg.flip, mirror images. Every rank draws the whole batch's numbers, so that the
+    ranks' generators stay in step. Only the batch is copied, never the data set."""
+    if not cfg.augment:
+        return x[idx[part]], y[idx[part]]
+    xb = x[idx]
+    shift = cfg.translate if cfg.translate is not None else max(1, xb.shape[2] // 8)
+    if shift:
+        xb = random_crop(xb, shift, rng)
+    if cfg.flip:
+        xb = random_flip(xb, rng)
+    return xb[part], y[idx[part]]
+
+
+def recipe(cfg):
+    """The training recipe in one line, for the log and the README."""
+    shift = "H/8" if cfg.translate is None else f"{cfg.translate} px"
+    augment = (f"shifts of up to {shift}" + (" and flips" if cfg.flip else "")
+               if cfg.augment else "no augmentation")
+    parts = [f"{cfg.optimizer} lr {cfg.lr:g}", f"{cfg.schedule} schedule",
+             f"batch {cfg.batch_size}", f"{cfg.epochs} epochs", augment]
+    if cfg.weight_decay:
+        parts.append(f"weight decay {cfg.weight_decay:g}")
+    if cfg.label_smoothing:
+        parts.append(f"label smoothing {cfg.label_smoothing:g}")
+    if cfg.ema:
+        parts.append(f"weight EMA {cfg.ema:g}")
+    if cfg.tta:
+        parts.append("flip TTA")
+    return ", ".join(parts)
+
+
+# --time-limit: the steps timed (after PROBE_WARMUP untimed ones), and the seconds left at
+# the end for saving the model, the pictures and the report.
+PROBE_STEPS, PROBE_WARMUP, FINAL_MARGIN = 6, 2, 20.0
+
+
+def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, started,
+                comm, log):
+    """The epochs that fit in cfg.time_limit seconds from ``started``.
+
+    A copy of the model takes PROBE_WARMUP + PROBE_STEPS training steps on random
+    batches (the run itself starts from the untouched model, so its result does not
+    depend on the timing), and runs one batch of inference. An epoch is its steps plus
+    its validation (with TTA, twice the images); the end is the test evaluation plus
+    FINAL_MARGIN seconds. Over several processes rank 0's plan holds for all."""
+    probe = from_config(model.get_config())
+    probe.load_state_dict(model.state_dict())
+    probe.train()
+    params = probe.trainable_params()
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
+    ema = WeightEMA(probe, cfg.ema, warmup=True) if cfg.ema else None
+    rng = np.random.default_rng([cfg.seed, 1 << 23])
+    for step in range(PROBE_WARMUP + PROBE_STEPS):
+        if step == PROBE_WARMUP:
+            tick = time.perf_counter()
+        idx = rng.choice(len(x_train), min(cfg.batch_size, len(x_train)), replace=False)
+        xb, yb = _batch(x_train, y_train, idx, comm.share(len(idx)), cfg, rng)
+        _, dscores = softmax_cross_entropy(probe.forward(xb), yb, cfg.label_smoothing)
+        probe.backward(dscores, input_grad=False) if probe.skips_input_grad \
+            else probe.backward(dscores)
+        grads = probe.grads()
+        opt.step({key: grads[key] for key in params})
+        if ema is not None:
+            ema.update()
+    step_seconds = (time.perf_counter() - tick) / PROBE_STEPS
+    probe.eval()
+    sample = x_train[:256]
+    tick = time.perf_counter()
+    probe.infer(sample)
+    per_image = (time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
+    epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image
+    left = cfg.time_limit - (time.perf_counter() - started) - n_test * per_image - FINAL_MARGIN
+    epochs = max(1, int(left // epoch_seconds))
+    epochs = comm.broadcast(epochs) if comm.size > 1 else epochs
+    log(f"time limit {cfg.time_limit:g} s: a step takes {step_seconds * 1e3:.0f} ms, an "
+        f"epoch with its validation about {epoch_seconds:.0f} s: {epochs} epoch(s) fit, the "
+        f"schedule planned for them")
+    return epochs
 
 
 def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
@@ -565,14 +682,14 @@ def _on_root(comm, compute, then_all=False):
     return result if comm.is_root else sent["value"]
 
 
-def _evaluate(model, x, y, num_classes, comm):
+def _evaluate(model, x, y, num_classes, comm, tta=False):
     """(accuracy, mean loss) of evaluate(); over several processes each evaluates its
     share of the images and one Allreduce adds up [loss sum, correct, images]."""
     if comm.size == 1:
-        result = evaluate(model, x, y, num_classes=num_classes)
+        result = evaluate(model, x, y, num_classes=num_classes, tta=tta)
         return result["accuracy"], result["loss"]
     part = comm.share(len(x))
-    result = evaluate(model, x[part], y[part], num_classes=num_classes)
+    result = evaluate(model, x[part], y[part], num_classes=num_classes, tta=tta)
     n = len(y[part])
     totals = np.array([result["loss"] * n, np.trace(result["confusion"]), n], np.float64)
     loss, correct, n = comm.allreduce(totals)
@@ -617,8 +734,9 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         f"the last epoch is done)")
     history = need("history", list, lambda v: len(v) == epoch and all(
         isinstance(h, dict) for h in v), f"a list of {epoch} dicts (one per epoch done)")
-    best = need("best", dict, lambda v: set(v) == {"val_acc", "epoch"} and all(
-        _is_number(x) for x in v.values()), "{'val_acc': number, 'epoch': int}")
+    best = need("best", dict, lambda v: set(v) == {"val_acc", "val_loss", "epoch"} and all(
+        _is_number(x) or x == math.inf for x in v.values()),
+        "{'val_acc', 'val_loss': numbers, 'epoch': int}")
     sums = need("sums", dict, lambda v: set(v) == {"loss", "correct", "seen"} and all(
         _is_number(x) for x in v.values()), "{'loss', 'correct', 'seen'} numbers")
     names = {name for name, _ in dropout_layers(model)}

@@ -261,6 +261,80 @@ class LinearWarmup(LRSchedule):
         super().load_state_dict(state)
 
 
+class OneCycleLR(LRSchedule):
+    """One cycle (Smith and Topin's super-convergence, torch's OneCycleLR): the lr climbs
+    from base_lr / div_factor to base_lr over the first pct_start of total_steps, then
+    falls to base_lr / div_factor / final_div_factor by the last step.
+
+    Args:
+        optimizer: an Optimizer; its lr is the peak (torch's max_lr).
+        total_steps: steps of the whole cycle (positive int); step total_steps - 1 is the
+            last, at the lowest lr.
+        pct_start: the share of the steps spent climbing, in (0, 1).
+        anneal: "cos" (half cosines, torch's default) or "linear" (a triangle: the
+            "triangular" schedule).
+        div_factor, final_div_factor: the start is base_lr / div_factor, the end the
+            start / final_div_factor.
+
+    The rates are torch.optim.lr_scheduler.OneCycleLR's with cycle_momentum=False
+    (convnet does not cycle momentum).
+
+    >>> from convnet.train.optim import SGD
+    >>> optimizer = SGD({"w": np.zeros(1)}, lr=1.0)
+    >>> schedule = OneCycleLR(optimizer, total_steps=5, pct_start=0.4, anneal="linear",
+    ...                       div_factor=10, final_div_factor=10)
+    >>> lrs = []
+    >>> for step in range(5):
+    ...     lrs.append(round(optimizer.lr, 4))
+    ...     schedule.step()
+    >>> lrs
+    [0.1, 1.0, 0.67, 0.34, 0.01]
+    """
+
+    def __init__(self, optimizer, total_steps, pct_start=0.3, anneal="cos", div_factor=25.0,
+                 final_div_factor=1e4):
+        self._configure(total_steps, pct_start, anneal, div_factor, final_div_factor)
+        super().__init__(optimizer)
+
+    def _configure(self, total_steps, pct_start, anneal, div_factor, final_div_factor):
+        self.total_steps = _int(total_steps, "total_steps", self.where, low=1)
+        self.pct_start = _float(pct_start, "pct_start", self.where, strict=True)
+        if not self.pct_start < 1:
+            raise ValueError(f"{self.where}: pct_start must be in (0, 1), got {pct_start!r}")
+        if anneal not in ("cos", "linear"):
+            raise ValueError(f"{self.where}: anneal must be 'cos' or 'linear', got "
+                             f"{anneal!r}")
+        self.anneal = anneal
+        self.div_factor = _float(div_factor, "div_factor", self.where, strict=True)
+        self.final_div_factor = _float(final_div_factor, "final_div_factor", self.where,
+                                       strict=True)
+
+    def lr_at(self, epoch):
+        start = self.base_lr / self.div_factor
+        end = start / self.final_div_factor
+        peak = float(self.pct_start * self.total_steps) - 1      # torch's first phase end
+        if epoch <= peak:
+            a, b, pct = start, self.base_lr, epoch / peak if peak > 0 else 1.0
+        else:
+            last = self.total_steps - 1
+            a, b, pct = self.base_lr, end, (epoch - peak) / (last - peak)
+        if self.anneal == "cos":
+            return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
+
+    def hyperparameters(self):
+        return {"total_steps": self.total_steps, "pct_start": self.pct_start,
+                "anneal": self.anneal, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor}
+
+
+def _triangular(optimizer, total_steps, pct_start=0.25, div_factor=25.0,
+                final_div_factor=1e4):
+    """One cycle of linear ramps: up over pct_start of the steps, down to ~0 after."""
+    return OneCycleLR(optimizer, total_steps, pct_start, "linear", div_factor,
+                      final_div_factor)
+
+
 def _warmup_cosine(optimizer, warmup_steps, T_max, eta_min=0.0):
     """Warm up over warmup_steps, then a cosine over T_max more steps."""
     return LinearWarmup(optimizer, warmup_steps,
@@ -268,7 +342,8 @@ def _warmup_cosine(optimizer, warmup_steps, T_max, eta_min=0.0):
 
 
 SCHEDULES = {"none": LRSchedule, "step": StepLR, "cosine": CosineAnnealingLR,
-             "warmup+cosine": _warmup_cosine}
+             "warmup+cosine": _warmup_cosine, "onecycle": OneCycleLR,
+             "triangular": _triangular}
 
 
 WARMUP_FRACTION = 0.05  # "warmup+cosine" with total_steps: warm up over 5% of the run
@@ -280,6 +355,8 @@ def _from_total(name, total, kwargs):
         return {"step_size": max(total // 3, 1)}           # two decays by gamma
     if name == "cosine":
         return {"T_max": total}
+    if name in ("onecycle", "triangular"):
+        return {"total_steps": total}
     if name == "warmup+cosine":
         warmup = kwargs.get("warmup_steps", int(total * WARMUP_FRACTION))
         return {"warmup_steps": warmup, "T_max": max(total - warmup, 1)}
@@ -291,12 +368,15 @@ def make_schedule(name, optimizer, total_steps=None, **kwargs):
 
     Names and arguments: "none" (constant lr), "step" (step_size, gamma), "cosine"
     (T_max, eta_min), "warmup+cosine" (warmup_steps, T_max, eta_min: T_max counts the
-    steps after the warm-up).
+    steps after the warm-up), "onecycle" (OneCycleLR: total_steps, pct_start, anneal,
+    div_factor, final_div_factor), "triangular" (one cycle of linear ramps, pct_start
+    0.25).
 
     total_steps: how many times ``step()`` will be called over the run (epochs x batches
     when stepping per iteration). It fills the arguments not given: "step" decays at
     1/3 and 2/3 of the run (step_size = total // 3), "cosine" anneals over the whole run
-    (T_max = total), "warmup+cosine" warms up over 5% of it and anneals over the rest.
+    (T_max = total), "warmup+cosine" warms up over 5% of it and anneals over the rest,
+    "onecycle" and "triangular" take it as their cycle.
 
     >>> from convnet.train.optim import SGD
     >>> optimizer = SGD({"w": np.zeros(1)}, lr=0.1)

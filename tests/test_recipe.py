@@ -1,0 +1,229 @@
+"""The training recipe's parts, each against PyTorch where PyTorch has it: label
+smoothing, the one-cycle and triangular schedules, the weights' moving average; flip
+test-time augmentation; the loop's use of them (resumable to the bit), the best model by
+validation loss, the data's share of an epoch, and --time-limit's plan."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from convnet.functional.loss import softmax_cross_entropy
+from convnet.io import load_model
+from convnet.layers.loss import CrossEntropyLoss
+from convnet.models import from_notation
+from convnet.train.checkpoint import load_checkpoint
+from convnet.train.ema import WeightEMA
+from convnet.train.inference import evaluate
+from convnet.train.loop import TrainConfig, train
+from convnet.train.optim import SGD
+from convnet.train.schedules import make_schedule
+from tests.torch_models import to_torch
+
+SMALL = "INPUT 8x8x1 -> CONV 8 -> BN -> RELU -> POOL -> FC 32 -> RELU -> DROPOUT 0.3 -> FC 10"
+QUIET = dict(log=lambda *a: None, progress=False)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.05, 0.1, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("n, c", [(1, 2), (7, 10), (64, 100)])
+def test_label_smoothing_matches_pytorch(smoothing, n, c):
+    rng = np.random.default_rng(n + c)
+    scores = rng.standard_normal((n, c)) * 3
+    y = rng.integers(0, c, n)
+    loss, dscores = softmax_cross_entropy(scores, y, smoothing)
+    st = torch.tensor(scores, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(st, torch.tensor(y), label_smoothing=smoothing)
+    lt.backward()
+    assert loss == pytest.approx(lt.item(), rel=1e-12, abs=1e-12)
+    assert np.allclose(dscores, st.grad.numpy(), rtol=1e-10, atol=1e-14)
+    layer = CrossEntropyLoss(label_smoothing=smoothing)
+    assert layer(scores, y) == pytest.approx(loss, rel=1e-12)
+    assert np.array_equal(layer.backward(), dscores)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.1", None])
+def test_label_smoothing_out_of_range_is_named(bad):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), bad)
+
+
+@pytest.mark.parametrize("name, anneal", [("onecycle", "cos"), ("triangular", "linear")])
+@pytest.mark.parametrize("total, pct", [(100, 0.3), (7, 0.25), (1000, 0.23), (53, 0.6)])
+def test_one_cycle_schedules_match_pytorch(name, anneal, total, pct):
+    opt = SGD({"w": np.zeros(1)}, lr=0.4)
+    schedule = make_schedule(name, opt, total_steps=total, pct_start=pct)
+    p = torch.nn.Parameter(torch.zeros(1))
+    topt = torch.optim.SGD([p], lr=0.4)
+    tsched = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=0.4, total_steps=total,
+                                                 pct_start=pct, anneal_strategy=anneal,
+                                                 cycle_momentum=False)
+    for step in range(total):
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        topt.step()
+        schedule.step()
+        if step < total - 1:
+            tsched.step()
+    resumed = make_schedule(name, SGD({"w": np.zeros(1)}, lr=0.4), total_steps=total,
+                            pct_start=pct)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.optimizer.lr == opt.lr
+
+
+def test_weight_ema_matches_pytorch_averaged_model():
+    """WeightEMA = torch's AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay),
+    use_buffers=True) over parameters and buffers, integer buffers included."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    rng = np.random.default_rng(0)
+    model = from_notation("INPUT 6x6x2 -> CONV 4 -> BN -> RELU -> FC 3", rng=rng)
+    tmodel = to_torch(model)
+    averaged = AveragedModel(tmodel, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    ema = WeightEMA(model, decay=0.9)
+    for step in range(12):
+        for key, value in model.state_dict().items():   # a step of training, simulated
+            if np.issubdtype(value.dtype, np.floating):
+                value += rng.standard_normal(value.shape).astype(value.dtype)
+            else:
+                value += step
+        tmodel.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+        averaged.update_parameters(tmodel)
+        ema.update()
+    theirs = averaged.module.state_dict()
+    for key, value in ema.averages.items():
+        assert np.allclose(value, theirs[key].numpy(), rtol=1e-5, atol=1e-6), key
+        assert value.dtype == theirs[key].numpy().dtype
+
+
+def test_weight_ema_warmup_follows_the_model_early():
+    """warmup=True: update t uses min(decay, (1 + t) / (10 + t)) (TensorFlow's num_updates)."""
+    model = from_notation("INPUT 2x2x1 -> FC 1", rng=np.random.default_rng(0))
+    weight = model.state_dict()["1.weight"]
+    ema = WeightEMA(model, decay=0.99, warmup=True)
+    expected = None
+    for t in range(1000):
+        weight[...] = t
+        decay = min(0.99, (1 + t) / (10 + t))
+        expected = float(t) if expected is None else decay * expected + (1 - decay) * t
+        ema.update()
+        assert ema.averages["1.weight"][0, 0] == pytest.approx(expected, rel=1e-4)
+    plain = WeightEMA(model, decay=0.99)
+    assert plain.current_decay() == 0.99 and ema.current_decay() == 0.99
+    assert WeightEMA(model, decay=0.99, warmup=True).current_decay() == pytest.approx(0.1)
+
+
+def test_weight_ema_applied_swaps_weights_in_and_out_and_checkpoints():
+    rng = np.random.default_rng(1)
+    model = from_notation("INPUT 6x6x2 -> CONV 4 -> BN -> RELU -> FC 3", rng=rng)
+    ema = WeightEMA(model, decay=0.5)
+    ema.update()
+    for value in model.params().values():
+        value += 1
+    ema.update()
+    own = {k: v.copy() for k, v in model.state_dict().items()}
+    with ema.applied():
+        for key, value in model.state_dict().items():
+            assert np.array_equal(value, ema.averages[key]), key
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, own[key]), key
+    arrays, meta = ema.state_dict()
+    again = WeightEMA(model, decay=0.5)
+    again.load_state_dict(arrays, meta)
+    assert again.updates == 2 and all(np.array_equal(again.averages[k], v)
+                                      for k, v in ema.averages.items())
+    with pytest.raises(ValueError, match="run: EMA arrays do not match"):
+        again.load_state_dict({"x": np.zeros(1)}, meta, "run")
+    with pytest.raises(ValueError, match="decay must be"):
+        WeightEMA(model, decay=1.0)
+
+
+def test_flip_tta_averages_the_scores_of_each_image_and_its_mirror():
+    rng = np.random.default_rng(2)
+    model = from_notation("INPUT 7x5x1 -> CONV 3 -> RELU -> FC 4", rng=rng).eval()
+    x = rng.standard_normal((9, 1, 5, 7)).astype(np.float32)
+    y = rng.integers(0, 4, 9)
+    want = (model.infer(x) + model.infer(np.ascontiguousarray(x[..., ::-1]))) / 2
+    result = evaluate(model, x, y, batch_size=4, num_classes=4, tta=True)
+    assert result["accuracy"] == np.mean(np.argmax(want, axis=1) == y)
+    plain = evaluate(model, x, y, num_classes=4)
+    assert result["loss"] != plain["loss"]
+
+
+# -- the loop -----------------------------------------------------------------------------
+
+RECIPE = dict(schedule="onecycle", label_smoothing=0.1, ema=0.9, tta=True, augment=True,
+              flip=True, translate=1)
+
+
+def test_a_run_with_the_whole_recipe_saves_the_averaged_weights(tmp_path):
+    lines = []
+    result = train(TrainConfig(data="digits", model=SMALL, epochs=2, batch_size=64,
+                               out=str(tmp_path), **RECIPE), log=lines.append, progress=False)
+    text = "\n".join(lines)
+    assert ("recipe: adam lr 0.002, onecycle schedule, batch 64, 2 epochs, shifts of up to "
+            "1 px and flips, label smoothing 0.1, weight EMA 0.9, flip TTA") in text
+    *_, averages = load_checkpoint(tmp_path / "checkpoint.safetensors", ema=True)
+    saved = load_model(tmp_path / "model.json").state_dict()
+    for key, value in saved.items():
+        assert np.array_equal(value, averages[key]), key
+        assert np.array_equal(value, result.model.state_dict()[key]), key
+    assert "% of it on the data" in text
+    for row in result.history:
+        assert 0 < row["data_seconds"] < row["seconds"]
+
+
+def test_the_best_model_has_the_lowest_validation_loss(tmp_path):
+    result = train(TrainConfig(data="digits", model=SMALL, epochs=4, batch_size=64,
+                               out=str(tmp_path), **RECIPE), **QUIET)
+    losses = [row["val_loss"] for row in result.history]
+    _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert state["best"]["epoch"] == 1 + int(np.argmin(losses))
+    assert state["best"]["val_loss"] == min(losses)
+
+
+def test_a_run_with_the_recipe_resumes_to_the_bit(tmp_path, monkeypatch):
+    """Interrupted after a mid-epoch checkpoint, the run resumes (EMA, schedule, RNGs) to
+    the same weights and history as a straight run."""
+    import convnet.train.loop as loop
+    cfg = dict(data="digits", model=SMALL, epochs=2, batch_size=64, checkpoint_every=5,
+               **RECIPE)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **cfg), **QUIET)
+    calls = []
+    real = loop.softmax_cross_entropy
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 28:       # epoch 2, after its checkpoint at batch 5
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(loop, "softmax_cross_entropy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "b"), **cfg), **QUIET)
+    monkeypatch.undo()
+    _, _, state = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
+    assert (state["epoch"], state["batch"]) == (1, 5)
+    resumed = train(TrainConfig(out=str(tmp_path / "b")), resume=True, **QUIET)
+    for key, value in straight.model.state_dict().items():
+        assert np.array_equal(value, resumed.model.state_dict()[key]), key
+
+    def history(run):
+        rows = json.loads((tmp_path / run / "history.json").read_text())
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows]
+    assert history("a") == history("b")
+
+
+def test_time_limit_plans_the_epochs(tmp_path):
+    """--time-limit times a few steps and plans the epochs (and the schedule) to fit: a
+    longer limit fits more; the plan is said, kept in the checkpoint, and followed."""
+    planned = {}
+    for limit in (4.0, 25.0):
+        lines = []
+        result = train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=limit,
+                                   out=str(tmp_path / str(limit)), **RECIPE),
+                       log=lines.append, progress=False)
+        text = "\n".join(lines)
+        assert f"time limit {limit:g} s: a step takes" in text and "epoch(s) fit" in text
+        _, _, state = load_checkpoint(tmp_path / str(limit) / "checkpoint.safetensors")
+        planned[limit] = state["config"]["epochs"]
+        assert len(result.history) == planned[limit]
+        assert state["schedule"]["total_steps"] == planned[limit] * (1295 // 64)
+    assert planned[25.0] > planned[4.0] >= 1

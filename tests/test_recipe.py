@@ -80,7 +80,7 @@ def test_weight_ema_matches_pytorch_averaged_model():
     averaged = AveragedModel(tmodel, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     ema = WeightEMA(model, decay=0.9)
     for step in range(12):
-        for key, value in model.state_dict().items():   # a step of training, simulated
+        for value in model.state_dict().values():   # a step of training, simulated
             if np.issubdtype(value.dtype, np.floating):
                 value += rng.standard_normal(value.shape).astype(value.dtype)
             else:

@@ -12,10 +12,12 @@ training time (Polyak averaging; speed-run recipes evaluate on it).
         evaluate(model, x_val, y_val)
 
 With warmup=False the update is torch.optim.swa_utils.AveragedModel's with
-get_ema_multi_avg_fn(decay) and use_buffers=True: the first update copies the model, every later one moves each floating
-parameter and buffer (batch norm's running statistics) by (1 - decay) towards the
-model's; integer buffers (num_batches_tracked) are mixed in float32 and truncated, as
-torch does. With warmup=True (what training uses) update t (from 0) uses the decay
+get_ema_multi_avg_fn(decay) and use_buffers=True: the first update copies the model,
+every later one moves each floating parameter and buffer (batch norm's running
+statistics) by (1 - decay) towards the model's; integer buffers (num_batches_tracked)
+are mixed in float32 and truncated, as torch does.
+
+With warmup=True (what training uses) update t (from 0) uses the decay
 min(decay, (1 + t) / (10 + t)), as TensorFlow's ExponentialMovingAverage with
 num_updates: early on the average follows the model closely, so a short run is not
 averaged back towards its random start.

@@ -142,7 +142,7 @@ def cmd_train(args):
     cfg = TrainConfig(data=args.data, model=args.arch, epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, augment=args.augment,
-                      schedule=args.schedule, label_smoothing=args.label_smoothing,
+                      flip=args.flip, schedule=args.schedule, label_smoothing=args.label_smoothing,
                       ema=args.ema, tta=args.tta, translate=args.translate,
                       time_limit=args.time_limit, val_fraction=args.val_fraction,
                       test_fraction=args.test_fraction, limit=args.limit, seed=args.seed,
@@ -390,8 +390,11 @@ def build_parser():
                    help="plan the run to end within TIME (e.g. 10m, 90s, 1h): time a few "
                         "steps, then set --epochs so that the schedule ends in time")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops (zero padding of 1/8 of the image size), plus "
-                        "horizontal flips except for digits (default: the data set's)")
+                   help="random shifts (--translate) and flips (--flip) of the training "
+                        "images (default: the data set's)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --augment: mirror half the training images (default: the data "
+                        "set's; not for digits)")
     p.add_argument("--val-fraction", type=float_type(0, 1, True, True), default=0.1,
                    metavar="F", help="share of the training images held out for validation "
                                      "(0.1), unless the data has a val/ folder")

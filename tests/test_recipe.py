@@ -159,8 +159,9 @@ def test_a_run_with_the_whole_recipe_saves_the_averaged_weights(tmp_path):
     result = train(TrainConfig(data="digits", model=SMALL, epochs=2, batch_size=64,
                                out=str(tmp_path), **RECIPE), log=lines.append, progress=False)
     text = "\n".join(lines)
-    assert ("recipe: adam lr 0.002, onecycle schedule, batch 64, 2 epochs, shifts of up to "
-            "1 px and flips, label smoothing 0.1, weight EMA 0.9, flip TTA") in text
+    assert ("recipe: adam lr 0.002, onecycle schedule, batch 64, 2 epochs, augmentation: "
+            "shifts of up to 1 px and flips, label smoothing 0.1, weight EMA 0.9, "
+            "flip TTA") in text
     *_, averages = load_checkpoint(tmp_path / "checkpoint.safetensors", ema=True)
     saved = load_model(tmp_path / "model.json").state_dict()
     for key, value in saved.items():
@@ -178,6 +179,25 @@ def test_the_best_model_has_the_lowest_validation_loss(tmp_path):
     _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert state["best"]["epoch"] == 1 + int(np.argmin(losses))
     assert state["best"]["val_loss"] == min(losses)
+
+
+def test_the_kept_best_model_is_not_the_worse_of_the_two(tmp_path):
+    """The issue's run: the digits net without the recipe, where validation accuracy hits
+    100% early. best.json, chosen by validation loss, is a different model from the final
+    one and scores no worse on the test set."""
+    from convnet.data import load_dataset
+    from convnet.train.loop import prepare
+    result = train(TrainConfig(data="digits", label_smoothing=0.0, ema=0.0, seed=0,
+                               out=str(tmp_path)), **QUIET)
+    losses = [row["val_loss"] for row in result.history]
+    best_epoch = 1 + int(np.argmin(losses))
+    assert best_epoch < len(losses)               # the two models differ
+    _, _, (x_test, y_test), _ = prepare(load_dataset("digits", seed=0), 0.1, None, 0,
+                                        np.float32)
+    accuracy = {name: evaluate(load_model(tmp_path / name), x_test, y_test)["accuracy"]
+                for name in ("best.json", "model.json")}
+    assert accuracy["model.json"] == pytest.approx(result.test_acc)
+    assert accuracy["best.json"] >= accuracy["model.json"], accuracy
 
 
 def test_a_run_with_the_recipe_resumes_to_the_bit(tmp_path, monkeypatch):

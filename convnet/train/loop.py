@@ -553,8 +553,9 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     for layer in norms:
         layer.comm = None
     seconds = time.perf_counter() - started
-    log(f"test accuracy {test_acc:.4f} ({len(x_test)} images); best val acc "
-        f"{best['val_acc']:.4f} at epoch {best['epoch']}; {seconds:.1f} s")
+    log(f"test accuracy {test_acc:.4f} ({len(x_test)} images); lowest val loss "
+        f"{best['val_loss']:.4f} at epoch {best['epoch']} (val acc {best['val_acc']:.4f}); "
+        f"{seconds:.1f} s")
     log(f"saved the model to {model_path} (best by validation: {out / 'best.json'})")
     if pictures:
         log(f"pictures: {', '.join(str(p) for p in pictures)}")
@@ -581,8 +582,10 @@ def _batch(x, y, idx, part, cfg, rng):
 def recipe(cfg):
     """The training recipe in one line, for the log and the README."""
     shift = "H/8" if cfg.translate is None else f"{cfg.translate} px"
-    augment = (f"shifts of up to {shift}" + (" and flips" if cfg.flip else "")
-               if cfg.augment else "no augmentation")
+    moves = ([f"shifts of up to {shift}"] if cfg.translate != 0 else []) + (
+        ["flips"] if cfg.flip else [])
+    augment = (" and ".join(moves) or "none") if cfg.augment else "none"
+    augment = f"augmentation: {augment}"
     parts = [f"{cfg.optimizer} lr {cfg.lr:g}", f"{cfg.schedule} schedule",
              f"batch {cfg.batch_size}", f"{cfg.epochs} epochs", augment]
     if cfg.weight_decay:

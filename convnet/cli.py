@@ -195,14 +195,16 @@ def cmd_eval(args):
                                            where=args.model)
     for note in notes:
         _note(args, note)
-    result = evaluate(model, x, y, num_classes=len(classes))
+    info = getattr(model, "info", None) or {}
+    tta = info.get("tta", False) if args.tta is None else args.tta
+    result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
     if args.json:
         print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"],
-                          "images": len(x), "classes": list(classes),
+                          "images": len(x), "tta": tta, "classes": list(classes),
                           "confusion": result["confusion"].tolist()}))
         return
-    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {args.data}, "
-          f"loss {result['loss']:.4f}")
+    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {args.data}"
+          f"{' with flip TTA' if tta else ''}, loss {result['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
     names = [str(c)[:8] for c in classes]
     width = max(6, *(len(n) for n in names)) + 1
@@ -371,8 +373,7 @@ def build_parser():
                    help=_optimizer_help())
     p.add_argument("--weight-decay", type=float_type(0), metavar="L2")
     p.add_argument("--schedule", choices=list(SCHEDULES),
-                   help="learning-rate schedule, stepped every batch (default: the data "
-                        "set's; cosine for image folders)")
+                   help="learning-rate schedule, stepped every batch (default: cosine)")
     p.add_argument("--label-smoothing", type=float_type(0, 1, high_open=True), metavar="E",
                    help="train on targets (1 - E) one_hot + E / classes (default: the data "
                         "set's)")
@@ -439,6 +440,9 @@ def build_parser():
                    help="number of classes of a zoo architecture given with --model")
     p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
     p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation: the mean of each image's scores and "
+                        "its mirror image's (default: as the model was trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 

@@ -168,8 +168,39 @@ def test_a_run_with_the_whole_recipe_saves_the_averaged_weights(tmp_path):
         assert np.array_equal(value, averages[key]), key
         assert np.array_equal(value, result.model.state_dict()[key]), key
     assert "% of it on the data" in text
+    model = load_model(tmp_path / "model.json")
+    assert model.info["tta"] is True
+    x, y = result_test_split()
+    assert evaluate(model, x, y, tta=True)["accuracy"] == pytest.approx(result.test_acc)
     for row in result.history:
         assert 0 < row["data_seconds"] < row["seconds"]
+
+
+def result_test_split(seed=0):
+    """The digits' test split as train() prepares it (normalized as the run's model)."""
+    from convnet.data import load_dataset
+    from convnet.train.loop import prepare
+    _, _, (x, y), _ = prepare(load_dataset("digits", seed=seed), 0.1, None, seed, np.float32)
+    return x, y
+
+
+def test_eval_uses_flip_tta_as_the_model_was_trained(tmp_path, capsys):
+    """convnet eval evaluates as the run did (info.tta), so it repeats train's test
+    accuracy; --no-tta and --tta override."""
+    from convnet.cli import main
+    result = train(TrainConfig(data="digits", model=SMALL, epochs=1, batch_size=64,
+                               out=str(tmp_path), **RECIPE), **QUIET)
+    printed = {}
+    for flag in ([], ["--no-tta"], ["--tta"]):
+        assert main(["eval", str(tmp_path / "model.json"), "--data", "digits", "--json",
+                     *flag]) == 0
+        printed[" ".join(flag)] = json.loads(capsys.readouterr().out)
+    assert printed[""]["tta"] is True and printed["--no-tta"]["tta"] is False
+    assert printed[""]["accuracy"] == pytest.approx(result.test_acc)
+    assert printed["--tta"] == printed[""]
+    x, y = result_test_split()
+    plain = evaluate(result.model, x, y)["accuracy"]
+    assert printed["--no-tta"]["accuracy"] == pytest.approx(plain)
 
 
 def test_the_best_model_has_the_lowest_validation_loss(tmp_path):
@@ -185,15 +216,12 @@ def test_the_kept_best_model_is_not_the_worse_of_the_two(tmp_path):
     """The issue's run: the digits net without the recipe, where validation accuracy hits
     100% early. best.json, chosen by validation loss, is a different model from the final
     one and scores no worse on the test set."""
-    from convnet.data import load_dataset
-    from convnet.train.loop import prepare
     result = train(TrainConfig(data="digits", label_smoothing=0.0, ema=0.0, seed=0,
                                out=str(tmp_path)), **QUIET)
     losses = [row["val_loss"] for row in result.history]
     best_epoch = 1 + int(np.argmin(losses))
     assert best_epoch < len(losses)               # the two models differ
-    _, _, (x_test, y_test), _ = prepare(load_dataset("digits", seed=0), 0.1, None, 0,
-                                        np.float32)
+    x_test, y_test = result_test_split()
     accuracy = {name: evaluate(load_model(tmp_path / name), x_test, y_test)["accuracy"]
                 for name in ("best.json", "model.json")}
     assert accuracy["model.json"] == pytest.approx(result.test_acc)

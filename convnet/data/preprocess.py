@@ -98,6 +98,9 @@ def check_info(info, where, channels=None):
                                         and 0 < info["test_fraction"] < 1):
         raise ValueError(f"{where}: info.test_fraction must be a fraction in (0, 1), got "
                          f"{info['test_fraction']!r:.80}")
+    if "tta" in info and not isinstance(info["tta"], bool):
+        raise ValueError(f"{where}: info.tta must be true or false (flip test-time "
+                         f"augmentation), got {info['tta']!r:.80}")
     if "resize" in info and not (info["resize"] is None or info["resize"] == "bilinear"):
         raise ValueError(f"{where}: info.resize must be 'bilinear' or null, got "
                          f"{info['resize']!r:.80}")

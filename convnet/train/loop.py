@@ -413,7 +413,7 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
             "std": np.ravel(norm.std).tolist(),
             "brightness": brightness_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
-            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction}
+            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
     norms = [layer for _, layer in model.named_layers()
              if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
     for layer in norms:   # synchronized batch norm: the whole batch's statistics
@@ -440,8 +440,10 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
         if comm.size == 1:
             return
         if not cfg.sync_bn:
-            _average_running_stats(norms, comm)
+            _average_running_stats(norms, ema, comm)
         comm.check_identical(model.state_dict())
+        if ema is not None and ema.averages is not None:
+            comm.check_identical(ema.averages, "averaged weights")
 
     def checkpoint(epoch, batch, epoch_rng):
         dropout = {name: layer.rng.bit_generator.state for name, layer in dropout_layers(model)}
@@ -700,11 +702,15 @@ def _evaluate(model, x, y, num_classes, comm, tta=False):
     return float(correct / n), float(loss / n)
 
 
-def _average_running_stats(norms, comm):
-    """Replace each batch norm layer's running mean and variance by their mean over the
-    ranks (each normalized its own share, sync_bn=False), in one Allreduce."""
+def _average_running_stats(norms, ema, comm):
+    """Replace each batch norm layer's running mean and variance, and their moving
+    averages in ``ema`` (a WeightEMA or None), by their mean over the ranks (each
+    normalized its own share, sync_bn=False), in one Allreduce."""
     arrays = [layer.buffers[key] for layer in norms if layer.track_running_stats
               for key in ("running_mean", "running_var")]
+    if ema is not None and ema.averages is not None:
+        arrays += [ema.averages[key] for key in sorted(ema.averages)
+                   if key.endswith((".running_mean", ".running_var"))]
     if not arrays:
         return
     flat = np.concatenate([a.astype(np.float64).ravel() for a in arrays])

@@ -96,6 +96,24 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     return out.reshape(x.shape), cache
 
 
+def _centred_sums(dout, xr, mean, inv_std, weight):
+    """The backward's shared first pass: (dr, dx, sums). dr is dout per channel row, dx a
+    new array holding xc = x - mean (the backward then overwrites it with the gradient),
+    sums (2, C) float64 the per-channel sum(dout) and sum(dout * xc), both cores at work."""
+    n, c = xr.shape[:2]
+    dr = _per_channel(dout)
+    dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
+    dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
+    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
+
+    def row_sums(d, a, m, xc, s, sx):
+        np.subtract(a, m, out=xc)
+        np.sum(d, axis=2, out=s)
+        np.vecdot(d, xc, out=sx)
+    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, n), dx, sums[0], sums[1])
+    return dr, dx, sums.sum(axis=1, dtype=np.float64)
+
+
 def batch_norm_backward(dout, cache):
     """Gradients of batch_norm_forward: returns (dx, dweight, dbias).
 
@@ -114,18 +132,8 @@ def batch_norm_backward(dout, cache):
     With fixed statistics it is just the affine map's: dx = gamma * inv_std * dout.
     """
     xr, mean, inv_std, weight, batch_stats, _, count = cache
-    n, c = xr.shape[:2]
-    dr = _per_channel(dout)
-    dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
-    dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
-    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
-
-    def row_sums(d, a, m, xc, s, sx):
-        np.subtract(a, m, out=xc)
-        np.sum(d, axis=2, out=s)
-        np.vecdot(d, xc, out=sx)
-    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, n), dx, sums[0], sums[1])
-    dsum, dxc = sums.sum(axis=1, dtype=np.float64)
+    dr, dx, (dsum, dxc) = _centred_sums(dout, xr, mean, inv_std, weight)
+    (n, c), dtype = xr.shape[:2], dx.dtype
     gamma = 1.0 if weight is None else weight.astype(np.float64)
     inv = inv_std.astype(np.float64)
     a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, n)
@@ -224,18 +232,9 @@ def sync_batch_norm_backward(dout, cache):
     Allreduce) gives the whole batch's.
     """
     xr, mean, inv_std, weight, _, count, allreduce = cache
-    n, c = xr.shape[:2]
-    dr = _per_channel(dout)
-    dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
-    dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
-    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
-
-    def row_sums(d, a, m, xc, s, sx):
-        np.subtract(a, m, out=xc)
-        np.sum(d, axis=2, out=s)
-        np.vecdot(d, xc, out=sx)
-    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, n), dx, sums[0], sums[1])
-    own = sums.sum(axis=1, dtype=np.float64).ravel()       # [sum(dout), sum(dout*xc)]
+    dr, dx, own = _centred_sums(dout, xr, mean, inv_std, weight)
+    (n, c), dtype = xr.shape[:2], dx.dtype
+    own = own.ravel()                                      # [sum(dout), sum(dout*xc)]
     total = own.copy()
     allreduce(total)
     dsum, dxc = total[:c], total[c:]

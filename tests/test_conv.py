@@ -501,6 +501,26 @@ def test_float32_error_of_each_algorithm_is_bounded(algorithm, bound):
     assert worst < bound, worst
 
 
+def test_winograd_keeps_transformed_filters_only_while_they_hold():
+    """Inference keeps a large filter bank's U = G w G^T between calls; an in-place change
+    of w (an optimizer's step) makes it again, and an entry goes with its array."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 64, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((128, 64, 3, 3)).astype(np.float32)       # 295 KB: kept
+    assert w.nbytes >= winograd.FILTERS_MIN_BYTES
+    first = conv2d_infer(x, w, padding=(1, 1), algorithm="winograd4x4")
+    assert any(kept.ref() is w for kept in winograd._filters.values())
+    w *= -0.5                                                             # in place
+    second = conv2d_infer(x, w, padding=(1, 1), algorithm="winograd4x4")
+    want = reference.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                                    padding=(1, 1))[0]
+    assert np.abs(second - want).max() < 3e-5 * np.abs(want).max()
+    assert np.allclose(second, -0.5 * first, rtol=1e-4, atol=1e-4 * np.abs(first).max())
+    before = len(winograd._filters)
+    del w
+    assert len(winograd._filters) == before - 1
+
+
 def test_the_reference_is_the_notes_computation():
     """reference.py: im2col + one GEMM against the naive loops, col2im as im2col's adjoint,
     and the notes' flipped-filter convolution as the stride-1 input gradient."""

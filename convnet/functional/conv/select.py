@@ -53,8 +53,8 @@ THRESHOLDS = {
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
     "winograd_min_positions": Threshold(
-        3000, "at inference, fewer output positions (N*OH*OW) make too few tiles for F(4x4)'s "
-              "4x fewer multiplications to pay for its transforms' passes"),
+        700, "at inference, fewer output positions (N*OH*OW; 28x28 has 784) make too few "
+             "tiles for F(4x4)'s 4x fewer multiplications to pay for its transforms' passes"),
     "winograd_min_channels": Threshold(
         64, "with fewer input channels the per-tile GEMMs are too thin to gain from Winograd"),
     "inference_max_bytes": Threshold(

@@ -30,6 +30,7 @@ Stride 1, 3x3 filters, dilation 1, one group; any padding.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -71,6 +72,49 @@ def filter_transform(w, m):
     k, c = w.shape[:2]
     u = _two_sided(g, w.transpose(2, 3, 0, 1))                       # (a, a, K, C)
     return u.reshape((m + 2) ** 2, k, c)
+
+
+# Inference keeps the transformed filters of a filter bank of at least FILTERS_MIN_BYTES
+# (U is 4x (F(4x4)) or 1.8x (F(2x2)) the size of w, and making it is a pass over all of
+# it), at most FILTERS_MAX_BYTES of them, the oldest dropped first.
+FILTERS_MIN_BYTES = 256 << 10
+FILTERS_MAX_BYTES = 512 << 20
+_filters = {}   # (id(w), m, dtype) -> _Kept
+
+
+class _Kept(NamedTuple):
+    ref: weakref.ref      # w itself: an entry never outlives its array
+    copy: np.ndarray      # w's values when U was made: an in-place change is seen
+    u: np.ndarray
+
+
+def kept_filter_transform(w, m, dtype):
+    """filter_transform(w, m) in dtype, kept between calls for a large w while w keeps
+    its values (compared in full each call, a pass over w: an optimizer's in-place
+    update, or any other, makes U again)."""
+    key = (id(w), m, np.dtype(dtype).str)
+    kept = _filters.get(key)
+    if kept is not None and kept.ref() is w and _equal(kept.copy, w):
+        return kept.u
+    u = filter_transform(w, m).astype(dtype, copy=False)
+    if w.nbytes >= FILTERS_MIN_BYTES and 5 * w.nbytes <= FILTERS_MAX_BYTES:
+        _filters.pop(key, None)
+        while _filters and sum(k.u.nbytes + k.copy.nbytes for k in _filters.values()) + (
+                u.nbytes + w.nbytes) > FILTERS_MAX_BYTES:
+            _filters.pop(next(iter(_filters)))                        # the oldest
+        _filters[key] = _Kept(weakref.ref(w, lambda _, key=key: _filters.pop(key, None)),
+                              w.copy(), u)
+    return u
+
+
+def _equal(a, b, chunk=1 << 18):
+    """Whether a and b (same shape and dtype) hold the same values, a chunk at a time
+    (np.array_equal would make a whole-size temporary)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = a.reshape(-1), b.reshape(-1)
+    return all(np.array_equal(a[i: i + chunk], b[i: i + chunk])
+               for i in range(0, a.size, chunk))
 
 
 def _two_sided(mat, t, roles=None):
@@ -135,14 +179,26 @@ def _transform_input(xp, r0, r1, m, bt):
     return v.reshape(a * a, c, math.prod(tiles.shape[3:]))
 
 
-def _finish(dst, scale, b, relu):
-    """dst (n, K, h, w) = max(0, dst * scale + b) in place, each step only when given."""
+def _finish(y, scale, b, relu):
+    """y (m*m, K, tiles) = max(0, y * scale + b) in place, each step only when given."""
     if scale is not None:
-        np.multiply(dst, scale.reshape(1, -1, 1, 1), out=dst)
+        np.multiply(y, scale.reshape(1, -1, 1), out=y)
     if b is not None:
-        np.add(dst, b.reshape(1, -1, 1, 1), out=dst)
+        np.add(y, b.reshape(1, -1, 1), out=y)
     if relu:
-        np.maximum(dst, 0, out=dst)
+        np.maximum(y, 0, out=y)
+
+
+def _place_tiles(y, out, lo, hi, ow):
+    """Output rows lo..hi of out (n, K, OH, OW) from the output tiles y (m, m, K, n, R, TW):
+    y[i, j, k, n, r, c] is out[n, k, lo + r*m + i, c*m + j], the last tiles cropped. One
+    strided copy per tile position (i, j), each reading y[i, j] in order."""
+    m = y.shape[0]
+    for i in range(m):
+        rows = len(range(lo + i, hi, m))
+        for j in range(m):
+            dst = out[:, :, lo + i: hi: m, j: ow: m]
+            np.copyto(dst, y[i, j, :, :, :rows, : dst.shape[3]].transpose(1, 0, 2, 3))
 
 
 class Winograd:
@@ -206,7 +262,7 @@ class Winograd:
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w)
         bt, at = self.bt.astype(dtype), self.at.astype(dtype)
-        u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
+        u = kept_filter_transform(w, m, dtype)                               # (a*a, K, C)
         images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, max_bytes)
 
         def block(xp, n0, n1, r0, r1):
@@ -216,12 +272,8 @@ class Winograd:
             mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
             y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw),
                            ("winograd_a", "cols"))                           # (m, m, K, ..)
-            lo, hi = r0 * m, min(oh, r1 * m)
-            dst = out[n0:n1, :, lo:hi]
-            # y[i, j, k, n, r, c] is out[n, k, (r0 + r)*m + i, c*m + j]: the last tiles cropped
-            tiles = y.transpose(3, 2, 4, 0, 5, 1).reshape(nb, k, (r1 - r0) * m, t.tw * m)
-            np.copyto(dst, tiles[:, :, : hi - lo, :ow])
-            _finish(dst, scale, b, relu)
+            _finish(y.reshape(m * m, k, -1), scale, b, relu)
+            _place_tiles(y, out[n0:n1], r0 * m, min(oh, r1 * m), ow)
         self._each_block(x, padding, t, images, rows, block)
         return out
 

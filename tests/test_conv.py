@@ -593,7 +593,8 @@ def test_the_auto_choice_per_layer():
     assert chosen((1, 64, 56, 56), (64, 64, 3, 3), training=False) == "winograd4x4"
     assert chosen((8, 128, 28, 28), (128, 128, 3, 3), training=False) == "winograd4x4"
     assert chosen((8, 128, 28, 28), (128, 128, 3, 3)) == "shifted"       # not in training
-    assert chosen((1, 512, 28, 28), (512, 512, 3, 3), training=False) == "shifted"  # few
+    assert chosen((1, 512, 28, 28), (512, 512, 3, 3), training=False) == "winograd4x4"
+    assert chosen((1, 512, 14, 14), (512, 512, 3, 3), training=False) == "one_image"  # few
     assert chosen((8, 32, 56, 56), (32, 32, 3, 3), training=False) == "shifted"   # thin
     assert chosen((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3)) == "im2col"  # one image
     assert algorithm_for((8, 64, 56, 56), (64, 16, 3, 3), groups=4)[0].value == "im2col"

@@ -272,7 +272,7 @@ class Winograd:
             mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
             y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw),
                            ("winograd_a", "cols"))                           # (m, m, K, ..)
-            _finish(y.reshape(m * m, k, -1), scale, b, relu)
+            _finish(y.reshape(m * m, k, nb * (r1 - r0) * t.tw), scale, b, relu)
             _place_tiles(y, out[n0:n1], r0 * m, min(oh, r1 * m), ow)
         self._each_block(x, padding, t, images, rows, block)
         return out

@@ -105,6 +105,10 @@ def duration(text):
     return seconds
 
 
+# functional.conv.Algorithm's names, here so that --help does not import NumPy (a test
+# checks that they agree).
+CONV_ALGORITHMS = ("auto", "im2col", "shifted", "blocks", "one_image", "winograd2x2",
+                   "winograd4x4")
 POSITIVE = int_type(1)
 CLASSES = int_type(1, limits.MAX_CLASSES)
 
@@ -149,7 +153,8 @@ def cmd_train(args):
                       out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
                       image_size=args.image_size, init_from=args.init_from,
-                      freeze=tuple(args.freeze or ()), sync_bn=args.sync_bn)
+                      freeze=tuple(args.freeze or ()), sync_bn=args.sync_bn,
+                      conv_algorithm=args.conv_algorithm)
     result = train(cfg, resume=args.resume, progress=not args.quiet,
                    overwrite=args.overwrite)
     if not args.no_report:
@@ -425,6 +430,10 @@ def build_parser():
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html (the 'convnet report' page) into the run "
                         "directory at the end")
+    p.add_argument("--conv-algorithm", default="auto", metavar="NAME",
+                   help=f"run every convolution that can with this algorithm: "
+                        f"{', '.join(CONV_ALGORITHMS)} (default auto: each layer's own "
+                        f"choice; functional/conv/select.py)")
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
                    help="under mpiexec: batch norm normalizes each process's share of the "
                         "batch on its own (default: the whole batch's statistics)")

@@ -275,3 +275,27 @@ def test_time_limit_plans_the_epochs(tmp_path):
         assert len(result.history) == planned[limit]
         assert state["schedule"]["total_steps"] == planned[limit] * (1295 // 64)
     assert planned[25.0] > planned[4.0] >= 1
+
+
+def test_a_run_can_train_with_a_named_conv_algorithm(tmp_path, monkeypatch):
+    """conv_algorithm (--conv-algorithm) runs every convolution that can with that
+    algorithm, forward and backward; the checkpoint keeps it; a bad name is refused."""
+    from convnet import cli
+    from convnet.functional import conv
+    from convnet.functional.conv import winograd
+    backward = conv.BACKWARD[winograd.Cache]
+    calls = []
+    monkeypatch.setitem(conv.BACKWARD, winograd.Cache,
+                        lambda *args: calls.append(1) or backward(*args))
+    lines = []
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, batch_size=64, limit=256,
+                      out=str(tmp_path), conv_algorithm="winograd4x4"),
+          log=lines.append, progress=False)
+    assert len(calls) == 3          # 256 images less the validation tenth, batches of 64
+    assert "convolutions: winograd4x4 wherever it can run" in lines
+    _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert state["config"]["conv_algorithm"] == "winograd4x4"
+    with pytest.raises(ValueError, match=r"conv_algorithm must be one of auto, im2col, .*"
+                                         r"got 'winograd8x8'"):
+        TrainConfig(conv_algorithm="winograd8x8").check()
+    assert cli.CONV_ALGORITHMS == tuple(a.value for a in conv.Algorithm)

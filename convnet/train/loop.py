@@ -42,6 +42,7 @@ from convnet.data import load_dataset
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import brightness_range
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
+from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
 from convnet.io.weights import save_model
 from convnet.layers.dropout import Dropout
@@ -66,7 +67,7 @@ MAX_EPOCHS = 1_000_000
 # Fields added after checkpoints were written without them: a checkpoint that lacks one
 # resumes with this value.
 ADDED_FIELDS = {"sync_bn": True, "label_smoothing": 0.0, "ema": 0.0, "tta": False,
-                "translate": None, "time_limit": None}
+                "translate": None, "time_limit": None, "conv_algorithm": "auto"}
 
 
 @dataclass
@@ -104,6 +105,8 @@ class TrainConfig:
     tta: bool | None = None          # evaluate on each image and its mirror image
     translate: int | None = None     # augmentation's largest shift in pixels (None: H/8)
     time_limit: float | None = None  # seconds: plan the epochs so the run ends in time
+    conv_algorithm: str = "auto"     # every convolution that can, with this algorithm
+    #                                  (functional.conv.Algorithm; "auto": each layer's own)
 
     @classmethod
     def from_dict(cls, values, where):
@@ -178,6 +181,8 @@ class TrainConfig:
             fail("time_limit", "a finite number of seconds > 0")
         if self.dtype not in ("float32", "float64"):
             fail("dtype", "'float32' or 'float64'")
+        if self.conv_algorithm not in {a.value for a in Algorithm}:
+            fail("conv_algorithm", f"one of {', '.join(a.value for a in Algorithm)}")
         if self.image_size is not None and not (
                 isinstance(self.image_size, tuple) and len(self.image_size) == 2
                 and all(is_int(v, 1, limits.MAX_IMAGE_SIDE) for v in self.image_size)):
@@ -327,6 +332,12 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     rank calls train with the same arguments and returns the same weights; only rank 0
     logs, shows progress and writes files.
     """
+    with contextlib.ExitStack() as stack:
+        return _train(cfg, resume, log, progress, overwrite, comm, stack)
+
+
+def _train(cfg, resume, log, progress, overwrite, comm, stack):
+    """train's body; ``stack`` holds use_algorithm(cfg.conv_algorithm) once cfg is final."""
     started = time.perf_counter()
     comm = from_environment() if comm is None else comm
     if not comm.is_root:
@@ -357,6 +368,9 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     else:
         splits = load()
     input_shape, num_classes = splits.input_shape, len(splits.classes)
+    stack.enter_context(use_algorithm(cfg.conv_algorithm))
+    if cfg.conv_algorithm != "auto":
+        log(f"convolutions: {cfg.conv_algorithm} wherever it can run")
     batch_given = cfg.batch_size is not None
     cfg = cfg.resolved(splits.name, input_shape, num_classes)
     cfg.out = str(out)

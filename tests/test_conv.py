@@ -519,6 +519,11 @@ def test_winograd_keeps_transformed_filters_only_while_they_hold():
     before = len(winograd._filters)
     del w
     assert len(winograd._filters) == before - 1
+    w = rng.standard_normal((128, 64, 3, 3)).astype(np.float32)
+    conv2d_infer(x, w, padding=(1, 1), algorithm="winograd4x4")
+    assert winograd._filters
+    release_scratch()
+    assert not winograd._filters
 
 
 def test_the_reference_is_the_notes_computation():
@@ -666,8 +671,9 @@ def test_im2col_rows_holds_the_vertical_taps_and_col2im_rows_is_its_adjoint(padd
                                                ("winograd4x4", winograd)])
 def test_blocks_of_any_size_give_the_same_result(algorithm, module, monkeypatch):
     """Each blocked algorithm's BLOCK_BYTES small enough to cut the work into images,
-    bands of rows and single rows, in training and at inference; every copy and sum
-    split over threads however small: the same as one block of everything."""
+    bands of rows and single rows, in training and at inference (Winograd: every tile at
+    once, its filters one at a time, then blocks of tiles); every copy and sum split over
+    threads however small: the same as one block of everything."""
     monkeypatch.setattr(threads, "PARALLEL_BYTES", 0)
     rng = np.random.default_rng(600)
     for _ in range(8):
@@ -677,6 +683,10 @@ def test_blocks_of_any_size_give_the_same_result(algorithm, module, monkeypatch)
         results = []
         for limit in (1 << 30, 8 * x[0].size * 9, 8 * x.shape[3] * 9 * 4, 1):
             monkeypatch.setattr(module, "BLOCK_BYTES", limit)
+            if module is winograd:   # the first two limits: every tile at once
+                monkeypatch.setattr(module, "ALL_TILES_MIN_CHANNELS", 0)
+                monkeypatch.setattr(module, "ALL_TILES_BYTES", max(limit, 1 << 30) if
+                                    len(results) < 2 else limit)
             out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor",
                                         algorithm=algorithm)
             dout = rng.standard_normal(out.shape) if dout is None else dout

@@ -75,11 +75,17 @@ def scratch(role, size, dtype):
     return kept[role][:nbytes].view(dtype)
 
 
+_releases = []   # what else keeps memory between calls: a function each that frees it
+
+
 def release_scratch():
-    """Free every thread's scratch buffers (see scratch); call it when no convnet work
+    """Free every thread's scratch buffers (see scratch), and whatever else an algorithm
+    keeps between calls (Winograd's transformed filters); call it when no convnet work
     is running."""
     for kept in list(_scratch.values()):
         kept.clear()
+    for release in _releases:
+        release()
 
 
 

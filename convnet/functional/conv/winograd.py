@@ -13,8 +13,11 @@ U = G w G^T the transformed filters and V = B^T d B the transformed input tiles.
 transforms are tiny matrix products along each tile axis.
 
 The input's tiles overlap by 2 (they are a wide, m apart); the output's tiles do not.
-Tiles are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES,
-each thread its own, so a block's transforms and GEMMs stay in the core's cache.
+Where the whole batch's V fits in ALL_TILES_BYTES (few tiles, 256+ channels), the threads
+split the channels to make V, then the filters, each GEMM spanning every tile; else tiles
+are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES, each
+thread its own, so a block's transforms and GEMMs stay in the core's cache. Inference
+keeps a large filter bank's U between calls (kept_filter_transform).
 
 The backward pass is the exact adjoint of the forward: the output gradient's tiles go
 through A (dM = A dY A^T); dU = dM @ V^T gives the filters' gradient through G
@@ -36,11 +39,16 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from convnet.functional.conv.machinery import pad, scratch
+from convnet.functional.conv.machinery import _releases, pad, scratch
 from convnet.functional.threads import per_thread
 
 # Each block's transformed input V (and product M) takes at most this many bytes.
 BLOCK_BYTES = 2 << 20
+# Where the whole batch's V takes at most ALL_TILES_BYTES and the layer has at least
+# ALL_TILES_MIN_CHANNELS input or output channels, every GEMM spans every tile (with
+# fewer channels a block holds enough tiles for its GEMMs, and stays in cache).
+ALL_TILES_BYTES = 16 << 20
+ALL_TILES_MIN_CHANNELS = 256
 
 # (B^T, G, A^T) of F(m x m, 3 x 3), from Lavin & Gray 2016 (points 0, 1, -1 for m = 2;
 # 0, 1, -1, 2, -2 for m = 4).
@@ -80,6 +88,7 @@ def filter_transform(w, m):
 FILTERS_MIN_BYTES = 256 << 10
 FILTERS_MAX_BYTES = 512 << 20
 _filters = {}   # (id(w), m, dtype) -> _Kept
+_releases.append(_filters.clear)              # release_scratch() frees them too
 
 
 class _Kept(NamedTuple):
@@ -251,10 +260,13 @@ class Winograd:
         per_thread(batch, n)
 
     def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None):
-        """out (N, K, OH, OW) = the convolution of x (N, C, H, W) with w (K, C, 3, 3), the
-        tiles in blocks of at most max_bytes (default BLOCK_BYTES), each thread its own.
+        """out (N, K, OH, OW) = the convolution of x (N, C, H, W) with w (K, C, 3, 3).
+        Every tile at once (_all_tiles) for a layer of ALL_TILES_MIN_CHANNELS channels
+        whose transformed input V fits in ALL_TILES_BYTES; else the tiles in blocks of at
+        most BLOCK_BYTES, each thread its own. Neither makes a temporary over max_bytes
+        (default: no bound but theirs).
         b, relu and scale as in gemm.gemm_nchw. Returns out."""
-        max_bytes = BLOCK_BYTES if max_bytes is None else max_bytes
+        max_bytes = math.inf if max_bytes is None else max_bytes
         m, a = self.m, self.m + 2
         n, c = x.shape[:2]
         k = w.shape[0]
@@ -263,7 +275,11 @@ class Winograd:
         dtype = np.result_type(x, w)
         bt, at = self.bt.astype(dtype), self.at.astype(dtype)
         u = kept_filter_transform(w, m, dtype)                               # (a*a, K, C)
-        images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, max_bytes)
+        size = np.dtype(dtype).itemsize
+        if (max(c, k) >= ALL_TILES_MIN_CHANNELS
+                and a * a * c * n * t.th * t.tw * size <= min(max_bytes, ALL_TILES_BYTES)):
+            return self._all_tiles(x, u, b, padding, out, relu, scale, t, bt, at)
+        images, rows = self._rows_per_block(n, c, k, t, size, min(max_bytes, BLOCK_BYTES))
 
         def block(xp, n0, n1, r0, r1):
             nb = n1 - n0
@@ -277,6 +293,38 @@ class Winograd:
         self._each_block(x, padding, t, images, rows, block)
         return out
 
+    def _all_tiles(self, x, u, b, padding, out, relu, scale, t, bt, at):
+        """run with every tile of the batch in each GEMM (few tiles, many channels: deep
+        layers, small batches): the threads split the channels to transform the input,
+        then the filters, each thread's GEMMs spanning every tile for its filters, a
+        BLOCK_BYTES product at a time."""
+        m, a = self.m, self.m + 2
+        n, c = x.shape[:2]
+        k = u.shape[1]
+        oh, ow = out.shape[2:]
+        tiles = n * t.th * t.tw
+        xp = _pad_input(x, padding, t)
+        v = np.empty((a * a, c, tiles), u.dtype)         # every thread's: not scratch
+
+        def transform(part):
+            v[:, part] = _transform_input(xp[:, part], 0, t.th, m, bt)
+        per_thread(transform, c)
+        step = max(1, BLOCK_BYTES // (a * a * tiles * u.itemsize))
+
+        def filters(part):
+            for k0 in range(part.start, part.stop, step):
+                k1 = min(part.stop, k0 + step)
+                prod = scratch("product", a * a * (k1 - k0) * tiles, u.dtype)
+                mm = np.matmul(u[:, k0:k1], v, out=prod.reshape(a * a, k1 - k0, tiles))
+                y = _two_sided(at, mm.reshape(a, a, k1 - k0, n, t.th, t.tw),
+                               ("winograd_a", "cols"))                       # (m, m, K', ..)
+                _finish(y.reshape(m * m, k1 - k0, tiles),
+                        None if scale is None else scale[k0:k1],
+                        None if b is None else b[k0:k1], relu)
+                _place_tiles(y, out[:, k0:k1], 0, oh, ow)
+        per_thread(filters, k)
+        return out
+
     def forward(self, x, w, b, stride, padding, dilation, groups, out, relu=False,
                 workspace=None):
         """Training forward: run, keeping x (so x must not change before the backward)."""
@@ -285,7 +333,7 @@ class Winograd:
 
     def infer(self, x, w, b, stride, padding, dilation, groups, out, relu=False, scale=None,
               max_bytes=None):
-        return self.run(x, w, b, padding, out, relu, scale, min(max_bytes, BLOCK_BYTES))
+        return self.run(x, w, b, padding, out, relu, scale, max_bytes)
 
     def backward(self, dout, cache, input_grad=True, overwrite=False):
         """(dx, dw, db): the exact adjoint of run, block by block (see the module notes).

@@ -683,10 +683,13 @@ def test_blocks_of_any_size_give_the_same_result(algorithm, module, monkeypatch)
         results = []
         for limit in (1 << 30, 8 * x[0].size * 9, 8 * x.shape[3] * 9 * 4, 1):
             monkeypatch.setattr(module, "BLOCK_BYTES", limit)
-            if module is winograd:   # the first two limits: every tile at once
-                monkeypatch.setattr(module, "ALL_TILES_MIN_CHANNELS", 0)
-                monkeypatch.setattr(module, "ALL_TILES_BYTES", max(limit, 1 << 30) if
-                                    len(results) < 2 else limit)
+            if module is winograd:   # every tile at once: the batch, then each image
+                m = 2 if algorithm == "winograd2x2" else 4
+                t = winograd.tiling(x.shape, case["padding"], m)
+                one_image = (m + 2) ** 2 * x.shape[1] * t.th * t.tw * x.itemsize
+                monkeypatch.setattr(module, "ALL_TILES_BELOW", 1 << 30)
+                monkeypatch.setattr(module, "ALL_TILES_BYTES", (1 << 30, one_image, limit,
+                                                                limit)[len(results)])
             out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor",
                                         algorithm=algorithm)
             dout = rng.standard_normal(out.shape) if dout is None else dout

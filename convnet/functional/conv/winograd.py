@@ -13,10 +13,11 @@ U = G w G^T the transformed filters and V = B^T d B the transformed input tiles.
 transforms are tiny matrix products along each tile axis.
 
 The input's tiles overlap by 2 (they are a wide, m apart); the output's tiles do not.
-Where the whole batch's V fits in ALL_TILES_BYTES (few tiles, 256+ channels), the threads
-split the channels to make V, then the filters, each GEMM spanning every tile; else tiles
-are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES, each
-thread its own, so a block's transforms and GEMMs stay in the core's cache. Inference
+Tiles are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES,
+each thread its own, so a block's transforms and GEMMs stay in the core's cache. Where a
+block would hold too few tiles for its GEMMs (many channels, few tiles: deep layers), the
+threads instead split the channels to make V for a group of images (ALL_TILES_BYTES of
+it), then the filters, each GEMM spanning every tile of the group. Inference
 keeps a large filter bank's U between calls (kept_filter_transform).
 
 The backward pass is the exact adjoint of the forward: the output gradient's tiles go
@@ -44,11 +45,11 @@ from convnet.functional.threads import per_thread
 
 # Each block's transformed input V (and product M) takes at most this many bytes.
 BLOCK_BYTES = 2 << 20
-# Where the whole batch's V takes at most ALL_TILES_BYTES and the layer has at least
-# ALL_TILES_MIN_CHANNELS input or output channels, every GEMM spans every tile (with
-# fewer channels a block holds enough tiles for its GEMMs, and stays in cache).
+# Where a block would hold fewer than ALL_TILES_BELOW tiles (many channels, few tiles:
+# GEMMs too thin to run near BLAS's peak), every GEMM spans every tile of as many images
+# as their V fits in ALL_TILES_BYTES.
 ALL_TILES_BYTES = 16 << 20
-ALL_TILES_MIN_CHANNELS = 256
+ALL_TILES_BELOW = 48
 
 # (B^T, G, A^T) of F(m x m, 3 x 3), from Lavin & Gray 2016 (points 0, 1, -1 for m = 2;
 # 0, 1, -1, 2, -2 for m = 4).
@@ -261,9 +262,10 @@ class Winograd:
 
     def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None):
         """out (N, K, OH, OW) = the convolution of x (N, C, H, W) with w (K, C, 3, 3).
-        Every tile at once (_all_tiles) for a layer of ALL_TILES_MIN_CHANNELS channels
-        whose transformed input V fits in ALL_TILES_BYTES; else the tiles in blocks of at
-        most BLOCK_BYTES, each thread its own. Neither makes a temporary over max_bytes
+        The tiles in blocks of at most BLOCK_BYTES, each thread its own; or, where a
+        block would hold fewer than ALL_TILES_BELOW tiles, every tile of a group of images
+        at once (_all_tiles), as many images as their transformed input V fits in
+        ALL_TILES_BYTES. Neither makes a temporary over max_bytes
         (default: no bound but theirs).
         b, relu and scale as in gemm.gemm_nchw. Returns out."""
         max_bytes = math.inf if max_bytes is None else max_bytes
@@ -276,10 +278,10 @@ class Winograd:
         bt, at = self.bt.astype(dtype), self.at.astype(dtype)
         u = kept_filter_transform(w, m, dtype)                               # (a*a, K, C)
         size = np.dtype(dtype).itemsize
-        if (max(c, k) >= ALL_TILES_MIN_CHANNELS
-                and a * a * c * n * t.th * t.tw * size <= min(max_bytes, ALL_TILES_BYTES)):
-            return self._all_tiles(x, u, b, padding, out, relu, scale, t, bt, at)
         images, rows = self._rows_per_block(n, c, k, t, size, min(max_bytes, BLOCK_BYTES))
+        limit = min(max_bytes, ALL_TILES_BYTES)
+        if images * rows * t.tw < ALL_TILES_BELOW and a * a * c * t.th * t.tw * size <= limit:
+            return self._all_tiles(x, u, b, padding, out, relu, scale, t, bt, at, limit)
 
         def block(xp, n0, n1, r0, r1):
             nb = n1 - n0
@@ -293,23 +295,36 @@ class Winograd:
         self._each_block(x, padding, t, images, rows, block)
         return out
 
-    def _all_tiles(self, x, u, b, padding, out, relu, scale, t, bt, at):
-        """run with every tile of the batch in each GEMM (few tiles, many channels: deep
-        layers, small batches): the threads split the channels to transform the input,
-        then the filters, each thread's GEMMs spanning every tile for its filters, a
-        BLOCK_BYTES product at a time."""
-        m, a = self.m, self.m + 2
+    def _all_tiles(self, x, u, b, padding, out, relu, scale, t, bt, at, max_bytes):
+        """run with every tile of a group of images in each GEMM (few tiles, many channels:
+        deep layers), as many images a group as their V fits in max_bytes."""
         n, c = x.shape[:2]
+        per_image = (self.m + 2) ** 2 * c * t.th * t.tw
+        images = max(1, min(n, int(max_bytes // max(1, per_image * u.itemsize))))
+        v = np.empty(images * per_image, u.dtype)        # every thread's: not scratch
+        for n0 in range(0, n, images):
+            n1 = min(n, n0 + images)
+            self._group(_pad_input(x[n0:n1], padding, t), u, b, out[n0:n1], relu, scale, t,
+                        bt, at, v[: (n1 - n0) * per_image])
+        return out
+
+    def _group(self, xp, u, b, out, relu, scale, t, bt, at, v):
+        """out (n, K, OH, OW) from the padded images xp (n, C, HP, WP), every tile in each
+        GEMM: the threads split the channels to make V (into the flat buffer v), then the
+        filters, each thread's GEMMs spanning every tile for its filters. Each transform
+        and each product is made a BLOCK_BYTES piece at a time."""
+        m, a = self.m, self.m + 2
+        n, c = xp.shape[:2]
         k = u.shape[1]
         oh, ow = out.shape[2:]
         tiles = n * t.th * t.tw
-        xp = _pad_input(x, padding, t)
-        v = np.empty((a * a, c, tiles), u.dtype)         # every thread's: not scratch
+        v = v.reshape(a * a, c, tiles)
+        step = max(1, BLOCK_BYTES // (a * a * tiles * u.itemsize))   # channels a piece
 
         def transform(part):
-            v[:, part] = _transform_input(xp[:, part], 0, t.th, m, bt)
-        per_thread(transform, c)
-        step = max(1, BLOCK_BYTES // (a * a * tiles * u.itemsize))
+            for c0 in range(part.start, part.stop, step):
+                c1 = min(part.stop, c0 + step)
+                v[:, c0:c1] = _transform_input(xp[:, c0:c1], 0, t.th, m, bt)
 
         def filters(part):
             for k0 in range(part.start, part.stop, step):
@@ -322,8 +337,8 @@ class Winograd:
                         None if scale is None else scale[k0:k1],
                         None if b is None else b[k0:k1], relu)
                 _place_tiles(y, out[:, k0:k1], 0, oh, ow)
+        per_thread(transform, c)
         per_thread(filters, k)
-        return out
 
     def forward(self, x, w, b, stride, padding, dilation, groups, out, relu=False,
                 workspace=None):

@@ -179,14 +179,25 @@ def _input_tiles(xp, r0, r1, m):
                       (s[2], s[3], s[1], s[0], s[2] * m, s[3] * m), writeable=False)
 
 
-def _transform_input(xp, r0, r1, m, bt):
+def _both_sides(kron, t, role):
+    """mat @ T @ mat^T for every a x a tile of t (a*a, ...), the tile's positions
+    flattened on its first axis, as one GEMM with kron = np.kron(mat, mat) (b*b, a*a):
+    a K of a*a runs nearer BLAS's peak than two products with a K of a. The result
+    (b*b, ...) goes into this thread's scratch ``role``."""
+    rest = t.shape[1:]
+    out = scratch(role, kron.shape[0] * math.prod(rest), np.result_type(kron, t))
+    np.matmul(kron, t.reshape(kron.shape[1], -1), out=out.reshape(kron.shape[0], -1))
+    return out.reshape(kron.shape[0], *rest)
+
+
+def _transform_input(xp, r0, r1, m, kron_b):
     """V = B^T d B of the tiles of tile rows r0..r1: (a*a, C, n*R*TW)."""
     tiles = _input_tiles(xp, r0, r1, m)
     a, c = m + 2, tiles.shape[2]
     d = scratch("cols", tiles.size, xp.dtype).reshape(tiles.shape)
     np.copyto(d, tiles)
-    v = _two_sided(bt, d, ("winograd_a", "winograd_v"))
-    return v.reshape(a * a, c, math.prod(tiles.shape[3:]))
+    d = d.reshape(a * a, c, math.prod(tiles.shape[3:]))
+    return _both_sides(kron_b, d, "winograd_v")
 
 
 def _finish(y, scale, b, relu):
@@ -209,6 +220,23 @@ def _place_tiles(y, out, lo, hi, ow):
         for j in range(m):
             dst = out[:, :, lo + i: hi: m, j: ow: m]
             np.copyto(dst, y[i, j, :, :, :rows, : dst.shape[3]].transpose(1, 0, 2, 3))
+
+
+def _gather_tiles(dout, lo, nr, tw, m):
+    """The adjoint of _place_tiles: the output gradient's m x m tiles of tile rows
+    starting at row lo, (m*m, K, n*nr*tw) in this thread's scratch, zero where a last tile
+    reaches past dout (n, K, OH, OW)."""
+    n, k, oh, ow = dout.shape
+    y = scratch("winograd_dy", m * m * k * n * nr * tw, dout.dtype).reshape(m, m, k, n, nr, tw)
+    for i in range(m):
+        rows = len(range(lo + i, min(oh, lo + nr * m), m))
+        for j in range(m):
+            src = dout[:, :, lo + i: lo + nr * m: m, j: ow: m]
+            dst = y[i, j].transpose(1, 0, 2, 3)                              # (n, K, R, TW)
+            np.copyto(dst[:, :, :rows, : src.shape[3]], src)
+            dst[:, :, rows:] = 0
+            dst[:, :, :rows, src.shape[3]:] = 0
+    return y.reshape(m * m, k, n * nr * tw)
 
 
 class Winograd:
@@ -275,27 +303,27 @@ class Winograd:
         oh, ow = out.shape[2:]
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w)
-        bt, at = self.bt.astype(dtype), self.at.astype(dtype)
+        kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
         u = kept_filter_transform(w, m, dtype)                               # (a*a, K, C)
         size = np.dtype(dtype).itemsize
         images, rows = self._rows_per_block(n, c, k, t, size, min(max_bytes, BLOCK_BYTES))
         limit = min(max_bytes, ALL_TILES_BYTES)
         if images * rows * t.tw < ALL_TILES_BELOW and a * a * c * t.th * t.tw * size <= limit:
-            return self._all_tiles(x, u, b, padding, out, relu, scale, t, bt, at, limit)
+            return self._all_tiles(x, u, b, padding, out, relu, scale, t, kb, ka, limit)
 
         def block(xp, n0, n1, r0, r1):
             nb = n1 - n0
-            v = _transform_input(xp, r0, r1, m, bt)
+            v = _transform_input(xp, r0, r1, m, kb)
             prod = scratch("product", a * a * k * v.shape[2], dtype).reshape(a * a, k, v.shape[2])
             mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
-            y = _two_sided(at, mm.reshape(a, a, k, nb, r1 - r0, t.tw),
-                           ("winograd_a", "cols"))                           # (m, m, K, ..)
+            y = _both_sides(ka, mm.reshape(a * a, k, nb, r1 - r0, t.tw), "cols")
             _finish(y.reshape(m * m, k, nb * (r1 - r0) * t.tw), scale, b, relu)
-            _place_tiles(y, out[n0:n1], r0 * m, min(oh, r1 * m), ow)
+            _place_tiles(y.reshape(m, m, *y.shape[1:]), out[n0:n1], r0 * m, min(oh, r1 * m),
+                         ow)
         self._each_block(x, padding, t, images, rows, block)
         return out
 
-    def _all_tiles(self, x, u, b, padding, out, relu, scale, t, bt, at, max_bytes):
+    def _all_tiles(self, x, u, b, padding, out, relu, scale, t, kb, ka, max_bytes):
         """run with every tile of a group of images in each GEMM (few tiles, many channels:
         deep layers), as many images a group as their V fits in max_bytes."""
         n, c = x.shape[:2]
@@ -305,10 +333,10 @@ class Winograd:
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
             self._group(_pad_input(x[n0:n1], padding, t), u, b, out[n0:n1], relu, scale, t,
-                        bt, at, v[: (n1 - n0) * per_image])
+                        kb, ka, v[: (n1 - n0) * per_image])
         return out
 
-    def _group(self, xp, u, b, out, relu, scale, t, bt, at, v):
+    def _group(self, xp, u, b, out, relu, scale, t, kb, ka, v):
         """out (n, K, OH, OW) from the padded images xp (n, C, HP, WP), every tile in each
         GEMM: the threads split the channels to make V (into the flat buffer v), then the
         filters, each thread's GEMMs spanning every tile for its filters. Each transform
@@ -324,19 +352,18 @@ class Winograd:
         def transform(part):
             for c0 in range(part.start, part.stop, step):
                 c1 = min(part.stop, c0 + step)
-                v[:, c0:c1] = _transform_input(xp[:, c0:c1], 0, t.th, m, bt)
+                v[:, c0:c1] = _transform_input(xp[:, c0:c1], 0, t.th, m, kb)
 
         def filters(part):
             for k0 in range(part.start, part.stop, step):
                 k1 = min(part.stop, k0 + step)
                 prod = scratch("product", a * a * (k1 - k0) * tiles, u.dtype)
                 mm = np.matmul(u[:, k0:k1], v, out=prod.reshape(a * a, k1 - k0, tiles))
-                y = _two_sided(at, mm.reshape(a, a, k1 - k0, n, t.th, t.tw),
-                               ("winograd_a", "cols"))                       # (m, m, K', ..)
+                y = _both_sides(ka, mm.reshape(a * a, k1 - k0, n, t.th, t.tw), "cols")
                 _finish(y.reshape(m * m, k1 - k0, tiles),
                         None if scale is None else scale[k0:k1],
                         None if b is None else b[k0:k1], relu)
-                _place_tiles(y, out[:, k0:k1], 0, oh, ow)
+                _place_tiles(y.reshape(m, m, *y.shape[1:]), out[:, k0:k1], 0, oh, ow)
         per_thread(transform, c)
         per_thread(filters, k)
 
@@ -360,7 +387,8 @@ class Winograd:
         k = w.shape[0]
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w, dout)
-        bt, g, at = (mat.astype(dtype) for mat in (self.bt, self.g, self.at))
+        g = self.g.astype(dtype)
+        kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
         u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
         if gate is not None:   # a fused RELU: the gradient passes where its output is > 0
             dout = dout * (gate > 0)
@@ -371,19 +399,18 @@ class Winograd:
 
         def block(xp, n0, n1, r0, r1):
             nb, nr = n1 - n0, r1 - r0
-            v = _transform_input(xp, r0, r1, m, bt)                          # (a*a, C, T)
-            tiles = np.zeros((nb, k, nr * m, t.tw * m), dtype)    # dout's tiles, 0-padded
-            lo, hi = r0 * m, min(oh, r1 * m)
-            tiles[:, :, : hi - lo, :ow] = dout[n0:n1, :, lo:hi]
-            dy = tiles.reshape(nb, k, nr, m, t.tw, m).transpose(3, 5, 1, 0, 2, 4)
-            dm = _two_sided(at.T, dy).reshape(a * a, k, v.shape[2])          # (a*a, K, T)
+            v = _transform_input(xp, r0, r1, m, kb)                          # (a*a, C, T)
+            dy = _gather_tiles(dout[n0:n1], r0 * m, nr, t.tw, m)             # (m*m, K, T)
+            dm = _both_sides(ka.T, dy, "winograd_dm")                        # (a*a, K, T)
             du = sums.setdefault(n0 if n > 1 else 0, np.zeros((a * a, k, c), dtype))
             du += np.matmul(dm, v.transpose(0, 2, 1))
             if not input_grad:
                 return
-            dv = np.matmul(u.transpose(0, 2, 1), dm).reshape(a, a, c, nb, nr, t.tw)
-            dd = _two_sided(bt.T, dv)                                        # (a, a, C, ...)
+            dv = np.matmul(u.transpose(0, 2, 1), dm,
+                           out=scratch("product", v.size, dtype).reshape(v.shape))
+            dd = _both_sides(kb.T, dv, "cols").reshape(a, a, c, nb, nr, t.tw)
             dxp = grads[n0]                                                  # (nb, C, HP, WP)
+            lo = r0 * m
             for i in range(a):   # add every tile back where it came from (overlaps add)
                 for j in range(a):
                     dxp[:, :, lo + i: lo + i + nr * m: m, j: j + t.tw * m: m] += (

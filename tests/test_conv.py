@@ -483,9 +483,9 @@ def test_every_algorithm_gradient_check(algorithm):
                                               ("blocks", 1e-6), ("one_image", 1e-6),
                                               ("winograd2x2", 3e-6), ("winograd4x4", 3e-5)])
 def test_float32_error_of_each_algorithm_is_bounded(algorithm, bound):
-    """float32 against a float64 reference, as the largest error over the output's largest
-    value, on layers of the nets' sizes (Winograd's transforms amplify rounding: F(4x4)'s
-    most)."""
+    """float32 against a float64 reference, as the largest error over the largest value,
+    of the output, dx and dw, on layers of the nets' sizes (Winograd's transforms amplify
+    rounding: F(4x4)'s most)."""
     rng = np.random.default_rng(4)
     worst = 0.0
     for n, c, k, hw in ((1, 64, 64, 28), (2, 128, 128, 14), (1, 256, 256, 7), (4, 32, 32, 16)):
@@ -498,6 +498,15 @@ def test_float32_error_of_each_algorithm_is_bounded(algorithm, bound):
         got = conv2d_infer(x.astype(np.float32), w.astype(np.float32), padding=(1, 1),
                            algorithm=algorithm)
         worst = max(worst, np.abs(got - want).max() / np.abs(want).max())
+        # the backward pass's: dx and dw against float64 (the same bound)
+        dout = rng.standard_normal(want.shape)
+        dx, dw, _ = reference.conv2d_backward(dout, reference.conv2d_forward(
+            x, w, padding=(1, 1))[1])
+        cache = conv2d_forward(x.astype(np.float32), w.astype(np.float32), padding=(1, 1),
+                               algorithm=algorithm)[1]
+        dx32, dw32, _ = conv2d_backward(dout.astype(np.float32), cache)
+        worst = max(worst, np.abs(dx32 - dx).max() / np.abs(dx).max(),
+                    np.abs(dw32 - dw).max() / np.abs(dw).max())
     assert worst < bound, worst
 
 
@@ -622,9 +631,11 @@ def test_shifted_suits_layers_with_depth_and_width():
     assert not suits((128, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # C=3
     assert not suits((8, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), (1, 1), 1)  # S=2
     assert suits((64, 64, 8, 8), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 9 for 8
-    assert not suits((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 8/7
+    assert suits((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 8/7
     assert suits((8, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 16/14, F=5
-    assert not suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
+    assert suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
+    assert suits((8, 64, 3, 3), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 4/3
+    assert not suits((8, 64, 1, 1), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 2/1
     assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
 

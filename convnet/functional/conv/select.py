@@ -48,13 +48,15 @@ THRESHOLDS = {
     "shifted_min_channels": Threshold(
         16, "with fewer input channels Y's C*FH rows make a GEMM too thin to run near peak"),
     "shifted_max_waste": Threshold(
-        0.125, "a padded row may be longer than the output row by this times (FW-1)/2 of it: "
-               "the GEMM's extra columns cost less than im2col's extra copies"),
+        0.5, "a padded row may be longer than the output row by this times (FW-1)/2 of it "
+             "(a 3x3 conv on 3x3 planes: 4 columns for 3): the GEMM's extra columns cost "
+             "less than im2col's extra copies (in training, 1.4-2x less on 3x3 to 7x7 planes)"),
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
     "winograd_min_positions": Threshold(
-        700, "at inference, fewer output positions (N*OH*OW; 28x28 has 784) make too few "
-             "tiles for F(4x4)'s 4x fewer multiplications to pay for its transforms' passes"),
+        350, "at inference, fewer output positions (N*OH*OW; 7x7 at batch 8 has 392) make "
+             "too few tiles for F(4x4)'s 4x fewer multiplications to pay for its "
+             "transforms' passes"),
     "winograd_min_channels": Threshold(
         64, "with fewer input channels the per-tile GEMMs are too thin to gain from Winograd"),
     "inference_max_bytes": Threshold(

@@ -86,7 +86,7 @@ def filter_transform(w, m):
 # Inference keeps the transformed filters of a filter bank of at least FILTERS_MIN_BYTES
 # (U is 4x (F(4x4)) or 1.8x (F(2x2)) the size of w, and making it is a pass over all of
 # it), at most FILTERS_MAX_BYTES of them, the oldest dropped first.
-FILTERS_MIN_BYTES = 256 << 10
+FILTERS_MIN_BYTES = 64 << 10
 FILTERS_MAX_BYTES = 512 << 20
 _filters = {}   # (id(w), m, dtype) -> _Kept
 _releases.append(_filters.clear)              # release_scratch() frees them too

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from convnet.functional.conv.machinery import _releases, pad, scratch
-from convnet.functional.threads import per_thread
+from convnet.functional.threads import in_parallel, per_thread
 
 # Each block's transformed input V (and product M) takes at most this many bytes.
 BLOCK_BYTES = 2 << 20
@@ -118,13 +118,21 @@ def kept_filter_transform(w, m, dtype):
 
 
 def _equal(a, b, chunk=1 << 18):
-    """Whether a and b (same shape and dtype) hold the same values, a chunk at a time
-    (np.array_equal would make a whole-size temporary)."""
+    """Whether a and b (same shape and dtype) hold the same values: a chunk at a time
+    (np.array_equal would make a whole-size temporary), the chunks split between the
+    threads."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     a, b = a.reshape(-1), b.reshape(-1)
-    return all(np.array_equal(a[i: i + chunk], b[i: i + chunk])
-               for i in range(0, a.size, chunk))
+    differ = []
+
+    def compare(part):
+        for i in range(part.start * chunk, min(a.size, part.stop * chunk), chunk):
+            if not np.array_equal(a[i: i + chunk], b[i: i + chunk]):
+                differ.append(i)
+                return
+    in_parallel(compare, -(-a.size // chunk), a.nbytes)
+    return not differ
 
 
 def _two_sided(mat, t, roles=None):

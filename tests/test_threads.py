@@ -244,15 +244,22 @@ def test_a_model_call_holds_blas_once_for_all_its_layers(monkeypatch):
 
 @pytest.mark.parametrize("shapes", [((300, 500), (500, 700)), ((700, 500), (500, 3)),
                                     ((2, 64, 300), (2, 300, 900)), ((5, 7), (7, 3)),
-                                    ((900, 300), (300,  900))])
+                                    ((900, 300), (300,  900)), ((1, 500), "W.T 700"),
+                                    ((32, 300), "W.T 900"), ((33, 300), "W.T 900")])
 def test_matmul_split_between_threads_equals_numpy(shapes, monkeypatch):
-    """threads.matmul splits a large product's columns (or rows) between the threads:
-    the same numbers as np.matmul, into a given out too; small products are np.matmul."""
+    """threads.matmul splits a large product's columns (or rows) between the threads, or
+    for x @ W.T with few rows of x the rows of W: the same numbers as np.matmul, in C
+    order, into a given out too; small products are np.matmul."""
     monkeypatch.setattr(threads, "MATMUL_SPLIT_FLOPS", 0)
     rng = np.random.default_rng(3)
-    a, b = (rng.standard_normal(shape) for shape in shapes)
+    a = rng.standard_normal(shapes[0])
+    if isinstance(shapes[1], str):            # an FC layer's weights, transposed
+        b = rng.standard_normal((int(shapes[1].split()[1]), a.shape[1])).T
+    else:
+        b = rng.standard_normal(shapes[1])
     want = np.matmul(a, b)
-    assert np.allclose(threads.matmul(a, b), want, rtol=1e-12, atol=1e-12)
+    got = threads.matmul(a, b)
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12) and got.flags.c_contiguous
     out = np.full(want.shape, np.nan)
     assert threads.matmul(a, b, out=out) is out
     assert np.allclose(out, want, rtol=1e-12, atol=1e-12)

@@ -161,17 +161,28 @@ def holding_blas(method):
 
 
 MATMUL_SPLIT_FLOPS = 1 << 22   # below this, a matrix product is not worth a hand-off
+FEW_ROWS = 32   # up to this many rows of a, x @ W.T is split over the rows of W
 
 
 def matmul(a, b, out=None):
     """np.matmul(a, b, out), split between convnet's threads when it is large: each
     thread computes its share of the output's columns (or rows, when there are more of
-    them) with BLAS on one thread (per_thread). a (..., M, K), b (..., K, N)."""
+    them) with BLAS on one thread (per_thread). a (..., M, K), b (..., K, N). An FC
+    layer's x @ W.T with few rows of x (inference on a small batch) is split as
+    (W[part] @ x.T).T: each thread then streams its own rows of W, which BLAS does up to
+    twice as fast as a block of W.T's columns."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     if (_POOL is None or getattr(_local, "busy", False) or not _controller()
             or 2 * batch * m * k * n < MATMUL_SPLIT_FLOPS):
         return np.matmul(a, b, out=out)
+    if a.ndim == b.ndim == 2 and m <= FEW_ROWS < n and b.T.flags.c_contiguous:
+        out_t = np.empty((n, m), dtype=np.result_type(a, b))
+        per_thread(lambda part: np.matmul(b.T[part], a.T, out=out_t[part]), n)
+        if out is None:
+            return np.ascontiguousarray(out_t.T)
+        np.copyto(out, out_t.T)
+        return out
     if out is None:
         shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), m, n)
         out = np.empty(shape, dtype=np.result_type(a, b))

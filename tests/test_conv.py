@@ -755,6 +755,22 @@ def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit():
     assert isinstance(cache, shifted.Cache) and rel_error(out, want) < 1e-10
 
 
+def test_one_image_splits_the_filters_where_they_outnumber_the_columns():
+    """one_image with more filters than its matrix has columns (K >= OH*WP: deep layers)
+    makes the matrix once and splits the filters between the threads, else the output
+    rows: both give the convolution, with a folded scale, bias and RELU."""
+    rng = np.random.default_rng(10)
+    for k, size in ((40, 4), (24, 5), (8, 9), (64, 7)):      # OH*WP = 20, 30, 90, 56
+        x = rng.standard_normal((1, 6, size, size))
+        w = rng.standard_normal((k, 6, 3, 3))
+        b, scale = rng.standard_normal(k), rng.standard_normal(k)
+        want = np.maximum(naive_conv(x, w, None, (1, 1), (1, 1)) * scale[:, None, None]
+                          + b[:, None, None], 0)
+        out = conv2d_infer(x, w, b, padding=(1, 1), relu=True, scale=scale,
+                           algorithm="one_image")
+        assert rel_error(out, want) < 1e-10, (k, size)
+
+
 def test_layers_keep_only_their_input_where_the_algorithm_remakes_its_matrix():
     """shifted, blocks and Winograd keep x itself in training (their matrices are made
     again, block by block, in the backward pass), im2col its matrix in a reused buffer;

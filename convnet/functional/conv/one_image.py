@@ -9,9 +9,12 @@ they are (K, C*FH*FW), and the GEMM gives the output rows directly, WP - OW colu
 wide: no shifted sum. Runs reaching past a row's end read the next row's left padding
 (zeros); past the last channel, FW-1 (dilated) zeros are added after the padded image.
 
-Each thread takes its half of the output rows as one block, with BLAS on one thread.
-A batch of one, stride 1, one group. The training forward keeps x as the shifted path
-does, and its backward pass is the shifted path's (shifted.backward).
+Each thread takes its half of the output rows as one block, with BLAS on one thread; or,
+where there are more filters than the matrix has columns (deep layers: the filters are
+the larger operand, and each thread would read all of them), the threads make the matrix
+together and then split the filters. A batch of one, stride 1, one group. The training
+forward keeps x as the shifted path does, and its backward pass is the shifted path's
+(shifted.backward).
 """
 
 from __future__ import annotations
@@ -62,14 +65,31 @@ def run(x, w, b, padding, dilation, out, relu=False, scale=None):
     step = flat.itemsize
     band = _rows_per_thread(oh)   # rows per block: one block a thread
 
+    def taps_of(h0, m):
+        return as_strided(flat[h0 * wp:], (c, fh, fw, m),
+                          (hp * wp * step, dh * wp * step, dw * step, step), writeable=False)
+
+    if k >= oh * wp:   # more filters than columns: split the filters
+        taps = taps_of(0, oh * wp)
+        cols = scratch("cols", taps.size, x.dtype).reshape(taps.shape)
+        per_thread(lambda part: np.copyto(cols[part], taps[part]), c)
+        cols = cols.reshape(c * fh * fw, oh * wp)
+
+        def filters(part):
+            z = np.matmul(w_rows[part], cols, out=scratch(
+                "product", (part.stop - part.start) * oh * wp, dtype).reshape(-1, oh * wp))
+            scale_bias_relu(z, scale, b, relu, part)
+            np.copyto(out[0, part], z.reshape(-1, oh, wp)[:, :, :ow])
+        per_thread(filters, k)
+        return out
+
     def rows(part):
         for h0 in range(part.start, part.stop, band):
             block(h0, min(part.stop, h0 + band))
 
     def block(h0, h1):
         m = (h1 - h0) * wp
-        taps = as_strided(flat[h0 * wp:], (c, fh, fw, m),
-                          (hp * wp * step, dh * wp * step, dw * step, step), writeable=False)
+        taps = taps_of(h0, m)
         cols = scratch("cols", taps.size, x.dtype).reshape(c * fh * fw, m)
         np.copyto(cols.reshape(taps.shape), taps)
         z = np.matmul(w_rows, cols, out=scratch("product", k * m, dtype).reshape(k, m))

@@ -636,6 +636,9 @@ def test_shifted_suits_layers_with_depth_and_width():
     assert suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
     assert suits((8, 64, 3, 3), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 4/3
     assert not suits((8, 64, 1, 1), (64, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 2/1
+    inference = dict(training=False)                 # im2col's copies are cheaper there
+    assert not suits((8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1, **inference)
+    assert suits((8, 512, 8, 8), (512, 512, 3, 3), (1, 1), (1, 1), (1, 1), 1, **inference)
     assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
 

@@ -48,13 +48,8 @@ THRESHOLDS = {
     "shifted_min_channels": Threshold(
         16, "with fewer input channels Y's C*FH rows make a GEMM too thin to run near peak"),
     "shifted_max_waste": Threshold(
-        0.125, "at inference a padded row may be longer than the output row by this times "
-               "(FW-1)/2 of it: the GEMM's extra columns cost less than im2col's extra "
-               "copies (8 columns for 7 cost more)"),
-    "shifted_max_waste_training": Threshold(
-        0.5, "the same in training (a 3x3 conv on 3x3 planes: 4 columns for 3), where the "
-             "backward pass's col2im makes im2col's copies dearer: the shifted path ran "
-             "1.4-2x faster than im2col on 3x3 to 7x7 planes"),
+        0.125, "a padded row may be longer than the output row by this times (FW-1)/2 of it: "
+               "the GEMM's extra columns cost less than im2col's extra copies"),
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
     "winograd_min_positions": Threshold(
@@ -73,17 +68,16 @@ def _value(name):
     return THRESHOLDS[name].value
 
 
-def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups, training=True):
+def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups):
     """Whether the auto choice takes the shifted path: stride 1, no groups, a filter wider
     than 1, enough input channels, and output rows wide enough that the extra columns of
-    the padded rows cost little (in training, or at inference)."""
+    the padded rows cost little."""
     k, cg, fh, fw = w_shape
     ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
     pitch = shifted.padded_shape(x_shape, w_shape, padding, dilation)[1]
-    waste = _value("shifted_max_waste_training" if training else "shifted_max_waste")
     return (stride == (1, 1) and groups == 1 and fw > 1
             and cg >= _value("shifted_min_channels") and ow > 0
-            and pitch - ow <= waste * ow * (fw - 1) / 2)
+            and pitch - ow <= _value("shifted_max_waste") * ow * (fw - 1) / 2)
 
 
 def blocks_suit(x_shape, out_size, groups):
@@ -121,8 +115,7 @@ def auto(p):
     c, fh, fw = p.x_shape[1], p.w_shape[2], p.w_shape[3]
     if winograd_suits(p):
         return Algorithm.WINOGRAD_4X4, "inference, 3x3, many tiles: 4x fewer multiplications"
-    if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups,
-                     training=p.max_bytes is None):
+    if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups):
         limit = shifted.BLOCK_BYTES if p.max_bytes is None else min(p.max_bytes,
                                                                     shifted.BLOCK_BYTES)
         if p.x_shape[0] == 1 and one_image.block_bytes(

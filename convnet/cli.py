@@ -430,7 +430,7 @@ def build_parser():
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html (the 'convnet report' page) into the run "
                         "directory at the end")
-    p.add_argument("--conv-algorithm", default="auto", metavar="NAME",
+    p.add_argument("--conv-algorithm", default="auto", metavar="NAME", choices=CONV_ALGORITHMS,
                    help=f"run every convolution that can with this algorithm: "
                         f"{', '.join(CONV_ALGORITHMS)} (default auto: each layer's own "
                         f"choice; functional/conv/select.py)")

@@ -39,6 +39,7 @@ OPTIONS = [
     (["train"], "--ema", ["-0.5", "1", "1.5", "inf"], "0.999"),
     (["train"], "--translate", ["-1", "2.5", "9999", "x"], "2"),
     (["train"], "--time-limit", ["0", "-5m", "10x", "m", "1e9h", "nan"], "10m"),
+    (["train"], "--conv-algorithm", ["winograd8x8", "", "IM2COL"], "winograd4x4"),
     (["summary", "lenet5"], "--batch", BAD_INTS[:-1], "8"),
     (["summary", "lenet5"], "--classes", BAD_INTS[:-1], "5"),
     (["summary", "lenet5"], "--input", ["32x32", "0x3x3", "3x-1x2", "abc",

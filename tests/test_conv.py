@@ -535,6 +535,25 @@ def test_winograd_keeps_transformed_filters_only_while_they_hold():
     assert not winograd._filters
 
 
+def test_winograd_keeps_filters_within_its_bound_dropping_the_oldest(monkeypatch):
+    """The kept transformed filters (U and a copy of w: 5x w's bytes for F(4x4)) stay
+    within FILTERS_MAX_BYTES, the oldest dropped first; each result stays right."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 64, 8, 8)).astype(np.float32)
+    banks = [rng.standard_normal((64, 64, 3, 3)).astype(np.float32) for _ in range(4)]
+    bank = banks[0].nbytes                                                 # 147 KB
+    monkeypatch.setattr(winograd, "FILTERS_MAX_BYTES", 5 * bank * 2)      # room for two
+    release_scratch()
+    for w in banks:
+        got = conv2d_infer(x, w, padding=(1, 1), algorithm="winograd4x4")
+        want = reference.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                                        padding=(1, 1))[0]
+        assert np.abs(got - want).max() < 3e-5 * np.abs(want).max()
+    kept = [entry.ref() for entry in winograd._filters.values()]
+    assert len(kept) == 2 and kept[0] is banks[2] and kept[1] is banks[3]
+    assert sum(e.u.nbytes + e.copy.nbytes for e in winograd._filters.values()) <= 10 * bank
+
+
 def test_the_reference_is_the_notes_computation():
     """reference.py: im2col + one GEMM against the naive loops, col2im as im2col's adjoint,
     and the notes' flipped-filter convolution as the stride-1 input gradient."""

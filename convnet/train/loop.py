@@ -181,7 +181,7 @@ class TrainConfig:
             fail("time_limit", "a finite number of seconds > 0")
         if self.dtype not in ("float32", "float64"):
             fail("dtype", "'float32' or 'float64'")
-        if self.conv_algorithm not in {a.value for a in Algorithm}:
+        if self.conv_algorithm not in [a.value for a in Algorithm]:   # any type: a list
             fail("conv_algorithm", f"one of {', '.join(a.value for a in Algorithm)}")
         if self.image_size is not None and not (
                 isinstance(self.image_size, tuple) and len(self.image_size) == 2

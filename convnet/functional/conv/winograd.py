@@ -10,7 +10,8 @@ F(2x2, 3x3) (a = 4) does 2.25x fewer multiplications, F(4x4, 3x3) (a = 6) 4x few
 C channels and K filters the elementwise products become a*a GEMMs, one per position
 (p, q) of the transformed tile: M[p, q] = U[p, q] (K x C) @ V[p, q] (C x tiles), with
 U = G w G^T the transformed filters and V = B^T d B the transformed input tiles. The
-transforms are tiny matrix products along each tile axis.
+filters' transform is two tiny matrix products, one along each tile axis; the input's and
+the output's are each one GEMM with the Kronecker product of their matrix (_both_sides).
 
 The input's tiles overlap by 2 (they are a wide, m apart); the output's tiles do not.
 Tiles are made in blocks of images (or of tile rows of one image) of at most BLOCK_BYTES,
@@ -109,9 +110,11 @@ def kept_filter_transform(w, m, dtype):
     u = filter_transform(w, m).astype(dtype, copy=False)
     if w.nbytes >= FILTERS_MIN_BYTES and 5 * w.nbytes <= FILTERS_MAX_BYTES:
         _filters.pop(key, None)
-        while _filters and sum(k.u.nbytes + k.copy.nbytes for k in _filters.values()) + (
-                u.nbytes + w.nbytes) > FILTERS_MAX_BYTES:
-            _filters.pop(next(iter(_filters)))                        # the oldest
+        # Snapshots (list(...)): another thread, or an array's end, may change _filters.
+        while (kept := list(_filters.items())) and sum(
+                v.u.nbytes + v.copy.nbytes for _, v in kept) + u.nbytes + w.nbytes > (
+                FILTERS_MAX_BYTES):
+            _filters.pop(kept[0][0], None)                                  # the oldest
         _filters[key] = _Kept(weakref.ref(w, lambda _, key=key: _filters.pop(key, None)),
                               w.copy(), u)
     return u
@@ -135,23 +138,14 @@ def _equal(a, b, chunk=1 << 18):
     return not differ
 
 
-def _two_sided(mat, t, roles=None):
+def _two_sided(mat, t):
     """mat @ T @ mat^T on the first two axes of t (a1, a2, ...): mat (b, a) applied along
-    axis 0, then along axis 1, as two matrix products (the transforms' tiny GEMMs).
-    roles: two scratch roles for the two products (temporaries the caller does not keep);
-    None makes new arrays."""
+    axis 0, then along axis 1, as two matrix products (the filters' transforms)."""
     a1, a2 = t.shape[:2]
     b, rest = mat.shape[0], t.shape[2:]
     size = math.prod(rest)
-    dtype = np.result_type(mat, t)
-
-    def place(i, shape):
-        if roles is None:
-            return None
-        return scratch(roles[i], math.prod(shape), dtype).reshape(shape)
-    first = np.matmul(mat, t.reshape(a1, a2 * size), out=place(0, (b, a2 * size)))
-    first = first.reshape(b, a2, size)                                        # along axis 0
-    second = np.matmul(mat, first, out=place(1, (b, b, size)))                # along axis 1
+    first = np.matmul(mat, t.reshape(a1, a2 * size))                        # along axis 0
+    second = np.matmul(mat, first.reshape(b, a2, size))                     # along axis 1
     return second.reshape(b, b, *rest)
 
 
@@ -337,7 +331,7 @@ class Winograd:
         n, c = x.shape[:2]
         per_image = (self.m + 2) ** 2 * c * t.th * t.tw
         images = max(1, min(n, int(max_bytes // max(1, per_image * u.itemsize))))
-        v = np.empty(images * per_image, u.dtype)        # every thread's: not scratch
+        v = scratch("winograd_all", images * per_image, u.dtype)   # the threads fill it
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
             self._group(_pad_input(x[n0:n1], padding, t), u, b, out[n0:n1], relu, scale, t,

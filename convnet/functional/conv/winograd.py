@@ -224,6 +224,19 @@ def _place_tiles(y, out, lo, hi, ow):
             np.copyto(dst, y[i, j, :, :, :rows, : dst.shape[3]].transpose(1, 0, 2, 3))
 
 
+def _output_tiles(u, v, kron_a, grid, scale, b, relu, out, lo, hi):
+    """Output rows lo..hi of out (n, K', OH, OW) from the transformed tiles: M = U @ V
+    ((a*a, K', C) by (a*a, C, tiles), a GEMM per tile position), Y = A^T M A, finished
+    (scale, bias, RELU) while contiguous and placed. grid: the tiles' (n, R, TW)."""
+    aa, k = u.shape[:2]
+    m = math.isqrt(kron_a.shape[0])
+    prod = scratch("product", aa * k * v.shape[2], np.result_type(u, v))
+    mm = np.matmul(u, v, out=prod.reshape(aa, k, v.shape[2]))                # (a*a, K', T)
+    y = _both_sides(kron_a, mm.reshape(aa, k, *grid), "cols")                 # (m*m, K', ..)
+    _finish(y.reshape(m * m, k, v.shape[2]), scale, b, relu)
+    _place_tiles(y.reshape(m, m, *y.shape[1:]), out, lo, hi, out.shape[3])
+
+
 def _gather_tiles(dout, lo, nr, tw, m):
     """The adjoint of _place_tiles: the output gradient's m x m tiles of tile rows
     starting at row lo, (m*m, K, n*nr*tw) in this thread's scratch, zero where a last tile
@@ -302,7 +315,7 @@ class Winograd:
         m, a = self.m, self.m + 2
         n, c = x.shape[:2]
         k = w.shape[0]
-        oh, ow = out.shape[2:]
+        oh = out.shape[2]
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w)
         kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
@@ -316,12 +329,8 @@ class Winograd:
         def block(xp, n0, n1, r0, r1):
             nb = n1 - n0
             v = _transform_input(xp, r0, r1, m, kb)
-            prod = scratch("product", a * a * k * v.shape[2], dtype).reshape(a * a, k, v.shape[2])
-            mm = np.matmul(u, v, out=prod)                                   # (a*a, K, T)
-            y = _both_sides(ka, mm.reshape(a * a, k, nb, r1 - r0, t.tw), "cols")
-            _finish(y.reshape(m * m, k, nb * (r1 - r0) * t.tw), scale, b, relu)
-            _place_tiles(y.reshape(m, m, *y.shape[1:]), out[n0:n1], r0 * m, min(oh, r1 * m),
-                         ow)
+            _output_tiles(u, v, ka, (nb, r1 - r0, t.tw), scale, b, relu, out[n0:n1], r0 * m,
+                          min(oh, r1 * m))
         self._each_block(x, padding, t, images, rows, block)
         return out
 
@@ -346,7 +355,7 @@ class Winograd:
         m, a = self.m, self.m + 2
         n, c = xp.shape[:2]
         k = u.shape[1]
-        oh, ow = out.shape[2:]
+        oh = out.shape[2]
         tiles = n * t.th * t.tw
         v = v.reshape(a * a, c, tiles)
         step = max(1, BLOCK_BYTES // (a * a * tiles * u.itemsize))   # channels a piece
@@ -359,13 +368,9 @@ class Winograd:
         def filters(part):
             for k0 in range(part.start, part.stop, step):
                 k1 = min(part.stop, k0 + step)
-                prod = scratch("product", a * a * (k1 - k0) * tiles, u.dtype)
-                mm = np.matmul(u[:, k0:k1], v, out=prod.reshape(a * a, k1 - k0, tiles))
-                y = _both_sides(ka, mm.reshape(a * a, k1 - k0, n, t.th, t.tw), "cols")
-                _finish(y.reshape(m * m, k1 - k0, tiles),
-                        None if scale is None else scale[k0:k1],
-                        None if b is None else b[k0:k1], relu)
-                _place_tiles(y.reshape(m, m, *y.shape[1:]), out[:, k0:k1], 0, oh, ow)
+                _output_tiles(u[:, k0:k1], v, ka, (n, t.th, t.tw),
+                              None if scale is None else scale[k0:k1],
+                              None if b is None else b[k0:k1], relu, out[:, k0:k1], 0, oh)
         per_thread(transform, c)
         per_thread(filters, k)
 

@@ -533,6 +533,8 @@ def test_winograd_keeps_transformed_filters_only_while_they_hold():
     assert winograd._filters
     release_scratch()
     assert not winograd._filters
+    conv2d_forward(x, w, padding=(1, 1), algorithm="winograd4x4")   # training: new each step
+    assert not winograd._filters
 
 
 def test_winograd_keeps_filters_within_its_bound_dropping_the_oldest(monkeypatch):

@@ -78,6 +78,12 @@ def scratch(role, size, dtype):
 _releases = []   # what else keeps memory between calls: a function each that frees it
 
 
+def on_release(free):
+    """Have release_scratch() also call free(): for an algorithm that keeps memory of its
+    own between calls."""
+    _releases.append(free)
+
+
 def release_scratch():
     """Free every thread's scratch buffers (see scratch), and whatever else an algorithm
     keeps between calls (Winograd's transformed filters); call it when no convnet work

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from convnet.functional.conv.machinery import _releases, pad, scratch
+from convnet.functional.conv.machinery import on_release, pad, scratch
 from convnet.functional.threads import in_parallel, per_thread
 
 # Each block's transformed input V (and product M) takes at most this many bytes.
@@ -90,7 +90,7 @@ def filter_transform(w, m):
 FILTERS_MIN_BYTES = 64 << 10
 FILTERS_MAX_BYTES = 512 << 20
 _filters = {}   # (id(w), m, dtype) -> _Kept
-_releases.append(_filters.clear)              # release_scratch() frees them too
+on_release(_filters.clear)                    # release_scratch() frees them too
 
 
 class _Kept(NamedTuple):
@@ -303,14 +303,17 @@ class Winograd:
                     work(xp, s, s1, r0, min(t.th, r0 + rows))
         per_thread(batch, n)
 
-    def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None):
+    def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None,
+            keep_filters=False):
         """out (N, K, OH, OW) = the convolution of x (N, C, H, W) with w (K, C, 3, 3).
         The tiles in blocks of at most BLOCK_BYTES, each thread its own; or, where a
         block would hold fewer than ALL_TILES_BELOW tiles, every tile of a group of images
         at once (_all_tiles), as many images as their transformed input V fits in
         ALL_TILES_BYTES. Neither makes a temporary over max_bytes
         (default: no bound but theirs).
-        b, relu and scale as in gemm.gemm_nchw. Returns out."""
+        b, relu and scale as in gemm.gemm_nchw. keep_filters: U is kept between calls
+        (kept_filter_transform; inference, where the filters stay as they are). Returns
+        out."""
         max_bytes = math.inf if max_bytes is None else max_bytes
         m, a = self.m, self.m + 2
         n, c = x.shape[:2]
@@ -319,7 +322,8 @@ class Winograd:
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w)
         kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
-        u = kept_filter_transform(w, m, dtype)                               # (a*a, K, C)
+        u = (kept_filter_transform(w, m, dtype) if keep_filters else
+             filter_transform(w, m).astype(dtype, copy=False))              # (a*a, K, C)
         size = np.dtype(dtype).itemsize
         images, rows = self._rows_per_block(n, c, k, t, size, min(max_bytes, BLOCK_BYTES))
         limit = min(max_bytes, ALL_TILES_BYTES)
@@ -382,7 +386,7 @@ class Winograd:
 
     def infer(self, x, w, b, stride, padding, dilation, groups, out, relu=False, scale=None,
               max_bytes=None):
-        return self.run(x, w, b, padding, out, relu, scale, max_bytes)
+        return self.run(x, w, b, padding, out, relu, scale, max_bytes, keep_filters=True)
 
     def backward(self, dout, cache, input_grad=True, overwrite=False):
         """(dx, dw, db): the exact adjoint of run, block by block (see the module notes).

@@ -657,6 +657,11 @@ def test_shifted_suits_layers_with_depth_and_width():
     assert not suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1)  # 9/7
     assert not suits((8, 64, 56, 56), (64, 64, 1, 1), (1, 1), (0, 0), (1, 1), 1)  # 1x1
     assert not suits((8, 64, 56, 56), (64, 16, 3, 3), (1, 1), (1, 1), (1, 1), 4)  # groups
+    # training's looser bound: 8/7 and 5x5 on 7x7 take the shifted path, 5/4 does not
+    assert suits((128, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1, training=True)
+    assert not suits((128, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+    assert suits((8, 64, 7, 7), (64, 64, 5, 5), (1, 1), (2, 2), (1, 1), 1, training=True)
+    assert not suits((32, 32, 4, 4), (64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1, training=True)
 
 
 def test_blocks_suit_batches_with_wide_output_planes():

@@ -130,10 +130,31 @@ def test_maxpool_matches_naive(kernel, stride, padding, dilation, hw):
     assert rel_error(dx, naive_maxpool(x, kernel, stride, padding, dilation, dout=dout)) < 1e-14
 
 
-def test_fast_path_is_taken_when_windows_tile():
-    assert P._tiles((2, 3, 8, 6), (2, 2), (2, 2), (0, 0), (1, 1), (4, 3))
-    assert not P._tiles((2, 3, 9, 7), (2, 2), (2, 2), (0, 0), (1, 1), (4, 3))
-    assert not P._tiles((2, 3, 8, 6), (2, 2), (2, 2), (1, 1), (1, 1), (5, 4))
+def test_fast_path_is_taken_when_windows_do_not_overlap():
+    assert P._disjoint((2, 3, 8, 6), (2, 2), (2, 2), (0, 0), (1, 1), (4, 3))
+    assert P._disjoint((2, 3, 9, 7), (2, 2), (2, 2), (0, 0), (1, 1), (4, 3))   # floor
+    assert not P._disjoint((2, 3, 9, 7), (2, 2), (2, 2), (0, 0), (1, 1), (5, 4))  # ceil
+    assert not P._disjoint((2, 3, 8, 6), (2, 2), (2, 2), (1, 1), (1, 1), (5, 4))
+    assert not P._disjoint((2, 3, 9, 9), (3, 3), (2, 2), (0, 0), (1, 1), (4, 4))
+
+
+@pytest.mark.parametrize("size", [(7, 7), (9, 6), (8, 11)])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_floor_mode_leftovers_get_no_gradient(size, kind):
+    """Windows side by side with rows or columns in none of them (a 7x7 plane under a 2x2
+    pool): the leftovers' gradient is 0, the rest routed as PyTorch does."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, *size))
+    forward, backward, torch_pool = (
+        (P.maxpool2d_forward, P.maxpool2d_backward, TF.max_pool2d) if kind == "max" else
+        (P.avgpool2d_forward, P.avgpool2d_backward, TF.avg_pool2d))
+    out, cache = forward(x, (2, 2), (2, 2))
+    dout = rng.standard_normal(out.shape)
+    dx = backward(dout, cache)
+    xt = torch.from_numpy(x).requires_grad_()
+    torch_pool(xt, 2, 2).backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert not dx[:, :, size[0] // 2 * 2:].any() and not dx[..., size[1] // 2 * 2:].any()
 
 
 @pytest.mark.parametrize("switches", [False, True])

@@ -55,11 +55,13 @@ def _padded(x, kernel, stride, padding, dilation, out_size, value):
     return pad(x, padding, value, (hp, wp), out=scratch("padded", n * c * hp * wp, x.dtype))
 
 
-def _tiles(x_shape, kernel, stride, padding, dilation, out_size):
-    """True when the windows tile the input exactly: S == F, P == 0, D == 1, F divides."""
+def _disjoint(x_shape, kernel, stride, padding, dilation, out_size):
+    """True when the windows sit side by side inside the input, none overlapping: S == F,
+    P == 0, D == 1, and O*F at most the input's size (in floor mode the last rows and
+    columns may be in no window)."""
     return (tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0)
             and tuple(dilation) == (1, 1)
-            and (out_size[0] * kernel[0], out_size[1] * kernel[1]) == tuple(x_shape[2:]))
+            and out_size[0] * kernel[0] <= x_shape[2] and out_size[1] * kernel[1] <= x_shape[3])
 
 
 def _taps(x, kernel, stride, padding, dilation, out_size, value):
@@ -76,23 +78,25 @@ def _scatter_taps(tap_grad, x_shape, kernel, stride, padding, dilation, out_size
 
     ``tap_grad(k, buf, part)`` gives the gradient of tap k = i*FW + j for the samples in
     ``part`` (a slice of N), shape (len(part), C, OH, OW); it may write it into ``buf``
-    (and return buf) to save a temporary. When the windows tile the input, buf is the
-    tap's own strided view of dx, so each element is written once, and the samples are
-    split over both cores.
+    (and return buf) to save a temporary. When the windows do not overlap (_disjoint),
+    buf is the tap's own strided view of dx, so each element is written once (the rows
+    and columns in no window are zeroed), and the samples are split over both cores.
     """
     n, c, h, w = x_shape
     (fh, fw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = (kernel, stride, padding, dilation,
                                                           out_size)
-    if _tiles(x_shape, kernel, stride, padding, dilation, out_size):
+    if _disjoint(x_shape, kernel, stride, padding, dilation, out_size):
         dx = np.empty(x_shape, dtype=dtype)
-        dx6 = dx.reshape(n, c, oh, fh, ow, fw)        # dx6[:, :, :, i, :, j] is tap (i, j)
 
         def fill(part):
             for k in range(fh * fw):
-                view = dx6[part, :, :, k // fw, :, k % fw]
+                i, j = divmod(k, fw)
+                view = dx[part, :, i: oh * fh: fh, j: ow * fw: fw]   # tap (i, j)
                 grad = tap_grad(k, view, part)
                 if grad is not view:
                     view[...] = grad
+            dx[part, :, oh * fh:] = 0                   # floor mode's leftover rows
+            dx[part, :, : oh * fh, ow * fw:] = 0        # and columns
 
         in_parallel(fill, n, dx.nbytes)
         return dx

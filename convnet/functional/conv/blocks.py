@@ -102,6 +102,8 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     X_col^T and db += the rows' sums, summed per thread, and dx's images are
     col2im(W_row^T @ dout_rows), that product written over the spent matrix when their
     dtypes agree."""
+    if not input_grad:
+        return (None, *_filter_grads(dout, cache))
     x, w, stride, padding, dilation, (oh, ow), gate = cache
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
@@ -136,3 +138,35 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     per_thread(work, n)
     dw, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
     return dx, dw.reshape(w.shape), db
+
+
+def _filter_grads(dout, cache):
+    """(dw, db) alone (a first layer's backward: no input gradient), a block of images at
+    a time on each thread: the block's matrix made again in the forward's image-by-image
+    order (n, C*FH*FW, OH*OW) and dw += the sum over its images of dout_image @
+    X_image^T, one stacked matmul reading dout in place (no transposed copy of it)."""
+    x, w, stride, padding, dilation, (oh, ow), gate = cache
+    n, c = x.shape[:2]
+    k, _, fh, fw = w.shape
+    positions, depth = oh * ow, c * fh * fw
+    per = max(1, BLOCK_BYTES // max(1, depth * positions * x.itemsize))
+    sums = {}
+
+    def work(part):
+        dw = np.zeros((k, depth), dtype=np.result_type(dout, x))
+        db = np.zeros(k, dtype=dout.dtype)
+        for s in range(part.start, part.stop, per):
+            sub = x[s: min(part.stop, s + per)]
+            m = sub.shape[0]
+            cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
+                               (0, 1, 4, 5, 2, 3))                 # (m, C, FH, FW, OH, OW)
+            d = dout[s: s + m].reshape(m, k, positions)
+            if gate is not None:
+                d = np.multiply(d, gate[s: s + m].reshape(m, k, positions) > 0,
+                                out=scratch("product", d.size, d.dtype).reshape(d.shape))
+            dw += np.matmul(d, cols.reshape(m, depth, positions).transpose(0, 2, 1)).sum(axis=0)
+            db += d.sum(axis=(0, 2))
+        sums[part.start] = dw, db
+    per_thread(work, n)
+    dw, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
+    return dw.reshape(w.shape), db

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from convnet.functional.threads import in_parallel, split_parallel
+from convnet.functional.threads import split_parallel
 
 
 class BatchNormCache(NamedTuple):
@@ -41,52 +41,16 @@ def _per_channel(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-# A channel's sum adds at most this many samples in x's dtype (a GEMV with a vector of
-# ones), then the partial sums in float64.
-SUM_SAMPLES = 256
-# A sum of products runs along rows (per-sample, per-channel dot products) when they
-# hold at least this many positions: shorter rows cost a loop step each.
+# Under this many positions per channel, a channel's constant is repeated along its row.
 LONG_ROWS = 64
-
-
-def _channel_sums(a, b=None):
-    """(C,) float64: the sum of a (n, C, L) over its samples and positions, or of a * b.
-
-    Plain sums are GEMVs of a vector of ones with at most SUM_SAMPLES samples' (C*L,) rows
-    at a time, each row sum in a's dtype, then added over L and over the GEMVs in float64:
-    one contiguous pass whatever L is (a sum along each short row of a 7x7 or 3x3 plane
-    costs a loop step per row). Sums of products use per-row dot products where rows
-    hold at least LONG_ROWS positions, else the products' GEMVs.
-    """
-    n, c, length = a.shape
-    if b is not None and length >= LONG_ROWS:
-        return np.vecdot(a, b).sum(axis=0, dtype=np.float64)
-    total = np.zeros(c, dtype=np.float64)
-    ones = np.ones(min(n, SUM_SAMPLES), dtype=np.result_type(a, b) if b is not None
-                   else a.dtype)
-    for s in range(0, n, SUM_SAMPLES):
-        block = a[s: s + SUM_SAMPLES]
-        if b is not None:
-            block = block * b[s: s + SUM_SAMPLES]
-        rows = block.shape[0]
-        columns = ones[:rows] @ block.reshape(rows, c * length)
-        total += columns.reshape(c, length).sum(axis=1, dtype=np.float64)
-    return total
-
-
-def _sums_in_parallel(fn, n, nbytes):
-    """The float64 sum of fn(part) over the threads' parts of range(n) (in_parallel),
-    added in the parts' order."""
-    sums = {}
-    in_parallel(lambda part: sums.__setitem__(part.start, fn(part)), n, nbytes)
-    return sum(sums[start] for start in sorted(sums))
 
 
 def _channel_constant(value, dtype, shape):
     """A (C,) array as a broadcast view of the (N, C, L) ``shape`` for split_parallel,
     which slices it along with the data (over N, or C for a batch of one). Under
     LONG_ROWS positions each channel's value is repeated L times, so that a ufunc runs
-    one loop over a sample's C*L values rather than one per short row."""
+    one loop over a sample's C*L values rather than one per short row (the same values,
+    several times faster on 7x7 and 3x3 planes)."""
     n, c, length = shape
     value = np.asarray(value, dtype=dtype).reshape(1, -1, 1)
     if length < LONG_ROWS:
@@ -104,8 +68,8 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     through them. out = gamma * (x - mean) / sqrt(var + eps) + beta, same shape as x.
 
     The variance is two-pass, the mean of (x - mean)^2, for accuracy. Per-channel sums
-    are added in x's dtype over at most SUM_SAMPLES samples, then in float64
-    (_channel_sums); the work is split over both cores. The cache keeps x itself (a
+    are taken per sample and channel (contiguous rows, x.dtype) and then added over N in
+    float64; the elementwise work is split over both cores. The cache keeps x itself (a
     view of it, or a copy if x is not contiguous; the centred values are recomputed in
     backward): do not change x between forward and backward.
 
@@ -119,17 +83,20 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     given = [a for a in (weight, bias, mean, var) if a is not None]
     dtype = np.result_type(x, *given)
     out = np.empty(xr.shape, dtype=dtype)
+    rows = np.empty((n, c), dtype=dtype)                   # one sum per sample and channel
     batch_stats = mean is None
     if batch_stats:
-        mean = _sums_in_parallel(lambda p: _channel_sums(xr[p]), n, xr.nbytes) / count
-        centre = _channel_constant(mean, dtype, xr.shape)
+        split_parallel(lambda a, s: np.sum(a, axis=2, out=s), xr, rows)
+        mean = rows.sum(axis=0, dtype=np.float64) / count
+    centre = _channel_constant(mean, dtype, xr.shape)
 
-        def centred(p):               # out = x - mean, and its sum of squares
-            np.subtract(xr[p], centre[p], out=out[p])
-            return _channel_sums(out[p], out[p])
-        var = _sums_in_parallel(centred, n, 2 * xr.nbytes) / count       # biased
-    else:
-        split_parallel(np.subtract, xr, _channel_constant(mean, dtype, xr.shape), out)
+    def centred(a, m, o, s):          # o = x - mean, and each row's sum of squares
+        np.subtract(a, m, out=o)
+        if batch_stats:
+            np.vecdot(o, o, out=s)
+    split_parallel(centred, xr, centre, out, rows)
+    if batch_stats:
+        var = rows.sum(axis=0, dtype=np.float64) / count                 # biased
     inv_std = 1.0 / np.sqrt(var + eps)
     scale = (inv_std if weight is None else inv_std * weight).astype(dtype)
     affine_channels(out, scale, bias, out=out)
@@ -147,12 +114,15 @@ def _centred_sums(dout, xr, mean, inv_std, weight):
     dr = _per_channel(dout)
     dtype = np.result_type(dout, xr, inv_std, *([] if weight is None else [weight]))
     dx = np.empty(xr.shape, dtype=dtype)                   # first holds xc = x - mean
-    centre = _channel_constant(mean, dtype, xr.shape)
+    sums = np.empty((2, n, c), dtype=dtype)                # per row: sum(dout), sum(dout*xc)
 
-    def part_sums(p):
-        np.subtract(xr[p], centre[p], out=dx[p])
-        return np.stack([_channel_sums(dr[p]), _channel_sums(dr[p], dx[p])])
-    return dr, dx, _sums_in_parallel(part_sums, n, 3 * xr.nbytes)
+    def row_sums(d, a, m, xc, s, sx):
+        np.subtract(a, m, out=xc)
+        np.sum(d, axis=2, out=s)
+        np.vecdot(d, xc, out=sx)
+    split_parallel(row_sums, dr, xr, _channel_constant(mean, dtype, xr.shape), dx, sums[0],
+                   sums[1])
+    return dr, dx, sums.sum(axis=1, dtype=np.float64)
 
 
 def batch_norm_backward(dout, cache):
@@ -228,17 +198,18 @@ def sync_batch_norm_forward(x, weight, bias, eps, allreduce):
     given = [a for a in (weight, bias) if a is not None]
     dtype = np.result_type(x, *given)
     out = np.empty(xr.shape, dtype=dtype)                  # first holds x - mean_r
-    own_mean = _sums_in_parallel(lambda p: _channel_sums(xr[p]), n, xr.nbytes) / max(local, 1)
-    centre = _channel_constant(own_mean, dtype, xr.shape)
+    rows = np.empty((n, c), dtype=dtype)
+    split_parallel(lambda a, s: np.sum(a, axis=2, out=s), xr, rows)
+    own_mean = rows.sum(axis=0, dtype=np.float64) / max(local, 1)
 
-    def centred(p):
-        np.subtract(xr[p], centre[p], out=out[p])
-        return _channel_sums(out[p], out[p])
-    squares = _sums_in_parallel(centred, n, 2 * xr.nbytes)
+    def centred(a, m, o, s):
+        np.subtract(a, m, out=o)
+        np.vecdot(o, o, out=s)
+    split_parallel(centred, xr, _channel_constant(own_mean, dtype, xr.shape), out, rows)
     buf = np.empty(2 * c + 1, dtype=np.float64)            # [M_r, sum(x), sum(x^2)]
     buf[0] = local
     buf[1:c + 1] = own_mean * local
-    buf[c + 1:] = squares + local * own_mean**2
+    buf[c + 1:] = rows.sum(axis=0, dtype=np.float64) + local * own_mean**2
     allreduce(buf)
     count = int(round(buf[0]))
     if count < 2:

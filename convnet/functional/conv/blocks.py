@@ -9,7 +9,8 @@ straight into the NCHW output: no product to transpose, and the block's matrix (
 BLOCK_BYTES, at least one image's) is still in the core's cache when it is used.
 
 Training keeps only x; the backward pass makes each block's matrix again, this time in
-im2col's order, and runs col2im on W_row^T @ dout for the input's gradient.
+im2col's order, and runs col2im on W_row^T @ dout for the input's gradient (a first
+layer's, which needs none, keeps the forward's order and reads dout in place).
 Any stride, padding and dilation; one group.
 """
 
@@ -101,7 +102,7 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     (K, n*OH*OW) (masked where a fused RELU's output was 0). Then dw += dout_rows @
     X_col^T and db += the rows' sums, summed per thread, and dx's images are
     col2im(W_row^T @ dout_rows), that product written over the spent matrix when their
-    dtypes agree."""
+    dtypes agree. Without the input's gradient: (None, dw, db) from _filter_grads."""
     if not input_grad:
         return (None, *_filter_grads(dout, cache))
     x, w, stride, padding, dilation, (oh, ow), gate = cache

@@ -62,6 +62,10 @@ LAYERS = [
     ("fashion", "Fashion 32->32 @28", 128, 32, 32, 28, True),
     ("fashion", "Fashion 32->64 @14", 128, 32, 64, 14, True),
     ("fashion", "Fashion 64->64 @14", 128, 64, 64, 14, True),
+    ("small", "Fashion 64->128 @7", 128, 64, 128, 7, True),
+    ("small", "64->64 @8", 128, 64, 64, 8, True),
+    ("small", "32->64 @4", 128, 32, 64, 4, True),
+    ("small", "digits 64->64 @4, batch 32", 32, 64, 64, 4, True),
 ]
 CANDIDATES = [a for a in Algorithm if a is not Algorithm.AUTO]
 

@@ -102,9 +102,12 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     (K, n*OH*OW) (masked where a fused RELU's output was 0). Then dw += dout_rows @
     X_col^T and db += the rows' sums, summed per thread, and dx's images are
     col2im(W_row^T @ dout_rows), that product written over the spent matrix when their
-    dtypes agree. Without the input's gradient: (None, dw, db) from _filter_grads."""
-    if not input_grad:
-        return (None, *_filter_grads(dout, cache))
+    dtypes agree.
+
+    Without the input's gradient (a first layer; dx is None), the block's matrix keeps
+    the forward's image-by-image order (n, C*FH*FW, OH*OW) and dw += the sum over its
+    images of dout_image @ X_image^T: one stacked matmul that reads dout where it lies,
+    with no transposed copy of it."""
     x, w, stride, padding, dilation, (oh, ow), gate = cache
     n, c = x.shape[:2]
     k, _, fh, fw = w.shape
@@ -120,6 +123,16 @@ def backward(dout, cache, input_grad=True, overwrite=False):
         for s in range(part.start, part.stop, per):
             sub = x[s: min(part.stop, s + per)]
             m = sub.shape[0]
+            if not input_grad:
+                cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
+                                   (0, 1, 4, 5, 2, 3)).reshape(m, depth, positions)
+                d = dout[s: s + m].reshape(m, k, positions)
+                if gate is not None:
+                    d = np.multiply(d, gate[s: s + m].reshape(m, k, positions) > 0,
+                                    out=scratch("product", d.size, d.dtype).reshape(d.shape))
+                dw += np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)
+                db += d.sum(axis=(0, 2))
+                continue
             cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
                                (1, 4, 5, 0, 2, 3))                 # (C, FH, FW, m, OH, OW)
             d = scratch("product", k * m * positions, dout.dtype).reshape(k, m, oh, ow)
@@ -131,43 +144,11 @@ def backward(dout, cache, input_grad=True, overwrite=False):
             d, cols = d.reshape(k, m * positions), cols.reshape(depth, m * positions)
             dw += np.matmul(d, cols.T)
             db += d.sum(axis=1)
-            if input_grad:   # dX_col over X_col, which is spent
-                dcols = np.matmul(w_cols, d, out=cols if cols.dtype == dx.dtype else None)
-                dx[s: s + m] = col2im(dcols, sub.shape, (fh, fw), stride, padding, dilation,
-                                      (oh, ow))
+            # dX_col over X_col, which is spent
+            dcols = np.matmul(w_cols, d, out=cols if cols.dtype == dx.dtype else None)
+            dx[s: s + m] = col2im(dcols, sub.shape, (fh, fw), stride, padding, dilation,
+                                  (oh, ow))
         sums[part.start] = dw, db
     per_thread(work, n)
     dw, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
     return dx, dw.reshape(w.shape), db
-
-
-def _filter_grads(dout, cache):
-    """(dw, db) alone (a first layer's backward: no input gradient), a block of images at
-    a time on each thread: the block's matrix made again in the forward's image-by-image
-    order (n, C*FH*FW, OH*OW) and dw += the sum over its images of dout_image @
-    X_image^T, one stacked matmul reading dout in place (no transposed copy of it)."""
-    x, w, stride, padding, dilation, (oh, ow), gate = cache
-    n, c = x.shape[:2]
-    k, _, fh, fw = w.shape
-    positions, depth = oh * ow, c * fh * fw
-    per = max(1, BLOCK_BYTES // max(1, depth * positions * x.itemsize))
-    sums = {}
-
-    def work(part):
-        dw = np.zeros((k, depth), dtype=np.result_type(dout, x))
-        db = np.zeros(k, dtype=dout.dtype)
-        for s in range(part.start, part.stop, per):
-            sub = x[s: min(part.stop, s + per)]
-            m = sub.shape[0]
-            cols = _block_cols(sub, (fh, fw), stride, padding, dilation, (oh, ow),
-                               (0, 1, 4, 5, 2, 3))                 # (m, C, FH, FW, OH, OW)
-            d = dout[s: s + m].reshape(m, k, positions)
-            if gate is not None:
-                d = np.multiply(d, gate[s: s + m].reshape(m, k, positions) > 0,
-                                out=scratch("product", d.size, d.dtype).reshape(d.shape))
-            dw += np.matmul(d, cols.reshape(m, depth, positions).transpose(0, 2, 1)).sum(axis=0)
-            db += d.sum(axis=(0, 2))
-        sums[part.start] = dw, db
-    per_thread(work, n)
-    dw, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
-    return dw.reshape(w.shape), db

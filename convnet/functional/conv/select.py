@@ -84,12 +84,11 @@ def shifted_suits(x_shape, w_shape, stride, padding, dilation, groups, training=
     k, cg, fh, fw = w_shape
     ow = x_shape[3] + 2 * padding[1] - dilation[1] * (fw - 1)
     pitch = shifted.padded_shape(x_shape, w_shape, padding, dilation)[1]
+    loose = training and ow >= _value("shifted_training_min_width")
+    waste = _value("shifted_max_waste_training" if loose else "shifted_max_waste")
     return (stride == (1, 1) and groups == 1 and fw > 1
             and cg >= _value("shifted_min_channels") and ow > 0
-            and pitch - ow <= _value(
-                "shifted_max_waste_training"
-                if training and ow >= _value("shifted_training_min_width")
-                else "shifted_max_waste") * ow * (fw - 1) / 2)
+            and pitch - ow <= waste * ow * (fw - 1) / 2)
 
 
 def blocks_suit(x_shape, out_size, groups):

@@ -40,7 +40,7 @@ def relu_backward(dout, cache):
     """dx = dout where out > 0, else 0 (also 0 at x = 0, as in PyTorch)."""
     dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
     split_parallel(lambda d, o, g: np.multiply(d, o > 0, out=g), dout, cache.out, dx)
-    return dx   # a bool mask times dout: 7x faster than np.where
+    return dx   # dout times a bool mask, written straight into dx
 
 
 class LeakyReluCache(NamedTuple):

@@ -21,8 +21,9 @@ def pad(x, padding, value=0, padded_shape=None, out=None):
     """Pad the two spatial axes of an NCHW array: (PH, PW) rows/columns of ``value`` before,
     and after up to ``padded_shape`` (HP, WP) (default: PH and PW after too).
 
-    Writes the interior and the border once, over both cores: 2x faster than np.pad.
-    ``out``: an optional buffer to write into, as for im2col.
+    Writes the interior and the border once each, split over both cores, into ``out``
+    when given (np.pad runs on one core and allocates its result).
+    ``out`` is an optional flat buffer, as for im2col.
     """
     n, c, h, w = x.shape
     ph, pw = padding

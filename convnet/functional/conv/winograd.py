@@ -202,39 +202,49 @@ def _transform_input(xp, r0, r1, m, kron_b):
     return _both_sides(kron_b, d, "winograd_v")
 
 
-def _finish(y, scale, b, relu):
-    """y (m*m, K, tiles) = max(0, y * scale + b) in place, each step only when given."""
-    if scale is not None:
-        np.multiply(y, scale.reshape(1, -1, 1), out=y)
-    if b is not None:
-        np.add(y, b.reshape(1, -1, 1), out=y)
-    if relu:
-        np.maximum(y, 0, out=y)
+# Column 1 of A^T is all ones (its interpolation point is 1, and every power of 1 is 1),
+# so a value added to M at tile position (1, 1) reaches every output of the tile once:
+# the bias goes there, a pass over one of M's a*a positions instead of over every output.
+ONES = 1
 
 
-def _place_tiles(y, out, lo, hi, ow):
+def _place_tiles(y, out, lo, hi, ow, relu=False):
     """Output rows lo..hi of out (n, K, OH, OW) from the output tiles y (m, m, K, n, R, TW):
     y[i, j, k, n, r, c] is out[n, k, lo + r*m + i, c*m + j], the last tiles cropped. One
-    strided copy per tile position (i, j), each reading y[i, j] in order."""
+    strided copy per tile position (i, j), each reading y[i, j] in order; relu=True
+    writes max(0, y) instead."""
     m = y.shape[0]
     for i in range(m):
         rows = len(range(lo + i, hi, m))
         for j in range(m):
             dst = out[:, :, lo + i: hi: m, j: ow: m]
-            np.copyto(dst, y[i, j, :, :, :rows, : dst.shape[3]].transpose(1, 0, 2, 3))
+            src = y[i, j, :, :, :rows, : dst.shape[3]].transpose(1, 0, 2, 3)
+            if relu:
+                np.maximum(src, 0, out=dst)
+            else:
+                np.copyto(dst, src)
 
 
 def _output_tiles(u, v, kron_a, grid, scale, b, relu, out, lo, hi):
     """Output rows lo..hi of out (n, K', OH, OW) from the transformed tiles: M = U @ V
-    ((a*a, K', C) by (a*a, C, tiles), a GEMM per tile position), Y = A^T M A, finished
-    (scale, bias, RELU) while contiguous and placed. grid: the tiles' (n, R, TW)."""
+    ((a*a, K', C) by (a*a, C, tiles), a GEMM per tile position), Y = A^T M A, placed.
+    The bias is added to M at tile position (ONES, ONES) (every output gets it once); a
+    scale (a batch norm folded into the output) multiplies Y while it is contiguous,
+    before the bias; the RELU is applied as Y is placed. grid: the tiles' (n, R, TW)."""
     aa, k = u.shape[:2]
+    a = math.isqrt(aa)
     m = math.isqrt(kron_a.shape[0])
     prod = scratch("product", aa * k * v.shape[2], np.result_type(u, v))
     mm = np.matmul(u, v, out=prod.reshape(aa, k, v.shape[2]))                # (a*a, K', T)
+    if b is not None and scale is None:
+        np.add(mm[ONES * a + ONES], b.reshape(-1, 1), out=mm[ONES * a + ONES])
     y = _both_sides(kron_a, mm.reshape(aa, k, *grid), "cols")                 # (m*m, K', ..)
-    _finish(y.reshape(m * m, k, v.shape[2]), scale, b, relu)
-    _place_tiles(y.reshape(m, m, *y.shape[1:]), out, lo, hi, out.shape[3])
+    if scale is not None:
+        flat = y.reshape(m * m, k, v.shape[2])
+        np.multiply(flat, scale.reshape(1, -1, 1), out=flat)
+        if b is not None:
+            np.add(flat, b.reshape(1, -1, 1), out=flat)
+    _place_tiles(y.reshape(m, m, *y.shape[1:]), out, lo, hi, out.shape[3], relu)
 
 
 def _gather_tiles(dout, lo, nr, tw, m):

@@ -171,6 +171,17 @@ def _pad_input(x, padding, t):
                out=scratch("padded", n * c * t.hp * t.wp, x.dtype))
 
 
+def _pad_band(x, padding, t, r0, r1, m):
+    """Rows r0*m .. r1*m + 2 of _pad_input(x, padding, t), the input rows of tile rows
+    r0..r1, made alone: (n, C, (r1 - r0)*m + 2, WP) in this thread's scratch."""
+    n, c, h = x.shape[:3]
+    top = r0 * m - padding[0]                 # the input row at the band's first row
+    lo, hi = max(0, top), min(h, r1 * m + 2 + top - r0 * m)
+    rows = (r1 - r0) * m + 2
+    return pad(x[:, :, lo: max(lo, hi)], (lo - top, padding[1]), padded_shape=(rows, t.wp),
+               out=scratch("padded", n * c * rows * t.wp, x.dtype))
+
+
 def _input_tiles(xp, r0, r1, m):
     """The a x a input tiles of tile rows r0..r1 of every image of xp (n, C, HP, WP):
     a view (a, a, C, n, R, TW)."""
@@ -289,16 +300,16 @@ class Winograd:
         return 1, max(1, max_bytes // max(1, row_bytes))
 
     def _each_block(self, x, padding, t, images, rows, work, split_rows=True):
-        """work(xp, n0, n1, r0, r1) for every block, xp holding the padded images
-        x[n0:n1]. The threads split the images; an image alone, its tile rows (unless
-        split_rows is False)."""
+        """work(xp, n0, n1, r0, r1) for every block of tile rows r0..r1 of images n0..n1,
+        xp holding the padded rows they read (from padded row r0*m). The threads split the
+        images; an image alone, its tile rows (unless split_rows is False), each band
+        padded by the thread that uses it, so that its rows are still in the cache."""
         n = x.shape[0]
         if n == 1:
-            xp = _pad_input(x, padding, t)
-
             def bands(part):
                 for r0 in range(part.start, part.stop, rows):
-                    work(xp, 0, 1, r0, min(part.stop, r0 + rows))
+                    r1 = min(part.stop, r0 + rows)
+                    work(_pad_band(x, padding, t, r0, r1, self.m), 0, 1, r0, r1)
             if split_rows:
                 per_thread(bands, t.th)
             else:
@@ -310,7 +321,7 @@ class Winograd:
                 s1 = min(part.stop, s + images)
                 xp = _pad_input(x[s:s1], padding, t)
                 for r0 in range(0, t.th, rows):
-                    work(xp, s, s1, r0, min(t.th, r0 + rows))
+                    work(xp[:, :, r0 * self.m:], s, s1, r0, min(t.th, r0 + rows))
         per_thread(batch, n)
 
     def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None,
@@ -342,7 +353,7 @@ class Winograd:
 
         def block(xp, n0, n1, r0, r1):
             nb = n1 - n0
-            v = _transform_input(xp, r0, r1, m, kb)
+            v = _transform_input(xp, 0, r1 - r0, m, kb)
             _output_tiles(u, v, ka, (nb, r1 - r0, t.tw), scale, b, relu, out[n0:n1], r0 * m,
                           min(oh, r1 * m))
         self._each_block(x, padding, t, images, rows, block)
@@ -420,7 +431,7 @@ class Winograd:
 
         def block(xp, n0, n1, r0, r1):
             nb, nr = n1 - n0, r1 - r0
-            v = _transform_input(xp, r0, r1, m, kb)                          # (a*a, C, T)
+            v = _transform_input(xp, 0, nr, m, kb)                           # (a*a, C, T)
             dy = _gather_tiles(dout[n0:n1], r0 * m, nr, t.tw, m)             # (m*m, K, T)
             dm = _both_sides(ka.T, dy, "winograd_dm")                        # (a*a, K, T)
             du = sums.setdefault(n0 if n > 1 else 0, np.zeros((a * a, k, c), dtype))

@@ -176,8 +176,8 @@ def _pad_band(x, padding, t, r0, r1, m):
     r0..r1, made alone: (n, C, (r1 - r0)*m + 2, WP) in this thread's scratch."""
     n, c, h = x.shape[:3]
     top = r0 * m - padding[0]                 # the input row at the band's first row
-    lo, hi = max(0, top), min(h, r1 * m + 2 + top - r0 * m)
     rows = (r1 - r0) * m + 2
+    lo, hi = max(0, top), min(h, top + rows)
     return pad(x[:, :, lo: max(lo, hi)], (lo - top, padding[1]), padded_shape=(rows, t.wp),
                out=scratch("padded", n * c * rows * t.wp, x.dtype))
 

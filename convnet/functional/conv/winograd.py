@@ -163,19 +163,13 @@ def tiling(x_shape, padding, m):
     return Tiling(th, tw, th * m + 2, tw * m + 2)
 
 
-def _pad_input(x, padding, t):
-    """x (n, C, H, W) zero-padded to (n, C, HP, WP): PH rows above, PW columns before,
-    and after them as many as the last tiles need."""
-    n, c = x.shape[:2]
-    return pad(x, padding, padded_shape=(t.hp, t.wp),
-               out=scratch("padded", n * c * t.hp * t.wp, x.dtype))
-
-
-def _pad_band(x, padding, t, r0, r1, m):
-    """Rows r0*m .. r1*m + 2 of _pad_input(x, padding, t), the input rows of tile rows
-    r0..r1, made alone: (n, C, (r1 - r0)*m + 2, WP) in this thread's scratch."""
+def _pad_input(x, padding, t, m, r0=0, r1=None):
+    """Rows r0*m .. r1*m + 2 of x (n, C, H, W) zero-padded (PH rows above, PW columns
+    before, and after them as many as the last tiles need): the rows tile rows r0..r1
+    (default: all of them) read, (n, C, (r1 - r0)*m + 2, WP) in this thread's scratch."""
     n, c, h = x.shape[:3]
-    top = r0 * m - padding[0]                 # the input row at the band's first row
+    r1 = t.th if r1 is None else r1
+    top = r0 * m - padding[0]                 # the input row at the first padded row
     rows = (r1 - r0) * m + 2
     lo, hi = max(0, top), min(h, top + rows)
     return pad(x[:, :, lo: max(lo, hi)], (lo - top, padding[1]), padded_shape=(rows, t.wp),
@@ -309,7 +303,7 @@ class Winograd:
             def bands(part):
                 for r0 in range(part.start, part.stop, rows):
                     r1 = min(part.stop, r0 + rows)
-                    work(_pad_band(x, padding, t, r0, r1, self.m), 0, 1, r0, r1)
+                    work(_pad_input(x, padding, t, self.m, r0, r1), 0, 1, r0, r1)
             if split_rows:
                 per_thread(bands, t.th)
             else:
@@ -319,7 +313,7 @@ class Winograd:
         def batch(part):
             for s in range(part.start, part.stop, images):
                 s1 = min(part.stop, s + images)
-                xp = _pad_input(x[s:s1], padding, t)
+                xp = _pad_input(x[s:s1], padding, t, self.m)
                 for r0 in range(0, t.th, rows):
                     work(xp[:, :, r0 * self.m:], s, s1, r0, min(t.th, r0 + rows))
         per_thread(batch, n)
@@ -368,8 +362,8 @@ class Winograd:
         v = scratch("winograd_all", images * per_image, u.dtype)   # the threads fill it
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
-            self._group(_pad_input(x[n0:n1], padding, t), u, b, out[n0:n1], relu, scale, t,
-                        kb, ka, v[: (n1 - n0) * per_image])
+            self._group(_pad_input(x[n0:n1], padding, t, self.m), u, b, out[n0:n1], relu,
+                        scale, t, kb, ka, v[: (n1 - n0) * per_image])
         return out
 
     def _group(self, xp, u, b, out, relu, scale, t, kb, ka, v):

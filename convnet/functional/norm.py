@@ -143,22 +143,31 @@ def batch_norm_backward(dout, cache):
     """
     xr, mean, inv_std, weight, batch_stats, _, count = cache
     dr, dx, (dsum, dxc) = _centred_sums(dout, xr, mean, inv_std, weight)
-    c, dtype = xr.shape[1], dx.dtype
+    _input_grad(dr, dx, weight, inv_std, dsum, dxc, count, batch_stats)
+    dtype = dx.dtype
+    return (dx.reshape(dout.shape), (inv_std.astype(np.float64) * dxc).astype(dtype),
+            dsum.astype(dtype))
+
+
+def _input_grad(dr, dx, weight, inv_std, dsum, dxc, count, batch_stats=True):
+    """dx = a * dout + b * xc + k (batch_norm_backward's closed form), written over dx,
+    which holds xc; dr is dout, both (N, C, L). dsum and dxc: sum(dout) and sum(dout * xc)
+    per channel over the count values of the batch. With fixed statistics dx = a * dout."""
+    c, dtype = dx.shape[1], dx.dtype
     gamma = 1.0 if weight is None else weight.astype(np.float64)
     inv = inv_std.astype(np.float64)
-    a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, xr.shape)
-    if batch_stats:
-        b = _channel_constant(-gamma * inv**3 * dxc / count, dtype, xr.shape)
-        k = _channel_constant(-gamma * inv * dsum / count, dtype, xr.shape)
-
-        def grad(d, o, a, b, k):       # o holds xc: o = b * xc + k + a * dout
-            np.multiply(o, b, out=o)
-            o += k
-            o += d * a
-        split_parallel(grad, dr, dx, a, b, k)
-    else:
+    a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, dx.shape)
+    if not batch_stats:
         split_parallel(lambda d, o, a: np.multiply(d, a, out=o), dr, dx, a)
-    return dx.reshape(dout.shape), (inv * dxc).astype(dtype), dsum.astype(dtype)
+        return
+    b = _channel_constant(-gamma * inv**3 * dxc / count, dtype, dx.shape)
+    k = _channel_constant(-gamma * inv * dsum / count, dtype, dx.shape)
+
+    def grad(d, o, a, b, k):           # o holds xc: o = b * xc + k + a * dout
+        np.multiply(o, b, out=o)
+        o += k
+        o += d * a
+    split_parallel(grad, dr, dx, a, b, k)
 
 
 class SyncBatchNormCache(NamedTuple):
@@ -247,19 +256,9 @@ def sync_batch_norm_backward(dout, cache):
     own = own.ravel()                                      # [sum(dout), sum(dout*xc)]
     total = own.copy()
     allreduce(total)
-    dsum, dxc = total[:c], total[c:]
-    gamma = 1.0 if weight is None else weight.astype(np.float64)
-    inv = inv_std.astype(np.float64)
-    a = _channel_constant(np.broadcast_to(gamma * inv, (c,)), dtype, xr.shape)
-    b = _channel_constant(-gamma * inv**3 * dxc / count, dtype, xr.shape)
-    k = _channel_constant(-gamma * inv * dsum / count, dtype, xr.shape)
-
-    def grad(d, o, a, b, k):           # o holds xc: o = b * xc + k + a * dout
-        np.multiply(o, b, out=o)
-        o += k
-        o += d * a
-    split_parallel(grad, dr, dx, a, b, k)
-    return dx.reshape(dout.shape), (inv * own[c:]).astype(dtype), own[:c].astype(dtype)
+    _input_grad(dr, dx, weight, inv_std, total[:c], total[c:], count)
+    return (dx.reshape(dout.shape), (inv_std.astype(np.float64) * own[c:]).astype(dtype),
+            own[:c].astype(dtype))
 
 
 def batch_norm_affine(weight, bias, mean, var, eps=1e-5):

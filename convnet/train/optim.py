@@ -67,7 +67,20 @@ def _check_params(params, where):
     return params
 
 
-class Optimizer:
+class Named:
+    """What optimizers and schedules share: ``where``, the name errors start with, and a
+    repr of the constructor arguments that ``hyperparameters()`` gives."""
+
+    @property
+    def where(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Optimizer(Named):
     """Base of every optimizer: params by key, in-place ``step``, exact ``state_dict``.
 
     Args:
@@ -226,15 +239,6 @@ class Optimizer:
         for name, key in expected.items():
             buffer = name[: -len(key) - 1]
             self.state[key][buffer] = np.array(arrays[name], dtype=self.params[key].dtype)
-
-    # -- naming --------------------------------------------------------------------------
-    @property
-    def where(self):
-        return type(self).__name__
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
-        return f"{type(self).__name__}({args})"
 
 
 class SGD(Optimizer):

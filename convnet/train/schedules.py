@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from convnet.train.optim import Optimizer
+from convnet.train.optim import Named, Optimizer
 
 
 def _int(value, name, where, low):
@@ -41,7 +41,7 @@ def _float(value, name, where, low=0.0, strict=False):
     return float(value)
 
 
-class LRSchedule:
+class LRSchedule(Named):
     """A constant learning rate, and the base of every schedule (``make_schedule("none")``).
 
     Args:
@@ -108,14 +108,6 @@ class LRSchedule:
         self.base_lr = _float(state["base_lr"], "base_lr", where)
         self.last_epoch = _int(state["last_epoch"], "last_epoch", where, low=0)
         self._apply()
-
-    @property
-    def where(self):
-        return type(self).__name__
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
-        return f"{type(self).__name__}({args})"
 
 
 class StepLR(LRSchedule):

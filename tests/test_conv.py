@@ -339,6 +339,39 @@ def test_conv_layer_infer_folds_batch_norm_and_relu(affine, bias, relu, n, c, k,
         assert np.array_equal(value, state[key]), key
 
 
+def test_conv_layer_infer_keeps_its_folded_filters_while_they_hold(monkeypatch):
+    """A batch norm folded into the filters gives the same array from call to call, so
+    Winograd finds its transformed filters again (one transform for two calls); an
+    in-place change of the conv's weight or of the batch norm's statistics or scale is
+    seen on the next call."""
+    from convnet.layers.norm import BatchNorm2d
+    rng = np.random.default_rng(8)
+    conv = Conv2d(64, 64, 3, padding=1, bias=False, rng=rng)        # 147 KB: U kept
+    bn = BatchNorm2d(64).eval()
+    bn.buffers["running_var"][:] = rng.uniform(0.5, 2, 64)
+    bn.params["weight"][:] = rng.uniform(0.5, 2, 64)
+    x = rng.standard_normal((1, 64, 28, 28)).astype(np.float32)     # w smaller than out
+    assert conv.algorithm_for(x.shape[1:], 1, training=False) == "winograd4x4"
+    transforms = []
+    real = winograd.filter_transform
+    monkeypatch.setattr(winograd, "filter_transform",
+                        lambda *a: transforms.append(1) or real(*a))
+
+    def expected():
+        return np.maximum(bn.forward(conv.forward(x)), 0)
+
+    first = conv.infer(x, bn=bn, relu=True)
+    assert rel_error(conv.infer(x, bn=bn, relu=True), first) == 0
+    assert len(transforms) == 1
+    assert rel_error(first, expected()) < 1e-4
+    for change in (lambda: conv.params["weight"].__imul__(-1),
+                   lambda: bn.buffers["running_mean"].__iadd__(0.5),
+                   lambda: bn.params["weight"].__imul__(0.5)):
+        change()
+        assert rel_error(conv.infer(x, bn=bn, relu=True), expected()) < 1e-4
+    assert len(transforms) == 3   # the conv's weight and the scale changed; the mean did not
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_conv_layer_exact_fit_raises_exactly_when_pytorch_would_floor(seed):
     rng = np.random.default_rng(200 + seed)

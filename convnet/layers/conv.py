@@ -75,6 +75,7 @@ class Conv2d(Layer):
                              f"({out_channels}) must both be divisible by groups ({groups})")
         self.dtype = check_dtype(dtype, where)
         self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
+        self._fold = None       # inference's filters with a batch norm folded in (_folded)
         rng = np.random.default_rng() if rng is None else rng
         fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw
@@ -129,11 +130,24 @@ class Conv2d(Layer):
             scale, shift = bn.inference_affine()
             b = shift if b is None else b * scale + shift
             if w.size <= x.shape[0] * k * oh * ow:
-                w, scale = w * scale.reshape(-1, 1, 1, 1), None
+                w, scale = self._folded(w, scale), None
             else:   # the same result dtype as folding into the filters
                 w = w.astype(np.result_type(w, scale), copy=False)
         return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
                               self.fit, relu=relu, scale=scale, algorithm=self.algorithm)
+
+    def _folded(self, w, scale):
+        """w * scale per filter (a batch norm folded into the filters), the same array
+        from call to call while w and scale keep their values (compared with copies of
+        them, a pass over the filters), so that what an algorithm keeps of the filters
+        between calls (Winograd's transformed filters) is found again, not remade."""
+        kept = self._fold
+        if (kept is not None and kept[0] is w and np.array_equal(kept[1], w)
+                and np.array_equal(kept[2], scale)):
+            return kept[3]
+        folded = w * scale.reshape(-1, 1, 1, 1)
+        self._fold = (w, w.copy(), scale.copy(), folded)
+        return folded
 
     def algorithm_for(self, input_shape, batch_size=1, training=True):
         """The algorithm (a name) that runs this layer on a batch of per-sample

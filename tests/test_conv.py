@@ -364,10 +364,9 @@ def test_conv_layer_infer_keeps_its_folded_filters_while_they_hold(monkeypatch):
     assert rel_error(conv.infer(x, bn=bn, relu=True), first) == 0
     assert len(transforms) == 1
     assert rel_error(first, expected()) < 1e-4
-    for change in (lambda: conv.params["weight"].__imul__(-1),
-                   lambda: bn.buffers["running_mean"].__iadd__(0.5),
-                   lambda: bn.params["weight"].__imul__(0.5)):
-        change()
+    weight, mean, gamma = conv.params["weight"], bn.buffers["running_mean"], bn.params["weight"]
+    for array, value in ((weight, -weight), (mean, mean + 0.5), (gamma, gamma * 0.5)):
+        array[...] = value                                                  # in place
         assert rel_error(conv.infer(x, bn=bn, relu=True), expected()) < 1e-4
     assert len(transforms) == 3   # the conv's weight and the scale changed; the mean did not
 

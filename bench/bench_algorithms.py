@@ -107,7 +107,7 @@ def calls(n, c, k, hw, training, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="layer groups, comma-separated: " +
                         ", ".join(dict.fromkeys(g for g, *_ in LAYERS)))
     parser.add_argument("--rounds", type=int, default=3)

@@ -36,6 +36,7 @@ from convnet.functional.conv import (  # noqa: E402
     conv2d_infer,
     select,
 )
+from convnet.functional.threads import one_blas_thread  # noqa: E402
 
 # (group, label, N, C, K, H=W, training): the 3x3, stride-1, padding-1 layers of the nets.
 LAYERS = [
@@ -83,13 +84,18 @@ def calls(n, c, k, hw, training, seed=0):
     for algorithm in CANDIDATES:
         if select.why_not(algorithm, p) is not None:
             continue
+        # Each call holds BLAS to one thread, as a model's forward, backward and infer do
+        # (threads.holding_blas): convnet's own threads do the parallel work.
         if training:
             def step(a=algorithm):
-                out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=a, relu=True)
-                conv2d_backward(dout, cache)
+                with one_blas_thread():
+                    out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=a,
+                                                relu=True)
+                    conv2d_backward(dout, cache)
         else:
             def step(a=algorithm):
-                conv2d_infer(x, w, b, padding=(1, 1), algorithm=a, relu=True)
+                with one_blas_thread():
+                    conv2d_infer(x, w, b, padding=(1, 1), algorithm=a, relu=True)
         fns[algorithm.value] = step
     xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
     if training:

@@ -663,6 +663,14 @@ def test_the_auto_choice_per_layer():
     assert chosen((8, 128, 28, 28), (128, 128, 3, 3)) == "shifted"       # not in training
     assert chosen((1, 512, 28, 28), (512, 512, 3, 3), training=False) == "winograd4x4"
     assert chosen((1, 512, 14, 14), (512, 512, 3, 3), training=False) == "one_image"  # few
+    # one image's little work runs on one thread at inference: 7.2 and 6.4 MFLOP
+    assert chosen((1, 32, 14, 14), (64, 32, 3, 3), training=False) == "blocks"
+    assert chosen((1, 32, 14, 14), (64, 32, 3, 3)) == "one_image"                # training
+    assert chosen((1, 256, 14, 14), (64, 256, 1, 1), padding=(0, 0), training=False) == "blocks"
+    assert chosen((1, 64, 56, 56), (128, 64, 1, 1), (2, 2), (0, 0), training=False) == "blocks"
+    assert chosen((1, 64, 56, 56), (128, 64, 3, 3), (2, 2), training=False) == "im2col"  # 116
+    assert algorithm_for((1, 32, 14, 14), (64, 8, 3, 3), padding=(1, 1), groups=4,
+                         training=False)[0].value == "im2col"                  # groups
     assert chosen((8, 32, 56, 56), (32, 32, 3, 3), training=False) == "shifted"   # thin
     assert chosen((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3)) == "im2col"  # one image
     assert algorithm_for((8, 64, 56, 56), (64, 16, 3, 3), groups=4)[0].value == "im2col"
@@ -795,15 +803,15 @@ def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit():
     rows fit in one block of max_bytes, else the shifted path's bands of rows; both give
     the convolution."""
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((1, 16, 14, 14))
-    w = rng.standard_normal((32, 16, 3, 3))
+    x = rng.standard_normal((1, 32, 28, 28))   # 22 MFLOP: more than one thread's share
+    w = rng.standard_normal((48, 32, 3, 3))
     want = naive_conv(x, w, None, (1, 1), (1, 1))
-    row = 16 * 9 * 15 * 8       # bytes of the (C*FH*FW, WP) matrix per output row
-    rows = -(-14 // threads.THREADS)
+    row = 32 * 9 * 29 * 8       # bytes of the (C*FH*FW, WP) matrix per output row
+    rows = -(-28 // threads.THREADS)
     for limit, taken in ((rows * row, "one_image"), (rows * row - 1, "shifted")):
         chosen = algorithm_for(x.shape, w.shape, padding=(1, 1), itemsize=8, training=False)
         from convnet.functional.conv.select import Problem, auto
-        p = Problem(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (14, 14), 8, limit)
+        p = Problem(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (28, 28), 8, limit)
         assert auto(p)[0].value == taken, limit
         out = conv2d_infer(x, w, padding=(1, 1), max_bytes=limit)
         assert rel_error(out, want) < 1e-10, limit

@@ -2,7 +2,9 @@
 
 For convolutions the shifted path does not take (first layers with 1 or 3 input
 channels, strided and 1x1 layers) on a batch: the images are split between the threads
-(per_thread), each running its own blocks. A block's images are padded and their
+(per_thread), each running its own blocks. One image runs on one thread, BLAS's too
+(the auto choice takes that at inference for little work, where a hand-off to the other
+thread costs more than it saves). A block's images are padded and their
 receptive fields copied into an im2col matrix laid out image by image, (n, C*FH*FW,
 OH*OW), and one stacked matmul by W_row (K, C*FH*FW) writes each image's (K, OH*OW)
 straight into the NCHW output: no product to transpose, and the block's matrix (at most
@@ -23,7 +25,7 @@ import numpy as np
 from convnet.functional.conv.gemm import col2im
 from convnet.functional.conv.machinery import pad, scale_bias_relu, scratch
 from convnet.functional.conv.reference import windows
-from convnet.functional.threads import per_thread
+from convnet.functional.threads import one_blas_thread, per_thread
 
 # The im2col matrix of this many bytes of images is made at a time (at least one image).
 BLOCK_BYTES = 4 << 20
@@ -66,7 +68,8 @@ def run(x, w, b, stride, padding, dilation, out, relu=False, scale=None, max_byt
             o = out[s: s + m].reshape(m, k, positions)
             np.matmul(w_rows, cols.reshape(m, depth, positions), out=o)
             scale_bias_relu(o, scale, b, relu)
-    per_thread(work, n)
+    with one_blas_thread():   # one image runs on one thread, BLAS's included
+        per_thread(work, n)
     return out
 
 

@@ -59,6 +59,11 @@ THRESHOLDS = {
            "(the default digits net's 4x4 layers) were 1.4-1.5x faster too, but moving "
            "them changes the rounding of the default `convnet train` run, whose recorded "
            "98.33% (seed 0) became 97.77% (12 seeds: a mean of 97.91% against 97.86%)"),
+    "one_thread_max_flops": Threshold(
+        1 << 24, "at inference, one image's convolution of fewer FLOPs (2 x its multiply-"
+                 "adds) runs on one thread (blocks): handing half of it to another thread "
+                 "cost more than it saved, 0.35-0.91x the split algorithms' time on layers "
+                 "of 0.5-14.5 MFLOP (1x1, strided, 3x3 and 5x5), and 0.85-1.06x at 24-58"),
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
     "winograd_min_positions": Threshold(
@@ -121,9 +126,23 @@ def winograd_suits(p):
             and p.x_shape[0] * p.out_size[0] * p.out_size[1] >= _value("winograd_min_positions"))
 
 
+def one_thread_suits(p):
+    """Whether the auto choice runs blocks on one thread: at inference, one image whose
+    convolution (one group) takes fewer than one_thread_max_flops, and whose im2col
+    matrix fits inference's bound."""
+    n, c, _, _ = p.x_shape
+    k, _, fh, fw = p.w_shape
+    positions = p.out_size[0] * p.out_size[1]
+    return (p.max_bytes is not None and n == 1 and p.groups == 1
+            and 2 * k * c * fh * fw * positions < _value("one_thread_max_flops")
+            and c * fh * fw * positions * p.itemsize <= p.max_bytes)
+
+
 def auto(p):
     """The auto choice for a Problem: (Algorithm, the rule's reason)."""
     c, fh, fw = p.x_shape[1], p.w_shape[2], p.w_shape[3]
+    if one_thread_suits(p):
+        return Algorithm.BLOCKS, "inference, one image, little work: one thread, no hand-off"
     if winograd_suits(p):
         return Algorithm.WINOGRAD_4X4, "inference, 3x3, many tiles: 4x fewer multiplications"
     if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups,

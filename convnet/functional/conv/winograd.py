@@ -275,6 +275,18 @@ class Winograd:
     def __init__(self, m):
         self.m = m
         self.bt, self.g, self.at = MATRICES[m]
+        self._krons = {}   # dtype -> (kron(B^T, B^T), kron(A^T, A^T)), made once
+
+    def krons(self, dtype):
+        """(np.kron(B^T, B^T), np.kron(A^T, A^T)) in dtype: the input's and the output's
+        two-sided transforms as one matrix each (_both_sides), made once per dtype."""
+        key = np.dtype(dtype).str
+        if key not in self._krons:
+            pair = tuple(np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
+            for kron in pair:
+                kron.flags.writeable = False        # shared by every call and thread
+            self._krons[key] = pair
+        return self._krons[key]
 
     def applies(self, x_shape, w_shape, stride, padding, dilation, groups):
         """None when this Winograd algorithm can run the convolution, else why not."""
@@ -336,7 +348,7 @@ class Winograd:
         oh = out.shape[2]
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w)
-        kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
+        kb, ka = self.krons(dtype)
         u = (kept_filter_transform(w, m, dtype) if keep_filters else
              filter_transform(w, m).astype(dtype, copy=False))              # (a*a, K, C)
         size = np.dtype(dtype).itemsize
@@ -414,7 +426,7 @@ class Winograd:
         t = tiling(x.shape, padding, m)
         dtype = np.result_type(x, w, dout)
         g = self.g.astype(dtype)
-        kb, ka = (np.kron(mat, mat).astype(dtype) for mat in (self.bt, self.at))
+        kb, ka = self.krons(dtype)
         u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
         if gate is not None:   # a fused RELU: the gradient passes where its output is > 0
             dout = dout * (gate > 0)

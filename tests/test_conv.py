@@ -589,6 +589,42 @@ def test_winograd_keeps_filters_within_its_bound_dropping_the_oldest(monkeypatch
     assert sum(e.u.nbytes + e.copy.nbytes for e in winograd._filters.values()) <= 10 * bank
 
 
+def test_winograd_keeps_filters_within_its_bound_for_wider_inputs(monkeypatch):
+    """With float32 filters and a float64 input, U is made in float64 (8x the filters'
+    bytes for F(4x4)): a bank whose U and copy would pass FILTERS_MAX_BYTES is not kept."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 64, 8, 8))                                # float64
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)            # 147 KB
+    monkeypatch.setattr(winograd, "FILTERS_MAX_BYTES", 6 * w.nbytes)      # 9x needed
+    release_scratch()
+    got = conv2d_infer(x, w, padding=(1, 1), algorithm="winograd4x4")
+    want = reference.conv2d_forward(x, w.astype(np.float64), padding=(1, 1))[0]
+    assert rel_error(got, want) < 1e-10
+    assert not winograd._filters
+
+
+def test_winograd_backward_sums_one_filter_gradient_a_thread(monkeypatch):
+    """The backward pass adds each block's dU into its thread's own sum: with a block an
+    image, its memory stays near THREADS sums, not one a block; the gradients are
+    PyTorch's."""
+    import tracemalloc
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal((16, 64, 8, 8)), rng.standard_normal((64, 64, 3, 3))
+    dout = rng.standard_normal((16, 64, 8, 8))
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 36 * 64 * 2 * 2 * 8)     # one image
+    _, cache = conv2d_forward(x, w, padding=(1, 1), algorithm="winograd4x4")
+    du = 36 * 64 * 64 * 8                                                 # one sum
+    release_scratch()
+    tracemalloc.start()
+    dx, dw, _ = conv2d_backward(dout, cache)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < (threads.THREADS + 5) * du, (peak, du)          # one a block: 16+
+    xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    torch.nn.functional.conv2d(xt, wt, padding=1).backward(torch.tensor(dout))
+    assert rel_error(dx, xt.grad.numpy()) < 1e-10 and rel_error(dw, wt.grad.numpy()) < 1e-10
+
+
 def test_the_reference_is_the_notes_computation():
     """reference.py: im2col + one GEMM against the naive loops, col2im as im2col's adjoint,
     and the notes' flipped-filter convolution as the stride-1 input gradient."""

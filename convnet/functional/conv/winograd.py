@@ -107,8 +107,8 @@ def kept_filter_transform(w, m, dtype):
     kept = _filters.get(key)
     if kept is not None and kept.ref() is w and _equal(kept.copy, w):
         return kept.u
-    u = filter_transform(w, m).astype(dtype, copy=False)
-    if w.nbytes >= FILTERS_MIN_BYTES and 5 * w.nbytes <= FILTERS_MAX_BYTES:
+    u = filter_transform(w.astype(dtype, copy=False), m)
+    if w.nbytes >= FILTERS_MIN_BYTES and u.nbytes + w.nbytes <= FILTERS_MAX_BYTES:
         _filters.pop(key, None)
         # Snapshots (list(...)): another thread, or an array's end, may change _filters.
         while (kept := list(_filters.items())) and sum(
@@ -306,16 +306,19 @@ class Winograd:
         return 1, max(1, max_bytes // max(1, row_bytes))
 
     def _each_block(self, x, padding, t, images, rows, work, split_rows=True):
-        """work(xp, n0, n1, r0, r1) for every block of tile rows r0..r1 of images n0..n1,
-        xp holding the padded rows they read (from padded row r0*m). The threads split the
-        images; an image alone, its tile rows (unless split_rows is False), each band
-        padded by the thread that uses it, so that its rows are still in the cache."""
+        """work(xp, n0, n1, r0, r1, part) for every block of tile rows r0..r1 of images
+        n0..n1, xp holding the padded rows they read (from padded row r0*m), part the
+        start of the share of images (or tile rows) that the calling thread runs. The
+        threads split the images; an image alone, its tile rows (unless split_rows is
+        False), each band padded by the thread that uses it, so that its rows are still
+        in the cache."""
         n = x.shape[0]
         if n == 1:
             def bands(part):
                 for r0 in range(part.start, part.stop, rows):
                     r1 = min(part.stop, r0 + rows)
-                    work(_pad_input(x, padding, t, self.m, r0, r1), 0, 1, r0, r1)
+                    work(_pad_input(x, padding, t, self.m, r0, r1), 0, 1, r0, r1,
+                         part.start)
             if split_rows:
                 per_thread(bands, t.th)
             else:
@@ -327,7 +330,8 @@ class Winograd:
                 s1 = min(part.stop, s + images)
                 xp = _pad_input(x[s:s1], padding, t, self.m)
                 for r0 in range(0, t.th, rows):
-                    work(xp[:, :, r0 * self.m:], s, s1, r0, min(t.th, r0 + rows))
+                    work(xp[:, :, r0 * self.m:], s, s1, r0, min(t.th, r0 + rows),
+                         part.start)
         per_thread(batch, n)
 
     def run(self, x, w, b, padding, out, relu=False, scale=None, max_bytes=None,
@@ -350,14 +354,14 @@ class Winograd:
         dtype = np.result_type(x, w)
         kb, ka = self.krons(dtype)
         u = (kept_filter_transform(w, m, dtype) if keep_filters else
-             filter_transform(w, m).astype(dtype, copy=False))              # (a*a, K, C)
+             filter_transform(w.astype(dtype, copy=False), m))              # (a*a, K, C)
         size = np.dtype(dtype).itemsize
         images, rows = self._rows_per_block(n, c, k, t, size, min(max_bytes, BLOCK_BYTES))
         limit = min(max_bytes, ALL_TILES_BYTES)
         if images * rows * t.tw < ALL_TILES_BELOW and a * a * c * t.th * t.tw * size <= limit:
             return self._all_tiles(x, u, b, padding, out, relu, scale, t, kb, ka, limit)
 
-        def block(xp, n0, n1, r0, r1):
+        def block(xp, n0, n1, r0, r1, part):
             nb = n1 - n0
             v = _transform_input(xp, 0, r1 - r0, m, kb)
             _output_tiles(u, v, ka, (nb, r1 - r0, t.tw), scale, b, relu, out[n0:n1], r0 * m,
@@ -417,8 +421,9 @@ class Winograd:
 
     def backward(self, dout, cache, input_grad=True, overwrite=False):
         """(dx, dw, db): the exact adjoint of run, block by block (see the module notes).
-        Each thread takes its own images and sums its own dU; one image runs on one
-        thread (its tiles' overlaps would add across threads)."""
+        Each thread takes its own images and sums its own dU, one (a*a, K, C) array a
+        thread; one image runs on one thread (its tiles' overlaps would add across
+        threads)."""
         x, w, padding, m, (oh, ow), gate = cache
         a = m + 2
         n, c, h, wd = x.shape
@@ -427,7 +432,7 @@ class Winograd:
         dtype = np.result_type(x, w, dout)
         g = self.g.astype(dtype)
         kb, ka = self.krons(dtype)
-        u = filter_transform(w, m).astype(dtype, copy=False)               # (a*a, K, C)
+        u = filter_transform(w.astype(dtype, copy=False), m)               # (a*a, K, C)
         if gate is not None:   # a fused RELU: the gradient passes where its output is > 0
             dout = dout * (gate > 0)
         images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, BLOCK_BYTES)
@@ -435,12 +440,14 @@ class Winograd:
         sums = {}
         grads = {}
 
-        def block(xp, n0, n1, r0, r1):
+        def block(xp, n0, n1, r0, r1, part):
             nb, nr = n1 - n0, r1 - r0
             v = _transform_input(xp, 0, nr, m, kb)                           # (a*a, C, T)
             dy = _gather_tiles(dout[n0:n1], r0 * m, nr, t.tw, m)             # (m*m, K, T)
             dm = _both_sides(ka.T, dy, "winograd_dm")                        # (a*a, K, T)
-            du = sums.setdefault(n0 if n > 1 else 0, np.zeros((a * a, k, c), dtype))
+            du = sums.get(part)            # this thread's own sum (one thread a part)
+            if du is None:
+                du = sums[part] = np.zeros((a * a, k, c), dtype)
             du += np.matmul(dm, v.transpose(0, 2, 1))
             if not input_grad:
                 return
@@ -454,15 +461,18 @@ class Winograd:
                     dxp[:, :, lo + i: lo + i + nr * m: m, j: j + t.tw * m: m] += (
                         dd[i, j].transpose(1, 0, 2, 3))
 
-        def images_block(xp, n0, n1, r0, r1):
+        def images_block(xp, n0, n1, r0, r1, part):
             if input_grad and r0 == 0:
                 grads[n0] = np.zeros((n1 - n0, c, t.hp, t.wp), dtype)
-            block(xp, n0, n1, r0, r1)
+            block(xp, n0, n1, r0, r1, part)
             if input_grad and r1 == t.th:
                 ph, pw = padding
                 dx[n0:n1] = grads.pop(n0)[:, :, ph: ph + h, pw: pw + wd]
         self._each_block(x, padding, t, images, rows, images_block, split_rows=False)
-        du = sum((sums[key] for key in sorted(sums)), np.zeros((a * a, k, c), dtype))
+        parts = [sums[key] for key in sorted(sums)] or [np.zeros((a * a, k, c), dtype)]
+        du = parts[0]
+        for more in parts[1:]:     # the threads' sums in order, into the first one
+            du += more
         du = du.reshape(a, a, k, c)
         dw = _two_sided(g.T, du).transpose(2, 3, 0, 1)                       # (K, C, 3, 3)
         db = dout.sum(axis=(0, 2, 3))

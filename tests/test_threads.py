@@ -196,6 +196,28 @@ def test_per_thread_runs_once_for_one_part_or_without_threadpoolctl(size, monkey
     assert seen == [(slice(0, size), before), (slice(0, 4), before)]
 
 
+def test_one_thread_keeps_every_split_inside_it_on_the_calling_thread():
+    """one_thread runs fn on the calling thread with BLAS on one thread; in_parallel and
+    per_thread inside it run whole, there (then BLAS and the splits are as before)."""
+    import threading
+    before = blas_threads()
+    seen = []
+
+    def work(x):
+        threads.in_parallel(lambda part: seen.append(("in", part, threading.get_ident())),
+                            10, 1 << 30)
+        threads.per_thread(lambda part: seen.append(("per", part, threading.get_ident())), 6)
+        return x + 1, blas_threads()
+
+    assert threads.one_thread(work, 1) == (2, [1] * len(before))
+    me = threading.get_ident()
+    assert seen == [("in", slice(0, 10), me), ("per", slice(0, 6), me)]
+    assert blas_threads() == before
+    seen.clear()
+    threads.in_parallel(lambda part: seen.append(part), 10, 1 << 30)
+    assert len(seen) == threads.THREADS
+
+
 def test_one_blas_thread_is_shared_by_nested_and_concurrent_holders():
     """The first hold sets BLAS to one thread, the last lifts it; holds on other threads
     (per_thread's parts, a user's threads) share the same limit."""

@@ -74,6 +74,20 @@ def per_thread(fn, size):
         _split(fn, size)
 
 
+def one_thread(fn, *args):
+    """fn(*args) on the calling thread alone, BLAS's included: every split inside it
+    (in_parallel, per_thread, matmul) runs there too. For work too small to be worth a
+    hand-off to another thread."""
+    if getattr(_local, "busy", False):          # inside a part already: nothing splits
+        return fn(*args)
+    with one_blas_thread():
+        _local.busy = True
+        try:
+            return fn(*args)
+        finally:
+            _local.busy = False
+
+
 def _split(fn, size):
     step = -(-size // THREADS)
     parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]

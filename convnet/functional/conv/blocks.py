@@ -1,14 +1,15 @@
 """Algorithm "blocks": im2col and the GEMM a few images at a time, each thread its own.
 
 For convolutions the shifted path does not take (first layers with 1 or 3 input
-channels, strided and 1x1 layers) on a batch: the images are split between the threads
-(per_thread), each running its own blocks. One image runs on one thread, BLAS's too
-(the auto choice takes that at inference for little work, where a hand-off to the other
-thread costs more than it saves). A block's images are padded and their
-receptive fields copied into an im2col matrix laid out image by image, (n, C*FH*FW,
-OH*OW), and one stacked matmul by W_row (K, C*FH*FW) writes each image's (K, OH*OW)
-straight into the NCHW output: no product to transpose, and the block's matrix (at most
-BLOCK_BYTES, at least one image's) is still in the core's cache when it is used.
+channels, strided and 1x1 layers) on a batch, the images split between the threads
+(per_thread), each running its own blocks; and at inference for one image's small
+convolution, which runs on one thread, its copies and BLAS included (one_thread: a
+hand-off to the other thread would cost more than it saves). A block's images are
+padded and their receptive fields copied into an im2col matrix laid out image by image,
+(n, C*FH*FW, OH*OW), and one stacked matmul by W_row (K, C*FH*FW) writes each image's
+(K, OH*OW) straight into the NCHW output: no product to transpose, and the block's
+matrix (at most BLOCK_BYTES, at least one image's) is still in the core's cache when it
+is used.
 
 Training keeps only x; the backward pass makes each block's matrix again, this time in
 im2col's order, and runs col2im on W_row^T @ dout for the input's gradient (a first
@@ -25,7 +26,7 @@ import numpy as np
 from convnet.functional.conv.gemm import col2im
 from convnet.functional.conv.machinery import pad, scale_bias_relu, scratch
 from convnet.functional.conv.reference import windows
-from convnet.functional.threads import one_blas_thread, per_thread
+from convnet.functional.threads import one_thread, per_thread
 
 # The im2col matrix of this many bytes of images is made at a time (at least one image).
 BLOCK_BYTES = 4 << 20
@@ -68,7 +69,9 @@ def run(x, w, b, stride, padding, dilation, out, relu=False, scale=None, max_byt
             o = out[s: s + m].reshape(m, k, positions)
             np.matmul(w_rows, cols.reshape(m, depth, positions), out=o)
             scale_bias_relu(o, scale, b, relu)
-    with one_blas_thread():   # one image runs on one thread, BLAS's included
+    if n == 1:
+        one_thread(work, slice(0, 1))    # its copies and BLAS too: no hand-off
+    else:
         per_thread(work, n)
     return out
 
@@ -152,6 +155,9 @@ def backward(dout, cache, input_grad=True, overwrite=False):
             dx[s: s + m] = col2im(dcols, sub.shape, (fh, fw), stride, padding, dilation,
                                   (oh, ow))
         sums[part.start] = dw, db
-    per_thread(work, n)
+    if n == 1:
+        one_thread(work, slice(0, 1))
+    else:
+        per_thread(work, n)
     dw, db = (sum(parts) for parts in zip(*(sums[i] for i in sorted(sums))))
     return dx, dw.reshape(w.shape), db

@@ -17,10 +17,13 @@ from convnet.functional.conv import (
     gemm,
     im2col,
     machinery,
+    output_size,
     pad,
+    problem,
     reference,
     release_scratch,
     scratch,
+    select,
     shifted,
     use_algorithm,
     winograd,
@@ -474,7 +477,8 @@ def test_every_algorithm_matches_pytorch_forward_and_backward(algorithm, block):
 def test_every_algorithm_at_inference_in_pieces(algorithm):
     """conv2d_infer with a bias, a per-channel scale (a folded batch norm) and a fused
     RELU, each or not, with max_bytes that cut the work into images, bands of rows and
-    single rows (each algorithm's blocks too), float64 and float32."""
+    single rows (each algorithm's blocks too), float64 and float32. one_image and blocks,
+    which cannot cut one image, refuse a max_bytes under what they need."""
     rng = np.random.default_rng(2000 + ALGORITHMS.index(algorithm))
     for _ in range(25):
         case = case_for(algorithm, rng)
@@ -490,7 +494,15 @@ def test_every_algorithm_at_inference_in_pieces(algorithm):
         want = want + (0 if b is None else b[:, None, None])
         want = np.maximum(want, 0) if relu else want
         image_bytes = x[:1].nbytes * w.shape[2] * w.shape[3] * 8
+        out_size = output_size(x.shape, w.shape, *conv_args(case)[:3], "floor")
         for limit in (1 << 30, image_bytes, image_bytes // 30, 1):
+            p = problem(x, w, *conv_args(case), out_size, limit)
+            if select.inference_bytes(Algorithm(algorithm), p) > limit:
+                assert algorithm in ("one_image", "blocks") and limit < 1 << 30
+                with pytest.raises(ValueError, match="over max_bytes"):
+                    conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
+                                 algorithm=algorithm)
+                continue
             out = conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
                                relu=relu, scale=scale, algorithm=algorithm)
             assert out.dtype == dtype and out.shape == want.shape
@@ -805,7 +817,9 @@ def test_blocks_of_any_size_give_the_same_result(algorithm, module, monkeypatch)
             out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor",
                                         algorithm=algorithm)
             dout = rng.standard_normal(out.shape) if dout is None else dout
-            infer = conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
+            # blocks holds one image at least, which no max_bytes under it may ask for
+            infer = conv2d_infer(x, w, b, *conv_args(case), fit="floor",
+                                 max_bytes=1 << 30 if module is blocks else limit,
                                  algorithm=algorithm)
             results.append((out, infer, *conv2d_backward(dout, cache)))
         for got in results[1:]:
@@ -854,6 +868,33 @@ def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit():
     assert chosen[0].value == "one_image"
     out, cache = conv2d_forward(x, w, padding=(1, 1))   # training: the same forward
     assert isinstance(cache, shifted.Cache) and rel_error(out, want) < 1e-10
+
+
+def test_algorithms_that_cannot_cut_one_image_keep_to_max_bytes_or_are_refused():
+    """At inference one_image's rows and blocks' one-image matrix cannot be cut: named
+    with a max_bytes they would pass, they are a ValueError naming the bytes; forced by
+    use_algorithm, the call goes to auto, its temporaries within the bound (blocks' one
+    image's matrix would take 922 KB, one_image's rows 472 KB a thread); under it they
+    run."""
+    import tracemalloc
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1, 16, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    want = reference.conv2d_forward(x, w, padding=(1, 1))[0]
+    for algorithm in ("one_image", "blocks"):
+        with pytest.raises(ValueError, match=rf"'{algorithm}' cannot run .* over "
+                                             r"max_bytes=262,144"):
+            conv2d_infer(x, w, padding=(1, 1), max_bytes=256 << 10, algorithm=algorithm)
+        release_scratch()
+        tracemalloc.start()
+        with use_algorithm(algorithm):
+            got = conv2d_infer(x, w, padding=(1, 1), max_bytes=256 << 10)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        bound = got.nbytes + threads.THREADS * (2 * (256 << 10) + 2 * x.nbytes) + (64 << 10)
+        assert rel_error(got, want) < 1e-5 and peak < bound, (algorithm, peak)
+        got = conv2d_infer(x, w, padding=(1, 1), max_bytes=4 << 20, algorithm=algorithm)
+        assert rel_error(got, want) < 1e-5
 
 
 def test_one_image_splits_the_filters_where_they_outnumber_the_columns():

@@ -115,12 +115,14 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     Same arguments and output as conv2d_forward, but no cache; every algorithm makes its
     temporaries in pieces of at most ``max_bytes`` (im2col: a few images, or bands of
     output rows of one image; the others: blocks of at most their own BLOCK_BYTES too).
+    one_image and blocks cannot cut one image's rows or matrix: where those would pass
+    max_bytes, naming them is a ValueError and use_algorithm leaves the call to auto.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished. scale (K,) multiplies each output channel before the
     bias is added (a batch norm folded into the output rather than the filters).
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
-    >>> conv2d_infer(x, w, padding=(1, 1)).shape     # 0.3 GB of Y, in 4 MB pieces
+    >>> conv2d_infer(x, w, padding=(1, 1)).shape   # 231 MB of Winograd's V, 2 MB at a time
     (8, 64, 224, 224)
     """
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)

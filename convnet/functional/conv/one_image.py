@@ -35,10 +35,14 @@ def applies(x_shape, w_shape, stride, padding, dilation, groups):
 
 
 def block_bytes(x_shape, w_shape, padding, dilation, dtype_size):
-    """Bytes of each thread's block: the larger of its matrix and its product."""
+    """Bytes of run's largest temporary: each thread's matrix or product for its rows;
+    where the filters are split (K >= OH*WP), the matrix of every row, which the threads
+    share, or a thread's product."""
     k, c, fh, fw = w_shape
     wp = shifted.padded_shape(x_shape, w_shape, padding, dilation)[1]
     oh = x_shape[2] + 2 * padding[0] - dilation[0] * (fh - 1)
+    if k >= oh * wp:
+        return max(c * fh * fw, -(-k // THREADS)) * oh * wp * dtype_size
     return max(c * fh * fw, k) * wp * dtype_size * _rows_per_thread(oh)
 
 

@@ -135,12 +135,11 @@ def one_thread_suits(p):
     positions = p.out_size[0] * p.out_size[1]
     return (p.max_bytes is not None and n == 1 and p.groups == 1
             and 2 * k * c * fh * fw * positions < _value("one_thread_max_flops")
-            and c * fh * fw * positions * p.itemsize <= p.max_bytes)
+            and why_not(Algorithm.BLOCKS, p) is None)
 
 
 def auto(p):
     """The auto choice for a Problem: (Algorithm, the rule's reason)."""
-    c, fh, fw = p.x_shape[1], p.w_shape[2], p.w_shape[3]
     if one_thread_suits(p):
         return Algorithm.BLOCKS, "inference, one image, little work: one thread, no hand-off"
     if winograd_suits(p):
@@ -153,9 +152,7 @@ def auto(p):
                 p.x_shape, p.w_shape, p.padding, p.dilation, p.itemsize) <= limit:
             return Algorithm.ONE_IMAGE, "one image whose rows fit one block a thread"
         return Algorithm.SHIFTED, "stride 1, enough channels, wide rows: FH copies, not FH*FW"
-    one_image_matrix = c * fh * fw * p.out_size[0] * p.out_size[1] * p.itemsize
-    if blocks_suit(p.x_shape, p.out_size, p.groups) and (
-            p.max_bytes is None or one_image_matrix <= p.max_bytes):
+    if blocks_suit(p.x_shape, p.out_size, p.groups) and why_not(Algorithm.BLOCKS, p) is None:
         return Algorithm.BLOCKS, "a batch with wide output planes: blocks stay in cache"
     return Algorithm.IM2COL, "the notes' algorithm: every other convolution"
 
@@ -188,10 +185,31 @@ def check(algorithm, where="conv2d"):
                          f"{algorithm!r:.40}") from None
 
 
+def inference_bytes(algorithm, p):
+    """The largest temporary ``algorithm`` makes for the Problem at inference where it
+    cannot cut its work into pieces of max_bytes: one_image's blocks (whole rows of one
+    image), blocks' im2col matrix of one image (a block holds one at least); 0 for the
+    algorithms that can."""
+    if algorithm is Algorithm.ONE_IMAGE:
+        return one_image.block_bytes(p.x_shape, p.w_shape, p.padding, p.dilation,
+                                     p.itemsize)
+    if algorithm is Algorithm.BLOCKS:
+        c, (fh, fw) = p.x_shape[1], p.w_shape[2:]
+        return c * fh * fw * p.out_size[0] * p.out_size[1] * p.itemsize
+    return 0
+
+
 def why_not(algorithm, p):
-    """None when ``algorithm`` can run the Problem, else the reason it cannot."""
-    return MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
-                                      p.dilation, p.groups)
+    """None when ``algorithm`` can run the Problem, else the reason it cannot: it does
+    not apply, or at inference its temporaries would pass max_bytes."""
+    reason = MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
+                                        p.dilation, p.groups)
+    if reason is None and p.max_bytes is not None:
+        need = inference_bytes(algorithm, p)
+        if need > p.max_bytes:
+            reason = (f"at inference its temporaries would take {need:,} bytes, over "
+                      f"max_bytes={p.max_bytes:,}")
+    return reason
 
 
 def choose(algorithm, p):

@@ -897,6 +897,13 @@ def test_algorithms_that_cannot_cut_one_image_keep_to_max_bytes_or_are_refused()
         assert rel_error(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("max_bytes", [None, 0, -5, 2.5, True, "64"])
+def test_conv_infer_max_bytes_must_be_a_positive_int(max_bytes):
+    x, w = np.zeros((1, 16, 8, 8), np.float32), np.zeros((16, 16, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="conv2d_infer: max_bytes must be a positive int"):
+        conv2d_infer(x, w, padding=(1, 1), max_bytes=max_bytes)
+
+
 def test_one_image_splits_the_filters_where_they_outnumber_the_columns():
     """one_image with more filters than its matrix has columns (K >= OH*WP: deep layers)
     makes the matrix once and splits the filters between the threads, else the output

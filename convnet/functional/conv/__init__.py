@@ -125,6 +125,10 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     >>> conv2d_infer(x, w, padding=(1, 1)).shape   # 231 MB of Winograd's V, 2 MB at a time
     (8, 64, 224, 224)
     """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or (
+            max_bytes < 1):
+        raise ValueError(f"conv2d_infer: max_bytes must be a positive int (bytes), got "
+                         f"{max_bytes!r:.40}")
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
     p = problem(x, w, stride, padding, dilation, groups, out_size, max_bytes)

@@ -125,6 +125,7 @@ class LayerRow:
     activation_bytes: int
     frozen: bool = False
     algorithm: str | None = None   # a CONV's convolution algorithm, in training, this batch
+    inference_algorithm: str | None = None   # and at inference, this batch
 
     def to_dict(self):
         return {"name": self.name, "type": self.type,
@@ -136,7 +137,8 @@ class LayerRow:
                 "jump": _compact(self.jump),
                 "activation_values": self.activation_values,
                 "activation_bytes": self.activation_bytes, "frozen": self.frozen,
-                "algorithm": self.algorithm}
+                "algorithm": self.algorithm,
+                "inference_algorithm": self.inference_algorithm}
 
 
 @dataclass
@@ -186,11 +188,15 @@ class Summary:
                 "memory": dict(self.memory), "budget": self.budget,
                 "max_batch_size": self.max_batch_size, "advice": list(self.advice)}
 
-    def to_text(self):
-        """The table for a terminal (under ~125 columns), then totals, memory, advice."""
-        header = ("layer", "type", "algorithm", "output (WxHxD)", "params", "mult-adds",
-                  "RF (jump)", "activations")
-        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32), r.algorithm or "",
+    def to_text(self, inference=False):
+        """The table for a terminal (under ~125 columns), then totals, memory, advice.
+        Its algorithm column is what each CONV runs in training at this batch size, or
+        with ``inference=True`` at inference (where the choice can differ: Winograd runs
+        only there)."""
+        header = ("layer", "type", "infer alg." if inference else "train alg.",
+                  "output (WxHxD)", "params", "mult-adds", "RF (jump)", "activations")
+        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32),
+                 (r.inference_algorithm if inference else r.algorithm) or "",
                  volume(r.output_shape), f"{r.params:,}" + (" *" if r.frozen else ""),
                  f"{r.macs:,}", f"{hw_text(r.receptive_field)} ({hw_text(r.jump)})",
                  format_bytes(r.activation_bytes)) for r in self.layers]
@@ -424,8 +430,8 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
             reports the largest batch whose training memory fits (0 if none).
 
     Returns a Summary: ``.layers`` (one LayerRow per leaf, a CONV's with the convolution
-    algorithm it runs in training at this batch size), totals, ``.memory`` in bytes,
-    ``.advice``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
+    algorithm it runs at this batch size in training and at inference), totals,
+    ``.memory`` in bytes, ``.advice``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
 
     Memory for training, in values x bytes per value:
         2 * batch * sum(outputs) + k * trainable + frozen + batch * prod(input_shape)
@@ -459,11 +465,12 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         params = int(layer.num_params())
         trainable += 0 if frozen else params
         name = name or layer.name or type(layer).__name__        # a bare layer as the model
-        algorithm = (layer.algorithm_for(in_shape, batch_size) if hasattr(layer, "algorithm_for")
-                     else None)
+        algorithms = ((layer.algorithm_for(in_shape, batch_size),
+                       layer.algorithm_for(in_shape, batch_size, training=False))
+                      if hasattr(layer, "algorithm_for") else (None, None))
         rows.append(LayerRow(name, repr(layer), in_shape, out_shape, params,
                              int(layer.macs(in_shape)), state.rf, state.jump, values,
-                             values * batch_size * b, frozen, algorithm))
+                             values * batch_size * b, frozen, *algorithms))
     total_params = sum(row.params for row in rows)
     memory = _memory(rows, input_shape, batch_size, total_params, trainable,
                      OPTIMIZER_MULTIPLIERS[key], b)

@@ -137,7 +137,8 @@ def cmd_summary(args):
         raise ValueError("the model has no default input size: give --input CxHxW")
     result = summary(model, shape, batch_size=args.batch, optimizer=args.optimizer,
                      budget=args.budget)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
+    print(json.dumps(result.to_dict(), indent=2) if args.json
+          else result.to_text(inference=args.inference))
 
 
 def cmd_train(args):
@@ -343,6 +344,10 @@ def build_parser():
                         "adagrad, rmsprop x3; adam, adamw x4 (default sgd)")
     p.add_argument("--budget", type=memory_size, metavar="SIZE",
                    help="memory budget such as 4GB or 512MB: report the largest batch that fits")
+    p.add_argument("--inference", action="store_true",
+                   help="show the convolution algorithm each CONV layer runs at inference "
+                        "on a batch of --batch (default: in training; Winograd runs only "
+                        "at inference). The JSON has both")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 

@@ -130,6 +130,7 @@ def test_vgg16_text_and_dict(vgg_summary):
     text = s.to_text()
     lines = text.splitlines()
     assert max(map(len, lines)) <= 124      # with the algorithm column
+    assert max(map(len, s.to_text(inference=True).splitlines())) <= 125
     for row in s.layers:
         assert any(line.startswith(row.name + " ") for line in lines), row.name
     assert "138,357,544" in text and "15,470,264,320" in text and "102,764,544" in text
@@ -143,6 +144,8 @@ def test_vgg16_text_and_dict(vgg_summary):
         assert key in first
     assert first["algorithm"] == "im2col" and d["layers"][1]["algorithm"] is None  # C=3, N=1
     assert d["layers"][2]["algorithm"] == "shifted"
+    assert first["inference_algorithm"] == "im2col"
+    assert d["layers"][2]["inference_algorithm"] == "winograd4x4"   # only at inference
     assert first["output_shape"] == [64, 224, 224] and first["receptive_field"] == 3
     assert d["memory"]["training_total"] == s.memory["training_total"]
     assert d["advice"] == []

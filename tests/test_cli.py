@@ -38,6 +38,19 @@ def test_summary_json_of_arrow_notation(capsys):
     assert data["layers"][-1]["output_shape"] == [10]
 
 
+def test_summary_shows_the_training_or_the_inference_algorithm(capsys):
+    # VGG-16's 64-channel 3x3 layers at batch 1: shifted in training, Winograd at
+    # inference (its rule is for inference only).
+    def second_conv(argv):
+        assert main(["summary", "vgg16", *argv]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return lines[0], next(line for line in lines if line.startswith("features.2 "))
+    header, row = second_conv([])
+    assert "train alg." in header and " shifted " in row
+    header, row = second_conv(["--inference"])
+    assert "infer alg." in header and " winograd4x4 " in row
+
+
 def test_summary_of_a_zoo_model_with_input_and_budget(capsys):
     assert main(["summary", "lenet5", "--input", "1x32x32", "--budget", "1MB"]) == 0
     out = capsys.readouterr().out

@@ -53,7 +53,7 @@ THRESHOLDS = {
     "shifted_max_waste_training": Threshold(
         1.0, "in training, where im2col's backward adds FH*FW copies back where the shifted "
              "path adds FH: 3x3 and 5x5 layers on 2x2 to 8x8 planes ran 1.3-2.3x faster on "
-             "the shifted path even with a quarter to half of each padded row extra"),
+             "the shifted path even with up to half of each padded row extra"),
     "shifted_training_min_width": Threshold(
         7, "the looser bound in training starts at output rows this wide: narrower ones "
            "(the default digits net's 4x4 layers) were 1.4-1.5x faster too, but moving "
@@ -64,6 +64,11 @@ THRESHOLDS = {
                  "adds) runs on one thread (blocks): handing half of it to another thread "
                  "cost more than it saved, 0.35-0.91x the split algorithms' time on layers "
                  "of 0.5-14.5 MFLOP (1x1, strided, 3x3 and 5x5), and 0.85-1.06x at 24-58"),
+    "one_image_max_block_bytes": Threshold(
+        shifted.BLOCK_BYTES, "one_image makes each thread's rows one block (it cannot cut "
+                             "them); over the shifted path's block size the block no longer "
+                             "stays in the core's cache, and the shifted path, which cuts "
+                             "its blocks to that size, runs instead"),
     "blocks_min_positions": Threshold(
         100, "per-image GEMMs over fewer output positions run well below BLAS's peak"),
     "winograd_min_positions": Threshold(
@@ -146,8 +151,8 @@ def auto(p):
         return Algorithm.WINOGRAD_4X4, "inference, 3x3, many tiles: 4x fewer multiplications"
     if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups,
                      training=p.max_bytes is None):
-        limit = shifted.BLOCK_BYTES if p.max_bytes is None else min(p.max_bytes,
-                                                                    shifted.BLOCK_BYTES)
+        limit = _value("one_image_max_block_bytes")
+        limit = limit if p.max_bytes is None else min(p.max_bytes, limit)
         if p.x_shape[0] == 1 and one_image.block_bytes(
                 p.x_shape, p.w_shape, p.padding, p.dilation, p.itemsize) <= limit:
             return Algorithm.ONE_IMAGE, "one image whose rows fit one block a thread"

@@ -38,7 +38,8 @@ class Conv2d(Layer):
         dtype: float32 (default) or float64. rng: np.random.Generator for the init.
         algorithm: how the convolution is computed: "auto" (default: chosen per input,
             see functional.conv.select) or a name of functional.conv.Algorithm ("im2col"
-            is the notes' im2col + one matrix multiply); the result is the same.
+            is the notes' im2col + one matrix multiply); the result is the same up to
+            float rounding (Winograd F(4x4): about 1e-5 of the output's scale in float32).
 
     Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
     Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.

@@ -405,3 +405,9 @@ def test_local_response_norm_input_errors(x, match):
     with pytest.raises(ValueError, match=match) as info:
         LocalResponseNorm(5).forward(x)
     assert str(info.value).startswith("LocalResponseNorm(n=5")
+
+
+def test_batch_norm_inference_of_an_empty_batch():
+    bn = BatchNorm2d(4).eval()
+    x = np.zeros((0, 4, 5, 5), np.float32)
+    assert bn.infer(x).shape == bn.forward(x).shape == (0, 4, 5, 5)

@@ -19,6 +19,7 @@ Notation: x is (N, C, ...) with channels on axis 1: (N, C) and (N, C, L) for 1d 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -38,7 +39,7 @@ class BatchNormCache(NamedTuple):
 
 def _per_channel(a):
     """(N, C, L) view (or copy) of a (N, C, ...) array: sums per channel run along L."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], a.shape[1], math.prod(a.shape[2:]))   # -1 fails on N = 0
 
 
 # Under this many positions per channel, a channel's constant is repeated along its row.

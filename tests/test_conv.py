@@ -1090,3 +1090,81 @@ def test_locally_connected_errors():
     layer = LocallyConnected2d(3, 4, 9, 3, stride=2)
     with pytest.raises(ValueError, match="built for input H x W = 9 x 9"):
         layer.forward(np.zeros((1, 3, 11, 11), dtype=np.float32))
+
+
+def test_winograd_is_refused_for_integer_arrays_and_auto_keeps_them_exact():
+    """Winograd's transforms have fractions (1/2 .. 1/24): in an integer dtype they would
+    round to 0. Named, it is a ValueError; auto and use_algorithm run an exact algorithm."""
+    rng = np.random.default_rng(30)
+    x = rng.integers(-3, 4, (1, 64, 28, 28))
+    w = rng.integers(-3, 4, (64, 64, 3, 3))
+    want = reference.conv2d_forward(x, w, padding=(1, 1))[0]
+    assert np.array_equal(conv2d_infer(x, w, padding=(1, 1)), want)   # auto: not Winograd
+    for name in ("winograd2x2", "winograd4x4"):
+        with pytest.raises(ValueError, match="needs floating-point input"):
+            conv2d_forward(x, w, padding=(1, 1), algorithm=name)
+        with use_algorithm(name):
+            assert np.array_equal(conv2d_infer(x, w, padding=(1, 1)), want)
+            assert np.array_equal(conv2d_forward(x, w, padding=(1, 1))[0], want)
+
+
+def test_im2col_inference_counts_its_product_against_max_bytes():
+    """With many more filters than C*FH*FW the GEMM's product, not the im2col matrix, is
+    the large temporary: a block of several images (or a band) must keep it within
+    max_bytes too (here 32x max_bytes before)."""
+    import tracemalloc
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((8, 16, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((512, 16, 1, 1)).astype(np.float32)
+    expected = reference.conv2d_forward(x, w)[0]
+    for limit in (1 << 20, 1 << 17):                     # one image a block, then bands
+        release_scratch()
+        tracemalloc.start()
+        out = conv2d_infer(x, w, max_bytes=limit, algorithm="im2col")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert rel_error(out, expected) < 1e-5
+        assert peak < out.nbytes + 2 * limit + x[:1].nbytes + (64 << 10), (limit, peak)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "shifted", "one_image", "blocks"])
+def test_conv_with_no_channels_and_no_filters(algorithm):
+    x = np.zeros((1, 0, 8, 8))
+    w = np.zeros((0, 0, 3, 3))
+    out, cache = conv2d_forward(x, w, padding=(1, 1), algorithm=algorithm)
+    dx, dw, db = conv2d_backward(out, cache)
+    assert out.shape == dx.shape == (1, 0, 8, 8) and dw.shape == (0, 0, 3, 3)
+    assert conv2d_infer(x, w, padding=(1, 1), algorithm=algorithm).shape == (1, 0, 8, 8)
+
+
+def test_a_named_algorithm_keeps_its_backward_pass_under_use_algorithm():
+    """im2col's input gradient for stride 1 is the flipped-filter convolution, part of its
+    own backward pass: a use_algorithm block around the backward does not reach it (it
+    would have run Winograd there, 14x the float32 error)."""
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    dout = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
+    _, cache = conv2d_forward(x, w, padding=(1, 1), algorithm="im2col")
+    plain = conv2d_backward(dout, cache)[0]
+    _, cache = conv2d_forward(x, w, padding=(1, 1), algorithm="im2col")
+    with use_algorithm("winograd4x4"):
+        forced = conv2d_backward(dout, cache)[0]
+    assert np.array_equal(forced, plain)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "shifted", "winograd4x4"])
+def test_conv_hyperparameters_as_ints_or_lists(algorithm):
+    """stride, padding and dilation as an int or a list mean the same as a tuple: the
+    algorithms that need stride 1 take [1, 1] (they compared with a tuple and refused)."""
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((2, 16, 9, 9))
+    w = rng.standard_normal((8, 16, 3, 3))
+    want = reference.conv2d_forward(x, w, padding=(1, 1))[0]
+    for stride, padding, dilation in ((1, 1, 1), ([1, 1], [1, 1], [1, 1])):
+        got = conv2d_forward(x, w, None, stride, padding, dilation, algorithm=algorithm)[0]
+        assert rel_error(got, want) < 1e-10
+        got = conv2d_infer(x, w, None, stride, padding, dilation, algorithm=algorithm)
+        assert rel_error(got, want) < 1e-10
+    with pytest.raises(ValueError, match="conv2d: stride must be a positive int"):
+        conv2d_forward(x, w, stride=(1, 0))

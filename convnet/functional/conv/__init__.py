@@ -53,15 +53,24 @@ BACKWARD = {reference.Cache: lambda dout, cache, input_grad, overwrite:
                 dout, cache, input_grad, overwrite)}
 
 
+def hyperparameters(stride, padding, dilation, where="conv2d"):
+    """(stride, padding, dilation) as pairs of ints, each given as an int or a pair (a
+    list too): the algorithms compare them with tuples."""
+    return (pair(stride, "stride", where), pair(padding, "padding", where, allow_zero=True),
+            pair(dilation, "dilation", where))
+
+
 def problem(x, w, stride, padding, dilation, groups, out_size, max_bytes=None):
     return Problem(x.shape, w.shape, stride, padding, dilation, groups, out_size,
-                   max(x.itemsize, w.itemsize), max_bytes)
+                   max(x.itemsize, w.itemsize), max_bytes,
+                   bool(np.issubdtype(np.result_type(x, w), np.floating)))
 
 
 def algorithm_for(x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                   groups=1, itemsize=4, training=True, algorithm="auto"):
     """(Algorithm, reason): what conv2d_forward (training) or conv2d_infer would run for
     an input of x_shape (N, C, H, W) and filters of w_shape."""
+    stride, padding, dilation = hyperparameters(stride, padding, dilation, "algorithm_for")
     out_size = output_size(x_shape, w_shape, stride, padding, dilation, "floor")
     p = Problem(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups, out_size,
                 itemsize, None if training else IM2COL_MAX_BYTES)
@@ -86,6 +95,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
     (1, 96, 55, 55)
     """
+    stride, padding, dilation = hyperparameters(stride, padding, dilation)
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
     chosen, _ = choose(algorithm, problem(x, w, stride, padding, dilation, groups, out_size))
@@ -129,6 +139,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
             max_bytes < 1):
         raise ValueError(f"conv2d_infer: max_bytes must be a positive int (bytes), got "
                          f"{max_bytes!r:.40}")
+    stride, padding, dilation = hyperparameters(stride, padding, dilation, "conv2d_infer")
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
     p = problem(x, w, stride, padding, dilation, groups, out_size, max_bytes)

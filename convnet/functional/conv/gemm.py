@@ -169,13 +169,16 @@ def backward(dout, cache, input_grad=True, overwrite=False):
 
 def _flipped_conv(dout, w, padding, dilation, groups, cols_out=None):
     """dx of a stride-1 conv: reference.flipped_input_grad, run by whichever algorithm
-    suits the flipped convolution (cols_out: the im2col buffer, when im2col runs it)."""
+    the auto choice takes for the flipped convolution, use_algorithm or not: it is part of
+    this algorithm's backward pass (cols_out: the im2col buffer, when im2col runs it)."""
     from convnet.functional.conv import conv2d_forward  # the dispatcher, above this file
+    from convnet.functional.conv.select import use_algorithm
 
     fh, fw = w.shape[2:]
     pad_t = tuple(d * (f - 1) - p for d, f, p in zip(dilation, (fh, fw), padding))
-    dx, _ = conv2d_forward(dout, flipped_filters(w, groups), None, (1, 1), pad_t, dilation,
-                           groups, "floor", cols_out)
+    with use_algorithm("auto"):
+        dx, _ = conv2d_forward(dout, flipped_filters(w, groups), None, (1, 1), pad_t,
+                               dilation, groups, "floor", cols_out)
     return dx
 
 
@@ -184,14 +187,19 @@ def infer(x, w, b, stride, padding, dilation, groups, out, relu=False, scale=Non
     """out = the convolution (scale, b and relu as in gemm_nchw), the im2col matrix built
     for as many images as fit in ``max_bytes`` at a time, or, when one image's matrix is
     larger, for bands of output rows (the input rows each band's windows read); at least
-    one output row at a time. Returns out."""
+    one output row at a time. The GEMM's product, a temporary too where a block has
+    several images or a band (one image's goes straight into out), counts against
+    max_bytes as well: with many more filters than C*FH*FW it is the larger. Returns
+    out."""
     n, c, h, wd = x.shape
     k, _, fh, fw = w.shape
     oh, ow = out.shape[2:]
-    row_bytes = max(1, c * fh * fw * ow * x.itemsize)  # the im2col matrix of one output row
+    cols_row = c * fh * fw * ow                       # im2col's values for one output row
+    one_image = max(1, cols_row * x.itemsize * oh)    # and its bytes for one image
+    row_bytes = max(1, cols_row * x.itemsize, k * ow * out.itemsize)   # with the product
     per_image = max(1, max_bytes // (row_bytes * oh))
-    if per_image > 1 or row_bytes * oh <= max_bytes:
-        buf = scratch("cols", min(n, per_image) * oh * row_bytes // x.itemsize, x.dtype)
+    if per_image > 1 or one_image <= max_bytes:
+        buf = scratch("cols", min(n, per_image) * oh * cols_row, x.dtype)
         for s in range(0, n, per_image):
             cols = im2col(x[s: s + per_image], (fh, fw), stride, padding, dilation, (oh, ow),
                           buf)
@@ -200,7 +208,7 @@ def infer(x, w, b, stride, padding, dilation, groups, out, relu=False, scale=Non
     # One image is too large: bands of output rows over the padded image.
     rows = max(1, max_bytes // row_bytes)
     ext = dilation[0] * (fh - 1) + 1
-    buf = scratch("cols", rows * row_bytes // x.itemsize, x.dtype)
+    buf = scratch("cols", rows * cols_row, x.dtype)
     band_buf = scratch("product", k * rows * ow, out.dtype)
     for i in range(n):
         xp = pad(x[i: i + 1], padding,

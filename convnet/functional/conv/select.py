@@ -33,6 +33,7 @@ class Algorithm(str, enum.Enum):
     WINOGRAD_4X4 = "winograd4x4"   # winograd.py: F(4x4, 3x3), 4x fewer multiplications
 
 
+WINOGRAD = (Algorithm.WINOGRAD_2X2, Algorithm.WINOGRAD_4X4)
 MODULES = {Algorithm.IM2COL: gemm, Algorithm.SHIFTED: shifted, Algorithm.BLOCKS: blocks,
            Algorithm.ONE_IMAGE: one_image, Algorithm.WINOGRAD_2X2: winograd.F2X2,
            Algorithm.WINOGRAD_4X4: winograd.F4X4}
@@ -119,13 +120,14 @@ class Problem(NamedTuple):
     out_size: tuple
     itemsize: int         # bytes per value (the larger of x's and w's)
     max_bytes: int | None  # inference's bound on temporaries; None in training
+    floating: bool = True  # x and w are floating point (Winograd's transforms need it)
 
 
 def winograd_suits(p):
     """Whether the auto choice takes F(4x4, 3x3): at inference (its backward pass is slower
     than the shifted path's), a 3x3 stride-1 conv with enough channels and positions. Its
     float32 error is about 1e-5 of the output's scale (a test bounds it at 3e-5)."""
-    return (p.max_bytes is not None and winograd.F4X4.applies(
+    return (p.max_bytes is not None and p.floating and winograd.F4X4.applies(
                 p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups) is None
             and p.x_shape[1] >= _value("winograd_min_channels")
             and p.x_shape[0] * p.out_size[0] * p.out_size[1] >= _value("winograd_min_positions"))
@@ -209,6 +211,9 @@ def why_not(algorithm, p):
     not apply, or at inference its temporaries would pass max_bytes."""
     reason = MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
                                         p.dilation, p.groups)
+    if reason is None and not p.floating and algorithm in WINOGRAD:
+        reason = ("it needs floating-point input and filters (its transforms have "
+                  "fractional coefficients)")
     if reason is None and p.max_bytes is not None:
         need = inference_bytes(algorithm, p)
         if need > p.max_bytes:

@@ -147,7 +147,7 @@ def row_bytes_of(w_shape, wp, size):
     """Bytes per output row of the larger of Y (C*FH rows) and Z (FW*K rows), at
     ``size`` bytes a value."""
     k, c, fh, fw = w_shape
-    return max(fw * k, c * fh) * wp * size
+    return max(1, fw * k, c * fh) * wp * size
 
 
 def run(x, w, b, padding, dilation, out, relu=False, scale=None, max_bytes=None):

@@ -1139,8 +1139,8 @@ def test_conv_with_no_channels_and_no_filters(algorithm):
 
 def test_a_named_algorithm_keeps_its_backward_pass_under_use_algorithm():
     """im2col's input gradient for stride 1 is the flipped-filter convolution, part of its
-    own backward pass: a use_algorithm block around the backward does not reach it (it
-    would have run Winograd there, 14x the float32 error)."""
+    own backward pass: a forced Winograd around the backward does not reach it (it would
+    have run Winograd there, 14x the float32 error)."""
     rng = np.random.default_rng(32)
     x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
@@ -1151,6 +1151,13 @@ def test_a_named_algorithm_keeps_its_backward_pass_under_use_algorithm():
     with use_algorithm("winograd4x4"):
         forced = conv2d_backward(dout, cache)[0]
     assert np.array_equal(forced, plain)
+    # use_algorithm("im2col") keeps the notes' computation throughout: the flipped-filter
+    # convolution runs on im2col too (auto would take the shifted path here).
+    flipped = conv2d_forward(dout, reference.flipped_filters(w, 1), padding=(1, 1),
+                             algorithm="im2col")[0]
+    with use_algorithm("im2col"):
+        _, cache = conv2d_forward(x, w, padding=(1, 1))
+        assert np.array_equal(conv2d_backward(dout, cache)[0], flipped)
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "shifted", "winograd4x4"])

@@ -168,15 +168,19 @@ def backward(dout, cache, input_grad=True, overwrite=False):
 
 
 def _flipped_conv(dout, w, padding, dilation, groups, cols_out=None):
-    """dx of a stride-1 conv: reference.flipped_input_grad, run by whichever algorithm
-    the auto choice takes for the flipped convolution, use_algorithm or not: it is part of
-    this algorithm's backward pass (cols_out: the im2col buffer, when im2col runs it)."""
+    """dx of a stride-1 conv: reference.flipped_input_grad, run by whichever algorithm a
+    forward convolution takes here (cols_out: the im2col buffer, when im2col runs it):
+    under use_algorithm("im2col") im2col, so that the notes' computation runs throughout.
+    A forced Winograd is not passed on: it reaches this only from a layer that named
+    another algorithm (a layer it could run would have run it, forward and backward),
+    whose backward pass would then round as Winograd does."""
     from convnet.functional.conv import conv2d_forward  # the dispatcher, above this file
-    from convnet.functional.conv.select import use_algorithm
+    from convnet.functional.conv.select import WINOGRAD, forced_algorithm, use_algorithm
 
     fh, fw = w.shape[2:]
     pad_t = tuple(d * (f - 1) - p for d, f, p in zip(dilation, (fh, fw), padding))
-    with use_algorithm("auto"):
+    forced = forced_algorithm()
+    with use_algorithm("auto" if forced in WINOGRAD else forced or "auto"):
         dx, _ = conv2d_forward(dout, flipped_filters(w, groups), None, (1, 1), pad_t,
                                dilation, groups, "floor", cols_out)
     return dx

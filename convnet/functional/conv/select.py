@@ -182,6 +182,11 @@ def use_algorithm(algorithm):
         _forced.reset(token)
 
 
+def forced_algorithm():
+    """The Algorithm an enclosing use_algorithm forces, or None."""
+    return _forced.get()
+
+
 def check(algorithm, where="conv2d"):
     """An Algorithm from its name (or itself); a ValueError listing the names otherwise."""
     try:

@@ -55,9 +55,17 @@ BACKWARD = {reference.Cache: lambda dout, cache, input_grad, overwrite:
 
 def hyperparameters(stride, padding, dilation, where="conv2d"):
     """(stride, padding, dilation) as pairs of ints, each given as an int or a pair (a
-    list too): the algorithms compare them with tuples."""
+    list too): the algorithms compare them with tuples. Pairs that are already tuples of
+    ints in range (what the layers pass) are returned as they are, at little cost."""
+    if _pair_of_ints(stride, 1) and _pair_of_ints(padding, 0) and _pair_of_ints(dilation, 1):
+        return stride, padding, dilation
     return (pair(stride, "stride", where), pair(padding, "padding", where, allow_zero=True),
             pair(dilation, "dilation", where))
+
+
+def _pair_of_ints(value, low):
+    return (type(value) is tuple and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int and value[0] >= low and value[1] >= low)
 
 
 def problem(x, w, stride, padding, dilation, groups, out_size, max_bytes=None):

@@ -98,7 +98,11 @@ def parse_bytes(budget):
                              re.IGNORECASE)
         if match:
             power = " kmgt".index(match.group(2).lower() or " ")
-            return int(float(match.group(1)) * 1024 ** power)
+            size = float(match.group(1)) * 1024 ** power
+            if size < 2 ** 63:                       # inf for a number of 309+ digits
+                return int(size)
+            raise ValueError(f"budget: expected a size under 8 EB (2**63 bytes), got "
+                             f"{budget.strip()[:40]!r}")
     raise ValueError(f"budget: expected bytes (an int) or a size like '4GB', '512MB', "
                      f"'1.5G' (units of 1024), got {budget!r}")
 

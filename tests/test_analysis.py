@@ -356,7 +356,8 @@ def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["4 XB", "", "GB", "-1GB", -5, 1.5, None, True])
+@pytest.mark.parametrize("bad", ["4 XB", "", "GB", "-1GB", -5, 1.5, None, True, "9000000TB",
+                                 "9" * 400])
 def test_parse_bytes_rejects(bad):
     with pytest.raises(ValueError, match="budget"):
         parse_bytes(bad)

@@ -161,6 +161,13 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds files" in err and "--resume" in err and "--overwrite" in err
     assert (out / "model.safetensors").read_bytes() == before
+    # --overwrite with bad input fails before it removes anything of the earlier run
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    for bad in (["--data", str(tmp_path / "missing")], ["--from", str(tmp_path / "no.json")],
+                ["--model", "INPUT 8x8x1 -> FC 3"]):
+        assert main(args + ["--seed", "3", "--overwrite", *bad]) == 1
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == held, bad
+    capsys.readouterr()
     assert main(args + ["--seed", "3", "--overwrite"]) == 0
     assert (out / "model.safetensors").read_bytes() != before
     assert (out / "notes.txt").read_text() == "mine"        # not ours: left alone

@@ -299,10 +299,15 @@ def run_directory(cfg, resume, overwrite):
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise ValueError(f"{out} already holds files ({shown}): pass --resume to continue "
                          f"that run, --overwrite to replace it, or another --out")
-    if held:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
     return out
+
+
+def clear_run(out):
+    """Remove an earlier run's files (RUN_FILES) from ``out``: with overwrite, once the
+    data, the model and every setting have been checked, so that a failing run loses
+    nothing."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _initial_model(cfg, log):
@@ -325,7 +330,8 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     With resume=True, continue from the run directory's checkpoint.safetensors: the run
     picks up at the saved epoch and batch with the saved weights, optimizer, schedule and
     RNG states. A new run refuses a directory holding files unless overwrite=True, which
-    removes the files of an earlier run (RUN_FILES) first.
+    removes the files of an earlier run (RUN_FILES), once the data, the model and every
+    setting have been checked (a run that fails before then leaves them as they were).
 
     comm: the communicator (convnet.train.distributed); default: the one this process was
     started with, a plain one unless launched by mpiexec with several processes. Every
@@ -428,6 +434,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             "brightness": brightness_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
+    if overwrite and not resume and comm.is_root:   # everything is checked: now replace
+        clear_run(out)
     norms = [layer for _, layer in model.named_layers()
              if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
     for layer in norms:   # synchronized batch norm: the whole batch's statistics

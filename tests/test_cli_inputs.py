@@ -307,3 +307,11 @@ def test_the_undamaged_checkpoint_resumes(finished_run, tmp_path):
                                            ("600", 600), ("2.5m", 150), (" 10M ", 600)])
 def test_time_limit_reads_minutes_seconds_and_hours(text, seconds):
     assert build_parser().parse_args(["train", "--time-limit", text]).time_limit == seconds
+
+
+def test_an_fc_only_net_trains_and_ends_without_a_filters_picture(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "INPUT 8x8x1 -> FC 10", "--epochs", "1", "--quiet",
+                 "--out", str(out), "--no-report"]) == 0
+    assert (out / "model.json").is_file() and (out / "curve.png").is_file()
+    assert not (out / "filters.png").exists()

@@ -823,13 +823,18 @@ def _set_rng(rng, value, path, name):
 
 
 def _pictures(model, history, out):
-    """The training curve and the first layer's filters, when matplotlib is installed."""
+    """The training curve and the first CONV layer's filters (an FC-only net has none),
+    when matplotlib is installed."""
     try:
-        from convnet.plot import plot_filters, plot_history
-        return [plot_history(history, out / "curve.png"),
-                plot_filters(model, out / "filters.png")]
+        from convnet.plot import first_conv_weight, plot_filters, plot_history
     except ImportError:
         return []
+    pictures = [plot_history(history, out / "curve.png")]
+    try:
+        first_conv_weight(model)
+    except ValueError:                                      # no CONV layer
+        return pictures
+    return pictures + [plot_filters(model, out / "filters.png")]
 
 
 def _with_dtype(config, dtype):

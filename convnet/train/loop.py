@@ -825,16 +825,16 @@ def _set_rng(rng, value, path, name):
 def _pictures(model, history, out):
     """The training curve and the first CONV layer's filters (an FC-only net has none),
     when matplotlib is installed."""
+    from convnet.plot import first_conv_weight, plot_filters, plot_history
     try:
-        from convnet.plot import first_conv_weight, plot_filters, plot_history
+        curve = plot_history(history, out / "curve.png")     # imports matplotlib
     except ImportError:
         return []
-    pictures = [plot_history(history, out / "curve.png")]
     try:
         first_conv_weight(model)
     except ValueError:                                      # no CONV layer
-        return pictures
-    return pictures + [plot_filters(model, out / "filters.png")]
+        return [curve]
+    return [curve, plot_filters(model, out / "filters.png")]
 
 
 def _with_dtype(config, dtype):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import convnet
 from convnet import limits
@@ -249,6 +250,9 @@ def cmd_show(args):
     if not model.trained:
         title = f"{args.model}: untrained (random initial weights, nothing learned)"
     out = args.out or f"{args.what}.png"
+    if Path(out).suffix.lower() not in PICTURES:
+        raise ValueError(f"--out {out}: expected a picture file name ending in "
+                         f"{', '.join(PICTURES)}")
     if args.what == "filters":
         path = plot.plot_filters(model, out, title=title)
     elif args.what == "reuse":
@@ -280,7 +284,8 @@ def cmd_report(args):
 def cmd_convert(args):
     from convnet.io.convert import convert
 
-    path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes)
+    path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
+                   overwrite=args.overwrite)
     print(f"wrote {path}")
 
 
@@ -292,6 +297,7 @@ def cmd_zoo(args):
 
 # -- the parser -------------------------------------------------------------------------
 
+PICTURES = (".png", ".svg", ".pdf")   # what `convnet show --out` writes (matplotlib)
 ARCH_HELP = ("the architecture of a weights file (.pt, .pth, .safetensors): a zoo name or "
              "arrow notation in quotes")
 
@@ -482,7 +488,8 @@ def build_parser():
     p.add_argument("model", metavar="MODEL", help="a saved model, zoo name or arrow notation")
     p.add_argument("image", metavar="IMAGE", nargs="?", help="for activations: an image file")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
-    p.add_argument("--out", metavar="PNG", help="output file (default WHAT.png)")
+    p.add_argument("--out", metavar="PNG",
+                   help="output file, .png, .svg or .pdf (default WHAT.png)")
     p.set_defaults(func=cmd_show)
 
     p = command(
@@ -520,6 +527,8 @@ def build_parser():
     p.add_argument("dst", metavar="OUT")
     p.add_argument("--model", dest="arch", metavar="MODEL", help=ARCH_HELP)
     p.add_argument("--classes", type=CLASSES, metavar="K", help="number of classes (zoo models)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT (and a .json's weights file) if it exists")
     p.set_defaults(func=cmd_convert)
 
     p = command("zoo", help="list the famous nets", description="List the zoo: name, default "

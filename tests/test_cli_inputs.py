@@ -315,3 +315,17 @@ def test_an_fc_only_net_trains_and_ends_without_a_filters_picture(tmp_path, caps
                  "--out", str(out), "--no-report"]) == 0
     assert (out / "model.json").is_file() and (out / "curve.png").is_file()
     assert not (out / "filters.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "lenet5", "--out", "{d}/model.json"], "the report is an HTML page"),
+    (["show", "filters", "lenet5", "--out", "{d}/model.json"], "expected a picture file"),
+    (["show", "filters", "lenet5", "--out", "{d}/picture"], "expected a picture file"),
+])
+def test_report_and_show_write_only_their_own_kind_of_file(tmp_path, capsys, argv, message):
+    (tmp_path / "model.json").write_text("{}")
+    assert main([a.format(d=tmp_path) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (tmp_path / "model.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]

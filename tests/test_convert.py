@@ -83,3 +83,22 @@ def test_onnx_convert_errors(tmp_path, capsys):
     assert "carries its own architecture" in capsys.readouterr().err
     assert main(["summary", str(tmp_path / "missing.onnx")]) == 1
     assert "missing.onnx: no such ONNX file" in capsys.readouterr().err
+
+
+def test_convert_never_replaces_a_file_silently(tmp_path, capsys):
+    src = tmp_path / "m.json"
+    assert main(["convert", str(tmp_path / "in.pt"), str(src)]) == 1     # no such input
+    torch.save({k: torch.tensor(v) for k, v in lenet5(rng=np.random.default_rng(0))
+                .state_dict().items()}, tmp_path / "in.pt")
+    assert main(["convert", str(tmp_path / "in.pt"), str(src), "--model", "lenet5"]) == 0
+    for dst in (src, tmp_path / "m.safetensors", tmp_path / "other.json"):
+        if dst.name == "other.json":          # its weights file, other.safetensors, is there
+            (tmp_path / "other.safetensors").write_bytes(b"mine")
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        capsys.readouterr()
+        assert main(["convert", str(src), str(dst)]) == 1
+        err = capsys.readouterr().err
+        assert "already there" in err and "--overwrite" in err, err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert main(["convert", str(src), str(tmp_path / "other.json"), "--overwrite"]) == 0
+    assert load_model(tmp_path / "other.json").num_params() == 61_706

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convnet.io.weights import save_model, save_tensors
+from convnet.io.weights import model_paths, save_model, save_tensors
 
 OUT = (".json", ".safetensors", ".onnx")
 
@@ -32,11 +32,18 @@ def read_any(path, model=None, num_classes=None):
     return resolve_model(str(path), num_classes=num_classes, architecture=model)
 
 
-def convert(src, dst, model=None, num_classes=None):
-    """Convert ``src`` to ``dst`` (formats by suffix); returns the written path."""
+def convert(src, dst, model=None, num_classes=None, overwrite=False):
+    """Convert ``src`` to ``dst`` (formats by suffix); returns the written path. A file it
+    would write (for .json, the model's .safetensors too) that exists already is a
+    ValueError unless overwrite=True."""
     dst = Path(dst)
     if dst.suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
+    targets = model_paths(dst) if dst.suffix == ".json" else (dst,)
+    held = [str(p) for p in targets if p.exists()]
+    if held and not overwrite:
+        raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "
+                         f"{'them' if len(held) > 1 else 'it'}, or choose another OUT")
     net = read_any(src, model, num_classes)
     if dst.suffix == ".json":
         return save_model(net, dst, **getattr(net, "info", {}))

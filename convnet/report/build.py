@@ -607,6 +607,9 @@ def write_report(model, path, source=None, data=None, data_root=None, images=Non
     Needs matplotlib and Pillow (``pip install 'convnet[plot]'``): an ImportError says so.
     """
     path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):   # never over a model or weights file
+        raise ValueError(f"{path}: the report is an HTML page: give it a name ending in "
+                         f".html")
     if not path.parent.is_dir():              # said before the work, not after it
         raise ValueError(f"{path}: the directory {path.parent} does not exist")
     page = build_report(model, source=source, data=data, data_root=data_root,

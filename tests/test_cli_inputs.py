@@ -329,3 +329,18 @@ def test_report_and_show_write_only_their_own_kind_of_file(tmp_path, capsys, arg
     assert message in err and "Traceback" not in err
     assert (tmp_path / "model.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]
+
+
+@pytest.mark.parametrize("memory, message", [
+    (1 << 20, "for the data set as floats (1,438 training images at 1x8x8)"),
+    (3 << 20, "for the data and a batch of 32 with its activations"),
+])
+def test_a_run_too_large_for_the_machine_is_refused_before_it_starts(
+        tmp_path, capsys, monkeypatch, memory, message):
+    # A large --image-size had run until the OS killed the process, with no message.
+    from convnet.train import loop
+    monkeypatch.setattr(loop, "machine_memory", lambda: memory)
+    assert main(["train", "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "more than this machine's" in err and "--image-size" in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -1242,3 +1242,11 @@ def test_load_dataset_directories(tmp_path):
     (tmp_path / "nothing").mkdir()
     with raises_naming(tmp_path / "nothing", "no data set recognized"):
         load_dataset(tmp_path / "nothing")
+
+
+def test_resizing_a_data_set_is_checked_against_the_data_cap_first():
+    # 1,797 digits at 2000x2000 would take 7.2 GB as uint8: refused before resizing
+    with pytest.raises(ValueError, match=r"digits resized to 1x2000x2000 \(bytes\) "
+                                         r"7,188,000,000 is over the cap.*MAX_DATA_BYTES"):
+        load_dataset("digits", image_size=2000)
+    assert load_dataset("digits", image_size=28, channels=3).input_shape == (3, 28, 28)

@@ -156,8 +156,16 @@ def _map_splits(splits, fn):
 
 
 def _converted(splits, image_size, channels):
-    """splits resized to image_size=(H, W) and converted to ``channels``, where needed."""
+    """splits resized to image_size=(H, W) and converted to ``channels``, where needed:
+    first checked against limits.MAX_DATA_BYTES, as every decoded data set is."""
     c, h, w = splits.input_shape
+    (h2, w2), c2 = image_size or (h, w), channels or c
+    if (h2, w2, c2) != (h, w, c):
+        parts = [p[0] for p in (splits.train, splits.val, splits.test) if p is not None]
+        limits.check_count(sum(len(x) for x in parts) * c2 * h2 * w2 * parts[0].itemsize,
+                           "MAX_DATA_BYTES",
+                           f"size of {splits.name} resized to {c2}x{h2}x{w2} (bytes)",
+                           "load_dataset")
     if image_size is not None and (h, w) != image_size:
         splits = _map_splits(splits, lambda x: resize(x, image_size))
         splits.resized = True

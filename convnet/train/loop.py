@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -260,6 +261,16 @@ def prepare(splits, val_fraction, limit, seed, dtype):
     return (x_train, y_train), (x_val, y_val), (x_test, splits.test[1]), norm
 
 
+def prepare_bytes(splits, limit, dtype):
+    """About the most memory prepare holds at once: the images as they are, and while
+    Normalize.fit runs, the training images as floats plus fit's float64 copy of them and
+    its float64 deviations from the mean."""
+    x = splits.train[0][:limit] if limit else splits.train[0]
+    floats = x.size * np.dtype(dtype).itemsize
+    held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
+    return held + floats + 2 * x.size * 8
+
+
 def first_nonfinite(model, x):
     """The name of the first layer whose output is not finite (descending into stages)."""
     if isinstance(model, Sequential):
@@ -300,6 +311,35 @@ def run_directory(cfg, resume, overwrite):
         raise ValueError(f"{out} already holds files ({shown}): pass --resume to continue "
                          f"that run, --overwrite to replace it, or another --out")
     return out
+
+
+def machine_memory():
+    """The machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(need, what):
+    """Refuse, before the work, a step that cannot fit in the machine's physical memory:
+    a ValueError with the bytes and what to shrink. (A large --image-size had run until
+    the OS killed the process, with no message.)"""
+    from convnet.analysis import format_bytes
+    total = machine_memory()
+    if total is not None and need > total:
+        raise ValueError(f"training needs at least {format_bytes(need)} of memory for "
+                         f"{what}, more than this machine's {format_bytes(total)}: use a "
+                         f"smaller --image-size or --batch-size, or --limit N images")
+
+
+def training_bytes(model, input_shape, cfg):
+    """summary's training memory for a batch (a lower bound: activations and their
+    gradients, the parameters times the optimizer's multiplier, the input batch)."""
+    from convnet.analysis import OPTIMIZER_MULTIPLIERS, summary
+    optimizer = cfg.optimizer if cfg.optimizer in OPTIMIZER_MULTIPLIERS else "adam"
+    return summary(model, input_shape, batch_size=cfg.batch_size, optimizer=optimizer,
+                   dtype=cfg.dtype).memory["training_total"]
 
 
 def clear_run(out):
@@ -381,6 +421,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     cfg = cfg.resolved(splits.name, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
+    check_memory(prepare_bytes(splits, cfg.limit, dtype), "the data set as floats "
+                 f"({len(splits.train[0]):,} training images at "
+                 f"{'x'.join(map(str, input_shape))})")
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
     if not batch_given:   # the default batch, on a data set smaller than it
@@ -421,6 +464,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         raise ValueError(f"batch size {cfg.batch_size} is smaller than the {comm.size} "
                          f"processes: each takes its share of every batch (at least one "
                          f"image); raise --batch-size or start fewer processes")
+    check_memory(training_bytes(model, input_shape, cfg)
+                 + sum(x.nbytes for x in (x_train, x_val, x_test)),
+                 f"the data and a batch of {cfg.batch_size} with its activations and the "
+                 f"parameters")
     params = model.trainable_params()
     if cfg.time_limit and ckpt is None:
         cfg.epochs = plan_epochs(cfg, model, x_train, y_train, len(x_val), len(x_test),

@@ -581,3 +581,26 @@ def test_config_round_trip_and_analysis(layer):
     assert layer.output_shape((3, 9, 8)) == layer.forward(x).shape[1:]
     assert layer.num_params() == 0 and layer.macs((3, 9, 8)) == 0
     assert layer.params == {} and layer.grads == {}
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [
+    (2, 3, 2, 0), (1, 2, 2, 0), (4, 5, 3, 0), (3, 6, 4, 1)])
+def test_ceil_mode_window_wider_than_the_padded_input(size, kernel, stride, padding):
+    """In ceil mode PyTorch keeps one window hanging over an input narrower than it (the
+    zoo's GoogLeNet on small images): (size + 2P - extent) down to -(S - 1)."""
+    rng = np.random.default_rng(40)
+    x = rng.standard_normal((2, 3, size, size))
+    dout = rng.standard_normal((2, 3, 1, 1))
+    xt = torch.tensor(x, requires_grad=True)
+    for layer, fn in ((MaxPool2d(kernel, stride, padding, ceil_mode=True),
+                       lambda t: TF.max_pool2d(t, kernel, stride, padding, ceil_mode=True)),
+                      (AvgPool2d(kernel, stride, padding, ceil_mode=True),
+                       lambda t: TF.avg_pool2d(t, kernel, stride, padding, ceil_mode=True))):
+        want = fn(xt)
+        (dx_want,) = torch.autograd.grad(want, xt, torch.tensor(dout))
+        got = layer.forward(x)
+        assert got.shape == tuple(want.shape) == (2, 3, 1, 1)
+        assert rel_error(got, want.detach().numpy()) < 1e-12
+        assert rel_error(layer.backward(dout), dx_want.numpy()) < 1e-12
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        MaxPool2d(kernel + stride, stride, padding, ceil_mode=True).forward(x)

@@ -25,7 +25,7 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
     extent = dilation * (kernel - 1) + 1
     span = size - extent + 2 * padding
     ext = f"F={kernel}" if dilation == 1 else f"F={extent} (F={kernel} at dilation {dilation})"
-    if span < 0:
+    if span < 0 and not (ceil and span > -stride):   # ceil mode: one window hangs over
         raise ValueError(
             f"{where}: the filter extent along {axis} is larger than the padded input: "
             f"{ext} but {axis}={size} with P={padding} gives {size + 2 * padding}")

@@ -49,6 +49,16 @@ def test_label_smoothing_out_of_range_is_named(bad):
         softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), bad)
 
 
+def test_label_smoothing_as_a_numpy_number():
+    scores, y = np.random.default_rng(5).standard_normal((4, 3)), np.array([0, 1, 2, 1])
+    want = softmax_cross_entropy(scores, y, 0.25)
+    for value in (np.float32(0.25), np.float64(0.25)):
+        got = softmax_cross_entropy(scores, y, value)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        softmax_cross_entropy(scores, y, True)
+
+
 @pytest.mark.parametrize("name, anneal", [("onecycle", "cos"), ("triangular", "linear")])
 @pytest.mark.parametrize("total, pct", [(100, 0.3), (7, 0.25), (1000, 0.23), (53, 0.6)])
 def test_one_cycle_schedules_match_pytorch(name, anneal, total, pct):

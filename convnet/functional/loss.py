@@ -83,9 +83,11 @@ def softmax_cross_entropy(scores, y, label_smoothing=0.0):
     2.3026
     """
     y = check_scores_targets(scores, y, "softmax_cross_entropy")
-    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
+    if not (isinstance(label_smoothing, (int, float, np.integer, np.floating))
+            and not isinstance(label_smoothing, bool) and 0 <= label_smoothing <= 1):
         raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1], got "
                          f"{label_smoothing!r}")
+    label_smoothing = float(label_smoothing)     # a NumPy float32 would round the targets
     n, c = scores.shape
     rows = np.arange(n)
     logp = log_softmax(scores)                          # (N, C)

@@ -1250,3 +1250,13 @@ def test_resizing_a_data_set_is_checked_against_the_data_cap_first():
                                          r"7,188,000,000 is over the cap.*MAX_DATA_BYTES"):
         load_dataset("digits", image_size=2000)
     assert load_dataset("digits", image_size=28, channels=3).input_shape == (3, 28, 28)
+
+
+def test_a_class_folder_name_with_control_characters_is_refused(tmp_path):
+    from PIL import Image
+    for name in ("cat", "dog\n99%"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(ValueError, match="printable text"):
+        load_dataset(tmp_path)

@@ -612,3 +612,14 @@ def test_the_caps_are_exact_boundaries():
     deep = "[" * limits.MAX_DEPTH + "RELU" + "]" * limits.MAX_DEPTH
     assert len(from_notation("INPUT 4 -> " + deep)) == 1
     refused(lambda: from_notation(f"INPUT 4 -> [{deep}]"), "from_notation")
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J\x1b]0;owned\x07", "cat\ndog: 99.9%", "a\tb", "\x00"])
+def test_class_names_that_would_drive_the_terminal_are_refused(saved, name):
+    """predict prints the class names: no escape sequences, line breaks or controls."""
+    doc = with_value(document(), ("info", "classes"), ["zero", name, "two"])
+    json_path = write_json(saved, doc)
+    message = refused(partial(load_model, json_path), json_path)
+    assert "printable" in message
+    doc = with_value(document(), ("info", "classes"), ["zéro", "un deux", "三"])
+    assert load_model(write_json(saved, doc)).info["classes"][2] == "三"

@@ -59,9 +59,14 @@ def _image_files(folder):
 def scan_image_folder(root):
     """root/<class>/<file> -> ([(path, class index)], class names), in class then name order.
 
-    An empty class folder is an error naming it.
+    An empty class folder is an error naming it, and so is a folder name that is not
+    printable text (a model file keeps the names, and predict prints them).
     """
     folders = _class_folders(root)
+    odd = next((f for f in folders if not f.name.isprintable()), None)
+    if odd is not None:
+        raise ValueError(f"{odd}: a class folder's name must be printable text (no control "
+                         f"characters or line breaks): rename it")
     files = [(f, k) for k, folder in enumerate(folders) for f in _image_files(folder)]
     return files, [f.name for f in folders]
 

@@ -68,6 +68,10 @@ def check_info(info, where, channels=None):
             raise ValueError(f"{where}: info.classes must be a list of 1 to "
                              f"{limits.MAX_CLASSES:,} class names (strings), got "
                              f"{classes!r:.80}")
+        odd = next((c for c in classes if not c.isprintable()), None)
+        if odd is not None:   # printed by predict: no terminal escapes or forged lines
+            raise ValueError(f"{where}: info.classes: a class name must be printable text "
+                             f"(no control characters or line breaks), got {odd!r:.80}")
     if "data" in info and not (isinstance(info["data"], str) and len(info["data"]) <= MAX_NAME):
         raise ValueError(f"{where}: info.data must be a data set name (a string), got "
                          f"{info['data']!r:.80}")

@@ -129,6 +129,16 @@ def _trained(args, model):
                          f"a zoo name or notation has random initial weights")
 
 
+def _takes_images(args, model):
+    """The model's per-sample input (C, H, W): what eval, predict and show activations
+    resize images to; a ValueError naming the file when it records none."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"{args.model}: {args.command} needs a model whose input is an "
+                         f"image (C, H, W); its input_shape is {shape!r}")
+    return shape
+
+
 def cmd_summary(args):
     from convnet.analysis import summary
 
@@ -198,6 +208,7 @@ def cmd_eval(args):
 
     model = _model(args, num_classes=args.classes)
     _trained(args, model)
+    _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
                                            where=args.model)
     for note in notes:
@@ -230,7 +241,7 @@ def cmd_predict(args):
     if "mean" not in info:
         _note(args, f"{args.model} records no preprocessing: pixels are scaled to [0, 1] "
                     f"and not normalized")
-    images, notes = load_images(args.images, model.input_shape)
+    images, notes = load_images(args.images, _takes_images(args, model))
     for note in notes:
         _note(args, note)
     for i, warning in brightness_warning(images, 255, info):
@@ -261,7 +272,7 @@ def cmd_show(args):
         from convnet.train.inference import load_images, preprocess
         if not args.image:
             raise ValueError("show activations needs an IMAGE")
-        images, notes = load_images([args.image], model.input_shape)
+        images, notes = load_images([args.image], _takes_images(args, model))
         for note in notes:
             _note(args, note)
         info = getattr(model, "info", None) or {}

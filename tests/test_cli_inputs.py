@@ -344,3 +344,25 @@ def test_a_run_too_large_for_the_machine_is_refused_before_it_starts(
     err = capsys.readouterr().err
     assert message in err and "more than this machine's" in err and "--image-size" in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("input_shape", [None, (64,)])
+@pytest.mark.parametrize("command", ["predict", "eval", "show"])
+def test_a_model_without_an_image_input_is_named_by_the_image_commands(
+        tmp_path, capsys, input_shape, command):
+    from PIL import Image
+
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = from_notation("INPUT 64 -> FC 10", rng=np.random.default_rng(0))
+    model.input_shape = input_shape
+    path = save_model(model, tmp_path / "model")
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    argv = {"predict": ["predict", str(path), str(tmp_path / "x.png")],
+            "eval": ["eval", str(path), "--data", "digits"],
+            "show": ["show", "activations", str(path), str(tmp_path / "x.png"),
+                     "--out", str(tmp_path / "a.png")]}[command]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: {argv[0]} needs a model whose input is an image (C, H, W)" in err, err
+    assert "Traceback" not in err

@@ -511,3 +511,16 @@ def test_config_field_errors_name_the_file_the_layer_and_the_field(field, value,
         from_config(config, where="model.json")
     assert str(info.value).startswith("model.json, layer features.0: ")
     assert words in str(info.value), str(info.value)
+
+
+def test_a_state_dict_missing_every_key_is_one_readable_line():
+    from convnet.zoo import densenet121
+    model = densenet121()
+    with pytest.raises(ValueError) as info:
+        model.load_state_dict({"conv0.weight": np.zeros(3)})
+    message = str(info.value)
+    count = len(model.state_dict())
+    assert len(message) < 1000 and "\n" not in message
+    assert "features.conv0.weight, " in message
+    assert f"({count - 8:,} more, {count:,} in all)" in message
+    assert "unexpected keys: conv0.weight" in message

@@ -74,6 +74,14 @@ def _check_volume(shape, layer, what):
     return shape
 
 
+def _first(items, sep, shown=8):
+    """The first ``shown`` items joined, and how many more: an error stays one readable
+    line when a whole architecture's keys are missing."""
+    more = f"{sep}... ({len(items) - shown:,} more, {len(items):,} in all)" if (
+        len(items) > shown) else ""
+    return sep.join(items[:shown]) + more
+
+
 def _dtype_problem(own, value):
     """Why ``value`` cannot be copied into the model's array ``own``, or None: a float
     parameter or buffer takes only floating arrays (cast to its dtype), an integer buffer
@@ -276,13 +284,13 @@ class Container(Layer):
         if types or shapes or (strict and (missing or unexpected)):
             problems = []
             if missing:
-                problems.append(f"missing keys: {', '.join(missing)}")
+                problems.append(f"missing keys: {_first(missing, ', ')}")
             if unexpected:
-                problems.append(f"unexpected keys: {', '.join(unexpected)}")
+                problems.append(f"unexpected keys: {_first(unexpected, ', ')}")
             if types:
-                problems.append(f"mistyped keys: {'; '.join(types)}")
+                problems.append(f"mistyped keys: {_first(types, '; ')}")
             if shapes:
-                problems.append(f"mis-shaped keys: {'; '.join(shapes)}")
+                problems.append(f"mis-shaped keys: {_first(shapes, '; ')}")
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
         for key, value in own.items():
             if key in state:

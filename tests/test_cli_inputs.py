@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -366,3 +367,14 @@ def test_a_model_without_an_image_input_is_named_by_the_image_commands(
     err = capsys.readouterr().err
     assert f"{path}: {argv[0]} needs a model whose input is an image (C, H, W)" in err, err
     assert "Traceback" not in err
+
+
+def test_an_unwritable_run_directory_is_named_before_training(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    started = time.perf_counter()
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "afile" / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "afile/run: the run directory (--out) cannot be made" in err, err
+    assert "afile is a file" in err
+    assert time.perf_counter() - started < 5 and (tmp_path / "afile").read_text() == "mine"

@@ -45,7 +45,7 @@ from convnet.data.preprocess import brightness_range
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
-from convnet.io.weights import save_model
+from convnet.io.weights import atomic_write, save_model
 from convnet.layers.dropout import Dropout
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
@@ -310,6 +310,12 @@ def run_directory(cfg, resume, overwrite):
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         raise ValueError(f"{out} already holds files ({shown}): pass --resume to continue "
                          f"that run, --overwrite to replace it, or another --out")
+    # Said now, not at the first checkpoint after an epoch of training; nothing is made
+    # yet (a run that fails its checks leaves no directory behind).
+    held_by = next(p for p in (out, *out.parents) if p.exists())
+    if not held_by.is_dir() or not os.access(held_by, os.W_OK | os.X_OK):
+        why = "is a file" if not held_by.is_dir() else "is not writable"
+        raise ValueError(f"{out}: the run directory (--out) cannot be made: {held_by} {why}")
     return out
 
 
@@ -618,7 +624,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     model_path, pictures = out / "model.json", []
     if comm.is_root:
         model_path = save_model(model, out / "model", **info)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        atomic_write(out / "history.json", json.dumps(history, indent=1).encode())
         pictures = _pictures(model, history, out)
     test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm, cfg.tta)
     for layer in norms:

@@ -623,3 +623,10 @@ def test_class_names_that_would_drive_the_terminal_are_refused(saved, name):
     assert "printable" in message
     doc = with_value(document(), ("info", "classes"), ["zéro", "un deux", "三"])
     assert load_model(write_json(saved, doc)).info["classes"][2] == "三"
+
+
+def test_class_names_must_match_the_models_scores(saved):
+    for names in (["zero", "one"], ["a", "b", "c", "d"]):
+        json_path = write_json(saved, with_value(document(), ("info", "classes"), names))
+        message = refused(partial(load_model, json_path), json_path)
+        assert f"info.classes names {len(names)} classes, but the model gives 3" in message

@@ -144,7 +144,8 @@ def load_model(path):
     Every field of the JSON is checked before the model is built: "format" and "version",
     "input_shape" (1 or 3 positive ints, at most ``convnet.limits.MAX_VOLUME`` values,
     and the architecture must take it), "weights" (a file name in the JSON's folder) and
-    "info" (``convnet.data.preprocess.check_info``). Returns the model with ``info`` set,
+    "info" (``convnet.data.preprocess.check_info``; with an input_shape, as many class
+    names as the model gives scores). Returns the model with ``info`` set,
     and ``input_shape`` when the file has one. Any problem is a ValueError naming the file.
     """
     from convnet.data.preprocess import check_info
@@ -172,10 +173,14 @@ def load_model(path):
                          f"Sequential), got a single {type(model).__name__}")
     if input_shape is not None:
         try:
-            model.output_shape(input_shape)
+            out = model.output_shape(input_shape)
         except ValueError as err:
             raise ValueError(f"{where}: input_shape {list(input_shape)} does not fit the "
                              f"architecture: {err}") from None
+        names = info.get("classes")
+        if names is not None and out and out[0] != len(names):   # (K,) or (K, H, W)
+            raise ValueError(f"{where}: info.classes names {len(names)} classes, but the "
+                             f"model gives {out[0]} scores per image")
     tensors, _ = load_tensors(weights_path)
     try:
         model.load_state_dict(tensors, strict=True)

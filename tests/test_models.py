@@ -10,7 +10,15 @@ from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from convnet.models import Concat, DenseBlock, Residual, Sequential, fc_to_conv, slide
+from convnet.models import (
+    Concat,
+    DenseBlock,
+    Residual,
+    Sequential,
+    fc_to_conv,
+    from_notation,
+    slide,
+)
 from tests.torch_models import to_torch
 from tests.utils import numerical_grad, rel_error
 
@@ -524,3 +532,30 @@ def test_a_state_dict_missing_every_key_is_one_readable_line():
     assert "features.conv0.weight, " in message
     assert f"({count - 8:,} more, {count:,} in all)" in message
     assert "unexpected keys: conv0.weight" in message
+
+
+def test_a_model_that_only_infers_holds_no_gradient_memory():
+    """The gradients are made as zero pages the OS maps only when a backward pass writes
+    them: building a 67M-parameter model (269 MB of weights) for summary or predict takes
+    about the weights, not twice them."""
+    import subprocess
+    import sys
+    code = ("import os\n"
+            "from convnet.models import from_notation\n"
+            "m = from_notation('INPUT 4096 -> FC 16384 -> FC 10')\n"
+            "pages = int(open('/proc/self/statm').read().split()[1])\n"
+            "print(pages * os.sysconf('SC_PAGE_SIZE'), m.num_params() * 4)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    resident, weights = map(int, out.split())       # resident now, after the build
+    assert resident < 1.5 * weights, (resident, weights)
+
+
+def test_a_conv_too_wide_for_the_volume_cap_is_refused_before_its_filters_are_made():
+    import tracemalloc
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"CONV: its output 8x8x100000000.*MAX_VOLUME"):
+        from_notation("INPUT 8x8x1 -> CONV 100000000 -> FC 10")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, peak

@@ -73,11 +73,13 @@ class Layer:
 
     def zero_grad(self):
         for key, value in self.params.items():
-            self.grads[key] = np.zeros_like(value)
+            self.grads[key] = np.zeros(value.shape, value.dtype)
 
     def _init_param(self, key, value):
         self.params[key] = value
-        self.grads[key] = np.zeros_like(value)
+        # np.zeros, not zeros_like: its pages stay unmapped until a backward pass writes
+        # them, so a model that only infers (summary, predict, eval) holds no gradients.
+        self.grads[key] = np.zeros(value.shape, value.dtype)
 
     # -- analysis ----------------------------------------------------------------------
     def output_shape(self, input_shape):

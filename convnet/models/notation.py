@@ -56,6 +56,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convnet import limits
+from convnet.functional.conv.sizes import conv_output_size, pair
 from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from convnet.layers.base import check_dtype, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
@@ -416,6 +417,24 @@ def _conv_padding(args):
     return (dh * (fh - 1) // 2, dw * (fw - 1) // 2)
 
 
+def _check_conv_volume(k, shape, kernel, stride, padding, dilation, groups, fit):
+    """A CONV's output volume against limits.MAX_VOLUME before its filters are made (K
+    filters of a huge K would be allocated first, and refused only after). Sizes that do
+    not fit, and filters over limits.MAX_PARAMS, are left to the layer, whose own checks
+    name them before it allocates anything."""
+    fh, fw = pair(kernel, "F")
+    if k * (shape[0] // max(1, groups)) * fh * fw > limits.MAX_PARAMS:
+        return
+    try:
+        out = [conv_output_size(shape[1 + i], pair(kernel, "F")[i], pair(stride, "S")[i],
+                                pair(padding, "P", allow_zero=True)[i],
+                                pair(dilation, "D")[i], fit) for i in (0, 1)]
+    except ValueError:
+        return
+    limits.check_count(k * out[0] * out[1], "MAX_VOLUME",
+                       f"its output {out[1]}x{out[0]}x{k}: values per sample", "CONV")
+
+
 def _fit(args):
     return "floor" if args.get("floor") else "exact"
 
@@ -432,6 +451,8 @@ def _build(layer, shape, dtype, rng):
     if kw in ("CONV", "LC", "POOL", "AVGPOOL", "L2POOL", "GAP", "LRN"):
         _need_volume(kw, shape)
     if kw == "CONV":
+        _check_conv_volume(a["K"], shape, a.get("F", 3), a.get("S", 1), _conv_padding(a),
+                           a.get("D", 1), a.get("G", 1), _fit(a))
         return [Conv2d(shape[0], a["K"], a.get("F", 3), a.get("S", 1), _conv_padding(a),
                        a.get("D", 1), a.get("G", 1), fit=_fit(a), dtype=dtype, rng=rng)]
     if kw == "LC":

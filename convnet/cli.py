@@ -569,7 +569,9 @@ def main(argv=None):
     except Exception as err:  # the CLI's promise: one line, never a traceback
         if args.debug:
             raise
-        print(f"convnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        hint = (" (try a smaller --batch-size or --image-size)"
+                if isinstance(err, MemoryError) and args.command == "train" else "")
+        print(f"convnet {args.command}: error: {_one_line(err)}{hint}", file=sys.stderr)
         from convnet.train.distributed import abort_if_parallel
         abort_if_parallel(err, _one_line(err))   # under mpiexec: end every rank, no hang
         return 1
@@ -581,7 +583,8 @@ def _one_line(err):
     (a bug, or a library's error we did not expect) also say what kind they are."""
     text = str(err).strip() or type(err).__name__
     if isinstance(err, MemoryError):
-        text = "out of memory (MemoryError); try a smaller --batch-size or --image-size"
+        text = "out of memory (MemoryError): the model or the data is too large for this " \
+               "machine's memory"
     elif not isinstance(err, (ValueError, OSError, ImportError)):
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
     return text

@@ -55,6 +55,9 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
     Errors name the file the user gave and the fix (``--model`` for a weights file).
     """
     kwargs = {} if rng is None else {"rng": rng}
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"the model is empty: give a zoo name, arrow notation or a model "
+                         f"file, got {spec!r:.40}")
     suffix = Path(spec).suffix.lower() if not is_notation(spec) else ""
     if architecture is not None and suffix not in WEIGHTS:
         raise ValueError(f"{spec}: --model names the architecture of a weights file "

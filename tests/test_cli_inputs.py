@@ -100,7 +100,23 @@ def test_memory_error_is_one_line(monkeypatch, capsys):
         raise MemoryError()
     monkeypatch.setattr(zoo, "listing", huge)
     assert main(["zoo"]) == 1
-    assert "out of memory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--batch-size" not in err   # zoo has no such option
+
+
+def test_memory_error_in_train_suggests_its_options(monkeypatch, capsys, tmp_path):
+    from convnet.train import loop
+
+    def huge(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(loop, "train", huge)
+    assert main(["train", "--out", str(tmp_path / "run")]) == 1
+    assert "try a smaller --batch-size or --image-size" in capsys.readouterr().err
+
+
+def test_an_empty_model_is_named(capsys):
+    assert main(["summary", " "]) == 1
+    assert "the model is empty: give a zoo name" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_ends_quietly():

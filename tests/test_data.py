@@ -1260,3 +1260,13 @@ def test_a_class_folder_name_with_control_characters_is_refused(tmp_path):
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
     with pytest.raises(ValueError, match="printable text"):
         load_dataset(tmp_path)
+
+
+def test_split_folders_without_a_test_folder_are_named(tmp_path):
+    from PIL import Image
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / split / name / "0.png")
+    with pytest.raises(ValueError, match=r"split folders \(train, val\) but no test/"):
+        load_dataset(tmp_path)

@@ -202,6 +202,10 @@ def _load_directory(path, image_size, channels, seed, test_fraction):
                          "(train-images-idx3-ubyte ...), CIFAR batch files, or one "
                          "sub-folder of images per class")
     split_names = {name for names in SPLIT_FOLDERS.values() for name in names}
+    if "train" in subdirs and "test" not in subdirs and set(subdirs) <= split_names:
+        raise ValueError(f"{path}: split folders ({', '.join(sorted(subdirs))}) but no "
+                         f"test/: add one, or put the class folders straight in {path} "
+                         f"(a test split is then drawn from them)")
     if {"train", "test"} <= set(subdirs) and set(subdirs) <= split_names:
         parts = {split: subdirs[name] for split, names in SPLIT_FOLDERS.items()
                  for name in names if name in subdirs}

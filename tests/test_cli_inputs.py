@@ -165,6 +165,12 @@ def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monke
     lines = []
     train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
     assert "runs/digits-2/checkpoint.safetensors" in "\n".join(lines)
+    # options given to a resumed run that its own settings override are said, not dropped
+    lines = []
+    train(TrainConfig(**{**cfg, "lr": 0.5, "seed": 7}), resume=True, log=lines.append,
+          progress=False)
+    said = [line for line in lines if "ignored:" in line]
+    assert len(said) == 1 and said[0].endswith("ignored: lr=0.5, seed=7"), lines
 
 
 def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):

@@ -360,6 +360,16 @@ def clear_run(out):
         (out / name).unlink(missing_ok=True)
 
 
+def _ignored_settings(given, saved):
+    """The settings given for a resumed run (those not at their defaults) that differ
+    from the run's own, as "name=value, ...": resuming keeps the run's settings."""
+    default = TrainConfig()
+    return ", ".join(f"{f.name}={getattr(given, f.name)!r}" for f in dataclasses.fields(given)
+                     if f.name != "out"
+                     and getattr(given, f.name) != getattr(default, f.name)
+                     and getattr(given, f.name) != getattr(saved, f.name))
+
+
 def _initial_model(cfg, log):
     """The model to fine-tune from cfg.init_from (a model file, or weights with cfg.model)."""
     is_weights = Path(cfg.init_from).suffix.lower() in WEIGHTS
@@ -408,7 +418,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     ema_arrays = {}
     if resume:
         *ckpt, ema_arrays = load_checkpoint(ckpt_path, ema=True)
-        cfg = TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
+        given, cfg = cfg, TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
+        ignored = _ignored_settings(given, cfg)
+        if ignored:
+            log(f"resuming {ckpt_path}: the run's own settings apply; ignored: {ignored}")
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
     if start_model is not None:   # the data goes to the model's input volume
         channels, *size = start_model.input_shape

@@ -419,16 +419,16 @@ def _conv_padding(args):
 
 def _check_conv_volume(k, shape, kernel, stride, padding, dilation, groups, fit):
     """A CONV's output volume against limits.MAX_VOLUME before its filters are made (K
-    filters of a huge K would be allocated first, and refused only after). Sizes that do
-    not fit, and filters over limits.MAX_PARAMS, are left to the layer, whose own checks
-    name them before it allocates anything."""
-    fh, fw = pair(kernel, "F")
-    if k * (shape[0] // max(1, groups)) * fh * fw > limits.MAX_PARAMS:
-        return
-    try:
-        out = [conv_output_size(shape[1 + i], pair(kernel, "F")[i], pair(stride, "S")[i],
-                                pair(padding, "P", allow_zero=True)[i],
-                                pair(dilation, "D")[i], fit) for i in (0, 1)]
+    filters of a huge K would be allocated first, and refused only after). Padding "same",
+    sizes that do not fit and filters over limits.MAX_PARAMS are left to the layer, whose
+    own checks resolve or name them before it allocates anything."""
+    try:      # padding "same", and sizes that do not fit, are the layer's to resolve
+        kernel, stride, dilation = pair(kernel, "F"), pair(stride, "S"), pair(dilation, "D")
+        padding = pair(padding, "P", allow_zero=True)
+        if k * (shape[0] // max(1, groups)) * kernel[0] * kernel[1] > limits.MAX_PARAMS:
+            return
+        out = [conv_output_size(shape[1 + i], kernel[i], stride[i], padding[i], dilation[i],
+                                fit) for i in (0, 1)]
     except ValueError:
         return
     limits.check_count(k * out[0] * out[1], "MAX_VOLUME",

@@ -556,6 +556,8 @@ def test_a_conv_too_wide_for_the_volume_cap_is_refused_before_its_filters_are_ma
     tracemalloc.start()
     with pytest.raises(ValueError, match=r"CONV: its output 8x8x100000000.*MAX_VOLUME"):
         from_notation("INPUT 8x8x1 -> CONV 100000000 -> FC 10")
+    with pytest.raises(ValueError, match=r"CONV: its output 8x8x100000000.*MAX_VOLUME"):
+        from_notation("INPUT 8x8x1 -> CONV 100000000 Psame -> FC 10")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20, peak

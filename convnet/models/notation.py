@@ -419,14 +419,16 @@ def _conv_padding(args):
 
 def _check_conv_volume(k, shape, kernel, stride, padding, dilation, groups, fit):
     """A CONV's output volume against limits.MAX_VOLUME before its filters are made (K
-    filters of a huge K would be allocated first, and refused only after). Padding "same",
-    sizes that do not fit and filters over limits.MAX_PARAMS are left to the layer, whose
-    own checks resolve or name them before it allocates anything."""
-    try:      # padding "same", and sizes that do not fit, are the layer's to resolve
+    filters of a huge K would be allocated first, and refused only after). Sizes that do
+    not fit and filters over limits.MAX_PARAMS are left to the layer, whose own checks
+    name them before it allocates anything."""
+    try:      # sizes that do not fit are the layer's to name
         kernel, stride, dilation = pair(kernel, "F"), pair(stride, "S"), pair(dilation, "D")
-        padding = pair(padding, "P", allow_zero=True)
         if k * (shape[0] // max(1, groups)) * kernel[0] * kernel[1] > limits.MAX_PARAMS:
             return
+        if padding == "same":                 # as Conv2d makes it: P = D*(F-1)/2
+            padding = tuple(d * (f - 1) // 2 for f, d in zip(kernel, dilation))
+        padding = pair(padding, "P", allow_zero=True)
         out = [conv_output_size(shape[1 + i], kernel[i], stride[i], padding[i], dilation[i],
                                 fit) for i in (0, 1)]
     except ValueError:

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -317,6 +318,25 @@ def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, t
     save_tensors(tensors, tmp_path / "checkpoint.safetensors", metadata={KEY: text})
     with pytest.raises(ValueError, match=str(tmp_path / "checkpoint.safetensors")):
         train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+
+
+def test_a_checkpoint_architecture_larger_than_its_weights_is_refused_before_building(
+        finished_run, tmp_path):
+    tensors, state = finished_run
+    architecture = json.loads(json.dumps(state["architecture"]))
+    fc = architecture["children"][-1][1]
+    assert fc["type"] == "Linear"
+    fc["out_features"] = 50_000_000            # 800 MB of weights the file does not hold
+    save_tensors(tensors, tmp_path / "checkpoint.safetensors",
+                 metadata={KEY: json.dumps({**state, "architecture": architecture})})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="model tensors") as info:
+            train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(tmp_path) in str(info.value) and peak < 100 << 20, (peak, info.value)
 
 
 def test_the_undamaged_checkpoint_resumes(finished_run, tmp_path):

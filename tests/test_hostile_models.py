@@ -361,6 +361,18 @@ def test_the_running_total_refuses_the_layer_that_would_pass_the_cap(monkeypatch
         tracemalloc.stop()
 
 
+def test_layers_larger_than_their_weights_file_are_refused_before_they_allocate(saved):
+    """A model.json whose FC layer asks for 6 x 16M weights, beside the real (small)
+    weights file: the header's count of values refuses the layer before its 384 MB."""
+    data = document()
+    children = data["architecture"]["children"]
+    fc = next(config for name, config in children if name == "fc")
+    fc["out_features"] = 16_000_000
+    json_path = write_json(saved, data)
+    message = refused(lambda: load_model(json_path), json_path)
+    assert "layer fc" in message and "model.safetensors" in message
+
+
 def test_a_cyclic_config_stops_at_the_depth_cap():
     config = {"type": "Sequential", "children": []}
     config["children"].append(["0", config])

@@ -84,13 +84,22 @@ def load_tensors(path):
     ``convnet.limits.MAX_ARRAY_BYTES`` before any tensor is read.
     """
     path = Path(path)
+    tensor_shapes(path)
+    return _read(path, lambda f: ({key: f.get_tensor(key) for key in f.keys()},
+                                  f.metadata() or {}))
+
+
+def tensor_shapes(path):
+    """A safetensors file's header: {key: shape} of its tensors, read without reading a
+    tensor, their dtypes known and their bytes together held to
+    ``convnet.limits.MAX_ARRAY_BYTES``. Errors name the file."""
+    path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such weight file")
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
     _check_declared_bytes(declared, path)
-    return _read(path, lambda f: ({key: f.get_tensor(key) for key in f.keys()},
-                                  f.metadata() or {}))
+    return {key: tuple(shape) for key, (_, shape) in declared.items()}
 
 
 def _read(path, what):
@@ -145,8 +154,10 @@ def load_model(path):
     "input_shape" (1 or 3 positive ints, at most ``convnet.limits.MAX_VOLUME`` values,
     and the architecture must take it), "weights" (a file name in the JSON's folder) and
     "info" (``convnet.data.preprocess.check_info``; with an input_shape, as many class
-    names as the model gives scores). Returns the model with ``info`` set,
-    and ``input_shape`` when the file has one. Any problem is a ValueError naming the file.
+    names as the model gives scores). The weights file's header is read before the
+    layers are built, and a model with more parameters and buffers than it holds values
+    is refused before those layers allocate. Returns the model with ``info`` set, and
+    ``input_shape`` when the file has one. Any problem is a ValueError naming the file.
     """
     from convnet.data.preprocess import check_info
     from convnet.models.config import from_config
@@ -167,7 +178,9 @@ def load_model(path):
     weights_path = _weights_path(document.get("weights", default_weights.name), json_path)
     channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
     info = check_info(document.get("info", {}), where, channels=channels)
-    model = from_config(document["architecture"], where=where)
+    values = sum(math.prod(shape) for shape in tensor_shapes(weights_path).values())
+    model = from_config(document["architecture"], where=where, max_params=values,
+                        weights=str(weights_path))
     if not isinstance(model, Container):
         raise ValueError(f"{where}: architecture must be a container of layers (such as "
                          f"Sequential), got a single {type(model).__name__}")

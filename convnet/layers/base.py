@@ -167,24 +167,32 @@ def window_pair(value, name, where, allow_zero=False):
 # -- the parameter budget ------------------------------------------------------------------
 
 class ParamCount:
-    """A model's running total of parameters while a builder makes its layers."""
+    """A model's running total of parameters while a builder makes its layers, held to
+    limits.MAX_PARAMS and to ``cap`` values (when given) that ``source`` holds."""
 
-    def __init__(self):
+    def __init__(self, cap=None, source=None):
         self.total = 0
+        self.cap = cap
+        self.source = source
 
     def add(self, count, layer):
         self.total += count
         limits.check_count(self.total, "MAX_PARAMS", "the model's total of parameters", layer)
+        if self.cap is not None and self.total > self.cap:
+            raise ValueError(f"{layer}: the layers so far have {self.total:,} parameters "
+                             f"and buffers, more than the {self.cap:,} values in "
+                             f"{self.source}; refusing to allocate them")
 
 
 _MODEL_COUNT = contextvars.ContextVar("convnet_param_count", default=None)
 
 
 @contextlib.contextmanager
-def counting_params():
+def counting_params(cap=None, source=None):
     """Inside this block every layer's ``check_param_count`` also adds to one model's
     total (a ParamCount, yielded), so a builder refuses the layer that would take the
-    model over limits.MAX_PARAMS before that layer allocates.
+    model over limits.MAX_PARAMS, or over ``cap`` values when given (the values of the
+    weights ``source`` that the model will load), before that layer allocates.
 
     >>> with counting_params() as count:
     ...     check_param_count(34944, "Conv2d")
@@ -194,7 +202,7 @@ def counting_params():
     >>> count.total
     35074
     """
-    count = ParamCount()
+    count = ParamCount(cap, source)
     token = _MODEL_COUNT.set(count)
     try:
         yield count

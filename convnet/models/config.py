@@ -42,19 +42,23 @@ _KINDS = sorted([*LAYERS, *_CONTAINER_FIELDS])
 MAX_NAME = 200   # characters in a child's name (torchvision's longest is 15)
 
 
-def from_config(config, rng=None, where="model config"):
+def from_config(config, rng=None, where="model config", max_params=None,
+                weights="the weights file"):
     """Build a layer or model from the dict that its get_config() returned.
 
     Parameters get a fresh initialization from ``rng``; load weights afterwards.
     ``where`` names the source (the model file) in errors. Every problem is a ValueError
     naming ``where``, the layer's dotted path (``features.0``), the field, what it must be
-    and what it is, raised before any layer over the caps is allocated.
+    and what it is, raised before any layer over the caps is allocated. With
+    ``max_params`` (the number of values in ``weights``, the file the model will load), a
+    model whose parameters and buffers would be more is refused the same way: its
+    weights could not fit it.
 
     >>> net = from_config({"type": "Sequential", "children": [["0", {"type": "ReLU"}]]})
     >>> net[0]
     ReLU()
     """
-    with counting_params():
+    with counting_params(max_params, weights):
         return _Builder(rng, where).build(config, "", 0)
 
 

@@ -454,7 +454,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
 
     if ckpt is not None:
         model_state, optim_arrays, state = ckpt
-        model = from_config(state.get("architecture"), where=f"{ckpt_path}: architecture")
+        model = from_config(state.get("architecture"), where=f"{ckpt_path}: architecture",
+                            max_params=sum(v.size for v in model_state.values()),
+                            weights=f"{ckpt_path}'s model tensors")
         try:
             model.load_state_dict(model_state)
         except ValueError as err:

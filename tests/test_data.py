@@ -41,7 +41,7 @@ from convnet.data.digits import (
     read_digits,
 )
 from convnet.data.files import download, search_dirs
-from convnet.data.folder import load_image_folder
+from convnet.data.folder import decode_image, load_image_folder, read_headers
 from convnet.data.idx import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MD5,
@@ -887,6 +887,23 @@ def test_image_folder_decompression_bomb_guard(tmp_path, monkeypatch, side):
             load_image_folder(tmp_path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert load_image_folder(tmp_path)[0].shape == (1, 3, side, side)
+
+
+@pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000)])
+def test_an_image_strip_over_the_side_cap_is_refused_from_its_header(tmp_path, size):
+    """A 78 KB PNG of 80,000,000 x 1 pixels (under Pillow's bomb limit) took 1.7 GB to
+    resize; a side over the cap is refused before anything is decoded. A wide panorama
+    passes."""
+    path = tmp_path / "a" / "strip.png"
+    path.parent.mkdir()
+    Image.new("L", size).save(path)
+    for call in (lambda: read_headers([path]), lambda: decode_image(path, "RGB", (8, 8)),
+                 lambda: load_image_folder(tmp_path, size=8)):
+        with raises_naming(path, "MAX_SOURCE_SIDE"):
+            call()
+    path.unlink()
+    Image.new("L", (20_000, 2)).save(tmp_path / "a" / "panorama.png")
+    assert load_image_folder(tmp_path, size=8)[0].shape == (1, 3, 8, 8)
 
 
 def test_image_folder_without_pillow(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@
 Classes are the sub-folder names sorted; every non-hidden file in a class folder is an
 image (a stray file is an error naming it, not silently skipped). Pillow's
 decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (about 89
-megapixels by default) is refused with the file named. 16-bit grayscale images (PNG,
+megapixels by default) is refused with the file named, and so is one with a side over
+``convnet.limits.MAX_SOURCE_SIDE`` (resizing a thin strip takes memory in proportion to
+its long side: an 80,000,000 x 1 PNG of 78 KB took 1.7 GB). 16-bit grayscale images (PNG,
 TIFF) are scaled to 8 bits (v * 255 / 65535), not clipped.
 
 ``scan_image_folder`` lists the files and ``read_headers`` reads each file's mode and
@@ -72,16 +74,22 @@ def scan_image_folder(root):
 
 
 def _opened(Image, path):
-    """Image.open with the decompression-bomb guard as an error and bad files named."""
+    """Image.open (the header only) with the decompression-bomb guard as an error, each
+    side held to limits.MAX_SOURCE_SIDE, and bad files named."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            im = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb "
                          f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err}") from None
     except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
+    if max(im.size) > limits.MAX_SOURCE_SIDE:
+        im.close()
+        limits.check_count(max(im.size), "MAX_SOURCE_SIDE",
+                           f"image of {im.size[0]:,} x {im.size[1]:,} pixels: side", path)
+    return im
 
 
 def read_headers(paths):

@@ -12,6 +12,8 @@ one for the process: ``convnet.limits.MAX_PARAMS = 1 << 32``.
 
 from __future__ import annotations
 
+import os
+
 MAX_PARAMS = 1 << 30          # parameters in one model: 4 GiB in float32
 MAX_LAYERS = 10_000           # layers in one model, after repetitions are unrolled
 MAX_DEPTH = 32                # nesting of containers, brackets and ONNX blocks
@@ -36,3 +38,23 @@ def check_count(value, cap_name, what, where):
         raise ValueError(f"{where}: {what} {value:,} is over the cap of {cap:,} "
                          f"(convnet.limits.{cap_name}); refusing to allocate it")
     return value
+
+
+def machine_memory():
+    """The machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(need, task, what, hint):
+    """Refuse, before the work, a step that cannot fit in the machine's physical memory:
+    a ValueError saying the bytes ``task`` needs for ``what`` and, in ``hint``, what to
+    shrink. (A large --image-size had run until the OS killed the process, with no
+    message.)"""
+    from convnet.analysis import format_bytes
+    total = machine_memory()
+    if total is not None and need > total:
+        raise ValueError(f"{task} needs at least {format_bytes(need)} of memory for {what}, "
+                         f"more than this machine's {format_bytes(total)}: {hint}")

@@ -14,6 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from convnet import limits
 from convnet.cli import build_parser, main
 from convnet.io import load_tensors, save_tensors
 from convnet.train.checkpoint import KEY
@@ -381,12 +382,55 @@ def test_report_and_show_write_only_their_own_kind_of_file(tmp_path, capsys, arg
 def test_a_run_too_large_for_the_machine_is_refused_before_it_starts(
         tmp_path, capsys, monkeypatch, memory, message):
     # A large --image-size had run until the OS killed the process, with no message.
-    from convnet.train import loop
-    monkeypatch.setattr(loop, "machine_memory", lambda: memory)
+    monkeypatch.setattr(limits, "machine_memory", lambda: memory)
     assert main(["train", "--out", str(tmp_path / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert message in err and "more than this machine's" in err and "--image-size" in err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_evaluating_at_a_models_large_input_is_refused_before_the_floats(
+        tmp_path, capsys, monkeypatch):
+    """A model file's input_shape sets the size eval resizes the data to: at 1x1000x1000
+    the digits (1.8 GB as bytes) were made floats until the OS killed the process at
+    24 GB. The model has no recorded statistics, so eval fits them in float64: at
+    1x600x600 about 12 GB, refused on a machine taken to have 8 GiB."""
+    monkeypatch.setattr(limits, "machine_memory", lambda: 8 << 30)
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = from_notation("INPUT 600x600x1 -> POOL F600 -> FC 10",
+                          rng=np.random.default_rng(0))
+    model.input_shape = (1, 600, 600)
+    path = save_model(model, tmp_path / "model")
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        assert main(["eval", str(path), "--data", "digits"]) == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert "evaluating needs at least" in err and "1x600x600, the model's input" in err, err
+    assert "more than this machine's" in err and "Traceback" not in err
+    assert peak < 0.8e9 and time.perf_counter() - started < 60
+
+
+def test_inference_batches_are_sized_to_the_models_input():
+    from convnet.models import from_notation
+    from convnet.train import inference
+    small = from_notation("INPUT 8x8x1 -> CONV 16 -> FC 10")
+    assert inference.inference_batch(small, (1, 8, 8)) == 256
+    # 64 x 224 x 224 float32 out of a 3 x 224 x 224 input: 13.4 MB live per image
+    large = from_notation("INPUT 224x224x3 -> CONV 64 -> POOL F224 -> FC 10")
+    per_image = (3 + 64) * 224 * 224 * 4
+    assert inference.inference_batch(large, (3, 224, 224)) == (1 << 30) // per_image == 79
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    idx, probs = inference.top_k(small, x, 3, batch_size=2)
+    whole = inference.top_k(small, x, 3, batch_size=5)
+    np.testing.assert_array_equal(idx, whole[0])
+    np.testing.assert_allclose(probs, whole[1], rtol=1e-6)
+    assert idx.shape == probs.shape == (5, 3)
+    assert inference.top_k(small, x[:0], 3)[0].shape == (0, 3)
 
 
 @pytest.mark.parametrize("input_shape", [None, (64,)])

@@ -52,7 +52,6 @@ PAGE_PIXELS = 5_000_000         # ... and for all sample images together
 STAGE_PIXELS = (16_384, 262_144)  # bounds on one stage's share for one image
 MIN_STAGES = 6                  # fewer top-level stages: open the Sequential ones
 MAX_WRONG = 8                   # most confidently wrong test images shown
-BATCH = 256                     # images per forward pass in the evaluation
 MAX_SHOWN_WIDTH = 1100          # CSS pixels: wider pictures are shown scaled down
 HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")
 SECTIONS = ("status", "architecture", "summary", "training", "filters", "activations",
@@ -504,11 +503,8 @@ def _evaluate(model, x, y, classes, info):
     from convnet.train.inference import evaluate, top_k
 
     result = evaluate(model, x, y, num_classes=len(classes))
-    guess = np.empty(len(x), dtype=np.int64)
-    prob = np.empty(len(x))
-    for start in range(0, len(x), BATCH):          # top_k on all at once would hold every
-        idx, p = top_k(model, x[start:start + BATCH], 1)   # image's activations
-        guess[start:start + BATCH], prob[start:start + BATCH] = idx[:, 0], p[:, 0]
+    idx, p = top_k(model, x, 1)                   # in batches sized to the model's input
+    guess, prob = idx[:, 0], p[:, 0]
     wrong = np.flatnonzero(guess != y)
     wrong = wrong[np.argsort(-prob[wrong], kind="stable")][:MAX_WRONG]
     pixels = display_images(x[wrong], info)

@@ -1,14 +1,37 @@
 """Test time: preprocessing as in training, accuracy, a confusion matrix, top-k predictions.
 
 At test time only the current activations are kept (the notes' memory point): every
-forward here goes through ``model.infer``, which drops each layer's cache as it goes.
+forward here goes through ``model.infer``, which drops each layer's cache as it goes, in
+batches whose activations ``inference_batch`` sizes to the model's input.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from convnet import limits
 from convnet.functional.loss import softmax, softmax_cross_entropy
+
+BATCH_BYTES = 1 << 30   # the current activations one inference batch may hold
+LARGEST_BATCH = 256
+
+
+def inference_batch(model, input_shape, largest=LARGEST_BATCH):
+    """The largest batch, at most ``largest``, whose current activations (summary's
+    inference estimate, less the parameters) hold at most BATCH_BYTES; at least 1.
+    VGG-16 at 224 x 224 gets 41 images; the digits' and Fashion-MNIST's nets get 256.
+
+    >>> from convnet.models import from_notation
+    >>> inference_batch(from_notation("INPUT 32x32x3 -> CONV 16 -> FC 10"), (3, 32, 32))
+    256
+    """
+    from convnet.analysis import summary
+    try:
+        memory = summary(model, tuple(input_shape), batch_size=1).memory
+    except (ValueError, TypeError):     # a model summary cannot walk: no estimate
+        return largest
+    per_image = memory["inference_total"] - memory["parameters"]
+    return int(max(1, min(largest, BATCH_BYTES // max(per_image, 1))))
 
 
 def preprocess(x, scale, info, dtype=np.float32):
@@ -59,7 +82,15 @@ def evaluation_data(model, data, root=None, where="the model"):
         raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} but "
                          f"{data} has {classes!r:.200}")
     x, y = splits.test
-    if "mean" in info and "std" in info:
+    stats = "mean" in info and "std" in info
+    held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
+    # floats: the test images and one temporary; or fitting, the training images as
+    # float32 with Normalize.fit's float64 copy and deviations
+    floats = 2 * x.size * 4 if stats else splits.train[0].size * (4 + 8 + 8)
+    limits.check_memory(held + floats, "evaluating", f"{data}'s images as floats at "
+                        f"{c}x{h}x{w}, the model's input", "evaluate on a smaller data set "
+                        "or a model with a smaller input")
+    if stats:
         x = preprocess(x, splits.scale, info)
     else:
         norm = Normalize()
@@ -70,12 +101,14 @@ def evaluation_data(model, data, root=None, where="the model"):
     return x, y, classes, notes
 
 
-def evaluate(model, x, y, batch_size=256, num_classes=None, tta=False):
+def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
     """Eval-mode accuracy, mean loss and confusion matrix (rows: true class, cols: predicted).
 
+    batch_size: images per forward; None takes ``inference_batch``'s.
     tta=True: flip test-time augmentation, the scores the mean of the image's and of its
     mirror image's (left-right)."""
     model.eval()
+    batch_size = batch_size or inference_batch(model, x.shape[1:])
     k = num_classes or int(y.max()) + 1
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
@@ -92,12 +125,19 @@ def evaluate(model, x, y, batch_size=256, num_classes=None, tta=False):
             "confusion": confusion}
 
 
-def top_k(model, x, k=3):
-    """(indices, probabilities) of the k most likely classes for each image in x."""
+def top_k(model, x, k=3, batch_size=None):
+    """(indices, probabilities) of the k most likely classes for each image in x, in
+    batches of ``batch_size`` (None takes ``inference_batch``'s)."""
     model.eval()
-    probs = softmax(model.infer(x).astype(np.float64))
-    order = np.argsort(-probs, axis=1)[:, :k]
-    return order, np.take_along_axis(probs, order, axis=1)
+    batch_size = batch_size or inference_batch(model, x.shape[1:])
+    found = []
+    for start in range(0, len(x), batch_size):
+        probs = softmax(model.infer(x[start:start + batch_size]).astype(np.float64))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        found.append((order, np.take_along_axis(probs, order, axis=1)))
+    if not found:
+        return np.empty((0, k), np.int64), np.empty((0, k))
+    return np.concatenate([o for o, _ in found]), np.concatenate([p for _, p in found])
 
 
 def load_images(paths, input_shape):

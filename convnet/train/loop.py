@@ -319,24 +319,10 @@ def run_directory(cfg, resume, overwrite):
     return out
 
 
-def machine_memory():
-    """The machine's physical memory in bytes, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_memory(need, what):
-    """Refuse, before the work, a step that cannot fit in the machine's physical memory:
-    a ValueError with the bytes and what to shrink. (A large --image-size had run until
-    the OS killed the process, with no message.)"""
-    from convnet.analysis import format_bytes
-    total = machine_memory()
-    if total is not None and need > total:
-        raise ValueError(f"training needs at least {format_bytes(need)} of memory for "
-                         f"{what}, more than this machine's {format_bytes(total)}: use a "
-                         f"smaller --image-size or --batch-size, or --limit N images")
+    """limits.check_memory for training: what to shrink is a training option."""
+    limits.check_memory(need, "training", what, "use a smaller --image-size or "
+                        "--batch-size, or --limit N images")
 
 
 def training_bytes(model, input_shape, cfg):

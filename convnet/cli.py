@@ -355,7 +355,8 @@ def build_parser():
                    help="per-sample input size, channels first (e.g. 3x224x224); "
                         "default: the model's own")
     p.add_argument("--batch", type=POSITIVE, default=1, metavar="N", help="batch size (1)")
-    p.add_argument("--classes", type=CLASSES, metavar="K", help="number of classes (zoo models)")
+    p.add_argument("--classes", type=CLASSES, metavar="K",
+                   help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
                    help="sets the parameter memory multiplier: sgd x2; momentum, nesterov, "
                         "adagrad, rmsprop x3; adam, adamw x4 (default sgd)")
@@ -468,7 +469,8 @@ def build_parser():
                    help="a saved model (.json), an ONNX file, or weights with --model")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--classes", type=CLASSES, metavar="K",
-                   help="number of classes of a zoo architecture given with --model")
+                   help="number of classes of a zoo architecture given with --model; "
+                        "any other model must give K scores")
     p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
     p.add_argument("--data-root", metavar="DIR")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
@@ -537,7 +539,8 @@ def build_parser():
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
     p.add_argument("--model", dest="arch", metavar="MODEL", help=ARCH_HELP)
-    p.add_argument("--classes", type=CLASSES, metavar="K", help="number of classes (zoo models)")
+    p.add_argument("--classes", type=CLASSES, metavar="K",
+                   help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT (and a .json's weights file) if it exists")
     p.set_defaults(func=cmd_convert)

@@ -47,7 +47,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
             a weights file (.pt/.pth from torch.save, .safetensors) with ``architecture``.
         input_shape: per-sample (C, H, W) overriding the model's default (for an ONNX
             file: its input's size where the graph leaves it open).
-        num_classes: for zoo models, the size of the last FC layer.
+        num_classes: for zoo models, the size of the last FC layer; for any other model
+            a check: it must be the model's number of scores.
         rng: np.random.Generator for fresh weights (zoo and notation).
         architecture: for a weights file, the zoo name or notation its weights fit (a
             .safetensors file with a convnet model .json beside it needs none).
@@ -69,9 +70,6 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
     elif is_notation(spec):
         model, trained = from_notation(spec, input_shape=input_shape, **kwargs), False
     elif suffix == ".onnx":
-        if num_classes is not None:
-            raise ValueError(f"{spec}: an ONNX file carries its own classifier; --classes "
-                             "does not apply to it")
         from convnet.io.onnx_import import load_onnx
         model, trained = load_onnx(spec, input_shape=input_shape), True
     elif suffix in WEIGHTS and architecture is None and not (
@@ -94,8 +92,22 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"POOL -> FC 10')")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
+    if num_classes is not None and spec not in MODELS:
+        _check_classes(model, num_classes, spec)
     model.trained = trained
     return model
+
+
+def _check_classes(model, num_classes, spec):
+    """num_classes given for a model that fixes its own (notation, a model file): it must
+    be the model's number of scores, or a ValueError says so."""
+    shape = getattr(model, "input_shape", None)
+    scores = model.output_shape(shape)[0] if shape is not None else None
+    if scores != num_classes:
+        gives = f"gives {scores} scores per image" if scores else "sets its own classes"
+        raise ValueError(f"{spec} {gives}, not the --classes {num_classes}: --classes sets "
+                         f"the classes of a zoo architecture (train --from the model "
+                         f"makes a new head for other classes)")
 
 
 def _load_weights(model, path):

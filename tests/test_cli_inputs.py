@@ -433,6 +433,28 @@ def test_inference_batches_are_sized_to_the_models_input():
     assert inference.top_k(small, x[:0], 3)[0].shape == (0, 3)
 
 
+def test_classes_is_checked_alike_for_every_kind_of_model(tmp_path, capsys):
+    """--classes sets a zoo model's classes; for notation, a model file and an ONNX file
+    it must match the scores the model gives (it had been ignored for the first two and
+    refused even when it matched for ONNX)."""
+    from convnet.io import save_model
+    from convnet.io.onnx_export import export_onnx
+    from convnet.models import from_notation
+    text = "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 10"
+    model = from_notation(text, rng=np.random.default_rng(0))
+    json_path = save_model(model, tmp_path / "model")
+    export_onnx(model, tmp_path / "model.onnx")
+    for spec in (text, str(json_path), str(tmp_path / "model.onnx")):
+        assert main(["summary", spec, "--classes", "10"]) == 0, spec
+        capsys.readouterr()
+        assert main(["summary", spec, "--classes", "3"]) == 1, spec
+        err = capsys.readouterr().err
+        assert f"{spec} gives 10 scores per image, not the --classes 3" in err, err
+    from convnet.spec import resolve_model
+    zoo = resolve_model("lenet5", num_classes=3)
+    assert zoo.output_shape(zoo.input_shape) == (3,)
+
+
 @pytest.mark.parametrize("input_shape", [None, (64,)])
 @pytest.mark.parametrize("command", ["predict", "eval", "show"])
 def test_a_model_without_an_image_input_is_named_by_the_image_commands(

@@ -166,6 +166,17 @@ def test_sigmoid_tanh_saturate_without_overflow(dtype):
     np.testing.assert_array_equal(tanh[0, [0, -1]], [-1.0, 1.0])
 
 
+def test_relu_passes_the_gradient_at_nan_like_torch():
+    x = np.array([[-1.0, 0.0, np.nan, 2.0, -np.inf, np.inf]])
+    dout = np.arange(1.0, 7.0).reshape(1, 6)
+    layer = ReLU()
+    out = layer.forward(x)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(dout))
+    np.testing.assert_array_equal(out, torch.relu(torch.tensor(x)).numpy())
+    np.testing.assert_array_equal(layer.backward(dout), xt.grad.numpy())   # [0 0 3 4 0 6]
+
+
 # -- caches keep only what backward needs ------------------------------------------------
 def test_relu_cache_keeps_only_the_output():
     x = np.array([[-1.0, 0.0, 2.0]])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from convnet.functional import threads
+from convnet.functional.activation import ReluCache, relu_backward
 from convnet.functional.conv import (
     Algorithm,
     algorithm_for,
@@ -403,6 +404,29 @@ def test_conv_float32_forward_matches_float64():
 
 # -- every algorithm against PyTorch ------------------------------------------------------
 ALGORITHMS = [a.value for a in Algorithm if a is not Algorithm.AUTO]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_fused_relu_passes_the_gradient_at_nan_as_relu_backward_does(algorithm):
+    """PyTorch's RELU passes the gradient where its output is NaN (its test is out <= 0);
+    so does relu_backward, and so must every algorithm's fused RELU. The NaN is put in
+    the output the cache holds, since a NaN in x or w spreads differently through each
+    algorithm's arithmetic (Winograd's tiles, the zero padding times a NaN filter)."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        case = case_for(algorithm, rng)
+        x, w, b = arrays(case, rng)
+        out, cache = conv2d_forward(x, w, b, *conv_args(case), fit="floor", relu=True,
+                                    algorithm=algorithm)
+        nan = rng.random(out.shape) < 0.2
+        out[nan] = np.nan                       # the cache's RELU output is this array
+        dout = rng.standard_normal(out.shape)
+        fused = conv2d_backward(dout, cache)
+        _, plain = conv2d_forward(x, w, b, *conv_args(case), fit="floor",
+                                  algorithm=algorithm)
+        expected = conv2d_backward(relu_backward(dout, ReluCache(out)), plain)
+        for mine, want in zip(fused, expected):
+            np.testing.assert_allclose(mine, want, rtol=1e-12, atol=1e-12, err_msg=str(case))
 
 
 def case_for(algorithm, rng):

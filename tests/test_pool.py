@@ -333,6 +333,25 @@ def test_maxpool_matches_torch(case):
     assert pool.cache is None
 
 
+@pytest.mark.parametrize("case", MAX_CASES[:100], ids=[_id(c) for c in MAX_CASES[:100]])
+def test_maxpool_routes_nan_and_inf_windows_like_torch(case):
+    """A window whose max is NaN sends its gradient to its last NaN, one whose max is
+    -inf to its first element inside the input (padding is -inf too), as PyTorch does."""
+    rng = np.random.default_rng(case["seed"] + 1)
+    shape = case["shape"]
+    x = rng.standard_normal(shape)
+    draw = rng.random(shape)
+    x[draw < 0.1] = np.nan
+    x[(draw > 0.1) & (draw < 0.6)] = -np.inf
+    k, s, p, d, ceil = (case[key] for key in ("kernel", "stride", "padding", "dilation", "ceil"))
+    pool = MaxPool2d(k, s, p, d, ceil, fit="floor")
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape)
+    ref_out, ref_dx = torch_grad(lambda t: TF.max_pool2d(t, k, s, p, d, ceil), x, dout)
+    np.testing.assert_array_equal(out, ref_out)              # NaN where torch has NaN
+    np.testing.assert_allclose(pool.backward(dout), ref_dx, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("case", AVG_CASES, ids=[_id(c) for c in AVG_CASES])
 def test_avgpool_matches_torch(case):
     rng = np.random.default_rng(case["seed"])

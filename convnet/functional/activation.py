@@ -18,7 +18,7 @@ from convnet.functional.threads import split_parallel
 
 
 class ReluCache(NamedTuple):
-    out: np.ndarray       # the output max(0, x); out > 0 is where gradient flows
+    out: np.ndarray       # the output max(0, x); out != 0 is where gradient flows
 
 
 def relu_forward(x, inplace=False):
@@ -37,9 +37,11 @@ def relu_forward(x, inplace=False):
 
 
 def relu_backward(dout, cache):
-    """dx = dout where out > 0, else 0 (also 0 at x = 0, as in PyTorch)."""
+    """dx = dout where out > 0, else 0 (also 0 at x = 0, as in PyTorch), and dout where
+    out is NaN (PyTorch's test is out <= 0 for the zeros; out != 0 is the same test on
+    max(0, x))."""
     dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
-    split_parallel(lambda d, o, g: np.multiply(d, o > 0, out=g), dout, cache.out, dx)
+    split_parallel(lambda d, o, g: np.multiply(d, o != 0, out=g), dout, cache.out, dx)
     return dx   # dout times a bool mask, written straight into dx
 
 

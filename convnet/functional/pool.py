@@ -134,7 +134,8 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_si
 
     Ties go to the FIRST maximum in row-major window order, as PyTorch's CPU kernel does.
     Padding is -inf, so it never wins against a real value. A NaN in a window makes the
-    output NaN.
+    output NaN. The switches of the rare windows whose max is NaN or -inf are PyTorch's
+    too (``_odd_switches``): the last NaN, and the first element that is not padding.
 
     >>> x = np.array([[[[1., 2.], [4., 3.]]]])
     >>> out, cache = maxpool2d_forward(x, (2, 2), (2, 2))
@@ -162,8 +163,26 @@ def maxpool2d_forward(x, kernel, stride, padding=(0, 0), dilation=(1, 1), out_si
     switch = np.zeros(out.shape, dtype=np.min_scalar_type(len(taps) - 1))
     if len(taps) > 1:
         split_parallel(first_max, switch, out, *taps)
+    if out.size and not out.min() > -np.inf:       # a NaN or an all -inf window (rare)
+        _odd_switches(switch, out, taps, x.shape[2:], kernel, stride, padding, dilation)
     return out, MaxPoolCache(x.shape, switch, tuple(kernel), tuple(stride),
                              tuple(padding), tuple(dilation), tuple(out_size))
+
+
+def _odd_switches(switch, out, taps, size, kernel, stride, padding, dilation):
+    """Set the switch of each window whose max is NaN to its last NaN tap, and of each
+    whose max is -inf to its first tap inside the input (the window's other taps being
+    padding or -inf), as PyTorch's kernel routes their gradients; first_max would have
+    taken the last tap and a padding tap. Only those windows are read."""
+    (fh, fw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    odd = np.nonzero(~(out > -np.inf))                         # (n, c, oh, ow) of each
+    values = np.stack([tap[odd] for tap in taps])              # (FH*FW, windows)
+    last_nan = len(taps) - 1 - np.argmax(np.isnan(values[::-1]), axis=0)
+    i, j = np.divmod(np.arange(fh * fw), fw)                   # each tap's (i, j)
+    rows = odd[2] * sh + i[:, None] * dh - ph                  # (FH*FW, windows)
+    cols = odd[3] * sw + j[:, None] * dw - pw
+    inside = (rows >= 0) & (rows < size[0]) & (cols >= 0) & (cols < size[1])
+    switch[odd] = np.where(np.isnan(out[odd]), last_nan, np.argmax(inside, axis=0))
 
 
 def _window_max(out, *taps):

@@ -23,8 +23,8 @@ class ReLU(Layer):
             layer. The caller's x then holds max(0, x), and the backward pass reads that
             same buffer, so do not change x between forward and backward.
 
-    Shapes: any, output = input. The cache keeps only the output (out > 0 is where the
-    gradient flows); the gradient at exactly x = 0 is 0, as in PyTorch.
+    Shapes: any, output = input. The cache keeps only the output (out != 0 is where the
+    gradient flows: out > 0, or NaN); the gradient at exactly x = 0 is 0, as in PyTorch.
 
     >>> ReLU()(np.array([[-1.0, 2.0]]))
     array([[0., 2.]])

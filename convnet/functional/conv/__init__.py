@@ -97,7 +97,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     shifted, blocks, one_image and Winograd algorithms keep x itself, which must not
     change before the backward pass. relu=True returns max(0, conv), the RELU of a
     CONV -> RELU applied as the output is finished; conv2d_backward then takes the
-    gradient of that output and lets it through only where it is > 0.
+    gradient of that output and lets it through only where it is not 0 (> 0, or NaN).
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape

@@ -134,7 +134,7 @@ def backward(dout, cache, input_grad=True, overwrite=False):
                                    (0, 1, 4, 5, 2, 3)).reshape(m, depth, positions)
                 d = dout[s: s + m].reshape(m, k, positions)
                 if gate is not None:
-                    d = np.multiply(d, gate[s: s + m].reshape(m, k, positions) > 0,
+                    d = np.multiply(d, gate[s: s + m].reshape(m, k, positions) != 0,
                                     out=scratch("product", d.size, d.dtype).reshape(d.shape))
                 dw += np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)
                 db += d.sum(axis=(0, 2))
@@ -146,7 +146,7 @@ def backward(dout, cache, input_grad=True, overwrite=False):
             if gate is None:
                 np.copyto(d, src)
             else:
-                np.multiply(src, gate[s: s + m].transpose(1, 0, 2, 3) > 0, out=d)
+                np.multiply(src, gate[s: s + m].transpose(1, 0, 2, 3) != 0, out=d)
             d, cols = d.reshape(k, m * positions), cols.reshape(depth, m * positions)
             dw += np.matmul(d, cols.T)
             db += d.sum(axis=1)

@@ -142,8 +142,8 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     dout_t = np.empty((k, *dout.shape[:1], *dout.shape[2:]), dtype=dout.dtype)  # (K, N, OH, OW)
     if cache.relu_out is None:
         split_parallel(np.copyto, dout_t, dout.transpose(1, 0, 2, 3))
-    else:   # a fused RELU: the gradient passes where its output is > 0
-        split_parallel(lambda d, g, o: np.multiply(g, o > 0, out=d), dout_t,
+    else:   # a fused RELU: the gradient passes where its output is not 0 (relu_backward)
+        split_parallel(lambda d, g, o: np.multiply(g, o != 0, out=d), dout_t,
                        dout.transpose(1, 0, 2, 3), cache.relu_out.transpose(1, 0, 2, 3))
         dout = dout_t.transpose(1, 0, 2, 3)
     positions = int(np.prod(dout_t.shape[1:]))                               # N*OH*OW

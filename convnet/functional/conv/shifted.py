@@ -218,7 +218,8 @@ def shifted_sum(z, dw, b, relu, scale, out):
 def shifted_grad(dz, src, dw, gate=None):
     """Z's gradient dZ (FW, K, n*h*WP) of an output block's gradient src (K, n, h, OW):
     dZ[j, k, (n, h, w)] = src[k, n, h, w - j*dw], 0 outside [0, OW). gate: the block's
-    RELU output (K, n, h, OW), when a RELU was fused in: src passes only where it is > 0."""
+    RELU output (K, n, h, OW), when a RELU was fused in: src passes only where it is not
+    0 (> 0 or NaN, as relu_backward)."""
     fw, k, cols = dz.shape
     _, n, h, ow = src.shape
     wp = cols // (n * h)
@@ -228,7 +229,7 @@ def shifted_grad(dz, src, dw, gate=None):
         if gate is None:
             np.copyto(dz0[..., :ow], src[part])
         else:
-            np.multiply(src[part], gate[part] > 0, out=dz0[..., :ow])
+            np.multiply(src[part], gate[part] != 0, out=dz0[..., :ow])
         for col in range(ow, wp):
             dz0[..., col] = 0
     in_parallel(tap0, k, dz[0].nbytes)

@@ -433,8 +433,8 @@ class Winograd:
         g = self.g.astype(dtype)
         kb, ka = self.krons(dtype)
         u = filter_transform(w.astype(dtype, copy=False), m)               # (a*a, K, C)
-        if gate is not None:   # a fused RELU: the gradient passes where its output is > 0
-            dout = dout * (gate > 0)
+        if gate is not None:   # a fused RELU: the gradient passes where its output is not 0
+            dout = dout * (gate != 0)
         images, rows = self._rows_per_block(n, c, k, t, np.dtype(dtype).itemsize, BLOCK_BYTES)
         dx = np.empty(x.shape, dtype=dtype) if input_grad else None
         sums = {}

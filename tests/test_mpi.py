@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -388,17 +389,60 @@ def test_sync_batch_norm_on_one_process_is_batch_norm(shape):
                          batch_norm_backward(dout, cache)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
-    # Two "ranks" in one process: the first share's buffer is kept, the second's adds it.
+    # Two "ranks" in one process, each in a thread, their allreduce a real sum.
     half = shape[0] // 2
-    sent = []
-
-    def allreduce(buf):
-        sent.append(buf.copy())
-        return buf
-    sync_batch_norm_forward(x[:half], w, b, 1e-5, allreduce)
-    sync_batch_norm_forward(x[half:], w, b, 1e-5, allreduce)
-    total = sent[0] + sent[1]
-    parts = [sync_batch_norm_forward(x[s], w, b, 1e-5, lambda buf, t=total: buf.__setitem__(
-        slice(None), t)) for s in (slice(0, half), slice(half, None))]
+    parts = play_ranks([x[:half], x[half:]],
+                       lambda share, allreduce: sync_batch_norm_forward(share, w, b, 1e-5,
+                                                                        allreduce))
     np.testing.assert_allclose(np.concatenate([p[0] for p in parts]), out, atol=1e-12)
     np.testing.assert_allclose(parts[0][1].var, cache.var, atol=1e-12)
+    grads = play_ranks([(dout[:half], parts[0][1]), (dout[half:], parts[1][1])],
+                       lambda share, allreduce: sync_batch_norm_backward(
+                           share[0], share[1]._replace(allreduce=allreduce)))
+    dx, dw, db = batch_norm_backward(dout, cache)
+    np.testing.assert_allclose(np.concatenate([g[0] for g in grads]), dx, atol=1e-12)
+    np.testing.assert_allclose(grads[0][1] + grads[1][1], dw, atol=1e-12)
+    np.testing.assert_allclose(grads[0][2] + grads[1][2], db, atol=1e-12)
+
+
+def play_ranks(shares, call):
+    """[call(share, allreduce)] for each share, run as one rank each in its own thread,
+    with an allreduce that sums the ranks' buffers in place, as MPI's does."""
+    barrier = threading.Barrier(len(shares), timeout=30)
+    sent, results, errors = [None] * len(shares), [None] * len(shares), []
+
+    def rank(r):
+        def allreduce(buf):
+            sent[r] = buf.copy()
+            barrier.wait()
+            total = sum(sent)                   # the same order, so the same sum, on each
+            barrier.wait()
+            buf[...] = total
+        try:
+            results[r] = call(shares[r], allreduce)
+        except BaseException as err:            # noqa: BLE001 (re-raised below)
+            errors.append(err)
+            barrier.abort()
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(shares))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 1e8])
+def test_sync_batch_norm_keeps_the_variance_of_a_large_mean(offset):
+    """The ranks' variances are merged about the whole batch's mean (Chan et al.):
+    E[x^2] - mean^2 had lost the variance of values near 1e6 to 1e-4, and near 1e8
+    entirely, where one process's two-pass batch norm keeps it."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 3, 4, 4)) + offset
+    _, cache = batch_norm_forward(x, None, None)
+    parts = play_ranks([x[:5], x[5:]], lambda share, allreduce: sync_batch_norm_forward(
+        share, None, None, 1e-5, allreduce))
+    for _, sync_cache in parts:
+        np.testing.assert_allclose(sync_cache.var, cache.var, rtol=1e-7)
+        np.testing.assert_allclose(sync_cache.mean, cache.mean, rtol=1e-15)

@@ -117,9 +117,12 @@ CLASSES = int_type(1, limits.MAX_CLASSES)
 # -- commands ---------------------------------------------------------------------------
 
 def _model(args, **kwargs):
-    """The model the command's MODEL (and --model for a weights file) name."""
-    from convnet.spec import resolve_model
-    return resolve_model(args.model, architecture=getattr(args, "arch", None), **kwargs)
+    """The model the command's MODEL (and --model for a weights file) name, its --classes
+    (num_classes) checked by ``check_classes``."""
+    from convnet.spec import check_classes, resolve_model
+    arch = getattr(args, "arch", None)
+    model = resolve_model(args.model, architecture=arch, **kwargs)
+    return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
 
 def _trained(args, model):

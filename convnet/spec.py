@@ -47,8 +47,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
             a weights file (.pt/.pth from torch.save, .safetensors) with ``architecture``.
         input_shape: per-sample (C, H, W) overriding the model's default (for an ONNX
             file: its input's size where the graph leaves it open).
-        num_classes: for zoo models, the size of the last FC layer; for any other model
-            a check: it must be the model's number of scores.
+        num_classes: for zoo models, the size of the last FC layer; other models fix
+            their own (the CLI's --classes checks them against it).
         rng: np.random.Generator for fresh weights (zoo and notation).
         architecture: for a weights file, the zoo name or notation its weights fit (a
             .safetensors file with a convnet model .json beside it needs none).
@@ -92,22 +92,24 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"POOL -> FC 10')")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
-    if num_classes is not None and spec not in MODELS:
-        _check_classes(model, num_classes, spec)
     model.trained = trained
     return model
 
 
-def _check_classes(model, num_classes, spec):
-    """num_classes given for a model that fixes its own (notation, a model file): it must
-    be the model's number of scores, or a ValueError says so."""
+def check_classes(model, num_classes, spec, architecture=None):
+    """The model resolve_model made of ``spec`` (and ``architecture``), checked against
+    the --classes a user gave: num_classes set a zoo architecture's classes; any other
+    model fixes its own and must give that many scores, or a ValueError says so."""
+    if num_classes is None or (architecture or spec) in MODELS:
+        return model
     shape = getattr(model, "input_shape", None)
     scores = model.output_shape(shape)[0] if shape is not None else None
     if scores != num_classes:
         gives = f"gives {scores} scores per image" if scores else "sets its own classes"
         raise ValueError(f"{spec} {gives}, not the --classes {num_classes}: --classes sets "
-                         f"the classes of a zoo architecture (train --from the model "
-                         f"makes a new head for other classes)")
+                         f"the classes of a zoo architecture (train --from the model makes "
+                         f"a new head for other classes)")
+    return model
 
 
 def _load_weights(model, path):

@@ -450,6 +450,10 @@ def test_classes_is_checked_alike_for_every_kind_of_model(tmp_path, capsys):
         assert main(["summary", spec, "--classes", "3"]) == 1, spec
         err = capsys.readouterr().err
         assert f"{spec} gives 10 scores per image, not the --classes 3" in err, err
+    onnx, out = str(tmp_path / "model.onnx"), str(tmp_path / "c.json")
+    assert main(["convert", onnx, out, "--classes", "3"]) == 1
+    assert f"{onnx} gives 10 scores per image" in capsys.readouterr().err
+    assert main(["convert", onnx, out, "--classes", "10"]) == 0
     from convnet.spec import resolve_model
     zoo = resolve_model("lenet5", num_classes=3)
     assert zoo.output_shape(zoo.input_shape) == (3,)

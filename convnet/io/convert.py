@@ -19,7 +19,7 @@ OUT = (".json", ".safetensors", ".onnx")
 
 def read_any(path, model=None, num_classes=None):
     """A model from a convnet model file, an ONNX file, or weights plus ``model``."""
-    from convnet.spec import FILES, resolve_model
+    from convnet.spec import FILES, check_classes, resolve_model
 
     path = Path(path)
     if path.suffix.lower() not in FILES:
@@ -28,8 +28,9 @@ def read_any(path, model=None, num_classes=None):
                          f"safetensors weights")
     if path.suffix.lower() == ".onnx" and model is not None:
         raise ValueError(f"{path}: an ONNX file carries its own architecture and "
-                         "classifier; --model and --classes do not apply to it")
-    return resolve_model(str(path), num_classes=num_classes, architecture=model)
+                         "classifier; --model does not apply to it")
+    net = resolve_model(str(path), num_classes=num_classes, architecture=model)
+    return check_classes(net, num_classes, str(path), model)
 
 
 def convert(src, dst, model=None, num_classes=None, overwrite=False):

@@ -173,6 +173,24 @@ def test_dropout_p_zero_and_one():
         assert np.array_equal(zero.backward(x), x)
 
 
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_dropout_keeps_nan_and_inf_as_torch_does(p):
+    """A dropped unit is x * 0, as in torch: NaN and inf become NaN, not a hidden 0, in
+    the forward and the backward pass alike; no NumPy warning about it."""
+    x = np.tile([1.0, -2.0, np.nan, np.inf, -np.inf], 40).astype(np.float32)
+    layer = Dropout(p, rng=np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = layer.forward(x)
+        dx = layer.backward(np.full_like(x, np.inf))
+    keep = layer.cache.keep
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    want = torch.from_numpy(x) * torch.from_numpy(keep) * scale
+    np.testing.assert_array_equal(out, want.numpy())             # NaN where torch's is
+    assert np.isnan(out[~np.isfinite(x) & ~keep]).all() and np.isnan(dx[~keep]).all()
+    assert (p == 1 and not keep.any()) or np.isposinf(dx[keep]).all()
+
+
 def test_dropout_uses_only_its_generator():
     state = np.random.get_state()
     before = np.random.get_state()[1].copy()

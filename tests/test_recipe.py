@@ -81,6 +81,43 @@ def test_one_cycle_schedules_match_pytorch(name, anneal, total, pct):
     assert resumed.optimizer.lr == opt.lr
 
 
+@pytest.mark.parametrize("name", ["onecycle", "triangular"])
+def test_one_cycle_schedules_refuse_to_step_past_their_cycle(name):
+    """As torch's OneCycleLR: total_steps steps are allowed, one more is an error (the
+    linear ramp would go on below 0)."""
+    schedule = make_schedule(name, SGD({"w": np.zeros(1)}, lr=0.4), total_steps=10)
+    for _ in range(10):
+        schedule.step()
+    with pytest.raises(ValueError, match="stepped 11 times, past its total_steps of 10"):
+        schedule.step()
+
+
+@pytest.mark.parametrize("total", [90, 1000, 1001, 7])
+def test_the_step_schedule_decays_twice_over_the_run(total):
+    schedule = make_schedule("step", SGD({"w": np.zeros(1)}, lr=1.0), total_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(schedule.optimizer.lr)
+        schedule.step()
+    assert sorted(set(lrs), reverse=True) == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_the_history_records_the_lr_each_epoch_ended_with(tmp_path):
+    """Not the lr after the last step, which no batch used (the triangle's is below 0)."""
+    result = train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=2,
+                               schedule="triangular", optimizer="sgd", lr=0.1,
+                               out=str(tmp_path), augment=False), log=lambda _: None,
+                   progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.safetensors")[2]["schedule"]
+    steps = state["total_steps"]
+    assert state["last_epoch"] == steps            # the run took every step of the cycle
+    schedule = make_schedule("triangular", SGD({"w": np.zeros(1)}, lr=0.1),
+                             total_steps=steps)
+    lrs = [schedule.lr_at(t) for t in (steps // 2 - 1, steps - 1)]
+    assert [h["lr"] for h in result.history] == pytest.approx(lrs, rel=1e-12)
+    assert lrs[1] > 0 > schedule.lr_at(steps)
+
+
 def test_weight_ema_matches_pytorch_averaged_model():
     """WeightEMA = torch's AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay),
     use_buffers=True) over parameters and buffers, integer buffers included."""

@@ -22,7 +22,8 @@ def dropout_forward(x, p, rng):
     """Inverted dropout of x (any shape) with drop probability p, drawn from rng.
 
     out = x * keep / (1 - p) with keep ~ Bernoulli(1 - p) per element. p = 0 is the
-    identity (nothing drawn), p = 1 gives zeros (no division by zero).
+    identity (nothing drawn), p = 1 gives x * 0 (no division by zero). A dropped unit is
+    x * 0, as in PyTorch: a NaN or inf stays NaN, so divergence is not hidden.
     Returns out (same shape as x) and a cache holding the mask.
 
     >>> out, cache = dropout_forward(np.ones((2, 4)), 0.5, np.random.default_rng(0))
@@ -32,16 +33,25 @@ def dropout_forward(x, p, rng):
     if p == 0:
         return x.copy(), DropoutCache(None, 1.0)
     if p == 1:
-        return np.zeros_like(x), DropoutCache(np.zeros(x.shape, dtype=bool), 0.0)
+        return _masked(x, False, 0.0), DropoutCache(np.zeros(x.shape, dtype=bool), 0.0)
     keep = rng.random(x.shape) >= p                  # same shape as x, P(keep) = 1 - p
     scale = 1.0 / (1.0 - p)
-    out = np.where(keep, x * x.dtype.type(scale), x.dtype.type(0))
-    return out, DropoutCache(keep, scale)
+    return _masked(x, keep, scale), DropoutCache(keep, scale)
+
+
+def _masked(a, keep, scale):
+    """a * keep * scale in a's dtype: the kept values a * scale, the dropped a * 0 (NaN
+    for an inf, without NumPy's warning: the NaN is the answer)."""
+    with np.errstate(invalid="ignore"):
+        out = np.multiply(a, keep, dtype=a.dtype)
+        out *= a.dtype.type(scale)
+    return out
 
 
 def dropout_backward(dout, cache):
-    """Gradient of dropout_forward: dx = dout * keep / (1 - p), the same mask as forward."""
+    """Gradient of dropout_forward: dx = dout * keep / (1 - p), the same mask as forward
+    (a dropped unit's gradient is dout * 0)."""
     keep, scale = cache
     if keep is None:
         return dout
-    return np.where(keep, dout * dout.dtype.type(scale), dout.dtype.type(0))
+    return _masked(dout, keep, scale)

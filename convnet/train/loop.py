@@ -561,6 +561,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             epoch_rng_state = None
         tick = epoch_start = time.perf_counter()
         data_seconds = 0.0
+        used_lr = optimizer.lr              # the history's lr: the epoch's last batch's
         shown = bar(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}")
         while batch < batches_per_epoch:
             idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
@@ -589,6 +590,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                 if not math.isfinite(loss):   # every rank sees it: all stop together
                     raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
             optimizer.step(grads)
+            used_lr = optimizer.lr
             schedule.step()
             if ema is not None:
                 ema.update()
@@ -615,7 +617,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                     save_model(model, out / "best", **info)
         history.append({"epoch": epoch + 1, "loss": sums["loss"] / sums["seen"],
                         "acc": sums["correct"] / sums["seen"], "val_loss": val_loss,
-                        "val_acc": val_acc, "lr": optimizer.lr, "seconds": round(seconds, 3),
+                        "val_acc": val_acc, "lr": used_lr, "seconds": round(seconds, 3),
                         "data_seconds": round(data_seconds, 3)})
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['loss']:.4f}, "
             f"acc {history[-1]['acc']:.4f}, val loss {val_loss:.4f}, val acc {val_acc:.4f}; "

@@ -261,7 +261,8 @@ class OneCycleLR(LRSchedule):
     Args:
         optimizer: an Optimizer; its lr is the peak (torch's max_lr).
         total_steps: steps of the whole cycle (positive int); step total_steps - 1 is the
-            last, at the lowest lr.
+            last, at the lowest lr. Stepping more than total_steps times is a ValueError,
+            as in torch (the ramps would go on past the cycle: the linear one below 0).
         pct_start: the share of the steps spent climbing, in (0, 1).
         anneal: "cos" (half cosines, torch's default) or "linear" (a triangle: the
             "triangular" schedule).
@@ -302,6 +303,9 @@ class OneCycleLR(LRSchedule):
                                        strict=True)
 
     def lr_at(self, epoch):
+        if epoch > self.total_steps:
+            raise ValueError(f"{self.where}: stepped {epoch} times, past its total_steps "
+                             f"of {self.total_steps}")
         start = self.base_lr / self.div_factor
         end = start / self.final_div_factor
         peak = float(self.pct_start * self.total_steps) - 1      # torch's first phase end
@@ -344,7 +348,7 @@ WARMUP_FRACTION = 0.05  # "warmup+cosine" with total_steps: warm up over 5% of t
 def _from_total(name, total, kwargs):
     """Arguments that ``total_steps`` fills in when they are not given."""
     if name == "step":
-        return {"step_size": max(total // 3, 1)}           # two decays by gamma
+        return {"step_size": -(-total // 3)}                # two decays by gamma
     if name == "cosine":
         return {"T_max": total}
     if name in ("onecycle", "triangular"):
@@ -366,7 +370,7 @@ def make_schedule(name, optimizer, total_steps=None, **kwargs):
 
     total_steps: how many times ``step()`` will be called over the run (epochs x batches
     when stepping per iteration). It fills the arguments not given: "step" decays at
-    1/3 and 2/3 of the run (step_size = total // 3), "cosine" anneals over the whole run
+    1/3 and 2/3 of the run (step_size = total / 3, rounded up), "cosine" anneals over the whole run
     (T_max = total), "warmup+cosine" warms up over 5% of it and anneals over the rest,
     "onecycle" and "triangular" take it as their cycle.
 

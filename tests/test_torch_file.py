@@ -355,6 +355,55 @@ def test_legacy_format_gives_a_clear_error(tmp_path):
         load_torch(path)
 
 
+def test_a_compressed_tar_is_not_opened_as_a_legacy_file(tmp_path):
+    """A 1 KB bz2 tar whose pax header declares 2**40 bytes: tarfile.is_tarfile had asked
+    bz2 for them (a MemoryError); the legacy check now reads 512 raw bytes."""
+    import bz2
+    header = bytearray(512)
+    header[0:9], header[156:157], header[257:263] = b"PaxHeader", b"x", b"ustar\0"
+    for field, text in ((100, b"0000644\0"), (108, b"0000000\0"), (116, b"0000000\0"),
+                        (136, b"00000000000\0")):
+        header[field:field + len(text)] = text
+    header[124:136] = b"\x80" + (1 << 40).to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    path = tmp_path / "pax.pt"
+    path.write_bytes(bz2.compress(bytes(header) + bytes(1 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="pax.pt: not a PyTorch checkpoint"):
+            load_torch(path)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def raw_string(text):
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def test_ordered_dict_with_arguments_is_refused(tmp_path):
+    """torch.save's pickles call OrderedDict() bare; with an argument the admitted call
+    copied a dict each time: 1,000 calls of 7 bytes on a 65,536-entry dict took 2.5 GB."""
+    data = (b"\x80\x02ccollections\nOrderedDict\nq\x00}q\x01" + raw_string("w")
+            + b"K\x01sh\x00h\x01\x85R.")
+    with pytest.raises(ValueError, match="evil.pt: .*calls OrderedDict with arguments"):
+        load_torch(with_pickle(tmp_path, data))
+
+
+def test_tensor_metadata_changed_after_its_check_is_not_seen(tmp_path):
+    """The pickle keeps the metadata dict it passed to _rebuild_tensor_v2 in its memo and
+    sets 'neg' in it afterwards: the loader keeps its own copy of the checked flags."""
+    data = (b"\x80\x02}q\x00" + raw_string("w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
+            + b"(" + raw_string("storage") + b"ctorch\nFloatStorage\n" + raw_string("0")
+            + raw_string("cpu") + b"K\x04tQK\x00K\x04\x85K\x01\x85\x89"
+            + b"ccollections\nOrderedDict\n)R}q\x01" + raw_string("conj") + b"\x89stRs"
+            + b"h\x01" + raw_string("neg") + b"\x88s0.")
+    loaded = load_torch(with_pickle(tmp_path, data))
+    np.testing.assert_array_equal(loaded["w"], [0.0, 1.0, 2.0, 3.0])
+
+
 def test_files_that_are_not_checkpoints(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")

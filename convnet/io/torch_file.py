@@ -48,7 +48,6 @@ import io
 import math
 import pickle
 import re
-import tarfile
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -144,7 +143,7 @@ class _Tensor:
             raise Refused(f"unsupported tensor metadata {show(metadata)} "
                           "(only conj/neg flags)")
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
-        self.metadata = metadata or {}
+        self.metadata = dict(metadata or {})    # a copy: the pickle keeps its own dict
 
     def __setstate__(self, state):      # pickle's BUILD opcode on a tensor: not in the format
         raise Refused("the pickle sets attributes on a tensor, which torch.save never does")
@@ -166,7 +165,12 @@ def _is_counts(values):
 
 
 def _ordered_dict(*args):
-    return _StateDict(*args)
+    """OrderedDict() as torch.save's pickles call it: with no arguments, the items set
+    after (SETITEMS). An argument would be copied, at every call: refused."""
+    if args:
+        raise Refused("the pickle calls OrderedDict with arguments, which torch.save never "
+                      "does")
+    return _StateDict()
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
@@ -492,14 +496,16 @@ def _unpickle(archive):
 
 
 def _is_legacy(path):
-    """A pre-1.6 torch.save file: a pickle starting with the magic number, or a tar."""
+    """A pre-1.6 torch.save file, from its first bytes alone: a pickle starting with the
+    magic number, or an uncompressed tar (its "ustar" mark at byte 257; torch.save never
+    compressed one). tarfile.is_tarfile would decompress and read whatever headers a
+    compressed file declares: gigabytes from a file of a few hundred bytes."""
     try:
         with path.open("rb") as f:
-            if f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
-                return True
-        return tarfile.is_tarfile(path)
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+            head = f.read(512)
+    except OSError:
         return False
+    return head.startswith(LEGACY_MAGIC) or head[257:262] == b"ustar"
 
 
 def load_torch(path, max_bytes=MAX_BYTES) -> dict[str, np.ndarray]:

@@ -537,6 +537,46 @@ def test_a_long_identity_tail_after_the_softmax(tmp_path):
     assert model.output_shape(model.input_shape) == (72,)
 
 
+@pytest.mark.parametrize("counts, says", [
+    ([4000] * 3, "nodes and the Concat nodes' branches 12,003 is over the cap of 10,000"),
+    ([9000], "node #0's inputs: 9,000, more than the 4,096 convnet reads"),
+])
+def test_a_concat_of_many_inputs_is_refused_before_its_branches(tmp_path, counts, says):
+    """Each input of a Concat becomes a branch, a layer: a 3 MB file of one Concat with
+    1,000,000 inputs had made 1,000,000 layers in 14 s and 0.9 GB."""
+    nodes = [helper.make_node("Concat", ["x"] * count, [f"c{i}"], axis=1)
+             for i, count in enumerate(counts)]
+    refused(save(graph_model(nodes, output="c0"), tmp_path / "fan.onnx"), says)
+
+
+@pytest.mark.parametrize("axis, ok", [(None, True), (-1, True), (1, True), (0, False)])
+def test_softmax_is_left_to_apply_only_over_the_classes(tmp_path, axis, ok):
+    extra = {} if axis is None else {"axis": axis}
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["y"], **extra)]
+    path = save(graph_model(nodes), tmp_path / "soft.onnx")
+    if ok:
+        with pytest.warns(UserWarning, match="the final Softmax"):
+            assert load_onnx(path).output_shape((2, 6, 6)) == (72,)
+    else:
+        refused(path, "attribute axis=0 is not supported")
+
+
+@pytest.mark.parametrize("count", [5, 2_000_000])
+def test_int_lists_are_counted_before_they_are_read(tmp_path, count):
+    """2,000,000 strides had become a Python list (72 MB here; 2.9 GB from a 143 MB
+    file) before their length was found wrong."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2],
+                              strides=list(range(1, count + 1)))]
+    path = save(graph_model(nodes), tmp_path / "ints.onnx")
+    tracemalloc.start()
+    try:
+        refused(path, "attribute strides=[1, 2, 3, 4, 5", f"must have 2 values, got {count:,}")
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+
+
 def test_many_branches_with_one_name(tmp_path):
     """2,000 branches named alike: unique keys without a quadratic search."""
     n = 2000
@@ -589,9 +629,9 @@ def test_tied_weights_are_counted_per_use(tmp_path):
 ])
 def test_sizes_that_would_blow_up_are_refused_small(tmp_path, op, attrs, says):
     if op == "Concat":
-        nodes = [helper.make_node("Concat", ["x"] * 5000, ["y"], name="cat", axis=1)]
-        proto = graph_model(nodes, shape=(1, 8, 128, 128))
-        says = "values per sample in its output (40000, 128, 128)"
+        nodes = [helper.make_node("Concat", ["x"] * 4000, ["y"], name="cat", axis=1)]
+        proto = graph_model(nodes, shape=(1, 9, 128, 128))
+        says = "values per sample in its output (36000, 128, 128)"
     else:
         proto = op_model(op, **attrs)
     path = save(proto, tmp_path / "big.onnx")

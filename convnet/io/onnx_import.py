@@ -41,9 +41,11 @@ outside that folder, is refused before any external file is read.
 
 A file is checked before anything is allocated for it, and anything wrong is a one-line
 ValueError that starts with the file's path and names the node, attribute or tensor, what
-was expected and what was found. In order: the number of nodes (convnet.limits.MAX_LAYERS);
-every name is text; each tensor's element type (float32, float64, int64, bool), dims, and
-data length or external extent, and their sums (MAX_PARAMS values, MAX_ARRAY_BYTES bytes);
+was expected and what was found. In order: the number of nodes and Concat branches
+(convnet.limits.MAX_LAYERS), of each node's inputs, outputs and attributes, and of the
+initializers; every name is text; each tensor's element type (float32, float64, int64,
+bool), dims, and data length or external extent, and their sums (MAX_PARAMS values,
+MAX_ARRAY_BYTES bytes);
 the wiring (initializers and outputs named and written once, inputs that exist, each
 operator's number of inputs, no cycles); the input's per-sample shape (MAX_VOLUME); the
 values the layers would copy out of the initializers, each use counting, so tied weights
@@ -95,6 +97,7 @@ _ELEMENT_TYPES = {1: ("float32", "float_data", 4),      # weights and scalars
                   7: ("int64", "int64_data", 8),        # shapes, axes, pads
                   9: ("bool", "int32_data", 1)}         # Dropout's training_mode
 _MAX_RANK = 8                   # dims of one tensor
+_MAX_WIRES = 4096               # inputs, outputs or attributes of a node (DenseNet-201: 49)
 _MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
 # (fewest, most) inputs of each operator read, None for no most; Pad, Pow, Mul, Div,
 # Unsqueeze and Squeeze occur in export_onnx's subgraphs
@@ -183,7 +186,7 @@ def load_onnx(path, input_shape=None):
         raise ValueError(f"{path}: not an ONNX model ({type(err).__name__}: "
                          f"{_show(str(err), 200)})") from None
     file = str(path)
-    limits.check_count(len(proto.graph.node), "MAX_LAYERS", "nodes", f"{file}: the graph")
+    _check_counts(proto.graph, file)
     _check_text(proto.graph, file)
     _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
@@ -203,6 +206,30 @@ def _graph_tensors(graph):
                 yield label, attr.t
             for tensor in attr.tensors:
                 yield label, tensor
+
+
+def _check_counts(graph, file):
+    """The graph's nodes, and the layers its Concat nodes would add (a branch per input),
+    against MAX_LAYERS; each node's inputs, outputs and attributes, and the graph's inputs
+    and outputs, at most _MAX_WIRES each; initializers at most 4 * MAX_LAYERS. Counted
+    from the lengths protobuf keeps, before any list of names is made."""
+    where = f"{file}: the graph"
+    nodes = graph.node
+    limits.check_count(len(nodes), "MAX_LAYERS", "nodes", where)
+    limits.check_count(len(nodes) + sum(len(n.input) for n in nodes if n.op_type == "Concat"),
+                       "MAX_LAYERS", "nodes and the Concat nodes' branches", where)
+    counts = [(f"node #{i}'s {what}", len(field)) for i, node in enumerate(nodes)
+              for what, field in (("inputs", node.input), ("outputs", node.output),
+                                  ("attributes", node.attribute))]
+    counts += [("the graph's inputs", len(graph.input)),
+               ("the graph's outputs", len(graph.output))]
+    for what, count in counts:
+        if count > _MAX_WIRES:
+            raise ValueError(f"{file}: {what}: {count:,}, more than the {_MAX_WIRES:,} "
+                             f"convnet reads")
+    if len(graph.initializer) > 4 * limits.MAX_LAYERS:
+        raise ValueError(f"{file}: {len(graph.initializer):,} initializers, more than 4 per "
+                         f"layer of convnet.limits.MAX_LAYERS ({limits.MAX_LAYERS:,})")
 
 
 def _check_text(graph, file):
@@ -504,13 +531,19 @@ class _Attributes:
         return bool(self.int(name, default, 0, 1))
 
     def ints(self, name, default=None, length=None, low=None):
+        """A short list of ints (a window's sizes, pads, axes): ``length`` of them, or at
+        most 2 * _MAX_RANK, counted before a Python list of them is made."""
         attr = self._get(name, _A_INTS)
         if attr is None:
             return default
+        count = len(attr.ints)
+        if count != length if length is not None else count > 2 * _MAX_RANK:
+            expected = length if length is not None else f"at most {2 * _MAX_RANK}"
+            head = list(attr.ints[:8])
+            shown = str(head) if count <= 8 else f"[{', '.join(map(str, head))}, ...]"
+            raise self.error(f"attribute {name}={shown} must have {expected} values, got "
+                             f"{count:,}")
         values = list(attr.ints)
-        if length is not None and len(values) != length:
-            raise self.error(f"attribute {name}={_show_list(values)} must have {length} "
-                             f"values, got {len(values):,}")
         if low is not None and any(v < low for v in values):
             raise self.error(f"attribute {name}={_show_list(values)} must be >= {low} each")
         return values
@@ -528,7 +561,14 @@ class _Attributes:
 
     def floats(self, name):
         attr = self._get(name, _A_FLOATS)
-        return None if attr is None else np.array(attr.floats, np.float32)
+        return None if attr is None else np.fromiter(attr.floats, np.float32,
+                                                     len(attr.floats))
+
+    def int_array(self, name):
+        """A list of ints of any length (a Constant's value_ints) as an int64 array, made
+        without a Python list of them."""
+        attr = self._get(name, _A_INTS)
+        return None if attr is None else np.fromiter(attr.ints, np.int64, len(attr.ints))
 
     def string(self, name, default, choices):
         """A string attribute, one of choices (any, if choices is None)."""
@@ -903,7 +943,7 @@ class _Importer:
         elif "value_floats" in attrs:
             value = attrs.floats("value_floats")
         elif "value_ints" in attrs:
-            value = np.array(attrs.ints("value_ints"), np.int64)
+            value = attrs.int_array("value_ints")
         else:
             raise self.error(node, f"a constant of kind {_show(kinds[0])} is not supported")
         self.consts[node.output[0]] = value
@@ -1184,6 +1224,10 @@ class _Importer:
         if not self._is_final(node.output[0]) or len(self.shapes[x]) != 1:
             raise self.error(node, "Softmax is read only as the last node on class scores "
                                    "(N, K); convnet models output the scores themselves")
+        axis = self.attrs(node).int("axis", -1)
+        if axis not in (-1, 1):
+            raise self.error(node, f"attribute axis={axis} is not supported: the softmax "
+                                   "left to apply is over the classes (axis 1 of (N, K))")
         self.alias[node.output[0]] = x
         self.dropped_softmax = node.name
 

@@ -889,6 +889,16 @@ def test_image_folder_decompression_bomb_guard(tmp_path, monkeypatch, side):
     assert load_image_folder(tmp_path)[0].shape == (1, 3, side, side)
 
 
+def test_an_image_whose_plugin_raises_anything_is_named(tmp_path):
+    """Pillow's DDS plugin raises NotImplementedError for pixel-format flags 0; it had
+    escaped as a traceback without the file's name."""
+    save_image(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
+    odd = tmp_path / "a" / "odd.dds"
+    odd.write_bytes(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
+    with raises_naming(odd, "unreadable image: NotImplementedError"):
+        load_image_folder(tmp_path)
+
+
 @pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000)])
 def test_an_image_strip_over_the_side_cap_is_refused_from_its_header(tmp_path, size):
     """A 78 KB PNG of 80,000,000 x 1 pixels (under Pillow's bomb limit) took 1.7 GB to

@@ -83,7 +83,9 @@ def _opened(Image, path):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb "
                          f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err}") from None
-    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+    except MemoryError:
+        raise
+    except Exception as err:    # a plugin may raise anything (DDS: NotImplementedError)
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
     if max(im.size) > limits.MAX_SOURCE_SIDE:
         im.close()
@@ -130,7 +132,9 @@ def _decode(Image, path, mode, size, im=None):
     try:
         with im:
             im.load()                   # truncated or corrupt data shows up here
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:    # as in _opened: whatever the format's plugin raises
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
     if im.mode == "F":
         raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "

@@ -253,6 +253,16 @@ def test_load_idx_dataset(tmp_path, gz):
     np.testing.assert_array_equal(y, data["train"][1])
 
 
+def test_idx_splits_of_two_sizes_are_refused(tmp_path):
+    """Test images of 5x3 beside training images of 5x4 had trained and reported a test
+    accuracy without a word (the default net pools adaptively)."""
+    make_idx_dir(tmp_path, np.random.default_rng(2))
+    write_idx(tmp_path / IDX_NAMES["test"][0], np.zeros((3, 5, 3), np.uint8))
+    with raises_naming(tmp_path / IDX_NAMES["test"][0], "images of 5x3 pixels, but .*"
+                       "holds 5x4: the splits of one data set must have one size"):
+        load_dataset(str(tmp_path))
+
+
 def test_load_idx_dataset_errors(tmp_path):
     images = write_idx(tmp_path / "images", np.zeros((4, 3, 3), np.uint8))
     labels3 = write_idx(tmp_path / "labels3", np.zeros(3, np.uint8))

@@ -250,14 +250,21 @@ def find_idx_dir(dirs):
 
 
 def load_idx_splits(directory, num_classes=10):
-    """{"train": (x, y), "test": (x, y)} from the four standard IDX names in a directory."""
-    splits = {}
+    """{"train": (x, y), "test": (x, y)} from the four standard IDX names in a directory;
+    the two image files must hold images of one size."""
+    splits, files = {}, {}
     for split, (images, labels) in IDX_SPLITS.items():
         paths = [find_file(directory, name) for name in (images, labels)]
         missing = [n for n, p in zip((images, labels), paths, strict=True) if p is None]
         if missing:
             raise FileNotFoundError(f"{directory}: missing {', '.join(missing)} (or .gz)")
         splits[split] = load_idx_dataset(*paths, num_classes=num_classes)
+        files[split] = paths[0]
+    train, test = (splits[k][0].shape[2:] for k in ("train", "test"))
+    if train != test:
+        raise ValueError(f"{files['test']}: images of {test[0]}x{test[1]} pixels, but "
+                         f"{files['train']} holds {train[0]}x{train[1]}: the splits of one "
+                         f"data set must have one size")
     return splits
 
 

@@ -316,6 +316,19 @@ def test_zero_stride_view_is_capped_before_any_copy(tmp_path):
     assert np.array_equal(loaded["w"], np.tile([0.0, 1.0], (8, 1)).astype(np.float32))
 
 
+def test_many_views_of_one_storage_are_capped_together(tmp_path):
+    """Each view within 16x its storage, but 32 of them over one 4 MiB storage made 2 GiB
+    from a 50 KB file: the views of a storage count together. Tied weights still load."""
+    base = torch.zeros(1 << 10)
+    path = save({f"t{i}": base.expand(8, 1 << 10) for i in range(3)}, tmp_path / "many.pt")
+    with pytest.raises(ValueError, match=r"many\.pt: tensor 't2' declares .* which brings "
+                                         r"the elements viewed in it to more than 16 times"):
+        load_torch(path)
+    weight = torch.ones(3, 4)
+    tied = load_torch(save({"a.weight": weight, "b.weight": weight}, tmp_path / "tied.pt"))
+    assert tied["a.weight"].shape == tied["b.weight"].shape == (3, 4)
+
+
 def test_a_huge_declared_view_is_refused_without_allocating(tmp_path):
     """Overlapping strides declare 10**12 elements over a 4-element storage: refused from
     the declared sizes (materialising it would need 4 TB)."""

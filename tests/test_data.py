@@ -549,7 +549,7 @@ def test_cifar_unpickler_allows_only_array_names(tmp_path):
     loader = CifarUnpickler(io.BytesIO(b""), "f")
     assert repr(loader.find_class("numpy", "ndarray")) == "numpy.ndarray"
     # the admitted names are stand-ins of ours: nothing NumPy-internal reaches the pickle
-    for module, name in CifarUnpickler.ALLOWED:
+    for module, name in [*CifarUnpickler.ALLOWED, ("_codecs", "encode")]:
         admitted = loader.find_class(module, name)
         assert repr(admitted) == f"{module}.{name}"
         assert type(admitted).__module__ != "numpy" and admitted is not np.dtype
@@ -568,6 +568,39 @@ def test_cifar_unpickler_allows_only_array_names(tmp_path):
     path = tmp_path / "codec"
     path.write_bytes(sneaky)
     with raises_naming(path, "only str to latin-1 bytes is allowed"):
+        read_cifar_pickle(path)
+
+
+def shared_array_pickle(copies, size=4096):
+    """A CIFAR-style pickle: {'junk': [copies arrays]}, every array record built on one
+    shared raw bytes object of ``size`` bytes (uint8, shape (size,))."""
+    p = bytearray(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nq\x00cnumpy\nndarray\nq\x01"
+                  b"K\x00\x85q\x02C\x01bq\x03cnumpy\ndtype\nq\x04C\x02u1q\x05"
+                  b"h\x04h\x05\x89\x88\x87Rq\x06"
+                  b"(K\x03C\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    p += b"B" + size.to_bytes(4, "little") + bytes(size) + b"q\x07"
+    p += b"J" + size.to_bytes(4, "little") + b"\x85q\x08}X\x04\x00\x00\x00junk]("
+    p += b"h\x00h\x01h\x02h\x03\x87R(K\x01h\x08h\x06\x89h\x07tb" * copies
+    return bytes(p + b"es.")
+
+
+def encode_pickle(copies, size=4096):
+    """{'junk': [...]} calling the admitted _codecs.encode ``copies`` times on one shared
+    str of ``size`` characters."""
+    text = b"X" + size.to_bytes(4, "little") + b"a" * size
+    return (b"\x80\x02c_codecs\nencode\nq\x000" + text + b"q\x010X\x06\x00\x00\x00latin1q\x020"
+            + b"}X\x04\x00\x00\x00junk](" + b"h\x00h\x01h\x02\x86R" * copies + b"es.")
+
+
+@pytest.mark.parametrize("make", [shared_array_pickle, encode_pickle])
+def test_cifar_pickles_make_no_more_bytes_than_they_hold(tmp_path, make):
+    """Shared data copied again and again (2,500 arrays on one 1 MB string made 2.5 GB
+    from a 1 MB file): arrays, and encoded strings, may make what the file holds."""
+    path = tmp_path / "batch"
+    path.write_bytes(make(1))
+    assert read_cifar_pickle(path)                       # once: within the file's bytes
+    path.write_bytes(make(2))
+    with raises_naming(path, "more than the file holds: it copies shared data"):
         read_cifar_pickle(path)
 
 

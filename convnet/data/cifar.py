@@ -67,11 +67,28 @@ LATIN1 = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1")
 MAX_NDIM = 32
 
 
-def _latin1_encode(text, encoding):
-    """_codecs.encode as Python 3 protocol-2 pickles use it for bytes, latin-1 only."""
+class _Budget:
+    """Bytes one load may make of one kind (encoded strings, or arrays): as many as the
+    file holds. Each string or array of a real file has its own bytes in it; one shared
+    string could otherwise be copied again and again (a 1 MB file made 2.5 GB)."""
+
+    def __init__(self, limit, what):
+        self.left, self.limit, self.what = limit, limit, what
+
+    def spend(self, nbytes):
+        self.left -= nbytes
+        if self.left < 0:
+            raise Refused(f"the pickle makes more than {self.limit:,} bytes of {self.what}, "
+                          "more than the file holds: it copies shared data")
+
+
+def _latin1_encode(text, encoding, budget):
+    """_codecs.encode as Python 3 protocol-2 pickles use it for bytes, latin-1 only; the
+    bytes made are spent from ``budget``."""
     if type(text) is not str or type(encoding) is not str or encoding.lower() not in LATIN1:
         raise Refused(f"refusing _codecs.encode({type(text).__name__}, "
                       f"{show(encoding)}): only str to latin-1 bytes is allowed")
+    budget.spend(len(text))
     return text.encode("latin1")
 
 
@@ -195,8 +212,9 @@ class UnsafePickleError(ValueError):
 _SCALARS = (bytes, str, int, float, bool, type(None))
 
 
-def _resolve(obj, where, memo, depth=0):
-    """The unpickled tree with every array record checked and made an ndarray.
+def _resolve(obj, where, memo, budget, depth=0):
+    """The unpickled tree with every array record checked and made an ndarray, its bytes
+    spent from ``budget`` (a _Budget).
 
     Only dicts (bytes or str keys), lists, tuples, bytes, str, numbers and None may hold
     them, nested at most limits.MAX_DEPTH deep; memo (id -> result) keeps shared objects
@@ -211,14 +229,18 @@ def _resolve(obj, where, memo, depth=0):
                          "(convnet.limits.MAX_DEPTH)")
     if type(obj) is _ArrayRecord:
         out = obj.array(where)
+        try:
+            budget.spend(out.nbytes)
+        except Refused as err:
+            raise ValueError(f"{where}: {err}") from None
     elif type(obj) is dict:
         bad = [k for k in obj if type(k) not in (bytes, str)]
         if bad:
             raise ValueError(f"{where}: a dict key of type {type(bad[0]).__name__}; CIFAR "
                              "pickles have bytes or str keys")
-        out = {k: _resolve(v, where, memo, depth + 1) for k, v in obj.items()}
+        out = {k: _resolve(v, where, memo, budget, depth + 1) for k, v in obj.items()}
     elif type(obj) in (list, tuple):
-        out = type(obj)(_resolve(v, where, memo, depth + 1) for v in obj)
+        out = type(obj)(_resolve(v, where, memo, budget, depth + 1) for v in obj)
     else:
         what = repr(obj) if isinstance(obj, (Inert, _DTypeRecord)) else type(obj).__name__
         raise ValueError(f"{where}: a {what} where CIFAR pickles hold only arrays, dicts, "
@@ -253,7 +275,6 @@ class CifarUnpickler(pickle.Unpickler):
             Global("numpy._core.multiarray._reconstruct", _reconstruct),
         ("numpy", "ndarray"): NDARRAY,
         ("numpy", "dtype"): Global("numpy.dtype", _DTypeRecord),
-        ("_codecs", "encode"): Global("_codecs.encode", _latin1_encode),
         ("__builtin__", "bytes"): Global("__builtin__.bytes", _empty_bytes),
         ("builtins", "bytes"): Global("builtins.bytes", _empty_bytes),
     }
@@ -270,8 +291,13 @@ class CifarUnpickler(pickle.Unpickler):
                              "pickle (convnet.data.cifar.MAX_PICKLE_BYTES)")
         self.data = b"".join(chunks)
         super().__init__(io.BytesIO(self.data), encoding="bytes")
+        encoded = _Budget(len(self.data), "encoded strings")
+        self._encode = Global("_codecs.encode",
+                             lambda text, encoding: _latin1_encode(text, encoding, encoded))
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):     # this load's, with its budget
+            return self._encode
         try:
             return self.ALLOWED[(module, name)]
         except KeyError:
@@ -291,7 +317,7 @@ class CifarUnpickler(pickle.Unpickler):
         except Exception as err:    # UnpicklingError, EOFError, TypeError from a bad stream
             raise ValueError(f"{self.name}: not a readable CIFAR pickle: "
                              f"{type(err).__name__}: {str(err)[:200]}") from None
-        return _resolve(obj, self.name, {})
+        return _resolve(obj, self.name, {}, _Budget(len(self.data), "arrays"))
 
 
 def read_cifar_pickle(path, max_bytes=None):

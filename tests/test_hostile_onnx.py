@@ -706,3 +706,19 @@ def test_bomb_sizes_are_checked_before_the_arrays_exist(tmp_path):
     path = save(graph_model([helper.make_node("Relu", ["x"], ["y"])], [t]), tmp_path / "d.onnx")
     peak = peak_bytes(lambda: refused(path, "holds 4 bytes of raw_data", "need 1,073,741,824"))
     assert peak < MB
+
+
+def test_external_data_shared_by_many_tensors_is_refused(tmp_path, base):
+    """Every initializer pointed at the same region: each was read and converted, 2 GB
+    from a 1 MB file. The tensors may read no more bytes of a file than it holds."""
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(copy(base), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert loads_or_refused(path) == "loaded"
+    proto = onnx.load(str(path), load_external_data=False)
+    first = proto.graph.initializer[0]
+    for i in range(3):                       # unused copies of the first tensor's region
+        twin = proto.graph.initializer.add()
+        twin.CopyFrom(first)
+        twin.name = f"twin{i}"
+    refused(save(proto, path), "tensor 'twin", "more than its", "tensors share its bytes")

@@ -325,11 +325,13 @@ def _load_external_data(onnx, proto, path):
     """Check every external-data location, then read them into the tensors.
 
     A location must be relative and resolve (symlinks followed) inside the model file's
-    folder; offset and length must lie inside the file and match the tensor's size. All
-    tensors are checked before any external file is opened.
+    folder; offset and length must lie inside the file and match the tensor's size, and
+    the tensors together may read no more bytes of a file than it holds (one region
+    shared by 1,000 tensors had made 2 GB of a 1 MB file). All tensors are checked before
+    any external file is opened.
     """
     folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    plan = []
+    plan, taken = [], {}                # taken: bytes read from each external file
     for label, tensor in _graph_tensors(proto.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -364,6 +366,11 @@ def _load_external_data(onnx, proto, path):
                              f"of {location!r} ({size} bytes) do not hold the tensor's "
                              f"{need} bytes (shape {tuple(tensor.dims)})")
         plan.append((tensor, target, offset, length))
+        taken[target] = taken.get(target, 0) + length
+        if taken[target] > size:
+            raise ValueError(f"{where}: the tensors read from {location!r} come to "
+                             f"{taken[target]:,} bytes, more than its {size:,}: tensors "
+                             "share its bytes; refusing to read them")
     for tensor, target, offset, length in plan:
         tensor.raw_data = _read_bytes(target, offset, length)
         del tensor.external_data[:]

@@ -1,9 +1,16 @@
 """Models: Sequential, graph blocks, the notes' arrow notation, FC -> CONV conversion."""
 
 from convnet.models.config import from_config
-from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
+from convnet.models.containers import (
+    Concat,
+    Container,
+    DenseBlock,
+    Residual,
+    Sequential,
+    relus_in_place,
+)
 from convnet.models.fc_to_conv import fc_to_conv, slide
 from convnet.models.notation import from_notation
 
 __all__ = ["Container", "Sequential", "Residual", "Concat", "DenseBlock", "fc_to_conv",
-           "slide", "from_notation", "from_config"]
+           "slide", "from_notation", "from_config", "relus_in_place"]

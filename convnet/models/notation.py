@@ -64,7 +64,7 @@ from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
-from convnet.models.containers import Sequential
+from convnet.models.containers import Sequential, relus_in_place
 
 # -- tokens ----------------------------------------------------------------------------
 
@@ -601,19 +601,9 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
                      f"{limits.MAX_LAYERS:,} (convnet.limits.MAX_LAYERS)")
     with counting_params():
         layers = _build_layers(text, _expand(items, counts, optional, []), shape, dtype, rng)
-    for before, layer in zip(layers, layers[1:]):
-        if isinstance(layer, ReLU) and _output_not_kept(before):
-            layer.inplace = True
-    model = Sequential(*layers)
+    model = relus_in_place(Sequential(*layers))
     model.input_shape = shape
     return model
-
-
-def _output_not_kept(layer):
-    """True when backward does not read the layer's output, so a RELU after it may
-    overwrite it (``ReLU(inplace=True)``, one activation buffer less): CONV, FC and
-    batch norm keep their input, not their output."""
-    return isinstance(layer, (Conv2d, Linear, BatchNorm1d, BatchNorm2d))
 
 
 def _take_input(text, items, input_shape):

@@ -25,7 +25,7 @@ from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import LocalResponseNorm
 from convnet.layers.pool import AdaptiveAvgPool2d, MaxPool2d
-from convnet.models.containers import Sequential
+from convnet.models.containers import Sequential, relus_in_place
 
 RELU, LRN = "relu", "lrn"
 
@@ -129,7 +129,7 @@ def build_alexnet_family(name, spec, num_classes, input_shape, *, avgpool=None, 
     )
     model = Sequential(stages)
     model.input_shape = tuple(input_shape)
-    return model
+    return relus_in_place(model)
 
 
 def alexnet(num_classes=1000, *, dtype=np.float32, rng=None):

@@ -502,10 +502,14 @@ def test_float32_matches_float64(make, hw):
 
 def test_non_integer_output_size_is_an_error_unless_floor_or_ceil():
     x = np.zeros((1, 1, 10, 10))
-    with pytest.raises(ValueError, match=r"MaxPool2d\(F=3, S=2\).*4\.5.*fit='floor'"):
+    with pytest.raises(ValueError, match=r"MaxPool2d\(F=3, S=2\).*4\.5.*fit='floor'.*"
+                                         r"or ceil_mode=True to keep them in a last, partial"):
         MaxPool2d(3, 2).forward(x)
-    with pytest.raises(ValueError, match="4.5"):
+    with pytest.raises(ValueError, match="4.5.*ceil_mode=True"):
         MaxPool2d(3, 2).output_shape((1, 10, 10))
+    from convnet.models import from_notation
+    with pytest.raises(ValueError, match="add the word 'floor' or 'ceil' to the layer"):
+        from_notation("INPUT 10x10x1 -> POOL F3 S2")
     with pytest.raises(ValueError, match="not an integer"):
         AvgPool2d(2).forward(np.zeros((1, 1, 5, 4)))
     with pytest.raises(ValueError, match="along W"):

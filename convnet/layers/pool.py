@@ -41,7 +41,7 @@ class _Pool2d(Layer):
         c, h, w = check_volume(input_shape, None, self.where)
         oh, ow = (conv_output_size(size, self.kernel_size[a], self.stride[a], self.padding[a],
                                    self.dilation[a], fit=self.fit, ceil=self.ceil_mode,
-                                   where=self.where, axis="HW"[a])
+                                   where=self.where, axis="HW"[a], can_ceil=True)
                   for a, size in enumerate((h, w)))
         return (c, oh, ow)
 

@@ -659,7 +659,9 @@ def _build_layers(text, specs, shape, dtype, rng):
                 shape = new_shape
         except ValueError as exc:
             problem = str(exc)
-            if "fit='floor'" in problem:
+            if "ceil_mode=True" in problem:
+                problem += " (in the notation: add the word 'floor' or 'ceil' to the layer)"
+            elif "fit='floor'" in problem:
                 problem += " (in the notation: add the word 'floor' to the layer)"
             segment = " ".join(text[spec.start:spec.end].split())
             raise _error(text, spec.start, spec.end, f"model[{len(layers)}] = {segment!r}",

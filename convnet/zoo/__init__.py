@@ -99,14 +99,14 @@ def describe():
 
 
 def listing():
-    """The zoo as a text table: name, default input (H x W x D, as the notes write it),
+    """The zoo as a text table: name, default input (W x H x D, as the notes write it),
     parameters at the default number of classes, and a one-line description."""
     rows = describe()
     width = max(len(row["name"]) for row in rows)
     lines = [f"{'name':<{width}}  {'input':>11}  {'params':>11}  description"]
     for row in rows:
         c, h, w = row["input_shape"]
-        lines.append(f"{row['name']:<{width}}  {f'{h}x{w}x{c}':>11}  "
+        lines.append(f"{row['name']:<{width}}  {f'{w}x{h}x{c}':>11}  "
                      f"{row['num_params']:>11,}  {row['description']}")
     return "\n".join(lines)
 

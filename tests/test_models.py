@@ -561,3 +561,26 @@ def test_a_conv_too_wide_for_the_volume_cap_is_refused_before_its_filters_are_ma
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20, peak
+
+
+# -- CONV -> FC: the same function as an FC layer --------------------------------------------
+@pytest.mark.parametrize("seed", range(40))
+def test_conv_to_fc_computes_the_conv_layers_function(seed):
+    """Random K, F, S, P, dilation and groups: the FC layer's output is the CONV layer's,
+    flattened; its matrix is zero outside the windows and repeats the filters."""
+    from convnet.models import conv_to_fc
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([1, 2]))
+    c, k = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+    f, s, p, d = (int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2)),
+                  int(rng.integers(1, 3)))
+    size = d * (f - 1) + 1 + int(rng.integers(0, 6))
+    conv = Conv2d(c, k, f, s, p, d, groups=groups, bias=bool(rng.integers(2)),
+                  dtype=np.float64, rng=rng, fit="floor")
+    fc = conv_to_fc(conv, (c, size, size + 1))
+    x = rng.standard_normal((3, c, size, size + 1))
+    want = conv.forward(x).reshape(3, -1)
+    np.testing.assert_allclose(fc.forward(x.reshape(3, -1)), want, rtol=1e-12, atol=1e-12)
+    matrix = fc.params["weight"]
+    assert np.count_nonzero(matrix) <= k * (c // groups) * f * f * want.shape[1] // k
+    assert set(np.unique(matrix[matrix != 0])) <= set(conv.params["weight"].ravel())

@@ -1,4 +1,4 @@
-"""Models: Sequential, graph blocks, the notes' arrow notation, FC -> CONV conversion."""
+"""Models: Sequential, graph blocks, the notes' arrow notation, FC <-> CONV conversion."""
 
 from convnet.models.config import from_config
 from convnet.models.containers import (
@@ -9,8 +9,9 @@ from convnet.models.containers import (
     Sequential,
     relus_in_place,
 )
-from convnet.models.fc_to_conv import fc_to_conv, slide
+from convnet.models.fc_to_conv import conv_to_fc, fc_to_conv, slide
 from convnet.models.notation import from_notation
 
 __all__ = ["Container", "Sequential", "Residual", "Concat", "DenseBlock", "fc_to_conv",
+           "conv_to_fc",
            "slide", "from_notation", "from_config", "relus_in_place"]

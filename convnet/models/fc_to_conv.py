@@ -1,4 +1,5 @@
-"""FC -> CONV conversion: slide a trained net over a larger image in one pass.
+"""FC -> CONV conversion: slide a trained net over a larger image in one pass; and the
+other way, a CONV layer as the FC layer that computes the same function (``conv_to_fc``).
 
 The notes: an FC layer that looks at a 7x7x512 volume is a CONV layer with F=7, P=0,
 S=1 and K = its number of neurons; the FC layers after it become 1x1 CONVs. The converted
@@ -132,3 +133,46 @@ def slide(model, x, net_stride, factor=2):
                 out = model.forward(x[:, :, i * step: i * step + hi, j * step: j * step + wi])
             scores[:, :, i::factor, j::factor] = out
     return scores
+
+
+def conv_to_fc(conv, input_shape):
+    """The FC layer that computes what the CONV layer ``conv`` computes on (C, H, W)
+    inputs: the notes' "for any CONV layer there is an FC layer that implements the same
+    forward function".
+
+    Its weight matrix (K*OH*OW, C*H*W) is mostly zero (each output sees only its F x F
+    window: local connectivity), and its non-zero blocks repeat the same F x F x C/G
+    filter values at every output position (parameter sharing). Rows and columns are in
+    NCHW order, so ``fc(x.reshape(N, -1))`` equals ``conv(x).reshape(N, -1)``; the bias
+    repeats each filter's over its OH x OW outputs. The matrix must fit
+    ``convnet.limits.MAX_PARAMS``.
+
+    >>> conv = Conv2d(3, 12, 3, padding=1, rng=np.random.default_rng(0))
+    >>> fc = conv_to_fc(conv, (3, 32, 32))
+    >>> fc.params["weight"].shape, int(np.count_nonzero(fc.params["weight"]))
+    ((12288, 3072), 318096)
+    """
+    if not isinstance(conv, Conv2d):
+        raise ValueError(f"conv_to_fc: expected a Conv2d layer, got {type(conv).__name__}")
+    c, h, w = (int(v) for v in input_shape)
+    k, oh, ow = conv.output_shape((c, h, w))
+    weight = conv.params["weight"]                                  # (K, C/G, FH, FW)
+    cg, fh, fw = weight.shape[1:]
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    fc = Linear(c * h * w, k * oh * ow, bias="bias" in conv.params, dtype=weight.dtype,
+                rng=np.random.default_rng(0))
+    filters, channels, i, j, y, x = np.indices((k, cg, fh, fw, oh, ow), sparse=True)
+    rows = y * sh - ph + i * dh                                     # the input pixel each
+    cols = x * sw - pw + j * dw                                     # tap of each output reads
+    inside = np.broadcast_to((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w),
+                             (k, cg, fh, fw, oh, ow))
+    channel = filters // (k // conv.groups) * cg + channels         # its group's channels
+    out_index = np.broadcast_to((filters * oh + y) * ow + x, inside.shape)[inside]
+    in_index = np.broadcast_to((channel * h + rows) * w + cols, inside.shape)[inside]
+    matrix = np.zeros((k * oh * ow, c * h * w), dtype=weight.dtype)
+    matrix[out_index, in_index] = np.broadcast_to(weight[..., None, None], inside.shape)[inside]
+    fc.params["weight"] = matrix
+    if "bias" in conv.params:
+        fc.params["bias"] = np.repeat(conv.params["bias"], oh * ow)
+    fc.zero_grad()
+    return fc

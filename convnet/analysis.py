@@ -5,6 +5,9 @@ each one for its ``output_shape``, ``num_params`` and ``macs`` (analysis by calc
 not hooks). The counting rules, stated once:
 
 - **mult-adds** are per sample (a layer's ``macs``); per batch is that times the batch.
+  A CONV or FC layer's are its weights' multiplications, K*OH*OW*(C/G)*FH*FW and
+  in*out, without the bias additions (torchinfo counts those too, so its figures are
+  larger by one per output value).
 - **activations**: every layer's output volume, in values, times the batch. A layer that
   writes into its input's buffer (``ReLU(inplace=True)``) or returns a view of it
   (``Flatten``) adds no new values. The input batch is counted once, as miscellaneous.

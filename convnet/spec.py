@@ -99,16 +99,21 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
 def check_classes(model, num_classes, spec, architecture=None):
     """The model resolve_model made of ``spec`` (and ``architecture``), checked against
     the --classes a user gave: num_classes set a zoo architecture's classes; any other
-    model fixes its own and must give that many scores, or a ValueError says so."""
+    model fixes its own and must give that many scores (counted at its input_shape, or
+    without one, the outputs of its last layer when that is an FC layer), or a
+    ValueError says so."""
     if num_classes is None or (architecture or spec) in MODELS:
         return model
     shape = getattr(model, "input_shape", None)
-    scores = model.output_shape(shape)[0] if shape is not None else None
+    if shape is not None:
+        scores = model.output_shape(shape)[0]
+    else:       # no input size: the last layer's outputs when it is an FC layer
+        leaves = [layer for _, layer in model.named_layers()]
+        scores = getattr(leaves[-1], "out_features", num_classes) if leaves else num_classes
     if scores != num_classes:
-        gives = f"gives {scores} scores per image" if scores else "sets its own classes"
-        raise ValueError(f"{spec} {gives}, not the --classes {num_classes}: --classes sets "
-                         f"the classes of a zoo architecture (train --from the model makes "
-                         f"a new head for other classes)")
+        raise ValueError(f"{spec} gives {scores} scores per image, not the --classes "
+                         f"{num_classes}: --classes sets the classes of a zoo architecture "
+                         f"(train --from the model makes a new head for other classes)")
     return model
 
 

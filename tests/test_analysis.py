@@ -606,8 +606,10 @@ def test_the_zoo_and_the_notation_count_the_same_net_alike():
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "googlenet_torchvision",
                                   "densenet_bc_100"])
 def test_every_zoo_relu_after_a_layer_that_keeps_its_input_is_in_place(name):
+    """In a Sequential, and in a Residual's body (ResNet's block RELUs follow a batch
+    norm there)."""
     from convnet.layers import BatchNorm2d, Conv2d, Linear, ReLU
-    from convnet.models import Sequential
+    from convnet.models import Residual, Sequential
     from convnet.zoo import get_model
     seen = 0
     stack = [get_model(name)]
@@ -615,7 +617,9 @@ def test_every_zoo_relu_after_a_layer_that_keeps_its_input_is_in_place(name):
         container = stack.pop()
         children = [child for _, child in container.children()]
         stack += [c for c in children if hasattr(c, "children")]
-        if isinstance(container, Sequential):
+        if isinstance(container, Residual):
+            children = [container[key] for key in container.body_keys]
+        if isinstance(container, (Sequential, Residual)):
             for before, layer in zip(children, children[1:]):
                 if isinstance(layer, ReLU):
                     kept = isinstance(before, (Conv2d, Linear, BatchNorm2d))

@@ -450,6 +450,12 @@ def test_classes_is_checked_alike_for_every_kind_of_model(tmp_path, capsys):
         assert main(["summary", spec, "--classes", "3"]) == 1, spec
         err = capsys.readouterr().err
         assert f"{spec} gives 10 scores per image, not the --classes 3" in err, err
+    bare = from_notation("INPUT 64 -> FC 10", rng=np.random.default_rng(0))
+    bare.input_shape = None                   # a model file without an input size
+    bare_path = str(save_model(bare, tmp_path / "bare"))
+    assert main(["convert", bare_path, str(tmp_path / "b.json"), "--classes", "10"]) == 0
+    assert main(["convert", bare_path, str(tmp_path / "b2.json"), "--classes", "3"]) == 1
+    assert f"{bare_path} gives 10 scores per image" in capsys.readouterr().err
     onnx, out = str(tmp_path / "model.onnx"), str(tmp_path / "c.json")
     assert main(["convert", onnx, out, "--classes", "3"]) == 1
     assert f"{onnx} gives 10 scores per image" in capsys.readouterr().err

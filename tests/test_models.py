@@ -584,3 +584,6 @@ def test_conv_to_fc_computes_the_conv_layers_function(seed):
     matrix = fc.params["weight"]
     assert np.count_nonzero(matrix) <= k * (c // groups) * f * f * want.shape[1] // k
     assert set(np.unique(matrix[matrix != 0])) <= set(conv.params["weight"].ravel())
+    with pytest.raises(ValueError, match=r"conv_to_fc: input_shape: expected a per-sample "
+                                         r"volume \(C, H, W\)"):
+        conv_to_fc(conv, (c, size))

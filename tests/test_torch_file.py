@@ -318,15 +318,17 @@ def test_zero_stride_view_is_capped_before_any_copy(tmp_path):
 
 def test_many_views_of_one_storage_are_capped_together(tmp_path):
     """Each view within 16x its storage, but 32 of them over one 4 MiB storage made 2 GiB
-    from a 50 KB file: the views of a storage count together. Tied weights still load."""
+    from a 50 KB file: the views' repeats of a storage count together. Plain views do
+    not: a block tied 40 times over (nn.Sequential(*[block] * 40)) still loads."""
     base = torch.zeros(1 << 10)
     path = save({f"t{i}": base.expand(8, 1 << 10) for i in range(3)}, tmp_path / "many.pt")
-    with pytest.raises(ValueError, match=r"many\.pt: tensor 't2' declares .* which brings "
-                                         r"the elements viewed in it to more than 16 times"):
+    with pytest.raises(ValueError, match=r"many\.pt: tensor 't2' declares .* the views of "
+                                         r"that storage together, repeat it more than 16"):
         load_torch(path)
-    weight = torch.ones(3, 4)
-    tied = load_torch(save({"a.weight": weight, "b.weight": weight}, tmp_path / "tied.pt"))
-    assert tied["a.weight"].shape == tied["b.weight"].shape == (3, 4)
+    block = torch.nn.Linear(4, 3)
+    tied = load_torch(save(torch.nn.Sequential(*[block] * 40).state_dict(),
+                           tmp_path / "tied.pt"))
+    assert len(tied) == 80 and tied["39.weight"].shape == (3, 4)
 
 
 def test_a_huge_declared_view_is_refused_without_allocating(tmp_path):

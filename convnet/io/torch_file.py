@@ -27,9 +27,9 @@ A tensor is the strided view  element[i, j, ...] = storage[offset + i*stride0 + 
 of its storage, as in NumPy; we check that the view fits in the storage, then copy it into
 a contiguous array. A view can declare far more elements than its storage holds (a zero
 stride repeats an element: ``torch.zeros(1).expand(10**12)`` is a 4-byte storage), so
-before any copy the sizes are capped: the views of a storage may repeat it at most
-REPEAT_LIMIT times over together, and the arrays together, like the storages read, may hold at most
-``max_bytes`` (``convnet.limits.MAX_ARRAY_BYTES``, 4 GiB).
+before any copy the sizes are capped: a view, and the views of a storage together, may
+repeat it at most REPEAT_LIMIT times over, and the arrays together, like the storages
+read, may hold at most ``max_bytes`` (``convnet.limits.MAX_ARRAY_BYTES``, 4 GiB).
 The zip is checked before any member is read: stored or deflated members only, none
 declaring more bytes than the archive holds, all of them together at most
 ``limits.MAX_COMPRESSION`` times the archive's size (a zip bomb), data.pkl at most
@@ -449,24 +449,27 @@ def _out_itemsize(dtype):
 def _check_sizes(tensors, max_bytes):
     """Refuse views that would materialise far more than the file holds, before any copy.
 
-    Rule 1: the tensors viewing one storage may declare together at most REPEAT_LIMIT
-    times as many elements as it holds (more is only possible with zero or overlapping
-    strides, or with many views of the same elements; tied weights are two).
+    Rule 1: a tensor may declare at most REPEAT_LIMIT times as many elements as its
+    storage holds (more is only possible with zero or overlapping strides), and the
+    tensors viewing one storage may repeat it together at most REPEAT_LIMIT times beyond
+    one copy each (a tensor's repeats: its elements past the storage's). Any number of
+    plain views share a storage (a block tied n times over is n views).
     Rule 2: the returned arrays together may hold at most max_bytes (None: no cap).
     Rule 3: so may the storages read for them (a one-element view of a huge storage).
     """
-    total, storages, viewed = 0, {}, {}
+    total, storages, repeated = 0, {}, {}
     for key, tensor in tensors.items():
         storage = tensor.storage
         numel = math.prod(tensor.size)
         nbytes = numel * _out_itemsize(storage.dtype)
         shape = f"shape {tensor.size} ({numel} elements, {nbytes} bytes)"
-        viewed[storage.record] = viewed.get(storage.record, 0) + numel
-        if viewed[storage.record] > REPEAT_LIMIT * storage.numel:
+        repeated[storage.record] = (repeated.get(storage.record, 0)
+                                    + max(numel - storage.numel, 0))
+        if max(numel, repeated[storage.record]) > REPEAT_LIMIT * storage.numel:
             raise Refused(f"tensor {show(key)} declares {shape} with strides {tensor.stride} over "
-                          f"storage '{storage.record}' of {storage.numel} elements, which "
-                          f"brings the elements viewed in it to more than {REPEAT_LIMIT} "
-                          "times its size; refusing to materialise them (save "
+                          f"storage '{storage.record}' of {storage.numel} elements: it, or "
+                          f"the views of that storage together, repeat it more than "
+                          f"{REPEAT_LIMIT} times; refusing to materialise that (save "
                           "tensor.contiguous() instead)")
         total += nbytes
         if max_bytes is not None and total > max_bytes:

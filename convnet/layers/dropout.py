@@ -12,7 +12,8 @@ class Dropout(Layer):
     """Inverted dropout: zero each unit with probability p, scale the rest by 1 / (1 - p).
 
     Args:
-        p: probability of dropping a unit, in [0, 1] (p = 0: identity; p = 1: zeros).
+        p: probability of dropping a unit, in [0, 1] (p = 0: identity; p = 1: x * 0, zeros for
+            finite x).
         rng: np.random.Generator the masks are drawn from, kept as ``self.rng``
             (np.random.default_rng() when None). Reseed it for a repeatable mask.
 

@@ -129,7 +129,8 @@ def _training_plan(layers):
 
 
 def relus_in_place(model):
-    """Make every RELU that follows, in a Sequential, a layer whose backward pass does not
+    """Make every RELU that follows, in a Sequential or a Residual's body (layers run one
+    after another), a layer whose backward pass does not
     read its output (CONV, FC, batch norm) write into that output (``inplace=True``), as
     from_notation and torchvision's nets do: one activation buffer less each, and what
     ``summary`` counts. Walks the containers of ``model``; returns it.
@@ -145,10 +146,12 @@ def relus_in_place(model):
     while stack:
         container = stack.pop()
         children = [child for _, child in container.children()]
-        if isinstance(container, Sequential):
-            for before, layer in zip(children, children[1:]):
-                if type(layer) is ReLU and isinstance(before, kept_input):
-                    layer.inplace = True
+        in_order = (children if isinstance(container, Sequential) else
+                    [container[key] for key in container.body_keys]
+                    if isinstance(container, Residual) else [])
+        for before, layer in zip(in_order, in_order[1:]):
+            if type(layer) is ReLU and isinstance(before, kept_input):
+                layer.inplace = True
         stack.extend(child for child in children if isinstance(child, Container))
     return model
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convnet.layers.base import Identity, Layer
+from convnet.layers.base import Identity, Layer, check_volume
 from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
@@ -154,7 +154,7 @@ def conv_to_fc(conv, input_shape):
     """
     if not isinstance(conv, Conv2d):
         raise ValueError(f"conv_to_fc: expected a Conv2d layer, got {type(conv).__name__}")
-    c, h, w = (int(v) for v in input_shape)
+    c, h, w = check_volume(input_shape, conv.in_channels, "conv_to_fc: input_shape")
     k, oh, ow = conv.output_shape((c, h, w))
     weight = conv.params["weight"]                                  # (K, C/G, FH, FW)
     cg, fh, fw = weight.shape[1:]
@@ -169,9 +169,9 @@ def conv_to_fc(conv, input_shape):
     channel = filters // (k // conv.groups) * cg + channels         # its group's channels
     out_index = np.broadcast_to((filters * oh + y) * ow + x, inside.shape)[inside]
     in_index = np.broadcast_to((channel * h + rows) * w + cols, inside.shape)[inside]
-    matrix = np.zeros((k * oh * ow, c * h * w), dtype=weight.dtype)
+    matrix = fc.params["weight"]                                    # (K*OH*OW, C*H*W)
+    matrix[...] = 0                                                 # its own, initialised
     matrix[out_index, in_index] = np.broadcast_to(weight[..., None, None], inside.shape)[inside]
-    fc.params["weight"] = matrix
     if "bias" in conv.params:
         fc.params["bias"] = np.repeat(conv.params["bias"], oh * ow)
     fc.zero_grad()

@@ -261,8 +261,10 @@ class OneCycleLR(LRSchedule):
     Args:
         optimizer: an Optimizer; its lr is the peak (torch's max_lr).
         total_steps: steps of the whole cycle (positive int); step total_steps - 1 is the
-            last, at the lowest lr. Stepping more than total_steps times is a ValueError,
-            as in torch (the ramps would go on past the cycle: the linear one below 0).
+            last, at the lowest lr, and the lr set by the step after it stays there (torch
+            extrapolates it: the linear ramp's is below 0, which a finished run's
+            checkpoint would keep). Stepping more than total_steps times is a ValueError,
+            as in torch.
         pct_start: the share of the steps spent climbing, in (0, 1).
         anneal: "cos" (half cosines, torch's default) or "linear" (a triangle: the
             "triangular" schedule).
@@ -311,9 +313,9 @@ class OneCycleLR(LRSchedule):
         peak = float(self.pct_start * self.total_steps) - 1      # torch's first phase end
         if epoch <= peak:
             a, b, pct = start, self.base_lr, epoch / peak if peak > 0 else 1.0
-        else:
+        else:               # after the last step (epoch == total_steps) it stays at the end
             last = self.total_steps - 1
-            a, b, pct = self.base_lr, end, (epoch - peak) / (last - peak)
+            a, b, pct = self.base_lr, end, min((epoch - peak) / (last - peak), 1.0)
         if self.anneal == "cos":
             return b + (a - b) / 2 * (math.cos(math.pi * pct) + 1)
         return (b - a) * pct + a
@@ -370,7 +372,8 @@ def make_schedule(name, optimizer, total_steps=None, **kwargs):
 
     total_steps: how many times ``step()`` will be called over the run (epochs x batches
     when stepping per iteration). It fills the arguments not given: "step" decays at
-    1/3 and 2/3 of the run (step_size = total / 3, rounded up), "cosine" anneals over the whole run
+    1/3 and 2/3 of the run (step_size = total / 3 rounded up; a run of 4 steps decays
+    once), "cosine" anneals over the whole run
     (T_max = total), "warmup+cosine" warms up over 5% of it and anneals over the rest,
     "onecycle" and "triangular" take it as their cycle.
 

@@ -39,7 +39,7 @@ class Cache(NamedTuple):
     padding: tuple
     dilation: tuple
     out_size: tuple
-    relu_out: np.ndarray = None   # with relu=True, the output: its > 0 entries pass dout
+    relu_out: np.ndarray = None   # with relu=True, the output: its non-0 entries pass dout
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups):

@@ -32,8 +32,8 @@ class Cache(NamedTuple):
     groups: int
     out_size: tuple
     workspace: np.ndarray  # the flat buffer cols is in (reusable once spent)
-    relu_out: np.ndarray = None   # with relu=True, the output max(0, conv): its > 0 entries
-                                  # pass the gradient
+    relu_out: np.ndarray = None   # with relu=True, the output max(0, conv): its non-0
+                                  # entries (> 0, or NaN) pass the gradient
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups):

@@ -73,7 +73,7 @@ class Cache(NamedTuple):
     padding: tuple
     m: int                # output tile size
     out_size: tuple
-    relu_out: np.ndarray = None   # with relu=True, the output: its > 0 entries pass dout
+    relu_out: np.ndarray = None   # with relu=True, the output: its non-0 entries pass dout
 
 
 def filter_transform(w, m):

@@ -129,11 +129,11 @@ def _training_plan(layers):
 
 
 def relus_in_place(model):
-    """Make every RELU that follows, in a Sequential or a Residual's body (layers run one
-    after another), a layer whose backward pass does not
-    read its output (CONV, FC, batch norm) write into that output (``inplace=True``), as
-    from_notation and torchvision's nets do: one activation buffer less each, and what
-    ``summary`` counts. Walks the containers of ``model``; returns it.
+    """Make every RELU that directly follows a CONV, FC or batch norm layer (whose
+    backward passes read their input, not their output) write into that output
+    (``inplace=True``), as from_notation and torchvision's nets do: one activation buffer
+    less each, and what ``summary`` counts. "Follows" is within a chain of layers: a
+    Sequential, or a Residual's body. Walks the containers of ``model``; returns it.
 
     >>> net = relus_in_place(Sequential(Conv2d(1, 2, 3), ReLU(), MaxPool2d(2), ReLU()))
     >>> [getattr(layer, "inplace", None) for layer in net]
@@ -146,10 +146,13 @@ def relus_in_place(model):
     while stack:
         container = stack.pop()
         children = [child for _, child in container.children()]
-        in_order = (children if isinstance(container, Sequential) else
-                    [container[key] for key in container.body_keys]
-                    if isinstance(container, Residual) else [])
-        for before, layer in zip(in_order, in_order[1:]):
+        if isinstance(container, Sequential):
+            chain = children
+        elif isinstance(container, Residual):
+            chain = [container[key] for key in container.body_keys]
+        else:               # Concat's branches, DenseBlock's layers: no chain
+            chain = []
+        for before, layer in zip(chain, chain[1:]):
             if type(layer) is ReLU and isinstance(before, kept_input):
                 layer.inplace = True
         stack.extend(child for child in children if isinstance(child, Container))

@@ -569,19 +569,26 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141   # as if killed by SIGPIPE (128 + 13), like other tools in a pipe
-    except KeyboardInterrupt:
-        print(f"convnet {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        _stop(args, err, "interrupted")
         return 130
     except Exception as err:  # the CLI's promise: one line, never a traceback
         if args.debug:
             raise
         hint = (" (try a smaller --batch-size or --image-size)"
                 if isinstance(err, MemoryError) and args.command == "train" else "")
-        print(f"convnet {args.command}: error: {_one_line(err)}{hint}", file=sys.stderr)
-        from convnet.train.distributed import abort_if_parallel
-        abort_if_parallel(err, _one_line(err))   # under mpiexec: end every rank, no hang
+        _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
+
+
+def _stop(args, err, text):
+    """Say ``text`` once: under mpiexec as ``rank R: convnet CMD: text`` while every rank
+    is ended (a rank left in a collective would wait forever; a Ctrl-C too), else as
+    ``convnet CMD: text``."""
+    from convnet.train.distributed import abort_if_parallel
+    abort_if_parallel(err, f"convnet {args.command}: {text}")   # returns if not parallel
+    print(f"convnet {args.command}: {text}", file=sys.stderr)
 
 
 def _one_line(err):

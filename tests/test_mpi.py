@@ -274,7 +274,8 @@ def test_a_failing_rank_ends_the_job_and_the_run_resumes_to_the_same_weights(tmp
 
     failed = run_mpi(tmp_path, FAIL_SCRIPT, *CLI_RUN, "--out", "killed")
     assert failed.returncode != 0
-    assert "rank 1: error: RuntimeError: the disk of rank 1 is on fire" in failed.stderr
+    assert ("rank 1: convnet train: error: RuntimeError: the disk of rank 1 is on fire"
+            in failed.stderr)
     assert "ending all 2 processes" in failed.stderr
     killed = tmp_path / "killed"
     assert not (killed / "model.json").exists()
@@ -303,8 +304,28 @@ def test_a_rank_error_before_training_ends_the_job_too(tmp_path):
     proc = run_mpi(tmp_path, "convnet.cli", "train", "--model", PLAIN, "--epochs", "1",
                    "--out", "taken", "--quiet", module=True, timeout=60)
     assert proc.returncode != 0
-    assert "already holds files (notes.txt)" in proc.stderr
-    assert "error:" in proc.stderr and "ending all 2 processes" in proc.stderr
+    assert proc.stderr.count("already holds files (notes.txt)") == 1, proc.stderr
+    assert "rank 0: convnet train: error: " in proc.stderr
+    assert "ending all 2 processes" in proc.stderr
+
+
+def test_batch_norm_over_one_image_a_share_is_planned_and_refused_as_training_is(tmp_path):
+    """A batch of 2 on 2 ranks: each share is one image. Synchronized batch norm sees the
+    whole batch, so the run trains, --time-limit's timing copy included (it had
+    normalized each share alone and refused); without synchronization an FC's batch norm
+    gets one image, refused before training with the share named."""
+    model = "INPUT 8x8x1 -> FC 32 -> BN -> RELU -> FC 10"
+    common = ["train", "--data", "digits", "--limit", "100", "--batch-size", "2",
+              "--model", model, "--quiet", "--no-report"]
+    planned = check(run_mpi(tmp_path, "convnet.cli", *common, "--out", "planned",
+                            "--time-limit", "20", module=True))
+    assert (tmp_path / "planned" / "model.json").exists(), planned.stderr
+    ghost = run_mpi(tmp_path, "convnet.cli", *common, "--out", "ghost", "--epochs", "1",
+                    "--no-sync-bn", module=True)
+    assert ghost.returncode != 0
+    assert ("BatchNorm1d) needs at least 2 images to normalize, and it would get a share "
+            "of 1 image of each batch of 2 on each of 2 processes (--no-sync-bn)"
+            in ghost.stderr), ghost.stderr
 
 
 # -- in this process: no MPI -------------------------------------------------------------

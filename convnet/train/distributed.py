@@ -17,7 +17,8 @@ launcher sets (``PMI_*`` from MPICH's Hydra, ``OMPI_*`` from Open MPI, ``PMIX_*`
 only then imports it (the ``mpi`` extra: ``pip install "convnet[mpi]"``).
 
 A rank that fails must end the whole job, or the others wait in their next collective
-forever: ``abort_if_parallel(err)`` prints ``rank R: error: ...`` and calls MPI_Abort
+forever: ``abort_if_parallel(err)`` prints ``rank R: error: ...`` (once: not on the ranks
+that only heard rank 0's error) and calls MPI_Abort
 (what ``python -m mpi4py script.py`` does for an uncaught exception). The CLI calls it.
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["Communicator", "MPICommunicator", "RanksDiverged", "abort_if_parallel",
+__all__ = ["Communicator", "MPICommunicator", "RanksDiverged", "RootsError", "abort_if_parallel",
            "describe", "from_environment", "launch_size"]
 
 # Set by every rank of an MPI launch: MPICH's Hydra (and Intel MPI) set PMI_RANK and
@@ -47,6 +48,11 @@ ABORT_GRACE = 0.5
 
 class RanksDiverged(RuntimeError):
     """The ranks' weights are no longer bit-identical: names the first array that differs."""
+
+
+class RootsError(ValueError):
+    """Rank 0's error, raised on the other ranks so that every rank stops together; rank 0
+    reports it, so ``abort_if_parallel`` does not print it again."""
 
 
 def _check_flat(array, where):
@@ -336,13 +342,15 @@ def from_environment():
 
 
 def abort_if_parallel(err, text=None):
-    """End the whole MPI job because this rank failed with ``err``; returns at once when
-    this is not a launch of several processes (the caller then exits as usual).
+    """End the whole MPI job because this rank failed with ``err`` (an exception, or a
+    KeyboardInterrupt); returns at once when this is not a launch of several processes
+    (the caller then reports the error and exits as usual).
 
-    Prints ``rank R: error: TEXT`` (text, default str(err)) to stderr and calls MPI_Abort,
-    which ends every rank: the others would otherwise wait in their next collective
-    forever. The checkpoint rank 0 wrote last is whole (checkpoints are renamed into
-    place), so the run can be resumed.
+    Prints ``rank R: TEXT; ending all N processes`` (text, default ``error: str(err)``) to
+    stderr, unless err is a RootsError (rank 0 reports it), and calls MPI_Abort, which ends
+    every rank: the others would otherwise wait in their next collective forever. The
+    checkpoint rank 0 wrote last is whole (checkpoints are renamed into place), so the run
+    can be resumed.
     """
     size = launch_size()
     if size in (0, 1):
@@ -353,9 +361,10 @@ def abort_if_parallel(err, text=None):
         return
     if comm.size < 2:
         return
-    text = text or str(err).strip() or type(err).__name__
-    print(f"rank {comm.rank}: error: {text}; ending all {comm.size} processes",
-          file=sys.stderr, flush=True)
+    if not isinstance(err, RootsError):
+        text = text or f"error: {str(err).strip() or type(err).__name__}"
+        print(f"rank {comm.rank}: {text}; ending all {comm.size} processes",
+              file=sys.stderr, flush=True)
     comm.abort(1)
 
 

@@ -53,7 +53,7 @@ from convnet.models.finetune import replace_head
 from convnet.spec import WEIGHTS, resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
-from convnet.train.distributed import describe, from_environment
+from convnet.train.distributed import RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
 from convnet.train.inference import evaluate
 from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
@@ -475,6 +475,15 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         raise ValueError(f"batch size {cfg.batch_size} is smaller than the {comm.size} "
                          f"processes: each takes its share of every batch (at least one "
                          f"image); raise --batch-size or start fewer processes")
+    share = cfg.batch_size // comm.size if comm.size > 1 and not cfg.sync_bn \
+        else cfg.batch_size         # the fewest images one batch norm layer normalizes
+    if share < 2 and any(isinstance(layer, BatchNorm1d) for _, layer in model.named_layers()):
+        per = (f"a share of {share} image of each batch of {cfg.batch_size} on each of "
+               f"{comm.size} processes (--no-sync-bn)" if share != cfg.batch_size
+               else f"batches of {cfg.batch_size} image")
+        raise ValueError(f"batch norm over FC outputs (BatchNorm1d) needs at least 2 images "
+                         f"to normalize, and it would get {per}: raise --batch-size"
+                         + (" or synchronize batch norm" if share != cfg.batch_size else ""))
     check_memory(training_bytes(model, input_shape, cfg)
                  + sum(x.nbytes for x in (x_train, x_val, x_test)),
                  f"the data and a batch of {cfg.batch_size} with its activations and the "
@@ -494,10 +503,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
     if overwrite and not resume and comm.is_root:   # everything is checked: now replace
         clear_run(out)
-    norms = [layer for _, layer in model.named_layers()
-             if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
-    for layer in norms:   # synchronized batch norm: the whole batch's statistics
-        layer.comm = comm if comm.size > 1 and cfg.sync_bn else None
+    norms = _sync_norms(model, comm, cfg)
 
     epoch, batch, history = 0, 0, []
     best = {"val_acc": -1.0, "val_loss": math.inf, "epoch": -1}
@@ -688,6 +694,16 @@ def recipe(cfg):
 PROBE_STEPS, PROBE_WARMUP, FINAL_MARGIN = 6, 2, 20.0
 
 
+def _sync_norms(model, comm, cfg):
+    """The model's batch norm layers, each given the communicator when the ranks'
+    statistics are synchronized (the whole batch's), else None (each rank's share)."""
+    norms = [layer for _, layer in model.named_layers()
+             if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
+    for layer in norms:
+        layer.comm = comm if comm.size > 1 and cfg.sync_bn else None
+    return norms
+
+
 def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, started,
                 comm, log):
     """The epochs that fit in cfg.time_limit seconds from ``started``.
@@ -700,6 +716,7 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
     probe.train()
+    _sync_norms(probe, comm, cfg)             # as the run's: a share may be one image
     params = probe.trainable_params()
     opt = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     ema = WeightEMA(probe, cfg.ema, warmup=True) if cfg.ema else None
@@ -763,7 +780,7 @@ def _on_root(comm, compute, then_all=False):
     if error is not None:
         raise error
     if "error" in sent:
-        raise ValueError(f"rank 0: {sent['error']}")
+        raise RootsError(f"rank 0: {sent['error']}")
     if then_all and not comm.is_root:
         return compute()
     return result if comm.is_root else sent["value"]

@@ -300,6 +300,10 @@ def cmd_convert(args):
 
     path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
                    overwrite=args.overwrite)
+    if Path(args.src).suffix.lower() == ".json" and Path(path).suffix.lower() != ".json":
+        _note(args, f"{path} holds the net alone: the preprocessing and class names that "
+                    f"{args.src} records are not in it (eval and predict will not have "
+                    f"them; convert to .json to keep them)")
     print(f"wrote {path}")
 
 
@@ -399,7 +403,8 @@ def build_parser():
     p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N")
     p.add_argument("--batch-size", type=int_type(1, 1_000_000), metavar="N")
     p.add_argument("--lr", type=float_type(0, low_open=True),
-                   help="learning rate (default: the optimizer's, see --optimizer)")
+                   help="learning rate (default: the data set's own with its own "
+                        "optimizer, else the optimizer's, see --optimizer)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), metavar="NAME",
                    help=_optimizer_help())
     p.add_argument("--weight-decay", type=float_type(0), metavar="L2")
@@ -413,8 +418,8 @@ def build_parser():
                         "min(DECAY, (1+t)/(10+t)) at step t), evaluated and saved in their "
                         "place; 0 for none (default: the data set's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluate on each image and its mirror image (default: the data "
-                        "set's)")
+                   help="evaluate on each image and its mirror image (default: on when "
+                        "training flips the images, --augment with --flip)")
     p.add_argument("--translate", type=int_type(0, 1024), metavar="PIXELS",
                    help="with --augment: the largest random shift (default: the data set's, "
                         "or 1/8 of the image size)")

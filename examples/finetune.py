@@ -22,7 +22,7 @@ Both (b) and (c) see the digits normalized with their own training statistics; t
 differences are the starting CONV weights and the freezing. (b) and (c) are repeated for
 ``--seeds`` seeds (data order, classifier and scratch weights); the pretraining runs once,
 with seed 0. The step budget is where the gap shows: with more steps, training from
-scratch catches up on a task this easy (see the README's "Fine-tuning" section).
+scratch catches up on a task this easy (see the README's "Results").
 """
 
 from __future__ import annotations

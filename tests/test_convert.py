@@ -102,3 +102,21 @@ def test_convert_never_replaces_a_file_silently(tmp_path, capsys):
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert main(["convert", str(src), str(tmp_path / "other.json"), "--overwrite"]) == 0
     assert load_model(tmp_path / "other.json").num_params() == 61_706
+
+
+@pytest.mark.parametrize("out", ["m.onnx", "m.safetensors"])
+def test_converting_a_model_file_to_a_bare_format_says_what_is_left_behind(tmp_path, capsys,
+                                                                           out):
+    """ONNX and safetensors hold the net alone: a model file's preprocessing and class
+    names were dropped without a word, and predict then gave other classes."""
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = from_notation("INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 3",
+                          rng=np.random.default_rng(0))
+    src = save_model(model, tmp_path / "src", classes=["a", "b", "c"], mean=[0.5],
+                     std=[0.25], scale=255)
+    assert main(["convert", str(src), str(tmp_path / out)]) == 0
+    err = capsys.readouterr().err
+    assert "holds the net alone: the preprocessing and class names" in err, err
+    assert main(["convert", str(src), str(tmp_path / "again.json")]) == 0
+    assert "holds the net alone" not in capsys.readouterr().err

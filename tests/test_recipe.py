@@ -353,3 +353,21 @@ def test_a_run_can_train_with_a_named_conv_algorithm(tmp_path, monkeypatch):
                                              r".* got " + re.escape(repr(bad))):
             TrainConfig(conv_algorithm=bad).check()
     assert cli.CONV_ALGORITHMS == tuple(a.value for a in conv.Algorithm)
+
+
+@pytest.mark.parametrize("data", ["fashion-mnist", "digits", "cifar10"])
+def test_another_optimizer_gets_its_own_learning_rate_on_every_data_set(data):
+    """Fashion-MNIST's tuned lr (3e-3, for its Adam) had been given to any optimizer:
+    --optimizer sgd trained at 0.003 there, not the 0.1 that --help lists."""
+    from convnet.train.defaults import defaults_for
+    from convnet.train.optim import DEFAULT_LR
+    own = defaults_for(data)
+    for optimizer in DEFAULT_LR:
+        cfg = TrainConfig(optimizer=optimizer).resolved(data, (1, 28, 28), 10)
+        want = own["lr"] if optimizer == own["optimizer"] and "lr" in own else \
+            DEFAULT_LR[optimizer]
+        assert cfg.lr == want, (data, optimizer)
+    assert TrainConfig(optimizer="sgd", lr=0.7).resolved(data, (1, 28, 28), 10).lr == 0.7
+    if data == "fashion-mnist":
+        assert TrainConfig(optimizer="sgd").resolved(data, (1, 28, 28), 10).lr == 0.1
+        assert TrainConfig().resolved(data, (1, 28, 28), 10).lr == 3e-3

@@ -126,8 +126,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     if channels not in (None, 1, 3):
         raise ValueError(f"load_dataset: channels must be 1, 3 or None, got {channels!r}")
     if download and key not in ("fashion-mnist", "digits"):
-        raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' only, "
-                         f"got {name_or_path!r}; put the files in place and pass root")
+        raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' "
+                         f"only (the CLI's --download), got {name_or_path!r}; put the files "
+                         f"in place and pass root (--data-root)")
     if key == "digits":
         splits = _splits(load_digits(), "digits", DIGITS_SCALE)
     elif key == "fashion-mnist":
@@ -231,7 +232,8 @@ def _load_folders(path, parts, image_size, channels):
         (h0, w0), (h1, w1) = sizes[0], sizes[-1]
         notes.append(f"the images come in {len(sizes)} sizes (W x H from {w0}x{h0} to "
                      f"{w1}x{h1}): resized to {size[1]}x{size[0]}, the median (bilinear); "
-                     f"choose another with --image-size")
+                     f"choose another with --image-size HxW (this one is "
+                     f"{size[0]}x{size[1]})")
     elif size is not None and any((h, w) != tuple(size) for _, h, w in headers):
         notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
     side = max(size or sizes[0])

@@ -201,7 +201,7 @@ class TrainConfig:
         them)."""
         defaults = defaults_for(data_name)
         values = {k: (defaults[k] if getattr(self, k) is None and k in defaults
-                      else getattr(self, k)) for k in self.__dataclass_fields__}
+                      and k != "lr" else getattr(self, k)) for k in self.__dataclass_fields__}
         if values["lr"] is None:
             own = values["optimizer"] == defaults["optimizer"] and "lr" in defaults
             values["lr"] = defaults["lr"] if own else DEFAULT_LR[values["optimizer"]]

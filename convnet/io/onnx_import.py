@@ -218,15 +218,15 @@ def _check_counts(graph, file):
     limits.check_count(len(nodes), "MAX_LAYERS", "nodes", where)
     limits.check_count(len(nodes) + sum(len(n.input) for n in nodes if n.op_type == "Concat"),
                        "MAX_LAYERS", "nodes and the Concat nodes' branches", where)
-    counts = [(f"node #{i}'s {what}", len(field)) for i, node in enumerate(nodes)
-              for what, field in (("inputs", node.input), ("outputs", node.output),
-                                  ("attributes", node.attribute))]
-    counts += [("the graph's inputs", len(graph.input)),
-               ("the graph's outputs", len(graph.output))]
-    for what, count in counts:
-        if count > _MAX_WIRES:
-            raise ValueError(f"{file}: {what}: {count:,}, more than the {_MAX_WIRES:,} "
-                             f"convnet reads")
+    owners = [(f"node #{i}'s", node, ("input", "output", "attribute"))
+              for i, node in enumerate(nodes)]
+    owners.append(("the graph's", graph, ("input", "output")))
+    for owner, proto, fields in owners:
+        for field in fields:
+            count = len(getattr(proto, field))
+            if count > _MAX_WIRES:
+                raise ValueError(f"{file}: {owner} {field}s: {count:,}, more than the "
+                                 f"{_MAX_WIRES:,} convnet reads")
     if len(graph.initializer) > 4 * limits.MAX_LAYERS:
         raise ValueError(f"{file}: {len(graph.initializer):,} initializers, more than 4 per "
                          f"layer of convnet.limits.MAX_LAYERS ({limits.MAX_LAYERS:,})")

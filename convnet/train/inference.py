@@ -34,6 +34,17 @@ def inference_batch(model, input_shape, largest=LARGEST_BATCH):
     return int(max(1, min(largest, BATCH_BYTES // max(per_image, 1))))
 
 
+def prepare_bytes(splits, limit, dtype):
+    """About the most memory that making a data set's floats holds at once (training's
+    prepare, or evaluation without a record): the images as they are, and while
+    Normalize.fit runs, the training images as floats plus fit's float64 copy of them and
+    its float64 deviations from the mean."""
+    x = splits.train[0][:limit] if limit else splits.train[0]
+    floats = x.size * np.dtype(dtype).itemsize
+    held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
+    return held + floats + 2 * x.size * 8
+
+
 def preprocess(x, scale, info, dtype=np.float32):
     """uint8 images (N, C, H, W) in [0, scale] -> the normalized floats the model trained on.
 
@@ -83,11 +94,12 @@ def evaluation_data(model, data, root=None, where="the model"):
                          f"{data} has {classes!r:.200}")
     x, y = splits.test
     stats = "mean" in info and "std" in info
-    held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
-    # floats: the test images and one temporary; or fitting, the training images as
-    # float32 with Normalize.fit's float64 copy and deviations
-    floats = 2 * x.size * 4 if stats else splits.train[0].size * (4 + 8 + 8)
-    limits.check_memory(held + floats, "evaluating", f"{data}'s images as floats at "
+    if stats:       # the images, and the test images as floats with one temporary
+        need = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test)
+                   if p is not None) + 2 * x.size * 4
+    else:           # fitting the statistics on the training images, as training does
+        need = prepare_bytes(splits, None, np.float32)
+    limits.check_memory(need, "evaluating", f"{data}'s images as floats at "
                         f"{c}x{h}x{w}, the model's input", "evaluate on a smaller data set "
                         "or a model with a smaller input")
     if stats:

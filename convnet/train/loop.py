@@ -55,7 +55,7 @@ from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
 from convnet.train.distributed import RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
-from convnet.train.inference import evaluate
+from convnet.train.inference import evaluate, prepare_bytes
 from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
 from convnet.train.schedules import SCHEDULES, make_schedule
 
@@ -259,16 +259,6 @@ def prepare(splits, val_fraction, limit, seed, dtype):
     x_val = norm(to_float(x_val, splits.scale, dtype))
     x_test = norm(to_float(splits.test[0], splits.scale, dtype))
     return (x_train, y_train), (x_val, y_val), (x_test, splits.test[1]), norm
-
-
-def prepare_bytes(splits, limit, dtype):
-    """About the most memory prepare holds at once: the images as they are, and while
-    Normalize.fit runs, the training images as floats plus fit's float64 copy of them and
-    its float64 deviations from the mean."""
-    x = splits.train[0][:limit] if limit else splits.train[0]
-    floats = x.size * np.dtype(dtype).itemsize
-    held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
-    return held + floats + 2 * x.size * 8
 
 
 def first_nonfinite(model, x):

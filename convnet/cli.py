@@ -444,11 +444,12 @@ def build_parser():
                    help="run directory (default: the first free runs/DATA, runs/DATA-2, ...)")
     p.add_argument("--checkpoint-every", type=int_type(0), default=0, metavar="N",
                    help="also write a checkpoint every N batches")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (default: the latest runs/DATA[-N]) from "
-                        "its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the earlier run's files in --out")
+    earlier = p.add_mutually_exclusive_group()
+    earlier.add_argument("--resume", action="store_true",
+                         help="continue the run in --out (default: the latest "
+                              "runs/DATA[-N]) from its last checkpoint")
+    earlier.add_argument("--overwrite", action="store_true",
+                         help="replace the earlier run's files in --out")
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
                    help="fine-tune: start from a saved model (.json, .onnx) or weights (.pt, "
                         ".pth, .safetensors, with --model); the data is resized to its input, "

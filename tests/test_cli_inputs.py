@@ -197,6 +197,17 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):
     assert (out / "model.safetensors").read_bytes() != before
     assert (out / "notes.txt").read_text() == "mine"        # not ours: left alone
     assert set(RUN_FILES) <= {p.name for p in out.iterdir()}
+    # --resume and --overwrite contradict each other: refused, the run left as it was
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--resume", "--overwrite"])
+    assert exit_.value.code == 2
+    assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="resume=True .* overwrite=True"):
+        train(TrainConfig(model=SMALL, epochs=1, out=str(out)), resume=True, overwrite=True,
+              progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
 
 
 def test_files_are_written_with_the_users_umask(tmp_path):

@@ -368,12 +368,16 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     RNG states. A new run refuses a directory holding files unless overwrite=True, which
     removes the files of an earlier run (RUN_FILES), once the data, the model and every
     setting have been checked (a run that fails before then leaves them as they were).
+    resume and overwrite together are refused.
 
     comm: the communicator (convnet.train.distributed); default: the one this process was
     started with, a plain one unless launched by mpiexec with several processes. Every
     rank calls train with the same arguments and returns the same weights; only rank 0
     logs, shows progress and writes files.
     """
+    if resume and overwrite:
+        raise ValueError("resume=True continues the earlier run and overwrite=True replaces "
+                         "it: pass one of them")
     with contextlib.ExitStack() as stack:
         return _train(cfg, resume, log, progress, overwrite, comm, stack)
 

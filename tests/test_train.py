@@ -96,6 +96,38 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert (state["epoch"], state["batch"]) == (1, 0)
 
 
+def test_a_damaged_checkpoint_is_refused_by_its_checksum(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--quiet",
+            "--limit", "200", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoint.safetensors"
+    good = ckpt.read_bytes()
+    header = 8 + int.from_bytes(good[:8], "little")
+    load_checkpoint(ckpt)
+    capsys.readouterr()
+    # Damage that the file's format cannot see: tensor bytes zeroed, and a digit of the
+    # JSON changed (the header's length and every tensor's shape stay what they were).
+    text = good[8:header].decode()
+    digit = 8 + text.index('\\"seed\\": 0') + len('\\"seed\\": ')
+    for damaged in (good[:-64] + bytes(64), good[:digit] + b"7" + good[digit + 1:]):
+        assert damaged != good
+        ckpt.write_bytes(damaged)
+        with pytest.raises(ValueError, match="damaged checkpoint: its bytes no longer match"):
+            load_checkpoint(ckpt)
+        held = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert main(args + ["--resume", "--epochs", "2"]) == 1
+        err = capsys.readouterr().err
+        assert "checkpoint.safetensors: damaged checkpoint" in err and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # a checkpoint written before there was a checksum still loads
+    ckpt.write_bytes(good)
+    arrays, metadata = load_tensors(ckpt)
+    del metadata["convnet-checkpoint-sha256"]
+    save_tensors(arrays, ckpt, metadata=metadata)
+    assert load_checkpoint(ckpt)[2]["epoch"] == 1
+
+
 def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
     save_tensors({"a": np.arange(3.0)}, path)

@@ -5,7 +5,9 @@ weights' moving averages under "ema.") are the file's tensors; everything else
 (architecture, training configuration, optimizer and schedule settings, epoch and batch
 position, RNG states, best metric, history) is JSON in the file's metadata. One file means
 one atomic rename: a kill at any moment leaves either the previous checkpoint or the new
-one, both loadable. No pickle anywhere.
+one, both loadable. No pickle anywhere. The metadata also holds a SHA-256 of the tensors'
+bytes and the JSON ("convnet-checkpoint-sha256"), checked on load, so that bytes damaged
+on disk or in a copy are an error rather than a resume from wrong weights.
 
 A data-parallel run (several MPI ranks, convnet.train.distributed) writes one checkpoint,
 from rank 0, after checking that every rank holds the same weights; its JSON also holds
@@ -15,12 +17,27 @@ number of processes, so that each rank resumes with its own masks.
 
 from __future__ import annotations
 
+import hashlib
 import json
+
+import numpy as np
 
 from convnet import limits
 from convnet.io.weights import load_tensors, save_tensors
 
 KEY = "convnet-checkpoint"
+CHECKSUM_KEY = "convnet-checkpoint-sha256"
+
+
+def checksum(tensors, text):
+    """SHA-256 (hex) of the JSON text and of every tensor's key, dtype, shape and bytes,
+    in key order."""
+    digest = hashlib.sha256(text.encode())
+    for key in sorted(tensors):
+        value = np.require(tensors[key], requirements="C")
+        digest.update(f"\0{key}\0{value.dtype.str}\0{value.shape}\0".encode())
+        digest.update(value.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
 
 
 def save_checkpoint(path, model_state, optim_arrays, state, ema_arrays=None):
@@ -29,17 +46,24 @@ def save_checkpoint(path, model_state, optim_arrays, state, ema_arrays=None):
     tensors = {f"model.{k}": v for k, v in model_state.items()}
     tensors.update({f"optim.{k}": v for k, v in optim_arrays.items()})
     tensors.update({f"ema.{k}": v for k, v in (ema_arrays or {}).items()})
-    save_tensors(tensors, path, metadata={KEY: json.dumps(state)})
+    text = json.dumps(state)
+    save_tensors(tensors, path, metadata={KEY: text, CHECKSUM_KEY: checksum(tensors, text)})
 
 
 def load_checkpoint(path, ema=False):
     """Read a checkpoint: (model_state, optim_arrays, state), and with ema=True the
-    moving averages' arrays as a fourth item. Errors name the file."""
+    moving averages' arrays as a fourth item. Errors name the file; a checkpoint whose
+    tensors or JSON no longer match its checksum is refused (one written before there
+    was a checksum loads unchecked)."""
     tensors, metadata = load_tensors(path)
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
     text = metadata[KEY]
     limits.check_count(len(text), "MAX_JSON_BYTES", "checkpoint metadata bytes", path)
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
+        raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
+                         f"SHA-256 written with them (a disk or copy error); resume from "
+                         f"another copy, or start the run again")
     try:
         state = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:

@@ -188,7 +188,7 @@ COMM_SCRIPT = """
     except RanksDiverged as err:
         text = str(err)
         assert "first 'fc.bias'" in text and "2 of 3 arrays differ" in text, text
-        assert "ranks 0:" in text and "ranks 1:" in text, text
+        assert "rank 0:" in text and "rank 1:" in text, text
         print(f"rank {r}: diverged ok")
     else:
         raise AssertionError("check_identical missed the difference")
@@ -307,6 +307,49 @@ def test_a_rank_error_before_training_ends_the_job_too(tmp_path):
     assert proc.stderr.count("already holds files (notes.txt)") == 1, proc.stderr
     assert "rank 0: convnet train: error: " in proc.stderr
     assert "ending all 2 processes" in proc.stderr
+
+
+def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
+    """Two machines whose data folders differ (here: each rank in its own working
+    directory, the folder given by a relative path): rank 0 names what differs, once,
+    before anything is trained or written. So do different settings."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for rank in "ab":
+        for k, name in enumerate(("dots", "lines")):
+            (tmp_path / rank / "imgs" / name).mkdir(parents=True)
+            for i in range(12):
+                pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / rank / "imgs" / name / f"{i}.png")
+    common = ["train", "--model", "INPUT 8x8x1 -> FC 2", "--epochs", "1", "--batch-size", "4",
+              "--quiet", "--out", "run"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+    def launch(args_a, args_b):
+        command = [mpiexec()]
+        for rank, args in (("a", args_a), ("b", args_b)):
+            command += ["-n", "1", "-wdir", str(tmp_path / rank), sys.executable, "-m",
+                        "convnet.cli", *common, *args, ":"]
+        return subprocess.run(command[:-1], capture_output=True, text=True, timeout=60,
+                              env=env, cwd=tmp_path)
+
+    for args_a, args_b, first in (
+            (["--data", "imgs"], ["--data", "imgs"], "'train images'"),
+            (["--data", "digits"], ["--data", "digits", "--seed", "1"], "'settings'")):
+        proc = launch(args_a, args_b)
+        assert proc.returncode != 0
+        assert proc.stderr.count("error: the data or settings differ across the 2 ranks: "
+                                 f"first {first} (") == 1, proc.stderr
+        assert "Every rank must load the same data" in proc.stderr
+        assert "truncated" not in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "a" / "run").exists()
+    # the same data in both folders trains
+    for name in ("dots", "lines"):
+        for i in range(12):
+            (tmp_path / "b" / "imgs" / name / f"{i}.png").write_bytes(
+                (tmp_path / "a" / "imgs" / name / f"{i}.png").read_bytes())
+    check(launch(["--data", "imgs"], ["--data", "imgs"]))
+    assert (tmp_path / "a" / "run" / "model.json").exists()
 
 
 def test_batch_norm_over_one_image_a_share_is_planned_and_refused_as_training_is(tmp_path):

@@ -44,6 +44,8 @@ _OPS = ("sum", "mean")
 # Seconds a failing rank waits between printing its error and MPI_Abort: MPICH's Hydra
 # drops output that it has not forwarded when the job is torn down.
 ABORT_GRACE = 0.5
+# The end of check_identical's error about weights.
+SAME_UPDATE = "Every rank must make the same update from the same averaged gradients"
 
 
 class RanksDiverged(RuntimeError):
@@ -200,13 +202,14 @@ class Communicator:
     def barrier(self):
         """Wait until every rank has come here."""
 
-    def check_identical(self, arrays, what="weights"):
+    def check_identical(self, arrays, what="weights", why=SAME_UPDATE):
         """Check that every rank holds the same arrays, bit for bit; returns None.
 
         arrays: {name: array}, e.g. ``model.state_dict()`` (parameters and running
-        statistics), in the same order on every rank. Each array's BLAKE2b checksum goes
-        into one Allreduce of [max, -min]: where they differ, RanksDiverged names the
-        first array that differs and the ranks' checksums of it.
+        statistics), the same names in the same order on every rank. Each array's BLAKE2b
+        checksum (of its bytes, shape and dtype) goes into one Allreduce of [max, -min]:
+        where they differ, RanksDiverged says that ``what`` differ, names the first array
+        that differs and the ranks' checksums of it, and ends with ``why``.
         """
         if not isinstance(arrays, Mapping):
             raise ValueError(f"{type(self).__name__}.check_identical: expected a dict of "
@@ -260,8 +263,8 @@ class MPICommunicator(Communicator):
     def barrier(self):
         self.comm.Barrier()
 
-    def check_identical(self, arrays, what="weights"):
-        super().check_identical(arrays, what)
+    def check_identical(self, arrays, what="weights", why=SAME_UPDATE):
+        super().check_identical(arrays, what, why)
         names = list(arrays)
         sums = _checksums([np.asarray(arrays[k]) for k in names])
         both = np.concatenate([sums, -sums])
@@ -275,12 +278,12 @@ class MPICommunicator(Communicator):
         groups = {}
         for rank, value in enumerate(every.tolist()):
             groups.setdefault(value, []).append(rank)
-        held = "; ".join(f"ranks {', '.join(map(str, ranks))}: checksum {value:016x}"
+        held = "; ".join(f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}: "
+                         f"checksum {value:016x}"
                          for value, ranks in groups.items())
         raise RanksDiverged(
             f"{what} differ across the {self.size} ranks: first {names[first]!r} ({held}); "
-            f"{differ.size} of {len(names)} arrays differ. Every rank must make the same "
-            f"update from the same averaged gradients")
+            f"{differ.size} of {len(names)} arrays differ. {why}")
 
     def abort(self, code=1):
         sys.stdout.flush()

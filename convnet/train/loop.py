@@ -53,7 +53,7 @@ from convnet.models.finetune import replace_head
 from convnet.spec import WEIGHTS, resolve_model
 from convnet.train.checkpoint import load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
-from convnet.train.distributed import RootsError, describe, from_environment
+from convnet.train.distributed import RanksDiverged, RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
 from convnet.train.inference import evaluate, prepare_bytes
 from convnet.train.optim import DEFAULT_LR, OPTIMIZERS, make_optimizer
@@ -309,6 +309,30 @@ def run_directory(cfg, resume, overwrite):
     return out
 
 
+def _check_same_data(comm, splits, cfg):
+    """Under mpiexec: every rank loaded the same images, labels and class names and was
+    given the same settings (checksums compared, comm.check_identical); else rank 0
+    names the first that differs (the others stop with it). Ranks on machines whose data
+    folders differ would otherwise take different batches, or fail in a collective with
+    MPI's own error."""
+    if comm.size < 2:
+        return
+
+    def text(value):
+        return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+    arrays = {"settings": text(dataclasses.asdict(cfg)),
+              "class names": text([str(name) for name in splits.classes])}
+    for part in ("train", "val", "test"):
+        images, labels = getattr(splits, part) or (np.empty(0), np.empty(0))
+        arrays[f"{part} images"], arrays[f"{part} labels"] = images, labels
+    try:
+        comm.check_identical(arrays, "the data or settings",
+                             "Every rank must load the same data (the same files, on a "
+                             "shared folder or as identical copies) with the same options")
+    except RanksDiverged as err:
+        raise (ValueError if comm.is_root else RootsError)(str(err)) from None
+
+
 def check_memory(need, what):
     """limits.check_memory for training: what to shrink is a training option."""
     limits.check_memory(need, "training", what, "use a smaller --image-size or "
@@ -416,6 +440,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         splits = _on_root(comm, load, then_all=True)
     else:
         splits = load()
+    _check_same_data(comm, splits, cfg)
     input_shape, num_classes = splits.input_shape, len(splits.classes)
     stack.enter_context(use_algorithm(cfg.conv_algorithm))
     if cfg.conv_algorithm != "auto":

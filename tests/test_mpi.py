@@ -316,7 +316,7 @@ def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
     from PIL import Image
     rng = np.random.default_rng(0)
     for rank in "ab":
-        for k, name in enumerate(("dots", "lines")):
+        for name in ("dots", "lines"):
             (tmp_path / rank / "imgs" / name).mkdir(parents=True)
             for i in range(12):
                 pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)

@@ -5,6 +5,7 @@ validation loss, the data's share of an epoch, and --time-limit's plan."""
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -328,6 +329,27 @@ def test_time_limit_plans_the_epochs(tmp_path):
         assert len(result.history) == planned[limit]
         assert state["schedule"]["total_steps"] == planned[limit] * (1295 // 64)
     assert planned[25.0] > planned[4.0] >= 1
+
+
+def test_time_limit_counts_each_epochs_writes(tmp_path, monkeypatch):
+    """An epoch's end writes a checkpoint (and the best model): with epochs of a few
+    steps these dominate, and a plan of the steps alone overran a 60 s limit by 40%.
+    Writes slowed to 0.1 s each: the run still ends near its limit."""
+    from convnet.train import loop
+    real = loop.save_checkpoint
+
+    def slow(*args, **kwargs):
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loop, "save_checkpoint", slow)
+    monkeypatch.setattr(loop, "FINAL_MARGIN", 1.0)
+    lines = []
+    result = train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", batch_size=256,
+                               time_limit=8.0, out=str(tmp_path), augment=False),
+                   log=lines.append, progress=False)
+    planned = re.search(r"(\d+) epoch\(s\) fit", "\n".join(lines))
+    assert planned and 5 <= int(planned[1]) <= 80, lines
+    assert result.seconds < 8.0 * 1.4, (result.seconds, lines)
 
 
 def test_a_run_can_train_with_a_named_conv_algorithm(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -729,8 +730,9 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
 
     A copy of the model takes PROBE_WARMUP + PROBE_STEPS training steps on random
     batches (the run itself starts from the untouched model, so its result does not
-    depend on the timing), and runs one batch of inference. An epoch is its steps plus
-    its validation (with TTA, twice the images); the end is the test evaluation plus
+    depend on the timing), runs one batch of inference, and writes a checkpoint and a
+    model into a temporary directory. An epoch is its steps, its validation (with TTA,
+    twice the images) and those two writes; the end is the test evaluation plus
     FINAL_MARGIN seconds. Over several processes rank 0's plan holds for all."""
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
@@ -758,7 +760,8 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     tick = time.perf_counter()
     probe.infer(sample)
     per_image = (time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
-    epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image
+    writes = _epoch_write_seconds(probe, opt, ema) if comm.is_root else 0.0
+    epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     left = cfg.time_limit - (time.perf_counter() - started) - n_test * per_image - FINAL_MARGIN
     epochs = max(1, int(left // epoch_seconds))
     epochs = comm.broadcast(epochs) if comm.size > 1 else epochs
@@ -766,6 +769,19 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
         f"epoch with its validation about {epoch_seconds:.0f} s: {epochs} epoch(s) fit, the "
         f"schedule planned for them")
     return epochs
+
+
+def _epoch_write_seconds(probe, opt, ema):
+    """Seconds to write what an epoch's end writes at most (its checkpoint, and the best
+    model so far), timed into a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="convnet-plan-") as tmp:
+        tick = time.perf_counter()
+        arrays, _ = opt.state_dict()
+        averages = ema.state_dict()[0] if ema is not None else None
+        save_checkpoint(Path(tmp) / "checkpoint.safetensors", probe.state_dict(), arrays,
+                        {"architecture": probe.get_config()}, averages)
+        save_model(probe, Path(tmp) / "best")
+        return time.perf_counter() - tick
 
 
 def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):

@@ -362,9 +362,11 @@ def test_big_endian_is_refused(tmp_path):
         load_torch(path)
 
 
-def test_legacy_format_gives_a_clear_error(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_legacy_format_gives_a_clear_error(tmp_path, protocol):
+    """At every pickle protocol (from 4 on, a frame opcode comes before the magic)."""
     path = save(small_net().state_dict(), tmp_path / "old.pt",
-                _use_new_zipfile_serialization=False)
+                _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     with pytest.raises(ValueError, match=r"old.pt: legacy PyTorch format \(before 1.6\) is "
                                          "not supported; re-save with torch.save"):
         load_torch(path)

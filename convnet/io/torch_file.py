@@ -79,8 +79,9 @@ STORAGE_TYPES = {
     "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
     "ComplexFloatStorage": "complex64",
 }
-# The first pickle in a legacy (pre-1.6, non-zip) torch.save file is this magic number.
-LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+# The first pickle in a legacy (pre-1.6, non-zip) torch.save file is this magic number:
+# its LONG1 opcode and bytes, after PROTO (2 bytes) and, from protocol 4 on, a FRAME (9).
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
 REPEAT_LIMIT = 16       # a view may hold at most this many times its storage's elements
 MAX_DIMS = 32           # dimensions of one tensor
 MAX_BYTEORDER = 16      # bytes of the byteorder record ("little")
@@ -511,7 +512,9 @@ def _is_legacy(path):
             head = f.read(512)
     except OSError:
         return False
-    return head.startswith(LEGACY_MAGIC) or head[257:262] == b"ustar"
+    size = len(LEGACY_MAGIC)
+    return (head[:1] == pickle.PROTO and LEGACY_MAGIC in (head[2:2 + size], head[11:11 + size])
+            or head[257:262] == b"ustar")
 
 
 def load_torch(path, max_bytes=MAX_BYTES) -> dict[str, np.ndarray]:

@@ -731,9 +731,10 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     A copy of the model takes PROBE_WARMUP + PROBE_STEPS training steps on random
     batches (the run itself starts from the untouched model, so its result does not
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
-    model into a temporary directory. An epoch is its steps, its validation (with TTA,
-    twice the images) and those two writes; the end is the test evaluation plus
-    FINAL_MARGIN seconds. Over several processes rank 0's plan holds for all."""
+    model into a temporary directory beside the run directory. An epoch is its steps,
+    its validation (with TTA, twice the images) and those two writes; the end is the
+    test evaluation plus FINAL_MARGIN seconds. Over several processes rank 0's plan
+    holds for all."""
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
     probe.train()
@@ -760,7 +761,7 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     tick = time.perf_counter()
     probe.infer(sample)
     per_image = (time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
-    writes = _epoch_write_seconds(probe, opt, ema) if comm.is_root else 0.0
+    writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     left = cfg.time_limit - (time.perf_counter() - started) - n_test * per_image - FINAL_MARGIN
     epochs = max(1, int(left // epoch_seconds))
@@ -771,10 +772,12 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     return epochs
 
 
-def _epoch_write_seconds(probe, opt, ema):
+def _epoch_write_seconds(probe, opt, ema, out):
     """Seconds to write what an epoch's end writes at most (its checkpoint, and the best
-    model so far), timed into a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="convnet-plan-") as tmp:
+    model so far), timed into a temporary directory beside the run directory ``out``
+    (on its file system; removed at once)."""
+    near = next(p for p in (out, *out.parents) if p.is_dir())
+    with tempfile.TemporaryDirectory(prefix=".convnet-plan-", dir=near) as tmp:
         tick = time.perf_counter()
         arrays, _ = opt.state_dict()
         averages = ema.state_dict()[0] if ema is not None else None

@@ -21,6 +21,7 @@ MAX_VOLUME = 1 << 28          # values in one sample's input (C * H * W)
 MAX_IMAGE_SIDE = 8192         # pixels on a side of a training image (--image-size too)
 MAX_SOURCE_SIDE = 65_535      # pixels on a side of an image file (JPEG's own limit)
 MAX_CLASSES = 100_000         # classes of one data set or model
+MAX_FILES = 10_000_000        # files in one class folder of an image folder
 MAX_ARRAY_BYTES = 4 << 30     # bytes of all the arrays read from one weight file
 MAX_DATA_BYTES = 2 << 30      # bytes of one decoded data set (uint8 images)
 MAX_JSON_BYTES = 64 << 20     # a model .json file, or a checkpoint's metadata

@@ -959,6 +959,159 @@ def test_an_image_strip_over_the_side_cap_is_refused_from_its_header(tmp_path, s
     assert load_image_folder(tmp_path, size=8)[0].shape == (1, 3, 8, 8)
 
 
+def half_bright(h, w, side):
+    """An (H, W) image whose ``side`` half ("left", "top") is 255 and the rest 0."""
+    arr = np.zeros((h, w), np.uint8)
+    if side == "left":
+        arr[:, : w // 2] = 255
+    else:
+        arr[: h // 2] = 255
+    return arr
+
+
+def test_an_image_is_read_turned_as_its_exif_orientation_says(tmp_path):
+    """A phone photo taken upright is stored turned, with EXIF orientation 6: it is read
+    as shown (its size as shown too), in a folder as by predict; the folder says so."""
+    stored = half_bright(16, 24, "top")             # 24 wide, 16 high, bright on top
+    exif = Image.Exif()
+    exif[0x0112] = 6                                # shown turned 90 degrees clockwise
+    path = tmp_path / "a" / "photo.jpg"
+    path.parent.mkdir()
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    save_image(tmp_path / "b" / "plain.png", half_bright(24, 16, "left"))
+    [header] = read_headers([path])
+    assert (header.height, header.width, header.orientation) == (24, 16, 6)
+    arr, header = decode_image(path, "L")
+    assert arr.shape == (24, 16, 1) and header.orientation == 6
+    # turned clockwise, the stored top half is now the right half
+    assert arr[:, 8:].mean() > 200 and arr[:, :8].mean() < 50, arr[..., 0]
+    x, _, _ = load_image_folder(tmp_path, grayscale=True)
+    assert x.shape == (2, 1, 24, 16)           # the same size as the upright image
+    assert "turned as its EXIF orientation says" in header.describe()
+
+
+def test_transparent_pixels_are_read_over_white(tmp_path):
+    """Icons exported with a transparent background (stored as (0, 0, 0, 0)) had read as
+    black squares; RGBA, LA and palette images with transparency are read over white."""
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[2:4, 2:4] = (200, 0, 0, 255)               # an opaque red dot, transparent around
+    save_image(tmp_path / "a" / "rgba.png", rgba)
+    la = np.zeros((6, 6, 2), np.uint8)
+    la[2:4, 2:4] = (50, 255)
+    Image.fromarray(la, "LA").save(tmp_path / "a" / "la.png")
+    palette = Image.fromarray(np.where(np.arange(36).reshape(6, 6) % 2, 1, 0).astype(np.uint8),
+                              "P")
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    palette.save(tmp_path / "a" / "p.png", transparency=0)
+    expected = {"rgba.png": (255, 200), "la.png": (255, 50), "p.png": (255, 10)}
+    for name, (around, inside) in expected.items():
+        arr, header = decode_image(tmp_path / "a" / name, "RGB")
+        assert header.alpha and "transparent pixels over white" in header.describe()
+        assert arr[0, 0, 0] == around, name
+        assert arr[2, 2, 0] == inside if name != "p.png" else arr[0, 1, 0] == inside, name
+    opaque, header = decode_image(tmp_path / "a" / "rgba.png", "RGB")
+    rgba[..., 3] = 255
+    save_image(tmp_path / "b" / "opaque.png", rgba)
+    arr, header = decode_image(tmp_path / "b" / "opaque.png", "RGB")
+    assert header.alpha and np.array_equal(arr, rgba[..., :3])   # opaque: unchanged
+
+
+def test_a_folder_says_what_reading_its_images_did(tmp_path):
+    """EXIF orientation, transparency and frames are said once for the data set."""
+    for i in range(10):
+        save_image(tmp_path / "a" / f"{i}.png", np.full((8, 8), 20 * i, np.uint8))
+        save_image(tmp_path / "b" / f"{i}.png", np.full((8, 8), 255 - 20 * i, np.uint8))
+    rgba = np.full((8, 8, 4), 128, np.uint8)
+    save_image(tmp_path / "a" / "alpha.png", rgba)
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "b" / "anim.gif", save_all=True, append_images=frames[1:])
+    splits = load_dataset(tmp_path)
+    text = "\n".join(splits.notes)
+    assert "1 of the 22 images have transparency: read over a white background" in text
+    assert "1 of the 22 images have several frames (animated, or pages): each gives its " \
+           "first" in text
+    assert "EXIF" not in text
+
+
+def test_images_in_folders_inside_a_class_folder_are_read(tmp_path):
+    """As torchvision's ImageFolder and Keras read a class folder: every image below it,
+    hidden and system files and folders left out, a link back up read once."""
+    rng = np.random.default_rng(15)
+    for rel in ("a/1.png", "a/2019/summer/2.png", "a/2019/3.png", "b/1.png"):
+        save_image(tmp_path / rel, rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    for rel in ("a/.hidden/4.png", "a/__MACOSX/._1.png", "__MACOSX/a/x.png",
+                "a/@eaDir/1.png/thumb.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"not an image")
+    for rel in ("a/Thumbs.db", "b/desktop.ini", "a/2019/.DS_Store"):
+        (tmp_path / rel).write_bytes(b"junk")
+    (tmp_path / "a" / "2019" / "loop").symlink_to(tmp_path / "a", target_is_directory=True)
+    x, y, classes = load_image_folder(tmp_path)
+    assert classes == ["a", "b"]
+    assert x.shape == (4, 3, 4, 4) and list(y) == [0, 0, 0, 1]
+
+
+def test_every_unreadable_file_is_named_at_once(tmp_path):
+    rng = np.random.default_rng(16)
+    for i in range(3):
+        save_image(tmp_path / "a" / f"{i}.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+        save_image(tmp_path / "b" / f"{i}.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    (tmp_path / "a" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ValueError) as err:
+        load_dataset(tmp_path)
+    text = str(err.value)
+    assert text.startswith("3 of 9 files are not images convnet can read (remove or fix "
+                           "them): "), text
+    assert f"{tmp_path / 'a' / 'empty.jpg'}: unreadable image: the file is empty (0 bytes)" \
+        in text
+    assert f"{tmp_path / 'b' / 'notes.txt'}: unreadable image" in text
+    assert f"{tmp_path / 'b' / 'gone.png'}: unreadable image: FileNotFoundError" in text
+    # data that shows up only when decoded (a truncated file) is collected too
+    for rel in ("a/empty.jpg", "b/notes.txt", "b/gone.png"):
+        (tmp_path / rel).unlink()
+    for i in (1, 2):
+        path = tmp_path / "a" / f"big{i}.png"
+        save_image(path, rng.integers(0, 256, (40, 40), dtype=np.uint8))
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"2 of 8 files are not images .*big1.png: "
+                                         r"unreadable image.*big2.png: unreadable image"):
+        load_image_folder(tmp_path, size=4)
+
+
+def test_class_names_typed_on_one_system_and_copied_from_another_match(tmp_path):
+    """macOS stores "café" decomposed (e + combining accent): train/ and test/ made on two
+    systems had been refused with two lists that look the same."""
+    import unicodedata
+    rng = np.random.default_rng(17)
+    for split, form in (("train", "NFC"), ("test", "NFD")):
+        for name in ("café", "thé"):
+            for i in range(3):
+                save_image(tmp_path / split / unicodedata.normalize(form, name) / f"{i}.png",
+                           rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    splits = load_dataset(tmp_path)
+    assert splits.classes == ["café", "thé"] and len(splits.test[1]) == 6
+
+
+def test_predict_says_what_reading_each_image_did(tmp_path):
+    from convnet.train.inference import load_images
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    save_image(tmp_path / "icon.png", rgba)
+    save_image(tmp_path / "plain.png", np.zeros((4, 4), np.uint8))
+    x, notes = load_images([tmp_path / "icon.png", tmp_path / "plain.png"], (1, 4, 4))
+    assert notes == [f"{tmp_path / 'icon.png'}: 6x6 RGBA (transparent pixels over white), "
+                     f"converted to 4x4 L (bilinear), the model's input"]
+    assert (x[0] == 255).all() and (x[1] == 0).all()
+
+
+def test_predict_names_a_folder_given_as_an_image(tmp_path):
+    (tmp_path / "pics").mkdir()
+    with raises_naming(tmp_path / "pics", r"a folder, not an image file: give the images "
+                                          r"in it \(such as .*pics/\*\)"):
+        decode_image(tmp_path / "pics", "L")
+
+
 def test_image_folder_without_pillow(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match="needs Pillow .*pip install Pillow"):

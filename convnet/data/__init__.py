@@ -223,18 +223,24 @@ def _load_folders(path, parts, image_size, channels):
         raise ValueError(f"{parts['train']}: only one class folder ({classes[0]!r}); a "
                          f"classifier needs at least 2, one sub-folder per class")
     headers = read_headers([f for files, _ in scans.values() for f, _ in files])
-    notes = []
+    notes = [f"{count} of the {len(headers)} images {what}" for count, what in (
+        (sum(h.orientation != 1 for h in headers),
+         "are turned or flipped as their EXIF orientation says (as a photo viewer shows "
+         "them)"),
+        (sum(h.alpha for h in headers), "have transparency: read over a white background"),
+        (sum(h.frames > 1 for h in headers),
+         "have several frames (animated, or pages): each gives its first")) if count]
     size = image_size
-    sizes = sorted({(h, w) for _, h, w in headers})
+    sizes = sorted({(h.height, h.width) for h in headers})
     if size is None and len(sizes) > 1:
-        size = (int(np.median([h for _, h, _ in headers])),
-                int(np.median([w for _, _, w in headers])))
+        size = (int(np.median([h.height for h in headers])),
+                int(np.median([h.width for h in headers])))
         (h0, w0), (h1, w1) = sizes[0], sizes[-1]
         notes.append(f"the images come in {len(sizes)} sizes (W x H from {w0}x{h0} to "
                      f"{w1}x{h1}): resized to {size[1]}x{size[0]}, the median (bilinear); "
                      f"choose another with --image-size HxW (this one is "
                      f"{size[0]}x{size[1]})")
-    elif size is not None and any((h, w) != tuple(size) for _, h, w in headers):
+    elif size is not None and any((h.height, h.width) != tuple(size) for h in headers):
         notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
     side = max(size or sizes[0])
     if image_size is None and side > AUTO_MAX_SIDE:
@@ -243,7 +249,7 @@ def _load_folders(path, parts, image_size, channels):
         notes.append(f"the images are {w}x{h} (W x H): resized to {size[1]}x{size[0]}, at "
                      f"most {AUTO_MAX_SIDE} pixels a side, which trains in reasonable time "
                      f"on a CPU; choose another size with --image-size")
-    gray = sum(mode in GRAY_MODES for mode, _, _ in headers)
+    gray = sum(h.mode in GRAY_MODES for h in headers)
     if channels is None:
         channels = 1 if gray == len(headers) else 3
     if 0 < gray < len(headers) or gray == len(headers) and channels == 3:
@@ -253,7 +259,7 @@ def _load_folders(path, parts, image_size, channels):
         notes.append("the images are in colour: all are read as grayscale")
     loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                        classes=classes)[:2] for split in parts}
-    resized = size is not None and any((h, w) != tuple(size) for _, h, w in headers)
+    resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
                       val=loaded.get("val"), notes=notes, resized=resized)
 

@@ -4,13 +4,18 @@
       cat/  0001.png  0002.jpg ...
       dog/  a.png ...
 
-Classes are the sub-folder names sorted; every non-hidden file in a class folder is an
-image (a stray file is an error naming it, not silently skipped). Pillow's
+Classes are the sub-folder names sorted. Every file in a class folder and in the folders
+inside it is an image (as torchvision's ImageFolder and Keras read them), except hidden
+files and folders (names starting with ".") and the files operating systems leave
+behind (Thumbs.db, desktop.ini, __MACOSX/, ...): a stray file is an error naming it, not
+silently skipped, and every unreadable file is named at once. Pillow's
 decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (about 89
 megapixels by default) is refused with the file named, and so is one with a side over
 ``convnet.limits.MAX_SOURCE_SIDE`` (resizing a thin strip takes memory in proportion to
 its long side: an 80,000,000 x 1 PNG of 78 KB took 1.7 GB). 16-bit grayscale images (PNG,
-TIFF) are scaled to 8 bits (v * 255 / 65535), not clipped.
+TIFF) are scaled to 8 bits (v * 255 / 65535), not clipped. An image is turned as its EXIF
+orientation says (as a photo viewer shows it), transparent pixels are shown over white,
+and a file of several frames (an animated GIF, a multi-page TIFF) gives its first.
 
 ``scan_image_folder`` lists the files and ``read_headers`` reads each file's mode and
 size without decoding it, so that a caller (``load_dataset``) can choose one size and one
@@ -19,15 +24,45 @@ channel mode for a whole data set before ``load_image_folder`` decodes it.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from convnet import limits
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"}
 SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+# What operating systems and NAS boxes leave in folders (lower case): never images.
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"}
+SYSTEM_FOLDERS = {"__macosx", "@eadir", "$recycle.bin", "system volume information"}
+ORIENTATION = 0x0112   # the EXIF tag: 1 as stored; 2-8 flipped and/or turned (5-8 a quarter)
+UNREADABLE_SHOWN = 5   # how many unreadable files an error names before "and N more"
+
+
+class Header(NamedTuple):
+    """What an image file's header says: its mode, its size as shown (after its EXIF
+    orientation), that orientation (1: as stored), whether it has transparency, and its
+    frames (pages)."""
+    mode: str
+    height: int
+    width: int
+    orientation: int = 1
+    alpha: bool = False
+    frames: int = 1
+
+    def describe(self):
+        """'640x480 RGBA (...)': the size as shown and the mode, with what reading it does."""
+        done = [what for what, applies in (
+            ("turned as its EXIF orientation says", self.orientation != 1),
+            ("transparent pixels over white", self.alpha),
+            (f"the first of {self.frames} frames", self.frames > 1)) if applies]
+        return f"{self.width}x{self.height} {self.mode}" + (f" ({'; '.join(done)})"
+                                                           if done else "")
 
 
 def _pillow():
@@ -40,11 +75,17 @@ def _pillow():
     return Image
 
 
+def skipped(name, folder=False):
+    """Whether a file or folder name is never read as data: hidden (".name"), or what an
+    operating system leaves behind (SYSTEM_FILES, SYSTEM_FOLDERS)."""
+    return name.startswith(".") or name.lower() in (SYSTEM_FOLDERS if folder else SYSTEM_FILES)
+
+
 def _class_folders(root):
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"load_image_folder: root must be a directory, got {str(root)!r}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not skipped(p.name, True))
     if not folders:
         raise ValueError(f"{root}: no class sub-folders: expected root/<class>/<image files>")
     limits.check_count(len(folders), "MAX_CLASSES", "class folders", root)
@@ -52,10 +93,21 @@ def _class_folders(root):
 
 
 def _image_files(folder):
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """The files in ``folder`` and in the folders inside it (links followed, each real
+    folder once), less skipped names, in path order."""
+    files, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:           # a link back up the tree: read once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not skipped(d, True)]
+        files += [Path(top, name) for name in names if not skipped(name)]
+        limits.check_count(len(files), "MAX_FILES", "files in the class folder", folder)
     if not files:
         raise ValueError(f"{folder}: class folder holds no image files")
-    return files
+    return sorted(files, key=lambda p: p.relative_to(folder).parts)
 
 
 def scan_image_folder(root):
@@ -76,6 +128,16 @@ def scan_image_folder(root):
 def _opened(Image, path):
     """Image.open (the header only) with the decompression-bomb guard as an error, each
     side held to limits.MAX_SOURCE_SIDE, and bad files named."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not an image file: give the images in it "
+                         f"(such as {path / '*'})")
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: unreadable image: the file is empty (0 bytes)")
+    except OSError as err:     # a link to nothing, or no permission
+        raise ValueError(f"{path}: unreadable image: {type(err).__name__}: "
+                         f"{err.strerror or err}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -94,13 +156,41 @@ def _opened(Image, path):
     return im
 
 
+def _header(Image, im):
+    """The Header of an opened image, from what Image.open read (nothing decoded)."""
+    try:   # Image.getexif itself: PNG's own would decode the image to look past its data
+        orientation = Image.Image.getexif(im).get(ORIENTATION, 1)
+    except Exception:   # a damaged EXIF block: the image as stored
+        orientation = 1
+    orientation = orientation if orientation in range(1, 9) else 1
+    w, h = im.size[::-1] if orientation >= 5 else im.size
+    alpha = im.mode in ALPHA_MODES or "transparency" in im.info
+    frames = getattr(im, "n_frames", 1)
+    return Header(im.mode, h, w, orientation, alpha, frames if isinstance(frames, int) else 1)
+
+
+def unreadable(errors, total):
+    """One ValueError for every unreadable file ([str(error)], each naming its file)."""
+    more = len(errors) - UNREADABLE_SHOWN
+    shown = "; ".join(errors[:UNREADABLE_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+    return ValueError(shown if len(errors) == 1 else
+                      f"{len(errors)} of {total} files are not images convnet can read "
+                      f"(remove or fix them): {shown}")
+
+
 def read_headers(paths):
-    """[(mode, H, W)] of image files, from their headers only (nothing is decoded)."""
+    """[Header] of image files, from their headers only (nothing is decoded). Every file
+    that cannot be read is named in one ValueError."""
     Image = _pillow()
-    headers = []
+    headers, errors = [], []
     for path in paths:
-        with _opened(Image, path) as im:
-            headers.append((im.mode, im.size[1], im.size[0]))
+        try:
+            with _opened(Image, path) as im:
+                headers.append(_header(Image, im))
+        except ValueError as err:
+            errors.append(str(err))
+    if errors:
+        raise unreadable(errors, len(paths))
     return headers
 
 
@@ -115,20 +205,22 @@ def _eight_bit(Image, im, path):
 
 
 def decode_image(path, mode, size=None):
-    """One image file -> (uint8 (H, W, C) array in ``mode``, (its own mode, H, W)).
+    """One image file -> (uint8 (H, W, C) array in ``mode``, its Header).
 
     mode: "L" or "RGB"; size: (H, W) to resize to (bilinear), or None.
     """
     Image = _pillow()
     im = _opened(Image, path)
-    header = (im.mode, im.size[1], im.size[0])
-    return _decode(Image, path, mode, size, im), header
+    header = _header(Image, im)
+    return _decode(Image, path, mode, size, im, header), header
 
 
-def _decode(Image, path, mode, size, im=None):
-    """One file -> uint8 (H, W, C) array in ``mode``, resized to size=(H, W) if given."""
+def _decode(Image, path, mode, size, im=None, header=None):
+    """One file -> uint8 (H, W, C) array in ``mode``, resized to size=(H, W) if given:
+    turned as its EXIF orientation says, its transparent pixels over white (Header)."""
     if im is None:
         im = _opened(Image, path)
+    header = header or _header(Image, im)
     try:
         with im:
             im.load()                   # truncated or corrupt data shows up here
@@ -139,8 +231,13 @@ def _decode(Image, path, mode, size, im=None):
     if im.mode == "F":
         raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
                          "16 bits per channel")
+    if header.orientation != 1:
+        from PIL import ImageOps
+        im = ImageOps.exif_transpose(im)
     if im.mode in SIXTEEN_BIT:
         im = _eight_bit(Image, im, path)
+    if header.alpha:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
     im = im.convert(mode)
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -181,7 +278,7 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     size = _check_size(size)
     Image = _pillow()
     files, names = scan_image_folder(root)
-    if classes is not None and names != list(classes):
+    if classes is not None and [_nfc(n) for n in names] != [_nfc(n) for n in classes]:
         raise ValueError(f"{root}: class folders {names} differ from the training classes "
                          f"{list(classes)}")
     mode, channels = ("L", 1) if grayscale else ("RGB", 3)
@@ -196,11 +293,24 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     x = np.empty((len(files), channels, h, w), dtype=np.uint8)     # (N, C, H, W)
     y = np.array([k for _, k in files], dtype=np.int64)
     x[0] = first.transpose(2, 0, 1)
+    errors = []
     for i, (path, _) in enumerate(files[1:], start=1):
-        img = _decode(Image, path, mode, size)
+        try:
+            img = _decode(Image, path, mode, size)
+        except ValueError as err:    # the others are still read, to name every bad one
+            errors.append(str(err))
+            continue
         if img.shape[:2] != (h, w):
             raise ValueError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW) but "
                              f"{files[0][0]} is {h}x{w}: all images must share one size; "
                              f"pass size=(H, W) to resize them")
         x[i] = img.transpose(2, 0, 1)
+    if errors:
+        raise unreadable(errors, len(files))
     return x, y, names
+
+
+def _nfc(name):
+    """A folder name in Unicode's composed form: "café" typed on one system and copied
+    from another (decomposed, as macOS stores names) compare equal."""
+    return unicodedata.normalize("NFC", str(name))

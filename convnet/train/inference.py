@@ -156,9 +156,10 @@ def load_images(paths, input_shape):
     """Image files -> (uint8 (N, C, H, W) at the model's input volume, notes).
 
     Each image is converted to the model's channel mode ("L" for one channel, "RGB" for
-    three) and resized to its H x W (bilinear), as training converts an image folder;
-    16-bit images are scaled to 8 bits. notes says, per image that needed it, what was
-    done ("a.png: 640x480 RGBA, converted to 28x28 L").
+    three) and resized to its H x W (bilinear), as training converts an image folder:
+    16-bit images scaled to 8 bits, turned as their EXIF orientation says, transparent
+    pixels over white. notes says, per image that needed it, what was done ("a.png:
+    640x480 RGBA (transparent pixels over white), converted to 28x28 L").
     """
     from convnet.data.folder import decode_image
 
@@ -167,9 +168,9 @@ def load_images(paths, input_shape):
     out = np.empty((len(paths), c, h, w), dtype=np.uint8)            # (N, C, H, W)
     notes = []
     for i, path in enumerate(paths):
-        arr, (own_mode, own_h, own_w) = decode_image(path, mode, (h, w))
+        arr, header = decode_image(path, mode, (h, w))
         out[i] = arr.transpose(2, 0, 1)
-        if (own_mode, own_h, own_w) != (mode, h, w):
-            notes.append(f"{path}: {own_w}x{own_h} {own_mode}, converted to {w}x{h} {mode} "
+        if header != (mode, h, w, 1, False, 1):
+            notes.append(f"{path}: {header.describe()}, converted to {w}x{h} {mode} "
                          f"(bilinear), the model's input")
     return out, notes

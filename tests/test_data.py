@@ -1094,6 +1094,42 @@ def test_class_names_typed_on_one_system_and_copied_from_another_match(tmp_path)
     assert splits.classes == ["café", "thé"] and len(splits.test[1]) == 6
 
 
+def test_test_images_identical_to_training_images_are_said(tmp_path):
+    """A test/ folder holding copies of training images measures nothing new; nor does a
+    photo saved twice in one folder whose split puts one copy on each side."""
+    rng = np.random.default_rng(18)
+    images = rng.integers(0, 256, (24, 6, 6), dtype=np.uint8)
+    for i, arr in enumerate(images):
+        save_image(tmp_path / "two" / "train" / "ab"[i % 2] / f"{i}.png", arr)
+    for i in (0, 1, 2, 3):     # 3 copies and one new image
+        arr = images[i] if i < 3 else rng.integers(0, 256, (6, 6), dtype=np.uint8)
+        save_image(tmp_path / "two" / "test" / "ab"[i % 2] / f"{i}.png", arr)
+    notes = load_dataset(tmp_path / "two").notes
+    assert "3 of the 4 test images are identical to training images: their accuracy is " \
+           "not that on new images; remove the copies" in notes, notes
+    for i, arr in enumerate(images):
+        save_image(tmp_path / "one" / "ab"[i % 2] / f"{i}.png", arr)
+        save_image(tmp_path / "one" / "ab"[i % 2] / f"{i}-copy.png", arr)
+    splits = load_dataset(tmp_path / "one", test_fraction=0.25)
+    same = [n for n in splits.notes if "identical to training images" in n]
+    x_train = splits.train[0].reshape(len(splits.train[0]), -1)
+    x_test = splits.test[0].reshape(len(splits.test[0]), -1)
+    expected = sum(any((t == r).all() for r in x_train) for t in x_test)   # the naive count
+    assert expected > 0 and same == [f"{expected} of the {len(x_test)} test images are "
+                                     f"identical to training images: their accuracy is not "
+                                     f"that on new images; remove the copies"], splits.notes
+
+
+def test_a_class_too_small_to_hold_out_a_test_image_is_named(tmp_path):
+    rng = np.random.default_rng(19)
+    for cls, count in (("many", 20), ("few", 3)):
+        for i in range(count):
+            save_image(tmp_path / cls / f"{i}.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    notes = load_dataset(tmp_path).notes
+    assert "1 class(es) too small for 10% to hold out an image, not tested: 'few' (3 " \
+           "images)" in notes, notes
+
+
 def test_predict_says_what_reading_each_image_did(tmp_path):
     from convnet.train.inference import load_images
     rgba = np.zeros((6, 6, 4), np.uint8)

@@ -260,8 +260,23 @@ def _load_folders(path, parts, image_size, channels):
     loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                        classes=classes)[:2] for split in parts}
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)
+    for split in ("val", "test"):
+        if split in loaded:
+            notes += _seen(loaded[split][0], loaded["train"][0], split)
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
                       val=loaded.get("val"), notes=notes, resized=resized)
+
+
+def _seen(x, x_train, split):
+    """A note (in a list) when images of ``split`` are identical to training images, as
+    read (a photo copied into both folders, or twice into one): their accuracy is not
+    the accuracy on new images. [] when none is."""
+    def rows(a):   # each image as one opaque value, so that whole images compare at once
+        a = np.ascontiguousarray(a).reshape(len(a), -1)
+        return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).ravel()
+    same = int(np.isin(rows(x), rows(x_train)).sum()) if len(x) and len(x_train) else 0
+    return [f"{same} of the {len(x)} {split} images are identical to training images: "
+            f"their accuracy is not that on new images; remove the copies"] if same else []
 
 
 def _split_test(splits, path, test_fraction, seed):
@@ -275,6 +290,14 @@ def _split_test(splits, path, test_fraction, seed):
                          f"add images, or give train/ and test/ sub-folders")
     splits.notes.append(f"split {path} ({len(y):,} images): {len(y_test):,} held out for "
                         f"testing ({test_fraction:.0%} of each class, seed {seed})")
+    counts = np.bincount(y, minlength=len(splits.classes))
+    untested = [f"{splits.classes[k]!r} ({counts[k]} image{'s' * bool(counts[k] != 1)})"
+                for k in np.flatnonzero(np.bincount(y_test, minlength=len(counts)) == 0)]
+    if untested:
+        splits.notes.append(f"{len(untested)} class(es) too small for {test_fraction:.0%} to "
+                            f"hold out an image, not tested: {', '.join(untested[:10])}"
+                            + (", ..." if len(untested) > 10 else ""))
+    splits.notes += _seen(x_test, x_train, "test")
     return replace(splits, train=(x_train, y_train), test=(x_test, y_test))
 
 

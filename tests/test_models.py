@@ -587,3 +587,86 @@ def test_conv_to_fc_computes_the_conv_layers_function(seed):
     with pytest.raises(ValueError, match=r"conv_to_fc: input_shape: expected a per-sample "
                                          r"volume \(C, H, W\)"):
         conv_to_fc(conv, (c, size))
+
+
+# -- what a PyTorch user writes --------------------------------------------------------------
+
+def test_one_layer_object_at_two_places_is_refused():
+    """PyTorch sums a shared module's gradients; a convnet layer keeps one cache and one
+    set of gradients, so a ReLU used twice gave wrong gradients without a word (and a
+    shared MaxPool2d a broadcasting error in backward). It is refused where it is made."""
+    act = ReLU()
+    with pytest.raises(ValueError, match=r"Sequential: one ReLU\(\) object is at both '1' and "
+                                         r"'3'; .*make a new ReLU\(...\) for each"):
+        Sequential(Linear(4, 4), act, Linear(4, 4), act)
+    block = Sequential(Linear(4, 4), ReLU())
+    with pytest.raises(ValueError, match=r"at both '0.0' and '1.0'"):
+        Sequential(block, block)
+    with pytest.raises(ValueError, match="at both"):
+        Residual({"act": act, "fc": Linear(4, 4)}, shortcut=Sequential(act))
+    net = Sequential(Linear(4, 4), ReLU(), Linear(4, 2))
+    with pytest.raises(ValueError, match="at both '0' and '2'"):
+        net.replace("2", net[0])
+    assert isinstance(net[2], Linear) and net[2].params["weight"].shape == (2, 4)
+
+
+def test_a_sequential_is_indexed_by_position_and_sliced_as_in_pytorch():
+    layers = [Conv2d(1, 2, 3), ReLU(), Flatten(), Linear(2, 3)]
+    net = Sequential(*layers)
+    named = Sequential({"conv": Conv2d(1, 2, 3), "relu": ReLU()})
+    assert net[0] is layers[0] and net[-1] is layers[-1] and net[np.int64(1)] is layers[1]
+    assert named[0] is named["conv"] and named[-1] is named["relu"]
+    part = net[1:3]
+    assert isinstance(part, Sequential) and list(part) == layers[1:3]
+    assert [key for key, _ in part.children()] == ["1", "2"]     # the children's names kept
+    with pytest.raises(IndexError, match="index 4 is out of range for its 4 children"):
+        net[4]
+    with pytest.raises(KeyError, match="no child named 'conv2'; its children are conv, relu"):
+        named["conv2"]
+    with pytest.raises(TypeError, match="Residual cannot be sliced"):
+        Residual({"fc": Linear(2, 2)})[0:1]
+
+
+def test_a_single_layer_has_pytorchs_state_dict():
+    rng = np.random.default_rng(3)
+    conv, bn = Conv2d(2, 3, 3, rng=rng), BatchNorm2d(3)
+    tconv, tbn = torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)
+    for ours, theirs in ((conv, tconv), (bn, tbn)):
+        state = ours.state_dict()
+        assert list(state) == list(theirs.state_dict()), (list(state), theirs)
+        new = {k: v.detach().numpy().copy() for k, v in theirs.state_dict().items()}
+        assert ours.load_state_dict(new) == ([], [])
+        for key, value in new.items():
+            np.testing.assert_array_equal(ours.state_dict()[key], value)
+    with pytest.raises(ValueError, match=r"Conv2d.load_state_dict: .*mis-shaped keys: weight"):
+        conv.load_state_dict({"weight": np.zeros((3, 2, 5, 5), np.float32),
+                              "bias": np.zeros(3, np.float32)})
+
+
+def test_train_takes_a_bool_and_maxpools_fifth_argument_is_not_ceil_mode():
+    """train("False") had set training mode; MaxPool2d(2, 2, 0, 1, True) is PyTorch's
+    return_indices=True, and had meant ceil_mode here."""
+    net = Sequential(Linear(2, 2))
+    for layer in (net, net[0]):
+        with pytest.raises(ValueError, match=r"\.train: mode must be True or False, got "
+                                             r"'False'"):
+            layer.train("False")
+    assert net.train(False) is net and not net[0].training
+    with pytest.raises(TypeError):
+        MaxPool2d(2, 2, 0, 1, True)
+    assert MaxPool2d(2, 2, 0, 1, ceil_mode=True).output_shape((1, 5, 5)) == (1, 3, 3)
+
+
+def test_identity_passes_values_and_gradients_through_as_pytorchs():
+    from tests.utils import check_layer_grads
+    rng = np.random.default_rng(4)
+    for shape in [(2, 3), (2, 3, 4, 5), (1, 1)]:
+        x = rng.standard_normal(shape)
+        assert max(check_layer_grads(Identity(), x).values()) < 1e-9
+        xt = torch.tensor(x, requires_grad=True)
+        out = torch.nn.Identity()(xt)
+        dout = rng.standard_normal(shape)
+        out.backward(torch.tensor(dout))
+        layer = Identity()
+        np.testing.assert_array_equal(layer.forward(x), out.detach().numpy())
+        np.testing.assert_array_equal(layer.backward(dout), xt.grad.numpy())

@@ -320,7 +320,7 @@ def test_maxpool_matches_torch(case):
     else:
         x = rng.standard_normal(shape)
     k, s, p, d, ceil = (case[key] for key in ("kernel", "stride", "padding", "dilation", "ceil"))
-    pool = MaxPool2d(k, s, p, d, ceil, fit="floor")
+    pool = MaxPool2d(k, s, p, d, ceil_mode=ceil, fit="floor")
     out = pool.forward(x)
     dout = rng.standard_normal(out.shape)
     dx = pool.backward(dout)
@@ -344,7 +344,7 @@ def test_maxpool_routes_nan_and_inf_windows_like_torch(case):
     x[draw < 0.1] = np.nan
     x[(draw > 0.1) & (draw < 0.6)] = -np.inf
     k, s, p, d, ceil = (case[key] for key in ("kernel", "stride", "padding", "dilation", "ceil"))
-    pool = MaxPool2d(k, s, p, d, ceil, fit="floor")
+    pool = MaxPool2d(k, s, p, d, ceil_mode=ceil, fit="floor")
     out = pool.forward(x)
     dout = rng.standard_normal(out.shape)
     ref_out, ref_dx = torch_grad(lambda t: TF.max_pool2d(t, k, s, p, d, ceil), x, dout)
@@ -589,7 +589,8 @@ def test_repr_in_the_notes_terms(layer, text):
 
 
 @pytest.mark.parametrize("layer", [
-    MaxPool2d((3, 2), (2, 1), (1, 1), 2, True, "floor"), AvgPool2d(3, 2, 1, True, False),
+    MaxPool2d((3, 2), (2, 1), (1, 1), 2, ceil_mode=True, fit="floor"),
+    AvgPool2d(3, 2, 1, True, False),
     LPPool2d(3, 2, 1, fit="floor"), AdaptiveAvgPool2d((2, 3)),
 ])
 def test_config_round_trip_and_analysis(layer):

@@ -63,9 +63,52 @@ class Layer:
 
     # -- state -------------------------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (the default for a new layer, as in PyTorch)."""
-        self.training = bool(mode)
+        """Training mode (the default for a new layer, as in PyTorch); mode: a bool."""
+        self.training = flag(mode, "mode", f"{type(self).__name__}.train")
         return self
+
+    def state_dict(self):
+        """Parameters and buffers by name ("weight", "running_mean"), as PyTorch's."""
+        return {**self.params, **self.buffers}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` into the model, in place and in each array's dtype.
+
+        Float parameters and buffers take floating arrays (float16, float32, float64: cast
+        to the model's dtype), integer buffers integer arrays; anything else, or a value
+        that is not a NumPy array, is a mistyped key. With strict=True (the default),
+        missing, unexpected, mistyped and mis-shaped keys are all listed by name (with
+        both dtypes or shapes) in one ValueError, and nothing is copied; with strict=False
+        only missing and unexpected keys are allowed. Returns (missing, unexpected) key
+        lists, as PyTorch does.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict of "
+                             f"arrays, got {type(state).__name__}")
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        unexpected = [str(key) for key in state if key not in own]
+        dtype_problems = {key: _dtype_problem(own[key], state[key])
+                          for key in own if key in state}
+        types = [f"{key}: {problem}" for key, problem in dtype_problems.items() if problem]
+        shapes = [f"{key}: model {own[key].shape}, file {state[key].shape}"
+                  for key, problem in dtype_problems.items()
+                  if not problem and own[key].shape != state[key].shape]
+        if types or shapes or (strict and (missing or unexpected)):
+            problems = []
+            if missing:
+                problems.append(f"missing keys: {_first(missing, ', ')}")
+            if unexpected:
+                problems.append(f"unexpected keys: {_first(unexpected, ', ')}")
+            if types:
+                problems.append(f"mistyped keys: {_first(types, '; ')}")
+            if shapes:
+                problems.append(f"mis-shaped keys: {_first(shapes, '; ')}")
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
+        for key, value in own.items():
+            if key in state:
+                value[...] = state[key]
+        return missing, unexpected
 
     def eval(self):
         """Evaluation mode: batch norm uses running statistics, dropout is the identity."""
@@ -105,6 +148,28 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _first(items, sep, shown=8):
+    """The first ``shown`` items joined, and how many more: an error stays one readable
+    line when a whole architecture's keys are missing."""
+    more = f"{sep}... ({len(items) - shown:,} more, {len(items):,} in all)" if (
+        len(items) > shown) else ""
+    return sep.join(items[:shown]) + more
+
+
+def _dtype_problem(own, value):
+    """Why ``value`` cannot be copied into the model's array ``own``, or None: a float
+    parameter or buffer takes only floating arrays (cast to its dtype), an integer buffer
+    (num_batches_tracked) only integer arrays. An int32 label on float32 bytes would
+    otherwise load as integers."""
+    if not isinstance(value, np.ndarray):
+        return f"model {own.dtype}, file a {type(value).__name__} (not a NumPy array)"
+    kinds = "f" if own.dtype.kind == "f" else "iu"
+    if value.dtype.kind not in kinds:
+        takes = "floating" if kinds == "f" else "integer"
+        return f"model {own.dtype}, file {value.dtype} (it takes {takes} arrays)"
+    return None
 
 
 def uniform_init(rng, shape, fan_in, dtype):

@@ -100,8 +100,9 @@ class MaxPool2d(_Pool2d):
     (64, 112, 112)
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False,
                  fit="exact"):
+        # ceil_mode by keyword only: PyTorch's fifth argument is return_indices
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode, fit)
 
     def forward(self, x):

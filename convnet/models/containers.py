@@ -26,7 +26,7 @@ from convnet import limits
 from convnet.functional.activation import relu_forward
 from convnet.functional.threads import holding_blas
 from convnet.layers.activation import ReLU
-from convnet.layers.base import Layer
+from convnet.layers.base import Layer, _first
 from convnet.layers.conv import Conv2d
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import MaxPool2d
@@ -72,28 +72,6 @@ def _check_volume(shape, layer, what):
     limits.check_count(math.prod(shape), "MAX_VOLUME", f"{what} {shape}: values per sample",
                        where)
     return shape
-
-
-def _first(items, sep, shown=8):
-    """The first ``shown`` items joined, and how many more: an error stays one readable
-    line when a whole architecture's keys are missing."""
-    more = f"{sep}... ({len(items) - shown:,} more, {len(items):,} in all)" if (
-        len(items) > shown) else ""
-    return sep.join(items[:shown]) + more
-
-
-def _dtype_problem(own, value):
-    """Why ``value`` cannot be copied into the model's array ``own``, or None: a float
-    parameter or buffer takes only floating arrays (cast to its dtype), an integer buffer
-    (num_batches_tracked) only integer arrays. An int32 label on float32 bytes would
-    otherwise load as integers."""
-    if not isinstance(value, np.ndarray):
-        return f"model {own.dtype}, file a {type(value).__name__} (not a NumPy array)"
-    kinds = "f" if own.dtype.kind == "f" else "iu"
-    if value.dtype.kind not in kinds:
-        takes = "floating" if kinds == "f" else "integer"
-        return f"model {own.dtype}, file {value.dtype} (it takes {takes} arrays)"
-    return None
 
 
 def _owned(out, x, skip):
@@ -174,7 +152,21 @@ class Container(Layer):
                 raise ValueError(f"{type(self).__name__}: child names must be unique and "
                                  f"free of dots, got {key!r}")
             self._children[key] = layer
+        self._check_distinct()
         self._set_names()
+
+    def _check_distinct(self):
+        """Each layer object at one place only: a layer keeps the cache of its last
+        forward and its gradients, so one object at two places gives wrong gradients."""
+        seen = {}
+        for name, layer in self.named_layers():
+            if id(layer) in seen:
+                raise ValueError(
+                    f"{type(self).__name__}: one {layer!r} object is at both "
+                    f"{seen[id(layer)]!r} and {name!r}; a layer keeps the cache of its last "
+                    f"forward and its gradients, so each place needs its own (make a new "
+                    f"{type(layer).__name__}(...) for each)")
+            seen[id(layer)] = name
 
     # -- structure ---------------------------------------------------------------------
     def children(self):
@@ -200,7 +192,23 @@ class Container(Layer):
                 layer._set_names(layer.name)
 
     def __getitem__(self, key):
-        return self._children[str(key)]
+        """A child by name (``model["features"]``), or by position as in PyTorch
+        (``model[0]``, ``model[-1]``); a Sequential also takes a slice (``model[1:3]``,
+        a Sequential of those children, under their names)."""
+        if isinstance(key, slice):
+            if not isinstance(self, Sequential):
+                raise TypeError(f"{type(self).__name__} cannot be sliced (a Sequential can)")
+            return Sequential(dict(list(self._children.items())[key]))
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            layers = list(self._children.values())
+            if not -len(layers) <= key < len(layers):
+                raise IndexError(f"{type(self).__name__} index {key} is out of range for "
+                                 f"its {len(layers)} children")
+            return layers[key]
+        if key not in self._children:
+            raise KeyError(f"{type(self).__name__} has no child named {key!r}; its children "
+                           f"are {_first(list(self._children), ', ')}")
+        return self._children[key]
 
     def __iter__(self):
         return iter(self._children.values())
@@ -265,6 +273,11 @@ class Container(Layer):
         if not isinstance(parent, Container) or last not in parent._children:
             raise ValueError(f"{type(self).__name__}.replace: no layer named {name!r}")
         old, parent._children[last] = parent._children[last], layer
+        try:
+            self._check_distinct()
+        except ValueError:
+            parent._children[last] = old
+            raise
         self._set_names()
         return old
 
@@ -289,51 +302,12 @@ class Container(Layer):
                 out[f"{name}.{key}"] = value
         return out
 
-    def load_state_dict(self, state, strict=True):
-        """Copy arrays from ``state`` into the model, in place and in each array's dtype.
-
-        Float parameters and buffers take floating arrays (float16, float32, float64: cast
-        to the model's dtype), integer buffers integer arrays; anything else, or a value
-        that is not a NumPy array, is a mistyped key. With strict=True (the default),
-        missing, unexpected, mistyped and mis-shaped keys are all listed by name (with
-        both dtypes or shapes) in one ValueError, and nothing is copied; with strict=False
-        only missing and unexpected keys are allowed. Returns (missing, unexpected) key
-        lists, as PyTorch does.
-        """
-        if not isinstance(state, dict):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict of "
-                             f"arrays, got {type(state).__name__}")
-        own = self.state_dict()
-        missing = [key for key in own if key not in state]
-        unexpected = [str(key) for key in state if key not in own]
-        dtype_problems = {key: _dtype_problem(own[key], state[key])
-                          for key in own if key in state}
-        types = [f"{key}: {problem}" for key, problem in dtype_problems.items() if problem]
-        shapes = [f"{key}: model {own[key].shape}, file {state[key].shape}"
-                  for key, problem in dtype_problems.items()
-                  if not problem and own[key].shape != state[key].shape]
-        if types or shapes or (strict and (missing or unexpected)):
-            problems = []
-            if missing:
-                problems.append(f"missing keys: {_first(missing, ', ')}")
-            if unexpected:
-                problems.append(f"unexpected keys: {_first(unexpected, ', ')}")
-            if types:
-                problems.append(f"mistyped keys: {_first(types, '; ')}")
-            if shapes:
-                problems.append(f"mis-shaped keys: {_first(shapes, '; ')}")
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
-        for key, value in own.items():
-            if key in state:
-                value[...] = state[key]
-        return missing, unexpected
-
     def zero_grad(self):
         for layer in self:
             layer.zero_grad()
 
     def train(self, mode=True):
-        self.training = bool(mode)
+        super().train(mode)
         for layer in self:
             layer.train(mode)
         return self

@@ -465,7 +465,8 @@ def _build(layer, shape, dtype, rng):
         stride = a.get("S", kernel)
         ceil = bool(a.get("ceil"))
         if kw == "POOL":
-            return [MaxPool2d(kernel, stride, a.get("P", 0), a.get("D", 1), ceil, _fit(a))]
+            return [MaxPool2d(kernel, stride, a.get("P", 0), a.get("D", 1), ceil_mode=ceil,
+                              fit=_fit(a))]
         if kw == "AVGPOOL":
             return [AvgPool2d(kernel, stride, a.get("P", 0), ceil, fit=_fit(a))]
         return [LPPool2d(2, kernel, stride, ceil, _fit(a))]

@@ -675,11 +675,29 @@ def test_the_reference_is_the_notes_computation():
         xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, w))
         torch.nn.functional.conv2d(xt, wt, None, *conv_args(case)).backward(torch.tensor(dout))
         assert rel_error(dx, xt.grad.numpy()) < 1e-10 and rel_error(dw, wt.grad.numpy()) < 1e-10
-        stride, padding, dilation, groups = conv_args(case)
-        if stride == (1, 1) and all(d * (f - 1) >= p for d, f, p in
-                                    zip(dilation, case["kernel"], padding)):
-            flipped = reference.flipped_input_grad(dout, w, padding, dilation, groups)
-            assert rel_error(flipped, dx) < 1e-10
+
+
+def test_the_notes_flipped_filter_convolution_is_the_stride_1_input_gradient():
+    """reference.flipped_input_grad (dout convolved with the flipped filters, padded by
+    D*(F-1) - P) against PyTorch's input gradient, over random stride-1 cases whose P is
+    at most D*(F-1) (the random cases above almost never are)."""
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        (fh, fw), (dh, dw) = rng.integers(1, 6, size=2), rng.integers(1, 4, size=2)
+        padding = tuple(int(rng.integers(0, d * (f - 1) + 1)) for d, f in ((dh, fh), (dw, fw)))
+        groups = int(rng.choice([1, 2, 3]))
+        c, k = (int(v) * groups for v in rng.integers(1, 4, size=2))
+        h, w = (int(d * (f - 1) + 1 + rng.integers(0, 6)) for d, f in ((dh, fh), (dw, fw)))
+        x = rng.standard_normal((int(rng.integers(1, 3)), c, h, w))
+        weight = rng.standard_normal((k, c // groups, int(fh), int(fw)))
+        xt = torch.tensor(x, requires_grad=True)
+        out = torch.nn.functional.conv2d(xt, torch.tensor(weight), None, 1, padding,
+                                         (int(dh), int(dw)), groups)
+        dout = rng.standard_normal(out.shape)
+        out.backward(torch.tensor(dout))
+        flipped = reference.flipped_input_grad(dout, weight, padding, (int(dh), int(dw)),
+                                               groups)
+        assert rel_error(flipped, xt.grad.numpy()) < 1e-10
 
 
 # -- choosing an algorithm ----------------------------------------------------------------
@@ -1032,9 +1050,9 @@ def test_locally_connected_matches_pytorch_unfold(seed):
     fh, fw, sh, sw = (int(v) for v in rng.integers(1, 5, size=4))
     ph, pw = int(rng.integers(0, fh // 2 + 1)), int(rng.integers(0, fw // 2 + 1))
     oh, ow, c, k, n = (int(v) for v in rng.integers(1, 4, size=5))
-    h, w = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw
-    if h < 1 or w < 1:
-        return
+    ph, pw = (min(p, ((o - 1) * s + f - 1) // 2) for p, o, s, f in ((ph, oh, sh, fh),
+                                                                  (pw, ow, sw, fw)))
+    h, w = (oh - 1) * sh + fh - 2 * ph, (ow - 1) * sw + fw - 2 * pw   # each at least 1
     layer = LocallyConnected2d(c, k, (h, w), (fh, fw), (sh, sw), (ph, pw), dtype=np.float64,
                                rng=rng)
     x = rng.standard_normal((n, c, h, w))

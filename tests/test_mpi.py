@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from convnet.functional.norm import (
     batch_norm_backward,
@@ -510,3 +511,44 @@ def test_sync_batch_norm_keeps_the_variance_of_a_large_mean(offset):
     for _, sync_cache in parts:
         np.testing.assert_allclose(sync_cache.var, cache.var, rtol=1e-7)
         np.testing.assert_allclose(sync_cache.mean, cache.mean, rtol=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sync_batch_norm_over_ranks_matches_pytorch_and_central_differences(seed):
+    """Random shapes, 2 or 3 ranks with uneven shares, with and without the affine
+    parameters: the ranks' outputs and gradients together are PyTorch's batch norm of
+    the whole batch (float64), and dx is the central differences of the whole pass."""
+    from tests.utils import numerical_grad, rel_error
+    rng = np.random.default_rng(600 + seed)
+    ranks = int(rng.integers(2, 4))
+    n = int(rng.integers(ranks + 1, 9))
+    spatial = rng.integers(1, 4, int(rng.integers(0, 3)))
+    shape = (n, int(rng.integers(1, 4)), *(int(v) for v in spatial))
+    cuts = np.sort(rng.choice(np.arange(1, n), ranks - 1, replace=False))
+    affine = bool(rng.integers(0, 2))
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 4) + rng.uniform(-5, 5)
+    w, b = (rng.standard_normal(shape[1]), rng.standard_normal(shape[1])) if affine \
+        else (None, None)
+    dout = rng.standard_normal(shape)
+
+    def forward():
+        parts = play_ranks(np.split(x, cuts), lambda share, allreduce:
+                           sync_batch_norm_forward(share, w, b, 1e-5, allreduce))
+        return parts, np.concatenate([p[0] for p in parts])
+    parts, out = forward()
+    grads = play_ranks(list(zip(np.split(dout, cuts), [p[1] for p in parts])),
+                       lambda share, allreduce: sync_batch_norm_backward(
+                           share[0], share[1]._replace(allreduce=allreduce)))
+    dx = np.concatenate([g[0] for g in grads])
+    xt = torch.tensor(x, requires_grad=True)
+    # without the affine parameters, those of weight 1 and bias 0 (the same forward): the
+    # gradients returned for them are theirs
+    wt, bt = (torch.tensor(v, requires_grad=True) for v in (
+        (w, b) if affine else (np.ones(shape[1]), np.zeros(shape[1]))))
+    ot = torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
+    ot.backward(torch.tensor(dout))
+    assert rel_error(out, ot.detach().numpy()) < 1e-12
+    assert rel_error(dx, xt.grad.numpy()) < 1e-10
+    assert rel_error(sum(g[1] for g in grads), wt.grad.numpy()) < 1e-10
+    assert rel_error(sum(g[2] for g in grads), bt.grad.numpy()) < 1e-10
+    assert rel_error(dx, numerical_grad(lambda: forward()[1], x, dout)) < 1e-7

@@ -80,15 +80,17 @@ def test_svm_loss_matches_naive_loop(seed):
 def test_cross_entropy_matches_torch(seed):
     rng = np.random.default_rng(seed)
     scores, y = random_problem(rng)
-    expected_loss, expected_d = torch_loss(TF.cross_entropy, scores, y)
-    layer = CrossEntropyLoss()
+    smoothing = float(rng.choice([0.0, 0.0, 0.05, 0.3, 1.0]))     # label smoothing too
+    expected_loss, expected_d = torch_loss(TF.cross_entropy, scores, y,
+                                           label_smoothing=smoothing)
+    layer = CrossEntropyLoss(label_smoothing=smoothing)
     loss = layer.forward(scores, y)
     dscores = layer.backward()
     assert isinstance(loss, float) and np.isfinite(loss)
     assert rel_error([loss], [expected_loss]) < 1e-10
     assert dscores.shape == scores.shape and dscores.dtype == np.float64
     assert rel_error(dscores, expected_d) < 1e-10
-    f_loss, f_d = softmax_cross_entropy(scores, y)
+    f_loss, f_d = softmax_cross_entropy(scores, y, smoothing)
     assert f_loss == loss and np.array_equal(f_d, dscores)
 
 
@@ -142,6 +144,7 @@ def layer_pair(layer):
 
 LOSSES = {
     "softmax_cross_entropy": softmax_cross_entropy,
+    "label_smoothing": lambda scores, y: softmax_cross_entropy(scores, y, 0.3),
     "svm_loss": lambda scores, y: svm_loss(scores, y, 0.5),
     "CrossEntropyLoss": layer_pair(CrossEntropyLoss()),
     "MultiMarginLoss": layer_pair(MultiMarginLoss(0.5)),

@@ -677,6 +677,18 @@ def test_the_reference_is_the_notes_computation():
         assert rel_error(dx, xt.grad.numpy()) < 1e-10 and rel_error(dw, wt.grad.numpy()) < 1e-10
 
 
+def test_conv2d_backward_runs_the_notes_backward_on_a_reference_cache():
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 4, 6, 7)), rng.standard_normal((6, 2, 3, 2))
+    out, cache = reference.conv2d_forward(x, w, None, (2, 1), (1, 0), (1, 2), 2, "floor")
+    dout = rng.standard_normal(out.shape)
+    want = reference.conv2d_backward(dout, cache)
+    got = conv2d_backward(dout, cache)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    dx, dw, db = conv2d_backward(dout, cache, input_grad=False)
+    assert dx is None and np.array_equal(dw, want[1]) and np.array_equal(db, want[2])
+
+
 def test_the_notes_flipped_filter_convolution_is_the_stride_1_input_gradient():
     """reference.flipped_input_grad (dout convolved with the flipped filters, padded by
     D*(F-1) - P) against PyTorch's input gradient, over random stride-1 cases whose P is

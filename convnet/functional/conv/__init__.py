@@ -43,9 +43,15 @@ from convnet.functional.conv.sizes import FITS, check_input, conv_output_size, p
 
 IM2COL_MAX_BYTES = THRESHOLDS["inference_max_bytes"].value
 
+def _reference_backward(dout, cache, input_grad, overwrite):
+    """The notes' backward pass (its cache made by reference.conv2d_forward); its dx is
+    made anyway, and dropped (None) for input_grad=False as every algorithm's is."""
+    dx, dw, db = reference.conv2d_backward(dout, cache)
+    return (dx if input_grad else None), dw, db
+
+
 # The backward pass of each cache type.
-BACKWARD = {reference.Cache: lambda dout, cache, input_grad, overwrite:
-            reference.conv2d_backward(dout, cache),
+BACKWARD = {reference.Cache: _reference_backward,
             gemm.Cache: gemm.backward, shifted.Cache: shifted.backward,
             blocks.Cache: blocks.backward,
             winograd.Cache: lambda dout, cache, input_grad, overwrite:

@@ -80,9 +80,39 @@ KINDS = ["residual", "projection", "concat", "dense", "stack"]
 def test_blocks_match_pytorch(kind, training):
     rng = np.random.default_rng(0)
     model, shape = make(kind, rng)
+    compare_with_torch(model, shape, training, rng)
+
+
+def random_block(rng):
+    """A residual (identity or projection), inception, dense block or a stack of them,
+    with random channels, strides, growth, depth and input size."""
+    c, side = int(rng.integers(1, 5)), 2 * int(rng.integers(2, 5)) + 1   # odd: S=2 fits
+    kind = str(rng.choice(["residual", "concat", "dense", "stack"]))
+    if kind == "residual":
+        k, stride = int(rng.choice([c, c, int(rng.integers(1, 6))])), int(rng.choice([1, 2]))
+        return basic_block(c, k, stride, rng), (c, side, side)
+    if kind == "concat":
+        return inception(c, rng), (c, side, side)
+    if kind == "dense":
+        return dense_block(c, int(rng.integers(1, 4)), int(rng.integers(1, 4)), rng), \
+            (c, side, side)
+    k = int(rng.integers(2, 5))
+    return Sequential(conv_bn(c, k, 3, rng=rng), ReLU(), basic_block(k, k + 1, 2, rng),
+                      inception(k + 1, rng), dense_block(6, 2, 2, rng)), (c, side, side)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_blocks_match_pytorch(seed):
+    rng = np.random.default_rng(800 + seed)
+    model, shape = random_block(rng)
+    compare_with_torch(model, shape, bool(rng.integers(0, 2)), rng)
+
+
+def compare_with_torch(model, shape, training, rng):
+    """Forward, dx and every parameter's gradient against to_torch(model), float64."""
     model.train(training)
     tmodel = to_torch(model).train(training)
-    x = rng.standard_normal((3, *shape))
+    x = rng.standard_normal((int(rng.integers(2, 4)) if training else 3, *shape))
     out = model.forward(x)
     assert out.shape[1:] == model.output_shape(shape)
     xt = torch.tensor(x, requires_grad=True)

@@ -505,6 +505,56 @@ def test_forward_backward_match_pytorch(text):
         assert rel_error(value, torch_grads[key]) < 1e-10 or close, key
 
 
+def random_text(rng):
+    """A random net in the notation: CONV stages with BN or not, each activation (RELU,
+    fused into the CONV or swapped with a max POOL in training), and pooling of each
+    kind, then FC layers."""
+    c, side = int(rng.integers(1, 4)), int(rng.integers(6, 14))
+    items = [f"INPUT {side}x{side}x{c}"]
+    for _ in range(int(rng.integers(1, 4))):
+        f, s = int(rng.choice([1, 3, 5])), int(rng.choice([1, 1, 2]))
+        p = int(rng.integers(0, f // 2 + 1))
+        if side + 2 * p < f:
+            break
+        items.append(f"CONV {int(rng.integers(1, 7))} F{f} S{s} P{p} floor")
+        side = (side + 2 * p - f) // s + 1
+        if rng.random() < 0.4:
+            items.append("BN")
+        items.append(str(rng.choice(["RELU", "RELU", "TANH", "LEAKYRELU 0.2"])))
+        if side >= 2 and rng.random() < 0.6:
+            items.append(str(rng.choice(["POOL F2 floor", "POOL F3 S2 P1 floor",
+                                         "AVGPOOL F2 floor", "POOL F2 ceil"])))
+            side = {"POOL F2 floor": side // 2, "POOL F3 S2 P1 floor": (side + 1) // 2,
+                    "AVGPOOL F2 floor": side // 2, "POOL F2 ceil": -(-side // 2)}[items[-1]]
+        if rng.random() < 0.3:
+            items.append("RELU")
+    items += [f"FC {int(rng.integers(2, 9))}", str(rng.choice(["RELU", "BN -> RELU"])), "FC 3"]
+    return " -> ".join(items)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_nets_match_pytorch_in_training(seed):
+    """Sequential's training pass (its fused CONV -> RELU, RELU -> max POOL run as POOL ->
+    RELU, in-place RELUs) over random nets: the loss's gradients against PyTorch's, float64."""
+    rng = np.random.default_rng(700 + seed)
+    text = random_text(rng)
+    net = build(text, dtype=np.float64, rng=rng)
+    ref = to_torch(net)
+    x = rng.standard_normal((int(rng.integers(2, 5)), *net.input_shape))
+    xt = torch.tensor(x, requires_grad=True)
+    out, out_t = net.forward(x), ref(xt)
+    assert rel_error(out, out_t.detach().numpy()) < 1e-10, text
+    dout = rng.standard_normal(out.shape)
+    dx = net.backward(dout)
+    out_t.backward(torch.tensor(dout))
+    assert rel_error(dx, xt.grad.numpy()) < 1e-9, text
+    torch_grads = {f"{i}.{k}": p.grad.numpy() for i, m in enumerate(ref)
+                   for k, p in m.named_parameters()}
+    for key, value in net.grads().items():
+        close = np.max(np.abs(value - torch_grads[key])) < 1e-10   # a bias before BN: noise
+        assert rel_error(value, torch_grads[key]) < 1e-9 or close, (key, text)
+
+
 def test_float32_forward_matches_float64():
     a = build(TORCH_CASES[1], dtype=np.float32, rng=np.random.default_rng(7))
     b = build(TORCH_CASES[1], dtype=np.float64, rng=np.random.default_rng(7))

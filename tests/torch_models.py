@@ -307,7 +307,8 @@ def to_torch(model):
     elif isinstance(model, ReLU):
         return nn.ReLU(inplace=model.inplace)
     elif isinstance(model, MaxPool2d):
-        return nn.MaxPool2d(model.kernel_size, model.stride, model.padding)
+        return nn.MaxPool2d(model.kernel_size, model.stride, model.padding, model.dilation,
+                            ceil_mode=model.ceil_mode)
     elif isinstance(model, Flatten):
         return nn.Flatten(model.start_dim)
     elif isinstance(model, Dropout):

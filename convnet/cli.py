@@ -244,16 +244,24 @@ def cmd_predict(args):
     if "mean" not in info:
         _note(args, f"{args.model} records no preprocessing: pixels are scaled to [0, 1] "
                     f"and not normalized")
-    images, notes = load_images(args.images, _takes_images(args, model))
+    errors = []     # an unreadable file among many: the others are still predicted
+    images, notes = load_images(args.images, _takes_images(args, model), errors)
+    bad = {path for path, _ in errors}
+    paths = [path for path in args.images if path not in bad]
     for note in notes:
         _note(args, note)
     for i, warning in brightness_warning(images, 255, info):
-        _note(args, f"warning: {args.images[i]}: {warning}")
+        _note(args, f"warning: {paths[i]}: {warning}")
     classes = class_names(model)
-    indices, probs = top_k(model, preprocess(images, 255, info), min(args.top, len(classes)))
-    for path, idx, prob in zip(args.images, indices, probs):
-        ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
-        print(f"{path}: {ranked}")
+    if paths:
+        indices, probs = top_k(model, preprocess(images, 255, info),
+                               min(args.top, len(classes)))
+        for path, idx, prob in zip(paths, indices, probs):
+            ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
+            print(f"{path}: {ranked}")
+    if errors:
+        from convnet.data.folder import unreadable
+        raise unreadable([message for _, message in errors], len(args.images))
 
 
 def cmd_show(args):
@@ -494,7 +502,9 @@ def build_parser():
                             "normalization), and the conversion is reported.")
     p.add_argument("model", metavar="MODEL",
                    help="a saved model (.json), an ONNX file, or weights with --model")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image files; each readable one is predicted, and unreadable ones "
+                        "are named at the end (exit status 1)")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--top", type=POSITIVE, default=3, help="how many classes to show (3)")
     p.set_defaults(func=cmd_predict)

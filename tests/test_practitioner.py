@@ -303,6 +303,29 @@ def test_predict_warns_about_images_far_from_the_training_data(trained, tmp_path
     assert "light on dark, this one is the reverse: invert it" in err
 
 
+def test_predict_predicts_the_readable_images_and_names_the_others(trained, tmp_path,
+                                                                  capsys):
+    """One bad file among many had stopped every prediction."""
+    root, _ = trained
+    x, _ = load_dataset("digits").test
+    for i in range(2):
+        Image.fromarray((x[i, 0].astype(np.float64) * 255 / 16).astype(np.uint8)).save(
+            tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    files = [str(tmp_path / name) for name in ("0.png", "notes.txt", "1.png", "empty.png")]
+    capsys.readouterr()
+    assert main(["predict", str(root / "run" / "model.json"), *files]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [files[0], files[2]], lines
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("convnet predict: error: 2 of 4 files are not images convnet can "
+                          "read"), captured.err
+    assert "notes.txt: unreadable image" in err and "empty.png: unreadable image: the " \
+        "file is empty (0 bytes)" in err and "Traceback" not in captured.err
+
+
 def test_the_model_file_records_the_preprocessing(trained):
     root, result = trained
     info = load_model(root / "run" / "model.json").info

@@ -152,7 +152,7 @@ def top_k(model, x, k=3, batch_size=None):
     return np.concatenate([o for o, _ in found]), np.concatenate([p for _, p in found])
 
 
-def load_images(paths, input_shape):
+def load_images(paths, input_shape, errors=None):
     """Image files -> (uint8 (N, C, H, W) at the model's input volume, notes).
 
     Each image is converted to the model's channel mode ("L" for one channel, "RGB" for
@@ -160,17 +160,27 @@ def load_images(paths, input_shape):
     16-bit images scaled to 8 bits, turned as their EXIF orientation says, transparent
     pixels over white. notes says, per image that needed it, what was done ("a.png:
     640x480 RGBA (transparent pixels over white), converted to 28x28 L").
+
+    errors: None (an unreadable file is a ValueError), or a list that gets each
+    unreadable file's (path, message): those files are left out of the array.
     """
     from convnet.data.folder import decode_image
 
     c, h, w = input_shape
     mode = "L" if c == 1 else "RGB"
     out = np.empty((len(paths), c, h, w), dtype=np.uint8)            # (N, C, H, W)
-    notes = []
-    for i, path in enumerate(paths):
-        arr, header = decode_image(path, mode, (h, w))
-        out[i] = arr.transpose(2, 0, 1)
+    notes, kept = [], 0
+    for path in paths:
+        try:
+            arr, header = decode_image(path, mode, (h, w))
+        except ValueError as err:
+            if errors is None:
+                raise
+            errors.append((path, str(err)))
+            continue
+        out[kept] = arr.transpose(2, 0, 1)
+        kept += 1
         if header != (mode, h, w, 1, False, 1):
             notes.append(f"{path}: {header.describe()}, converted to {w}x{h} {mode} "
                          f"(bilinear), the model's input")
-    return out, notes
+    return out[:kept], notes

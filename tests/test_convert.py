@@ -120,3 +120,19 @@ def test_converting_a_model_file_to_a_bare_format_says_what_is_left_behind(tmp_p
     assert "holds the net alone: the preprocessing and class names" in err, err
     assert main(["convert", str(src), str(tmp_path / "again.json")]) == 0
     assert "holds the net alone" not in capsys.readouterr().err
+
+
+def test_a_model_file_name_with_dots_keeps_them(tmp_path, capsys):
+    """convert to lenet.v1.json had written lenet.json (Path.with_suffix drops '.v1'), so
+    a second net to lenet.v2.json was refused as already there, and summary read the
+    other net."""
+    from convnet.io import save_model
+    from convnet.zoo import lenet5
+    src = save_model(lenet5(rng=np.random.default_rng(0)), tmp_path / "src")
+    for version in ("v1", "v2"):
+        assert main(["convert", str(src), str(tmp_path / f"lenet.{version}.json")]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "lenet.v1.json", "lenet.v1.safetensors", "lenet.v2.json", "lenet.v2.safetensors"}
+    assert not (tmp_path / "lenet.json").exists()
+    assert load_model(tmp_path / "lenet.v1.json").num_params() == 61_706
+    assert load_model(tmp_path / "lenet.v1").num_params() == 61_706

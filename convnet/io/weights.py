@@ -126,10 +126,13 @@ def _check_declared_bytes(declared, path):
 
 
 def model_paths(path):
-    """'runs/x/model' or 'runs/x/model.json' -> (model.json, model.safetensors) paths."""
+    """'runs/x/model' or 'runs/x/model.json' -> (model.json, model.safetensors) paths.
+    Only a final .json or .safetensors is replaced: 'lenet.v1.json' pairs with
+    'lenet.v1.safetensors' (with_suffix would have dropped the '.v1')."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
-    return stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    return (stem.with_name(stem.name + ".json"),
+            stem.with_name(stem.name + ".safetensors"))
 
 
 def save_model(model, path, **info):

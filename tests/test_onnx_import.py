@@ -277,6 +277,69 @@ def test_torch_concat_branches_and_final_softmax(tmp_path):
         assert np.allclose(probs, net(x).numpy(), atol=1e-6)
 
 
+class MeanHead(torch.nn.Module):
+    """The heads the exporters write as ReduceMean and Squeeze, and a final log_softmax
+    (pytorch/examples' MNIST net)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6, 4)
+        self.head = head
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        if self.head == "mean":
+            x = x.mean((2, 3))                                     # ReduceMean, keepdims=0
+        elif self.head == "mean-keep":
+            x = torch.flatten(x.mean((2, 3), keepdim=True), 1)     # ReduceMean, keepdims=1
+        else:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, 1).squeeze(-1).squeeze(-1)
+        x = self.fc(x)
+        return torch.log_softmax(x, 1) if self.head == "squeeze" else x
+
+
+@pytest.mark.parametrize("opset", [13, 18])      # axes an attribute, then an input
+@pytest.mark.parametrize("head", ["mean", "mean-keep", "squeeze"])
+def test_torch_mean_and_squeeze_heads_and_a_final_log_softmax(tmp_path, head, opset):
+    """x.mean((2, 3)) (and torch's newer exporter's adaptive_avg_pool2d(x, 1)) is
+    ReduceMean; .squeeze() is Squeeze; a final log_softmax: all had been refused."""
+    torch.manual_seed(3)
+    net = MeanHead(head).eval()
+    path = torch_export(net, tmp_path / f"{head}.onnx", (3, 5, 5), opset_version=opset)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("ReduceMean" in ops) == head.startswith("mean")
+    assert ("Squeeze" in ops) == (head == "squeeze")
+    if head == "squeeze":
+        with pytest.warns(UserWarning, match="final LogSoftmax .* not imported.*apply a "
+                                             "logsoftmax .* log-probabilities"):
+            model = load_onnx(path)
+        x = torch.randn(2, 3, 5, 5)
+        scores = model.infer(x.numpy())
+        with torch.no_grad():
+            expected = net(x).numpy()
+        shifted = scores - scores.max(1, keepdims=True)
+        got = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+        assert np.allclose(got, expected, atol=1e-5)
+    else:
+        model = load_onnx(path)
+        compare_with_torch(net, model, (3, 5, 5))
+
+
+def test_reduce_mean_and_squeeze_over_other_axes_are_refused(tmp_path):
+    for op, axes, shape, message in (
+            ("ReduceMean", [1], [1, 4],
+             r"ReduceMean over axes \[1\] of \(N, \*\(2, 3, 3\)\) is not supported"),
+            ("Squeeze", [1], [1, 3, 3], "Squeeze of axes \\[1\\] .*only axes of size 1")):
+        node = helper.make_node(op, ["x", "axes"], ["y"], name="n")
+        path = make_model([node], {}, [1, 2, 3, 3], shape, tmp_path / f"{op}.onnx", opset=18)
+        proto = onnx.load(str(path))
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        onnx.save(proto, str(path))
+        with pytest.raises(ValueError, match=message):
+            load_onnx(path)
+
+
 # -- hand-made graphs, checked against onnxruntime ------------------------------------------
 def make_model(nodes, inits, in_shape, out_shape, path, opset=17, in_name="x"):
     graph = helper.make_graph(
@@ -526,3 +589,15 @@ def test_external_data_outside_the_folder_is_refused_unread(tmp_path, reads, whe
                                          rf"location '{location}' {reason}"):
         load_onnx(path)
     assert reads == []                              # nothing was read, not even the others
+
+
+def test_the_cli_shows_a_dropped_softmax_as_one_warning_line(tmp_path, capsys):
+    """It had printed Python's 'spec.py:74: UserWarning: ...' and the source line."""
+    from convnet.cli import main
+    torch.manual_seed(4)
+    path = torch_export(MeanHead("squeeze").eval(), tmp_path / "m.onnx", (3, 5, 5))
+    capsys.readouterr()
+    assert main(["summary", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"convnet summary: warning: {path}: the final LogSoftmax"), err
+    assert err.count("\n") == 1 and "UserWarning" not in err and ".py:" not in err

@@ -83,11 +83,12 @@ __all__ = ["load_onnx"]
 
 SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv",
              "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LRN",
-             "LeakyRelu", "LpPool", "MatMul", "MaxPool", "Relu", "Reshape", "Sigmoid",
-             "Softmax", "Tanh")
-_NOTES = ("(Add joins two paths or adds MatMul's bias; Reshape must flatten; Softmax only "
-          "at the end; Pad, Pow, Mul, Unsqueeze, Squeeze and Div only in export_onnx's "
-          "subgraphs for AvgPool2d, LPPool2d and LRN)")
+             "LeakyRelu", "LogSoftmax", "LpPool", "MatMul", "MaxPool", "ReduceMean", "Relu",
+             "Reshape", "Sigmoid", "Softmax", "Squeeze", "Tanh")
+_NOTES = ("(Add joins two paths or adds MatMul's bias; Reshape and Squeeze must flatten; "
+          "ReduceMean must average over H and W; Softmax and LogSoftmax only at the end; "
+          "Pad, Pow, Mul, Unsqueeze and Div only in export_onnx's subgraphs for AvgPool2d, "
+          "LPPool2d and LRN)")
 _FLOATS = (np.float32, np.float64)
 
 # Element types read from tensors (TensorProto.DataType): the typed field that holds the
@@ -840,10 +841,12 @@ class _Importer:
         assert got == self.shapes[end], (got, self.shapes[end])
         model.input_shape = self.input_shape
         if self.dropped_softmax is not None:
-            warnings.warn(f"{self.file}: the final Softmax (node "
-                          f"{_show(self.dropped_softmax)}) is not imported: convnet models "
-                          "output class scores; apply a softmax to model.infer(x) for the "
-                          "probabilities the graph gives",
+            op = self.dropped_softmax.op_type
+            gives = "probabilities" if op == "Softmax" else "log-probabilities"
+            warnings.warn(f"{self.file}: the final {op} (node "
+                          f"{_show(self.dropped_softmax.name)}) is not imported: convnet "
+                          f"models output class scores; apply a {op.lower()} to "
+                          f"model.infer(x) for the {gives} the graph gives",
                           stacklevel=3)
         return model.eval()
 
@@ -857,15 +860,16 @@ class _Importer:
             return self._lrn_subgraph(node)
         return False
 
-    def add(self, nodes, x, layer):
-        """Append a layer unit: x -> layer -> the last node's first output."""
+    def add(self, nodes, x, layer, out=None):
+        """Append a layer unit: x -> layer -> ``out`` (default: the last node's first
+        output)."""
         last = nodes[-1]
         try:
             shape = layer.output_shape(self.shapes[x])
         except ValueError as err:
             raise self.error(last, str(err)) from None
         self.cap(last, math.prod(shape), "MAX_VOLUME", f"values per sample in its output {shape}")
-        out = last.output[0]
+        out = last.output[0] if out is None else out
         self.shapes[out] = shape
         self.units.append(_Unit("layer", [x], out, layer, *self.path(last), last))
         for node in nodes:
@@ -1121,6 +1125,58 @@ class _Importer:
                                    "Flatten keeps the batch axis (axis=1)")
         self.add([node], x, Flatten())
 
+    def _axes(self, node):
+        """A reduction's or Squeeze's axes, from its attribute (before opset 13 or 18) or
+        its second input (after), each as an axis of the whole (N, ...) tensor; None when
+        neither gives them."""
+        rank = len(self.shapes[self.data(node)]) + 1
+        axes = self.attrs(node).ints("axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = self.const(node.input[1])
+            axes = None if value is None or value.size > rank else _ints(value)
+            if axes is None:
+                raise self.error(node, f"input axes {_show(node.input[1])} must be at most "
+                                       f"{rank} constant integers")
+        if axes is None:
+            return None
+        if any(not -rank <= a < rank for a in axes):
+            raise self.error(node, f"axes {_show_list(axes)} out of range for rank {rank}")
+        return sorted({a % rank for a in axes})
+
+    def op_ReduceMean(self, node):
+        """The mean over H and W (torch's adaptive_avg_pool2d(x, 1) and x.mean((2, 3)) as
+        exported): AdaptiveAvgPool2d(1), then Flatten when the axes are not kept."""
+        x = self.data(node)
+        axes = self._axes(node)
+        if len(self.shapes[x]) != 3 or axes != [2, 3]:
+            raise self.error(node, f"ReduceMean over axes {axes and _show_list(axes)} of "
+                                   f"(N, *{self.shapes[x]}) is not supported: convnet reads "
+                                   f"it only as the average over H and W of (N, C, H, W)")
+        if self.attrs(node).int("keepdims", 1):
+            self.add([node], x, AdaptiveAvgPool2d(1))
+            return
+        pooled = f"{node.output[0]}:pooled"
+        self.add([node], x, AdaptiveAvgPool2d(1), out=pooled)
+        self.add([node], pooled, Flatten())
+
+    def op_Squeeze(self, node):
+        """Dropping axes of size 1 after the batch axis: a Flatten."""
+        x = self.data(node)
+        shape, axes = self.shapes[x], self._axes(node)
+        full = (None, *shape)
+        if axes is None:
+            axes = [a for a in range(1, len(full)) if full[a] == 1]
+        if 0 in axes or any(full[a] != 1 for a in axes):
+            raise self.error(node, f"Squeeze of axes {_show_list(axes)} of (N, *{shape}): "
+                                   f"only axes of size 1 after the batch axis can be dropped")
+        target = tuple(v for a, v in enumerate(shape, 1) if a not in axes)
+        for start in range(1, len(shape) + 1):
+            if Flatten(start).output_shape(shape) == target:
+                self.add([node], x, Flatten(start))
+                return
+        raise self.error(node, f"Squeeze of axes {_show_list(axes)} of (N, *{shape}) to "
+                               f"(N, *{target}) is not a flatten")
+
     def op_Reshape(self, node):
         x = self.data(node)
         target = self.const(node.input[1]) if len(node.input) > 1 else None
@@ -1228,15 +1284,18 @@ class _Importer:
 
     def op_Softmax(self, node):
         x = self.data(node)
+        op = node.op_type
         if not self._is_final(node.output[0]) or len(self.shapes[x]) != 1:
-            raise self.error(node, "Softmax is read only as the last node on class scores "
+            raise self.error(node, f"{op} is read only as the last node on class scores "
                                    "(N, K); convnet models output the scores themselves")
         axis = self.attrs(node).int("axis", -1)
         if axis not in (-1, 1):
-            raise self.error(node, f"attribute axis={axis} is not supported: the softmax "
+            raise self.error(node, f"attribute axis={axis} is not supported: the {op} "
                                    "left to apply is over the classes (axis 1 of (N, K))")
         self.alias[node.output[0]] = x
-        self.dropped_softmax = node.name
+        self.dropped_softmax = node
+
+    op_LogSoftmax = op_Softmax   # a final log-softmax (pytorch/examples' MNIST net)
 
     def _is_final(self, name):
         """Whether the tensor reaches the output through Identity nodes only."""

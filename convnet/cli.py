@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import convnet
@@ -577,7 +578,10 @@ def main(argv=None):
         parser.print_help()
         return 0
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            if not args.debug:      # a library's warning as one line, as the notes are
+                warnings.showwarning = lambda message, *rest: _note(args, f"warning: {message}")
+            args.func(args)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader closed the pipe (| head): end quietly, and keep Python's shutdown

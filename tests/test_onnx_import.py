@@ -326,6 +326,59 @@ def test_torch_mean_and_squeeze_heads_and_a_final_log_softmax(tmp_path, head, op
         compare_with_torch(net, model, (3, 5, 5))
 
 
+class ViewHead(torch.nn.Module):
+    """The PyTorch tutorials' flatten: x.view(x.size(0), -1) (or reshape)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 5)
+        self.how = how
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        x = x.view(x.size(0), -1) if self.how == "view" else x.reshape(x.shape[0], -1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+@pytest.mark.parametrize("how", ["view", "reshape"])
+def test_a_flatten_computed_from_the_input_shape_is_read(tmp_path, how, opset):
+    """With a dynamic batch axis the exporter computes the target shape: Shape -> Gather
+    -> Unsqueeze -> Concat -> Reshape. It had been refused at Shape."""
+    torch.manual_seed(5)
+    net = ViewHead(how).eval()
+    path = torch_export(net, tmp_path / "view.onnx", (3, 8, 8), opset_version=opset)
+    assert "Shape" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    compare_with_torch(net, load_onnx(path), (3, 8, 8))
+    # a static batch without constant folding computes it from constants alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 8, 8),), str(tmp_path / "static.onnx"),
+                          dynamo=False, opset_version=opset, do_constant_folding=False)
+    compare_with_torch(net, load_onnx(tmp_path / "static.onnx"), (3, 8, 8), batches=(2,))
+
+
+def test_shape_arithmetic_other_than_a_flatten_is_refused(tmp_path):
+    """A Gather past the shape's end is named; Reshape to the input's own shape is read."""
+    shape = helper.make_node("Shape", ["x"], ["s"], name="shape")
+    for nodes, message in (
+            ([shape, helper.make_node("Constant", [], ["i"], name="c",
+                                      value=numpy_helper.from_array(np.array(7, np.int64))),
+              helper.make_node("Gather", ["s", "i"], ["g"], name="gather"),
+              helper.make_node("Unsqueeze", ["g"], ["u"], name="u", axes=[0]),
+              helper.make_node("Reshape", ["x", "u"], ["y"], name="reshape")],
+             "Gather on the shape \\[None, 2, 2, 2\\] is not read"),
+            ([shape, helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+             None)):
+        path = make_model(nodes, {}, [1, 2, 2, 2], [1, 2, 2, 2], tmp_path / "g.onnx", opset=11)
+        if message is None:        # Reshape to its own shape: a no-op flatten, read
+            assert load_onnx(path).output_shape((2, 2, 2)) == (2, 2, 2)
+            continue
+        with pytest.raises(ValueError, match=message):
+            load_onnx(path)
+
+
 def test_reduce_mean_and_squeeze_over_other_axes_are_refused(tmp_path):
     for op, axes, shape, message in (
             ("ReduceMean", [1], [1, 4],
@@ -601,3 +654,23 @@ def test_the_cli_shows_a_dropped_softmax_as_one_warning_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"convnet summary: warning: {path}: the final LogSoftmax"), err
     assert err.count("\n") == 1 and "UserWarning" not in err and ".py:" not in err
+
+
+def test_a_long_chain_of_shape_arithmetic_is_refused_not_recursed(tmp_path):
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Constant", [], ["zero"], name="zero",
+                              value=numpy_helper.from_array(np.array(0, np.int64))),
+             helper.make_node("Gather", ["s", "zero"], ["t0"], name="gather")]
+    for i in range(2000):       # Unsqueeze then Squeeze, back and forth
+        nodes += [helper.make_node("Unsqueeze", [f"t{i}"], [f"u{i}"], name=f"u{i}", axes=[0]),
+                  helper.make_node("Squeeze", [f"u{i}"], [f"t{i + 1}"], name=f"s{i}",
+                                   axes=[0])]
+    nodes += [helper.make_node("Unsqueeze", ["t2000"], ["n"], name="n", axes=[0]),
+              helper.make_node("Constant", [], ["rest"], name="rest",
+                               value=numpy_helper.from_array(np.array([-1], np.int64))),
+              helper.make_node("Concat", ["n", "rest"], ["target"], name="cat", axis=0),
+              helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")]
+    path = make_model(nodes, {}, [1, 2, 2, 2], [1, 8], tmp_path / "deep.onnx", opset=11)
+    with pytest.raises(ValueError, match="reshape.*the target shape must be a constant, or "
+                                         "computed from the input's shape"):
+        load_onnx(path)

@@ -98,6 +98,11 @@ _ELEMENT_TYPES = {1: ("float32", "float_data", 4),      # weights and scalars
                   7: ("int64", "int64_data", 8),        # shapes, axes, pads
                   9: ("bool", "int32_data", 1)}         # Dropout's training_mode
 _MAX_RANK = 8                   # dims of one tensor
+# Operators read on small integer tensors computed from the input's shape, as a flatten's
+# target shape (torch's x.view(x.size(0), -1) with a dynamic batch axis), and the longest
+# chain of them read.
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
+_MAX_SHAPE_CHAIN = 64
 _MAX_WIRES = 4096               # inputs, outputs or attributes of a node (DenseNet-201: 49)
 _MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
 # (fewest, most) inputs of each operator read, None for no most; Pad, Pow, Mul, Div,
@@ -616,6 +621,7 @@ class _Importer:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
         self.dropped_softmax = None
+        self.deferred = {}      # shape arithmetic, by output name: read by a Reshape
 
     # -- small helpers ---------------------------------------------------------------------
     def _array(self, tensor):
@@ -823,11 +829,15 @@ class _Importer:
                 raise self.error(node, f"operator of domain {_show(node.domain)} is not "
                                        f"supported; convnet reads the standard operators "
                                        f"{', '.join(SUPPORTED)}")
-            if node.op_type in SUPPORTED:
+            if self._shape_arithmetic(node):
+                self.deferred[node.output[0]] = node
+            elif node.op_type in SUPPORTED:
                 getattr(self, f"op_{node.op_type}")(node)
             elif not self._fused(node):
-                raise self.error(node, f"unsupported operator {_show(node.op_type)}; convnet "
-                                       f"reads {', '.join(SUPPORTED)} {_NOTES}")
+                raise self._unsupported(node)
+        unread = next((n for n in self.deferred.values() if id(n) not in self.done), None)
+        if unread is not None:
+            raise self._unsupported(unread)
         end = self.resolve(self.output)
         if end not in self.shapes:
             raise ValueError(f"{self.file}: the output {_show(self.output)} does not depend "
@@ -849,6 +859,82 @@ class _Importer:
                           f"model.infer(x) for the {gives} the graph gives",
                           stacklevel=3)
         return model.eval()
+
+    def _unsupported(self, node):
+        return self.error(node, f"unsupported operator {_show(node.op_type)}; convnet reads "
+                                f"{', '.join(SUPPORTED)} {_NOTES}")
+
+    def _shape_arithmetic(self, node):
+        """Whether node computes on shapes rather than data: a Shape, or one of _SHAPE_OPS
+        of which no input is data. Such nodes are read only when a Reshape's target
+        shape needs them (_shape_value)."""
+        if node.op_type == "Shape":
+            return True
+        return node.op_type in _SHAPE_OPS and len(node.output) == 1 and not any(
+            self.resolve(name) in self.shapes for name in node.input if name)
+
+    def _shape_value(self, reshape, name, depth=0):
+        """The integer values of tensor ``name`` (a list, or an int for a scalar), None
+        standing for the batch size, computed from constants and the per-sample shapes of
+        data tensors through _SHAPE_OPS; the nodes read are marked done."""
+        name = self.resolve(name)
+        value = self.consts.get(name)
+        if value is not None:
+            if value.dtype.kind not in "iu" or value.ndim > 1 or value.size > _MAX_RANK:
+                raise self.error(reshape, f"its target shape reads {_show(name)}, which is "
+                                          f"not a short list of integers")
+            return int(value) if value.ndim == 0 else [int(v) for v in value]
+        node = self.deferred.get(name)
+        if node is None or depth > _MAX_SHAPE_CHAIN:
+            raise self.error(reshape, "the target shape must be a constant, or computed "
+                                      f"from the input's shape by {', '.join(_SHAPE_OPS)} "
+                                      "(export with constant folding, or flatten with "
+                                      "torch.flatten)")
+        self.done.add(id(node))
+        op, attrs = node.op_type, self.attrs(node)
+
+        def arg(i):
+            return self._shape_value(reshape, node.input[i], depth + 1)
+
+        def axes():
+            given = attrs.ints("axes", None)
+            return given if given is not None else (arg(1) if len(node.input) > 1 else [0])
+        if op == "Shape":
+            x = self.resolve(node.input[0])
+            if x not in self.shapes:
+                raise self.error(node, "Shape reads a tensor that is not the data")
+            full = [None, *self.shapes[x]]
+            return full[attrs.int("start", 0): attrs.int("end", len(full))]
+        if op == "Cast":
+            return arg(0)
+        if op == "Concat":
+            parts = [arg(i) for i in range(len(node.input))]
+            if any(not isinstance(p, list) for p in parts) or \
+                    sum(map(len, parts)) > _MAX_RANK:
+                raise self.error(node, "concatenates more than a shape")
+            return [v for p in parts for v in p]
+        data = arg(0)
+        if op == "Gather" and isinstance(data, list) and attrs.int("axis", 0) == 0:
+            index = arg(1)
+            picks = index if isinstance(index, list) else [index]
+            if all(-len(data) <= i < len(data) for i in picks):
+                got = [data[i] for i in picks]
+                return got if isinstance(index, list) else got[0]
+        if op == "Unsqueeze" and not isinstance(data, list) and axes() in ([0], [-1]):
+            return [data]
+        if op == "Squeeze" and isinstance(data, list) and len(data) == 1 and \
+                axes() in ([0], [-1]):
+            return data[0]
+        if op == "Slice" and isinstance(data, list) and len(node.input) >= 3:
+            starts, ends = arg(1), arg(2)
+            step = arg(4) if len(node.input) > 4 and node.input[4] else [1]
+            if all(isinstance(v, list) and len(v) == 1 for v in (starts, ends, step)) \
+                    and step[0] != 0 and (len(node.input) < 4 or not node.input[3]
+                                          or arg(3) in ([0], [-1])):
+                return data[starts[0]: ends[0]: step[0]]
+        shown = _show_list(data) if isinstance(data, list) else data
+        raise self.error(node, f"{op} on the shape {shown} is not read (convnet follows only "
+                               "the shape arithmetic of a flatten)")
 
     def _fused(self, node):
         """Try export_onnx's subgraphs headed by node; True if one was read."""
@@ -1180,6 +1266,12 @@ class _Importer:
     def op_Reshape(self, node):
         x = self.data(node)
         target = self.const(node.input[1]) if len(node.input) > 1 else None
+        if target is None and len(node.input) > 1:    # computed from the input's shape
+            value = self._shape_value(node, node.input[1])
+            if not isinstance(value, list) or None in value[1:]:
+                raise self.error(node, f"the target shape {value} must be a list whose "
+                                       f"only unknown is the batch size, first")
+            target = np.array([0 if v is None else v for v in value], np.int64)  # 0: copy N
         if target is None:
             raise self.error(node, "the target shape must be a constant (export with "
                                    "constant folding, or flatten with torch.flatten)")

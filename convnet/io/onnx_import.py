@@ -4,12 +4,19 @@ The graph is read node by node, each node (or a small group of nodes) becoming a
 
     Conv -> Conv2d                 MaxPool -> MaxPool2d          AveragePool -> AvgPool2d
     LpPool (even p) -> LPPool2d    GlobalAveragePool -> AdaptiveAvgPool2d(1)
+    ReduceMean over H and W -> AdaptiveAvgPool2d(1) (and Flatten without keepdims)
     Relu, LeakyRelu, Tanh, Sigmoid -> ReLU, LeakyReLU, Tanh, Sigmoid
     Gemm, MatMul (+ Add of a bias) -> Linear      Flatten(axis=1), Reshape(N, -1) -> Flatten
+    Squeeze of size-1 axes -> Flatten
     BatchNormalization -> BatchNorm2d / BatchNorm1d (running statistics)
     LRN (odd size) -> LocalResponseNorm           Dropout -> Dropout
-    Identity -> nothing (a new name for a tensor)  Softmax at the very end -> dropped
+    Identity -> nothing (a new name for a tensor)
+    Softmax or LogSoftmax at the very end -> dropped
     export_onnx's subgraphs for even-size LRN, LPPool2d and ceil-mode AvgPool2d -> one layer
+
+A Reshape's target shape may be computed from the input's shape (Shape, Gather,
+Unsqueeze, Squeeze, Concat, Cast, Slice: torch's x.view(x.size(0), -1) with a dynamic
+batch axis); those nodes are read only as far as the Reshape needs them.
 
 then the graph's shape is read back into convnet's containers: a chain of layers becomes a
 Sequential; where a tensor forks, the paths must meet again at one Add (a Residual: body
@@ -31,8 +38,8 @@ size down (pools: or up, ceil mode). Uneven pads are read as the convnet setting
 gives the same output size at the graph's input size (the windows then start at the same
 places), and refused when there is none. The layers use fit="floor", as ONNX does.
 
-A Softmax at the end of the graph is not imported, since convnet models output class
-scores (logits) and leave the softmax to the loss: a warning says so, and
+A Softmax (or LogSoftmax) at the end of the graph is not imported, since convnet models
+output class scores (logits) and leave the softmax to the loss: a warning says so, and
 ``softmax(model.infer(x))`` gives what the ONNX graph gives.
 
 External data (tensors stored beside the .onnx file) is read only from files inside the

@@ -126,6 +126,15 @@ def _model(args, **kwargs):
     return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
 
+def _open_input(args):
+    """--input of eval and predict: the per-sample size of an ONNX file whose graph leaves
+    it open (any other model records its own)."""
+    if args.input is not None and Path(args.model).suffix.lower() != ".onnx":
+        raise ValueError(f"--input sets the input size of an ONNX file whose graph leaves it "
+                         f"open; {args.model} records its own")
+    return args.input
+
+
 def _trained(args, model):
     if not model.trained:
         raise ValueError(f"{args.model}: {args.command} needs trained weights: a saved model "
@@ -210,7 +219,7 @@ def _note(args, text):
 def cmd_eval(args):
     from convnet.train.inference import evaluate, evaluation_data
 
-    model = _model(args, num_classes=args.classes)
+    model = _model(args, num_classes=args.classes, input_shape=_open_input(args))
     _trained(args, model)
     _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
@@ -239,7 +248,7 @@ def cmd_predict(args):
     from convnet.data.preprocess import brightness_warning
     from convnet.train.inference import class_names, load_images, preprocess, top_k
 
-    model = _model(args)
+    model = _model(args, input_shape=_open_input(args))
     _trained(args, model)
     info = getattr(model, "info", None) or {}
     if "mean" not in info:
@@ -325,6 +334,8 @@ def cmd_zoo(args):
 # -- the parser -------------------------------------------------------------------------
 
 PICTURES = (".png", ".svg", ".pdf")   # what `convnet show --out` writes (matplotlib)
+OPEN_INPUT_HELP = ("for an ONNX file whose graph leaves the input size open: the size "
+                   "to run it at (e.g. 3x224x224); images are resized to it")
 ARCH_HELP = ("the architecture of a weights file (.pt, .pth, .safetensors): a zoo name or "
              "arrow notation in quotes")
 
@@ -495,6 +506,7 @@ def build_parser():
                    help="flip test-time augmentation: the mean of each image's scores and "
                         "its mirror image's (default: as the model was trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = command("predict", help="top-k classes of image files",
@@ -508,6 +520,7 @@ def build_parser():
                         "are named at the end (exit status 1)")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--top", type=POSITIVE, default=3, help="how many classes to show (3)")
+    p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = command(

@@ -674,3 +674,34 @@ def test_a_long_chain_of_shape_arithmetic_is_refused_not_recursed(tmp_path):
     with pytest.raises(ValueError, match="reshape.*the target shape must be a constant, or "
                                          "computed from the input's shape"):
         load_onnx(path)
+
+
+def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_path, capsys):
+    """A graph exported with dynamic H and W had no size the CLI could give it: predict
+    and eval take --input (an ONNX file's only); the error says so."""
+    from PIL import Image
+
+    from convnet.cli import main
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(
+                torch.relu(self.conv(x)), 1), 1))
+    path = tmp_path / "open.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled().eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    Image.new("RGB", (12, 10), "white").save(tmp_path / "a.png")
+    capsys.readouterr()
+    assert main(["predict", str(path), str(tmp_path / "a.png")]) == 1
+    assert "not a static per-sample shape; pass input_shape=(C, H, W) (on the command line: " \
+           "--input CxHxW)" in capsys.readouterr().err
+    assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
+    assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
+    assert "--input sets the input size of an ONNX file" in capsys.readouterr().err

@@ -789,7 +789,8 @@ class _Importer:
         elif static is None or not static:
             shown = _show_list(["?" if d is None else d for d in dims]) if dims else "unknown"
             raise ValueError(f"{self.file}: input {name} has shape {shown}, not a "
-                             "static per-sample shape; pass input_shape=(C, H, W)")
+                             "static per-sample shape; pass input_shape=(C, H, W) (on the "
+                             "command line: --input CxHxW)")
         else:
             shape = static
         if len(shape) not in (1, 3):

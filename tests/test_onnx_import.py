@@ -705,3 +705,33 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
     assert "--input sets the input size of an ONNX file" in capsys.readouterr().err
+
+
+def test_nodes_named_by_operator_take_their_pytorch_modules_names(tmp_path):
+    """torch's newer (default) exporter names nodes "node_Conv_28" and keeps the module in
+    the weights' names and in name-scope metadata: the layers get PyTorch's keys (they
+    had been node_Conv_28.weight, so --freeze features found no stage)."""
+    rng = np.random.default_rng(9)
+
+    def scoped(node, scopes):
+        prop = node.metadata_props.add()
+        prop.key, prop.value = "pkg.torch.onnx.name_scopes", str(scopes)
+        return node
+    nodes = [helper.make_node("Conv", ["x", "features.0.weight", "features.0.bias"], ["c"],
+                              name="node_Conv_28", pads=[1, 1, 1, 1]),
+             scoped(helper.make_node("Relu", ["c"], ["r"], name="node_relu"),
+                    ["", "features", "features.1", "relu"]),
+             scoped(helper.make_node("Flatten", ["r"], ["f"], name="node_flatten"),
+                    ["", "flatten"]),
+             helper.make_node("Gemm", ["f", "classifier.weight", "classifier.bias"], ["y"],
+                              name="node_linear", transB=1)]
+    inits = {"features.0.weight": rng.standard_normal((4, 2, 3, 3)),
+             "features.0.bias": rng.standard_normal(4),
+             "classifier.weight": rng.standard_normal((3, 4 * 5 * 5)),
+             "classifier.bias": rng.standard_normal(3)}
+    path = make_model(nodes, inits, ["N", 2, 5, 5], ["N", 3], tmp_path / "dynamo.onnx")
+    model = load_onnx(path)
+    assert list(model.state_dict()) == list(inits)
+    assert [key for key, _ in model.children()][0] == "features"
+    assert list(dict(model["features"].children())) == ["0", "1"]
+    compare_with_ort(path, model, (2, 5, 5))

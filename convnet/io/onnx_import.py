@@ -30,8 +30,10 @@ writes them) and PyTorch's scope names (``/layer1/layer1.0/conv1/Conv``) are reb
 into nested containers, so the state-dict keys of an exported convnet model, or of a
 PyTorch module exported with torch.onnx.export, come back as they were
 (``layer1.0.conv1.weight``; torch folds eval-mode batch norm into the CONV before it
-names anything unless exported with training=TrainingMode.PRESERVE). Names that do not
-nest are used flat, dots made "_".
+names anything unless exported with training=TrainingMode.PRESERVE). A node named by its
+operator alone (torch's newer exporter: ``node_Conv_28``) takes its module's name from
+its weight's name or its name-scope metadata. Names that do not nest are used flat, dots
+made "_".
 
 ONNX pads each side of a window separately; convnet pads both by P and rounds the output
 size down (pools: or up, ceil mode). Uneven pads are read as the convnet setting that
@@ -70,6 +72,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from pathlib import Path, PureWindowsPath
 
@@ -110,6 +113,9 @@ _MAX_RANK = 8                   # dims of one tensor
 # chain of them read.
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
 _MAX_SHAPE_CHAIN = 64
+# torch's newer exporter's metadata: each node's module scopes, outermost first.
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_MAX_SCOPES_TEXT = 4096
 _MAX_WIRES = 4096               # inputs, outputs or attributes of a node (DenseNet-201: 49)
 _MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
 # (fewest, most) inputs of each operator read, None for no most; Pad, Pow, Mul, Div,
@@ -970,12 +976,32 @@ class _Importer:
             self.done.add(id(node))
 
     def path(self, node):
-        """_path of the node's name, refused when it nests deeper than MAX_DEPTH."""
-        path, fallback = _path(node.name, node.op_type, len(self.units))
+        """_path of the node's name (or of its PyTorch module's, _module_name), refused
+        when it nests deeper than MAX_DEPTH."""
+        name = self._module_name(node) or node.name
+        path, fallback = _path(name, node.op_type, len(self.units))
         if path is None:
             raise self.error(node, f"its name nests more than {limits.MAX_DEPTH} levels deep "
                                    "(convnet.limits.MAX_DEPTH)")
         return path, fallback
+
+    def _module_name(self, node):
+        """For a node named by its operator alone, as torch's newer exporter names them
+        ("node_Conv_28"): the PyTorch module it came from ("features.0"), so that the
+        layers get the module's state-dict keys. That is its weight initializer's name
+        less ".weight", else the innermost module of the exporter's name-scope metadata;
+        None for a node whose name already nests (dots or a "/" path) or says nothing."""
+        if node.name.startswith("/") or "." in node.name:
+            return None
+        weight = node.input[1] if len(node.input) > 1 else ""
+        if weight in self.inits and weight.endswith(".weight") and len(weight) > 7:
+            return weight[:-len(".weight")]
+        for prop in node.metadata_props:
+            if prop.key == _NAME_SCOPES and len(prop.value) <= _MAX_SCOPES_TEXT:
+                scopes = re.findall(r"'([^']*)'", prop.value)      # "['', 'features', ...]"
+                if len(scopes) >= 2 and scopes[-2]:
+                    return scopes[-2]
+        return None
 
     def make(self, node, cls, *args, **kwargs):
         """cls(*args, **kwargs); a ValueError from the constructor names the node."""

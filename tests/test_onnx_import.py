@@ -735,3 +735,36 @@ def test_nodes_named_by_operator_take_their_pytorch_modules_names(tmp_path):
     assert [key for key, _ in model.children()][0] == "features"
     assert list(dict(model["features"].children())) == ["0", "1"]
     compare_with_ort(path, model, (2, 5, 5))
+
+
+def test_shape_arithmetic_is_worked_out_once_per_tensor(tmp_path, monkeypatch):
+    """Concats that each read the one before twice had made 2^depth evaluations (a 1 KB
+    file ran for minutes at depth 30); malformed shape nodes are errors naming the node."""
+    nodes = [helper.make_node("Constant", [], ["c0"], name="c",
+                              value=numpy_helper.from_array(np.zeros(0, np.int64)))]
+    for i in range(40):
+        nodes.append(helper.make_node("Concat", [f"c{i}", f"c{i}"], [f"c{i + 1}"],
+                                      name=f"k{i}", axis=0))
+    nodes += [helper.make_node("Constant", [], ["tail"], name="tail",
+                               value=numpy_helper.from_array(np.array([0, -1], np.int64))),
+              helper.make_node("Concat", ["c40", "tail"], ["target"], name="cat", axis=0),
+              helper.make_node("Reshape", ["x", "target"], ["y"], name="reshape")]
+    path = make_model(nodes, {}, [1, 2, 2, 2], [1, 8], tmp_path / "dag.onnx", opset=13)
+    calls = []
+    work = onnx_import._Importer._shape_of
+    monkeypatch.setattr(onnx_import._Importer, "_shape_of",
+                        lambda self, *args: calls.append(1) or work(self, *args))
+    assert load_onnx(path).output_shape((2, 2, 2)) == (8,)
+    assert len(calls) <= len(nodes)
+    for bad, message in (
+            ([helper.make_node("Shape", ["x"], ["s"], name="shape"),
+              helper.make_node("Gather", ["s", "s"], ["g"], name="gather"),
+              helper.make_node("Reshape", ["x", "g"], ["y"], name="reshape")],
+             r"node 'gather' \(Gather\): Gather on the shape \[None, 2, 2, 2\] is not read"),
+            ([helper.make_node("Shape", ["x"], ["s"], name="shape"),
+              helper.make_node("Gather", ["s"], ["g"], name="gather"),
+              helper.make_node("Reshape", ["x", "g"], ["y"], name="reshape")],
+             r"node 'gather' \(Gather\): Gather takes 2 input\(s\), got 1")):
+        path = make_model(bad, {}, [1, 2, 2, 2], [1, 8], tmp_path / "bad.onnx", opset=13)
+        with pytest.raises(ValueError, match=message):
+            load_onnx(path)

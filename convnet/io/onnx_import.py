@@ -126,7 +126,9 @@ _ARITY = {"Add": (2, 2), "AveragePool": (1, 1), "BatchNormalization": (5, 5),
           "LRN": (1, 1), "LeakyRelu": (1, 1), "LpPool": (1, 1), "MatMul": (2, 2),
           "MaxPool": (1, 1), "Relu": (1, 1), "Reshape": (1, 2), "Sigmoid": (1, 1),
           "Softmax": (1, 1), "Tanh": (1, 1), "Pad": (1, 4), "Pow": (2, 2), "Mul": (2, 2),
-          "Div": (2, 2), "Unsqueeze": (1, 2), "Squeeze": (1, 2)}
+          "Div": (2, 2), "Unsqueeze": (1, 2), "Squeeze": (1, 2), "Shape": (1, 1),
+          "Gather": (2, 2), "Cast": (1, 1), "Slice": (3, 5), "ReduceMean": (1, 2),
+          "LogSoftmax": (1, 1)}
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 # AttributeProto.AttributeType: the kinds of attribute the operators read
 _A_FLOAT, _A_INT, _A_STRING, _A_TENSOR, _A_FLOATS, _A_INTS = 1, 2, 3, 4, 6, 7
@@ -635,6 +637,7 @@ class _Importer:
                     self.consumers.setdefault(name, []).append(node)
         self.dropped_softmax = None
         self.deferred = {}      # shape arithmetic, by output name: read by a Reshape
+        self.shape_values = {}  # what _shape_value found, by tensor name: each read once
 
     # -- small helpers ---------------------------------------------------------------------
     def _array(self, tensor):
@@ -851,7 +854,9 @@ class _Importer:
                 raise self._unsupported(node)
         unread = next((n for n in self.deferred.values() if id(n) not in self.done), None)
         if unread is not None:
-            raise self._unsupported(unread)
+            raise self.error(unread, f"{unread.op_type} on shapes or constants is read only "
+                                     f"as part of a Reshape's target shape (a flatten), and "
+                                     f"this one feeds something else")
         end = self.resolve(self.output)
         if end not in self.shapes:
             raise ValueError(f"{self.file}: the output {_show(self.output)} does not depend "
@@ -892,6 +897,13 @@ class _Importer:
         standing for the batch size, computed from constants and the per-sample shapes of
         data tensors through _SHAPE_OPS; the nodes read are marked done."""
         name = self.resolve(name)
+        if name in self.shape_values:       # a tensor read twice is worked out once
+            return self.shape_values[name]
+        self.shape_values[name] = found = self._shape_of(reshape, name, depth)
+        return found
+
+    def _shape_of(self, reshape, name, depth):
+        """_shape_value's work for one tensor."""
         value = self.consts.get(name)
         if value is not None:
             if value.dtype.kind not in "iu" or value.ndim > 1 or value.size > _MAX_RANK:
@@ -931,7 +943,7 @@ class _Importer:
         if op == "Gather" and isinstance(data, list) and attrs.int("axis", 0) == 0:
             index = arg(1)
             picks = index if isinstance(index, list) else [index]
-            if all(-len(data) <= i < len(data) for i in picks):
+            if all(isinstance(i, int) and -len(data) <= i < len(data) for i in picks):
                 got = [data[i] for i in picks]
                 return got if isinstance(index, list) else got[0]
         if op == "Unsqueeze" and not isinstance(data, list) and axes() in ([0], [-1]):
@@ -942,7 +954,8 @@ class _Importer:
         if op == "Slice" and isinstance(data, list) and len(node.input) >= 3:
             starts, ends = arg(1), arg(2)
             step = arg(4) if len(node.input) > 4 and node.input[4] else [1]
-            if all(isinstance(v, list) and len(v) == 1 for v in (starts, ends, step)) \
+            if all(isinstance(v, list) and len(v) == 1 and isinstance(v[0], int)
+                   for v in (starts, ends, step)) \
                     and step[0] != 0 and (len(node.input) < 4 or not node.input[3]
                                           or arg(3) in ([0], [-1])):
                 return data[starts[0]: ends[0]: step[0]]

@@ -260,10 +260,10 @@ def cmd_predict(args):
     paths = [path for path in args.images if path not in bad]
     for note in notes:
         _note(args, note)
-    for i, warning in brightness_warning(images, 255, info):
-        _note(args, f"warning: {paths[i]}: {warning}")
     classes = class_names(model)
     if paths:
+        for i, warning in brightness_warning(images, 255, info):
+            _note(args, f"warning: {paths[i]}: {warning}")
         indices, probs = top_k(model, preprocess(images, 255, info),
                                min(args.top, len(classes)))
         for path, idx, prob in zip(paths, indices, probs):

@@ -1130,6 +1130,65 @@ def test_a_class_too_small_to_hold_out_a_test_image_is_named(tmp_path):
            "images)" in notes, notes
 
 
+def test_folders_as_they_come_from_other_systems(tmp_path):
+    """From a review of the first version of the above: a __MACOSX/ beside train/ and
+    test/ (the split had been lost: 'train' and 'test' became the classes); a GIF whose
+    later frames are damaged (counting frames had raised IndexError); annotations in a
+    folder beside the photos (not images: left alone); a class folder nested deeper than
+    Python's recursion (no RecursionError); the first file unreadable (named with the
+    others); accented names whose two Unicode forms sort apart."""
+    import io
+    import unicodedata
+    rng = np.random.default_rng(20)
+
+    def image(path):
+        save_image(path, rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            for i in range(3):
+                image(tmp_path / "mac" / split / cls / f"{i}.png")
+    image(tmp_path / "mac" / "__MACOSX" / "train" / "cat" / "._0.png")
+    splits = load_dataset(tmp_path / "mac")
+    assert splits.classes == ["cat", "dog"] and len(splits.test[1]) == 6
+
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 100, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    gif = tmp_path / "gif" / "a" / "anim.gif"
+    gif.parent.mkdir(parents=True)
+    gif.write_bytes(buffer.getvalue()[:124])           # the first frame whole, then cut
+    assert read_headers([gif])[0].frames == 1 and decode_image(gif, "L")[0].shape == (8, 8, 1)
+
+    for cls in ("a", "b"):
+        image(tmp_path / "notes" / cls / "0.png")
+    (tmp_path / "notes" / "a" / "annotations").mkdir()
+    (tmp_path / "notes" / "a" / "annotations" / "0.xml").write_text("<box/>")
+    assert load_image_folder(tmp_path / "notes")[0].shape == (2, 3, 4, 4)
+
+    deep = tmp_path / "deep" / "a"
+    image(tmp_path / "deep" / "b" / "0.png")
+    image(deep / "0.png")
+    os.makedirs(deep / os.path.join(*["d"] * 40))
+    with raises_naming(deep, r"folders nest more than 32 deep in the class folder"):
+        load_image_folder(tmp_path / "deep")
+
+    for name in ("0.png", "1.png"):
+        image(tmp_path / "first" / "a" / name)
+        image(tmp_path / "first" / "b" / name)
+    for rel in ("a/0.png", "b/1.png"):
+        (tmp_path / "first" / rel).write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"^2 of 4 files .*a/0.png.*b/1.png"):
+        load_image_folder(tmp_path / "first")
+
+    for split, form in (("train", "NFC"), ("test", "NFD")):
+        for name in ("éclair", "flan"):
+            for i in range(3):
+                image(tmp_path / "nfc" / split / unicodedata.normalize(form, name) / f"{i}.png")
+    splits = load_dataset(tmp_path / "nfc")
+    assert [unicodedata.normalize("NFC", c) for c in splits.classes] == ["flan", "éclair"]
+    assert sorted(np.bincount(splits.test[1]).tolist()) == [3, 3]
+
+
 def test_predict_says_what_reading_each_image_did(tmp_path):
     from convnet.train.inference import load_images
     rgba = np.zeros((6, 6, 4), np.uint8)

@@ -653,6 +653,9 @@ def test_a_sequential_is_indexed_by_position_and_sliced_as_in_pytorch():
         net[4]
     with pytest.raises(KeyError, match="no child named 'conv2'; its children are conv, relu"):
         named["conv2"]
+    outer = Sequential({"features": Sequential(Linear(2, 2), ReLU()), "head": Linear(2, 1)})
+    outer["features"][0:1]
+    assert outer["features"][0].name == "features.0"   # slicing renames nothing
     with pytest.raises(TypeError, match="Residual cannot be sliced"):
         Residual({"fc": Linear(2, 2)})[0:1]
 

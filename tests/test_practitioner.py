@@ -324,6 +324,10 @@ def test_predict_predicts_the_readable_images_and_names_the_others(trained, tmp_
                           "read"), captured.err
     assert "notes.txt: unreadable image" in err and "empty.png: unreadable image: the " \
         "file is empty (0 bytes)" in err and "Traceback" not in captured.err
+    # every file unreadable: named too (brightness had failed on no images at all)
+    assert main(["predict", str(root / "run" / "model.json"), files[1], files[3]]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 files are not images convnet can read" in err, err
 
 
 def test_the_model_file_records_the_preprocessing(trained):

@@ -19,7 +19,13 @@ import numpy as np
 from convnet import limits
 from convnet.data.cifar import find_cifar, load_cifar10, load_cifar100
 from convnet.data.digits import DIGITS_SCALE, load_digits
-from convnet.data.folder import GRAY_MODES, load_image_folder, read_headers, scan_image_folder
+from convnet.data.folder import (
+    GRAY_MODES,
+    load_image_folder,
+    read_headers,
+    scan_image_folder,
+    skipped,
+)
 from convnet.data.idx import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
@@ -197,7 +203,7 @@ def _load_directory(path, image_size, channels, seed, test_fraction):
         return _splits(load_cifar10(path), path.name)
     if find_cifar(path, 100, required=False):
         return _splits(load_cifar100(path), path.name)
-    subdirs = {p.name: p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    subdirs = {p.name: p for p in path.iterdir() if p.is_dir() and not skipped(p.name, True)}
     if not subdirs:
         raise ValueError(f"{path}: no data set recognized: expected the four IDX files "
                          "(train-images-idx3-ubyte ...), CIFAR batch files, or one "

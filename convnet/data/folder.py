@@ -4,11 +4,12 @@
       cat/  0001.png  0002.jpg ...
       dog/  a.png ...
 
-Classes are the sub-folder names sorted. Every file in a class folder and in the folders
-inside it is an image (as torchvision's ImageFolder and Keras read them), except hidden
-files and folders (names starting with ".") and the files operating systems leave
-behind (Thumbs.db, desktop.ini, __MACOSX/, ...): a stray file is an error naming it, not
-silently skipped, and every unreadable file is named at once. Pillow's
+Classes are the sub-folder names sorted. Every file in a class folder is an image, and
+so is every file with an image extension in the folders inside it (as torchvision's
+ImageFolder and Keras read them), except hidden files and folders (names starting with
+".") and what operating systems leave behind (Thumbs.db, desktop.ini, __MACOSX/, ...): a
+stray file in a class folder is an error naming it, not silently skipped, and every
+unreadable file is named at once. Pillow's
 decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (about 89
 megapixels by default) is refused with the file named, and so is one with a side over
 ``convnet.limits.MAX_SOURCE_SIDE`` (resizing a thin strip takes memory in proportion to
@@ -85,7 +86,8 @@ def _class_folders(root):
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"load_image_folder: root must be a directory, got {str(root)!r}")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not skipped(p.name, True))
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not skipped(p.name, True)),
+                     key=lambda p: _nfc(p.name))   # one order for both Unicode forms
     if not folders:
         raise ValueError(f"{root}: no class sub-folders: expected root/<class>/<image files>")
     limits.check_count(len(folders), "MAX_CLASSES", "class folders", root)
@@ -93,21 +95,42 @@ def _class_folders(root):
 
 
 def _image_files(folder):
-    """The files in ``folder`` and in the folders inside it (links followed, each real
-    folder once), less skipped names, in path order."""
-    files, seen = [], set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
+    """Every file in ``folder`` (a stray one is then an error), and the image files (by
+    Pillow's extensions) in the folders inside it, at most limits.MAX_DEPTH deep (links
+    followed, each real folder once), less skipped names, in path order. Files of other
+    kinds in those inner folders (annotations beside the photos) are left alone."""
+    images = _image_extensions()
+    files, seen, stack = [], set(), [(Path(folder), 0)]
+    while stack:                   # no recursion: a folder may nest deeper than Python's
+        top, depth = stack.pop()
         real = os.path.realpath(top)
         if real in seen:           # a link back up the tree: read once
-            dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not skipped(d, True)]
-        files += [Path(top, name) for name in names if not skipped(name)]
+        limits.check_count(len(seen), "MAX_FILES", "folders in the class folder", folder)
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if skipped(entry.name, entry.is_dir()):
+                    continue
+                if entry.is_dir():
+                    if depth + 1 > limits.MAX_DEPTH:
+                        raise ValueError(f"{entry.path}: folders nest more than "
+                                         f"{limits.MAX_DEPTH} deep in the class folder "
+                                         f"(convnet.limits.MAX_DEPTH)")
+                    stack.append((Path(entry.path), depth + 1))
+                elif depth == 0 or Path(entry.name).suffix.lower() in images:
+                    files.append(Path(entry.path))
         limits.check_count(len(files), "MAX_FILES", "files in the class folder", folder)
     if not files:
         raise ValueError(f"{folder}: class folder holds no image files")
     return sorted(files, key=lambda p: p.relative_to(folder).parts)
+
+
+def _image_extensions():
+    """The file name extensions Pillow reads (".jpg", ".png", ...)."""
+    Image = _pillow()
+    return {ext for ext, kind in Image.registered_extensions().items()
+            if kind in Image.OPEN}
 
 
 def scan_image_folder(root):
@@ -165,7 +188,10 @@ def _header(Image, im):
     orientation = orientation if orientation in range(1, 9) else 1
     w, h = im.size[::-1] if orientation >= 5 else im.size
     alpha = im.mode in ALPHA_MODES or "transparency" in im.info
-    frames = getattr(im, "n_frames", 1)
+    try:        # counting frames reads past the first, which may be damaged
+        frames = getattr(im, "n_frames", 1)
+    except Exception:
+        frames = 1
     return Header(im.mode, h, w, orientation, alpha, frames if isinstance(frames, int) else 1)
 
 
@@ -278,31 +304,34 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     size = _check_size(size)
     Image = _pillow()
     files, names = scan_image_folder(root)
-    if classes is not None and [_nfc(n) for n in names] != [_nfc(n) for n in classes]:
-        raise ValueError(f"{root}: class folders {names} differ from the training classes "
-                         f"{list(classes)}")
+    if classes is not None:        # the training classes, in their order
+        index = {_nfc(name): k for k, name in enumerate(classes)}
+        if sorted(index) != sorted(_nfc(n) for n in names) or len(index) != len(names):
+            raise ValueError(f"{root}: class folders {names} differ from the training "
+                             f"classes {list(classes)}")
+        files = [(path, index[_nfc(names[k])]) for path, k in files]
+        names = list(classes)
     mode, channels = ("L", 1) if grayscale else ("RGB", 3)
-    first = _decode(Image, files[0][0], mode, size)                # (H, W, C)
-    h, w = first.shape[:2]
-    nbytes = len(files) * channels * h * w
-    if nbytes > limits.MAX_DATA_BYTES:
-        raise ValueError(f"{root}: {len(files):,} images of {w}x{h}x{channels} take "
-                         f"{nbytes:,} bytes, over the cap of {limits.MAX_DATA_BYTES:,} "
-                         f"(convnet.limits.MAX_DATA_BYTES); resize them smaller "
-                         f"(--image-size, or size=(H, W))")
-    x = np.empty((len(files), channels, h, w), dtype=np.uint8)     # (N, C, H, W)
+    x, first, errors = None, None, []
     y = np.array([k for _, k in files], dtype=np.int64)
-    x[0] = first.transpose(2, 0, 1)
-    errors = []
-    for i, (path, _) in enumerate(files[1:], start=1):
+    for i, (path, _) in enumerate(files):
         try:
-            img = _decode(Image, path, mode, size)
+            img = _decode(Image, path, mode, size)                 # (H, W, C)
         except ValueError as err:    # the others are still read, to name every bad one
             errors.append(str(err))
             continue
+        if x is None:                # the first readable image sets the size
+            first, (h, w) = path, img.shape[:2]
+            nbytes = len(files) * channels * h * w
+            if nbytes > limits.MAX_DATA_BYTES:
+                raise ValueError(f"{root}: {len(files):,} images of {w}x{h}x{channels} take "
+                                 f"{nbytes:,} bytes, over the cap of "
+                                 f"{limits.MAX_DATA_BYTES:,} (convnet.limits.MAX_DATA_BYTES); "
+                                 f"resize them smaller (--image-size, or size=(H, W))")
+            x = np.empty((len(files), channels, h, w), dtype=np.uint8)   # (N, C, H, W)
         if img.shape[:2] != (h, w):
             raise ValueError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW) but "
-                             f"{files[0][0]} is {h}x{w}: all images must share one size; "
+                             f"{first} is {h}x{w}: all images must share one size; "
                              f"pass size=(H, W) to resize them")
         x[i] = img.transpose(2, 0, 1)
     if errors:

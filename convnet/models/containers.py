@@ -198,7 +198,9 @@ class Container(Layer):
         if isinstance(key, slice):
             if not isinstance(self, Sequential):
                 raise TypeError(f"{type(self).__name__} cannot be sliced (a Sequential can)")
-            return Sequential(dict(list(self._children.items())[key]))
+            part = Sequential(dict(list(self._children.items())[key]))
+            self._set_names()        # the layers keep their names in this model
+            return part
         if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
             layers = list(self._children.values())
             if not -len(layers) <= key < len(layers):

@@ -1303,12 +1303,19 @@ class _Importer:
             raise self.error(node, f"Squeeze of axes {_show_list(axes)} of (N, *{shape}): "
                                    f"only axes of size 1 after the batch axis can be dropped")
         target = tuple(v for a, v in enumerate(shape, 1) if a not in axes)
+        if not self._flatten(node, x, target):
+            raise self.error(node, f"Squeeze of axes {_show_list(axes)} of (N, *{shape}) to "
+                                   f"(N, *{target}) is not a flatten")
+
+    def _flatten(self, node, x, per_sample):
+        """Add the Flatten(start) that takes data x to the per-sample shape ``per_sample``;
+        False when none does."""
+        shape = self.shapes[x]
         for start in range(1, len(shape) + 1):
-            if Flatten(start).output_shape(shape) == target:
+            if Flatten(start).output_shape(shape) == per_sample:
                 self.add([node], x, Flatten(start))
-                return
-        raise self.error(node, f"Squeeze of axes {_show_list(axes)} of (N, *{shape}) to "
-                               f"(N, *{target}) is not a flatten")
+                return True
+        return False
 
     def op_Reshape(self, node):
         x = self.data(node)
@@ -1331,14 +1338,10 @@ class _Importer:
             raise self.error(node, f"attribute allowzero=1 with a 0 in shape "
                                    f"{_show_list(target)}")
         per_sample = self._reshape_per_sample(node, target, shape)
-        for start in range(1, len(shape) + 1):
-            layer = Flatten(start)
-            if layer.output_shape(shape) == per_sample:
-                self.add([node], x, layer)
-                return
-        raise self.error(node, f"Reshape to {_show_list(target)} (per sample {shape} -> "
-                               f"{per_sample}) is not a flatten; convnet reads Reshape only "
-                               "as Flatten")
+        if not self._flatten(node, x, per_sample):
+            raise self.error(node, f"Reshape to {_show_list(target)} (per sample {shape} -> "
+                                   f"{per_sample}) is not a flatten; convnet reads Reshape "
+                                   "only as Flatten")
 
     def _reshape_per_sample(self, node, target, shape):
         full = [None, *shape]

@@ -126,15 +126,6 @@ def _model(args, **kwargs):
     return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
 
-def _open_input(args):
-    """--input of eval and predict: the per-sample size of an ONNX file whose graph leaves
-    it open (any other model records its own)."""
-    if args.input is not None and Path(args.model).suffix.lower() != ".onnx":
-        raise ValueError(f"--input sets the input size of an ONNX file whose graph leaves it "
-                         f"open; {args.model} records its own")
-    return args.input
-
-
 def _trained(args, model):
     if not model.trained:
         raise ValueError(f"{args.model}: {args.command} needs trained weights: a saved model "
@@ -217,9 +208,11 @@ def _note(args, text):
 
 
 def cmd_eval(args):
+    from convnet.spec import check_open_input
     from convnet.train.inference import evaluate, evaluation_data
 
-    model = _model(args, num_classes=args.classes, input_shape=_open_input(args))
+    model = _model(args, num_classes=args.classes,
+                   input_shape=check_open_input(args.model, args.input))
     _trained(args, model)
     _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
@@ -246,9 +239,10 @@ def cmd_eval(args):
 
 def cmd_predict(args):
     from convnet.data.preprocess import brightness_warning
+    from convnet.spec import check_open_input
     from convnet.train.inference import class_names, load_images, preprocess, top_k
 
-    model = _model(args, input_shape=_open_input(args))
+    model = _model(args, input_shape=check_open_input(args.model, args.input))
     _trained(args, model)
     info = getattr(model, "info", None) or {}
     if "mean" not in info:
@@ -317,7 +311,7 @@ def cmd_convert(args):
     from convnet.io.convert import convert
 
     path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, input_shape=args.input)
     if Path(args.src).suffix.lower() == ".json" and Path(path).suffix.lower() != ".json":
         _note(args, f"{path} holds the net alone: the preprocessing and class names that "
                     f"{args.src} records are not in it (eval and predict will not have "
@@ -576,6 +570,9 @@ def build_parser():
                    help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT (and a .json's weights file) if it exists")
+    p.add_argument("--input", type=input_shape, metavar="CxHxW",
+                   help="for an ONNX file whose graph leaves the input size open: the size "
+                        "the converted model takes (e.g. 3x224x224)")
     p.set_defaults(func=cmd_convert)
 
     p = command("zoo", help="list the famous nets", description="List the zoo: name, default "

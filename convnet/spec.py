@@ -96,6 +96,15 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
     return model
 
 
+def check_open_input(spec, input_shape):
+    """input_shape for eval, predict and convert: only an ONNX file takes one (the size its
+    graph leaves open); any other model records its own. Returns it."""
+    if input_shape is not None and Path(str(spec)).suffix.lower() != ".onnx":
+        raise ValueError(f"{spec}: --input sets the input size of an ONNX file whose graph "
+                         f"leaves it open; {spec} records its own")
+    return input_shape
+
+
 def check_classes(model, num_classes, spec, architecture=None):
     """The model resolve_model made of ``spec`` (and ``architecture``), checked against
     the --classes a user gave: num_classes set a zoo architecture's classes; any other

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import convnet.io.onnx_import as onnx_import
-from convnet.io import export_onnx, load_onnx
+from convnet.io import export_onnx, load_model, load_onnx
 from convnet.layers.activation import ReLU
 from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Linear
@@ -704,6 +704,12 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
+    assert "--input sets the input size of an ONNX file" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "fixed.json"), "--input", "3x8x8"]) == 0
+    assert load_model(tmp_path / "fixed.json").input_shape == (3, 8, 8)
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "fixed.json"), str(tmp_path / "o.onnx"), "--input",
+                 "3x9x9"]) == 1
     assert "--input sets the input size of an ONNX file" in capsys.readouterr().err
 
 

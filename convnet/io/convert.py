@@ -17,9 +17,10 @@ from convnet.io.weights import model_paths, save_model, save_tensors
 OUT = (".json", ".safetensors", ".onnx")
 
 
-def read_any(path, model=None, num_classes=None):
-    """A model from a convnet model file, an ONNX file, or weights plus ``model``."""
-    from convnet.spec import FILES, check_classes, resolve_model
+def read_any(path, model=None, num_classes=None, input_shape=None):
+    """A model from a convnet model file, an ONNX file, or weights plus ``model``;
+    input_shape (C, H, W): the size of an ONNX file whose graph leaves it open."""
+    from convnet.spec import FILES, check_classes, check_open_input, resolve_model
 
     path = Path(path)
     if path.suffix.lower() not in FILES:
@@ -29,14 +30,15 @@ def read_any(path, model=None, num_classes=None):
     if path.suffix.lower() == ".onnx" and model is not None:
         raise ValueError(f"{path}: an ONNX file carries its own architecture and "
                          "classifier; --model does not apply to it")
-    net = resolve_model(str(path), num_classes=num_classes, architecture=model)
+    net = resolve_model(str(path), num_classes=num_classes, architecture=model,
+                        input_shape=check_open_input(path, input_shape))
     return check_classes(net, num_classes, str(path), model)
 
 
-def convert(src, dst, model=None, num_classes=None, overwrite=False):
+def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape=None):
     """Convert ``src`` to ``dst`` (formats by suffix); returns the written path. A file it
     would write (for .json, the model's .safetensors too) that exists already is a
-    ValueError unless overwrite=True."""
+    ValueError unless overwrite=True. input_shape: as read_any's."""
     dst = Path(dst)
     if dst.suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
@@ -45,7 +47,7 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False):
     if held and not overwrite:
         raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "
                          f"{'them' if len(held) > 1 else 'it'}, or choose another OUT")
-    net = read_any(src, model, num_classes)
+    net = read_any(src, model, num_classes, input_shape)
     if dst.suffix == ".json":
         return save_model(net, dst, **getattr(net, "info", {}))
     if dst.suffix == ".safetensors":

@@ -774,3 +774,18 @@ def test_shape_arithmetic_is_worked_out_once_per_tensor(tmp_path, monkeypatch):
         path = make_model(bad, {}, [1, 2, 2, 2], [1, 8], tmp_path / "bad.onnx", opset=13)
         with pytest.raises(ValueError, match=message):
             load_onnx(path)
+
+
+def test_torchvisions_densenet_layout_is_read_as_dense_blocks(tmp_path):
+    """torchvision's DenseNet concatenates every earlier feature before each layer and at
+    the block's end (Concat(x0, f1, ..., fk)); it had been refused. It is read as
+    convnet's running Concat(x, layer(x)), with PyTorch's keys."""
+    from tests.torch_models import DenseNet
+    torch.manual_seed(6)
+    net = torch_model(lambda: DenseNet(8, (2, 3), 16, 10, stem="cifar"))
+    path = torch_export(net, tmp_path / "densenet.onnx", (3, 8, 8),
+                        training=torch.onnx.TrainingMode.PRESERVE)
+    model = load_onnx(path)
+    assert isinstance(model["features"]["denseblock1"], DenseBlock)
+    compare_with_torch(net, model, (3, 8, 8))
+    assert list(model.state_dict()) == list(net.state_dict())

@@ -22,7 +22,8 @@ then the graph's shape is read back into convnet's containers: a chain of layers
 Sequential; where a tensor forks, the paths must meet again at one Add (a Residual: body
 plus shortcut, the identity when one path is empty) or one Concat along channels (a
 Concat of branches; a run of Concat(x, layer(x)) named like one stage becomes a
-DenseBlock). A graph that is not nested forks and joins of this kind (a path that leaves
+DenseBlock, and so does torchvision's DenseNet, whose Concat(x0, f1, ..., fk) of all
+features so far is read as Concat(the Concat before, fk)). A graph that is not nested forks and joins of this kind (a path that leaves
 one branch for another) is refused with a ValueError naming the node.
 
 Layer names come from the node names: dotted names (``layer1.0.conv1``, as export_onnx
@@ -629,6 +630,8 @@ class _Importer:
         self.shapes[self.input] = self.input_shape
         self.nodes = self._live_nodes()
         self._check_copies()
+        self.step_names = {}    # _running_concats' names of its rewritten Concats
+        self._running_concats()
         self.consts = {t.name: self._array(t) for t in self.graph.initializer}
         self.consumers = {}
         for node in self.nodes:
@@ -712,6 +715,42 @@ class _Importer:
             if extra and (extra in self.consumers or extra == self.output):
                 raise self.error(node, f"its output {extra!r} ({what}) is used; convnet "
                                        "computes only the first output")
+
+    def _running_concats(self):
+        """torchvision's DenseNet concatenates all the features so far before each layer
+        and at the block's end: Concat(x0, f1, ..., fk) after Concat(x0, ..., fk-1). Each
+        such Concat is read as Concat(the one before, fk), and a Concat of one tensor as
+        that tensor: the running Concat(x, layer(x)) of convnet's DenseBlock, the same
+        values."""
+        earlier, readers, producer = {}, {}, {}
+        for node in self.nodes:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+            producer.update((name, node) for name in node.output)
+        for node in self.nodes:
+            if node.op_type != "Concat" or any(a.name == "axis" and a.i not in (1, -3)
+                                               for a in node.attribute):
+                continue
+            inputs = tuple(node.input)
+            if len(inputs) == 1:
+                self.alias[node.output[0]] = inputs[0]
+                self.done.add(id(node))
+            elif inputs[:-1] in earlier:
+                running = earlier[inputs[:-1]]
+                del node.input[:]
+                node.input.extend([running, inputs[-1]])
+                # the step is named as its layer is: from its first node to its last
+                first = next((n for n in readers.get(running, []) if n.op_type != "Concat"),
+                             None)
+                last = producer.get(inputs[-1])
+                if first is not None and last is not None:
+                    a, b = (_path(self._module_name(n) or n.name, n.op_type, 0)[0] or []
+                            for n in (first, last))
+                    common = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                                     min(len(a), len(b)))]
+                    if common:
+                        self.step_names[id(node)] = ".".join(common)
+            earlier.setdefault(inputs, node.output[0])
 
     # -- the wiring, the input, the live nodes -------------------------------------------------
     def _check_wiring(self):
@@ -991,7 +1030,7 @@ class _Importer:
     def path(self, node):
         """_path of the node's name (or of its PyTorch module's, _module_name), refused
         when it nests deeper than MAX_DEPTH."""
-        name = self._module_name(node) or node.name
+        name = self.step_names.get(id(node)) or self._module_name(node) or node.name
         path, fallback = _path(name, node.op_type, len(self.units))
         if path is None:
             raise self.error(node, f"its name nests more than {limits.MAX_DEPTH} levels deep "

@@ -23,8 +23,9 @@ Sequential; where a tensor forks, the paths must meet again at one Add (a Residu
 plus shortcut, the identity when one path is empty) or one Concat along channels (a
 Concat of branches; a run of Concat(x, layer(x)) named like one stage becomes a
 DenseBlock, and so does torchvision's DenseNet, whose Concat(x0, f1, ..., fk) of all
-features so far is read as Concat(the Concat before, fk)). A graph that is not nested forks and joins of this kind (a path that leaves
-one branch for another) is refused with a ValueError naming the node.
+features so far is read as Concat(the Concat before, fk)). A graph that is not nested
+forks and joins of this kind (a path that leaves one branch for another) is refused with
+a ValueError naming the node.
 
 Layer names come from the node names: dotted names (``layer1.0.conv1``, as export_onnx
 writes them) and PyTorch's scope names (``/layer1/layer1.0/conv1/Conv``) are rebuilt

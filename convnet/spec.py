@@ -100,8 +100,8 @@ def check_open_input(spec, input_shape):
     """input_shape for eval, predict and convert: only an ONNX file takes one (the size its
     graph leaves open); any other model records its own. Returns it."""
     if input_shape is not None and Path(str(spec)).suffix.lower() != ".onnx":
-        raise ValueError(f"{spec}: --input sets the input size of an ONNX file whose graph "
-                         f"leaves it open; {spec} records its own")
+        raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX "
+                         f"file whose graph leaves it open; this model records its own")
     return input_shape
 
 

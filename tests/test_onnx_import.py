@@ -704,13 +704,13 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
-    assert "--input sets the input size of an ONNX file" in capsys.readouterr().err
+    assert "--input (input_shape) sets the input size of an ONNX file" in capsys.readouterr().err
     assert main(["convert", str(path), str(tmp_path / "fixed.json"), "--input", "3x8x8"]) == 0
     assert load_model(tmp_path / "fixed.json").input_shape == (3, 8, 8)
     capsys.readouterr()
     assert main(["convert", str(tmp_path / "fixed.json"), str(tmp_path / "o.onnx"), "--input",
                  "3x9x9"]) == 1
-    assert "--input sets the input size of an ONNX file" in capsys.readouterr().err
+    assert "--input (input_shape) sets the input size of an ONNX file" in capsys.readouterr().err
 
 
 def test_nodes_named_by_operator_take_their_pytorch_modules_names(tmp_path):
@@ -789,3 +789,21 @@ def test_torchvisions_densenet_layout_is_read_as_dense_blocks(tmp_path):
     assert isinstance(model["features"]["denseblock1"], DenseBlock)
     compare_with_torch(net, model, (3, 8, 8))
     assert list(model.state_dict()) == list(net.state_dict())
+
+
+def test_a_concat_that_only_shares_a_prefix_is_not_read_as_a_dense_step(tmp_path):
+    """Concat(x, x) and Concat(x, x, c) in two branches of an Add: the second does not
+    extend the first (c is not computed from it), and the graph reads as it did."""
+    rng = np.random.default_rng(10)
+    inits = {f"m.{k}.weight": rng.standard_normal(shape) for k, shape in (
+        ("c", (2, 2, 1, 1)), ("p", (3, 4, 1, 1)), ("q", (3, 6, 1, 1)))}
+    nodes = [helper.make_node("Conv", ["x", "m.c.weight"], ["c"], name="m.c"),
+             helper.make_node("Concat", ["x", "x"], ["y1"], name="m.cat1", axis=1),
+             helper.make_node("Concat", ["x", "x", "c"], ["y2"], name="m.cat2", axis=1),
+             helper.make_node("Conv", ["y1", "m.p.weight"], ["p"], name="m.p"),
+             helper.make_node("Conv", ["y2", "m.q.weight"], ["q"], name="m.q"),
+             helper.make_node("Add", ["p", "q"], ["y"], name="m.add")]
+    path = make_model(nodes, inits, [1, 2, 4, 4], [1, 3, 4, 4], tmp_path / "prefix.onnx")
+    model = load_onnx(path)
+    assert isinstance(model["m"], Residual)
+    compare_with_ort(path, model, (2, 4, 4))

@@ -719,39 +719,49 @@ class _Importer:
 
     def _running_concats(self):
         """torchvision's DenseNet concatenates all the features so far before each layer
-        and at the block's end: Concat(x0, f1, ..., fk) after Concat(x0, ..., fk-1). Each
-        such Concat is read as Concat(the one before, fk), and a Concat of one tensor as
-        that tensor: the running Concat(x, layer(x)) of convnet's DenseBlock, the same
-        values."""
-        earlier, readers, producer = {}, {}, {}
+        and at the block's end: Concat(x0, f1, ..., fk) after Concat(x0, ..., fk-1), fk
+        computed from that earlier Concat by a chain of layers. Each such Concat is read
+        as Concat(the one before, fk), and a Concat of one tensor as that tensor: the
+        running Concat(x, layer(x)) of convnet's DenseBlock, the same values. The step is
+        named as its layer is (the common path of the chain's first and last node)."""
+        earlier, producer = {}, {}
         for node in self.nodes:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
             producer.update((name, node) for name in node.output)
         for node in self.nodes:
-            if node.op_type != "Concat" or any(a.name == "axis" and a.i not in (1, -3)
-                                               for a in node.attribute):
+            if node.op_type != "Concat" or [(a.name, a.i) for a in node.attribute] != [
+                    ("axis", 1)]:
                 continue
             inputs = tuple(node.input)
+            chain = self._chain(producer, inputs[-1], earlier.get(inputs[:-1]))
             if len(inputs) == 1:
                 self.alias[node.output[0]] = inputs[0]
                 self.done.add(id(node))
-            elif inputs[:-1] in earlier:
-                running = earlier[inputs[:-1]]
+            elif chain:
                 del node.input[:]
-                node.input.extend([running, inputs[-1]])
-                # the step is named as its layer is: from its first node to its last
-                first = next((n for n in readers.get(running, []) if n.op_type != "Concat"),
-                             None)
-                last = producer.get(inputs[-1])
-                if first is not None and last is not None:
-                    a, b = (_path(self._module_name(n) or n.name, n.op_type, 0)[0] or []
-                            for n in (first, last))
-                    common = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
-                                     min(len(a), len(b)))]
-                    if common:
-                        self.step_names[id(node)] = ".".join(common)
+                node.input.extend([earlier[inputs[:-1]], inputs[-1]])
+                a, b = (_path(self._module_name(n) or n.name, n.op_type, 0)[0] or []
+                        for n in (chain[-1], chain[0]))
+                common = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                                 min(len(a), len(b)))]
+                if common:
+                    self.step_names[id(node)] = ".".join(common)
             earlier.setdefault(inputs, node.output[0])
+
+    def _chain(self, producer, end, start):
+        """The nodes from tensor ``start`` to tensor ``end``, last first, when ``end`` is
+        computed from ``start`` alone by at most _MAX_SHAPE_CHAIN nodes that each read one
+        tensor that is not a constant; else []."""
+        chain, name = [], end
+        while start is not None and name != start and len(chain) < _MAX_SHAPE_CHAIN:
+            node = producer.get(name)
+            data = [] if node is None else [
+                n for n in node.input if n and n not in self.inits
+                and getattr(producer.get(n), "op_type", None) != "Constant"]
+            if node is None or len(data) != 1:
+                return []
+            chain.append(node)
+            name = data[0]
+        return chain if start is not None and name == start and chain else []
 
     # -- the wiring, the input, the live nodes -------------------------------------------------
     def _check_wiring(self):

@@ -115,6 +115,7 @@ _MAX_RANK = 8                   # dims of one tensor
 # chain of them read.
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
 _MAX_SHAPE_CHAIN = 64
+_MAX_LAYER_CHAIN = 64   # nodes of one dense layer that _running_concats follows back
 # torch's newer exporter's metadata: each node's module scopes, outermost first.
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _MAX_SCOPES_TEXT = 4096
@@ -749,10 +750,10 @@ class _Importer:
 
     def _chain(self, producer, end, start):
         """The nodes from tensor ``start`` to tensor ``end``, last first, when ``end`` is
-        computed from ``start`` alone by at most _MAX_SHAPE_CHAIN nodes that each read one
+        computed from ``start`` alone by at most _MAX_LAYER_CHAIN nodes that each read one
         tensor that is not a constant; else []."""
         chain, name = [], end
-        while start is not None and name != start and len(chain) < _MAX_SHAPE_CHAIN:
+        while start is not None and name != start and len(chain) < _MAX_LAYER_CHAIN:
             node = producer.get(name)
             data = [] if node is None else [
                 n for n in node.input if n and n not in self.inits

@@ -1,6 +1,8 @@
 """ONNX import: export_onnx round trips, torch.onnx.export files, hand-made graphs, errors
 and external data, each compared with the model it came from or with onnxruntime."""
 
+import contextlib
+import io
 import os
 import warnings
 
@@ -391,6 +393,22 @@ def test_reduce_mean_and_squeeze_over_other_axes_are_refused(tmp_path):
         onnx.save(proto, str(path))
         with pytest.raises(ValueError, match=message):
             load_onnx(path)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("mode, onnx_mode", [("reflect", "reflect"), ("replicate", "edge")])
+def test_a_padding_mode_other_than_zeros_is_named_at_its_pad(tmp_path, mode, onnx_mode,
+                                                             dynamo):
+    """torch's older exporter computes a reflect Pad's pads with ConstantOfShape, Slice and
+    Concat; the error names the Pad and its mode, not the first of those."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode))
+    path = tmp_path / "pad.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=dynamo)
+    with pytest.raises(ValueError, match=f"\\(Pad\\): padding mode '{onnx_mode}' is not "
+                                         "read: convnet pads with zeros only"):
+        load_onnx(path)
 
 
 # -- hand-made graphs, checked against onnxruntime ------------------------------------------

@@ -931,8 +931,36 @@ class _Importer:
         return model.eval()
 
     def _unsupported(self, node):
+        pad = self._pad_ahead(node)
+        if pad is not None:
+            mode = self.attrs(pad).string("mode", "constant", None)
+            return self.error(pad, f"padding mode {_show(mode)} is not read: convnet pads "
+                                   "with zeros only, in a Conv's pads (PyTorch's "
+                                   "padding_mode='zeros')")
         return self.error(node, f"unsupported operator {_show(node.op_type)}; convnet reads "
                                 f"{', '.join(SUPPORTED)} {_NOTES}")
+
+    def _pad_ahead(self, node):
+        """The Pad with a mode other than "constant" that node is, or that node's outputs
+        reach through at most _MAX_SHAPE_CHAIN nodes (torch's older exporter computes a
+        reflect or replicate Pad's pads with ConstantOfShape, Slice and Concat); None if
+        there is none."""
+        seen, frontier = set(), [node]
+        for _ in range(_MAX_SHAPE_CHAIN):
+            following = []
+            for current in frontier:
+                if current.op_type == "Pad" and \
+                        self.attrs(current).string("mode", "constant", None) != "constant":
+                    return current
+                for out in current.output:
+                    for user in self.consumers.get(out, []):
+                        if id(user) not in seen:
+                            seen.add(id(user))
+                            following.append(user)
+            if not following:
+                return None
+            frontier = following
+        return None
 
     def _shape_arithmetic(self, node):
         """Whether node computes on shapes rather than data: a Shape, or one of _SHAPE_OPS

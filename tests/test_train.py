@@ -203,6 +203,19 @@ def test_nothing_in_a_run_directory_is_a_pickle(tmp_path):
         assert head != b"\x80\x04" and head != b"\x80\x02", path
 
 
+def test_fine_tuning_a_model_that_takes_vectors_is_refused_by_name(tmp_path):
+    from convnet.io import save_model
+    from convnet.models.notation import from_notation
+    model = from_notation("INPUT 64 -> FC 16 -> RELU -> FC 10")
+    save_model(model, tmp_path / "mlp.json")
+    with pytest.raises(ValueError, match=r"mlp.json: training needs a model whose input is "
+                                         r"an image \(C, H, W\); its input_shape is \(64,\)"):
+        train(TrainConfig(data="digits", epochs=1, out=str(tmp_path / "run"),
+                          init_from=str(tmp_path / "mlp.json")),
+              log=lambda *a: None, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fine_tuning_freezes_stages_and_replaces_the_head(tmp_path, capsys):
     quiet = dict(log=lambda *a: None, progress=False)
     staged = ("INPUT 8x8x1 -> CONV 8 -> RELU -> POOL -> FC 10")

@@ -378,8 +378,13 @@ def _initial_model(cfg, log):
         raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
                          f"--model (it names the architecture of a weights file)")
     model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
-    if getattr(model, "input_shape", None) is None:
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
         raise ValueError(f"{cfg.init_from}: the model has no input size")
+    if len(shape) != 3:
+        raise ValueError(f"{cfg.init_from}: training needs a model whose input is an image "
+                         f"(C, H, W); its input_shape is {tuple(shape)!r} (a model that "
+                         f"takes vectors: export it with its flatten, nn.Flatten(), first)")
     log(f"fine-tuning {cfg.init_from} ({model.num_params():,} parameters)")
     return model
 

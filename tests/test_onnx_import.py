@@ -809,6 +809,32 @@ def test_torchvisions_densenet_layout_is_read_as_dense_blocks(tmp_path):
     assert list(model.state_dict()) == list(net.state_dict())
 
 
+def test_torchvisions_densenet_layout_from_the_newer_exporter(tmp_path):
+    """torch's newer (dynamo) exporter drops each block's one-input Concat(x0), so a block
+    starts at Concat(x0, f1); it is read as a DenseBlock all the same. That exporter folds
+    each layer's second batch norm into its first CONV, which gains a bias."""
+    from tests.torch_models import DenseNet
+    torch.manual_seed(6)
+    net = torch_model(lambda: DenseNet(8, (2, 3), 16, 10, stem="cifar"))
+    path = tmp_path / "densenet.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 8, 8),), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("N")},))
+    assert [len(n.input) for n in onnx.load(str(path)).graph.node if n.op_type == "Concat"] \
+        == [2, 3, 2, 3, 4]
+    model = load_onnx(path)
+    blocks = model["features"]
+    assert [type(blocks[name]) for name in ("denseblock1", "denseblock2")] == [DenseBlock] * 2
+    assert [layer.name.rsplit(".", 1)[1] for layer in blocks["denseblock2"]] == [
+        "denselayer1", "denselayer2", "denselayer3"]
+    compare_with_torch(net, model, (3, 8, 8))
+    ours, theirs = set(model.state_dict()), set(net.state_dict())
+    assert ours - theirs == {f"features.denseblock{b}.denselayer{i}.conv1.bias"
+                             for b, n in ((1, 2), (2, 3)) for i in range(1, n + 1)}
+    assert {key.rsplit(".", 2)[1] for key in theirs - ours} == {"norm2"}
+
+
 def test_a_concat_that_only_shares_a_prefix_is_not_read_as_a_dense_step(tmp_path):
     """Concat(x, x) and Concat(x, x, c) in two branches of an Add: the second does not
     extend the first (c is not computed from it), and the graph reads as it did."""

@@ -733,13 +733,15 @@ class _Importer:
                     ("axis", 1)]:
                 continue
             inputs = tuple(node.input)
-            chain = self._chain(producer, inputs[-1], earlier.get(inputs[:-1]))
+            # torch's newer exporter drops the one-input Concat(x0): Concat(x0, f1) starts
+            start = earlier.get(inputs[:-1], inputs[0] if len(inputs) == 2 else None)
+            chain = self._chain(producer, inputs[-1], start)
             if len(inputs) == 1:
                 self.alias[node.output[0]] = inputs[0]
                 self.done.add(id(node))
             elif chain:
                 del node.input[:]
-                node.input.extend([earlier[inputs[:-1]], inputs[-1]])
+                node.input.extend([start, inputs[-1]])
                 a, b = (_path(self._module_name(n) or n.name, n.op_type, 0)[0] or []
                         for n in (chain[-1], chain[0]))
                 common = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y),

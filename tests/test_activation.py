@@ -1,4 +1,4 @@
-"""ReLU, LeakyReLU, Tanh, Sigmoid: gradients, PyTorch parity, caches, errors."""
+"""ReLU, ReLU6, LeakyReLU, Tanh, Sigmoid: gradients, PyTorch parity, caches, errors."""
 
 import json
 import re
@@ -10,9 +10,12 @@ import torch
 
 from convnet.functional.activation import (
     LeakyReluCache,
+    Relu6Cache,
     ReluCache,
     leaky_relu_backward,
     leaky_relu_forward,
+    relu6_backward,
+    relu6_forward,
     relu_backward,
     relu_forward,
     sigmoid_backward,
@@ -20,7 +23,7 @@ from convnet.functional.activation import (
     tanh_backward,
     tanh_forward,
 )
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from tests.utils import check_layer_grads, numerical_grad, rel_error
 
 SEEDS = range(300)
@@ -46,6 +49,10 @@ def make(op, rng):
         return ReLU(), torch.relu
     if op == "relu_inplace":
         return ReLU(inplace=True), torch.relu
+    if op == "relu6":
+        return ReLU6(), torch.nn.functional.relu6
+    if op == "relu6_inplace":
+        return ReLU6(inplace=True), torch.nn.functional.relu6
     if op == "leaky":
         slope = random_slope(rng)
         return LeakyReLU(slope), lambda t: torch.nn.functional.leaky_relu(t, slope)
@@ -59,13 +66,24 @@ def away_from_zero(rng, shape):
     return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 2.0, size=shape)
 
 
+def away_from_kinks(rng, shape):
+    """Inputs in [-8, 8] at least 0.1 from ReLU6's kinks at 0 and 6."""
+    x = rng.uniform(-8, 8, size=shape)
+    near = np.abs(x) < 0.1
+    x[near] += 0.2
+    near = np.abs(x - 6) < 0.1
+    x[near] += 0.2
+    return x
+
+
 # -- gradients against central differences (float64) -------------------------------------
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(), LeakyReLU(0.3), LeakyReLU(-0.5),
-                                   Tanh(), Sigmoid()], ids=repr)
+@pytest.mark.parametrize("layer", [ReLU(), ReLU6(), LeakyReLU(), LeakyReLU(0.3),
+                                   LeakyReLU(-0.5), Tanh(), Sigmoid()], ids=repr)
 def test_gradient_check(layer, shape):
     rng = np.random.default_rng(len(shape))
     x = away_from_zero(rng, shape) if isinstance(layer, (ReLU, LeakyReLU)) else (
+        away_from_kinks(rng, shape) if isinstance(layer, ReLU6) else
         rng.standard_normal(shape) * 2)
     errors = check_layer_grads(layer, x)
     assert errors["x"] < 1e-7, errors
@@ -73,6 +91,7 @@ def test_gradient_check(layer, shape):
 
 FUNCTIONAL = {
     "relu": (relu_forward, relu_backward),
+    "relu6": (relu6_forward, relu6_backward),
     "leaky": (lambda x: leaky_relu_forward(x, 0.1), leaky_relu_backward),
     "tanh": (tanh_forward, tanh_backward),
     "sigmoid": (sigmoid_forward, sigmoid_backward),
@@ -83,7 +102,7 @@ FUNCTIONAL = {
 def test_gradient_check_functional(name):
     forward, backward = FUNCTIONAL[name]
     rng = np.random.default_rng(1)
-    x = away_from_zero(rng, (3, 4, 5))
+    x = (away_from_kinks if name == "relu6" else away_from_zero)(rng, (3, 4, 5))
     dout = rng.standard_normal(x.shape)
     dx = backward(dout, forward(x)[1])
     assert rel_error(dx, numerical_grad(lambda: forward(x)[0], x, dout)) < 1e-7
@@ -91,11 +110,14 @@ def test_gradient_check_functional(name):
 
 # -- PyTorch, forward and backward, float64 ----------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("op", ["relu", "relu_inplace", "leaky", "tanh", "sigmoid"])
+@pytest.mark.parametrize("op", ["relu", "relu_inplace", "relu6", "relu6_inplace", "leaky",
+                                "tanh", "sigmoid"])
 def test_matches_torch(op, seed):
     rng = np.random.default_rng(seed)
     layer, tfn = make(op, rng)
     x = random_input(rng)
+    if op.startswith("relu6"):                           # its upper kink, exactly
+        x[rng.random(x.shape) < 0.15] = 6.0
     dout = rng.standard_normal(x.shape)
     tx = torch.from_numpy(x.copy()).requires_grad_()
     tout = tfn(tx)
@@ -118,7 +140,7 @@ def test_matches_torch(op, seed):
         assert rel_error(dx, expected) < 1e-10
         slack = 1e-10 * np.abs(tx.grad.numpy()) + 4 * np.finfo(np.float64).eps * np.abs(dout)
         assert np.all(np.abs(dx - tx.grad.numpy()) <= slack)
-    if op == "relu_inplace":
+    if op.endswith("_inplace"):
         assert out is xin
     else:
         np.testing.assert_array_equal(xin, x)        # the input is left alone
@@ -133,10 +155,14 @@ def test_gradient_at_zero_follows_torch():
     leaky = LeakyReLU(0.25)
     leaky.forward(x)
     np.testing.assert_array_equal(leaky.backward(dout), 0.25)
+    relu6 = ReLU6()
+    for at in (0.0, 6.0):
+        relu6.forward(np.full((2, 3), at))
+        np.testing.assert_array_equal(relu6.backward(dout), 0.0)
 
 
 @pytest.mark.parametrize("seed", range(20))
-@pytest.mark.parametrize("op", ["relu", "leaky", "tanh", "sigmoid"])
+@pytest.mark.parametrize("op", ["relu", "relu6", "leaky", "tanh", "sigmoid"])
 def test_float32_matches_float64(op, seed):
     rng = np.random.default_rng(seed)
     layer, _ = make(op, rng)
@@ -164,6 +190,17 @@ def test_sigmoid_tanh_saturate_without_overflow(dtype):
     np.testing.assert_allclose(sig, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-6)
     assert sig[0, 0] == 0.0 and sig[0, 3] == 0.5 and sig[0, -1] == 1.0
     np.testing.assert_array_equal(tanh[0, [0, -1]], [-1.0, 1.0])
+
+
+def test_relu6_at_nan_and_infinities_like_torch():
+    x = np.array([[-1.0, 0.0, np.nan, 2.0, -np.inf, np.inf, 6.0, 7.0]])
+    dout = np.arange(1.0, 9.0).reshape(1, 8)
+    layer = ReLU6()
+    out = layer.forward(x)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.relu6(xt).backward(torch.tensor(dout))
+    np.testing.assert_array_equal(out, torch.nn.functional.relu6(torch.tensor(x)).numpy())
+    np.testing.assert_array_equal(layer.backward(dout), xt.grad.numpy())
 
 
 def test_relu_passes_the_gradient_at_nan_like_torch():
@@ -207,15 +244,17 @@ def test_other_caches():
     leaky.forward(x)
     assert isinstance(leaky.cache, LeakyReluCache) and leaky.cache.positive.dtype == bool
     np.testing.assert_array_equal(leaky.cache.positive, [[False, False, True]])
-    for layer in (Tanh(), Sigmoid()):
+    for layer in (Tanh(), Sigmoid(), ReLU6()):
         out = layer.forward(x)
         assert layer.cache._fields == ("out",) and layer.cache.out is out
+    assert isinstance(layer.cache, Relu6Cache)
 
 
 # -- analysis and naming -----------------------------------------------------------------
 @pytest.mark.parametrize("layer, text, config", [
     (ReLU(), "ReLU()", {"type": "ReLU", "inplace": False}),
     (ReLU(inplace=True), "ReLU(inplace=True)", {"type": "ReLU", "inplace": True}),
+    (ReLU6(), "ReLU6()", {"type": "ReLU6", "inplace": False}),
     (LeakyReLU(), "LeakyReLU(0.01)", {"type": "LeakyReLU", "negative_slope": 0.01}),
     (LeakyReLU(0.2), "LeakyReLU(0.2)", {"type": "LeakyReLU", "negative_slope": 0.2}),
     (Tanh(), "Tanh()", {"type": "Tanh"}),
@@ -231,7 +270,7 @@ def test_repr_config_and_counts(layer, text, config):
 
 
 # -- errors ------------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(), Tanh(), Sigmoid()], ids=repr)
+@pytest.mark.parametrize("layer", [ReLU(), ReLU6(), LeakyReLU(), Tanh(), Sigmoid()], ids=repr)
 def test_input_errors(layer):
     with pytest.raises(ValueError, match=re.escape(repr(layer)) + ": expected a floating-point"):
         layer.forward(np.arange(6).reshape(2, 3))

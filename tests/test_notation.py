@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -146,6 +146,7 @@ KEYWORD_CASES = [
     ("L2POOL F3 S2 ceil", [LPPool2d], {"ceil_mode": True}, (4, 4, 4)),
     ("GAP", [AdaptiveAvgPool2d], {"output_size": (1, 1)}, (4, 1, 1)),
     ("RELU", [ReLU], {}, (4, 8, 8)),
+    ("RELU6", [ReLU6], {}, (4, 8, 8)),
     ("LEAKYRELU", [LeakyReLU], {"negative_slope": 0.01}, (4, 8, 8)),
     ("LEAKYRELU 0.2", [LeakyReLU], {"negative_slope": 0.2}, (4, 8, 8)),
     ("TANH", [Tanh], {}, (4, 8, 8)),
@@ -463,7 +464,8 @@ def to_torch(net):
         elif kind is Dropout:
             m = nn.Dropout(layer.p)
         else:
-            m = {ReLU: nn.ReLU, Tanh: nn.Tanh, Sigmoid: nn.Sigmoid, Flatten: nn.Flatten}[kind]()
+            m = {ReLU: nn.ReLU, ReLU6: nn.ReLU6, Tanh: nn.Tanh, Sigmoid: nn.Sigmoid,
+                 Flatten: nn.Flatten}[kind]()
         for key, value in layer.params.items():
             getattr(m, key).data = torch.tensor(value)
         modules.append(m)
@@ -476,6 +478,7 @@ TORCH_CASES = [
     "[CONV 6 F3x1 D2 G2 -> BN -> TANH]*2 -> L2POOL F2 floor -> FC 5 -> SIGMOID -> FC 3",
     "INPUT 12x12x4 -> LRN 3 1e-3 0.7 1.5 -> CONV 8 F1 -> POOL F3 S3 -> GAP -> DROPOUT 0 -> "
     "FC 6 -> BN -> RELU -> FC 2",
+    "INPUT 10x10x2 -> CONV 4 F3 -> BN -> RELU6 -> CONV 4 F3 G4 -> RELU6 -> GAP -> FC 3",
     "INPUT 11x9 -> [CONV 3 F3 P0 -> RELU]*2 -> POOL F2 S1 D2 ceil -> FLATTEN -> FC 4",
 ]
 

@@ -23,7 +23,7 @@ from tests.utils import rel_error
 EVERY_OP = ("INPUT 19x19x3 -> CONV 8 F3 P2 D2 -> BN -> RELU -> CONV 8 F3 G2 P1 -> LRN 5 "
             "-> POOL F3 S2 ceil -> LEAKYRELU 0.2 -> CONV 6 F1 -> AVGPOOL F3 S2 P1 ceil "
             "-> TANH -> L2POOL F2 S2 ceil -> LRN 4 2e-2 0.6 1.5 -> SIGMOID -> CONV 12 F1 "
-            "-> GAP -> DROPOUT 0.3 -> FC 16 -> BN -> RELU -> FC 10")
+            "-> RELU6 -> GAP -> DROPOUT 0.3 -> FC 16 -> BN -> RELU -> FC 10")
 
 
 def randomize_bn(model, rng):
@@ -66,7 +66,7 @@ def test_every_op(tmp_path):
     proto = check_export(model, tmp_path, (3, 19, 19), batches=(1, 3))
     ops = {node.op_type for node in proto.graph.node}
     assert {"Conv", "BatchNormalization", "Relu", "LRN", "MaxPool", "LeakyRelu",
-            "AveragePool", "Tanh", "Sigmoid", "GlobalAveragePool", "Gemm",
+            "AveragePool", "Tanh", "Sigmoid", "Clip", "GlobalAveragePool", "Gemm",
             "Flatten"} <= ops
     # initializers carry the model's dotted state-dict keys
     names = {init.name for init in proto.graph.initializer}

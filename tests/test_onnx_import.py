@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convnet.io.onnx_import as onnx_import
 from convnet.io import export_onnx, load_model, load_onnx
-from convnet.layers.activation import ReLU
+from convnet.layers.activation import ReLU, ReLU6
 from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
@@ -556,7 +556,7 @@ def gemm_graph(tmp_path, **attrs):
     (lambda p: make_model([helper.make_node("Elu", ["x"], ["y"], name="act")], {},
                           [1, 2, 3, 3], None, p / "bad.onnx"),
      r"node 'act' \(Elu\): unsupported operator 'Elu'; convnet reads Add, AveragePool, "
-     r"BatchNormalization, Concat, Constant, Conv"),
+     r"BatchNormalization, Clip, Concat, Constant, Conv"),
     (lambda p: make_model([helper.make_node("LRN", ["x"], ["y"], name="norm", size=4)], {},
                           [1, 6, 3, 3], None, p / "bad.onnx"),
      r"node 'norm' \(LRN\): attribute size=4 is not supported: for an even size"),
@@ -572,6 +572,61 @@ def gemm_graph(tmp_path, **attrs):
 def test_unrepresentable_graphs_are_named(tmp_path, build, message):
     with pytest.raises(ValueError, match=r"bad\.onnx: " + message):
         load_onnx(build(tmp_path))
+
+
+def clip_graph(tmp_path, bounds, opset):
+    """Clip(x, min, max): the bounds as inputs (opset 11 on) or attributes (before)."""
+    if opset >= 11:
+        names = [f"c{i}" if value is not None else "" for i, value in enumerate(bounds)]
+        while names and not names[-1]:
+            names.pop()
+        node = helper.make_node("Clip", ["x", *names], ["y"], name="act")
+        inits = {f"c{i}": np.array(value, np.float32) for i, value in enumerate(bounds)
+                 if value is not None}
+    else:
+        kwargs = {end: value for end, value in zip(("min", "max"), bounds) if value is not None}
+        node, inits = helper.make_node("Clip", ["x"], ["y"], name="act", **kwargs), {}
+    return make_model([node], inits, [1, 2, 3, 3], [1, 2, 3, 3], tmp_path / "clip.onnx",
+                      opset=opset)
+
+
+@pytest.mark.parametrize("opset", [6, 13])
+@pytest.mark.parametrize("bounds, layer", [((0.0, 6.0), ReLU6), ((0.0, None), ReLU)])
+def test_clip_to_0_6_is_relu6_and_to_0_is_relu(tmp_path, bounds, layer, opset):
+    path = clip_graph(tmp_path, bounds, opset)
+    model = load_onnx(path)
+    assert [type(m) for _, m in model.named_layers()] == [layer]
+    x = np.random.default_rng(0).uniform(-9, 9, (1, 2, 3, 3)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(model.infer(x), session.run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("opset", [6, 13])
+def test_other_clips_are_named(tmp_path, opset):
+    with pytest.raises(ValueError, match=r"node 'act' \(Clip\): Clip to \[-1.0, 1.0\] is not "
+                                         r"read: convnet reads Clip to \[0, 6\] \(ReLU6\)"):
+        load_onnx(clip_graph(tmp_path, (-1.0, 1.0), opset))
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_relu6_net_imports_as_relu6(tmp_path, dynamo):
+    """MobileNet's CONV -> BN -> ReLU6 and a depthwise CONV, from either exporter."""
+    torch.manual_seed(3)
+    net = torch_model(lambda: torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU6(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)))
+    path = tmp_path / "relu6.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 8, 8) * 4,), str(path), dynamo=dynamo)
+    model = load_onnx(path)
+    assert sum(isinstance(m, ReLU6) for _, m in model.named_layers()) == 2
+    for n in (1, 3):
+        x = torch.randn(n, 3, 8, 8) * 4
+        with torch.no_grad():
+            expected = net(x).numpy()
+        np.testing.assert_allclose(model.infer(x.numpy()), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_dag_that_is_not_nested_blocks_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnet.layers.activation import ReLU
+from convnet.layers.activation import ReLU, ReLU6
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -306,6 +306,8 @@ def to_torch(model):
                       dtype=dtype)
     elif isinstance(model, ReLU):
         return nn.ReLU(inplace=model.inplace)
+    elif isinstance(model, ReLU6):
+        return nn.ReLU6(inplace=model.inplace)
     elif isinstance(model, MaxPool2d):
         return nn.MaxPool2d(model.kernel_size, model.stride, model.padding, model.dilation,
                             ceil_mode=model.ceil_mode)

@@ -4,8 +4,8 @@ Each op works on an array of any shape and keeps its dtype. The caches hold only
 backward pass needs, as in teenygrad's ``mlops.py``: ReLU, tanh and sigmoid keep their
 output (their derivatives are functions of it), leaky ReLU keeps a boolean mask.
 
-At the kink x = 0 the gradients follow PyTorch: ReLU passes 0, leaky ReLU passes
-``negative_slope`` (the derivative from the left).
+At the kinks the gradients follow PyTorch: ReLU passes 0 at x = 0, leaky ReLU passes
+``negative_slope`` (the derivative from the left), ReLU6 passes 0 at x = 0 and x = 6.
 """
 
 from __future__ import annotations
@@ -43,6 +43,33 @@ def relu_backward(dout, cache):
     dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
     split_parallel(lambda d, o, g: np.multiply(d, o != 0, out=g), dout, cache.out, dx)
     return dx   # dout times a bool mask, written straight into dx
+
+
+class Relu6Cache(NamedTuple):
+    out: np.ndarray       # min(max(0, x), 6); gradient flows where 0 < out < 6
+
+
+def relu6_forward(x, inplace=False):
+    """ReLU6 (MobileNet's): min(max(0, x), 6) elementwise.
+
+    x: any shape. Returns out (same shape and dtype) and a cache holding only ``out``;
+    ``inplace=True`` writes the result into x, as relu_forward does.
+
+    >>> relu6_forward(np.array([-1.0, 2.0, 7.0]))[0]
+    array([0., 2., 6.])
+    """
+    out = x if inplace else np.empty(x.shape, dtype=x.dtype)
+    split_parallel(lambda a, b: np.clip(a, 0, 6, out=b), x, out)
+    return out, Relu6Cache(out)
+
+
+def relu6_backward(dout, cache):
+    """dx = dout where 0 < x < 6, else 0 (0 at x = 0 and x = 6, and for NaN, as PyTorch's
+    hardtanh_backward)."""
+    dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
+    split_parallel(lambda d, o, g: np.multiply(d, (o > 0) & (o < 6), out=g),
+                   dout, cache.out, dx)
+    return dx
 
 
 class LeakyReluCache(NamedTuple):

@@ -5,7 +5,7 @@ becomes one ONNX node (or a few), each container its children's nodes plus the j
 
     Conv2d -> Conv              MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
     LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool
-    ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid
+    ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
     Linear -> Gemm (transB=1)   Flatten -> Flatten(axis=1)
     BatchNorm2d/1d -> BatchNormalization (running statistics)
     LocalResponseNorm -> LRN    Dropout, Identity, GoogLeNet's AuxClassifier -> Identity
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.io.weights import atomic_write
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
@@ -239,6 +239,10 @@ class _Graph:
     def activation(self, layer, x, shape, out_shape, base):
         if isinstance(layer, LeakyReLU):
             return self.node("LeakyRelu", [x], base, alpha=layer.negative_slope)
+        if isinstance(layer, ReLU6):
+            bounds = [self.const(f"{base}.{end}", value) for end, value in (("min", 0),
+                                                                           ("max", 6))]
+            return self.node("Clip", [x, *bounds], base)
         op = {ReLU: "Relu", Tanh: "Tanh", Sigmoid: "Sigmoid"}[type(layer)]
         return self.node(op, [x], base)
 
@@ -312,8 +316,9 @@ def _pool_pads(layer, shape, out_shape):
 _LEAVES = {
     Conv2d: _Graph.conv, MaxPool2d: _Graph.maxpool, AvgPool2d: _Graph.avgpool,
     LPPool2d: _Graph.lppool, AdaptiveAvgPool2d: _Graph.adaptive_avgpool,
-    ReLU: _Graph.activation, LeakyReLU: _Graph.activation, Tanh: _Graph.activation,
-    Sigmoid: _Graph.activation, Linear: _Graph.linear, Flatten: _Graph.flatten,
+    ReLU: _Graph.activation, ReLU6: _Graph.activation, LeakyReLU: _Graph.activation,
+    Tanh: _Graph.activation, Sigmoid: _Graph.activation, Linear: _Graph.linear,
+    Flatten: _Graph.flatten,
     BatchNorm2d: _Graph.batchnorm, BatchNorm1d: _Graph.batchnorm,
     LocalResponseNorm: _Graph.lrn, Dropout: _Graph.identity, Identity: _Graph.identity,
 }

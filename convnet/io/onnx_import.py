@@ -6,6 +6,7 @@ The graph is read node by node, each node (or a small group of nodes) becoming a
     LpPool (even p) -> LPPool2d    GlobalAveragePool -> AdaptiveAvgPool2d(1)
     ReduceMean over H and W -> AdaptiveAvgPool2d(1) (and Flatten without keepdims)
     Relu, LeakyRelu, Tanh, Sigmoid -> ReLU, LeakyReLU, Tanh, Sigmoid
+    Clip(0, 6) -> ReLU6              Clip(0, no max) -> ReLU
     Gemm, MatMul (+ Add of a bias) -> Linear      Flatten(axis=1), Reshape(N, -1) -> Flatten
     Squeeze of size-1 axes -> Flatten
     BatchNormalization -> BatchNorm2d / BatchNorm1d (running statistics)
@@ -82,7 +83,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.functional.conv import conv_output_size
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
@@ -93,7 +94,7 @@ from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 __all__ = ["load_onnx"]
 
-SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv",
+SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
              "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LRN",
              "LeakyRelu", "LogSoftmax", "LpPool", "MatMul", "MaxPool", "ReduceMean", "Relu",
              "Reshape", "Sigmoid", "Softmax", "Squeeze", "Tanh")
@@ -123,7 +124,7 @@ _MAX_WIRES = 4096               # inputs, outputs or attributes of a node (Dense
 _MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
 # (fewest, most) inputs of each operator read, None for no most; Pad, Pow, Mul, Div,
 # Unsqueeze and Squeeze occur in export_onnx's subgraphs
-_ARITY = {"Add": (2, 2), "AveragePool": (1, 1), "BatchNormalization": (5, 5),
+_ARITY = {"Add": (2, 2), "AveragePool": (1, 1), "BatchNormalization": (5, 5), "Clip": (1, 3),
           "Concat": (1, None), "Constant": (0, 0), "Conv": (2, 3), "Dropout": (1, 3),
           "Flatten": (1, 1), "Gemm": (2, 3), "GlobalAveragePool": (1, 1), "Identity": (1, 1),
           "LRN": (1, 1), "LeakyRelu": (1, 1), "LpPool": (1, 1), "MatMul": (2, 2),
@@ -1279,6 +1280,26 @@ class _Importer:
 
     def op_Sigmoid(self, node):
         self.add([node], self.data(node), Sigmoid())
+
+    def op_Clip(self, node):
+        """Clip to [0, 6] is ReLU6, to [0, no max] ReLU: min and max are inputs from opset
+        11 on, attributes before."""
+        attrs, bounds = self.attrs(node), []
+        for i, end in ((1, "min"), (2, "max")):
+            if len(node.input) > i and node.input[i]:
+                value = self.const(node.input[i])
+                number = _scalar(value)
+                if value is None or number is None:
+                    raise self.error(node, f"its {end} must be a constant number, got "
+                                           f"{'data' if value is None else value.shape}")
+            else:
+                number = attrs.float(end, None)
+            bounds.append(number)
+        layer = {(0.0, 6.0): ReLU6, (0.0, None): ReLU}.get(tuple(bounds))
+        if layer is None:
+            raise self.error(node, f"Clip to [{bounds[0]}, {bounds[1]}] is not read: convnet "
+                                   "reads Clip to [0, 6] (ReLU6) and to [0, no max] (ReLU)")
+        self.add([node], self.data(node), layer())
 
     def op_LeakyRelu(self, node):
         alpha = self.attrs(node).float("alpha", 0.01)

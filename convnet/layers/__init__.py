@@ -1,6 +1,6 @@
 """Layers: state (hyperparameters, params, grads, cache) around convnet.functional."""
 
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity, Layer
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
@@ -11,7 +11,7 @@ from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2
 
 __all__ = [
     "Layer", "Identity", "Conv2d", "LocallyConnected2d", "MaxPool2d", "AvgPool2d", "LPPool2d",
-    "AdaptiveAvgPool2d", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Linear", "Flatten",
+    "AdaptiveAvgPool2d", "ReLU", "ReLU6", "LeakyReLU", "Tanh", "Sigmoid", "Linear", "Flatten",
     "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm", "Dropout", "CrossEntropyLoss",
     "MultiMarginLoss",
 ]

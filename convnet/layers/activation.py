@@ -1,4 +1,4 @@
-"""Activation layers: ReLU, LeakyReLU, Tanh, Sigmoid (the notes' RELU layer and kin).
+"""Activation layers: ReLU, ReLU6, LeakyReLU, Tanh, Sigmoid (the notes' RELU layer and kin).
 
 They apply a fixed elementwise function ("RELU/POOL layers use a fixed function"), so they
 have no parameters and no hyperparameters beyond a slope, accept an array of any shape,
@@ -52,6 +52,44 @@ class ReLU(Layer):
 
     def __repr__(self):
         return "ReLU(inplace=True)" if self.inplace else "ReLU()"
+
+
+class ReLU6(Layer):
+    """ReLU6: min(max(0, x), 6) elementwise, as PyTorch's ``nn.ReLU6`` (MobileNet's
+    activation; ONNX writes it as Clip(x, 0, 6)).
+
+    Args:
+        inplace: overwrite the input with the result, as ReLU's ``inplace``.
+
+    Shapes: any, output = input. The cache keeps only the output; the gradient is 0 at
+    exactly x = 0 and x = 6, as in PyTorch.
+
+    >>> ReLU6()(np.array([[-1.0, 2.0, 8.0]]))
+    array([[0., 2., 6.]])
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = flag(inplace, "inplace", "ReLU6")
+
+    def forward(self, x):
+        check_array(x, self.where)
+        if self.inplace and not x.flags.writeable:
+            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
+                             f"read-only array of shape {x.shape}; pass x.copy()")
+        out, self.cache = A.relu6_forward(x, self.inplace)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.out.shape, self.where)
+        return A.relu6_backward(dout, cache)
+
+    def get_config(self):
+        return {"type": "ReLU6", "inplace": self.inplace}
+
+    def __repr__(self):
+        return "ReLU6(inplace=True)" if self.inplace else "ReLU6()"
 
 
 class LeakyReLU(Layer):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 
 from convnet import limits
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
@@ -27,7 +27,7 @@ from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 LAYERS = {cls.__name__: cls for cls in (
     Conv2d, LocallyConnected2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d, ReLU,
-    LeakyReLU, Tanh, Sigmoid, Linear, Flatten, BatchNorm1d, BatchNorm2d, LocalResponseNorm,
+    ReLU6, LeakyReLU, Tanh, Sigmoid, Linear, Flatten, BatchNorm1d, BatchNorm2d, LocalResponseNorm,
     Dropout, Identity)}
 CONTAINERS = {"Sequential": Sequential, "Concat": Concat, "DenseBlock": DenseBlock}
 # Each layer's constructor arguments: the fields its config may have.

@@ -21,7 +21,7 @@ options follow them, separated by spaces, in any order.
 ``AVGPOOL [F] [S] [P] [...]``      AvgPool2d, same options as POOL except D.
 ``L2POOL [F] [S] [ceil|floor]``    LPPool2d(2, ...): L2-norm pooling, no padding.
 ``GAP``                            AdaptiveAvgPool2d(1), global average pooling.
-``RELU``, ``TANH``, ``SIGMOID``    the activations; ``LEAKYRELU [slope]`` (0.01).
+``RELU``, ``RELU6``, ``TANH``, ``SIGMOID``    the activations; ``LEAKYRELU [slope]`` (0.01).
 ``BN``                             BatchNorm2d on a volume, BatchNorm1d on a vector.
 ``LRN [size [alpha [beta [k]]]]``  LocalResponseNorm, AlexNet's 5, 1e-4, 0.75, 2.
 ``DROPOUT [p]``                    Dropout, p = 0.5.
@@ -57,7 +57,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.functional.conv.sizes import conv_output_size, pair
-from convnet.layers.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import check_dtype, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
@@ -186,8 +186,8 @@ _FLAGS = {"CONV": {"floor"}, "LC": {"floor"}, "POOL": {"ceil", "floor"},
 _REQUIRED = {"CONV": "the number of filters K, e.g. 'CONV 32'",
              "LC": "the number of filters K, e.g. 'LC 32'",
              "FC": "the number of neurons n, e.g. 'FC 10'"}
-KEYWORDS = ("INPUT", "CONV", "POOL", "AVGPOOL", "L2POOL", "GAP", "RELU", "LEAKYRELU", "TANH",
-            "SIGMOID", "BN", "LRN", "DROPOUT", "LC", "FLATTEN", "FC")
+KEYWORDS = ("INPUT", "CONV", "POOL", "AVGPOOL", "L2POOL", "GAP", "RELU", "RELU6", "LEAKYRELU",
+            "TANH", "SIGMOID", "BN", "LRN", "DROPOUT", "LC", "FLATTEN", "FC")
 _EXAMPLES = {"int": "a positive int such as 3", "float": "a number such as 0.5",
              "pair": "a positive int or HxW such as 3 or 3x5",
              "pair0": "a non-negative int or HxW such as 1 or 1x2",
@@ -487,7 +487,7 @@ def _build(layer, shape, dtype, rng):
         return [Dropout(a.get("p", 0.5), rng=rng)]
     if kw == "LEAKYRELU":
         return [LeakyReLU(a.get("slope", 0.01))]
-    simple = {"RELU": ReLU, "TANH": Tanh, "SIGMOID": Sigmoid, "FLATTEN": Flatten}
+    simple = {"RELU": ReLU, "RELU6": ReLU6, "TANH": Tanh, "SIGMOID": Sigmoid, "FLATTEN": Flatten}
     return [simple[kw]()]
 
 

@@ -47,7 +47,8 @@ COLORS = {"input": "#9d9590", "conv": "#4e79a7", "pool": "#f28e2b", "fc": "#59a1
           "other": "#9c755f", "concat": "#b07aa1", "add": "#e15759"}
 LEGEND = (("input", "input"), ("conv", "CONV"), ("pool", "POOL"), ("fc", "FC"),
           ("concat", "concatenation"), ("add", "sum (residual)"), ("other", "other"))
-SHORT = {"BatchNorm1d": "BN", "BatchNorm2d": "BN", "ReLU": "RELU", "LeakyReLU": "LEAKY RELU",
+SHORT = {"BatchNorm1d": "BN", "BatchNorm2d": "BN", "ReLU": "RELU", "ReLU6": "RELU6",
+         "LeakyReLU": "LEAKY RELU",
          "Tanh": "TANH", "Sigmoid": "SIGMOID", "Dropout": "DROPOUT",
          "LocalResponseNorm": "LRN", "Flatten": "FLATTEN"}
 

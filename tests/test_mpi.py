@@ -310,6 +310,18 @@ def test_a_rank_error_before_training_ends_the_job_too(tmp_path):
     assert "ending all 2 processes" in proc.stderr
 
 
+def launch_in_folders(tmp_path, args_a, args_b, common=()):
+    """mpiexec with rank 0 in tmp_path/a and rank 1 in tmp_path/b, each running the CLI
+    with common + its own arguments; returns the CompletedProcess."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [mpiexec()]
+    for rank, args in (("a", args_a), ("b", args_b)):
+        command += ["-n", "1", "-wdir", str(tmp_path / rank), sys.executable, "-m",
+                    "convnet.cli", *common, *args, ":"]
+    return subprocess.run(command[:-1], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+
+
 def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
     """Two machines whose data folders differ (here: each rank in its own working
     directory, the folder given by a relative path): rank 0 names what differs, once,
@@ -324,15 +336,9 @@ def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / rank / "imgs" / name / f"{i}.png")
     common = ["train", "--model", "INPUT 8x8x1 -> FC 2", "--epochs", "1", "--batch-size", "4",
               "--quiet", "--out", "run"]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
     def launch(args_a, args_b):
-        command = [mpiexec()]
-        for rank, args in (("a", args_a), ("b", args_b)):
-            command += ["-n", "1", "-wdir", str(tmp_path / rank), sys.executable, "-m",
-                        "convnet.cli", *common, *args, ":"]
-        return subprocess.run(command[:-1], capture_output=True, text=True, timeout=60,
-                              env=env, cwd=tmp_path)
+        return launch_in_folders(tmp_path, args_a, args_b, common)
 
     for args_a, args_b, first in (
             (["--data", "imgs"], ["--data", "imgs"], "'train images'"),
@@ -351,6 +357,52 @@ def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
                 (tmp_path / "a" / "imgs" / name / f"{i}.png").read_bytes())
     check(launch(["--data", "imgs"], ["--data", "imgs"]))
     assert (tmp_path / "a" / "run" / "model.json").exists()
+
+
+def test_ranks_that_start_from_different_models_or_checkpoints_are_named(tmp_path):
+    """Each rank reads the model file of --from, or the checkpoint of --resume, itself:
+    stale copies on one machine are named before training, not met as MPI's "Message
+    truncated" or as weights that differ after an epoch."""
+    from convnet.io import save_model
+    from convnet.models.notation import from_notation
+    from convnet.train.checkpoint import save_checkpoint
+    for rank in "ab":
+        (tmp_path / rank).mkdir()
+    common = ["train", "--data", "digits", "--epochs", "1", "--batch-size", "16", "--quiet",
+              "--out", "run"]
+
+    def models(a, b):
+        for rank, (text, seed) in zip("ab", (a, b)):
+            save_model(from_notation(text, rng=np.random.default_rng(seed)),
+                       tmp_path / rank / "start.json")
+        return launch_in_folders(tmp_path, ["--from", "start.json"], ["--from", "start.json"],
+                                 common)
+
+    def refused(proc, what, first):
+        assert proc.returncode != 0
+        assert proc.stderr.count(f"error: {what} differ across the 2 ranks: first {first} "
+                                 "(") == 1, proc.stderr
+        assert "Every rank must start from the same files" in proc.stderr
+        assert "truncated" not in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "a" / "run").exists()
+
+    small, large = "INPUT 8x8x1 -> CONV 4 -> RELU -> FC 10", "INPUT 8x8x1 -> CONV 8 -> FC 10"
+    refused(models((small, 0), (large, 0)), "the starting model or checkpoint",
+            "'architecture'")
+    refused(models((small, 0), (small, 1)), "the starting weights", "'0.weight'")
+    check(models((small, 0), (small, 0)))
+
+    # a checkpoint one batch further on one machine: the same settings, another position
+    run = tmp_path / "a" / "run"
+    model_state, optim_arrays, state = load_checkpoint(run / "checkpoint.safetensors")
+    shutil.copytree(run, tmp_path / "b" / "run")
+    state.update(epoch=0, batch=5, history=[])
+    save_checkpoint(run / "checkpoint.safetensors", model_state, optim_arrays, state)
+    proc = launch_in_folders(tmp_path, [], [], ["train", "--out", "run", "--resume", "--quiet"])
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: the starting model or checkpoint differ across the 2 "
+                             "ranks: first 'checkpoint position' (") == 1, proc.stderr
+    assert "truncated" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_batch_norm_over_one_image_a_share_is_planned_and_refused_as_training_is(tmp_path):

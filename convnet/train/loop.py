@@ -318,11 +318,8 @@ def _check_same_data(comm, splits, cfg):
     MPI's own error."""
     if comm.size < 2:
         return
-
-    def text(value):
-        return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
-    arrays = {"settings": text(dataclasses.asdict(cfg)),
-              "class names": text([str(name) for name in splits.classes])}
+    arrays = {"settings": _json_bytes(dataclasses.asdict(cfg)),
+              "class names": _json_bytes([str(name) for name in splits.classes])}
     for part in ("train", "val", "test"):
         images, labels = getattr(splits, part) or (np.empty(0), np.empty(0))
         arrays[f"{part} images"], arrays[f"{part} labels"] = images, labels
@@ -332,6 +329,35 @@ def _check_same_data(comm, splits, cfg):
                              "shared folder or as identical copies) with the same options")
     except RanksDiverged as err:
         raise (ValueError if comm.is_root else RootsError)(str(err)) from None
+
+
+def _check_same_start(comm, model, state, optim_arrays):
+    """Under mpiexec: every rank starts from the same architecture and weights (each
+    reads the model file of --from, or the checkpoint of --resume, itself) and a resumed
+    run from the same epoch, batch and optimizer state; else rank 0 names the first that
+    differs. Ranks with stale copies of a run directory would otherwise fail in a
+    collective with MPI's own error, or train on until the weights are found to differ."""
+    if comm.size < 2:
+        return
+    why = ("Every rank must start from the same files (a shared run directory and model "
+           "file, or identical copies)")
+    position = None if state is None else {
+        key: state.get(key) for key in ("epoch", "batch", "optimizer", "schedule")}
+    try:    # the architecture first: the arrays compared next then have the same names
+        comm.check_identical({"architecture": _json_bytes(model.get_config()),
+                              "checkpoint position": _json_bytes(position)},
+                             "the starting model or checkpoint", why)
+        arrays = dict(model.state_dict())
+        arrays.update((f"optimizer: {key}", value)
+                      for key, value in (optim_arrays or {}).items())
+        comm.check_identical(arrays, "the starting weights", why)
+    except RanksDiverged as err:
+        raise (ValueError if comm.is_root else RootsError)(str(err)) from None
+
+
+def _json_bytes(value):
+    """value as canonical JSON bytes, an array that check_identical compares."""
+    return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
 
 
 def check_memory(need, what):
@@ -487,6 +513,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     model.input_shape = input_shape
     if cfg.freeze:
         model.freeze(*cfg.freeze)
+    _check_same_start(comm, model, state, optim_arrays if ckpt is not None else None)
     out_shape = model.output_shape(input_shape)
     if out_shape != (num_classes,):
         raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "

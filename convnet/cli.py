@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -604,7 +605,10 @@ def main(argv=None):
         return 130
     except Exception as err:  # the CLI's promise: one line, never a traceback
         if args.debug:
-            raise
+            from convnet.train.distributed import launch_size
+            if launch_size() in (0, 1):
+                raise
+            traceback.print_exc()   # then end every rank: the others wait in a collective
         hint = (" (try a smaller --batch-size or --image-size)"
                 if isinstance(err, MemoryError) and args.command == "train" else "")
         _stop(args, err, f"error: {_one_line(err)}{hint}")

@@ -297,6 +297,23 @@ def test_a_failing_rank_ends_the_job_and_the_run_resumes_to_the_same_weights(tmp
     assert history(tmp_path / "straight") == history(killed)
 
 
+def test_with_debug_a_failing_rank_shows_its_traceback_and_still_ends_the_job(tmp_path):
+    """--debug shows the traceback, and then ends every rank as without it: re-raising
+    had left the failing rank to exit while the other waited in an Allreduce forever.
+    The script runs as plain Python, as `mpiexec convnet train` does (mpi4py's runner
+    would abort on the uncaught exception by itself)."""
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(FAIL_SCRIPT))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, str(script), *CLI_RUN,
+                           "--out", "run", "--debug"], capture_output=True,
+                          text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "RuntimeError: the disk of rank 1 is on fire" in proc.stderr
+    assert "ending all 2 processes" in proc.stderr
+
+
 def test_a_rank_error_before_training_ends_the_job_too(tmp_path):
     """Every rank refuses a run directory that holds files (rank 0 decides, the others
     hear it): the job ends with the error, it does not hang waiting for rank 0."""

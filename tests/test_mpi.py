@@ -339,6 +339,16 @@ def launch_in_folders(tmp_path, args_a, args_b, common=()):
                           env=env, cwd=tmp_path)
 
 
+def test_an_error_every_rank_meets_is_printed_once(tmp_path):
+    """Every rank refuses a batch smaller than the processes: rank 0 prints it and its
+    abort ends rank 1 before rank 1 prints the same line."""
+    proc = run_mpi(tmp_path, "convnet.cli", "train", "--model", PLAIN, "--epochs", "1",
+                   "--batch-size", "1", "--out", "run", "--quiet", module=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count("batch size 1 is smaller than the 2 processes") == 1, proc.stderr
+    assert "rank 0: convnet train: error: " in proc.stderr
+
+
 def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
     """Two machines whose data folders differ (here: each rank in its own working
     directory, the folder given by a relative path): rank 0 names what differs, once,
@@ -488,6 +498,27 @@ def test_the_cli_turns_synchronized_batch_norm_off_on_request():
     assert build_parser().parse_args(["train", "--no-sync-bn"]).sync_bn is False
     assert TrainConfig.from_dict({k: v for k, v in vars(TrainConfig()).items()
                                   if k != "sync_bn"}, "old checkpoint").sync_bn is True
+
+
+@pytest.mark.parametrize("local, threads, blas, hint", [
+    (2, 1, 1, None),
+    (2, 2, 1, "2 processes here want 4 threads on 2 cores: set OPENBLAS_NUM_THREADS=1"),
+    (3, 1, 1, "3 processes here on 2 cores: start at most 2 on this machine"),
+    (3, 2, 2, "3 processes here on 2 cores: start at most 2 on this machine")])
+def test_the_first_line_hints_at_what_oversubscribes_the_cores(monkeypatch, local, threads,
+                                                               blas, hint):
+    """More processes than cores is named as such: no thread setting fixes it."""
+    import convnet.functional.threads as threads_module
+
+    class Ranks(Communicator):
+        size, local_size, kind = local, local, "MPI: test"
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads_module, "THREADS", threads)
+    monkeypatch.setattr(distributed, "_blas_threads", lambda: blas)
+    line = distributed.describe(Ranks())
+    assert line.startswith(f"running on {local} processes (MPI: test)"), line
+    assert (hint is None and ";" not in line) or line.endswith(f"; {hint}") or \
+        line.endswith(f"; {hint} (docs/distributed.md)"), line
 
 
 def test_the_plain_communicator_is_the_identity():

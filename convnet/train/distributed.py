@@ -44,6 +44,10 @@ _OPS = ("sum", "mean")
 # Seconds a failing rank waits between printing its error and MPI_Abort: MPICH's Hydra
 # drops output that it has not forwarded when the job is torn down.
 ABORT_GRACE = 0.5
+# Seconds a failing rank other than 0 waits before printing: where rank 0 meets the same
+# error (every rank checks the same settings), its MPI_Abort ends this rank first, and the
+# error is printed once.
+PEER_WAIT = 3 * ABORT_GRACE
 # The end of check_identical's error about weights.
 SAME_UPDATE = "Every rank must make the same update from the same averaged gradients"
 
@@ -351,9 +355,10 @@ def abort_if_parallel(err, text=None):
 
     Prints ``rank R: TEXT; ending all N processes`` (text, default ``error: str(err)``) to
     stderr, unless err is a RootsError (rank 0 reports it), and calls MPI_Abort, which ends
-    every rank: the others would otherwise wait in their next collective forever. The
-    checkpoint rank 0 wrote last is whole (checkpoints are renamed into place), so the run
-    can be resumed.
+    every rank (the others would wait in their next collective forever). Ranks other than
+    0 wait PEER_WAIT seconds before printing, so that an error every rank meets is printed
+    once, by rank 0. The checkpoint rank 0 wrote last is whole (checkpoints are renamed
+    into place), so the run can be resumed.
     """
     size = launch_size()
     if size in (0, 1):
@@ -366,6 +371,8 @@ def abort_if_parallel(err, text=None):
         return
     if not isinstance(err, RootsError):
         text = text or f"error: {str(err).strip() or type(err).__name__}"
+        if comm.rank != 0:
+            time.sleep(PEER_WAIT)
         print(f"rank {comm.rank}: {text}; ending all {comm.size} processes",
               file=sys.stderr, flush=True)
     comm.abort(1)
@@ -401,7 +408,10 @@ def describe(comm):
             f"{'unknown' if blas is None else blas})")
     cores = os.cpu_count() or 1
     busiest = comm.local_size * max(THREADS, blas or 1)
-    if n > 1 and busiest > cores:
+    if n > 1 and comm.local_size > cores:   # no thread setting helps
+        text += (f"; {comm.local_size} processes here on {cores} cores: start at most "
+                 f"{cores} on this machine")
+    elif n > 1 and busiest > cores:
         text += (f"; {comm.local_size} processes here want {busiest} threads on {cores} "
                  f"cores: set OPENBLAS_NUM_THREADS=1 (docs/distributed.md)")
     return text

@@ -259,8 +259,9 @@ def cmd_predict(args):
     if paths:
         for i, warning in brightness_warning(images, 255, info):
             _note(args, f"warning: {paths[i]}: {warning}")
+        tta = info.get("tta", False) if args.tta is None else args.tta
         indices, probs = top_k(model, preprocess(images, 255, info),
-                               min(args.top, len(classes)))
+                               min(args.top, len(classes)), tta=tta)
         for path, idx, prob in zip(paths, indices, probs):
             ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
             print(f"{path}: {ranked}")
@@ -515,6 +516,9 @@ def build_parser():
                         "are named at the end (exit status 1)")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--top", type=POSITIVE, default=3, help="how many classes to show (3)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation: the mean of each image's scores and "
+                        "its mirror image's (default: as the model was trained)")
     p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
     p.set_defaults(func=cmd_predict)
 

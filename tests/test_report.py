@@ -287,6 +287,71 @@ def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
     assert "No training record" not in (tmp_path / "r.html").read_text()
 
 
+def test_a_model_trained_with_tta_is_evaluated_with_it_as_eval_does(pages, tmp_path, capsys):
+    """The model file records flip TTA: the page's accuracy, its wrong images and their
+    probabilities are the TTA ones, as `convnet eval` gives by default, and it says so."""
+    from convnet.io import load_model
+    from convnet.train.inference import evaluation_data, top_k
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    record = json.loads((run / "model.json").read_text())
+    record["info"]["tta"] = True
+    (run / "model.json").write_text(json.dumps(record))
+    assert main(["eval", str(run / "model.json"), "--data", "digits", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["tta"] is True
+    page = tmp_path / "r.html"
+    assert main(["report", str(run / "model.json"), "--data", "digits", "--out",
+                 str(page)]) == 0
+    text = page.read_text()
+    shown = float(text.split('id="accuracy" data-value="', 1)[1].split('"', 1)[0])
+    assert shown == evaluated["accuracy"]
+    assert "with flip TTA, as the model was trained" in text
+    model = load_model(run / "model.json")
+    x, y, _, _ = evaluation_data(model, "digits")
+    idx, p = top_k(model, x, 1, tta=True)
+    wrong = np.flatnonzero(idx[:, 0] != y)
+    top = wrong[np.argmax(p[wrong, 0])]
+    assert f"#{top}: true {y[top]}<br>predicted {idx[top, 0]} ({p[top, 0]:.3f})" in text
+    # predict takes the recorded TTA too (--no-tta turns it off)
+    image = tmp_path / "a.png"
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(image)
+    lines = []
+    for flag in ([], ["--no-tta"]):
+        assert main(["predict", str(run / "model.json"), str(image), "--top", "1",
+                     *flag]) == 0
+        lines.append(capsys.readouterr().out)
+    assert lines[0] != lines[1]
+
+
+def test_a_diverged_run_keeps_its_curves(pages, tmp_path, capsys):
+    """A validation loss that became NaN: the history is drawn (with gaps), not called
+    missing."""
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    history = json.loads((run / "history.json").read_text())
+    history[-1]["val_loss"] = float("nan")
+    (run / "history.json").write_text(json.dumps(history))
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert 'id="curves"' in text and "holds no training history" not in text
+    assert "training curves skipped" not in capsys.readouterr().err
+
+
+def test_weights_of_unknown_origin_are_not_called_random(pages, tmp_path):
+    """A model handed over in Python (no ``trained`` flag) gets no "random weights" note
+    beside its accuracy; an untrained zoo model does."""
+    from convnet.io import load_model
+    model = load_model(pages / "run" / "model.json")
+    assert not hasattr(model, "trained")
+    write_report(model, tmp_path / "r.html", data="digits")
+    text = (tmp_path / "r.html").read_text()
+    assert "unknown origin" in text and "random weights: expect" not in text
+    assert main(["report", "INPUT 8x8x1 -> FC 10", "--data", "digits", "--out",
+                 str(tmp_path / "u.html")]) == 0
+    assert "random weights: expect about 1/10" in (tmp_path / "u.html").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["nonet"], "not a zoo name"),
     (["lenet5", "--images", "missing.png"], "missing.png"),

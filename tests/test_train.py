@@ -195,6 +195,18 @@ def test_train_errors_are_one_line_and_nonzero(capsys, argv, message, tmp_path):
     assert message in capsys.readouterr().err
 
 
+def test_a_validation_loss_that_is_not_finite_stops_the_run_as_diverged(tmp_path):
+    """An enormous learning rate: the training loss stays finite, but the moving average
+    of the weights overflows and its validation loss is NaN. The run stops there, as for
+    a training loss that is not finite, instead of training on to a useless model."""
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: the validation loss is nan: the "
+                       r"moving average of the weights \(--ema\) no longer give finite "
+                       r"scores. Lower the learning rate \(now "):
+        train(TrainConfig(data="digits", epochs=2, lr=1e5, optimizer="sgd",
+                          out=str(tmp_path / "run")), log=lambda *a: None, progress=False)
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
 def test_nothing_in_a_run_directory_is_a_pickle(tmp_path):
     train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path)),
           log=lambda *a: None, progress=False)

@@ -115,9 +115,10 @@ def run_config(run_dir):
 
 
 def _history(value, where):
-    """value, if it is a training history: a non-empty list of epochs with numbers."""
+    """value, if it is a training history: a non-empty list of epochs with numbers (NaN
+    and infinities included: a diverged run's curves are drawn with gaps)."""
     def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     if not (isinstance(value, list) and value and all(
             isinstance(h, dict) and all(number(h.get(k)) for k in HISTORY_KEYS)
@@ -484,12 +485,13 @@ def _evaluation_section(found, data, trained):
                      f'{esc(classes[guess])} ({prob:.3f})</figcaption></figure>')
     wrong_html = (f'<div class="tiles" id="wrong">{"".join(shown)}</div>' if shown else
                   '<p class="note" id="wrong">No test image is wrong.</p>')
-    chance = "" if trained else (' <span class="note">(random weights: expect about '
-                                 f'1/{k} = {1 / k:.3f})</span>')
+    chance = "" if trained is not False else (    # None: weights of unknown origin
+        f' <span class="note">(random weights: expect about 1/{k} = {1 / k:.3f})</span>')
     n = int(confusion.sum())
     return section("evaluation", "Evaluation", (
         f'<p>Accuracy <b id="accuracy"{data_value(result["accuracy"])}>'
-        f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} test images of {esc(data)}; '
+        f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} test images of {esc(data)}'
+        f'{" with flip TTA, as the model was trained" if result.get("tta") else ""}; '
         f'mean loss <span id="loss"{data_value(result["loss"])}>{result["loss"]:.4f}</span>'
         f'.</p><h3>Confusion matrix</h3><p class="note">Rows: the true '
         f'class; columns: the predicted one (hover for names); shaded by the share of the '
@@ -502,8 +504,10 @@ def _evaluate(model, x, y, classes, info):
     probability, index)]) on a data set's prepared test images."""
     from convnet.train.inference import evaluate, top_k
 
-    result = evaluate(model, x, y, num_classes=len(classes))
-    idx, p = top_k(model, x, 1)                   # in batches sized to the model's input
+    tta = bool(info.get("tta", False))            # as convnet eval does by default
+    result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
+    result["tta"] = tta
+    idx, p = top_k(model, x, 1, tta=tta)          # in batches sized to the model's input
     guess, prob = idx[:, 0], p[:, 0]
     wrong = np.flatnonzero(guess != y)
     wrong = wrong[np.argsort(-prob[wrong], kind="stable")][:MAX_WRONG]

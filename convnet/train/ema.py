@@ -61,7 +61,10 @@ class WeightEMA:
             for key, value in state.items():
                 average = self.averages[key]
                 if np.issubdtype(average.dtype, np.floating):   # torch's lerp
-                    average += (value - average) * average.dtype.type(weight)
+                    # an average that overflows gives a validation loss that is not
+                    # finite, which stops the run (the loop's TrainingDiverged)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        average += (value - average) * average.dtype.type(weight)
                 else:      # as torch: the mix in float32, truncated back to the int
                     mixed = (average.astype(np.float32) * np.float32(decay)
                              + value.astype(np.float32) * np.float32(weight))

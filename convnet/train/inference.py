@@ -113,6 +113,17 @@ def evaluation_data(model, data, root=None, where="the model"):
     return x, y, classes, notes
 
 
+def class_scores(model, x, tta=False):
+    """The model's class scores for the batch x (eval mode); with tta=True, flip
+    test-time augmentation: the mean of the scores of x and of its mirror images
+    (left-right)."""
+    scores = model.infer(x)
+    if tta:
+        scores += model.infer(np.ascontiguousarray(x[..., ::-1]))
+        scores /= 2
+    return scores
+
+
 def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
     """Eval-mode accuracy, mean loss and confusion matrix (rows: true class, cols: predicted).
 
@@ -125,10 +136,7 @@ def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
     for start in range(0, len(x), batch_size):
-        scores = model.infer(x[start:start + batch_size])
-        if tta:
-            scores += model.infer(np.ascontiguousarray(x[start:start + batch_size, ..., ::-1]))
-            scores /= 2
+        scores = class_scores(model, x[start:start + batch_size], tta)
         yb = y[start:start + batch_size]
         loss += softmax_cross_entropy(scores, yb)[0] * len(yb)
         np.add.at(confusion, (yb, np.argmax(scores, axis=1)), 1)
@@ -137,14 +145,15 @@ def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
             "confusion": confusion}
 
 
-def top_k(model, x, k=3, batch_size=None):
+def top_k(model, x, k=3, batch_size=None, tta=False):
     """(indices, probabilities) of the k most likely classes for each image in x, in
-    batches of ``batch_size`` (None takes ``inference_batch``'s)."""
+    batches of ``batch_size`` (None takes ``inference_batch``'s); tta as evaluate's."""
     model.eval()
     batch_size = batch_size or inference_batch(model, x.shape[1:])
     found = []
     for start in range(0, len(x), batch_size):
-        probs = softmax(model.infer(x[start:start + batch_size]).astype(np.float64))
+        scores = class_scores(model, x[start:start + batch_size], tta)
+        probs = softmax(scores.astype(np.float64))
         order = np.argsort(-probs, axis=1)[:, :k]
         found.append((order, np.take_along_axis(probs, order, axis=1)))
     if not found:

@@ -669,6 +669,14 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         agree()
         with ema.applied() if ema is not None else contextlib.nullcontext():
             val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm, cfg.tta)
+            if not math.isfinite(val_loss):   # every rank sees it: all stop together
+                kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+                        else "no checkpoint was written yet")
+                raise TrainingDiverged(
+                    f"epoch {epoch + 1}: the validation loss is {val_loss}: the "
+                    f"{'moving average of the weights (--ema)' if ema else 'weights'} no "
+                    f"longer give finite scores. Lower the learning rate (now "
+                    f"{optimizer.lr:g}); {kept}")
             if val_loss < best["val_loss"]:       # the best model: the lowest validation loss
                 best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
                 if comm.is_root:

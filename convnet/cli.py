@@ -270,17 +270,25 @@ def cmd_predict(args):
         raise unreadable([message for _, message in errors], len(args.images))
 
 
+def _new_file(args, out):
+    """Refuse to replace the file ``out`` unless --overwrite was given."""
+    if Path(out).exists() and not args.overwrite:
+        raise ValueError(f"{out}: already there; pass --overwrite to replace it, or --out "
+                         f"another file")
+
+
 def cmd_show(args):
     from convnet import plot
 
-    model = _model(args)
-    title = None
-    if not model.trained:
-        title = f"{args.model}: untrained (random initial weights, nothing learned)"
     out = args.out or f"{args.what}.png"
     if Path(out).suffix.lower() not in PICTURES:
         raise ValueError(f"--out {out}: expected a picture file name ending in "
                          f"{', '.join(PICTURES)}")
+    _new_file(args, out)
+    model = _model(args)
+    title = None
+    if not model.trained:
+        title = f"{args.model}: untrained (random initial weights, nothing learned)"
     if args.what == "filters":
         path = plot.plot_filters(model, out, title=title)
     elif args.what == "reuse":
@@ -300,8 +308,9 @@ def cmd_show(args):
 
 
 def cmd_report(args):
-    from convnet.report import write_report
+    from convnet.report.build import check_report_path, write_report
 
+    _new_file(args, check_report_path(args.out))
     model = _model(args, input_shape=args.input)
     path = write_report(model, args.out, source=args.model, data=args.data,
                         data_root=args.data_root, images=args.images,
@@ -535,6 +544,7 @@ def build_parser():
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--out", metavar="PNG",
                    help="output file, .png, .svg or .pdf (default WHAT.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_show)
 
     p = command(
@@ -559,6 +569,7 @@ def build_parser():
                    help="image files whose activations to draw (instead of --data's)")
     p.add_argument("--out", metavar="HTML", default="report.html",
                    help="output file (default report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_report)
 
     p = command(

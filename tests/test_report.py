@@ -282,7 +282,8 @@ def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
     assert 'id="settings"' in page and 'id="curves"' not in page   # the settings remain
     (run / "history.json").unlink()               # the checkpoint's history stands in
     (run / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
-    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html"),
+                 "--overwrite"]) == 0
     assert "training settings skipped" in capsys.readouterr().err
     assert "No training record" not in (tmp_path / "r.html").read_text()
 
@@ -350,6 +351,20 @@ def test_weights_of_unknown_origin_are_not_called_random(pages, tmp_path):
     assert main(["report", "INPUT 8x8x1 -> FC 10", "--data", "digits", "--out",
                  str(tmp_path / "u.html")]) == 0
     assert "random weights: expect about 1/10" in (tmp_path / "u.html").read_text()
+
+
+@pytest.mark.parametrize("argv", [["report", "lenet5"], ["show", "filters", "lenet5"]])
+def test_report_and_show_replace_a_file_only_with_overwrite(tmp_path, capsys, argv):
+    """A run's report.html or curve.png is not replaced by a page or picture of another
+    model without --overwrite; the refusal comes before the model is read."""
+    out = tmp_path / ("report.html" if argv[0] == "report" else "curve.png")
+    out.write_bytes(b"the run's own")
+    assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: already there; pass --overwrite to replace it" in err
+    assert err.count("\n") == 1 and out.read_bytes() == b"the run's own"
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != b"the run's own"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -587,6 +587,18 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
     return document(f"convnet report: {name}", body)
 
 
+def check_report_path(path):
+    """path as a Path, if a report may be written there: an .html name in a directory
+    that exists (said before the work, not after it); else a ValueError."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):   # never over a model or weights file
+        raise ValueError(f"{path}: the report is an HTML page: give it a name ending in "
+                         f".html")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: the directory {path.parent} does not exist")
+    return path
+
+
 def write_report(model, path, source=None, data=None, data_root=None, images=None,
                  run_dir=None, log=None):
     """Write one self-contained HTML page about ``model`` to ``path``; returns the path.
@@ -606,12 +618,7 @@ def write_report(model, path, source=None, data=None, data_root=None, images=Non
 
     Needs matplotlib and Pillow (``pip install 'convnet[plot]'``): an ImportError says so.
     """
-    path = Path(path)
-    if path.suffix.lower() not in (".html", ".htm"):   # never over a model or weights file
-        raise ValueError(f"{path}: the report is an HTML page: give it a name ending in "
-                         f".html")
-    if not path.parent.is_dir():              # said before the work, not after it
-        raise ValueError(f"{path}: the directory {path.parent} does not exist")
+    path = check_report_path(path)
     page = build_report(model, source=source, data=data, data_root=data_root,
                         images=images, run_dir=run_dir, log=log)
     path.write_text(page, encoding="utf-8")

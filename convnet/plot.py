@@ -109,7 +109,8 @@ def stage_activations(model, x):
 
 def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     """Write each stage's activation maps for one image: one row of up to max_maps
-    channels per stage, each map min-max scaled; returns path. title: a line on top."""
+    channels per stage, each map min-max scaled (maps of one value, as after global
+    average pooling, on the stage's common scale); returns path. title: a line on top."""
     plt = _pyplot()
     stages = stage_activations(model, x)
     if not stages:
@@ -118,11 +119,13 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     fig, axes = plt.subplots(len(stages), cols, squeeze=False,
                              figsize=(cols * 0.4 * scale, len(stages) * 0.45 * scale))
     for row, (name, act) in enumerate(stages):
+        single = act.shape[1] * act.shape[2] == 1     # one value a map: compare channels
+        common = dict(vmin=act.min(), vmax=act.max()) if single else {}
         for col in range(cols):
             ax = axes[row, col]
             ax.axis("off")
             if col < act.shape[0]:
-                ax.imshow(act[col], cmap="viridis", interpolation="nearest")
+                ax.imshow(act[col], cmap="viridis", interpolation="nearest", **common)
         axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}",
                                fontsize=7, loc="left")
     if title:

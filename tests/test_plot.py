@@ -77,3 +77,50 @@ def test_show_commands_write_pictures(tmp_path):
     with Image.open(tmp_path / "a.png") as img:  # 5 volume stages, up to 6 maps each
         assert img.size == (int(6 * 0.4 * 2 * 100), int(5 * 0.45 * 2 * 100))
     assert main(["show", "reuse", str(path)]) == 1  # not a DenseNet: a clear error
+
+
+def test_maps_of_one_value_share_the_volumes_scale():
+    """After global average pooling each map is one value: scaled to its own min..max,
+    every one was drawn dark. They share the volume's range instead, in the report's
+    grid and in `convnet show activations`."""
+    import base64
+    import io
+
+    import matplotlib
+    from matplotlib import pyplot
+
+    from convnet.models.notation import from_notation
+    from convnet.plot import plot_activations
+    from convnet.report.pictures import activation_grid
+
+    values = np.linspace(-1.0, 2.0, 16).reshape(16, 1, 1)
+    uri, geometry = activation_grid(values, 10_000)
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    pad = geometry["pad"]
+    tiles = [grid[pad + r * 2, pad + c * 2] for r in range(geometry["height"] // 2)
+             for c in range(geometry["cols"])][:16]
+    assert tiles == sorted(tiles) and tiles[0] == 0 and tiles[-1] == 254
+    wide = np.arange(32, dtype=np.float64).reshape(2, 4, 4)     # larger maps: their own
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        activation_grid(wide, 10_000)[0].split(",", 1)[1]))))
+    assert grid[grid != 255].max() == 254 and (grid == 0).sum() == 2     # 255: the gaps
+
+    net = from_notation("INPUT 4x4x1 -> CONV 8 -> GAP -> FC 2", rng=np.random.default_rng(0))
+    drawn = []
+    real = matplotlib.axes.Axes.imshow
+    def spy(ax, data, **kwargs):
+        drawn.append((np.asarray(data).shape, kwargs.get("vmin"), kwargs.get("vmax")))
+        return real(ax, data, **kwargs)
+    matplotlib.axes.Axes.imshow = spy
+    try:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_activations(net, np.random.default_rng(1).standard_normal((1, 1, 4, 4)),
+                             f"{tmp}/a.png")
+    finally:
+        matplotlib.axes.Axes.imshow = real
+        pyplot.close("all")
+    gap = [d for d in drawn if d[0] == (1, 1)]
+    assert len(gap) == 8 and len({(lo, hi) for _, lo, hi in gap}) == 1
+    assert gap[0][1] is not None and gap[0][1] < gap[0][2]
+    assert all(lo is None for shape, lo, _ in drawn if shape != (1, 1))

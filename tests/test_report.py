@@ -8,6 +8,7 @@ VGG-16 and DenseNet-121 pages must stay under 10 MB and load in under 2 seconds.
 
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -351,6 +352,53 @@ def test_weights_of_unknown_origin_are_not_called_random(pages, tmp_path):
     assert main(["report", "INPUT 8x8x1 -> FC 10", "--data", "digits", "--out",
                  str(tmp_path / "u.html")]) == 0
     assert "random weights: expect about 1/10" in (tmp_path / "u.html").read_text()
+
+
+def test_a_run_directory_whose_name_is_not_utf8_gets_its_report(pages, tmp_path, capsys):
+    """A directory named in Latin-1 bytes (Python shows the byte as a surrogate): the page
+    had failed to encode; the name now shows with a "?"."""
+    run = tmp_path / os.fsdecode(b"caf\xe9")
+    shutil.copytree(pages / "run", run)
+    page = tmp_path / "r.html"
+    assert main(["report", str(run / "model.json"), "--out", str(page)]) == 0
+    assert "caf?" in page.read_text(encoding="utf-8")
+
+
+def test_many_classes_make_a_picture_not_a_table_of_k_squared_cells():
+    """1000 classes had made a 107 MB table that a browser could not open; above
+    MAX_TABLE_CLASSES the matrix is a picture of the shares and a list of the most
+    confused pairs, largest first."""
+    from convnet.report import build
+    k = 1000
+    rng = np.random.default_rng(0)
+    confusion = np.diag(rng.integers(5, 10, k))
+    confusion[3, 7], confusion[8, 2], confusion[5, 5] = 9, 4, 0
+    classes = [f"class {i}" for i in range(k)]
+    result = {"accuracy": 0.5, "loss": 1.0, "confusion": confusion}
+    html = build._evaluation_section((result, classes, []), "many", True)
+    assert len(html) < 200_000
+    assert 'id="confusion" src="data:image/png' in html and "<td title=" not in html
+    pairs = html.split('id="confused-pairs"', 1)[1]
+    assert pairs.index("<td>class 3</td><td>class 7</td>") < pairs.index(
+        "<td>class 8</td><td>class 2</td>")
+    assert pairs.count("<tr>") == 3      # the header and the two confused pairs
+    small = build._evaluation_section((dict(result, confusion=confusion[:10, :10]),
+                                       classes[:10], []), "few", True)
+    assert '<table class="confusion" id="confusion">' in small
+
+
+def test_long_class_names_wrap_instead_of_widening_the_page(browser, pages, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    record = json.loads((run / "model.json").read_text())
+    record["info"]["classes"] = [f"{i}-" + "x" * 200 for i in range(10)]
+    (run / "model.json").write_text(json.dumps(record))
+    page = tmp_path / "r.html"
+    assert main(["report", str(run / "model.json"), "--images", str(pages / "picture0.png"),
+                 "--out", str(page)]) == 0
+    open_page(browser, page)
+    assert browser.execute_script("return document.documentElement.scrollWidth "
+                                  "<= window.innerWidth")
 
 
 @pytest.mark.parametrize("argv", [["report", "lenet5"], ["show", "filters", "lenet5"]])

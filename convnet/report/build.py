@@ -25,6 +25,7 @@ import numpy as np
 import convnet
 from convnet import limits
 from convnet.analysis import format_bytes, summary, volume
+from convnet.io.weights import atomic_write
 from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 from convnet.report.diagram import architecture_svg, legend_html
 from convnet.report.page import (
@@ -52,6 +53,10 @@ PAGE_PIXELS = 5_000_000         # ... and for all sample images together
 STAGE_PIXELS = (16_384, 262_144)  # bounds on one stage's share for one image
 MIN_STAGES = 6                  # fewer top-level stages: open the Sequential ones
 MAX_WRONG = 8                   # most confidently wrong test images shown
+# Classes up to which the confusion matrix is a table of counts (K^2 cells of about 100
+# bytes each); above it, a picture of the shares and a table of the most confused pairs.
+MAX_TABLE_CLASSES = 100
+MAX_PAIRS = 20                  # most confused pairs listed beside the picture
 MAX_SHOWN_WIDTH = 1100          # CSS pixels: wider pictures are shown scaled down
 HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")
 SECTIONS = ("status", "architecture", "summary", "training", "filters", "activations",
@@ -450,14 +455,9 @@ def _activations_section(samples, grids, outputs, classes, notes):
     return section("activations", "Activations", "".join(parts))
 
 
-def _evaluation_section(found, data, trained):
-    if found is None:
-        return section("evaluation", "Evaluation", (
-            '<p class="note">Give --data to see the accuracy on its test split, the '
-            'confusion matrix and the most confidently wrong test images.</p>'))
-    result, classes, wrong = found
-    confusion = result["confusion"]
-    k = len(classes)
+def _confusion_table(confusion, classes):
+    """The confusion matrix as a table of counts, each cell shaded by its share of the
+    row and titled with the two class names."""
     head = "".join(f'<th title="{esc(name)}">{i}</th>' for i, name in enumerate(classes))
     rows = []
     for i, row in enumerate(confusion):
@@ -473,9 +473,49 @@ def _evaluation_section(found, data, trained):
                          f'{count}</td>')
         label = classes[i] if classes[i] == str(i) else f"{i} {classes[i]}"
         rows.append(f'<tr><th>{esc(label)}</th>{"".join(cells)}</tr>')
-    table = (f'<div class="scroll"><table class="confusion" id="confusion"><thead><tr>'
-             f'<th>true \\ predicted</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
-             f'</table></div>')
+    return (f'<p class="note">Hover a cell for the names; shaded by the share of the '
+            f'row.</p><div class="scroll"><table class="confusion" id="confusion"><thead>'
+            f'<tr><th>true \\ predicted</th>{head}</tr></thead><tbody>{"".join(rows)}'
+            f'</tbody></table></div>')
+
+
+def _confusion_picture(confusion, classes):
+    """A confusion matrix too large for a table: a picture of each row's shares (one
+    pixel a cell, dark: none) and a table of the most confused pairs of classes."""
+    k = len(confusion)
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    index = np.where(confusion > 0, 1 + np.round(shares * 253), 0).astype(np.uint8)
+    picture = (f'<img class="px" id="confusion" src="{png_uri(index, indexed=True)}" '
+               f'width="{_scaled(k, target=600, most=4)}" alt="confusion matrix of {k} '
+               f'classes">')
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:MAX_PAIRS]
+    pairs = [(int(i), int(j)) for i, j in zip(*np.unravel_index(flat, off.shape))
+             if off[i, j] > 0]
+    rows = "".join(f'<tr><td>{esc(classes[i])}</td><td>{esc(classes[j])}</td>'
+                   f'<td class="num">{off[i, j]}</td><td class="num">'
+                   f'{off[i, j] / max(int(confusion[i].sum()), 1):.1%}</td></tr>'
+                   for i, j in pairs)
+    listed = (f'<table id="confused-pairs"><thead><tr><th>true</th><th>predicted</th>'
+              f'<th class="num">images</th><th class="num">of the true class</th></tr>'
+              f'</thead><tbody>{rows}</tbody></table>' if pairs else
+              '<p class="note">No test image is confused with another class.</p>')
+    return (f'<p class="note">{k} classes, one pixel a cell: its colour is the share of '
+            f'the row (dark: none), and the diagonal holds the correct ones. The most '
+            f'confused pairs follow.</p>{picture}{listed}')
+
+
+def _evaluation_section(found, data, trained):
+    if found is None:
+        return section("evaluation", "Evaluation", (
+            '<p class="note">Give --data to see the accuracy on its test split, the '
+            'confusion matrix and the most confidently wrong test images.</p>'))
+    result, classes, wrong = found
+    confusion = result["confusion"]
+    k = len(classes)
+    table = (_confusion_table(confusion, classes) if k <= MAX_TABLE_CLASSES
+             else _confusion_picture(confusion, classes))
     shown = []
     for pixels, true, guess, prob, index in wrong:
         w = pixels.shape[2]
@@ -494,8 +534,8 @@ def _evaluation_section(found, data, trained):
         f'{" with flip TTA, as the model was trained" if result.get("tta") else ""}; '
         f'mean loss <span id="loss"{data_value(result["loss"])}>{result["loss"]:.4f}</span>'
         f'.</p><h3>Confusion matrix</h3><p class="note">Rows: the true '
-        f'class; columns: the predicted one (hover for names); shaded by the share of the '
-        f'row.</p>{table}<h3>Most confidently wrong</h3>{wrong_html}'))
+        f'class; columns: the predicted one.</p>{table}<h3>Most confidently wrong</h3>'
+        f'{wrong_html}'))
 
 
 # -- the report -------------------------------------------------------------------------
@@ -621,5 +661,6 @@ def write_report(model, path, source=None, data=None, data_root=None, images=Non
     path = check_report_path(path)
     page = build_report(model, source=source, data=data, data_root=data_root,
                         images=images, run_dir=run_dir, log=log)
-    path.write_text(page, encoding="utf-8")
+    # a name that is not UTF-8 (a run directory named in Latin-1) shows with a "?"
+    atomic_write(path, page.encode("utf-8", "replace"))
     return path

@@ -28,7 +28,8 @@ a { color: #1f5fa8; }
 #status.untrained { background: #fff3e0; border-left: 6px solid #e65100; }
 #status.unknown { background: #eef1f5; border-left: 6px solid #607d8b; }
 .badge { font-weight: bold; font-size: 16px; }
-.facts { margin: 6px 0 0; }
+.facts { margin: 6px 0 0; overflow-wrap: anywhere; }
+h1, h2, h3 { overflow-wrap: anywhere; }
 .note { color: #555; }
 ul.notes { margin: 6px 0; padding-left: 20px; color: #555; }
 .scroll { overflow: auto; max-height: 85vh; border: 1px solid #e4e4e4; }
@@ -60,6 +61,9 @@ details.sample > summary { cursor: pointer; font-weight: bold; font-size: 15px; 
 .tiles figure { margin: 0; font-size: 12px; }
 table.confusion td { text-align: right; min-width: 26px; }
 table.confusion th { font-weight: normal; }
+table.confusion tbody th, #confused-pairs td { max-width: 16em; overflow-wrap: anywhere; }
+.sample-head p, figcaption, details.sample > summary { min-width: 0;
+                                                       overflow-wrap: anywhere; }
 dl.settings { display: grid; grid-template-columns: repeat(3, max-content minmax(0, 1fr));
                gap: 3px 12px; margin: 4px 0; }
 dl.settings dt { font-family: "DejaVu Sans Mono", monospace; font-size: 13px; color: #555; }

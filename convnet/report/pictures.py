@@ -113,13 +113,15 @@ def activation_grid(maps, max_pixels):
     Returns (data URI, geometry): geometry has the tile size "th", "tw", "cols", "count",
     "pad" and the grid's "width" and "height" in pixels (the page's hover uses them to
     name the channel under the mouse). Each map is scaled to its own min..max (a
-    constant map is drawn dark); maps are in channel order, row by row.
+    constant map is drawn dark), except maps of one value (after global average
+    pooling), which share the volume's min..max; maps are in channel order, row by row.
     """
     c = maps.shape[0]
     tile = tile_size(maps.shape, max_pixels)
     small = shrink(maps, tile)                                   # (C, TH, TW)
-    low = small.min(axis=(1, 2), keepdims=True)
-    span = small.max(axis=(1, 2), keepdims=True) - low
+    axes = (0, 1, 2) if maps.shape[1] * maps.shape[2] == 1 else (1, 2)
+    low = small.min(axis=axes, keepdims=True)
+    span = small.max(axis=axes, keepdims=True) - low
     scaled = (small - low) * (254 / np.where(span > 0, span, 1))
     index = np.nan_to_num(scaled, nan=0).round().astype(np.uint8)
     cols = grid_columns(c, tile)

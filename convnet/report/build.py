@@ -367,15 +367,16 @@ def _training(run, info, name):
         best = max(history, key=lambda h: h["val_acc"])
         last = history[-1]
         parts.append(
-            f'<p>{len(history)} epochs; last: loss {last["loss"]:.4f}, accuracy '
-            f'{last["acc"]:.4f}, validation accuracy {last["val_acc"]:.4f}; best '
-            f'validation accuracy {best["val_acc"]:.4f} at epoch {best["epoch"]}.</p>'
+            f'<p>{len(history)} epoch{"s" * (len(history) != 1)}; last: loss '
+            f'{last["loss"]:.4f}, accuracy {last["acc"]:.4f}, validation accuracy '
+            f'{last["val_acc"]:.4f}; best validation accuracy {best["val_acc"]:.4f} at '
+            f'epoch {best["epoch"]}.</p>'
             f'<img id="curves" src="{curve}" alt="loss and accuracy per epoch" '
             f'style="max-width:100%">')
     config = (state or {}).get("config")
     if isinstance(config, dict):
         epoch = state.get("epoch")
-        done = f" ({epoch} epochs done)" if isinstance(epoch, int) else ""
+        done = f" ({epoch} epoch{'s' * (epoch != 1)} done)" if isinstance(epoch, int) else ""
         parts.append(f"<h3>Run settings{esc(done)}</h3>"
                      + key_value_list(sorted(config.items()), key="settings"))
     if info:

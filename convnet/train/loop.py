@@ -606,7 +606,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "
         f"{len(x_val)} for validation, {len(x_test)} for test; {model.num_params():,} "
         f"parameters ({sum(p.size for p in params.values()):,} trainable); "
-        f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs; "
+        f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} "
+        f"epoch{'s' * (cfg.epochs != 1)}; "
         f"writing to {out}")
     log(f"recipe: {recipe(cfg)}")
     bar = _progress(progress)
@@ -737,7 +738,7 @@ def recipe(cfg):
     augment = (" and ".join(moves) or "none") if cfg.augment else "none"
     augment = f"augmentation: {augment}"
     parts = [f"{cfg.optimizer} lr {cfg.lr:g}", f"{cfg.schedule} schedule",
-             f"batch {cfg.batch_size}", f"{cfg.epochs} epochs", augment]
+             f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}", augment]
     if cfg.weight_decay:
         parts.append(f"weight decay {cfg.weight_decay:g}")
     if cfg.label_smoothing:

@@ -425,14 +425,19 @@ def build_parser():
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
                         "net on the 8x8 digits (default: their own size; an image folder "
                         "of mixed sizes: the median; at most 128 pixels a side)")
-    p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N")
-    p.add_argument("--batch-size", type=int_type(1, 1_000_000), metavar="N")
+    p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N",
+                   help="passes over the training images (default: the data set's; with "
+                        "--time-limit, the most)")
+    p.add_argument("--batch-size", type=int_type(1, 1_000_000), metavar="N",
+                   help="images a step (default: the data set's); each epoch leaves out "
+                        "its last partial batch, other images each epoch (shuffled)")
     p.add_argument("--lr", type=float_type(0, low_open=True),
                    help="learning rate (default: the data set's own with its own "
                         "optimizer, else the optimizer's, see --optimizer)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), metavar="NAME",
                    help=_optimizer_help())
-    p.add_argument("--weight-decay", type=float_type(0), metavar="L2")
+    p.add_argument("--weight-decay", type=float_type(0), metavar="L2",
+                   help="weight decay (default: the data set's; 0.01 for adamw, as torch's)")
     p.add_argument("--schedule", choices=list(SCHEDULES),
                    help="learning-rate schedule, stepped every batch (default: cosine)")
     p.add_argument("--label-smoothing", type=float_type(0, 1, high_open=True), metavar="E",
@@ -450,7 +455,8 @@ def build_parser():
                         "or 1/8 of the image size)")
     p.add_argument("--time-limit", type=duration, metavar="TIME",
                    help="plan the run to end within TIME (e.g. 10m, 90s, 1h): time a few "
-                        "steps, then set --epochs so that the schedule ends in time")
+                        "steps, then set the epochs so that the schedule ends in time "
+                        "(--epochs N: at most N)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random shifts (--translate) and flips (--flip) of the training "
                         "images (default: the data set's)")

@@ -393,3 +393,51 @@ def test_another_optimizer_gets_its_own_learning_rate_on_every_data_set(data):
     if data == "fashion-mnist":
         assert TrainConfig(optimizer="sgd").resolved(data, (1, 28, 28), 10).lr == 0.1
         assert TrainConfig().resolved(data, (1, 28, 28), 10).lr == 3e-3
+
+
+@pytest.mark.parametrize("data", ["digits", "cifar10"])
+def test_adamw_decays_its_weights_unless_told_not_to(data):
+    """Every data set's default weight decay had reached AdamW too: with 0.0 it trained
+    bit for bit as Adam. It takes its own (torch's) 0.01 unless --weight-decay says."""
+    resolved = TrainConfig(optimizer="adamw").resolved(data, (1, 8, 8), 10)
+    assert resolved.weight_decay == 0.01 == torch.optim.AdamW([torch.zeros(1)]).defaults[
+        "weight_decay"]
+    assert TrainConfig(optimizer="adamw", weight_decay=0.0).resolved(
+        data, (1, 8, 8), 10).weight_decay == 0.0
+    assert TrainConfig(optimizer="adam").resolved(data, (1, 8, 8), 10).weight_decay == \
+        TrainConfig().resolved(data, (1, 8, 8), 10).weight_decay
+
+
+def test_time_limit_with_epochs_stops_at_those_epochs(tmp_path):
+    """--epochs with --time-limit is the most epochs: it had been replaced by the plan
+    without a word."""
+    lines = []
+    result = train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=60.0,
+                               epochs=2, out=str(tmp_path), **RECIPE),
+                   log=lines.append, progress=False)
+    assert len(result.history) == 2
+    assert any("--epochs 2: the run stops there, before the time limit" in line
+               for line in lines)
+    _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert state["schedule"]["total_steps"] == 2 * (1295 // 64)
+
+
+def test_resuming_a_finished_run_says_so(tmp_path):
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path)),
+          log=lambda *a: None, progress=False)
+    lines = []
+    train(TrainConfig(out=str(tmp_path)), resume=True, log=lines.append, progress=False)
+    assert any(line.endswith("its 1 epoch is done; the model is tested and written again")
+               for line in lines), lines
+
+
+def test_evaluate_counts_the_models_classes_not_the_labels_seen():
+    """Labels that miss the model's last class (or none at all) had raised IndexError."""
+    from convnet.models.notation import from_notation
+    from convnet.train.inference import evaluate
+    model = from_notation("INPUT 4 -> FC 5", rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((30, 4)).astype(np.float32)
+    result = evaluate(model, x, np.zeros(30, np.int64))
+    assert result["confusion"].shape == (5, 5) and result["confusion"].sum() == 30
+    empty = evaluate(model, x[:0], np.zeros(0, np.int64))
+    assert empty["confusion"].shape == (5, 5) and empty["accuracy"] == 0.0

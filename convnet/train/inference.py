@@ -132,7 +132,7 @@ def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
     mirror image's (left-right)."""
     model.eval()
     batch_size = batch_size or inference_batch(model, x.shape[1:])
-    k = num_classes or int(y.max()) + 1
+    k = num_classes or int(np.prod(model.output_shape(x.shape[1:])))
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
     for start in range(0, len(x), batch_size):

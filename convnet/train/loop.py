@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import os
@@ -197,7 +198,8 @@ class TrainConfig:
 
     def resolved(self, data_name, input_shape, num_classes):
         """A copy with every None filled: the data set's defaults; the lr its own where the
-        optimizer is its own, else the optimizer's (DEFAULT_LR); flip TTA where the images
+        optimizer is its own, else the optimizer's (DEFAULT_LR); AdamW's own weight decay
+        (0.01, as torch's: decoupled decay is what it adds to Adam); flip TTA where the images
         are flipped in training (a model that never saw mirror images gains nothing from
         them)."""
         defaults = defaults_for(data_name)
@@ -206,6 +208,9 @@ class TrainConfig:
         if values["lr"] is None:
             own = values["optimizer"] == defaults["optimizer"] and "lr" in defaults
             values["lr"] = defaults["lr"] if own else DEFAULT_LR[values["optimizer"]]
+        if self.weight_decay is None and values["optimizer"] == "adamw":   # its own, torch's
+            values["weight_decay"] = inspect.signature(OPTIMIZERS["adamw"]).parameters[
+                "weight_decay"].default
         if values["tta"] is None:
             values["tta"] = bool(values["augment"] and values["flip"])
         if self.model is None and not self.init_from:
@@ -477,7 +482,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     stack.enter_context(use_algorithm(cfg.conv_algorithm))
     if cfg.conv_algorithm != "auto":
         log(f"convolutions: {cfg.conv_algorithm} wherever it can run")
-    batch_given = cfg.batch_size is not None
+    batch_given, epochs_given = cfg.batch_size is not None, cfg.epochs
     cfg = cfg.resolved(splits.name, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
@@ -544,6 +549,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if cfg.time_limit and ckpt is None:
         cfg.epochs = plan_epochs(cfg, model, x_train, y_train, len(x_val), len(x_test),
                                  batches_per_epoch, started, comm, log)
+        if epochs_given is not None and epochs_given < cfg.epochs:   # --epochs: a cap
+            cfg.epochs = epochs_given
+            log(f"--epochs {epochs_given}: the run stops there, before the time limit")
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, weight_decay=cfg.weight_decay)
     schedule = make_schedule(cfg.schedule, optimizer, total_steps=cfg.epochs * batches_per_epoch)
     ema = WeightEMA(model, cfg.ema, warmup=True) if cfg.ema else None
@@ -570,7 +578,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             comm, log)
         if ema is not None:
             ema.load_state_dict(ema_arrays, state.get("ema"), f"{ckpt_path}: ema")
-        log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}")
+        done = f"{cfg.epochs} epoch{'s are' if cfg.epochs != 1 else ' is'} done"
+        log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}" if epoch < cfg.epochs
+            else f"resuming {ckpt_path}: its {done}; the model is tested and written again")
 
     def agree():
         """Make the ranks' running statistics agree (averaged, where each rank normalizes

@@ -43,7 +43,7 @@ import numpy as np
 from convnet.layers.base import Layer, hw_text
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.linear import Flatten, Linear
-from convnet.models.containers import Concat, Container, DenseBlock, Residual
+from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 
 # k in "parameters x k": the parameters, their gradients, and the optimizer's step cache.
 OPTIMIZER_MULTIPLIERS = {
@@ -350,8 +350,12 @@ class _Walker:
                 shape = (shape[0] + new_shape[0], *shape[1:])
                 state = state.merge(new_state)
             return shape, state
+        start = shape, state
         for n, child in children:                   # Sequential, and any other chain
             shape, state = self.visit(child, n, shape, state, frozen)
+        if type(layer) is not Sequential and shape != start[0] \
+                and tuple(layer.output_shape(start[0])) == tuple(start[0]):
+            return start        # a side head (GoogLeNet's AuxClassifier): x passes on
         return shape, state
 
     def _residual(self, block, name, shape, state, frozen):

@@ -626,3 +626,18 @@ def test_every_zoo_relu_after_a_layer_that_keeps_its_input_is_in_place(name):
                     assert layer.inplace is kept, (name, before, layer)
                     seen += kept
     assert seen > 0
+
+
+@pytest.mark.parametrize("name", ["googlenet", "googlenet_torchvision"])
+def test_summary_walks_past_googlenets_auxiliary_heads(name):
+    """A side head passes its input on: the stage after it sees the 14x14x512 volume, not
+    the head's class scores (the summary, and the report with it, had failed there)."""
+    from convnet.zoo import get_model
+    net = get_model(name, aux_logits=True, rng=np.random.default_rng(0))
+    found = summary(net, net.input_shape)
+    assert found.total_params == net.num_params()
+    assert found.layers[-1].output_shape == (1000,)
+    heads = [row for row in found.layers if row.name.startswith("aux1.")]
+    assert heads and heads[-1].output_shape == (1000,)
+    after = next(row for row in found.layers if row.name.startswith("inception4b."))
+    assert after.input_shape == (512, 14, 14)

@@ -307,6 +307,8 @@ def _next_field(layer, state, in_shape, out_shape):
         # adaptive pooling (or any resize without a kernel): windows over the whole grid
         extent = [_adaptive_window(i, o) for i, o in zip(in_shape[1:], out_shape[1:])]
         stride = [max(1, i // o) for i, o in zip(in_shape[1:], out_shape[1:])]
+        # enlarging repeats the input's neurons: an FC after it sees only the i distinct
+        grid = tuple(min(i, o) for i, o in zip(in_shape[1:], out_shape[1:]))
     else:                                           # elementwise, Flatten: unchanged
         return _Field(state.rf, state.jump, grid)
     rf = tuple(r + (f - 1) * j for r, f, j in zip(state.rf, extent, state.jump))

@@ -641,3 +641,15 @@ def test_summary_walks_past_googlenets_auxiliary_heads(name):
     assert heads and heads[-1].output_shape == (1000,)
     after = next(row for row in found.layers if row.name.startswith("inception4b."))
     assert after.input_shape == (512, 14, 14)
+
+
+def test_an_enlarging_adaptive_pool_adds_nothing_to_the_receptive_field():
+    """VGG at 32x32: pool5 is 1x1 and the adaptive pool repeats it 7x7 times; the FC
+    after it sees pool5's one neuron, so its field stays pool5's (it had been 342)."""
+    from convnet.zoo import get_model
+    net = get_model("vgg11", input_size=32, rng=np.random.default_rng(0))
+    rows = {r.name: r for r in summary(net, (3, 32, 32)).layers}
+    assert rows["avgpool"].output_shape == (512, 7, 7)
+    pool5 = rows["features.20"].receptive_field
+    assert pool5 == (150, 150)
+    assert rows["classifier.0"].receptive_field == pool5

@@ -628,3 +628,27 @@ def test_ceil_mode_window_wider_than_the_padded_input(size, kernel, stride, padd
         assert rel_error(layer.backward(dout), dx_want.numpy()) < 1e-12
     with pytest.raises(ValueError, match="larger than the padded input"):
         MaxPool2d(kernel + stride, stride, padding, ceil_mode=True).forward(x)
+
+
+def test_every_fix_a_pool_size_error_suggests_builds_a_pool_that_fits():
+    """The hint had offered paddings over F/2, which the pool then refused (MaxPool2d(3, 3)
+    on 32x32: 'use P=2')."""
+    import re
+    checked = 0
+    for size in range(3, 30):
+        for f in range(1, 6):
+            for s in range(2, 6):
+                try:
+                    MaxPool2d(f, s).output_shape((1, size, size))
+                    continue
+                except ValueError as err:
+                    text = str(err)
+                if "is not an integer" not in text:
+                    continue
+                for key, value in re.findall(r"\b([PS])=(\d+)\b", text.split("Fix: use")[1]
+                                             .split(", or pass")[0]):
+                    kwargs = {"padding": int(value)} if key == "P" else {"stride": int(value)}
+                    layer = MaxPool2d(f, **{"stride": s, **kwargs})
+                    layer.output_shape((1, size, size))
+                    checked += 1
+    assert checked > 100

@@ -41,18 +41,21 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
                    f"= {span / stride + 1:g}")
         raise ValueError(
             f"{where}: hyperparameters do not fit along {axis}: {formula} is not an integer. "
-            f"{_fit_hint(size, extent, stride, padding)}, or pass fit='floor' to drop the "
+            f"{_fit_hint(size, extent, stride, padding, kernel // 2 if can_ceil else None)}"
+            f", or pass fit='floor' to drop the "
             f"last {span % stride} row(s)/column(s) as PyTorch does"
             + (", or ceil_mode=True to keep them in a last, partial window" if can_ceil
                else ""))
     return span // stride + 1
 
 
-def _fit_hint(size, extent, stride, padding):
-    """Suggest the nearest padding or stride that makes (W - F + 2P) / S integral."""
+def _fit_hint(size, extent, stride, padding, most_padding=None):
+    """Suggest the nearest padding (at most ``most_padding``: a pool's F/2) or stride
+    that makes (W - F + 2P) / S integral."""
     hints = []
     tries = min(stride, 4096)  # a hint, not a search: huge strides get the generic advice
-    for p in range(padding + 1, padding + tries + 1):
+    last = padding + tries if most_padding is None else min(padding + tries, most_padding)
+    for p in range(padding + 1, last + 1):
         if (size - extent + 2 * p) % stride == 0:
             hints.append(f"P={p}")
             break

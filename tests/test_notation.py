@@ -360,6 +360,8 @@ def test_error_unbound_name_lists_names():
     ("INPUT 8x8x3 -> DROPOUT abc", ["does not take 'abc'"], "abc"),
     ("INPUT 8x8x3 -> DROPOUT nan", ["does not take 'nan'"], "nan"),
     ("INPUT 8x8x3 -> LEAKYRELU 1e400", ["slope must be"], "1e400"),
+    ("INPUT 8x8x3 -> LEAKYRELU 0_01", ["slope must be"], "0_01"),    # not Python's 1
+    ("INPUT 8x8x3 -> LRN 5 1_0", ["alpha must be"], "1_0"),
     ("INPUT 8xx8 -> RELU", ["size must be"], "8xx8"),
     ("INPUT 8x8x3x2 -> RELU", ["size must be"], "8x8x3x2"),
     ("INPUT 8x8x3 -> RELU*", ["followed by a count"], "*"),

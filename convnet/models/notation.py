@@ -74,6 +74,7 @@ _TOKEN = re.compile(r"\s*+(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
                     r"|(?P<word>(?:[^\s\[\]*?→-]++|-(?!>))++))")
 _NAME = re.compile(r"[A-Za-z_]\w*$")
 _INT = re.compile(r"[0-9]+$")
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 MAX_WORD = 64      # characters in one keyword, argument or count (far more than any needs)
 MAX_ARGS = 16      # arguments after one keyword (CONV, the most, takes 7; more are refused)
 
@@ -197,11 +198,10 @@ _EXAMPLES = {"int": "a positive int such as 3", "float": "a number such as 0.5",
 
 def _value(text, kind):
     """Parse one number of the given kind; None when the text is not one."""
-    if kind == "float":
-        try:
-            value = float(text)
-        except ValueError:
+    if kind == "float":     # a plain decimal: no digit underscores, nan or inf
+        if not _FLOAT.match(text):
             return None
+        value = float(text)
         return value if math.isfinite(value) else None
     if kind == "pad" and text.lower() == "same":
         return "same"

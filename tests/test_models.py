@@ -7,6 +7,7 @@ import torch
 from convnet.layers.activation import ReLU
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
+from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -434,6 +435,70 @@ def test_fc_to_conv_drops_an_identity_adaptive_pool_and_needs_a_shape():
     x = rng.standard_normal((2, 3, 8, 8))
     assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
     assert conv_net.forward(rng.standard_normal((1, 3, 12, 12))).shape == (1, 3, 3, 3)
+
+
+def crops_of(x, size, step, n):
+    return np.stack([x[0, :, step * i: step * i + size, step * j: step * j + size]
+                     for i in range(n) for j in range(n)])
+
+
+@pytest.mark.parametrize("head", ["flatten-bn", "gap", "pool-2x2"])
+def test_fc_to_conv_slides_heads_with_batch_norm_or_adaptive_pooling(head):
+    """A BatchNorm1d over the flattened volume (folded into the first FC) and adaptive
+    pooling (AvgPool2d at stride 1, then a dilated CONV) slide exactly: the first had
+    built a net that could not run, the second a 1x1 map on any image."""
+    rng = np.random.default_rng(11)
+    body = [Conv2d(2, 3, 3, rng=rng, **F64), ReLU(), MaxPool2d(2)]     # 12 -> 10 -> 5
+    if head == "flatten-bn":
+        tail = [Flatten(), BatchNorm1d(75, dtype=np.float64), Linear(75, 4, rng=rng, **F64)]
+    elif head == "gap":
+        tail = [AdaptiveAvgPool2d(1), Flatten(), Linear(3, 4, rng=rng, **F64)]
+    else:
+        body[-1] = MaxPool2d(2, 1)                                     # 12 -> 10 -> 9
+        tail = [AdaptiveAvgPool2d(3), Flatten(), Dropout(0.5), Linear(27, 4, rng=rng, **F64)]
+    net = Sequential(*body, *tail).eval()
+    for _, layer in net.named_layers():
+        if isinstance(layer, BatchNorm1d):
+            layer.buffers["running_mean"][:] = rng.standard_normal(75)
+            layer.buffers["running_var"][:] = rng.uniform(0.5, 2, 75)
+            layer.params["weight"][:] = rng.uniform(0.5, 1.5, 75)
+    conv_net = fc_to_conv(net, (2, 12, 12)).eval()
+    x = rng.standard_normal((2, 2, 12, 12))
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
+    step = 2 if head != "pool-2x2" else 1
+    big = rng.standard_normal((1, 2, 12 + 4 * step, 12 + 4 * step))
+    scores = conv_net.forward(big)[0]
+    assert scores.shape == (4, 5, 5)
+    expected = net.forward(crops_of(big, 12, step, 5)).reshape(5, 5, 4).transpose(2, 0, 1)
+    assert rel_error(scores, expected) < 1e-10
+
+
+def test_fc_to_conv_copies_blocks_before_the_head_and_shares_nothing():
+    """ResNet's residual blocks are the conv body: copied, not refused as 'inside the FC
+    head'. The result shares no layer with the model: eval() or new weights on one leave
+    the other alone."""
+    from convnet.zoo import resnet18
+    net = resnet18(num_classes=5, input_size=32, rng=np.random.default_rng(0)).eval()
+    conv_net = fc_to_conv(net).eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-5
+    ours = dict(conv_net.named_layers())
+    assert all(ours[name] is not layer for name, layer in net.named_layers() if name in ours)
+    ours["conv1"].params["weight"][...] = 0
+    assert np.abs(net["conv1"].params["weight"]).max() > 0
+    dropped = Sequential(Conv2d(1, 2, 3, **F64), Flatten(), Dropout(0.5), Linear(8, 2, **F64))
+    converted = fc_to_conv(dropped, (1, 4, 4))
+    converted.eval()
+    assert dropped[2].training and not converted[2].training
+
+
+def test_fc_to_conv_refuses_a_flattened_batch_norm_that_is_not_right_before_an_fc():
+    net = Sequential(Conv2d(1, 2, 3, **F64), Flatten(), BatchNorm1d(8, dtype=np.float64),
+                     ReLU(), Linear(8, 2, **F64))
+    net[2].name = "2"
+    with pytest.raises(ValueError, match=r"fc_to_conv: 2 normalizes each position of the "
+                                         r"flattened volume and .* follows it"):
+        fc_to_conv(net, (1, 4, 4))
 
 
 @pytest.mark.parametrize("kind", KINDS)

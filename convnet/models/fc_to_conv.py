@@ -14,13 +14,17 @@ near the crops' borders: the crop, run alone, sees zeros where the big image has
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
+from convnet.functional import norm as F
 from convnet.layers.base import Identity, Layer, check_volume
 from convnet.layers.conv import Conv2d
+from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
-from convnet.layers.pool import AdaptiveAvgPool2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d
 from convnet.models.containers import Container, Sequential
 
 
@@ -29,15 +33,21 @@ def fc_to_conv(model, input_shape=None):
 
     Args:
         model: a Sequential (possibly of named Sequential stages such as "features" and
-            "classifier") ending in FC layers.
+            "classifier"; blocks such as Residual before the first FC are copied as they
+            are) ending in FC layers.
         input_shape: the per-sample (C, H, W) the net was built for; defaults to
             ``model.input_shape``.
 
     The first FC after the conv stack becomes Conv2d(D, K, F=(H, W)) on the incoming
     H x W x D volume; later FCs become 1x1 CONVs; the Flatten before them becomes an
-    Identity, and an AdaptiveAvgPool2d that is the identity at the original size is
-    dropped too (it would squash a larger map). Output: (N, K, OH, OW), with OH = OW = 1
-    at the original size.
+    Identity. An AdaptiveAvgPool2d that is the identity at the original size is dropped
+    (it would squash a larger map); one that averages k x k windows (global average
+    pooling: the whole grid) becomes AvgPool2d(k, stride 1), and the first FC's CONV
+    takes dilation k, so that the pooling slides too. A BatchNorm1d between the Flatten
+    and the first FC (one mean and variance per position of the volume) is folded into
+    that FC with its running statistics: the converted net is for inference. Output:
+    (N, K, OH, OW), with OH = OW = 1 at the original size. Nothing is shared with
+    ``model``.
 
     >>> # a net reducing 224x224 to 7x7x512 gives a 6x6 map of scores on 384x384
     """
@@ -48,8 +58,11 @@ def fc_to_conv(model, input_shape=None):
                          "built for (the model has no input_shape attribute)")
     if not isinstance(model, Sequential):
         raise ValueError(f"fc_to_conv: expected a Sequential model, got {type(model).__name__}")
-    state = {"volume": None}
+    state = {"volume": None, "head": False, "dilation": (1, 1), "pending": None}
     converted, _ = _convert(model, tuple(input_shape), state)
+    if state["pending"] is not None:
+        raise ValueError(f"fc_to_conv: {state['pending'][2]} normalizes the flattened volume "
+                         f"but no FC layer follows it")
     converted.input_shape = tuple(input_shape)
     converted.train(model.training)
     return converted
@@ -58,7 +71,7 @@ def fc_to_conv(model, input_shape=None):
 def _convert(seq, shape, state):
     children = {}
     for key, layer in seq.children():
-        if isinstance(layer, Sequential):
+        if type(layer) is Sequential:
             children[key], shape = _convert(layer, shape, state)
             continue
         out_shape = layer.output_shape(shape)
@@ -68,35 +81,69 @@ def _convert(seq, shape, state):
 
 
 def _convert_layer(layer, shape, out_shape, state):
-    """The CONV-world replacement of one leaf layer (the layer itself if nothing to do)."""
+    """The CONV-world replacement of one leaf layer or block (a copy where nothing
+    changes)."""
+    where = layer.name or type(layer).__name__
+    if state["pending"] is not None and not isinstance(layer, (Linear, Dropout)):
+        raise ValueError(f"fc_to_conv: {state['pending'][2]} normalizes each position of "
+                         f"the flattened volume and {where} follows it: only an FC layer "
+                         f"(which it is folded into) can")
     if isinstance(layer, Flatten):
-        state["volume"] = shape  # the (D, H, W) that the next FC looks at
+        state["volume"], state["head"] = shape, True   # the (D, H, W) the next FC sees
         return Identity()
-    if isinstance(layer, AdaptiveAvgPool2d) and out_shape == shape:
+    if isinstance(layer, AdaptiveAvgPool2d) and len(shape) == 3 and not state["head"]:
+        if out_shape == shape:
+            return Identity()
+        (h, w), (oh, ow) = shape[1:], out_shape[1:]
+        if h % oh or w % ow:
+            raise ValueError(f"fc_to_conv: {where} pools {h}x{w} to {oh}x{ow}, windows of "
+                             f"unequal sizes, which cannot slide over a larger image")
+        state["dilation"] = (h // oh, w // ow)
+        return AvgPool2d(state["dilation"], stride=1)
+    if isinstance(layer, BatchNorm1d) and state["volume"] is not None:
+        if not layer.track_running_stats:
+            raise ValueError(f"fc_to_conv: {where} normalizes the flattened volume with "
+                             f"batch statistics only (no running statistics to fold)")
+        scale, shift = F.batch_norm_affine(
+            layer.params.get("weight"), layer.params.get("bias"),
+            layer.buffers["running_mean"], layer.buffers["running_var"], layer.eps)
+        state["pending"] = (scale, shift, where)
         return Identity()
     if isinstance(layer, Linear):
+        state["head"] = True
         w = layer.params["weight"]
+        b = layer.params["bias"] if "bias" in layer.params else None
+        if state["pending"] is not None:    # W (x * scale + shift) + b
+            scale, shift, _ = state["pending"]
+            state["pending"] = None
+            b = (0 if b is None else b) + w @ shift
+            w = w * scale
+        dilation = (1, 1)
         if state["volume"] is not None:  # the first FC: F equals the incoming volume
             d, h, wd = state["volume"]
-            state["volume"] = None
+            state["volume"], dilation = None, state["dilation"]
         else:
             d, h, wd = layer.in_features, 1, 1
-        conv = Conv2d(d, layer.out_features, (h, wd), bias="bias" in layer.params,
+        conv = Conv2d(d, layer.out_features, (h, wd), dilation=dilation, bias=b is not None,
                       dtype=w.dtype)
-        conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).copy()  # C-major
-        if "bias" in layer.params:
-            conv.params["bias"] = layer.params["bias"].copy()
+        conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).astype(w.dtype)
+        if b is not None:
+            conv.params["bias"] = np.asarray(b, dtype=w.dtype).copy()
         conv.zero_grad()
         return conv
-    if isinstance(layer, BatchNorm1d):
+    if isinstance(layer, BatchNorm1d):   # after an FC: one value per channel of a 1x1 map
         bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
         bn.params = {k: v.copy() for k, v in layer.params.items()}
         bn.buffers = {k: v.copy() for k, v in layer.buffers.items()}
         bn.zero_grad()
         return bn
-    if isinstance(layer, Container) or not isinstance(layer, Layer):
-        raise ValueError(f"fc_to_conv: cannot convert {layer.where} inside the FC head")
-    return layer
+    if isinstance(layer, Container) and state["head"]:
+        raise ValueError(f"fc_to_conv: cannot convert the block {where} inside the FC head")
+    if not isinstance(layer, Layer):
+        raise ValueError(f"fc_to_conv: cannot convert {where}: not a layer")
+    copied = copy.deepcopy(layer)       # the converted net shares nothing with the model
+    copied.clear_cache() if isinstance(copied, Container) else setattr(copied, "cache", None)
+    return copied
 
 
 def slide(model, x, net_stride, factor=2):

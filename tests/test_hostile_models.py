@@ -642,3 +642,37 @@ def test_class_names_must_match_the_models_scores(saved):
         json_path = write_json(saved, with_value(document(), ("info", "classes"), names))
         message = refused(partial(load_model, json_path), json_path)
         assert f"info.classes names {len(names)} classes, but the model gives 3" in message
+
+
+@pytest.mark.parametrize("build", [
+    "from_notation('INPUT 64x64x1 -> FC 16384 -> [FC 16384]*4 -> FC 10')",
+    "from_config({'type': 'Sequential', 'children': [[str(i), {'type': 'Linear', "
+    "'in_features': 16384, 'out_features': 16384}] for i in range(5)]})"],
+    ids=["notation", "model-file"])
+def test_a_model_whose_total_is_over_the_cap_writes_no_weight_before_the_refusal(build):
+    """Five FC layers each under MAX_PARAMS but over it together: the first four had
+    been drawn (3.4 GB) before the fifth was refused. The total is counted first."""
+    import subprocess
+    import sys
+    script = (
+        "import resource, numpy as np\n"
+        "from convnet.models.notation import from_notation\n"
+        "from convnet.models.config import from_config\n"
+        "try:\n"
+        f"    {build}\n"
+        "except ValueError as err:\n"
+        "    print('refused' if 'total of parameters' in str(err) else err)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out[0] == "refused" and int(out[1]) < 400, out    # MB of peak resident memory
+
+
+def test_counting_first_leaves_the_initial_weights_as_they_were():
+    """The counting pass draws nothing from rng: a seed gives the weights it gave."""
+    from convnet.layers.base import uniform_init
+    from convnet.models.notation import from_notation
+    rng = np.random.default_rng(3)
+    first = uniform_init(rng, (6, 1, 3, 3), 9, np.float32)
+    net = from_notation("INPUT 8x8x1 -> CONV 6 -> FC 2", rng=np.random.default_rng(3))
+    assert np.array_equal(net[0].params["weight"], first)

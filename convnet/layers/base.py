@@ -173,7 +173,10 @@ def _dtype_problem(own, value):
 
 
 def uniform_init(rng, shape, fan_in, dtype):
-    """PyTorch's default init for Conv and Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """PyTorch's default init for Conv and Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in));
+    zeros, drawing nothing from rng, inside ``counting_only``."""
+    if _COUNTING_ONLY.get():
+        return np.zeros(shape, dtype=dtype)   # calloc: no page is written
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     u = rng.random(shape, dtype=dtype)  # [0, 1), drawn directly in the target dtype
     u *= 2 * bound
@@ -273,6 +276,21 @@ def counting_params(cap=None, source=None):
         yield count
     finally:
         _MODEL_COUNT.reset(token)
+
+
+_COUNTING_ONLY = contextvars.ContextVar("convnet_counting_only", default=False)
+
+
+@contextlib.contextmanager
+def counting_only():
+    """Inside this block layers take zeros for their initial weights (``uniform_init``),
+    writing no memory and drawing nothing from their rng: a builder run in it, inside
+    ``counting_params``, counts a model's parameters before the real build writes any."""
+    token = _COUNTING_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _COUNTING_ONLY.reset(token)
 
 
 def check_param_count(count, where):

@@ -17,7 +17,7 @@ import inspect
 
 from convnet import limits
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
-from convnet.layers.base import Identity, counting_params
+from convnet.layers.base import Identity, counting_only, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -58,6 +58,8 @@ def from_config(config, rng=None, where="model config", max_params=None,
     >>> net[0]
     ReLU()
     """
+    with counting_params(max_params, weights), counting_only():   # before any is written
+        _Builder(rng, where).build(config, "", 0)
     with counting_params(max_params, weights):
         return _Builder(rng, where).build(config, "", 0)
 

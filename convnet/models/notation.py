@@ -58,7 +58,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv.sizes import conv_output_size, pair
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
-from convnet.layers.base import check_dtype, counting_params
+from convnet.layers.base import check_dtype, counting_only, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -600,8 +600,11 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
         raise _error(text, 0, len(text.rstrip()), "the text",
                      f"the repetitions unroll to {total:,} layers, over the cap of "
                      f"{limits.MAX_LAYERS:,} (convnet.limits.MAX_LAYERS)")
+    specs = _expand(items, counts, optional, [])
+    with counting_params(), counting_only():   # the total, before a weight is written
+        _build_layers(text, specs, shape, dtype, rng)
     with counting_params():
-        layers = _build_layers(text, _expand(items, counts, optional, []), shape, dtype, rng)
+        layers = _build_layers(text, specs, shape, dtype, rng)
     model = relus_in_place(Sequential(*layers))
     model.input_shape = shape
     return model

@@ -7,7 +7,8 @@ not hooks). The counting rules, stated once:
 - **mult-adds** are per sample (a layer's ``macs``); per batch is that times the batch.
   A CONV or FC layer's are its weights' multiplications, K*OH*OW*(C/G)*FH*FW and
   in*out, without the bias additions (torchinfo counts those too, so its figures are
-  larger by one per output value).
+  larger by one per output value). Batch norm counts 2 per output value (a scale and a
+  shift), LRN its size + 1; pooling, RELU and the other elementwise layers count 0.
 - **activations**: every layer's output volume, in values, times the batch. A layer that
   writes into its input's buffer (``ReLU(inplace=True)``) or returns a view of it
   (``Flatten``) adds no new values. The input batch is counted once, as miscellaneous.
@@ -196,7 +197,7 @@ class Summary:
                 "max_batch_size": self.max_batch_size, "advice": list(self.advice)}
 
     def to_text(self, inference=False):
-        """The table for a terminal (under ~125 columns), then totals, memory, advice.
+        """The table for a terminal (about 140 columns at most), then totals, memory, advice.
         Its algorithm column is what each CONV runs in training at this batch size, or
         with ``inference=True`` at inference (where the choice can differ: Winograd runs
         only there)."""

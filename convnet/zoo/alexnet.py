@@ -133,7 +133,7 @@ def build_alexnet_family(name, spec, num_classes, input_shape, *, avgpool=None, 
 
 
 def alexnet(num_classes=1000, *, dtype=np.float32, rng=None):
-    """AlexNet as in the paper and the notes: 227x227x3, CONV1 96x11x11/4, two-GPU groups.
+    """AlexNet as in the paper: 227x227x3, CONV1 96x11x11/4, two-GPU groups.
 
     [227x227x3] -> CONV1 96 11x11/4 -> [55x55x96] -> LRN -> POOL 3x3/2 -> [27x27x96]
     -> CONV2 256 5x5 P2 (2 groups) -> LRN -> POOL -> [13x13x256] -> CONV3 384 3x3 P1
@@ -141,7 +141,8 @@ def alexnet(num_classes=1000, *, dtype=np.float32, rng=None):
     -> FC-4096 -> FC-4096 -> FC-1000, ReLU after every CONV and hidden FC, dropout 0.5.
 
     LRN: n=5, alpha=1e-4, beta=0.75, k=2 with PyTorch's (and Caffe's) alpha/n convention.
-    Parameters: 60,965,224 at 1000 classes (the groups halve CONV2, 4 and 5).
+    Parameters: 60,965,224 at 1000 classes (the groups halve CONV2, 4 and 5; the notes'
+    walk-through counts CONV2 without groups, 614,656 parameters where this has 307,456).
 
     Args:
         num_classes: outputs of the last FC layer.

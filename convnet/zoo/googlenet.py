@@ -122,7 +122,7 @@ def build_googlenet(variant, num_classes=1000, input_size=224, *, aux_logits=Fal
         variant: "paper" (Table 1, with LRN and 5x5 CONVs) or "torchvision".
         num_classes: outputs of the fc layer (and of the aux heads).
         input_size: side of the default square input; the paper's fixed 7x7 average pool
-            needs 224, torchvision's adaptive pools take any input of at least 31x31.
+            needs 224, torchvision's adaptive pools take any input of at least 15x15.
         aux_logits: add the two auxiliary classifiers aux1 and aux2.
         dtype: float32 (default) or float64. rng: np.random.Generator for every init and
             for the dropout masks.

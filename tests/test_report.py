@@ -324,6 +324,12 @@ def test_a_model_trained_with_tta_is_evaluated_with_it_as_eval_does(pages, tmp_p
                      *flag]) == 0
         lines.append(capsys.readouterr().out)
     assert lines[0] != lines[1]
+    # and the activations' "predicted" line is predict's (TTA included)
+    assert main(["predict", str(run / "model.json"), str(image)]) == 0
+    predicted = capsys.readouterr().out.split(": ", 1)[1].strip()
+    assert main(["report", str(run / "model.json"), "--images", str(image), "--out",
+                 str(tmp_path / "i.html")]) == 0
+    assert f"predicted: {predicted}</p>" in (tmp_path / "i.html").read_text()
 
 
 def test_a_diverged_run_keeps_its_curves(pages, tmp_path, capsys):

@@ -618,6 +618,9 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
                                 f"images (the page's size cap)")
             samples, sample_x = samples[:count], sample_x[:count]
         grids, outputs = _activations(model, stages, share, sample_x)
+        if info.get("tta") and outputs is not None and outputs.ndim == 2:
+            from convnet.train.inference import class_scores  # as predict gives them
+            outputs = class_scores(model, sample_x, tta=True)
 
     body = (_status(name, model, result, info, notes) + _architecture(model, result)
             + _summary(result) + _training(run, info, name) + _filters(model, trained)

@@ -473,6 +473,58 @@ def test_fc_to_conv_slides_heads_with_batch_norm_or_adaptive_pooling(head):
     assert rel_error(scores, expected) < 1e-10
 
 
+@pytest.mark.parametrize("case", ["pool-conv", "pool-maxpool", "two-pools", "enlarge",
+                                  "uneven", "subclass-head"])
+def test_fc_to_conv_keeps_pools_that_cannot_slide_and_converts_every_stage(case):
+    """An adaptive pool slides only right before the Flatten: one followed by a CONV, a
+    pool or another adaptive pool, one that enlarges, and one with windows of unequal
+    sizes are kept, and the net is exact at the original size; a stage that is a
+    Sequential subclass is converted as a Sequential is."""
+    rng = np.random.default_rng(12)
+    conv = Conv2d(2, 4, 3, padding=1, rng=rng, **F64)
+    pool, tail = AdaptiveAvgPool2d(2), [Flatten(), Linear(16, 5, rng=rng, **F64)]
+    body = {"pool-conv": [pool, Conv2d(4, 4, 3, padding=1, rng=rng, **F64)],
+            "pool-maxpool": [AdaptiveAvgPool2d(4), MaxPool2d(2)],
+            "two-pools": [AdaptiveAvgPool2d(4), pool],
+            "enlarge": [AdaptiveAvgPool2d(1), pool],
+            "uneven": [AvgPool2d(4, 1), pool],          # 8 -> 5 -> 2: windows of 2 and 3
+            "subclass-head": [pool]}[case]
+
+    class Head(Sequential):
+        pass
+    head = Head(*tail) if case == "subclass-head" else Sequential(*tail)
+    net = Sequential({"features": Sequential(conv, *body), "head": head}).eval()
+    converted = fc_to_conv(net, (2, 8, 8))
+    x = rng.standard_normal((3, 2, 8, 8))
+    out = converted.forward(x)
+    assert out.shape == (3, 5, 1, 1)
+    assert rel_error(out[:, :, 0, 0], net.forward(x)) < 1e-10
+
+
+def test_fc_to_conv_returns_a_net_with_a_folded_batch_norm_in_eval_mode():
+    rng = np.random.default_rng(13)
+    net = Sequential(Conv2d(1, 2, 3, rng=rng, **F64), Flatten(),
+                     BatchNorm1d(8, dtype=np.float64), Linear(8, 2, rng=rng, **F64))
+    assert net.training
+    converted = fc_to_conv(net, (1, 4, 4))
+    assert not converted.training
+    net.eval()
+    x = rng.standard_normal((2, 1, 4, 4))
+    assert rel_error(converted.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
+    plain = fc_to_conv(Sequential(Conv2d(1, 2, 3, **F64), Flatten(), Linear(8, 2, **F64)),
+                       (1, 4, 4))
+    assert plain.training                         # no fold: the model's mode
+
+
+def test_vgg_built_for_small_images_converts():
+    """VGG at 32x32: its adaptive pool enlarges 1x1 to 7x7 and is kept."""
+    from convnet.zoo import get_model
+    net = get_model("vgg11", num_classes=4, input_size=32, rng=np.random.default_rng(0))
+    converted = fc_to_conv(net.eval())
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert rel_error(converted.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-5
+
+
 def test_fc_to_conv_copies_blocks_before_the_head_and_shares_nothing():
     """ResNet's residual blocks are the conv body: copied, not refused as 'inside the FC
     head'. The result shares no layer with the model: eval() or new weights on one leave

@@ -15,10 +15,12 @@ near the crops' borders: the crop, run alone, sees zeros where the big image has
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 
 from convnet.functional import norm as F
+from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity, Layer, check_volume
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
@@ -26,6 +28,10 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d
 from convnet.models.containers import Container, Sequential
+
+# Layers that act on each position of a volume alone: they may sit between a sliding
+# adaptive pool and the Flatten (they then run on the pool's stride-1 grid).
+_PER_POSITION = (ReLU, ReLU6, LeakyReLU, Tanh, Sigmoid, Dropout, Identity, BatchNorm2d)
 
 
 def fc_to_conv(model, input_shape=None):
@@ -41,11 +47,14 @@ def fc_to_conv(model, input_shape=None):
     The first FC after the conv stack becomes Conv2d(D, K, F=(H, W)) on the incoming
     H x W x D volume; later FCs become 1x1 CONVs; the Flatten before them becomes an
     Identity. An AdaptiveAvgPool2d that is the identity at the original size is dropped
-    (it would squash a larger map); one that averages k x k windows (global average
-    pooling: the whole grid) becomes AvgPool2d(k, stride 1), and the first FC's CONV
-    takes dilation k, so that the pooling slides too. A BatchNorm1d between the Flatten
-    and the first FC (one mean and variance per position of the volume) is folded into
-    that FC with its running statistics: the converted net is for inference. Output:
+    (it would squash a larger map). One right before the Flatten (RELU, batch norm and
+    dropout aside) that averages k x k windows (global average pooling: the whole grid)
+    becomes AvgPool2d(k, stride 1), and the first FC's CONV takes dilation k, so that the
+    pooling slides too; any other (enlarging, windows of unequal sizes, other layers
+    before the Flatten) is kept, and the net gives its scores at the original size only.
+    A BatchNorm1d between the Flatten and the first FC (one mean and variance per
+    position of the volume) is folded into that FC with its running statistics, and the
+    converted net is returned in eval mode; otherwise in the model's mode. Output:
     (N, K, OH, OW), with OH = OW = 1 at the original size. Nothing is shared with
     ``model``.
 
@@ -58,23 +67,69 @@ def fc_to_conv(model, input_shape=None):
                          "built for (the model has no input_shape attribute)")
     if not isinstance(model, Sequential):
         raise ValueError(f"fc_to_conv: expected a Sequential model, got {type(model).__name__}")
-    state = {"volume": None, "head": False, "dilation": (1, 1), "pending": None}
-    converted, _ = _convert(model, tuple(input_shape), state)
-    if state["pending"] is not None:
-        raise ValueError(f"fc_to_conv: {state['pending'][2]} normalizes the flattened volume "
+    shape = tuple(input_shape)
+    state = _State(sliding=_sliding_pools(list(_leaves(model, shape))))
+    converted, _ = _convert(model, shape, state)
+    if state.pending is not None:
+        raise ValueError(f"fc_to_conv: {state.pending[2]} normalizes the flattened volume "
                          f"but no FC layer follows it")
-    converted.input_shape = tuple(input_shape)
-    converted.train(model.training)
+    converted.input_shape = shape
+    converted.train(model.training and not state.folded)
     return converted
+
+
+@dataclasses.dataclass
+class _State:
+    """What the conversion carries from layer to layer."""
+    sliding: set                 # ids of the adaptive pools that become sliding ones
+    volume: tuple = None         # the (D, H, W) the first FC sees, once a Flatten is passed
+    head: bool = False           # a Flatten or an FC has been passed
+    dilation: tuple = (1, 1)     # the first FC's CONV's: a sliding pool's window
+    pending: tuple = None        # (scale, shift, name): a BatchNorm1d to fold into the FC
+    folded: bool = False
+
+
+def _is_stage(layer, shape):
+    """A Sequential converted child by child: not a side head (GoogLeNet's AuxClassifier),
+    whose output is its input."""
+    return isinstance(layer, Sequential) and (
+        type(layer) is Sequential or tuple(layer.output_shape(shape)) != tuple(shape))
+
+
+def _leaves(seq, shape):
+    """(layer, in shape, out shape) of each leaf or block, in order, through the stages."""
+    for _, layer in seq.children():
+        if _is_stage(layer, shape):
+            yield from _leaves(layer, shape)
+            shape = tuple(layer.output_shape(shape))
+        else:
+            out = tuple(layer.output_shape(shape))
+            yield layer, shape, out
+            shape = out
+
+
+def _sliding_pools(leaves):
+    """The ids of the adaptive pools that can slide: windows of one size k (the output
+    divides the input) and the Flatten next, layers of _PER_POSITION aside."""
+    found = set()
+    for i, (layer, shape, out) in enumerate(leaves):
+        if not isinstance(layer, AdaptiveAvgPool2d) or out == shape or len(shape) != 3 \
+                or any(s % o for s, o in zip(shape[1:], out[1:])):
+            continue
+        after = next((nxt for nxt, _, _ in leaves[i + 1:]
+                      if not isinstance(nxt, _PER_POSITION)), None)
+        if isinstance(after, Flatten):
+            found.add(id(layer))
+    return found
 
 
 def _convert(seq, shape, state):
     children = {}
     for key, layer in seq.children():
-        if type(layer) is Sequential:
+        if _is_stage(layer, shape):
             children[key], shape = _convert(layer, shape, state)
             continue
-        out_shape = layer.output_shape(shape)
+        out_shape = tuple(layer.output_shape(shape))
         children[key] = _convert_layer(layer, shape, out_shape, state)
         shape = out_shape
     return Sequential(children), shape
@@ -84,66 +139,73 @@ def _convert_layer(layer, shape, out_shape, state):
     """The CONV-world replacement of one leaf layer or block (a copy where nothing
     changes)."""
     where = layer.name or type(layer).__name__
-    if state["pending"] is not None and not isinstance(layer, (Linear, Dropout)):
-        raise ValueError(f"fc_to_conv: {state['pending'][2]} normalizes each position of "
-                         f"the flattened volume and {where} follows it: only an FC layer "
+    if state.pending is not None and not isinstance(layer, (Linear, Dropout)):
+        raise ValueError(f"fc_to_conv: {state.pending[2]} normalizes each position of the "
+                         f"flattened volume and {where} follows it: only an FC layer "
                          f"(which it is folded into) can")
     if isinstance(layer, Flatten):
-        state["volume"], state["head"] = shape, True   # the (D, H, W) the next FC sees
+        state.volume, state.head = shape, True   # the (D, H, W) that the next FC sees
         return Identity()
-    if isinstance(layer, AdaptiveAvgPool2d) and len(shape) == 3 and not state["head"]:
-        if out_shape == shape:
-            return Identity()
-        (h, w), (oh, ow) = shape[1:], out_shape[1:]
-        if h % oh or w % ow:
-            raise ValueError(f"fc_to_conv: {where} pools {h}x{w} to {oh}x{ow}, windows of "
-                             f"unequal sizes, which cannot slide over a larger image")
-        state["dilation"] = (h // oh, w // ow)
-        return AvgPool2d(state["dilation"], stride=1)
-    if isinstance(layer, BatchNorm1d) and state["volume"] is not None:
-        if not layer.track_running_stats:
-            raise ValueError(f"fc_to_conv: {where} normalizes the flattened volume with "
-                             f"batch statistics only (no running statistics to fold)")
-        scale, shift = F.batch_norm_affine(
-            layer.params.get("weight"), layer.params.get("bias"),
-            layer.buffers["running_mean"], layer.buffers["running_var"], layer.eps)
-        state["pending"] = (scale, shift, where)
+    if isinstance(layer, AdaptiveAvgPool2d) and out_shape == shape:
+        return Identity()
+    if id(layer) in state.sliding:
+        state.dilation = tuple(s // o for s, o in zip(shape[1:], out_shape[1:]))
+        return AvgPool2d(state.dilation, stride=1)
+    if isinstance(layer, BatchNorm1d) and state.volume is not None:
+        state.pending = (*_bn_affine(layer, where), where)
         return Identity()
     if isinstance(layer, Linear):
-        state["head"] = True
-        w = layer.params["weight"]
-        b = layer.params["bias"] if "bias" in layer.params else None
-        if state["pending"] is not None:    # W (x * scale + shift) + b
-            scale, shift, _ = state["pending"]
-            state["pending"] = None
-            b = (0 if b is None else b) + w @ shift
-            w = w * scale
-        dilation = (1, 1)
-        if state["volume"] is not None:  # the first FC: F equals the incoming volume
-            d, h, wd = state["volume"]
-            state["volume"], dilation = None, state["dilation"]
-        else:
-            d, h, wd = layer.in_features, 1, 1
-        conv = Conv2d(d, layer.out_features, (h, wd), dilation=dilation, bias=b is not None,
-                      dtype=w.dtype)
-        conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).astype(w.dtype)
-        if b is not None:
-            conv.params["bias"] = np.asarray(b, dtype=w.dtype).copy()
-        conv.zero_grad()
-        return conv
+        return _fc_as_conv(layer, state)
     if isinstance(layer, BatchNorm1d):   # after an FC: one value per channel of a 1x1 map
         bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
         bn.params = {k: v.copy() for k, v in layer.params.items()}
         bn.buffers = {k: v.copy() for k, v in layer.buffers.items()}
         bn.zero_grad()
         return bn
-    if isinstance(layer, Container) and state["head"]:
+    if isinstance(layer, Container) and state.head:
         raise ValueError(f"fc_to_conv: cannot convert the block {where} inside the FC head")
     if not isinstance(layer, Layer):
         raise ValueError(f"fc_to_conv: cannot convert {where}: not a layer")
     copied = copy.deepcopy(layer)       # the converted net shares nothing with the model
     copied.clear_cache() if isinstance(copied, Container) else setattr(copied, "cache", None)
     return copied
+
+
+def _bn_affine(layer, where):
+    """A BatchNorm1d's eval-mode (scale, shift) per feature, to fold into the next FC."""
+    if not layer.track_running_stats:
+        raise ValueError(f"fc_to_conv: {where} normalizes the flattened volume with batch "
+                         f"statistics only (no running statistics to fold)")
+    return F.batch_norm_affine(layer.params.get("weight"), layer.params.get("bias"),
+                               layer.buffers["running_mean"], layer.buffers["running_var"],
+                               layer.eps)
+
+
+def _fc_as_conv(layer, state):
+    """An FC layer as the CONV that computes it: on the flattened (D, H, W) volume for
+    the first, 1x1 for the others; a pending batch norm folded in: W (x * scale + shift)
+    + b."""
+    state.head = True
+    w = layer.params["weight"]
+    b = layer.params["bias"] if "bias" in layer.params else None
+    if state.pending is not None:
+        scale, shift, _ = state.pending
+        state.pending, state.folded = None, True
+        b = (0 if b is None else b) + w @ shift
+        w = w * scale
+    dilation = (1, 1)
+    if state.volume is not None:        # the first FC: F equals the incoming volume
+        (d, h, wd), dilation = state.volume, state.dilation
+        state.volume = None
+    else:
+        d, h, wd = layer.in_features, 1, 1
+    conv = Conv2d(d, layer.out_features, (h, wd), dilation=dilation, bias=b is not None,
+                  dtype=w.dtype)
+    conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).astype(w.dtype)
+    if b is not None:
+        conv.params["bias"] = np.asarray(b, dtype=w.dtype).copy()
+    conv.zero_grad()
+    return conv
 
 
 def slide(model, x, net_stride, factor=2):

@@ -411,6 +411,20 @@ def test_a_padding_mode_other_than_zeros_is_named_at_its_pad(tmp_path, mode, onn
         load_onnx(path)
 
 
+def test_an_unsupported_operator_before_a_reflect_pad_is_named_itself(tmp_path):
+    """Only shape arithmetic is followed to the Pad it computes pads for: an Elu on the
+    data path before a reflect Pad is named as the Elu."""
+    nodes = [helper.make_node("Elu", ["x"], ["a"], name="elu"),
+             helper.make_node("Pad", ["a", "pads"], ["y"], name="pad", mode="reflect")]
+    path = make_model(nodes, {}, [1, 2, 4, 4], [1, 2, 6, 6], tmp_path / "elu.onnx", opset=13)
+    proto = onnx.load(str(path))
+    proto.graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match=r"node 'elu' \(Elu\): unsupported operator 'Elu'"):
+        load_onnx(path)
+
+
 # -- hand-made graphs, checked against onnxruntime ------------------------------------------
 def make_model(nodes, inits, in_shape, out_shape, path, opset=17, in_name="x"):
     graph = helper.make_graph(

@@ -116,6 +116,8 @@ _MAX_RANK = 8                   # dims of one tensor
 # chain of them read.
 _SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
 _MAX_SHAPE_CHAIN = 64
+# Operators through which an unsupported node is followed to a Pad whose pads it computes
+_PAD_SHAPE_OPS = (*_SHAPE_OPS, "ConstantOfShape", "Constant", "Reshape", "Transpose")
 _MAX_LAYER_CHAIN = 64   # nodes of one dense layer that _running_concats follows back
 # torch's newer exporter's metadata: each node's module scopes, outermost first.
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -945,9 +947,9 @@ class _Importer:
 
     def _pad_ahead(self, node):
         """The Pad with a mode other than "constant" that node is, or that node's outputs
-        reach through at most _MAX_SHAPE_CHAIN nodes (torch's older exporter computes a
-        reflect or replicate Pad's pads with ConstantOfShape, Slice and Concat); None if
-        there is none."""
+        reach through at most _MAX_SHAPE_CHAIN nodes of _PAD_SHAPE_OPS (torch's older
+        exporter computes a reflect or replicate Pad's pads with ConstantOfShape, Slice,
+        Concat, Transpose and Reshape); None if there is none."""
         seen, frontier = set(), [node]
         for _ in range(_MAX_SHAPE_CHAIN):
             following = []
@@ -955,6 +957,8 @@ class _Importer:
                 if current.op_type == "Pad" and \
                         self.attrs(current).string("mode", "constant", None) != "constant":
                     return current
+                if current.op_type not in _PAD_SHAPE_OPS:
+                    continue
                 for out in current.output:
                     for user in self.consumers.get(out, []):
                         if id(user) not in seen:

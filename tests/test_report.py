@@ -6,6 +6,7 @@ hold exactly the numbers of ``convnet summary --json`` and ``convnet eval --json
 VGG-16 and DenseNet-121 pages must stay under 10 MB and load in under 2 seconds.
 """
 
+import base64
 import io
 import json
 import os
@@ -384,6 +385,10 @@ def test_many_classes_make_a_picture_not_a_table_of_k_squared_cells():
     html = build._evaluation_section((result, classes, []), "many", True)
     assert len(html) < 200_000
     assert 'id="confusion" src="data:image/png' in html and "<td title=" not in html
+    assert 'width="1000"' in html                 # a pixel a cell: nothing dropped
+    uri = html.split('id="confusion" src="', 1)[1].split('"', 1)[0]
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert picture[3, 7] < 255 and picture[5, 5] == 255 and picture[0, 1] == 255   # white: 0
     pairs = html.split('id="confused-pairs"', 1)[1]
     assert pairs.index("<td>class 3</td><td>class 7</td>") < pairs.index(
         "<td>class 8</td><td>class 2</td>")

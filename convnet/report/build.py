@@ -37,6 +37,7 @@ from convnet.report.page import (
     section,
 )
 from convnet.report.pictures import (
+    BACKGROUND,
     activation_grid,
     display_images,
     file_uri,
@@ -485,10 +486,10 @@ def _confusion_picture(confusion, classes):
     pixel a cell, dark: none) and a table of the most confused pairs of classes."""
     k = len(confusion)
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    index = np.where(confusion > 0, 1 + np.round(shares * 253), 0).astype(np.uint8)
-    picture = (f'<img class="px" id="confusion" src="{png_uri(index, indexed=True)}" '
-               f'width="{_scaled(k, target=600, most=4)}" alt="confusion matrix of {k} '
-               f'classes">')
+    index = np.where(confusion > 0, np.round(shares * 254), BACKGROUND).astype(np.uint8)
+    picture = (f'<div class="scroll"><img class="px" id="confusion" '     # a pixel a cell
+               f'src="{png_uri(index, indexed=True)}" width="{_scaled(k, max(600, k), 4)}"'
+               f' alt="confusion matrix of {k} classes"></div>')
     off = confusion.copy()
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:MAX_PAIRS]
@@ -502,9 +503,10 @@ def _confusion_picture(confusion, classes):
               f'<th class="num">images</th><th class="num">of the true class</th></tr>'
               f'</thead><tbody>{rows}</tbody></table>' if pairs else
               '<p class="note">No test image is confused with another class.</p>')
-    return (f'<p class="note">{k} classes, one pixel a cell: its colour is the share of '
-            f'the row (dark: none), and the diagonal holds the correct ones. The most '
-            f'confused pairs follow.</p>{picture}{listed}')
+    return (f'<p class="note">{k} classes, one pixel a cell (or more): white where no '
+            f'image went, else the share of the row from dark (a few) to yellow (all); '
+            f'the diagonal holds the correct ones. The most confused pairs follow the '
+            f'picture.</p>{picture}{listed}')
 
 
 def _evaluation_section(found, data, trained):

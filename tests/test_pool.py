@@ -635,20 +635,21 @@ def test_every_fix_a_pool_size_error_suggests_builds_a_pool_that_fits():
     on 32x32: 'use P=2')."""
     import re
     checked = 0
-    for size in range(3, 30):
-        for f in range(1, 6):
-            for s in range(2, 6):
-                try:
-                    MaxPool2d(f, s).output_shape((1, size, size))
-                    continue
-                except ValueError as err:
-                    text = str(err)
-                if "is not an integer" not in text:
-                    continue
-                for key, value in re.findall(r"\b([PS])=(\d+)\b", text.split("Fix: use")[1]
-                                             .split(", or pass")[0]):
-                    kwargs = {"padding": int(value)} if key == "P" else {"stride": int(value)}
-                    layer = MaxPool2d(f, **{"stride": s, **kwargs})
-                    layer.output_shape((1, size, size))
-                    checked += 1
-    assert checked > 100
+    for pool in (MaxPool2d, AvgPool2d, lambda f, **kw: LPPool2d(2, f, **kw)):
+        for size in range(3, 30):
+            for f in range(1, 6):
+                for s in range(2, 6):
+                    try:
+                        pool(f, stride=s).output_shape((1, size, size))
+                        continue
+                    except ValueError as err:
+                        text = str(err)
+                    if "is not an integer" not in text or "Fix: use" not in text:
+                        continue
+                    fix = text.split("Fix: use")[1].split(", or pass")[0]
+                    for key, value in re.findall(r"\b([PS])=(\d+)\b", fix):
+                        kwargs = {"padding": int(value)} if key == "P" else \
+                            {"stride": int(value)}
+                        pool(f, **{"stride": s, **kwargs}).output_shape((1, size, size))
+                        checked += 1
+    assert checked > 300

@@ -20,6 +20,8 @@ from convnet.layers.base import Layer, check_volume, flag, hw_text, real, window
 class _Pool2d(Layer):
     """Shared hyperparameters of the sliding-window pools: F, S, P, dilation, ceil, fit."""
 
+    takes_padding = True     # up to F/2, as PyTorch's pools
+
     def __init__(self, kernel_size, stride, padding, dilation, ceil_mode, fit):
         super().__init__()
         where = type(self).__name__
@@ -41,7 +43,8 @@ class _Pool2d(Layer):
         c, h, w = check_volume(input_shape, None, self.where)
         oh, ow = (conv_output_size(size, self.kernel_size[a], self.stride[a], self.padding[a],
                                    self.dilation[a], fit=self.fit, ceil=self.ceil_mode,
-                                   where=self.where, axis="HW"[a], can_ceil=True)
+                                   where=self.where, axis="HW"[a], can_ceil=True,
+                                   most_padding=self.kernel_size[a] // 2 * self.takes_padding)
                   for a, size in enumerate((h, w)))
         return (c, oh, ow)
 
@@ -189,6 +192,8 @@ class LPPool2d(_Pool2d):
     >>> LPPool2d(2, 3, stride=2).output_shape((16, 13, 13))
     (16, 6, 6)
     """
+
+    takes_padding = False
 
     def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False, fit="exact"):
         super().__init__(kernel_size, stride, 0, 1, ceil_mode, fit)

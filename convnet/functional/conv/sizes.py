@@ -9,14 +9,15 @@ FITS = ("exact", "floor")
 
 
 def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", ceil=False,
-                     where="layer", axis="W", can_ceil=False):
+                     where="layer", axis="W", can_ceil=False, most_padding=None):
     """Output size along one axis: (W - F + 2P) / S + 1, with F the dilated extent.
 
     The notes call a setting invalid when this is not an integer. With ``fit="exact"``
     (the default) such a setting raises ``ValueError`` naming ``where``, the formula with
     the numbers and a fix. ``fit="floor"`` opts into PyTorch's flooring (the last rows or
     columns that do not fill a window are dropped); ``ceil=True`` is pooling's ceil mode,
-    and ``can_ceil=True`` (a pooling layer) names it in the fix too.
+    and ``can_ceil=True`` (a pooling layer) names it in the fix too; the fix suggests no
+    padding over ``most_padding`` (a pool's F/2, or 0 for one that takes none).
 
     >>> conv_output_size(227, 11, 4, 0)
     55
@@ -41,7 +42,7 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
                    f"= {span / stride + 1:g}")
         raise ValueError(
             f"{where}: hyperparameters do not fit along {axis}: {formula} is not an integer. "
-            f"{_fit_hint(size, extent, stride, padding, kernel // 2 if can_ceil else None)}"
+            f"{_fit_hint(size, extent, stride, padding, most_padding)}"
             f", or pass fit='floor' to drop the "
             f"last {span % stride} row(s)/column(s) as PyTorch does"
             + (", or ceil_mode=True to keep them in a last, partial window" if can_ceil

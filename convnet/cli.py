@@ -469,7 +469,8 @@ def build_parser():
     p.add_argument("--test-fraction", type=float_type(0, 1, True, True), default=0.1,
                    metavar="F", help="share of each class held out for testing from an image "
                                      "folder without test/ (0.1)")
-    p.add_argument("--limit", type=POSITIVE, metavar="N", help="train on the first N images")
+    p.add_argument("--limit", type=POSITIVE, metavar="N",
+                   help="train on N of the training images, chosen at random (seeded)")
     p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0)
     p.add_argument("--out", metavar="DIR",
                    help="run directory (default: the first free runs/DATA, runs/DATA-2, ...)")

@@ -90,7 +90,7 @@ def test_train_image_size_reaches_the_data_and_the_default_model(tmp_path, capsy
     assert main(["train", "--data", "digits", "--image-size", "12x10", "--epochs", "1",
                  "--limit", "80", "--batch-size", "24", "--quiet", "--out", str(out)]) == 0
     out_text = capsys.readouterr().out
-    assert "70 images 10x12x1, 10 for validation" in out_text     # W x H x D, as the notes
+    assert "71 images 10x12x1, 9 for validation" in out_text      # W x H x D, as the notes
     assert "66,026 parameters" in out_text                         # the digits default net
     saved = json.loads((out / "model.json").read_text())
     assert saved["input_shape"] == [1, 12, 10] and saved["info"]["scale"] == 16

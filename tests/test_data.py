@@ -1588,3 +1588,40 @@ def test_split_folders_without_a_test_folder_are_named(tmp_path):
             Image.new("L", (8, 8)).save(tmp_path / split / name / "0.png")
     with pytest.raises(ValueError, match=r"split folders \(train, val\) but no test/"):
         load_dataset(tmp_path)
+
+
+def test_colour_data_in_gray_is_pillows_luma(tmp_path):
+    """CIFAR read for a gray model (channels=1): uint8 times 587 had overflowed, so eval,
+    train --from and report failed on every RGB data set in gray. The bytes are Pillow's
+    "L" conversion of each image, as a photo given to predict gets."""
+    from PIL import Image
+
+    from convnet.data.transforms import to_channels
+    rng = np.random.default_rng(21)
+    written = write_cifar(tmp_path / "cifar-10-batches-py", 10, "python", rng)
+    gray = load_dataset("cifar10", root=tmp_path, channels=1)
+    x = written["test"][0]
+    assert gray.test[0].shape == (len(x), 1, 32, 32) and gray.test[0].dtype == np.uint8
+    pillow = np.stack([np.asarray(Image.fromarray(img.transpose(1, 2, 0)).convert("L"))
+                       for img in x])[:, None]
+    np.testing.assert_array_equal(gray.test[0], pillow)
+    floats = to_channels(x.astype(np.float64) / 255, 1)
+    assert floats.dtype == np.float64
+    np.testing.assert_allclose(floats * 255, pillow, atol=0.51)
+
+
+def test_limit_takes_images_of_every_class_from_a_folder(tmp_path):
+    """A folder's images come class by class: --limit 15 of three classes of 12 had
+    trained on the first two only. It takes a seeded random subset."""
+    from convnet.train.loop import prepare
+    rng = np.random.default_rng(22)
+    for cls in ("blue", "green", "red"):
+        for i in range(12):
+            save_image(tmp_path / "img" / cls / f"{i}.png",
+                       rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    splits = load_dataset(tmp_path / "img")
+    (_, y_train), (_, y_val), _, _ = prepare(splits, 0.1, 15, 0, np.float32)
+    assert len(y_train) + len(y_val) == 15
+    assert set(np.concatenate([y_train, y_val]).tolist()) == {0, 1, 2}
+    again = prepare(splits, 0.1, 15, 0, np.float32)[0][1]
+    np.testing.assert_array_equal(again, y_train)          # seeded

@@ -211,7 +211,8 @@ def to_channels(x, channels):
     """An NCHW batch with ``channels`` (1 or 3) channels, converted as Pillow converts modes.
 
     Grayscale to RGB repeats the one channel; RGB to grayscale is the ITU-R 601-2 luma
-    L = (299 R + 587 G + 114 B) / 1000, Pillow's "L" conversion. x of the right depth is
+    L = (299 R + 587 G + 114 B) / 1000, Pillow's "L" conversion (for uint8 in Pillow's
+    16-bit fixed point, so that the bytes equal Pillow's). x of the right depth is
     returned as it is.
 
     >>> to_channels(np.full((1, 1, 2, 2), 7, np.uint8), 3).shape
@@ -224,8 +225,14 @@ def to_channels(x, channels):
     if channels == 3 and have == 1:
         return np.repeat(x, 3, axis=1)
     if channels == 1 and have == 3:
-        luma = (299 * x[:, 0:1].astype(np.float64) + 587 * x[:, 1:2] + 114 * x[:, 2:3]) / 1000
+        if x.dtype == np.uint8:      # Pillow's own integer arithmetic, bit for bit
+            luma = sum(weight * x[:, c:c + 1].astype(np.int32)
+                       for c, weight in enumerate((19595, 38470, 7471)))
+            return ((luma + 0x8000) >> 16).astype(np.uint8)
+        ftype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+        luma = sum(weight * x[:, c:c + 1].astype(ftype)      # a channel at a time
+                   for c, weight in enumerate((299, 587, 114))) / np.dtype(ftype).type(1000)
         return np.rint(luma).astype(x.dtype) if np.issubdtype(x.dtype, np.integer) else \
-            luma.astype(x.dtype)
+            luma
     raise ValueError(f"to_channels: can convert between 1 and 3 channels only, got "
                      f"{have} -> {channels}")

@@ -89,7 +89,7 @@ class TrainConfig:
     schedule: str | None = None      # none, step, cosine, warmup+cosine, onecycle, triangular
     val_fraction: float = 0.1
     test_fraction: float = 0.1       # held out of an image folder without test/
-    limit: int | None = None         # use only the first N training images (short runs)
+    limit: int | None = None         # use N of the training images, chosen at random
     seed: int = 0
     out: str | None = None           # default: the first free runs/<data>[-N]
     checkpoint_every: int = 0        # also checkpoint every N batches (0: each epoch only)
@@ -248,8 +248,9 @@ def prepare(splits, val_fraction, limit, seed, dtype):
     """Scale to [0, 1], hold out validation (unless the data has its own), normalize per
     channel with training statistics. Returns the three (x, y) pairs and the Normalize."""
     x, y = splits.train
-    if limit:
-        x, y = x[:limit], y[:limit]
+    if limit and limit < len(y):   # a random subset: a folder's images come class by class
+        keep = np.sort(np.random.default_rng([seed, 1 << 22]).permutation(len(y))[:limit])
+        x, y = x[keep], y[keep]
     if splits.val is not None:
         (x_train, y_train), (x_val, y_val) = (x, y), splits.val
     else:

@@ -313,6 +313,10 @@ def test_fashion_mnist_search_order(tmp_path, monkeypatch, fashion):
     assert load_fashion_mnist()["train"][0].shape == (60000, 1, 28, 28)
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         load_fashion_mnist(root=env / "fashion-mnist")                  # root: only root
+    make_idx_dir(env / "fashion-mnist", np.random.default_rng(2), n=(4, 2), hw=(3, 3))
+    assert load_fashion_mnist(root=env)["train"][0].shape == (4, 1, 3, 3)   # or root/<name>
+    monkeypatch.setenv("HOME", str(env))
+    assert load_fashion_mnist(root="~")["train"][0].shape == (4, 1, 3, 3)   # ~ expanded
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -368,7 +372,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, http_dir):
     with pytest.raises(urllib.error.HTTPError):                       # 404: nothing saved
         download(base + "/missing.gz", root / "missing.gz", "0" * 32)
     assert list(root.iterdir()) == []
-    with pytest.raises(FileNotFoundError, match="pass download=True"):
+    with pytest.raises(FileNotFoundError, match=r"convnet train --download; download=True"):
         load_fashion_mnist(root=root)
 
 
@@ -377,8 +381,9 @@ def test_mnist_from_root(tmp_path):
     out = load_mnist(root=tmp_path / "mnist")
     np.testing.assert_array_equal(out["test"][1], data["test"][1])
     assert out["classes"] == [str(d) for d in range(10)]
-    with pytest.raises(FileNotFoundError, match="MNIST not found"):
-        load_mnist(root=tmp_path)
+    np.testing.assert_array_equal(load_mnist(root=tmp_path)["test"][1], data["test"][1])
+    with pytest.raises(FileNotFoundError, match="MNIST not found"):       # root/mnist too
+        load_mnist(root=tmp_path / "mnist" / "elsewhere")
 
 
 # -- CIFAR ---------------------------------------------------------------------------------

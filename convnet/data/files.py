@@ -2,7 +2,8 @@
 
 Search order for a data set called ``name`` (e.g. "fashion-mnist"), first hit wins:
 
-1. ``root`` when the caller gives one (then only ``root``: an explicit place is meant),
+1. ``root`` when the caller gives one, or ``root/<name>`` (then only these: an explicit
+   place is meant; ``~`` is expanded),
 2. ``$CONVNET_DATA/<name>``,
 3. ``/usr/share/datasets/<name>`` (Debian's ``dataset-*`` packages install there),
 4. ``~/.cache/convnet/<name>`` (where ``download=True`` writes).
@@ -33,11 +34,12 @@ def cache_dir():
 def search_dirs(name, root=None):
     """The directories searched for data set ``name``, in order (see the module docstring).
 
-    >>> search_dirs("fashion-mnist", root="/data/fm")
-    [PosixPath('/data/fm')]
+    >>> search_dirs("fashion-mnist", root="/data")
+    [PosixPath('/data'), PosixPath('/data/fashion-mnist')]
     """
     if root is not None:
-        return [Path(root)]
+        root = Path(root).expanduser()
+        return [root, root / name]
     dirs = []
     if os.environ.get(DATA_ENV):
         dirs.append(Path(os.environ[DATA_ENV]) / name)

@@ -290,14 +290,16 @@ def load_fashion_mnist(root=None, download=False, base_url=FASHION_MNIST_URL,
     """
     dirs = search_dirs("fashion-mnist", root)
     found = find_idx_dir(dirs)
-    if found is None and download:
-        found = _download_idx(dirs[-1], base_url, checksums or FASHION_MNIST_MD5)
+    if found is None and download:     # into root itself, when given
+        found = _download_idx(dirs[0] if root is not None else dirs[-1], base_url,
+                              checksums or FASHION_MNIST_MD5)
     if found is None:
         raise FileNotFoundError(
             "Fashion-MNIST not found: no directory among " + ", ".join(map(str, dirs)) +
             " holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte"
             " and t10k-labels-idx1-ubyte (or .gz). Install the Debian package "
-            "dataset-fashion-mnist, or pass download=True")
+            "dataset-fashion-mnist, or download it (convnet train --download; "
+            "download=True)")
     return {**load_idx_splits(found), "classes": list(FASHION_MNIST_CLASSES)}
 
 

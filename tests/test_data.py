@@ -1630,3 +1630,9 @@ def test_limit_takes_images_of_every_class_from_a_folder(tmp_path):
     assert set(np.concatenate([y_train, y_val]).tolist()) == {0, 1, 2}
     again = prepare(splits, 0.1, 15, 0, np.float32)[0][1]
     np.testing.assert_array_equal(again, y_train)          # seeded
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_data_name_is_not_the_current_directory(name):
+    with pytest.raises(ValueError, match="expected a data set name .* or a folder, got"):
+        load_dataset(name)

@@ -125,6 +125,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     (1, 28, 28)
     """
     key = str(name_or_path).lower()
+    if not key.strip():                  # Path("") would be the current directory
+        raise ValueError(f"load_dataset: expected a data set name (digits, fashion-mnist, "
+                         f"mnist, cifar10, cifar100) or a folder, got {name_or_path!r}")
     if image_size is not None:
         image_size = pair(image_size, "image_size", "load_dataset")
         for side in image_size:

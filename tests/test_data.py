@@ -1203,6 +1203,22 @@ def test_predict_says_what_reading_each_image_did(tmp_path):
     assert notes == [f"{tmp_path / 'icon.png'}: 6x6 RGBA (transparent pixels over white), "
                      f"converted to 4x4 L (bilinear), the model's input"]
     assert (x[0] == 255).all() and (x[1] == 0).all()
+    save_image(tmp_path / "rgb.png", np.zeros((4, 4, 3), np.uint8))     # mode only
+    _, notes = load_images([tmp_path / "rgb.png"], (1, 4, 4))
+    assert notes == [f"{tmp_path / 'rgb.png'}: 4x4 RGB, converted to 4x4 L, the model's "
+                     f"input"]
+
+
+def test_predict_names_the_first_ten_converted_images_and_counts_the_rest(tmp_path):
+    """400 photos had made 400 lines of notes."""
+    from convnet.train.inference import MAX_IMAGE_NOTES, load_images
+    paths = []
+    for i in range(MAX_IMAGE_NOTES + 5):
+        paths.append(tmp_path / f"{i}.png")
+        save_image(paths[-1], np.zeros((6, 6), np.uint8))
+    _, notes = load_images(paths, (1, 4, 4))
+    assert len(notes) == MAX_IMAGE_NOTES + 1
+    assert notes[-1] == "... and 5 more images converted to 4x4 L, the model's input"
 
 
 def test_predict_names_a_folder_given_as_an_image(tmp_path):

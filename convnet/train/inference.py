@@ -14,6 +14,7 @@ from convnet.functional.loss import softmax, softmax_cross_entropy
 
 BATCH_BYTES = 1 << 30   # the current activations one inference batch may hold
 LARGEST_BATCH = 256
+MAX_IMAGE_NOTES = 10     # images named in load_images' notes; the rest are counted
 
 
 def inference_batch(model, input_shape, largest=LARGEST_BATCH):
@@ -168,7 +169,8 @@ def load_images(paths, input_shape, errors=None):
     three) and resized to its H x W (bilinear), as training converts an image folder:
     16-bit images scaled to 8 bits, turned as their EXIF orientation says, transparent
     pixels over white. notes says, per image that needed it, what was done ("a.png:
-    640x480 RGBA (transparent pixels over white), converted to 28x28 L").
+    640x480 RGBA (transparent pixels over white), converted to 28x28 L (bilinear)"), for
+    the first MAX_IMAGE_NOTES of them, then how many more.
 
     errors: None (an unreadable file is a ValueError), or a list that gets each
     unreadable file's (path, message): those files are left out of the array.
@@ -178,7 +180,7 @@ def load_images(paths, input_shape, errors=None):
     c, h, w = input_shape
     mode = "L" if c == 1 else "RGB"
     out = np.empty((len(paths), c, h, w), dtype=np.uint8)            # (N, C, H, W)
-    notes, kept = [], 0
+    converted, kept = [], 0
     for path in paths:
         try:
             arr, header = decode_image(path, mode, (h, w))
@@ -190,6 +192,11 @@ def load_images(paths, input_shape, errors=None):
         out[kept] = arr.transpose(2, 0, 1)
         kept += 1
         if header != (mode, h, w, 1, False, 1):
-            notes.append(f"{path}: {header.describe()}, converted to {w}x{h} {mode} "
-                         f"(bilinear), the model's input")
+            converted.append((path, header))
+    notes = [f"{path}: {header.describe()}, converted to {w}x{h} {mode}"
+             f"{' (bilinear)' if (header.height, header.width) != (h, w) else ''}, the "
+             f"model's input" for path, header in converted[:MAX_IMAGE_NOTES]]
+    if len(converted) > MAX_IMAGE_NOTES:
+        notes.append(f"... and {len(converted) - MAX_IMAGE_NOTES} more images converted to "
+                     f"{w}x{h} {mode}, the model's input")
     return out[:kept], notes

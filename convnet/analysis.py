@@ -67,6 +67,15 @@ _RULE_FILTER = ('notes, Layer Sizing Patterns: use small filters (3x3, at most 5
                 'bigger ones (7x7) are "only common ... on the very first conv layer"')
 
 
+def counted(n, noun):
+    """'1 epoch', '3 epochs': n and the noun, plural (with an s) unless n is 1.
+
+    >>> counted(1, "epoch"), counted(25, "epoch")
+    ('1 epoch', '25 epochs')
+    """
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 # -- bytes -------------------------------------------------------------------------------
 def format_bytes(num_bytes):
     """Bytes in the notes' units: divide by 1024 for KB, MB, GB (3 significant digits).

@@ -134,6 +134,11 @@ def _trained(args, model):
                          f"a zoo name or notation has random initial weights")
 
 
+def _tta(args, info):
+    """--tta/--no-tta, else flip TTA as the model file records training did."""
+    return info.get("tta", False) if args.tta is None else args.tta
+
+
 def _takes_images(args, model):
     """The model's per-sample input (C, H, W): what eval, predict and show activations
     resize images to; a ValueError naming the file when it records none."""
@@ -221,7 +226,7 @@ def cmd_eval(args):
     for note in notes:
         _note(args, note)
     info = getattr(model, "info", None) or {}
-    tta = info.get("tta", False) if args.tta is None else args.tta
+    tta = _tta(args, info)
     result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
     if args.json:
         print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"],
@@ -259,7 +264,7 @@ def cmd_predict(args):
     if paths:
         for i, warning in brightness_warning(images, 255, info):
             _note(args, f"warning: {paths[i]}: {warning}")
-        tta = info.get("tta", False) if args.tta is None else args.tta
+        tta = _tta(args, info)
         indices, probs = top_k(model, preprocess(images, 255, info),
                                min(args.top, len(classes)), tta=tta)
         for path, idx, prob in zip(paths, indices, probs):

@@ -24,7 +24,7 @@ import numpy as np
 
 import convnet
 from convnet import limits
-from convnet.analysis import format_bytes, summary, volume
+from convnet.analysis import counted, format_bytes, summary, volume
 from convnet.io.weights import atomic_write
 from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 from convnet.report.diagram import architecture_svg, legend_html
@@ -368,7 +368,7 @@ def _training(run, info, name):
         best = max(history, key=lambda h: h["val_acc"])
         last = history[-1]
         parts.append(
-            f'<p>{len(history)} epoch{"s" * (len(history) != 1)}; last: loss '
+            f'<p>{counted(len(history), "epoch")}; last: loss '
             f'{last["loss"]:.4f}, accuracy {last["acc"]:.4f}, validation accuracy '
             f'{last["val_acc"]:.4f}; best validation accuracy {best["val_acc"]:.4f} at '
             f'epoch {best["epoch"]}.</p>'
@@ -377,7 +377,7 @@ def _training(run, info, name):
     config = (state or {}).get("config")
     if isinstance(config, dict):
         epoch = state.get("epoch")
-        done = f" ({epoch} epoch{'s' * (epoch != 1)} done)" if isinstance(epoch, int) else ""
+        done = f" ({counted(epoch, 'epoch')} done)" if isinstance(epoch, int) else ""
         parts.append(f"<h3>Run settings{esc(done)}</h3>"
                      + key_value_list(sorted(config.items()), key="settings"))
     if info:

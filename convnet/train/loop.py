@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from convnet import limits
+from convnet.analysis import counted
 from convnet.data import load_dataset
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import brightness_range
@@ -579,7 +580,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             comm, log)
         if ema is not None:
             ema.load_state_dict(ema_arrays, state.get("ema"), f"{ckpt_path}: ema")
-        done = f"{cfg.epochs} epoch{'s are' if cfg.epochs != 1 else ' is'} done"
+        done = f"{counted(cfg.epochs, 'epoch')} {'is' if cfg.epochs == 1 else 'are'} done"
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}" if epoch < cfg.epochs
             else f"resuming {ckpt_path}: its {done}; the model is tested and written again")
 
@@ -617,8 +618,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "
         f"{len(x_val)} for validation, {len(x_test)} for test; {model.num_params():,} "
         f"parameters ({sum(p.size for p in params.values()):,} trainable); "
-        f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, {cfg.epochs} "
-        f"epoch{'s' * (cfg.epochs != 1)}; "
+        f"{cfg.optimizer} lr={cfg.lr:g}, batch {cfg.batch_size}, "
+        f"{counted(cfg.epochs, 'epoch')}; "
         f"writing to {out}")
     log(f"recipe: {recipe(cfg)}")
     bar = _progress(progress)
@@ -682,13 +683,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         with ema.applied() if ema is not None else contextlib.nullcontext():
             val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm, cfg.tta)
             if not math.isfinite(val_loss):   # every rank sees it: all stop together
-                kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-                        else "no checkpoint was written yet")
-                raise TrainingDiverged(
-                    f"epoch {epoch + 1}: the validation loss is {val_loss}: the "
-                    f"{'moving average of the weights (--ema)' if ema else 'weights'} no "
-                    f"longer give finite scores. Lower the learning rate (now "
-                    f"{optimizer.lr:g}); {kept}")
+                raise _val_diverged(val_loss, epoch, ema is not None, optimizer.lr,
+                                    ckpt_path)
             if val_loss < best["val_loss"]:       # the best model: the lowest validation loss
                 best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
                 if comm.is_root:
@@ -749,7 +745,7 @@ def recipe(cfg):
     augment = (" and ".join(moves) or "none") if cfg.augment else "none"
     augment = f"augmentation: {augment}"
     parts = [f"{cfg.optimizer} lr {cfg.lr:g}", f"{cfg.schedule} schedule",
-             f"batch {cfg.batch_size}", f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}", augment]
+             f"batch {cfg.batch_size}", counted(cfg.epochs, "epoch"), augment]
     if cfg.weight_decay:
         parts.append(f"weight decay {cfg.weight_decay:g}")
     if cfg.label_smoothing:
@@ -845,11 +841,22 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
     model.eval()
     with np.errstate(all="ignore"):
         where = first_nonfinite(model, xb) or "the loss itself"
-    kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-            else "no checkpoint was written yet")
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
-        f"output is at {where}. Lower the learning rate (now {lr:g}); {kept}")
+        f"output is at {where}. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+
+
+def _val_diverged(val_loss, epoch, averaged, lr, ckpt_path):
+    """The TrainingDiverged error of a validation loss that is not finite."""
+    return TrainingDiverged(
+        f"epoch {epoch + 1}: the validation loss is {val_loss}: the "
+        f"{'moving average of the weights (--ema)' if averaged else 'weights'} no longer "
+        f"give finite scores. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+
+
+def _kept(ckpt_path):
+    return (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+            else "no checkpoint was written yet")
 
 
 def _on_root(comm, compute, then_all=False):

@@ -65,7 +65,7 @@ def relu6_forward(x, inplace=False):
 
 def relu6_backward(dout, cache):
     """dx = dout where 0 < x < 6, else 0 (0 at x = 0 and x = 6, and for NaN, as PyTorch's
-    hardtanh_backward)."""
+    vectorized hardtanh_backward; its scalar loop, for a few values, passes NaN's)."""
     dx = np.empty(dout.shape, dtype=np.result_type(dout, cache.out))
     split_parallel(lambda d, o, g: np.multiply(d, (o > 0) & (o < 6), out=g),
                    dout, cache.out, dx)

@@ -14,7 +14,37 @@ from convnet.functional import activation as A
 from convnet.layers.base import Layer, check_array, check_dout, flag, real
 
 
-class ReLU(Layer):
+class _Clamp(Layer):
+    """ReLU and ReLU6: an elementwise clamp, in place on request, whose cache is its
+    output; ``_ops`` is the functional (forward, backward) pair."""
+
+    _ops = None
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = flag(inplace, "inplace", type(self).__name__)
+
+    def forward(self, x):
+        check_array(x, self.where)
+        if self.inplace and not x.flags.writeable:
+            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
+                             f"read-only array of shape {x.shape}; pass x.copy()")
+        out, self.cache = self._ops[0](x, self.inplace)
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, cache.out.shape, self.where)
+        return self._ops[1](dout, cache)
+
+    def get_config(self):
+        return {"type": type(self).__name__, "inplace": self.inplace}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({'inplace=True' if self.inplace else ''})"
+
+
+class ReLU(_Clamp):
     """RELU layer: max(0, x) elementwise, thresholding at zero.
 
     Args:
@@ -30,31 +60,10 @@ class ReLU(Layer):
     array([[0., 2.]])
     """
 
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = flag(inplace, "inplace", "ReLU")
-
-    def forward(self, x):
-        check_array(x, self.where)
-        if self.inplace and not x.flags.writeable:
-            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
-                             f"read-only array of shape {x.shape}; pass x.copy()")
-        out, self.cache = A.relu_forward(x, self.inplace)
-        return out
-
-    def backward(self, dout):
-        cache = self._cached()
-        check_dout(dout, cache.out.shape, self.where)
-        return A.relu_backward(dout, cache)
-
-    def get_config(self):
-        return {"type": "ReLU", "inplace": self.inplace}
-
-    def __repr__(self):
-        return "ReLU(inplace=True)" if self.inplace else "ReLU()"
+    _ops = (A.relu_forward, A.relu_backward)
 
 
-class ReLU6(Layer):
+class ReLU6(_Clamp):
     """ReLU6: min(max(0, x), 6) elementwise, as PyTorch's ``nn.ReLU6`` (MobileNet's
     activation; ONNX writes it as Clip(x, 0, 6)).
 
@@ -68,28 +77,7 @@ class ReLU6(Layer):
     array([[0., 2., 6.]])
     """
 
-    def __init__(self, inplace=False):
-        super().__init__()
-        self.inplace = flag(inplace, "inplace", "ReLU6")
-
-    def forward(self, x):
-        check_array(x, self.where)
-        if self.inplace and not x.flags.writeable:
-            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
-                             f"read-only array of shape {x.shape}; pass x.copy()")
-        out, self.cache = A.relu6_forward(x, self.inplace)
-        return out
-
-    def backward(self, dout):
-        cache = self._cached()
-        check_dout(dout, cache.out.shape, self.where)
-        return A.relu6_backward(dout, cache)
-
-    def get_config(self):
-        return {"type": "ReLU6", "inplace": self.inplace}
-
-    def __repr__(self):
-        return "ReLU6(inplace=True)" if self.inplace else "ReLU6()"
+    _ops = (A.relu6_forward, A.relu6_backward)
 
 
 class LeakyReLU(Layer):

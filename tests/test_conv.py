@@ -1086,7 +1086,8 @@ def test_locally_connected_matches_pytorch_unfold(seed):
 
 # -- the layer's contract and its errors -------------------------------------------------
 def test_conv_layer_contract():
-    conv = Conv2d(3, 8, (3, 5), stride=(1, 2), padding="same", dilation=2, groups=1)
+    conv = Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(2, 4), dilation=2, groups=1)
+    assert Conv2d(3, 8, (3, 5), padding="same", dilation=2).padding == (2, 4)
     assert conv.padding == (2, 4)
     assert conv.training and conv.eval() is conv and not conv.training
     assert set(conv.params) == set(conv.grads) == {"weight", "bias"}
@@ -1109,6 +1110,9 @@ def test_conv_layer_contract():
     (lambda: Conv2d(0, 8, 3), "in_channels must be a positive int"),
     (lambda: Conv2d(3, 8, 3, groups=2), "divisible by groups"),
     (lambda: Conv2d(3, 8, 4, padding="same"), "odd kernel_size"),
+    (lambda: Conv2d(3, 8, 3, stride=(1, 2), padding="same"),
+     r"padding='same' keeps the size only at stride 1, got S=1x2; give P explicitly, "
+     r"e.g. padding=1"),
     (lambda: Conv2d(3, 8, 3, fit="round"), "fit must be one of"),
     (lambda: Conv2d(3, 8, 3, dtype=np.int32), "dtype must be float32 or float64"),
 ])

@@ -386,6 +386,8 @@ def test_error_syntax(text, words, token):
 @pytest.mark.parametrize("text, words", [
     ("INPUT 8x8x3 -> CONV 4 F4", ["P = D*(F-1)/2 = 1.5", "give P explicitly"]),
     ("INPUT 8x8x3 -> CONV 4 F4 Psame", ["odd kernel_size"]),
+    ("INPUT 9x9x3 -> CONV 4 F3 S2 Psame", ["keeps the size only at stride 1", "S=2",
+                                          "padding=1"]),
     ("INPUT 8x8x3 -> CONV 4 G2", ["divisible by groups"]),
     ("INPUT 8x8x3 -> CONV 4 F3 S2", ["(8 - 3 + 2*1)/2 + 1 = 4.5"]),
     ("INPUT 8x8x3 -> LC 4 F3 S2", ["not an integer"]),

@@ -27,7 +27,8 @@ class Conv2d(Layer):
         in_channels: depth D1 of the input volume.
         out_channels: number of filters K (the output depth D2).
         kernel_size: F, an int or a (FH, FW) pair.
-        stride: S, int or pair. padding: P, int, pair, or "same" (P = (F-1)/2, odd F).
+        stride: S, int or pair. padding: P, int, pair, or "same" (P = (F-1)/2: odd F,
+            stride 1).
         dilation: spacing between filter taps, PyTorch's convention: 1 is a contiguous
             filter (the notes' "dilation 0"), 2 skips one input between taps.
         groups: split input and filters into this many independent groups (AlexNet's
@@ -66,6 +67,11 @@ class Conv2d(Layer):
                 raise ValueError(f"{where}: padding='same' needs an odd kernel_size "
                                  f"(P = (F-1)/2), got F={self.kernel_size}")
             padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+            if self.stride != (1, 1):   # PyTorch refuses it too
+                raise ValueError(
+                    f"{where}: padding='same' keeps the size only at stride 1, got "
+                    f"S={'x'.join(map(str, self.stride))}; give P explicitly, e.g. "
+                    f"padding={padding[0] if padding[0] == padding[1] else padding}")
         self.padding = window_pair(padding, "padding", where, allow_zero=True)
         if fit not in F.FITS:
             raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r:.80}")

@@ -1652,3 +1652,28 @@ def test_limit_takes_images_of_every_class_from_a_folder(tmp_path):
 def test_an_empty_data_name_is_not_the_current_directory(name):
     with pytest.raises(ValueError, match="expected a data set name .* or a folder, got"):
         load_dataset(name)
+
+
+def test_eval_checks_the_class_count_before_resizing_or_decoding(tmp_path, monkeypatch):
+    """evaluation_data refuses a data set whose class count differs from the model's
+    outputs before any image is resized (digits at a model's 64x64 input) or decoded (an
+    image folder): it had resized every split first."""
+    import convnet.data as data
+    from convnet.models import from_notation
+    from convnet.train.inference import evaluation_data
+
+    def fail(*args, **kwargs):
+        raise AssertionError("images were resized or decoded before the class check")
+    monkeypatch.setattr(data, "resize", fail)
+    monkeypatch.setattr(data, "load_image_folder", fail)
+    model = from_notation("INPUT 64x64x1 -> POOL F64 -> FC 3")
+    with pytest.raises(ValueError, match="the model has 3 outputs but digits has 10 classes"):
+        evaluation_data(model, "digits", where="the model")
+    for k in range(2):
+        save_image(tmp_path / f"c{k}" / "0.png", np.full((4, 4), 9 * k, np.uint8))
+    with pytest.raises(ValueError, match=f"has 3 outputs but {tmp_path} has 2 classes"):
+        evaluation_data(model, str(tmp_path), where="the model")
+    two = from_notation("INPUT 4x4x1 -> FC 2")
+    two.info = {"classes": ["x", "y"]}
+    with pytest.raises(ValueError, match=r"trained on the classes \['x', 'y'\] but "):
+        evaluation_data(two, str(tmp_path))

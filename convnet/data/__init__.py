@@ -92,7 +92,7 @@ class DataSplits:
 
 
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
-                 seed=0, test_fraction=0.1):
+                 seed=0, test_fraction=0.1, check_classes=None):
     """Load a data set by name, or recognize what a directory holds.
 
     Args:
@@ -114,6 +114,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         seed, test_fraction: an image folder without train/ and test/ sub-folders is
             split here: test_fraction of each class's images (stratified), drawn with
             ``seed``, become the test set.
+        check_classes: called with the list of class names as soon as it is known,
+            before any image is resized or converted (an image folder's, before any is
+            decoded); it raises to refuse the data set.
 
     Unless ``image_size`` is given, an image folder of mixed sizes is resized to the
     median height and width of its images, and images larger than AUTO_MAX_SIDE (128)
@@ -138,6 +141,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' "
                          f"only (the CLI's --download), got {name_or_path!r}; put the files "
                          f"in place and pass root (--data-root)")
+    check_classes = check_classes or (lambda classes: None)
     if key == "digits":
         splits = _splits(load_digits(), "digits", DIGITS_SCALE)
     elif key == "fashion-mnist":
@@ -153,7 +157,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         if not path.is_dir():
             raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
                              f"one of {', '.join(DATASETS)}, or a directory path")
-        splits = _load_directory(path, image_size, channels, seed, test_fraction)
+        splits = _load_directory(path, image_size, channels, seed, test_fraction,
+                                 check_classes)
+    check_classes(list(splits.classes))
     return _converted(splits, image_size, channels)
 
 
@@ -198,7 +204,7 @@ SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"),
                  "test": ("test",)}
 
 
-def _load_directory(path, image_size, channels, seed, test_fraction):
+def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
     if find_idx_dir([path]) is not None:
         classes = FASHION_MNIST_CLASSES if "fashion" in path.name.lower() else MNIST_CLASSES
         return _splits({**load_idx_splits(path), "classes": list(classes)}, path.name)
@@ -219,18 +225,19 @@ def _load_directory(path, image_size, channels, seed, test_fraction):
     if {"train", "test"} <= set(subdirs) and set(subdirs) <= split_names:
         parts = {split: subdirs[name] for split, names in SPLIT_FOLDERS.items()
                  for name in names if name in subdirs}
-        return _load_folders(path, parts, image_size, channels)
-    splits = _load_folders(path, {"train": path}, image_size, channels)
+        return _load_folders(path, parts, image_size, channels, check_classes)
+    splits = _load_folders(path, {"train": path}, image_size, channels, check_classes)
     return _split_test(splits, path, test_fraction, seed)
 
 
-def _load_folders(path, parts, image_size, channels):
+def _load_folders(path, parts, image_size, channels, check_classes):
     """Image folders {split: folder} -> DataSplits, one size and one channel mode for all."""
     scans = {split: scan_image_folder(folder) for split, folder in parts.items()}
     classes = scans["train"][1]
     if len(classes) < 2:
         raise ValueError(f"{parts['train']}: only one class folder ({classes[0]!r}); a "
                          f"classifier needs at least 2, one sub-folder per class")
+    check_classes(list(classes))
     headers = read_headers([f for files, _ in scans.values() for f, _ in files])
     notes = [f"{count} of the {len(headers)} images {what}" for count, what in (
         (sum(h.orientation != 1 for h in headers),

@@ -81,18 +81,21 @@ def evaluation_data(model, data, root=None, where="the model"):
 
     info = getattr(model, "info", None) or {}
     c, h, w = model.input_shape
+    outputs = model.output_shape(model.input_shape)[0]
+
+    def check_classes(classes):   # before the images are resized or decoded
+        if len(classes) != outputs:
+            raise ValueError(f"{where} has {outputs} outputs but {data} has {len(classes)} "
+                             f"classes")
+        if info.get("classes") and info["classes"] != classes:
+            raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} "
+                             f"but {data} has {classes!r:.200}")
     splits = load_dataset(data, root=root, image_size=(h, w), channels=c,
                           seed=info.get("split_seed", 0),
-                          test_fraction=info.get("test_fraction", 0.1))
+                          test_fraction=info.get("test_fraction", 0.1),
+                          check_classes=check_classes)
     notes = list(splits.notes)
-    outputs = model.output_shape(model.input_shape)[0]
     classes = list(splits.classes)
-    if len(classes) != outputs:
-        raise ValueError(f"{where} has {outputs} outputs but {data} has {len(classes)} "
-                         f"classes")
-    if info.get("classes") and info["classes"] != classes:
-        raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} but "
-                         f"{data} has {classes!r:.200}")
     x, y = splits.test
     stats = "mean" in info and "std" in info
     if stats:       # the images, and the test images as floats with one temporary

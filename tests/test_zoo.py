@@ -44,6 +44,10 @@ PARAMS = {
     "alexnet": 60_965_224,
     "alexnet_torchvision": 61_100_840,
     "zfnet": 62_357_608,
+    # CONV3-5 256->512->1024->512 and FC 6*6*512 -> 4096, counted by hand
+    "zfnet_wide": (96 * 3 * 49 + 96 + 256 * 96 * 25 + 256 + 512 * 256 * 9 + 512
+                   + 1024 * 512 * 9 + 1024 + 512 * 1024 * 9 + 512 + 18_432 * 4096 + 4096
+                   + 4096 * 4096 + 4096 + 4096 * 1000 + 1000),
     "vgg11": 132_863_336, "vgg13": 133_047_848, "vgg16": 138_357_544, "vgg19": 143_667_240,
     "vgg11_bn": 132_868_840, "vgg13_bn": 133_053_736, "vgg16_bn": 138_365_992,
     "vgg19_bn": 143_678_248,
@@ -81,6 +85,8 @@ KEYS = {
     "zfnet": {"features.0.weight": (96, 3, 7, 7), "features.4.weight": (256, 96, 5, 5),
               "features.10.weight": (384, 384, 3, 3), "features.12.weight": (256, 384, 3, 3),
               "classifier.1.weight": (4096, 9216)},
+    "zfnet_wide": {"features.8.weight": (512, 256, 3, 3), "features.10.weight": (1024, 512, 3, 3),
+                   "features.12.weight": (512, 1024, 3, 3), "classifier.1.weight": (4096, 18432)},
     "vgg16": {"features.0.weight": (64, 3, 3, 3), "features.28.weight": (512, 512, 3, 3),
               "classifier.0.weight": (4096, 25088), "classifier.3.weight": (4096, 4096),
               "classifier.6.weight": (1000, 4096)},
@@ -169,6 +175,9 @@ VOLUMES = {
               "features.4": (256, 26, 26), "features.6": (256, 13, 13),
               "features.8": (384, 13, 13), "features.10": (384, 13, 13),
               "features.12": (256, 13, 13), "features.14": (256, 6, 6)},
+    "zfnet_wide": {"features.6": (256, 13, 13), "features.8": (512, 13, 13),
+                   "features.10": (1024, 13, 13), "features.12": (512, 13, 13),
+                   "features.14": (512, 6, 6), "flatten": (18432,)},
     "vgg16": {"features.1": (64, 224, 224), "features.4": (64, 112, 112),
               "features.9": (128, 56, 56), "features.16": (256, 28, 28),
               "features.23": (512, 14, 14), "features": (512, 7, 7), "flatten": (25088,)},

@@ -26,13 +26,13 @@ from convnet.zoo.googlenet import googlenet, googlenet_torchvision
 from convnet.zoo.lenet import lenet5
 from convnet.zoo.resnet import resnet18, resnet34, resnet50, resnet101, resnet152
 from convnet.zoo.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
-from convnet.zoo.zfnet import zfnet
+from convnet.zoo.zfnet import zfnet, zfnet_wide
 
 MODELS = {
     "lenet5": lenet5,
     "alexnet": alexnet,
     "alexnet_torchvision": alexnet_torchvision,
-    "zfnet": zfnet,
+    "zfnet": zfnet, "zfnet_wide": zfnet_wide,
     "vgg11": vgg11, "vgg13": vgg13, "vgg16": vgg16, "vgg19": vgg19,
     "vgg11_bn": vgg11_bn, "vgg13_bn": vgg13_bn, "vgg16_bn": vgg16_bn, "vgg19_bn": vgg19_bn,
     "googlenet": googlenet,
@@ -51,6 +51,7 @@ CARDS = {
     "alexnet": ((3, 227, 227), 60_965_224),
     "alexnet_torchvision": ((3, 224, 224), 61_100_840),
     "zfnet": ((3, 224, 224), 62_357_608),
+    "zfnet_wide": ((3, 224, 224), 107_627_624),
     "vgg11": ((3, 224, 224), 132_863_336),
     "vgg13": ((3, 224, 224), 133_047_848),
     "vgg16": ((3, 224, 224), 138_357_544),

@@ -416,9 +416,10 @@ def build_parser():
                     "--overwrite is given.")
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits (embedded, the default), fashion-mnist, mnist, cifar10, "
-                        "cifar100, or a directory: IDX or CIFAR files, or images in one "
-                        "sub-folder per class (split into train, validation and test here), "
-                        "or in train/ and test/ (and val/) sub-folders of class folders")
+                        "cifar100, cifar100-coarse (its 20 superclasses), or a directory: "
+                        "IDX or CIFAR files, or images in one sub-folder per class (split "
+                        "into train, validation and test here), or in train/ and test/ (and "
+                        "val/) sub-folders of class folders")
     p.add_argument("--model", dest="arch", metavar="MODEL",
                    help="a zoo name or arrow notation (default: the data set's own net, or "
                         "for other data a net of the notes' pattern sized for its volume "

@@ -497,6 +497,10 @@ def test_cifar100_both_forms(tmp_path, form, label, count, py2):
     assert out["classes"] == [f"{prefix}{i}" for i in range(count)]
     with pytest.raises(ValueError, match="label must be 'fine' or 'coarse'"):
         load_cifar100(tmp_path, label="superclass")
+    name = "cifar100" if label == "fine" else "cifar100-coarse"    # the CLI's --data names
+    splits = load_dataset(name, root=tmp_path)
+    assert splits.name == name and splits.classes == out["classes"]
+    np.testing.assert_array_equal(splits.test[1], out["test"][1])
 
 
 def test_cifar_binary_preferred_and_default_names(tmp_path):

@@ -47,7 +47,7 @@ from convnet.data.transforms import (
 )
 from convnet.functional.conv import pair
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "cifar100-coarse")
 
 
 @dataclass
@@ -97,7 +97,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
 
     Args:
         name_or_path: "digits" (embedded, no files needed), "fashion-mnist", "mnist",
-            "cifar10", "cifar100", or a directory. A directory is recognized as, in
+            "cifar10", "cifar100" (its 100 fine classes), "cifar100-coarse" (its 20
+            superclasses), or a directory. A directory is recognized as, in
             order: the four standard IDX files (plain or .gz); CIFAR-10 or CIFAR-100
             files in either published form, there or in the extracted sub-folder; an
             image folder: root/<class>/<image>, or root/train/<class> and
@@ -130,7 +131,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     key = str(name_or_path).lower()
     if not key.strip():                  # Path("") would be the current directory
         raise ValueError(f"load_dataset: expected a data set name (digits, fashion-mnist, "
-                         f"mnist, cifar10, cifar100) or a folder, got {name_or_path!r}")
+                         f"mnist, cifar10, cifar100, cifar100-coarse) or a folder, got "
+                         f"{name_or_path!r}")
     if image_size is not None:
         image_size = pair(image_size, "image_size", "load_dataset")
         for side in image_size:
@@ -152,6 +154,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         splits = _splits(load_cifar10(root), key)
     elif key == "cifar100":
         splits = _splits(load_cifar100(root), key)
+    elif key == "cifar100-coarse":
+        splits = _splits(load_cifar100(root, label="coarse"), key)
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_dir():

@@ -1446,6 +1446,25 @@ def test_load_dataset_resizes_idx_and_cifar_directories(tmp_path):
     assert c10.scale == 255
 
 
+def test_an_idx_folders_classes_follow_its_labels(tmp_path):
+    """IDX files name no classes: a folder named for Fashion-MNIST gets its names, any
+    other the labels' own, "0".."9" or up to the largest (EMNIST's 26 letters had been
+    refused as out of range [0, 10))."""
+    rng = np.random.default_rng(32)
+    letters = make_idx_dir(tmp_path / "letters", rng, n=(60, 20), num_classes=26)
+    data = load_dataset(tmp_path / "letters")
+    top = max(int(y.max()) for _, y in letters.values())
+    assert top >= 10 and data.classes == [str(i) for i in range(top + 1)]
+    np.testing.assert_array_equal(data.train[1], letters["train"][1])
+    make_idx_dir(tmp_path / "few", rng, num_classes=3)
+    assert load_dataset(tmp_path / "few").classes == [str(i) for i in range(10)]
+    make_idx_dir(tmp_path / "my-fashion", rng, num_classes=26)
+    with pytest.raises(ValueError, match=r"out of range \[0, 10\)"):
+        load_dataset(tmp_path / "my-fashion")
+    make_idx_dir(tmp_path / "my-fashion", rng)
+    assert load_dataset(tmp_path / "my-fashion").classes[-1] == "Ankle boot"
+
+
 @pytest.mark.parametrize("size", [0, -3, (28,), (2, 3, 4), (28, 0), 2.5, "28", True, None])
 def test_resize_bad_sizes(size):
     x = np.zeros((1, 1, 4, 4), dtype=np.uint8)

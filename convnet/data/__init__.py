@@ -98,12 +98,14 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     Args:
         name_or_path: "digits" (embedded, no files needed), "fashion-mnist", "mnist",
             "cifar10", "cifar100" (its 100 fine classes), "cifar100-coarse" (its 20
-            superclasses), or a directory. A directory is recognized as, in
-            order: the four standard IDX files (plain or .gz); CIFAR-10 or CIFAR-100
-            files in either published form, there or in the extracted sub-folder; an
-            image folder: root/<class>/<image>, or root/train/<class> and
-            root/test/<class> (and root/val/<class>) for given splits. Names win over
-            same-named directories: write "./digits" for a folder called digits.
+            superclasses), or a directory. A directory is recognized as, in order: the
+            four standard IDX files (plain or .gz; Fashion-MNIST's classes in a folder
+            whose name says fashion, else classes "0".."9", or up to the largest label);
+            CIFAR-10 or CIFAR-100 files in either published form, there or in the
+            extracted sub-folder; an image folder: root/<class>/<image>, or
+            root/train/<class> and root/test/<class> (and root/val/<class>) for given
+            splits. Names win over same-named directories: write "./digits" for a folder
+            called digits.
         root: where the named data set's files are (see each loader for the search).
         download: fetch missing files (Fashion-MNIST only).
         image_size: resize every image (train and test) to (H, W), or to H x H for an
@@ -210,8 +212,15 @@ SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"),
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
     if find_idx_dir([path]) is not None:
-        classes = FASHION_MNIST_CLASSES if "fashion" in path.name.lower() else MNIST_CLASSES
-        return _splits({**load_idx_splits(path), "classes": list(classes)}, path.name)
+        if "fashion" in path.name.lower():
+            return _splits({**load_idx_splits(path), "classes": list(FASHION_MNIST_CLASSES)},
+                           path.name)
+        # IDX files name no classes: MNIST's digits, or as many labels as the files use
+        # (EMNIST's letters: 26, labels are bytes).
+        splits = load_idx_splits(path, num_classes=256)
+        count = max(len(MNIST_CLASSES), 1 + max(int(y.max(initial=0)) for _, y in
+                                                  splits.values()))
+        return _splits({**splits, "classes": [str(i) for i in range(count)]}, path.name)
     if find_cifar(path, 10, required=False):
         return _splits(load_cifar10(path), path.name)
     if find_cifar(path, 100, required=False):

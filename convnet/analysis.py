@@ -165,7 +165,9 @@ class Summary:
     ``memory`` holds bytes: activations, activation_gradients, parameters (x1),
     parameter_gradients, optimizer_state, parameters_total (= parameters x k for the
     trainable ones), misc (the input batch), training_total and inference_total, with
-    parameter_multiplier k and bytes_per_value.
+    parameter_multiplier k and bytes_per_value. ``refused`` says, for each CONV that
+    names an algorithm which cannot run it at this batch (in training or at inference),
+    why; its column then reads "refused".
     """
 
     input_shape: tuple
@@ -182,6 +184,7 @@ class Summary:
     budget: int | None = None
     max_batch_size: int | None = None
     advice: list = field(default_factory=list)
+    refused: list = field(default_factory=list)   # CONVs whose named algorithm cannot run
 
     @property
     def frozen_params(self):
@@ -203,7 +206,8 @@ class Summary:
                 "receptive_field": _compact(self.receptive_field),
                 "jump": _compact(self.jump),
                 "memory": dict(self.memory), "budget": self.budget,
-                "max_batch_size": self.max_batch_size, "advice": list(self.advice)}
+                "max_batch_size": self.max_batch_size, "advice": list(self.advice),
+                "refused": list(self.refused)}
 
     def to_text(self, inference=False):
         """The table for a terminal (about 140 columns at most), then totals, memory, advice.
@@ -232,6 +236,9 @@ class Summary:
         rule = "-" * len(line(header))
         out = [line(header), rule, *map(line, rows), rule, line(totals), ""]
         out += self._totals_text() + [""] + self._memory_text()
+        if self.refused:
+            out += ["", "Refused (these CONVs name an algorithm that cannot run them here):"]
+            out += [f"  - {why}" for why in self.refused]
         if self.advice:
             out += ["", "Advice (rules of thumb from the notes; nothing here is an error):"]
             out += [f"  - {tip}" for tip in self.advice]
@@ -453,8 +460,8 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
             reports the largest batch whose training memory fits (0 if none).
 
     Returns a Summary: ``.layers`` (one LayerRow per leaf, a CONV's with the convolution
-    algorithm it runs at this batch size in training and at inference), totals,
-    ``.memory`` in bytes, ``.advice``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
+    algorithm it runs at this batch size in training and at inference, at dtype's bytes
+    per value), totals, ``.memory`` in bytes, ``.advice``, ``.refused``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
 
     Memory for training, in values x bytes per value:
         2 * batch * sum(outputs) + k * trainable + frozen + batch * prod(input_shape)
@@ -482,14 +489,14 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
     _, final = walker.visit(model, "", input_shape, start)  # names as in named_layers()
     dtype = _bytes_dtype(dtype, [layer for _, layer, *_ in walker.rows], where)
     b = dtype.itemsize
-    rows, trainable = [], 0
+    rows, trainable, refusals = [], 0, []
     for name, layer, in_shape, out_shape, state, frozen in walker.rows:
         values = 0 if _shares_input(layer) else math.prod(out_shape)
         params = int(layer.num_params())
         trainable += 0 if frozen else params
         name = name or layer.name or type(layer).__name__        # a bare layer as the model
-        algorithms = ((layer.algorithm_for(in_shape, batch_size),
-                       layer.algorithm_for(in_shape, batch_size, training=False))
+        algorithms = ((_algorithm(layer, in_shape, batch_size, True, b, refusals),
+                       _algorithm(layer, in_shape, batch_size, False, b, refusals))
                       if hasattr(layer, "algorithm_for") else (None, None))
         rows.append(LayerRow(name, repr(layer), in_shape, out_shape, params,
                              int(layer.macs(in_shape)), state.rf, state.jump, values,
@@ -503,7 +510,19 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         max_batch = _max_batch(memory, budget)
     return Summary(input_shape, batch_size, key, dtype.name, rows, total_params, trainable,
                    sum(row.macs for row in rows), final.rf, final.jump, memory, budget,
-                   max_batch, _advice(input_shape, walker.rows))
+                   max_batch, _advice(input_shape, walker.rows), refusals)
+
+
+def _algorithm(layer, in_shape, batch, training, itemsize, refusals):
+    """The algorithm a CONV runs (training or inference) at this batch and item size,
+    or "refused" where the algorithm it names cannot run there, the reason then added
+    to refusals."""
+    try:
+        return layer.algorithm_for(in_shape, batch, training, itemsize)
+    except ValueError as error:
+        refusals.append(f"{error} ({'in training' if training else 'at inference'}, "
+                        f"batch {batch})")
+        return "refused"
 
 
 def _memory(rows, input_shape, batch, total_params, trainable, k, b):

@@ -151,6 +151,55 @@ def test_vgg16_text_and_dict(vgg_summary):
     assert d["advice"] == []
 
 
+def test_a_conv_whose_named_algorithm_cannot_run_is_marked_refused():
+    """A CONV that names an algorithm it cannot run at this batch (blocks over inference's
+    max_bytes, one_image on a batch of two) gets "refused" in that column and a line
+    naming the layer and why; the summary had raised, and training then skipped its
+    memory check."""
+    rng = np.random.default_rng(2)
+    net = Sequential(Conv2d(512, 64, 3, padding=1, algorithm="blocks", rng=rng), ReLU(),
+                     Conv2d(64, 8, 3, padding=1, algorithm="one_image", rng=rng))
+    s = summary(net, (512, 64, 64))
+    assert [(r.algorithm, r.inference_algorithm) for r in s.layers if r.algorithm] == [
+        ("blocks", "refused"), ("one_image", "one_image")]
+    assert len(s.refused) == 1 and s.refused[0].startswith("0 Conv2d(K=64, F=3, S=1, P=1): "
+                                                          "algorithm 'blocks' cannot run")
+    assert "over max_bytes=67,108,864 (at inference, batch 1)" in s.refused[0]
+    two = summary(net, (512, 64, 64), batch_size=2)
+    assert [r.algorithm for r in two.layers if r.algorithm] == ["blocks", "refused"]
+    assert sum("'one_image' cannot run" in why for why in two.refused) == 2
+    text = two.to_text()
+    assert "Refused (these CONVs name an algorithm that cannot run them here):" in text
+    assert "needs a batch of one image (in training, batch 2)" in text
+    assert json.loads(json.dumps(two.to_dict()))["refused"] == two.refused
+    assert summary(Conv2d(3, 4, 3), (3, 8, 8)).refused == []
+
+
+def test_the_algorithm_column_follows_the_summarys_bytes_per_value():
+    """At batch 1 one_image takes a layer whose rows fit one block, which depends on the
+    bytes per value: the column follows summary's dtype, as what runs follows the
+    data's (it had used the model's dtype alone)."""
+    from convnet.functional import conv
+    net = Sequential(Conv2d(64, 64, 5, padding=2, rng=np.random.default_rng(3)))
+    ran = []
+    original = conv.choose
+
+    def spy(algorithm, p, where="conv2d"):
+        chosen = original(algorithm, p, where)
+        ran.append(chosen[0].value)
+        return chosen
+    for dtype, expected in ((np.float32, "one_image"), (np.float64, "shifted")):
+        row = summary(net, (64, 28, 28), dtype=dtype).layers[0]
+        assert (row.algorithm, row.inference_algorithm) == (expected, expected), dtype
+        x = np.zeros((1, 64, 28, 28), dtype)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(conv, "choose", spy)
+            ran.clear()
+            net.train().forward(x)
+            net.eval().infer(x)
+        assert ran == [expected, expected], dtype
+
+
 # -- the notes' other worked examples --------------------------------------------------------
 def test_three_3x3_conv64_on_224_make_10M_activations_72MB():
     rng = np.random.default_rng(1)

@@ -730,6 +730,42 @@ def test_an_algorithm_that_cannot_run_the_convolution_says_why():
         Conv2d(3, 4, 3, algorithm="direct")
 
 
+def test_a_layer_naming_an_algorithm_that_can_never_run_it_is_refused_when_built():
+    """Stride, groups, filter size and dilation are known when a Conv2d is built: an
+    algorithm that can never run such a layer is an error then, naming it (it had been
+    accepted, and failed at the first forward); what depends on the batch (one_image's
+    batch of one, blocks' bytes at inference) is an error at the call, naming the layer."""
+    from convnet.layers import ReLU
+    from convnet.models import Sequential
+    from convnet.models.config import from_config
+
+    for kwargs, algorithm, reason in (
+            (dict(stride=2, padding=1), "shifted", "it needs stride 1"),
+            (dict(stride=2, padding=1), "one_image", "it needs stride 1"),
+            (dict(kernel_size=5), "winograd4x4", "it needs 3x3 filters"),
+            (dict(dilation=2), "winograd2x2", "it needs stride 1 and dilation 1"),
+            (dict(groups=2), "blocks", "it needs groups=1"),
+            (dict(groups=2), "shifted", "it needs groups=1")):
+        kwargs = {"kernel_size": 3, **kwargs}
+        with pytest.raises(ValueError, match=rf"^Conv2d: algorithm '{algorithm}' cannot run "
+                                             rf"this layer \(F=.*\): {reason}"):
+            Conv2d(4, 4, algorithm=algorithm, **kwargs)
+        config = {"type": "Conv2d", "in_channels": 4, "out_channels": 4,
+                  "algorithm": algorithm, **kwargs}
+        with pytest.raises(ValueError, match=f"cannot run this layer.*{reason}"):
+            from_config(config)
+        assert Conv2d(4, 4, algorithm="im2col", **kwargs).algorithm == "im2col"
+    net = Sequential(Conv2d(3, 4, 3, padding=1), ReLU(),
+                     Conv2d(4, 4, 3, padding=1, algorithm="one_image", dtype=np.float64))
+    with pytest.raises(ValueError, match=r"^2 Conv2d\(K=4, F=3, S=1, P=1\): algorithm "
+                                         r"'one_image' cannot run this convolution .*: it "
+                                         r"needs a batch of one image"):
+        net.forward(np.zeros((2, 3, 6, 6)))
+    with pytest.raises(ValueError, match=r"^2 Conv2d.*'one_image' cannot run"):
+        net.eval().infer(np.zeros((2, 3, 6, 6)))
+    assert net.infer(np.zeros((1, 3, 6, 6))).shape == (1, 4, 6, 6)
+
+
 def test_use_algorithm_forces_auto_layers_where_it_can_run():
     """Inside use_algorithm, an "auto" conv runs the forced algorithm where it applies and
     the auto choice elsewhere; a layer's own algorithm stands; the block's end restores."""

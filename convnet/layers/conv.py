@@ -81,12 +81,19 @@ class Conv2d(Layer):
             raise ValueError(f"{where}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must both be divisible by groups ({groups})")
         self.dtype = check_dtype(dtype, where)
+        fh, fw = self.kernel_size
+        shape = (self.out_channels, self.in_channels // self.groups, fh, fw)
+        reason = F.select.layer_why_not(self.algorithm, shape, self.stride, self.padding,
+                                        self.dilation, self.groups)
+        if reason is not None:
+            raise ValueError(f"{where}: algorithm {self.algorithm!r} cannot run this layer "
+                             f"(F={hw_text(self.kernel_size)}, S={hw_text(self.stride)}, "
+                             f"dilation={hw_text(self.dilation)}, groups={self.groups}): "
+                             f"{reason}")
         self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
         self._fold = None       # inference's filters with a batch norm folded in (_folded)
         rng = np.random.default_rng() if rng is None else rng
-        fh, fw = self.kernel_size
         fan_in = self.in_channels // self.groups * fh * fw
-        shape = (self.out_channels, self.in_channels // self.groups, fh, fw)
         check_param_count(math.prod(shape) + bias * self.out_channels,
                           f"{where} with weight {shape}")
         self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
@@ -112,7 +119,7 @@ class Conv2d(Layer):
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                            self.stride, self.padding, self.dilation,
                                            self.groups, self.fit, cols_out=reuse, relu=relu,
-                                           algorithm=self.algorithm)
+                                           algorithm=self.algorithm, where=self.where)
         self._workspace = getattr(self.cache, "workspace", None) if self.training else None
         return out
 
@@ -141,7 +148,8 @@ class Conv2d(Layer):
             else:   # the same result dtype as folding into the filters
                 w = w.astype(np.result_type(w, scale), copy=False)
         return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
-                              self.fit, relu=relu, scale=scale, algorithm=self.algorithm)
+                              self.fit, relu=relu, scale=scale, algorithm=self.algorithm,
+                              where=self.where)
 
     def _folded(self, w, scale):
         """w * scale per filter (a batch norm folded into the filters), the same array
@@ -156,12 +164,15 @@ class Conv2d(Layer):
         self._fold = (w, w.copy(), scale.copy(), folded)
         return folded
 
-    def algorithm_for(self, input_shape, batch_size=1, training=True):
+    def algorithm_for(self, input_shape, batch_size=1, training=True, itemsize=None):
         """The algorithm (a name) that runs this layer on a batch of per-sample
-        ``input_shape`` (C, H, W), in training or at inference."""
+        ``input_shape`` (C, H, W), in training or at inference, at ``itemsize`` bytes a
+        value (default: the layer's dtype's); a ValueError naming the layer when the
+        algorithm it names cannot run there."""
         chosen, _ = F.algorithm_for((batch_size, *input_shape), self.params["weight"].shape,
                                     self.stride, self.padding, self.dilation, self.groups,
-                                    self.dtype.itemsize, training, self.algorithm)
+                                    itemsize or self.dtype.itemsize, training, self.algorithm,
+                                    self.where)
         return chosen.value
 
     skips_input_grad = True

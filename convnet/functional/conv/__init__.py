@@ -81,18 +81,19 @@ def problem(x, w, stride, padding, dilation, groups, out_size, max_bytes=None):
 
 
 def algorithm_for(x_shape, w_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
-                  groups=1, itemsize=4, training=True, algorithm="auto"):
+                  groups=1, itemsize=4, training=True, algorithm="auto", where="conv2d"):
     """(Algorithm, reason): what conv2d_forward (training) or conv2d_infer would run for
-    an input of x_shape (N, C, H, W) and filters of w_shape."""
+    an input of x_shape (N, C, H, W) and filters of w_shape; a ValueError beginning with
+    ``where`` when ``algorithm`` is named and cannot run it."""
     stride, padding, dilation = hyperparameters(stride, padding, dilation, "algorithm_for")
     out_size = output_size(x_shape, w_shape, stride, padding, dilation, "floor")
     p = Problem(tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups, out_size,
                 itemsize, None if training else IM2COL_MAX_BYTES)
-    return choose(algorithm, p)
+    return choose(algorithm, p, where)
 
 
 def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                   fit="exact", cols_out=None, relu=False, algorithm="auto"):
+                   fit="exact", cols_out=None, relu=False, algorithm="auto", where="conv2d"):
     """Convolve K filters over x, keeping what the backward pass needs.
 
     x: (N, C, H, W); w: (K, C // groups, FH, FW); b: (K,) or None. Returns out
@@ -104,6 +105,7 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     change before the backward pass. relu=True returns max(0, conv), the RELU of a
     CONV -> RELU applied as the output is finished; conv2d_backward then takes the
     gradient of that output and lets it through only where it is not 0 (> 0, or NaN).
+    ``where`` begins the error when the algorithm named cannot run the convolution.
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
     >>> conv2d_forward(x, w, stride=(4, 4))[0].shape
@@ -112,7 +114,8 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     stride, padding, dilation = hyperparameters(stride, padding, dilation)
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
-    chosen, _ = choose(algorithm, problem(x, w, stride, padding, dilation, groups, out_size))
+    chosen, _ = choose(algorithm, problem(x, w, stride, padding, dilation, groups, out_size),
+                       where)
     cache = MODULES[chosen].forward(x, w, b, stride, padding, dilation, groups, out, relu,
                                     cols_out)
     return out, cache
@@ -133,7 +136,7 @@ def conv2d_backward(dout, cache, overwrite_cols=False, input_grad=True):
 
 def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                  fit="exact", max_bytes=IM2COL_MAX_BYTES, relu=False, scale=None,
-                 algorithm="auto"):
+                 algorithm="auto", where="conv2d"):
     """conv2d_forward for inference: the output only, its temporaries bounded.
 
     Same arguments and output as conv2d_forward, but no cache; every algorithm makes its
@@ -143,7 +146,8 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     max_bytes, naming them is a ValueError and use_algorithm leaves the call to auto.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished. scale (K,) multiplies each output channel before the
-    bias is added (a batch norm folded into the output rather than the filters).
+    bias is added (a batch norm folded into the output rather than the filters). ``where``
+    as in conv2d_forward.
 
     >>> x = np.ones((8, 64, 224, 224), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
     >>> conv2d_infer(x, w, padding=(1, 1)).shape   # 231 MB of Winograd's V, 2 MB at a time
@@ -157,7 +161,7 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     out_size = output_size(x.shape, w.shape, stride, padding, dilation, fit)
     out = np.empty((x.shape[0], w.shape[0], *out_size), dtype=np.result_type(x, w))
     p = problem(x, w, stride, padding, dilation, groups, out_size, max_bytes)
-    chosen, _ = choose(algorithm, p)
+    chosen, _ = choose(algorithm, p, where)
     return MODULES[chosen].infer(x, w, b, stride, padding, dilation, groups, out, relu,
                                  scale, max_bytes)
 

@@ -227,14 +227,27 @@ def why_not(algorithm, p):
     return reason
 
 
-def choose(algorithm, p):
-    """(Algorithm, reason) for a Problem: the one asked for, the one forced by
-    use_algorithm where it applies, or the auto choice."""
+def layer_why_not(algorithm, w_shape, stride, padding, dilation, groups):
+    """None when ``algorithm`` can run a layer of these filters and hyperparameters on
+    some input (a batch of one), else the reason it never can (stride, groups, filter
+    size, dilation): what a layer that names it checks when it is built."""
     algorithm = check(algorithm)
+    if algorithm is Algorithm.AUTO:
+        return None
+    x_shape = (1, w_shape[1] * groups, *w_shape[2:])
+    return MODULES[algorithm].applies(x_shape, tuple(w_shape), stride, padding, dilation,
+                                      groups)
+
+
+def choose(algorithm, p, where="conv2d"):
+    """(Algorithm, reason) for a Problem: the one asked for, the one forced by
+    use_algorithm where it applies, or the auto choice. ``where`` begins the error for
+    an algorithm asked for that cannot run the Problem."""
+    algorithm = check(algorithm, where)
     if algorithm is not Algorithm.AUTO:
         reason = why_not(algorithm, p)
         if reason is not None:
-            raise ValueError(f"conv2d: algorithm {algorithm.value!r} cannot run this "
+            raise ValueError(f"{where}: algorithm {algorithm.value!r} cannot run this "
                              f"convolution (input {p.x_shape}, filters {p.w_shape}, stride "
                              f"{p.stride}, dilation {p.dilation}, groups {p.groups}): {reason}")
         return algorithm, "asked for"

@@ -461,7 +461,8 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
 
     Returns a Summary: ``.layers`` (one LayerRow per leaf, a CONV's with the convolution
     algorithm it runs at this batch size in training and at inference, at dtype's bytes
-    per value), totals, ``.memory`` in bytes, ``.advice``, ``.refused``; ``.to_text()`` for a terminal and ``.to_dict()`` for JSON.
+    per value), totals, ``.memory`` in bytes, ``.advice``, ``.refused``; ``.to_text()``
+    for a terminal and ``.to_dict()`` for JSON.
 
     Memory for training, in values x bytes per value:
         2 * batch * sum(outputs) + k * trainable + frozen + batch * prod(input_shape)

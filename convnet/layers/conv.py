@@ -40,7 +40,8 @@ class Conv2d(Layer):
         algorithm: how the convolution is computed: "auto" (default: chosen per input,
             see functional.conv.select) or a name of functional.conv.Algorithm ("im2col"
             is the notes' im2col + one matrix multiply); the result is the same up to
-            float rounding (Winograd F(4x4): about 1e-5 of the output's scale in float32).
+            float rounding (Winograd F(4x4): about ten times im2col's in float32; a NaN or
+            infinite input spreads to whole tiles: docs/performance.md).
 
     Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
     Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.

@@ -126,7 +126,7 @@ class Problem(NamedTuple):
 def winograd_suits(p):
     """Whether the auto choice takes F(4x4, 3x3): at inference (its backward pass is slower
     than the shifted path's), a 3x3 stride-1 conv with enough channels and positions. Its
-    float32 error is about 1e-5 of the output's scale (a test bounds it at 3e-5)."""
+    float32 rounding error is about ten times im2col's (docs/performance.md)."""
     return (p.max_bytes is not None and p.floating and winograd.F4X4.applies(
                 p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups) is None
             and p.x_shape[1] >= _value("winograd_min_channels")

@@ -338,8 +338,35 @@ def _shares_input(layer):
     return getattr(layer, "inplace", False) is True or isinstance(layer, Flatten)
 
 
+class _Merge:
+    """A row for an array a block makes of its own, which no layer's row counts: a
+    residual block's sum (body + shortcut, before post), a concatenation along depth
+    (Concat's, and DenseBlock's running one after each layer). Training keeps it as the
+    next layer's input, so it counts among the activations; it has no parameters and no
+    multiplications."""
+
+    params = {}
+
+    def __init__(self, what):
+        self.what = what
+
+    def num_params(self):
+        return 0
+
+    def macs(self, input_shape):
+        return 0
+
+    def __repr__(self):
+        return self.what
+
+
+def _merge_name(name, what):
+    return f"{name} ({what})" if name else f"({what})"
+
+
 class _Walker:
-    """Visits the leaves in execution order with the volume and field each one sees."""
+    """Visits the leaves in execution order with the volume and field each one sees, and
+    the arrays blocks make of their own (_Merge)."""
 
     def __init__(self):
         self.rows = []   # (name, layer, in_shape, out_shape, field, frozen)
@@ -362,12 +389,18 @@ class _Walker:
             for _, other in outs[1:]:
                 merged = merged.merge(other)
             out = tuple(layer.output_shape(shape))  # checks the branches' H x W agree
-            return out, _Field(merged.rf, merged.jump, _grid(out, merged.grid))
+            field = _Field(merged.rf, merged.jump, _grid(out, merged.grid))
+            self.rows.append((_merge_name(name, "concat"), _Merge("concatenation"),
+                              tuple(shape), out, field, frozen))
+            return out, field
         if isinstance(layer, DenseBlock):
             for n, child in children:               # each sees the running concatenation
                 new_shape, new_state = self.visit(child, n, shape, state, frozen)
-                shape = (shape[0] + new_shape[0], *shape[1:])
+                joined = (shape[0] + new_shape[0], *shape[1:])
                 state = state.merge(new_state)
+                self.rows.append((_merge_name(n, "concat"), _Merge("running concatenation"),
+                                  tuple(shape), joined, state, frozen))
+                shape = joined
             return shape, state
         start = shape, state
         for n, child in children:                   # Sequential, and any other chain
@@ -391,6 +424,8 @@ class _Walker:
                                  shape, state, frozen)
         block.output_shape(shape)                   # checks that body and shortcut agree
         merged = body.merge(skip)
+        self.rows.append((_merge_name(name, "sum"), _Merge("body + shortcut"), tuple(out),
+                          tuple(out), merged, frozen))
         if block.post_key:
             out, merged = self.visit(block[block.post_key], full(block.post_key), out,
                                      merged, frozen)
@@ -459,7 +494,9 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         budget: memory in bytes, or a string like "4GB" (units of 1024); the summary then
             reports the largest batch whose training memory fits (0 if none).
 
-    Returns a Summary: ``.layers`` (one LayerRow per leaf, a CONV's with the convolution
+    Returns a Summary: ``.layers`` (one LayerRow per leaf, and one per array a block
+    makes of its own: a residual sum, "NAME (sum)", a concatenation, "NAME (concat)"; a
+    CONV's with the convolution
     algorithm it runs at this batch size in training and at inference, at dtype's bytes
     per value), totals, ``.memory`` in bytes, ``.advice``, ``.refused``; ``.to_text()``
     for a terminal and ``.to_dict()`` for JSON.

@@ -56,7 +56,7 @@ OPTIMIZER_MULTIPLIERS = {
 # The input-size rule of thumb: H and W should be divisible by 2 at least this many times.
 MIN_HALVINGS = 3
 
-_UNITS = ("B", "KB", "MB", "GB", "TB")
+_UNITS = ("B", "KB", "MB", "GB", "TB", "PB", "EB")
 _RULE_INPUT = ('notes, Layer Sizing Patterns: "The input layer should be divisible by 2 '
                'many times" (32, 64, 96, 224, 384, 512)')
 _RULE_PAD = ('notes, Layer Sizing Patterns: CONV layers should use S=1 and zero padding '
@@ -86,7 +86,10 @@ def format_bytes(num_bytes):
     if isinstance(num_bytes, bool) or not isinstance(num_bytes, (int, np.integer, float)) \
             or not num_bytes >= 0:
         raise ValueError(f"format_bytes: expected a number of bytes >= 0, got {num_bytes!r}")
-    value, unit = float(num_bytes), 0
+    try:
+        value, unit = float(num_bytes), 0
+    except OverflowError:
+        raise ValueError("format_bytes: the number of bytes is too large for a float") from None
     while value >= 1024 and unit < len(_UNITS) - 1:
         value /= 1024
         unit += 1

@@ -23,14 +23,13 @@ from convnet import limits
 
 def int_type(low, high=None):
     """An argparse type: an int in [low, high]."""
+    from convnet.spec import DIGITS
+
     def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
+        value = int(text) if DIGITS.fullmatch(text) else None
         if value is None or value < low or (high is not None and value > high):
             bound = f"an int >= {low}" if high is None else f"an int from {low} to {high:,}"
-            raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text!r:.40}")
         return value
     return parse
 
@@ -48,20 +47,22 @@ def float_type(low, high=None, low_open=False, high_open=False):
             left, right = "(" if low_open else "[", ")" if high_open else "]"
             span = f"> {low:g}" if high is None and low_open else (
                 f">= {low:g}" if high is None else f"in {left}{low:g}, {high:g}{right}")
-            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {text!r:.40}")
         return value
     return parse
 
 
 def image_size(text):
     """--image-size: "28" (28x28) or "HxW" such as "32x28" -> (H, W)."""
+    from convnet.spec import DIGITS
     parts = text.lower().split("x")
-    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) in (1, 2) and all(DIGITS.fullmatch(p) and int(p) > 0 for p in parts):
         size = int(parts[0]), int(parts[-1])
         if max(size) <= limits.MAX_IMAGE_SIDE:
             return size
     raise argparse.ArgumentTypeError(f"expected a size such as 28 or 32x28 (H x W, positive "
-                                     f"integers up to {limits.MAX_IMAGE_SIDE}), got {text!r}")
+                                     f"integers up to {limits.MAX_IMAGE_SIDE}), got "
+                                     f"{text!r:.40}")
 
 
 def input_shape(text):
@@ -391,7 +392,8 @@ def build_parser():
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
                    help="per-sample input size, channels first (e.g. 3x224x224); "
                         "default: the model's own")
-    p.add_argument("--batch", type=POSITIVE, default=1, metavar="N", help="batch size (1)")
+    p.add_argument("--batch", type=int_type(1, 1_000_000), default=1, metavar="N",
+                   help="batch size (1)")
     p.add_argument("--classes", type=CLASSES, metavar="K",
                    help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),

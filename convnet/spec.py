@@ -12,25 +12,27 @@ for a zoo name or notation (fresh random weights), True for a file's weights.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from convnet.io import load_model
 from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
 
+# A count on the command line: ASCII digits only (int() would also take "3_2", " 3" and
+# other scripts' digits), at most 18 of them.
+DIGITS = re.compile(r"[0-9]{1,18}")
 WEIGHTS = (".pt", ".pth", ".safetensors")   # weight files: no architecture inside
 FILES = (".json", ".onnx", *WEIGHTS)
 
 
 def parse_shape(text):
     """'3x224x224' -> (3, 224, 224): a per-sample C x H x W, as PyTorch orders it."""
-    try:
-        shape = tuple(int(part) for part in text.lower().split("x"))
-    except ValueError:
-        shape = ()
+    parts = text.lower().split("x")
+    shape = tuple(int(p) for p in parts) if all(DIGITS.fullmatch(p) for p in parts) else ()
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise ValueError(f"input shape must be C x H x W with positive sizes, e.g. 3x224x224, "
-                         f"got {text!r}")
+                         f"got {text!r:.40}")
     return shape
 
 

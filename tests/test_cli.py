@@ -76,13 +76,42 @@ def test_train_image_size_parses(text, size):
     assert build_parser().parse_args(["train"]).image_size is None
 
 
-@pytest.mark.parametrize("text", ["0", "28x0", "28x", "x28", "-3", "2.5", "ax3", "2x3x4", ""])
+@pytest.mark.parametrize("text", ["0", "28x0", "28x", "x28", "-3", "2.5", "ax3", "2x3x4", "",
+                                  "2_8", "\uff12\uff18", "\u0662\u0668", " 28"])
 def test_train_bad_image_size_is_a_usage_error(capsys, text):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--image-size", text])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--image-size: expected a size such as 28 or 32x28" in err and repr(text) in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    # int() takes these and reads them as other numbers: 3_2 as 32
+    (["summary", "lenet5", "--input", "3_2x32x32"], "--input: input shape must be C x H x W"),
+    (["summary", "lenet5", "--input", "\uff13x32x32"], "--input: input shape must be"),
+    (["summary", "lenet5", "--input", "3 x 32 x 32"], "--input: input shape must be"),
+    (["summary", "lenet5", "--batch", "1_0"], "--batch: expected an int from 1 to 1,000,000"),
+    (["train", "--epochs", "\u0663"], "--epochs: expected an int from 1 to 1,000,000"),
+    # an unbounded batch had overflowed format_bytes (OverflowError, no option named)
+    (["summary", "lenet5", "--batch", "9" * 400], "--batch: expected an int from 1 to 1,"),
+    (["summary", "lenet5", "--batch", "1000001"], "--batch: expected an int from 1 to 1,"),
+])
+def test_counts_on_the_command_line_are_ascii_digits_within_bounds(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err) < 300, err
+
+
+def test_summary_at_the_largest_batch_prints_its_memory(capsys):
+    assert main(["summary", "vgg16", "--batch", "1000000"]) == 0
+    assert "training total" in capsys.readouterr().out
+    from convnet.analysis import format_bytes
+    assert format_bytes(5 << 50) == "5.00 PB" and format_bytes(3 << 60) == "3.00 EB"
+    with pytest.raises(ValueError, match="too large"):
+        format_bytes(10 ** 400)
 
 
 def test_train_image_size_reaches_the_data_and_the_default_model(tmp_path, capsys):

@@ -459,19 +459,26 @@ def _advice(input_shape, walked):
         is_conv = isinstance(layer, (Conv2d, LocallyConnected2d))
         if is_conv:
             kernel = _pair(layer.kernel_size)
-            if convs and max(kernel) > 5:
+            dilation = _pair(getattr(layer, "dilation", 1))
+            extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]
+            # An FC layer as a CONV (fc_to_conv) spans its whole input at the size the
+            # net was trained for, and half or more of it at the larger sizes it slides
+            # over: no feature detector to be made of stacked 3x3 CONVs, and meant to
+            # shrink the volume.
+            slid_fc = _pair(layer.padding) == (0, 0) and all(
+                2 * e >= size for e, size in zip(extent, in_shape[1:]))
+            if convs and max(kernel) > 5 and not slid_fc:
                 tips.append(f"{label}: a {kernel[0]}x{kernel[1]} filter after the first "
                             f"CONV layer; three stacked 3x3 CONVs see 7x7 with 27C^2 "
                             f"parameters instead of 49C^2; {_RULE_FILTER}")
             convs += 1
-            dilation = _pair(getattr(layer, "dilation", 1))
-            extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]
             shrinks = [in_shape[1 + a] > out_shape[1 + a] and extent[a] % 2 == 1
                        for a in (0, 1)]
-            if _pair(layer.stride) == (1, 1) and any(shrinks):
+            if _pair(layer.stride) == (1, 1) and any(shrinks) and not slid_fc:
                 keep = [(f - 1) // 2 for f in extent]
+                rule = "(F-1)/2" if dilation == (1, 1) else "D*(F-1)/2"
                 tips.append(f"{label}: S=1 shrinks {volume(in_shape)} to "
-                            f"{volume(out_shape)}; P=(F-1)/2={hw_text(keep)} would keep the "
+                            f"{volume(out_shape)}; P={rule}={hw_text(keep)} would keep the "
                             f"size; {_RULE_PAD}")
         elif hasattr(layer, "kernel_size") and len(out_shape) == 3 \
                 and out_shape[1:] != (1, 1):        # a POOL (global pooling is exempt)

@@ -615,6 +615,24 @@ def test_advice_on_a_shrinking_stride_1_conv():
                       (3, 32, 32)) == []
 
 
+def test_advice_spares_fc_layers_slid_as_convs_and_names_dilations_rule():
+    """fc_to_conv's layers span their input (or half of it, slid over larger images):
+    the notes' FC -> CONV, not a large filter to stack from 3x3s nor a shrinking CONV to
+    pad; a dilated CONV's padding rule is D*(F-1)/2 (the advice had said (F-1)/2 = 2
+    for F = 3)."""
+    from convnet.models import fc_to_conv
+    from convnet.zoo import alexnet_torchvision, vgg16
+    for make in (alexnet_torchvision, vgg16):
+        net = fc_to_conv(make(rng=np.random.default_rng(0)).eval(), (3, 224, 224))
+        for size in (224, 384):
+            assert advice_for(net, (3, size, size)) == [], (make.__name__, size)
+    tips = advice_for(Sequential(Conv2d(3, 8, 3, dilation=2)), (3, 32, 32))
+    assert len(tips) == 1 and "P=D*(F-1)/2=2 would keep the size" in tips[0]
+    # a large filter on a large plane is still advised against
+    tips = advice_for(Sequential(Conv2d(3, 8, 3, padding=1), Conv2d(8, 8, 7)), (3, 32, 32))
+    assert len(tips) == 2 and "a 7x7 filter after the first CONV" in tips[0]
+
+
 def test_advice_is_listed_at_the_end_of_the_text():
     s = summary(Sequential(Conv2d(3, 8, 3), MaxPool2d(5, fit="floor")), (3, 227, 227))
     assert len(s.advice) == 3

@@ -152,8 +152,10 @@ def _takes_images(args, model):
 
 def cmd_summary(args):
     from convnet.analysis import summary
+    from convnet.layers.base import counting_only
 
-    model = _model(args, input_shape=args.input, num_classes=args.classes)
+    with counting_only():   # a summary reads no weight: fresh ones are zeros, never written
+        model = _model(args, input_shape=args.input, num_classes=args.classes)
     shape = args.input or getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model has no default input size: give --input CxHxW")

@@ -123,3 +123,18 @@ def test_train_image_size_reaches_the_data_and_the_default_model(tmp_path, capsy
     assert "66,026 parameters" in out_text                         # the digits default net
     saved = json.loads((out / "model.json").read_text())
     assert saved["input_shape"] == [1, 12, 10] and saved["info"]["scale"] == 16
+
+
+def test_summary_writes_no_weights():
+    """A summary is arithmetic on shapes: a fresh model's weights are zeros that are never
+    written (counting_only), so a 307M-parameter FC layer takes no 1.2 GB of memory (its
+    random init had taken 1.2 GB and seconds)."""
+    code = ("import json, sys\n"
+            "from convnet.cli import main\n"
+            "main(['summary', 'INPUT 32x32x3 -> FC 100000', '--json'])\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(int(hwm.split()[1]) * 1024, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout)["total_params"] == 3072 * 100_000 + 100_000
+    assert int(done.stderr.strip().splitlines()[-1]) < 400 << 20     # 1.2 GB written before

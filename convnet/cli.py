@@ -78,6 +78,34 @@ def input_shape(text):
     return shape
 
 
+def count_binding(text):
+    """--count: "N=2" -> ("N", 2), a repetition count of arrow notation."""
+    from convnet.spec import DIGITS
+    name, _, value = text.partition("=")
+    if not (name.isidentifier() and name.isascii() and DIGITS.fullmatch(value)):
+        raise argparse.ArgumentTypeError(f"expected NAME=N, such as M=3 (a count of the "
+                                         f"notation's [...]*M), got {text!r:.40}")
+    return name, int(value)
+
+
+def _bound(args, text, option):
+    """text (arrow notation) with the --count values written in; an error when --count
+    is given for text that is not notation."""
+    from convnet.models import bind_counts
+    from convnet.spec import is_notation
+    counts = dict(getattr(args, "count", None) or ())
+    if not counts:
+        return text
+    if not (isinstance(text, str) and is_notation(text)):
+        raise ValueError(f"--count binds the names of arrow notation, but {option} is "
+                         f"{text!r:.80}")
+    return bind_counts(text, counts)
+
+
+COUNT_HELP = ("NAME=N: the value of a repetition count named in the notation (the notes' "
+              "[[CONV -> RELU]*N -> POOL?]*M); repeat for each name")
+
+
 def memory_size(text):
     """--budget: "4GB", "512MB" -> bytes."""
     from convnet.analysis import parse_bytes
@@ -124,7 +152,7 @@ def _model(args, **kwargs):
     (num_classes) checked by ``check_classes``."""
     from convnet.spec import check_classes, resolve_model
     arch = getattr(args, "arch", None)
-    model = resolve_model(args.model, architecture=arch, **kwargs)
+    model = resolve_model(_bound(args, args.model, "MODEL"), architecture=arch, **kwargs)
     return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
 
@@ -168,7 +196,8 @@ def cmd_summary(args):
 def cmd_train(args):
     from convnet.train.loop import TrainConfig, train
 
-    cfg = TrainConfig(data=args.data, model=args.arch, epochs=args.epochs,
+    cfg = TrainConfig(data=args.data, model=_bound(args, args.arch, "--model"),
+                      epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, augment=args.augment,
                       flip=args.flip, schedule=args.schedule, label_smoothing=args.label_smoothing,
@@ -396,6 +425,8 @@ def build_parser():
                         "default: the model's own")
     p.add_argument("--batch", type=int_type(1, 1_000_000), default=1, metavar="N",
                    help="batch size (1)")
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.add_argument("--classes", type=CLASSES, metavar="K",
                    help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
@@ -428,6 +459,8 @@ def build_parser():
                    help="a zoo name or arrow notation (default: the data set's own net, or "
                         "for other data a net of the notes' pattern sized for its volume "
                         "and classes); with --from a weights file, its architecture")
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
     p.add_argument("--download", action="store_true",
                    help="download Fashion-MNIST if it is not found (checksums verified)")

@@ -138,3 +138,29 @@ def test_summary_writes_no_weights():
                           check=True)
     assert json.loads(done.stdout)["total_params"] == 3072 * 100_000 + 100_000
     assert int(done.stderr.strip().splitlines()[-1]) < 400 << 20     # 1.2 GB written before
+
+
+def test_count_binds_the_notations_names(tmp_path, capsys):
+    """The notes' pattern with its counts from the command line; the run records the net
+    it built, the counts written in."""
+    text = "INPUT 32x32x3 -> [[CONV 8 -> RELU]*N -> POOL?]*M -> FC 10"
+    assert main(["summary", text, "--count", "N=2", "--count", "M=3", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert sum(row["type"].startswith("Conv2d") for row in layers) == 6
+    assert main(["summary", text]) == 1
+    assert "--count N=2" in capsys.readouterr().err
+    assert main(["summary", text, "--count", "N=2", "--count", "K=1"]) == 1
+    assert "has no count named K" in capsys.readouterr().err
+    assert main(["summary", "vgg16", "--count", "N=2"]) == 1
+    assert "--count binds the names of arrow notation, but MODEL is 'vgg16'" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(["summary", text, "--count", "N=two"])
+    assert "--count: expected NAME=N" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["train", "--model", "INPUT 8x8x1 -> [CONV 8 -> RELU]*N -> FC 10", "--count",
+                 "N=2", "--epochs", "1", "--limit", "100", "--quiet", "--no-report",
+                 "--out", str(out)]) == 0
+    from convnet.train.checkpoint import load_checkpoint
+    config = load_checkpoint(out / "checkpoint.safetensors")[2]["config"]
+    assert config["model"] == "INPUT 8x8x1 -> [CONV 8 -> RELU]*2 -> FC 10"

@@ -336,6 +336,30 @@ def test_error_nothing_to_build(text, words):
     assert all(word in msg for word in words)
 
 
+def test_bind_counts_writes_the_values_in():
+    from convnet.models import bind_counts
+    text = "INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL?]*M -> [FC 64 -> RELU]*K -> FC 10"
+    bound = bind_counts(text, {"N": 2, "M": 3, "K": 0})
+    assert bound == ("INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL?]*3 -> [FC 64 -> RELU]*0 "
+                     "-> FC 10")
+    assert bind_counts(text, {"M": 12}).count("*12") == 1          # the rest stay names
+    assert len(from_notation(bound)) == len(from_notation(text, N=2, M=3, K=0))
+    with pytest.raises(ValueError, match="the text has no count named X; its names: K, M, N"):
+        bind_counts(text, {"X": 1, "N": 2})
+    with pytest.raises(ValueError, match="the count N must be an int >= 0, got -1"):
+        bind_counts(text, {"N": -1})
+    assert bind_counts("INPUT 8x8 -> [CONV", {}) == "INPUT 8x8 -> [CONV"   # from_notation's
+
+
+def test_the_first_unbound_name_in_the_text_is_named():
+    """An inner count comes before its group's own in the text: N is named first (M had
+    been), with the command line's way to bind it."""
+    text = "INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL?]*M -> FC 10"
+    msg = error(text)
+    assert "the name N is not bound" in msg and "--count N=2" in msg
+    assert caret_column(msg) == text.index("*N") + 2
+
+
 def test_error_unbound_name_lists_names():
     text = "INPUT 8x8x1 -> [CONV 2 -> RELU]*N -> [FC 3]*M"
     msg = error(text, N=2, K=1)

@@ -10,8 +10,8 @@ from convnet.models.containers import (
     relus_in_place,
 )
 from convnet.models.fc_to_conv import conv_to_fc, fc_to_conv, slide
-from convnet.models.notation import from_notation
+from convnet.models.notation import bind_counts, from_notation
 
 __all__ = ["Container", "Sequential", "Residual", "Concat", "DenseBlock", "fc_to_conv",
            "conv_to_fc",
-           "slide", "from_notation", "from_config", "relus_in_place"]
+           "slide", "from_notation", "bind_counts", "from_config", "relus_in_place"]

@@ -35,7 +35,8 @@ options follow them, separated by spaces, in any order.
 
 Pairs (``F3x5``, ``S2x1``, ``P1x2``, ``D2x1``) are height x width, PyTorch's order.
 Repetition: ``[ ... ]*N`` (nestable) or ``LAYER*N``, where N is an int or a name bound by
-a keyword argument of ``from_notation``; ``?`` after a layer or a group marks it optional
+a keyword argument of ``from_notation`` (``bind_counts`` writes values in: the command
+line's ``--count N=2``); ``?`` after a layer or a group marks it optional
 (the notes' ``POOL?``). Shapes are checked while building: every error names the layer
 in the model (``model[i]``), its text and column, shows the text with a caret under the
 layer, and says which volume it got (W x H x D, as the notes write volumes).
@@ -492,12 +493,51 @@ def _build(layer, shape, dtype, rng):
 
 
 def _names(items):
-    """Every count name in the tree, as tokens, in text order."""
+    """Every count name in the tree, as tokens, in text order (a group's own count comes
+    after its contents: ``[... ]*M``)."""
     for item in items:
-        if isinstance(item.count, _Token):
-            yield item.count
         if isinstance(item.node, _Group):
             yield from _names(item.node.items)
+        if isinstance(item.count, _Token):
+            yield item.count
+
+
+def _check_counts(counts, where):
+    for name, value in counts.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}: the count {name} must be an int >= 0, "
+                             f"got {value!r:.80}")
+        limits.check_count(value, "MAX_LAYERS", f"the count {name}", where)
+
+
+def bind_counts(text, counts):
+    """The text with each repetition count named in ``counts`` written as its value:
+
+    >>> bind_counts("INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL?]*M -> FC 10",
+    ...             {"N": 2, "M": 3})
+    'INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL?]*3 -> FC 10'
+
+    What the command line's --count does, so that a run records the net it built. A
+    name the text does not use is an error (a typo would otherwise pass silently); a
+    text that does not parse is returned as it is, for from_notation to name its
+    problem."""
+    if not isinstance(text, str):
+        raise ValueError(f"bind_counts: text must be a str, got {type(text).__name__}")
+    _check_counts(counts, "bind_counts")
+    limits.check_count(len(text), "MAX_JSON_BYTES", "characters in the text", "bind_counts")
+    try:
+        tokens = list(_names(_Parser(text).parse()))
+    except _Parse:
+        return text
+    used = {tok.text for tok in tokens}
+    unknown = sorted(set(counts) - used)
+    if unknown:
+        raise ValueError(f"bind_counts: the text has no count named {', '.join(unknown)}; "
+                         f"its names: {', '.join(sorted(used)) or 'none'}")
+    for tok in sorted(tokens, key=lambda t: t.start, reverse=True):
+        if tok.text in counts:
+            text = f"{text[:tok.start]}{int(counts[tok.text])}{text[tok.end:]}"
+    return text
 
 
 def _times(item, counts, optional):
@@ -576,11 +616,7 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
     elif not isinstance(rng, np.random.Generator):
         raise ValueError(f"from_notation: rng must be an np.random.Generator or None, got "
                          f"{type(rng).__name__}; use np.random.default_rng(seed)")
-    for name, value in counts.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"from_notation: the count {name} must be an int >= 0, "
-                             f"got {value!r:.80}")
-        limits.check_count(value, "MAX_LAYERS", f"the count {name}", "from_notation")
+    _check_counts(counts, "from_notation")
     limits.check_count(len(text), "MAX_JSON_BYTES", "characters in the text", "from_notation")
 
     try:
@@ -592,8 +628,9 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
         if tok.text not in counts:
             bound = ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
             raise _error(text, tok.start, tok.end, f"count {tok.text!r}",
-                         f"the name {tok.text} is not bound; pass it as "
-                         f"from_notation(..., {tok.text}=2); names given: {bound}")
+                         f"the name {tok.text} is not bound: give its value, as "
+                         f"from_notation(..., {tok.text}=2) or on the command line "
+                         f"--count {tok.text}=2; names given: {bound}")
     items, shape = _take_input(text, items, input_shape)
     total = _unrolled(items, counts, optional)
     if total > limits.MAX_LAYERS:

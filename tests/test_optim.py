@@ -530,3 +530,64 @@ def test_schedule_errors():
     with pytest.raises(ValueError, match="after"):
         LinearWarmup(opt, 2).load_state_dict(make_schedule(
             "warmup+cosine", opt, warmup_steps=2, T_max=5).state_dict())
+
+
+@pytest.mark.parametrize("index", range(0, len(CASES), 3))
+def test_zero_d_parameters_match_torch(index):
+    """A 0-d parameter (a scalar such as a temperature) is updated in place like torch's:
+    NumPy's operations on 0-d arrays give scalars, which had raised TypeError in Adam,
+    Adagrad and RMSprop and frozen SGD's momentum buffer at its first value."""
+    cls, hyper = CASES[index]
+    rng = np.random.default_rng(index)
+    params = {"t": np.array(rng.standard_normal()), "w": rng.standard_normal(3)}
+    opt = cls(params, **hyper)
+    tensors, topt = torch_twin(opt, params)
+    for _ in range(40):
+        grads = {"t": np.array(rng.standard_normal()), "w": rng.standard_normal(3)}
+        opt.step(grads)
+        torch_step(topt, tensors, grads)
+    assert params["t"].shape == ()
+    assert rel_error(params["t"], tensors["t"].detach().numpy()) < 1e-12
+    arrays, meta = opt.state_dict()
+    assert all(a.shape == () for name, a in arrays.items() if name.endswith(".t"))
+    again = cls({"t": np.array(0.0), "w": np.zeros(3)}, **hyper)
+    again.load_state_dict(arrays, meta)          # round-trips
+
+
+def test_positional_arguments_follow_torch():
+    """SGD(params, lr, momentum, dampening, weight_decay, nesterov) and Adagrad(params, lr,
+    lr_decay, weight_decay, initial_accumulator_value, eps), as torch.optim: ported
+    positional calls had switched Nesterov on and dropped weight decay, or set eps."""
+    p = {"w": np.ones(2)}
+    sgd = SGD(p, 0.1, 0.9, 0, 1e-4)
+    assert (sgd.weight_decay, sgd.nesterov) == (1e-4, False)
+    torch_sgd = torch.optim.SGD([torch.zeros(1)], 0.1, 0.9, 0, 1e-4)
+    assert torch_sgd.defaults["weight_decay"] == 1e-4
+    ada = Adagrad(p, 0.01, 0, 0, 0.1)
+    assert (ada.initial_accumulator_value, ada.eps) == (0.1, 1e-10)
+    assert SGD(p).lr == torch.optim.SGD([torch.zeros(1)]).defaults["lr"] == 1e-3
+    for make, word in ((lambda: SGD(p, 0.1, 0.9, nesterov="no"), "nesterov"),
+                       (lambda: RMSprop(p, centered=1), "centered"),
+                       (lambda: Adam(p, amsgrad="yes"), "amsgrad")):
+        with pytest.raises(ValueError, match=f"{word} must be True or False"):
+            make()
+
+
+@pytest.mark.parametrize("cls, hyper", [(Adam, dict(lr=0.1, betas=(0.0, 0.0))),
+                                        (Adam, dict(lr=0.1, betas=(0.3, 0.9))),
+                                        (RMSprop, dict(lr=0.1, alpha=0.3, centered=True))])
+def test_running_means_round_as_torchs_lerp(cls, hyper):
+    """torch moves exp_avg (and centered RMSprop's grad_avg) with lerp_, which for a weight
+    of 0.5 or more computes end - (end - self) * (1 - weight): after a gradient of 1e20
+    and then 1, beta1 = 0 gives exp_avg = 1 exactly (the other form had given 0)."""
+    params = {"w": np.zeros(2)}
+    opt = cls(params, **hyper)
+    tensors, topt = torch_twin(opt, params)
+    for g in (np.array([1e20, 1.0]), np.array([1.0, 1.0]), np.array([-3.0, 2.0])):
+        opt.step({"w": g})
+        torch_step(topt, tensors, {"w": g})
+        arrays, _ = opt.state_dict()
+        for name in opt._buffer_names():     # torch's vectorized lerp fuses (FMA)
+            np.testing.assert_allclose(arrays[f"{name}.w"],
+                                       topt.state[tensors["w"]][name].numpy(), rtol=1e-14)
+        np.testing.assert_allclose(params["w"], tensors["w"].detach().numpy(), rtol=1e-14)

@@ -441,3 +441,25 @@ def test_evaluate_counts_the_models_classes_not_the_labels_seen():
     assert result["confusion"].shape == (5, 5) and result["confusion"].sum() == 30
     empty = evaluate(model, x[:0], np.zeros(0, np.int64))
     assert empty["confusion"].shape == (5, 5) and empty["accuracy"] == 0.0
+
+
+def test_ema_rounds_as_torchs_lerp_and_names_a_mismatched_array():
+    """The EMA moves each average with torch's lerp (a weight of 0.5 or more, as in
+    warm-up, as end - (end - avg) * decay); a checkpoint array of another shape is named."""
+    from convnet.layers.linear import Linear
+    from convnet.train.ema import WeightEMA
+    layer = Linear(2, 1, dtype=np.float64, rng=np.random.default_rng(0))
+    for decay in (np.float32(0.0), 0.3):                   # NumPy's floats are taken too
+        ema = WeightEMA(layer, decay=decay)
+        layer.params["weight"][...] = 1e20
+        ema.update()
+        layer.params["weight"][...] = 1.0
+        ema.update()                       # 1 - (1 - 1e20) * decay; at 0, exactly 1
+        t_avg, t_new = torch.full((1, 2), 1e20, dtype=torch.float64), torch.ones(1, 2)
+        expected = t_avg.lerp_(t_new.double(), 1 - float(decay)).numpy()
+        np.testing.assert_allclose(ema.averages["weight"], expected, rtol=1e-15)
+    arrays, meta = ema.state_dict()
+    arrays = {**arrays, "weight": np.zeros((2, 1))}
+    with pytest.raises(ValueError, match=r"EMA array 'weight' has shape \(2, 1\), the "
+                                         r"model's \(1, 2\)"):
+        WeightEMA(layer).load_state_dict(arrays, meta)

@@ -40,8 +40,8 @@ class WeightEMA:
     """
 
     def __init__(self, model, decay=0.999, warmup=False):
-        if not (isinstance(decay, (int, float)) and not isinstance(decay, bool)
-                and 0 <= decay < 1):
+        if not (isinstance(decay, (int, float, np.integer, np.floating))
+                and not isinstance(decay, bool) and 0 <= decay < 1):
             raise ValueError(f"WeightEMA: decay must be a number in [0, 1), got {decay!r}")
         self.model = model
         self.decay = float(decay)
@@ -64,7 +64,12 @@ class WeightEMA:
                     # an average that overflows gives a validation loss that is not
                     # finite, which stops the run (the loop's TrainingDiverged)
                     with np.errstate(over="ignore", invalid="ignore"):
-                        average += (value - average) * average.dtype.type(weight)
+                        step = (value - average) * average.dtype.type(
+                            weight if weight < 0.5 else decay)
+                        if weight < 0.5:
+                            average += step
+                        else:   # as torch's lerp rounds a weight of 0.5 or more
+                            np.subtract(value, step, out=average)
                 else:      # as torch: the mix in float32, truncated back to the int
                     mixed = (average.astype(np.float32) * np.float32(decay)
                              + value.astype(np.float32) * np.float32(weight))
@@ -104,8 +109,12 @@ class WeightEMA:
         if meta["updates"] == 0:
             self.averages, self.updates = None, 0
             return
-        if set(arrays) != set(own) or any(np.shape(arrays[k]) != own[k].shape for k in own):
+        if set(arrays) != set(own):
             raise ValueError(f"{where}: EMA arrays do not match the model's: keys "
-                             f"{sorted(set(arrays) ^ set(own))[:5]} differ, or shapes do")
+                             f"{sorted(set(arrays) ^ set(own))[:5]} differ")
+        for key in own:
+            if np.shape(arrays[key]) != own[key].shape:
+                raise ValueError(f"{where}: EMA array {key!r} has shape "
+                                 f"{np.shape(arrays[key])}, the model's {own[key].shape}")
         self.averages = {key: np.array(arrays[key], dtype=own[key].dtype) for key in own}
         self.updates = meta["updates"]

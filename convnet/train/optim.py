@@ -51,6 +51,27 @@ def _number(value, name, where, low=0.0, below=None):
     return float(value)  # a Python float keeps float32 arithmetic in float32
 
 
+def _flag(value, name, where):
+    """True or False (NumPy's bool too): torch.optim's flags; anything else is an error
+    (bool("no") would have been True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r:.80}")
+    return bool(value)
+
+
+def _lerp(a, b, weight, tmp):
+    """a += weight * (b - a) in place, as torch's lerp_ rounds it: for a weight of 0.5
+    or more, b - (b - a) * (1 - weight), which gives b exactly at weight 1 (the other
+    form cancels: a of 1e20 and b of 1 give 0). tmp: a scratch array of a's shape."""
+    np.subtract(b, a, out=tmp)
+    if weight < 0.5:
+        tmp *= weight
+        a += tmp
+    else:
+        tmp *= 1 - weight
+        np.subtract(b, tmp, out=a)
+
+
 def _check_params(params, where):
     if not isinstance(params, Mapping):
         raise ValueError(f"{where}: params must be a dict {{dotted name: array}} such as "
@@ -131,8 +152,16 @@ class Optimizer(Named):
         split between the threads: every pass of the update reads a piece the pass before
         left in the cache, so the arrays go through memory once rather than once a pass.
         Every update is elementwise, so the pieces give exactly the whole update. Small
-        or non-contiguous arrays, and a first step that still makes its state, run whole.
+        or non-contiguous arrays, and a first step that still makes its state, run whole;
+        a 0-d parameter as a 1-element view (NumPy's operations on 0-d arrays give
+        scalars, which cannot be updated in place).
         """
+        if p.ndim == 0:
+            views = {name: a.reshape(1) for name, a in state.items()}
+            self._update(p.reshape(1), g.reshape(1), views, step)
+            for name, view in views.items():       # a buffer the first step made
+                state.setdefault(name, view.reshape(()))
+            return
         arrays = (p, *state.values())
         if (p.size <= UPDATE_PIECE or set(state) != set(self._buffer_names())
                 or not all(a.flags.c_contiguous for a in arrays)):
@@ -245,10 +274,11 @@ class SGD(Optimizer):
     """Stochastic gradient descent: plain, with momentum, or Nesterov's, as torch.optim.SGD.
 
     Args:
-        params: {dotted name: array}, updated in place. lr: learning rate.
+        params: {dotted name: array}, updated in place. lr: learning rate (1e-3).
         momentum: mu; 0 is vanilla SGD. dampening: scales the new gradient in the buffer.
-        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
         weight_decay: L2 penalty added to the gradient.
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+    In torch.optim.SGD's order, so that its positional calls carry over.
 
     Update, with g = dx + weight_decay * x (v starts as the first g):
         vanilla:  x -= lr * g
@@ -265,12 +295,12 @@ class SGD(Optimizer):
     array([-0.29, -0.29])
     """
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
         super().__init__(params, lr, weight_decay)
         self.momentum = _number(momentum, "momentum", self.where)
         self.dampening = _number(dampening, "dampening", self.where, low=-math.inf)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _flag(nesterov, "nesterov", self.where)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"{self.where}: nesterov=True needs momentum > 0 and dampening "
                              f"0, got momentum={momentum!r}, dampening={dampening!r}")
@@ -309,9 +339,9 @@ class Momentum(SGD):
 
     state_multiplier = 1
 
-    def __init__(self, params, lr, momentum=0.9, dampening=0.0, nesterov=False,
-                 weight_decay=0.0):
-        super().__init__(params, lr, momentum, dampening, nesterov, weight_decay)
+    def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov)
 
 
 class Nesterov(SGD):
@@ -319,9 +349,9 @@ class Nesterov(SGD):
 
     state_multiplier = 1
 
-    def __init__(self, params, lr, momentum=0.9, dampening=0.0, nesterov=True,
-                 weight_decay=0.0):
-        super().__init__(params, lr, momentum, dampening, nesterov, weight_decay)
+    def __init__(self, params, lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0,
+                 nesterov=True):
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov)
 
 
 class Adagrad(Optimizer):
@@ -330,8 +360,9 @@ class Adagrad(Optimizer):
     Args:
         params, lr (default 1e-2), weight_decay as in SGD.
         lr_decay: the step size at step t is lr / (1 + (t - 1) * lr_decay).
-        eps: added to the root of the sum (avoids division by zero).
         initial_accumulator_value: the sum's starting value.
+        eps: added to the root of the sum (avoids division by zero).
+    In torch.optim.Adagrad's order.
 
     Update (torch.optim.Adagrad): cache += g**2;  x -= clr * g / (sqrt(cache) + eps).
     Keeps one step cache per parameter (memory x3 with params and grads).
@@ -345,8 +376,8 @@ class Adagrad(Optimizer):
 
     state_multiplier = 1
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-                 initial_accumulator_value=0.0):
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10):
         super().__init__(params, lr, weight_decay)
         self.lr_decay = _number(lr_decay, "lr_decay", self.where)
         self.eps = _number(eps, "eps", self.where)
@@ -403,7 +434,7 @@ class RMSprop(Optimizer):
         self.alpha = _number(alpha, "alpha", self.where)
         self.eps = _number(eps, "eps", self.where)
         self.momentum = _number(momentum, "momentum", self.where)
-        self.centered = bool(centered)
+        self.centered = _flag(centered, "centered", self.where)
         self.state_multiplier = len(self._buffer_names())
 
     def _buffer_names(self):
@@ -419,9 +450,7 @@ class RMSprop(Optimizer):
         square_avg += tmp                           # alpha * cache + (1 - alpha) * g**2
         if self.centered:
             grad_avg = state["grad_avg"]
-            np.subtract(g, grad_avg, out=tmp)
-            tmp *= 1 - self.alpha
-            grad_avg += tmp                         # alpha * mean + (1 - alpha) * g
+            _lerp(grad_avg, g, 1 - self.alpha, tmp)  # alpha * mean + (1 - alpha) * g
             np.square(grad_avg, out=tmp)
             np.subtract(square_avg, tmp, out=tmp)
             np.sqrt(tmp, out=tmp)
@@ -479,7 +508,7 @@ class Adam(Optimizer):
         self.betas = tuple(_number(b, f"betas[{i}]", self.where, below=1.0)
                            for i, b in enumerate(betas))
         self.eps = _number(eps, "eps", self.where)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = _flag(amsgrad, "amsgrad", self.where)
         self.state_multiplier = len(self._buffer_names())
 
     def _buffer_names(self):
@@ -492,9 +521,8 @@ class Adam(Optimizer):
         elif self.weight_decay:
             g = self._decayed(p, g)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        tmp = np.subtract(g, exp_avg)
-        tmp *= 1 - beta1
-        exp_avg += tmp                              # m = beta1 * m + (1 - beta1) * g
+        tmp = np.empty_like(exp_avg)
+        _lerp(exp_avg, g, 1 - beta1, tmp)           # m = beta1 * m + (1 - beta1) * g
         exp_avg_sq *= beta2
         np.multiply(g, 1 - beta2, out=tmp)
         tmp *= g

@@ -250,3 +250,29 @@ def test_margin_must_be_a_finite_number(margin):
     with pytest.raises(ValueError, match=f"^MultiMarginLoss: margin must be a finite number, "
                        f"got {re.escape(repr(margin))}$"):
         MultiMarginLoss(margin)
+
+
+def test_svm_margins_round_as_pytorchs_and_nan_shows():
+    """A margin exactly 0 in decimal: (s_j - s_y) + margin had rounded to 2e-16 and passed
+    the gradient; PyTorch's margin - s_y + s_j gives 0 and passes none. A NaN score gives
+    a NaN loss (PyTorch skips its term) and no gradient, as PyTorch."""
+    s, y = np.array([[-1.8, -2.3]]), np.array([0])
+    st = torch.tensor(s, requires_grad=True)
+    expected = torch.nn.MultiMarginLoss(margin=0.5)(st, torch.tensor(y))
+    expected.backward()
+    layer = MultiMarginLoss(0.5)
+    assert layer(s, y) == expected.item() == 0.0
+    np.testing.assert_array_equal(layer.backward(), st.grad.numpy())
+    rng = np.random.default_rng(7)
+    for _ in range(200):      # scores on a coarse grid: many margins exactly at the kink
+        s = np.round(rng.uniform(-3, 3, (4, 5)), 1)
+        y = rng.integers(0, 5, 4)
+        st = torch.tensor(s, requires_grad=True)
+        expected = torch.nn.MultiMarginLoss(margin=0.3)(st, torch.tensor(y))
+        expected.backward()
+        layer = MultiMarginLoss(0.3)
+        assert layer(s, y) == pytest.approx(expected.item(), rel=1e-12, abs=1e-15)
+        np.testing.assert_allclose(layer.backward(), st.grad.numpy(), atol=1e-15)
+    s = np.array([[0.0, np.nan, 1.0]])
+    loss, dscores = svm_loss(s, np.array([0]))
+    assert np.isnan(loss) and dscores[0, 1] == 0 and np.isfinite(dscores).all()

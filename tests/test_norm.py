@@ -411,3 +411,16 @@ def test_batch_norm_inference_of_an_empty_batch():
     bn = BatchNorm2d(4).eval()
     x = np.zeros((0, 4, 5, 5), np.float32)
     assert bn.infer(x).shape == bn.forward(x).shape == (0, 4, 5, 5)
+
+
+def test_batch_norm_without_running_statistics_needs_two_values_in_eval_too():
+    """A BatchNorm that keeps no running statistics normalizes with the batch's in eval
+    mode too: one value per channel is refused, as PyTorch refuses it (it had given
+    zeros)."""
+    for layer, x in ((BatchNorm1d(3, track_running_stats=False), np.ones((1, 3))),
+                     (BatchNorm2d(3, track_running_stats=False), np.ones((1, 3, 1, 1)))):
+        with pytest.raises(ValueError, match="expected more than 1 value per channel "
+                                             r"\(batch statistics\).*keeps no running"):
+            layer.eval().forward(x)
+        assert layer.forward(np.arange(6.0).reshape(2, 3, *x.shape[2:])).shape[0] == 2
+    assert BatchNorm1d(3).eval().forward(np.ones((1, 3))).shape == (1, 3)

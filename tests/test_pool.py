@@ -1,6 +1,7 @@
 """Pooling: naive loops from the notes as oracles, PyTorch sweeps, gradient checks, errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -653,3 +654,22 @@ def test_every_fix_a_pool_size_error_suggests_builds_a_pool_that_fits():
                         pool(f, **{"stride": s, **kwargs}).output_shape((1, size, size))
                         checked += 1
     assert checked > 300
+
+
+def test_a_backward_pass_names_a_dout_of_another_shape():
+    """Every layer's backward checks dout against its last output's shape and names
+    itself: the pools, batch norm, LRN and dropout had broadcast a dout of batch 1 over a
+    batch of 2 (AdaptiveAvgPool2d then returned dx of the wrong shape) or failed inside
+    NumPy."""
+    from convnet.layers import BatchNorm2d, Dropout, LocalResponseNorm
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5))
+    for layer in (MaxPool2d(2, fit="floor"), AvgPool2d(2, fit="floor"),
+                  LPPool2d(2, 2, fit="floor"), AdaptiveAvgPool2d(2), Dropout(0.5),
+                  Dropout(0.5).eval(), LocalResponseNorm(2), BatchNorm2d(3),
+                  BatchNorm2d(3).eval()):
+        out = layer.forward(x)
+        for bad in (np.ones((1, *out.shape[1:])), np.ones(out.shape[:-1])):
+            with pytest.raises(ValueError, match=rf"^{re.escape(layer.where)}: expected dout "
+                                                 rf"with the shape of the last output"):
+                layer.backward(bad)
+        assert layer.backward(np.ones_like(out)).shape == x.shape

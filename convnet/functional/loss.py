@@ -110,7 +110,10 @@ def svm_loss(scores, y, margin=1.0):
     scores: (N, C) float; y: (N,) integer class indices in [0, C).
     L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin), loss = mean_i L_i.
     Each positive margin adds +1/N to dscores[i, j] and -1/N to dscores[i, y_i]; a margin
-    of exactly 0 passes no gradient (as in PyTorch).
+    of exactly 0 passes no gradient (as in PyTorch, whose order of operations, margin -
+    s_{y_i} + s_j, it follows: it decides on which side of 0 a margin rounds). A NaN
+    score makes the loss NaN, where PyTorch's kernel skips its term, so that divergence
+    shows; it passes no gradient, as there.
 
     >>> loss, dscores = svm_loss(np.array([[3.2, 5.1, -1.7]]), np.array([0]))
     >>> round(loss, 4), dscores                     # 2.9 + 0, the classic cat example
@@ -120,7 +123,7 @@ def svm_loss(scores, y, margin=1.0):
     n = scores.shape[0]
     rows = np.arange(n)
     correct = scores[rows, y][:, None]                  # (N, 1) the s_{y_i}
-    margins = np.maximum(0, scores - correct + margin)  # (N, C)
+    margins = np.maximum(0, (margin - correct) + scores)  # (N, C)
     margins[rows, y] = 0
     loss = margins.sum() / n
     dscores = (margins > 0).astype(scores.dtype)        # (N, C) +1 per positive margin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional import dropout as F
-from convnet.layers.base import Layer, real
+from convnet.layers.base import Layer, check_dout, real
 
 
 class Dropout(Layer):
@@ -41,6 +41,7 @@ class Dropout(Layer):
             got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"{self.where}: expected a floating-point NumPy array "
                              f"(float32 or float64), got {got}")
+        self._out_shape = x.shape
         if not self.training:
             self.cache = F.DropoutCache(None, 1.0)       # identity: backward passes dout
             return x
@@ -48,7 +49,9 @@ class Dropout(Layer):
         return out
 
     def backward(self, dout):
-        return F.dropout_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.dropout_backward(dout, cache)
 
     def get_config(self):
         return {"type": "Dropout", "p": self.p}

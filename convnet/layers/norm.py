@@ -9,6 +9,7 @@ from convnet.functional import norm as F
 from convnet.functional.conv import check_input
 from convnet.layers.base import (
     Layer,
+    check_dout,
     check_dtype,
     check_param_count,
     check_volume,
@@ -60,12 +61,17 @@ class _BatchNorm(Layer):
                                                         self.comm.allreduce)
             if self.track_running_stats:
                 self._update_running_stats(self.cache)
+            self._out_shape = out.shape
             return out
-        if self.training and count < 2:
+        if (self.training or not self.track_running_stats) and count < 2:
+            fix = ("use a batch of N >= 2 or call .eval() to use the running statistics"
+                   if self.track_running_stats else "use a batch of N >= 2 (this layer "
+                   "keeps no running statistics: it normalizes with the batch's, in eval "
+                   "mode too)")
             raise ValueError(
-                f"{self.where}: expected more than 1 value per channel in training mode "
-                f"(batch statistics), got input shape {x.shape}, {count} per channel; use a "
-                f"batch of N >= 2 or call .eval() to use the running statistics")
+                f"{self.where}: expected more than 1 value per channel "
+                f"{'in training mode ' if self.training else ''}(batch statistics), got "
+                f"input shape {x.shape}, {count} per channel; {fix}")
         weight, bias = self.params.get("weight"), self.params.get("bias")
         if self.training or not self.track_running_stats:
             if count == 0:
@@ -76,6 +82,7 @@ class _BatchNorm(Layer):
         else:
             out, self.cache = F.batch_norm_forward(x, weight, bias, self.buffers["running_mean"],
                                                    self.buffers["running_var"], self.eps)
+        self._out_shape = out.shape
         return out
 
     def inference_affine(self):
@@ -112,6 +119,7 @@ class _BatchNorm(Layer):
 
     def backward(self, dout):
         cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
         if isinstance(cache, F.SyncBatchNormCache):
             dx, dweight, dbias = F.sync_batch_norm_backward(dout, cache)
         else:
@@ -252,10 +260,13 @@ class LocalResponseNorm(Layer):
         check_input(x, None, self.where)
         out, self.cache = F.local_response_norm_forward(x, self.size, self.alpha, self.beta,
                                                         self.k)
+        self._out_shape = out.shape
         return out
 
     def backward(self, dout):
-        return F.local_response_norm_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.local_response_norm_backward(dout, cache)
 
     def output_shape(self, input_shape):
         return check_volume(input_shape, None, self.where)

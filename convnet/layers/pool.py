@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from convnet.functional import pool as F
 from convnet.functional.conv import FITS, check_input, conv_output_size
-from convnet.layers.base import Layer, check_volume, flag, hw_text, real, window_pair
+from convnet.layers.base import (
+    Layer,
+    check_dout,
+    check_volume,
+    flag,
+    hw_text,
+    real,
+    window_pair,
+)
 
 
 class _Pool2d(Layer):
@@ -112,6 +120,7 @@ class MaxPool2d(_Pool2d):
         out_size = self._out_size(x)
         out, self.cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding,
                                               self.dilation, out_size)
+        self._out_shape = out.shape
         return out
 
     def infer(self, x):
@@ -121,7 +130,9 @@ class MaxPool2d(_Pool2d):
                                    self.dilation, self._out_size(x), switches=False)[0]
 
     def backward(self, dout):
-        return F.maxpool2d_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.maxpool2d_backward(dout, cache)
 
     def get_config(self):
         return {"type": "MaxPool2d", **self._config(), "dilation": list(self.dilation)}
@@ -158,10 +169,13 @@ class AvgPool2d(_Pool2d):
         out_size = self._out_size(x)
         out, self.cache = F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding,
                                               out_size, self.count_include_pad)
+        self._out_shape = out.shape
         return out
 
     def backward(self, dout):
-        return F.avgpool2d_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.avgpool2d_backward(dout, cache)
 
     def get_config(self):
         return {"type": "AvgPool2d", **self._config(),
@@ -206,10 +220,13 @@ class LPPool2d(_Pool2d):
         out_size = self._out_size(x)
         out, self.cache = F.lppool2d_forward(x, self.norm_type, self.kernel_size, self.stride,
                                              out_size)
+        self._out_shape = out.shape
         return out
 
     def backward(self, dout):
-        return F.lppool2d_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.lppool2d_backward(dout, cache)
 
     def get_config(self):
         config = self._config()
@@ -250,10 +267,13 @@ class AdaptiveAvgPool2d(Layer):
         if 0 in x.shape[2:]:
             raise ValueError(f"{self.where}: expected a non-empty H x W, got shape {x.shape}")
         out, self.cache = F.adaptive_avgpool2d_forward(x, self.output_size)
+        self._out_shape = out.shape
         return out
 
     def backward(self, dout):
-        return F.adaptive_avgpool2d_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return F.adaptive_avgpool2d_backward(dout, cache)
 
     def macs(self, input_shape):
         """0: pooling has no multiply-adds (the input shape is still checked)."""

@@ -268,11 +268,21 @@ def cmd_eval(args):
     print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {args.data}"
           f"{' with flip TTA' if tta else ''}, loss {result['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    names = [str(c)[:8] for c in classes]
-    width = max(6, *(len(n) for n in names)) + 1
-    print(" " * width + "".join(f"{i:>{width}}" for i in range(len(names))))
-    for i, row in enumerate(result["confusion"]):
-        print(f"{i:>2} {names[i]:<{width - 3}}" + "".join(f"{v:>{width}}" for v in row))
+    print(confusion_text(result["confusion"], classes))
+
+
+def confusion_text(confusion, classes):
+    """The confusion matrix as aligned text: a row per true class (its index and name, at
+    most 16 characters), a column per predicted class index."""
+    index = len(str(len(classes) - 1))
+    names = [str(c)[:16] for c in classes]
+    label = index + 1 + max(len(n) for n in names)
+    cell = 2 + max(index, len(str(int(confusion.max(initial=0)))))
+    lines = [" " * label + "".join(f"{i:>{cell}}" for i in range(len(names)))]
+    for i, row in enumerate(confusion):
+        lines.append(f"{i:>{index}} {names[i]:<{label - index - 1}}"
+                     + "".join(f"{int(v):>{cell}}" for v in row))
+    return "\n".join(lines)
 
 
 def cmd_predict(args):

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import convnet
@@ -164,3 +165,20 @@ def test_count_binds_the_notations_names(tmp_path, capsys):
     from convnet.train.checkpoint import load_checkpoint
     config = load_checkpoint(out / "checkpoint.safetensors")[2]["config"]
     assert config["model"] == "INPUT 8x8x1 -> [CONV 8 -> RELU]*2 -> FC 10"
+
+
+def test_the_confusion_matrix_text_is_aligned_and_keeps_names():
+    """Each row's counts sit under their column's index whatever the names' lengths (rows
+    of 7- and 8-character names had been shifted), and names keep 16 characters (eval had
+    cut "Ankle boot" to "Ankle bo")."""
+    from convnet.cli import confusion_text
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Ankle boot", "a" * 20]
+    confusion = np.arange(36).reshape(6, 6) * 37
+    lines = confusion_text(confusion, classes).splitlines()
+    assert len({len(line) for line in lines}) == 1
+    header = lines[0]
+    for i, line in enumerate(lines[1:]):
+        assert line.startswith(f"{i} {classes[i][:16]}")
+        for j, count in enumerate(confusion[i]):
+            end = header.index(f" {j}") + len(f" {j}") if j < 10 else None
+            assert line[:end].endswith(f" {count}"), (i, j, line)

@@ -463,3 +463,19 @@ def test_ema_rounds_as_torchs_lerp_and_names_a_mismatched_array():
     with pytest.raises(ValueError, match=r"EMA array 'weight' has shape \(2, 1\), the "
                                          r"model's \(1, 2\)"):
         WeightEMA(layer).load_state_dict(arrays, meta)
+
+
+def test_time_limit_keeps_a_share_of_a_short_limit_and_warns_when_no_epoch_fits(tmp_path):
+    """The end of a run (saving, pictures, report) gets 20 s or a tenth of a shorter limit
+    (a fixed 20 s had left a 30 s limit 10 s to train); a limit that not even one epoch
+    fits in says so, with how long the run will take."""
+    from convnet.train import loop
+    assert loop.final_margin(30) == 3.0 and loop.final_margin(600) == 20.0
+    lines = []
+    result = train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=0.01,
+                               out=str(tmp_path), **RECIPE),
+                   log=lines.append, progress=False)
+    text = "\n".join(lines)
+    assert "1 epoch(s) fit" in text and len(result.history) == 1
+    assert re.search(r"warning: not even one epoch fits in the time limit .* takes about "
+                     r"\d+ s: give a longer --time-limit", text), text

@@ -758,8 +758,15 @@ def recipe(cfg):
 
 
 # --time-limit: the steps timed (after PROBE_WARMUP untimed ones), and the seconds left at
-# the end for saving the model, the pictures and the report.
-PROBE_STEPS, PROBE_WARMUP, FINAL_MARGIN = 6, 2, 20.0
+# the end for saving the model, the pictures and the report: FINAL_MARGIN, or FINAL_SHARE
+# of a shorter limit (a fixed 20 s had left a 30 s limit a third of it to train).
+PROBE_STEPS, PROBE_WARMUP, FINAL_MARGIN, FINAL_SHARE = 6, 2, 20.0, 0.1
+
+
+def final_margin(limit):
+    """The seconds a run of ``limit`` seconds keeps for its end (saving, pictures,
+    report)."""
+    return min(FINAL_MARGIN, FINAL_SHARE * limit)
 
 
 def _sync_norms(model, comm, cfg):
@@ -781,8 +788,9 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
     model into a temporary directory beside the run directory. An epoch is its steps,
     its validation (with TTA, twice the images) and those two writes; the end is the
-    test evaluation plus FINAL_MARGIN seconds. Over several processes rank 0's plan
-    holds for all."""
+    test evaluation plus final_margin seconds. At least one epoch runs: where even one
+    does not fit, the log says so and how long it will take. Over several processes rank
+    0's plan holds for all."""
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
     probe.train()
@@ -811,12 +819,20 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     per_image = (time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
     writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
-    left = cfg.time_limit - (time.perf_counter() - started) - n_test * per_image - FINAL_MARGIN
+    spent = time.perf_counter() - started
+    end = n_test * per_image + final_margin(cfg.time_limit)
+    left = cfg.time_limit - spent - end
     epochs = max(1, int(left // epoch_seconds))
     epochs = comm.broadcast(epochs) if comm.size > 1 else epochs
+    shown = f"{epoch_seconds:.1f}" if epoch_seconds < 10 else f"{epoch_seconds:.0f}"
     log(f"time limit {cfg.time_limit:g} s: a step takes {step_seconds * 1e3:.0f} ms, an "
-        f"epoch with its validation about {epoch_seconds:.0f} s: {epochs} epoch(s) fit, the "
+        f"epoch with its validation about {shown} s: {epochs} epoch(s) fit, the "
         f"schedule planned for them")
+    if left < epoch_seconds:
+        log(f"warning: not even one epoch fits in the time limit ({spent:.0f} s went to "
+            f"loading and planning); the run trains one and takes about "
+            f"{spent + epoch_seconds + end:.0f} s: give a longer --time-limit, or train on "
+            f"fewer images (--limit)")
     return epochs
 
 

@@ -96,10 +96,16 @@ def _bound(args, text, option):
     counts = dict(getattr(args, "count", None) or ())
     if not counts:
         return text
+    if text is None:
+        raise ValueError(f"--count binds the names of arrow notation: give the notation "
+                         f"with {option}")
     if not (isinstance(text, str) and is_notation(text)):
         raise ValueError(f"--count binds the names of arrow notation, but {option} is "
                          f"{text!r:.80}")
-    return bind_counts(text, counts)
+    try:
+        return bind_counts(text, counts)
+    except ValueError as error:
+        raise ValueError(str(error).replace("bind_counts: ", "--count: ", 1)) from None
 
 
 COUNT_HELP = ("NAME=N: the value of a repetition count named in the notation (the notes' "

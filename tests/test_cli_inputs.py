@@ -507,3 +507,24 @@ def test_an_unwritable_run_directory_is_named_before_training(tmp_path, capsys):
     assert "afile/run: the run directory (--out) cannot be made" in err, err
     assert "afile is a file" in err
     assert time.perf_counter() - started < 5 and (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--freeze", "0-3"], "freeze (--freeze) keeps stages of the model that "
+                                   "init_from (--from) starts from"),
+    (["train", "--count", "N=2"], "--count binds the names of arrow notation: give the "
+                                  "notation with --model"),
+    (["summary", "INPUT 8x8x1 -> FC 2*N", "--count", "M=1"],
+     "--count: the text has no count named M; its names: N"),
+    (["train", "--data", "{file}"], "{file} is a file: expected a data set name"),
+])
+def test_options_that_cannot_apply_are_named(tmp_path, capsys, argv, message):
+    """--freeze without --from had frozen random layers; the other messages had shown
+    internal names (--model is None, bind_counts:, load_dataset's unknown data set)."""
+    file = tmp_path / "notes.txt"
+    file.write_text("not a data set")
+    argv = [arg.format(file=file) for arg in argv]
+    message = message.format(file=file)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

@@ -160,6 +160,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         splits = _splits(load_cifar100(root, label="coarse"), key)
     else:
         path = Path(name_or_path).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"load_dataset: {path} is a file: expected a data set name "
+                             f"({', '.join(DATASETS)}) or a folder of data")
         if not path.is_dir():
             raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
                              f"one of {', '.join(DATASETS)}, or a directory path")

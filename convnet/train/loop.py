@@ -195,6 +195,11 @@ class TrainConfig:
             fail("channels", "1, 3 or null")
         if not (isinstance(self.freeze, tuple) and all(isinstance(s, str) for s in self.freeze)):
             fail("freeze", "a list of stage names")
+        if self.freeze and self.init_from is None:
+            raise ValueError(f"{where}: freeze (--freeze) keeps stages of the model that "
+                             f"init_from (--from) starts from; without it they would stay "
+                             f"at their random start: give --from MODEL_FILE, or drop "
+                             f"--freeze")
         return self
 
     def resolved(self, data_name, input_shape, num_classes):

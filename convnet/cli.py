@@ -212,7 +212,8 @@ def cmd_train(args):
                       test_fraction=args.test_fraction, limit=args.limit, seed=args.seed,
                       out=args.out, checkpoint_every=args.checkpoint_every,
                       data_root=args.data_root, download=args.download,
-                      image_size=args.image_size, init_from=args.init_from,
+                      image_size=args.image_size, channels=args.channels,
+                      init_from=args.init_from,
                       freeze=tuple(args.freeze or ()), sync_bn=args.sync_bn,
                       conv_algorithm=args.conv_algorithm)
     result = train(cfg, resume=args.resume, progress=not args.quiet,
@@ -484,6 +485,9 @@ def build_parser():
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
                         "net on the 8x8 digits (default: their own size; an image folder "
                         "of mixed sizes: the median; at most 128 pixels a side)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="read the images as grayscale (1) or RGB (3) (default: the data's "
+                        "own; with --from, the model's)")
     p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N",
                    help="passes over the training images (default: the data set's; with "
                         "--time-limit, the most)")

@@ -528,3 +528,23 @@ def test_options_that_cannot_apply_are_named(tmp_path, capsys, argv, message):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+def test_a_net_built_for_another_size_names_the_options_that_fit_the_data(tmp_path, capsys):
+    """A zoo net or notation whose own input differs from the data's: the size error
+    says both volumes and the options that bring the data to the net's (it had named a
+    layer's filter and a 2-pixel plane only); --channels reads the images in the net's
+    channels."""
+    assert main(["train", "--model", "lenet5", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert ("the data's images are 8x8x1 and lenet5 is built for 32x32x1: --image-size "
+            "32x32 brings them to it") in err
+    assert main(["train", "--model", "INPUT 16x16x3 -> CONV 4 -> POOL -> FC 10",
+                 "--epochs", "1"]) == 1
+    assert "--image-size 16x16 --channels 3 brings them to it" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert main(["train", "--model", "INPUT 16x16x3 -> CONV 4 -> POOL -> FC 10",
+                 "--image-size", "16x16", "--channels", "3", "--epochs", "1", "--limit",
+                 "120", "--quiet", "--no-report", "--out", str(out)]) == 0
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["input_shape"] == [3, 16, 16] and saved["info"]["channels"] == "RGB"

@@ -409,6 +409,50 @@ def _ignored_settings(given, saved):
                      and getattr(given, f.name) != getattr(saved, f.name))
 
 
+@contextlib.contextmanager
+def _size_hinted(spec, input_shape):
+    """A ValueError inside gets _size_hint's line, where it has one."""
+    try:
+        yield
+    except ValueError as error:
+        hint = _size_hint(spec, input_shape) if spec is not None else None
+        if hint is None:
+            raise
+        raise ValueError(f"{error}\n{hint}") from None
+
+
+def _size_hint(spec, input_shape):
+    """Where a zoo net or notation with an INPUT of its own is built for another volume
+    than the data's: what the two are and the options that bring the data to the net's;
+    else None."""
+    from convnet.layers.base import counting_only
+    from convnet.spec import is_notation
+    from convnet.zoo import CARDS
+    own = None
+    if spec in CARDS:
+        own = CARDS[spec][0]
+    elif isinstance(spec, str) and is_notation(spec):
+        try:
+            with counting_only():
+                own = from_notation_input(spec)
+        except ValueError:
+            return None
+    if own is None or tuple(own) == tuple(input_shape) or len(own) != 3:
+        return None
+    (c, h, w), (dc, dh, dw) = own, input_shape
+    options = [f"--image-size {h}x{w}" if (h, w) != (dh, dw) else "",
+               f"--channels {c}" if c != dc and c in (1, 3) else ""]
+    return (f"(the data's images are {dw}x{dh}x{dc} and {spec:.60} is built for "
+            f"{w}x{h}x{c}: {' '.join(o for o in options if o) or 'another data set'} "
+            f"brings them to it)")
+
+
+def from_notation_input(text):
+    """The per-sample input (C, H, W) that notation's INPUT names (None without one)."""
+    from convnet.models import from_notation
+    return getattr(from_notation(text), "input_shape", None)
+
+
 def _initial_model(cfg, log):
     """The model to fine-tune from cfg.init_from (a model file, or weights with cfg.model)."""
     is_weights = Path(cfg.init_from).suffix.lower() in WEIGHTS
@@ -517,8 +561,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             log(f"new head {head} for {num_classes} classes")
     else:
         state = None
-        model = resolve_model(cfg.model, input_shape=input_shape, num_classes=num_classes,
-                              rng=np.random.default_rng(cfg.seed))
+        with _size_hinted(cfg.model, input_shape):
+            model = resolve_model(cfg.model, input_shape=input_shape, num_classes=num_classes,
+                                  rng=np.random.default_rng(cfg.seed))
         if dtype != np.float32:
             model = from_config(_with_dtype(model.get_config(), dtype.name),
                                 rng=np.random.default_rng(cfg.seed))
@@ -526,7 +571,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if cfg.freeze:
         model.freeze(*cfg.freeze)
     _check_same_start(comm, model, state, optim_arrays if ckpt is not None else None)
-    out_shape = model.output_shape(input_shape)
+    with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
+        out_shape = model.output_shape(input_shape)
     if out_shape != (num_classes,):
         raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
                          f"{num_classes} classes: end the model with FC {num_classes}")

@@ -63,7 +63,9 @@ def test_a_folder_of_class_folders_trains_evaluates_and_predicts(tmp_path, capsy
     text = capsys.readouterr().out
     assert f"split {data} (40 images): 4 held out for testing (10% of each class, seed 0)" \
         in text
-    assert "come in 3 sizes (W x H from 16x16 to 20x24): resized to 16x20, the median" in text
+    # the range of each side (sorted by size, 20x12 had been left out of "16x16 to 20x24")
+    assert ("come in 3 sizes (W from 12 to 20, H from 16 to 24): resized to 16x20 (W x H), "
+            "the median of each side (bilinear); --image-size HxW chooses another") in text
     assert "model: INPUT 16x20x1 -> [CONV 32 -> BN -> RELU]*2 -> POOL floor" in text
     assert text.count("FC 2") == 1
     test_acc = float(re.search(r"test accuracy ([0-9.]+) \(4 images\)", text)[1])

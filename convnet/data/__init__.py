@@ -267,11 +267,11 @@ def _load_folders(path, parts, image_size, channels, check_classes):
     if size is None and len(sizes) > 1:
         size = (int(np.median([h.height for h in headers])),
                 int(np.median([h.width for h in headers])))
-        (h0, w0), (h1, w1) = sizes[0], sizes[-1]
-        notes.append(f"the images come in {len(sizes)} sizes (W x H from {w0}x{h0} to "
-                     f"{w1}x{h1}): resized to {size[1]}x{size[0]}, the median (bilinear); "
-                     f"choose another with --image-size HxW (this one is "
-                     f"{size[0]}x{size[1]})")
+        heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+        notes.append(f"the images come in {len(sizes)} sizes (W from {min(widths)} to "
+                     f"{max(widths)}, H from {min(heights)} to {max(heights)}): resized to "
+                     f"{size[1]}x{size[0]} (W x H), the median of each side (bilinear); "
+                     f"--image-size HxW chooses another")
     elif size is not None and any((h.height, h.width) != tuple(size) for h in headers):
         notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
     side = max(size or sizes[0])

@@ -686,7 +686,7 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())
         return 141   # as if killed by SIGPIPE (128 + 13), like other tools in a pipe
     except KeyboardInterrupt as err:
-        _stop(args, err, "interrupted")
+        _stop(args, err, "interrupted" + _resume_hint(err))
         return 130
     except Exception as err:  # the CLI's promise: one line, never a traceback
         if args.debug:
@@ -699,6 +699,17 @@ def main(argv=None):
         _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
+
+
+def _resume_hint(interrupt):
+    """How to continue a training run that a Ctrl-C stopped ("" for other commands)."""
+    out = getattr(interrupt, "run_directory", None)
+    if out is None:
+        return ""
+    if not (Path(out) / "checkpoint.safetensors").is_file():
+        return f"; {out} has no checkpoint yet (one is written after each epoch)"
+    return (f"; continue the run with: convnet train --resume --out {out} (from its last "
+            f"checkpoint: after each epoch, and every --checkpoint-every batches)")
 
 
 def _stop(args, err, text):

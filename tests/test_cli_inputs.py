@@ -548,3 +548,27 @@ def test_a_net_built_for_another_size_names_the_options_that_fit_the_data(tmp_pa
                  "120", "--quiet", "--no-report", "--out", str(out)]) == 0
     saved = json.loads((out / "model.json").read_text())
     assert saved["input_shape"] == [3, 16, 16] and saved["info"]["channels"] == "RGB"
+
+
+def test_an_interrupted_run_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during train names the run directory and the command that continues it
+    (it had said only "interrupted"), or that no checkpoint was written yet."""
+    import convnet.train.loop as loop
+    real = loop.softmax_cross_entropy
+    for stop_at, expected in ((3, "has no checkpoint yet"),
+                              (45, "continue the run with: convnet train --resume --out")):
+        calls = []
+
+        def interrupted(*args, stop_at=stop_at, calls=calls):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return real(*args)
+        monkeypatch.setattr(loop, "softmax_cross_entropy", interrupted)
+        out = tmp_path / f"run{stop_at}"
+        assert main(["train", "--epochs", "3", "--quiet", "--no-report", "--batch-size",
+                     "64", "--out", str(out)]) == 130
+        err = capsys.readouterr().err
+        assert err.startswith("convnet train: interrupted; ") and expected in err, err
+        assert str(out) in err
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0

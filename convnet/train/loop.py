@@ -410,6 +410,17 @@ def _ignored_settings(given, saved):
 
 
 @contextlib.contextmanager
+def _interrupt_names(out):
+    """A KeyboardInterrupt (Ctrl-C) inside carries the run directory as
+    ``run_directory``: the command line says how to continue it."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        interrupt.run_directory = out
+        raise
+
+
+@contextlib.contextmanager
 def _size_hinted(spec, input_shape):
     """A ValueError inside gets _size_hint's line, where it has one."""
     try:
@@ -505,6 +516,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     log(describe(comm))
     cfg.check()
     out = Path(_on_root(comm, lambda: str(run_directory(cfg, resume, overwrite))))
+    stack.enter_context(_interrupt_names(out))
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None
     ema_arrays = {}

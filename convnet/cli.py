@@ -324,8 +324,19 @@ def cmd_predict(args):
         raise unreadable([message for _, message in errors], len(args.images))
 
 
+def _in_a_folder(out):
+    """Refuse a file ``out`` whose folder does not exist: a typo in the path would
+    otherwise become a tree of new folders."""
+    folder = Path(out).expanduser().parent
+    if not folder.is_dir():
+        raise ValueError(f"{out}: the directory {folder} does not exist; create it first, or "
+                         f"write somewhere else")
+
+
 def _new_file(args, out):
-    """Refuse to replace the file ``out`` unless --overwrite was given."""
+    """Refuse to replace the file ``out`` unless --overwrite was given, or to write it
+    into a folder that does not exist."""
+    _in_a_folder(out)
     if Path(out).exists() and not args.overwrite:
         raise ValueError(f"{out}: already there; pass --overwrite to replace it, or --out "
                          f"another file")
@@ -375,6 +386,7 @@ def cmd_report(args):
 def cmd_convert(args):
     from convnet.io.convert import convert
 
+    _in_a_folder(args.dst)
     path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
                    overwrite=args.overwrite, input_shape=args.input)
     if Path(args.src).suffix.lower() == ".json" and Path(path).suffix.lower() != ".json":

@@ -572,3 +572,19 @@ def test_an_interrupted_run_says_how_to_continue(tmp_path, capsys, monkeypatch):
         assert err.startswith("convnet train: interrupted; ") and expected in err, err
         assert str(out) in err
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0
+
+
+def test_a_file_is_not_written_into_a_folder_that_does_not_exist(tmp_path, capsys):
+    """convert, report and show write into an existing folder only: a typo in the path
+    had become a tree of new folders (convert had made /nonexistent/dir at the root)."""
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = save_model(from_notation("INPUT 8x8x1 -> FC 10"), tmp_path / "m")
+    missing = tmp_path / "no" / "such"
+    for argv in (["convert", str(model), str(missing / "m.onnx")],
+                 ["report", str(model), "--out", str(missing / "r.html")],
+                 ["show", "filters", "lenet5", "--out", str(missing / "f.png")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"the directory {missing} does not exist" in err, err
+    assert not (tmp_path / "no").exists()

@@ -820,3 +820,24 @@ def test_identity_passes_values_and_gradients_through_as_pytorchs():
         layer = Identity()
         np.testing.assert_array_equal(layer.forward(x), out.detach().numpy())
         np.testing.assert_array_equal(layer.backward(dout), xt.grad.numpy())
+
+
+def test_parameters_buffers_and_children_are_attributes_as_in_pytorch():
+    """conv.weight, bn.running_var, model.fc and model.layer1[0].conv1 as PyTorch users
+    write them (AttributeError before): the arrays the layers use, changed in place;
+    assigning one is refused with how to change it."""
+    from convnet.zoo import resnet18
+    model = resnet18(num_classes=10, rng=np.random.default_rng(0))
+    assert model.fc.weight is model.params()["fc.weight"]
+    assert model.layer1[0].conv1.weight is model.params()["layer1.0.conv1.weight"]
+    assert model.bn1.running_var is model.buffers()["bn1.running_var"]
+    model.fc.bias[...] = 7.0
+    assert (model.state_dict()["fc.bias"] == 7.0).all()
+    with pytest.raises(AttributeError, match=r"^fc Linear\(in=512, out=10\): weight is the "
+                                             r"layer's own array: change it in place"):
+        model.fc.weight = np.zeros((10, 512))
+    with pytest.raises(AttributeError, match="'Linear' object has no attribute 'wieght'"):
+        _ = model.fc.wieght
+    with pytest.raises(AttributeError, match="'Sequential' object has no attribute 'layer9'"):
+        _ = model.layer9
+    assert not hasattr(Linear(2, 3, bias=False), "bias")

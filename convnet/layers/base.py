@@ -48,6 +48,27 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
+    # -- PyTorch's attribute access: conv.weight, bn.running_mean ------------------------
+    def __getattr__(self, name):
+        """A parameter or buffer by name, as in PyTorch (``conv.weight``, ``conv.bias``,
+        ``bn.running_var``): the array itself, which the layer uses (change it in place,
+        ``conv.weight[...] = w``). Called only where no attribute has the name."""
+        for store in ("params", "buffers"):
+            values = self.__dict__.get(store)
+            if isinstance(values, dict) and name in values:
+                return values[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        """Assigning to a parameter's or buffer's name would leave the layer using its own
+        array: an error that says how to change it."""
+        d = self.__dict__
+        if name not in d and any(isinstance(d.get(store), dict) and name in d[store]
+                                 for store in ("params", "buffers")):
+            raise AttributeError(f"{self.where}: {name} is the layer's own array: change it "
+                                 f"in place ({name}[...] = values) or with load_state_dict")
+        object.__setattr__(self, name, value)
+
     def infer(self, x):
         """Forward without keeping a cache: at test time only the current activations live."""
         out = self.forward(x)

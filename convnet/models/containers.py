@@ -212,6 +212,14 @@ class Container(Layer):
                            f"are {_first(list(self._children), ', ')}")
         return self._children[key]
 
+    def __getattr__(self, name):
+        """A child by name as an attribute, as in PyTorch (``model.features``,
+        ``model.fc``). Called only where no attribute has the name."""
+        children = self.__dict__.get("_children")
+        if isinstance(children, dict) and name in children:
+            return children[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __iter__(self):
         return iter(self._children.values())
 

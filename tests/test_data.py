@@ -1700,3 +1700,36 @@ def test_eval_checks_the_class_count_before_resizing_or_decoding(tmp_path, monke
     two.info = {"classes": ["x", "y"]}
     with pytest.raises(ValueError, match=r"trained on the classes \['x', 'y'\] but "):
         evaluation_data(two, str(tmp_path))
+
+
+def test_a_light_background_is_named_where_training_backgrounds_were_dark():
+    """Fashion-MNIST's mean intensities span 0.06..0.60, so an inverted item (a product
+    photo on white) passed the mean's check; its border, the background, was black in
+    training: the warning comes from there, with the invert hint."""
+    from convnet.data.preprocess import (
+        border_means,
+        border_range,
+        brightness_range,
+        brightness_warning,
+        check_info,
+    )
+    rng = np.random.default_rng(3)
+    x = np.zeros((200, 1, 12, 12), np.uint8)               # black background, centred items
+    fill = rng.integers(10, 255, 200).astype(np.uint8)     # dark to light items
+    x[:, :, 2:10, 2:10] = fill[:, None, None, None]
+    info = check_info({"brightness": brightness_range(x, 255), "border": border_range(x, 255)},
+                      "m.json")
+    assert info["border"] == [0.0, 0.0] and info["brightness"][1] - info["brightness"][0] > 0.4
+    inverted = 255 - x[np.argsort(fill)[-3:]]             # light items: dark on white
+    warnings = brightness_warning(inverted, 255, info)
+    assert [i for i, _ in warnings] == [0, 1, 2]
+    assert warnings[0][1].startswith("its background (border) intensity 1.00 lies far "
+                                     "outside the training images' 0.00..0.00")
+    assert "light on dark, this one is the reverse: invert it" in warnings[0][1]
+    assert brightness_warning(x[:50], 255, info) == []
+    assert brightness_warning(inverted, 255, {"brightness": info["brightness"]}) == []
+    np.testing.assert_allclose(border_means(np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4),
+                                            1), [(0 + 1 + 2 + 3 + 12 + 13 + 14 + 15 + 4 + 7
+                                                  + 8 + 11) / 12])
+    with pytest.raises(ValueError, match=r"info.border must be \[low, high\]"):
+        check_info({"border": [0.5, 0.2]}, "m.json")

@@ -57,7 +57,8 @@ MAX_SECONDS = 1.0        # and the time it may take
 BAD = [5, -1, 0, "abc", None, [], {}, True, 1e308, 2**63, [2**40, 2**40]]
 
 INFO = {"classes": ["zero", "one", "two"], "channels": "L", "mean": [0.5], "std": [0.25],
-        "scale": 255, "brightness": [0.1, 0.9], "data": "digits", "resize": "bilinear"}
+        "scale": 255, "brightness": [0.1, 0.9], "border": [0.0, 0.2], "data": "digits",
+        "resize": "bilinear"}
 INPUT_SHAPE = (1, 8, 8)
 
 
@@ -189,7 +190,7 @@ ACCEPTED = {
     "AvgPool2d.stride": (None,), "LPPool2d.stride": (None,), "AvgPool2d.padding": (0,),
     "AvgPool2d.padding[]": (0,), "input_shape": (None,), "info": ({},),
     "info.resize": (None,), "info.classes[]": ("abc",), "info.data": ("abc",),
-    "info.brightness[]": (0,),
+    "info.brightness[]": (0,), "info.border[]": (0,),
 }
 
 

@@ -9,6 +9,9 @@ apply exactly what training applied:
     mean, std   per-channel normalization of pixels scaled to [0, 1]: (x/scale - mean)/std
     brightness  [low, high]: the 0.5th and 99.5th percentiles of the training images'
                 mean intensity (in [0, 1]); an image far outside is worth a warning
+    border      [low, high]: the same of the mean intensity of each image's outermost
+                ring of pixels, its background where the object is centred (Fashion-MNIST
+                and MNIST: black): a light background there is worth a warning
     data        the data set's name
     resize      "bilinear" when training resized the images
     split_seed, test_fraction
@@ -86,14 +89,15 @@ def check_info(info, where, channels=None):
                                    and info["channels"] in CHANNEL_MODES):
         raise ValueError(f"{where}: info.channels must be 'L' (grayscale) or 'RGB', got "
                          f"{info['channels']!r:.80}")
-    if "brightness" in info:
-        low_high = info["brightness"]
-        if (not isinstance(low_high, list) or len(low_high) != 2
-                or not all(_finite(v) and 0 <= v <= 1 for v in low_high)
-                or low_high[0] > low_high[1]):
-            raise ValueError(f"{where}: info.brightness must be [low, high] with "
-                             f"0 <= low <= high <= 1, got {low_high!r:.80}")
-        out["brightness"] = [float(v) for v in low_high]
+    for key in ("brightness", "border"):
+        if key in info:
+            low_high = info[key]
+            if (not isinstance(low_high, list) or len(low_high) != 2
+                    or not all(_finite(v) and 0 <= v <= 1 for v in low_high)
+                    or low_high[0] > low_high[1]):
+                raise ValueError(f"{where}: info.{key} must be [low, high] with "
+                                 f"0 <= low <= high <= 1, got {low_high!r:.80}")
+            out[key] = [float(v) for v in low_high]
     if "split_seed" in info and not (type(info["split_seed"]) is int
                                      and 0 <= info["split_seed"] < 2**63):
         raise ValueError(f"{where}: info.split_seed must be an int >= 0, got "
@@ -131,27 +135,48 @@ def brightness_range(x, scale):
     return [round(float(low), 4), round(float(high), 4)]
 
 
+def border_means(x, scale):
+    """Each image's mean intensity, in [0, 1], over its outermost ring of pixels (N,)."""
+    n, c, h, w = x.shape
+    rows = x[:, :, [0, h - 1]].reshape(n, -1).astype(np.float64)
+    cols = x[:, :, 1: h - 1][..., [0, w - 1]].reshape(n, -1)
+    return (rows.sum(axis=1) + cols.sum(axis=1)) / (rows.shape[1] + cols.shape[1]) / scale
+
+
+def border_range(x, scale):
+    """[low, high]: the 0.5th and 99.5th percentiles of the images' border_means: the
+    training images' background, where their objects are centred."""
+    low, high = np.percentile(border_means(x, scale), [0.5, 99.5])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
 def brightness_warning(x, scale, info):
     """A warning for each image whose mean intensity lies far outside the training data's.
 
     x: uint8 images (N, C, H, W) in [0, scale], already converted to the model's channels.
-    "Far outside" is beyond the training range [low, high] by more than its width (or
-    0.1, if that is more). Returns [(index, message)]; empty when info has no range.
+    Two measures, each where info records its training range [low, high]: the mean
+    intensity ("brightness") and the border's ("border", the background). "Far outside"
+    is beyond the range by more than its width (or 0.1, if that is more); the mean of a
+    data set of dark and light objects spans most of [0, 1], while its background can
+    stay black (Fashion-MNIST), so a light background is caught by the border alone.
+    Returns [(index, message)], one message an image; empty when info has no range.
     """
-    if "brightness" not in info:
-        return []
-    low, high = info["brightness"]
-    margin = max(high - low, 0.1)
-    means = x.reshape(len(x), -1).mean(axis=1) / scale              # (N,)
-    warnings = []
-    for i, mean in enumerate(means):
-        if low - margin <= mean <= high + margin:
-            continue
-        hint = ""
-        if low - margin <= 1 - mean <= high + margin:
-            light = "light on dark" if high < 0.5 else "dark on light"
-            hint = (f"; the training images are {light}, this one is the reverse: "
-                    f"invert it (255 - pixel)?")
-        warnings.append((i, f"its mean intensity {mean:.2f} lies far outside the training "
-                            f"images' {low:.2f}..{high:.2f}{hint}"))
-    return warnings
+    measures = [(key, what, values) for key, what, values in (
+        ("brightness", "mean intensity", lambda: x.reshape(len(x), -1).mean(axis=1) / scale),
+        ("border", "background (border) intensity", lambda: border_means(x, scale)))
+        if key in info]
+    found = {}
+    for key, what, values in measures:
+        low, high = info[key]
+        margin = max(high - low, 0.1)
+        for i, value in enumerate(values()):
+            if i in found or low - margin <= value <= high + margin:
+                continue
+            hint = ""
+            if low - margin <= 1 - value <= high + margin:
+                light = "light on dark" if high < 0.5 else "dark on light"
+                hint = (f"; the training images are {light}, this one is the reverse: "
+                        f"invert it (255 - pixel)?")
+            found[i] = (f"its {what} {value:.2f} lies far outside the training images' "
+                        f"{low:.2f}..{high:.2f}{hint}")
+    return sorted(found.items())

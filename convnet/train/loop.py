@@ -44,7 +44,7 @@ from convnet import limits
 from convnet.analysis import counted
 from convnet.data import load_dataset
 from convnet.data.loader import train_val_split
-from convnet.data.preprocess import brightness_range
+from convnet.data.preprocess import border_range, brightness_range
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
@@ -624,6 +624,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             "channels": splits.channels, "mean": np.ravel(norm.mean).tolist(),
             "std": np.ravel(norm.std).tolist(),
             "brightness": brightness_range(splits.train[0], splits.scale),
+            "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
     if overwrite and not resume and comm.is_root:   # everything is checked: now replace

@@ -546,7 +546,9 @@ def build_parser():
                                      "folder without test/ (0.1)")
     p.add_argument("--limit", type=POSITIVE, metavar="N",
                    help="train on N of the training images, chosen at random (seeded)")
-    p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0)
+    p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0,
+                   help="seed of the weights, the split, the batches and the augmentation "
+                        "(0): the same seed gives the same run, bit for bit")
     p.add_argument("--out", metavar="DIR",
                    help="run directory (default: the first free runs/DATA, runs/DATA-2, ...)")
     p.add_argument("--checkpoint-every", type=int_type(0), default=0, metavar="N",
@@ -588,7 +590,7 @@ def build_parser():
                    help="number of classes of a zoo architecture given with --model; "
                         "any other model must give K scores")
     p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
-    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation: the mean of each image's scores and "
                         "its mirror image's (default: as the model was trained)")
@@ -646,7 +648,7 @@ def build_parser():
                    help="per-sample input size (e.g. 3x64x64); default: the model's own")
     p.add_argument("--data", help="a data set (digits, fashion-mnist, cifar10, ... or a "
                                   "path): accuracy and sample images from its test split")
-    p.add_argument("--data-root", metavar="DIR")
+    p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="image files whose activations to draw (instead of --data's)")
     p.add_argument("--out", metavar="HTML", default="report.html",

@@ -438,3 +438,18 @@ def test_bad_input_is_one_named_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("convnet report: error:") and err.count("\n") == 1
     assert message in err
+
+
+def test_the_training_summary_says_which_epoch_best_json_holds(pages, tmp_path):
+    """best.json is the epoch of the lowest validation loss, which the page had left to
+    be confused with its "best validation accuracy" epoch."""
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    history = json.loads((run / "history.json").read_text())
+    for row, (acc, loss) in zip(history, ((0.5, 0.9), (0.9, 0.7), (0.8, 0.4))):
+        row["val_acc"], row["val_loss"] = acc, loss
+    (run / "history.json").write_text(json.dumps(history))
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert ("best validation accuracy 0.9000 at epoch 2. best.json holds epoch 3, the "
+            "lowest validation loss (0.4000).") in text

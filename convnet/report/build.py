@@ -367,11 +367,18 @@ def _training(run, info, name):
             curve = file_uri(plot_history(history, Path(tmp) / "curve.png"))
         best = max(history, key=lambda h: h["val_acc"])
         last = history[-1]
+        kept = ""
+        losses = [h for h in history if isinstance(h.get("val_loss"), (int, float))
+                  and math.isfinite(h["val_loss"])]
+        if losses:   # best.json: the epoch of the lowest validation loss, not accuracy
+            lowest = min(losses, key=lambda h: h["val_loss"])
+            kept = (f' best.json holds epoch {lowest["epoch"]}, the lowest validation '
+                    f'loss ({lowest["val_loss"]:.4f}).')
         parts.append(
             f'<p>{counted(len(history), "epoch")}; last: loss '
             f'{last["loss"]:.4f}, accuracy {last["acc"]:.4f}, validation accuracy '
             f'{last["val_acc"]:.4f}; best validation accuracy {best["val_acc"]:.4f} at '
-            f'epoch {best["epoch"]}.</p>'
+            f'epoch {best["epoch"]}.{kept}</p>'
             f'<img id="curves" src="{curve}" alt="loss and accuracy per epoch" '
             f'style="max-width:100%">')
     config = (state or {}).get("config")

@@ -110,10 +110,10 @@ def parse_bytes(budget):
             raise ValueError(f"budget: expected bytes >= 0, got {budget}")
         return int(budget)
     if isinstance(budget, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?b)?\s*", budget,
-                             re.IGNORECASE)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgtpe]?)(i?b)?\s*", budget,
+                             re.IGNORECASE | re.ASCII)
         if match:
-            power = " kmgt".index(match.group(2).lower() or " ")
+            power = " kmgtpe".index(match.group(2).lower() or " ")
             size = float(match.group(1)) * 1024 ** power
             if size < 2 ** 63:                       # inf for a number of 309+ digits
                 return int(size)
@@ -454,7 +454,15 @@ def _advice(input_shape, walked):
                         f"than {MIN_HALVINGS} times, so halving it soon gives odd sizes; "
                         f"{_RULE_INPUT}")
     convs = 0
-    for name, layer, in_shape, out_shape, _, _ in walked:
+    # Whether a spatial CONV (wider than 1x1) or an FC layer comes after each row: an FC
+    # layer slid as a CONV has neither after it (fc_to_conv's heads: 1x1 CONVs alone).
+    later, spatial = [], False
+    for _, layer, *_ in reversed(walked):
+        later.append(spatial)
+        spatial = spatial or isinstance(layer, (Linear, LocallyConnected2d)) or (
+            isinstance(layer, Conv2d) and _pair(layer.kernel_size) != (1, 1))
+    later.reverse()
+    for index, (name, layer, in_shape, out_shape, _, _) in enumerate(walked):
         label = f"{name} {layer!r}" if name else repr(layer)
         is_conv = isinstance(layer, (Conv2d, LocallyConnected2d))
         if is_conv:
@@ -463,9 +471,9 @@ def _advice(input_shape, walked):
             extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]
             # An FC layer as a CONV (fc_to_conv) spans its whole input at the size the
             # net was trained for, and half or more of it at the larger sizes it slides
-            # over: no feature detector to be made of stacked 3x3 CONVs, and meant to
-            # shrink the volume.
-            slid_fc = _pair(layer.padding) == (0, 0) and all(
+            # over, with only 1x1 CONVs after it: no feature detector to be made of
+            # stacked 3x3 CONVs, and meant to shrink the volume.
+            slid_fc = not later[index] and _pair(layer.padding) == (0, 0) and all(
                 2 * e >= size for e, size in zip(extent, in_shape[1:]))
             if convs and max(kernel) > 5 and not slid_fc:
                 tips.append(f"{label}: a {kernel[0]}x{kernel[1]} filter after the first "

@@ -157,8 +157,14 @@ def _model(args, **kwargs):
     """The model the command's MODEL (and --model for a weights file) name, its --classes
     (num_classes) checked by ``check_classes``."""
     from convnet.spec import check_classes, resolve_model
-    arch = getattr(args, "arch", None)
-    model = resolve_model(_bound(args, args.model, "MODEL"), architecture=arch, **kwargs)
+    spec, arch = args.model, getattr(args, "arch", None)
+    if getattr(args, "count", None):   # --count binds whichever of the two is notation
+        from convnet.spec import is_notation
+        if isinstance(arch, str) and is_notation(arch) and not is_notation(spec):
+            arch = _bound(args, arch, "--model")
+        else:
+            spec = _bound(args, spec, "MODEL")
+    model = resolve_model(spec, architecture=arch, **kwargs)
     return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
 
@@ -327,7 +333,7 @@ def cmd_predict(args):
 def _in_a_folder(out):
     """Refuse a file ``out`` whose folder does not exist: a typo in the path would
     otherwise become a tree of new folders."""
-    folder = Path(out).expanduser().parent
+    folder = Path(out).parent     # as written: the writers do not expand ~ either
     if not folder.is_dir():
         raise ValueError(f"{out}: the directory {folder} does not exist; create it first, or "
                          f"write somewhere else")
@@ -497,7 +503,7 @@ def build_parser():
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
                         "net on the 8x8 digits (default: their own size; an image folder "
                         "of mixed sizes: the median; at most 128 pixels a side)")
-    p.add_argument("--channels", type=int, choices=(1, 3),
+    p.add_argument("--channels", type=int_type(1, 3), choices=(1, 3),
                    help="read the images as grayscale (1) or RGB (3) (default: the data's "
                         "own; with --from, the model's)")
     p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N",

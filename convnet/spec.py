@@ -20,8 +20,8 @@ from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
 
 # A count on the command line: ASCII digits only (int() would also take "3_2", " 3" and
-# other scripts' digits), at most 18 of them.
-DIGITS = re.compile(r"[0-9]{1,18}")
+# other scripts' digits), at most 30 of them (each option checks its own range).
+DIGITS = re.compile(r"[0-9]{1,30}")
 WEIGHTS = (".pt", ".pth", ".safetensors")   # weight files: no architecture inside
 FILES = (".json", ".onnx", *WEIGHTS)
 

@@ -762,3 +762,13 @@ def test_the_activation_estimate_counts_the_arrays_blocks_make():
         tracemalloc.stop()
     estimate = summary(net, (8, 16, 16), batch_size=4).memory["activations"]
     assert 0.85 < estimate / peak < 1.25, (estimate, peak)
+
+
+def test_advice_still_names_a_large_filter_with_spatial_layers_after_it():
+    """The FC -> CONV exemption is for a CONV with only 1x1 CONVs after it: a 7x7 CONV
+    on a 12x12 map followed by a 3x3 CONV had lost its advice too."""
+    net = from_notation("INPUT 48x48x3 -> CONV 8 -> POOL -> POOL -> CONV 16 F7 P0 -> RELU "
+                        "-> POOL -> CONV 32 F3 P0 -> FC 10")
+    tips = summary(net, net.input_shape).advice
+    assert any("a 7x7 filter after the first CONV layer" in tip for tip in tips), tips
+    assert any("S=1 shrinks 12x12x8 to 6x6x16" in tip for tip in tips), tips

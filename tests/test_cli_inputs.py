@@ -588,3 +588,34 @@ def test_a_file_is_not_written_into_a_folder_that_does_not_exist(tmp_path, capsy
         err = capsys.readouterr().err
         assert f"the directory {missing} does not exist" in err, err
     assert not (tmp_path / "no").exists()
+
+
+def test_fixes_from_the_review_of_the_days_changes(tmp_path, capsys, monkeypatch):
+    """--seed takes its 19-digit maximum; --count binds --model's notation for a weights
+    file; a path with a literal ~ is refused (its writer would make ./~); --channels and
+    --budget take ASCII digits only, --budget up to EB; a run of old with --freeze and no
+    --from is a config that still reads (so it can resume)."""
+    from convnet.cli import build_parser
+    from convnet.train.loop import TrainConfig
+    assert build_parser().parse_args(["train", "--seed", str(2**63 - 1)]).seed == 2**63 - 1
+    from convnet.io import save_tensors
+    from convnet.models import from_notation
+    text = "INPUT 8x8x1 -> [CONV 4 -> RELU]*N -> FC 3"
+    weights = tmp_path / "n.safetensors"
+    save_tensors(from_notation(text, N=2).state_dict(), weights)
+    capsys.readouterr()
+    assert main(["summary", str(weights), "--model", text, "--count", "N=2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] > 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "filters", "lenet5", "--out", "~/f.png"]) == 1
+    assert "the directory ~ does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "~").exists()
+    for argv in (["train", "--channels", "\uff13"], ["summary", "lenet5", "--budget", "\uff14GB"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        capsys.readouterr()
+    assert build_parser().parse_args(["summary", "x", "--budget", "2PB"]).budget == 2 << 50
+    import dataclasses
+    old = {**dataclasses.asdict(TrainConfig()), "freeze": ["0"]}        # as saved
+    config = TrainConfig.from_dict(old, "checkpoint")
+    assert config.freeze == ("0",) and config.init_from is None

@@ -1733,3 +1733,12 @@ def test_a_light_background_is_named_where_training_backgrounds_were_dark():
                                                   + 8 + 11) / 12])
     with pytest.raises(ValueError, match=r"info.border must be \[low, high\]"):
         check_info({"border": [0.5, 0.2]}, "m.json")
+
+
+def test_border_means_count_each_pixel_once_on_narrow_images():
+    from convnet.data.preprocess import border_means
+    column = np.array([0, 255, 255, 255, 0], np.uint8).reshape(1, 1, 5, 1)
+    np.testing.assert_allclose(border_means(column, 255), [0.6])     # had counted 0.75
+    np.testing.assert_allclose(border_means(column.reshape(1, 1, 1, 5), 255), [0.6])
+    np.testing.assert_allclose(border_means(np.full((2, 3, 1, 1), 51, np.uint8), 255),
+                               [0.2, 0.2])

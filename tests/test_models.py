@@ -841,3 +841,24 @@ def test_parameters_buffers_and_children_are_attributes_as_in_pytorch():
     with pytest.raises(AttributeError, match="'Sequential' object has no attribute 'layer9'"):
         _ = model.layer9
     assert not hasattr(Linear(2, 3, bias=False), "bias")
+
+
+def test_assigning_a_child_replaces_it_as_in_pytorch():
+    """model.fc = Linear(...) replaces the head (it had set a stray attribute while the
+    model kept the old layer); a child named like a model attribute (info, from a
+    file's layer names) is not read as that attribute."""
+    net = Sequential({"conv": Conv2d(1, 2, 3), "relu": ReLU(), "flat": Flatten(),
+                      "fc": Linear(72, 3)})
+    net.fc = Linear(72, 5)
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    assert net["fc"] is net.fc and net.forward(x).shape == (2, 5)
+    assert net.params()["fc.weight"].shape == (5, 72) and net.fc.name == "fc"
+    with pytest.raises(ValueError, match="child 'fc' must be a Layer, got int"):
+        net.fc = 3
+    with pytest.raises(ValueError, match="is at both"):
+        net.fc = net.conv
+    assert isinstance(net["fc"], Linear)                  # the failed assignment undone
+    named = Sequential({"info": ReLU(), "trained": ReLU()})
+    assert getattr(named, "info", None) is None and getattr(named, "trained", None) is None
+    named.info = {"classes": ["a"]}
+    assert named.info == {"classes": ["a"]} and isinstance(named["info"], ReLU)

@@ -212,13 +212,38 @@ class Container(Layer):
                            f"are {_first(list(self._children), ', ')}")
         return self._children[key]
 
+    # What a model may carry (spec.resolve_model, the zoo, load_model): read with
+    # getattr(model, name, None), never a child's name, whatever a file calls its layers.
+    MODEL_ATTRIBUTES = ("info", "input_shape", "trained")
+
     def __getattr__(self, name):
         """A child by name as an attribute, as in PyTorch (``model.features``,
         ``model.fc``). Called only where no attribute has the name."""
         children = self.__dict__.get("_children")
-        if isinstance(children, dict) and name in children:
+        if isinstance(children, dict) and name in children and (
+                name not in self.MODEL_ATTRIBUTES):
             return children[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        """``model.fc = Linear(...)`` replaces the child, as in PyTorch (a new head for
+        fine-tuning); other attributes are set as usual."""
+        children = self.__dict__.get("_children")
+        if not (isinstance(children, dict) and name in children
+                and name not in self.MODEL_ATTRIBUTES and name not in self.__dict__):
+            super().__setattr__(name, value)
+            return
+        if not isinstance(value, Layer):
+            raise ValueError(f"{type(self).__name__}: child {name!r} must be a Layer, got "
+                             f"{type(value).__name__}")
+        old = children[name]
+        children[name] = value
+        try:
+            self._check_distinct()
+        except ValueError:
+            children[name] = old
+            raise
+        self._set_names()
 
     def __iter__(self):
         return iter(self._children.values())

@@ -68,7 +68,7 @@ class WeightEMA:
                             weight if weight < 0.5 else decay)
                         if weight < 0.5:
                             average += step
-                        else:   # as torch's lerp rounds a weight of 0.5 or more
+                        else:   # torch lerp's form for a weight of 0.5 or more
                             np.subtract(value, step, out=average)
                 else:      # as torch: the mix in float32, truncated back to the int
                     mixed = (average.astype(np.float32) * np.float32(decay)

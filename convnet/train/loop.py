@@ -195,11 +195,6 @@ class TrainConfig:
             fail("channels", "1, 3 or null")
         if not (isinstance(self.freeze, tuple) and all(isinstance(s, str) for s in self.freeze)):
             fail("freeze", "a list of stage names")
-        if self.freeze and self.init_from is None:
-            raise ValueError(f"{where}: freeze (--freeze) keeps stages of the model that "
-                             f"init_from (--from) starts from; without it they would stay "
-                             f"at their random start: give --from MODEL_FILE, or drop "
-                             f"--freeze")
         return self
 
     def resolved(self, data_name, input_shape, num_classes):
@@ -515,6 +510,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         log = functools.partial(print, flush=True)
     log(describe(comm))
     cfg.check()
+    if cfg.freeze and cfg.init_from is None and not resume:   # a run of old may resume
+        raise ValueError("freeze (--freeze) keeps stages of the model that init_from "
+                         "(--from) starts from; without it they would stay at their random "
+                         "start: give --from MODEL_FILE, or drop --freeze")
     out = Path(_on_root(comm, lambda: str(run_directory(cfg, resume, overwrite))))
     stack.enter_context(_interrupt_names(out))
     ckpt_path = out / "checkpoint.safetensors"
@@ -893,7 +892,7 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
         f"epoch with its validation about {shown} s: {epochs} epoch(s) fit, the "
         f"schedule planned for them")
     if left < epoch_seconds:
-        log(f"warning: not even one epoch fits in the time limit ({spent:.0f} s went to "
+        log(f"warning: not even one epoch fits in the time limit ({spent:.1f} s went to "
             f"loading and planning); the run trains one and takes about "
             f"{spent + epoch_seconds + end:.0f} s: give a longer --time-limit, or train on "
             f"fewer images (--limit)")

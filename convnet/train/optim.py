@@ -60,9 +60,10 @@ def _flag(value, name, where):
 
 
 def _lerp(a, b, weight, tmp):
-    """a += weight * (b - a) in place, as torch's lerp_ rounds it: for a weight of 0.5
+    """a += weight * (b - a) in place, in torch's lerp_'s two forms: for a weight of 0.5
     or more, b - (b - a) * (1 - weight), which gives b exactly at weight 1 (the other
-    form cancels: a of 1e20 and b of 1 give 0). tmp: a scratch array of a's shape."""
+    form cancels: a of 1e20 and b of 1 give 0). torch fuses each multiply and add (FMA),
+    so the last bit can differ. tmp: a scratch array of a's shape."""
     np.subtract(b, a, out=tmp)
     if weight < 0.5:
         tmp *= weight

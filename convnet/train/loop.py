@@ -440,7 +440,7 @@ def _size_hint(spec, input_shape):
     elif isinstance(spec, str) and is_notation(spec):
         try:
             with counting_only():
-                own = from_notation_input(spec)
+                own = _notation_input(spec)
         except ValueError:
             return None
     if own is None or tuple(own) == tuple(input_shape) or len(own) != 3:
@@ -453,7 +453,7 @@ def _size_hint(spec, input_shape):
             f"brings them to it)")
 
 
-def from_notation_input(text):
+def _notation_input(text):
     """The per-sample input (C, H, W) that notation's INPUT names (None without one)."""
     from convnet.models import from_notation
     return getattr(from_notation(text), "input_shape", None)

@@ -123,16 +123,10 @@ def check_info(info, where, channels=None):
     return out
 
 
-def brightness_range(x, scale):
-    """[low, high]: the 0.5th and 99.5th percentiles of the images' mean intensity in [0, 1].
-
-    x: uint8 images (N, C, H, W) with pixels in [0, scale]. The mean intensity of an image
-    is the mean of all its pixels over scale; light-on-dark digits have low means, the
-    same digits drawn dark on light high ones.
-    """
-    means = x.reshape(len(x), -1).mean(axis=1) / scale              # (N,)
-    low, high = np.percentile(means, [0.5, 99.5])
-    return [round(float(low), 4), round(float(high), 4)]
+def mean_intensities(x, scale):
+    """Each image's mean intensity in [0, 1]: the mean of all its pixels over scale (N,).
+    Light-on-dark digits have low means, the same digits drawn dark on light high ones."""
+    return x.reshape(len(x), -1).mean(axis=1) / scale
 
 
 def border_means(x, scale):
@@ -142,11 +136,21 @@ def border_means(x, scale):
     return x[:, :, ring].reshape(len(x), -1).mean(axis=1) / scale
 
 
-def border_range(x, scale):
-    """[low, high]: the 0.5th and 99.5th percentiles of the images' border_means: the
-    training images' background, where their objects are centred."""
-    low, high = np.percentile(border_means(x, scale), [0.5, 99.5])
+def _spread(values):
+    """[low, high]: the 0.5th and 99.5th percentiles of values, to 4 decimals."""
+    low, high = np.percentile(values, [0.5, 99.5])
     return [round(float(low), 4), round(float(high), 4)]
+
+
+def brightness_range(x, scale):
+    """[low, high] of the images' mean_intensities (uint8 x (N, C, H, W) in [0, scale])."""
+    return _spread(mean_intensities(x, scale))
+
+
+def border_range(x, scale):
+    """[low, high] of the images' border_means: the training images' background, where
+    their objects are centred."""
+    return _spread(border_means(x, scale))
 
 
 def brightness_warning(x, scale, info):
@@ -161,7 +165,7 @@ def brightness_warning(x, scale, info):
     Returns [(index, message)], one message an image; empty when info has no range.
     """
     measures = [(key, what, values) for key, what, values in (
-        ("brightness", "mean intensity", lambda: x.reshape(len(x), -1).mean(axis=1) / scale),
+        ("brightness", "mean intensity", lambda: mean_intensities(x, scale)),
         ("border", "background (border) intensity", lambda: border_means(x, scale)))
         if key in info]
     found = {}

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from convnet.functional.loss import log_softmax, softmax, softmax_cross_entropy, svm_loss
+from convnet.functional.loss import (
+    cross_entropy,
+    log_softmax,
+    multi_margin_loss,
+    softmax,
+    softmax_cross_entropy,
+    svm_loss,
+)
 from convnet.layers.loss import CrossEntropyLoss, MultiMarginLoss
 from tests.utils import numerical_grad, rel_error
 
@@ -100,7 +107,7 @@ def test_multi_margin_matches_torch(seed):
     scores, y = random_problem(rng, integer_scores=seed % 3 == 0)
     margin = float(rng.choice([0.5, 1.0, 2.0, 1.0]))
     expected_loss, expected_d = torch_loss(TF.multi_margin_loss, scores, y, margin=margin)
-    layer = MultiMarginLoss(margin)
+    layer = MultiMarginLoss(margin=margin)
     loss = layer.forward(scores, y)
     dscores = layer.backward()
     assert isinstance(loss, float)
@@ -121,6 +128,136 @@ def test_softmax_and_log_softmax_match_torch(seed):
     volume = rng.standard_normal((2, 4, 3, 3)) * 100                # per-pixel scores
     assert rel_error(softmax(volume), torch.softmax(torch.from_numpy(volume), 1).numpy()) \
         < 1e-10
+
+
+# -- PyTorch's options -------------------------------------------------------------------
+def torch_options(rng, c, losses):
+    """Random weight / reduction (and ignore_index for cross-entropy) for PyTorch and us."""
+    options = {"reduction": str(rng.choice(["mean", "sum", "none"]))}
+    if rng.random() < 0.6:
+        options["weight"] = rng.uniform(0, 3, c) * (rng.random(c) < 0.9)
+    if losses == "cross_entropy" and rng.random() < 0.5:
+        options["ignore_index"] = int(rng.choice([-1, 0, c - 1, 7]))
+    return options
+
+
+def torch_reduced(fn, scores, y, **options):
+    """(loss, dscores) from PyTorch autograd, float64; 'none' backpropagates the sum."""
+    t = torch.from_numpy(scores.copy()).requires_grad_()
+    if "weight" in options:
+        options = {**options, "weight": torch.from_numpy(options["weight"])}
+    loss = fn(t, torch.from_numpy(y), **options)
+    loss.sum().backward()
+    return loss.detach().numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_cross_entropy_options_match_torch(seed):
+    """weight, ignore_index, reduction and label smoothing together, as PyTorch computes
+    them; some batches ignore every sample or weigh every target 0 (NaN, as there)."""
+    rng = np.random.default_rng(seed)
+    scores, y = random_problem(rng)
+    c = scores.shape[1]
+    options = torch_options(rng, c, "cross_entropy")
+    if "ignore_index" in options and rng.random() < 0.5:
+        y[rng.random(len(y)) < 0.5] = options["ignore_index"]
+    smoothing = float(rng.choice([0.0, 0.1, 1.0]))
+    expected, expected_d = torch_reduced(TF.cross_entropy, scores, y,
+                                         label_smoothing=smoothing, **options)
+    layer = CrossEntropyLoss(options.get("weight"), ignore_index=options.get(
+        "ignore_index", -100), reduction=options["reduction"], label_smoothing=smoothing)
+    loss = layer(scores, y)
+    dscores = layer.backward(np.ones(len(y)) if options["reduction"] == "none" else 1.0)
+    assert isinstance(loss, float) != (options["reduction"] == "none")
+    np.testing.assert_allclose(loss, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dscores, expected_d, rtol=1e-10, atol=1e-12)
+    f_loss, f_d = cross_entropy(scores, y, label_smoothing=smoothing, **options)
+    np.testing.assert_array_equal(f_loss, loss)
+    np.testing.assert_array_equal(f_d, dscores)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_multi_margin_options_match_torch(seed):
+    """p = 1 and 2, class weights and reductions, as PyTorch's kernel (the weight
+    multiplies after the square)."""
+    rng = np.random.default_rng(seed)
+    scores, y = random_problem(rng, integer_scores=seed % 3 == 0)
+    p, margin = int(rng.choice([1, 2])), float(rng.choice([0.5, 1.0, 2.0]))
+    options = torch_options(rng, scores.shape[1], "multi_margin")
+    expected, expected_d = torch_reduced(TF.multi_margin_loss, scores, y, p=p, margin=margin,
+                                         **options)
+    layer = MultiMarginLoss(p, margin, options.get("weight"), reduction=options["reduction"])
+    loss = layer(scores, y)
+    dscores = layer.backward(np.ones(len(y)) if options["reduction"] == "none" else 1.0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dscores, expected_d, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(dscores != 0, expected_d != 0)
+
+
+def test_unreduced_losses_backpropagate_a_gradient_per_sample():
+    """reduction='none': backward takes one gradient per sample, as loss.backward(g)."""
+    rng = np.random.default_rng(3)
+    scores, y = rng.standard_normal((4, 5)), np.array([0, 4, 2, 2])
+    g = np.array([1.0, -2.0, 0.5, 3.0])
+    for ours, theirs in ((CrossEntropyLoss(reduction="none"), torch.nn.CrossEntropyLoss(
+            reduction="none")), (MultiMarginLoss(2, reduction="none"),
+                                 torch.nn.MultiMarginLoss(2, reduction="none"))):
+        t = torch.tensor(scores, requires_grad=True)
+        expected = theirs(t, torch.tensor(y))
+        expected.backward(torch.tensor(g))
+        losses = ours(scores, y)
+        assert losses.shape == (4,)
+        np.testing.assert_allclose(losses, expected.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(ours.backward(g), t.grad.numpy(), rtol=1e-12)
+        with pytest.raises(ValueError, match=r"expected dout as a number or shape \(4,\), "
+                           r"got shape \(3,\)"):
+            ours.backward(g[:3])
+    layer = CrossEntropyLoss()
+    layer(scores, y)
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss\(\): expected dout as a number, "
+                       r"got shape \(4,\)"):
+        layer.backward(g)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: CrossEntropyLoss(0.1), r"weight must be a 1-D array of C finite numbers, one "
+                                    r"per class, got shape \(\)"),
+    (lambda: CrossEntropyLoss([1, np.nan]), "got nan"),
+    (lambda: CrossEntropyLoss("abc"), "got str"),
+    (lambda: CrossEntropyLoss({1: 2}), "got dict"),
+    (lambda: CrossEntropyLoss(reduction="avg"), "reduction must be one of mean, sum, none, "
+                                                "got 'avg'"),
+    (lambda: CrossEntropyLoss(ignore_index=True), "ignore_index must be an int, got True"),
+    (lambda: CrossEntropyLoss(ignore_index=1.0), "ignore_index must be an int, got 1.0"),
+    (lambda: MultiMarginLoss(2.0), r"p must be 1 or 2 \(an int\), got 2.0; for a margin of "
+                                   r"2.0, write margin=2.0"),
+    (lambda: MultiMarginLoss(3), r"p must be 1 or 2 \(an int\), got 3$"),
+    (lambda: MultiMarginLoss(weight=[[1, 2]]), r"got shape \(1, 2\)"),
+    (lambda: MultiMarginLoss(reduction=None), "got None"),
+])
+def test_loss_options_are_checked(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_loss_options_are_checked_against_the_scores():
+    scores = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss\(weight=<2 values>\): weight "
+                       r"must be a 1-D array of C = 3 finite numbers, one per class, got 2 "
+                       r"values$"):
+        CrossEntropyLoss([1, 2])(scores, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss\(ignore_index=5\): target values "
+                       r"must be class indices in \[0, C\) = \[0, 3\) \(or ignore_index 5\), "
+                       r"got values from 0 to 4$"):
+        CrossEntropyLoss(ignore_index=5)(scores, np.array([4, 0]))
+    assert CrossEntropyLoss(ignore_index=5)(scores, np.array([5, 0])) == pytest.approx(np.log(3))
+    config = CrossEntropyLoss([1, 2, 3], ignore_index=0, reduction="sum",
+                              label_smoothing=0.1).get_config()
+    assert json.loads(json.dumps(config)) == {
+        "type": "CrossEntropyLoss", "weight": [1.0, 2.0, 3.0], "reduction": "sum",
+        "ignore_index": 0, "label_smoothing": 0.1}
+    assert MultiMarginLoss(2, 0.5, reduction="none").get_config() == {
+        "type": "MultiMarginLoss", "p": 2, "margin": 0.5, "reduction": "none"}
 
 
 # -- gradients against central differences (float64) -------------------------------------
@@ -147,7 +284,14 @@ LOSSES = {
     "label_smoothing": lambda scores, y: softmax_cross_entropy(scores, y, 0.3),
     "svm_loss": lambda scores, y: svm_loss(scores, y, 0.5),
     "CrossEntropyLoss": layer_pair(CrossEntropyLoss()),
-    "MultiMarginLoss": layer_pair(MultiMarginLoss(0.5)),
+    "MultiMarginLoss": layer_pair(MultiMarginLoss(margin=0.5)),
+    "cross_entropy options": lambda scores, y: cross_entropy(
+        scores, y, weight=np.linspace(0.5, 2, scores.shape[1]), label_smoothing=0.2,
+        ignore_index=y[0] if (y != y[0]).any() else -100),     # one class ignored
+    "cross_entropy sum": lambda scores, y: cross_entropy(scores, y, reduction="sum"),
+    "squared hinge": layer_pair(MultiMarginLoss(p=2, margin=0.5)),
+    "weighted hinge": lambda scores, y: multi_margin_loss(
+        scores, y, 1, 0.5, np.linspace(2, 0.5, scores.shape[1]), "sum"),
 }
 
 
@@ -195,7 +339,7 @@ def test_cross_entropy_is_stable_for_huge_scores(dtype):
 
 # -- analysis, naming, backward ----------------------------------------------------------
 def test_loss_layers_analysis_config_and_backward_scale():
-    ce, mm = CrossEntropyLoss(), MultiMarginLoss(2.0)
+    ce, mm = CrossEntropyLoss(), MultiMarginLoss(margin=2.0)
     assert repr(ce) == "CrossEntropyLoss()" and repr(mm) == "MultiMarginLoss(margin=2.0)"
     assert repr(MultiMarginLoss()) == "MultiMarginLoss(margin=1.0)"
     assert json.loads(json.dumps(ce.get_config())) == {"type": "CrossEntropyLoss"}
@@ -249,7 +393,7 @@ def test_named_loss_and_backward_before_forward():
 def test_margin_must_be_a_finite_number(margin):
     with pytest.raises(ValueError, match=f"^MultiMarginLoss: margin must be a finite number, "
                        f"got {re.escape(repr(margin))}$"):
-        MultiMarginLoss(margin)
+        MultiMarginLoss(margin=margin)
 
 
 def test_svm_margins_round_as_pytorchs_and_nan_shows():
@@ -260,7 +404,7 @@ def test_svm_margins_round_as_pytorchs_and_nan_shows():
     st = torch.tensor(s, requires_grad=True)
     expected = torch.nn.MultiMarginLoss(margin=0.5)(st, torch.tensor(y))
     expected.backward()
-    layer = MultiMarginLoss(0.5)
+    layer = MultiMarginLoss(margin=0.5)
     assert layer(s, y) == expected.item() == 0.0
     np.testing.assert_array_equal(layer.backward(), st.grad.numpy())
     rng = np.random.default_rng(7)
@@ -270,7 +414,7 @@ def test_svm_margins_round_as_pytorchs_and_nan_shows():
         st = torch.tensor(s, requires_grad=True)
         expected = torch.nn.MultiMarginLoss(margin=0.3)(st, torch.tensor(y))
         expected.backward()
-        layer = MultiMarginLoss(0.3)
+        layer = MultiMarginLoss(margin=0.3)
         assert layer(s, y) == pytest.approx(expected.item(), rel=1e-12, abs=1e-15)
         np.testing.assert_allclose(layer.backward(), st.grad.numpy(), atol=1e-15)
     s = np.array([[0.0, np.nan, 1.0]])

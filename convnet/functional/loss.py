@@ -16,6 +16,10 @@ Multiclass SVM (hinge) loss, the CS231n formulation:
     L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin)
 
 PyTorch's ``multi_margin_loss`` is the same sum divided by C.
+
+``softmax_cross_entropy`` and ``svm_loss`` are the notes' losses; ``cross_entropy`` and
+``multi_margin_loss`` add PyTorch's options (class weights, an ignored target, the
+squared hinge, sum or per-sample reductions).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def check_scores_targets(scores, y, where):
-    """Check scores (N, C) float and y (N,) integer class indices in [0, C); return y."""
+def check_scores_targets(scores, y, where, ignore_index=None):
+    """Check scores (N, C) float and y (N,) integer class indices in [0, C), or equal to
+    ignore_index where one is given; return y."""
     if not isinstance(scores, np.ndarray):
         raise ValueError(f"{where}: expected scores as a NumPy array, "
                          f"got {type(scores).__name__}")
@@ -43,11 +48,52 @@ def check_scores_targets(scores, y, where):
         hint = "; use target.argmax(1) for one-hot targets" if y.shape == (n, c) else ""
         raise ValueError(f"{where}: expected target of shape (N,) = ({n},) to match scores "
                          f"{scores.shape}, got shape {y.shape}{hint}")
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= c:
+    classes = y if ignore_index is None else y[y != ignore_index]
+    if classes.size and (classes.min() < 0 or classes.max() >= c):
+        also = "" if ignore_index in (None, -100) else f" (or ignore_index {ignore_index})"
         raise ValueError(f"{where}: target values must be class indices in [0, C) = "
-                         f"[0, {c}), got values from {low} to {high}")
+                         f"[0, {c}){also}, got values from {int(classes.min())} to "
+                         f"{int(classes.max())}")
     return y
+
+
+def check_weight(weight, c, where):
+    """A class weight: None, or one finite number per class (C of them, where c is given);
+    as a float64 array."""
+    if weight is None:
+        return None
+    size = "C" if c is None else f"C = {c}"
+    expected = f"{where}: weight must be a 1-D array of {size} finite numbers, one per class"
+    try:
+        w = np.array(weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {type(weight).__name__}") from None
+    if w.ndim != 1 or w.size == 0 or (c is not None and w.size != c):
+        got = f"{w.size} values" if w.ndim == 1 else f"shape {w.shape}"
+        raise ValueError(f"{expected}, got {got}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{expected}, got {w[~np.isfinite(w)][0]}")
+    return w
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(losses, dscores, reduction, denominator, keep=None):
+    """The per-sample losses (N,) and their gradients (N, C), reduced as PyTorch does:
+    'mean' divides both by the denominator (the count, or the total weight, of the samples
+    that count: NaN when it is 0, as in PyTorch), 'sum' adds the losses, 'none' keeps them.
+    Rows outside keep (ignored samples) keep their 0 gradient. Returns (loss, dscores)."""
+    if reduction == "none":
+        return losses, dscores
+    if reduction == "sum":
+        return float(losses.sum()), dscores
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if keep is None or keep.all():
+            dscores /= denominator
+        else:
+            dscores[keep] /= denominator
+        return float(losses.sum() / denominator), dscores
 
 
 def log_softmax(scores, axis=1):
@@ -77,31 +123,62 @@ def softmax_cross_entropy(scores, y, label_smoothing=0.0):
     loss = mean_i(-sum_j q_ij log p_ij) with p = softmax(scores) and the target q = one_hot
     (y), or with label smoothing e the mix (1 - e) one_hot(y) + e / C (PyTorch's
     cross_entropy(label_smoothing=e)); dscores = (p - q) / N, shape (N, C).
+    ``cross_entropy`` adds PyTorch's class weights, ignore_index and reductions.
 
     >>> loss, dscores = softmax_cross_entropy(np.zeros((2, 10)), np.array([3, 7]))
     >>> round(loss, 4)                                   # log(10)
     2.3026
     """
-    y = check_scores_targets(scores, y, "softmax_cross_entropy")
-    if not (isinstance(label_smoothing, (int, float, np.integer, np.floating))
-            and not isinstance(label_smoothing, bool) and 0 <= label_smoothing <= 1):
-        raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1], got "
-                         f"{label_smoothing!r}")
-    label_smoothing = float(label_smoothing)     # a NumPy float32 would round the targets
+    return cross_entropy(scores, y, label_smoothing=label_smoothing,
+                         where="softmax_cross_entropy")
+
+
+def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, where="cross_entropy"):
+    """Softmax cross-entropy with PyTorch's options: returns (loss, dscores).
+
+    Sample i's loss is -sum_j w_j q_ij log p_ij: p = softmax(scores), the target q = (1 - e)
+    one_hot(y) + e / C (e: label_smoothing), and w the class weights, where the one-hot
+    part takes the target class's weight w_{y_i} (PyTorch's formula).
+    weight: None or (C,): scales each class's loss (for classes of unequal size).
+    ignore_index: a target equal to it adds no loss and no gradient, and is not counted.
+    reduction: 'mean' divides the sum by the samples counted (by their targets' total
+    weight, with weights), 'sum' adds, both giving a float; 'none' gives the losses (N,).
+    dscores (N, C) is the gradient of the reduced loss ('none': of the losses' sum).
+    """
+    y = check_scores_targets(scores, y, where, ignore_index)
+    e = label_smoothing
+    if not (isinstance(e, (int, float, np.integer, np.floating))
+            and not isinstance(e, bool) and 0 <= e <= 1):
+        raise ValueError(f"{where}: label_smoothing must be in [0, 1], got {e!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, "
+                         f"got {reduction!r}")
+    e = float(e)                          # a NumPy float32 would round the targets
     n, c = scores.shape
+    w = check_weight(weight, c, where)
     rows = np.arange(n)
+    keep = y != ignore_index                            # (N,) the samples that count
+    target = np.where(keep, y, 0)                       # a class for each; masked below
     logp = log_softmax(scores)                          # (N, C)
-    loss = -logp[rows, y].sum() / n
-    dscores = np.exp(logp)                              # softmax probabilities p
-    if label_smoothing:
-        e = label_smoothing
-        loss = (1 - e) * loss - e * logp.sum() / (n * c)
-        dscores -= e / c
-        dscores[rows, y] -= 1 - e
+    p = np.exp(logp)                                    # softmax probabilities
+    if w is None:
+        wy = keep.astype(scores.dtype)                  # each sample's weight: 1 or 0
     else:
-        dscores[rows, y] -= 1
-    dscores /= n
-    return float(loss), dscores
+        w = w.astype(scores.dtype)
+        wy = w[target] * keep
+    # The one-hot part: -w_y log p_y, gradient w_y (p - one_hot(y)).
+    losses = -(1 - e) * wy * logp[rows, target]
+    dscores = p * ((1 - e) * wy)[:, None]
+    dscores[rows, target] -= (1 - e) * wy
+    if e:                                 # the uniform part: -(e / C) sum_j w_j log p_j
+        if w is None:
+            losses -= (e / c) * logp.sum(axis=1) * keep
+            dscores += (e / c) * keep[:, None] * (c * p - 1)
+        else:
+            losses -= (e / c) * (logp * w).sum(axis=1) * keep
+            dscores += (e / c) * keep[:, None] * (w.sum() * p - w)
+    return _reduce(losses, dscores, reduction, wy.sum(), keep)
 
 
 def svm_loss(scores, y, margin=1.0):
@@ -121,12 +198,54 @@ def svm_loss(scores, y, margin=1.0):
     """
     y = check_scores_targets(scores, y, "svm_loss")
     n = scores.shape[0]
-    rows = np.arange(n)
-    correct = scores[rows, y][:, None]                  # (N, 1) the s_{y_i}
-    margins = np.maximum(0, (margin - correct) + scores)  # (N, C)
-    margins[rows, y] = 0
+    margins = _margins(scores, y, margin)
     loss = margins.sum() / n
-    dscores = (margins > 0).astype(scores.dtype)        # (N, C) +1 per positive margin
-    dscores[rows, y] = -dscores.sum(axis=1)
+    dscores = _hinge_gradient((margins > 0).astype(scores.dtype), y)  # +1 a positive margin
     dscores /= n
     return float(loss), dscores
+
+
+def _margins(scores, y, margin):
+    """max(0, margin - s_{y_i} + s_j) (N, C), in PyTorch's order; 0 at j = y_i."""
+    rows = np.arange(len(y))
+    correct = scores[rows, y][:, None]                  # (N, 1) the s_{y_i}
+    margins = np.maximum(0, (margin - correct) + scores)
+    margins[rows, y] = 0
+    return margins
+
+
+def _hinge_gradient(dh, y):
+    """The gradient (N, C) of sum_{j != y_i} h(margin_ij), made in dh = h'(margin) (N, C),
+    0 at the targets: dh at each wrong class j, minus their sum at the target class
+    (whose s_{y_i} enters every margin with a minus)."""
+    dh[np.arange(len(y)), y] = -dh.sum(axis=1)
+    return dh
+
+
+def multi_margin_loss(scores, y, p=1, margin=1.0, weight=None, reduction="mean",
+                      where="multi_margin_loss"):
+    """PyTorch's multi_margin_loss: returns (loss, dscores).
+
+    Sample i's loss is sum_{j != y_i} w_{y_i} max(0, margin - s_{y_i} + s_j)^p / C: the
+    notes' SVM loss (p = 1) or its square, the L2-SVM (p = 2), divided by C. weight: None
+    or (C,), the target class's weight scales its sample's loss. reduction: 'mean' over N,
+    'sum' or 'none' (the losses (N,)), as ``cross_entropy``. A NaN score makes the loss
+    NaN and passes no gradient (see ``svm_loss``).
+    """
+    y = check_scores_targets(scores, y, where)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, "
+                         f"got {reduction!r}")
+    n, c = scores.shape
+    w = check_weight(weight, c, where)
+    z = _margins(scores, y, margin)
+    if p == 1:
+        h, dh = z, (z > 0).astype(scores.dtype)
+    else:
+        h, dh = z * z, np.where(z > 0, 2 * z, 0).astype(scores.dtype)
+    if w is not None:
+        wy = w.astype(scores.dtype)[y][:, None]         # (N, 1) the target's weight
+        h, dh = h * wy, dh * wy
+    losses = h.sum(axis=1) / c
+    dscores = _hinge_gradient(dh, y) / c
+    return _reduce(losses, dscores, reduction, n)

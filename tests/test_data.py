@@ -1634,6 +1634,33 @@ def test_split_folders_without_a_test_folder_are_named(tmp_path):
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("train, test", [("Train", "Test"), ("training", "testing"),
+                                         ("training_set", "test_set"), ("TRAIN", "Test Set")])
+def test_split_folders_are_found_in_any_case_and_kaggles_names(tmp_path, train, test):
+    """Train/ and Test/, MNIST-as-PNG's training/ and testing/, Kaggle's training_set/ and
+    test_set/: split folders, where they had been two classes named for the splits."""
+    from PIL import Image
+    for split, count in ((train, 4), (test, 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), 30 * i).save(tmp_path / split / name / f"{i}.png")
+    data = load_dataset(tmp_path)
+    assert data.classes == ["cat", "dog"]
+    assert len(data.train[1]) == 8 and len(data.test[1]) == 4
+
+
+def test_two_folders_for_one_split_are_refused(tmp_path):
+    from PIL import Image
+    for split in ("train", "Training", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / split / name / "0.png")
+    with pytest.raises(ValueError, match=r"split folders \(Training, test, train\): Training "
+                                         r"and train are the same split; keep one"):
+        load_dataset(tmp_path)
+
+
 def test_colour_data_in_gray_is_pillows_luma(tmp_path):
     """CIFAR read for a gray model (channels=1): uint8 times 587 had overflowed, so eval,
     train --from and report failed on every RGB data set in gray. The bytes are Pillow's

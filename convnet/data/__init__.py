@@ -11,6 +11,7 @@ recognizes a directory, and returns a ``DataSplits``, resized to ``image_size`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -209,8 +210,15 @@ def _splits(data, name, scale=255):
 
 
 AUTO_MAX_SIDE = 128   # image folders: larger images are scaled down unless image_size says
-SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"),
-                 "test": ("test",)}
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
+                 "test": ("test", "testing")}
+
+
+def split_of(name):
+    """The split a folder's name stands for ('train', 'val' or 'test'), or None: any case,
+    with or without a "_set" ending (train/, Train/, training_set/, Test Set/ ...)."""
+    base = re.sub(r"[ _-]?set$", "", name.lower())
+    return next((split for split, names in SPLIT_FOLDERS.items() if base in names), None)
 
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
@@ -233,14 +241,20 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
         raise ValueError(f"{path}: no data set recognized: expected the four IDX files "
                          "(train-images-idx3-ubyte ...), CIFAR batch files, or one "
                          "sub-folder of images per class")
-    split_names = {name for names in SPLIT_FOLDERS.values() for name in names}
-    if "train" in subdirs and "test" not in subdirs and set(subdirs) <= split_names:
-        raise ValueError(f"{path}: split folders ({', '.join(sorted(subdirs))}) but no "
-                         f"test/: add one, or put the class folders straight in {path} "
-                         f"(a test split is then drawn from them)")
-    if {"train", "test"} <= set(subdirs) and set(subdirs) <= split_names:
-        parts = {split: subdirs[name] for split, names in SPLIT_FOLDERS.items()
-                 for name in names if name in subdirs}
+    splits = {}
+    for name in sorted(subdirs):
+        splits.setdefault(split_of(name), []).append(name)
+    if None not in splits and "train" in splits:       # every folder is a split
+        folders = ", ".join(sorted(subdirs))
+        twice = [names for names in splits.values() if len(names) > 1]
+        if twice:
+            raise ValueError(f"{path}: split folders ({folders}): {' and '.join(twice[0])} "
+                             f"are the same split; keep one")
+        if "test" not in splits:
+            raise ValueError(f"{path}: split folders ({folders}) but no test/: add one, or "
+                             f"put the class folders straight in {path} (a test split is "
+                             f"then drawn from them)")
+        parts = {split: subdirs[names[0]] for split, names in splits.items()}
         return _load_folders(path, parts, image_size, channels, check_classes)
     splits = _load_folders(path, {"train": path}, image_size, channels, check_classes)
     return _split_test(splits, path, test_fraction, seed)

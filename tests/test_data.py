@@ -1650,6 +1650,22 @@ def test_split_folders_are_found_in_any_case_and_kaggles_names(tmp_path, train, 
     assert len(data.train[1]) == 8 and len(data.test[1]) == 4
 
 
+def test_the_training_images_decide_the_size_and_the_channels(tmp_path):
+    """A test/ folder of larger colour images had resized the 8x8 gray training images
+    to 16x16 and read them as RGB: the training images decide, the others follow."""
+    from PIL import Image
+    for split, size, mode in (("train", 8, "L"), ("test", 16, "RGB")):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3 if split == "train" else 1):
+                Image.new(mode, (size, size)).save(tmp_path / split / name / f"{i}.png")
+    data = load_dataset(tmp_path)
+    assert data.input_shape == (1, 8, 8) and data.test[0].shape == (2, 1, 8, 8)
+    assert "resized the images to 8x8 (W x H, bilinear)" in data.notes
+    assert "0 of the 8 images are grayscale" not in " ".join(data.notes)
+    assert "6 of the 8 images are grayscale: all are read as grayscale" in data.notes
+
+
 def test_two_folders_for_one_split_are_refused(tmp_path):
     from PIL import Image
     for split in ("train", "Training", "test"):

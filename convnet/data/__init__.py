@@ -269,6 +269,11 @@ def _load_folders(path, parts, image_size, channels, check_classes):
                          f"classifier needs at least 2, one sub-folder per class")
     check_classes(list(classes))
     headers = read_headers([f for files, _ in scans.values() for f, _ in files])
+    # The size and the channel mode come from the training images (a test folder of
+    # larger images must not resize them); the notes count every image.
+    starts = np.cumsum([0] + [len(files) for files, _ in scans.values()])
+    train = list(scans).index("train")
+    train_headers = headers[starts[train]: starts[train + 1]]
     notes = [f"{count} of the {len(headers)} images {what}" for count, what in (
         (sum(h.orientation != 1 for h in headers),
          "are turned or flipped as their EXIF orientation says (as a photo viewer shows "
@@ -277,16 +282,18 @@ def _load_folders(path, parts, image_size, channels, check_classes):
         (sum(h.frames > 1 for h in headers),
          "have several frames (animated, or pages): each gives its first")) if count]
     size = image_size
-    sizes = sorted({(h.height, h.width) for h in headers})
+    sizes = sorted({(h.height, h.width) for h in train_headers})
     if size is None and len(sizes) > 1:
-        size = (int(np.median([h.height for h in headers])),
-                int(np.median([h.width for h in headers])))
+        size = (int(np.median([h.height for h in train_headers])),
+                int(np.median([h.width for h in train_headers])))
         heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
-        notes.append(f"the images come in {len(sizes)} sizes (W from {min(widths)} to "
-                     f"{max(widths)}, H from {min(heights)} to {max(heights)}): resized to "
-                     f"{size[1]}x{size[0]} (W x H), the median of each side (bilinear); "
-                     f"--image-size HxW chooses another")
-    elif size is not None and any((h.height, h.width) != tuple(size) for h in headers):
+        which = "training images" if len(scans) > 1 else "images"
+        notes.append(f"the {which} come in {len(sizes)} sizes (W from "
+                     f"{min(widths)} to {max(widths)}, H from {min(heights)} to "
+                     f"{max(heights)}): resized to {size[1]}x{size[0]} (W x H), the median "
+                     f"of each side (bilinear); --image-size HxW chooses another")
+    elif any((h.height, h.width) != tuple(size or sizes[0]) for h in headers):
+        size = size or sizes[0]
         notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
     side = max(size or sizes[0])
     if image_size is None and side > AUTO_MAX_SIDE:
@@ -297,7 +304,7 @@ def _load_folders(path, parts, image_size, channels, check_classes):
                      f"on a CPU; choose another size with --image-size")
     gray = sum(h.mode in GRAY_MODES for h in headers)
     if channels is None:
-        channels = 1 if gray == len(headers) else 3
+        channels = 1 if all(h.mode in GRAY_MODES for h in train_headers) else 3
     if 0 < gray < len(headers) or gray == len(headers) and channels == 3:
         notes.append(f"{gray} of the {len(headers)} images are grayscale: all are read "
                      f"as {'RGB' if channels == 3 else 'grayscale'}")

@@ -1025,6 +1025,25 @@ def test_transparent_pixels_are_read_over_white(tmp_path):
     assert header.alpha and np.array_equal(arr, rgba[..., :3])   # opaque: unchanged
 
 
+def test_a_sixteen_bit_transparent_value_is_read_over_white(tmp_path):
+    """A 16-bit gray PNG's tRNS value had been dropped in the conversion to 8 bits, while
+    the header said "transparent pixels over white"."""
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.array([[0, 257, 32768, 65535]], dtype=np.uint16)).save(
+        tmp_path / "a" / "t.png", transparency=257)
+    arr, header = decode_image(tmp_path / "a" / "t.png", "L")
+    assert header.alpha and arr.ravel().tolist() == [0, 255, 128, 255]
+
+
+def test_an_image_that_cannot_be_converted_is_named(tmp_path):
+    """Pillow's conversion errors had come out with no file named."""
+    (tmp_path / "a").mkdir()
+    Image.new("LAB", (4, 4)).save(tmp_path / "a" / "lab.tif")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "a" / "lab.tif")) +
+                       ": cannot read the image as L: ValueError: conversion from LAB"):
+        decode_image(tmp_path / "a" / "lab.tif", "L")
+
+
 def test_a_folder_says_what_reading_its_images_did(tmp_path):
     """EXIF orientation, transparency and frames are said once for the data set."""
     for i in range(10):

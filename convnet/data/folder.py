@@ -221,13 +221,19 @@ def read_headers(paths):
 
 
 def _eight_bit(Image, im, path):
-    """A 16-bit grayscale image as 8-bit "L", scaled v * 255 / 65535 (Pillow would clip)."""
+    """A 16-bit grayscale image as 8-bit "L", scaled v * 255 / 65535 (Pillow would clip);
+    as "LA" where the file names a transparent value (a PNG's tRNS), transparent where
+    the 16-bit value is that one."""
     arr = np.asarray(im)
     if arr.size and (arr.min() < 0 or arr.max() > 65535):
         raise ValueError(f"{path}: {im.mode} image with values outside 0..65535 "
                          f"({arr.min()}..{arr.max()}); save it as 8 or 16 bits")
-    scaled = (arr.astype(np.uint32) * 255 + 32767) // 65535
-    return Image.fromarray(scaled.astype(np.uint8))
+    scaled = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    clear = im.info.get("transparency")
+    if isinstance(clear, int):
+        alpha = np.where(arr == clear, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([scaled, alpha], axis=-1), mode="LA")
+    return Image.fromarray(scaled)
 
 
 def decode_image(path, mode, size=None):
@@ -257,16 +263,23 @@ def _decode(Image, path, mode, size, im=None, header=None):
     if im.mode == "F":
         raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
                          "16 bits per channel")
-    if header.orientation != 1:
-        from PIL import ImageOps
-        im = ImageOps.exif_transpose(im)
     if im.mode in SIXTEEN_BIT:
         im = _eight_bit(Image, im, path)
-    if header.alpha:
-        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-    im = im.convert(mode)
-    if size is not None and im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    try:
+        if header.orientation != 1:
+            from PIL import ImageOps
+            im = ImageOps.exif_transpose(im)
+        if header.alpha:
+            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"),
+                                       im.convert("RGBA"))
+        im = im.convert(mode)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    except MemoryError:
+        raise
+    except Exception as err:    # Pillow's conversions raise ValueError, OSError ...
+        raise ValueError(f"{path}: cannot read the image as {mode}: "
+                         f"{type(err).__name__}: {err}") from None
     arr = np.asarray(im, dtype=np.uint8)
     return arr if arr.ndim == 3 else arr[:, :, None]             # (H, W, C)
 

@@ -1122,6 +1122,31 @@ def test_class_names_typed_on_one_system_and_copied_from_another_match(tmp_path)
     assert splits.classes == ["café", "thé"] and len(splits.test[1]) == 6
 
 
+def test_eval_matches_class_names_and_file_order_in_either_unicode_form(tmp_path):
+    """A model trained on a Mac's folder (decomposed names) had refused the same folder
+    copied to Linux ("trained on ['café', 'thé'] but ... has ['café', 'thé']"), and the
+    files of a class sorted by their bytes could come in another order, and so another
+    held-out split, in the other form."""
+    import unicodedata
+
+    from convnet.models import from_notation
+    from convnet.train.inference import evaluation_data
+    for form in ("NFC", "NFD"):
+        for name in ("café", "thé"):
+            for i, first in enumerate("éeëfàaçcÉEbd"):
+                save_image(tmp_path / form / unicodedata.normalize(form, name) /
+                           f"{unicodedata.normalize(form, first)}{i}.png",
+                           np.full((4, 4), 10 * i, np.uint8))
+    model = from_notation("INPUT 4x4x1 -> FC 2")
+    model.info = {"classes": [unicodedata.normalize("NFD", c) for c in ("café", "thé")]}
+    x_nfc = evaluation_data(model, tmp_path / "NFC")[0]
+    x_nfd = evaluation_data(model, tmp_path / "NFD")[0]
+    np.testing.assert_array_equal(x_nfc, x_nfd)
+    files = [load_image_folder(tmp_path / form)[0][:, 0, 0, 0].tolist()
+             for form in ("NFC", "NFD")]
+    assert files[0] == files[1]
+
+
 def test_test_images_identical_to_training_images_are_said(tmp_path):
     """A test/ folder holding copies of training images measures nothing new; nor does a
     photo saved twice in one folder whose split puts one copy on each side."""

@@ -87,7 +87,7 @@ def _class_folders(root):
     if not root.is_dir():
         raise ValueError(f"load_image_folder: root must be a directory, got {str(root)!r}")
     folders = sorted((p for p in root.iterdir() if p.is_dir() and not skipped(p.name, True)),
-                     key=lambda p: _nfc(p.name))   # one order for both Unicode forms
+                     key=lambda p: nfc(p.name))   # one order for both Unicode forms
     if not folders:
         raise ValueError(f"{root}: no class sub-folders: expected root/<class>/<image files>")
     limits.check_count(len(folders), "MAX_CLASSES", "class folders", root)
@@ -123,7 +123,7 @@ def _image_files(folder):
         limits.check_count(len(files), "MAX_FILES", "files in the class folder", folder)
     if not files:
         raise ValueError(f"{folder}: class folder holds no image files")
-    return sorted(files, key=lambda p: p.relative_to(folder).parts)
+    return sorted(files, key=lambda p: [nfc(part) for part in p.relative_to(folder).parts])
 
 
 def _image_extensions():
@@ -318,11 +318,11 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     Image = _pillow()
     files, names = scan_image_folder(root)
     if classes is not None:        # the training classes, in their order
-        index = {_nfc(name): k for k, name in enumerate(classes)}
-        if sorted(index) != sorted(_nfc(n) for n in names) or len(index) != len(names):
+        index = {nfc(name): k for k, name in enumerate(classes)}
+        if sorted(index) != sorted(nfc(n) for n in names) or len(index) != len(names):
             raise ValueError(f"{root}: class folders {names} differ from the training "
                              f"classes {list(classes)}")
-        files = [(path, index[_nfc(names[k])]) for path, k in files]
+        files = [(path, index[nfc(names[k])]) for path, k in files]
         names = list(classes)
     mode, channels = ("L", 1) if grayscale else ("RGB", 3)
     x, first, errors = None, None, []
@@ -352,7 +352,7 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     return x, y, names
 
 
-def _nfc(name):
+def nfc(name):
     """A folder name in Unicode's composed form: "café" typed on one system and copied
     from another (decomposed, as macOS stores names) compare equal."""
     return unicodedata.normalize("NFC", str(name))

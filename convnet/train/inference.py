@@ -77,6 +77,7 @@ def evaluation_data(model, data, root=None, where="the model"):
     an error.
     """
     from convnet.data import load_dataset
+    from convnet.data.folder import nfc
     from convnet.data.transforms import Normalize, to_float
 
     info = getattr(model, "info", None) or {}
@@ -87,7 +88,8 @@ def evaluation_data(model, data, root=None, where="the model"):
         if len(classes) != outputs:
             raise ValueError(f"{where} has {outputs} outputs but {data} has {len(classes)} "
                              f"classes")
-        if info.get("classes") and info["classes"] != classes:
+        if info.get("classes") and [nfc(n) for n in info["classes"]] != [
+                nfc(n) for n in classes]:     # a folder copied from a Mac: NFD names
             raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} "
                              f"but {data} has {classes!r:.200}")
     splits = load_dataset(data, root=root, image_size=(h, w), channels=c,

@@ -1390,6 +1390,26 @@ def test_random_crop_covers_all_offsets_and_checks_args():
         random_crop(x[0], 1, np.random.default_rng(0))
 
 
+def test_random_crop_fills_each_channel_as_asked():
+    """fill: a number or one per channel, as torchvision's RandomCrop(fill=)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((30, 3, 4, 5)).astype(np.float32)
+    fill = np.array([-1.5, 2.0, 0.25])
+    out = random_crop(x, 2, np.random.default_rng(9), fill=fill)
+    draw = np.random.default_rng(9)
+    dy, dx = draw.integers(0, 5, size=30), draw.integers(0, 5, size=30)
+    xp = np.stack([np.pad(x[:, ch], ((0, 0), (2, 2), (2, 2)), constant_values=fill[ch])
+                   for ch in range(3)], axis=1)
+    np.testing.assert_array_equal(out, crop_reference(xp, (0, 0), dy, dx, 4, 5))
+    assert (out == np.float32(-1.5)).any() and out.dtype == np.float32
+    scalar = random_crop(x, 2, np.random.default_rng(9), fill=7)
+    np.testing.assert_array_equal(scalar == 7, crop_reference(np.ones_like(x), (2, 2), dy, dx,
+                                                               4, 5) == 0)
+    with pytest.raises(ValueError, match=r"fill must be a number or one per channel \(3\), "
+                       r"got shape \(2,\)"):
+        random_crop(x, 1, rng, fill=[1, 2])
+
+
 def test_random_flip():
     rng = np.random.default_rng(15)
     x = rng.integers(0, 256, size=(300, 2, 3, 4), dtype=np.uint8)

@@ -253,3 +253,24 @@ def test_fine_tuning_freezes_stages_and_replaces_the_head(tmp_path, capsys):
     name = replace_head(model, 3, np.random.default_rng(0))
     assert name == "4" and model.output_shape(model.input_shape) == (3,)
     assert model["4"].name == "4" and not model["4"].frozen
+
+
+def test_shifts_pad_with_what_a_zero_pixel_became(tmp_path, monkeypatch):
+    """The data is normalized before a batch is shifted, so the shift pads with the
+    normalized value of a 0 pixel (torchvision pads the pixels, then normalizes): a 0
+    would be the data set's mean grey, a stripe no test image has."""
+    from convnet.train import loop
+    seen = []
+    real_crop = loop.random_crop
+
+    def crop(x, padding, rng, **kwargs):
+        seen.append(np.asarray(kwargs.get("fill", 0)))
+        return real_crop(x, padding, rng, **kwargs)
+    monkeypatch.setattr(loop, "random_crop", crop)
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, limit=64, out=str(tmp_path)),
+          log=lambda *a: None)
+    model_info = json.loads((tmp_path / "model.json").read_text())["info"]
+    (mean,), (std,) = model_info["mean"], model_info["std"]
+    assert seen and mean > 0.1
+    for fill in seen:
+        np.testing.assert_allclose(fill, [-mean / std], rtol=1e-6)

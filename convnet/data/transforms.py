@@ -89,6 +89,13 @@ class Normalize:
         return ((x - self.mean.astype(x.dtype).reshape(shape))
                 / self.std.astype(x.dtype).reshape(shape))
 
+    def zero(self, dtype=np.float64):
+        """The normalized value of a 0 pixel, per channel (C,): what a shift's zero padding
+        must hold once the data is normalized (torchvision pads before Normalize)."""
+        if self.mean is None:
+            raise ValueError("Normalize: no statistics yet: call fit(x_train) first")
+        return (-self.mean / self.std).astype(dtype)
+
     def _check(self, x, channels):
         _check_nchw(x, "Normalize")
         if not np.issubdtype(x.dtype, np.floating):
@@ -111,7 +118,7 @@ class Normalize:
                 f"std={np.round(self.std, 4).tolist()})")
 
 
-def random_crop(x, padding, rng, size=None):
+def random_crop(x, padding, rng, size=None, fill=0):
     """Zero-pad by P on each side, then cut one random (OH, OW) window out of each sample.
 
     Args:
@@ -119,6 +126,9 @@ def random_crop(x, padding, rng, size=None):
         padding: P, an int or a (PH, PW) pair (CIFAR's usual choice: 4).
         rng: np.random.Generator; draws N offsets per axis, uniform in [0, H + 2P - OH].
         size: (OH, OW) of the crops, default (H, W), the input size.
+        fill: the padding's value, a number or one per channel (C,), as torchvision's
+            RandomCrop(fill=); on normalized data, ``Normalize.zero()`` pads with what a
+            0 pixel became.
 
     Returns (N, C, OH, OW), a new array. All samples at once: a strided view of every
     window, indexed with the per-sample offsets.
@@ -133,7 +143,11 @@ def random_crop(x, padding, rng, size=None):
     if oh > h + 2 * ph or ow > w + 2 * pw:
         raise ValueError(f"random_crop: size ({oh}, {ow}) is larger than the padded input "
                          f"({h + 2 * ph}, {w + 2 * pw})")
-    xp = pad(x, (ph, pw))                                            # (N, C, H+2P, W+2P)
+    fill = np.asarray(fill, dtype=x.dtype)
+    if fill.ndim > 1 or fill.size not in (1, x.shape[1]):
+        raise ValueError(f"random_crop: fill must be a number or one per channel "
+                         f"({x.shape[1]}), got shape {fill.shape}")
+    xp = pad(x, (ph, pw), value=fill.reshape(-1, 1, 1))              # (N, C, H+2P, W+2P)
     win = sliding_window_view(xp, (oh, ow), axis=(2, 3))             # (N, C, DY, DX, OH, OW)
     dy = rng.integers(0, h + 2 * ph - oh + 1, size=n)                # (N,)
     dx = rng.integers(0, w + 2 * pw - ow + 1, size=n)                # (N,)

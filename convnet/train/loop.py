@@ -553,6 +553,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                  f"{'x'.join(map(str, input_shape))})")
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
+    zero_pixel = norm.zero(dtype)            # what a shift pads with: a normalized 0 pixel
     if not batch_given:   # the default batch, on a data set smaller than it
         cfg.batch_size = min(cfg.batch_size, len(x_train))
 
@@ -699,7 +700,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         shown = bar(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}")
         while batch < batches_per_epoch:
             idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-            xb, yb = _batch(x_train, y_train, idx, comm.share(len(idx)), cfg, epoch_rng)
+            xb, yb = _batch(x_train, y_train, idx, comm.share(len(idx)), cfg, epoch_rng,
+                            zero_pixel)
             data_seconds += time.perf_counter() - tick
             with np.errstate(all="ignore"):  # a non-finite loss is reported just below
                 scores = model.forward(xb)
@@ -784,17 +786,18 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                        out / "best.json", seconds)
 
 
-def _batch(x, y, idx, part, cfg, rng):
+def _batch(x, y, idx, part, cfg, rng, fill=0):
     """This rank's share (``part``) of the batch of images ``idx``, augmented as cfg says:
-    random shifts of up to cfg.translate pixels (zero padding; H/8 when None) and, with
-    cfg.flip, mirror images. Every rank draws the whole batch's numbers, so that the
-    ranks' generators stay in step. Only the batch is copied, never the data set."""
+    random shifts of up to cfg.translate pixels (H/8 when None), padded with fill (per
+    channel: the normalized value of a 0 pixel) and, with cfg.flip, mirror images. Every
+    rank draws the whole batch's numbers, so that the ranks' generators stay in step.
+    Only the batch is copied, never the data set."""
     if not cfg.augment:
         return x[idx[part]], y[idx[part]]
     xb = x[idx]
     shift = cfg.translate if cfg.translate is not None else max(1, xb.shape[2] // 8)
     if shift:
-        xb = random_crop(xb, shift, rng)
+        xb = random_crop(xb, shift, rng, fill=fill)
     if cfg.flip:
         xb = random_flip(xb, rng)
     return xb[part], y[idx[part]]

@@ -1649,6 +1649,9 @@ def test_load_dataset_directories(tmp_path):
     data = load_dataset(tmp_path / "my-fashion")
     np.testing.assert_array_equal(data.test[1], idx["test"][1])
     assert data.classes == list(FASHION_MNIST_CLASSES) and data.name == "my-fashion"
+    make_idx_dir(tmp_path / "FashionMNIST" / "raw", rng, gz=False)    # torchvision's layout
+    data = load_dataset(tmp_path / "FashionMNIST" / "raw")
+    assert data.classes == list(FASHION_MNIST_CLASSES) and data.name == "FashionMNIST"
     write_cifar(tmp_path / "c10" / "cifar-10-batches-py", 10, "python", rng)
     assert load_dataset(str(tmp_path / "c10")).num_classes == 10
     for split in ("train", "test"):

@@ -223,9 +223,11 @@ def split_of(name):
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
     if find_idx_dir([path]) is not None:
-        if "fashion" in path.name.lower():
+        # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
+        named = path.parent if path.name.lower() in ("raw", "processed") else path
+        if "fashion" in named.name.lower():
             return _splits({**load_idx_splits(path), "classes": list(FASHION_MNIST_CLASSES)},
-                           path.name)
+                           named.name)
         # IDX files name no classes: MNIST's digits, or as many labels as the files use
         # (EMNIST's letters: 26, labels are bytes).
         splits = load_idx_splits(path, num_classes=256)

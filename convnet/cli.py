@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -728,8 +729,13 @@ def _resume_hint(interrupt):
         return ""
     if not (Path(out) / "checkpoint.safetensors").is_file():
         return f"; {out} has no checkpoint yet (one is written after each epoch)"
-    return (f"; continue the run with: convnet train --resume --out {out} (from its last "
-            f"checkpoint: after each epoch, and every --checkpoint-every batches)")
+    from convnet.train.distributed import launch_size
+    size = launch_size()         # under mpiexec: resume on as many processes, bit for bit
+    launcher = ("" if size in (0, 1) else "mpiexec -n N " if size is None else
+                f"mpiexec -n {size} ")
+    return (f"; continue the run with: {launcher}convnet train --resume --out "
+            f"{shlex.quote(str(out))} (from its last checkpoint: after each epoch, and every "
+            f"--checkpoint-every batches)")
 
 
 def _stop(args, err, text):

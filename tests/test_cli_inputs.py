@@ -574,6 +574,24 @@ def test_an_interrupted_run_says_how_to_continue(tmp_path, capsys, monkeypatch):
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0
 
 
+def test_the_resume_hint_keeps_mpiexec_and_quotes_the_folder(tmp_path, monkeypatch):
+    """Under mpiexec the hint had said plain "convnet train --resume", which continues on
+    one process (not bit for bit); a folder with a space had come out unquoted."""
+    from convnet.cli import _resume_hint
+    out = tmp_path / "my run"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"")
+    interrupt = KeyboardInterrupt()
+    interrupt.run_directory = out
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_RANK",
+                 "PMIX_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert f"with: convnet train --resume --out '{out}' (" in _resume_hint(interrupt)
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert f"with: mpiexec -n 4 convnet train --resume --out '{out}' (" in _resume_hint(
+        interrupt)
+
+
 def test_a_file_is_not_written_into_a_folder_that_does_not_exist(tmp_path, capsys):
     """convert, report and show write into an existing folder only: a typo in the path
     had become a tree of new folders (convert had made /nonexistent/dir at the root)."""

@@ -41,6 +41,15 @@ def check_count(value, cap_name, what, where):
     return value
 
 
+def cores():
+    """The cores this process may run on: its CPU affinity (a cpuset, taskset, an MPI
+    launcher's binding), where the OS tells it; else the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def machine_memory():
     """The machine's physical memory in bytes, or None where the OS does not say."""
     try:

@@ -512,13 +512,24 @@ def test_the_first_line_hints_at_what_oversubscribes_the_cores(monkeypatch, loca
 
     class Ranks(Communicator):
         size, local_size, kind = local, local, "MPI: test"
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)           # the machine's cores, and
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5})   # the ones it may use
     monkeypatch.setattr(threads_module, "THREADS", threads)
     monkeypatch.setattr(distributed, "_blas_threads", lambda: blas)
     line = distributed.describe(Ranks())
     assert line.startswith(f"running on {local} processes (MPI: test)"), line
     assert (hint is None and ";" not in line) or line.endswith(f"; {hint}") or \
         line.endswith(f"; {hint} (docs/distributed.md)"), line
+
+
+def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
+    """taskset, a cpuset or mpiexec's binding: os.cpu_count() had counted the machine's."""
+    from convnet import limits
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {7})
+    assert limits.cores() == 1
+    monkeypatch.delattr(os, "sched_getaffinity")            # macOS, Windows
+    assert limits.cores() == 64
 
 
 def test_the_plain_communicator_is_the_identity():

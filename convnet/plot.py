@@ -3,56 +3,96 @@
 - ``plot_history``: the training curve, loss and accuracy per epoch.
 - ``plot_filters``: the first CONV layer's filters as an image grid, as in the notes'
   picture of AlexNet's 96 first-layer filters (each filter min-max scaled to [0, 1]).
+- ``plot_activations``: every stage's activation maps for one image (``stages``: which
+  stages, the report's too).
+- ``plot_reuse``: the DenseNet paper's feature-reuse map.
+
+Each picture is drawn on its own matplotlib ``Figure`` with the Agg canvas, never
+through pyplot: the backend a user chose (a notebook's inline one) stays as it was.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
+MIN_STAGES = 6          # fewer top-level stages: open the Sequential ones (see stages)
+TITLE_POINTS = 8        # font size of a filter grid's title
+CHAR_EMS = 0.65         # a title character's width in ems, on the wide side (to wrap it)
 
-def _pyplot():
+
+def _figure(**kwargs):
+    """A matplotlib Figure (kwargs: Figure's) on an Agg canvas, made without pyplot, so
+    the process's backend is not switched; an ImportError says how to get matplotlib."""
     try:
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("pictures need matplotlib: pip install 'convnet[plot]'") from None
-    matplotlib.use("Agg")  # files only, no screen needed
-    import matplotlib.pyplot as plt
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def plot_history(history, path):
-    """Write loss and accuracy per epoch (training and validation) as a PNG; returns path."""
-    plt = _pyplot()
+def history_figure(history, label_smoothing=0.0):
+    """The training curve as a Figure: loss and accuracy per epoch (whole-epoch ticks),
+    training and validation.
+
+    label_smoothing: the run's. Its training loss is the cross-entropy against the
+    smoothed targets, its validation loss the plain one; when not 0 the training curve's
+    legend says so.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [h["loss"] for h in history], "o-", label="train")
+    train = f"train (label smoothing {label_smoothing:g})" if label_smoothing else "train"
+    fig = _figure(figsize=(9, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [h["loss"] for h in history], "o-", label=train)
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [h["acc"] for h in history], "o-", label="train")
     ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_history(history, path, label_smoothing=0.0):
+    """Write loss and accuracy per epoch (training and validation) as a PNG; returns path.
+    label_smoothing: the run's, named in the legend (see ``history_figure``)."""
+    history_figure(history, label_smoothing).savefig(path, dpi=100)
     return Path(path)
+
+
+def unit_range(x, axis):
+    """x scaled to [0, 1] over ``axis`` (a tuple) by its finite min..max, without a
+    warning: a constant slice is all 0, and so are NaN and infinite values."""
+    finite = np.isfinite(x)
+    low = np.where(finite, x, np.inf).min(axis=axis, keepdims=True)
+    high = np.where(finite, x, -np.inf).max(axis=axis, keepdims=True)
+    low = np.where(np.isfinite(low), low, 0)                  # no finite value at all
+    with np.errstate(over="ignore", invalid="ignore"):        # spans past the float max
+        span = high - low
+        scaled = (np.where(finite, x, low) - low) / np.where(span > 0, span, np.inf)
+    return np.nan_to_num(scaled, nan=0.0)
 
 
 def filter_grid(weight, pad=1):
     """(K, C, FH, FW) filters -> one (rows, cols[, 3]) image, each filter scaled to [0, 1].
 
-    Filters with 3 input channels are shown in colour, others by their first channel.
+    Filters with 3 input channels are shown in colour, others by their first channel;
+    weights that are NaN or infinite are drawn as 0 (black).
     """
     k, c, fh, fw = weight.shape
-    w = weight[:, :3] if c == 3 else weight[:, :1]
-    low = w.min(axis=(1, 2, 3), keepdims=True)
-    high = w.max(axis=(1, 2, 3), keepdims=True)
-    w = (w - low) / np.where(high > low, high - low, 1)
+    w = unit_range(weight[:, :3] if c == 3 else weight[:, :1], axis=(1, 2, 3))
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
     grid = np.ones((rows * (fh + pad) + pad, cols * (fw + pad) + pad, w.shape[1]))
@@ -63,44 +103,99 @@ def filter_grid(weight, pad=1):
     return grid if grid.shape[2] == 3 else grid[:, :, 0]
 
 
+def first_filters(model):
+    """(name, weight (K, C, FH, FW), before) of the model's first layer with 4-D (CONV)
+    weights. before: the (name, type) of each weighted layer ahead of it, [] when it is
+    the model's first (a LocallyConnected2d, whose filters differ at every position, or
+    a Linear is not drawn as a filter grid). No CONV layer: a ValueError."""
+    before = []
+    for name, layer in model.named_layers():
+        weight = layer.params.get("weight")
+        if weight is None or weight.ndim < 2:             # no weights, or a BN's scale
+            continue
+        if weight.ndim == 4:
+            return name, weight, before
+        before.append((name, type(layer).__name__))
+    raise ValueError("the model has no CONV layer whose filters could be shown")
+
+
 def first_conv_weight(model):
     """The weight of the model's first layer with 4-D (CONV) weights."""
-    for _, layer in model.named_layers():
-        weight = layer.params.get("weight")
-        if weight is not None and weight.ndim == 4:
-            return weight
-    raise ValueError("the model has no CONV layer whose filters could be shown")
+    return first_filters(model)[1]
+
+
+def not_first_layer(name, before):
+    """"" when the filters of layer ``name`` are the first layer's (``before`` empty, as
+    first_filters gives it); else a sentence saying they are not, and why."""
+    if not before:
+        return ""
+    first, kind = before[0]
+    return (f"the filters of layer {name}, not of the first layer: the first weighted "
+            f"layer, {first} ({kind}), is not a CONV layer")
+
+
+def filters_figure(model, scale=16, title=None):
+    """The first CONV layer's filters as a Figure: the grid, ``scale`` pixels a weight,
+    under the title (if any) and a line naming the layer when it is not the model's
+    first; the space above the grid fits the wrapped lines."""
+    name, weight, before = first_filters(model)
+    grid = filter_grid(weight)
+    height, width = grid.shape[:2]
+    fig_w, fig_h = width * scale / 100, height * scale / 100
+    texts = [text for text in (title, not_first_layer(name, before)) if text]
+    if texts:
+        fig_w = max(fig_w, 4.0)
+    chars = max(1, int(fig_w * 72 / (TITLE_POINTS * CHAR_EMS)))    # per line, at 72 pt/in
+    lines = [line for text in texts for line in textwrap.wrap(text, chars)]
+    line_h = 1.2 * TITLE_POINTS / 72                     # inches: matplotlib's spacing
+    top = len(lines) * line_h + 0.15 if lines else 0.0   # and 0.05 in above, 0.1 below
+    fig = _figure(figsize=(fig_w, fig_h + top), dpi=100)
+    ax = fig.add_axes((0, 0, 1, fig_h / (fig_h + top)))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
+    ax.axis("off")
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=TITLE_POINTS, y=1 - 0.05 / (fig_h + top),
+                     va="top")
+    return fig
 
 
 def plot_filters(model, path, scale=16, title=None):
     """Write the first CONV layer's filters as an image grid (PNG); returns path.
 
     title: a line above the grid (the CLI says there when the weights are untrained).
+    A first weighted layer that is not a CONV layer (LocallyConnected2d) is skipped and
+    the picture says which layer it shows instead (``filters_figure``).
     """
-    plt = _pyplot()
-    grid = filter_grid(first_conv_weight(model))
-    height, width = grid.shape[:2]
-    fig_w, fig_h = width * scale / 100, height * scale / 100
-    top = 0.0
-    if title:
-        fig_w, top = max(fig_w, 4.0), 0.4                  # inches for the title line
-    fig = plt.figure(figsize=(fig_w, fig_h + top), dpi=100)
-    ax = fig.add_axes([0, 0, 1, fig_h / (fig_h + top)])
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
-    ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=8, y=1 - 0.05 / (fig_h + top), va="top", wrap=True)
-    fig.savefig(path)
-    plt.close(fig)
+    filters_figure(model, scale, title).savefig(path, dpi=100)
     return Path(path)
 
 
+def stages(model):
+    """The stages whose activations are drawn, [(name, layer)]: the model's top-level
+    children; where there are fewer than MIN_STAGES, each plain Sequential among them is
+    opened one level (the features of LeNet-5, AlexNet, VGG). A lone layer is one stage."""
+    from convnet.models.containers import Container, Sequential
+
+    if not isinstance(model, Container):
+        return [(type(model).__name__, model)]
+    top = model.children()
+    if len(top) >= MIN_STAGES:
+        return top
+    out = []
+    for key, child in top:
+        if type(child) is Sequential:
+            out += [(f"{key}.{k}", c) for k, c in child.children()]
+        else:
+            out.append((key, child))
+    return out
+
+
 def stage_activations(model, x):
-    """[(stage name, activation (C, H, W))] for one image x (1, C, H, W), per top-level
-    stage of a Sequential model (each child; volumes only), in eval mode."""
+    """[(stage name, activation (C, H, W))] for one image x (1, C, H, W), per stage as
+    ``stages`` picks them (volumes only), in eval mode."""
     model.eval()
     out = []
-    for name, stage in model.children():
+    for name, stage in stages(model):
         x = stage.infer(x)
         if x.ndim == 4:
             out.append((name, x[0].copy()))   # the next stage may ReLU in place
@@ -111,14 +206,13 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     """Write each stage's activation maps for one image: one row of up to max_maps
     channels per stage, each map min-max scaled (maps of one value, as after global
     average pooling, on the stage's common scale); returns path. title: a line on top."""
-    plt = _pyplot()
-    stages = stage_activations(model, x)
-    if not stages:
+    maps = stage_activations(model, x)
+    if not maps:
         raise ValueError("the model has no stage with a volume output to show")
-    cols = min(max_maps, max(a.shape[0] for _, a in stages))
-    fig, axes = plt.subplots(len(stages), cols, squeeze=False,
-                             figsize=(cols * 0.4 * scale, len(stages) * 0.45 * scale))
-    for row, (name, act) in enumerate(stages):
+    cols = min(max_maps, max(a.shape[0] for _, a in maps))
+    fig = _figure(figsize=(cols * 0.4 * scale, len(maps) * 0.45 * scale))
+    axes = fig.subplots(len(maps), cols, squeeze=False)
+    for row, (name, act) in enumerate(maps):
         single = act.shape[1] * act.shape[2] == 1     # one value a map: compare channels
         common = dict(vmin=act.min(), vmax=act.max()) if single else {}
         for col in range(cols):
@@ -131,7 +225,6 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -179,10 +272,9 @@ def _named_containers(model, prefix=""):
 def plot_reuse(model, path, title=None):
     """Write the feature-reuse heat maps (one per dense block) as a PNG; returns path.
     title: a line above the maps."""
-    plt = _pyplot()
     maps = feature_reuse(model)
-    fig, axes = plt.subplots(1, len(maps), squeeze=False, figsize=(4 * len(maps) + 1, 3.6),
-                             layout="constrained")
+    fig = _figure(figsize=(4 * len(maps) + 1, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False)
     for ax, (name, matrix) in zip(axes[0], maps):
         size = len(matrix)
         scaled = matrix / np.nanmax(matrix)  # as in the paper: relative to the block's max
@@ -193,5 +285,4 @@ def plot_reuse(model, path, title=None):
     if title:
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

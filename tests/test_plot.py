@@ -124,3 +124,131 @@ def test_maps_of_one_value_share_the_volumes_scale():
     assert len(gap) == 8 and len({(lo, hi) for _, lo, hi in gap}) == 1
     assert gap[0][1] is not None and gap[0][1] < gap[0][2]
     assert all(lo is None for shape, lo, _ in drawn if shape != (1, 1))
+
+
+def history(epochs):
+    return [{"epoch": e, "loss": 1 / e, "acc": 1 - 1 / (e + 1), "val_loss": 1.2 / e,
+             "val_acc": 1 - 1.2 / (e + 1)} for e in range(1, epochs + 1)]
+
+
+def test_a_label_smoothed_training_loss_is_labelled_as_such():
+    """With label smoothing the training loss is cross-entropy against smoothed targets,
+    not the validation loss's plain one: its legend says so."""
+    from convnet.plot import history_figure
+
+    def legend(fig):
+        return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+    assert legend(history_figure(history(3), label_smoothing=0.1)) == \
+        ["train (label smoothing 0.1)", "validation"]
+    assert legend(history_figure(history(3))) == ["train", "validation"]
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 12])
+def test_epoch_axes_have_whole_number_ticks(epochs):
+    """A 1-epoch run had ticks 0.96, 0.98, ... on its epoch axes."""
+    from convnet.plot import history_figure
+
+    fig = history_figure(history(epochs))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == int(t) for t in ticks), ticks
+
+
+def test_a_long_title_is_kept_above_the_filter_grid(tmp_path):
+    """A title that wraps to several lines had 0.4 inches and covered the grid: the
+    space above the grid now fits its lines, and the grid is drawn as without a title."""
+    from convnet.plot import filters_figure
+
+    model = Sequential(Conv2d(3, 96, 11, stride=4), Linear(4, 2))
+    title = "INPUT 224x224x3 -> " + " -> ".join(["[CONV 64 -> RELU]*2 -> POOL"] * 12) + \
+        ": untrained (random initial weights, nothing learned)"
+    plot_filters(model, tmp_path / "plain.png", scale=4)
+    plot_filters(model, tmp_path / "titled.png", scale=4, title=title)
+    plain = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB"))
+    titled = np.asarray(Image.open(tmp_path / "titled.png").convert("RGB"))
+    assert plain.shape[1] == titled.shape[1] and titled.shape[0] > plain.shape[0] + 50
+    assert np.array_equal(titled[-plain.shape[0]:], plain)   # no title pixel on the grid
+    fig = filters_figure(model, scale=4, title=title)
+    renderer = fig.canvas.get_renderer()
+    text = fig.get_suptitle()
+    assert text.count("\n") >= 3                               # wrapped to several lines
+    box = fig._suptitle.get_window_extent(renderer)
+    grid = fig.axes[0].get_window_extent(renderer)
+    assert box.y0 >= grid.y1 and box.y1 <= fig.bbox.y1
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1               # no line cut at the sides
+
+
+def test_filters_of_a_layer_after_a_locally_connected_one_say_which_layer():
+    """The first weighted layer is LocallyConnected2d (no filter grid): the CONV layer
+    after it is drawn, and the picture names it and says it is not the first layer."""
+    from convnet.models import from_notation
+    from convnet.plot import filters_figure, first_filters
+
+    net = from_notation("INPUT 12x12x1 -> LC 4 -> RELU -> CONV 6 -> RELU -> FC 10",
+                        rng=np.random.default_rng(0))
+    name, weight, before = first_filters(net)
+    assert (name, weight.shape, before) == ("2", (6, 4, 3, 3), [("0", "LocallyConnected2d")])
+    title = " ".join(filters_figure(net).get_suptitle().split())
+    assert ("the filters of layer 2, not of the first layer: the first weighted layer, 0 "
+            "(LocallyConnected2d), is not a CONV layer") in title
+    plain = Sequential(Conv2d(1, 4, 3), Linear(4, 2))
+    assert first_filters(plain)[2] == [] and filters_figure(plain).get_suptitle() == ""
+
+
+def test_show_activations_opens_a_features_stage_as_the_report_does():
+    """LeNet-5's children are features, flatten, classifier: `show activations` had
+    drawn one row (features' output); it now draws the stages the report draws."""
+    from convnet.plot import stage_activations, stages
+    from convnet.report import build
+    from convnet.zoo import get_model
+
+    assert build._stages is stages                       # one rule, not two
+    net = get_model("lenet5")
+    x = np.random.default_rng(0).standard_normal((1, *net.input_shape))
+    names = [name for name, _ in stage_activations(net, x)]
+    assert names == ["features.0", "features.1", "features.2", "features.3", "features.4",
+                     "features.5"]
+
+
+def test_filter_grid_draws_weights_that_are_not_finite_black_without_a_warning():
+    import warnings
+
+    w = np.random.default_rng(0).standard_normal((3, 1, 3, 3))
+    w[0, 0, 0, 0], w[1, 0, 1, 1], w[2] = np.nan, np.inf, np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = filter_grid(w)
+    assert np.isfinite(grid).all() and grid.min() == 0 and grid.max() == 1
+    assert grid[1, 1] == 0 and grid[1 + 4 + 1, 1 + 1] == 0          # NaN, inf: black
+    assert (grid[1:4, 9:12] == 0).all()                              # all NaN: black
+
+
+def test_pictures_leave_the_users_matplotlib_backend_alone(tmp_path):
+    """Every picture had called matplotlib.use("Agg"), switching a notebook's backend
+    for the whole process; they now draw on their own Agg canvas."""
+    import matplotlib
+
+    from convnet.layers import BatchNorm2d, ReLU
+    from convnet.models import DenseBlock
+    from convnet.plot import plot_activations, plot_reuse
+
+    block = DenseBlock({f"denselayer{i + 1}": Sequential({
+        "norm1": BatchNorm2d(3 + i * 2), "relu1": ReLU(),
+        "conv1": Conv2d(3 + i * 2, 2, 3, padding=1)}) for i in range(2)})
+    net = Sequential({"conv": Conv2d(1, 3, 3, padding=1), "block": block})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_history(history(2), tmp_path / "h.png")
+        plot_filters(net, tmp_path / "f.png", title="a title")
+        plot_activations(net, np.ones((1, 1, 6, 6)), tmp_path / "a.png")
+        plot_reuse(net, tmp_path / "r.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    for name in ("h", "f", "a", "r"):
+        with Image.open(tmp_path / f"{name}.png") as img:
+            assert img.format == "PNG"

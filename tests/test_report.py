@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from convnet.cli import main
-from convnet.report import SECTIONS, write_report
+from convnet.report import SECTIONS, build_report, run_config, write_report
 from convnet.spec import resolve_model
 from convnet.train.loop import TrainConfig, train
 
@@ -136,7 +136,12 @@ def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
     trained = browser.find_element("id", "trained")
     assert trained.get_attribute("data-trained") == "true"
     assert "Trained weights" in trained.text
-    check_summary_table(browser, summary_json(capsys, str(model)))
+    # the summary at the run's batch size and optimizer (the memory its training needed)
+    config = run_config(pages / "run")
+    settings = ["--batch", str(config["batch_size"]), "--optimizer", config["optimizer"]]
+    assert settings != ["--batch", "1", "--optimizer", "sgd"]       # not summary's defaults
+    check_summary_table(browser, summary_json(capsys, str(model), *settings))
+    assert f"convnet summary {' '.join(settings)}" in browser.find_element("id", "summary").text
 
     # accuracy, the confusion matrix with class names, the most confidently wrong images
     capsys.readouterr()
@@ -453,3 +458,101 @@ def test_the_training_summary_says_which_epoch_best_json_holds(pages, tmp_path):
     text = (tmp_path / "r.html").read_text()
     assert ("best validation accuracy 0.9000 at epoch 2. best.json holds epoch 3, the "
             "lowest validation loss (0.4000).") in text
+
+
+def test_a_label_smoothed_training_loss_is_named_and_its_gap_explained(
+        pages, monkeypatch):
+    """Digits trains with label smoothing 0.1: its training loss (against smoothed
+    targets) sat next to the plain validation loss as if the two were one measure."""
+    import convnet.plot as plot
+    seen = []
+    real = plot.plot_history
+
+    def spy(history, path, **kwargs):
+        seen.append(kwargs.get("label_smoothing"))
+        return real(history, path, **kwargs)
+    monkeypatch.setattr(plot, "plot_history", spy)
+    source = str(pages / "run" / "model.json")
+    assert run_config(pages / "run")["label_smoothing"] == 0.1    # the digits default
+    text = build_report(resolve_model(source), source=source)
+    assert seen == [0.1]                               # the curve's legend names it
+    assert "last: training loss (label smoothing 0.1) " in text
+    note = text.split('id="smoothing">', 1)[1].split("</p>", 1)[0]
+    assert "The two differ by the smoothing term" in note
+    assert "0.5003 for 10 classes" in note             # the smoothed targets' entropy
+
+
+def test_the_confusion_tables_name_column_keeps_a_readable_width(browser, tmp_path):
+    """100 classes with long names: `overflow-wrap: anywhere` had let the name column
+    shrink to the width of "predicted", a few letters a line."""
+    from convnet.report import build
+    from convnet.report.page import STYLE, document
+    rule = next(line for line in STYLE.splitlines() if "tbody th" in line)
+    assert "min-width: 10em" in rule
+    k = 100
+    classes = [f"class {i}: a long name of the kind that folders have" for i in range(k)]
+    result = {"accuracy": 1.0, "loss": 0.1, "confusion": np.eye(k, dtype=np.int64) * 5}
+    page = tmp_path / "c.html"
+    page.write_text(document("c", build._evaluation_section((result, classes, []), "d", True)))
+    open_page(browser, page)
+    width, em = browser.execute_script(
+        "const th = document.querySelector('#confusion tbody th');"
+        "return [th.getBoundingClientRect().width, parseFloat(getComputedStyle(th).fontSize)]")
+    assert width >= 10 * em, (width, em)
+
+
+def test_sample_images_past_max_samples_are_noted_with_the_real_reason(pages):
+    """Five images: the fifth was dropped "for the page's size cap", and only on the
+    page; the note names MAX_SAMPLES and goes to the log with the other notes."""
+    from convnet.report.build import MAX_SAMPLES
+    said = []
+    images = [str(pages / f"picture{i % 3}.png") for i in range(MAX_SAMPLES + 1)]
+    text = build_report(resolve_model(NET), source=NET, images=images, log=said.append)
+    line = (f"activations of the first {MAX_SAMPLES} of {MAX_SAMPLES + 1} images: the "
+            f"report draws at most {MAX_SAMPLES} (MAX_SAMPLES)")
+    assert line in said and line in text and "size cap" not in text
+    assert text.count('<details class="sample"') == MAX_SAMPLES
+
+
+def test_a_model_whose_outputs_are_not_finite_says_so():
+    """NaN weights: the page had shown an accuracy (argmax of NaN picks class 0),
+    "predicted 0 (nan)" captions, data-value="NaN" (JSON.parse refuses it) and a numpy
+    warning on stderr. It now says the outputs are not finite, and warns of nothing."""
+    import html
+    import re
+    import warnings
+
+    from convnet.report.page import data_value
+    model = resolve_model(NET)
+    for _, layer in model.named_layers():
+        if layer.params.get("weight") is not None and layer.params["weight"].ndim > 1:
+            layer.params["weight"][...] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = build_report(model, source="nan", data="digits")
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+    for value in re.findall(r'data-value="([^"]*)"', text):
+        json.loads(html.unescape(value), parse_constant=strict)
+    assert data_value(float("nan")) == ' data-value="null"'
+    evaluation = text.split('<section id="evaluation">', 1)[1]
+    assert '<b id="accuracy" data-value="null">not known</b>' in evaluation
+    assert re.search(r"outputs are not finite \(NaN or infinity\) for (\d+) of the \1 test "
+                     r"images", evaluation)
+    assert 'id="confusion"' not in evaluation and 'id="wrong"' not in evaluation
+    activations = text.split('<section id="activations">', 1)[1].split("</section>", 1)[0]
+    assert activations.count("predicted: nothing, the model&#x27;s outputs are not finite "
+                             "(NaN or infinity)") == 4
+    assert "predicted: 0" not in activations and "values not finite, drawn dark" in activations
+    assert "72 of the 72 weights are not finite (NaN or infinity), drawn black" in text
+
+
+def test_filters_after_a_locally_connected_first_layer_name_their_layer():
+    """The first weighted layer is LocallyConnected2d: the CONV layer after it was shown
+    as "First-layer filters"; the section now names the layer and says why."""
+    text = build_report(resolve_model("INPUT 12x12x1 -> LC 4 -> RELU -> CONV 6 -> FC 10"),
+                        source="lc")
+    filters = text.split('<section id="filters">', 1)[1].split("</section>", 1)[0]
+    assert "<h2>Filters of layer 2</h2>" in filters and "First-layer" not in filters
+    assert ("These are the filters of layer 2, not of the first layer: the first weighted "
+            "layer, 0 (LocallyConnected2d), is not a CONV layer.") in filters

@@ -13,7 +13,8 @@ style and the one small script are inline) shows, each in a section with a stabl
   as branches (``diagram``);
 - ``summary``: the numbers of ``convnet summary``, memory and receptive field included;
 - ``training``: the curves and the run's settings, from the model's run directory;
-- ``filters``: the first layer's filters (``plot.filter_grid``);
+- ``filters``: the first layer's filters (``plot.filter_grid``), or the first CONV
+  layer's, named, when the first weighted layer is not a CONV layer;
 - ``activations``: for a few sample images, the input and every stage's maps, all
   channels (``pictures.activation_grid``);
 - ``evaluation``: with a data set, accuracy, confusion matrix with class names, and the

@@ -24,9 +24,10 @@ import numpy as np
 
 import convnet
 from convnet import limits
-from convnet.analysis import counted, format_bytes, summary, volume
+from convnet.analysis import OPTIMIZER_MULTIPLIERS, counted, format_bytes, summary, volume
 from convnet.io.weights import atomic_write
-from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
+from convnet.models.containers import Concat, Container, DenseBlock, Residual
+from convnet.plot import stages as _stages
 from convnet.report.diagram import architecture_svg, legend_html
 from convnet.report.page import (
     data_value,
@@ -52,7 +53,6 @@ MAX_SAMPLES = 4                 # sample images whose activations are drawn, at 
 IMAGE_PIXELS = 2_000_000        # pixels of activation maps for one image, all stages
 PAGE_PIXELS = 5_000_000         # ... and for all sample images together
 STAGE_PIXELS = (16_384, 262_144)  # bounds on one stage's share for one image
-MIN_STAGES = 6                  # fewer top-level stages: open the Sequential ones
 MAX_WRONG = 8                   # most confidently wrong test images shown
 # Classes up to which the confusion matrix is a table of counts (K^2 cells of about 100
 # bytes each); above it, a picture of the shares and a table of the most confused pairs.
@@ -112,6 +112,45 @@ def checkpoint_state(path):
     return state
 
 
+def _run_summary_settings(config):
+    """summary's batch_size and optimizer as the run's config gives them ({} for what
+    it does not): the memory the run's training needed."""
+    if not isinstance(config, dict):
+        return {}
+    out = {}
+    batch, optimizer = config.get("batch_size"), config.get("optimizer")
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+        out["batch_size"] = batch
+    if isinstance(optimizer, str) and optimizer in OPTIMIZER_MULTIPLIERS:
+        out["optimizer"] = optimizer
+    return out
+
+
+def _label_smoothing(state):
+    """The run's label smoothing E from its checkpoint: 0.0 where the config predates
+    the option (as a resume reads it); None when there is no config or E is not a
+    number in [0, 1]."""
+    config = (state or {}).get("config")
+    if not isinstance(config, dict):
+        return None
+    e = config.get("label_smoothing", 0.0)
+    if isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1:
+        return float(e)
+    return None
+
+
+def smoothed_entropy(e, k):
+    """The entropy of label-smoothed targets, (1 - e) one_hot + e / k over k classes:
+    the least a training loss with label smoothing e can be (its cross-entropy with
+    any prediction is this plus a KL divergence >= 0).
+
+    >>> round(smoothed_entropy(0.1, 10), 4)
+    0.5003
+    """
+    high, low = 1 - e + e / k, e / k
+    return -high * math.log(high) - (k - 1) * low * math.log(low)
+
+
 def run_config(run_dir):
     """The training configuration (TrainConfig as a dict) in a run directory's
     checkpoint, or None when there is none."""
@@ -161,23 +200,6 @@ def _read_run(run_dir, note):
 
 
 # -- images, stages and activations -----------------------------------------------------
-def _stages(model):
-    """The stages drawn: the model's top-level children; where there are fewer than
-    MIN_STAGES, each plain Sequential among them is opened one level (VGG's features)."""
-    if not isinstance(model, Container):
-        return [(type(model).__name__, model)]
-    top = model.children()
-    if len(top) >= MIN_STAGES:
-        return top
-    out = []
-    for key, child in top:
-        if type(child) is Sequential:
-            out += [(f"{key}.{k}", c) for k, c in child.children()]
-        else:
-            out.append((key, child))
-    return out
-
-
 def _stage_label(layer):
     """What a stage is: a layer's repr, or a block's kind and size."""
     if not isinstance(layer, Container):
@@ -283,7 +305,7 @@ def _architecture(model, result):
         f'<div class="scroll">{architecture_svg(model, result)}</div>'))
 
 
-def _summary(result):
+def _summary(result, from_run):
     head = ("layer", "type", "output (WxHxD)", "params", "mult-adds", "receptive field",
             "jump", "activations")
     numeric = {3, 4, 5, 6, 7}
@@ -348,8 +370,13 @@ def _summary(result):
                      f'</tr>' for key, label, how in memory_rows)
     frozen = f", frozen {result.frozen_params:,}" if result.frozen_params else ""
     advice = notes_list(result.advice)
-    body = (f'<p>The numbers of <code>convnet summary</code> (batch {result.batch_size}, '
-            f'{result.dtype}): params {result.total_params:,} (trainable '
+    command = "convnet summary"
+    if from_run:
+        command += f" --batch {result.batch_size} --optimizer {result.optimizer}"
+    settings = "the run's batch size and optimizer: " if from_run else ""
+    body = (f'<p>The numbers of <code>{esc(command)}</code> ({settings}batch '
+            f'{result.batch_size}, {result.optimizer}, {result.dtype}): params '
+            f'{result.total_params:,} (trainable '
             f'{result.trainable_params:,}{frozen}); mult-adds {result.total_macs:,} per '
             f'image; receptive field of the output {rf(total["receptive_field"])} pixels.'
             f'</p>{table}<h3>Memory</h3><table id="memory-table"><tbody>{memory}</tbody>'
@@ -357,14 +384,30 @@ def _summary(result):
     return section("summary", "Summary", body)
 
 
-def _training(run, info, name):
+def _smoothing_note(e, k):
+    """Why a training loss with label smoothing e (k classes) stays above the
+    validation loss."""
+    targets = (f" ({1 - e + e / k:.3g} on the true class, {e / k:.3g} on each other)"
+               if k > 1 else "")
+    least = (f": the training loss cannot fall below the targets' entropy, "
+             f"{smoothed_entropy(e, k):.4f} for {k} classes, even at 100% training accuracy"
+             if k > 1 else "")
+    return (f'<p class="note" id="smoothing">The run used label smoothing {e:g}: the '
+            f'training loss is the cross-entropy against the smoothed targets{targets}, '
+            f'the validation loss the plain cross-entropy against the true class. The two '
+            f'differ by the smoothing term{least}.</p>')
+
+
+def _training(run, info, name, num_classes):
     parts = []
     history, state = run["history"], run["state"]
     if history:
         from convnet.plot import plot_history
 
+        e = _label_smoothing(state)
         with tempfile.TemporaryDirectory() as tmp:     # plot_history writes a file
-            curve = file_uri(plot_history(history, Path(tmp) / "curve.png"))
+            curve = file_uri(plot_history(history, Path(tmp) / "curve.png",
+                                          label_smoothing=e or 0.0))
         best = max(history, key=lambda h: h["val_acc"])
         last = history[-1]
         kept = ""
@@ -374,13 +417,15 @@ def _training(run, info, name):
             lowest = min(losses, key=lambda h: h["val_loss"])
             kept = (f' best.json holds epoch {lowest["epoch"]}, the lowest validation '
                     f'loss ({lowest["val_loss"]:.4f}).')
+        smoothed = f" (label smoothing {e:g})" if e else ""
         parts.append(
-            f'<p>{counted(len(history), "epoch")}; last: loss '
-            f'{last["loss"]:.4f}, accuracy {last["acc"]:.4f}, validation accuracy '
-            f'{last["val_acc"]:.4f}; best validation accuracy {best["val_acc"]:.4f} at '
-            f'epoch {best["epoch"]}.{kept}</p>'
-            f'<img id="curves" src="{curve}" alt="loss and accuracy per epoch" '
-            f'style="max-width:100%">')
+            f'<p>{counted(len(history), "epoch")}; last: training loss{smoothed} '
+            f'{last["loss"]:.4f}, accuracy {last["acc"]:.4f}, validation loss '
+            f'{last["val_loss"]:.4f}, validation accuracy {last["val_acc"]:.4f}; best '
+            f'validation accuracy {best["val_acc"]:.4f} at epoch {best["epoch"]}.{kept}</p>'
+            + (_smoothing_note(e, num_classes) if e else "")
+            + f'<img id="curves" src="{curve}" alt="loss and accuracy per epoch" '
+              f'style="max-width:100%">')
     config = (state or {}).get("config")
     if isinstance(config, dict):
         epoch = state.get("epoch")
@@ -402,10 +447,10 @@ def _training(run, info, name):
 
 
 def _filters(model, trained):
-    from convnet.plot import filter_grid, first_conv_weight
+    from convnet.plot import filter_grid, first_filters, not_first_layer
 
     try:
-        weight = first_conv_weight(model)
+        name, weight, before = first_filters(model)
     except ValueError as err:
         return section("filters", "First-layer filters", f'<p class="note">{esc(err)}</p>')
     k, c, fh, fw = weight.shape
@@ -415,11 +460,19 @@ def _filters(model, trained):
         "their first input channel, in gray"
     caption = (f"{k} filters of {fw}x{fh}x{c} (F x F x D), {colour}, each scaled to its own "
                f"min..max.")
+    not_finite = weight.size - int(np.isfinite(weight).sum())
+    if not_finite:
+        caption += (f" {not_finite:,} of the {weight.size:,} weights are not finite (NaN or "
+                    f"infinity), drawn black.")
     if trained is False:
         caption += " Random initial weights: noise, nothing learned."
-    return section("filters", "First-layer filters", (
+    title, shown = "First-layer filters", "first-layer filters"
+    if before:
+        title, shown = f"Filters of layer {name}", f"filters of layer {name}"
+        caption = f"These are {not_first_layer(name, before)}. {caption}"
+    return section("filters", title, (
         f'<p>{esc(caption)}</p><img class="px" id="filter-grid" src="{png_uri(grid)}" '
-        f'width="{width}" alt="first-layer filters">'))
+        f'width="{width}" alt="{esc(shown)}">'))
 
 
 def _activations_section(samples, grids, outputs, classes, notes):
@@ -427,8 +480,10 @@ def _activations_section(samples, grids, outputs, classes, notes):
         return section("activations", "Activations", (
             '<p class="note">No sample images: give --data (its test split) or --images '
             'to see every stage\'s activation maps.</p>'))
-    probs = _softmax(outputs) if outputs is not None and outputs.ndim == 2 \
-        and outputs.shape[1] == len(classes) else None
+    probs = None
+    if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == len(classes):
+        with np.errstate(invalid="ignore"):   # NaN or infinite scores: said per image
+            probs = _softmax(outputs)
     parts = [f'<p>For each sample image: the input, then every stage\'s output volume, '
              f'all of its maps (channels in order, row by row), each map scaled to its own '
              f'min..max (viridis: dark is low). Hover a map for its channel.</p>'
@@ -436,7 +491,10 @@ def _activations_section(samples, grids, outputs, classes, notes):
     for n, ((label, pixels), stage_grids) in enumerate(zip(samples, grids)):
         c, h, w = pixels.shape
         guess = ""
-        if probs is not None:
+        if probs is not None and not np.isfinite(probs[n]).all():
+            guess = ("predicted: nothing, the model's outputs are not finite (NaN or "
+                     "infinity)")
+        elif probs is not None:
             top = np.argsort(-probs[n])[:3]
             guess = "predicted: " + ", ".join(f"{classes[i]} {probs[n, i]:.3f}" for i in top)
         figures = []
@@ -444,6 +502,8 @@ def _activations_section(samples, grids, outputs, classes, notes):
             cid = f"ch-{n}-{s}"
             shrunk = "" if (g["th"], g["tw"]) == tuple(shape[1:]) else \
                 f", shrunk from {shape[2]}x{shape[1]}"
+            if g["not_finite"]:
+                shrunk += f"; {g['not_finite']:,} values not finite, drawn dark"
             figures.append(
                 f'<figure class="stage" data-stage="{esc(stage)}"><figcaption><b>{esc(stage)}'
                 f'</b> {esc(kind)} &rarr; {esc(volume(shape))}: all {shape[0]} maps '
@@ -524,6 +584,13 @@ def _evaluation_section(found, data, trained):
     result, classes, wrong = found
     confusion = result["confusion"]
     k = len(classes)
+    n = int(confusion.sum())
+    if result.get("not_finite"):
+        return section("evaluation", "Evaluation", (
+            f'<p>Accuracy <b id="accuracy" data-value="null">not known</b>: the model\'s '
+            f'outputs are not finite (NaN or infinity) for {result["not_finite"]:,} of the '
+            f'{n:,} test images of {esc(data)}, so they name no class. No accuracy, loss or '
+            f'confusion matrix is given: an argmax of NaN would make one up.</p>'))
     table = (_confusion_table(confusion, classes) if k <= MAX_TABLE_CLASSES
              else _confusion_picture(confusion, classes))
     shown = []
@@ -537,7 +604,6 @@ def _evaluation_section(found, data, trained):
                   '<p class="note" id="wrong">No test image is wrong.</p>')
     chance = "" if trained is not False else (    # None: weights of unknown origin
         f' <span class="note">(random weights: expect about 1/{k} = {1 / k:.3f})</span>')
-    n = int(confusion.sum())
     return section("evaluation", "Evaluation", (
         f'<p>Accuracy <b id="accuracy"{data_value(result["accuracy"])}>'
         f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} test images of {esc(data)}'
@@ -550,15 +616,21 @@ def _evaluation_section(found, data, trained):
 
 # -- the report -------------------------------------------------------------------------
 def _evaluate(model, x, y, classes, info):
-    """(evaluate's result, classes, most confidently wrong [(pixels, true, predicted,
-    probability, index)]) on a data set's prepared test images."""
+    """(evaluate's result, most confidently wrong [(pixels, true, predicted,
+    probability, index)]) on a data set's prepared test images. The result's
+    "not_finite" counts the images whose class scores are NaN or infinite (no wrong
+    images are listed then)."""
     from convnet.train.inference import evaluate, top_k
 
     tta = bool(info.get("tta", False))            # as convnet eval does by default
-    result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
+    with np.errstate(all="ignore"):               # non-finite scores are counted below
+        result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
+        idx, p = top_k(model, x, 1, tta=tta)      # in batches sized to the model's input
     result["tta"] = tta
-    idx, p = top_k(model, x, 1, tta=tta)          # in batches sized to the model's input
     guess, prob = idx[:, 0], p[:, 0]
+    result["not_finite"] = int(len(prob) - np.isfinite(prob).sum())
+    if result["not_finite"]:
+        return result, []
     wrong = np.flatnonzero(guess != y)
     wrong = wrong[np.argsort(-prob[wrong], kind="stable")][:MAX_WRONG]
     pixels = display_images(x[wrong], info)
@@ -572,10 +644,11 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
     from convnet.train.inference import class_names, evaluation_data, load_images, preprocess
 
     require()
-    notes = []
+    notes, sample_notes = [], []
 
-    def note(text):
-        notes.append(text)
+    def note(text, shown=notes):
+        """Say text on the page (at the top, or in the list ``shown``) and to log."""
+        shown.append(text)
         if log is not None:
             log(text)
 
@@ -589,13 +662,14 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
                          f"(C x H x W); its input is {shape}")
     info = getattr(model, "info", None) or {}
     trained = getattr(model, "trained", None)
-    result = summary(model, shape)
     if run_dir is None:
         run_dir = run_directory(source)
     run = _read_run(run_dir, note)
+    settings = _run_summary_settings((run["state"] or {}).get("config"))
+    result = summary(model, shape, **settings)
     classes = class_names(model) if len(shape) == 3 else []
 
-    found, samples, sample_x, sample_notes = None, [], None, []
+    found, samples, sample_x = None, [], None
     if data:
         x, y, data_classes, data_notes = evaluation_data(model, data, root=data_root,
                                                          where=name)
@@ -623,16 +697,21 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
         stages = _stages(model)
         count, share = _plan(stages, shape, len(samples))
         if count < len(samples):
-            sample_notes.append(f"activations of the first {count} of {len(samples)} "
-                                f"images (the page's size cap)")
+            why = (f"the report draws at most {MAX_SAMPLES} (MAX_SAMPLES)"
+                   if count == MAX_SAMPLES else
+                   f"the maps of more would pass the page's cap of {PAGE_PIXELS:,} pixels")
+            note(f"activations of the first {count} of {len(samples)} images: {why}",
+                 sample_notes)
             samples, sample_x = samples[:count], sample_x[:count]
-        grids, outputs = _activations(model, stages, share, sample_x)
-        if info.get("tta") and outputs is not None and outputs.ndim == 2:
-            from convnet.train.inference import class_scores  # as predict gives them
-            outputs = class_scores(model, sample_x, tta=True)
+        with np.errstate(all="ignore"):     # non-finite outputs are said in the section
+            grids, outputs = _activations(model, stages, share, sample_x)
+            if info.get("tta") and outputs is not None and outputs.ndim == 2:
+                from convnet.train.inference import class_scores  # as predict gives them
+                outputs = class_scores(model, sample_x, tta=True)
 
     body = (_status(name, model, result, info, notes) + _architecture(model, result)
-            + _summary(result) + _training(run, info, name) + _filters(model, trained)
+            + _summary(result, bool(settings))
+            + _training(run, info, name, len(classes)) + _filters(model, trained)
             + _activations_section(samples, grids, outputs, classes, sample_notes)
             + _evaluation_section(found, data, trained)
             + f'<footer>Written by convnet {esc(convnet.__version__)}: <code>convnet '

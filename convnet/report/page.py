@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 
 STYLE = """
 :root { color-scheme: light; }
@@ -61,7 +62,8 @@ details.sample > summary { cursor: pointer; font-weight: bold; font-size: 15px; 
 .tiles figure { margin: 0; font-size: 12px; }
 table.confusion td { text-align: right; min-width: 26px; }
 table.confusion th { font-weight: normal; }
-table.confusion tbody th, #confused-pairs td { max-width: 16em; overflow-wrap: anywhere; }
+table.confusion tbody th, #confused-pairs td { min-width: 10em; max-width: 16em;
+                                              overflow-wrap: anywhere; }
 .sample-head p, figcaption, details.sample > summary { min-width: 0;
                                                        overflow-wrap: anywhere; }
 dl.settings { display: grid; grid-template-columns: repeat(3, max-content minmax(0, 1fr));
@@ -95,8 +97,18 @@ def esc(value):
 
 
 def data_value(value):
-    """A JSON value as a data-value attribute: the exact number behind a shown one."""
-    return f' data-value="{esc(json.dumps(value))}"'
+    """A JSON value as a data-value attribute: the exact number behind a shown one. A
+    float that is NaN or infinite (not JSON: JSON.parse refuses it) is null."""
+    return f' data-value="{esc(json.dumps(finite_or_null(value)))}"'
+
+
+def finite_or_null(value):
+    """value with each float that is NaN or infinite, in lists too, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def document(title, body):

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from convnet.plot import unit_range
+
 MIN_TILE = 8        # a map is never shrunk below 8 pixels a side (or its own size)
 KEEP = 1.5          # a map at most 1.5x its share on a side keeps its size
 PAD = 1             # pixels between the tiles of a grid
@@ -112,18 +114,17 @@ def activation_grid(maps, max_pixels):
 
     Returns (data URI, geometry): geometry has the tile size "th", "tw", "cols", "count",
     "pad" and the grid's "width" and "height" in pixels (the page's hover uses them to
-    name the channel under the mouse). Each map is scaled to its own min..max (a
-    constant map is drawn dark), except maps of one value (after global average
-    pooling), which share the volume's min..max; maps are in channel order, row by row.
+    name the channel under the mouse) and "not_finite", the count of NaN or infinite
+    values in the maps. Each map is scaled to its own finite min..max (a constant map,
+    and NaN or infinite values, are drawn dark), except maps of one value (after global
+    average pooling), which share the volume's min..max; maps are in channel order, row
+    by row.
     """
     c = maps.shape[0]
     tile = tile_size(maps.shape, max_pixels)
     small = shrink(maps, tile)                                   # (C, TH, TW)
     axes = (0, 1, 2) if maps.shape[1] * maps.shape[2] == 1 else (1, 2)
-    low = small.min(axis=axes, keepdims=True)
-    span = small.max(axis=axes, keepdims=True) - low
-    scaled = (small - low) * (254 / np.where(span > 0, span, 1))
-    index = np.nan_to_num(scaled, nan=0).round().astype(np.uint8)
+    index = (unit_range(small, axes) * 254).round().astype(np.uint8)
     cols = grid_columns(c, tile)
     rows = math.ceil(c / cols)
     th, tw = tile
@@ -133,7 +134,8 @@ def activation_grid(maps, max_pixels):
     grid = grid.reshape(rows * (th + PAD), cols * (tw + PAD))
     grid = np.pad(grid, ((PAD, 0), (PAD, 0)), constant_values=BACKGROUND)
     geometry = {"th": th, "tw": tw, "cols": cols, "count": c, "pad": PAD,
-                "height": grid.shape[0], "width": grid.shape[1]}
+                "height": grid.shape[0], "width": grid.shape[1],
+                "not_finite": int(maps.size - np.isfinite(maps).sum())}
     return png_uri(grid, indexed=True), geometry
 
 

@@ -771,7 +771,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if comm.is_root:
         model_path = save_model(model, out / "model", **info)
         atomic_write(out / "history.json", json.dumps(history, indent=1).encode())
-        pictures = _pictures(model, history, out)
+        pictures = _pictures(model, history, out, cfg.label_smoothing)
     test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm, cfg.tta)
     for layer in norms:
         layer.comm = None
@@ -1078,12 +1078,12 @@ def _set_rng(rng, value, path, name):
                          f"({type(err).__name__}: {err})") from None
 
 
-def _pictures(model, history, out):
-    """The training curve and the first CONV layer's filters (an FC-only net has none),
-    when matplotlib is installed."""
+def _pictures(model, history, out, label_smoothing=0.0):
+    """The training curve (its legend names the label smoothing) and the first CONV
+    layer's filters (an FC-only net has none), when matplotlib is installed."""
     from convnet.plot import first_conv_weight, plot_filters, plot_history
     try:
-        curve = plot_history(history, out / "curve.png")     # imports matplotlib
+        curve = plot_history(history, out / "curve.png", label_smoothing)  # imports matplotlib
     except ImportError:
         return []
     try:

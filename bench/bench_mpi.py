@@ -168,9 +168,9 @@ def run_config(ranks, threads, worker, steps, warmup):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for name in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"):
         env.pop(name, None)
-    if threads == 1:
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   CONVNET_THREADS="1")
+    count = str(threads)          # on a machine of more cores too, BLAS gets only these
+    env.update(OPENBLAS_NUM_THREADS=count, OMP_NUM_THREADS=count, MKL_NUM_THREADS=count,
+               CONVNET_THREADS=count)
     command = [sys.executable, __file__, "--worker", worker, "--threads", str(threads),
                "--steps", str(steps), "--warmup", str(warmup)]
     if ranks > 1:

@@ -58,13 +58,17 @@ def machine_memory():
         return None
 
 
-def check_memory(need, task, what, hint):
+def check_memory(need, task, what, hint, processes=1):
     """Refuse, before the work, a step that cannot fit in the machine's physical memory:
     a ValueError saying the bytes ``task`` needs for ``what`` and, in ``hint``, what to
     shrink. (A large --image-size had run until the OS killed the process, with no
-    message.)"""
+    message.) processes: how many processes on this machine each need as much (an MPI
+    launch's ranks here)."""
     from convnet.analysis import format_bytes
     total = machine_memory()
-    if total is not None and need > total:
-        raise ValueError(f"{task} needs at least {format_bytes(need)} of memory for {what}, "
-                         f"more than this machine's {format_bytes(total)}: {hint}")
+    if total is not None and need * processes > total:
+        each = (f" in each of the {processes} processes on this machine, "
+                f"{format_bytes(need * processes)} in all" if processes > 1 else "")
+        raise ValueError(f"{task} needs at least {format_bytes(need)} of memory for "
+                         f"{what}{each}, more than this machine's {format_bytes(total)}: "
+                         f"{hint}")

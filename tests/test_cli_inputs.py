@@ -400,6 +400,33 @@ def test_a_run_too_large_for_the_machine_is_refused_before_it_starts(
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_the_memory_check_counts_every_process_on_the_machine(tmp_path, monkeypatch):
+    """Under mpiexec each rank holds the data and its share of the batch: two ranks on a
+    machine need twice what one does, which each had checked alone."""
+    from convnet.train.distributed import Communicator
+    from convnet.train.loop import TrainConfig, train
+    with pytest.raises(ValueError, match=r"^training needs at least 1.00 KB of memory for "
+                       r"the data in each of the 3 processes on this machine, 3.00 KB in "
+                       r"all, more than this machine's 2.00 KB: smaller"):
+        monkeypatch.setattr(limits, "machine_memory", lambda: 2048)
+        limits.check_memory(1024, "training", "the data", "smaller", processes=3)
+    limits.check_memory(1024, "training", "the data", "smaller", processes=2)
+    monkeypatch.undo()
+    checked = []
+    real = limits.check_memory
+
+    def check(need, task, what, hint, processes=1):
+        checked.append((what, processes))
+        return real(need, task, what, hint, processes)
+    monkeypatch.setattr(limits, "check_memory", check)
+
+    class TwoHere(Communicator):
+        local_size = 2
+    train(TrainConfig(data="digits", epochs=1, limit=64, out=str(tmp_path)),
+          log=lambda *a: None, comm=TwoHere())
+    assert [p for _, p in checked] == [2, 2] and "a batch of 32 with" in checked[1][0]
+
+
 def test_evaluating_at_a_models_large_input_is_refused_before_the_floats(
         tmp_path, capsys, monkeypatch):
     """A model file's input_shape sets the size eval resizes the data to: at 1x1000x1000

@@ -367,20 +367,23 @@ def _json_bytes(value):
     return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
 
 
-def check_memory(need, what):
-    """limits.check_memory for training: what to shrink is a training option."""
-    limits.check_memory(need, "training", what, "use a smaller --image-size or "
-                        "--batch-size, or --limit N images")
+def check_memory(need, what, processes=1):
+    """limits.check_memory for training (processes: this machine's ranks, each holding
+    as much): what to shrink is a training option."""
+    limits.check_memory(need, "training", what, "use a smaller --image-size or --batch-size, "
+                        "or --limit N images", processes)
 
 
-def training_bytes(model, input_shape, cfg):
-    """summary's training memory for a batch (a lower bound: activations and their
-    gradients, the parameters times the optimizer's multiplier, the input batch); 0 for
-    a model summary cannot walk (no estimate, so no refusal)."""
+def training_bytes(model, input_shape, cfg, batch=None):
+    """summary's training memory for a batch of ``batch`` images (default the run's; a
+    rank's share under MPI) (a lower bound: activations and their gradients, the
+    parameters times the optimizer's multiplier, the input batch); 0 for a model summary
+    cannot walk (no estimate, so no refusal)."""
     from convnet.analysis import OPTIMIZER_MULTIPLIERS, summary
     optimizer = cfg.optimizer if cfg.optimizer in OPTIMIZER_MULTIPLIERS else "adam"
     try:
-        return summary(model, input_shape, batch_size=cfg.batch_size, optimizer=optimizer,
+        return summary(model, input_shape, batch_size=batch or cfg.batch_size,
+                       optimizer=optimizer,
                        dtype=cfg.dtype).memory["training_total"]
     except (ValueError, TypeError):     # an estimate, never a reason to refuse a run
         return 0
@@ -550,7 +553,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     dtype = np.dtype(cfg.dtype)
     check_memory(prepare_bytes(splits, cfg.limit, dtype), "the data set as floats "
                  f"({len(splits.train[0]):,} training images at "
-                 f"{'x'.join(map(str, input_shape))})")
+                 f"{'x'.join(map(str, input_shape))})", comm.local_size)
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
     zero_pixel = norm.zero(dtype)            # what a shift pads with: a normalized 0 pixel
@@ -606,10 +609,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         raise ValueError(f"batch norm over FC outputs (BatchNorm1d) needs at least 2 images "
                          f"to normalize, and it would get {per}: raise --batch-size"
                          + (" or synchronize batch norm" if share != cfg.batch_size else ""))
-    check_memory(training_bytes(model, input_shape, cfg)
+    per_rank = -(-cfg.batch_size // comm.size)       # the most images one rank takes
+    check_memory(training_bytes(model, input_shape, cfg, per_rank)
                  + sum(x.nbytes for x in (x_train, x_val, x_test)),
-                 f"the data and a batch of {cfg.batch_size} with its activations and the "
-                 f"parameters")
+                 f"the data and a batch of {per_rank} with its activations and the "
+                 f"parameters", comm.local_size)
     params = model.trainable_params()
     if cfg.time_limit and ckpt is None:
         cfg.epochs = plan_epochs(cfg, model, x_train, y_train, len(x_val), len(x_test),

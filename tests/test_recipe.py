@@ -352,6 +352,39 @@ def test_time_limit_counts_each_epochs_writes(tmp_path, monkeypatch):
     assert result.seconds < 8.0 * 1.4, (result.seconds, lines)
 
 
+def test_the_plan_over_ranks_times_the_allreduce_and_a_share_of_the_evaluation(
+        tmp_path, monkeypatch):
+    """Under mpiexec the timing copy's steps left out the gradients' Allreduce, and the
+    evaluation was counted for every image where each rank evaluates its share."""
+    from convnet.train import loop
+    from convnet.train.distributed import Communicator
+    calls = []
+
+    class Two(Communicator):
+        size = 2
+
+        def average_gradients(self, grads, weight=None, extra=None):
+            calls.append(sorted(grads))
+            return super().average_gradients(grads, weight, extra)
+    clock = iter(range(10**6))
+    model = from_notation(SMALL, rng=np.random.default_rng(0))
+    cfg = TrainConfig(data="digits", model=SMALL, batch_size=32, time_limit=10**5,
+                      out=str(tmp_path)).resolved("digits", (1, 8, 8), 10)
+    x = np.random.default_rng(1).standard_normal((300, 1, 8, 8)).astype(np.float32)
+    y = np.arange(300) % 10
+    lines = []
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    loop.plan_epochs(cfg, model, x, y, 1000, 2000, 10, 0.0, Two(), lines.append)
+    assert len(calls) == loop.PROBE_WARMUP + loop.PROBE_STEPS
+    assert calls[0] == sorted(model.trainable_params())
+    # Each reading of the clock 1 s after the last: the 6 timed steps 1 s in all, the
+    # inference of 256 images 1 s, the writes 1 s. An epoch of 10 steps and 1,000
+    # validation images, each rank evaluating half: 10/6 + 1000/256/2 + 1 = 4.6 s (on
+    # every image, 6.6 s).
+    epoch = re.search(r"an epoch with its validation about ([0-9.]+) s", lines[0])
+    assert epoch and float(epoch[1]) == 4.6, lines
+
+
 def test_a_run_can_train_with_a_named_conv_algorithm(tmp_path, monkeypatch):
     """conv_algorithm (--conv-algorithm) runs every convolution that can with that
     algorithm, forward and backward; the checkpoint keeps it; a bad name is refused."""

@@ -858,9 +858,10 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
     model into a temporary directory beside the run directory. An epoch is its steps,
     its validation (with TTA, twice the images) and those two writes; the end is the
-    test evaluation plus final_margin seconds. At least one epoch runs: where even one
-    does not fit, the log says so and how long it will take. Over several processes rank
-    0's plan holds for all."""
+    test evaluation plus final_margin seconds. Over several processes a step includes its
+    gradients' Allreduce, and each rank evaluates a share of the images. At least one
+    epoch runs: where even one does not fit, the log says so and how long it will take.
+    Rank 0's plan holds for all."""
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
     probe.train()
@@ -878,7 +879,10 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
         probe.backward(dscores, input_grad=False) if probe.skips_input_grad \
             else probe.backward(dscores)
         grads = probe.grads()
-        opt.step({key: grads[key] for key in params})
+        grads = {key: grads[key] for key in params}
+        if comm.size > 1:          # the run's Allreduce, timed with the step
+            comm.average_gradients(grads, weight=1, extra=[0.0, 0, 0])
+        opt.step(grads)
         if ema is not None:
             ema.update()
     step_seconds = (time.perf_counter() - tick) / PROBE_STEPS
@@ -886,7 +890,9 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     sample = x_train[:256]
     tick = time.perf_counter()
     probe.infer(sample)
-    per_image = (time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
+    # Each rank evaluates its share of the validation and test images.
+    per_image = ((time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
+                 / comm.size)
     writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     spent = time.perf_counter() - started

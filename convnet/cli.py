@@ -302,7 +302,15 @@ def confusion_text(confusion, classes):
 def cmd_predict(args):
     from convnet.data.preprocess import brightness_warning
     from convnet.spec import check_open_input
-    from convnet.train.inference import class_names, load_images, preprocess, top_k
+    from convnet.train.inference import (
+        MAX_IMAGE_NOTES,
+        class_names,
+        conversion_notes,
+        inference_batch,
+        load_images,
+        preprocess,
+        top_k,
+    )
 
     model = _model(args, input_shape=check_open_input(args.model, args.input))
     _trained(args, model)
@@ -310,22 +318,32 @@ def cmd_predict(args):
     if "mean" not in info:
         _note(args, f"{args.model} records no preprocessing: pixels are scaled to [0, 1] "
                     f"and not normalized")
-    errors = []     # an unreadable file among many: the others are still predicted
-    images, notes = load_images(args.images, _takes_images(args, model), errors)
-    bad = {path for path, _ in errors}
-    paths = [path for path in args.images if path not in bad]
-    for note in notes:
-        _note(args, note)
+    shape = _takes_images(args, model)
     classes = class_names(model)
-    if paths:
+    tta = _tta(args, info)
+    # The images are read, predicted and printed a batch at a time: memory stays that of
+    # one batch however many files are given.
+    part = inference_batch(model, shape)
+    errors, converted = [], []    # an unreadable file among many: the others are predicted
+    for start in range(0, len(args.images), part):
+        chunk = args.images[start:start + part]
+        images, _ = load_images(chunk, shape, errors, converted=(found := []))
+        for note in conversion_notes(found, shape, shown=len(converted), more=False):
+            _note(args, note)
+        converted += found
+        bad = {path for path, _ in errors}
+        paths = [path for path in chunk if path not in bad]
+        if not paths:
+            continue
         for i, warning in brightness_warning(images, 255, info):
             _note(args, f"warning: {paths[i]}: {warning}")
-        tta = _tta(args, info)
         indices, probs = top_k(model, preprocess(images, 255, info),
                                min(args.top, len(classes)), tta=tta)
         for path, idx, prob in zip(paths, indices, probs):
             ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
-            print(f"{path}: {ranked}")
+            print(f"{path}: {ranked}", flush=True)
+    if len(converted) > MAX_IMAGE_NOTES:      # how many more were converted
+        _note(args, conversion_notes(converted, shape)[-1])
     if errors:
         from convnet.data.folder import unreadable
         raise unreadable([message for _, message in errors], len(args.images))

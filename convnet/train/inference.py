@@ -167,7 +167,7 @@ def top_k(model, x, k=3, batch_size=None, tta=False):
     return np.concatenate([o for o, _ in found]), np.concatenate([p for _, p in found])
 
 
-def load_images(paths, input_shape, errors=None):
+def load_images(paths, input_shape, errors=None, converted=None):
     """Image files -> (uint8 (N, C, H, W) at the model's input volume, notes).
 
     Each image is converted to the model's channel mode ("L" for one channel, "RGB" for
@@ -179,13 +179,15 @@ def load_images(paths, input_shape, errors=None):
 
     errors: None (an unreadable file is a ValueError), or a list that gets each
     unreadable file's (path, message): those files are left out of the array.
+    converted: None, or a list that gets each converted image's (path, Header) instead of
+    the notes (a caller reading its images in parts says them: ``conversion_notes``).
     """
     from convnet.data.folder import decode_image
 
     c, h, w = input_shape
     mode = "L" if c == 1 else "RGB"
     out = np.empty((len(paths), c, h, w), dtype=np.uint8)            # (N, C, H, W)
-    converted, kept = [], 0
+    found, kept = [], 0
     for path in paths:
         try:
             arr, header = decode_image(path, mode, (h, w))
@@ -197,11 +199,24 @@ def load_images(paths, input_shape, errors=None):
         out[kept] = arr.transpose(2, 0, 1)
         kept += 1
         if header != (mode, h, w, 1, False, 1):
-            converted.append((path, header))
+            found.append((path, header))
+    if converted is not None:
+        converted += found
+        return out[:kept], []
+    return out[:kept], conversion_notes(found, input_shape)
+
+
+def conversion_notes(converted, input_shape, shown=0, more=True):
+    """load_images' notes for the converted images [(path, Header)]: one for each of the
+    first MAX_IMAGE_NOTES - shown (shown: named already), then (with more) how many
+    more."""
+    c, h, w = input_shape
+    mode = "L" if c == 1 else "RGB"
+    room = max(0, MAX_IMAGE_NOTES - shown)
     notes = [f"{path}: {header.describe()}, converted to {w}x{h} {mode}"
              f"{' (bilinear)' if (header.height, header.width) != (h, w) else ''}, the "
-             f"model's input" for path, header in converted[:MAX_IMAGE_NOTES]]
-    if len(converted) > MAX_IMAGE_NOTES:
-        notes.append(f"... and {len(converted) - MAX_IMAGE_NOTES} more images converted to "
+             f"model's input" for path, header in converted[:room]]
+    if more and len(converted) > room:
+        notes.append(f"... and {len(converted) - room} more images converted to "
                      f"{w}x{h} {mode}, the model's input")
-    return out[:kept], notes
+    return notes

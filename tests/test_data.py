@@ -1845,6 +1845,17 @@ def test_a_light_background_is_named_where_training_backgrounds_were_dark():
         check_info({"border": [0.5, 0.2]}, "m.json")
 
 
+@pytest.mark.parametrize("files", [[40, "0" * 64], {"files": 40}, {"files": True,
+                                   "sha256": "0" * 64}, {"files": 0, "sha256": "0" * 64},
+                                   {"files": 4, "sha256": "A" * 64},
+                                   {"files": 4, "sha256": "0" * 64, "more": 1}])
+def test_a_model_files_record_of_its_split_folder_is_checked(files):
+    from convnet.data.preprocess import check_info
+    assert check_info({"split_files": {"files": 4, "sha256": "0a" * 32}}, "m.json")
+    with pytest.raises(ValueError, match=r"^m.json: info.split_files must be \{"):
+        check_info({"split_files": files}, "m.json")
+
+
 def test_border_means_count_each_pixel_once_on_narrow_images():
     from convnet.data.preprocess import border_means
     column = np.array([0, 255, 255, 255, 0], np.uint8).reshape(1, 1, 5, 1)

@@ -377,3 +377,27 @@ def test_predict_reads_and_predicts_a_batch_at_a_time(trained, tmp_path, capsys,
     assert len(notes) == 5 and notes[-1].endswith(
         "... and 3 more images converted to 8x8 L, the model's input"), notes
     assert "bad.png: unreadable image" in parts.err.splitlines()[-1]
+
+
+def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, capsys):
+    """A test split drawn from one folder is drawn again by eval: one image added had
+    moved half the test images into training, silently. The model records the folder's
+    files, and eval refuses another set of them, saying what changed."""
+    data = make_folder(tmp_path / "shapes", per_class=20)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--quiet", "--no-report",
+                 "--out", str(out)]) == 0
+    info = json.loads((out / "model.json").read_text())["info"]
+    assert info["split_files"]["files"] == 40 and len(info["split_files"]["sha256"]) == 64
+    assert main(["eval", str(out / "model.json"), "--data", str(data)]) == 0
+    capsys.readouterr()
+    (data / "vertical" / "019.png").rename(data / "vertical" / "019b.png")
+    assert main(["eval", str(out / "model.json"), "--data", str(data)]) == 1
+    assert "holds other files (renamed, moved or replaced): the test images" in \
+        error_line(capsys)
+    (data / "vertical" / "019b.png").rename(data / "vertical" / "019.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(data / "vertical" / "new.png")
+    assert main(["eval", str(out / "model.json"), "--data", str(data)]) == 1
+    err = error_line(capsys)
+    assert f"{data} holds 41 images where training had 40: the test images" in err
+    assert "evaluate on the folder as it was, or train on train/ and test/ folders" in err

@@ -11,6 +11,7 @@ recognizes a directory, and returns a ``DataSplits``, resized to ``image_size`` 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from convnet.data.digits import DIGITS_SCALE, load_digits
 from convnet.data.folder import (
     GRAY_MODES,
     load_image_folder,
+    nfc,
     read_headers,
     scan_image_folder,
     skipped,
@@ -69,6 +71,10 @@ class DataSplits:
     val: tuple | None = None
     notes: list = field(default_factory=list)
     resized: bool = False
+    # A test split drawn from one image folder: that folder's files, {"files": count,
+    # "sha256": of their sorted relative paths}; the same seed draws the same test images
+    # only from the same files (see files_fingerprint).
+    drawn_from: dict | None = None
 
     @property
     def num_classes(self):
@@ -318,8 +324,18 @@ def _load_folders(path, parts, image_size, channels, check_classes):
     for split in ("val", "test"):
         if split in loaded:
             notes += _seen(loaded[split][0], loaded["train"][0], split)
+    drawn = None if "test" in parts else files_fingerprint(parts["train"], scans["train"][0])
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
-                      val=loaded.get("val"), notes=notes, resized=resized)
+                      val=loaded.get("val"), notes=notes, resized=resized, drawn_from=drawn)
+
+
+def files_fingerprint(root, files):
+    """{"files": how many, "sha256": of their paths relative to root, in Unicode's
+    composed form, sorted}: what a test split drawn from an image folder depends on."""
+    names = sorted("/".join(nfc(part) for part in Path(f).relative_to(root).parts)
+                   for f, _ in files)
+    digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape"))
+    return {"files": len(names), "sha256": digest.hexdigest()}
 
 
 def _seen(x, x_train, split):

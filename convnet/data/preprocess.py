@@ -25,6 +25,7 @@ is checked by ``check_info``: types, lengths and ranges, with the file named.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -106,6 +107,15 @@ def check_info(info, where, channels=None):
                                         and 0 < info["test_fraction"] < 1):
         raise ValueError(f"{where}: info.test_fraction must be a fraction in (0, 1), got "
                          f"{info['test_fraction']!r:.80}")
+    if "split_files" in info:
+        files = info["split_files"]
+        if not (isinstance(files, dict) and set(files) == {"files", "sha256"}
+                and type(files["files"]) is int and 0 < files["files"] <= limits.MAX_FILES
+                and isinstance(files["sha256"], str)
+                and re.fullmatch("[0-9a-f]{64}", files["sha256"])):
+            raise ValueError(f"{where}: info.split_files must be {{\"files\": a count, "
+                             f"\"sha256\": 64 hex digits}} (the image folder a test split "
+                             f"was drawn from), got {files!r:.80}")
     if "tta" in info and not isinstance(info["tta"], bool):
         raise ValueError(f"{where}: info.tta must be true or false (flip test-time "
                          f"augmentation), got {info['tta']!r:.80}")

@@ -631,6 +631,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
+    if splits.drawn_from is not None:   # eval draws the same test images from these files
+        info["split_files"] = splits.drawn_from
     if overwrite and not resume and comm.is_root:   # everything is checked: now replace
         clear_run(out)
     norms = _sync_norms(model, comm, cfg)

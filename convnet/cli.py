@@ -413,11 +413,8 @@ def cmd_convert(args):
 
     _in_a_folder(args.dst)
     path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
-                   overwrite=args.overwrite, input_shape=args.input)
-    if Path(args.src).suffix.lower() == ".json" and Path(path).suffix.lower() != ".json":
-        _note(args, f"{path} holds the net alone: the preprocessing and class names that "
-                    f"{args.src} records are not in it (eval and predict will not have "
-                    f"them; convert to .json to keep them)")
+                   overwrite=args.overwrite, input_shape=args.input,
+                   log=lambda text: _note(args, text))
     print(f"wrote {path}")
 
 

@@ -13,6 +13,7 @@ for a zoo name or notation (fresh random weights), True for a file's weights.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 from convnet.io import load_model
@@ -24,6 +25,10 @@ from convnet.zoo import MODELS, get_model
 DIGITS = re.compile(r"[0-9]{1,30}")
 WEIGHTS = (".pt", ".pth", ".safetensors")   # weight files: no architecture inside
 FILES = (".json", ".onnx", *WEIGHTS)
+# How a command-line user gives the input size of an ONNX file whose graph leaves it open.
+OPEN_INPUT_HINT = ("on the command line: --input CxHxW, which summary, eval, predict, report "
+                   "and convert take; for train --from and show, convert it first: "
+                   "convnet convert FILE.onnx FILE.json --input CxHxW")
 
 
 def parse_shape(text):
@@ -73,7 +78,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         model, trained = from_notation(spec, input_shape=input_shape, **kwargs), False
     elif suffix == ".onnx":
         from convnet.io.onnx_import import load_onnx
-        model, trained = load_onnx(spec, input_shape=input_shape), True
+        model, trained = load_onnx(spec, input_shape=input_shape,
+                                   input_hint=OPEN_INPUT_HINT), True
     elif suffix in WEIGHTS and architecture is None and not (
             suffix == ".safetensors" and Path(spec).with_suffix(".json").is_file()):
         raise ValueError(f"{spec}: a weights file holds no architecture: name it with "
@@ -128,19 +134,65 @@ def check_classes(model, num_classes, spec, architecture=None):
     return model
 
 
+# The prefix PyTorch's wrappers put before every key of the module they wrap, and who
+# puts it there (torch.compile of a DataParallel module: "_orig_mod.module.").
+WRAPPER_PREFIXES = {"module.": "nn.DataParallel or DistributedDataParallel",
+                    "_orig_mod.": "torch.compile"}
+
+
 def _load_weights(model, path):
-    """Load a .pt/.pth/.safetensors file's tensors into ``model`` strictly."""
+    """Load a .pt/.pth/.safetensors file's tensors into ``model`` strictly.
+
+    A file saved from a wrapped module (nn.DataParallel, DistributedDataParallel,
+    torch.compile) has each key under the wrapper's prefix (``module.conv1.weight``);
+    when every key of the file is one of the model's under such prefixes, they are read
+    without them, and a warning says so."""
     from convnet.io import load_tensors, load_torch
 
     if Path(path).suffix.lower() == ".safetensors":
         state, _ = load_tensors(path)
     else:
         state = load_torch(path)
+    state, prefix, fits = _unwrap(state, model.state_dict())
     try:
         model.load_state_dict(state, strict=True)
     except ValueError as err:
         hint = ""
+        if prefix:
+            hint = (f" (every key of the file starts with {prefix!r}, as {_wrappers(prefix)} "
+                    f"saves them; without it they still do not fit)")
         if "mis-shaped" in str(err):
-            hint = " (a different number of classes? give it with --classes)"
+            hint += " (a different number of classes? give it with --classes)"
         raise ValueError(f"{path}: does not fit the architecture given by --model: "
                          f"{err}{hint}") from None
+    if fits:
+        warnings.warn(f"{path}: every key starts with {prefix!r} (saved from "
+                      f"{_wrappers(prefix)}); read without it", stacklevel=3)
+
+
+def _unwrap(state, expected):
+    """(state, prefix, fits): ``prefix`` is the wrappers' prefixes that every key of
+    ``state`` starts with ("" if none), peeled while the keys are not all ``expected``
+    ones; fits: whether the keys without it all are, and then ``state`` is without it."""
+    keys, prefix = list(state), ""
+    while keys and not all(key in expected for key in keys):
+        head = next((p for p in WRAPPER_PREFIXES if all(
+            isinstance(key, str) and key.startswith(p) for key in keys)), None)
+        if head is None:
+            break
+        keys, prefix = [key[len(head):] for key in keys], prefix + head
+    fits = bool(prefix) and all(key in expected for key in keys)
+    if fits:
+        state = dict(zip(keys, state.values()))
+    return state, prefix, fits
+
+
+def _wrappers(prefix):
+    """'module.' -> 'nn.DataParallel or DistributedDataParallel'; the wrappers, outermost
+    first, that give a key prefix."""
+    names = []
+    while prefix:
+        head = next(p for p in WRAPPER_PREFIXES if prefix.startswith(p))
+        names.append(WRAPPER_PREFIXES[head])
+        prefix = prefix[len(head):]
+    return " of ".join(names)

@@ -120,6 +120,9 @@ def test_converting_a_model_file_to_a_bare_format_says_what_is_left_behind(tmp_p
     assert "holds the net alone: the preprocessing and class names" in err, err
     assert main(["convert", str(src), str(tmp_path / "again.json")]) == 0
     assert "holds the net alone" not in capsys.readouterr().err
+    weights = src.with_suffix(".safetensors")       # read with the .json beside it
+    assert main(["convert", str(weights), str(tmp_path / f"2{out}")]) == 0
+    assert "holds the net alone" in capsys.readouterr().err
 
 
 def test_a_model_file_name_with_dots_keeps_them(tmp_path, capsys):
@@ -136,3 +139,49 @@ def test_a_model_file_name_with_dots_keeps_them(tmp_path, capsys):
     assert not (tmp_path / "lenet.json").exists()
     assert load_model(tmp_path / "lenet.v1.json").num_params() == 61_706
     assert load_model(tmp_path / "lenet.v1").num_params() == 61_706
+
+
+@pytest.mark.parametrize("out", ["M.ONNX", "M.SafeTensors", "M.JSON"])
+def test_an_output_suffix_in_capitals_is_its_format(tmp_path, capsys, out):
+    """convert d/model.json d/M.ONNX failed "unknown output format"; the files written are
+    the ones named (M.JSON beside M.safetensors) and read back the same net."""
+    from convnet.io import load_tensors, save_model
+    reference = lenet5(rng=np.random.default_rng(0)).eval()
+    src = save_model(reference, tmp_path / "model")
+    assert main(["convert", str(src), str(tmp_path / out)]) == 0, capsys.readouterr().err
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    if out.endswith(".ONNX"):
+        session = onnxruntime.InferenceSession(str(tmp_path / out),
+                                               providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        assert np.allclose(got, reference.infer(x), rtol=1e-4, atol=1e-5)
+    elif out.endswith(".SafeTensors"):
+        weights, _ = load_tensors(tmp_path / out)
+        assert all(np.array_equal(weights[k], v) for k, v in reference.state_dict().items())
+    else:
+        assert {p.name for p in tmp_path.iterdir()} >= {"M.JSON", "M.safetensors"}
+        assert np.array_equal(load_model(tmp_path / out).eval().infer(x), reference.infer(x))
+
+
+@pytest.mark.parametrize("src_kind", ["json", "safetensors"])
+@pytest.mark.parametrize("out", ["m.onnx", "m.safetensors"])
+def test_the_left_behind_note_comes_from_what_the_model_records(tmp_path, src_kind, out):
+    """A model's .safetensors, read with the .json beside it, has its class names and
+    preprocessing as much as the .json does: convert's log says what the bare format
+    leaves behind for either source; a model that records nothing gets no note."""
+    from convnet.io import save_model
+    from convnet.io.convert import convert
+    model = lenet5(rng=np.random.default_rng(0))
+    src = save_model(model, tmp_path / "src", classes=[str(i) for i in range(10)],
+                     mean=[0.5], std=[0.25], scale=255)
+    bare = save_model(model, tmp_path / "bare")
+    if src_kind == "safetensors":
+        src, bare = src.with_suffix(".safetensors"), bare.with_suffix(".safetensors")
+    notes = []
+    convert(src, tmp_path / out, log=notes.append)
+    assert len(notes) == 1 and notes[0].startswith(
+        f"{tmp_path / out} holds the net alone: the preprocessing and class names that "
+        f"{src} records are not in it"), notes
+    convert(bare, tmp_path / f"bare-{out}", log=notes.append)
+    convert(src, tmp_path / "again.json", log=notes.append)
+    assert len(notes) == 1

@@ -4,9 +4,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from convnet.io.onnx_export import export_onnx
 from convnet.layers.activation import ReLU
+from convnet.layers.base import Layer
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
@@ -76,14 +78,16 @@ def test_every_op(tmp_path):
 
 
 def random_pool_layers(rng, p_choices):
-    """Max, average, LP pooling and LRN with one random setting (F, S, P, ceil mode,
-    count_include_pad, p, LRN size and constants), and an input H, W they fit."""
+    """Max, average, LP pooling and LRN with one random setting (F, S, P, max pooling's
+    dilation, ceil mode, count_include_pad, p, LRN size and constants), and an input H, W
+    they fit."""
     f = int(rng.integers(1, 5))
-    s = int(rng.integers(1, 4))
+    s = int(rng.integers(1, 5))
     p = int(rng.integers(0, f // 2 + 1))
+    d = int(rng.integers(1, 4))
     ceil = bool(rng.integers(2))
-    h, w = (int(v) for v in rng.integers(f + 1, 12, size=2))
-    layers = [MaxPool2d(f, s, p, ceil_mode=ceil, fit="floor"),
+    h, w = (int(v) for v in rng.integers(d * (f - 1) + 2, 14, size=2))
+    layers = [MaxPool2d(f, s, p, d, ceil_mode=ceil, fit="floor"),
               AvgPool2d(f, s, p, ceil_mode=ceil, fit="floor",
                         count_include_pad=bool(rng.integers(2))),
               LPPool2d(float(rng.choice(p_choices)), f, s, ceil_mode=ceil, fit="floor"),
@@ -103,13 +107,67 @@ def test_pool_and_lrn_settings(tmp_path, seed):
             check_export(model, tmp_path, (int(rng.integers(1, 6)), h, w), seed=case)
 
 
-def test_adaptive_pool_even_division_and_error(tmp_path):
+@pytest.mark.parametrize("layer, shape", [
+    (MaxPool2d(2, 4, 0, 2, ceil_mode=True, fit="floor"), (1, 13, 10)),
+    (MaxPool2d(2, 2, 1, 2, ceil_mode=True), (1, 8, 9)),
+    (MaxPool2d(3, 3, 1, 3, ceil_mode=True, fit="floor"), (2, 12, 7)),
+])
+def test_dilated_ceil_mode_max_pool_runs_in_onnxruntime(tmp_path, layer, shape):
+    """A dilated window hanging F or more past the input: onnxruntime refused the pads
+    ("Pad should be smaller than kernel"); ceil_mode=1 gives torch's values exactly."""
+    model = Sequential(layer)
+    proto = check_export(model, tmp_path, shape, batches=(1, 2))
+    pool = next(node for node in proto.graph.node if node.op_type == "MaxPool")
+    assert {a.name: a.i for a in pool.attribute}["ceil_mode"] == 1
+    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
+    expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), layer.kernel_size,
+                                              layer.stride, layer.padding, layer.dilation,
+                                              ceil_mode=True).numpy()
+    assert np.array_equal(run_onnx(tmp_path / "model.onnx", x), expected)
+
+
+def test_random_dilated_max_pools_agree_with_torch_in_onnxruntime(tmp_path):
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        f, s, d = (int(v) for v in rng.integers(1, 5, size=3))
+        p, ceil = int(rng.integers(0, f // 2 + 1)), bool(rng.integers(2))
+        h, w = (int(v) for v in rng.integers(d * (f - 1) + 1, 16, size=2))
+        layer = MaxPool2d(f, s, p, d, ceil_mode=ceil, fit="floor")
+        export_onnx(Sequential(layer), tmp_path / "m.onnx", (2, h, w))
+        x = rng.standard_normal((1, 2, h, w)).astype(np.float32)
+        expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), f, s, p, d,
+                                                  ceil_mode=ceil).numpy()
+        assert np.array_equal(run_onnx(tmp_path / "m.onnx", x), expected), (layer, h, w)
+
+
+def test_adaptive_pool_even_division(tmp_path):
     model = Sequential(Conv2d(2, 4, 3, padding=1, rng=np.random.default_rng(0)),
                        AdaptiveAvgPool2d((2, 3)))
     proto = check_export(model, tmp_path, (2, 8, 9), batches=(1, 3))
     assert "AveragePool" in {node.op_type for node in proto.graph.node}
-    with pytest.raises(ValueError, match=r"layer 1 AdaptiveAvgPool2d.*divide"):
-        export_onnx(model, tmp_path / "bad.onnx", (2, 7, 9))
+
+
+@pytest.mark.parametrize("out, size", [((2, 3), (7, 9)), ((7, 7), (1, 1)), ((3, 5), (5, 3)),
+                                       ((4, 1), (10, 6)), ((5, 2), (13, 4))])
+def test_adaptive_pool_to_any_size_agrees_with_torch(tmp_path, out, size):
+    """An output size that does not divide the input (unequal, overlapping windows; more
+    outputs than inputs): onnxruntime gives torch's adaptive_avg_pool2d."""
+    model = Sequential(AdaptiveAvgPool2d(out))
+    proto = check_export(model, tmp_path, (3, *size), batches=(1, 2))
+    assert "MatMul" in {node.op_type for node in proto.graph.node}
+    x = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
+    expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
+    assert rel_error(run_onnx(tmp_path / "model.onnx", x), expected) < 1e-6
+
+
+def test_vgg11_bn_for_small_images_exports(tmp_path):
+    """vgg11_bn at 32x32 pools a 1x1 volume to 7x7 (AdaptiveAvgPool2d(7)): export refused
+    it; it runs in onnxruntime as convnet computes it."""
+    from convnet.zoo import get_model
+
+    model = randomize_bn(get_model("vgg11_bn", num_classes=10, input_size=32,
+                                   rng=np.random.default_rng(0)), np.random.default_rng(1))
+    check_export(model, tmp_path, (3, 32, 32), batches=(2,))
 
 
 def test_lenet5(tmp_path):
@@ -147,11 +205,39 @@ def _all_layers(model):
 
 
 def test_unsupported_layer_is_named(tmp_path):
-    model = Sequential(Conv2d(1, 2, 3, rng=np.random.default_rng(0)),
-                       LocallyConnected2d(2, 2, 6, 3, rng=np.random.default_rng(1)))
-    with pytest.raises(ValueError, match=r"layer 1 .*LocallyConnected2d"):
-        export_onnx(model, tmp_path / "lc.onnx", (1, 8, 8))
-    assert not (tmp_path / "lc.onnx").exists()
+    class Square(Layer):
+        def forward(self, x):
+            return x * x
+
+    model = Sequential(Conv2d(1, 2, 3, rng=np.random.default_rng(0)), Square())
+    with pytest.raises(ValueError, match=r"layer 1 Square\(\) of type Square has no ONNX "
+                                         r"export; supported: .*LocallyConnected2d"):
+        export_onnx(model, tmp_path / "sq.onnx", (1, 8, 8))
+    assert not (tmp_path / "sq.onnx").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_locally_connected_agrees_with_torch_unfold(tmp_path, seed):
+    """LocallyConnected2d (export refused it): im2col as a one-hot Conv, one MatMul per
+    position; onnxruntime gives convnet's numbers and torch's unfold-then-multiply."""
+    rng = np.random.default_rng(seed)
+    f, s = (int(v) for v in rng.integers(1, 4, size=2))
+    p = int(rng.integers(0, f))
+    c, k = (int(v) for v in rng.integers(1, 4, size=2))
+    h, w = (int(v) for v in rng.integers(f, 10, size=2))
+    layer = LocallyConnected2d(c, k, (h, w), f, s, p, bias=bool(seed % 2), fit="floor",
+                               rng=rng)
+    model = Sequential(Conv2d(c, c, 1, rng=rng), layer)
+    check_export(model, tmp_path, (c, h, w), batches=(1, 3))
+    x = rng.standard_normal((3, c, h, w)).astype(np.float32)
+    cols = torch.nn.functional.unfold(torch.from_numpy(model[0].infer(x)), f, padding=p,
+                                      stride=s)                             # (N, CFF, L)
+    oh, ow, *_ = layer.params["weight"].shape
+    weight = torch.from_numpy(layer.params["weight"].reshape(oh * ow, k, -1))
+    expected = torch.einsum("lkj,njl->nkl", weight, cols).reshape(3, k, oh, ow).numpy()
+    if "bias" in layer.params:
+        expected = expected + layer.params["bias"]
+    assert rel_error(run_onnx(tmp_path / "model.onnx", x), expected) < 1e-5
 
 
 def test_input_shape_required_and_opset_checked(tmp_path):

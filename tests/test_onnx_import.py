@@ -17,9 +17,9 @@ import convnet.io.onnx_import as onnx_import
 from convnet.io import export_onnx, load_model, load_onnx
 from convnet.layers.activation import ReLU, ReLU6
 from convnet.layers.conv import Conv2d
-from convnet.layers.linear import Linear
+from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AvgPool2d, LPPool2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 from convnet.models.notation import from_notation
 from convnet.zoo.densenet import densenet_bc_100
@@ -79,6 +79,16 @@ def test_pool_and_lrn_settings(tmp_path, seed):
             model = Sequential(ReLU(), layer)
             imported = round_trip(model, tmp_path, (int(rng.integers(1, 6)), h, w), seed=case)
             assert type(imported["1"]) is type(layer)
+
+
+@pytest.mark.parametrize("out, size", [((2, 3), (7, 9)), ((7, 7), (1, 1)), ((3, 5), (5, 3))])
+def test_adaptive_pool_to_any_size_comes_back(tmp_path, out, size):
+    """export_onnx's MatMuls by AdaptiveAvgPool2d's averaging matrices: the same layer."""
+    model = Sequential(Conv2d(2, 3, 1, rng=np.random.default_rng(0)), AdaptiveAvgPool2d(out),
+                       Flatten(), Linear(3 * out[0] * out[1], 4, rng=np.random.default_rng(1)))
+    imported = round_trip(model, tmp_path, (2, *size), batches=(1, 3))
+    assert repr(imported["1"]) == repr(model[1])
+    same_keys(imported, model)
 
 
 def test_lenet5(tmp_path):
@@ -215,6 +225,61 @@ def compare_with_torch(net, model, shape, batches=(1, 3)):
         got = model.infer(x.numpy())
         assert got.shape == expected.shape
         assert np.allclose(got, expected, rtol=1e-5, atol=1e-5), np.abs(got - expected).max()
+
+
+def torch_export_any(net, path, shape, dynamo):
+    """torch.onnx.export by either exporter, with a dynamic batch axis."""
+    kwargs = ({"dynamic_shapes": ({0: torch.export.Dim("N")},)} if dynamo else
+              {"dynamic_axes": {"x": {0: "N"}}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, *shape),), str(path), dynamo=dynamo,
+                          input_names=["x"], **kwargs)
+    return path
+
+
+POOLS = {"lp2": lambda: torch.nn.LPPool2d(2, 3, 2),
+         "lp3-ceil": lambda: torch.nn.LPPool2d(3, 2, 2, ceil_mode=True),
+         "lp1.5-uneven": lambda: torch.nn.LPPool2d(1.5, (2, 3), (1, 2))}
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_torchs_lppool2d_is_read_as_one_layer(tmp_path, pool, dynamo):
+    """PyTorch writes LPPool2d as Pow -> AveragePool -> Sign * Relu(Abs) -> Mul -> Pow
+    (the older exporter's constants as Constant nodes after the first Pow): one
+    LPPool2d, torch's numbers."""
+    net = torch.nn.Sequential(torch.nn.ReLU(), POOLS[pool]()).eval()
+    path = torch_export_any(net, tmp_path / "lp.onnx", (4, 9, 9), dynamo)
+    model = load_onnx(path)
+    assert [type(layer) for layer in model] == [ReLU, LPPool2d]
+    assert model[1].norm_type == net[1].norm_type
+    compare_with_torch(net, model, (4, 9, 9))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_torchs_newer_exporters_local_response_norm_is_read(tmp_path, size):
+    """dynamo=True writes LocalResponseNorm as x*x -> Reshape (N, 1, C, H, W) -> Pad ->
+    AveragePool(n, 1, 1) -> Squeeze -> *alpha -> +k -> ^beta -> x / that."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1),
+                              torch.nn.LocalResponseNorm(size, 2e-2, 0.6, 1.5)).eval()
+    path = torch_export_any(net, tmp_path / "lrn.onnx", (3, 7, 5), dynamo=True)
+    assert "LRN" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    model = load_onnx(path)
+    lrn = model[-1]
+    assert isinstance(lrn, LocalResponseNorm) and lrn.size == size
+    assert (lrn.alpha, lrn.beta, lrn.k) == pytest.approx((2e-2, 0.6, 1.5))
+    compare_with_torch(net, model, (3, 7, 5))
+
+
+def test_torchs_older_exporters_local_response_norm_is_refused_with_the_way_out(tmp_path):
+    """The TorchScript exporter computes LRN's pads with If and ConstantOfShape: refused,
+    naming the exporter that writes what convnet reads."""
+    net = torch.nn.Sequential(torch.nn.LocalResponseNorm(3)).eval()
+    path = torch_export_any(net, tmp_path / "lrn.onnx", (4, 5, 5), dynamo=False)
+    with pytest.raises(ValueError, match=r"unsupported operator 'Mul'.*torch\.onnx\.export "
+                                         r"for LPPool2d and, with dynamo=True, LocalRes"):
+        load_onnx(path)
 
 
 @pytest.mark.parametrize("preserve", [False, True], ids=["bn-folded", "bn-kept"])
@@ -540,8 +605,10 @@ def test_reshape_as_flatten_and_dynamic_input(tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(ValueError, match=r"dyn\.onnx: input 'x' has shape \['\?', 2, '\?', "
                                          r"'\?'\], not a static per-sample shape; pass "
-                                         r"input_shape"):
+                                         r"input_shape=\(C, H, W\)$"):
         load_onnx(path)
+    with pytest.raises(ValueError, match=r"pass input_shape=\(C, H, W\) \(with --size\)$"):
+        load_onnx(path, input_hint="with --size")
     model = load_onnx(path, input_shape=(2, 3, 4))
     assert model.output_shape((2, 3, 4)) == (24,)
     compare_with_ort(path, model, (2, 3, 4))
@@ -787,7 +854,12 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     capsys.readouterr()
     assert main(["predict", str(path), str(tmp_path / "a.png")]) == 1
     assert "not a static per-sample shape; pass input_shape=(C, H, W) (on the command line: " \
-           "--input CxHxW)" in capsys.readouterr().err
+           "--input CxHxW, which summary, eval, predict, report and convert take; for train " \
+           "--from and show, convert it first: convnet convert FILE.onnx FILE.json --input " \
+           "CxHxW)" in capsys.readouterr().err
+    for command in (["show", "filters", str(path)], ["train", "--from", str(path)]):
+        assert main(command) == 1                    # commands without --input: the way out
+        assert "for train --from and show, convert it first" in capsys.readouterr().err
     assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
@@ -920,3 +992,18 @@ def test_a_concat_that_only_shares_a_prefix_is_not_read_as_a_dense_step(tmp_path
     model = load_onnx(path)
     assert isinstance(model["m"], Residual)
     compare_with_ort(path, model, (2, 4, 4), n=1)
+
+
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2d, (3, 4, 5)), (BatchNorm1d, (6,))])
+def test_batch_norm_without_affine_comes_back_without(tmp_path, cls, shape):
+    """BatchNorm(affine=False) came back affine (weight and bias keys of ones and zeros);
+    a scale of ones and a bias of zeros under other names stay parameters."""
+    rng = np.random.default_rng(4)
+    bn = cls(shape[0], affine=False)
+    bn.buffers["running_mean"][...] = rng.normal(0, 0.5, shape[0])
+    bn.buffers["running_var"][...] = rng.uniform(0.5, 2.0, shape[0])
+    model = Sequential(bn, cls(shape[0]), cls(shape[0], affine=False)).eval()
+    imported = round_trip(model, tmp_path, shape, batches=(1, 3))
+    assert [layer.affine for layer in imported] == [False, True, False]
+    same_keys(imported, model)
+    assert list(imported.state_dict()) == list(model.state_dict())

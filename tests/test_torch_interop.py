@@ -12,13 +12,15 @@ torch module through safetensors.torch.load_file and gives the same outputs.
 """
 
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 from torch import nn
 
-from convnet.io import load_torch, save_tensors
+from convnet.io import load_tensors, load_torch, save_tensors
 from convnet.zoo import (
     alexnet_torchvision,
     densenet121,
@@ -191,3 +193,104 @@ def test_mismatched_state_dict_lists_every_problem(tmp_path):
         assert text in message, (text, message)
     after = model.state_dict()  # strict loading copies nothing when it fails
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_checkpoint_without_num_batches_tracked_loads_as_in_torch(tmp_path):
+    """Checkpoints from before PyTorch 0.4.1 have no num_batches_tracked: torch loads them
+    strictly ("All keys matched", the counters keep their 0), and so does convnet."""
+    net = torch_net("resnet18")
+    old = OrderedDict((k, v) for k, v in net.state_dict().items()
+                      if not k.endswith("num_batches_tracked"))
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    fresh = CASES["resnet18"][0]().double()
+    result = fresh.load_state_dict(torch.load(path), strict=True)   # what torch does
+    assert not result.missing_keys and not result.unexpected_keys
+    counters = {k: int(v) for k, v in fresh.state_dict().items()
+                if k.endswith("num_batches_tracked")}
+    model = zoo_net("resnet18", np.float64)
+    assert model.load_state_dict(load_torch(path), strict=True) == ([], [])
+    assert {k: int(v) for k, v in model.state_dict().items()
+            if k.endswith("num_batches_tracked")} == counters == dict.fromkeys(counters, 0)
+    x = random_input("resnet18")
+    assert rel_error(model.infer(x), torch_forward(fresh.eval(), x)) < 1e-9
+    # the model's other keys are still required
+    del old["fc.bias"]
+    torch.save(old, path)
+    with pytest.raises(ValueError, match=r"missing keys: fc\.bias$"):
+        zoo_net("resnet18", np.float64).load_state_dict(load_torch(path))
+
+
+@pytest.mark.parametrize("wrap, prefix", [
+    (nn.DataParallel, "module."),
+    (lambda net: torch.compile(net), "_orig_mod."),
+    (lambda net: torch.compile(nn.DataParallel(net)), "_orig_mod.module."),
+])
+def test_a_wrapped_modules_checkpoint_loads_without_the_prefix(tmp_path, wrap, prefix):
+    """nn.DataParallel / DDP save 'module.conv1.weight', torch.compile
+    '_orig_mod.conv1.weight': read as the model's keys, with a warning naming the
+    wrapper; the same outputs as the torch net."""
+    from convnet.spec import resolve_model
+
+    net = torch_net("resnet18")
+    state = wrap(net).state_dict()
+    assert all(key.startswith(prefix) for key in state)
+    path = tmp_path / "wrapped.pth"
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match=rf"{path}: every key starts with "
+                                         rf"'{prefix}' \(saved from .*\); read without it"):
+        model = resolve_model(str(path), num_classes=NUM_CLASSES, architecture="resnet18",
+                              input_shape=(3, 64, 64))
+    x = random_input("resnet18").astype(np.float32)
+    assert rel_error(model.eval().infer(x), torch_forward(net.float(), x)) < 1e-4
+
+
+def test_a_prefixed_checkpoint_that_does_not_fit_names_the_prefix(tmp_path):
+    from convnet.spec import resolve_model
+
+    state = nn.DataParallel(torch_net("resnet18")).state_dict()
+    state["module.fc.weight"] = torch.zeros(7, 512, dtype=torch.float64)
+    del state["module.fc.bias"]
+    path = tmp_path / "wrapped.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"does not fit the architecture.*every key of the "
+                                         r"file starts with 'module\.', as nn\.DataParallel"):
+        resolve_model(str(path), num_classes=NUM_CLASSES, architecture="resnet18")
+
+
+def test_a_bfloat16_safetensors_file_loads_as_its_pt_twin(tmp_path):
+    """The same bfloat16 weights as a .safetensors and a .pt: both widen exactly to
+    float32 (torch's .float()), and the model gives the torch net's outputs."""
+    from convnet.spec import resolve_model
+
+    net = torch_net("resnet18").to(torch.bfloat16)
+    safetensors.torch.save_file(net.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    tensors, _ = load_tensors(tmp_path / "w.safetensors")
+    expected = {k: (v.float() if v.is_floating_point() else v).numpy()
+                for k, v in net.state_dict().items()}
+    assert tensors.keys() == expected.keys()
+    for key, value in tensors.items():
+        assert value.dtype == expected[key].dtype and np.array_equal(value, expected[key])
+        assert np.array_equal(value, load_torch(tmp_path / "w.pt")[key])
+    model = resolve_model(str(tmp_path / "w.safetensors"), num_classes=NUM_CLASSES,
+                          architecture="resnet18").eval()
+    x = random_input("resnet18").astype(np.float32)
+    assert rel_error(model.infer(x), torch_forward(net.float(), x)) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_every_bit_pattern_widens_as_torch_does(tmp_path, dtype):
+    """Every value of bfloat16 and float8 (NaN, infinities, zeros, subnormals): load_tensors
+    gives torch's .float() bit for bit."""
+    size = torch.finfo(dtype).bits
+    bits = torch.arange(2 ** size, dtype=torch.int32).to(
+        torch.int16 if size == 16 else torch.uint8)
+    tensor = bits.view(dtype).reshape(2, -1)
+    safetensors.torch.save_file({"w": tensor, "b": torch.ones(3)}, str(tmp_path / "w.st"))
+    got = load_tensors(tmp_path / "w.st")[0]["w"]
+    expected = tensor.float().numpy()
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got.view(np.uint32)[~np.isnan(got)],
+                          expected.view(np.uint32)[~np.isnan(expected)])
+    assert np.array_equal(np.isnan(got), np.isnan(expected))

@@ -35,24 +35,35 @@ def read_any(path, model=None, num_classes=None, input_shape=None):
     return check_classes(net, num_classes, str(path), model)
 
 
-def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape=None):
-    """Convert ``src`` to ``dst`` (formats by suffix); returns the written path. A file it
-    would write (for .json, the model's .safetensors too) that exists already is a
-    ValueError unless overwrite=True. input_shape: as read_any's."""
+def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape=None,
+            log=None):
+    """Convert ``src`` to ``dst`` (formats by suffix, in any case); returns the written
+    path. A file it would write (for .json, the model's .safetensors too) that exists
+    already is a ValueError unless overwrite=True. input_shape: as read_any's. log: called
+    with a note (a str) when ``dst`` leaves out what the model read records besides the
+    net (class names, preprocessing: a convnet model's "info", read from its .json, or
+    from the .json beside its .safetensors), which only a .json keeps."""
     dst = Path(dst)
-    if dst.suffix not in OUT:
+    suffix = dst.suffix.lower()
+    if suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
-    targets = model_paths(dst) if dst.suffix == ".json" else (dst,)
+    targets = model_paths(dst) if suffix == ".json" else (dst,)
     held = [str(p) for p in targets if p.exists()]
     if held and not overwrite:
         raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "
                          f"{'them' if len(held) > 1 else 'it'}, or choose another OUT")
     net = read_any(src, model, num_classes, input_shape)
-    if dst.suffix == ".json":
-        return save_model(net, dst, **getattr(net, "info", {}))
-    if dst.suffix == ".safetensors":
+    info = getattr(net, "info", None) or {}
+    if suffix == ".json":
+        return save_model(net, dst, **info)
+    if suffix == ".safetensors":
         save_tensors(net.state_dict(), dst)
-        return dst
-    from convnet.io.onnx_export import export_onnx
-    export_onnx(net, dst)
+    else:
+        from convnet.io.onnx_export import export_onnx
+        export_onnx(net, dst)
+    if info and log is not None:
+        log(f"{dst} holds the net alone: the preprocessing and class names that {src} "
+            f"records are not in it (eval and predict will not have them; convert to .json "
+            f"to keep them)")
     return dst
+

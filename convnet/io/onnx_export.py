@@ -4,7 +4,9 @@ The model is walked layer by layer from its per-sample input shape (C, H, W); ea
 becomes one ONNX node (or a few), each container its children's nodes plus the joins:
 
     Conv2d -> Conv              MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
-    LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool
+    LocallyConnected2d -> Conv (one-hot filters: im2col) + Reshape, Transpose, MatMul, Add
+                          (load_onnx does not read this subgraph back)
+    LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool (others below)
     ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
     Linear -> Gemm (transB=1)   Flatten -> Flatten(axis=1)
     BatchNorm2d/1d -> BatchNormalization (running statistics)
@@ -18,7 +20,10 @@ so the weights can be matched by name. A few settings have no single ONNX op wit
 numbers and are written as small subgraphs: LRN with an even size (PyTorch's window reaches
 one channel further back, ONNX's one further forward), LPPool2d with a non-even p or a
 ceil-mode window hanging over the edge (PyTorch scales its sum by FH*FW / size inside),
-AdaptiveAvgPool2d to an output size that divides the input (AveragePool, kernel = stride).
+AdaptiveAvgPool2d (AveragePool, kernel = stride, for an output size that divides the
+input; else rows @ (x @ cols.T), two MatMuls with its averaging matrices, as it computes);
+a dilated ceil-mode MaxPool2d whose last window hangs F or more past the input is
+MaxPool with ceil_mode=1 (runtimes refuse pads >= F).
 
 >>> from convnet.zoo import lenet5
 >>> export_onnx(lenet5(), "lenet5.onnx")                      # doctest: +SKIP
@@ -28,10 +33,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from convnet.functional.pool import adaptive_windows
 from convnet.io.weights import atomic_write
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
-from convnet.layers.conv import Conv2d
+from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
@@ -193,11 +199,46 @@ class _Graph:
                          strides=list(layer.stride), pads=[ph, pw, ph, pw],
                          dilations=list(layer.dilation), group=layer.groups)
 
+    def locally_connected(self, layer, x, shape, out_shape, base):
+        """im2col as a Conv with one-hot filters, one group per input channel (each output
+        copies one tap of one channel: exact), then one batched MatMul over the positions
+        with each position's own filters, as functional.locally_connected_forward."""
+        c, k, (fh, fw), (oh, ow) = (layer.in_channels, layer.out_channels,
+                                    layer.kernel_size, layer.out_size)
+        (ph, pw), taps, positions = layer.padding, c * fh * fw, oh * ow
+        one_hot = np.tile(np.eye(fh * fw).reshape(fh * fw, 1, fh, fw), (c, 1, 1, 1))
+        cols = self.node("Conv", [x, self.const(f"{base}.taps", one_hot)], f"{base}.im2col",
+                         kernel_shape=[fh, fw], strides=list(layer.stride),
+                         pads=[ph, pw, ph, pw], group=c)                   # (N, CFF, OH, OW)
+        cols = self.node("Reshape", [cols, self.const(f"{base}.cols_shape",
+                                                      [0, taps, positions], np.int64)],
+                         f"{base}.cols")                                    # (N, CFF, L)
+        cols = self.node("Transpose", [cols], f"{base}.by_position", perm=[2, 1, 0])
+        weight = self.node("Reshape", [self.const(f"{base}.weight", layer.params["weight"]),
+                                       self.const(f"{base}.weight_shape",
+                                                  [positions, k, taps], np.int64)],
+                           f"{base}.filters")                               # (L, K, CFF)
+        out = self.node("MatMul", [weight, cols], f"{base}.matmul")         # (L, K, N)
+        out = self.node("Transpose", [out], f"{base}.by_sample", perm=[2, 1, 0])
+        shape_out = self.const(f"{base}.out_shape", [0, k, oh, ow], np.int64)
+        if "bias" not in layer.params:
+            return self.node("Reshape", [out, shape_out], base)             # (N, K, OH, OW)
+        out = self.node("Reshape", [out, shape_out], f"{base}.unbiased")
+        return self.node("Add", [out, self.const(f"{base}.bias", layer.params["bias"])], base)
+
     def maxpool(self, layer, x, shape, out_shape, base):
-        pads = _pool_pads(layer, shape, out_shape)
+        pads, ceil = _pool_pads(layer, shape, out_shape), 0
+        if any(pad >= f for pad, f in zip(pads, 2 * list(layer.kernel_size))):
+            # a dilated ceil-mode window hanging F or more past the end: runtimes take no
+            # pad >= F (the window's taps, not its extent), so ONNX's ceil mode with the
+            # layer's pads. Its sizes are the layer's: PyTorch's rule that the last window
+            # starts inside, which ONNX's formula lacks, drops a window only where the end
+            # pad comes out below P (< F), never here.
+            assert _onnx_ceil_sizes(layer, shape) == list(out_shape[1:]), (layer, shape)
+            pads, ceil = [*layer.padding, *layer.padding], 1
         return self.node("MaxPool", [x], base, kernel_shape=list(layer.kernel_size),
                          strides=list(layer.stride), pads=pads,
-                         dilations=list(layer.dilation))
+                         dilations=list(layer.dilation), ceil_mode=ceil)
 
     def avgpool(self, layer, x, shape, out_shape, base):
         pads, (ph, pw) = _pool_pads(layer, shape, out_shape), layer.padding
@@ -229,12 +270,15 @@ class _Graph:
         (oh, ow), (h, w) = layer.output_size, shape[1:]
         if (oh, ow) == (1, 1):
             return self.node("GlobalAveragePool", [x], base)
-        if h % oh or w % ow:
-            raise ValueError(f"export_onnx: layer {layer.where}: ONNX has no adaptive pooling; "
-                             f"output size {oh}x{ow} must be 1x1 or divide the input "
-                             f"{h}x{w} evenly (then it is AveragePool), got input {shape}")
-        kernel = [h // oh, w // ow]
-        return self.node("AveragePool", [x], base, kernel_shape=kernel, strides=kernel)
+        if h % oh == 0 and w % ow == 0:     # equal windows side by side
+            kernel = [h // oh, w // ow]
+            return self.node("AveragePool", [x], base, kernel_shape=kernel, strides=kernel)
+        # windows of unequal sizes, overlapping: rows @ (x @ cols.T), as convnet computes
+        # it, with the (OH, H) and (OW, W) averaging matrices as constants
+        cols = self.const(f"{base}.cols", averaging_matrix(w, ow).T)      # (W, OW)
+        rows = self.const(f"{base}.rows", averaging_matrix(h, oh))        # (OH, H)
+        x = self.node("MatMul", [x, cols], f"{base}.over_w")             # (N, C, H, OW)
+        return self.node("MatMul", [rows, x], base)                      # (N, C, OH, OW)
 
     def activation(self, layer, x, shape, out_shape, base):
         if isinstance(layer, LeakyReLU):
@@ -313,8 +357,27 @@ def _pool_pads(layer, shape, out_shape):
     return begin + end
 
 
+def averaging_matrix(size, out):
+    """AdaptiveAvgPool2d's (out, size) float32 matrix along one axis: row i is 1/len
+    over window i (PyTorch's [floor(i*size/out), ceil((i+1)*size/out))), 0 elsewhere."""
+    start, end = adaptive_windows(size, out)
+    pos = np.arange(size)
+    inside = (pos >= start[:, None]) & (pos < end[:, None])
+    return (inside / (end - start)[:, None]).astype(np.float32)
+
+
+def _onnx_ceil_sizes(layer, shape):
+    """(OH, OW) of ONNX's ceil mode with the layer's pads on both sides, by the spec's
+    formula ceil((size + 2P - extent) / S) + 1, without PyTorch's rule that the last
+    window starts inside (not every runtime has it): where it agrees with the layer's
+    sizes, every runtime gives them."""
+    return [-(-(size + 2 * p - d * (f - 1) - 1) // s) + 1 for size, f, s, d, p in zip(
+        shape[1:], layer.kernel_size, layer.stride, layer.dilation, layer.padding)]
+
+
 _LEAVES = {
-    Conv2d: _Graph.conv, MaxPool2d: _Graph.maxpool, AvgPool2d: _Graph.avgpool,
+    Conv2d: _Graph.conv, LocallyConnected2d: _Graph.locally_connected,
+    MaxPool2d: _Graph.maxpool, AvgPool2d: _Graph.avgpool,
     LPPool2d: _Graph.lppool, AdaptiveAvgPool2d: _Graph.adaptive_avgpool,
     ReLU: _Graph.activation, ReLU6: _Graph.activation, LeakyReLU: _Graph.activation,
     Tanh: _Graph.activation, Sigmoid: _Graph.activation, Linear: _Graph.linear,

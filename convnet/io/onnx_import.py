@@ -13,7 +13,11 @@ The graph is read node by node, each node (or a small group of nodes) becoming a
     LRN (odd size) -> LocalResponseNorm           Dropout -> Dropout
     Identity -> nothing (a new name for a tensor)
     Softmax or LogSoftmax at the very end -> dropped
-    export_onnx's subgraphs for even-size LRN, LPPool2d and ceil-mode AvgPool2d -> one layer
+    export_onnx's subgraphs for even-size LRN, LPPool2d, ceil-mode AvgPool2d and
+    AdaptiveAvgPool2d (MatMul by its averaging matrices) -> one layer
+    PyTorch's LPPool2d (Pow, AveragePool, Sign * Relu(Abs), Mul, Pow) and, from
+    torch.onnx.export(dynamo=True), LocalResponseNorm (Mul, Reshape, Pad, AveragePool,
+    Squeeze, Mul, Add, Pow, Div) -> one layer
 
 A Reshape's target shape may be computed from the input's shape (Shape, Gather,
 Unsqueeze, Squeeze, Concat, Cast, Slice: torch's x.view(x.size(0), -1) with a dynamic
@@ -83,6 +87,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.functional.conv import conv_output_size
+from convnet.io.onnx_export import averaging_matrix
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -100,9 +105,14 @@ SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Cons
              "Reshape", "Sigmoid", "Softmax", "Squeeze", "Tanh")
 _NOTES = ("(Add joins two paths or adds MatMul's bias; Reshape and Squeeze must flatten; "
           "ReduceMean must average over H and W; Softmax and LogSoftmax only at the end; "
-          "Pad, Pow, Mul, Unsqueeze and Div only in export_onnx's subgraphs for AvgPool2d, "
-          "LPPool2d and LRN)")
+          "Pad, Pow, Mul, Unsqueeze, Div, Sign and Abs only in the subgraphs that export_onnx "
+          "writes for AvgPool2d, AdaptiveAvgPool2d, LPPool2d and LRN, and torch.onnx.export "
+          "for LPPool2d and, with dynamo=True, LocalResponseNorm)")
 _FLOATS = (np.float32, np.float64)
+# The names export_onnx gives BatchNormalization's scale and bias when the layer has none
+# (affine=False): "<layer>.ones" and "<layer>.zeros", made unique by a suffix "_1", ...
+_EXPORTED_ONES = re.compile(r"\.ones(_[0-9]+)?\Z")
+_EXPORTED_ZEROS = re.compile(r"\.zeros(_[0-9]+)?\Z")
 
 # Element types read from tensors (TensorProto.DataType): the typed field that holds the
 # values when raw_data is absent, and bytes per element in raw_data.
@@ -173,7 +183,7 @@ def _onnx():
     return onnx
 
 
-def load_onnx(path, input_shape=None):
+def load_onnx(path, input_shape=None, input_hint=None):
     """Build a convnet model from an ONNX file, with the weights of its initializers.
 
     Args:
@@ -181,6 +191,9 @@ def load_onnx(path, input_shape=None):
             files inside the model file's folder.
         input_shape: per-sample input shape (C, H, W) (or (features,)) for a graph whose
             input has dynamic sizes besides the batch axis; default: the graph's own.
+        input_hint: how the caller's user gives input_shape, added to the error for a
+            graph whose input size is open and no input_shape (a command line's option);
+            default: none, the error names the argument input_shape alone.
 
     Returns a Sequential in eval mode (batch norm uses the file's running statistics,
     dropout is off), with ``model.input_shape`` set; ``model.infer(x)`` for x of shape
@@ -217,7 +230,7 @@ def load_onnx(path, input_shape=None):
     _check_text(proto.graph, file)
     _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
-    return _Importer(onnx, proto, file, input_shape).build()
+    return _Importer(onnx, proto, file, input_shape, input_hint).build()
 
 
 # -- tensors: declared sizes, then external data ----------------------------------------
@@ -622,11 +635,11 @@ class _Attributes:
 class _Importer:
     """One pass over the nodes making units, then the units' nesting made containers."""
 
-    def __init__(self, onnx, proto, file, input_shape):
+    def __init__(self, onnx, proto, file, input_shape, input_hint=None):
         self.onnx, self.graph, self.file = onnx, proto.graph, file
         self.alias, self.shapes, self.units, self.done = {}, {}, [], set()
         self.inits = self._check_wiring()
-        self.input, self.input_shape, self.batch = self._input(input_shape)
+        self.input, self.input_shape, self.batch = self._input(input_shape, input_hint)
         outputs = [o.name for o in self.graph.output]
         if len(outputs) != 1:
             raise ValueError(f"{file}: a convnet model has one output; the graph has "
@@ -822,7 +835,7 @@ class _Importer:
         limits.check_count(values, "MAX_PARAMS", what, self.file)
         limits.check_count(nbytes, "MAX_ARRAY_BYTES", f"bytes of {what}", self.file)
 
-    def _input(self, input_shape):
+    def _input(self, input_shape, input_hint):
         inputs = [i for i in self.graph.input if i.name not in self.inits]
         if len(inputs) != 1:
             raise ValueError(f"{self.file}: a convnet model has one input; the graph has "
@@ -853,9 +866,9 @@ class _Importer:
                                  f"input {name} of per-sample shape {_show_list(static)}")
         elif static is None or not static:
             shown = _show_list(["?" if d is None else d for d in dims]) if dims else "unknown"
+            hint = f" ({input_hint})" if input_hint else ""
             raise ValueError(f"{self.file}: input {name} has shape {shown}, not a "
-                             "static per-sample shape; pass input_shape=(C, H, W) (on the "
-                             "command line: --input CxHxW)")
+                             f"static per-sample shape; pass input_shape=(C, H, W){hint}")
         else:
             shape = static
         if len(shape) not in (1, 3):
@@ -895,6 +908,10 @@ class _Importer:
 
     # -- build -------------------------------------------------------------------------------
     def build(self):
+        for node in self.nodes:     # every constant first: a subgraph read at its head
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):  # reads them
+                self.op_Constant(node)
+                self.done.add(id(node))
         for node in self.nodes:
             if id(node) in self.done:
                 continue
@@ -1344,6 +1361,8 @@ class _Importer:
 
     def op_MatMul(self, node):
         x = self.data(node)
+        if len(self.shapes[x]) == 3 and self._adaptive_subgraph(node, x):
+            return
         w = self.param(node, 1, "weight B", ndim=2)
         nodes, bias = [node], None
         add = self.only_consumer(node, "Add")
@@ -1485,10 +1504,15 @@ class _Importer:
                                   enumerate(("scale", "B", "input_mean", "input_var"), 1))
         shape = self.shapes[x]
         cls = BatchNorm2d if len(shape) == 3 else BatchNorm1d
-        layer = self.make(node, cls, scale.size, eps=eps, dtype=scale.dtype)
-        for store, key, value in ((layer.params, "weight", scale), (layer.params, "bias", bias),
-                                  (layer.buffers, "running_mean", mean),
-                                  (layer.buffers, "running_var", var)):
+        # export_onnx's BatchNorm(affine=False): ones and zeros under its own names
+        affine = not (_EXPORTED_ONES.search(node.input[1]) and np.all(scale == 1)
+                      and _EXPORTED_ZEROS.search(node.input[2]) and np.all(bias == 0)
+                      and bias.shape == scale.shape)
+        layer = self.make(node, cls, scale.size, eps=eps, affine=affine, dtype=scale.dtype)
+        copies = [(layer.buffers, "running_mean", mean), (layer.buffers, "running_var", var)]
+        if affine:
+            copies = [(layer.params, "weight", scale), (layer.params, "bias", bias), *copies]
+        for store, key, value in copies:
             if value.shape != store[key].shape:
                 raise self.error(node, f"{key} has shape {value.shape}, expected "
                                        f"{store[key].shape}")
@@ -1649,68 +1673,172 @@ class _Importer:
         self.add([pad, pool], x, layer)
         return True
 
+    def _adaptive_subgraph(self, over_w, x):
+        """MatMul(x, cols) -> MatMul(rows, that), cols (W, OW) and rows (OH, H) the
+        averaging matrices of AdaptiveAvgPool2d((OH, OW)) (export_onnx's, for an output
+        size that does not divide the input): that layer."""
+        (_, h, w), cols = self.shapes[x], self.const(over_w.input[1])
+        over_h = self.only_consumer(over_w, "MatMul")
+        if (cols is None or cols.ndim != 2 or cols.shape[0] != w or over_h is None
+                or over_h.input[1] != over_w.output[0]):
+            return False
+        rows = self.const(over_h.input[0])
+        if rows is None or rows.ndim != 2 or rows.shape[1] != h:
+            return False
+        (oh, ow), close = (rows.shape[0], cols.shape[1]), 1e-6    # float32's rounding
+        for value, expected in ((cols, averaging_matrix(w, ow).T),
+                                (rows, averaging_matrix(h, oh))):
+            if value.dtype not in _FLOATS or not np.allclose(value, expected, rtol=close,
+                                                             atol=0):
+                return False
+        self.add([over_w, over_h], x, self.make(over_h, AdaptiveAvgPool2d, (oh, ow)))
+        return True
+
     def _lppool_subgraph(self, power):
-        """Pow(x, p) -> AveragePool(count_include_pad=0) -> Mul(FH*FW) -> Pow(1/p)."""
+        """LPPool2d written out: Pow(x, p) -> AveragePool -> [Sign * Relu(Abs)] ->
+        Mul(FH*FW) -> Pow(1/p). export_onnx's pool counts only what is inside
+        (count_include_pad=0, with the ceil-mode pads); PyTorch's exporters add
+        sign(a) * relu(abs(a)), which is a, and pool without pads."""
         x = self.resolve(power.input[0])
         p = self.const(power.input[1]) if len(power.input) == 2 else None
         pool = self.only_consumer(power, "AveragePool")
-        mul = pool and self.only_consumer(pool, "Mul")
+        if x not in self.shapes or p is None or pool is None or len(self.shapes[x]) != 3:
+            return False
+        chain = [power, pool]
+        signed = self._sign_times_relu_abs(pool)
+        if signed is not None:
+            chain += signed
+        mul = self.only_consumer(chain[-1], "Mul")
         root = mul and self.only_consumer(mul, "Pow")
-        if x not in self.shapes or p is None or root is None or len(self.shapes[x]) != 3:
+        if root is None:
             return False
         p = _scalar(p)
         attrs = self.attrs(pool)
         kernel = attrs.ints("kernel_shape", [], low=1)
-        area = _scalar(self._consts_of(mul, pool.output[0]))
+        pads = attrs.ints("pads", [0] * 4)
+        area = _scalar(self._consts_of(mul, chain[-1].output[0]))
         inv = _scalar(self.const(root.input[1])) if root.input[0] == mul.output[0] else None
         if (p is None or p <= 0 or inv is None or len(kernel) != 2
                 or area != kernel[0] * kernel[1]
-                or abs(inv * p - 1) > 1e-6 or attrs.flag("count_include_pad")
-                or attrs.ints("dilations", [1, 1]) != [1, 1]
-                or attrs.ints("pads", [0] * 4)[:2] != [0, 0]):
+                or abs(inv * p - 1) > 1e-6 or len(pads) != 4 or pads[:2] != [0, 0]
+                or (attrs.flag("count_include_pad") and any(pads))
+                or attrs.ints("dilations", [1, 1]) != [1, 1]):
             return False
         _, mode, _, _, strides = self.window(pool, "AveragePool", attrs, self.shapes[x],
                                              kernel, attrs.flag("ceil_mode"))
         layer = self.make(root, LPPool2d, p, tuple(kernel), tuple(strides), ceil_mode=mode,
                           fit="floor")
-        self.add([power, pool, mul, root], x, layer)
+        self.add([*chain, mul, root], x, layer)
         return True
 
+    def _sign_times_relu_abs(self, node):
+        """[Sign, Abs, Relu, Mul] when node's output a feeds only Sign(a) * Relu(Abs(a))
+        (PyTorch's lp_pool2d: the identity for a number), else None."""
+        users = self.consumers.get(node.output[0], [])
+        if node.output[0] == self.output or sorted(u.op_type for u in users) != ["Abs", "Sign"]:
+            return None
+        sign, absolute = sorted(users, key=lambda u: u.op_type, reverse=True)
+        relu = self.only_consumer(absolute, "Relu")
+        mul = relu and self.only_consumer(relu, "Mul")
+        if mul is None or sorted(mul.input) != sorted([sign.output[0], relu.output[0]]) or \
+                self.only_consumer(sign, "Mul") is not mul:
+            return None
+        return [sign, absolute, relu, mul]
+
     def _lrn_subgraph(self, square):
-        """x*x -> Unsqueeze(1) -> AveragePool(n,1,1) -> Squeeze(1) -> *alpha -> +k -> ^beta,
-        then x / that: LocalResponseNorm with an even size, PyTorch's window."""
+        """LocalResponseNorm written out, PyTorch's window (any size):
+
+            x*x -> (N, 1, C, H, W) -> [Pad channels] -> AveragePool(n,1,1) -> Squeeze(1)
+                -> *alpha -> +k -> ^beta, then x / that
+
+        The axis added by Unsqueeze(1) (export_onnx's even sizes) or by Reshape (torch's
+        newer exporter, with a Pad of zeros before the pool); the channels padded by
+        n//2 before and (n-1)//2 after, in the Pad and the pool together."""
         x = self.resolve(square.input[0])
-        chain, node = [square], square
-        for op in ("Unsqueeze", "AveragePool", "Squeeze", "Mul", "Add", "Pow", "Div"):
+        if x not in self.shapes or len(self.shapes[x]) != 3:
+            return False
+        users = self.consumers.get(square.output[0], [])
+        added = users[0] if len(users) == 1 and square.output[0] != self.output else None
+        if added is None or not self._adds_axis_1(added, self.shapes[x]):
+            return False
+        chain, node = [square, added], added
+        pad = self.only_consumer(added, "Pad")
+        pad_pads = [0] * 10
+        if pad is not None:
+            pad_pads = self._zero_pad(pad, 5)
+            if pad_pads is None or any(v for i, v in enumerate(pad_pads) if i not in (2, 7)):
+                return False
+            chain.append(pad)
+            node = pad
+        for op in ("AveragePool", "Squeeze", "Mul", "Add", "Pow", "Div"):
             node = self.only_consumer(node, op)
             if node is None:
                 return False
             chain.append(node)
-        _, unsq, pool, sq, mul, add, power, div = chain
-        if x not in self.shapes or self.resolve(div.input[0]) != x:
+        pool, sq, mul, add, power, div = chain[-6:]
+        if self.resolve(div.input[0]) != x or self.resolve(div.input[1]) != power.output[0]:
             return False
-        for node in (unsq, sq):
-            axes = self.attrs(node).ints("axes")
-            if axes is None and len(node.input) > 1:
-                axes = _ints(self.const(node.input[1]))
-            if axes != [1]:
-                return False
+        axes = self.attrs(sq).ints("axes")
+        if axes is None and len(sq.input) > 1:
+            axes = _ints(self.const(sq.input[1]))
+        if axes != [1]:
+            return False
         attrs = self.attrs(pool)
         kernel = attrs.ints("kernel_shape", [], low=1)
         n = kernel[0] if len(kernel) == 3 else 0
+        pool_pads = attrs.ints("pads", [0] * 6)
         alpha = _scalar(self._consts_of(mul, sq.output[0]))
         k = _scalar(self._consts_of(add, mul.output[0]))
         beta = (_scalar(self.const(power.input[1])) if power.input[0] == add.output[0]
                 else None)
-        if (n < 1 or kernel[1:] != [1, 1] or not attrs.flag("count_include_pad")
-                or attrs.ints("pads", []) != [n // 2, 0, 0, (n - 1) // 2, 0, 0]
+        if (n < 1 or kernel[1:] != [1, 1] or len(pool_pads) != 6
+                or any(pool_pads[i] for i in (1, 2, 4, 5))
+                or [pool_pads[0] + pad_pads[2], pool_pads[3] + pad_pads[7]] != [n // 2,
+                                                                                (n - 1) // 2]
+                or (any(pool_pads) and not attrs.flag("count_include_pad"))
                 or attrs.ints("strides", [1, 1, 1]) != [1, 1, 1]
+                or attrs.string("auto_pad", "NOTSET", None) != "NOTSET"
+                or attrs.ints("dilations", [1, 1, 1]) != [1, 1, 1]
                 or attrs.flag("ceil_mode") or None in (alpha, k, beta)):
             return False
         self.lrn_window(div, self.shapes[x], n)
         layer = self.make(div, LocalResponseNorm, n, alpha, beta, k)
         self.add(chain, x, layer)
         return True
+
+    def _adds_axis_1(self, node, shape):
+        """Whether node takes (N, C, H, W) to (N, 1, C, H, W): Unsqueeze(axes [1]), or a
+        Reshape to a constant shape that does (its batch 0, -1 or the graph's)."""
+        if node.op_type == "Unsqueeze":
+            axes = self.attrs(node).ints("axes")
+            if axes is None and len(node.input) > 1:
+                axes = _ints(self.const(node.input[1]))
+            return axes == [1]
+        if node.op_type != "Reshape" or len(node.input) != 2:
+            return False
+        target = _ints(self.const(node.input[1]))
+        if target is None or len(target) != 5 or 0 in target and \
+                self.attrs(node).flag("allowzero"):
+            return False
+        try:
+            return self._reshape_per_sample(node, target, shape) == (1, *shape)
+        except ValueError:
+            return False
+
+    def _zero_pad(self, pad, rank):
+        """A Pad's 2 * rank pads (begin of each axis, then ends) when it pads with zeros
+        (constant mode, no fill or 0, every axis), else None."""
+        attrs = self.attrs(pad)
+        pads = attrs.ints("pads")
+        if pads is None and len(pad.input) > 1 and pad.input[1]:
+            pads = _ints(self.const(pad.input[1]))
+        value = pad.input[2] if len(pad.input) > 2 else ""
+        if (pads is None or len(pads) != 2 * rank or min(pads) < 0
+                or attrs.string("mode", "constant", None) != "constant"
+                or (len(pad.input) > 3 and pad.input[3])
+                or value and _scalar(self.const(value)) != 0.0):
+            return None
+        return pads
 
 
 # -- the units' nesting: Sequential, Residual, Concat ---------------------------------------

@@ -37,6 +37,35 @@ ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "
             "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
+# The safetensors dtypes NumPy has no type for, read as their bits (a NumPy type of
+# their size) and widened exactly to float32, as load_torch widens bfloat16.
+_WIDENED = {"BF16": np.dtype("<u2"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1")}
+
+
+def _e4m3_values():
+    """float8 e4m3fn's 256 values as float32, by bit pattern: sign, 4 exponent bits
+    (bias 7), 3 mantissa bits; exponent 0 is subnormal (m/8 * 2^-6), S.1111.111 is NaN,
+    and there are no infinities."""
+    bits = np.arange(256)
+    exponent, mantissa = (bits >> 3) & 15, bits & 7
+    value = np.where(exponent == 0, mantissa / 8 * 2.0 ** -6,
+                     (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    value[(exponent == 15) & (mantissa == 7)] = np.nan
+    return np.where(bits >> 7, -value, value).astype(np.float32)
+
+
+def widen(bits, dtype):
+    """The float32 values of a safetensors tensor of ``dtype`` (a key of _WIDENED) read
+    as its bits: bfloat16 is the top half of a float32 (a shift by 16), float8 e5m2 the
+    top byte of a float16 (a shift by 8), float8 e4m3fn a table of its 256 values; all
+    exact."""
+    if dtype == "BF16":
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "F8_E5M2":
+        return (bits.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    return _e4m3_values()[bits]
+
+
 def _safetensors():
     try:
         import safetensors.numpy
@@ -80,26 +109,58 @@ def save_tensors(tensors, path, metadata=None):
 def load_tensors(path):
     """Read a safetensors file: (dict of arrays, metadata dict). Errors name the file.
 
-    The header is read first: the bytes its tensors declare together are held to
-    ``convnet.limits.MAX_ARRAY_BYTES`` before any tensor is read.
+    The header is read first: the bytes its tensors will take together are held to
+    ``convnet.limits.MAX_ARRAY_BYTES`` before any tensor is read. bfloat16 and float8
+    (e4m3fn, e5m2) tensors, which NumPy has no type for, become float32, exactly
+    (``widen``), as load_torch reads bfloat16.
     """
     path = Path(path)
-    tensor_shapes(path)
-    return _read(path, lambda f: ({key: f.get_tensor(key) for key in f.keys()},
-                                  f.metadata() or {}))
+    declared = _declared(path)
+    wide = [key for key, (dtype, _) in declared.items() if dtype in _WIDENED]
+    tensors, metadata = _read(path, lambda f: (
+        {key: None if key in wide else f.get_tensor(key) for key in f.keys()},
+        f.metadata() or {}))
+    if wide:
+        for key, bits in _read_bits(path, {key: declared[key] for key in wide}).items():
+            tensors[key] = widen(bits, declared[key][0])
+    return tensors, metadata
 
 
 def tensor_shapes(path):
     """A safetensors file's header: {key: shape} of its tensors, read without reading a
     tensor, their dtypes known and their bytes together held to
     ``convnet.limits.MAX_ARRAY_BYTES``. Errors name the file."""
-    path = Path(path)
+    return {key: tuple(shape) for key, (_, shape) in _declared(Path(path)).items()}
+
+
+def _declared(path):
+    """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes)."""
     if not path.is_file():
         raise ValueError(f"{path}: no such weight file")
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
     _check_declared_bytes(declared, path)
-    return {key: tuple(shape) for key, (_, shape) in declared.items()}
+    return declared
+
+
+def _read_bits(path, declared):
+    """The bits of the tensors in ``declared`` ({key: (dtype, shape)}, dtypes of
+    _WIDENED), read from the data offsets in the header (which safe_open has checked);
+    {key: array of the bits' type}."""
+    out = {}
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        for key, (dtype, shape) in declared.items():
+            begin, end = header[key]["data_offsets"]
+            need = math.prod(shape) * _WIDENED[dtype].itemsize
+            f.seek(8 + size + begin)
+            data = f.read(need)
+            if end - begin != need or len(data) != need:
+                raise ValueError(f"{path}: tensor {key!r:.80} ({dtype}, shape {tuple(shape)}) "
+                                 f"needs {need:,} bytes; the file holds {len(data):,}")
+            out[key] = np.frombuffer(data, _WIDENED[dtype]).reshape(shape)
+    return out
 
 
 def _read(path, what):
@@ -121,18 +182,21 @@ def _check_declared_bytes(declared, path):
         if dtype not in ITEMSIZE:
             raise ValueError(f"{path}: tensor {key!r:.80} has dtype {dtype!r:.20}; expected "
                              f"one of {', '.join(ITEMSIZE)}")
-        total += math.prod(shape) * ITEMSIZE[dtype]
+        # bfloat16 and float8 are read as float32: 4 bytes of memory each
+        total += math.prod(shape) * (4 if dtype in _WIDENED else ITEMSIZE[dtype])
     limits.check_count(total, "MAX_ARRAY_BYTES", "bytes of tensors in the header", path)
 
 
 def model_paths(path):
     """'runs/x/model' or 'runs/x/model.json' -> (model.json, model.safetensors) paths.
-    Only a final .json or .safetensors is replaced: 'lenet.v1.json' pairs with
-    'lenet.v1.safetensors' (with_suffix would have dropped the '.v1')."""
+    Only a final .json or .safetensors (in any case) is replaced: 'lenet.v1.json' pairs
+    with 'lenet.v1.safetensors' (with_suffix would have dropped the '.v1'), and 'M.JSON'
+    is itself the JSON, beside 'M.safetensors'."""
     path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
-    return (stem.with_name(stem.name + ".json"),
-            stem.with_name(stem.name + ".safetensors"))
+    suffix = path.suffix.lower()
+    stem = path.with_suffix("") if suffix in (".json", ".safetensors") else path
+    return (path if suffix == ".json" else stem.with_name(stem.name + ".json"),
+            path if suffix == ".safetensors" else stem.with_name(stem.name + ".safetensors"))
 
 
 def save_model(model, path, **info):
@@ -162,6 +226,7 @@ def load_model(path):
     is refused before those layers allocate. Returns the model with ``info`` set, and
     ``input_shape`` when the file has one. Any problem is a ValueError naming the file.
     """
+    import convnet.zoo  # noqa: F401  registers the zoo's containers (AuxClassifier)
     from convnet.data.preprocess import check_info
     from convnet.models.config import from_config
     from convnet.models.containers import Container

@@ -102,12 +102,16 @@ class Layer:
         both dtypes or shapes) in one ValueError, and nothing is copied; with strict=False
         only missing and unexpected keys are allowed. Returns (missing, unexpected) key
         lists, as PyTorch does.
+
+        A missing ``num_batches_tracked`` (batch norm's counter, which checkpoints from
+        before PyTorch 0.4.1 do not have) is not a missing key: the counter keeps its value
+        (0 in a new model), as PyTorch's ``_BatchNorm._load_from_state_dict`` fills it.
         """
         if not isinstance(state, dict):
             raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict of "
                              f"arrays, got {type(state).__name__}")
         own = self.state_dict()
-        missing = [key for key in own if key not in state]
+        missing = [key for key in own if key not in state and not _counter(key)]
         unexpected = [str(key) for key in state if key not in own]
         dtype_problems = {key: _dtype_problem(own[key], state[key])
                           for key in own if key in state}
@@ -177,6 +181,12 @@ def _first(items, sep, shown=8):
     more = f"{sep}... ({len(items) - shown:,} more, {len(items):,} in all)" if (
         len(items) > shown) else ""
     return sep.join(items[:shown]) + more
+
+
+def _counter(key):
+    """Whether a state-dict key is batch norm's num_batches_tracked, which PyTorch fills
+    with the module's own value when a file lacks it (files from before PyTorch 0.4.1)."""
+    return key == "num_batches_tracked" or key.endswith(".num_batches_tracked")
 
 
 def _dtype_problem(own, value):

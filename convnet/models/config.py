@@ -38,8 +38,26 @@ _CONTAINER_FIELDS = {
     "DenseBlock": {"children": True},
     "Residual": {"body": True, "shortcut": False, "shortcut_name": False, "post": False},
 }
-_KINDS = sorted([*LAYERS, *_CONTAINER_FIELDS])
 MAX_NAME = 200   # characters in a child's name (torchvision's longest is 15)
+
+
+def register_container(cls):
+    """Let from_config build ``cls``, a container defined above the models (GoogLeNet's
+    AuxClassifier, in the zoo): a Sequential of named children under its own type name,
+    as Sequential.get_config writes it, built as ``cls(children)``. Returns cls.
+
+    The module that defines cls registers it when imported; load_model imports the zoo.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Sequential)):
+        raise ValueError(f"register_container: expected a subclass of Sequential, got "
+                         f"{cls!r:.80}")
+    CONTAINERS[cls.__name__] = cls
+    _CONTAINER_FIELDS[cls.__name__] = {"children": True}
+    return cls
+
+
+def _kinds():
+    return ", ".join(sorted([*LAYERS, *_CONTAINER_FIELDS]))
 
 
 def from_config(config, rng=None, where="model config", max_params=None,
@@ -90,7 +108,7 @@ class _Builder:
             return self.container(kind, config, path, depth + 1)
         if kind not in LAYERS:
             raise ValueError(f"{place}: unknown layer type {kind!r:.80}; known types: "
-                             f"{', '.join(_KINDS)}")
+                             f"{_kinds()}")
         return self.layer(kind, config, place)
 
     def layer(self, kind, config, place):

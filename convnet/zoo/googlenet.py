@@ -29,6 +29,7 @@ from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d, LocalResponseNorm
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from convnet.models.config import register_container
 from convnet.models.containers import Concat, Sequential, relus_in_place
 
 # Table 1: (input depth, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -61,6 +62,7 @@ VARIANTS = {
 }
 
 
+@register_container           # from_config builds it again from a model file
 class AuxClassifier(Sequential):
     """GoogLeNet's auxiliary classifier: a side head that passes its input through.
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convnet.functional.dropout import dropout_backward, dropout_forward
-from convnet.layers.dropout import Dropout
+from convnet.layers.dropout import Dropout, Dropout2d
 from tests.utils import check_layer_grads, rel_error
 
 
@@ -243,3 +243,47 @@ def test_dropout_input_errors(x, match):
 def test_dropout_backward_before_forward():
     with pytest.raises(RuntimeError, match=r"Dropout\(p=0.5\): backward called before"):
         Dropout().backward(np.zeros(3))
+
+
+# -- Dropout2d ----------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(100))
+def test_dropout2d_drops_whole_maps_as_torch_scales_them(seed):
+    """One draw per (sample, channel): a feature map is kept whole or zeroed, kept ones
+    scaled by 1 / (1 - p); the gradient uses the same mask. Against PyTorch's dropout2d
+    on the maps both keep."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in rng.integers(1, 6, size=4))
+    p = float([0.0, 1.0, 0.5, rng.uniform()][seed % 4])
+    layer = Dropout2d(p, rng=np.random.default_rng(seed))
+    x = rng.standard_normal(shape) + 0.1
+    dout = rng.standard_normal(shape)
+    out, dx = layer.forward(x), layer.backward(dout)
+    dropped = (out == 0).all(axis=(2, 3))
+    np.testing.assert_array_equal((out == 0).any(axis=(2, 3)), dropped)   # whole maps
+    scale = 0.0 if p == 1 else 1 / (1 - p)
+    keep = ~dropped[:, :, None, None]
+    assert rel_error(out, x * keep * scale) < 1e-12 and rel_error(dx, dout * keep * scale) \
+        < 1e-12
+    torch.manual_seed(seed)
+    theirs = torch.nn.functional.dropout2d(torch.from_numpy(x), p, training=True).numpy()
+    both = np.broadcast_to(keep, shape) & (theirs != 0)
+    assert rel_error(out[both], theirs[both]) < 1e-10
+
+
+def test_dropout2d_fraction_gradient_config_and_errors():
+    layer = Dropout2d(0.3, rng=np.random.default_rng(5))
+    out = layer.forward(np.ones((500, 200, 2, 2)))
+    assert abs((out[:, :, 0, 0] == 0).mean() - 0.3) < 0.01
+    class FixedMaskDropout2d(Dropout2d):
+        def forward(self, x):
+            self.rng = np.random.default_rng(1)
+            return super().forward(x)
+    errors = check_layer_grads(FixedMaskDropout2d(0.4),
+                               np.random.default_rng(2).standard_normal((2, 5, 3, 3)))
+    assert errors["x"] < 1e-7
+    assert repr(layer) == "Dropout2d(p=0.3)" and layer.get_config() == {"type": "Dropout2d",
+                                                                        "p": 0.3}
+    assert layer.eval().forward(np.ones((1, 2, 2, 2))).tolist() == np.ones((1, 2, 2, 2)).tolist()
+    with pytest.raises(ValueError, match=r"^Dropout2d\(p=0.3\): expected a 4-D \(N, C, H, W\) "
+                                         r"array, got shape \(4, 5\)"):
+        layer.train().forward(np.ones((4, 5)))

@@ -566,6 +566,21 @@ def test_config_round_trip_rebuilds_the_same_architecture(kind):
     assert rebuilt.output_shape(shape) == model.output_shape(shape)
 
 
+def test_the_newer_pools_and_dropout2d_save_and_load(tmp_path):
+    """AdaptiveMaxPool2d, Dropout2d and AvgPool2d's divisor_override: a model file that
+    holds them loads as it was saved (from_config knows them)."""
+    from convnet.io import load_model, save_model
+    from convnet.layers import AdaptiveMaxPool2d, AvgPool2d, Dropout2d
+    model = Sequential(Conv2d(1, 4, 3, **F64), Dropout2d(0.2), AvgPool2d(2, divisor_override=3),
+                       AdaptiveMaxPool2d((2, 1)), Flatten(), Linear(8, 3, **F64)).eval()
+    loaded = load_model(save_model(model, tmp_path / "m")).eval()
+    assert loaded.get_config() == model.get_config()
+    assert [type(layer).__name__ for layer in loaded] == [
+        "Conv2d", "Dropout2d", "AvgPool2d", "AdaptiveMaxPool2d", "Flatten", "Linear"]
+    x = np.random.default_rng(3).standard_normal((2, 1, 10, 10))
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
 def test_config_errors_name_the_place():
     from convnet.models import from_config
     with pytest.raises(ValueError, match="unknown layer type 'Conv3d'"):

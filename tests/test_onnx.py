@@ -10,8 +10,15 @@ from convnet.io.onnx_export import export_onnx
 from convnet.layers.activation import ReLU
 from convnet.layers.base import Layer
 from convnet.layers.conv import Conv2d, LocallyConnected2d
+from convnet.layers.dropout import Dropout2d
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    LPPool2d,
+    MaxPool2d,
+)
 from convnet.models.containers import Sequential
 from convnet.models.notation import from_notation
 from convnet.zoo.densenet import densenet_bc_100
@@ -158,6 +165,35 @@ def test_adaptive_pool_to_any_size_agrees_with_torch(tmp_path, out, size):
     x = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
     expected = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
     assert rel_error(run_onnx(tmp_path / "model.onnx", x), expected) < 1e-6
+
+
+@pytest.mark.parametrize("layer, size", [
+    (AvgPool2d(2, divisor_override=3), (8, 6)),
+    (AvgPool2d(3, 2, 1, ceil_mode=True, divisor_override=5, fit="floor"), (9, 8)),
+    (AvgPool2d(3, 2, 1, count_include_pad=False, divisor_override=2, fit="floor"), (7, 7)),
+    (AdaptiveMaxPool2d(1), (5, 7)), (AdaptiveMaxPool2d((2, 4)), (8, 8)),
+    (Dropout2d(0.5), (4, 4))])
+def test_divisor_override_adaptive_max_pool_and_dropout2d_agree_with_torch(tmp_path, layer,
+                                                                         size):
+    model = Sequential(layer).eval()
+    check_export(model, tmp_path, (3, *size), batches=(1, 2))
+    x = np.random.default_rng(2).standard_normal((2, 3, *size)).astype(np.float32)
+    t = torch.from_numpy(x)
+    if isinstance(layer, AvgPool2d):
+        expected = torch.nn.functional.avg_pool2d(
+            t, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+            layer.count_include_pad, layer.divisor_override)
+    elif isinstance(layer, AdaptiveMaxPool2d):
+        expected = torch.nn.functional.adaptive_max_pool2d(t, layer.output_size)
+    else:
+        expected = t
+    assert rel_error(run_onnx(tmp_path / "model.onnx", x), expected.numpy()) < 1e-6
+
+
+def test_an_adaptive_max_pool_that_does_not_divide_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"exports where its output divides the input \(equal "
+                                         r"windows, one MaxPool\), got 7x5 to 2x2"):
+        export_onnx(Sequential(AdaptiveMaxPool2d(2)), tmp_path / "m.onnx", (1, 5, 7))
 
 
 def test_vgg11_bn_for_small_images_exports(tmp_path):

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as TF
 
 from convnet.functional import pool as P
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    LPPool2d,
+    MaxPool2d,
+)
 from tests.utils import check_layer_grads, rel_error
 
 # -- naive references, straight from the notes: loop over n, c, oh, ow ---------------------
@@ -359,11 +365,13 @@ def test_avgpool_matches_torch(case):
     x = rng.standard_normal(case["shape"])
     k, s, p, ceil = (case[key] for key in ("kernel", "stride", "padding", "ceil"))
     include = bool(rng.random() < 0.5)
-    pool = AvgPool2d(k, s, p, ceil, include, fit="floor")
+    divisor = int(rng.integers(1, 10)) if rng.random() < 0.25 else None
+    pool = AvgPool2d(k, s, p, ceil, include, divisor, fit="floor")
     out = pool.forward(x)
     dout = rng.standard_normal(out.shape)
     dx = pool.backward(dout)
-    ref_out, ref_dx = torch_grad(lambda t: TF.avg_pool2d(t, k, s, p, ceil, include), x, dout)
+    ref_out, ref_dx = torch_grad(lambda t: TF.avg_pool2d(t, k, s, p, ceil, include, divisor),
+                                 x, dout)
     assert out.shape == ref_out.shape and out.shape[1:] == pool.output_shape(x.shape[1:])
     assert rel_error(out, ref_out) < 1e-10
     assert rel_error(dx, ref_dx) < 1e-10
@@ -412,6 +420,41 @@ def test_adaptive_avgpool_matches_torch(case):
     assert rel_error(dx, ref_dx) < 1e-10
 
 
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=[
+    f"{c['shape'][2]}x{c['shape'][3]}-to-{c['out'][0]}x{c['out'][1]}" for c in ADAPTIVE_CASES])
+def test_adaptive_maxpool_matches_torch(case):
+    """Values, and the gradient routed to each window's max; every third case on integer
+    values, whose ties go to the first max in row-major order, as PyTorch's."""
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["shape"])
+    if case["seed"] % 3 == 0:
+        x = np.round(x)
+    pool = AdaptiveMaxPool2d(case["out"])
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = pool.backward(dout)
+    ref_out, ref_dx = torch_grad(lambda t: TF.adaptive_max_pool2d(t, case["out"]), x, dout)
+    assert out.shape[1:] == pool.output_shape(x.shape[1:])
+    np.testing.assert_array_equal(out, ref_out)
+    assert rel_error(dx, ref_dx) < 1e-12
+    x32 = x.astype(np.float32)
+    assert pool.forward(x32).dtype == np.float32 and pool.backward(
+        dout.astype(np.float32)).dtype == np.float32
+
+
+def test_adaptive_maxpool_config_and_errors():
+    pool = AdaptiveMaxPool2d((2, 3))
+    assert repr(pool) == "AdaptiveMaxPool2d(output=2x3)" and pool.num_params() == 0
+    assert pool.get_config() == {"type": "AdaptiveMaxPool2d", "output_size": [2, 3]}
+    assert pool.output_shape((64, 9, 10)) == (64, 2, 3) and pool.macs((64, 9, 10)) == 0
+    with pytest.raises(ValueError, match="return_indices is not offered"):
+        AdaptiveMaxPool2d(1, return_indices=True)
+    with pytest.raises(ValueError, match=r"^AdaptiveMaxPool2d\(output=2x3\): expected dout "
+                                         r"with the shape of the last output \(1, 1, 2, 3\)"):
+        pool.forward(np.ones((1, 1, 4, 4)))
+        pool.backward(np.ones((1, 1, 3, 2)))
+
+
 def test_adaptive_windows_follow_the_floor_ceil_rule():
     start, end = P.adaptive_windows(10, 4)
     np.testing.assert_array_equal(start, [0, 2, 5, 7])    # floor(i*10/4)
@@ -444,6 +487,16 @@ def test_global_average_pooling_is_the_mean():
 ])
 def test_maxpool_gradcheck(layer, shape):
     x = distinct(np.random.default_rng(6), shape)
+    assert check_layer_grads(layer, x)["x"] < 1e-7
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (AdaptiveMaxPool2d(1), (2, 2, 5, 4)),
+    (AdaptiveMaxPool2d((3, 2)), (2, 2, 7, 5)),             # overlapping windows
+    (AdaptiveMaxPool2d((4, 6)), (1, 2, 3, 4)),             # output larger than the input
+])
+def test_adaptive_maxpool_gradcheck(layer, shape):
+    x = distinct(np.random.default_rng(8), shape)
     assert check_layer_grads(layer, x)["x"] < 1e-7
 
 
@@ -559,6 +612,8 @@ def test_nhwc_input_gets_a_hint():
     (lambda: MaxPool2d(2, fit="round"), r"fit must be one of \('exact', 'floor'\)"),
     (lambda: MaxPool2d(2, ceil_mode="yes"), r"ceil_mode must be True or False"),
     (lambda: AvgPool2d(2, count_include_pad=None), r"count_include_pad must be True or False"),
+    (lambda: AvgPool2d(2, divisor_override=0), r"divisor_override must be a positive int, got 0"),
+    (lambda: AvgPool2d(2, divisor_override=2.0), r"divisor_override must be a positive int"),
     (lambda: LPPool2d(0, 2), r"LPPool2d: norm_type must be a positive finite number.*got 0"),
     (lambda: LPPool2d(float("inf"), 2), r"norm_type must be a positive finite"),
     (lambda: LPPool2d("2", 2), r"norm_type must be a positive finite"),
@@ -580,6 +635,7 @@ def test_bad_hyperparameters(make, match):
     (AvgPool2d(2), "AvgPool2d(F=2, S=2)"),
     (AvgPool2d(3, 1, 1, count_include_pad=False),
      "AvgPool2d(F=3, S=1, P=1, count_include_pad=False)"),
+    (AvgPool2d(2, divisor_override=3), "AvgPool2d(F=2, S=2, divisor_override=3)"),
     (LPPool2d(2, 2), "LPPool2d(p=2, F=2, S=2)"),
     (LPPool2d(1.5, 3, 2), "LPPool2d(p=1.5, F=3, S=2)"),
     (AdaptiveAvgPool2d(1), "AdaptiveAvgPool2d(output=1x1)"),

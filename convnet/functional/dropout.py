@@ -14,16 +14,18 @@ import numpy as np
 
 
 class DropoutCache(NamedTuple):
-    keep: np.ndarray | None   # bool, same shape as x: the units kept; None: identity
+    keep: np.ndarray | None   # bool, x's shape (or (N, C, 1, 1)): the units kept; None: identity
     scale: float              # 1 / (1 - p) for the kept units (0.0 when p = 1)
 
 
-def dropout_forward(x, p, rng):
+def dropout_forward(x, p, rng, channels=False):
     """Inverted dropout of x (any shape) with drop probability p, drawn from rng.
 
-    out = x * keep / (1 - p) with keep ~ Bernoulli(1 - p) per element. p = 0 is the
-    identity (nothing drawn), p = 1 gives x * 0 (no division by zero). A dropped unit is
-    x * 0, as in PyTorch: a NaN or inf stays NaN, so divergence is not hidden.
+    out = x * keep / (1 - p) with keep ~ Bernoulli(1 - p) per element, or with
+    channels=True per depth slice of x (N, C, H, W): a whole feature map is kept or
+    dropped (PyTorch's Dropout2d, "spatial dropout"). p = 0 is the identity (nothing
+    drawn), p = 1 gives x * 0 (no division by zero). A dropped unit is x * 0, as in
+    PyTorch: a NaN or inf stays NaN, so divergence is not hidden.
     Returns out (same shape as x) and a cache holding the mask.
 
     >>> out, cache = dropout_forward(np.ones((2, 4)), 0.5, np.random.default_rng(0))
@@ -32,9 +34,10 @@ def dropout_forward(x, p, rng):
     """
     if p == 0:
         return x.copy(), DropoutCache(None, 1.0)
+    shape = (*x.shape[:2], 1, 1) if channels else x.shape      # the mask, broadcast
     if p == 1:
-        return _masked(x, False, 0.0), DropoutCache(np.zeros(x.shape, dtype=bool), 0.0)
-    keep = rng.random(x.shape) >= p                  # same shape as x, P(keep) = 1 - p
+        return _masked(x, False, 0.0), DropoutCache(np.zeros(shape, dtype=bool), 0.0)
+    keep = rng.random(shape) >= p                    # P(keep) = 1 - p
     scale = 1.0 / (1.0 - p)
     return _masked(x, keep, scale), DropoutCache(keep, scale)
 

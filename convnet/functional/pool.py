@@ -1,4 +1,4 @@
-"""Pooling: max (with switches), average, power-average (LP) and adaptive average.
+"""Pooling: max (with switches), average, power-average (LP), adaptive average and max.
 
 The notes' POOL layer slides an F x F window with stride S over every depth slice
 independently and keeps one number per window: the max (max pooling), the mean (average
@@ -24,6 +24,7 @@ convnet/layers/pool.py check them and compute out_size).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -245,14 +246,14 @@ def _counts(size, kernel, stride, padding, out, count_include_pad):
 
 
 def avgpool2d_forward(x, kernel, stride, padding=(0, 0), out_size=None,
-                      count_include_pad=True):
+                      count_include_pad=True, divisor_override=None):
     """Mean over every window: the sum of its FH*FW taps divided by the window's count.
 
     x: (N, C, H, W). Returns out (N, C, OH, OW), OH = (H - FH + 2PH)/SH + 1 (floored;
     pass ``out_size`` for ceil mode), and a cache. Padding adds zeros. The divisor follows
     PyTorch: FH*FW, except that a window hanging over the padded input in ceil mode counts
     only its part inside it, and with ``count_include_pad=False`` only the real inputs
-    count.
+    count; a ``divisor_override`` divides every window's sum instead.
 
     >>> x = np.arange(16.).reshape(1, 1, 4, 4)
     >>> avgpool2d_forward(x, (2, 2), (2, 2))[0][0, 0]
@@ -266,8 +267,12 @@ def avgpool2d_forward(x, kernel, stride, padding=(0, 0), out_size=None,
     for tap in taps[1:]:
         out += tap
     h, w = x.shape[2:]
-    divisor = np.outer(*(_counts((h, w)[a], kernel[a], stride[a], padding[a], out_size[a],
-                                 count_include_pad) for a in (0, 1))).astype(x.dtype)
+    if divisor_override is not None:
+        divisor = np.full(out_size, divisor_override, dtype=x.dtype)
+    else:
+        divisor = np.outer(*(_counts((h, w)[a], kernel[a], stride[a], padding[a],
+                                     out_size[a], count_include_pad)
+                             for a in (0, 1))).astype(x.dtype)
     out /= divisor
     return out, AvgPoolCache(x.shape, divisor, tuple(kernel), tuple(stride), tuple(padding),
                              tuple(out_size))
@@ -379,3 +384,58 @@ def adaptive_avgpool2d_backward(dout, cache):
         g = dout / (x_shape[2] * x_shape[3])                 # (N, C, 1, 1)
         return np.broadcast_to(g, x_shape).copy()
     return rows.T @ (dout @ cols)
+
+
+# -- adaptive max pooling --------------------------------------------------------------
+
+class AdaptiveMaxCache(NamedTuple):
+    x_shape: tuple
+    switches: np.ndarray     # (N, C, OH, OW) flat index into x of each window's max
+
+
+def _window_indices(size, out):
+    """(out, k) indices of each adaptive window's positions, k the longest window, and a
+    mask of those inside it (a shorter window repeats its last position, masked off)."""
+    start, end = adaptive_windows(size, out)
+    k = int((end - start).max())
+    idx = start[:, None] + np.arange(k)                        # (out, k)
+    inside = idx < end[:, None]
+    return np.minimum(idx, end[:, None] - 1), inside
+
+
+def adaptive_maxpool2d_forward(x, out_size):
+    """Max pooling to a fixed output size (OH, OW): window (i, j) is the adaptive one of
+    ``adaptive_avgpool2d_forward`` (PyTorch's rule), its max is the output, and its
+    position is kept (the switch) for the backward pass. Each window's positions are
+    gathered at once, padded to the longest window with -inf: no loop. A tie goes to the
+    first position in row-major order, as in PyTorch.
+
+    x: (N, C, H, W) float. Returns out (N, C, OH, OW) and a cache.
+
+    >>> x = np.array([[[[1., 5., 2., 0., 3.]]]])
+    >>> adaptive_maxpool2d_forward(x, (1, 2))[0]          # windows [0, 3) and [2, 5)
+    array([[[[5., 3.]]]])
+    """
+    n, c, h, w = x.shape
+    oh, ow = out_size
+    (rows, rin), (cols, cin) = _window_indices(h, oh), _window_indices(w, ow)
+    kh, kw = rows.shape[1], cols.shape[1]
+    win = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]   # (N, C, OH, kh, OW, kw)
+    inside = rin[:, :, None, None] & cin[None, None, :, :]          # (OH, kh, OW, kw)
+    win = np.where(inside, win, -np.inf).astype(x.dtype, copy=False)
+    win = win.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
+    at = win.argmax(axis=-1)                                       # first max, row-major
+    out = np.take_along_axis(win, at[..., None], axis=-1)[..., 0]
+    r = rows[np.arange(oh)[:, None], at // kw]                     # (N, C, OH, OW)
+    col = cols[np.arange(ow)[None, :], at % kw]
+    planes = (np.arange(n)[:, None] * c + np.arange(c))[:, :, None, None]
+    switches = (planes * h + r) * w + col
+    return out, AdaptiveMaxCache(x.shape, switches)
+
+
+def adaptive_maxpool2d_backward(dout, cache):
+    """Each output's gradient to its window's max position (the switch); windows that
+    overlap add where they share a max."""
+    x_shape, switches = cache
+    dx = np.bincount(switches.ravel(), weights=dout.ravel(), minlength=math.prod(x_shape))
+    return dx.reshape(x_shape).astype(dout.dtype, copy=False)

@@ -38,10 +38,16 @@ from convnet.io.weights import atomic_write
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d, LocallyConnected2d
-from convnet.layers.dropout import Dropout
+from convnet.layers.dropout import Dropout, Dropout2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    LPPool2d,
+    MaxPool2d,
+)
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 __all__ = ["export_onnx"]
@@ -242,6 +248,18 @@ class _Graph:
 
     def avgpool(self, layer, x, shape, out_shape, base):
         pads, (ph, pw) = _pool_pads(layer, shape, out_shape), layer.padding
+        if layer.divisor_override is not None:
+            # every window's sum over the divisor: zero-pad to the windows' whole extent,
+            # average full windows (sum / FH*FW), then times FH*FW / divisor
+            (fh, fw), area = layer.kernel_size, layer.kernel_size[0] * layer.kernel_size[1]
+            if any(pads):
+                x = self.node("Pad", [x, self.const(f"{base}.pads", [0, 0, *pads[:2], 0, 0,
+                                                                      *pads[2:]], np.int64)],
+                              f"{base}.pad")
+            mean = self.node("AveragePool", [x], f"{base}.mean", kernel_shape=[fh, fw],
+                             strides=list(layer.stride))
+            return self.node("Mul", [mean, self.const(
+                f"{base}.scale", area / layer.divisor_override)], base)
         include = layer.count_include_pad
         if include and pads[2:] != [ph, pw]:
             # a ceil-mode window past the padded input: PyTorch divides by its size inside
@@ -279,6 +297,17 @@ class _Graph:
         rows = self.const(f"{base}.rows", averaging_matrix(h, oh))        # (OH, H)
         x = self.node("MatMul", [x, cols], f"{base}.over_w")             # (N, C, H, OW)
         return self.node("MatMul", [rows, x], base)                      # (N, C, OH, OW)
+
+    def adaptive_maxpool(self, layer, x, shape, out_shape, base):
+        (oh, ow), (h, w) = layer.output_size, shape[1:]
+        if (oh, ow) == (1, 1):
+            return self.node("GlobalMaxPool", [x], base)
+        if h % oh or w % ow:
+            raise ValueError(f"export_onnx: layer {layer.where}: an adaptive max pool "
+                             f"exports where its output divides the input (equal windows, "
+                             f"one MaxPool), got {w}x{h} to {ow}x{oh} (W x H)")
+        kernel = [h // oh, w // ow]
+        return self.node("MaxPool", [x], base, kernel_shape=kernel, strides=kernel)
 
     def activation(self, layer, x, shape, out_shape, base):
         if isinstance(layer, LeakyReLU):
@@ -379,6 +408,7 @@ _LEAVES = {
     Conv2d: _Graph.conv, LocallyConnected2d: _Graph.locally_connected,
     MaxPool2d: _Graph.maxpool, AvgPool2d: _Graph.avgpool,
     LPPool2d: _Graph.lppool, AdaptiveAvgPool2d: _Graph.adaptive_avgpool,
+    AdaptiveMaxPool2d: _Graph.adaptive_maxpool, Dropout2d: _Graph.identity,
     ReLU: _Graph.activation, ReLU6: _Graph.activation, LeakyReLU: _Graph.activation,
     Tanh: _Graph.activation, Sigmoid: _Graph.activation, Linear: _Graph.linear,
     Flatten: _Graph.flatten,

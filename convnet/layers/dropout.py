@@ -1,4 +1,5 @@
-"""Dropout layer: inverted dropout at train time, the identity at test time."""
+"""Dropout layers: inverted dropout at train time, the identity at test time; Dropout2d
+drops whole feature maps."""
 
 from __future__ import annotations
 
@@ -45,8 +46,12 @@ class Dropout(Layer):
         if not self.training:
             self.cache = F.DropoutCache(None, 1.0)       # identity: backward passes dout
             return x
-        out, self.cache = F.dropout_forward(x, self.p, self.rng)
+        out, self.cache = F.dropout_forward(x, self.p, self.rng, self._channels(x))
         return out
+
+    def _channels(self, x):
+        """Whether the mask is one per channel (Dropout2d): False, one per unit."""
+        return False
 
     def backward(self, dout):
         cache = self._cached()
@@ -54,7 +59,28 @@ class Dropout(Layer):
         return F.dropout_backward(dout, cache)
 
     def get_config(self):
-        return {"type": "Dropout", "p": self.p}
+        return {"type": type(self).__name__, "p": self.p}
 
     def __repr__(self):
-        return f"Dropout(p={self.p:g})"
+        return f"{type(self).__name__}(p={self.p:g})"
+
+
+class Dropout2d(Dropout):
+    """Spatial dropout (PyTorch's Dropout2d): zero each whole feature map (channel of
+    each sample) with probability p, scale the kept ones by 1 / (1 - p). Neighbouring
+    pixels of a map are strongly correlated, so dropping single units regularizes a
+    CONV layer little; dropping whole maps does (Tompson et al. 2015).
+
+    Args and eval mode as Dropout's; input (N, C, H, W).
+
+    >>> drop = Dropout2d(0.5, rng=np.random.default_rng(0))
+    >>> out = drop(np.ones((1, 4, 2, 2)))
+    >>> sorted(set(out[0, :, 0, 0].tolist())) == sorted(set(out[0].ravel().tolist()))
+    True
+    """
+
+    def _channels(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"{self.where}: expected a 4-D (N, C, H, W) array, got shape "
+                             f"{x.shape}")
+        return True

@@ -1,4 +1,4 @@
-"""POOL layers: MaxPool2d, AvgPool2d, LPPool2d and AdaptiveAvgPool2d.
+"""POOL layers: MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d and AdaptiveMaxPool2d.
 
 A pooling layer resizes every depth slice independently: it has no parameters and
 ``macs`` is 0, since taking a max, a sum or a mean involves no multiply-adds (the same
@@ -20,6 +20,7 @@ from convnet.layers.base import (
     check_volume,
     flag,
     hw_text,
+    positive_int,
     real,
     window_pair,
 )
@@ -151,6 +152,8 @@ class AvgPool2d(_Pool2d):
         count_include_pad: divide by the whole window including padding (default, as in
             PyTorch) or only by the number of real inputs in it. A ceil-mode window that
             hangs over the padded input is divided by its size inside it.
+        divisor_override: a positive int that divides every window's sum instead (None:
+            the window's count), as in PyTorch.
         fit: "exact" (default) or "floor", as in MaxPool2d.
 
     Input (N, C, H, W) -> output (N, C, OH, OW), OH = (H - FH + 2P)/S + 1.
@@ -160,15 +163,18 @@ class AvgPool2d(_Pool2d):
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, fit="exact"):
+                 count_include_pad=True, divisor_override=None, fit="exact"):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode, fit)
         self.count_include_pad = flag(count_include_pad, "count_include_pad",
                                       type(self).__name__)
+        self.divisor_override = None if divisor_override is None else positive_int(
+            divisor_override, "divisor_override", type(self).__name__)
 
     def forward(self, x):
         out_size = self._out_size(x)
         out, self.cache = F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                              out_size, self.count_include_pad)
+                                              out_size, self.count_include_pad,
+                                              self.divisor_override)
         self._out_shape = out.shape
         return out
 
@@ -178,13 +184,18 @@ class AvgPool2d(_Pool2d):
         return F.avgpool2d_backward(dout, cache)
 
     def get_config(self):
-        return {"type": "AvgPool2d", **self._config(),
-                "count_include_pad": self.count_include_pad}
+        config = {"type": "AvgPool2d", **self._config(),
+                  "count_include_pad": self.count_include_pad}
+        if self.divisor_override is not None:
+            config["divisor_override"] = self.divisor_override
+        return config
 
     def __repr__(self):
         text = f"AvgPool2d({self._repr_args()}"
         if not self.count_include_pad:
             text += ", count_include_pad=False"
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
         return text + ")"
 
 
@@ -237,7 +248,48 @@ class LPPool2d(_Pool2d):
         return f"LPPool2d(p={self.norm_type:g}, {self._repr_args()})"
 
 
-class AdaptiveAvgPool2d(Layer):
+class _AdaptivePool2d(Layer):
+    """A pool to a fixed output size (OH, OW) over PyTorch's adaptive windows: window
+    (i, j) spans rows [floor(i*H/OH), ceil((i+1)*H/OH)) and the like columns, so any
+    input size works. Subclasses name the functional pair."""
+
+    _forward = _backward = None
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = window_pair(output_size, "output_size", type(self).__name__)
+
+    def output_shape(self, input_shape):
+        c, _, _ = check_volume(input_shape, None, self.where)
+        return (c, *self.output_size)
+
+    def forward(self, x):
+        check_input(x, None, self.where)
+        if 0 in x.shape[2:]:
+            raise ValueError(f"{self.where}: expected a non-empty H x W, got shape {x.shape}")
+        out, self.cache = type(self)._forward(x, self.output_size)
+        self._out_shape = out.shape
+        return out
+
+    def backward(self, dout):
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        return type(self)._backward(dout, cache)
+
+    def macs(self, input_shape):
+        """0: pooling has no multiply-adds (the input shape is still checked)."""
+        self.output_shape(input_shape)
+        return 0
+
+    def get_config(self):
+        return {"type": type(self).__name__, "output_size": list(self.output_size)}
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(output={self.output_size[0]}x"
+                f"{self.output_size[1]})")
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
     """Average pooling to a fixed output size, whatever the input's H x W.
 
     Window (i, j) averages rows [floor(i*H/OH), ceil((i+1)*H/OH)) and the like columns
@@ -254,34 +306,28 @@ class AdaptiveAvgPool2d(Layer):
     (2048, 1, 1)
     """
 
-    def __init__(self, output_size):
-        super().__init__()
-        self.output_size = window_pair(output_size, "output_size", type(self).__name__)
+    _forward = staticmethod(F.adaptive_avgpool2d_forward)
+    _backward = staticmethod(F.adaptive_avgpool2d_backward)
 
-    def output_shape(self, input_shape):
-        c, _, _ = check_volume(input_shape, None, self.where)
-        return (c, *self.output_size)
 
-    def forward(self, x):
-        check_input(x, None, self.where)
-        if 0 in x.shape[2:]:
-            raise ValueError(f"{self.where}: expected a non-empty H x W, got shape {x.shape}")
-        out, self.cache = F.adaptive_avgpool2d_forward(x, self.output_size)
-        self._out_shape = out.shape
-        return out
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max pooling to a fixed output size, whatever the input's H x W, over the windows
+    of AdaptiveAvgPool2d; the backward pass routes each gradient to its window's max
+    (PyTorch's AdaptiveMaxPool2d; return_indices is not offered).
 
-    def backward(self, dout):
-        cache = self._cached()
-        check_dout(dout, self._out_shape, self.where)
-        return F.adaptive_avgpool2d_backward(dout, cache)
+    Args:
+        output_size: (OH, OW), an int or a pair of positive ints.
 
-    def macs(self, input_shape):
-        """0: pooling has no multiply-adds (the input shape is still checked)."""
-        self.output_shape(input_shape)
-        return 0
+    >>> AdaptiveMaxPool2d((2, 3)).output_shape((64, 9, 10))
+    (64, 2, 3)
+    """
 
-    def get_config(self):
-        return {"type": "AdaptiveAvgPool2d", "output_size": list(self.output_size)}
+    _forward = staticmethod(F.adaptive_maxpool2d_forward)
+    _backward = staticmethod(F.adaptive_maxpool2d_backward)
 
-    def __repr__(self):
-        return f"AdaptiveAvgPool2d(output={self.output_size[0]}x{self.output_size[1]})"
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        if return_indices is not False:
+            raise ValueError(f"AdaptiveMaxPool2d: return_indices is not offered (the "
+                             f"switches stay inside the layer for its backward pass), got "
+                             f"{return_indices!r:.80}")

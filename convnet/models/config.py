@@ -19,16 +19,22 @@ from convnet import limits
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity, counting_only, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
-from convnet.layers.dropout import Dropout
+from convnet.layers.dropout import Dropout, Dropout2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    LPPool2d,
+    MaxPool2d,
+)
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 LAYERS = {cls.__name__: cls for cls in (
-    Conv2d, LocallyConnected2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d, ReLU,
-    ReLU6, LeakyReLU, Tanh, Sigmoid, Linear, Flatten, BatchNorm1d, BatchNorm2d, LocalResponseNorm,
-    Dropout, Identity)}
+    Conv2d, LocallyConnected2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d, ReLU, ReLU6, LeakyReLU, Tanh, Sigmoid, Linear, Flatten, BatchNorm1d,
+    BatchNorm2d, LocalResponseNorm, Dropout, Dropout2d, Identity)}
 CONTAINERS = {"Sequential": Sequential, "Concat": Concat, "DenseBlock": DenseBlock}
 # Each layer's constructor arguments: the fields its config may have.
 _ARGUMENTS = {name: inspect.signature(cls).parameters for name, cls in LAYERS.items()}

@@ -1408,6 +1408,15 @@ def test_random_crop_fills_each_channel_as_asked():
     with pytest.raises(ValueError, match=r"fill must be a number or one per channel \(3\), "
                        r"got shape \(2,\)"):
         random_crop(x, 1, rng, fill=[1, 2])
+    # One large image: the padding's work split between threads by channel had failed to
+    # broadcast the per-channel fill ("could not broadcast ... (3,1,1) into (1,2,...)").
+    one = rng.standard_normal((1, 3, 300, 300)).astype(np.float32)
+    out = random_crop(one, 100, np.random.default_rng(1), fill=fill)
+    draw = np.random.default_rng(1)
+    dy, dx = draw.integers(0, 201, size=1), draw.integers(0, 201, size=1)
+    xp = np.stack([np.pad(one[:, ch], ((0, 0), (100, 100), (100, 100)),
+                          constant_values=fill[ch]) for ch in range(3)], axis=1)
+    np.testing.assert_array_equal(out, crop_reference(xp, (0, 0), dy, dx, 300, 300))
 
 
 def test_random_flip():

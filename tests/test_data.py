@@ -1035,6 +1035,19 @@ def test_a_sixteen_bit_transparent_value_is_read_over_white(tmp_path):
     assert header.alpha and arr.ravel().tolist() == [0, 255, 128, 255]
 
 
+def test_a_sixteen_bit_image_is_turned_as_its_exif_orientation_says(tmp_path):
+    """The 8-bit copy of a 16-bit image has no EXIF: turned after it, it was not turned."""
+    (tmp_path / "a").mkdir()
+    pixels = np.zeros((4, 8), np.uint16)
+    pixels[0, 0] = 65535
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "a" / "r.png", exif=exif)
+    arr, header = decode_image(tmp_path / "a" / "r.png", "L")
+    assert header.orientation == 6 and arr.shape == (8, 4, 1)
+    assert np.argwhere(arr[:, :, 0] == 255).tolist() == [[0, 3]]
+
+
 def test_an_image_that_cannot_be_converted_is_named(tmp_path):
     """Pillow's conversion errors had come out with no file named."""
     (tmp_path / "a").mkdir()

@@ -263,23 +263,26 @@ def _decode(Image, path, mode, size, im=None, header=None):
     if im.mode == "F":
         raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
                          "16 bits per channel")
+    def pillow(step, *args):
+        """A Pillow step; its error (ValueError, OSError ...) names the file."""
+        try:
+            return step(*args)
+        except MemoryError:
+            raise
+        except Exception as err:
+            raise ValueError(f"{path}: cannot read the image as {mode}: "
+                             f"{type(err).__name__}: {err}") from None
+    if header.orientation != 1:   # first: the 8-bit copy of a 16-bit image has no EXIF
+        from PIL import ImageOps
+        im = pillow(ImageOps.exif_transpose, im)
     if im.mode in SIXTEEN_BIT:
         im = _eight_bit(Image, im, path)
-    try:
-        if header.orientation != 1:
-            from PIL import ImageOps
-            im = ImageOps.exif_transpose(im)
-        if header.alpha:
-            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"),
-                                       im.convert("RGBA"))
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    except MemoryError:
-        raise
-    except Exception as err:    # Pillow's conversions raise ValueError, OSError ...
-        raise ValueError(f"{path}: cannot read the image as {mode}: "
-                         f"{type(err).__name__}: {err}") from None
+    if header.alpha:
+        im = pillow(lambda: Image.alpha_composite(Image.new("RGBA", im.size, "white"),
+                                                  im.convert("RGBA")))
+    im = pillow(im.convert, mode)
+    if size is not None and im.size != (size[1], size[0]):
+        im = pillow(im.resize, (size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr if arr.ndim == 3 else arr[:, :, None]             # (H, W, C)
 

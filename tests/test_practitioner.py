@@ -400,4 +400,11 @@ def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, caps
     assert main(["eval", str(out / "model.json"), "--data", str(data)]) == 1
     err = error_line(capsys)
     assert f"{data} holds 41 images where training had 40: the test images" in err
-    assert "evaluate on the folder as it was, or train on train/ and test/ folders" in err
+    assert "use the folder as it was, or train on train/ and test/ folders" in err
+    # --resume draws the split again too: refused the same way, nothing rewritten
+    before = (out / "model.json").read_bytes()
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--quiet",
+                 "--no-report"]) == 1
+    assert "holds 41 images where training had 40: the test images the run held out" in \
+        error_line(capsys)
+    assert (out / "model.json").read_bytes() == before

@@ -329,6 +329,23 @@ def _load_folders(path, parts, image_size, channels, check_classes):
                       val=loaded.get("val"), notes=notes, resized=resized, drawn_from=drawn)
 
 
+def check_drawn_split(recorded, splits, data, who):
+    """Refuse splits whose test images were drawn from other files than ``recorded``
+    (a model's or a run's info.split_files, or None: nothing to check): the same seed
+    would hold out other images, some of them trained on. data: the data set as the user
+    named it; who: the model or run, for the message."""
+    now = splits.drawn_from
+    if not recorded or not now or recorded == now:
+        return
+    change = (f"{now['files']:,} images where training had {recorded['files']:,}"
+              if now["files"] != recorded["files"] else
+              "other files (renamed, moved or replaced)")
+    raise ValueError(f"{data} holds {change}: the test images {who} held out from it are "
+                     f"drawn again from the files as they are, so they would differ, and "
+                     f"some would be images it trained on; use the folder as it was, or "
+                     f"train on train/ and test/ folders")
+
+
 def files_fingerprint(root, files):
     """{"files": how many, "sha256": of their paths relative to root, in Unicode's
     composed form, sorted}: what a test split drawn from an image folder depends on."""

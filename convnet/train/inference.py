@@ -76,7 +76,7 @@ def evaluation_data(model, data, root=None, where="the model"):
     statistics. notes says what was done; a class list that differs from the model's is
     an error.
     """
-    from convnet.data import load_dataset
+    from convnet.data import check_drawn_split, load_dataset
     from convnet.data.folder import nfc
     from convnet.data.transforms import Normalize, to_float
 
@@ -96,16 +96,7 @@ def evaluation_data(model, data, root=None, where="the model"):
                           seed=info.get("split_seed", 0),
                           test_fraction=info.get("test_fraction", 0.1),
                           check_classes=check_classes)
-    drawn = info.get("split_files")
-    if drawn and splits.drawn_from and drawn != splits.drawn_from:
-        count = splits.drawn_from["files"]
-        change = (f"{count:,} images where training had {drawn['files']:,}"
-                  if count != drawn["files"] else "other files (renamed, moved or replaced)")
-        raise ValueError(
-            f"{data} holds {change}: the test images {where} held out from it are drawn "
-            f"again from the files as they are, so they would differ, and some would be "
-            f"images it trained on; evaluate on the folder as it was, or train on train/ "
-            f"and test/ folders")
+    check_drawn_split(info.get("split_files"), splits, data, where)
     notes = list(splits.notes)
     classes = list(splits.classes)
     x, y = splits.test

@@ -42,9 +42,9 @@ import numpy as np
 
 from convnet import limits
 from convnet.analysis import counted
-from convnet.data import load_dataset
+from convnet.data import check_drawn_split, load_dataset
 from convnet.data.loader import train_val_split
-from convnet.data.preprocess import border_range, brightness_range
+from convnet.data.preprocess import border_range, brightness_range, check_info
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
@@ -543,6 +543,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     else:
         splits = load()
     _check_same_data(comm, splits, cfg)
+    if ckpt is not None:      # the test split drawn again: from the files it was drawn from
+        recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
+        check_drawn_split(recorded.get("split_files"), splits, cfg.data, "the run")
     input_shape, num_classes = splits.input_shape, len(splits.classes)
     stack.enter_context(use_algorithm(cfg.conv_algorithm))
     if cfg.conv_algorithm != "auto":

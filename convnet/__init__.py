@@ -2,7 +2,7 @@
 
 import os
 
-from convnet.limits import cores as _cores
+from convnet.limits import cores_per_process as _cores_per_process
 
 # OpenBLAS's worker threads spin for about 2^28 cycles (~0.1 s) after every matrix multiply
 # before they sleep, holding a core that convnet's own copies and elementwise threads need
@@ -16,6 +16,6 @@ _local_ranks = (os.environ.get("MPI_LOCALNRANKS")
                 or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
 if _local_ranks.isdigit() and int(_local_ranks) > 1:
     os.environ.setdefault("OPENBLAS_NUM_THREADS",
-                          str(max(1, _cores() // int(_local_ranks))))
+                          str(_cores_per_process(int(_local_ranks))))
 
 __version__ = "0.1.0"

@@ -50,6 +50,14 @@ def cores():
         return os.cpu_count() or 1
 
 
+def cores_per_process(processes):
+    """This process's share of the cores when ``processes`` run on this machine: the
+    machine's cores divided among them, or, where it is bound to fewer cores than the
+    machine has (an MPI launcher's binding: its share already), those. At least 1."""
+    own, machine = cores(), os.cpu_count() or 1
+    return own if own < machine else max(1, own // max(1, processes))
+
+
 def machine_memory():
     """The machine's physical memory in bytes, or None where the OS does not say."""
     try:

@@ -512,8 +512,7 @@ def test_the_first_line_hints_at_what_oversubscribes_the_cores(monkeypatch, loca
 
     class Ranks(Communicator):
         size, local_size, kind = local, local, "MPI: test"
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)           # the machine's cores, and
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5})   # the ones it may use
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(threads_module, "THREADS", threads)
     monkeypatch.setattr(distributed, "_blas_threads", lambda: blas)
     line = distributed.describe(Ranks())
@@ -530,6 +529,12 @@ def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
     assert limits.cores() == 1
     monkeypatch.delattr(os, "sched_getaffinity")            # macOS, Windows
     assert limits.cores() == 64
+    # Bound to fewer cores than the machine's (mpiexec -bind-to core): that is the rank's
+    # share, not divided again among the ranks; unbound, the machine's cores are divided.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3}, raising=False)
+    assert limits.cores_per_process(2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert limits.cores_per_process(2) == 32 and limits.cores_per_process(128) == 1
 
 
 def test_the_plain_communicator_is_the_identity():

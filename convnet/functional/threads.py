@@ -27,13 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from convnet.limits import cores
+from convnet.limits import cores_per_process
 
 
 def _thread_count():
-    """$CONVNET_THREADS when set; else the cores this process may use (at most 2)
-    divided among the processes an MPI launcher started on this machine (MPICH's
-    MPI_LOCALNRANKS, Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE), at least 1."""
+    """$CONVNET_THREADS when set; else this process's share of the cores (at most 2)
+    among the processes an MPI launcher started on this machine (MPICH's
+    MPI_LOCALNRANKS, Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; ``limits.cores_per_process``),
+    at least 1."""
     text = os.environ.get("CONVNET_THREADS", "").strip()
     if text:
         if not text.isdigit() or int(text) < 1:
@@ -42,7 +43,7 @@ def _thread_count():
     local = (os.environ.get("MPI_LOCALNRANKS")
              or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
     ranks = int(local) if local.isdigit() and int(local) > 0 else 1
-    return max(1, min(2, cores()) // ranks)
+    return max(1, min(2, cores_per_process(ranks)))
 
 
 THREADS = _thread_count()

@@ -33,8 +33,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from convnet import limits
-
 __all__ = ["Communicator", "MPICommunicator", "RanksDiverged", "RootsError", "abort_if_parallel",
            "describe", "from_environment", "launch_size"]
 
@@ -408,7 +406,7 @@ def describe(comm):
             f"{f' ({comm.kind})' if n > 1 else ''} x {THREADS} "
             f"thread{'s' if THREADS > 1 else ''}{' each' if n > 1 else ''} (BLAS: "
             f"{'unknown' if blas is None else blas})")
-    cores = limits.cores()
+    cores = os.cpu_count() or 1       # the machine's: a rank's binding is its share
     busiest = comm.local_size * max(THREADS, blas or 1)
     if n > 1 and comm.local_size > cores:   # no thread setting helps
         text += (f"; {comm.local_size} processes here on {cores} cores: start at most "

@@ -19,7 +19,7 @@ from convnet.layers.activation import ReLU, ReLU6
 from convnet.layers.conv import Conv2d
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, LPPool2d
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 from convnet.models.notation import from_notation
 from convnet.zoo.densenet import densenet_bc_100
@@ -89,6 +89,18 @@ def test_adaptive_pool_to_any_size_comes_back(tmp_path, out, size):
     imported = round_trip(model, tmp_path, (2, *size), batches=(1, 3))
     assert repr(imported["1"]) == repr(model[1])
     same_keys(imported, model)
+
+
+def test_global_max_pooling_comes_back_and_a_divisor_override_is_named(tmp_path):
+    """GlobalMaxPool (AdaptiveMaxPool2d(1)'s export) had been refused on import; an
+    AvgPool2d with a divisor_override (Pad, AveragePool, Mul) is refused by name."""
+    model = Sequential(Conv2d(2, 3, 1, rng=np.random.default_rng(0)), AdaptiveMaxPool2d(1),
+                       Flatten(), Linear(3, 4, rng=np.random.default_rng(1)))
+    imported = round_trip(model, tmp_path, (2, 5, 7), batches=(1, 3))
+    assert repr(imported["1"]) == repr(model[1])
+    export_onnx(Sequential(AvgPool2d(2, divisor_override=3)), tmp_path / "d.onnx", (1, 4, 4))
+    with pytest.raises(ValueError, match=r"AvgPool2d \(not with a divisor_override\)"):
+        load_onnx(tmp_path / "d.onnx")
 
 
 def test_lenet5(tmp_path):

@@ -7,10 +7,13 @@ becomes one ONNX node (or a few), each container its children's nodes plus the j
     LocallyConnected2d -> Conv (one-hot filters: im2col) + Reshape, Transpose, MatMul, Add
                           (load_onnx does not read this subgraph back)
     LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool (others below)
+    AdaptiveMaxPool2d(1) -> GlobalMaxPool, an output that divides the input -> MaxPool
+                          (others are refused)
     ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
     Linear -> Gemm (transB=1)   Flatten -> Flatten(axis=1)
     BatchNorm2d/1d -> BatchNormalization (running statistics)
-    LocalResponseNorm -> LRN    Dropout, Identity, GoogLeNet's AuxClassifier -> Identity
+    LocalResponseNorm -> LRN    Dropout, Dropout2d, Identity, GoogLeNet's AuxClassifier
+                                -> Identity
     Residual -> body + shortcut + Add (+ post)   Concat -> branches + Concat(axis=1)
     DenseBlock -> a running Concat(axis=1) after each layer
 
@@ -23,7 +26,9 @@ ceil-mode window hanging over the edge (PyTorch scales its sum by FH*FW / size i
 AdaptiveAvgPool2d (AveragePool, kernel = stride, for an output size that divides the
 input; else rows @ (x @ cols.T), two MatMuls with its averaging matrices, as it computes);
 a dilated ceil-mode MaxPool2d whose last window hangs F or more past the input is
-MaxPool with ceil_mode=1 (runtimes refuse pads >= F).
+MaxPool with ceil_mode=1 (runtimes refuse pads >= F), or a Pad of -inf and MaxPool where
+ONNX's ceil mode gives other sizes; AvgPool2d with a divisor_override is a zero Pad,
+AveragePool and Mul by FH*FW / divisor (load_onnx does not read this one back).
 
 >>> from convnet.zoo import lenet5
 >>> export_onnx(lenet5(), "lenet5.onnx")                      # doctest: +SKIP
@@ -236,12 +241,20 @@ class _Graph:
         pads, ceil = _pool_pads(layer, shape, out_shape), 0
         if any(pad >= f for pad, f in zip(pads, 2 * list(layer.kernel_size))):
             # a dilated ceil-mode window hanging F or more past the end: runtimes take no
-            # pad >= F (the window's taps, not its extent), so ONNX's ceil mode with the
-            # layer's pads. Its sizes are the layer's: PyTorch's rule that the last window
-            # starts inside, which ONNX's formula lacks, drops a window only where the end
-            # pad comes out below P (< F), never here.
-            assert _onnx_ceil_sizes(layer, shape) == list(out_shape[1:]), (layer, shape)
-            pads, ceil = [*layer.padding, *layer.padding], 1
+            # pad >= F (the window's taps, not its extent). ONNX's ceil mode with the
+            # layer's pads where it gives the layer's sizes; else (PyTorch's rule that
+            # the last window starts inside drops one along the other axis) the padding
+            # as a Pad of -inf, as max pooling pads, before an unpadded pool.
+            if _onnx_ceil_sizes(layer, shape) == list(out_shape[1:]):
+                pads, ceil = [*layer.padding, *layer.padding], 1
+            else:
+                top, left, bottom, right = pads
+                x = self.node("Pad", [x, self.const(f"{base}.pads", [0, 0, top, left, 0, 0,
+                                                                      bottom, right],
+                                                    np.int64),
+                                      self.const(f"{base}.minus_inf", -np.inf)],
+                              f"{base}.pad")
+                pads = [0, 0, 0, 0]
         return self.node("MaxPool", [x], base, kernel_shape=list(layer.kernel_size),
                          strides=list(layer.stride), pads=pads,
                          dilations=list(layer.dilation), ceil_mode=ceil)

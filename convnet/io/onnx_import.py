@@ -4,6 +4,7 @@ The graph is read node by node, each node (or a small group of nodes) becoming a
 
     Conv -> Conv2d                 MaxPool -> MaxPool2d          AveragePool -> AvgPool2d
     LpPool (even p) -> LPPool2d    GlobalAveragePool -> AdaptiveAvgPool2d(1)
+    GlobalMaxPool -> AdaptiveMaxPool2d(1)
     ReduceMean over H and W -> AdaptiveAvgPool2d(1) (and Flatten without keepdims)
     Relu, LeakyRelu, Tanh, Sigmoid -> ReLU, LeakyReLU, Tanh, Sigmoid
     Clip(0, 6) -> ReLU6              Clip(0, no max) -> ReLU
@@ -94,19 +95,27 @@ from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from convnet.layers.pool import (
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool2d,
+    LPPool2d,
+    MaxPool2d,
+)
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 __all__ = ["load_onnx"]
 
 SUPPORTED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Constant", "Conv",
-             "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LRN",
+             "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Identity",
+             "LRN",
              "LeakyRelu", "LogSoftmax", "LpPool", "MatMul", "MaxPool", "ReduceMean", "Relu",
              "Reshape", "Sigmoid", "Softmax", "Squeeze", "Tanh")
 _NOTES = ("(Add joins two paths or adds MatMul's bias; Reshape and Squeeze must flatten; "
           "ReduceMean must average over H and W; Softmax and LogSoftmax only at the end; "
           "Pad, Pow, Mul, Unsqueeze, Div, Sign and Abs only in the subgraphs that export_onnx "
-          "writes for AvgPool2d, AdaptiveAvgPool2d, LPPool2d and LRN, and torch.onnx.export "
+          "writes for AvgPool2d (not with a divisor_override), AdaptiveAvgPool2d, LPPool2d "
+          "and LRN, and torch.onnx.export "
           "for LPPool2d and, with dynamo=True, LocalResponseNorm)")
 _FLOATS = (np.float32, np.float64)
 # The names export_onnx gives BatchNormalization's scale and bias when the layer has none
@@ -138,7 +147,8 @@ _MAX_FILE_BYTES = 2 << 30       # protobuf's limit on one message
 # Unsqueeze and Squeeze occur in export_onnx's subgraphs
 _ARITY = {"Add": (2, 2), "AveragePool": (1, 1), "BatchNormalization": (5, 5), "Clip": (1, 3),
           "Concat": (1, None), "Constant": (0, 0), "Conv": (2, 3), "Dropout": (1, 3),
-          "Flatten": (1, 1), "Gemm": (2, 3), "GlobalAveragePool": (1, 1), "Identity": (1, 1),
+          "Flatten": (1, 1), "Gemm": (2, 3), "GlobalAveragePool": (1, 1),
+          "GlobalMaxPool": (1, 1), "Identity": (1, 1),
           "LRN": (1, 1), "LeakyRelu": (1, 1), "LpPool": (1, 1), "MatMul": (2, 2),
           "MaxPool": (1, 1), "Relu": (1, 1), "Reshape": (1, 2), "Sigmoid": (1, 1),
           "Softmax": (1, 1), "Tanh": (1, 1), "Pad": (1, 4), "Pow": (2, 2), "Mul": (2, 2),
@@ -1292,6 +1302,9 @@ class _Importer:
 
     def op_GlobalAveragePool(self, node):
         self.add([node], self.data(node), AdaptiveAvgPool2d(1))
+
+    def op_GlobalMaxPool(self, node):
+        self.add([node], self.data(node), AdaptiveMaxPool2d(1))
 
     def op_Relu(self, node):
         self.add([node], self.data(node), ReLU())

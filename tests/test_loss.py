@@ -220,7 +220,7 @@ def test_unreduced_losses_backpropagate_a_gradient_per_sample():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: CrossEntropyLoss(0.1), r"weight must be a 1-D array of C finite numbers, one "
+    (lambda: CrossEntropyLoss(2.5), r"weight must be a 1-D array of C finite numbers, one "
                                     r"per class, got shape \(\)"),
     (lambda: CrossEntropyLoss([1, np.nan]), "got nan"),
     (lambda: CrossEntropyLoss("abc"), "got str"),
@@ -234,6 +234,13 @@ def test_unreduced_losses_backpropagate_a_gradient_per_sample():
     (lambda: MultiMarginLoss(3), r"p must be 1 or 2 \(an int\), got 3$"),
     (lambda: MultiMarginLoss(weight=[[1, 2]]), r"got shape \(1, 2\)"),
     (lambda: MultiMarginLoss(reduction=None), "got None"),
+    (lambda: CrossEntropyLoss(0.1), r"for label smoothing, write label_smoothing=0.1$"),
+    (lambda: multi_margin_loss(np.zeros((1, 3)), [0], p=3), r"^multi_margin_loss: p must be "
+                                                            r"1 or 2, got 3$"),
+    (lambda: multi_margin_loss(np.zeros((1, 3)), [0], p=True), "p must be 1 or 2, got True"),
+    (lambda: softmax_cross_entropy(np.zeros((2, 3)), np.array([-100, 1])),
+     r"^softmax_cross_entropy: target values must be class indices in \[0, C\) = \[0, 3\), "
+     r"got values from -100 to 1$"),
 ])
 def test_loss_options_are_checked(make, message):
     with pytest.raises(ValueError, match=message):

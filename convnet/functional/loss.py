@@ -129,7 +129,7 @@ def softmax_cross_entropy(scores, y, label_smoothing=0.0):
     >>> round(loss, 4)                                   # log(10)
     2.3026
     """
-    return cross_entropy(scores, y, label_smoothing=label_smoothing,
+    return cross_entropy(scores, y, ignore_index=None, label_smoothing=label_smoothing,
                          where="softmax_cross_entropy")
 
 
@@ -141,7 +141,8 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
     one_hot(y) + e / C (e: label_smoothing), and w the class weights, where the one-hot
     part takes the target class's weight w_{y_i} (PyTorch's formula).
     weight: None or (C,): scales each class's loss (for classes of unequal size).
-    ignore_index: a target equal to it adds no loss and no gradient, and is not counted.
+    ignore_index: a target equal to it adds no loss and no gradient, and is not counted
+    (None: every target must be a class).
     reduction: 'mean' divides the sum by the samples counted (by their targets' total
     weight, with weights), 'sum' adds, both giving a float; 'none' gives the losses (N,).
     dscores (N, C) is the gradient of the reduced loss ('none': of the losses' sum).
@@ -158,7 +159,8 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
     n, c = scores.shape
     w = check_weight(weight, c, where)
     rows = np.arange(n)
-    keep = y != ignore_index                            # (N,) the samples that count
+    keep = (np.ones(n, bool) if ignore_index is None else
+            y != ignore_index)                          # (N,) the samples that count
     target = np.where(keep, y, 0)                       # a class for each; masked below
     logp = log_softmax(scores)                          # (N, C)
     p = np.exp(logp)                                    # softmax probabilities
@@ -236,6 +238,8 @@ def multi_margin_loss(scores, y, p=1, margin=1.0, weight=None, reduction="mean",
     if reduction not in REDUCTIONS:
         raise ValueError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, "
                          f"got {reduction!r}")
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"{where}: p must be 1 or 2, got {p!r}")
     n, c = scores.shape
     w = check_weight(weight, c, where)
     z = _margins(scores, y, margin)

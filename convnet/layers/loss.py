@@ -97,6 +97,10 @@ class CrossEntropyLoss(Loss):
     def __init__(self, weight=None, *, ignore_index=-100, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
+        if isinstance(weight, (float, np.floating)) and 0 <= weight <= 1:
+            raise ValueError(f"CrossEntropyLoss: weight (the first argument, as in PyTorch) "
+                             f"must be one number per class, got {weight!r}; for label "
+                             f"smoothing, write label_smoothing={weight!r}")
         self._options(weight, reduction)
         if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
             raise ValueError(f"CrossEntropyLoss: ignore_index must be an int, got "

@@ -274,3 +274,14 @@ def test_shifts_pad_with_what_a_zero_pixel_became(tmp_path, monkeypatch):
     assert seen and mean > 0.1
     for fill in seen:
         np.testing.assert_allclose(fill, [-mean / std], rtol=1e-6)
+    # A run begun before (its checkpoint has no shift_fill) resumes padding as it did.
+    config = json.loads(json.dumps(TrainConfig(data="digits").__dict__))
+    del config["shift_fill"]
+    assert TrainConfig.from_dict(config, "old").shift_fill == "mean"
+    assert TrainConfig().shift_fill == "black"
+    with pytest.raises(ValueError, match="shift_fill must be one of black, mean, got 'grey'"):
+        TrainConfig(shift_fill="grey").check()
+    seen.clear()
+    train(TrainConfig(data="digits", model=SMALL, epochs=1, limit=64, shift_fill="mean",
+                      out=str(tmp_path / "old")), log=lambda *a: None)
+    assert seen and all(np.all(fill == 0) for fill in seen)

@@ -71,7 +71,9 @@ MAX_EPOCHS = 1_000_000
 # Fields added after checkpoints were written without them: a checkpoint that lacks one
 # resumes with this value.
 ADDED_FIELDS = {"sync_bn": True, "label_smoothing": 0.0, "ema": 0.0, "tta": False,
-                "translate": None, "time_limit": None, "conv_algorithm": "auto"}
+                "translate": None, "time_limit": None, "conv_algorithm": "auto",
+                "shift_fill": "mean"}
+SHIFT_FILLS = ("black", "mean")   # a shift pads with a 0 pixel, or with 0 once normalized
 
 
 @dataclass
@@ -111,6 +113,9 @@ class TrainConfig:
     time_limit: float | None = None  # seconds: plan the epochs so the run ends in time
     conv_algorithm: str = "auto"     # every convolution that can, with this algorithm
     #                                  (functional.conv.Algorithm; "auto": each layer's own)
+    shift_fill: str = "black"        # what a shift pads with: a 0 pixel ("black"), or the
+    #                                  mean ("mean": 0 after normalizing, runs begun before
+    #                                  2026-12-07 resume with it)
 
     @classmethod
     def from_dict(cls, values, where):
@@ -187,6 +192,8 @@ class TrainConfig:
             fail("dtype", "'float32' or 'float64'")
         if self.conv_algorithm not in [a.value for a in Algorithm]:   # any type: a list
             fail("conv_algorithm", f"one of {', '.join(a.value for a in Algorithm)}")
+        if self.shift_fill not in SHIFT_FILLS:
+            fail("shift_fill", f"one of {', '.join(SHIFT_FILLS)}")
         if self.image_size is not None and not (
                 isinstance(self.image_size, tuple) and len(self.image_size) == 2
                 and all(is_int(v, 1, limits.MAX_IMAGE_SIDE) for v in self.image_size)):
@@ -559,7 +566,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                  f"{'x'.join(map(str, input_shape))})", comm.local_size)
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
-    zero_pixel = norm.zero(dtype)            # what a shift pads with: a normalized 0 pixel
+    # what a shift pads with: a 0 pixel, normalized (or 0 after normalizing: the mean)
+    zero_pixel = norm.zero(dtype) if cfg.shift_fill == "black" else 0
     if not batch_given:   # the default batch, on a data set smaller than it
         cfg.batch_size = min(cfg.batch_size, len(x_train))
 

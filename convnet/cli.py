@@ -567,7 +567,8 @@ def build_parser():
                    metavar="F", help="share of each class held out for testing from an image "
                                      "folder without test/ (0.1)")
     p.add_argument("--limit", type=POSITIVE, metavar="N",
-                   help="train on N of the training images, chosen at random (seeded)")
+                   help="use N of the training images, chosen at random (seeded), before "
+                        "the validation split: about N x (1 - val fraction) are trained on")
     p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0,
                    help="seed of the weights, the split, the batches and the augmentation "
                         "(0): the same seed gives the same run, bit for bit")

@@ -58,8 +58,8 @@ THRESHOLDS = {
     "shifted_training_min_width": Threshold(
         7, "the looser bound in training starts at output rows this wide: narrower ones "
            "(the default digits net's 4x4 layers) were 1.4-1.5x faster too, but moving "
-           "them changes the rounding of the default `convnet train` run, whose recorded "
-           "98.33% (seed 0) became 97.77% (12 seeds: a mean of 97.91% against 97.86%)"),
+           "them changed the rounding of the default `convnet train` run (then 98.33% for "
+           "seed 0, 97.77% after; 12 seeds: a mean of 97.91% against 97.86%)"),
     "one_thread_max_flops": Threshold(
         1 << 24, "at inference, one image's convolution of fewer FLOPs (2 x its multiply-"
                  "adds) runs on one thread (blocks): handing half of it to another thread "

@@ -585,11 +585,13 @@ def build_parser():
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
                    help="fine-tune: start from a saved model (.json, .onnx) or weights (.pt, "
                         ".pth, .safetensors, with --model); the data is resized to its input, "
-                        "and a new head is made when the number of classes differs")
+                        "and a new head is made when the classes differ (in number, or in "
+                        "the names the model records)")
     p.add_argument("--freeze", nargs="+", metavar="STAGE",
                    help="with --from: stages whose parameters stay fixed, by name (e.g. "
                         "features, layer1) or as a range of top-level stages (e.g. 0-7); "
-                        "'convnet summary MODEL' lists them")
+                        "'convnet summary MODEL' lists them. Batch norm in them still "
+                        "updates its running statistics (as requires_grad=False)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html (the 'convnet report' page) into the run "

@@ -85,8 +85,11 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         raise ValueError(f"{spec}: a weights file holds no architecture: name it with "
                          f"--model (a zoo name such as resnet18, or arrow notation in quotes)")
     elif suffix in WEIGHTS and architecture is not None:
+        state = _read_weights(spec)
+        if num_classes is None and architecture in MODELS:   # the head the file has
+            num_classes = _head_size(architecture, state)
         model = resolve_model(architecture, input_shape, num_classes, rng)
-        _load_weights(model, spec)
+        _load_weights(model, spec, state)
         trained = True
     elif suffix in (".json", ".safetensors"):
         model, trained = load_model(spec), True
@@ -140,19 +143,43 @@ WRAPPER_PREFIXES = {"module.": "nn.DataParallel or DistributedDataParallel",
                     "_orig_mod.": "torch.compile"}
 
 
-def _load_weights(model, path):
-    """Load a .pt/.pth/.safetensors file's tensors into ``model`` strictly.
+def _read_weights(path):
+    """The tensors of a .pt/.pth/.safetensors file, {key: array}."""
+    from convnet.io import load_tensors, load_torch
+
+    if Path(path).suffix.lower() == ".safetensors":
+        return load_tensors(path)[0]
+    return load_torch(path)
+
+
+def _head_size(architecture, state):
+    """The classes a zoo architecture's weights file was saved for: the rows of the
+    file's weight for the architecture's last FC layer (None where the file has no such
+    2-D weight; the load then names what does not fit)."""
+    from convnet.layers.base import counting_only
+    from convnet.layers.linear import Linear
+
+    with counting_only():                 # the names only: no weights are written
+        model = get_model(architecture)
+    heads = [name for name, layer in model.named_layers() if isinstance(layer, Linear)]
+    if not heads:
+        return None
+    state, _, _ = _unwrap(state, model.state_dict())
+    weight = state.get(f"{heads[-1]}.weight")
+    shape = getattr(weight, "shape", ())
+    return int(shape[0]) if len(shape) == 2 and shape[0] > 0 else None
+
+
+def _load_weights(model, path, state=None):
+    """Load a .pt/.pth/.safetensors file's tensors (``state``, read from ``path`` when
+    None) into ``model`` strictly.
 
     A file saved from a wrapped module (nn.DataParallel, DistributedDataParallel,
     torch.compile) has each key under the wrapper's prefix (``module.conv1.weight``);
     when every key of the file is one of the model's under such prefixes, they are read
     without them, and a warning says so."""
-    from convnet.io import load_tensors, load_torch
-
-    if Path(path).suffix.lower() == ".safetensors":
-        state, _ = load_tensors(path)
-    else:
-        state = load_torch(path)
+    if state is None:
+        state = _read_weights(path)
     state, prefix, fits = _unwrap(state, model.state_dict())
     try:
         model.load_state_dict(state, strict=True)

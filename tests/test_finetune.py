@@ -110,3 +110,82 @@ def test_finetune_script_whole_path(tmp_path, finetune_script, capsys):
         assert not np.allclose(head[key], start[key]), f"{key} did not train"
     for key in pre:
         assert not np.allclose(scratch_end[key], scratch_start[key]), f"scratch: {key} fixed"
+
+
+def test_a_model_for_other_classes_of_the_same_count_gets_a_new_head(tmp_path, capsys):
+    """A 10-class digits model fine-tuned on 10 other classes had kept its head (a '0'
+    unit is no 'zero' unit) without a word; the same classes keep it, and the log says
+    which."""
+    pre = tmp_path / "pre"
+    assert main(["train", "--data", "digits", "--model", "INPUT 8x8x1 -> CONV 4 -> RELU -> "
+                 "FC 10", "--epochs", "1", "--limit", "100", "--quiet", "--no-report",
+                 "--out", str(pre)]) == 0
+    from convnet.data import load_dataset
+    x, y = load_dataset("digits").train
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    from PIL import Image
+    for i in range(200):
+        folder = tmp_path / "words" / names[y[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[i, 0].astype(np.uint16) * 255 // 16).astype(np.uint8)).save(
+            folder / f"{i}.png")
+    capsys.readouterr()
+    assert main(["train", "--from", str(pre / "model.json"), "--data", str(tmp_path / "words"),
+                 "--epochs", "1", "--quiet", "--no-report", "--out", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "new head 3: the model's 10 classes are not the data's (0, 1, 2, 3, ... against " \
+        "eight, five, four, nine, ...)" in out, out
+    assert main(["train", "--from", str(pre / "model.json"), "--data", "digits", "--epochs",
+                 "1", "--limit", "100", "--quiet", "--no-report", "--out",
+                 str(tmp_path / "d")]) == 0
+    assert "keeping the model's head: 10 outputs, as many as the data's classes, the same " \
+        "names" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--from", "lenet5"], "--from lenet5: not a file of trained weights (a zoo name or "
+                           "notation has random ones)"),
+    (["--from", "INPUT 8x8x1 -> FC 10"], "not a file of trained weights"),
+    (["--from", "{pre}", "--freeze", "0-3"], "--freeze 0-3 holds the new head 3 at its "
+                                             "random start; freeze the stages before it"),
+    (["--from", "{same}", "--freeze", "0-3"], "--freeze 0-3 leaves nothing to train: every "
+                                              "parameter is frozen"),
+])
+def test_fine_tuning_refuses_what_would_train_nothing_or_from_random_weights(
+        tmp_path, capsys, argv, message):
+    """--from a zoo name or notation had fine-tuned random weights (and --freeze kept them
+    random); freezing every stage, or the new head, had trained nothing and exited 0."""
+    pre = tmp_path / "pre"
+    save_model(resolve_model("INPUT 8x8x1 -> CONV 4 -> RELU -> FC 3",
+                             rng=np.random.default_rng(0)), pre)
+    same = tmp_path / "same"
+    save_model(resolve_model("INPUT 8x8x1 -> CONV 4 -> RELU -> FC 10",
+                             rng=np.random.default_rng(0)), same)
+    argv = [a.format(pre=pre.with_suffix(".json"), same=same.with_suffix(".json"))
+            for a in argv]
+    assert main(["train", *argv, "--data", "digits", "--epochs", "1", "--quiet",
+                 "--no-report", "--out", str(tmp_path / "run")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_weights_for_a_zoo_net_with_other_classes_load_with_their_head(tmp_path):
+    """A resnet18 state_dict saved for 10 classes: the file's head decides the classes
+    (the zoo's 1000 had been refused, with a hint at --classes, which train lacks)."""
+    torch = pytest.importorskip("torch")
+    from tests.torch_models import BasicBlock, ResNet
+    torch.save(ResNet(BasicBlock, [2, 2, 2, 2], 10).state_dict(), tmp_path / "r18.pth")
+    model = resolve_model(str(tmp_path / "r18.pth"), architecture="resnet18")
+    assert model.output_shape((3, 64, 64)) == (10,) and model.trained
+
+
+def test_fine_tuning_takes_the_runs_dtype(tmp_path):
+    """TrainConfig(dtype='float64') had trained a float32 start model on float64 data."""
+    from convnet.train.loop import TrainConfig, train
+    pre = tmp_path / "pre"
+    save_model(resolve_model(TINY, rng=np.random.default_rng(0)), pre)
+    result = train(TrainConfig(data="digits", init_from=str(pre.with_suffix(".json")),
+                               dtype="float64", epochs=1, limit=100,
+                               out=str(tmp_path / "run")), log=lambda *a: None,
+                   progress=False)
+    assert {v.dtype for v in result.model.params().values()} == {np.dtype(np.float64)}

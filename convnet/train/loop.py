@@ -43,6 +43,7 @@ import numpy as np
 from convnet import limits
 from convnet.analysis import counted
 from convnet.data import check_drawn_split, load_dataset
+from convnet.data.folder import nfc
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import border_range, brightness_range, check_info
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
@@ -476,6 +477,10 @@ def _initial_model(cfg, log):
         raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
                          f"--model (it names the architecture of a weights file)")
     model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
+    if not model.trained:          # a zoo name or notation: fresh random weights
+        raise ValueError(f"--from {cfg.init_from}: not a file of trained weights (a zoo "
+                         f"name or notation has random ones); train it from scratch with "
+                         f"--model, or give a saved model or weights file")
     shape = getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError(f"{cfg.init_from}: the model has no input size")
@@ -571,6 +576,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if not batch_given:   # the default batch, on a data set smaller than it
         cfg.batch_size = min(cfg.batch_size, len(x_train))
 
+    head = None                                  # a new head made for the data's classes
     if ckpt is not None:
         model_state, optim_arrays, state = ckpt
         model = from_config(state.get("architecture"), where=f"{ckpt_path}: architecture",
@@ -582,9 +588,20 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             raise ValueError(f"{ckpt_path}: {err}") from None
     elif start_model is not None:
         state, model = None, start_model
+        model = _as_dtype(model, dtype)
+        known = (getattr(model, "info", None) or {}).get("classes")
         if model.output_shape(input_shape) != (num_classes,):
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             log(f"new head {head} for {num_classes} classes")
+        elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes]:
+            head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
+            log(f"new head {head}: the model's {len(known)} classes are not the data's "
+                f"({', '.join(map(str, known[:4]))}{', ...' if len(known) > 4 else ''} "
+                f"against {', '.join(splits.classes[:4])}"
+                f"{', ...' if num_classes > 4 else ''})")
+        else:
+            log(f"keeping the model's head: {num_classes} outputs, as many as the data's "
+                f"classes" + (", the same names" if known else ""))
     else:
         state = None
         with _size_hinted(cfg.model, input_shape):
@@ -596,6 +613,13 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     model.input_shape = input_shape
     if cfg.freeze:
         model.freeze(*cfg.freeze)
+        if ckpt is None and head is not None and not any(
+                key.startswith(f"{head}.") for key in model.trainable_params()):
+            raise ValueError(f"--freeze {' '.join(cfg.freeze)} holds the new head {head} at "
+                             f"its random start; freeze the stages before it")
+        if not model.trainable_params():
+            raise ValueError(f"--freeze {' '.join(cfg.freeze)} leaves nothing to train: "
+                             f"every parameter is frozen")
     _check_same_start(comm, model, state, optim_arrays if ckpt is not None else None)
     with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
         out_shape = model.output_shape(input_shape)
@@ -1114,6 +1138,19 @@ def _pictures(model, history, out, label_smoothing=0.0):
     except ValueError:                                      # no CONV layer
         return [curve]
     return [curve, plot_filters(model, out / "filters.png")]
+
+
+def _as_dtype(model, dtype):
+    """``model`` with its weights in ``dtype`` (the same values, rounded to float32 when
+    narrower), its info and input size kept; the model itself where they are in it."""
+    if all(v.dtype == dtype for v in model.params().values()):
+        return model
+    copy = from_config(_with_dtype(model.get_config(), dtype.name))
+    copy.load_state_dict(model.state_dict())          # each array cast to the copy's dtype
+    for name in ("info", "input_shape", "trained"):
+        if hasattr(model, name):
+            setattr(copy, name, getattr(model, name))
+    return copy
 
 
 def _with_dtype(config, dtype):

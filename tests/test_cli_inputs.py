@@ -192,11 +192,16 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):
                 ["--model", "INPUT 8x8x1 -> FC 3"]):
         assert main(args + ["--seed", "3", "--overwrite", *bad]) == 1
         assert {p.name: p.read_bytes() for p in out.iterdir()} == held, bad
+    # ... and so does a run that fails in training before its first checkpoint (the
+    # earlier run had been deleted before training began)
+    assert main(args + ["--seed", "3", "--overwrite", "--optimizer", "sgd", "--lr",
+                        "1e30"]) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
     capsys.readouterr()
     assert main(args + ["--seed", "3", "--overwrite"]) == 0
     assert (out / "model.safetensors").read_bytes() != before
     assert (out / "notes.txt").read_text() == "mine"        # not ours: left alone
-    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} == set(RUN_FILES) | {"notes.txt"}
     # --resume and --overwrite contradict each other: refused, the run left as it was
     held = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()

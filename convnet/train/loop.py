@@ -32,6 +32,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -397,12 +398,39 @@ def training_bytes(model, input_shape, cfg, batch=None):
         return 0
 
 
-def clear_run(out):
-    """Remove an earlier run's files (RUN_FILES) from ``out``: with overwrite, once the
-    data, the model and every setting have been checked, so that a failing run loses
-    nothing."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+class SetAside:
+    """An earlier run's files (RUN_FILES) in ``out``, moved into a hidden folder beside
+    them (with overwrite, once the data, the model and every setting have been checked):
+    ``drop()`` deletes them once the new run has written its first checkpoint;
+    ``restore()`` puts them back if it fails before that. A failing run loses nothing."""
+
+    def __init__(self, out):
+        self.out, self.folder = out, None
+        held = [name for name in RUN_FILES if (out / name).exists()]
+        if held:
+            self.folder = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+            for name in held:
+                os.replace(out / name, self.folder / name)
+
+    def drop(self):
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def restore(self):
+        if self.folder is not None:
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)     # the failed run's
+                if (self.folder / name).exists():
+                    os.replace(self.folder / name, self.out / name)
+            self.folder.rmdir()
+            self.folder = None
+
+    def __exit__(self, kind, error, trace):
+        self.restore() if kind is not None else self.drop()
+
+    def __enter__(self):
+        return self
 
 
 def _ignored_settings(given, saved):
@@ -499,8 +527,9 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     With resume=True, continue from the run directory's checkpoint.safetensors: the run
     picks up at the saved epoch and batch with the saved weights, optimizer, schedule and
     RNG states. A new run refuses a directory holding files unless overwrite=True, which
-    removes the files of an earlier run (RUN_FILES), once the data, the model and every
-    setting have been checked (a run that fails before then leaves them as they were).
+    replaces the files of an earlier run (RUN_FILES), once the data, the model and every
+    setting have been checked and the new run has written its first checkpoint (a run
+    that fails before then leaves them as they were: ``SetAside``).
     resume and overwrite together are refused.
 
     comm: the communicator (convnet.train.distributed); default: the one this process was
@@ -668,8 +697,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
     if splits.drawn_from is not None:   # eval draws the same test images from these files
         info["split_files"] = splits.drawn_from
-    if overwrite and not resume and comm.is_root:   # everything is checked: now replace
-        clear_run(out)
+    aside = None
+    if overwrite and not resume and comm.is_root:   # everything is checked: set them aside
+        aside = stack.enter_context(SetAside(out))
     norms = _sync_norms(model, comm, cfg)
 
     epoch, batch, history = 0, 0, []
@@ -715,6 +745,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         arrays, state["optimizer"] = optimizer.state_dict()
         averages, state["ema"] = ema.state_dict() if ema is not None else (None, None)
         save_checkpoint(ckpt_path, model.state_dict(), arrays, state, averages)
+        if aside is not None:        # the new run can be resumed: the old one goes
+            aside.drop()
 
     for note in splits.notes:
         log(note)

@@ -669,3 +669,25 @@ def test_fixes_from_the_review_of_the_days_changes(tmp_path, capsys, monkeypatch
     old = {**dataclasses.asdict(TrainConfig()), "freeze": ["0"]}        # as saved
     config = TrainConfig.from_dict(old, "checkpoint")
     assert config.freeze == ("0",) and config.init_from is None
+
+
+def test_a_run_is_never_written_into_its_data_folder(tmp_path, capsys, monkeypatch):
+    """--data . had written runs/ into the image folder (a third class on the next run),
+    and --data .. into the class folder the command ran in."""
+    from PIL import Image
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), 10 * i + 100 * (name == "a"), np.uint8)).save(
+                tmp_path / "data" / name / f"{i}.png")
+    held = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for cwd, data, out in (("data", ".", None), ("data/a", "..", None),
+                           (".", "data", "data/b/run")):
+        monkeypatch.chdir(tmp_path / cwd)
+        argv = ["train", "--data", data, "--epochs", "1", "--quiet", "--no-report"]
+        assert main(argv + (["--out", out] if out else [])) == 1
+        assert "the run directory is inside the data folder" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == held
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "data", "--epochs", "1", "--quiet", "--no-report"]) == 0
+    assert (tmp_path / "runs" / "data" / "model.json").exists()

@@ -296,16 +296,21 @@ def dropout_layers(model):
 
 def run_directory(cfg, resume, overwrite):
     """The directory a run writes to, checked: see the module docstring."""
+    data = Path(cfg.data)
     if cfg.out is not None:
         out = Path(cfg.out)
-    else:
-        base = Path("runs") / Path(cfg.data).name
+    else:         # --data . or ..: the folder's own name (runs/.. had been the data's parent)
+        base = Path("runs") / (data.resolve().name if data.is_dir() else data.name)
         taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
         if resume:   # the latest run of this data set
             existing = [p for p in taken if p.is_dir()]
             out = existing[-1] if existing else base
         else:
             out = next(p for p in taken if not p.exists() or not any(p.iterdir()))
+    if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
+        raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
+                         f"where its files would be read as images; give --out a folder "
+                         f"outside it")
     if resume:
         if not (out / "checkpoint.safetensors").is_file():
             raise ValueError(f"{out / 'checkpoint.safetensors'}: no checkpoint to resume from")

@@ -341,7 +341,8 @@ def cmd_predict(args):
                                min(args.top, len(classes)), tta=tta)
         for path, idx, prob in zip(paths, indices, probs):
             ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
-            print(f"{path}: {ranked}", flush=True)
+            shown = path if path.isprintable() else repr(path)   # no terminal escapes
+            print(f"{shown}: {ranked}", flush=True)
     if len(converted) > MAX_IMAGE_NOTES:      # how many more were converted
         _note(args, conversion_notes(converted, shape)[-1])
     if errors:
@@ -370,7 +371,7 @@ def _new_file(args, out):
 def cmd_show(args):
     from convnet import plot
 
-    out = args.out or f"{args.what}.png"
+    out = args.out if args.out is not None else f"{args.what}.png"
     if Path(out).suffix.lower() not in PICTURES:
         raise ValueError(f"--out {out}: expected a picture file name ending in "
                          f"{', '.join(PICTURES)}")
@@ -765,6 +766,9 @@ def _stop(args, err, text):
     print(f"convnet {args.command}: {text}", file=sys.stderr)
 
 
+MAX_ERROR = 1000    # characters of an error line; a longer one keeps both ends
+
+
 def _one_line(err):
     """An exception as the one line the user sees: ours say what and where; others
     (a bug, or a library's error we did not expect) also say what kind they are."""
@@ -774,6 +778,9 @@ def _one_line(err):
                "machine's memory"
     elif not isinstance(err, (ValueError, OSError, ImportError)):
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
+    if len(text) > MAX_ERROR:      # a long path or string the user gave, echoed whole
+        text = f"{text[:MAX_ERROR // 2]} ... ({len(text) - MAX_ERROR:,} characters left " \
+               f"out) ... {text[-MAX_ERROR // 2:]}"
     return text
 
 

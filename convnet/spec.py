@@ -41,6 +41,14 @@ def parse_shape(text):
     return shape
 
 
+def _exists(path):
+    """Whether a file or folder is there; False for a name the OS cannot take (too long)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def is_notation(spec):
     return "->" in spec or "→" in spec
 
@@ -93,14 +101,14 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         trained = True
     elif suffix in (".json", ".safetensors"):
         model, trained = load_model(spec), True
-    elif Path(spec).exists():
+    elif _exists(spec):
         raise ValueError(f"{spec}: unknown model format; expected a convnet model (.json), "
                          f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "
                          f"--model naming the architecture")
     else:
-        raise ValueError(f"model {spec!r} is not a zoo name ({', '.join(MODELS)}), not a file, "
-                         f"and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> RELU -> "
-                         f"POOL -> FC 10')")
+        raise ValueError(f"model {spec!r:.80} is not a zoo name ({', '.join(MODELS)}), not a "
+                         f"file, and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> "
+                         f"RELU -> POOL -> FC 10')")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
     model.trained = trained

@@ -691,3 +691,40 @@ def test_a_run_is_never_written_into_its_data_folder(tmp_path, capsys, monkeypat
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", "data", "--epochs", "1", "--quiet", "--no-report"]) == 0
     assert (tmp_path / "runs" / "data" / "model.json").exists()
+
+
+def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
+    """From a fuzzing of the command line: a split leaving no training images had ended in
+    a ZeroDivisionError, --from "" trained from scratch, show --out "" wrote filters.png,
+    a 100,000-character model name was echoed whole, and control characters in a file or
+    folder name reached the terminal raw."""
+    cases = [
+        (["train", "--epochs", "1", "--limit", "100", "--val-fraction", "0.99", "--out",
+          str(tmp_path / "a")], "are all held out for validation, none left to train on"),
+        (["train", "--from", "", "--epochs", "1", "--out", str(tmp_path / "b")],
+         "init_from must be a non-empty string or null, got ''"),
+        (["show", "filters", "lenet5", "--out", ""], "expected a picture file name"),
+        (["summary", "a" * 100_000], "characters left out"),
+        (["summary", "b" * 300], "is not a zoo name, not a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err) < 2_000 and "Traceback" not in err, err[:300]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not os.path.exists("filters.png")
+    from PIL import Image
+    for name in ("a", "b\x1b[31m"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / name / "0.png")
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "'b\\x1b[31m': a class folder's name must be printable" in err
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = save_model(from_notation("INPUT 8x8x1 -> FC 3"), tmp_path / "m")
+    odd = tmp_path / "x\x1b[2J.png"
+    Image.new("L", (8, 8)).save(odd)
+    assert main(["predict", str(model), str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.startswith(repr(str(odd)) + ": ")

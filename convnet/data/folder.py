@@ -142,8 +142,8 @@ def scan_image_folder(root):
     folders = _class_folders(root)
     odd = next((f for f in folders if not f.name.isprintable()), None)
     if odd is not None:
-        raise ValueError(f"{odd}: a class folder's name must be printable text (no control "
-                         f"characters or line breaks): rename it")
+        raise ValueError(f"{str(odd)!r}: a class folder's name must be printable text (no "
+                         f"control characters or line breaks): rename it")
     files = [(f, k) for k, folder in enumerate(folders) for f in _image_files(folder)]
     return files, [f.name for f in folders]
 

@@ -155,8 +155,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str):
                 fail(name, "a string")
         for name in ("model", "out", "data_root", "init_from"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                fail(name, "a string or null")
+            if getattr(self, name) is not None and not (
+                    isinstance(getattr(self, name), str) and getattr(self, name).strip()):
+                fail(name, "a non-empty string or null")
         for name, high in (("epochs", MAX_EPOCHS), ("batch_size", None), ("limit", None)):
             if getattr(self, name) is not None and not is_int(getattr(self, name), 1, high):
                 fail(name, "a positive int" + (f" up to {high:,}" if high else ""))
@@ -269,6 +270,10 @@ def prepare(splits, val_fraction, limit, seed, dtype):
     if len(y_val) == 0:
         raise ValueError(f"{splits.name}: {len(y)} training images leave no validation "
                          f"images at val_fraction {val_fraction}; raise it or add images")
+    if len(y_train) == 0:
+        raise ValueError(f"{splits.name}: {len(y)} training images at val_fraction "
+                         f"{val_fraction} are all held out for validation, none left to "
+                         f"train on; lower it or add images")
     x_train = to_float(x_train, splits.scale, dtype)
     norm = Normalize()
     norm.fit(x_train)

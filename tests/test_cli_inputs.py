@@ -704,8 +704,8 @@ def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
         (["train", "--from", "", "--epochs", "1", "--out", str(tmp_path / "b")],
          "init_from must be a non-empty string or null, got ''"),
         (["show", "filters", "lenet5", "--out", ""], "expected a picture file name"),
-        (["summary", "a" * 100_000], "characters left out"),
-        (["summary", "b" * 300], "is not a zoo name, not a file"),
+        (["summary", "a" * 100_000], "), not a file, and not arrow notation"),
+        (["summary", "b" * 300], "), not a file, and not arrow notation"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -713,6 +713,10 @@ def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
         assert message in err and len(err) < 2_000 and "Traceback" not in err, err[:300]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not os.path.exists("filters.png")
+    from convnet.cli import _one_line
+    line = _one_line(ValueError("start " + "x" * 5000 + " end"))
+    assert line.startswith("start ") and line.endswith(" end") and len(line) < 1_100
+    assert "... (4,010 characters left out) ..." in line
     from PIL import Image
     for name in ("a", "b\x1b[31m"):
         (tmp_path / "data" / name).mkdir(parents=True)

@@ -723,7 +723,7 @@ def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
         Image.new("L", (8, 8)).save(tmp_path / "data" / name / "0.png")
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
-    assert "\x1b" not in err and "'b\\x1b[31m': a class folder's name must be printable" in err
+    assert "\x1b" not in err and "/b\\x1b[31m': a class folder's name must be printable" in err
     from convnet.io import save_model
     from convnet.models import from_notation
     model = save_model(from_notation("INPUT 8x8x1 -> FC 3"), tmp_path / "m")

@@ -732,3 +732,22 @@ def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
     assert main(["predict", str(model), str(odd)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and out.startswith(repr(str(odd)) + ": ")
+
+
+def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path, capsys):
+    """A folder, a FIFO or a looping link given as a model had been "no such model file";
+    an empty .onnx had been "a convnet model has one input; the graph has 0"."""
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "dir.onnx").mkdir()
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "loop.pt").symlink_to(tmp_path / "loop.pt")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for argv, message in ((["dir.json"], "dir.json: a folder, not a model file"),
+                          (["dir.onnx"], "dir.onnx: a folder, not an ONNX file"),
+                          (["fifo.json"], "fifo.json: not a regular file (a FIFO, socket or "
+                                          "device), not a model file"),
+                          (["loop.pt", "--model", "lenet5"], "loop.pt: a link to nothing"),
+                          (["empty.onnx"], "empty.onnx: the file is empty (0 bytes), not an "
+                                           "ONNX model")):
+        assert main(["summary", str(tmp_path / argv[0]), *argv[1:]]) == 1
+        assert message in capsys.readouterr().err, argv

@@ -89,6 +89,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.io.onnx_export import averaging_matrix
+from convnet.io.weights import not_a_file
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -225,8 +226,10 @@ def load_onnx(path, input_shape=None, input_hint=None):
     onnx = _onnx()
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such ONNX file")
+        raise ValueError(f"{path}: {not_a_file(path, 'ONNX file')}")
     size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes), not an ONNX model")
     if size > _MAX_FILE_BYTES:
         raise ValueError(f"{path}: {size:,} bytes is over protobuf's limit of "
                          f"{_MAX_FILE_BYTES:,} for one model; keep the weights in external data")

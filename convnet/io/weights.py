@@ -136,7 +136,7 @@ def tensor_shapes(path):
 def _declared(path):
     """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes)."""
     if not path.is_file():
-        raise ValueError(f"{path}: no such weight file")
+        raise ValueError(f"{path}: {not_a_file(path, 'weight file')}")
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
     _check_declared_bytes(declared, path)
@@ -273,11 +273,25 @@ def load_model(path):
     return model
 
 
+def not_a_file(path, what="file"):
+    """Why ``path`` (not a regular file) cannot be read: there is nothing, a folder, a
+    link to nothing, or a FIFO or device."""
+    path = Path(path)
+    a = "an" if what[0] in "AEIOUaeiou" else "a"
+    if path.is_dir():
+        return f"a folder, not {a} {what}"
+    if path.is_symlink() and not path.exists():
+        return "a link to nothing (broken, or a loop)"
+    if path.exists():
+        return f"not a regular file (a FIFO, socket or device), not {a} {what}"
+    return f"no such {what}"
+
+
 def _read_json(json_path):
     """A model file's top-level object: at most ``convnet.limits.MAX_JSON_BYTES`` bytes of
     UTF-8 JSON, nested no deeper than Python's recursion allows; else a ValueError."""
     if not json_path.is_file():
-        raise ValueError(f"{json_path}: no such model file")
+        raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}")
     cap = limits.MAX_JSON_BYTES
     with open(json_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

@@ -363,7 +363,7 @@ def _new_file(args, out):
     """Refuse to replace the file ``out`` unless --overwrite was given, or to write it
     into a folder that does not exist."""
     _in_a_folder(out)
-    if Path(out).exists() and not args.overwrite:
+    if os.path.lexists(out) and not args.overwrite:     # a broken link is there too
         raise ValueError(f"{out}: already there; pass --overwrite to replace it, or --out "
                          f"another file")
 
@@ -534,7 +534,7 @@ def build_parser():
                         "optimizer, else the optimizer's, see --optimizer)")
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), metavar="NAME",
                    help=_optimizer_help())
-    p.add_argument("--weight-decay", type=float_type(0), metavar="L2",
+    p.add_argument("--weight-decay", type=float_type(0, 1), metavar="L2",
                    help="weight decay (default: the data set's; 0.01 for adamw, as torch's)")
     p.add_argument("--schedule", choices=list(SCHEDULES),
                    help="learning-rate schedule, stepped every batch (default: cosine)")
@@ -718,7 +718,8 @@ def main(argv=None):
             if not args.debug:      # a library's warning as one line, as the notes are
                 warnings.showwarning = lambda message, *rest: _note(args, f"warning: {message}")
             args.func(args)
-        sys.stdout.flush()
+        if sys.stdout is not None:     # None: started with standard output closed
+            sys.stdout.flush()
     except BrokenPipeError:
         # The reader closed the pipe (| head): end quietly, and keep Python's shutdown
         # from failing again on flushing stdout (the Python docs' recipe).

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -751,3 +752,22 @@ def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path, capsys):
                                            "ONNX model")):
         assert main(["summary", str(tmp_path / argv[0]), *argv[1:]]) == 1
         assert message in capsys.readouterr().err, argv
+
+
+def test_closed_output_broken_links_and_a_huge_weight_decay(tmp_path, capsys):
+    """convnet zoo >&- had ended in an AttributeError; convert replaced a broken link
+    without --overwrite (exists() is False for it); --weight-decay 1e30 trained to inf."""
+    proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -m convnet.cli zoo >&-'],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0 and "Error" not in proc.stderr, proc.stderr
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = save_model(from_notation("INPUT 8x8x1 -> FC 3"), tmp_path / "m")
+    (tmp_path / "gone.onnx").symlink_to(tmp_path / "nowhere.onnx")
+    assert main(["convert", str(model), str(tmp_path / "gone.onnx")]) == 1
+    assert "already there; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "gone.onnx").is_symlink()
+    with pytest.raises(SystemExit):
+        main(["train", "--weight-decay", "1e30"])
+    assert "--weight-decay: expected a number in [0, 1], got '1e30'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ Out: a convnet model (.json), plain weights (.safetensors, loadable in PyTorch w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from convnet.io.weights import model_paths, save_model, save_tensors
@@ -48,7 +49,7 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     if suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
     targets = model_paths(dst) if suffix == ".json" else (dst,)
-    held = [str(p) for p in targets if p.exists()]
+    held = [str(p) for p in targets if os.path.lexists(p)]     # a broken link too
     if held and not overwrite:
         raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "
                          f"{'them' if len(held) > 1 else 'it'}, or choose another OUT")

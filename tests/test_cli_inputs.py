@@ -771,3 +771,24 @@ def test_closed_output_broken_links_and_a_huge_weight_decay(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--weight-decay", "1e30"])
     assert "--weight-decay: expected a number in [0, 1], got '1e30'" in capsys.readouterr().err
+
+
+def test_odd_entries_where_runs_and_classes_go(tmp_path, capsys, monkeypatch):
+    """A file at runs/digits had stopped train with an errno ("Not a directory"); two class
+    folders whose names differ only in Unicode form had been refused with two lists that
+    look the same."""
+    import unicodedata
+
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "digits").write_text("a note")
+    assert main(["train", "--epochs", "1", "--limit", "100", "--quiet", "--no-report"]) == 0
+    assert (tmp_path / "runs" / "digits-2" / "model.json").exists()
+    for form in ("NFC", "NFD"):
+        folder = tmp_path / "data" / unicodedata.normalize(form, "café")
+        folder.mkdir(parents=True)
+        Image.new("L", (8, 8)).save(folder / "0.png")
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", "x"]) == 1
+    assert "have one name in two Unicode forms (composed and decomposed): merge them" in \
+        capsys.readouterr().err

@@ -90,6 +90,12 @@ def _class_folders(root):
                      key=lambda p: nfc(p.name))   # one order for both Unicode forms
     if not folders:
         raise ValueError(f"{root}: no class sub-folders: expected root/<class>/<image files>")
+    same = next(((a, b) for a, b in zip(folders, folders[1:]) if nfc(a.name) == nfc(b.name)),
+                None)
+    if same is not None:     # "café" composed and decomposed: one name, two folders
+        raise ValueError(f"{root}: the class folders {same[0].name!r} and {same[1].name!r} "
+                         f"have one name in two Unicode forms (composed and decomposed): "
+                         f"merge them")
     limits.check_count(len(folders), "MAX_CLASSES", "class folders", root)
     return folders
 

@@ -311,7 +311,8 @@ def run_directory(cfg, resume, overwrite):
             existing = [p for p in taken if p.is_dir()]
             out = existing[-1] if existing else base
         else:
-            out = next(p for p in taken if not p.exists() or not any(p.iterdir()))
+            out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
+                       or (p.is_dir() and not any(p.iterdir())))     # empty folder
     if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
         raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
                          f"where its files would be read as images; give --out a folder "

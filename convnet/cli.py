@@ -94,7 +94,12 @@ def _bound(args, text, option):
     is given for text that is not notation."""
     from convnet.models import bind_counts
     from convnet.spec import is_notation
-    counts = dict(getattr(args, "count", None) or ())
+    given = getattr(args, "count", None) or ()
+    counts = dict(given)
+    twice = sorted({name for name, _ in given if sum(n == name for n, _ in given) > 1})
+    if twice:
+        raise ValueError(f"--count gives {', '.join(twice)} more than once: give each name "
+                         f"one value")
     if not counts:
         return text
     if text is None:
@@ -209,6 +214,12 @@ def cmd_summary(args):
 def cmd_train(args):
     from convnet.train.loop import TrainConfig, train
 
+    if args.augment is False:
+        given = [f"--{name}" for name, value in (("translate", args.translate),
+                                                 ("flip", args.flip)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} shape the augmentation, and "
+                             f"--no-augment turns it off: give one or the other")
     cfg = TrainConfig(data=args.data, model=_bound(args, args.arch, "--model"),
                       epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,

@@ -792,3 +792,18 @@ def test_odd_entries_where_runs_and_classes_go(tmp_path, capsys, monkeypatch):
     assert main(["train", "--data", str(tmp_path / "data"), "--out", "x"]) == 1
     assert "have one name in two Unicode forms (composed and decomposed): merge them" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--no-augment", "--translate", "2"], "--translate shape the augmentation, "
+                                                    "and --no-augment turns it off"),
+    (["train", "--no-augment", "--no-flip", "--translate", "0"],
+     "--translate and --flip shape the augmentation"),
+    (["summary", "INPUT 8x8x1 -> [FC 4]*N -> FC 2", "--count", "N=2", "--count", "N=3"],
+     "--count gives N more than once"),
+])
+def test_contradicting_options_are_refused(tmp_path, capsys, argv, message):
+    """They had been taken silently: the augmentation off, the last --count kept."""
+    assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

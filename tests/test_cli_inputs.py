@@ -807,3 +807,22 @@ def test_contradicting_options_are_refused(tmp_path, capsys, argv, message):
     assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_output_that_is_a_folder_or_a_fifo_is_refused_by_name(tmp_path, capsys):
+    """--overwrite onto a FIFO had ended in "File or stream is not seekable" and onto a
+    folder in an errno naming convert's temporary file."""
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = save_model(from_notation("INPUT 8x8x1 -> CONV 2 -> FC 3"), tmp_path / "m")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "d.json").mkdir()
+    for argv, message in (
+            (["show", "filters", str(model), "--out", str(tmp_path / "fifo.png"),
+              "--overwrite"], "fifo.png: not a regular file (a FIFO, socket or device), not "
+                              "a file to replace"),
+            (["convert", str(model), str(tmp_path / "d.json"), "--overwrite"],
+             "d.json: a folder, not a file to replace; choose another OUT")):
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "d.json").is_dir() and not any((tmp_path / "d.json").iterdir())

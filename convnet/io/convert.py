@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convnet.io.weights import model_paths, save_model, save_tensors
+from convnet.io.weights import model_paths, not_a_file, save_model, save_tensors
 
 OUT = (".json", ".safetensors", ".onnx")
 
@@ -49,6 +49,9 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     if suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
     targets = model_paths(dst) if suffix == ".json" else (dst,)
+    odd = next((p for p in targets if p.exists() and not p.is_file()), None)
+    if odd is not None:
+        raise ValueError(f"{odd}: {not_a_file(odd, 'file to replace')}; choose another OUT")
     held = [str(p) for p in targets if os.path.lexists(p)]     # a broken link too
     if held and not overwrite:
         raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "

@@ -136,7 +136,7 @@ def test_a_closed_pipe_ends_quietly():
     (["summary", "{d}/x.safetensors", "--model", "lenet5"], "x.safetensors"),
     (["eval", "{d}/x.json", "--data", "digits"], "x.json"),
     (["predict", "{d}/x.json", "{d}/x.png"], "x.json"),
-    (["train", "--data", "{d}", "--out", "{d}/run"], "only one class folder"),
+    (["train", "--data", "{d}", "--out", "{d}-run"], "only one class folder"),
     (["train", "--out", "{d}/ckpt", "--resume"], "checkpoint.safetensors"),
     (["convert", "{d}/x.pt", "{d}/y.json", "--model", "lenet5"], "x.pt"),
     (["show", "filters", "{d}/x.json"], "x.json"),

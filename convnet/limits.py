@@ -51,11 +51,11 @@ def cores():
 
 
 def cores_per_process(processes):
-    """This process's share of the cores when ``processes`` run on this machine: the
-    machine's cores divided among them, or, where it is bound to fewer cores than the
-    machine has (an MPI launcher's binding: its share already), those. At least 1."""
-    own, machine = cores(), os.cpu_count() or 1
-    return own if own < machine else max(1, own // max(1, processes))
+    """This process's share of the cores when ``processes`` run on this machine: the cores
+    it may run on divided among them, at least 1. (A launcher that binds each process to
+    its own cores leaves it fewer than its share; one cpuset for the whole job, as many as
+    its share: the division can only undersubscribe.)"""
+    return max(1, cores() // max(1, processes))
 
 
 def machine_memory():

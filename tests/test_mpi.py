@@ -529,12 +529,10 @@ def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
     assert limits.cores() == 1
     monkeypatch.delattr(os, "sched_getaffinity")            # macOS, Windows
     assert limits.cores() == 64
-    # Bound to fewer cores than the machine's (mpiexec -bind-to core): that is the rank's
-    # share, not divided again among the ranks; unbound, the machine's cores are divided.
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3}, raising=False)
-    assert limits.cores_per_process(2) == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert limits.cores_per_process(2) == 32 and limits.cores_per_process(128) == 1
+    # The cores it may use divided among the processes: under a cpuset for the whole job
+    # (8 cores, 4 ranks) 2 each, not the machine's 64 / 4; at least 1.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert limits.cores_per_process(4) == 2 and limits.cores_per_process(16) == 1
 
 
 def test_the_plain_communicator_is_the_identity():

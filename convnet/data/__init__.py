@@ -329,6 +329,15 @@ def _load_folders(path, parts, image_size, channels, check_classes):
                       val=loaded.get("val"), notes=notes, resized=resized, drawn_from=drawn)
 
 
+def data_folder(name_or_path):
+    """The folder ``load_dataset`` reads a data set from: None for a data set named by
+    its name (digits, fashion-mnist, ...) or no folder; else the path, ~ expanded."""
+    if str(name_or_path).lower() in DATASETS or not str(name_or_path).strip():
+        return None
+    path = Path(name_or_path).expanduser()
+    return path if path.is_dir() else None
+
+
 def check_drawn_split(recorded, splits, data, who):
     """Refuse splits whose test images were drawn from other files than ``recorded``
     (a model's or a run's info.split_files, or None: nothing to check): the same seed

@@ -43,7 +43,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.analysis import counted
-from convnet.data import check_drawn_split, load_dataset
+from convnet.data import check_drawn_split, data_folder, load_dataset
 from convnet.data.folder import nfc
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import border_range, brightness_range, check_info
@@ -301,11 +301,10 @@ def dropout_layers(model):
 
 def run_directory(cfg, resume, overwrite):
     """The directory a run writes to, checked: see the module docstring."""
-    data = Path(cfg.data)
     if cfg.out is not None:
         out = Path(cfg.out)
-    else:         # --data . or ..: the folder's own name (runs/.. had been the data's parent)
-        base = Path("runs") / (data.resolve().name if data.is_dir() else data.name)
+    else:
+        base = Path("runs") / Path(cfg.data).name
         taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
         if resume:   # the latest run of this data set
             existing = [p for p in taken if p.is_dir()]
@@ -313,7 +312,8 @@ def run_directory(cfg, resume, overwrite):
         else:
             out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
                        or (p.is_dir() and not any(p.iterdir())))     # empty folder
-    if data.is_dir() and out.resolve().is_relative_to(data.resolve()):
+    data = data_folder(cfg.data)
+    if data is not None and out.resolve().is_relative_to(data.resolve()):
         raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
                          f"where its files would be read as images; give --out a folder "
                          f"outside it")

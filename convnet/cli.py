@@ -214,12 +214,6 @@ def cmd_summary(args):
 def cmd_train(args):
     from convnet.train.loop import TrainConfig, train
 
-    if args.augment is False:
-        given = [f"--{name}" for name, value in (("translate", args.translate),
-                                                 ("flip", args.flip)) if value is not None]
-        if given:
-            raise ValueError(f"{' and '.join(given)} shape the augmentation, and "
-                             f"--no-augment turns it off: give one or the other")
     cfg = TrainConfig(data=args.data, model=_bound(args, args.arch, "--model"),
                       epochs=args.epochs,
                       batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,

@@ -795,18 +795,24 @@ def test_odd_entries_where_runs_and_classes_go(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--no-augment", "--translate", "2"], "--translate shape the augmentation, "
-                                                    "and --no-augment turns it off"),
-    (["train", "--no-augment", "--no-flip", "--translate", "0"],
-     "--translate and --flip shape the augmentation"),
+    (["train", "--no-augment", "--translate", "2"], "translate=2 shapes the augmentation, "
+                                                    "and augment=False turns it off"),
+    (["train", "--no-augment", "--flip"], "flip=True shapes the augmentation"),
     (["summary", "INPUT 8x8x1 -> [FC 4]*N -> FC 2", "--count", "N=2", "--count", "N=3"],
      "--count gives N more than once"),
 ])
 def test_contradicting_options_are_refused(tmp_path, capsys, argv, message):
-    """They had been taken silently: the augmentation off, the last --count kept."""
+    """They had been taken silently: the augmentation off, the last --count kept. Options
+    that agree with --no-augment (--no-flip, --translate 0) stay allowed."""
     assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    if argv[0] == "train":                 # those that agree with it: trained as asked
+        assert main(argv[:2] + ["--no-flip", "--translate", "0", "--epochs", "1", "--limit",
+                                "100", "--quiet", "--no-report", "--out",
+                                str(tmp_path / "ok")]) == 0
+    with pytest.raises(ValueError, match=r"weight_decay must be a number in \[0, 1\]"):
+        TrainConfig(weight_decay=1e30).check()
 
 
 def test_an_output_that_is_a_folder_or_a_fifo_is_refused_by_name(tmp_path, capsys):

@@ -171,8 +171,9 @@ class TrainConfig:
             fail("schedule", f"one of {', '.join(SCHEDULES)}")
         if self.lr is not None and not is_float(self.lr, 0, open_low=True):
             fail("lr", "a finite number > 0")
-        if self.weight_decay is not None and not is_float(self.weight_decay, 0):
-            fail("weight_decay", "a finite number >= 0")
+        if self.weight_decay is not None and not (is_float(self.weight_decay, 0)
+                                                  and self.weight_decay <= 1):
+            fail("weight_decay", "a number in [0, 1]")
         for name in ("val_fraction", "test_fraction"):
             if not is_float(getattr(self, name), 0, 1, open_low=True):
                 fail(name, "a fraction in (0, 1)")
@@ -189,6 +190,7 @@ class TrainConfig:
             fail("tta", "true, false or null")
         if self.translate is not None and not is_int(self.translate, 0, 1024):
             fail("translate", "an int from 0 to 1,024 (pixels)")
+
         if self.time_limit is not None and not is_float(self.time_limit, 0, open_low=True):
             fail("time_limit", "a finite number of seconds > 0")
         if self.dtype not in ("float32", "float64"):
@@ -603,6 +605,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if cfg.conv_algorithm != "auto":
         log(f"convolutions: {cfg.conv_algorithm} wherever it can run")
     batch_given, epochs_given = cfg.batch_size is not None, cfg.epochs
+    if ckpt is None and cfg.augment is False and (cfg.flip or (cfg.translate or 0) > 0):
+        shaping = "flip=True" if cfg.flip else f"translate={cfg.translate}"
+        raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
+                         f"(--no-augment): give one or the other")
     cfg = cfg.resolved(splits.name, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)

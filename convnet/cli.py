@@ -367,13 +367,10 @@ def _in_a_folder(out):
 def _new_file(args, out):
     """Refuse to replace the file ``out`` unless --overwrite was given, or to write it
     into a folder that does not exist."""
+    from convnet.io.weights import check_new_file
+
     _in_a_folder(out)
-    if Path(out).exists() and not Path(out).is_file():
-        from convnet.io.weights import not_a_file
-        raise ValueError(f"{out}: {not_a_file(out, 'file to replace')}; --out another file")
-    if os.path.lexists(out) and not args.overwrite:     # a broken link is there too
-        raise ValueError(f"{out}: already there; pass --overwrite to replace it, or --out "
-                         f"another file")
+    check_new_file(out, args.overwrite)
 
 
 def cmd_show(args):

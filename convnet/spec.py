@@ -106,7 +106,7 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "
                          f"--model naming the architecture")
     else:
-        raise ValueError(f"model {spec!r:.80} is not a zoo name ({', '.join(MODELS)}), not a "
+        raise ValueError(f"model {spec!r} is not a zoo name ({', '.join(MODELS)}), not a "
                          f"file, and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> "
                          f"RELU -> POOL -> FC 10')")
     if input_shape is not None:
@@ -165,15 +165,15 @@ def _head_size(architecture, state):
     file's weight for the architecture's last FC layer (None where the file has no such
     2-D weight; the load then names what does not fit)."""
     from convnet.layers.base import counting_only
-    from convnet.layers.linear import Linear
+    from convnet.models.finetune import head_name
 
     with counting_only():                 # the names only: no weights are written
         model = get_model(architecture)
-    heads = [name for name, layer in model.named_layers() if isinstance(layer, Linear)]
-    if not heads:
+    head = head_name(model)
+    if head is None:
         return None
     state, _, _ = _unwrap(state, model.state_dict())
-    weight = state.get(f"{heads[-1]}.weight")
+    weight = state.get(f"{head}.weight")
     shape = getattr(weight, "shape", ())
     return int(shape[0]) if len(shape) == 2 and shape[0] > 0 else None
 

@@ -171,7 +171,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             raise ValueError(f"load_dataset: {path} is a file: expected a data set name "
                              f"({', '.join(DATASETS)}) or a folder of data")
         if not path.is_dir():
-            raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r:.80}: expected "
+            raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
                              f"one of {', '.join(DATASETS)}, or a directory path")
         splits = _load_directory(path, image_size, channels, seed, test_fraction,
                                  check_classes)

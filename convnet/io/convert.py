@@ -10,10 +10,9 @@ Out: a convnet model (.json), plain weights (.safetensors, loadable in PyTorch w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from convnet.io.weights import model_paths, not_a_file, save_model, save_tensors
+from convnet.io.weights import check_new_file, model_paths, save_model, save_tensors
 
 OUT = (".json", ".safetensors", ".onnx")
 
@@ -49,13 +48,8 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     if suffix not in OUT:
         raise ValueError(f"{dst}: unknown output format; expected one of {', '.join(OUT)}")
     targets = model_paths(dst) if suffix == ".json" else (dst,)
-    odd = next((p for p in targets if p.exists() and not p.is_file()), None)
-    if odd is not None:
-        raise ValueError(f"{odd}: {not_a_file(odd, 'file to replace')}; choose another OUT")
-    held = [str(p) for p in targets if os.path.lexists(p)]     # a broken link too
-    if held and not overwrite:
-        raise ValueError(f"{', '.join(held)}: already there; pass --overwrite to replace "
-                         f"{'them' if len(held) > 1 else 'it'}, or choose another OUT")
+    for target in targets:
+        check_new_file(target, overwrite, "choose another OUT")
     net = read_any(src, model, num_classes, input_shape)
     info = getattr(net, "info", None) or {}
     if suffix == ".json":

@@ -287,6 +287,16 @@ def not_a_file(path, what="file"):
     return f"no such {what}"
 
 
+def check_new_file(path, overwrite, hint="--out another file"):
+    """Refuse to write ``path`` where a folder, a FIFO or a device is, or where any file
+    (a broken link too) is and overwrite is False; ``hint`` says what to do instead."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: {not_a_file(path, 'file to replace')}; {hint}")
+    if os.path.lexists(path) and not overwrite:
+        raise ValueError(f"{path}: already there; pass --overwrite to replace it, or {hint}")
+
+
 def _read_json(json_path):
     """A model file's top-level object: at most ``convnet.limits.MAX_JSON_BYTES`` bytes of
     UTF-8 JSON, nested no deeper than Python's recursion allows; else a ValueError."""

@@ -147,12 +147,7 @@ def random_crop(x, padding, rng, size=None, fill=0):
     if fill.ndim > 1 or fill.size not in (1, x.shape[1]):
         raise ValueError(f"random_crop: fill must be a number or one per channel "
                          f"({x.shape[1]}), got shape {fill.shape}")
-    if fill.size == 1:
-        xp = pad(x, (ph, pw), value=fill.item())                     # (N, C, H+2P, W+2P)
-    else:                                  # each channel its own value around the image
-        xp = np.empty((n, x.shape[1], h + 2 * ph, w + 2 * pw), x.dtype)
-        xp[...] = fill.reshape(-1, 1, 1)
-        xp[:, :, ph: ph + h, pw: pw + w] = x
+    xp = pad(x, (ph, pw), value=fill)                                # (N, C, H+2P, W+2P)
     win = sliding_window_view(xp, (oh, ow), axis=(2, 3))             # (N, C, DY, DX, OH, OW)
     dy = rng.integers(0, h + 2 * ph - oh + 1, size=n)                # (N,)
     dx = rng.integers(0, w + 2 * pw - ow + 1, size=n)                # (N,)

@@ -18,8 +18,9 @@ from convnet.functional.threads import split_parallel
 
 
 def pad(x, padding, value=0, padded_shape=None, out=None):
-    """Pad the two spatial axes of an NCHW array: (PH, PW) rows/columns of ``value`` before,
-    and after up to ``padded_shape`` (HP, WP) (default: PH and PW after too).
+    """Pad the two spatial axes of an NCHW array: (PH, PW) rows/columns of ``value`` (a
+    number, or one per channel) before, and after up to ``padded_shape`` (HP, WP)
+    (default: PH and PW after too).
 
     Writes the interior and the border once each, split over both cores, into ``out``
     when given (np.pad runs on one core and allocates its result).
@@ -31,14 +32,16 @@ def pad(x, padding, value=0, padded_shape=None, out=None):
     if (hp, wp) == (h, w):
         return x
     xp = buffer(out, n * c * hp * wp, x.dtype).reshape(n, c, hp, wp)
+    # value: a number, or one per channel (C,): split with the data, a part its channels'
+    values = np.broadcast_to(np.asarray(value, x.dtype).reshape(1, -1, 1, 1), (n, c, 1, 1))
 
-    def fill(dst, src):
+    def fill(dst, src, v):
         dst[:, :, ph: ph + h, pw: pw + w] = src
-        dst[:, :, :ph] = value
-        dst[:, :, ph + h:] = value
-        dst[:, :, ph: ph + h, :pw] = value
-        dst[:, :, ph: ph + h, pw + w:] = value
-    split_parallel(fill, xp, x)
+        dst[:, :, :ph] = v
+        dst[:, :, ph + h:] = v
+        dst[:, :, ph: ph + h, :pw] = v
+        dst[:, :, ph: ph + h, pw + w:] = v
+    split_parallel(fill, xp, x, values)
     return xp
 
 

@@ -752,6 +752,9 @@ def _resume_hint(interrupt):
     out = getattr(interrupt, "run_directory", None)
     if out is None:
         return ""
+    if getattr(interrupt, "earlier_restored", False):
+        return (f"; the new run had written no checkpoint yet: {out} holds the earlier run "
+                f"again, as it was")
     if not (Path(out) / "checkpoint.safetensors").is_file():
         return f"; {out} has no checkpoint yet (one is written after each epoch)"
     from convnet.train.distributed import launch_size

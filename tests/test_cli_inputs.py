@@ -832,3 +832,38 @@ def test_an_output_that_is_a_folder_or_a_fifo_is_refused_by_name(tmp_path, capsy
         assert main(argv) == 1
         assert message in capsys.readouterr().err
     assert (tmp_path / "d.json").is_dir() and not any((tmp_path / "d.json").iterdir())
+
+
+def test_an_overwrite_stopped_early_gives_the_earlier_run_back(tmp_path, capsys, monkeypatch):
+    """Ctrl-C before the new run's first checkpoint: the earlier run is put back and the
+    hint says so (it had offered to resume the run just replaced). A set-aside folder left
+    by a killed run (mpiexec's abort kills rank 0 before it restores) is put back by the
+    next command on that directory."""
+    import convnet.train.loop as loop
+    out = tmp_path / "run"
+    args = ["train", "--model", SMALL, "--epochs", "1", "--quiet", "--no-report", "--out",
+            str(out)]
+    assert main(args) == 0
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = loop.softmax_cross_entropy, []
+
+    def interrupted(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(loop, "softmax_cross_entropy", interrupted)
+    capsys.readouterr()
+    assert main(args + ["--overwrite", "--seed", "2"]) == 130
+    assert "the new run had written no checkpoint yet: " in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    monkeypatch.undo()
+    aside = out / ".replaced-x1"
+    aside.mkdir()
+    for name in held:
+        os.replace(out / name, aside / name)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "set aside by an --overwrite that stopped before its first checkpoint is put " \
+        "back" in err and "already holds files" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held

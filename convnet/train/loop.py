@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -302,7 +303,8 @@ def dropout_layers(model):
 
 
 def run_directory(cfg, resume, overwrite):
-    """The directory a run writes to, checked: see the module docstring."""
+    """The directory a run writes to, checked: see the module docstring. An earlier run
+    an --overwrite left set aside is put back first (``recover_set_aside``)."""
     if cfg.out is not None:
         out = Path(cfg.out)
     else:
@@ -314,6 +316,9 @@ def run_directory(cfg, resume, overwrite):
         else:
             out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
                        or (p.is_dir() and not any(p.iterdir())))     # empty folder
+    note = recover_set_aside(out)
+    if note:
+        warnings.warn(note, stacklevel=2)
     data = data_folder(cfg.data)
     if data is not None and out.resolve().is_relative_to(data.resolve()):
         raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
@@ -432,18 +437,47 @@ class SetAside:
 
     def restore(self):
         if self.folder is not None:
-            for name in RUN_FILES:
-                (self.out / name).unlink(missing_ok=True)     # the failed run's
-                if (self.folder / name).exists():
-                    os.replace(self.folder / name, self.out / name)
-            self.folder.rmdir()
+            put_back(self.out, self.folder)
             self.folder = None
-
-    def __exit__(self, kind, error, trace):
-        self.restore() if kind is not None else self.drop()
 
     def __enter__(self):
         return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is None:
+            self.drop()
+        elif self.folder is not None:
+            self.restore()
+            error.earlier_restored = True      # the command line's resume hint says so
+
+
+def put_back(out, folder):
+    """Move an earlier run's files from ``folder`` (a SetAside's) back into ``out`` in
+    place of the failed run's, and remove the folder."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+        if (folder / name).exists():
+            os.replace(folder / name, out / name)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def recover_set_aside(out):
+    """An earlier run's files left set aside in ``out`` (a run under mpiexec killed, or
+    killed itself, before its first checkpoint, its SetAside never restored): put back
+    where ``out`` has no checkpoint, else deleted (the newer run replaced them). Returns
+    a note, or None where there was nothing."""
+    left = sorted(out.glob(".replaced-*")) if out.is_dir() else []
+    if not left:
+        return None
+    if (out / "checkpoint.safetensors").exists():
+        for folder in left:
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    put_back(out, left[-1])
+    for folder in left[:-1]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return (f"{out}: the earlier run set aside by an --overwrite that stopped before its "
+            f"first checkpoint is put back")
 
 
 def _ignored_settings(given, saved):

@@ -749,7 +749,11 @@ def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path, capsys):
                                           "device), not a model file"),
                           (["loop.pt", "--model", "lenet5"], "loop.pt: a link to nothing"),
                           (["empty.onnx"], "empty.onnx: the file is empty (0 bytes), not an "
-                                           "ONNX model")):
+                                           "ONNX model"),
+                          (["a" * 300 + ".json"], "not a name the system takes (File name too "
+                                                  "long)"),
+                          (["a" * 300 + ".pt", "--model", "lenet5"], "not a name the system "
+                                                                     "takes")):
         assert main(["summary", str(tmp_path / argv[0]), *argv[1:]]) == 1
         assert message in capsys.readouterr().err, argv
 

@@ -89,7 +89,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.io.onnx_export import averaging_matrix
-from convnet.io.weights import not_a_file
+from convnet.io.weights import is_file, not_a_file
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -225,7 +225,7 @@ def load_onnx(path, input_shape=None, input_hint=None):
     """
     onnx = _onnx()
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise ValueError(f"{path}: {not_a_file(path, 'ONNX file')}")
     size = path.stat().st_size
     if size == 0:

@@ -55,7 +55,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convnet import limits
-from convnet.io.weights import not_a_file
+from convnet.io.weights import is_file, not_a_file
 from convnet.safe_pickle import Global, Inert, Refused, check_pickle, show
 
 __all__ = ["load_torch"]
@@ -558,7 +558,7 @@ def load_torch(path, max_bytes=MAX_BYTES) -> dict[str, np.ndarray]:
     if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 0):
         raise ValueError(f"load_torch: max_bytes must be a non-negative int or None, got "
                          f"{max_bytes!r}")
-    if not path.is_file():
+    if not is_file(path):
         raise ValueError(f"{path}: {not_a_file(path, 'PyTorch file')}")
     if not zipfile.is_zipfile(path):
         if _is_legacy(path):

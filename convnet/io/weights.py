@@ -135,7 +135,7 @@ def tensor_shapes(path):
 
 def _declared(path):
     """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes)."""
-    if not path.is_file():
+    if not is_file(path):
         raise ValueError(f"{path}: {not_a_file(path, 'weight file')}")
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
@@ -273,10 +273,22 @@ def load_model(path):
     return model
 
 
+def is_file(path):
+    """Whether ``path`` is a regular file; False for a name the OS cannot take (too long)."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
+
+
 def not_a_file(path, what="file"):
     """Why ``path`` (not a regular file) cannot be read: there is nothing, a folder, a
-    link to nothing, or a FIFO or device."""
+    link to nothing, or a FIFO or device, or the OS refuses the name."""
     path = Path(path)
+    try:
+        path.exists()
+    except OSError as err:
+        return f"not a name the system takes ({err.strerror})"
     a = "an" if what[0] in "AEIOUaeiou" else "a"
     if path.is_dir():
         return f"a folder, not {a} {what}"
@@ -300,7 +312,7 @@ def check_new_file(path, overwrite, hint="--out another file"):
 def _read_json(json_path):
     """A model file's top-level object: at most ``convnet.limits.MAX_JSON_BYTES`` bytes of
     UTF-8 JSON, nested no deeper than Python's recursion allows; else a ValueError."""
-    if not json_path.is_file():
+    if not is_file(json_path):
         raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}")
     cap = limits.MAX_JSON_BYTES
     with open(json_path, "rb") as f:

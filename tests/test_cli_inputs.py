@@ -871,3 +871,16 @@ def test_an_overwrite_stopped_early_gives_the_earlier_run_back(tmp_path, capsys,
     assert "set aside by an --overwrite that stopped before its first checkpoint is put " \
         "back" in err and "already holds files" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+
+
+def test_data_root_and_download_with_the_embedded_digits(tmp_path, capsys, monkeypatch):
+    """--data-root and --download with the default digits (a forgotten --data) had been
+    ignored, and the run trained on the digits."""
+    monkeypatch.chdir(tmp_path)
+    for extra in (["--data-root", str(tmp_path)], ["--download"]):
+        assert main(["train", "--epochs", "1", "--quiet", *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("convnet train: ") and "Traceback" not in err, err
+        assert ("the digits are embedded" if extra[0] == "--data-root"
+                else "got 'digits'") in err, err
+    assert not (tmp_path / "runs").exists()

@@ -1663,6 +1663,18 @@ def test_load_dataset_names(tmp_path, fashion):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="download=True is supported for 'fashion-mnist'"):
         load_dataset("cifar10", download=True)
+    # The digits are embedded and a folder is read where it is: a root or a download for
+    # them had been ignored without a word (a forgotten --data fashion-mnist).
+    with pytest.raises(ValueError, match=r"supported for 'fashion-mnist' only \(the CLI's "
+                                         r"--download\), got 'digits'$"):
+        load_dataset("digits", download=True)
+    with pytest.raises(ValueError, match=r"root \(--data-root\) is where a named data set's "
+                                         r"files are \(fashion-mnist, mnist, cifar10, cifar100, "
+                                         r"cifar100-coarse\); 'digits' has none: the digits are "
+                                         r"embedded"):
+        load_dataset("digits", root=tmp_path)
+    with pytest.raises(ValueError, match="has none: a folder is read where it is"):
+        load_dataset(str(tmp_path), root=tmp_path)
 
 
 def test_load_dataset_directories(tmp_path):

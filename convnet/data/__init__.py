@@ -148,10 +148,16 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             limits.check_count(side, "MAX_IMAGE_SIDE", "image side", "load_dataset")
     if channels not in (None, 1, 3):
         raise ValueError(f"load_dataset: channels must be 1, 3 or None, got {channels!r}")
-    if download and key not in ("fashion-mnist", "digits"):
+    if download and key != "fashion-mnist":
         raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' "
-                         f"only (the CLI's --download), got {name_or_path!r}; put the files "
-                         f"in place and pass root (--data-root)")
+                         f"only (the CLI's --download), got {name_or_path!r}"
+                         + ("" if key == "digits" else "; put the files in place and pass "
+                            "root (--data-root)"))
+    if root is not None and key not in DATASETS[1:]:
+        raise ValueError(f"load_dataset: root (--data-root) is where a named data set's files "
+                         f"are ({', '.join(DATASETS[1:])}); {name_or_path!r} has none: "
+                         + ("the digits are embedded" if key == "digits" else
+                            "a folder is read where it is"))
     check_classes = check_classes or (lambda classes: None)
     if key == "digits":
         splits = _splits(load_digits(), "digits", DIGITS_SCALE)

@@ -376,6 +376,9 @@ def _new_file(args, out):
 def cmd_show(args):
     from convnet import plot
 
+    if args.image and args.what != "activations":
+        raise ValueError(f"show {args.what} draws the model alone: IMAGE ({args.image}) is "
+                         f"for show activations")
     out = args.out if args.out is not None else f"{args.what}.png"
     if Path(out).suffix.lower() not in PICTURES:
         raise ValueError(f"--out {out}: expected a picture file name ending in "
@@ -655,7 +658,8 @@ def build_parser():
                     "has random initial weights, and its picture says so.")
     p.add_argument("what", choices=["filters", "activations", "reuse"])
     p.add_argument("model", metavar="MODEL", help="a saved model, zoo name or arrow notation")
-    p.add_argument("image", metavar="IMAGE", nargs="?", help="for activations: an image file")
+    p.add_argument("image", metavar="IMAGE", nargs="?",
+                   help="for activations only: an image file")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--out", metavar="PNG",
                    help="output file, .png, .svg or .pdf (default WHAT.png)")

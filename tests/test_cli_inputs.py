@@ -884,3 +884,13 @@ def test_data_root_and_download_with_the_embedded_digits(tmp_path, capsys, monke
         assert ("the digits are embedded" if extra[0] == "--data-root"
                 else "got 'digits'") in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_show_filters_refuses_an_image(tmp_path, capsys, monkeypatch):
+    """show filters MODEL IMAGE had drawn the filters and ignored IMAGE without a word."""
+    monkeypatch.chdir(tmp_path)
+    for what in ("filters", "reuse"):
+        assert main(["show", what, "lenet5", "cat.png"]) == 1
+        assert (f"show {what} draws the model alone: IMAGE (cat.png) is for show "
+                f"activations") in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1092,6 +1092,32 @@ def test_images_in_folders_inside_a_class_folder_are_read(tmp_path):
     assert x.shape == (4, 3, 4, 4) and list(y) == [0, 0, 0, 1]
 
 
+def test_one_file_reached_twice_is_refused(tmp_path):
+    """A class folder linked back at the data folder had read every other class's images
+    again under its own name; a hard link in both train/ and test/ had put one image in
+    both splits."""
+    rng = np.random.default_rng(17)
+    for rel in ("cats/1.png", "cats/2.png", "dogs/1.png", "dogs/2.png"):
+        save_image(tmp_path / "one" / rel, rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    (tmp_path / "one" / "all").symlink_to(tmp_path / "one", target_is_directory=True)
+    for load in (load_dataset, load_image_folder):
+        with pytest.raises(ValueError, match=r"one/all/cats/1.png and .*one/cats/1.png are "
+                                             r"one file \(through a link\): each image must "
+                                             r"be in the data once; remove the link"):
+            load(tmp_path / "one")
+    (tmp_path / "one" / "all").unlink()
+    assert load_image_folder(tmp_path / "one")[0].shape == (4, 3, 4, 4)
+    two = tmp_path / "two"
+    for split in ("train", "test"):
+        for rel in ("cats/1.png", "dogs/1.png"):
+            save_image(two / split / rel, rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    (two / "test" / "cats" / "1.png").unlink()
+    os.link(two / "train" / "cats" / "1.png", two / "test" / "cats" / "1.png")
+    with pytest.raises(ValueError, match=r"test/cats/1.png and .*train/cats/1.png are one "
+                                         r"file"):
+        load_dataset(two)
+
+
 def test_every_unreadable_file_is_named_at_once(tmp_path):
     rng = np.random.default_rng(16)
     for i in range(3):

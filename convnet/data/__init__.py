@@ -23,6 +23,7 @@ from convnet.data.cifar import find_cifar, load_cifar10, load_cifar100
 from convnet.data.digits import DIGITS_SCALE, load_digits
 from convnet.data.folder import (
     GRAY_MODES,
+    check_each_file_once,
     load_image_folder,
     nfc,
     read_headers,
@@ -282,6 +283,7 @@ def _load_folders(path, parts, image_size, channels, check_classes):
         raise ValueError(f"{parts['train']}: only one class folder ({classes[0]!r}); a "
                          f"classifier needs at least 2, one sub-folder per class")
     check_classes(list(classes))
+    check_each_file_once(f for files, _ in scans.values() for f, _ in files)
     headers = read_headers([f for files, _ in scans.values() for f, _ in files])
     # The size and the channel mode come from the training images (a test folder of
     # larger images must not resize them); the notes count every image.

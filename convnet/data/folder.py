@@ -154,6 +154,21 @@ def scan_image_folder(root):
     return files, [f.name for f in folders]
 
 
+def check_each_file_once(paths):
+    """Refuse two paths to one file (a link, or a hard link): the image would count twice,
+    in two classes, or in both training and test; a ValueError names both paths."""
+    first = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:              # a broken link: reading it names it
+            continue
+        other = first.setdefault((st.st_dev, st.st_ino), path)
+        if other is not path:
+            raise ValueError(f"{other} and {path} are one file (through a link): each "
+                             f"image must be in the data once; remove the link")
+
+
 def _opened(Image, path):
     """Image.open (the header only) with the decompression-bomb guard as an error, each
     side held to limits.MAX_SOURCE_SIDE, and bad files named."""
@@ -326,6 +341,7 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     size = _check_size(size)
     Image = _pillow()
     files, names = scan_image_folder(root)
+    check_each_file_once(path for path, _ in files)
     if classes is not None:        # the training classes, in their order
         index = {nfc(name): k for k, name in enumerate(classes)}
         if sorted(index) != sorted(nfc(n) for n in names) or len(index) != len(names):

@@ -375,6 +375,7 @@ def _new_file(args, out):
 
 def cmd_show(args):
     from convnet import plot
+    from convnet.spec import check_open_input
 
     if args.image and args.what != "activations":
         raise ValueError(f"show {args.what} draws the model alone: IMAGE ({args.image}) is "
@@ -384,7 +385,7 @@ def cmd_show(args):
         raise ValueError(f"--out {out}: expected a picture file name ending in "
                          f"{', '.join(PICTURES)}")
     _new_file(args, out)
-    model = _model(args)
+    model = _model(args, input_shape=check_open_input(args.model, args.input))
     title = None
     if not model.trained:
         title = f"{args.model}: untrained (random initial weights, nothing learned)"
@@ -530,7 +531,8 @@ def build_parser():
                         "of mixed sizes: the median; at most 128 pixels a side)")
     p.add_argument("--channels", type=int_type(1, 3), choices=(1, 3),
                    help="read the images as grayscale (1) or RGB (3) (default: the data's "
-                        "own; with --from, the model's)")
+                        "own; with --from, the model's; --from an ONNX file whose graph "
+                        "leaves the input size open needs both --channels and --image-size)")
     p.add_argument("--epochs", type=int_type(1, 1_000_000), metavar="N",
                    help="passes over the training images (default: the data set's; with "
                         "--time-limit, the most)")
@@ -661,6 +663,7 @@ def build_parser():
     p.add_argument("image", metavar="IMAGE", nargs="?",
                    help="for activations only: an image file")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
+    p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
     p.add_argument("--out", metavar="PNG",
                    help="output file, .png, .svg or .pdf (default WHAT.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -26,9 +26,9 @@ DIGITS = re.compile(r"[0-9]{1,30}")
 WEIGHTS = (".pt", ".pth", ".safetensors")   # weight files: no architecture inside
 FILES = (".json", ".onnx", *WEIGHTS)
 # How a command-line user gives the input size of an ONNX file whose graph leaves it open.
-OPEN_INPUT_HINT = ("on the command line: --input CxHxW, which summary, eval, predict, report "
-                   "and convert take; for train --from and show, convert it first: "
-                   "convnet convert FILE.onnx FILE.json --input CxHxW")
+OPEN_INPUT_HINT = ("on the command line: --input CxHxW, which summary, eval, predict, report, "
+                   "show and convert take; train --from takes --channels C and --image-size "
+                   "HxW")
 
 
 def parse_shape(text):

@@ -866,12 +866,34 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     capsys.readouterr()
     assert main(["predict", str(path), str(tmp_path / "a.png")]) == 1
     assert "not a static per-sample shape; pass input_shape=(C, H, W) (on the command line: " \
-           "--input CxHxW, which summary, eval, predict, report and convert take; for train " \
-           "--from and show, convert it first: convnet convert FILE.onnx FILE.json --input " \
-           "CxHxW)" in capsys.readouterr().err
-    for command in (["show", "filters", str(path)], ["train", "--from", str(path)]):
-        assert main(command) == 1                    # commands without --input: the way out
-        assert "for train --from and show, convert it first" in capsys.readouterr().err
+           "--input CxHxW, which summary, eval, predict, report, show and convert take; " \
+           "train --from takes --channels C and --image-size HxW)" in capsys.readouterr().err
+    for command in (["show", "filters", str(path)], ["train", "--from", str(path)],
+                    ["train", "--from", str(path), "--image-size", "8"]):
+        assert main(command) == 1
+        assert "train --from takes --channels C and --image-size HxW" in \
+            capsys.readouterr().err
+    # show and train --from had taken no size for such a graph: convert it first, they said
+    assert main(["show", "filters", str(path), "--input", "3x8x8",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+    for split in ("train", "test"):
+        for side in range(2):
+            (tmp_path / "data" / split / f"c{side}").mkdir(parents=True)
+            for i in range(5):
+                Image.new("RGB", (12, 10), (50 * i, 90 * side, 9)).save(
+                    tmp_path / "data" / split / f"c{side}" / f"{i}.png")
+    capsys.readouterr()
+    assert main(["train", "--from", str(path), "--data", str(tmp_path / "data"), "--channels",
+                 "3", "--image-size", "10x12", "--epochs", "1", "--val-fraction", "0.2",
+                 "--quiet", "--no-report",
+                 "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "run" / "model.json").input_shape == (3, 10, 12)
+    assert main(["train", "--from", str(path), "--data", str(tmp_path / "data"), "--channels",
+                 "1", "--image-size", "10x12", "--out", str(tmp_path / "run2")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"convnet train: error: {path}: node ") and \
+        "the input has 1 channels" in err, err
     assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1

@@ -551,7 +551,11 @@ def _initial_model(cfg, log):
     if cfg.model is not None and not is_weights:
         raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
                          f"--model (it names the architecture of a weights file)")
-    model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
+    input_shape = None       # an ONNX graph's open input size: the data's, as given
+    if Path(cfg.init_from).suffix.lower() == ".onnx" and cfg.channels and cfg.image_size:
+        input_shape = (cfg.channels, *cfg.image_size)
+    model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None,
+                          input_shape=input_shape)
     if not model.trained:          # a zoo name or notation: fresh random weights
         raise ValueError(f"--from {cfg.init_from}: not a file of trained weights (a zoo "
                          f"name or notation has random ones); train it from scratch with "

@@ -178,6 +178,21 @@ def _head_size(architecture, state):
     return int(shape[0]) if len(shape) == 2 and shape[0] > 0 else None
 
 
+# torchvision's DenseNet files name a dense layer's parts "norm.1", "conv.2" (the names of
+# old PyTorch releases); its loader reads them as "norm1", "conv2", and so does this one.
+DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                             r"((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+# GoogLeNet's auxiliary classifiers: torchvision saves them (its default aux_logits=True).
+AUX_HEADS = ("aux1.", "aux2.")
+
+
+def _current_key(key):
+    """A key of torchvision's old DenseNet files in today's form: 'features.denseblock1.
+    denselayer1.norm.1.weight' -> '...denselayer1.norm1.weight'; any other key as it is."""
+    match = DENSE_LAYER_KEY.match(key) if isinstance(key, str) else None
+    return match.group(1) + match.group(2) if match else key
+
+
 def _load_weights(model, path, state=None):
     """Load a .pt/.pth/.safetensors file's tensors (``state``, read from ``path`` when
     None) into ``model`` strictly.
@@ -185,10 +200,22 @@ def _load_weights(model, path, state=None):
     A file saved from a wrapped module (nn.DataParallel, DistributedDataParallel,
     torch.compile) has each key under the wrapper's prefix (``module.conv1.weight``);
     when every key of the file is one of the model's under such prefixes, they are read
-    without them, and a warning says so."""
+    without them, and a warning says so. As torchvision's loaders do, the dense layers'
+    keys of its DenseNet files ("denselayer1.norm.1.weight") are read as today's
+    ("denselayer1.norm1.weight"); and a GoogLeNet file's auxiliary classifiers (aux1,
+    aux2) are left out, with a warning, where the model has none."""
     if state is None:
         state = _read_weights(path)
-    state, prefix, fits = _unwrap(state, model.state_dict())
+    expected = model.state_dict()
+    state, prefix, fits = _unwrap(state, expected)
+    state = {(_current_key(key) if key not in expected else key): value
+             for key, value in state.items()}
+    aux = [key for key in state if key not in expected and key.startswith(AUX_HEADS)]
+    if aux and not any(key.startswith(AUX_HEADS) for key in expected):
+        state = {key: value for key, value in state.items() if key not in aux}
+        warnings.warn(f"{path}: the file's auxiliary classifiers (aux1, aux2: {len(aux)} "
+                      f"tensors) are left out: the model has none (they help only in "
+                      f"training)", stacklevel=3)
     try:
         model.load_state_dict(state, strict=True)
     except ValueError as err:
@@ -208,15 +235,20 @@ def _load_weights(model, path, state=None):
 def _unwrap(state, expected):
     """(state, prefix, fits): ``prefix`` is the wrappers' prefixes that every key of
     ``state`` starts with ("" if none), peeled while the keys are not all ``expected``
-    ones; fits: whether the keys without it all are, and then ``state`` is without it."""
+    ones (in either form of a DenseNet key, or an auxiliary head's); fits: whether the
+    keys without it all are, and then ``state`` is without it."""
     keys, prefix = list(state), ""
-    while keys and not all(key in expected for key in keys):
+
+    def known(key):
+        return isinstance(key, str) and (key in expected or _current_key(key) in expected
+                                         or key.startswith(AUX_HEADS))
+    while keys and not all(known(key) for key in keys):
         head = next((p for p in WRAPPER_PREFIXES if all(
             isinstance(key, str) and key.startswith(p) for key in keys)), None)
         if head is None:
             break
         keys, prefix = [key[len(head):] for key in keys], prefix + head
-    fits = bool(prefix) and all(key in expected for key in keys)
+    fits = bool(prefix) and all(known(key) for key in keys)
     if fits:
         state = dict(zip(keys, state.values()))
     return state, prefix, fits

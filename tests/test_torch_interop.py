@@ -245,6 +245,48 @@ def test_a_wrapped_modules_checkpoint_loads_without_the_prefix(tmp_path, wrap, p
     assert rel_error(model.eval().infer(x), torch_forward(net.float(), x)) < 1e-4
 
 
+def test_torchvisions_densenet_keys_of_old_and_googlenets_aux_heads_load(tmp_path):
+    """torchvision's DenseNet files name the dense layers' parts "norm.1", "conv.2", and
+    its GoogLeNet files hold the aux heads (its default aux_logits=True): neither had
+    loaded with --model densenet121 / googlenet_torchvision; torchvision's loaders read
+    them."""
+    import re
+
+    from convnet.spec import resolve_model
+
+    net = torch_net("densenet121")
+    old = OrderedDict((re.sub(r"(denselayer\d+\.(?:norm|relu|conv))(\d)\.", r"\1.\2.", k), v)
+                      for k, v in nn.DataParallel(net).state_dict().items()
+                      if not k.endswith("num_batches_tracked"))    # as old files have none
+    assert "module.features.denseblock1.denselayer1.norm.1.weight" in old
+    torch.save(old, tmp_path / "densenet.pth")
+    with pytest.warns(UserWarning, match="every key starts with 'module.'"):
+        model = resolve_model(str(tmp_path / "densenet.pth"), num_classes=NUM_CLASSES,
+                              architecture="densenet121", input_shape=(3, 32, 32))
+    x = random_input("densenet121").astype(np.float32)
+    assert rel_error(model.eval().infer(x), torch_forward(net.float(), x)) < 1e-4
+
+    net = torch_net("googlenet_torchvision_aux")
+    torch.save(net.state_dict(), tmp_path / "googlenet.pth")
+    with pytest.warns(UserWarning, match=r"googlenet.pth: the file's auxiliary classifiers "
+                                         r"\(aux1, aux2: 20 tensors\) are left out: the "
+                                         r"model has none"):
+        model = resolve_model(str(tmp_path / "googlenet.pth"), num_classes=NUM_CLASSES,
+                              architecture="googlenet_torchvision", input_shape=(3, 64, 64))
+    x = random_input("googlenet_torchvision").astype(np.float32)
+    assert rel_error(model.eval().infer(x), torch_forward(net.float(), x)) < 1e-4
+    state = net.double().state_dict()           # a model with aux heads takes them
+    aux = zoo_net("googlenet_torchvision_aux", np.float64)
+    aux.load_state_dict({k: v.numpy() for k, v in state.items()})
+    assert np.array_equal(aux["aux1"].state_dict()["fc1.weight"], state["aux1.fc1.weight"])
+    del state["inception5b.branch1.conv.weight"]        # other keys are still required
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=r"missing keys: inception5b\.branch1\.conv\.weight"), \
+            pytest.warns(UserWarning, match="auxiliary classifiers"):
+        resolve_model(str(tmp_path / "short.pth"), num_classes=NUM_CLASSES,
+                      architecture="googlenet_torchvision", input_shape=(3, 64, 64))
+
+
 def test_a_prefixed_checkpoint_that_does_not_fit_names_the_prefix(tmp_path):
     from convnet.spec import resolve_model
 

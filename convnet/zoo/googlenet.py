@@ -229,11 +229,15 @@ def googlenet_torchvision(num_classes=1000, input_size=224, *, aux_logits=False,
 
     Keys: conv1.conv.weight, conv1.bn.running_mean, inception3a.branch1.conv.weight,
     inception3a.branch4.1.bn.bias, ..., aux1.fc1.weight, fc.weight. Parameters: 6,624,904
-    at 1000 classes without the aux heads.
+    at 1000 classes without the aux heads. A weights file with the aux heads (torchvision
+    saves them by default) loads into this net without them (``resolve_model`` leaves them
+    out). torchvision's ImageNet weights were trained with ``transform_input=True``: their
+    net first maps each channel of ImageNet-normalized input back to (pixel - 0.5) / 0.5,
+    which this net does not; give them input normalized that way.
 
     Args:
         num_classes: outputs of the fc layer.
-        input_size: side of the default square input (adaptive pools: any >= 31).
+        input_size: side of the default square input (adaptive pools: any >= 15).
         aux_logits: add the auxiliary classifiers after (4a) and (4d).
         dtype: float32 (default) or float64. rng: np.random.Generator for every init.
     """

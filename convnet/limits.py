@@ -26,6 +26,7 @@ MAX_ARRAY_BYTES = 4 << 30     # bytes of all the arrays read from one weight fil
 MAX_DATA_BYTES = 2 << 30      # bytes of one decoded data set (uint8 images)
 MAX_JSON_BYTES = 64 << 20     # a model .json file, or a checkpoint's metadata
 MAX_COMPRESSION = 100         # decompressed / compressed bytes of a gzip or zip member
+MAX_KEY_CHARS = 4096          # characters of one tensor's dotted key in a weights file
 
 
 def check_count(value, cap_name, what, where):

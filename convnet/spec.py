@@ -149,6 +149,7 @@ def check_classes(model, num_classes, spec, architecture=None):
 # puts it there (torch.compile of a DataParallel module: "_orig_mod.module.").
 WRAPPER_PREFIXES = {"module.": "nn.DataParallel or DistributedDataParallel",
                     "_orig_mod.": "torch.compile"}
+MAX_WRAPPERS = 4       # prefixes peeled at most (torch.compile of DataParallel has 2)
 
 
 def _read_weights(path):
@@ -242,7 +243,9 @@ def _unwrap(state, expected):
     def known(key):
         return isinstance(key, str) and (key in expected or _current_key(key) in expected
                                          or key.startswith(AUX_HEADS))
-    while keys and not all(known(key) for key in keys):
+    for _ in range(MAX_WRAPPERS):      # a file of "module.module.module..." keys: no more
+        if not keys or all(known(key) for key in keys):
+            break
         head = next((p for p in WRAPPER_PREFIXES if all(
             isinstance(key, str) and key.startswith(p) for key in keys)), None)
         if head is None:

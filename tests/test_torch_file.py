@@ -331,6 +331,21 @@ def test_many_views_of_one_storage_are_capped_together(tmp_path):
     assert len(tied) == 80 and tied["39.weight"].shape == (3, 4)
 
 
+def test_a_long_key_shared_at_every_level_is_refused_before_keys_multiply(tmp_path):
+    """One long string, stored once and reused as the key at 30 levels of nesting, had
+    been joined into 30 ever longer keys: a 2 MB file took 1 GB."""
+    text = "k" * 2000
+    obj = OrderedDict(w=tensor(storage(), 0, (4,), (1,), False, HOOKS))
+    for _ in range(30):
+        obj = {text: obj}
+    path = with_pickle(tmp_path, obj)
+    assert path.stat().st_size < 10_000                  # the string is in the file once
+    with pytest.raises(ValueError, match=r"evil\.pt: a key of 6,002 characters under "
+                                         r"'kkk.*', over the cap of 4,096 \(convnet\.limits"
+                                         r"\.MAX_KEY_CHARS\)"):
+        load_torch(path)
+
+
 def test_a_huge_declared_view_is_refused_without_allocating(tmp_path):
     """Overlapping strides declare 10**12 elements over a 4-element storage: refused from
     the declared sizes (materialising it would need 4 TB)."""

@@ -287,6 +287,20 @@ def test_torchvisions_densenet_keys_of_old_and_googlenets_aux_heads_load(tmp_pat
                       architecture="googlenet_torchvision", input_shape=(3, 64, 64))
 
 
+def test_wrapper_prefixes_are_peeled_a_few_times_at_most(tmp_path):
+    """A key of "module." repeated 200,000 times (a 1.4 MB file) had been peeled one
+    prefix a pass, each pass copying every key: minutes of work before the refusal."""
+    from safetensors.numpy import save_file
+
+    from convnet.spec import resolve_model
+
+    save_file({"module." * 50 + "w": np.zeros(1, np.float32)}, tmp_path / "deep.safetensors")
+    with pytest.raises(ValueError) as err:
+        resolve_model(str(tmp_path / "deep.safetensors"), architecture="lenet5")
+    assert "every key of the file starts with 'module.module.module.module.', as " in \
+        str(err.value)
+
+
 def test_a_prefixed_checkpoint_that_does_not_fit_names_the_prefix(tmp_path):
     from convnet.spec import resolve_model
 

@@ -414,6 +414,10 @@ def _flatten(obj, prefix, out, most, depth=0):
             raise Refused(f"unsupported key {show(k)} under "
                           f"{prefix[:80] or 'the top level'!r} (expected a str or an int)")
         key = f"{prefix}.{k}" if prefix else str(k)
+        if len(key) > limits.MAX_KEY_CHARS:   # one long string shared at every level
+            raise Refused(f"a key of {len(key):,} characters under "
+                          f"{prefix[:80] or 'the top level'!r}, over the cap of "
+                          f"{limits.MAX_KEY_CHARS:,} (convnet.limits.MAX_KEY_CHARS)")
         if isinstance(value, _Tensor):
             if key in out:
                 raise Refused(f"two tensors flatten to the same key {key[:80]!r}")

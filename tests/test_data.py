@@ -941,14 +941,33 @@ def test_image_folder_decompression_bomb_guard(tmp_path, monkeypatch, side):
     assert load_image_folder(tmp_path)[0].shape == (1, 3, side, side)
 
 
-def test_an_image_whose_plugin_raises_anything_is_named(tmp_path):
+def test_an_image_whose_plugin_raises_anything_is_named(tmp_path, monkeypatch):
     """Pillow's DDS plugin raises NotImplementedError for pixel-format flags 0; it had
-    escaped as a traceback without the file's name."""
+    escaped as a traceback without the file's name (DDS is not read by default)."""
+    from convnet.data import folder
+    monkeypatch.setattr(folder, "FORMATS", (*folder.FORMATS, "DDS"))
     save_image(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
     odd = tmp_path / "a" / "odd.dds"
     odd.write_bytes(b"DDS " + (124).to_bytes(4, "little") + bytes(120))
     with raises_naming(odd, "unreadable image: NotImplementedError"):
         load_image_folder(tmp_path)
+
+
+def test_only_common_image_formats_are_opened(tmp_path):
+    """Pillow opens a file by what it holds, whatever its name: an EPS file named .png had
+    reached Pillow's Ghostscript call (an error only where Ghostscript is missing)."""
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+           b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n")
+    save_image(tmp_path / "a" / "1.png", np.zeros((4, 4, 3), np.uint8))
+    save_image(tmp_path / "b" / "1.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a" / "ps.png").write_bytes(eps)
+    with raises_naming(tmp_path / "a" / "ps.png",
+                       r"unreadable image: not a file of a format convnet reads \(AVIF, BMP"):
+        load_image_folder(tmp_path)
+    (tmp_path / "a" / "ps.png").unlink()
+    (tmp_path / "a" / "inner").mkdir()           # inner folders: the formats' extensions
+    (tmp_path / "a" / "inner" / "ps.eps").write_bytes(eps)
+    assert load_image_folder(tmp_path)[0].shape == (2, 3, 4, 4)
 
 
 @pytest.mark.parametrize("size", [(100_000, 1), (1, 100_000)])

@@ -66,6 +66,18 @@ class Header(NamedTuple):
                                                            if done else "")
 
 
+# The image formats read: the common photo and image formats. Pillow opens others by what
+# a file holds, whatever its name; EPS among them runs Ghostscript on the file's PostScript.
+FORMATS = ("AVIF", "BMP", "DIB", "GIF", "ICO", "JPEG", "JPEG2000", "PCX", "PNG", "PPM", "QOI",
+           "SGI", "TGA", "TIFF", "WEBP")
+
+
+def _formats(Image):
+    """FORMATS that this Pillow can open (a plugin may be missing)."""
+    Image.init()
+    return [name for name in FORMATS if name in Image.OPEN]
+
+
 def _pillow():
     """Import Pillow lazily: only image folders need it."""
     try:
@@ -133,10 +145,10 @@ def _image_files(folder):
 
 
 def _image_extensions():
-    """The file name extensions Pillow reads (".jpg", ".png", ...)."""
+    """The file name extensions of the FORMATS Pillow reads (".jpg", ".png", ...)."""
     Image = _pillow()
-    return {ext for ext, kind in Image.registered_extensions().items()
-            if kind in Image.OPEN}
+    formats = _formats(Image)
+    return {ext for ext, kind in Image.registered_extensions().items() if kind in formats}
 
 
 def scan_image_folder(root):
@@ -185,12 +197,15 @@ def _opened(Image, path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(path, formats=_formats(Image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ValueError(f"{path}: refused as a possible decompression bomb "
                          f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {err}") from None
     except MemoryError:
         raise
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{path}: unreadable image: not a file of a format convnet reads "
+                         f"({', '.join(_formats(Image))})") from None
     except Exception as err:    # a plugin may raise anything (DDS: NotImplementedError)
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
     if max(im.size) > limits.MAX_SOURCE_SIDE:

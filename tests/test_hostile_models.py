@@ -490,6 +490,16 @@ def test_a_damaged_weight_file_is_refused_by_name(saved, damage):
     refused(lambda: load_model(json_path), path)
 
 
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "F32"])
+def test_an_empty_tensor_of_a_huge_shape_is_refused_by_name(tmp_path, dtype):
+    """A bfloat16 tensor of shape 0 x 2**62 x 2**62 had raised NumPy's "array is too big"
+    without the file's name (float32's went through the library, which names it)."""
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(join({"w": {"dtype": dtype, "shape": [0, 2**62, 2**62],
+                                 "data_offsets": [0, 0]}}, b""))
+    refused(lambda: load_tensors(path), path)
+
+
 def test_the_declared_bytes_are_capped_before_any_tensor_is_read(saved, monkeypatch):
     path = saved / "model.safetensors"
     monkeypatch.setattr(limits, "MAX_ARRAY_BYTES", 1000)

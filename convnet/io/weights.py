@@ -159,7 +159,11 @@ def _read_bits(path, declared):
             if end - begin != need or len(data) != need:
                 raise ValueError(f"{path}: tensor {key!r:.80} ({dtype}, shape {tuple(shape)}) "
                                  f"needs {need:,} bytes; the file holds {len(data):,}")
-            out[key] = np.frombuffer(data, _WIDENED[dtype]).reshape(shape)
+            try:
+                out[key] = np.frombuffer(data, _WIDENED[dtype]).reshape(shape)
+            except ValueError as err:     # a shape of 0 x 2**62 x 2**62: "too big"
+                raise ValueError(f"{path}: tensor {key!r:.80} ({dtype}, shape "
+                                 f"{tuple(shape)}): {err}") from None
     return out
 
 

@@ -386,6 +386,11 @@ def test_load_state_dict_errors():
         Adam(params).load_state_dict(bad, meta)
     with pytest.raises(ValueError, match="betas"):
         Adam(params).load_state_dict(arrays, {**meta, "hyperparameters": {"betas": [2, 0]}})
+    # a count of 10**4000 had passed, to overflow in the bias correction (float(step))
+    huge = {**meta, "steps": {**meta["steps"], "features.0.bias": 10**4000}}
+    with pytest.raises(ValueError, match=r"step counts must be ints from 0 to "
+                                         r"9,007,199,254,740,992, got"):
+        Adam(params).load_state_dict(arrays, huge)
 
 
 # -- schedules ---------------------------------------------------------------------------

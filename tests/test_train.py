@@ -126,6 +126,13 @@ def test_a_damaged_checkpoint_is_refused_by_its_checksum(tmp_path, capsys):
     del metadata["convnet-checkpoint-sha256"]
     save_tensors(arrays, ckpt, metadata=metadata)
     assert load_checkpoint(ckpt)[2]["epoch"] == 1
+    # an int of 5,000 digits (Python's int() refuses over 4,300) had escaped unnamed
+    metadata["convnet-checkpoint"] = metadata["convnet-checkpoint"].replace(
+        '"epoch": 1', '"epoch": ' + "9" * 5000, 1)
+    save_tensors(arrays, ckpt, metadata=metadata)
+    with pytest.raises(ValueError, match=r"checkpoint\.safetensors: damaged checkpoint "
+                                         r"metadata \(ValueError: Exceeds the limit"):
+        load_checkpoint(ckpt)
 
 
 def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):

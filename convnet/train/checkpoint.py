@@ -66,8 +66,8 @@ def load_checkpoint(path, ema=False):
                          f"another copy, or start the run again")
     try:
         state = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path}: damaged checkpoint metadata "
+    except (ValueError, RecursionError) as err:    # ValueError: JSONDecodeError, or an
+        raise ValueError(f"{path}: damaged checkpoint metadata "   # int of 4,300+ digits
                          f"({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "

@@ -38,6 +38,7 @@ from convnet.functional.threads import in_parallel
 # LeNet-like's 3.3M parameters (SGD with momentum, Adam): 0.5-0.65x the time of whole
 # arrays; pieces of 16K to 128K values were slower (each piece is a few NumPy calls).
 UPDATE_PIECE = 1 << 18
+MAX_STEPS = 1 << 53      # a parameter's step count in a saved state: exact as a float
 
 
 def _number(value, name, where, low=0.0, below=None):
@@ -239,8 +240,8 @@ class Optimizer(Named):
             fresh = type(self)(self.params, **hyper)  # checked as in __init__
         except TypeError as err:
             raise ValueError(f"{where}: bad hyperparameters in state: {err}") from None
-        if not all(type(n) is int and n >= 0 for n in steps.values()):
-            raise ValueError(f"{where}: step counts must be ints >= 0, got "
+        if not all(type(n) is int and 0 <= n <= MAX_STEPS for n in steps.values()):
+            raise ValueError(f"{where}: step counts must be ints from 0 to {MAX_STEPS:,}, got "
                              f"{dict(steps)!r:.100}")
         steps = {str(k): n for k, n in steps.items()}
         unknown = sorted(k for k in steps if k not in self.params)

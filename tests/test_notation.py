@@ -398,6 +398,13 @@ def test_error_unbound_name_lists_names():
     ("INPUT 8x8x3 -> [RELU TANH]", ["missing '->'"], "TANH"),
     ("RELU -> INPUT 8x8x3", ["INPUT must be the first"], "INPUT"),
     ("INPUT 8x8x3*2 -> RELU", ["INPUT must be the first"], "INPUT"),
+    # an INPUT inside brackets had raised a bare KeyError
+    ("INPUT 8x8x3 -> [INPUT 8x8x3 -> RELU]*2", ["INPUT must be the first"], "INPUT"),
+    ("INPUT 8x8x3 -> [RELU -> INPUT]?", ["INPUT must be the first"], "INPUT"),
+    ("[INPUT 8x8x3 -> RELU] -> TANH", ["INPUT must be the first"], "INPUT"),
+    # digits of other scripts, refused in whole numbers, had been read in decimals
+    ("INPUT 8x8x3 -> DROPOUT \u0661", ["p must be a number"], "\u0661"),
+    ("INPUT 8x8x3 -> LEAKYRELU \uff10.\uff15", ["slope must be"], "\uff10.\uff15"),
 ])
 def test_error_syntax(text, words, token):
     msg = error(text)

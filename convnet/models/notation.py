@@ -75,7 +75,7 @@ _TOKEN = re.compile(r"\s*+(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
                     r"|(?P<word>(?:[^\s\[\]*?→-]++|-(?!>))++))")
 _NAME = re.compile(r"[A-Za-z_]\w*$")
 _INT = re.compile(r"[0-9]+$")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 MAX_WORD = 64      # characters in one keyword, argument or count (far more than any needs)
 MAX_ARGS = 16      # arguments after one keyword (CONV, the most, takes 7; more are refused)
 
@@ -427,11 +427,12 @@ def _check_conv_volume(k, shape, kernel, stride, padding, dilation, groups, fit)
         kernel, stride, dilation = pair(kernel, "F"), pair(stride, "S"), pair(dilation, "D")
         if k * (shape[0] // max(1, groups)) * kernel[0] * kernel[1] > limits.MAX_PARAMS:
             return
-        if padding == "same":                 # as Conv2d makes it: P = D*(F-1)/2
-            padding = tuple(d * (f - 1) // 2 for f, d in zip(kernel, dilation))
-        padding = pair(padding, "P", allow_zero=True)
-        out = [conv_output_size(shape[1 + i], kernel[i], stride[i], padding[i], dilation[i],
-                                fit) for i in (0, 1)]
+        if padding == "same":                 # the size kept (stride 1: the layer's rule)
+            out = list(shape[1:])
+        else:
+            padding = pair(padding, "P", allow_zero=True)
+            out = [conv_output_size(shape[1 + i], kernel[i], stride[i], padding[i],
+                                    dilation[i], fit) for i in (0, 1)]
     except ValueError:
         return
     limits.check_count(k * out[0] * out[1], "MAX_VOLUME",
@@ -500,6 +501,14 @@ def _names(items):
             yield from _names(item.node.items)
         if isinstance(item.count, _Token):
             yield item.count
+
+
+def _all_items(items):
+    """Every item in the tree, a group before its contents, in text order."""
+    for item in items:
+        yield item
+        if isinstance(item.node, _Group):
+            yield from _all_items(item.node.items)
 
 
 def _check_counts(counts, where):
@@ -651,7 +660,7 @@ def _take_input(text, items, input_shape):
     """Split off the INPUT item; return the other items and the per-sample input shape."""
     head = items[0].node
     has_input = isinstance(head, _Layer) and head.keyword == "INPUT"
-    for item in items:
+    for item in _all_items(items):          # inside brackets too
         node = item.node
         if isinstance(node, _Layer) and node.keyword == "INPUT" and (
                 node is not head or item.count is not None or item.optional):

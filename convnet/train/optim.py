@@ -337,7 +337,10 @@ class SGD(Optimizer):
 
 
 class Momentum(SGD):
-    """SGD with momentum 0.9 by default: the notes' momentum update (registry "momentum")."""
+    """SGD with momentum 0.9 by default (registry "momentum"), in torch.optim.SGD's form:
+    v = mu * v + dx; x -= lr * v. The cs231n form, v = mu * v - lr * dx; x += v, gives the
+    same steps while lr is constant, and differs where a schedule changes lr between them
+    (the buffer here holds gradients, there steps already scaled by the lr of their time)."""
 
     state_multiplier = 1
 

@@ -1,8 +1,9 @@
 """The convnet command line: thin argument parsing over the library.
 
 Every numeric option is checked as it is parsed (a usage error, exit 2). Any other
-failure is one line on stderr and exit 1 (``--debug`` shows the traceback); a closed
-pipe (``convnet summary vgg16 | head``) ends quietly.
+failure is one line on stderr (a notation error adds the text with carets under it) and
+exit 1 (``--debug`` shows the traceback); a closed pipe (``convnet summary vgg16 | head``)
+ends quietly.
 """
 
 from __future__ import annotations
@@ -728,7 +729,7 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             if not args.debug:      # a library's warning as one line, as the notes are
-                warnings.showwarning = lambda message, *rest: _note(args, f"warning: {message}")
+                warnings.showwarning = lambda message, *rest: _note(args, f"warning: {_shown(str(message))}")
             args.func(args)
         if sys.stdout is not None:     # None: started with standard output closed
             sys.stdout.flush()
@@ -794,10 +795,25 @@ def _one_line(err):
                "machine's memory"
     elif not isinstance(err, (ValueError, OSError, ImportError)):
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
-    if len(text) > MAX_ERROR:      # a long path or string the user gave, echoed whole
-        text = f"{text[:MAX_ERROR // 2]} ... ({len(text) - MAX_ERROR:,} characters left " \
-               f"out) ... {text[-MAX_ERROR // 2:]}"
-    return text
+    return _shown(text)
+
+
+def _shown(text):
+    """text as the terminal gets it, line by line (``_shown_line``)."""
+    return "\n".join(_shown_line(line) for line in text.split("\n"))
+
+
+def _shown_line(line):
+    """One line of a message as the terminal gets it: characters that are not printable
+    (terminal escapes in a file's key or name) escaped, and a line over MAX_ERROR (a long
+    path or string the user gave, echoed whole) cut to both its ends. Lines are cut one
+    by one: a notation error's text and the carets under it stay aligned."""
+    if not line.isprintable():
+        line = "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line)
+    if len(line) > MAX_ERROR:
+        line = f"{line[:MAX_ERROR // 2]} ... ({len(line) - MAX_ERROR:,} characters left " \
+               f"out) ... {line[-MAX_ERROR // 2:]}"
+    return line
 
 
 if __name__ == "__main__":

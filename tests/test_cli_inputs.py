@@ -894,3 +894,24 @@ def test_show_filters_refuses_an_image(tmp_path, capsys, monkeypatch):
         assert (f"show {what} draws the model alone: IMAGE (cat.png) is for show "
                 f"activations") in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_text_from_files_reaches_the_terminal_escaped_and_long_notation_stays_aligned(
+        tmp_path, capsys):
+    """A weights file's keys (in the unexpected-keys error) and a warning had reached the
+    terminal with their escape sequences raw; a notation error over 1,000 characters had
+    been cut in the middle of all three lines, its carets then pointing at nothing."""
+    from safetensors.numpy import save_file
+    save_file({"\x1b]0;title\x07\x1b[2Jw": np.zeros(1, np.float32)}, tmp_path / "e.safetensors")
+    assert main(["convert", str(tmp_path / "e.safetensors"), str(tmp_path / "o.json"),
+                 "--model", "INPUT 4 -> FC 2"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;title\\x07\\x1b[2Jw" in err, err
+    stages = " -> ".join(["CONV 8 F3 S1 P1 -> RELU"] * 40)
+    text = f"INPUT 16x16x3 -> {stages} -> POOL F3 S2"
+    assert len(text) > 1_000
+    assert main(["summary", text]) == 1
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert len(lines) == 3 and "characters left out" not in lines[1], lines[1][:200]
+    column = lines[2].index("^")
+    assert lines[1][column:].startswith("POOL F3 S2"), (lines[1][column - 5:], column)

@@ -292,3 +292,67 @@ def test_shifts_pad_with_what_a_zero_pixel_became(tmp_path, monkeypatch):
     train(TrainConfig(data="digits", model=SMALL, epochs=1, limit=64, shift_fill="mean",
                       out=str(tmp_path / "old")), log=lambda *a: None)
     assert seen and all(np.all(fill == 0) for fill in seen)
+
+
+def rewrite_checkpoint(path, change):
+    """The checkpoint at path with change(state) applied to its JSON, written without a
+    checksum (as checkpoints of old had none): a hand-made checkpoint."""
+    arrays, metadata = load_tensors(path)
+    state = json.loads(metadata["convnet-checkpoint"])
+    change(state)
+    metadata["convnet-checkpoint"] = json.dumps(state)
+    del metadata["convnet-checkpoint-sha256"]
+    save_tensors(arrays, path, metadata=metadata)
+
+
+def test_what_a_kill_or_another_machine_leaves_is_handled_on_resume(tmp_path, capsys):
+    """From a review of kill and resume: a temporary file a kill left beside the checkpoint
+    stayed for good (as large as a checkpoint); a resume with another thread count went on
+    silently, though not bit for bit; a history entry without its numbers ended in a
+    KeyError; a run directory holding best.* but no checkpoint told the user to resume
+    it, which --resume then refused."""
+    from convnet.functional.threads import THREADS
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit", "200",
+            "--quiet", "--no-report", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoint.safetensors"
+    good = ckpt.read_bytes()
+    (out / ".checkpoint.safetensors.x0_eob.tmp").write_bytes(b"half a checkpoint")
+    (out / ".notes.txt.tmp").write_text("not ours")
+    rewrite_checkpoint(ckpt, lambda state: state.update(threads=THREADS + 1))
+    capsys.readouterr()
+    assert main(args + ["--resume", "--epochs", "2"]) == 0
+    assert (f"the checkpoint was written with {THREADS + 1} thread(s) a process, resumed "
+            f"with {THREADS}: ") in capsys.readouterr().out
+    assert not (out / ".checkpoint.safetensors.x0_eob.tmp").exists()
+    assert (out / ".notes.txt.tmp").exists()
+    ckpt.write_bytes(good)
+    rewrite_checkpoint(ckpt, lambda state: state["history"][0].pop("val_loss"))
+    assert main(args + ["--resume", "--epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint.safetensors: checkpoint field 'history'" in err and \
+        "with epoch, loss, acc, val_loss, val_acc as numbers" in err, err
+    for name in ("checkpoint.safetensors", "model.json", "model.safetensors", "history.json",
+                 "curve.png", "filters.png"):
+        (out / name).unlink()
+    (out / ".notes.txt.tmp").unlink()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "already holds files (best.json, best.safetensors): none is a checkpoint to " \
+           "resume from (a run stopped in its first epoch); pass --overwrite" in err, err
+
+
+def test_a_set_aside_folder_that_is_a_link_is_left_alone(tmp_path):
+    """recover_set_aside had followed a .replaced-* link to another run's folder and moved
+    that run's files into this one."""
+    other = tmp_path / "other"
+    assert main(["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit",
+                 "200", "--quiet", "--no-report", "--out", str(other)]) == 0
+    held = {p.name: p.read_bytes() for p in other.iterdir()}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".replaced-zz").symlink_to(other, target_is_directory=True)
+    assert main(["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit",
+                 "200", "--quiet", "--no-report", "--out", str(tmp_path / "run")]) == 1
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == held

@@ -48,6 +48,7 @@ from convnet.report.pictures import (
     require,
     tile_size,
 )
+from convnet.train.checkpoint import HISTORY_KEYS
 
 MAX_SAMPLES = 4                 # sample images whose activations are drawn, at most
 IMAGE_PIXELS = 2_000_000        # pixels of activation maps for one image, all stages
@@ -59,7 +60,6 @@ MAX_WRONG = 8                   # most confidently wrong test images shown
 MAX_TABLE_CLASSES = 100
 MAX_PAIRS = 20                  # most confused pairs listed beside the picture
 MAX_SHOWN_WIDTH = 1100          # CSS pixels: wider pictures are shown scaled down
-HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")
 SECTIONS = ("status", "architecture", "summary", "training", "filters", "activations",
             "evaluation")
 

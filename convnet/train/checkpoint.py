@@ -27,6 +27,7 @@ from convnet.io.weights import load_tensors, save_tensors
 
 KEY = "convnet-checkpoint"
 CHECKSUM_KEY = "convnet-checkpoint-sha256"
+HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")   # numbers of every epoch
 
 
 def checksum(tensors, text):

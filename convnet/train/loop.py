@@ -51,13 +51,14 @@ from convnet.data.preprocess import border_range, brightness_range, check_info
 from convnet.data.transforms import Normalize, random_crop, random_flip, to_float
 from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
+from convnet.functional.threads import THREADS
 from convnet.io.weights import atomic_write, save_model
 from convnet.layers.dropout import Dropout
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
 from convnet.spec import WEIGHTS, resolve_model
-from convnet.train.checkpoint import load_checkpoint, save_checkpoint
+from convnet.train.checkpoint import HISTORY_KEYS, load_checkpoint, save_checkpoint
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
 from convnet.train.distributed import RanksDiverged, RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
@@ -319,6 +320,7 @@ def run_directory(cfg, resume, overwrite):
     note = recover_set_aside(out)
     if note:
         warnings.warn(note, stacklevel=2)
+    remove_stale_temporaries(out)
     data = data_folder(cfg.data)
     if data is not None and out.resolve().is_relative_to(data.resolve()):
         raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
@@ -333,8 +335,12 @@ def run_directory(cfg, resume, overwrite):
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held and not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise ValueError(f"{out} already holds files ({shown}): pass --resume to continue "
-                         f"that run, --overwrite to replace it, or another --out")
+        resume = ("pass --resume to continue that run, "
+                  if (out / "checkpoint.safetensors").is_file() else
+                  "none is a checkpoint to resume from (a run stopped in its first epoch); "
+                  "pass ")
+        raise ValueError(f"{out} already holds files ({shown}): {resume}--overwrite to "
+                         f"replace them, or another --out")
     # Said now, not at the first checkpoint after an epoch of training; nothing is made
     # yet (a run that fails its checks leaves no directory behind).
     held_by = next(p for p in (out, *out.parents) if p.exists())
@@ -466,7 +472,8 @@ def recover_set_aside(out):
     killed itself, before its first checkpoint, its SetAside never restored): put back
     where ``out`` has no checkpoint, else deleted (the newer run replaced them). Returns
     a note, or None where there was nothing."""
-    left = sorted(out.glob(".replaced-*")) if out.is_dir() else []
+    left = sorted(p for p in out.glob(".replaced-*") if p.is_dir() and not p.is_symlink()) \
+        if out.is_dir() else []          # a link could name another run's folder
     if not left:
         return None
     if (out / "checkpoint.safetensors").exists():
@@ -478,6 +485,18 @@ def recover_set_aside(out):
         shutil.rmtree(folder, ignore_errors=True)
     return (f"{out}: the earlier run set aside by an --overwrite that stopped before its "
             f"first checkpoint is put back")
+
+
+def remove_stale_temporaries(out):
+    """Delete what a kill in the middle of a write left in ``out``: the temporary files
+    (``.checkpoint.safetensors.*.tmp``) atomic_write makes beside each of RUN_FILES, as
+    large as the file they were to become."""
+    if not out.is_dir():
+        return
+    for name in RUN_FILES:
+        for path in out.glob(f".{name}.*.tmp"):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
 
 
 def _ignored_settings(given, saved):
@@ -794,7 +813,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                  "optimizer": None, "schedule": schedule.state_dict(), "epoch": epoch,
                  "batch": batch, "history": history, "best": best, "sums": sums,
                  "epoch_rng": epoch_rng.bit_generator.state if epoch_rng else None,
-                 "dropout_rng": dropout, "info": info}
+                 "dropout_rng": dropout, "info": info, "threads": THREADS}
         if every_rank is not None:
             state.update(processes=comm.size, dropout_rng_ranks=every_rank)
         arrays, state["optimizer"] = optimizer.state_dict()
@@ -1154,7 +1173,9 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         epoch < cfg.epochs or v == 0), f"an int from 0 to {batches_per_epoch - 1} (0 once "
         f"the last epoch is done)")
     history = need("history", list, lambda v: len(v) == epoch and all(
-        isinstance(h, dict) for h in v), f"a list of {epoch} dicts (one per epoch done)")
+        isinstance(h, dict) and all(_is_real(h.get(k)) for k in HISTORY_KEYS) for h in v),
+        f"a list of {epoch} dicts (one per epoch done) with {', '.join(HISTORY_KEYS)} as "
+        f"numbers")
     best = need("best", dict, lambda v: set(v) == {"val_acc", "val_loss", "epoch"} and all(
         _is_number(x) or x == math.inf for x in v.values()),
         "{'val_acc', 'val_loss': numbers, 'epoch': int}")
@@ -1168,6 +1189,11 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
             and all(isinstance(r, dict) and set(r) == names for r in ranks)):
         raise ValueError(f"{path}: checkpoint field 'dropout_rng_ranks' must be a list of "
                          f"dicts, one RNG state per dropout layer, got {ranks!r:.80}")
+    threads = state.get("threads")     # None: written before the count was recorded
+    if isinstance(threads, int) and threads != THREADS:
+        log(f"the checkpoint was written with {threads} thread(s) a process, resumed with "
+            f"{THREADS}: the filter gradients' sums split differently, so the run goes on "
+            f"within rounding, not bit for bit (CONVNET_THREADS={threads} for that)")
     if len(ranks) != comm.size:
         log(f"the checkpoint was written by {len(ranks)} process(es), resumed on "
             f"{comm.size}: the batches split differently"
@@ -1192,6 +1218,11 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
     if epoch_rng is not None:
         _set_rng(np.random.default_rng(0), epoch_rng, path, "epoch_rng")  # checks it
     return epoch, batch, history, best, sums, epoch_rng
+
+
+def _is_real(value):
+    """An int or float, NaN and infinities included (a history's losses may be)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_number(value):

@@ -508,7 +508,7 @@ def build_parser():
         description="Train a ConvNet on real images with a progress bar, validation after "
                     "each epoch, the best model kept, and a checkpoint after every epoch "
                     "(and every --checkpoint-every batches) that --resume continues from, "
-                    "bit for bit. Unset options take the data set's defaults. A run writes "
+                    "bit for bit on as many threads (CONVNET_THREADS). Unset options take the data set's defaults. A run writes "
                     "into its own directory and never over an earlier run's files unless "
                     "--overwrite is given.")
     p.add_argument("--data", default="digits", metavar="DATA",
@@ -583,7 +583,8 @@ def build_parser():
                         "the validation split: about N x (1 - val fraction) are trained on")
     p.add_argument("--seed", type=int_type(0, 2**63 - 1), default=0,
                    help="seed of the weights, the split, the batches and the augmentation "
-                        "(0): the same seed gives the same run, bit for bit")
+                        "(0): the same seed gives the same run, bit for bit, on as many "
+                        "threads (CONVNET_THREADS)")
     p.add_argument("--out", metavar="DIR",
                    help="run directory (default: the first free runs/DATA, runs/DATA-2, ...)")
     p.add_argument("--checkpoint-every", type=int_type(0), default=0, metavar="N",

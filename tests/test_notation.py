@@ -659,3 +659,14 @@ def test_an_error_in_a_long_line_shows_a_window_around_the_caret():
     assert len(line) < 1100 and carets.strip() == "^" * len("CONVV")
     start = carets.index("^")
     assert line[start:start + len("CONVV")] == "CONVV"
+
+
+def test_the_notes_own_spellings():
+    """The notes write options as F=7, P=0, S=1, and an input as INPUT [32x32x3]: the first
+    is read, the second says how to write it."""
+    net = build("INPUT 32x32x3 -> CONV 8 F=5 S=1 P=2 -> POOL F=2 S=2 -> FC 10")
+    assert (net[0].kernel_size, net[0].stride, net[0].padding) == ((5, 5), (1, 1), (2, 2))
+    assert net.output_shape(net.input_shape) == (10,)
+    assert "F must be" in error("INPUT 8x8x3 -> CONV 4 F= -> FC 2")
+    assert "the size follows INPUT without brackets: INPUT 32x32x3" in error(
+        "INPUT [32x32x3] -> CONV 8 -> FC 10")

@@ -3,7 +3,8 @@
     INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL]*3 -> [FC 512 -> RELU]*2 -> FC 10
 
 Items are separated by ``->`` (or ``→``). Keywords are case-insensitive; numbers and
-options follow them, separated by spaces, in any order.
+options follow them, separated by spaces, in any order. An option's letter takes its value
+right after it, or after an ``=`` as the notes write it (``F3`` or ``F=3``).
 
 =================================  ======================================================
 ``INPUT WxHxD`` / ``INPUT WxH``    the input volume in the notes' order, width x height x
@@ -268,7 +269,7 @@ def _parse_args(keyword, tokens):
                               f"{_describe(keyword)}")
         if letter in args:
             raise _Parse(tok, f"{keyword}: option {letter} is given twice")
-        value = _value(word[1:], options[letter])
+        value = _value(word[1:].removeprefix("="), options[letter])   # F3, or F=3
         if value is None:
             raise _Parse(tok, f"{keyword}: {letter} must be {_EXAMPLES[options[letter]]} "
                               f"written right after it (e.g. {letter}2), got {word!r}")
@@ -312,7 +313,11 @@ class _Parser:
         if tok.kind == "]":
             raise _Parse(tok, "']' without a matching '['")
         if tok.kind != "end":
-            raise _Parse(tok, f"expected '->' before {tok.text!r}")
+            last = items[-1].node
+            hint = ("; the size follows INPUT without brackets: INPUT 32x32x3"
+                    if tok.kind == "[" and isinstance(last, _Layer)
+                    and last.keyword == "INPUT" and not last.args else "")
+            raise _Parse(tok, f"expected '->' before {tok.text!r}{hint}")
         return items
 
     def seq(self):

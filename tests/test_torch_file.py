@@ -346,6 +346,23 @@ def test_a_long_key_shared_at_every_level_is_refused_before_keys_multiply(tmp_pa
         load_torch(path)
 
 
+def test_plain_views_of_one_storage_are_capped_together(tmp_path):
+    """250 keys viewing one 4 MB storage whole had made 1 GB of copies from a 4 MB file;
+    a block tied 40 times over still loads, and so do many views of a small storage."""
+    base = torch.zeros(1 << 18)
+    path = save({f"t{i}": base.view(512, 512) for i in range(250)}, tmp_path / "views.pt")
+    with pytest.raises(ValueError, match=r"views\.pt: tensor 't64' brings the views of "
+                                         r"storage '\S+' \(262144 elements\) to 17039360 "
+                                         r"elements, more than 64 times it"):
+        load_torch(path)
+    tied = load_torch(save({f"t{i}": base.view(512, 512) for i in range(40)},
+                           tmp_path / "tied.pt"))
+    assert len(tied) == 40
+    one = torch.zeros(16)
+    assert len(load_torch(save({f"t{i}": one for i in range(500)}, tmp_path / "tiny.pt"))) \
+        == 500
+
+
 def test_a_huge_declared_view_is_refused_without_allocating(tmp_path):
     """Overlapping strides declare 10**12 elements over a 4-element storage: refused from
     the declared sizes (materialising it would need 4 TB)."""

@@ -84,6 +84,7 @@ STORAGE_TYPES = {
 # its LONG1 opcode and bytes, after PROTO (2 bytes) and, from protocol 4 on, a FRAME (9).
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
 REPEAT_LIMIT = 16       # a view may hold at most this many times its storage's elements
+VIEW_LIMIT = 64         # copies of one storage its plain views may make together
 MAX_DIMS = 32           # dimensions of one tensor
 MAX_BYTEORDER = 16      # bytes of the byteorder record ("little")
 CHUNK = 1 << 20         # bytes per read of a zip member
@@ -460,10 +461,12 @@ def _check_sizes(tensors, max_bytes):
     tensors viewing one storage may repeat it together at most REPEAT_LIMIT times beyond
     one copy each (a tensor's repeats: its elements past the storage's). Any number of
     plain views share a storage (a block tied n times over is n views).
+    The views of one storage may together hold at most VIEW_LIMIT times its bytes (a block
+    tied 40 times over, 40) where they hold more than a MiB: each view is a copy.
     Rule 2: the returned arrays together may hold at most max_bytes (None: no cap).
     Rule 3: so may the storages read for them (a one-element view of a huge storage).
     """
-    total, storages, repeated = 0, {}, {}
+    total, storages, repeated, viewed = 0, {}, {}, {}
     for key, tensor in tensors.items():
         storage = tensor.storage
         numel = math.prod(tensor.size)
@@ -477,6 +480,13 @@ def _check_sizes(tensors, max_bytes):
                           f"the views of that storage together, repeat it more than "
                           f"{REPEAT_LIMIT} times; refusing to materialise that (save "
                           "tensor.contiguous() instead)")
+        viewed[storage.record] = viewed.get(storage.record, 0) + numel
+        if viewed[storage.record] > VIEW_LIMIT * storage.numel and \
+                viewed[storage.record] * _out_itemsize(storage.dtype) > 1 << 20:
+            raise Refused(f"tensor {show(key)} brings the views of storage "
+                          f"'{storage.record}' ({storage.numel} elements) to "
+                          f"{viewed[storage.record]} elements, more than {VIEW_LIMIT} times "
+                          f"it: each view would be a copy; refusing to materialise that")
         total += nbytes
         if max_bytes is not None and total > max_bytes:
             raise Refused(f"tensor {show(key)} declares {shape}, which brings the arrays to "

@@ -508,9 +508,9 @@ def build_parser():
         description="Train a ConvNet on real images with a progress bar, validation after "
                     "each epoch, the best model kept, and a checkpoint after every epoch "
                     "(and every --checkpoint-every batches) that --resume continues from, "
-                    "bit for bit on as many threads (CONVNET_THREADS). Unset options take the data set's defaults. A run writes "
-                    "into its own directory and never over an earlier run's files unless "
-                    "--overwrite is given.")
+                    "bit for bit on as many threads (CONVNET_THREADS). Unset options take "
+                    "the data set's defaults. A run writes into its own directory and never "
+                    "over an earlier run's files unless --overwrite is given.")
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits (embedded, the default), fashion-mnist, mnist, cifar10, "
                         "cifar100, cifar100-coarse (its 20 superclasses), or a directory: "
@@ -730,7 +730,8 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             if not args.debug:      # a library's warning as one line, as the notes are
-                warnings.showwarning = lambda message, *rest: _note(args, f"warning: {_shown(str(message))}")
+                warnings.showwarning = lambda message, *rest: _note(
+                    args, f"warning: {_shown(str(message))}")
             args.func(args)
         if sys.stdout is not None:     # None: started with standard output closed
             sys.stdout.flush()

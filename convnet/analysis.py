@@ -383,7 +383,7 @@ class _Walker:
             self.rows.append((name, layer, tuple(shape), out, new, frozen))
             return out, new
         children = [(f"{name}.{key}" if name else key, child)
-                    for key, child in layer.children()]
+                    for key, child in layer.named_children()]
         if isinstance(layer, Residual):
             return self._residual(layer, name, shape, state, frozen)
         if isinstance(layer, Concat):                # every branch sees the block input

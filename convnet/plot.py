@@ -178,13 +178,13 @@ def stages(model):
 
     if not isinstance(model, Container):
         return [(type(model).__name__, model)]
-    top = model.children()
+    top = list(model.named_children())
     if len(top) >= MIN_STAGES:
         return top
     out = []
     for key, child in top:
         if type(child) is Sequential:
-            out += [(f"{key}.{k}", c) for k, c in child.children()]
+            out += [(f"{key}.{k}", c) for k, c in child.named_children()]
         else:
             out.append((key, child))
     return out
@@ -263,7 +263,7 @@ def feature_reuse(model):
 def _named_containers(model, prefix=""):
     from convnet.models.containers import Container
 
-    for key, child in model.children():
+    for key, child in model.named_children():
         if isinstance(child, Container):
             yield f"{prefix}{key}", child
             yield from _named_containers(child, f"{prefix}{key}.")

@@ -271,7 +271,7 @@ def test_rows_add_up_to_the_totals(seed):
         name for name, _ in net.named_layers()]
     # the arrays the blocks make: the residual sum, Concat's output, and DenseBlock's
     # running concatenation after each of its layers
-    dense = [name for name, _ in net["dense"].children()]
+    dense = [name for name, _ in net["dense"].named_children()]
     assert [r.name for r in merges] == ["res (sum)", "mix (concat)",
                                        *(f"dense.{name} (concat)" for name in dense)]
     rows = {r.name: r for r in s.layers}
@@ -688,14 +688,14 @@ def test_every_zoo_relu_after_a_layer_that_keeps_its_input_is_in_place(name):
     """In a Sequential, and in a Residual's body (ResNet's block RELUs follow a batch
     norm there)."""
     from convnet.layers import BatchNorm2d, Conv2d, Linear, ReLU
-    from convnet.models import Residual, Sequential
+    from convnet.models import Container, Residual, Sequential
     from convnet.zoo import get_model
     seen = 0
     stack = [get_model(name)]
     while stack:
         container = stack.pop()
-        children = [child for _, child in container.children()]
-        stack += [c for c in children if hasattr(c, "children")]
+        children = list(container.children())
+        stack += [c for c in children if isinstance(c, Container)]
         if isinstance(container, Residual):
             children = [container[key] for key in container.body_keys]
         if isinstance(container, (Sequential, Residual)):

@@ -1145,7 +1145,6 @@ def test_conv_layer_contract():
     (lambda: Conv2d(3, 8, 2.5), "kernel_size"),
     (lambda: Conv2d(0, 8, 3), "in_channels must be a positive int"),
     (lambda: Conv2d(3, 8, 3, groups=2), "divisible by groups"),
-    (lambda: Conv2d(3, 8, 4, padding="same"), "odd kernel_size"),
     (lambda: Conv2d(3, 8, 3, stride=(1, 2), padding="same"),
      r"padding='same' keeps the size only at stride 1, got S=1x2; give P explicitly, "
      r"e.g. padding=1"),

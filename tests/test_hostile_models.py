@@ -191,6 +191,7 @@ ACCEPTED = {
     "AvgPool2d.padding[]": (0,), "input_shape": (None,), "info": ({},),
     "info.resize": (None,), "info.classes[]": ("abc",), "info.data": ("abc",),
     "info.brightness[]": (0,), "info.border[]": (0,),
+    "AdaptiveAvgPool2d.output_size[]": (None,),    # None: the input's side, here 2 too
 }
 
 

@@ -781,7 +781,7 @@ def test_a_sequential_is_indexed_by_position_and_sliced_as_in_pytorch():
     assert named[0] is named["conv"] and named[-1] is named["relu"]
     part = net[1:3]
     assert isinstance(part, Sequential) and list(part) == layers[1:3]
-    assert [key for key, _ in part.children()] == ["1", "2"]     # the children's names kept
+    assert [key for key, _ in part.named_children()] == ["1", "2"]     # the children's names kept
     with pytest.raises(IndexError, match="index 4 is out of range for its 4 children"):
         net[4]
     with pytest.raises(KeyError, match="no child named 'conv2'; its children are conv, relu"):
@@ -894,7 +894,8 @@ def test_googlenet_with_aux_heads_saves_and_loads(tmp_path):
                                   rng=np.random.default_rng(0))
     save_model(model, tmp_path / "g.json")
     loaded = load_model(tmp_path / "g.json")
-    assert [k for k, v in loaded.children() if isinstance(v, AuxClassifier)] == ["aux1", "aux2"]
+    assert [k for k, v in loaded.named_children()
+            if isinstance(v, AuxClassifier)] == ["aux1", "aux2"]
     assert list(loaded.state_dict()) == list(model.state_dict())
     assert all(np.array_equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)

@@ -107,7 +107,7 @@ def test_lenet5(tmp_path):
     model = lenet5(rng=np.random.default_rng(0)).eval()
     imported = round_trip(model, tmp_path, model.input_shape, batches=(1, 3))
     same_keys(imported, model)
-    assert list(dict(imported.children())) == ["features", "flatten", "classifier"]
+    assert list(dict(imported.named_children())) == ["features", "flatten", "classifier"]
     with pytest.raises(ValueError, match=r"input_shape \(1, 28, 28\) contradicts the graph's "
                                          r"input 'input' of per-sample shape \(1, 32, 32\)"):
         load_onnx(tmp_path / "model.onnx", input_shape=(1, 28, 28))
@@ -142,7 +142,8 @@ def test_googlenet_torchvision(tmp_path):
     imported = round_trip(model, tmp_path, (3, 64, 64), batches=(1,))
     same_keys(imported, model, skip=("aux1.", "aux2."))
     assert isinstance(imported["inception3a"], Concat)
-    assert list(dict(imported["inception3a"].children())) == [f"branch{i}" for i in range(1, 5)]
+    assert list(dict(imported["inception3a"].named_children())) == [
+        f"branch{i}" for i in range(1, 5)]
 
 
 def test_small_dense_block_model(tmp_path):
@@ -347,7 +348,7 @@ def test_torch_concat_branches_and_final_softmax(tmp_path):
     path = torch_export(net, tmp_path / "inception.onnx", (4, 6, 6))
     with pytest.warns(UserWarning, match="final Softmax .* not imported"):
         model = load_onnx(path)
-    assert isinstance(model[next(iter(dict(model.children())))], Concat)
+    assert isinstance(model[next(iter(dict(model.named_children())))], Concat)
     x = torch.randn(2, 4, 6, 6)
     scores = model.infer(x.numpy())
     probs = np.exp(scores - scores.max(1, keepdims=True))
@@ -484,7 +485,7 @@ def test_a_padding_mode_other_than_zeros_is_named_at_its_pad(tmp_path, mode, onn
         warnings.simplefilter("ignore")
         torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=dynamo)
     with pytest.raises(ValueError, match=f"\\(Pad\\): padding mode '{onnx_mode}' is not "
-                                         "read: convnet pads with zeros only"):
+                                         "read: load_onnx reads zero padding only"):
         load_onnx(path)
 
 
@@ -550,7 +551,7 @@ def test_dropout_identity_and_global_pool(tmp_path):
     path = make_model(nodes, {"ratio": np.array(0.3)}, ["N", 3, 5, 4], ["N", 3],
                       tmp_path / "misc.onnx")
     model = load_onnx(path)
-    assert list(dict(model.children())) == ["act", "gap", "flat", "drop"]
+    assert list(dict(model.named_children())) == ["act", "gap", "flat", "drop"]
     assert model["drop"].p == 0.3 and model["act"].negative_slope == 0.3
     compare_with_ort(path, model, (3, 5, 4), n=3)
 
@@ -931,8 +932,8 @@ def test_nodes_named_by_operator_take_their_pytorch_modules_names(tmp_path):
     path = make_model(nodes, inits, ["N", 2, 5, 5], ["N", 3], tmp_path / "dynamo.onnx")
     model = load_onnx(path)
     assert list(model.state_dict()) == list(inits)
-    assert [key for key, _ in model.children()][0] == "features"
-    assert list(dict(model["features"].children())) == ["0", "1"]
+    assert [key for key, _ in model.named_children()][0] == "features"
+    assert list(dict(model["features"].named_children())) == ["0", "1"]
     compare_with_ort(path, model, (2, 5, 5))
 
 

@@ -618,7 +618,7 @@ def test_nhwc_input_gets_a_hint():
     (lambda: LPPool2d(float("inf"), 2), r"norm_type must be a positive finite"),
     (lambda: LPPool2d("2", 2), r"norm_type must be a positive finite"),
     (lambda: AdaptiveAvgPool2d(0), r"AdaptiveAvgPool2d: output_size must be a positive int"),
-    (lambda: AdaptiveAvgPool2d((7, None)), r"output_size must be"),
+    (lambda: AdaptiveAvgPool2d((7, 0)), r"output_size must be"),
 ])
 def test_bad_hyperparameters(make, match):
     with pytest.raises(ValueError, match=match):

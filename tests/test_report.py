@@ -172,7 +172,7 @@ def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
     stages = browser.find_elements("css selector", "details.sample[open] figure.stage")
     net = resolve_model(str(model))
     shape, expected = net.input_shape, []
-    for name, layer in net.children():
+    for name, layer in net.named_children():
         shape = layer.output_shape(shape)
         if len(shape) == 3:
             expected.append((name, shape[0]))

@@ -134,7 +134,7 @@ KEYS = {
 def volumes(model, shape, prefix=""):
     """{dotted stage name: per-sample output shape}, descending into plain Sequentials."""
     out = {}
-    for key, layer in model.children():
+    for key, layer in model.named_children():
         name = prefix + key
         if type(layer) is Sequential:
             out.update(volumes(layer, shape, name + "."))
@@ -250,7 +250,7 @@ def test_googlenet_table1(factory):
     model = factory(rng=np.random.default_rng(0))
     shape = model.input_shape
     modules = []
-    for key, stage in model.children():
+    for key, stage in model.named_children():
         if isinstance(stage, Concat):
             depth, side, (c1, r3, c3, r5, c5, proj) = TABLE1[key]
             # every branch gives its column of Table 1 at the module's H x W

@@ -295,9 +295,10 @@ def to_torch(model):
         return nn.Sequential(*[to_torch(layer) for layer in model])
     dtype = getattr(torch, np.dtype(getattr(model, "dtype", np.float64)).name)
     if isinstance(model, Conv2d):
+        padding = model.padding if model.pads[:2] == model.pads[2:] else "same"
         m = nn.Conv2d(model.in_channels, model.out_channels, model.kernel_size, model.stride,
-                      model.padding, model.dilation, model.groups, "bias" in model.params,
-                      dtype=dtype)
+                      padding, model.dilation, model.groups, "bias" in model.params,
+                      model.padding_mode, dtype=dtype)
     elif isinstance(model, (BatchNorm1d, BatchNorm2d)):
         kind = nn.BatchNorm2d if isinstance(model, BatchNorm2d) else nn.BatchNorm1d
         m = kind(model.num_features, model.eps, model.momentum, dtype=dtype)
@@ -312,7 +313,7 @@ def to_torch(model):
         return nn.MaxPool2d(model.kernel_size, model.stride, model.padding, model.dilation,
                             ceil_mode=model.ceil_mode)
     elif isinstance(model, Flatten):
-        return nn.Flatten(model.start_dim)
+        return nn.Flatten(model.start_dim, model.end_dim)
     elif isinstance(model, Dropout):
         return nn.Dropout(model.p)
     else:

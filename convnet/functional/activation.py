@@ -77,15 +77,20 @@ class LeakyReluCache(NamedTuple):
     negative_slope: float
 
 
-def leaky_relu_forward(x, negative_slope=0.01):
+def leaky_relu_forward(x, negative_slope=0.01, inplace=False):
     """Leaky ReLU: x for x > 0, negative_slope * x otherwise.
 
-    x: any shape. Returns out (same shape and dtype) and a cache with the mask x > 0.
+    x: any shape. Returns out (same shape and dtype) and a cache with the mask x > 0;
+    ``inplace=True`` writes the result into x, as relu_forward does (the mask is taken
+    first, so any slope works).
 
     >>> leaky_relu_forward(np.array([-2.0, 3.0]), 0.5)[0]
     array([-1.,  3.])
     """
     positive = x > 0
+    if inplace:
+        np.multiply(x, x.dtype.type(negative_slope), out=x, where=~positive)
+        return x, LeakyReluCache(positive, negative_slope)
     out = np.where(positive, x, x * negative_slope).astype(x.dtype, copy=False)
     return out, LeakyReluCache(positive, negative_slope)
 

@@ -59,16 +59,21 @@ class FlattenCache(NamedTuple):
     x_shape: tuple        # the input shape, to reshape the gradient back
 
 
-def flatten_forward(x, start_dim=1):
-    """Merge axes start_dim..end into one, in C order (torch.flatten's order).
+def flatten_forward(x, start_dim=1, end_dim=None):
+    """Merge axes start_dim..end_dim (default: the last) into one, in C order
+    (torch.flatten's order).
 
     x: (N, C, H, W) with start_dim=1 gives (N, C*H*W): row n holds sample n's channel 0
     (row by row), then channel 1, and so on. A view when x is contiguous, else a copy.
+    start_dim and end_dim are axes counted from 0, start_dim <= end_dim.
 
     >>> flatten_forward(np.zeros((2, 512, 7, 7)))[0].shape
     (2, 25088)
+    >>> flatten_forward(np.zeros((2, 512, 7, 7)), 1, 2)[0].shape
+    (2, 3584, 7)
     """
-    out = x.reshape(*x.shape[:start_dim], math.prod(x.shape[start_dim:]))
+    end = x.ndim if end_dim is None else end_dim + 1
+    out = x.reshape(*x.shape[:start_dim], math.prod(x.shape[start_dim:end]), *x.shape[end:])
     return out, FlattenCache(x.shape)
 
 

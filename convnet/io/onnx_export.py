@@ -3,14 +3,17 @@
 The model is walked layer by layer from its per-sample input shape (C, H, W); each layer
 becomes one ONNX node (or a few), each container its children's nodes plus the joins:
 
-    Conv2d -> Conv              MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
+    Conv2d -> Conv (padding_mode reflect, replicate, circular: Pad (mode reflect, edge,
+              wrap: opset 19 on) and an unpadded Conv)
+                                MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
     LocallyConnected2d -> Conv (one-hot filters: im2col) + Reshape, Transpose, MatMul, Add
                           (load_onnx does not read this subgraph back)
     LPPool2d -> LpPool          AdaptiveAvgPool2d(1) -> GlobalAveragePool (others below)
     AdaptiveMaxPool2d(1) -> GlobalMaxPool, an output that divides the input -> MaxPool
                           (others are refused)
     ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
-    Linear -> Gemm (transB=1)   Flatten -> Flatten(axis=1)
+    Linear -> Gemm (transB=1), on a volume MatMul + Add
+    Flatten -> Flatten(axis=1), other axes a Reshape
     BatchNorm2d/1d -> BatchNormalization (running statistics)
     LocalResponseNorm -> LRN    Dropout, Dropout2d, Identity, GoogLeNet's AuxClassifier
                                 -> Identity
@@ -103,7 +106,7 @@ def export_onnx(model, path, input_shape=None, opset=17):
     if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
         raise ValueError(f"{where}: opset must be an int >= {MIN_OPSET}, got {opset!r}")
 
-    graph = _Graph(onnx)
+    graph = _Graph(onnx, opset)
     out, out_shape = graph.layer(model, "input", shape)
     graph.nodes.append(onnx.helper.make_node("Identity", [out], ["output"], name="output"))
     helper, f32 = onnx.helper, onnx.TensorProto.FLOAT
@@ -124,7 +127,8 @@ def export_onnx(model, path, input_shape=None, opset=17):
 class _Graph:
     """Nodes and initializers collected while walking a model; unique tensor names."""
 
-    def __init__(self, onnx):
+    def __init__(self, onnx, opset):
+        self.opset = opset
         self.helper = onnx.helper
         self.numpy_helper = onnx.numpy_helper
         self.nodes, self.initializers = [], []
@@ -202,12 +206,26 @@ class _Graph:
 
     # -- leaves --------------------------------------------------------------------------
     def conv(self, layer, x, shape, out_shape, base):
-        (ph, pw), w = layer.padding, layer.params["weight"]
+        pads, w = list(layer.pads), layer.params["weight"]      # top, left, bottom, right
+        if layer.padding_mode != "zeros" and any(pads):
+            # PyTorch's other modes: the border filled from the input by a Pad, whose
+            # modes are these (wrap from opset 19), before a Conv that pads nothing
+            mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[
+                layer.padding_mode]
+            if mode == "wrap" and self.opset < 19:
+                raise ValueError(f"export_onnx: layer {layer.where}: padding_mode="
+                                 f"'circular' is ONNX's Pad mode 'wrap', from opset 19 on; "
+                                 f"got opset {self.opset} (pass opset=19 or later)")
+            top, left, bottom, right = pads
+            x = self.node("Pad", [x, self.const(f"{base}.pads", [0, 0, top, left, 0, 0,
+                                                                  bottom, right], np.int64)],
+                          f"{base}.pad", mode=mode)
+            pads = [0, 0, 0, 0]
         inputs = [x, self.const(f"{base}.weight", w)]
         if "bias" in layer.params:
             inputs.append(self.const(f"{base}.bias", layer.params["bias"]))
         return self.node("Conv", inputs, base, kernel_shape=list(layer.kernel_size),
-                         strides=list(layer.stride), pads=[ph, pw, ph, pw],
+                         strides=list(layer.stride), pads=pads,
                          dilations=list(layer.dilation), group=layer.groups)
 
     def locally_connected(self, layer, x, shape, out_shape, base):
@@ -298,7 +316,7 @@ class _Graph:
         return self.node("Pow", [total, self.const(f"{base}.inv_p", 1 / p)], base)
 
     def adaptive_avgpool(self, layer, x, shape, out_shape, base):
-        (oh, ow), (h, w) = layer.output_size, shape[1:]
+        (oh, ow), (h, w) = out_shape[1:], shape[1:]         # None sizes: the input's
         if (oh, ow) == (1, 1):
             return self.node("GlobalAveragePool", [x], base)
         if h % oh == 0 and w % ow == 0:     # equal windows side by side
@@ -312,7 +330,7 @@ class _Graph:
         return self.node("MatMul", [rows, x], base)                      # (N, C, OH, OW)
 
     def adaptive_maxpool(self, layer, x, shape, out_shape, base):
-        (oh, ow), (h, w) = layer.output_size, shape[1:]
+        (oh, ow), (h, w) = out_shape[1:], shape[1:]
         if (oh, ow) == (1, 1):
             return self.node("GlobalMaxPool", [x], base)
         if h % oh or w % ow:
@@ -333,17 +351,29 @@ class _Graph:
         return self.node(op, [x], base)
 
     def linear(self, layer, x, shape, out_shape, base):
+        if len(shape) > 1:   # (N, *, in_features): Gemm takes 2-D only; x @ W.T (+ b)
+            weight_t = self.const(f"{base}.weight_t", layer.params["weight"].T)
+            if "bias" not in layer.params:
+                return self.node("MatMul", [x, weight_t], base)
+            out = self.node("MatMul", [x, weight_t], f"{base}.matmul")
+            return self.node("Add", [out, self.const(f"{base}.bias", layer.params["bias"])],
+                             base)
         inputs = [x, self.const(f"{base}.weight", layer.params["weight"])]
         if "bias" in layer.params:
             inputs.append(self.const(f"{base}.bias", layer.params["bias"]))
         return self.node("Gemm", inputs, base, transB=1)
 
     def flatten(self, layer, x, shape, out_shape, base):
-        if layer.start_dim == 1:
-            return self.node("Flatten", [x], base, axis=1)
-        # keep N and the axes before start_dim (0 copies a size), merge the rest (-1)
-        target = self.const(f"{base}.shape", [0] * layer.start_dim + [-1], np.int64)
-        return self.node("Reshape", [x, target], base)
+        start, end = layer.axes(shape, per_sample=True)
+        if end == len(shape):                           # to the last axis
+            if start == 1:
+                return self.node("Flatten", [x], base, axis=1)
+            # keep N and the axes before start (0 copies a size), merge the rest (-1)
+            target = [0] * start + [-1]
+        else:                                           # N, then the per-sample shape
+            target = [0, *out_shape]
+        return self.node("Reshape", [x, self.const(f"{base}.shape", target, np.int64)],
+                         base)
 
     def batchnorm(self, layer, x, shape, out_shape, base):
         if not layer.track_running_stats:

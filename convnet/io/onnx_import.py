@@ -46,7 +46,9 @@ made "_".
 ONNX pads each side of a window separately; convnet pads both by P and rounds the output
 size down (pools: or up, ceil mode). Uneven pads are read as the convnet setting that
 gives the same output size at the graph's input size (the windows then start at the same
-places), and refused when there is none. The layers use fit="floor", as ONNX does.
+places), a Conv's at stride 1 with one more after than before as PyTorch's padding="same"
+for an even extent, and refused when there is none. The layers use fit="floor", as ONNX
+does.
 
 A Softmax (or LogSoftmax) at the end of the graph is not imported, since convnet models
 output class scores (logits) and leave the softmax to the loss: a warning says so, and
@@ -969,8 +971,8 @@ class _Importer:
         pad = self._pad_ahead(node)
         if pad is not None:
             mode = self.attrs(pad).string("mode", "constant", None)
-            return self.error(pad, f"padding mode {_show(mode)} is not read: convnet pads "
-                                   "with zeros only, in a Conv's pads (PyTorch's "
+            return self.error(pad, f"padding mode {_show(mode)} is not read: load_onnx "
+                                   "reads zero padding only, in a Conv's pads (PyTorch's "
                                    "padding_mode='zeros')")
         return self.error(node, f"unsupported operator {_show(node.op_type)}; convnet reads "
                                 f"{', '.join(SUPPORTED)} {_NOTES}")
@@ -1180,12 +1182,17 @@ class _Importer:
                 continue
             if ours == counts:
                 return tuple(begin), mode, begin, end, strides
+        if op == "Conv" and strides == [1, 1] and all(
+                (b, e) == (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+                for b, e, k, d in zip(begin, end, kernel, dilations)):
+            return "same", False, begin, end, strides    # PyTorch's uneven padding="same"
         shown = f"auto_pad={auto_pad!r} (pads {pads})" if auto_pad != "NOTSET" else f"pads={pads}"
         rounding = "rounded down" if op == "Conv" else "rounded down or, in ceil mode, up"
+        same = " (a Conv at stride 1: or PyTorch's padding='same')" if op == "Conv" else ""
         raise self.error(node, f"attribute {shown} cannot be represented: convnet pads both "
-                               f"ends of an axis by the same P (here the begin pads {begin}), "
-                               f"and no output size that gives ({rounding}) is the ONNX "
-                               f"output size {counts}")
+                               f"ends of an axis by the same P{same} (here the begin pads "
+                               f"{begin}), and no output size that gives ({rounding}) is the "
+                               f"ONNX output size {counts}")
 
     # -- operators ---------------------------------------------------------------------------
     def op_Constant(self, node):

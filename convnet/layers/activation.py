@@ -14,6 +14,13 @@ from convnet.functional import activation as A
 from convnet.layers.base import Layer, check_array, check_dout, flag, real
 
 
+def check_writeable(layer, x):
+    """An inplace layer's input must be writeable; the error says what to pass."""
+    if layer.inplace and not x.flags.writeable:
+        raise ValueError(f"{layer.where}: inplace=True needs a writeable input, got a "
+                         f"read-only array of shape {x.shape}; pass x.copy()")
+
+
 class _Clamp(Layer):
     """ReLU and ReLU6: an elementwise clamp, in place on request, whose cache is its
     output; ``_ops`` is the functional (forward, backward) pair."""
@@ -26,9 +33,7 @@ class _Clamp(Layer):
 
     def forward(self, x):
         check_array(x, self.where)
-        if self.inplace and not x.flags.writeable:
-            raise ValueError(f"{self.where}: inplace=True needs a writeable input, got a "
-                             f"read-only array of shape {x.shape}; pass x.copy()")
+        check_writeable(self, x)
         out, self.cache = self._ops[0](x, self.inplace)
         return out
 
@@ -85,6 +90,8 @@ class LeakyReLU(Layer):
 
     Args:
         negative_slope: the slope for x <= 0 (PyTorch's default 0.01), a finite number.
+        inplace: overwrite the input with the result, as ReLU's ``inplace`` (the backward
+            pass needs only the mask, so any slope works, unlike PyTorch's).
 
     Shapes: any, output = input. The cache keeps a boolean mask x > 0; at exactly x = 0
     the gradient is negative_slope, as in PyTorch.
@@ -93,14 +100,16 @@ class LeakyReLU(Layer):
     array([[-1.,  2.]])
     """
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = real(negative_slope, "negative_slope", "LeakyReLU",
                                    expected="a finite number")
+        self.inplace = flag(inplace, "inplace", "LeakyReLU")
 
     def forward(self, x):
         check_array(x, self.where)
-        out, self.cache = A.leaky_relu_forward(x, self.negative_slope)
+        check_writeable(self, x)
+        out, self.cache = A.leaky_relu_forward(x, self.negative_slope, self.inplace)
         return out
 
     def backward(self, dout):
@@ -109,10 +118,11 @@ class LeakyReLU(Layer):
         return A.leaky_relu_backward(dout, cache)
 
     def get_config(self):
-        return {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+        config = {"type": "LeakyReLU", "negative_slope": self.negative_slope}
+        return {**config, "inplace": True} if self.inplace else config
 
     def __repr__(self):
-        return f"LeakyReLU({self.negative_slope:g})"
+        return f"LeakyReLU({self.negative_slope:g}{', inplace=True' if self.inplace else ''})"
 
 
 class Tanh(Layer):

@@ -15,11 +15,38 @@ import contextlib
 import contextvars
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
 from convnet import limits
 from convnet.functional.conv import check_input, pair
+
+
+class StateDictError(ValueError, RuntimeError):
+    """A state dict that ``load_state_dict`` refuses (missing, unexpected, mistyped or
+    mis-shaped keys): a ValueError, as convnet's other refusals, and a RuntimeError, as
+    PyTorch's ``Module.load_state_dict`` raises, so either ``except`` catches it."""
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, PyTorch's ``_IncompatibleKeys``: the model's keys
+    the state lacked and the state's keys the model lacks (a tuple: it unpacks as
+    ``missing, unexpected``)."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+    def __repr__(self):
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"     # PyTorch's words
+        return (f"IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+                f"unexpected_keys={self.unexpected_keys!r})")
+
+
+def _join(prefix, key):
+    """A dotted name: "features" and "0" give "features.0"; an empty prefix adds nothing."""
+    return f"{prefix}.{key}" if prefix else key
 
 
 class Layer:
@@ -92,6 +119,74 @@ class Layer:
         """Parameters and buffers by name ("weight", "running_mean"), as PyTorch's."""
         return {**self.params, **self.buffers}
 
+    # -- PyTorch's module API: children, modules, parameters, buffers -------------------
+    def named_children(self):
+        """(name, layer) pairs of the direct children, in order, as PyTorch's
+        ``named_children()``: none for a leaf layer (a container yields its own)."""
+        yield from ()
+
+    def children(self):
+        """The direct child layers, in order, as PyTorch's ``children()`` (their names:
+        ``named_children()``)."""
+        for _, child in self.named_children():
+            yield child
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """(dotted name, layer) for this layer (named ``prefix``, "" by default) and every
+        layer below it, each container before its children, as PyTorch's
+        ``named_modules()``: ("", model), ("features", ...), ("features.0", ...), ...
+        memo: a set of layers to leave out (and to add the ones yielded to, unless
+        remove_duplicate=False), as PyTorch's."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if self in memo:
+                return
+            memo.add(self)
+        yield prefix, self
+        for key, child in self.named_children():
+            yield from child.named_modules(memo, _join(prefix, key), remove_duplicate)
+
+    def modules(self, remove_duplicate=True):
+        """This layer and every layer below it, in ``named_modules()``'s order."""
+        for _, layer in self.named_modules(remove_duplicate=remove_duplicate):
+            yield layer
+
+    def _own(self, store):
+        """The layer's own "params" or "buffers" dict; {} for a container (whose come
+        from its children)."""
+        own = self.__dict__.get(store)
+        return own if isinstance(own, dict) else {}
+
+    def _named_arrays(self, store, prefix, recurse, remove_duplicate):
+        layers = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+                  if recurse else [(prefix, self)])
+        seen = set()
+        for name, layer in layers:
+            for key, value in layer._own(store).items():
+                if remove_duplicate and id(value) in seen:
+                    continue
+                seen.add(id(value))
+                yield _join(name, key), value
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """(dotted name, array) for every parameter, as PyTorch's ``named_parameters()``:
+        the names are the state_dict's keys (``features.0.weight``), the arrays the
+        layers' own (change them in place). recurse=False: this layer's own only."""
+        yield from self._named_arrays("params", prefix, recurse, remove_duplicate)
+
+    def parameters(self, recurse=True):
+        """Every parameter array, in ``named_parameters()``'s order, as PyTorch's
+        ``parameters()`` (frozen layers' too, as PyTorch's with requires_grad=False)."""
+        for _, value in self.named_parameters(recurse=recurse):
+            yield value
+
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        """(dotted name, array) for every buffer (batch norm's running statistics), as
+        PyTorch's ``named_buffers()``: the names are the state_dict's keys. (``buffers``
+        stays convnet's: a dict, a method on containers.)"""
+        yield from self._named_arrays("buffers", prefix, recurse, remove_duplicate)
+
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` into the model, in place and in each array's dtype.
 
@@ -99,9 +194,10 @@ class Layer:
         to the model's dtype), integer buffers integer arrays; anything else, or a value
         that is not a NumPy array, is a mistyped key. With strict=True (the default),
         missing, unexpected, mistyped and mis-shaped keys are all listed by name (with
-        both dtypes or shapes) in one ValueError, and nothing is copied; with strict=False
-        only missing and unexpected keys are allowed. Returns (missing, unexpected) key
-        lists, as PyTorch does.
+        both dtypes or shapes) in one StateDictError (a ValueError and a RuntimeError,
+        PyTorch's type), and nothing is copied; with strict=False only missing and
+        unexpected keys are allowed. Returns IncompatibleKeys(missing_keys,
+        unexpected_keys), as PyTorch does (a tuple: ``missing, unexpected = ...``).
 
         A missing ``num_batches_tracked`` (batch norm's counter, which checkpoints from
         before PyTorch 0.4.1 do not have) is not a missing key: the counter keeps its value
@@ -129,11 +225,12 @@ class Layer:
                 problems.append(f"mistyped keys: {_first(types, '; ')}")
             if shapes:
                 problems.append(f"mis-shaped keys: {_first(shapes, '; ')}")
-            raise ValueError(f"{type(self).__name__}.load_state_dict: " + " | ".join(problems))
+            raise StateDictError(f"{type(self).__name__}.load_state_dict: "
+                                 + " | ".join(problems))
         for key, value in own.items():
             if key in state:
                 value[...] = state[key]
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     def eval(self):
         """Evaluation mode: batch norm uses running statistics, dropout is the identity."""
@@ -381,7 +478,17 @@ def check_volume(input_shape, channels, where):
 
 
 class Identity(Layer):
-    """Passes its input through unchanged (PyTorch's nn.Identity); a placeholder layer."""
+    """Passes its input through unchanged (PyTorch's nn.Identity); a placeholder layer.
+
+    Any arguments are accepted and ignored, as PyTorch's ``Identity(*args, **kwargs)``
+    does, so a head can be swapped for it whatever the call site passes.
+
+    >>> Identity(54, unused_argument=0.1)(np.ones(2))
+    array([1., 1.])
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
 
     def forward(self, x):
         return x

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from convnet.functional import conv as F
+from convnet.functional import pad as P
 from convnet.layers.base import (
     Layer,
     check_dtype,
@@ -27,13 +28,19 @@ class Conv2d(Layer):
         in_channels: depth D1 of the input volume.
         out_channels: number of filters K (the output depth D2).
         kernel_size: F, an int or a (FH, FW) pair.
-        stride: S, int or pair. padding: P, int, pair, or "same" (P = (F-1)/2: odd F,
-            stride 1).
+        stride: S, int or pair. padding: P, int, pair, "valid" (P = 0) or "same" (the
+            output keeps H x W, stride 1 only: P = D*(F-1)/2 on each side for an odd
+            extent; for an even one, as PyTorch, D*(F-1) in all, its half rounded down
+            before (top, left) and the rest after (bottom, right)).
         dilation: spacing between filter taps, PyTorch's convention: 1 is a contiguous
             filter (the notes' "dilation 0"), 2 skips one input between taps.
         groups: split input and filters into this many independent groups (AlexNet's
             two-GPU split); in_channels and out_channels must both divide by it.
         bias: add a learned offset per filter.
+        padding_mode: what the padding holds, PyTorch's modes: "zeros" (default),
+            "reflect" (the input mirrored, edge not repeated: P < H), "replicate" (the
+            edge repeated) or "circular" (the input wrapped around: P <= H); see
+            convnet.functional.pad.
         fit: "exact" (default) raises ValueError when (W - F + 2P)/S + 1 is not an
             integer; "floor" drops the leftover rows/columns as PyTorch does.
         dtype: float32 (default) or float64. rng: np.random.Generator for the init.
@@ -45,6 +52,7 @@ class Conv2d(Layer):
 
     Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
     Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.
+    ``padding`` holds (top, left), ``pads`` (top, left, bottom, right), ONNX's order.
 
     >>> conv = Conv2d(3, 96, 11, stride=4)        # AlexNet CONV1
     >>> conv.output_shape((3, 227, 227)), conv.num_params()
@@ -52,8 +60,8 @@ class Conv2d(Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, fit="exact", dtype=np.float32, rng=None,
-                 algorithm="auto"):
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", fit="exact",
+                 dtype=np.float32, rng=None, algorithm="auto"):
         super().__init__()
         where = type(self).__name__
         self.algorithm = F.Algorithm(F.select.check(algorithm, where)).value
@@ -63,17 +71,40 @@ class Conv2d(Layer):
         self.stride = window_pair(stride, "stride", where)
         self.dilation = window_pair(dilation, "dilation", where)
         self.groups = positive_int(groups, "groups", where)
-        if padding == "same":
-            if any(k % 2 == 0 for k in self.kernel_size):
-                raise ValueError(f"{where}: padding='same' needs an odd kernel_size "
-                                 f"(P = (F-1)/2), got F={self.kernel_size}")
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+        if not isinstance(padding_mode, str) or padding_mode not in P.MODES:
+            raise ValueError(f"{where}: padding_mode must be one of "
+                             f"{', '.join(map(repr, P.MODES))}, got {padding_mode!r:.80}")
+        self.padding_mode = padding_mode
+        end = None                       # (bottom, right) where they differ from padding
+        if isinstance(padding, str) and padding == "valid":
+            padding = 0
+        elif isinstance(padding, str) and padding == "same":
+            total = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+            padding = tuple(t // 2 for t in total)
+            if any(t % 2 for t in total):
+                end = tuple(t - t // 2 for t in total)
             if self.stride != (1, 1):   # PyTorch refuses it too
+                hint = (f"give P explicitly, e.g. padding="
+                        f"{padding[0] if padding[0] == padding[1] else padding}" if end is None
+                        else f"D*(F-1) = {'x'.join(map(str, total))} is odd: no P keeps it")
                 raise ValueError(
                     f"{where}: padding='same' keeps the size only at stride 1, got "
-                    f"S={'x'.join(map(str, self.stride))}; give P explicitly, e.g. "
-                    f"padding={padding[0] if padding[0] == padding[1] else padding}")
+                    f"S={'x'.join(map(str, self.stride))}; {hint}")
+        elif isinstance(padding, str):
+            raise ValueError(f"{where}: padding must be a non-negative int, a pair of them, "
+                             f"'valid' or 'same', got {padding!r:.80}")
         self.padding = window_pair(padding, "padding", where, allow_zero=True)
+        self.pads = (*self.padding, *(end or self.padding))       # top, left, bottom, right
+        # What the convolution pads itself (zeros, evenly) and what is padded before it
+        # (pad2d_forward: the uneven rest of "same", or every pad of another mode).
+        top, left, bottom, right = self.pads
+        if padding_mode != "zeros":
+            self._conv_padding, self._pre_pads = (0, 0), (top, bottom, left, right)
+        else:
+            self._conv_padding, self._pre_pads = self.padding, (0, bottom - top, 0,
+                                                                right - left)
+        if not any(self._pre_pads):
+            self._pre_pads = None
         if fit not in F.FITS:
             raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r:.80}")
         self.fit = fit
@@ -84,8 +115,8 @@ class Conv2d(Layer):
         self.dtype = check_dtype(dtype, where)
         fh, fw = self.kernel_size
         shape = (self.out_channels, self.in_channels // self.groups, fh, fw)
-        reason = F.select.layer_why_not(self.algorithm, shape, self.stride, self.padding,
-                                        self.dilation, self.groups)
+        reason = F.select.layer_why_not(self.algorithm, shape, self.stride,
+                                        self._conv_padding, self.dilation, self.groups)
         if reason is not None:
             raise ValueError(f"{where}: algorithm {self.algorithm!r} cannot run this layer "
                              f"(F={hw_text(self.kernel_size)}, S={hw_text(self.stride)}, "
@@ -93,6 +124,7 @@ class Conv2d(Layer):
                              f"{reason}")
         self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
         self._fold = None       # inference's filters with a batch norm folded in (_folded)
+        self._pad_cache = None  # the last forward's own padding (_padded), for backward
         rng = np.random.default_rng() if rng is None else rng
         fan_in = self.in_channels // self.groups * fh * fw
         check_param_count(math.prod(shape) + bias * self.out_channels,
@@ -103,11 +135,22 @@ class Conv2d(Layer):
 
     def output_shape(self, input_shape):
         c, h, w = check_volume(input_shape, self.in_channels, self.where)
-        oh, ow = (F.conv_output_size(size, self.kernel_size[a], self.stride[a],
+        if self._pre_pads is not None:      # a mode's limits: reflect P < H, circular P <= H
+            P.check_pads((1, c, h, w), self._pre_pads, self.padding_mode, self.where)
+        # an uneven "same" padding as its extra rows and columns added to the input
+        extra = (self.pads[2] - self.pads[0], self.pads[3] - self.pads[1])
+        oh, ow = (F.conv_output_size(size + extra[a], self.kernel_size[a], self.stride[a],
                                      self.padding[a], self.dilation[a], self.fit,
                                      where=self.where, axis="HW"[a])
                   for a, size in enumerate((h, w)))
         return (self.out_channels, oh, ow)
+
+    def _padded(self, x):
+        """x with the padding the convolution does not do itself (another mode's, the
+        uneven rest of "same"), and the cache of that padding (None: x itself)."""
+        if self._pre_pads is None:
+            return x, None
+        return P.pad2d_forward(x, self._pre_pads, self.padding_mode)
 
     def forward(self, x, relu=False):
         """The convolution of x. relu=True returns max(0, conv) instead: a RELU that
@@ -115,10 +158,11 @@ class Conv2d(Layer):
         the output is finished; backward then takes the gradient of the RELU's output."""
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])  # a clear error before any work
+        x, self._pad_cache = self._padded(x)
         # In training, the im2col matrix of the last step is reused as this step's buffer.
         reuse = self._workspace if self.training else None
         out, self.cache = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                           self.stride, self.padding, self.dilation,
+                                           self.stride, self._conv_padding, self.dilation,
                                            self.groups, self.fit, cols_out=reuse, relu=relu,
                                            algorithm=self.algorithm, where=self.where)
         self._workspace = getattr(self.cache, "workspace", None) if self.training else None
@@ -140,6 +184,7 @@ class Conv2d(Layer):
         F.check_input(x, self.in_channels, self.where)
         k, oh, ow = self.output_shape(x.shape[1:])
         self.cache = None
+        x = self._padded(x)[0]
         w, b, scale = self.params["weight"], self.params.get("bias"), None
         if bn is not None:
             scale, shift = bn.inference_affine()
@@ -148,9 +193,9 @@ class Conv2d(Layer):
                 w, scale = self._folded(w, scale), None
             else:   # the same result dtype as folding into the filters
                 w = w.astype(np.result_type(w, scale), copy=False)
-        return F.conv2d_infer(x, w, b, self.stride, self.padding, self.dilation, self.groups,
-                              self.fit, relu=relu, scale=scale, algorithm=self.algorithm,
-                              where=self.where)
+        return F.conv2d_infer(x, w, b, self.stride, self._conv_padding, self.dilation,
+                              self.groups, self.fit, relu=relu, scale=scale,
+                              algorithm=self.algorithm, where=self.where)
 
     def _folded(self, w, scale):
         """w * scale per filter (a batch norm folded into the filters), the same array
@@ -170,8 +215,13 @@ class Conv2d(Layer):
         ``input_shape`` (C, H, W), in training or at inference, at ``itemsize`` bytes a
         value (default: the layer's dtype's); a ValueError naming the layer when the
         algorithm it names cannot run there."""
-        chosen, _ = F.algorithm_for((batch_size, *input_shape), self.params["weight"].shape,
-                                    self.stride, self.padding, self.dilation, self.groups,
+        c, h, w = input_shape
+        if self._pre_pads is not None:      # the convolution sees the padded input
+            top, bottom, left, right = self._pre_pads
+            h, w = h + top + bottom, w + left + right
+        chosen, _ = F.algorithm_for((batch_size, c, h, w), self.params["weight"].shape,
+                                    self.stride, self._conv_padding, self.dilation,
+                                    self.groups,
                                     itemsize or self.dtype.itemsize, training, self.algorithm,
                                     self.where)
         return chosen.value
@@ -187,6 +237,8 @@ class Conv2d(Layer):
         self.grads["weight"] = dw
         if "bias" in self.params:
             self.grads["bias"] = db
+        if dx is not None and self._pad_cache is not None:
+            dx = P.pad2d_backward(dx, self._pad_cache)
         return dx
 
     def macs(self, input_shape):
@@ -197,14 +249,23 @@ class Conv2d(Layer):
     def get_config(self):
         return {"type": "Conv2d", "in_channels": self.in_channels,
                 "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
-                "stride": list(self.stride), "padding": list(self.padding),
+                "stride": list(self.stride), "padding": self._padding_config(),
                 "dilation": list(self.dilation), "groups": self.groups,
                 "bias": "bias" in self.params, "fit": self.fit, "dtype": self.dtype.name,
+                **({} if self.padding_mode == "zeros" else {"padding_mode": self.padding_mode}),
                 **({} if self.algorithm == "auto" else {"algorithm": self.algorithm})}
 
+    def _padding_config(self):
+        """[PH, PW], or "same" where it pads unevenly (no pair says that)."""
+        return list(self.padding) if self.pads[:2] == self.pads[2:] else "same"
+
     def __repr__(self):
+        padding = self._padding_config()
         text = (f"Conv2d(K={self.out_channels}, F={hw_text(self.kernel_size)}, "
-                f"S={hw_text(self.stride)}, P={hw_text(self.padding)}")
+                f"S={hw_text(self.stride)}, "
+                f"P={hw_text(padding) if padding != 'same' else 'same'}")
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
         if self.dilation != (1, 1):
             text += f", dilation={hw_text(self.dilation)}"
         if self.groups != 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional import dropout as F
-from convnet.layers.base import Layer, check_dout, real
+from convnet.layers.base import Layer, check_dout, flag, real
 
 
 class Dropout(Layer):
@@ -15,8 +15,12 @@ class Dropout(Layer):
     Args:
         p: probability of dropping a unit, in [0, 1] (p = 0: identity; p = 1: x * 0, zeros for
             finite x).
-        rng: np.random.Generator the masks are drawn from, kept as ``self.rng``
-            (np.random.default_rng() when None). Reseed it for a repeatable mask.
+        inplace: accepted as PyTorch's second argument, True or False; the output is
+            a new array either way, with the same values (x is left as it is: the layer
+            before, a RELU or Tanh, may keep x as its cache for its backward pass).
+        rng: keyword only, np.random.Generator the masks are drawn from, kept as
+            ``self.rng`` (np.random.default_rng() when None). Reseed it for a repeatable
+            mask.
 
     Training mode draws a fresh mask per forward; eval mode returns x itself (the scale
     at train time already keeps expectations equal). No parameters; any input shape,
@@ -27,10 +31,11 @@ class Dropout(Layer):
     array([[1., 1., 1.]])
     """
 
-    def __init__(self, p=0.5, rng=None):
+    def __init__(self, p=0.5, inplace=False, *, rng=None):
         super().__init__()
         where = type(self).__name__
         p = real(p, "p (the drop probability)", where, 0, 1, expected="a number in [0, 1]")
+        self.inplace = flag(inplace, "inplace", where)
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise ValueError(f"{where}: rng must be an np.random.Generator or None, got "
                              f"{type(rng).__name__}; use np.random.default_rng(seed)")
@@ -59,10 +64,12 @@ class Dropout(Layer):
         return F.dropout_backward(dout, cache)
 
     def get_config(self):
-        return {"type": type(self).__name__, "p": self.p}
+        config = {"type": type(self).__name__, "p": self.p}
+        return {**config, "inplace": True} if self.inplace else config
 
     def __repr__(self):
-        return f"{type(self).__name__}(p={self.p:g})"
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"{type(self).__name__}(p={self.p:g}{inplace})"
 
 
 class Dropout2d(Dropout):

@@ -30,8 +30,10 @@ class Linear(Layer):
 
     Parameters: weight (out_features, in_features) and bias (out_features,), PyTorch's
     layout and default init U(-1/sqrt(in_features), 1/sqrt(in_features)).
-    Input (N, in_features), output (N, out_features): out = x @ W.T + b.
-    macs per sample: in_features * out_features.
+    Input (N, in_features), output (N, out_features): out = x @ W.T + b. As in PyTorch,
+    any input (*, in_features) works, applied to the last axis: (N, L, in_features) gives
+    (N, L, out_features), one vector (in_features,) gives (out_features,).
+    macs per sample: in_features * out_features for each vector of the sample.
 
     >>> fc = Linear(3072, 10)                       # CIFAR-10 linear classifier
     >>> fc.output_shape((3072,)), fc.num_params()
@@ -64,40 +66,40 @@ class Linear(Layer):
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
-        if len(shape) != 1:
+        if not shape or shape[-1] != self.in_features:
             hint = self._flatten_hint(shape) if len(shape) > 1 else ""
-            raise ValueError(f"{self.where}: expected a per-sample vector "
-                             f"(in_features,) = ({self.in_features},), got {shape}{hint}")
-        if shape[0] != self.in_features:
-            raise ValueError(f"{self.where}: expected in_features={self.in_features} "
-                             f"input features, got {shape[0]}")
-        return (self.out_features,)
+            raise ValueError(f"{self.where}: expected in_features={self.in_features} input "
+                             f"features in the last axis (a per-sample shape (*, "
+                             f"in_features)), got {shape[-1] if shape else 'none'} in "
+                             f"{shape}{hint}")
+        return (*shape[:-1], self.out_features)
 
     def forward(self, x):
         check_array(x, self.where)
-        if x.ndim != 2:
-            hint = self._flatten_hint(x.shape[1:]) if x.ndim > 2 else (
-                "; for one sample use x[None]")
-            raise ValueError(f"{self.where}: expected a 2-D input (N, in_features) = "
-                             f"(N, {self.in_features}), got shape {x.shape}{hint}")
-        if x.shape[1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            hint = self._flatten_hint(x.shape[1:]) if x.ndim > 2 else ""
             raise ValueError(f"{self.where}: expected in_features={self.in_features} "
-                             f"features in axis 1, got {x.shape[1]} in shape {x.shape}")
-        out, self.cache = F.linear_forward(x, self.params["weight"], self.params.get("bias"))
-        return out
+                             f"features in the last axis (an input (*, in_features)), got "
+                             f"{x.shape[-1] if x.ndim else 'none'} in shape {x.shape}{hint}")
+        rows = x.reshape(-1, self.in_features)                     # (N*, in_features)
+        out, self.cache = F.linear_forward(rows, self.params["weight"],
+                                           self.params.get("bias"))
+        self._in_shape = x.shape
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dout):
         cache = self._cached()
-        check_dout(dout, (cache.x.shape[0], self.out_features), self.where)
-        dx, dw, db = F.linear_backward(dout, cache)
+        shape = self._in_shape
+        check_dout(dout, (*shape[:-1], self.out_features), self.where)
+        dx, dw, db = F.linear_backward(dout.reshape(-1, self.out_features), cache)
         self.grads["weight"] = dw
         if "bias" in self.params:
             self.grads["bias"] = db
-        return dx
+        return dx.reshape(shape)
 
     def macs(self, input_shape):
-        self.output_shape(input_shape)
-        return self.in_features * self.out_features
+        out = self.output_shape(input_shape)
+        return math.prod(out[:-1]) * self.in_features * self.out_features
 
     def get_config(self):
         return {"type": "Linear", "in_features": self.in_features,
@@ -116,46 +118,71 @@ class Flatten(Layer):
     weights trained in PyTorch apply unchanged. Backward reshapes dout back.
 
     Args:
-        start_dim: first axis to merge, >= 1 (axis 0 is the batch); all later axes are
-            merged into it. start_dim=2 gives (N, C, H*W).
+        start_dim: first axis to merge, as PyTorch's: >= 1 (axis 0 is the batch), or
+            negative, counted from the last axis of the input (-1 the last). start_dim=2
+            gives (N, C, H*W).
+        end_dim: last axis to merge (default -1, the last), as start_dim; it may not
+            come before start_dim. Flatten(1, 2) gives (N, C*H, W).
 
     >>> Flatten().output_shape((512, 7, 7))          # VGG's last volume
     (25088,)
+    >>> Flatten(-3, -2).output_shape((512, 7, 7))
+    (3584, 7)
     """
 
-    def __init__(self, start_dim=1):
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        if not isinstance(start_dim, (int, np.integer)) or isinstance(start_dim, bool) \
-                or start_dim < 1:
-            raise ValueError(f"Flatten: start_dim must be an int >= 1 (axis 0 is the batch "
-                             f"N), got {start_dim!r}")
-        self.start_dim = int(start_dim)
+        for name, dim in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim == 0:
+                raise ValueError(f"Flatten: {name} must be an int >= 1 or < 0 (from the "
+                                 f"last axis; axis 0 is the batch N), got {dim!r}")
+        if (start_dim > 0) == (end_dim > 0) and start_dim > end_dim:
+            raise ValueError(f"Flatten: start_dim={start_dim} comes after "
+                             f"end_dim={end_dim}; the axes merged are start_dim..end_dim")
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def axes(self, shape, per_sample=False):
+        """(start, end): the axes merged in an input of ``shape`` (or, per_sample=True, in
+        a batch of that per-sample shape), counted from 0 with the batch axis."""
+        ndim = len(shape) + per_sample
+        start, end = (d + ndim if d < 0 else d for d in (self.start_dim, self.end_dim))
+        args = (f"start_dim={self.start_dim}" if self.end_dim == -1
+                else f"start_dim={self.start_dim}, end_dim={self.end_dim}")
+        what, got = ("a per-sample shape", f"{shape}") if per_sample else (
+            "an input", f"shape {shape}")
+        if not (1 <= start < ndim and 0 <= end < ndim):
+            need = max(abs(self.start_dim) + 1, self.end_dim + 1, -self.end_dim) - per_sample
+            raise ValueError(f"{self.where}: {args} needs {what} with at least {need} axes, "
+                             f"got {got}")
+        if start > end:
+            raise ValueError(f"{self.where}: {args} puts start_dim after end_dim in {what} "
+                             f"of {got}")
+        return start, end
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)
-        keep = self.start_dim - 1                    # per-sample axes kept before the merge
-        if len(shape) <= keep:
-            raise ValueError(f"{self.where}: start_dim={self.start_dim} needs a per-sample "
-                             f"shape with at least {keep + 1} axes, got {shape}")
-        return (*shape[:keep], math.prod(shape[keep:]))
+        start, end = self.axes(shape, per_sample=True)
+        return (*shape[:start - 1], math.prod(shape[start - 1:end]), *shape[end:])
 
     def forward(self, x):
         check_array(x, self.where)
-        if x.ndim <= self.start_dim:
-            raise ValueError(f"{self.where}: start_dim={self.start_dim} needs an input with "
-                             f"at least {self.start_dim + 1} axes, got shape {x.shape}")
-        out, self.cache = F.flatten_forward(x, self.start_dim)
+        start, end = self.axes(x.shape, per_sample=False)
+        out, self.cache = F.flatten_forward(x, start, end)
         return out
 
     def backward(self, dout):
         cache = self._cached()
         shape = cache.x_shape
-        check_dout(dout, (*shape[:self.start_dim], math.prod(shape[self.start_dim:])),
+        start, end = self.axes(shape, per_sample=False)
+        check_dout(dout, (*shape[:start], math.prod(shape[start:end + 1]), *shape[end + 1:]),
                    self.where)
         return F.flatten_backward(dout, cache)
 
     def get_config(self):
-        return {"type": "Flatten", "start_dim": self.start_dim}
+        config = {"type": "Flatten", "start_dim": self.start_dim}
+        return config if self.end_dim == -1 else {**config, "end_dim": self.end_dim}
 
     def __repr__(self):
+        if self.end_dim != -1:
+            return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
         return "Flatten()" if self.start_dim == 1 else f"Flatten(start_dim={self.start_dim})"

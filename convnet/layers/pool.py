@@ -251,23 +251,43 @@ class LPPool2d(_Pool2d):
 class _AdaptivePool2d(Layer):
     """A pool to a fixed output size (OH, OW) over PyTorch's adaptive windows: window
     (i, j) spans rows [floor(i*H/OH), ceil((i+1)*H/OH)) and the like columns, so any
-    input size works. Subclasses name the functional pair."""
+    input size works; None for OH or OW keeps the input's H or W, as in PyTorch.
+    Subclasses name the functional pair."""
 
     _forward = _backward = None
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = window_pair(output_size, "output_size", type(self).__name__)
+        where = type(self).__name__
+        sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else None
+        if sizes is not None and len(sizes) == 2 and None in sizes:
+            # (None, 7): the input's H, 7 columns; the given sizes checked, None kept
+            try:
+                given = window_pair([1 if size is None else size for size in sizes],
+                                    "output_size", where)
+            except ValueError:
+                raise ValueError(f"{where}: output_size must be a positive int or a pair "
+                                 f"of positive ints or None (the input's size), got "
+                                 f"{output_size!r:.80}") from None
+            self.output_size = tuple(None if size is None else got
+                                     for size, got in zip(sizes, given))
+        else:
+            self.output_size = window_pair(output_size, "output_size", where)
+
+    def _size(self, h, w):
+        """(OH, OW) for an input of H x W: output_size, None taking the input's size."""
+        return tuple(size if size is not None else got
+                     for size, got in zip(self.output_size, (h, w)))
 
     def output_shape(self, input_shape):
-        c, _, _ = check_volume(input_shape, None, self.where)
-        return (c, *self.output_size)
+        c, h, w = check_volume(input_shape, None, self.where)
+        return (c, *self._size(h, w))
 
     def forward(self, x):
         check_input(x, None, self.where)
         if 0 in x.shape[2:]:
             raise ValueError(f"{self.where}: expected a non-empty H x W, got shape {x.shape}")
-        out, self.cache = type(self)._forward(x, self.output_size)
+        out, self.cache = type(self)._forward(x, self._size(*x.shape[2:]))
         self._out_shape = out.shape
         return out
 
@@ -285,8 +305,9 @@ class _AdaptivePool2d(Layer):
         return {"type": type(self).__name__, "output_size": list(self.output_size)}
 
     def __repr__(self):
-        return (f"{type(self).__name__}(output={self.output_size[0]}x"
-                f"{self.output_size[1]})")
+        oh, ow = ("H" if self.output_size[0] is None else self.output_size[0],
+                  "W" if self.output_size[1] is None else self.output_size[1])
+        return f"{type(self).__name__}(output={oh}x{ow})"
 
 
 class AdaptiveAvgPool2d(_AdaptivePool2d):
@@ -297,7 +318,8 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     the head of GoogLeNet and ResNet: one average per depth slice.
 
     Args:
-        output_size: (OH, OW), an int or a pair of positive ints.
+        output_size: (OH, OW), an int or a pair of positive ints; None in the pair keeps
+            that side of the input (PyTorch's (None, 7): OH = H, OW = 7).
 
     Input (N, C, H, W) -> output (N, C, OH, OW).
 
@@ -316,7 +338,8 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
     (PyTorch's AdaptiveMaxPool2d; return_indices is not offered).
 
     Args:
-        output_size: (OH, OW), an int or a pair of positive ints.
+        output_size: (OH, OW), an int or a pair of positive ints; None in the pair keeps
+            that side of the input, as AdaptiveAvgPool2d's.
 
     >>> AdaptiveMaxPool2d((2, 3)).output_shape((64, 9, 10))
     (64, 2, 3)

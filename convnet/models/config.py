@@ -45,6 +45,8 @@ _CONTAINER_FIELDS = {
     "Residual": {"body": True, "shortcut": False, "shortcut_name": False, "post": False},
 }
 MAX_NAME = 200   # characters in a child's name (torchvision's longest is 15)
+# *args and **kwargs (Identity's, which ignores them) are no config fields
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
 def register_container(cls):
@@ -120,7 +122,8 @@ class _Builder:
     def layer(self, kind, config, place):
         """A leaf layer: the config's fields are its constructor's arguments."""
         params = _ARGUMENTS[kind]
-        fields = [name for name in params if name != "rng"]     # in the signature's order
+        fields = [name for name, param in params.items()         # in the signature's order
+                  if name != "rng" and param.kind not in _VARIADIC]
         args = _fields(config, fields, place, kind)
         missing = [name for name in fields if name not in args
                    and params[name].default is inspect.Parameter.empty]

@@ -11,7 +11,8 @@ PyTorch-style keys (``features.0.weight``), so state dicts line up with torchvis
   (DenseNet); its output depth is D0 + L*k for L layers of growth rate k.
 
 Every container: forward, backward, params()/grads()/buffers() as flat dicts,
-num_params(), train()/eval(), output_shape(), macs(), children(). A container's
+num_params(), train()/eval(), output_shape(), macs(), and PyTorch's module API
+(children(), named_children(), modules(), named_parameters(), ...). A container's
 output_shape checks every layer's output volume against ``convnet.limits.MAX_VOLUME``
 (values per sample), so a model file cannot ask for activations beyond the cap.
 """
@@ -74,6 +75,13 @@ def _check_volume(shape, layer, what):
     return shape
 
 
+def _standalone(layer):
+    """A layer taken out of a model: no model name, its own children named from it."""
+    layer.name = None
+    if isinstance(layer, Container):
+        layer._set_names()
+
+
 def _owned(out, x, skip):
     """True when out is a new array that can take skip in place: not a view of the input
     and already of the sum's dtype."""
@@ -123,7 +131,7 @@ def relus_in_place(model):
     stack = [model]
     while stack:
         container = stack.pop()
-        children = [child for _, child in container.children()]
+        children = list(container.children())
         if isinstance(container, Sequential):
             chain = children
         elif isinstance(container, Residual):
@@ -145,15 +153,19 @@ class Container(Layer):
         del self.params, self.grads, self.buffers  # a container's come from its children
         self._children = {}
         for key, layer in children:
-            if not isinstance(layer, Layer):
-                raise ValueError(f"{type(self).__name__}: child {key!r} must be a Layer, "
-                                 f"got {type(layer).__name__}")
+            self._check_layer(key, layer)
             if "." in key or key in self._children:
                 raise ValueError(f"{type(self).__name__}: child names must be unique and "
                                  f"free of dots, got {key!r}")
             self._children[key] = layer
         self._check_distinct()
         self._set_names()
+
+    def _check_layer(self, key, layer):
+        """A child must be a Layer; the error names the container and the child."""
+        if not isinstance(layer, Layer):
+            raise ValueError(f"{type(self).__name__}: child {key!r} must be a Layer, got "
+                             f"{type(layer).__name__}")
 
     def _check_distinct(self):
         """Each layer object at one place only: a layer keeps the cache of its last
@@ -169,9 +181,10 @@ class Container(Layer):
             seen[id(layer)] = name
 
     # -- structure ---------------------------------------------------------------------
-    def children(self):
-        """(name, layer) pairs of the direct children, in order."""
-        return list(self._children.items())
+    def named_children(self):
+        """(name, layer) pairs of the direct children, in order, as PyTorch's
+        ``named_children()`` (``children()`` yields the layers alone)."""
+        yield from list(self._children.items())
 
     def named_layers(self, prefix=""):
         """(dotted name, layer) for every leaf layer, depth first."""
@@ -201,16 +214,7 @@ class Container(Layer):
             part = Sequential(dict(list(self._children.items())[key]))
             self._set_names()        # the layers keep their names in this model
             return part
-        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-            layers = list(self._children.values())
-            if not -len(layers) <= key < len(layers):
-                raise IndexError(f"{type(self).__name__} index {key} is out of range for "
-                                 f"its {len(layers)} children")
-            return layers[key]
-        if key not in self._children:
-            raise KeyError(f"{type(self).__name__} has no child named {key!r}; its children "
-                           f"are {_first(list(self._children), ', ')}")
-        return self._children[key]
+        return self._children[self._key(key)]
 
     # What a model may carry (spec.resolve_model, the zoo, load_model): read with
     # getattr(model, name, None), never a child's name, whatever a file calls its layers.
@@ -233,16 +237,56 @@ class Container(Layer):
                 and name not in self.MODEL_ATTRIBUTES and name not in self.__dict__):
             super().__setattr__(name, value)
             return
-        if not isinstance(value, Layer):
-            raise ValueError(f"{type(self).__name__}: child {name!r} must be a Layer, got "
-                             f"{type(value).__name__}")
-        old = children[name]
-        children[name] = value
+        self._put(name, value)
+
+    def __setitem__(self, key, layer):
+        """Replace a child, by position as in PyTorch (``model.classifier[6] =
+        Linear(4096, 10)``, ``model[-1] = ...``) or by name (``model["fc"] = ...``); the
+        new layer takes the old one's name. Each layer object may be at one place only."""
+        if isinstance(key, slice):
+            raise TypeError(f"{type(self).__name__}: assign one child at a time, by position "
+                            f"or name, got a slice {key}")
+        self._put(self._key(key), layer)
+
+    def _key(self, key):
+        """The name of the child at ``key``, a position (negative from the end) or a name;
+        IndexError or KeyError as ``__getitem__`` raises them."""
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            keys = list(self._children)
+            if not -len(keys) <= key < len(keys):
+                raise IndexError(f"{type(self).__name__} index {key} is out of range for "
+                                 f"its {len(keys)} children")
+            return keys[key]
+        if key not in self._children:
+            raise KeyError(f"{type(self).__name__} has no child named {key!r}; its children "
+                           f"are {_first(list(self._children), ', ')}")
+        return key
+
+    def _put(self, key, layer):
+        """Make ``layer`` the child named ``key`` (an existing one keeps its place, a new
+        one goes last); returns the layer it replaced (None: a new name). Checked as the
+        constructor checks, and undone where the check fails."""
+        self._check_layer(key, layer)
+        old = self._children.get(key)
+        self._set_children([*self._children.items(), (key, layer)])
+        return old
+
+    def _set_children(self, items):
+        """Make ``items`` ((name, layer) pairs; a repeated name replaces the earlier
+        layer in its place) the children, each layer object at one place (else nothing
+        changes); names are set again, and the layers no longer here become standalone
+        (no model name)."""
+        before = self._children
+        self._children = dict(items)
         try:
             self._check_distinct()
         except ValueError:
-            children[name] = old
+            self._children = before
             raise
+        kept = {id(layer) for layer in self._children.values()}
+        for layer in before.values():
+            if id(layer) not in kept:
+                _standalone(layer)
         self._set_names()
 
     def __iter__(self):
@@ -307,11 +351,11 @@ class Container(Layer):
                 break
         if not isinstance(parent, Container) or last not in parent._children:
             raise ValueError(f"{type(self).__name__}.replace: no layer named {name!r}")
-        old, parent._children[last] = parent._children[last], layer
+        old = parent._put(last, layer)
         try:
             self._check_distinct()
         except ValueError:
-            parent._children[last] = old
+            parent._put(last, old)
             raise
         self._set_names()
         return old
@@ -365,11 +409,12 @@ class Container(Layer):
 
     def get_config(self):
         return {"type": type(self).__name__,
-                "children": [[key, layer.get_config()] for key, layer in self.children()]}
+                "children": [[key, layer.get_config()]
+                             for key, layer in self.named_children()]}
 
     def __repr__(self):
         lines = [f"{type(self).__name__}("]
-        for key, layer in self.children():
+        for key, layer in self.named_children():
             body = repr(layer).replace("\n", "\n  ")
             lines.append(f"  ({key}): {body}")
         return "\n".join(lines) + "\n)"
@@ -454,6 +499,74 @@ class Sequential(Container):
             total += layer.macs(shape)
             shape = layer.output_shape(shape)
         return total
+
+    # -- PyTorch's list API ---------------------------------------------------------------
+    def _numbered(self):
+        """Whether the children are named by position, "0", "1", ..., as PyTorch names
+        those of a Sequential made from a list."""
+        return list(self._children) == [str(i) for i in range(len(self._children))]
+
+    def _set_listed(self, items, renumber):
+        """_set_children, the children named by position again where ``renumber``."""
+        if renumber:
+            items = [(str(i), layer) for i, (_, layer) in enumerate(items)]
+        self._set_children(items)
+
+    def __delitem__(self, key):
+        """Remove a child by position (negative from the end), a slice of positions, or
+        name, as PyTorch's ``del model[i]``. Children named by position are numbered
+        again, as PyTorch does; named ones ("features", "fc") keep their names."""
+        keys = list(self._children)[key] if isinstance(key, slice) else [self._key(key)]
+        self._set_listed([(k, layer) for k, layer in self._children.items() if k not in keys],
+                         self._numbered())
+
+    def pop(self, key=-1):
+        """Remove and return the child at ``key`` (a position, by default the last, a
+        slice: a Sequential of those children, or a name), as PyTorch's ``pop``."""
+        taken = self[key]
+        del self[key]
+        if isinstance(taken, Sequential) and isinstance(key, slice):
+            taken._set_names()
+        return taken
+
+    def append(self, layer):
+        """Add ``layer`` at the end, as PyTorch's ``append``, under the next free integer
+        name (PyTorch's ``str(len(model))`` when that is free); returns the model."""
+        return self.insert(len(self), layer)
+
+    def insert(self, index, layer):
+        """Put ``layer`` before position ``index`` (negative from the end; len(model):
+        at the end), as PyTorch's ``insert``: children named by position are numbered
+        again; among named ones the layer takes the next free integer name from
+        ``str(len(model))`` on. Returns the model."""
+        n = len(self)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__}.insert: index must be an int, got "
+                            f"{type(index).__name__}")
+        if not -n <= index <= n:
+            raise IndexError(f"{type(self).__name__}.insert: index {index} is out of range "
+                             f"for its {n} children (-{n} to {n})")
+        name = self._free_name()
+        self._check_layer(name, layer)
+        items = list(self._children.items())
+        items.insert(int(index) + n if index < 0 else int(index), (name, layer))
+        self._set_listed(items, self._numbered())
+        return self
+
+    def extend(self, layers):
+        """Append each layer of ``layers`` (a Sequential or any iterable of layers) in
+        turn, as PyTorch's ``extend``; returns the model."""
+        for layer in list(layers):
+            self.append(layer)
+        return self
+
+    def _free_name(self):
+        """str(len(self)), PyTorch's name for an appended layer, or the next integer
+        above it that no child has."""
+        i = len(self)
+        while str(i) in self._children:
+            i += 1
+        return str(i)
 
     def cut(self, name):
         """A Sequential of the children up to and including ``name`` (layers shared)."""
@@ -617,7 +730,7 @@ class Concat(Container):
 
     def output_shape(self, input_shape):
         shapes = [(key, layer_output_shape(branch, input_shape))
-                  for key, branch in self.children()]
+                  for key, branch in self.named_children()]
         sizes = {shape[1:] for _, shape in shapes}
         if len(sizes) != 1:
             raise ValueError(f"{self.where}: branches give different H x W and cannot be "

@@ -98,7 +98,7 @@ def _is_stage(layer, shape):
 
 def _leaves(seq, shape):
     """(layer, in shape, out shape) of each leaf or block, in order, through the stages."""
-    for _, layer in seq.children():
+    for layer in seq.children():
         if _is_stage(layer, shape):
             yield from _leaves(layer, shape)
             shape = tuple(layer.output_shape(shape))
@@ -125,7 +125,7 @@ def _sliding_pools(leaves):
 
 def _convert(seq, shape, state):
     children = {}
-    for key, layer in seq.children():
+    for key, layer in seq.named_children():
         if _is_stage(layer, shape):
             children[key], shape = _convert(layer, shape, state)
             continue
@@ -155,6 +155,10 @@ def _convert_layer(layer, shape, out_shape, state):
         state.pending = (*_bn_affine(layer, where), where)
         return Identity()
     if isinstance(layer, Linear):
+        if len(shape) != 1:
+            raise ValueError(f"fc_to_conv: {where} is applied to the last axis of a "
+                             f"{shape} input, not to a vector (after Flatten()); only an "
+                             f"FC layer on a vector is a CONV")
         return _fc_as_conv(layer, state)
     if isinstance(layer, BatchNorm1d):   # after an FC: one value per channel of a 1x1 map
         bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
@@ -263,6 +267,10 @@ def conv_to_fc(conv, input_shape):
     """
     if not isinstance(conv, Conv2d):
         raise ValueError(f"conv_to_fc: expected a Conv2d layer, got {type(conv).__name__}")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"conv_to_fc: {conv.where} pads with padding_mode="
+                         f"{conv.padding_mode!r}, whose border values are copies of inputs: "
+                         f"only zero padding (padding_mode='zeros') is converted")
     c, h, w = check_volume(input_shape, conv.in_channels, "conv_to_fc: input_shape")
     k, oh, ow = conv.output_shape((c, h, w))
     weight = conv.params["weight"]                                  # (K, C/G, FH, FW)

@@ -113,19 +113,19 @@ def _items(layer, name, shape, rows):
             fork.shape = out
         return [fork], out
     if isinstance(layer, Concat):
-        lanes = [chain([key], shape)[0] for key, _ in layer.children()]
+        lanes = [chain([key], shape)[0] for key, _ in layer.named_children()]
         out = tuple(layer.output_shape(shape))
         return [_Fork(name, "concat", f"Concat: {len(lanes)} branches", lanes, out)], out
     if isinstance(layer, DenseBlock):
         forks = []
-        for i, (key, child) in enumerate(layer.children()):
+        for i, (key, child) in enumerate(layer.named_children()):
             lane, new = _items(child, full(key), shape, rows)
             shape = (shape[0] + new[0], *shape[1:])
             label = (f"the first of {len(layer)} dense layers: each joins its maps to all "
                      f"earlier ones" if i == 0 else "dense layer")
             forks.append(_Fork(full(key), "concat", label, [[], lane], shape))
         return forks, shape
-    items, out = chain([key for key, _ in layer.children()], shape)
+    items, out = chain([key for key, _ in layer.named_children()], shape)
     if type(layer) is not Sequential and out == tuple(shape) \
             and tuple(layer.output_shape(shape)) == tuple(shape):
         # a side head (GoogLeNet's AuxClassifier): its input passes on unchanged

@@ -290,7 +290,7 @@ def prepare(splits, val_fraction, limit, seed, dtype):
 def first_nonfinite(model, x):
     """The name of the first layer whose output is not finite (descending into stages)."""
     if isinstance(model, Sequential):
-        for _, layer in model.children():
+        for layer in model.children():
             out = layer.forward(x)
             if not np.all(np.isfinite(out)):
                 return first_nonfinite(layer, x)

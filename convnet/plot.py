@@ -65,11 +65,23 @@ def history_figure(history, label_smoothing=0.0):
     return fig
 
 
+def _save(fig, path):
+    """Write fig to path in the format its suffix names (.png, .svg, .pdf), atomically
+    (``atomic_write``): a kill leaves the earlier file or none, never half a picture, and
+    a link at path is replaced, not written through. Returns path."""
+    import io
+
+    from convnet.io.weights import atomic_write
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=Path(path).suffix[1:].lower() or "png")
+    atomic_write(path, buffer.getvalue())
+    return Path(path)
+
+
 def plot_history(history, path, label_smoothing=0.0):
     """Write loss and accuracy per epoch (training and validation) as a PNG; returns path.
     label_smoothing: the run's, named in the legend (see ``history_figure``)."""
-    history_figure(history, label_smoothing).savefig(path, dpi=100)
-    return Path(path)
+    return _save(history_figure(history, label_smoothing), path)
 
 
 def unit_range(x, axis):
@@ -166,8 +178,7 @@ def plot_filters(model, path, scale=16, title=None):
     A first weighted layer that is not a CONV layer (LocallyConnected2d) is skipped and
     the picture says which layer it shows instead (``filters_figure``).
     """
-    filters_figure(model, scale, title).savefig(path, dpi=100)
-    return Path(path)
+    return _save(filters_figure(model, scale, title), path)
 
 
 def stages(model):
@@ -224,8 +235,7 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
                                fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return _save(fig, path)
 
 
 def feature_reuse(model):
@@ -284,5 +294,4 @@ def plot_reuse(model, path, title=None):
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return _save(fig, path)

@@ -252,3 +252,21 @@ def test_pictures_leave_the_users_matplotlib_backend_alone(tmp_path):
     for name in ("h", "f", "a", "r"):
         with Image.open(tmp_path / f"{name}.png") as img:
             assert img.format == "PNG"
+
+
+def test_pictures_are_written_atomically_and_replace_a_link(tmp_path):
+    """savefig had written straight onto the final name: a kill left half a PNG, and a
+    resumed run wrote its curve through a link planted at curve.png."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "curve.png").symlink_to(victim)
+    history = [{"epoch": e, "loss": 1.0 / e, "acc": 0.5, "val_loss": 1.1 / e,
+                "val_acc": 0.4} for e in (1, 2)]
+    plot_history(history, tmp_path / "curve.png")
+    assert victim.read_text() == "keep me"
+    assert not (tmp_path / "curve.png").is_symlink()
+    assert Image.open(tmp_path / "curve.png").format == "PNG"
+    plot_history(history, tmp_path / "curve.svg")
+    assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "curve.svg",
+                                                          "victim.txt"]

@@ -301,6 +301,8 @@ HOSTILE_DOCUMENTS = {
                                      "stride": 2**40}, input_shape=[1, 7, 7]),
     "a dotted child name": model_file({"type": "Sequential", "children": [
         ["a.b", {"type": "ReLU"}]]}),
+    "a child name with terminal escapes": model_file({"type": "Sequential", "children": [
+        ["\x1b]0;title\x07\x1b[2J", {"type": "ReLU"}]]}),
     "a duplicated child name": model_file({"type": "Sequential", "children": [
         ["a", {"type": "ReLU"}], ["a", {"type": "ReLU"}]]}),
     "an unknown layer type": model_file({"type": "Conv3d"}),

@@ -179,11 +179,13 @@ class _Builder:
 
 
 def _child_name(name, field):
-    """A child's name: a non-empty string of at most MAX_NAME characters, without dots
-    (they separate the names in a dotted key such as ``features.0.weight``)."""
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "." in name:
+    """A child's name: a non-empty string of at most MAX_NAME printable characters (a
+    summary prints it), without dots (they separate the names in a dotted key such as
+    ``features.0.weight``)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "." in name \
+            or not name.isprintable():
         raise ValueError(f"{field}: a child name must be a non-empty string of at most "
-                         f"{MAX_NAME} characters without dots, got {name!r:.80}")
+                         f"{MAX_NAME} printable characters without dots, got {name!r:.80}")
     return name
 
 

@@ -422,6 +422,26 @@ def test_slide_combines_shifted_passes_for_stride_16():
                       for i in range(5) for j in range(7)])
     expected = net.forward(crops).reshape(5, 7, 5).transpose(2, 0, 1)
     assert rel_error(scores[0], expected) < 1e-10
+    # an image too small for the shifted copies had failed deep inside a CONV layer
+    with pytest.raises(ValueError, match=r"slide: the images are 240x250 \(H x W\); each "
+                                         r"shifted copy is 32 smaller .* give at least "
+                                         r"256x256"):
+        slide(conv_net, x[:, :, :240, :250], net_stride=32, factor=2)
+
+
+def test_fc_to_conv_refuses_a_vector_net_and_passes_a_flatten_of_a_vector():
+    """A net of vectors had come back as 1x1 CONVs that could not run; a second Flatten
+    (of a vector) had raised an unpacking error."""
+    with pytest.raises(ValueError, match=r"fc_to_conv: the net takes input of shape "
+                                         r"\(784,\); .* must be an image volume"):
+        fc_to_conv(from_notation("INPUT 784 -> FC 10 -> RELU -> FC 5"))
+    rng = np.random.default_rng(8)
+    net = Sequential(Conv2d(3, 4, 3, rng=rng, **F64), Flatten(), Flatten(),
+                     Linear(4 * 6 * 6, 5, rng=rng, **F64), Flatten(),
+                     Linear(5, 2, rng=rng, **F64))
+    conv_net = fc_to_conv(net, (3, 8, 8))
+    x = rng.standard_normal((2, 3, 8, 8))
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
 
 
 def test_fc_to_conv_drops_an_identity_adaptive_pool_and_needs_a_shape():

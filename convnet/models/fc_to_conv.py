@@ -68,6 +68,10 @@ def fc_to_conv(model, input_shape=None):
     if not isinstance(model, Sequential):
         raise ValueError(f"fc_to_conv: expected a Sequential model, got {type(model).__name__}")
     shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"fc_to_conv: the net takes input of shape {shape}; converting its "
+                         f"FC layers to CONVs slides it over larger images, so its input "
+                         f"must be an image volume (C, H, W)")
     state = _State(sliding=_sliding_pools(list(_leaves(model, shape))))
     converted, _ = _convert(model, shape, state)
     if state.pending is not None:
@@ -144,6 +148,11 @@ def _convert_layer(layer, shape, out_shape, state):
                          f"flattened volume and {where} follows it: only an FC layer "
                          f"(which it is folded into) can")
     if isinstance(layer, Flatten):
+        if len(shape) == 1:                      # a vector again: nothing to flatten
+            return Identity()
+        if len(shape) != 3:
+            raise ValueError(f"fc_to_conv: {where} flattens a {shape} volume; only a "
+                             f"(C, H, W) volume's Flatten becomes part of a CONV")
         state.volume, state.head = shape, True   # the (D, H, W) that the next FC sees
         return Identity()
     if isinstance(layer, AdaptiveAvgPool2d) and out_shape == shape:
@@ -233,6 +242,13 @@ def slide(model, x, net_stride, factor=2):
                          f"factor={factor}")
     step = net_stride // factor
     n, _, h, w = x.shape
+    size = getattr(model, "input_shape", None)        # the size the net was trained on
+    if size is not None and factor > 1 and (h < size[1] + net_stride
+                                            or w < size[2] + net_stride):
+        raise ValueError(f"slide: the images are {h}x{w} (H x W); each shifted copy is "
+                         f"{net_stride} smaller and must still hold the {size[1]}x{size[2]} "
+                         f"the net was built for: give at least {size[1] + net_stride}x"
+                         f"{size[2] + net_stride}")
     base = model.forward(x)                                   # (N, K, OH, OW)
     k, oh, ow = base.shape[1:]
     scores = np.empty((n, k, factor * (oh - 1) + 1, factor * (ow - 1) + 1), dtype=base.dtype)

@@ -218,7 +218,7 @@ class Summary:
         with ``inference=True`` at inference (where the choice can differ: Winograd runs
         only there)."""
         header = ("layer", "type", "infer alg." if inference else "train alg.",
-                  "output (WxHxD)", "params", "mult-adds", "RF (jump)", "activations")
+                  "output (WxHxD)", "params", "mult-adds", "RF HxW (jump)", "activations")
         rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32),
                  (r.inference_algorithm if inference else r.algorithm) or "",
                  volume(r.output_shape), f"{r.params:,}" + (" *" if r.frozen else ""),
@@ -251,7 +251,7 @@ class Summary:
         frozen = f", frozen {self.frozen_params:,} (marked *)" if self.frozen_params else ""
         return [f"params: {self.total_params:,} (trainable {self.trainable_params:,}{frozen})",
                 (f"mult-adds: {self.total_macs:,} per sample, {self.batch_macs:,} per batch "
-                 f"of {self.batch_size}")]
+                 f"of {self.batch_size} (bias adds not counted)")]
 
     def _memory_text(self):
         m, b = self.memory, self.memory["bytes_per_value"]

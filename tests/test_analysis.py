@@ -129,8 +129,8 @@ def test_vgg16_text_and_dict(vgg_summary):
     s = vgg_summary
     text = s.to_text()
     lines = text.splitlines()
-    assert max(map(len, lines)) <= 124      # with the algorithm column
-    assert max(map(len, s.to_text(inference=True).splitlines())) <= 125
+    assert max(map(len, lines)) <= 128      # with the algorithm column
+    assert max(map(len, s.to_text(inference=True).splitlines())) <= 129
     for row in s.layers:
         assert any(line.startswith(row.name + " ") for line in lines), row.name
     assert "138,357,544" in text and "15,470,264,320" in text and "102,764,544" in text
@@ -772,3 +772,15 @@ def test_advice_still_names_a_large_filter_with_spatial_layers_after_it():
     tips = summary(net, net.input_shape).advice
     assert any("a 7x7 filter after the first CONV layer" in tip for tip in tips), tips
     assert any("S=1 shrinks 12x12x8 to 6x6x16" in tip for tip in tips), tips
+
+
+def test_the_table_says_its_axis_orders_and_what_a_mult_add_counts():
+    """The output column is W x H x D but RF and jump were H x W without saying so (a
+    rectangular net read swapped), and the notes' colRow counts biases where mult-adds
+    do not."""
+    from convnet.models import from_notation
+    net = from_notation("INPUT 64x32x3 -> CONV 4 F1x3 P0x1 -> POOL F1x2 -> FC 2")
+    text = summary(net, net.input_shape).to_text()
+    assert "RF HxW (jump)" in text.splitlines()[0]
+    assert "64x32x4" in text and "1x3 (1)" in text
+    assert "per batch of 1 (bias adds not counted)" in text

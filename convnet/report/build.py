@@ -306,8 +306,8 @@ def _architecture(model, result):
 
 
 def _summary(result, from_run):
-    head = ("layer", "type", "output (WxHxD)", "params", "mult-adds", "receptive field",
-            "jump", "activations")
+    head = ("layer", "type", "output (WxHxD)", "params", "mult-adds",
+            "receptive field (HxW)", "jump (HxW)", "activations")
     numeric = {3, 4, 5, 6, 7}
     ths = "".join(f'<th class="{"num" if i in numeric else ""}">{h}</th>'
                   for i, h in enumerate(head))

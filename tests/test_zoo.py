@@ -458,3 +458,32 @@ def test_building_blocks_as_documented():
     net = resnet18(rng=np.random.default_rng(0))
     assert net["conv1"].fit == "floor" and net["maxpool"].fit == "floor"
     assert net["layer1"]["0"].output_shape((64, 56, 56)) == (64, 56, 56)
+
+
+def test_the_families_start_from_torchvisions_initial_weights():
+    """With PyTorch's default init per layer, VGG-16's activations had shrunk to 4.7e-3 of
+    the input's spread by its last CONV (3.9e-2 with torchvision's init), and training
+    from scratch barely started; ResNet, VGG, DenseNet and GoogLeNet now start from the
+    weights torchvision draws for them."""
+    import math
+
+    from convnet.zoo import densenet_bc_100, googlenet_torchvision, resnet18, vgg16
+    rng = np.random.default_rng(0)
+    net = vgg16(10, 32, rng=rng)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    assert net["features"].forward(x).std() > 0.02
+    fc = net["classifier"][0]
+    assert abs(fc.weight.std() - 0.01) < 2e-4 and not fc.bias.any()
+    assert not net["features"][0].bias.any()
+    conv = net["features"][-3]                                  # 512 -> 512, 3x3
+    assert abs(conv.weight.std() / math.sqrt(2 / (512 * 9)) - 1) < 0.02
+    conv = resnet18(10, 64, rng=rng)["layer1"][0]["conv1"]      # 64 -> 64, 3x3: fan_out
+    assert abs(conv.weight.std() / math.sqrt(2 / (64 * 9)) - 1) < 0.02
+    dense = densenet_bc_100(10, rng=rng)
+    conv = next(layer for _, layer in dense.named_layers()
+                if isinstance(layer, Conv2d) and layer.kernel_size == (3, 3)
+                and layer.in_channels == 48)                    # 48 -> 12, 3x3: fan_in
+    assert abs(conv.weight.std() / math.sqrt(2 / (48 * 9)) - 1) < 0.1
+    assert not dense["classifier"].bias.any()
+    google = googlenet_torchvision(10, 64, rng=rng)
+    assert abs(google["conv1"]["conv"].weight.std() / 0.01 - 1) < 0.05

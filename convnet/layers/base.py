@@ -421,6 +421,11 @@ def counting_only():
         _COUNTING_ONLY.reset(token)
 
 
+def counting_only_active():
+    """Whether this code runs inside ``counting_only`` (no weight is to be drawn)."""
+    return _COUNTING_ONLY.get()
+
+
 def check_param_count(count, where):
     """Called by every layer with parameters before it allocates them: ``count`` values
     (parameters and buffers) against limits.MAX_PARAMS, and against the model's running

@@ -4,7 +4,9 @@ Each function builds a Sequential with named stages ("features", "avgpool", "cla
 or ResNet's "conv1" .. "layer4", "fc") and torchvision's state dict keys where torchvision
 has the net, so its weights load unchanged. Every model carries ``model.input_shape``, its
 default per-sample input (C, H, W). All take ``num_classes`` and the keywords ``dtype``
-and ``rng`` (an np.random.Generator given to every layer with parameters).
+and ``rng`` (an np.random.Generator given to every layer with parameters). ResNet, VGG,
+DenseNet and torchvision's GoogLeNet start from the weights torchvision draws for them
+(``convnet.zoo.init``), the others from PyTorch's default per layer.
 
     >>> import numpy as np
     >>> from convnet.zoo import get_model

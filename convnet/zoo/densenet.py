@@ -28,6 +28,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from convnet.models.containers import DenseBlock, Sequential, relus_in_place
+from convnet.zoo.init import torchvision_init
 
 # name: (growth rate k, layers per block, stem depth, stem: "imagenet" | "cifar",
 #        default num_classes, default input side)
@@ -121,7 +122,7 @@ def build_densenet(name, num_classes=None, input_size=None, *, dtype=np.float32,
     })
     model.input_shape = (3, input_size, input_size)
     model.output_shape(model.input_shape)  # a clear error now if the input is too small
-    return relus_in_place(model)
+    return relus_in_place(torchvision_init(model, "densenet", rng))
 
 
 def densenet121(num_classes=1000, input_size=224, *, dtype=np.float32, rng=None):

@@ -31,6 +31,7 @@ from convnet.layers.norm import BatchNorm2d, LocalResponseNorm
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from convnet.models.config import register_container
 from convnet.models.containers import Concat, Sequential, relus_in_place
+from convnet.zoo.init import torchvision_init
 
 # Table 1: (input depth, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
 INCEPTION = {
@@ -196,6 +197,8 @@ def build_googlenet(variant, num_classes=1000, input_size=224, *, aux_logits=Fal
     model = Sequential(stages)
     model.input_shape = (3, input_size, input_size)
     model.output_shape(model.input_shape)  # a clear error now if the input does not fit
+    if variant == "torchvision":
+        torchvision_init(model, "googlenet", rng)
     return relus_in_place(model)
 
 

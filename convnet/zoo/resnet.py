@@ -28,6 +28,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, MaxPool2d
 from convnet.models.containers import Residual, Sequential, relus_in_place
+from convnet.zoo.init import torchvision_init
 
 # name: (block type, blocks per stage), the paper's Table 1.
 CONFIGS = {
@@ -114,7 +115,7 @@ def build_resnet(name, num_classes=1000, input_size=224, *, dtype=np.float32, rn
     model = Sequential(stages)
     model.input_shape = (3, input_size, input_size)
     model.output_shape(model.input_shape)  # a clear error now if the input is too small
-    return relus_in_place(model)
+    return relus_in_place(torchvision_init(model, "resnet", rng))
 
 
 def resnet18(num_classes=1000, input_size=224, *, dtype=np.float32, rng=None):

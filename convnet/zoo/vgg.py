@@ -21,6 +21,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, MaxPool2d
 from convnet.models.containers import Sequential, relus_in_place
+from convnet.zoo.init import torchvision_init
 
 # Filter counts of the 3x3 CONV layers, "M" for a 2x2/2 max pool: the paper's Table 1.
 CONFIGS = {
@@ -81,7 +82,7 @@ def build_vgg(name, num_classes=1000, input_size=224, *, batch_norm=False, dtype
     })
     model.input_shape = (3, input_size, input_size)
     model.output_shape(model.input_shape)  # a clear error now if the input is too small
-    return relus_in_place(model)
+    return relus_in_place(torchvision_init(model, "vgg", rng))
 
 
 def vgg11(num_classes=1000, input_size=224, *, dtype=np.float32, rng=None):

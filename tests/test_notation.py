@@ -393,7 +393,7 @@ def test_error_unbound_name_lists_names():
     ("INPUT 8x8x3 -> RELU*2*3", ["second '*'"], "*"),
     ("INPUT 8x8x3 -> RELU??", ["'?' is given twice"], "?"),
     ("INPUT 8x8x3 -> CONV 4 -> -> RELU", ["expected a layer"], "->"),
-    ("INPUT 8x8x3 -> CONV 4 ->", ["the end of the text"], None),
+    ("INPUT 8x8x3 -> CONV 4 ->", ["a '->' at the end: a layer must follow it"], None),
     ("INPUT 8x8x3 -> [RELU] TANH", ["expected '->' before 'TANH'"], "TANH"),
     ("INPUT 8x8x3 -> [RELU TANH]", ["missing '->'"], "TANH"),
     ("RELU -> INPUT 8x8x3", ["INPUT must be the first"], "INPUT"),
@@ -415,7 +415,9 @@ def test_error_syntax(text, words, token):
 
 
 @pytest.mark.parametrize("text, words", [
-    ("INPUT 8x8x3 -> CONV 4 F4", ["P = D*(F-1)/2 = 1.5", "give P explicitly"]),
+    ("INPUT 8x8x3 -> CONV 4 F4", ["P = D*(F-1)/2 = 1.5", "give P explicitly, e.g. P0 or P1, "
+                                                          "or Psame (the size kept"]),
+    ("INPUT 8x8x3 -> CONV 4 F2", ["e.g. P0, or Psame"]),        # had said "P0 or P0"
     ("INPUT 9x9x3 -> CONV 4 F3 S2 Psame", ["keeps the size only at stride 1", "S=2",
                                           "padding=1"]),
     ("INPUT 8x8x3 -> CONV 4 G2", ["divisible by groups"]),

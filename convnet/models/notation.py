@@ -347,8 +347,10 @@ class _Parser:
         elif tok.kind == "word":
             node = self.layer()
         else:
-            what = "the end of the text" if tok.kind == "end" else repr(tok.text)
-            raise _Parse(tok, f"expected a layer or '[' here, got {what}")
+            if tok.kind == "end":      # after a '->': the empty text is parse()'s
+                raise _Parse(tok, "a '->' at the end: a layer must follow it, got the end "
+                                  "of the text")
+            raise _Parse(tok, f"expected a layer or '[' here, got {tok.text!r}")
         count, optional = None, False
         while self.peek().kind in ("*", "?"):
             mark = self.take()
@@ -419,7 +421,10 @@ def _conv_padding(args):
     if dh * (fh - 1) % 2 or dw * (fw - 1) % 2:
         raise ValueError(f"the default padding P = D*(F-1)/2 = {dh * (fh - 1) / 2:g} x "
                          f"{dw * (fw - 1) / 2:g} is not an integer for an even F; give P "
-                         f"explicitly, e.g. P0 or P{dh * (fh - 1) // 2}")
+                         f"explicitly, e.g. P0"
+                         + (f" or P{dh * (fh - 1) // 2}" if dh * (fh - 1) > 1 else "")
+                         + ", or Psame (the size kept, one more row and column of padding "
+                           "after than before, as PyTorch pads)")
     return (dh * (fh - 1) // 2, dw * (fw - 1) // 2)
 
 

@@ -356,3 +356,19 @@ def test_a_set_aside_folder_that_is_a_link_is_left_alone(tmp_path):
     assert main(["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit",
                  "200", "--quiet", "--no-report", "--out", str(tmp_path / "run")]) == 1
     assert {p.name: p.read_bytes() for p in other.iterdir()} == held
+
+
+def test_a_run_with_a_data_root_of_old_resumes(tmp_path, capsys):
+    """--data-root and --download with the digits are refused now; a run that an earlier
+    release started with them could not be resumed, its settings being the run's own."""
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit", "200",
+            "--quiet", "--no-report", "--out", str(out)]
+    assert main(args) == 0
+    rewrite_checkpoint(out / "checkpoint.safetensors",
+                       lambda state: state["config"].update(data_root=str(tmp_path),
+                                                            download=True))
+    capsys.readouterr()
+    assert main(args + ["--resume", "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert "its data_root/download, which digits takes no longer, are left out" in \
+        capsys.readouterr().out

@@ -44,7 +44,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.analysis import counted
-from convnet.data import check_drawn_split, data_folder, load_dataset
+from convnet.data import DATASETS, check_drawn_split, data_folder, load_dataset
 from convnet.data.folder import nfc
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import border_range, brightness_range, check_info
@@ -639,6 +639,13 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         ignored = _ignored_settings(given, cfg)
         if ignored:
             log(f"resuming {ckpt_path}: the run's own settings apply; ignored: {ignored}")
+        named = str(cfg.data).lower() in DATASETS[1:]      # a data set with files of its own
+        if (cfg.data_root is not None and not named) or (
+                cfg.download and str(cfg.data).lower() != "fashion-mnist"):
+            log(f"resuming {ckpt_path}: its data_root/download, which {cfg.data} takes no "
+                f"longer, are left out")     # written before they were refused there
+            cfg.data_root = cfg.data_root if named else None
+            cfg.download = cfg.download and str(cfg.data).lower() == "fashion-mnist"
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
     if start_model is not None:   # the data goes to the model's input volume
         channels, *size = start_model.input_shape

@@ -890,6 +890,14 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
                  "--quiet", "--no-report",
                  "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
     assert load_model(tmp_path / "run" / "model.json").input_shape == (3, 10, 12)
+    fixed = tmp_path / "fixed.onnx"           # a graph of fixed size takes its own, as before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled().eval(), (torch.randn(1, 3, 8, 8),), str(fixed), dynamo=False)
+    assert main(["train", "--from", str(fixed), "--data", str(tmp_path / "data"), "--channels",
+                 "3", "--image-size", "10x12", "--epochs", "1", "--val-fraction", "0.2",
+                 "--quiet", "--no-report", "--out", str(tmp_path / "run3")]) == 0, \
+        capsys.readouterr().err
     assert main(["train", "--from", str(path), "--data", str(tmp_path / "data"), "--channels",
                  "1", "--image-size", "10x12", "--out", str(tmp_path / "run2")]) == 1
     err = capsys.readouterr().err

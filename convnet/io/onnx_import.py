@@ -196,6 +196,10 @@ def _onnx():
     return onnx
 
 
+class OpenInputError(ValueError):
+    """The graph leaves its input's size open and no input_shape was given."""
+
+
 def load_onnx(path, input_shape=None, input_hint=None):
     """Build a convnet model from an ONNX file, with the weights of its initializers.
 
@@ -882,8 +886,9 @@ class _Importer:
         elif static is None or not static:
             shown = _show_list(["?" if d is None else d for d in dims]) if dims else "unknown"
             hint = f" ({input_hint})" if input_hint else ""
-            raise ValueError(f"{self.file}: input {name} has shape {shown}, not a "
-                             f"static per-sample shape; pass input_shape=(C, H, W){hint}")
+            raise OpenInputError(f"{self.file}: input {name} has shape {shown}, not a "
+                                 f"static per-sample shape; pass input_shape=(C, H, W)"
+                                 f"{hint}")
         else:
             shape = static
         if len(shape) not in (1, 3):

@@ -52,6 +52,7 @@ from convnet.data.transforms import Normalize, random_crop, random_flip, to_floa
 from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
 from convnet.functional.threads import THREADS
+from convnet.io.onnx_import import OpenInputError
 from convnet.io.weights import atomic_write, save_model
 from convnet.layers.dropout import Dropout
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
@@ -570,11 +571,12 @@ def _initial_model(cfg, log):
     if cfg.model is not None and not is_weights:
         raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
                          f"--model (it names the architecture of a weights file)")
-    input_shape = None       # an ONNX graph's open input size: the data's, as given
-    if Path(cfg.init_from).suffix.lower() == ".onnx" and cfg.channels and cfg.image_size:
-        input_shape = (cfg.channels, *cfg.image_size)
-    model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None,
-                          input_shape=input_shape)
+    try:
+        model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
+    except OpenInputError:   # an ONNX graph's open input size: the data's, as given
+        if not (cfg.channels and cfg.image_size):
+            raise
+        model = resolve_model(cfg.init_from, input_shape=(cfg.channels, *cfg.image_size))
     if not model.trained:          # a zoo name or notation: fresh random weights
         raise ValueError(f"--from {cfg.init_from}: not a file of trained weights (a zoo "
                          f"name or notation has random ones); train it from scratch with "

@@ -372,3 +372,22 @@ def test_a_run_with_a_data_root_of_old_resumes(tmp_path, capsys):
     assert main(args + ["--resume", "--epochs", "2"]) == 0, capsys.readouterr().err
     assert "its data_root/download, which digits takes no longer, are left out" in \
         capsys.readouterr().out
+
+
+def test_a_float64_run_of_a_zoo_net_starts_from_the_same_weights_as_float32(tmp_path):
+    """The float64 path had built the model again from its config, each layer drawing
+    PyTorch's default init: a zoo net lost the torchvision init the float32 path has."""
+    import math
+    from dataclasses import replace
+
+    cfg = TrainConfig(data="digits", model="resnet18", image_size=(32, 32), channels=3,
+                      epochs=1, limit=64, batch_size=32, val_fraction=0.25, augment=False)
+    weights = {}
+    for dtype in ("float32", "float64"):
+        result = train(replace(cfg, dtype=dtype, out=str(tmp_path / dtype)), progress=False,
+                       log=lambda *a: None)
+        weights[dtype] = result.model["conv1"].weight
+    assert weights["float64"].dtype == np.float64
+    for w in weights.values():          # torchvision's N(0, 2 / fan_out), one step away
+        assert abs(w.std() / math.sqrt(2 / (64 * 49)) - 1) < 0.1
+    assert np.allclose(weights["float32"], weights["float64"], atol=1e-3)

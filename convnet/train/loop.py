@@ -719,9 +719,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         with _size_hinted(cfg.model, input_shape):
             model = resolve_model(cfg.model, input_shape=input_shape, num_classes=num_classes,
                                   rng=np.random.default_rng(cfg.seed))
-        if dtype != np.float32:
-            model = from_config(_with_dtype(model.get_config(), dtype.name),
-                                rng=np.random.default_rng(cfg.seed))
+        model = _as_dtype(model, dtype)   # the weights as drawn (a zoo net's torchvision
+                                          # init too), not drawn again by each layer
     model.input_shape = input_shape
     if cfg.freeze:
         model.freeze(*cfg.freeze)

@@ -90,8 +90,10 @@ class LeakyReLU(Layer):
 
     Args:
         negative_slope: the slope for x <= 0 (PyTorch's default 0.01), a finite number.
-        inplace: overwrite the input with the result, as ReLU's ``inplace`` (the backward
-            pass needs only the mask, so any slope works, unlike PyTorch's).
+        inplace: overwrite the input with the result at inference (``infer``), as
+            ReLU's ``inplace``. In training the result is a new array: a layer before
+            may read its own output in its backward pass (Tanh, Sigmoid), and a negative
+            slope would change those values where a RELU's zero gradient cannot.
 
     Shapes: any, output = input. The cache keeps a boolean mask x > 0; at exactly x = 0
     the gradient is negative_slope, as in PyTorch.
@@ -108,8 +110,13 @@ class LeakyReLU(Layer):
 
     def forward(self, x):
         check_array(x, self.where)
+        out, self.cache = A.leaky_relu_forward(x, self.negative_slope, False)
+        return out
+
+    def infer(self, x):
+        check_array(x, self.where)
         check_writeable(self, x)
-        out, self.cache = A.leaky_relu_forward(x, self.negative_slope, self.inplace)
+        out, _ = A.leaky_relu_forward(x, self.negative_slope, self.inplace)
         return out
 
     def backward(self, dout):

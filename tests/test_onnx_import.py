@@ -633,6 +633,20 @@ def conv_graph(tmp_path, **attrs):
                       tmp_path / "bad.onnx")
 
 
+def test_node_names_with_control_characters_become_printable_child_names(tmp_path):
+    """A node named with a tab and an escape had made a child name that the summary
+    printed raw, and that convert wrote into a model file convnet then refused."""
+    from convnet.io import load_model, save_model
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv\ttab\x1b[2J")]
+    path = make_model(nodes, {"W": weights(2, 1, 3, 3)}, [1, 1, 8, 8], None,
+                      tmp_path / "named.onnx")
+    model = load_onnx(path)
+    names = [name for name, _ in model.named_layers()]
+    assert names == ["conv_tab_[2J"], names
+    save_model(model, tmp_path / "m")
+    assert [name for name, _ in load_model(tmp_path / "m.json").named_layers()] == names
+
+
 def gemm_graph(tmp_path, **attrs):
     nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head", **attrs)]

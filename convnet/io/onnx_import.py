@@ -488,9 +488,12 @@ def _path(name, op, index):
     "layer1.0.conv1" -> ["layer1", "0", "conv1"]; PyTorch's "/layer1/layer1.0/conv1/Conv"
     -> the module scope ["layer1", "0", "conv1"] (a scope that repeats the end of its
     parent's, "layer1.0" after "layer1", continues it), with "Conv" as the fallback key.
-    A name that nests deeper than limits.MAX_DEPTH gives (None, None).
+    A name that nests deeper than limits.MAX_DEPTH gives (None, None). Characters that
+    are not printable become "_" (a model file's child names are printable).
     """
     depth = limits.MAX_DEPTH
+    if not name.isprintable():
+        name = "".join(c if c.isprintable() else "_" for c in name)
     if name.startswith("/"):
         parts = [part for part in name.split("/") if part]
         path = []

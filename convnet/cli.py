@@ -801,8 +801,17 @@ def _one_line(err):
 
 
 def _shown(text):
-    """text as the terminal gets it, line by line (``_shown_line``)."""
-    return "\n".join(_shown_line(line) for line in text.split("\n"))
+    """text as the terminal gets it, line by line (``_shown_line``). A line break is kept
+    where the next line is indented (a notation error's text and carets, a hint under a
+    message); any other, from a file name or a key, is shown as \\n, so that no line
+    of the message can pass for one of convnet's own."""
+    lines = []
+    for line in text.split("\n"):
+        if lines and not line[:1].isspace():
+            lines[-1] += "\\n" + line
+        else:
+            lines.append(line)
+    return "\n".join(_shown_line(line) for line in lines)
 
 
 def _shown_line(line):

@@ -915,3 +915,20 @@ def test_text_from_files_reaches_the_terminal_escaped_and_long_notation_stays_al
     assert len(lines) == 3 and "characters left out" not in lines[1], lines[1][:200]
     column = lines[2].index("^")
     assert lines[1][column:].startswith("POOL F3 S2"), (lines[1][column - 5:], column)
+
+
+def test_a_line_break_in_a_file_name_cannot_pass_for_a_line_of_convnet(tmp_path, capsys):
+    """Control characters were escaped, but a file name's line break started a line of
+    its own, which could read as convnet's: "convnet train: done, ...". The size hint
+    under a message, indented, stays a line of its own."""
+    from PIL import Image
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "data" / name / "0.png")
+    (tmp_path / "data" / "a" / "x\nconvnet train: done.png").write_bytes(b"not an image")
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "\nconvnet train: done" not in err and "x\\nconvnet train: done.png" in err, err
+    assert main(["train", "--model", "lenet5", "--epochs", "1"]) == 1
+    lines = capsys.readouterr().err.rstrip("\n").split("\n")
+    assert len(lines) == 2 and lines[1].startswith("    (the data's images are 8x8x1"), lines

@@ -530,7 +530,7 @@ def _size_hinted(spec, input_shape):
         hint = _size_hint(spec, input_shape) if spec is not None else None
         if hint is None:
             raise
-        raise ValueError(f"{error}\n{hint}") from None
+        raise ValueError(f"{error}\n    {hint}") from None    # indented: the CLI keeps it
 
 
 def _size_hint(spec, input_shape):

@@ -13,7 +13,7 @@ import pytest
 
 from convnet.cli import main
 from convnet.functional.loss import softmax_cross_entropy
-from convnet.io import load_model, load_tensors, save_tensors
+from convnet.io import load_model, load_tensors, save_model, save_tensors
 from convnet.train.checkpoint import load_checkpoint
 from convnet.train.loop import TrainConfig, TrainingDiverged, train
 
@@ -391,3 +391,20 @@ def test_a_float64_run_of_a_zoo_net_starts_from_the_same_weights_as_float32(tmp_
     for w in weights.values():          # torchvision's N(0, 2 / fan_out), one step away
         assert abs(w.std() / math.sqrt(2 / (64 * 49)) - 1) < 0.1
     assert np.allclose(weights["float32"], weights["float64"], atol=1e-3)
+
+
+def test_a_model_without_its_flatten_is_told_to_add_one(tmp_path):
+    """FC layers now act on the last axis of a volume, as PyTorch's: a model missing its
+    Flatten trained up to the class check, which said to end the model with FC 10 when
+    it did."""
+    from convnet.layers import Conv2d, Linear, ReLU
+    from convnet.models import Sequential
+    model = Sequential(Conv2d(1, 4, 3, padding=1), ReLU(), Linear(8, 10))
+    model.input_shape = (1, 8, 8)
+    save_model(model, tmp_path / "flat")
+    cfg = TrainConfig(data="digits", model=str(tmp_path / "flat.json"), epochs=1, limit=64,
+                      out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"model gives \(4, 8, 10\) scores per image but "
+                                         r"digits has 10 classes: it must give one vector of "
+                                         r"10 scores: put a Flatten\(\) before its FC layers"):
+        train(cfg, progress=False, log=lambda *a: None)

@@ -735,8 +735,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
         out_shape = model.output_shape(input_shape)
     if out_shape != (num_classes,):
+        fix = (f"end the model with FC {num_classes}" if len(out_shape) == 1 else
+               f"it must give one vector of {num_classes} scores: put a Flatten() before "
+               f"its FC layers (an FC layer on a volume acts on the last axis alone)")
         raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
-                         f"{num_classes} classes: end the model with FC {num_classes}")
+                         f"{num_classes} classes: {fix}")
 
     batches_per_epoch = len(x_train) // cfg.batch_size
     if batches_per_epoch == 0:

@@ -320,6 +320,9 @@ def _next_field(layer, state, in_shape, out_shape):
         stride = _pair(getattr(layer, "stride", None), kernel)
         dilation = _pair(getattr(layer, "dilation", 1))
         extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]  # F_eff
+    elif isinstance(layer, Linear) and len(in_shape) == 3:   # FC on a volume's rows: W
+        extent = stride = (1, state.grid[1])
+        grid = (state.grid[0], 1)
     elif isinstance(layer, Linear):                 # FC: sees the whole grid, gives 1x1
         extent = stride = state.grid
         grid = (1, 1)

@@ -784,3 +784,14 @@ def test_the_table_says_its_axis_orders_and_what_a_mult_add_counts():
     assert "RF HxW (jump)" in text.splitlines()[0]
     assert "64x32x4" in text and "1x3 (1)" in text
     assert "per batch of 1 (bias adds not counted)" in text
+
+
+def test_an_fc_layer_on_a_volume_sees_its_rows_only():
+    """FC layers take a volume as PyTorch's do, acting on its last axis (W): the summary
+    had given them the whole grid as their receptive field."""
+    from convnet.layers import Conv2d, Linear, ReLU
+    from convnet.models import Sequential
+    net = Sequential(Conv2d(3, 8, 3), ReLU(), Linear(30, 10))
+    rows = summary(net, (3, 32, 32)).layers
+    assert rows[-1].output_shape == (8, 30, 10)
+    assert (rows[-1].receptive_field, rows[-1].jump) == ((3, 32), (1, 30))

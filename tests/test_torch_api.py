@@ -584,3 +584,12 @@ def test_uneven_same_padding_reads_back_from_onnx(tmp_path):
     assert conv.get_config()["padding"] == "same" and conv.pads == model[0].pads == (1, 2, 2, 2)
     x = rng.standard_normal((2, 2, 7, 6)).astype(np.float32)
     np.testing.assert_allclose(loaded.infer(x.copy()), model.infer(x.copy()), rtol=1e-6)
+
+
+def test_a_refused_replace_leaves_every_name_in_place():
+    """replace() refused a layer already in the model, then took its name away in undoing
+    the swap: its later errors named no layer."""
+    model = Sequential(Sequential(Linear(2, 2)), Sequential(Tanh()))
+    with pytest.raises(ValueError, match="object is at both"):
+        model.replace("1.0", model[0][0])
+    assert model[0][0].name == "0.0" and model[1][0].name == "1.0"

@@ -356,6 +356,7 @@ class Container(Layer):
             self._check_distinct()
         except ValueError:
             parent._put(last, old)
+            self._set_names()           # the layer refused is still in its first place
             raise
         self._set_names()
         return old

@@ -4,7 +4,7 @@ The model is walked layer by layer from its per-sample input shape (C, H, W); ea
 becomes one ONNX node (or a few), each container its children's nodes plus the joins:
 
     Conv2d -> Conv (padding_mode reflect, replicate, circular: Pad (mode reflect, edge,
-              wrap: opset 19 on) and an unpadded Conv)
+              wrap: opset 19 on) and an unpadded Conv, which load_onnx does not read back)
                                 MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
     LocallyConnected2d -> Conv (one-hot filters: im2col) + Reshape, Transpose, MatMul, Add
                           (load_onnx does not read this subgraph back)
@@ -13,7 +13,7 @@ becomes one ONNX node (or a few), each container its children's nodes plus the j
                           (others are refused)
     ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
     Linear -> Gemm (transB=1), on a volume MatMul + Add
-    Flatten -> Flatten(axis=1), other axes a Reshape
+    Flatten -> Flatten(axis=1), other axes a Reshape (load_onnx does not read it back)
     BatchNorm2d/1d -> BatchNormalization (running statistics)
     LocalResponseNorm -> LRN    Dropout, Dropout2d, Identity, GoogLeNet's AuxClassifier
                                 -> Identity

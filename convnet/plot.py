@@ -66,16 +66,20 @@ def history_figure(history, label_smoothing=0.0):
 
 
 def _save(fig, path):
-    """Write fig to path in the format its suffix names (.png, .svg, .pdf), atomically
+    """Write fig to path in the format its suffix names (.png, .svg, .pdf; none: .png is
+    added, as matplotlib does), atomically
     (``atomic_write``): a kill leaves the earlier file or none, never half a picture, and
     a link at path is replaced, not written through. Returns path."""
     import io
 
     from convnet.io.weights import atomic_write
+    path = Path(path)
+    if not path.suffix:                  # as savefig names it: a PNG
+        path = path.with_name(path.name + ".png")
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=100, format=Path(path).suffix[1:].lower() or "png")
+    fig.savefig(buffer, dpi=100, format=path.suffix[1:].lower())
     atomic_write(path, buffer.getvalue())
-    return Path(path)
+    return path
 
 
 def plot_history(history, path, label_smoothing=0.0):

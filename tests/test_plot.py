@@ -268,5 +268,6 @@ def test_pictures_are_written_atomically_and_replace_a_link(tmp_path):
     assert Image.open(tmp_path / "curve.png").format == "PNG"
     plot_history(history, tmp_path / "curve.svg")
     assert (tmp_path / "curve.svg").read_text().lstrip().startswith("<?xml")
+    assert plot_history(history, tmp_path / "plain") == tmp_path / "plain.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "curve.svg",
-                                                          "victim.txt"]
+                                                          "plain.png", "victim.txt"]

@@ -320,6 +320,9 @@ def test_what_a_kill_or_another_machine_leaves_is_handled_on_resume(tmp_path, ca
     ckpt = out / "checkpoint.safetensors"
     good = ckpt.read_bytes()
     (out / ".checkpoint.safetensors.x0_eob.tmp").write_bytes(b"half a checkpoint")
+    (out / ".model.json.live.tmp").write_bytes(b"another run writing it now")
+    old = time.time() - 3600
+    os.utime(out / ".checkpoint.safetensors.x0_eob.tmp", (old, old))
     (out / ".notes.txt.tmp").write_text("not ours")
     rewrite_checkpoint(ckpt, lambda state: state.update(threads=THREADS + 1))
     capsys.readouterr()
@@ -327,7 +330,8 @@ def test_what_a_kill_or_another_machine_leaves_is_handled_on_resume(tmp_path, ca
     assert (f"the checkpoint was written with {THREADS + 1} thread(s) a process, resumed "
             f"with {THREADS}: ") in capsys.readouterr().out
     assert not (out / ".checkpoint.safetensors.x0_eob.tmp").exists()
-    assert (out / ".notes.txt.tmp").exists()
+    assert (out / ".notes.txt.tmp").exists() and (out / ".model.json.live.tmp").exists()
+    (out / ".model.json.live.tmp").unlink()
     ckpt.write_bytes(good)
     rewrite_checkpoint(ckpt, lambda state: state["history"][0].pop("val_loss"))
     assert main(args + ["--resume", "--epochs", "2"]) == 1

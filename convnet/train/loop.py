@@ -488,15 +488,25 @@ def recover_set_aside(out):
             f"first checkpoint is put back")
 
 
+STALE_SECONDS = 600   # a temporary file unwritten this long belongs to no live write
+
+
 def remove_stale_temporaries(out):
     """Delete what a kill in the middle of a write left in ``out``: the temporary files
     (``.checkpoint.safetensors.*.tmp``) atomic_write makes beside each of RUN_FILES, as
-    large as the file they were to become."""
+    large as the file they were to become, once STALE_SECONDS have passed since their
+    last write (a run writing into ``out`` now keeps its own)."""
     if not out.is_dir():
         return
+    now = time.time()
     for name in RUN_FILES:
         for path in out.glob(f".{name}.*.tmp"):
-            if path.is_file() and not path.is_symlink():
+            try:
+                stat = path.lstat()
+            except OSError:
+                continue
+            if path.is_file() and not path.is_symlink() and now - stat.st_mtime > \
+                    STALE_SECONDS:
                 path.unlink(missing_ok=True)
 
 

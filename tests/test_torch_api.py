@@ -593,3 +593,17 @@ def test_a_refused_replace_leaves_every_name_in_place():
     with pytest.raises(ValueError, match="object is at both"):
         model.replace("1.0", model[0][0])
     assert model[0][0].name == "0.0" and model[1][0].name == "1.0"
+
+
+def test_a_layer_added_inside_a_nested_container_is_checked_against_the_whole_model():
+    """append, insert and setitem had checked only the container edited: a layer already
+    in another branch was taken, at two places, and its filter gradient came out wrong."""
+    model = Sequential(Sequential(Linear(2, 2)), Sequential(Tanh()))
+    shared = model[0][0]
+    for edit in (lambda: model[1].append(shared), lambda: model[1].insert(0, shared),
+                 lambda: model[1].__setitem__(0, shared)):
+        with pytest.raises(ValueError, match=r"one Linear\(in=2, out=2\) object is at both "
+                                             r"'0.0' and '1.\d'"):
+            edit()
+    assert [name for name, _ in model.named_layers()] == ["0.0", "1.0"]
+    assert isinstance(model[1][0], Tanh) and shared.name == "0.0"

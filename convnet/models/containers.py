@@ -20,6 +20,7 @@ output_shape checks every layer's output volume against ``convnet.limits.MAX_VOL
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -196,13 +197,27 @@ class Container(Layer):
                 yield name, layer
 
     def _set_names(self, prefix=None):
-        """Give every descendant its dotted name, used in error messages."""
+        """Give every descendant its dotted name, used in error messages, and its
+        container (``_root`` follows them up)."""
         if prefix is None:
             prefix = self.name
         for key, layer in self._children.items():
             layer.name = f"{prefix}.{key}" if prefix else key
+            object.__setattr__(layer, "_parent", weakref.ref(self))
             if isinstance(layer, Container):
                 layer._set_names(layer.name)
+
+    def _root(self):
+        """The outermost container this one is in (itself when in none), through the
+        containers that last named it and hold it still."""
+        node = self
+        for _ in range(limits.MAX_DEPTH + 1):
+            ref = node.__dict__.get("_parent")
+            parent = ref() if ref is not None else None
+            if parent is None or not any(child is node for child in parent._children.values()):
+                return node
+            node = parent
+        return node
 
     def __getitem__(self, key):
         """A child by name (``model["features"]``), or by position as in PyTorch
@@ -280,6 +295,9 @@ class Container(Layer):
         self._children = dict(items)
         try:
             self._check_distinct()
+            root = self._root()
+            if root is not self:         # a layer of another branch of the same model
+                root._check_distinct()
         except ValueError:
             self._children = before
             raise

@@ -588,11 +588,28 @@ def test_uneven_same_padding_reads_back_from_onnx(tmp_path):
 
 def test_a_refused_replace_leaves_every_name_in_place():
     """replace() refused a layer already in the model, then took its name away in undoing
-    the swap: its later errors named no layer."""
+    the swap: its later errors named no layer. (The container edited is also in a second
+    model here, which it links to last, so that only replace's own check sees the
+    duplicate.)"""
     model = Sequential(Sequential(Linear(2, 2)), Sequential(Tanh()))
+    Sequential(model[1], ReLU())
     with pytest.raises(ValueError, match="object is at both"):
         model.replace("1.0", model[0][0])
-    assert model[0][0].name == "0.0" and model[1][0].name == "1.0"
+    assert model[0][0].name == "0.0" and isinstance(model[1][0], Tanh)
+
+
+def test_copies_and_pickles_of_a_model_keep_the_whole_model_check():
+    """Links from each container to the one holding it (weak references) had made nested
+    models unpicklable, and a deep copy's links pointed into the original."""
+    import copy
+    import pickle
+    model = Sequential(Sequential(Linear(2, 2)), Sequential(Tanh()))
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with pytest.raises(ValueError, match="object is at both"):
+            twin[1].append(twin[0][0])
+    model.cut("0")
+    with pytest.raises(ValueError, match="object is at both"):
+        model[0].append(model[1][0])
 
 
 def test_a_layer_added_inside_a_nested_container_is_checked_against_the_whole_model():
@@ -607,3 +624,15 @@ def test_a_layer_added_inside_a_nested_container_is_checked_against_the_whole_mo
             edit()
     assert [name for name, _ in model.named_layers()] == ["0.0", "1.0"]
     assert isinstance(model[1][0], Tanh) and shared.name == "0.0"
+
+
+def test_a_container_is_named_on_one_line_in_errors():
+    """A Residual's errors named it by its repr, which spans lines: the command line
+    showed them broken, with a stray ')'."""
+    from convnet.layers import Conv2d
+    from convnet.models import Residual
+    block = Residual({"c": Conv2d(2, 2, 3, stride=2, padding=1)})
+    model = Sequential(block)
+    with pytest.raises(ValueError) as err:
+        model.output_shape((2, 9, 9))
+    assert "\n" not in str(err.value) and str(err.value).startswith("0 Residual: "), err.value

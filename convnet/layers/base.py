@@ -263,6 +263,13 @@ class Layer:
         return {"type": type(self).__name__}
 
     # -- naming ------------------------------------------------------------------------
+    def __getstate__(self):
+        """What copy.deepcopy and pickle keep: everything but the link to the container
+        (a weak reference; the copied container links its children again)."""
+        state = self.__dict__.copy()
+        state.pop("_parent", None)
+        return state
+
     @property
     def where(self):
         """How errors name this layer: its model name if it has one, and its repr."""

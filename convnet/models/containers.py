@@ -207,6 +207,17 @@ class Container(Layer):
             if isinstance(layer, Container):
                 layer._set_names(layer.name)
 
+    @property
+    def where(self):
+        """How errors name a container: its model name and type (its repr spans lines)."""
+        return f"{self.name} {type(self).__name__}" if self.name else type(self).__name__
+
+    def __setstate__(self, state):
+        """A copy (copy.deepcopy, pickle) of a container: its children linked to it."""
+        self.__dict__.update(state)
+        for child in self._children.values():
+            object.__setattr__(child, "_parent", weakref.ref(self))
+
     def _root(self):
         """The outermost container this one is in (itself when in none), through the
         containers that last named it and hold it still."""
@@ -593,7 +604,9 @@ class Sequential(Container):
         if str(name) not in self._children:
             raise ValueError(f"Sequential: no stage named {name!r}; stages are {keys}")
         kept = keys[: keys.index(str(name)) + 1]
-        return Sequential({key: self._children[key] for key in kept})
+        part = Sequential({key: self._children[key] for key in kept})
+        self._set_names()        # the layers keep their names (and links) in this model
+        return part
 
 
 class Residual(Container):

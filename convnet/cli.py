@@ -731,7 +731,7 @@ def main(argv=None):
         with warnings.catch_warnings():
             if not args.debug:      # a library's warning as one line, as the notes are
                 warnings.showwarning = lambda message, *rest: _note(
-                    args, f"warning: {_shown(str(message))}")
+                    args, f"warning: {_shown_line(str(message))}")
             args.func(args)
         if sys.stdout is not None:     # None: started with standard output closed
             sys.stdout.flush()
@@ -797,28 +797,18 @@ def _one_line(err):
                "machine's memory"
     elif not isinstance(err, (ValueError, OSError, ImportError)):
         text = f"{type(err).__name__}: {text} (run with --debug for the traceback)"
-    return _shown(text)
-
-
-def _shown(text):
-    """text as the terminal gets it, line by line (``_shown_line``). A line break is kept
-    where the next line is indented (a notation error's text and carets, a hint under a
-    message); any other, from a file name or a key, is shown as \\n, so that no line
-    of the message can pass for one of convnet's own."""
-    lines = []
-    for line in text.split("\n"):
-        if lines and not line[:1].isspace():
-            lines[-1] += "\\n" + line
-        else:
-            lines.append(line)
-    return "\n".join(_shown_line(line) for line in lines)
+    from convnet.layers.base import MultilineError
+    if isinstance(err, MultilineError) and text == str(err).strip():
+        return "\n".join(_shown_line(line) for line in err.lines)
+    return _shown_line(text)
 
 
 def _shown_line(line):
-    """One line of a message as the terminal gets it: characters that are not printable
-    (terminal escapes in a file's key or name) escaped, and a line over MAX_ERROR (a long
-    path or string the user gave, echoed whole) cut to both its ends. Lines are cut one
-    by one: a notation error's text and the carets under it stay aligned."""
+    """Text as one line on the terminal: characters that are not printable (terminal
+    escapes, or a line break, in a file's key or name) escaped, so that nothing quoted can
+    pass for a line of convnet's own; and a line over MAX_ERROR (a long path or string
+    the user gave, echoed whole) cut to both its ends. A MultilineError's lines are cut
+    one by one: a notation error's text and the carets under it stay aligned."""
     if not line.isprintable():
         line = "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line)
     if len(line) > MAX_ERROR:

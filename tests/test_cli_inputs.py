@@ -929,6 +929,10 @@ def test_a_line_break_in_a_file_name_cannot_pass_for_a_line_of_convnet(tmp_path,
     assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "\nconvnet train: done" not in err and "x\\nconvnet train: done.png" in err, err
+    # an indented line cannot pass either
+    from convnet.cli import _one_line
+    assert _one_line(ValueError("data/x\n convnet train: done.png: bad")) == \
+        "data/x\\n convnet train: done.png: bad"
     assert main(["train", "--model", "lenet5", "--epochs", "1"]) == 1
     lines = capsys.readouterr().err.rstrip("\n").split("\n")
     assert len(lines) == 2 and lines[1].startswith("    (the data's images are 8x8x1"), lines

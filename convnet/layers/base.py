@@ -29,6 +29,17 @@ class StateDictError(ValueError, RuntimeError):
     PyTorch's ``Module.load_state_dict`` raises, so either ``except`` catches it."""
 
 
+class MultilineError(ValueError):
+    """A ValueError of several lines by design (a notation error's text with carets under
+    it, a hint under a message): ``lines``, each shown as a line of its own. Any other
+    error's line breaks come from text it quotes (a file name), and the command line
+    shows them as \\n."""
+
+    def __init__(self, *lines):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
 class IncompatibleKeys(NamedTuple):
     """What ``load_state_dict`` returns, PyTorch's ``_IncompatibleKeys``: the model's keys
     the state lacked and the state's keys the model lacks (a tuple: it unpacks as

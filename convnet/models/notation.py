@@ -60,7 +60,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv.sizes import conv_output_size, pair
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
-from convnet.layers.base import check_dtype, counting_only, counting_params
+from convnet.layers.base import MultilineError, check_dtype, counting_only, counting_params
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -124,8 +124,8 @@ _LINE = 1000   # the longest line an error shows whole
 
 
 def _error(text, start, end, what, problem, got=None):
-    """A ValueError: '<what> at <column> [got <volume>]: <problem>', then the text's line
-    with carets under text[start:end]."""
+    """A ValueError (MultilineError): '<what> at <column> [got <volume>]: <problem>', then
+    the text's line with carets under text[start:end]."""
     line_start = text.rfind("\n", 0, start) + 1
     line_end = text.find("\n", start)
     line_end = len(text) if line_end < 0 else line_end
@@ -140,7 +140,7 @@ def _error(text, start, end, what, problem, got=None):
         left = max(0, column - 1 - _LINE // 2)
         line, column = line[left:left + _LINE], column - left
     carets = " " * (column - 1) + "^" * width
-    return ValueError(f"from_notation: {head}: {problem}\n    {line}\n    {carets}")
+    return MultilineError(f"from_notation: {head}: {problem}", f"    {line}", f"    {carets}")
 
 
 class _Parse(Exception):

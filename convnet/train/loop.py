@@ -54,6 +54,7 @@ from convnet.functional.loss import softmax_cross_entropy
 from convnet.functional.threads import THREADS
 from convnet.io.onnx_import import OpenInputError
 from convnet.io.weights import atomic_write, save_model
+from convnet.layers.base import MultilineError
 from convnet.layers.dropout import Dropout
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
@@ -540,7 +541,8 @@ def _size_hinted(spec, input_shape):
         hint = _size_hint(spec, input_shape) if spec is not None else None
         if hint is None:
             raise
-        raise ValueError(f"{error}\n    {hint}") from None    # indented: the CLI keeps it
+        lines = error.lines if isinstance(error, MultilineError) else (str(error),)
+        raise MultilineError(*lines, f"    {hint}") from None
 
 
 def _size_hint(spec, input_shape):

@@ -23,7 +23,8 @@ not hooks). The counting rules, stated once:
 - **receptive field** on the input and its **jump** (the input pixels between two adjacent
   neurons), per axis: rf_out = rf_in + (F_eff - 1) * jump_in, jump_out = jump_in * S, with
   F_eff = dilation * (F - 1) + 1. Elementwise layers keep both; FC and adaptive pooling
-  see their whole input grid (F = the grid's size); branches take the largest field.
+  see their whole input grid (F = the grid's size; an FC layer on a volume its rows,
+  F = the width); branches take the largest field.
 
 >>> from convnet.layers.conv import Conv2d
 >>> from convnet.models.containers import Sequential
@@ -41,8 +42,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convnet.layers.activation import LeakyReLU
 from convnet.layers.base import Layer, hw_text
 from convnet.layers.conv import Conv2d, LocallyConnected2d
+from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.models.containers import Concat, Container, DenseBlock, Residual, Sequential
 
@@ -130,7 +133,7 @@ class LayerRow:
 
     Shapes are per sample, (C, H, W) or (features,). receptive_field and jump are
     (height, width) pairs in input pixels. activation_values counts one sample's new
-    values (0 for an in-place layer or a view); activation_bytes is for the whole batch.
+    values (0 for a RELU in place or a view); activation_bytes is for the whole batch.
     """
 
     name: str
@@ -340,7 +343,11 @@ def _next_field(layer, state, in_shape, out_shape):
 
 
 def _shares_input(layer):
-    """True when the output occupies the input's memory: in place, or a reshaped view."""
+    """True when the output occupies the input's memory in training: a RELU in place, or
+    a reshaped view. (LeakyReLU and Dropout with inplace=True write into their input at
+    inference only: in training their output is a new array.)"""
+    if isinstance(layer, (LeakyReLU, Dropout)):
+        return False
     return getattr(layer, "inplace", False) is True or isinstance(layer, Flatten)
 
 

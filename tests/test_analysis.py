@@ -795,3 +795,15 @@ def test_an_fc_layer_on_a_volume_sees_its_rows_only():
     rows = summary(net, (3, 32, 32)).layers
     assert rows[-1].output_shape == (8, 30, 10)
     assert (rows[-1].receptive_field, rows[-1].jump) == ((3, 32), (1, 30))
+
+
+def test_leaky_relu_and_dropout_in_place_count_their_training_output():
+    """LeakyReLU and Dropout with inplace=True write into their input at inference only;
+    the summary had counted no training memory for their output."""
+    from convnet.layers import Conv2d, Dropout, LeakyReLU, ReLU
+    from convnet.models import Sequential
+    for layer in (LeakyReLU(0.1, inplace=True), Dropout(0.5, inplace=True)):
+        rows = summary(Sequential(Conv2d(3, 8, 3), layer), (3, 32, 32)).layers
+        assert [r.activation_bytes for r in rows] == [7200 * 4, 7200 * 4]
+    rows = summary(Sequential(Conv2d(3, 8, 3), ReLU(inplace=True)), (3, 32, 32)).layers
+    assert [r.activation_bytes for r in rows] == [7200 * 4, 0]

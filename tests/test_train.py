@@ -412,3 +412,8 @@ def test_a_model_without_its_flatten_is_told_to_add_one(tmp_path):
                                          r"digits has 10 classes: it must give one vector of "
                                          r"10 scores: put a Flatten\(\) before its FC layers"):
         train(cfg, progress=False, log=lambda *a: None)
+    cfg.model = "INPUT 8x8x1 -> CONV 10 -> GAP"              # no FC layer at all
+    with pytest.raises(ValueError, match=r"model gives \(10, 1, 1\) scores per image but "
+                                         r"digits has 10 classes: it gives a volume: end it "
+                                         r"with FLATTEN -> FC 10"):
+        train(cfg, progress=False, log=lambda *a: None)

@@ -56,6 +56,7 @@ from convnet.io.onnx_import import OpenInputError
 from convnet.io.weights import atomic_write, save_model
 from convnet.layers.base import MultilineError
 from convnet.layers.dropout import Dropout
+from convnet.layers.linear import Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
@@ -747,9 +748,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
         out_shape = model.output_shape(input_shape)
     if out_shape != (num_classes,):
+        has_fc = any(isinstance(layer, Linear) for _, layer in model.named_layers())
         fix = (f"end the model with FC {num_classes}" if len(out_shape) == 1 else
                f"it must give one vector of {num_classes} scores: put a Flatten() before "
-               f"its FC layers (an FC layer on a volume acts on the last axis alone)")
+               f"its FC layers (an FC layer on a volume acts on the last axis alone)"
+               if has_fc else f"it gives a volume: end it with FLATTEN -> FC {num_classes}")
         raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
                          f"{num_classes} classes: {fix}")
 

@@ -244,14 +244,16 @@ def _train_report(args, result):
         return
     run = result.model_path.parent
     try:
+        from convnet.data import takes_root
         from convnet.report import run_config, write_report
         from convnet.spec import resolve_model
 
         config = run_config(run) or {}
         model = resolve_model(str(result.model_path))
+        data = config.get("data", args.data)
+        root = config.get("data_root", args.data_root)   # a run of old may name one
         path = write_report(model, run / "report.html", source=str(result.model_path),
-                            data=config.get("data", args.data),
-                            data_root=config.get("data_root", args.data_root))
+                            data=data, data_root=root if takes_root(data) else None)
     except ImportError as err:
         _note(args, f"no report.html: {err}")
         return

@@ -373,9 +373,14 @@ def test_a_run_with_a_data_root_of_old_resumes(tmp_path, capsys):
                        lambda state: state["config"].update(data_root=str(tmp_path),
                                                             download=True))
     capsys.readouterr()
-    assert main(args + ["--resume", "--epochs", "2"]) == 0, capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0, capsys.readouterr().err
     assert "its data_root/download, which digits takes no longer, are left out" in \
         capsys.readouterr().out
+    # the run is done: resuming it again only writes its report, from the saved settings
+    assert main([a for a in args if a != "--no-report"] + ["--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "no report.html" not in captured.err and (out / "report.html").exists(), \
+        captured.err
 
 
 def test_a_float64_run_of_a_zoo_net_starts_from_the_same_weights_as_float32(tmp_path):

@@ -99,6 +99,12 @@ class DataSplits:
                 f"{self.num_classes} classes, scale {self.scale})")
 
 
+def takes_root(name):
+    """Whether data set ``name`` has files of its own to look for (root, --data-root): the
+    named ones but the embedded digits; a folder is read where it is."""
+    return str(name).lower() in DATASETS[1:]
+
+
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
                  seed=0, test_fraction=0.1, check_classes=None):
     """Load a data set by name, or recognize what a directory holds.
@@ -154,7 +160,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                          f"only (the CLI's --download), got {name_or_path!r}"
                          + ("" if key == "digits" else "; put the files in place and pass "
                             "root (--data-root)"))
-    if root is not None and key not in DATASETS[1:]:
+    if root is not None and not takes_root(key):
         raise ValueError(f"load_dataset: root (--data-root) is where a named data set's files "
                          f"are ({', '.join(DATASETS[1:])}); {name_or_path!r} has none: "
                          + ("the digits are embedded" if key == "digits" else

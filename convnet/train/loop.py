@@ -44,7 +44,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.analysis import counted
-from convnet.data import DATASETS, check_drawn_split, data_folder, load_dataset
+from convnet.data import check_drawn_split, data_folder, load_dataset, takes_root
 from convnet.data.folder import nfc
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import border_range, brightness_range, check_info
@@ -654,7 +654,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         ignored = _ignored_settings(given, cfg)
         if ignored:
             log(f"resuming {ckpt_path}: the run's own settings apply; ignored: {ignored}")
-        named = str(cfg.data).lower() in DATASETS[1:]      # a data set with files of its own
+        named = takes_root(cfg.data)                # a data set with files of its own
         if (cfg.data_root is not None and not named) or (
                 cfg.download and str(cfg.data).lower() != "fashion-mnist"):
             log(f"resuming {ckpt_path}: its data_root/download, which {cfg.data} takes no "

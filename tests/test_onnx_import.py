@@ -647,6 +647,21 @@ def test_node_names_with_control_characters_become_printable_child_names(tmp_pat
     assert [name for name, _ in load_model(tmp_path / "m.json").named_layers()] == names
 
 
+def test_node_names_over_the_child_name_cap_are_shortened_and_kept_apart(tmp_path):
+    """A node named with 300 characters had made a model file convnet refused (a child
+    name is at most 200 characters); two such names stay two."""
+    from convnet.io import load_model, save_model
+    nodes = [helper.make_node("Conv", ["x", "W"], ["h"], name="c" * 300 + "a", pads=[1] * 4),
+             helper.make_node("Conv", ["h", "V"], ["y"], name="c" * 300 + "b", pads=[1] * 4)]
+    path = make_model(nodes, {"W": weights(1, 1, 3, 3), "V": weights(1, 1, 3, 3, seed=1)},
+                      [1, 1, 8, 8], None, tmp_path / "long.onnx")
+    model = load_onnx(path)
+    names = [name for name, _ in model.named_layers()]
+    assert len(set(names)) == 2 and all(len(name) == 200 for name in names), names
+    save_model(model, tmp_path / "m")
+    assert [name for name, _ in load_model(tmp_path / "m.json").named_layers()] == names
+
+
 def gemm_graph(tmp_path, **attrs):
     nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
              helper.make_node("Gemm", ["f", "W", "b"], ["y"], name="head", **attrs)]

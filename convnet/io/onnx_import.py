@@ -80,6 +80,7 @@ step recurses per node. The caps are read at each call, so a user can raise them
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -105,6 +106,7 @@ from convnet.layers.pool import (
     LPPool2d,
     MaxPool2d,
 )
+from convnet.models.config import MAX_NAME
 from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
 
 __all__ = ["load_onnx"]
@@ -494,6 +496,8 @@ def _path(name, op, index):
     depth = limits.MAX_DEPTH
     if not name.isprintable():
         name = "".join(c if c.isprintable() else "_" for c in name)
+    if len(name) > MAX_NAME:      # a component may be as long: shortened, kept distinct
+        name = "/".join(_short(part) for part in name.split("/"))
     if name.startswith("/"):
         parts = [part for part in name.split("/") if part]
         path = []
@@ -513,6 +517,18 @@ def _path(name, op, index):
     if len(comps) > depth:
         return None, None
     return comps or [f"{op.lower()}{index}"], "_".join(comps) or op.lower()
+
+
+def _short(part):
+    """A name part of at most MAX_NAME characters (a model file's cap on a child name):
+    a longer one is cut, each dot-separated piece, and ends in 8 hex digits of its hash
+    so that two long names stay two."""
+    pieces = part.split(".")
+    if all(len(piece) <= MAX_NAME for piece in pieces):
+        return part
+    digest = hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return ".".join(piece if len(piece) <= MAX_NAME else f"{piece[:MAX_NAME - 9]}_{digest}"
+                    for piece in pieces)
 
 
 def _onnx_count(size, kernel, stride, begin, end, dilation, ceil):

@@ -530,8 +530,9 @@ def build_parser():
                    help="download Fashion-MNIST if it is not found (checksums verified)")
     p.add_argument("--image-size", type=image_size, metavar="H[xW]",
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
-                        "net on the 8x8 digits (default: their own size; an image folder "
-                        "of mixed sizes: the median; at most 128 pixels a side)")
+                        "net on the 8x8 digits (default: their own size, or with --from the "
+                        "model's; an image folder of mixed sizes: the median; at most 128 "
+                        "pixels a side)")
     p.add_argument("--channels", type=int_type(1, 3), choices=(1, 3),
                    help="read the images as grayscale (1) or RGB (3) (default: the data's "
                         "own; with --from, the model's; --from an ONNX file whose graph "

@@ -1720,6 +1720,9 @@ def test_load_dataset_names(tmp_path, fashion):
         load_dataset("digits", root=tmp_path)
     with pytest.raises(ValueError, match="has none: a folder is read where it is"):
         load_dataset(str(tmp_path), root=tmp_path)
+    with pytest.raises(ValueError, match=r"supported for 'fashion-mnist' only \(the CLI's "
+                                         r"--download\), got '[^']*'$"):   # no --data-root
+        load_dataset(str(tmp_path), download=True)                     # advice for a folder
 
 
 def test_load_dataset_directories(tmp_path):

@@ -158,8 +158,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     if download and key != "fashion-mnist":
         raise ValueError(f"load_dataset: download=True is supported for 'fashion-mnist' "
                          f"only (the CLI's --download), got {name_or_path!r}"
-                         + ("" if key == "digits" else "; put the files in place and pass "
-                            "root (--data-root)"))
+                         + ("; put the files in place and pass root (--data-root)"
+                            if takes_root(key) else ""))
     if root is not None and not takes_root(key):
         raise ValueError(f"load_dataset: root (--data-root) is where a named data set's files "
                          f"are ({', '.join(DATASETS[1:])}); {name_or_path!r} has none: "

@@ -13,7 +13,8 @@ becomes one ONNX node (or a few), each container its children's nodes plus the j
                           (others are refused)
     ReLU -> Relu, LeakyReLU -> LeakyRelu, Tanh -> Tanh, Sigmoid -> Sigmoid, ReLU6 -> Clip(0, 6)
     Linear -> Gemm (transB=1), on a volume MatMul + Add
-    Flatten -> Flatten(axis=1), other axes a Reshape (load_onnx does not read it back)
+    Flatten -> Flatten(axis=1), other axes a Reshape (load_onnx reads it back where it
+               keeps the channel axis, not Flatten(1, 2))
     BatchNorm2d/1d -> BatchNormalization (running statistics)
     LocalResponseNorm -> LRN    Dropout, Dropout2d, Identity, GoogLeNet's AuxClassifier
                                 -> Identity

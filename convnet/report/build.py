@@ -48,7 +48,7 @@ from convnet.report.pictures import (
     require,
     tile_size,
 )
-from convnet.train.checkpoint import HISTORY_KEYS
+from convnet.train.checkpoint import HISTORY_KEYS, is_epoch_record
 
 MAX_SAMPLES = 4                 # sample images whose activations are drawn, at most
 IMAGE_PIXELS = 2_000_000        # pixels of activation maps for one image, all stages
@@ -162,12 +162,7 @@ def run_config(run_dir):
 def _history(value, where):
     """value, if it is a training history: a non-empty list of epochs with numbers (NaN
     and infinities included: a diverged run's curves are drawn with gaps)."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if not (isinstance(value, list) and value and all(
-            isinstance(h, dict) and all(number(h.get(k)) for k in HISTORY_KEYS)
-            for h in value)):
+    if not (isinstance(value, list) and value and all(map(is_epoch_record, value))):
         raise ValueError(f"{where}: expected a list of epochs, each with "
                          f"{', '.join(HISTORY_KEYS)} as numbers")
     return value

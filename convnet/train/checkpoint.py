@@ -30,6 +30,14 @@ CHECKSUM_KEY = "convnet-checkpoint-sha256"
 HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")   # numbers of every epoch
 
 
+def is_epoch_record(entry):
+    """Whether ``entry`` is one epoch of a training history: a dict with HISTORY_KEYS as
+    numbers (NaN and infinities included: a diverged run's curves have gaps)."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool)
+        for key in HISTORY_KEYS)
+
+
 def checksum(tensors, text):
     """SHA-256 (hex) of the JSON text and of every tensor's key, dtype, shape and bytes,
     in key order."""

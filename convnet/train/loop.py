@@ -61,7 +61,12 @@ from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
 from convnet.spec import WEIGHTS, resolve_model
-from convnet.train.checkpoint import HISTORY_KEYS, load_checkpoint, save_checkpoint
+from convnet.train.checkpoint import (
+    HISTORY_KEYS,
+    is_epoch_record,
+    load_checkpoint,
+    save_checkpoint,
+)
 from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
 from convnet.train.distributed import RanksDiverged, RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
@@ -1199,8 +1204,7 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         epoch < cfg.epochs or v == 0), f"an int from 0 to {batches_per_epoch - 1} (0 once "
         f"the last epoch is done)")
     history = need("history", list, lambda v: len(v) == epoch and all(
-        isinstance(h, dict) and all(_is_real(h.get(k)) for k in HISTORY_KEYS) for h in v),
-        f"a list of {epoch} dicts (one per epoch done) with {', '.join(HISTORY_KEYS)} as "
+        map(is_epoch_record, v)), f"a list of {epoch} dicts (one per epoch done) with {', '.join(HISTORY_KEYS)} as "
         f"numbers")
     best = need("best", dict, lambda v: set(v) == {"val_acc", "val_loss", "epoch"} and all(
         _is_number(x) or x == math.inf for x in v.values()),
@@ -1244,11 +1248,6 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
     if epoch_rng is not None:
         _set_rng(np.random.default_rng(0), epoch_rng, path, "epoch_rng")  # checks it
     return epoch, batch, history, best, sums, epoch_rng
-
-
-def _is_real(value):
-    """An int or float, NaN and infinities included (a history's losses may be)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_number(value):

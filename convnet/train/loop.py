@@ -1204,8 +1204,8 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         epoch < cfg.epochs or v == 0), f"an int from 0 to {batches_per_epoch - 1} (0 once "
         f"the last epoch is done)")
     history = need("history", list, lambda v: len(v) == epoch and all(
-        map(is_epoch_record, v)), f"a list of {epoch} dicts (one per epoch done) with {', '.join(HISTORY_KEYS)} as "
-        f"numbers")
+        map(is_epoch_record, v)), f"a list of {epoch} dicts (one per epoch done) with "
+        f"{', '.join(HISTORY_KEYS)} as numbers")
     best = need("best", dict, lambda v: set(v) == {"val_acc", "val_loss", "epoch"} and all(
         _is_number(x) or x == math.inf for x in v.values()),
         "{'val_acc', 'val_loss': numbers, 'epoch': int}")

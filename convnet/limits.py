@@ -25,6 +25,7 @@ MAX_FILES = 10_000_000        # files in one class folder of an image folder
 MAX_ARRAY_BYTES = 4 << 30     # bytes of all the arrays read from one weight file
 MAX_DATA_BYTES = 2 << 30      # bytes of one decoded data set (uint8 images)
 MAX_JSON_BYTES = 64 << 20     # a model .json file, or a checkpoint's metadata
+MAX_JSON_VALUES = 1 << 20     # values in one of them (each up to ~70 bytes once parsed)
 MAX_COMPRESSION = 100         # decompressed / compressed bytes of a gzip or zip member
 MAX_KEY_CHARS = 4096          # characters of one tensor's dotted key in a weights file
 
@@ -40,6 +41,17 @@ def check_count(value, cap_name, what, where):
         raise ValueError(f"{where}: {what} {value:,} is over the cap of {cap:,} "
                          f"(convnet.limits.{cap_name}); refusing to allocate it")
     return value
+
+
+def check_json(text, where, what="JSON"):
+    """Refuse JSON text (str or bytes) before it is parsed when it is longer than
+    MAX_JSON_BYTES, or could hold more than MAX_JSON_VALUES values (counted by the
+    brackets, braces and commas that separate them). Parsed, each value is a Python object
+    of up to ~70 bytes: 64 MB of ``[],[],...`` would have become 1.4 GB."""
+    check_count(len(text), "MAX_JSON_BYTES", f"{what} bytes", where)
+    marks = (b"[", b"{", b",") if isinstance(text, bytes) else ("[", "{", ",")
+    check_count(sum(map(text.count, marks)) + 1, "MAX_JSON_VALUES", f"{what} values", where)
+    return text
 
 
 def cores():

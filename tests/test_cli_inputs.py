@@ -316,7 +316,8 @@ def test_every_damaged_checkpoint_field_is_a_named_error(finished_run, tmp_path)
 
 
 @pytest.mark.parametrize("what", ["drop a weight", "relabel a weight", "drop optimizer state",
-                                  "metadata not JSON", "metadata a list", "deep metadata"])
+                                  "metadata not JSON", "metadata a list", "deep metadata",
+                                  "metadata of too many values"])
 def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, tmp_path, what):
     tensors, state = dict(finished_run[0]), finished_run[1]
     text = json.dumps(state)
@@ -331,11 +332,14 @@ def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, t
         text = text[:-10]
     elif what == "metadata a list":
         text = "[1, 2]"
+    elif what == "metadata of too many values":
+        text = json.dumps(state)[:-1] + ', "x": [' + "[]," * 1_100_000 + "[]]}"
     else:
         text = "[" * 100_000 + "]" * 100_000
     save_tensors(tensors, tmp_path / "checkpoint.safetensors", metadata={KEY: text})
-    with pytest.raises(ValueError, match=str(tmp_path / "checkpoint.safetensors")):
+    with pytest.raises(ValueError, match=str(tmp_path / "checkpoint.safetensors")) as info:
         train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+    assert what != "metadata of too many values" or "MAX_JSON_VALUES" in str(info.value)
 
 
 def test_a_checkpoint_architecture_larger_than_its_weights_is_refused_before_building(

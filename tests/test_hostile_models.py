@@ -346,6 +346,13 @@ def test_a_json_file_over_the_cap_is_not_read(saved, monkeypatch):
     assert "MAX_JSON_BYTES" in refused(lambda: load_model(json_path), json_path)
 
 
+def test_a_json_file_of_more_values_than_the_cap_is_not_parsed(saved):
+    """3.3 MB of empty lists would parse to 70 MB of Python objects (64 MB of them, to
+    1.4 GB): refused before json.loads, within MAX_PEAK."""
+    json_path = write_json(saved, '{"format": "convnet", "x": [' + "[]," * 1_100_000 + "[]]}")
+    assert "MAX_JSON_VALUES" in refused(lambda: load_model(json_path), json_path)
+
+
 def test_the_running_total_refuses_the_layer_that_would_pass_the_cap(monkeypatch):
     """Four FC layers of 250,500 parameters under a cap of 600,000: the third is refused
     before it allocates, so the peak holds two layers (their weights and gradients)."""

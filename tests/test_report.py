@@ -293,6 +293,11 @@ def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
                  "--overwrite"]) == 0
     assert "training settings skipped" in capsys.readouterr().err
     assert "No training record" not in (tmp_path / "r.html").read_text()
+    (run / "history.json").write_text("[" + "[]," * 1_100_000 + "[]]")
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html"),
+                 "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "training curves skipped" in err and "MAX_JSON_VALUES" in err
 
 
 def test_a_model_trained_with_tta_is_evaluated_with_it_as_eval_does(pages, tmp_path, capsys):

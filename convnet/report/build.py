@@ -102,7 +102,7 @@ def checkpoint_state(path):
     text = metadata.get(KEY)
     if text is None:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
-    limits.check_count(len(text), "MAX_JSON_BYTES", "checkpoint metadata bytes", path)
+    limits.check_json(text, path, "checkpoint metadata")
     try:
         state = json.loads(text)
     except (ValueError, RecursionError) as err:
@@ -182,8 +182,9 @@ def _read_run(run_dir, note):
     try:
         if path.is_file():
             limits.check_count(path.stat().st_size, "MAX_JSON_BYTES", "bytes", path)
+            text = limits.check_json(path.read_bytes(), path)
             try:
-                history = json.loads(path.read_text())
+                history = json.loads(text)
             except (ValueError, RecursionError) as err:
                 raise ValueError(f"{path}: not JSON ({err})") from None
             run["history"] = _history(history, path)

@@ -68,7 +68,7 @@ def load_checkpoint(path, ema=False):
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
     text = metadata[KEY]
-    limits.check_count(len(text), "MAX_JSON_BYTES", "checkpoint metadata bytes", path)
+    limits.check_json(text, path, "checkpoint metadata")
     if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
         raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
                          f"SHA-256 written with them (a disk or copy error); resume from "

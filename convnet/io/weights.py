@@ -11,9 +11,10 @@ fsynced, then renamed over the target, so a kill at any moment leaves the old fi
 new one, never half of one.
 
 Reading trusts nothing in a file: the JSON's size (``convnet.limits.MAX_JSON_BYTES``), the
-values it could hold (MAX_JSON_VALUES), its nesting and every field are checked, the weights must sit in the JSON's folder, the bytes
-a safetensors header declares are held to MAX_ARRAY_BYTES before a tensor is read, and
-each array's dtype must fit the parameter it fills. Errors are ValueErrors that name the
+values it could hold (MAX_JSON_VALUES), its nesting and every field are checked, the
+weights must sit in the JSON's folder, the bytes a safetensors header declares are held to
+MAX_ARRAY_BYTES before a tensor is read, and each array's dtype must fit the parameter it
+fills. Errors are ValueErrors that name the
 file and the field.
 """
 
@@ -315,7 +316,8 @@ def check_new_file(path, overwrite, hint="--out another file"):
 
 def _read_json(json_path):
     """A model file's top-level object: at most ``convnet.limits.MAX_JSON_BYTES`` bytes of
-    UTF-8 JSON, at most MAX_JSON_VALUES values, nested no deeper than Python's recursion allows; else a ValueError."""
+    UTF-8 JSON, at most MAX_JSON_VALUES values, nested no deeper than Python's recursion
+    allows; else a ValueError."""
     if not is_file(json_path):
         raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}")
     cap = limits.MAX_JSON_BYTES

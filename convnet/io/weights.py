@@ -14,8 +14,7 @@ Reading trusts nothing in a file: the JSON's size (``convnet.limits.MAX_JSON_BYT
 values it could hold (MAX_JSON_VALUES), its nesting and every field are checked, the
 weights must sit in the JSON's folder, the bytes a safetensors header declares are held to
 MAX_ARRAY_BYTES before a tensor is read, and each array's dtype must fit the parameter it
-fills. Errors are ValueErrors that name the
-file and the field.
+fills. Errors are ValueErrors that name the file and the field.
 """
 
 from __future__ import annotations

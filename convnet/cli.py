@@ -9,7 +9,6 @@ ends quietly.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -199,6 +198,7 @@ def _takes_images(args, model):
 
 def cmd_summary(args):
     from convnet.analysis import summary
+    from convnet.io.weights import json_text
     from convnet.layers.base import counting_only
 
     with counting_only():   # a summary reads no weight: fresh ones are zeros, never written
@@ -208,7 +208,7 @@ def cmd_summary(args):
         raise ValueError("the model has no default input size: give --input CxHxW")
     result = summary(model, shape, batch_size=args.batch, optimizer=args.optimizer,
                      budget=args.budget)
-    print(json.dumps(result.to_dict(), indent=2) if args.json
+    print(json_text(result.to_dict(), indent=2) if args.json
           else result.to_text(inference=args.inference))
 
 
@@ -268,6 +268,7 @@ def _note(args, text):
 
 
 def cmd_eval(args):
+    from convnet.io.weights import json_text
     from convnet.spec import check_open_input
     from convnet.train.inference import evaluate, evaluation_data
 
@@ -283,7 +284,7 @@ def cmd_eval(args):
     tta = _tta(args, info)
     result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
     if args.json:
-        print(json.dumps({"accuracy": result["accuracy"], "loss": result["loss"],
+        print(json_text({"accuracy": result["accuracy"], "loss": result["loss"],
                           "images": len(x), "tta": tta, "classes": list(classes),
                           "confusion": result["confusion"].tolist()}))
         return

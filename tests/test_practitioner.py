@@ -408,3 +408,18 @@ def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, caps
     assert "holds 41 images where training had 40: the test images the run held out" in \
         error_line(capsys)
     assert (out / "model.json").read_bytes() == before
+
+
+def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):
+    """Weights that became NaN: `eval --json` prints the loss as null, which jq and
+    JSON.parse read (json.dumps alone had printed NaN, which they refuse)."""
+    root, result = trained
+    state = {k: np.full_like(v, np.nan) if k.endswith("weight") else v
+             for k, v in result.model.state_dict().items()}
+    save_tensors(state, tmp_path / "nan.safetensors")
+    assert main(["eval", str(tmp_path / "nan.safetensors"), "--model", SMALL, "--data",
+                 "digits", "--json"]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse)["loss"] is None

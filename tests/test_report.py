@@ -343,14 +343,25 @@ def test_a_model_trained_with_tta_is_evaluated_with_it_as_eval_does(pages, tmp_p
     assert f"predicted: {predicted}</p>" in (tmp_path / "i.html").read_text()
 
 
-def test_a_diverged_run_keeps_its_curves(pages, tmp_path, capsys):
+def test_json_text_is_strict_json_with_null_for_what_is_not_finite():
+    from convnet.io.weights import json_text
+    value = {"a": [1.0, float("nan"), (float("inf"), {"b": -float("inf")})], "c": "NaN"}
+    text = json_text(value, indent=1)
+    assert "NaN," not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": [1.0, None, [None, {"b": None}]], "c": "NaN"}
+
+
+@pytest.mark.parametrize("write", ["json.dumps", "json_text"])
+def test_a_diverged_run_keeps_its_curves(pages, tmp_path, capsys, write):
     """A validation loss that became NaN: the history is drawn (with gaps), not called
-    missing."""
+    missing; whether history.json holds it as NaN (runs of before) or as null (now)."""
+    from convnet.io.weights import json_text
     run = tmp_path / "run"
     shutil.copytree(pages / "run", run)
     history = json.loads((run / "history.json").read_text())
     history[-1]["val_loss"] = float("nan")
-    (run / "history.json").write_text(json.dumps(history))
+    (run / "history.json").write_text({"json.dumps": json.dumps, "json_text": json_text}[
+        write](history))
     assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
     text = (tmp_path / "r.html").read_text()
     assert 'id="curves"' in text and "holds no training history" not in text

@@ -75,6 +75,25 @@ def _safetensors():
     return safetensors.numpy
 
 
+def finite_or_null(value):
+    """value with each float that is NaN or infinite, in lists, tuples and dicts too,
+    replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    return value
+
+
+def json_text(value, **kwargs):
+    """Strict JSON for a file or a pipe that others read: NaN and infinities (which
+    json.dumps writes as NaN and Infinity, and JSON.parse, jq and most other parsers
+    refuse) become null. kwargs: json.dumps's."""
+    return json.dumps(finite_or_null(value), allow_nan=False, **kwargs)
+
+
 def atomic_write(path, data: bytes):
     """Write bytes to path atomically: temporary file, fsync, rename, fsync the directory.
 
@@ -214,7 +233,7 @@ def save_model(model, path, **info):
     document = {"format": FORMAT, "version": 1, "architecture": model.get_config(),
                 "input_shape": list(getattr(model, "input_shape", None) or []) or None,
                 "weights": weights_path.name, "info": info}
-    atomic_write(json_path, json.dumps(document, indent=1).encode())
+    atomic_write(json_path, json_text(document, indent=1).encode())
     return json_path
 
 

@@ -161,7 +161,11 @@ def run_config(run_dir):
 
 def _history(value, where):
     """value, if it is a training history: a non-empty list of epochs with numbers (NaN
-    and infinities included: a diverged run's curves are drawn with gaps)."""
+    and infinities included: a diverged run's curves are drawn with gaps; history.json
+    writes them as null, read here as NaN)."""
+    if isinstance(value, list):
+        value = [{k: math.nan if v is None else v for k, v in entry.items()}
+                 if isinstance(entry, dict) else entry for entry in value]
     if not (isinstance(value, list) and value and all(map(is_epoch_record, value))):
         raise ValueError(f"{where}: expected a list of epochs, each with "
                          f"{', '.join(HISTORY_KEYS)} as numbers")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import html
 import json
-import math
+
+from convnet.io.weights import json_text
 
 STYLE = """
 :root { color-scheme: light; }
@@ -99,16 +100,7 @@ def esc(value):
 def data_value(value):
     """A JSON value as a data-value attribute: the exact number behind a shown one. A
     float that is NaN or infinite (not JSON: JSON.parse refuses it) is null."""
-    return f' data-value="{esc(json.dumps(finite_or_null(value)))}"'
-
-
-def finite_or_null(value):
-    """value with each float that is NaN or infinite, in lists too, replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(v) for v in value]
-    return value
+    return f' data-value="{esc(json_text(value))}"'
 
 
 def document(title, body):

@@ -53,7 +53,7 @@ from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
 from convnet.functional.threads import THREADS
 from convnet.io.onnx_import import OpenInputError
-from convnet.io.weights import atomic_write, save_model
+from convnet.io.weights import atomic_write, json_text, save_model
 from convnet.layers.base import MultilineError
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Linear
@@ -948,7 +948,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     model_path, pictures = out / "model.json", []
     if comm.is_root:
         model_path = save_model(model, out / "model", **info)
-        atomic_write(out / "history.json", json.dumps(history, indent=1).encode())
+        atomic_write(out / "history.json", json_text(history, indent=1).encode())
         pictures = _pictures(model, history, out, cfg.label_smoothing)
     test_acc, _ = _evaluate(model, x_test, y_test, num_classes, comm, cfg.tta)
     for layer in norms:

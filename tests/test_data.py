@@ -1054,6 +1054,41 @@ def test_a_sixteen_bit_transparent_value_is_read_over_white(tmp_path):
     assert header.alpha and arr.ravel().tolist() == [0, 255, 128, 255]
 
 
+@pytest.mark.parametrize("transparency", [None, 40000])
+def test_a_large_sixteen_bit_image_is_scaled_in_strips_of_little_memory(tmp_path, transparency):
+    """2,200 rows of 1,024 (several strips): every value as v * 255 / 65535 rounded, with
+    NumPy's memory at the peak within 4 MB of the result's (whole-image uint32
+    temporaries and a copy of the 16-bit image had taken about 10 bytes a pixel)."""
+    from convnet.data.folder import _eight_bit
+    pixels = np.random.default_rng(0).integers(0, 65536, (2200, 1024), dtype=np.uint16)
+    pixels[-1, -1] = 40000
+    options = {} if transparency is None else {"transparency": transparency}
+    Image.fromarray(pixels).save(tmp_path / "big.png", **options)
+    with Image.open(tmp_path / "big.png") as im:
+        im.load()
+        tracemalloc.start()
+        try:
+            scaled = _eight_bit(Image, im, tmp_path / "big.png")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    out = np.asarray(scaled)
+    gray = out[..., 0] if transparency else out
+    assert np.array_equal(gray, (pixels.astype(np.uint32) * 255 + 32767) // 65535)
+    if transparency:
+        assert np.array_equal(out[..., 1], np.where(pixels == transparency, 0, 255))
+        assert out[-1, -1, 1] == 0
+    assert peak < out.nbytes + (4 << 20), f"{peak:,} bytes at the peak"
+
+
+def test_a_32_bit_integer_image_past_16_bits_is_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "a" / "i.tif")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "a" / "i.tif")) +
+                       r": I image with values outside 0..65535 \(0..70000 in rows 0..0\)"):
+        decode_image(tmp_path / "a" / "i.tif", "L")
+
+
 def test_a_sixteen_bit_image_is_turned_as_its_exif_orientation_says(tmp_path):
     """The 8-bit copy of a 16-bit image has no EXIF: turned after it, it was not turned."""
     (tmp_path / "a").mkdir()

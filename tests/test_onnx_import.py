@@ -473,19 +473,60 @@ def test_reduce_mean_and_squeeze_over_other_axes_are_refused(tmp_path):
             load_onnx(path)
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("mode, onnx_mode", [("reflect", "reflect"), ("replicate", "edge")])
-def test_a_padding_mode_other_than_zeros_is_named_at_its_pad(tmp_path, mode, onnx_mode,
-                                                             dynamo):
+def test_a_padding_mode_with_computed_pads_is_named_at_its_pad(tmp_path, mode, onnx_mode):
     """torch's older exporter computes a reflect Pad's pads with ConstantOfShape, Slice and
     Concat; the error names the Pad and its mode, not the first of those."""
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode))
     path = tmp_path / "pad.onnx"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=dynamo)
-    with pytest.raises(ValueError, match=f"\\(Pad\\): padding mode '{onnx_mode}' is not "
-                                         "read: load_onnx reads zero padding only"):
+        torch.onnx.export(net.eval(), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False)
+    with pytest.raises(ValueError, match=f"\\(Pad\\): padding mode '{onnx_mode}' is read "
+                                         "only as a Pad with constant pads of H and W"):
+        load_onnx(path)
+
+
+def test_padding_modes_read_from_torch_and_from_export_onnx(tmp_path):
+    """torch.onnx.export(dynamo=True) writes Conv2d's padding_mode as a Pad of that mode
+    before an unpadded Conv, and so does export_onnx: both read back as the one Conv2d,
+    computing what torch does."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 2, 3, padding=(2, 1), padding_mode="replicate"),
+        torch.nn.Conv2d(2, 2, 3, 2, padding=1, padding_mode="circular"),
+        torch.nn.Conv2d(2, 3, (2, 4), padding="same", padding_mode="reflect")).eval()
+    x = torch.randn(2, 3, 9, 8)
+    path = tmp_path / "modes.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x[:1],), str(path), dynamo=True, opset_version=19)
+    model = load_onnx(path)
+    convs = [layer for layer in model if isinstance(layer, Conv2d)]
+    assert [(tuple(c.pads), c.padding_mode) for c in convs] == [   # top, left, bottom, right
+        ((1, 1, 1, 1), "reflect"), ((2, 1, 2, 1), "replicate"), ((1, 1, 1, 1), "circular"),
+        ((0, 1, 1, 2), "reflect")]
+    expected = net(x).detach().numpy()
+    np.testing.assert_allclose(model.infer(x.numpy()), expected, rtol=1e-5, atol=1e-6)
+    export_onnx(model, tmp_path / "again.onnx", opset=19)
+    again = load_onnx(tmp_path / "again.onnx")
+    np.testing.assert_allclose(again.infer(x.numpy()), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pads, conv_pads", [([0, 0, 1, 1, 0, 0, 2, 1], [0, 0, 0, 0]),
+                                             ([0, 0, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1]),
+                                             ([0, 1, 1, 1, 0, 1, 1, 1], [0, 0, 0, 0])])
+def test_a_reflect_pad_convnet_cannot_take_into_its_conv_is_named(tmp_path, pads, conv_pads):
+    """Uneven pads, a Conv that pads again, a Pad of the channels: refused, naming it."""
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Conv", ["p", "w"], ["y"], name="conv", pads=conv_pads)]
+    path = make_model(nodes, {"w": np.ones((1, 2, 3, 3))}, [1, 2, 6, 6], None,
+                      tmp_path / "pad.onnx", opset=13)
+    proto = onnx.load(str(path))
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64), "pads"))
+    onnx.save(proto, str(path))
+    with pytest.raises(ValueError, match="node '(pad|conv)'"):
         load_onnx(path)
 
 

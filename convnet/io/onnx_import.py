@@ -3,6 +3,8 @@
 The graph is read node by node, each node (or a small group of nodes) becoming a layer:
 
     Conv -> Conv2d                 MaxPool -> MaxPool2d          AveragePool -> AvgPool2d
+    Pad (reflect, edge, wrap; constant pads) -> Conv without pads -> Conv2d with
+        padding_mode reflect, replicate, circular (PyTorch's padding, or "same")
     LpPool (even p) -> LPPool2d    GlobalAveragePool -> AdaptiveAvgPool2d(1)
     GlobalMaxPool -> AdaptiveMaxPool2d(1)
     ReduceMean over H and W -> AdaptiveAvgPool2d(1) (and Flatten without keepdims)
@@ -995,9 +997,10 @@ class _Importer:
         pad = self._pad_ahead(node)
         if pad is not None:
             mode = self.attrs(pad).string("mode", "constant", None)
-            return self.error(pad, f"padding mode {_show(mode)} is not read: load_onnx "
-                                   "reads zero padding only, in a Conv's pads (PyTorch's "
-                                   "padding_mode='zeros')")
+            return self.error(pad, f"padding mode {_show(mode)} is read only as a Pad with "
+                                   "constant pads of H and W, and only a Conv after it "
+                                   "(PyTorch's Conv2d padding_mode as "
+                                   "torch.onnx.export(dynamo=True) and export_onnx write it)")
         return self.error(node, f"unsupported operator {_show(node.op_type)}; convnet reads "
                                 f"{', '.join(SUPPORTED)} {_NOTES}")
 
@@ -1108,7 +1111,7 @@ class _Importer:
     def _fused(self, node):
         """Try export_onnx's subgraphs headed by node; True if one was read."""
         if node.op_type == "Pad":
-            return self._pad_avgpool(node)
+            return self._pad_conv(node) or self._pad_avgpool(node)
         if node.op_type == "Pow":
             return self._lppool_subgraph(node)
         if node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1]:
@@ -1242,8 +1245,11 @@ class _Importer:
     def op_Identity(self, node):
         self.alias[node.output[0]] = self.resolve(node.input[0])
 
-    def op_Conv(self, node):
-        x = self.data(node)
+    def op_Conv(self, node, pad=None):
+        """A Conv; pad: (the Pad node before it, its (top, left, bottom, right) pads,
+        PyTorch's padding_mode) for a Conv of padding_mode reflect, replicate or circular,
+        as PyTorch and export_onnx write it (a Pad of that mode, then an unpadded Conv)."""
+        x = self.data(pad[0] if pad else node)
         w = self.param(node, 1, "weight W")
         b = self.param(node, 2, "bias B", ndim=1, optional=True)
         if w.ndim != 4:
@@ -1259,6 +1265,9 @@ class _Importer:
         shape = self.shapes[x]
         if len(shape) != 3:
             raise self.error(node, f"expected an (N, C, H, W) input, got per-sample {shape}")
+        if pad:         # the window over the padded input; Conv2d pads it itself
+            top, left, bottom, right = pad[1]
+            shape = (shape[0], shape[1] + top + bottom, shape[2] + left + right)
         if w.shape[0] % group or shape[0] != w.shape[1] * group:
             raise self.error(node, f"attribute group={group} with weight W of shape {w.shape} "
                                    f"needs {w.shape[1] * group} input channels and a multiple "
@@ -1267,13 +1276,50 @@ class _Importer:
             raise self.error(node, f"bias B has shape {b.shape}, expected ({w.shape[0]},)")
         padding, _, _, _, strides = self.window(node, "Conv", attrs, shape, kernel, False,
                                                 dilations)
+        mode = "zeros"
+        if pad:
+            if any(padding):
+                raise self.error(node, f"a Conv with pads {attrs.ints('pads')} after a Pad of "
+                                       f"mode {pad[2]!r} is not read (PyTorch pads once)")
+            padding, mode = (top, left), pad[2]
+            if (top, left) != (bottom, right):      # PyTorch's uneven padding="same"
+                same = [d * (k - 1) for d, k in zip(dilations, kernel)]
+                if strides != [1, 1] or pad[1] != [same[0] // 2, same[1] // 2,
+                                                   same[0] - same[0] // 2,
+                                                   same[1] - same[1] // 2]:
+                    raise self.error(pad[0], f"pads {[0, 0, top, left, 0, 0, bottom, right]} "
+                                             f"of mode {_show(self.attrs(pad[0]).string('mode', '', None))} "
+                                             "differ at the two sides other than as "
+                                             "padding='same' does; convnet's Conv2d pads "
+                                             "both sides alike")
+                padding = "same"
         layer = self.make(node, Conv2d, w.shape[1] * group, w.shape[0], tuple(kernel),
                           tuple(strides), padding, tuple(dilations), group, bias=b is not None,
-                          fit="floor", dtype=w.dtype, rng=np.random.default_rng(0))
+                          fit="floor", dtype=w.dtype, rng=np.random.default_rng(0),
+                          padding_mode=mode)
         layer.params["weight"][...] = w
         if b is not None:
             layer.params["bias"][...] = b
-        self.add([node], x, layer)
+        self.add([pad[0], node] if pad else [node], x, layer)
+
+    def _pad_conv(self, pad):
+        """Pad (mode reflect, edge or wrap; constant pads of H and W) -> Conv without pads:
+        a Conv2d of padding_mode reflect, replicate or circular (op_Conv checks that the
+        pads are equal on both sides, or padding="same")."""
+        conv = self.only_consumer(pad, "Conv")
+        attrs = self.attrs(pad)
+        mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
+            attrs.string("mode", "constant", None))
+        if conv is None or mode is None or (len(pad.input) > 3 and pad.input[3]):
+            return False
+        pads = attrs.ints("pads")
+        if pads is None and len(pad.input) > 1 and pad.input[1]:
+            pads = _ints(self.const(pad.input[1]))
+        if pads is None or len(pads) != 8 or pads[:2] + pads[4:6] != [0, 0, 0, 0] \
+                or min(pads) < 0:
+            return False
+        self.op_Conv(conv, (pad, pads[2:4] + pads[6:], mode))
+        return True
 
     def _pool(self, node):
         x = self.data(node)

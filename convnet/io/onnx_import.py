@@ -1287,8 +1287,9 @@ class _Importer:
                 if strides != [1, 1] or pad[1] != [same[0] // 2, same[1] // 2,
                                                    same[0] - same[0] // 2,
                                                    same[1] - same[1] // 2]:
+                    onnx_mode = self.attrs(pad[0]).string("mode", "", None)
                     raise self.error(pad[0], f"pads {[0, 0, top, left, 0, 0, bottom, right]} "
-                                             f"of mode {_show(self.attrs(pad[0]).string('mode', '', None))} "
+                                             f"of mode {_show(onnx_mode)} "
                                              "differ at the two sides other than as "
                                              "padding='same' does; convnet's Conv2d pads "
                                              "both sides alike")

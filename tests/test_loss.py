@@ -154,13 +154,17 @@ def torch_reduced(fn, scores, y, **options):
 @pytest.mark.parametrize("seed", range(200))
 def test_cross_entropy_options_match_torch(seed):
     """weight, ignore_index, reduction and label smoothing together, as PyTorch computes
-    them; some batches ignore every sample or weigh every target 0 (NaN, as there)."""
+    them; some batches ignore every sample or weigh every target 0 (NaN, as there), and
+    some ignored samples have a score of -inf (masked out: they had made the loss NaN)."""
     rng = np.random.default_rng(seed)
     scores, y = random_problem(rng)
     c = scores.shape[1]
     options = torch_options(rng, c, "cross_entropy")
     if "ignore_index" in options and rng.random() < 0.5:
-        y[rng.random(len(y)) < 0.5] = options["ignore_index"]
+        ignored = rng.random(len(y)) < 0.5
+        y[ignored] = options["ignore_index"]
+        if rng.random() < 0.5 and c > 1:     # (a whole row of -inf: NaN in torch's dx)
+            scores[ignored, rng.integers(0, c)] = -np.inf
     smoothing = float(rng.choice([0.0, 0.1, 1.0]))
     expected, expected_d = torch_reduced(TF.cross_entropy, scores, y,
                                          label_smoothing=smoothing, **options)

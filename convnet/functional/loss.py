@@ -163,6 +163,8 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
             y != ignore_index)                          # (N,) the samples that count
     target = np.where(keep, y, 0)                       # a class for each; masked below
     logp = log_softmax(scores)                          # (N, C)
+    if not keep.all():    # an ignored sample counts nothing: 0, not 0 * its -inf scores
+        logp[~keep] = 0
     p = np.exp(logp)                                    # softmax probabilities
     if w is None:
         wy = keep.astype(scores.dtype)                  # each sample's weight: 1 or 0
@@ -175,11 +177,14 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
     dscores[rows, target] -= (1 - e) * wy
     if e:                                 # the uniform part: -(e / C) sum_j w_j log p_j
         if w is None:
-            losses -= (e / c) * logp.sum(axis=1) * keep
-            dscores += (e / c) * keep[:, None] * (c * p - 1)
+            losses -= (e / c) * logp.sum(axis=1)
+            dscores += (e / c) * (c * p - 1)
         else:
-            losses -= (e / c) * (logp * w).sum(axis=1) * keep
-            dscores += (e / c) * keep[:, None] * (w.sum() * p - w)
+            losses -= (e / c) * (logp * w).sum(axis=1)
+            dscores += (e / c) * (w.sum() * p - w)
+    if not keep.all():
+        losses[~keep] = 0
+        dscores[~keep] = 0
     return _reduce(losses, dscores, reduction, wy.sum(), keep)
 
 

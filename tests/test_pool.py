@@ -717,14 +717,28 @@ def test_a_backward_pass_names_a_dout_of_another_shape():
     itself: the pools, batch norm, LRN and dropout had broadcast a dout of batch 1 over a
     batch of 2 (AdaptiveAvgPool2d then returned dx of the wrong shape) or failed inside
     NumPy."""
-    from convnet.layers import BatchNorm2d, Dropout, LocalResponseNorm
-    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5))
-    for layer in (MaxPool2d(2, fit="floor"), AvgPool2d(2, fit="floor"),
-                  LPPool2d(2, 2, fit="floor"), AdaptiveAvgPool2d(2), Dropout(0.5),
-                  Dropout(0.5).eval(), LocalResponseNorm(2), BatchNorm2d(3),
-                  BatchNorm2d(3).eval()):
+    from convnet.functional.conv import Algorithm
+    from convnet.layers import (
+        BatchNorm2d,
+        Conv2d,
+        Dropout,
+        LocallyConnected2d,
+        LocalResponseNorm,
+    )
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6))
+    convs = [Conv2d(3, 4, 3, padding=1, algorithm=a, dtype=np.float64)
+             for a in Algorithm if a != "one_image"]  # (the convolutions had taken a dout
+    for layer in (MaxPool2d(2, fit="floor"), AvgPool2d(2, fit="floor"),  # of their output's
+                  LPPool2d(2, 2, fit="floor"), AdaptiveAvgPool2d(2), Dropout(0.5),  # size
+                  Dropout(0.5).eval(), LocalResponseNorm(2), BatchNorm2d(3),  # in any shape)
+                  BatchNorm2d(3).eval(), *convs,
+                  LocallyConnected2d(3, 4, (5, 6), 3, padding=1, dtype=np.float64)):
         out = layer.forward(x)
-        for bad in (np.ones((1, *out.shape[1:])), np.ones(out.shape[:-1])):
+        for shape in ((1, *out.shape[1:]), out.shape[:-1], out.shape[:2] + out.shape[2:][::-1],
+                      out.shape[:3] + (out.shape[3] - 1,)):
+            if shape == out.shape:
+                continue
+            bad = np.ones(shape)
             with pytest.raises(ValueError, match=rf"^{re.escape(layer.where)}: expected dout "
                                                  rf"with the shape of the last output"):
                 layer.backward(bad)

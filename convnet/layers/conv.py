@@ -10,6 +10,7 @@ from convnet.functional import conv as F
 from convnet.functional import pad as P
 from convnet.layers.base import (
     Layer,
+    check_dout,
     check_dtype,
     check_param_count,
     check_volume,
@@ -166,6 +167,7 @@ class Conv2d(Layer):
                                            self.groups, self.fit, cols_out=reuse, relu=relu,
                                            algorithm=self.algorithm, where=self.where)
         self._workspace = getattr(self.cache, "workspace", None) if self.training else None
+        self._out_shape = out.shape
         return out
 
     def infer(self, x, bn=None, relu=False):
@@ -231,7 +233,9 @@ class Conv2d(Layer):
     def backward(self, dout, input_grad=True):
         """Input gradient (None with input_grad=False); fills grads. Spends the cache (its
         im2col memory is reused)."""
-        dx, dw, db = F.conv2d_backward(dout, self._cached(), overwrite_cols=True,
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        dx, dw, db = F.conv2d_backward(dout, cache, overwrite_cols=True,
                                        input_grad=input_grad)
         self.cache = None
         self.grads["weight"] = dw
@@ -338,10 +342,13 @@ class LocallyConnected2d(Layer):
         self.output_shape(x.shape[1:])
         out, self.cache = F.locally_connected_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        self._out_shape = out.shape
         return out
 
     def backward(self, dout):
-        dx, dw, db = F.locally_connected_backward(dout, self._cached())
+        cache = self._cached()
+        check_dout(dout, self._out_shape, self.where)
+        dx, dw, db = F.locally_connected_backward(dout, cache)
         self.grads["weight"] = dw
         if "bias" in self.params:
             self.grads["bias"] = db

@@ -1850,6 +1850,37 @@ def test_the_training_images_decide_the_size_and_the_channels(tmp_path):
     assert "6 of the 8 images are grayscale: all are read as grayscale" in data.notes
 
 
+@pytest.mark.parametrize("folders, message", [
+    (("train", "test", "extra"), r"split folders \(test, train\) beside other folders "
+                                 r"\(extra\): a data folder holds either split folders"),
+    (("cat", "dog", "test"), r"split folders \(test\) beside other folders \(cat, dog\)"),
+    (("seg_train", "seg_test", "seg_pred"), r"its folders look like splits, not classes: "
+                                            r"rename seg_test/ as test/, seg_train/ as train/")])
+def test_split_folders_beside_others_are_refused(tmp_path, folders, message):
+    """A folder beside train/ and test/ had made every folder a class (a classifier of
+    the splits), silently; so had Intel's seg_train/, seg_test/ and seg_pred/."""
+    from PIL import Image
+    for folder in folders:
+        for name in ("cat", "dog"):
+            (tmp_path / folder / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), 40 * i).save(tmp_path / folder / name / f"{i}.png")
+    with pytest.raises(ValueError, match=message):
+        load_dataset(tmp_path)
+
+
+def test_class_folders_named_like_a_split_are_classes(tmp_path):
+    """One class of many named for a split word (Places' train_station, a test_tube) is a
+    class: only two kinds of split, named by half of the folders or more, are refused."""
+    from PIL import Image
+    for name in ("airport", "train_station", "test_tube", "zoo", "beach"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
+    assert load_dataset(tmp_path, test_fraction=0.34).classes == [
+        "airport", "beach", "test_tube", "train_station", "zoo"]
+
+
 def test_two_folders_for_one_split_are_refused(tmp_path):
     from PIL import Image
     for split in ("train", "Training", "test"):

@@ -118,7 +118,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             CIFAR-10 or CIFAR-100 files in either published form, there or in the
             extracted sub-folder; an image folder: root/<class>/<image>, or
             root/train/<class> and root/test/<class> (and root/val/<class>) for given
-            splits. Names win over same-named directories: write "./digits" for a folder
+            splits, with no other folder beside them. Names win over same-named directories: write "./digits" for a folder
             called digits.
         root: where the named data set's files are (see each loader for the search).
         download: fetch missing files (Fashion-MNIST only).
@@ -240,6 +240,30 @@ def split_of(name):
     return next((split for split, names in SPLIT_FOLDERS.items() if base in names), None)
 
 
+def _check_layout(path, splits):
+    """Refuse a folder that mixes split folders with class folders ({split or None:
+    [names]}), or whose folders look like splits by other names (seg_train/, seg_test/,
+    seg_pred/: two kinds of split named, by at least half of the folders): read as class
+    folders, they would have trained a classifier of splits."""
+    named = {split: names for split, names in splits.items() if split is not None}
+    if named and None in splits:
+        shown = ", ".join(splits[None][:5]) + (" ..." if len(splits[None]) > 5 else "")
+        raise ValueError(f"{path}: split folders ({', '.join(sum(named.values(), []))}) "
+                         f"beside other folders ({shown}): a data folder holds either "
+                         f"split folders (train/, test/, val/, each with one folder per "
+                         f"class) or class folders; move the others out")
+    if named:
+        return
+    kinds = {split: name for name in splits.get(None, []) for split, words in
+             SPLIT_FOLDERS.items() for word in words
+             if re.search(rf"(^|[^a-z]){word}([^a-z]|$)", name.lower())}
+    if len(kinds) > 1 and 2 * len(set(kinds.values())) >= len(splits.get(None, [])):
+        shown = ", ".join(f"{name}/ as {split}/" for split, name in sorted(kinds.items()))
+        raise ValueError(f"{path}: its folders look like splits, not classes: rename "
+                         f"{shown} (each with one folder per class), or give a folder "
+                         f"of class folders")
+
+
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
     if find_idx_dir([path]) is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
@@ -265,6 +289,7 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
     splits = {}
     for name in sorted(subdirs):
         splits.setdefault(split_of(name), []).append(name)
+    _check_layout(path, splits)
     if None not in splits and "train" in splits:       # every folder is a split
         folders = ", ".join(sorted(subdirs))
         twice = [names for names in splits.values() if len(names) > 1]

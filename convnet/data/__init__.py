@@ -118,8 +118,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             CIFAR-10 or CIFAR-100 files in either published form, there or in the
             extracted sub-folder; an image folder: root/<class>/<image>, or
             root/train/<class> and root/test/<class> (and root/val/<class>) for given
-            splits, with no other folder beside them. Names win over same-named directories: write "./digits" for a folder
-            called digits.
+            splits, with no other folder beside them. Names win over same-named
+            directories: write "./digits" for a folder called digits.
         root: where the named data set's files are (see each loader for the search).
         download: fetch missing files (Fashion-MNIST only).
         image_size: resize every image (train and test) to (H, W), or to H x H for an

@@ -1089,6 +1089,23 @@ def test_a_32_bit_integer_image_past_16_bits_is_named(tmp_path):
         decode_image(tmp_path / "a" / "i.tif", "L")
 
 
+@pytest.mark.parametrize("suffix", ["png", "tif", "jpg"])
+def test_a_turned_image_has_its_shown_size_in_every_format(tmp_path, suffix):
+    """Stored 30 wide and 20 tall, shown turned (EXIF orientation 6): 20 wide and 30 tall
+    in its header and its pixels. Pillow's TIFF reader gives the turned size at open, and
+    it had been turned a second time in the header (portraits squashed into landscape)."""
+    from convnet.data.folder import read_headers
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / f"r.{suffix}", exif=exif)
+    header, = read_headers([tmp_path / f"r.{suffix}"])
+    arr, _ = decode_image(tmp_path / f"r.{suffix}", "RGB")
+    assert (header.orientation, header.height, header.width) == (6, 30, 20)
+    assert arr.shape == (30, 20, 3) and arr[0, 19, 0] > 200 and arr[29, 0, 0] < 50
+
+
 def test_a_sixteen_bit_image_is_turned_as_its_exif_orientation_says(tmp_path):
     """The 8-bit copy of a 16-bit image has no EXIF: turned after it, it was not turned."""
     (tmp_path / "a").mkdir()

@@ -215,6 +215,16 @@ def _opened(Image, path):
     return im
 
 
+def _turned_at_open(im):
+    """Whether Pillow gives im's size already turned by its EXIF orientation: its TIFF
+    reader does so in recent versions, and then turns the pixels itself as it loads them."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None:
+        return False
+    stored = (tags.get(256), tags.get(257))          # ImageWidth, ImageLength
+    return stored != tuple(im.size) and stored == tuple(im.size[::-1])
+
+
 def _header(Image, im):
     """The Header of an opened image, from what Image.open read (nothing decoded)."""
     try:   # Image.getexif itself: PNG's own would decode the image to look past its data
@@ -222,7 +232,7 @@ def _header(Image, im):
     except Exception:   # a damaged EXIF block: the image as stored
         orientation = 1
     orientation = orientation if orientation in range(1, 9) else 1
-    w, h = im.size[::-1] if orientation >= 5 else im.size
+    w, h = im.size[::-1] if orientation >= 5 and not _turned_at_open(im) else im.size
     alpha = im.mode in ALPHA_MODES or "transparency" in im.info
     try:        # counting frames reads past the first, which may be damaged
         frames = getattr(im, "n_frames", 1)

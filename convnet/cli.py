@@ -264,7 +264,9 @@ def _train_report(args, result):
 
 
 def _note(args, text):
-    print(f"convnet {args.command}: {text}", file=sys.stderr)
+    """A note on stderr, as one line (_shown_line: a file's name with a line break or a
+    terminal escape in it cannot start a line that reads as convnet's own)."""
+    print(f"convnet {args.command}: {_shown_line(text)}", file=sys.stderr)
 
 
 def cmd_eval(args):
@@ -735,7 +737,7 @@ def main(argv=None):
         with warnings.catch_warnings():
             if not args.debug:      # a library's warning as one line, as the notes are
                 warnings.showwarning = lambda message, *rest: _note(
-                    args, f"warning: {_shown_line(str(message))}")
+                    args, f"warning: {message}")
             args.func(args)
         if sys.stdout is not None:     # None: started with standard output closed
             sys.stdout.flush()

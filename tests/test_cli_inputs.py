@@ -737,6 +737,11 @@ def test_odd_arguments_get_one_short_clear_line(tmp_path, capsys):
     assert main(["predict", str(model), str(odd)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and out.startswith(repr(str(odd)) + ": ")
+    odd = tmp_path / "y\nconvnet predict: all good\x1b[2K.png"     # converted: a note names it
+    Image.new("RGB", (10, 10)).save(odd, format="PNG")
+    assert main(["predict", str(model), str(odd)]) == 0
+    err = capsys.readouterr().err
+    assert "10x10" in err and "\x1b" not in err and "\nconvnet predict: all" not in err, err
 
 
 def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path, capsys):

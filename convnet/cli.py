@@ -728,11 +728,15 @@ def build_parser():
 
 
 def main(argv=None):
+    from convnet.functional.threads import SETTING_ERROR
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    if SETTING_ERROR is not None:
+        print(f"convnet {args.command}: error: {SETTING_ERROR}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             if not args.debug:      # a library's warning as one line, as the notes are

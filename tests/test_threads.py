@@ -302,3 +302,25 @@ def test_parts_run_with_the_callers_numpy_error_settings():
             threads.in_parallel(divide, x.size, x.nbytes)
     with np.errstate(divide="ignore"):
         threads.in_parallel(divide, x.size, x.nbytes)       # no warning, no error
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_thread_count_is_one_line_from_the_cli_and_an_error_from_a_model(value):
+    """CONVNET_THREADS had raised at import: a traceback before the command line could
+    say it in one line."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "CONVNET_THREADS": value}
+    cli = subprocess.run([sys.executable, "-m", "convnet.cli", "train", "--epochs", "1"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
+    assert cli.stderr == (f"convnet train: error: CONVNET_THREADS must be a positive int "
+                          f"(the threads of each process), got {value!r}\n")
+    model = subprocess.run([sys.executable, "-c", (
+        "import numpy as np; from convnet.models import from_notation; "
+        "from_notation('INPUT 4x4x1 -> FC 2').infer(np.zeros((1, 1, 4, 4)))")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert model.returncode == 1
+    assert model.stderr.strip().endswith(f"ValueError: CONVNET_THREADS must be a positive "
+                                         f"int (the threads of each process), got {value!r}")

@@ -34,18 +34,23 @@ def _thread_count():
     """$CONVNET_THREADS when set; else this process's share of the cores (at most 2)
     among the processes an MPI launcher started on this machine (MPICH's
     MPI_LOCALNRANKS, Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; ``limits.cores_per_process``),
-    at least 1."""
+    at least 1. A CONVNET_THREADS that is not a positive int is kept as SETTING_ERROR,
+    which every model call (one_blas_thread) and the command line raise: raised at
+    import, it would be a traceback before the command line could say it in one line."""
+    global SETTING_ERROR
     text = os.environ.get("CONVNET_THREADS", "").strip()
     if text:
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"CONVNET_THREADS must be a positive int, got {text!r}")
-        return int(text)
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        SETTING_ERROR = (f"CONVNET_THREADS must be a positive int (the threads of each "
+                         f"process), got {text[:40]!r}")
     local = (os.environ.get("MPI_LOCALNRANKS")
              or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
     ranks = int(local) if local.isdigit() and int(local) > 0 else 1
     return max(1, min(2, cores_per_process(ranks)))
 
 
+SETTING_ERROR = None     # what is wrong with $CONVNET_THREADS, if anything
 THREADS = _thread_count()
 _POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="convnet") if THREADS > 1 else None
 PARALLEL_BYTES = 1 << 20  # below this an operation is not worth a thread hand-off
@@ -141,8 +146,10 @@ def one_blas_thread():
     started without convnet's OPENBLAS_THREAD_TIMEOUT, spin for about 0.1 s after every
     multi-threaded GEMM on the cores convnet's threads need. Nested and concurrent holds
     share one limit, set by the first and lifted by the last. Without threadpoolctl (the
-    ``fast`` extra) it does nothing."""
+    ``fast`` extra) it does nothing. Raises SETTING_ERROR, if there is one."""
     global _holders, _limiter
+    if SETTING_ERROR is not None:
+        raise ValueError(SETTING_ERROR)
     controller = _controller()
     if not controller:
         yield

@@ -18,7 +18,6 @@ import struct
 import sys
 import threading
 import tracemalloc
-import urllib.error
 import warnings
 from pathlib import Path
 
@@ -369,8 +368,12 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, http_dir):
                                          + checksums["train-images-idx3-ubyte.gz"]):
         load_fashion_mnist(root=root, download=True, base_url=base, checksums=checksums)
     assert list(root.iterdir()) == []
-    with pytest.raises(urllib.error.HTTPError):                       # 404: nothing saved
-        download(base + "/missing.gz", root / "missing.gz", "0" * 32)
+    with pytest.raises(OSError, match=r"/missing.gz: the download failed \(HTTP 404 .*\); "
+                                      r"nothing was saved to .*missing.gz: check the network"):
+        download(base + "/missing.gz", root / "missing.gz", "0" * 32)   # 404: nothing saved
+    assert list(root.iterdir()) == []
+    with pytest.raises(OSError, match=r"http://127.0.0.1:9/x.gz: the download failed \("):
+        download("http://127.0.0.1:9/x.gz", root / "x.gz", "0" * 32)   # nothing listening
     assert list(root.iterdir()) == []
     with pytest.raises(FileNotFoundError, match=r"convnet train --download; download=True"):
         load_fashion_mnist(root=root)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def download(url, dest, md5, timeout=60.0):
     The bytes go to a hidden temporary file next to ``dest`` (same file system) while
     their MD5 is computed; on a match the file is renamed onto ``dest`` (atomic), on a
     mismatch or any error it is deleted and the error raised: ``ValueError`` for a wrong
-    checksum, ``OSError`` (urllib.error.URLError) for the network.
+    checksum, an ``OSError`` naming the URL, what went wrong and what to do for the
+    network (a bare urllib error had said only "Name or service not known").
 
     >>> download(BASE + "t10k-labels-idx1-ubyte.gz", "/tmp/t10k-labels-idx1-ubyte.gz",
     ...          "bb300cfdad3c16e7a12a480ee83cd310")  # doctest: +SKIP
@@ -87,10 +89,18 @@ def download(url, dest, md5, timeout=60.0):
     try:
         os.fchmod(fd, 0o666 & ~umask())     # mkstemp makes 0600; open() would honour umask
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as src:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                digest.update(chunk)
-                out.write(chunk)
+        try:
+            with os.fdopen(fd, "wb") as out, \
+                    urllib.request.urlopen(url, timeout=timeout) as src:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            reason = (f"HTTP {err.code} {err.reason}" if isinstance(err, urllib.error.HTTPError)
+                      else getattr(err, "reason", None) or err)
+            raise OSError(f"{url}: the download failed ({reason}); nothing was saved to "
+                          f"{dest}: check the network, or put the file there yourself") \
+                from None
         if digest.hexdigest() != md5.lower():
             raise ValueError(f"{url}: checksum mismatch: expected MD5 {md5.lower()}, got "
                              f"{digest.hexdigest()}; the file was not saved to {dest}")

@@ -176,6 +176,43 @@ def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monke
     assert len(said) == 1 and said[0].endswith("ignored: lr=0.5, seed=7"), lines
 
 
+def test_a_directory_a_live_run_holds_is_refused_and_a_dead_runs_lock_is_taken(
+        tmp_path, monkeypatch, capsys):
+    """Two runs started close together had both written runs/digits (the directory was
+    made only at the first checkpoint, an epoch later), each over the other's files; a
+    --resume or --overwrite of a run in progress had raced it the same way."""
+    import socket
+
+    from convnet.train.loop import LOCK
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "runs" / "digits"
+    live.mkdir(parents=True)
+    (live / LOCK).write_text(f"{os.getpid()} {socket.gethostname()}\n")   # this process
+    cfg = dict(data="digits", model=SMALL, epochs=1, limit=200)
+    second = train(TrainConfig(**cfg), **QUIET)
+    assert str(second.model_path.parent) == "runs/digits-2"
+    assert sorted(p.name for p in live.iterdir()) == [LOCK]      # left alone
+    assert not (tmp_path / "runs" / "digits-2" / LOCK).exists()  # released at the end
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert main(["train", "--model", SMALL, "--epochs", "1", "--quiet", "--out",
+                     str(live), *extra]) == 1
+        err = capsys.readouterr().err
+        assert f"{live}: a run is using it (pid {os.getpid()}): wait for it to end" in err
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (live / LOCK).write_text(f"{dead} {socket.gethostname()}\n")  # a killed run's
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--no-report", "--out", str(live)]) == 0
+    assert (live / "model.json").exists() and not (live / LOCK).exists()
+
+
+def test_a_run_that_fails_its_checks_leaves_no_directory(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--model", SMALL, "--data", str(tmp_path / "missing"), "--out",
+                 str(out)]) == 1
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_existing_run_is_never_overwritten_silently(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--model", SMALL, "--epochs", "1", "--quiet", "--out", str(out)]

@@ -20,7 +20,9 @@ the same checkpoint, which holds every rank's dropout generator.
 
 A run directory holds one run: a new run refuses a directory that already holds files
 unless told to resume it or to overwrite it; without ``out`` a run takes the first free
-name of runs/<data>, runs/<data>-2, runs/<data>-3, ...
+name of runs/<data>, runs/<data>-2, runs/<data>-3, ... A run holds its directory from
+its checks to its end (``RunLock``): another run there, new, resumed or overwriting, is
+refused while it lasts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -324,7 +327,12 @@ def run_directory(cfg, resume, overwrite):
             out = existing[-1] if existing else base
         else:
             out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
-                       or (p.is_dir() and not any(p.iterdir())))     # empty folder
+                       or (p.is_dir() and lock_holder(p) is None       # empty folder that
+                           and not any(p.iterdir())))                  # no run holds
+    holder = lock_holder(out)
+    if holder is not None:
+        raise ValueError(f"{out}: a run is using it ({holder}): wait for it to end, or give "
+                         f"another --out (if no run is, delete {out / LOCK})")
     note = recover_set_aside(out)
     if note:
         warnings.warn(note, stacklevel=2)
@@ -428,6 +436,82 @@ def training_bytes(model, input_shape, cfg, batch=None):
                        dtype=cfg.dtype).memory["training_total"]
     except (ValueError, TypeError):     # an estimate, never a reason to refuse a run
         return 0
+
+
+LOCK = ".convnet-run.lock"     # "pid host" of the run that holds its directory
+
+
+def lock_holder(out):
+    """Who holds ``out`` (LOCK's "pid N on host H"), or None: no lock, or one that a run
+    on this machine killed before its end left (removed here). A lock from another
+    machine is taken as held; one being written (empty, under 10 s old) too."""
+    path = out / LOCK
+    try:
+        with open(path, "rb") as f:
+            text = f.read(300).decode("utf-8", "replace").split()
+        age = time.time() - path.lstat().st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if len(text) == 2 and text[0].isdigit():
+        pid, host = int(text[0]), text[1]
+        if host != socket.gethostname():
+            return f"pid {pid} on {host}"
+        if _alive(pid):
+            return f"pid {pid}"
+    elif age < 10:
+        return "a run starting"
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _alive(pid):
+    """Whether process ``pid`` runs on this machine: it exists and, where /proc says, is
+    not a zombie (an MPI rank killed by MPI_Abort may stay one, unreaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read(4096).rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != b"Z"
+
+
+class RunLock:
+    """Rank 0's hold on its run directory, from the checks to the run's end: LOCK, made
+    with O_EXCL, holding this process's id and host. Another run (new, --resume or
+    --overwrite) on a held directory is refused (run_directory), where two had written
+    over each other's files until the first checkpoint made the directory. The directory
+    is made here; at the end the lock is removed, and so are the folders made here if
+    nothing else was written in them (a run that fails its checks leaves no directory)."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.made = [p for p in (self.out, *self.out.parents) if not p.exists()]
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            self.made = []
+            raise ValueError(f"{self.out}: a run is using it ({lock_holder(self.out)}): "
+                             f"wait for it to end, or give another --out") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        (self.out / LOCK).unlink(missing_ok=True)
+        for folder in self.made:          # innermost first; only while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 class SetAside:
@@ -648,7 +732,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         raise ValueError("freeze (--freeze) keeps stages of the model that init_from "
                          "(--from) starts from; without it they would stay at their random "
                          "start: give --from MODEL_FILE, or drop --freeze")
-    out = Path(_on_root(comm, lambda: str(run_directory(cfg, resume, overwrite))))
+    def claim():
+        out = run_directory(cfg, resume, overwrite)
+        stack.enter_context(RunLock(out))      # on rank 0 only, until the run ends
+        return str(out)
+    out = Path(_on_root(comm, claim))
     stack.enter_context(_interrupt_names(out))
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None

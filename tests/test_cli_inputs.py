@@ -206,6 +206,35 @@ def test_a_directory_a_live_run_holds_is_refused_and_a_dead_runs_lock_is_taken(
     assert (live / "model.json").exists() and not (live / LOCK).exists()
 
 
+def test_an_overwrite_leaves_the_earlier_run_in_place_until_its_first_epoch_ends(
+        tmp_path, monkeypatch, capsys):
+    """The earlier run's files had been moved into a hidden .replaced-* folder before
+    training began: under mpiexec, where another rank's failure ends rank 0 before it can
+    put them back, the folder then looked empty to eval until a later run recovered
+    them. Now they stay until the new run writes its first file."""
+    import convnet.train.loop as loop
+    from convnet.train.loop import LOCK
+    out = tmp_path / "run"
+    args = ["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+            "--no-report", "--out", str(out)]
+    assert main(args) == 0
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    seen, real = [], loop.softmax_cross_entropy
+
+    def interrupted(*a, **k):
+        seen.append(sorted(p.name for p in out.iterdir()))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(loop, "softmax_cross_entropy", interrupted)
+    capsys.readouterr()
+    assert main(args + ["--overwrite", "--seed", "1"]) == 130
+    assert seen[-1] == sorted([*held, LOCK])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    assert f"the new run had written no checkpoint yet: {out} holds the earlier run again, " \
+           f"as it was" in capsys.readouterr().err
+
+
 def test_a_run_that_fails_its_checks_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "new" / "run"
     assert main(["train", "--model", SMALL, "--data", str(tmp_path / "missing"), "--out",

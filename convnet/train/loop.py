@@ -515,18 +515,26 @@ class RunLock:
 
 
 class SetAside:
-    """An earlier run's files (RUN_FILES) in ``out``, moved into a hidden folder beside
-    them (with overwrite, once the data, the model and every setting have been checked):
-    ``drop()`` deletes them once the new run has written its first checkpoint;
-    ``restore()`` puts them back if it fails before that. A failing run loses nothing."""
+    """An earlier run's files (RUN_FILES) in ``out``, moved by ``begin()`` into a hidden
+    folder beside them just before the new run writes its first file (its first best
+    model, or its first checkpoint): ``drop()`` deletes them once the new run has written
+    its first checkpoint; ``restore()`` puts them back if it fails before that. A failing
+    run loses nothing, and until its first epoch ends the earlier run stays where it was
+    (readable by eval; and under mpiexec, where another rank's failure ends rank 0
+    before it can restore anything, not hidden until a later run puts it back)."""
 
     def __init__(self, out):
-        self.out, self.folder = out, None
-        held = [name for name in RUN_FILES if (out / name).exists()]
+        self.out, self.folder, self.begun = out, None, False
+
+    def begin(self):
+        if self.begun:
+            return
+        self.begun = True
+        held = [name for name in RUN_FILES if (self.out / name).exists()]
         if held:
-            self.folder = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+            self.folder = Path(tempfile.mkdtemp(prefix=".replaced-", dir=self.out))
             for name in held:
-                os.replace(out / name, self.folder / name)
+                os.replace(self.out / name, self.folder / name)
 
     def drop(self):
         if self.folder is not None:
@@ -547,6 +555,8 @@ class SetAside:
         elif self.folder is not None:
             self.restore()
             error.earlier_restored = True      # the command line's resume hint says so
+        elif not self.begun and any((self.out / name).exists() for name in RUN_FILES):
+            error.earlier_restored = True      # never moved: there as it was
 
 
 def put_back(out, folder):
@@ -891,7 +901,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if splits.drawn_from is not None:   # eval draws the same test images from these files
         info["split_files"] = splits.drawn_from
     aside = None
-    if overwrite and not resume and comm.is_root:   # everything is checked: set them aside
+    if overwrite and not resume and comm.is_root:   # set aside at the first write
         aside = stack.enter_context(SetAside(out))
     norms = _sync_norms(model, comm, cfg)
 
@@ -937,6 +947,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             state.update(processes=comm.size, dropout_rng_ranks=every_rank)
         arrays, state["optimizer"] = optimizer.state_dict()
         averages, state["ema"] = ema.state_dict() if ema is not None else (None, None)
+        if aside is not None:
+            aside.begin()
         save_checkpoint(ckpt_path, model.state_dict(), arrays, state, averages)
         if aside is not None:        # the new run can be resumed: the old one goes
             aside.drop()
@@ -1019,6 +1031,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             if val_loss < best["val_loss"]:       # the best model: the lowest validation loss
                 best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
                 if comm.is_root:
+                    if aside is not None:
+                        aside.begin()
                     save_model(model, out / "best", **info)
         history.append({"epoch": epoch + 1, "loss": sums["loss"] / sums["seen"],
                         "acc": sums["correct"] / sums["seen"], "val_loss": val_loss,

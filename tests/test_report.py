@@ -186,12 +186,29 @@ def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
         assert natural == cols * (tw + 1) + 1
     samples = browser.find_elements("css selector", "details.sample")
     assert len(samples) == 4                       # one test image of each of 4 classes
-    # hovering a map names its channel
+    # hovering a map names its channel, and moves nothing: the readout had widened its
+    # caption, pushing the next grid aside (or onto the next row) under the mouse
     from selenium.webdriver import ActionChains
-    grid = stages[0].find_element("css selector", "img.grid")
-    ActionChains(browser).move_to_element_with_offset(grid, 1, 1).perform()
-    caption = browser.find_element("id", grid.get_attribute("data-caption")).text
-    assert caption.startswith("channel ")
+
+    def boxes():
+        return [(s.location["x"], s.location["y"], s.size["width"], s.size["height"])
+                for s in stages]
+    for width in (1280, 1000, 700):
+        browser.set_window_size(width, 1000)
+        before = boxes()
+        for stage in stages:
+            grid = stage.find_element("css selector", "img.grid")
+            size, cols = grid.size, int(grid.get_attribute("data-cols"))
+            rows = -(-int(grid.get_attribute("data-count")) // cols)
+            ActionChains(browser).move_to_element_with_offset(   # the first map's middle,
+                grid, int(size["width"] * (1 / cols - 1) / 2),   # from the grid's centre
+                int(size["height"] * (1 / rows - 1) / 2)).perform()
+            caption = browser.find_element("id", grid.get_attribute("data-caption")).text
+            assert caption == "channel 0" and boxes() == before, (width, stage.text)
+    browser.set_window_size(500, 1000)     # a phone: the settings had been a letter a line
+    assert min(dd.size["width"] for dd in browser.find_elements(
+        "css selector", "dl.settings dd")) > 150
+    browser.set_window_size(1280, 1000)
 
 
 def test_an_untrained_zoo_model_says_so_at_the_top(browser, pages, capsys):

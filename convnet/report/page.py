@@ -54,7 +54,8 @@ svg.architecture g.volume:hover text { fill: #b00; }
 img.px { image-rendering: pixelated; max-width: 100%; height: auto; }
 figure { margin: 0 0 14px; }
 figcaption { font-size: 13px; margin-bottom: 3px; }
-.channel { color: #b00; margin-left: 8px; }
+.stages figure { width: min-content; min-width: 12em; }
+.channel { display: block; width: 0; height: 1.3em; white-space: nowrap; color: #b00; }
 details.sample { margin: 8px 0 18px; border-top: 1px solid #ddd; padding-top: 6px; }
 details.sample > summary { cursor: pointer; font-weight: bold; font-size: 15px; }
 .sample-head { display: flex; gap: 18px; align-items: flex-start; margin: 8px 0 12px; }
@@ -71,6 +72,9 @@ dl.settings { display: grid; grid-template-columns: repeat(3, max-content minmax
                gap: 3px 12px; margin: 4px 0; }
 dl.settings dt { font-family: "DejaVu Sans Mono", monospace; font-size: 13px; color: #555; }
 dl.settings dd { margin: 0; overflow-wrap: anywhere; }
+@media (max-width: 760px) {        /* a phone: one pair a row, not a letter a line */
+  dl.settings { grid-template-columns: max-content minmax(0, 1fr); }
+}
 footer { color: #777; font-size: 12px; margin-top: 40px; }
 """
 

@@ -171,7 +171,7 @@ def filters_figure(model, scale=16, title=None):
     ax.axis("off")
     if lines:
         fig.suptitle("\n".join(lines), fontsize=TITLE_POINTS, y=1 - 0.05 / (fig_h + top),
-                     va="top")
+                     va="top", parse_math=False)
     return fig
 
 
@@ -236,9 +236,9 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
             if col < act.shape[0]:
                 ax.imshow(act[col], cmap="viridis", interpolation="nearest", **common)
         axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}",
-                               fontsize=7, loc="left")
-    if title:
-        fig.suptitle(title, fontsize=9)
+                               fontsize=7, loc="left", parse_math=False)   # names as given:
+    if title:                                                      # "$x$" is not math
+        fig.suptitle(title, fontsize=9, parse_math=False)
     return _save(fig, path)
 
 
@@ -294,8 +294,9 @@ def plot_reuse(model, path, title=None):
         scaled = matrix / np.nanmax(matrix)  # as in the paper: relative to the block's max
         image = ax.imshow(scaled, cmap="jet", vmin=0, vmax=1,
                           extent=(-0.5, size - 0.5, size + 0.5, 0.5))
-        ax.set(title=name, xlabel="source layer (0 = block input)", ylabel="target layer")
+        ax.set(xlabel="source layer (0 = block input)", ylabel="target layer")
+        ax.set_title(name, parse_math=False)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, parse_math=False)
     return _save(fig, path)

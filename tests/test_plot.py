@@ -271,3 +271,18 @@ def test_pictures_are_written_atomically_and_replace_a_link(tmp_path):
     assert plot_history(history, tmp_path / "plain") == tmp_path / "plain.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "curve.svg",
                                                           "plain.png", "victim.txt"]
+
+
+def test_layer_names_with_dollar_signs_are_drawn_as_given(tmp_path):
+    """matplotlib reads $...$ as math: a model file's layer named "$\\frac{a}{b$" had
+    ended `show activations` in a ParseSyntaxException naming neither file nor layer."""
+    from convnet.layers import Flatten, ReLU
+    from convnet.models.containers import Sequential as Seq
+    from convnet.plot import plot_activations
+
+    model = Seq({"$\\frac{a}{b$": Conv2d(1, 2, 3), "$x$": ReLU(), "flat": Flatten(),
+                 "fc": Linear(2 * 6 * 6, 3)})
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8))
+    plot_activations(model, x, tmp_path / "a.png", title="$y$ and $\\frac{")
+    with Image.open(tmp_path / "a.png") as img:
+        assert img.format == "PNG"

@@ -423,3 +423,25 @@ def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path,
     def refuse(constant):
         raise AssertionError(f"not strict JSON: {constant}")
     assert json.loads(capsys.readouterr().out, parse_constant=refuse)["loss"] is None
+
+
+def test_fine_tuning_on_the_same_folder_with_another_split_is_refused(tmp_path, capsys):
+    """--from a model trained on this folder, with another --seed or --test-fraction: the
+    test split was drawn again, and held out images the model had trained on (all 6 of
+    6 in the review's case) without a word. The same split, or other data, is taken."""
+    data = make_folder(tmp_path / "data", per_class=15, sizes=((8, 8),))
+    base = ["train", "--data", str(data), "--epochs", "1", "--quiet", "--no-report"]
+    assert main(base + ["--out", str(tmp_path / "r0")]) == 0
+    start = ["--from", str(tmp_path / "r0" / "model.json")]
+    for option, given in (("--seed", "--seed"), ("--test-fraction", "--test-fraction")):
+        value = "1" if option == "--seed" else "0.2"
+        assert main(base + start + [option, value, "--out", str(tmp_path / "r1")]) == 1
+        line = error_line(capsys)
+        assert f"was trained on {data} with its test images held out by seed 0 and test " \
+               f"fraction 0.1; this run's {given} holds out others, some of which the " \
+               f"model trained on: give --seed 0 --test-fraction 0.1" in line, line
+        assert not (tmp_path / "r1").exists()
+    assert main(base + start + ["--out", str(tmp_path / "r2")]) == 0
+    other = make_folder(tmp_path / "other", per_class=16, sizes=((8, 8),))
+    assert main(["train", "--data", str(other), "--epochs", "1", "--quiet", "--no-report",
+                 *start, "--seed", "1", "--out", str(tmp_path / "r3")]) == 0

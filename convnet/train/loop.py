@@ -677,6 +677,27 @@ def _notation_input(text):
     return getattr(from_notation(text), "input_shape", None)
 
 
+def _check_fine_tune_split(info, splits, cfg):
+    """Refuse to fine-tune a model on the image folder it was trained on with a test
+    split drawn otherwise (another --seed or --test-fraction): the new test images would
+    include images the model trained on (all 6 of 6, in the review that found it)."""
+    drawn = splits.drawn_from
+    if not drawn or info.get("split_files") != drawn:
+        return
+    was = (info.get("split_seed"), info.get("test_fraction"))
+    if was != (cfg.seed, cfg.test_fraction):
+        seed, fraction = was
+        given = "--test-fraction" if cfg.seed == seed else "--seed"
+        shown = fraction if fraction is not None else "the default"
+        raise ValueError(
+            f"--from {cfg.init_from} was trained on {cfg.data} with its test images held out "
+            f"by seed {seed} and test fraction {shown}; "
+            f"this run's {given} holds out others, some of which the model trained on: "
+            f"give --seed {seed}"
+            + (f" --test-fraction {fraction}" if fraction is not None else "")
+            + ", or fine-tune on train/ and test/ folders")
+
+
 def _initial_model(cfg, log):
     """The model to fine-tune from cfg.init_from (a model file, or weights with cfg.model)."""
     is_weights = Path(cfg.init_from).suffix.lower() in WEIGHTS
@@ -782,6 +803,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     if ckpt is not None:      # the test split drawn again: from the files it was drawn from
         recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
         check_drawn_split(recorded.get("split_files"), splits, cfg.data, "the run")
+    if start_model is not None:
+        _check_fine_tune_split(getattr(start_model, "info", None) or {}, splits, cfg)
     input_shape, num_classes = splits.input_shape, len(splits.classes)
     stack.enter_context(use_algorithm(cfg.conv_algorithm))
     if cfg.conv_algorithm != "auto":

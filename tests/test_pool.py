@@ -1,5 +1,6 @@
 """Pooling: naive loops from the notes as oracles, PyTorch sweeps, gradient checks, errors."""
 
+import functools
 import json
 import re
 
@@ -440,6 +441,31 @@ def test_adaptive_maxpool_matches_torch(case):
     x32 = x.astype(np.float32)
     assert pool.forward(x32).dtype == np.float32 and pool.backward(
         dout.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES[:100], ids=[
+    f"{c['shape'][2]}x{c['shape'][3]}-to-{c['out'][0]}x{c['out'][1]}"
+    for c in ADAPTIVE_CASES[:100]])
+def test_adaptive_pools_match_torch_where_values_are_not_finite(case):
+    """An inf or NaN reaches the windows that hold it, as in PyTorch: the average's
+    averaging matrices had carried it into every output of its plane (0 * inf: NaN), in
+    the backward pass too; and the max routes a window's gradient to its last NaN, where
+    argmax had chosen the first."""
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["shape"])
+    x[rng.random(x.shape) < 0.15] = rng.choice([np.inf, -np.inf, np.nan], size=1)[0]
+    x[rng.random(x.shape) < 0.1] = np.nan
+    for pool, reference in ((AdaptiveAvgPool2d(case["out"]), TF.adaptive_avg_pool2d),
+                            (AdaptiveMaxPool2d(case["out"]), TF.adaptive_max_pool2d)):
+        out = pool.forward(x)
+        dout = rng.standard_normal(out.shape)
+        if isinstance(pool, AdaptiveAvgPool2d):
+            dout[rng.random(dout.shape) < 0.2] = np.inf
+        dx = pool.backward(dout)
+        ref_out, ref_dx = torch_grad(functools.partial(reference, output_size=case["out"]),
+                                     x, dout)
+        np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
 
 
 def test_adaptive_maxpool_config_and_errors():

@@ -373,6 +373,8 @@ def adaptive_avgpool2d_forward(x, out_size):
     if (oh, ow) == (1, 1):
         return x.mean(axis=(2, 3), keepdims=True), AdaptiveAvgCache(x.shape, None, None)
     rows, cols = _averaging_matrix(h, oh, x.dtype), _averaging_matrix(w, ow, x.dtype)
+    if not np.isfinite(x).all():   # the matrices' zeros would make an inf NaN everywhere
+        return _window_means(x, out_size), AdaptiveAvgCache(x.shape, rows, cols)
     out = rows @ (x @ cols.T)                                # (N, C, OH, OW)
     return out, AdaptiveAvgCache(x.shape, rows, cols)
 
@@ -383,7 +385,40 @@ def adaptive_avgpool2d_backward(dout, cache):
     if rows is None:
         g = dout / (x_shape[2] * x_shape[3])                 # (N, C, 1, 1)
         return np.broadcast_to(g, x_shape).copy()
+    if not np.isfinite(dout).all():
+        return _window_means_backward(dout, x_shape)
     return rows.T @ (dout @ cols)
+
+
+def _windows(h, w, out_size):
+    """Each adaptive window's positions (rows (OH, kh), cols (OW, kw)), the mask of those
+    inside it (OH, kh, OW, kw), and its size (OH, 1, OW, 1)."""
+    (rows, rin), (cols, cin) = _window_indices(h, out_size[0]), _window_indices(w, out_size[1])
+    inside = rin[:, :, None, None] & cin[None, None, :, :]
+    return rows, cols, inside, inside.sum(axis=(1, 3), keepdims=True)
+
+
+def _window_means(x, out_size):
+    """adaptive average pooling window by window: where x is not finite, each inf or NaN
+    reaches only the windows that hold it, as in PyTorch (the matrix product's zeros
+    would carry it into every output of its plane: 0 * inf is NaN)."""
+    rows, cols, inside, count = _windows(*x.shape[2:], out_size)
+    win = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]   # (N, C, OH, kh, OW, kw)
+    return np.where(inside, win, 0).sum(axis=(3, 5)) / count[:, 0, :, 0]
+
+
+def _window_means_backward(dout, x_shape):
+    """The adjoint of _window_means: each output's gradient over its window's size, added
+    to each of the window's positions."""
+    n, c, h, w = x_shape
+    rows, cols, inside, count = _windows(h, w, dout.shape[2:])
+    share = (dout / count[:, 0, :, 0])[:, :, :, None, :, None]     # (N, C, OH, 1, OW, 1)
+    flat = rows[:, :, None, None] * w + cols[None, None, :, :]      # (OH, kh, OW, kw)
+    planes = (np.arange(n * c) * (h * w)).reshape(n, c, 1, 1, 1, 1)
+    index = np.broadcast_to(planes + flat, (n, c, *inside.shape))[:, :, inside]
+    weight = np.broadcast_to(share, (n, c, *inside.shape))[:, :, inside]
+    dx = np.bincount(index.ravel(), weights=weight.ravel(), minlength=n * c * h * w)
+    return dx.reshape(x_shape).astype(dout.dtype, copy=False)
 
 
 # -- adaptive max pooling --------------------------------------------------------------
@@ -408,7 +443,8 @@ def adaptive_maxpool2d_forward(x, out_size):
     ``adaptive_avgpool2d_forward`` (PyTorch's rule), its max is the output, and its
     position is kept (the switch) for the backward pass. Each window's positions are
     gathered at once, padded to the longest window with -inf: no loop. A tie goes to the
-    first position in row-major order, as in PyTorch.
+    first position in row-major order, and a window holding NaN to its last NaN, as in
+    PyTorch.
 
     x: (N, C, H, W) float. Returns out (N, C, OH, OW) and a cache.
 
@@ -425,6 +461,10 @@ def adaptive_maxpool2d_forward(x, out_size):
     win = np.where(inside, win, -np.inf).astype(x.dtype, copy=False)
     win = win.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
     at = win.argmax(axis=-1)                                       # first max, row-major
+    nan = np.isnan(win)
+    if nan.any():          # PyTorch's switch is a window's last NaN (argmax's: its first)
+        last = kh * kw - 1 - nan[..., ::-1].argmax(axis=-1)
+        at = np.where(nan.any(axis=-1), last, at)
     out = np.take_along_axis(win, at[..., None], axis=-1)[..., 0]
     r = rows[np.arange(oh)[:, None], at // kw]                     # (N, C, OH, OW)
     col = cols[np.arange(ow)[None, :], at % kw]

@@ -424,3 +424,14 @@ def test_batch_norm_without_running_statistics_needs_two_values_in_eval_too():
             layer.eval().forward(x)
         assert layer.forward(np.arange(6.0).reshape(2, 3, *x.shape[2:])).shape[0] == 2
     assert BatchNorm1d(3).eval().forward(np.ones((1, 3))).shape == (1, 3)
+
+
+def test_batch_norm_with_eps_0_is_refused_where_it_uses_the_batchs_statistics():
+    """eps=0 had made a constant channel NaN in training, without a word (PyTorch
+    raises); at inference with running statistics it is allowed, as there."""
+    x = np.ones((2, 2, 3, 3))
+    for bn in (BatchNorm2d(2, eps=0), BatchNorm2d(2, eps=0, track_running_stats=False).eval()):
+        with pytest.raises(ValueError, match=r"eps must be positive to normalize with the "
+                                             r"batch's statistics .* got 0"):
+            bn.forward(x)
+    assert np.array_equal(BatchNorm2d(2, eps=0).eval().forward(x), x)

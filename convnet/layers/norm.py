@@ -55,6 +55,10 @@ class _BatchNorm(Layer):
     def forward(self, x):
         self._check_input(x)
         count = x.size // x.shape[1]                       # M, values per channel
+        if (self.training or not self.track_running_stats) and self.eps <= 0:
+            raise ValueError(f"{self.where}: eps must be positive to normalize with the "
+                             f"batch's statistics (a channel of one value divides by "
+                             f"sqrt(0 + eps)), got {self.eps}")
         if self.training and self.comm is not None and self.comm.size > 1:
             out, self.cache = F.sync_batch_norm_forward(x, self.params.get("weight"),
                                                         self.params.get("bias"), self.eps,

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from convnet.cli import main
+from convnet.models import from_notation
 from convnet.report import SECTIONS, build_report, run_config, write_report
 from convnet.spec import resolve_model
 from convnet.train.loop import TrainConfig, train
@@ -589,3 +590,25 @@ def test_filters_after_a_locally_connected_first_layer_name_their_layer():
     assert "<h2>Filters of layer 2</h2>" in filters and "First-layer" not in filters
     assert ("These are the filters of layer 2, not of the first layer: the first weighted "
             "layer, 0 (LocallyConnected2d), is not a CONV layer.") in filters
+
+
+def test_the_report_evaluates_the_test_images_in_one_pass(monkeypatch):
+    """The report had run the test set through the model twice (evaluate, then top_k),
+    each twice with flip TTA: a --time-limit run overran by the report's time."""
+    from convnet.data import load_dataset
+    from convnet.report import build
+    from convnet.train import inference
+    from convnet.train.inference import evaluate, top_k
+
+    model = from_notation(NET, rng=np.random.default_rng(0))
+    x, y = load_dataset("digits").test
+    x = x.astype(np.float32)
+    calls, real = [], inference.class_scores
+    monkeypatch.setattr(inference, "class_scores", lambda *a: calls.append(1) or real(*a))
+    result, wrong = build._evaluate(model, x, y, [str(i) for i in range(10)], {"tta": True})
+    batches = -(-len(x) // inference.inference_batch(model, x.shape[1:]))
+    assert len(calls) == batches
+    monkeypatch.undo()
+    assert result["accuracy"] == evaluate(model, x, y, tta=True)["accuracy"]
+    idx, p = top_k(model, x, 1, tta=True)
+    assert [w[2:4] for w in wrong] == [(int(idx[j, 0]), float(p[j, 0])) for *_, j in wrong]

@@ -620,14 +620,13 @@ def _evaluate(model, x, y, classes, info):
     probability, index)]) on a data set's prepared test images. The result's
     "not_finite" counts the images whose class scores are NaN or infinite (no wrong
     images are listed then)."""
-    from convnet.train.inference import evaluate, top_k
+    from convnet.train.inference import evaluate
 
     tta = bool(info.get("tta", False))            # as convnet eval does by default
     with np.errstate(all="ignore"):               # non-finite scores are counted below
-        result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
-        idx, p = top_k(model, x, 1, tta=tta)      # in batches sized to the model's input
+        result = evaluate(model, x, y, num_classes=len(classes), tta=tta, predictions=True)
     result["tta"] = tta
-    guess, prob = idx[:, 0], p[:, 0]
+    guess, prob = result.pop("predicted"), result.pop("probability")
     result["not_finite"] = int(len(prob) - np.isfinite(prob).sum())
     if result["not_finite"]:
         return result, []

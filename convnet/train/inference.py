@@ -131,25 +131,37 @@ def class_scores(model, x, tta=False):
     return scores
 
 
-def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False):
+def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False, predictions=False):
     """Eval-mode accuracy, mean loss and confusion matrix (rows: true class, cols: predicted).
 
     batch_size: images per forward; None takes ``inference_batch``'s.
     tta=True: flip test-time augmentation, the scores the mean of the image's and of its
-    mirror image's (left-right)."""
+    mirror image's (left-right). predictions=True: also each image's predicted class
+    ("predicted") and its softmax probability ("probability"), from the same pass."""
     model.eval()
     batch_size = batch_size or inference_batch(model, x.shape[1:])
     k = num_classes or int(np.prod(model.output_shape(x.shape[1:])))
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
+    guesses, probabilities = [], []
     for start in range(0, len(x), batch_size):
         scores = class_scores(model, x[start:start + batch_size], tta)
         yb = y[start:start + batch_size]
         loss += softmax_cross_entropy(scores, yb)[0] * len(yb)
-        np.add.at(confusion, (yb, np.argmax(scores, axis=1)), 1)
+        guess = np.argmax(scores, axis=1)
+        np.add.at(confusion, (yb, guess), 1)
+        if predictions:
+            guesses.append(guess)
+            probabilities.append(np.take_along_axis(
+                softmax(scores.astype(np.float64)), guess[:, None], axis=1)[:, 0])
     n = max(len(x), 1)
-    return {"accuracy": float(np.trace(confusion) / n), "loss": loss / n,
-            "confusion": confusion}
+    result = {"accuracy": float(np.trace(confusion) / n), "loss": loss / n,
+              "confusion": confusion}
+    if predictions:
+        result["predicted"] = np.concatenate(guesses) if guesses else np.empty(0, np.int64)
+        result["probability"] = np.concatenate(probabilities) if probabilities else \
+            np.empty(0)
+    return result
 
 
 def top_k(model, x, k=3, batch_size=None, tta=False):

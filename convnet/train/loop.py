@@ -1156,8 +1156,9 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     batches (the run itself starts from the untouched model, so its result does not
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
     model into a temporary directory beside the run directory. An epoch is its steps,
-    its validation (with TTA, twice the images) and those two writes; the end is the
-    test evaluation plus final_margin seconds. Over several processes a step includes its
+    its validation (with TTA, twice the images) and those two writes; the end is two
+    test evaluations (the run's, and the report's that the command line writes after it)
+    plus final_margin seconds. Over several processes a step includes its
     gradients' Allreduce, and each rank evaluates a share of the images. At least one
     epoch runs: where even one does not fit, the log says so and how long it will take.
     Rank 0's plan holds for all."""
@@ -1195,7 +1196,7 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     spent = time.perf_counter() - started
-    end = n_test * per_image + final_margin(cfg.time_limit)
+    end = 2 * n_test * per_image + final_margin(cfg.time_limit)
     left = cfg.time_limit - spent - end
     epochs = max(1, int(left // epoch_seconds))
     epochs = comm.broadcast(epochs) if comm.size > 1 else epochs

@@ -612,3 +612,19 @@ def test_the_report_evaluates_the_test_images_in_one_pass(monkeypatch):
     assert result["accuracy"] == evaluate(model, x, y, tta=True)["accuracy"]
     idx, p = top_k(model, x, 1, tta=True)
     assert [w[2:4] for w in wrong] == [(int(idx[j, 0]), float(p[j, 0])) for *_, j in wrong]
+
+
+def test_a_fine_tuning_runs_summary_counts_what_it_froze(tmp_path):
+    """--freeze had been left out of the report's summary: all parameters "trainable",
+    and their optimizer state counted, where the run's log said otherwise."""
+    from convnet.report.build import build_report
+    staged = "INPUT 8x8x1 -> CONV 8 -> RELU -> POOL -> FC 10"
+    quiet = dict(log=lambda *a: None, progress=False)
+    base = train(TrainConfig(data="digits", model=staged, epochs=1, out=str(tmp_path / "a")),
+                 **quiet)
+    tuned = train(TrainConfig(data="digits", epochs=1, out=str(tmp_path / "b"),
+                              init_from=str(base.model_path), freeze=("0",)), **quiet)
+    model = resolve_model(str(tuned.model_path))
+    text = build_report(model, source=str(tuned.model_path))
+    assert "(trainable 1,290, frozen 80)" in text, text[text.find("trainable"):][:80]
+    assert not any(layer.frozen for _, layer in model.named_layers())   # put back

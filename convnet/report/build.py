@@ -14,6 +14,7 @@ under a second.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -124,6 +125,29 @@ def _run_summary_settings(config):
     if isinstance(optimizer, str) and optimizer in OPTIMIZER_MULTIPLIERS:
         out["optimizer"] = optimizer
     return out
+
+
+@contextlib.contextmanager
+def _frozen_as_run(model, config):
+    """The run's --freeze applied to ``model`` for the block, so that the summary counts
+    the parameters the run trained (and their optimizer state); each layer's own flag
+    is put back after. A freeze that names no stage of this model is left out."""
+    stages = config.get("freeze") if isinstance(config, dict) else None
+    if not (isinstance(model, Container) and isinstance(stages, list) and stages
+            and all(isinstance(s, str) for s in stages)):
+        yield
+        return
+    layers = [layer for _, layer in model.named_layers()]
+    before = [layer.frozen for layer in layers]
+    try:
+        model.freeze(*stages)
+    except ValueError:
+        pass
+    try:
+        yield
+    finally:
+        for layer, frozen in zip(layers, before):
+            layer.frozen = frozen
 
 
 def _label_smoothing(state):
@@ -664,8 +688,10 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
     if run_dir is None:
         run_dir = run_directory(source)
     run = _read_run(run_dir, note)
-    settings = _run_summary_settings((run["state"] or {}).get("config"))
-    result = summary(model, shape, **settings)
+    config = (run["state"] or {}).get("config")
+    settings = _run_summary_settings(config)
+    with _frozen_as_run(model, config):
+        result = summary(model, shape, **settings)
     classes = class_names(model) if len(shape) == 3 else []
 
     found, samples, sample_x = None, [], None

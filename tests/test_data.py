@@ -700,6 +700,38 @@ NOT_PLAIN = [np.array([1, "a", None], dtype=object), np.zeros(2, [("x", "<f4"), 
              np.zeros(2, np.longdouble), np.zeros(2, "V4")]
 
 
+def test_cifar_pickles_of_protocol_5_load(tmp_path):
+    """Python 3.14 pickles at protocol 5 by default, where NumPy writes each array as
+    _frombuffer(bytes, dtype, shape, order): a re-saved CIFAR batch had been refused."""
+    rng = np.random.default_rng(5)
+    arrays = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+              "fortran": np.asfortranarray(rng.standard_normal((3, 5)).astype(np.float32)),
+              "turned": rng.integers(0, 9, (2, 3, 4), dtype=np.int16).transpose(1, 0, 2),
+              "labels": [0, 1, 2, 3]}
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(arrays, protocol=5))
+    loaded = read_cifar_pickle(path)
+    for key, want in arrays.items():
+        np.testing.assert_array_equal(loaded[key], want)
+        assert np.asarray(loaded[key]).dtype == np.asarray(want).dtype
+
+
+@pytest.mark.parametrize("args, match", [
+    ((b"\0\0", U1, (2,), "K", (1,)), r"axis order \(1,\) is not an order of the 1 axes"),
+    ((b"\0\0", U1, (2,), "K", None), r"refusing numpy _frombuffer of a bytes in order 'K'"),
+    ((b"\0\0", U1, (2,), "A"), r"in order 'A'"),
+    (([0, 0], U1, (2,), "C"), r"of a list in order 'C'"),
+    ((b"\0\0", U1, (3,), "C"), r"needs 3 bytes, but its data holds 2"),
+    ((b"\0\0", dtype_pickle("O8", False, True), (2,), "C"), r"refusing numpy.dtype\('O8'"),
+])
+def test_cifar_pickle_frombuffer_records_are_checked(tmp_path, args, match):
+    from numpy._core.numeric import _frombuffer
+    path = tmp_path / "crafted"
+    path.write_bytes(pickle.dumps(Reduce(_frombuffer, *args), protocol=5))
+    with raises_naming(path, match):
+        read_cifar_pickle(path)
+
+
 @pytest.mark.parametrize("array", NOT_PLAIN, ids=lambda a: a.dtype.str)
 def test_cifar_pickle_refuses_other_dtypes(tmp_path, array):
     """Object, structured, subarray, string, datetime, complex dtypes: refused before NumPy

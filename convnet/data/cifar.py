@@ -152,11 +152,11 @@ class _ArrayRecord:
     """An array as a pickle builds it, _reconstruct(...) then BUILD (version, shape, dtype,
     is_fortran, raw bytes); checked and made an ndarray only by ``array()``."""
 
-    __slots__ = ("state",)
+    __slots__ = ("state", "axes")
     __hash__ = None
 
-    def __init__(self):
-        self.state = _UNSET
+    def __init__(self, axes=None):
+        self.state, self.axes = _UNSET, axes   # axes: a transpose after (_frombuffer's)
 
     def __setstate__(self, state):      # BUILD: ndarray.__setstate__ trusts what it is given
         if self.state is not _UNSET:
@@ -194,7 +194,13 @@ class _ArrayRecord:
         flat = np.frombuffer(raw, dtype)
         if dtype.kind == "b":       # any nonzero byte is True, as NumPy's own casts make it
             flat = flat.view(np.uint8).astype(bool)
-        return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+        array = flat.reshape(shape, order="F" if fortran else "C")
+        if self.axes is not None:
+            if sorted(self.axes) != list(range(len(shape))):
+                raise ValueError(f"{where}: numpy array axis order {show(self.axes)} is not "
+                                 f"an order of the {len(shape)} axes of shape {shape}")
+            array = array.transpose(self.axes)
+        return array.copy(order="K")
 
 
 def _reconstruct(subtype, shape, dtype):
@@ -203,6 +209,22 @@ def _reconstruct(subtype, shape, dtype):
     if subtype is not NDARRAY:
         raise Refused(f"refusing to reconstruct {show(subtype)}: only numpy.ndarray")
     return _ArrayRecord()
+
+
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """NumPy's _frombuffer, as pickle protocol 5 (Python 3.14's default) writes an array:
+    an array record of the buffer's bytes, checked by ``_ArrayRecord.array`` as one from
+    _reconstruct is."""
+    axes = axis_order if order == "K" else None
+    if type(buf) not in (bytes, bytearray) or order not in ("C", "F", "K") or (
+            order == "K" and not (type(axes) in (tuple, list)
+                                  and all(type(a) is int for a in axes))):
+        raise Refused(f"refusing numpy _frombuffer of a {type(buf).__name__} in order "
+                      f"{show(order)} (axis order {show(axis_order)}): only bytes in order "
+                      f"C, F or K with a list of axes")
+    record = _ArrayRecord(tuple(axes) if axes is not None else None)
+    record.state = (1, shape, dtype, order == "F", bytes(buf))
+    return record
 
 
 class UnsafePickleError(ValueError):
@@ -255,7 +277,8 @@ class CifarUnpickler(pickle.Unpickler):
     Built-in containers and scalars come from opcodes and need no import. Every import
     a pickle asks for goes through ``find_class``, which admits NumPy's array
     reconstruction (``numpy.core.multiarray._reconstruct`` as the 2009 files name it,
-    ``numpy._core.multiarray._reconstruct`` as NumPy 2 writes it), ``numpy.ndarray``,
+    ``numpy._core.multiarray._reconstruct`` as NumPy 2 writes it, ``_frombuffer`` as it
+    writes pickle protocol 5), ``numpy.ndarray``,
     ``numpy.dtype``, ``_codecs.encode`` restricted to latin-1 and ``bytes()`` (how Python 3
     writes bytes and b'' at protocol 2), each as an inert object of ours, and refuses
     everything else by name with a ValueError. ``load`` checks the opcodes first
@@ -273,6 +296,10 @@ class CifarUnpickler(pickle.Unpickler):
             Global("numpy.core.multiarray._reconstruct", _reconstruct),
         ("numpy._core.multiarray", "_reconstruct"):
             Global("numpy._core.multiarray._reconstruct", _reconstruct),
+        ("numpy._core.numeric", "_frombuffer"):
+            Global("numpy._core.numeric._frombuffer", _frombuffer),
+        ("numpy.core.numeric", "_frombuffer"):
+            Global("numpy.core.numeric._frombuffer", _frombuffer),
         ("numpy", "ndarray"): NDARRAY,
         ("numpy", "dtype"): Global("numpy.dtype", _DTypeRecord),
         ("__builtin__", "bytes"): Global("__builtin__.bytes", _empty_bytes),

@@ -447,8 +447,18 @@ def test_batch_norm_over_one_image_a_share_is_planned_and_refused_as_training_is
                     "--no-sync-bn", module=True)
     assert ghost.returncode != 0
     assert ("BatchNorm1d) needs at least 2 images to normalize, and it would get a share "
-            "of 1 image of each batch of 2 on each of 2 processes (--no-sync-bn)"
-            in ghost.stderr), ghost.stderr
+            "of 1 image (of each batch of 2 on 2 processes, --no-sync-bn): raise "
+            "--batch-size or synchronize batch norm" in ghost.stderr), ghost.stderr
+    # resumed on more processes than its batch allows: the options a resume ignores are
+    # not offered (it had said to raise --batch-size, which the resume then ignored)
+    check(run_mpi(tmp_path, "convnet.cli", *common, "--out", "one", "--epochs", "2",
+                  "--no-sync-bn", module=True, n=1))
+    resumed = run_mpi(tmp_path, "convnet.cli", "train", "--resume", "--out", "one",
+                      "--batch-size", "8", "--quiet", module=True)
+    assert resumed.returncode != 0
+    assert ("and it would get a share of 1 image (of each batch of 2 on 2 processes, "
+            "--no-sync-bn): resume it on at most 1 process (a resumed run keeps its batch "
+            "size and batch norm)" in resumed.stderr), resumed.stderr
 
 
 # -- in this process: no MPI -------------------------------------------------------------

@@ -887,18 +887,27 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} "
                          f"training images")
     if cfg.batch_size < comm.size:
+        most = "1 process" if cfg.batch_size == 1 else f"{cfg.batch_size} processes"
+        fix = (f"resume it on at most {most} (a resumed run keeps its batch size)"
+               if ckpt is not None else
+               "raise --batch-size or start fewer processes")
         raise ValueError(f"batch size {cfg.batch_size} is smaller than the {comm.size} "
                          f"processes: each takes its share of every batch (at least one "
-                         f"image); raise --batch-size or start fewer processes")
+                         f"image); {fix}")
     share = cfg.batch_size // comm.size if comm.size > 1 and not cfg.sync_bn \
         else cfg.batch_size         # the fewest images one batch norm layer normalizes
     if share < 2 and any(isinstance(layer, BatchNorm1d) for _, layer in model.named_layers()):
-        per = (f"a share of {share} image of each batch of {cfg.batch_size} on each of "
-               f"{comm.size} processes (--no-sync-bn)" if share != cfg.batch_size
+        per = (f"a share of {share} image (of each batch of {cfg.batch_size} on "
+               f"{comm.size} processes, --no-sync-bn)" if share != cfg.batch_size
                else f"batches of {cfg.batch_size} image")
+        most = cfg.batch_size // 2
+        fix = ("raise --batch-size" + (" or synchronize batch norm"
+                                       if share != cfg.batch_size else "")
+               if ckpt is None else
+               f"resume it on at most {'1 process' if most == 1 else f'{most} processes'} "
+               f"(a resumed run keeps its batch size and batch norm)")
         raise ValueError(f"batch norm over FC outputs (BatchNorm1d) needs at least 2 images "
-                         f"to normalize, and it would get {per}: raise --batch-size"
-                         + (" or synchronize batch norm" if share != cfg.batch_size else ""))
+                         f"to normalize, and it would get {per}: {fix}")
     per_rank = -(-cfg.batch_size // comm.size)       # the most images one rank takes
     check_memory(training_bytes(model, input_shape, cfg, per_rank)
                  + sum(x.nbytes for x in (x_train, x_val, x_test)),

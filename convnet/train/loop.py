@@ -1358,7 +1358,9 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
     if isinstance(threads, int) and threads != THREADS:
         log(f"the checkpoint was written with {threads} thread(s) a process, resumed with "
             f"{THREADS}: the filter gradients' sums split differently, so the run goes on "
-            f"within rounding, not bit for bit (CONVNET_THREADS={threads} for that)")
+            f"within rounding, not bit for bit (CONVNET_THREADS={threads}"
+            + (f" on {len(ranks)} processes" if len(ranks) != comm.size else "")
+            + " for that)")
     if len(ranks) != comm.size:
         log(f"the checkpoint was written by {len(ranks)} process(es), resumed on "
             f"{comm.size}: the batches split differently"

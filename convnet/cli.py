@@ -756,10 +756,11 @@ def main(argv=None):
         return 130
     except Exception as err:  # the CLI's promise: one line, never a traceback
         if args.debug:
-            from convnet.train.distributed import launch_size
+            from convnet.train.distributed import RootsError, launch_size
             if launch_size() in (0, 1):
                 raise
-            traceback.print_exc()   # then end every rank: the others wait in a collective
+            if not isinstance(err, RootsError):   # (rank 0's error, said by rank 0)
+                traceback.print_exc()   # then end every rank: the others wait in a collective
         hint = (" (try a smaller --batch-size or --image-size)"
                 if isinstance(err, MemoryError) and args.command == "train" else "")
         _stop(args, err, f"error: {_one_line(err)}{hint}")

@@ -349,6 +349,18 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
     assert "rank 0: convnet train: error: " in proc.stderr
 
 
+def test_debug_shows_the_failing_ranks_traceback_once(tmp_path):
+    """With --debug, every rank but 0 had printed a second traceback of a RootsError
+    repeating rank 0's error."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("an earlier run's")
+    proc = run_mpi(tmp_path, "convnet.cli", "train", "--model", PLAIN, "--epochs", "1",
+                   "--out", "run", "--debug", module=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count("Traceback") == 1 and "RootsError" not in proc.stderr, \
+        proc.stderr
+
+
 def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):
     """Two machines whose data folders differ (here: each rank in its own working
     directory, the folder given by a relative path): rank 0 names what differs, once,

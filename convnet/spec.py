@@ -157,7 +157,14 @@ def _read_weights(path):
     from convnet.io import load_tensors, load_torch
 
     if Path(path).suffix.lower() == ".safetensors":
-        return load_tensors(path)[0]
+        tensors, metadata = load_tensors(path)
+        if "convnet-checkpoint" in metadata:     # checkpoint.KEY (not imported: no cycle)
+            run = Path(path).parent
+            raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "
+                             f"give the run's model ({run / 'model.json'}, or "
+                             f"{run / 'best.json'}), or continue the run with convnet train "
+                             f"--resume --out {run}")
+        return tensors
     return load_torch(path)
 
 

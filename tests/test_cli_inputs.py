@@ -235,6 +235,23 @@ def test_an_overwrite_leaves_the_earlier_run_in_place_until_its_first_epoch_ends
            f"as it was" in capsys.readouterr().err
 
 
+def test_a_checkpoint_given_as_weights_says_what_to_give(tmp_path, capsys):
+    """A run's checkpoint.safetensors given as weights had failed on a list of missing
+    and unexpected keys (model.*, optim.*, ema.*)."""
+    out = tmp_path / "run"
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--no-report", "--out", str(out)]) == 0
+    ckpt = str(out / "checkpoint.safetensors")
+    for argv in (["eval", ckpt, "--model", SMALL, "--data", "digits"],
+                 ["summary", ckpt, "--model", SMALL],
+                 ["train", "--from", ckpt, "--model", SMALL, "--out", str(tmp_path / "b")]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"{ckpt}: a training run's checkpoint, not a model's weights: give the run's " \
+               f"model ({out / 'model.json'}" in err, err
+
+
 def test_a_run_that_fails_its_checks_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "new" / "run"
     assert main(["train", "--model", SMALL, "--data", str(tmp_path / "missing"), "--out",

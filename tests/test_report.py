@@ -628,3 +628,21 @@ def test_a_fine_tuning_runs_summary_counts_what_it_froze(tmp_path):
     text = build_report(model, source=str(tuned.model_path))
     assert "(trainable 1,290, frozen 80)" in text, text[text.find("trainable"):][:80]
     assert not any(layer.frozen for _, layer in model.named_layers())   # put back
+
+
+def test_a_model_of_vectors_says_it_has_no_activation_maps(tmp_path):
+    """FC layers from the input on: the Activations section had promised every stage's
+    output volume and shown none, without a word."""
+    from PIL import Image
+
+    from convnet.report.build import build_report
+    Image.new("L", (8, 8), 90).save(tmp_path / "a.png")
+    model = from_notation("INPUT 8x8x1 -> FC 20 -> RELU -> FC 10",
+                          rng=np.random.default_rng(0))
+    text = build_report(model, images=[str(tmp_path / "a.png")])
+    section = text[text.index('id="activations"'):]
+    assert "No stage of this model outputs a volume" in section
+    assert "then every stage's output volume" not in section
+    conv = from_notation(NET, rng=np.random.default_rng(0))
+    assert "then every stage's output volume" in build_report(
+        conv, images=[str(tmp_path / "a.png")])

@@ -508,10 +508,15 @@ def _activations_section(samples, grids, outputs, classes, notes):
     if outputs is not None and outputs.ndim == 2 and outputs.shape[1] == len(classes):
         with np.errstate(invalid="ignore"):   # NaN or infinite scores: said per image
             probs = _softmax(outputs)
-    parts = [f'<p>For each sample image: the input, then every stage\'s output volume, '
-             f'all of its maps (channels in order, row by row), each map scaled to its own '
-             f'min..max (viridis: dark is low). Hover a map for its channel.</p>'
-             f'{notes_list(notes)}']
+    if any(grids):
+        intro = ("<p>For each sample image: the input, then every stage's output volume, "
+                 "all of its maps (channels in order, row by row), each map scaled to its "
+                 "own min..max (viridis: dark is low). Hover a map for its channel.</p>")
+    else:   # FC layers from the start: nothing but vectors after the input
+        intro = ("<p>For each sample image: the input and the prediction. No stage of "
+                 "this model outputs a volume (maps of H x W): it works on vectors, so "
+                 "there are no activation maps to show.</p>")
+    parts = [f'{intro}{notes_list(notes)}']
     for n, ((label, pixels), stage_grids) in enumerate(zip(samples, grids)):
         c, h, w = pixels.shape
         guess = ""

@@ -646,3 +646,27 @@ def test_a_model_of_vectors_says_it_has_no_activation_maps(tmp_path):
     conv = from_notation(NET, rng=np.random.default_rng(0))
     assert "then every stage's output volume" in build_report(
         conv, images=[str(tmp_path / "a.png")])
+
+
+def test_hostile_names_reach_the_page_only_escaped(tmp_path):
+    """Layer names, class names and image file names are the user's: each reaches the
+    page (text, attributes, the architecture's SVG) escaped, never as markup."""
+    from PIL import Image
+
+    from convnet.layers import Conv2d, Flatten, Linear, ReLU
+    from convnet.models.containers import Sequential
+    from convnet.report.build import build_report
+    evil = '<img src=x onerror=alert(1)>"\'&'
+    model = Sequential({f"{evil}conv": Conv2d(1, 4, 3, padding=1, dtype=np.float32),
+                        f"{evil}relu": ReLU(), "flat": Flatten(),
+                        f"{evil}fc": Linear(4 * 8 * 8, 2, dtype=np.float32)})
+    model.input_shape = (1, 8, 8)
+    model.info = {"classes": [f"{evil}cat", f"</script><script>alert(2)</script>"]}
+    image = tmp_path / f"{evil[:24].replace('/', '_')}.png"
+    Image.new("L", (8, 8), 90).save(image)
+    text = build_report(model, images=[str(image)])
+    for raw in ("<img src=x", "<script>alert", "onerror=alert(1)>"):
+        assert raw not in text, raw
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "&lt;/script&gt;&lt;script&gt;alert(2)" in text
+    assert text.count("<script>") == 1          # the page's own

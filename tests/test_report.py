@@ -661,7 +661,7 @@ def test_hostile_names_reach_the_page_only_escaped(tmp_path):
                         f"{evil}relu": ReLU(), "flat": Flatten(),
                         f"{evil}fc": Linear(4 * 8 * 8, 2, dtype=np.float32)})
     model.input_shape = (1, 8, 8)
-    model.info = {"classes": [f"{evil}cat", f"</script><script>alert(2)</script>"]}
+    model.info = {"classes": [f"{evil}cat", "</script><script>alert(2)</script>"]}
     image = tmp_path / f"{evil[:24].replace('/', '_')}.png"
     Image.new("L", (8, 8), 90).save(image)
     text = build_report(model, images=[str(image)])

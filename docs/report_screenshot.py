@@ -21,10 +21,13 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def screenshot(page, out, width=1200, height=1800):
-    """Save the top width x height pixels of the HTML file ``page`` as the PNG ``out``."""
+    """Save the top width x height pixels of the HTML file ``page`` as the PNG ``out``
+    (the viewport is set to that size; the window's frame is not counted)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    if not Path(page).is_file():      # Chromium would show, and save, its error page
+        raise SystemExit(f"{page}: no such file")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     with tempfile.TemporaryDirectory() as profile:
@@ -35,6 +38,10 @@ def screenshot(page, out, width=1200, height=1800):
             options.add_argument(arg)
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         try:
+            frame = driver.execute_script(
+                "return [window.outerWidth - window.innerWidth, "
+                "window.outerHeight - window.innerHeight]")
+            driver.set_window_size(width + frame[0], height + frame[1])
             driver.get(Path(page).resolve().as_uri())
             driver.save_screenshot(str(out))
         finally:

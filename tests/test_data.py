@@ -1921,6 +1921,21 @@ def test_split_folders_beside_others_are_refused(tmp_path, folders, message):
         load_dataset(tmp_path)
 
 
+def test_the_data_cap_holds_for_the_splits_together(tmp_path, monkeypatch):
+    """MAX_DATA_BYTES caps one decoded data set: it had been checked per split folder, so
+    train/, val/ and test/ could each take the whole cap."""
+    from PIL import Image
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), 40 * i).save(tmp_path / split / name / f"{i}.png")
+    monkeypatch.setattr("convnet.limits.MAX_DATA_BYTES", 500)     # each split alone fits
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path)) + r": bytes of 10 images "
+                                         r"of 8x8x1 .* 640 is over the cap of 500"):
+        load_dataset(tmp_path)
+
+
 def test_class_folders_named_like_a_split_are_classes(tmp_path):
     """One class of many named for a split word (Places' train_station, a test_tube) is a
     class: only two kinds of split, named by half of the folders or more, are refused."""

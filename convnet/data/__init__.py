@@ -357,6 +357,10 @@ def _load_folders(path, parts, image_size, channels, check_classes):
                      f"as {'RGB' if channels == 3 else 'grayscale'}")
     elif gray == 0 and channels == 1:
         notes.append("the images are in colour: all are read as grayscale")
+    h, w = size or sizes[0]        # every split's images together, within the cap
+    limits.check_count(len(headers) * channels * h * w, "MAX_DATA_BYTES",
+                       f"bytes of {len(headers):,} images of {w}x{h}x{channels} "
+                       f"(resize them smaller: --image-size)", path)
     loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                        classes=classes)[:2] for split in parts}
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)

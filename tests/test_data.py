@@ -341,6 +341,20 @@ def http_dir(tmp_path):
         thread.join(5)
 
 
+def test_torchvisions_folders_of_idx_files_are_found(tmp_path):
+    """torchvision downloads into root/FashionMNIST/raw/: --data root/FashionMNIST had
+    been "only one class folder ('raw')", and --data fashion-mnist --data-root root
+    "not found"."""
+    make_idx_dir(tmp_path / "FashionMNIST" / "raw", np.random.default_rng(2))
+    make_idx_dir(tmp_path / "other" / "MNIST" / "raw", np.random.default_rng(3))
+    by_folder = load_dataset(str(tmp_path / "FashionMNIST"))
+    assert by_folder.classes == list(FASHION_MNIST_CLASSES)
+    assert by_folder.name == "FashionMNIST"
+    by_name = load_dataset("fashion-mnist", root=tmp_path)
+    np.testing.assert_array_equal(by_name.train[0], by_folder.train[0])
+    assert load_dataset("mnist", root=tmp_path / "other").train[0].shape[0] == 7
+
+
 def test_fashion_mnist_download(tmp_path, http_dir):
     served, base = http_dir
     data = make_idx_dir(served / "data", np.random.default_rng(3), n=(6, 4), hw=(4, 4), gz=True)

@@ -265,18 +265,19 @@ def _check_layout(path, splits):
 
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
-    if find_idx_dir([path]) is not None:
+    found = find_idx_dir([path, path / "raw"])   # torchvision's FashionMNIST/ holds raw/
+    if found is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
-        named = path.parent if path.name.lower() in ("raw", "processed") else path
+        named = found.parent if found.name.lower() in ("raw", "processed") else found
         if "fashion" in named.name.lower():
-            return _splits({**load_idx_splits(path), "classes": list(FASHION_MNIST_CLASSES)},
+            return _splits({**load_idx_splits(found), "classes": list(FASHION_MNIST_CLASSES)},
                            named.name)
         # IDX files name no classes: MNIST's digits, or as many labels as the files use
         # (EMNIST's letters: 26, labels are bytes).
-        splits = load_idx_splits(path, num_classes=256)
+        splits = load_idx_splits(found, num_classes=256)
         count = max(len(MNIST_CLASSES), 1 + max(int(y.max(initial=0)) for _, y in
                                                   splits.values()))
-        return _splits({**splits, "classes": [str(i) for i in range(count)]}, path.name)
+        return _splits({**splits, "classes": [str(i) for i in range(count)]}, named.name)
     if find_cifar(path, 10, required=False):
         return _splits(load_cifar10(path), path.name)
     if find_cifar(path, 100, required=False):

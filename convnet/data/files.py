@@ -2,8 +2,9 @@
 
 Search order for a data set called ``name`` (e.g. "fashion-mnist"), first hit wins:
 
-1. ``root`` when the caller gives one, or ``root/<name>`` (then only these: an explicit
-   place is meant; ``~`` is expanded),
+1. ``root`` when the caller gives one, ``root/<name>``, or where torchvision's datasets
+   put the files under that root (``root/FashionMNIST/raw``, ``root/MNIST/raw``; then
+   only these: an explicit place is meant; ``~`` is expanded),
 2. ``$CONVNET_DATA/<name>``,
 3. ``/usr/share/datasets/<name>`` (Debian's ``dataset-*`` packages install there),
 4. ``~/.cache/convnet/<name>`` (where ``download=True`` writes).
@@ -23,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 DATA_ENV = "CONVNET_DATA"
+TORCHVISION_FOLDERS = {"fashion-mnist": "FashionMNIST/raw", "mnist": "MNIST/raw"}
 SYSTEM_DIR = Path("/usr/share/datasets")
 CHUNK = 1 << 20  # bytes per read when streaming a download or a decompressed file
 
@@ -36,11 +38,12 @@ def search_dirs(name, root=None):
     """The directories searched for data set ``name``, in order (see the module docstring).
 
     >>> search_dirs("fashion-mnist", root="/data")
-    [PosixPath('/data'), PosixPath('/data/fashion-mnist')]
+    [PosixPath('/data'), PosixPath('/data/fashion-mnist'), PosixPath('/data/FashionMNIST/raw')]
     """
     if root is not None:
         root = Path(root).expanduser()
-        return [root, root / name]
+        return [root, root / name] + ([root / TORCHVISION_FOLDERS[name]]
+                                      if name in TORCHVISION_FOLDERS else [])
     dirs = []
     if os.environ.get(DATA_ENV):
         dirs.append(Path(os.environ[DATA_ENV]) / name)

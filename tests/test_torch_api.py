@@ -636,3 +636,15 @@ def test_a_container_is_named_on_one_line_in_errors():
     with pytest.raises(ValueError) as err:
         model.output_shape((2, 9, 9))
     assert "\n" not in str(err.value) and str(err.value).startswith("0 Residual: "), err.value
+
+
+def test_an_unbatched_image_is_told_to_be_a_batch_of_one():
+    """PyTorch's Conv2d and pools take one (C, H, W) image; convnet's layers take batches,
+    and the error says how to make one."""
+    from convnet.layers import AvgPool2d, Conv2d, MaxPool2d
+    x = np.zeros((3, 8, 8), np.float32)
+    for layer in (Conv2d(3, 4, 3), MaxPool2d(2), AvgPool2d(2)):
+        with pytest.raises(ValueError, match=r"got shape \(3, 8, 8\) \(one sample is a batch "
+                                             r"of one: x\[None\]"):
+            layer(x)
+        assert layer(x[None]).shape[0] == 1

@@ -87,7 +87,11 @@ def check_input(x, channels, where, rank=4):
                          f"got dtype {x.dtype}; convert with x.astype(np.float32)")
     if x.ndim != rank:
         layout = "(N, C, H, W)" if rank == 4 else "(N, features)"
-        raise ValueError(f"{where}: expected a {rank}-D input {layout}, got shape {x.shape}")
+        one = (" (one sample is a batch of one: x[None]; PyTorch's layers also take a "
+               "sample without its batch axis, convnet's take batches)"
+               if x.ndim == rank - 1 else "")
+        raise ValueError(f"{where}: expected a {rank}-D input {layout}, got shape "
+                         f"{x.shape}{one}")
     if channels is not None and x.shape[1] != channels:
         if rank == 4 and x.shape[3] == channels:
             raise ValueError(

@@ -730,8 +730,14 @@ def build_parser():
 def main(argv=None):
     from convnet.functional.threads import SETTING_ERROR
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:     # --help (0), or a usage error argparse has printed (2)
+        if done.code not in (0, None):
+            from convnet.train.distributed import abort_if_parallel
+            abort_if_parallel(done, "convnet: its command line was refused (above)")
+        raise                      # (a rank of mpiexec's several programs would end
+    if args.command is None:      # alone, and the others wait in a collective for good)
         parser.print_help()
         return 0
     if SETTING_ERROR is not None:

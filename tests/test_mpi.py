@@ -349,6 +349,20 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
     assert "rank 0: convnet train: error: " in proc.stderr
 
 
+def test_a_usage_error_in_one_of_several_programs_ends_the_job(tmp_path):
+    """mpiexec's MPMD form (A : B): a rank whose own command line argparse refused had
+    exited alone, and the other waited in its first collective for good."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cli = [sys.executable, "-m", "convnet.cli", "train"]
+    proc = subprocess.run([mpiexec(), "-n", "1", *cli, "--bogus", ":", "-n", "1", *cli,
+                           "--model", PLAIN, "--epochs", "1", "--quiet", "--out", "run"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "unrecognized arguments: --bogus" in proc.stderr
+    assert "rank 0: convnet: its command line was refused (above); ending all 2 processes" \
+        in proc.stderr, proc.stderr
+
+
 def test_debug_shows_the_failing_ranks_traceback_once(tmp_path):
     """With --debug, every rank but 0 had printed a second traceback of a RootsError
     repeating rank 0's error."""

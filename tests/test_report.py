@@ -197,8 +197,12 @@ def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
     for width in (1280, 1000, 700):
         browser.set_window_size(width, 1000)
         before = boxes()
+        for stage in stages:     # each grid at its own width (captions had squeezed them)
+            grid = stage.find_element("css selector", "img.grid")
+            assert grid.size["width"] == int(grid.get_attribute("width")), (width, stage.text)
         for stage in stages:
             grid = stage.find_element("css selector", "img.grid")
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
             size, cols = grid.size, int(grid.get_attribute("data-cols"))
             rows = -(-int(grid.get_attribute("data-count")) // cols)
             ActionChains(browser).move_to_element_with_offset(   # the first map's middle,

@@ -54,7 +54,8 @@ svg.architecture g.volume:hover text { fill: #b00; }
 img.px { image-rendering: pixelated; max-width: 100%; height: auto; }
 figure { margin: 0 0 14px; }
 figcaption { font-size: 13px; margin-bottom: 3px; }
-.stages figure { width: min-content; min-width: 12em; }
+.stages figure { min-width: 12em; }
+.stages figcaption { width: 0; min-width: 100%; }  /* as wide as its grid, never wider */
 .channel { display: block; width: 0; height: 1.3em; white-space: nowrap; color: #b00; }
 details.sample { margin: 8px 0 18px; border-top: 1px solid #ddd; padding-top: 6px; }
 details.sample > summary { cursor: pointer; font-weight: bold; font-size: 15px; }

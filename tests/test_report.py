@@ -199,7 +199,8 @@ def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
         before = boxes()
         for stage in stages:     # each grid at its own width (captions had squeezed them)
             grid = stage.find_element("css selector", "img.grid")
-            assert grid.size["width"] == int(grid.get_attribute("width")), (width, stage.text)
+            drawn = int(grid.get_dom_attribute("width"))   # the HTML's, not the layout's
+            assert grid.size["width"] == drawn, (width, stage.text)
         for stage in stages:
             grid = stage.find_element("css selector", "img.grid")
             browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)

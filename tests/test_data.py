@@ -1950,16 +1950,19 @@ def test_the_data_cap_holds_for_the_splits_together(tmp_path, monkeypatch):
         load_dataset(tmp_path)
 
 
-def test_class_folders_named_like_a_split_are_classes(tmp_path):
-    """One class of many named for a split word (Places' train_station, a test_tube) is a
-    class: only two kinds of split, named by half of the folders or more, are refused."""
+@pytest.mark.parametrize("classes", [
+    ("airport", "train_station", "test_tube", "zoo", "beach"),  # Places-like split words
+    ("bus", "streetcar", "tank", "tractor", "train"),           # CIFAR-100's vehicles 2
+    ("valid", "invalid"), ("train_set", "test_set", "x")])     # classes of images
+def test_class_folders_named_like_a_split_are_classes(tmp_path, classes):
+    """A class named for a split (CIFAR-100, PASCAL VOC and COCO have "train"), or for a
+    split word (Places' train_station), holds images: a class, not a split folder."""
     from PIL import Image
-    for name in ("airport", "train_station", "test_tube", "zoo", "beach"):
+    for name in classes:
         (tmp_path / name).mkdir()
         for i in range(3):
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
-    assert load_dataset(tmp_path, test_fraction=0.34).classes == [
-        "airport", "beach", "test_tube", "train_station", "zoo"]
+    assert load_dataset(tmp_path, test_fraction=0.34).classes == sorted(classes)
 
 
 def test_two_folders_for_one_split_are_refused(tmp_path):

@@ -12,6 +12,7 @@ recognizes a directory, and returns a ``DataSplits``, resized to ``image_size`` 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -240,12 +241,28 @@ def split_of(name):
     return next((split for split, names in SPLIT_FOLDERS.items() if base in names), None)
 
 
+def _holds_class_folders(folder):
+    """Whether ``folder`` holds folders and no files (those skipped() aside): a split
+    folder's look, where a class folder holds images."""
+    folders = False
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                folders = folders or not skipped(entry.name, True)
+            elif not skipped(entry.name):
+                return False
+    return folders
+
+
 def _check_layout(path, splits):
     """Refuse a folder that mixes split folders with class folders ({split or None:
     [names]}), or whose folders look like splits by other names (seg_train/, seg_test/,
     seg_pred/: two kinds of split named, by at least half of the folders): read as class
-    folders, they would have trained a classifier of splits."""
-    named = {split: names for split, names in splits.items() if split is not None}
+    folders, they would have trained a classifier of splits. A folder named for a split
+    that holds images is a class (CIFAR-100, PASCAL VOC and COCO have one called train)."""
+    named = {split: [name for name in names if _holds_class_folders(path / name)]
+             for split, names in splits.items() if split is not None}
+    named = {split: names for split, names in named.items() if names}
     if named and None in splits:
         shown = ", ".join(splits[None][:5]) + (" ..." if len(splits[None]) > 5 else "")
         raise ValueError(f"{path}: split folders ({', '.join(sum(named.values(), []))}) "
@@ -256,7 +273,8 @@ def _check_layout(path, splits):
         return
     kinds = {split: name for name in splits.get(None, []) for split, words in
              SPLIT_FOLDERS.items() for word in words
-             if re.search(rf"(^|[^a-z]){word}([^a-z]|$)", name.lower())}
+             if re.search(rf"(^|[^a-z]){word}([^a-z]|$)", name.lower())
+             and _holds_class_folders(path / name)}
     if len(kinds) > 1 and 2 * len(set(kinds.values())) >= len(splits.get(None, [])):
         shown = ", ".join(f"{name}/ as {split}/" for split, name in sorted(kinds.items()))
         raise ValueError(f"{path}: its folders look like splits, not classes: rename "

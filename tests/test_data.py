@@ -746,6 +746,25 @@ def test_cifar_pickle_frombuffer_records_are_checked(tmp_path, args, match):
         read_cifar_pickle(path)
 
 
+def test_cifar_pickle_frombuffer_of_one_shared_buffer_is_not_copied_again(tmp_path):
+    """One bytearray handed to _frombuffer 200 times: each call had copied it while the
+    pickle loaded, before the array budget could refuse (a 1 MB file, 200 MB)."""
+    from numpy._core.numeric import _frombuffer
+    buf = bytearray(1_000_000)
+    path = tmp_path / "shared"
+    path.write_bytes(pickle.dumps([Reduce(_frombuffer, buf, np.dtype("u1"), (len(buf),), "C")
+                                   for _ in range(200)], protocol=5))
+    assert path.stat().st_size < 1_100_000
+    tracemalloc.start()
+    try:
+        with raises_naming(path, "more than the file holds: it copies shared data"):
+            read_cifar_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak:,} bytes"
+
+
 @pytest.mark.parametrize("array", NOT_PLAIN, ids=lambda a: a.dtype.str)
 def test_cifar_pickle_refuses_other_dtypes(tmp_path, array):
     """Object, structured, subarray, string, datetime, complex dtypes: refused before NumPy

@@ -179,7 +179,7 @@ class _ArrayRecord:
             raw = raw.encode("latin1")
         if not (type(shape) is tuple and len(shape) <= MAX_NDIM
                 and all(type(n) is int and 0 <= n < 1 << 63 for n in shape)
-                and type(fortran) in (bool, int) and type(raw) is bytes):
+                and type(fortran) in (bool, int) and type(raw) in (bytes, bytearray)):
             raise ValueError(f"{where}: bad numpy array state: shape {show(shape)}, "
                              f"is_fortran {show(fortran)}, data a {type(raw).__name__} "
                              f"(expected at most {MAX_NDIM} non-negative int64s, a bool, "
@@ -223,8 +223,8 @@ def _frombuffer(buf, dtype, shape, order, axis_order=None):
                       f"{show(order)} (axis order {show(axis_order)}): only bytes in order "
                       f"C, F or K with a list of axes")
     record = _ArrayRecord(tuple(axes) if axes is not None else None)
-    record.state = (1, shape, dtype, order == "F", bytes(buf))
-    return record
+    record.state = (1, shape, dtype, order == "F", buf)   # not copied: one bytearray a
+    return record                      # pickle hands over many times would be copied as often
 
 
 class UnsafePickleError(ValueError):

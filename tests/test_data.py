@@ -1174,6 +1174,29 @@ def test_a_turned_image_has_its_shown_size_in_every_format(tmp_path, suffix):
     assert arr.shape == (30, 20, 3) and arr[0, 19, 0] > 200 and arr[29, 0, 0] < 50
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_an_uncompressed_turned_tiff_is_read_right_or_refused_by_name(tmp_path, dtype):
+    """Pillow 13 gives such a TIFF's turned size at open but reads its pixels with rows
+    and columns mixed up (the header and the pixels had disagreed, and a folder of them
+    was squashed): the pixels come out as a photo viewer shows them, or the file is
+    named with what to do."""
+    from convnet.data.folder import read_headers
+    pixels = (np.arange(20 * 30) % 251).astype(dtype).reshape(20, 30)
+    Image.fromarray(pixels).save(tmp_path / "u.tif", tiffinfo={0x0112: 6})
+    header, = read_headers([tmp_path / "u.tif"])
+    assert (header.height, header.width) == (30, 20)
+    try:
+        arr, _ = decode_image(tmp_path / "u.tif", "L")
+    except ValueError as err:
+        assert str(err).startswith(f"{tmp_path / 'u.tif'}: Pillow ") and \
+            "uncompressed TIFF, turned by its EXIF orientation (6), with its rows and " \
+            "columns mixed up; save it compressed" in str(err)
+    else:
+        scaled = pixels if dtype == np.uint8 else (pixels.astype(np.uint32) * 255 + 32767) \
+            // 65535
+        np.testing.assert_array_equal(arr[:, :, 0], np.rot90(scaled, 3))
+
+
 def test_a_sixteen_bit_image_is_turned_as_its_exif_orientation_says(tmp_path):
     """The 8-bit copy of a 16-bit image has no EXIF: turned after it, it was not turned."""
     (tmp_path / "a").mkdir()

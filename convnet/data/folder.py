@@ -317,6 +317,13 @@ def _decode(Image, path, mode, size, im=None, header=None):
     if im.mode == "F":
         raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
                          "16 bits per channel")
+    if im.format == "TIFF" and header.orientation >= 5 and im.size != (header.width,
+                                                                       header.height):
+        import PIL  # its reader turned the size at open, then not the pixels
+        raise ValueError(f"{path}: Pillow {PIL.__version__} reads this uncompressed TIFF, "
+                         f"turned by its EXIF orientation ({header.orientation}), with its "
+                         f"rows and columns mixed up; save it compressed (LZW, Deflate), "
+                         f"as PNG, or turned and without the orientation")
     def pillow(step, *args):
         """A Pillow step; its error (ValueError, OSError ...) names the file."""
         try:

@@ -94,6 +94,12 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         train(cfg, log=lambda *a: None, progress=False)
     _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert (state["epoch"], state["batch"]) == (1, 0)
+    # an --overwrite run that diverges before its first checkpoint names none: the file
+    # there is still the earlier run's (it had been called this run's last good one)
+    calls[:] = [1] * 45                                  # blows up at its 6th batch
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 6: .*no checkpoint was "
+                                               r"written yet"):
+        train(cfg, overwrite=True, log=lambda *a: None, progress=False)
 
 
 def test_a_damaged_checkpoint_is_refused_by_its_checksum(tmp_path, capsys):

@@ -524,7 +524,7 @@ class SetAside:
     before it can restore anything, not hidden until a later run puts it back)."""
 
     def __init__(self, out):
-        self.out, self.folder, self.begun = out, None, False
+        self.out, self.folder, self.begun, self.dropped = out, None, False, False
 
     def begin(self):
         if self.begun:
@@ -537,6 +537,7 @@ class SetAside:
                 os.replace(self.out / name, self.folder / name)
 
     def drop(self):
+        self.dropped = True
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
@@ -935,6 +936,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     aside = None
     if overwrite and not resume and comm.is_root:   # set aside at the first write
         aside = stack.enter_context(SetAside(out))
+
+    def ours():
+        """The run's checkpoint, or None while the file there is an earlier run's."""
+        return ckpt_path if aside is None or aside.dropped else None
     norms = _sync_norms(model, comm, cfg)
 
     epoch, batch, history = 0, 0, []
@@ -1018,7 +1023,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                 loss, dscores = softmax_cross_entropy(scores, yb, cfg.label_smoothing)
             correct, seen = int(np.sum(np.argmax(scores, axis=1) == yb)), len(yb)
             if comm.size == 1 and not math.isfinite(loss):
-                raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
+                raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ours())
             if comm.size > 1:   # each share's part of the whole batch's mean loss
                 dscores *= dscores.dtype.type(len(yb) / len(idx))
             with np.errstate(all="ignore") if comm.size > 1 else contextlib.nullcontext():
@@ -1034,7 +1039,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
                 correct, seen = round(correct), round(seen)
                 loss = total / seen
                 if not math.isfinite(loss):   # every rank sees it: all stop together
-                    raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ckpt_path)
+                    raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ours())
             optimizer.step(grads)
             used_lr = optimizer.lr
             schedule.step()
@@ -1059,7 +1064,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
             val_acc, val_loss = _evaluate(model, x_val, y_val, num_classes, comm, cfg.tta)
             if not math.isfinite(val_loss):   # every rank sees it: all stop together
                 raise _val_diverged(val_loss, epoch, ema is not None, optimizer.lr,
-                                    ckpt_path)
+                                    ours())
             if val_loss < best["val_loss"]:       # the best model: the lowest validation loss
                 best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1}
                 if comm.is_root:
@@ -1256,8 +1261,9 @@ def _val_diverged(val_loss, epoch, averaged, lr, ckpt_path):
 
 
 def _kept(ckpt_path):
-    return (f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-            else "no checkpoint was written yet")
+    return (f"the last good checkpoint is {ckpt_path}"
+            if ckpt_path is not None and ckpt_path.exists() else
+            "no checkpoint was written yet")
 
 
 def _on_root(comm, compute, then_all=False):

@@ -229,15 +229,14 @@ def cmd_train(args):
                       init_from=args.init_from,
                       freeze=tuple(args.freeze or ()), sync_bn=args.sync_bn,
                       conv_algorithm=args.conv_algorithm)
-    result = train(cfg, resume=args.resume, progress=not args.quiet,
-                   overwrite=args.overwrite)
-    if not args.no_report:
-        _train_report(args, result)
+    train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite,
+          then=None if args.no_report else lambda result: _train_report(args, result))
 
 
 def _train_report(args, result):
     """report.html in the run directory, on the data the run trained on (rank 0 alone
-    under mpiexec); a missing extra or a report that fails is a note, not a failed run."""
+    under mpiexec, while the run still holds its directory); a missing extra or a report
+    that fails is a note, not a failed run."""
     from convnet.train.distributed import from_environment
 
     if not from_environment().is_root:

@@ -176,34 +176,58 @@ def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monke
     assert len(said) == 1 and said[0].endswith("ignored: lr=0.5, seed=7"), lines
 
 
-def test_a_directory_a_live_run_holds_is_refused_and_a_dead_runs_lock_is_taken(
+def test_a_directory_a_live_run_holds_is_refused_and_a_killed_runs_lock_is_taken(
         tmp_path, monkeypatch, capsys):
     """Two runs started close together had both written runs/digits (the directory was
     made only at the first checkpoint, an epoch later), each over the other's files; a
-    --resume or --overwrite of a run in progress had raced it the same way."""
+    --resume or --overwrite of a run in progress had raced it the same way. A run holds
+    its directory with a kernel lock, which ends with the process however it ends."""
+    import signal
     import socket
 
     from convnet.train.loop import LOCK
     monkeypatch.chdir(tmp_path)
     live = tmp_path / "runs" / "digits"
-    live.mkdir(parents=True)
-    (live / LOCK).write_text(f"{os.getpid()} {socket.gethostname()}\n")   # this process
-    cfg = dict(data="digits", model=SMALL, epochs=1, limit=200)
-    second = train(TrainConfig(**cfg), **QUIET)
-    assert str(second.model_path.parent) == "runs/digits-2"
-    assert sorted(p.name for p in live.iterdir()) == [LOCK]      # left alone
-    assert not (tmp_path / "runs" / "digits-2" / LOCK).exists()  # released at the end
-    for extra in ([], ["--overwrite"], ["--resume"]):
-        assert main(["train", "--model", SMALL, "--epochs", "1", "--quiet", "--out",
-                     str(live), *extra]) == 1
-        err = capsys.readouterr().err
-        assert f"{live}: a run is using it (pid {os.getpid()}): wait for it to end" in err
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    (live / LOCK).write_text(f"{dead} {socket.gethostname()}\n")  # a killed run's
+    holder = subprocess.Popen(   # another process holding runs/digits, as a run does
+        [sys.executable, "-c", "import sys; from convnet.train.loop import RunLock\n"
+         f"with RunLock({str(live)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    try:
+        assert holder.stdout.readline() == "held\n"
+        cfg = dict(data="digits", model=SMALL, epochs=1, limit=200)
+        second = train(TrainConfig(**cfg), **QUIET)
+        assert str(second.model_path.parent) == "runs/digits-2"
+        assert sorted(p.name for p in live.iterdir()) == [LOCK]      # left alone
+        assert not (tmp_path / "runs" / "digits-2" / LOCK).exists()  # released at the end
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            assert main(["train", "--model", SMALL, "--epochs", "1", "--quiet", "--out",
+                         str(live), *extra]) == 1
+            err = capsys.readouterr().err
+            assert f"{live}: a run is using it (pid {holder.pid} on " \
+                   f"{socket.gethostname()}): wait for it to end" in err, err
+    finally:
+        holder.send_signal(signal.SIGKILL)           # killed: its LOCK file stays, held
+        holder.wait()                                # by nothing
+    assert (live / LOCK).exists()
     assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
                  "--no-report", "--out", str(live)]) == 0
     assert (live / "model.json").exists() and not (live / LOCK).exists()
+
+
+def test_the_report_is_written_while_the_run_holds_its_directory(tmp_path, monkeypatch):
+    """The command line's report.html had come after train() let the directory go: a
+    second run could replace the model the report was being made of."""
+    import convnet.cli as cli
+    from convnet.train.loop import lock_holder
+    seen, real = [], cli._train_report
+    monkeypatch.setattr(cli, "_train_report", lambda args, result: seen.append(
+        lock_holder(result.model_path.parent)) or real(args, result))
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert len(seen) == 1 and seen[0].startswith(f"pid {os.getpid()} on ")
+    assert (tmp_path / "run" / "report.html").exists()
+    assert lock_holder(tmp_path / "run") is None
 
 
 def test_an_overwrite_leaves_the_earlier_run_in_place_until_its_first_epoch_ends(

@@ -6,6 +6,7 @@ validation loss, the data's share of an epoch, and --time-limit's plan."""
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,6 +330,21 @@ def test_time_limit_plans_the_epochs(tmp_path):
         assert len(result.history) == planned[limit]
         assert state["schedule"]["total_steps"] == planned[limit] * (1295 // 64)
     assert planned[25.0] > planned[4.0] >= 1
+
+
+def test_time_limit_times_its_writes_beside_the_run_directory(tmp_path, monkeypatch):
+    """The timing writes had gone into a folder inside the run directory (made first now,
+    for its lock): a kill there left .convnet-plan-* among the run's files, and the next
+    run was refused for it."""
+    from convnet.train import loop
+    written, real = [], loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint",
+                        lambda path, *a, **k: written.append(Path(path)) or real(path, *a, **k))
+    out = tmp_path / "run"
+    train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=4.0, out=str(out),
+                      **RECIPE), log=lambda *a: None, progress=False)
+    probe = [p for p in written if p.parent.name.startswith(".convnet-plan-")]
+    assert len(probe) == 1 and probe[0].parent.parent == tmp_path, written
 
 
 def test_time_limit_counts_each_epochs_writes(tmp_path, monkeypatch):

@@ -328,11 +328,11 @@ def run_directory(cfg, resume, overwrite):
         else:
             out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
                        or (p.is_dir() and lock_holder(p) is None       # empty folder that
-                           and not any(p.iterdir())))                  # no run holds
+                           and not _held_files(p)))                    # no run holds
     holder = lock_holder(out)
     if holder is not None:
         raise ValueError(f"{out}: a run is using it ({holder}): wait for it to end, or give "
-                         f"another --out (if no run is, delete {out / LOCK})")
+                         f"another --out")
     note = recover_set_aside(out)
     if note:
         warnings.warn(note, stacklevel=2)
@@ -348,7 +348,7 @@ def run_directory(cfg, resume, overwrite):
         return out
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: --out must be a directory, and this is a file")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    held = _held_files(out)
     if held and not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
         resume = ("pass --resume to continue that run, "
@@ -438,80 +438,102 @@ def training_bytes(model, input_shape, cfg, batch=None):
         return 0
 
 
-LOCK = ".convnet-run.lock"     # "pid host" of the run that holds its directory
+LOCK = ".convnet-run.lock"     # a run's hold on its directory (RunLock)
+
+
+def _held_files(out):
+    """The names of what ``out`` holds, sorted; a LOCK that no run holds left out (a
+    killed run's)."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+
+try:
+    import fcntl
+except ImportError:              # Windows: runs do not lock their directories
+    fcntl = None
 
 
 def lock_holder(out):
-    """Who holds ``out`` (LOCK's "pid N on host H"), or None: no lock, or one that a run
-    on this machine killed before its end left (removed here). A lock from another
-    machine is taken as held; one being written (empty, under 10 s old) too."""
-    path = out / LOCK
-    try:
-        with open(path, "rb") as f:
-            text = f.read(300).decode("utf-8", "replace").split()
-        age = time.time() - path.lstat().st_mtime
-    except (FileNotFoundError, NotADirectoryError):
+    """Who holds ``out`` ("pid N on host H", as LOCK says), or None. A run holds its
+    directory with a kernel lock (flock) on LOCK, which ends with the process however it
+    ends (Ctrl-C, a kill, an MPI rank ended by MPI_Abort): a LOCK file left behind holds
+    nothing. None too where the file system has no locks."""
+    if fcntl is None:
         return None
-    if len(text) == 2 and text[0].isdigit():
-        pid, host = int(text[0]), text[1]
-        if host != socket.gethostname():
-            return f"pid {pid} on {host}"
-        if _alive(pid):
-            return f"pid {pid}"
-    elif age < 10:
-        return "a run starting"
-    path.unlink(missing_ok=True)
+    try:
+        fd = os.open(out / LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:                      # none there, or not a file we may read
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        words = os.read(fd, 300).decode("utf-8", "replace").split()
+        return f"pid {words[0]} on {words[1]}" if len(words) == 2 else "another run"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return None
 
 
-def _alive(pid):
-    """Whether process ``pid`` runs on this machine: it exists and, where /proc says, is
-    not a zombie (an MPI rank killed by MPI_Abort may stay one, unreaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read(4096).rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != b"Z"
-
-
 class RunLock:
-    """Rank 0's hold on its run directory, from the checks to the run's end: LOCK, made
-    with O_EXCL, holding this process's id and host. Another run (new, --resume or
-    --overwrite) on a held directory is refused (run_directory), where two had written
-    over each other's files until the first checkpoint made the directory. The directory
-    is made here; at the end the lock is removed, and so are the folders made here if
-    nothing else was written in them (a run that fails its checks leaves no directory)."""
+    """Rank 0's hold on its run directory, from the checks to the end of the run and its
+    report: an exclusive flock on LOCK, which holds this process's id and host for the
+    message another run gets. Another run (new, --resume or --overwrite) on a held
+    directory is refused, where two had written over each other's files until the first
+    checkpoint made the directory. The directory is made here; at the end LOCK is
+    removed, and so are the folders made here if nothing else was written in them (a run
+    that fails its checks leaves no directory)."""
 
     def __init__(self, out):
-        self.out = Path(out)
+        self.out, self.fd = Path(out), None
         self.made = [p for p in (self.out, *self.out.parents) if not p.exists()]
         self.out.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            self.made = []
-            raise ValueError(f"{self.out}: a run is using it ({lock_holder(self.out)}): "
-                             f"wait for it to end, or give another --out") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        if fcntl is None:
+            return
+        path = self.out / LOCK
+        for _ in range(5):           # a lock_holder() looking in, or a run just ending
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                time.sleep(0.05)
+                continue
+            except OSError:          # a file system without locks: the run goes unlocked
+                os.close(fd)
+                return
+            try:                     # the holder may have removed the file as it ended
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            self.fd = fd
+            return
+        self._remove_made()
+        raise ValueError(f"{self.out}: a run is using it ({lock_holder(self.out) or 'another run'}"
+                         f"): wait for it to end, or give another --out")
 
     def __enter__(self):
         return self
 
     def __exit__(self, *error):
-        (self.out / LOCK).unlink(missing_ok=True)
+        if self.fd is not None:
+            (self.out / LOCK).unlink(missing_ok=True)     # while still held
+            os.close(self.fd)
+            self.fd = None
+        self._remove_made()
+
+    def _remove_made(self):
         for folder in self.made:          # innermost first; only while empty
             try:
                 folder.rmdir()
             except OSError:
                 break
+        self.made = []
 
 
 class SetAside:
@@ -727,7 +749,7 @@ def _initial_model(cfg, log):
 
 
 def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=False,
-          comm=None):
+          comm=None, then=None):
     """Train a model as ``cfg`` says; checkpoint into its run directory; return a TrainResult.
 
     With resume=True, continue from the run directory's checkpoint.safetensors: the run
@@ -742,15 +764,22 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     started with, a plain one unless launched by mpiexec with several processes. Every
     rank calls train with the same arguments and returns the same weights; only rank 0
     logs, shows progress and writes files.
+
+    then: a function of the TrainResult that rank 0 calls before the run lets go of its
+    directory (RunLock), as part of the run (the command line writes report.html with
+    it, and --time-limit keeps time for that: the test images once more, on one process).
     """
     if resume and overwrite:
         raise ValueError("resume=True continues the earlier run and overwrite=True replaces "
                          "it: pass one of them")
     with contextlib.ExitStack() as stack:
-        return _train(cfg, resume, log, progress, overwrite, comm, stack)
+        result = _train(cfg, resume, log, progress, overwrite, comm, stack, then is not None)
+        if then is not None and (comm if comm is not None else from_environment()).is_root:
+            then(result)
+        return result
 
 
-def _train(cfg, resume, log, progress, overwrite, comm, stack):
+def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     """train's body; ``stack`` holds use_algorithm(cfg.conv_algorithm) once cfg is final."""
     started = time.perf_counter()
     comm = from_environment() if comm is None else comm
@@ -917,7 +946,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack):
     params = model.trainable_params()
     if cfg.time_limit and ckpt is None:
         cfg.epochs = plan_epochs(cfg, model, x_train, y_train, len(x_val), len(x_test),
-                                 batches_per_epoch, started, comm, log)
+                                 batches_per_epoch, started, comm, log, reported)
         if epochs_given is not None and epochs_given < cfg.epochs:   # --epochs: a cap
             cfg.epochs = epochs_given
             log(f"--epochs {epochs_given}: the run stops there, before the time limit")
@@ -1163,16 +1192,16 @@ def _sync_norms(model, comm, cfg):
 
 
 def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, started,
-                comm, log):
+                comm, log, reported=False):
     """The epochs that fit in cfg.time_limit seconds from ``started``.
 
     A copy of the model takes PROBE_WARMUP + PROBE_STEPS training steps on random
     batches (the run itself starts from the untouched model, so its result does not
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
     model into a temporary directory beside the run directory. An epoch is its steps,
-    its validation (with TTA, twice the images) and those two writes; the end is two
-    test evaluations (the run's, and the report's that the command line writes after it)
-    plus final_margin seconds. Over several processes a step includes its
+    its validation (with TTA, twice the images) and those two writes; the end is the test
+    evaluation (and with ``reported``, the report's, on rank 0 alone) plus final_margin
+    seconds. Over several processes a step includes its
     gradients' Allreduce, and each rank evaluates a share of the images. At least one
     epoch runs: where even one does not fit, the log says so and how long it will take.
     Rank 0's plan holds for all."""
@@ -1210,7 +1239,7 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     spent = time.perf_counter() - started
-    end = 2 * n_test * per_image + final_margin(cfg.time_limit)
+    end = n_test * per_image * (1 + comm.size * reported) + final_margin(cfg.time_limit)
     left = cfg.time_limit - spent - end
     epochs = max(1, int(left // epoch_seconds))
     epochs = comm.broadcast(epochs) if comm.size > 1 else epochs
@@ -1230,7 +1259,8 @@ def _epoch_write_seconds(probe, opt, ema, out):
     """Seconds to write what an epoch's end writes at most (its checkpoint, and the best
     model so far), timed into a temporary directory beside the run directory ``out``
     (on its file system; removed at once)."""
-    near = next(p for p in (out, *out.parents) if p.is_dir())
+    near = next(p for p in out.parents if p.is_dir())     # not in it: a kill would leave
+                                                           # the folder among the run's
     with tempfile.TemporaryDirectory(prefix=".convnet-plan-", dir=near) as tmp:
         tick = time.perf_counter()
         arrays, _ = opt.state_dict()

@@ -466,6 +466,9 @@ def test_adaptive_pools_match_torch_where_values_are_not_finite(case):
                                      x, dout)
         np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+        x32 = x.astype(np.float32)          # float32 stays float32 (it had become float64)
+        assert pool.forward(x32).dtype == np.float32
+        assert pool.backward(dout.astype(np.float32)).dtype == np.float32
 
 
 def test_adaptive_maxpool_config_and_errors():

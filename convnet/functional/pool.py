@@ -404,7 +404,7 @@ def _window_means(x, out_size):
     would carry it into every output of its plane: 0 * inf is NaN)."""
     rows, cols, inside, count = _windows(*x.shape[2:], out_size)
     win = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]   # (N, C, OH, kh, OW, kw)
-    return np.where(inside, win, 0).sum(axis=(3, 5)) / count[:, 0, :, 0]
+    return np.where(inside, win, 0).sum(axis=(3, 5)) / count[:, 0, :, 0].astype(x.dtype)
 
 
 def _window_means_backward(dout, x_shape):

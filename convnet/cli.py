@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -739,8 +740,8 @@ def main(argv=None):
     if args.command is None:      # alone, and the others wait in a collective for good)
         parser.print_help()
         return 0
-    if SETTING_ERROR is not None:
-        print(f"convnet {args.command}: error: {SETTING_ERROR}", file=sys.stderr)
+    if SETTING_ERROR is not None:      # (under mpiexec: said once, every rank ended)
+        _stop(args, ValueError(SETTING_ERROR), f"error: {SETTING_ERROR}")
         return 2
     try:
         with warnings.catch_warnings():
@@ -765,6 +766,9 @@ def main(argv=None):
             if launch_size() in (0, 1):
                 raise
             if not isinstance(err, RootsError):   # (rank 0's error, said by rank 0)
+                from convnet.train.distributed import PEER_WAIT, from_environment
+                if from_environment().rank != 0:  # an error every rank meets: rank 0's
+                    time.sleep(PEER_WAIT)         # abort ends this one before it prints
                 traceback.print_exc()   # then end every rank: the others wait in a collective
         hint = (" (try a smaller --batch-size or --image-size)"
                 if isinstance(err, MemoryError) and args.command == "train" else "")

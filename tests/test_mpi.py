@@ -373,6 +373,19 @@ def test_debug_shows_the_failing_ranks_traceback_once(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count("Traceback") == 1 and "RootsError" not in proc.stderr, \
         proc.stderr
+    # an error every rank meets (a batch smaller than the processes): one traceback too
+    proc = run_mpi(tmp_path, "convnet.cli", "train", "--model", PLAIN, "--epochs", "1",
+                   "--batch-size", "1", "--out", "every", "--debug", module=True, timeout=60)
+    assert proc.returncode != 0 and proc.stderr.count("Traceback") == 1, proc.stderr
+
+
+def test_a_bad_thread_count_is_said_once(tmp_path):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               CONVNET_THREADS="x")
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "convnet.cli", "train"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("CONVNET_THREADS must be a positive int") == 1, proc.stderr
 
 
 def test_ranks_that_load_different_data_or_settings_are_named(tmp_path):

@@ -442,6 +442,13 @@ def test_fine_tuning_on_the_same_folder_with_another_split_is_refused(tmp_path, 
                f"model trained on: give --seed 0 --test-fraction 0.1" in line, line
         assert not (tmp_path / "r1").exists()
     assert main(base + start + ["--out", str(tmp_path / "r2")]) == 0
+    # the folder changed since (one image more): the split can't be checked, so it is said
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "vertical" / "new.png")
+    capsys.readouterr()
+    assert main(base + start + ["--seed", "1", "--out", str(tmp_path / "r4")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --from" in err and "that held other files (30 images; now 31): if " \
+        "it is this folder, changed, the test images held out now may include" in err, err
     other = make_folder(tmp_path / "other", per_class=16, sizes=((8, 8),))
     assert main(["train", "--data", str(other), "--epochs", "1", "--quiet", "--no-report",
                  *start, "--seed", "1", "--out", str(tmp_path / "r3")]) == 0

@@ -704,8 +704,17 @@ def _check_fine_tune_split(info, splits, cfg):
     """Refuse to fine-tune a model on the image folder it was trained on with a test
     split drawn otherwise (another --seed or --test-fraction): the new test images would
     include images the model trained on (all 6 of 6, in the review that found it)."""
-    drawn = splits.drawn_from
-    if not drawn or info.get("split_files") != drawn:
+    drawn, recorded = splits.drawn_from, info.get("split_files")
+    if not drawn or not recorded:
+        return
+    if recorded != drawn:        # other files: other data, or this folder changed since
+        if info.get("data") == splits.name:
+            warnings.warn(
+                f"--from {cfg.init_from} was trained on a folder also named {splits.name} "
+                f"that held other files ({recorded['files']:,} images; now "
+                f"{drawn['files']:,}): if it is this folder, changed, the test images held "
+                f"out now may include images the model trained on; train/ and test/ "
+                f"folders keep them apart", stacklevel=3)
         return
     was = (info.get("split_seed"), info.get("test_fraction"))
     if was != (cfg.seed, cfg.test_fraction):

@@ -632,6 +632,7 @@ def test_a_fine_tuning_runs_summary_counts_what_it_froze(tmp_path):
     model = resolve_model(str(tuned.model_path))
     text = build_report(model, source=str(tuned.model_path))
     assert "(trainable 1,290, frozen 80)" in text, text[text.find("trainable"):][:80]
+    assert "with the stages its --freeze kept fixed counted as frozen" in text
     assert not any(layer.frozen for _, layer in model.named_layers())   # put back
 
 

@@ -398,6 +398,9 @@ def _summary(result, from_run):
     if from_run:
         command += f" --batch {result.batch_size} --optimizer {result.optimizer}"
     settings = "the run's batch size and optimizer: " if from_run else ""
+    if result.frozen_params and from_run:   # the summary command has no --freeze
+        settings = ("the run's batch size and optimizer, with the stages its --freeze "
+                    "kept fixed counted as frozen: ")
     body = (f'<p>The numbers of <code>{esc(command)}</code> ({settings}batch '
             f'{result.batch_size}, {result.optimizer}, {result.dtype}): params '
             f'{result.total_params:,} (trainable '

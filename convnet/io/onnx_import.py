@@ -1280,7 +1280,9 @@ class _Importer:
         if pad:
             if any(padding):
                 raise self.error(node, f"a Conv with pads {attrs.ints('pads')} after a Pad of "
-                                       f"mode {pad[2]!r} is not read (PyTorch pads once)")
+                                       f"mode {_show(self.attrs(pad[0]).string('mode', '', None))}"
+                                       f" is not read: convnet's Conv2d pads once, in one "
+                                       f"mode (a padding layer before a padded Conv2d)")
             padding, mode = (top, left), pad[2]
             if (top, left) != (bottom, right):      # PyTorch's uneven padding="same"
                 same = [d * (k - 1) for d, k in zip(dilations, kernel)]

@@ -45,6 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:              # Windows: runs do not lock their directories (RunLock)
+    fcntl = None
+
 from convnet import limits
 from convnet.analysis import counted
 from convnet.data import check_drawn_split, data_folder, load_dataset, takes_root
@@ -446,11 +451,6 @@ def _held_files(out):
     killed run's)."""
     return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
 
-try:
-    import fcntl
-except ImportError:              # Windows: runs do not lock their directories
-    fcntl = None
-
 
 def lock_holder(out):
     """Who holds ``out`` ("pid N on host H", as LOCK says), or None. A run holds its
@@ -492,7 +492,13 @@ class RunLock:
             return
         path = self.out / LOCK
         for _ in range(5):           # a lock_holder() looking in, or a run just ending
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                             0o644)
+            except OSError as err:   # a link planted there, or no permission
+                self._remove_made()
+                raise ValueError(f"{path}: the run's lock file cannot be made: "
+                                 f"{err.strerror or err}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -332,19 +332,35 @@ def test_time_limit_plans_the_epochs(tmp_path):
     assert planned[25.0] > planned[4.0] >= 1
 
 
-def test_time_limit_times_its_writes_beside_the_run_directory(tmp_path, monkeypatch):
-    """The timing writes had gone into a folder inside the run directory (made first now,
-    for its lock): a kill there left .convnet-plan-* among the run's files, and the next
-    run was refused for it."""
+def test_time_limit_times_its_writes_in_the_run_directory(tmp_path, monkeypatch):
+    """--time-limit times an epoch's writes in a folder of the run directory it holds.
+    A folder a kill left there neither makes the directory "hold files" nor stays once
+    stale; and --out . works (timed beside it, the writes had failed where the parent
+    was not writable, and with --out . there was no parent: StopIteration)."""
+    import os
+
     from convnet.train import loop
     written, real = [], loop.save_checkpoint
     monkeypatch.setattr(loop, "save_checkpoint",
                         lambda path, *a, **k: written.append(Path(path)) or real(path, *a, **k))
     out = tmp_path / "run"
+    out.mkdir()
+    left = out / f"{loop.PLAN_PREFIX}killed"          # a killed run's timing folder
+    left.mkdir()
+    (left / "checkpoint.safetensors").write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(left, (old, old))
     train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=4.0, out=str(out),
                       **RECIPE), log=lambda *a: None, progress=False)
-    probe = [p for p in written if p.parent.name.startswith(".convnet-plan-")]
-    assert len(probe) == 1 and probe[0].parent.parent == tmp_path, written
+    probe = [p for p in written if p.parent.name.startswith(loop.PLAN_PREFIX)]
+    assert len(probe) == 1 and probe[0].parent.parent == out, written
+    assert not left.exists() and not list(out.glob(f"{loop.PLAN_PREFIX}*"))
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    train(TrainConfig(data="digits", model=SMALL, batch_size=64, time_limit=4.0, out=".",
+                      **RECIPE), log=lambda *a: None, progress=False)
+    assert (here / "model.json").exists()
 
 
 def test_time_limit_counts_each_epochs_writes(tmp_path, monkeypatch):

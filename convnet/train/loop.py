@@ -446,10 +446,14 @@ def training_bytes(model, input_shape, cfg, batch=None):
 LOCK = ".convnet-run.lock"     # a run's hold on its directory (RunLock)
 
 
+PLAN_PREFIX = ".convnet-plan-"   # --time-limit's timing writes, in the run directory
+
+
 def _held_files(out):
-    """The names of what ``out`` holds, sorted; a LOCK that no run holds left out (a
-    killed run's)."""
-    return sorted(p.name for p in out.iterdir() if p.name != LOCK) if out.is_dir() else []
+    """The names of what ``out`` holds, sorted; a LOCK that no run holds and a timing
+    folder of --time-limit left out (what a killed run leaves)."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK
+                  and not p.name.startswith(PLAN_PREFIX)) if out.is_dir() else []
 
 
 def lock_holder(out):
@@ -624,8 +628,9 @@ STALE_SECONDS = 600   # a temporary file unwritten this long belongs to no live 
 def remove_stale_temporaries(out):
     """Delete what a kill in the middle of a write left in ``out``: the temporary files
     (``.checkpoint.safetensors.*.tmp``) atomic_write makes beside each of RUN_FILES, as
-    large as the file they were to become, once STALE_SECONDS have passed since their
-    last write (a run writing into ``out`` now keeps its own)."""
+    large as the file they were to become, and --time-limit's timing folders, once
+    STALE_SECONDS have passed since their last write (a run writing into ``out`` now
+    keeps its own)."""
     if not out.is_dir():
         return
     now = time.time()
@@ -638,6 +643,13 @@ def remove_stale_temporaries(out):
             if path.is_file() and not path.is_symlink() and now - stat.st_mtime > \
                     STALE_SECONDS:
                 path.unlink(missing_ok=True)
+    for path in out.glob(f"{PLAN_PREFIX}*"):      # --time-limit's timing writes
+        try:
+            old = now - path.lstat().st_mtime > STALE_SECONDS
+        except OSError:
+            continue
+        if old and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _ignored_settings(given, saved):
@@ -1272,11 +1284,10 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
 
 def _epoch_write_seconds(probe, opt, ema, out):
     """Seconds to write what an epoch's end writes at most (its checkpoint, and the best
-    model so far), timed into a temporary directory beside the run directory ``out``
-    (on its file system; removed at once)."""
-    near = next(p for p in out.parents if p.is_dir())     # not in it: a kill would leave
-                                                           # the folder among the run's
-    with tempfile.TemporaryDirectory(prefix=".convnet-plan-", dir=near) as tmp:
+    model so far), timed into a temporary directory in the run directory ``out``, which
+    the run holds (removed at once; one a kill left is not the run's, _held_files, and is
+    removed by remove_stale_temporaries)."""
+    with tempfile.TemporaryDirectory(prefix=PLAN_PREFIX, dir=out) as tmp:
         tick = time.perf_counter()
         arrays, _ = opt.state_dict()
         averages = ema.state_dict()[0] if ema is not None else None

@@ -1964,15 +1964,19 @@ def test_the_training_images_decide_the_size_and_the_channels(tmp_path):
     (("cat", "dog", "test"), r"split folders \(test\) beside other folders \(cat, dog\)"),
     (("seg_train", "seg_test", "seg_pred"), r"its folders look like splits, not classes: "
                                             r"rename seg_test/ as test/, seg_train/ as train/")])
-def test_split_folders_beside_others_are_refused(tmp_path, folders, message):
+@pytest.mark.parametrize("stray", [False, True])
+def test_split_folders_beside_others_are_refused(tmp_path, folders, message, stray):
     """A folder beside train/ and test/ had made every folder a class (a classifier of
-    the splits), silently; so had Intel's seg_train/, seg_test/ and seg_pred/."""
+    the splits), silently; so had Intel's seg_train/, seg_test/ and seg_pred/. A stray
+    image beside a split's class folders (a preview.png) leaves it a split."""
     from PIL import Image
     for folder in folders:
         for name in ("cat", "dog"):
             (tmp_path / folder / name).mkdir(parents=True)
             for i in range(3):
                 Image.new("L", (8, 8), 40 * i).save(tmp_path / folder / name / f"{i}.png")
+        if stray:
+            Image.new("L", (8, 8)).save(tmp_path / folder / "preview.png")
     with pytest.raises(ValueError, match=message):
         load_dataset(tmp_path)
 
@@ -2004,7 +2008,15 @@ def test_class_folders_named_like_a_split_are_classes(tmp_path, classes):
         (tmp_path / name).mkdir()
         for i in range(3):
             Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
-    assert load_dataset(tmp_path, test_fraction=0.34).classes == sorted(classes)
+    data = load_dataset(tmp_path, test_fraction=0.34)
+    assert data.classes == sorted(classes)
+    unlabeled = [name for name in sorted(classes) if name in ("valid", "test_set")]
+    said = [note for note in data.notes if "named like a split folder" in note]
+    assert len(said) == bool(unlabeled)      # a test or val folder of images: said
+    if unlabeled:
+        assert said[0].startswith(f"class {unlabeled[0]} is named like a split folder but "
+                                  f"holds images: read as a class; if they are images "
+                                  f"without labels, move them out")
 
 
 def test_two_folders_for_one_split_are_refused(tmp_path):

@@ -242,16 +242,15 @@ def split_of(name):
 
 
 def _holds_class_folders(folder):
-    """Whether ``folder`` holds folders and no files (those skipped() aside): a split
-    folder's look, where a class folder holds images."""
-    folders = False
+    """Whether ``folder`` holds two or more folders (those skipped() aside): a split
+    folder's look (a stray file beside them too), where a class folder holds images."""
     with os.scandir(folder) as entries:
+        found = 0
         for entry in entries:
-            if entry.is_dir():
-                folders = folders or not skipped(entry.name, True)
-            elif not skipped(entry.name):
-                return False
-    return folders
+            found += entry.is_dir() and not skipped(entry.name, True)
+            if found > 1:
+                return True
+    return False
 
 
 def _check_layout(path, splits):
@@ -305,23 +304,29 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
         raise ValueError(f"{path}: no data set recognized: expected the four IDX files "
                          "(train-images-idx3-ubyte ...), CIFAR batch files, or one "
                          "sub-folder of images per class")
-    splits = {}
+    by_split = {}
     for name in sorted(subdirs):
-        splits.setdefault(split_of(name), []).append(name)
-    _check_layout(path, splits)
-    if None not in splits and "train" in splits:       # every folder is a split
+        by_split.setdefault(split_of(name), []).append(name)
+    _check_layout(path, by_split)
+    if None not in by_split and "train" in by_split:    # every folder is a split
         folders = ", ".join(sorted(subdirs))
-        twice = [names for names in splits.values() if len(names) > 1]
+        twice = [names for names in by_split.values() if len(names) > 1]
         if twice:
             raise ValueError(f"{path}: split folders ({folders}): {' and '.join(twice[0])} "
                              f"are the same split; keep one")
-        if "test" not in splits:
+        if "test" not in by_split:
             raise ValueError(f"{path}: split folders ({folders}) but no test/: add one, or "
                              f"put the class folders straight in {path} (a test split is "
                              f"then drawn from them)")
-        parts = {split: subdirs[names[0]] for split, names in splits.items()}
+        parts = {split: subdirs[names[0]] for split, names in by_split.items()}
         return _load_folders(path, parts, image_size, channels, check_classes)
     splits = _load_folders(path, {"train": path}, image_size, channels, check_classes)
+    unlabeled = [name for split in ("val", "test") for name in by_split.get(split, [])]
+    if unlabeled:      # a class by its images; said, in case they are unlabeled ones
+        splits.notes.append(
+            f"class {' and '.join(unlabeled)} {'is' if len(unlabeled) == 1 else 'are'} "
+            f"named like a split folder but {'holds' if len(unlabeled) == 1 else 'hold'} "
+            f"images: read as a class; if they are images without labels, move them out")
     return _split_test(splits, path, test_fraction, seed)
 
 

@@ -206,6 +206,14 @@ def test_a_directory_a_live_run_holds_is_refused_and_a_killed_runs_lock_is_taken
             err = capsys.readouterr().err
             assert f"{live}: a run is using it (pid {holder.pid} on " \
                    f"{socket.gethostname()}): wait for it to end" in err, err
+        # runs started together: the free name chosen was taken meanwhile (lock_holder
+        # saw no holder), and the run takes the next one, where it had failed
+        import convnet.train.loop as loop
+        monkeypatch.setattr(loop, "lock_holder", lambda out: None)
+        third = train(TrainConfig(**cfg), **QUIET)
+        assert str(third.model_path.parent) == "runs/digits-3"
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
     finally:
         holder.send_signal(signal.SIGKILL)           # killed: its LOCK file stays, held
         holder.wait()                                # by nothing

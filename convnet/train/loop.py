@@ -319,9 +319,10 @@ def dropout_layers(model):
     return [(name, layer) for name, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
-def run_directory(cfg, resume, overwrite):
+def run_directory(cfg, resume, overwrite, passed=()):
     """The directory a run writes to, checked: see the module docstring. An earlier run
-    an --overwrite left set aside is put back first (``recover_set_aside``)."""
+    an --overwrite left set aside is put back first (``recover_set_aside``). passed: names
+    a new run without ``out`` is not to take (claim_run_directory's: taken meanwhile)."""
     if cfg.out is not None:
         out = Path(cfg.out)
     else:
@@ -331,13 +332,13 @@ def run_directory(cfg, resume, overwrite):
             existing = [p for p in taken if p.is_dir()]
             out = existing[-1] if existing else base
         else:
-            out = next(p for p in taken if not os.path.lexists(p)      # nothing, or an
-                       or (p.is_dir() and lock_holder(p) is None       # empty folder that
-                           and not _held_files(p)))                    # no run holds
-    holder = lock_holder(out)
-    if holder is not None:
-        raise ValueError(f"{out}: a run is using it ({holder}): wait for it to end, or give "
-                         f"another --out")
+            out = next(p for p in taken if p not in passed and (
+                not os.path.lexists(p) or (p.is_dir() and lock_holder(p) is None
+                                           and not _held_files(p))))  # nothing, or an
+    holder = lock_holder(out)                                         # empty folder no
+    if holder is not None:                                            # run holds
+        raise DirectoryHeld(f"{out}: a run is using it ({holder}): wait for it to end, or "
+                            f"give another --out")
     note = recover_set_aside(out)
     if note:
         warnings.warn(note, stacklevel=2)
@@ -446,6 +447,33 @@ def training_bytes(model, input_shape, cfg, batch=None):
 LOCK = ".convnet-run.lock"     # a run's hold on its directory (RunLock)
 
 
+class DirectoryHeld(ValueError):
+    """The run directory is held by another run (RunLock)."""
+
+
+def claim_run_directory(cfg, resume, overwrite, stack):
+    """run_directory's choice, held (a RunLock entered into ``stack``) until the run ends.
+    A new run without ``out`` whose choice another run took meanwhile (runs started
+    together) takes the next free name, as it would have a moment later."""
+    passed = []
+    for _ in range(100):
+        out = run_directory(cfg, resume, overwrite, passed)
+        try:
+            lock = RunLock(out)
+        except DirectoryHeld:
+            if cfg.out is not None or resume:
+                raise
+            passed.append(out)
+            continue
+        if cfg.out is None and not resume and _held_files(out):   # written meanwhile
+            lock.__exit__(None, None, None)
+            passed.append(out)
+            continue
+        stack.enter_context(lock)
+        return out
+    raise DirectoryHeld(f"{out}: no free run directory among the next 100 names; give --out")
+
+
 PLAN_PREFIX = ".convnet-plan-"   # --time-limit's timing writes, in the run directory
 
 
@@ -524,8 +552,9 @@ class RunLock:
             self.fd = fd
             return
         self._remove_made()
-        raise ValueError(f"{self.out}: a run is using it ({lock_holder(self.out) or 'another run'}"
-                         f"): wait for it to end, or give another --out")
+        raise DirectoryHeld(f"{self.out}: a run is using it ("
+                            f"{lock_holder(self.out) or 'another run'}): wait for it to end, "
+                            f"or give another --out")
 
     def __enter__(self):
         return self
@@ -820,11 +849,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         raise ValueError("freeze (--freeze) keeps stages of the model that init_from "
                          "(--from) starts from; without it they would stay at their random "
                          "start: give --from MODEL_FILE, or drop --freeze")
-    def claim():
-        out = run_directory(cfg, resume, overwrite)
-        stack.enter_context(RunLock(out))      # on rank 0 only, until the run ends
-        return str(out)
-    out = Path(_on_root(comm, claim))
+    out = Path(_on_root(comm, lambda: str(claim_run_directory(cfg, resume, overwrite, stack))))
     stack.enter_context(_interrupt_names(out))
     ckpt_path = out / "checkpoint.safetensors"
     ckpt = None

@@ -223,6 +223,30 @@ def test_a_directory_a_live_run_holds_is_refused_and_a_killed_runs_lock_is_taken
     assert (live / "model.json").exists() and not (live / LOCK).exists()
 
 
+def test_a_lock_file_that_is_no_file_is_a_named_error(tmp_path, capsys):
+    """A FIFO planted at the lock file had hung `convnet train` on opening it."""
+    from convnet.train.loop import LOCK
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / LOCK)
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--out", str(out)]) == 1
+    assert f"{out / LOCK}: the run's lock file cannot be made: not a regular file" in \
+        capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_report_is_written_offers_no_resume(tmp_path, monkeypatch, capsys):
+    """The run is done when the report is written: a Ctrl-C there had said to resume it."""
+    import convnet.cli as cli
+
+    def interrupted(args, result):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_train_report", interrupted)
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "convnet train: interrupted", err
+
+
 def test_the_report_is_written_while_the_run_holds_its_directory(tmp_path, monkeypatch):
     """The command line's report.html had come after train() let the directory go: a
     second run could replace the model the report was being made of."""

@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -492,10 +493,12 @@ def lock_holder(out):
     if fcntl is None:
         return None
     try:
-        fd = os.open(out / LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(out / LOCK, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:                      # none there, or not a file we may read
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):   # a FIFO planted there: RunLock says
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         words = os.read(fd, 300).decode("utf-8", "replace").split()
@@ -525,12 +528,16 @@ class RunLock:
         path = self.out / LOCK
         for _ in range(5):           # a lock_holder() looking in, or a run just ending
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                             0o644)
-            except OSError as err:   # a link planted there, or no permission
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK
+                             | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise OSError(0, "not a regular file")
+            except OSError as err:   # a link or a FIFO planted there, or no permission
                 self._remove_made()
                 raise ValueError(f"{path}: the run's lock file cannot be made: "
-                                 f"{err.strerror or err}") from None
+                                 f"{err.strerror or err} (if no run holds it, delete "
+                                 f"it)") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -666,10 +673,10 @@ def remove_stale_temporaries(out):
     for name in RUN_FILES:
         for path in out.glob(f".{name}.*.tmp"):
             try:
-                stat = path.lstat()
+                info = path.lstat()
             except OSError:
                 continue
-            if path.is_file() and not path.is_symlink() and now - stat.st_mtime > \
+            if path.is_file() and not path.is_symlink() and now - info.st_mtime > \
                     STALE_SECONDS:
                 path.unlink(missing_ok=True)
     for path in out.glob(f"{PLAN_PREFIX}*"):      # --time-limit's timing writes
@@ -698,7 +705,8 @@ def _interrupt_names(out):
     try:
         yield
     except KeyboardInterrupt as interrupt:
-        interrupt.run_directory = out
+        if not hasattr(interrupt, "run_directory"):
+            interrupt.run_directory = out
         raise
 
 
@@ -831,7 +839,11 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     with contextlib.ExitStack() as stack:
         result = _train(cfg, resume, log, progress, overwrite, comm, stack, then is not None)
         if then is not None and (comm if comm is not None else from_environment()).is_root:
-            then(result)
+            try:
+                then(result)
+            except KeyboardInterrupt as interrupt:   # the run is done: nothing to resume
+                interrupt.run_directory = None
+                raise
         return result
 
 

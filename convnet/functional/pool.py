@@ -373,9 +373,10 @@ def adaptive_avgpool2d_forward(x, out_size):
     if (oh, ow) == (1, 1):
         return x.mean(axis=(2, 3), keepdims=True), AdaptiveAvgCache(x.shape, None, None)
     rows, cols = _averaging_matrix(h, oh, x.dtype), _averaging_matrix(w, ow, x.dtype)
-    if not np.isfinite(x).all():   # the matrices' zeros would make an inf NaN everywhere
-        return _window_means(x, out_size), AdaptiveAvgCache(x.shape, rows, cols)
-    out = rows @ (x @ cols.T)                                # (N, C, OH, OW)
+    with np.errstate(invalid="ignore"):     # (0 * inf: recomputed below, window by window)
+        out = rows @ (x @ cols.T)                            # (N, C, OH, OW)
+    if not np.isfinite(out).all():  # an inf in x: the matrices' zeros made it NaN in every
+        out = _window_means(x, out_size)            # window of its plane (0 * inf)
     return out, AdaptiveAvgCache(x.shape, rows, cols)
 
 
@@ -461,11 +462,10 @@ def adaptive_maxpool2d_forward(x, out_size):
     win = np.where(inside, win, -np.inf).astype(x.dtype, copy=False)
     win = win.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
     at = win.argmax(axis=-1)                                       # first max, row-major
-    nan = np.isnan(win)
-    if nan.any():          # PyTorch's switch is a window's last NaN (argmax's: its first)
-        last = kh * kw - 1 - nan[..., ::-1].argmax(axis=-1)
-        at = np.where(nan.any(axis=-1), last, at)
     out = np.take_along_axis(win, at[..., None], axis=-1)[..., 0]
+    if np.isnan(out).any():   # PyTorch's switch is a window's last NaN (argmax's: its first)
+        nan = np.isnan(win)
+        at = np.where(nan.any(axis=-1), kh * kw - 1 - nan[..., ::-1].argmax(axis=-1), at)
     r = rows[np.arange(oh)[:, None], at // kw]                     # (N, C, OH, OW)
     col = cols[np.arange(ow)[None, :], at % kw]
     planes = (np.arange(n)[:, None] * c + np.arange(c))[:, :, None, None]

@@ -332,12 +332,14 @@ def run_directory(cfg, resume, overwrite, passed=()):
         if resume:   # the latest run of this data set
             existing = [p for p in taken if p.is_dir()]
             out = existing[-1] if existing else base
-        else:
+        else:            # nothing, or an empty folder no run holds
             out = next(p for p in taken if p not in passed and (
                 not os.path.lexists(p) or (p.is_dir() and lock_holder(p) is None
-                                           and not _held_files(p))))  # nothing, or an
-    holder = lock_holder(out)                                         # empty folder no
-    if holder is not None:                                            # run holds
+                                           and not _held_files(p))))
+    holder = lock_holder(out)          # (held since it was chosen: a run started with it)
+    if holder is not None and cfg.out is None and not resume:
+        return run_directory(cfg, resume, overwrite, (*passed, out))
+    if holder is not None:
         raise DirectoryHeld(f"{out}: a run is using it ({holder}): wait for it to end, or "
                             f"give another --out")
     note = recover_set_aside(out)

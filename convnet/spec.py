@@ -157,8 +157,9 @@ def _read_weights(path):
     from convnet.io import load_tensors, load_torch
 
     if Path(path).suffix.lower() == ".safetensors":
+        from convnet.train.checkpoint import KEY
         tensors, metadata = load_tensors(path)
-        if "convnet-checkpoint" in metadata:     # checkpoint.KEY (not imported: no cycle)
+        if KEY in metadata:
             run = Path(path).parent
             raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "
                              f"give the run's model ({run / 'model.json'}, or "

@@ -217,7 +217,8 @@ def _opened(Image, path):
 
 def _turned_at_open(im):
     """Whether Pillow gives im's size already turned by its EXIF orientation: its TIFF
-    reader does so in recent versions, and then turns the pixels itself as it loads them."""
+    reader does so in recent versions, and then turns the pixels itself as it loads them
+    (not those of some uncompressed TIFFs, in Pillow 13: _decode refuses those)."""
     tags = getattr(im, "tag_v2", None)
     if im.format != "TIFF" or tags is None:
         return False

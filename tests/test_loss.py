@@ -431,3 +431,14 @@ def test_svm_margins_round_as_pytorchs_and_nan_shows():
     s = np.array([[0.0, np.nan, 1.0]])
     loss, dscores = svm_loss(s, np.array([0]))
     assert np.isnan(loss) and dscores[0, 1] == 0 and np.isfinite(dscores).all()
+
+
+def test_an_ignored_sample_of_minus_inf_alone_makes_no_warning():
+    """Its scores are all -inf (a masked-out row): the loss is the others', as PyTorch's,
+    and nothing is warned (log_softmax's -inf - -inf had warned 'invalid value')."""
+    scores, y = np.array([[0.0, 1.0], [-np.inf, -np.inf]]), np.array([0, -100])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, dscores = cross_entropy(scores, y)
+    expected = TF.cross_entropy(torch.tensor(scores), torch.tensor(y)).item()
+    assert loss == pytest.approx(expected) and np.array_equal(dscores[1], [0.0, 0.0])

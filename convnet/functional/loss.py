@@ -24,6 +24,8 @@ squared hinge, sum or per-sample reductions).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -162,7 +164,8 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
     keep = (np.ones(n, bool) if ignore_index is None else
             y != ignore_index)                          # (N,) the samples that count
     target = np.where(keep, y, 0)                       # a class for each; masked below
-    logp = log_softmax(scores)                          # (N, C)
+    with np.errstate(invalid="ignore") if not keep.all() else contextlib.nullcontext():
+        logp = log_softmax(scores)      # (N, C); an ignored row of -inf alone: NaN, unsaid
     if not keep.all():    # an ignored sample counts nothing: 0, not 0 * its -inf scores
         logp[~keep] = 0
     p = np.exp(logp)                                    # softmax probabilities

@@ -1996,6 +1996,29 @@ def test_the_data_cap_holds_for_the_splits_together(tmp_path, monkeypatch):
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("extra, refused", [
+    (("train/0.png", "train/1.png", "train/2.png", "train/a/0.png", "train/b/0.png"),
+     False),                         # a class "train" with images and folders of more
+    (("test/cat/0.png", "test/cat/1.png"), True)])   # unlabeled images kept in test/x/
+def test_a_split_named_folder_is_a_class_by_its_images(tmp_path, extra, refused):
+    """Beside class folders, a folder named for a split is a class when it holds images
+    (more files than folders), a split when it holds folders."""
+    from PIL import Image
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / name / f"{i}.png")
+    for i, file in enumerate(extra):
+        (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 30 * i).save(tmp_path / file)
+    if refused:
+        with pytest.raises(ValueError, match=r"split folders \(test\) beside other folders "
+                                             r"\(cat, dog\)"):
+            load_dataset(tmp_path)
+    else:
+        assert load_dataset(tmp_path, test_fraction=0.25).classes == ["cat", "dog", "train"]
+
+
 @pytest.mark.parametrize("classes", [
     ("airport", "train_station", "test_tube", "zoo", "beach"),  # Places-like split words
     ("bus", "streetcar", "tank", "tractor", "train"),           # CIFAR-100's vehicles 2

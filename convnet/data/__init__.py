@@ -242,15 +242,17 @@ def split_of(name):
 
 
 def _holds_class_folders(folder):
-    """Whether ``folder`` holds two or more folders (those skipped() aside): a split
-    folder's look (a stray file beside them too), where a class folder holds images."""
+    """Whether ``folder`` looks like a split folder: it holds folders, and fewer files
+    than folders (a stray preview.png or labels.txt beside its class folders), where a
+    class folder holds its images, and maybe folders of more (those skipped() aside)."""
+    folders = files = 0
     with os.scandir(folder) as entries:
-        found = 0
         for entry in entries:
-            found += entry.is_dir() and not skipped(entry.name, True)
-            if found > 1:
-                return True
-    return False
+            if entry.is_dir():
+                folders += not skipped(entry.name, True)
+            else:
+                files += not skipped(entry.name)
+    return folders > 0 and folders > files
 
 
 def _check_layout(path, splits):

@@ -211,8 +211,7 @@ class _Graph:
         if layer.padding_mode != "zeros" and any(pads):
             # PyTorch's other modes: the border filled from the input by a Pad, whose
             # modes are these (wrap from opset 19), before a Conv that pads nothing
-            mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[
-                layer.padding_mode]
+            mode = PAD_MODES[layer.padding_mode]
             if mode == "wrap" and self.opset < 19:
                 raise ValueError(f"export_onnx: layer {layer.where}: padding_mode="
                                  f"'circular' is ONNX's Pad mode 'wrap', from opset 19 on; "
@@ -428,6 +427,10 @@ def _pool_pads(layer, shape, out_shape):
         extent = d * (f - 1) + 1
         end.append(max(p, (out - 1) * s + extent - size - p))   # floor(...) + 1 == out
     return begin + end
+
+
+# PyTorch's Conv2d padding modes other than zeros, as the ONNX Pad modes that fill alike
+PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def averaging_matrix(size, out):

@@ -93,7 +93,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.functional.conv import conv_output_size
-from convnet.io.onnx_export import averaging_matrix
+from convnet.io.onnx_export import PAD_MODES, averaging_matrix
 from convnet.io.weights import is_file, not_a_file
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
@@ -558,6 +558,13 @@ def _scalar(value):
     if not np.isfinite(number):
         return None
     return _f32(number) if value.dtype == np.float32 else float(number)
+
+
+def _same_pads(kernel, dilations):
+    """PyTorch's padding="same" at stride 1: (before, after) on each axis, the odd pixel
+    after."""
+    return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+            for k, d in zip(kernel, dilations)]
 
 
 def _ints(value):
@@ -1209,9 +1216,8 @@ class _Importer:
                 continue
             if ours == counts:
                 return tuple(begin), mode, begin, end, strides
-        if op == "Conv" and strides == [1, 1] and all(
-                (b, e) == (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
-                for b, e, k, d in zip(begin, end, kernel, dilations)):
+        if op == "Conv" and strides == [1, 1] and \
+                list(zip(begin, end)) == _same_pads(kernel, dilations):
             return "same", False, begin, end, strides    # PyTorch's uneven padding="same"
         shown = f"auto_pad={auto_pad!r} (pads {pads})" if auto_pad != "NOTSET" else f"pads={pads}"
         rounding = "rounded down" if op == "Conv" else "rounded down or, in ceil mode, up"
@@ -1285,10 +1291,8 @@ class _Importer:
                                        f"mode (a padding layer before a padded Conv2d)")
             padding, mode = (top, left), pad[2]
             if (top, left) != (bottom, right):      # PyTorch's uneven padding="same"
-                same = [d * (k - 1) for d, k in zip(dilations, kernel)]
-                if strides != [1, 1] or pad[1] != [same[0] // 2, same[1] // 2,
-                                                   same[0] - same[0] // 2,
-                                                   same[1] - same[1] // 2]:
+                if strides != [1, 1] or [(top, bottom), (left, right)] != _same_pads(
+                        kernel, dilations):
                     onnx_mode = self.attrs(pad[0]).string("mode", "", None)
                     raise self.error(pad[0], f"pads {[0, 0, top, left, 0, 0, bottom, right]} "
                                              f"of mode {_show(onnx_mode)} "
@@ -1311,13 +1315,11 @@ class _Importer:
         pads are equal on both sides, or padding="same")."""
         conv = self.only_consumer(pad, "Conv")
         attrs = self.attrs(pad)
-        mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
+        mode = {onnx: torch for torch, onnx in PAD_MODES.items()}.get(
             attrs.string("mode", "constant", None))
         if conv is None or mode is None or (len(pad.input) > 3 and pad.input[3]):
             return False
-        pads = attrs.ints("pads")
-        if pads is None and len(pad.input) > 1 and pad.input[1]:
-            pads = _ints(self.const(pad.input[1]))
+        pads = self._pads(pad)
         if pads is None or len(pads) != 8 or pads[:2] + pads[4:6] != [0, 0, 0, 0] \
                 or min(pads) < 0:
             return False
@@ -1724,17 +1726,11 @@ class _Importer:
         x = self.resolve(pad.input[0])
         if pool is None or x not in self.shapes or len(self.shapes[x]) != 3:
             return False
-        attrs = self.attrs(pad)
-        pads = attrs.ints("pads")
-        if pads is None and len(pad.input) > 1 and pad.input[1]:
-            pads = _ints(self.const(pad.input[1]))
-        value = pad.input[2] if len(pad.input) > 2 else ""      # the fill, zero if absent
-        if (pads is None or attrs.string("mode", "constant", None) != "constant"
-                or (len(pad.input) > 3 and pad.input[3])
-                or value and _scalar(self.const(value)) != 0.0):
+        pads = self._zero_pad(pad, 4)
+        if pads is None:
             return False
-        ph, pw = (pads[2], pads[3]) if len(pads) == 8 else (-1, -1)
-        if pads != [0, 0, ph, pw, 0, 0, ph, pw] or min(ph, pw) < 0:
+        ph, pw = pads[2], pads[3]
+        if pads != [0, 0, ph, pw, 0, 0, ph, pw]:
             return False
         pool_attrs = self.attrs(pool)
         kernel = pool_attrs.ints("kernel_shape", [], low=1)
@@ -1921,14 +1917,19 @@ class _Importer:
         except ValueError:
             return False
 
+    def _pads(self, pad):
+        """A Pad's pads: its attribute (opset < 11) or its constant input, else None."""
+        pads = self.attrs(pad).ints("pads")
+        if pads is None and len(pad.input) > 1 and pad.input[1]:
+            pads = _ints(self.const(pad.input[1]))
+        return pads
+
     def _zero_pad(self, pad, rank):
         """A Pad's 2 * rank pads (begin of each axis, then ends) when it pads with zeros
         (constant mode, no fill or 0, every axis), else None."""
         attrs = self.attrs(pad)
-        pads = attrs.ints("pads")
-        if pads is None and len(pad.input) > 1 and pad.input[1]:
-            pads = _ints(self.const(pad.input[1]))
-        value = pad.input[2] if len(pad.input) > 2 else ""
+        pads = self._pads(pad)
+        value = pad.input[2] if len(pad.input) > 2 else ""      # the fill, zero if absent
         if (pads is None or len(pads) != 2 * rank or min(pads) < 0
                 or attrs.string("mode", "constant", None) != "constant"
                 or (len(pad.input) > 3 and pad.input[3])

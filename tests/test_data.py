@@ -2096,6 +2096,53 @@ def test_an_empty_data_name_is_not_the_current_directory(name):
         load_dataset(name)
 
 
+@pytest.mark.parametrize("layout", ["split folders", "drawn"])
+def test_eval_with_recorded_statistics_decodes_only_the_test_images(tmp_path, monkeypatch,
+                                                                     layout):
+    """A model that records its preprocessing needs only the test images: evaluation had
+    decoded every training image too (minutes for a large folder). The test images are
+    those a full load holds out (the same seed draws them from the files' labels),
+    decoded and resized alike; a model without a record still reads the training images,
+    for their statistics."""
+    import convnet.data.folder as folder
+    from convnet.models import from_notation
+    from convnet.train.inference import evaluation_data
+    for k, name in enumerate(("a", "b")):
+        for i in range(20):
+            image = np.full((6, 5), 11 * i + 7 * k, np.uint8)
+            split = "" if layout == "drawn" else ("test" if i % 4 == 0 else "train")
+            save_image(tmp_path / split / name / f"{i}.png", image)
+    full = load_dataset(tmp_path, image_size=(4, 4), channels=1, seed=3, test_fraction=0.3)
+    decoded = []
+    real = folder._decode
+    monkeypatch.setattr(folder, "_decode",
+                        lambda Image, path, *a, **k: decoded.append(path) or real(
+                            Image, path, *a, **k))
+    model = from_notation("INPUT 4x4x1 -> FC 2")
+    model.info = {"classes": ["a", "b"], "mean": [0.5], "std": [0.25], "split_seed": 3,
+                  "test_fraction": 0.3}
+    x, y, classes, notes = evaluation_data(model, tmp_path)
+    assert len(decoded) == len(y) == len(full.test[1]) == (12 if layout == "drawn" else 10)
+    np.testing.assert_array_equal(y, full.test[1])
+    np.testing.assert_allclose(x, (full.test[0] / 255 - 0.5) / 0.25, atol=1e-6)
+    assert not any("train" in Path(p).parts for p in decoded)
+    decoded.clear()
+    model.info = {"classes": ["a", "b"], "split_seed": 3, "test_fraction": 0.3}
+    evaluation_data(model, tmp_path)
+    assert len(decoded) == 40
+
+
+def test_load_dataset_test_only_returns_the_test_split_alone():
+    """test_only: the named data sets' test images as a full load has them (resized and
+    converted), train empty with the same image shape, no val."""
+    full = load_dataset("digits", image_size=10, channels=3)
+    alone = load_dataset("digits", image_size=10, channels=3, test_only=True)
+    np.testing.assert_array_equal(alone.test[0], full.test[0])
+    np.testing.assert_array_equal(alone.test[1], full.test[1])
+    assert alone.train[0].shape == (0, 3, 10, 10) and alone.train[1].shape == (0,)
+    assert alone.val is None and alone.input_shape == (3, 10, 10)
+
+
 def test_eval_checks_the_class_count_before_resizing_or_decoding(tmp_path, monkeypatch):
     """evaluation_data refuses a data set whose class count differs from the model's
     outputs before any image is resized (digits at a model's 64x64 input) or decoded (an
@@ -2108,6 +2155,7 @@ def test_eval_checks_the_class_count_before_resizing_or_decoding(tmp_path, monke
         raise AssertionError("images were resized or decoded before the class check")
     monkeypatch.setattr(data, "resize", fail)
     monkeypatch.setattr(data, "load_image_folder", fail)
+    monkeypatch.setattr(data, "decode_files", fail)
     model = from_notation("INPUT 64x64x1 -> POOL F64 -> FC 3")
     with pytest.raises(ValueError, match="the model has 3 outputs but digits has 10 classes"):
         evaluation_data(model, "digits", where="the model")

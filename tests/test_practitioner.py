@@ -128,8 +128,8 @@ def test_a_bad_image_folder_is_one_line_naming_the_path(tmp_path, capsys, case, 
         make_folder(data / "test", per_class=2, classes=("horizontal", "x"))
     elif case == "too few":
         make_folder(data, per_class=2)
-    else:
-        make_folder(data, per_class=4)
+    else:       # enough images that a test split can be drawn: the image is what fails
+        make_folder(data, per_class=10)
         Image.fromarray(np.ones((8, 8), np.float32)).save(data / "vertical" / "f.tiff")
     assert main(["train", "--data", str(data), "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "r")]) == 1

@@ -25,6 +25,7 @@ from convnet.data.digits import DIGITS_SCALE, load_digits
 from convnet.data.folder import (
     GRAY_MODES,
     check_each_file_once,
+    decode_files,
     load_image_folder,
     nfc,
     read_headers,
@@ -107,7 +108,7 @@ def takes_root(name):
 
 
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
-                 seed=0, test_fraction=0.1, check_classes=None):
+                 seed=0, test_fraction=0.1, check_classes=None, test_only=False):
     """Load a data set by name, or recognize what a directory holds.
 
     Args:
@@ -135,6 +136,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         check_classes: called with the list of class names as soon as it is known,
             before any image is resized or converted (an image folder's, before any is
             decoded); it raises to refuse the data set.
+        test_only: return the test images alone, train (and val) empty, for an
+            evaluation that needs nothing else: an image folder's other images are not
+            decoded (a drawn test split is drawn from the files' labels), so its notes
+            cannot say which test images are copies of training ones.
 
     Unless ``image_size`` is given, an image folder of mixed sizes is resized to the
     median height and width of its images, and images larger than AUTO_MAX_SIDE (128)
@@ -188,8 +193,11 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
                              f"one of {', '.join(DATASETS)}, or a directory path")
         splits = _load_directory(path, image_size, channels, seed, test_fraction,
-                                 check_classes)
+                                 check_classes, test_only)
     check_classes(list(splits.classes))
+    if test_only:       # before the other splits are resized or converted
+        x = splits.test[0]
+        splits = replace(splits, train=(x[:0], np.empty(0, np.int64)), val=None)
     return _converted(splits, image_size, channels)
 
 
@@ -283,7 +291,8 @@ def _check_layout(path, splits):
                          f"of class folders")
 
 
-def _load_directory(path, image_size, channels, seed, test_fraction, check_classes):
+def _load_directory(path, image_size, channels, seed, test_fraction, check_classes,
+                    test_only=False):
     found = find_idx_dir([path, path / "raw"])   # torchvision's FashionMNIST/ holds raw/
     if found is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
@@ -321,19 +330,25 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
                              f"put the class folders straight in {path} (a test split is "
                              f"then drawn from them)")
         parts = {split: subdirs[names[0]] for split, names in by_split.items()}
-        return _load_folders(path, parts, image_size, channels, check_classes)
-    splits = _load_folders(path, {"train": path}, image_size, channels, check_classes)
+        return _load_folders(path, parts, image_size, channels, check_classes,
+                             test_only=test_only)
+    splits = _load_folders(path, {"train": path}, image_size, channels, check_classes,
+                           hold_out=(test_fraction, seed), test_only=test_only)
     unlabeled = [name for split in ("val", "test") for name in by_split.get(split, [])]
     if unlabeled:      # a class by its images; said, in case they are unlabeled ones
         splits.notes.append(
             f"class {' and '.join(unlabeled)} {'is' if len(unlabeled) == 1 else 'are'} "
             f"named like a split folder but {'holds' if len(unlabeled) == 1 else 'hold'} "
             f"images: read as a class; if they are images without labels, move them out")
-    return _split_test(splits, path, test_fraction, seed)
+    return splits
 
 
-def _load_folders(path, parts, image_size, channels, check_classes):
-    """Image folders {split: folder} -> DataSplits, one size and one channel mode for all."""
+def _load_folders(path, parts, image_size, channels, check_classes, hold_out=None,
+                  test_only=False):
+    """Image folders {split: folder} -> DataSplits, one size and one channel mode for all.
+    hold_out=(test_fraction, seed): parts is {"train": path}, and the test split is drawn
+    from it (_draw_test) before anything is decoded. test_only: decode only the test
+    images; train and val come back empty."""
     scans = {split: scan_image_folder(folder) for split, folder in parts.items()}
     classes = scans["train"][1]
     if len(classes) < 2:
@@ -387,13 +402,25 @@ def _load_folders(path, parts, image_size, channels, check_classes):
     limits.check_count(len(headers) * channels * h * w, "MAX_DATA_BYTES",
                        f"bytes of {len(headers):,} images of {w}x{h}x{channels} "
                        f"(resize them smaller: --image-size)", path)
-    loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
-                                       classes=classes)[:2] for split in parts}
+    if hold_out is None:
+        loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
+                                           classes=classes)[:2]
+                  for split in (("test",) if test_only else parts)}
+    else:               # the test split drawn from the labels, then its images decoded
+        files = scans["train"][0]
+        y = np.array([k for _, k in files], dtype=np.int64)
+        kept, held = _draw_test(y, classes, path, *hold_out, notes)
+        loaded = {part: (decode_files([files[i][0] for i in index], size, channels == 1,
+                                      path), y[index])
+                  for part, index in (("train", kept), ("test", held))
+                  if part == "test" or not test_only}
+    empty = (np.empty((0, channels, h, w), dtype=np.uint8), np.empty(0, dtype=np.int64))
+    loaded.setdefault("train", empty)
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)
     for split in ("val", "test"):
         if split in loaded:
             notes += _seen(loaded[split][0], loaded["train"][0], split)
-    drawn = None if "test" in parts else files_fingerprint(parts["train"], scans["train"][0])
+    drawn = None if hold_out is None else files_fingerprint(parts["train"], scans["train"][0])
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
                       val=loaded.get("val"), notes=notes, resized=resized, drawn_from=drawn)
 
@@ -445,26 +472,26 @@ def _seen(x, x_train, split):
             f"their accuracy is not that on new images; remove the copies"] if same else []
 
 
-def _split_test(splits, path, test_fraction, seed):
-    """Hold out a stratified test set from a single image folder."""
-    x, y = splits.train
-    (x_train, y_train), (x_test, y_test) = train_val_split(
-        x, y, test_fraction, np.random.default_rng([seed, 1 << 22]))
-    if len(y_test) == 0 or np.bincount(y_train, minlength=len(splits.classes)).min() == 0:
-        raise ValueError(f"{path}: {len(y)} images in {len(splits.classes)} classes are too "
+def _draw_test(y, classes, path, test_fraction, seed, notes):
+    """(kept, held): the indices of a single image folder's training and test images
+    (labels y), a stratified test_fraction of each class held out with ``seed``; notes
+    gets what was done."""
+    (kept, _), (held, y_test) = train_val_split(
+        np.arange(len(y)), y, test_fraction, np.random.default_rng([seed, 1 << 22]))
+    if len(y_test) == 0 or np.bincount(y[kept], minlength=len(classes)).min() == 0:
+        raise ValueError(f"{path}: {len(y)} images in {len(classes)} classes are too "
                          f"few to hold out {test_fraction:.0%} of each class for testing; "
                          f"add images, or give train/ and test/ sub-folders")
-    splits.notes.append(f"split {path} ({len(y):,} images): {len(y_test):,} held out for "
-                        f"testing ({test_fraction:.0%} of each class, seed {seed})")
-    counts = np.bincount(y, minlength=len(splits.classes))
-    untested = [f"{splits.classes[k]!r} ({counts[k]} image{'s' * bool(counts[k] != 1)})"
+    notes.append(f"split {path} ({len(y):,} images): {len(y_test):,} held out for "
+                 f"testing ({test_fraction:.0%} of each class, seed {seed})")
+    counts = np.bincount(y, minlength=len(classes))
+    untested = [f"{classes[k]!r} ({counts[k]} image{'s' * bool(counts[k] != 1)})"
                 for k in np.flatnonzero(np.bincount(y_test, minlength=len(counts)) == 0)]
     if untested:
-        splits.notes.append(f"{len(untested)} class(es) too small for {test_fraction:.0%} to "
-                            f"hold out an image, not tested: {', '.join(untested[:10])}"
-                            + (", ..." if len(untested) > 10 else ""))
-    splits.notes += _seen(x_test, x_train, "test")
-    return replace(splits, train=(x_train, y_train), test=(x_test, y_test))
+        notes.append(f"{len(untested)} class(es) too small for {test_fraction:.0%} to "
+                     f"hold out an image, not tested: {', '.join(untested[:10])}"
+                     + (", ..." if len(untested) > 10 else ""))
+    return kept, held
 
 
 __all__ = [

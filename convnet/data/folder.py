@@ -380,7 +380,7 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     ((120, 3, 64, 64), ['cat', 'dog'])
     """
     size = _check_size(size)
-    Image = _pillow()
+    _pillow()                      # a missing extra is said before the folder is read
     files, names = scan_image_folder(root)
     check_each_file_once(path for path, _ in files)
     if classes is not None:        # the training classes, in their order
@@ -390,10 +390,21 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
                              f"classes {list(classes)}")
         files = [(path, index[nfc(names[k])]) for path, k in files]
         names = list(classes)
+    y = np.array([k for _, k in files], dtype=np.int64)
+    return decode_files([path for path, _ in files], size, grayscale, root), y, names
+
+
+def decode_files(paths, size=None, grayscale=False, where="decode_files"):
+    """Decode image files into one uint8 (N, C, H, W) array, C = 1 with grayscale=True
+    (Pillow mode "L"), else 3 (RGB); size as for load_image_folder. Every unreadable
+    file is named in one ValueError (the others are still read, to find them all); the
+    array is capped at ``limits.MAX_DATA_BYTES`` (checked before it is allocated, and
+    named by ``where``)."""
+    size = _check_size(size)
+    Image = _pillow()
     mode, channels = ("L", 1) if grayscale else ("RGB", 3)
     x, first, errors = None, None, []
-    y = np.array([k for _, k in files], dtype=np.int64)
-    for i, (path, _) in enumerate(files):
+    for i, path in enumerate(paths):
         try:
             img = _decode(Image, path, mode, size)                 # (H, W, C)
         except ValueError as err:    # the others are still read, to name every bad one
@@ -401,21 +412,24 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
             continue
         if x is None:                # the first readable image sets the size
             first, (h, w) = path, img.shape[:2]
-            nbytes = len(files) * channels * h * w
+            nbytes = len(paths) * channels * h * w
             if nbytes > limits.MAX_DATA_BYTES:
-                raise ValueError(f"{root}: {len(files):,} images of {w}x{h}x{channels} take "
+                raise ValueError(f"{where}: {len(paths):,} images of {w}x{h}x{channels} take "
                                  f"{nbytes:,} bytes, over the cap of "
                                  f"{limits.MAX_DATA_BYTES:,} (convnet.limits.MAX_DATA_BYTES); "
                                  f"resize them smaller (--image-size, or size=(H, W))")
-            x = np.empty((len(files), channels, h, w), dtype=np.uint8)   # (N, C, H, W)
+            x = np.empty((len(paths), channels, h, w), dtype=np.uint8)   # (N, C, H, W)
         if img.shape[:2] != (h, w):
             raise ValueError(f"{path}: image is {img.shape[0]}x{img.shape[1]} (HxW) but "
                              f"{first} is {h}x{w}: all images must share one size; "
                              f"pass size=(H, W) to resize them")
         x[i] = img.transpose(2, 0, 1)
     if errors:
-        raise unreadable(errors, len(files))
-    return x, y, names
+        raise unreadable(errors, len(paths))
+    if x is None:                    # no files
+        h, w = size or (0, 0)
+        x = np.empty((0, channels, h, w), dtype=np.uint8)
+    return x
 
 
 def nfc(name):

@@ -72,9 +72,9 @@ def evaluation_data(model, data, root=None, where="the model"):
     The images are resized to the model's input (bilinear) and converted to its channels
     where they differ, and normalized with the model's recorded statistics; an image
     folder without test/ is split as training split it (its recorded seed and fraction).
-    A model without a record (weights alone) is normalized with the data's own training
-    statistics. notes says what was done; a class list that differs from the model's is
-    an error.
+    Only the test images are decoded, except for a model without a record (weights
+    alone): it is normalized with the data's own training statistics. notes says what
+    was done; a class list that differs from the model's is an error.
     """
     from convnet.data import check_drawn_split, load_dataset
     from convnet.data.folder import nfc
@@ -92,15 +92,15 @@ def evaluation_data(model, data, root=None, where="the model"):
                 nfc(n) for n in classes]:     # a folder copied from a Mac: NFD names
             raise ValueError(f"{where} was trained on the classes {info['classes']!r:.200} "
                              f"but {data} has {classes!r:.200}")
+    stats = "mean" in info and "std" in info
     splits = load_dataset(data, root=root, image_size=(h, w), channels=c,
                           seed=info.get("split_seed", 0),
                           test_fraction=info.get("test_fraction", 0.1),
-                          check_classes=check_classes)
+                          check_classes=check_classes, test_only=stats)
     check_drawn_split(info.get("split_files"), splits, data, where)
     notes = list(splits.notes)
     classes = list(splits.classes)
     x, y = splits.test
-    stats = "mean" in info and "std" in info
     if stats:       # the images, and the test images as floats with one temporary
         need = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test)
                    if p is not None) + 2 * x.size * 4

@@ -479,6 +479,36 @@ def write_cifar(directory, version, form, rng, n=3, py2=True):
     return out
 
 
+def test_a_named_data_sets_files_in_a_folder_train_with_its_defaults(tmp_path):
+    """CIFAR-10's batches given as a folder (cifar-10-batches-py/) are CIFAR-10: training
+    takes its defaults (its tuned net, optimizer and batch) and says so, where it took an
+    image folder's generic ones; IDX files are Fashion-MNIST or MNIST as their folder
+    says, and EMNIST's letters no named set."""
+    from convnet.train.loop import TrainConfig, train
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, 10, "python", np.random.default_rng(2), n=4)
+    splits = load_dataset(folder)
+    assert (splits.kind, splits.name) == ("cifar10", "cifar-10-batches-py")
+    assert load_dataset("digits").kind == "digits"
+    lines = []
+    result = train(TrainConfig(data=str(folder), epochs=1, val_fraction=0.2,
+                               out=str(tmp_path / "run")), log=lines.append, progress=False)
+    text = "\n".join(lines)
+    assert "cifar-10-batches-py holds cifar10's files: cifar10's defaults apply" in text
+    assert "; momentum lr=" in text                       # image folders' default: adam
+    assert result.model[0].out_channels == 64            # cifar10's net: CONV 64 first
+    images = np.zeros((3, 28, 28), np.uint8)
+    for name, labels, kind in (("my-fashion", [0, 1, 9], "fashion-mnist"),
+                               ("digits-idx", [0, 1, 9], "mnist"),
+                               ("letters", [0, 1, 25], None)):
+        (tmp_path / name).mkdir()
+        for prefix in ("train", "t10k"):
+            write_idx(tmp_path / name / f"{prefix}-images-idx3-ubyte", images)
+            write_idx(tmp_path / name / f"{prefix}-labels-idx1-ubyte",
+                      np.array(labels, np.uint8))
+        assert load_dataset(tmp_path / name).kind == kind, name
+
+
 CIFAR_DIRS = {(10, "binary"): "cifar-10-batches-bin", (10, "python"): "cifar-10-batches-py",
               (100, "binary"): "cifar-100-binary", (100, "python"): "cifar-100-python"}
 

@@ -63,7 +63,10 @@ class DataSplits:
     scale is the largest pixel value (255, or 16 for the digits): ``to_float(x,
     data.scale)`` maps pixels to [0, 1]. val holds a val/ folder's images when the data
     set has one (otherwise training holds out part of train). notes says what loading
-    decided for the user (a resize, a channel mode, a split), one sentence each.
+    decided for the user (a resize, a channel mode, a split), one sentence each. kind
+    names the data set by its name in DATASETS when it is one, named or recognized by its
+    files in a folder (CIFAR-10's batches in cifar-10-batches-py/), so that training
+    takes its defaults; None for an image folder and the files of no named set.
     """
 
     train: tuple
@@ -78,6 +81,7 @@ class DataSplits:
     # "sha256": of their sorted relative paths}; the same seed draws the same test images
     # only from the same files (see files_fingerprint).
     drawn_from: dict | None = None
+    kind: str | None = None
 
     @property
     def num_classes(self):
@@ -173,17 +177,17 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                             "a folder is read where it is"))
     check_classes = check_classes or (lambda classes: None)
     if key == "digits":
-        splits = _splits(load_digits(), "digits", DIGITS_SCALE)
+        splits = _splits(load_digits(), "digits", DIGITS_SCALE, kind=key)
     elif key == "fashion-mnist":
-        splits = _splits(load_fashion_mnist(root, download=download), key)
+        splits = _splits(load_fashion_mnist(root, download=download), key, kind=key)
     elif key == "mnist":
-        splits = _splits(load_mnist(root), key)
+        splits = _splits(load_mnist(root), key, kind=key)
     elif key == "cifar10":
-        splits = _splits(load_cifar10(root), key)
+        splits = _splits(load_cifar10(root), key, kind=key)
     elif key == "cifar100":
-        splits = _splits(load_cifar100(root), key)
+        splits = _splits(load_cifar100(root), key, kind=key)
     elif key == "cifar100-coarse":
-        splits = _splits(load_cifar100(root, label="coarse"), key)
+        splits = _splits(load_cifar100(root, label="coarse"), key, kind=key)
     else:
         path = Path(name_or_path).expanduser()
         if path.exists() and not path.is_dir():
@@ -232,9 +236,9 @@ def _converted(splits, image_size, channels):
     return splits
 
 
-def _splits(data, name, scale=255):
+def _splits(data, name, scale=255, kind=None):
     return DataSplits(train=data["train"], test=data["test"], classes=data["classes"],
-                      name=name, scale=scale)
+                      name=name, scale=scale, kind=kind)
 
 
 AUTO_MAX_SIDE = 128   # image folders: larger images are scaled down unless image_size says
@@ -299,17 +303,18 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
         named = found.parent if found.name.lower() in ("raw", "processed") else found
         if "fashion" in named.name.lower():
             return _splits({**load_idx_splits(found), "classes": list(FASHION_MNIST_CLASSES)},
-                           named.name)
+                           named.name, kind="fashion-mnist")
         # IDX files name no classes: MNIST's digits, or as many labels as the files use
         # (EMNIST's letters: 26, labels are bytes).
         splits = load_idx_splits(found, num_classes=256)
         count = max(len(MNIST_CLASSES), 1 + max(int(y.max(initial=0)) for _, y in
                                                   splits.values()))
-        return _splits({**splits, "classes": [str(i) for i in range(count)]}, named.name)
+        return _splits({**splits, "classes": [str(i) for i in range(count)]}, named.name,
+                       kind="mnist" if count == len(MNIST_CLASSES) else None)
     if find_cifar(path, 10, required=False):
-        return _splits(load_cifar10(path), path.name)
+        return _splits(load_cifar10(path), path.name, kind="cifar10")
     if find_cifar(path, 100, required=False):
-        return _splits(load_cifar100(path), path.name)
+        return _splits(load_cifar100(path), path.name, kind="cifar100")
     subdirs = {p.name: p for p in path.iterdir() if p.is_dir() and not skipped(p.name, True)}
     if not subdirs:
         raise ValueError(f"{path}: no data set recognized: expected the four IDX files "

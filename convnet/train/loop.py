@@ -910,7 +910,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         shaping = "flip=True" if cfg.flip else f"translate={cfg.translate}"
         raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
                          f"(--no-augment): give one or the other")
-    cfg = cfg.resolved(splits.name, input_shape, num_classes)
+    cfg = cfg.resolved(splits.kind or splits.name, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
     check_memory(prepare_bytes(splits, cfg.limit, dtype), "the data set as floats "
@@ -1087,6 +1087,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
 
     for note in splits.notes:
         log(note)
+    if splits.kind not in (None, splits.name) and ckpt is None:
+        log(f"{splits.name} holds {splits.kind}'s files: {splits.kind}'s defaults apply")
     if cfg.model and not cfg.init_from:
         log(f"model: {cfg.model}")
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "

@@ -519,7 +519,8 @@ def build_parser():
     p.add_argument("--data", default="digits", metavar="DATA",
                    help="digits (embedded, the default), fashion-mnist, mnist, cifar10, "
                         "cifar100, cifar100-coarse (its 20 superclasses), or a directory: "
-                        "IDX or CIFAR files (trained with their named set's defaults), or "
+                        "IDX or CIFAR files (CIFAR-10's, Fashion-MNIST's and MNIST's train "
+                        "with that set's defaults), or "
                         "images in one sub-folder per class (split "
                         "into train, validation and test here), or in train/ and test/ (and "
                         "val/) sub-folders of class folders")

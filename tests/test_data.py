@@ -494,7 +494,7 @@ def test_a_named_data_sets_files_in_a_folder_train_with_its_defaults(tmp_path):
     result = train(TrainConfig(data=str(folder), epochs=1, val_fraction=0.2,
                                out=str(tmp_path / "run")), log=lines.append, progress=False)
     text = "\n".join(lines)
-    assert "cifar-10-batches-py holds cifar10's files: cifar10's defaults apply" in text
+    assert "cifar-10-batches-py is in cifar10's format: cifar10's defaults apply" in text
     assert "; momentum lr=" in text                       # image folders' default: adam
     assert result.model[0].out_channels == 64            # cifar10's net: CONV 64 first
     images = np.zeros((3, 28, 28), np.uint8)
@@ -507,6 +507,61 @@ def test_a_named_data_sets_files_in_a_folder_train_with_its_defaults(tmp_path):
             write_idx(tmp_path / name / f"{prefix}-labels-idx1-ubyte",
                       np.array(labels, np.uint8))
         assert load_dataset(tmp_path / name).kind == kind, name
+
+
+def test_a_drawn_split_names_every_unreadable_image_at_once(tmp_path):
+    """Held-out and kept images are decoded together: every truncated file is named in
+    one error, whichever part it would have fallen in."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for i in range(20):
+            save_image(tmp_path / name / f"{i:02}.png",
+                       rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    bad = [tmp_path / name / f"{i:02}.png" for name in ("a", "b") for i in range(0, 20, 4)]
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:150])
+    with pytest.raises(ValueError, match=f"{len(bad)} of 40 files are not images") as err:
+        load_dataset(tmp_path)
+    assert all(str(path) in str(err.value) for path in bad[:3])
+
+
+def test_a_resumed_run_keeps_the_defaults_it_began_with(tmp_path):
+    """A run resumes with the defaults it began with, as its checkpoint records them: one
+    begun on Fashion-MNIST's files in a folder before their defaults applied (recorded by
+    the folder's name) keeps the shifts of an image folder's recipe, where Fashion-MNIST's
+    has none."""
+    from convnet.train.checkpoint import load_checkpoint, save_checkpoint
+    from convnet.train.loop import TrainConfig, train
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "my-fashion"
+    folder.mkdir()
+    for prefix, n in (("train", 100), ("t10k", 10)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte",
+                  rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
+    out = tmp_path / "run"
+    lines = []
+    train(TrainConfig(data=str(folder), epochs=1, batch_size=8, out=str(out),
+                      model="INPUT 28x28x1 -> POOL F4 -> FC 10"), log=lines.append,
+          progress=False)
+    assert "my-fashion is in fashion-mnist's format" in "\n".join(lines)
+    assert "augmentation: flips, label smoothing 0.1, flip TTA" in "\n".join(lines)
+    path = out / "checkpoint.safetensors"
+    model_state, optim, state = load_checkpoint(path)
+    assert state["info"]["defaults"] == "fashion-mnist"
+    for recorded, shown in (
+            ("fashion-mnist", "augmentation: flips, label smoothing 0.1, flip TTA"),
+            (None, "augmentation: shifts of up to H/8 and flips, label smoothing 0.1")):
+        if recorded is None:                       # a checkpoint of before "defaults"
+            del state["info"]["defaults"]
+        state["config"]["translate"] = None        # the default shifts: each recipe's own
+        state["config"]["epochs"] += 1
+        save_checkpoint(path, model_state, optim, state)
+        lines.clear()
+        train(TrainConfig(out=str(out)), resume=True, log=lines.append, progress=False)
+        text = "\n".join(lines)
+        assert shown in text and "format" not in text, text
+        model_state, optim, state = load_checkpoint(path)
 
 
 CIFAR_DIRS = {(10, "binary"): "cifar-10-batches-bin", (10, "python"): "cifar-10-batches-py",

@@ -65,8 +65,9 @@ class DataSplits:
     set has one (otherwise training holds out part of train). notes says what loading
     decided for the user (a resize, a channel mode, a split), one sentence each. kind
     names the data set by its name in DATASETS when it is one, named or recognized by its
-    files in a folder (CIFAR-10's batches in cifar-10-batches-py/), so that training
-    takes its defaults; None for an image folder and the files of no named set.
+    files in a folder (CIFAR-10's batches in cifar-10-batches-py/, IDX files of 10
+    classes as mnist); None for an image folder and other files. Training takes the
+    defaults of kind where it has its own, else those of name.
     """
 
     train: tuple
@@ -140,10 +141,11 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         check_classes: called with the list of class names as soon as it is known,
             before any image is resized or converted (an image folder's, before any is
             decoded); it raises to refuse the data set.
-        test_only: return the test images alone, train (and val) empty, for an
+        test_only: return the test images alone (train empty, no val), for an
             evaluation that needs nothing else: an image folder's other images are not
             decoded (a drawn test split is drawn from the files' labels), so its notes
-            cannot say which test images are copies of training ones.
+            cannot say which test images are copies of training ones; other data sets
+            are read whole, and their other splits dropped before any resize.
 
     Unless ``image_size`` is given, an image folder of mixed sizes is resized to the
     median height and width of its images, and images larger than AUTO_MAX_SIDE (128)
@@ -411,14 +413,17 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
         loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                            classes=classes)[:2]
                   for split in (("test",) if test_only else parts)}
-    else:               # the test split drawn from the labels, then its images decoded
-        files = scans["train"][0]
+    else:     # the test split drawn from the labels; the images decoded in one call,
+        files = scans["train"][0]    # which names every unreadable file
         y = np.array([k for _, k in files], dtype=np.int64)
         kept, held = _draw_test(y, classes, path, *hold_out, notes)
-        loaded = {part: (decode_files([files[i][0] for i in index], size, channels == 1,
-                                      path), y[index])
-                  for part, index in (("train", kept), ("test", held))
-                  if part == "test" or not test_only}
+        if test_only:
+            loaded = {"test": (decode_files([files[i][0] for i in held], size,
+                                            channels == 1, path), y[held])}
+        else:
+            x = decode_files([f for f, _ in files], size, channels == 1, path)
+            loaded = {"train": (x[kept], y[kept]), "test": (x[held], y[held])}
+            del x
     empty = (np.empty((0, channels, h, w), dtype=np.uint8), np.empty(0, dtype=np.int64))
     loaded.setdefault("train", empty)
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)

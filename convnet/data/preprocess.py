@@ -76,9 +76,10 @@ def check_info(info, where, channels=None):
         if odd is not None:   # printed by predict: no terminal escapes or forged lines
             raise ValueError(f"{where}: info.classes: a class name must be printable text "
                              f"(no control characters or line breaks), got {odd!r:.80}")
-    if "data" in info and not (isinstance(info["data"], str) and len(info["data"]) <= MAX_NAME):
-        raise ValueError(f"{where}: info.data must be a data set name (a string), got "
-                         f"{info['data']!r:.80}")
+    for key in ("data", "defaults"):   # the data's name; the set whose defaults it took
+        if key in info and not (isinstance(info[key], str) and len(info[key]) <= MAX_NAME):
+            raise ValueError(f"{where}: info.{key} must be a data set name (a string), got "
+                             f"{info[key]!r:.80}")
     if "scale" in info:
         if not (_finite(info["scale"]) and info["scale"] > 0):
             raise ValueError(f"{where}: info.scale must be a positive number (the largest "

@@ -72,9 +72,10 @@ def evaluation_data(model, data, root=None, where="the model"):
     The images are resized to the model's input (bilinear) and converted to its channels
     where they differ, and normalized with the model's recorded statistics; an image
     folder without test/ is split as training split it (its recorded seed and fraction).
-    Only the test images are decoded, except for a model without a record (weights
-    alone): it is normalized with the data's own training statistics. notes says what
-    was done; a class list that differs from the model's is an error.
+    Of an image folder only the test images are decoded (so no note says which are
+    copies of training images), except for a model without a record (weights alone): it
+    is normalized with the data's own training statistics. notes says what was done; a
+    class list that differs from the model's is an error.
     """
     from convnet.data import check_drawn_split, load_dataset
     from convnet.data.folder import nfc

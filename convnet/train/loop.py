@@ -910,7 +910,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         shaping = "flip=True" if cfg.flip else f"translate={cfg.translate}"
         raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
                          f"(--no-augment): give one or the other")
-    cfg = cfg.resolved(splits.kind or splits.name, input_shape, num_classes)
+    # The defaults of the named data set the files are (CIFAR-10's in cifar-10-batches-py/),
+    # else of the data's name; a resumed run's as it began (by name, before "defaults").
+    defaults = splits.kind if splits.kind in DEFAULTS else splits.name
+    if ckpt is not None:
+        defaults = recorded.get("defaults", splits.name)
+    cfg = cfg.resolved(defaults, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
     check_memory(prepare_bytes(splits, cfg.limit, dtype), "the data set as floats "
@@ -1025,7 +1030,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             "brightness": brightness_range(splits.train[0], splits.scale),
             "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
-            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta}
+            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta,
+            "defaults": defaults}
     if splits.drawn_from is not None:   # eval draws the same test images from these files
         info["split_files"] = splits.drawn_from
     aside = None
@@ -1087,8 +1093,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
 
     for note in splits.notes:
         log(note)
-    if splits.kind not in (None, splits.name) and ckpt is None:
-        log(f"{splits.name} holds {splits.kind}'s files: {splits.kind}'s defaults apply")
+    if ckpt is None and defaults != splits.name:
+        log(f"{splits.name} is in {defaults}'s format: {defaults}'s defaults apply")
     if cfg.model and not cfg.init_from:
         log(f"model: {cfg.model}")
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "

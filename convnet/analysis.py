@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convnet.layers.activation import LeakyReLU
-from convnet.layers.base import Layer, hw_text
+from convnet.layers.base import Identity, Layer, hw_text
 from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -343,12 +343,14 @@ def _next_field(layer, state, in_shape, out_shape):
 
 
 def _shares_input(layer):
-    """True when the output occupies the input's memory in training: a RELU in place, or
-    a reshaped view. (LeakyReLU and Dropout with inplace=True write into their input at
-    inference only: in training their output is a new array.)"""
+    """True when the output occupies the input's memory in training: a RELU in place, a
+    reshaped view, or the input itself (Identity). (LeakyReLU and Dropout with
+    inplace=True write into their input at inference only: in training their output is a
+    new array.)"""
     if isinstance(layer, (LeakyReLU, Dropout)):
         return False
-    return getattr(layer, "inplace", False) is True or isinstance(layer, Flatten)
+    return (getattr(layer, "inplace", False) is True
+            or isinstance(layer, (Flatten, Identity)))
 
 
 class _Merge:

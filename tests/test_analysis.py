@@ -807,3 +807,19 @@ def test_leaky_relu_and_dropout_in_place_count_their_training_output():
         assert [r.activation_bytes for r in rows] == [7200 * 4, 7200 * 4]
     rows = summary(Sequential(Conv2d(3, 8, 3), ReLU(inplace=True)), (3, 32, 32)).layers
     assert [r.activation_bytes for r in rows] == [7200 * 4, 0]
+
+
+def test_an_identity_adds_no_activation_memory():
+    """Identity hands back its input: no new values (fc_to_conv makes one of each Flatten
+    and sliding pool it drops, and summary had counted each as a new volume)."""
+    from convnet.layers.base import Identity
+    from convnet.models.fc_to_conv import fc_to_conv
+    net = Sequential(Conv2d(3, 4, 3), ReLU(), Flatten(), Linear(4 * 6 * 6, 10))
+    converted = fc_to_conv(net, (3, 8, 8))
+    assert isinstance(converted[2], Identity)
+    rows = summary(converted, (3, 8, 8)).layers
+    row = next(r for r in rows if r.type.startswith("Identity"))
+    assert row.activation_values == 0 and row.activation_bytes == 0
+    # the same volumes as the original net's: the CONV's 10x1x1 for the FC's 10
+    assert summary(converted, (3, 8, 8)).memory["activations"] == summary(
+        net, (3, 8, 8)).memory["activations"]

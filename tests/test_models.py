@@ -427,6 +427,47 @@ def test_slide_combines_shifted_passes_for_stride_16():
                                          r"shifted copy is 32 smaller .* give at least "
                                          r"256x256"):
         slide(conv_net, x[:, :, :240, :250], net_stride=32, factor=2)
+    # a net_stride that is not the net's had interleaved maps of the wrong size silently
+    with pytest.raises(ValueError, match=r"slide: the pass shifted by \(0, 32\) gave a "
+                                         r"3x2 map where a net of total stride 64 gives "
+                                         r"3x3: net_stride must be the product"):
+        slide(conv_net, x, net_stride=64, factor=2)
+
+
+@pytest.mark.parametrize("options", [dict(affine=False), dict(track_running_stats=False),
+                                     dict(dtype=np.float64)])
+def test_fc_to_conv_keeps_a_batch_norm_after_an_fc_as_it_was(options, tmp_path):
+    """A BatchNorm1d after an FC becomes a BatchNorm2d with the same options and dtype:
+    it had become affine, tracking and float32 whatever it was (a net of
+    track_running_stats=False then failed, one of affine=False saved a file it could not
+    read back). A frozen layer stays frozen."""
+    from convnet.io.convert import read_any
+    from convnet.io.weights import save_model
+    dtype = options.get("dtype", np.float32)
+    rng = np.random.default_rng(3)
+    bn = BatchNorm1d(10, **options)
+    net = Sequential(Conv2d(3, 4, 3, dtype=dtype, rng=rng), ReLU(), Flatten(),
+                     Linear(4 * 6 * 6, 10, dtype=dtype, rng=rng), bn, ReLU(),
+                     Linear(10, 3, dtype=dtype, rng=rng))
+    net[3].frozen = True
+    for key in bn.buffers:
+        if key.startswith("running"):
+            bn.buffers[key][...] = rng.uniform(0.5, 1.5, 10)
+    if bn.track_running_stats:
+        net.eval()
+    converted = fc_to_conv(net, (3, 8, 8))
+    new = converted[4]
+    assert isinstance(new, BatchNorm2d)
+    assert (new.affine, new.track_running_stats, new.dtype) == (
+        bn.affine, bn.track_running_stats, np.dtype(dtype))
+    assert converted[3].frozen and not converted[6].frozen
+    x = rng.standard_normal((4, 3, 8, 8)).astype(dtype)
+    np.testing.assert_allclose(converted.forward(x)[:, :, 0, 0], net.forward(x),
+                               rtol=1e-5, atol=1e-6)
+    save_model(converted, tmp_path / "c.json")
+    back = read_any(tmp_path / "c.json")
+    for key, value in converted.state_dict().items():
+        assert back.state_dict()[key].dtype == value.dtype, key
 
 
 def test_fc_to_conv_refuses_a_vector_net_and_passes_a_flatten_of_a_vector():

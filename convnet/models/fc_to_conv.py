@@ -7,9 +7,10 @@ net computes the same class scores on the original input size, and on a larger i
 returns a spatial map of scores: each entry is the original net evaluated on one crop,
 the crops spaced by the net's total stride (32 for a net with five 2x2 pools).
 
-Exactness: for a net whose CONV layers do not zero-pad, each map entry equals the
-original net on the corresponding crop exactly. A net with padded CONV layers differs
-near the crops' borders: the crop, run alone, sees zeros where the big image has pixels.
+Exactness: for a net whose CONV and POOL layers do not pad (and whose pools do not round
+up, ceil_mode), each map entry equals the original net on the corresponding crop exactly.
+A net with padding differs near the crops' borders: the crop, run alone, sees zeros (or a
+pool's window cut short) where the big image has pixels.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def _convert_layer(layer, shape, out_shape, state):
                              f"FC layer on a vector is a CONV")
         return _fc_as_conv(layer, state)
     if isinstance(layer, BatchNorm1d):   # after an FC: one value per channel of a 1x1 map
-        bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+        bn = BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum,
+                         affine=layer.affine, track_running_stats=layer.track_running_stats,
+                         dtype=layer.dtype)
+        bn.frozen = layer.frozen
         bn.params = {k: v.copy() for k, v in layer.params.items()}
         bn.buffers = {k: v.copy() for k, v in layer.buffers.items()}
         bn.zero_grad()
@@ -218,6 +222,7 @@ def _fc_as_conv(layer, state):
     if b is not None:
         conv.params["bias"] = np.asarray(b, dtype=w.dtype).copy()
     conv.zero_grad()
+    conv.frozen = layer.frozen
     return conv
 
 
@@ -260,7 +265,13 @@ def slide(model, x, net_stride, factor=2):
                 hi = h - (net_stride if i else 0)
                 wi = w - (net_stride if j else 0)
                 out = model.forward(x[:, :, i * step: i * step + hi, j * step: j * step + wi])
-            scores[:, :, i::factor, j::factor] = out
+            grid = scores[:, :, i::factor, j::factor]
+            if out.shape != grid.shape:   # a map of another size: not the net's stride
+                raise ValueError(f"slide: the pass shifted by ({i * step}, {j * step}) gave "
+                                 f"a {out.shape[2]}x{out.shape[3]} map where a net of total "
+                                 f"stride {net_stride} gives {grid.shape[2]}x{grid.shape[3]}"
+                                 f": net_stride must be the product of the net's strides")
+            grid[...] = out
     return scores
 
 

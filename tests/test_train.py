@@ -102,6 +102,32 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         train(cfg, overwrite=True, log=lambda *a: None, progress=False)
 
 
+def test_a_gradient_that_is_not_finite_stops_the_run_before_its_step(tmp_path, monkeypatch):
+    """A finite loss whose gradient overflows: the step had put NaN into the weights, and
+    the checkpoint written right after it kept them (the next batch's loss then stopped
+    the run, naming that checkpoint as the last good one). Now the run stops before the
+    step, and the checkpoints hold finite weights."""
+    import convnet.train.loop as loop
+    calls = []
+
+    def overflowing_gradient(scores, y, *args):
+        calls.append(1)
+        loss, dscores = softmax_cross_entropy(scores, y, *args)
+        if len(calls) == 4:                     # the batch before the 2nd checkpoint
+            dscores[0, 0] = np.inf
+        return loss, dscores
+    monkeypatch.setattr(loop, "softmax_cross_entropy", overflowing_gradient)
+    cfg = TrainConfig(data="digits", model=SMALL, epochs=1, batch_size=32, out=str(tmp_path),
+                      checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 4: the loss is [0-9.]+ but "
+                                               r"the gradient of \S+ is not finite .*the last "
+                                               r"good checkpoint is .*checkpoint"):
+        train(cfg, log=lambda *a: None, progress=False)
+    weights, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert (state["epoch"], state["batch"]) == (0, 2)
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
 def test_a_damaged_checkpoint_is_refused_by_its_checksum(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--quiet",

@@ -1143,6 +1143,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                 loss = total / seen
                 if not math.isfinite(loss):   # every rank sees it: all stop together
                     raise _diverged(model, xb, loss, epoch, batch, optimizer.lr, ours())
+            # A finite loss can still have a gradient that is not (an overflow in a
+            # backward pass): the step would put NaN into the weights, and a checkpoint
+            # right after would keep them. Every rank has the same (averaged) gradients.
+            bad = next((key for key, g in grads.items() if not np.isfinite(g.sum())), None)
+            if bad is not None:
+                raise _gradient_diverged(bad, loss, epoch, batch, optimizer.lr, ours())
             optimizer.step(grads)
             used_lr = optimizer.lr
             schedule.step()
@@ -1353,6 +1359,15 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
         f"output is at {where}. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+
+
+def _gradient_diverged(key, loss, epoch, batch, lr, ckpt_path):
+    """The TrainingDiverged error of a step whose loss is finite but whose gradient of
+    parameter ``key`` is not: the step is not taken."""
+    return TrainingDiverged(
+        f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss:.6g} but the gradient of "
+        f"{key} is not finite (or too large to add up in float32); the weights were left "
+        f"as they were. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
 
 
 def _val_diverged(val_loss, epoch, averaged, lr, ckpt_path):

@@ -26,6 +26,7 @@ from convnet.train.schedules import (
     CosineAnnealingLR,
     LinearWarmup,
     LRSchedule,
+    OneCycleLR,
     StepLR,
     make_schedule,
 )
@@ -596,3 +597,35 @@ def test_running_means_round_as_torchs_lerp(cls, hyper):
             np.testing.assert_allclose(arrays[f"{name}.w"],
                                        topt.state[tensors["w"]][name].numpy(), rtol=1e-14)
         np.testing.assert_allclose(params["w"], tensors["w"].detach().numpy(), rtol=1e-14)
+
+
+def test_an_optimizer_refuses_no_parameters_and_one_array_twice():
+    """torch.optim refuses an empty parameter list; the same array under two names would
+    be updated twice a step."""
+    with pytest.raises(ValueError, match="SGD: params is empty: nothing to optimize"):
+        SGD({}, lr=0.1)
+    w = np.zeros(3)
+    with pytest.raises(ValueError, match="Adam: parameters 'a' and 'b' are the same array"):
+        Adam({"a": w, "b": w})
+
+
+def test_schedule_arguments_and_states_that_fail_change_nothing():
+    """A warmup_steps that is not an int is named (it had failed inside a subtraction,
+    or blamed a T_max the caller never gave), and a state that fails part way through
+    load_state_dict leaves the schedule and the optimizer's lr as they were."""
+    opt = SGD({"w": np.zeros(1)}, lr=0.1)
+    for bad in ("5", 5.0, None, -1):
+        with pytest.raises(ValueError, match=r"make_schedule: warmup_steps must be a "
+                                             r"non-negative int, got "):
+            make_schedule("warmup+cosine", opt, total_steps=100, warmup_steps=bad)
+    schedule = OneCycleLR(opt, 10)
+    schedule.step()
+    schedule.step()
+    before = (dict(schedule.state_dict()), opt.lr)
+    state = schedule.state_dict()
+    state.update(last_epoch=50, total_steps=20)
+    with pytest.raises(ValueError, match="stepped 50 times, past its total_steps of 20"):
+        schedule.load_state_dict(state)
+    assert (schedule.state_dict(), opt.lr) == before
+    schedule.step()                                     # and it goes on as before
+    assert schedule.last_epoch == 3

@@ -7,7 +7,9 @@ gradients under the same keys; a key left out (or None) is frozen for that step.
 Memory (the notes' "parameter sizes"): besides the parameters and their gradients, an
 optimizer keeps a step cache per parameter. Momentum, Adagrad and RMSProp keep one (so
 the parameter vector's memory is multiplied by 3), Adam two (x4). ``state_multiplier``
-counts these extra arrays per parameter; the summary's memory estimate uses it.
+counts these extra arrays per parameter, as configured (AMSGrad keeps a third, a centred
+RMSprop with momentum two); the summary's estimate takes each optimizer's default
+configuration (``analysis.OPTIMIZER_MULTIPLIERS``).
 
 Every update follows PyTorch's single-tensor implementation, term by term, so that runs
 match torch.optim to rounding: ``SGD`` (plain, momentum, Nesterov), ``Adagrad``,
@@ -78,9 +80,17 @@ def _check_params(params, where):
     if not isinstance(params, Mapping):
         raise ValueError(f"{where}: params must be a dict {{dotted name: array}} such as "
                          f"model.params(), got {type(params).__name__}")
+    if not params:
+        raise ValueError(f"{where}: params is empty: nothing to optimize (a model whose "
+                         f"layers are all frozen gives none)")
+    seen = {}
     for key, p in params.items():
         if not isinstance(key, str):
             raise ValueError(f"{where}: parameter names must be strings, got {key!r}")
+        if id(p) in seen:      # it would be updated twice a step
+            raise ValueError(f"{where}: parameters {seen[id(p)]!r} and {key!r} are the same "
+                             f"array; give each once")
+        seen[id(p)] = key
         if not isinstance(p, np.ndarray) or not np.issubdtype(p.dtype, np.floating):
             got = p.dtype if isinstance(p, np.ndarray) else type(p).__name__
             raise ValueError(f"{where}: parameter {key!r} must be a floating-point NumPy "

@@ -104,10 +104,17 @@ class LRSchedule(Named):
                          if k not in state)
         if missing:
             raise ValueError(f"{where}: state lacks {missing}")
-        self._configure(**{k: state[k] for k in self.hyperparameters()})
-        self.base_lr = _float(state["base_lr"], "base_lr", where)
-        self.last_epoch = _int(state["last_epoch"], "last_epoch", where, low=0)
-        self._apply()
+        before, lr = dict(self.__dict__), self.optimizer.lr
+        try:
+            self._configure(**{k: state[k] for k in self.hyperparameters()})
+            self.base_lr = _float(state["base_lr"], "base_lr", where)
+            self.last_epoch = _int(state["last_epoch"], "last_epoch", where, low=0)
+            self._apply()
+        except Exception:    # a state that fails part way changes nothing
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            self.optimizer.lr = lr
+            raise
 
 
 class StepLR(LRSchedule):
@@ -356,7 +363,8 @@ def _from_total(name, total, kwargs):
     if name in ("onecycle", "triangular"):
         return {"total_steps": total}
     if name == "warmup+cosine":
-        warmup = kwargs.get("warmup_steps", int(total * WARMUP_FRACTION))
+        warmup = (_int(kwargs["warmup_steps"], "warmup_steps", "make_schedule", low=0)
+                  if "warmup_steps" in kwargs else int(total * WARMUP_FRACTION))
         return {"warmup_steps": warmup, "T_max": max(total - warmup, 1)}
     return {}
 

@@ -164,6 +164,9 @@ def test_weight_ema_warmup_follows_the_model_early():
     plain = WeightEMA(model, decay=0.99)
     assert plain.current_decay() == 0.99 and ema.current_decay() == 0.99
     assert WeightEMA(model, decay=0.99, warmup=True).current_decay() == pytest.approx(0.1)
+    for bad in ("no", 1, None):          # "no" had been taken as True
+        with pytest.raises(ValueError, match="WeightEMA: warmup must be True or False"):
+            WeightEMA(model, decay=0.99, warmup=bad)
 
 
 def test_weight_ema_applied_swaps_weights_in_and_out_and_checkpoints():

@@ -44,6 +44,8 @@ class WeightEMA:
                 and not isinstance(decay, bool) and 0 <= decay < 1):
             raise ValueError(f"WeightEMA: decay must be a number in [0, 1), got {decay!r}")
         self.model = model
+        if not isinstance(warmup, (bool, np.bool_)):
+            raise ValueError(f"WeightEMA: warmup must be True or False, got {warmup!r:.40}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.averages = None       # {key: array} once updated
@@ -77,7 +79,8 @@ class WeightEMA:
         self.updates += 1
 
     def current_decay(self):
-        """The decay the next update uses."""
+        """The decay the next update uses (the first update copies the model, whatever
+        the decay)."""
         if self.warmup:
             return min(self.decay, (1 + self.updates) / (10 + self.updates))
         return self.decay
@@ -96,7 +99,9 @@ class WeightEMA:
             self.model.load_state_dict(own)
 
     def state_dict(self):
-        """(arrays, meta) for a checkpoint: the averages and the update count."""
+        """(arrays, meta) for a checkpoint: the averages (the live arrays, not copies:
+        save them before the next update) and the decay and update count. The decay is
+        a record: load_state_dict keeps this object's own."""
         return dict(self.averages or {}), {"decay": self.decay, "updates": self.updates}
 
     def load_state_dict(self, arrays, meta, where="WeightEMA"):

@@ -629,6 +629,10 @@ def test_bad_inputs_name_the_layer(make):
 def test_nhwc_input_gets_a_hint():
     with pytest.raises(ValueError, match=r"NHWC.*transpose\(0, 3, 1, 2\)"):
         MaxPool2d(2).forward(np.zeros((1, 32, 32, 3), dtype=np.float32))
+    # a 1x1 map of 8 channels (a net's volume run out of room) is no image: no hint
+    with pytest.raises(ValueError) as err:
+        MaxPool2d(2).forward(np.zeros((2, 8, 1, 1), dtype=np.float32))
+    assert "NHWC" not in str(err.value)
 
 
 @pytest.mark.parametrize("make,match", [

@@ -63,7 +63,8 @@ class _Pool2d(Layer):
         try:
             return self.output_shape(x.shape[1:])[1:]
         except ValueError as err:
-            if x.shape[3] in (1, 3) and x.shape[1] > x.shape[3]:
+            # an image's H and W, then 1 or 3 channels (not a 1x1 map of a net's depth)
+            if x.shape[3] in (1, 3) and min(x.shape[1:3]) > x.shape[3]:
                 raise ValueError(f"{err}. Input shape {x.shape} looks NHWC (channels last); "
                                  "pooling expects NCHW: use x.transpose(0, 3, 1, 2)") from None
             raise

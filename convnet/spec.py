@@ -93,11 +93,13 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         raise ValueError(f"{spec}: a weights file holds no architecture: name it with "
                          f"--model (a zoo name such as resnet18, or arrow notation in quotes)")
     elif suffix in WEIGHTS and architecture is not None:
-        state = _read_weights(spec)
+        state, info = _read_weights(spec, with_info=True)
         if num_classes is None and architecture in MODELS:   # the head the file has
             num_classes = _head_size(architecture, state)
         model = resolve_model(architecture, input_shape, num_classes, rng)
         _load_weights(model, spec, state)
+        if info is not None:      # what `convnet convert` keeps beside the weights
+            model.info = _weights_info(info, spec, model)
         trained = True
     elif suffix in (".json", ".safetensors"):
         model, trained = load_model(spec), True
@@ -152,10 +154,14 @@ WRAPPER_PREFIXES = {"module.": "nn.DataParallel or DistributedDataParallel",
 MAX_WRAPPERS = 4       # prefixes peeled at most (torch.compile of DataParallel has 2)
 
 
-def _read_weights(path):
-    """The tensors of a .pt/.pth/.safetensors file, {key: array}."""
+def _read_weights(path, with_info=False):
+    """The tensors of a .pt/.pth/.safetensors file, {key: array}; with_info=True,
+    (tensors, the JSON text of a model's info that a .safetensors file keeps in its
+    metadata (INFO_KEY), or None)."""
     from convnet.io import load_tensors, load_torch
+    from convnet.io.weights import INFO_KEY
 
+    info = None
     if Path(path).suffix.lower() == ".safetensors":
         from convnet.train.checkpoint import KEY
         tensors, metadata = load_tensors(path)
@@ -165,8 +171,26 @@ def _read_weights(path):
                              f"give the run's model ({run / 'model.json'}, or "
                              f"{run / 'best.json'}), or continue the run with convnet train "
                              f"--resume --out {run}")
-        return tensors
-    return load_torch(path)
+        info = metadata.get(INFO_KEY)
+    else:
+        tensors = load_torch(path)
+    return (tensors, info) if with_info else tensors
+
+
+def _weights_info(text, path, model):
+    """A weights file's recorded info (read_info), checked against ``model``: as many
+    class names as it gives scores."""
+    from convnet.io.weights import INFO_KEY, read_info
+
+    shape = getattr(model, "input_shape", None)
+    info = read_info(text, path, channels=shape[0] if shape and len(shape) == 3 else None)
+    names = info.get("classes")
+    if names is not None and shape is not None:
+        out = model.output_shape(shape)
+        if out and out[0] != len(names):
+            raise ValueError(f"{path}: metadata {INFO_KEY}: classes names {len(names)} "
+                             f"classes, but --model gives {out[0]} scores per image")
+    return info
 
 
 def _head_size(architecture, state):

@@ -105,24 +105,74 @@ def test_convert_never_replaces_a_file_silently(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("out", ["m.onnx", "m.safetensors"])
-def test_converting_a_model_file_to_a_bare_format_says_what_is_left_behind(tmp_path, capsys,
-                                                                           out):
-    """ONNX and safetensors hold the net alone: a model file's preprocessing and class
-    names were dropped without a word, and predict then gave other classes."""
+def test_a_model_files_record_goes_into_the_onnx_or_safetensors_metadata(tmp_path, capsys,
+                                                                         out):
+    """ONNX and safetensors files keep the model file's preprocessing and class names as
+    JSON in their metadata ("convnet.info"), where eval and predict read them: they had
+    been dropped, and predict on the file then scaled the pixels without normalizing them
+    and gave other classes than the model file. onnxruntime sees the same metadata."""
     from convnet.io import save_model
     from convnet.models import from_notation
-    model = from_notation("INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 3",
-                          rng=np.random.default_rng(0))
-    src = save_model(model, tmp_path / "src", classes=["a", "b", "c"], mean=[0.5],
-                     std=[0.25], scale=255)
+    from convnet.spec import resolve_model
+    notation = "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 3"
+    model = from_notation(notation, rng=np.random.default_rng(0))
+    record = dict(classes=["a", "b", "c"], mean=[0.5], std=[0.25], scale=255)
+    src = save_model(model, tmp_path / "src", **record)
     assert main(["convert", str(src), str(tmp_path / out)]) == 0
     err = capsys.readouterr().err
-    assert "holds the net alone: the preprocessing and class names" in err, err
-    assert main(["convert", str(src), str(tmp_path / "again.json")]) == 0
-    assert "holds the net alone" not in capsys.readouterr().err
-    weights = src.with_suffix(".safetensors")       # read with the .json beside it
-    assert main(["convert", str(weights), str(tmp_path / f"2{out}")]) == 0
-    assert "holds the net alone" in capsys.readouterr().err
+    assert "keeps the preprocessing and class names" in err and "convnet.info" in err, err
+    again = resolve_model(str(tmp_path / out),
+                          architecture=None if out.endswith(".onnx") else notation)
+    assert {k: again.info[k] for k in record} == record
+    if out.endswith(".onnx"):
+        session = onnxruntime.InferenceSession(str(tmp_path / out),
+                                               providers=["CPUExecutionProvider"])
+        meta = json.loads(session.get_modelmeta().custom_metadata_map["convnet.info"])
+        assert meta["classes"] == ["a", "b", "c"]
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 3).save(image)
+    shown = []
+    for path, extra in ((src, []), (tmp_path / out, [] if out.endswith(".onnx") else
+                                    ["--model", notation])):
+        assert main(["predict", str(path), str(image), *extra]) == 0
+        shown.append(capsys.readouterr().out)
+    assert shown[0] == shown[1] and shown[0].split(": ")[1][0] in "abc", shown
+    # a .json made from the file keeps the record too
+    assert main(["convert", str(tmp_path / out), str(tmp_path / "back.json"),
+                 *([] if out.endswith(".onnx") else ["--model", notation])]) == 0
+    assert {k: load_model(tmp_path / "back.json").info[k] for k in record} == record
+
+
+@pytest.mark.parametrize("out", ["m.onnx", "m.safetensors"])
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not JSON"),
+    ('{"classes": "abc"}', "info.classes must be a list"),
+    ('{"classes": ["a", "b"]}', "classes names 2 classes, but"),
+    ('{"mean": [0.5, 0.5, 0.5]}', "mean"),
+    ("[" * 100_000, "convnet.info"),
+])
+def test_a_files_recorded_info_is_checked_and_named(tmp_path, out, text, message):
+    """A record in a file's metadata is checked as a model file's info is, and errors
+    name the file and the key."""
+    from convnet.io import save_tensors
+    from convnet.io.onnx_export import export_onnx
+    from convnet.models import from_notation
+    from convnet.spec import resolve_model
+    notation = "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 3"
+    model = from_notation(notation, rng=np.random.default_rng(0))
+    path = tmp_path / out
+    if out.endswith(".onnx"):
+        import onnx
+        proto = export_onnx(model, path)
+        onnx.helper.set_model_props(proto, {"convnet.info": text})
+        path.write_bytes(proto.SerializeToString())
+    else:
+        save_tensors(model.state_dict(), path, metadata={"convnet.info": text})
+    with pytest.raises(ValueError) as err:
+        resolve_model(str(path), architecture=None if out.endswith(".onnx") else notation)
+    assert str(path) in str(err.value) and "convnet.info" in str(err.value)
+    assert message in str(err.value), str(err.value)
 
 
 def test_a_model_file_name_with_dots_keeps_them(tmp_path, capsys):
@@ -165,11 +215,12 @@ def test_an_output_suffix_in_capitals_is_its_format(tmp_path, capsys, out):
 
 @pytest.mark.parametrize("src_kind", ["json", "safetensors"])
 @pytest.mark.parametrize("out", ["m.onnx", "m.safetensors"])
-def test_the_left_behind_note_comes_from_what_the_model_records(tmp_path, src_kind, out):
+def test_the_kept_record_note_comes_from_what_the_model_records(tmp_path, src_kind, out):
     """A model's .safetensors, read with the .json beside it, has its class names and
-    preprocessing as much as the .json does: convert's log says what the bare format
-    leaves behind for either source; a model that records nothing gets no note."""
-    from convnet.io import save_model
+    preprocessing as much as the .json does: convert's log says that the bare format
+    keeps them, for either source; a model that records nothing gets no note and no
+    metadata."""
+    from convnet.io import load_tensors, save_model
     from convnet.io.convert import convert
     model = lenet5(rng=np.random.default_rng(0))
     src = save_model(model, tmp_path / "src", classes=[str(i) for i in range(10)],
@@ -180,8 +231,10 @@ def test_the_left_behind_note_comes_from_what_the_model_records(tmp_path, src_ki
     notes = []
     convert(src, tmp_path / out, log=notes.append)
     assert len(notes) == 1 and notes[0].startswith(
-        f"{tmp_path / out} holds the net alone: the preprocessing and class names that "
-        f"{src} records are not in it"), notes
+        f"{tmp_path / out} keeps the preprocessing and class names that {src} records in "
+        f"its metadata (convnet.info)"), notes
     convert(bare, tmp_path / f"bare-{out}", log=notes.append)
     convert(src, tmp_path / "again.json", log=notes.append)
     assert len(notes) == 1
+    if out.endswith(".safetensors"):
+        assert "convnet.info" not in load_tensors(tmp_path / f"bare-{out}")[1]

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convnet.io.weights import check_new_file, model_paths, save_model, save_tensors
+from convnet.io.weights import (
+    INFO_KEY,
+    check_new_file,
+    json_text,
+    model_paths,
+    save_model,
+    save_tensors,
+)
 
 OUT = (".json", ".safetensors", ".onnx")
 
@@ -39,10 +46,10 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
             log=None):
     """Convert ``src`` to ``dst`` (formats by suffix, in any case); returns the written
     path. A file it would write (for .json, the model's .safetensors too) that exists
-    already is a ValueError unless overwrite=True. input_shape: as read_any's. log: called
-    with a note (a str) when ``dst`` leaves out what the model read records besides the
-    net (class names, preprocessing: a convnet model's "info", read from its .json, or
-    from the .json beside its .safetensors), which only a .json keeps."""
+    already is a ValueError unless overwrite=True. input_shape: as read_any's. What the
+    model read records besides the net (class names, preprocessing: a convnet model's
+    "info") goes with it: into the .json, or as JSON into a .safetensors or .onnx file's
+    metadata under INFO_KEY; log is then called with a note (a str) saying so."""
     dst = Path(dst)
     suffix = dst.suffix.lower()
     if suffix not in OUT:
@@ -55,13 +62,14 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     if suffix == ".json":
         return save_model(net, dst, **info)
     if suffix == ".safetensors":
-        save_tensors(net.state_dict(), dst)
+        save_tensors(net.state_dict(), dst,
+                     metadata={INFO_KEY: json_text(info)} if info else None)
     else:
         from convnet.io.onnx_export import export_onnx
-        export_onnx(net, dst)
+        export_onnx(net, dst, info=info)
     if info and log is not None:
-        log(f"{dst} holds the net alone: the preprocessing and class names that {src} "
-            f"records are not in it (eval and predict will not have them; convert to .json "
-            f"to keep them)")
+        log(f"{dst} keeps the preprocessing and class names that {src} records in its "
+            f"metadata ({INFO_KEY}), where convnet's eval and predict read them; another "
+            f"program must normalize its input as they say")
     return dst
 

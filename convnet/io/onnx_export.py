@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional.pool import adaptive_windows
-from convnet.io.weights import atomic_write
+from convnet.io.weights import INFO_KEY, atomic_write, json_text
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d, LocallyConnected2d
@@ -72,7 +72,7 @@ def _onnx():
     return onnx
 
 
-def export_onnx(model, path, input_shape=None, opset=17):
+def export_onnx(model, path, input_shape=None, opset=17, info=None):
     """Write ``model`` as an ONNX file that computes its eval-mode ``infer`` in float32.
 
     Args:
@@ -83,6 +83,9 @@ def export_onnx(model, path, input_shape=None, opset=17):
         input_shape: per-sample input shape (C, H, W) (or (features,)); default
             ``model.input_shape``. The batch axis is dynamic ("N").
         opset: the ONNX opset to target, >= 13 (default 17).
+        info: the model's record (class names, preprocessing: a convnet model's
+            ``info``), kept as JSON in the file's metadata_props under "convnet.info",
+            which load_onnx reads back (default: none).
 
     Returns the onnx.ModelProto, already checked by onnx.checker.
 
@@ -120,6 +123,8 @@ def export_onnx(model, path, input_shape=None, opset=17):
         opset_imports=opsets, producer_name="convnet",
         # the oldest IR version for the opset, which runtimes older than onnx read too
         ir_version=helper.find_min_ir_version_for(opsets))
+    if info:
+        helper.set_model_props(proto, {INFO_KEY: json_text(info)})
     onnx.checker.check_model(proto, full_check=True)
     atomic_write(path, proto.SerializeToString())
     return proto

@@ -94,7 +94,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.io.onnx_export import PAD_MODES, averaging_matrix
-from convnet.io.weights import is_file, not_a_file
+from convnet.io.weights import INFO_KEY, is_file, not_a_file, read_info
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -253,7 +253,34 @@ def load_onnx(path, input_shape=None, input_hint=None):
     _check_text(proto.graph, file)
     _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
-    return _Importer(onnx, proto, file, input_shape, input_hint).build()
+    model = _Importer(onnx, proto, file, input_shape, input_hint).build()
+    info = _model_info(proto, file, model)
+    if info is not None:
+        model.info = info
+    return model
+
+
+def _model_info(proto, file, model):
+    """The info (class names, preprocessing) that export_onnx keeps in the file's
+    metadata_props under INFO_KEY, checked (as many class names as the model gives
+    scores); None where the file has none."""
+    props = proto.metadata_props
+    if len(props) > _MAX_WIRES:
+        raise ValueError(f"{file}: {len(props):,} metadata entries, more than the "
+                         f"{_MAX_WIRES:,} convnet reads")
+    texts = [prop.value for prop in props if prop.key == INFO_KEY]
+    if not texts:
+        return None
+    if len(texts) > 1:
+        raise ValueError(f"{file}: metadata {INFO_KEY} is given {len(texts)} times; one "
+                         f"record is expected")
+    shape = model.input_shape
+    info = read_info(texts[0], file, channels=shape[0] if len(shape) == 3 else None)
+    names, out = info.get("classes"), model.output_shape(shape)
+    if names is not None and out and out[0] != len(names):
+        raise ValueError(f"{file}: metadata {INFO_KEY}: classes names {len(names)} classes, "
+                         f"but the model gives {out[0]} scores per image")
+    return info
 
 
 # -- tensors: declared sizes, then external data ----------------------------------------

@@ -87,6 +87,29 @@ def finite_or_null(value):
     return value
 
 
+# The key under which a .safetensors or .onnx file that convnet writes keeps the model's
+# info (class names, preprocessing) as JSON: safetensors' metadata, ONNX's metadata_props.
+INFO_KEY = "convnet.info"
+
+
+def read_info(text, where, channels=None):
+    """A model's info from the JSON text a file keeps under INFO_KEY, checked as a model
+    file's (``check_info``; channels: the model's input depth, when known). Errors name
+    ``where`` and the key."""
+    from convnet.data.preprocess import check_info
+    where = f"{where}: metadata {INFO_KEY}"
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: expected JSON text, got {type(text).__name__}")
+    limits.check_json(text, where)
+    try:
+        info = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{where}: not JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+    return check_info(info, where, channels=channels)
+
+
 def json_text(value, **kwargs):
     """Strict JSON for a file or a pipe that others read: NaN and infinities (which
     json.dumps writes as NaN and Infinity, and JSON.parse, jq and most other parsers

@@ -16,6 +16,7 @@ import re
 import warnings
 from pathlib import Path
 
+from convnet import limits
 from convnet.io import load_model
 from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
@@ -208,7 +209,10 @@ def _head_size(architecture, state):
     state, _, _ = _unwrap(state, model.state_dict())
     weight = state.get(f"{head}.weight")
     shape = getattr(weight, "shape", ())
-    return int(shape[0]) if len(shape) == 2 and shape[0] > 0 else None
+    # a head of no inputs, or of more classes than the cap, is no head to build: the
+    # load then names what does not fit (an 86-byte file had built a 2,000,000-class FC)
+    fits = len(shape) == 2 and shape[1] > 0 and 0 < shape[0] <= limits.MAX_CLASSES
+    return int(shape[0]) if fits else None
 
 
 # torchvision's DenseNet files name a dense layer's parts "norm.1", "conv.2" (the names of

@@ -446,6 +446,84 @@ def test_a_relabelled_dtype_is_refused(saved, key, dtype):
     assert f"{key}: model {model_dtype}, file {NUMPY_NAMES[dtype]}" in message, message
 
 
+def test_a_tensor_the_model_has_no_place_for_is_refused_from_the_header(saved,
+                                                                        monkeypatch):
+    """An extra tensor of 3.6 GB (a sparse file: it took 264 KB on disk) had been read
+    before the keys were compared; the header's keys and shapes are now compared first,
+    and no tensor is read."""
+    import convnet.io.weights as weights
+    header, body = split((saved / "model.safetensors").read_bytes())
+    header["junk"] = {"dtype": "F32", "shape": [900_000_000],
+                      "data_offsets": [len(body), len(body) + 3_600_000_000]}
+    folder = saved / "junk"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(join(header, body))
+        f.truncate(f.tell() + 3_600_000_000)
+    (folder / "model.json").write_text(json.dumps(document()))
+
+    def unread(*args):
+        raise AssertionError("a tensor was read")
+    monkeypatch.setattr(weights, "load_tensors", unread)
+    message = refused(lambda: load_model(folder / "model.json"), "model.safetensors")
+    assert "model.safetensors: Sequential.load_state_dict: unexpected keys: junk" in message
+    header, body = split((saved / "model.safetensors").read_bytes())
+    header["fc.weight"]["shape"] = header["fc.weight"]["shape"][::-1]   # same bytes
+    (folder / "model.safetensors").write_bytes(join(header, body))
+    message = refused(lambda: load_model(folder / "model.json"), "model.safetensors")
+    assert "mis-shaped keys: fc.weight: model" in message, message
+
+
+def test_a_header_of_too_many_values_is_refused_before_it_is_parsed(saved, monkeypatch):
+    """1.5 million empty tensors (an 89 MB header), or one shape of 40 million sizes,
+    took about 2 GB in the library's parser: the header is held to the caps of a JSON
+    file first (here made small, the file being small)."""
+    header, body = split((saved / "model.safetensors").read_bytes())
+    header["fc.weight"]["shape"] = [1] * 400 + header["fc.weight"]["shape"]
+    (saved / "dims.safetensors").write_bytes(join(header, body))
+    monkeypatch.setattr(limits, "MAX_JSON_VALUES", 300)
+    message = refused(lambda: load_tensors(saved / "dims.safetensors"), "dims.safetensors")
+    assert "safetensors header values" in message, message
+    monkeypatch.setattr(limits, "MAX_JSON_BYTES", 100)
+    message = refused(lambda: load_tensors(saved / "model.safetensors"), "model.safetensors")
+    assert "a header of" in message and "MAX_JSON_BYTES" in message, message
+
+
+@pytest.mark.parametrize("rows", [2_000_000, 10 ** 12])
+def test_a_weights_files_empty_head_sets_no_giant_classifier(tmp_path, rows):
+    """The classes of a zoo architecture's weights file come from its head's rows: an
+    86-byte file with an empty head (rows x 0) had built a ResNet-18 of 2,000,000
+    classes (4 GB) before the load failed. Now the default head is built (about 90 MB
+    with its gradients) and the load names what does not fit."""
+    from convnet.spec import resolve_model
+    path = tmp_path / "head.safetensors"
+    path.write_bytes(join({"fc.weight": {"dtype": "F32", "shape": [rows, 0],
+                                         "data_offsets": [0, 0]}}, b""))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"head.safetensors: does not fit the "
+                                             r"architecture .*missing keys"):
+            resolve_model(str(path), architecture="resnet18")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300 << 20, f"{peak:,} bytes"
+
+
+@pytest.mark.parametrize("count", [-1, -3, 2 ** 63 - 1])
+def test_a_batch_norm_count_out_of_range_is_refused(saved, count):
+    """A negative num_batches_tracked divided by zero in training with momentum=None
+    (cumulative averages), or averaged backwards; the largest int64 wrapped around."""
+    header, body = split((saved / "model.safetensors").read_bytes())
+    begin, end = header["bn.num_batches_tracked"]["data_offsets"]
+    body = body[:begin] + np.array(count, dtype=np.int64).tobytes() + body[end:]
+    (saved / "count.safetensors").write_bytes(join(header, body))
+    json_path = write_json(saved, document() | {"weights": "count.safetensors"})
+    message = refused(lambda: load_model(json_path), "count.safetensors")
+    assert (f"bn.num_batches_tracked: a count must be a single int from 0 to 2**62, got "
+            f"{count}") in message, message
+
+
 def length(value):
     return struct.pack("<Q", value)
 

@@ -321,6 +321,17 @@ def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
                  "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "training curves skipped" in err and "MAX_JSON_VALUES" in err
+    # numbers no curve can hold: an epoch of 400 digits (an OverflowError) or 1e308
+    good = json.dumps([{"epoch": 1, "loss": 1.0, "acc": 0.5, "val_loss": 1.0,
+                        "val_acc": 0.5}])
+    for bad in ('"epoch": 1' + "0" * 400, '"epoch": 1e308', '"epoch": 0',
+                '"loss": 1' + "0" * 400):
+        (run / "history.json").write_text(good.replace(
+            '"loss": 1.0' if "loss" in bad else '"epoch": 1', bad))
+        assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html"),
+                     "--overwrite"]) == 0
+        err = capsys.readouterr().err
+        assert "training curves skipped" in err and "history.json" in err, (bad, err)
 
 
 def test_a_model_trained_with_tta_is_evaluated_with_it_as_eval_does(pages, tmp_path, capsys):

@@ -37,6 +37,11 @@ ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "
             "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
+# The NumPy type of each safetensors dtype NumPy has (those it has not are widened to
+# float32: _WIDENED).
+_NUMPY = {"BOOL": "?", "U8": "u1", "I8": "i1", "U16": "u2", "I16": "i2", "F16": "f2",
+          "U32": "u4", "I32": "i4", "F32": "f4", "U64": "u8", "I64": "i8", "F64": "f8"}
+
 # The safetensors dtypes NumPy has no type for, read as their bits (a NumPy type of
 # their size) and widened exactly to float32, as load_torch widens bfloat16.
 _WIDENED = {"BF16": np.dtype("<u2"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1")}
@@ -179,10 +184,23 @@ def _declared(path):
     """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes)."""
     if not is_file(path):
         raise ValueError(f"{path}: {not_a_file(path, 'weight file')}")
+    _check_header(path)
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
     _check_declared_bytes(declared, path)
     return declared
+
+
+def _check_header(path):
+    """Refuse a safetensors header (JSON, its length in the file's first 8 bytes) longer
+    than MAX_JSON_BYTES or of more than MAX_JSON_VALUES values before the library parses
+    it: 1.5 million empty tensors, or one shape of 40 million sizes, took 2 GB to read."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > limits.MAX_JSON_BYTES:
+            raise ValueError(f"{path}: a header of {size:,} bytes is over the cap of "
+                             f"{limits.MAX_JSON_BYTES:,} (convnet.limits.MAX_JSON_BYTES)")
+        limits.check_json(f.read(size), path, "safetensors header")
 
 
 def _read_bits(path, declared):
@@ -308,6 +326,7 @@ def load_model(path):
         if names is not None and out and out[0] != len(names):   # (K,) or (K, H, W)
             raise ValueError(f"{where}: info.classes names {len(names)} classes, but the "
                              f"model gives {out[0]} scores per image")
+    _fits_header(model, weights_path)
     tensors, _ = load_tensors(weights_path)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -317,6 +336,21 @@ def load_model(path):
         model.input_shape = input_shape
     model.info = info
     return model
+
+
+def _fits_header(model, path):
+    """Refuse a weights file whose keys, dtypes or shapes, as its header declares them,
+    are not the model's (load_state_dict's checks, on arrays of no memory), before a
+    tensor is read: an extra tensor of 3.6 GB had been read first."""
+    from numpy.lib.stride_tricks import as_strided
+    state = {}
+    for key, (dtype, shape) in _declared(path).items():
+        kind = np.dtype(_NUMPY.get(dtype, "f4"))       # the widened ones: float32
+        state[key] = as_strided(np.zeros(1, kind), tuple(shape), (0,) * len(shape))
+    try:
+        model.check_state_dict(state, strict=True)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def is_file(path):

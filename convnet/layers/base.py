@@ -213,16 +213,31 @@ class Layer:
         A missing ``num_batches_tracked`` (batch norm's counter, which checkpoints from
         before PyTorch 0.4.1 do not have) is not a missing key: the counter keeps its value
         (0 in a new model), as PyTorch's ``_BatchNorm._load_from_state_dict`` fills it.
+        One that is given must be a single int from 0 to 2**62.
         """
-        if not isinstance(state, dict):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict of "
-                             f"arrays, got {type(state).__name__}")
         own = self.state_dict()
+        missing, unexpected = self.check_state_dict(state, strict, own)
+        for key, value in own.items():
+            if key in state:
+                value[...] = state[key]
+        return IncompatibleKeys(missing, unexpected)
+
+    def check_state_dict(self, state, strict=True, own=None):
+        """What load_state_dict checks, without copying: raises its StateDictError, else
+        returns (missing, unexpected) keys. own: self.state_dict(), when the caller has
+        it."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: expected a dict of arrays, got {type(state).__name__}")
+        own = self.state_dict() if own is None else own
         missing = [key for key in own if key not in state and not _counter(key)]
         unexpected = [str(key) for key in state if key not in own]
         dtype_problems = {key: _dtype_problem(own[key], state[key])
                           for key in own if key in state}
         types = [f"{key}: {problem}" for key, problem in dtype_problems.items() if problem]
+        types += [f"{key}: a count must be a single int from 0 to 2**62, got "
+                  f"{_shown_count(state[key])}" for key, problem in dtype_problems.items()
+                  if not problem and _counter(key) and not _count_in_range(state[key])]
         shapes = [f"{key}: model {own[key].shape}, file {state[key].shape}"
                   for key, problem in dtype_problems.items()
                   if not problem and own[key].shape != state[key].shape]
@@ -236,12 +251,8 @@ class Layer:
                 problems.append(f"mistyped keys: {_first(types, '; ')}")
             if shapes:
                 problems.append(f"mis-shaped keys: {_first(shapes, '; ')}")
-            raise StateDictError(f"{type(self).__name__}.load_state_dict: "
-                                 + " | ".join(problems))
-        for key, value in own.items():
-            if key in state:
-                value[...] = state[key]
-        return IncompatibleKeys(missing, unexpected)
+            raise StateDictError(f"{where}: " + " | ".join(problems))
+        return missing, unexpected
 
     def eval(self):
         """Evaluation mode: batch norm uses running statistics, dropout is the identity."""
@@ -302,6 +313,16 @@ def _counter(key):
     """Whether a state-dict key is batch norm's num_batches_tracked, which PyTorch fills
     with the module's own value when a file lacks it (files from before PyTorch 0.4.1)."""
     return key == "num_batches_tracked" or key.endswith(".num_batches_tracked")
+
+
+def _count_in_range(value):
+    """Whether batch norm's counter (an integer array, its dtype checked) holds one value
+    from 0 to 2**62: a negative count divides by 0 or averages backwards."""
+    return value.size == 1 and 0 <= int(value.reshape(-1)[0]) <= 2 ** 62
+
+
+def _shown_count(value):
+    return int(value.reshape(-1)[0]) if value.size == 1 else f"{value.size} values"
 
 
 def _dtype_problem(own, value):

@@ -30,12 +30,20 @@ CHECKSUM_KEY = "convnet-checkpoint-sha256"
 HISTORY_KEYS = ("epoch", "loss", "acc", "val_loss", "val_acc")   # numbers of every epoch
 
 
+MAX_EPOCH = 10 ** 9   # what a history's "epoch" may count up to
+
+
 def is_epoch_record(entry):
     """Whether ``entry`` is one epoch of a training history: a dict with HISTORY_KEYS as
-    numbers (NaN and infinities included: a diverged run's curves have gaps)."""
-    return isinstance(entry, dict) and all(
-        isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool)
-        for key in HISTORY_KEYS)
+    numbers (NaN and infinities included: a diverged run's curves have gaps), the ints
+    ones a float holds exactly (a JSON int of 400 digits could not be plotted), "epoch"
+    an int from 1 to MAX_EPOCH."""
+    def number(value):
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, float) or isinstance(value, int) and abs(value) <= 2 ** 53
+    return (isinstance(entry, dict) and all(number(entry.get(key)) for key in HISTORY_KEYS)
+            and isinstance(entry["epoch"], int) and 1 <= entry["epoch"] <= MAX_EPOCH)
 
 
 def checksum(tensors, text):

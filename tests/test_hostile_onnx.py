@@ -722,3 +722,68 @@ def test_external_data_shared_by_many_tensors_is_refused(tmp_path, base):
         twin.CopyFrom(first)
         twin.name = f"twin{i}"
     refused(save(proto, path), "tensor 'twin", "more than its", "tensors share its bytes")
+
+
+def _varint(n):
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def _field(number, payload=b""):
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _model_bytes(graph):
+    """An ONNX ModelProto (IR 8, opset 13) around the GraphProto bytes ``graph``."""
+    return (_varint(1 << 3) + _varint(8) + _field(7, graph)
+            + _field(8, _varint(2 << 3) + _varint(13)))
+
+
+@pytest.mark.parametrize("case, says", [
+    ("attributes", "the model > graph > node #1 has more than 16,384 attributes"),
+    ("nodes", "the model > graph has more than 40,000 nodes"),
+    ("initializers", "the model > graph has more than 160,000 initializers"),
+    ("strings", "> attribute #1 has more than 65,536 strings"),
+    ("nesting", "subgraphs nest more than"),
+])
+def test_a_file_of_many_empty_fields_is_refused_before_protobuf_parses_it(tmp_path, case,
+                                                                          says, monkeypatch):
+    """Parsed, every empty field is an object of about 120 bytes: a 120 MB file of one
+    node with 60 million empty attributes took 7.4 GB (and the error path then ran out
+    of memory, a traceback). The fields are counted in the file's bytes first."""
+    if case == "attributes":
+        graph = _field(1, _field(5) * 20_000)
+    elif case == "nodes":
+        graph = _field(1) * 50_000
+    elif case == "initializers":
+        graph = _field(5) * 170_000
+    elif case == "strings":
+        graph = _field(1, _field(5, _field(9) * 70_000))
+    else:
+        graph = _field(1)
+        for _ in range(limits.MAX_DEPTH + 2):      # a node whose attribute is a graph
+            graph = _field(1, _field(5, _field(6, graph)))
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(_model_bytes(graph))
+
+    def unparsed(*args, **kwargs):
+        raise AssertionError("protobuf parsed the file")
+    for name in ("load", "load_model", "load_model_from_string"):
+        monkeypatch.setattr(onnx, name, unparsed)
+    refused(path, says)
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "a bad varint"),
+    (b"\x0a\x05ab", "runs past its message's end"),
+    (b"\x0b", "wire type 3"),
+])
+def test_bytes_that_are_not_protobufs_wire_format_are_named(tmp_path, data, says):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(data)
+    refused(path, "not an ONNX model", says)

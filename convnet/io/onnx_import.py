@@ -62,7 +62,10 @@ outside that folder, is refused before any external file is read.
 
 A file is checked before anything is allocated for it, and anything wrong is a one-line
 ValueError that starts with the file's path and names the node, attribute or tensor, what
-was expected and what was found. In order: the number of nodes and Concat branches
+was expected and what was found. First, before protobuf parses the file, its repeated
+fields that hold messages or strings are counted in its bytes (_check_wire: an empty
+field takes 2 bytes there and about 120 once parsed). Then, in order: the number of
+nodes and Concat branches
 (convnet.limits.MAX_LAYERS), of each node's inputs, outputs and attributes, and of the
 initializers; every name is text; each tensor's element type (float32, float64, int64,
 bool), dims, and data length or external extent, and their sums (MAX_PARAMS values,
@@ -243,8 +246,10 @@ def load_onnx(path, input_shape=None, input_hint=None):
     if size > _MAX_FILE_BYTES:
         raise ValueError(f"{path}: {size:,} bytes is over protobuf's limit of "
                          f"{_MAX_FILE_BYTES:,} for one model; keep the weights in external data")
+    data = path.read_bytes()
+    _check_wire(data, str(path))
     try:
-        proto = onnx.load(str(path), format="protobuf", load_external_data=False)
+        proto = onnx.load_model_from_string(data, format="protobuf")
     except Exception as err:        # protobuf's DecodeError and friends
         raise ValueError(f"{path}: not an ONNX model ({type(err).__name__}: "
                          f"{_show(str(err), 200)})") from None
@@ -281,6 +286,110 @@ def _model_info(proto, file, model):
         raise ValueError(f"{file}: metadata {INFO_KEY}: classes names {len(names)} classes, "
                          f"but the model gives {out[0]} scores per image")
     return info
+
+
+# -- the file's fields, counted in its bytes before protobuf parses it -----------------
+# Parsed, every field is an object (an empty attribute, 2 bytes in the file, took about
+# 120 bytes: a 120 MB file of them, 7 GB), so the repeated fields that hold messages or
+# strings are counted in the wire format first, against the caps below; the count stops
+# at the first one over its cap. (field number: (what, cap, what its entries are)).
+# Where a check after parsing holds the same field to a cap (and says by how much it is
+# over), these caps are 4 times it: they only bound what parsing may take.
+_TENSOR = {6: ("string_data entries", 1 << 16, None),
+           13: ("external_data entries", 64, None)}
+_ATTRIBUTE = {5: ("tensor", 1, _TENSOR), 9: ("strings", 1 << 16, None),
+              10: ("tensors", 1 << 10, _TENSOR), 11: ("graphs", 64, "graph"),
+              6: ("graph", 1, "graph"), 23: ("sparse tensors", 1 << 10, None),
+              15: ("type protos", 1 << 10, None)}
+_NODE = {1: ("inputs", 4 * _MAX_WIRES, None), 2: ("outputs", 4 * _MAX_WIRES, None),
+         5: ("attributes", 4 * _MAX_WIRES, _ATTRIBUTE), 9: ("metadata entries", 64, None)}
+
+
+def _graph_fields():   # read at each call: the caps of convnet.limits may be raised
+    layers = limits.MAX_LAYERS
+    return {1: ("nodes", 4 * layers, _NODE), 5: ("initializers", 16 * layers, _TENSOR),
+            15: ("sparse initializers", 4 * layers, None),
+            11: ("inputs", 4 * _MAX_WIRES, None), 12: ("outputs", 4 * _MAX_WIRES, None),
+            13: ("value infos", 8 * layers, None),
+            14: ("quantization annotations", 4 * layers, None)}
+
+
+def _model_fields():
+    return {7: ("graph", 1, "graph"), 8: ("opset imports", 1 << 10, None),
+            14: ("metadata entries", _MAX_WIRES, None), 20: ("training infos", 16, None),
+            25: ("functions", limits.MAX_LAYERS, None)}
+
+
+def _check_wire(data, file):
+    """Count the repeated message and string fields of the ONNX file ``data`` (bytes) in
+    protobuf's wire format, subgraphs at most MAX_DEPTH deep, against the caps above;
+    a ValueError naming the file and the field over its cap, or bytes that are not
+    protobuf's wire format."""
+    budget = [16 * limits.MAX_LAYERS * 64]  # fields read in all, whatever their counts
+    stack = [(0, len(data), _model_fields(), "the model", 0)]
+    while stack:
+        start, end, fields, where, depth = stack.pop()
+        counts = {}
+        for number, begin, stop in _wire(data, start, end, file, budget):
+            entry = fields.get(number)
+            if entry is None:
+                continue
+            what, cap, inner = entry
+            counts[number] = counts.get(number, 0) + 1
+            if counts[number] > cap:
+                raise ValueError(f"{file}: {where} has more than {cap:,} {what}, more "
+                                 f"than convnet reads")
+            if inner == "graph":
+                if depth + 1 > limits.MAX_DEPTH:
+                    raise ValueError(f"{file}: subgraphs nest more than "
+                                     f"{limits.MAX_DEPTH} deep (convnet.limits.MAX_DEPTH)")
+                inner = _graph_fields()
+            if inner is not None and begin is not None:
+                label = (f"{where} > {what.rstrip('s')} #{counts[number]}" if cap > 1
+                         else f"{where} > {what}")
+                stack.append((begin, stop, inner, label, depth + 1))
+
+
+def _wire(data, start, end, file, budget):
+    """(field number, start, end) of each field of the message data[start:end]; start
+    and end of a length-delimited field's bytes, None for the others."""
+    i = start
+    while i < end:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"{file}: more fields than a model of convnet.limits."
+                             f"MAX_LAYERS ({limits.MAX_LAYERS:,}) layers can hold")
+        key, i = _varint(data, i, end, file)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            _, i = _varint(data, i, end, file)
+            yield number, None, None
+            continue
+        if kind == 2:
+            size, i = _varint(data, i, end, file)
+            begin, i = i, i + size
+        elif kind in (1, 5):
+            begin, i = None, i + (8 if kind == 1 else 4)
+        else:
+            raise ValueError(f"{file}: not an ONNX model (wire type {kind} at byte {i:,})")
+        if i > end:
+            raise ValueError(f"{file}: not an ONNX model (a field runs past its message's "
+                             f"end at byte {end:,}: truncated?)")
+        yield number, begin, (i if begin is not None else None)
+
+
+def _varint(data, i, end, file):
+    """The varint at data[i] and the index after it."""
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise ValueError(f"{file}: not an ONNX model (a bad varint at byte {i:,})")
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
 
 
 # -- tensors: declared sizes, then external data ----------------------------------------

@@ -2040,7 +2040,9 @@ def test_the_training_images_decide_the_size_and_the_channels(tmp_path):
     assert data.input_shape == (1, 8, 8) and data.test[0].shape == (2, 1, 8, 8)
     assert "resized the images to 8x8 (W x H, bilinear)" in data.notes
     assert "0 of the 8 images are grayscale" not in " ".join(data.notes)
-    assert "6 of the 8 images are grayscale: all are read as grayscale" in data.notes
+    # the colour ones are what reading changes (it had said "6 of the 8 images are
+    # grayscale: all are read as grayscale", as if those were converted)
+    assert "2 of the 8 images are in colour: all are read as grayscale" in data.notes
 
 
 @pytest.mark.parametrize("folders, message", [

@@ -133,8 +133,17 @@ def test_a_model_for_other_classes_of_the_same_count_gets_a_new_head(tmp_path, c
     assert main(["train", "--from", str(pre / "model.json"), "--data", str(tmp_path / "words"),
                  "--epochs", "1", "--quiet", "--no-report", "--out", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
-    assert "new head 3: the model's 10 classes are not the data's (0, 1, 2, 3, ... against " \
-        "eight, five, four, nine, ...)" in out, out
+    assert "new head: layer 3, made anew: the model's 10 classes are not the data's (0, 1, " \
+        "2, 3, ... against eight, five, four, nine, ...)" in out, out
+    for name in names[3:]:                        # 3 classes: a head of another size
+        for path in (tmp_path / "words" / name).iterdir():
+            path.unlink()
+        (tmp_path / "words" / name).rmdir()
+    assert main(["train", "--from", str(pre / "model.json"), "--data", str(tmp_path / "words"),
+                 "--epochs", "1", "--quiet", "--no-report", "--out", str(tmp_path / "w3")]) == 0
+    out = capsys.readouterr().out
+    assert ("new head: layer 3, Linear(in=256, out=10), made anew as Linear(in=256, out=3) "
+            "for the data's 3 classes") in out, out
     assert main(["train", "--from", str(pre / "model.json"), "--data", "digits", "--epochs",
                  "1", "--limit", "100", "--quiet", "--no-report", "--out",
                  str(tmp_path / "d")]) == 0

@@ -386,7 +386,8 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
         notes.append(f"the {which} come in {len(sizes)} sizes (W from "
                      f"{min(widths)} to {max(widths)}, H from {min(heights)} to "
                      f"{max(heights)}): resized to {size[1]}x{size[0]} (W x H), the median "
-                     f"of each side (bilinear); --image-size HxW chooses another")
+                     f"of each side (bilinear); --image-size HxW chooses another (this "
+                     f"one is --image-size {size[0]}x{size[1]})")
     elif any((h.height, h.width) != tuple(size or sizes[0]) for h in headers):
         size = size or sizes[0]
         notes.append(f"resized the images to {size[1]}x{size[0]} (W x H, bilinear)")
@@ -396,15 +397,19 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
         size = (max(1, round(h * AUTO_MAX_SIDE / side)), max(1, round(w * AUTO_MAX_SIDE / side)))
         notes.append(f"the images are {w}x{h} (W x H): resized to {size[1]}x{size[0]}, at "
                      f"most {AUTO_MAX_SIDE} pixels a side, which trains in reasonable time "
-                     f"on a CPU; choose another size with --image-size")
+                     f"on a CPU; --image-size HxW chooses another (this one is "
+                     f"--image-size {size[0]}x{size[1]})")
     gray = sum(h.mode in GRAY_MODES for h in headers)
     if channels is None:
         channels = 1 if all(h.mode in GRAY_MODES for h in train_headers) else 3
-    if 0 < gray < len(headers) or gray == len(headers) and channels == 3:
+    colour = len(headers) - gray
+    if channels == 3 and gray:
         notes.append(f"{gray} of the {len(headers)} images are grayscale: all are read "
-                     f"as {'RGB' if channels == 3 else 'grayscale'}")
-    elif gray == 0 and channels == 1:
-        notes.append("the images are in colour: all are read as grayscale")
+                     f"as RGB")
+    elif channels == 1 and colour:
+        notes.append("the images are in colour: all are read as grayscale" if not gray else
+                     f"{colour} of the {len(headers)} images are in colour: all are read "
+                     f"as grayscale")
     h, w = size or sizes[0]        # every split's images together, within the cap
     limits.check_count(len(headers) * channels * h * w, "MAX_DATA_BYTES",
                        f"bytes of {len(headers):,} images of {w}x{h}x{channels} "

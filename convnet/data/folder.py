@@ -246,7 +246,7 @@ def unreadable(errors, total):
     """One ValueError for every unreadable file ([str(error)], each naming its file)."""
     more = len(errors) - UNREADABLE_SHOWN
     shown = "; ".join(errors[:UNREADABLE_SHOWN]) + (f"; and {more} more" if more > 0 else "")
-    return ValueError(shown if len(errors) == 1 else
+    return ValueError(f"{shown}; remove or fix it" if len(errors) == 1 else
                       f"{len(errors)} of {total} files are not images convnet can read "
                       f"(remove or fix them): {shown}")
 

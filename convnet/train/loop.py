@@ -943,11 +943,14 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         model = _as_dtype(model, dtype)
         known = (getattr(model, "info", None) or {}).get("classes")
         if model.output_shape(input_shape) != (num_classes,):
+            old = _head_text(model)
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
-            log(f"new head {head} for {num_classes} classes")
+            log(f"new head: layer {head}, {old}, made anew as {_head_text(model)} for the "
+                f"data's {num_classes} classes")
         elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes]:
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
-            log(f"new head {head}: the model's {len(known)} classes are not the data's "
+            log(f"new head: layer {head}, made anew: the model's {len(known)} classes are "
+                f"not the data's "
                 f"({', '.join(map(str, known[:4]))}{', ...' if len(known) > 4 else ''} "
                 f"against {', '.join(splits.classes[:4])}"
                 f"{', ...' if num_classes > 4 else ''})")
@@ -1359,6 +1362,12 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
         f"output is at {where}. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+
+
+def _head_text(model):
+    """The last FC layer as "Linear(in=256, out=10)"."""
+    from convnet.models.finetune import head_name
+    return repr(dict(model.named_layers())[head_name(model)])
 
 
 def _gradient_diverged(key, loss, epoch, batch, lr, ckpt_path):

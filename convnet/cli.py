@@ -709,8 +709,10 @@ def build_parser():
         description="Convert a model between formats, chosen by suffix. In: a convnet model "
                     "(.json), an ONNX file (.onnx: architecture and weights), or weights "
                     "(.pt/.pth from torch.save, .safetensors) with --model naming the "
-                    "architecture. Out: .json (convnet model), .safetensors (weights, "
-                    "loadable in PyTorch), .onnx.")
+                    "architecture, or a zoo name or arrow notation (a new net, fresh "
+                    "weights). Out: .json (convnet model), .safetensors (weights, loadable "
+                    "in PyTorch), .onnx; the last two keep a model's class names and "
+                    "preprocessing in their metadata (convnet.info).")
     p.add_argument("src", metavar="IN")
     p.add_argument("dst", metavar="OUT")
     p.add_argument("--model", dest="arch", metavar="MODEL", help=ARCH_HELP)

@@ -104,6 +104,11 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         trained = True
     elif suffix in (".json", ".safetensors"):
         model, trained = load_model(spec), True
+    elif _exists(Path(spec) / "model.json"):
+        raise ValueError(f"{spec}: a folder (a training run's?): give its model, "
+                         f"{Path(spec) / 'model.json'}"
+                         + (f" (or {Path(spec) / 'best.json'}, the best by validation)"
+                            if _exists(Path(spec) / "best.json") else ""))
     elif _exists(spec):
         raise ValueError(f"{spec}: unknown model format; expected a convnet model (.json), "
                          f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "

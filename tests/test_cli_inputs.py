@@ -1084,3 +1084,25 @@ def test_a_line_break_in_a_file_name_cannot_pass_for_a_line_of_convnet(tmp_path,
     assert main(["train", "--model", "lenet5", "--epochs", "1"]) == 1
     lines = capsys.readouterr().err.rstrip("\n").split("\n")
     assert len(lines) == 2 and lines[1].startswith("    (the data's images are 8x8x1"), lines
+
+
+def test_walkthrough_inputs_get_what_to_give(tmp_path, capsys):
+    """A run's folder given as the model names its model.json (and best.json); a zoo name
+    or notation converts as summary reads it (a new net); a data folder that is not there
+    says so, with the path it looked for."""
+    from convnet.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--model", "INPUT 8x8x1 -> FC 10", "--epochs",
+                 "1", "--quiet", "--no-report", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert (f"{run}: a folder (a training run's?): give its model, {run / 'model.json'} "
+            f"(or {run / 'best.json'}, the best by validation)") in err, err
+    assert main(["convert", "lenet5", str(tmp_path / "lenet5.onnx")]) == 0
+    assert main(["convert", "INPUT 8x8x1 -> FC 3", str(tmp_path / "n.json")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "photos"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"unknown data set '{tmp_path / 'photos'}': no folder {tmp_path / 'photos'} is " \
+           f"there" in err, err

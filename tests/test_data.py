@@ -1931,7 +1931,8 @@ def test_load_dataset_names(tmp_path, fashion):
     assert c100.num_classes == 100 and c100.input_shape == (3, 32, 32)
     write_cifar(tmp_path / "cifar-10-batches-bin", 10, "binary", np.random.default_rng(17))
     assert load_dataset("cifar10", root=tmp_path).train[0].shape == (15, 3, 32, 32)
-    with pytest.raises(ValueError, match="unknown data set 'imagenet': expected one of "
+    with pytest.raises(ValueError, match="unknown data set 'imagenet': no folder .*imagenet "
+                                         "is there, and it is not one of "
                                          + ", ".join(DATASETS)):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="download=True is supported for 'fashion-mnist'"):

@@ -454,3 +454,41 @@ def test_a_model_without_its_flatten_is_told_to_add_one(tmp_path):
                                          r"digits has 10 classes: it gives a volume: end it "
                                          r"with FLATTEN -> FC 10"):
         train(cfg, progress=False, log=lambda *a: None)
+
+
+def test_an_interrupted_runs_progress_bar_is_closed_before_the_message(tmp_path,
+                                                                       monkeypatch):
+    """Ctrl-C in an epoch left tqdm's bar open, and the command line's message was
+    glued to it ("...loss=0.8062]convnet train: interrupted"): the bar is closed (its
+    line cleared) as the run ends, however it ends."""
+    import tqdm
+
+    import convnet.train.loop as loop
+    bars = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            self.closed = False
+            bars.append(self)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            self.closed = True
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return softmax_cross_entropy(*args)
+    monkeypatch.setattr(loop, "softmax_cross_entropy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path)),
+              log=lambda *a: None, progress=True)
+    assert len(bars) == 1 and bars[0].closed

@@ -196,8 +196,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             raise ValueError(f"load_dataset: {path} is a file: expected a data set name "
                              f"({', '.join(DATASETS)}) or a folder of data")
         if not path.is_dir():
-            raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: expected "
-                             f"one of {', '.join(DATASETS)}, or a directory path")
+            raise ValueError(f"load_dataset: unknown data set {str(name_or_path)!r}: no folder "
+                             f"{path.absolute()} is there, and it is not one of "
+                             f"{', '.join(DATASETS)}")
         splits = _load_directory(path, image_size, channels, seed, test_fraction,
                                  check_classes, test_only)
     check_classes(list(splits.classes))
@@ -483,7 +484,8 @@ def _seen(x, x_train, split):
         a = np.ascontiguousarray(a).reshape(len(a), -1)
         return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).ravel()
     same = int(np.isin(rows(x), rows(x_train)).sum()) if len(x) and len(x_train) else 0
-    return [f"{same} of the {len(x)} {split} images are identical to training images: "
+    return [f"{same} of the {len(x)} {split} images {'is' if same == 1 else 'are'} "
+            f"identical to training images: "
             f"their accuracy is not that on new images; remove the copies"] if same else []
 
 

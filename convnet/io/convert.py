@@ -1,9 +1,10 @@
 """Conversion between weight and model formats, as `convnet convert IN OUT` does it.
 
 In:  a convnet model (model.json + model.safetensors); an ONNX file (.onnx: architecture
-     and weights, read by load_onnx); or weights alone — a PyTorch checkpoint (.pt, .pth)
+     and weights, read by load_onnx); weights alone — a PyTorch checkpoint (.pt, .pth)
      or a safetensors file — with the architecture named by ``model`` (a zoo name or
-     arrow notation), since weights files carry no architecture.
+     arrow notation), since weights files carry no architecture; or a zoo name or arrow
+     notation alone, a new net with fresh weights.
 Out: a convnet model (.json), plain weights (.safetensors, loadable in PyTorch with
      safetensors.torch.load_file), or ONNX (.onnx).
 """
@@ -25,15 +26,26 @@ OUT = (".json", ".safetensors", ".onnx")
 
 
 def read_any(path, model=None, num_classes=None, input_shape=None):
-    """A model from a convnet model file, an ONNX file, or weights plus ``model``;
-    input_shape (C, H, W): the size of an ONNX file whose graph leaves it open."""
-    from convnet.spec import FILES, check_classes, check_open_input, resolve_model
+    """A model from a convnet model file, an ONNX file, or weights plus ``model``; or a
+    new net (fresh weights) from a zoo name or arrow notation. input_shape (C, H, W): the
+    size of an ONNX file whose graph leaves it open."""
+    from convnet.spec import (
+        FILES,
+        check_classes,
+        check_open_input,
+        is_notation,
+        resolve_model,
+    )
+    from convnet.zoo import MODELS
 
+    if str(path) in MODELS or is_notation(str(path)):   # a new net, as summary takes it
+        return resolve_model(str(path), num_classes=num_classes, architecture=model,
+                             input_shape=input_shape)
     path = Path(path)
     if path.suffix.lower() not in FILES:
         raise ValueError(f"{path}: unknown input format; expected a convnet model (.json), "
-                         f"an ONNX file (.onnx), a PyTorch checkpoint (.pt, .pth) or "
-                         f"safetensors weights")
+                         f"an ONNX file (.onnx), a PyTorch checkpoint (.pt, .pth), "
+                         f"safetensors weights, a zoo name or arrow notation")
     if path.suffix.lower() == ".onnx" and model is not None:
         raise ValueError(f"{path}: an ONNX file carries its own architecture and "
                          "classifier; --model does not apply to it")

@@ -1108,6 +1108,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         f"writing to {out}")
     log(f"recipe: {recipe(cfg)}")
     bar = _progress(progress)
+    stack.callback(bar.close_open)     # an error or Ctrl-C is said on a line of its own
     while epoch < cfg.epochs:
         model.train()
         epoch_rng = np.random.default_rng([cfg.seed, epoch])
@@ -1587,11 +1588,20 @@ def _progress(enabled):
         tqdm = None
 
     class Bar:
+        shown = None     # the bar on the screen, if any
+
         def __init__(self, total, initial, desc):
             self.bar = None
             if enabled and tqdm is not None:
                 self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False,
                                 file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+                Bar.shown = self
+
+        @staticmethod
+        def close_open():
+            """Close the bar on the screen (it clears its line), if any."""
+            if Bar.shown is not None:
+                Bar.shown.close()
 
         def update(self, n, loss, acc, ips):
             if self.bar is not None:
@@ -1602,5 +1612,8 @@ def _progress(enabled):
         def close(self):
             if self.bar is not None:
                 self.bar.close()
+                self.bar = None
+            if Bar.shown is self:
+                Bar.shown = None
 
     return Bar

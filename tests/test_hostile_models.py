@@ -172,8 +172,8 @@ FIELDS = sweep_fields()
 
 ANY_NUMBER = (5, -1, 0, 1e308, 2**63)     # any finite number is a valid choice here
 ACCEPTED = {
-    "LeakyReLU.negative_slope": ANY_NUMBER, "LocalResponseNorm.alpha": ANY_NUMBER,
-    "LocalResponseNorm.beta": ANY_NUMBER, "LocalResponseNorm.k": ANY_NUMBER,
+    "LeakyReLU.negative_slope": ANY_NUMBER, "LocalResponseNorm.alpha": (5, 0, 1e308, 2**63),
+    "LocalResponseNorm.beta": ANY_NUMBER, "LocalResponseNorm.k": (5, 0, 1e308, 2**63),
     "info.mean[]": ANY_NUMBER,
     "BatchNorm2d.eps": (5, 0, 1e308, 2**63), "BatchNorm1d.eps": (5, 0, 1e308, 2**63),
     "LPPool2d.norm_type": (5, 1e308, 2**63), "info.std[]": (5, 1e308, 2**63),

@@ -391,6 +391,9 @@ def test_batch_norm_output_shape_errors_and_backward_before_forward():
     (dict(size=5, alpha="1e-4"), "alpha must be a real number"),
     (dict(size=5, beta=None), "beta must be a real number"),
     (dict(size=5, k=float("nan")), "k must be a real number"),
+    # a negative base of the power: NaN for every output of its window
+    (dict(size=5, alpha=-1), "alpha must be >= 0, got -1"),
+    (dict(size=5, k=-0.5), "k must be >= 0, got -0.5"),
 ])
 def test_local_response_norm_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=f"LocalResponseNorm: {match}"):

@@ -245,9 +245,15 @@ def test_optional_layers_and_groups():
     assert on[7].in_features == 4 * 4 * 4 and off[2].in_features == 4 * 8 * 8
 
 
-def test_counts_can_be_numpy_ints_and_unused():
-    net = build("INPUT 4x4x1 -> RELU*N", N=np.int64(3), UNUSED=5)
+def test_counts_can_be_numpy_ints_and_unused_ones_are_refused():
+    net = build("INPUT 4x4x1 -> RELU*N", N=np.int64(3))
     assert types(net) == [ReLU] * 3
+    # a misspelt count, or seed=0 (not an argument: rng is), had been ignored silently
+    with pytest.raises(ValueError, match=r"the text has no count named UNUSED \(its "
+                                         r"counts: N\)"):
+        build("INPUT 4x4x1 -> RELU*N", N=3, UNUSED=5)
+    with pytest.raises(ValueError, match=r"no count named seed \(its counts: none\)"):
+        build("INPUT 4x4x1 -> RELU", seed=0)
 
 
 # -- errors ----------------------------------------------------------------------------

@@ -256,9 +256,11 @@ class LocalResponseNorm(Layer):
         if self.size > limits.MAX_IMAGE_SIDE:    # the forward pads the depth by n
             raise ValueError(f"{where}: size must be at most {limits.MAX_IMAGE_SIDE:,} "
                              f"(convnet.limits.MAX_IMAGE_SIDE, the widest window), got {size}")
-        self.alpha = real(alpha, "alpha", where)
+        # k >= 0 and alpha >= 0 keep the base k + alpha/n * sum(a^2) of the power from
+        # being negative (NaN for every output of its window)
+        self.alpha = real(alpha, "alpha", where, low=0)
         self.beta = real(beta, "beta", where)
-        self.k = real(k, "k", where)
+        self.k = real(k, "k", where, low=0)
 
     def forward(self, x):
         check_input(x, None, self.where)

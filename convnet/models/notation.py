@@ -612,7 +612,9 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
         dtype: float32 or float64, for every layer with parameters.
         rng: np.random.Generator shared by the initializers and Dropout (a fresh one when
             None); the same seed gives the same weights.
-        **counts: the names used as repetition counts, e.g. ``N=2, M=3`` (ints >= 0).
+        **counts: the names used as repetition counts, e.g. ``N=2, M=3`` (ints >= 0);
+            a name the text does not use is an error (a misspelt count, or an argument
+            from_notation does not take, such as seed: pass rng).
 
     Returns a Sequential with children "0", "1", ... (an FC after a volume takes two:
     Flatten, then Linear) and the attribute ``input_shape`` (per-sample (C, H, W)).
@@ -643,13 +645,20 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
     except _Parse as exc:
         tok = exc.token
         raise _error(text, tok.start, tok.end, repr(_shown(tok.text)), exc.problem) from None
+    used = set()
     for tok in _names(items):
+        used.add(tok.text)
         if tok.text not in counts:
             bound = ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
             raise _error(text, tok.start, tok.end, f"count {tok.text!r}",
                          f"the name {tok.text} is not bound: give its value, as "
                          f"from_notation(..., {tok.text}=2) or on the command line "
                          f"--count {tok.text}=2; names given: {bound}")
+    unused = sorted(set(counts) - used)
+    if unused:   # a misspelt count (Nn=3), or an argument from_notation has not (seed=0)
+        raise ValueError(f"from_notation: the text has no count named "
+                         f"{', '.join(unused)} (its counts: "
+                         f"{', '.join(sorted(used)) or 'none'})")
     items, shape = _take_input(text, items, input_shape)
     total = _unrolled(items, counts, optional)
     if total > limits.MAX_LAYERS:

@@ -665,7 +665,8 @@ def build_parser():
         "show", help="pictures: first-layer filters, activation maps, DenseNet reuse",
         description="Draw what a net has learned (needs matplotlib): 'filters' = the first "
                     "CONV layer's filters as a grid; 'activations MODEL IMAGE' = each "
-                    "stage's activation maps for an image; 'reuse' = the DenseNet paper's "
+                    "stage's activation maps for an image (up to 32 a stage; the report "
+                    "page shows all); 'reuse' = the DenseNet paper's "
                     "feature-reuse heat map, one per dense block. A zoo name or notation "
                     "has random initial weights, and its picture says so.")
     p.add_argument("what", choices=["filters", "activations", "reuse"])

@@ -219,8 +219,9 @@ def stage_activations(model, x):
 
 def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     """Write each stage's activation maps for one image: one row of up to max_maps
-    channels per stage, each map min-max scaled (maps of one value, as after global
-    average pooling, on the stage's common scale); returns path. title: a line on top."""
+    channels per stage (its title says so where a stage has more), each map min-max
+    scaled (maps of one value, as after global average pooling, on the stage's common
+    scale); returns path. title: a line on top."""
     maps = stage_activations(model, x)
     if not maps:
         raise ValueError("the model has no stage with a volume output to show")
@@ -235,7 +236,8 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
             ax.axis("off")
             if col < act.shape[0]:
                 ax.imshow(act[col], cmap="viridis", interpolation="nearest", **common)
-        axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}",
+        shown = f" (its first {cols} maps)" if act.shape[0] > cols else ""
+        axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}{shown}",
                                fontsize=7, loc="left", parse_math=False)   # names as given:
     if title:                                                      # "$x$" is not math
         fig.suptitle(title, fontsize=9, parse_math=False)

@@ -286,3 +286,26 @@ def test_layer_names_with_dollar_signs_are_drawn_as_given(tmp_path):
     plot_activations(model, x, tmp_path / "a.png", title="$y$ and $\\frac{")
     with Image.open(tmp_path / "a.png") as img:
         assert img.format == "PNG"
+
+
+def test_show_activations_says_where_a_stage_has_more_maps_than_it_draws(tmp_path,
+                                                                          monkeypatch):
+    """`convnet show activations` draws up to 32 maps a stage: a stage of 64 had been cut
+    to 32 without a word."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    from convnet.models.notation import from_notation
+    from convnet.plot import plot_activations
+    titles = []
+    real = matplotlib.axes.Axes.set_title
+
+    def spy(ax, label, *args, **kwargs):
+        titles.append(label)
+        return real(ax, label, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", spy)
+    net = from_notation("INPUT 4x4x1 -> CONV 64 -> RELU -> CONV 8 -> FC 2",
+                        rng=np.random.default_rng(0))
+    plot_activations(net, np.ones((1, 1, 4, 4)), tmp_path / "a.png")
+    assert any(t.endswith("4x4x64 (its first 32 maps)") for t in titles), titles
+    assert any(t.endswith("4x4x8") for t in titles), titles

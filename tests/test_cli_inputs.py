@@ -1102,6 +1102,10 @@ def test_walkthrough_inputs_get_what_to_give(tmp_path, capsys):
     assert main(["convert", "lenet5", str(tmp_path / "lenet5.onnx")]) == 0
     assert main(["convert", "INPUT 8x8x1 -> FC 3", str(tmp_path / "n.json")]) == 0
     capsys.readouterr()
+    assert main(["convert", "INPUT 8x8x1 -> FC 3", str(tmp_path / "k.json"),
+                 "--classes", "5"]) == 1                  # as summary: not 5 scores
+    assert "gives 3 scores per image, not the --classes 5" in capsys.readouterr().err
+    assert not (tmp_path / "k.json").exists()
     assert main(["train", "--data", str(tmp_path / "photos"), "--epochs", "1"]) == 1
     err = capsys.readouterr().err
     assert f"unknown data set '{tmp_path / 'photos'}': no folder {tmp_path / 'photos'} is " \

@@ -198,3 +198,21 @@ def test_fine_tuning_takes_the_runs_dtype(tmp_path):
                                out=str(tmp_path / "run")), log=lambda *a: None,
                    progress=False)
     assert {v.dtype for v in result.model.params().values()} == {np.dtype(np.float64)}
+
+
+def test_fine_tuning_a_model_without_an_fc_head_says_so(tmp_path, capsys):
+    """A model that ends in global average pooling has no FC layer to make anew for other
+    classes: replace_head's message (naming the head had failed first, a KeyError)."""
+    pre = tmp_path / "pre"
+    assert main(["train", "--data", "digits", "--model", "INPUT 8x8x1 -> CONV 4 -> GAP",
+                 "--epochs", "1", "--limit", "100", "--quiet", "--no-report", "--out",
+                 str(pre)]) == 1          # 4 scores for 10 classes: refused by train
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    model = from_notation("INPUT 8x8x1 -> CONV 4 -> GAP", rng=np.random.default_rng(0))
+    save_model(model, pre / "gap")
+    capsys.readouterr()
+    assert main(["train", "--from", str(pre / "gap.json"), "--data", "digits", "--epochs",
+                 "1", "--quiet", "--no-report", "--out", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err
+    assert "replace_head: the model has no FC (Linear) layer to replace" in err, err

@@ -468,6 +468,11 @@ def test_a_tensor_the_model_has_no_place_for_is_refused_from_the_header(saved,
     message = refused(lambda: load_model(folder / "model.json"), "model.safetensors")
     assert "model.safetensors: Sequential.load_state_dict: unexpected keys: junk" in message
     header, body = split((saved / "model.safetensors").read_bytes())
+    header["junk"] = {"dtype": "F32", "shape": [0, 2 ** 40, 2 ** 40],
+                      "data_offsets": [len(body), len(body)]}   # no bytes, no array either
+    (folder / "model.safetensors").write_bytes(join(header, body))
+    refused(lambda: load_model(folder / "model.json"), "model.safetensors")
+    header, body = split((saved / "model.safetensors").read_bytes())
     header["fc.weight"]["shape"] = header["fc.weight"]["shape"][::-1]   # same bytes
     (folder / "model.safetensors").write_bytes(join(header, body))
     message = refused(lambda: load_model(folder / "model.json"), "model.safetensors")

@@ -750,6 +750,9 @@ def _model_bytes(graph):
     ("initializers", "the model > graph has more than 160,000 initializers"),
     ("strings", "> attribute #1 has more than 65,536 strings"),
     ("nesting", "subgraphs nest more than"),
+    ("function", "the model > function #1 has more than 40,000 nodes"),
+    ("dims", "the model > graph > input #1 > type > tensor type > shape has more than 1,024 "
+             "dims"),
 ])
 def test_a_file_of_many_empty_fields_is_refused_before_protobuf_parses_it(tmp_path, case,
                                                                           says, monkeypatch):
@@ -764,12 +767,17 @@ def test_a_file_of_many_empty_fields_is_refused_before_protobuf_parses_it(tmp_pa
         graph = _field(5) * 170_000
     elif case == "strings":
         graph = _field(1, _field(5, _field(9) * 70_000))
-    else:
+    elif case == "nesting":
         graph = _field(1)
         for _ in range(limits.MAX_DEPTH + 2):      # a node whose attribute is a graph
             graph = _field(1, _field(5, _field(6, graph)))
+    elif case == "dims":                            # the graph's input's shape
+        graph = _field(11, _field(2, _field(1, _field(2, _field(1) * 2000))))
     path = tmp_path / "bomb.onnx"
-    path.write_bytes(_model_bytes(graph))
+    data = _model_bytes(graph if case != "function" else _field(1))
+    if case == "function":                          # a local function of empty nodes
+        data += _field(25, _field(7) * 50_000)
+    path.write_bytes(data)
 
     def unparsed(*args, **kwargs):
         raise AssertionError("protobuf parsed the file")

@@ -39,8 +39,9 @@ def read_any(path, model=None, num_classes=None, input_shape=None):
     from convnet.zoo import MODELS
 
     if str(path) in MODELS or is_notation(str(path)):   # a new net, as summary takes it
-        return resolve_model(str(path), num_classes=num_classes, architecture=model,
-                             input_shape=input_shape)
+        net = resolve_model(str(path), num_classes=num_classes, architecture=model,
+                            input_shape=input_shape)
+        return check_classes(net, num_classes, str(path), model)
     path = Path(path)
     if path.suffix.lower() not in FILES:
         raise ValueError(f"{path}: unknown input format; expected a convnet model (.json), "

@@ -250,6 +250,7 @@ def load_onnx(path, input_shape=None, input_hint=None):
     _check_wire(data, str(path))
     try:
         proto = onnx.load_model_from_string(data, format="protobuf")
+        del data                    # the parsed model holds what the import reads
     except Exception as err:        # protobuf's DecodeError and friends
         raise ValueError(f"{path}: not an ONNX model ({type(err).__name__}: "
                          f"{_show(str(err), 200)})") from None
@@ -295,40 +296,65 @@ def _model_info(proto, file, model):
 # at the first one over its cap. (field number: (what, cap, what its entries are)).
 # Where a check after parsing holds the same field to a cap (and says by how much it is
 # over), these caps are 4 times it: they only bound what parsing may take.
-_TENSOR = {6: ("string_data entries", 1 << 16, None),
-           13: ("external_data entries", 64, None)}
+_ENTRIES = 1 << 10      # string-to-string entries (metadata, bindings) of one message
+_TENSOR = {6: ("string_data entries", 1 << 16, None), 3: ("segment", 1, None),
+           13: ("external_data entries", 64, None), 16: ("metadata entries", 64, None)}
+_SPARSE = {1: ("values", 1, _TENSOR), 2: ("indices", 1, _TENSOR)}
+_SHAPE = {1: ("dims", 1 << 10, None)}
+_TENSOR_TYPE = {2: ("shape", 1, _SHAPE)}
+_TYPE = {1: ("tensor type", 1, _TENSOR_TYPE), 8: ("sparse tensor type", 1, _TENSOR_TYPE)}
+_TYPE.update({4: ("sequence type", 1, {1: ("element type", 1, _TYPE)}),    # nested types
+              9: ("optional type", 1, {1: ("element type", 1, _TYPE)}),
+              5: ("map type", 1, {2: ("value type", 1, _TYPE)})})
+_VALUE_INFO = {2: ("type", 1, _TYPE), 4: ("metadata entries", 64, None)}
 _ATTRIBUTE = {5: ("tensor", 1, _TENSOR), 9: ("strings", 1 << 16, None),
               10: ("tensors", 1 << 10, _TENSOR), 11: ("graphs", 64, "graph"),
-              6: ("graph", 1, "graph"), 23: ("sparse tensors", 1 << 10, None),
-              15: ("type protos", 1 << 10, None)}
+              6: ("graph", 1, "graph"), 22: ("sparse tensor", 1, _SPARSE),
+              23: ("sparse tensors", 1 << 10, _SPARSE), 14: ("type proto", 1, _TYPE),
+              15: ("type protos", 1 << 10, _TYPE)}
 _NODE = {1: ("inputs", 4 * _MAX_WIRES, None), 2: ("outputs", 4 * _MAX_WIRES, None),
-         5: ("attributes", 4 * _MAX_WIRES, _ATTRIBUTE), 9: ("metadata entries", 64, None)}
+         5: ("attributes", 4 * _MAX_WIRES, _ATTRIBUTE), 9: ("metadata entries", 64, None),
+         10: ("device configurations", 64, None)}
+_MAX_TYPE_DEPTH = 64    # messages within messages, whatever they are (nested types)
 
 
 def _graph_fields():   # read at each call: the caps of convnet.limits may be raised
     layers = limits.MAX_LAYERS
     return {1: ("nodes", 4 * layers, _NODE), 5: ("initializers", 16 * layers, _TENSOR),
-            15: ("sparse initializers", 4 * layers, None),
-            11: ("inputs", 4 * _MAX_WIRES, None), 12: ("outputs", 4 * _MAX_WIRES, None),
-            13: ("value infos", 8 * layers, None),
-            14: ("quantization annotations", 4 * layers, None)}
+            15: ("sparse initializers", 4 * layers, _SPARSE),
+            11: ("inputs", 4 * _MAX_WIRES, _VALUE_INFO),
+            12: ("outputs", 4 * _MAX_WIRES, _VALUE_INFO),
+            13: ("value infos", 8 * layers, _VALUE_INFO),
+            14: ("quantization annotations", 4 * layers, {2: ("entries", _ENTRIES, None)}),
+            16: ("metadata entries", _ENTRIES, None)}
 
 
 def _model_fields():
-    return {7: ("graph", 1, "graph"), 8: ("opset imports", 1 << 10, None),
-            14: ("metadata entries", _MAX_WIRES, None), 20: ("training infos", 16, None),
-            25: ("functions", limits.MAX_LAYERS, None)}
+    layers = limits.MAX_LAYERS
+    function = {4: ("inputs", 4 * _MAX_WIRES, None), 5: ("outputs", 4 * _MAX_WIRES, None),
+                6: ("attributes", 4 * _MAX_WIRES, None), 7: ("nodes", 4 * layers, _NODE),
+                9: ("opset imports", _ENTRIES, None),
+                11: ("attribute protos", 4 * _MAX_WIRES, _ATTRIBUTE),
+                12: ("value infos", 8 * layers, _VALUE_INFO),
+                14: ("metadata entries", _ENTRIES, None)}
+    training = {1: ("initialization", 1, "graph"), 2: ("algorithm", 1, "graph"),
+                3: ("initialization bindings", _ENTRIES, None),
+                4: ("update bindings", _ENTRIES, None)}
+    return {7: ("graph", 1, "graph"), 8: ("opset imports", _ENTRIES, None),
+            14: ("metadata entries", _MAX_WIRES, None), 20: ("training infos", 16, training),
+            25: ("functions", layers, function)}
 
 
 def _check_wire(data, file):
     """Count the repeated message and string fields of the ONNX file ``data`` (bytes) in
-    protobuf's wire format, subgraphs at most MAX_DEPTH deep, against the caps above;
-    a ValueError naming the file and the field over its cap, or bytes that are not
-    protobuf's wire format."""
+    protobuf's wire format, in every message that holds such fields (graphs, nodes,
+    attributes, tensors, types, functions), subgraphs at most MAX_DEPTH deep, against
+    the caps above; a ValueError naming the file and the field over its cap, or bytes
+    that are not protobuf's wire format."""
     budget = [16 * limits.MAX_LAYERS * 64]  # fields read in all, whatever their counts
-    stack = [(0, len(data), _model_fields(), "the model", 0)]
+    stack = [(0, len(data), _model_fields(), "the model", 0, 0)]
     while stack:
-        start, end, fields, where, depth = stack.pop()
+        start, end, fields, where, depth, graphs = stack.pop()
         counts = {}
         for number, begin, stop in _wire(data, start, end, file, budget):
             entry = fields.get(number)
@@ -339,15 +365,21 @@ def _check_wire(data, file):
             if counts[number] > cap:
                 raise ValueError(f"{file}: {where} has more than {cap:,} {what}, more "
                                  f"than convnet reads")
+            if inner is None or begin is None:
+                continue
+            nested = graphs
             if inner == "graph":
-                if depth + 1 > limits.MAX_DEPTH:
+                nested += 1
+                if nested > limits.MAX_DEPTH:
                     raise ValueError(f"{file}: subgraphs nest more than "
                                      f"{limits.MAX_DEPTH} deep (convnet.limits.MAX_DEPTH)")
                 inner = _graph_fields()
-            if inner is not None and begin is not None:
-                label = (f"{where} > {what.rstrip('s')} #{counts[number]}" if cap > 1
-                         else f"{where} > {what}")
-                stack.append((begin, stop, inner, label, depth + 1))
+            if depth + 1 > _MAX_TYPE_DEPTH + 4 * limits.MAX_DEPTH:
+                raise ValueError(f"{file}: messages nest more than "
+                                 f"{_MAX_TYPE_DEPTH + 4 * limits.MAX_DEPTH} deep")
+            label = (f"{where} > {what.rstrip('s')} #{counts[number]}" if cap > 1
+                     else f"{where} > {what}")
+            stack.append((begin, stop, inner, label, depth + 1, nested))
 
 
 def _wire(data, start, end, file, budget):

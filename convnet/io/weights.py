@@ -344,13 +344,15 @@ def _fits_header(model, path):
     tensor is read: an extra tensor of 3.6 GB had been read first."""
     from numpy.lib.stride_tricks import as_strided
     state = {}
-    for key, (dtype, shape) in _declared(path).items():
-        kind = np.dtype(_NUMPY.get(dtype, "f4"))       # the widened ones: float32
-        state[key] = as_strided(np.zeros(1, kind), tuple(shape), (0,) * len(shape))
     try:
+        for key, (dtype, shape) in _declared(path).items():
+            kind = np.dtype(_NUMPY.get(dtype, "f4"))       # the widened ones: float32
+            state[key] = as_strided(np.zeros(1, kind), tuple(shape), (0,) * len(shape))
         model.check_state_dict(state, strict=True)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    except ValueError as err:      # as_strided's "array is too big" too
+        message = str(err)
+        raise ValueError(message if message.startswith(f"{path}: ")
+                         else f"{path}: {message}") from None
 
 
 def is_file(path):

@@ -1366,9 +1366,10 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
 
 
 def _head_text(model):
-    """The last FC layer as "Linear(in=256, out=10)"."""
+    """The last FC layer as "Linear(in=256, out=10)"; None for a model without one."""
     from convnet.models.finetune import head_name
-    return repr(dict(model.named_layers())[head_name(model)])
+    name = head_name(model)
+    return None if name is None else repr(dict(model.named_layers())[name])
 
 
 def _gradient_diverged(key, loss, epoch, batch, lr, ckpt_path):

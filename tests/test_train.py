@@ -102,6 +102,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         train(cfg, overwrite=True, log=lambda *a: None, progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the inf's own NaNs
 def test_a_gradient_that_is_not_finite_stops_the_run_before_its_step(tmp_path, monkeypatch):
     """A finite loss whose gradient overflows: the step had put NaN into the weights, and
     the checkpoint written right after it kept them (the next batch's loss then stopped

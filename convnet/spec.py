@@ -186,16 +186,12 @@ def _read_weights(path, with_info=False):
 def _weights_info(text, path, model):
     """A weights file's recorded info (read_info), checked against ``model``: as many
     class names as it gives scores."""
-    from convnet.io.weights import INFO_KEY, read_info
+    from convnet.io.weights import INFO_KEY, check_class_count, read_info
 
     shape = getattr(model, "input_shape", None)
     info = read_info(text, path, channels=shape[0] if shape and len(shape) == 3 else None)
-    names = info.get("classes")
-    if names is not None and shape is not None:
-        out = model.output_shape(shape)
-        if out and out[0] != len(names):
-            raise ValueError(f"{path}: metadata {INFO_KEY}: classes names {len(names)} "
-                             f"classes, but --model gives {out[0]} scores per image")
+    if shape is not None:
+        check_class_count(info, model.output_shape(shape), f"{path}: metadata {INFO_KEY}")
     return info
 
 

@@ -97,7 +97,7 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.io.onnx_export import PAD_MODES, averaging_matrix
-from convnet.io.weights import INFO_KEY, is_file, not_a_file, read_info
+from convnet.io.weights import INFO_KEY, check_class_count, is_file, not_a_file, read_info
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -282,10 +282,7 @@ def _model_info(proto, file, model):
                          f"record is expected")
     shape = model.input_shape
     info = read_info(texts[0], file, channels=shape[0] if len(shape) == 3 else None)
-    names, out = info.get("classes"), model.output_shape(shape)
-    if names is not None and out and out[0] != len(names):
-        raise ValueError(f"{file}: metadata {INFO_KEY}: classes names {len(names)} classes, "
-                         f"but the model gives {out[0]} scores per image")
+    check_class_count(info, model.output_shape(shape), f"{file}: metadata {INFO_KEY}")
     return info
 
 

@@ -310,7 +310,8 @@ def load_model(path):
     weights_path = _weights_path(document.get("weights", default_weights.name), json_path)
     channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
     info = check_info(document.get("info", {}), where, channels=channels)
-    values = sum(math.prod(shape) for shape in tensor_shapes(weights_path).values())
+    declared = _declared(weights_path)                   # the header, read once
+    values = sum(math.prod(shape) for _, shape in declared.values())
     model = from_config(document["architecture"], where=where, max_params=values,
                         weights=str(weights_path))
     if not isinstance(model, Container):
@@ -322,11 +323,8 @@ def load_model(path):
         except ValueError as err:
             raise ValueError(f"{where}: input_shape {list(input_shape)} does not fit the "
                              f"architecture: {err}") from None
-        names = info.get("classes")
-        if names is not None and out and out[0] != len(names):   # (K,) or (K, H, W)
-            raise ValueError(f"{where}: info.classes names {len(names)} classes, but the "
-                             f"model gives {out[0]} scores per image")
-    _fits_header(model, weights_path)
+        check_class_count(info, out, where)
+    _fits_header(model, declared, weights_path)
     tensors, _ = load_tensors(weights_path)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -338,14 +336,24 @@ def load_model(path):
     return model
 
 
-def _fits_header(model, path):
-    """Refuse a weights file whose keys, dtypes or shapes, as its header declares them,
-    are not the model's (load_state_dict's checks, on arrays of no memory), before a
-    tensor is read: an extra tensor of 3.6 GB had been read first."""
+def check_class_count(info, out, where):
+    """Refuse an info whose class names are not as many as the model's scores (its
+    output shape ``out``: (K,) or (K, H, W))."""
+    names = info.get("classes")
+    if names is not None and out and out[0] != len(names):
+        raise ValueError(f"{where}: info.classes names {len(names)} classes, but the "
+                         f"model gives {out[0]} scores per image")
+
+
+def _fits_header(model, declared, path):
+    """Refuse a weights file whose keys, dtypes or shapes, as its header declares them
+    (``declared``: _declared's), are not the model's (load_state_dict's checks, on arrays
+    of no memory), before a tensor is read: an extra tensor of 3.6 GB had been read
+    first."""
     from numpy.lib.stride_tricks import as_strided
     state = {}
     try:
-        for key, (dtype, shape) in _declared(path).items():
+        for key, (dtype, shape) in declared.items():
             kind = np.dtype(_NUMPY.get(dtype, "f4"))       # the widened ones: float32
             state[key] = as_strided(np.zeros(1, kind), tuple(shape), (0,) * len(shape))
         model.check_state_dict(state, strict=True)

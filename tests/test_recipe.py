@@ -495,7 +495,9 @@ def test_resuming_a_finished_run_says_so(tmp_path):
           log=lambda *a: None, progress=False)
     lines = []
     train(TrainConfig(out=str(tmp_path)), resume=True, log=lines.append, progress=False)
-    assert any(line.endswith("its 1 epoch is done; the model is tested and written again")
+    assert any(line.endswith("its 1 epoch is done; the model is tested and written again "
+                             "(to train it further, start a new run from it: convnet train "
+                             f"--from {tmp_path / 'model.json'} --epochs N)")
                for line in lines), lines
 
 

@@ -416,6 +416,31 @@ def test_a_run_with_a_data_root_of_old_resumes(tmp_path, capsys):
         captured.err
 
 
+@pytest.mark.parametrize("field, value, error", [
+    ("data", "nothere", "unknown data set 'nothere'"),
+    ("channels", 3, "expected 1 input channels"),
+    ("freeze", ["nope"], "no stage named 'nope'"),
+    ("batch_size", 99999, "batch size 99999 is larger than the 178 training images"),
+])
+def test_a_checkpoint_setting_that_fails_names_the_checkpoint(tmp_path, capsys, field,
+                                                              value, error):
+    """A checkpoint's config passes its type and range checks, but a setting then fails
+    (its data gone, another channel count): the error had not said that the setting came
+    from the checkpoint, not from the command line."""
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit", "200",
+            "--quiet", "--no-report", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoint.safetensors"
+    rewrite_checkpoint(ckpt, lambda state: state["config"].update({field: value}))
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert error in err and f"(the settings come from {ckpt}, which --resume continues)" \
+        in err, err
+    assert "Traceback" not in err
+
+
 def test_a_float64_run_of_a_zoo_net_starts_from_the_same_weights_as_float32(tmp_path):
     """The float64 path had built the model again from its config, each layer drawing
     PyTorch's default init: a zoo net lost the torchvision init the float32 path has."""

@@ -725,6 +725,21 @@ def _size_hinted(spec, input_shape):
         raise MultilineError(*lines, f"    {hint}") from None
 
 
+@contextlib.contextmanager
+def _resumed_settings(ckpt_path):
+    """On --resume (ckpt_path not None): a ValueError inside, raised by a setting the
+    checkpoint's config gave (its data, channels, stages to freeze, batch size), also
+    names the checkpoint, where the error does not already."""
+    try:
+        yield
+    except ValueError as error:
+        if ckpt_path is None or str(ckpt_path) in str(error):
+            raise
+        lines = error.lines if isinstance(error, MultilineError) else (str(error),)
+        raise MultilineError(*lines, f"    (the settings come from {ckpt_path}, which "
+                                     f"--resume continues)") from error
+
+
 def _size_hint(spec, input_shape):
     """Where a zoo net or notation with an INPUT of its own is built for another volume
     than the data's: what the two are and the options that bring the data to the net's;
@@ -891,10 +906,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         return load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
                             image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
                             test_fraction=cfg.test_fraction)
-    if cfg.download and comm.size > 1:   # rank 0 downloads; the others then read its files
-        splits = _on_root(comm, load, then_all=True)
-    else:
-        splits = load()
+    resumed = ckpt_path if resume else None
+    with _resumed_settings(resumed):
+        if cfg.download and comm.size > 1:   # rank 0 downloads; the others read its files
+            splits = _on_root(comm, load, then_all=True)
+        else:
+            splits = load()
     _check_same_data(comm, splits, cfg)
     if ckpt is not None:      # the test split drawn again: from the files it was drawn from
         recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
@@ -964,32 +981,33 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                                   rng=np.random.default_rng(cfg.seed))
         model = _as_dtype(model, dtype)   # the weights as drawn (a zoo net's torchvision
                                           # init too), not drawn again by each layer
-    model.input_shape = input_shape
-    if cfg.freeze:
-        model.freeze(*cfg.freeze)
-        if ckpt is None and head is not None and not any(
-                key.startswith(f"{head}.") for key in model.trainable_params()):
-            raise ValueError(f"--freeze {' '.join(cfg.freeze)} holds the new head {head} at "
-                             f"its random start; freeze the stages before it")
-        if not model.trainable_params():
-            raise ValueError(f"--freeze {' '.join(cfg.freeze)} leaves nothing to train: "
-                             f"every parameter is frozen")
-    _check_same_start(comm, model, state, optim_arrays if ckpt is not None else None)
-    with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
-        out_shape = model.output_shape(input_shape)
-    if out_shape != (num_classes,):
-        has_fc = any(isinstance(layer, Linear) for _, layer in model.named_layers())
-        fix = (f"end the model with FC {num_classes}" if len(out_shape) == 1 else
-               f"it must give one vector of {num_classes} scores: put a Flatten() before "
-               f"its FC layers (an FC layer on a volume acts on the last axis alone)"
-               if has_fc else f"it gives a volume: end it with FLATTEN -> FC {num_classes}")
-        raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
-                         f"{num_classes} classes: {fix}")
+    with _resumed_settings(resumed):
+        model.input_shape = input_shape
+        if cfg.freeze:
+            model.freeze(*cfg.freeze)
+            if ckpt is None and head is not None and not any(
+                    key.startswith(f"{head}.") for key in model.trainable_params()):
+                raise ValueError(f"--freeze {' '.join(cfg.freeze)} holds the new head {head} at "
+                                 f"its random start; freeze the stages before it")
+            if not model.trainable_params():
+                raise ValueError(f"--freeze {' '.join(cfg.freeze)} leaves nothing to train: "
+                                 f"every parameter is frozen")
+        _check_same_start(comm, model, state, optim_arrays if ckpt is not None else None)
+        with _size_hinted(None if ckpt is not None or cfg.init_from else cfg.model, input_shape):
+            out_shape = model.output_shape(input_shape)
+        if out_shape != (num_classes,):
+            has_fc = any(isinstance(layer, Linear) for _, layer in model.named_layers())
+            fix = (f"end the model with FC {num_classes}" if len(out_shape) == 1 else
+                   f"it must give one vector of {num_classes} scores: put a Flatten() before "
+                   f"its FC layers (an FC layer on a volume acts on the last axis alone)"
+                   if has_fc else f"it gives a volume: end it with FLATTEN -> FC {num_classes}")
+            raise ValueError(f"model gives {out_shape} scores per image but {cfg.data} has "
+                             f"{num_classes} classes: {fix}")
 
-    batches_per_epoch = len(x_train) // cfg.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} "
-                         f"training images")
+        batches_per_epoch = len(x_train) // cfg.batch_size
+        if batches_per_epoch == 0:
+            raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(x_train)} "
+                             f"training images")
     if cfg.batch_size < comm.size:
         most = "1 process" if cfg.batch_size == 1 else f"{cfg.batch_size} processes"
         fix = (f"resume it on at most {most} (a resumed run keeps its batch size)"
@@ -1061,7 +1079,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             ema.load_state_dict(ema_arrays, state.get("ema"), f"{ckpt_path}: ema")
         done = f"{counted(cfg.epochs, 'epoch')} {'is' if cfg.epochs == 1 else 'are'} done"
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}" if epoch < cfg.epochs
-            else f"resuming {ckpt_path}: its {done}; the model is tested and written again")
+            else f"resuming {ckpt_path}: its {done}; the model is tested and written again "
+                 f"(to train it further, start a new run from it: convnet train --from "
+                 f"{out / 'model.json'} --epochs N)")
 
     def agree():
         """Make the ranks' running statistics agree (averaged, where each rank normalizes

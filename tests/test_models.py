@@ -882,6 +882,23 @@ def test_train_takes_a_bool_and_maxpools_fifth_argument_is_not_ceil_mode():
     with pytest.raises(TypeError):
         MaxPool2d(2, 2, 0, 1, True)
     assert MaxPool2d(2, 2, 0, 1, ceil_mode=True).output_shape((1, 5, 5)) == (1, 3, 3)
+    # PyTorch's keyword return_indices=False is taken (it had been a TypeError); True is
+    # refused: the switches stay inside the layer, as AdaptiveMaxPool2d's
+    assert MaxPool2d(2, return_indices=False).output_shape((1, 4, 4)) == (1, 2, 2)
+    with pytest.raises(ValueError, match="MaxPool2d: return_indices is not offered"):
+        MaxPool2d(2, return_indices=True)
+
+
+def test_layers_refuse_the_float_dtypes_they_do_not_compute_in():
+    """float16 and longdouble inputs had passed the check whose message says float32 or
+    float64; a longdouble then failed deep in AdaptiveMaxPool2d's backward."""
+    from convnet.layers.pool import AdaptiveMaxPool2d
+    for dtype in (np.float16, np.longdouble):
+        x = np.zeros((1, 2, 4, 4), dtype)
+        for layer in (Conv2d(2, 2, 3), MaxPool2d(2), AdaptiveMaxPool2d(2)):
+            with pytest.raises(ValueError, match=r"expected a floating-point array \(float32 "
+                                                 rf"or float64\), got dtype {x.dtype}"):
+                layer.forward(x)
 
 
 def test_identity_passes_values_and_gradients_through_as_pytorchs():
@@ -972,3 +989,20 @@ def test_googlenet_with_aux_heads_saves_and_loads(tmp_path):
             f"print(type(load_model({str(tmp_path / 'g.json')!r})['aux1']).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "AuxClassifier", result.stderr
+
+
+def test_inference_does_not_fold_a_batch_norm_of_another_channel_count():
+    """Sequential and Residual fold a CONV's batch norm into it at inference: one of 1
+    channel after a CONV of 4 had been applied to all 4 (a wrong output), one of 2 had
+    raised NumPy's broadcast error; forward refused both. Inference refuses them too."""
+    from convnet.layers import BatchNorm2d, Conv2d
+    from convnet.models import Residual, Sequential
+    x = np.random.default_rng(0).random((2, 3, 6, 6)).astype(np.float32)
+    for k in (1, 2):
+        model = Sequential(Conv2d(3, 4, 3), BatchNorm2d(k)).eval()
+        with pytest.raises(ValueError, match=rf"BatchNorm2d\(D={k}\): expected {k} input "
+                                             r"channels \(depth D\), got 4"):
+            model.infer(x)
+    block = Residual({"conv": Conv2d(3, 3, 3, padding=1), "bn": BatchNorm2d(1)}).eval()
+    with pytest.raises(ValueError, match="expected 1 input channels"):
+        block.infer(x)

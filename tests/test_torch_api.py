@@ -452,13 +452,13 @@ def test_conv_padding_options_refused_as_torch():
                                          "is odd"):
         Conv2d(3, 8, 4, stride=2, padding="same")
     for mode, pad, message in (("reflect", 3, "pads less than the input's side, got padding "
-                                              "3, 3 for H=3"),
+                                              r"3, 3 for H=3 in volume \(1, 3, 3\)"),
                                ("circular", 4, "pads at most the input's side")):
         conv = Conv2d(1, 1, 3, padding=pad, padding_mode=mode)
         with pytest.raises(ValueError, match=message):
             conv.output_shape((1, 3, 3))
-        with pytest.raises(ValueError, match=message):
-            conv.forward(np.zeros((1, 1, 3, 3), np.float32))
+        with pytest.raises(ValueError, match=message):   # a batch of 2: the same volume
+            conv.forward(np.zeros((2, 1, 3, 3), np.float32))
         with pytest.raises(RuntimeError):              # torch refuses them too
             torch.nn.Conv2d(1, 1, 3, padding=pad, padding_mode=mode)(torch.zeros(1, 1, 3, 3))
     with pytest.raises(ValueError, match="conv_to_fc: .*padding_mode='reflect'"):

@@ -43,8 +43,8 @@ def check_pads(x_shape, pads, mode, where="pad2d"):
         if most is not None and max(before, after) > most:
             rule = "less than" if mode == "reflect" else "at most"
             raise ValueError(f"{where}: padding_mode={mode!r} pads {rule} the input's side, "
-                             f"got padding {before}, {after} for {axis}={size} in shape "
-                             f"{tuple(x_shape)}")
+                             f"got padding {before}, {after} for {axis}={size} in volume "
+                             f"{tuple(x_shape[1:])}")
 
 
 def pad2d_forward(x, pads, mode="zeros"):

@@ -97,6 +97,8 @@ class MaxPool2d(_Pool2d):
         stride: S, int or pair; defaults to kernel_size (non-overlapping windows).
         padding: P, int or pair, at most F/2 (PyTorch's rule); padded entries are -inf.
         dilation: spacing between window taps (PyTorch's convention, 1 = contiguous).
+        return_indices: False only, by keyword (PyTorch's; the switches stay inside the
+            layer for its backward pass).
         ceil_mode: PyTorch's ceil mode: round the output size up, so a last window may hang
             over the bottom/right edge (it must start inside the input or left padding).
         fit: "exact" (default) raises ValueError when (W - F + 2P)/S + 1 is not an
@@ -113,10 +115,14 @@ class MaxPool2d(_Pool2d):
     (64, 112, 112)
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False,
-                 fit="exact"):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *,
+                 return_indices=False, ceil_mode=False, fit="exact"):
         # ceil_mode by keyword only: PyTorch's fifth argument is return_indices
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode, fit)
+        if return_indices is not False:
+            raise ValueError(f"MaxPool2d: return_indices is not offered (the switches stay "
+                             f"inside the layer for its backward pass), got "
+                             f"{return_indices!r:.80}")
 
     def forward(self, x):
         out_size = self._out_size(x)

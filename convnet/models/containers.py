@@ -39,7 +39,8 @@ def infer_layers(layers, x):
     optional) fused into the CONV's call: it folds an eval-mode BatchNorm2d into its
     filters or its output and applies the RELU to its output as it is finished
     (``Conv2d.infer``). The fused BN and RELU layers are not called; their caches are
-    dropped, as ``infer`` does."""
+    dropped, as ``infer`` does. A BN of another channel count than the CONV's output is
+    not fused: its own infer refuses the volume."""
     i = 0
     while i < len(layers):
         layer, i = layers[i], i + 1
@@ -48,6 +49,7 @@ def infer_layers(layers, x):
             continue
         bn = None
         if (i < len(layers) and isinstance(layers[i], BatchNorm2d)
+                and layers[i].num_features == layer.out_channels   # else its own error
                 and layers[i].inference_affine() is not None):
             bn, i = layers[i], i + 1
             bn.cache = None

@@ -79,10 +79,12 @@ def pair(value, name, where="layer", allow_zero=False):
 
 
 def check_input(x, channels, where, rank=4):
-    """Check that x is a floating NCHW array with ``channels`` channels; say what is wrong."""
+    """Check that x is a float32 or float64 NCHW array with ``channels`` channels (the
+    dtypes the layers compute in: BLAS has no float16, and no layer's arithmetic is
+    written for longer floats); say what is wrong."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{where}: expected a NumPy array, got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"{where}: expected a floating-point array (float32 or float64), "
                          f"got dtype {x.dtype}; convert with x.astype(np.float32)")
     if x.ndim != rank:

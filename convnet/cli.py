@@ -279,7 +279,7 @@ def cmd_eval(args):
     _trained(args, model)
     _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
-                                           where=args.model)
+                                           where=args.model, all_images=args.all_images)
     for note in notes:
         _note(args, note)
     info = getattr(model, "info", None) or {}
@@ -290,7 +290,8 @@ def cmd_eval(args):
                           "images": len(x), "tta": tta, "classes": list(classes),
                           "confusion": result["confusion"].tolist()}))
         return
-    print(f"accuracy {result['accuracy']:.4f} on {len(x)} test images of {args.data}"
+    print(f"accuracy {result['accuracy']:.4f} on {len(x)} "
+          f"{'' if args.all_images else 'test '}images of {args.data}"
           f"{' with flip TTA' if tta else ''}, loss {result['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
     print(confusion_text(result["confusion"], classes))
@@ -627,8 +628,9 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = command("eval", help="accuracy and confusion matrix on a test set",
-                description="Evaluate a saved model on a data set's test split, preprocessed "
-                            "as the model was trained (size, channels, normalization).")
+                description="Evaluate a saved model on a data set's test split (or with "
+                            "--all-images on every image of it), preprocessed as the model "
+                            "was trained (size, channels, normalization).")
     p.add_argument("model", metavar="MODEL",
                    help="a saved model (.json), an ONNX file, or weights with --model")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
@@ -637,6 +639,10 @@ def build_parser():
                         "any other model must give K scores")
     p.add_argument("--data", required=True, help="digits, fashion-mnist, cifar10, ... or a path")
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
+    p.add_argument("--all-images", action="store_true",
+                   help="score every image of DATA, not its test split: a folder of labelled "
+                        "images (one sub-folder per class) that the model never trained on; "
+                        "split folders and a named set's splits are taken together")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation: the mean of each image's scores and "
                         "its mirror image's (default: as the model was trained)")

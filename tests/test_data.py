@@ -509,6 +509,26 @@ def test_a_named_data_sets_files_in_a_folder_train_with_its_defaults(tmp_path):
         assert load_dataset(tmp_path / name).kind == kind, name
 
 
+def test_an_image_folder_named_like_a_data_set_takes_the_defaults_for_other_data(tmp_path):
+    """A folder of photos called cifar10 (or mnist, digits) had trained with that data
+    set's recipe (momentum and weight decay for cifar10), without a word: the defaults
+    come from what the files are, not from the folder's name."""
+    from convnet.train.loop import TrainConfig, train
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        for i in range(10):
+            save_image(tmp_path / "cifar10" / name / f"{i}.png",
+                       rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    lines = []
+    train(TrainConfig(data=str(tmp_path / "cifar10"), epochs=1, out=str(tmp_path / "run"),
+                      model="INPUT 8x8x3 -> POOL F4 -> FC 2"), log=lines.append,
+          progress=False)
+    text = "\n".join(lines)
+    assert ("the folder cifar10 does not hold the cifar10 data set's files: the defaults "
+            "for any other data apply") in text
+    assert "; adam lr=" in text and "momentum" not in text
+
+
 def test_a_drawn_split_names_every_unreadable_image_at_once(tmp_path):
     """Held-out and kept images are decoded together: every truncated file is named in
     one error, whichever part it would have fallen in."""
@@ -944,6 +964,54 @@ def test_cifar_class_name_files(tmp_path, version):
     dump_pickle(meta, {key: [b"a"] * (version - 1) + [7]}, py2=True)
     with raises_naming(meta, "must be a list of .* class names \\(bytes or str\\)"):
         load()
+
+
+@pytest.mark.parametrize("form, bad, match", [
+    ("python", "cat\nfake", r"class name 0 must be printable text .* got 'cat\\nfake'"),
+    ("python", "", r"class name 0 must be printable text .* got ''"),
+    ("python", "c1", r"the class name 'c1' is given twice"),
+    ("binary", "a\x1b[31mred", r"class name 0 must be printable text .* got 'a\\x1b\[31mred'"),
+    ("binary", "c1", r"the class name 'c1' is given twice"),
+])
+def test_cifar_class_names_are_printable_and_each_once(tmp_path, form, bad, match):
+    """A class name with a line break or a terminal escape, an empty one or one given
+    twice had trained, and then eval and predict refused the model's record (or printed
+    "cat" for three classes): the names file is refused, named, before training. (A
+    text file's line breaks end its names, and its blank lines are skipped.)"""
+    d = tmp_path / CIFAR_DIRS[(10, form)]
+    write_cifar(d, 10, form, np.random.default_rng(5))
+    names = [bad] + [f"c{i}" for i in range(1, 10)]
+    if form == "binary":
+        path = d / "batches.meta.txt"
+        path.write_text("\n".join(names))
+    else:
+        path = d / "batches.meta"
+        dump_pickle(path, {b"label_names": [n.encode() for n in names]}, py2=True)
+    with raises_naming(path, match):
+        load_cifar10(d)
+
+
+def test_an_empty_test_split_is_refused_and_untrained_classes_are_noted(tmp_path):
+    """A CIFAR test batch of 0 images had trained and reported "test accuracy 0.0000 (0
+    images)"; an IDX folder with one stray label 255 had made 256 classes without a word."""
+    d = tmp_path / CIFAR_DIRS[(10, "python")]
+    write_cifar(d, 10, "python", np.random.default_rng(6))
+    dump_pickle(d / "test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []},
+                py2=True)
+    with pytest.raises(ValueError, match=re.escape(str(d)) + ": its test split holds no images"):
+        load_dataset(d)
+    images = np.zeros((12, 6, 6), np.uint8)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for prefix, labels in (("train", list(range(10)) + [255, 3]), ("t10k", [0] * 12)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.array(labels, np.uint8))
+    splits = load_dataset(folder)
+    assert len(splits.classes) == 256
+    assert ("245 of the 256 classes have no training images (10, 11, 12, 13, 14, 15, 16, "
+            "17, ...): the model's outputs for them are never trained (IDX files name no "
+            "classes: they count up to the largest label)") in splits.notes
+    assert not any("no training images" in n for n in load_dataset("digits").notes)
 
 
 @pytest.mark.parametrize("form", ["binary", "python"])

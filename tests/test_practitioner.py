@@ -403,7 +403,8 @@ def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, caps
     assert main(["eval", str(out / "model.json"), "--data", str(data)]) == 1
     err = error_line(capsys)
     assert f"{data} holds 41 images where training had 40: the test images" in err
-    assert "use the folder as it was, or train on train/ and test/ folders" in err
+    assert ("use the folder as it was, or train on train/ and test/ folders; to score "
+            "every image of another folder: --all-images") in err
     # --resume draws the split again too: refused the same way, nothing rewritten
     before = (out / "model.json").read_bytes()
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--quiet",
@@ -411,6 +412,33 @@ def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, caps
     assert "holds 41 images where training had 40: the test images the run held out" in \
         error_line(capsys)
     assert (out / "model.json").read_bytes() == before
+
+
+def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
+    """A folder of images the model never trained on could not be scored: eval drew a
+    test split from it (10% of its images, or refused it as the training folder
+    changed). --all-images scores every image, of one folder or of split folders, with
+    no split drawn."""
+    data = make_folder(tmp_path / "shapes", per_class=10)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--epochs", "1", "--quiet", "--no-report",
+                 "--out", str(out)]) == 0
+    other = make_folder(tmp_path / "other", per_class=6)
+    model = str(out / "model.json")
+    assert main(["eval", model, "--data", str(other)]) == 1
+    assert "--all-images" in error_line(capsys)
+    assert main(["eval", model, "--data", str(other), "--all-images", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["images"] == 12 and np.sum(result["confusion"]) == 12
+    assert "held out" not in captured.err
+    split = tmp_path / "split"
+    for part, n in (("train", 2), ("test", 1)):
+        make_folder(split / part, per_class=n)
+    assert main(["eval", model, "--data", str(split)]) == 0
+    assert " on 2 test images of " in capsys.readouterr().out
+    assert main(["eval", model, "--data", str(split), "--all-images"]) == 0
+    assert " on 6 images of " in capsys.readouterr().out
 
 
 def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):

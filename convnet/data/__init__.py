@@ -67,7 +67,9 @@ class DataSplits:
     names the data set by its name in DATASETS when it is one, named or recognized by its
     files in a folder (CIFAR-10's batches in cifar-10-batches-py/, IDX files of 10
     classes as mnist); None for an image folder and other files. Training takes the
-    defaults of kind where it has its own, else those of name.
+    defaults of kind where it has its own, else the defaults for any other data.
+    split_notes: those of the notes that are about how the images were split (a drawn
+    test split, test images that copy training images).
     """
 
     train: tuple
@@ -83,6 +85,7 @@ class DataSplits:
     # only from the same files (see files_fingerprint).
     drawn_from: dict | None = None
     kind: str | None = None
+    split_notes: list = field(default_factory=list)
 
     @property
     def num_classes(self):
@@ -113,7 +116,8 @@ def takes_root(name):
 
 
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
-                 seed=0, test_fraction=0.1, check_classes=None, test_only=False):
+                 seed=0, test_fraction=0.1, check_classes=None, test_only=False,
+                 all_images=False):
     """Load a data set by name, or recognize what a directory holds.
 
     Args:
@@ -146,6 +150,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
             decoded (a drawn test split is drawn from the files' labels), so its notes
             cannot say which test images are copies of training ones; other data sets
             are read whole, and their other splits dropped before any resize.
+        all_images: every image of the data as the test split (train empty, no val): an
+            image folder is not split, split folders' and named sets' splits are joined
+            (train, val, test, in that order); for scoring images a model never trained
+            on. The notes then say nothing about splits.
 
     Unless ``image_size`` is given, an image folder of mixed sizes is resized to the
     median height and width of its images, and images larger than AUTO_MAX_SIDE (128)
@@ -200,12 +208,43 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                              f"{path.absolute()} is there, and it is not one of "
                              f"{', '.join(DATASETS)}")
         splits = _load_directory(path, image_size, channels, seed, test_fraction,
-                                 check_classes, test_only)
+                                 check_classes, test_only, all_images)
     check_classes(list(splits.classes))
+    if all_images:      # before the splits are resized or converted
+        parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
+        x, y = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+        splits = replace(splits, train=(x[:0], y[:0]), val=None, test=(x, y),
+                         notes=[n for n in splits.notes if n not in splits.split_notes],
+                         split_notes=[], drawn_from=None)
+    _check_filled(splits, name_or_path, test_only or all_images)
     if test_only:       # before the other splits are resized or converted
         x = splits.test[0]
         splits = replace(splits, train=(x[:0], np.empty(0, np.int64)), val=None)
     return _converted(splits, image_size, channels)
+
+
+def _check_filled(splits, where, test_only=False):
+    """Refuse a data set whose test split (or, unless test_only, training split) holds no
+    image: a test accuracy of 0 images says nothing. Unless test_only, a note in
+    splits.notes names the classes no training image has (a stray label 255 among the
+    digits of an IDX folder makes 256 classes; EMNIST's letters leave label 0 unused):
+    the model's outputs for them are never trained."""
+    for part, split in ((splits.test, "test"), (None if test_only else splits.train, "training")):
+        if part is not None and len(part[1]) == 0:
+            raise ValueError(f"{where}: its {split} split holds no images")
+    if test_only:
+        return
+    counts = np.bincount(splits.train[1], minlength=len(splits.classes))
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        shown = ", ".join(str(splits.classes[i]) for i in empty[:8]) + (
+            ", ..." if empty.size > 8 else "")
+        inferred = splits.kind is None and splits.classes[0] == "0"    # IDX: labels only
+        splits.notes.append(
+            f"{empty.size} of the {len(splits.classes)} classes have no training images "
+            f"({shown}): the model's outputs for them are never trained"
+            + (" (IDX files name no classes: they count up to the largest label)"
+               if inferred else ""))
 
 
 def _map_splits(splits, fn):
@@ -299,7 +338,7 @@ def _check_layout(path, splits):
 
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes,
-                    test_only=False):
+                    test_only=False, all_images=False):
     found = find_idx_dir([path, path / "raw"])   # torchvision's FashionMNIST/ holds raw/
     if found is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
@@ -339,9 +378,10 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
                              f"then drawn from them)")
         parts = {split: subdirs[names[0]] for split, names in by_split.items()}
         return _load_folders(path, parts, image_size, channels, check_classes,
-                             test_only=test_only)
+                             test_only=test_only and not all_images)
     splits = _load_folders(path, {"train": path}, image_size, channels, check_classes,
-                           hold_out=(test_fraction, seed), test_only=test_only)
+                           hold_out=None if all_images else (test_fraction, seed),
+                           test_only=test_only and not all_images)
     unlabeled = [name for split in ("val", "test") for name in by_split.get(split, [])]
     if unlabeled:      # a class by its images; said, in case they are unlabeled ones
         splits.notes.append(
@@ -415,6 +455,7 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     limits.check_count(len(headers) * channels * h * w, "MAX_DATA_BYTES",
                        f"bytes of {len(headers):,} images of {w}x{h}x{channels} "
                        f"(resize them smaller: --image-size)", path)
+    split_notes = []
     if hold_out is None:
         loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                            classes=classes)[:2]
@@ -422,7 +463,7 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     else:     # the test split drawn from the labels; the images decoded in one call,
         files = scans["train"][0]    # which names every unreadable file
         y = np.array([k for _, k in files], dtype=np.int64)
-        kept, held = _draw_test(y, classes, path, *hold_out, notes)
+        kept, held = _draw_test(y, classes, path, *hold_out, split_notes)
         if test_only:
             loaded = {"test": (decode_files([files[i][0] for i in held], size,
                                             channels == 1, path), y[held])}
@@ -435,10 +476,11 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)
     for split in ("val", "test"):
         if split in loaded:
-            notes += _seen(loaded[split][0], loaded["train"][0], split)
+            split_notes += _seen(loaded[split][0], loaded["train"][0], split)
     drawn = None if hold_out is None else files_fingerprint(parts["train"], scans["train"][0])
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
-                      val=loaded.get("val"), notes=notes, resized=resized, drawn_from=drawn)
+                      val=loaded.get("val"), notes=notes + split_notes, resized=resized,
+                      drawn_from=drawn, split_notes=split_notes)
 
 
 def data_folder(name_or_path):
@@ -450,11 +492,11 @@ def data_folder(name_or_path):
     return path if path.is_dir() else None
 
 
-def check_drawn_split(recorded, splits, data, who):
+def check_drawn_split(recorded, splits, data, who, hint=""):
     """Refuse splits whose test images were drawn from other files than ``recorded``
     (a model's or a run's info.split_files, or None: nothing to check): the same seed
     would hold out other images, some of them trained on. data: the data set as the user
-    named it; who: the model or run, for the message."""
+    named it; who: the model or run, for the message; hint: ends the message."""
     now = splits.drawn_from
     if not recorded or not now or recorded == now:
         return
@@ -464,7 +506,7 @@ def check_drawn_split(recorded, splits, data, who):
     raise ValueError(f"{data} holds {change}: the test images {who} held out from it are "
                      f"drawn again from the files as they are, so they would differ, and "
                      f"some would be images it trained on; use the folder as it was, or "
-                     f"train on train/ and test/ folders")
+                     f"train on train/ and test/ folders{hint}")
 
 
 def files_fingerprint(root, files):

@@ -42,6 +42,7 @@ import numpy as np
 
 from convnet import limits
 from convnet.data.files import CHUNK, DATA_ENV, cache_dir
+from convnet.data.preprocess import MAX_NAME
 from convnet.safe_pickle import Global, Inert, Refused, check_pickle, show
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -496,7 +497,7 @@ def _names_txt(path, count):
     names = [ln for ln in (ln.strip() for ln in text.splitlines()) if ln]
     if len(names) != count:
         raise ValueError(f"{path}: expected {count} class names, one a line, got {len(names)}")
-    return names
+    return _checked_names(names, path)
 
 
 def _names_meta(path, key, count):
@@ -506,7 +507,24 @@ def _names_meta(path, key, count):
             and all(type(n) in (bytes, str) for n in names)):
         raise ValueError(f"{path}: '{key}' must be a list of {count} class names (bytes or "
                          f"str), got {_describe(names)}")
-    return [_text(n) for n in names]
+    return _checked_names([_text(n) for n in names], path)
+
+
+def _checked_names(names, path):
+    """The class names of a names file, each printable text of 1 to MAX_NAME characters
+    and each once (a model file records them, and predict prints them), or a ValueError
+    naming the file and the name."""
+    seen = set()
+    for i, name in enumerate(names):
+        if not name.strip() or not name.isprintable() or len(name) > MAX_NAME:
+            raise ValueError(f"{path}: class name {i} must be printable text of 1 to "
+                             f"{MAX_NAME} characters (no control characters or line "
+                             f"breaks), got {name!r:.80}")
+        if name in seen:
+            raise ValueError(f"{path}: the class name {name!r:.80} is given twice: each "
+                             f"class needs a name of its own")
+        seen.add(name)
+    return names
 
 
 def _check_total(directory, names, version):

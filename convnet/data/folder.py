@@ -8,8 +8,9 @@ Classes are the sub-folder names sorted. Every file in a class folder is an imag
 so is every file with an image extension in the folders inside it (as torchvision's
 ImageFolder and Keras read them), except hidden files and folders (names starting with
 ".") and what operating systems leave behind (Thumbs.db, desktop.ini, __MACOSX/, ...): a
-stray file in a class folder is an error naming it, not silently skipped, and every
-unreadable file is named at once. Pillow's
+stray file in a class folder is an error naming it, not silently skipped. Unreadable
+files are named together: every file whose header cannot be read in one error, and once
+every header reads, every file whose image data cannot be decoded in another. Pillow's
 decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (about 89
 megapixels by default) is refused with the file named, and so is one with a side over
 ``convnet.limits.MAX_SOURCE_SIDE`` (resizing a thin strip takes memory in proportion to

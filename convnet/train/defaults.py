@@ -40,7 +40,9 @@ DEFAULTS = {
         epochs=30, batch_size=128, optimizer="momentum", weight_decay=5e-4, augment=True,
         flip=True),
 }
-# Any other data: the model comes from default_notation.
+# Any other data: the model comes from default_notation. A run records OTHER_NAME as the
+# set whose defaults it took (no data set has that name).
+OTHER_NAME = "other"
 OTHER = dict(model=None, epochs=30, batch_size=64, optimizer="adam", weight_decay=0.0,
              augment=True, flip=True)
 

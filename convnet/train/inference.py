@@ -7,6 +7,8 @@ batches whose activations ``inference_batch`` sizes to the model's input.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from convnet import limits
@@ -66,7 +68,7 @@ def class_names(model):
     return [str(i) for i in range(count)]
 
 
-def evaluation_data(model, data, root=None, where="the model"):
+def evaluation_data(model, data, root=None, where="the model", all_images=False):
     """A data set's test images prepared as ``model`` was trained: (x, y, classes, notes).
 
     The images are resized to the model's input (bilinear) and converted to its channels
@@ -76,6 +78,10 @@ def evaluation_data(model, data, root=None, where="the model"):
     copies of training images), except for a model without a record (weights alone): it
     is normalized with the data's own training statistics. notes says what was done; a
     class list that differs from the model's is an error.
+
+    all_images=True: every image of the data instead, not split (load_dataset's
+    all_images), for a folder of images the model never trained on; a model without a
+    record is then normalized with their statistics.
     """
     from convnet.data import check_drawn_split, load_dataset
     from convnet.data.folder import nfc
@@ -97,8 +103,11 @@ def evaluation_data(model, data, root=None, where="the model"):
     splits = load_dataset(data, root=root, image_size=(h, w), channels=c,
                           seed=info.get("split_seed", 0),
                           test_fraction=info.get("test_fraction", 0.1),
-                          check_classes=check_classes, test_only=stats)
-    check_drawn_split(info.get("split_files"), splits, data, where)
+                          check_classes=check_classes, test_only=stats,
+                          all_images=all_images)
+    if not all_images:
+        check_drawn_split(info.get("split_files"), splits, data, where,
+                          hint="; to score every image of another folder: --all-images")
     notes = list(splits.notes)
     classes = list(splits.classes)
     x, y = splits.test
@@ -106,7 +115,8 @@ def evaluation_data(model, data, root=None, where="the model"):
         need = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test)
                    if p is not None) + 2 * x.size * 4
     else:           # fitting the statistics on the training images, as training does
-        need = prepare_bytes(splits, None, np.float32)
+        need = prepare_bytes(replace(splits, train=splits.test) if all_images else splits,
+                             None, np.float32)
     limits.check_memory(need, "evaluating", f"{data}'s images as floats at "
                         f"{c}x{h}x{w}, the model's input", "evaluate on a smaller data set "
                         "or a model with a smaller input")
@@ -114,10 +124,10 @@ def evaluation_data(model, data, root=None, where="the model"):
         x = preprocess(x, splits.scale, info)
     else:
         norm = Normalize()
-        norm.fit(to_float(splits.train[0], splits.scale))
+        norm.fit(to_float(x if all_images else splits.train[0], splits.scale))
         x = norm(to_float(x, splits.scale))
         notes.append(f"{where} records no preprocessing: normalized with the statistics of "
-                     f"{data}'s training images")
+                     f"{data}'s {'' if all_images else 'training '}images")
     return x, y, classes, notes
 
 

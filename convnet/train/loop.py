@@ -76,7 +76,7 @@ from convnet.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from convnet.train.defaults import DEFAULTS, default_notation, defaults_for
+from convnet.train.defaults import DEFAULTS, OTHER_NAME, default_notation, defaults_for
 from convnet.train.distributed import RanksDiverged, RootsError, describe, from_environment
 from convnet.train.ema import WeightEMA
 from convnet.train.inference import evaluate, prepare_bytes
@@ -928,8 +928,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
                          f"(--no-augment): give one or the other")
     # The defaults of the named data set the files are (CIFAR-10's in cifar-10-batches-py/),
-    # else of the data's name; a resumed run's as it began (by name, before "defaults").
-    defaults = splits.kind if splits.kind in DEFAULTS else splits.name
+    # else OTHER's, whatever the folder's name; a resumed run's as it began (by the data's
+    # name for a run from before "defaults" was recorded).
+    defaults = splits.kind if splits.kind in DEFAULTS else OTHER_NAME
     if ckpt is not None:
         defaults = recorded.get("defaults", splits.name)
     cfg = cfg.resolved(defaults, input_shape, num_classes)
@@ -1116,8 +1117,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
 
     for note in splits.notes:
         log(note)
-    if ckpt is None and defaults != splits.name:
+    if ckpt is None and defaults in DEFAULTS and defaults != splits.name:
         log(f"{splits.name} is in {defaults}'s format: {defaults}'s defaults apply")
+    elif ckpt is None and splits.name in DEFAULTS and defaults != splits.name:
+        log(f"the folder {splits.name} does not hold the {splits.name} data set's files: "
+            f"the defaults for any other data apply")
     if cfg.model and not cfg.init_from:
         log(f"model: {cfg.model}")
     log(f"training on {splits.name}: {len(x_train)} images {_volume(input_shape)}, "

@@ -518,3 +518,10 @@ def test_an_interrupted_runs_progress_bar_is_closed_before_the_message(tmp_path,
         train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path)),
               log=lambda *a: None, progress=True)
     assert len(bars) == 1 and bars[0].closed
+
+
+def test_the_python_training_loop_example_learns_the_digits():
+    """examples/train_loop.py, the README's loop in Python, runs as written and learns."""
+    import runpy
+    example = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "train_loop.py"))
+    assert example["main"](epochs=3) > 0.85

@@ -9,6 +9,8 @@ ends quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import shlex
@@ -740,19 +742,34 @@ def build_parser():
 
 def main(argv=None):
     from convnet.functional.threads import SETTING_ERROR
+    from convnet.train.distributed import launch_rank, launch_size
     parser = build_parser()
+    parallel = launch_size() not in (0, 1)
+    held = io.StringIO()   # under mpiexec, a rank but 0's argparse help and usage errors
     try:
-        args = parser.parse_args(argv)
+        with contextlib.ExitStack() as quiet:
+            if parallel and launch_rank() not in (0, None):
+                quiet.enter_context(contextlib.redirect_stdout(held))
+                quiet.enter_context(contextlib.redirect_stderr(held))
+            args = parser.parse_args(argv)
     except SystemExit as done:     # --help (0), or a usage error argparse has printed (2)
-        if done.code not in (0, None):
-            from convnet.train.distributed import abort_if_parallel
-            abort_if_parallel(done, "convnet: its command line was refused (above)")
+        if done.code not in (0, None):   # (a rank's own, of mpiexec's several programs,
+            from convnet.train.distributed import abort_if_parallel   # said in its abort
+            said = held.getvalue().strip().splitlines()                 # line: said once)
+            abort_if_parallel(done, said[-1] if said else
+                              "convnet: its command line was refused (above)")
         raise                      # (a rank of mpiexec's several programs would end
     if args.command is None:      # alone, and the others wait in a collective for good)
-        parser.print_help()
+        if not parallel or launch_rank() in (0, None):
+            parser.print_help()
         return 0
     if SETTING_ERROR is not None:      # (under mpiexec: said once, every rank ended)
         _stop(args, ValueError(SETTING_ERROR), f"error: {SETTING_ERROR}")
+        return 2
+    if parallel and args.command != "train":    # each rank would run it all, and print
+        text = ("this command runs in one process (under mpiexec only train shares its "
+                "work): run it without mpiexec")
+        _stop(args, ValueError(text), f"error: {text}")
         return 2
     try:
         with warnings.catch_warnings():
@@ -796,6 +813,9 @@ def _resume_hint(interrupt):
     if getattr(interrupt, "earlier_restored", False):
         return (f"; the new run had written no checkpoint yet: {out} holds the earlier run "
                 f"again, as it was")
+    if getattr(interrupt, "earlier_kept", False):      # said by a rank other than 0
+        return (f"; the new run had written no checkpoint yet: {out} keeps the earlier run "
+                f"(the next convnet train there puts back what was set aside)")
     if not (Path(out) / "checkpoint.safetensors").is_file():
         return f"; {out} has no checkpoint yet (one is written after each epoch)"
     from convnet.train.distributed import launch_size

@@ -363,6 +363,68 @@ def test_a_usage_error_in_one_of_several_programs_ends_the_job(tmp_path):
         in proc.stderr, proc.stderr
 
 
+def test_argparse_says_a_usage_error_once_and_a_ranks_own_in_its_abort_line(tmp_path):
+    """Every rank had printed argparse's usage error (and --help); the same error on
+    every rank is now said by rank 0 alone, and one that rank 1's own command line of
+    mpiexec's several programs meets (rank 0's is fine) in rank 1's abort line."""
+    proc = run_mpi(tmp_path, "convnet.cli", "train", "--epochs", "0", module=True,
+                   timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.count("argument --epochs: expected an int from 1") == 1, proc.stderr
+    proc = run_mpi(tmp_path, "convnet.cli", "--help", module=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.count("usage: convnet") == 1, proc.stdout
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cli = [sys.executable, "-m", "convnet.cli", "train"]
+    proc = subprocess.run([mpiexec(), "-n", "1", *cli, "--model", PLAIN, "--epochs", "1",
+                           "--quiet", "--out", "run", ":", "-n", "1", *cli, "--bogus"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "rank 1: convnet: error: unrecognized arguments: --bogus" in proc.stderr, \
+        proc.stderr
+
+
+def test_commands_other_than_train_refuse_several_processes_once(tmp_path):
+    """eval, predict, report and convert had run whole on every rank: eval --json printed
+    two documents, and two ranks wrote one file at once."""
+    proc = run_mpi(tmp_path, "convnet.cli", "zoo", module=True, timeout=60)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("this command runs in one process (under mpiexec only train "
+                             "shares its work): run it without mpiexec") == 1, proc.stderr
+
+
+INTERRUPT_SCRIPT = """
+    import sys
+    import convnet.train.loop as loop
+    from convnet.cli import main
+    from convnet.train.distributed import from_environment
+
+    if from_environment().rank == 1:     # Ctrl-C reaches rank 1 in its 3rd step
+        calls = []
+        real = loop.softmax_cross_entropy
+
+        def interrupted(scores, y, *args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real(scores, y, *args)
+        loop.softmax_cross_entropy = interrupted
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupt_on_rank_1_of_an_overwrite_says_the_earlier_run_is_kept(tmp_path):
+    """Rank 1 had said to resume an --overwrite run that had written no checkpoint yet
+    (SetAside is rank 0's): the hint resumed the earlier run instead."""
+    args = ["train", "--model", PLAIN, "--epochs", "2", "--quiet", "--no-report",
+            "--out", "run"]
+    check(run_mpi(tmp_path, "convnet.cli", *args, module=True))
+    proc = run_mpi(tmp_path, INTERRUPT_SCRIPT, *args, "--overwrite")
+    assert proc.returncode != 0
+    assert ("rank 1: convnet train: interrupted; the new run had written no checkpoint "
+            "yet: run keeps the earlier run") in proc.stderr, proc.stderr
+    assert "--resume" not in proc.stderr
+
+
 def test_debug_shows_the_failing_ranks_traceback_once(tmp_path):
     """With --debug, every rank but 0 had printed a second traceback of a RootsError
     repeating rank 0's error."""
@@ -551,12 +613,17 @@ def test_the_cli_turns_synchronized_batch_norm_off_on_request():
 
 @pytest.mark.parametrize("local, threads, blas, hint", [
     (2, 1, 1, None),
-    (2, 2, 1, "2 processes here want 4 threads on 2 cores: set OPENBLAS_NUM_THREADS=1"),
+    (2, 2, 1, "2 processes here want 4 threads on 2 cores: set CONVNET_THREADS=1"),
+    (2, 1, 2, "2 processes here want 4 threads on 2 cores: set OPENBLAS_NUM_THREADS=1"),
+    (2, 2, 2, "2 processes here want 4 threads on 2 cores: set CONVNET_THREADS=1 and "
+              "OPENBLAS_NUM_THREADS=1"),
     (3, 1, 1, "3 processes here on 2 cores: start at most 2 on this machine"),
     (3, 2, 2, "3 processes here on 2 cores: start at most 2 on this machine")])
 def test_the_first_line_hints_at_what_oversubscribes_the_cores(monkeypatch, local, threads,
                                                                blas, hint):
-    """More processes than cores is named as such: no thread setting fixes it."""
+    """More processes than cores is named as such: no thread setting fixes it. Too many
+    threads name the setting that makes them: convnet's own threads had been told to set
+    OPENBLAS_NUM_THREADS=1 with BLAS at 1 already."""
     import convnet.functional.threads as threads_module
 
     class Ranks(Communicator):

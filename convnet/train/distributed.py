@@ -310,6 +310,17 @@ def launch_size(environ=None):
     return 0
 
 
+def launch_rank(environ=None):
+    """This process's rank as the MPI launcher gives it (PMI_RANK, OMPI_COMM_WORLD_RANK,
+    PMIX_RANK), or None when it names none: known before MPI is started, for what must
+    be said once (argparse's messages)."""
+    environ = os.environ if environ is None else environ
+    for name in _LAUNCH_RANK:
+        if environ.get(name, "").strip().isdigit():
+            return int(environ[name])
+    return None
+
+
 _WORLD = None
 
 
@@ -412,6 +423,9 @@ def describe(comm):
         text += (f"; {comm.local_size} processes here on {cores} cores: start at most "
                  f"{cores} on this machine")
     elif n > 1 and busiest > cores:
+        share = max(1, cores // comm.local_size)
+        settings = [f"{name}={share}" for name, count in (
+            ("CONVNET_THREADS", THREADS), ("OPENBLAS_NUM_THREADS", blas or 1)) if count > share]
         text += (f"; {comm.local_size} processes here want {busiest} threads on {cores} "
-                 f"cores: set OPENBLAS_NUM_THREADS=1 (docs/distributed.md)")
+                 f"cores: set {' and '.join(settings)} (docs/distributed.md)")
     return text

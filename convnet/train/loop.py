@@ -630,6 +630,24 @@ class SetAside:
             error.earlier_restored = True      # never moved: there as it was
 
 
+class AsideElsewhere:
+    """What a rank other than 0 knows of rank 0's SetAside under an --overwrite: whether
+    the new run has written its first checkpoint (``dropped``, set where rank 0's
+    drop() runs). A Ctrl-C or error on this rank before then ends every rank, rank 0
+    before it can restore anything: the earlier run stays in out, or set aside for the
+    next run there to put back (recover_set_aside), and the error says so."""
+
+    def __init__(self):
+        self.dropped = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None and not self.dropped:
+            error.earlier_kept = True          # the command line's resume hint says so
+
+
 def put_back(out, folder):
     """Move an earlier run's files from ``folder`` (a SetAside's) back into ``out`` in
     place of the failed run's, and remove the folder."""
@@ -1057,8 +1075,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     if splits.drawn_from is not None:   # eval draws the same test images from these files
         info["split_files"] = splits.drawn_from
     aside = None
-    if overwrite and not resume and comm.is_root:   # set aside at the first write
-        aside = stack.enter_context(SetAside(out))
+    if overwrite and not resume:   # set aside at the first write (rank 0's files)
+        aside = stack.enter_context(SetAside(out) if comm.is_root else AsideElsewhere())
 
     def ours():
         """The run's checkpoint, or None while the file there is an earlier run's."""
@@ -1099,6 +1117,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         dropout = {name: layer.rng.bit_generator.state for name, layer in dropout_layers(model)}
         every_rank = comm.gather(dropout) if comm.size > 1 else None
         if not comm.is_root:
+            if aside is not None:   # rank 0 writes the new run's checkpoint now
+                aside.dropped = True
             return
         state = {"config": dataclasses.asdict(cfg), "architecture": model.get_config(),
                  "optimizer": None, "schedule": schedule.state_dict(), "epoch": epoch,

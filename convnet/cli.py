@@ -753,13 +753,16 @@ def main(argv=None):
                 quiet.enter_context(contextlib.redirect_stderr(held))
             args = parser.parse_args(argv)
     except SystemExit as done:     # --help (0), or a usage error argparse has printed (2)
-        if done.code not in (0, None):   # (a rank's own, of mpiexec's several programs,
-            from convnet.train.distributed import abort_if_parallel   # said in its abort
-            said = held.getvalue().strip().splitlines()                 # line: said once)
+        if done.code not in (0, None):
+            # Under mpiexec a rank but 0 says its own usage error in its abort line (in a
+            # launch of several programs, A : B, it may be its own), after rank 0's.
+            from convnet.train.distributed import abort_if_parallel
+            said = held.getvalue().strip().splitlines()
             abort_if_parallel(done, said[-1] if said else
                               "convnet: its command line was refused (above)")
         raise                      # (a rank of mpiexec's several programs would end
-    if args.command is None:      # alone, and the others wait in a collective for good)
+                                   # alone, and the others wait in a collective for good)
+    if args.command is None:
         if not parallel or launch_rank() in (0, None):
             parser.print_help()
         return 0

@@ -295,6 +295,28 @@ def test_torchs_older_exporters_local_response_norm_is_refused_with_the_way_out(
         load_onnx(path)
 
 
+class ViewByProduct(torch.nn.Module):
+    """The classic flatten x.view(-1, x.size(1) * x.size(2) * x.size(3))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(x.view(-1, x.size(1) * x.size(2) * x.size(3)))
+
+
+def test_a_flatten_by_the_product_of_the_sizes_is_read(tmp_path):
+    """The TorchScript exporter with a dynamic batch writes the target shape as Shape ->
+    Gather -> Mul -> Concat: refused as an unsupported Mul, it is a flatten."""
+    net = torch_model(ViewByProduct)
+    path = torch_export(net, tmp_path / "view.onnx", (3, 8, 8), opset_version=17)
+    assert "Mul" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    compare_with_torch(net, load_onnx(path), (3, 8, 8))
+
+
 @pytest.mark.parametrize("preserve", [False, True], ids=["bn-folded", "bn-kept"])
 def test_torch_small_cnn(tmp_path, preserve):
     """torch folds eval-mode BN into the CONV by default; TrainingMode.PRESERVE keeps the
@@ -604,10 +626,15 @@ def test_dropout_identity_and_global_pool(tmp_path):
     ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, 7),      # pads 1, 1: symmetric
     ({"pads": [1, 1, 0, 0], "strides": [2, 2]}, 8),          # the end pad is never reached
     ({"auto_pad": "VALID"}, 6),
+    ({"auto_pad": "SAME_UPPER", "strides": [2, 2], "kernel": 1}, 8),   # pads max(0, -1)
+    ({"auto_pad": "SAME_LOWER", "strides": [3, 3], "kernel": 2}, 9),   # pads max(0, -1)
 ])
 def test_conv_pads_that_convnet_can_represent(tmp_path, attrs, size):
+    """A stride wider than the window under auto_pad (Keras's 1x1/2 "same" shortcut)
+    had been refused as a negative pad: the spec and onnxruntime pad it by 0."""
+    k = attrs.pop("kernel", 3)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", **attrs)]
-    path = make_model(nodes, {"W": weights(4, 3, 3, 3), "B": weights(4, seed=1)},
+    path = make_model(nodes, {"W": weights(4, 3, k, k), "B": weights(4, seed=1)},
                       ["N", 3, size, size], None, tmp_path / "conv.onnx")
     compare_with_ort(path, load_onnx(path), (3, size, size))
 

@@ -23,8 +23,9 @@ The graph is read node by node, each node (or a small group of nodes) becoming a
     Squeeze, Mul, Add, Pow, Div) -> one layer
 
 A Reshape's target shape may be computed from the input's shape (Shape, Gather,
-Unsqueeze, Squeeze, Concat, Cast, Slice: torch's x.view(x.size(0), -1) with a dynamic
-batch axis); those nodes are read only as far as the Reshape needs them.
+Unsqueeze, Squeeze, Concat, Cast, Slice, Mul: torch's x.view(x.size(0), -1), or
+x.view(-1, x.size(1) * x.size(2) * x.size(3)), with a dynamic batch axis); those nodes
+are read only as far as the Reshape needs them.
 
 then the graph's shape is read back into convnet's containers: a chain of layers becomes a
 Sequential; where a tensor forks, the paths must meet again at one Add (a Residual: body
@@ -143,7 +144,7 @@ _MAX_RANK = 8                   # dims of one tensor
 # Operators read on small integer tensors computed from the input's shape, as a flatten's
 # target shape (torch's x.view(x.size(0), -1) with a dynamic batch axis), and the longest
 # chain of them read.
-_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Mul")
 _MAX_SHAPE_CHAIN = 64
 # Operators through which an unsupported node is followed to a Pad whose pads it computes
 _PAD_SHAPE_OPS = (*_SHAPE_OPS, "ConstantOfShape", "Constant", "Reshape", "Transpose")
@@ -1268,6 +1269,13 @@ class _Importer:
         if op == "Squeeze" and isinstance(data, list) and len(data) == 1 and \
                 axes() in ([0], [-1]):
             return data[0]
+        if op == "Mul" and len(node.input) == 2:   # sizes multiplied: a flatten's count
+            other = arg(1)
+            pairs = (list(zip(data, other)) if isinstance(data, list) and isinstance(
+                other, list) and len(data) == len(other) else [(data, other)])
+            if all(isinstance(a, int) and isinstance(b, int) for a, b in pairs):
+                products = [a * b for a, b in pairs]
+                return products if isinstance(data, list) else products[0]
         if op == "Slice" and isinstance(data, list) and len(node.input) >= 3:
             starts, ends = arg(1), arg(2)
             step = arg(4) if len(node.input) > 4 and node.input[4] else [1]
@@ -1355,11 +1363,17 @@ class _Importer:
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             pads = [0] * 4
             for a, (size, k, s, d) in enumerate(zip(hw, kernel, strides, dilations)):
+                # A stride wider than the window (a 1x1/2 "same" shortcut) gives a negative
+                # total: a Conv pads 0 (the spec's max(0, .), as onnxruntime); onnxruntime's
+                # pools refuse it ("padding values must be non-negative"), and so do we.
                 total = (-(-size // s) - 1) * s + d * (k - 1) + 1 - size
-                if total < 0:       # the spec's formula gives negative pads (cropping)
+                if total < 0 and op == "Conv":
+                    total = 0
+                if total < 0:
                     raise self.error(node, f"attribute auto_pad={auto_pad!r} gives a "
                                            f"negative total pad {total} (stride {s} > "
-                                           f"kernel {k}), which convnet cannot represent")
+                                           f"window {d * (k - 1) + 1}), which onnxruntime's "
+                                           f"{op} refuses too")
                 small, large = total // 2, total - total // 2
                 pads[a], pads[a + 2] = ((small, large) if auto_pad == "SAME_UPPER"
                                         else (large, small))

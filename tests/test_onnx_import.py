@@ -156,6 +156,17 @@ def test_small_dense_block_model(tmp_path):
     assert isinstance(imported["dense"], DenseBlock)
 
 
+def test_dense_blocks_in_a_row_come_back_as_they_were(tmp_path):
+    """Two DenseBlocks one after the other had come back as one block named "dense"
+    (keys 0.l1.weight as dense.0.l1.weight): the same numbers, but not its own weights."""
+    rng = np.random.default_rng(4)
+    model = Sequential(DenseBlock({"l1": Conv2d(4, 2, 1, rng=rng)}),
+                       DenseBlock({"l1": Conv2d(6, 2, 1, rng=rng)}))
+    imported = round_trip(model, tmp_path, (4, 5, 5), batches=(2,))
+    same_keys(imported, model)
+    assert [type(layer) for layer in imported] == [DenseBlock, DenseBlock]
+
+
 # -- files written by torch.onnx.export -----------------------------------------------------
 class SmallCNN(torch.nn.Module):
     def __init__(self):

@@ -2262,7 +2262,10 @@ class _Names:
                 layer = self.container(group, prefix + [rel[0]])
             pairs.append((unique(rel[0]), layer))
             i = j
-        if top and len(pairs) > 1 and all(isinstance(it, _Block) and it.dense for it in items):
+        # dense steps alone at the top (a DenseBlock exported as the model): one block;
+        # steps named inside stages ("0.l1", "1.l1": DenseBlocks in a row) stay theirs
+        if top and len(pairs) > 1 and all(isinstance(it, _Block) and it.dense for it in items) \
+                and all(len(self._relative(it, prefix) or [None]) == 1 for it in items):
             return [("dense", self.container(items, prefix))]
         return pairs
 

@@ -221,12 +221,18 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     """Write each stage's activation maps for one image: one row of up to max_maps
     channels per stage (its title says so where a stage has more), each map min-max
     scaled (maps of one value, as after global average pooling, on the stage's common
-    scale); returns path. title: a line on top."""
+    scale); returns path. title: on top, wrapped to the figure's width (at least 4
+    inches with a title)."""
     maps = stage_activations(model, x)
     if not maps:
         raise ValueError("the model has no stage with a volume output to show")
     cols = min(max_maps, max(a.shape[0] for _, a in maps))
-    fig = _figure(figsize=(cols * 0.4 * scale, len(maps) * 0.45 * scale))
+    fig_w = max(cols * 0.4 * scale, 4.0 if title else 0.0)   # a title wraps within 4 in
+    lines = textwrap.wrap(title, max(1, int(fig_w * 72 / (9 * CHAR_EMS)))) if title else []
+    top = len(lines) * 1.2 * 9 / 72 + 0.15 if lines else 0.0      # inches for the title
+    fig_h = len(maps) * 0.45 * scale + top
+    fig = _figure(figsize=(fig_w, fig_h))
+    fig.subplots_adjust(top=min(0.88, 1 - top / fig_h) if lines else 0.88)
     axes = fig.subplots(len(maps), cols, squeeze=False)
     for row, (name, act) in enumerate(maps):
         single = act.shape[1] * act.shape[2] == 1     # one value a map: compare channels
@@ -239,8 +245,9 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
         shown = f" (its first {cols} maps)" if act.shape[0] > cols else ""
         axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}{shown}",
                                fontsize=7, loc="left", parse_math=False)   # names as given:
-    if title:                                                      # "$x$" is not math
-        fig.suptitle(title, fontsize=9, parse_math=False)
+    if lines:                                                      # "$x$" is not math
+        fig.suptitle("\n".join(lines), fontsize=9, y=1 - 0.05 / fig_h, va="top",
+                     parse_math=False)
     return _save(fig, path)
 
 

@@ -309,3 +309,30 @@ def test_show_activations_says_where_a_stage_has_more_maps_than_it_draws(tmp_pat
     plot_activations(net, np.ones((1, 1, 4, 4)), tmp_path / "a.png")
     assert any(t.endswith("4x4x64 (its first 32 maps)") for t in titles), titles
     assert any(t.endswith("4x4x8") for t in titles), titles
+
+
+def test_a_title_over_few_activation_maps_is_wrapped_within_the_picture(tmp_path,
+                                                                         monkeypatch):
+    """`convnet show activations` on a net of 2 channels made a 160-pixel-wide picture
+    whose title (with its "untrained" warning) was cut at both ends."""
+    pytest.importorskip("matplotlib")
+    import convnet.plot as plot
+    from convnet.models.notation import from_notation
+    figures = []
+    real = plot._save
+
+    def kept(fig, path):
+        figures.append(fig)
+        return real(fig, path)
+    monkeypatch.setattr(plot, "_save", kept)
+    text = "INPUT 8x8x1 -> CONV 2 -> RELU -> POOL -> CONV 2 -> FC 10"
+    net = from_notation(text, rng=np.random.default_rng(0))
+    title = f"{text}: untrained (random initial weights, nothing learned)"
+    plot.plot_activations(net, np.ones((1, 1, 8, 8)), tmp_path / "a.png", title=title)
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    box = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    assert " ".join(fig.get_suptitle().split()) == title            # all of it, wrapped
+    top_row = max(ax.get_window_extent(renderer).y1 for ax in fig.axes)
+    assert box.y0 >= top_row                                         # above the maps

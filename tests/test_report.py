@@ -254,6 +254,21 @@ def test_branches_are_drawn_as_branches(browser, pages, capsys, name, adds, join
     check_summary_table(browser, summary_json(capsys, name, "--input", "3x64x64"))
 
 
+def test_googlenets_auxiliary_heads_are_drawn_as_side_branches(browser, pages):
+    """A GoogLeNet with its auxiliary heads had failed: the volume after a head was
+    taken to be the head's scores, and the next Inception module refused it."""
+    from convnet.zoo.googlenet import googlenet_torchvision
+    model = googlenet_torchvision(input_size=64, aux_logits=True)
+    model.input_shape = (3, 64, 64)
+    page = pages / "googlenet_aux.html"
+    write_report(model, page, source="googlenet with aux heads",
+                 images=[str(pages / "picture0.png")])
+    check_page(browser, page)
+    svg = browser.find_element("css selector", "#architecture svg")
+    assert len(svg.find_elements("css selector", "g.fork.side")) == 2
+    assert len(svg.find_elements("css selector", "g.fork.concat")) == 9
+
+
 @pytest.mark.parametrize("name", ["vgg16", "densenet121"])
 def test_large_models_stay_small_and_fast(browser, pages, name):
     page = pages / f"{name}.html"
@@ -444,6 +459,7 @@ def test_many_classes_make_a_picture_not_a_table_of_k_squared_cells():
     uri = html.split('id="confusion" src="', 1)[1].split('"', 1)[0]
     picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert picture[3, 7] < 255 and picture[5, 5] == 255 and picture[0, 1] == 255   # white: 0
+    assert '<div class="scroll"><table id="confused-pairs">' in html   # not widening the page
     pairs = html.split('id="confused-pairs"', 1)[1]
     assert pairs.index("<td>class 3</td><td>class 7</td>") < pairs.index(
         "<td>class 8</td><td>class 2</td>")
@@ -462,6 +478,16 @@ def test_long_class_names_wrap_instead_of_widening_the_page(browser, pages, tmp_
     page = tmp_path / "r.html"
     assert main(["report", str(run / "model.json"), "--images", str(pages / "picture0.png"),
                  "--out", str(page)]) == 0
+    open_page(browser, page)
+    assert browser.execute_script("return document.documentElement.scrollWidth "
+                                  "<= window.innerWidth")
+    # a long image file name, in the notes at the top and in the samples, wraps too
+    image = tmp_path / ("y" * 240 + ".png")
+    shutil.copy(pages / "picture0.png", image)
+    page = tmp_path / "long.html"
+    assert main(["report", str(pages / "run" / "model.json"), "--images", str(image),
+                 "--out", str(page)]) == 0
+    assert "y" * 240 in page.read_text()
     open_page(browser, page)
     assert browser.execute_script("return document.documentElement.scrollWidth "
                                   "<= window.innerWidth")
@@ -644,6 +670,7 @@ def test_a_fine_tuning_runs_summary_counts_what_it_froze(tmp_path):
     text = build_report(model, source=str(tuned.model_path))
     assert "(trainable 1,290, frozen 80)" in text, text[text.find("trainable"):][:80]
     assert "with the stages its --freeze kept fixed counted as frozen" in text
+    assert "80 *</td>" in text and "* frozen: parameters held at their values" in text
     assert not any(layer.frozen for _, layer in model.named_layers())   # put back
 
 

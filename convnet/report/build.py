@@ -393,6 +393,9 @@ def _summary(result, from_run):
                      f'data-key="{key}"{data_value(m[key])}>{esc(format_bytes(m[key]))}</td>'
                      f'</tr>' for key, label, how in memory_rows)
     frozen = f", frozen {result.frozen_params:,}" if result.frozen_params else ""
+    if result.frozen_params:     # what the table's stars mean
+        table += ('<p class="note" id="frozen-key">* frozen: parameters held at their '
+                  'values in training (--freeze), with no gradient or optimizer state.</p>')
     advice = notes_list(result.advice)
     command = "convnet summary"
     if from_run:
@@ -598,9 +601,9 @@ def _confusion_picture(confusion, classes):
                    f'<td class="num">{off[i, j]}</td><td class="num">'
                    f'{off[i, j] / max(int(confusion[i].sum()), 1):.1%}</td></tr>'
                    for i, j in pairs)
-    listed = (f'<table id="confused-pairs"><thead><tr><th>true</th><th>predicted</th>'
-              f'<th class="num">images</th><th class="num">of the true class</th></tr>'
-              f'</thead><tbody>{rows}</tbody></table>' if pairs else
+    listed = (f'<div class="scroll"><table id="confused-pairs"><thead><tr><th>true</th>'
+              f'<th>predicted</th><th class="num">images</th><th class="num">of the true '
+              f'class</th></tr></thead><tbody>{rows}</tbody></table></div>' if pairs else
               '<p class="note">No test image is confused with another class.</p>')
     return (f'<p class="note">{k} classes, one pixel a cell (or more): white where no '
             f'image went, else the share of the row from dark (a few) to yellow (all); '

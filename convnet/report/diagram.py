@@ -126,9 +126,9 @@ def _items(layer, name, shape, rows):
             forks.append(_Fork(full(key), "concat", label, [[], lane], shape))
         return forks, shape
     items, out = chain([key for key, _ in layer.named_children()], shape)
-    if type(layer) is not Sequential and out == tuple(shape) \
-            and tuple(layer.output_shape(shape)) == tuple(shape):
-        # a side head (GoogLeNet's AuxClassifier): its input passes on unchanged
+    if type(layer) is not Sequential and tuple(layer.output_shape(shape)) == tuple(shape):
+        # a side head (GoogLeNet's AuxClassifier, whose own layers end in its scores):
+        # its input passes on unchanged
         return [_Fork(name, "side", f"{type(layer).__name__}: a side branch",
                       [[], items], tuple(shape))], tuple(shape)
     return items, out

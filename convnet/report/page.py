@@ -31,7 +31,7 @@ a { color: #1f5fa8; }
 #status.unknown { background: #eef1f5; border-left: 6px solid #607d8b; }
 .badge { font-weight: bold; font-size: 16px; }
 .facts { margin: 6px 0 0; overflow-wrap: anywhere; }
-h1, h2, h3 { overflow-wrap: anywhere; }
+h1, h2, h3, p, li { overflow-wrap: anywhere; }   /* a long path or name wraps */
 .note { color: #555; }
 ul.notes { margin: 6px 0; padding-left: 20px; color: #555; }
 .scroll { overflow: auto; max-height: 85vh; border: 1px solid #e4e4e4; }

@@ -281,7 +281,9 @@ def cmd_eval(args):
     _trained(args, model)
     _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
-                                           where=args.model, all_images=args.all_images)
+                                           where=args.model, all_images=args.all_images,
+                                           changed_hint="; to score every image of "
+                                                        "another folder: --all-images")
     for note in notes:
         _note(args, note)
     info = getattr(model, "info", None) or {}
@@ -744,7 +746,7 @@ def main(argv=None):
     from convnet.functional.threads import SETTING_ERROR
     from convnet.train.distributed import launch_rank, launch_size
     parser = build_parser()
-    parallel = launch_size() not in (0, 1)
+    parallel = _several_processes(launch_size())
     held = io.StringIO()   # under mpiexec, a rank but 0's argparse help and usage errors
     try:
         with contextlib.ExitStack() as quiet:
@@ -806,6 +808,19 @@ def main(argv=None):
         _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
+
+
+def _several_processes(size):
+    """Whether an MPI launcher started this process among several: its size, or for a
+    launch that does not say it (PMIx), MPI's (mpi4py imported to ask; False where that
+    fails, as training would then say)."""
+    if size is not None:
+        return size > 1
+    from convnet.train.distributed import from_environment
+    try:
+        return from_environment().size > 1
+    except Exception:
+        return False
 
 
 def _resume_hint(interrupt):

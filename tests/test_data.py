@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convnet.data import DATASETS, DataSplits, load_dataset
+from convnet.data import DATASETS, DataSplits, load_dataset, untrained_classes
 from convnet.data.cifar import (
     CIFAR10_CLASSES,
     CifarUnpickler,
@@ -1008,10 +1008,14 @@ def test_an_empty_test_split_is_refused_and_untrained_classes_are_noted(tmp_path
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", np.array(labels, np.uint8))
     splits = load_dataset(folder)
     assert len(splits.classes) == 256
-    assert ("245 of the 256 classes have no training images (10, 11, 12, 13, 14, 15, 16, "
-            "17, ...): the model's outputs for them are never trained (IDX files name no "
-            "classes: they count up to the largest label)") in splits.notes
-    assert not any("no training images" in n for n in load_dataset("digits").notes)
+    assert untrained_classes(splits.train[1], splits) == (
+        "245 of the 256 classes have no training images (10, 11, 12, 13, 14, 15, 16, 17, "
+        "...): the model's outputs for them are never trained (IDX files name no classes: "
+        "they count up to the largest label)")
+    digits = load_dataset("digits")
+    assert untrained_classes(digits.train[1], digits) is None
+    assert untrained_classes(digits.train[1][digits.train[1] != 4], digits).startswith(
+        "1 of the 10 classes has no training images (4): ")
 
 
 @pytest.mark.parametrize("form", ["binary", "python"])

@@ -899,6 +899,13 @@ def test_layers_refuse_the_float_dtypes_they_do_not_compute_in():
             with pytest.raises(ValueError, match=r"expected a floating-point array \(float32 "
                                                  rf"or float64\), got dtype {x.dtype}"):
                 layer.forward(x)
+        with pytest.raises(ValueError, match=r"\(float32 or float64\), got dtype"):
+            Dropout(0.5).forward(np.zeros((2, 3), dtype))
+    # either byte order of float32 is float32 (a file's big-endian array)
+    swapped = np.arange(32, dtype=">f4").reshape(1, 2, 4, 4)
+    conv = Conv2d(2, 2, 3)
+    assert np.array_equal(conv.forward(swapped), conv.forward(swapped.astype(np.float32)))
+    assert Dropout(0.5).forward(swapped).shape == swapped.shape
 
 
 def test_identity_passes_values_and_gradients_through_as_pytorchs():

@@ -782,3 +782,31 @@ def test_sync_batch_norm_over_ranks_matches_pytorch_and_central_differences(seed
     assert rel_error(sum(g[1] for g in grads), wt.grad.numpy()) < 1e-10
     assert rel_error(sum(g[2] for g in grads), bt.grad.numpy()) < 1e-10
     assert rel_error(dx, numerical_grad(lambda: forward()[1], x, dout)) < 1e-7
+
+
+def test_a_pmix_launch_of_one_process_runs_any_command(monkeypatch, capsys):
+    """A PMIx launcher names the rank but not the size (srun --mpi=pmix -n 1): every
+    command but train had been refused as if it ran on several processes."""
+    from convnet.cli import main
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PMIX_RANK", "0")
+    assert launch_size() is None
+    monkeypatch.setattr(distributed, "from_environment", lambda: Communicator())
+    assert main(["summary", "INPUT 8x8x1 -> FC 10"]) == 0
+    assert "params" in capsys.readouterr().out
+
+
+def test_rank_0s_error_passed_on_is_not_renamed_as_a_resumed_setting():
+    """On --resume, errors from the checkpoint's settings name the checkpoint; rank 0's
+    error passed to the other ranks (a RootsError, which rank 0 alone prints) had been
+    turned into another error, and printed again."""
+    from convnet.train.distributed import RootsError
+    from convnet.train.loop import _resumed_settings
+    with pytest.raises(RootsError) as info:
+        with _resumed_settings("run/checkpoint.safetensors"):
+            raise RootsError("rank 0's error")
+    assert str(info.value) == "rank 0's error"
+    with pytest.raises(ValueError, match=r"(?s)bad.*settings come from run/checkpoint"):
+        with _resumed_settings("run/checkpoint.safetensors"):
+            raise ValueError("bad")

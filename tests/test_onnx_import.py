@@ -4,6 +4,7 @@ and external data, each compared with the model it came from or with onnxruntime
 import contextlib
 import io
 import os
+import time
 import warnings
 
 import numpy as np
@@ -317,6 +318,37 @@ class ViewByProduct(torch.nn.Module):
     def forward(self, x):
         x = self.conv(x)
         return self.fc(x.view(-1, x.size(1) * x.size(2) * x.size(3)))
+
+
+def test_shape_arithmetic_that_multiplies_past_any_size_is_refused(tmp_path):
+    """Squarings of a size had reached the Reshape as a number past int64 (NumPy's
+    OverflowError, shown as an unexpected error; 26 of them had taken 42 s): a product
+    over MAX_VOLUME is refused at its node."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "one"], ["c"], name="pick", axis=0),
+             helper.make_node("Mul", ["c", "c"], ["c2"], name="square")]
+    name = "c2"
+    for i in range(8):           # 3**(2**9): far past any size, and quick to make
+        nodes.append(helper.make_node("Mul", [name, name], [f"q{i}"], name=f"square{i}"))
+        name = f"q{i}"
+    nodes += [helper.make_node("Unsqueeze", [name, "axes"], ["u"], name="u"),
+              helper.make_node("Concat", ["minus", "u"], ["shape2"], name="cat", axis=0),
+              helper.make_node("Reshape", ["x", "shape2"], ["y"], name="flat")]
+    ints = {"one": np.array(1, np.int64), "axes": np.array([0], np.int64),
+            "minus": np.array([-1], np.int64)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in ints.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    path = tmp_path / "mul.onnx"
+    onnx.save(proto, str(path))
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"\(Mul\): multiplies sizes to .*, more than the "
+                                         r"268,435,456 values a sample may have"):
+        load_onnx(path)
+    assert time.perf_counter() - started < 5
 
 
 def test_a_flatten_by_the_product_of_the_sizes_is_read(tmp_path):

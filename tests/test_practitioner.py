@@ -439,6 +439,17 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     assert " on 2 test images of " in capsys.readouterr().out
     assert main(["eval", model, "--data", str(split), "--all-images"]) == 0
     assert " on 6 images of " in capsys.readouterr().out
+    # the folder it trained on: scored whole, with a note that says so
+    assert main(["eval", model, "--data", str(data), "--all-images"]) == 0
+    captured = capsys.readouterr()
+    assert " on 20 images of " in captured.out
+    assert "was trained on this folder's images (the same files): its training images " \
+           "are scored too" in captured.err
+    # report --data has no --all-images: its refusal does not name it
+    assert main(["report", model, "--data", str(other), "--out",
+                 str(tmp_path / "r.html")]) == 1
+    err = error_line(capsys)
+    assert "holds 12 images where training had 20" in err and "--all-images" not in err
 
 
 def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):

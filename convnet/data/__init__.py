@@ -80,9 +80,9 @@ class DataSplits:
     val: tuple | None = None
     notes: list = field(default_factory=list)
     resized: bool = False
-    # A test split drawn from one image folder: that folder's files, {"files": count,
-    # "sha256": of their sorted relative paths}; the same seed draws the same test images
-    # only from the same files (see files_fingerprint).
+    # One image folder (its test split drawn from it, or with all_images read whole):
+    # that folder's files, {"files": count, "sha256": of their sorted relative paths}; the
+    # same seed draws the same test images only from the same files (files_fingerprint).
     drawn_from: dict | None = None
     kind: str | None = None
     split_notes: list = field(default_factory=list)
@@ -215,7 +215,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         x, y = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
         splits = replace(splits, train=(x[:0], y[:0]), val=None, test=(x, y),
                          notes=[n for n in splits.notes if n not in splits.split_notes],
-                         split_notes=[], drawn_from=None)
+                         split_notes=[])
     _check_filled(splits, name_or_path, test_only or all_images)
     if test_only:       # before the other splits are resized or converted
         x = splits.test[0]
@@ -225,24 +225,28 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
 
 def _check_filled(splits, where, test_only=False):
     """Refuse a data set whose test split (or, unless test_only, training split) holds no
-    image: a test accuracy of 0 images says nothing. Unless test_only, a note in
-    splits.notes names the classes no training image has (a stray label 255 among the
-    digits of an IDX folder makes 256 classes; EMNIST's letters leave label 0 unused):
-    the model's outputs for them are never trained."""
+    image: a test accuracy of 0 images says nothing."""
     for part, split in ((splits.test, "test"), (None if test_only else splits.train, "training")):
         if part is not None and len(part[1]) == 0:
             raise ValueError(f"{where}: its {split} split holds no images")
-    if test_only:
-        return
-    counts = np.bincount(splits.train[1], minlength=len(splits.classes))
+
+
+def untrained_classes(y_train, splits):
+    """A note naming the classes of ``splits`` that no label in y_train has (a stray
+    label 255 among the digits of an IDX folder makes 256 classes; EMNIST's letters
+    leave label 0 unused), or None: a model trained on y_train never trains its outputs
+    for them."""
+    counts = np.bincount(y_train, minlength=len(splits.classes))
     empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        shown = ", ".join(str(splits.classes[i]) for i in empty[:8]) + (
-            ", ..." if empty.size > 8 else "")
-        inferred = splits.kind is None and splits.classes[0] == "0"    # IDX: labels only
-        splits.notes.append(
-            f"{empty.size} of the {len(splits.classes)} classes have no training images "
-            f"({shown}): the model's outputs for them are never trained"
+    if not empty.size:
+        return None
+    shown = ", ".join(str(splits.classes[i]) for i in empty[:8]) + (
+        ", ..." if empty.size > 8 else "")
+    inferred = splits.kind is None and splits.classes[0] == "0"     # IDX: labels only
+    return (f"{empty.size} of the {len(splits.classes)} classes "
+            f"{'has' if empty.size == 1 else 'have'} no training images "
+            f"({shown}): the model's {'output' if empty.size == 1 else 'outputs'} for "
+            f"{'it is' if empty.size == 1 else 'them are'} never trained"
             + (" (IDX files name no classes: they count up to the largest label)"
                if inferred else ""))
 
@@ -477,7 +481,9 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     for split in ("val", "test"):
         if split in loaded:
             split_notes += _seen(loaded[split][0], loaded["train"][0], split)
-    drawn = None if hold_out is None else files_fingerprint(parts["train"], scans["train"][0])
+    # the files a test split is drawn from (or, a folder read whole, its files)
+    drawn = files_fingerprint(parts["train"], scans["train"][0]) if list(parts) == [
+        "train"] else None
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
                       val=loaded.get("val"), notes=notes + split_notes, resized=resized,
                       drawn_from=drawn, split_notes=split_notes)

@@ -46,7 +46,7 @@ def _masked(a, keep, scale):
     """a * keep * scale in a's dtype: the kept values a * scale, the dropped a * 0 (NaN
     for an inf, without NumPy's warning: the NaN is the answer)."""
     with np.errstate(invalid="ignore"):
-        out = np.multiply(a, keep, dtype=a.dtype)
+        out = np.multiply(a, keep, dtype=a.dtype.type)     # native byte order
         out *= a.dtype.type(scale)
     return out
 

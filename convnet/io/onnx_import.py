@@ -1275,6 +1275,10 @@ class _Importer:
                 other, list) and len(data) == len(other) else [(data, other)])
             if all(isinstance(a, int) and isinstance(b, int) for a, b in pairs):
                 products = [a * b for a, b in pairs]
+                if any(abs(v) > limits.MAX_VOLUME for v in products):   # no size is larger
+                    raise self.error(node, f"multiplies sizes to {max(products, key=abs):.3g}"
+                                           f", more than the {limits.MAX_VOLUME:,} values a "
+                                           f"sample may have (convnet.limits.MAX_VOLUME)")
                 return products if isinstance(data, list) else products[0]
         if op == "Slice" and isinstance(data, list) and len(node.input) >= 3:
             starts, ends = arg(1), arg(2)

@@ -43,7 +43,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng() if rng is None else rng
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        if not isinstance(x, np.ndarray) or x.dtype.type not in (np.float32, np.float64):
             got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"{self.where}: expected a floating-point NumPy array "
                              f"(float32 or float64), got {got}")

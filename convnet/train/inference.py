@@ -68,7 +68,8 @@ def class_names(model):
     return [str(i) for i in range(count)]
 
 
-def evaluation_data(model, data, root=None, where="the model", all_images=False):
+def evaluation_data(model, data, root=None, where="the model", all_images=False,
+                    changed_hint=""):
     """A data set's test images prepared as ``model`` was trained: (x, y, classes, notes).
 
     The images are resized to the model's input (bilinear) and converted to its channels
@@ -81,9 +82,11 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False)
 
     all_images=True: every image of the data instead, not split (load_dataset's
     all_images), for a folder of images the model never trained on; a model without a
-    record is then normalized with their statistics.
+    record is then normalized with their statistics, and a note says where the model's
+    record shows it was trained on this data. changed_hint ends the error for a folder
+    whose files changed since training.
     """
-    from convnet.data import check_drawn_split, load_dataset
+    from convnet.data import DATASETS, check_drawn_split, load_dataset
     from convnet.data.folder import nfc
     from convnet.data.transforms import Normalize, to_float
 
@@ -106,9 +109,17 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False)
                           check_classes=check_classes, test_only=stats,
                           all_images=all_images)
     if not all_images:
-        check_drawn_split(info.get("split_files"), splits, data, where,
-                          hint="; to score every image of another folder: --all-images")
+        check_drawn_split(info.get("split_files"), splits, data, where, hint=changed_hint)
     notes = list(splits.notes)
+    recorded = info.get("split_files")
+    if all_images and recorded and splits.drawn_from == recorded:
+        notes.append(f"{where} was trained on this folder's images (the same files): its "
+                     f"training images are scored too")
+    elif all_images and not recorded and info.get("data") == splits.name:
+        notes.append(f"{where} was trained on the training images of {splits.name}: they "
+                     f"are scored too" if splits.name in DATASETS else
+                     f"{where} was trained on data named {splits.name}: if this is that "
+                     f"data, its training images are scored too")
     classes = list(splits.classes)
     x, y = splits.test
     if stats:       # the images, and the test images as floats with one temporary

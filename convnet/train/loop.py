@@ -53,7 +53,13 @@ except ImportError:              # Windows: runs do not lock their directories (
 
 from convnet import limits
 from convnet.analysis import counted
-from convnet.data import check_drawn_split, data_folder, load_dataset, takes_root
+from convnet.data import (
+    check_drawn_split,
+    data_folder,
+    load_dataset,
+    takes_root,
+    untrained_classes,
+)
 from convnet.data.folder import nfc
 from convnet.data.loader import train_val_split
 from convnet.data.preprocess import border_range, brightness_range, check_info
@@ -751,7 +757,8 @@ def _resumed_settings(ckpt_path):
     try:
         yield
     except ValueError as error:
-        if ckpt_path is None or str(ckpt_path) in str(error):
+        # (a RootsError is rank 0's error, passed on: rank 0 says it, and names what it must)
+        if ckpt_path is None or str(ckpt_path) in str(error) or isinstance(error, RootsError):
             raise
         lines = error.lines if isinstance(error, MultilineError) else (str(error),)
         raise MultilineError(*lines, f"    (the settings come from {ckpt_path}, which "
@@ -1135,8 +1142,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         if aside is not None:        # the new run can be resumed: the old one goes
             aside.drop()
 
-    for note in splits.notes:
-        log(note)
+    for note in splits.notes + [untrained_classes(y_train, splits)]:
+        if note:
+            log(note)
     if ckpt is None and defaults in DEFAULTS and defaults != splits.name:
         log(f"{splits.name} is in {defaults}'s format: {defaults}'s defaults apply")
     elif ckpt is None and splits.name in DEFAULTS and defaults != splits.name:

@@ -84,7 +84,7 @@ def check_input(x, channels, where, rank=4):
     written for longer floats); say what is wrong."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{where}: expected a NumPy array, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64):
+    if x.dtype.type not in (np.float32, np.float64):       # either byte order
         raise ValueError(f"{where}: expected a floating-point array (float32 or float64), "
                          f"got dtype {x.dtype}; convert with x.astype(np.float32)")
     if x.ndim != rank:

@@ -573,8 +573,9 @@ def build_parser():
                    help="evaluate on each image and its mirror image (default: on when "
                         "training flips the images, --augment with --flip)")
     p.add_argument("--translate", type=int_type(0, 1024), metavar="PIXELS",
-                   help="with --augment: the largest random shift (default: the data set's, "
-                        "or 1/8 of the image size)")
+                   help="augmentation: the largest random shift, less than the image's "
+                        "side (turns --augment on where the data set's default is off; "
+                        "default: the data set's, or 1/8 of the image size)")
     p.add_argument("--time-limit", type=duration, metavar="TIME",
                    help="plan the run to end within TIME (e.g. 10m, 90s, 1h): time a few "
                         "steps, then set the epochs so that the schedule ends in time "
@@ -583,8 +584,9 @@ def build_parser():
                    help="random shifts (--translate) and flips (--flip) of the training "
                         "images (default: the data set's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --augment: mirror half the training images (default: the data "
-                        "set's; not for digits)")
+                   help="augmentation: mirror half the training images (turns --augment on "
+                        "where the data set's default is off; default: the data set's; not "
+                        "for digits)")
     p.add_argument("--val-fraction", type=float_type(0, 1, True, True), default=0.1,
                    metavar="F", help="share of the training images held out for validation "
                                      "(0.1), unless the data has a val/ folder")

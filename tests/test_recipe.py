@@ -390,7 +390,8 @@ def test_time_limit_counts_each_epochs_writes(tmp_path, monkeypatch):
 def test_the_plan_over_ranks_times_the_allreduce_and_a_share_of_the_evaluation(
         tmp_path, monkeypatch):
     """Under mpiexec the timing copy's steps left out the gradients' Allreduce, and the
-    evaluation was counted for every image where each rank evaluates its share."""
+    evaluation was counted for every image where each rank evaluates its share; the
+    checkpoints --checkpoint-every adds inside an epoch were left out everywhere."""
     from convnet.train import loop
     from convnet.train.distributed import Communicator
     calls = []
@@ -401,23 +402,27 @@ def test_the_plan_over_ranks_times_the_allreduce_and_a_share_of_the_evaluation(
         def average_gradients(self, grads, weight=None, extra=None):
             calls.append(sorted(grads))
             return super().average_gradients(grads, weight, extra)
-    clock = iter(range(10**6))
     model = from_notation(SMALL, rng=np.random.default_rng(0))
-    cfg = TrainConfig(data="digits", model=SMALL, batch_size=32, time_limit=10**5,
-                      out=str(tmp_path)).resolved("digits", (1, 8, 8), 10)
     x = np.random.default_rng(1).standard_normal((300, 1, 8, 8)).astype(np.float32)
     y = np.arange(300) % 10
-    lines = []
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
-    loop.plan_epochs(cfg, model, x, y, 1000, 2000, 10, 0.0, Two(), lines.append)
-    assert len(calls) == loop.PROBE_WARMUP + loop.PROBE_STEPS
-    assert calls[0] == sorted(model.trainable_params())
     # Each reading of the clock 1 s after the last: the 6 timed steps 1 s in all, the
-    # inference of 256 images 1 s, the writes 1 s. An epoch of 10 steps and 1,000
-    # validation images, each rank evaluating half: 10/6 + 1000/256/2 + 1 = 4.6 s (on
-    # every image, 6.6 s).
-    epoch = re.search(r"an epoch with its validation about ([0-9.]+) s", lines[0])
-    assert epoch and float(epoch[1]) == 4.6, lines
+    # inference of 256 images 1 s, the checkpoint 1 s and the model 1 s. An epoch of 10
+    # steps and 1,000 validation images, each rank evaluating half: 10/6 + 1000/256/2 +
+    # 2 = 5.6 s (on every image, 7.6 s). With a checkpoint every 3 batches, 3 more in the
+    # epoch (after batches 3, 6 and 9; the 10th is the epoch's own): 8.6 s (the plan had
+    # left them out, and the run overran its limit by a third).
+    for every, expected in ((None, 5.6), (3, 8.6)):
+        clock = iter(range(10**6))
+        cfg = TrainConfig(data="digits", model=SMALL, batch_size=32, time_limit=10**5,
+                          out=str(tmp_path), checkpoint_every=every).resolved(
+                              "digits", (1, 8, 8), 10)
+        lines, calls[:] = [], []
+        monkeypatch.setattr(loop.time, "perf_counter", lambda clock=clock: float(next(clock)))
+        loop.plan_epochs(cfg, model, x, y, 1000, 2000, 10, 0.0, Two(), lines.append)
+        assert len(calls) == loop.PROBE_WARMUP + loop.PROBE_STEPS
+        assert calls[0] == sorted(model.trainable_params())
+        epoch = re.search(r"an epoch with its validation about ([0-9.]+) s", lines[0])
+        assert epoch and float(epoch[1]) == expected, lines
 
 
 def test_a_run_can_train_with_a_named_conv_algorithm(tmp_path, monkeypatch):
@@ -549,3 +554,48 @@ def test_time_limit_keeps_a_share_of_a_short_limit_and_warns_when_no_epoch_fits(
     assert "1 epoch(s) fit" in text and len(result.history) == 1
     assert re.search(r"warning: not even one epoch fits in the time limit .* takes about "
                      r"\d+ s: give a longer --time-limit", text), text
+
+
+def test_the_data_share_of_an_epoch_leaves_out_its_checkpoint_writes(tmp_path, monkeypatch):
+    """With --checkpoint-every, the writes inside an epoch had been counted as time on
+    the data (26% of an epoch where slicing and shifting take 1%)."""
+    from convnet.train import loop
+    real = loop.save_checkpoint
+
+    def slow(*args, **kwargs):
+        time.sleep(0.02)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loop, "save_checkpoint", slow)
+    result = train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
+                               batch_size=32, checkpoint_every=1, out=str(tmp_path)),
+                   log=lambda *a: None, progress=False)
+    entry = result.history[0]
+    assert entry["seconds"] > 38 * 0.02                 # the 39 writes inside the epoch
+    assert entry["data_seconds"] < 0.2, entry
+
+
+def test_flip_or_translate_turn_augmentation_on_where_the_default_is_off(tmp_path,
+                                                                         monkeypatch):
+    """On a data set whose default has no augmentation (MNIST's), --flip and --translate
+    had been ignored without a word (with an explicit --no-augment they are an error).
+    They turn augmentation on, with only what they ask for; a shift as large as the
+    image is refused."""
+    from convnet.train import loop
+    real = loop.defaults_for
+    monkeypatch.setattr(loop, "defaults_for", lambda name: {**real(name), "augment": False})
+    for i, (given, shown) in enumerate(((dict(flip=True), "augmentation: flips"),
+                                        (dict(translate=2), "augmentation: shifts of up to "
+                                                            "2 px"))):
+        lines = []
+        train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
+                          out=str(tmp_path / str(i)), **given), log=lines.append,
+              progress=False)
+        text = "\n".join(lines)
+        assert "turns augmentation on (the defaults for digits have none): only what is " \
+               "asked for" in text and shown in text, text
+    with pytest.raises(ValueError, match=r"--translate 8: shifts of up to that many pixels "
+                                         r"move the 8x8 images \(W x H\) out of view; give "
+                                         r"at most 7"):
+        train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
+                          translate=8, out=str(tmp_path / "t8")),
+              log=lambda *a: None, progress=False)

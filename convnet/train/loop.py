@@ -958,6 +958,20 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     defaults = splits.kind if splits.kind in DEFAULTS else OTHER_NAME
     if ckpt is not None:
         defaults = recorded.get("defaults", splits.name)
+    elif cfg.augment is None and (cfg.flip or (cfg.translate or 0) > 0) \
+            and not defaults_for(defaults)["augment"]:
+        # an augmentation asked for by its shape turns augmentation on, where the data
+        # set's default has it off (it had been ignored without a word)
+        cfg.augment = True                   # and what was not asked for stays off
+        cfg.flip, cfg.translate = bool(cfg.flip), cfg.translate or 0
+        asked = " and ".join(text for text, given in (
+            ("--flip", cfg.flip), (f"--translate {cfg.translate}", cfg.translate)) if given)
+        log(f"{asked} turns augmentation on (the defaults for {splits.name} have none): "
+            f"only what is asked for")
+    if ckpt is None and (cfg.translate or 0) >= min(input_shape[1:]):
+        raise ValueError(f"--translate {cfg.translate}: shifts of up to that many pixels "
+                         f"move the {input_shape[2]}x{input_shape[1]} images (W x H) out of "
+                         f"view; give at most {min(input_shape[1:]) - 1}")
     cfg = cfg.resolved(defaults, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)
@@ -1217,11 +1231,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             shown.update(1, loss=sums["loss"] / sums["seen"],
                          acc=sums["correct"] / sums["seen"],
                          ips=seen / max(time.perf_counter() - tick, 1e-9))
-            tick = time.perf_counter()
             if cfg.checkpoint_every and batch % cfg.checkpoint_every == 0 \
                     and batch < batches_per_epoch:
                 agree()
                 checkpoint(epoch, batch, epoch_rng)
+            tick = time.perf_counter()   # the next batch's data time: its own, no write's
         shown.close()
         seconds = time.perf_counter() - epoch_start
         agree()
@@ -1335,7 +1349,8 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     batches (the run itself starts from the untouched model, so its result does not
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
     model into a temporary directory beside the run directory. An epoch is its steps,
-    its validation (with TTA, twice the images) and those two writes; the end is the test
+    its validation (with TTA, twice the images), those two writes and a checkpoint every
+    checkpoint_every batches; the end is the test
     evaluation (and with ``reported``, the report's, on rank 0 alone) plus final_margin
     seconds. Over several processes a step includes its
     gradients' Allreduce, and each rank evaluates a share of the images. At least one
@@ -1372,7 +1387,12 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     # Each rank evaluates its share of the validation and test images.
     per_image = ((time.perf_counter() - tick) / len(sample) * (2 if cfg.tta else 1)
                  / comm.size)
-    writes = _epoch_write_seconds(probe, opt, ema, Path(cfg.out)) if comm.is_root else 0.0
+    checkpoint_seconds, model_seconds = (_write_seconds(probe, opt, ema, Path(cfg.out))
+                                         if comm.is_root else (0.0, 0.0))
+    # the epoch's checkpoint and best model, and the checkpoints every checkpoint_every
+    # batches inside it
+    inside = (batches_per_epoch - 1) // cfg.checkpoint_every if cfg.checkpoint_every else 0
+    writes = checkpoint_seconds * (1 + inside) + model_seconds
     epoch_seconds = batches_per_epoch * step_seconds + n_val * per_image + writes
     spent = time.perf_counter() - started
     end = n_test * per_image * (1 + comm.size * reported) + final_margin(cfg.time_limit)
@@ -1391,19 +1411,20 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     return epochs
 
 
-def _epoch_write_seconds(probe, opt, ema, out):
-    """Seconds to write what an epoch's end writes at most (its checkpoint, and the best
-    model so far), timed into a temporary directory in the run directory ``out``, which
-    the run holds (removed at once; one a kill left is not the run's, _held_files, and is
-    removed by remove_stale_temporaries)."""
+def _write_seconds(probe, opt, ema, out):
+    """(checkpoint, model) seconds: what an epoch's end writes at most (its checkpoint,
+    and the best model so far), each timed into a temporary directory in the run
+    directory ``out``, which the run holds (removed at once; one a kill left is not the
+    run's, _held_files, and is removed by remove_stale_temporaries)."""
     with tempfile.TemporaryDirectory(prefix=PLAN_PREFIX, dir=out) as tmp:
         tick = time.perf_counter()
         arrays, _ = opt.state_dict()
         averages = ema.state_dict()[0] if ema is not None else None
         save_checkpoint(Path(tmp) / "checkpoint.safetensors", probe.state_dict(), arrays,
                         {"architecture": probe.get_config()}, averages)
+        middle = time.perf_counter()
         save_model(probe, Path(tmp) / "best")
-        return time.perf_counter() - tick
+        return middle - tick, time.perf_counter() - middle
 
 
 def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):

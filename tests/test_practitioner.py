@@ -445,6 +445,17 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     assert " on 20 images of " in captured.out
     assert "was trained on this folder's images (the same files): its training images " \
            "are scored too" in captured.err
+    # a folder named like the data set a model trained on: said as a possibility only
+    digits_model = train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
+                                     out=str(tmp_path / "d")), **QUIET).model_path
+    named = make_folder(tmp_path / "digits", per_class=2, sizes=((8, 8),),
+                        classes=[str(i) for i in range(10)])
+    assert main(["eval", str(digits_model), "--data", str(named), "--all-images"]) == 0
+    err = capsys.readouterr().err
+    assert "was trained on data named digits: if this is that data" in err, err
+    assert main(["eval", str(digits_model), "--data", "digits", "--all-images"]) == 0
+    assert "was trained on the training images of digits: they are scored too" in \
+        capsys.readouterr().err
     # report --data has no --all-images: its refusal does not name it
     assert main(["report", model, "--data", str(other), "--out",
                  str(tmp_path / "r.html")]) == 1

@@ -587,9 +587,10 @@ def test_flip_or_translate_turn_augmentation_on_where_the_default_is_off(tmp_pat
                                         (dict(translate=2), "augmentation: shifts of up to "
                                                             "2 px"))):
         lines = []
-        train(TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
-                          out=str(tmp_path / str(i)), **given), log=lines.append,
-              progress=False)
+        cfg = TrainConfig(data="digits", model="INPUT 8x8x1 -> FC 10", epochs=1,
+                          out=str(tmp_path / str(i)), **given)
+        train(cfg, log=lines.append, progress=False)
+        assert cfg.augment is None and cfg == TrainConfig(**{**vars(cfg), **given})
         text = "\n".join(lines)
         assert "turns augmentation on (the defaults for digits have none): only what is " \
                "asked for" in text and shown in text, text

@@ -898,7 +898,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     elif comm.size > 1 and log is print:   # into the launcher's pipe: each line as it comes
         log = functools.partial(print, flush=True)
     log(describe(comm))
-    cfg.check()
+    cfg = dataclasses.replace(cfg.check())   # the caller's config stays as it was given
     if cfg.freeze and cfg.init_from is None and not resume:   # a run of old may resume
         raise ValueError("freeze (--freeze) keeps stages of the model that init_from "
                          "(--from) starts from; without it they would stay at their random "
@@ -958,7 +958,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     defaults = splits.kind if splits.kind in DEFAULTS else OTHER_NAME
     if ckpt is not None:
         defaults = recorded.get("defaults", splits.name)
-    elif cfg.augment is None and (cfg.flip or (cfg.translate or 0) > 0) \
+    if ckpt is None and (cfg.translate or 0) >= min(input_shape[1:]):
+        raise ValueError(f"--translate {cfg.translate}: shifts of up to that many pixels "
+                         f"move the {input_shape[2]}x{input_shape[1]} images (W x H) out of "
+                         f"view; give at most {min(input_shape[1:]) - 1}")
+    if ckpt is None and cfg.augment is None and (cfg.flip or (cfg.translate or 0) > 0) \
             and not defaults_for(defaults)["augment"]:
         # an augmentation asked for by its shape turns augmentation on, where the data
         # set's default has it off (it had been ignored without a word)
@@ -966,12 +970,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         cfg.flip, cfg.translate = bool(cfg.flip), cfg.translate or 0
         asked = " and ".join(text for text, given in (
             ("--flip", cfg.flip), (f"--translate {cfg.translate}", cfg.translate)) if given)
-        log(f"{asked} turns augmentation on (the defaults for {splits.name} have none): "
+        log(f"{asked} turns augmentation on (the defaults for {defaults} have none): "
             f"only what is asked for")
-    if ckpt is None and (cfg.translate or 0) >= min(input_shape[1:]):
-        raise ValueError(f"--translate {cfg.translate}: shifts of up to that many pixels "
-                         f"move the {input_shape[2]}x{input_shape[1]} images (W x H) out of "
-                         f"view; give at most {min(input_shape[1:]) - 1}")
     cfg = cfg.resolved(defaults, input_shape, num_classes)
     cfg.out = str(out)
     dtype = np.dtype(cfg.dtype)

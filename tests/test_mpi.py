@@ -637,6 +637,20 @@ def test_the_first_line_hints_at_what_oversubscribes_the_cores(monkeypatch, loca
         line.endswith(f"; {hint} (docs/distributed.md)"), line
 
 
+def test_one_process_with_more_threads_than_cores_is_told_too(monkeypatch):
+    """The hint had been given under mpiexec only: CONVNET_THREADS=8 on 2 cores said
+    nothing."""
+    import convnet.functional.threads as threads_module
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(distributed, "_blas_threads", lambda: 2)
+    monkeypatch.setattr(threads_module, "THREADS", 8)
+    assert distributed.describe(Communicator()) == (
+        "running on 1 process x 8 threads (BLAS: 2); it wants 8 threads on 2 cores: set "
+        "CONVNET_THREADS=2 (docs/distributed.md)")
+    monkeypatch.setattr(threads_module, "THREADS", 2)
+    assert distributed.describe(Communicator()) == "running on 1 process x 2 threads (BLAS: 2)"
+
+
 def test_the_cores_are_those_the_process_may_run_on(monkeypatch):
     """taskset, a cpuset or mpiexec's binding: os.cpu_count() had counted the machine's."""
     from convnet import limits

@@ -422,10 +422,11 @@ def describe(comm):
     if n > 1 and comm.local_size > cores:   # no thread setting helps
         text += (f"; {comm.local_size} processes here on {cores} cores: start at most "
                  f"{cores} on this machine")
-    elif n > 1 and busiest > cores:
+    elif busiest > cores:           # one process too: CONVNET_THREADS=8 on 2 cores
         share = max(1, cores // comm.local_size)
         settings = [f"{name}={share}" for name, count in (
             ("CONVNET_THREADS", THREADS), ("OPENBLAS_NUM_THREADS", blas or 1)) if count > share]
-        text += (f"; {comm.local_size} processes here want {busiest} threads on {cores} "
-                 f"cores: set {' and '.join(settings)} (docs/distributed.md)")
+        here = f"{comm.local_size} processes here want" if n > 1 else "it wants"
+        text += (f"; {here} {busiest} threads on {cores} cores: set "
+                 f"{' and '.join(settings)} (docs/distributed.md)")
     return text

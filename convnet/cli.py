@@ -391,6 +391,8 @@ def cmd_show(args):
     if args.image and args.what != "activations":
         raise ValueError(f"show {args.what} draws the model alone: IMAGE ({args.image}) is "
                          f"for show activations")
+    if args.what == "activations" and not args.image:
+        raise ValueError("show activations needs an IMAGE")
     out = args.out if args.out is not None else f"{args.what}.png"
     if Path(out).suffix.lower() not in PICTURES:
         raise ValueError(f"--out {out}: expected a picture file name ending in "
@@ -406,8 +408,6 @@ def cmd_show(args):
         path = plot.plot_reuse(model, out, title=title)
     else:
         from convnet.train.inference import load_images, preprocess
-        if not args.image:
-            raise ValueError("show activations needs an IMAGE")
         images, notes = load_images([args.image], _takes_images(args, model))
         for note in notes:
             _note(args, note)
@@ -541,8 +541,8 @@ def build_parser():
     p.add_argument("--image-size", type=image_size, metavar="H[xW]",
                    help="resize the images first (bilinear), e.g. 28 to fine-tune a 28x28 "
                         "net on the 8x8 digits (default: their own size, or with --from the "
-                        "model's; an image folder of mixed sizes: the median; at most 128 "
-                        "pixels a side)")
+                        "model's; an image folder of mixed sizes: the median; left to "
+                        "itself, at most 128 pixels a side; given, up to 8192)")
     p.add_argument("--channels", type=int_type(1, 3), choices=(1, 3),
                    help="read the images as grayscale (1) or RGB (3) (default: the data's "
                         "own; with --from, the model's; --from an ONNX file whose graph "
@@ -585,8 +585,8 @@ def build_parser():
                         "images (default: the data set's)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="augmentation: mirror half the training images (turns --augment on "
-                        "where the data set's default is off; default: the data set's; not "
-                        "for digits)")
+                        "where the data set's default is off; default: the data set's, off "
+                        "for the digits, whose mirror images are other shapes)")
     p.add_argument("--val-fraction", type=float_type(0, 1, True, True), default=0.1,
                    metavar="F", help="share of the training images held out for validation "
                                      "(0.1), unless the data has a val/ folder")
@@ -606,8 +606,8 @@ def build_parser():
                    help="also write a checkpoint every N batches")
     earlier = p.add_mutually_exclusive_group()
     earlier.add_argument("--resume", action="store_true",
-                         help="continue the run in --out (default: the latest "
-                              "runs/DATA[-N]) from its last checkpoint")
+                         help="continue the run in --out (default: the runs/DATA[-N] "
+                              "whose checkpoint was written last) from its last checkpoint")
     earlier.add_argument("--overwrite", action="store_true",
                          help="replace the earlier run's files in --out")
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
@@ -698,8 +698,9 @@ def build_parser():
                     "to open; needs matplotlib): whether its weights are trained, its "
                     "architecture drawn as volumes, the summary table, the training curves "
                     "and settings of its run directory, the first layer's filters, every "
-                    "stage's activation maps for a few sample images, and with --data the "
-                    "accuracy, confusion matrix and most confidently wrong test images. "
+                    "stage's activation maps for a few sample images (from --data or "
+                    "--images), and with --data the accuracy, confusion matrix and most "
+                    "confidently wrong test images. "
                     "'convnet train' writes one into its run directory.")
     p.add_argument("model", metavar="MODEL",
                    help="a saved model (.json; its run directory brings the training "
@@ -734,8 +735,9 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT (and a .json's weights file) if it exists")
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
-                   help="for an ONNX file whose graph leaves the input size open: the size "
-                        "the converted model takes (e.g. 3x224x224)")
+                   help="the size the converted model takes (e.g. 3x224x224): for an ONNX "
+                        "file whose graph leaves it open, or arrow notation without an "
+                        "INPUT (a model file records its own)")
     p.set_defaults(func=cmd_convert)
 
     p = command("zoo", help="list the famous nets", description="List the zoo: name, default "

@@ -174,6 +174,14 @@ def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monke
           progress=False)
     said = [line for line in lines if "ignored:" in line]
     assert len(said) == 1 and said[0].endswith("ignored: lr=0.5, seed=7"), lines
+    # the latest is the run whose checkpoint was written last, not the highest number:
+    # runs/digits emptied and taken again by a new run, which --resume then continues
+    import shutil
+    shutil.rmtree("runs/digits")
+    train(TrainConfig(**cfg), **QUIET)
+    lines = []
+    train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
+    assert "resuming runs/digits/checkpoint.safetensors" in "\n".join(lines), lines
 
 
 def test_a_directory_a_live_run_holds_is_refused_and_a_killed_runs_lock_is_taken(

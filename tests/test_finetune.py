@@ -216,3 +216,17 @@ def test_fine_tuning_a_model_without_an_fc_head_says_so(tmp_path, capsys):
                  "1", "--quiet", "--no-report", "--out", str(tmp_path / "w")]) == 1
     err = capsys.readouterr().err
     assert "replace_head: the model has no FC (Linear) layer to replace" in err, err
+
+
+def test_channels_other_than_the_models_are_refused_naming_both(tmp_path, capsys):
+    """--from a 1-channel model with --channels 3 had failed in the first CONV, naming
+    neither option."""
+    out = tmp_path / "base"
+    assert main(["train", "--model", "INPUT 8x8x1 -> CONV 4 -> GAP -> FC 10", "--epochs",
+                 "1", "--quiet", "--no-report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--from", str(out / "model.json"), "--channels", "3", "--epochs",
+                 "1", "--quiet", "--no-report", "--out", str(tmp_path / "tuned")]) == 1
+    err = capsys.readouterr().err
+    assert f"--channels 3: the model --from {out / 'model.json'} takes 1 channel(s); give " \
+           "--channels 1, or leave it out" in err, err

@@ -336,3 +336,15 @@ def test_a_title_over_few_activation_maps_is_wrapped_within_the_picture(tmp_path
     assert " ".join(fig.get_suptitle().split()) == title            # all of it, wrapped
     top_row = max(ax.get_window_extent(renderer).y1 for ax in fig.axes)
     assert box.y0 >= top_row                                         # above the maps
+
+
+def test_show_activations_without_an_image_says_so_before_anything_else(tmp_path,
+                                                                        monkeypatch, capsys):
+    """With activations.png already there, a missing IMAGE had been reported as the file
+    being in the way."""
+    from convnet.cli import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "activations.png").write_bytes(b"an earlier picture")
+    assert main(["show", "activations", "lenet5"]) == 1
+    err = capsys.readouterr().err
+    assert "show activations needs an IMAGE" in err and "already there" not in err, err

@@ -326,6 +326,15 @@ def dropout_layers(model):
     return [(name, layer) for name, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
+def _last_written(folder):
+    """When a run folder's checkpoint was last written (its own time where it has none):
+    how --resume finds a data set's latest run."""
+    try:
+        return (folder / "checkpoint.safetensors").stat().st_mtime_ns
+    except OSError:
+        return folder.stat().st_mtime_ns
+
+
 def run_directory(cfg, resume, overwrite, passed=()):
     """The directory a run writes to, checked: see the module docstring. An earlier run
     an --overwrite left set aside is put back first (``recover_set_aside``). passed: names
@@ -335,9 +344,9 @@ def run_directory(cfg, resume, overwrite, passed=()):
     else:
         base = Path("runs") / Path(cfg.data).name
         taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
-        if resume:   # the latest run of this data set
+        if resume:   # the latest run of this data set: the last checkpoint written
             existing = [p for p in taken if p.is_dir()]
-            out = existing[-1] if existing else base
+            out = max(existing, key=_last_written, default=base)
         else:            # nothing, or an empty folder no run holds
             out = next(p for p in taken if p not in passed and (
                 not os.path.lexists(p) or (p.is_dir() and lock_holder(p) is None
@@ -924,6 +933,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
     if start_model is not None:   # the data goes to the model's input volume
         channels, *size = start_model.input_shape
+        if cfg.channels not in (None, channels):
+            raise ValueError(f"--channels {cfg.channels}: the model --from {cfg.init_from} "
+                             f"takes {channels} channel(s); give --channels {channels}, or "
+                             f"leave it out")
         cfg.channels = cfg.channels or channels
         cfg.image_size = cfg.image_size or tuple(size)
 

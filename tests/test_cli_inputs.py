@@ -182,6 +182,21 @@ def test_runs_take_the_next_free_directory_and_resume_the_latest(tmp_path, monke
     lines = []
     train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
     assert "resuming runs/digits/checkpoint.safetensors" in "\n".join(lines), lines
+    # a folder without a checkpoint (emptied, or left by a run refused before its first)
+    # never wins over one with a checkpoint, however new; equal times: the higher number
+    import os
+    shutil.rmtree("runs/digits")
+    os.mkdir("runs/digits")
+    lines = []
+    train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
+    assert "resuming runs/digits-2/checkpoint.safetensors" in "\n".join(lines), lines
+    shutil.copytree("runs/digits-2", "runs/digits-3", dirs_exist_ok=True)
+    stamp = os.stat("runs/digits-2/checkpoint.safetensors").st_mtime_ns
+    for run in ("runs/digits-2", "runs/digits-3"):
+        os.utime(f"{run}/checkpoint.safetensors", ns=(stamp, stamp))
+    lines = []
+    train(TrainConfig(**cfg), resume=True, log=lines.append, progress=False)
+    assert "resuming runs/digits-3/checkpoint.safetensors" in "\n".join(lines), lines
 
 
 def test_a_directory_a_live_run_holds_is_refused_and_a_killed_runs_lock_is_taken(

@@ -456,6 +456,17 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     assert main(["eval", str(digits_model), "--data", "digits", "--all-images"]) == 0
     assert "was trained on the training images of digits: they are scored too" in \
         capsys.readouterr().err
+    # and a model of a folder named digits, scored on the embedded digits: a possibility
+    split = tmp_path / "own" / "digits"
+    for part in ("train", "test"):
+        make_folder(split / part, per_class=2, sizes=((8, 8),),
+                    classes=[str(i) for i in range(10)])
+    own = train(TrainConfig(data=str(split), model="INPUT 8x8x1 -> FC 10", epochs=1,
+                            batch_size=4, val_fraction=0.5, out=str(tmp_path / "o")),
+                **QUIET).model_path
+    assert main(["eval", str(own), "--data", "digits", "--all-images"]) == 0
+    assert "was trained on data named digits: if this is that data" in \
+        capsys.readouterr().err
     # report --data has no --all-images: its refusal does not name it
     assert main(["report", model, "--data", str(other), "--out",
                  str(tmp_path / "r.html")]) == 1

@@ -117,7 +117,8 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False,
                      f"training images are scored too")
     elif all_images and not recorded and info.get("data") == splits.name:
         notes.append(f"{where} was trained on the training images of {splits.name}: they "
-                     f"are scored too" if str(data).lower() in DATASETS else
+                     f"are scored too" if str(data).lower() in DATASETS
+                     and info.get("defaults", splits.name) == splits.kind else
                      f"{where} was trained on data named {splits.name}: if this is that "
                      f"data, its training images are scored too")
     classes = list(splits.classes)

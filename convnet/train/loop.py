@@ -327,12 +327,13 @@ def dropout_layers(model):
 
 
 def _last_written(folder):
-    """When a run folder's checkpoint was last written (its own time where it has none):
-    how --resume finds a data set's latest run."""
+    """(has a checkpoint, when it was last written): how --resume ranks a data set's run
+    folders, the latest checkpoint first; a folder without one (an empty folder, or what
+    a run that stopped before its first checkpoint left) only where no folder has one."""
     try:
-        return (folder / "checkpoint.safetensors").stat().st_mtime_ns
+        return True, (folder / "checkpoint.safetensors").stat().st_mtime_ns
     except OSError:
-        return folder.stat().st_mtime_ns
+        return False, 0
 
 
 def run_directory(cfg, resume, overwrite, passed=()):
@@ -346,7 +347,8 @@ def run_directory(cfg, resume, overwrite, passed=()):
         taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 10_000)]
         if resume:   # the latest run of this data set: the last checkpoint written
             existing = [p for p in taken if p.is_dir()]
-            out = max(existing, key=_last_written, default=base)
+            out = max(existing, key=lambda p: (*_last_written(p), taken.index(p)),
+                      default=base)          # equal times: the higher number, as before
         else:            # nothing, or an empty folder no run holds
             out = next(p for p in taken if p not in passed and (
                 not os.path.lexists(p) or (p.is_dir() and lock_holder(p) is None

@@ -68,8 +68,6 @@ class DataSplits:
     files in a folder (CIFAR-10's batches in cifar-10-batches-py/, IDX files of 10
     classes as mnist); None for an image folder and other files. Training takes the
     defaults of kind where it has its own, else the defaults for any other data.
-    split_notes: those of the notes that are about how the images were split (a drawn
-    test split, test images that copy training images).
     """
 
     train: tuple
@@ -85,7 +83,6 @@ class DataSplits:
     # same seed draws the same test images only from the same files (files_fingerprint).
     drawn_from: dict | None = None
     kind: str | None = None
-    split_notes: list = field(default_factory=list)
 
     @property
     def num_classes(self):
@@ -213,9 +210,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
     if all_images:      # before the splits are resized or converted
         parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
         x, y = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
-        splits = replace(splits, train=(x[:0], y[:0]), val=None, test=(x, y),
-                         notes=[n for n in splits.notes if n not in splits.split_notes],
-                         split_notes=[])
+        splits = replace(splits, train=(x[:0], y[:0]), val=None, test=(x, y))
     _check_filled(splits, name_or_path, test_only or all_images)
     if test_only:       # before the other splits are resized or converted
         x = splits.test[0]
@@ -382,7 +377,7 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
                              f"then drawn from them)")
         parts = {split: subdirs[names[0]] for split, names in by_split.items()}
         return _load_folders(path, parts, image_size, channels, check_classes,
-                             test_only=test_only and not all_images)
+                             test_only=test_only and not all_images, joined=all_images)
     splits = _load_folders(path, {"train": path}, image_size, channels, check_classes,
                            hold_out=None if all_images else (test_fraction, seed),
                            test_only=test_only and not all_images)
@@ -396,11 +391,12 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
 
 
 def _load_folders(path, parts, image_size, channels, check_classes, hold_out=None,
-                  test_only=False):
+                  test_only=False, joined=False):
     """Image folders {split: folder} -> DataSplits, one size and one channel mode for all.
     hold_out=(test_fraction, seed): parts is {"train": path}, and the test split is drawn
     from it (_draw_test) before anything is decoded. test_only: decode only the test
-    images; train and val come back empty."""
+    images; train and val come back empty. joined: the splits are to be joined
+    (all_images), so no note says which test images copy training ones."""
     scans = {split: scan_image_folder(folder) for split, folder in parts.items()}
     classes = scans["train"][1]
     if len(classes) < 2:
@@ -459,7 +455,6 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     limits.check_count(len(headers) * channels * h * w, "MAX_DATA_BYTES",
                        f"bytes of {len(headers):,} images of {w}x{h}x{channels} "
                        f"(resize them smaller: --image-size)", path)
-    split_notes = []
     if hold_out is None:
         loaded = {split: load_image_folder(parts[split], size=size, grayscale=channels == 1,
                                            classes=classes)[:2]
@@ -467,7 +462,7 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     else:     # the test split drawn from the labels; the images decoded in one call,
         files = scans["train"][0]    # which names every unreadable file
         y = np.array([k for _, k in files], dtype=np.int64)
-        kept, held = _draw_test(y, classes, path, *hold_out, split_notes)
+        kept, held = _draw_test(y, classes, path, *hold_out, notes)
         if test_only:
             loaded = {"test": (decode_files([files[i][0] for i in held], size,
                                             channels == 1, path), y[held])}
@@ -479,14 +474,14 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     loaded.setdefault("train", empty)
     resized = size is not None and any((h.height, h.width) != tuple(size) for h in headers)
     for split in ("val", "test"):
-        if split in loaded:
-            split_notes += _seen(loaded[split][0], loaded["train"][0], split)
+        if split in loaded and not joined:
+            notes += _seen(loaded[split][0], loaded["train"][0], split)
     # the files a test split is drawn from (or, a folder read whole, its files)
     drawn = files_fingerprint(parts["train"], scans["train"][0]) if list(parts) == [
         "train"] else None
     return DataSplits(loaded["train"], loaded.get("test"), classes, path.name,
-                      val=loaded.get("val"), notes=notes + split_notes, resized=resized,
-                      drawn_from=drawn, split_notes=split_notes)
+                      val=loaded.get("val"), notes=notes, resized=resized,
+                      drawn_from=drawn)
 
 
 def data_folder(name_or_path):

@@ -113,6 +113,7 @@ def test_train_val_and_test_sub_folders_are_used_as_given(tmp_path, capsys):
     ("classes differ", "class folders ['horizontal', 'x'] differ from the training classes"),
     ("too few", "too few to hold out 10% of each class"),
     ("float image", "32-bit float images are not supported"),
+    ("integer image", "32-bit integer images are not supported"),
 ])
 def test_a_bad_image_folder_is_one_line_naming_the_path(tmp_path, capsys, case, message):
     data = tmp_path / "d"
@@ -131,22 +132,24 @@ def test_a_bad_image_folder_is_one_line_naming_the_path(tmp_path, capsys, case, 
         make_folder(data, per_class=2)
     else:       # enough images that a test split can be drawn: the image is what fails
         make_folder(data, per_class=10)
-        Image.fromarray(np.ones((8, 8), np.float32)).save(data / "vertical" / "f.tiff")
+        dtype = np.float32 if case == "float image" else np.int32  # 8-bit values, 32 bits
+        Image.fromarray(np.full((8, 8), 200, dtype)).save(data / "vertical" / "f.tiff")
     assert main(["train", "--data", str(data), "--epochs", "1", "--quiet",
                  "--out", str(tmp_path / "r")]) == 1
     err = error_line(capsys)
     assert message in err and str(data) in err
-    if case in ("unreadable", "float image"):    # one bad file: what to do, as for many
+    if case in ("unreadable", "float image", "integer image"):  # one file: what to do
         assert err.rstrip().endswith("; remove or fix it"), err
     assert not (tmp_path / "r" / "model.json").exists()
 
 
-def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+@pytest.mark.parametrize("ext", ["png", "tiff", "pgm"])
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, ext):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        Image.fromarray(values).save(tmp_path / name / "x.png")
-    assert Image.open(tmp_path / "a" / "x.png").mode.startswith("I")
+        Image.fromarray(values).save(tmp_path / name / f"x.{ext}")
+    assert Image.open(tmp_path / "a" / f"x.{ext}").mode.startswith("I")  # PGM's: "I"
     x, _, _ = load_image_folder(tmp_path, grayscale=True)
     assert x[0, 0, 0].tolist() == [0, 1, 128, 255]
 

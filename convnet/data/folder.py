@@ -15,7 +15,8 @@ decompression-bomb guard stays on: an image over ``Image.MAX_IMAGE_PIXELS`` (abo
 megapixels by default) is refused with the file named, and so is one with a side over
 ``convnet.limits.MAX_SOURCE_SIDE`` (resizing a thin strip takes memory in proportion to
 its long side: an 80,000,000 x 1 PNG of 78 KB took 1.7 GB). 16-bit grayscale images (PNG,
-TIFF) are scaled to 8 bits (v * 255 / 65535), not clipped. An image is turned as its EXIF
+TIFF, PGM) are scaled to 8 bits (v * 255 / 65535), not clipped; 32-bit ones (integer or
+float) are refused. An image is turned as its EXIF
 orientation says (as a photo viewer shows it), transparent pixels are shown over white,
 and a file of several frames (an animated GIF, a multi-page TIFF) gives its first.
 
@@ -213,7 +214,25 @@ def _opened(Image, path):
         im.close()
         limits.check_count(max(im.size), "MAX_SOURCE_SIDE",
                            f"image of {im.size[0]:,} x {im.size[1]:,} pixels: side", path)
+    kind = _thirty_two_bit(im)
+    if kind:
+        im.close()
+        raise ValueError(f"{path}: 32-bit {kind} images are not supported; save it with 8 or "
+                         f"16 bits per channel")
     return im
+
+
+def _thirty_two_bit(im):
+    """"float" or "integer" where an opened image holds 32 bits a value, else None. Pillow
+    reads 32-bit integers as mode "I", and so too 16-bit PGMs (and, before Pillow 10, 16-bit
+    PNGs): the first tile's raw mode tells them apart ("I;32S" against "I;16B")."""
+    if im.mode == "F":
+        return "float"
+    if im.mode != "I" or not im.tile:
+        return None
+    raw = im.tile[0][3]        # (codec, extents, offset, args); args: the raw mode first
+    raw = raw[0] if isinstance(raw, tuple) and raw else raw
+    return None if isinstance(raw, str) and "16" in raw else "integer"
 
 
 def _turned_at_open(im):
@@ -316,9 +335,6 @@ def _decode(Image, path, mode, size, im=None, header=None):
         raise
     except Exception as err:    # as in _opened: whatever the format's plugin raises
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: {err}") from None
-    if im.mode == "F":
-        raise ValueError(f"{path}: 32-bit float images are not supported; save it with 8 or "
-                         "16 bits per channel")
     if im.format == "TIFF" and header.orientation >= 5 and im.size != (header.width,
                                                                        header.height):
         import PIL  # its reader turned the size at open, then not the pixels

@@ -18,8 +18,10 @@ not hooks). The counting rules, stated once:
   two moments), frozen parameters (``layer.frozen``) counted once; miscellaneous = the
   input batch. Values x 4 bytes (8 for float64), divided by 1024 for KB, MB and GB.
 - **inference** memory keeps only the current activations ("a clever implementation
-  that runs a ConvNet only at test time"): the largest input + output of one layer, times
-  the batch, plus the parameters once.
+  that runs a ConvNet only at test time"): the largest input + output of one layer, with
+  what blocks hold meanwhile (a block's input until the block returns, a Concat's finished
+  branches, a residual body's output while the shortcut runs), times the batch, plus the
+  parameters once.
 - **receptive field** on the input and its **jump** (the input pixels between two adjacent
   neurons), per axis: rf_out = rf_in + (F_eff - 1) * jump_in, jump_out = jump_in * S, with
   F_eff = dilation * (F - 1) + 1. Elementwise layers keep both; FC and adaptive pooling
@@ -381,69 +383,91 @@ def _merge_name(name, what):
 
 class _Walker:
     """Visits the leaves in execution order with the volume and field each one sees, and
-    the arrays blocks make of their own (_Merge)."""
+    the arrays blocks make of their own (_Merge). For each row it also counts the values
+    (per sample) that inference holds while the row runs (``live``): the row's input and
+    output, and what enclosing blocks hold meanwhile (``held``): a block's input, which its
+    caller keeps until the block returns; a Concat's finished branches; a residual body's
+    output while the shortcut runs."""
 
     def __init__(self):
         self.rows = []   # (name, layer, in_shape, out_shape, field, frozen)
+        self.live = []   # values held at inference while each row runs, per sample
 
-    def visit(self, layer, name, shape, state, frozen=False):
-        """Walk ``layer`` on per-sample input ``shape``; return (out shape, field)."""
+    def _row(self, row, live):
+        self.rows.append(row)
+        self.live.append(live)
+
+    def visit(self, layer, name, shape, state, frozen=False, held=0):
+        """Walk ``layer`` on per-sample input ``shape`` while enclosing blocks hold
+        ``held`` other values; return (out shape, field)."""
         frozen = frozen or bool(getattr(layer, "frozen", False))
         if not isinstance(layer, Container):
             out = tuple(layer.output_shape(shape))
             new = _next_field(layer, state, shape, out)
-            self.rows.append((name, layer, tuple(shape), out, new, frozen))
+            made = 0 if _shares_input(layer) else math.prod(out)
+            self._row((name, layer, tuple(shape), out, new, frozen),
+                      held + math.prod(shape) + made)
             return out, new
         children = [(f"{name}.{key}" if name else key, child)
                     for key, child in layer.named_children()]
+        block_input = math.prod(shape)          # the caller keeps it until the block returns
         if isinstance(layer, Residual):
-            return self._residual(layer, name, shape, state, frozen)
+            return self._residual(layer, name, shape, state, frozen, held)
         if isinstance(layer, Concat):                # every branch sees the block input
-            outs = [self.visit(child, n, shape, state, frozen) for n, child in children]
+            outs, done = [], 0
+            for n, child in children:
+                outs.append(self.visit(child, n, shape, state, frozen, held + done))
+                done += math.prod(outs[-1][0])
             merged = outs[0][1]
             for _, other in outs[1:]:
                 merged = merged.merge(other)
             out = tuple(layer.output_shape(shape))  # checks the branches' H x W agree
             field = _Field(merged.rf, merged.jump, _grid(out, merged.grid))
-            self.rows.append((_merge_name(name, "concat"), _Merge("concatenation"),
-                              tuple(shape), out, field, frozen))
+            self._row((_merge_name(name, "concat"), _Merge("concatenation"), tuple(shape),
+                       out, field, frozen), held + block_input + done + math.prod(out))
             return out, field
         if isinstance(layer, DenseBlock):
-            for n, child in children:               # each sees the running concatenation
-                new_shape, new_state = self.visit(child, n, shape, state, frozen)
+            for index, (n, child) in enumerate(children):  # each sees the running concat
+                kept = held + (block_input if index else 0)
+                new_shape, new_state = self.visit(child, n, shape, state, frozen, kept)
                 joined = (shape[0] + new_shape[0], *shape[1:])
                 state = state.merge(new_state)
-                self.rows.append((_merge_name(n, "concat"), _Merge("running concatenation"),
-                                  tuple(shape), joined, state, frozen))
+                self._row((_merge_name(n, "concat"), _Merge("running concatenation"),
+                           tuple(shape), joined, state, frozen),
+                          kept + math.prod(shape) + math.prod(new_shape) + math.prod(joined))
                 shape = joined
             return shape, state
         start = shape, state
-        for n, child in children:                   # Sequential, and any other chain
-            shape, state = self.visit(child, n, shape, state, frozen)
+        for index, (n, child) in enumerate(children):  # Sequential, and any other chain
+            shape, state = self.visit(child, n, shape, state, frozen,
+                                      held + (block_input if index else 0))
         if type(layer) is not Sequential and shape != start[0] \
                 and tuple(layer.output_shape(start[0])) == tuple(start[0]):
             return start        # a side head (GoogLeNet's AuxClassifier): x passes on
         return shape, state
 
-    def _residual(self, block, name, shape, state, frozen):
+    def _residual(self, block, name, shape, state, frozen, held):
         """Body on x, the shortcut on x (or the identity), their sum, then post."""
         def full(key):
             return f"{name}.{key}" if name else key
 
+        x = math.prod(shape)
         out, body = shape, state
-        for key in block.body_keys:
-            out, body = self.visit(block[key], full(key), out, body, frozen)
+        for index, key in enumerate(block.body_keys):
+            out, body = self.visit(block[key], full(key), out, body, frozen,
+                                   held + (x if index else 0))
         skip = state
-        if block.shortcut_key:
+        if block.shortcut_key:                      # while the body's output waits
             _, skip = self.visit(block[block.shortcut_key], full(block.shortcut_key),
-                                 shape, state, frozen)
+                                 shape, state, frozen, held + math.prod(out))
         block.output_shape(shape)                   # checks that body and shortcut agree
         merged = body.merge(skip)
-        self.rows.append((_merge_name(name, "sum"), _Merge("body + shortcut"), tuple(out),
-                          tuple(out), merged, frozen))
+        summed = math.prod(out) * (2 if block.shortcut_key else 1)   # added in place
+        self._row((_merge_name(name, "sum"), _Merge("body + shortcut"), tuple(out),
+                   tuple(out), merged, frozen), held + x + summed)
         if block.post_key:
             out, merged = self.visit(block[block.post_key], full(block.post_key), out,
-                                     merged, frozen)
+                                     merged, frozen, held + x)
         return out, merged
 
 
@@ -570,7 +594,7 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
                              int(layer.macs(in_shape)), state.rf, state.jump, values,
                              values * batch_size * b, frozen, *algorithms))
     total_params = sum(row.params for row in rows)
-    memory = _memory(rows, input_shape, batch_size, total_params, trainable,
+    memory = _memory(rows, walker.live, input_shape, batch_size, total_params, trainable,
                      OPTIMIZER_MULTIPLIERS[key], b)
     max_batch = None
     if budget is not None:
@@ -593,15 +617,15 @@ def _algorithm(layer, in_shape, batch, training, itemsize, refusals):
         return "refused"
 
 
-def _memory(rows, input_shape, batch, total_params, trainable, k, b):
-    """The notes' three sources in bytes, and the inference estimate."""
+def _memory(rows, live, input_shape, batch, total_params, trainable, k, b):
+    """The notes' three sources in bytes, and the inference estimate (live: the values
+    held while each row runs, per sample)."""
     act = sum(row.activation_values for row in rows) * batch * b
     params_total = (trainable * k + (total_params - trainable)) * b
     misc = math.prod(input_shape) * batch * b
-    # only the current activations: the largest input + output of one layer (a layer that
-    # writes into its input needs only the input)
-    live = max((math.prod(r.input_shape) + r.activation_values for r in rows), default=0)
-    live = max(live, math.prod(input_shape))
+    # only the current activations: the most that one layer's input and output (a layer
+    # that writes into its input: the input alone), with what blocks hold meanwhile, take
+    live = max(max(live, default=0), math.prod(input_shape))
     return {"bytes_per_value": b, "batch_size": batch,
             "activations": act, "activation_gradients": act,
             "parameters": total_params * b, "parameter_gradients": trainable * b,

@@ -421,11 +421,13 @@ def cmd_show(args):
 def cmd_report(args):
     from convnet.report.build import check_report_path, write_report
 
+    if args.all_images and not args.data:
+        raise ValueError("--all-images scores the images of --data: give --data")
     _new_file(args, check_report_path(args.out))
     model = _model(args, input_shape=args.input)
     path = write_report(model, args.out, source=args.model, data=args.data,
                         data_root=args.data_root, images=args.images,
-                        log=lambda text: _note(args, text))
+                        all_images=args.all_images, log=lambda text: _note(args, text))
     print(f"wrote {path}")
 
 
@@ -711,6 +713,9 @@ def build_parser():
     p.add_argument("--data", help="a data set (digits, fashion-mnist, cifar10, ... or a "
                                   "path): accuracy and sample images from its test split")
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
+    p.add_argument("--all-images", action="store_true",
+                   help="with --data: every image of DATA, not its test split (as convnet "
+                        "eval --all-images)")
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="image files whose activations to draw (instead of --data's)")
     p.add_argument("--out", metavar="HTML", default="report.html",

@@ -435,6 +435,18 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     result = json.loads(captured.out)
     assert result["images"] == 12 and np.sum(result["confusion"]) == 12
     assert "held out" not in captured.err
+    # the report scores them too
+    page = tmp_path / "other.html"
+    assert main(["report", model, "--data", str(other), "--all-images", "--out",
+                 str(page)]) == 0
+    capsys.readouterr()
+    assert f" on the 12 images of {other}" in page.read_text()
+    assert main(["report", model, "--all-images", "--out", str(tmp_path / "x.html")]) == 1
+    assert "--all-images scores the images of --data: give --data" in error_line(capsys)
+    assert main(["report", model, "--data", str(other), "--out", str(page),
+                 "--overwrite"]) == 1
+    err = error_line(capsys)
+    assert "holds 12 images where training had 20" in err and "--all-images" in err
     split = tmp_path / "split"
     for part, n in (("train", 2), ("test", 1)):
         make_folder(split / part, per_class=n)
@@ -471,11 +483,6 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     assert main(["eval", str(own), "--data", "digits", "--all-images"]) == 0
     assert "was trained on data named digits: if this is that data" in \
         capsys.readouterr().err
-    # report --data has no --all-images: its refusal does not name it
-    assert main(["report", model, "--data", str(other), "--out",
-                 str(tmp_path / "r.html")]) == 1
-    err = error_line(capsys)
-    assert "holds 12 images where training had 20" in err and "--all-images" not in err
 
 
 def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):

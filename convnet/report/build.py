@@ -604,19 +604,22 @@ def _confusion_picture(confusion, classes):
     listed = (f'<div class="scroll"><table id="confused-pairs"><thead><tr><th>true</th>'
               f'<th>predicted</th><th class="num">images</th><th class="num">of the true '
               f'class</th></tr></thead><tbody>{rows}</tbody></table></div>' if pairs else
-              '<p class="note">No test image is confused with another class.</p>')
+              '<p class="note">No image is confused with another class.</p>')
     return (f'<p class="note">{k} classes, one pixel a cell (or more): white where no '
             f'image went, else the share of the row from dark (a few) to yellow (all); '
             f'the diagonal holds the correct ones. The most confused pairs follow the '
             f'picture.</p>{picture}{listed}')
 
 
-def _evaluation_section(found, data, trained):
+def _evaluation_section(found, data, trained, all_images=False):
+    """The accuracy, confusion matrix and most confidently wrong images of ``found``
+    (None: how to get them), on data's test images or, all_images, on all of them."""
     if found is None:
         return section("evaluation", "Evaluation", (
             '<p class="note">Give --data to see the accuracy on its test split, the '
             'confusion matrix and the most confidently wrong test images.</p>'))
     result, classes, wrong = found
+    images = "images" if all_images else "test images"
     confusion = result["confusion"]
     k = len(classes)
     n = int(confusion.sum())
@@ -624,7 +627,7 @@ def _evaluation_section(found, data, trained):
         return section("evaluation", "Evaluation", (
             f'<p>Accuracy <b id="accuracy" data-value="null">not known</b>: the model\'s '
             f'outputs are not finite (NaN or infinity) for {result["not_finite"]:,} of the '
-            f'{n:,} test images of {esc(data)}, so they name no class. No accuracy, loss or '
+            f'{n:,} {images} of {esc(data)}, so they name no class. No accuracy, loss or '
             f'confusion matrix is given: an argmax of NaN would make one up.</p>'))
     table = (_confusion_table(confusion, classes) if k <= MAX_TABLE_CLASSES
              else _confusion_picture(confusion, classes))
@@ -632,16 +635,16 @@ def _evaluation_section(found, data, trained):
     for pixels, true, guess, prob, index in wrong:
         w = pixels.shape[2]
         shown.append(f'<figure><img class="px" src="{image_uri(pixels)}" '
-                     f'width="{_scaled(w, target=96, most=16)}" alt="test image {index}">'
+                     f'width="{_scaled(w, target=96, most=16)}" alt="{images[:-1]} {index}">'
                      f'<figcaption>#{index}: true {esc(classes[true])}<br>predicted '
                      f'{esc(classes[guess])} ({prob:.3f})</figcaption></figure>')
     wrong_html = (f'<div class="tiles" id="wrong">{"".join(shown)}</div>' if shown else
-                  '<p class="note" id="wrong">No test image is wrong.</p>')
+                  f'<p class="note" id="wrong">No {images[:-1]} is wrong.</p>')
     chance = "" if trained is not False else (    # None: weights of unknown origin
         f' <span class="note">(random weights: expect about 1/{k} = {1 / k:.3f})</span>')
     return section("evaluation", "Evaluation", (
         f'<p>Accuracy <b id="accuracy"{data_value(result["accuracy"])}>'
-        f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} test images of {esc(data)}'
+        f'{result["accuracy"]:.4f}</b>{chance} on the {n:,} {images} of {esc(data)}'
         f'{" with flip TTA, as the model was trained" if result.get("tta") else ""}; '
         f'mean loss <span id="loss"{data_value(result["loss"])}>{result["loss"]:.4f}</span>'
         f'.</p><h3>Confusion matrix</h3><p class="note">Rows: the true '
@@ -673,7 +676,7 @@ def _evaluate(model, x, y, classes, info):
 
 
 def build_report(model, source=None, data=None, data_root=None, images=None, run_dir=None,
-                 log=None):
+                 log=None, all_images=False):
     """The report page for ``model`` as one HTML string (see ``write_report``)."""
     from convnet.train.inference import class_names, evaluation_data, load_images, preprocess
 
@@ -707,8 +710,9 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
 
     found, samples, sample_x = None, [], None
     if data:
-        x, y, data_classes, data_notes = evaluation_data(model, data, root=data_root,
-                                                         where=name)
+        x, y, data_classes, data_notes = evaluation_data(
+            model, data, root=data_root, where=name, all_images=all_images,
+            changed_hint="; to score every image of another folder: --all-images")
         for text in data_notes:
             note(text)
         classes = data_classes
@@ -719,7 +723,8 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
             picks = np.sort(first)[:MAX_SAMPLES]
             sample_x = x[picks]
             pixels = display_images(sample_x, info)
-            samples = [(f"test image #{i} of {data}: {classes[y[i]]}", pixels[k])
+            which = "image" if all_images else "test image"
+            samples = [(f"{which} #{i} of {data}: {classes[y[i]]}", pixels[k])
                        for k, i in enumerate(picks)]
     if images:
         pixels, image_notes = load_images(list(images), shape)
@@ -749,7 +754,7 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
             + _summary(result, bool(settings))
             + _training(run, info, name, len(classes)) + _filters(model, trained)
             + _activations_section(samples, grids, outputs, classes, sample_notes)
-            + _evaluation_section(found, data, trained)
+            + _evaluation_section(found, data, trained, all_images)
             + f'<footer>Written by convnet {esc(convnet.__version__)}: <code>convnet '
               f'report</code>.</footer>')
     return document(f"convnet report: {name}", body)
@@ -768,7 +773,7 @@ def check_report_path(path):
 
 
 def write_report(model, path, source=None, data=None, data_root=None, images=None,
-                 run_dir=None, log=None):
+                 run_dir=None, log=None, all_images=False):
     """Write one self-contained HTML page about ``model`` to ``path``; returns the path.
 
     Args:
@@ -781,6 +786,8 @@ def write_report(model, path, source=None, data=None, data_root=None, images=Non
             matrix, the most confidently wrong test images, and sample images from its
             test split. data_root: where its files are.
         images: image files to draw the activations for (instead of the data's).
+        all_images: every image of ``data`` instead of its test split (as ``convnet eval
+            --all-images``): a folder the model never trained on.
         run_dir: the run directory, if not the model file's.
         log: called with each note (image conversions, what was left out).
 
@@ -788,7 +795,7 @@ def write_report(model, path, source=None, data=None, data_root=None, images=Non
     """
     path = check_report_path(path)
     page = build_report(model, source=source, data=data, data_root=data_root,
-                        images=images, run_dir=run_dir, log=log)
+                        images=images, run_dir=run_dir, log=log, all_images=all_images)
     # a name that is not UTF-8 (a run directory named in Latin-1) shows with a "?"
     atomic_write(path, page.encode("utf-8", "replace"))
     return path

@@ -51,7 +51,9 @@ def _exists(path):
 
 
 def is_notation(spec):
-    return "->" in spec or "→" in spec
+    """Whether spec is arrow notation: it has an arrow ("->" or "→") and names no file or
+    folder (a run folder named "a->b" holds a model file, not notation)."""
+    return ("->" in spec or "→" in spec) and not (len(spec) < 4096 and _exists(spec))
 
 
 def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architecture=None):

@@ -167,6 +167,19 @@ def test_count_binds_the_notations_names(tmp_path, capsys):
     assert config["model"] == "INPUT 8x8x1 -> [CONV 8 -> RELU]*2 -> FC 10"
 
 
+def test_a_model_file_whose_path_has_an_arrow_is_a_file_not_notation(tmp_path, capsys):
+    """A run folder named 'a->b' had made its model file read as arrow notation:
+    "unknown layer 'a'"."""
+    out = tmp_path / "a->b"
+    assert main(["train", "--model", "INPUT 8x8x1 -> FC 10", "--epochs", "1", "--quiet",
+                 "--no-report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["summary", str(out / "model.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_params"] == 650
+    assert main(["eval", str(out / "model.json"), "--data", "digits"]) == 0
+    assert capsys.readouterr().out.startswith("accuracy ")
+
+
 def test_the_confusion_matrix_text_is_aligned_and_keeps_names():
     """Each row's counts sit under their column's index whatever the names' lengths (rows
     of 7- and 8-character names had been shifted), and names keep 16 characters (eval had

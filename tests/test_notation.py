@@ -668,6 +668,21 @@ def test_an_error_in_a_long_line_shows_a_window_around_the_caret():
     assert line[start:start + len("CONVV")] == "CONVV"
 
 
+@pytest.mark.parametrize("before, after", [(121, 0), (400, 400), (0, 0)])
+@pytest.mark.parametrize("space", [" ", "\x0b\x0c", "\t\x1c\x1d\x1e", "\u00a0"])
+def test_the_command_lines_carets_stay_under_the_layer(capsys, before, after, space):
+    """The command line cuts lines over 1,000 characters in the middle, and escapes what
+    is not printable: the window had been 1,000 wide, so a text of about 1,000 had its
+    bad word cut out, and control whitespace had pushed the text right of its carets."""
+    from convnet.cli import main
+    text = ("INPUT 8x8x1" + space + "-> " + "RELU -> " * before + "RELU" + space
+            + "-> CONVV 4" + " -> RELU" * after + " -> FC 10")
+    assert main(["summary", text]) == 1
+    line, carets = capsys.readouterr().err.split("\n")[1:3]
+    start = carets.index("^")
+    assert line[start:start + 6] == "CONVV " and carets[start:] == "^" * 5, (line, carets)
+
+
 def test_the_notes_own_spellings():
     """The notes write options as F=7, P=0, S=1, and an input as INPUT [32x32x3]: the first
     is read, the second says how to write it."""

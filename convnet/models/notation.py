@@ -120,7 +120,7 @@ def _volume(shape):
     return str(tuple(shape))
 
 
-_LINE = 1000   # the longest line an error shows whole
+_LINE = 960    # the longest line an error shows whole (the CLI cuts lines over 1,000)
 
 
 def _error(text, start, end, what, problem, got=None):
@@ -134,11 +134,14 @@ def _error(text, start, end, what, problem, got=None):
     if "\n" in text.strip():
         where = f"line {text.count(chr(10), 0, start) + 1}, {where}"
     head = f"{what} at {where}" + (f" got {_volume(got)}" if got is not None else "")
-    line = text[line_start:line_end].replace("\t", " ")
+    line = text[line_start:line_end]
     width = max(1, min(end, line_end, start + _LINE // 2) - start)
     if len(line) > _LINE:         # a window of the line around the carets
         left = max(0, column - 1 - _LINE // 2)
         line, column = line[left:left + _LINE], column - left
+    # one printable character a column, so that the carets stay under the layer: any
+    # whitespace (tab, form feed, \x1c..\x1f) as a space, anything else unprintable as "?"
+    line = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in line)
     carets = " " * (column - 1) + "^" * width
     return MultilineError(f"from_notation: {head}: {problem}", f"    {line}", f"    {carets}")
 

@@ -690,5 +690,15 @@ def test_the_notes_own_spellings():
     assert (net[0].kernel_size, net[0].stride, net[0].padding) == ((5, 5), (1, 1), (2, 2))
     assert net.output_shape(net.input_shape) == (10,)
     assert "F must be" in error("INPUT 8x8x3 -> CONV 4 F= -> FC 2")
+    # and the bare numbers by their names: K=4096, n=10, p=0.5
+    named = build("INPUT 8x8x1 -> CONV K=4 F=3 S=1 P=1 -> DROPOUT p=0.3 -> LRN alpha=1e-3 3 "
+                  "-> FC n=10")
+    assert [repr(layer) for layer in named] == [
+        "Conv2d(K=4, F=3, S=1, P=1)", "Dropout(p=0.3)",
+        "LocalResponseNorm(n=3, alpha=0.001, beta=0.75, k=2)", "Flatten()",
+        "Linear(in=256, out=10)"]
+    assert build("INPUT size=8x8x1 -> FC 2").input_shape == (1, 8, 8)
+    assert "K is given twice" in error("INPUT 8x8x1 -> CONV 4 K=4 -> FC 10")
+    assert "K must be a positive int" in error("INPUT 8x8x1 -> CONV K=x -> FC 10")
     assert "the size follows INPUT without brackets: INPUT 32x32x3" in error(
         "INPUT [32x32x3] -> CONV 8 -> FC 10")

@@ -4,7 +4,8 @@
 
 Items are separated by ``->`` (or ``→``). Keywords are case-insensitive; numbers and
 options follow them, separated by spaces, in any order. An option's letter takes its value
-right after it, or after an ``=`` as the notes write it (``F3`` or ``F=3``).
+right after it, or after an ``=`` as the notes write it (``F3`` or ``F=3``); a bare number
+may be named as the notes name it (``CONV K=32``, ``FC n=10``, ``DROPOUT p=0.5``).
 
 =================================  ======================================================
 ``INPUT WxHxD`` / ``INPUT WxH``    the input volume in the notes' order, width x height x
@@ -238,7 +239,7 @@ def _parse_args(keyword, tokens):
     bare = _BARE.get(keyword, [])
     options = _OPTIONS.get(keyword, {})
     flags = _FLAGS.get(keyword, set())
-    args, n_bare = {}, 0
+    args = {}
     for tok in tokens:
         word = tok.text
         if len(word) > MAX_WORD:
@@ -253,18 +254,30 @@ def _parse_args(keyword, tokens):
                 raise _Parse(tok, f"{keyword}: 'ceil' and 'floor' exclude each other")
             args[word.lower()] = True
             continue
+        named = word.partition("=")[0]
+        named = next((entry for entry in bare if "=" in word
+                      and entry[0].lower() == named.lower()), None)
+        if named is not None:           # the notes' K=4096, n=10, p=0.5
+            name, kind = named
+            if name in args:
+                raise _Parse(tok, f"{keyword}: {name} is given twice")
+            value = _value(word.partition("=")[2], kind)
+            if value is None:
+                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}")
+            args[name] = value
+            continue
         if word[0].isdigit() or word[0] in "+-.":
-            if n_bare >= len(bare):
+            free = [entry for entry in bare if entry[0] not in args]
+            if not free:
                 takes = (f"at most {len(bare)} number(s): "
                          + ", ".join(name for name, _ in bare)) if bare else "no bare number"
                 hint = f"; options are {_describe(keyword)}" if options or flags else ""
                 raise _Parse(tok, f"{keyword} takes {takes}, got an extra {word!r}{hint}")
-            name, kind = bare[n_bare]
+            name, kind = free[0]
             value = _value(word, kind)
             if value is None:
                 raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}")
             args[name] = value
-            n_bare += 1
             continue
         letter = word[0].upper()
         if letter not in options:

@@ -116,9 +116,12 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "
                          f"--model naming the architecture")
     else:
-        raise ValueError(f"model {spec!r} is not a zoo name ({', '.join(MODELS)}), not a "
+        dash = next((c for c in "\u2013\u2014\u2212\u2010\u2011" if c + ">" in spec), None)
+        hint = (f"; its arrows are written with {dash!r} (U+{ord(dash):04X}), not the "
+                f"hyphen-minus of '->'" if dash else "")
+        raise ValueError(f"model {spec!r:.200} is not a zoo name ({', '.join(MODELS)}), not a "
                          f"file, and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> "
-                         f"RELU -> POOL -> FC 10')")
+                         f"RELU -> POOL -> FC 10'){hint}")
     if input_shape is not None:
         model.input_shape = tuple(input_shape)
     model.trained = trained

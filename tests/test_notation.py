@@ -700,5 +700,29 @@ def test_the_notes_own_spellings():
     assert build("INPUT size=8x8x1 -> FC 2").input_shape == (1, 8, 8)
     assert "K is given twice" in error("INPUT 8x8x1 -> CONV 4 K=4 -> FC 10")
     assert "K must be a positive int" in error("INPUT 8x8x1 -> CONV K=x -> FC 10")
+
+
+def test_symbols_copied_from_typeset_notes():
+    """The notes write volumes as 32×32×3: read as 32x32x3. A dash-arrow (–>, −>) or a
+    repetition with a times sign ([...]×2) had been refused as an argument, with no hint."""
+    net = build("INPUT 8×8×1 -> CONV 4 F3×1 -> FC 10")
+    assert net.input_shape == (1, 8, 8) and net[0].kernel_size == (3, 1)
+    for text, bad, hint in [
+            ("INPUT 8x8x1 -> CONV 4 –> FC 10", "–>", "'–' (U+2013) is an en dash: write "
+                                                     "the arrow as '->'"),
+            ("INPUT 8x8x1 -> [CONV 4] −> FC 10", "−>", "(U+2212) is a minus sign"),
+            ("INPUT 8x8x1 -> [CONV 4]×2 -> FC 10", "×2", "a repetition is written with "
+                                                          "'*': *2"),
+            ("INPUT 8x8x1 -> [CONV 4]xN -> FC 10", "xN", "written with '*': *N"),
+            ("INPUT 8x8x1 -> CONV 4 x2 -> FC 10", "x2", "written with '*': *2")]:
+        msg = error(text)
+        assert hint in msg and caret_column(msg) == text.index(bad) + 1, msg
+
+
+def test_a_text_whose_only_arrows_are_dashes_is_named_as_such(capsys):
+    from convnet.cli import main
+    assert main(["summary", "INPUT 8x8x1 –> FC 10"]) == 1
+    assert "its arrows are written with '–' (U+2013), not the hyphen-minus of '->'" in (
+        capsys.readouterr().err)
     assert "the size follows INPUT without brackets: INPUT 32x32x3" in error(
         "INPUT [32x32x3] -> CONV 8 -> FC 10")

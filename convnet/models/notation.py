@@ -104,6 +104,21 @@ def _tokenize(text):
     yield _Token("end", "", len(text.rstrip()), len(text.rstrip()))
 
 
+_DASHES = {"\u2013": "an en dash", "\u2014": "an em dash", "\u2212": "a minus sign",
+           "\u2010": "a hyphen", "\u2011": "a non-breaking hyphen"}
+
+
+def _lookalike(word):
+    """A hint for a word that copies a symbol from typeset text: a dash-arrow ('–>') or a
+    repetition written with a times sign ('×2', 'x2'); else ""."""
+    if word[:1] in _DASHES and word[1:2] == ">":
+        return (f"; {word[0]!r} (U+{ord(word[0]):04X}) is {_DASHES[word[0]]}: write the "
+                f"arrow as '->'")
+    if re.fullmatch(r"[x×X]([0-9]+|[A-Za-z_]\w*)", word):
+        return f"; a repetition is written with '*': *{word[1:]}"
+    return ""
+
+
 def _shown(word):
     """A word for an error message: cut short when it is longer than MAX_WORD."""
     return word if len(word) <= MAX_WORD else f"{word[:MAX_WORD]}... ({len(word):,} characters)"
@@ -211,7 +226,7 @@ def _value(text, kind):
         return value if math.isfinite(value) else None
     if kind == "pad" and text.lower() == "same":
         return "same"
-    parts = text.lower().split("x")
+    parts = text.lower().replace("×", "x").split("x")   # 32×32×3, as the notes write it
     if not all(_INT.match(part) for part in parts):
         return None
     nums = tuple(int(part) for part in parts)
@@ -281,8 +296,8 @@ def _parse_args(keyword, tokens):
             continue
         letter = word[0].upper()
         if letter not in options:
-            raise _Parse(tok, f"{keyword} does not take {word!r}; it takes "
-                              f"{_describe(keyword)}")
+            hint = _lookalike(word) or f"; it takes {_describe(keyword)}"
+            raise _Parse(tok, f"{keyword} does not take {word!r}{hint}")
         if letter in args:
             raise _Parse(tok, f"{keyword}: option {letter} is given twice")
         value = _value(word[1:].removeprefix("="), options[letter])   # F3, or F=3
@@ -333,6 +348,7 @@ class _Parser:
             hint = ("; the size follows INPUT without brackets: INPUT 32x32x3"
                     if tok.kind == "[" and isinstance(last, _Layer)
                     and last.keyword == "INPUT" and not last.args else "")
+            hint = hint or _lookalike(tok.text)
             raise _Parse(tok, f"expected '->' before {tok.text!r}{hint}")
         return items
 

@@ -702,6 +702,15 @@ def test_the_notes_own_spellings():
     assert "K must be a positive int" in error("INPUT 8x8x1 -> CONV K=x -> FC 10")
 
 
+def test_too_many_pools_get_the_formula_and_a_fix():
+    msg = error("INPUT 8x8x1 -> [CONV 8 -> RELU -> POOL]*4 -> FC 10")
+    assert "model[11] = 'POOL'" in msg and "got 1x1x8" in msg
+    assert ("(H - F + 2P)/S + 1 = (1 - 2 + 2*0)/2 + 1 = 0.5 is below 1. Fix: a larger "
+            "input along H (or fewer layers before this one that shrink it), or F <= 1 or "
+            "more padding") in msg
+    assert "F <= 8\n" in error("INPUT 8x8x1 -> L2POOL F9 -> FC 10")   # it takes no padding
+
+
 def test_symbols_copied_from_typeset_notes():
     """The notes write volumes as 32×32×3: read as 32x32x3. A dash-arrow (–>, −>) or a
     repetition with a times sign ([...]×2) had been refused as an argument, with no hint."""

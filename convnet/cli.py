@@ -112,9 +112,19 @@ def _bound(args, text, option):
         raise ValueError(f"--count binds the names of arrow notation, but {option} is "
                          f"{text!r:.80}")
     try:
-        return bind_counts(text, counts)
+        return bind_counts(text, counts, every=True)
     except ValueError as error:
         raise ValueError(str(error).replace("bind_counts: ", "--count: ", 1)) from None
+
+
+def _bound_model(args, spec, arch, name):
+    """(spec, arch) with --count written into whichever of the two is notation: spec, the
+    command's positional ``name``, or arch, its --model (the architecture of weights)."""
+    from convnet.spec import is_notation
+    if getattr(args, "count", None) and isinstance(arch, str) and is_notation(arch) \
+            and not is_notation(spec):
+        return spec, _bound(args, arch, "--model")
+    return _bound(args, spec, name), arch
 
 
 COUNT_HELP = ("NAME=N: the value of a repetition count named in the notation (the notes' "
@@ -166,13 +176,7 @@ def _model(args, **kwargs):
     """The model the command's MODEL (and --model for a weights file) name, its --classes
     (num_classes) checked by ``check_classes``."""
     from convnet.spec import check_classes, resolve_model
-    spec, arch = args.model, getattr(args, "arch", None)
-    if getattr(args, "count", None):   # --count binds whichever of the two is notation
-        from convnet.spec import is_notation
-        if isinstance(arch, str) and is_notation(arch) and not is_notation(spec):
-            arch = _bound(args, arch, "--model")
-        else:
-            spec = _bound(args, spec, "MODEL")
+    spec, arch = _bound_model(args, args.model, getattr(args, "arch", None), "MODEL")
     model = resolve_model(spec, architecture=arch, **kwargs)
     return check_classes(model, kwargs.get("num_classes"), args.model, arch)
 
@@ -435,7 +439,8 @@ def cmd_convert(args):
     from convnet.io.convert import convert
 
     _in_a_folder(args.dst)
-    path = convert(args.src, args.dst, model=args.arch, num_classes=args.classes,
+    src, arch = _bound_model(args, args.src, args.arch, "IN")
+    path = convert(src, args.dst, model=arch, num_classes=args.classes,
                    overwrite=args.overwrite, input_shape=args.input,
                    log=lambda text: _note(args, text))
     print(f"wrote {path}")
@@ -656,6 +661,8 @@ def build_parser():
                         "its mirror image's (default: as the model was trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = command("predict", help="top-k classes of image files",
@@ -673,6 +680,8 @@ def build_parser():
                    help="flip test-time augmentation: the mean of each image's scores and "
                         "its mirror image's (default: as the model was trained)")
     p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = command(
@@ -692,6 +701,8 @@ def build_parser():
     p.add_argument("--out", metavar="PNG",
                    help="output file, .png, .svg or .pdf (default WHAT.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.set_defaults(func=cmd_show)
 
     p = command(
@@ -721,6 +732,8 @@ def build_parser():
     p.add_argument("--out", metavar="HTML", default="report.html",
                    help="output file (default report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.set_defaults(func=cmd_report)
 
     p = command(
@@ -743,6 +756,8 @@ def build_parser():
                    help="the size the converted model takes (e.g. 3x224x224): for an ONNX "
                         "file whose graph leaves it open, or arrow notation without an "
                         "INPUT (a model file records its own)")
+    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                   help=COUNT_HELP)
     p.set_defaults(func=cmd_convert)
 
     p = command("zoo", help="list the famous nets", description="List the zoo: name, default "

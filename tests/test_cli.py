@@ -150,6 +150,19 @@ def test_count_binds_the_notations_names(tmp_path, capsys):
     assert sum(row["type"].startswith("Conv2d") for row in layers) == 6
     assert main(["summary", text]) == 1
     assert "--count N=2" in capsys.readouterr().err
+    assert main(["summary", text, "--count", "N=2"]) == 1     # had said "names given: none"
+    assert "--count: the text's count M has no value; names given: N=2" in (
+        capsys.readouterr().err)
+    assert main(["summary", "CONV 8 -> FC 2"]) == 1
+    assert "(on the command line --input CxHxW)" in capsys.readouterr().err
+    # every command that takes notation takes --count, as its errors say
+    small = "INPUT 8x8x1 -> [CONV 4 -> RELU]*N -> FC 10"
+    for argv in (["report", small, "--out", str(tmp_path / "r.html")],
+                 ["show", "filters", small, "--out", str(tmp_path / "f.png")],
+                 ["convert", small, str(tmp_path / "c.json")]):
+        assert main(argv + ["--count", "N=2"]) == 0, argv
+    children = json.loads((tmp_path / "c.json").read_text())["architecture"]["children"]
+    assert [c["type"] for _, c in children].count("Conv2d") == 2
     assert main(["summary", text, "--count", "N=2", "--count", "K=1"]) == 1
     assert "has no count named K" in capsys.readouterr().err
     assert main(["summary", "vgg16", "--count", "N=2"]) == 1

@@ -561,7 +561,7 @@ def _check_counts(counts, where):
         limits.check_count(value, "MAX_LAYERS", f"the count {name}", where)
 
 
-def bind_counts(text, counts):
+def bind_counts(text, counts, every=False):
     """The text with each repetition count named in ``counts`` written as its value:
 
     >>> bind_counts("INPUT 32x32x3 -> [[CONV 32 -> RELU]*N -> POOL?]*M -> FC 10",
@@ -569,9 +569,9 @@ def bind_counts(text, counts):
     'INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL?]*3 -> FC 10'
 
     What the command line's --count does, so that a run records the net it built. A
-    name the text does not use is an error (a typo would otherwise pass silently); a
-    text that does not parse is returned as it is, for from_notation to name its
-    problem."""
+    name the text does not use is an error (a typo would otherwise pass silently), and
+    with ``every=True`` so is a name of the text that ``counts`` leaves out; a text that
+    does not parse is returned as it is, for from_notation to name its problem."""
     if not isinstance(text, str):
         raise ValueError(f"bind_counts: text must be a str, got {type(text).__name__}")
     _check_counts(counts, "bind_counts")
@@ -585,6 +585,11 @@ def bind_counts(text, counts):
     if unknown:
         raise ValueError(f"bind_counts: the text has no count named {', '.join(unknown)}; "
                          f"its names: {', '.join(sorted(used)) or 'none'}")
+    missing = sorted(used - set(counts)) if every else []
+    if missing:
+        given = ", ".join(f"{k}={v}" for k, v in counts.items())
+        raise ValueError(f"bind_counts: the text's count {', '.join(missing)} has no value; "
+                         f"names given: {given}")
     for tok in sorted(tokens, key=lambda t: t.start, reverse=True):
         if tok.text in counts:
             text = f"{text[:tok.start]}{int(counts[tok.text])}{text[tok.end:]}"
@@ -740,7 +745,8 @@ def _take_input(text, items, input_shape):
             head.start, head.end)
         raise _error(text, start, end, "the input",
                      "the input volume is unknown: start the text with INPUT WxHxD "
-                     "(e.g. INPUT 32x32x3) or pass input_shape=(C, H, W)")
+                     "(e.g. INPUT 32x32x3) or pass input_shape=(C, H, W) (on the command "
+                     "line --input CxHxW)")
     return items, shape
 
 

@@ -702,6 +702,14 @@ def test_the_notes_own_spellings():
     assert "K must be a positive int" in error("INPUT 8x8x1 -> CONV K=x -> FC 10")
 
 
+@pytest.mark.parametrize("name", ["text", "input_shape", "optional", "dtype", "rng"])
+def test_a_count_named_like_an_argument_of_from_notation_is_bound_by_bind_counts(name):
+    from convnet.models import bind_counts
+    text = f"INPUT 8x8x1 -> [CONV 4]*{name} -> FC 10"
+    assert f"from_notation(bind_counts(text, {{'{name}': 2}}))" in error(text)
+    assert len(build(bind_counts(text, {name: 2}))) == 4
+
+
 def test_too_many_pools_get_the_formula_and_a_fix():
     msg = error("INPUT 8x8x1 -> [CONV 8 -> RELU -> POOL]*4 -> FC 10")
     assert "model[11] = 'POOL'" in msg and "got 1x1x8" in msg

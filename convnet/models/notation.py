@@ -636,6 +636,9 @@ def _check_shape(input_shape):
     return shape
 
 
+_ARGUMENTS = ("text", "input_shape", "optional", "dtype", "rng")   # from_notation's own
+
+
 def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=None,
                   **counts):
     """Build a Sequential from the notes' arrow notation, checking every shape on the way.
@@ -687,10 +690,13 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
         used.add(tok.text)
         if tok.text not in counts:
             bound = ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+            call = (f"from_notation(bind_counts(text, {{{tok.text!r}: 2}})) (it is an "
+                    f"argument of from_notation)" if tok.text in _ARGUMENTS else
+                    f"from_notation(..., {tok.text}=2)")
             raise _error(text, tok.start, tok.end, f"count {tok.text!r}",
                          f"the name {tok.text} is not bound: give its value, as "
-                         f"from_notation(..., {tok.text}=2) or on the command line "
-                         f"--count {tok.text}=2; names given: {bound}")
+                         f"{call} or on the command line --count {tok.text}=2; names "
+                         f"given: {bound}")
     unused = sorted(set(counts) - used)
     if unused:   # a misspelt count (Nn=3), or an argument from_notation has not (seed=0)
         raise ValueError(f"from_notation: the text has no count named "

@@ -127,6 +127,19 @@ def _bound_model(args, spec, arch, name):
     return _bound(args, spec, name), arch
 
 
+# The notation's grammar for --help (convnet.models.notation has it in full; a test checks
+# that every keyword is here).
+NOTATION_HELP = (
+    "Arrow notation (the notes'): items joined by '->'; [ ... ]*N repeats a group, LAYER*N "
+    "a layer (N a number, or a name given with --count N=2); '?' marks a part optional "
+    "(the command line keeps it). INPUT WxHxD (width x height x depth, e.g. 32x32x3; WxH "
+    "for depth 1); CONV K [F3] [S1] [P1|Psame] [D2] [G2] [floor] (F=3, S=1 and a P that "
+    "keeps the size by default); POOL [F2] [S2] [P0] [ceil|floor] (max, F=2, S=F); "
+    "AVGPOOL, L2POOL; GAP; RELU, RELU6, LEAKYRELU [slope], TANH, SIGMOID; BN; "
+    "LRN [size alpha beta k]; DROPOUT [p]; LC K [F] [S] [P] (locally connected); FLATTEN; "
+    "FC n. Options are written F3 or F=3, pairs as height x width (F3x5); keywords in any "
+    "case. E.g. 'INPUT 32x32x3 -> [[CONV 32 -> RELU]*2 -> POOL]*3 -> FC 10'.")
+
 COUNT_HELP = ("NAME=N: the value of a repetition count named in the notation (the notes' "
               "[[CONV -> RELU]*N -> POOL?]*M); repeat for each name")
 
@@ -493,11 +506,12 @@ def build_parser():
                     "activation memory; then the memory arithmetic (activations and their "
                     "gradients, parameters x the optimizer's multiplier, the input batch) "
                     "and the notes' rules of thumb as advice.")
+    p.epilog = NOTATION_HELP
     p.add_argument("model", metavar="MODEL",
                    help="a zoo name (see 'convnet zoo'), arrow notation in quotes "
-                        "(e.g. 'INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10'), "
-                        "a model .json file, an ONNX .onnx file, or a weights file "
-                        "(.pt, .pth, .safetensors) with --model")
+                        "(e.g. 'INPUT 32x32x3 -> [CONV 32 -> RELU -> POOL]*2 -> FC 10'; "
+                        "its grammar below), a model .json file, an ONNX .onnx file, or a "
+                        "weights file (.pt, .pth, .safetensors) with --model")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
                    help="per-sample input size, channels first (e.g. 3x224x224); "
@@ -536,10 +550,12 @@ def build_parser():
                         "images in one sub-folder per class (split "
                         "into train, validation and test here), or in train/ and test/ (and "
                         "val/) sub-folders of class folders")
+    p.epilog = NOTATION_HELP
     p.add_argument("--model", dest="arch", metavar="MODEL",
-                   help="a zoo name or arrow notation (default: the data set's own net, or "
-                        "for other data a net of the notes' pattern sized for its volume "
-                        "and classes); with --from a weights file, its architecture")
+                   help="a zoo name or arrow notation (its grammar below; default: the data "
+                        "set's own net, or for other data a net of the notes' pattern sized "
+                        "for its volume and classes); with --from a weights file, its "
+                        "architecture")
     p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
                    help=COUNT_HELP)
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")

@@ -743,3 +743,18 @@ def test_a_text_whose_only_arrows_are_dashes_is_named_as_such(capsys):
         capsys.readouterr().err)
     assert "the size follows INPUT without brackets: INPUT 32x32x3" in error(
         "INPUT [32x32x3] -> CONV 8 -> FC 10")
+
+
+def test_the_command_lines_help_gives_the_grammar(capsys):
+    """summary and train --help carry the notation's grammar: every keyword, and the
+    example in it builds."""
+    from convnet import cli
+    from convnet.models.notation import KEYWORDS
+    for keyword in KEYWORDS:
+        assert re.search(rf"\b{keyword}\b", cli.NOTATION_HELP), keyword
+    example = re.search(r"E\.g\. '([^']+)'", cli.NOTATION_HELP)[1]
+    assert build(example).output_shape((3, 32, 32)) == (10,)
+    for command in ("summary", "train"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "Arrow notation (the notes')" in capsys.readouterr().out

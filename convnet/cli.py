@@ -206,14 +206,12 @@ def _tta(args, info):
     return info.get("tta", False) if args.tta is None else args.tta
 
 
-def _takes_images(args, model):
+def _takes_images(args, model, scores=True):
     """The model's per-sample input (C, H, W): what eval, predict and show activations
-    resize images to; a ValueError naming the file when it records none."""
-    shape = getattr(model, "input_shape", None)
-    if shape is None or len(shape) != 3:
-        raise ValueError(f"{args.model}: {args.command} needs a model whose input is an "
-                         f"image (C, H, W); its input_shape is {shape!r}")
-    return shape
+    resize images to; a ValueError naming the file when it records none, takes other
+    than 1 or 3 channels, or (scores) gives no score per class."""
+    from convnet.train.inference import image_input
+    return image_input(model, f"{args.model}: {args.command}", scores=scores)
 
 
 def cmd_summary(args):
@@ -425,7 +423,7 @@ def cmd_show(args):
         path = plot.plot_reuse(model, out, title=title)
     else:
         from convnet.train.inference import load_images, preprocess
-        images, notes = load_images([args.image], _takes_images(args, model))
+        images, notes = load_images([args.image], _takes_images(args, model, scores=False))
         for note in notes:
             _note(args, note)
         info = getattr(model, "info", None) or {}

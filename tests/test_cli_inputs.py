@@ -697,6 +697,49 @@ def test_a_model_without_an_image_input_is_named_by_the_image_commands(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["predict", "eval", "show", "report"])
+def test_image_commands_refuse_other_channel_counts_and_score_maps(tmp_path, capsys,
+                                                                    command):
+    """A model of 4 input channels had got a NumPy broadcast error from predict; a net
+    converted to CONV (scores as a K x 1 x 1 map) a TypeError, and eval an error about
+    the loss's shapes. A 1 x 1 map is taken as the scores; a larger map and 4 channels
+    are refused, naming the file."""
+    from PIL import Image
+
+    from convnet.io import save_model
+    from convnet.models import fc_to_conv, from_notation
+    Image.new("L", (8, 8), 100).save(tmp_path / "x.png")
+
+    def argv(path):
+        return {"predict": ["predict", str(path), str(tmp_path / "x.png")],
+                "eval": ["eval", str(path), "--data", "digits"],
+                "show": ["show", "activations", str(path), str(tmp_path / "x.png"),
+                         "--out", str(tmp_path / "a.png"), "--overwrite"],
+                "report": ["report", str(path), "--images", str(tmp_path / "x.png"),
+                           "--out", str(tmp_path / "r.html"), "--overwrite"]}[command]
+
+    four = save_model(from_notation("INPUT 8x8x4 -> CONV 4 -> FC 10"), tmp_path / "four")
+    assert main(argv(four)) == 1
+    err = capsys.readouterr().err
+    assert f"{four}: " in err and "needs a model of 1 or 3 input channels (images are " \
+        "read as grayscale or RGB); this one takes 4" in err, err
+    net = from_notation("INPUT 8x8x1 -> CONV 4 -> RELU -> FC 10", rng=np.random.default_rng(0))
+    net.trained = True
+    fc = save_model(net, tmp_path / "fc")
+    conv = save_model(fc_to_conv(net, (1, 8, 8)), tmp_path / "conv")
+    if command in ("predict", "eval"):        # the same scores, as a 1 x 1 map
+        assert main(argv(fc)) == 0
+        first = capsys.readouterr().out.replace(str(fc), "M")
+        assert main(argv(conv)) == 0
+        assert capsys.readouterr().out.replace(str(conv), "M") == first
+        slid = fc_to_conv(net, (1, 8, 8))
+        slid.input_shape = (1, 9, 9)                                # gives a 2 x 2 map
+        wide = save_model(slid, tmp_path / "wide")
+        assert main(argv(wide)) == 1
+        assert f"{wide}: {command} needs a score per class; the model gives 2x2x10 per " \
+               f"image" in capsys.readouterr().err
+
+
 def test_an_unwritable_run_directory_is_named_before_training(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     started = time.perf_counter()

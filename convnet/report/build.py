@@ -678,7 +678,13 @@ def _evaluate(model, x, y, classes, info):
 def build_report(model, source=None, data=None, data_root=None, images=None, run_dir=None,
                  log=None, all_images=False):
     """The report page for ``model`` as one HTML string (see ``write_report``)."""
-    from convnet.train.inference import class_names, evaluation_data, load_images, preprocess
+    from convnet.train.inference import (
+        class_names,
+        evaluation_data,
+        image_input,
+        load_images,
+        preprocess,
+    )
 
     require()
     notes, sample_notes = [], []
@@ -697,6 +703,8 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
     if (data or images) and len(shape) != 3:
         raise ValueError(f"{name}: --data and --images need a model that takes images "
                          f"(C x H x W); its input is {shape}")
+    if data or images:
+        image_input(model, f"{name}: {'--data' if data else '--images'}", scores=bool(data))
     info = getattr(model, "info", None) or {}
     trained = getattr(model, "trained", None)
     if run_dir is None:

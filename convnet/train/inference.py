@@ -143,14 +143,38 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False,
     return x, y, classes, notes
 
 
+def image_input(model, where, scores=False):
+    """The model's per-sample input (C, H, W), checked to be one images are made for: one
+    channel (read as L) or three (RGB). With scores=True, also that its output is a score
+    per class: (K,), or a 1 x 1 map of them (K, 1, 1: an FC net converted to CONV, at the
+    size it trained at). Otherwise a ValueError that starts with ``where`` ("model.json:
+    eval")."""
+    shape = getattr(model, "input_shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"{where} needs a model whose input is an image (C, H, W); its "
+                         f"input_shape is {shape!r}")
+    if shape[0] not in (1, 3):
+        raise ValueError(f"{where} needs a model of 1 or 3 input channels (images are read "
+                         f"as grayscale or RGB); this one takes {shape[0]}")
+    out = tuple(model.output_shape(tuple(shape))) if scores else ()
+    if scores and not (len(out) == 1 or (len(out) == 3 and out[1:] == (1, 1))):
+        from convnet.models.notation import _volume
+        raise ValueError(f"{where} needs a score per class; the model gives {_volume(out)} "
+                         f"per image (an FC net slid as CONV over larger images gives a "
+                         f"map: run it at the size it was trained for)")
+    return tuple(shape)
+
+
 def class_scores(model, x, tta=False):
-    """The model's class scores for the batch x (eval mode); with tta=True, flip
-    test-time augmentation: the mean of the scores of x and of its mirror images
-    (left-right)."""
+    """The model's class scores (N, K) for the batch x (eval mode), a 1 x 1 map of them
+    (N, K, 1, 1) taken as they are; with tta=True, flip test-time augmentation: the mean
+    of the scores of x and of its mirror images (left-right)."""
     scores = model.infer(x)
     if tta:
         scores += model.infer(np.ascontiguousarray(x[..., ::-1]))
         scores /= 2
+    if scores.ndim == 4 and scores.shape[2:] == (1, 1):
+        scores = scores.reshape(scores.shape[:2])
     return scores
 
 

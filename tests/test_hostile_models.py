@@ -781,3 +781,29 @@ def test_counting_first_leaves_the_initial_weights_as_they_were():
     first = uniform_init(rng, (6, 1, 3, 3), 9, np.float32)
     net = from_notation("INPUT 8x8x1 -> CONV 6 -> FC 2", rng=np.random.default_rng(3))
     assert np.array_equal(net[0].params["weight"], first)
+
+
+def test_a_save_that_fails_leaves_the_earlier_pair_whole(tmp_path):
+    """save_model had written the weights before it made the JSON text: a field JSON
+    cannot hold left new weights beside the old JSON (a pair that no longer loads), or
+    an orphan weights file in the way of the next save."""
+    from convnet.models import from_notation
+    old = from_notation("INPUT 8x8x1 -> CONV 2 -> FC 3", rng=np.random.default_rng(0))
+    path = save_model(old, tmp_path / "pair")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    new = from_notation("INPUT 8x8x1 -> CONV 4 -> FC 3", rng=np.random.default_rng(1))
+    with pytest.raises(TypeError):
+        save_model(new, tmp_path / "pair", data=object())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert load_model(path).state_dict().keys() == old.state_dict().keys()
+    new.input_shape = np.array([1, 8, 8])             # NumPy ints are written as ints
+    assert load_model(save_model(new, tmp_path / "n")).input_shape == (1, 8, 8)
+
+
+def test_a_file_name_of_the_longest_length_is_written(tmp_path):
+    """The temporary name had added 14 characters to the whole name: a name of 242 to 255
+    characters, legal, failed with 'File name too long' naming the temporary file."""
+    from convnet.io.weights import atomic_write
+    path = tmp_path / ("a" * 250 + ".json")
+    atomic_write(path, b"{}")
+    assert path.read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == [path.name]

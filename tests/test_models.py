@@ -434,6 +434,28 @@ def test_slide_combines_shifted_passes_for_stride_16():
         slide(conv_net, x, net_stride=64, factor=2)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda net, x: fc_to_conv(net, (1, 5.0, 5)), r"fc_to_conv: input_shape must be "
+                                                  r"positive ints \(C, H, W\), got \(1, 5.0"),
+    (lambda net, x: fc_to_conv(net, (1, 0, 5)), "input_shape must be positive ints"),
+    (lambda net, x: slide(net, x, 4, 0), "slide: factor must be a positive int, got 0"),
+    (lambda net, x: slide(net, x, 4, -2), "factor must be a positive int, got -2"),
+    (lambda net, x: slide(net, x, 4, 2.0), "factor must be a positive int, got 2.0"),
+    (lambda net, x: slide(net, x[0], 4, 2), r"x must be a batch of images \(N, C, H, W\), "
+                                            r"got \(1, 9, 9\)")])
+def test_fc_to_conv_and_slide_check_their_arguments(call, message):
+    """They had failed with a ZeroDivisionError, a NumPy error or a layer's error about a
+    kernel size the user never gave."""
+    net = Sequential(Conv2d(1, 2, 3), Flatten(), Linear(18, 4))
+    net.input_shape = (1, 5, 5)
+    converted = fc_to_conv(net, np.array([1, 5, 5]))
+    assert converted.input_shape == (1, 5, 5)
+    assert all(type(v) is int for v in converted.input_shape)   # JSON can hold it
+    with pytest.raises(ValueError, match=message):
+        call(converted if "slide" in message or "x must" in message else net,
+             np.zeros((1, 1, 9, 9)))
+
+
 @pytest.mark.parametrize("options", [dict(affine=False), dict(track_running_stats=False),
                                      dict(dtype=np.float64)])
 def test_fc_to_conv_keeps_a_batch_norm_after_an_fc_as_it_was(options, tmp_path):

@@ -128,7 +128,9 @@ def atomic_write(path, data: bytes):
     The file gets the permissions open() would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary name: a dot, at most 100 characters of the name, 8 random, ".tmp"
+    # (a name of 255 characters, the most a file system takes, has room for none)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~umask())     # mkstemp makes 0600; open() would honour umask
         with os.fdopen(fd, "wb") as f:
@@ -267,14 +269,18 @@ def save_model(model, path, **info):
     """Save a model as architecture JSON plus safetensors weights; returns the JSON path.
 
     Extra keyword arguments (class names, the data it was trained on...) are stored in the
-    JSON under "info".
+    JSON under "info". The JSON text is made first, so that a field it cannot hold fails
+    before either file is written; then the weights, then the JSON (each atomically).
     """
     json_path, weights_path = model_paths(path)
-    save_tensors(model.state_dict(), weights_path)
+    shape = getattr(model, "input_shape", None)
     document = {"format": FORMAT, "version": 1, "architecture": model.get_config(),
-                "input_shape": list(getattr(model, "input_shape", None) or []) or None,
+                "input_shape": [int(v) for v in shape] if shape is not None and len(shape)
+                else None,
                 "weights": weights_path.name, "info": info}
-    atomic_write(json_path, json_text(document, indent=1).encode())
+    text = json_text(document, indent=1).encode()   # a field JSON cannot hold fails here,
+    save_tensors(model.state_dict(), weights_path)   # before either file is written
+    atomic_write(json_path, text)
     return json_path
 
 

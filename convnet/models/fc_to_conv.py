@@ -68,7 +68,11 @@ def fc_to_conv(model, input_shape=None):
                          "built for (the model has no input_shape attribute)")
     if not isinstance(model, Sequential):
         raise ValueError(f"fc_to_conv: expected a Sequential model, got {type(model).__name__}")
-    shape = tuple(input_shape)
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray)) else ()
+    if not all(_positive_int(v) for v in shape):
+        raise ValueError(f"fc_to_conv: input_shape must be positive ints (C, H, W), got "
+                         f"{input_shape!r:.80}")
+    shape = tuple(int(v) for v in shape)
     if len(shape) != 3:
         raise ValueError(f"fc_to_conv: the net takes input of shape {shape}; converting its "
                          f"FC layers to CONVs slides it over larger images, so its input "
@@ -81,6 +85,10 @@ def fc_to_conv(model, input_shape=None):
     converted.input_shape = shape
     converted.train(model.training and not state.folded)
     return converted
+
+
+def _positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 @dataclasses.dataclass
@@ -242,6 +250,12 @@ def slide(model, x, net_stride, factor=2):
     Returns (N, K, factor*(OH-1)+1, factor*(OW-1)+1): entry (i, j) is the net on the crop
     whose top-left corner is (i, j) * net_stride / factor.
     """
+    for name, value in (("net_stride", net_stride), ("factor", factor)):
+        if not _positive_int(value):
+            raise ValueError(f"slide: {name} must be a positive int, got {value!r:.40}")
+    if not (isinstance(x, np.ndarray) and x.ndim == 4):
+        raise ValueError(f"slide: x must be a batch of images (N, C, H, W), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
     if net_stride % factor:
         raise ValueError(f"slide: net_stride={net_stride} must be divisible by "
                          f"factor={factor}")

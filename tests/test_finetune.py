@@ -230,3 +230,41 @@ def test_channels_other_than_the_models_are_refused_naming_both(tmp_path, capsys
     err = capsys.readouterr().err
     assert f"--channels 3: the model --from {out / 'model.json'} takes 1 channel(s); give " \
            "--channels 1, or leave it out" in err, err
+
+
+def test_a_python_loop_leaves_frozen_layers_alone_and_skips_their_backward(monkeypatch):
+    """freeze() had only set a flag: grads() still gave the frozen layers' gradients, so
+    the loop of examples/train_loop.py (step(model.grads())) updated them, and backward
+    ran through them to the input. Now a frozen layer's gradients are None (PyTorch's
+    grad with requires_grad=False), and a backward with input_grad=False stops at the
+    first layer that trains: the gradients it gives are those of the whole pass."""
+    from convnet.functional.loss import softmax_cross_entropy
+    from convnet.models import from_notation
+    from convnet.train.optim import Adam
+    text = "INPUT 8x8x1 -> CONV 4 -> BN -> RELU -> POOL -> CONV 8 -> RELU -> FC 10"
+    x = np.random.default_rng(1).standard_normal((8, 1, 8, 8))
+    whole = from_notation(text, dtype=np.float64, rng=np.random.default_rng(0))
+    _, d = softmax_cross_entropy(whole.forward(x), np.arange(8))
+    whole.backward(d, input_grad=False)
+    net = from_notation(text, dtype=np.float64, rng=np.random.default_rng(0))
+    net.freeze("0", "1")
+    frozen = {k: v.copy() for k, v in net.params().items() if k[0] in "01"}
+    opt = Adam(net.params(), lr=0.01)
+
+    def no_backward(*args, **kwargs):
+        raise AssertionError("a frozen layer's backward ran")
+    for name in ("0", "1", "2", "3"):       # frozen, or with nothing below that trains
+        monkeypatch.setattr(net[name], "backward", no_backward)
+    _, d = softmax_cross_entropy(net.forward(x), np.arange(8))
+    net.backward(d, input_grad=False)
+    grads = net.grads()
+    assert [k for k, v in grads.items() if v is None] == list(frozen)
+    for key, g in grads.items():
+        if g is not None:
+            np.testing.assert_array_equal(g, whole.grads()[key])
+    opt.step(grads)
+    for key, value in frozen.items():
+        np.testing.assert_array_equal(net.params()[key], value)
+    assert not np.array_equal(net.params()["4.weight"], whole.params()["4.weight"])
+    net.freeze()                           # all frozen: nothing to do
+    assert net.backward(d, input_grad=False) is None

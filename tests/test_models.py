@@ -686,10 +686,15 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients():
     assert dx is not None and model.backward(dout, input_grad=False) is None
     for key, g in model.grads().items():
         assert rel_error(g, full[key]) < 1e-12, key
-    # a first layer that cannot skip it (ReLU) still returns dx
+    # a layer with no parameters before the first that has some gets no backward pass
     relu_first = Sequential(ReLU(), Conv2d(2, 2, 1, dtype=np.float64, rng=rng))
     relu_first.forward(x)
-    dx = relu_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False)
+    relu_first[0].backward = None
+    assert relu_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False) is None
+    # a first layer that trains but cannot skip dx (a Residual block) returns it
+    block_first = Sequential(basic_block(2, 2, 1, rng), ReLU())
+    block_first.forward(x)
+    dx = block_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False)
     assert dx.shape == x.shape
 
 

@@ -72,7 +72,7 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
         self.training = True
-        self.frozen = False  # a frozen layer's parameters are left alone by the optimizer
+        self.frozen = False  # frozen: grads() gives None for its parameters (see freeze)
         self.cache = None
         self.name = None  # set by the model that holds the layer, e.g. "features.0"
 

@@ -117,6 +117,13 @@ def _training_plan(layers):
     return plan
 
 
+def _trains(layer):
+    """Whether layer (a leaf or a block) holds a parameter that is not frozen."""
+    leaves = ([leaf for _, leaf in layer.named_layers()] if isinstance(layer, Container)
+              else [layer])
+    return any(leaf.params and not leaf.frozen for leaf in leaves)
+
+
 def relus_in_place(model):
     """Make every RELU that directly follows a CONV, FC or batch norm layer (whose
     backward passes read their input, not their output) write into that output
@@ -339,8 +346,11 @@ class Container(Layer):
         return self._flat("params")
 
     def grads(self):
-        """The gradients of the last backward, with the same keys as params()."""
-        return self._flat("grads")
+        """The gradients of the last backward, with the same keys as params(); a frozen
+        layer's are None (PyTorch's grad of a parameter with requires_grad=False), which
+        an optimizer's step leaves alone."""
+        return {f"{name}.{key}": None if layer.frozen else value
+                for name, layer in self.named_layers() for key, value in layer.grads.items()}
 
     def trainable_params(self):
         """params() without the frozen layers': what an optimizer should update."""
@@ -498,7 +508,9 @@ class Sequential(Container):
     def backward(self, dout, input_grad=True):
         """Gradients back through the layers; returns dx (N, *input), or None when
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
-        the data needs no gradient)."""
+        the data needs no gradient). With ``input_grad=False`` the pass also stops at the
+        first layer from the input that has parameters to train: the frozen layers before
+        it (``freeze``) get no backward pass at all."""
         layers = list(self)
         plan = getattr(self, "_plan", None)
         ran = [a for step in plan or () for a in step if a is not None]
@@ -506,6 +518,11 @@ class Sequential(Container):
             layers = [layer for layer, _ in plan]    # the calls the last forward made
         if not layers:
             return dout
+        if not input_grad:
+            trains = [_trains(layer) for layer in layers]
+            if not any(trains):
+                return None
+            layers = layers[trains.index(True):]
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         first = layers[0]

@@ -1087,6 +1087,60 @@ def test_an_overwrite_stopped_early_gives_the_earlier_run_back(tmp_path, capsys,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == held
 
 
+def test_an_overwrite_cut_short_while_setting_aside_or_dropping_loses_nothing(
+        tmp_path, capsys, monkeypatch):
+    """A kill or Ctrl-C in the middle of moving the earlier run aside had made put_back
+    delete the earlier run's files that were not moved yet (and say it was kept); one
+    while deleting the set-aside files, once the new run had its first checkpoint, had
+    restored a half-deleted earlier run over the new run's checkpoint."""
+    import shutil
+
+    import convnet.train.loop as loop
+    out = tmp_path / "run"
+    args = ["train", "--model", SMALL, "--epochs", "1", "--quiet", "--no-report", "--out",
+            str(out)]
+    assert main(args) == 0
+    held = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(held) >= 6
+    # a kill after two moves: the next command puts them back, and keeps the rest
+    cut = out / ".replacing-x1"
+    cut.mkdir()
+    for name in ("checkpoint.safetensors", "model.json"):
+        os.replace(out / name, cut / name)
+    assert main(args) == 1
+    assert "is put back" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # a Ctrl-C on the third move: all back, and said
+    real, moves = os.replace, []
+
+    def replace(src, dst):
+        if ".replacing-" in str(dst):
+            moves.append(dst)
+            if len(moves) == 3:
+                raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(loop.os, "replace", replace)
+    assert main(args + ["--overwrite", "--seed", "2"]) == 130
+    assert "the new run had written no checkpoint yet: " in capsys.readouterr().err
+    monkeypatch.undo()
+    assert len(moves) == 3 and {p.name: p.read_bytes() for p in out.iterdir()} == held
+    # a Ctrl-C while the earlier run's files are deleted: the new run's checkpoint stays
+    rmtree = shutil.rmtree
+
+    def halfway(path, ignore_errors=False):
+        if ".replaced-" in str(path):
+            next(path.iterdir()).unlink()
+            raise KeyboardInterrupt
+        return rmtree(path, ignore_errors=ignore_errors)
+    monkeypatch.setattr(loop.shutil, "rmtree", halfway)
+    assert main(args + ["--overwrite", "--seed", "2"]) == 130
+    assert "the new run had written no checkpoint yet" not in capsys.readouterr().err
+    monkeypatch.undo()
+    assert (out / "checkpoint.safetensors").read_bytes() != held["checkpoint.safetensors"]
+    assert main(args + ["--resume"]) == 0                      # the new run goes on
+    assert not list(out.glob(".replac*"))
+
+
 def test_data_root_and_download_with_the_embedded_digits(tmp_path, capsys, monkeypatch):
     """--data-root and --download with the default digits (a forgotten --data) had been
     ignored, and the run trained on the digits."""

@@ -608,7 +608,11 @@ class SetAside:
     its first checkpoint; ``restore()`` puts them back if it fails before that. A failing
     run loses nothing, and until its first epoch ends the earlier run stays where it was
     (readable by eval; and under mpiexec, where another rank's failure ends rank 0
-    before it can restore anything, not hidden until a later run puts it back)."""
+    before it can restore anything, not hidden until a later run puts it back).
+
+    The files go into ``.replacing-*``, renamed ``.replaced-*`` once all are in: a kill
+    or Ctrl-C in the middle leaves a folder whose put_back takes nothing of the earlier
+    run's that was still in place (the new run has written nothing yet)."""
 
     def __init__(self, out):
         self.out, self.folder, self.begun, self.dropped = out, None, False, False
@@ -619,20 +623,26 @@ class SetAside:
         self.begun = True
         held = [name for name in RUN_FILES if (self.out / name).exists()]
         if held:
-            self.folder = Path(tempfile.mkdtemp(prefix=".replaced-", dir=self.out))
+            self.folder = Path(tempfile.mkdtemp(prefix=MOVING, dir=self.out))
             for name in held:
                 os.replace(self.out / name, self.folder / name)
+            done = self.out / (MOVED + self.folder.name[len(MOVING):])
+            os.replace(self.folder, done)
+            self.folder = done
 
     def drop(self):
         self.dropped = True
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        folder, self.folder = self.folder, None     # never restored once the drop starts
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def restore(self):
-        if self.folder is not None:
-            put_back(self.out, self.folder)
-            self.folder = None
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            if not folder.exists():          # renamed .replaced-* as the Ctrl-C came
+                folder = self.out / (MOVED + folder.name[len(MOVING):])
+            if folder.exists():
+                put_back(self.out, folder)
 
     def __enter__(self):
         return self
@@ -640,11 +650,14 @@ class SetAside:
     def __exit__(self, kind, error, trace):
         if kind is None:
             self.drop()
-        elif self.folder is not None:
+        elif self.folder is not None and not self.dropped:
             self.restore()
             error.earlier_restored = True      # the command line's resume hint says so
         elif not self.begun and any((self.out / name).exists() for name in RUN_FILES):
             error.earlier_restored = True      # never moved: there as it was
+
+
+MOVING, MOVED = ".replacing-", ".replaced-"   # a SetAside's folder, while and once filled
 
 
 class AsideElsewhere:
@@ -666,33 +679,40 @@ class AsideElsewhere:
 
 
 def put_back(out, folder):
-    """Move an earlier run's files from ``folder`` (a SetAside's) back into ``out`` in
-    place of the failed run's, and remove the folder."""
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+    """Move an earlier run's files from ``folder`` (a SetAside's) back into ``out`` and
+    remove the folder. From a whole set (``.replaced-*``) they take the place of the
+    failed run's, whose other files are deleted; from one a kill cut short
+    (``.replacing-*``) they join the earlier run's files that were never moved. The
+    checkpoint goes back last: until it is back, recover_set_aside puts back the rest."""
+    whole = folder.name.startswith(MOVED)
+    for name in sorted(RUN_FILES, key=lambda n: n == "checkpoint.safetensors"):
         if (folder / name).exists():
             os.replace(folder / name, out / name)
+        elif whole:
+            (out / name).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
 def recover_set_aside(out):
     """An earlier run's files left set aside in ``out`` (a run under mpiexec killed, or
     killed itself, before its first checkpoint, its SetAside never restored): put back
-    where ``out`` has no checkpoint, else deleted (the newer run replaced them). Returns
-    a note, or None where there was nothing."""
-    left = sorted(p for p in out.glob(".replaced-*") if p.is_dir() and not p.is_symlink()) \
-        if out.is_dir() else []          # a link could name another run's folder
-    if not left:
-        return None
-    if (out / "checkpoint.safetensors").exists():
-        for folder in left:
-            shutil.rmtree(folder, ignore_errors=True)
-        return None
-    put_back(out, left[-1])
-    for folder in left[:-1]:
+    where ``out`` has no checkpoint, else deleted (the newer run replaced them); a set
+    that a kill cut short (``.replacing-*``: the new run wrote nothing) is put back.
+    Returns a note, or None where there was nothing."""
+    def found(prefix):                   # a link could name another run's folder
+        return sorted(p for p in out.glob(f"{prefix}*") if p.is_dir() and not
+                      p.is_symlink()) if out.is_dir() else []
+    cut = found(MOVING)
+    for folder in cut:
+        put_back(out, folder)
+    left, put = found(MOVED), bool(cut)
+    if left and not (out / "checkpoint.safetensors").exists():
+        put_back(out, left.pop())
+        put = True
+    for folder in left:
         shutil.rmtree(folder, ignore_errors=True)
     return (f"{out}: the earlier run set aside by an --overwrite that stopped before its "
-            f"first checkpoint is put back")
+            f"first checkpoint is put back") if put else None
 
 
 STALE_SECONDS = 600   # a temporary file unwritten this long belongs to no live write

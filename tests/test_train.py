@@ -357,12 +357,14 @@ def test_what_a_kill_or_another_machine_leaves_is_handled_on_resume(tmp_path, ca
     old = time.time() - 3600
     os.utime(out / ".checkpoint.safetensors.x0_eob.tmp", (old, old))
     (out / ".notes.txt.tmp").write_text("not ours")
+    (out / ".best.json.y1.tmp").write_text("a run killed now")  # only a run writes best.*
     rewrite_checkpoint(ckpt, lambda state: state.update(threads=THREADS + 1))
     capsys.readouterr()
     assert main(args + ["--resume", "--epochs", "2"]) == 0
     assert (f"the checkpoint was written with {THREADS + 1} thread(s) a process, resumed "
             f"with {THREADS}: ") in capsys.readouterr().out
     assert not (out / ".checkpoint.safetensors.x0_eob.tmp").exists()
+    assert not (out / ".best.json.y1.tmp").exists()
     assert (out / ".notes.txt.tmp").exists() and (out / ".model.json.live.tmp").exists()
     (out / ".model.json.live.tmp").unlink()
     ckpt.write_bytes(good)

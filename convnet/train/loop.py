@@ -718,12 +718,16 @@ def recover_set_aside(out):
 STALE_SECONDS = 600   # a temporary file unwritten this long belongs to no live write
 
 
+RUN_ONLY = ("checkpoint.safetensors", "best.json", "best.safetensors", "history.json")
+
+
 def remove_stale_temporaries(out):
     """Delete what a kill in the middle of a write left in ``out``: the temporary files
     (``.checkpoint.safetensors.*.tmp``) atomic_write makes beside each of RUN_FILES, as
-    large as the file they were to become, and --time-limit's timing folders, once
-    STALE_SECONDS have passed since their last write (a run writing into ``out`` now
-    keeps its own)."""
+    large as the file they were to become, and --time-limit's timing folders. Those of
+    what only a run writes (RUN_ONLY, the timing folders), at once: this is called where
+    no run holds ``out``; the others (a model or report that convert or report may be
+    writing there now), once STALE_SECONDS have passed since their last write."""
     if not out.is_dir():
         return
     now = time.time()
@@ -733,15 +737,11 @@ def remove_stale_temporaries(out):
                 info = path.lstat()
             except OSError:
                 continue
-            if path.is_file() and not path.is_symlink() and now - info.st_mtime > \
-                    STALE_SECONDS:
+            if path.is_file() and not path.is_symlink() and (
+                    name in RUN_ONLY or now - info.st_mtime > STALE_SECONDS):
                 path.unlink(missing_ok=True)
-    for path in out.glob(f"{PLAN_PREFIX}*"):      # --time-limit's timing writes
-        try:
-            old = now - path.lstat().st_mtime > STALE_SECONDS
-        except OSError:
-            continue
-        if old and path.is_dir() and not path.is_symlink():
+    for path in out.glob(f"{PLAN_PREFIX}*"):      # --time-limit's timing writes: a run's
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
 
 

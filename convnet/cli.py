@@ -842,7 +842,8 @@ def main(argv=None):
                     time.sleep(PEER_WAIT)         # abort ends this one before it prints
                 traceback.print_exc()   # then end every rank: the others wait in a collective
         hint = (" (try a smaller --batch-size or --image-size)"
-                if isinstance(err, MemoryError) and args.command == "train" else "")
+                if isinstance(err, MemoryError) and args.command == "train" else
+                _resume_hint(err) if isinstance(err, OSError) else "")
         _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
@@ -862,7 +863,8 @@ def _several_processes(size):
 
 
 def _resume_hint(interrupt):
-    """How to continue a training run that a Ctrl-C stopped ("" for other commands)."""
+    """How to continue a training run that a Ctrl-C or an OSError (a full disk) stopped
+    ("" for other commands)."""
     out = getattr(interrupt, "run_directory", None)
     if out is None:
         return ""

@@ -1141,6 +1141,28 @@ def test_an_overwrite_cut_short_while_setting_aside_or_dropping_loses_nothing(
     assert not list(out.glob(".replac*"))
 
 
+def test_a_full_disk_in_training_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """A full disk had ended a run with '[Errno 28] No space left on device', naming
+    neither the file nor that the run can be resumed."""
+    import errno
+
+    import convnet.train.loop as loop
+    out = tmp_path / "run"
+    real, calls = loop.save_checkpoint, []
+
+    def full(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(loop, "save_checkpoint", full)
+    assert main(["train", "--model", SMALL, "--epochs", "2", "--quiet", "--no-report",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"No space left on device: '{out / 'checkpoint.safetensors'}'; continue the " \
+           f"run with: convnet train --resume --out {out}" in err, err
+
+
 def test_data_root_and_download_with_the_embedded_digits(tmp_path, capsys, monkeypatch):
     """--data-root and --download with the default digits (a forgotten --data) had been
     ignored, and the run trained on the digits."""

@@ -807,3 +807,16 @@ def test_a_file_name_of_the_longest_length_is_written(tmp_path):
     path = tmp_path / ("a" * 250 + ".json")
     atomic_write(path, b"{}")
     assert path.read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from convnet.io import weights
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(weights.os, "fsync", full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*model\.json'"):
+        weights.atomic_write(tmp_path / "model.json", b"{}")
+    assert not list(tmp_path.iterdir())

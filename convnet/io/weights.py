@@ -130,7 +130,11 @@ def atomic_write(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name: a dot, at most 100 characters of the name, 8 random, ".tmp"
     # (a name of 255 characters, the most a file system takes, has room for none)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.",
+                                   suffix=".tmp")
+    except OSError as err:              # named by the file the caller asked for
+        raise type(err)(err.errno, err.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~umask())     # mkstemp makes 0600; open() would honour umask
         with os.fdopen(fd, "wb") as f:
@@ -138,8 +142,10 @@ def atomic_write(path, data: bytes):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):    # a full disk: the file, not its temporary name
+            raise type(err)(err.errno, err.strerror, str(path)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

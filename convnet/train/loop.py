@@ -757,11 +757,11 @@ def _ignored_settings(given, saved):
 
 @contextlib.contextmanager
 def _interrupt_names(out):
-    """A KeyboardInterrupt (Ctrl-C) inside carries the run directory as
-    ``run_directory``: the command line says how to continue it."""
+    """A KeyboardInterrupt (Ctrl-C), or an OSError (a full disk), inside carries the run
+    directory as ``run_directory``: the command line says how to continue the run."""
     try:
         yield
-    except KeyboardInterrupt as interrupt:
+    except (KeyboardInterrupt, OSError) as interrupt:
         if not hasattr(interrupt, "run_directory"):
             interrupt.run_directory = out
         raise

@@ -1163,6 +1163,41 @@ def test_a_full_disk_in_training_says_how_to_continue(tmp_path, capsys, monkeypa
            f"run with: convnet train --resume --out {out}" in err, err
 
 
+def test_run_folder_refusals_say_what_is_there(tmp_path, capsys, monkeypatch):
+    """A folder of the user's own files had been refused as 'a run stopped in its first
+    epoch', with --overwrite to 'replace them' (it writes beside them); a link to nothing
+    as --out had given '[Errno 17] File exists'; a read-only run folder to resume, 'delete
+    the lock file' (there is none)."""
+    import errno
+
+    import convnet.train.loop as loop
+    args = ["train", "--model", SMALL, "--epochs", "1", "--quiet", "--no-report", "--out"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(args + [str(mine)]) == 1
+    assert f"{mine} holds files that are not a run's (notes.txt): give another --out, or " \
+           "--overwrite to write the run beside them (it replaces only a run's own " \
+           "files: checkpoint.safetensors, " in capsys.readouterr().err
+    assert main(args + [str(mine), "--overwrite"]) == 0
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "model.json").exists()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere" / "x")
+    assert main(args + [str(link)]) == 1
+    assert f"{link}: --out is a link to nothing ({tmp_path / 'nowhere' / 'x'}): give an " \
+           "existing folder or a new name" in capsys.readouterr().err
+    real = os.open
+
+    def read_only(path, *a, **k):
+        if str(path).endswith(loop.LOCK):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(path, *a, **k)
+    monkeypatch.setattr(loop.os, "open", read_only)
+    assert main(args + [str(mine), "--resume"]) == 1
+    assert f"{mine}: the run directory is not writable (Read-only file system)" in \
+        capsys.readouterr().err
+
+
 def test_data_root_and_download_with_the_embedded_digits(tmp_path, capsys, monkeypatch):
     """--data-root and --download with the default digits (a forgotten --data) had been
     ignored, and the run trained on the digits."""

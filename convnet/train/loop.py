@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import inspect
 import json
@@ -368,6 +369,9 @@ def run_directory(cfg, resume, overwrite, passed=()):
         raise ValueError(f"{out}: the run directory is inside the data folder {cfg.data}, "
                          f"where its files would be read as images; give --out a folder "
                          f"outside it")
+    if os.path.lexists(out) and not out.exists():
+        raise ValueError(f"{out}: --out is a link to nothing ({os.readlink(out)}): give an "
+                         f"existing folder or a new name")
     if resume:
         if not (out / "checkpoint.safetensors").is_file():
             raise ValueError(f"{out / 'checkpoint.safetensors'}: no checkpoint to resume from")
@@ -377,6 +381,11 @@ def run_directory(cfg, resume, overwrite, passed=()):
     held = _held_files(out)
     if held and not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        if not set(held) & set(RUN_FILES):
+            raise ValueError(f"{out} holds files that are not a run's ({shown}): give "
+                             f"another --out, or --overwrite to write the run beside them "
+                             f"(it replaces only a run's own files: "
+                             f"{', '.join(RUN_FILES[:3])}, ...)")
         resume = ("pass --resume to continue that run, "
                   if (out / "checkpoint.safetensors").is_file() else
                   "none is a checkpoint to resume from (a run stopped in its first epoch); "
@@ -554,6 +563,12 @@ class RunLock:
                     raise OSError(0, "not a regular file")
             except OSError as err:   # a link or a FIFO planted there, or no permission
                 self._remove_made()
+                if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
+                        and not os.path.lexists(path):
+                    raise ValueError(f"{self.out}: the run directory is not writable "
+                                     f"({err.strerror}): a run writes its lock, checkpoints "
+                                     f"and model there; copy the run to a writable "
+                                     f"folder") from None
                 raise ValueError(f"{path}: the run's lock file cannot be made: "
                                  f"{err.strerror or err} (if no run holds it, delete "
                                  f"it)") from None

@@ -461,6 +461,11 @@ def mutations(state):
     yield "rng state", {**state, "dropout_rng": {name: {**rng[name], "state": "x"}}}
     yield "rng name", {**state, "dropout_rng": {"other": rng[name]}}
     yield "architecture type", {**state, "architecture": {"type": "Nothing"}}
+    # counts that had ended in a ZeroDivisionError, or passed: seen < 0, a fraction
+    yield "sums seen", {**state, "sums": {**state["sums"], "seen": -32}}
+    yield "sums correct", {**state, "sums": {**state["sums"], "correct": 1}}  # of 0 seen
+    yield "best epoch", {**state, "best": {**state["best"], "epoch": 1.5}}
+    yield "best epoch late", {**state, "best": {**state["best"], "epoch": 7}}
 
 
 def test_every_damaged_checkpoint_field_is_a_named_error(finished_run, tmp_path):

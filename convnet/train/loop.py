@@ -1599,11 +1599,18 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
     history = need("history", list, lambda v: len(v) == epoch and all(
         map(is_epoch_record, v)), f"a list of {epoch} dicts (one per epoch done) with "
         f"{', '.join(HISTORY_KEYS)} as numbers")
+    def count(value, low):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
     best = need("best", dict, lambda v: set(v) == {"val_acc", "val_loss", "epoch"} and all(
-        _is_number(x) or x == math.inf for x in v.values()),
-        "{'val_acc', 'val_loss': numbers, 'epoch': int}")
-    sums = need("sums", dict, lambda v: set(v) == {"loss", "correct", "seen"} and all(
-        _is_number(x) for x in v.values()), "{'loss', 'correct', 'seen'} numbers")
+        _is_number(x) or x == math.inf for x in v.values()) and count(v["epoch"], -1)
+        and v["epoch"] <= epoch, f"{{'val_acc', 'val_loss': numbers, 'epoch': an int from "
+        f"-1 to {epoch}}}")
+    sums = need("sums", dict, lambda v: set(v) == {"loss", "correct", "seen"} and _is_number(
+        v["loss"]) and count(v["seen"], batch) and count(v["correct"], 0)
+        and v["correct"] <= v["seen"] and (v["seen"] == 0) == (batch == 0),
+        f"{{'loss': a number, 'correct' and 'seen': ints, 0 <= correct <= seen, seen at "
+        f"least the {batch} batch(es) done and 0 only with none}}")
     names = {name for name, _ in dropout_layers(model)}
     dropout = need("dropout_rng", dict, lambda v: set(v) == names,
                    "one RNG state per dropout layer")

@@ -509,6 +509,29 @@ def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, t
     assert what != "metadata of too many values" or "MAX_JSON_VALUES" in str(info.value)
 
 
+@pytest.mark.parametrize("extra, message", [
+    ("model.zz_extra", "unexpected keys"), ("optim.m.zz", "'optim.m.zz' of shape"),
+    ("ema.0.weight", "'ema.0.weight' of shape"), ("other.x", "'other.x' of shape")])
+def test_a_checkpoint_tensor_that_fits_no_place_is_refused_before_it_is_read(
+        finished_run, tmp_path, extra, message):
+    """A checkpoint's tensors had all been read (and checksummed) before any was
+    checked: an extra tensor of 1 GiB took 2.1 GB to refuse. Its header is checked
+    against the model its metadata names first."""
+    tensors, state = dict(finished_run[0]), finished_run[1]
+    tensors[extra] = np.ones(8 << 20, np.float32)                # 32 MB
+    save_tensors(tensors, tmp_path / "checkpoint.safetensors",
+                 metadata={KEY: json.dumps(state)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=message) as info:
+            train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(tmp_path / "checkpoint.safetensors") in str(info.value)
+    assert peak < 16 << 20, peak
+
+
 def test_a_checkpoint_architecture_larger_than_its_weights_is_refused_before_building(
         finished_run, tmp_path):
     tensors, state = finished_run

@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from convnet import limits
-from convnet.io.weights import load_tensors, save_tensors
+from convnet.io.weights import _declared, _fits_header, _read, load_tensors, save_tensors
 
 KEY = "convnet-checkpoint"
 CHECKSUM_KEY = "convnet-checkpoint-sha256"
@@ -72,15 +72,12 @@ def load_checkpoint(path, ema=False):
     moving averages' arrays as a fourth item. Errors name the file; a checkpoint whose
     tensors or JSON no longer match its checksum is refused (one written before there
     was a checksum loads unchecked)."""
-    tensors, metadata = load_tensors(path)
+    declared = _declared(path)                         # the header, within the caps
+    metadata = _read(path, lambda f: f.metadata() or {})
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
     text = metadata[KEY]
     limits.check_json(text, path, "checkpoint metadata")
-    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
-        raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
-                         f"SHA-256 written with them (a disk or copy error); resume from "
-                         f"another copy, or start the run again")
     try:
         state = json.loads(text)
     except (ValueError, RecursionError) as err:    # ValueError: JSONDecodeError, or an
@@ -89,7 +86,42 @@ def load_checkpoint(path, ema=False):
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
                          f"{type(state).__name__}")
+    _fits_architecture(declared, state.get("architecture"), path)
+    tensors, metadata = load_tensors(path)
+    if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
+        raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
+                         f"SHA-256 written with them (a disk or copy error); resume from "
+                         f"another copy, or start the run again")
     groups = {prefix: {k[len(prefix) + 1:]: v for k, v in tensors.items()
                        if k.startswith(prefix + ".")} for prefix in ("model", "optim", "ema")}
     found = (groups["model"], groups["optim"], state)
     return (*found, groups["ema"]) if ema else found
+
+
+def _fits_architecture(declared, architecture, path):
+    """Refuse a checkpoint whose tensors, as its header declares them ({key: (dtype,
+    shape)}), do not fit the model its metadata names, before a tensor is read: the
+    model's ("model.") as load_state_dict checks them, and each optimizer state
+    ("optim.<state>.<parameter>") and moving average ("ema.<key>") of the shape of the
+    model's tensor it is for. An extra tensor of 1 GiB had been read, and checksummed,
+    first."""
+    from convnet.layers.base import counting_only
+    from convnet.models.config import from_config
+
+    model_keys = {k[len("model."):]: v for k, v in declared.items() if k.startswith("model.")}
+    with counting_only():          # zeros never written: no memory for the weights
+        model = from_config(architecture, where=f"{path}: architecture",
+                            max_params=sum(int(np.prod(shape)) for _, shape in
+                                           model_keys.values()),
+                            weights=f"{path}'s model tensors")
+    _fits_header(model, model_keys, path)
+    shapes = {key: tuple(shape) for key, (_, shape) in model_keys.items()}
+    for key, (_, shape) in declared.items():
+        group, _, rest = key.partition(".")
+        target = rest.partition(".")[2] if group == "optim" else rest
+        if group == "model":
+            continue
+        if group not in ("optim", "ema") or shapes.get(target) != tuple(shape):
+            raise ValueError(f"{path}: tensor {key!r} of shape {tuple(shape)} is not one a "
+                             f"checkpoint of this model holds (an optimizer state or moving "
+                             f"average of a model tensor of its shape)")

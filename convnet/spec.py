@@ -18,6 +18,7 @@ from pathlib import Path
 
 from convnet import limits
 from convnet.io import load_model
+from convnet.io.weights import check_finite
 from convnet.models import from_notation
 from convnet.zoo import MODELS, get_model
 
@@ -251,8 +252,16 @@ def _load_weights(model, path, state=None):
         state = _read_weights(path)
     expected = model.state_dict()
     state, prefix, fits = _unwrap(state, expected)
-    state = {(_current_key(key) if key not in expected else key): value
-             for key, value in state.items()}
+    renamed, origin = {}, {}
+    for key, value in state.items():
+        new = _current_key(key) if key not in expected else key
+        if new in renamed:
+            raise ValueError(f"{path}: the keys {origin[new]!r} and {key!r} both name the "
+                             f"model's {new!r} (one in torchvision's older spelling): keep "
+                             f"one")
+        renamed[new], origin[new] = value, key
+    state = renamed
+    check_finite(state, path)
     aux = [key for key in state if key not in expected and key.startswith(AUX_HEADS)]
     if aux and not any(key.startswith(AUX_HEADS) for key in expected):
         state = {key: value for key, value in state.items() if key not in aux}

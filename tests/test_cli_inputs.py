@@ -484,7 +484,8 @@ def test_every_damaged_checkpoint_field_is_a_named_error(finished_run, tmp_path)
 
 @pytest.mark.parametrize("what", ["drop a weight", "relabel a weight", "drop optimizer state",
                                   "metadata not JSON", "metadata a list", "deep metadata",
-                                  "metadata of too many values"])
+                                  "metadata of too many values", "nan weight",
+                                  "nan optimizer state"])
 def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, tmp_path, what):
     tensors, state = dict(finished_run[0]), finished_run[1]
     text = json.dumps(state)
@@ -495,6 +496,10 @@ def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, t
         tensors[key] = tensors[key].view(np.int32)
     elif what == "drop optimizer state":
         tensors = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+    elif what.startswith("nan"):       # had resumed, then blamed the learning rate
+        key = key if what == "nan weight" else next(k for k in tensors if "optim." in k)
+        tensors[key] = np.where(np.arange(tensors[key].size).reshape(tensors[key].shape)
+                                == 0, np.nan, tensors[key]).astype(tensors[key].dtype)
     elif what == "metadata not JSON":
         text = text[:-10]
     elif what == "metadata a list":
@@ -507,6 +512,7 @@ def test_damaged_checkpoint_arrays_and_metadata_are_named_errors(finished_run, t
     with pytest.raises(ValueError, match=str(tmp_path / "checkpoint.safetensors")) as info:
         train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
     assert what != "metadata of too many values" or "MAX_JSON_VALUES" in str(info.value)
+    assert not what.startswith("nan") or "holds NaN or infinite values" in str(info.value)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -820,3 +820,27 @@ def test_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatc
     with pytest.raises(OSError, match=r"No space left on device: '.*model\.json'"):
         weights.atomic_write(tmp_path / "model.json", b"{}")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("what", ["nan", "inf", "negative variance"])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, what):
+    """A NaN weight had loaded silently: predict printed 'nan' scores, eval counted every
+    image as class 0, and training from it said to lower the learning rate."""
+    import torch
+
+    from convnet.cli import main
+    from convnet.models import from_notation
+    net = from_notation("INPUT 8x8x1 -> CONV 2 -> BN -> RELU -> FC 3",
+                        rng=np.random.default_rng(0))
+    key = "1.running_var" if what == "negative variance" else "0.weight"
+    net.state_dict()[key][0] = {"nan": np.nan, "inf": np.inf}.get(what, -1.0)
+    path = save_model(net, tmp_path / "m")
+    message = ("running variance, holds values below 0" if what == "negative variance"
+               else "holds NaN or infinite values")
+    with pytest.raises(ValueError, match=rf"m.safetensors: tensor '{key}'.* {message}"):
+        load_model(path)
+    torch.save({k: torch.from_numpy(v) for k, v in net.state_dict().items()},
+               tmp_path / "m.pt")
+    assert main(["summary", str(tmp_path / "m.pt"), "--model",
+                 "INPUT 8x8x1 -> CONV 2 -> BN -> RELU -> FC 3"]) == 1
+    assert f"m.pt: tensor '{key}'" in capsys.readouterr().err

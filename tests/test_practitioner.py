@@ -486,10 +486,11 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
 
 
 def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):
-    """Weights that became NaN: `eval --json` prints the loss as null, which jq and
-    JSON.parse read (json.dumps alone had printed NaN, which they refuse)."""
+    """Weights so large that the scores overflow: `eval --json` prints the loss as null,
+    which jq and JSON.parse read (json.dumps alone had printed NaN, which they refuse).
+    (A file of NaN weights is refused when it is read.)"""
     root, result = trained
-    state = {k: np.full_like(v, np.nan) if k.endswith("weight") else v
+    state = {k: np.full_like(v, 1e30) if k.endswith("weight") else v
              for k, v in result.model.state_dict().items()}
     save_tensors(state, tmp_path / "nan.safetensors")
     assert main(["eval", str(tmp_path / "nan.safetensors"), "--model", SMALL, "--data",

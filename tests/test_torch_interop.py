@@ -265,6 +265,15 @@ def test_torchvisions_densenet_keys_of_old_and_googlenets_aux_heads_load(tmp_pat
                               architecture="densenet121", input_shape=(3, 32, 32))
     x = random_input("densenet121").astype(np.float32)
     assert rel_error(model.eval().infer(x), torch_forward(net.float(), x)) < 1e-4
+    # both spellings of one tensor had loaded silently, keeping one by key order
+    both = OrderedDict(net.state_dict())
+    both["features.denseblock1.denselayer1.norm.1.weight"] = torch.full((64,), 5.0)
+    torch.save(both, tmp_path / "both.pth")
+    with pytest.raises(ValueError, match=r"both.pth: the keys 'features.denseblock1."
+                                         r"denselayer1.norm1.weight' and 'features."
+                                         r"denseblock1.denselayer1.norm.1.weight' both name"):
+        resolve_model(str(tmp_path / "both.pth"), num_classes=NUM_CLASSES,
+                      architecture="densenet121", input_shape=(3, 32, 32))
 
     net = torch_net("googlenet_torchvision_aux")
     torch.save(net.state_dict(), tmp_path / "googlenet.pth")

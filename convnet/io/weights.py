@@ -338,6 +338,7 @@ def load_model(path):
         check_class_count(info, out, where)
     _fits_header(model, declared, weights_path)
     tensors, _ = load_tensors(weights_path)
+    check_finite(tensors, weights_path)
     try:
         model.load_state_dict(tensors, strict=True)
     except ValueError as err:
@@ -346,6 +347,24 @@ def load_model(path):
         model.input_shape = input_shape
     model.info = info
     return model
+
+
+def check_finite(tensors, where):
+    """Refuse tensors ({key: array}) that hold NaN or an infinity, or a batch norm's
+    running variance below 0, naming ``where`` and the key: such weights give NaN scores
+    (a diverged model's, or damaged bytes), which evaluation would count as one class and
+    training would blame on the learning rate. Read in pieces of 1M values."""
+    for key, value in tensors.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
+            continue
+        flat = value.reshape(-1)
+        piece = 1 << 20
+        if not all(np.isfinite(flat[i:i + piece]).all() for i in range(0, flat.size, piece)):
+            raise ValueError(f"{where}: tensor {key!r} holds NaN or infinite values (the "
+                             f"weights of a run that diverged, or damaged bytes)")
+        if str(key).endswith("running_var") and flat.size and flat.min() < 0:
+            raise ValueError(f"{where}: tensor {key!r}, a batch norm's running variance, "
+                             f"holds values below 0 ({flat.min():g})")
 
 
 def check_class_count(info, out, where):

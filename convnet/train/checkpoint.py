@@ -23,7 +23,14 @@ import json
 import numpy as np
 
 from convnet import limits
-from convnet.io.weights import _declared, _fits_header, _read, load_tensors, save_tensors
+from convnet.io.weights import (
+    _declared,
+    _fits_header,
+    _read,
+    check_finite,
+    load_tensors,
+    save_tensors,
+)
 
 KEY = "convnet-checkpoint"
 CHECKSUM_KEY = "convnet-checkpoint-sha256"
@@ -92,6 +99,7 @@ def load_checkpoint(path, ema=False):
         raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
                          f"SHA-256 written with them (a disk or copy error); resume from "
                          f"another copy, or start the run again")
+    check_finite(tensors, path)
     groups = {prefix: {k[len(prefix) + 1:]: v for k, v in tensors.items()
                        if k.startswith(prefix + ".")} for prefix in ("model", "optim", "ema")}
     found = (groups["model"], groups["optim"], state)

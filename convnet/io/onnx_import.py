@@ -113,7 +113,13 @@ from convnet.layers.pool import (
     MaxPool2d,
 )
 from convnet.models.config import MAX_NAME
-from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
+from convnet.models.containers import (
+    Concat,
+    DenseBlock,
+    Residual,
+    Sequential,
+    relus_in_place,
+)
 
 __all__ = ["load_onnx"]
 
@@ -223,7 +229,9 @@ def load_onnx(path, input_shape=None, input_hint=None):
     Returns a Sequential in eval mode (batch norm uses the file's running statistics,
     dropout is off), with ``model.input_shape`` set; ``model.infer(x)`` for x of shape
     (N, *input_shape) computes what the graph computes (a final Softmax excepted: see
-    the module notes). The layers' dtype is the initializers' (float32 or float64).
+    the module notes). The layers' dtype is the initializers' (float32 or float64). A
+    RELU right after a CONV, FC or batch norm works in place (``relus_in_place``), as in
+    a model built from notation.
 
     Raises:
         ValueError naming the file and the node: an operator convnet does not have (with
@@ -260,7 +268,7 @@ def load_onnx(path, input_shape=None, input_hint=None):
     _check_text(proto.graph, file)
     _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
-    model = _Importer(onnx, proto, file, input_shape, input_hint).build()
+    model = relus_in_place(_Importer(onnx, proto, file, input_shape, input_hint).build())
     info = _model_info(proto, file, model)
     if info is not None:
         model.info = info

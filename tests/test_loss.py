@@ -442,3 +442,17 @@ def test_an_ignored_sample_of_minus_inf_alone_makes_no_warning():
         loss, dscores = cross_entropy(scores, y)
     expected = TF.cross_entropy(torch.tensor(scores), torch.tensor(y)).item()
     assert loss == pytest.approx(expected) and np.array_equal(dscores[1], [0.0, 0.0])
+
+
+def test_a_mean_over_zero_weight_is_nan_with_label_smoothing_as_in_pytorch():
+    """Class weights that give every counted target weight 0: the smoothing part had been
+    divided by 0 into infinities, where PyTorch gives NaN."""
+    import torch
+    import torch.nn.functional as TF
+
+    from convnet.functional.loss import cross_entropy
+    s, y, w = np.array([[1., 2., 3.], [0.5, -1, 2]]), np.array([0, 1]), np.array([0., 0., 1.])
+    loss, d = cross_entropy(s, y, w, label_smoothing=0.3)
+    expected = TF.cross_entropy(torch.tensor(s), torch.tensor(y), weight=torch.tensor(w),
+                                label_smoothing=0.3).item()
+    assert np.isnan(loss) and np.isnan(expected) and np.isnan(d).all()

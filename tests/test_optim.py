@@ -629,3 +629,44 @@ def test_schedule_arguments_and_states_that_fail_change_nothing():
     assert (schedule.state_dict(), opt.lr) == before
     schedule.step()                                     # and it goes on as before
     assert schedule.last_epoch == 3
+
+
+def test_a_warmup_state_that_fails_leaves_its_cosine_part_alone():
+    """LinearWarmup loaded its cosine part's state first: a state whose own part failed
+    had left the cosine part changed (base_lr 5, T_max 3: the next lrs 5.0, 3.75 ...)."""
+    from convnet.train.schedules import make_schedule
+
+    def run(schedule, opt):
+        lrs = []
+        for _ in range(5):
+            schedule.step()
+            lrs.append(opt.lr)
+        return lrs
+    opt = SGD({"w": np.zeros(1)}, lr=0.1)
+    schedule = make_schedule("warmup+cosine", opt, warmup_steps=2, T_max=10)
+    good = schedule.state_dict()
+    bad = dict(good, last_epoch=-1, after=dict(good["after"], base_lr=5.0, T_max=3))
+    with pytest.raises(ValueError, match="last_epoch must be a non-negative int, got -1"):
+        schedule.load_state_dict(bad)
+    assert schedule.state_dict() == good
+    fresh = SGD({"w": np.zeros(1)}, lr=0.1)
+    assert run(schedule, opt) == run(make_schedule("warmup+cosine", fresh, warmup_steps=2,
+                                                   T_max=10), fresh)
+
+
+def test_an_optimizer_of_the_trainable_params_takes_a_frozen_models_grads():
+    """model.grads() gives a frozen layer's keys as None; an optimizer made of
+    trainable_params() had refused them as 'keys that are not parameters'."""
+    from convnet.functional.loss import softmax_cross_entropy
+    from convnet.models import from_notation
+    net = from_notation("INPUT 4x4x1 -> CONV 3 -> RELU -> FC 2", dtype=np.float64,
+                        rng=np.random.default_rng(0)).freeze("0")
+    opt = Adam(net.trainable_params())
+    before = {k: v.copy() for k, v in net.params().items()}
+    _, d = softmax_cross_entropy(net.forward(np.ones((2, 1, 4, 4))), np.array([0, 1]))
+    net.backward(d)
+    opt.step(net.grads())
+    after = net.params()
+    assert all(np.array_equal(after[k], before[k]) == k.startswith("0.") for k in after)
+    with pytest.raises(ValueError, match="keys that are not parameters"):
+        opt.step({"0.weight": np.zeros_like(after["0.weight"])})   # an array is refused

@@ -90,6 +90,8 @@ def _reduce(losses, dscores, reduction, denominator, keep=None):
         return losses, dscores
     if reduction == "sum":
         return float(losses.sum()), dscores
+    if denominator == 0:     # (label smoothing's part of a loss of zero weight is not 0)
+        denominator = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         if keep is None or keep.all():
             dscores /= denominator

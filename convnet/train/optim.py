@@ -140,11 +140,14 @@ class Optimizer(Named):
 
         grads: {dotted name: array of the parameter's shape}. A parameter missing from
         grads (or mapped to None) is frozen: neither it nor its state or step count moves.
+        A None may also name a parameter this optimizer does not hold (model.grads() of a
+        model with frozen layers, given an optimizer of its trainable_params()).
         """
         if not isinstance(grads, Mapping):
             raise ValueError(f"{self.where}: grads must be a dict {{dotted name: array}}, "
                              f"got {type(grads).__name__}")
-        unknown = sorted(str(k) for k in grads if k not in self.params)
+        unknown = sorted(str(k) for k, g in grads.items()   # a frozen one's None: left
+                         if k not in self.params and g is not None)
         if unknown:
             raise ValueError(f"{self.where}: grads has keys that are not parameters: "
                              f"{unknown}; known parameters: {sorted(self.params)}")

@@ -255,9 +255,18 @@ class LinearWarmup(LRSchedule):
         if (saved is None) != (self.after is None):
             raise ValueError(f"{self.where}: state has after={saved!r} but this schedule "
                              f"has after={self.after!r}")
-        if self.after is not None:
-            self.after.load_state_dict(saved)
-        super().load_state_dict(state)
+        if self.after is None:
+            super().load_state_dict(state)
+            return
+        before, lr = dict(self.after.__dict__), self.optimizer.lr
+        self.after.load_state_dict(saved)
+        try:
+            super().load_state_dict(state)
+        except Exception:    # this one's state failed: the after schedule's goes back too
+            self.after.__dict__.clear()
+            self.after.__dict__.update(before)
+            self.optimizer.lr = lr
+            raise
 
 
 class OneCycleLR(LRSchedule):

@@ -94,6 +94,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                                    input_hint=OPEN_INPUT_HINT), True
     elif suffix in WEIGHTS and architecture is None and not (
             suffix == ".safetensors" and Path(spec).with_suffix(".json").is_file()):
+        if suffix == ".safetensors" and _exists(spec):
+            _not_a_checkpoint(spec)
         raise ValueError(f"{spec}: a weights file holds no architecture: name it with "
                          f"--model (a zoo name such as resnet18, or arrow notation in quotes)")
     elif suffix in WEIGHTS and architecture is not None:
@@ -166,6 +168,18 @@ WRAPPER_PREFIXES = {"module.": "nn.DataParallel or DistributedDataParallel",
 MAX_WRAPPERS = 4       # prefixes peeled at most (torch.compile of DataParallel has 2)
 
 
+def _not_a_checkpoint(path):
+    """Refuse a training run's checkpoint given as weights, from its header alone."""
+    from convnet.io.weights import _read
+    from convnet.train.checkpoint import KEY
+    if KEY in _read(path, lambda f: f.metadata() or {}):
+        run = Path(path).parent
+        raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "
+                         f"give the run's model ({run / 'model.json'}, or "
+                         f"{run / 'best.json'}), or continue the run with convnet train "
+                         f"--resume --out {run}")
+
+
 def _read_weights(path, with_info=False):
     """The tensors of a .pt/.pth/.safetensors file, {key: array}; with_info=True,
     (tensors, the JSON text of a model's info that a .safetensors file keeps in its
@@ -175,14 +189,8 @@ def _read_weights(path, with_info=False):
 
     info = None
     if Path(path).suffix.lower() == ".safetensors":
-        from convnet.train.checkpoint import KEY
+        _not_a_checkpoint(path)
         tensors, metadata = load_tensors(path)
-        if KEY in metadata:
-            run = Path(path).parent
-            raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "
-                             f"give the run's model ({run / 'model.json'}, or "
-                             f"{run / 'best.json'}), or continue the run with convnet train "
-                             f"--resume --out {run}")
         info = metadata.get(INFO_KEY)
     else:
         tensors = load_torch(path)

@@ -323,7 +323,10 @@ def test_a_checkpoint_given_as_weights_says_what_to_give(tmp_path, capsys):
     ckpt = str(out / "checkpoint.safetensors")
     for argv in (["eval", ckpt, "--model", SMALL, "--data", "digits"],
                  ["summary", ckpt, "--model", SMALL],
-                 ["train", "--from", ckpt, "--model", SMALL, "--out", str(tmp_path / "b")]):
+                 ["train", "--from", ckpt, "--model", SMALL, "--out", str(tmp_path / "b")],
+                 # without --model: said first (it had said to give --model)
+                 ["summary", ckpt], ["eval", ckpt, "--data", "digits"],
+                 ["train", "--from", ckpt, "--out", str(tmp_path / "b")]):
         capsys.readouterr()
         assert main(argv) == 1
         err = capsys.readouterr().err

@@ -9,7 +9,7 @@ Table 1), and hand formulas written out below.
 import numpy as np
 import pytest
 
-from convnet.layers.conv import Conv2d
+from convnet.layers.conv import Conv2d, LocallyConnected2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import LocalResponseNorm
@@ -487,3 +487,19 @@ def test_the_families_start_from_torchvisions_initial_weights():
     assert not dense["classifier"].bias.any()
     google = googlenet_torchvision(10, 64, rng=rng)
     assert abs(google["conv1"]["conv"].weight.std() / 0.01 - 1) < 0.05
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: get_model("lenet5", rng=rng),
+    lambda rng: Conv2d(3, 8, 3, rng=rng),
+    lambda rng: Linear(3, 8, rng=rng),
+    lambda rng: LocallyConnected2d(3, 8, (4, 4), 3, rng=rng),
+    lambda rng: Dropout(0.5, rng=rng)])
+@pytest.mark.parametrize("rng", [5, np.random.RandomState(0)])
+def test_an_rng_that_is_not_a_generator_is_named(make, rng):
+    """A seed or a RandomState as rng had failed inside the initializer: AttributeError
+    'int' object has no attribute 'random', or a TypeError."""
+    with pytest.raises(ValueError, match=rf"rng must be an np.random.Generator or None, got "
+                                         rf"{type(rng).__name__}; use "
+                                         rf"np.random.default_rng\(seed\)"):
+        make(rng)

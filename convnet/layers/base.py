@@ -351,6 +351,17 @@ def uniform_init(rng, shape, fan_in, dtype):
     return u
 
 
+def generator(rng, where):
+    """rng, an np.random.Generator, or a fresh one for None; else a ValueError naming the
+    layer (a seed or a RandomState had failed inside the initializer)."""
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{where}: rng must be an np.random.Generator or None, got "
+                         f"{type(rng).__name__}; use np.random.default_rng(seed)")
+    return rng
+
+
 def positive_int(value, name, where):
     """A positive int (not a bool), or a ValueError naming the layer and the argument."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

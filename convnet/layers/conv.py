@@ -15,6 +15,7 @@ from convnet.layers.base import (
     check_param_count,
     check_volume,
     flag,
+    generator,
     hw_text,
     positive_int,
     uniform_init,
@@ -126,7 +127,7 @@ class Conv2d(Layer):
         self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
         self._fold = None       # inference's filters with a batch norm folded in (_folded)
         self._pad_cache = None  # the last forward's own padding (_padded), for backward
-        rng = np.random.default_rng() if rng is None else rng
+        rng = generator(rng, where)
         fan_in = self.in_channels // self.groups * fh * fw
         check_param_count(math.prod(shape) + bias * self.out_channels,
                           f"{where} with weight {shape}")
@@ -318,7 +319,7 @@ class LocallyConnected2d(Layer):
             F.conv_output_size(self.input_size[a], self.kernel_size[a], self.stride[a],
                                self.padding[a], 1, fit, where=repr(self), axis="HW"[a])
             for a in (0, 1))
-        rng = np.random.default_rng() if rng is None else rng
+        rng = generator(rng, where)
         fh, fw = self.kernel_size
         oh, ow = self.out_size
         fan_in = self.in_channels * fh * fw

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from convnet.functional import dropout as F
-from convnet.layers.base import Layer, check_dout, flag, real
+from convnet.layers.base import Layer, check_dout, flag, generator, real
 
 
 class Dropout(Layer):
@@ -36,11 +36,8 @@ class Dropout(Layer):
         where = type(self).__name__
         p = real(p, "p (the drop probability)", where, 0, 1, expected="a number in [0, 1]")
         self.inplace = flag(inplace, "inplace", where)
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise ValueError(f"{where}: rng must be an np.random.Generator or None, got "
-                             f"{type(rng).__name__}; use np.random.default_rng(seed)")
         self.p = float(p)
-        self.rng = np.random.default_rng() if rng is None else rng
+        self.rng = generator(rng, where)
 
     def forward(self, x):
         if not isinstance(x, np.ndarray) or x.dtype.type not in (np.float32, np.float64):

@@ -14,6 +14,7 @@ from convnet.layers.base import (
     check_dtype,
     check_param_count,
     flag,
+    generator,
     positive_int,
     uniform_init,
 )
@@ -47,7 +48,7 @@ class Linear(Layer):
         self.out_features = positive_int(out_features, "out_features", where)
         bias = flag(bias, "bias", where)
         self.dtype = check_dtype(dtype, where)
-        rng = np.random.default_rng() if rng is None else rng
+        rng = generator(rng, where)
         shape = (self.out_features, self.in_features)
         check_param_count(math.prod(shape) + bias * self.out_features,
                           f"{where} with weight {shape}")

@@ -87,6 +87,9 @@ def get_model(name, **kwargs):
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"convnet.zoo: unknown model {name!r}.{hint} "
                          f"Valid names: {', '.join(MODELS)}")
+    if "rng" in kwargs:           # said once for the model, not by its first layer
+        from convnet.layers.base import generator
+        generator(kwargs["rng"], f"convnet.zoo: {name}")
     return MODELS[name](**kwargs)
 
 

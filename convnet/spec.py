@@ -12,6 +12,7 @@ for a zoo name or notation (fresh random weights), True for a file's weights.
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from pathlib import Path
@@ -120,8 +121,10 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"--model naming the architecture")
     else:
         dash = next((c for c in "\u2013\u2014\u2212\u2010\u2011" if c + ">" in spec), None)
+        close = difflib.get_close_matches(spec.strip().lower()[:100], MODELS, n=3)
         hint = (f"; its arrows are written with {dash!r} (U+{ord(dash):04X}), not the "
-                f"hyphen-minus of '->'" if dash else "")
+                f"hyphen-minus of '->'" if dash else
+                f"; did you mean {' or '.join(close)}?" if close else "")
         raise ValueError(f"model {spec!r:.200} is not a zoo name ({', '.join(MODELS)}), not a "
                          f"file, and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> "
                          f"RELU -> POOL -> FC 10'){hint}")

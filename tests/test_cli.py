@@ -60,6 +60,8 @@ def test_summary_of_a_zoo_model_with_input_and_budget(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["summary", "nonet"], "not a zoo name"),
+    (["summary", "VGG16"], "; did you mean vgg16 or "),
+    (["summary", "resnet"], "; did you mean resnet"),
     (["summary", "missing.json"], "missing.json: no such model file"),
     (["summary", "INPUT 10x10x3 -> CONV 8 F3 S2 P0"], "4.5 is not an integer"),
 ])

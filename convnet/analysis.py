@@ -87,6 +87,8 @@ def format_bytes(num_bytes):
 
     >>> format_bytes(512), format_bytes(2048), format_bytes(77_070_336)
     ('512 B', '2.00 KB', '73.5 MB')
+    >>> format_bytes(102_399), format_bytes(1024 ** 2 - 100)
+    ('100 KB', '1.00 MB')
     """
     if isinstance(num_bytes, bool) or not isinstance(num_bytes, (int, np.integer, float)) \
             or not num_bytes >= 0:
@@ -101,6 +103,11 @@ def format_bytes(num_bytes):
     if unit == 0:
         return f"{int(value)} B"
     digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    rounded = round(value, digits)      # 99.96 rounds to 100.0: 3 digits are "100"
+    if rounded >= 1024 and unit < len(_UNITS) - 1:
+        return format_bytes(1024.0 ** (unit + 1))   # 1023.6 KB is 1.00 MB
+    if rounded >= (100 if digits == 1 else 10 if digits == 2 else math.inf):
+        digits -= 1
     return f"{value:.{digits}f} {_UNITS[unit]}"
 
 

@@ -435,11 +435,15 @@ def cmd_show(args):
 
 def cmd_report(args):
     from convnet.report.build import check_report_path, write_report
-
-    if args.all_images and not args.data:
-        raise ValueError("--all-images scores the images of --data: give --data")
+    from convnet.spec import WEIGHTS, check_open_input
+    for option, given in (("--all-images", args.all_images), ("--data-root", args.data_root)):
+        if given and not args.data:
+            raise ValueError(f"{option} is for the images of --data: give --data")
     _new_file(args, check_report_path(args.out))
-    model = _model(args, input_shape=args.input)
+    shape = args.input
+    if Path(args.model).suffix.lower() in (".json", *WEIGHTS):  # a trained model's own
+        shape = check_open_input(args.model, args.input)
+    model = _model(args, input_shape=shape)
     path = write_report(model, args.out, source=args.model, data=args.data,
                         data_root=args.data_root, images=args.images,
                         all_images=args.all_images, log=lambda text: _note(args, text))

@@ -129,18 +129,34 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"file, and not arrow notation (e.g. 'INPUT 28x28x1 -> CONV 8 -> "
                          f"RELU -> POOL -> FC 10'){hint}")
     if input_shape is not None:
+        own = getattr(model, "input_shape", None)
+        if own is not None and tuple(own) != tuple(input_shape):
+            try:
+                model.output_shape(tuple(input_shape))
+            except ValueError as err:
+                size = "x".join(map(str, input_shape))
+                raise ValueError(f"{spec:.200}: it takes {'x'.join(map(str, own))} (C x H x "
+                                 f"W), and --input {size} does not fit it: {err}") from None
         model.input_shape = tuple(input_shape)
     model.trained = trained
     return model
 
 
 def check_open_input(spec, input_shape):
-    """input_shape for eval, predict and convert: only an ONNX file takes one (the size its
-    graph leaves open); any other model records its own. Returns it."""
-    if input_shape is not None and Path(str(spec)).suffix.lower() != ".onnx":
-        raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX "
-                         f"file whose graph leaves it open; this model records its own")
-    return input_shape
+    """input_shape for eval, predict, show, report and convert: only a model that leaves
+    its input size open takes one: an ONNX file (the size its graph leaves open), or a
+    model file that records none (saved without an input_shape); any other model records
+    its own. Returns it."""
+    suffix = Path(str(spec)).suffix.lower()
+    if input_shape is None or suffix == ".onnx":
+        return input_shape
+    if suffix == ".json" and _exists(spec):
+        from convnet.io.weights import _read_json
+        if _read_json(spec).get("input_shape") is None:
+            return input_shape
+    raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX file "
+                     f"whose graph leaves it open, or of a model file that records none; "
+                     f"this model records its own")
 
 
 def check_classes(model, num_classes, spec, architecture=None):

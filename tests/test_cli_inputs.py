@@ -1324,3 +1324,32 @@ def test_walkthrough_inputs_get_what_to_give(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"unknown data set '{tmp_path / 'photos'}': no folder {tmp_path / 'photos'} is " \
            f"there" in err, err
+
+
+def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
+    """report --input had resized a trained model's test images (the page showed 15%
+    where eval gave 97%); convert of a zoo net with an --input it does not take had
+    written a model file that no longer loaded; report --data-root without --data was
+    ignored. A model file that records no input size takes --input."""
+    from convnet.io import save_model
+    from convnet.layers.conv import Conv2d
+    from convnet.layers.linear import Flatten, Linear
+    from convnet.models import Sequential
+    run = train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path / "r")),
+                **QUIET)
+    model = str(run.model_path)
+    assert main(["report", model, "--data", "digits", "--input", "1x16x16", "--out",
+                 str(tmp_path / "a.html")]) == 1
+    assert "this model records its own" in capsys.readouterr().err
+    assert main(["report", model, "--data-root", str(tmp_path), "--out",
+                 str(tmp_path / "a.html")]) == 1
+    assert "--data-root is for the images of --data: give --data" in capsys.readouterr().err
+    assert main(["convert", "lenet5", str(tmp_path / "l.json"), "--input", "1x28x28"]) == 1
+    assert "lenet5: it takes 1x32x32 (C x H x W), and --input 1x28x28 does not fit it: " \
+        in capsys.readouterr().err
+    assert not (tmp_path / "l.json").exists()
+    assert main(["summary", "resnet18", "--input", "3x64x64", "--json"]) == 0   # one that fits
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [3, 64, 64]
+    bare = save_model(Sequential(Conv2d(1, 2, 3), Flatten(), Linear(72, 3)), tmp_path / "b")
+    assert json.loads(bare.read_text())["input_shape"] is None
+    assert main(["convert", str(bare), str(tmp_path / "b.onnx"), "--input", "1x8x8"]) == 0

@@ -442,7 +442,7 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     capsys.readouterr()
     assert f" on the 12 images of {other}" in page.read_text()
     assert main(["report", model, "--all-images", "--out", str(tmp_path / "x.html")]) == 1
-    assert "--all-images scores the images of --data: give --data" in error_line(capsys)
+    assert "--all-images is for the images of --data: give --data" in error_line(capsys)
     assert main(["report", model, "--data", str(other), "--out", str(page),
                  "--overwrite"]) == 1
     err = error_line(capsys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
@@ -847,7 +848,8 @@ def main(argv=None):
                 traceback.print_exc()   # then end every rank: the others wait in a collective
         hint = (" (try a smaller --batch-size or --image-size)"
                 if isinstance(err, MemoryError) and args.command == "train" else
-                _resume_hint(err) if isinstance(err, OSError) else "")
+                _resume_hint(err) if isinstance(err, OSError) and err.errno in WRITE_ERRORS
+                else "")
         _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
@@ -864,6 +866,11 @@ def _several_processes(size):
         return from_environment().size > 1
     except Exception:
         return False
+
+
+# OSErrors of a write that failed (a full disk or quota, a file too large, a device that
+# failed or became read-only): training says how to continue the run after one.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def _resume_hint(interrupt):

@@ -1198,6 +1198,12 @@ def test_a_full_disk_in_training_says_how_to_continue(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert f"No space left on device: '{out / 'checkpoint.safetensors'}'; continue the " \
            f"run with: convnet train --resume --out {out}" in err, err
+    # an OSError that is no failed write (data not found) gets no such hint
+    assert main(["train", "--data", "fashion-mnist", "--data-root", str(tmp_path / "none"),
+                 "--epochs", "1", "--quiet", "--out", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "--resume" not in err and \
+        "no checkpoint" not in err, err
 
 
 def test_run_folder_refusals_say_what_is_there(tmp_path, capsys, monkeypatch):

@@ -14,7 +14,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 # (read when OpenBLAS loads, as above; convnet's own threads: functional/threads.py).
 _local_ranks = (os.environ.get("MPI_LOCALNRANKS")
                 or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
-if _local_ranks.isdigit() and int(_local_ranks) > 1:
+if _local_ranks.isascii() and _local_ranks.isdigit() and len(_local_ranks) < 10 \
+        and int(_local_ranks) > 1:
     os.environ.setdefault("OPENBLAS_NUM_THREADS",
                           str(_cores_per_process(int(_local_ranks))))
 

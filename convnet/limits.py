@@ -63,6 +63,12 @@ def cores():
         return os.cpu_count() or 1
 
 
+def is_count(text):
+    """Whether an environment setting's text is a count int() reads as written: ASCII
+    digits ("²" and "٣" are digits to str.isdigit), at most 9 of them."""
+    return text.isascii() and text.isdigit() and len(text) < 10
+
+
 def cores_per_process(processes):
     """This process's share of the cores when ``processes`` run on this machine: the cores
     it may run on divided among them, at least 1. (A launcher that binds each process to

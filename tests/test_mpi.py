@@ -824,3 +824,14 @@ def test_rank_0s_error_passed_on_is_not_renamed_as_a_resumed_setting():
     with pytest.raises(ValueError, match=r"(?s)bad.*settings come from run/checkpoint"):
         with _resumed_settings("run/checkpoint.safetensors"):
             raise ValueError("bad")
+
+
+@pytest.mark.parametrize("name", ["MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE",
+                                  "OMPI_COMM_WORLD_SIZE", "PMI_RANK"])
+def test_a_launchers_setting_that_is_no_count_is_ignored(name):
+    """A superscript digit in a launcher's setting had been a traceback at import."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "convnet.cli", "zoo"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, name: "\u00b2"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

@@ -304,10 +304,11 @@ def test_parts_run_with_the_callers_numpy_error_settings():
         threads.in_parallel(divide, x.size, x.nbytes)       # no warning, no error
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "\u00b2", "\u0663", "9" * 30])
 def test_a_bad_thread_count_is_one_line_from_the_cli_and_an_error_from_a_model(value):
     """CONVNET_THREADS had raised at import: a traceback before the command line could
-    say it in one line."""
+    say it in one line (a superscript digit, which str.isdigit takes and int() does not,
+    until now; an Arabic-Indic 3 had been taken as 3)."""
     import os
     import subprocess
     import sys

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from convnet.limits import cores_per_process
+from convnet.limits import is_count as _count
 
 
 def _thread_count():
@@ -40,13 +41,13 @@ def _thread_count():
     global SETTING_ERROR
     text = os.environ.get("CONVNET_THREADS", "").strip()
     if text:
-        if text.isdigit() and int(text) >= 1:
+        if _count(text) and int(text) >= 1:
             return int(text)
         SETTING_ERROR = (f"CONVNET_THREADS must be a positive int (the threads of each "
                          f"process), got {text[:40]!r}")
     local = (os.environ.get("MPI_LOCALNRANKS")
              or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
-    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    ranks = int(local) if _count(local) and int(local) > 0 else 1
     return max(1, min(2, cores_per_process(ranks)))
 
 

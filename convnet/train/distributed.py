@@ -33,6 +33,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from convnet.limits import is_count as _count
+
 __all__ = ["Communicator", "MPICommunicator", "RanksDiverged", "RootsError", "abort_if_parallel",
            "describe", "from_environment", "launch_size"]
 
@@ -303,7 +305,7 @@ def launch_size(environ=None):
     0 when no MPI launch is detected at all."""
     environ = os.environ if environ is None else environ
     for name in _LAUNCH_SIZE:
-        if environ.get(name, "").strip().isdigit():
+        if _count(environ.get(name, "").strip()):
             return int(environ[name])
     if any(name in environ for name in _LAUNCH_RANK):
         return None
@@ -316,7 +318,7 @@ def launch_rank(environ=None):
     be said once (argparse's messages)."""
     environ = os.environ if environ is None else environ
     for name in _LAUNCH_RANK:
-        if environ.get(name, "").strip().isdigit():
+        if _count(environ.get(name, "").strip()):
             return int(environ[name])
     return None
 
@@ -401,7 +403,7 @@ def _blas_threads():
     if info:
         return max(lib["num_threads"] for lib in info)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(name, "").strip().isdigit():
+        if _count(os.environ.get(name, "").strip()):
             return int(os.environ[name])
     return None
 

@@ -641,7 +641,7 @@ def build_parser():
                         ".pth, .safetensors, with --model); the data is resized to its input, "
                         "and a new head is made when the classes differ (in number, or in "
                         "the names the model records)")
-    p.add_argument("--freeze", nargs="+", metavar="STAGE",
+    p.add_argument("--freeze", nargs="+", action="extend", metavar="STAGE",
                    help="with --from: stages whose parameters stay fixed, by name (e.g. "
                         "features, layer1) or as a range of top-level stages (e.g. 0-7); "
                         "'convnet summary MODEL' lists them. Batch norm in them still "
@@ -746,7 +746,7 @@ def build_parser():
     p.add_argument("--all-images", action="store_true",
                    help="with --data: every image of DATA, not its test split (as convnet "
                         "eval --all-images)")
-    p.add_argument("--images", nargs="+", metavar="IMAGE",
+    p.add_argument("--images", nargs="+", action="extend", metavar="IMAGE",
                    help="image files whose activations to draw (instead of --data's)")
     p.add_argument("--out", metavar="HTML", default="report.html",
                    help="output file (default report.html)")

@@ -210,3 +210,13 @@ def test_the_confusion_matrix_text_is_aligned_and_keeps_names():
         for j, count in enumerate(confusion[i]):
             end = header.index(f" {j}") + len(f" {j}") if j < 10 else None
             assert line[:end].endswith(f" {count}"), (i, j, line)
+
+
+def test_repeated_list_options_add_up():
+    """--freeze 0-2 --freeze 15 had frozen stage 15 alone; report's --images likewise."""
+    from convnet.cli import build_parser
+    args = build_parser().parse_args(["train", "--freeze", "0-2", "--freeze", "15", "6"])
+    assert args.freeze == ["0-2", "15", "6"]
+    args = build_parser().parse_args(["report", "m.json", "--images", "a.png", "--images",
+                                      "b.png"])
+    assert args.images == ["a.png", "b.png"]

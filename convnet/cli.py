@@ -613,12 +613,12 @@ def build_parser():
                    help="augmentation: mirror half the training images (turns --augment on "
                         "where the data set's default is off; default: the data set's, off "
                         "for the digits, whose mirror images are other shapes)")
-    p.add_argument("--val-fraction", type=float_type(0, 1, True, True), default=0.1,
-                   metavar="F", help="share of the training images held out for validation "
-                                     "(0.1), unless the data has a val/ folder")
-    p.add_argument("--test-fraction", type=float_type(0, 1, True, True), default=0.1,
-                   metavar="F", help="share of each class held out for testing from an image "
-                                     "folder without test/ (0.1)")
+    p.add_argument("--val-fraction", type=float_type(0, 1, True, True), metavar="F",
+                   help="share of the training images held out for validation (0.1), "
+                        "unless the data has a val/ folder")
+    p.add_argument("--test-fraction", type=float_type(0, 1, True, True), metavar="F",
+                   help="share of each class held out for testing from an image folder "
+                        "without test/ (0.1); other data have their own test images")
     p.add_argument("--limit", type=POSITIVE, metavar="N",
                    help="use N of the training images, chosen at random (seeded), before "
                         "the validation split: about N x (1 - val fraction) are trained on")

@@ -1359,3 +1359,14 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     bare = save_model(Sequential(Conv2d(1, 2, 3), Flatten(), Linear(72, 3)), tmp_path / "b")
     assert json.loads(bare.read_text())["input_shape"] is None
     assert main(["convert", str(bare), str(tmp_path / "b.onnx"), "--input", "1x8x8"]) == 0
+
+
+def test_a_fraction_the_data_does_not_use_is_said(tmp_path, capsys):
+    """--test-fraction on a data set with its own test images (the digits) had been
+    ignored without a word, and recorded as if used."""
+    out = tmp_path / "r"
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--no-report", "--out", str(out), "--test-fraction", "0.5"]) == 0
+    assert "--test-fraction 0.5 is not used: digits has its own test images" in \
+        capsys.readouterr().out
+    assert json.loads((out / "model.json").read_text())["info"]["test_fraction"] == 0.1

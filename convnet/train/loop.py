@@ -118,8 +118,8 @@ class TrainConfig:
     augment: bool | None = None      # random crops (zero padding of H/8), plus flips if flip
     flip: bool | None = None         # horizontal flips when augmenting (not for digits)
     schedule: str | None = None      # none, step, cosine, warmup+cosine, onecycle, triangular
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1       # held out of an image folder without test/
+    val_fraction: float | None = None   # default FRACTION, unless the data has val/
+    test_fraction: float | None = None  # held out of an image folder without test/ (FRACTION)
     limit: int | None = None         # use N of the training images, chosen at random
     seed: int = 0
     out: str | None = None           # default: the first free runs/<data>[-N]
@@ -201,8 +201,9 @@ class TrainConfig:
                                                   and self.weight_decay <= 1):
             fail("weight_decay", "a number in [0, 1]")
         for name in ("val_fraction", "test_fraction"):
-            if not is_float(getattr(self, name), 0, 1, open_low=True):
-                fail(name, "a fraction in (0, 1)")
+            if getattr(self, name) is not None and not is_float(getattr(self, name), 0, 1,
+                                                                 open_low=True):
+                fail(name, "a fraction in (0, 1), or null")
         for name in ("augment", "flip"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 fail(name, "true, false or null")
@@ -281,6 +282,27 @@ class TrainResult:
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or Inf: names the epoch, the batch and the first bad layer."""
+
+
+FRACTION = 0.1   # the default val_fraction and test_fraction
+
+
+def _fraction(value):
+    """A val_fraction or test_fraction as given, or FRACTION for None."""
+    return FRACTION if value is None else value
+
+
+def _unused_fractions(cfg, splits):
+    """Notes for a val_fraction or test_fraction given where the data has its own split
+    (a val/ or test/ folder, a named set's test images): not used."""
+    notes = []
+    if cfg.test_fraction is not None and splits.drawn_from is None:
+        notes.append(f"--test-fraction {cfg.test_fraction} is not used: {splits.name} has "
+                     f"its own test images")
+    if cfg.val_fraction is not None and splits.val is not None:
+        notes.append(f"--val-fraction {cfg.val_fraction} is not used: {splits.name} has its "
+                     f"own validation images (val/)")
+    return notes
 
 
 def prepare(splits, val_fraction, limit, seed, dtype):
@@ -860,7 +882,7 @@ def _check_fine_tune_split(info, splits, cfg):
                 f"folders keep them apart", stacklevel=3)
         return
     was = (info.get("split_seed"), info.get("test_fraction"))
-    if was != (cfg.seed, cfg.test_fraction):
+    if was != (cfg.seed, _fraction(cfg.test_fraction)):
         seed, fraction = was
         given = "--test-fraction" if cfg.seed == seed else "--seed"
         shown = fraction if fraction is not None else "the default"
@@ -980,7 +1002,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     def load():
         return load_dataset(cfg.data, root=cfg.data_root, download=cfg.download,
                             image_size=cfg.image_size, channels=cfg.channels, seed=cfg.seed,
-                            test_fraction=cfg.test_fraction)
+                            test_fraction=_fraction(cfg.test_fraction))
     resumed = ckpt_path if resume else None
     with _resumed_settings(resumed):
         if cfg.download and comm.size > 1:   # rank 0 downloads; the others read its files
@@ -1029,7 +1051,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                  f"({len(splits.train[0]):,} training images at "
                  f"{'x'.join(map(str, input_shape))})", comm.local_size)
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
-        splits, cfg.val_fraction, cfg.limit, cfg.seed, dtype)
+        splits, _fraction(cfg.val_fraction), cfg.limit, cfg.seed, dtype)
     # what a shift pads with: a 0 pixel, normalized (or 0 after normalizing: the mean)
     zero_pixel = norm.zero(dtype) if cfg.shift_fill == "black" else 0
     if not batch_given:   # the default batch, on a data set smaller than it
@@ -1141,7 +1163,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             "brightness": brightness_range(splits.train[0], splits.scale),
             "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
-            "split_seed": cfg.seed, "test_fraction": cfg.test_fraction, "tta": cfg.tta,
+            "split_seed": cfg.seed, "tta": cfg.tta,
+            # as used: a split drawn here, else the default that eval draws others with
+            "test_fraction": _fraction(cfg.test_fraction if splits.drawn_from else None),
             "defaults": defaults}
     if splits.drawn_from is not None:   # eval draws the same test images from these files
         info["split_files"] = splits.drawn_from
@@ -1206,7 +1230,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         if aside is not None:        # the new run can be resumed: the old one goes
             aside.drop()
 
-    for note in splits.notes + [untrained_classes(y_train, splits)]:
+    for note in splits.notes + [untrained_classes(y_train, splits)] + \
+            _unused_fractions(cfg, splits):
         if note:
             log(note)
     if ckpt is None and defaults in DEFAULTS and defaults != splits.name:

@@ -1370,3 +1370,21 @@ def test_a_fraction_the_data_does_not_use_is_said(tmp_path, capsys):
     assert "--test-fraction 0.5 is not used: digits has its own test images" in \
         capsys.readouterr().out
     assert json.loads((out / "model.json").read_text())["info"]["test_fraction"] == 0.1
+
+
+def test_a_pipe_or_an_empty_name_is_named_as_such(tmp_path, capsys):
+    """A pipe given as an image had been 'empty (0 bytes)'; an empty name, '.': 'a
+    folder'."""
+    run = train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path / "r")),
+                **QUIET)
+    model = str(run.model_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for argv, message in [(["predict", model, str(fifo)], "not a regular file (a pipe or a "
+                                                          "device): save the image to a file"),
+                          (["predict", model, ""], "an empty file name: give an image file"),
+                          (["report", model, "--out", ""], "an empty file name: give the "
+                                                           "report a name ending in .html"),
+                          (["convert", model, ""], "an empty output file name")]:
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err, argv

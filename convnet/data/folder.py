@@ -28,6 +28,7 @@ channel mode for a whole data set before ``load_image_folder`` decodes it.
 from __future__ import annotations
 
 import os
+import stat
 import unicodedata
 import warnings
 from pathlib import Path
@@ -186,12 +187,18 @@ def check_each_file_once(paths):
 def _opened(Image, path):
     """Image.open (the header only) with the decompression-bomb guard as an error, each
     side held to limits.MAX_SOURCE_SIDE, and bad files named."""
+    if isinstance(path, str) and not path:          # Path("") would be ".", a folder
+        raise ValueError("an empty file name: give an image file")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: a folder, not an image file: give the images in it "
                          f"(such as {path / '*'})")
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):   # read twice (header, then pixels): a pipe
+            raise ValueError(f"{path}: not a regular file (a pipe or a device): save the "
+                             f"image to a file")
+        if info.st_size == 0:
             raise ValueError(f"{path}: unreadable image: the file is empty (0 bytes)")
     except OSError as err:     # a link to nothing, or no permission
         raise ValueError(f"{path}: unreadable image: {type(err).__name__}: "

@@ -63,6 +63,8 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     model read records besides the net (class names, preprocessing: a convnet model's
     "info") goes with it: into the .json, or as JSON into a .safetensors or .onnx file's
     metadata under INFO_KEY; log is then called with a note (a str) saying so."""
+    if isinstance(dst, str) and not dst:       # Path("") would be "."
+        raise ValueError(f"an empty output file name: give one ending in {', '.join(OUT)}")
     dst = Path(dst)
     suffix = dst.suffix.lower()
     if suffix not in OUT:

@@ -771,6 +771,8 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
 def check_report_path(path):
     """path as a Path, if a report may be written there: an .html name in a directory
     that exists (said before the work, not after it); else a ValueError."""
+    if isinstance(path, str) and not path:     # Path("") would be "."
+        raise ValueError("an empty file name: give the report a name ending in .html")
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):   # never over a model or weights file
         raise ValueError(f"{path}: the report is an HTML page: give it a name ending in "

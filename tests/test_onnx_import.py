@@ -1211,3 +1211,22 @@ def test_an_imported_net_runs_its_relus_in_place_as_the_zoo_net_does(tmp_path):
     assert relus(imported) == relus(net) == [0] * 7
     x = np.random.default_rng(0).standard_normal((1, 3, 227, 227)).astype(np.float32)
     assert np.allclose(imported.infer(x), net.eval().infer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.01, 0.1, 0.3])
+def test_batch_norms_momentum_comes_back_from_torch_and_from_export(tmp_path, momentum):
+    """ONNX's momentum (1 - PyTorch's) had been left out both ways: every imported batch
+    norm trained on with 0.1."""
+    from convnet.io.onnx_export import export_onnx
+    from convnet.io.onnx_import import load_onnx
+    from convnet.layers.conv import Conv2d
+    from convnet.layers.norm import BatchNorm2d
+    from convnet.models import Sequential
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4,
+                                                                             momentum=momentum))
+    torch.onnx.export(net.eval(), torch.randn(1, 3, 8, 8), tmp_path / "t.onnx", dynamo=False,
+                      do_constant_folding=False)
+    assert load_onnx(tmp_path / "t.onnx")[1].momentum == momentum
+    ours = Sequential(Conv2d(3, 4, 3), BatchNorm2d(4, momentum=momentum))
+    export_onnx(ours, tmp_path / "o.onnx", input_shape=(3, 8, 8))
+    assert load_onnx(tmp_path / "o.onnx")[1].momentum == momentum

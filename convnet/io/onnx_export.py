@@ -392,8 +392,9 @@ class _Graph:
                 else self.const(f"{name}.zeros", np.zeros(d)))
         mean = self.const(f"{name}.running_mean", layer.buffers["running_mean"])
         var = self.const(f"{name}.running_var", layer.buffers["running_var"])
+        extra = {} if layer.momentum is None else {"momentum": 1 - layer.momentum}  # ONNX's
         return self.node("BatchNormalization", [x, scale, bias, mean, var], base,
-                         epsilon=layer.eps)
+                         epsilon=layer.eps, **extra)
 
     def lrn(self, layer, x, shape, out_shape, base):
         n = layer.size

@@ -1788,6 +1788,9 @@ class _Importer:
             raise self.error(node, f"attribute {bad} is not supported (inference with running "
                                    "statistics per channel only)")
         eps = attrs.float("epsilon", 1e-5, low=0.0)
+        # ONNX's running = running * momentum + batch * (1 - momentum): PyTorch's momentum
+        # is 1 - that (0.9 -> 0.1), to the float32's 7 digits (for training on from here)
+        momentum = float(f"{1 - attrs.float('momentum', 0.9, low=0.0, high=1.0):.7g}")
         self.unused_outputs(node, "running statistics")
         scale, bias, mean, var = (self.param(node, i, what, ndim=1) for i, what in
                                   enumerate(("scale", "B", "input_mean", "input_var"), 1))
@@ -1797,7 +1800,8 @@ class _Importer:
         affine = not (_EXPORTED_ONES.search(node.input[1]) and np.all(scale == 1)
                       and _EXPORTED_ZEROS.search(node.input[2]) and np.all(bias == 0)
                       and bias.shape == scale.shape)
-        layer = self.make(node, cls, scale.size, eps=eps, affine=affine, dtype=scale.dtype)
+        layer = self.make(node, cls, scale.size, eps=eps, momentum=momentum, affine=affine,
+                          dtype=scale.dtype)
         copies = [(layer.buffers, "running_mean", mean), (layer.buffers, "running_var", var)]
         if affine:
             copies = [(layer.params, "weight", scale), (layer.params, "bias", bias), *copies]

@@ -688,3 +688,20 @@ def test_pickle_bombs_in_data_pkl_are_refused_small(tmp_path, body, error):
     peak, message = peak_of(lambda: load_torch(path))
     assert re.search(rf"evil\.pt: .*{error}", message), message
     assert peak < 16 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("storage, flag, dtype", [("BoolStorage", "neg", "bool"),
+                                                  ("BoolStorage", "conj", "bool"),
+                                                  ("FloatStorage", "conj", "float32")])
+def test_a_flag_torch_never_sets_on_a_dtype_is_refused(tmp_path, storage, flag, dtype):
+    """A bool tensor with the neg flag had ended in NumPy's TypeError, naming no file; one
+    with the conj flag had loaded as int8."""
+    data = (b"\x80\x02}q\x00" + raw_string("w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
+            + b"(" + raw_string("storage") + f"ctorch\n{storage}\n".encode()
+            + raw_string("0") + raw_string("cpu")                # 16 bytes: 16 bools
+            + (b"K\x10" if storage == "BoolStorage" else b"K\x04")
+            + b"tQK\x00K\x04\x85K\x01\x85\x89"
+            + b"ccollections\nOrderedDict\n)R}q\x01" + raw_string(flag) + b"\x88stRs.")
+    with pytest.raises(ValueError, match=rf"evil.pt: .*tensor 'w' of {dtype} carries the "
+                                         rf"{flag} flag, which torch sets only on"):
+        load_torch(with_pickle(tmp_path, data))

@@ -334,6 +334,13 @@ class _Archive:
             view = np.lib.stride_tricks.as_strided(flat, shape=size, strides=strides,
                                                    writeable=False)
         out = _to_numpy(view, storage.dtype)
+        flags = [flag for flag, bad in (("conj", out.dtype.kind != "c"),
+                                        ("neg", out.dtype.kind == "b"))
+                 if tensor.metadata.get(flag) and bad]
+        if flags:                               # torch sets neither on these
+            raise Refused(f"tensor {show(key)} of {out.dtype} carries the {flags[0]} flag, "
+                          f"which torch sets only on "
+                          f"{'complex' if flags[0] == 'conj' else 'numeric'} tensors")
         if tensor.metadata.get("conj"):         # a lazily conjugated complex tensor
             out = np.conj(out)
         if tensor.metadata.get("neg"):          # a lazily negated view (e.g. x.conj().imag)

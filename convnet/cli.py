@@ -14,6 +14,7 @@ import errno
 import io
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -39,11 +40,14 @@ def int_type(low, high=None):
     return parse
 
 
+NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def float_type(low, high=None, low_open=False, high_open=False):
     """An argparse type: a finite float in the interval from low to high."""
     def parse(text):
-        try:
-            value = float(text)
+        try:       # a plain ASCII number: float() would also take "1_0e-3", "\u0661", " 1"
+            value = float(text) if NUMBER.fullmatch(text) else math.nan
         except ValueError:
             value = math.nan
         ok = (math.isfinite(value) and (value > low if low_open else value >= low)
@@ -278,7 +282,7 @@ def _train_report(args, result):
     except (ValueError, OSError) as err:
         _note(args, f"no report.html: {_one_line(err)}")
         return
-    print(f"report: {path}")
+    print(limits.printable(f"report: {path}"))
 
 
 def _note(args, text):
@@ -431,7 +435,7 @@ def cmd_show(args):
         path = plot.plot_activations(model, preprocess(images, 255, info), out, title=title)
     if title:
         _note(args, f"{args.model} has random initial weights: the picture says so")
-    print(f"wrote {path}")
+    print(limits.printable(f"wrote {path}"))
 
 
 def cmd_report(args):
@@ -448,7 +452,7 @@ def cmd_report(args):
     path = write_report(model, args.out, source=args.model, data=args.data,
                         data_root=args.data_root, images=args.images,
                         all_images=args.all_images, log=lambda text: _note(args, text))
-    print(f"wrote {path}")
+    print(limits.printable(f"wrote {path}"))
 
 
 def cmd_convert(args):
@@ -459,7 +463,7 @@ def cmd_convert(args):
     path = convert(src, args.dst, model=arch, num_classes=args.classes,
                    overwrite=args.overwrite, input_shape=args.input,
                    log=lambda text: _note(args, text))
-    print(f"wrote {path}")
+    print(limits.printable(f"wrote {path}"))
 
 
 def cmd_zoo(args):
@@ -499,8 +503,11 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"convnet {convnet.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    parser.commands = {}
+
     def command(name, **kwargs):
-        return commands.add_parser(name, parents=[common], **kwargs)
+        parser.commands[name] = commands.add_parser(name, parents=[common], **kwargs)
+        return parser.commands[name]
 
     p = command(
         "summary", help="volumes, parameters, mult-adds, receptive field and memory",
@@ -519,8 +526,8 @@ def build_parser():
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
                    help="per-sample input size, channels first (e.g. 3x224x224); "
                         "default: the model's own")
-    p.add_argument("--batch", type=int_type(1, 1_000_000), default=1, metavar="N",
-                   help="batch size (1)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int_type(1, 1_000_000),
+                   default=1, metavar="N", help="batch size (1)")
     p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
                    help=COUNT_HELP)
     p.add_argument("--classes", type=CLASSES, metavar="K",
@@ -796,7 +803,10 @@ def main(argv=None):
             if parallel and launch_rank() not in (0, None):
                 quiet.enter_context(contextlib.redirect_stdout(held))
                 quiet.enter_context(contextlib.redirect_stderr(held))
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:          # said by the command's parser: its --help lists its options
+                parser.commands.get(getattr(args, "command", None), parser).error(
+                    f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:     # --help (0), or a usage error argparse has printed (2)
         if done.code not in (0, None):
             # Under mpiexec a rank but 0 says its own usage error in its abort line (in a
@@ -929,8 +939,7 @@ def _shown_line(line):
     pass for a line of convnet's own; and a line over MAX_ERROR (a long path or string
     the user gave, echoed whole) cut to both its ends. A MultilineError's lines are cut
     one by one: a notation error's text and the carets under it stay aligned."""
-    if not line.isprintable():
-        line = "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in line)
+    line = limits.printable(line)
     if len(line) > MAX_ERROR:
         line = f"{line[:MAX_ERROR // 2]} ... ({len(line) - MAX_ERROR:,} characters left " \
                f"out) ... {line[-MAX_ERROR // 2:]}"

@@ -63,6 +63,15 @@ def cores():
         return os.cpu_count() or 1
 
 
+def printable(text):
+    """text for one line of a terminal: each character that is not printable (a line
+    break or a terminal escape in a file's name) written as its escape (\\n, \\x1b), so
+    that nothing a user named can pass for a line of convnet's own; tabs are kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
+
+
 def is_count(text):
     """Whether an environment setting's text is a count int() reads as written: ASCII
     digits ("²" and "٣" are digits to str.isdigit), at most 9 of them."""

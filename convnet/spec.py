@@ -264,6 +264,24 @@ def _current_key(key):
     return match.group(1) + match.group(2) if match else key
 
 
+def _head_hint(model, state, expected):
+    """Where only the last FC layer's tensors do not fit: the classes the file has, and
+    what to do about it; else ""."""
+    from convnet.models.finetune import head_name
+    head = head_name(model)
+    wrong = {key for key, value in state.items() if key in expected
+             and getattr(value, "shape", None) != expected[key].shape}
+    weight = state.get(f"{head}.weight") if head is not None else None
+    if not wrong or not wrong <= {f"{head}.weight", f"{head}.bias"} \
+            or getattr(weight, "ndim", 0) != 2:
+        return ""
+    return (f" (the file's last FC layer, {head}, gives {weight.shape[0]} classes and the "
+            f"architecture's {expected[f'{head}.weight'].shape[0]}: for a zoo name, give "
+            f"--classes {weight.shape[0]} or leave it out; in notation, write FC "
+            f"{weight.shape[0]} last; train --from then makes a new head for the data's "
+            f"classes)")
+
+
 def _load_weights(model, path, state=None):
     """Load a .pt/.pth/.safetensors file's tensors (``state``, read from ``path`` when
     None) into ``model`` strictly.
@@ -302,8 +320,7 @@ def _load_weights(model, path, state=None):
         if prefix:
             hint = (f" (every key of the file starts with {prefix!r}, as {_wrappers(prefix)} "
                     f"saves them; without it they still do not fit)")
-        if "mis-shaped" in str(err):
-            hint += " (a different number of classes? give it with --classes)"
+        hint += _head_hint(model, state, expected)
         raise ValueError(f"{path}: does not fit the architecture given by --model: "
                          f"{err}{hint}") from None
     if fits:

@@ -94,11 +94,11 @@ def test_train_bad_image_size_is_a_usage_error(capsys, text):
     (["summary", "lenet5", "--input", "3_2x32x32"], "--input: input shape must be C x H x W"),
     (["summary", "lenet5", "--input", "\uff13x32x32"], "--input: input shape must be"),
     (["summary", "lenet5", "--input", "3 x 32 x 32"], "--input: input shape must be"),
-    (["summary", "lenet5", "--batch", "1_0"], "--batch: expected an int from 1 to 1,000,000"),
+    (["summary", "lenet5", "--batch", "1_0"], "--batch-size: expected an int from 1 to 1,000,000"),
     (["train", "--epochs", "\u0663"], "--epochs: expected an int from 1 to 1,000,000"),
     # an unbounded batch had overflowed format_bytes (OverflowError, no option named)
-    (["summary", "lenet5", "--batch", "9" * 400], "--batch: expected an int from 1 to 1,"),
-    (["summary", "lenet5", "--batch", "1000001"], "--batch: expected an int from 1 to 1,"),
+    (["summary", "lenet5", "--batch", "9" * 400], "--batch-size: expected an int from 1 to 1,"),
+    (["summary", "lenet5", "--batch", "1000001"], "--batch-size: expected an int from 1 to 1,"),
 ])
 def test_counts_on_the_command_line_are_ascii_digits_within_bounds(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -220,3 +220,14 @@ def test_repeated_list_options_add_up():
     args = build_parser().parse_args(["report", "m.json", "--images", "a.png", "--images",
                                       "b.png"])
     assert args.images == ["a.png", "b.png"]
+
+
+def test_an_unknown_option_points_to_its_commands_help(capsys):
+    """It had pointed to 'convnet --help', which lists no command's options; summary's
+    --batch takes train's spelling, --batch-size, too."""
+    with pytest.raises(SystemExit):
+        main(["summary", "vgg16", "--bogus", "3"])
+    assert capsys.readouterr().err == ("convnet summary: error: unrecognized arguments: "
+                                       "--bogus 3 (see 'convnet summary --help')\n")
+    assert main(["summary", "lenet5", "--batch-size", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_size"] == 64

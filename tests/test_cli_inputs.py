@@ -30,7 +30,8 @@ OPTIONS = [
     (["train"], "--epochs", BAD_INTS, "3"),
     (["train"], "--batch-size", BAD_INTS, "16"),
     (["train"], "--limit", BAD_INTS[:-1], "100"),
-    (["train"], "--lr", ["0", "-1", "nan", "inf", "abc", ""], "0.01"),
+    (["train"], "--lr", ["0", "-1", "nan", "inf", "abc", "", "1_0e-3", "\u0661", " 1"],
+     "0.01"),
     (["train"], "--weight-decay", ["-1", "nan", "inf", "x"], "0"),
     (["train"], "--val-fraction", ["0", "1", "-0.1", "1.5", "nan", "x"], "0.2"),
     (["train"], "--test-fraction", ["0", "1", "2", "nan"], "0.2"),
@@ -1388,3 +1389,28 @@ def test_a_pipe_or_an_empty_name_is_named_as_such(tmp_path, capsys):
                           (["convert", model, ""], "an empty output file name")]:
         assert main(argv) == 1
         assert message in capsys.readouterr().err, argv
+
+
+def test_paths_on_standard_output_cannot_pass_for_lines_of_their_own(tmp_path, capsys):
+    """train's log lines and the commands' 'wrote ...' printed a path raw: a line break
+    or a terminal escape in it split or coloured the output."""
+    out = tmp_path / "e\x1b[31mred\nfake"
+    assert main(["train", "--model", SMALL, "--epochs", "1", "--limit", "200", "--quiet",
+                 "--no-report", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\nfake" not in text and "e\\x1b[31mred\\nfake" in text
+    assert main(["show", "filters", str(out / "model.json"), "--out",
+                 str(tmp_path / "a\nb.png")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path}/a\\nb.png\n"
+
+
+def test_a_folder_named_like_a_data_set_is_named_when_the_set_is_read(tmp_path, capsys,
+                                                                       monkeypatch):
+    """--data digits, with a folder ./digits here, had read the embedded digits without a
+    word about the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits" / "a").mkdir(parents=True)
+    assert main(["train", "--data", "digits", "--model", SMALL, "--epochs", "1", "--limit",
+                 "200", "--quiet", "--no-report", "--out", "r"]) == 0
+    assert "digits is the named data set; a folder digits is here too, not read: give " \
+           "--data ./digits to read it" in capsys.readouterr().err

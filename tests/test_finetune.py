@@ -268,3 +268,72 @@ def test_a_python_loop_leaves_frozen_layers_alone_and_skips_their_backward(monke
     assert not np.array_equal(net.params()["4.weight"], whole.params()["4.weight"])
     net.freeze()                           # all frozen: nothing to do
     assert net.backward(d, input_grad=False) is None
+
+
+def test_weights_with_notation_without_input_take_the_image_size_given(tmp_path, capsys):
+    """--from weights --model notation without INPUT had failed with 'pass
+    input_shape=(C, H, W)', even with --image-size and --channels given."""
+    import shutil
+    body = "CONV 4 -> RELU -> POOL -> FC 10"
+    assert main(["train", "--model", f"INPUT 8x8x1 -> {body}", "--epochs", "1", "--quiet",
+                 "--no-report", "--out", str(tmp_path / "a")]) == 0
+    shutil.copy(tmp_path / "a" / "model.safetensors", tmp_path / "w.safetensors")
+    base = ["train", "--from", str(tmp_path / "w.safetensors"), "--model", body, "--epochs",
+            "1", "--quiet", "--no-report"]
+    assert main(base + ["--out", str(tmp_path / "b")]) == 1
+    assert "the notation has no INPUT size for the weights of --from" in \
+        capsys.readouterr().err
+    assert main(base + ["--image-size", "8", "--channels", "1", "--out",
+                        str(tmp_path / "c")]) == 0
+    # a head of other classes is named as such (it had said to give --classes, which
+    # notation does not take, and said so for any misfit)
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "w.safetensors"), "--model",
+                 f"INPUT 8x8x1 -> {body[:-2]}5"]) == 1
+    assert "(the file's last FC layer, 4, gives 10 classes and the architecture's 5: for a " \
+           "zoo name, give --classes 10 or leave it out; in notation, write FC 10 last" in \
+        capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "w.safetensors"), "--model",
+                 "INPUT 8x8x1 -> CONV 6 -> RELU -> POOL -> FC 10"]) == 1
+    assert "last FC layer" not in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_take_the_data_or_a_new_head_says_why(tmp_path, capsys):
+    """--image-size that does not fit a --from model's FC layers had failed with the
+    Linear layer's error alone; a new head with a class-sized layer after it (FC 10 -> BN)
+    with an error about that layer."""
+    from PIL import Image
+    for name, text in (("fc", "INPUT 8x8x1 -> CONV 8 -> RELU -> FC 10"),
+                       ("bn", "INPUT 8x8x1 -> CONV 8 -> RELU -> FC 10 -> BN")):
+        assert main(["train", "--model", text, "--epochs", "1", "--quiet", "--no-report",
+                     "--out", str(tmp_path / name)]) == 0
+    folder = tmp_path / "five"
+    for k in range(5):
+        (folder / f"c{k}").mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), 40 * k + i, np.uint8)).save(
+                folder / f"c{k}" / f"{i}.png")
+    capsys.readouterr()
+    assert main(["train", "--from", str(tmp_path / "fc" / "model.json"), "--data", "digits",
+                 "--image-size", "16", "--epochs", "1", "--quiet", "--out",
+                 str(tmp_path / "a")]) == 1
+    assert "model.json takes 8x8x1 images; the data's, 16x16x1 (--image-size, --channels), " \
+           "do not fit its layers: " in capsys.readouterr().err
+    assert main(["train", "--from", str(tmp_path / "bn" / "model.json"), "--data",
+                 str(folder), "--epochs", "1", "--quiet", "--out", str(tmp_path / "b")]) == 1
+    assert "its last FC layer (3, Linear(in=512, out=10)) is not its output: the layers " \
+           "after it take its outputs, and a new head for the data's 5 classes cannot " \
+           "feed them" in capsys.readouterr().err
+
+
+def test_from_a_model_in_the_folder_that_overwrite_replaces_is_refused(tmp_path, capsys):
+    """--from run/model.json --out run --overwrite had replaced the model it fine-tuned."""
+    out = tmp_path / "run"
+    assert main(["train", "--model", "INPUT 8x8x1 -> CONV 4 -> RELU -> FC 10", "--epochs",
+                 "1", "--quiet", "--no-report", "--out", str(out)]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", "--from", str(out / "model.json"), "--epochs", "1", "--quiet",
+                 "--out", str(out), "--overwrite"]) == 1
+    assert f"--from {out / 'model.json'} is a file of {out}, which --overwrite replaces" in \
+        capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before

@@ -322,7 +322,7 @@ def test_a_rank_error_before_training_ends_the_job_too(tmp_path):
     proc = run_mpi(tmp_path, "convnet.cli", "train", "--model", PLAIN, "--epochs", "1",
                    "--out", "taken", "--quiet", module=True, timeout=60)
     assert proc.returncode != 0
-    assert proc.stderr.count("already holds files (notes.txt)") == 1, proc.stderr
+    assert proc.stderr.count("holds files that are not a run's (notes.txt)") == 1, proc.stderr
     assert "rank 0: convnet train: error: " in proc.stderr
     assert "ending all 2 processes" in proc.stderr
 

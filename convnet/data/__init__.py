@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -183,6 +184,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                          + ("the digits are embedded" if key == "digits" else
                             "a folder is read where it is"))
     check_classes = check_classes or (lambda classes: None)
+    if key in DATASETS and Path(str(name_or_path)).is_dir():
+        warnings.warn(f"{name_or_path} is the named data set; a folder {name_or_path} is "
+                      f"here too, not read: give --data ./{name_or_path} to read it",
+                      stacklevel=2)
     if key == "digits":
         splits = _splits(load_digits(), "digits", DIGITS_SCALE, kind=key)
     elif key == "fashion-mnist":

@@ -30,11 +30,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import inspect
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import stat
@@ -76,7 +76,7 @@ from convnet.layers.linear import Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
 from convnet.models.finetune import replace_head
-from convnet.spec import WEIGHTS, resolve_model
+from convnet.spec import WEIGHTS, is_notation, resolve_model
 from convnet.train.checkpoint import (
     HISTORY_KEYS,
     is_epoch_record,
@@ -400,6 +400,11 @@ def run_directory(cfg, resume, overwrite, passed=()):
         return out
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: --out must be a directory, and this is a file")
+    source = Path(cfg.init_from) if cfg.init_from else None
+    if overwrite and source is not None and source.name in RUN_FILES and \
+            source.parent.resolve() == out.resolve():
+        raise ValueError(f"--from {source} is a file of {out}, which --overwrite replaces: "
+                         f"give another --out, or copy the model elsewhere first")
     held = _held_files(out)
     if held and not overwrite:
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
@@ -859,6 +864,11 @@ def _size_hint(spec, input_shape):
             f"brings them to it)")
 
 
+def _volume_text(shape):
+    """(C, H, W) as the notes write a volume: W x H x D."""
+    return f"{shape[2]}x{shape[1]}x{shape[0]}" if len(shape) == 3 else str(tuple(shape))
+
+
 def _notation_input(text):
     """The per-sample input (C, H, W) that notation's INPUT names (None without one)."""
     from convnet.models import from_notation
@@ -901,8 +911,18 @@ def _initial_model(cfg, log):
     if cfg.model is not None and not is_weights:
         raise ValueError(f"{cfg.init_from}: a model file has its own architecture: drop "
                          f"--model (it names the architecture of a weights file)")
+    given = None
+    if is_weights and isinstance(cfg.model, str) and is_notation(cfg.model) \
+            and not re.match(r"\s*INPUT\s+[0-9]", cfg.model, re.IGNORECASE):
+        if not (cfg.channels and cfg.image_size):     # notation with no INPUT size
+            raise ValueError(f"--model {cfg.model:.80}: the notation has no INPUT size for "
+                             f"the weights of --from {cfg.init_from}: start it with INPUT "
+                             f"WxHxD (the size they were trained at), or give --image-size "
+                             f"and --channels")
+        given = (cfg.channels, *cfg.image_size)
     try:
-        model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None)
+        model = resolve_model(cfg.init_from, architecture=cfg.model if is_weights else None,
+                              input_shape=given)
     except OpenInputError:   # an ONNX graph's open input size: the data's, as given
         if not (cfg.channels and cfg.image_size):
             raise
@@ -963,8 +983,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     comm = from_environment() if comm is None else comm
     if not comm.is_root:
         log, progress = (lambda *args: None), False
-    elif comm.size > 1 and log is print:   # into the launcher's pipe: each line as it comes
-        log = functools.partial(print, flush=True)
+    elif log is print:   # a path may hold a line break or a terminal escape; under a
+        flush = comm.size > 1    # launcher, into its pipe: each line as it comes
+
+        def log(text):
+            print(limits.printable(text), flush=flush)
     log(describe(comm))
     cfg = dataclasses.replace(cfg.check())   # the caller's config stays as it was given
     if cfg.freeze and cfg.init_from is None and not resume:   # a run of old may resume
@@ -1071,9 +1094,24 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         state, model = None, start_model
         model = _as_dtype(model, dtype)
         known = (getattr(model, "info", None) or {}).get("classes")
-        if model.output_shape(input_shape) != (num_classes,):
+        own = tuple(getattr(model, "input_shape", None) or input_shape)
+        try:
+            scores = model.output_shape(input_shape)
+        except ValueError as err:   # --image-size or --channels other than the model's
+            raise ValueError(f"--from {cfg.init_from} takes {_volume_text(own)} images; the "
+                             f"data's, {_volume_text(input_shape)} (--image-size, "
+                             f"--channels), do not fit its layers: {err}") from None
+        if scores != (num_classes,):
             old = _head_text(model)
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
+            try:
+                model.output_shape(input_shape)
+            except ValueError as err:         # layers after the FC sized for its classes
+                raise ValueError(f"--from {cfg.init_from}: its last FC layer ({head}, "
+                                 f"{old}) is not its output: the layers after it take its "
+                                 f"outputs, and a new head for the data's {num_classes} "
+                                 f"classes cannot feed them ({err}); fine-tune a model that "
+                                 f"ends in its FC layer") from None
             log(f"new head: layer {head}, {old}, made anew as {_head_text(model)} for the "
                 f"data's {num_classes} classes")
         elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes]:
@@ -1478,11 +1516,11 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     log(f"time limit {cfg.time_limit:g} s: a step takes {step_seconds * 1e3:.0f} ms, an "
         f"epoch with its validation about {shown} s: {epochs} epoch(s) fit, the "
         f"schedule planned for them")
-    if left < epoch_seconds:
-        log(f"warning: not even one epoch fits in the time limit ({spent:.1f} s went to "
-            f"loading and planning); the run trains one and takes about "
-            f"{spent + epoch_seconds + end:.0f} s: give a longer --time-limit, or train on "
-            f"fewer images (--limit)")
+    if left < epoch_seconds and comm.is_root:     # a warning: on stderr, said once
+        warnings.warn(f"not even one epoch fits in the time limit ({spent:.1f} s went to "
+                      f"loading and planning); the run trains one and takes about "
+                      f"{spent + epoch_seconds + end:.0f} s: give a longer --time-limit, or "
+                      f"train on fewer images (--limit)", stacklevel=2)
     return epochs
 
 

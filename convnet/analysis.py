@@ -231,14 +231,17 @@ class Summary:
         only there)."""
         header = ("layer", "type", "infer alg." if inference else "train alg.",
                   "output (WxHxD)", "params", "mult-adds", "RF HxW (jump)", "activations")
-        rows = [(_clip(r.name, 24, left=True), _clip(r.type, 32),
+        star = " *" if self.frozen_params else ""     # its own place: digits stay aligned
+        rows = [(_clip(r.name, 36, left=True), _clip(_short_type(r.type), 36),
                  (r.inference_algorithm if inference else r.algorithm) or "",
-                 volume(r.output_shape), f"{r.params:,}" + (" *" if r.frozen else ""),
+                 volume(r.output_shape), f"{r.params:,}" + (star if r.frozen else
+                                                           " " * len(star)),
                  f"{r.macs:,}", f"{hw_text(r.receptive_field)} ({hw_text(r.jump)})",
                  format_bytes(r.activation_bytes)) for r in self.layers]
-        rows.insert(0, ("input", "", "", volume(self.input_shape), "", "", "1 (1)",
-                        format_bytes(self.memory["misc"])))
-        totals = ("total", "", "", "", f"{self.total_params:,}", f"{self.total_macs:,}",
+        # the input batch is the memory's "miscellaneous", not an activation of the total
+        rows.insert(0, ("input", "", "", volume(self.input_shape), "", "", "1 (1)", ""))
+        totals = ("total", "", "", "", f"{self.total_params:,}" + " " * len(star),
+                  f"{self.total_macs:,}",
                   f"{hw_text(self.receptive_field)} ({hw_text(self.jump)})",
                   format_bytes(self.memory["activations"]))
         widths = [max(len(row[i]) for row in [header, *rows, totals]) for i in range(8)]
@@ -694,7 +697,23 @@ def _compact(pair):
 
 
 def _clip(text, width, left=False):
-    """Shorten to width with "...": at the left for dotted names (the leaf's end matters)."""
+    """Shorten to width with "...": at the left for dotted names (the leaf's end matters),
+    where it can at a dot, so that whole names are shown ("...denseblock1.denselayer1")."""
     if len(text) <= width:
         return text
-    return "..." + text[3 - width:] if left else text[: width - 3] + "..."
+    if left:
+        tail = text[3 - width:]
+        dot = tail.find(".")
+        return "..." + (tail[dot + 1:] if 0 <= dot < len(tail) - 1 else tail)
+    return text[: width - 3] + "..."
+
+
+# The table's type column in the notes' letters: Conv2d(K=256, F=5, S=1, P=2, G=2).
+_SHORT_TYPES = (("groups=", "G="), ("dilation=", "D="), ("bias=False", "no bias"),
+                ("LocalResponseNorm(", "LRN("))
+
+
+def _short_type(text):
+    for long, short in _SHORT_TYPES:
+        text = text.replace(long, short)
+    return text

@@ -5,7 +5,8 @@
 Items are separated by ``->`` (or ``→``). Keywords are case-insensitive; numbers and
 options follow them, separated by spaces, in any order. An option's letter takes its value
 right after it, or after an ``=`` as the notes write it (``F3`` or ``F=3``); a bare number
-may be named as the notes name it (``CONV K=32``, ``FC n=10``, ``DROPOUT p=0.5``).
+may be named as the notes name it (``CONV K=32``, ``FC n=10``, ``DROPOUT p=0.5``). Sizes
+may use the notes' times sign (``32×32×3``, ``F3×5``).
 
 =================================  ======================================================
 ``INPUT WxHxD`` / ``INPUT WxH``    the input volume in the notes' order, width x height x

@@ -170,8 +170,8 @@ def duration(text):
     units = {"s": 1, "m": 60, "h": 3600}
     text = text.strip().lower()
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit]
+    try:       # a plain ASCII number, as float_type takes
+        seconds = float(number) * units[unit] if NUMBER.fullmatch(number) else math.nan
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and 0 < seconds <= 366 * 86400):
@@ -475,7 +475,8 @@ def cmd_zoo(args):
 # -- the parser -------------------------------------------------------------------------
 
 PICTURES = (".png", ".svg", ".pdf")   # what `convnet show --out` writes (matplotlib)
-OPEN_INPUT_HELP = ("for an ONNX file whose graph leaves the input size open: the size "
+OPEN_INPUT_HELP = ("for an ONNX file whose graph leaves the input size open, weights of a "
+                   "net that takes other sizes, or a model file that records none: the size "
                    "to run it at (e.g. 3x224x224); images are resized to it")
 ARCH_HELP = ("the architecture of a weights file (.pt, .pth, .safetensors): a zoo name or "
              "arrow notation in quotes")
@@ -746,7 +747,9 @@ def build_parser():
                         "record), an ONNX file, weights with --model, a zoo name or notation")
     p.add_argument("--model", dest="arch", metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
-                   help="per-sample input size (e.g. 3x64x64); default: the model's own")
+                   help="per-sample input size (e.g. 3x64x64) for a zoo name, notation, "
+                        "weights or an ONNX file of an open size; default: the model's own "
+                        "(a model file that records its own keeps it)")
     p.add_argument("--data", help="a data set (digits, fashion-mnist, cifar10, ... or a "
                                   "path): accuracy and sample images from its test split")
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
@@ -780,8 +783,9 @@ def build_parser():
                    help="replace OUT (and a .json's weights file) if it exists")
     p.add_argument("--input", type=input_shape, metavar="CxHxW",
                    help="the size the converted model takes (e.g. 3x224x224): for an ONNX "
-                        "file whose graph leaves it open, or arrow notation without an "
-                        "INPUT (a model file records its own)")
+                        "file whose graph leaves it open, weights or a zoo net at a size "
+                        "it takes, notation without an INPUT, or a model file that records "
+                        "none (one that records its own keeps it)")
     p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
                    help=COUNT_HELP)
     p.set_defaults(func=cmd_convert)

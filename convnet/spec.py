@@ -144,19 +144,20 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
 
 def check_open_input(spec, input_shape):
     """input_shape for eval, predict, show, report and convert: only a model that leaves
-    its input size open takes one: an ONNX file (the size its graph leaves open), or a
-    model file that records none (saved without an input_shape); any other model records
-    its own. Returns it."""
+    its input size open takes one: an ONNX file (the size its graph leaves open), weights
+    (.pt, .pth, .safetensors: their --model architecture's size, which resolve_model
+    checks they fit), or a model file that records none (saved without an input_shape);
+    any other model records its own. Returns it."""
     suffix = Path(str(spec)).suffix.lower()
-    if input_shape is None or suffix == ".onnx":
+    if input_shape is None or suffix in (".onnx", *WEIGHTS):   # weights: --model's size
         return input_shape
     if suffix == ".json" and _exists(spec):
         from convnet.io.weights import _read_json
         if _read_json(spec).get("input_shape") is None:
             return input_shape
     raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX file "
-                     f"whose graph leaves it open, or of a model file that records none; "
-                     f"this model records its own")
+                     f"whose graph leaves it open, of weights, or of a model file that "
+                     f"records none; this model records its own")
 
 
 def check_classes(model, num_classes, spec, architecture=None):

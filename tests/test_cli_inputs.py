@@ -43,7 +43,8 @@ OPTIONS = [
     (["train"], "--label-smoothing", ["-0.1", "1", "2", "nan", "x"], "0.1"),
     (["train"], "--ema", ["-0.5", "1", "1.5", "inf"], "0.999"),
     (["train"], "--translate", ["-1", "2.5", "9999", "x"], "2"),
-    (["train"], "--time-limit", ["0", "-5m", "10x", "m", "1e9h", "nan"], "10m"),
+    (["train"], "--time-limit", ["0", "-5m", "10x", "m", "1e9h", "nan", "1_0m", "\u0661\u0660m"],
+     "10m"),
     (["train"], "--conv-algorithm", ["winograd8x8", "", "IM2COL"], "winograd4x4"),
     (["summary", "lenet5"], "--batch", BAD_INTS[:-1], "8"),
     (["summary", "lenet5"], "--classes", BAD_INTS[:-1], "5"),
@@ -765,6 +766,9 @@ def test_image_commands_refuse_other_channel_counts_and_score_maps(tmp_path, cap
     net.trained = True
     fc = save_model(net, tmp_path / "fc")
     conv = save_model(fc_to_conv(net, (1, 8, 8)), tmp_path / "conv")
+    if command == "report":                   # its samples' predictions, from the map
+        assert main(argv(conv)) == 0
+        assert "predicted: " in (tmp_path / "r.html").read_text()
     if command in ("predict", "eval"):        # the same scores, as a 1 x 1 map
         assert main(argv(fc)) == 0
         first = capsys.readouterr().out.replace(str(fc), "M")
@@ -1414,3 +1418,33 @@ def test_a_folder_named_like_a_data_set_is_named_when_the_set_is_read(tmp_path, 
                  "200", "--quiet", "--no-report", "--out", "r"]) == 0
     assert "digits is the named data set; a folder digits is here too, not read: give " \
            "--data ./digits to read it" in capsys.readouterr().err
+    # where the folder is where the named set is looked for (--data-root .), nothing said
+    (tmp_path / "mnist").mkdir()
+    assert main(["train", "--data", "mnist", "--data-root", ".", "--epochs", "1",
+                 "--quiet", "--out", "m"]) == 1
+    err = capsys.readouterr().err
+    assert "MNIST not found" in err and "here too" not in err, err
+
+
+def test_weights_of_a_net_that_takes_other_sizes_take_input(tmp_path, capsys):
+    """--input had been refused for every weights file: a ResNet-18's weights could not
+    be summarized or run at 64x64."""
+    import torch
+
+    from convnet.zoo import get_model
+    net = get_model("resnet18", num_classes=3)
+    torch.save({k: torch.from_numpy(v) for k, v in net.state_dict().items()},
+               tmp_path / "r.pt")
+    assert main(["summary", str(tmp_path / "r.pt"), "--model", "resnet18", "--input",
+                 "3x64x64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [3, 64, 64]
+    assert main(["convert", str(tmp_path / "r.pt"), str(tmp_path / "r.json"), "--model",
+                 "resnet18", "--input", "3x64x64"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["input_shape"] == [3, 64, 64]
+    lenet = get_model("lenet5")
+    torch.save({k: torch.from_numpy(v) for k, v in lenet.state_dict().items()},
+               tmp_path / "l.pt")
+    assert main(["summary", str(tmp_path / "l.pt"), "--model", "lenet5", "--input",
+                 "1x28x28"]) == 1
+    assert "lenet5: it takes 1x32x32 (C x H x W), and --input 1x28x28 does not fit it" in \
+        capsys.readouterr().err

@@ -714,8 +714,12 @@ def test_too_many_pools_get_the_formula_and_a_fix():
     msg = error("INPUT 8x8x1 -> [CONV 8 -> RELU -> POOL]*4 -> FC 10")
     assert "model[11] = 'POOL'" in msg and "got 1x1x8" in msg
     assert ("(H - F + 2P)/S + 1 = (1 - 2 + 2*0)/2 + 1 = 0.5 is below 1. Fix: a larger "
-            "input along H (or fewer layers before this one that shrink it), or F <= 1 or "
+            "input along H (or fewer layers before this one that shrink it), F <= 1, or "
             "more padding") in msg
+    # a dilated window's extent, and no more padding where the layer takes no more
+    assert "D*(F-1)+1 (a smaller F or D) <= 5, or more padding" in error(
+        "INPUT 5x5x1 -> CONV 2 F3 D4 P0 -> FC 2")
+    assert "D*(F-1)+1 (a smaller F or D) <= 5\n" in error("INPUT 3x3x1 -> POOL F3 D3 P1 -> FC 2")
     assert "F <= 8\n" in error("INPUT 8x8x1 -> L2POOL F9 -> FC 10")   # it takes no padding
 
 
@@ -731,9 +735,18 @@ def test_symbols_copied_from_typeset_notes():
             ("INPUT 8x8x1 -> [CONV 4]×2 -> FC 10", "×2", "a repetition is written with "
                                                           "'*': *2"),
             ("INPUT 8x8x1 -> [CONV 4]xN -> FC 10", "xN", "written with '*': *N"),
-            ("INPUT 8x8x1 -> CONV 4 x2 -> FC 10", "x2", "written with '*': *2")]:
+            ("INPUT 8x8x1 -> CONV 4 x2 -> FC 10", "x2", "written with '*': *2"),
+            ("INPUT 8x8x1 -> [[CONV 8 -> RELU]x2 -> POOL]*2 -> FC 10", "x2",   # inside
+             "written with '*': *2"),
+            ("INPUT 8x8x1 -> CONV 8–>FC 10", "8–>FC", "is an en dash"),      # no spaces
+            ("INPUT 8x8x1 -> RELU—>FC 10", "RELU—>FC", "is an em dash")]:
         msg = error(text)
         assert hint in msg and caret_column(msg) == text.index(bad) + 1, msg
+
+
+def test_a_word_starting_with_x_is_no_repetition():
+    msg = error("INPUT 8x8x1 -> CONV 4 xavier -> FC 2")
+    assert "repetition" not in msg and "CONV does not take 'xavier'; it takes K" in msg
 
 
 def test_a_text_whose_only_arrows_are_dashes_is_named_as_such(capsys):

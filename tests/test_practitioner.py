@@ -143,6 +143,20 @@ def test_a_bad_image_folder_is_one_line_naming_the_path(tmp_path, capsys, case, 
     assert not (tmp_path / "r" / "model.json").exists()
 
 
+@pytest.mark.parametrize("header", [b"P5 4 1 1023\n", b"P2 4 1 65535\n"])
+def test_sixteen_bit_pgms_of_any_maxval_are_read(tmp_path, header):
+    """A PGM of maxval 1023, or a plain-text one, had been refused as a 32-bit image."""
+    (tmp_path / "a").mkdir()
+    values = [0, 257, 511, 1023] if b"1023" in header else [0, 257, 32768, 65535]
+    body = (np.array(values, ">u2").tobytes() if header.startswith(b"P5")
+            else " ".join(map(str, values)).encode() + b"\n")
+    (tmp_path / "a" / "x.pgm").write_bytes(header + body)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.pgm").write_bytes(header + body)
+    x, _, _ = load_image_folder(tmp_path, grayscale=True)
+    assert x[0, 0, 0, -1] == 255 and x[0, 0, 0, 0] == 0
+
+
 @pytest.mark.parametrize("ext", ["png", "tiff", "pgm"])
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path, ext):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)

@@ -113,6 +113,20 @@ def takes_root(name):
     return str(name).lower() in DATASETS[1:]
 
 
+def _searched(key, root, folder):
+    """Whether ``folder`` is one of the folders the named data set ``key`` is looked for
+    in (with --data-root, or CONVNET_DATA, set to the folder above it)."""
+    from convnet.data.files import search_dirs
+    if key == "digits":
+        return False
+    here = Path(str(folder)).resolve()
+    name = "cifar100" if key == "cifar100-coarse" else key
+    try:
+        return any(d.resolve() == here for d in search_dirs(name, root))
+    except (OSError, ValueError):
+        return False
+
+
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
                  seed=0, test_fraction=0.1, check_classes=None, test_only=False,
                  all_images=False):
@@ -184,7 +198,8 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                          + ("the digits are embedded" if key == "digits" else
                             "a folder is read where it is"))
     check_classes = check_classes or (lambda classes: None)
-    if key in DATASETS and Path(str(name_or_path)).is_dir():
+    if key in DATASETS and Path(str(name_or_path)).is_dir() and not _searched(key, root,
+                                                                           name_or_path):
         warnings.warn(f"{name_or_path} is the named data set; a folder {name_or_path} is "
                       f"here too, not read: give --data ./{name_or_path} to read it",
                       stacklevel=2)

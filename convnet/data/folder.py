@@ -231,11 +231,12 @@ def _opened(Image, path):
 
 def _thirty_two_bit(im):
     """"float" or "integer" where an opened image holds 32 bits a value, else None. Pillow
-    reads 32-bit integers as mode "I", and so too 16-bit PGMs (and, before Pillow 10, 16-bit
-    PNGs): the first tile's raw mode tells them apart ("I;32S" against "I;16B")."""
+    reads 32-bit integers as mode "I", and so too 16-bit PGMs (whose maxval is at most
+    65535, in binary or plain text) and, before Pillow 10, 16-bit PNGs: the first tile's
+    raw mode tells the others apart ("I;32S" against "I;16B")."""
     if im.mode == "F":
         return "float"
-    if im.mode != "I" or not im.tile:
+    if im.mode != "I" or not im.tile or im.format == "PPM":   # a PGM's maxval is 16 bits
         return None
     raw = im.tile[0][3]        # (codec, extents, offset, args); args: the raw mode first
     raw = raw[0] if isinstance(raw, tuple) and raw else raw

@@ -109,13 +109,16 @@ _DASHES = {"\u2013": "an en dash", "\u2014": "an em dash", "\u2212": "a minus si
            "\u2010": "a hyphen", "\u2011": "a non-breaking hyphen"}
 
 
-def _lookalike(word):
-    """A hint for a word that copies a symbol from typeset text: a dash-arrow ('–>') or a
-    repetition written with a times sign ('×2', 'x2'); else ""."""
-    if word[:1] in _DASHES and word[1:2] == ">":
-        return (f"; {word[0]!r} (U+{ord(word[0]):04X}) is {_DASHES[word[0]]}: write the "
-                f"arrow as '->'")
-    if re.fullmatch(r"[x×X]([0-9]+|[A-Za-z_]\w*)", word):
+def _lookalike(word, after_group=False):
+    """A hint for a word that copies a symbol from typeset text: a dash-arrow ('–>', also
+    inside a word: 'RELU–>FC') or a repetition written with a times sign ('×2', 'x2'; an
+    x before a name, 'xN', only right after a group's ']'); else ""."""
+    dash = next((c for c in _DASHES if c + ">" in word), None)
+    if dash is not None:
+        return (f"; {dash!r} (U+{ord(dash):04X}) is {_DASHES[dash]}: write the arrow as "
+                f"'->'")
+    name = r"|[xX][A-Za-z_]\w*" if after_group else ""
+    if re.fullmatch(rf"×([0-9]+|[A-Za-z_]\w*)|[xX][0-9]+{name}", word):
         return f"; a repetition is written with '*': *{word[1:]}"
     return ""
 
@@ -292,7 +295,8 @@ def _parse_args(keyword, tokens):
             name, kind = free[0]
             value = _value(word, kind)
             if value is None:
-                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}")
+                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}"
+                                  f"{_lookalike(word)}")
             args[name] = value
             continue
         letter = word[0].upper()
@@ -349,7 +353,8 @@ class _Parser:
             hint = ("; the size follows INPUT without brackets: INPUT 32x32x3"
                     if tok.kind == "[" and isinstance(last, _Layer)
                     and last.keyword == "INPUT" and not last.args else "")
-            hint = hint or _lookalike(tok.text)
+            hint = hint or _lookalike(tok.text, after_group=isinstance(items[-1].node,
+                                                                        _Group))
             raise _Parse(tok, f"expected '->' before {tok.text!r}{hint}")
         return items
 
@@ -374,7 +379,8 @@ class _Parser:
             if close.kind == "end":
                 raise _Parse(tok, "this '[' is never closed: add a ']'")
             if close.kind != "]":
-                raise _Parse(close, f"expected '->' or ']' before {close.text!r}")
+                raise _Parse(close, f"expected '->' or ']' before {close.text!r}"
+                                    f"{_lookalike(close.text, after_group=True)}")
             self.take()
             node = _Group(items, tok.start, close.end)
         elif tok.kind == "word":
@@ -412,6 +418,9 @@ class _Parser:
             if len(tok.text) > MAX_WORD:
                 raise _Parse(tok, f"unknown layer {_shown(tok.text)!r}; known layers are "
                                   + ", ".join(KEYWORDS))
+            dash = _lookalike(tok.text)
+            if dash:                    # RELU–>FC: a dash-arrow without spaces
+                raise _Parse(tok, f"unknown layer {tok.text!r}{dash}")
             close = difflib.get_close_matches(keyword, KEYWORDS, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise _Parse(tok, f"unknown layer {tok.text!r}; {hint}known layers are "

@@ -754,6 +754,8 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
             samples, sample_x = samples[:count], sample_x[:count]
         with np.errstate(all="ignore"):     # non-finite outputs are said in the section
             grids, outputs = _activations(model, stages, share, sample_x)
+            if outputs is not None and outputs.ndim == 4 and outputs.shape[2:] == (1, 1):
+                outputs = outputs.reshape(outputs.shape[:2])   # an FC net slid as CONV
             if info.get("tta") and outputs is not None and outputs.ndim == 2:
                 from convnet.train.inference import class_scores  # as predict gives them
                 outputs = class_scores(model, sample_x, tta=True)

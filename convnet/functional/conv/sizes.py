@@ -30,12 +30,14 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
     if span < 0 and not (ceil and span > -stride):   # ceil mode: one window hangs over
         formula = (f"({axis} - F + 2P)/S + 1 = ({size} - {extent} + 2*{padding})/{stride} + 1 "
                    f"= {span / stride + 1:g}")
-        pad = "" if most_padding == 0 else " or more padding"
+        more = most_padding is None or padding < most_padding
+        window = "F" if dilation == 1 else "D*(F-1)+1 (a smaller F or D)"
         raise ValueError(
             f"{where}: the filter extent along {axis} is larger than the padded input: "
             f"{ext} but {axis}={size} with P={padding} gives {size + 2 * padding}; "
             f"{formula} is below 1. Fix: a larger input along {axis} (or fewer layers "
-            f"before this one that shrink it), or F <= {size + 2 * padding}{pad}")
+            f"before this one that shrink it), {window} <= {size + 2 * padding}"
+            f"{', or more padding' if more else ''}")
     if ceil:
         out = -(-span // stride) + 1
         # PyTorch's rule: the last window must start inside the input or the left padding.

@@ -148,12 +148,15 @@ def check_open_input(spec, input_shape):
     (.pt, .pth, .safetensors: their --model architecture's size, which resolve_model
     checks they fit), or a model file that records none (saved without an input_shape);
     any other model records its own. Returns it."""
-    suffix = Path(str(spec)).suffix.lower()
+    path = Path(str(spec))
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        path, suffix = path.with_suffix(".json"), ".json"     # a model file's weights half
     if input_shape is None or suffix in (".onnx", *WEIGHTS):   # weights: --model's size
         return input_shape
-    if suffix == ".json" and _exists(spec):
+    if suffix == ".json" and _exists(path):
         from convnet.io.weights import _read_json
-        if _read_json(spec).get("input_shape") is None:
+        if _read_json(path).get("input_shape") is None:
             return input_shape
     raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX file "
                      f"whose graph leaves it open, of weights, or of a model file that "
@@ -189,9 +192,11 @@ MAX_WRAPPERS = 4       # prefixes peeled at most (torch.compile of DataParallel 
 
 
 def _not_a_checkpoint(path):
-    """Refuse a training run's checkpoint given as weights, from its header alone."""
-    from convnet.io.weights import _read
+    """Refuse a training run's checkpoint given as weights, from its header alone (its
+    size held to the caps first)."""
+    from convnet.io.weights import _check_header, _read
     from convnet.train.checkpoint import KEY
+    _check_header(path)
     if KEY in _read(path, lambda f: f.metadata() or {}):
         run = Path(path).parent
         raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "

@@ -530,6 +530,7 @@ def test_a_checkpoint_tensor_that_fits_no_place_is_refused_before_it_is_read(
     against the model its metadata names first."""
     tensors, state = dict(finished_run[0]), finished_run[1]
     tensors[extra] = np.ones(8 << 20, np.float32)                # 32 MB
+    message = f"damaged checkpoint, or one edited: .*{message}"
     save_tensors(tensors, tmp_path / "checkpoint.safetensors",
                  metadata={KEY: json.dumps(state)})
     tracemalloc.start()
@@ -1352,6 +1353,9 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     assert main(["report", model, "--data", "digits", "--input", "1x16x16", "--out",
                  str(tmp_path / "a.html")]) == 1
     assert "this model records its own" in capsys.readouterr().err
+    weights = str(run.model_path.with_suffix(".safetensors"))    # the model file's half
+    assert main(["eval", weights, "--data", "digits", "--input", "1x16x16"]) == 1
+    assert "this model records its own" in capsys.readouterr().err
     assert main(["report", model, "--data-root", str(tmp_path), "--out",
                  str(tmp_path / "a.html")]) == 1
     assert "--data-root is for the images of --data: give --data" in capsys.readouterr().err
@@ -1375,6 +1379,9 @@ def test_a_fraction_the_data_does_not_use_is_said(tmp_path, capsys):
     assert "--test-fraction 0.5 is not used: digits has its own test images" in \
         capsys.readouterr().out
     assert json.loads((out / "model.json").read_text())["info"]["test_fraction"] == 0.1
+    # a resume says nothing of it (a run of old recorded the default 0.1 as if given)
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert "is not used" not in capsys.readouterr().out
 
 
 def test_a_pipe_or_an_empty_name_is_named_as_such(tmp_path, capsys):

@@ -285,6 +285,8 @@ def test_weights_with_notation_without_input_take_the_image_size_given(tmp_path,
         capsys.readouterr().err
     assert main(base + ["--image-size", "8", "--channels", "1", "--out",
                         str(tmp_path / "c")]) == 0
+    named = ["--model", f"INPUT size=8x8x1 -> {body}"]           # INPUT's named form
+    assert main(base[:3] + named + base[5:] + ["--out", str(tmp_path / "d")]) == 0
     # a head of other classes is named as such (it had said to give --classes, which
     # notation does not take, and said so for any misfit)
     capsys.readouterr()

@@ -844,3 +844,23 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, what
     assert main(["summary", str(tmp_path / "m.pt"), "--model",
                  "INPUT 8x8x1 -> CONV 2 -> BN -> RELU -> FC 3"]) == 1
     assert f"m.pt: tensor '{key}'" in capsys.readouterr().err
+
+
+def test_a_header_of_a_million_tensors_given_as_weights_is_refused_by_its_size(tmp_path):
+    """Asking whether a .safetensors file is a checkpoint had parsed its header before
+    the caps: a million empty tensors took 990 MB."""
+    import struct
+
+    from convnet.spec import resolve_model
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+                         for i in range(200_000)}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    (tmp_path / "big.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="MAX_JSON_VALUES|MAX_JSON_BYTES"):
+            resolve_model(str(tmp_path / "big.safetensors"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak

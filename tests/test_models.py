@@ -691,6 +691,11 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients():
     relu_first.forward(x)
     relu_first[0].backward = None
     assert relu_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False) is None
+    # frozen layers skipped: None, not the gradient of an inner activation
+    frozen_first = Sequential(Conv2d(2, 2, 1, dtype=np.float64, rng=rng), ReLU(),
+                              Conv2d(2, 2, 1, dtype=np.float64, rng=rng)).freeze("0")
+    frozen_first.forward(x)
+    assert frozen_first.backward(rng.standard_normal((2, 2, 7, 7)), input_grad=False) is None
     # a first layer that trains but cannot skip dx (a Residual block) returns it
     block_first = Sequential(basic_block(2, 2, 1, rng), ReLU())
     block_first.forward(x)

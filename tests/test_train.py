@@ -527,3 +527,34 @@ def test_the_python_training_loop_example_learns_the_digits():
     import runpy
     example = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "train_loop.py"))
     assert example["main"](epochs=3) > 0.85
+
+
+def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
+        tmp_path, monkeypatch):
+    """A restore stopped after moving some files back had left a .replaced-* set whose
+    next put_back deleted the files already back (as the failed run's)."""
+    from convnet.train import loop
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in loop.RUN_FILES:
+        (out / name).write_text(f"old {name}")
+    aside = loop.SetAside(out)
+    aside.begin()
+    for name in ("best.json", "best.safetensors"):        # the new run's first files
+        (out / name).write_text(f"new {name}")
+    real, moves = os.replace, []
+
+    def replace(src, dst):
+        if str(src).startswith(str(out / loop.RESTORING)):
+            moves.append(dst)
+            if len(moves) == 3:
+                raise KeyboardInterrupt
+        return real(src, dst)
+    monkeypatch.setattr(loop.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        aside.restore()
+    monkeypatch.undo()
+    assert len(moves) == 3 and list(out.glob(f"{loop.RESTORING}*"))
+    assert loop.recover_set_aside(out) is not None
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        name: f"old {name}" for name in loop.RUN_FILES}

@@ -510,7 +510,7 @@ class Sequential(Container):
         ``input_grad=False`` and the first layer can skip it (the training loop's call:
         the data needs no gradient). With ``input_grad=False`` the pass also stops at the
         first layer from the input that has parameters to train: the frozen layers before
-        it (``freeze``) get no backward pass at all."""
+        it (``freeze``) get no backward pass at all, and None is returned."""
         layers = list(self)
         plan = getattr(self, "_plan", None)
         ran = [a for step in plan or () for a in step if a is not None]
@@ -518,17 +518,21 @@ class Sequential(Container):
             layers = [layer for layer, _ in plan]    # the calls the last forward made
         if not layers:
             return dout
+        cut = False
         if not input_grad:
             trains = [_trains(layer) for layer in layers]
             if not any(trains):
                 return None
+            cut = trains.index(True) > 0
             layers = layers[trains.index(True):]
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         first = layers[0]
         if not input_grad and first.skips_input_grad:
-            return first.backward(dout, input_grad=False)
-        return first.backward(dout)
+            dx = first.backward(dout, input_grad=False)
+        else:
+            dx = first.backward(dout)
+        return None if cut else dx
 
     @holding_blas
     def infer(self, x):

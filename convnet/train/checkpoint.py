@@ -93,7 +93,12 @@ def load_checkpoint(path, ema=False):
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
                          f"{type(state).__name__}")
-    _fits_architecture(declared, state.get("architecture"), path)
+    try:
+        _fits_architecture(declared, state.get("architecture"), path)
+    except ValueError as err:      # the metadata and the tensors disagree
+        message = str(err).removeprefix(f"{path}: ")
+        raise ValueError(f"{path}: damaged checkpoint, or one edited: its tensors do not "
+                         f"fit the model its metadata names ({message})") from None
     tensors, metadata = load_tensors(path)
     if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
         raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "

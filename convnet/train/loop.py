@@ -680,11 +680,12 @@ class SetAside:
 
     def restore(self):
         folder, self.folder = self.folder, None
-        if folder is not None:
-            if not folder.exists():          # renamed .replaced-* as the Ctrl-C came
-                folder = self.out / (MOVED + folder.name[len(MOVING):])
-            if folder.exists():
-                put_back(self.out, folder)
+        if folder is not None:            # renamed as the Ctrl-C came: by its suffix
+            suffix = folder.name.split("-", 1)[1]
+            for prefix in (MOVING, MOVED, RESTORING):
+                if (self.out / (prefix + suffix)).is_dir():
+                    put_back(self.out, self.out / (prefix + suffix))
+                    break
 
     def __enter__(self):
         return self
@@ -699,7 +700,8 @@ class SetAside:
             error.earlier_restored = True      # never moved: there as it was
 
 
-MOVING, MOVED = ".replacing-", ".replaced-"   # a SetAside's folder, while and once filled
+# A SetAside's folder: while it is filled, once it is full, while it is emptied back.
+MOVING, MOVED, RESTORING = ".replacing-", ".replaced-", ".restoring-"
 
 
 class AsideElsewhere:
@@ -723,15 +725,22 @@ class AsideElsewhere:
 def put_back(out, folder):
     """Move an earlier run's files from ``folder`` (a SetAside's) back into ``out`` and
     remove the folder. From a whole set (``.replaced-*``) they take the place of the
-    failed run's, whose other files are deleted; from one a kill cut short
-    (``.replacing-*``) they join the earlier run's files that were never moved. The
-    checkpoint goes back last: until it is back, recover_set_aside puts back the rest."""
-    whole = folder.name.startswith(MOVED)
+    failed run's: first the failed run's other files are deleted, then the folder is
+    renamed ``.restoring-*`` and its files moved back, so that a put_back cut short and
+    done again deletes nothing of the earlier run's already back. From one a kill cut
+    short while filling (``.replacing-*``) or emptying (``.restoring-*``), they join the
+    earlier run's files in place. The checkpoint goes back last: until it is back,
+    recover_set_aside puts back the rest."""
+    if folder.name.startswith(MOVED):
+        for name in RUN_FILES:
+            if not (folder / name).exists():
+                (out / name).unlink(missing_ok=True)
+        emptying = out / (RESTORING + folder.name[len(MOVED):])
+        os.replace(folder, emptying)
+        folder = emptying
     for name in sorted(RUN_FILES, key=lambda n: n == "checkpoint.safetensors"):
         if (folder / name).exists():
             os.replace(folder / name, out / name)
-        elif whole:
-            (out / name).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -739,12 +748,13 @@ def recover_set_aside(out):
     """An earlier run's files left set aside in ``out`` (a run under mpiexec killed, or
     killed itself, before its first checkpoint, its SetAside never restored): put back
     where ``out`` has no checkpoint, else deleted (the newer run replaced them); a set
-    that a kill cut short (``.replacing-*``: the new run wrote nothing) is put back.
+    that a kill cut short while filling it (``.replacing-*``: the new run wrote nothing)
+    or emptying it (``.restoring-*``) is put back.
     Returns a note, or None where there was nothing."""
     def found(prefix):                   # a link could name another run's folder
         return sorted(p for p in out.glob(f"{prefix}*") if p.is_dir() and not
                       p.is_symlink()) if out.is_dir() else []
-    cut = found(MOVING)
+    cut = found(MOVING) + found(RESTORING)
     for folder in cut:
         put_back(out, folder)
     left, put = found(MOVED), bool(cut)
@@ -913,7 +923,7 @@ def _initial_model(cfg, log):
                          f"--model (it names the architecture of a weights file)")
     given = None
     if is_weights and isinstance(cfg.model, str) and is_notation(cfg.model) \
-            and not re.match(r"\s*INPUT\s+[0-9]", cfg.model, re.IGNORECASE):
+            and not re.match(r"\s*INPUT\s+(size\s*=\s*)?[0-9]", cfg.model, re.IGNORECASE):
         if not (cfg.channels and cfg.image_size):     # notation with no INPUT size
             raise ValueError(f"--model {cfg.model:.80}: the notation has no INPUT size for "
                              f"the weights of --from {cfg.init_from}: start it with INPUT "
@@ -1268,8 +1278,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         if aside is not None:        # the new run can be resumed: the old one goes
             aside.drop()
 
-    for note in splits.notes + [untrained_classes(y_train, splits)] + \
-            _unused_fractions(cfg, splits):
+    for note in splits.notes + [untrained_classes(y_train, splits)] + (
+            _unused_fractions(cfg, splits) if ckpt is None else []):   # (a run of old
+        # recorded the default fractions as given)
         if note:
             log(note)
     if ckpt is None and defaults in DEFAULTS and defaults != splits.name:

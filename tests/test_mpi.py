@@ -379,7 +379,7 @@ def test_argparse_says_a_usage_error_once_and_a_ranks_own_in_its_abort_line(tmp_
                            "--quiet", "--out", "run", ":", "-n", "1", *cli, "--bogus"],
                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode != 0
-    assert "rank 1: convnet: error: unrecognized arguments: --bogus" in proc.stderr, \
+    assert "rank 1: convnet train: error: unrecognized arguments: --bogus" in proc.stderr, \
         proc.stderr
 
 

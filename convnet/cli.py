@@ -297,7 +297,7 @@ def cmd_eval(args):
     from convnet.train.inference import evaluate, evaluation_data
 
     model = _model(args, num_classes=args.classes,
-                   input_shape=check_open_input(args.model, args.input))
+                   input_shape=check_open_input(args.model, args.input, args.arch))
     _trained(args, model)
     _takes_images(args, model)
     x, y, classes, notes = evaluation_data(model, args.data, root=args.data_root,
@@ -348,7 +348,7 @@ def cmd_predict(args):
         top_k,
     )
 
-    model = _model(args, input_shape=check_open_input(args.model, args.input))
+    model = _model(args, input_shape=check_open_input(args.model, args.input, args.arch))
     _trained(args, model)
     info = getattr(model, "info", None) or {}
     if "mean" not in info:
@@ -418,7 +418,7 @@ def cmd_show(args):
         raise ValueError(f"--out {out}: expected a picture file name ending in "
                          f"{', '.join(PICTURES)}")
     _new_file(args, out)
-    model = _model(args, input_shape=check_open_input(args.model, args.input))
+    model = _model(args, input_shape=check_open_input(args.model, args.input, args.arch))
     title = None
     if not model.trained:
         title = f"{args.model}: untrained (random initial weights, nothing learned)"
@@ -447,7 +447,7 @@ def cmd_report(args):
     _new_file(args, check_report_path(args.out))
     shape = args.input
     if Path(args.model).suffix.lower() in (".json", *WEIGHTS):  # a trained model's own
-        shape = check_open_input(args.model, args.input)
+        shape = check_open_input(args.model, args.input, args.arch)
     model = _model(args, input_shape=shape)
     path = write_report(model, args.out, source=args.model, data=args.data,
                         data_root=args.data_root, images=args.images,

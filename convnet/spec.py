@@ -142,7 +142,7 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
     return model
 
 
-def check_open_input(spec, input_shape):
+def check_open_input(spec, input_shape, architecture=None):
     """input_shape for eval, predict, show, report and convert: only a model that leaves
     its input size open takes one: an ONNX file (the size its graph leaves open), weights
     (.pt, .pth, .safetensors: their --model architecture's size, which resolve_model
@@ -150,8 +150,9 @@ def check_open_input(spec, input_shape):
     any other model records its own. Returns it."""
     path = Path(str(spec))
     suffix = path.suffix.lower()
-    if suffix == ".safetensors" and path.with_suffix(".json").is_file():
-        path, suffix = path.with_suffix(".json"), ".json"     # a model file's weights half
+    if suffix == ".safetensors" and architecture is None and path.with_suffix(
+            ".json").is_file():        # a model file's weights half, read with its .json
+        path, suffix = path.with_suffix(".json"), ".json"
     if input_shape is None or suffix in (".onnx", *WEIGHTS):   # weights: --model's size
         return input_shape
     if suffix == ".json" and _exists(path):
@@ -279,7 +280,8 @@ def _head_hint(model, state, expected):
              and getattr(value, "shape", None) != expected[key].shape}
     weight = state.get(f"{head}.weight") if head is not None else None
     if not wrong or not wrong <= {f"{head}.weight", f"{head}.bias"} \
-            or getattr(weight, "ndim", 0) != 2:
+            or getattr(weight, "ndim", 0) != 2 \
+            or weight.shape[0] == expected[f"{head}.weight"].shape[0]:   # its inputs differ
         return ""
     return (f" (the file's last FC layer, {head}, gives {weight.shape[0]} classes and the "
             f"architecture's {expected[f'{head}.weight'].shape[0]}: for a zoo name, give "

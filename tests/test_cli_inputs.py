@@ -530,7 +530,7 @@ def test_a_checkpoint_tensor_that_fits_no_place_is_refused_before_it_is_read(
     against the model its metadata names first."""
     tensors, state = dict(finished_run[0]), finished_run[1]
     tensors[extra] = np.ones(8 << 20, np.float32)                # 32 MB
-    message = f"damaged checkpoint, or one edited: .*{message}"
+    message = f"damaged checkpoint, or one edited: its tensors do not fit .*{message}"
     save_tensors(tensors, tmp_path / "checkpoint.safetensors",
                  metadata={KEY: json.dumps(state)})
     tracemalloc.start()
@@ -1356,6 +1356,9 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     weights = str(run.model_path.with_suffix(".safetensors"))    # the model file's half
     assert main(["eval", weights, "--data", "digits", "--input", "1x16x16"]) == 1
     assert "this model records its own" in capsys.readouterr().err
+    assert main(["eval", weights, "--model", SMALL, "--data", "digits", "--input",
+                 "1x8x8"]) == 0                                # read as weights: --model's
+    capsys.readouterr()
     assert main(["report", model, "--data-root", str(tmp_path), "--out",
                  str(tmp_path / "a.html")]) == 1
     assert "--data-root is for the images of --data: give --data" in capsys.readouterr().err
@@ -1425,6 +1428,11 @@ def test_a_folder_named_like_a_data_set_is_named_when_the_set_is_read(tmp_path, 
                  "200", "--quiet", "--no-report", "--out", "r"]) == 0
     assert "digits is the named data set; a folder digits is here too, not read: give " \
            "--data ./digits to read it" in capsys.readouterr().err
+    # CIFAR's folders are looked for under --data-root, never as ./cifar10: said there too
+    (tmp_path / "cifar10").mkdir()
+    assert main(["train", "--data", "cifar10", "--data-root", ".", "--epochs", "1",
+                 "--quiet", "--out", "c"]) == 1
+    assert "a folder cifar10 is here too, not read" in capsys.readouterr().err
     # where the folder is where the named set is looked for (--data-root .), nothing said
     (tmp_path / "mnist").mkdir()
     assert main(["train", "--data", "mnist", "--data-root", ".", "--epochs", "1",
@@ -1438,6 +1446,7 @@ def test_weights_of_a_net_that_takes_other_sizes_take_input(tmp_path, capsys):
     be summarized or run at 64x64."""
     import torch
 
+    from convnet.models import from_notation
     from convnet.zoo import get_model
     net = get_model("resnet18", num_classes=3)
     torch.save({k: torch.from_numpy(v) for k, v in net.state_dict().items()},
@@ -1455,3 +1464,21 @@ def test_weights_of_a_net_that_takes_other_sizes_take_input(tmp_path, capsys):
                  "1x28x28"]) == 1
     assert "lenet5: it takes 1x32x32 (C x H x W), and --input 1x28x28 does not fit it" in \
         capsys.readouterr().err
+    torch.save({k: torch.from_numpy(v) for k, v in from_notation(
+        "INPUT 8x8x1 -> CONV 4 -> RELU -> POOL -> FC 10").state_dict().items()},
+        tmp_path / "n.pt")                     # an FC whose inputs --input changes
+    assert main(["summary", str(tmp_path / "n.pt"), "--model",
+                 "CONV 4 -> RELU -> POOL -> FC 10", "--input", "1x16x16"]) == 1
+    err = capsys.readouterr().err
+    assert "mis-shaped keys: 4.weight" in err and "classes" not in err, err
+
+
+def test_a_checkpoint_of_an_unknown_layer_is_not_called_damaged(finished_run, tmp_path):
+    tensors, state = finished_run
+    architecture = json.loads(json.dumps(state["architecture"]))
+    architecture["children"][0][1]["type"] = "FancyConv"     # a later version's layer
+    save_tensors(tensors, tmp_path / "checkpoint.safetensors",
+                 metadata={KEY: json.dumps({**state, "architecture": architecture})})
+    with pytest.raises(ValueError, match="unknown layer type 'FancyConv'") as info:
+        train(TrainConfig(out=str(tmp_path)), resume=True, **QUIET)
+    assert "damaged" not in str(info.value)

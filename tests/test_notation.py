@@ -720,6 +720,7 @@ def test_too_many_pools_get_the_formula_and_a_fix():
     assert "D*(F-1)+1 (a smaller F or D) <= 5, or more padding" in error(
         "INPUT 5x5x1 -> CONV 2 F3 D4 P0 -> FC 2")
     assert "D*(F-1)+1 (a smaller F or D) <= 5\n" in error("INPUT 3x3x1 -> POOL F3 D3 P1 -> FC 2")
+    assert "<= 2\n" in error("INPUT 2x2x1 -> POOL F3 S1 D2 -> FC 2")   # P=1 would not do
     assert "F <= 8\n" in error("INPUT 8x8x1 -> L2POOL F9 -> FC 10")   # it takes no padding
 
 
@@ -739,7 +740,9 @@ def test_symbols_copied_from_typeset_notes():
             ("INPUT 8x8x1 -> [[CONV 8 -> RELU]x2 -> POOL]*2 -> FC 10", "x2",   # inside
              "written with '*': *2"),
             ("INPUT 8x8x1 -> CONV 8–>FC 10", "8–>FC", "is an en dash"),      # no spaces
-            ("INPUT 8x8x1 -> RELU—>FC 10", "RELU—>FC", "is an em dash")]:
+            ("INPUT 8x8x1 -> RELU—>FC 10", "RELU—>FC", "is an em dash"),
+            ("INPUT 8x8x1 -> CONV 4 F3–>RELU -> FC 10", "F3–>RELU", "is an en dash"),
+            ("INPUT size=8x8x1–>FC 10", "size=8x8x1–>FC", "is an en dash")]:
         msg = error(text)
         assert hint in msg and caret_column(msg) == text.index(bad) + 1, msg
 

@@ -116,13 +116,18 @@ def takes_root(name):
 def _searched(key, root, folder):
     """Whether ``folder`` is one of the folders the named data set ``key`` is looked for
     in (with --data-root, or CONVNET_DATA, set to the folder above it)."""
+    from convnet.data import cifar
     from convnet.data.files import search_dirs
     if key == "digits":
         return False
     here = Path(str(folder)).resolve()
-    name = "cifar100" if key == "cifar100-coarse" else key
     try:
-        return any(d.resolve() == here for d in search_dirs(name, root))
+        if key.startswith("cifar"):   # its own list: root and the extracted sub-folders
+            dirs = cifar._candidates(root, cifar.CIFAR10_DIRS if key == "cifar10"
+                                     else cifar.CIFAR100_DIRS)
+        else:
+            dirs = search_dirs(key, root)
+        return any(d.resolve() == here for d in dirs)
     except (OSError, ValueError):
         return False
 

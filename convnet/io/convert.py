@@ -51,7 +51,7 @@ def read_any(path, model=None, num_classes=None, input_shape=None):
         raise ValueError(f"{path}: an ONNX file carries its own architecture and "
                          "classifier; --model does not apply to it")
     net = resolve_model(str(path), num_classes=num_classes, architecture=model,
-                        input_shape=check_open_input(path, input_shape))
+                        input_shape=check_open_input(path, input_shape, model))
     return check_classes(net, num_classes, str(path), model)
 
 

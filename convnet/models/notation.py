@@ -282,7 +282,8 @@ def _parse_args(keyword, tokens):
                 raise _Parse(tok, f"{keyword}: {name} is given twice")
             value = _value(word.partition("=")[2], kind)
             if value is None:
-                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}")
+                raise _Parse(tok, f"{keyword}: {name} must be {_EXAMPLES[kind]}, got {word!r}"
+                                  f"{_lookalike(word)}")
             args[name] = value
             continue
         if word[0].isdigit() or word[0] in "+-.":
@@ -308,7 +309,8 @@ def _parse_args(keyword, tokens):
         value = _value(word[1:].removeprefix("="), options[letter])   # F3, or F=3
         if value is None:
             raise _Parse(tok, f"{keyword}: {letter} must be {_EXAMPLES[options[letter]]} "
-                              f"written right after it (e.g. {letter}2), got {word!r}")
+                              f"written right after it (e.g. {letter}2), got {word!r}"
+                              f"{_lookalike(word)}")
         args[letter] = value
     return args
 

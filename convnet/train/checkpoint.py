@@ -93,12 +93,7 @@ def load_checkpoint(path, ema=False):
     if not isinstance(state, dict):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
                          f"{type(state).__name__}")
-    try:
-        _fits_architecture(declared, state.get("architecture"), path)
-    except ValueError as err:      # the metadata and the tensors disagree
-        message = str(err).removeprefix(f"{path}: ")
-        raise ValueError(f"{path}: damaged checkpoint, or one edited: its tensors do not "
-                         f"fit the model its metadata names ({message})") from None
+    _fits_architecture(declared, state.get("architecture"), path)
     tensors, metadata = load_tensors(path)
     if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
         raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
@@ -122,12 +117,22 @@ def _fits_architecture(declared, architecture, path):
     from convnet.models.config import from_config
 
     model_keys = {k[len("model."):]: v for k, v in declared.items() if k.startswith("model.")}
+    damaged = f"{path}: damaged checkpoint, or one edited: its tensors do not fit the " \
+              f"model its metadata names"
+    tensors = f"{path}'s model tensors"
     with counting_only():          # zeros never written: no memory for the weights
-        model = from_config(architecture, where=f"{path}: architecture",
-                            max_params=sum(int(np.prod(shape)) for _, shape in
-                                           model_keys.values()),
-                            weights=f"{path}'s model tensors")
-    _fits_header(model, model_keys, path)
+        try:
+            model = from_config(architecture, where=f"{path}: architecture",
+                                max_params=sum(int(np.prod(shape)) for _, shape in
+                                               model_keys.values()), weights=tensors)
+        except ValueError as err:  # a model larger than its tensors: they do not fit it
+            if tensors not in str(err):
+                raise
+            raise ValueError(f"{damaged} ({err})") from None
+    try:
+        _fits_header(model, model_keys, path)
+    except ValueError as err:
+        raise ValueError(f"{damaged} ({str(err).removeprefix(f'{path}: ')})") from None
     shapes = {key: tuple(shape) for key, (_, shape) in model_keys.items()}
     for key, (_, shape) in declared.items():
         group, _, rest = key.partition(".")
@@ -135,6 +140,6 @@ def _fits_architecture(declared, architecture, path):
         if group == "model":
             continue
         if group not in ("optim", "ema") or shapes.get(target) != tuple(shape):
-            raise ValueError(f"{path}: tensor {key!r} of shape {tuple(shape)} is not one a "
-                             f"checkpoint of this model holds (an optimizer state or moving "
-                             f"average of a model tensor of its shape)")
+            raise ValueError(f"{damaged}: tensor {key!r} of shape {tuple(shape)} is no "
+                             f"optimizer state or moving average of a model tensor of its "
+                             f"shape")

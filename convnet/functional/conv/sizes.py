@@ -30,7 +30,7 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
     if span < 0 and not (ceil and span > -stride):   # ceil mode: one window hangs over
         formula = (f"({axis} - F + 2P)/S + 1 = ({size} - {extent} + 2*{padding})/{stride} + 1 "
                    f"= {span / stride + 1:g}")
-        more = most_padding is None or padding < most_padding
+        more = most_padding is None or size + 2 * most_padding >= extent   # padding helps
         window = "F" if dilation == 1 else "D*(F-1)+1 (a smaller F or D)"
         raise ValueError(
             f"{where}: the filter extent along {axis} is larger than the padded input: "

@@ -506,6 +506,10 @@ def build_parser():
 
     parser.commands = {}
 
+    def counts(p):    # every command that takes notation binds its counts
+        p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
+                       help=COUNT_HELP)
+
     def command(name, **kwargs):
         parser.commands[name] = commands.add_parser(name, parents=[common], **kwargs)
         return parser.commands[name]
@@ -529,8 +533,7 @@ def build_parser():
                         "default: the model's own")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int_type(1, 1_000_000),
                    default=1, metavar="N", help="batch size (1)")
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.add_argument("--classes", type=CLASSES, metavar="K",
                    help="number of classes of a zoo model; any other model must give K scores")
     p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
@@ -567,8 +570,7 @@ def build_parser():
                         "set's own net, or for other data a net of the notes' pattern sized "
                         "for its volume and classes); with --from a weights file, its "
                         "architecture")
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.add_argument("--data-root", metavar="DIR", help="where to look for the data set's files")
     p.add_argument("--download", action="store_true",
                    help="download Fashion-MNIST if it is not found (checksums verified)")
@@ -688,8 +690,7 @@ def build_parser():
                         "its mirror image's (default: as the model was trained)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.set_defaults(func=cmd_eval)
 
     p = command("predict", help="top-k classes of image files",
@@ -707,8 +708,7 @@ def build_parser():
                    help="flip test-time augmentation: the mean of each image's scores and "
                         "its mirror image's (default: as the model was trained)")
     p.add_argument("--input", type=input_shape, metavar="CxHxW", help=OPEN_INPUT_HELP)
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.set_defaults(func=cmd_predict)
 
     p = command(
@@ -728,8 +728,7 @@ def build_parser():
     p.add_argument("--out", metavar="PNG",
                    help="output file, .png, .svg or .pdf (default WHAT.png)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.set_defaults(func=cmd_show)
 
     p = command(
@@ -761,8 +760,7 @@ def build_parser():
     p.add_argument("--out", metavar="HTML", default="report.html",
                    help="output file (default report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.set_defaults(func=cmd_report)
 
     p = command(
@@ -786,8 +784,7 @@ def build_parser():
                         "file whose graph leaves it open, weights or a zoo net at a size "
                         "it takes, notation without an INPUT, or a model file that records "
                         "none (one that records its own keeps it)")
-    p.add_argument("--count", type=count_binding, action="append", metavar="NAME=N",
-                   help=COUNT_HELP)
+    counts(p)
     p.set_defaults(func=cmd_convert)
 
     p = command("zoo", help="list the famous nets", description="List the zoo: name, default "

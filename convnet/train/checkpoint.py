@@ -111,8 +111,8 @@ def _fits_architecture(declared, architecture, path):
     shape)}), do not fit the model its metadata names, before a tensor is read: the
     model's ("model.") as load_state_dict checks them, and each optimizer state
     ("optim.<state>.<parameter>") and moving average ("ema.<key>") of the shape of the
-    model's tensor it is for. An extra tensor of 1 GiB had been read, and checksummed,
-    first."""
+    model's tensor it is for. A misfit is called damaged or edited; an architecture that
+    cannot be built says why."""
     from convnet.layers.base import counting_only
     from convnet.models.config import from_config
 

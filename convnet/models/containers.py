@@ -519,12 +519,11 @@ class Sequential(Container):
         if not layers:
             return dout
         cut = False
-        if not input_grad:
-            trains = [_trains(layer) for layer in layers]
-            if not any(trains):
+        if not input_grad:      # the first layer that trains (usually the first: one look)
+            start = next((i for i, layer in enumerate(layers) if _trains(layer)), None)
+            if start is None:
                 return None
-            cut = trains.index(True) > 0
-            layers = layers[trains.index(True):]
+            cut, layers = start > 0, layers[start:]
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
         first = layers[0]

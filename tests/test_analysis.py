@@ -384,6 +384,17 @@ def test_inference_keeps_only_the_current_activations():
         (live * 2 + net.num_params()) * 4)
 
 
+def traced_peak(call, *args):
+    """The most memory (bytes) tracemalloc saw allocated during call(*args)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        call(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _blocks(rng):
     """A net of each block: Concat, Residual with a projection, DenseBlock."""
     def conv(c, k, f=3):
@@ -404,17 +415,11 @@ def test_inference_memory_counts_what_blocks_hold(index):
     branches and a residual body's output beside the shortcut's: tracemalloc's peak of
     one inference (after one that made the scratch buffers) is the estimate's, within
     the small arrays that are not activations."""
-    import tracemalloc
     net = list(_blocks(np.random.default_rng(0)))[index]
     net.eval()
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     net.infer(x)
-    tracemalloc.start()
-    try:
-        net.infer(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(net.infer, x)
     memory = summary(net, (3, 32, 32), batch_size=4).memory
     estimate = memory["inference_total"] - memory["parameters"] - x.nbytes  # x: not new
     assert estimate * 0.97 <= peak <= estimate * 1.25, (peak, estimate)   # had been 1.5-1.9x
@@ -777,7 +782,6 @@ def test_the_activation_estimate_counts_the_arrays_blocks_make():
     (densenet_bc_100: 138.5 MB against 88.5 MB at batch 4); counted, the estimate is
     within a few percent of the forward's peak (tracemalloc, every NumPy allocation)."""
     import gc
-    import tracemalloc
 
     from convnet.functional.conv import release_scratch
     rng = np.random.default_rng(5)
@@ -791,12 +795,7 @@ def test_the_activation_estimate_counts_the_arrays_blocks_make():
     net.forward(x)
     release_scratch()
     gc.collect()
-    tracemalloc.start()
-    try:
-        net.forward(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak(net.forward, x)
     estimate = summary(net, (8, 16, 16), batch_size=4).memory["activations"]
     assert 0.85 < estimate / peak < 1.25, (estimate, peak)
 

@@ -835,9 +835,12 @@ def main(argv=None):
             if not args.debug:      # a library's warning as one line, as the notes are
                 warnings.showwarning = lambda message, *rest: _note(
                     args, f"warning: {message}")
-            args.func(args)
-        if sys.stdout is not None:     # None: started with standard output closed
-            sys.stdout.flush()
+            if sys.stdout is None:     # None: started with standard output closed
+                args.func(args)
+            else:
+                with contextlib.redirect_stdout(_NamedStdout(sys.stdout)):
+                    args.func(args)
+                    sys.stdout.flush()
     except BrokenPipeError:
         # The reader closed the pipe (| head): end quietly, and keep Python's shutdown
         # from failing again on flushing stdout (the Python docs' recipe).
@@ -864,6 +867,30 @@ def main(argv=None):
         _stop(args, err, f"error: {_one_line(err)}{hint}")
         return 1
     return 0
+
+
+class _NamedStdout:
+    """Standard output whose failed writes say so: an OSError of a write or flush (a full
+    disk behind ``> file``, /dev/full) is raised again as "writing to standard output:
+    ...", of the same type (BrokenPipeError stays one). Everything else is the stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as err:
+            raise type(err)(err.errno, f"writing to standard output: {err.strerror}") from err
+
+    def write(self, text):
+        return self._named(self._stream.write, text)
+
+    def flush(self):
+        return self._named(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _several_processes(size):

@@ -131,6 +131,16 @@ def test_a_closed_pipe_ends_quietly():
     assert proc.stderr == ""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("command", ["zoo", "summary vgg16 --json"])
+def test_a_failed_write_to_standard_output_is_named(command):
+    proc = subprocess.run(f"{sys.executable} -m convnet.cli {command} > /dev/full",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"convnet {command.split()[0]}: error: [Errno 28] writing to "
+                           f"standard output: No space left on device\n")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["summary", "{d}/x.pt", "--model", "lenet5"], "not a PyTorch checkpoint"),
     (["summary", "{d}/x.json"], "x.json"),

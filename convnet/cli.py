@@ -229,7 +229,8 @@ def cmd_summary(args):
     shape = args.input or getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model has no default input size: give --input CxHxW")
-    result = summary(model, shape, batch_size=args.batch, optimizer=args.optimizer,
+    optimizer = args.optimizer or getattr(model, "info", {}).get("optimizer", "sgd")
+    result = summary(model, shape, batch_size=args.batch, optimizer=optimizer,
                      budget=args.budget)
     print(json_text(result.to_dict(), indent=2) if args.json
           else result.to_text(inference=args.inference))
@@ -536,9 +537,10 @@ def build_parser():
     counts(p)
     p.add_argument("--classes", type=CLASSES, metavar="K",
                    help="number of classes of a zoo model; any other model must give K scores")
-    p.add_argument("--optimizer", default="sgd", choices=list(OPTIMIZERS),
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help="sets the parameter memory multiplier: sgd x2; momentum, nesterov, "
-                        "adagrad, rmsprop x3; adam, adamw x4 (default sgd)")
+                        "adagrad, rmsprop x3; adam, adamw x4 (default: the optimizer a "
+                        "trained model file records, else sgd)")
     p.add_argument("--budget", type=memory_size, metavar="SIZE",
                    help="memory budget such as 4GB or 512MB: report the largest batch that fits")
     p.add_argument("--inference", action="store_true",

@@ -2363,6 +2363,14 @@ def test_a_light_background_is_named_where_training_backgrounds_were_dark():
         check_info({"border": [0.5, 0.2]}, "m.json")
 
 
+@pytest.mark.parametrize("optimizer", ["Adam", "lbfgs", 4, None, ["adam"]])
+def test_a_model_files_record_of_its_optimizer_is_checked(optimizer):
+    from convnet.data.preprocess import check_info
+    assert check_info({"optimizer": "nesterov"}, "m.json") == {"optimizer": "nesterov"}
+    with pytest.raises(ValueError, match=r"^m.json: info.optimizer must be one of sgd, "):
+        check_info({"optimizer": optimizer}, "m.json")
+
+
 @pytest.mark.parametrize("files", [[40, "0" * 64], {"files": 40}, {"files": True,
                                    "sha256": "0" * 64}, {"files": 0, "sha256": "0" * 64},
                                    {"files": 4, "sha256": "A" * 64},

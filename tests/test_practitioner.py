@@ -359,6 +359,18 @@ def test_the_model_file_records_the_preprocessing(trained):
     assert info["channels"] == "L" and info["scale"] == 16 and info["resize"] is None
     assert info["split_seed"] == 0 and info["test_fraction"] == 0.1
     assert len(info["mean"]) == 1 and info["std"][0] > 0
+    assert info["optimizer"] == "adam"     # the digits default
+
+
+def test_summary_counts_a_trained_models_memory_by_its_optimizer(trained, capsys):
+    """summary had counted a run's model by SGD's x2 where its run kept Adam's x4."""
+    root, _ = trained
+    assert main(["summary", str(root / "run" / "model.json"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["optimizer"] == "adam" and shown["memory"]["parameter_multiplier"] == 4
+    assert main(["summary", str(root / "run" / "model.json"), "--optimizer", "sgd",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory"]["parameter_multiplier"] == 2
 
 
 def test_predict_reads_and_predicts_a_batch_at_a_time(trained, tmp_path, capsys,

@@ -100,6 +100,11 @@ def check_info(info, where, channels=None):
                 raise ValueError(f"{where}: info.{key} must be [low, high] with "
                                  f"0 <= low <= high <= 1, got {low_high!r:.80}")
             out[key] = [float(v) for v in low_high]
+    if "optimizer" in info:     # the run's: what summary counts the training memory by
+        from convnet.train.optim import OPTIMIZERS
+        if not (isinstance(info["optimizer"], str) and info["optimizer"] in OPTIMIZERS):
+            raise ValueError(f"{where}: info.optimizer must be one of "
+                             f"{', '.join(OPTIMIZERS)}, got {info['optimizer']!r:.80}")
     if "split_seed" in info and not (type(info["split_seed"]) is int
                                      and 0 <= info["split_seed"] < 2**63):
         raise ValueError(f"{where}: info.split_seed must be an int >= 0, got "

@@ -1211,7 +1211,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             "brightness": brightness_range(splits.train[0], splits.scale),
             "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
-            "split_seed": cfg.seed, "tta": cfg.tta,
+            "split_seed": cfg.seed, "tta": cfg.tta, "optimizer": cfg.optimizer,
             # as used: a split drawn here, else the default that eval draws others with
             "test_fraction": _fraction(cfg.test_fraction if splits.drawn_from else None),
             "defaults": defaults}

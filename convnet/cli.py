@@ -613,7 +613,7 @@ def build_parser():
     p.add_argument("--translate", type=int_type(0, 1024), metavar="PIXELS",
                    help="augmentation: the largest random shift, less than the image's "
                         "side (turns --augment on where the data set's default is off; "
-                        "default: the data set's, or 1/8 of the image size)")
+                        "default: the data set's, or 1/8 of each side)")
     p.add_argument("--time-limit", type=duration, metavar="TIME",
                    help="plan the run to end within TIME (e.g. 10m, 90s, 1h): time a few "
                         "steps, then set the epochs so that the schedule ends in time "

@@ -571,7 +571,8 @@ def test_a_resumed_run_keeps_the_defaults_it_began_with(tmp_path):
     assert state["info"]["defaults"] == "fashion-mnist"
     for recorded, shown in (
             ("fashion-mnist", "augmentation: flips, label smoothing 0.1, flip TTA"),
-            (None, "augmentation: shifts of up to H/8 and flips, label smoothing 0.1")):
+            (None, "augmentation: shifts of up to 1/8 of each side and flips, label "
+                   "smoothing 0.1")):
         if recorded is None:                       # a checkpoint of before "defaults"
             del state["info"]["defaults"]
         state["config"]["translate"] = None        # the default shifts: each recipe's own

@@ -327,6 +327,21 @@ def test_shifts_pad_with_what_a_zero_pixel_became(tmp_path, monkeypatch):
     assert seen and all(np.all(fill == 0) for fill in seen)
 
 
+def test_the_default_shift_is_an_eighth_of_each_side():
+    """The default shift had been H/8 on both axes: on 4-pixel-wide images, 8 pixels
+    left half the crops blank (and --translate 8 is refused there); a 1-pixel-high image
+    was shifted by 1, blank half the time."""
+    from convnet.train.loop import _batch, default_shift
+    assert default_shift(8, 8) == (1, 1) and default_shift(28, 28) == (3, 3)
+    assert default_shift(64, 4) == (8, 1) and default_shift(1, 128) == (0, 16)
+    config = TrainConfig(augment=True, flip=False)
+    for shape in ((64, 4), (1, 128), (2, 3)):
+        x = np.ones((400, 1, *shape), np.float32)
+        xb, _ = _batch(x, np.zeros(400, int), np.arange(400), slice(None), config,
+                       np.random.default_rng(0))
+        assert xb.shape == x.shape and xb.reshape(400, -1).max(axis=1).min() == 1
+
+
 def rewrite_checkpoint(path, change):
     """The checkpoint at path with change(state) applied to its JSON, written without a
     checksum (as checkpoints of old had none): a hand-made checkpoint."""

@@ -115,7 +115,7 @@ class TrainConfig:
     optimizer: str | None = None
     lr: float | None = None          # default: DEFAULT_LR[optimizer]
     weight_decay: float | None = None
-    augment: bool | None = None      # random crops (zero padding of H/8), plus flips if flip
+    augment: bool | None = None      # random crops (padding of 1/8 of each side), plus flips
     flip: bool | None = None         # horizontal flips when augmenting (not for digits)
     schedule: str | None = None      # none, step, cosine, warmup+cosine, onecycle, triangular
     val_fraction: float | None = None   # default FRACTION, unless the data has val/
@@ -137,7 +137,7 @@ class TrainConfig:
     ema: float | None = None         # decay of the weights' moving average, evaluated and
     #                                  saved in the weights' place (0: none)
     tta: bool | None = None          # evaluate on each image and its mirror image
-    translate: int | None = None     # augmentation's largest shift in pixels (None: H/8)
+    translate: int | None = None     # augmentation's largest shift in pixels (None: side/8)
     time_limit: float | None = None  # seconds: plan the epochs so the run ends in time
     conv_algorithm: str = "auto"     # every convolution that can, with this algorithm
     #                                  (functional.conv.Algorithm; "auto": each layer's own)
@@ -1408,24 +1408,31 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
 
 def _batch(x, y, idx, part, cfg, rng, fill=0):
     """This rank's share (``part``) of the batch of images ``idx``, augmented as cfg says:
-    random shifts of up to cfg.translate pixels (H/8 when None), padded with fill (per
-    channel: the normalized value of a 0 pixel) and, with cfg.flip, mirror images. Every
-    rank draws the whole batch's numbers, so that the ranks' generators stay in step.
-    Only the batch is copied, never the data set."""
+    random shifts of up to cfg.translate pixels (default_shift when None), padded with
+    fill (per channel: the normalized value of a 0 pixel) and, with cfg.flip, mirror
+    images. Every rank draws the whole batch's numbers, so that the ranks' generators
+    stay in step. Only the batch is copied, never the data set."""
     if not cfg.augment:
         return x[idx[part]], y[idx[part]]
     xb = x[idx]
-    shift = cfg.translate if cfg.translate is not None else max(1, xb.shape[2] // 8)
-    if shift:
+    shift = cfg.translate if cfg.translate is not None else default_shift(*xb.shape[2:])
+    if shift != 0 and shift != (0, 0):
         xb = random_crop(xb, shift, rng, fill=fill)
     if cfg.flip:
         xb = random_flip(xb, rng)
     return xb[part], y[idx[part]]
 
 
+def default_shift(h, w):
+    """Augmentation's largest shift (vertical, horizontal) when --translate is not given:
+    an eighth of each side, at least 1 pixel and less than the side (a 1-pixel side is
+    not shifted: any shift of it is a blank crop)."""
+    return tuple(min(max(1, side // 8), side - 1) for side in (h, w))
+
+
 def recipe(cfg):
     """The training recipe in one line, for the log and the README."""
-    shift = "H/8" if cfg.translate is None else f"{cfg.translate} px"
+    shift = "1/8 of each side" if cfg.translate is None else f"{cfg.translate} px"
     moves = ([f"shifts of up to {shift}"] if cfg.translate != 0 else []) + (
         ["flips"] if cfg.flip else [])
     augment = (" and ".join(moves) or "none") if cfg.augment else "none"

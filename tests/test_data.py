@@ -2235,6 +2235,30 @@ def test_colour_data_in_gray_is_pillows_luma(tmp_path):
     np.testing.assert_allclose(floats * 255, pillow, atol=0.51)
 
 
+def test_colour_data_made_gray_and_larger_holds_no_large_temporaries(tmp_path, monkeypatch):
+    """CIFAR at --channels 1 --image-size 96 had peaked at 13x its final size (all three
+    channels resized, then whole-array int32 luma): the size cap checks the final array.
+    Gray first, then resized; the luma in blocks gives the same bytes."""
+    import tracemalloc
+
+    from convnet.data import transforms
+    write_cifar(tmp_path / "cifar-10-batches-py", 10, "python", np.random.default_rng(5),
+                n=100)
+    tracemalloc.start()
+    data = load_dataset("cifar10", root=tmp_path, channels=1, image_size=(96, 96))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    final = data.train[0].nbytes + data.test[0].nbytes
+    assert data.train[0].shape == (500, 1, 96, 96) and peak < 2 * final, peak / final
+    x = np.random.default_rng(6).integers(0, 256, (30, 3, 5, 4), dtype=np.uint8)
+    wholes = [transforms.to_channels(x.astype(t), 1) for t in (np.uint8, np.uint16, float)]
+    monkeypatch.setattr(transforms, "LUMA_BLOCK", 7 * 3 * 5 * 4)      # blocks of 7 images
+    for t, whole in zip((np.uint8, np.uint16, float), wholes):
+        blocked = transforms.to_channels(x.astype(t), 1)
+        assert blocked.dtype == whole.dtype == t
+        np.testing.assert_array_equal(blocked, whole)
+
+
 def test_limit_takes_images_of_every_class_from_a_folder(tmp_path):
     """A folder's images come class by class: --limit 15 of three classes of 12 had
     trained on the first two only. It takes a seeded random subset."""

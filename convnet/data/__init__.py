@@ -290,15 +290,24 @@ def _converted(splits, image_size, channels):
                            "MAX_DATA_BYTES",
                            f"size of {splits.name} resized to {c2}x{h2}x{w2} (bytes)",
                            "load_dataset")
+    # Fewer channels are made before the resize, more after it: no step holds more than
+    # the larger of the data as it was and as it ends.
+    if channels is not None and channels < c:
+        splits = _channels_converted(splits, c, channels)
     if image_size is not None and (h, w) != image_size:
         splits = _map_splits(splits, lambda x: resize(x, image_size))
         splits.resized = True
         splits.notes.append(f"resized the images from {w}x{h} to {image_size[1]}x"
                             f"{image_size[0]} (W x H, bilinear)")
-    if channels is not None and c != channels:
-        splits = _map_splits(splits, lambda x: to_channels(x, channels))
-        splits.notes.append(f"converted the images from {c} to {channels} channel(s) "
-                            f"({'RGB' if channels == 3 else 'grayscale'})")
+    if channels is not None and channels > c:
+        splits = _channels_converted(splits, c, channels)
+    return splits
+
+
+def _channels_converted(splits, c, channels):
+    splits = _map_splits(splits, lambda x: to_channels(x, channels))
+    splits.notes.append(f"converted the images from {c} to {channels} channel(s) "
+                        f"({'RGB' if channels == 3 else 'grayscale'})")
     return splits
 
 

@@ -221,6 +221,20 @@ def resize(x, size):
     return out.reshape(n, c, oh, ow).astype(x.dtype, copy=False)
 
 
+LUMA_BLOCK = 1 << 20    # values of RGB input converted to grayscale at a time
+
+
+def _luma(x, ftype):
+    """The luma of an RGB block (see to_channels), (n, 1, H, W)."""
+    if x.dtype == np.uint8:      # Pillow's own integer arithmetic, bit for bit
+        luma = sum(weight * x[:, c:c + 1].astype(np.int32)
+                   for c, weight in enumerate((19595, 38470, 7471)))
+        return ((luma + 0x8000) >> 16).astype(np.uint8)
+    luma = sum(weight * x[:, c:c + 1].astype(ftype)      # a channel at a time
+               for c, weight in enumerate((299, 587, 114))) / np.dtype(ftype).type(1000)
+    return np.rint(luma).astype(x.dtype) if np.issubdtype(x.dtype, np.integer) else luma
+
+
 def to_channels(x, channels):
     """An NCHW batch with ``channels`` (1 or 3) channels, converted as Pillow converts modes.
 
@@ -239,14 +253,11 @@ def to_channels(x, channels):
     if channels == 3 and have == 1:
         return np.repeat(x, 3, axis=1)
     if channels == 1 and have == 3:
-        if x.dtype == np.uint8:      # Pillow's own integer arithmetic, bit for bit
-            luma = sum(weight * x[:, c:c + 1].astype(np.int32)
-                       for c, weight in enumerate((19595, 38470, 7471)))
-            return ((luma + 0x8000) >> 16).astype(np.uint8)
         ftype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-        luma = sum(weight * x[:, c:c + 1].astype(ftype)      # a channel at a time
-                   for c, weight in enumerate((299, 587, 114))) / np.dtype(ftype).type(1000)
-        return np.rint(luma).astype(x.dtype) if np.issubdtype(x.dtype, np.integer) else \
-            luma
+        out = np.empty((len(x), 1, *x.shape[2:]), x.dtype)
+        step = max(1, LUMA_BLOCK // max(1, x[:1].size))     # images a block
+        for s in range(0, len(x), step):     # blocks: the temporaries stay small
+            out[s: s + step] = _luma(x[s: s + step], ftype)
+        return out
     raise ValueError(f"to_channels: can convert between 1 and 3 channels only, got "
                      f"{have} -> {channels}")

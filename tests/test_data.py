@@ -1507,7 +1507,7 @@ def test_eval_matches_class_names_and_file_order_in_either_unicode_form(tmp_path
     assert files[0] == files[1]
 
 
-def test_test_images_identical_to_training_images_are_said(tmp_path):
+def test_test_images_identical_to_training_images_are_said(tmp_path, monkeypatch):
     """A test/ folder holding copies of training images measures nothing new; nor does a
     photo saved twice in one folder whose split puts one copy on each side."""
     rng = np.random.default_rng(18)
@@ -1531,6 +1531,28 @@ def test_test_images_identical_to_training_images_are_said(tmp_path):
     assert expected > 0 and same == [f"{expected} of the {len(x_test)} test images are "
                                      f"identical to training images: their accuracy is not "
                                      f"that on new images; remove the copies"], splits.notes
+    # fingerprints only find candidates: images are compared whole, so equal fingerprints
+    # of different images count nothing
+    monkeypatch.setattr("convnet.data.fingerprints", lambda x: np.zeros(len(x), np.uint64))
+    assert same == [n for n in load_dataset(tmp_path / "one", test_fraction=0.25).notes
+                    if "identical to training images" in n]
+
+
+def test_a_drawn_split_holds_no_copy_of_the_images(tmp_path):
+    """A test split drawn from one folder had been indexed out of the decoded images
+    (x[kept], x[held]: a second copy), and the look for copies of training images sorted
+    copies of both: 4x the data at its peak."""
+    import tracemalloc
+    rng = np.random.default_rng(23)
+    for i in range(48):
+        save_image(tmp_path / "ab"[i % 2] / f"{i}.png",
+                   rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    tracemalloc.start()
+    splits = load_dataset(tmp_path, test_fraction=0.25)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    final = splits.train[0].nbytes + splits.test[0].nbytes
+    assert splits.test[0].shape == (12, 3, 128, 128) and peak < 1.6 * final, peak / final
 
 
 def test_a_class_too_small_to_hold_out_a_test_image_is_named(tmp_path):

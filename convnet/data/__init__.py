@@ -501,8 +501,9 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
             loaded = {"test": (decode_files([files[i][0] for i in held], size,
                                             channels == 1, path), y[held])}
         else:
-            x = decode_files([f for f, _ in files], size, channels == 1, path)
-            loaded = {"train": (x[kept], y[kept]), "test": (x[held], y[held])}
+            order = np.concatenate([kept, held])     # each split a part of one array
+            x = decode_files([files[i][0] for i in order], size, channels == 1, path)
+            loaded = {"train": (x[:len(kept)], y[kept]), "test": (x[len(kept):], y[held])}
             del x
     empty = (np.empty((0, channels, h, w), dtype=np.uint8), np.empty(0, dtype=np.int64))
     loaded.setdefault("train", empty)
@@ -553,14 +554,28 @@ def files_fingerprint(root, files):
     return {"files": len(names), "sha256": digest.hexdigest()}
 
 
+def fingerprints(x, block=1 << 16):
+    """One uint64 per image of x (N, ...): its bytes times fixed random odd weights,
+    summed modulo 2**64; equal images have equal fingerprints, and different ones almost
+    never do. Made in blocks of about ``block`` values, so that no temporary is large."""
+    flat = x.reshape(len(x), -1)
+    weights = np.random.default_rng(0x5EE9).integers(0, 2**63, flat.shape[1],
+                                                     dtype=np.uint64) * 2 + 1
+    step = max(1, block // max(1, flat.shape[1]))
+    return np.concatenate([(flat[s: s + step].astype(np.uint64) * weights).sum(axis=1)
+                           for s in range(0, len(flat), step)] or [np.empty(0, np.uint64)])
+
+
 def _seen(x, x_train, split):
     """A note (in a list) when images of ``split`` are identical to training images, as
     read (a photo copied into both folders, or twice into one): their accuracy is not
     the accuracy on new images. [] when none is."""
-    def rows(a):   # each image as one opaque value, so that whole images compare at once
-        a = np.ascontiguousarray(a).reshape(len(a), -1)
-        return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).ravel()
-    same = int(np.isin(rows(x), rows(x_train)).sum()) if len(x) and len(x_train) else 0
+    same = 0
+    if len(x) and len(x_train):     # images of equal fingerprints, then compared whole
+        ours, theirs = fingerprints(x), fingerprints(x_train)
+        for i in np.flatnonzero(np.isin(ours, theirs)):
+            same += any(np.array_equal(x[i], x_train[j])
+                        for j in np.flatnonzero(theirs == ours[i]))
     return [f"{same} of the {len(x)} {split} images {'is' if same == 1 else 'are'} "
             f"identical to training images: "
             f"their accuracy is not that on new images; remove the copies"] if same else []

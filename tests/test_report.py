@@ -129,6 +129,24 @@ def check_summary_table(browser, expected):
         assert rows["memory"][key] == expected["memory"][key], key
 
 
+def test_a_model_file_away_from_its_run_is_summarized_by_its_optimizer(pages, tmp_path,
+                                                                       capsys):
+    """Without its run's checkpoint, the page had counted the model's memory by SGD's x2
+    where ``convnet summary`` (which it names) takes the optimizer the file records."""
+    import re
+    import shutil
+    for name in ("model.json", "model.safetensors"):
+        shutil.copy(pages / "run" / name, tmp_path / name)
+    page = tmp_path / "page.html"
+    assert main(["report", str(tmp_path / "model.json"), "--out", str(page)]) == 0
+    text = page.read_text()
+    expected = summary_json(capsys, str(tmp_path / "model.json"))
+    assert expected["optimizer"] == "adam" and "<code>convnet summary</code> (batch 1, adam," \
+        in text
+    shown = re.search(r'data-key="parameters_total" data-value="(\d+)"', text).group(1)
+    assert int(shown) == expected["memory"]["parameters_total"]
+
+
 def test_the_digits_report_shows_a_trained_run(browser, pages, capsys):
     model = pages / "run" / "model.json"
     page = pages / "digits.html"

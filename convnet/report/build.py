@@ -712,6 +712,9 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
     run = _read_run(run_dir, note)
     config = (run["state"] or {}).get("config")
     settings = _run_summary_settings(config)
+    from_run = bool(settings)
+    if "optimizer" in info:       # the model file's record, as convnet summary takes it
+        settings.setdefault("optimizer", info["optimizer"])
     with _frozen_as_run(model, config):
         result = summary(model, shape, **settings)
     classes = class_names(model) if len(shape) == 3 else []
@@ -761,7 +764,7 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
                 outputs = class_scores(model, sample_x, tta=True)
 
     body = (_status(name, model, result, info, notes) + _architecture(model, result)
-            + _summary(result, bool(settings))
+            + _summary(result, from_run)
             + _training(run, info, name, len(classes)) + _filters(model, trained)
             + _activations_section(samples, grids, outputs, classes, sample_notes)
             + _evaluation_section(found, data, trained, all_images)

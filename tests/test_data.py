@@ -2410,6 +2410,14 @@ def test_a_light_background_is_named_where_training_backgrounds_were_dark():
         check_info({"border": [0.5, 0.2]}, "m.json")
 
 
+@pytest.mark.parametrize("smoothing", [1, -0.1, "0.1", None, float("nan"), True])
+def test_a_model_files_record_of_its_label_smoothing_is_checked(smoothing):
+    from convnet.data.preprocess import check_info
+    assert check_info({"label_smoothing": 0.1}, "m.json") == {"label_smoothing": 0.1}
+    with pytest.raises(ValueError, match=r"^m.json: info.label_smoothing must be a number "):
+        check_info({"label_smoothing": smoothing}, "m.json")
+
+
 @pytest.mark.parametrize("optimizer", ["Adam", "lbfgs", 4, None, ["adam"]])
 def test_a_model_files_record_of_its_optimizer_is_checked(optimizer):
     from convnet.data.preprocess import check_info

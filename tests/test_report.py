@@ -555,7 +555,7 @@ def test_the_training_summary_says_which_epoch_best_json_holds(pages, tmp_path):
 
 
 def test_a_label_smoothed_training_loss_is_named_and_its_gap_explained(
-        pages, monkeypatch):
+        pages, monkeypatch, tmp_path):
     """Digits trains with label smoothing 0.1: its training loss (against smoothed
     targets) sat next to the plain validation loss as if the two were one measure."""
     import convnet.plot as plot
@@ -574,6 +574,13 @@ def test_a_label_smoothed_training_loss_is_named_and_its_gap_explained(
     note = text.split('id="smoothing">', 1)[1].split("</p>", 1)[0]
     assert "The two differ by the smoothing term" in note
     assert "0.5003 for 10 classes" in note             # the smoothed targets' entropy
+    # without the run's checkpoint (its largest file, deleted), as the model file records
+    import shutil
+    shutil.copytree(pages / "run", tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.safetensors").unlink()
+    source = str(tmp_path / "run" / "model.json")
+    text = build_report(resolve_model(source), source=source)
+    assert seen[-1] == 0.1 and "last: training loss (label smoothing 0.1) " in text
 
 
 def test_the_confusion_tables_name_column_keeps_a_readable_width(browser, tmp_path):

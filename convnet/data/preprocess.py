@@ -105,6 +105,10 @@ def check_info(info, where, channels=None):
         if not (isinstance(info["optimizer"], str) and info["optimizer"] in OPTIMIZERS):
             raise ValueError(f"{where}: info.optimizer must be one of "
                              f"{', '.join(OPTIMIZERS)}, got {info['optimizer']!r:.80}")
+    if "label_smoothing" in info and not (_finite(info["label_smoothing"])
+                                          and 0 <= info["label_smoothing"] < 1):
+        raise ValueError(f"{where}: info.label_smoothing must be a number in [0, 1), got "
+                         f"{info['label_smoothing']!r:.80}")
     if "split_seed" in info and not (type(info["split_seed"]) is int
                                      and 0 <= info["split_seed"] < 2**63):
         raise ValueError(f"{where}: info.split_seed must be an int >= 0, got "

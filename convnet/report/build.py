@@ -150,13 +150,14 @@ def _frozen_as_run(model, config):
             layer.frozen = frozen
 
 
-def _label_smoothing(state):
+def _label_smoothing(state, info):
     """The run's label smoothing E from its checkpoint: 0.0 where the config predates
-    the option (as a resume reads it); None when there is no config or E is not a
+    the option (as a resume reads it); without the checkpoint, as the model file records
+    it (info, checked when the file was read); None when neither says, or E is not a
     number in [0, 1]."""
     config = (state or {}).get("config")
     if not isinstance(config, dict):
-        return None
+        return info.get("label_smoothing")
     e = config.get("label_smoothing", 0.0)
     if isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e <= 1:
         return float(e)
@@ -434,7 +435,7 @@ def _training(run, info, name, num_classes):
     if history:
         from convnet.plot import plot_history
 
-        e = _label_smoothing(state)
+        e = _label_smoothing(state, info)
         with tempfile.TemporaryDirectory() as tmp:     # plot_history writes a file
             curve = file_uri(plot_history(history, Path(tmp) / "curve.png",
                                           label_smoothing=e or 0.0))
@@ -464,7 +465,7 @@ def _training(run, info, name, num_classes):
                      + key_value_list(sorted(config.items()), key="settings"))
     if info:
         shown = {k: v for k, v in info.items() if k != "classes"}
-        parts.append("<h3>Preprocessing recorded in the model file</h3>"
+        parts.append("<h3>Preprocessing and training recorded in the model file</h3>"
                      + key_value_list(sorted(shown.items()), key="preprocessing"))
     if not parts:
         parts.append(f'<p class="note">No training record: {esc(name)} is not a model file '

@@ -1212,6 +1212,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             "border": border_range(splits.train[0], splits.scale),
             "resize": "bilinear" if splits.resized else None,
             "split_seed": cfg.seed, "tta": cfg.tta, "optimizer": cfg.optimizer,
+            "label_smoothing": cfg.label_smoothing,
             # as used: a split drawn here, else the default that eval draws others with
             "test_fraction": _fraction(cfg.test_fraction if splits.drawn_from else None),
             "defaults": defaults}

@@ -543,6 +543,20 @@ def _advice(input_shape, walked):
 
 
 # -- summary -----------------------------------------------------------------------------
+def layer_inputs(model, input_shape):
+    """(name, layer, per-sample input shape) of every leaf of ``model`` in execution
+    order, as summary names and sizes them.
+
+    >>> from convnet.models import from_notation
+    >>> [(n, s) for n, _, s in layer_inputs(from_notation("CONV 4 -> FC 2"), (1, 4, 4))]
+    [('0', (1, 4, 4)), ('1', (4, 4, 4))]
+    """
+    walker = _Walker()
+    shape = _check_shape(input_shape, "layer_inputs")
+    walker.visit(model, "", shape, _Field((1, 1), (1, 1), _grid(shape, (1, 1))))
+    return [(name, layer, in_shape) for name, layer, in_shape, *_ in walker.rows]
+
+
 def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budget=None):
     """The notes' layer-by-layer table of a model, with its memory and receptive field.
 

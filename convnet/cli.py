@@ -834,7 +834,9 @@ def main(argv=None):
         return 2
     try:
         with warnings.catch_warnings():
-            if not args.debug:      # a library's warning as one line, as the notes are
+            if parallel and launch_rank() not in (0, None):   # said once, by rank 0
+                warnings.simplefilter("ignore")
+            elif not args.debug:    # a library's warning as one line, as the notes are
                 warnings.showwarning = lambda message, *rest: _note(
                     args, f"warning: {message}")
             if sys.stdout is None:     # None: started with standard output closed

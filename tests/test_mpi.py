@@ -349,6 +349,16 @@ def test_an_error_every_rank_meets_is_printed_once(tmp_path):
     assert "rank 0: convnet train: error: " in proc.stderr
 
 
+def test_a_warning_every_rank_meets_is_said_once(tmp_path):
+    """A folder named like the named data set: every rank had printed the warning."""
+    (tmp_path / "digits").mkdir()
+    proc = check(run_mpi(tmp_path, "convnet.cli", "train", "--data", "digits", "--model",
+                         PLAIN, "--epochs", "1", "--limit", "100", "--out", "run",
+                         "--quiet", "--no-report", module=True, timeout=90))
+    assert proc.stderr.count("warning: digits is the named data set; a folder digits") \
+        == 1, proc.stderr
+
+
 def test_a_usage_error_in_one_of_several_programs_ends_the_job(tmp_path):
     """mpiexec's MPMD form (A : B): a rank whose own command line argparse refused had
     exited alone, and the other waited in its first collective for good."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -325,6 +326,35 @@ def test_shifts_pad_with_what_a_zero_pixel_became(tmp_path, monkeypatch):
     train(TrainConfig(data="digits", model=SMALL, epochs=1, limit=64, shift_fill="mean",
                       out=str(tmp_path / "old")), log=lambda *a: None)
     assert seen and all(np.all(fill == 0) for fill in seen)
+
+
+@pytest.mark.parametrize("model, kind", [
+    ("INPUT 8x8x1 -> CONV 4 -> POOL -> POOL -> POOL -> BN -> RELU -> FC 10",
+     "a 1x1 volume (BatchNorm2d)"),
+    ("INPUT 8x8x1 -> FC 8 -> BN -> RELU -> FC 10", "FC outputs (BatchNorm1d)")])
+def test_batch_norm_over_one_value_a_channel_is_refused_before_training(tmp_path, model,
+                                                                        kind):
+    """A BatchNorm2d over a 1x1 volume at batch 1 had started the run and failed at its
+    first step, with a hint for the Python API (.eval()); as BatchNorm1d is, it is
+    refused before anything is written, naming --batch-size."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"batch norm over {kind} needs at least 2 images to normalize, and it would "
+            f"get batches of 1 image: raise --batch-size")):
+        train(TrainConfig(data="digits", model=model, epochs=1, batch_size=1, limit=40,
+                          out=str(tmp_path / "run")), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+    if "CONV" in model:      # over a 2x2 volume, one image gives 4 values a channel
+        train(TrainConfig(data="digits", model=model.replace("POOL -> BN", "BN"), epochs=1,
+                          batch_size=1, limit=40, out=str(tmp_path / "fine")),
+              log=lambda *a: None)
+
+
+def test_a_train_config_takes_lists_for_its_tuples():
+    """freeze=["features"] had been refused as "must be a list of stage names"."""
+    config = TrainConfig(init_from="m.json", freeze=["features"], image_size=[8, 8]).check()
+    assert config.freeze == ("features",) and config.image_size == (8, 8)
+    with pytest.raises(ValueError, match="freeze must be a list of stage names"):
+        TrainConfig(freeze=[1]).check()
 
 
 def test_the_default_shift_is_an_eighth_of_each_side():

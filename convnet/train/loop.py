@@ -53,7 +53,7 @@ except ImportError:              # Windows: runs do not lock their directories (
     fcntl = None
 
 from convnet import limits
-from convnet.analysis import counted
+from convnet.analysis import counted, layer_inputs
 from convnet.data import (
     check_drawn_split,
     data_folder,
@@ -157,14 +157,15 @@ class TrainConfig:
             raise ValueError(f"{where}: config has unknown fields {unknown} and lacks "
                              f"{missing}")
         values = {**ADDED_FIELDS, **values}
-        if isinstance(values.get("image_size"), list):
-            values["image_size"] = tuple(values["image_size"])
-        if isinstance(values.get("freeze"), list):
-            values["freeze"] = tuple(values["freeze"])
         return cls(**values).check(where)
 
     def check(self, where="TrainConfig"):
-        """Check the type and range of every field; returns self. None means default."""
+        """Check the type and range of every field; returns self. None means default.
+        A list given for image_size or freeze becomes the tuple the field holds."""
+        for name in ("image_size", "freeze"):
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, tuple(getattr(self, name)))
+
         def fail(name, expected):
             raise ValueError(f"{where}: {name} must be {expected}, got "
                              f"{getattr(self, name)!r:.80}")
@@ -1178,7 +1179,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                          f"image); {fix}")
     share = cfg.batch_size // comm.size if comm.size > 1 and not cfg.sync_bn \
         else cfg.batch_size         # the fewest images one batch norm layer normalizes
-    if share < 2 and any(isinstance(layer, BatchNorm1d) for _, layer in model.named_layers()):
+    # (one image's values per channel: 1 for an FC's outputs, or a CONV's 1x1 volume)
+    alone = [layer for _, layer, shape in layer_inputs(model, input_shape)
+             if isinstance(layer, (BatchNorm1d, BatchNorm2d)) and math.prod(shape[1:]) == 1]
+    if share < 2 and alone:
+        kind = ("FC outputs (BatchNorm1d)" if isinstance(alone[0], BatchNorm1d) else
+                "a 1x1 volume (BatchNorm2d)")
         per = (f"a share of {share} image (of each batch of {cfg.batch_size} on "
                f"{comm.size} processes, --no-sync-bn)" if share != cfg.batch_size
                else f"batches of {cfg.batch_size} image")
@@ -1188,8 +1194,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                if ckpt is None else
                f"resume it on at most {'1 process' if most == 1 else f'{most} processes'} "
                f"(a resumed run keeps its batch size and batch norm)")
-        raise ValueError(f"batch norm over FC outputs (BatchNorm1d) needs at least 2 images "
-                         f"to normalize, and it would get {per}: {fix}")
+        raise ValueError(f"batch norm over {kind} needs at least 2 images to normalize, "
+                         f"and it would get {per}: {fix}")
     per_rank = -(-cfg.batch_size // comm.size)       # the most images one rank takes
     check_memory(training_bytes(model, input_shape, cfg, per_rank)
                  + sum(x.nbytes for x in (x_train, x_val, x_test)),

@@ -648,3 +648,64 @@ def test_an_unbatched_image_is_told_to_be_a_batch_of_one():
                                              r"of one: x\[None\]"):
             layer(x)
         assert layer(x[None]).shape[0] == 1
+
+
+@pytest.mark.parametrize("attr, value", [
+    ("padding", (2, 2)), ("padding", 0), ("padding", "same"), ("dilation", (2, 1)),
+    ("stride", 2), ("padding_mode", "reflect"), ("padding_mode", "circular")])
+def test_hyperparameters_assigned_after_the_conv_is_made_are_computed_with(attr, value):
+    """conv.padding = (2, 2), as PyTorch code edits a net (torchvision's stride-to-
+    dilation swap): the shape, repr and config had changed but forward, backward and
+    infer had kept the old padding."""
+    from convnet.layers.conv import Conv2d as Conv
+    rng = np.random.default_rng(7)
+    conv = Conv(3, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    ref = torch.nn.Conv2d(3, 4, 3, padding=1, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(conv.weight))
+        ref.bias.copy_(torch.from_numpy(conv.bias))
+    setattr(conv, attr, value)
+    if value == "same":     # torch works out its pads in the constructor
+        ref = torch.nn.Conv2d(3, 4, 3, padding="same", dtype=torch.float64)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in conv.state_dict().items()})
+    else:
+        setattr(ref, attr, (value, value) if isinstance(value, int) else value)
+    x = rng.standard_normal((2, 3, 9, 11))
+    xt = torch.tensor(x, requires_grad=True)
+    out = ref(xt)
+    dout = rng.standard_normal(out.shape)
+    out.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(conv.forward(x), out.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(conv.backward(dout), xt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(conv.grads["weight"], ref.weight.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(conv.infer(x), out.detach().numpy(), atol=1e-12)
+    assert conv.output_shape((3, 9, 11)) == tuple(out.shape[1:])
+    rebuilt = from_config(conv.get_config())
+    rebuilt.load_state_dict(conv.state_dict())
+    np.testing.assert_allclose(rebuilt.forward(x), out.detach().numpy(), atol=1e-12)
+
+
+def test_a_bad_or_fixed_hyperparameter_assigned_to_a_made_layer_is_refused():
+    from convnet.layers import MaxPool2d
+    from convnet.layers.pool import LPPool2d
+    conv = Conv2d(3, 4, 3, padding=1)
+    with pytest.raises(ValueError, match="padding must be a non-negative int"):
+        conv.padding = -1
+    with pytest.raises(ValueError, match="padding='same' keeps the size only at stride 1"):
+        Conv2d(3, 4, 3, stride=2).padding = "same"
+    with pytest.raises(ValueError, match="algorithm 'winograd4x4' cannot run this layer"):
+        Conv2d(3, 4, 3, algorithm="winograd4x4").stride = 2
+    with pytest.raises(AttributeError, match=r"kernel_size is fixed when the layer is made "
+                                             r"\(by its weight's shape \(4, 3, 3, 3\)\)"):
+        conv.kernel_size = 5
+    assert conv.padding == (1, 1) and conv.stride == (1, 1)      # nothing set on a refusal
+    pool = MaxPool2d(2)
+    pool.kernel_size, pool.padding = 3, 1      # held as pairs (an int had crashed forward)
+    assert pool.kernel_size == (3, 3) and pool.padding == (1, 1) and pool.stride == (2, 2)
+    x = np.random.default_rng(8).standard_normal((1, 2, 7, 7))
+    np.testing.assert_array_equal(pool.forward(x), torch.nn.MaxPool2d(3, 2, 1)(
+        torch.from_numpy(x)).numpy())
+    with pytest.raises(ValueError, match="padding must be at most half the kernel size"):
+        pool.padding = 2
+    with pytest.raises(ValueError, match="LPPool2d takes no padding"):
+        LPPool2d(2, 2).padding = 1

@@ -70,43 +70,8 @@ class Conv2d(Layer):
         self.in_channels = positive_int(in_channels, "in_channels", where)
         self.out_channels = positive_int(out_channels, "out_channels", where)
         self.kernel_size = window_pair(kernel_size, "kernel_size", where)
-        self.stride = window_pair(stride, "stride", where)
-        self.dilation = window_pair(dilation, "dilation", where)
         self.groups = positive_int(groups, "groups", where)
-        if not isinstance(padding_mode, str) or padding_mode not in P.MODES:
-            raise ValueError(f"{where}: padding_mode must be one of "
-                             f"{', '.join(map(repr, P.MODES))}, got {padding_mode!r:.80}")
-        self.padding_mode = padding_mode
-        end = None                       # (bottom, right) where they differ from padding
-        if isinstance(padding, str) and padding == "valid":
-            padding = 0
-        elif isinstance(padding, str) and padding == "same":
-            total = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
-            padding = tuple(t // 2 for t in total)
-            if any(t % 2 for t in total):
-                end = tuple(t - t // 2 for t in total)
-            if self.stride != (1, 1):   # PyTorch refuses it too
-                hint = (f"give P explicitly, e.g. padding="
-                        f"{padding[0] if padding[0] == padding[1] else padding}" if end is None
-                        else f"D*(F-1) = {'x'.join(map(str, total))} is odd: no P keeps it")
-                raise ValueError(
-                    f"{where}: padding='same' keeps the size only at stride 1, got "
-                    f"S={'x'.join(map(str, self.stride))}; {hint}")
-        elif isinstance(padding, str):
-            raise ValueError(f"{where}: padding must be a non-negative int, a pair of them, "
-                             f"'valid' or 'same', got {padding!r:.80}")
-        self.padding = window_pair(padding, "padding", where, allow_zero=True)
-        self.pads = (*self.padding, *(end or self.padding))       # top, left, bottom, right
-        # What the convolution pads itself (zeros, evenly) and what is padded before it
-        # (pad2d_forward: the uneven rest of "same", or every pad of another mode).
-        top, left, bottom, right = self.pads
-        if padding_mode != "zeros":
-            self._conv_padding, self._pre_pads = (0, 0), (top, bottom, left, right)
-        else:
-            self._conv_padding, self._pre_pads = self.padding, (0, bottom - top, 0,
-                                                                right - left)
-        if not any(self._pre_pads):
-            self._pre_pads = None
+        self._set_geometry(stride, padding, dilation, padding_mode, algorithm_check=False)
         if fit not in F.FITS:
             raise ValueError(f"{where}: fit must be one of {F.FITS}, got {fit!r:.80}")
         self.fit = fit
@@ -120,10 +85,7 @@ class Conv2d(Layer):
         reason = F.select.layer_why_not(self.algorithm, shape, self.stride,
                                         self._conv_padding, self.dilation, self.groups)
         if reason is not None:
-            raise ValueError(f"{where}: algorithm {self.algorithm!r} cannot run this layer "
-                             f"(F={hw_text(self.kernel_size)}, S={hw_text(self.stride)}, "
-                             f"dilation={hw_text(self.dilation)}, groups={self.groups}): "
-                             f"{reason}")
+            raise ValueError(self._cannot_run(reason))
         self._workspace = None  # im2col's buffer, reused each step (None when x is cached)
         self._fold = None       # inference's filters with a batch norm folded in (_folded)
         self._pad_cache = None  # the last forward's own padding (_padded), for backward
@@ -134,6 +96,84 @@ class Conv2d(Layer):
         self._init_param("weight", uniform_init(rng, shape, fan_in, self.dtype))
         if bias:
             self._init_param("bias", uniform_init(rng, (self.out_channels,), fan_in, self.dtype))
+
+
+    GEOMETRY = ("stride", "padding", "dilation", "padding_mode")
+
+    def __setattr__(self, name, value):
+        """Assigning stride, padding, dilation or padding_mode after the layer is made
+        (as PyTorch code does: conv.padding = (2, 2)) checks the value as the constructor
+        does and makes what the convolution is computed with again; kernel_size, groups
+        and the channel counts are fixed by the weight's shape."""
+        if "weight" not in self.__dict__.get("params", {}):       # still being made
+            return super().__setattr__(name, value)
+        if name in self.GEOMETRY:
+            now = {"stride": self.stride, "padding": self.pads, "dilation": self.dilation,
+                   "padding_mode": self.padding_mode, name: value}
+            return self._set_geometry(now["stride"], now["padding"], now["dilation"],
+                                      now["padding_mode"])
+        if name in ("kernel_size", "groups", "in_channels", "out_channels", "pads"):
+            raise AttributeError(f"{self.where}: {name} is fixed when the layer is made "
+                                 f"(by its weight's shape {self.weight.shape}); make a new "
+                                 f"Conv2d and copy the weights it can take")
+        super().__setattr__(name, value)
+
+    def _set_geometry(self, stride, padding, dilation, padding_mode, algorithm_check=True):
+        """Check and set stride, dilation, padding_mode and padding (an int, a pair,
+        "valid", "same", or (top, left, bottom, right)), and what the convolution pads
+        itself (zeros, evenly) and what is padded before it (pad2d_forward: the uneven
+        rest of "same", or every pad of another mode). Nothing is set unless all fit."""
+        where = type(self).__name__
+        stride = window_pair(stride, "stride", where)
+        dilation = window_pair(dilation, "dilation", where)
+        if not isinstance(padding_mode, str) or padding_mode not in P.MODES:
+            raise ValueError(f"{where}: padding_mode must be one of "
+                             f"{', '.join(map(repr, P.MODES))}, got {padding_mode!r:.80}")
+        end = None                       # (bottom, right) where they differ from padding
+        if isinstance(padding, str) and padding == "valid":
+            padding = 0
+        elif isinstance(padding, str) and padding == "same":
+            total = [d * (k - 1) for k, d in zip(self.kernel_size, dilation)]
+            padding = tuple(t // 2 for t in total)
+            if any(t % 2 for t in total):
+                end = tuple(t - t // 2 for t in total)
+            if stride != (1, 1):   # PyTorch refuses it too
+                hint = (f"give P explicitly, e.g. padding="
+                        f"{padding[0] if padding[0] == padding[1] else padding}" if end is None
+                        else f"D*(F-1) = {'x'.join(map(str, total))} is odd: no P keeps it")
+                raise ValueError(
+                    f"{where}: padding='same' keeps the size only at stride 1, got "
+                    f"S={'x'.join(map(str, stride))}; {hint}")
+        elif isinstance(padding, str):
+            raise ValueError(f"{where}: padding must be a non-negative int, a pair of them, "
+                             f"'valid' or 'same', got {padding!r:.80}")
+        elif isinstance(padding, tuple) and len(padding) == 4:    # pads, as they were
+            padding, end = padding[:2], padding[2:]
+        padding = window_pair(padding, "padding", where, allow_zero=True)
+        pads = (*padding, *(end or padding))                        # top, left, bottom, right
+        top, left, bottom, right = pads
+        if padding_mode != "zeros":
+            conv_padding, pre_pads = (0, 0), (top, bottom, left, right)
+        else:
+            conv_padding, pre_pads = padding, (0, bottom - top, 0, right - left)
+        if algorithm_check:
+            reason = F.select.layer_why_not(self.algorithm, self.weight.shape, stride,
+                                            conv_padding, dilation, self.groups)
+            if reason is not None:
+                raise ValueError(self._cannot_run(reason, stride, dilation))
+        set_ = object.__setattr__
+        for name, value in (("stride", stride), ("dilation", dilation),
+                            ("padding_mode", padding_mode), ("padding", padding),
+                            ("pads", pads), ("_conv_padding", conv_padding),
+                            ("_pre_pads", pre_pads if any(pre_pads) else None),
+                            ("_fold", None), ("_pad_cache", None), ("_workspace", None)):
+            set_(self, name, value)
+
+    def _cannot_run(self, reason, stride=None, dilation=None):
+        return (f"{type(self).__name__}: algorithm {self.algorithm!r} cannot run this layer "
+                f"(F={hw_text(self.kernel_size)}, S={hw_text(stride or self.stride)}, "
+                f"dilation={hw_text(dilation or self.dilation)}, groups={self.groups}): "
+                f"{reason}")
 
     def output_shape(self, input_shape):
         c, h, w = check_volume(input_shape, self.in_channels, self.where)

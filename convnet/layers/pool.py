@@ -48,6 +48,24 @@ class _Pool2d(Layer):
             raise ValueError(f"{where}: fit must be one of {FITS}, got {fit!r:.80}")
         self.fit = fit
 
+    def __setattr__(self, name, value):
+        """kernel_size, stride, padding and dilation assigned after the layer is made (as
+        PyTorch code does: pool.kernel_size = 3) are checked as the constructor checks
+        them, and held as (H, W) pairs."""
+        if name in ("kernel_size", "stride", "padding", "dilation") and "fit" in self.__dict__:
+            where = type(self).__name__
+            value = window_pair(value, name, where, allow_zero=name == "padding")
+            kernel = value if name == "kernel_size" else self.kernel_size
+            padding = value if name == "padding" else self.padding
+            if (not self.takes_padding and name == "padding" and value != (0, 0)) or (
+                    name == "dilation" and value != (1, 1) and not self.takes_padding):
+                raise ValueError(f"{where} takes no {name}, as in PyTorch")
+            if any(2 * p > k for p, k in zip(padding, kernel)):
+                raise ValueError(f"{where}: padding must be at most half the kernel size "
+                                 f"(P <= F/2, as in PyTorch), got padding={padding} for "
+                                 f"kernel_size={kernel}")
+        super().__setattr__(name, value)
+
     def output_shape(self, input_shape):
         c, h, w = check_volume(input_shape, None, self.where)
         oh, ow = (conv_output_size(size, self.kernel_size[a], self.stride[a], self.padding[a],

@@ -973,7 +973,17 @@ def test_parameters_buffers_and_children_are_attributes_as_in_pytorch():
         _ = model.fc.wieght
     with pytest.raises(AttributeError, match="'Sequential' object has no attribute 'layer9'"):
         _ = model.layer9
-    assert not hasattr(Linear(2, 3, bias=False), "bias")
+    # as PyTorch's: what a layer was made without reads None (``if m.bias is not None``)
+    from convnet.layers import BatchNorm2d, Conv2d
+    from convnet.layers.conv import LocallyConnected2d
+    for layer in (Linear(2, 3, bias=False), Conv2d(2, 3, 1, bias=False),
+                  LocallyConnected2d(2, 3, (4, 4), 1, bias=False)):
+        assert layer.bias is None and "bias" not in layer.state_dict()
+    bn = BatchNorm2d(3, affine=False, track_running_stats=False)
+    assert bn.weight is bn.bias is bn.running_mean is bn.running_var is None
+    assert bn.num_batches_tracked is None and bn.state_dict() == {}
+    with pytest.raises(AttributeError, match="'Linear' object has no attribute 'running_var'"):
+        _ = Linear(2, 3).running_var
 
 
 def test_assigning_a_child_replaces_it_as_in_pytorch():

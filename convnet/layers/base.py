@@ -87,14 +87,21 @@ class Layer:
         return self.forward(x)
 
     # -- PyTorch's attribute access: conv.weight, bn.running_mean ------------------------
+    # Parameters and buffers a layer of this kind may be made without (a CONV's bias with
+    # bias=False): their names read None then, as PyTorch's do (``if m.bias is not None``).
+    optional_arrays = ()
+
     def __getattr__(self, name):
         """A parameter or buffer by name, as in PyTorch (``conv.weight``, ``conv.bias``,
         ``bn.running_var``): the array itself, which the layer uses (change it in place,
-        ``conv.weight[...] = w``). Called only where no attribute has the name."""
+        ``conv.weight[...] = w``); None for one of ``optional_arrays`` the layer was made
+        without. Called only where no attribute has the name."""
         for store in ("params", "buffers"):
             values = self.__dict__.get(store)
             if isinstance(values, dict) and name in values:
                 return values[name]
+        if name in type(self).optional_arrays:    # made without it: None, as in PyTorch
+            return None
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, value):

@@ -61,6 +61,8 @@ class Conv2d(Layer):
     ((96, 55, 55), 34944)
     """
 
+    optional_arrays = ("bias",)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", fit="exact",
                  dtype=np.float32, rng=None, algorithm="auto"):
@@ -339,6 +341,8 @@ class LocallyConnected2d(Layer):
     >>> lc.num_params()                                      # 290,400 x 364
     105705600
     """
+
+    optional_arrays = ("bias",)
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1,
                  padding=0, bias=True, fit="exact", dtype=np.float32, rng=None):

@@ -41,6 +41,8 @@ class Linear(Layer):
     ((10,), 30730)
     """
 
+    optional_arrays = ("bias",)
+
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
         super().__init__()
         where = type(self).__name__

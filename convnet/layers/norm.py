@@ -22,6 +22,9 @@ from convnet.layers.base import (
 class _BatchNorm(Layer):
     """Shared state and passes of BatchNorm1d and BatchNorm2d (they differ in input rank)."""
 
+    optional_arrays = ("weight", "bias", "running_mean", "running_var",
+                       "num_batches_tracked")
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, dtype=np.float32):
         super().__init__()

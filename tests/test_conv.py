@@ -1251,6 +1251,16 @@ def test_a_named_algorithm_keeps_its_backward_pass_under_use_algorithm():
     with use_algorithm("im2col"):
         _, cache = conv2d_forward(x, w, padding=(1, 1))
         assert np.array_equal(conv2d_backward(dout, cache)[0], flipped)
+    # and so does naming it, at the call or on the layer, or forcing it around the
+    # forward pass alone (the backward pass had taken auto's choice there)
+    assert np.array_equal(plain, flipped)
+    with use_algorithm("im2col"):
+        _, cache = conv2d_forward(x, w, padding=(1, 1))
+    assert np.array_equal(conv2d_backward(dout, cache)[0], flipped)
+    layer = Conv2d(64, 64, 3, padding=1, bias=False, algorithm="im2col")
+    layer.weight[...] = w
+    layer.forward(x)
+    assert np.array_equal(layer.backward(dout), flipped)
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "shifted", "winograd4x4"])

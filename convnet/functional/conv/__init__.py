@@ -37,6 +37,7 @@ from convnet.functional.conv.select import (
     Algorithm,
     Problem,
     choose,
+    forced_algorithm,
     use_algorithm,
 )
 from convnet.functional.conv.sizes import FITS, check_input, conv_output_size, pair
@@ -118,6 +119,8 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                        where)
     cache = MODULES[chosen].forward(x, w, b, stride, padding, dilation, groups, out, relu,
                                     cols_out)
+    if chosen == Algorithm.IM2COL and Algorithm.IM2COL in (algorithm, forced_algorithm()):
+        cache = cache._replace(named=True)      # its backward pass runs im2col throughout
     return out, cache
 
 

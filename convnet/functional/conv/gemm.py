@@ -34,6 +34,8 @@ class Cache(NamedTuple):
     workspace: np.ndarray  # the flat buffer cols is in (reusable once spent)
     relu_out: np.ndarray = None   # with relu=True, the output max(0, conv): its non-0
                                   # entries (> 0, or NaN) pass the gradient
+    named: bool = False   # im2col was named (not auto's choice): the backward pass's
+                          # flipped-filter convolution runs it too
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups):
@@ -156,7 +158,7 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     # Stride 1: the flipped-filter convolution copies K channels where col2im adds C.
     if stride == (1, 1) and k <= groups * cg and all(
             d * (f - 1) >= p for d, f, p in zip(dilation, (fh, fw), padding)):
-        dx = _flipped_conv(dout, w, padding, dilation, groups, reuse)
+        dx = _flipped_conv(dout, w, padding, dilation, groups, reuse, cache.named)
     else:
         w_cols = w.reshape(groups, k // groups, cg * fh * fw).transpose(0, 2, 1)  # (G, Cg*FF, K/G)
         if reuse is not None and cols.dtype == np.result_type(w, dout):
@@ -167,19 +169,20 @@ def backward(dout, cache, input_grad=True, overwrite=False):
     return dx, dw, db
 
 
-def _flipped_conv(dout, w, padding, dilation, groups, cols_out=None):
+def _flipped_conv(dout, w, padding, dilation, groups, cols_out=None, named=False):
     """dx of a stride-1 conv: reference.flipped_input_grad, run by whichever algorithm a
     forward convolution takes here (cols_out: the im2col buffer, when im2col runs it):
-    under use_algorithm("im2col") im2col, so that the notes' computation runs throughout.
-    A forced Winograd is not passed on: it reaches this only from a layer that named
-    another algorithm (a layer it could run would have run it, forward and backward),
-    whose backward pass would then round as Winograd does."""
+    im2col where the forward's call named it (named=True) or under
+    use_algorithm("im2col"), so that the notes' computation runs throughout. A forced
+    Winograd is not passed on: it reaches this only from a layer that named another
+    algorithm (a layer it could run would have run it, forward and backward), whose
+    backward pass would then round as Winograd does."""
     from convnet.functional.conv import conv2d_forward  # the dispatcher, above this file
     from convnet.functional.conv.select import WINOGRAD, forced_algorithm, use_algorithm
 
     fh, fw = w.shape[2:]
     pad_t = tuple(d * (f - 1) - p for d, f, p in zip(dilation, (fh, fw), padding))
-    forced = forced_algorithm()
+    forced = "im2col" if named else forced_algorithm()
     with use_algorithm("auto" if forced in WINOGRAD else forced or "auto"):
         dx, _ = conv2d_forward(dout, flipped_filters(w, groups), None, (1, 1), pad_t,
                                dilation, groups, "floor", cols_out)

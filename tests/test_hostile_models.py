@@ -844,6 +844,10 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, what
     assert main(["summary", str(tmp_path / "m.pt"), "--model",
                  "INPUT 8x8x1 -> CONV 2 -> BN -> RELU -> FC 3"]) == 1
     assert f"m.pt: tensor '{key}'" in capsys.readouterr().err
+    from convnet.io import export_onnx, load_onnx
+    export_onnx(net, tmp_path / "m.onnx")      # (had loaded: predict printed nan scores)
+    with pytest.raises(ValueError, match=rf"m.onnx: tensor '[^']*{key[2:]}'.* {message}"):
+        load_onnx(tmp_path / "m.onnx")
 
 
 def test_a_header_of_a_million_tensors_given_as_weights_is_refused_by_its_size(tmp_path):

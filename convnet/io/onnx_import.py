@@ -98,7 +98,14 @@ import numpy as np
 from convnet import limits
 from convnet.functional.conv import conv_output_size
 from convnet.io.onnx_export import PAD_MODES, averaging_matrix
-from convnet.io.weights import INFO_KEY, check_class_count, is_file, not_a_file, read_info
+from convnet.io.weights import (
+    INFO_KEY,
+    check_class_count,
+    check_finite,
+    is_file,
+    not_a_file,
+    read_info,
+)
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
@@ -269,6 +276,7 @@ def load_onnx(path, input_shape=None, input_hint=None):
     _check_tensors(onnx, proto.graph, file)
     _load_external_data(onnx, proto, path)
     model = relus_in_place(_Importer(onnx, proto, file, input_shape, input_hint).build())
+    check_finite(model.state_dict(), file)     # as every other file's weights are
     info = _model_info(proto, file, model)
     if info is not None:
         model.info = info

@@ -753,6 +753,11 @@ def _model_bytes(graph):
     ("function", "the model > function #1 has more than 40,000 nodes"),
     ("dims", "the model > graph > input #1 > type > tensor type > shape has more than 1,024 "
              "dims"),
+    # packed integers: each 1-byte varint is parsed into 8 bytes (50 MB had taken 1 GB)
+    ("int64_data", "more than 4,194,304 bytes of integers in all"),
+    ("ints", "more than 4,194,304 bytes of integers in all"),
+    ("many int64_data", "more than 4,194,304 bytes of integers in all"),
+    ("tensor dims", "> initializer #1 has more than 4,096 bytes of dims"),
 ])
 def test_a_file_of_many_empty_fields_is_refused_before_protobuf_parses_it(tmp_path, case,
                                                                           says, monkeypatch):
@@ -773,6 +778,14 @@ def test_a_file_of_many_empty_fields_is_refused_before_protobuf_parses_it(tmp_pa
             graph = _field(1, _field(5, _field(6, graph)))
     elif case == "dims":                            # the graph's input's shape
         graph = _field(11, _field(2, _field(1, _field(2, _field(1) * 2000))))
+    elif case == "int64_data":                      # one initializer's packed int64_data
+        graph = _field(5, _field(7, b"\x01" * (5 << 20)))
+    elif case == "ints":                            # a node's attribute's packed ints
+        graph = _field(1, _field(5, _field(8, b"\x01" * (5 << 20))))
+    elif case == "many int64_data":                 # 1 MB in each of 5 initializers
+        graph = _field(5, _field(7, b"\x01" * (1 << 20))) * 5
+    elif case == "tensor dims":
+        graph = _field(5, _field(1, b"\x01" * 5000))
     path = tmp_path / "bomb.onnx"
     data = _model_bytes(graph if case != "function" else _field(1))
     if case == "function":                          # a local function of empty nodes

@@ -311,8 +311,16 @@ def _model_info(proto, file, model):
 # Where a check after parsing holds the same field to a cap (and says by how much it is
 # over), these caps are 4 times it: they only bound what parsing may take.
 _ENTRIES = 1 << 10      # string-to-string entries (metadata, bindings) of one message
+# Integers stored as varints (a tensor's dims and integer data, an attribute's ints): a
+# 1-byte value is parsed into 8 bytes, so their bytes in the whole file are held to this
+# (the integers convnet reads are shapes, axes and pads: a few each).
+_VARINT_BYTES = 4 << 20
+_VARINTS = "varints"
 _TENSOR = {6: ("string_data entries", 1 << 16, None), 3: ("segment", 1, None),
-           13: ("external_data entries", 64, None), 16: ("metadata entries", 64, None)}
+           13: ("external_data entries", 64, None), 16: ("metadata entries", 64, None),
+           1: ("dims", _MAX_WIRES, _VARINTS), 5: ("int32_data", _VARINT_BYTES, _VARINTS),
+           7: ("int64_data", _VARINT_BYTES, _VARINTS),
+           11: ("uint64_data", _VARINT_BYTES, _VARINTS)}
 _SPARSE = {1: ("values", 1, _TENSOR), 2: ("indices", 1, _TENSOR)}
 _SHAPE = {1: ("dims", 1 << 10, None)}
 _TENSOR_TYPE = {2: ("shape", 1, _SHAPE)}
@@ -325,7 +333,7 @@ _ATTRIBUTE = {5: ("tensor", 1, _TENSOR), 9: ("strings", 1 << 16, None),
               10: ("tensors", 1 << 10, _TENSOR), 11: ("graphs", 64, "graph"),
               6: ("graph", 1, "graph"), 22: ("sparse tensor", 1, _SPARSE),
               23: ("sparse tensors", 1 << 10, _SPARSE), 14: ("type proto", 1, _TYPE),
-              15: ("type protos", 1 << 10, _TYPE)}
+              15: ("type protos", 1 << 10, _TYPE), 8: ("ints", _VARINT_BYTES, _VARINTS)}
 _NODE = {1: ("inputs", 4 * _MAX_WIRES, None), 2: ("outputs", 4 * _MAX_WIRES, None),
          5: ("attributes", 4 * _MAX_WIRES, _ATTRIBUTE), 9: ("metadata entries", 64, None),
          10: ("device configurations", 64, None)}
@@ -362,10 +370,11 @@ def _model_fields():
 def _check_wire(data, file):
     """Count the repeated message and string fields of the ONNX file ``data`` (bytes) in
     protobuf's wire format, in every message that holds such fields (graphs, nodes,
-    attributes, tensors, types, functions), subgraphs at most MAX_DEPTH deep, against
-    the caps above; a ValueError naming the file and the field over its cap, or bytes
-    that are not protobuf's wire format."""
+    attributes, tensors, types, functions), subgraphs at most MAX_DEPTH deep, and the
+    bytes of its varint integers, against the caps above; a ValueError naming the file
+    and the field over its cap, or bytes that are not protobuf's wire format."""
     budget = [16 * limits.MAX_LAYERS * 64]  # fields read in all, whatever their counts
+    varints = _VARINT_BYTES                 # bytes of varint integers in all
     stack = [(0, len(data), _model_fields(), "the model", 0, 0)]
     while stack:
         start, end, fields, where, depth, graphs = stack.pop()
@@ -375,11 +384,18 @@ def _check_wire(data, file):
             if entry is None:
                 continue
             what, cap, inner = entry
-            counts[number] = counts.get(number, 0) + 1
-            if counts[number] > cap:
-                raise ValueError(f"{file}: {where} has more than {cap:,} {what}, more "
-                                 f"than convnet reads")
-            if inner is None or begin is None:
+            # integers count their bytes (packed: one field of many; else one each)
+            used = stop - begin if inner == _VARINTS and begin is not None else 1
+            counts[number] = counts.get(number, 0) + used
+            varints -= used if inner == _VARINTS else 0
+            if counts[number] > cap or varints < 0:
+                unit = " bytes of" if inner == _VARINTS else ""
+                raise ValueError(
+                    f"{file}: {where} has more than {cap:,}{unit} {what}, more than "
+                    f"convnet reads" if varints >= 0 else
+                    f"{file}: more than {_VARINT_BYTES:,} bytes of integers in all (dims, "
+                    f"integer tensors, attributes' ints), more than convnet reads")
+            if inner in (None, _VARINTS) or begin is None:
                 continue
             nested = graphs
             if inner == "graph":

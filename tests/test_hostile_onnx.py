@@ -487,6 +487,20 @@ def test_names_that_are_not_text(tmp_path, base):
     path = tmp_path / "utf8.onnx"
     path.write_bytes(flipped)
     refused(path, "is not UTF-8 text")
+    # a node's metadata, where torch's exporter writes the module's name scopes (it had
+    # reached a regular expression as bytes: a TypeError naming neither file nor node)
+    conv = helper.make_node("Conv", ["input", "w"], ["output"], name="node_Conv_0",
+                            kernel_shape=[3, 3])
+    prop = conv.metadata_props.add()
+    prop.key, prop.value = "pkg.torch.onnx.name_scopes", "['', 'c\u00e9']"
+    graph = helper.make_graph(
+        [conv], "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString().replace("c\u00e9".encode(), b"c\xff\xfe"))
+    refused(path, "node #0's metadata", "is not UTF-8 text")
 
 
 # -- bombs and deep or long graphs -----------------------------------------------------------

@@ -504,6 +504,8 @@ def _check_text(graph, file):
         named += [(f"{where}'s input", name) for name in node.input]
         named += [(f"{where}'s output", name) for name in node.output]
         named += [(f"{where}'s attribute name", attr.name) for attr in node.attribute]
+        named += [(f"{where}'s metadata", text) for prop in node.metadata_props
+                  for text in (prop.key, prop.value)]      # torch's module name scopes
     _refuse_bytes(named, file)
     named = []
     for label, tensor in _graph_tensors(graph):

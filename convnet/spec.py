@@ -155,7 +155,9 @@ def check_open_input(spec, input_shape, architecture=None):
         path, suffix = path.with_suffix(".json"), ".json"
     if input_shape is None or suffix in (".onnx", *WEIGHTS):   # weights: --model's size
         return input_shape
-    if suffix == ".json" and _exists(path):
+    if suffix == ".json" and not _exists(path):     # for the loader to say it is missing
+        return input_shape
+    if suffix == ".json":
         from convnet.io.weights import _read_json
         if _read_json(path).get("input_shape") is None:
             return input_shape

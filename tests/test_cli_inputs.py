@@ -1381,6 +1381,32 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     bare = save_model(Sequential(Conv2d(1, 2, 3), Flatten(), Linear(72, 3)), tmp_path / "b")
     assert json.loads(bare.read_text())["input_shape"] is None
     assert main(["convert", str(bare), str(tmp_path / "b.onnx"), "--input", "1x8x8"]) == 0
+    capsys.readouterr()
+    for command in (["predict", str(tmp_path / "gone.json"), "x.png"],
+                    ["convert", str(tmp_path / "gone.json"), str(tmp_path / "g.onnx")]):
+        assert main([*command, "--input", "1x8x8"]) == 1     # had said "records its own"
+        assert "gone.json: no such model file" in capsys.readouterr().err
+
+
+def test_the_weights_half_of_a_model_file_is_the_file_its_json_reads(tmp_path, capsys):
+    """m.safetensors beside an m.json whose "weights" names another file had been read
+    as that other file's model: the weights given were never read."""
+    from convnet.io import save_model
+    from convnet.models import from_notation
+    path = save_model(from_notation(SMALL, rng=np.random.default_rng(0)), tmp_path / "m")
+    other = from_notation(SMALL, rng=np.random.default_rng(1))
+    save_tensors(other.state_dict(), tmp_path / "b.safetensors")
+    document = json.loads(path.read_text())
+    document["weights"] = "b.safetensors"
+    path.write_text(json.dumps(document))
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "o.json")]) == 1
+    assert ("m.safetensors: the model file beside it, m.json, reads its weights from "
+            "b.safetensors, not this file") in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "o.json"),
+                 "--model", SMALL]) == 0          # these weights, with the architecture
+    written = load_tensors(tmp_path / "o.safetensors")[0]
+    kept = load_tensors(tmp_path / "m.safetensors")[0]
+    assert all(np.array_equal(written[k], kept[k]) for k in kept)
 
 
 def test_a_fraction_the_data_does_not_use_is_said(tmp_path, capsys):

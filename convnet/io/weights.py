@@ -320,6 +320,12 @@ def load_model(path):
                          "gives them) in the file")
     input_shape = _input_shape(document.get("input_shape"), where)
     weights_path = _weights_path(document.get("weights", default_weights.name), json_path)
+    if Path(path).suffix.lower() == ".safetensors" and (
+            os.path.realpath(path) != os.path.realpath(weights_path)):
+        raise ValueError(f"{path}: the model file beside it, {json_path.name}, reads its "
+                         f"weights from {weights_path.name}, not this file: give "
+                         f"{json_path.name} for that model, or this file with --model "
+                         f"ARCH for these weights")
     channels = input_shape[0] if input_shape is not None and len(input_shape) == 3 else None
     info = check_info(document.get("info", {}), where, channels=channels)
     declared = _declared(weights_path)                   # the header, read once

@@ -289,6 +289,14 @@ def test_input_shape_required_and_opset_checked(tmp_path):
         export_onnx(model, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, tmp_path / "m.onnx", (1, 4, 4), opset=9)
+    newest = onnx.defs.onnx_opset_version()     # (onnx's own error had named neither)
+    with pytest.raises(ValueError, match=f"opset must be an int from 13 to {newest}"):
+        export_onnx(model, tmp_path / "m.onnx", (1, 4, 4), opset=newest + 1)
+    for shape in ((1.5, 4, 4), "1x4x4", 16, (True, 4, 4), ()):   # 1.5 had become 1
+        with pytest.raises(ValueError, match="input_shape must be positive int sizes"):
+            export_onnx(model, tmp_path / "m.onnx", shape)
+    assert not (tmp_path / "m.onnx").exists()
+    export_onnx(model, tmp_path / "m.onnx", [1, np.int64(4), 4])
 
 
 @pytest.mark.parametrize("include", [True, False])

@@ -4,7 +4,7 @@ The model is walked layer by layer from its per-sample input shape (C, H, W); ea
 becomes one ONNX node (or a few), each container its children's nodes plus the joins:
 
     Conv2d -> Conv (padding_mode reflect, replicate, circular: Pad (mode reflect, edge,
-              wrap: opset 19 on) and an unpadded Conv, which load_onnx does not read back)
+              wrap: opset 19 on) and an unpadded Conv, which load_onnx reads back)
                                 MaxPool2d -> MaxPool       AvgPool2d -> AveragePool
     LocallyConnected2d -> Conv (one-hot filters: im2col) + Reshape, Transpose, MatMul, Add
                           (load_onnx does not read this subgraph back)
@@ -31,8 +31,9 @@ AdaptiveAvgPool2d (AveragePool, kernel = stride, for an output size that divides
 input; else rows @ (x @ cols.T), two MatMuls with its averaging matrices, as it computes);
 a dilated ceil-mode MaxPool2d whose last window hangs F or more past the input is
 MaxPool with ceil_mode=1 (runtimes refuse pads >= F), or a Pad of -inf and MaxPool where
-ONNX's ceil mode gives other sizes; AvgPool2d with a divisor_override is a zero Pad,
-AveragePool and Mul by FH*FW / divisor (load_onnx does not read this one back).
+ONNX's ceil mode gives other sizes (load_onnx does not read that Pad back); AvgPool2d
+with a divisor_override is a zero Pad, AveragePool and Mul by FH*FW / divisor (load_onnx
+does not read this one back).
 
 >>> from convnet.zoo import lenet5
 >>> export_onnx(lenet5(), "lenet5.onnx")                      # doctest: +SKIP
@@ -103,12 +104,17 @@ def export_onnx(model, path, input_shape=None, opset=17, info=None):
         if input_shape is None:
             raise ValueError(f"{where}: input_shape is required (per-sample (C, H, W)) for a "
                              "model without an input_shape attribute, got None")
+    if not isinstance(input_shape, (tuple, list)) or not input_shape or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+            for s in input_shape):
+        raise ValueError(f"{where}: input_shape must be positive int sizes such as "
+                         f"(C, H, W), got {input_shape!r:.80}")
     shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"{where}: input_shape must be positive sizes such as (C, H, W), got "
-                         f"{tuple(input_shape)}")
-    if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
-        raise ValueError(f"{where}: opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not MIN_OPSET <= opset <= (
+            newest):
+        raise ValueError(f"{where}: opset must be an int from {MIN_OPSET} to {newest} (the "
+                         f"installed onnx's newest), got {opset!r}")
 
     graph = _Graph(onnx, opset)
     out, out_shape = graph.layer(model, "input", shape)

@@ -349,6 +349,19 @@ def test_batch_norm_over_one_value_a_channel_is_refused_before_training(tmp_path
               log=lambda *a: None)
 
 
+def test_training_without_safetensors_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """Without the train extra's safetensors, a run had trained a whole epoch and then
+    failed at its first checkpoint, writing nothing."""
+    from convnet.train import loop
+    monkeypatch.setitem(sys.modules, "safetensors", None)     # import fails
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    monkeypatch.setattr(loop, "load_dataset", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(ImportError, match=r"pip install 'convnet\[train\]'"):
+        train(TrainConfig(data="digits", model=SMALL, epochs=1, out=str(tmp_path / "r")),
+              log=lambda *a: None)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_train_config_takes_lists_for_its_tuples():
     """freeze=["features"] had been refused as "must be a list of stage names"."""
     config = TrainConfig(init_from="m.json", freeze=["features"], image_size=[8, 8]).check()

@@ -71,7 +71,9 @@ def widen(bits, dtype):
     return _e4m3_values()[bits]
 
 
-def _safetensors():
+def safetensors_module():
+    """safetensors.numpy, or an ImportError that says how to install it: every weights
+    file convnet writes (a model's, a checkpoint) is a .safetensors file."""
     try:
         import safetensors.numpy
     except ImportError:
@@ -158,7 +160,7 @@ def save_tensors(tensors, path, metadata=None):
     """Save a dict of arrays as a safetensors file (atomically); metadata is str -> str."""
     # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d)
     arrays = {key: np.require(value, requirements="C") for key, value in tensors.items()}
-    atomic_write(path, _safetensors().save(arrays, metadata=metadata))
+    atomic_write(path, safetensors_module().save(arrays, metadata=metadata))
 
 
 def load_tensors(path):
@@ -238,7 +240,7 @@ def _read_bits(path, declared):
 def _read(path, what):
     """what(f) for the open safetensors file f; the library's errors become a ValueError
     that names the file."""
-    _safetensors()
+    safetensors_module()
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="numpy") as f:

@@ -69,7 +69,7 @@ from convnet.functional.conv import Algorithm, use_algorithm
 from convnet.functional.loss import softmax_cross_entropy
 from convnet.functional.threads import THREADS
 from convnet.io.onnx_import import OpenInputError
-from convnet.io.weights import atomic_write, json_text, save_model
+from convnet.io.weights import atomic_write, json_text, safetensors_module, save_model
 from convnet.layers.base import MultilineError
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Linear
@@ -977,6 +977,7 @@ def train(cfg: TrainConfig, resume=False, log=print, progress=True, overwrite=Fa
     if resume and overwrite:
         raise ValueError("resume=True continues the earlier run and overwrite=True replaces "
                          "it: pass one of them")
+    safetensors_module()     # before the data is read: the first checkpoint needs it
     with contextlib.ExitStack() as stack:
         result = _train(cfg, resume, log, progress, overwrite, comm, stack, then is not None)
         if then is not None and (comm if comm is not None else from_environment()).is_root:

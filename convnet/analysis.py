@@ -227,8 +227,8 @@ class Summary:
     def to_text(self, inference=False):
         """The table for a terminal (about 140 columns at most), then totals, memory, advice.
         Its algorithm column is what each CONV runs in training at this batch size, or
-        with ``inference=True`` at inference (where the choice can differ: Winograd runs
-        only there)."""
+        with ``inference=True`` at inference (where the choice can differ: the auto choice
+        takes Winograd only there)."""
         header = ("layer", "type", "infer alg." if inference else "train alg.",
                   "output (WxHxD)", "params", "mult-adds", "RF HxW (jump)", "activations")
         star = " *" if self.frozen_params else ""     # its own place: digits stay aligned

@@ -545,8 +545,8 @@ def build_parser():
                    help="memory budget such as 4GB or 512MB: report the largest batch that fits")
     p.add_argument("--inference", action="store_true",
                    help="show the convolution algorithm each CONV layer runs at inference "
-                        "on a batch of --batch (default: in training; Winograd runs only "
-                        "at inference). The JSON has both")
+                        "on a batch of --batch (default: in training; the auto choice "
+                        "takes Winograd only at inference). The JSON has both")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 

@@ -22,7 +22,8 @@ Both (b) and (c) see the digits normalized with their own training statistics; t
 differences are the starting CONV weights and the freezing. (b) and (c) are repeated for
 ``--seeds`` seeds (data order, classifier and scratch weights); the pretraining runs once,
 with seed 0. The step budget is where the gap shows: with more steps, training from
-scratch catches up on a task this easy (see the README's "Results").
+scratch catches up on a task this easy (the default ``convnet train`` reaches 97-99% on
+the digits from random weights in 25 epochs).
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def parse_args(argv=None):
                    help="skip (a): fine-tune this saved 28x28x1 model instead")
     p.add_argument("--pretrain-epochs", type=int, default=1)
     p.add_argument("--pretrain-limit", type=int, metavar="N",
-                   help="pretrain on the first N Fashion-MNIST images only")
+                   help="pretrain on N Fashion-MNIST images only (drawn at random, seeded)")
     p.add_argument("--data-root", metavar="DIR", help="where Fashion-MNIST's files are")
     p.add_argument("--limit", type=int, metavar="N",
-                   help="use the first N digits training images only (default all 1,438)")
+                   help="use N digits training images only, drawn at random, seeded "
+                        "(default all 1,438)")
     p.add_argument("--freeze", nargs="+", default=list(FEATURES), metavar="STAGE",
                    help=f"stages frozen while the classifier trains (default "
                         f"{' '.join(FEATURES)}: the CONV and BN layers)")

@@ -299,6 +299,28 @@ def test_fashion_mnist_real_files(fashion):
         assert header.gzipped and header.dims[0] in (60000, 10000)
 
 
+def test_fashion_mnists_files_in_a_folder_of_any_name_are_fashion_mnist(tmp_path, fashion):
+    """The published files, gzipped or not, in a folder not named for them: they had been
+    read as MNIST's (classes "0".."9", MNIST's net and recipe)."""
+    import gzip
+    import shutil
+
+    from convnet.data.idx import holds_fashion_mnist
+    for name in FASHION_DIR.iterdir():
+        shutil.copy(name, tmp_path / name.name)
+        with gzip.open(name) as f:
+            (tmp_path / "plain").mkdir(exist_ok=True)
+            (tmp_path / "plain" / name.name.removesuffix(".gz")).write_bytes(f.read())
+    for folder in (tmp_path, tmp_path / "plain"):
+        splits = load_dataset(folder)
+        assert splits.kind == "fashion-mnist" and splits.classes == list(FASHION_MNIST_CLASSES)
+        assert len(splits.test[1]) == 10_000
+    mnist_like = tmp_path / "other"
+    make_idx_dir(mnist_like, np.random.default_rng(3), n=(20, 10), hw=(4, 4))
+    assert not holds_fashion_mnist(mnist_like)
+    assert load_dataset(mnist_like).kind == "mnist"
+
+
 def test_fashion_mnist_search_order(tmp_path, monkeypatch, fashion):
     env = tmp_path / "env"
     make_idx_dir(env / "fashion-mnist", np.random.default_rng(2), n=(5, 2), hw=(3, 3))

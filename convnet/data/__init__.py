@@ -37,6 +37,7 @@ from convnet.data.idx import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
     find_idx_dir,
+    holds_fashion_mnist,
     load_fashion_mnist,
     load_idx_dataset,
     load_idx_splits,
@@ -141,8 +142,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         name_or_path: "digits" (embedded, no files needed), "fashion-mnist", "mnist",
             "cifar10", "cifar100" (its 100 fine classes), "cifar100-coarse" (its 20
             superclasses), or a directory. A directory is recognized as, in order: the
-            four standard IDX files (plain or .gz; Fashion-MNIST's classes in a folder
-            whose name says fashion, else classes "0".."9", or up to the largest label);
+            four standard IDX files (plain or .gz; Fashion-MNIST's classes for its
+            published files, or in a folder whose name says fashion; else classes
+            "0".."9", or up to the largest label);
             CIFAR-10 or CIFAR-100 files in either published form, there or in the
             extracted sub-folder; an image folder: root/<class>/<image>, or
             root/train/<class> and root/test/<class> (and root/val/<class>) for given
@@ -376,7 +378,7 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
     if found is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
         named = found.parent if found.name.lower() in ("raw", "processed") else found
-        if "fashion" in named.name.lower():
+        if "fashion" in named.name.lower() or holds_fashion_mnist(found):
             return _splits({**load_idx_splits(found), "classes": list(FASHION_MNIST_CLASSES)},
                            named.name, kind="fashion-mnist")
         # IDX files name no classes: MNIST's digits, or as many labels as the files use

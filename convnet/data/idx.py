@@ -19,6 +19,7 @@ reach 1000 to 1, so a 3.5 MB file could otherwise inflate to 3.5 GB before it fa
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -54,6 +55,24 @@ FASHION_MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
+
+# The test labels' bytes, uncompressed (10,008): what tells Fashion-MNIST's files from
+# MNIST's in a folder of any name, gzipped or not.
+FASHION_MNIST_TEST_LABELS_SHA256 = (
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34")
+
+
+def holds_fashion_mnist(directory):
+    """Whether the IDX files in ``directory`` are Fashion-MNIST's: its test labels file
+    (plain or .gz) holds exactly the published bytes."""
+    path = find_file(directory, IDX_SPLITS["test"][1])
+    if path is None:
+        return False
+    f, _, _ = _open(path)
+    with f:
+        data = _read(f, 10_009, path)
+    return len(data) == 10_008 and hashlib.sha256(data).hexdigest() == (
+        FASHION_MNIST_TEST_LABELS_SHA256)
 
 
 class IdxHeader(NamedTuple):

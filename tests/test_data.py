@@ -955,6 +955,32 @@ def test_cifar_pickle_build_twice_and_deep_nesting(tmp_path):
             read_cifar_pickle(path)
 
 
+def test_the_data_apis_check_their_arguments():
+    """read_idx's kind had raised a bare StopIteration; load_dataset's test_fraction 1.5
+    had been named as train_val_split's val_fraction; Normalize took NaN statistics (every
+    output NaN); a signed 16-bit image was told to be saved as 16 bits."""
+    from PIL import Image
+
+    from convnet.data.folder import _eight_bit
+    from convnet.data.transforms import Normalize
+    with pytest.raises(ValueError, match="read_idx: kind must be None or one of 'images', "
+                                         "'labels', got 'image'"):
+        read_idx("any", kind="image")
+    for fraction in (1.5, 0, -0.1, True, "0.1", None):
+        with pytest.raises(ValueError, match=r"load_dataset: test_fraction must be a number "
+                                             r"in \(0, 1\)"):
+            load_dataset("digits", test_fraction=fraction)
+    for mean, std in (([0.5], [np.nan]), ([np.inf], [1.0]), ([0.5], [0.0])):
+        with pytest.raises(ValueError, match="of finite numbers with std > 0"):
+            Normalize(mean, std)
+    signed = Image.fromarray(np.array([[-5, 3], [7, 9]], np.int32))
+    with pytest.raises(ValueError, match=r"s.tif: I image with signed values \(a signed-"
+                                         r"integer image\), which convnet does not read "
+                                         r"\(-5..9 in rows 0..1\); save it as unsigned 8 or "
+                                         r"16 bits"):
+        _eight_bit(Image, signed, "s.tif")
+
+
 def test_cifar_labels_as_arrays_and_huge_ints(tmp_path):
     d = tmp_path / "cifar-10-batches-py"
     write_cifar(d, 10, "python", np.random.default_rng(12))
@@ -1079,7 +1105,12 @@ def test_cifar_malformed_files(tmp_path, form):
         return
     cases = {
         "labels_short": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]},
-                         r"'labels' must be 3 integers \(one per image\), got list of length 2"),
+                         r"'labels' must be 3 integers \(one per image: a list of ints or an "
+                         r"integer array\), got list of length 2"),
+        "labels_tuple": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": (0, 1, 2)},
+                         r"a list of ints or an integer array\), got tuple of length 3$"),
+        "labels_bool": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, True, 2]},
+                        r"got list of length 3: item 1 is bool$"),
         "label_range": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 12, 1]},
                         r"labels 12 at record 1 is out of range \[0, 10\)"),
         "negative": ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, -1, 1]},

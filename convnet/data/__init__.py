@@ -204,6 +204,11 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                          f"are ({', '.join(DATASETS[1:])}); {name_or_path!r} has none: "
                          + ("the digits are embedded" if key == "digits" else
                             "a folder is read where it is"))
+    if isinstance(test_fraction, bool) or not isinstance(
+            test_fraction, (int, float, np.integer, np.floating)) or not (
+            0 < test_fraction < 1):
+        raise ValueError(f"load_dataset: test_fraction must be a number in (0, 1), got "
+                         f"{test_fraction!r:.40}")
     check_classes = check_classes or (lambda classes: None)
     if key in DATASETS and Path(str(name_or_path)).is_dir() and not _searched(key, root,
                                                                            name_or_path):

@@ -394,8 +394,12 @@ def _labels(batch, key, path, count, num_classes):
         except OverflowError:       # a label past int64: out of range in any case
             y = None
     if y is None or y.shape != (count,):
-        raise ValueError(f"{path}: '{key}' must be {count} integers (one per image), got "
-                         f"{_describe(raw)}")
+        odd = (next((f"item {i} is {type(v).__name__}" for i, v in enumerate(raw)
+                     if type(v) is not int), None) if type(raw) is list else
+               None)
+        raise ValueError(f"{path}: '{key}' must be {count} integers (one per image: a list "
+                         f"of ints or an integer array), got {_describe(raw)}"
+                         + (f": {odd}" if odd and y is None else ""))
     return _check_range(y.astype(np.int64), path, key, num_classes)
 
 

@@ -310,9 +310,11 @@ def _eight_bit(Image, im, path):
     for i in range(0, height, rows):
         part = np.asarray(im.crop((0, i, width, min(height, i + rows))))
         if part.size and (part.min() < 0 or part.max() > 65535):
-            raise ValueError(f"{path}: {im.mode} image with values outside 0..65535 "
-                             f"({part.min()}..{part.max()} in rows {i}..{i + len(part) - 1});"
-                             f" save it as 8 or 16 bits")
+            kind = ("signed values (a signed-integer image), which convnet does not read"
+                    if part.min() < 0 else "values outside 0..65535")
+            raise ValueError(f"{path}: {im.mode} image with {kind} ({part.min()}.."
+                             f"{part.max()} in rows {i}..{i + len(part) - 1}); save it as "
+                             f"unsigned 8 or 16 bits")
         gray[i:i + rows] = (part.astype(np.uint32) * 255 + 32767) // 65535
         if clear is not None:
             out[i:i + rows, :, 1] = np.where(part == clear, 0, 255)

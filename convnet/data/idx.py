@@ -175,6 +175,9 @@ def read_idx(path, kind=None):
     >>> read_idx("train-labels-idx1-ubyte.gz").shape            # doctest: +SKIP
     (60000,)
     """
+    if kind not in (None, *IDX_KINDS.values()):
+        raise ValueError(f"read_idx: kind must be None or one of "
+                         f"{', '.join(map(repr, IDX_KINDS.values()))}, got {kind!r:.80}")
     path = Path(path)
     stream, gzipped, size = _open(path)
     with stream as f:

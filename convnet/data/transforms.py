@@ -67,9 +67,12 @@ class Normalize:
         if mean is not None:
             self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)   # (C,)
             self.std = np.asarray(std, dtype=np.float64).reshape(-1)     # (C,)
-            if self.mean.shape != self.std.shape or np.any(self.std <= 0):
+            if self.mean.shape != self.std.shape or not (
+                    np.all(self.std > 0) and np.isfinite(self.mean).all()
+                    and np.isfinite(self.std).all()):
                 raise ValueError(f"Normalize: mean and std must be per-channel sequences of "
-                                 f"one length with std > 0, got mean {mean!r}, std {std!r}")
+                                 f"one length of finite numbers with std > 0, got mean "
+                                 f"{mean!r:.80}, std {std!r:.80}")
 
     def fit(self, x):
         """Set and return (mean, std), each (C,) float64, from a float NCHW batch x."""

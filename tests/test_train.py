@@ -370,6 +370,25 @@ def test_a_train_config_takes_lists_for_its_tuples():
         TrainConfig(freeze=[1]).check()
 
 
+def test_a_val_fraction_too_small_for_every_class_says_how_it_rounds(tmp_path):
+    """30 classes of 4 images: 0.125 of each is 0.5, which rounds to 0, so no image was
+    held out, and the message did not say why 12.5% of 120 gave none."""
+    from tests.test_data import save_image
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 4), ("test", 1)):
+        for k in range(30):
+            for i in range(count):
+                save_image(tmp_path / "many" / split / f"c{k:02d}" / f"{i}.png",
+                           rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    with pytest.raises(ValueError, match=re.escape(
+            "120 training images leave no validation images at val_fraction 0.125 (each "
+            "class holds out round(val_fraction x its images), 0.5 rounding to 0: above "
+            "0.125 the largest class, of 4, gives up one); raise it or add images")):
+        train(TrainConfig(data=str(tmp_path / "many"), model="INPUT 6x6x1 -> FC 30",
+                          epochs=1, val_fraction=0.125, out=str(tmp_path / "r")),
+              log=lambda *a: None)
+
+
 def test_the_default_shift_is_an_eighth_of_each_side():
     """The default shift had been H/8 on both axes: on 4-pixel-wide images, 8 pixels
     left half the crops blank (and --translate 8 is refused there); a 1-pixel-high image

@@ -319,8 +319,13 @@ def prepare(splits, val_fraction, limit, seed, dtype):
         (x_train, y_train), (x_val, y_val) = train_val_split(
             x, y, val_fraction, np.random.default_rng([seed, 1 << 20]))
     if len(y_val) == 0:
+        most = int(np.bincount(y).max()) if len(y) else 0
+        rule = (f" (each class holds out round(val_fraction x its images), 0.5 rounding to "
+                f"0: above {0.5 / most:g} the largest class, of {most}, gives up one)"
+                if most else "")
         raise ValueError(f"{splits.name}: {len(y)} training images leave no validation "
-                         f"images at val_fraction {val_fraction}; raise it or add images")
+                         f"images at val_fraction {val_fraction}{rule}; raise it or add "
+                         f"images")
     if len(y_train) == 0:
         raise ValueError(f"{splits.name}: {len(y)} training images at val_fraction "
                          f"{val_fraction} are all held out for validation, none left to "

@@ -955,6 +955,30 @@ def test_cifar_pickle_build_twice_and_deep_nesting(tmp_path):
             read_cifar_pickle(path)
 
 
+def test_images_beside_the_class_folders_are_named_as_not_read(tmp_path):
+    """Images loose in the data folder (or in train/ of a split layout) had been dropped
+    without a word."""
+    rng = np.random.default_rng(24)
+    for root in ("one", "split/train", "split/test"):
+        for cls in ("a", "b"):
+            for i in range(5):
+                save_image(tmp_path / root / cls / f"{i}.png",
+                           rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    for name in ("z.png", "y.png", "x.png", "w.jpg"):
+        save_image(tmp_path / "one" / name, rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    save_image(tmp_path / "split" / "train" / "stray.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "one" / "notes.txt").write_text("not an image")
+    (tmp_path / "one" / ".DS_Store").write_text("")
+    notes = load_dataset(tmp_path / "one", test_fraction=0.2).notes
+    assert f"4 image file(s) in {tmp_path / 'one'}, beside its class folders, have no class " \
+           f"and are not read ('w.jpg', 'x.png', 'y.png', ...): move them into a class " \
+           f"folder" in notes, notes
+    notes = load_dataset(tmp_path / "split").notes
+    assert [n for n in notes if "beside its class folders" in n] == [
+        f"1 image file(s) in {tmp_path / 'split' / 'train'}, beside its class folders, have "
+        f"no class and are not read ('stray.png'): move them into a class folder"]
+
+
 def test_the_data_apis_check_their_arguments():
     """read_idx's kind had raised a bare StopIteration; load_dataset's test_fraction 1.5
     had been named as train_val_split's val_fraction; Normalize took NaN statistics (every

@@ -28,6 +28,7 @@ from convnet.data.folder import (
     check_each_file_once,
     decode_files,
     load_image_folder,
+    loose_images,
     nfc,
     read_headers,
     scan_image_folder,
@@ -451,7 +452,11 @@ def _load_folders(path, parts, image_size, channels, check_classes, hold_out=Non
     starts = np.cumsum([0] + [len(files) for files, _ in scans.values()])
     train = list(scans).index("train")
     train_headers = headers[starts[train]: starts[train + 1]]
-    notes = [f"{count} of the {len(headers)} images {what}" for count, what in (
+    notes = [f"{len(loose):,} image file(s) in {folder}, beside its class folders, have no "
+             f"class and are not read ({', '.join(map(repr, loose[:3]))}"
+             f"{', ...' if len(loose) > 3 else ''}): move them into a class folder"
+             for folder, loose in ((f, loose_images(f)) for f in parts.values()) if loose]
+    notes += [f"{count} of the {len(headers)} images {what}" for count, what in (
         (sum(h.orientation != 1 for h in headers),
          "are turned or flipped as their EXIF orientation says (as a photo viewer shows "
          "them)"),

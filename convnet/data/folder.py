@@ -154,6 +154,15 @@ def _image_extensions():
     return {ext for ext, kind in Image.registered_extensions().items() if kind in formats}
 
 
+def loose_images(root):
+    """The names of the image files (by Pillow's extensions) that lie in ``root`` itself,
+    beside its class folders, sorted: images with no class, which are not read."""
+    images = _image_extensions()
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if not skipped(e.name) and not e.is_dir()
+                      and os.path.splitext(e.name)[1].lower() in images)
+
+
 def scan_image_folder(root):
     """root/<class>/<file> -> ([(path, class index)], class names), in class then name order.
 

@@ -2450,8 +2450,13 @@ def test_eval_checks_the_class_count_before_resizing_or_decoding(tmp_path, monke
         evaluation_data(model, str(tmp_path), where="the model")
     two = from_notation("INPUT 4x4x1 -> FC 2")
     two.info = {"classes": ["x", "y"]}
-    with pytest.raises(ValueError, match=r"trained on the classes \['x', 'y'\] but "):
+    with pytest.raises(ValueError, match=r"class folders \['c0', 'c1'\] are not among the "
+                                         r"classes \['x', 'y'\]"):
         evaluation_data(two, str(tmp_path))
+    ten = from_notation("INPUT 64x64x1 -> POOL F64 -> FC 10")
+    ten.info = {"classes": list("abcdefghij")}
+    with pytest.raises(ValueError, match=r"trained on the classes \['a', 'b', "):
+        evaluation_data(ten, "digits")
 
 
 def test_a_light_background_is_named_where_training_backgrounds_were_dark():

@@ -106,11 +106,40 @@ def test_train_val_and_test_sub_folders_are_used_as_given(tmp_path, capsys):
     assert result.model.input_shape == (3, 12, 12)
 
 
+def test_eval_takes_a_folder_of_some_of_the_models_classes(tmp_path, capsys):
+    """New photos of two of a model's three classes had been refused ("3 outputs but
+    2 classes"; one class: "a classifier needs at least 2"); a test/ folder lacking one
+    of the training classes had been refused too."""
+    make_folder(tmp_path / "d" / "train", per_class=8, sizes=((12, 12),),
+                classes=("cat", "dog", "fox"))
+    make_folder(tmp_path / "d" / "test", per_class=3, sizes=((12, 12),),
+                classes=("cat", "fox"))
+    result = train(TrainConfig(data=str(tmp_path / "d"), epochs=1, batch_size=8,
+                               out=str(tmp_path / "r")), log=lambda *a: None, progress=False)
+    assert result.test_acc is not None
+    make_folder(tmp_path / "new", per_class=4, sizes=((12, 12),), classes=("dog", "cat"))
+    make_folder(tmp_path / "one", per_class=4, sizes=((12, 12),), classes=("fox",))
+    model = str(tmp_path / "r" / "model.json")
+    for folder, count in (("new", 8), ("one", 4)):
+        assert main(["eval", model, "--data", str(tmp_path / folder), "--all-images",
+                     "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["classes"] == ["cat", "dog", "fox"] and shown["images"] == count
+        matrix = np.array(shown["confusion"])
+        assert matrix.sum() == count and matrix[[0, 1, 2]].sum(axis=1).tolist() == (
+            [4, 4, 0] if folder == "new" else [0, 0, 4])
+    make_folder(tmp_path / "odd", per_class=2, sizes=((12, 12),), classes=("cat", "owl"))
+    assert main(["eval", model, "--data", str(tmp_path / "odd"), "--all-images"]) == 1
+    assert "class folders ['owl'] are not among the classes ['cat', 'dog', 'fox']" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "empty: class folder holds no image files"),
     ("unreadable", "notes.txt: unreadable image"),
     ("one class", "only one class folder ('horizontal'); a classifier needs at least 2"),
-    ("classes differ", "class folders ['horizontal', 'x'] differ from the training classes"),
+    ("classes differ", "class folders ['x'] are not among the classes ['horizontal', "
+                       "'vertical']"),
     ("too few", "too few to hold out 10% of each class"),
     ("float image", "32-bit float images are not supported"),
     ("integer image", "32-bit integer images are not supported"),

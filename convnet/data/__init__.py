@@ -31,6 +31,7 @@ from convnet.data.folder import (
     loose_images,
     nfc,
     read_headers,
+    relabeled,
     scan_image_folder,
     skipped,
 )
@@ -136,7 +137,7 @@ def _searched(key, root, folder):
 
 def load_dataset(name_or_path, root=None, download=False, image_size=None, channels=None,
                  seed=0, test_fraction=0.1, check_classes=None, test_only=False,
-                 all_images=False):
+                 all_images=False, classes=None):
     """Load a data set by name, or recognize what a directory holds.
 
     Args:
@@ -162,6 +163,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         seed, test_fraction: an image folder without train/ and test/ sub-folders is
             split here: test_fraction of each class's images (stratified), drawn with
             ``seed``, become the test set.
+        classes: the class names to label an image folder's images by (a trained
+            model's, in its order): each class folder must be one of them, and a folder
+            may hold only some (new photos of two of a model's ten classes); the data's
+            classes are then these. None: the folder's own class folders, sorted.
         check_classes: called with the list of class names as soon as it is known,
             before any image is resized or converted (an image folder's, before any is
             decoded); it raises to refuse the data set.
@@ -238,7 +243,7 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
                              f"{path.absolute()} is there, and it is not one of "
                              f"{', '.join(DATASETS)}")
         splits = _load_directory(path, image_size, channels, seed, test_fraction,
-                                 check_classes, test_only, all_images)
+                                 check_classes, test_only, all_images, classes)
     check_classes(list(splits.classes))
     if all_images:      # before the splits are resized or converted
         parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
@@ -379,7 +384,7 @@ def _check_layout(path, splits):
 
 
 def _load_directory(path, image_size, channels, seed, test_fraction, check_classes,
-                    test_only=False, all_images=False):
+                    test_only=False, all_images=False, classes=None):
     found = find_idx_dir([path, path / "raw"])   # torchvision's FashionMNIST/ holds raw/
     if found is not None:
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
@@ -419,10 +424,11 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
                              f"then drawn from them)")
         parts = {split: subdirs[names[0]] for split, names in by_split.items()}
         return _load_folders(path, parts, image_size, channels, check_classes,
-                             test_only=test_only and not all_images, joined=all_images)
+                             test_only=test_only and not all_images, joined=all_images,
+                             known=classes)
     splits = _load_folders(path, {"train": path}, image_size, channels, check_classes,
                            hold_out=None if all_images else (test_fraction, seed),
-                           test_only=test_only and not all_images)
+                           test_only=test_only and not all_images, known=classes)
     unlabeled = [name for split in ("val", "test") for name in by_split.get(split, [])]
     if unlabeled:      # a class by its images; said, in case they are unlabeled ones
         splits.notes.append(
@@ -433,15 +439,20 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
 
 
 def _load_folders(path, parts, image_size, channels, check_classes, hold_out=None,
-                  test_only=False, joined=False):
+                  test_only=False, joined=False, known=None):
     """Image folders {split: folder} -> DataSplits, one size and one channel mode for all.
     hold_out=(test_fraction, seed): parts is {"train": path}, and the test split is drawn
     from it (_draw_test) before anything is decoded. test_only: decode only the test
     images; train and val come back empty. joined: the splits are to be joined
-    (all_images), so no note says which test images copy training ones."""
+    (all_images), so no note says which test images copy training ones. known: the
+    class names to label by (load_dataset's classes), of which each split's class
+    folders must be some."""
     scans = {split: scan_image_folder(folder) for split, folder in parts.items()}
+    if known is not None:
+        scans = {split: relabeled(scan, known, parts[split]) for split, scan in
+                 scans.items()}
     classes = scans["train"][1]
-    if len(classes) < 2:
+    if len(classes) < 2 and known is None:
         raise ValueError(f"{parts['train']}: only one class folder ({classes[0]!r}); a "
                          f"classifier needs at least 2, one sub-folder per class")
     check_classes(list(classes))
@@ -599,8 +610,11 @@ def _draw_test(y, classes, path, test_fraction, seed, notes):
     gets what was done."""
     (kept, _), (held, y_test) = train_val_split(
         np.arange(len(y)), y, test_fraction, np.random.default_rng([seed, 1 << 22]))
-    if len(y_test) == 0 or np.bincount(y[kept], minlength=len(classes)).min() == 0:
-        raise ValueError(f"{path}: {len(y)} images in {len(classes)} classes are too "
+    kept_counts = np.bincount(y[kept], minlength=len(classes))[np.unique(y)]
+    if len(y_test) == 0 or kept_counts.min(initial=1) == 0:
+        present = len(np.unique(y))
+        raise ValueError(f"{path}: {len(y)} images in {present} class"
+                         f"{'es' if present != 1 else ''} are too "
                          f"few to hold out {test_fraction:.0%} of each class for testing; "
                          f"add images, or give train/ and test/ sub-folders")
     notes.append(f"split {path} ({len(y):,} images): {len(y_test):,} held out for "

@@ -163,6 +163,19 @@ def loose_images(root):
                       and os.path.splitext(e.name)[1].lower() in images)
 
 
+def relabeled(scan, classes, folder):
+    """An image folder's scan ([(path, class index)], names) with each image labelled by
+    its folder's place in ``classes`` (compared in Unicode's composed form), and
+    ``classes`` as its names; a class folder that is not one of them is an error."""
+    files, names = scan
+    index = {nfc(name): k for k, name in enumerate(classes)}
+    unknown = [name for name in names if nfc(name) not in index]
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown!r:.200} are not among the "
+                         f"classes {list(classes)!r:.300}")
+    return [(path, index[nfc(names[k])]) for path, k in files], list(classes)
+
+
 def scan_image_folder(root):
     """root/<class>/<file> -> ([(path, class index)], class names), in class then name order.
 
@@ -419,13 +432,8 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
     _pillow()                      # a missing extra is said before the folder is read
     files, names = scan_image_folder(root)
     check_each_file_once(path for path, _ in files)
-    if classes is not None:        # the training classes, in their order
-        index = {nfc(name): k for k, name in enumerate(classes)}
-        if sorted(index) != sorted(nfc(n) for n in names) or len(index) != len(names):
-            raise ValueError(f"{root}: class folders {names} differ from the training "
-                             f"classes {list(classes)}")
-        files = [(path, index[nfc(names[k])]) for path, k in files]
-        names = list(classes)
+    if classes is not None:        # the training classes, in their order (some may lack)
+        files, names = relabeled((files, names), classes, root)
     y = np.array([k for _, k in files], dtype=np.int64)
     return decode_files([path for path, _ in files], size, grayscale, root), y, names
 

@@ -77,8 +77,10 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False,
     folder without test/ is split as training split it (its recorded seed and fraction).
     Of an image folder only the test images are decoded (so no note says which are
     copies of training images), except for a model without a record (weights alone): it
-    is normalized with the data's own training statistics. notes says what was done; a
-    class list that differs from the model's is an error.
+    is normalized with the data's own training statistics. notes says what was done. An
+    image folder's images are labelled by the class names the model records, of which
+    its class folders may be some (new photos of two of ten classes); another class
+    list that differs from the model's is an error.
 
     all_images=True: every image of the data instead, not split (load_dataset's
     all_images), for a folder of images the model never trained on; a model without a
@@ -107,7 +109,7 @@ def evaluation_data(model, data, root=None, where="the model", all_images=False,
                           seed=info.get("split_seed", 0),
                           test_fraction=info.get("test_fraction", 0.1),
                           check_classes=check_classes, test_only=stats,
-                          all_images=all_images)
+                          all_images=all_images, classes=info.get("classes"))
     if not all_images:
         check_drawn_split(info.get("split_files"), splits, data, where, hint=changed_hint)
     notes = list(splits.notes)

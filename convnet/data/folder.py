@@ -418,7 +418,8 @@ def load_image_folder(root, size=None, grayscale=False, classes=None):
             None keeps the original size, which then must be the same for all images.
         grayscale: decode to one channel (Pillow mode "L") instead of RGB.
         classes: the class names expected (e.g. the training folder's, for a test
-            folder): the folders must be exactly these.
+            folder), in their order: each class folder must be one of them (a folder
+            may lack some), and the labels index them.
 
     Returns (x uint8 (N, C, H, W) with C = 3 or 1, y int64 (N,), class_names). Images come
     in class order, then file-name order. The decoded array is capped at

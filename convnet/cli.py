@@ -200,6 +200,10 @@ def _model(args, **kwargs):
 
 
 def _trained(args, model):
+    if not model.trained and (getattr(model, "info", None) or {}).get("trained") is False:
+        raise ValueError(f"{args.model}: {args.command} needs trained weights, and this file "
+                         f"records fresh ones (convert wrote it from a zoo name or "
+                         f"notation): train the net first (convnet train --model ...)")
     if not model.trained:
         raise ValueError(f"{args.model}: {args.command} needs trained weights: a saved model "
                          f"(.json), an ONNX file, or weights (.pt, .safetensors) with --model; "

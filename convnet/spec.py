@@ -138,7 +138,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                 raise ValueError(f"{spec:.200}: it takes {'x'.join(map(str, own))} (C x H x "
                                  f"W), and --input {size} does not fit it: {err}") from None
         model.input_shape = tuple(input_shape)
-    model.trained = trained
+    # a file convert wrote from a zoo name or notation records that its weights are fresh
+    model.trained = trained and (getattr(model, "info", None) or {}).get("trained", True)
     return model
 
 

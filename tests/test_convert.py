@@ -238,3 +238,30 @@ def test_the_kept_record_note_comes_from_what_the_model_records(tmp_path, src_ki
     assert len(notes) == 1
     if out.endswith(".safetensors"):
         assert "convnet.info" not in load_tensors(tmp_path / f"bare-{out}")[1]
+
+
+@pytest.mark.parametrize("out", ["u.json", "u.onnx", "u.safetensors"])
+def test_a_zoo_net_or_notation_converted_keeps_saying_its_weights_are_fresh(tmp_path, capsys,
+                                                                          out):
+    """convert of notation wrote a model file that every command then took as trained:
+    report's badge said "Trained weights", eval and predict scored random weights."""
+    from convnet.report.build import build_report
+    from convnet.spec import resolve_model
+    net = "INPUT 8x8x1 -> CONV 4 -> GAP -> FC 3"
+    assert main(["convert", net, str(tmp_path / out)]) == 0
+    assert "holds fresh random weights (from INPUT 8x8x1" in capsys.readouterr().err
+    model = str(tmp_path / out)
+    args = ["--model", net] if out.endswith(".safetensors") else []
+    assert resolve_model(model, architecture=args[1] if args else None).trained is False
+    if not args:     # a model file (or ONNX) is its own architecture
+        assert main(["eval", model, "--data", "digits"]) == 1
+        assert "needs trained weights, and this file records fresh ones" in \
+            capsys.readouterr().err
+        page = build_report(resolve_model(model), source=model)
+        assert 'data-trained="false">Untrained: random initial weights' in page
+    with pytest.raises(ValueError, match="info.trained must be true or false"):
+        from convnet.data.preprocess import check_info
+        check_info({"trained": "no"}, "m.json")
+    assert main(["convert", "lenet5", str(tmp_path / "l.json")]) == 0
+    assert resolve_model(str(tmp_path / "l.json")).trained is False
+    assert resolve_model(str(tmp_path / "l.json")).info == {"trained": False}

@@ -105,6 +105,9 @@ def check_info(info, where, channels=None):
         if not (isinstance(info["optimizer"], str) and info["optimizer"] in OPTIMIZERS):
             raise ValueError(f"{where}: info.optimizer must be one of "
                              f"{', '.join(OPTIMIZERS)}, got {info['optimizer']!r:.80}")
+    if "trained" in info and not isinstance(info["trained"], bool):
+        raise ValueError(f"{where}: info.trained must be true or false (false: the weights "
+                         f"are fresh, not trained), got {info['trained']!r:.80}")
     if "label_smoothing" in info and not (_finite(info["label_smoothing"])
                                           and 0 <= info["label_smoothing"] < 1):
         raise ValueError(f"{where}: info.label_smoothing must be a number in [0, 1), got "

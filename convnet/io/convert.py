@@ -74,6 +74,11 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
         check_new_file(target, overwrite, "choose another OUT")
     net = read_any(src, model, num_classes, input_shape)
     info = getattr(net, "info", None) or {}
+    if getattr(net, "trained", True) is False:   # a zoo name's or notation's fresh weights
+        info = {**info, "trained": False}
+        if log is not None:
+            log(f"{dst} holds fresh random weights (from {src}), and records so: eval, "
+                f"predict and report say it is untrained, and train --from refuses it")
     if suffix == ".json":
         return save_model(net, dst, **info)
     if suffix == ".safetensors":
@@ -82,7 +87,7 @@ def convert(src, dst, model=None, num_classes=None, overwrite=False, input_shape
     else:
         from convnet.io.onnx_export import export_onnx
         export_onnx(net, dst, info=info)
-    if info and log is not None:
+    if set(info) - {"trained"} and log is not None:
         log(f"{dst} keeps the preprocessing and class names that {src} records in its "
             f"metadata ({INFO_KEY}), where convnet's eval and predict read them; another "
             f"program must normalize its input as they say")

@@ -299,7 +299,10 @@ def _status(name, model, result, info, notes):
         detail = f"loaded from {name}"
     elif trained is False:
         css, badge = "untrained", "Untrained: random initial weights"
-        detail = (f"{name} is a zoo name or arrow notation, built fresh: nothing in the "
+        detail = (f"{name} records fresh weights (convert wrote it from a zoo name or "
+                  f"arrow notation): nothing in the filters, activations or accuracy below "
+                  f"was learned" if info.get("trained") is False else
+                  f"{name} is a zoo name or arrow notation, built fresh: nothing in the "
                   f"filters, activations or accuracy below was learned")
     else:
         css, badge = "unknown", "Weights of unknown origin"

@@ -435,6 +435,24 @@ def test_a_diverged_run_keeps_its_curves(pages, tmp_path, capsys, write):
     assert "training curves skipped" not in capsys.readouterr().err
 
 
+def test_a_damaged_history_file_gives_the_checkpoints_curves(pages, tmp_path, capsys):
+    """A damaged history.json had skipped the curves the checkpoint beside it keeps, and
+    the page then said the run "holds no training history"."""
+    run = tmp_path / "run"
+    shutil.copytree(pages / "run", run)
+    (run / "history.json").write_text('[{"epoch":')
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert 'id="curves"' in text and "holds no training history" not in text
+    assert "history.json: not JSON" in text and "the training curves are the checkpoint" \
+        in text
+    (run / "checkpoint.safetensors").unlink()          # nothing else to draw them from
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "s.html")]) == 0
+    text = (tmp_path / "s.html").read_text()
+    assert 'id="curves"' not in text and "training curves skipped" in text
+    assert f"{run}: its training history could not be read (see the notes above)" in text
+
+
 def test_weights_of_unknown_origin_are_not_called_random(pages, tmp_path):
     """A model handed over in Python (no ``trained`` flag) gets no "random weights" note
     beside its accuracy; an untrained zoo model does."""

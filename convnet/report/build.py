@@ -208,6 +208,7 @@ def _read_run(run_dir, note):
     except (ValueError, OSError) as err:
         note(f"training settings skipped: {err}")
     path = Path(run_dir) / "history.json"
+    damaged = None
     try:
         if path.is_file():
             limits.check_count(path.stat().st_size, "MAX_JSON_BYTES", "bytes", path)
@@ -217,10 +218,19 @@ def _read_run(run_dir, note):
             except (ValueError, RecursionError) as err:
                 raise ValueError(f"{path}: not JSON ({err})") from None
             run["history"] = _history(history, path)
-        elif (run["state"] or {}).get("history"):
-            run["history"] = _history(run["state"]["history"], f"{run_dir}: checkpoint")
     except (ValueError, OSError) as err:
-        note(f"training curves skipped: {err}")
+        damaged = err
+    if run["history"] is None and (run["state"] or {}).get("history"):
+        try:       # the checkpoint keeps the history too, as of its epoch
+            run["history"] = _history(run["state"]["history"], f"{run_dir}: checkpoint")
+            if damaged is not None:
+                note(f"{damaged}: the training curves are the checkpoint's record of them")
+                damaged = None
+        except ValueError as err:
+            damaged = damaged or err
+    if damaged is not None:
+        note(f"training curves skipped: {damaged}")
+        run["unreadable"] = True
     return run
 
 
@@ -475,7 +485,9 @@ def _training(run, info, name, num_classes):
                      f'in a run directory of <code>convnet train</code> (history.json, '
                      f'checkpoint.safetensors).</p>')
     elif run["dir"] is not None and not history:
-        parts.insert(0, f'<p class="note">{esc(run["dir"])} holds no training history.</p>')
+        said = (": its training history could not be read (see the notes above)"
+                if run.get("unreadable") else " holds no training history")
+        parts.insert(0, f'<p class="note">{esc(run["dir"])}{esc(said)}.</p>')
     where = f" ({run['dir']})" if run["dir"] is not None else ""
     return section("training", f"Training{where}", "".join(parts))
 

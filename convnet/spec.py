@@ -115,6 +115,10 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"{Path(spec) / 'model.json'}"
                          + (f" (or {Path(spec) / 'best.json'}, the best by validation)"
                             if _exists(Path(spec) / "best.json") else ""))
+    elif Path(spec).is_dir() and (_exists(Path(spec) / "best.json")
+                                  or _exists(Path(spec) / "checkpoint.safetensors")):
+        raise ValueError(f"{spec}: a training run's folder without its final model (a run "
+                         f"that stopped early?): {_run_models(Path(spec))}")
     elif _exists(spec):
         raise ValueError(f"{spec}: unknown model format; expected a convnet model (.json), "
                          f"an ONNX file (.onnx), or weights (.pt, .pth, .safetensors) with "
@@ -202,11 +206,17 @@ def _not_a_checkpoint(path):
     from convnet.train.checkpoint import KEY
     _check_header(path)
     if KEY in _read(path, lambda f: f.metadata() or {}):
-        run = Path(path).parent
         raise ValueError(f"{path}: a training run's checkpoint, not a model's weights: "
-                         f"give the run's model ({run / 'model.json'}, or "
-                         f"{run / 'best.json'}), or continue the run with convnet train "
-                         f"--resume --out {run}")
+                         f"{_run_models(Path(path).parent)}")
+
+
+def _run_models(run):
+    """What to give instead of a run's folder or checkpoint: the model files it has (its
+    final model.json, its best.json), and how to continue the run."""
+    models = [str(run / name) for name in ("model.json", "best.json") if _exists(run / name)]
+    given = (f"give the run's model, {' or '.join(models)}, or " if models else
+             "it has no model file yet; ")
+    return f"{given}continue the run with convnet train --resume --out {run}"
 
 
 def _read_weights(path, with_info=False):

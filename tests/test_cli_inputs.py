@@ -343,7 +343,27 @@ def test_a_checkpoint_given_as_weights_says_what_to_give(tmp_path, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert f"{ckpt}: a training run's checkpoint, not a model's weights: give the run's " \
-               f"model ({out / 'model.json'}" in err, err
+               f"model, {out / 'model.json'} or {out / 'best.json'}, or continue" in err, err
+    # a run that stopped early: only the files it has are named (it had named model.json)
+    for name in ("model.json", "model.safetensors", "history.json"):
+        (out / name).unlink()
+    for spec, says in ((ckpt, f"{ckpt}: a training run's checkpoint, not a model's "
+                              f"weights: give the run's model, {out / 'best.json'}, or "),
+                       (str(out), f"{out}: a training run's folder without its final model "
+                                  f"(a run that stopped early?): give the run's model, "
+                                  f"{out / 'best.json'}, or continue the run with convnet "
+                                  f"train --resume --out {out}"),
+                       (str(out / "model.json"), f"{out / 'model.json'}: no such model file "
+                                                 f"(the run stopped before writing it? "
+                                                 f"{out / 'best.json'} is the best model it "
+                                                 f"kept)")):
+        assert main(["summary", spec]) == 1
+        assert says in capsys.readouterr().err
+    for name in ("best.json", "best.safetensors"):
+        (out / name).unlink()
+    assert main(["summary", str(out)]) == 1
+    assert "it has no model file yet; continue the run with convnet train --resume" in \
+        capsys.readouterr().err
 
 
 def test_a_run_that_fails_its_checks_leaves_no_directory(tmp_path, capsys):

@@ -443,7 +443,10 @@ def _read_json(json_path):
     UTF-8 JSON, at most MAX_JSON_VALUES values, nested no deeper than Python's recursion
     allows; else a ValueError."""
     if not is_file(json_path):
-        raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}")
+        best = Path(json_path).with_name("best.json")
+        hint = (f" (the run stopped before writing it? {best} is the best model it kept)"
+                if Path(json_path).name == "model.json" and is_file(best) else "")
+        raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}{hint}")
     cap = limits.MAX_JSON_BYTES
     with open(json_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size

@@ -505,6 +505,33 @@ def test_many_classes_make_a_picture_not_a_table_of_k_squared_cells():
     assert '<table class="confusion" id="confusion">' in small
 
 
+def test_the_pointer_over_the_confusion_picture_names_the_cells_classes(browser, tmp_path):
+    """Above 100 classes the picture had no labels: no cell could be traced to its
+    classes. The pointer names them (the names as text, not HTML)."""
+    from selenium.webdriver import ActionChains
+
+    from convnet.report import build
+    from convnet.report.page import document
+    k = 150
+    confusion = np.diag(np.full(k, 3))
+    classes = [f"<b>c{i}</b>" for i in range(k)]
+    result = {"accuracy": 1.0, "loss": 0.1, "confusion": confusion}
+    page = tmp_path / "c.html"
+    page.write_text(document("c", build._evaluation_section((result, classes, []), "d",
+                                                            True)))
+    open_page(browser, page)
+    img = browser.find_element("id", "confusion")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", img)
+    width, height = img.size["width"], img.size["height"]
+    for row, col in ((3, 140), (77, 77)):       # offsets from the centre, to mid-cell
+        ActionChains(browser).move_to_element_with_offset(
+            img, int((col + 0.5) / k * width - width / 2),
+            int((row + 0.5) / k * height - height / 2)).perform()
+        caption = browser.find_element("id", "confusion-cell").text
+        assert caption == f"true <b>c{row}</b>, predicted <b>c{col}</b>", caption
+    assert not browser.find_elements("css selector", "#confusion-cell b")
+
+
 def test_long_class_names_wrap_instead_of_widening_the_page(browser, pages, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(pages / "run", run)

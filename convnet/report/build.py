@@ -607,7 +607,9 @@ def _confusion_picture(confusion, classes):
     index = np.where(confusion > 0, np.round(shares * 254), BACKGROUND).astype(np.uint8)
     picture = (f'<div class="scroll"><img class="px" id="confusion" '     # a pixel a cell
                f'src="{png_uri(index, indexed=True)}" width="{_scaled(k, max(600, k), 4)}"'
-               f' alt="confusion matrix of {k} classes"></div>')
+               f' alt="confusion matrix of {k} classes" data-caption="confusion-cell" '
+               f'data-classes="{esc(json.dumps([str(c) for c in classes]))}"></div>'
+               f'<p class="note" id="confusion-cell" aria-live="polite"></p>')
     off = confusion.copy()
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:MAX_PAIRS]
@@ -623,8 +625,9 @@ def _confusion_picture(confusion, classes):
               '<p class="note">No image is confused with another class.</p>')
     return (f'<p class="note">{k} classes, one pixel a cell (or more): white where no '
             f'image went, else the share of the row from dark (a few) to yellow (all); '
-            f'the diagonal holds the correct ones. The most confused pairs follow the '
-            f'picture.</p>{picture}{listed}')
+            f'the diagonal holds the correct ones; the pointer over a cell names its true '
+            f'and predicted classes. The most confused pairs follow the picture.</p>'
+            f'{picture}{listed}')
 
 
 def _evaluation_section(found, data, trained, all_images=False):

@@ -94,6 +94,18 @@ document.querySelectorAll("img.grid").forEach(function (img) {
   });
   img.addEventListener("mouseleave", function () { caption.textContent = ""; });
 });
+document.querySelectorAll("img#confusion").forEach(function (img) {
+  var caption = document.getElementById(img.dataset.caption);
+  var names = JSON.parse(img.dataset.classes);
+  img.addEventListener("mousemove", function (event) {
+    var k = names.length;
+    var col = Math.floor(event.offsetX / img.clientWidth * k);
+    var row = Math.floor(event.offsetY / img.clientHeight * k);
+    caption.textContent = (row >= 0 && row < k && col >= 0 && col < k) ?
+      "true " + names[row] + ", predicted " + names[col] : "";
+  });
+  img.addEventListener("mouseleave", function () { caption.textContent = ""; });
+});
 """
 
 

@@ -340,9 +340,9 @@ def test_a_damaged_run_record_is_a_note_and_the_page_is_still_written(
     (run / "history.json").write_text("[1, 2")
     assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html")]) == 0
     err = capsys.readouterr().err
-    assert "training curves skipped" in err and "history.json: not JSON" in err
+    assert "history.json: not JSON" in err and "the checkpoint's record of them" in err
     page = (tmp_path / "r.html").read_text()
-    assert 'id="settings"' in page and 'id="curves"' not in page   # the settings remain
+    assert 'id="settings"' in page and 'id="curves"' in page   # the checkpoint's curves
     (run / "history.json").unlink()               # the checkpoint's history stands in
     (run / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
     assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "r.html"),

@@ -946,8 +946,10 @@ def _stop(args, err, text):
     """Say ``text`` once: under mpiexec as ``rank R: convnet CMD: text`` while every rank
     is ended (a rank left in a collective would wait forever; a Ctrl-C too), else as
     ``convnet CMD: text``."""
-    from convnet.train.distributed import abort_if_parallel
+    from convnet.train.distributed import abort_if_parallel, launch_rank, launch_size
     abort_if_parallel(err, f"convnet {args.command}: {text}")   # returns if not parallel
+    if launch_size() not in (0, 1) and launch_rank() not in (0, None):
+        return     # MPI could not start (so nothing ended the others): rank 0 says it
     print(f"convnet {args.command}: {text}", file=sys.stderr)
 
 

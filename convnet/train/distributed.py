@@ -332,7 +332,7 @@ def from_environment():
     No MPI launch detected (see launch_size), or a launch of one process: the plain
     Communicator, without importing mpi4py. An MPI launch of more than one process:
     MPICommunicator over COMM_WORLD (ImportError naming the ``mpi`` extra when mpi4py is
-    missing; RuntimeError when MPI counts other processes than the launcher started, the
+    missing; ValueError when MPI counts other processes than the launcher started, the
     sign of an mpi4py on another MPI library). A PMIx launch that does not say its size
     imports mpi4py to ask.
     """
@@ -352,11 +352,12 @@ def from_environment():
             f"'convnet[mpi]' (mpi4py and the MPICH runtime), or run without mpiexec"
         ) from None
     if size and MPI.COMM_WORLD.Get_size() != size:   # each process would train alone
-        raise RuntimeError(
+        library = " ".join(MPI.Get_library_version().splitlines()[0].split())
+        raise ValueError(
             f"the MPI launcher started {size} processes but MPI sees "
             f"{MPI.COMM_WORLD.Get_size()}: mpi4py is using another MPI library "
-            f"({MPI.Get_library_version().splitlines()[0].strip()}) than the launcher's "
-            f"mpiexec; use the mpiexec of that library (docs/distributed.md)")
+            f"({library}) than the launcher's mpiexec; use the mpiexec of that library "
+            f"(docs/distributed.md)")
     _WORLD = MPICommunicator() if MPI.COMM_WORLD.Get_size() > 1 else Communicator()
     return _WORLD
 

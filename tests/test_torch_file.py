@@ -128,7 +128,8 @@ def test_views_and_shared_storage(tmp_path):
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
           torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.bool,
-          torch.complex64, torch.complex128]
+          torch.complex64, torch.complex128, torch.float8_e4m3fn, torch.float8_e5m2]
+WIDENED = (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)   # NumPy has none
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -147,7 +148,7 @@ def test_dtypes(tmp_path, dtype):
         t = torch.from_numpy(rng.integers(low, 100, size=(3, 5))).to(dtype)
     tensors = {"t": t, "transposed": t.t(), "scalar": t[1, 2]}
     loaded = load_torch(save(tensors, tmp_path / "dtype.pt"))
-    if dtype == torch.bfloat16:     # no NumPy bfloat16: widened exactly to float32
+    if dtype in WIDENED:     # widened exactly to float32 (float8 had been refused)
         tensors = {key: value.float() for key, value in tensors.items()}
     assert_same(loaded, tensors)
 

@@ -34,8 +34,9 @@ The zip is checked before any member is read: stored or deflated members only, n
 declaring more bytes than the archive holds, all of them together at most
 ``limits.MAX_COMPRESSION`` times the archive's size (a zip bomb), data.pkl at most
 ``limits.MAX_JSON_BYTES``. Members are read in chunks, never past their declared size.
-bfloat16 (no NumPy dtype) becomes float32: its 16 bits are the top half of a float32, so
-widening is a shift by 16 and exact.
+bfloat16 and float8 (e4m3fn, e5m2), which NumPy has no type for, become float32, exactly
+(bfloat16's 16 bits are the top half of a float32: a shift by 16), as .safetensors files'
+are read.
 
 >>> tensors = load_torch("resnet18.pth")          # doctest: +SKIP
 >>> tensors["conv1.weight"].shape, tensors["conv1.weight"].dtype       # doctest: +SKIP
@@ -55,7 +56,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convnet import limits
-from convnet.io.weights import is_file, not_a_file
+from convnet.io.weights import is_file, not_a_file, widen
 from convnet.safe_pickle import Global, Inert, Refused, check_pickle, show
 
 __all__ = ["load_torch"]
@@ -71,7 +72,11 @@ RAW_DTYPES = {
     "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1",
     "uint64": "<u8", "uint32": "<u4", "uint16": "<u2", "uint8": "u1", "bool": "u1",
     "complex128": "<c16", "complex64": "<c8",
+    "float8_e4m3fn": "u1", "float8_e5m2": "u1",
 }
+# Read as their bits and made float32, exactly (weights.widen): torch dtype -> its
+# safetensors name.
+WIDENED = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 # The legacy typed-storage classes torch.save names for each dtype.
 STORAGE_TYPES = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
@@ -391,8 +396,8 @@ def _check_members(infos, size):
 
 def _to_numpy(view, dtype):
     """Raw strided view -> contiguous native array of the final dtype (always a copy)."""
-    if dtype == "bfloat16":             # bfloat16 bits are the high half of a float32
-        return (view.astype(np.uint32, order="C") << 16).view(np.float32)
+    if dtype in WIDENED:                # bfloat16's, float8's bits: float32, exactly
+        return np.array(widen(view, WIDENED[dtype]), order="C")   # (a 0-d one stays 0-d)
     if dtype == "bool":                 # any nonzero byte is True
         return view.astype(bool, order="C")
     return view.astype(view.dtype.newbyteorder("="), order="C")
@@ -456,8 +461,8 @@ def _state_dict(obj, most):
 
 
 def _out_itemsize(dtype):
-    """Bytes per element of the array we return (bfloat16 becomes float32)."""
-    return 4 if dtype == "bfloat16" else np.dtype(RAW_DTYPES[dtype]).itemsize
+    """Bytes per element of the array we return (bfloat16 and float8 become float32)."""
+    return 4 if dtype in WIDENED else np.dtype(RAW_DTYPES[dtype]).itemsize
 
 
 def _check_sizes(tensors, max_bytes):
@@ -557,7 +562,7 @@ def load_torch(path, max_bytes=MAX_BYTES) -> dict[str, np.ndarray]:
         tensor in the nested containers, keyed by its path ("encoder.0.weight",
         "optimizer.state.0.exp_avg"); ints, floats and strings are skipped. Arrays are
         contiguous copies in the tensor's dtype (int64 0-d for ``num_batches_tracked``),
-        except bfloat16, which becomes float32 exactly.
+        except bfloat16 and float8, which become float32 exactly.
 
     Raises:
         ValueError naming the file: a global other than tensors and their containers

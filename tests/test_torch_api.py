@@ -709,3 +709,33 @@ def test_a_bad_or_fixed_hyperparameter_assigned_to_a_made_layer_is_refused():
         pool.padding = 2
     with pytest.raises(ValueError, match="LPPool2d takes no padding"):
         LPPool2d(2, 2).padding = 1
+    from convnet.layers import AvgPool2d
+    with pytest.raises(ValueError, match="AvgPool2d takes no dilation"):  # (size had moved)
+        AvgPool2d(2).dilation = 2
+    # pads of four numbers are not a padding (they had crashed forward, or saved as "same")
+    with pytest.raises(ValueError, match="padding must be a non-negative int or a pair"):
+        Conv2d(1, 1, 3, padding=(2, 2, 0, 0))
+    with pytest.raises(ValueError, match="padding must be a non-negative int or a pair"):
+        conv.padding = (0, 0, 1, 1)
+    # "same" is worked out again for a new dilation, and refused at stride 2, as PyTorch
+    even = Conv2d(1, 2, 2, padding="same")
+    even.dilation = 3
+    assert even.output_shape((1, 8, 8)) == (2, 8, 8)
+    assert from_config(even.get_config()).output_shape((1, 8, 8)) == (2, 8, 8)
+    with pytest.raises(ValueError, match="padding='same' keeps the size only at stride 1"):
+        Conv2d(3, 4, 4, padding="same").stride = 2
+    # a change between forward and backward drops the forward's cache (the backward pass
+    # had mixed the two: an input gradient of the padded size)
+    reflect = Conv2d(1, 2, 3, padding=1, padding_mode="reflect")
+    out = reflect.forward(np.zeros((1, 1, 8, 8), np.float32))
+    reflect.padding_mode = "zeros"
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        reflect.backward(np.ones_like(out))
+    # an array for a bias the layer was made without is refused (it had been ignored)
+    bare = Conv2d(1, 2, 3, bias=False)
+    with pytest.raises(AttributeError, match="made without bias, and an array assigned "
+                                             "would not be used: make it with bias=True"):
+        bare.bias = np.ones(2, np.float32)
+    with pytest.raises(AttributeError, match="make it with affine=True"):
+        BatchNorm2d(2, affine=False).weight = np.ones(2, np.float32)
+    assert bare.bias is None and list(bare.state_dict()) == ["weight"]

@@ -112,6 +112,11 @@ class Layer:
                                  for store in ("params", "buffers")):
             raise AttributeError(f"{self.where}: {name} is the layer's own array: change it "
                                  f"in place ({name}[...] = values) or with load_state_dict")
+        if name in type(self).optional_arrays and value is not None and "params" in d:
+            option = ("track_running_stats=True" if name.startswith(("running", "num_"))
+                      else "affine=True" if hasattr(self, "affine") else f"{name}=True")
+            raise AttributeError(f"{self.where}: the layer was made without {name}, and an "
+                                 f"array assigned would not be used: make it with {option}")
         object.__setattr__(self, name, value)
 
     def infer(self, x):

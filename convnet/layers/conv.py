@@ -110,21 +110,27 @@ class Conv2d(Layer):
         if "weight" not in self.__dict__.get("params", {}):       # still being made
             return super().__setattr__(name, value)
         if name in self.GEOMETRY:
-            now = {"stride": self.stride, "padding": self.pads, "dilation": self.dilation,
-                   "padding_mode": self.padding_mode, name: value}
+            # padding="same" is worked out again for a new stride or dilation (as PyTorch
+            # does at each call); other padding is kept as it is, pads and all
+            now = {"stride": self.stride, "dilation": self.dilation,
+                   "padding_mode": self.padding_mode,
+                   "padding": "same" if self._same else None, name: value}
             return self._set_geometry(now["stride"], now["padding"], now["dilation"],
-                                      now["padding_mode"])
+                                      now["padding_mode"], kept=self.pads)
         if name in ("kernel_size", "groups", "in_channels", "out_channels", "pads"):
             raise AttributeError(f"{self.where}: {name} is fixed when the layer is made "
                                  f"(by its weight's shape {self.weight.shape}); make a new "
                                  f"Conv2d and copy the weights it can take")
         super().__setattr__(name, value)
 
-    def _set_geometry(self, stride, padding, dilation, padding_mode, algorithm_check=True):
+    def _set_geometry(self, stride, padding, dilation, padding_mode, algorithm_check=True,
+                      kept=None):
         """Check and set stride, dilation, padding_mode and padding (an int, a pair,
-        "valid", "same", or (top, left, bottom, right)), and what the convolution pads
-        itself (zeros, evenly) and what is padded before it (pad2d_forward: the uneven
-        rest of "same", or every pad of another mode). Nothing is set unless all fit."""
+        "valid" or "same"; None: ``kept``, the (top, left, bottom, right) pads the layer
+        has), and what the convolution pads itself (zeros, evenly) and what is padded
+        before it (pad2d_forward: the uneven rest of "same", or every pad of another
+        mode). Nothing is set unless all fit; a change drops the last forward's cache
+        (a backward pass would mix the two geometries)."""
         where = type(self).__name__
         stride = window_pair(stride, "stride", where)
         dilation = window_pair(dilation, "dilation", where)
@@ -132,7 +138,10 @@ class Conv2d(Layer):
             raise ValueError(f"{where}: padding_mode must be one of "
                              f"{', '.join(map(repr, P.MODES))}, got {padding_mode!r:.80}")
         end = None                       # (bottom, right) where they differ from padding
-        if isinstance(padding, str) and padding == "valid":
+        same = isinstance(padding, str) and padding == "same"
+        if padding is None and kept is not None:     # as it is (another one assigned)
+            padding, end = kept[:2], kept[2:]
+        elif isinstance(padding, str) and padding == "valid":
             padding = 0
         elif isinstance(padding, str) and padding == "same":
             total = [d * (k - 1) for k, d in zip(self.kernel_size, dilation)]
@@ -149,8 +158,6 @@ class Conv2d(Layer):
         elif isinstance(padding, str):
             raise ValueError(f"{where}: padding must be a non-negative int, a pair of them, "
                              f"'valid' or 'same', got {padding!r:.80}")
-        elif isinstance(padding, tuple) and len(padding) == 4:    # pads, as they were
-            padding, end = padding[:2], padding[2:]
         padding = window_pair(padding, "padding", where, allow_zero=True)
         pads = (*padding, *(end or padding))                        # top, left, bottom, right
         top, left, bottom, right = pads
@@ -168,7 +175,8 @@ class Conv2d(Layer):
                             ("padding_mode", padding_mode), ("padding", padding),
                             ("pads", pads), ("_conv_padding", conv_padding),
                             ("_pre_pads", pre_pads if any(pre_pads) else None),
-                            ("_fold", None), ("_pad_cache", None), ("_workspace", None)):
+                            ("_same", same), ("_fold", None), ("_pad_cache", None),
+                            ("_workspace", None), ("cache", None)):
             set_(self, name, value)
 
     def _cannot_run(self, reason, stride=None, dilation=None):

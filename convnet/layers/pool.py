@@ -30,6 +30,7 @@ class _Pool2d(Layer):
     """Shared hyperparameters of the sliding-window pools: F, S, P, dilation, ceil, fit."""
 
     takes_padding = True     # up to F/2, as PyTorch's pools
+    takes_dilation = False   # MaxPool2d's alone, as in PyTorch
 
     def __init__(self, kernel_size, stride, padding, dilation, ceil_mode, fit):
         super().__init__()
@@ -57,8 +58,8 @@ class _Pool2d(Layer):
             value = window_pair(value, name, where, allow_zero=name == "padding")
             kernel = value if name == "kernel_size" else self.kernel_size
             padding = value if name == "padding" else self.padding
-            if (not self.takes_padding and name == "padding" and value != (0, 0)) or (
-                    name == "dilation" and value != (1, 1) and not self.takes_padding):
+            if (name == "padding" and value != (0, 0) and not self.takes_padding) or (
+                    name == "dilation" and value != (1, 1) and not self.takes_dilation):
                 raise ValueError(f"{where} takes no {name}, as in PyTorch")
             if any(2 * p > k for p, k in zip(padding, kernel)):
                 raise ValueError(f"{where}: padding must be at most half the kernel size "
@@ -132,6 +133,8 @@ class MaxPool2d(_Pool2d):
     >>> pool.output_shape((64, 224, 224))
     (64, 112, 112)
     """
+
+    takes_dilation = True
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *,
                  return_indices=False, ceil_mode=False, fit="exact"):

@@ -321,6 +321,23 @@ def test_fashion_mnists_files_in_a_folder_of_any_name_are_fashion_mnist(tmp_path
     assert load_dataset(mnist_like).kind == "mnist"
 
 
+def test_idx_files_take_the_class_names_a_model_records(tmp_path, fashion):
+    """A model trained on Fashion-MNIST's files in a folder of another name before they
+    were known by their bytes records the classes "0".."9": eval on that folder had been
+    refused ("trained on the classes ['0', ...] but ... has ['T-shirt/top', ...]")."""
+    from convnet.models import from_notation
+    from convnet.train.inference import evaluation_data
+    for name in FASHION_DIR.iterdir():
+        (tmp_path / name.name).symlink_to(name)
+    model = from_notation("INPUT 28x28x1 -> POOL F28 -> FC 10")
+    model.info = {"classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.3]}
+    x, y, classes, _ = evaluation_data(model, str(tmp_path))
+    assert classes == model.info["classes"] and len(y) == 10_000
+    assert load_dataset(tmp_path).classes == list(FASHION_MNIST_CLASSES)   # its own names
+    assert load_dataset(tmp_path, classes=list("abcdefghij")).classes == list("abcdefghij")
+    assert load_dataset(tmp_path, classes=["a", "b"]).classes == list(FASHION_MNIST_CLASSES)
+
+
 def test_fashion_mnist_search_order(tmp_path, monkeypatch, fashion):
     env = tmp_path / "env"
     make_idx_dir(env / "fashion-mnist", np.random.default_rng(2), n=(5, 2), hw=(3, 3))

@@ -166,7 +166,9 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         classes: the class names to label an image folder's images by (a trained
             model's, in its order): each class folder must be one of them, and a folder
             may hold only some (new photos of two of a model's ten classes); the data's
-            classes are then these. None: the folder's own class folders, sorted.
+            classes are then these. IDX files, which name no classes, take them as the
+            names of their labels where there are as many. None: the folder's own class
+            folders, sorted; IDX files' names as above.
         check_classes: called with the list of class names as soon as it is known,
             before any image is resized or converted (an image folder's, before any is
             decoded); it raises to refuse the data set.
@@ -390,15 +392,19 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
         # torchvision keeps the files in FashionMNIST/raw/: the folder above names them
         named = found.parent if found.name.lower() in ("raw", "processed") else found
         if "fashion" in named.name.lower() or holds_fashion_mnist(found):
-            return _splits({**load_idx_splits(found), "classes": list(FASHION_MNIST_CLASSES)},
-                           named.name, kind="fashion-mnist")
-        # IDX files name no classes: MNIST's digits, or as many labels as the files use
-        # (EMNIST's letters: 26, labels are bytes).
-        splits = load_idx_splits(found, num_classes=256)
-        count = max(len(MNIST_CLASSES), 1 + max(int(y.max(initial=0)) for _, y in
-                                                  splits.values()))
-        return _splits({**splits, "classes": [str(i) for i in range(count)]}, named.name,
-                       kind="mnist" if count == len(MNIST_CLASSES) else None)
+            splits = _splits({**load_idx_splits(found),
+                              "classes": list(FASHION_MNIST_CLASSES)},
+                             named.name, kind="fashion-mnist")
+        else:   # IDX files name no classes: MNIST's digits, or as many labels as the
+            #     files use (EMNIST's letters: 26, labels are bytes)
+            data = load_idx_splits(found, num_classes=256)
+            count = max(len(MNIST_CLASSES), 1 + max(int(y.max(initial=0)) for _, y in
+                                                      data.values()))
+            splits = _splits({**data, "classes": [str(i) for i in range(count)]},
+                             named.name, kind="mnist" if count == len(MNIST_CLASSES) else None)
+        if classes is not None and len(classes) == len(splits.classes):
+            splits.classes = list(classes)    # the names given (a model's) for the labels
+        return splits
     if find_cifar(path, 10, required=False):
         return _splits(load_cifar10(path), path.name, kind="cifar10")
     if find_cifar(path, 100, required=False):

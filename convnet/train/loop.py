@@ -1053,6 +1053,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     if ckpt is not None:      # the test split drawn again: from the files it was drawn from
         recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
         check_drawn_split(recorded.get("split_files"), splits, cfg.data, "the run")
+        names = recorded.get("classes")
+        if splits.kind in ("mnist", "fashion-mnist") and names and len(names) == len(
+                splits.classes):      # IDX files name no classes: the run's names stay
+            splits.classes = list(names)
     if start_model is not None:
         _check_fine_tune_split(getattr(start_model, "info", None) or {}, splits, cfg)
     input_shape, num_classes = splits.input_shape, len(splits.classes)

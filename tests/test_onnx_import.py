@@ -1136,6 +1136,18 @@ def test_torchvisions_densenet_layout_is_read_as_dense_blocks(tmp_path):
     assert list(model.state_dict()) == list(net.state_dict())
 
 
+def test_an_untrained_densenets_shared_initializers_are_constants(tmp_path):
+    """With batch norm at its initial values, torch's exporter keeps one tensor of ones
+    and one of zeros and hands them on through Identity nodes: such a node's output was
+    taken for a second data input, and the DenseNet refused."""
+    from tests.torch_models import DenseNet
+    torch.manual_seed(7)
+    net = DenseNet(8, (2, 3), 16, 10, stem="cifar").eval()      # running stats as made
+    path = torch_export(net, tmp_path / "densenet.onnx", (3, 8, 8))
+    assert any(n.op_type == "Identity" for n in onnx.load(str(path)).graph.node)
+    compare_with_torch(net, load_onnx(path), (3, 8, 8))
+
+
 def test_torchvisions_densenet_layout_from_the_newer_exporter(tmp_path):
     """torch's newer (dynamo) exporter drops each block's one-input Concat(x0), so a block
     starts at Concat(x0, f1); it is read as a DenseBlock all the same. That exporter folds

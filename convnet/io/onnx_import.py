@@ -1021,13 +1021,25 @@ class _Importer:
         while start is not None and name != start and len(chain) < _MAX_LAYER_CHAIN:
             node = producer.get(name)
             data = [] if node is None else [
-                n for n in node.input if n and n not in self.inits
-                and getattr(producer.get(n), "op_type", None) != "Constant"]
+                n for n in node.input if n and not self._constant(producer, n)]
             if node is None or len(data) != 1:
                 return []
             chain.append(node)
             name = data[0]
         return chain if start is not None and name == start and chain else []
+
+    def _constant(self, producer, name):
+        """Whether tensor ``name`` is a constant: an initializer, a Constant node's, or
+        either through Identity nodes (torch's exporter shares equal initializers, batch
+        norm's ones and zeros, through Identity)."""
+        for _ in range(_MAX_LAYER_CHAIN):
+            if name in self.inits:
+                return True
+            node = producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return getattr(node, "op_type", None) == "Constant"
+            name = node.input[0]
+        return False
 
     # -- the wiring, the input, the live nodes -------------------------------------------------
     def _check_wiring(self):

@@ -238,6 +238,64 @@ def test_one_blas_thread_is_shared_by_nested_and_concurrent_holders():
     assert blas_threads() == before
 
 
+def test_a_hold_on_any_thread_sets_blas_and_the_last_to_end_puts_it_back():
+    """threadpoolctl lets only the first thread that set OpenBLAS's count set it again: a
+    model call on another thread had run BLAS on all its threads, and where two calls
+    overlapped, the one on another thread ending last left BLAS on one thread for good."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    before = blas_threads()
+    with threads.one_blas_thread():          # the main thread holds first
+        pass
+
+    def hold():
+        with threads.one_blas_thread():
+            return blas_threads()
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(hold).result() == [1] * len(before)
+    assert blas_threads() == before
+    entered, main_done = threading.Event(), threading.Event()
+
+    def late():
+        with threads.one_blas_thread():
+            entered.set()
+            main_done.wait(30)
+    other = threading.Thread(target=late)
+    with threads.one_blas_thread():          # main first; the other thread ends last
+        other.start()
+        entered.wait(30)
+    main_done.set()
+    other.join(30)
+    assert blas_threads() == before
+
+
+@pytest.mark.parametrize("case", ["fork", "atexit"])
+def test_a_forked_child_and_an_atexit_handler_can_call_a_model(case):
+    """A child forked after a model call had waited for good on the parent's pool
+    threads; a model called at interpreter shutdown had raised "cannot schedule new
+    futures after interpreter shutdown"."""
+    import subprocess
+    import sys
+    code = {"fork": (
+        "import os, numpy as np\n"
+        "from convnet.models import from_notation\n"
+        "m = from_notation('INPUT 32x32x16 -> CONV 16 -> RELU -> FC 4')\n"
+        "x = np.ones((8, 16, 32, 32), np.float32)\n"
+        "want = m.infer(x)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if np.array_equal(m.infer(x), want) else 3)\n"
+        "print(os.waitpid(pid, 0)[1])\n"), "atexit": (
+        "import atexit, numpy as np\n"
+        "from convnet.models import from_notation\n"
+        "m = from_notation('INPUT 32x32x16 -> CONV 16 -> RELU -> FC 4')\n"
+        "atexit.register(lambda: print(m.infer(np.ones((8, 16, 32, 32), np.float32)).shape))\n")}
+    done = subprocess.run([sys.executable, "-c", code[case]], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr
+    assert done.stdout.strip() == ("0" if case == "fork" else "(8, 4)")
+
+
 def test_a_model_call_holds_blas_once_for_all_its_layers(monkeypatch):
     """Containers' forward, backward and infer hold BLAS to one thread (holding_blas):
     every layer inside sees one BLAS thread, and after the call BLAS is as it was."""
@@ -304,7 +362,7 @@ def test_parts_run_with_the_callers_numpy_error_settings():
         threads.in_parallel(divide, x.size, x.nbytes)       # no warning, no error
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-2", "\u00b2", "\u0663", "9" * 30])
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "\u00b2", "\u0663", "9" * 30, "257"])
 def test_a_bad_thread_count_is_one_line_from_the_cli_and_an_error_from_a_model(value):
     """CONVNET_THREADS had raised at import: a traceback before the command line could
     say it in one line (a superscript digit, which str.isdigit takes and int() does not,
@@ -317,11 +375,12 @@ def test_a_bad_thread_count_is_one_line_from_the_cli_and_an_error_from_a_model(v
                          env=env, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "Traceback" not in cli.stderr, cli.stderr
     assert cli.stderr == (f"convnet train: error: CONVNET_THREADS must be a positive int "
-                          f"(the threads of each process), got {value!r}\n")
+                          f"of at most 256 (the threads of each process), got {value!r}\n")
     model = subprocess.run([sys.executable, "-c", (
         "import numpy as np; from convnet.models import from_notation; "
         "from_notation('INPUT 4x4x1 -> FC 2').infer(np.zeros((1, 1, 4, 4)))")],
         env=env, capture_output=True, text=True, timeout=120)
     assert model.returncode == 1
     assert model.stderr.strip().endswith(f"ValueError: CONVNET_THREADS must be a positive "
-                                         f"int (the threads of each process), got {value!r}")
+                                         f"int of at most 256 (the threads of each "
+                                         f"process), got {value!r}")

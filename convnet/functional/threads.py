@@ -41,10 +41,10 @@ def _thread_count():
     global SETTING_ERROR
     text = os.environ.get("CONVNET_THREADS", "").strip()
     if text:
-        if _count(text) and int(text) >= 1:
+        if _count(text) and 1 <= int(text) <= MAX_THREADS:
             return int(text)
-        SETTING_ERROR = (f"CONVNET_THREADS must be a positive int (the threads of each "
-                         f"process), got {text[:40]!r}")
+        SETTING_ERROR = (f"CONVNET_THREADS must be a positive int of at most "
+                         f"{MAX_THREADS} (the threads of each process), got {text[:40]!r}")
     local = (os.environ.get("MPI_LOCALNRANKS")
              or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1").strip()
     ranks = int(local) if _count(local) and int(local) > 0 else 1
@@ -52,8 +52,15 @@ def _thread_count():
 
 
 SETTING_ERROR = None     # what is wrong with $CONVNET_THREADS, if anything
+MAX_THREADS = 256        # more threads than any machine convnet runs on has cores
 THREADS = _thread_count()
-_POOL = ThreadPoolExecutor(THREADS, thread_name_prefix="convnet") if THREADS > 1 else None
+
+
+def _new_pool():
+    return ThreadPoolExecutor(THREADS, thread_name_prefix="convnet") if THREADS > 1 else None
+
+
+_POOL = _new_pool()
 PARALLEL_BYTES = 1 << 20  # below this an operation is not worth a thread hand-off
 _local = threading.local()  # .busy: this thread is running one part of a split call
 
@@ -102,8 +109,12 @@ def _split(fn, size):
     parts = [slice(i, min(size, i + step)) for i in range(0, size, step)]
     # Each worker runs in a copy of the caller's context: NumPy's error settings
     # (np.errstate) are context variables, so a part raises or warns as the caller would.
-    futures = [_POOL.submit(contextvars.copy_context().run, _part, fn, part)
-               for part in parts[:-1]]
+    try:
+        futures = [_POOL.submit(contextvars.copy_context().run, _part, fn, part)
+                   for part in parts[:-1]]
+    except RuntimeError:    # the interpreter is shutting down (an atexit handler): no pool
+        _part(fn, slice(0, size))
+        return
     try:
         _part(fn, parts[-1])
     finally:   # even if this part fails, no worker may still be writing when we return
@@ -122,7 +133,18 @@ def _part(fn, part):
 _blas = None   # threadpoolctl's controller of the loaded BLAS libraries, or False for none
 _held = threading.Lock()   # guards the two below
 _holders = 0               # how many calls, on any thread, hold BLAS to one thread now
-_limiter = None            # threadpoolctl's limiter while they do
+_original = None           # each BLAS library's thread count before they did
+
+
+def _after_fork():
+    """In a child process forked from this one: the pool's threads and any hold on BLAS
+    stayed in the parent (the child would wait on them for good): start afresh."""
+    global _POOL, _held, _holders, _original
+    _POOL, _held, _holders, _original = _new_pool(), threading.Lock(), 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _controller():
@@ -148,7 +170,7 @@ def one_blas_thread():
     multi-threaded GEMM on the cores convnet's threads need. Nested and concurrent holds
     share one limit, set by the first and lifted by the last. Without threadpoolctl (the
     ``fast`` extra) it does nothing. Raises SETTING_ERROR, if there is one."""
-    global _holders, _limiter
+    global _holders, _original
     if SETTING_ERROR is not None:
         raise ValueError(SETTING_ERROR)
     controller = _controller()
@@ -157,7 +179,13 @@ def one_blas_thread():
         return
     with _held:
         if _holders == 0:
-            _limiter = controller.limit(limits=1)      # sets the limit as it is made
+            libraries = controller.lib_controllers
+            _original = [lib.get_num_threads() for lib in libraries]
+            try:
+                _set_blas(libraries, [1] * len(libraries))
+            except BaseException:      # a Ctrl-C half way: every library as it was
+                _set_blas(libraries, _original)
+                raise
         _holders += 1
     try:
         yield
@@ -165,8 +193,32 @@ def one_blas_thread():
         with _held:
             _holders -= 1
             if _holders == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+                _set_blas(controller.lib_controllers, _original)
+
+
+def _set_blas(libraries, counts):
+    """Set each BLAS library's thread count, from whichever thread this is. threadpoolctl
+    lets only the first thread that sets OpenBLAS's count set it again (from others it
+    does nothing) until that thread lets go: it is let go around each set, so that a
+    model call on any thread holds BLAS, and the last hold's end puts it back."""
+    let_go = _openblas_let_go()
+    for lib, count in zip(libraries, counts):
+        if count is None:
+            continue
+        let_go()
+        try:
+            lib.set_num_threads(count)
+        finally:
+            let_go()
+
+
+def _openblas_let_go():
+    """threadpoolctl's OpenBLASController.clear_controlling_thread(force=True) (3.6 on),
+    else a function that does nothing (earlier versions have no ownership)."""
+    import threadpoolctl
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None),
+                    "clear_controlling_thread", None)
+    return (lambda: clear(force=True)) if clear is not None else (lambda: None)
 
 
 def holding_blas(method):

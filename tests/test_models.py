@@ -984,6 +984,17 @@ def test_parameters_buffers_and_children_are_attributes_as_in_pytorch():
     assert bn.num_batches_tracked is None and bn.state_dict() == {}
     with pytest.raises(AttributeError, match="'Linear' object has no attribute 'running_var'"):
         _ = Linear(2, 3).running_var
+    # a layer kept inside a (non-container) layer is refused: params(), state_dict(),
+    # train() and eval() had passed it by (its weights never trained, nor saved)
+    from convnet.layers.base import Layer
+
+    class Stem(Layer):
+        def __init__(self):
+            super().__init__()
+            self.body = Conv2d(1, 2, 3)
+    with pytest.raises(AttributeError, match="body: a layer kept inside a layer would not "
+                                             "be trained, saved or switched"):
+        Stem()
 
 
 def test_assigning_a_child_replaces_it_as_in_pytorch():

@@ -90,6 +90,7 @@ class Layer:
     # Parameters and buffers a layer of this kind may be made without (a CONV's bias with
     # bias=False): their names read None then, as PyTorch's do (``if m.bias is not None``).
     optional_arrays = ()
+    holds_layers = False     # a container's children are its layers; a layer holds none
 
     def __getattr__(self, name):
         """A parameter or buffer by name, as in PyTorch (``conv.weight``, ``conv.bias``,
@@ -112,6 +113,12 @@ class Layer:
                                  for store in ("params", "buffers")):
             raise AttributeError(f"{self.where}: {name} is the layer's own array: change it "
                                  f"in place ({name}[...] = values) or with load_state_dict")
+        if isinstance(value, Layer) and not type(self).holds_layers:
+            raise AttributeError(
+                f"{self.where}: {name}: a layer kept inside a layer would not be trained, "
+                f"saved or switched by train() and eval() with the model; build the two "
+                f"as a container (convnet.models.Sequential, or a subclass of "
+                f"convnet.models.Container)")
         if name in type(self).optional_arrays and value is not None and "params" in d:
             option = ("track_running_stats=True" if name.startswith(("running", "num_"))
                       else "affine=True" if hasattr(self, "affine") else f"{name}=True")

@@ -158,6 +158,8 @@ def relus_in_place(model):
 class Container(Layer):
     """A layer made of named child layers. Subclasses define forward and backward."""
 
+    holds_layers = True
+
     def __init__(self, children):
         super().__init__()
         del self.params, self.grads, self.buffers  # a container's come from its children

@@ -384,3 +384,22 @@ def test_a_bad_thread_count_is_one_line_from_the_cli_and_an_error_from_a_model(v
     assert model.stderr.strip().endswith(f"ValueError: CONVNET_THREADS must be a positive "
                                          f"int of at most 256 (the threads of each "
                                          f"process), got {value!r}")
+
+
+def test_release_scratch_while_a_thread_makes_its_first_buffers(monkeypatch):
+    """A thread's first scratch call while release_scratch() walked the threads' buffers
+    had raised "dictionary changed size during iteration"; the walk is made again."""
+    from convnet.functional.conv import machinery
+    kept = {"cols": np.ones(4)}
+
+    class Changing(dict):
+        calls = 0
+
+        def values(self):
+            Changing.calls += 1
+            if Changing.calls == 1:
+                raise RuntimeError("dictionary changed size during iteration")
+            return super().values()
+    monkeypatch.setattr(machinery, "_scratch", Changing(main=kept))
+    machinery.release_scratch()
+    assert Changing.calls == 2 and kept == {}

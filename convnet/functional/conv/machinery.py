@@ -92,7 +92,13 @@ def release_scratch():
     """Free every thread's scratch buffers (see scratch), and whatever else an algorithm
     keeps between calls (Winograd's transformed filters); call it when no convnet work
     is running."""
-    for kept in list(_scratch.values()):
+    while True:      # a thread's first scratch call meanwhile changes the dict: again
+        try:
+            buffers = list(_scratch.values())
+            break
+        except RuntimeError:
+            continue
+    for kept in buffers:
         kept.clear()
     for release in _releases:
         release()

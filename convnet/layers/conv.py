@@ -207,7 +207,10 @@ class Conv2d(Layer):
     def forward(self, x, relu=False):
         """The convolution of x. relu=True returns max(0, conv) instead: a RELU that
         follows this layer fused in (Sequential's training forward does this), applied as
-        the output is finished; backward then takes the gradient of the RELU's output."""
+        the output is finished; backward then takes the gradient of the RELU's output.
+        backward reads x and the weights as they are then: most algorithms keep x itself,
+        not a copy, so neither may change in place in between (PyTorch would raise; this
+        is not checked)."""
         F.check_input(x, self.in_channels, self.where)
         self.output_shape(x.shape[1:])  # a clear error before any work
         x, self._pad_cache = self._padded(x)

@@ -494,7 +494,9 @@ class Sequential(Container):
         on a volume F*F times smaller; and a RELU right after a CONV and not before such
         a POOL is fused into the CONV (applied as its output is finished, and its
         backward masks the gradient in its first pass: no pass of the RELU's own either
-        way; the RELU keeps no cache). backward follows the plan this forward ran."""
+        way; the RELU keeps no cache). backward follows the plan this forward ran, and
+        reads the layers' inputs and weights as they are then: neither x nor a weight may
+        change in place in between (PyTorch would raise; this is not checked)."""
         self._plan = _training_plan(list(self))
         for layer, relu in self._plan:
             if relu is None:

@@ -115,8 +115,7 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
                          f"{Path(spec) / 'model.json'}"
                          + (f" (or {Path(spec) / 'best.json'}, the best by validation)"
                             if _exists(Path(spec) / "best.json") else ""))
-    elif Path(spec).is_dir() and (_exists(Path(spec) / "best.json")
-                                  or _exists(Path(spec) / "checkpoint.safetensors")):
+    elif _exists(Path(spec) / "best.json") or _exists(Path(spec) / "checkpoint.safetensors"):
         raise ValueError(f"{spec}: a training run's folder without its final model (a run "
                          f"that stopped early?): {_run_models(Path(spec))}")
     elif _exists(spec):

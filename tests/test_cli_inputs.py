@@ -364,6 +364,9 @@ def test_a_checkpoint_given_as_weights_says_what_to_give(tmp_path, capsys):
     assert main(["summary", str(out)]) == 1
     assert "it has no model file yet; continue the run with convnet train --resume" in \
         capsys.readouterr().err
+    assert main(["summary", str(out / "model.json")]) == 1
+    assert (f"model.json: no such model file (the run stopped before writing it? continue "
+            f"it with convnet train --resume --out {out})") in capsys.readouterr().err
 
 
 def test_a_run_that_fails_its_checks_leaves_no_directory(tmp_path, capsys):

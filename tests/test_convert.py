@@ -259,6 +259,14 @@ def test_a_zoo_net_or_notation_converted_keeps_saying_its_weights_are_fresh(tmp_
             capsys.readouterr().err
         page = build_report(resolve_model(model), source=model)
         assert 'data-trained="false">Untrained: random initial weights' in page
+        from convnet.io import load_model  # in Python: the record says so too
+        if out.endswith(".json"):
+            page = build_report(load_model(model), source=model)
+            assert 'data-trained="false">Untrained: random initial weights' in page
+        assert main(["train", "--from", model, "--data", "digits", "--out",
+                     str(tmp_path / "r")]) == 1
+        assert "the file records fresh weights (convert wrote it from a zoo name or " \
+               "notation), not trained ones" in capsys.readouterr().err
     with pytest.raises(ValueError, match="info.trained must be true or false"):
         from convnet.data.preprocess import check_info
         check_info({"trained": "no"}, "m.json")

@@ -334,8 +334,13 @@ def test_idx_files_take_the_class_names_a_model_records(tmp_path, fashion):
     x, y, classes, _ = evaluation_data(model, str(tmp_path))
     assert classes == model.info["classes"] and len(y) == 10_000
     assert load_dataset(tmp_path).classes == list(FASHION_MNIST_CLASSES)   # its own names
-    assert load_dataset(tmp_path, classes=list("abcdefghij")).classes == list("abcdefghij")
-    assert load_dataset(tmp_path, classes=["a", "b"]).classes == list(FASHION_MNIST_CLASSES)
+    # other names are not taken: a model of other classes is still refused
+    assert load_dataset(tmp_path, classes=list("abcdefghij")).classes == list(
+        FASHION_MNIST_CLASSES)
+    letters = from_notation("INPUT 28x28x1 -> POOL F28 -> FC 10")
+    letters.info = {"classes": list("abcdefghij"), "mean": [0.3], "std": [0.3]}
+    with pytest.raises(ValueError, match=r"trained on the classes \['a', 'b', "):
+        evaluation_data(letters, str(tmp_path))
 
 
 def test_fashion_mnist_search_order(tmp_path, monkeypatch, fashion):

@@ -451,6 +451,11 @@ def test_a_damaged_history_file_gives_the_checkpoints_curves(pages, tmp_path, ca
     text = (tmp_path / "s.html").read_text()
     assert 'id="curves"' not in text and "training curves skipped" in text
     assert f"{run}: its training history could not be read (see the notes above)" in text
+    (run / "history.json").unlink()           # a damaged checkpoint may have held it too
+    (run / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    assert main(["report", str(run / "model.json"), "--out", str(tmp_path / "t.html")]) == 0
+    assert f"{run}: its training history could not be read" in (tmp_path / "t.html"
+                                                                  ).read_text()
 
 
 def test_weights_of_unknown_origin_are_not_called_random(pages, tmp_path):

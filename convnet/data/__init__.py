@@ -166,9 +166,10 @@ def load_dataset(name_or_path, root=None, download=False, image_size=None, chann
         classes: the class names to label an image folder's images by (a trained
             model's, in its order): each class folder must be one of them, and a folder
             may hold only some (new photos of two of a model's ten classes); the data's
-            classes are then these. IDX files, which name no classes, take them as the
-            names of their labels where there are as many. None: the folder's own class
-            folders, sorted; IDX files' names as above.
+            classes are then these. IDX files, which name no classes, take them where
+            they are the labels' numbers ("0", "1", ...: a model's record of such files
+            from before Fashion-MNIST's were known by their bytes). None: the folder's
+            own class folders, sorted; IDX files' names as above.
         check_classes: called with the list of class names as soon as it is known,
             before any image is resized or converted (an image folder's, before any is
             decoded); it raises to refuse the data set.
@@ -402,9 +403,10 @@ def _load_directory(path, image_size, channels, seed, test_fraction, check_class
                                                       data.values()))
             splits = _splits({**data, "classes": [str(i) for i in range(count)]},
                              named.name, kind="mnist" if count == len(MNIST_CLASSES) else None)
-        if classes is not None and len(classes) == len(splits.classes):
-            splits.classes = list(classes)    # the names given (a model's) for the labels
-        return splits
+        index_names = [str(i) for i in range(len(splits.classes))]
+        if classes is not None and list(classes) == index_names:   # a model that recorded
+            splits.classes = index_names    # IDX labels by their numbers (before the
+        return splits                       # files were known by their bytes)
     if find_cifar(path, 10, required=False):
         return _splits(load_cifar10(path), path.name, kind="cifar10")
     if find_cifar(path, 100, required=False):

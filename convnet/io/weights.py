@@ -444,8 +444,13 @@ def _read_json(json_path):
     allows; else a ValueError."""
     if not is_file(json_path):
         best = Path(json_path).with_name("best.json")
+        checkpoint = Path(json_path).with_name("checkpoint.safetensors")
+        ended = Path(json_path).name == "model.json"
         hint = (f" (the run stopped before writing it? {best} is the best model it kept)"
-                if Path(json_path).name == "model.json" and is_file(best) else "")
+                if ended and is_file(best) else
+                f" (the run stopped before writing it? continue it with convnet train "
+                f"--resume --out {Path(json_path).parent})" if ended and is_file(checkpoint)
+                else "")
         raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}{hint}")
     cap = limits.MAX_JSON_BYTES
     with open(json_path, "rb") as f:

@@ -207,6 +207,7 @@ def _read_run(run_dir, note):
         run["state"] = checkpoint_state(Path(run_dir) / "checkpoint.safetensors")
     except (ValueError, OSError) as err:
         note(f"training settings skipped: {err}")
+        run["unreadable"] = True      # (it may have held the history)
     path = Path(run_dir) / "history.json"
     damaged = None
     try:
@@ -303,7 +304,7 @@ def _scaled(width, target=MAX_SHOWN_WIDTH, most=8, least=1):
 
 # -- sections ---------------------------------------------------------------------------
 def _status(name, model, result, info, notes):
-    trained = getattr(model, "trained", None)
+    trained = False if info.get("trained") is False else getattr(model, "trained", None)
     if trained is True:
         css, badge = "trained", "Trained weights"
         detail = f"loaded from {name}"

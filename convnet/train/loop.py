@@ -943,6 +943,10 @@ def _initial_model(cfg, log):
         if not (cfg.channels and cfg.image_size):
             raise
         model = resolve_model(cfg.init_from, input_shape=(cfg.channels, *cfg.image_size))
+    if not model.trained and (getattr(model, "info", None) or {}).get("trained") is False:
+        raise ValueError(f"--from {cfg.init_from}: the file records fresh weights (convert "
+                         f"wrote it from a zoo name or notation), not trained ones: train "
+                         f"the net from scratch with --model, or give a trained model")
     if not model.trained:          # a zoo name or notation: fresh random weights
         raise ValueError(f"--from {cfg.init_from}: not a file of trained weights (a zoo "
                          f"name or notation has random ones); train it from scratch with "
@@ -1054,9 +1058,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
         check_drawn_split(recorded.get("split_files"), splits, cfg.data, "the run")
         names = recorded.get("classes")
-        if splits.kind in ("mnist", "fashion-mnist") and names and len(names) == len(
-                splits.classes):      # IDX files name no classes: the run's names stay
-            splits.classes = list(names)
+        if splits.kind in ("mnist", "fashion-mnist") and names == [
+                str(i) for i in range(len(splits.classes))]:   # IDX labels by number,
+            splits.classes = list(names)      # as the run recorded them when it began
     if start_model is not None:
         _check_fine_tune_split(getattr(start_model, "info", None) or {}, splits, cfg)
     input_shape, num_classes = splits.input_shape, len(splits.classes)

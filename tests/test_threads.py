@@ -269,7 +269,7 @@ def test_a_hold_on_any_thread_sets_blas_and_the_last_to_end_puts_it_back():
     assert blas_threads() == before
 
 
-@pytest.mark.parametrize("case", ["fork", "atexit"])
+@pytest.mark.parametrize("case", ["fork", "atexit", "fork in a hold"])
 def test_a_forked_child_and_an_atexit_handler_can_call_a_model(case):
     """A child forked after a model call had waited for good on the parent's pool
     threads; a model called at interpreter shutdown had raised "cannot schedule new
@@ -289,11 +289,25 @@ def test_a_forked_child_and_an_atexit_handler_can_call_a_model(case):
         "import atexit, numpy as np\n"
         "from convnet.models import from_notation\n"
         "m = from_notation('INPUT 32x32x16 -> CONV 16 -> RELU -> FC 4')\n"
-        "atexit.register(lambda: print(m.infer(np.ones((8, 16, 32, 32), np.float32)).shape))\n")}
+        "atexit.register(lambda: print(m.infer(np.ones((8, 16, 32, 32), np.float32)).shape))\n"),
+        "fork in a hold": (    # the child starts with BLAS as before the hold, and its own
+        "import os\n"           # holds set and restore it (its count had gone below 0)
+        "from convnet.functional import threads as T\n"
+        "from threadpoolctl import threadpool_info\n"
+        "n = lambda: [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "before = n()\n"
+        "with T.one_blas_thread():\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        ok = n() == before\n"
+        "        with T.one_blas_thread():\n"
+        "            ok = ok and n() == [1] * len(before)\n"
+        "        os._exit(0 if ok and n() == before and T._holders == 0 else 3)\n"
+        "print(os.waitpid(pid, 0)[1])\n")}
     done = subprocess.run([sys.executable, "-c", code[case]], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and "Error" not in done.stderr, done.stderr
-    assert done.stdout.strip() == ("0" if case == "fork" else "(8, 4)")
+    assert done.stdout.strip() == ("(8, 4)" if case == "atexit" else "0")
 
 
 def test_a_model_call_holds_blas_once_for_all_its_layers(monkeypatch):

@@ -138,8 +138,11 @@ _original = None           # each BLAS library's thread count before they did
 
 def _after_fork():
     """In a child process forked from this one: the pool's threads and any hold on BLAS
-    stayed in the parent (the child would wait on them for good): start afresh."""
+    stayed in the parent (the child would wait on them for good): start afresh, BLAS's
+    threads as they were before a hold the fork came in."""
     global _POOL, _held, _holders, _original
+    if _holders and _original and _controller():
+        _set_blas(_controller().lib_controllers, _original)
     _POOL, _held, _holders, _original = _new_pool(), threading.Lock(), 0, None
 
 
@@ -191,9 +194,10 @@ def one_blas_thread():
         yield
     finally:
         with _held:
-            _holders -= 1
-            if _holders == 0:
-                _set_blas(controller.lib_controllers, _original)
+            if _holders > 0:     # (0 in a child forked inside the hold: ended there)
+                _holders -= 1
+                if _holders == 0:
+                    _set_blas(controller.lib_controllers, _original)
 
 
 def _set_blas(libraries, counts):

@@ -548,8 +548,9 @@ def layer_inputs(model, input_shape):
     order, as summary names and sizes them.
 
     >>> from convnet.models import from_notation
-    >>> [(n, s) for n, _, s in layer_inputs(from_notation("CONV 4 -> FC 2"), (1, 4, 4))]
-    [('0', (1, 4, 4)), ('1', (4, 4, 4))]
+    >>> [(n, s) for n, _, s in layer_inputs(from_notation("INPUT 4x4x1 -> CONV 4 -> FC 2"),
+    ...                                      (1, 4, 4))]
+    [('0', (1, 4, 4)), ('1', (4, 4, 4)), ('2', (64,))]
     """
     walker = _Walker()
     shape = _check_shape(input_shape, "layer_inputs")

@@ -995,6 +995,12 @@ def test_parameters_buffers_and_children_are_attributes_as_in_pytorch():
     with pytest.raises(AttributeError, match="body: a layer kept inside a layer would not "
                                              "be trained, saved or switched"):
         Stem()
+    model = Sequential(Linear(4, 3))       # nor is a container's under a new name
+    with pytest.raises(AttributeError, match="extra: a layer set as an attribute is not "
+                                             "one of the model's children"):
+        model.extra = Linear(3, 2)
+    model.extra = "a note"                 # other attributes are set as usual
+    assert list(model.state_dict()) == ["0.weight", "0.bias"]
 
 
 def test_assigning_a_child_replaces_it_as_in_pytorch():

@@ -717,6 +717,8 @@ def test_a_bad_or_fixed_hyperparameter_assigned_to_a_made_layer_is_refused():
         Conv2d(1, 1, 3, padding=(2, 2, 0, 0))
     with pytest.raises(ValueError, match="padding must be a non-negative int or a pair"):
         conv.padding = (0, 0, 1, 1)
+    with pytest.raises(ValueError, match="padding must be a non-negative int or a pair"):
+        conv.padding = None                # (it had been taken as "keep it as it is")
     # "same" is worked out again for a new dilation, and refused at stride 2, as PyTorch
     even = Conv2d(1, 2, 2, padding="same")
     even.dilation = 3

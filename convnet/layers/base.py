@@ -117,8 +117,8 @@ class Layer:
             raise AttributeError(
                 f"{self.where}: {name}: a layer kept inside a layer would not be trained, "
                 f"saved or switched by train() and eval() with the model; build the two "
-                f"as a container (convnet.models.Sequential, or a subclass of "
-                f"convnet.models.Container)")
+                f"as a container of children (convnet.models.Sequential, or a subclass of "
+                f"convnet.models.Container given them as its children)")
         if name in type(self).optional_arrays and value is not None and "params" in d:
             option = ("track_running_stats=True" if name.startswith(("running", "num_"))
                       else "affine=True" if hasattr(self, "affine") else f"{name}=True")

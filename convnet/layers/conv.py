@@ -22,6 +22,8 @@ from convnet.layers.base import (
     window_pair,
 )
 
+_KEPT = object()   # Conv2d._set_geometry's padding: the pads the layer has
+
 
 class Conv2d(Layer):
     """CONV layer: K filters of extent F, stride S, zero padding P, over NCHW volumes.
@@ -114,7 +116,7 @@ class Conv2d(Layer):
             # does at each call); other padding is kept as it is, pads and all
             now = {"stride": self.stride, "dilation": self.dilation,
                    "padding_mode": self.padding_mode,
-                   "padding": "same" if self._same else None, name: value}
+                   "padding": "same" if self._same else _KEPT, name: value}
             return self._set_geometry(now["stride"], now["padding"], now["dilation"],
                                       now["padding_mode"], kept=self.pads)
         if name in ("kernel_size", "groups", "in_channels", "out_channels", "pads"):
@@ -126,8 +128,8 @@ class Conv2d(Layer):
     def _set_geometry(self, stride, padding, dilation, padding_mode, algorithm_check=True,
                       kept=None):
         """Check and set stride, dilation, padding_mode and padding (an int, a pair,
-        "valid" or "same"; None: ``kept``, the (top, left, bottom, right) pads the layer
-        has), and what the convolution pads itself (zeros, evenly) and what is padded
+        "valid" or "same"; _KEPT: ``kept``, the (top, left, bottom, right) pads the
+        layer has), and what the convolution pads itself (zeros, evenly) and what is padded
         before it (pad2d_forward: the uneven rest of "same", or every pad of another
         mode). Nothing is set unless all fit; a change drops the last forward's cache
         (a backward pass would mix the two geometries)."""
@@ -139,7 +141,7 @@ class Conv2d(Layer):
                              f"{', '.join(map(repr, P.MODES))}, got {padding_mode!r:.80}")
         end = None                       # (bottom, right) where they differ from padding
         same = isinstance(padding, str) and padding == "same"
-        if padding is None and kept is not None:     # as it is (another one assigned)
+        if padding is _KEPT:             # as it is (another hyperparameter assigned)
             padding, end = kept[:2], kept[2:]
         elif isinstance(padding, str) and padding == "valid":
             padding = 0

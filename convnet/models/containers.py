@@ -272,6 +272,12 @@ class Container(Layer):
         children = self.__dict__.get("_children")
         if not (isinstance(children, dict) and name in children
                 and name not in self.MODEL_ATTRIBUTES and name not in self.__dict__):
+            if isinstance(value, Layer) and isinstance(children, dict) and (
+                    name not in self.__dict__):
+                raise AttributeError(
+                    f"{type(self).__name__}: {name}: a layer set as an attribute is not one "
+                    f"of the model's children (it would not run, train or be saved): give it "
+                    f"among the children, or add it with append or insert")
             super().__setattr__(name, value)
             return
         self._put(name, value)

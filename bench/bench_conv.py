@@ -11,23 +11,33 @@ convnet_time / torch_time.
 
     python bench/bench_conv.py                  # all cases, readable table
     python bench/bench_conv.py --cases b,e --repeat 10 --json
+    python bench/bench_conv.py --numpy-first    # NumPy imported before convnet
 """
 
 from __future__ import annotations
 
 # isort: off
-import convnet  # noqa: F401  (first: it sets OpenBLAS's thread timeout before NumPy loads)
-# isort: on
-import argparse
-import json
 import sys
-from typing import NamedTuple
+if "--numpy-first" in sys.argv:   # as most scripts do: OpenBLAS loads before convnet
+    import numpy  # noqa: F401
+import convnet  # noqa: F401, E402  (else first: it sets OpenBLAS's thread timeout)
+# isort: on
+import argparse  # noqa: E402
+import json  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
-import numpy as np
-import torch
-from common import environment, format_table, gemm_peak, gflops, time_blocks, timed_quietly
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    environment,
+    format_table,
+    gemm_peak,
+    gflops,
+    time_blocks,
+    timed_quietly,
+)
 
-from convnet.layers import Conv2d
+from convnet.layers import Conv2d  # noqa: E402
 
 torch_conv2d = torch.nn.functional.conv2d
 BUSY_WARN = 0.3  # CPUs kept busy by others above which the table carries a warning
@@ -152,7 +162,8 @@ def render(report):
             f"{report['gemm_peak_gflops']:.1f} GFLOP/s "
             f"(others busy: {_busy(report['gemm_others_busy_cpus'])})\n"
             f"times: median ±half the interquartile range; %pk = GFLOP/s / GEMM peak; "
-            f"ratio = convnet / torch; others = CPUs kept busy by other processes meanwhile\n")
+            f"ratio = convnet / torch; others = CPUs kept busy by other processes meanwhile\n"
+            f"NumPy imported {'before' if report.get('numpy_first') else 'after'} convnet\n")
     headers = ["case", "workload", "pass", "GFLOP", "convnet ms", "GFLOP/s", "%pk",
                "torch ms", "GFLOP/s", "%pk", "ratio", "others"]
     rows = []
@@ -201,6 +212,9 @@ def main(argv=None):
                         help="redo a row (after waiting up to 60 s for quiet) when other "
                              f"processes kept more than {BUSY_WARN} CPUs busy (default 0)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--numpy-first", action="store_true",
+                        help="import NumPy before convnet, as most scripts do (the default "
+                             "imports convnet first, as the convnet command does)")
     args = parser.parse_args(argv)
 
     by_name = {w.name: w for w in WORKLOADS}
@@ -210,6 +224,7 @@ def main(argv=None):
         parser.error(f"unknown case(s) {unknown}; valid: {sorted(by_name)}")
     report = run([by_name[c] for c in wanted], args.repeat, args.rounds, args.min_block,
                  args.retries)
+    report["numpy_first"] = args.numpy_first
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0
 

@@ -20,6 +20,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from convnet.models import Concat, DenseBlock, Residual, Sequential, from_notation
+from tests.utils import peak_bytes
 
 MB = 1024 ** 2
 
@@ -384,17 +385,6 @@ def test_inference_keeps_only_the_current_activations():
         (live * 2 + net.num_params()) * 4)
 
 
-def traced_peak(call, *args):
-    """The most memory (bytes) tracemalloc saw allocated during call(*args)."""
-    import tracemalloc
-    tracemalloc.start()
-    try:
-        call(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _blocks(rng):
     """A net of each block: Concat, Residual with a projection, DenseBlock."""
     def conv(c, k, f=3):
@@ -419,7 +409,7 @@ def test_inference_memory_counts_what_blocks_hold(index):
     net.eval()
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     net.infer(x)
-    peak = traced_peak(net.infer, x)
+    peak = peak_bytes(net.infer, x)
     memory = summary(net, (3, 32, 32), batch_size=4).memory
     estimate = memory["inference_total"] - memory["parameters"] - x.nbytes  # x: not new
     assert estimate * 0.97 <= peak <= estimate * 1.25, (peak, estimate)   # had been 1.5-1.9x
@@ -795,7 +785,7 @@ def test_the_activation_estimate_counts_the_arrays_blocks_make():
     net.forward(x)
     release_scratch()
     gc.collect()
-    peak = traced_peak(net.forward, x)
+    peak = peak_bytes(net.forward, x)
     estimate = summary(net, (8, 16, 16), batch_size=4).memory["activations"]
     assert 0.85 < estimate / peak < 1.25, (estimate, peak)
 

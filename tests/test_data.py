@@ -52,6 +52,7 @@ from convnet.data.idx import (
 )
 from convnet.data.loader import batches, train_val_split
 from convnet.data.transforms import Normalize, random_crop, random_flip, resize, to_float
+from tests.utils import peak_bytes, traced
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -165,16 +166,6 @@ def test_idx_bad_header(tmp_path, gz, raw, match):
     path.write_bytes(gzip.compress(raw) if gz else raw)
     with raises_naming(path, match):
         read_idx(path)
-
-
-def peak_bytes(func, *args):
-    """The peak of Python's traced allocations while func(*args) runs."""
-    tracemalloc.start()
-    try:
-        func(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -1641,15 +1632,11 @@ def test_a_drawn_split_holds_no_copy_of_the_images(tmp_path):
     """A test split drawn from one folder had been indexed out of the decoded images
     (x[kept], x[held]: a second copy), and the look for copies of training images sorted
     copies of both: 4x the data at its peak."""
-    import tracemalloc
     rng = np.random.default_rng(23)
     for i in range(48):
         save_image(tmp_path / "ab"[i % 2] / f"{i}.png",
                    rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
-    tracemalloc.start()
-    splits = load_dataset(tmp_path, test_fraction=0.25)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    splits, peak = traced(lambda: load_dataset(tmp_path, test_fraction=0.25))
     final = splits.train[0].nbytes + splits.test[0].nbytes
     assert splits.test[0].shape == (12, 3, 128, 128) and peak < 1.6 * final, peak / final
 
@@ -2360,15 +2347,11 @@ def test_colour_data_made_gray_and_larger_holds_no_large_temporaries(tmp_path, m
     """CIFAR at --channels 1 --image-size 96 had peaked at 13x its final size (all three
     channels resized, then whole-array int32 luma): the size cap checks the final array.
     Gray first, then resized; the luma in blocks gives the same bytes."""
-    import tracemalloc
-
     from convnet.data import transforms
     write_cifar(tmp_path / "cifar-10-batches-py", 10, "python", np.random.default_rng(5),
                 n=100)
-    tracemalloc.start()
-    data = load_dataset("cifar10", root=tmp_path, channels=1, image_size=(96, 96))
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    data, peak = traced(lambda: load_dataset("cifar10", root=tmp_path, channels=1,
+                                             image_size=(96, 96)))
     final = data.train[0].nbytes + data.test[0].nbytes
     assert data.train[0].shape == (500, 1, 96, 96) and peak < 2 * final, peak / final
     x = np.random.default_rng(6).integers(0, 256, (30, 3, 5, 4), dtype=np.uint8)

@@ -29,6 +29,7 @@ from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm2d
 from convnet.layers.pool import MaxPool2d
 from convnet.models.containers import Concat, Residual, Sequential
+from tests.utils import peak_bytes
 
 MB = 1 << 20
 
@@ -82,16 +83,6 @@ def loads_or_refused(path):
     assert out.shape == (1, *model.output_shape(model.input_shape))
     return "loaded"
 
-
-def peak_bytes(fn):
-    """The peak of Python (and NumPy) allocations while fn runs."""
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
 
 
 def exported(path):

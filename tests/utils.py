@@ -1,6 +1,24 @@
 """Shared test tools: float64 central-difference gradients and a relative error."""
 
+import tracemalloc
+
 import numpy as np
+
+
+def traced(func, *args):
+    """(func(*args), the peak in bytes of Python's traced allocations, NumPy's included,
+    while it ran)."""
+    tracemalloc.start()
+    try:
+        result = func(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def peak_bytes(func, *args):
+    """The peak of Python's traced allocations while func(*args) runs."""
+    return traced(func, *args)[1]
 
 
 def rel_error(a, b):

@@ -233,7 +233,7 @@ def cmd_summary(args):
     shape = args.input or getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model has no default input size: give --input CxHxW")
-    optimizer = args.optimizer or getattr(model, "info", {}).get("optimizer", "sgd")
+    optimizer = args.optimizer or (getattr(model, "info", None) or {}).get("optimizer", "sgd")
     result = summary(model, shape, batch_size=args.batch, optimizer=optimizer,
                      budget=args.budget)
     print(json_text(result.to_dict(), indent=2) if args.json

@@ -182,6 +182,8 @@ def test_local_response_norm_matches_torch(seed):
     out_t.backward(torch.from_numpy(dout))
     assert_close(out, out_t)
     assert_close(dx, x_t.grad)
+    assert_close(lrn.infer(x), out_t)          # the in-place inference pass
+    assert lrn.cache is None
 
 
 def test_local_response_norm_even_size_window():
@@ -216,6 +218,18 @@ def test_batch_norm_float32_matches_float64(cls, shape):
         assert rel_error(bn32.grads["weight"], bn64.grads["weight"]) < 1e-5
     assert bn32.buffers["running_mean"].dtype == bn32.buffers["running_var"].dtype == np.float32
     assert rel_error(bn32.buffers["running_var"], bn64.buffers["running_var"]) < 1e-5
+
+
+def test_local_response_norm_inference_holds_two_arrays_of_its_output():
+    """Inference had made about five arrays of the output's size (a padded copy of the
+    squares, their sum, the denominator, its power, the output); it makes the squares and
+    one array that becomes the output."""
+    from tests.utils import traced
+    lrn = LocalResponseNorm(5, alpha=1e-2, k=2.0)
+    x = np.random.default_rng(9).standard_normal((4, 64, 32, 32)).astype(np.float32)
+    out, peak = traced(lrn.infer, x)
+    assert out.dtype == np.float32 and peak < 2.2 * x.nbytes, peak / x.nbytes
+    np.testing.assert_allclose(out, lrn.forward(x), rtol=1e-6)
 
 
 def test_local_response_norm_float32_matches_float64():

@@ -326,15 +326,15 @@ class LRNCache(NamedTuple):
 def _window_sum(a, before, after):
     """Sum of a over the channel window [c - before, c + after], zero beyond the edges.
 
-    A loop over the window's size offsets, each adding one shifted copy of all channels.
+    A loop over the window's offsets, each adding the channels it shifts onto the
+    channels that have them (no padded copy: one new array, the sum).
     """
     c = a.shape[1]
-    widths = [(0, 0)] * a.ndim
-    widths[1] = (before, after)
-    padded = np.pad(a, widths)                            # (N, C + before + after, ...)
-    total = np.zeros_like(a)
-    for j in range(before + after + 1):
-        total += padded[:, j : j + c]
+    total = a.copy()                                      # offset 0
+    for off in range(-before, after + 1):
+        lo, hi = max(0, -off), min(c, c - off)            # channels c' whose c' + off exists
+        if off and lo < hi:
+            total[:, lo:hi] += a[:, lo + off: hi + off]
     return total
 
 
@@ -356,6 +356,19 @@ def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     denom = k + (alpha / size) * sq_sum
     out = x * denom ** -beta
     return out, LRNCache(x, denom, size, alpha, beta)
+
+
+def local_response_norm_infer(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """local_response_norm_forward's output alone, its passes in place on one array: the
+    squares, and their window sum, which becomes the output (two arrays of x's size,
+    where the training forward keeps the denominator and makes the output besides)."""
+    sq = x * x
+    out = _window_sum(sq, size // 2, (size - 1) // 2)
+    del sq
+    np.multiply(out, alpha / size, out=out)
+    np.add(out, k, out=out)
+    np.power(out, -beta, out=out)
+    return np.multiply(out, x, out=out)
 
 
 def local_response_norm_backward(dout, cache):

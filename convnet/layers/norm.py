@@ -256,7 +256,7 @@ class LocalResponseNorm(Layer):
         super().__init__()
         where = type(self).__name__
         self.size = positive_int(size, "size", where)
-        if self.size > limits.MAX_IMAGE_SIDE:    # the forward pads the depth by n
+        if self.size > limits.MAX_IMAGE_SIDE:    # a window no wider than an image
             raise ValueError(f"{where}: size must be at most {limits.MAX_IMAGE_SIDE:,} "
                              f"(convnet.limits.MAX_IMAGE_SIDE, the widest window), got {size}")
         # k >= 0 and alpha >= 0 keep the base k + alpha/n * sum(a^2) of the power from
@@ -271,6 +271,12 @@ class LocalResponseNorm(Layer):
                                                         self.k)
         self._out_shape = out.shape
         return out
+
+    def infer(self, x):
+        """forward's output without a cache, with fewer temporaries."""
+        check_input(x, None, self.where)
+        self.cache = None
+        return F.local_response_norm_infer(x, self.size, self.alpha, self.beta, self.k)
 
     def backward(self, dout):
         cache = self._cached()

@@ -153,6 +153,18 @@ def test_dtypes(tmp_path, dtype):
     assert_same(loaded, tensors)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fnuz, torch.float8_e5m2fnuz])
+def test_a_dtype_convnet_does_not_read_is_named_as_one(tmp_path, dtype):
+    """It had been refused as if its name were unsafe ("only tensors and their
+    containers are allowed")."""
+    name = str(dtype).removeprefix("torch.")
+    path = tmp_path / "q.pth"
+    torch.save({"a": torch.zeros(3, dtype=dtype)}, path)
+    with pytest.raises(ValueError, match=f"tensors of dtype torch.{name} are not read: "
+                                         f"convnet reads float64, float32"):
+        load_torch(path)
+
+
 def test_conj_and_neg_views_are_resolved(tmp_path):
     z, y = torch.randn(2, 3, dtype=torch.complex128), torch.randn(3, 2, dtype=torch.complex64)
     tensors = {"conj": z.conj(), "neg": y.conj().imag}    # flags set, storages untouched

@@ -95,6 +95,9 @@ MAX_BYTEORDER = 16      # bytes of the byteorder record ("little")
 CHUNK = 1 << 20         # bytes per read of a zip member
 
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_]+")
+# torch's names of element types (float8_e4m3fnuz, qint8, complex32, bits16, uint4 ...):
+# one not in RAW_DTYPES is named as a dtype convnet does not read, not as an unsafe name
+_TORCH_DTYPE = re.compile(r"(float|bfloat|complex|q?u?int|bits)[0-9][0-9a-z_]*")
 
 
 class _Default:
@@ -234,6 +237,10 @@ class _Unpickler(pickle.Unpickler):
         try:
             return ALLOWED[module, name]
         except KeyError:
+            if module == "torch" and _TORCH_DTYPE.fullmatch(name):
+                raise Refused(f"tensors of dtype torch.{name:.80} are not read: convnet "
+                              f"reads {', '.join(RAW_DTYPES)}; convert them (e.g. "
+                              f"tensor.float()) before saving") from None
             raise Refused(f"refusing to load '{module:.80}.{name:.80}' from a PyTorch file: "
                           "only tensors and their containers are allowed") from None
 

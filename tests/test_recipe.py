@@ -553,8 +553,35 @@ def test_time_limit_keeps_a_share_of_a_short_limit_and_warns_when_no_epoch_fits(
                                    time_limit=0.01, out=str(tmp_path), **RECIPE),
                        log=lines.append, progress=False)
     text = "\n".join(lines)       # the plan on stdout; the warning on stderr
-    assert "1 epoch(s) fit" in text and len(result.history) == 1
-    assert "not even one epoch" not in text
+    assert len(result.history) == 1      # the plan had said "1 epoch(s) fit": none did
+    assert "not even one fits: the run trains one" in text and "epoch(s) fit" not in text
+
+
+def test_a_time_limit_plans_at_most_max_epochs_and_times_the_frozen_model(tmp_path,
+                                                                         monkeypatch):
+    """A long limit on a small data set had planned 2,013,645 epochs, which a resume
+    then refused (a checkpoint's config holds at most MAX_EPOCHS); and the timing copy of
+    a model with frozen stages had trained them all, planning far too few epochs."""
+    from convnet.train import loop
+    monkeypatch.setattr(loop, "MAX_EPOCHS", 3)
+    lines = []
+    result = train(TrainConfig(data="digits", model=SMALL, limit=64, time_limit=600,
+                               out=str(tmp_path / "long"), **RECIPE),
+                   log=lines.append, progress=False)
+    assert len(result.history) == 3
+    assert "fit, the run trains at most 3" in "\n".join(lines)
+    timed = []
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda name, params, *a, **k: (
+        timed.append(len(params)), real(name, params, *a, **k))[1])
+    first = train(TrainConfig(data="digits", model=SMALL, epochs=1, limit=64,
+                              out=str(tmp_path / "a"), **RECIPE), log=lambda *a: None,
+                  progress=False)
+    timed.clear()
+    train(TrainConfig(data="digits", init_from=str(first.model_path), freeze=("0",),
+                      limit=64, time_limit=600, out=str(tmp_path / "b"), **RECIPE),
+          log=lambda *a: None, progress=False)
+    assert len(timed) == 2 and timed[0] == timed[1] < len(first.model.trainable_params())
 
 
 def test_the_data_share_of_an_epoch_leaves_out_its_checkpoint_writes(tmp_path, monkeypatch):

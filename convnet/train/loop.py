@@ -1500,16 +1500,19 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     A copy of the model takes PROBE_WARMUP + PROBE_STEPS training steps on random
     batches (the run itself starts from the untouched model, so its result does not
     depend on the timing), runs one batch of inference, and writes a checkpoint and a
-    model into a temporary directory beside the run directory. An epoch is its steps,
+    model into a temporary directory inside the run directory. An epoch is its steps,
     its validation (with TTA, twice the images), those two writes and a checkpoint every
     checkpoint_every batches; the end is the test
     evaluation (and with ``reported``, the report's, on rank 0 alone) plus final_margin
     seconds. Over several processes a step includes its
     gradients' Allreduce, and each rank evaluates a share of the images. At least one
-    epoch runs: where even one does not fit, the log says so and how long it will take.
-    Rank 0's plan holds for all."""
+    epoch runs: where even one does not fit, the log says so and how long it will take;
+    at most MAX_EPOCHS do (what a checkpoint's config may hold). Rank 0's plan holds for
+    all."""
     probe = from_config(model.get_config())
     probe.load_state_dict(model.state_dict())
+    if cfg.freeze:       # as the run: its frozen stages take no update, no backward pass
+        probe.freeze(*cfg.freeze)
     probe.train()
     _sync_norms(probe, comm, cfg)             # as the run's: a share may be one image
     params = probe.trainable_params()
@@ -1549,12 +1552,15 @@ def plan_epochs(cfg, model, x_train, y_train, n_val, n_test, batches_per_epoch, 
     spent = time.perf_counter() - started
     end = n_test * per_image * (1 + comm.size * reported) + final_margin(cfg.time_limit)
     left = cfg.time_limit - spent - end
-    epochs = max(1, int(left // epoch_seconds))
+    fit = int(left // epoch_seconds)
+    epochs = min(MAX_EPOCHS, max(1, fit))
     epochs = comm.broadcast(epochs) if comm.size > 1 else epochs
     shown = f"{epoch_seconds:.1f}" if epoch_seconds < 10 else f"{epoch_seconds:.0f}"
+    said = (f"{epochs} epoch(s) fit, the schedule planned for them" if 1 <= fit <= MAX_EPOCHS
+            else f"{fit:,} fit, the run trains at most {MAX_EPOCHS:,}" if fit > MAX_EPOCHS
+            else "not even one fits: the run trains one")
     log(f"time limit {cfg.time_limit:g} s: a step takes {step_seconds * 1e3:.0f} ms, an "
-        f"epoch with its validation about {shown} s: {epochs} epoch(s) fit, the "
-        f"schedule planned for them")
+        f"epoch with its validation about {shown} s: {said}")
     if left < epoch_seconds and comm.is_root:     # a warning: on stderr, said once
         warnings.warn(f"not even one epoch fits in the time limit ({spent:.1f} s went to "
                       f"loading and planning); the run trains one and takes about "

@@ -150,13 +150,19 @@ def not_first_layer(name, before):
             f"layer, {first} ({kind}), is not a CONV layer")
 
 
+MAX_FIGURE_PIXELS = 4_000_000   # a filter picture's pixels, at most (memory: ~85 B each)
+
+
 def filters_figure(model, scale=16, title=None):
-    """The first CONV layer's filters as a Figure: the grid, ``scale`` pixels a weight,
-    under the title (if any) and a line naming the layer when it is not the model's
-    first; the space above the grid fits the wrapped lines."""
+    """The first CONV layer's filters as a Figure: the grid, ``scale`` pixels a weight
+    (fewer where the grid would pass MAX_FIGURE_PIXELS: 100 filters of 32x32 had made a
+    28-megapixel picture and 2.4 GB; at least one pixel a weight), under the title (if
+    any) and a line naming the layer when it is not the model's first; the space above
+    the grid fits the wrapped lines."""
     name, weight, before = first_filters(model)
     grid = filter_grid(weight)
     height, width = grid.shape[:2]
+    scale = max(1, min(scale, int((MAX_FIGURE_PIXELS / (height * width)) ** 0.5)))
     fig_w, fig_h = width * scale / 100, height * scale / 100
     texts = [text for text in (title, not_first_layer(name, before)) if text]
     if texts:

@@ -348,3 +348,17 @@ def test_show_activations_without_an_image_says_so_before_anything_else(tmp_path
     assert main(["show", "activations", "lenet5"]) == 1
     err = capsys.readouterr().err
     assert "show activations needs an IMAGE" in err and "already there" not in err, err
+
+
+def test_a_picture_of_many_large_filters_is_held_to_a_pixel_budget(tmp_path):
+    """100 filters of 32x32 (a converted MLP's first layer) at 16 pixels a weight had made
+    a 28-megapixel picture and 2.4 GB; the scale shrinks to keep it within the budget,
+    while a small layer keeps its 16 pixels a weight."""
+    from convnet.plot import MAX_FIGURE_PIXELS
+    big = Sequential(Conv2d(3, 100, 32, rng=np.random.default_rng(0)))
+    with Image.open(plot_filters(big, tmp_path / "big.png")) as picture:
+        assert picture.width * picture.height <= MAX_FIGURE_PIXELS
+        assert picture.width >= filter_grid(big[0].weight).shape[1]      # 1+ px a weight
+    small = Sequential(Conv2d(1, 4, 3, rng=np.random.default_rng(0)))
+    with Image.open(plot_filters(small, tmp_path / "small.png")) as picture:
+        assert picture.width == 16 * filter_grid(small[0].weight).shape[1]

@@ -368,6 +368,12 @@ def test_a_train_config_takes_lists_for_its_tuples():
     assert config.freeze == ("features",) and config.image_size == (8, 8)
     with pytest.raises(ValueError, match="freeze must be a list of stage names"):
         TrainConfig(freeze=[1]).check()
+    # names must be strings, counts ints (a list had raised "unhashable type"; True and
+    # 3.0 had passed as 1 and 3, and a log said "3.0 channel(s)")
+    for field, value in (("optimizer", ["adam"]), ("schedule", {"cosine": 1}),
+                         ("shift_fill", ["black"]), ("channels", True), ("channels", 3.0)):
+        with pytest.raises(ValueError, match=f"TrainConfig: {field} must be "):
+            TrainConfig(**{field: value}).check()
 
 
 def test_a_val_fraction_too_small_for_every_class_says_how_it_rounds(tmp_path):

@@ -192,9 +192,12 @@ class TrainConfig:
             fail("seed", "an int >= 0")
         if not is_int(self.checkpoint_every, 0):
             fail("checkpoint_every", "an int >= 0")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+        # (a name is a str first: a list is unhashable, and True == 1)
+        if self.optimizer is not None and not (isinstance(self.optimizer, str)
+                                               and self.optimizer in OPTIMIZERS):
             fail("optimizer", f"one of {', '.join(OPTIMIZERS)}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
+        if self.schedule is not None and not (isinstance(self.schedule, str)
+                                              and self.schedule in SCHEDULES):
             fail("schedule", f"one of {', '.join(SCHEDULES)}")
         if self.lr is not None and not is_float(self.lr, 0, open_low=True):
             fail("lr", "a finite number > 0")
@@ -221,17 +224,18 @@ class TrainConfig:
 
         if self.time_limit is not None and not is_float(self.time_limit, 0, open_low=True):
             fail("time_limit", "a finite number of seconds > 0")
-        if self.dtype not in ("float32", "float64"):
+        if not (isinstance(self.dtype, str) and self.dtype in ("float32", "float64")):
             fail("dtype", "'float32' or 'float64'")
         if self.conv_algorithm not in [a.value for a in Algorithm]:   # any type: a list
             fail("conv_algorithm", f"one of {', '.join(a.value for a in Algorithm)}")
-        if self.shift_fill not in SHIFT_FILLS:
+        if not (isinstance(self.shift_fill, str) and self.shift_fill in SHIFT_FILLS):
             fail("shift_fill", f"one of {', '.join(SHIFT_FILLS)}")
         if self.image_size is not None and not (
                 isinstance(self.image_size, tuple) and len(self.image_size) == 2
                 and all(is_int(v, 1, limits.MAX_IMAGE_SIDE) for v in self.image_size)):
             fail("image_size", f"(H, W) with sides from 1 to {limits.MAX_IMAGE_SIDE}")
-        if self.channels not in (None, 1, 3):
+        if self.channels is not None and not (type(self.channels) is int
+                                              and self.channels in (1, 3)):
             fail("channels", "1, 3 or null")
         if not (isinstance(self.freeze, tuple) and all(isinstance(s, str) for s in self.freeze)):
             fail("freeze", "a list of stage names")

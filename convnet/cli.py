@@ -427,17 +427,24 @@ def cmd_show(args):
     title = None
     if not model.trained:
         title = f"{args.model}: untrained (random initial weights, nothing learned)"
-    if args.what == "filters":
-        path = plot.plot_filters(model, out, title=title)
-    elif args.what == "reuse":
-        path = plot.plot_reuse(model, out, title=title)
-    else:
-        from convnet.train.inference import load_images, preprocess
-        images, notes = load_images([args.image], _takes_images(args, model, scores=False))
-        for note in notes:
-            _note(args, note)
-        info = getattr(model, "info", None) or {}
-        path = plot.plot_activations(model, preprocess(images, 255, info), out, title=title)
+    try:
+        if args.what == "filters":
+            path = plot.plot_filters(model, out, title=title)
+        elif args.what == "reuse":
+            path = plot.plot_reuse(model, out, title=title)
+        else:
+            from convnet.train.inference import load_images, preprocess
+            images, notes = load_images([args.image],
+                                        _takes_images(args, model, scores=False))
+            for note in notes:
+                _note(args, note)
+            info = getattr(model, "info", None) or {}
+            path = plot.plot_activations(model, preprocess(images, 255, info), out,
+                                         title=title)
+    except ValueError as err:    # "the model has no CONV layer ...": which model
+        if str(err).startswith("the model has no"):
+            raise ValueError(f"{args.model}: {err}") from None
+        raise
     if title:
         _note(args, f"{args.model} has random initial weights: the picture says so")
     print(limits.printable(f"wrote {path}"))

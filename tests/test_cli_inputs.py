@@ -1301,6 +1301,10 @@ def test_show_filters_refuses_an_image(tmp_path, capsys, monkeypatch):
         assert (f"show {what} draws the model alone: IMAGE (cat.png) is for show "
                 f"activations") in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    # a model with nothing to draw is named (the error had said "the model")
+    for what, says in (("filters", "no CONV layer"), ("reuse", "no DenseBlock")):
+        assert main(["show", what, "INPUT 8x8x1 -> FC 10"]) == 1
+        assert f"INPUT 8x8x1 -> FC 10: the model has {says}" in capsys.readouterr().err
 
 
 def test_text_from_files_reaches_the_terminal_escaped_and_long_notation_stays_aligned(

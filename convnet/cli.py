@@ -297,6 +297,8 @@ def _note(args, text):
 
 
 def cmd_eval(args):
+    import numpy as np
+
     from convnet.io.weights import json_text
     from convnet.spec import check_open_input
     from convnet.train.inference import evaluate, evaluation_data
@@ -313,7 +315,13 @@ def cmd_eval(args):
         _note(args, note)
     info = getattr(model, "info", None) or {}
     tta = _tta(args, info)
-    result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
+    with np.errstate(all="ignore"):     # scores that overflow are named below
+        result = evaluate(model, x, y, num_classes=len(classes), tta=tta)
+    if result["not_finite"]:
+        raise ValueError(f"{args.model} gives class scores that are not finite (NaN or "
+                         f"infinite) for {result['not_finite']} of {len(x)} images of "
+                         f"{args.data}: its weights hold NaN or infinities, or its outputs "
+                         f"overflow float32; no accuracy can be given")
     if args.json:
         print(json_text({"accuracy": result["accuracy"], "loss": result["loss"],
                           "images": len(x), "tta": tta, "classes": list(classes),
@@ -341,6 +349,8 @@ def confusion_text(confusion, classes):
 
 
 def cmd_predict(args):
+    import numpy as np
+
     from convnet.data.preprocess import brightness_warning
     from convnet.spec import check_open_input
     from convnet.train.inference import (
@@ -366,6 +376,8 @@ def cmd_predict(args):
     # one batch however many files are given.
     part = inference_batch(model, shape)
     errors, converted = [], []    # an unreadable file among many: the others are predicted
+    nonfinite = []                # images whose scores are NaN or infinite
+    warned = 0                    # images far from the training data's brightness
     for start in range(0, len(args.images), part):
         chunk = args.images[start:start + part]
         images, _ = load_images(chunk, shape, errors, converted=(found := []))
@@ -377,18 +389,35 @@ def cmd_predict(args):
         if not paths:
             continue
         for i, warning in brightness_warning(images, 255, info):
-            _note(args, f"warning: {paths[i]}: {warning}")
-        indices, probs = top_k(model, preprocess(images, 255, info),
-                               min(args.top, len(classes)), tta=tta)
+            if warned < MAX_IMAGE_NOTES:
+                _note(args, f"warning: {paths[i]}: {warning}")
+            warned += 1
+        with np.errstate(all="ignore"):     # scores that overflow are named below
+            indices, probs = top_k(model, preprocess(images, 255, info),
+                                   min(args.top, len(classes)), tta=tta)
         for path, idx, prob in zip(paths, indices, probs):
+            if not np.isfinite(prob).all():
+                nonfinite.append(path)
+                continue
             ranked = ", ".join(f"{classes[i]} {p:.3f}" for i, p in zip(idx, prob))
             shown = path if path.isprintable() else repr(path)   # no terminal escapes
             print(f"{shown}: {ranked}", flush=True)
     if len(converted) > MAX_IMAGE_NOTES:      # how many more were converted
         _note(args, conversion_notes(converted, shape)[-1])
+    if warned > MAX_IMAGE_NOTES:
+        _note(args, f"warning: {warned - MAX_IMAGE_NOTES} more images' intensity lies far "
+                    f"outside the training images'")
     if errors:
         from convnet.data.folder import unreadable
         raise unreadable([message for _, message in errors], len(args.images))
+    if nonfinite:
+        shown = ", ".join(nonfinite[:MAX_IMAGE_NOTES]) + (
+            f" and {len(nonfinite) - MAX_IMAGE_NOTES} more"
+            if len(nonfinite) > MAX_IMAGE_NOTES else "")
+        raise ValueError(f"{args.model} gives class scores that are not finite (NaN or "
+                         f"infinite) for {len(nonfinite)} of {len(args.images)} images "
+                         f"({shown}): its weights hold NaN or infinities, or its outputs "
+                         f"overflow float32")
 
 
 def _in_a_folder(out):

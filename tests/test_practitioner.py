@@ -13,7 +13,7 @@ from PIL import Image
 from convnet.cli import main
 from convnet.data import load_dataset
 from convnet.data.folder import load_image_folder
-from convnet.io import load_model, save_tensors
+from convnet.io import load_model, save_model, save_tensors
 from convnet.models import from_notation
 from convnet.train.defaults import default_notation
 from convnet.train.loop import TrainConfig, train
@@ -354,6 +354,59 @@ def test_predict_warns_about_images_far_from_the_training_data(trained, tmp_path
     assert "light on dark, this one is the reverse: invert it" in err
 
 
+def test_predict_names_the_first_ten_far_images_and_counts_the_rest(trained, tmp_path,
+                                                                    capsys):
+    """Every image far from the training data's brightness had its own warning: a folder
+    of 10,000 inverted scans gave 10,000 lines."""
+    from convnet.train.inference import MAX_IMAGE_NOTES
+    root, _ = trained
+    x, _ = load_dataset("digits").test
+    files = []
+    for i in range(MAX_IMAGE_NOTES + 3):
+        digit = (x[i, 0].astype(np.float64) * 255 / 16).astype(np.uint8)
+        Image.fromarray(255 - digit).save(tmp_path / f"{i}.png")      # dark on light
+        files.append(str(tmp_path / f"{i}.png"))
+    assert main(["predict", str(root / "run" / "model.json"), *files]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == len(files)
+    named = [line for line in captured.err.splitlines() if ": its mean intensity" in line]
+    assert len(named) == MAX_IMAGE_NOTES
+    assert captured.err.strip().splitlines()[-1] == (
+        "convnet predict: warning: 3 more images' intensity lies far outside the "
+        "training images'")
+
+
+def _overflowing(model_file, out):
+    """A copy of the model file whose weights overflow float32 in its first layer."""
+    model = load_model(model_file)
+    state = model.state_dict()
+    state["0.weight"][...] = 1e38
+    model.load_state_dict(state)
+    save_model(model, out, **model.info)
+    return str(out)
+
+
+def test_predict_and_eval_refuse_scores_that_are_not_finite(trained, tmp_path, capsys):
+    """Weights that overflow float32 gave "0 nan, 1 nan, 2 nan" from predict and an
+    accuracy (every image taken as class 0) from eval, both with exit status 0."""
+    root, _ = trained
+    model_file = _overflowing(root / "run" / "model.json", tmp_path / "big.json")
+    x, _ = load_dataset("digits").test
+    Image.fromarray((x[0, 0].astype(np.float64) * 255 / 16).astype(np.uint8)).save(
+        tmp_path / "a.png")
+    assert main(["predict", model_file, str(tmp_path / "a.png")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (f"{model_file} gives class scores that are not finite (NaN or infinite) for 1 "
+            f"of 1 images ({tmp_path / 'a.png'})") in captured.err
+    assert "warning: overflow" not in captured.err
+    assert main(["eval", model_file, "--data", "digits"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (f"{model_file} gives class scores that are not finite (NaN or infinite) for "
+            f"359 of 359 images of digits") in captured.err
+
+
 def test_predict_predicts_the_readable_images_and_names_the_others(trained, tmp_path,
                                                                   capsys):
     """One bad file among many had stopped every prediction."""
@@ -540,20 +593,20 @@ def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_eval_json_is_strict_json_when_the_loss_is_not_finite(trained, tmp_path, capsys):
-    """Weights so large that the scores overflow: `eval --json` prints the loss as null,
-    which jq and JSON.parse read (json.dumps alone had printed NaN, which they refuse).
-    (A file of NaN weights is refused when it is read.)"""
+def test_eval_json_prints_no_accuracy_when_the_scores_are_not_finite(trained, tmp_path,
+                                                                     capsys):
+    """Weights so large that the scores overflow: `eval --json` had printed an accuracy
+    (every image taken as class 0) and the loss as null; it now prints nothing on stdout
+    and says why on stderr. (A file of NaN weights is refused when it is read.)"""
     root, result = trained
     state = {k: np.full_like(v, 1e30) if k.endswith("weight") else v
              for k, v in result.model.state_dict().items()}
     save_tensors(state, tmp_path / "nan.safetensors")
     assert main(["eval", str(tmp_path / "nan.safetensors"), "--model", SMALL, "--data",
-                 "digits", "--json"]) == 0
-
-    def refuse(constant):
-        raise AssertionError(f"not strict JSON: {constant}")
-    assert json.loads(capsys.readouterr().out, parse_constant=refuse)["loss"] is None
+                 "digits", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "gives class scores that are not finite" in captured.err
 
 
 def test_fine_tuning_on_the_same_folder_with_another_split_is_refused(tmp_path, capsys):

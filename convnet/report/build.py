@@ -675,9 +675,9 @@ def _evaluation_section(found, data, trained, all_images=False):
 # -- the report -------------------------------------------------------------------------
 def _evaluate(model, x, y, classes, info):
     """(evaluate's result, most confidently wrong [(pixels, true, predicted,
-    probability, index)]) on a data set's prepared test images. The result's
-    "not_finite" counts the images whose class scores are NaN or infinite (no wrong
-    images are listed then)."""
+    probability, index)]) on a data set's prepared test images; where some images'
+    class scores are NaN or infinite (evaluate's "not_finite"), no wrong images are
+    listed."""
     from convnet.train.inference import evaluate
 
     tta = bool(info.get("tta", False))            # as convnet eval does by default
@@ -685,7 +685,6 @@ def _evaluate(model, x, y, classes, info):
         result = evaluate(model, x, y, num_classes=len(classes), tta=tta, predictions=True)
     result["tta"] = tta
     guess, prob = result.pop("predicted"), result.pop("probability")
-    result["not_finite"] = int(len(prob) - np.isfinite(prob).sum())
     if result["not_finite"]:
         return result, []
     wrong = np.flatnonzero(guess != y)

@@ -186,15 +186,19 @@ def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False, predicti
     batch_size: images per forward; None takes ``inference_batch``'s.
     tta=True: flip test-time augmentation, the scores the mean of the image's and of its
     mirror image's (left-right). predictions=True: also each image's predicted class
-    ("predicted") and its softmax probability ("probability"), from the same pass."""
+    ("predicted") and its softmax probability ("probability"), from the same pass.
+    "not_finite" counts the images whose class scores are NaN or infinite (their
+    predicted class is then meaningless)."""
     model.eval()
     batch_size = batch_size or inference_batch(model, x.shape[1:])
     k = num_classes or int(np.prod(model.output_shape(x.shape[1:])))
     confusion = np.zeros((k, k), dtype=np.int64)
     loss = 0.0
+    not_finite = 0
     guesses, probabilities = [], []
     for start in range(0, len(x), batch_size):
         scores = class_scores(model, x[start:start + batch_size], tta)
+        not_finite += int(len(scores) - np.isfinite(scores).all(axis=1).sum())
         yb = y[start:start + batch_size]
         loss += softmax_cross_entropy(scores, yb)[0] * len(yb)
         guess = np.argmax(scores, axis=1)
@@ -205,7 +209,7 @@ def evaluate(model, x, y, batch_size=None, num_classes=None, tta=False, predicti
                 softmax(scores.astype(np.float64)), guess[:, None], axis=1)[:, 0])
     n = max(len(x), 1)
     result = {"accuracy": float(np.trace(confusion) / n), "loss": loss / n,
-              "confusion": confusion}
+              "confusion": confusion, "not_finite": not_finite}
     if predictions:
         result["predicted"] = np.concatenate(guesses) if guesses else np.empty(0, np.int64)
         result["probability"] = np.concatenate(probabilities) if probabilities else \

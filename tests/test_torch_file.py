@@ -165,6 +165,17 @@ def test_a_dtype_convnet_does_not_read_is_named_as_one(tmp_path, dtype):
         load_torch(path)
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+def test_a_quantized_tensor_is_named_as_one(tmp_path):
+    """It had been refused as "'torch._utils._rebuild_qtensor' ... only tensors and
+    their containers are allowed", which does not say what to do."""
+    path = tmp_path / "q.pth"
+    torch.save({"a": torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)}, path)
+    with pytest.raises(ValueError, match="quantized tensors are not read: convnet reads "
+                                         r"float64.*tensor.dequantize\(\)"):
+        load_torch(path)
+
+
 def test_conj_and_neg_views_are_resolved(tmp_path):
     z, y = torch.randn(2, 3, dtype=torch.complex128), torch.randn(3, 2, dtype=torch.complex64)
     tensors = {"conj": z.conj(), "neg": y.conj().imag}    # flags set, storages untouched

@@ -241,6 +241,10 @@ class _Unpickler(pickle.Unpickler):
                 raise Refused(f"tensors of dtype torch.{name:.80} are not read: convnet "
                               f"reads {', '.join(RAW_DTYPES)}; convert them (e.g. "
                               f"tensor.float()) before saving") from None
+            if (module, name) == ("torch._utils", "_rebuild_qtensor"):
+                raise Refused("quantized tensors are not read: convnet reads "
+                              f"{', '.join(RAW_DTYPES)}; save the float model (e.g. "
+                              "tensor.dequantize()) instead") from None
             raise Refused(f"refusing to load '{module:.80}.{name:.80}' from a PyTorch file: "
                           "only tensors and their containers are allowed") from None
 

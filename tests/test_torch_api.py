@@ -28,7 +28,7 @@ from convnet.layers import (
 from convnet.layers.base import IncompatibleKeys, StateDictError
 from convnet.models import Sequential, conv_to_fc, from_config, from_notation
 from tests.torch_models import to_torch
-from tests.utils import rel_error
+from tests.utils import check_layer_grads, rel_error
 
 F64 = dict(dtype=np.float64)
 
@@ -440,6 +440,53 @@ def test_conv_padding_options_as_torch(case, size):
     for m in (conv, theirs):
         m.zero_grad()
     run_both(fused, fused_t, x, rng)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")   # torch's
+@pytest.mark.parametrize("seed", range(150))
+def test_conv_padding_modes_as_torch_over_random_hyperparameters(seed):
+    """Every padding_mode, "same" with even or dilated extents and explicit pads up to
+    each mode's limit (reflect: the side less one; circular: the side), with stride,
+    dilation and groups drawn at random: forward and backward equal torch's."""
+    rng = np.random.default_rng(seed)
+    mode = str(rng.choice(["zeros", "reflect", "replicate", "circular"]))
+    g = int(rng.choice([1, 2]))
+    c, k = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+    f = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    h, w = int(rng.integers(2, 9)), int(rng.integers(2, 9))
+    if rng.random() < 0.4:
+        s, p = (1, 1), "same"
+        if mode == "reflect":         # "same" pads up to D*(F-1) on a side: keep it < side
+            h, w = max(h, d[0] * (f[0] - 1) + 1), max(w, d[1] * (f[1] - 1) + 1)
+    else:
+        s = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        limit = {"reflect": (h - 1, w - 1), "circular": (h, w)}.get(mode, (3, 3))
+        p = (int(rng.integers(0, limit[0] + 1)), int(rng.integers(0, limit[1] + 1)))
+        # the dilated filter must fit the padded input
+        h = max(h, d[0] * (f[0] - 1) + 1 - 2 * p[0])
+        w = max(w, d[1] * (f[1] - 1) + 1 - 2 * p[1])
+    conv = Conv2d(c, k, f, s, p, d, g, padding_mode=mode, fit="floor", rng=rng, **F64)
+    theirs = torch.nn.Conv2d(c, k, f, s, p, d, g, padding_mode=mode, dtype=torch.float64)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.tensor(conv.weight))
+        theirs.bias.copy_(torch.tensor(conv.bias))
+    x = rng.standard_normal((2, c, h, w))
+    run_both(conv, theirs, x, rng, tol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=2),
+                                    dict(kernel_size=(2, 4), padding="same"),
+                                    dict(kernel_size=3, stride=2, padding=(1, 2))],
+                         ids=["P2", "same-even", "S2"])
+def test_conv_padding_modes_gradient_check(mode, kwargs):
+    """pad2d's backward (each mode's padded pixels added back where they came from),
+    through the Conv2d layer, against central differences in float64."""
+    rng = np.random.default_rng(0)
+    conv = Conv2d(2, 3, padding_mode=mode, fit="floor", rng=rng, **F64, **kwargs)
+    errors = check_layer_grads(conv, rng.standard_normal((2, 2, 5, 6)))
+    assert max(errors.values()) < 1e-7, errors
 
 
 def test_conv_padding_options_refused_as_torch():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from convnet.layers.activation import ReLU
+from convnet.layers.activation import ReLU, Tanh
 from convnet.layers.base import Identity
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
@@ -32,7 +32,8 @@ def conv_bn(c, k, f, stride=1, rng=None):
                        "bn": BatchNorm2d(k, dtype=np.float64)})
 
 
-def basic_block(c, k, stride, rng):
+def basic_block(c, k, stride, rng, post="relu"):
+    """ResNet's basic block; post: the layer after the sum ("relu", "tanh" or None)."""
     shortcut = None
     if stride != 1 or c != k:
         shortcut = Sequential(Conv2d(c, k, 1, stride, bias=False, rng=rng, **F64),
@@ -41,7 +42,7 @@ def basic_block(c, k, stride, rng):
             "bn1": BatchNorm2d(k, dtype=np.float64), "relu": ReLU(),
             "conv2": Conv2d(k, k, 3, 1, 1, bias=False, rng=rng, **F64),
             "bn2": BatchNorm2d(k, dtype=np.float64)}
-    return Residual(body, shortcut, post=ReLU())
+    return Residual(body, shortcut, post={"relu": ReLU(), "tanh": Tanh(), None: None}[post])
 
 
 def inception(c, rng):
@@ -65,6 +66,10 @@ def make(kind, rng):
         return basic_block(3, 3, 1, rng), (3, 6, 6)
     if kind == "projection":
         return basic_block(2, 4, 2, rng), (2, 7, 7)
+    if kind == "residual-nopost":      # as ONNX import builds inverted residuals
+        return basic_block(3, 3, 1, rng, post=None), (3, 6, 6)
+    if kind == "projection-tanh":
+        return basic_block(2, 4, 2, rng, post="tanh"), (2, 7, 7)
     if kind == "concat":
         return inception(3, rng), (3, 5, 5)
     if kind == "dense":
@@ -73,7 +78,8 @@ def make(kind, rng):
                       inception(4, rng), dense_block(6, 2, 2, rng)), (2, 9, 9)
 
 
-KINDS = ["residual", "projection", "concat", "dense", "stack"]
+KINDS = ["residual", "projection", "residual-nopost", "projection-tanh", "concat", "dense",
+         "stack"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -394,6 +394,34 @@ def test_lppool_matches_torch(case):
     assert rel_error(dx, ref_dx) < 1e-10
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in power")  # the NaNs
+@pytest.mark.parametrize("case", LP_CASES[:60], ids=[_id(c) for c in LP_CASES[:60]])
+def test_lppool_of_signed_inputs_matches_torch(case):
+    """What a pool after a CONV sees: negative values too. x**p of a negative value at
+    an odd p, a negative window sum at p = 1 or 3, and the p = 2 backward's x (not |x|)."""
+    rng = np.random.default_rng(case["seed"] + 5000)
+    x = rng.standard_normal(case["shape"])
+    p = [1, 2, 3, 4][int(rng.integers(0, 4))]
+    k, s, ceil = case["kernel"], case["stride"], case["ceil"]
+    pool = LPPool2d(p, k, s, ceil, fit="floor")
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = pool.backward(dout)
+    ref_out, ref_dx = torch_grad(lambda t: TF.lp_pool2d(t, p, k, s, ceil), x, dout)
+    assert out.shape == ref_out.shape
+    # torch's root of a negative sum (odd p) is NaN: the same windows, the same NaNs
+    for ours, theirs, tol in ((out, ref_out, 1e-10), (dx, ref_dx, 1e-9)):
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        finite = ~np.isnan(theirs)
+        assert rel_error(ours[finite], theirs[finite]) < tol
+
+
+@pytest.mark.parametrize("p", [1, 2, 4])
+def test_lppool_of_signed_inputs_gradient_check(p):
+    x = np.random.default_rng(70 + p).standard_normal((2, 2, 4, 6))
+    assert check_layer_grads(LPPool2d(p, 2), x)["x"] < 1e-7
+
+
 def adaptive_cases(count, seed):
     rng = np.random.default_rng(seed)
     return [{"shape": (int(rng.integers(1, 3)), int(rng.integers(1, 4)),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnet.layers.activation import ReLU, ReLU6
+from convnet.layers.activation import ReLU, ReLU6, Tanh
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
@@ -309,6 +309,8 @@ def to_torch(model):
         return nn.ReLU(inplace=model.inplace)
     elif isinstance(model, ReLU6):
         return nn.ReLU6(inplace=model.inplace)
+    elif isinstance(model, Tanh):
+        return nn.Tanh()
     elif isinstance(model, MaxPool2d):
         return nn.MaxPool2d(model.kernel_size, model.stride, model.padding, model.dilation,
                             ceil_mode=model.ceil_mode)
@@ -329,9 +331,10 @@ class TorchResidual(nn.Module):
         super().__init__()
         self.body = nn.Sequential(*[to_torch(block[k]) for k in block.body_keys])
         self.shortcut = to_torch(block["downsample"]) if block.shortcut_key else nn.Identity()
+        self.post = to_torch(block[block.post_key]) if block.post_key else nn.Identity()
 
     def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return self.post(self.body(x) + self.shortcut(x))
 
 
 class TorchConcat(nn.Module):

@@ -414,7 +414,7 @@ def test_padded_nets_slide_only_approximately():
                       for i in range(3) for j in range(3)])
     expected = net.forward(crops).reshape(3, 3, 5).transpose(2, 0, 1)
     assert rel_error(scores[:, 0, 0], expected[:, 0, 0]) > 1e-6     # borders differ
-    assert rel_error(scores, expected) < 0.5
+    assert rel_error(scores, expected) < 3e-3       # (it is 3e-4; scores x2 give 0.33)
 
 
 def test_slide_combines_shifted_passes_for_stride_16():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from convnet.functional import loss as F
 from convnet.functional.loss import (
     cross_entropy,
     log_softmax,
@@ -405,6 +406,23 @@ def test_margin_must_be_a_finite_number(margin):
     with pytest.raises(ValueError, match=f"^MultiMarginLoss: margin must be a finite number, "
                        f"got {re.escape(repr(margin))}$"):
         MultiMarginLoss(margin=margin)
+
+
+@pytest.mark.parametrize("margin", ["1", [1.0], float("nan"), 10 ** 400, True])
+@pytest.mark.parametrize("loss", ["svm_loss", "multi_margin_loss"])
+def test_the_functions_check_their_margin(loss, margin):
+    """The layers checked it, the functions not: a list was broadcast (a loss of 2.1), NaN
+    gave a NaN loss, a string a NumPy UFuncTypeError."""
+    scores, y = np.array([[0.1, 0.5, -0.2]]), np.array([0])
+    with pytest.raises(ValueError, match=f"^{loss}: margin must be a finite number, got "):
+        getattr(F, loss)(scores, y, margin=margin)
+
+
+@pytest.mark.parametrize("ignore_index", [0.5, True, "0"])
+def test_cross_entropy_checks_its_ignore_index(ignore_index):
+    with pytest.raises(ValueError, match="^cross_entropy: ignore_index must be an int or "
+                                         "None, got "):
+        F.cross_entropy(np.zeros((1, 3)), np.array([0]), ignore_index=ignore_index)
 
 
 def test_svm_margins_round_as_pytorchs_and_nan_shows():

@@ -59,6 +59,20 @@ def check_scores_targets(scores, y, where, ignore_index=None):
     return y
 
 
+def check_margin(margin, where):
+    """The hinge's margin: a finite real number (not a bool, a string or an array); as a
+    float."""
+    ok = isinstance(margin, (int, float, np.integer, np.floating)) and \
+        not isinstance(margin, (bool, np.bool_))
+    try:
+        ok = ok and np.isfinite(float(margin))
+    except OverflowError:                  # an int beyond the largest float
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: margin must be a finite number, got {margin!r:.80}")
+    return float(margin)
+
+
 def check_weight(weight, c, where):
     """A class weight: None, or one finite number per class (C of them, where c is given);
     as a float64 array."""
@@ -151,6 +165,10 @@ def cross_entropy(scores, y, weight=None, ignore_index=-100, reduction="mean",
     weight, with weights), 'sum' adds, both giving a float; 'none' gives the losses (N,).
     dscores (N, C) is the gradient of the reduced loss ('none': of the losses' sum).
     """
+    if ignore_index is not None and (not isinstance(ignore_index, (int, np.integer))
+                                     or isinstance(ignore_index, bool)):
+        raise ValueError(f"{where}: ignore_index must be an int or None, got "
+                         f"{ignore_index!r:.80}")
     y = check_scores_targets(scores, y, where, ignore_index)
     e = label_smoothing
     if not (isinstance(e, (int, float, np.integer, np.floating))
@@ -213,7 +231,7 @@ def svm_loss(scores, y, margin=1.0):
     """
     y = check_scores_targets(scores, y, "svm_loss")
     n = scores.shape[0]
-    margins = _margins(scores, y, margin)
+    margins = _margins(scores, y, check_margin(margin, "svm_loss"))
     loss = margins.sum() / n
     dscores = _hinge_gradient((margins > 0).astype(scores.dtype), y)  # +1 a positive margin
     dscores /= n
@@ -255,7 +273,7 @@ def multi_margin_loss(scores, y, p=1, margin=1.0, weight=None, reduction="mean",
         raise ValueError(f"{where}: p must be 1 or 2, got {p!r}")
     n, c = scores.shape
     w = check_weight(weight, c, where)
-    z = _margins(scores, y, margin)
+    z = _margins(scores, y, check_margin(margin, where))
     if p == 1:
         h, dh = z, (z > 0).astype(scores.dtype)
     else:

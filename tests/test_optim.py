@@ -335,10 +335,23 @@ def test_step_errors():
     (AdamW, dict(betas=(0.9, 1.0)), r"betas\[1\]"), (Adam, dict(betas=0.9), "pair"),
     (Adam, dict(eps=-1e-8), "eps"), (RMSprop, dict(alpha=-0.5), "alpha"),
     (RMSprop, dict(momentum=-1), "momentum"), (Adagrad, dict(lr_decay=-1), "lr_decay"),
-    (Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value")])
+    (Adagrad, dict(initial_accumulator_value=-1), "initial_accumulator_value"),
+    # an int beyond the largest float had raised a bare OverflowError
+    (SGD, dict(lr=10 ** 400), "lr must be a finite number >= 0, got 1000"),
+    (Adam, dict(betas=(10 ** 400, 0.9)), r"betas\[0\] must be a finite number in \[0, 1\)"),
+    (SGD, dict(lr=0.1, dampening=float("nan")), "dampening must be a finite number, got "
+                                                "nan$")])
 def test_bad_hyperparameters(cls, kwargs, word):
     with pytest.raises(ValueError, match=f"{cls.__name__}: .*{word}"):
         cls(make_params(0), **kwargs)
+
+
+def test_adam_takes_betas_as_an_array_as_torch_does():
+    w = make_params(0)
+    ours = Adam(w, betas=np.array([0.8, 0.9]))
+    assert ours.betas == (0.8, 0.9)
+    with pytest.raises(ValueError, match="betas must be a pair"):
+        Adam(w, betas=np.array([[0.8, 0.9]]))
 
 
 def test_bad_params():
@@ -517,6 +530,13 @@ def test_schedule_errors():
         StepLR(opt, 0)
     with pytest.raises(ValueError, match="StepLR: gamma"):
         StepLR(opt, 3, gamma=-0.1)
+    with pytest.raises(ValueError, match="StepLR: gamma must be a finite number > 0, got 1000"):
+        StepLR(opt, 3, gamma=10 ** 400)             # had raised a bare OverflowError
+    with pytest.raises(ValueError, match="StepLR: step_size must be at most 2\\*\\*53"):
+        StepLR(opt, 10 ** 400)
+    state = CosineAnnealingLR(opt, 10).state_dict()
+    with pytest.raises(ValueError, match="last_epoch must be at most 2\\*\\*53"):
+        CosineAnnealingLR(opt, 10).load_state_dict({**state, "last_epoch": 10 ** 400})
     with pytest.raises(ValueError, match="CosineAnnealingLR: T_max"):
         CosineAnnealingLR(opt, 0)
     with pytest.raises(ValueError, match="CosineAnnealingLR: eta_min"):

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from convnet.functional.threads import in_parallel
+from convnet.layers.base import real
 
 # An update runs over pieces of this many values of a parameter at a time (see
 # Optimizer._update_in_pieces): 1 MB a float32 array, so a piece of the parameter, its
@@ -44,14 +45,15 @@ MAX_STEPS = 1 << 53      # a parameter's step count in a saved state: exact as a
 
 
 def _number(value, name, where, low=0.0, below=None):
-    """A finite real hyperparameter with low <= value (< below); a clear error otherwise."""
-    ok = (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and math.isfinite(value) and value >= low
-          and (below is None or value < below))
-    if not ok:
-        bound = f"in [{low:g}, {below:g})" if below is not None else f">= {low:g}"
-        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
-    return float(value)  # a Python float keeps float32 arithmetic in float32
+    """A finite real hyperparameter with low <= value (< below); a clear error otherwise
+    (an int too large for a float too)."""
+    bound = (f" in [{low:g}, {below:g})" if below is not None else
+             f" >= {low:g}" if low > -math.inf else "")
+    expected = f"a finite number{bound}"
+    number = real(value, name, where, expected=expected)
+    if number < low or (below is not None and number >= below):
+        raise ValueError(f"{where}: {name} must be {expected}, got {value!r:.80}")
+    return number  # a Python float keeps float32 arithmetic in float32
 
 
 def _flag(value, name, where):
@@ -520,9 +522,10 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False):
         super().__init__(params, lr, weight_decay)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        if not (isinstance(betas, (tuple, list)) or (isinstance(betas, np.ndarray)
+                                                     and betas.ndim == 1)) or len(betas) != 2:
             raise ValueError(f"{self.where}: betas must be a pair (beta1, beta2), "
-                             f"got {betas!r}")
+                             f"got {betas!r:.80}")
         self.betas = tuple(_number(b, f"betas[{i}]", self.where, below=1.0)
                            for i, b in enumerate(betas))
         self.eps = _number(eps, "eps", self.where)

@@ -21,24 +21,27 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from convnet.layers.base import real
 from convnet.train.optim import Named, Optimizer
+
+MAX_COUNT = 1 << 53      # steps of a schedule: every count up to it is exact as a float
 
 
 def _int(value, name, where, low):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         kind = "positive" if low == 1 else "non-negative"
-        raise ValueError(f"{where}: {name} must be a {kind} int, got {value!r}")
+        raise ValueError(f"{where}: {name} must be a {kind} int, got {value!r:.80}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{where}: {name} must be at most 2**53, got {value!r:.80}")
     return int(value)
 
 
 def _float(value, name, where, low=0.0, strict=False):
-    ok = (isinstance(value, (int, float, np.integer, np.floating))
-          and not isinstance(value, bool) and math.isfinite(value)
-          and (value > low if strict else value >= low))
-    if not ok:
-        raise ValueError(f"{where}: {name} must be a finite number {'>' if strict else '>='}"
-                         f" {low:g}, got {value!r}")
-    return float(value)
+    expected = f"a finite number {'>' if strict else '>='} {low:g}"
+    number = real(value, name, where, expected=expected)
+    if number < low or (strict and number == low):
+        raise ValueError(f"{where}: {name} must be {expected}, got {value!r:.80}")
+    return number
 
 
 class LRSchedule(Named):

@@ -526,6 +526,36 @@ def test_a_checkpoint_setting_that_fails_names_the_checkpoint(tmp_path, capsys, 
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("field", ["schedule", "optimizer", "ema"])
+def test_a_checkpoint_whose_step_counts_disagree_with_its_place_is_refused(tmp_path,
+                                                                           capsys, field):
+    """The schedule's, the parameters' or the EMA's step count set apart from the
+    checkpoint's epoch and batch (an edited file, with its checksum made again): the run
+    had gone on at the learning rate of another step, with exit status 0."""
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--model", SMALL, "--epochs", "2", "--limit", "200",
+            "--quiet", "--no-report", "--ema", "0.9", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoint.safetensors"
+
+    def edit(state):
+        if field == "schedule":
+            state["schedule"]["last_epoch"] = 10 ** 6
+        elif field == "optimizer":
+            key = next(iter(state["optimizer"]["steps"]))
+            state["optimizer"]["steps"][key] += 1
+        else:
+            state["ema"]["updates"] = 3
+    rewrite_checkpoint(ckpt, edit)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    name = {"schedule": "schedule.last_epoch", "optimizer": "optimizer.steps",
+            "ema": "ema.updates"}[field]
+    assert f"{ckpt}: checkpoint field '{name}' must count the " in err, err
+    assert "Traceback" not in err
+
+
 def test_a_float64_run_of_a_zoo_net_starts_from_the_same_weights_as_float32(tmp_path):
     """The float64 path had built the model again from its config, each layer drawing
     PyTorch's default init: a zoo net lost the torchvision init the float32 path has."""

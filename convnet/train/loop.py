@@ -1264,6 +1264,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             comm, log)
         if ema is not None:
             ema.load_state_dict(ema_arrays, state.get("ema"), f"{ckpt_path}: ema")
+            _check_steps(ckpt_path, "ema.updates", [ema.updates], epoch, batch,
+                         batches_per_epoch)
         done = f"{counted(cfg.epochs, 'epoch')} {'is' if cfg.epochs == 1 else 'are'} done"
         log(f"resuming {ckpt_path} at epoch {epoch + 1}, batch {batch}" if epoch < cfg.epochs
             else f"resuming {ckpt_path}: its {done}; the model is tested and written again "
@@ -1754,6 +1756,10 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
         schedule.load_state_dict(state["schedule"])
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    _check_steps(path, "schedule.last_epoch", [schedule.last_epoch], epoch, batch,
+                 batches_per_epoch)
+    _check_steps(path, "optimizer.steps", list(optimizer.steps.values()), epoch, batch,
+                 batches_per_epoch)
     if comm.rank < len(ranks):
         for name, layer in dropout_layers(model):
             field = "dropout_rng" if "dropout_rng_ranks" not in state else \
@@ -1762,6 +1768,17 @@ def _restore(state, path, model, optimizer, optim_arrays, schedule, cfg, batches
     if epoch_rng is not None:
         _set_rng(np.random.default_rng(0), epoch_rng, path, "epoch_rng")  # checks it
     return epoch, batch, history, best, sums, epoch_rng
+
+
+def _check_steps(path, field, counts, epoch, batch, batches_per_epoch):
+    """Each count of steps a checkpoint keeps (the schedule's, each parameter's, the
+    EMA's) is the steps its epoch and batch have done: one an edited file or another run
+    set otherwise would go on at another learning rate without a word."""
+    done = epoch * batches_per_epoch + batch
+    if any(n != done for n in counts):
+        raise ValueError(f"{path}: checkpoint field {field!r} must count the {done} steps "
+                         f"done ({epoch} epoch(s) of {batches_per_epoch} batches, then "
+                         f"{batch}), got {sorted(set(counts))!r:.80}")
 
 
 def _is_number(value):

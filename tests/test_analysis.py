@@ -241,7 +241,8 @@ def random_net(rng):
         {"conv1": Conv2d(k, k, 3, stride=stride, padding=1, fit="floor", rng=rng),
          "bn1": BatchNorm2d(k),
          "relu": ReLU(), "conv2": Conv2d(k, k, 3, padding=1, rng=rng)},
-        shortcut=shortcut, post=ReLU())
+        shortcut=shortcut,       # a post with mult-adds of its own: Residual.macs had none
+        post=ReLU() if rng.integers(2) else Conv2d(k, k, 1, rng=rng))
     layers["mix"] = Concat({"b1": Conv2d(k, 2, 1, rng=rng),
                             "b2": Sequential(Conv2d(k, 3, 1, rng=rng),
                                              Conv2d(3, 2, 3, padding=1, rng=rng)),

@@ -747,6 +747,8 @@ class Residual(Container):
             shape = self._children[key].output_shape(shape)
         if self._shortcut_key:
             total += self._children[self._shortcut_key].macs(input_shape)
+        if self._post_key:
+            total += self._children[self._post_key].macs(shape)     # on the sum
         return total
 
     def get_config(self):

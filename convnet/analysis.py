@@ -24,9 +24,11 @@ not hooks). The counting rules, stated once:
   parameters once.
 - **receptive field** on the input and its **jump** (the input pixels between two adjacent
   neurons), per axis: rf_out = rf_in + (F_eff - 1) * jump_in, jump_out = jump_in * S, with
-  F_eff = dilation * (F - 1) + 1. Elementwise layers keep both; FC and adaptive pooling
-  see their whole input grid (F = the grid's size; an FC layer on a volume its rows,
-  F = the width); branches take the largest field.
+  F_eff = dilation * (F - 1) + 1. Elementwise layers keep both; an FC layer sees the
+  span of its whole input grid (rf + (grid - 1) * jump; on a volume, its rows' width,
+  where its outputs along W all see the same rows: jump 0); adaptive pooling takes its
+  largest window as F, and its grid spans what its input's did (enlarging adds
+  nothing); branches take the largest field.
 
 >>> from convnet.layers.conv import Conv2d
 >>> from convnet.models.containers import Sequential
@@ -298,18 +300,26 @@ class Summary:
 # -- the walk ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Field:
-    """Receptive field state of a volume: rf and jump in input pixels, and the grid
-    (H, W) its neurons sit on (kept through Flatten so an FC layer knows what it sees)."""
+    """Receptive field state of a volume: rf and jump in input pixels, the grid (H, W)
+    its neurons sit on (kept through Flatten so an FC layer knows what it sees), and the
+    span of that whole grid in input pixels (what an FC layer on it sees)."""
 
     rf: tuple
     jump: tuple
     grid: tuple
+    span: tuple
+
+    @classmethod
+    def start(cls, shape):
+        """The input's own field: each pixel sees itself."""
+        grid = _grid(shape, (1, 1))
+        return cls((1, 1), (1, 1), grid, grid)
 
     def merge(self, other):
         """Two paths into one volume (a sum or a concatenation): the larger view."""
-        rf = tuple(map(max, self.rf, other.rf))
-        jump = tuple(map(max, self.jump, other.jump))
-        return _Field(rf, jump, self.grid)
+        return _Field(*(tuple(map(max, a, b)) for a, b in (
+            (self.rf, other.rf), (self.jump, other.jump))), self.grid,
+            tuple(map(max, self.span, other.span)))
 
 
 def _pair(value, default=1):
@@ -330,28 +340,33 @@ def _adaptive_window(size, out):
 def _next_field(layer, state, in_shape, out_shape):
     """The receptive field of ``layer``'s output from that of its input."""
     grid = _grid(out_shape, state.grid)
+    if isinstance(layer, Linear) and len(in_shape) == 3:   # FC on a volume's rows: W
+        # each output sees its whole row; along W (now features) all see the same row
+        return _Field((state.rf[0], state.span[1]), (state.jump[0], 0), grid,
+                      (state.span[0], state.span[1]))
+    if isinstance(layer, Linear):                   # FC: sees the whole grid, gives 1x1
+        jump = tuple(j * g for j, g in zip(state.jump, state.grid))
+        return _Field(state.span, jump, (1, 1), state.span)
     if hasattr(layer, "kernel_size"):               # CONV, locally connected, POOL
         kernel = _pair(layer.kernel_size)
         stride = _pair(getattr(layer, "stride", None), kernel)
         dilation = _pair(getattr(layer, "dilation", 1))
         extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]  # F_eff
-    elif isinstance(layer, Linear) and len(in_shape) == 3:   # FC on a volume's rows: W
-        extent = stride = (1, state.grid[1])
-        grid = (state.grid[0], 1)
-    elif isinstance(layer, Linear):                 # FC: sees the whole grid, gives 1x1
-        extent = stride = state.grid
-        grid = (1, 1)
     elif len(in_shape) == 3 and len(out_shape) == 3 and in_shape[1:] != out_shape[1:]:
-        # adaptive pooling (or any resize without a kernel): windows over the whole grid
+        # adaptive pooling (or any resize without a kernel): windows over the whole grid;
+        # its grid covers what its input's did, enlarging or in uneven windows
         extent = [_adaptive_window(i, o) for i, o in zip(in_shape[1:], out_shape[1:])]
         stride = [max(1, i // o) for i, o in zip(in_shape[1:], out_shape[1:])]
-        # enlarging repeats the input's neurons: an FC after it sees only the i distinct
-        grid = tuple(min(i, o) for i, o in zip(in_shape[1:], out_shape[1:]))
+        rf = tuple(min(r + (f - 1) * j, s) for r, f, j, s in zip(
+            state.rf, extent, state.jump, state.span))
+        jump = tuple(j * s for j, s in zip(state.jump, stride))
+        return _Field(rf, jump, grid, state.span)
     else:                                           # elementwise, Flatten: unchanged
-        return _Field(state.rf, state.jump, grid)
+        return _Field(state.rf, state.jump, grid, state.span)
     rf = tuple(r + (f - 1) * j for r, f, j in zip(state.rf, extent, state.jump))
     jump = tuple(j * s for j, s in zip(state.jump, stride))
-    return _Field(rf, jump, grid)
+    span = tuple(r + (g - 1) * j for r, g, j in zip(rf, grid, jump))
+    return _Field(rf, jump, grid, span)
 
 
 def _shares_input(layer):
@@ -432,7 +447,7 @@ class _Walker:
             for _, other in outs[1:]:
                 merged = merged.merge(other)
             out = tuple(layer.output_shape(shape))  # checks the branches' H x W agree
-            field = _Field(merged.rf, merged.jump, _grid(out, merged.grid))
+            field = _Field(merged.rf, merged.jump, _grid(out, merged.grid), merged.span)
             self._row((_merge_name(name, "concat"), _Merge("concatenation"), tuple(shape),
                        out, field, frozen), held + block_input + done + math.prod(out))
             return out, field
@@ -554,7 +569,7 @@ def layer_inputs(model, input_shape):
     """
     walker = _Walker()
     shape = _check_shape(input_shape, "layer_inputs")
-    walker.visit(model, "", shape, _Field((1, 1), (1, 1), _grid(shape, (1, 1))))
+    walker.visit(model, "", shape, _Field.start(shape))
     return [(name, layer, in_shape) for name, layer, in_shape, *_ in walker.rows]
 
 
@@ -602,8 +617,8 @@ def summary(model, input_shape, batch_size=1, optimizer="sgd", dtype=None, budge
         raise ValueError(f"{where}: optimizer must be one of "
                          f"{sorted(OPTIMIZER_MULTIPLIERS)}, got {optimizer!r}")
     walker = _Walker()
-    start = _Field((1, 1), (1, 1), _grid(input_shape, (1, 1)))
-    _, final = walker.visit(model, "", input_shape, start)  # names as in named_layers()
+    # rows named as in named_layers()
+    _, final = walker.visit(model, "", input_shape, _Field.start(input_shape))
     dtype = _bytes_dtype(dtype, [layer for _, layer, *_ in walker.rows], where)
     b = dtype.itemsize
     rows, trainable, refusals = [], 0, []

@@ -765,6 +765,11 @@ def test_an_enlarging_adaptive_pool_adds_nothing_to_the_receptive_field():
     pool5 = rows["features.20"].receptive_field
     assert pool5 == (150, 150)
     assert rows["classifier.0"].receptive_field == pool5
+    # at 64x64 pool5 is 2x2 (field 212, jump 32): the FC sees 212 + 32 (it had been 276)
+    net = get_model("vgg16", input_size=64, rng=np.random.default_rng(0))
+    rows = {r.name: r for r in summary(net, (3, 64, 64)).layers}
+    assert rows["features.30"].receptive_field == (212, 212)
+    assert rows["classifier.0"].receptive_field == (244, 244)
 
 
 def test_the_activation_estimate_counts_the_arrays_blocks_make():
@@ -821,7 +826,27 @@ def test_an_fc_layer_on_a_volume_sees_its_rows_only():
     net = Sequential(Conv2d(3, 8, 3), ReLU(), Linear(30, 10))
     rows = summary(net, (3, 32, 32)).layers
     assert rows[-1].output_shape == (8, 30, 10)
-    assert (rows[-1].receptive_field, rows[-1].jump) == ((3, 32), (1, 30))
+    # along W (now the features) every output sees the same whole rows: no jump
+    assert (rows[-1].receptive_field, rows[-1].jump) == ((3, 32), (1, 0))
+    # a CONV after it combines features, each of which sees the whole row: the field
+    # stays the row's width (it had been 24 on an 8-wide input)
+    net = Sequential(Linear(8, 6), Conv2d(1, 1, 3))
+    assert summary(net, (1, 10, 8)).receptive_field == (3, 8)
+
+
+@pytest.mark.parametrize("size, pooled", [(4, 5), (12, 4), (6, 5), (9, 2)])
+def test_an_fc_after_adaptive_pooling_sees_exactly_the_input(size, pooled):
+    """Without padding, an FC layer after an adaptive pool sees the whole input and no
+    more, whether the pool enlarges or has uneven windows: the field had been 5 on a
+    4x4 input (pooled to 5x5), 11 on 12x12 (to 4x4). Checked by backpropagation."""
+    net = Sequential(Conv2d(1, 1, 3, dtype=np.float64), AdaptiveAvgPool2d(pooled),
+                     Flatten(), Linear(pooled * pooled, 1, dtype=np.float64))
+    for p in net.parameters():
+        p[...] = 1.0
+    net.forward(np.zeros((1, 1, size, size)))
+    seen = np.flatnonzero(np.abs(net.backward(np.ones((1, 1)))[0, 0]).sum(0))
+    assert seen.max() - seen.min() + 1 == size
+    assert summary(net, (1, size, size)).receptive_field == (size, size)
 
 
 def test_leaky_relu_and_dropout_in_place_count_their_training_output():

@@ -10,7 +10,7 @@ from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from convnet.models import (
     Concat,
     DenseBlock,
@@ -562,13 +562,58 @@ def test_fc_to_conv_slides_heads_with_batch_norm_or_adaptive_pooling(head):
     assert rel_error(scores, expected) < 1e-10
 
 
+@pytest.mark.parametrize("case", ["global-max", "uneven-avg", "enlarge-avg", "enlarge-max",
+                                  "uneven-avg-bn"])
+def test_fc_to_conv_slides_adaptive_pools_folded_into_the_first_fc(case):
+    """A global max pool slides (MaxPool2d at stride 1, a dilated CONV); an adaptive pool
+    over unequal windows, or enlarging (VGG's at 32x32), is folded into the first FC's
+    weights. Each had given a 1x1 map on any larger image, without a word."""
+    rng = np.random.default_rng(14)
+    body = [Conv2d(2, 3, 3, rng=rng, **F64), ReLU()]                    # 12 -> 10
+    step, features = 1, 3
+    pool = {"global-max": AdaptiveMaxPool2d(1), "uneven-avg": AdaptiveAvgPool2d(4),
+            "enlarge-avg": AdaptiveAvgPool2d(15), "uneven-avg-bn": AdaptiveAvgPool2d(3),
+            "enlarge-max": AdaptiveMaxPool2d(10)}[case]
+    if case == "enlarge-max":           # 10 -> 5, each value repeated 2x2 times
+        body.append(MaxPool2d(2))
+        step = 2
+    size = pool.output_size if isinstance(pool.output_size, int) else pool.output_size[0]
+    features *= size * size
+    tail = [Flatten(), Linear(features, 4, rng=rng, **F64)]
+    if case == "uneven-avg-bn":
+        bn = BatchNorm1d(features, dtype=np.float64)
+        bn.buffers["running_mean"][:] = rng.standard_normal(features)
+        bn.buffers["running_var"][:] = rng.uniform(0.5, 2, features)
+        tail.insert(1, bn)
+    net = Sequential(*body, pool, *tail).eval()
+    conv_net = fc_to_conv(net, (2, 12, 12)).eval()
+    x = rng.standard_normal((2, 2, 12, 12))
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
+    big = rng.standard_normal((1, 2, 12 + 4 * step, 12 + 4 * step))
+    scores = conv_net.forward(big)[0]
+    assert scores.shape == (4, 5, 5)
+    expected = net.forward(crops_of(big, 12, step, 5)).reshape(5, 5, 4).transpose(2, 0, 1)
+    assert rel_error(scores, expected) < 1e-10
+
+
+def test_fc_to_conv_keeps_a_max_pool_over_unequal_windows():
+    """Not a linear map, and not k x k windows: kept, exact at the original size only."""
+    rng = np.random.default_rng(15)
+    net = Sequential(Conv2d(2, 3, 3, rng=rng, **F64), AdaptiveMaxPool2d(4), Flatten(),
+                     Linear(48, 4, rng=rng, **F64)).eval()
+    conv_net = fc_to_conv(net, (2, 12, 12))
+    assert isinstance(conv_net[1], AdaptiveMaxPool2d)
+    x = rng.standard_normal((2, 2, 12, 12))
+    assert rel_error(conv_net.forward(x)[:, :, 0, 0], net.forward(x)) < 1e-10
+
+
 @pytest.mark.parametrize("case", ["pool-conv", "pool-maxpool", "two-pools", "enlarge",
                                   "uneven", "subclass-head"])
 def test_fc_to_conv_keeps_pools_that_cannot_slide_and_converts_every_stage(case):
     """An adaptive pool slides only right before the Flatten: one followed by a CONV, a
-    pool or another adaptive pool, one that enlarges, and one with windows of unequal
-    sizes are kept, and the net is exact at the original size; a stage that is a
-    Sequential subclass is converted as a Sequential is."""
+    pool or another adaptive pool is kept, and the net is exact at the original size (as
+    it is with an enlarging one, or one with windows of unequal sizes, folded into the
+    FC); a stage that is a Sequential subclass is converted as a Sequential is."""
     rng = np.random.default_rng(12)
     conv = Conv2d(2, 4, 3, padding=1, rng=rng, **F64)
     pool, tail = AdaptiveAvgPool2d(2), [Flatten(), Linear(16, 5, rng=rng, **F64)]

@@ -21,13 +21,14 @@ import dataclasses
 import numpy as np
 
 from convnet.functional import norm as F
+from convnet.functional.pool import adaptive_windows
 from convnet.layers.activation import LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh
 from convnet.layers.base import Identity, Layer, check_volume
 from convnet.layers.conv import Conv2d
 from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Flatten, Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
-from convnet.layers.pool import AdaptiveAvgPool2d, AvgPool2d
+from convnet.layers.pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 from convnet.models.containers import Container, Sequential
 
 # Layers that act on each position of a volume alone: they may sit between a sliding
@@ -47,12 +48,16 @@ def fc_to_conv(model, input_shape=None):
 
     The first FC after the conv stack becomes Conv2d(D, K, F=(H, W)) on the incoming
     H x W x D volume; later FCs become 1x1 CONVs; the Flatten before them becomes an
-    Identity. An AdaptiveAvgPool2d that is the identity at the original size is dropped
+    Identity. An adaptive pool that is the identity at the original size is dropped
     (it would squash a larger map). One right before the Flatten (RELU, batch norm and
-    dropout aside) that averages k x k windows (global average pooling: the whole grid)
-    becomes AvgPool2d(k, stride 1), and the first FC's CONV takes dilation k, so that the
-    pooling slides too; any other (enlarging, windows of unequal sizes, other layers
-    before the Flatten) is kept, and the net gives its scores at the original size only.
+    dropout aside) over k x k windows (global pooling: the whole grid) becomes
+    AvgPool2d(k, stride 1) or MaxPool2d(k, stride 1), and the first FC's CONV takes
+    dilation k, so that the pooling slides too. Any other adaptive pool right before the
+    Flatten that is a linear map (averages over windows of unequal sizes, an enlarging
+    pool, a max whose every window is one value) is folded into the first FC's weights,
+    whose CONV then spans the pool's input. Any other (a max over unequal windows, other
+    layers between it and the Flatten) is kept, and the net gives its scores at the
+    original size only.
     A BatchNorm1d between the Flatten and the first FC (one mean and variance per
     position of the volume) is folded into that FC with its running statistics, and the
     converted net is returned in eval mode; otherwise in the model's mode. Output:
@@ -77,7 +82,8 @@ def fc_to_conv(model, input_shape=None):
         raise ValueError(f"fc_to_conv: the net takes input of shape {shape}; converting its "
                          f"FC layers to CONVs slides it over larger images, so its input "
                          f"must be an image volume (C, H, W)")
-    state = _State(sliding=_sliding_pools(list(_leaves(model, shape))))
+    leaves = list(_leaves(model, shape))
+    state = _State(sliding=_sliding_pools(leaves), pooled=_folded_pools(leaves))
     converted, _ = _convert(model, shape, state)
     if state.pending is not None:
         raise ValueError(f"fc_to_conv: {state.pending[2]} normalizes the flattened volume "
@@ -95,6 +101,8 @@ def _positive_int(value):
 class _State:
     """What the conversion carries from layer to layer."""
     sliding: set                 # ids of the adaptive pools that become sliding ones
+    pooled: set                  # ids of the adaptive pools folded into the first FC
+    fold: tuple = None           # (rows (OH, H), columns (OW, W)): a folded pool's maps
     volume: tuple = None         # the (D, H, W) the first FC sees, once a Flatten is passed
     head: bool = False           # a Flatten or an FC has been passed
     dilation: tuple = (1, 1)     # the first FC's CONV's: a sliding pool's window
@@ -126,13 +134,41 @@ def _sliding_pools(leaves):
     divides the input) and the Flatten next, layers of _PER_POSITION aside."""
     found = set()
     for i, (layer, shape, out) in enumerate(leaves):
-        if not isinstance(layer, AdaptiveAvgPool2d) or out == shape or len(shape) != 3 \
-                or any(s % o for s, o in zip(shape[1:], out[1:])):
+        if not isinstance(layer, (AdaptiveAvgPool2d, AdaptiveMaxPool2d)) or out == shape \
+                or len(shape) != 3 or any(s % o for s, o in zip(shape[1:], out[1:])):
             continue
         after = next((nxt for nxt, _, _ in leaves[i + 1:]
                       if not isinstance(nxt, _PER_POSITION)), None)
         if isinstance(after, Flatten):
             found.add(id(layer))
+    return found
+
+
+def _pool_matrix(size, out):
+    """(out, size): adaptive average pooling along one axis as a matrix, row i 1/len
+    over window i."""
+    start, end = adaptive_windows(size, out)
+    pos = np.arange(size)
+    inside = (pos >= start[:, None]) & (pos < end[:, None])
+    return inside / (end - start)[:, None]
+
+
+def _folded_pools(leaves):
+    """The ids of the other adaptive pools right before the Flatten that are linear maps
+    of their input (any average; a max whose every window holds one value, as when the
+    output is a multiple of the input): folded into the first FC's weights, they slide
+    as part of its CONV."""
+    found = set()
+    for i, (layer, shape, out) in enumerate(leaves):
+        if not isinstance(layer, (AdaptiveAvgPool2d, AdaptiveMaxPool2d)) or out == shape \
+                or len(shape) != 3 or i + 1 == len(leaves) \
+                or not isinstance(leaves[i + 1][0], Flatten):
+            continue
+        if isinstance(layer, AdaptiveMaxPool2d) and any(
+                np.any(np.subtract(*adaptive_windows(s, o)[::-1]) != 1)
+                for s, o in zip(shape[1:], out[1:])):
+            continue
+        found.add(id(layer))
     return found
 
 
@@ -168,7 +204,11 @@ def _convert_layer(layer, shape, out_shape, state):
         return Identity()
     if id(layer) in state.sliding:
         state.dilation = tuple(s // o for s, o in zip(shape[1:], out_shape[1:]))
-        return AvgPool2d(state.dilation, stride=1)
+        pool = MaxPool2d if isinstance(layer, AdaptiveMaxPool2d) else AvgPool2d
+        return pool(state.dilation, stride=1)
+    if id(layer) in state.pooled and id(layer) not in state.sliding:
+        state.fold = tuple(_pool_matrix(s, o) for s, o in zip(shape[1:], out_shape[1:]))
+        return Identity()
     if isinstance(layer, BatchNorm1d) and state.volume is not None:
         state.pending = (*_bn_affine(layer, where), where)
         return Identity()
@@ -224,9 +264,15 @@ def _fc_as_conv(layer, state):
         state.volume = None
     else:
         d, h, wd = layer.in_features, 1, 1
+    w = w.reshape(layer.out_features, d, h, wd)
+    if state.fold is not None:          # W on pool(x) = (W through the pool's maps) on x
+        rows, cols = state.fold
+        w = np.einsum("kdxy,xa,yb->kdab", w, rows.astype(w.dtype), cols.astype(w.dtype))
+        h, wd = w.shape[2:]
+        state.fold = None
     conv = Conv2d(d, layer.out_features, (h, wd), dilation=dilation, bias=b is not None,
                   dtype=w.dtype)
-    conv.params["weight"] = w.reshape(layer.out_features, d, h, wd).astype(w.dtype)
+    conv.params["weight"] = np.ascontiguousarray(w, dtype=w.dtype)
     if b is not None:
         conv.params["bias"] = np.asarray(b, dtype=w.dtype).copy()
     conv.zero_grad()

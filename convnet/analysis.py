@@ -523,6 +523,20 @@ def _advice(input_shape, walked):
         spatial = spatial or isinstance(layer, (Linear, LocallyConnected2d)) or (
             isinstance(layer, Conv2d) and _pair(layer.kernel_size) != (1, 1))
     later.reverse()
+
+    def slid(index):
+        """Whether row index is an FC layer as a CONV (fc_to_conv): it spans its whole
+        input at the size the net was trained for, and half or more of it at the larger
+        sizes it slides over, with only 1x1 CONVs after it: no feature detector to be
+        made of stacked 3x3 CONVs, and meant to shrink the volume."""
+        _, layer, in_shape, *_ = walked[index]
+        if not isinstance(layer, (Conv2d, LocallyConnected2d)):
+            return False
+        extent = [d * (f - 1) + 1 for f, d in zip(_pair(layer.kernel_size),
+                                                   _pair(getattr(layer, "dilation", 1)))]
+        return not later[index] and _pair(layer.padding) == (0, 0) and all(
+            2 * e >= size for e, size in zip(extent, in_shape[1:]))
+
     for index, (name, layer, in_shape, out_shape, _, _) in enumerate(walked):
         label = f"{name} {layer!r}" if name else repr(layer)
         is_conv = isinstance(layer, (Conv2d, LocallyConnected2d))
@@ -530,12 +544,7 @@ def _advice(input_shape, walked):
             kernel = _pair(layer.kernel_size)
             dilation = _pair(getattr(layer, "dilation", 1))
             extent = [d * (f - 1) + 1 for f, d in zip(kernel, dilation)]
-            # An FC layer as a CONV (fc_to_conv) spans its whole input at the size the
-            # net was trained for, and half or more of it at the larger sizes it slides
-            # over, with only 1x1 CONVs after it: no feature detector to be made of
-            # stacked 3x3 CONVs, and meant to shrink the volume.
-            slid_fc = not later[index] and _pair(layer.padding) == (0, 0) and all(
-                2 * e >= size for e, size in zip(extent, in_shape[1:]))
+            slid_fc = slid(index)
             if convs and max(kernel) > 5 and not slid_fc:
                 tips.append(f"{label}: a {kernel[0]}x{kernel[1]} filter after the first "
                             f"CONV layer; three stacked 3x3 CONVs see 7x7 with 27C^2 "
@@ -552,7 +561,14 @@ def _advice(input_shape, walked):
         elif hasattr(layer, "kernel_size") and len(out_shape) == 3 \
                 and out_shape[1:] != (1, 1):        # a POOL (global pooling is exempt)
             kernel = _pair(layer.kernel_size)
-            if max(kernel) > 3:
+            # global pooling slid by fc_to_conv: stride 1, then the FC's CONV dilated by
+            # the pool's window
+            after = next((j for j in range(index + 1, len(walked))
+                          if isinstance(walked[j][1], (Conv2d, LocallyConnected2d))), None)
+            global_slid = (_pair(layer.stride) == (1, 1) and after is not None
+                           and not later[after]
+                           and _pair(getattr(walked[after][1], "dilation", 1)) == kernel)
+            if max(kernel) > 3 and not global_slid:
                 tips.append(f"{label}: pooling with F={hw_text(kernel)} > 3; {_RULE_POOL}")
     return tips
 

@@ -659,6 +659,13 @@ def test_advice_spares_fc_layers_slid_as_convs_and_names_dilations_rule():
         net = fc_to_conv(make(rng=np.random.default_rng(0)).eval(), (3, 224, 224))
         for size in (224, 384):
             assert advice_for(net, (3, size, size)) == [], (make.__name__, size)
+    # a global average pool slid as AvgPool2d(7, stride 1) (ResNet's): not a large
+    # pooling window that loses information, as the advice had said
+    from convnet.layers.base import counting_only
+    from convnet.zoo import resnet18
+    with counting_only():
+        net = fc_to_conv(resnet18(), (3, 224, 224))
+    assert advice_for(net, (3, 384, 384)) == []
     tips = advice_for(Sequential(Conv2d(3, 8, 3, dilation=2)), (3, 32, 32))
     assert len(tips) == 1 and "P=D*(F-1)/2=2 would keep the size" in tips[0]
     # a large filter on a large plane is still advised against

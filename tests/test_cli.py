@@ -64,6 +64,9 @@ def test_summary_of_a_zoo_model_with_input_and_budget(capsys):
     (["summary", "resnet"], "; did you mean resnet"),
     (["summary", "missing.json"], "missing.json: no such model file"),
     (["summary", "INPUT 10x10x3 -> CONV 8 F3 S2 P0"], "4.5 is not an integer"),
+    # the formula's F is the dilated extent: said, since the layer reads F=3
+    (["summary", "INPUT 10x10x1 -> CONV 4 F3 S2 P0 D2"], "(10 - 5 + 2*0)/2 + 1 = 3.5 is not "
+                                                         "an integer (F=5: F=3 at dilation 2)"),
 ])
 def test_bad_input_is_one_error_and_exit_code_1(capsys, argv, message):
     assert main(argv) == 1

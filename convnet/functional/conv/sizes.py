@@ -47,9 +47,10 @@ def conv_output_size(size, kernel, stride, padding, dilation=1, fit="exact", cei
     if span % stride and fit == "exact":
         formula = (f"({axis} - F + 2P)/S + 1 = ({size} - {extent} + 2*{padding})/{stride} + 1 "
                    f"= {span / stride + 1:g}")
+        dilated = "" if dilation == 1 else f" (F={extent}: F={kernel} at dilation {dilation})"
         raise ValueError(
-            f"{where}: hyperparameters do not fit along {axis}: {formula} is not an integer. "
-            f"{_fit_hint(size, extent, stride, padding, most_padding)}"
+            f"{where}: hyperparameters do not fit along {axis}: {formula} is not an integer"
+            f"{dilated}. {_fit_hint(size, extent, stride, padding, most_padding)}"
             f", or pass fit='floor' to drop the "
             f"last {span % stride} row(s)/column(s) as PyTorch does"
             + (", or ceil_mode=True to keep them in a last, partial window" if can_ceil

@@ -147,17 +147,17 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
 
 
 def check_open_input(spec, input_shape, architecture=None):
-    """input_shape for eval, predict, show, report and convert: only a model that leaves
-    its input size open takes one: an ONNX file (the size its graph leaves open), weights
-    (.pt, .pth, .safetensors: their --model architecture's size, which resolve_model
-    checks they fit), or a model file that records none (saved without an input_shape);
-    any other model records its own. Returns it."""
+    """input_shape for eval, predict, show, report and convert: a model file (.json) that
+    records its own input size takes none (one saved without an input_shape does); an
+    ONNX file (the size its graph leaves open), weights (.pt, .pth, .safetensors: their
+    --model architecture's size, which resolve_model checks they fit), a zoo name or
+    notation (which resolve_model builds at it) do. Returns it."""
     path = Path(str(spec))
     suffix = path.suffix.lower()
     if suffix == ".safetensors" and architecture is None and path.with_suffix(
             ".json").is_file():        # a model file's weights half, read with its .json
         path, suffix = path.with_suffix(".json"), ".json"
-    if input_shape is None or suffix in (".onnx", *WEIGHTS):   # weights: --model's size
+    if input_shape is None or suffix != ".json":   # weights: --model's size
         return input_shape
     if suffix == ".json" and not _exists(path):     # for the loader to say it is missing
         return input_shape
@@ -166,8 +166,8 @@ def check_open_input(spec, input_shape, architecture=None):
         if _read_json(path).get("input_shape") is None:
             return input_shape
     raise ValueError(f"{spec}: --input (input_shape) sets the input size of an ONNX file "
-                     f"whose graph leaves it open, of weights, or of a model file that "
-                     f"records none; this model records its own")
+                     f"whose graph leaves it open, of weights, a zoo name, notation, or a "
+                     f"model file that records none; this model file records its own")
 
 
 def check_classes(model, num_classes, spec, architecture=None):

@@ -1389,10 +1389,10 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     model = str(run.model_path)
     assert main(["report", model, "--data", "digits", "--input", "1x16x16", "--out",
                  str(tmp_path / "a.html")]) == 1
-    assert "this model records its own" in capsys.readouterr().err
+    assert "this model file records its own" in capsys.readouterr().err
     weights = str(run.model_path.with_suffix(".safetensors"))    # the model file's half
     assert main(["eval", weights, "--data", "digits", "--input", "1x16x16"]) == 1
-    assert "this model records its own" in capsys.readouterr().err
+    assert "this model file records its own" in capsys.readouterr().err
     assert main(["eval", weights, "--model", SMALL, "--data", "digits", "--input",
                  "1x8x8"]) == 0                                # read as weights: --model's
     capsys.readouterr()
@@ -1408,6 +1408,12 @@ def test_input_is_refused_where_it_cannot_apply(tmp_path, capsys):
     bare = save_model(Sequential(Conv2d(1, 2, 3), Flatten(), Linear(72, 3)), tmp_path / "b")
     assert json.loads(bare.read_text())["input_shape"] is None
     assert main(["convert", str(bare), str(tmp_path / "b.onnx"), "--input", "1x8x8"]) == 0
+    capsys.readouterr()
+    # notation without an INPUT takes --input, as its error said to (show had refused it,
+    # saying that the model recorded its own size)
+    assert main(["show", "filters", "CONV 8 -> RELU -> FC 10", "--input", "3x32x32",
+                 "--out", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").is_file()
     capsys.readouterr()
     for command in (["predict", str(tmp_path / "gone.json"), "x.png"],
                     ["convert", str(tmp_path / "gone.json"), str(tmp_path / "g.onnx")]):

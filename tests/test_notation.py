@@ -668,6 +668,19 @@ def test_an_error_in_a_long_line_shows_a_window_around_the_caret():
     assert line[start:start + len("CONVV")] == "CONVV"
 
 
+@pytest.mark.parametrize("text", ["INPUT 8x8x1 -> [RELU] ", "INPUT 8x8x1 -> [[RELU] "])
+def test_a_long_word_after_a_group_is_cut_short_in_the_message(text):
+    """Two messages copied the whole word, and a repetition hint ("x..." read as a
+    times sign) copied it again: a word of 1,000,000 characters made a 2 MB message."""
+    msg = error(text + "x" * 1_000_000)
+    assert len(msg) < 3000 and "(1,000,000 characters)" in msg
+
+
+def test_a_count_name_is_ascii_as_count_takes_it():
+    """'Né' was a name the parser took but --count NAME=N refused."""
+    assert "'*' must be followed by a count" in error("INPUT 8x8x1 -> [RELU]*Né -> FC 2")
+
+
 @pytest.mark.parametrize("before, after", [(121, 0), (400, 400), (0, 0)])
 @pytest.mark.parametrize("space", [" ", "\x0b\x0c", "\t\x1c\x1d\x1e", "\u00a0"])
 def test_the_command_lines_carets_stay_under_the_layer(capsys, before, after, space):

@@ -76,7 +76,7 @@ from convnet.models.containers import Sequential, relus_in_place
 # the match linear in time and constant in memory however long a hostile word is.
 _TOKEN = re.compile(r"\s*+(?:(?P<arrow>->|→)|(?P<punct>[\[\]*?])"
                     r"|(?P<word>(?:[^\s\[\]*?→-]++|-(?!>))++))")
-_NAME = re.compile(r"[A-Za-z_]\w*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")       # ASCII, as --count NAME=N takes
 _INT = re.compile(r"[0-9]+$")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 MAX_WORD = 64      # characters in one keyword, argument or count (far more than any needs)
@@ -113,12 +113,14 @@ def _lookalike(word, after_group=False):
     """A hint for a word that copies a symbol from typeset text: a dash-arrow ('–>', also
     inside a word: 'RELU–>FC') or a repetition written with a times sign ('×2', 'x2'; an
     x before a name, 'xN', only right after a group's ']'); else ""."""
+    if len(word) > MAX_WORD:                 # no hint repeats a word past the cap
+        return ""
     dash = next((c for c in _DASHES if c + ">" in word), None)
     if dash is not None:
         return (f"; {dash!r} (U+{ord(dash):04X}) is {_DASHES[dash]}: write the arrow as "
                 f"'->'")
-    name = r"|[xX][A-Za-z_]\w*" if after_group else ""
-    if re.fullmatch(rf"×([0-9]+|[A-Za-z_]\w*)|[xX][0-9]+{name}", word):
+    name = r"|[xX][A-Za-z_][A-Za-z0-9_]*" if after_group else ""
+    if re.fullmatch(rf"×([0-9]+|[A-Za-z_][A-Za-z0-9_]*)|[xX][0-9]+{name}", word):
         return f"; a repetition is written with '*': *{word[1:]}"
     return ""
 
@@ -357,7 +359,7 @@ class _Parser:
                     and last.keyword == "INPUT" and not last.args else "")
             hint = hint or _lookalike(tok.text, after_group=isinstance(items[-1].node,
                                                                         _Group))
-            raise _Parse(tok, f"expected '->' before {tok.text!r}{hint}")
+            raise _Parse(tok, f"expected '->' before {_shown(tok.text)!r}{hint}")
         return items
 
     def seq(self):
@@ -381,7 +383,7 @@ class _Parser:
             if close.kind == "end":
                 raise _Parse(tok, "this '[' is never closed: add a ']'")
             if close.kind != "]":
-                raise _Parse(close, f"expected '->' or ']' before {close.text!r}"
+                raise _Parse(close, f"expected '->' or ']' before {_shown(close.text)!r}"
                                     f"{_lookalike(close.text, after_group=True)}")
             self.take()
             node = _Group(items, tok.start, close.end)

@@ -58,7 +58,8 @@ def is_notation(spec):
     return ("->" in spec or "→" in spec) and not (len(spec) < 4096 and _exists(spec))
 
 
-def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architecture=None):
+def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architecture=None,
+                  input_name="--input"):
     """Build or load the model that ``spec`` names.
 
     Args:
@@ -73,7 +74,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
         architecture: for a weights file, the zoo name or notation its weights fit (a
             .safetensors file with a convnet model .json beside it needs none).
 
-    Errors name the file the user gave and the fix (``--model`` for a weights file).
+    Errors name the file the user gave and the fix (``--model`` for a weights file);
+    input_name names where input_shape came from in them.
     """
     kwargs = {} if rng is None else {"rng": rng}
     if not isinstance(spec, str) or not spec.strip():
@@ -139,7 +141,8 @@ def resolve_model(spec, input_shape=None, num_classes=None, rng=None, architectu
             except ValueError as err:
                 size = "x".join(map(str, input_shape))
                 raise ValueError(f"{spec:.200}: it takes {'x'.join(map(str, own))} (C x H x "
-                                 f"W), and --input {size} does not fit it: {err}") from None
+                                 f"W), and {input_name} {size} does not fit it: {err}") \
+                    from None
         model.input_shape = tuple(input_shape)
     # a file convert wrote from a zoo name or notation records that its weights are fresh
     model.trained = trained and (getattr(model, "info", None) or {}).get("trained", True)

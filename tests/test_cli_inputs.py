@@ -857,6 +857,8 @@ def test_a_net_built_for_another_size_names_the_options_that_fit_the_data(tmp_pa
     err = capsys.readouterr().err
     assert ("the data's images are 8x8x1 and lenet5 is built for 32x32x1: --image-size "
             "32x32 brings them to it") in err
+    # train has no --input: the first line had named it
+    assert "and the data's volume 1x8x8 does not fit it" in err and "--input" not in err
     assert main(["train", "--model", "INPUT 16x16x3 -> CONV 4 -> POOL -> FC 10",
                  "--epochs", "1"]) == 1
     assert "--image-size 16x16 --channels 3 brings them to it" in capsys.readouterr().err
@@ -1275,6 +1277,12 @@ def test_run_folder_refusals_say_what_is_there(tmp_path, capsys, monkeypatch):
             raise OSError(errno.EROFS, "Read-only file system")
         return real(path, *a, **k)
     monkeypatch.setattr(loop.os, "open", read_only)
+    assert main(args + [str(mine), "--resume"]) == 1
+    assert f"{mine}: the run directory is not writable (Read-only file system)" in \
+        capsys.readouterr().err
+    # the same with a killed run's lock left there: it had said to delete the lock,
+    # which a read-only folder does not allow and which would not help
+    (mine / loop.LOCK).write_text("1 host\n")
     assert main(args + [str(mine), "--resume"]) == 1
     assert f"{mine}: the run directory is not writable (Read-only file system)" in \
         capsys.readouterr().err

@@ -525,6 +525,58 @@ def test_eval_refuses_a_folder_whose_files_changed_since_training(tmp_path, caps
     assert (out / "model.json").read_bytes() == before
 
 
+def test_resume_refuses_a_train_and_test_folder_whose_training_images_changed(tmp_path,
+                                                                             capsys):
+    """From a review of resume: with train/ and test/ folders no split is drawn, so
+    nothing was checked. Images added since the run began were trained on without a
+    word (the validation split drawn again, the normalization's mean recomputed);
+    images removed were blamed on the checkpoint ("field 'batch' must be ...")."""
+    data = tmp_path / "shapes"
+    make_folder(data / "train", per_class=20)
+    make_folder(data / "test", per_class=4)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--epochs", "1", "--quiet", "--no-report",
+            "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = (out / "model.json").read_bytes()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(data / "train" / "vertical" / "n.png")
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 1
+    err = error_line(capsys)
+    assert (f"{data} now holds 41 training and validation images where the run had 40: "
+            f"the run cannot go on as it began") in err, err
+    (data / "train" / "vertical" / "n.png").unlink()
+    (data / "train" / "vertical" / "000.png").write_bytes(
+        (data / "train" / "vertical" / "001.png").read_bytes())
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 1
+    assert "holds other training or validation images than the run's" in error_line(capsys)
+    assert (out / "model.json").read_bytes() == before
+
+
+def test_resume_finds_a_relative_data_folder_from_anywhere_and_a_moved_one(
+        tmp_path, capsys, monkeypatch):
+    """A run on --data shapes (relative) could be resumed only from the folder it began
+    in: from anywhere else it was "unknown data set 'shapes'", and a --data naming the
+    folder was ignored."""
+    monkeypatch.chdir(tmp_path)
+    make_folder(tmp_path / "shapes", per_class=20)
+    assert main(["train", "--data", "shapes", "--epochs", "1", "--quiet", "--no-report",
+                 "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", "../run", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"its data folder shapes is read where the run began: {tmp_path / 'shapes'}" \
+        in out, out
+    # moved: the --data given now is read, and the data's digest says it is the same
+    (tmp_path / "shapes").rename(tmp_path / "moved")
+    assert main(["train", "--resume", "--out", "../run", "--data", "../moved",
+                 "--no-report"]) == 0
+    assert "its data folder shapes is not here; reading ../moved" in capsys.readouterr().out
+
+
 def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):
     """A folder of images the model never trained on could not be scored: eval drew a
     test split from it (10% of its images, or refused it as the training folder

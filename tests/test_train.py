@@ -90,8 +90,13 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
         return softmax_cross_entropy(scores * (np.inf if len(calls) > 50 else 1), y, *args)
     monkeypatch.setattr(loop, "softmax_cross_entropy", loss_that_blows_up)
     cfg = TrainConfig(data="digits", model=SMALL, epochs=3, batch_size=32, out=str(tmp_path))
-    with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 11: the loss is nan; .*the "
-                                               r"last good checkpoint is .*checkpoint"):
+    # what to do: a new run at a lower --lr (it had pointed at the checkpoint alone, which
+    # --resume continues at the same learning rate), from best.json if one likes
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 11: the loss is nan; .*in a "
+                                               r"new run: --lr, with --overwrite or another "
+                                               r"--out .*the last good checkpoint is "
+                                               r".*checkpoint.safetensors, and --from "
+                                               r".*best.json starts from the best weights"):
         train(cfg, log=lambda *a: None, progress=False)
     _, _, state = load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert (state["epoch"], state["batch"]) == (1, 0)
@@ -671,3 +676,21 @@ def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
     assert loop.recover_set_aside(out) is not None
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         name: f"old {name}" for name in loop.RUN_FILES}
+
+
+def test_a_missing_model_file_names_a_run_set_aside_beside_it(tmp_path, capsys):
+    """An --overwrite run killed before its first checkpoint leaves its own best.json and
+    the earlier run in .replaced-*: eval named the killed run's best.json alone."""
+    from convnet.train import loop
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in loop.RUN_FILES:
+        (out / name).write_text(f"old {name}")
+    aside = loop.SetAside(out)
+    aside.begin()
+    for name in ("best.json", "best.safetensors"):        # the killed run's first files
+        (out / name).write_text(f"new {name}")
+    assert main(["eval", str(out / "model.json"), "--data", "digits"]) == 1
+    err = capsys.readouterr().err
+    assert f"an earlier run in {out} is set aside in .replaced-" in err, err
+    assert f"convnet train --out {out} puts it back" in err

@@ -451,6 +451,11 @@ def _read_json(json_path):
                 f" (the run stopped before writing it? continue it with convnet train "
                 f"--resume --out {Path(json_path).parent})" if ended and is_file(checkpoint)
                 else "")
+        folder = Path(json_path).parent
+        if ended and any(folder.glob(".replaced-*")):   # an --overwrite run was killed
+            hint += (f"; an earlier run in {folder} is set aside in "
+                     f"{min(folder.glob('.replaced-*')).name}: convnet train --out {folder} "
+                     f"puts it back")
         raise ValueError(f"{json_path}: {not_a_file(json_path, 'model file')}{hint}")
     cap = limits.MAX_JSON_BYTES
     with open(json_path, "rb") as f:

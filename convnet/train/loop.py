@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import inspect
 import json
 import math
@@ -55,6 +56,7 @@ except ImportError:              # Windows: runs do not lock their directories (
 from convnet import limits
 from convnet.analysis import counted, layer_inputs
 from convnet.data import (
+    DATASETS,
     check_drawn_split,
     data_folder,
     load_dataset,
@@ -459,6 +461,79 @@ def _check_same_data(comm, splits, cfg):
         raise (ValueError if comm.is_root else RootsError)(str(err)) from None
 
 
+def _data_digest(splits):
+    """SHA-256 of the training and validation images and labels as read (what a resumed
+    run must train on again to go on as it began), and their count."""
+    digest = hashlib.sha256()
+    count = 0
+    for part in (splits.train, splits.val):
+        if part is not None:
+            for array in part:
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array))
+            count += len(part[0])
+    return {"images": count, "sha256": digest.hexdigest()}
+
+
+def _check_resumed_data(recorded, now, cfg, ckpt_path):
+    """Refuse to resume on other training images than the run's (recorded: its
+    checkpoint's "data", None for one written before it was kept): images added or
+    removed since would redraw the validation split, changing which images the run
+    trained on, and the mean the inputs are normalized by. now: _data_digest of the
+    data read."""
+    if recorded is None:
+        return
+    if not (isinstance(recorded, dict) and type(recorded.get("images")) is int
+            and isinstance(recorded.get("sha256"), str)):
+        raise ValueError(f"{ckpt_path}: checkpoint field 'data' must be {{'images': an int, "
+                         f"'sha256': a str}}, got {recorded!r:.80}")
+    if now == recorded:
+        return
+    change = (f"{now['images']:,} training and validation images where the run had "
+              f"{recorded['images']:,}" if now["images"] != recorded["images"] else
+              "other training or validation images than the run's (changed, renamed or "
+              "read differently)")
+    raise ValueError(f"{cfg.data} now holds {change}: the run cannot go on as it began. "
+                     f"Resume with the data as it was, or start a new run (--out another "
+                     f"folder, or --overwrite)")
+
+
+def _resume_paths(cfg, given, recorded, log, ckpt_path):
+    """The run's data folder and data root as this process finds them: where the run
+    began (recorded: the absolute paths it kept), whatever the working directory is now;
+    where that is gone, the path as the run was given it, or the --data / --data-root
+    given now (a moved folder). The data's digest then checks that it is the same."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+
+    def place(current, kept, offered, is_there, what):
+        if isinstance(kept, str) and is_there(kept):
+            if is_there(current) and Path(current).expanduser().resolve() == Path(kept):
+                return current
+            log(f"resuming {ckpt_path}: its {what} {current} is read where the run "
+                f"began: {kept}")
+            return kept
+        if is_there(current) or offered is None or not is_there(offered):
+            return current
+        log(f"resuming {ckpt_path}: its {what} {current} is not here; reading {offered}")
+        return str(offered)
+
+    if str(cfg.data).lower() not in DATASETS:
+        cfg.data = place(cfg.data, recorded.get("data"), given.data,
+                         lambda p: data_folder(p) is not None, "data folder")
+    if cfg.data_root is not None:
+        cfg.data_root = place(cfg.data_root, recorded.get("data_root"), given.data_root,
+                              lambda p: Path(p).expanduser().is_dir(), "data root")
+
+
+def _absolute_paths(cfg):
+    """The run's data folder and data root as absolute paths (None where there is
+    none), kept in its checkpoint for _resume_paths."""
+    folder = data_folder(cfg.data)
+    root = cfg.data_root
+    return {"data": str(folder.resolve()) if folder is not None else None,
+            "data_root": str(Path(root).expanduser().resolve()) if root is not None else None}
+
+
 def _check_same_start(comm, model, state, optim_arrays):
     """Under mpiexec: every rank starts from the same architecture and weights (each
     reads the model file of --from, or the checkpoint of --resume, itself) and a resumed
@@ -600,8 +675,11 @@ class RunLock:
                     raise OSError(0, "not a regular file")
             except OSError as err:   # a link or a FIFO planted there, or no permission
                 self._remove_made()
-                if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) \
-                        and not os.path.lexists(path):
+                # a read-only folder, whether or not a killed run left its lock there
+                # (where deleting the lock would not help)
+                if err.errno == errno.EROFS or (
+                        err.errno in (errno.EACCES, errno.EPERM)
+                        and not (os.path.lexists(path) and os.access(self.out, os.W_OK))):
                     raise ValueError(f"{self.out}: the run directory is not writable "
                                      f"({err.strerror}): a run writes its lock, checkpoints "
                                      f"and model there; copy the run to a writable "
@@ -1027,7 +1105,13 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     if resume:
         *ckpt, ema_arrays = load_checkpoint(ckpt_path, ema=True)
         given, cfg = cfg, TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
-        ignored = _ignored_settings(given, cfg)
+        recorded_data = (cfg.data, cfg.data_root)
+        _resume_paths(cfg, given, ckpt[2].get("paths"), log, ckpt_path)
+        taken = dataclasses.replace(given, data=recorded_data[0] if cfg.data == given.data
+                                    else given.data, data_root=recorded_data[1]
+                                    if cfg.data_root == given.data_root else given.data_root)
+        ignored = _ignored_settings(taken, dataclasses.replace(
+            cfg, data=recorded_data[0], data_root=recorded_data[1]))
         if ignored:
             log(f"resuming {ckpt_path}: the run's own settings apply; ignored: {ignored}")
         named = takes_root(cfg.data)                # a data set with files of its own
@@ -1058,6 +1142,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         else:
             splits = load()
     _check_same_data(comm, splits, cfg)
+    paths = _absolute_paths(cfg)
+    data_digest = _data_digest(splits)
     if ckpt is not None:      # the test split drawn again: from the files it was drawn from
         recorded = check_info(ckpt[2].get("info") or {}, f"{ckpt_path}: info")
         check_drawn_split(recorded.get("split_files"), splits, cfg.data, "the run")
@@ -1157,7 +1243,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         state = None
         with _size_hinted(cfg.model, input_shape):
             model = resolve_model(cfg.model, input_shape=input_shape, num_classes=num_classes,
-                                  rng=np.random.default_rng(cfg.seed))
+                                  rng=np.random.default_rng(cfg.seed),
+                                  input_name="the data's volume")
         model = _as_dtype(model, dtype)   # the weights as drawn (a zoo net's torchvision
                                           # init too), not drawn again by each layer
     with _resumed_settings(resumed):
@@ -1259,6 +1346,7 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         layer.rng = np.random.default_rng([cfg.seed, 1 << 21, i]
                                           + ([comm.rank] if comm.size > 1 else []))
     if state is not None:
+        _check_resumed_data(state.get("data"), data_digest, cfg, ckpt_path)
         epoch, batch, history, best, sums, epoch_rng_state = _restore(
             state, ckpt_path, model, optimizer, optim_arrays, schedule, cfg, batches_per_epoch,
             comm, log)
@@ -1294,7 +1382,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                  "optimizer": None, "schedule": schedule.state_dict(), "epoch": epoch,
                  "batch": batch, "history": history, "best": best, "sums": sums,
                  "epoch_rng": epoch_rng.bit_generator.state if epoch_rng else None,
-                 "dropout_rng": dropout, "info": info, "threads": THREADS}
+                 "dropout_rng": dropout, "info": info, "threads": THREADS,
+                 "data": data_digest, "paths": paths}
         if every_rank is not None:
             state.update(processes=comm.size, dropout_rng_ranks=every_rank)
         arrays, state["optimizer"] = optimizer.state_dict()
@@ -1599,7 +1688,7 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
         where = first_nonfinite(model, xb) or "the loss itself"
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
-        f"output is at {where}. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+        f"output is at {where}. {_lower(lr, ckpt_path)}")
 
 
 def _head_text(model):
@@ -1615,7 +1704,7 @@ def _gradient_diverged(key, loss, epoch, batch, lr, ckpt_path):
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss:.6g} but the gradient of "
         f"{key} is not finite (or too large to add up in float32); the weights were left "
-        f"as they were. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+        f"as they were. {_lower(lr, ckpt_path)}")
 
 
 def _val_diverged(val_loss, epoch, averaged, lr, ckpt_path):
@@ -1623,13 +1712,19 @@ def _val_diverged(val_loss, epoch, averaged, lr, ckpt_path):
     return TrainingDiverged(
         f"epoch {epoch + 1}: the validation loss is {val_loss}: the "
         f"{'moving average of the weights (--ema)' if averaged else 'weights'} no longer "
-        f"give finite scores. Lower the learning rate (now {lr:g}); {_kept(ckpt_path)}")
+        f"give finite scores. {_lower(lr, ckpt_path)}")
 
 
-def _kept(ckpt_path):
-    return (f"the last good checkpoint is {ckpt_path}"
-            if ckpt_path is not None and ckpt_path.exists() else
-            "no checkpoint was written yet")
+def _lower(lr, ckpt_path):
+    """What a diverged run can do: a new run at a lower learning rate (resuming would go
+    on at this one), from the best weights kept so far if it likes."""
+    text = (f"Lower the learning rate (now {lr:g}) in a new run: --lr, with --overwrite "
+            f"or another --out (--resume would go on at this one); ")
+    if ckpt_path is None or not ckpt_path.exists():
+        return text + "no checkpoint was written yet"
+    best = ckpt_path.parent / "best.json"
+    return text + f"the last good checkpoint is {ckpt_path}" + (
+        f", and --from {best} starts from the best weights so far" if best.exists() else "")
 
 
 def _on_root(comm, compute, then_all=False):

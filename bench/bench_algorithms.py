@@ -66,7 +66,7 @@ LAYERS = [
     ("small", "Fashion 64->128 @7", 128, 64, 128, 7, True),
     ("small", "64->64 @8", 128, 64, 64, 8, True),
     ("small", "32->64 @4", 128, 32, 64, 4, True),
-    ("small", "digits 64->64 @4, batch 32", 32, 64, 64, 4, True),
+    ("small", "digits 64->64 @4", 32, 64, 64, 4, True),
 ]
 CANDIDATES = [a for a in Algorithm if a is not Algorithm.AUTO]
 
@@ -141,15 +141,15 @@ def main(argv=None):
                                  "torch_ms": base * 1e3, "ratios": ratios, "auto": auto,
                                  "best": best})
         cells = [f"{ratios[a.value]:.2f}x" if a.value in ratios else "" for a in CANDIDATES]
-        rows.append([f"{label} N={n}", "train" if training else "infer", f"{base * 1e3:.1f}",
-                     *cells, auto, best])
-        print(f"{label} N={n}: torch {base * 1e3:.1f} ms, " +
+        rows.append([f"{label}, N={n}", "train" if training else "infer",
+                     f"{base * 1e3:.1f} ms", *cells, auto])
+        print(f"{label}, N={n}: torch {base * 1e3:.1f} ms, " +
               ", ".join(f"{a} {r:.2f}x" for a, r in ratios.items()) + f"; auto {auto}",
               file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    headers = ["layer", "pass", "torch ms", *(a.value for a in CANDIDATES), "auto", "best"]
+    headers = ["layer", "pass", "PyTorch", *(a.value for a in CANDIDATES), "auto"]
     print(format_table(headers, rows))
     print(f"\nconvnet time / PyTorch time (below 1: convnet faster); GEMM peak "
           f"{report['gemm_peak_gflops']:.0f} GFLOP/s; NumPy imported "

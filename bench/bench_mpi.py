@@ -1,6 +1,6 @@
 """Data-parallel training speed: images per second of the default Fashion-MNIST step.
 
-    python bench/bench_mpi.py                    # the table and the scaling model (~2 min)
+    python bench/bench_mpi.py                    # the table and the scaling model (~1 min)
     python bench/bench_mpi.py --steps 10 --rounds 1
 
 The step is the training loop's (convnet/train/loop.py): forward on this rank's share of

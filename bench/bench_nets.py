@@ -305,7 +305,7 @@ EPOCH_CHUNKS = 10   # the epoch's batches in this many runs a side, taken in tur
 
 def epoch_rows(limit=None):
     """One pass over Fashion-MNIST's 60,000 training images, batch 128, Adam, in the same
-    shuffled order on both sides, with the default net (BN, dropout) in training mode.
+    shuffled order on both sides, with the default net (BN) in training mode.
 
     Each side runs its epoch in EPOCH_CHUNKS runs of consecutive batches, the two taking
     turns (convnet first, then PyTorch first, ...) after a short pause, so that a minute

@@ -143,8 +143,10 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     """conv2d_forward for inference: the output only, its temporaries bounded.
 
     Same arguments and output as conv2d_forward, but no cache; every algorithm makes its
-    temporaries in pieces of at most ``max_bytes`` (im2col: a few images, or bands of
-    output rows of one image; the others: blocks of at most their own BLOCK_BYTES too).
+    matrix (im2col's, the shifted copies, Winograd's transformed tiles) in pieces of at
+    most ``max_bytes`` (im2col: a few images, or bands of output rows of one image; the
+    others: blocks of at most their own BLOCK_BYTES too); each thread may also pad one
+    whole image at a time.
     one_image and blocks cannot cut one image's rows or matrix: where those would pass
     max_bytes, naming them is a ValueError and use_algorithm leaves the call to auto.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of

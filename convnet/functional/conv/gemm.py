@@ -5,8 +5,9 @@ col2im additions split over the cores by channels, the training forward writing 
 im2col matrix into the buffer of the step before (``workspace``), the GEMM's product
 finished (bias, a folded batch norm's scale, a fused RELU) while it is transposed to
 NCHW, and at inference the matrix built in pieces of at most ``max_bytes`` (a few images,
-or bands of output rows of one image). For stride 1 with K <= C the input gradient is
-the notes' convolution with flipped filters, which moves less memory than col2im.
+or bands of output rows of one image). For stride 1 with K <= C and padding at most
+dilation * (F - 1), the input gradient is the notes' convolution with flipped filters,
+which moves less memory than col2im.
 
 Every convolution can run this way: any stride, padding, dilation and groups.
 """
@@ -135,8 +136,8 @@ def forward(x, w, b, stride, padding, dilation, groups, out, relu=False, workspa
 
 def backward(dout, cache, input_grad=True, overwrite=False):
     """(dx, dw, db) from a Cache: dw = dout_row @ X_col^T, db the sums of dout, and
-    dx = col2im(W_row^T @ dout_row), or for stride 1 with K <= C the convolution of dout
-    with the flipped filters. With overwrite=True, W_row^T @ dout_row is written over the
+    dx = col2im(W_row^T @ dout_row), or for stride 1 with K <= C and padding at most
+    dilation * (F - 1) the convolution of dout with the flipped filters. With overwrite=True, W_row^T @ dout_row is written over the
     cache's im2col matrix (spent once dw is known). input_grad=False: dx is None."""
     reuse = cache.workspace if overwrite else None
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache[:8]

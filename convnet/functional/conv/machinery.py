@@ -56,7 +56,7 @@ def buffer(out, size, dtype):
 # Temporaries that never leave the function making them (a padded input, an im2col
 # matrix or Y, a GEMM product) come from buffers kept per thread between calls: a fresh
 # large array is mapped in anew and each of its 4 KiB pages faults on first touch (a few
-# microseconds each in a VM: about a tenth of VGG-16's inference at batch 1). One buffer
+# microseconds each in a VM; docs/performance.md). One buffer
 # per role, each at most SCRATCH_MAX_BYTES (a larger temporary is made afresh), so what
 # is kept stays bounded; release_scratch() frees it.
 SCRATCH_MAX_BYTES = 64 << 20
@@ -65,7 +65,8 @@ _scratch = weakref.WeakKeyDictionary()   # thread -> {role: buffer}, gone with t
 
 def scratch(role, size, dtype):
     """A flat array of ``size`` values of ``dtype`` from this thread's kept buffer for
-    ``role`` ("padded", "cols" or "product"), grown when too small; a new array when it
+    ``role`` ("padded", "cols", "product", or Winograd's "winograd_v", "winograd_all",
+    "winograd_dy", "winograd_dm"), grown when too small; a new array when it
     would exceed SCRATCH_MAX_BYTES. The next call for the same role overwrites it: use
     it only for a temporary that no caller sees."""
     dtype = np.dtype(dtype)

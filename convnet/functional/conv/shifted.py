@@ -117,7 +117,7 @@ def conv_rows(xp, w, b, dilation, out, relu=False, scale=None, max_bytes=None, w
     every padded column; the output is the FW products added with shifts:
     out[n, k, h, w] = sum_j Z[(j, k), (n, h, w + j*dw)]. The GEMM does im2col's FLOPs
     (on WP/OW times as many columns) from a third of the copying, with FW*K rows where
-    im2col's has K: for K=32 OpenBLAS runs it measurably nearer its peak.
+    im2col's has K (a taller matrix, which BLAS runs nearer its peak when K is small).
     Y and Z are made block by block, each block at most max_bytes (default
     BLOCK_BYTES). b, relu and scale as in gemm.gemm_nchw; w_s: stacked_filters(w),
     when the caller has it already.

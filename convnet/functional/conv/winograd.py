@@ -30,8 +30,8 @@ Rounding: the transforms' coefficients (up to 5 and 1/24 for F(4x4)) amplify flo
 rounding: the error against a float64 reference is about 1e-6 of the output's scale for
 F(2x2) and 1e-5 for F(4x4) (tests bound it): F(2x2)'s about im2col's, F(4x4)'s about ten
 times it. Like im2col's, it grows with the inputs' magnitude where the output cancels it
-(raw 0-255 pixels through zero-sum filters: 1.1e-4 against im2col's 1.2e-5). Float64
-agrees with PyTorch to 1e-10. An output that direct convolution makes exactly 0 can come
+(raw 0-255 pixels through zero-sum filters; docs/performance.md has figures). Float64
+agrees with PyTorch within the tests' 1e-10. An output that direct convolution makes exactly 0 can come
 out as a rounding residue (a tile that mixes zeros and non-zeros), which a fused RELU
 keeps, letting the gradient through. A NaN or infinite input reaches every output of each
 tile that holds it (an infinity as NaN): wider than its receptive field.
@@ -346,8 +346,8 @@ class Winograd:
         The tiles in blocks of at most BLOCK_BYTES, each thread its own; or, where a
         block would hold fewer than ALL_TILES_BELOW tiles, every tile of a group of images
         at once (_all_tiles), as many images as their transformed input V fits in
-        ALL_TILES_BYTES. Neither makes a temporary over max_bytes
-        (default: no bound but theirs).
+        ALL_TILES_BYTES. Neither makes its transformed tiles in pieces over max_bytes
+        (default: no bound but theirs); a thread pads one whole image at a time.
         b, relu and scale as in gemm.gemm_nchw. keep_filters: U is kept between calls
         (kept_filter_transform; inference, where the filters stay as they are). Returns
         out."""

@@ -137,8 +137,9 @@ def forward(x, w, b, stride, padding, dilation, groups, out, relu=False, workspa
 def backward(dout, cache, input_grad=True, overwrite=False):
     """(dx, dw, db) from a Cache: dw = dout_row @ X_col^T, db the sums of dout, and
     dx = col2im(W_row^T @ dout_row), or for stride 1 with K <= C and padding at most
-    dilation * (F - 1) the convolution of dout with the flipped filters. With overwrite=True, W_row^T @ dout_row is written over the
-    cache's im2col matrix (spent once dw is known). input_grad=False: dx is None."""
+    dilation * (F - 1) the convolution of dout with the flipped filters. With
+    overwrite=True, W_row^T @ dout_row is written over the cache's im2col matrix (spent
+    once dw is known). input_grad=False: dx is None."""
     reuse = cache.workspace if overwrite else None
     x_shape, cols, w, stride, padding, dilation, groups, out_size = cache[:8]
     k, cg, fh, fw = w.shape

@@ -31,10 +31,11 @@ rounding: the error against a float64 reference is about 1e-6 of the output's sc
 F(2x2) and 1e-5 for F(4x4) (tests bound it): F(2x2)'s about im2col's, F(4x4)'s about ten
 times it. Like im2col's, it grows with the inputs' magnitude where the output cancels it
 (raw 0-255 pixels through zero-sum filters; docs/performance.md has figures). Float64
-agrees with PyTorch within the tests' 1e-10. An output that direct convolution makes exactly 0 can come
-out as a rounding residue (a tile that mixes zeros and non-zeros), which a fused RELU
-keeps, letting the gradient through. A NaN or infinite input reaches every output of each
-tile that holds it (an infinity as NaN): wider than its receptive field.
+agrees with PyTorch within the tests' 1e-10. An output that direct convolution makes
+exactly 0 can come out as a rounding residue (a tile that mixes zeros and non-zeros),
+which a fused RELU keeps, letting the gradient through. A NaN or infinite input reaches
+every output of each tile that holds it (an infinity as NaN): wider than its receptive
+field.
 Stride 1, 3x3 filters, dilation 1, one group; any padding.
 """
 

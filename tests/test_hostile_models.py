@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from convnet import limits
-from convnet.io.weights import ITEMSIZE, load_model, load_tensors, save_model
+from convnet.io.weights import ITEMSIZE, load_model, load_tensors, save_model, save_tensors
 from convnet.layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -833,10 +833,15 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, what
     net = from_notation("INPUT 8x8x1 -> CONV 2 -> BN -> RELU -> FC 3",
                         rng=np.random.default_rng(0))
     key = "1.running_var" if what == "negative variance" else "0.weight"
-    net.state_dict()[key][0] = {"nan": np.nan, "inf": np.inf}.get(what, -1.0)
     path = save_model(net, tmp_path / "m")
+    net.state_dict()[key][0] = {"nan": np.nan, "inf": np.inf}.get(what, -1.0)
     message = ("running variance, holds values below 0" if what == "negative variance"
                else "holds NaN or infinite values")
+    # save_model refuses what load_model would, before writing (and leaves m as it was)
+    with pytest.raises(ValueError, match=rf"save_model: .*m.json: tensor '{key}'.* {message}"):
+        save_model(net, tmp_path / "m")
+    load_model(path)                                    # the earlier file, untouched
+    save_tensors(net.state_dict(), tmp_path / "m.safetensors")     # written by another tool
     with pytest.raises(ValueError, match=rf"m.safetensors: tensor '{key}'.* {message}"):
         load_model(path)
     torch.save({k: torch.from_numpy(v) for k, v in net.state_dict().items()},
@@ -868,3 +873,25 @@ def test_a_header_of_a_million_tensors_given_as_weights_is_refused_by_its_size(t
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20, peak
+
+
+def test_save_model_refuses_what_load_model_would(tmp_path):
+    """From a review of the Python API: each of these saved without a word and then
+    could not be loaded (the user's model file opened again only by editing its JSON)."""
+    from convnet.layers import Conv2d, CrossEntropyLoss
+    from convnet.models import Sequential, from_notation
+    rgb = from_notation("INPUT 8x8x1 -> CONV 8 -> FC 10")
+    rgb[0] = Conv2d(3, 8, 3, padding=1)            # switched to RGB, input_shape kept
+    fc = from_notation("INPUT 8x8x1 -> FC 2")
+    for model, info, message in (
+            (rgb, {}, r"input_shape \[1, 8, 8\] does not fit the model: 0 Conv2d"),
+            (fc, {"classes": ["a", "b", "c"]}, "info.classes names 3 classes, but the "
+                                               "model gives 2 scores"),
+            (fc, {"channels": "rgb"}, "info.channels must be 'L'"),
+            (Conv2d(4, 4, 3), {}, "a model file holds a container of layers .*got a "
+                                  "single Conv2d: save Sequential\\(layer\\)"),
+            (Sequential(Conv2d(1, 1, 1), CrossEntropyLoss()), {},
+             "unknown layer type 'CrossEntropyLoss'")):
+        with pytest.raises(ValueError, match=f"^save_model: .*m.json.*{message}"):
+            save_model(model, tmp_path / "m", **info)
+        assert not list(tmp_path.iterdir())

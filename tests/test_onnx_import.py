@@ -1049,7 +1049,8 @@ def test_an_onnx_file_with_an_open_input_size_runs_from_the_cli_with_input(tmp_p
     assert main(["predict", str(path), str(tmp_path / "a.png"), "--input", "3x8x8"]) == 0
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'a.png'}: ")
     assert main(["eval", "lenet5", "--data", "digits", "--input", "1x8x8"]) == 1
-    assert "--input (input_shape) sets the input size of an ONNX file" in capsys.readouterr().err
+    assert "lenet5: it takes 1x32x32 (C x H x W), and --input 1x8x8 does not fit it" in \
+        capsys.readouterr().err
     assert main(["convert", str(path), str(tmp_path / "fixed.json"), "--input", "3x8x8"]) == 0
     assert load_model(tmp_path / "fixed.json").input_shape == (3, 8, 8)
     capsys.readouterr()

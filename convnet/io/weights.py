@@ -277,8 +277,10 @@ def save_model(model, path, **info):
     """Save a model as architecture JSON plus safetensors weights; returns the JSON path.
 
     Extra keyword arguments (class names, the data it was trained on...) are stored in the
-    JSON under "info". The JSON text is made first, so that a field it cannot hold fails
-    before either file is written; then the weights, then the JSON (each atomically).
+    JSON under "info". What load_model would refuse is refused before either file is
+    written (``_check_loadable``: the model a container, its config one that builds again,
+    its input_shape one it takes, info's fields, finite weights), and so is a field JSON
+    cannot hold; then the weights are written, then the JSON (each atomically).
     """
     json_path, weights_path = model_paths(path)
     shape = getattr(model, "input_shape", None)
@@ -287,9 +289,39 @@ def save_model(model, path, **info):
                 else None,
                 "weights": weights_path.name, "info": info}
     text = json_text(document, indent=1).encode()   # a field JSON cannot hold fails here,
-    save_tensors(model.state_dict(), weights_path)   # before either file is written
+    state = model.state_dict()                       # before either file is written
+    _check_loadable(model, document, state, json_path)
+    save_tensors(state, weights_path)
     atomic_write(json_path, text)
     return json_path
+
+
+def _check_loadable(model, document, state, json_path):
+    """Refuse to save what load_model would refuse to read back, with its message: a
+    user's model file must open again."""
+    from convnet.data.preprocess import check_info
+    from convnet.layers.base import counting_only
+    from convnet.models.config import from_config
+    from convnet.models.containers import Container
+
+    where = f"save_model: {json_path}"
+    if not isinstance(model, Container):
+        raise ValueError(f"{where}: a model file holds a container of layers (such as "
+                         f"Sequential), got a single {type(model).__name__}: save "
+                         f"Sequential(layer)")
+    shape = document["input_shape"]
+    channels = shape[0] if shape is not None and len(shape) == 3 else None
+    info = check_info(document["info"], where, channels=channels)
+    with counting_only():             # the layers built again, writing no weights
+        from_config(document["architecture"], where=where)
+    if shape is not None:
+        try:
+            out = model.output_shape(tuple(shape))
+        except ValueError as err:
+            raise ValueError(f"{where}: input_shape {shape} does not fit the model: "
+                             f"{err}") from None
+        check_class_count(info, out, where)
+    check_finite(state, where)
 
 
 def load_model(path):

@@ -788,3 +788,63 @@ def test_a_bad_or_fixed_hyperparameter_assigned_to_a_made_layer_is_refused():
     with pytest.raises(AttributeError, match="make it with affine=True"):
         BatchNorm2d(2, affine=False).weight = np.ones(2, np.float32)
     assert bare.bias is None and list(bare.state_dict()) == ["weight"]
+
+
+@pytest.mark.parametrize("children, message", [
+    ({"": Linear(2, 3)}, "a child name must be a non-empty string .*got ''"),
+    ({1: ReLU()}, "a child name must be .*got 1"),
+    ({("a",): ReLU()}, r"a child name must be .*got \('a',\)"),
+    ({"a\n": ReLU()}, r"a child name must be .*printable"),
+    ({"x" * 201: ReLU()}, "a child name must be .*at most 200 printable characters"),
+    ([ReLU(), Tanh()], r"children must be \(name, layer\) pairs, got ReLU\(\); for layers "
+                       r"in order: Sequential\(\*layers\)"),
+    ([("a", ReLU()), ("a", Tanh())], "child names must be unique, got 'a' twice"),
+])
+def test_child_names_are_checked_as_torch_does_and_as_model_files_need(children, message):
+    """An empty name had given state_dict key '.weight' where named_parameters gave
+    'weight'; an int or a list of layers a bare TypeError; a name with a line break a
+    model that saved and then would not load."""
+    with pytest.raises(ValueError, match=f"^Sequential: {message}"):
+        Sequential(children)
+
+
+def test_a_container_subclass_must_say_its_output_shape():
+    """A user's Container had the identity output_shape and macs 0, which an enclosing
+    Sequential passed on as the volume after it."""
+    from convnet.models import Container
+
+    class Net(Container):
+        def __init__(self):
+            super().__init__([("conv", Conv2d(1, 2, 3)), ("fc", Linear(2, 3))])
+
+    with pytest.raises(NotImplementedError, match="Net must define output_shape"):
+        Net().output_shape((1, 3, 3))
+    with pytest.raises(NotImplementedError, match="Net must define macs"):
+        Sequential(Net()).macs((1, 3, 3))
+
+    class Holder(Container):
+        def __init__(self):
+            super().__init__([])
+            self.conv = Conv2d(1, 2, 3)
+    with pytest.raises(AttributeError, match="give it among the children$"):
+        Holder()          # (append and insert are Sequential's: not offered)
+
+
+def test_dropout_p_and_adaptive_output_size_are_checked_when_set():
+    """As PyTorch's: d.p = 1.5 had zeroed every output; pool.output_size = 1 raised a bare
+    TypeError at forward, and at save."""
+    drop = Dropout()
+    with pytest.raises(ValueError, match=r"Dropout: p \(the drop probability\) must be a "
+                                         r"number in \[0, 1\], got 1.5"):
+        drop.p = 1.5
+    drop.p = 0.25
+    assert drop.p == 0.25 and drop.get_config()["p"] == 0.25
+    for cls, torch_cls in ((AdaptiveAvgPool2d, torch.nn.AdaptiveAvgPool2d),
+                           (AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool2d)):
+        ours, theirs = cls(7), torch_cls(7)
+        ours.output_size, theirs.output_size = 1, 1
+        x = np.random.default_rng(0).standard_normal((1, 2, 4, 4))
+        np.testing.assert_allclose(ours(x), theirs(torch.tensor(x)).numpy())
+        assert ours.get_config()["output_size"] == [1, 1]
+        with pytest.raises(ValueError, match="output_size"):
+            ours.output_size = 0

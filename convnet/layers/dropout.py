@@ -33,11 +33,20 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, inplace=False, *, rng=None):
         super().__init__()
+        self.inplace = inplace
+        self.p = p
+        self.rng = generator(rng, type(self).__name__)
+
+    def __setattr__(self, name, value):
+        """p and inplace are checked when set, after construction too (as PyTorch
+        checks p): a p of 1.5 had zeroed every output."""
         where = type(self).__name__
-        p = real(p, "p (the drop probability)", where, 0, 1, expected="a number in [0, 1]")
-        self.inplace = flag(inplace, "inplace", where)
-        self.p = float(p)
-        self.rng = generator(rng, where)
+        if name == "p":
+            value = float(real(value, "p (the drop probability)", where, 0, 1,
+                               expected="a number in [0, 1]"))
+        elif name == "inplace":
+            value = flag(value, "inplace", where)
+        super().__setattr__(name, value)
 
     def forward(self, x):
         if not isinstance(x, np.ndarray) or x.dtype.type not in (np.float32, np.float64):

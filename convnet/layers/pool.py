@@ -286,6 +286,16 @@ class _AdaptivePool2d(Layer):
 
     def __init__(self, output_size):
         super().__init__()
+        self.output_size = output_size
+
+    def __setattr__(self, name, value):
+        """output_size is checked and kept as a pair when set, after construction too
+        (``pool.output_size = 1``, as in PyTorch)."""
+        if name == "output_size":
+            value = self._output_size(value)
+        super().__setattr__(name, value)
+
+    def _output_size(self, output_size):
         where = type(self).__name__
         sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else None
         if sizes is not None and len(sizes) == 2 and None in sizes:
@@ -297,10 +307,8 @@ class _AdaptivePool2d(Layer):
                 raise ValueError(f"{where}: output_size must be a positive int or a pair "
                                  f"of positive ints or None (the input's size), got "
                                  f"{output_size!r:.80}") from None
-            self.output_size = tuple(None if size is None else got
-                                     for size, got in zip(sizes, given))
-        else:
-            self.output_size = window_pair(output_size, "output_size", where)
+            return tuple(None if size is None else got for size, got in zip(sizes, given))
+        return window_pair(output_size, "output_size", where)
 
     def _size(self, h, w):
         """(OH, OW) for an input of H x W: output_size, None taking the input's size."""

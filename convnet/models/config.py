@@ -29,7 +29,14 @@ from convnet.layers.pool import (
     LPPool2d,
     MaxPool2d,
 )
-from convnet.models.containers import Concat, DenseBlock, Residual, Sequential
+from convnet.models.containers import (  # noqa: F401  MAX_NAME: the importers' cap
+    MAX_NAME,
+    Concat,
+    DenseBlock,
+    Residual,
+    Sequential,
+    check_child_name,
+)
 
 LAYERS = {cls.__name__: cls for cls in (
     Conv2d, LocallyConnected2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d,
@@ -44,7 +51,6 @@ _CONTAINER_FIELDS = {
     "DenseBlock": {"children": True},
     "Residual": {"body": True, "shortcut": False, "shortcut_name": False, "post": False},
 }
-MAX_NAME = 200   # characters in a child's name (torchvision's longest is 15)
 # *args and **kwargs (Identity's, which ignores them) are no config fields
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
@@ -179,14 +185,8 @@ class _Builder:
 
 
 def _child_name(name, field):
-    """A child's name: a non-empty string of at most MAX_NAME printable characters (a
-    summary prints it), without dots (they separate the names in a dotted key such as
-    ``features.0.weight``)."""
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "." in name \
-            or not name.isprintable():
-        raise ValueError(f"{field}: a child name must be a non-empty string of at most "
-                         f"{MAX_NAME} printable characters without dots, got {name!r:.80}")
-    return name
+    """A child's name, as containers take it (``check_child_name``)."""
+    return check_child_name(name, field)
 
 
 def _join(path, name):

@@ -155,8 +155,25 @@ def relus_in_place(model):
     return model
 
 
+MAX_NAME = 200   # characters in a child's name (torchvision's longest is 15)
+
+
+def check_child_name(name, where):
+    """A child's name: a non-empty string of at most MAX_NAME printable characters (a
+    summary prints it), without dots (they separate the names in a dotted key such as
+    ``features.0.weight``); else a ValueError naming ``where``. Returns it."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or "." in name \
+            or not name.isprintable():
+        raise ValueError(f"{where}: a child name must be a non-empty string of at most "
+                         f"{MAX_NAME} printable characters without dots, got {name!r:.80}")
+    return name
+
+
 class Container(Layer):
-    """A layer made of named child layers. Subclasses define forward and backward."""
+    """A layer made of named child layers. Subclasses define forward and backward.
+
+    children: (name, layer) pairs; each name as ``check_child_name`` takes it, each once.
+    """
 
     holds_layers = True
 
@@ -164,11 +181,18 @@ class Container(Layer):
         super().__init__()
         del self.params, self.grads, self.buffers  # a container's come from its children
         self._children = {}
-        for key, layer in children:
+        where = type(self).__name__
+        for pair in children:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                hint = (f"; for layers in order: {where}(*layers)"
+                        if isinstance(pair, Layer) else "")
+                raise ValueError(f"{where}: children must be (name, layer) pairs, got "
+                                 f"{pair!r:.80}{hint}")
+            key, layer = pair
+            check_child_name(key, where)
             self._check_layer(key, layer)
-            if "." in key or key in self._children:
-                raise ValueError(f"{type(self).__name__}: child names must be unique and "
-                                 f"free of dots, got {key!r}")
+            if key in self._children:
+                raise ValueError(f"{where}: child names must be unique, got {key!r} twice")
             self._children[key] = layer
         self._check_distinct()
         self._set_names()
@@ -191,6 +215,18 @@ class Container(Layer):
                     f"forward and its gradients, so each place needs its own (make a new "
                     f"{type(layer).__name__}(...) for each)")
             seen[id(layer)] = name
+
+    def output_shape(self, input_shape):
+        """A container's output comes from how its forward joins the children: each kind
+        says (a subclass of Container defines it, as Sequential and Residual do)."""
+        raise NotImplementedError(f"{type(self).__name__} must define output_shape (and "
+                                  f"macs): a Container's forward joins its children its "
+                                  f"own way")
+
+    def macs(self, input_shape):
+        raise NotImplementedError(f"{type(self).__name__} must define macs (and "
+                                  f"output_shape): a Container's forward joins its "
+                                  f"children its own way")
 
     # -- structure ---------------------------------------------------------------------
     def named_children(self):
@@ -277,7 +313,9 @@ class Container(Layer):
                 raise AttributeError(
                     f"{type(self).__name__}: {name}: a layer set as an attribute is not one "
                     f"of the model's children (it would not run, train or be saved): give it "
-                    f"among the children, or add it with append or insert")
+                    f"among the children"
+                    + (", or add it with append or insert" if isinstance(self, Sequential)
+                       else ""))
             super().__setattr__(name, value)
             return
         self._put(name, value)
@@ -487,7 +525,8 @@ class Sequential(Container):
         if len(layers) == 1 and isinstance(layers[0], dict):
             children = list(layers[0].items())
         elif len(layers) == 1 and isinstance(layers[0], list):
-            children = [tuple(pair) for pair in layers[0]]
+            children = [tuple(pair) if isinstance(pair, (tuple, list)) else pair
+                        for pair in layers[0]]
         else:
             children = [(str(i), layer) for i, layer in enumerate(layers)]
         super().__init__(children)

@@ -365,8 +365,13 @@ def _next_field(layer, state, in_shape, out_shape):
         return _Field(state.rf, state.jump, grid, state.span)
     rf = tuple(r + (f - 1) * j for r, f, j in zip(state.rf, extent, state.jump))
     jump = tuple(j * s for j, s in zip(state.jump, stride))
-    span = tuple(r + (g - 1) * j for r, g, j in zip(rf, grid, jump))
-    return _Field(rf, jump, grid, span)
+    # The grid's span grows by what padding adds and shrinks by what the stride leaves
+    # out: the difference of the two spans of an evenly spaced grid, added to the
+    # input's own span (which an adaptive pool before may have left uneven)
+    grid_in = _grid(in_shape, state.grid)
+    span = tuple(s + (r2 + (g2 - 1) * j2) - (r1 + (g1 - 1) * j1) for s, r1, g1, j1, r2, g2, j2
+                 in zip(state.span, state.rf, grid_in, state.jump, rf, grid, jump))
+    return _Field(tuple(map(min, rf, span)), jump, grid, span)
 
 
 def _shares_input(layer):

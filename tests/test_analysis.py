@@ -841,12 +841,16 @@ def test_an_fc_layer_on_a_volume_sees_its_rows_only():
     assert summary(net, (1, 10, 8)).receptive_field == (3, 8)
 
 
-@pytest.mark.parametrize("size, pooled", [(4, 5), (12, 4), (6, 5), (9, 2)])
-def test_an_fc_after_adaptive_pooling_sees_exactly_the_input(size, pooled):
+@pytest.mark.parametrize("then_conv", [False, True], ids=["pool-fc", "pool-conv-fc"])
+@pytest.mark.parametrize("size, pooled", [(4, 5), (12, 4), (6, 5), (9, 2), (2, 7)])
+def test_an_fc_after_adaptive_pooling_sees_exactly_the_input(size, pooled, then_conv):
     """Without padding, an FC layer after an adaptive pool sees the whole input and no
-    more, whether the pool enlarges or has uneven windows: the field had been 5 on a
-    4x4 input (pooled to 5x5), 11 on 12x12 (to 4x4). Checked by backpropagation."""
-    net = Sequential(Conv2d(1, 1, 3, dtype=np.float64), AdaptiveAvgPool2d(pooled),
+    more, whether the pool enlarges or has uneven windows, and with a 1x1 CONV between:
+    the field had been 5 on a 4x4 input (pooled to 5x5), 11 on 12x12 (to 4x4), 8 on 2x2
+    (to 7x7, then a CONV). Checked by backpropagation."""
+    first = Conv2d(1, 1, 3 if size > 2 else 1, dtype=np.float64)
+    middle = [Conv2d(1, 1, 1, dtype=np.float64)] if then_conv else []
+    net = Sequential(first, AdaptiveAvgPool2d(pooled), *middle,
                      Flatten(), Linear(pooled * pooled, 1, dtype=np.float64))
     for p in net.parameters():
         p[...] = 1.0

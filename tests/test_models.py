@@ -596,6 +596,26 @@ def test_fc_to_conv_slides_adaptive_pools_folded_into_the_first_fc(case):
     assert rel_error(scores, expected) < 1e-10
 
 
+@pytest.mark.parametrize("after", ["relu", "no-fc"])
+def test_fc_to_conv_folds_no_pool_that_an_activation_or_nothing_follows(after):
+    """An activation between the Flatten and the FC acts on the pooled values, which a
+    fold no longer makes (the scores had been wrong by 0.18); with no FC after the
+    Flatten there is nothing to fold into (the pool had been dropped)."""
+    rng = np.random.default_rng(16)
+    tail = [ReLU(), Linear(18, 4, rng=rng, **F64)] if after == "relu" else []
+    net = Sequential(Conv2d(1, 2, 1, rng=rng, **F64), AdaptiveAvgPool2d(3), Flatten(),
+                     *tail).eval()
+    conv_net = fc_to_conv(net, (1, 5, 5))
+    assert isinstance(conv_net[1], AdaptiveAvgPool2d)
+    x = rng.standard_normal((2, 1, 5, 5))
+    out = conv_net.forward(x)
+    expected = net.forward(x)
+    if after == "relu":
+        assert rel_error(out[:, :, 0, 0], expected) < 1e-10
+    else:
+        assert rel_error(out.reshape(2, -1), expected) < 1e-10
+
+
 def test_fc_to_conv_keeps_a_max_pool_over_unequal_windows():
     """Not a linear map, and not k x k windows: kept, exact at the original size only."""
     rng = np.random.default_rng(15)

@@ -164,6 +164,12 @@ def _folded_pools(leaves):
                 or len(shape) != 3 or i + 1 == len(leaves) \
                 or not isinstance(leaves[i + 1][0], Flatten):
             continue
+        # the first FC must follow, with only linear layers between (an activation there
+        # would act on the pooled values, which the fold no longer makes)
+        after = next((nxt for nxt, _, _ in leaves[i + 2:]
+                      if not isinstance(nxt, (Dropout, Identity, BatchNorm1d))), None)
+        if not isinstance(after, Linear):
+            continue
         if isinstance(layer, AdaptiveMaxPool2d) and any(
                 np.any(np.subtract(*adaptive_windows(s, o)[::-1]) != 1)
                 for s, o in zip(shape[1:], out[1:])):

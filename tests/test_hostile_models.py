@@ -895,3 +895,8 @@ def test_save_model_refuses_what_load_model_would(tmp_path):
         with pytest.raises(ValueError, match=f"^save_model: .*m.json.*{message}"):
             save_model(model, tmp_path / "m", **info)
         assert not list(tmp_path.iterdir())
+    # what JSON writes as a list is taken as one (PyTorch's CIFAR tutorial keeps its
+    # classes in a tuple): checked as it will be read
+    fc.input_shape = (1, 8, 8)
+    path = save_model(fc, tmp_path / "m", classes=("cat", "dog"), mean=(0.5,), std=(0.25,))
+    assert load_model(path).info["classes"] == ["cat", "dog"]

@@ -1243,3 +1243,29 @@ def test_batch_norms_momentum_comes_back_from_torch_and_from_export(tmp_path, mo
     ours = Sequential(Conv2d(3, 4, 3), BatchNorm2d(4, momentum=momentum))
     export_onnx(ours, tmp_path / "o.onnx", input_shape=(3, 8, 8))
     assert load_onnx(tmp_path / "o.onnx")[1].momentum == momentum
+
+
+@pytest.mark.parametrize("length", [199, 200])
+def test_repeated_long_node_names_stay_within_a_child_names_cap(tmp_path, length):
+    """Three nodes of one 199- or 200-character name: the second and third got "_1" and
+    "_2" past the 200-character cap, and the model could not be saved (or, before the
+    containers checked names, saved and then not loaded)."""
+    from convnet.io import save_model
+    from convnet.models.config import MAX_NAME
+    name = "a" * length
+    w = numpy_helper.from_array(np.eye(2, dtype=np.float32), "W")
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name=name),
+             helper.make_node("MatMul", ["h", "W"], ["h2"], name=name),
+             helper.make_node("Relu", ["h2"], ["y"], name=name)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+              tmp_path / "n.onnx")
+    model = load_onnx(tmp_path / "n.onnx")
+    names = [key for key, _ in model.named_layers()]
+    assert len(set(names)) == 3, names
+    assert all(len(part) <= MAX_NAME for key in names for part in key.split(".")), names
+    x = np.array([[-1.0, 2.0]], np.float32)
+    loaded = load_model(save_model(model, tmp_path / "m"))
+    np.testing.assert_array_equal(loaded.forward(x), np.maximum(x, 0))

@@ -2270,7 +2270,8 @@ class _Keys:
         base = key or "layer"
         while key in self.taken or not key:
             self.last[base] = self.last.get(base, 0) + 1
-            key = f"{base}_{self.last[base]}"
+            suffix = f"_{self.last[base]}"
+            key = base[:MAX_NAME - len(suffix)] + suffix     # within a child name's cap
         self.taken.add(key)
         return key
 

@@ -290,7 +290,7 @@ def save_model(model, path, **info):
                 "weights": weights_path.name, "info": info}
     text = json_text(document, indent=1).encode()   # a field JSON cannot hold fails here,
     state = model.state_dict()                       # before either file is written
-    _check_loadable(model, document, state, json_path)
+    _check_loadable(model, json.loads(text), state, json_path)     # as it will be read
     save_tensors(state, weights_path)
     atomic_write(json_path, text)
     return json_path
@@ -484,7 +484,9 @@ def _read_json(json_path):
                 f"--resume --out {Path(json_path).parent})" if ended and is_file(checkpoint)
                 else "")
         folder = Path(json_path).parent
-        if ended and any(folder.glob(".replaced-*")):   # an --overwrite run was killed
+        # an --overwrite run killed before its first checkpoint (after it, the next run
+        # drops the set-aside run as replaced)
+        if ended and not is_file(checkpoint) and any(folder.glob(".replaced-*")):
             hint += (f"; an earlier run in {folder} is set aside in "
                      f"{min(folder.glob('.replaced-*')).name}: convnet train --out {folder} "
                      f"puts it back")

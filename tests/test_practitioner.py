@@ -570,11 +570,22 @@ def test_resume_finds_a_relative_data_folder_from_anywhere_and_a_moved_one(
     out = capsys.readouterr().out
     assert f"its data folder shapes is read where the run began: {tmp_path / 'shapes'}" \
         in out, out
-    # moved: the --data given now is read, and the data's digest says it is the same
+    # a --data naming the same folder is not "ignored", however it is spelled
+    assert main(["train", "--resume", "--out", "../run", "--data", "../shapes",
+                 "--no-report"]) == 0
+    assert "ignored" not in capsys.readouterr().out
+    # moved: where to is asked for, then the --data given is read, and the data's
+    # digest says it is the same
     (tmp_path / "shapes").rename(tmp_path / "moved")
+    assert main(["train", "--resume", "--out", "../run", "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert (f"the run's data folder shapes is not here, nor where the run began "
+            f"({tmp_path / 'shapes'}): give its place now with --data PATH") in err, err
     assert main(["train", "--resume", "--out", "../run", "--data", "../moved",
                  "--no-report"]) == 0
-    assert "its data folder shapes is not here; reading ../moved" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "its data folder shapes is not here; reading ../moved" in out
+    assert "ignored" not in out
 
 
 def test_eval_all_images_scores_every_image_of_another_folder(tmp_path, capsys):

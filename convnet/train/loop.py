@@ -502,27 +502,47 @@ def _resume_paths(cfg, given, recorded, log, ckpt_path):
     """The run's data folder and data root as this process finds them: where the run
     began (recorded: the absolute paths it kept), whatever the working directory is now;
     where that is gone, the path as the run was given it, or the --data / --data-root
-    given now (a moved folder). The data's digest then checks that it is the same."""
+    given now (a moved folder). The data's digest then checks that it is the same.
+    Returns the names of the settings ("data", "data_root") whose given value names the
+    folder read (not ignored, then)."""
     recorded = recorded if isinstance(recorded, dict) else {}
+    agreed = set()
 
-    def place(current, kept, offered, is_there, what):
+    def same(a, b):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+    def place(field, current, kept, offered, is_there, what, option):
         if isinstance(kept, str) and is_there(kept):
-            if is_there(current) and Path(current).expanduser().resolve() == Path(kept):
-                return current
-            log(f"resuming {ckpt_path}: its {what} {current} is read where the run "
-                f"began: {kept}")
-            return kept
-        if is_there(current) or offered is None or not is_there(offered):
-            return current
-        log(f"resuming {ckpt_path}: its {what} {current} is not here; reading {offered}")
-        return str(offered)
+            found = current if is_there(current) and same(current, kept) else kept
+        elif is_there(current):
+            found = current
+        elif offered is not None and is_there(offered):
+            found = str(offered)
+        else:
+            began = f", nor where the run began ({kept})" if isinstance(kept, str) else ""
+            raise ValueError(f"{ckpt_path}: the run's {what} {current} is not here{began}: "
+                             f"give its place now with {option} PATH (the run checks that "
+                             f"its images are the same)")
+        if offered is not None and is_there(offered) and same(offered, found):
+            agreed.add(field)
+        if found != current:
+            log(f"resuming {ckpt_path}: its {what} {current} is " + (
+                f"read where the run began: {found}" if found == kept else
+                f"not here; reading {found}"))
+        return found
 
     if str(cfg.data).lower() not in DATASETS:
-        cfg.data = place(cfg.data, recorded.get("data"), given.data,
-                         lambda p: data_folder(p) is not None, "data folder")
-    if cfg.data_root is not None:
-        cfg.data_root = place(cfg.data_root, recorded.get("data_root"), given.data_root,
-                              lambda p: Path(p).expanduser().is_dir(), "data root")
+        cfg.data = place("data", cfg.data, recorded.get("data"), given.data,
+                         lambda p: data_folder(p) is not None, "data folder", "--data")
+    def is_dir(path):
+        return isinstance(path, str) and Path(path).expanduser().is_dir()
+
+    kept_root = recorded.get("data_root")
+    if cfg.data_root is not None and any(map(is_dir, (cfg.data_root, kept_root,
+                                                      given.data_root))):
+        cfg.data_root = place("data_root", cfg.data_root, kept_root, given.data_root,
+                              is_dir, "data root", "--data-root")
+    return agreed
 
 
 def _absolute_paths(cfg):
@@ -1105,13 +1125,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     if resume:
         *ckpt, ema_arrays = load_checkpoint(ckpt_path, ema=True)
         given, cfg = cfg, TrainConfig.from_dict(ckpt[2].get("config"), f"{ckpt_path}: config")
-        recorded_data = (cfg.data, cfg.data_root)
-        _resume_paths(cfg, given, ckpt[2].get("paths"), log, ckpt_path)
-        taken = dataclasses.replace(given, data=recorded_data[0] if cfg.data == given.data
-                                    else given.data, data_root=recorded_data[1]
-                                    if cfg.data_root == given.data_root else given.data_root)
-        ignored = _ignored_settings(taken, dataclasses.replace(
-            cfg, data=recorded_data[0], data_root=recorded_data[1]))
+        recorded_data = {"data": cfg.data, "data_root": cfg.data_root}
+        with _resumed_settings(ckpt_path):
+            agreed = _resume_paths(cfg, given, ckpt[2].get("paths"), log, ckpt_path)
+        # a --data naming the folder read is not ignored, whatever its spelling
+        taken = dataclasses.replace(given, **{f: recorded_data[f] for f in agreed})
+        ignored = _ignored_settings(taken, dataclasses.replace(cfg, **recorded_data))
         if ignored:
             log(f"resuming {ckpt_path}: the run's own settings apply; ignored: {ignored}")
         named = takes_root(cfg.data)                # a data set with files of its own

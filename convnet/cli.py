@@ -685,7 +685,9 @@ def build_parser():
     earlier = p.add_mutually_exclusive_group()
     earlier.add_argument("--resume", action="store_true",
                          help="continue the run in --out (default: the runs/DATA[-N] "
-                              "whose checkpoint was written last) from its last checkpoint")
+                              "whose checkpoint was written last) from its last checkpoint, "
+                              "with its own settings and data (the folder it began on; "
+                              "--data PATH where that folder moved)")
     earlier.add_argument("--overwrite", action="store_true",
                          help="replace the earlier run's files in --out")
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",

@@ -186,6 +186,22 @@ def test_local_response_norm_matches_torch(seed):
     assert lrn.cache is None
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e15])
+def test_local_response_norm_float32_gradient_of_large_activations(scale):
+    """d^(-beta-1) underflowed float32 for activations near 1e15 (d ~ 1e21): the window's
+    term was lost, and dx had the wrong sign where torch's float32 is exact."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 7, 3, 3)) * scale).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    lrn = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
+    lrn.forward(x)
+    dx = lrn.backward(dout)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(xt).backward(
+        torch.tensor(dout, dtype=torch.float64))
+    assert rel_error(dx, xt.grad.numpy()) < 1e-5
+
+
 def test_local_response_norm_even_size_window():
     """size=2 looks one channel back (c-1, c), none forward: channel 0 sees only itself."""
     x = np.arange(1.0, 5.0).reshape(1, 4, 1, 1)

@@ -380,6 +380,9 @@ def local_response_norm_backward(dout, cache):
         dx_j = dout_j * d_j^-beta - 2 beta alpha / n * a_j * sum_c dout_c a_c d_c^(-beta-1)
     """
     x, denom, size, alpha, beta = cache
-    g = dout * x * denom ** (-beta - 1)                           # (N, C, H, W)
+    scale = denom ** -beta                                        # d^-beta, (N, C, H, W)
+    # a_c d_c^(-beta-1) as (a_c d_c^-beta) / d_c: the power alone underflows float32 for
+    # large activations (d ~ 1e21), losing the window's term
+    g = dout * (x * scale) / denom
     g_sum = _window_sum(g, (size - 1) // 2, size // 2)
-    return dout * denom ** -beta - (2 * beta * alpha / size) * x * g_sum
+    return dout * scale - (2 * beta * alpha / size) * x * g_sum

@@ -58,6 +58,27 @@ def _channel_constant(value, dtype, shape):
     return np.broadcast_to(value, (n, c, length))
 
 
+SQUARES_RUN = 4096   # values a float32 dot product adds one by one before float64 takes over
+
+
+def _sum_of_squares(o, out):
+    """out (n, c) = each row's sum of squares of o (n, c, L). np.vecdot adds a row's
+    values one after the other, so its float32 rounding grows with L: rows longer than
+    SQUARES_RUN are added in runs of that length, the runs' sums in float64."""
+    n, c, length = o.shape
+    runs = length // SQUARES_RUN
+    if runs < 2:
+        np.vecdot(o, o, out=out)
+        return
+    step = o.strides[2]
+    head = np.lib.stride_tricks.as_strided(o, (n, c, runs, SQUARES_RUN),
+                                           (*o.strides[:2], SQUARES_RUN * step, step))
+    total = np.vecdot(head, head).sum(axis=2, dtype=np.float64)
+    tail = o[..., runs * SQUARES_RUN:]
+    total += np.vecdot(tail, tail)
+    out[...] = total
+
+
 def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5):
     """Batch normalization of x over every axis but the channel axis 1.
 
@@ -93,7 +114,7 @@ def batch_norm_forward(x, weight=None, bias=None, mean=None, var=None, eps=1e-5)
     def centred(a, m, o, s):          # o = x - mean, and each row's sum of squares
         np.subtract(a, m, out=o)
         if batch_stats:
-            np.vecdot(o, o, out=s)
+            _sum_of_squares(o, s)
     split_parallel(centred, xr, centre, out, rows)
     if batch_stats:
         var = rows.sum(axis=0, dtype=np.float64) / count                 # biased
@@ -217,7 +238,7 @@ def sync_batch_norm_forward(x, weight, bias, eps, allreduce):
 
     def centred(a, m, o, s):
         np.subtract(a, m, out=o)
-        np.vecdot(o, o, out=s)
+        _sum_of_squares(o, s)
     split_parallel(centred, xr, _channel_constant(own_mean, dtype, xr.shape), out, rows)
     buf = np.empty(c + 1, dtype=np.float64)                # [M_r, sum(x)]
     buf[0] = local

@@ -692,9 +692,10 @@ def build_parser():
                          help="replace the earlier run's files in --out")
     p.add_argument("--from", dest="init_from", metavar="MODEL_FILE",
                    help="fine-tune: start from a saved model (.json, .onnx) or weights (.pt, "
-                        ".pth, .safetensors, with --model); the data is resized to its input, "
-                        "and a new head is made when the classes differ (in number, or in "
-                        "the names the model records)")
+                        ".pth, .safetensors, with --model); the data is resized to its input "
+                        "and normalized with its own statistics, and a new head is made when "
+                        "the classes differ (in number, or in the names the model records; "
+                        "the same names in another order reorder the head)")
     p.add_argument("--freeze", nargs="+", action="extend", metavar="STAGE",
                    help="with --from: stages whose parameters stay fixed, by name (e.g. "
                         "features, layer1) or as a range of top-level stages (e.g. 0-7); "

@@ -215,7 +215,9 @@ def test_fine_tuning_a_model_without_an_fc_head_says_so(tmp_path, capsys):
     assert main(["train", "--from", str(pre / "gap.json"), "--data", "digits", "--epochs",
                  "1", "--quiet", "--no-report", "--out", str(tmp_path / "w")]) == 1
     err = capsys.readouterr().err
-    assert "replace_head: the model has no FC (Linear) layer to replace" in err, err
+    assert (f"--from {pre / 'gap.json'} gives 1x1x4 scores per image and the data has 10 "
+            f"classes: a new head would replace its last FC layer, and it has none; "
+            f"fine-tune a model that ends in an FC layer") in err, err
 
 
 def test_channels_other_than_the_models_are_refused_naming_both(tmp_path, capsys):

@@ -335,6 +335,22 @@ def test_freeze_by_name_range_and_a_wrong_name_lists_the_stages(trained, tmp_pat
                  "--quiet", "--out", str(tmp_path / "b")]) == 1
     err = error_line(capsys)
     assert "no stage named 'features'" in err and "0, 1, 2, 3, 4, 5, 6, 7" in err
+    assert f"--freeze features: --from {model_file} has no stage named" in err
+
+
+def test_a_wrong_freeze_is_refused_before_the_data_is_read(trained, tmp_path, capsys,
+                                                           monkeypatch):
+    """The stage names had been checked after reading the whole data set (Fashion-MNIST:
+    a peak of 937 MB before a typo was named)."""
+    from convnet.train import loop
+    root, _ = trained
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read")
+    monkeypatch.setattr(loop, "load_dataset", unread)
+    assert main(["train", "--from", str(root / "run" / "model.json"), "--freeze", "typo",
+                 "--data", "digits", "--out", str(tmp_path / "r")]) == 1
+    assert "has no stage named 'typo'" in error_line(capsys)
 
 
 # -- preprocessing travels with the model -------------------------------------------------
@@ -432,6 +448,40 @@ def test_predict_predicts_the_readable_images_and_names_the_others(trained, tmp_
     assert main(["predict", str(root / "run" / "model.json"), files[1], files[3]]) == 1
     err = capsys.readouterr().err
     assert "2 of 2 files are not images convnet can read" in err, err
+
+
+def test_fine_tuning_on_the_same_classes_in_another_order_keeps_the_head(trained, tmp_path,
+                                                                        capsys):
+    """A model whose classes are the data's in another order (folders are read sorted by
+    name): its trained head had been replaced by a random one ("the model's 10 classes
+    are not the data's"), where eval matched the classes by name. Its outputs are now
+    reordered."""
+    import shutil
+    root, _ = trained
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    x, y = load_dataset("digits").train
+    for k, name in enumerate(names):
+        (tmp_path / "named" / name).mkdir(parents=True)
+        for j in np.flatnonzero(y == k)[:30]:
+            Image.fromarray((x[j, 0].astype(np.float64) * 255 / 16).astype(np.uint8)).save(
+                tmp_path / "named" / name / f"{j}.png")
+    document = json.loads((root / "run" / "model.json").read_text())
+    document["info"]["classes"] = names                   # the same net, named classes
+    (tmp_path / "perm").mkdir()
+    (tmp_path / "perm" / "model.json").write_text(json.dumps(document))
+    shutil.copy(root / "run" / "model.safetensors", tmp_path / "perm")
+    assert main(["train", "--from", str(tmp_path / "perm" / "model.json"), "--data",
+                 str(tmp_path / "named"), "--epochs", "1", "--lr", "1e-12", "--no-report",
+                 "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert "its outputs reordered: the data's classes are the model's in another order" in \
+        out, out
+    # at a learning rate of 1e-12 the head is the model's, its rows in the data's order
+    before = load_model(tmp_path / "perm" / "model.json").state_dict()
+    after = load_model(tmp_path / "ft" / "model.json").state_dict()
+    order = [names.index(name) for name in sorted(names)]
+    for key in ("7.weight", "7.bias"):
+        np.testing.assert_allclose(after[key], before[key][order], atol=1e-6)
 
 
 def test_the_model_file_records_the_preprocessing(trained):

@@ -17,6 +17,25 @@ def head_name(model):
     return heads[-1] if heads else None
 
 
+def reorder_head(model, order):
+    """Reorder the outputs of the model's head (its last FC layer) so that output i is
+    the old output order[i]: the same classes, in another order. Returns the head's
+    dotted name, or None where a reorder would not reorder the scores (no FC layer, or a
+    layer with parameters after it, such as a batch norm of the outputs)."""
+    name = head_name(model)
+    if name is None:
+        return None
+    names = [n for n, _ in model.named_layers()]
+    if any(layer.params for n, layer in model.named_layers() if names.index(n) >
+           names.index(name)):
+        return None
+    head = dict(model.named_layers())[name]
+    order = np.asarray(order)
+    for key in head.params:                          # weight (K, in), bias (K,)
+        head.params[key][...] = head.params[key][order]
+    return name
+
+
 def replace_head(model, num_classes, rng=None):
     """Replace the model's last FC layer by a fresh Linear(in_features, num_classes).
 

@@ -77,7 +77,7 @@ from convnet.layers.dropout import Dropout
 from convnet.layers.linear import Linear
 from convnet.layers.norm import BatchNorm1d, BatchNorm2d
 from convnet.models import Sequential, from_config
-from convnet.models.finetune import replace_head
+from convnet.models.finetune import reorder_head, replace_head
 from convnet.spec import WEIGHTS, is_notation, resolve_model
 from convnet.train.checkpoint import (
     HISTORY_KEYS,
@@ -1141,6 +1141,12 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             cfg.data_root = cfg.data_root if named else None
             cfg.download = cfg.download and str(cfg.data).lower() == "fashion-mnist"
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
+    for stage in (cfg.freeze or ()) if start_model is not None else ():
+        try:                             # the stages named, before the data is read
+            start_model._stages(str(stage))
+        except ValueError as err:
+            raise ValueError(f"--freeze {stage}: --from {cfg.init_from} has no "
+                             f"{str(err).split(': no ', 1)[1]}") from None
     if start_model is not None:   # the data goes to the model's input volume
         channels, *size = start_model.input_shape
         if cfg.channels not in (None, channels):
@@ -1236,6 +1242,9 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                              f"data's, {_volume_text(input_shape)} (--image-size, "
                              f"--channels), do not fit its layers: {err}") from None
         if scores != (num_classes,):
+            given = scores[0] if len(scores) == 1 else _volume_text(scores)
+            _check_head(model, cfg, f"gives {given} scores per image and the data has "
+                                    f"{num_classes} classes")
             old = _head_text(model)
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             try:
@@ -1248,7 +1257,14 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                                  f"ends in its FC layer") from None
             log(f"new head: layer {head}, {old}, made anew as {_head_text(model)} for the "
                 f"data's {num_classes} classes")
+        elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes] and (
+                sorted(map(nfc, known)) == sorted(map(nfc, splits.classes))) and (
+                kept := reorder_head(model, [[nfc(c) for c in known].index(nfc(name))
+                                             for name in splits.classes])) is not None:
+            log(f"keeping the model's head ({kept}), its outputs reordered: the data's "
+                f"classes are the model's in another order")
         elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes]:
+            _check_head(model, cfg, "names other classes than the data's")
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             log(f"new head: layer {head}, made anew: the model's {len(known)} classes are "
                 f"not the data's "
@@ -1708,6 +1724,16 @@ def _diverged(model, xb, loss, epoch, batch, lr, ckpt_path):
     return TrainingDiverged(
         f"epoch {epoch + 1}, batch {batch + 1}: the loss is {loss}; the first non-finite "
         f"output is at {where}. {_lower(lr, ckpt_path)}")
+
+
+def _check_head(model, cfg, why):
+    """Refuse to fine-tune a model that needs a new head (``why``) and has no FC layer
+    to replace."""
+    from convnet.models.finetune import head_name
+    if head_name(model) is None:
+        raise ValueError(f"--from {cfg.init_from} {why}: a new head would replace its last "
+                         f"FC layer, and it has none; fine-tune a model that ends in an FC "
+                         f"layer, or train on data with the model's classes")
 
 
 def _head_text(model):

@@ -652,7 +652,7 @@ def test_the_confusion_tables_name_column_keeps_a_readable_width(browser, tmp_pa
     assert width >= 10 * em, (width, em)
 
 
-def test_sample_images_past_max_samples_are_noted_with_the_real_reason(pages):
+def test_sample_images_past_max_samples_are_noted_with_the_real_reason(pages, monkeypatch):
     """Five images: the fifth was dropped "for the page's size cap", and only on the
     page; the note names MAX_SAMPLES and goes to the log with the other notes."""
     from convnet.report.build import MAX_SAMPLES
@@ -663,6 +663,14 @@ def test_sample_images_past_max_samples_are_noted_with_the_real_reason(pages):
             f"report draws at most {MAX_SAMPLES} (MAX_SAMPLES)")
     assert line in said and line in text and "size cap" not in text
     assert text.count('<details class="sample"') == MAX_SAMPLES
+    # the images past them are not read (a thousand files had all been decoded)
+    from convnet.train import inference
+    read = []
+    real = inference.load_images
+    monkeypatch.setattr(inference, "load_images",
+                        lambda paths, *a, **k: read.append(len(paths)) or real(paths, *a, **k))
+    build_report(resolve_model(NET), source=NET, images=images * 50, log=said.append)
+    assert read == [MAX_SAMPLES]
 
 
 def test_a_model_whose_outputs_are_not_finite_says_so():

@@ -756,22 +756,25 @@ def build_report(model, source=None, data=None, data_root=None, images=None, run
             which = "image" if all_images else "test image"
             samples = [(f"{which} #{i} of {data}: {classes[y[i]]}", pixels[k])
                        for k, i in enumerate(picks)]
-    if images:
-        pixels, image_notes = load_images(list(images), shape)
+    offered = len(samples)
+    if images:                  # only the images drawn are read (a thousand files had been)
+        offered = len(images)
+        drawn = list(images)[:_plan(_stages(model), shape, offered)[0]]
+        pixels, image_notes = load_images(drawn, shape)
         for text in image_notes:
             note(text)
         sample_x = preprocess(pixels, 255, info)
-        samples = [(str(path), pixels[k]) for k, path in enumerate(images)]
+        samples = [(str(path), pixels[k]) for k, path in enumerate(drawn)]
 
     grids, outputs = [], None
     if samples:
         stages = _stages(model)
         count, share = _plan(stages, shape, len(samples))
-        if count < len(samples):
+        if count < offered:
             why = (f"the report draws at most {MAX_SAMPLES} (MAX_SAMPLES)"
                    if count == MAX_SAMPLES else
                    f"the maps of more would pass the page's cap of {PAGE_PIXELS:,} pixels")
-            note(f"activations of the first {count} of {len(samples)} images: {why}",
+            note(f"activations of the first {count} of {offered} images: {why}",
                  sample_notes)
             samples, sample_x = samples[:count], sample_x[:count]
         with np.errstate(all="ignore"):     # non-finite outputs are said in the section

@@ -338,6 +338,26 @@ def test_freeze_by_name_range_and_a_wrong_name_lists_the_stages(trained, tmp_pat
     assert f"--freeze features: --from {model_file} has no stage named" in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--model", "INPUT 8x8x1 -> CONVV 8 -> FC 10"], "unknown layer 'CONVV'; did you mean "
+                                                     "CONV?"),
+    (["--model", "vgg17"], "model 'vgg17' is not a zoo name"),
+    (["--no-augment", "--flip"], "flip=True shapes the augmentation, and augment=False"),
+])
+def test_settings_wrong_whatever_the_data_are_refused_before_it_is_read(
+        tmp_path, capsys, monkeypatch, args, message):
+    """A typo in --model was named after the data set was read and made floats (Fashion-
+    MNIST: 0.9 GB and 3.4 s; at --image-size 512, 7 GB); at --image-size 100 a MemoryError
+    came first, and the typo was never named."""
+    from convnet.train import loop
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read")
+    monkeypatch.setattr(loop, "load_dataset", unread)
+    assert main(["train", *args, "--out", str(tmp_path / "r")]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_a_wrong_freeze_is_refused_before_the_data_is_read(trained, tmp_path, capsys,
                                                            monkeypatch):
     """The stage names had been checked after reading the whole data set (Fashion-MNIST:

@@ -694,6 +694,36 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
     _check_counts(counts, "from_notation")
     limits.check_count(len(text), "MAX_JSON_BYTES", "characters in the text", "from_notation")
 
+    items = _parse_checked(text, counts)
+    items, shape = _take_input(text, items, input_shape)
+    total = _unrolled(items, counts, optional)
+    if total > limits.MAX_LAYERS:
+        raise _error(text, 0, len(text.rstrip()), "the text",
+                     f"the repetitions unroll to {total:,} layers, over the cap of "
+                     f"{limits.MAX_LAYERS:,} (convnet.limits.MAX_LAYERS)")
+    specs = _expand(items, counts, optional, [])
+    with counting_params(), counting_only():   # the total, before a weight is written
+        _build_layers(text, specs, shape, dtype, rng)
+    with counting_params():
+        layers = _build_layers(text, specs, shape, dtype, rng)
+    model = relus_in_place(Sequential(*layers))
+    model.input_shape = shape
+    return model
+
+
+def check_notation(text):
+    """Check notation's syntax, layer names and counts (bound with bind_counts) without
+    building it: what from_notation would refuse before it knows the input volume, as a
+    ValueError with its message. (The layers' sizes are checked when it is built.)"""
+    if not isinstance(text, str):
+        raise ValueError(f"from_notation: text must be a str, got {type(text).__name__}")
+    limits.check_count(len(text), "MAX_JSON_BYTES", "characters in the text", "from_notation")
+    _parse_checked(text, {})
+
+
+def _parse_checked(text, counts):
+    """The parsed items of text, every count name in it bound by counts, and every count
+    given used; else the ValueError from_notation raises."""
     try:
         items = _Parser(text).parse()
     except _Parse as exc:
@@ -716,20 +746,7 @@ def from_notation(text, input_shape=None, optional=True, dtype=np.float32, rng=N
         raise ValueError(f"from_notation: the text has no count named "
                          f"{', '.join(unused)} (its counts: "
                          f"{', '.join(sorted(used)) or 'none'})")
-    items, shape = _take_input(text, items, input_shape)
-    total = _unrolled(items, counts, optional)
-    if total > limits.MAX_LAYERS:
-        raise _error(text, 0, len(text.rstrip()), "the text",
-                     f"the repetitions unroll to {total:,} layers, over the cap of "
-                     f"{limits.MAX_LAYERS:,} (convnet.limits.MAX_LAYERS)")
-    specs = _expand(items, counts, optional, [])
-    with counting_params(), counting_only():   # the total, before a weight is written
-        _build_layers(text, specs, shape, dtype, rng)
-    with counting_params():
-        layers = _build_layers(text, specs, shape, dtype, rng)
-    model = relus_in_place(Sequential(*layers))
-    model.input_shape = shape
-    return model
+    return items
 
 
 def _take_input(text, items, input_shape):

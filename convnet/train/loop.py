@@ -1023,6 +1023,26 @@ def _check_fine_tune_split(info, splits, cfg):
             + ", or fine-tune on train/ and test/ folders")
 
 
+def _check_before_data(cfg):
+    """Settings that are wrong whatever the data, refused before it is read (a large data
+    set takes seconds and gigabytes to read): conflicting augmentation options, and a
+    --model whose notation does not parse or that names no zoo net, file or notation."""
+    from convnet.models.notation import check_notation
+    from convnet.spec import is_notation, resolve_model
+    from convnet.zoo import MODELS
+    if cfg.augment is False and (cfg.flip or (cfg.translate or 0) > 0):
+        shaping = "flip=True" if cfg.flip else f"translate={cfg.translate}"
+        raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
+                         f"(--no-augment): give one or the other")
+    model = cfg.model
+    if model is None or cfg.init_from:
+        return
+    if is_notation(model):
+        check_notation(model)
+    elif model not in MODELS and not Path(model).expanduser().exists():
+        resolve_model(model)       # names no model: its error ("not a zoo name, ...")
+
+
 def _initial_model(cfg, log):
     """The model to fine-tune from cfg.init_from (a model file, or weights with cfg.model)."""
     is_weights = Path(cfg.init_from).suffix.lower() in WEIGHTS
@@ -1141,6 +1161,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
             cfg.data_root = cfg.data_root if named else None
             cfg.download = cfg.download and str(cfg.data).lower() == "fashion-mnist"
     start_model = _initial_model(cfg, log) if cfg.init_from and ckpt is None else None
+    if ckpt is None:       # what needs no data is checked before the data is read
+        _check_before_data(cfg)
     for stage in (cfg.freeze or ()) if start_model is not None else ():
         try:                             # the stages named, before the data is read
             start_model._stages(str(stage))
@@ -1183,10 +1205,6 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     if cfg.conv_algorithm != "auto":
         log(f"convolutions: {cfg.conv_algorithm} wherever it can run")
     batch_given, epochs_given = cfg.batch_size is not None, cfg.epochs
-    if ckpt is None and cfg.augment is False and (cfg.flip or (cfg.translate or 0) > 0):
-        shaping = "flip=True" if cfg.flip else f"translate={cfg.translate}"
-        raise ValueError(f"{shaping} shapes the augmentation, and augment=False turns it off "
-                         f"(--no-augment): give one or the other")
     # The defaults of the named data set the files are (CIFAR-10's in cifar-10-batches-py/),
     # else OTHER's, whatever the folder's name; a resumed run's as it began (by the data's
     # name for a run from before "defaults" was recorded).

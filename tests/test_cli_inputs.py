@@ -642,6 +642,8 @@ def test_a_run_too_large_for_the_machine_is_refused_before_it_starts(
     assert main(["train", "--out", str(tmp_path / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert message in err and "more than this machine's" in err and "--image-size" in err
+    # the data set's floats do not depend on the batch: it is not offered
+    assert ("--batch-size" in err) == ("batch" in message), err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 

@@ -1794,6 +1794,20 @@ def test_to_float():
         to_float(x, 0)
 
 
+def test_normalize_fit_takes_the_data_in_blocks(monkeypatch):
+    """fit made two float64 copies of the whole training set (at --image-size 512, 80%
+    of a 7 GB peak): now blocks of FIT_VALUES values, with the same statistics."""
+    x = np.random.default_rng(0).normal(100, 3, size=(300, 3, 16, 16)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    monkeypatch.setattr(Normalize, "FIT_VALUES", 7 * 3 * 16 * 16)      # blocks of 7
+    mean, std = Normalize().fit(x)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2, 3)), rtol=1e-14)
+    np.testing.assert_allclose(std, x64.std(axis=(0, 2, 3)), rtol=1e-12)
+    monkeypatch.undo()
+    peak = traced(Normalize().fit, np.zeros((64, 3, 256, 256), np.float32))[1]
+    assert peak < 3 * Normalize.FIT_VALUES * 8, peak          # the set is 100 MB in float64
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_normalize(seed):
     rng = np.random.default_rng(seed)

@@ -74,12 +74,27 @@ class Normalize:
                                  f"one length of finite numbers with std > 0, got mean "
                                  f"{mean!r:.80}, std {std!r:.80}")
 
+    FIT_VALUES = 1 << 22   # values fit takes in float64 at a time (32 MB)
+
     def fit(self, x):
-        """Set and return (mean, std), each (C,) float64, from a float NCHW batch x."""
+        """Set and return (mean, std), each (C,) float64, from a float NCHW batch x: two
+        passes (the mean, then the mean squared deviation from it), in float64, over
+        blocks of images of at most FIT_VALUES values, so that no float64 copy of the
+        whole set is made."""
         self._check(x, None)
-        x64 = x.astype(np.float64, copy=False)
-        self.mean = x64.mean(axis=(0, 2, 3))                                # (C,)
-        std = x64.std(axis=(0, 2, 3))                                       # (C,)
+        n, c = x.shape[:2]
+        count = max(x.size // max(c, 1), 1)                 # values per channel
+        step = max(1, self.FIT_VALUES // max(x[0].size, 1))
+        total = np.zeros(c)
+        for i in range(0, n, step):
+            total += x[i:i + step].astype(np.float64, copy=False).sum(axis=(0, 2, 3))
+        self.mean = total / count                                          # (C,)
+        squares = np.zeros(c)
+        for i in range(0, n, step):
+            deviation = x[i:i + step].astype(np.float64) - self.mean.reshape(1, -1, 1, 1)
+            np.multiply(deviation, deviation, out=deviation)
+            squares += deviation.sum(axis=(0, 2, 3))
+        std = np.sqrt(squares / count)
         self.std = np.where(std > 0, std, 1.0)
         return self.mean, self.std
 

@@ -40,12 +40,14 @@ def inference_batch(model, input_shape, largest=LARGEST_BATCH):
 def prepare_bytes(splits, limit, dtype):
     """About the most memory that making a data set's floats holds at once (training's
     prepare, or evaluation without a record): the images as they are, and while
-    Normalize.fit runs, the training images as floats plus fit's float64 copy of them and
-    its float64 deviations from the mean."""
+    Normalize.fit runs, the training images as floats plus fit's float64 block and its
+    deviations from the mean (at most Normalize.FIT_VALUES values each, or one image)."""
+    from convnet.data.transforms import Normalize
     x = splits.train[0][:limit] if limit else splits.train[0]
     floats = x.size * np.dtype(dtype).itemsize
     held = sum(p[0].nbytes for p in (splits.train, splits.val, splits.test) if p is not None)
-    return held + floats + 2 * x.size * 8
+    block = min(x.size, max(Normalize.FIT_VALUES, x[0].size if len(x) else 0))
+    return held + floats + 2 * block * 8
 
 
 def preprocess(x, scale, info, dtype=np.float32):

@@ -583,11 +583,12 @@ def _json_bytes(value):
     return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
 
 
-def check_memory(need, what, processes=1):
+def check_memory(need, what, processes=1, hint=None):
     """limits.check_memory for training (processes: this machine's ranks, each holding
-    as much): what to shrink is a training option."""
-    limits.check_memory(need, "training", what, "use a smaller --image-size or --batch-size, "
-                        "or --limit N images", processes)
+    as much): what to shrink is a training option (hint, by default the image size, the
+    batch size or the number of images)."""
+    limits.check_memory(need, "training", what, hint or "use a smaller --image-size or "
+                        "--batch-size, or --limit N images", processes)
 
 
 def training_bytes(model, input_shape, cfg, batch=None):
@@ -1230,7 +1231,8 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
     dtype = np.dtype(cfg.dtype)
     check_memory(prepare_bytes(splits, cfg.limit, dtype), "the data set as floats "
                  f"({len(splits.train[0]):,} training images at "
-                 f"{'x'.join(map(str, input_shape))})", comm.local_size)
+                 f"{'x'.join(map(str, input_shape))})", comm.local_size,
+                 hint="use a smaller --image-size, or --limit N images")
     (x_train, y_train), (x_val, y_val), (x_test, y_test), norm = prepare(
         splits, _fraction(cfg.val_fraction), cfg.limit, cfg.seed, dtype)
     # what a shift pads with: a 0 pixel, normalized (or 0 after normalizing: the mean)

@@ -695,3 +695,19 @@ def test_a_missing_model_file_names_a_run_set_aside_beside_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"an earlier run in {out} is set aside in .replaced-" in err, err
     assert f"convnet train --out {out} puts it back" in err
+
+
+def test_a_run_whose_model_fits_the_caps_can_be_resumed(tmp_path, capsys, monkeypatch):
+    """The checkpoint holds the model, Adam's two moments and the moving average: four
+    times the model, which a model near MAX_ARRAY_BYTES passed, so that train wrote a
+    checkpoint --resume refused. (The caps scaled down, as a user may set them.)"""
+    from convnet import limits
+    model = "INPUT 8x8x1 -> FC 160 -> RELU -> FC 10"        # 12,010 parameters: 48 KB
+    monkeypatch.setattr(limits, "MAX_ARRAY_BYTES", 64_000)
+    out = tmp_path / "run"
+    args = ["train", "--model", model, "--epochs", "2", "--ema", "0.9", "--quiet",
+            "--no-report", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0, \
+        capsys.readouterr().err

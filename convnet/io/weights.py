@@ -163,16 +163,16 @@ def save_tensors(tensors, path, metadata=None):
     atomic_write(path, safetensors_module().save(arrays, metadata=metadata))
 
 
-def load_tensors(path):
+def load_tensors(path, max_bytes=None):
     """Read a safetensors file: (dict of arrays, metadata dict). Errors name the file.
 
     The header is read first: the bytes its tensors will take together are held to
-    ``convnet.limits.MAX_ARRAY_BYTES`` before any tensor is read. bfloat16 and float8
-    (e4m3fn, e5m2) tensors, which NumPy has no type for, become float32, exactly
-    (``widen``), as load_torch reads bfloat16.
+    ``max_bytes`` (default ``convnet.limits.MAX_ARRAY_BYTES``) before any tensor is read.
+    bfloat16 and float8 (e4m3fn, e5m2) tensors, which NumPy has no type for, become
+    float32, exactly (``widen``), as load_torch reads bfloat16.
     """
     path = Path(path)
-    declared = _declared(path)
+    declared = _declared(path, max_bytes)
     wide = [key for key, (dtype, _) in declared.items() if dtype in _WIDENED]
     tensors, metadata = _read(path, lambda f: (
         {key: None if key in wide else f.get_tensor(key) for key in f.keys()},
@@ -190,14 +190,15 @@ def tensor_shapes(path):
     return {key: tuple(shape) for key, (_, shape) in _declared(Path(path)).items()}
 
 
-def _declared(path):
-    """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes)."""
+def _declared(path, max_bytes=None):
+    """{key: (dtype, shape)} from a safetensors file's header, checked (see tensor_shapes;
+    max_bytes as load_tensors')."""
     if not is_file(path):
         raise ValueError(f"{path}: {not_a_file(path, 'weight file')}")
     _check_header(path)
     declared = _read(path, lambda f: {key: (f.get_slice(key).get_dtype(),
                                             f.get_slice(key).get_shape()) for key in f.keys()})
-    _check_declared_bytes(declared, path)
+    _check_declared_bytes(declared, path, max_bytes)
     return declared
 
 
@@ -249,8 +250,9 @@ def _read(path, what):
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def _check_declared_bytes(declared, path):
-    """The bytes of the tensors a header declares ({key: (dtype, shape)}), against the cap."""
+def _check_declared_bytes(declared, path, max_bytes=None):
+    """The bytes of the tensors a header declares ({key: (dtype, shape)}), against the cap
+    (max_bytes, or limits.MAX_ARRAY_BYTES)."""
     total = 0
     for key, (dtype, shape) in declared.items():
         if dtype not in ITEMSIZE:
@@ -258,7 +260,11 @@ def _check_declared_bytes(declared, path):
                              f"one of {', '.join(ITEMSIZE)}")
         # bfloat16 and float8 are read as float32: 4 bytes of memory each
         total += math.prod(shape) * (4 if dtype in _WIDENED else ITEMSIZE[dtype])
-    limits.check_count(total, "MAX_ARRAY_BYTES", "bytes of tensors in the header", path)
+    if max_bytes is None:
+        limits.check_count(total, "MAX_ARRAY_BYTES", "bytes of tensors in the header", path)
+    elif total > max_bytes:
+        raise ValueError(f"{path}: bytes of tensors in the header {total:,} is over the cap "
+                         f"of {max_bytes:,}")
 
 
 def model_paths(path):

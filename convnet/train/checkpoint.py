@@ -74,12 +74,20 @@ def save_checkpoint(path, model_state, optim_arrays, state, ema_arrays=None):
     save_tensors(tensors, path, metadata={KEY: text, CHECKSUM_KEY: checksum(tensors, text)})
 
 
+def checkpoint_bytes():
+    """The cap on a checkpoint's tensors: a model file's (limits.MAX_ARRAY_BYTES) for each
+    of the model, the optimizer's two moments and the weights' moving average, so that a
+    run whose model is within the caps can always be resumed."""
+    return 4 * limits.MAX_ARRAY_BYTES
+
+
 def load_checkpoint(path, ema=False):
     """Read a checkpoint: (model_state, optim_arrays, state), and with ema=True the
     moving averages' arrays as a fourth item. Errors name the file; a checkpoint whose
     tensors or JSON no longer match its checksum is refused (one written before there
     was a checksum loads unchecked)."""
-    declared = _declared(path)                         # the header, within the caps
+    cap = checkpoint_bytes()
+    declared = _declared(path, cap)                    # the header, within the caps
     metadata = _read(path, lambda f: f.metadata() or {})
     if KEY not in metadata:
         raise ValueError(f"{path}: not a convnet checkpoint (no {KEY!r} metadata)")
@@ -94,7 +102,7 @@ def load_checkpoint(path, ema=False):
         raise ValueError(f"{path}: checkpoint metadata must be a JSON object, got "
                          f"{type(state).__name__}")
     _fits_architecture(declared, state.get("architecture"), path)
-    tensors, metadata = load_tensors(path)
+    tensors, metadata = load_tensors(path, cap)
     if CHECKSUM_KEY in metadata and metadata[CHECKSUM_KEY] != checksum(tensors, text):
         raise ValueError(f"{path}: damaged checkpoint: its bytes no longer match the "
                          f"SHA-256 written with them (a disk or copy error); resume from "

@@ -711,3 +711,20 @@ def test_a_run_whose_model_fits_the_caps_can_be_resumed(tmp_path, capsys, monkey
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--no-report"]) == 0, \
         capsys.readouterr().err
+
+
+def test_the_memory_check_counts_the_checkpoints_copies_and_the_moving_average():
+    """A model heavy in parameters was estimated at 1.5 GB and peaked at 6 GB: writing its
+    checkpoint copies the weights and Adam's moments twice (the safetensors library), and
+    --ema keeps one more copy of the weights."""
+    from convnet.analysis import summary
+    from convnet.models import from_notation
+    from convnet.train.loop import training_bytes
+    model = from_notation("INPUT 8x8x1 -> FC 1000 -> FC 10")
+    weights = model.num_params() * 4
+    base = summary(model, (1, 8, 8), batch_size=32, optimizer="adam").memory[
+        "training_total"]
+    cfg = TrainConfig(batch_size=32, optimizer="adam")
+    assert training_bytes(model, (1, 8, 8), cfg) == base + 2 * 3 * weights
+    cfg = TrainConfig(batch_size=32, optimizer="adam", ema=0.99)
+    assert training_bytes(model, (1, 8, 8), cfg) == base + weights + 2 * 4 * weights

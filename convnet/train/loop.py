@@ -594,16 +594,23 @@ def check_memory(need, what, processes=1, hint=None):
 def training_bytes(model, input_shape, cfg, batch=None):
     """summary's training memory for a batch of ``batch`` images (default the run's; a
     rank's share under MPI) (a lower bound: activations and their gradients, the
-    parameters times the optimizer's multiplier, the input batch); 0 for a model summary
+    parameters times the optimizer's multiplier, the input batch), plus what the run
+    keeps beside it: the weights' moving average (--ema), and while a checkpoint is
+    written, two copies of its tensors (the safetensors library's); 0 for a model summary
     cannot walk (no estimate, so no refusal)."""
     from convnet.analysis import OPTIMIZER_MULTIPLIERS, summary
     optimizer = cfg.optimizer if cfg.optimizer in OPTIMIZER_MULTIPLIERS else "adam"
     try:
-        return summary(model, input_shape, batch_size=batch or cfg.batch_size,
-                       optimizer=optimizer,
-                       dtype=cfg.dtype).memory["training_total"]
+        memory = summary(model, input_shape, batch_size=batch or cfg.batch_size,
+                         optimizer=optimizer, dtype=cfg.dtype).memory
     except (ValueError, TypeError):     # an estimate, never a reason to refuse a run
         return 0
+    weights = model.num_params() * np.dtype(cfg.dtype).itemsize
+    averaged = weights if cfg.ema else 0
+    # the checkpoint: the weights and the optimizer's state (the multiplier less the
+    # gradients, which it does not keep), and the moving average
+    tensors = weights * (OPTIMIZER_MULTIPLIERS[optimizer] - 1) + averaged
+    return memory["training_total"] + averaged + 2 * tensors
 
 
 LOCK = ".convnet-run.lock"     # a run's hold on its directory (RunLock)

@@ -211,15 +211,23 @@ def stages(model):
     return out
 
 
-def stage_activations(model, x):
-    """[(stage name, activation (C, H, W))] for one image x (1, C, H, W), per stage as
-    ``stages`` picks them (volumes only), in eval mode."""
+MAP_SIDE = 256    # pixels on a side of a map kept for drawing (a figure draws it smaller)
+
+
+def stage_activations(model, x, max_maps=None):
+    """[(stage name, activation (C, H, W), its full shape)] for one image x (1, C, H, W),
+    per stage as ``stages`` picks them (volumes only), in eval mode. Only what a picture
+    draws is kept of each: the first ``max_maps`` channels (all with None), every k-th row
+    and column where a side is over MAP_SIDE (a 4096x4096 image had kept every stage's
+    whole volume)."""
     model.eval()
     out = []
     for name, stage in stages(model):
         x = stage.infer(x)
         if x.ndim == 4:
-            out.append((name, x[0].copy()))   # the next stage may ReLU in place
+            step = [max(1, -(-side // MAP_SIDE)) for side in x.shape[2:]]
+            kept = x[0, :max_maps, ::step[0], ::step[1]].copy()   # the next may ReLU x
+            out.append((name, kept, x.shape[1:]))
     return out
 
 
@@ -229,10 +237,10 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     scaled (maps of one value, as after global average pooling, on the stage's common
     scale); returns path. title: on top, wrapped to the figure's width (at least 4
     inches with a title)."""
-    maps = stage_activations(model, x)
+    maps = stage_activations(model, x, max_maps)
     if not maps:
         raise ValueError("the model has no stage with a volume output to show")
-    cols = min(max_maps, max(a.shape[0] for _, a in maps))
+    cols = min(max_maps, max(shape[0] for _, _, shape in maps))
     fig_w = max(cols * 0.4 * scale, 4.0 if title else 0.0)   # a title wraps within 4 in
     lines = textwrap.wrap(title, max(1, int(fig_w * 72 / (9 * CHAR_EMS)))) if title else []
     top = len(lines) * 1.2 * 9 / 72 + 0.15 if lines else 0.0      # inches for the title
@@ -240,16 +248,16 @@ def plot_activations(model, x, path, max_maps=32, scale=2, title=None):
     fig = _figure(figsize=(fig_w, fig_h))
     fig.subplots_adjust(top=min(0.88, 1 - top / fig_h) if lines else 0.88)
     axes = fig.subplots(len(maps), cols, squeeze=False)
-    for row, (name, act) in enumerate(maps):
-        single = act.shape[1] * act.shape[2] == 1     # one value a map: compare channels
+    for row, (name, act, (depth, h, w)) in enumerate(maps):
+        single = h * w == 1                           # one value a map: compare channels
         common = dict(vmin=act.min(), vmax=act.max()) if single else {}
         for col in range(cols):
             ax = axes[row, col]
             ax.axis("off")
             if col < act.shape[0]:
                 ax.imshow(act[col], cmap="viridis", interpolation="nearest", **common)
-        shown = f" (its first {cols} maps)" if act.shape[0] > cols else ""
-        axes[row, 0].set_title(f"{name}: {act.shape[2]}x{act.shape[1]}x{act.shape[0]}{shown}",
+        shown = f" (its first {cols} maps)" if depth > cols else ""
+        axes[row, 0].set_title(f"{name}: {w}x{h}x{depth}{shown}",
                                fontsize=7, loc="left", parse_math=False)   # names as given:
     if lines:                                                      # "$x$" is not math
         fig.suptitle("\n".join(lines), fontsize=9, y=1 - 0.05 / fig_h, va="top",

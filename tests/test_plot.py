@@ -208,9 +208,25 @@ def test_show_activations_opens_a_features_stage_as_the_report_does():
     assert build._stages is stages                       # one rule, not two
     net = get_model("lenet5")
     x = np.random.default_rng(0).standard_normal((1, *net.input_shape))
-    names = [name for name, _ in stage_activations(net, x)]
+    names = [name for name, *_ in stage_activations(net, x)]
     assert names == ["features.0", "features.1", "features.2", "features.3", "features.4",
                      "features.5"]
+
+
+def test_show_activations_keeps_only_what_it_draws():
+    """Every stage's whole volume had been kept: a 4096x4096 image through 12 CONV
+    layers took 7.6 GB, where inference needs 576 MB."""
+    from convnet.models import from_notation
+    from convnet.plot import MAP_SIDE, stage_activations
+    net = from_notation("INPUT 1000x600x1 -> CONV 40 -> RELU -> CONV 40 -> GAP -> FC 2",
+                        rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 1, 600, 1000)).astype(np.float32)
+    maps = stage_activations(net, x, max_maps=8)
+    for name, act, shape in maps:
+        assert act.shape[0] == min(8, shape[0]) and max(act.shape[1:]) <= MAP_SIDE, name
+    full = net[0].infer(x)[0]
+    np.testing.assert_array_equal(maps[0][1], full[:8, ::3, ::4])
+    assert maps[0][2] == (40, 600, 1000)
 
 
 def test_filter_grid_draws_weights_that_are_not_finite_black_without_a_warning():

@@ -678,9 +678,10 @@ def test_evaluating_at_a_models_large_input_is_refused_before_the_floats(
         tmp_path, capsys, monkeypatch):
     """A model file's input_shape sets the size eval resizes the data to: at 1x1000x1000
     the digits (1.8 GB as bytes) were made floats until the OS killed the process at
-    24 GB. The model has no recorded statistics, so eval fits them in float64: at
-    1x600x600 about 12 GB, refused on a machine taken to have 8 GiB."""
-    monkeypatch.setattr(limits, "machine_memory", lambda: 8 << 30)
+    24 GB. The model has no recorded statistics, so eval fits them on the training
+    images as floats: at 1x600x600 about 2.8 GB, refused on a machine taken to have
+    2 GiB."""
+    monkeypatch.setattr(limits, "machine_memory", lambda: 2 << 30)
     from convnet.io import save_model
     from convnet.models import from_notation
     model = from_notation("INPUT 600x600x1 -> POOL F600 -> FC 10",

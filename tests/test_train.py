@@ -648,12 +648,11 @@ def test_the_python_training_loop_example_learns_the_digits():
     assert example["main"](epochs=3) > 0.85
 
 
-def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
-        tmp_path, monkeypatch):
-    """A restore stopped after moving some files back had left a .replaced-* set whose
-    next put_back deleted the files already back (as the failed run's)."""
+def set_aside_run(out):
+    """A folder as an --overwrite run leaves it before its first checkpoint: the earlier
+    run's files ("old NAME") set aside, the new run's first files ("new NAME") in out.
+    Returns the SetAside."""
     from convnet.train import loop
-    out = tmp_path / "run"
     out.mkdir()
     for name in loop.RUN_FILES:
         (out / name).write_text(f"old {name}")
@@ -661,6 +660,16 @@ def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
     aside.begin()
     for name in ("best.json", "best.safetensors"):        # the new run's first files
         (out / name).write_text(f"new {name}")
+    return aside
+
+
+def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
+        tmp_path, monkeypatch):
+    """A restore stopped after moving some files back had left a .replaced-* set whose
+    next put_back deleted the files already back (as the failed run's)."""
+    from convnet.train import loop
+    out = tmp_path / "run"
+    aside = set_aside_run(out)
     real, moves = os.replace, []
 
     def replace(src, dst):
@@ -682,15 +691,8 @@ def test_a_put_back_cut_short_and_done_again_deletes_nothing_of_the_earlier_run(
 def test_a_missing_model_file_names_a_run_set_aside_beside_it(tmp_path, capsys):
     """An --overwrite run killed before its first checkpoint leaves its own best.json and
     the earlier run in .replaced-*: eval named the killed run's best.json alone."""
-    from convnet.train import loop
     out = tmp_path / "o"
-    out.mkdir()
-    for name in loop.RUN_FILES:
-        (out / name).write_text(f"old {name}")
-    aside = loop.SetAside(out)
-    aside.begin()
-    for name in ("best.json", "best.safetensors"):        # the killed run's first files
-        (out / name).write_text(f"new {name}")
+    set_aside_run(out)
     assert main(["eval", str(out / "model.json"), "--data", "digits"]) == 1
     err = capsys.readouterr().err
     assert f"an earlier run in {out} is set aside in .replaced-" in err, err

@@ -531,12 +531,12 @@ def _resume_paths(cfg, given, recorded, log, ckpt_path):
                 f"not here; reading {found}"))
         return found
 
-    if str(cfg.data).lower() not in DATASETS:
-        cfg.data = place("data", cfg.data, recorded.get("data"), given.data,
-                         lambda p: data_folder(p) is not None, "data folder", "--data")
     def is_dir(path):
         return isinstance(path, str) and Path(path).expanduser().is_dir()
 
+    if str(cfg.data).lower() not in DATASETS:
+        cfg.data = place("data", cfg.data, recorded.get("data"), given.data,
+                         lambda p: data_folder(p) is not None, "data folder", "--data")
     kept_root = recorded.get("data_root")
     if cfg.data_root is not None and any(map(is_dir, (cfg.data_root, kept_root,
                                                       given.data_root))):

@@ -1261,6 +1261,10 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
         state, model = None, start_model
         model = _as_dtype(model, dtype)
         known = (getattr(model, "info", None) or {}).get("classes")
+        # the model's class names and the data's, compared as Unicode's composed form
+        ours = [nfc(c) for c in known] if known else None
+        theirs = [nfc(c) for c in splits.classes] if known else None
+        position = {name: i for i, name in enumerate(ours or ())}
         own = tuple(getattr(model, "input_shape", None) or input_shape)
         try:
             scores = model.output_shape(input_shape)
@@ -1284,13 +1288,11 @@ def _train(cfg, resume, log, progress, overwrite, comm, stack, reported):
                                  f"ends in its FC layer") from None
             log(f"new head: layer {head}, {old}, made anew as {_head_text(model)} for the "
                 f"data's {num_classes} classes")
-        elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes] and (
-                sorted(map(nfc, known)) == sorted(map(nfc, splits.classes))) and (
-                kept := reorder_head(model, [[nfc(c) for c in known].index(nfc(name))
-                                             for name in splits.classes])) is not None:
+        elif ours != theirs and sorted(ours) == sorted(theirs) and (kept := reorder_head(
+                model, [position[name] for name in theirs])) is not None:
             log(f"keeping the model's head ({kept}), its outputs reordered: the data's "
                 f"classes are the model's in another order")
-        elif known and [nfc(c) for c in known] != [nfc(c) for c in splits.classes]:
+        elif ours != theirs:
             _check_head(model, cfg, "names other classes than the data's")
             head = replace_head(model, num_classes, np.random.default_rng(cfg.seed))
             log(f"new head: layer {head}, made anew: the model's {len(known)} classes are "

@@ -183,7 +183,7 @@ def duration(text):
 # functional.conv.Algorithm's names, here so that --help does not import NumPy (a test
 # checks that they agree).
 CONV_ALGORITHMS = ("auto", "im2col", "shifted", "blocks", "one_image", "winograd2x2",
-                   "winograd4x4")
+                   "winograd4x4", "fft")
 POSITIVE = int_type(1)
 CLASSES = int_type(1, limits.MAX_CLASSES)
 

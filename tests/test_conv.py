@@ -431,14 +431,14 @@ def test_a_fused_relu_passes_the_gradient_at_nan_as_relu_backward_does(algorithm
 
 def case_for(algorithm, rng):
     """random_case restricted to what ``algorithm`` runs: one group for all but im2col;
-    stride 1 for shifted and one_image; a batch of one for one_image; 3x3 filters,
+    stride 1 for shifted, one_image and fft; a batch of one for one_image; 3x3 filters,
     stride 1 and dilation 1 for Winograd."""
     case = random_case(rng)
     if algorithm == "im2col":
         return case
     case = {**case, "groups": 1, "c": case["c"] // case["groups"],
             "k": case["k"] // case["groups"]}
-    if algorithm in ("shifted", "one_image"):
+    if algorithm in ("shifted", "one_image", "fft"):
         fw = case["kernel"][1]
         w = max(case["w"], case["dilation"][1] * (fw - 1) + 1 - 2 * case["padding"][1])
         case = {**case, "stride": (1, 1), "w": w}
@@ -501,8 +501,8 @@ def test_every_algorithm_matches_pytorch_forward_and_backward(algorithm, block):
 def test_every_algorithm_at_inference_in_pieces(algorithm):
     """conv2d_infer with a bias, a per-channel scale (a folded batch norm) and a fused
     RELU, each or not, with max_bytes that cut the work into images, bands of rows and
-    single rows (each algorithm's blocks too), float64 and float32. one_image and blocks,
-    which cannot cut one image, refuse a max_bytes under what they need."""
+    single rows (each algorithm's blocks too), float64 and float32. one_image, blocks and
+    fft, which cannot cut one image, refuse a max_bytes under what they need."""
     rng = np.random.default_rng(2000 + ALGORITHMS.index(algorithm))
     for _ in range(25):
         case = case_for(algorithm, rng)
@@ -522,7 +522,7 @@ def test_every_algorithm_at_inference_in_pieces(algorithm):
         for limit in (1 << 30, image_bytes, image_bytes // 30, 1):
             p = problem(x, w, *conv_args(case), out_size, limit)
             if select.inference_bytes(Algorithm(algorithm), p) > limit:
-                assert algorithm in ("one_image", "blocks") and limit < 1 << 30
+                assert algorithm in ("one_image", "blocks", "fft") and limit < 1 << 30
                 with pytest.raises(ValueError, match="over max_bytes"):
                     conv2d_infer(x, w, b, *conv_args(case), fit="floor", max_bytes=limit,
                                  algorithm=algorithm)
@@ -550,7 +550,8 @@ def test_every_algorithm_gradient_check(algorithm):
 
 @pytest.mark.parametrize("algorithm, bound", [("im2col", 1e-6), ("shifted", 1e-6),
                                               ("blocks", 1e-6), ("one_image", 1e-6),
-                                              ("winograd2x2", 3e-6), ("winograd4x4", 3e-5)])
+                                              ("winograd2x2", 3e-6), ("winograd4x4", 3e-5),
+                                              ("fft", 1e-6)])
 def test_float32_error_of_each_algorithm_is_bounded(algorithm, bound):
     """float32 against a float64 reference, as the largest error over the largest value,
     of the output, dx and dw, on layers of the nets' sizes (Winograd's transforms amplify
@@ -719,13 +720,14 @@ def test_an_algorithm_that_cannot_run_the_convolution_says_why():
     for algorithm, stride, groups, reason in (
             ("shifted", (2, 2), 1, "it needs stride 1"), ("one_image", (1, 1), 1,
                                                           "a batch of one image"),
-            ("blocks", (1, 1), 2, "groups=1"), ("winograd4x4", (1, 1), 1, "3x3 filters")):
+            ("blocks", (1, 1), 2, "groups=1"), ("winograd4x4", (1, 1), 1, "3x3 filters"),
+            ("fft", (1, 2), 1, "it needs stride 1")):
         weights = w[:, :2] if groups == 2 else np.zeros((4, 4, 5, 5))
         with pytest.raises(ValueError, match=f"algorithm '{algorithm}' cannot run.*{reason}"):
             conv2d_forward(x, weights, stride=stride, groups=groups, fit="floor",
                            algorithm=algorithm)
     with pytest.raises(ValueError, match="algorithm must be one of auto, im2col"):
-        conv2d_infer(x, w[:, :1].repeat(4, 1), algorithm="fft")
+        conv2d_infer(x, w[:, :1].repeat(4, 1), algorithm="fourier")
     with pytest.raises(ValueError, match="Conv2d: algorithm must be one of"):
         Conv2d(3, 4, 3, algorithm="direct")
 
@@ -812,6 +814,16 @@ def test_the_auto_choice_per_layer():
     assert chosen((8, 32, 56, 56), (32, 32, 3, 3), training=False) == "shifted"   # thin
     assert chosen((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3)) == "im2col"  # one image
     assert algorithm_for((8, 64, 56, 56), (64, 16, 3, 3), groups=4)[0].value == "im2col"
+    # fft in training, a batch on small grids with enough multiplications per output
+    assert chosen((128, 32, 14, 14), (64, 32, 5, 5), padding=(2, 2)) == "fft"  # LeNet-like
+    assert chosen((128, 64, 7, 7), (128, 64, 3, 3)) == "fft"              # Fashion's third
+    assert chosen((128, 64, 16, 16), (64, 64, 3, 3)) == "fft"             # grid 18x18
+    assert chosen((128, 64, 32, 32), (64, 64, 3, 3)) == "shifted"         # grid 34x34
+    assert chosen((128, 32, 16, 16), (64, 32, 3, 3)) == "shifted"         # 32 * 9 < 400
+    assert chosen((32, 32, 14, 14), (64, 32, 5, 5), padding=(2, 2)) == "shifted"  # batch
+    assert chosen((128, 64, 4, 4), (64, 64, 3, 3)) == "im2col"            # the digits' 4x4
+    assert chosen((128, 32, 14, 14), (64, 32, 5, 5), padding=(2, 2),
+                  training=False) != "fft"                                 # inference
 
 
 def test_conv_layer_algorithm_travels_in_its_config_and_summary_names_it():
@@ -1186,14 +1198,15 @@ def test_locally_connected_errors():
 
 
 def test_winograd_is_refused_for_integer_arrays_and_auto_keeps_them_exact():
-    """Winograd's transforms have fractions (1/2 .. 1/24): in an integer dtype they would
-    round to 0. Named, it is a ValueError; auto and use_algorithm run an exact algorithm."""
+    """Winograd's transforms have fractions (1/2 .. 1/24), fft's cosines: in an integer
+    dtype they would round to 0. Named, it is a ValueError; auto and use_algorithm run an
+    exact algorithm."""
     rng = np.random.default_rng(30)
     x = rng.integers(-3, 4, (1, 64, 28, 28))
     w = rng.integers(-3, 4, (64, 64, 3, 3))
     want = reference.conv2d_forward(x, w, padding=(1, 1))[0]
     assert np.array_equal(conv2d_infer(x, w, padding=(1, 1)), want)   # auto: not Winograd
-    for name in ("winograd2x2", "winograd4x4"):
+    for name in ("winograd2x2", "winograd4x4", "fft"):
         with pytest.raises(ValueError, match="needs floating-point input"):
             conv2d_forward(x, w, padding=(1, 1), algorithm=name)
         with use_algorithm(name):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convnet.functional.conv import blocks, gemm, reference, shifted, winograd
+from convnet.functional.conv import blocks, fft, gemm, reference, shifted, winograd
 from convnet.functional.conv.local import (
     LocalCache,
     locally_connected_backward,
@@ -54,7 +54,7 @@ def _reference_backward(dout, cache, input_grad, overwrite):
 # The backward pass of each cache type.
 BACKWARD = {reference.Cache: _reference_backward,
             gemm.Cache: gemm.backward, shifted.Cache: shifted.backward,
-            blocks.Cache: blocks.backward,
+            blocks.Cache: blocks.backward, fft.Cache: fft.backward,
             winograd.Cache: lambda dout, cache, input_grad, overwrite:
             (winograd.F2X2 if cache.m == 2 else winograd.F4X4).backward(
                 dout, cache, input_grad, overwrite)}

@@ -18,7 +18,7 @@ import contextvars
 import enum
 from typing import NamedTuple
 
-from convnet.functional.conv import blocks, gemm, one_image, shifted, winograd
+from convnet.functional.conv import blocks, fft, gemm, one_image, shifted, winograd
 
 
 class Algorithm(str, enum.Enum):
@@ -31,12 +31,13 @@ class Algorithm(str, enum.Enum):
     ONE_IMAGE = "one_image"        # one_image.py: whole padded rows, a batch of one
     WINOGRAD_2X2 = "winograd2x2"   # winograd.py: F(2x2, 3x3), 2.25x fewer multiplications
     WINOGRAD_4X4 = "winograd4x4"   # winograd.py: F(4x4, 3x3), 4x fewer multiplications
+    FFT = "fft"                    # fft.py: products of spectra, the DFTs as small GEMMs
 
 
 WINOGRAD = (Algorithm.WINOGRAD_2X2, Algorithm.WINOGRAD_4X4)
 MODULES = {Algorithm.IM2COL: gemm, Algorithm.SHIFTED: shifted, Algorithm.BLOCKS: blocks,
            Algorithm.ONE_IMAGE: one_image, Algorithm.WINOGRAD_2X2: winograd.F2X2,
-           Algorithm.WINOGRAD_4X4: winograd.F4X4}
+           Algorithm.WINOGRAD_4X4: winograd.F4X4, Algorithm.FFT: fft}
 
 
 class Threshold(NamedTuple):
@@ -78,6 +79,21 @@ THRESHOLDS = {
              "and for keeping its transformed filters (4x the filters' memory)"),
     "winograd_min_channels": Threshold(
         64, "with fewer input channels the per-tile GEMMs are too thin to gain from Winograd"),
+    "fft_max_grid": Threshold(
+        324, "in training, fft's DFTs cost per plane in proportion to the grid's side: on "
+             "grids (TH * TW, the padded input) up to 18x18 fft ran 0.44-0.94x the shifted "
+             "path's time (forward + backward, batch 128, C * FH * FW of 400+), on 34x34 "
+             "1.28-1.41x"),
+    "fft_min_depth": Threshold(
+        400, "in training, fewer multiplications per output (C * FH * FW: 16 channels of 5x5, "
+             "64 of 3x3) save too little for fft's transforms: 32 channels of 3x3 ran "
+             "0.83-1.12x the shifted path's time"),
+    "fft_min_batch": Threshold(
+        64, "each frequency's GEMM has a row per image: at batch 8 and 32 fft ran 1.5-1.8x "
+            "the shifted path's time"),
+    "fft_min_width": Threshold(
+        7, "as shifted_training_min_width: output rows under 7 (the default digits net's "
+           "4x4 layers) stay on im2col, which the default `convnet train` run was tuned on"),
     "inference_max_bytes": Threshold(
         64 << 20, "inference builds an im2col matrix in pieces of at most this many bytes, "
                   "so its memory stays bounded"),
@@ -133,6 +149,21 @@ def winograd_suits(p):
             and p.x_shape[0] * p.out_size[0] * p.out_size[1] >= _value("winograd_min_positions"))
 
 
+def fft_suits(p):
+    """Whether the auto choice takes "fft": in training (at inference it was not measured
+    against Winograd and blocks), stride 1, one group, a batch of fft_min_batch or more,
+    a small grid, enough multiplications per output, rows wide enough."""
+    n, c, h, w = p.x_shape
+    k, _, fh, fw = p.w_shape
+    grid = (h + 2 * p.padding[0]) * (w + 2 * p.padding[1])
+    return (p.max_bytes is None and p.floating
+            and fft.applies(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation,
+                            p.groups) is None
+            and n >= _value("fft_min_batch") and grid <= _value("fft_max_grid")
+            and c * fh * fw >= _value("fft_min_depth")
+            and p.out_size[1] >= _value("fft_min_width"))
+
+
 def one_thread_suits(p):
     """Whether the auto choice runs blocks on one thread: at inference, one image whose
     convolution (one group) takes fewer than one_thread_max_flops, and whose im2col
@@ -151,6 +182,8 @@ def auto(p):
         return Algorithm.BLOCKS, "inference, one image, little work: one thread, no hand-off"
     if winograd_suits(p):
         return Algorithm.WINOGRAD_4X4, "inference, 3x3, many tiles: 4x fewer multiplications"
+    if fft_suits(p):
+        return Algorithm.FFT, "training, a batch on small planes: fewer multiplications"
     if shifted_suits(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups,
                      training=p.max_bytes is None):
         limit = _value("one_image_max_block_bytes")
@@ -200,14 +233,16 @@ def check(algorithm, where="conv2d"):
 def inference_bytes(algorithm, p):
     """The largest temporary ``algorithm`` makes for the Problem at inference where it
     cannot cut its work into pieces of max_bytes: one_image's blocks (whole rows of one
-    image), blocks' im2col matrix of one image (a block holds one at least); 0 for the
-    algorithms that can."""
+    image), blocks' im2col matrix of one image (a block holds one at least), fft's
+    filter spectrum with one image's spectra; 0 for the algorithms that can."""
     if algorithm is Algorithm.ONE_IMAGE:
         return one_image.block_bytes(p.x_shape, p.w_shape, p.padding, p.dilation,
                                      p.itemsize)
     if algorithm is Algorithm.BLOCKS:
         c, (fh, fw) = p.x_shape[1], p.w_shape[2:]
         return c * fh * fw * p.out_size[0] * p.out_size[1] * p.itemsize
+    if algorithm is Algorithm.FFT:
+        return fft.inference_bytes(p.x_shape, p.w_shape, p.padding, p.itemsize)
     return 0
 
 
@@ -216,7 +251,7 @@ def why_not(algorithm, p):
     not apply, or at inference its temporaries would pass max_bytes."""
     reason = MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
                                         p.dilation, p.groups)
-    if reason is None and not p.floating and algorithm in WINOGRAD:
+    if reason is None and not p.floating and algorithm in (*WINOGRAD, Algorithm.FFT):
         reason = ("it needs floating-point input and filters (its transforms have "
                   "fractional coefficients)")
     if reason is None and p.max_bytes is not None:

@@ -1,5 +1,5 @@
-"""Each convolution algorithm on the nets' 3x3 layers, next to PyTorch: the auto choice's
-evidence.
+"""Each convolution algorithm on the nets' stride-1 layers, next to PyTorch: the auto
+choice's evidence.
 
 For every layer shape below and every algorithm that can run it (see
 convnet.functional.conv.select), times inference (conv2d_infer) or a training pass
@@ -38,47 +38,51 @@ from convnet.functional.conv import (  # noqa: E402
 )
 from convnet.functional.threads import one_blas_thread  # noqa: E402
 
-# (group, label, N, C, K, H=W, training): the 3x3, stride-1, padding-1 layers of the nets.
+# (group, label, N, C, K, H=W, training, F): the nets' stride-1 layers of F x F filters,
+# padded by F // 2 (the size kept).
 LAYERS = [
-    ("vgg1", "VGG-16 64->64 @224", 1, 64, 64, 224, False),
-    ("vgg1", "VGG-16 128->128 @112", 1, 128, 128, 112, False),
-    ("vgg1", "VGG-16 256->256 @56", 1, 256, 256, 56, False),
-    ("vgg1", "VGG-16 512->512 @28", 1, 512, 512, 28, False),
-    ("vgg1", "VGG-16 512->512 @14", 1, 512, 512, 14, False),
-    ("vgg8", "VGG-16 64->64 @224", 8, 64, 64, 224, False),
-    ("vgg8", "VGG-16 256->256 @56", 8, 256, 256, 56, False),
-    ("vgg8", "VGG-16 512->512 @28", 8, 512, 512, 28, False),
-    ("vgg8", "VGG-16 512->512 @14", 8, 512, 512, 14, False),
-    ("resnet1", "ResNet-18 64 @56", 1, 64, 64, 56, False),
-    ("resnet1", "ResNet-18 128 @28", 1, 128, 128, 28, False),
-    ("resnet1", "ResNet-18 256 @14", 1, 256, 256, 14, False),
-    ("resnet1", "ResNet-18 512 @7", 1, 512, 512, 7, False),
-    ("resnet8", "ResNet-18 64 @56", 8, 64, 64, 56, False),
-    ("resnet8", "ResNet-18 128 @28", 8, 128, 128, 28, False),
-    ("resnet8", "ResNet-18 256 @14", 8, 256, 256, 14, False),
-    ("resnet8", "ResNet-18 512 @7", 8, 512, 512, 7, False),
-    ("cifar", "CIFAR-like 32->32 @32", 128, 32, 32, 32, True),
-    ("cifar", "CIFAR-like 32->64 @16", 128, 32, 64, 16, True),
-    ("cifar", "CIFAR-like 64->64 @16", 128, 64, 64, 16, True),
-    ("fashion", "Fashion 32->32 @28", 128, 32, 32, 28, True),
-    ("fashion", "Fashion 32->64 @14", 128, 32, 64, 14, True),
-    ("fashion", "Fashion 64->64 @14", 128, 64, 64, 14, True),
-    ("small", "Fashion 64->128 @7", 128, 64, 128, 7, True),
-    ("small", "64->64 @8", 128, 64, 64, 8, True),
-    ("small", "32->64 @4", 128, 32, 64, 4, True),
-    ("small", "digits 64->64 @4", 32, 64, 64, 4, True),
+    ("vgg1", "VGG-16 64->64 @224", 1, 64, 64, 224, False, 3),
+    ("vgg1", "VGG-16 128->128 @112", 1, 128, 128, 112, False, 3),
+    ("vgg1", "VGG-16 256->256 @56", 1, 256, 256, 56, False, 3),
+    ("vgg1", "VGG-16 512->512 @28", 1, 512, 512, 28, False, 3),
+    ("vgg1", "VGG-16 512->512 @14", 1, 512, 512, 14, False, 3),
+    ("vgg8", "VGG-16 64->64 @224", 8, 64, 64, 224, False, 3),
+    ("vgg8", "VGG-16 256->256 @56", 8, 256, 256, 56, False, 3),
+    ("vgg8", "VGG-16 512->512 @28", 8, 512, 512, 28, False, 3),
+    ("vgg8", "VGG-16 512->512 @14", 8, 512, 512, 14, False, 3),
+    ("resnet1", "ResNet-18 64 @56", 1, 64, 64, 56, False, 3),
+    ("resnet1", "ResNet-18 128 @28", 1, 128, 128, 28, False, 3),
+    ("resnet1", "ResNet-18 256 @14", 1, 256, 256, 14, False, 3),
+    ("resnet1", "ResNet-18 512 @7", 1, 512, 512, 7, False, 3),
+    ("resnet8", "ResNet-18 64 @56", 8, 64, 64, 56, False, 3),
+    ("resnet8", "ResNet-18 128 @28", 8, 128, 128, 28, False, 3),
+    ("resnet8", "ResNet-18 256 @14", 8, 256, 256, 14, False, 3),
+    ("resnet8", "ResNet-18 512 @7", 8, 512, 512, 7, False, 3),
+    ("cifar", "CIFAR-like 32->32 @32", 128, 32, 32, 32, True, 3),
+    ("cifar", "CIFAR-like 32->64 @16", 128, 32, 64, 16, True, 3),
+    ("cifar", "CIFAR-like 64->64 @16", 128, 64, 64, 16, True, 3),
+    ("fashion", "Fashion 32->32 @28", 128, 32, 32, 28, True, 3),
+    ("fashion", "Fashion 32->64 @14", 128, 32, 64, 14, True, 3),
+    ("fashion", "Fashion 64->64 @14", 128, 64, 64, 14, True, 3),
+    ("small", "Fashion 64->128 @7", 128, 64, 128, 7, True, 3),
+    ("small", "64->64 @8", 128, 64, 64, 8, True, 3),
+    ("small", "32->64 @4", 128, 32, 64, 4, True, 3),
+    ("small", "digits 64->64 @4", 32, 64, 64, 4, True, 3),
+    ("lenet", "LeNet-like 32->64 5x5 @14", 128, 32, 64, 14, True, 5),
+    ("lenet", "16->32 5x5 @14", 128, 16, 32, 14, True, 5),
 ]
 CANDIDATES = [a for a in Algorithm if a is not Algorithm.AUTO]
 
 
-def calls(n, c, k, hw, training, seed=0):
+def calls(n, c, k, hw, training, f=3, seed=0):
     """name -> a callable doing the layer's work once, for each algorithm and torch."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
-    w = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    w = (rng.standard_normal((k, c, f, f)) / np.sqrt(f * f * c)).astype(np.float32)
+    pad = f // 2
     b = rng.standard_normal(k).astype(np.float32)
     dout = rng.standard_normal((n, k, hw, hw)).astype(np.float32)
-    p = select.Problem(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1, (hw, hw), 4,
+    p = select.Problem(x.shape, w.shape, (1, 1), (pad, pad), (1, 1), 1, (hw, hw), 4,
                        None if training else select.THRESHOLDS["inference_max_bytes"].value)
     fns = {}
     for algorithm in CANDIDATES:
@@ -89,13 +93,13 @@ def calls(n, c, k, hw, training, seed=0):
         if training:
             def step(a=algorithm):
                 with one_blas_thread():
-                    out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=a,
+                    out, cache = conv2d_forward(x, w, b, padding=(pad, pad), algorithm=a,
                                                 relu=True)
                     conv2d_backward(dout, cache)
         else:
             def step(a=algorithm):
                 with one_blas_thread():
-                    conv2d_infer(x, w, b, padding=(1, 1), algorithm=a, relu=True)
+                    conv2d_infer(x, w, b, padding=(pad, pad), algorithm=a, relu=True)
         fns[algorithm.value] = step
     xt, wt, bt = (torch.from_numpy(a) for a in (x, w, b))
     if training:
@@ -103,11 +107,11 @@ def calls(n, c, k, hw, training, seed=0):
         dt = torch.from_numpy(dout)
 
         def torch_step():
-            torch.relu(torch.nn.functional.conv2d(xg, wg, bg, padding=1)).backward(dt)
+            torch.relu(torch.nn.functional.conv2d(xg, wg, bg, padding=pad)).backward(dt)
     else:
         def torch_step():
             with torch.no_grad():
-                torch.relu(torch.nn.functional.conv2d(xt, wt, bt, padding=1))
+                torch.relu(torch.nn.functional.conv2d(xt, wt, bt, padding=pad))
     fns["torch"] = torch_step
     return fns
 
@@ -127,13 +131,13 @@ def main(argv=None):
     report = {"environment": environment(torch), "gemm_peak_gflops": gemm_peak(),
               "numpy_first": args.numpy_first, "layers": []}
     rows = []
-    for group, label, n, c, k, hw, training in LAYERS:
+    for group, label, n, c, k, hw, training, f in LAYERS:
         if groups and group not in groups:
             continue
-        timings = time_blocks(calls(n, c, k, hw, training), repeat=args.repeat,
+        timings = time_blocks(calls(n, c, k, hw, training, f), repeat=args.repeat,
                               rounds=args.rounds, min_block_s=0.3, pause_s=0.05)
         base = timings.pop("torch").median
-        auto = algorithm_for((n, c, hw, hw), (k, c, 3, 3), padding=(1, 1),
+        auto = algorithm_for((n, c, hw, hw), (k, c, f, f), padding=(f // 2, f // 2),
                              training=training)[0].value
         ratios = {name: t.median / base for name, t in timings.items()}
         best = min(ratios, key=ratios.get)

@@ -15,6 +15,7 @@ from convnet.functional.conv import (
     conv2d_forward,
     conv2d_infer,
     conv_output_size,
+    fft,
     gemm,
     im2col,
     machinery,
@@ -728,6 +729,16 @@ def test_an_algorithm_that_cannot_run_the_convolution_says_why():
                            algorithm=algorithm)
     with pytest.raises(ValueError, match="algorithm must be one of auto, im2col"):
         conv2d_infer(x, w[:, :1].repeat(4, 1), algorithm="fourier")
+    # fft's filter spectrum (34 * 18 frequencies of 4 * 128 * 128 floats) is kept for
+    # backward: 160 MB
+    big_x, big_w = np.zeros((1, 128, 32, 32), np.float32), np.zeros((128, 128, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"'fft' cannot run.*spectrum would take "
+                                         r"160,432,128 bytes, over 67,108,864 \(a 34x34 grid"):
+        conv2d_forward(big_x, big_w, padding=(1, 1), algorithm="fft")
+    with use_algorithm("fft"):
+        assert isinstance(conv2d_forward(big_x[:, :, :8, :8], big_w, padding=(1, 1))[1],
+                          fft.Cache)
+        assert not isinstance(conv2d_forward(big_x, big_w, padding=(1, 1))[1], fft.Cache)
     with pytest.raises(ValueError, match="Conv2d: algorithm must be one of"):
         Conv2d(3, 4, 3, algorithm="direct")
 

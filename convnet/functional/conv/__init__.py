@@ -6,6 +6,7 @@
     blocks.py      "blocks": im2col + GEMM a few images at a time, each thread its own
     one_image.py   "one_image": a batch of one, im2col over whole padded rows
     winograd.py    "winograd2x2", "winograd4x4": Winograd's minimal filtering, 3x3 filters
+    fft.py         "fft": one GEMM per frequency of the padded input's DFT, stride 1
     select.py      the Algorithm names, the auto choice's rules and thresholds
     machinery.py   padding over both cores, per-thread scratch buffers
     sizes.py       the output-size formula and the checks
@@ -103,9 +104,10 @@ def conv2d_forward(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     select.Algorithm, "auto" by default). ``cols_out``: a flat buffer the im2col algorithm
     may write its matrix into (the cache's ``workspace``, to pass back next time). The
     shifted, blocks, one_image and Winograd algorithms keep x itself, which must not
-    change before the backward pass. relu=True returns max(0, conv), the RELU of a
-    CONV -> RELU applied as the output is finished; conv2d_backward then takes the
-    gradient of that output and lets it through only where it is not 0 (> 0, or NaN).
+    change before the backward pass (fft keeps x's spectrum). relu=True returns
+    max(0, conv), the RELU of a CONV -> RELU applied as the output is finished;
+    conv2d_backward then takes the gradient of that output and lets it through only where
+    it is not 0 (> 0, or NaN).
     ``where`` begins the error when the algorithm named cannot run the convolution.
 
     >>> x = np.zeros((1, 3, 227, 227)); w = np.zeros((96, 3, 11, 11))
@@ -146,9 +148,10 @@ def conv2d_infer(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), g
     matrix (im2col's, the shifted copies, Winograd's transformed tiles) in pieces of at
     most ``max_bytes`` (im2col: a few images, or bands of output rows of one image; the
     others: blocks of at most their own BLOCK_BYTES too); each thread may also pad one
-    whole image at a time.
-    one_image and blocks cannot cut one image's rows or matrix: where those would pass
-    max_bytes, naming them is a ValueError and use_algorithm leaves the call to auto.
+    whole image at a time; fft runs groups of images whose spectra fit.
+    one_image and blocks cannot cut one image's rows or matrix, nor fft its filters'
+    spectrum and one image's: where those would pass max_bytes, naming them is a
+    ValueError and use_algorithm leaves the call to auto.
     relu=True returns max(0, conv): the RELU of a CONV -> RELU, applied to each piece of
     the output as it is finished. scale (K,) multiplies each output channel before the
     bias is added (a batch norm folded into the output rather than the filters). ``where``

@@ -254,6 +254,12 @@ def forward(x, w, b, stride, padding, dilation, groups, out, relu=False, workspa
                  out if relu else None)
 
 
+def filter_bytes(x_shape, w_shape, padding, itemsize_):
+    """The bytes of the filters' spectrum (the GEMMs' right-hand sides)."""
+    th, tw = grid(x_shape, padding)
+    return itemsize_ * th * (tw // 2 + 1) * 4 * w_shape[0] * w_shape[1]
+
+
 def inference_bytes(x_shape, w_shape, padding, itemsize_):
     """The filters' spectrum and one image's spectra: what "fft" needs at inference
     at least (it runs the images in groups whose spectra fit max_bytes)."""

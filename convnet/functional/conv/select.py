@@ -94,6 +94,11 @@ THRESHOLDS = {
     "fft_min_width": Threshold(
         7, "as shifted_training_min_width: output rows under 7 (the default digits net's "
            "4x4 layers) stay on im2col, which the default `convnet train` run was tuned on"),
+    "fft_max_filter_bytes": Threshold(
+        64 << 20, "fft's filter spectrum, 4 * TH * (TW//2 + 1) * C * K values, kept from the "
+                  "forward pass to the backward: VGG-16's 64-channel layer at 224x224 would "
+                  "take 1.7 GB; a layer over this runs another algorithm even when fft is "
+                  "forced"),
     "inference_max_bytes": Threshold(
         64 << 20, "inference builds an im2col matrix in pieces of at most this many bytes, "
                   "so its memory stays bounded"),
@@ -248,12 +253,21 @@ def inference_bytes(algorithm, p):
 
 def why_not(algorithm, p):
     """None when ``algorithm`` can run the Problem, else the reason it cannot: it does
-    not apply, or at inference its temporaries would pass max_bytes."""
+    not apply, fft's filter spectrum would be too large, or at inference its
+    temporaries would pass max_bytes."""
     reason = MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
                                         p.dilation, p.groups)
     if reason is None and not p.floating and algorithm in (*WINOGRAD, Algorithm.FFT):
         reason = ("it needs floating-point input and filters (its transforms have "
                   "fractional coefficients)")
+    if reason is None and algorithm is Algorithm.FFT:
+        need = fft.filter_bytes(p.x_shape, p.w_shape, p.padding, p.itemsize)
+        limit = _value("fft_max_filter_bytes")
+        if need > limit:
+            th, tw = fft.grid(p.x_shape, p.padding)
+            reason = (f"its filters' spectrum would take {need:,} bytes, over {limit:,} "
+                      f"(a {th}x{tw} grid, {p.w_shape[0]} filters of {p.w_shape[1]} "
+                      f"channels)")
     if reason is None and p.max_bytes is not None:
         need = inference_bytes(algorithm, p)
         if need > p.max_bytes:

@@ -948,7 +948,7 @@ def test_per_thread_blocks_match_one_thread(blas_limit, monkeypatch):
     if not blas_limit:
         monkeypatch.setattr(threads, "_blas", False)
     rng = np.random.default_rng(7)
-    for algorithm in ("shifted", "blocks", "winograd4x4"):
+    for algorithm in ("shifted", "blocks", "winograd4x4", "fft"):
         for n in (1, 2, 5):
             x = rng.standard_normal((n, 3, 9, 8))
             w = rng.standard_normal((4, 3, 3, 3))
@@ -959,6 +959,29 @@ def test_per_thread_blocks_match_one_thread(blas_limit, monkeypatch):
             out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=algorithm)
             for a, e in zip((out, *conv2d_backward(dout, cache)), want):
                 assert rel_error(a, e) < 1e-12, (algorithm, n)
+
+
+def test_fft_in_blocks_of_one_image_and_groups_at_inference(monkeypatch):
+    """fft's DFTs run over blocks of images (BLOCK_BYTES) and inference over groups whose
+    spectra fit max_bytes: one image a block, or a group, gives what the whole batch does,
+    with padding, dilation and rectangular planes and filters."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((7, 5, 11, 9))
+    w = rng.standard_normal((6, 5, 3, 2))
+    b = rng.standard_normal(6)
+    args = (1, 1), (2, 1), (2, 1)
+    ref, cache = reference.conv2d_forward(x, w, b, *args)
+    dout = rng.standard_normal(ref.shape)
+    want = (ref, *reference.conv2d_backward(dout, cache))
+    for block_bytes in (fft.BLOCK_BYTES, 1):
+        monkeypatch.setattr(fft, "BLOCK_BYTES", block_bytes)
+        out, cache = conv2d_forward(x, w, b, *args, algorithm="fft")
+        for got, expected in zip((out, *conv2d_backward(dout, cache)), want):
+            assert rel_error(got, expected) < 1e-12, block_bytes
+        one = fft.inference_bytes((1, *x.shape[1:]), w.shape, (2, 1), 8)
+        for limit in (1 << 30, one, 2 * one):
+            got = conv2d_infer(x, w, b, *args, max_bytes=limit, algorithm="fft")
+            assert rel_error(got, ref) < 1e-12, (block_bytes, limit)
 
 
 def test_one_image_takes_whole_padded_rows_when_a_threads_rows_fit():

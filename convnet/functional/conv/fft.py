@@ -18,13 +18,15 @@ Multiplications per output, per filter and channel: about 2 * TH * TW / (OH * OW
 real ones per complex product, over half the frequencies) against FH * FW for direct
 convolution: 2.8x fewer for a 5x5 layer on 14x14 with "same" padding. The transforms
 cost a few GEMMs with an inner dimension of H, W, TH or 2 * (TW//2 + 1) per plane.
-The filters' spectrum is (TH * TW / (FH * FW)) times their size: "fft" suits small
-planes and large filters, not deep layers on large planes.
+The filters' spectrum, as the GEMMs' real blocks, is about 2 * TH * TW / (FH * FW) times
+their size (select.py does not run "fft" where it would pass fft_max_filter_bytes): "fft"
+suits small planes and large filters, not deep layers on large planes.
 
 Backward, from the same spectra: the output gradient's spectrum D (one DFT of dout),
 dx = inverse DFT of D[f] @ W[f] (the full convolution with the flipped filters: the
 forward GEMM's transpose), dw = the inverse DFT of conj(D[f])^T X[f] at the FH x FW
-taps (the correlation of the input with dout). Training keeps the input's spectrum.
+taps (the correlation of the input with dout). Training keeps the input's spectrum and
+the filters'.
 
 Rounding: each output mixes every input of its plane through the transforms, so its
 float32 error is about that of a sum over the plane (about 1e-6 of the output's scale;

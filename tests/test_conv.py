@@ -732,13 +732,20 @@ def test_an_algorithm_that_cannot_run_the_convolution_says_why():
     # fft's filter spectrum (34 * 18 frequencies of 4 * 128 * 128 floats) is kept for
     # backward: 160 MB
     big_x, big_w = np.zeros((1, 128, 32, 32), np.float32), np.zeros((128, 128, 3, 3), np.float32)
-    with pytest.raises(ValueError, match=r"'fft' cannot run.*spectrum would take "
-                                         r"160,432,128 bytes, over 67,108,864 \(a 34x34 grid"):
+    with pytest.raises(ValueError, match=r"'fft' cannot run.*in training its filters' "
+                                         r"spectrum would take 160,432,128 bytes, over "
+                                         r"fft_max_filter_bytes=67,108,864 \(a 34x34 grid"):
         conv2d_forward(big_x, big_w, padding=(1, 1), algorithm="fft")
     with use_algorithm("fft"):
         assert isinstance(conv2d_forward(big_x[:, :, :8, :8], big_w, padding=(1, 1))[1],
                           fft.Cache)
         assert not isinstance(conv2d_forward(big_x, big_w, padding=(1, 1))[1], fft.Cache)
+        # nor does the auto choice take it there, at a batch it would otherwise suit
+        assert algorithm_for((128, 256, 14, 14), (256, 256, 3, 3),
+                             padding=(1, 1))[0] is not Algorithm.FFT
+    # at inference max_bytes bounds it instead
+    assert conv2d_infer(big_x[:, :, :4], big_w, padding=(1, 1), max_bytes=1 << 30,
+                        algorithm="fft").shape == (1, 128, 4, 32)
     with pytest.raises(ValueError, match="Conv2d: algorithm must be one of"):
         Conv2d(3, 4, 3, algorithm="direct")
 
@@ -833,6 +840,8 @@ def test_the_auto_choice_per_layer():
     assert chosen((128, 32, 16, 16), (64, 32, 3, 3)) == "shifted"         # 32 * 9 < 400
     assert chosen((32, 32, 14, 14), (64, 32, 5, 5), padding=(2, 2)) == "shifted"  # batch
     assert chosen((128, 64, 4, 4), (64, 64, 3, 3)) == "im2col"            # the digits' 4x4
+    assert chosen((128, 256, 14, 14), (256, 256, 3, 3)) == "shifted"     # 151 MB spectrum
+    assert chosen((128, 64, 10, 25), (64, 64, 3, 3)) == "shifted"         # a 12x27 grid
     assert chosen((128, 32, 14, 14), (64, 32, 5, 5), padding=(2, 2),
                   training=False) != "fft"                                 # inference
 
@@ -959,6 +968,27 @@ def test_per_thread_blocks_match_one_thread(blas_limit, monkeypatch):
             out, cache = conv2d_forward(x, w, b, padding=(1, 1), algorithm=algorithm)
             for a, e in zip((out, *conv2d_backward(dout, cache)), want):
                 assert rel_error(a, e) < 1e-12, (algorithm, n)
+
+
+def test_fft_dtypes_as_the_other_algorithms_and_float16_transformed_in_float32():
+    """Mixed dtypes give the dtypes im2col gives (dw in x's and dout's); float16 inputs,
+    whose spectra's sums overflow float16 (a DC term of 78,400 here), are transformed in
+    float32."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    dout = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
+    dtypes = []
+    for name in ("im2col", "shifted", "fft"):
+        out, cache = conv2d_forward(x, w, padding=(1, 1), algorithm=name)
+        dtypes.append([a.dtype for a in (out, *conv2d_backward(dout, cache))])
+    assert dtypes[0][2] == np.float64 and dtypes[0] == dtypes[1] == dtypes[2], dtypes
+    ones = np.ones((1, 16, 14, 14), np.float16)
+    out = conv2d_forward(ones, np.ones((4, 16, 5, 5), np.float16), padding=(2, 2),
+                         algorithm="fft")[0]
+    want = reference.conv2d_forward(ones.astype(np.float64), np.ones((4, 16, 5, 5)),
+                                    padding=(2, 2))[0]
+    assert out.dtype == np.float16 and rel_error(out, want) < 1e-3
 
 
 def test_fft_in_blocks_of_one_image_and_groups_at_inference(monkeypatch):

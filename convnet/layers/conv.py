@@ -52,7 +52,9 @@ class Conv2d(Layer):
             see functional.conv.select) or a name of functional.conv.Algorithm ("im2col"
             is the notes' im2col + one matrix multiply); the result is the same up to
             float rounding (Winograd F(4x4): about ten times im2col's in float32; a NaN or
-            infinite input spreads to whole tiles: docs/performance.md).
+            infinite input spreads to whole tiles, with "fft" to the whole image; where
+            direct convolution gives exactly 0, F(4x4) and "fft" can give a tiny residue
+            that a fused RELU lets through: docs/performance.md).
 
     Parameters: weight (K, D1 // groups, FH, FW) and bias (K,), PyTorch's layout.
     Output: (N, K, OH, OW), OH = (H - (dilation*(FH-1)+1) + 2P)/S + 1.

@@ -79,11 +79,11 @@ THRESHOLDS = {
              "and for keeping its transformed filters (4x the filters' memory)"),
     "winograd_min_channels": Threshold(
         64, "with fewer input channels the per-tile GEMMs are too thin to gain from Winograd"),
-    "fft_max_grid": Threshold(
-        324, "in training, fft's DFTs cost per plane in proportion to the grid's side: on "
-             "grids (TH * TW, the padded input) up to 18x18 fft ran 0.44-0.94x the shifted "
-             "path's time (forward + backward, batch 128, C * FH * FW of 400+), on 34x34 "
-             "1.28-1.41x"),
+    "fft_max_side": Threshold(
+        18, "in training, fft's DFTs cost each point of the grid (the padded input) a GEMM "
+            "with an inner dimension of a side of the grid: on grids up to 18x18 fft ran "
+            "0.44-0.94x the shifted path's time (forward + backward, batch 128, C * FH * FW "
+            "of 400+), on 34x34 1.28-1.41x"),
     "fft_min_depth": Threshold(
         400, "in training, fewer multiplications per output (C * FH * FW: 16 channels of 5x5, "
              "64 of 3x3) save too little for fft's transforms: 32 channels of 3x3 ran "
@@ -95,10 +95,10 @@ THRESHOLDS = {
         7, "as shifted_training_min_width: output rows under 7 (the default digits net's "
            "4x4 layers) stay on im2col, which the default `convnet train` run was tuned on"),
     "fft_max_filter_bytes": Threshold(
-        64 << 20, "fft's filter spectrum, 4 * TH * (TW//2 + 1) * C * K values, kept from the "
-                  "forward pass to the backward: VGG-16's 64-channel layer at 224x224 would "
-                  "take 1.7 GB; a layer over this runs another algorithm even when fft is "
-                  "forced"),
+        64 << 20, "in training, fft's filter spectrum, 4 * TH * (TW//2 + 1) * C * K values, is "
+                  "kept from the forward pass to the backward: VGG-16's 64-channel layer at "
+                  "224x224 would take 1.7 GB; a layer over this runs another algorithm even "
+                  "when fft is forced (at inference max_bytes bounds it)"),
     "inference_max_bytes": Threshold(
         64 << 20, "inference builds an im2col matrix in pieces of at most this many bytes, "
                   "so its memory stays bounded"),
@@ -156,15 +156,14 @@ def winograd_suits(p):
 
 def fft_suits(p):
     """Whether the auto choice takes "fft": in training (at inference it was not measured
-    against Winograd and blocks), stride 1, one group, a batch of fft_min_batch or more,
-    a small grid, enough multiplications per output, rows wide enough."""
-    n, c, h, w = p.x_shape
-    k, _, fh, fw = p.w_shape
-    grid = (h + 2 * p.padding[0]) * (w + 2 * p.padding[1])
-    return (p.max_bytes is None and p.floating
-            and fft.applies(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation,
-                            p.groups) is None
-            and n >= _value("fft_min_batch") and grid <= _value("fft_max_grid")
+    against Winograd and blocks), where it can run (its filter spectrum within
+    fft_max_filter_bytes), a batch of fft_min_batch or more, a small grid, enough
+    multiplications per output, rows wide enough."""
+    n, c = p.x_shape[:2]
+    fh, fw = p.w_shape[2:]
+    return (p.max_bytes is None and why_not(Algorithm.FFT, p) is None
+            and n >= _value("fft_min_batch")
+            and max(fft.grid(p.x_shape, p.padding)) <= _value("fft_max_side")
             and c * fh * fw >= _value("fft_min_depth")
             and p.out_size[1] >= _value("fft_min_width"))
 
@@ -253,21 +252,21 @@ def inference_bytes(algorithm, p):
 
 def why_not(algorithm, p):
     """None when ``algorithm`` can run the Problem, else the reason it cannot: it does
-    not apply, fft's filter spectrum would be too large, or at inference its
+    not apply, in training fft's filter spectrum would be too large, or at inference its
     temporaries would pass max_bytes."""
     reason = MODULES[algorithm].applies(p.x_shape, p.w_shape, p.stride, p.padding,
                                         p.dilation, p.groups)
     if reason is None and not p.floating and algorithm in (*WINOGRAD, Algorithm.FFT):
         reason = ("it needs floating-point input and filters (its transforms have "
                   "fractional coefficients)")
-    if reason is None and algorithm is Algorithm.FFT:
+    if reason is None and algorithm is Algorithm.FFT and p.max_bytes is None:
         need = fft.filter_bytes(p.x_shape, p.w_shape, p.padding, p.itemsize)
         limit = _value("fft_max_filter_bytes")
         if need > limit:
             th, tw = fft.grid(p.x_shape, p.padding)
-            reason = (f"its filters' spectrum would take {need:,} bytes, over {limit:,} "
-                      f"(a {th}x{tw} grid, {p.w_shape[0]} filters of {p.w_shape[1]} "
-                      f"channels)")
+            reason = (f"in training its filters' spectrum would take {need:,} bytes, over "
+                      f"fft_max_filter_bytes={limit:,} (a {th}x{tw} grid, {p.w_shape[0]} "
+                      f"filters of {p.w_shape[1]} channels)")
     if reason is None and p.max_bytes is not None:
         need = inference_bytes(algorithm, p)
         if need > p.max_bytes:

@@ -230,7 +230,7 @@ class Summary:
         """The table for a terminal (about 140 columns at most), then totals, memory, advice.
         Its algorithm column is what each CONV runs in training at this batch size, or
         with ``inference=True`` at inference (where the choice can differ: the auto choice
-        takes Winograd only there)."""
+        takes Winograd only there, and fft only in training)."""
         header = ("layer", "type", "infer alg." if inference else "train alg.",
                   "output (WxHxD)", "params", "mult-adds", "RF HxW (jump)", "activations")
         star = " *" if self.frozen_params else ""     # its own place: digits stay aligned

@@ -586,7 +586,8 @@ def build_parser():
     p.add_argument("--inference", action="store_true",
                    help="show the convolution algorithm each CONV layer runs at inference "
                         "on a batch of --batch (default: in training; the auto choice "
-                        "takes Winograd only at inference). The JSON has both")
+                        "takes Winograd only at inference, fft only in training). The JSON "
+                        "has both")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_summary)
 

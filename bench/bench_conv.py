@@ -1,13 +1,13 @@
 """Conv forward and forward+backward: convnet's Conv2d next to torch's conv2d.
 
 Times convnet's Conv2d layer in training mode with its auto algorithm (forward, and
-forward + backward, the path a training step takes: the shifted path for cases b and c,
-blocks for a, d and e, each keeping only its input and making its blocks again in the
-backward pass) and torch.nn.functional.conv2d (backward through autograd) in float32,
-in the same process, interleaved in blocks (see bench/common.py), on five workloads
-from the notes' nets. Prints median times, GFLOP/s (2 * MACs / time; forward+backward
-counts 3x the forward FLOPs), the fraction of a large float32 GEMM's GFLOP/s, and
-convnet_time / torch_time.
+forward + backward, the path a training step takes: the shifted path for case b, fft
+for case c (which keeps the input's spectrum), blocks for a, d and e (each keeping only
+its input and making its blocks again in the backward pass)) and
+torch.nn.functional.conv2d (backward through autograd) in float32, in the same process,
+interleaved in blocks (see bench/common.py), on five workloads from the notes' nets.
+Prints median times, GFLOP/s (2 * MACs / time; forward+backward counts 3x the forward
+FLOPs), the fraction of a large float32 GEMM's GFLOP/s, and convnet_time / torch_time.
 
     python bench/bench_conv.py                  # all cases, readable table
     python bench/bench_conv.py --cases b,e --repeat 10 --json

@@ -4,8 +4,8 @@ The correlation theorem: correlating a padded input plane with a filter is, on a
 TH x TW = (H + 2*PH) x (W + 2*PW) points, the inverse DFT of the input's DFT times the
 filter's conjugate DFT. The grid is just large enough that the circular correlation
 wraps nothing onto the outputs kept. Over C channels and K filters the products become
-one GEMM per frequency (TH * (TW//2 + 1) of them, a real input's spectrum being
-symmetric): Y[f] (N x K) = X[f] (N x C) @ conj(W[f]) (C x K), complex, run as a real
+one GEMM per frequency (TH * NFW of them, NFW = TW//2 + 1, a real input's spectrum
+being symmetric): Y[f] (N x K) = X[f] (N x C) @ conj(W[f]) (C x K), complex, run as a real
 GEMM with the real and imaginary parts side by side, (N x 2C) @ (2C x 2K).
 
 Each DFT is two small matrix products, one along each axis (the real DFT along W, the
@@ -19,9 +19,9 @@ Multiplications per output, per filter and channel: 4 * TH * NFW / (OH * OW) (fo
 ones per complex product, over TH * NFW frequencies) against FH * FW for direct
 convolution: 6.8x fewer for a 5x5 layer on 14x14 with "same" padding, 2.5x for a 3x3
 layer on 7x7. The transforms
-cost a few GEMMs with an inner dimension of H, W, TH or 2 * (TW//2 + 1) per plane.
-The filters' spectrum, as the GEMMs' real blocks, is about 2 * TH * TW / (FH * FW) times
-their size (select.py does not run "fft" where it would pass fft_max_filter_bytes): "fft"
+cost a few GEMMs with an inner dimension of H, W, TH or 2 * NFW per plane. The filters'
+spectrum, as the GEMMs' real blocks, is 4 * TH * NFW / (FH * FW) times their size (in
+training select.py does not run "fft" where it would pass fft_max_filter_bytes): "fft"
 suits small planes and large filters, not deep layers on large planes.
 
 Backward, from the same spectra: the output gradient's spectrum D (one DFT of dout),
@@ -34,7 +34,7 @@ Rounding: each output mixes every input of its plane through the transforms, so 
 float32 error is about that of a sum over the plane (about 1e-6 of the output's scale;
 docs/performance.md; float16 inputs are transformed in float32). An output that direct
 convolution makes exactly 0 (a zero region of the input, no bias) comes out as a rounding
-residue (about 1e-17 of the scale in float64), which a fused RELU keeps, so the gradient
+residue (about 1e-15 of the scale in float64), which a fused RELU keeps, so the gradient
 passes there where PyTorch's stops. A NaN or infinite input makes every output of its
 image NaN.
 Stride 1, one group; any padding and dilation.

@@ -82,12 +82,13 @@ THRESHOLDS = {
     "fft_max_side": Threshold(
         18, "in training, fft's DFTs cost each point of the grid (the padded input) a GEMM "
             "with an inner dimension of a side of the grid: on grids up to 18x18 fft ran "
-            "0.44-0.94x the shifted path's time (forward + backward, batch 128, C * FH * FW "
-            "of 400+), on 34x34 1.28-1.41x"),
+            "0.44-1.12x the shifted path's time (forward + backward, batch 128, C * FH * FW "
+            "of 400+; about even, 0.94-1.12x, only on 64 channels of 3x3 at 16x16), on "
+            "34x34 1.28-1.44x"),
     "fft_min_depth": Threshold(
-        400, "in training, fewer multiplications per output (C * FH * FW: 16 channels of 5x5, "
-             "64 of 3x3) save too little for fft's transforms: 32 channels of 3x3 ran "
-             "0.83-1.12x the shifted path's time"),
+        400, "in training, fewer multiplications per output (C * FH * FW under 400: fewer "
+             "than 16 channels of 5x5, 45 of 3x3) save too little for fft's transforms: 32 "
+             "channels of 3x3 ran 0.83-1.12x the shifted path's time"),
     "fft_min_batch": Threshold(
         64, "each frequency's GEMM has a row per image: at batch 8 and 32 fft ran 1.5-1.8x "
             "the shifted path's time"),
@@ -156,7 +157,7 @@ def winograd_suits(p):
 
 def fft_suits(p):
     """Whether the auto choice takes "fft": in training (at inference it was not measured
-    against Winograd and blocks), where it can run (its filter spectrum within
+    against Winograd, the shifted path and blocks), where it can run (its filter spectrum within
     fft_max_filter_bytes), a batch of fft_min_batch or more, a small grid, enough
     multiplications per output, rows wide enough."""
     n, c = p.x_shape[:2]

@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convnet.functional.conv import shifted
 from convnet.functional.conv.machinery import scale_bias_relu
 from convnet.functional.threads import per_thread
 
@@ -68,10 +69,9 @@ class Cache(NamedTuple):
 
 
 def applies(x_shape, w_shape, stride, padding, dilation, groups):
-    """None when "fft" can run this convolution, else why not."""
-    if stride != (1, 1):
-        return "it needs stride 1"
-    return None if groups == 1 else "it needs groups=1"
+    """None when "fft" can run this convolution, else why not: the shifted path's domain,
+    stride 1 and one group."""
+    return shifted.applies(x_shape, w_shape, stride, padding, dilation, groups)
 
 
 def work_dtype(*arrays):

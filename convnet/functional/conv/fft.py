@@ -64,7 +64,6 @@ class Cache(NamedTuple):
     w: np.ndarray         # (K, C, FH, FW)
     padding: tuple
     dilation: tuple
-    out_size: tuple
     relu_out: np.ndarray = None   # with relu=True, the output: its non-0 entries pass dout
 
 
@@ -267,7 +266,7 @@ def run(x, w, b, padding, dilation, out, relu=False, scale=None, blocks=None):
 def forward(x, w, b, stride, padding, dilation, groups, out, relu=False, workspace=None):
     """Training forward: keeps the input's and the filters' spectra for backward."""
     spec, blocks = run(x, w, b, padding, dilation, out, relu)
-    return Cache(spec, blocks, x.shape, x.dtype, w, padding, dilation, out.shape[2:],
+    return Cache(spec, blocks, x.shape, x.dtype, w, padding, dilation,
                  out if relu else None)
 
 
@@ -305,7 +304,7 @@ def infer(x, w, b, stride, padding, dilation, groups, out, relu=False, scale=Non
 
 def backward(dout, cache, input_grad=True, overwrite=False):
     """(dx, dw, db) from dout's spectrum and the kept ones (see the module notes)."""
-    spec, blocks, x_shape, x_dtype, w, padding, dilation, _, gate = cache
+    spec, blocks, x_shape, x_dtype, w, padding, dilation, gate = cache
     n, c = x_shape[:2]
     k = w.shape[0]
     t = grid(x_shape, padding)
